@@ -1,0 +1,231 @@
+"""Configuration: one TOML file plus ``IOTSETTLE_<SECTION>_<KEY>`` environment overrides, validated at load.
+
+Resolution order for every value (highest first): environment variable → the TOML file → the default below.
+The file is ``--config PATH``, else ``$IOTSETTLE_CONFIG``, else ``./iotsettle.toml`` when it exists; with no file
+the defaults give a working local setup (anvil on 127.0.0.1:8545, mosquitto on 127.0.0.1:1883).
+
+Fields whose metadata says ``secret`` are never printed (``Config.redacted()``); they are best set from the
+environment rather than written into the file. docs/CONFIGURATION.md is generated from this module
+(``iotsettle config show --defaults`` prints the same).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from oracle.errors import ConfigError
+
+ENV_PREFIX = "IOTSETTLE_"
+DEFAULT_FILE = "iotsettle.toml"
+LOCAL_CHAIN_IDS = frozenset({31337, 1337})  # anvil, ganache
+
+
+def _secret(default: str = "", doc: str = "") -> Any:
+    return field(default=default, metadata={"secret": True, "doc": doc})
+
+
+def _doc(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    rpc_url: str = _doc("http://127.0.0.1:8545", "JSON-RPC endpoint (http/https/ws)")
+    chain_id: int = _doc(0, "expected chain id; 0 accepts the endpoint's own, anything else is enforced")
+    keystore: str = _doc("", "Web3 Secret Storage file of the sending account (deployer/relayer)")
+    password_file: str = _doc("", "file holding the keystore password (or set IOTSETTLE_CHAIN_PASSWORD)")
+    password: str = _secret(doc="keystore password; prefer the environment")
+    private_key: str = _secret(doc="raw sending key (hex); for scripts and CI, prefer a keystore")
+    confirmations: int = _doc(1, "blocks on top of a transaction's block before it counts as final")
+    timeout: float = _doc(10.0, "seconds to wait for an RPC answer")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    host: str = _doc("127.0.0.1", "interface the managed anvil and mosquitto listen on")
+    anvil_port: int = _doc(8545, "port of the managed anvil")
+    mqtt_port: int = _doc(1883, "port of the managed mosquitto")
+    block_time: int = _doc(0, "anvil block time in seconds; 0 mines each transaction at once")
+    state_dir: str = _doc(".state", "pid files, logs and broker data of the managed services")
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str = _doc("127.0.0.1", "broker host")
+    port: int = _doc(1883, "broker port")
+    username: str = _doc("", "broker user name, if the broker requires one")
+    password: str = _secret(doc="broker password")
+    keepalive: int = _doc(30, "seconds between MQTT keep-alive pings")
+
+
+@dataclass(frozen=True)
+class CompilerSettings:
+    solc: str = _doc("", "explicit solc binary; empty = resolve (see docs: py-solc-x → PATH → solc-js)")
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    artifacts_dir: str = _doc("build/artifacts", "compiled contract artifacts (one JSON per contract)")
+    deployments_dir: str = _doc("deployments", "deployment manifests, one per chain id")
+
+
+@dataclass(frozen=True)
+class OracleSettings:
+    db_path: str = _doc(".state/oracle.db", "SQLite file of the oracle (WAL mode)")
+    client_id: str = _doc("iotsettle-oracle-1", "fixed MQTT client id: the broker keeps the session under it")
+    oracle_id: str = _doc("oracle-1", "name of this instance in status topics, logs and metrics")
+    shared_group: str = _doc("", "MQTT 5 shared-subscription group; empty = plain subscription")
+    health_port: int = _doc(9464, "port of the /health and /metrics endpoint (0 disables it)")
+
+
+@dataclass(frozen=True)
+class Config:
+    chain: ChainSettings = field(default_factory=ChainSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    compiler: CompilerSettings = field(default_factory=CompilerSettings)
+    paths: PathSettings = field(default_factory=PathSettings)
+    oracle: OracleSettings = field(default_factory=OracleSettings)
+    #: directory relative paths are resolved against: the config file's folder, else the project checkout.
+    root: Path = field(default_factory=Path.cwd)
+    source: str = "defaults"
+
+    def path(self, relative: str) -> Path:
+        """A configured path made absolute against the project root."""
+        candidate = Path(relative).expanduser()
+        return candidate if candidate.is_absolute() else self.root / candidate
+
+    def redacted(self) -> dict[str, dict[str, Any]]:
+        """Every section as a dict, secrets replaced by ``***`` when set."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            out[name] = {
+                f.name: ("***" if f.metadata.get("secret") and getattr(section, f.name) else getattr(section, f.name))
+                for f in fields(section)
+            }
+        return out
+
+    def replace(self, section: str, **changes: Any) -> Config:
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
+
+
+SECTIONS: dict[str, type] = {
+    "chain": ChainSettings,
+    "node": NodeSettings,
+    "mqtt": MqttSettings,
+    "compiler": CompilerSettings,
+    "paths": PathSettings,
+    "oracle": OracleSettings,
+}
+
+
+def _convert(value: Any, typ: Any, where: str) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            return value.lower() in {"1", "true", "yes", "on"}
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value, 0)
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+
+
+def _project_root(config_file: Path | None) -> Path:
+    if config_file is not None:
+        return config_file.resolve().parent
+    cwd = Path.cwd()
+    if (cwd / "contracts").is_dir():
+        return cwd
+    checkout = Path(__file__).resolve().parent.parent
+    return checkout if (checkout / "contracts").is_dir() else cwd
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read the configuration; raises ConfigError naming the bad key and value."""
+    env = dict(os.environ if env is None else env)
+    explicit = path or env.get(f"{ENV_PREFIX}CONFIG")
+    config_file: Path | None = None
+    data: dict[str, Any] = {}
+    if explicit:
+        config_file = Path(explicit).expanduser()
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist")
+    elif Path(DEFAULT_FILE).is_file():
+        config_file = Path(DEFAULT_FILE)
+    if config_file is not None:
+        try:
+            data = tomllib.loads(config_file.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {config_file}: {exc}") from None
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"{config_file}: unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
+
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        raw = data.get(name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{config_file}: [{name}] must be a table")
+        hints = get_type_hints(cls)
+        known = {f.name for f in fields(cls)}
+        bad = set(raw) - known
+        if bad:
+            raise ConfigError(f"{config_file}: unknown key(s) {sorted(bad)} in [{name}]; known: {sorted(known)}")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            env_key = f"{ENV_PREFIX}{name.upper()}_{f.name.upper()}"
+            if env_key in env:
+                values[f.name] = _convert(env[env_key], hints[f.name], env_key)
+            elif f.name in raw:
+                values[f.name] = _convert(raw[f.name], hints[f.name], f"[{name}] {f.name}")
+        sections[name] = cls(**values)
+    config = Config(**sections, root=_project_root(config_file), source=str(config_file or "defaults"))
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    for section, key in (("node", "anvil_port"), ("node", "mqtt_port"), ("mqtt", "port")):
+        port = getattr(getattr(config, section), key)
+        if not 0 < port < 65536:
+            raise ConfigError(f"[{section}] {key} = {port} is not a TCP port")
+    if not 0 <= config.oracle.health_port < 65536:
+        raise ConfigError(f"[oracle] health_port = {config.oracle.health_port} is not a TCP port")
+    if config.chain.confirmations < 0:
+        raise ConfigError("[chain] confirmations must be ≥ 0")
+    if not config.chain.rpc_url.startswith(("http://", "https://", "ws://", "wss://")):
+        raise ConfigError(f"[chain] rpc_url {config.chain.rpc_url!r} must start with http(s):// or ws(s)://")
+    if config.chain.timeout <= 0:
+        raise ConfigError("[chain] timeout must be > 0")
+
+
+def field_docs() -> list[tuple[str, str, Any, str, bool]]:
+    """(section, key, default, description, secret) for every setting, for docs and `config show`."""
+    rows = []
+    for name, cls in SECTIONS.items():
+        for f in fields(cls):
+            rows.append((name, f.name, f.default, f.metadata.get("doc", ""), bool(f.metadata.get("secret"))))
+    return rows
