@@ -41,3 +41,7 @@ class SignatureError(IotSettleError):
 
 class ProtocolError(IotSettleError):
     """A device message does not follow docs/PROTOCOL.md (schema, size, encoding)."""
+
+
+class StoreError(IotSettleError):
+    """The oracle's durable store is unusable, or an event is not in the state an operation needs."""
