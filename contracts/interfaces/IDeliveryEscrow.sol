@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+import {IDeviceEvents} from "./IDeviceEvents.sol";
+
+/// @title Escrow released by a tracker's device-signed Delivery at the destination.
+/// @notice Payments are pulled: releases, refunds and cancellations credit withdrawable balances per token
+/// (address(0) = native ETH), so a reverting or re-entering payee cannot block anyone else.
+interface IDeliveryEscrow is IDeviceEvents {
+    /// @notice Forward-only: Funded → Released | Refunded | Cancelled.
+    enum EscrowState {
+        None,
+        Funded,
+        Released,
+        Refunded,
+        Cancelled
+    }
+
+    struct Escrow {
+        address buyer;
+        address seller;
+        address device;
+        address token;
+        uint256 amount;
+        bytes32 destination;
+        uint64 createdAt;
+        uint64 deadline;
+        int32 temperatureLimit;
+        uint16 penaltyBps;
+        EscrowState state;
+        uint64 deliverySeq;
+    }
+
+    /// @notice A tracker's `Delivery(escrowId, seq, timestamp, location, maxTemperature)` with its signature in
+    /// the ERC-2098 compact form: `vs` = s with the top bit set when v is 28 (65-byte r‖s‖v converts losslessly).
+    struct SignedDelivery {
+        uint256 escrowId;
+        uint64 seq;
+        uint64 timestamp;
+        bytes32 location;
+        int32 maxTemperature;
+        bytes32 r;
+        bytes32 vs;
+    }
+
+    event EscrowCreated(
+        uint256 indexed escrowId,
+        address indexed buyer,
+        address indexed seller,
+        address device,
+        address token,
+        uint256 amount,
+        bytes32 destination,
+        uint64 deadline,
+        int32 temperatureLimit,
+        uint16 penaltyBps
+    );
+    /// @notice The seller was credited `toSeller`, the buyer `toBuyer` (cold-chain penalty).
+    event DeliveryConfirmed(uint256 indexed escrowId, uint64 seq, uint256 toSeller, uint256 toBuyer);
+    /// @notice A batch item was skipped; nothing changed for it.
+    event DeliveryRejected(uint256 indexed escrowId, uint64 seq, RejectReason reason);
+    event EscrowRefunded(uint256 indexed escrowId, uint256 amount);
+    event EscrowCancelled(uint256 indexed escrowId, uint256 amount);
+    event Withdrawn(address indexed token, address indexed account, uint256 amount);
+
+    error ZeroAmount();
+    error ZeroAddress();
+    error UnknownDevice(address device);
+    error WrongDeviceKind(address device);
+    error DeadlineNotInFuture(uint64 deadline, uint256 timestamp);
+    error PenaltyTooHigh(uint16 penaltyBps);
+    error WrongValue(uint256 expected, uint256 received);
+    error UnknownEscrow(uint256 escrowId);
+    error NotBuyer(uint256 escrowId, address caller);
+    error NotSeller(uint256 escrowId, address caller);
+    error NotFunded(uint256 escrowId, EscrowState state);
+    error DeadlineNotPassed(uint256 escrowId, uint64 deadline, uint256 timestamp);
+    error NothingToWithdraw(address token, address account);
+
+    /// @notice Buyer creates and funds an escrow. For ETH (`token` = address(0)) send `amount` as msg.value.
+    /// `penaltyBps` = 0 means no cold-chain terms; otherwise if the tracker reports a maxTemperature above
+    /// `temperatureLimit` (centi-°C), `penaltyBps` of the amount goes back to the buyer.
+    /// Emits an {EscrowCreated} event.
+    function createEscrow(
+        address seller,
+        address device,
+        address token,
+        uint256 amount,
+        bytes32 destination,
+        uint64 deadline,
+        int32 temperatureLimit,
+        uint16 penaltyBps
+    ) external payable returns (uint256 escrowId);
+
+    /// @notice Settle one delivery; reverts with {EventRejected} if it cannot. Emits a {DeliveryConfirmed} event.
+    function confirmDelivery(SignedDelivery calldata delivery) external;
+
+    /// @notice Settle many deliveries; bad items are skipped with a {DeliveryRejected} event.
+    /// @return confirmed how many items released their escrow.
+    function confirmDeliveries(SignedDelivery[] calldata deliveries) external returns (uint256 confirmed);
+
+    /// @notice Buyer only, strictly after the deadline, while Funded. Emits an {EscrowRefunded} event.
+    function refund(uint256 escrowId) external;
+
+    /// @notice Seller only, while Funded: give up and credit the buyer. Emits an {EscrowCancelled} event.
+    function cancel(uint256 escrowId) external;
+
+    /// @notice Send msg.sender its whole credited balance of `token`. Emits a {Withdrawn} event.
+    function withdraw(address token) external returns (uint256 amount);
+
+    function escrowOf(uint256 escrowId) external view returns (Escrow memory);
+
+    function withdrawable(address token, address account) external view returns (uint256);
+
+    /// @notice The EIP-712 digest a tracker signs for a Delivery.
+    function hashDelivery(uint256 escrowId, uint64 seq, uint64 timestamp, bytes32 location, int32 maxTemperature)
+        external
+        view
+        returns (bytes32);
+}

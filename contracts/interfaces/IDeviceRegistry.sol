@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+/// @title On-chain identity of IoT devices.
+/// @notice A device's stable id is the address of the key it was first registered with. Its owner can rotate
+/// the signing key (the new key takes over everything that refers to the device id) and revoke the device.
+/// Keys are single-use: a key that was ever registered or rotated in can never be used again.
+interface IDeviceRegistry {
+    /// @notice Same numbering as `oracle.eip712.DeviceKind`; 0 is invalid.
+    enum DeviceKind {
+        None,
+        Meter,
+        Tracker,
+        Vehicle,
+        WeatherStation
+    }
+
+    enum DeviceStatus {
+        None,
+        Active,
+        Revoked
+    }
+
+    /// @notice State of a signing key: Current is the only one whose signatures are accepted.
+    enum KeyStatus {
+        None,
+        Current,
+        Rotated,
+        Revoked
+    }
+
+    struct Device {
+        address owner;
+        DeviceKind kind;
+        DeviceStatus status;
+        uint64 registeredAt;
+        address key;
+        uint32 rotations;
+        bytes32 metadataHash;
+    }
+
+    /// @notice Emitted when `owner` registers `device` (proved by the device key's Registration signature).
+    event DeviceRegistered(address indexed device, address indexed owner, DeviceKind kind, bytes32 metadataHash);
+    /// @notice Emitted when the owner moves `device` from `oldKey` to `newKey`.
+    event KeyRotated(address indexed device, address indexed oldKey, address indexed newKey);
+    /// @notice Emitted when the owner revokes `device`; `key` stops being accepted.
+    event DeviceRevoked(address indexed device, address indexed key);
+    /// @notice Emitted when the owner replaces the metadata hash.
+    event MetadataUpdated(address indexed device, bytes32 metadataHash);
+
+    error InvalidDeviceKind(uint8 kind);
+    error ZeroAddress();
+    error SignatureExpired(uint64 deadline, uint256 timestamp);
+    error SignatureInvalid();
+    error SignatureMalleable(bytes32 s);
+    error SignatureLength(uint256 length);
+    error WrongSigner(address expected, address recovered);
+    error KeyAlreadyUsed(address key);
+    error UnknownDevice(address device);
+    error NotDeviceOwner(address device, address caller);
+    error DeviceNotActive(address device);
+
+    /// @notice Register `device` to msg.sender. `signature` (65 bytes r‖s‖v) is the device key's EIP-712
+    /// `Registration(device, msg.sender, kind, metadataHash, deadline)`. Emits a {DeviceRegistered} event.
+    function register(address device, DeviceKind kind, bytes32 metadataHash, uint64 deadline, bytes calldata signature)
+        external;
+
+    /// @notice Owner only: make `newKey` the device's signing key. `signature` is `newKey`'s EIP-712
+    /// `KeyRotation(device, newKey, deadline)`. The old key stops being accepted. Emits a {KeyRotated} event.
+    function rotateKey(address device, address newKey, uint64 deadline, bytes calldata signature) external;
+
+    /// @notice Owner only: revoke the device for good. Emits a {DeviceRevoked} event.
+    function revoke(address device) external;
+
+    /// @notice Owner only: replace the metadata hash. Emits a {MetadataUpdated} event.
+    function updateMetadata(address device, bytes32 metadataHash) external;
+
+    /// @notice The full record of `device` (all zero if never registered).
+    function deviceOf(address device) external view returns (Device memory);
+
+    /// @notice What `key` signs for: its device id, the device kind and the key's status. One storage slot.
+    function keyInfo(address key) external view returns (address device, DeviceKind kind, KeyStatus status);
+
+    /// @notice The EIP-712 digest a device key signs to consent to registration.
+    function hashRegistration(address device, address owner, DeviceKind kind, bytes32 metadataHash, uint64 deadline)
+        external
+        view
+        returns (bytes32);
+
+    /// @notice The EIP-712 digest a new key signs to take over `device`.
+    function hashKeyRotation(address device, address newKey, uint64 deadline) external view returns (bytes32);
+}

@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+import {IDeviceEvents} from "./IDeviceEvents.sol";
+
+/// @title Prepaid metered billing settled from a meter's device-signed cumulative register.
+/// @notice Agreement ids are minted by the contract as `device << 96 | tariffId << 64 | serial`, so `settle` knows
+/// the device and tariff of an agreement without reading a second storage slot. Treat them as opaque uint256.
+interface IMeteredBilling is IDeviceEvents {
+    /// @notice Offered → Active ⇄ Suspended → Closed; Offered → Cancelled.
+    enum AgreementStatus {
+        None,
+        Offered,
+        Active,
+        Suspended,
+        Closed,
+        Cancelled
+    }
+
+    /// @notice One block of a tariff: the next `units` of consumption (counted from the agreement start) cost
+    /// `price` token base units each. The last block must have `units` = 0 and is unbounded. A flat tariff is one
+    /// block.
+    struct TariffBlock {
+        uint64 units;
+        uint128 price;
+    }
+
+    struct Agreement {
+        address provider;
+        address consumer;
+        address device;
+        address token;
+        uint32 tariffId;
+        AgreementStatus status;
+        uint32 noticePeriod;
+        uint64 closeAt;
+        uint64 startValue;
+        uint64 lastValue;
+        uint64 lastSeq;
+        uint64 lastTimestamp;
+        uint256 prepaid;
+        uint256 arrears;
+        uint256 deposited;
+        uint256 withdrawn;
+    }
+
+    /// @notice A meter's `Reading(agreementId, seq, timestamp, value)` with its signature in the ERC-2098 compact
+    /// form: `vs` = s with the top bit set when v is 28 (65-byte r‖s‖v converts losslessly).
+    struct SignedReading {
+        uint256 agreementId;
+        uint64 seq;
+        uint64 timestamp;
+        uint256 value;
+        bytes32 r;
+        bytes32 vs;
+    }
+
+    event TariffCreated(uint32 indexed tariffId, address indexed creator, TariffBlock[] blocks);
+    event AgreementOffered(
+        uint256 indexed agreementId,
+        address indexed provider,
+        address indexed consumer,
+        address device,
+        address token,
+        uint32 tariffId,
+        uint64 startValue,
+        uint32 noticePeriod
+    );
+    event OfferCancelled(uint256 indexed agreementId, address by);
+    event AgreementAccepted(uint256 indexed agreementId, uint256 deposit);
+    /// @notice `amount` arrived; `arrearsPaid` of it went to the provider first.
+    event ToppedUp(uint256 indexed agreementId, address indexed from, uint256 amount, uint256 arrearsPaid);
+    /// @notice A reading moved the register to a new value; `amount` was billed from the prepaid balance.
+    event ReadingSettled(uint256 indexed agreementId, uint64 seq, uint256 amount);
+    /// @notice A batch item was skipped; nothing changed for it.
+    event ReadingRejected(uint256 indexed agreementId, uint64 seq, RejectReason reason);
+    /// @notice The prepaid balance ran out; `arrears` is the total still owed. Readings are refused until a top-up.
+    event AgreementSuspended(uint256 indexed agreementId, uint256 arrears);
+    event AgreementResumed(uint256 indexed agreementId);
+    event EarningsWithdrawn(uint256 indexed agreementId, address indexed provider, uint256 amount);
+    event CloseRequested(uint256 indexed agreementId, uint64 closeAt);
+    /// @notice The consumer got `refund` (the unbilled prepaid balance) back.
+    event AgreementClosed(uint256 indexed agreementId, uint256 refund);
+
+    error ZeroAddress();
+    error ZeroAmount();
+    error InvalidTariff();
+    error UnknownTariff(uint32 tariffId);
+    error UnknownDevice(address device);
+    error WrongDeviceKind(address device);
+    error UnknownAgreement(uint256 agreementId);
+    error NotProvider(uint256 agreementId, address caller);
+    error NotConsumer(uint256 agreementId, address caller);
+    error WrongStatus(uint256 agreementId, AgreementStatus status);
+    error WrongValue(uint256 expected, uint256 received);
+    error BalanceOverflow(uint256 balance);
+    error CloseNotRequested(uint256 agreementId);
+    error NoticeNotOver(uint256 agreementId, uint64 closeAt, uint256 timestamp);
+    error NothingToWithdraw(uint256 agreementId);
+
+    /// @notice Store an immutable tariff anyone may use. Emits a {TariffCreated} event.
+    function createTariff(TariffBlock[] calldata blocks) external returns (uint32 tariffId);
+
+    /// @notice Provider (msg.sender) offers `consumer` an agreement for a METER or VEHICLE `device` whose register
+    /// reads `startValue` now, billed in `token` (address(0) = ETH). Emits an {AgreementOffered} event.
+    function offer(
+        address consumer,
+        address device,
+        uint32 tariffId,
+        address token,
+        uint64 startValue,
+        uint32 noticePeriod
+    ) external returns (uint256 agreementId);
+
+    /// @notice Provider withdraws, or consumer declines, an offer not yet accepted. Emits an {OfferCancelled} event.
+    function cancelOffer(uint256 agreementId) external;
+
+    /// @notice Consumer accepts and prepays `deposit` (msg.value for ETH). Emits an {AgreementAccepted} event.
+    function accept(uint256 agreementId, uint256 deposit) external payable;
+
+    /// @notice Anyone adds to the consumer's prepaid balance; arrears are paid first and a suspended agreement
+    /// resumes once they are cleared. Emits a {ToppedUp} event (and {AgreementResumed}).
+    function topUp(uint256 agreementId, uint256 amount) external payable;
+
+    /// @notice Bill a batch of readings; bad items are skipped with a {ReadingRejected} event.
+    /// @return settled how many readings were settled.
+    function settle(SignedReading[] calldata readings) external returns (uint256 settled);
+
+    /// @notice Bill one reading; reverts with {EventRejected} if it cannot. Emits a {ReadingSettled} event.
+    function settleReading(SignedReading calldata reading) external;
+
+    /// @notice Provider withdraws everything billed and not yet withdrawn. Emits an {EarningsWithdrawn} event.
+    function withdrawEarnings(uint256 agreementId) external returns (uint256 amount);
+
+    /// @notice Consumer starts the notice period. Readings keep settling meanwhile. Emits a {CloseRequested} event.
+    function requestClose(uint256 agreementId) external;
+
+    /// @notice Consumer closes after the notice period and gets the prepaid rest. Emits an {AgreementClosed} event.
+    function close(uint256 agreementId) external returns (uint256 refund);
+
+    /// @notice Consumer settles a final reading and closes at once. Reverts with {EventRejected} if the reading
+    /// cannot settle. Emits {ReadingSettled} and {AgreementClosed} events.
+    function closeWithReading(SignedReading calldata reading) external returns (uint256 refund);
+
+    function agreementOf(uint256 agreementId) external view returns (Agreement memory);
+
+    function tariffOf(uint32 tariffId) external view returns (TariffBlock[] memory);
+
+    /// @notice Earnings the provider can withdraw now.
+    function earningsOf(uint256 agreementId) external view returns (uint256);
+
+    /// @notice Price of consumption from `fromUsed` to `toUsed` units (counted from the agreement start).
+    function costOf(uint32 tariffId, uint64 fromUsed, uint64 toUsed) external view returns (uint256);
+
+    /// @notice The EIP-712 digest a meter signs for a Reading.
+    function hashReading(uint256 agreementId, uint64 seq, uint64 timestamp, uint256 value)
+        external
+        view
+        returns (bytes32);
+}
