@@ -1,0 +1,295 @@
+"""Fraud rules: what the oracle refuses even though the signature is valid.
+
+The rules look at one event and what the store remembers about its device (``DeviceState``), and answer
+accept / duplicate / reject-with-reason plus the device's next state. They are pure functions; intake applies
+them in arrival order inside a batch and commits the states with the batch.
+
+- duplicate: (device, seq) already accepted with the same digest → acknowledged, not stored twice;
+- replayed_seq: seq ≤ the last accepted seq with a different digest (or a skipped seq sent late);
+- quarantined: the device failed the rules ``quarantine_threshold`` times within ``quarantine_window_s``;
+- clock_skew: timestamp too far in the future, too old, or earlier than the device's previous event;
+- counter_rollback: a reading's cumulative register went down;
+- impossible_rate: a reading's register grew faster than its device kind allows (units per second);
+- invalid_location / teleport: a delivery's location is not a geohash, or implies a speed above the limit.
+
+Locations are geohash text (base32 alphabet ``0123456789bcdefghjkmnpqrstuvwxyz``), ASCII, left-aligned in the
+bytes32 and zero-padded on the right (what Solidity's ``bytes32("u4pruyd")`` gives). All-zero means "no fix".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from oracle.daemon.store import DeviceState
+from oracle.eip712 import DeviceKind
+from oracle.errors import ProtocolError
+from oracle.wire import SignedEvent
+
+
+class Reason(StrEnum):
+    """Why an event was not accepted; the strings go into replies, the rejected table and metric labels."""
+
+    MALFORMED = "malformed"  # not a valid payload (JSON, schema, size)
+    TOPIC_MISMATCH = "topic_mismatch"  # payload device/chain differs from the topic it came on
+    BAD_SIGNATURE = "bad_signature"  # malformed, malleable, or signed by a key other than the claimed device
+    WRONG_CHAIN = "wrong_chain"
+    WRONG_CONTRACT = "wrong_contract"
+    UNKNOWN_DEVICE = "unknown_device"
+    REVOKED_DEVICE = "revoked_device"  # revoked, or a key rotated away
+    QUARANTINED = "quarantined"
+    DUPLICATE = "duplicate"  # not a rejection: acknowledged and answered, stored once
+    REPLAYED_SEQ = "replayed_seq"
+    CLOCK_SKEW = "clock_skew"
+    COUNTER_ROLLBACK = "counter_rollback"
+    IMPOSSIBLE_RATE = "impossible_rate"
+    INVALID_LOCATION = "invalid_location"
+    TELEPORT = "teleport"
+
+
+#: Rule failures that count towards quarantine (only for correctly signed events of a registered device, so a
+#: third party cannot get a device quarantined by sending garbage in its name).
+COUNTED_FAILURES = frozenset(
+    {
+        Reason.REPLAYED_SEQ,
+        Reason.CLOCK_SKEW,
+        Reason.COUNTER_ROLLBACK,
+        Reason.IMPOSSIBLE_RATE,
+        Reason.INVALID_LOCATION,
+        Reason.TELEPORT,
+    }
+)
+
+
+class Outcome(StrEnum):
+    ACCEPT = "accepted"
+    DUPLICATE = "duplicate"
+    REJECT = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSettings:
+    """Thresholds of the fraud rules; 0 switches a limit off."""
+
+    max_future_skew_s: int = 300  # timestamps later than now + this are rejected
+    max_age_s: int = 7 * 86_400  # timestamps older than now - this are rejected
+    max_rate_meter: float = 1_000.0  # register units per second a meter may advance
+    max_rate_vehicle: float = 100.0  # odometer units (metres) per second: 360 km/h
+    max_rate_weather_station: float = 10.0  # e.g. rain gauge units per second
+    max_speed_m_s: float = 350.0  # teleport limit for trackers: above airliner cruise speed
+    quarantine_threshold: int = 5  # counted failures within the window that quarantine a device
+    quarantine_window_s: float = 3_600.0
+
+    def max_rate(self, kind: int) -> float:
+        return {
+            DeviceKind.METER: self.max_rate_meter,
+            DeviceKind.VEHICLE: self.max_rate_vehicle,
+            DeviceKind.WEATHER_STATION: self.max_rate_weather_station,
+        }.get(int(kind), 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: Outcome
+    reason: Reason | None
+    detail: str
+    state: DeviceState  # the device's state after this event (unchanged for a duplicate)
+
+
+# ---------------------------------------------------------------------------------------------------- geohash
+
+_BASE32 = "0123456789bcdefghjkmnpqrstuvwxyz"
+_BASE32_INDEX = {char: index for index, char in enumerate(_BASE32)}
+EARTH_RADIUS_M = 6_371_008.8
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    lat: float
+    lon: float
+    lat_error: float  # half the cell height, degrees
+    lon_error: float  # half the cell width, degrees
+
+
+def decode_location(location: bytes) -> Position | None:
+    """The centre of a bytes32 geohash; None for all zeros (no fix). Raises ProtocolError if it is not a geohash."""
+    text_bytes = location.rstrip(b"\x00")
+    if not text_bytes:
+        return None
+    if b"\x00" in text_bytes or len(text_bytes) > 12:
+        raise ProtocolError("location must be 1-12 geohash characters, zero-padded on the right")
+    try:
+        text = text_bytes.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError("location is not ASCII geohash text") from None
+    lat_lo, lat_hi, lon_lo, lon_hi = -90.0, 90.0, -180.0, 180.0
+    even = True
+    for char in text:
+        index = _BASE32_INDEX.get(char)
+        if index is None:
+            raise ProtocolError(f"location {text!r} is not a geohash (bad character {char!r})")
+        for bit in (16, 8, 4, 2, 1):
+            if even:
+                mid = (lon_lo + lon_hi) / 2
+                if index & bit:
+                    lon_lo = mid
+                else:
+                    lon_hi = mid
+            else:
+                mid = (lat_lo + lat_hi) / 2
+                if index & bit:
+                    lat_lo = mid
+                else:
+                    lat_hi = mid
+            even = not even
+    return Position((lat_lo + lat_hi) / 2, (lon_lo + lon_hi) / 2, (lat_hi - lat_lo) / 2, (lon_hi - lon_lo) / 2)
+
+
+def encode_location(lat: float, lon: float, precision: int = 9) -> bytes:
+    """The bytes32 geohash of a position (for devices, simulators and tests)."""
+    lat_lo, lat_hi, lon_lo, lon_hi = -90.0, 90.0, -180.0, 180.0
+    chars = []
+    even, bits, index = True, 0, 0
+    while len(chars) < precision:
+        if even:
+            mid = (lon_lo + lon_hi) / 2
+            index = index * 2 + (lon >= mid)
+            lon_lo, lon_hi = (mid, lon_hi) if lon >= mid else (lon_lo, mid)
+        else:
+            mid = (lat_lo + lat_hi) / 2
+            index = index * 2 + (lat >= mid)
+            lat_lo, lat_hi = (mid, lat_hi) if lat >= mid else (lat_lo, mid)
+        even = not even
+        bits += 1
+        if bits == 5:
+            chars.append(_BASE32[index])
+            bits, index = 0, 0
+    return "".join(chars).encode().ljust(32, b"\x00")
+
+
+def distance_m(a: Position, b: Position) -> float:
+    """Great-circle distance between two cell centres, less both cells' half-diagonals (never negative)."""
+    lat1, lat2 = math.radians(a.lat), math.radians(b.lat)
+    dlat, dlon = lat2 - lat1, math.radians(b.lon - a.lon)
+    h = math.sin(dlat / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlon / 2) ** 2
+    centres = 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+    metres_per_degree = math.pi * EARTH_RADIUS_M / 180
+    slack = sum(math.hypot(p.lat_error, p.lon_error) * metres_per_degree for p in (a, b))
+    return max(0.0, centres - slack)
+
+
+# ------------------------------------------------------------------------------------------------------ rules
+
+
+def evaluate(
+    event: SignedEvent,
+    device: str,
+    kind: int,
+    state: DeviceState | None,
+    now: float,
+    settings: RuleSettings,
+    stored_digest: Callable[[str, int], bytes | None],
+) -> Verdict:
+    """Apply every rule to a correctly signed event of a registered, active device.
+
+    ``stored_digest(device, seq)`` returns the digest of an already accepted (device, seq), or None; it is only
+    called when the sequence number does not advance.
+    """
+    current = state or DeviceState(device)
+    seq = event.seq
+    if current.last_seq is not None and seq <= current.last_seq:
+        digest = stored_digest(device, seq)
+        if digest == event.digest:
+            return Verdict(Outcome.DUPLICATE, Reason.DUPLICATE, f"seq {seq} already accepted", current)
+    if current.quarantined_at is not None:
+        reason = current.quarantine_reason or "repeated rule failures"
+        return Verdict(Outcome.REJECT, Reason.QUARANTINED, f"device quarantined: {reason}", current)
+    failure = _first_failure(event, kind, current, now, settings)
+    if failure is not None:
+        reason, detail = failure
+        return Verdict(Outcome.REJECT, reason, detail, _count_failure(current, reason, now, settings))
+    timestamp = int(event.msg["timestamp"])
+    if event.type == "reading":
+        accepted = replace(current, last_seq=seq, last_timestamp=timestamp, last_value=int(event.msg["value"]))
+    else:
+        location = bytes(event.msg["location"])
+        has_fix = any(location)
+        accepted = replace(
+            current,
+            last_seq=seq,
+            last_timestamp=timestamp,
+            last_location=location if has_fix else current.last_location,
+        )
+    return Verdict(Outcome.ACCEPT, None, "", accepted)
+
+
+def _first_failure(
+    event: SignedEvent, kind: int, state: DeviceState, now: float, settings: RuleSettings
+) -> tuple[Reason, str] | None:
+    seq = event.seq
+    if state.last_seq is not None and seq <= state.last_seq:
+        return Reason.REPLAYED_SEQ, f"seq {seq} ≤ last accepted {state.last_seq} with a different digest"
+    timestamp = int(event.msg["timestamp"])
+    if settings.max_future_skew_s and timestamp > now + settings.max_future_skew_s:
+        return Reason.CLOCK_SKEW, f"timestamp {timestamp} is {timestamp - now:.0f} s in the future"
+    if settings.max_age_s and timestamp < now - settings.max_age_s:
+        return Reason.CLOCK_SKEW, f"timestamp {timestamp} is {now - timestamp:.0f} s old"
+    last_time = state.last_timestamp
+    if last_time is not None and timestamp < last_time:
+        return Reason.CLOCK_SKEW, f"timestamp {timestamp} is before the previous event's {last_time}"
+    elapsed = None if last_time is None else timestamp - last_time
+    if event.type == "reading":
+        value = int(event.msg["value"])
+        if state.last_value is not None:
+            if value < state.last_value:
+                return Reason.COUNTER_ROLLBACK, f"register {value} < previous {state.last_value}"
+            limit = settings.max_rate(kind)
+            increase = value - state.last_value
+            if limit and elapsed is not None and increase > limit * elapsed:
+                return (
+                    Reason.IMPOSSIBLE_RATE,
+                    f"register rose {increase} in {elapsed} s, above {limit:g}/s for a {_kind_name(kind)}",
+                )
+        return None
+    try:
+        here = decode_location(bytes(event.msg["location"]))
+    except ProtocolError as exc:
+        return Reason.INVALID_LOCATION, str(exc)
+    if here is None or state.last_location is None or elapsed is None or not settings.max_speed_m_s:
+        return None
+    there = decode_location(state.last_location)
+    if there is None:
+        return None
+    metres = distance_m(there, here)
+    if metres > settings.max_speed_m_s * elapsed:
+        speed = "instantly" if elapsed == 0 else f"in {elapsed} s ({metres / elapsed:.0f} m/s)"
+        return Reason.TELEPORT, f"moved {metres / 1000:.1f} km {speed}, limit {settings.max_speed_m_s:g} m/s"
+    return None
+
+
+def _count_failure(state: DeviceState, reason: Reason, now: float, settings: RuleSettings) -> DeviceState:
+    if reason not in COUNTED_FAILURES or not settings.quarantine_threshold:
+        return state
+    start = state.failure_window_start
+    if start is None or now - start > settings.quarantine_window_s:
+        start, failures = now, 1
+    else:
+        failures = state.failures + 1
+    if failures >= settings.quarantine_threshold:
+        return replace(
+            state,
+            failures=failures,
+            failure_window_start=start,
+            quarantined_at=now,
+            quarantine_reason=f"{failures} rule failures within {settings.quarantine_window_s:g} s, last: {reason}",
+        )
+    return replace(state, failures=failures, failure_window_start=start)
+
+
+def _kind_name(kind: int) -> str:
+    try:
+        return DeviceKind(kind).name.lower()
+    except ValueError:
+        return f"kind {kind}"

@@ -1,0 +1,587 @@
+"""The oracle's durable store (SQLite): accepted events (the settlement outbox), rejected events, per-device rule
+state and the device registry mirrored from chain events.
+
+One file, shared by intake and settlement: ``open_db`` is the connection factory both use; the settlement half
+keeps its own tables (transactions, nonces) in the same file through its own module.
+
+Durability: WAL journal with ``synchronous=FULL``. In WAL mode ``NORMAL`` survives a killed process but may lose
+the last committed transactions on power loss or an OS crash, and the intake acknowledges MQTT messages right
+after its commit: an acknowledged event that disappears would be lost for good, since the broker has already
+forgotten it. ``FULL`` fsyncs the WAL on every commit; intake commits once per batch (hundreds of events), so
+the cost is one fsync per batch, not per event.
+
+Event life cycle (``EventStatus``)::
+
+    pending ─claim_pending→ claimed ─attach_tx→ submitted ─mark_settled→ settled ─mark_final→ final
+       ↑___________________ release (dropped tx, reorg) ___________________|
+    any non-final state ─dead_letter→ dead          pending/claimed ─supersede→ superseded
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from oracle.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+
+
+class EventStatus(StrEnum):
+    PENDING = "pending"  # accepted and stored, waiting for the settlement planner
+    CLAIMED = "claimed"  # taken by the planner, not yet in a transaction
+    SUBMITTED = "submitted"  # part of a transaction (``tx_key``) that is not mined yet
+    SETTLED = "settled"  # mined in ``block`` / ``tx_hash``, not yet deep enough to be final
+    FINAL = "final"  # mined with enough confirmations
+    DEAD = "dead"  # will never settle (``reason`` says why)
+    SUPERSEDED = "superseded"  # a newer cumulative reading of the same agreement settles instead
+
+
+_MIGRATIONS: tuple[str, ...] = (
+    # version 1
+    """
+    CREATE TABLE events (
+        id              INTEGER PRIMARY KEY,
+        kind            TEXT    NOT NULL,               -- wire type: 'reading' | 'delivery'
+        device          TEXT    NOT NULL,               -- device identity (checksummed), the rule state key
+        signer          TEXT    NOT NULL,               -- key that signed (the device itself unless rotated)
+        chain_id        INTEGER NOT NULL,
+        contract        TEXT    NOT NULL,
+        target_id       TEXT    NOT NULL,               -- agreement / escrow id, decimal (uint256)
+        seq             INTEGER NOT NULL,
+        timestamp       INTEGER NOT NULL,
+        value           TEXT,                           -- readings: cumulative register, decimal (uint256)
+        location        BLOB,                           -- deliveries: bytes32
+        max_temperature INTEGER,                        -- deliveries
+        digest          BLOB    NOT NULL UNIQUE,
+        sig             BLOB    NOT NULL,
+        received_at     REAL    NOT NULL,
+        status          TEXT    NOT NULL DEFAULT 'pending',
+        tx_key          TEXT,
+        block           INTEGER,
+        tx_hash         TEXT,
+        settled_at      REAL,
+        final_at        REAL,
+        reason          TEXT,
+        UNIQUE (device, seq)
+    );
+    CREATE INDEX events_by_status ON events (status, kind, id);
+    CREATE INDEX events_by_tx ON events (tx_key) WHERE tx_key IS NOT NULL;
+
+    CREATE TABLE rejected (
+        id          INTEGER PRIMARY KEY,
+        received_at REAL    NOT NULL,
+        topic       TEXT    NOT NULL,
+        reason      TEXT    NOT NULL,
+        detail      TEXT    NOT NULL DEFAULT '',
+        device      TEXT,                               -- claimed device, when the payload parsed
+        seq         INTEGER,
+        digest      BLOB,
+        payload     BLOB    NOT NULL
+    );
+    CREATE INDEX rejected_by_time ON rejected (received_at);
+
+    CREATE TABLE device_state (
+        device               TEXT PRIMARY KEY,
+        last_seq             INTEGER,
+        last_value           TEXT,
+        last_timestamp       INTEGER,
+        last_location        BLOB,
+        failures             INTEGER NOT NULL DEFAULT 0,
+        failure_window_start REAL,
+        quarantined_at       REAL,
+        quarantine_reason    TEXT
+    );
+
+    CREATE TABLE registry_keys (
+        key    TEXT PRIMARY KEY,                        -- signing key address (checksummed)
+        device TEXT    NOT NULL,                        -- device identity it signs for
+        owner  TEXT,
+        kind   INTEGER NOT NULL,
+        active INTEGER NOT NULL,
+        block  INTEGER NOT NULL
+    );
+    CREATE INDEX registry_by_device ON registry_keys (device);
+
+    CREATE TABLE follower_cursor (
+        name       TEXT PRIMARY KEY,                    -- e.g. 'registry:<chainId>:<address>'
+        next_block INTEGER NOT NULL
+    );
+    """,
+)
+
+
+def open_db(path: str | Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
+    """Open (and create or migrate) the oracle database; the factory intake and settlement share.
+
+    The connection is in autocommit mode (``isolation_level=None``): callers open their own write transactions
+    with ``BEGIN IMMEDIATE`` (``Store.transaction``), so one never holds a read snapshot by accident.
+    """
+    if synchronous not in {"FULL", "NORMAL", "EXTRA"}:
+        raise StoreError(f"synchronous={synchronous!r}: use FULL (default), EXTRA or NORMAL")
+    target = Path(path)
+    if str(path) != ":memory:":
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the directory of {target}: {exc}") from None
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal" and str(path) != ":memory:":
+            raise StoreError(f"{target}: the file system refused WAL mode (got {mode})")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        _migrate(conn, target)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the oracle database {target}: {exc}") from None
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, target: Path) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{target} has schema version {version}, this oracle knows up to {SCHEMA_VERSION}; upgrade iotsettle"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            log.info("migrating %s to schema version %d", target, number + 1)
+            for statement in _MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An accepted event as intake stores it."""
+
+    kind: str
+    device: str
+    signer: str
+    chain_id: int
+    contract: str
+    target_id: int
+    seq: int
+    timestamp: int
+    value: int | None
+    location: bytes | None
+    max_temperature: int | None
+    digest: bytes
+    sig: bytes
+    received_at: float
+
+    @property
+    def msg(self) -> dict[str, Any]:
+        """The signed EIP-712 message, field name → value, as ``oracle.eip712`` and the contracts expect it."""
+        if self.kind == "reading":
+            return {"agreementId": self.target_id, "seq": self.seq, "timestamp": self.timestamp, "value": self.value}
+        return {
+            "escrowId": self.target_id,
+            "seq": self.seq,
+            "timestamp": self.timestamp,
+            "location": self.location,
+            "maxTemperature": self.max_temperature,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent(EventRecord):
+    """An event row with its settlement state."""
+
+    id: int
+    status: EventStatus
+    tx_key: str | None
+    block: int | None
+    tx_hash: str | None
+    settled_at: float | None
+    final_at: float | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    received_at: float
+    topic: str
+    reason: str
+    detail: str
+    payload: bytes
+    device: str | None = None
+    seq: int | None = None
+    digest: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow(Rejection):
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """What the fraud rules remember about a device between events."""
+
+    device: str
+    last_seq: int | None = None
+    last_value: int | None = None
+    last_timestamp: int | None = None
+    last_location: bytes | None = None
+    failures: int = 0
+    failure_window_start: float | None = None
+    quarantined_at: float | None = None
+    quarantine_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryEntry:
+    """One signing key of a registered device, as followed from the DeviceRegistry's events."""
+
+    key: str
+    device: str
+    owner: str | None
+    kind: int
+    active: bool
+    block: int
+
+
+_EVENT_COLUMNS = ", ".join(f.name for f in fields(StoredEvent))
+_RECORD_COLUMNS = tuple(f.name for f in fields(EventRecord))
+_INSERT_EVENT = (
+    f"INSERT INTO events ({', '.join(_RECORD_COLUMNS)}) VALUES ({', '.join('?' for _ in _RECORD_COLUMNS)})"
+)
+_STATE_COLUMNS = tuple(f.name for f in fields(DeviceState))
+_UPSERT_STATE = (
+    f"INSERT OR REPLACE INTO device_state ({', '.join(_STATE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _STATE_COLUMNS)})"
+)
+
+
+def _record_row(record: EventRecord) -> tuple[Any, ...]:
+    value = None if record.value is None else str(record.value)
+    return (
+        record.kind, record.device, record.signer, record.chain_id, record.contract, str(record.target_id),
+        record.seq, record.timestamp, value, record.location, record.max_temperature, record.digest, record.sig,
+        record.received_at,
+    )  # fmt: skip
+
+
+def _stored_event(row: sqlite3.Row | tuple[Any, ...]) -> StoredEvent:
+    (kind, device, signer, chain_id, contract, target_id, seq, timestamp, value, location, max_temperature, digest,
+     sig, received_at, event_id, status, tx_key, block, tx_hash, settled_at, final_at, reason) = row  # fmt: skip
+    return StoredEvent(
+        kind, device, signer, chain_id, contract, int(target_id), seq, timestamp,
+        None if value is None else int(value), location, max_temperature, digest, sig, received_at,
+        event_id, EventStatus(status), tx_key, block, tx_hash, settled_at, final_at, reason,
+    )  # fmt: skip
+
+
+def _state_row(state: DeviceState) -> tuple[Any, ...]:
+    return (
+        state.device, state.last_seq, None if state.last_value is None else str(state.last_value),
+        state.last_timestamp, state.last_location, state.failures, state.failure_window_start,
+        state.quarantined_at, state.quarantine_reason,
+    )  # fmt: skip
+
+
+def _device_state(row: tuple[Any, ...]) -> DeviceState:
+    values = list(row)
+    values[2] = None if values[2] is None else int(values[2])
+    return DeviceState(*values)
+
+
+class Store:
+    """Typed access to the oracle database. Thread-safe: one lock serialises this object's use of its connection.
+
+    Several ``Store`` objects (one per thread or per component) may share one file; SQLite's WAL mode lets
+    readers run beside the single writer, and ``BEGIN IMMEDIATE`` + the busy timeout order the writers.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._lock = threading.RLock()
+        self._depth = 0
+
+    @classmethod
+    def open(cls, path: str | Path, *, synchronous: str = "FULL") -> Store:
+        return cls(open_db(path, synchronous=synchronous))
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``); nested uses join the outer one.
+
+        The settlement half may wrap ``claim_pending``/``attach_tx`` and writes to its own tables in one of these.
+        """
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.conn
+                finally:
+                    self._depth -= 1
+                return
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot start a write transaction: {exc}") from None
+            self._depth = 1
+            try:
+                yield self.conn
+            except BaseException:
+                self._depth = 0
+                self.conn.execute("ROLLBACK")
+                raise
+            self._depth = 0
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self.conn.execute("ROLLBACK")
+                raise StoreError(f"commit failed: {exc}") from None
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self.conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"query failed: {exc}") from None
+
+    # ------------------------------------------------------------------------------------------------ intake
+
+    def commit_batch(
+        self,
+        accepted: Sequence[EventRecord],
+        rejected: Sequence[Rejection],
+        states: Iterable[DeviceState],
+    ) -> list[int]:
+        """Store one intake batch atomically: accepted events, rejections and the devices' new rule state.
+
+        Returns the new event ids. Raises StoreError (and stores nothing) if any write fails, e.g. an event whose
+        (device, seq) or digest is already stored: the rules must have filtered those as duplicates.
+        """
+        with self.transaction() as conn:
+            try:
+                ids = []
+                for record in accepted:
+                    ids.append(conn.execute(_INSERT_EVENT, _record_row(record)).lastrowid)
+                conn.executemany(
+                    "INSERT INTO rejected (received_at, topic, reason, detail, device, seq, digest, payload) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(r.received_at, r.topic, r.reason, r.detail, r.device, r.seq, r.digest, r.payload)
+                     for r in rejected],
+                )  # fmt: skip
+                conn.executemany(_UPSERT_STATE, [_state_row(s) for s in states])
+            except sqlite3.Error as exc:
+                raise StoreError(f"storing an intake batch failed: {exc}") from exc
+        return [int(i) for i in ids if i is not None]
+
+    def device_state(self, device: str) -> DeviceState | None:
+        rows = self._read(f"SELECT {', '.join(_STATE_COLUMNS)} FROM device_state WHERE device = ?", (device,))
+        return _device_state(rows[0]) if rows else None
+
+    def accepted_digest(self, device: str, seq: int) -> bytes | None:
+        """The digest of the accepted event (device, seq), to tell a duplicate from a replayed sequence number."""
+        rows = self._read("SELECT digest FROM events WHERE device = ? AND seq = ?", (device, seq))
+        return bytes(rows[0][0]) if rows else None
+
+    def quarantined_devices(self) -> list[DeviceState]:
+        rows = self._read(
+            f"SELECT {', '.join(_STATE_COLUMNS)} FROM device_state WHERE quarantined_at IS NOT NULL ORDER BY device"
+        )
+        return [_device_state(row) for row in rows]
+
+    def release_quarantine(self, device: str) -> bool:
+        """Let a quarantined device in again (operator action); returns False if it was not quarantined."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE device_state SET quarantined_at = NULL, quarantine_reason = NULL, failures = 0, "
+                "failure_window_start = NULL WHERE device = ? AND quarantined_at IS NOT NULL",
+                (device,),
+            )
+        return cursor.rowcount == 1
+
+    def recent_rejects(self, limit: int = 20) -> list[RejectedRow]:
+        rows = self._read(
+            "SELECT received_at, topic, reason, detail, payload, device, seq, digest, id FROM rejected "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [RejectedRow(*row) for row in rows]
+
+    def reject_counts(self) -> dict[str, int]:
+        return dict(self._read("SELECT reason, COUNT(*) FROM rejected GROUP BY reason ORDER BY reason"))
+
+    def prune_rejected(self, older_than: float) -> int:
+        """Delete rejected rows received before ``older_than`` (unix time); returns how many went."""
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM rejected WHERE received_at < ?", (older_than,)).rowcount
+
+    # -------------------------------------------------------------------------------------------- registry
+
+    def registry(self) -> dict[str, RegistryEntry]:
+        """Every known signing key → its registry entry (active or not)."""
+        rows = self._read("SELECT key, device, owner, kind, active, block FROM registry_keys")
+        return {row[0]: RegistryEntry(row[0], row[1], row[2], row[3], bool(row[4]), row[5]) for row in rows}
+
+    def registry_entry(self, key: str) -> RegistryEntry | None:
+        rows = self._read("SELECT key, device, owner, kind, active, block FROM registry_keys WHERE key = ?", (key,))
+        return RegistryEntry(rows[0][0], rows[0][1], rows[0][2], rows[0][3], bool(rows[0][4]), rows[0][5]) if rows else None
+
+    def apply_registry(self, entries: Sequence[RegistryEntry], deactivate_devices: Sequence[tuple[str, int]] = (),
+                       *, cursor: str | None = None, next_block: int | None = None) -> None:  # fmt: skip
+        """Apply registry changes in order and move the follower's cursor, atomically.
+
+        ``entries`` are upserted by key; ``deactivate_devices`` ((device, block) pairs) switch off every key
+        of a revoked device.
+        """
+        with self.transaction() as conn:
+            for entry in entries:
+                conn.execute(
+                    "INSERT OR REPLACE INTO registry_keys (key, device, owner, kind, active, block) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (entry.key, entry.device, entry.owner, entry.kind, int(entry.active), entry.block),
+                )
+            for device, block in deactivate_devices:
+                conn.execute("UPDATE registry_keys SET active = 0, block = ? WHERE device = ?", (block, device))
+            if cursor is not None and next_block is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO follower_cursor (name, next_block) VALUES (?, ?)", (cursor, next_block)
+                )
+
+    def follower_cursor(self, name: str) -> int | None:
+        rows = self._read("SELECT next_block FROM follower_cursor WHERE name = ?", (name,))
+        return int(rows[0][0]) if rows else None
+
+    # ------------------------------------------------------------------------------------------ settlement
+
+    def claim_pending(self, kind: str, limit: int) -> list[StoredEvent]:
+        """Take up to ``limit`` pending events of ``kind`` ('reading' | 'delivery'), oldest first, marking them
+        claimed so a second call does not return them again. ``attach_tx`` or ``release`` must follow."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE status = 'pending' AND kind = ? ORDER BY id LIMIT ?",
+                (kind, limit),
+            ).fetchall()
+            conn.executemany("UPDATE events SET status = 'claimed' WHERE id = ?", [(row[14],) for row in rows])
+        return [_stored_event(row[:15] + ("claimed",) + row[16:]) for row in rows]
+
+    def attach_tx(self, event_ids: Sequence[int], tx_key: str) -> None:
+        """Record that the events travel in transaction ``tx_key`` (the settlement half's own id for it)."""
+        self._transition(event_ids, ("pending", "claimed"), "status = 'submitted', tx_key = ?", (tx_key,))
+
+    def mark_settled(self, event_ids: Sequence[int], block: int, tx_hash: str) -> None:
+        """The events' transaction was mined in ``block``."""
+        self._transition(
+            event_ids, ("submitted", "settled"), "status = 'settled', block = ?, tx_hash = ?, settled_at = ?",
+            (block, tx_hash, time.time()),
+        )  # fmt: skip
+
+    def mark_final(self, event_ids: Sequence[int]) -> None:
+        """The events' block has enough confirmations; they will not be touched again."""
+        self._transition(event_ids, ("settled",), "status = 'final', final_at = ?", (time.time(),))
+
+    def release(self, event_ids: Sequence[int]) -> None:
+        """Put events back to pending (dropped transaction, reorg, crash before broadcast)."""
+        self._transition(
+            event_ids, ("claimed", "submitted", "settled"),
+            "status = 'pending', tx_key = NULL, block = NULL, tx_hash = NULL, settled_at = NULL", (),
+        )  # fmt: skip
+
+    def dead_letter(self, event_id: int, reason: str) -> None:
+        """The event can never settle (e.g. the contract reverts with a named error): keep it with the reason."""
+        self._transition(
+            [event_id], ("pending", "claimed", "submitted", "settled"), "status = 'dead', reason = ?", (reason,)
+        )
+
+    def supersede(self, event_ids: Sequence[int]) -> None:
+        """Readings made redundant by a newer cumulative reading of the same agreement (billing is cumulative)."""
+        self._transition(event_ids, ("pending", "claimed"), "status = 'superseded'", ())
+
+    def release_unattached_claims(self) -> int:
+        """At start-up: claims left by a process that stopped before ``attach_tx`` go back to pending."""
+        with self.transaction() as conn:
+            return conn.execute("UPDATE events SET status = 'pending' WHERE status = 'claimed'").rowcount
+
+    def _transition(self, event_ids: Sequence[int], allowed: tuple[str, ...], assignment: str,
+                    params: tuple[Any, ...]) -> None:  # fmt: skip
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return
+        marks = ", ".join("?" for _ in allowed)
+        with self.transaction() as conn:
+            updated = 0
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                updated += conn.execute(
+                    f"UPDATE events SET {assignment} WHERE id IN ({', '.join('?' for _ in chunk)}) "
+                    f"AND status IN ({marks})",
+                    (*params, *chunk, *allowed),
+                ).rowcount
+            if updated != len(ids):
+                wrong = conn.execute(
+                    f"SELECT id, status FROM events WHERE id IN ({', '.join('?' for _ in ids[:500])})", ids[:500]
+                ).fetchall()
+                found = dict(wrong)
+                bad = {i: found.get(i, "missing") for i in ids if found.get(i) not in allowed}
+                raise StoreError(f"events not in state {'/'.join(allowed)}: {dict(list(bad.items())[:10])}")
+
+    def events(self, event_ids: Sequence[int]) -> list[StoredEvent]:
+        ids = list(event_ids)
+        out: list[StoredEvent] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            out += [
+                _stored_event(row)
+                for row in self._read(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE id IN ({', '.join('?' for _ in chunk)}) ORDER BY id",
+                    chunk,
+                )
+            ]
+        return out
+
+    def events_by_tx(self, tx_key: str) -> list[StoredEvent]:
+        return [_stored_event(r) for r in self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE tx_key = ? ORDER BY id", (tx_key,))]
+
+    def events_of_device(self, device: str) -> list[StoredEvent]:
+        return [_stored_event(r) for r in self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE device = ? ORDER BY seq", (device,))]
+
+    def backlog(self) -> dict[str, int]:
+        """Number of events per status (every status present, zero included)."""
+        counts = {status.value: 0 for status in EventStatus}
+        counts.update(dict(self._read("SELECT status, COUNT(*) FROM events GROUP BY status")))
+        return counts
+
+    def pending_count(self, kind: str | None = None) -> int:
+        """Events stored but not yet mined (pending, claimed or submitted)."""
+        sql = "SELECT COUNT(*) FROM events WHERE status IN ('pending', 'claimed', 'submitted')"
+        rows = self._read(sql + " AND kind = ?", (kind,)) if kind else self._read(sql)
+        return int(rows[0][0])
+
+    def event_count(self) -> int:
+        return int(self._read("SELECT COUNT(*) FROM events")[0][0])
+
+    def last_settled_block(self) -> int | None:
+        rows = self._read("SELECT MAX(block) FROM events WHERE status IN ('settled', 'final')")
+        return rows[0][0]
