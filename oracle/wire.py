@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from eth_utils import is_hex_address, to_checksum_address
@@ -35,14 +35,26 @@ EVENT_TYPES: dict[str, str] = {"reading": "Reading", "delivery": "Delivery"}
 _PAYLOAD_KEYS = frozenset({"v", "type", "chainId", "contract", "device", "msg", "sig"})
 
 
+@lru_cache(maxsize=65_536)
+def _checksummed(value: str) -> str | None:
+    """``to_checksum_address`` of a valid hex address, else None; cached because a fleet repeats the same few
+    addresses and the checksum (a keccak over the hex text) dominated ``decode``."""
+    return to_checksum_address(value) if is_hex_address(value) else None
+
+
+def _checksum(value: str) -> str:
+    cached = _checksummed(value) if isinstance(value, str) else None
+    return cached if cached is not None else to_checksum_address(value)
+
+
 def events_topic(chain_id: int, device: str) -> str:
     """Where a device publishes its signed events (QoS 1, not retained)."""
-    return f"{TOPIC_ROOT}/{chain_id}/{to_checksum_address(device)}/events"
+    return f"{TOPIC_ROOT}/{chain_id}/{_checksum(device)}/events"
 
 
 def replies_topic(chain_id: int, device: str) -> str:
     """Where the oracle answers a device (accepted / rejected with a reason code)."""
-    return f"{TOPIC_ROOT}/{chain_id}/{to_checksum_address(device)}/replies"
+    return f"{TOPIC_ROOT}/{chain_id}/{_checksum(device)}/replies"
 
 
 def events_filter(chain_id: int) -> str:
@@ -135,9 +147,10 @@ def _decode_field(typ: str, name: str, value: Any) -> Any:
 
 def _address(body: dict[str, Any], key: str) -> str:
     value = body[key]
-    if not (isinstance(value, str) and is_hex_address(value)):
+    checksummed = _checksummed(value) if isinstance(value, str) else None
+    if checksummed is None:
         raise ProtocolError(f"{key} must be a 0x-prefixed 20-byte hex address")
-    return to_checksum_address(value)
+    return checksummed
 
 
 def decode(payload: bytes) -> SignedEvent:
