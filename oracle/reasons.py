@@ -6,8 +6,8 @@ retained)::
     {"seq": 42, "status": "accepted"}
     {"seq": 42, "status": "rejected", "reason": "clock_skew", "detail": "timestamp is 3600 s ahead"}
 
-``seq`` is null when the payload was too broken to read one. ``reason`` is present exactly when the status is
-"rejected". ``detail`` is optional human-readable text (at most ``MAX_DETAIL_CHARS``); devices must not parse it.
+``seq`` is null when the payload was too broken to read one. ``reason`` is present when the status is
+"rejected", and on an "accepted" reply only as ``duplicate`` (the event was already stored; nothing to do). ``detail`` is optional human-readable text (at most ``MAX_DETAIL_CHARS``); devices must not parse it.
 The list of reasons is the contract between the oracle daemon and firmware: add codes only at the end, never
 rename or reuse one within protocol v1.
 """
@@ -38,7 +38,7 @@ class Reason(StrEnum):
     """Not UTF-8 JSON, wrong keys, wrong types or encodings, unknown protocol version or event type."""
     OVERSIZE = "oversize"
     """The payload is larger than 1024 bytes."""
-    WRONG_TOPIC = "wrong_topic"
+    TOPIC_MISMATCH = "topic_mismatch"
     """The payload's ``device`` or ``chainId`` differs from the topic it was published on."""
     WRONG_CHAIN = "wrong_chain"
     """``chainId`` is not the chain this oracle settles on."""
@@ -56,7 +56,7 @@ class Reason(StrEnum):
     """``seq`` is not above the highest accepted sequence number of the device and the event differs from the
     one stored under that number."""
     DUPLICATE = "duplicate"
-    """Exactly this event (same digest) is already stored; harmless, the device treats it as accepted."""
+    """Exactly this event (same digest) is already stored. Not a rejection: it comes with status "accepted"."""
     COUNTER_ROLLBACK = "counter_rollback"
     """A register reading is lower than the last accepted reading of the same device and agreement."""
     IMPOSSIBLE_RATE = "impossible_rate"
@@ -64,6 +64,8 @@ class Reason(StrEnum):
     CLOCK_SKEW = "clock_skew"
     """``timestamp`` is more than the allowed skew away from the oracle's clock, or before the device's previous
     accepted event."""
+    INVALID_LOCATION = "invalid_location"
+    """A delivery's ``location`` is not a zero-padded ASCII geohash (all zero bytes, meaning no fix, is valid)."""
     TELEPORT = "teleport"
     """The location implies a speed no shipment reaches since the device's previous located event."""
     QUARANTINED = "quarantined"
@@ -84,19 +86,25 @@ class Reply:
     detail: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.status is Status.REJECTED) != (self.reason is not None):
-            raise ProtocolError("a reply carries a reason exactly when its status is 'rejected'")
+        if self.status is Status.REJECTED and self.reason is None:
+            raise ProtocolError("a rejected reply must carry a reason")
+        if self.status is Status.ACCEPTED and self.reason not in (None, Reason.DUPLICATE):
+            raise ProtocolError(f"an accepted reply cannot carry the reason {self.reason}")
         if self.seq is not None and not 0 <= self.seq <= _MAX_SEQ:
             raise ProtocolError(f"reply seq {self.seq} does not fit uint64")
 
     @property
     def stored(self) -> bool:
         """True when the oracle holds the event (accepted now, or a duplicate of one it accepted)."""
-        return self.status is Status.ACCEPTED or self.reason is Reason.DUPLICATE
+        return self.status is Status.ACCEPTED
 
     @classmethod
     def accepted(cls, seq: int) -> Reply:
         return cls(seq, Status.ACCEPTED)
+
+    @classmethod
+    def duplicate(cls, seq: int) -> Reply:
+        return cls(seq, Status.ACCEPTED, Reason.DUPLICATE)
 
     @classmethod
     def rejected(cls, seq: int | None, reason: Reason, detail: str | None = None) -> Reply:
