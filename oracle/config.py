@@ -91,7 +91,7 @@ class Config:
     compiler: CompilerSettings = field(default_factory=CompilerSettings)
     paths: PathSettings = field(default_factory=PathSettings)
     oracle: OracleSettings = field(default_factory=OracleSettings)
-    #: directory relative paths are resolved against: the config file's folder, else the project checkout.
+    #: folder relative paths are resolved against (the project: where foundry.toml and contracts/ are).
     root: Path = field(default_factory=Path.cwd)
     source: str = "defaults"
 
@@ -154,13 +154,13 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
 
 
 def _project_root(config_file: Path | None) -> Path:
-    if config_file is not None:
-        return config_file.resolve().parent
-    cwd = Path.cwd()
-    if (cwd / "contracts").is_dir():
-        return cwd
-    checkout = Path(__file__).resolve().parent.parent
-    return checkout if (checkout / "contracts").is_dir() else cwd
+    """The folder holding foundry.toml: next to the config file, else the working folder, else this checkout."""
+    candidates = [config_file.resolve().parent] if config_file is not None else []
+    candidates += [Path.cwd(), Path(__file__).resolve().parent.parent]
+    for candidate in candidates:
+        if (candidate / "foundry.toml").is_file():
+            return candidate
+    return Path.cwd()
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:

@@ -1,0 +1,58 @@
+"""What every command shares: the loaded config in ``ctx.obj``, one-line errors, JSON or rich output."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import click
+from rich.console import Console
+
+from oracle.config import Config, load_config
+from oracle.errors import IotSettleError
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+
+@dataclass
+class State:
+    config_path: str | None
+    _config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+
+class IotSettleGroup(click.Group):
+    """A click group that turns IotSettleError into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except IotSettleError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def state(ctx: click.Context) -> State:
+    return ctx.ensure_object(State)
+
+
+def emit(data: Any, as_json: bool, human: str | None = None) -> None:
+    """Print ``data`` as JSON for scripts, or ``human`` (rich markup) for people."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        out_console.print(human if human is not None else data)
+
+
+def progress(message: str) -> None:
+    """A progress line for people, on stderr so stdout stays clean for --json."""
+    err_console.print(f"[dim]•[/dim] {message}")
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
