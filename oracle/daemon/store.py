@@ -64,7 +64,7 @@ _MIGRATIONS: tuple[str, ...] = (
         value           TEXT,                           -- readings: cumulative register, decimal (uint256)
         location        BLOB,                           -- deliveries: bytes32
         max_temperature INTEGER,                        -- deliveries
-        digest          BLOB    NOT NULL UNIQUE,
+        digest          BLOB    NOT NULL,               -- EIP-712 digest (not unique: it does not cover the device)
         sig             BLOB    NOT NULL,
         received_at     REAL    NOT NULL,
         status          TEXT    NOT NULL DEFAULT 'pending',
@@ -379,7 +379,7 @@ class Store:
         """Store one intake batch atomically: accepted events, rejections and the devices' new rule state.
 
         Returns the new event ids. Raises StoreError (and stores nothing) if any write fails, e.g. an event whose
-        (device, seq) or digest is already stored: the rules must have filtered those as duplicates.
+        (device, seq) is already stored: the rules must have filtered those as duplicates.
         """
         with self.transaction() as conn:
             try:

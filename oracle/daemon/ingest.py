@@ -1,0 +1,478 @@
+"""MQTT intake: receive signed device events, verify them, apply the fraud rules, store them durably, then ack.
+
+Threads and processes:
+
+- paho's network thread runs the callbacks; they only put ``(received_at, mid, qos, topic, payload)`` on a queue
+  (``on_message``) or subscribe (``on_connect``, so a reconnect resubscribes).
+- one intake thread takes batches off the queue (``batch_size`` or ``batch_latency_s``, whichever comes first),
+  has them decoded and signature-checked (inline, or in ``verify_workers`` processes while it finishes the
+  previous batch), applies chain/contract/registry checks and the rules in arrival order, commits the whole
+  batch in ONE SQLite transaction, and only then acknowledges every message of the batch and answers each
+  device on its replies topic.
+
+A message is acknowledged only after its event (or its rejection) is committed, so a crash anywhere before that
+leaves it unacknowledged and the broker redelivers it to the same client id (persistent session:
+``clean_start=False`` + a session expiry). Redeliveries are answered "duplicate" and stored once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from oracle import wire
+from oracle.daemon.metrics import Metrics
+from oracle.daemon.rules import Outcome, Reason, RuleSettings, evaluate
+from oracle.daemon.store import DeviceState, EventRecord, RegistryEntry, Rejection, Store
+from oracle.errors import ProtocolError, SignatureError, StoreError
+
+log = logging.getLogger(__name__)
+
+REPLY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    """Everything the intake needs; ``service`` builds it from the configuration and the deployment manifest."""
+
+    chain_id: int
+    contracts: dict[str, str]  # wire event type ("reading" / "delivery") → verifying contract (checksummed)
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "iotsettle-oracle-1"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    keepalive: int = 30
+    shared_group: str = ""  # MQTT 5 shared subscription group; "" = plain subscription
+    session_expiry_s: int = 7 * 86_400  # how long the broker keeps the session (and queues events) while we are down
+    receive_maximum: int = 4_096  # unacknowledged QoS 1 messages the broker may have in flight to us
+    batch_size: int = 512
+    batch_latency_s: float = 0.02
+    verify_workers: int = 0  # processes for decode + signature checks; 0 = in the intake thread
+    reply_qos: int = 1
+    status_topic: str = ""  # retained online/offline status with a last will; "" = none
+    status_payload: dict[str, Any] = field(default_factory=dict)  # extra fields of the status messages
+    rules: RuleSettings = field(default_factory=RuleSettings)
+
+    @property
+    def subscription(self) -> str:
+        topic = wire.events_filter(self.chain_id)
+        return f"$share/{self.shared_group}/{topic}" if self.shared_group else topic
+
+
+class Message(NamedTuple):
+    received_at: float
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+
+
+class Refusal(NamedTuple):
+    reason: str
+    detail: str
+    device: str | None = None
+    seq: int | None = None
+    digest: bytes | None = None
+
+
+#: decode + signature result of one message: (None, event, signer) or (Refusal, None, None)
+Checked = tuple[Refusal | None, wire.SignedEvent | None, str | None]
+
+
+def _topic_parts(topic: str) -> tuple[str, str] | None:
+    """(chain id text, device text) of ``iotsettle/v1/{chainId}/{device}/events``."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[4] != "events" or f"{parts[0]}/{parts[1]}" != wire.TOPIC_ROOT:
+        return None
+    return parts[2], parts[3]
+
+
+def check_payload(topic: str, payload: bytes) -> Checked:
+    """Decode, schema-check and verify one message; runs in a worker process when ``verify_workers`` > 0."""
+    try:
+        event = wire.decode(payload)
+    except ProtocolError as exc:
+        return Refusal(Reason.MALFORMED.value, str(exc)), None, None
+    where = _topic_parts(topic)
+    # The chain id is not compared here: a payload for another chain is answered "wrong_chain" further on.
+    if where is None or where[1].lower() != event.device.lower():
+        detail = f"payload of {event.device} arrived on {topic}"
+        return Refusal(Reason.TOPIC_MISMATCH.value, detail, event.device, event.seq), None, None
+    try:
+        signer = event.signer()
+    except SignatureError as exc:
+        return Refusal(Reason.BAD_SIGNATURE.value, str(exc), event.device, event.seq, event.digest), None, None
+    if signer != event.device:
+        detail = f"signed by {signer}, claims {event.device}"
+        return Refusal(Reason.BAD_SIGNATURE.value, detail, event.device, event.seq, event.digest), None, None
+    return None, event, signer
+
+
+def check_payloads(items: Sequence[tuple[str, bytes]]) -> list[Checked]:
+    return [check_payload(topic, payload) for topic, payload in items]
+
+
+def reply_payload(status: str, reason: str | None, detail: str, seq: int | None, digest: bytes | None) -> bytes:
+    """The answer a device gets on its replies topic (one place, so the protocol's reply codec can replace it)."""
+    body: dict[str, Any] = {"v": REPLY_VERSION, "status": status}
+    if seq is not None:
+        body["seq"] = seq
+    if digest is not None:
+        body["digest"] = "0x" + digest.hex()
+    if reason is not None and status != Outcome.ACCEPT:
+        body["reason"] = reason
+    if detail:
+        body["detail"] = detail[:200]
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def replies_topic_for(topic: str) -> str | None:
+    """The replies topic that pairs with the events topic a message came on."""
+    return topic[: -len("events")] + "replies" if _topic_parts(topic) is not None else None
+
+
+class Intake:
+    """The MQTT → verified → stored → acknowledged pipeline. ``start()``, then ``stop()`` drains and disconnects."""
+
+    def __init__(self, settings: IntakeSettings, store: Store, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics or Metrics()
+        self._queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._accepting = threading.Event()  # cleared on stop: later messages stay unacknowledged for redelivery
+        self._stopped = threading.Event()
+        self._connected = threading.Event()
+        self._registry_dirty = threading.Event()
+        self._registry: dict[str, RegistryEntry] = {}
+        self._states: dict[str, DeviceState] = {}
+        self._contracts = {kind: address.lower() for kind, address in settings.contracts.items()}
+        self._pool: ProcessPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
+        self._last_error: str = ""
+        self.client = self._make_client()
+
+    # ---------------------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self._registry = self.store.registry()
+        self.metrics.registry_devices.set(sum(entry.active for entry in self._registry.values()))
+        if self.settings.verify_workers > 0:
+            # spawn, not fork: paho and the store hold threads and locks a forked child must not inherit
+            self._pool = ProcessPoolExecutor(self.settings.verify_workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool.submit(check_payloads, []).result()  # pay the start-up cost before the first message
+        self._accepting.set()
+        self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
+        self._thread.start()
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.settings.session_expiry_s
+        properties.ReceiveMaximum = self.settings.receive_maximum
+        try:
+            self.client.connect(
+                self.settings.host, self.settings.port, self.settings.keepalive, clean_start=False,
+                properties=properties,
+            )  # fmt: skip
+        except OSError as exc:
+            # keep going: loop_start() retries until the broker is up, and health reports it meanwhile
+            log.warning("broker %s:%d not reachable yet (%s); retrying", self.settings.host, self.settings.port, exc)
+            self.client.connect_async(
+                self.settings.host, self.settings.port, self.settings.keepalive, clean_start=False,
+                properties=properties,
+            )  # fmt: skip
+        self.client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop taking messages, process and acknowledge everything already received, publish "offline" and
+        disconnect. Returns False if the queue did not drain within ``timeout`` (what is left is redelivered)."""
+        self._accepting.clear()
+        self._stopped.set()
+        drained = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            drained = not self._thread.is_alive()
+        if self.settings.status_topic and self._connected.is_set():
+            info = self.client.publish(self.settings.status_topic, self._status("offline"), qos=1, retain=True)
+            try:
+                info.wait_for_publish(5)
+            except RuntimeError as exc:
+                log.warning("offline status not published: %s", exc)
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+        return drained
+
+    def registry_changed(self) -> None:
+        """The registry follower stored new registry entries; the intake thread reloads them before its next batch."""
+        self._registry_dirty.set()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def last_error(self) -> str:
+        return self._last_error
+
+    # ------------------------------------------------------------------------------------------------- MQTT
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5, manual_ack=True
+        )
+        if s.username:
+            client.username_pw_set(s.username, s.password or None)
+        client.max_inflight_messages_set(1_000)
+        client.reconnect_delay_set(1, 30)
+        if s.status_topic:
+            client.will_set(s.status_topic, self._status("offline"), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _status(self, state: str) -> bytes:
+        body = {"status": state, "clientId": self.settings.client_id, "time": int(time.time())}
+        body.update(self.settings.status_payload)
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        log.info(
+            "connected to %s:%d as %s (session present: %s); subscribing to %s",
+            self.settings.host, self.settings.port, self.settings.client_id, flags.session_present,
+            self.settings.subscription,
+        )  # fmt: skip
+        client.subscribe(self.settings.subscription, qos=1)
+        if self.settings.status_topic:
+            client.publish(self.settings.status_topic, self._status("online"), qos=1, retain=True)
+        self._connected.set()
+        self.metrics.mqtt_connected.set(1)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self._connected.clear()
+        self.metrics.mqtt_connected.set(0)
+        if not self._stopped.is_set():
+            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self._accepting.is_set():
+            self._queue.put(Message(time.time(), message.mid, message.qos, message.topic, message.payload))
+
+    # ----------------------------------------------------------------------------------------- intake thread
+
+    def _run(self) -> None:
+        inflight: tuple[list[Message], Callable[[], list[Checked]]] | None = None
+        while True:
+            batch = self._take_batch(wait=inflight is None)
+            submitted = (batch, self._submit(batch)) if batch else None
+            if inflight is not None:
+                self._finish(*inflight)
+            inflight = submitted
+            if inflight is None and self._stopped.is_set() and self._queue.empty():
+                return
+
+    def _take_batch(self, wait: bool) -> list[Message]:
+        size, latency = self.settings.batch_size, self.settings.batch_latency_s
+        try:
+            first = self._queue.get(timeout=0.2 if wait else latency)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + latency
+        while len(batch) < size:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self._queue.get_nowait() if remaining <= 0 else self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
+
+    def _submit(self, batch: list[Message]) -> Callable[[], list[Checked]]:
+        """Start checking a batch; returns a function that yields the results in message order."""
+        items = [(m.topic, m.payload) for m in batch]
+        pool = self._pool
+        if pool is None:
+            return lambda: check_payloads(items)
+        workers = self.settings.verify_workers
+        step = max(1, -(-len(items) // workers))
+        futures: list[Future[list[Checked]]] = [
+            pool.submit(check_payloads, items[i : i + step]) for i in range(0, len(items), step)
+        ]
+
+        def collect() -> list[Checked]:
+            try:
+                return [result for future in futures for result in future.result()]
+            except BrokenProcessPool:
+                log.error("a verification process died; checking this batch inline and restarting the pool")
+                self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                return check_payloads(items)
+
+        return collect
+
+    def _finish(self, batch: list[Message], results: Callable[[], list[Checked]]) -> None:
+        started = time.perf_counter()
+        checked = results()
+        self.metrics.received.inc(len(batch))
+        attempt = 0
+        while True:
+            try:
+                outcomes = self._decide_and_store(batch, checked)
+                break
+            except StoreError as exc:
+                attempt += 1
+                self._states.clear()  # the cached states may be ahead of what is committed
+                self.metrics.store_errors.inc()
+                self._last_error = str(exc)
+                log.error("intake batch of %d not stored (attempt %d): %s", len(batch), attempt, exc)
+                if self._stopped.is_set() and attempt >= 3:
+                    log.error("giving up on this batch at shutdown; the broker redelivers it")
+                    return
+                time.sleep(min(5.0, 0.1 * 2**attempt))
+        self._last_error = ""
+        for message in batch:
+            if message.qos:
+                self.client.ack(message.mid, message.qos)
+        self.metrics.acked.inc(len(batch))
+        for topic, payload in outcomes:
+            self.client.publish(topic, payload, qos=self.settings.reply_qos)
+        self.metrics.intake_batch_size.observe(len(batch))
+        self.metrics.intake_batch_seconds.observe(time.perf_counter() - started)
+
+    def _decide_and_store(self, batch: list[Message], checked: list[Checked]) -> list[tuple[str, bytes]]:
+        """Run the device checks and rules over the batch, commit it, and return the replies to send."""
+        if self._registry_dirty.is_set():
+            self._registry_dirty.clear()
+            self._registry = self.store.registry()
+            self.metrics.registry_devices.set(sum(entry.active for entry in self._registry.values()))
+        settings = self.settings
+        now = time.time()
+        accepted: list[EventRecord] = []
+        rejected: list[Rejection] = []
+        states: dict[str, DeviceState] = {}
+        batch_digests: dict[tuple[str, int], bytes] = {}
+        replies: list[tuple[str, bytes]] = []
+        verified = 0
+        rejected_by: dict[str, int] = {}
+        duplicates = 0
+
+        def stored_digest(device: str, seq: int) -> bytes | None:
+            return batch_digests.get((device, seq)) or self.store.accepted_digest(device, seq)
+
+        for message, (refusal, event, signer) in zip(batch, checked, strict=True):
+            reply_topic = replies_topic_for(message.topic)
+            outcome = b""
+            if event is not None and signer is not None:
+                verified += 1
+                refusal = self._device_check(event, signer)
+                if refusal is None:
+                    entry = self._registry[signer]
+                    device = entry.device
+                    state = states.get(device) or self._state(device)
+                    verdict = evaluate(event, device, entry.kind, state, now, settings.rules, stored_digest)
+                    if verdict.state is not state:
+                        states[device] = verdict.state
+                        self._states[device] = verdict.state
+                    if verdict.outcome is Outcome.ACCEPT:
+                        accepted.append(_record(event, device, signer, message.received_at))
+                        batch_digests[(device, event.seq)] = event.digest
+                        outcome = reply_payload(Outcome.ACCEPT, None, "", event.seq, event.digest)
+                    elif verdict.outcome is Outcome.DUPLICATE:
+                        duplicates += 1
+                        outcome = reply_payload(Outcome.DUPLICATE, Reason.DUPLICATE, "", event.seq, event.digest)
+                    else:
+                        reason = verdict.reason or Reason.MALFORMED
+                        refusal = Refusal(reason.value, verdict.detail, event.device, event.seq, event.digest)
+            if refusal is not None:
+                rejected.append(
+                    Rejection(message.received_at, message.topic, refusal.reason, refusal.detail, message.payload,
+                              refusal.device, refusal.seq, refusal.digest)
+                )  # fmt: skip
+                rejected_by[refusal.reason] = rejected_by.get(refusal.reason, 0) + 1
+                outcome = reply_payload(Outcome.REJECT, refusal.reason, refusal.detail, refusal.seq, refusal.digest)
+                log.info("rejected %s on %s: %s", refusal.reason, message.topic, refusal.detail)
+            if reply_topic is not None:
+                replies.append((reply_topic, outcome))
+
+        self.store.commit_batch(accepted, rejected, states.values())
+        self.metrics.verified.inc(verified)
+        self.metrics.stored.inc(len(accepted))
+        self.metrics.duplicates.inc(duplicates)
+        for reason, count in rejected_by.items():
+            self.metrics.rejected.labels(reason=reason).inc(count)
+        return replies
+
+    def _device_check(self, event: wire.SignedEvent, signer: str) -> Refusal | None:
+        if event.chain_id != self.settings.chain_id:
+            return Refusal(
+                Reason.WRONG_CHAIN.value, f"chain {event.chain_id}, this oracle serves {self.settings.chain_id}",
+                event.device, event.seq, event.digest,
+            )  # fmt: skip
+        expected = self._contracts.get(event.type)
+        if expected is None or event.contract.lower() != expected:
+            return Refusal(
+                Reason.WRONG_CONTRACT.value, f"{event.type} signed for {event.contract}, expected {expected}",
+                event.device, event.seq, event.digest,
+            )  # fmt: skip
+        entry = self._registry.get(signer)
+        if entry is None:
+            return Refusal(
+                Reason.UNKNOWN_DEVICE.value, f"{signer} is not registered", event.device, event.seq, event.digest
+            )
+        if not entry.active:
+            return Refusal(
+                Reason.REVOKED_DEVICE.value, f"key {signer} of device {entry.device} is revoked or rotated",
+                event.device, event.seq, event.digest,
+            )  # fmt: skip
+        return None
+
+    def _state(self, device: str) -> DeviceState:
+        state = self._states.get(device)
+        if state is None:
+            state = self.store.device_state(device) or DeviceState(device)
+            self._states[device] = state
+        return state
+
+
+def _record(event: wire.SignedEvent, device: str, signer: str, received_at: float) -> EventRecord:
+    msg = event.msg
+    is_reading = event.type == "reading"
+    return EventRecord(
+        kind=event.type,
+        device=device,
+        signer=signer,
+        chain_id=event.chain_id,
+        contract=event.contract,
+        target_id=event.target_id,
+        seq=event.seq,
+        timestamp=int(msg["timestamp"]),
+        value=int(msg["value"]) if is_reading else None,
+        location=None if is_reading else bytes(msg["location"]),
+        max_temperature=None if is_reading else int(msg["maxTemperature"]),
+        digest=event.digest,
+        sig=event.sig,
+        received_at=received_at,
+    )

@@ -1,0 +1,119 @@
+"""Helpers shared by the oracle daemon tests: signing devices, an MQTT publisher that listens for replies, polling."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from eth_utils import to_checksum_address
+
+from oracle import eip712, wire
+from oracle.daemon.store import RegistryEntry, Store
+
+CHAIN_ID = 31337
+#: stand-ins for the verifying contracts when the chain is not involved
+READING_CONTRACT = "0x" + "a1" * 20
+DELIVERY_CONTRACT = "0x" + "b2" * 20
+CONTRACTS = {"reading": to_checksum_address(READING_CONTRACT),
+             "delivery": to_checksum_address(DELIVERY_CONTRACT)}  # fmt: skip
+
+
+@dataclass
+class Device:
+    """A device with its own key that signs readings and deliveries the way the firmware does."""
+
+    kind: int = eip712.DeviceKind.METER
+    key: bytes = field(default_factory=lambda: os.urandom(32))
+    chain_id: int = CHAIN_ID
+    contracts: dict[str, str] = field(default_factory=lambda: dict(CONTRACTS))
+
+    @property
+    def address(self) -> str:
+        return eip712.address_of(self.key)
+
+    def sign(self, event_type: str, msg: dict[str, Any], *, chain_id: int | None = None,
+             contract: str | None = None, key: bytes | None = None) -> bytes:  # fmt: skip
+        chain = chain_id or self.chain_id
+        verifying = contract or self.contracts[event_type]
+        primary = wire.EVENT_TYPES[event_type]
+        digest = eip712.digest(primary, msg, eip712.Domain(chain, verifying))
+        sig = eip712.sign_digest(key or self.key, digest)
+        return wire.encode(event_type, chain, verifying, self.address, msg, sig)
+
+    def reading(self, seq: int, value: int, *, timestamp: int | None = None, agreement: int = 1, **kw: Any) -> bytes:
+        msg = {"agreementId": agreement, "seq": seq, "timestamp": timestamp or int(time.time()), "value": value}
+        return self.sign("reading", msg, **kw)
+
+    def delivery(self, seq: int, location: bytes, *, timestamp: int | None = None, escrow: int = 1,
+                 temperature: int = 4, **kw: Any) -> bytes:  # fmt: skip
+        msg = {"escrowId": escrow, "seq": seq, "timestamp": timestamp or int(time.time()), "location": location,
+               "maxTemperature": temperature}  # fmt: skip
+        return self.sign("delivery", msg, **kw)
+
+    @property
+    def topic(self) -> str:
+        return wire.events_topic(self.chain_id, self.address)
+
+
+def register(store: Store, *devices: Device, active: bool = True) -> None:
+    """Put devices into the store's registry mirror, as the registry follower would after DeviceRegistered."""
+    store.apply_registry([RegistryEntry(d.address, d.address, None, int(d.kind), active, 1) for d in devices])
+
+
+class Publisher:
+    """A device-side MQTT client: publishes QoS 1 and collects every reply on the devices' replies topics."""
+
+    def __init__(self, host: str, port: int, chain_id: int = CHAIN_ID) -> None:
+        self.replies: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{uuid.uuid4().hex[:10]}",
+                                  protocol=mqtt.MQTTv5)  # fmt: skip
+        self.client.max_inflight_messages_set(1000)
+        self.client.on_connect = lambda c, *_: c.subscribe(f"{wire.TOPIC_ROOT}/{chain_id}/+/replies", qos=1)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = lambda c, u, m: self.replies.put((m.topic, json.loads(m.payload)))
+        self.client.connect(host, port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError("publisher could not subscribe to the replies")
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+
+    def publish_many(self, items: list[tuple[str, bytes]]) -> None:
+        infos = [self.client.publish(topic, payload, qos=1) for topic, payload in items]
+        for info in infos:
+            info.wait_for_publish(30)
+
+    def collect(self, count: int, timeout: float = 10.0) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < count:
+            try:
+                out.append(self.replies.get(timeout=max(0.01, deadline - time.monotonic())))
+            except queue.Empty:
+                raise TimeoutError(f"got {len(out)} of {count} replies: {out}") from None
+        return out
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
