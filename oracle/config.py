@@ -81,6 +81,13 @@ class OracleSettings:
     oracle_id: str = _doc("oracle-1", "name of this instance in status topics, logs and metrics")
     shared_group: str = _doc("", "MQTT 5 shared-subscription group; empty = plain subscription")
     health_port: int = _doc(9464, "port of the /health and /metrics endpoint (0 disables it)")
+    batch_max_events: int = _doc(100, "settlement: most events in one transaction")
+    batch_max_wait: float = _doc(0.25, "settlement: seconds the oldest event of a partial batch may wait")
+    settlement_window: float = _doc(0.0, "settlement: seconds of meter readings per agreement collapsed to the newest; 0 = at each batch cut")
+    max_in_flight: int = _doc(8, "settlement: transactions sent and not yet mined, at consecutive nonces")
+    max_fee_gwei: float = _doc(500.0, "settlement: cap on maxFeePerGas in gwei, re-broadcasts included")
+    priority_fee_gwei: float = _doc(0.0, "settlement: priority fee in gwei; 0 = ask the node (eth_maxPriorityFeePerGas)")
+    rebroadcast_after: float = _doc(15.0, "settlement: seconds before an unmined transaction is re-sent at the same nonce with fees +12.5%")
 
 
 @dataclass(frozen=True)
