@@ -1,0 +1,380 @@
+"""The fleet file: which simulated devices exist, their keys, kinds and what they report on (docs/PROTOCOL.md).
+
+::
+
+    {"format": "iotsettle-fleet-1", "chainId": 31337,
+     "contracts": {"MeteredBilling": "0x…", "DeliveryEscrow": "0x…", "DeviceRegistry": "0x…"},  # optional
+     "devices": [
+       {"name": "meter-000", "kind": "meter", "privateKey": "0x…", "agreementId": "1"},
+       {"name": "tracker-000", "kind": "tracker", "keyFile": "keys/0x….json", "escrowIds": ["4"],
+        "route": [[52.52, 13.405], [52.5205, 13.4072]], "speed": 11.5, "destination": "u33dbfc"},
+       {"name": "vehicle-000", "kind": "vehicle", "privateKey": "0x…", "agreementId": "2", "faults": ["clock_skew"]}]}
+
+``contracts`` may be left out: the addresses then come from the deployment manifest of ``chainId``. Key files
+are relative to the fleet file and share one password (``IOTSETTLE_DEVICE_PASSWORD`` or a password file);
+``privateKey`` is for local demos only. Sequence counters persist beside each key file, or for raw keys in
+``<fleet file>.seq/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from eth_utils import is_hex_address, to_checksum_address
+
+from oracle.device.keys import DeviceKey, create_keystore, load_keystore, parse_private_key, resolve_password
+from oracle.device.location import geohash_encode
+from oracle.device.signer import Contracts
+from oracle.eip712 import DeviceKind
+from oracle.errors import ConfigError, KeyFileError
+
+log = logging.getLogger(__name__)
+
+FLEET_FORMAT = "iotsettle-fleet-1"
+DESTINATION_PRECISION = 7  # geohash characters: a cell of about 153 m × 153 m
+_MAX_UINT256 = (1 << 256) - 1
+
+#: a few city centres the generated tracker routes start from (lat, lon)
+_CITIES: tuple[tuple[float, float], ...] = (
+    (52.5200, 13.4050),  # Berlin
+    (48.8566, 2.3522),  # Paris
+    (-1.2921, 36.8219),  # Nairobi
+    (6.5244, 3.3792),  # Lagos
+    (19.0760, 72.8777),  # Mumbai
+    (-23.5505, -46.6333),  # São Paulo
+)
+
+
+class FaultClass(StrEnum):
+    """A class of bad event the simulator can make a device emit, named after the reason the oracle must give."""
+
+    BAD_SIGNATURE = "bad_signature"
+    REPLAYED_SEQ = "replayed_seq"
+    COUNTER_ROLLBACK = "counter_rollback"
+    IMPOSSIBLE_RATE = "impossible_rate"
+    CLOCK_SKEW = "clock_skew"
+    TELEPORT = "teleport"
+    WRONG_CHAIN = "wrong_chain"
+
+    def applies_to(self, kind: DeviceKind) -> bool:
+        if self is FaultClass.TELEPORT:
+            return kind is DeviceKind.TRACKER
+        if self in (FaultClass.COUNTER_ROLLBACK, FaultClass.IMPOSSIBLE_RATE):
+            return kind is not DeviceKind.TRACKER
+        return True
+
+
+def kind_from_name(name: str) -> DeviceKind:
+    try:
+        return DeviceKind[name.strip().upper().replace("-", "_")]
+    except KeyError:
+        choices = ", ".join(kind.name.lower() for kind in DeviceKind)
+        raise ConfigError(f"unknown device kind {name!r} (one of {choices})") from None
+
+
+def kind_name(kind: DeviceKind) -> str:
+    return kind.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class FleetDevice:
+    name: str
+    kind: DeviceKind
+    key: DeviceKey
+    #: agreement id (readings) or escrow ids (tracker deliveries, one per parcel, all delivered at the destination)
+    targets: tuple[int, ...]
+    route: tuple[tuple[float, float], ...] = ()
+    speed: float = 0.0  # m/s along the route
+    destination: str = ""  # geohash of the escrows' destination
+    faults: tuple[FaultClass, ...] = ()
+    counter_path: Path | None = None
+
+    @property
+    def address(self) -> str:
+        return self.key.address
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    chain_id: int
+    contracts: Contracts | None
+    devices: tuple[FleetDevice, ...]
+    path: Path
+
+    def by_kind(self) -> dict[str, int]:
+        counts = {kind_name(kind): 0 for kind in DeviceKind}
+        for device in self.devices:
+            counts[kind_name(device.kind)] += 1
+        return counts
+
+
+def _uint(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where} must be a non-negative integer")
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or not 0 <= value <= _MAX_UINT256:
+        raise ConfigError(f"{where} must be a non-negative integer (a decimal string for large ids)")
+    return value
+
+
+def _address(value: Any, where: str) -> str:
+    if not (isinstance(value, str) and is_hex_address(value)):
+        raise ConfigError(f"{where} must be a 0x-prefixed address")
+    return to_checksum_address(value)
+
+
+def _contracts(raw: Any) -> Contracts | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("fleet contracts must be an object of name → address")
+    try:
+        return Contracts(
+            _address(raw["MeteredBilling"], "contracts.MeteredBilling"),
+            _address(raw["DeliveryEscrow"], "contracts.DeliveryEscrow"),
+            _address(raw["DeviceRegistry"], "contracts.DeviceRegistry") if "DeviceRegistry" in raw else None,
+        )
+    except KeyError as exc:
+        raise ConfigError(f"fleet contracts lack {exc.args[0]}") from None
+
+
+def contracts_from_manifest(manifest: Mapping[str, Any]) -> Contracts:
+    """The signing domains from a deployment manifest (``deployments/<chainId>.json``)."""
+    entries = manifest.get("contracts", {})
+    try:
+        return Contracts(
+            to_checksum_address(entries["MeteredBilling"]["address"]),
+            to_checksum_address(entries["DeliveryEscrow"]["address"]),
+            to_checksum_address(entries["DeviceRegistry"]["address"]) if "DeviceRegistry" in entries else None,
+        )
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"the deployment manifest has no address for {exc}") from None
+
+
+def load_fleet(path: str | os.PathLike[str], *, password_file: str | os.PathLike[str] | None = None) -> Fleet:
+    """Read and check a fleet file, loading every key. Raises ConfigError / KeyFileError naming the problem."""
+    fleet_path = Path(path)
+    try:
+        document = json.loads(fleet_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read fleet file {fleet_path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"fleet file {fleet_path} is not JSON: {exc}") from None
+    if not isinstance(document, dict) or document.get("format") != FLEET_FORMAT:
+        raise ConfigError(f"{fleet_path} is not a fleet file (format must be {FLEET_FORMAT!r})")
+    chain_id = document.get("chainId")
+    if isinstance(chain_id, bool) or not isinstance(chain_id, int) or chain_id <= 0:
+        raise ConfigError("fleet chainId must be a positive integer")
+    raw_devices = document.get("devices")
+    if not isinstance(raw_devices, list) or not raw_devices:
+        raise ConfigError("fleet devices must be a non-empty list")
+    password: str | None = None
+    devices: list[FleetDevice] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_devices):
+        where = f"devices[{index}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where} must be an object")
+        kind = kind_from_name(str(raw.get("kind", "")))
+        name = str(raw.get("name") or f"{kind_name(kind)}-{index:03d}")
+        if "keyFile" in raw:
+            key_path = (fleet_path.parent / str(raw["keyFile"])).resolve()
+            if password is None:
+                password = resolve_password(password_file)
+            key = load_keystore(key_path, password)
+            counter_path = Path(f"{key_path}.seq")
+        elif "privateKey" in raw:
+            key = DeviceKey.from_private_key(str(raw["privateKey"]), kind)
+            counter_path = Path(f"{fleet_path}.seq") / f"{key.address}.seq"
+        else:
+            raise ConfigError(f"{where} needs keyFile or privateKey")
+        if key.address in seen:
+            raise ConfigError(f"{where}: device {key.address} appears twice")
+        seen.add(key.address)
+        if kind is DeviceKind.TRACKER:
+            ids = raw.get("escrowIds", [raw["escrowId"]] if "escrowId" in raw else None)
+            if not isinstance(ids, list) or not ids:
+                raise ConfigError(f"{where}: a tracker needs escrowIds")
+            targets = tuple(_uint(value, f"{where}.escrowIds") for value in ids)
+        else:
+            if "agreementId" not in raw:
+                raise ConfigError(f"{where}: a {kind_name(kind)} needs agreementId")
+            targets = (_uint(raw["agreementId"], f"{where}.agreementId"),)
+        route: tuple[tuple[float, float], ...] = ()
+        speed = 0.0
+        destination = ""
+        if kind is DeviceKind.TRACKER:
+            route, speed, destination = _route(raw, where)
+        faults = tuple(_fault(value, kind, where) for value in raw.get("faults", []))
+        devices.append(FleetDevice(name, kind, key, targets, route, speed, destination, faults, counter_path))
+    return Fleet(chain_id, _contracts(document.get("contracts")), tuple(devices), fleet_path)
+
+
+def _fault(value: Any, kind: DeviceKind, where: str) -> FaultClass:
+    try:
+        fault = FaultClass(str(value))
+    except ValueError:
+        raise ConfigError(f"{where}: unknown fault {value!r} (one of {', '.join(FaultClass)})") from None
+    if not fault.applies_to(kind):
+        raise ConfigError(f"{where}: a {kind_name(kind)} cannot emit {fault}")
+    return fault
+
+
+def _route(raw: dict[str, Any], where: str) -> tuple[tuple[tuple[float, float], ...], float, str]:
+    points = raw.get("route")
+    if not isinstance(points, list) or len(points) < 2:
+        raise ConfigError(f"{where}: a tracker needs a route of at least two [lat, lon] points")
+    route: list[tuple[float, float]] = []
+    for point in points:
+        if not (isinstance(point, list) and len(point) == 2 and all(isinstance(c, (int, float)) for c in point)):
+            raise ConfigError(f"{where}: route points must be [lat, lon]")
+        lat, lon = float(point[0]), float(point[1])
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            raise ConfigError(f"{where}: route point {point} is not a latitude/longitude")
+        route.append((lat, lon))
+    speed = raw.get("speed", 12.0)
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0 < speed <= 100:
+        raise ConfigError(f"{where}: speed must be in (0, 100] m/s")
+    destination = raw.get("destination") or geohash_encode(*route[-1], DESTINATION_PRECISION)
+    if not isinstance(destination, str):
+        raise ConfigError(f"{where}: destination must be a geohash string")
+    try:
+        if geohash_encode(*route[-1], len(destination)) != destination:
+            raise ConfigError(f"{where}: the route does not end inside the destination cell {destination}")
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return tuple(route), float(speed), destination
+
+
+def _generated_route(rng: random.Random) -> tuple[list[list[float]], float]:
+    """A last-leg courier route: 3 legs from a city centre, arriving 8-20 s after the start at 8-14 m/s."""
+    lat, lon = rng.choice(_CITIES)
+    lat += rng.uniform(-0.03, 0.03)
+    lon += rng.uniform(-0.03, 0.03)
+    speed = rng.uniform(8.0, 14.0)
+    total = speed * rng.uniform(8.0, 20.0)
+    heading = rng.uniform(0, 2 * math.pi)
+    points = [[round(lat, 6), round(lon, 6)]]
+    for _ in range(3):
+        heading += rng.uniform(-0.8, 0.8)
+        leg = total / 3
+        lat += leg * math.cos(heading) / 111_320
+        lon += leg * math.sin(heading) / (111_320 * math.cos(math.radians(lat)))
+        points.append([round(lat, 6), round(lon, 6)])
+    return points, round(speed, 2)
+
+
+def generate_fleet(
+    out_dir: str | os.PathLike[str],
+    *,
+    chain_id: int,
+    contracts: Contracts | None = None,
+    meters: int = 2,
+    trackers: int = 1,
+    vehicles: int = 1,
+    weather_stations: int = 1,
+    seed: int = 1,
+    keystores: bool = False,
+    password: str | None = None,
+    kdf_iterations: int | None = None,
+    targets: Mapping[str, Sequence[int]] | None = None,
+) -> Path:
+    """Create keys and ``<out_dir>/fleet.json`` for a demo fleet; returns the fleet file path.
+
+    Keys are fresh random keys: raw in the file (``keystores=False``, local demos) or keystores under
+    ``<out_dir>/keys`` encrypted with ``password``. Routes and placeholder ids come from ``seed``; ``targets``
+    (device name → agreement id, or escrow ids for trackers) replaces the placeholders, or edit them later with
+    ``set_targets``. Refuses to overwrite an existing fleet file.
+    """
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    fleet_path = directory / "fleet.json"
+    if fleet_path.exists():
+        raise ConfigError(f"{fleet_path} already exists; refusing to overwrite a fleet")
+    if keystores and not password:
+        raise KeyFileError("keystores need a password")
+    rng = random.Random(f"iotsettle-fleet:{seed}")
+    plan = [
+        (DeviceKind.METER, meters),
+        (DeviceKind.TRACKER, trackers),
+        (DeviceKind.VEHICLE, vehicles),
+        (DeviceKind.WEATHER_STATION, weather_stations),
+    ]
+    devices: list[dict[str, Any]] = []
+    next_id = 1
+    for kind, count in plan:
+        for index in range(count):
+            name = f"{kind_name(kind).replace('_', '-')}-{index:03d}"
+            entry: dict[str, Any] = {"name": name, "kind": kind_name(kind)}
+            if keystores:
+                key = create_keystore(directory / "keys", password or "", kind=kind, kdf="pbkdf2", iterations=kdf_iterations)
+                entry["address"] = key.address
+                entry["keyFile"] = os.path.relpath(key.path or "", directory)
+            else:
+                key = DeviceKey.from_private_key(_random_key(), kind)
+                entry["address"] = key.address
+                entry["privateKey"] = "0x" + key.private_key.hex()
+            chosen = list((targets or {}).get(name, ()))
+            if kind is DeviceKind.TRACKER:
+                entry["escrowIds"] = [str(value) for value in chosen] or [str(next_id)]
+                route, speed = _generated_route(rng)
+                entry["route"] = route
+                entry["speed"] = speed
+                entry["destination"] = geohash_encode(route[-1][0], route[-1][1], DESTINATION_PRECISION)
+            else:
+                entry["agreementId"] = str(chosen[0]) if chosen else str(next_id)
+            next_id += 1
+            devices.append(entry)
+    document: dict[str, Any] = {"format": FLEET_FORMAT, "chainId": chain_id}
+    if contracts is not None:
+        document["contracts"] = {"MeteredBilling": contracts.metered_billing, "DeliveryEscrow": contracts.delivery_escrow}
+        if contracts.device_registry:
+            document["contracts"]["DeviceRegistry"] = contracts.device_registry
+    document["devices"] = devices
+    _write_private_json(fleet_path, document)
+    return fleet_path
+
+
+def _random_key() -> bytes:
+    while True:
+        try:
+            return parse_private_key(secrets.token_bytes(32))
+        except KeyFileError:
+            continue
+
+
+def _write_private_json(path: Path, document: dict[str, Any]) -> None:
+    """Fleet files may hold raw demo keys: write them 0600, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def set_targets(fleet_path: str | os.PathLike[str], targets: Mapping[str, Sequence[int]]) -> None:
+    """Point devices (by name or address) at real agreement / escrow ids, e.g. after creating them on-chain."""
+    path = Path(fleet_path)
+    document = json.loads(path.read_text(encoding="utf-8"))
+    wanted = {key.lower(): list(values) for key, values in targets.items()}
+    for entry in document["devices"]:
+        ids = wanted.get(str(entry.get("name", "")).lower()) or wanted.get(str(entry.get("address", "")).lower())
+        if not ids:
+            continue
+        if entry["kind"] == "tracker":
+            entry["escrowIds"] = [str(value) for value in ids]
+        else:
+            entry["agreementId"] = str(ids[0])
+    _write_private_json(path, document)

@@ -1,0 +1,693 @@
+"""A fleet of simulated devices that sign realistic events and publish them over MQTT at a chosen rate.
+
+- meters: a cumulative energy register (Wh) driven by a daily load curve (night base load, morning and evening
+  peaks, appliance spikes, multiplicative noise);
+- vehicles: an odometer (metres) that advances while driving; trips and parking alternate, speed wanders around a
+  cruise speed with occasional harsh braking;
+- weather stations: a cumulative rainfall register (hundredths of a millimetre) from rain showers that start and
+  stop at random, heavier in the warm afternoon of a modelled air temperature;
+- trackers: a parcel moving along its route at its speed inside a reefer whose temperature wanders around a set
+  point with door-open excursions; on reaching the destination it signs one Delivery per escrow with the
+  highest temperature seen (centi-°C).
+
+Everything random comes from ``random.Random`` seeded with (seed, device address), and timestamps are
+``start_time`` + the planned offset, so the same fleet, seed, start time and starting sequence numbers give
+byte-identical payloads. A register's value is sampled at whole seconds (the timestamp's resolution), so
+readings within one second repeat the value and the rate rules see no growth without elapsed time.
+
+Faults (``FaultClass``) are extra events of a chosen device, each built to be refused with the reason of the same
+name; the run's result lists every one with its (device, seq) so a test can check the oracle's replies.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from oracle.device.buffer import MEMORY, OfflineBuffer
+from oracle.device.fleet import Fleet, FleetDevice, FaultClass, kind_name
+from oracle.device.keys import MemoryCounter, SequenceCounter
+from oracle.device.location import geohash_encode, location_bytes32
+from oracle.device.publisher import BrokerSettings, Publisher
+from oracle.device.signer import Contracts, sign_event
+from oracle.eip712 import DeviceKind
+from oracle.errors import ConfigError
+from oracle.reasons import Reply
+from oracle.wire import SignedEvent, TOPIC_ROOT, events_topic
+
+log = logging.getLogger(__name__)
+
+#: the oracle's reply reason each fault class must produce
+EXPECTED_REASON: dict[FaultClass, str] = {fault: fault.value for fault in FaultClass}
+CLOCK_SKEW_SECONDS = 3_600  # far beyond the oracle's default tolerance of 300 s
+IMPOSSIBLE_JUMP = 10_000_000_000  # register units in ~1 s: above every kind's plausible rate, still a uint64
+PREBUILD_LIMIT = 300_000  # events signed ahead of a run (about 450 bytes each)
+
+
+# ------------------------------------------------------------------------------------------------- models
+
+
+class MeterModel:
+    """Cumulative energy register in Wh."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self.base_w = rng.uniform(250.0, 600.0)
+        self.peak_w = rng.uniform(1_500.0, 6_000.0)
+        self.utc_offset_h = rng.uniform(-3.0, 3.0)
+        self.register_wh = rng.uniform(1e5, 5e6)
+        self._t: int | None = None
+
+    def power_w(self, t: int) -> float:
+        hour = (t / 3600.0 + self.utc_offset_h) % 24.0
+        morning = math.exp(-(((hour - 7.5) / 1.2) ** 2) / 2)
+        evening = math.exp(-(((hour - 19.0) / 1.8) ** 2) / 2)
+        power = self.base_w + self.peak_w * (0.45 * morning + evening)
+        if self._rng.random() < 0.02:  # kettle, oven, washing machine
+            power += self._rng.uniform(1_000.0, 2_500.0)
+        return max(0.0, power * (1.0 + self._rng.gauss(0.0, 0.08)))
+
+    def value_at(self, t: int) -> int:
+        if self._t is None:
+            self._t = t
+        while self._t < t:
+            step = min(60, t - self._t)
+            self.register_wh += self.power_w(self._t) * step / 3600.0
+            self._t += step
+        return int(self.register_wh)
+
+
+class VehicleModel:
+    """Odometer in metres; counts trips and harsh-braking events."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self.odometer_m = rng.uniform(5e6, 2e8)
+        self.cruise = rng.uniform(10.0, 30.0)
+        self.speed = 0.0
+        self.driving = rng.random() < 0.7
+        self._phase_left = rng.uniform(5.0, 60.0)
+        self.trips = 0
+        self.harsh_brakes = 0
+        self._t: int | None = None
+
+    def _second(self) -> None:
+        rng = self._rng
+        self._phase_left -= 1
+        if self._phase_left <= 0:
+            self.driving = not self.driving
+            self._phase_left = rng.uniform(40.0, 240.0) if self.driving else rng.uniform(20.0, 120.0)
+            self.trips += self.driving
+        if not self.driving:
+            self.speed = max(0.0, self.speed - 4.0)
+            return
+        self.speed += 0.2 * (self.cruise - self.speed) + rng.gauss(0.0, 0.8)
+        if rng.random() < 0.01:
+            self.speed *= 0.3
+            self.harsh_brakes += 1
+        self.speed = min(max(self.speed, 0.0), 45.0)
+        self.odometer_m += self.speed
+
+    def value_at(self, t: int) -> int:
+        if self._t is None:
+            self._t = t
+        while self._t < t:
+            self._second()
+            self._t += 1
+        return int(self.odometer_m)
+
+
+class WeatherStationModel:
+    """Cumulative rainfall in hundredths of a millimetre, with a modelled air temperature (°C)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self.rain_001mm = rng.uniform(0.0, 5e5)
+        self.mean_c = rng.uniform(12.0, 28.0)
+        self.raining = rng.random() < 0.3
+        self.intensity_mm_h = rng.uniform(0.5, 25.0)
+        self.temperature_c = self.mean_c
+        self._t: int | None = None
+
+    def _second(self, t: int) -> None:
+        rng = self._rng
+        hour = (t / 3600.0) % 24.0
+        self.temperature_c = self.mean_c + 6.0 * math.sin((hour - 9.0) / 24.0 * 2 * math.pi) + rng.gauss(0.0, 0.2)
+        convective = max(0.0, self.temperature_c - self.mean_c) / 6.0
+        if self.raining:
+            if rng.random() < 1 / 300:
+                self.raining = False
+            else:
+                self.rain_001mm += self.intensity_mm_h * 100.0 / 3600.0 * rng.uniform(0.5, 1.5)
+        elif rng.random() < (1 + 2 * convective) / 900:
+            self.raining = True
+            self.intensity_mm_h = rng.uniform(0.5, 25.0)
+
+    def value_at(self, t: int) -> int:
+        if self._t is None:
+            self._t = t
+        while self._t < t:
+            self._second(self._t)
+            self._t += 1
+        return int(self.rain_001mm)
+
+
+class TrackerModel:
+    """A parcel moving along a route; reefer temperature in centi-°C, sampled every second until arrival."""
+
+    def __init__(self, rng: random.Random, route: Sequence[tuple[float, float]], speed: float) -> None:
+        self._rng = rng
+        self.route = list(route)
+        self.speed = speed
+        self._legs = [_metres(a, b) for a, b in zip(self.route, self.route[1:])]
+        self.length_m = sum(self._legs)
+        self.arrival_s = self.length_m / speed if speed > 0 else math.inf
+        self.setpoint_c = rng.uniform(2.0, 6.0)
+        self.temperature_c = self.setpoint_c
+        self.max_temperature_c = self.setpoint_c
+        self._sampled = 0
+
+    def position(self, elapsed: float) -> tuple[float, float]:
+        travelled = min(self.length_m, self.speed * max(0.0, elapsed))
+        for (a, b), leg in zip(zip(self.route, self.route[1:]), self._legs):
+            if travelled <= leg and leg > 0:
+                f = travelled / leg
+                return a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f
+            travelled -= leg
+        return self.route[-1]
+
+    def max_temperature_until(self, elapsed: float) -> int:
+        """Highest temperature seen up to ``elapsed`` seconds, in centi-°C."""
+        while self._sampled < elapsed:
+            drift = 0.1 * (self.setpoint_c - self.temperature_c) + self._rng.gauss(0.0, 0.05)
+            if self._rng.random() < 0.02:  # door opened at a stop
+                drift += self._rng.uniform(0.5, 2.0)
+            self.temperature_c += drift
+            self.max_temperature_c = max(self.max_temperature_c, self.temperature_c)
+            self._sampled += 1
+        return round(self.max_temperature_c * 100)
+
+
+def _metres(a: tuple[float, float], b: tuple[float, float]) -> float:
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6_371_008.8 * math.asin(min(1.0, math.sqrt(h)))
+
+
+def _model(device: FleetDevice, rng: random.Random) -> MeterModel | VehicleModel | WeatherStationModel | TrackerModel:
+    if device.kind is DeviceKind.METER:
+        return MeterModel(rng)
+    if device.kind is DeviceKind.VEHICLE:
+        return VehicleModel(rng)
+    if device.kind is DeviceKind.WEATHER_STATION:
+        return WeatherStationModel(rng)
+    return TrackerModel(rng, device.route, device.speed)
+
+
+# ------------------------------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEvent:
+    """One payload to publish ``offset`` seconds after the start."""
+
+    offset: float
+    device: str
+    event_type: str
+    seq: int
+    topic: str
+    payload: bytes
+    fault: FaultClass | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InjectedFault:
+    fault: FaultClass
+    device: str
+    seq: int
+    expect: str
+
+
+def choose_fault_devices(fleet: Fleet, faults: Sequence[FaultClass], seed: int) -> dict[str, tuple[FaultClass, ...]]:
+    """Faults per device address: the fleet file's, plus one eligible device per requested class.
+
+    Each requested class goes to a different device while there are enough, so one device's quarantine does not
+    hide another class's reason.
+    """
+    chosen: dict[str, list[FaultClass]] = {device.address: list(device.faults) for device in fleet.devices}
+    busy = {address for address, classes in chosen.items() if classes}
+    order = list(fleet.devices)
+    random.Random(f"faults:{seed}").shuffle(order)
+    for fault in faults:
+        eligible = [device for device in order if fault.applies_to(device.kind)]
+        if not eligible:
+            log.warning("no device in the fleet can emit %s; skipped", fault)
+            continue
+        free = [device for device in eligible if device.address not in busy]
+        target = (free or eligible)[0]
+        if fault not in chosen[target.address]:
+            chosen[target.address].append(fault)
+        busy.add(target.address)
+    return {address: tuple(classes) for address, classes in chosen.items() if classes}
+
+
+class _DeviceRun:
+    """The state of one device during a plan: model, counter, last normal event."""
+
+    def __init__(self, device: FleetDevice, fleet: Fleet, contracts: Contracts, seed: int, counter: Any) -> None:
+        self.device = device
+        self.chain_id = fleet.chain_id
+        self.contracts = contracts
+        self.rng = random.Random(f"{seed}:{device.address}")
+        self.model = _model(device, self.rng)
+        self.counter = counter
+        self.topic = events_topic(fleet.chain_id, device.address)
+        self.last_event: SignedEvent | None = None
+        self.last_value: int | None = None
+
+    def _sign(self, event_type: str, msg: dict[str, Any], *, chain_id: int | None = None) -> SignedEvent:
+        contract = self.contracts.for_type(event_type)
+        return sign_event(self.device.key, event_type, chain_id or self.chain_id, contract, msg)
+
+    def reading(self, timestamp: int) -> SignedEvent:
+        assert isinstance(self.model, (MeterModel, VehicleModel, WeatherStationModel))
+        value = self.model.value_at(timestamp)
+        msg = {"agreementId": self.device.targets[0], "seq": self.counter.next(), "timestamp": timestamp, "value": value}
+        event = self._sign("reading", msg)
+        self.last_event, self.last_value = event, value
+        return event
+
+    def delivery(self, escrow_id: int, timestamp: int, elapsed: float) -> SignedEvent:
+        assert isinstance(self.model, TrackerModel)
+        location = geohash_encode(*self.model.position(elapsed), len(self.device.destination) or 7)
+        msg = {
+            "escrowId": escrow_id,
+            "seq": self.counter.next(),
+            "timestamp": timestamp,
+            "location": location_bytes32(location),
+            "maxTemperature": self.model.max_temperature_until(elapsed),
+        }
+        event = self._sign("delivery", msg)
+        self.last_event = event
+        return event
+
+    def fault(self, fault: FaultClass, timestamp: int, elapsed: float) -> SignedEvent | None:
+        """A bad event of class ``fault``, or None when the device has nothing to build it from yet."""
+        tracker = isinstance(self.model, TrackerModel)
+        if fault is FaultClass.REPLAYED_SEQ:
+            if self.last_event is None:
+                return None
+            msg = dict(self.last_event.msg)
+            if tracker:
+                msg["maxTemperature"] = int(msg["maxTemperature"]) + 1
+            else:
+                msg["value"] = int(msg["value"]) + 1
+            return self._sign(self.last_event.type, msg)
+        if fault is FaultClass.TELEPORT:
+            assert isinstance(self.model, TrackerModel)
+            lat, lon = self.model.route[-1]
+            far = geohash_encode(-lat, lon + 180.0 if lon <= 0 else lon - 180.0, len(self.device.destination) or 7)
+            msg = {
+                "escrowId": self.device.targets[0],
+                "seq": self.counter.next(),
+                "timestamp": timestamp,
+                "location": location_bytes32(far),
+                "maxTemperature": self.model.max_temperature_until(elapsed),
+            }
+            return self._sign("delivery", msg)
+        if tracker:
+            assert isinstance(self.model, TrackerModel)
+            here = geohash_encode(*self.model.position(elapsed), len(self.device.destination) or 7)
+            msg = {
+                "escrowId": self.device.targets[0],
+                "seq": self.counter.next(),
+                "timestamp": timestamp,
+                "location": location_bytes32(here),
+                "maxTemperature": self.model.max_temperature_until(elapsed),
+            }
+            event_type = "delivery"
+        else:
+            assert isinstance(self.model, (MeterModel, VehicleModel, WeatherStationModel))
+            current = self.model.value_at(timestamp)
+            value = current
+            if fault is FaultClass.COUNTER_ROLLBACK:
+                value = max(0, min(current, self.last_value if self.last_value is not None else current) - self.rng.randint(1, 500))
+            elif fault is FaultClass.IMPOSSIBLE_RATE:
+                value = current + IMPOSSIBLE_JUMP
+            msg = {"agreementId": self.device.targets[0], "seq": self.counter.next(), "timestamp": timestamp, "value": value}
+            event_type = "reading"
+        if fault is FaultClass.CLOCK_SKEW:
+            msg["timestamp"] = timestamp + CLOCK_SKEW_SECONDS
+        if fault is FaultClass.WRONG_CHAIN:
+            return self._sign(event_type, msg, chain_id=self.chain_id + 1)
+        event = self._sign(event_type, msg)
+        if fault is FaultClass.BAD_SIGNATURE:
+            # A flipped bit in r: the signature still parses but recovers to another address (or to none).
+            corrupted = bytearray(event.sig)
+            corrupted[31] ^= 0x01
+            event = replace(event, sig=bytes(corrupted))
+        return event
+
+
+@dataclass
+class EventPlan:
+    """The ordered events of a run. Iterate once; payloads are signed as the iteration reaches them."""
+
+    fleet: Fleet
+    contracts: Contracts
+    rate: float
+    duration: float
+    seed: int
+    start_time: int
+    faults: Mapping[str, tuple[FaultClass, ...]] = field(default_factory=dict)
+    fault_count: int = 3
+    counters: str = "persistent"  # or "memory": every device starts at seq 1 and nothing is written
+    injected: list[InjectedFault] = field(default_factory=list)
+    _runs: list[_DeviceRun] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.duration <= 0:
+            raise ConfigError("rate and duration must be positive")
+        for device in self.fleet.devices:
+            if self.counters == "memory" or device.counter_path is None:
+                counter: Any = MemoryCounter()
+            else:
+                counter = SequenceCounter(device.counter_path, device.address)
+            self._runs.append(_DeviceRun(device, self.fleet, self.contracts, self.seed, counter))
+
+    def close(self) -> None:
+        for run in self._runs:
+            run.counter.close()
+
+    def _schedule(self) -> list[tuple[float, int, int, str, Any]]:
+        """(offset, tie-break, device index, action, argument) for the whole run."""
+        heap: list[tuple[float, int, int, str, Any]] = []
+        order = 0
+        reading_devices = [i for i, run in enumerate(self._runs) if run.device.kind is not DeviceKind.TRACKER]
+        period = len(reading_devices) / self.rate if reading_devices else math.inf
+        for i in reading_devices:
+            phase = self._runs[i].rng.uniform(0.0, period)
+            heap.append((phase, order, i, "reading", None))
+            order += 1
+        for i, run in enumerate(self._runs):
+            if isinstance(run.model, TrackerModel) and run.model.arrival_s < self.duration:
+                for escrow_id in run.device.targets:
+                    heap.append((run.model.arrival_s, order, i, "delivery", escrow_id))
+                    order += 1
+            for shift, fault in enumerate(self.faults.get(run.device.address, ())):
+                for k in range(self.fault_count):
+                    if fault is FaultClass.TELEPORT:
+                        assert isinstance(run.model, TrackerModel)
+                        offset = run.model.arrival_s + 1.0 + 2.0 * k
+                    else:
+                        offset = self.duration * (k + 1) / (self.fault_count + 1) + 0.137 * shift
+                    if offset < self.duration:
+                        heap.append((offset, order, i, "fault", fault))
+                        order += 1
+        heapq.heapify(heap)
+        return heap
+
+    def __iter__(self) -> Iterator[PlannedEvent]:
+        heap = self._schedule()
+        reading_count = sum(1 for run in self._runs if run.device.kind is not DeviceKind.TRACKER)
+        period = reading_count / self.rate if reading_count else math.inf
+        order = len(heap)
+        while heap:
+            offset, _, index, action, argument = heapq.heappop(heap)
+            run = self._runs[index]
+            timestamp = self.start_time + int(offset)
+            fault: FaultClass | None = None
+            if action == "reading":
+                event: SignedEvent | None = run.reading(timestamp)
+                following = offset + period
+                if following < self.duration:
+                    heapq.heappush(heap, (following, order, index, "reading", None))
+                    order += 1
+            elif action == "delivery":
+                event = run.delivery(argument, timestamp, offset)
+            else:
+                fault = argument
+                event = run.fault(argument, timestamp, offset)
+                if event is None:
+                    log.info("%s: no earlier event to build %s from; skipped", run.device.name, argument)
+                    continue
+                self.injected.append(InjectedFault(argument, run.device.address, event.seq, EXPECTED_REASON[argument]))
+            assert event is not None
+            yield PlannedEvent(offset, run.device.address, event.type, event.seq, run.topic, event.to_payload(), fault)
+
+
+# ------------------------------------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressReport:
+    elapsed: float
+    submitted: int
+    acknowledged: int
+    pending: int
+    rate: float  # events acknowledged per second over the last interval
+    connected: bool
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    seed: int
+    devices: dict[str, int]
+    target_rate: float
+    duration: float
+    planned: int
+    submitted: int
+    acknowledged: int
+    unacknowledged: int
+    publish_seconds: float  # start → last event handed to the publisher
+    total_seconds: float  # start → everything acknowledged (or the flush timed out)
+    by_type: dict[str, int]
+    faults: list[InjectedFault]
+    replies: dict[str, int]  # "accepted" and every rejection reason → count
+    fault_replies: dict[str, list[str]]  # "<device>:<seq>" → reasons replied, for the injected faults
+
+    @property
+    def achieved_rate(self) -> float:
+        return self.acknowledged / self.total_seconds if self.total_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "devices": self.devices,
+            "targetRate": self.target_rate,
+            "durationSeconds": self.duration,
+            "planned": self.planned,
+            "submitted": self.submitted,
+            "acknowledged": self.acknowledged,
+            "unacknowledged": self.unacknowledged,
+            "publishSeconds": round(self.publish_seconds, 3),
+            "totalSeconds": round(self.total_seconds, 3),
+            "achievedRate": round(self.achieved_rate, 1),
+            "byType": self.by_type,
+            "faults": [
+                {
+                    "class": str(item.fault),
+                    "device": item.device,
+                    "seq": item.seq,
+                    "expect": item.expect,
+                    "replied": self.fault_replies.get(f"{item.device.lower()}:{item.seq}", []),
+                }
+                for item in self.faults
+            ],
+            "replies": self.replies,
+        }
+
+
+class _ReplyLog:
+    """Collects the oracle's replies for the fleet's devices (called on paho's thread: only appends)."""
+
+    def __init__(self, devices: set[str]) -> None:
+        self._devices = {address.lower() for address in devices}
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self.by_event: dict[str, list[str]] = {}
+
+    def __call__(self, topic: str, reply: Reply) -> None:
+        parts = topic.split("/")
+        device = parts[3].lower() if len(parts) == 5 else ""
+        if device not in self._devices:
+            return
+        label = str(reply.reason) if reply.reason is not None else str(reply.status)
+        with self._lock:
+            self.counts[label] += 1
+            if reply.seq is not None:
+                self.by_event.setdefault(f"{device}:{reply.seq}", []).append(label)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.counts.values())
+
+
+def plan_events(
+    fleet: Fleet,
+    contracts: Contracts,
+    *,
+    rate: float,
+    duration: float,
+    seed: int,
+    start_time: int | None = None,
+    faults: Sequence[FaultClass] = (),
+    fault_count: int = 3,
+    counters: str = "persistent",
+) -> EventPlan:
+    """The events a run would publish, in order (for dry runs, tests and firmware fixtures)."""
+    return EventPlan(
+        fleet,
+        contracts,
+        rate,
+        duration,
+        seed,
+        int(time.time()) if start_time is None else start_time,
+        choose_fault_devices(fleet, faults, seed),
+        fault_count,
+        counters,
+    )
+
+
+def run_simulation(
+    fleet: Fleet,
+    contracts: Contracts,
+    broker: BrokerSettings,
+    *,
+    rate: float,
+    duration: float,
+    seed: int = 1,
+    start_time: int | None = None,
+    faults: Sequence[FaultClass] = (),
+    fault_count: int = 3,
+    max_inflight: int = 1000,
+    buffer_path: str = MEMORY,
+    flush_timeout: float = 30.0,
+    reply_wait: float = 2.0,
+    progress: Callable[[ProgressReport], None] | None = None,
+) -> SimulationResult:
+    """Publish the fleet's events at ``rate`` events/s for ``duration`` seconds and wait for the broker's acks.
+
+    Replies from an oracle on ``iotsettle/v1/<chainId>/+/replies`` are counted for up to ``reply_wait`` seconds
+    after the last acknowledgement (stopping early when none arrive at all).
+    """
+    plan = plan_events(
+        fleet, contracts, rate=rate, duration=duration, seed=seed, start_time=start_time, faults=faults,
+        fault_count=fault_count,
+    )
+    replies = _ReplyLog({device.address for device in fleet.devices})
+    buffer = OfflineBuffer(buffer_path, durable=buffer_path != MEMORY)
+    publisher = Publisher(
+        buffer,
+        broker,
+        max_inflight=max_inflight,
+        reply_topics=[f"{TOPIC_ROOT}/{fleet.chain_id}/+/replies"],
+        on_reply=replies,
+    )
+    by_type: Counter[str] = Counter()
+    planned = submitted = 0
+    # Signing is the expensive part (~0.3 ms an event): sign everything before the clock starts when it fits in
+    # memory, so the publishing loop only hands bytes to paho and the rate holds.
+    events: Iterator[PlannedEvent] | list[PlannedEvent] = plan
+    if rate * duration <= PREBUILD_LIMIT:
+        events = list(plan)
+    publisher.start()
+    try:
+        if not publisher.wait_connected(10.0):
+            log.warning("broker %s:%d not reachable yet; events are buffered meanwhile", broker.host, broker.port)
+        started = time.monotonic()
+        batch: list[tuple[str, bytes]] = []
+        last_report, last_acked = started, 0
+        for event in events:
+            planned += 1
+            by_type[event.event_type if event.fault is None else f"fault:{event.fault}"] += 1
+            now = time.monotonic()
+            if started + event.offset > now:
+                if batch:
+                    submitted += publisher.submit_many(batch)
+                    batch = []
+                while started + event.offset > (now := time.monotonic()):
+                    if progress is not None and now - last_report >= 1.0:
+                        last_report, last_acked = _report(progress, publisher, started, now, last_report, last_acked, submitted)
+                    time.sleep(min(0.005, started + event.offset - now))
+            batch.append((event.topic, event.payload))
+            if len(batch) >= 200:
+                submitted += publisher.submit_many(batch)
+                batch = []
+            if progress is not None and now - last_report >= 1.0:
+                last_report, last_acked = _report(progress, publisher, started, now, last_report, last_acked, submitted)
+        submitted += publisher.submit_many(batch)
+        publish_seconds = time.monotonic() - started
+        flush_deadline = time.monotonic() + flush_timeout
+        while not publisher.flush(timeout=min(1.0, max(0.0, flush_deadline - time.monotonic()))):
+            now = time.monotonic()
+            if progress is not None:
+                last_report, last_acked = _report(progress, publisher, started, now, last_report, last_acked, submitted)
+            if now >= flush_deadline:
+                break
+        total_seconds = time.monotonic() - started
+        _await_replies(replies, publisher.stats.acknowledged, reply_wait)
+        stats = publisher.stats
+    finally:
+        publisher.stop()
+        plan.close()
+        buffer.close()
+    return SimulationResult(
+        seed=seed,
+        devices=fleet.by_kind(),
+        target_rate=rate,
+        duration=duration,
+        planned=planned,
+        submitted=submitted,
+        acknowledged=stats.acknowledged,
+        unacknowledged=stats.pending,
+        publish_seconds=publish_seconds,
+        total_seconds=total_seconds,
+        by_type=dict(by_type),
+        faults=list(plan.injected),
+        replies=dict(replies.counts),
+        fault_replies={
+            f"{item.device.lower()}:{item.seq}": replies.by_event.get(f"{item.device.lower()}:{item.seq}", [])
+            for item in plan.injected
+        },
+    )
+
+
+def _report(
+    progress: Callable[[ProgressReport], None],
+    publisher: Publisher,
+    started: float,
+    now: float,
+    last_report: float,
+    last_acked: int,
+    submitted: int,
+) -> tuple[float, int]:
+    stats = publisher.stats
+    interval = max(now - last_report, 1e-9)
+    progress(
+        ProgressReport(now - started, submitted, stats.acknowledged, stats.pending, (stats.acknowledged - last_acked) / interval, stats.connected)
+    )
+    return now, stats.acknowledged
+
+
+def _await_replies(replies: _ReplyLog, expected: int, wait: float) -> None:
+    if wait <= 0:
+        return
+    deadline = time.monotonic() + wait
+    quiet_since = time.monotonic()
+    seen = replies.total
+    while time.monotonic() < deadline and replies.total < expected:
+        time.sleep(0.05)
+        if replies.total != seen:
+            seen, quiet_since = replies.total, time.monotonic()
+        elif seen == 0 and time.monotonic() - quiet_since > min(1.0, wait):
+            return
