@@ -1,0 +1,452 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {Address} from "@openzeppelin/contracts/utils/Address.sol";
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+
+import {DeviceEventVerifier} from "./DeviceEventVerifier.sol";
+import {IDeviceRegistry} from "./interfaces/IDeviceRegistry.sol";
+import {IMeteredBilling} from "./interfaces/IMeteredBilling.sol";
+
+/// @title MeteredBilling: prepaid billing from a meter's device-signed cumulative register.
+/// @notice A provider offers an agreement for one METER (or VEHICLE) device; the consumer accepts with a deposit.
+/// `settle` bills the register delta since the last settled reading at the agreement's tariff. When the deposit
+/// runs short the rest is recorded as arrears and the agreement is suspended until a top-up pays them.
+///
+/// Gas layout: everything `settle` reads or writes for an agreement lives in ONE slot ({_meters}); the device and
+/// tariff are encoded in the agreement id; provider earnings are derived (deposited − prepaid − withdrawn) rather
+/// than credited per reading; tariffs are shared, so they are warm after the first reading of a batch.
+contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard {
+    using SafeERC20 for IERC20;
+
+    bytes32 public constant READING_TYPEHASH =
+        keccak256("Reading(uint256 agreementId,uint64 seq,uint64 timestamp,uint256 value)");
+
+    /// @notice Tariffs have at most this many blocks (bounds the per-reading loop).
+    uint256 public constant MAX_TARIFF_BLOCKS = 8;
+
+    /// @dev The per-agreement state `settle` touches: exactly 256 bits.
+    struct Meter {
+        uint96 prepaid;
+        uint64 lastValue;
+        uint48 lastSeq;
+        uint40 lastTimestamp;
+        AgreementStatus status;
+    }
+
+    /// @dev Everything else about an agreement; read by `settle` only for tiered tariffs and on arrears.
+    struct Terms {
+        address provider;
+        uint32 noticePeriod;
+        uint64 closeAt;
+        address consumer;
+        uint64 startValue;
+        address token;
+        uint128 deposited;
+        uint128 withdrawn;
+        uint256 arrears;
+    }
+
+    /// @dev The first block, inline, so a flat tariff costs one (warm) slot read.
+    struct TariffHead {
+        uint128 firstPrice;
+        uint64 firstUnits;
+        uint8 blockCount;
+    }
+
+    uint256 private constant _METER_KINDS =
+        (1 << uint8(IDeviceRegistry.DeviceKind.Meter)) | (1 << uint8(IDeviceRegistry.DeviceKind.Vehicle));
+
+    mapping(uint256 agreementId => Meter) private _meters;
+    mapping(uint256 agreementId => Terms) private _terms;
+    mapping(uint32 tariffId => TariffHead) private _tariffHeads;
+    mapping(uint32 tariffId => TariffBlock[]) private _tariffBlocks;
+    uint32 private _tariffCount;
+    uint64 private _agreementCount;
+
+    constructor(IDeviceRegistry registry_) DeviceEventVerifier(registry_) {}
+
+    // ---------------------------------------------------------------- tariffs and agreements
+
+    /// @inheritdoc IMeteredBilling
+    function createTariff(TariffBlock[] calldata blocks) external returns (uint32 tariffId) {
+        uint256 n = blocks.length;
+        if (n == 0 || n > MAX_TARIFF_BLOCKS || blocks[n - 1].units != 0) revert InvalidTariff();
+        for (uint256 i = 0; i + 1 < n; ++i) {
+            if (blocks[i].units == 0) revert InvalidTariff();
+        }
+        tariffId = ++_tariffCount;
+        _tariffHeads[tariffId] =
+            TariffHead({firstPrice: blocks[0].price, firstUnits: blocks[0].units, blockCount: uint8(n)});
+        TariffBlock[] storage stored = _tariffBlocks[tariffId];
+        for (uint256 i = 0; i < n; ++i) {
+            stored.push(blocks[i]);
+        }
+        emit TariffCreated(tariffId, msg.sender, blocks);
+    }
+
+    /// @inheritdoc IMeteredBilling
+    function offer(
+        address consumer,
+        address device,
+        uint32 tariffId,
+        address token,
+        uint64 startValue,
+        uint32 noticePeriod
+    ) external returns (uint256 agreementId) {
+        if (consumer == address(0)) revert ZeroAddress();
+        if (_tariffHeads[tariffId].blockCount == 0) revert UnknownTariff(tariffId);
+        IDeviceRegistry.Device memory d = _REGISTRY.deviceOf(device);
+        if (d.status != IDeviceRegistry.DeviceStatus.Active) revert UnknownDevice(device);
+        if ((_METER_KINDS >> uint8(d.kind)) & 1 == 0) revert WrongDeviceKind(device);
+
+        agreementId = (uint256(uint160(device)) << 96) | (uint256(tariffId) << 64) | ++_agreementCount;
+        _terms[agreementId] = Terms({
+            provider: msg.sender,
+            noticePeriod: noticePeriod,
+            closeAt: 0,
+            consumer: consumer,
+            startValue: startValue,
+            token: token,
+            deposited: 0,
+            withdrawn: 0,
+            arrears: 0
+        });
+        _meters[agreementId].status = AgreementStatus.Offered;
+        emit AgreementOffered(agreementId, msg.sender, consumer, device, token, tariffId, startValue, noticePeriod);
+    }
+
+    /// @inheritdoc IMeteredBilling
+    function cancelOffer(uint256 agreementId) external {
+        Meter storage m = _existing(agreementId);
+        Terms storage t = _terms[agreementId];
+        if (msg.sender != t.provider && msg.sender != t.consumer) revert NotProvider(agreementId, msg.sender);
+        if (m.status != AgreementStatus.Offered) revert WrongStatus(agreementId, m.status);
+        m.status = AgreementStatus.Cancelled;
+        emit OfferCancelled(agreementId, msg.sender);
+    }
+
+    /// @inheritdoc IMeteredBilling
+    function accept(uint256 agreementId, uint256 deposit) external payable nonReentrant {
+        Meter storage m = _existing(agreementId);
+        Terms storage t = _terms[agreementId];
+        if (msg.sender != t.consumer) revert NotConsumer(agreementId, msg.sender);
+        if (m.status != AgreementStatus.Offered) revert WrongStatus(agreementId, m.status);
+        if (deposit == 0) revert ZeroAmount();
+        if (deposit > type(uint96).max) revert BalanceOverflow(deposit);
+
+        _meters[agreementId] = Meter({
+            prepaid: uint96(deposit),
+            lastValue: t.startValue,
+            lastSeq: 0,
+            lastTimestamp: uint40(block.timestamp),
+            status: AgreementStatus.Active
+        });
+        t.deposited = uint128(deposit);
+        emit AgreementAccepted(agreementId, deposit);
+        _pullFunds(t.token, deposit);
+    }
+
+    /// @inheritdoc IMeteredBilling
+    function topUp(uint256 agreementId, uint256 amount) external payable nonReentrant {
+        Meter storage m = _existing(agreementId);
+        AgreementStatus status = m.status;
+        if (status != AgreementStatus.Active && status != AgreementStatus.Suspended) {
+            revert WrongStatus(agreementId, status);
+        }
+        if (amount == 0) revert ZeroAmount();
+        Terms storage t = _terms[agreementId];
+        uint256 arrears = t.arrears;
+        uint256 arrearsPaid = amount < arrears ? amount : arrears;
+        // arrearsPaid <= amount and <= arrears by construction.
+        uint256 newPrepaid;
+        unchecked {
+            newPrepaid = uint256(m.prepaid) + (amount - arrearsPaid);
+            t.arrears = arrears - arrearsPaid;
+        }
+        if (newPrepaid > type(uint96).max) revert BalanceOverflow(newPrepaid);
+        uint256 newDeposited = uint256(t.deposited) + amount;
+        if (newDeposited > type(uint128).max) revert BalanceOverflow(newDeposited);
+
+        m.prepaid = uint96(newPrepaid);
+        t.deposited = uint128(newDeposited);
+        emit ToppedUp(agreementId, msg.sender, amount, arrearsPaid);
+        if (status == AgreementStatus.Suspended && arrears == arrearsPaid) {
+            m.status = AgreementStatus.Active;
+            emit AgreementResumed(agreementId);
+        }
+        _pullFunds(t.token, amount);
+    }
+
+    // ---------------------------------------------------------------- settlement
+
+    /// @inheritdoc IMeteredBilling
+    function settle(SignedReading[] calldata readings) external returns (uint256 settled) {
+        uint256 n = readings.length;
+        for (uint256 i = 0; i < n; ++i) {
+            SignedReading calldata rd = readings[i];
+            RejectReason reason = _settle(rd);
+            if (reason == RejectReason.None) {
+                // Bounded by the array length.
+                unchecked {
+                    ++settled;
+                }
+            } else {
+                emit ReadingRejected(rd.agreementId, rd.seq, reason);
+            }
+        }
+    }
+
+    /// @inheritdoc IMeteredBilling
+    function settleReading(SignedReading calldata reading) external {
+        RejectReason reason = _settle(reading);
+        if (reason != RejectReason.None) revert EventRejected(reading.agreementId, reading.seq, reason);
+    }
+
+    /// @dev Checks in order of cost; a reading already consumed reports Replayed whatever the status is now, so
+    /// several relayers can race safely. Returns None after billing, or the reason nothing changed.
+    /// The agreement's {Meter} slot is read and written as one word (one SLOAD, one SSTORE): Solidity would
+    /// otherwise load and store each packed field separately. Layout, low bits first, as Solidity packs {Meter}:
+    /// prepaid 0..95 | lastValue 96..159 | lastSeq 160..207 | lastTimestamp 208..247 | status 248..255.
+    function _settle(SignedReading calldata rd) private returns (RejectReason) {
+        uint256 id = rd.agreementId;
+        uint256 seq = rd.seq;
+        uint256 timestamp = rd.timestamp;
+        uint256 value = rd.value;
+        Meter storage slot = _meters[id];
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(slot.slot)
+        }
+        uint256 status = word >> 248;
+        uint256 lastValue = uint64(word >> 96);
+        if (status == uint256(AgreementStatus.None)) return RejectReason.UnknownTarget;
+        if (seq <= uint48(word >> 160)) return RejectReason.Replayed;
+        if (status != uint256(AgreementStatus.Active)) {
+            return status == uint256(AgreementStatus.Suspended) ? RejectReason.Suspended : RejectReason.NotActive;
+        }
+        if (seq > type(uint48).max || value > type(uint64).max) return RejectReason.ValueOutOfRange;
+        if (value < lastValue) return RejectReason.CounterRollback;
+        RejectReason reason = _checkTimestamp(uint64(timestamp), uint40(word >> 208));
+        if (reason != RejectReason.None) return reason;
+        reason = _checkSigner(
+            keccak256(abi.encode(READING_TYPEHASH, id, seq, timestamp, value)),
+            rd.r,
+            rd.vs,
+            address(uint160(id >> 96)),
+            _METER_KINDS
+        );
+        if (reason != RejectReason.None) return reason;
+
+        uint256 cost = _readingCost(id, uint64(lastValue), uint64(value));
+        uint256 prepaid = uint96(word);
+        uint256 billed = cost;
+        if (cost > prepaid) {
+            billed = prepaid;
+            status = uint256(AgreementStatus.Suspended);
+        }
+        // billed <= prepaid; seq, value and timestamp were range-checked above (timestamp <= now + skew < 2^40).
+        unchecked {
+            word = (prepaid - billed) | (value << 96) | (seq << 160) | (timestamp << 208)
+                | (status << 248);
+        }
+        assembly ("memory-safe") {
+            sstore(slot.slot, word)
+        }
+        emit ReadingSettled(id, uint64(seq), billed);
+        if (billed != cost) {
+            uint256 arrears = _terms[id].arrears + (cost - billed);
+            _terms[id].arrears = arrears;
+            emit AgreementSuspended(id, arrears);
+        }
+        return RejectReason.None;
+    }
+
+    function _readingCost(uint256 id, uint64 fromValue, uint64 toValue) private view returns (uint256) {
+        uint32 tariffId = uint32(id >> 64);
+        TariffHead storage head = _tariffHeads[tariffId];
+        uint256 word;
+        // One SLOAD for the packed head (firstPrice 0..127 | firstUnits 128..191 | blockCount 192..199).
+        assembly ("memory-safe") {
+            word := sload(head.slot)
+        }
+        if (uint8(word >> 192) == 1) {
+            // < 2^64 units × < 2^128 price fits 256 bits.
+            unchecked {
+                return uint256(toValue - fromValue) * uint128(word);
+            }
+        }
+        uint64 start = _terms[id].startValue;
+        return _cost(tariffId, fromValue - start, toValue - start);
+    }
+
+    /// @dev Price of the consumption interval [fromUsed, toUsed) over the tariff's blocks.
+    function _cost(uint32 tariffId, uint64 fromUsed, uint64 toUsed) private view returns (uint256 total) {
+        TariffBlock[] storage blocks = _tariffBlocks[tariffId];
+        uint256 n = blocks.length;
+        uint256 lower = 0;
+        for (uint256 i = 0; i < n && lower < toUsed; ++i) {
+            TariffBlock memory b = blocks[i];
+            uint256 upper = b.units == 0 ? type(uint256).max : lower + b.units;
+            uint256 lo = fromUsed > lower ? fromUsed : lower;
+            uint256 hi = toUsed < upper ? toUsed : upper;
+            if (hi > lo) total += (hi - lo) * b.price;
+            lower = upper;
+        }
+    }
+
+    // ---------------------------------------------------------------- payouts and closing
+
+    /// @inheritdoc IMeteredBilling
+    function withdrawEarnings(uint256 agreementId) external nonReentrant returns (uint256 amount) {
+        Meter storage m = _existing(agreementId);
+        Terms storage t = _terms[agreementId];
+        if (msg.sender != t.provider) revert NotProvider(agreementId, msg.sender);
+        amount = _earnings(m, t);
+        if (amount == 0) revert NothingToWithdraw(agreementId);
+        // earnings <= deposited, which fits uint128.
+        t.withdrawn += uint128(amount);
+        emit EarningsWithdrawn(agreementId, msg.sender, amount);
+        _pushFunds(t.token, msg.sender, amount);
+    }
+
+    /// @inheritdoc IMeteredBilling
+    function requestClose(uint256 agreementId) external {
+        Meter storage m = _existing(agreementId);
+        Terms storage t = _terms[agreementId];
+        if (msg.sender != t.consumer) revert NotConsumer(agreementId, msg.sender);
+        if (m.status != AgreementStatus.Active && m.status != AgreementStatus.Suspended) {
+            revert WrongStatus(agreementId, m.status);
+        }
+        if (t.closeAt != 0) return;
+        uint64 closeAt = uint64(block.timestamp) + t.noticePeriod;
+        t.closeAt = closeAt;
+        emit CloseRequested(agreementId, closeAt);
+    }
+
+    /// @inheritdoc IMeteredBilling
+    function close(uint256 agreementId) external nonReentrant returns (uint256 refund) {
+        Meter storage m = _existing(agreementId);
+        Terms storage t = _terms[agreementId];
+        if (msg.sender != t.consumer) revert NotConsumer(agreementId, msg.sender);
+        if (m.status != AgreementStatus.Active && m.status != AgreementStatus.Suspended) {
+            revert WrongStatus(agreementId, m.status);
+        }
+        if (t.closeAt == 0) revert CloseNotRequested(agreementId);
+        if (block.timestamp < t.closeAt) revert NoticeNotOver(agreementId, t.closeAt, block.timestamp);
+        return _close(agreementId, m, t);
+    }
+
+    /// @inheritdoc IMeteredBilling
+    /// @dev The final reading must be fresh (timestamp within MAX_CLOCK_SKEW of the block) so the consumer cannot
+    /// close on an old, lower reading.
+    function closeWithReading(SignedReading calldata reading) external nonReentrant returns (uint256 refund) {
+        uint256 agreementId = reading.agreementId;
+        Meter storage m = _existing(agreementId);
+        Terms storage t = _terms[agreementId];
+        if (msg.sender != t.consumer) revert NotConsumer(agreementId, msg.sender);
+        if (uint256(reading.timestamp) + MAX_CLOCK_SKEW < block.timestamp) {
+            revert EventRejected(agreementId, reading.seq, RejectReason.TimestampTooOld);
+        }
+        RejectReason reason = _settle(reading);
+        if (reason != RejectReason.None) revert EventRejected(agreementId, reading.seq, reason);
+        return _close(agreementId, m, t);
+    }
+
+    function _close(uint256 agreementId, Meter storage m, Terms storage t) private returns (uint256 refund) {
+        refund = m.prepaid;
+        m.prepaid = 0;
+        m.status = AgreementStatus.Closed;
+        // The refund leaves the deposit, so earnings (deposited − prepaid − withdrawn) stay what was billed.
+        t.deposited -= uint128(refund);
+        emit AgreementClosed(agreementId, refund);
+        if (refund != 0) _pushFunds(t.token, t.consumer, refund);
+    }
+
+    // ---------------------------------------------------------------- views
+
+    /// @inheritdoc IMeteredBilling
+    function agreementOf(uint256 agreementId) external view returns (Agreement memory a) {
+        Meter memory m = _meters[agreementId];
+        Terms memory t = _terms[agreementId];
+        a = Agreement({
+            provider: t.provider,
+            consumer: t.consumer,
+            device: m.status == AgreementStatus.None ? address(0) : address(uint160(agreementId >> 96)),
+            token: t.token,
+            tariffId: m.status == AgreementStatus.None ? 0 : uint32(agreementId >> 64),
+            status: m.status,
+            noticePeriod: t.noticePeriod,
+            closeAt: t.closeAt,
+            startValue: t.startValue,
+            lastValue: m.lastValue,
+            lastSeq: m.lastSeq,
+            lastTimestamp: m.lastTimestamp,
+            prepaid: m.prepaid,
+            arrears: t.arrears,
+            deposited: t.deposited,
+            withdrawn: t.withdrawn
+        });
+    }
+
+    /// @inheritdoc IMeteredBilling
+    function tariffOf(uint32 tariffId) external view returns (TariffBlock[] memory) {
+        return _tariffBlocks[tariffId];
+    }
+
+    /// @inheritdoc IMeteredBilling
+    function earningsOf(uint256 agreementId) external view returns (uint256) {
+        return _earnings(_meters[agreementId], _terms[agreementId]);
+    }
+
+    /// @inheritdoc IMeteredBilling
+    function costOf(uint32 tariffId, uint64 fromUsed, uint64 toUsed) external view returns (uint256) {
+        if (_tariffHeads[tariffId].blockCount == 0) revert UnknownTariff(tariffId);
+        if (toUsed <= fromUsed) return 0;
+        return _cost(tariffId, fromUsed, toUsed);
+    }
+
+    /// @inheritdoc IMeteredBilling
+    function hashReading(uint256 agreementId, uint64 seq, uint64 timestamp, uint256 value)
+        external
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(keccak256(abi.encode(READING_TYPEHASH, agreementId, seq, timestamp, value)));
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    function _existing(uint256 agreementId) private view returns (Meter storage m) {
+        m = _meters[agreementId];
+        if (m.status == AgreementStatus.None) revert UnknownAgreement(agreementId);
+    }
+
+    function _earnings(Meter storage m, Terms storage t) private view returns (uint256) {
+        return uint256(t.deposited) - m.prepaid - t.withdrawn;
+    }
+
+    /// @dev Take `amount` from msg.sender; for ERC-20 the balance must grow by exactly `amount` (fee-on-transfer
+    /// and lying tokens are refused rather than leaving the books short).
+    function _pullFunds(address token, uint256 amount) private {
+        if (token == address(0)) {
+            if (msg.value != amount) revert WrongValue(amount, msg.value);
+            return;
+        }
+        if (msg.value != 0) revert WrongValue(0, msg.value);
+        uint256 before = IERC20(token).balanceOf(address(this));
+        IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
+        uint256 received = IERC20(token).balanceOf(address(this)) - before;
+        if (received != amount) revert WrongValue(amount, received);
+    }
+
+    function _pushFunds(address token, address to, uint256 amount) private {
+        if (token == address(0)) {
+            Address.sendValue(payable(to), amount);
+        } else {
+            IERC20(token).safeTransfer(to, amount);
+        }
+    }
+}
