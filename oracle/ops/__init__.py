@@ -1,0 +1,7 @@
+"""Contract operations as plain functions over web3, shared by the CLI, the demo and the tests.
+
+Each module covers one contract (``escrow``, ``billing``, ``registry``, ``token``) or one concern
+(``audit`` re-derives settlement history from event logs, ``errors`` turns reverts into sentences). Every
+function takes an :class:`~oracle.ops.context.OpsContext` (chain, manifest, sending account) and raises the
+``oracle.errors`` family with a one-line message a user can act on.
+"""

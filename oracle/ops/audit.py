@@ -1,0 +1,300 @@
+"""Settlement history re-derived from chain event logs: what happened to an escrow, an agreement or a device.
+
+Nothing here reads the oracle's database: the contracts' events are the record a lender or an auditor can
+check independently. Each entry carries the block, its time, the transaction hash and the amount moved.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_hash.auto import keccak
+from eth_utils import to_checksum_address
+from web3.exceptions import LogTopicError, MismatchedABI
+
+from oracle.errors import ChainError
+from oracle.ops.context import OpsContext
+from oracle.ops.errors import DEVICE_KINDS, REJECT_REASONS
+
+log = logging.getLogger(__name__)
+
+LOG_CHUNK_BLOCKS = 50_000
+
+ESCROW_EVENTS = ("EscrowCreated", "DeliveryConfirmed", "DeliveryRejected", "EscrowRefunded", "EscrowCancelled")
+AGREEMENT_EVENTS = ("AgreementOffered", "OfferCancelled", "AgreementAccepted", "ToppedUp", "ReadingSettled",
+                    "ReadingRejected", "AgreementSuspended", "AgreementResumed", "EarningsWithdrawn", "CloseRequested",
+                    "AgreementClosed")
+DEVICE_EVENTS = ("DeviceRegistered", "KeyRotated", "DeviceRevoked", "MetadataUpdated")
+#: event → the argument holding the money it moved
+AMOUNT_FIELD = {"EscrowCreated": "amount", "DeliveryConfirmed": "toSeller", "EscrowRefunded": "amount",
+                "EscrowCancelled": "amount", "AgreementAccepted": "deposit", "ToppedUp": "amount",
+                "ReadingSettled": "amount", "EarningsWithdrawn": "amount", "AgreementClosed": "refund"}
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    contract: str
+    event: str
+    args: dict[str, Any]
+    block: int
+    tx_hash: str
+    log_index: int
+
+
+def _topic0(abi_entry: dict[str, Any]) -> str:
+    types = ",".join(i["type"] for i in abi_entry["inputs"])
+    return "0x" + keccak(f"{abi_entry['name']}({types})".encode()).hex()
+
+
+def _id_topic(value: int | str) -> str:
+    if isinstance(value, str):
+        return "0x" + bytes.fromhex(value[2:]).rjust(32, b"\0").hex()
+    return "0x" + int(value).to_bytes(32, "big").hex()
+
+
+def fetch_logs(
+    ctx: OpsContext,
+    contract: str,
+    events: Sequence[str],
+    topic1: int | str | None = None,
+    from_block: int | None = None,
+) -> list[LogEntry]:
+    """Decoded ``events`` of a deployed contract since its deployment, optionally with the first indexed argument
+    equal to ``topic1`` (an escrow/agreement id or a device address)."""
+    if not ctx.has(contract):
+        return []
+    handle = ctx.contract(contract)
+    abi = {e["name"]: e for e in handle.abi if e.get("type") == "event"}
+    by_topic = {_topic0(abi[name]): name for name in events}
+    topics: list[Any] = [list(by_topic)]
+    if topic1 is not None:
+        topics.append(_id_topic(topic1))
+    start = ctx.deployed_block(contract) if from_block is None else from_block
+    latest = int(ctx.w3.eth.block_number)
+    out: list[LogEntry] = []
+    while start <= latest:
+        end = min(start + LOG_CHUNK_BLOCKS - 1, latest)
+        try:
+            raw = ctx.w3.eth.get_logs({"address": handle.address, "fromBlock": start, "toBlock": end, "topics": topics})
+        except (ValueError, OSError) as exc:
+            raise ChainError(f"cannot read {contract} logs for blocks {start}..{end}: {exc}") from None
+        for entry in raw:
+            name = by_topic.get("0x" + bytes(entry["topics"][0]).hex())
+            if name is None:
+                continue
+            try:
+                decoded = getattr(handle.events, name)().process_log(entry)
+            except (MismatchedABI, LogTopicError):
+                continue
+            out.append(LogEntry(contract, name, dict(decoded["args"]), int(entry["blockNumber"]),
+                                entry["transactionHash"].to_0x_hex(), int(entry["logIndex"])))
+        start = end + 1
+    out.sort(key=lambda e: (e.block, e.log_index))
+    return out
+
+
+def escrow_final_block(ctx: OpsContext, escrow_id: int) -> int | None:
+    """The block of the event that released, refunded or cancelled ``escrow_id``, if any."""
+    ends = fetch_logs(ctx, "DeliveryEscrow", ("DeliveryConfirmed", "EscrowRefunded", "EscrowCancelled"), escrow_id)
+    return ends[-1].block if ends else None
+
+
+# ------------------------------------------------------------------------------------------------ reports
+
+@dataclass(frozen=True)
+class AuditEntry:
+    block: int
+    time: int
+    tx_hash: str
+    subject: str  # "escrow 3", "agreement 0x…", "device 0x…"
+    event: str
+    amount: int | None
+    token: str | None
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"block": self.block, "time": self.time, "tx": self.tx_hash, "subject": self.subject,
+                "event": self.event, "amount": None if self.amount is None else str(self.amount),
+                "token": self.token, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    subject: str
+    entries: list[AuditEntry]
+    totals: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"subject": self.subject, "entries": [e.as_dict() for e in self.entries],
+                "totals": {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in self.totals.items()}}
+
+
+class _Clock:
+    """Block timestamps, one RPC call per distinct block."""
+
+    def __init__(self, ctx: OpsContext) -> None:
+        self._ctx = ctx
+        self._seen: dict[int, int] = {}
+
+    def __call__(self, block: int) -> int:
+        if block not in self._seen:
+            self._seen[block] = int(self._ctx.w3.eth.get_block(block)["timestamp"])
+        return self._seen[block]
+
+
+def _detail(entry: LogEntry) -> str:
+    a = entry.args
+    match entry.event:
+        case "EscrowCreated":
+            return f"buyer {a['buyer']} → seller {a['seller']}, tracker {a['device']}, deadline {a['deadline']}"
+        case "DeliveryConfirmed":
+            return f"delivery seq {a['seq']}: seller credited {a['toSeller']}, buyer {a['toBuyer']} (base units)"
+        case "DeliveryRejected" | "ReadingRejected":
+            return f"seq {a['seq']} rejected: {REJECT_REASONS[int(a['reason'])]}"
+        case "EscrowRefunded":
+            return "refunded to the buyer after the deadline"
+        case "EscrowCancelled":
+            return "cancelled by the seller; buyer credited"
+        case "AgreementOffered":
+            return (f"provider {a['provider']} → consumer {a['consumer']}, meter {a['device']}, tariff {a['tariffId']}, "
+                    f"start value {a['startValue']}")
+        case "AgreementAccepted":
+            return "accepted with a prepaid deposit"
+        case "ToppedUp":
+            return f"top-up from {a['from']}" + (f", {a['arrearsPaid']} paid arrears" if a["arrearsPaid"] else "")
+        case "ReadingSettled":
+            return f"reading seq {a['seq']} billed"
+        case "AgreementSuspended":
+            return f"suspended, arrears {a['arrears']}"
+        case "EarningsWithdrawn":
+            return f"provider {a['provider']} withdrew earnings"
+        case "CloseRequested":
+            return f"close requested, possible from {a['closeAt']}"
+        case "AgreementClosed":
+            return "closed; unbilled prepaid balance refunded to the consumer"
+        case "DeviceRegistered":
+            kind = int(a["kind"])
+            return f"registered by {a['owner']} as {DEVICE_KINDS[kind] if kind < len(DEVICE_KINDS) else kind}"
+        case "KeyRotated":
+            return f"key {a['oldKey']} → {a['newKey']}"
+        case "DeviceRevoked":
+            return f"revoked (key {a['key']})"
+        case "MetadataUpdated":
+            return "metadata hash replaced"
+    return ", ".join(f"{k}={v}" for k, v in a.items())
+
+
+def _entries(ctx: OpsContext, logs: Iterable[LogEntry], subject_of: Any, token_of: dict[Any, str]) -> list[AuditEntry]:
+    clock = _Clock(ctx)
+    out = []
+    for entry in logs:
+        field_name = AMOUNT_FIELD.get(entry.event)
+        key = entry.args.get("escrowId", entry.args.get("agreementId", entry.args.get("device")))
+        out.append(AuditEntry(entry.block, clock(entry.block), entry.tx_hash, subject_of(entry), entry.event,
+                              int(entry.args[field_name]) if field_name else None, token_of.get(key), _detail(entry)))
+    return out
+
+
+def audit_escrow(ctx: OpsContext, escrow_id: int) -> AuditReport:
+    logs = fetch_logs(ctx, "DeliveryEscrow", ESCROW_EVENTS, escrow_id)
+    if not logs:
+        raise ChainError(f"escrow {escrow_id} does not exist on chain {ctx.chain.chain_id}")
+    token = logs[0].args["token"]
+    entries = _entries(ctx, logs, lambda _e: f"escrow {escrow_id}", {escrow_id: token})
+    totals = _escrow_totals(logs)
+    return AuditReport(f"escrow {escrow_id}", entries, {"token": token, **totals})
+
+
+def _escrow_totals(logs: Iterable[LogEntry]) -> dict[str, int]:
+    totals = {"funded": 0, "toSeller": 0, "toBuyer": 0, "refunded": 0, "cancelled": 0, "rejectedDeliveries": 0}
+    for entry in logs:
+        a = entry.args
+        if entry.event == "EscrowCreated":
+            totals["funded"] += int(a["amount"])
+        elif entry.event == "DeliveryConfirmed":
+            totals["toSeller"] += int(a["toSeller"])
+            totals["toBuyer"] += int(a["toBuyer"])
+        elif entry.event == "EscrowRefunded":
+            totals["refunded"] += int(a["amount"])
+        elif entry.event == "EscrowCancelled":
+            totals["cancelled"] += int(a["amount"])
+        elif entry.event == "DeliveryRejected":
+            totals["rejectedDeliveries"] += 1
+    return totals
+
+
+def audit_agreement(ctx: OpsContext, agreement_id: int) -> AuditReport:
+    logs = fetch_logs(ctx, "MeteredBilling", AGREEMENT_EVENTS, agreement_id)
+    if not logs:
+        raise ChainError(f"agreement {agreement_id} does not exist on chain {ctx.chain.chain_id}")
+    token = logs[0].args["token"]
+    entries = _entries(ctx, logs, lambda _e: f"agreement {agreement_id}", {agreement_id: token})
+    return AuditReport(f"agreement {agreement_id}", entries, {"token": token, **_agreement_totals(logs)})
+
+
+def _agreement_totals(logs: Iterable[LogEntry]) -> dict[str, int]:
+    totals = {"deposited": 0, "billed": 0, "readingsSettled": 0, "readingsRejected": 0, "withdrawn": 0, "refunded": 0}
+    for entry in logs:
+        a = entry.args
+        if entry.event in ("AgreementAccepted", "ToppedUp"):
+            totals["deposited"] += int(a["deposit" if entry.event == "AgreementAccepted" else "amount"])
+        elif entry.event == "ReadingSettled":
+            totals["billed"] += int(a["amount"])
+            totals["readingsSettled"] += 1
+        elif entry.event == "ReadingRejected":
+            totals["readingsRejected"] += 1
+        elif entry.event == "EarningsWithdrawn":
+            totals["withdrawn"] += int(a["amount"])
+        elif entry.event == "AgreementClosed":
+            totals["refunded"] += int(a["refund"])
+    return totals
+
+
+def device_targets(ctx: OpsContext, device: str) -> tuple[list[int], list[int], dict[int, str]]:
+    """Agreement ids and escrow ids that name ``device``, and the token of each."""
+    device = to_checksum_address(device)
+    agreements, escrows, tokens = [], [], {}
+    for entry in fetch_logs(ctx, "MeteredBilling", ("AgreementOffered",)):
+        if entry.args["device"] == device:
+            agreements.append(int(entry.args["agreementId"]))
+            tokens[int(entry.args["agreementId"])] = entry.args["token"]
+    for entry in fetch_logs(ctx, "DeliveryEscrow", ("EscrowCreated",)):
+        if entry.args["device"] == device:
+            escrows.append(int(entry.args["escrowId"]))
+            tokens[int(entry.args["escrowId"])] = entry.args["token"]
+    return agreements, escrows, tokens
+
+
+def audit_device(ctx: OpsContext, device: str) -> AuditReport:
+    """The device's identity events plus everything settled from its signatures: a verifiable history."""
+    device = to_checksum_address(device)
+    logs = fetch_logs(ctx, "DeviceRegistry", DEVICE_EVENTS, device)
+    if not logs:
+        raise ChainError(f"device {device} was never registered on chain {ctx.chain.chain_id}")
+    agreements, escrows, tokens = device_targets(ctx, device)
+    settled: list[LogEntry] = []
+    totals: dict[str, Any] = {"agreements": len(agreements), "escrows": len(escrows)}
+    agreement_logs: list[LogEntry] = []
+    for agreement_id in agreements:
+        agreement_logs += fetch_logs(ctx, "MeteredBilling", AGREEMENT_EVENTS, agreement_id)
+    escrow_logs: list[LogEntry] = []
+    for escrow_id in escrows:
+        escrow_logs += fetch_logs(ctx, "DeliveryEscrow", ESCROW_EVENTS, escrow_id)
+    settled = sorted(logs + agreement_logs + escrow_logs, key=lambda e: (e.block, e.log_index, e.contract))
+
+    def subject(entry: LogEntry) -> str:
+        if "escrowId" in entry.args:
+            return f"escrow {entry.args['escrowId']}"
+        if "agreementId" in entry.args:
+            return f"agreement {entry.args['agreementId']}"
+        return f"device {device}"
+
+    entries = _entries(ctx, settled, subject, tokens)
+    a_totals, e_totals = _agreement_totals(agreement_logs), _escrow_totals(escrow_logs)
+    totals.update({"billed": a_totals["billed"], "readingsSettled": a_totals["readingsSettled"],
+                   "readingsRejected": a_totals["readingsRejected"], "releasedToSeller": e_totals["toSeller"],
+                   "deliveriesRejected": e_totals["rejectedDeliveries"]})
+    return AuditReport(f"device {device}", entries, totals)

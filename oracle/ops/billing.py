@@ -1,0 +1,229 @@
+"""MeteredBilling operations: tariffs, offer/accept (open), top-up, status, list, settle readings, withdraw, close."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from eth_utils import to_checksum_address
+
+from oracle import wire
+from oracle.errors import ChainError, ProtocolError
+from oracle.ops.context import OpsContext
+from oracle.ops.errors import AGREEMENT_STATUSES, REJECT_REASONS
+from oracle.ops.token import TokenInfo, check_eth, describe_token, ensure_allowance
+from oracle.ops.tx import TxResult, events_in, transact
+from oracle.wire import SignedEvent
+
+log = logging.getLogger(__name__)
+
+CONTRACT = "MeteredBilling"
+
+
+@dataclass(frozen=True)
+class AgreementView:
+    agreement_id: int
+    provider: str
+    consumer: str
+    device: str
+    token: str
+    tariff_id: int
+    status: str
+    notice_period: int
+    close_at: int
+    start_value: int
+    last_value: int
+    last_seq: int
+    last_timestamp: int
+    prepaid: int
+    arrears: int
+    deposited: int
+    withdrawn: int
+    earnings: int
+
+    @property
+    def billed(self) -> int:
+        """Everything billed so far: earnings withdrawn or not (refunds leave the deposit on close)."""
+        return self.earnings + self.withdrawn
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("agreement_id", "prepaid", "arrears", "deposited", "withdrawn", "earnings"):
+            out[key] = str(out[key])
+        out["billed"] = str(self.billed)
+        return out
+
+
+def agreement_of(ctx: OpsContext, agreement_id: int) -> AgreementView:
+    billing = ctx.contract(CONTRACT)
+    raw = billing.functions.agreementOf(agreement_id).call()
+    status = int(raw[5])
+    if status == 0:
+        raise ChainError(f"agreement {agreement_id} does not exist on chain {ctx.chain.chain_id}")
+    earnings = int(billing.functions.earningsOf(agreement_id).call())
+    return AgreementView(agreement_id, raw[0], raw[1], raw[2], raw[3], int(raw[4]),
+                         AGREEMENT_STATUSES[status] if status < len(AGREEMENT_STATUSES) else str(status),
+                         *(int(x) for x in raw[6:]), earnings)
+
+
+def create_flat_tariff(ctx: OpsContext, price: int) -> tuple[int, TxResult]:
+    """A one-block tariff: every unit costs ``price`` base units."""
+    return create_tariff(ctx, [(0, price)])
+
+
+def create_tariff(ctx: OpsContext, blocks: list[tuple[int, int]]) -> tuple[int, TxResult]:
+    """Store a tariff of (units, price) blocks; the last block has units 0 (unbounded)."""
+    result = transact(ctx, ctx.contract(CONTRACT).functions.createTariff(list(blocks)), CONTRACT)
+    created = events_in(ctx, CONTRACT, result.receipt, "TariffCreated")
+    return int(created[0]["tariffId"]), result
+
+
+def tariff_of(ctx: OpsContext, tariff_id: int) -> list[tuple[int, int]]:
+    return [(int(u), int(p)) for u, p in ctx.contract(CONTRACT).functions.tariffOf(tariff_id).call()]
+
+
+def offer(
+    ctx: OpsContext,
+    *,
+    consumer: str,
+    device: str,
+    tariff_id: int,
+    token: TokenInfo,
+    start_value: int,
+    notice_period: int,
+) -> tuple[int, TxResult]:
+    """Provider (the sender) offers the agreement; returns its id."""
+    call = ctx.contract(CONTRACT).functions.offer(consumer, device, tariff_id, token.address, start_value, notice_period)
+    result = transact(ctx, call, CONTRACT)
+    offered = events_in(ctx, CONTRACT, result.receipt, "AgreementOffered")
+    return int(offered[0]["agreementId"]), result
+
+
+def _pay(ctx: OpsContext, token: TokenInfo, amount: int) -> int:
+    """Prepare a payment into the billing contract; returns the msg.value to send."""
+    if token.is_eth:
+        check_eth(ctx, amount)
+        return amount
+    ensure_allowance(ctx, token, CONTRACT, amount)
+    return 0
+
+
+def accept(ctx: OpsContext, agreement_id: int, deposit: int) -> TxResult:
+    """Consumer (the sender) accepts and prepays ``deposit``."""
+    view = agreement_of(ctx, agreement_id)
+    value = _pay(ctx, describe_token(ctx, view.token), deposit)
+    return transact(ctx, ctx.contract(CONTRACT).functions.accept(agreement_id, deposit), CONTRACT, value=value)
+
+
+def top_up(ctx: OpsContext, agreement_id: int, amount: int) -> TxResult:
+    """Anyone adds to the prepaid balance (arrears are paid first)."""
+    view = agreement_of(ctx, agreement_id)
+    value = _pay(ctx, describe_token(ctx, view.token), amount)
+    return transact(ctx, ctx.contract(CONTRACT).functions.topUp(agreement_id, amount), CONTRACT, value=value)
+
+
+def cancel_offer(ctx: OpsContext, agreement_id: int) -> TxResult:
+    return transact(ctx, ctx.contract(CONTRACT).functions.cancelOffer(agreement_id), CONTRACT)
+
+
+def withdraw_earnings(ctx: OpsContext, agreement_id: int) -> tuple[TxResult, int]:
+    result = transact(ctx, ctx.contract(CONTRACT).functions.withdrawEarnings(agreement_id), CONTRACT)
+    paid = sum(int(a["amount"]) for a in events_in(ctx, CONTRACT, result.receipt, "EarningsWithdrawn"))
+    return result, paid
+
+
+@dataclass(frozen=True)
+class CloseOutcome:
+    closed: bool
+    close_at: int
+    refund: int
+    txs: tuple[TxResult, ...]
+
+
+def close(ctx: OpsContext, agreement_id: int) -> CloseOutcome:
+    """Consumer: request the close if not yet requested, then close when the notice period is over.
+
+    With a notice period the first call only starts it; call again after ``close_at``.
+    """
+    billing = ctx.contract(CONTRACT)
+    view = agreement_of(ctx, agreement_id)
+    txs: list[TxResult] = []
+    close_at = view.close_at
+    if close_at == 0 and view.status in ("active", "suspended"):
+        txs.append(transact(ctx, billing.functions.requestClose(agreement_id), CONTRACT))
+        close_at = agreement_of(ctx, agreement_id).close_at
+    now = int(ctx.w3.eth.get_block("latest")["timestamp"])
+    if close_at > now:
+        return CloseOutcome(False, close_at, 0, tuple(txs))
+    result = transact(ctx, billing.functions.close(agreement_id), CONTRACT)
+    txs.append(result)
+    refund = sum(int(a["refund"]) for a in events_in(ctx, CONTRACT, result.receipt, "AgreementClosed"))
+    return CloseOutcome(True, close_at, refund, tuple(txs))
+
+
+def list_agreements(ctx: OpsContext, *, party: str | None = None, device: str | None = None) -> list[AgreementView]:
+    from oracle.ops.audit import fetch_logs
+
+    views: list[AgreementView] = []
+    for entry in fetch_logs(ctx, CONTRACT, ["AgreementOffered"]):
+        a = entry.args
+        if party and to_checksum_address(party) not in (a["provider"], a["consumer"]):
+            continue
+        if device and to_checksum_address(device) != a["device"]:
+            continue
+        views.append(agreement_of(ctx, int(a["agreementId"])))
+    return views
+
+
+def reading_tuple(event: SignedEvent) -> tuple[Any, ...]:
+    """The SignedReading struct for a decoded wire event (65-byte signature → ERC-2098 r, vs)."""
+    if event.type != "reading":
+        raise ProtocolError(f"this is a {event.type} event, not a reading")
+    r, s, v = event.sig[:32], int.from_bytes(event.sig[32:64], "big"), event.sig[64]
+    if v not in (27, 28):
+        raise ProtocolError(f"signature v is {v}, expected 27 or 28")
+    vs = (s | (1 << 255) if v == 28 else s).to_bytes(32, "big")
+    m = event.msg
+    return (int(m["agreementId"]), int(m["seq"]), int(m["timestamp"]), int(m["value"]), r, vs)
+
+
+def parse_readings(ctx: OpsContext, text: str) -> list[SignedEvent]:
+    stripped = text.strip()
+    if not stripped:
+        raise ProtocolError("no reading payload given (expected the JSON wire format of docs/PROTOCOL.md)")
+    chunks = [stripped] if stripped.startswith("{") and "\n{" not in stripped else [ln for ln in stripped.splitlines() if ln.strip()]
+    events = [wire.decode(chunk.encode()) for chunk in chunks]
+    billing = ctx.address(CONTRACT)
+    for event in events:
+        if event.type != "reading":
+            raise ProtocolError(f"payload seq {event.seq} is a {event.type}; `agreement settle` relays readings")
+        if event.chain_id != ctx.chain.chain_id:
+            raise ProtocolError(f"payload seq {event.seq} was signed for chain {event.chain_id}, this is chain {ctx.chain.chain_id}")
+        if event.contract != billing:
+            raise ProtocolError(f"payload seq {event.seq} was signed for contract {event.contract}, "
+                                f"the billing contract here is {billing}")
+    return events
+
+
+@dataclass(frozen=True)
+class Settlement:
+    agreement_id: int
+    seq: int
+    settled: bool
+    reason: str
+    amount: int = 0
+
+
+def settle(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[Settlement]]:
+    """Relay signed readings: one with ``settleReading`` (refusal → decoded revert), several in one ``settle`` batch."""
+    billing = ctx.contract(CONTRACT)
+    if len(events) == 1:
+        result = transact(ctx, billing.functions.settleReading(reading_tuple(events[0])), CONTRACT)
+    else:
+        result = transact(ctx, billing.functions.settle([reading_tuple(e) for e in events]), CONTRACT)
+    outcomes = [Settlement(int(a["agreementId"]), int(a["seq"]), True, "", int(a["amount"]))
+                for a in events_in(ctx, CONTRACT, result.receipt, "ReadingSettled")]
+    outcomes += [Settlement(int(a["agreementId"]), int(a["seq"]), False, REJECT_REASONS[int(a["reason"])])
+                 for a in events_in(ctx, CONTRACT, result.receipt, "ReadingRejected")]
+    return result, outcomes

@@ -1,0 +1,406 @@
+"""Turn a revert into a sentence: "escrow 7 was already released on block 1234".
+
+:class:`RevertDecoder` knows every custom error of our contracts (from their ABIs), plus ``Error(string)`` and
+``Panic(uint256)``. Given the revert data and the name of the contract that was called, it decodes the selector
+and arguments and writes a sentence; with an :class:`~oracle.ops.context.OpsContext` it adds what only the
+chain knows (the block an escrow was released in, an agreement's current status, a token's decimals).
+Used by the CLI through ``oracle.ops.tx.transact`` and usable by anything that holds revert data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from eth_abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
+from eth_hash.auto import keccak
+from eth_utils import to_checksum_address
+
+if TYPE_CHECKING:
+    from oracle.ops.context import OpsContext
+
+log = logging.getLogger(__name__)
+
+ESCROW_STATES = ("none", "funded", "released", "refunded", "cancelled")
+AGREEMENT_STATUSES = ("none", "offered", "active", "suspended", "closed", "cancelled")
+DEVICE_KINDS = ("none", "meter", "tracker", "vehicle", "weather station")
+#: IDeviceEvents.RejectReason, in declaration order (codes are append-only in the contract).
+REJECT_REASONS = (
+    "None", "SignatureInvalid", "SignatureMalleable", "UnknownKey", "KeyRotated", "DeviceRevoked", "WrongDevice",
+    "WrongDeviceKind", "UnknownTarget", "NotActive", "Replayed", "TimestampInFuture", "TimestampTooOld",
+    "CounterRollback", "ValueOutOfRange", "WrongLocation", "DeadlinePassed", "Suspended",
+)
+PANIC_CODES = {
+    0x01: "an assertion failed", 0x11: "an arithmetic operation overflowed", 0x12: "division by zero",
+    0x21: "an invalid enum value", 0x31: "pop on an empty array", 0x32: "an array index out of bounds",
+    0x41: "out of memory", 0x51: "a call to an uninitialised function",
+}
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    name: str
+    types: tuple[str, ...]
+    arg_names: tuple[str, ...]
+    contracts: tuple[str, ...]
+
+    @property
+    def signature(self) -> str:
+        return f"{self.name}({','.join(self.types)})"
+
+
+@dataclass(frozen=True)
+class DecodedRevert:
+    """A decoded revert: the error's name, its arguments by name, and the sentence for people."""
+
+    selector: str
+    name: str
+    args: dict[str, Any]
+    sentence: str
+    contract: str | None = None
+    raw: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"selector": self.selector, "error": self.name, "args": {k: _jsonable(v) for k, v in self.args.items()},
+                "message": self.sentence, "contract": self.contract}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        return str(value)
+    return value
+
+
+def _abi_type(entry: Mapping[str, Any]) -> str:
+    typ = str(entry["type"])
+    if typ.startswith("tuple"):
+        inner = ",".join(_abi_type(c) for c in entry["components"])
+        return f"({inner}){typ[5:]}"
+    return typ
+
+
+def _selector(signature: str) -> str:
+    return "0x" + keccak(signature.encode())[:4].hex()
+
+
+@dataclass(frozen=True)
+class RevertDecoder:
+    """Decodes reverts of the contracts whose ABIs it was built from."""
+
+    specs: Mapping[str, ErrorSpec] = field(default_factory=dict)
+
+    @classmethod
+    def from_abis(cls, abis: Mapping[str, Iterable[Mapping[str, Any]]]) -> RevertDecoder:
+        specs: dict[str, ErrorSpec] = {}
+        for contract, abi in abis.items():
+            for entry in abi:
+                if entry.get("type") != "error":
+                    continue
+                types = tuple(_abi_type(i) for i in entry.get("inputs", []))
+                names = tuple(str(i.get("name") or f"arg{n}") for n, i in enumerate(entry.get("inputs", [])))
+                spec = ErrorSpec(str(entry["name"]), types, names, (contract,))
+                selector = _selector(spec.signature)
+                if selector in specs:
+                    known = specs[selector]
+                    spec = ErrorSpec(known.name, known.types, known.arg_names, known.contracts + (contract,))
+                specs[selector] = spec
+        return cls(specs)
+
+    def decode(self, data: bytes | str | None, contract: str | None = None, ctx: OpsContext | None = None) -> DecodedRevert:
+        """Decode revert ``data`` raised by a call to ``contract``; unknown data gives a sentence with the raw bytes."""
+        raw = _to_bytes(data)
+        hex_data = "0x" + raw.hex()
+        if len(raw) < 4:
+            return DecodedRevert(hex_data, "", {}, f"the {_what(contract)} reverted without a reason", contract, hex_data)
+        selector = "0x" + raw[:4].hex()
+        if selector == _selector("Error(string)"):
+            (reason,) = _safe_decode(("string",), raw[4:]) or ("",)
+            return DecodedRevert(selector, "Error", {"reason": reason}, f"the {_what(contract)} reverted: {reason}",
+                                 contract, hex_data)
+        if selector == _selector("Panic(uint256)"):
+            (code,) = _safe_decode(("uint256",), raw[4:]) or (0,)
+            what = PANIC_CODES.get(code, f"panic code {code:#x}")
+            return DecodedRevert(selector, "Panic", {"code": code}, f"the {_what(contract)} hit a bug: {what}",
+                                 contract, hex_data)
+        spec = self.specs.get(selector)
+        if spec is None:
+            return DecodedRevert(selector, "", {}, f"the {_what(contract)} reverted with an unknown error {hex_data[:74]}",
+                                 contract, hex_data)
+        values = _safe_decode(spec.types, raw[4:])
+        if values is None:
+            return DecodedRevert(selector, spec.name, {}, f"the {_what(contract)} reverted with {spec.name} "
+                                 "(arguments unreadable)", contract, hex_data)
+        values = tuple(to_checksum_address(v) if t == "address" else v for t, v in zip(spec.types, values, strict=True))
+        args = dict(zip(spec.arg_names, values, strict=True))
+        owner = contract if contract in spec.contracts else (spec.contracts[0] if len(spec.contracts) == 1 else contract)
+        writer = _SENTENCES.get(spec.name)
+        sentence = ""
+        if writer is not None:
+            try:
+                sentence = writer(_Facts(args, owner, ctx))
+            except Exception as exc:  # noqa: BLE001 - a failing context lookup must not hide the error itself
+                log.debug("context lookup for %s failed: %s", spec.name, exc)
+                sentence = ""
+        if not sentence:
+            shown = ", ".join(f"{k}={_jsonable(v)}" for k, v in args.items())
+            sentence = f"the {_what(owner)} refused: {spec.name}({shown})"
+        return DecodedRevert(selector, spec.name, args, sentence, owner, hex_data)
+
+
+def _to_bytes(data: bytes | str | None) -> bytes:
+    if data is None:
+        return b""
+    if isinstance(data, bytes | bytearray):
+        return bytes(data)
+    text = str(data).strip()
+    text = text[2:] if text[:2] in ("0x", "0X") else text
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return b""
+
+
+def _safe_decode(types: Iterable[str], data: bytes) -> tuple[Any, ...] | None:
+    try:
+        return tuple(abi_decode(list(types), data))
+    except (DecodingError, ValueError, OverflowError):
+        return None
+
+
+def _what(contract: str | None) -> str:
+    return {"DeliveryEscrow": "escrow contract", "MeteredBilling": "billing contract",
+            "DeviceRegistry": "device registry", "TestToken": "token"}.get(contract or "", "contract")
+
+
+# ---------------------------------------------------------------------------------------------- sentences
+
+@dataclass(frozen=True)
+class _Facts:
+    """The decoded arguments plus, when available, the chain to look further."""
+
+    args: dict[str, Any]
+    contract: str | None
+    ctx: OpsContext | None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.args[key]
+
+    def when(self, ts: int) -> str:
+        return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    def escrow_outcome(self, escrow_id: int) -> str:
+        """' on block N' for the event that ended ``escrow_id``, when the chain can tell."""
+        if self.ctx is None or not self.ctx.has("DeliveryEscrow"):
+            return ""
+        from oracle.ops.audit import escrow_final_block
+
+        block = escrow_final_block(self.ctx, escrow_id)
+        return f" on block {block}" if block is not None else ""
+
+    def agreement(self, agreement_id: int) -> dict[str, Any] | None:
+        if self.ctx is None or not self.ctx.has("MeteredBilling"):
+            return None
+        return _agreement_tuple(self.ctx.contract("MeteredBilling").functions.agreementOf(agreement_id).call())
+
+    def token_amount(self, base: int, token: str | None = None) -> str:
+        if self.ctx is None:
+            return f"{base} base units"
+        from oracle.ops.token import describe_token
+        from oracle.ops.amounts import format_amount
+
+        info = describe_token(self.ctx, token) if token is not None else None
+        if info is None:
+            return f"{base} base units"
+        return format_amount(base, info.decimals, info.symbol)
+
+
+_AGREEMENT_FIELDS = ("provider", "consumer", "device", "token", "tariffId", "status", "noticePeriod", "closeAt",
+                     "startValue", "lastValue", "lastSeq", "lastTimestamp", "prepaid", "arrears", "deposited",
+                     "withdrawn")
+
+
+def _agreement_tuple(value: Any) -> dict[str, Any]:
+    return dict(zip(_AGREEMENT_FIELDS, value, strict=True))
+
+
+def _state(names: tuple[str, ...], value: int) -> str:
+    return names[value] if 0 <= value < len(names) else f"state {value}"
+
+
+def _not_funded(f: _Facts) -> str:
+    escrow_id, state = f["escrowId"], _state(ESCROW_STATES, f["state"])
+    if state == "none":
+        return f"escrow {escrow_id} does not exist"
+    return f"escrow {escrow_id} was already {state}{f.escrow_outcome(escrow_id)}"
+
+
+def _event_rejected(f: _Facts) -> str:
+    target, seq = f["targetId"], f["seq"]
+    reason = _state(REJECT_REASONS, f["reason"])
+    if f.contract == "DeliveryEscrow":
+        return _delivery_rejected(f, target, seq, reason)
+    return _reading_rejected(f, target, seq, reason)
+
+
+def _common_rejection(noun: str, target: int, seq: int, reason: str) -> str | None:
+    event = f"{noun} event seq {seq}"
+    return {
+        "SignatureInvalid": f"the signature of {event} for {target} does not recover to an address",
+        "SignatureMalleable": f"the signature of {event} for {target} is malleable (high s); sign again",
+        "UnknownKey": f"{event} for {target} was signed by a key that was never registered",
+        "KeyRotated": f"{event} for {target} was signed by a key its device has rotated out",
+        "DeviceRevoked": f"{event} for {target} was signed by a revoked device",
+        "WrongDevice": f"{event} for {target} was signed by another device than the one {target} names",
+        "WrongDeviceKind": f"{event} for {target} comes from a device of the wrong kind",
+        "TimestampInFuture": f"{event} for {target} is dated more than the allowed clock skew ahead of the chain",
+        "ValueOutOfRange": f"{event} for {target} carries a value or seq that does not fit on chain",
+    }.get(reason)
+
+
+def _delivery_rejected(f: _Facts, escrow_id: int, seq: int, reason: str) -> str:
+    common = _common_rejection("delivery", escrow_id, seq, reason)
+    if common:
+        return common.replace(f"for {escrow_id}", f"for escrow {escrow_id}").replace(
+            f"the one {escrow_id} names", f"the tracker escrow {escrow_id} names")
+    if reason == "UnknownTarget":
+        return f"escrow {escrow_id} does not exist"
+    if reason == "Replayed":
+        return f"escrow {escrow_id} was already released{f.escrow_outcome(escrow_id)}"
+    if reason == "NotActive":
+        state = ""
+        if f.ctx is not None:
+            state = _state(ESCROW_STATES, int(f.ctx.contract("DeliveryEscrow").functions.escrowOf(escrow_id).call()[10]))
+        return f"escrow {escrow_id} was already {state or 'closed'}{f.escrow_outcome(escrow_id)}"
+    if reason == "WrongLocation":
+        return f"the delivery (seq {seq}) was signed at another location than escrow {escrow_id}'s destination"
+    if reason == "DeadlinePassed":
+        deadline = ""
+        if f.ctx is not None:
+            deadline = " (" + f.when(f.ctx.contract("DeliveryEscrow").functions.escrowOf(escrow_id).call()[7]) + ")"
+        return f"the delivery (seq {seq}) is dated after escrow {escrow_id}'s deadline{deadline}"
+    if reason == "TimestampTooOld":
+        return f"the delivery (seq {seq}) is dated before escrow {escrow_id} was created"
+    return f"delivery seq {seq} for escrow {escrow_id} was rejected: {reason}"
+
+
+def _reading_rejected(f: _Facts, agreement_id: int, seq: int, reason: str) -> str:
+    common = _common_rejection("reading", agreement_id, seq, reason)
+    if common:
+        return common.replace(f"for {agreement_id}", f"for agreement {agreement_id}").replace(
+            f"the one {agreement_id} names", "the agreement's meter")
+    a = f.agreement(agreement_id) if reason in {"Replayed", "NotActive", "CounterRollback", "Suspended",
+                                                 "TimestampTooOld"} else None
+    if reason == "UnknownTarget":
+        return f"agreement {agreement_id} does not exist"
+    if reason == "Replayed":
+        last = f" (the last settled seq is {a['lastSeq']})" if a else ""
+        return f"reading seq {seq} of agreement {agreement_id} was already settled or superseded{last}"
+    if reason == "NotActive":
+        status = _state(AGREEMENT_STATUSES, a["status"]) if a else "not active"
+        return f"agreement {agreement_id} is {status}, so it settles no readings"
+    if reason == "CounterRollback":
+        last = f" {a['lastValue']}" if a else ""
+        return f"reading seq {seq} of agreement {agreement_id} goes below the last settled register value{last}"
+    if reason == "TimestampTooOld":
+        return f"reading seq {seq} of agreement {agreement_id} is dated before the last settled reading"
+    if reason == "Suspended":
+        owed = f" of {f.token_amount(a['arrears'], a['token'])}" if a else ""
+        return f"agreement {agreement_id} is suspended for arrears{owed}; top it up first"
+    return f"reading seq {seq} for agreement {agreement_id} was rejected: {reason}"
+
+
+def _agreement_status(f: _Facts) -> str:
+    status = _state(AGREEMENT_STATUSES, f["status"])
+    agreement_id = f["agreementId"]
+    if status == "offered":
+        return f"agreement {agreement_id} is only offered: the consumer has not accepted it yet"
+    return f"agreement {agreement_id} is {status}, which does not allow this"
+
+
+def _notice_not_over(f: _Facts) -> str:
+    wait = int(f["closeAt"]) - int(f["timestamp"])
+    return (f"the notice period of agreement {f['agreementId']} ends at {f.when(f['closeAt'])}, "
+            f"{wait} s from now; close it after that")
+
+
+def _nothing_to_withdraw(f: _Facts) -> str:
+    if "agreementId" in f.args:
+        return f"agreement {f['agreementId']} has no unwithdrawn earnings"
+    token = f["token"]
+    what = "ETH" if int(token, 16) == 0 else f"token {token}"
+    if f.ctx is not None and int(token, 16) != 0:
+        from oracle.ops.token import describe_token
+
+        what = describe_token(f.ctx, token).symbol
+    return f"{f['account']} has no {what} to withdraw from the escrow contract"
+
+
+def _wrong_value(f: _Facts) -> str:
+    if f["received"] != f["expected"] and f["expected"] == 0:
+        return "this payment is in a token, so no ETH may be sent with it"
+    return f"the contract expected {f['expected']} base units but received {f['received']}"
+
+
+def _insufficient_balance(f: _Facts) -> str:
+    token = f.ctx.address("TestToken") if f.ctx is not None and f.ctx.has("TestToken") else None
+    return (f"{f['sender']} holds {f.token_amount(f['balance'], token)} but the transfer needs "
+            f"{f.token_amount(f['needed'], token)}")
+
+
+def _insufficient_allowance(f: _Facts) -> str:
+    token = f.ctx.address("TestToken") if f.ctx is not None and f.ctx.has("TestToken") else None
+    return (f"the contract {f['spender']} may only take {f.token_amount(f['allowance'], token)} but needs "
+            f"{f.token_amount(f['needed'], token)}; approve more first")
+
+
+_SENTENCES: dict[str, Callable[[_Facts], str]] = {
+    # DeliveryEscrow
+    "NotFunded": _not_funded,
+    "UnknownEscrow": lambda f: f"escrow {f['escrowId']} does not exist",
+    "NotBuyer": lambda f: f"only the buyer of escrow {f['escrowId']} may do this, not {f['caller']}",
+    "NotSeller": lambda f: f"only the seller of escrow {f['escrowId']} may do this, not {f['caller']}",
+    "DeadlineNotPassed": lambda f: (f"escrow {f['escrowId']} can be refunded only after its deadline "
+                                    f"{f.when(f['deadline'])} ({int(f['deadline']) - int(f['timestamp'])} s from now)"),
+    "DeadlineNotInFuture": lambda f: f"the deadline {f.when(f['deadline'])} is not in the future (chain time "
+                                     f"{f.when(f['timestamp'])})",
+    "PenaltyTooHigh": lambda f: f"a penalty of {f['penaltyBps']} basis points is more than 10000 (100 %)",
+    "EventRejected": _event_rejected,
+    # MeteredBilling
+    "UnknownAgreement": lambda f: f"agreement {f['agreementId']} does not exist",
+    "NotProvider": lambda f: f"only the provider of agreement {f['agreementId']} may do this, not {f['caller']}",
+    "NotConsumer": lambda f: f"only the consumer of agreement {f['agreementId']} may do this, not {f['caller']}",
+    "WrongStatus": _agreement_status,
+    "CloseNotRequested": lambda f: f"agreement {f['agreementId']} has no close request; the consumer requests one first",
+    "NoticeNotOver": _notice_not_over,
+    "UnknownTariff": lambda f: f"tariff {f['tariffId']} does not exist",
+    "InvalidTariff": lambda f: "the tariff is invalid: 1 to 8 blocks, each but the last with units > 0, the last with 0",
+    "BalanceOverflow": lambda f: f"the balance {f['balance']} would not fit the contract's storage",
+    # shared
+    "NothingToWithdraw": _nothing_to_withdraw,
+    "WrongValue": _wrong_value,
+    "ZeroAmount": lambda f: "the amount must be more than zero",
+    "ZeroAddress": lambda f: "an address argument is the zero address",
+    "UnknownDevice": lambda f: f"device {f['device']} is not registered or not active",
+    "WrongDeviceKind": lambda f: f"device {f['device']} is of the wrong kind for this product",
+    # DeviceRegistry
+    "NotDeviceOwner": lambda f: f"only the owner of device {f['device']} may do this, not {f['caller']}",
+    "DeviceNotActive": lambda f: f"device {f['device']} is revoked",
+    "KeyAlreadyUsed": lambda f: f"key {f['key']} was already registered or rotated in once; keys are single-use",
+    "SignatureExpired": lambda f: f"the signature expired at {f.when(f['deadline'])}",
+    "SignatureInvalid": lambda f: "the signature does not recover to an address",
+    "SignatureMalleable": lambda f: "the signature is malleable (high s)",
+    "SignatureLength": lambda f: f"the signature is {f['length']} bytes, not 65",
+    "WrongSigner": lambda f: f"the signature was made by {f['recovered']}, not by {f['expected']}",
+    "InvalidDeviceKind": lambda f: f"device kind {f['kind']} does not exist",
+    # tokens
+    "ERC20InsufficientBalance": _insufficient_balance,
+    "ERC20InsufficientAllowance": _insufficient_allowance,
+    "SafeERC20FailedOperation": lambda f: f"the token {f['token']} refused the transfer",
+    "ReentrancyGuardReentrantCall": lambda f: "a re-entrant call was refused",
+}

@@ -1,0 +1,190 @@
+"""DeliveryEscrow operations: create (funds it), status, list, relay a signed delivery, refund, cancel, withdraw."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from eth_utils import to_checksum_address
+
+from oracle import wire
+from oracle.errors import ChainError, ProtocolError
+from oracle.ops.context import OpsContext
+from oracle.ops.errors import ESCROW_STATES, REJECT_REASONS
+from oracle.ops.token import TokenInfo, check_eth, describe_token, ensure_allowance
+from oracle.ops.tx import TxResult, events_in, transact
+from oracle.wire import SignedEvent
+
+log = logging.getLogger(__name__)
+
+CONTRACT = "DeliveryEscrow"
+
+
+@dataclass(frozen=True)
+class EscrowView:
+    escrow_id: int
+    buyer: str
+    seller: str
+    device: str
+    token: str
+    amount: int
+    destination: str  # 0x-hex bytes32
+    created_at: int
+    deadline: int
+    temperature_limit: int  # centi-°C
+    penalty_bps: int
+    state: str
+    delivery_seq: int
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["amount"] = str(self.amount)
+        return out
+
+
+def escrow_of(ctx: OpsContext, escrow_id: int) -> EscrowView:
+    """The escrow's record; raises ChainError for an escrow that does not exist."""
+    raw = ctx.contract(CONTRACT).functions.escrowOf(escrow_id).call()
+    state = ESCROW_STATES[int(raw[10])] if int(raw[10]) < len(ESCROW_STATES) else str(raw[10])
+    if state == "none":
+        raise ChainError(f"escrow {escrow_id} does not exist on chain {ctx.chain.chain_id}")
+    return EscrowView(escrow_id, raw[0], raw[1], raw[2], raw[3], int(raw[4]), "0x" + bytes(raw[5]).hex(), int(raw[6]),
+                      int(raw[7]), int(raw[8]), int(raw[9]), state, int(raw[11]))
+
+
+@dataclass(frozen=True)
+class Created:
+    escrow_id: int
+    tx: TxResult
+    approve_tx: TxResult | None
+
+
+def create(
+    ctx: OpsContext,
+    *,
+    seller: str,
+    device: str,
+    token: TokenInfo,
+    amount: int,
+    destination: bytes,
+    deadline: int,
+    temperature_limit: int = 0,
+    penalty_bps: int = 0,
+) -> Created:
+    """Create and fund an escrow in one transaction (ERC-20: approve first when the allowance is short)."""
+    if token.is_eth:
+        check_eth(ctx, amount)
+        approve = None
+    else:
+        approve = ensure_allowance(ctx, token, CONTRACT, amount)
+    call = ctx.contract(CONTRACT).functions.createEscrow(
+        seller, device, token.address, amount, destination, deadline, temperature_limit, penalty_bps)
+    result = transact(ctx, call, CONTRACT, value=amount if token.is_eth else 0)
+    created = events_in(ctx, CONTRACT, result.receipt, "EscrowCreated")
+    if not created:
+        raise ChainError(f"transaction {result.tx_hash} emitted no EscrowCreated event")
+    return Created(int(created[0]["escrowId"]), result, approve)
+
+
+def approve(ctx: OpsContext, token: TokenInfo, amount: int) -> TxResult | None:
+    """Let the escrow contract take ``amount`` of ``token`` from the sender (what ``create`` needs for an ERC-20)."""
+    if token.is_eth:
+        raise ChainError("ETH escrows are funded with the create transaction itself; nothing to approve")
+    return ensure_allowance(ctx, token, CONTRACT, amount)
+
+
+def list_escrows(ctx: OpsContext, *, party: str | None = None, device: str | None = None) -> list[EscrowView]:
+    """Every escrow created on this deployment (from EscrowCreated logs), optionally for one party or device."""
+    from oracle.ops.audit import fetch_logs
+
+    views: list[EscrowView] = []
+    for entry in fetch_logs(ctx, CONTRACT, ["EscrowCreated"]):
+        args = entry.args
+        if party and to_checksum_address(party) not in (args["buyer"], args["seller"]):
+            continue
+        if device and to_checksum_address(device) != args["device"]:
+            continue
+        views.append(escrow_of(ctx, int(args["escrowId"])))
+    return views
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    escrow_id: int
+    seq: int
+    confirmed: bool
+    reason: str  # "" when confirmed
+    to_seller: int = 0
+    to_buyer: int = 0
+
+
+def delivery_tuple(event: SignedEvent) -> tuple[Any, ...]:
+    """The SignedDelivery struct for a decoded wire event: 65-byte r‖s‖v → ERC-2098 (r, vs)."""
+    if event.type != "delivery":
+        raise ProtocolError(f"this is a {event.type} event, not a delivery")
+    r, s, v = event.sig[:32], int.from_bytes(event.sig[32:64], "big"), event.sig[64]
+    if v not in (27, 28):
+        raise ProtocolError(f"signature v is {v}, expected 27 or 28")
+    vs = (s | (1 << 255) if v == 28 else s).to_bytes(32, "big")
+    m = event.msg
+    return (int(m["escrowId"]), int(m["seq"]), int(m["timestamp"]), bytes(m["location"]), int(m["maxTemperature"]), r, vs)
+
+
+def parse_deliveries(ctx: OpsContext, text: str) -> list[SignedEvent]:
+    """Wire payloads (one JSON object per line, or one pretty-printed object) checked against this deployment."""
+    stripped = text.strip()
+    if not stripped:
+        raise ProtocolError("no delivery payload given (expected the JSON wire format of docs/PROTOCOL.md)")
+    chunks = [stripped] if stripped.startswith("{") and "\n{" not in stripped else [ln for ln in stripped.splitlines() if ln.strip()]
+    events = [wire.decode(chunk.encode()) for chunk in chunks]
+    escrow = ctx.address(CONTRACT)
+    for event in events:
+        if event.type != "delivery":
+            raise ProtocolError(f"payload seq {event.seq} is a {event.type}; `escrow confirm` relays deliveries")
+        if event.chain_id != ctx.chain.chain_id:
+            raise ProtocolError(f"payload seq {event.seq} was signed for chain {event.chain_id}, this is chain {ctx.chain.chain_id}")
+        if event.contract != escrow:
+            raise ProtocolError(f"payload seq {event.seq} was signed for contract {event.contract}, "
+                                f"the escrow contract here is {escrow}")
+    return events
+
+
+def confirm(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[Confirmation]]:
+    """Relay signed deliveries. One is sent with ``confirmDelivery`` (a refusal reverts with a decoded sentence);
+    several go in one ``confirmDeliveries`` batch, where refused items are reported, not reverted."""
+    escrow = ctx.contract(CONTRACT)
+    if len(events) == 1:
+        result = transact(ctx, escrow.functions.confirmDelivery(delivery_tuple(events[0])), CONTRACT)
+    else:
+        result = transact(ctx, escrow.functions.confirmDeliveries([delivery_tuple(e) for e in events]), CONTRACT)
+    outcomes = [Confirmation(int(a["escrowId"]), int(a["seq"]), True, "", int(a["toSeller"]), int(a["toBuyer"]))
+                for a in events_in(ctx, CONTRACT, result.receipt, "DeliveryConfirmed")]
+    outcomes += [Confirmation(int(a["escrowId"]), int(a["seq"]), False, REJECT_REASONS[int(a["reason"])])
+                 for a in events_in(ctx, CONTRACT, result.receipt, "DeliveryRejected")]
+    return result, outcomes
+
+
+def refund(ctx: OpsContext, escrow_id: int) -> TxResult:
+    """Buyer, after the deadline: credit the amount back to the buyer (then `withdraw`)."""
+    return transact(ctx, ctx.contract(CONTRACT).functions.refund(escrow_id), CONTRACT)
+
+
+def cancel(ctx: OpsContext, escrow_id: int) -> TxResult:
+    """Seller gives up: credit the buyer."""
+    return transact(ctx, ctx.contract(CONTRACT).functions.cancel(escrow_id), CONTRACT)
+
+
+def withdrawable(ctx: OpsContext, token: TokenInfo, account: str) -> int:
+    return int(ctx.contract(CONTRACT).functions.withdrawable(token.address, account).call())
+
+
+def withdraw(ctx: OpsContext, token: TokenInfo) -> tuple[TxResult, int]:
+    """Pay the sender everything credited to it in ``token``; returns the transaction and the amount."""
+    result = transact(ctx, ctx.contract(CONTRACT).functions.withdraw(token.address), CONTRACT)
+    paid = sum(int(a["amount"]) for a in events_in(ctx, CONTRACT, result.receipt, "Withdrawn"))
+    return result, paid
+
+
+def token_of(ctx: OpsContext, view: EscrowView) -> TokenInfo:
+    return describe_token(ctx, view.token)

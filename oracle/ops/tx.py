@@ -1,0 +1,98 @@
+"""Send one contract call: pre-flight it so a revert becomes a sentence, then send through ``oracle.chain.send``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from web3.contract.contract import ContractFunction
+from web3.exceptions import (
+    ContractCustomError,
+    ContractLogicError,
+    ContractPanicError,
+    LogTopicError,
+    MismatchedABI,
+    Web3Exception,
+)
+
+from oracle.chain import send
+from oracle.errors import ChainError
+from oracle.ops.context import OpsContext
+from oracle.ops.errors import DecodedRevert, RevertDecoder
+
+log = logging.getLogger(__name__)
+
+
+class RevertedError(ChainError):
+    """A transaction would revert (or did); ``revert`` holds the decoded error."""
+
+    def __init__(self, revert: DecodedRevert) -> None:
+        super().__init__(revert.sentence)
+        self.revert = revert
+
+
+@dataclass(frozen=True)
+class TxResult:
+    tx_hash: str
+    block: int
+    gas_used: int
+    receipt: dict[str, Any]
+
+
+def decoder(ctx: OpsContext) -> RevertDecoder:
+    return RevertDecoder.from_abis(ctx.abis)
+
+
+def revert_data(exc: Exception) -> str | None:
+    """The revert data web3 attached to a ContractLogicError, if any."""
+    data = getattr(exc, "data", None)
+    if isinstance(data, str) and data.startswith("0x"):
+        return data
+    if isinstance(data, dict):
+        inner = data.get("data")
+        if isinstance(inner, str):
+            return inner
+    return None
+
+
+def transact(ctx: OpsContext, call: ContractFunction, contract: str, *, value: int = 0) -> TxResult:
+    """Estimate (decoding any revert into a RevertedError), then sign, send and wait for the receipt."""
+    account = ctx.require_sender()
+    params: dict[str, Any] = {"from": account.address, "value": value}
+    try:
+        gas = call.estimate_gas(params)
+    except (ContractCustomError, ContractPanicError) as exc:
+        raise RevertedError(decoder(ctx).decode(revert_data(exc), contract, ctx)) from None
+    except ContractLogicError as exc:
+        data = revert_data(exc)
+        if data:
+            raise RevertedError(decoder(ctx).decode(data, contract, ctx)) from None
+        raise ChainError(f"the transaction would revert: {exc.message or exc}") from None
+    except (requests.RequestException, Web3Exception, ValueError) as exc:
+        message = str(exc)
+        if "insufficient funds" in message.lower():
+            balance = ctx.w3.eth.get_balance(account.address)
+            raise ChainError(f"{account.address} has not enough ETH for this transaction "
+                             f"(balance {balance / 1e18:g} ETH{f', value {value / 1e18:g} ETH' if value else ''})") from None
+        raise ChainError(f"cannot prepare the transaction: {message}") from None
+    tx = call.build_transaction({**params, "gas": int(gas * 1.2) + 10_000})
+    receipt = send(ctx.chain, account, tx)
+    log.info("%s.%s mined in block %s (gas %s)", contract, call.fn_name, receipt["blockNumber"], receipt["gasUsed"])
+    return TxResult(receipt["transactionHash"].to_0x_hex(), int(receipt["blockNumber"]), int(receipt["gasUsed"]), receipt)
+
+
+def events_in(ctx: OpsContext, contract: str, receipt: dict[str, Any], event: str) -> list[dict[str, Any]]:
+    """Decoded ``event`` logs of ``contract`` in a receipt, as plain dicts of arguments."""
+    handle = getattr(ctx.contract(contract).events, event)()
+    address = ctx.address(contract).lower()
+    out: list[dict[str, Any]] = []
+    for entry in receipt["logs"]:
+        if str(entry["address"]).lower() != address:
+            continue
+        try:
+            out.append(dict(handle.process_log(entry)["args"]))
+        except (MismatchedABI, LogTopicError):  # another event of the same contract
+            continue
+    return out
