@@ -3,11 +3,14 @@
 The oracle publishes one reply per received event on ``iotsettle/v1/{chainId}/{device}/replies`` (QoS 1, not
 retained)::
 
-    {"seq": 42, "status": "accepted"}
-    {"seq": 42, "status": "rejected", "reason": "clock_skew", "detail": "timestamp is 3600 s ahead"}
+    {"v":1,"status":"accepted","seq":42,"digest":"0x…"}
+    {"v":1,"status":"duplicate","seq":42,"digest":"0x…","reason":"duplicate"}
+    {"v":1,"status":"rejected","seq":42,"digest":"0x…","reason":"clock_skew","detail":"timestamp is 3600 s ahead"}
 
-``seq`` is null when the payload was too broken to read one. ``reason`` is present when the status is
-"rejected", and on an "accepted" reply only as ``duplicate`` (the event was already stored; nothing to do). ``detail`` is optional human-readable text (at most ``MAX_DETAIL_CHARS``); devices must not parse it.
+``seq`` and ``digest`` (the event's EIP-712 digest) are left out when the payload was too broken to read them.
+"accepted" and "duplicate" both mean the oracle holds the event; "duplicate" says an identical copy was stored
+before (a retry) and carries the reason ``duplicate``, so every reply that is not "accepted" has a code.
+``detail`` is optional human-readable text (at most ``MAX_DETAIL_CHARS``); devices must not parse it.
 The list of reasons is the contract between the oracle daemon and firmware: add codes only at the end, never
 rename or reuse one within protocol v1.
 """
@@ -21,13 +24,16 @@ from typing import Any
 
 from oracle.errors import ProtocolError
 
+REPLY_VERSION = 1
 MAX_DETAIL_CHARS = 200
 MAX_REPLY_BYTES = 512
 _MAX_SEQ = (1 << 64) - 1
+_REPLY_KEYS = frozenset({"v", "status", "seq", "digest", "reason", "detail"})
 
 
 class Status(StrEnum):
     ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
     REJECTED = "rejected"
 
 
@@ -56,7 +62,7 @@ class Reason(StrEnum):
     """``seq`` is not above the highest accepted sequence number of the device and the event differs from the
     one stored under that number."""
     DUPLICATE = "duplicate"
-    """Exactly this event (same digest) is already stored. Not a rejection: it comes with status "accepted"."""
+    """Exactly this event (same digest) is already stored. Not a rejection: it comes with status "duplicate"."""
     COUNTER_ROLLBACK = "counter_rollback"
     """A register reading is lower than the last accepted reading of the same device and agreement."""
     IMPOSSIBLE_RATE = "impossible_rate"
@@ -84,41 +90,57 @@ class Reply:
     status: Status
     reason: Reason | None = None
     detail: str | None = None
+    digest: bytes | None = None
 
     def __post_init__(self) -> None:
-        if self.status is Status.REJECTED and self.reason is None:
-            raise ProtocolError("a rejected reply must carry a reason")
-        if self.status is Status.ACCEPTED and self.reason not in (None, Reason.DUPLICATE):
+        if self.status is Status.REJECTED and self.reason in (None, Reason.DUPLICATE):
+            raise ProtocolError("a rejected reply must carry a rejection reason")
+        if self.status is Status.ACCEPTED and self.reason is not None:
             raise ProtocolError(f"an accepted reply cannot carry the reason {self.reason}")
+        if self.status is Status.DUPLICATE and self.reason not in (None, Reason.DUPLICATE):
+            raise ProtocolError(f"a duplicate reply cannot carry the reason {self.reason}")
         if self.seq is not None and not 0 <= self.seq <= _MAX_SEQ:
             raise ProtocolError(f"reply seq {self.seq} does not fit uint64")
+        if self.digest is not None and len(self.digest) != 32:
+            raise ProtocolError("reply digest must be 32 bytes")
 
     @property
     def stored(self) -> bool:
-        """True when the oracle holds the event (accepted now, or a duplicate of one it accepted)."""
-        return self.status is Status.ACCEPTED
+        """True when the oracle holds the event (accepted now, or an identical copy accepted before)."""
+        return self.status is not Status.REJECTED
+
+    @property
+    def code(self) -> str:
+        """"accepted", or the reason code: one label per outcome for counters and logs."""
+        return str(self.reason) if self.reason is not None else str(self.status)
 
     @classmethod
-    def accepted(cls, seq: int) -> Reply:
-        return cls(seq, Status.ACCEPTED)
+    def accepted(cls, seq: int, digest: bytes | None = None) -> Reply:
+        return cls(seq, Status.ACCEPTED, digest=digest)
 
     @classmethod
-    def duplicate(cls, seq: int) -> Reply:
-        return cls(seq, Status.ACCEPTED, Reason.DUPLICATE)
+    def duplicate(cls, seq: int, digest: bytes | None = None) -> Reply:
+        return cls(seq, Status.DUPLICATE, Reason.DUPLICATE, digest=digest)
 
     @classmethod
-    def rejected(cls, seq: int | None, reason: Reason, detail: str | None = None) -> Reply:
-        return cls(seq, Status.REJECTED, reason, detail)
+    def rejected(
+        cls, seq: int | None, reason: Reason, detail: str | None = None, digest: bytes | None = None
+    ) -> Reply:
+        return cls(seq, Status.REJECTED, reason, detail, digest)
 
 
 def encode_reply(reply: Reply) -> bytes:
     """Compact JSON bytes for a reply; ``detail`` is truncated to ``MAX_DETAIL_CHARS``."""
-    body: dict[str, Any] = {"seq": reply.seq, "status": str(reply.status)}
+    body: dict[str, Any] = {"v": REPLY_VERSION, "status": str(reply.status)}
+    if reply.seq is not None:
+        body["seq"] = reply.seq
+    if reply.digest is not None:
+        body["digest"] = "0x" + reply.digest.hex()
     if reply.reason is not None:
         body["reason"] = str(reply.reason)
     if reply.detail:
         body["detail"] = reply.detail[:MAX_DETAIL_CHARS]
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode()
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def decode_reply(payload: bytes) -> Reply:
@@ -129,11 +151,14 @@ def decode_reply(payload: bytes) -> Reply:
         body = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"reply is not UTF-8 JSON: {exc}") from None
-    if not isinstance(body, dict) or not {"seq", "status"} <= set(body) <= {"seq", "status", "reason", "detail"}:
-        raise ProtocolError("reply must be an object with seq, status and optionally reason, detail")
-    seq = body["seq"]
+    if not isinstance(body, dict) or "status" not in body or not set(body) <= _REPLY_KEYS:
+        raise ProtocolError(f"reply must be an object with status and optionally {sorted(_REPLY_KEYS - {'status'})}")
+    version = body.get("v", REPLY_VERSION)
+    if isinstance(version, bool) or version != REPLY_VERSION:
+        raise ProtocolError(f"unsupported reply version {version!r}")
+    seq = body.get("seq")
     if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
-        raise ProtocolError("reply seq must be an integer or null")
+        raise ProtocolError("reply seq must be an integer")
     try:
         status = Status(body["status"])
         reason = Reason(body["reason"]) if "reason" in body else None
@@ -142,4 +167,13 @@ def decode_reply(payload: bytes) -> Reply:
     detail = body.get("detail")
     if detail is not None and not isinstance(detail, str):
         raise ProtocolError("reply detail must be a string")
-    return Reply(seq, status, reason, detail)
+    digest = None
+    if "digest" in body:
+        text = body["digest"]
+        if not (isinstance(text, str) and len(text) == 66 and text[:2] == "0x"):
+            raise ProtocolError("reply digest must be a 0x-prefixed 32-byte hex string")
+        try:
+            digest = bytes.fromhex(text[2:])
+        except ValueError:
+            raise ProtocolError("reply digest is not hex") from None
+    return Reply(seq, status, reason, detail, digest)

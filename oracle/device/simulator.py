@@ -520,7 +520,7 @@ class _ReplyLog:
         device = parts[3].lower() if len(parts) == 5 else ""
         if device not in self._devices:
             return
-        label = str(reply.reason) if reply.reason is not None else str(reply.status)
+        label = reply.code
         with self._lock:
             self.counts[label] += 1
             if reply.seq is not None:
