@@ -45,6 +45,7 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, ReentrancyGuard
     ) external payable nonReentrant returns (uint256 escrowId) {
         if (seller == address(0)) revert ZeroAddress();
         if (amount == 0) revert ZeroAmount();
+        if (amount > type(uint128).max) revert AmountTooLarge(amount);
         if (deadline <= block.timestamp) revert DeadlineNotInFuture(deadline, block.timestamp);
         if (penaltyBps > MAX_BPS) revert PenaltyTooHigh(penaltyBps);
         IDeviceRegistry.Device memory d = _REGISTRY.deviceOf(device);
@@ -121,6 +122,7 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, ReentrancyGuard
         uint256 amount = e.amount;
         uint256 toBuyer = 0;
         if (e.penaltyBps != 0 && dl.maxTemperature > e.temperatureLimit) {
+            // amount < 2^128 (createEscrow) so the product cannot overflow and revert a batch.
             toBuyer = amount * e.penaltyBps / MAX_BPS;
         }
         uint256 toSeller = amount - toBuyer;

@@ -64,6 +64,8 @@ interface IDeliveryEscrow is IDeviceEvents {
     event Withdrawn(address indexed token, address indexed account, uint256 amount);
 
     error ZeroAmount();
+    /// @notice Escrow amounts are capped at 2^128 − 1 base units so no credit sum can overflow.
+    error AmountTooLarge(uint256 amount);
     error ZeroAddress();
     error UnknownDevice(address device);
     error WrongDeviceKind(address device);
