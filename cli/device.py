@@ -1,0 +1,284 @@
+"""`iotsettle device keygen | register | simulate`: device keys, on-chain registration, the fleet simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from eth_hash.auto import keccak
+from rich.table import Table
+
+from cli._common import emit, json_option, progress, state
+from oracle.chain import connect, load_sender, send
+from oracle.deploy import contract, load_manifest
+from oracle.device.fleet import FaultClass, Fleet, contracts_from_manifest, kind_from_name, kind_name, load_fleet
+from oracle.device.keys import create_keystore, load_keystore, resolve_password
+from oracle.device.publisher import BrokerSettings
+from oracle.device.signer import Contracts, sign_registration
+from oracle.device.simulator import ProgressReport, plan_events, run_simulation
+from oracle.eip712 import DeviceKind
+from oracle.errors import ChainError, ConfigError, ProtocolError
+
+KIND_CHOICES = [kind.name.lower() for kind in DeviceKind]
+
+password_file_option = click.option(
+    "--password-file",
+    type=click.Path(dir_okay=False),
+    envvar="IOTSETTLE_DEVICE_PASSWORD_FILE",
+    help="File holding the device keystore password (else IOTSETTLE_DEVICE_PASSWORD).",
+)
+
+
+class FaultList(click.ParamType):
+    """A comma-separated list of fault classes, or "all"."""
+
+    name = "faults"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[FaultClass, ...]:
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        if not text:
+            return ()
+        if text == "all":
+            return tuple(FaultClass)
+        faults: list[FaultClass] = []
+        for item in text.split(","):
+            try:
+                faults.append(FaultClass(item.strip()))
+            except ValueError:
+                self.fail(f"{item.strip()!r} is not a fault class (all, {', '.join(FaultClass)})", param, ctx)
+        return tuple(faults)
+
+
+@click.group("device")
+def device() -> None:
+    """Device keys, on-chain registration and the fleet simulator (see docs/PROTOCOL.md)."""
+
+
+@device.command("keygen")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), envvar="IOTSETTLE_DEVICE_KEY_DIR",
+              help="Folder for the keystore file <address>.json.")
+@click.option("--kind", type=click.Choice(KIND_CHOICES), help="Device kind, remembered in the keystore for `register`.")
+@password_file_option
+@click.option("--light-kdf", is_flag=True, help="Fast key derivation: throw-away test and demo keys only.")
+@json_option
+def keygen(out_dir: str, kind: str | None, password_file: str | None, light_kdf: bool, as_json: bool) -> None:
+    """Create a device key in a new keystore file (mode 0600) and print its address.
+
+    The password comes from IOTSETTLE_DEVICE_PASSWORD or --password-file, never from a flag. An existing
+    file is never overwritten.
+    """
+    password = resolve_password(password_file)
+    key = create_keystore(
+        out_dir,
+        password,
+        kind=kind_from_name(kind) if kind else None,
+        kdf="pbkdf2" if light_kdf else "scrypt",
+        iterations=1024 if light_kdf else None,
+    )
+    data = {"address": key.address, "keyFile": str(key.path), "kind": kind, "clientId": key.client_id}
+    if as_json:
+        emit(data, True)
+    else:
+        click.echo(key.address)
+        progress(f"keystore written to {key.path} (MQTT client id {key.client_id})")
+
+
+@device.command("register")
+@click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              envvar="IOTSETTLE_DEVICE_KEY", help="The device's keystore file.")
+@click.option("--kind", type=click.Choice(KIND_CHOICES), help="Device kind (default: the one stored by keygen).")
+@click.option("--owner-key", type=click.Path(exists=True, dir_okay=False), envvar="IOTSETTLE_OWNER_KEY",
+              help="Keystore of the owner account that sends the transaction (password: IOTSETTLE_CHAIN_PASSWORD "
+                   "or [chain] password_file). Default: the configured sender ([chain] keystore, "
+                   "IOTSETTLE_CHAIN_PRIVATE_KEY, or anvil's first dev account on a local chain).")
+@click.option("--metadata", help="Free text (serial number, model, site) whose keccak256 is stored on-chain.")
+@click.option("--valid-for", type=click.IntRange(60, 7 * 86_400), default=3_600, show_default=True,
+              help="Seconds the device's registration signature stays valid.")
+@click.option("--rpc-url", envvar="IOTSETTLE_CHAIN_RPC_URL", help="JSON-RPC endpoint (default from the configuration).")
+@password_file_option
+@json_option
+@click.pass_context
+def register(
+    ctx: click.Context,
+    key_file: str,
+    kind: str | None,
+    owner_key: str | None,
+    metadata: str | None,
+    valid_for: int,
+    rpc_url: str | None,
+    password_file: str | None,
+    as_json: bool,
+) -> None:
+    """Register a device in the DeviceRegistry, owned by the sending account.
+
+    The device key signs the EIP-712 Registration (its consent to this owner), the owner account sends
+    `register`. The registry checks the signature itself.
+    """
+    config = state(ctx).config
+    device_key = load_keystore(key_file, resolve_password(password_file))
+    device_kind = kind_from_name(kind) if kind else device_key.kind
+    if device_kind is None:
+        raise ConfigError(f"{key_file} does not record a device kind; pass --kind")
+    if owner_key:
+        config = config.replace("chain", keystore=str(Path(owner_key).resolve()))
+    chain = connect(config, rpc_url)
+    owner = load_sender(config, chain)
+    manifest = load_manifest(config, chain.chain_id)
+    registry = contract(chain, config, manifest, "DeviceRegistry")
+    metadata_hash = keccak(metadata.encode()) if metadata else bytes(32)
+    deadline = int(chain.w3.eth.get_block("latest")["timestamp"]) + valid_for
+    digest, signature = sign_registration(
+        device_key, owner=owner.address, kind=device_kind, metadata_hash=metadata_hash, deadline=deadline,
+        chain_id=chain.chain_id, registry=registry.address,
+    )
+    on_chain = bytes(registry.functions.hashRegistration(
+        device_key.address, owner.address, int(device_kind), metadata_hash, deadline
+    ).call())
+    if on_chain != digest:
+        raise ProtocolError(
+            f"the registry at {registry.address} computes another Registration digest (0x{on_chain.hex()}) than "
+            f"this toolkit (0x{digest.hex()}); the contract and oracle/eip712.py disagree"
+        )
+    existing = registry.functions.deviceOf(device_key.address).call()
+    if existing[0] != "0x" + "00" * 20:
+        raise ChainError(f"device {device_key.address} is already registered (owner {existing[0]})")
+    if not as_json:
+        progress(f"registering {device_key.address} as {kind_name(device_kind)} to {owner.address} on chain {chain.chain_id}")
+    data_field = registry.encode_abi("register", args=[device_key.address, int(device_kind), metadata_hash, deadline, signature])
+    receipt = send(chain, owner, {"to": registry.address, "data": data_field})
+    data = {
+        "device": device_key.address,
+        "owner": owner.address,
+        "kind": kind_name(device_kind),
+        "metadataHash": "0x" + metadata_hash.hex(),
+        "registry": registry.address,
+        "chainId": chain.chain_id,
+        "tx": "0x" + bytes(receipt["transactionHash"]).hex(),
+        "block": receipt["blockNumber"],
+    }
+    emit(data, as_json, f"registered [bold]{device_key.address}[/bold] ({data['kind']}) to {owner.address} in block {data['block']}")
+
+
+def _fleet_contracts(ctx: click.Context, fleet: Fleet) -> Contracts:
+    if fleet.contracts is not None:
+        return fleet.contracts
+    return contracts_from_manifest(load_manifest(state(ctx).config, fleet.chain_id))
+
+
+@device.command("simulate")
+@click.option("--fleet", "fleet_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              envvar="IOTSETTLE_FLEET", help="Fleet file (JSON; see docs/PROTOCOL.md, 'Fleet file').")
+@click.option("--rate", type=click.FloatRange(min=0.001), default=100.0, show_default=True,
+              help="Readings per second across the fleet (tracker deliveries come on top, at arrival).")
+@click.option("--duration", type=click.FloatRange(min=0.001), default=30.0, show_default=True, help="Seconds to run.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed, fleet and start time: same payloads.")
+@click.option("--start-time", type=int, help="Unix time of the first event (default: now); fix it to reproduce a run.")
+@click.option("--broker-host", help="MQTT broker host (default: [mqtt] host).")
+@click.option("--broker-port", type=click.IntRange(1, 65535), help="MQTT broker port (default: [mqtt] port).")
+@click.option("--faults", type=FaultList(), default="", help="Fault classes to inject, comma-separated, or 'all'.")
+@click.option("--fault-count", type=click.IntRange(1, 1000), default=3, show_default=True,
+              help="Bad events per chosen device and class (the oracle quarantines after 5 by default).")
+@click.option("--max-inflight", type=click.IntRange(1, 65_000), default=1000, show_default=True,
+              help="Unacknowledged QoS 1 messages allowed in flight.")
+@click.option("--buffer", "buffer_path", type=click.Path(dir_okay=False),
+              help="On-disk offline buffer (SQLite); default in memory: a killed simulator forgets its backlog.")
+@click.option("--reply-wait", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds to wait for the oracle's replies after the last acknowledgement.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the payloads as JSON lines on stdout instead of publishing (sequence numbers from 1, "
+                   "nothing persisted).")
+@password_file_option
+@json_option
+@click.pass_context
+def simulate(
+    ctx: click.Context,
+    fleet_file: str,
+    rate: float,
+    duration: float,
+    seed: int,
+    start_time: int | None,
+    broker_host: str | None,
+    broker_port: int | None,
+    faults: tuple[FaultClass, ...],
+    fault_count: int,
+    max_inflight: int,
+    buffer_path: str | None,
+    reply_wait: float,
+    dry_run: bool,
+    password_file: str | None,
+    as_json: bool,
+) -> None:
+    """Run a fleet of simulated devices that sign events and publish them over MQTT.
+
+    Progress (events/s) goes to stderr; --json prints a summary for scripts on stdout at the end, including
+    every injected fault with its (device, seq) and the oracle's replies if one is running.
+    """
+    fleet = load_fleet(fleet_file, password_file=password_file)
+    contracts = _fleet_contracts(ctx, fleet)
+    if dry_run:
+        plan = plan_events(fleet, contracts, rate=rate, duration=duration, seed=seed, start_time=start_time,
+                           faults=faults, fault_count=fault_count, counters="memory")
+        count = 0
+        for event in plan:
+            line: dict[str, Any] = {"offset": round(event.offset, 6), "topic": event.topic,
+                                    "payload": json.loads(event.payload)}
+            if event.fault is not None:
+                line["fault"] = str(event.fault)
+            click.echo(json.dumps(line, separators=(",", ":")))
+            count += 1
+        progress(f"{count} payloads planned ({len(plan.injected)} faults)")
+        return
+    mqtt = state(ctx).config.mqtt
+    host = broker_host or mqtt.host
+    port = broker_port or mqtt.port
+    broker = BrokerSettings(
+        host,
+        port,
+        client_id=f"sim-{os.getpid():x}-{int(time.time()) & 0xFFFF:04x}",
+        keepalive=mqtt.keepalive,
+        username=mqtt.username or None,
+        password=mqtt.password or None,
+        clean_session=True,
+    )
+    if not as_json:
+        progress(f"simulating {len(fleet.devices)} devices ({_kinds(fleet)}) at {rate:g} events/s for {duration:g} s "
+                 f"→ mqtt://{host}:{port}")
+
+    def show(report: ProgressReport) -> None:
+        link = "" if report.connected else "  [yellow](broker unreachable, buffering)[/yellow]"
+        progress(f"{report.elapsed:6.1f} s  sent {report.submitted:>8}  acked {report.acknowledged:>8}  "
+                 f"{report.rate:8.0f} events/s  pending {report.pending}{link}")
+
+    result = run_simulation(
+        fleet, contracts, broker, rate=rate, duration=duration, seed=seed, start_time=start_time, faults=faults,
+        fault_count=fault_count, max_inflight=max_inflight, buffer_path=buffer_path or ":memory:",
+        reply_wait=reply_wait, progress=show,
+    )
+    summary = result.as_dict()
+    if as_json:
+        emit(summary, True)
+        return
+    table = Table("", "value", title="simulation summary")
+    for label, value in (
+        ("events planned", result.planned),
+        ("acknowledged by the broker", result.acknowledged),
+        ("not acknowledged", result.unacknowledged),
+        ("achieved rate", f"{result.achieved_rate:.0f} events/s (target {rate:g})"),
+        ("faults injected", len(result.faults)),
+        ("oracle replies", ", ".join(f"{k} {v}" for k, v in sorted(result.replies.items())) or "none"),
+    ):
+        table.add_row(label, str(value))
+    emit(summary, False, table)
+    if result.unacknowledged:
+        sys.exit(1)
+
+
+def _kinds(fleet: Fleet) -> str:
+    return ", ".join(f"{count} {name}" for name, count in fleet.by_kind().items() if count)
