@@ -106,6 +106,39 @@ abstract contract Fixture is Test {
         batch[0] = d;
     }
 
+    /// @dev The same signature with s mirrored to the upper half of the curve order (and v flipped): still
+    /// valid for ecrecover, but malleable.
+    function highS(bytes memory sig) internal pure returns (bytes memory) {
+        (bytes32 r, bytes32 s, uint8 v) = split(sig);
+        return abi.encodePacked(r, bytes32(SECP256K1_N - uint256(s)), v == 27 ? uint8(28) : uint8(27));
+    }
+
+    function split(bytes memory sig) internal pure returns (bytes32 r, bytes32 s, uint8 v) {
+        assembly ("memory-safe") {
+            r := mload(add(sig, 0x20))
+            s := mload(add(sig, 0x40))
+            v := byte(0, mload(add(sig, 0x60)))
+        }
+    }
+
+    /// @dev An EIP-712 digest under an arbitrary domain, to show that any other domain is refused.
+    function digestUnder(string memory name, string memory version, uint256 chainId, address verifying, bytes32 sh)
+        internal
+        pure
+        returns (bytes32)
+    {
+        bytes32 domainSeparator = keccak256(
+            abi.encode(
+                keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
+                keccak256(bytes(name)),
+                keccak256(bytes(version)),
+                chainId,
+                verifying
+            )
+        );
+        return keccak256(abi.encodePacked("\x19\x01", domainSeparator, sh));
+    }
+
     // ---------------------------------------------------------------- product helpers
 
     function flatTariff(uint128 price) internal returns (uint32) {
