@@ -11,6 +11,12 @@ from cli.config_cmd import config_group
 from cli.contracts import compile_cmd, deploy
 from cli.demo import demo
 from cli.node import node
+from cli.escrow import escrow
+from cli.agreement import agreement
+from cli.token import token
+from cli.balances import balances
+from cli.audit import audit
+from cli.device_admin import device
 
 
 @click.group(cls=IotSettleGroup, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "IOTSETTLE"})
@@ -42,6 +48,12 @@ cli.add_command(compile_cmd)
 cli.add_command(deploy)
 cli.add_command(config_group)
 cli.add_command(demo)
+cli.add_command(escrow)
+cli.add_command(agreement)
+cli.add_command(token)
+cli.add_command(balances)
+cli.add_command(audit)
+cli.add_command(device)
 
 
 def main() -> None:

@@ -1,0 +1,311 @@
+"""`iotsettle agreement ...`: prepaid metered billing settled from a meter's signed cumulative register."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from cli._common import IotSettleGroup, emit, json_option
+from cli._params import (ADDRESS, AMOUNT, DURATION, ID, TOKEN, ops_context, read_payloads, rpc_option, sender_options,
+                         short, when)
+from oracle.errors import ChainError
+from oracle.ops import billing as ops
+from oracle.ops.amounts import Amount
+from oracle.ops.token import describe_token
+
+
+@click.group(cls=IotSettleGroup)
+def agreement() -> None:
+    """Metered billing: a provider offers, the consumer prepays, each signed meter reading bills the delta.
+
+    \b
+    Life of an agreement:
+      iotsettle agreement open --consumer 0x7099… --device 0xMETER --price 0.01      # provider offers
+      iotsettle agreement accept 0xAGREEMENT --deposit 50 --dev-account 1          # consumer prepays
+      iotsettle agreement settle readings.jsonl                                     # anyone relays readings
+      iotsettle agreement withdraw 0xAGREEMENT                                      # provider takes earnings
+      iotsettle agreement close 0xAGREEMENT --dev-account 1                         # consumer gets the rest back
+
+    Amounts are whole tokens scaled by the token's decimals ("1.5"), or base units with a wei suffix ("1500wei").
+    """
+
+
+@agreement.command("open")
+@click.option("--consumer", type=ADDRESS, required=True, help="Who pays (accepts with a deposit).")
+@click.option("--device", type=ADDRESS, required=True, help="The registered meter or vehicle whose readings bill.")
+@click.option("--price", type=AMOUNT, default=None, help="Flat price per unit (creates a one-block tariff).")
+@click.option("--tariff", "tariff_id", type=click.IntRange(1), default=None, help="Use an existing tariff id instead.")
+@click.option("--token", type=TOKEN, default="TEST", show_default=True, help="ETH, TEST or an ERC-20 address.")
+@click.option("--start-value", type=click.IntRange(0), default=0, show_default=True,
+              help="The meter's register now; consumption is counted from here.")
+@click.option("--notice", type=DURATION, default="0", show_default=True, help="Notice period before a close (e.g. 7d).")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def open_cmd(ctx: click.Context, consumer: str, device: str, price: Amount | None, tariff_id: int | None, token: str,
+             start_value: int, notice: int, from_key_env: str | None, dev_account: int | None, rpc_url: str | None,
+             as_json: bool) -> None:
+    """Provider: offer CONSUMER an agreement for a meter, at --price per unit or an existing --tariff.
+
+    The consumer then accepts it with a deposit (`agreement accept`).
+
+    \b
+    Example:
+      iotsettle agreement open --consumer 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 \\
+          --device 0xMETER --price 0.01 --start-value 1200 --notice 1d
+    """
+    if (price is None) == (tariff_id is None):
+        raise click.UsageError("give exactly one of --price or --tariff")
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    info = describe_token(ops_ctx, token)
+    tariff_tx = None
+    if price is not None:
+        tariff_id, tariff_tx = ops.create_flat_tariff(ops_ctx, info.to_base(price))
+    assert tariff_id is not None
+    agreement_id, result = ops.offer(ops_ctx, consumer=consumer, device=device, tariff_id=tariff_id, token=info,
+                                     start_value=start_value, notice_period=notice)
+    data = {"agreementId": str(agreement_id), "agreementIdHex": hex(agreement_id), "tariffId": tariff_id,
+            "tariffTx": tariff_tx.tx_hash if tariff_tx else None, "tx": result.tx_hash, "block": result.block}
+    emit(data, as_json, f"agreement [bold]{hex(agreement_id)}[/bold] offered to {consumer} with tariff {tariff_id} "
+                        f"(tx {result.tx_hash})\nnext, the consumer: iotsettle agreement accept {hex(agreement_id)} "
+                        "--deposit AMOUNT")
+
+
+@agreement.command()
+@click.argument("agreement_id", type=ID)
+@click.option("--deposit", type=AMOUNT, required=True, help="Prepaid amount, e.g. 50.")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def accept(ctx: click.Context, agreement_id: int, deposit: Amount, from_key_env: str | None, dev_account: int | None,
+           rpc_url: str | None, as_json: bool) -> None:
+    """Consumer: accept an offered agreement and prepay DEPOSIT (ERC-20s are approved first when needed).
+
+    \b
+    Example:
+      iotsettle agreement accept 0x5fbd…0001 --deposit 50 --dev-account 1
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    info = describe_token(ops_ctx, ops.agreement_of(ops_ctx, agreement_id).token)
+    base = info.to_base(deposit)
+    result = ops.accept(ops_ctx, agreement_id, base)
+    emit({"agreementId": str(agreement_id), "deposit": str(base), "tx": result.tx_hash, "block": result.block}, as_json,
+         f"agreement {hex(agreement_id)} active with {info.format(base)} prepaid (tx {result.tx_hash})")
+
+
+@agreement.command("top-up")
+@click.argument("agreement_id", type=ID)
+@click.option("--amount", type=AMOUNT, required=True, help="How much to add, e.g. 20.")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def top_up(ctx: click.Context, agreement_id: int, amount: Amount, from_key_env: str | None, dev_account: int | None,
+           rpc_url: str | None, as_json: bool) -> None:
+    """Add to an agreement's prepaid balance; arrears are paid first and a suspended agreement resumes.
+
+    \b
+    Example:
+      iotsettle agreement top-up 0x5fbd…0001 --amount 20 --dev-account 1
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    info = describe_token(ops_ctx, ops.agreement_of(ops_ctx, agreement_id).token)
+    base = info.to_base(amount)
+    result = ops.top_up(ops_ctx, agreement_id, base)
+    view = ops.agreement_of(ops_ctx, agreement_id)
+    emit({"agreementId": str(agreement_id), "amount": str(base), "tx": result.tx_hash, "block": result.block,
+          "agreement": view.as_dict()}, as_json,
+         f"agreement {hex(agreement_id)} topped up by {info.format(base)}: prepaid {info.format(view.prepaid)}, "
+         f"status {view.status} (tx {result.tx_hash})")
+
+
+def _status_table(view: ops.AgreementView, fmt: object) -> Table:
+    table = Table(show_header=False, title=f"agreement {hex(view.agreement_id)}")
+    f = fmt  # type: ignore[assignment]
+    rows = [("status", view.status), ("provider", view.provider), ("consumer", view.consumer), ("meter", view.device),
+            ("tariff", str(view.tariff_id)), ("register", f"{view.last_value} (started at {view.start_value})"),
+            ("last seq", str(view.last_seq)), ("last reading", when(view.last_timestamp)),
+            ("prepaid", f(view.prepaid)), ("billed", f(view.billed)), ("earnings to withdraw", f(view.earnings)),  # type: ignore[operator]
+            ("withdrawn", f(view.withdrawn))]  # type: ignore[operator]
+    if view.arrears:
+        rows.append(("arrears", f(view.arrears)))  # type: ignore[operator]
+    if view.notice_period or view.close_at:
+        rows.append(("notice", f"{view.notice_period} s" + (f", close from {when(view.close_at)}" if view.close_at else "")))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+@agreement.command()
+@click.argument("agreement_id", type=ID)
+@rpc_option
+@json_option
+@click.pass_context
+def status(ctx: click.Context, agreement_id: int, rpc_url: str | None, as_json: bool) -> None:
+    """Show one agreement: parties, meter, register, prepaid balance, billed and withdrawable earnings.
+
+    \b
+    Example:
+      iotsettle agreement status 0x5fbd…0001
+    """
+    ops_ctx = ops_context(ctx, rpc_url, send=False)
+    view = ops.agreement_of(ops_ctx, agreement_id)
+    emit(view.as_dict(), as_json, _status_table(view, describe_token(ops_ctx, view.token).format))
+
+
+@agreement.command("list")
+@click.option("--party", type=ADDRESS, default=None, help="Only agreements where ADDRESS is provider or consumer.")
+@click.option("--device", type=ADDRESS, default=None, help="Only agreements of this meter.")
+@click.option("--status", "status_filter",
+              type=click.Choice(["offered", "active", "suspended", "closed", "cancelled"]), default=None)
+@rpc_option
+@json_option
+@click.pass_context
+def list_cmd(ctx: click.Context, party: str | None, device: str | None, status_filter: str | None,
+             rpc_url: str | None, as_json: bool) -> None:
+    """List agreements of this deployment (from the contract's AgreementOffered events).
+
+    \b
+    Example:
+      iotsettle agreement list --status active
+    """
+    ops_ctx = ops_context(ctx, rpc_url, send=False)
+    views = [v for v in ops.list_agreements(ops_ctx, party=party, device=device)
+             if not status_filter or v.status == status_filter]
+    table = Table("id", "status", "provider", "consumer", "meter", "register", "prepaid", "billed",
+                  title=f"{len(views)} agreements")
+    for v in views:
+        fmt = describe_token(ops_ctx, v.token).format
+        table.add_row(hex(v.agreement_id), v.status, short(v.provider), short(v.consumer), short(v.device),
+                      str(v.last_value), fmt(v.prepaid), fmt(v.billed))
+    emit([v.as_dict() for v in views], as_json, table)
+
+
+@agreement.command()
+@click.argument("source", default="-", metavar="[FILE|-]")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def settle(ctx: click.Context, source: str, from_key_env: str | None, dev_account: int | None,
+           rpc_url: str | None, as_json: bool) -> None:
+    """Relay meter-signed readings (JSON wire payloads, one per line) from FILE or stdin; the oracle daemon does
+    this continuously, this is for manual relaying.
+
+    Only the newest reading per agreement needs to go on chain: the meter signs its cumulative register.
+
+    \b
+    Example:
+      iotsettle agreement settle readings.jsonl
+    """
+    text = read_payloads(source)
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    events = ops.parse_readings(ops_ctx, text)
+    result, outcomes = ops.settle(ops_ctx, events)
+    data = {"tx": result.tx_hash, "block": result.block, "gasUsed": result.gas_used,
+            "results": [{"agreementId": str(o.agreement_id), "seq": o.seq, "settled": o.settled,
+                         "reason": o.reason or None, "amount": str(o.amount)} for o in outcomes]}
+    table = Table("agreement", "seq", "result", "billed", title=f"tx {result.tx_hash} (block {result.block}, "
+                                                                f"gas {result.gas_used:,})")
+    for o in outcomes:
+        fmt = describe_token(ops_ctx, ops.agreement_of(ops_ctx, o.agreement_id).token).format
+        table.add_row(hex(o.agreement_id), str(o.seq), "settled" if o.settled else f"rejected: {o.reason}",
+                      fmt(o.amount) if o.settled else "")
+    emit(data, as_json, table)
+
+
+@agreement.command()
+@click.argument("agreement_id", type=ID)
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def withdraw(ctx: click.Context, agreement_id: int, from_key_env: str | None, dev_account: int | None,
+             rpc_url: str | None, as_json: bool) -> None:
+    """Provider: receive everything billed and not yet withdrawn.
+
+    \b
+    Example:
+      iotsettle agreement withdraw 0x5fbd…0001
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    info = describe_token(ops_ctx, ops.agreement_of(ops_ctx, agreement_id).token)
+    result, paid = ops.withdraw_earnings(ops_ctx, agreement_id)
+    emit({"agreementId": str(agreement_id), "amount": str(paid), "tx": result.tx_hash, "block": result.block}, as_json,
+         f"provider received {info.format(paid)} from agreement {hex(agreement_id)} (tx {result.tx_hash})")
+
+
+@agreement.command()
+@click.argument("agreement_id", type=ID)
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def close(ctx: click.Context, agreement_id: int, from_key_env: str | None, dev_account: int | None,
+          rpc_url: str | None, as_json: bool) -> None:
+    """Consumer: close the agreement and get the unbilled prepaid balance back.
+
+    The first call starts the notice period; when it is zero the agreement closes at once, otherwise run the
+    command again once the notice is over. Readings keep settling during the notice.
+
+    \b
+    Example:
+      iotsettle agreement close 0x5fbd…0001 --dev-account 1
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    info = describe_token(ops_ctx, ops.agreement_of(ops_ctx, agreement_id).token)
+    outcome = ops.close(ops_ctx, agreement_id)
+    data = {"agreementId": str(agreement_id), "closed": outcome.closed, "closeAt": outcome.close_at,
+            "refund": str(outcome.refund), "txs": [t.tx_hash for t in outcome.txs]}
+    if outcome.closed:
+        human = f"agreement {hex(agreement_id)} closed; {info.format(outcome.refund)} refunded to the consumer"
+    else:
+        human = (f"close requested: agreement {hex(agreement_id)} can be closed from {when(outcome.close_at)}; "
+                 "run this command again then")
+    emit(data, as_json, human)
+
+
+@agreement.command("cancel")
+@click.argument("agreement_id", type=ID)
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def cancel_cmd(ctx: click.Context, agreement_id: int, from_key_env: str | None, dev_account: int | None,
+               rpc_url: str | None, as_json: bool) -> None:
+    """Provider withdraws, or consumer declines, an offer not yet accepted.
+
+    \b
+    Example:
+      iotsettle agreement cancel 0x5fbd…0001
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    result = ops.cancel_offer(ops_ctx, agreement_id)
+    emit({"agreementId": str(agreement_id), "tx": result.tx_hash}, as_json,
+         f"offer {hex(agreement_id)} cancelled (tx {result.tx_hash})")
+
+
+@agreement.command()
+@click.argument("tariff_id", type=click.IntRange(1))
+@click.option("--token", type=TOKEN, default="TEST", show_default=True, help="Token to show the prices in.")
+@rpc_option
+@json_option
+@click.pass_context
+def tariff(ctx: click.Context, tariff_id: int, token: str, rpc_url: str | None, as_json: bool) -> None:
+    """Show a tariff's blocks (units, price per unit).
+
+    \b
+    Example:
+      iotsettle agreement tariff 1
+    """
+    ops_ctx = ops_context(ctx, rpc_url, send=False)
+    blocks = ops.tariff_of(ops_ctx, tariff_id)
+    if not blocks:
+        raise ChainError(f"tariff {tariff_id} does not exist")
+    fmt = describe_token(ops_ctx, token).format
+    table = Table("block", "units", "price per unit", title=f"tariff {tariff_id}")
+    for n, (units, price) in enumerate(blocks, 1):
+        table.add_row(str(n), str(units) if units else "the rest", fmt(price))
+    emit([{"units": u, "price": str(p)} for u, p in blocks], as_json, table)

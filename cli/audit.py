@@ -1,0 +1,97 @@
+"""`iotsettle audit device|agreement|escrow ID`: settlement history re-derived from chain events."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from cli._common import IotSettleGroup, emit, json_option
+from cli._params import ADDRESS, ID, ops_context, rpc_option, when
+from oracle.ops import audit as ops
+from oracle.ops.context import OpsContext
+from oracle.ops.token import describe_token
+
+
+@click.group(cls=IotSettleGroup)
+def audit() -> None:
+    """Settlement history from the contracts' own event logs (no oracle database involved): every entry has its
+    block, time, transaction hash and amount, so anyone with an RPC endpoint can check it.
+
+    \b
+    Examples:
+      iotsettle audit escrow 7
+      iotsettle audit agreement 0x5fbd…0001
+      iotsettle audit device 0xDEVICE --json > history.json     # a device's verifiable payment history
+    """
+
+
+def _render(ops_ctx: OpsContext, report: ops.AuditReport, as_json: bool) -> None:
+    table = Table("block", "time", "subject", "event", "amount", "tx", "detail", title=report.subject)
+    for e in report.entries:
+        amount = describe_token(ops_ctx, e.token).format(e.amount) if e.amount is not None and e.token else ""
+        table.add_row(str(e.block), when(e.time), e.subject, e.event, amount, e.tx_hash, e.detail)
+    totals = Table("total", "value", title="totals")
+    token = report.totals.get("token")
+    if token is None:
+        used = {e.token for e in report.entries if e.token}
+        token = used.pop() if len(used) == 1 else None
+    fmt = describe_token(ops_ctx, token).format if isinstance(token, str) else None
+    for key, value in report.totals.items():
+        if key == "token":
+            continue
+        is_money = key in ("funded", "toSeller", "toBuyer", "refunded", "cancelled", "deposited", "billed", "withdrawn",
+                           "releasedToSeller")
+        totals.add_row(key, fmt(value) if fmt and is_money else str(value))
+    emit(report.as_dict(), as_json, table)
+    if not as_json:
+        emit(None, False, totals)
+
+
+@audit.command()
+@click.argument("escrow_id", type=ID)
+@rpc_option
+@json_option
+@click.pass_context
+def escrow(ctx: click.Context, escrow_id: int, rpc_url: str | None, as_json: bool) -> None:
+    """History of one escrow: funding, delivery (or rejections), refund or cancellation.
+
+    \b
+    Example:
+      iotsettle audit escrow 7
+    """
+    ops_ctx = ops_context(ctx, rpc_url, send=False)
+    _render(ops_ctx, ops.audit_escrow(ops_ctx, escrow_id), as_json)
+
+
+@audit.command()
+@click.argument("agreement_id", type=ID)
+@rpc_option
+@json_option
+@click.pass_context
+def agreement(ctx: click.Context, agreement_id: int, rpc_url: str | None, as_json: bool) -> None:
+    """History of one agreement: offer, deposit and top-ups, every settled or rejected reading, payouts, close.
+
+    \b
+    Example:
+      iotsettle audit agreement 0x5fbd…0001
+    """
+    ops_ctx = ops_context(ctx, rpc_url, send=False)
+    _render(ops_ctx, ops.audit_agreement(ops_ctx, agreement_id), as_json)
+
+
+@audit.command()
+@click.argument("device", type=ADDRESS)
+@rpc_option
+@json_option
+@click.pass_context
+def device(ctx: click.Context, device: str, rpc_url: str | None, as_json: bool) -> None:
+    """History of one device: registration, key rotations, revocation, and everything its signatures settled.
+
+    Totals sum base units over all of the device's agreements and escrows.
+
+    \b
+    Example:
+      iotsettle audit device 0xE7Bdb680F38e39652AdAE124F801EAF18557B714
+    """
+    ops_ctx = ops_context(ctx, rpc_url, send=False)
+    _render(ops_ctx, ops.audit_device(ops_ctx, device), as_json)

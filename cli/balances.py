@@ -1,0 +1,57 @@
+"""`iotsettle balances ADDRESS...`: what each address holds and what the contracts owe it."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from cli._common import emit, json_option
+from cli._params import ADDRESS, ops_context, rpc_option
+from oracle.ops import billing, escrow
+from oracle.ops.token import ETH, TEST, balance_of, describe_token
+
+
+@click.command()
+@click.argument("addresses", nargs=-1, required=True, type=ADDRESS)
+@rpc_option
+@json_option
+@click.pass_context
+def balances(ctx: click.Context, addresses: tuple[str, ...], rpc_url: str | None, as_json: bool) -> None:
+    """Wallet balances (ETH, TEST) and what the contracts owe each ADDRESS.
+
+    "escrow credit" is what `iotsettle escrow withdraw` would pay now (releases, refunds, cancellations);
+    "earnings" is what `iotsettle agreement withdraw` would pay now, summed over the address's agreements
+    as provider.
+
+    \b
+    Example:
+      iotsettle balances 0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 0x70997970C51812dc3A010C7d01b50e0d17dc79C8
+    """
+    ops_ctx = ops_context(ctx, rpc_url, send=False)
+    tokens = [describe_token(ops_ctx, ETH)] + ([describe_token(ops_ctx, TEST)] if ops_ctx.has("TestToken") else [])
+    agreements = billing.list_agreements(ops_ctx) if ops_ctx.has("MeteredBilling") else []
+    data: dict[str, dict[str, str]] = {}
+    table = Table("address", *(t.symbol for t in tokens), *(f"escrow credit {t.symbol}" for t in tokens),
+                  "earnings", "prepaid (as consumer)")
+    for address in addresses:
+        wallet = [balance_of(ops_ctx, t, address) for t in tokens]
+        credit = [escrow.withdrawable(ops_ctx, t, address) for t in tokens] if ops_ctx.has("DeliveryEscrow") else [0] * len(tokens)
+        earnings: dict[str, int] = {}  # by token address
+        prepaid: dict[str, int] = {}
+        for view in agreements:
+            if view.provider == address:
+                earnings[view.token] = earnings.get(view.token, 0) + view.earnings
+            if view.consumer == address and view.status in ("active", "suspended"):
+                prepaid[view.token] = prepaid.get(view.token, 0) + view.prepaid
+        info = {t: describe_token(ops_ctx, t) for t in set(earnings) | set(prepaid)}
+        data[address] = {
+            **{t.symbol: str(v) for t, v in zip(tokens, wallet, strict=True)},
+            **{f"escrowCredit{t.symbol}": str(v) for t, v in zip(tokens, credit, strict=True)},
+            **{f"earnings{info[t].symbol}": str(v) for t, v in earnings.items()},
+            **{f"prepaid{info[t].symbol}": str(v) for t, v in prepaid.items()},
+        }
+        table.add_row(address, *(t.format(v) for t, v in zip(tokens, wallet, strict=True)),
+                      *(t.format(v) for t, v in zip(tokens, credit, strict=True)),
+                      ", ".join(info[t].format(v) for t, v in earnings.items()) or "0",
+                      ", ".join(info[t].format(v) for t, v in prepaid.items()) or "0")
+    emit(data, as_json, table)
