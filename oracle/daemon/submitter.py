@@ -1,0 +1,437 @@
+"""Submitter: one batch → one signed EIP-1559 transaction at the next nonce of the relayer account.
+
+- **Nonces** are this oracle's own: handed out from the ``settlement_nonce`` table in the same SQLite transaction
+  that stores the signed transaction and attaches its events (``txstore`` write-ahead), then broadcast. At start
+  ``reconcile`` compares the table with ``eth_getTransactionCount`` (latest and pending) so a restart neither
+  reuses a nonce nor leaves a gap.
+- **Fees**: EIP-1559, ``maxFeePerGas = min(cap, 2 × baseFee + tip)``; re-broadcasts raise both fees by at least
+  12.5 % (what nodes require of a replacement), never above the cap.
+- **Gas**: the whole batch is estimated; if the estimate itself reverts, the batch is bisected down to the items
+  that revert alone, which are dead-lettered with the decoded error while the rest goes ahead.
+- **Errors** from ``eth_sendRawTransaction`` are classified (``SendError``) rather than matched ad hoc.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import requests
+from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
+from eth_abi.exceptions import EncodingError
+from eth_account.signers.local import LocalAccount
+from eth_hash.auto import keccak
+from web3 import Web3
+from web3.exceptions import ContractLogicError, Web3Exception, Web3RPCError
+
+from oracle.daemon.metrics import Metrics
+from oracle.daemon.planner import Batch
+from oracle.daemon.revert import ErrorDecoder, _abi_type
+from oracle.daemon.store import StoredEvent, Store
+from oracle.daemon.txstore import TxRecord, TxStatus, TxStore, new_tx_key
+from oracle.errors import ChainError, StoreError
+
+log = logging.getLogger(__name__)
+
+GWEI = 10**9
+#: nodes (geth, anvil) accept a replacement only if both fees rise by ≥ 10 %; 12.5 % also clears stricter pools.
+FEE_BUMP_NUM, FEE_BUMP_DEN = 9, 8
+DeadLetter = Callable[[StoredEvent, str], None]
+RPC_ERRORS: tuple[type[BaseException], ...] = (requests.RequestException, OSError, Web3Exception, ValueError)
+
+
+class SendError(StrEnum):
+    """What ``eth_sendRawTransaction`` refused, in the terms the submitter and tracker act on."""
+
+    ALREADY_KNOWN = "already_known"  # the node has this exact transaction: as good as sent
+    NONCE_TOO_LOW = "nonce_too_low"  # the nonce is used on chain: mined already (ours) or taken by another tx
+    UNDERPRICED = "underpriced"  # another transaction holds this nonce in the pool with fees we did not beat
+    INSUFFICIENT_FUNDS = "insufficient_funds"  # the relayer account cannot pay gas × maxFee
+    FEE_TOO_LOW = "fee_too_low"  # maxFeePerGas below the base fee, or the tip below the pool minimum
+    UNAVAILABLE = "unavailable"  # no answer from the node (down, timeout)
+    OTHER = "other"
+
+
+_PATTERNS: tuple[tuple[SendError, tuple[str, ...]], ...] = (
+    (SendError.ALREADY_KNOWN, ("already known", "already imported", "known transaction", "already exists")),
+    (SendError.NONCE_TOO_LOW, ("nonce too low", "nonce is too low", "oldnonce", "invalid nonce")),
+    (SendError.UNDERPRICED, ("replacement transaction underpriced", "replacement underpriced",
+                             "could not replace existing tx")),  # fmt: skip
+    (SendError.INSUFFICIENT_FUNDS, ("insufficient funds", "insufficient balance", "lack of funds")),
+    (SendError.FEE_TOO_LOW, ("less than block base fee", "fee cap less than", "max fee per gas less than",
+                             "transaction underpriced", "feecap", "fee too low")),  # fmt: skip
+)
+
+
+def classify_send_error(exc: BaseException) -> SendError:
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+        return SendError.UNAVAILABLE
+    message = str(getattr(exc, "message", "") or exc).lower()
+    for kind, needles in _PATTERNS:
+        if any(n in message for n in needles):
+            return kind
+    return SendError.OTHER
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitterSettings:
+    max_in_flight: int = 8
+    max_fee: int = 500 * GWEI  # cap on maxFeePerGas (wei)
+    priority_fee: int | None = None  # wei; None = eth_maxPriorityFeePerGas
+    gas_margin: float = 1.25
+    gas_extra: int = 25_000
+
+
+@dataclass(frozen=True, slots=True)
+class KindSpec:
+    """How one event kind settles: the batch function and the per-item outcome events, derived from the ABI."""
+
+    kind: str
+    contract: str  # checksummed address
+    selector: bytes
+    item_types: tuple[str, ...]
+    settled_topic: bytes
+    rejected_topic: bytes
+
+    @classmethod
+    def from_abi(cls, kind: str, contract: str, abi: Sequence[Mapping[str, Any]]) -> KindSpec:
+        names = _KIND_NAMES[kind]
+        function = _abi_entry(abi, "function", names[0])
+        (param,) = function["inputs"]
+        arg_type = _abi_type(param)
+        components = tuple(_abi_type(c) for c in param["components"])
+        return cls(
+            kind, Web3.to_checksum_address(contract), keccak(f"{names[0]}({arg_type})".encode())[:4], components,
+            _topic(_abi_entry(abi, "event", names[1])), _topic(_abi_entry(abi, "event", names[2])),
+        )  # fmt: skip
+
+    def item(self, event: StoredEvent) -> tuple[Any, ...]:
+        """The calldata tuple of one event: its signed fields + the ERC-2098 compact signature (r, vs)."""
+        sig = bytes(event.sig)
+        if len(sig) != 65 or sig[64] not in (27, 28):
+            raise ValueError("the stored signature is not 65 bytes r‖s‖v with v 27/28")
+        r, s = sig[:32], int.from_bytes(sig[32:64], "big")
+        vs = (s | ((sig[64] - 27) << 255)).to_bytes(32, "big")
+        if self.kind == "reading":
+            return (event.target_id, event.seq, event.timestamp, event.value, r, vs)
+        return (event.target_id, event.seq, event.timestamp, bytes(event.location or b""), event.max_temperature,
+                r, vs)  # fmt: skip
+
+    def calldata(self, items: Sequence[tuple[Any, ...]]) -> bytes:
+        return self.selector + abi_encode([f"({','.join(self.item_types)})[]"], [list(items)])
+
+
+_KIND_NAMES: dict[str, tuple[str, str, str]] = {
+    "reading": ("settle", "ReadingSettled", "ReadingRejected"),
+    "delivery": ("confirmDeliveries", "DeliveryConfirmed", "DeliveryRejected"),
+}
+CONTRACT_OF_KIND: dict[str, str] = {"reading": "MeteredBilling", "delivery": "DeliveryEscrow"}
+
+
+def _abi_entry(abi: Sequence[Mapping[str, Any]], typ: str, name: str) -> Mapping[str, Any]:
+    for entry in abi:
+        if entry.get("type") == typ and entry.get("name") == name:
+            return entry
+    raise ChainError(f"the contract ABI has no {typ} {name}; run `iotsettle compile`")
+
+
+def _topic(event: Mapping[str, Any]) -> bytes:
+    return keccak(f"{event['name']}({','.join(_abi_type(p) for p in event['inputs'])})".encode())
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """What the contract did with one batch item, from the receipt's logs."""
+
+    target_id: int
+    seq: int
+    settled: bool
+    reason: int = 0  # RejectReason code when not settled
+
+
+def decode_outcomes(spec: KindSpec, logs: Sequence[Mapping[str, Any]]) -> list[ItemOutcome]:
+    """Per-item outcomes in emission order (= item order) from a receipt's logs."""
+    out: list[ItemOutcome] = []
+    for entry in logs:
+        if Web3.to_checksum_address(entry["address"]) != spec.contract or not entry["topics"]:
+            continue
+        topic = bytes(entry["topics"][0])
+        if topic not in (spec.settled_topic, spec.rejected_topic):
+            continue
+        target = int.from_bytes(bytes(entry["topics"][1]), "big")
+        data = bytes(entry["data"])
+        seq = abi_decode(["uint64"], data[:32])[0]
+        if topic == spec.settled_topic:
+            out.append(ItemOutcome(target, seq, True))
+        else:
+            out.append(ItemOutcome(target, seq, False, abi_decode(["uint8"], data[32:64])[0]))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Fees:
+    max_fee: int
+    tip: int
+
+
+class Submitter:
+    """Signs, stores and broadcasts settlement transactions for one relayer account on one chain."""
+
+    def __init__(self, w3: Web3, chain_id: int, account: LocalAccount, store: Store, txstore: TxStore,
+                 specs: Mapping[str, KindSpec], decoder: ErrorDecoder, settings: SubmitterSettings,
+                 metrics: Metrics | None = None, on_dead_letter: DeadLetter | None = None) -> None:  # fmt: skip
+        self.w3 = w3
+        self.chain_id = chain_id
+        self.account = account
+        self.sender = account.address
+        self.store = store
+        self.txstore = txstore
+        self.specs = dict(specs)
+        self.decoder = decoder
+        self.settings = settings
+        self.metrics = metrics
+        self.on_dead_letter = on_dead_letter
+        self.funds_ok = True
+        self._by_contract = {spec.contract: spec for spec in self.specs.values()}
+
+    # ------------------------------------------------------------------------------------------- nonces
+
+    def reconcile(self) -> int:
+        """Bring the stored next nonce in line with the chain after a (re)start; returns it.
+
+        Our open transactions cover [chain latest, stored next). A chain ``pending`` count above the stored one
+        means another sender used this key (or the database is older than the chain): follow the chain, since
+        those nonces are spent. A stored value above the chain's is normal after a crash or a node restart: the
+        tracker re-broadcasts the stored transactions that fill the range.
+        """
+        latest = self.w3.eth.get_transaction_count(self.sender, "latest")
+        pending = self.w3.eth.get_transaction_count(self.sender, "pending")
+        stored = self.txstore.next_nonce(self.chain_id, self.sender)
+        live = [tx.nonce for tx in self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT)]
+        floor = max(latest, pending)
+        if stored is None:
+            nxt = max([floor, *[n + 1 for n in live]])
+            log.info("relayer %s starts at nonce %d (chain latest %d, pending %d)", self.sender, nxt, latest, pending)
+        elif pending > stored and not live:
+            log.warning("relayer %s: the chain counts %d transactions, this oracle recorded %d; another sender uses "
+                        "the key?  continuing at %d", self.sender, pending, stored, pending)  # fmt: skip
+            nxt = pending
+        else:
+            nxt = max(stored, latest, *[n + 1 for n in live]) if live else max(stored, latest)
+            if nxt > pending and live:
+                log.info("relayer %s: nonces %d..%d are stored but not in the node's pool; re-broadcasting them",
+                         self.sender, pending, nxt - 1)  # fmt: skip
+        self.txstore.set_next_nonce(self.chain_id, self.sender, nxt)
+        return nxt
+
+    def capacity(self) -> int:
+        if not self.funds_ok:
+            return 0
+        return max(0, self.settings.max_in_flight - self.txstore.count_open())
+
+    # --------------------------------------------------------------------------------------------- fees
+
+    def fees(self) -> Fees:
+        cap = self.settings.max_fee
+        base = int(self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
+        tip = self.settings.priority_fee
+        if tip is None:
+            try:
+                tip = int(self.w3.eth.max_priority_fee)
+            except RPC_ERRORS:
+                tip = GWEI
+        max_fee = 2 * base + tip
+        if max_fee > cap:
+            if base > cap:
+                log.warning("base fee %.3f gwei is above the cap of %.3f gwei: transactions wait for it to fall",
+                            base / GWEI, cap / GWEI)  # fmt: skip
+            max_fee = cap
+        return Fees(max_fee, min(tip, max_fee))
+
+    def bumped(self, tx: TxRecord) -> Fees | None:
+        """Fees for a replacement of ``tx`` (≥ +12.5 % each, at least today's), or None when the cap forbids it."""
+        current = self.fees()
+        tip = max(math.ceil(tx.tip * FEE_BUMP_NUM / FEE_BUMP_DEN) + 1, current.tip)
+        max_fee = max(math.ceil(tx.max_fee * FEE_BUMP_NUM / FEE_BUMP_DEN) + 1, current.max_fee, tip)
+        if max_fee > self.settings.max_fee:
+            max_fee = self.settings.max_fee
+            if max_fee * FEE_BUMP_DEN < tx.max_fee * FEE_BUMP_NUM:
+                return None
+            tip = min(tip, max_fee)
+        return Fees(max_fee, tip)
+
+    # ----------------------------------------------------------------------------------------- batches
+
+    def submit(self, batch: Batch) -> TxRecord | None:
+        """Prepare (estimate, sign, store) and broadcast a batch; None if nothing of it was left to send."""
+        tx = self.prepare(batch)
+        if tx is not None:
+            self.broadcast(tx)
+        return tx
+
+    def prepare(self, batch: Batch) -> TxRecord | None:
+        """Everything before the broadcast: items, gas, nonce, signature; stored with the events attached.
+
+        On an RPC failure the batch's events are released (pending again) and the error propagates.
+        """
+        try:
+            return self._prepare(batch)
+        except BaseException:
+            still_claimed = [e.id for e in self.store.events(batch.ids) if e.status == "claimed"]
+            if still_claimed:
+                self.store.release(still_claimed)
+            raise
+
+    def _prepare(self, batch: Batch) -> TxRecord | None:
+        spec = self._by_contract.get(Web3.to_checksum_address(batch.contract))
+        if spec is None or spec.kind != batch.kind:
+            for event in batch.events:
+                self.dead_letter(event, f"WrongContract: signed for {batch.contract}, which this oracle does not settle at")
+            return None
+        items: list[tuple[StoredEvent, tuple[Any, ...]]] = []
+        for event in batch.events:
+            try:
+                item = spec.item(event)
+                spec.calldata([item])  # every field fits its ABI type
+            except (ValueError, TypeError, EncodingError, OverflowError) as exc:
+                self.dead_letter(event, f"Unencodable: {exc}")
+                continue
+            items.append((event, item))
+        gas, items = self._estimate(spec, items)
+        if not items:
+            return None
+        events = [e for e, _ in items]
+        data = spec.calldata([i for _, i in items])
+        fees = self.fees()
+        gas_limit = int(gas * self.settings.gas_margin) + self.settings.gas_extra
+        with self.store.transaction():
+            nonce = self.txstore.take_nonce(self.chain_id, self.sender)
+            signed = self._sign(spec.contract, data, gas_limit, nonce, fees)
+            tx = TxRecord(
+                new_tx_key(self.chain_id, nonce), self.chain_id, self.sender, nonce, spec.kind, spec.contract, data,
+                gas_limit, fees.max_fee, fees.tip, signed[0], signed[1], TxStatus.SIGNED, time.time(), None, 1,
+                None, None, None, None, None, None,
+            )  # fmt: skip
+            self.txstore.insert(tx)
+            self.store.attach_tx([e.id for e in events], tx.tx_key)
+        log.debug("tx %s nonce %d: %d %s(s), gas limit %d", tx.tx_hash, nonce, len(events), spec.kind, gas_limit)
+        return tx
+
+    def _sign(self, to: str, data: bytes, gas: int, nonce: int, fees: Fees) -> tuple[bytes, str]:
+        signed = self.account.sign_transaction({
+            "type": 2, "chainId": self.chain_id, "nonce": nonce, "to": to, "value": 0, "data": data, "gas": gas,
+            "maxFeePerGas": fees.max_fee, "maxPriorityFeePerGas": fees.tip,
+        })  # fmt: skip
+        return bytes(signed.raw_transaction), "0x" + bytes(signed.hash).hex()
+
+    def _estimate_call(self, spec: KindSpec, items: Sequence[tuple[Any, ...]]) -> int:
+        return int(self.w3.eth.estimate_gas({"from": self.sender, "to": spec.contract, "data": spec.calldata(items)}))
+
+    def _estimate(self, spec: KindSpec, items: list[tuple[StoredEvent, tuple[Any, ...]]],
+                  ) -> tuple[int, list[tuple[StoredEvent, tuple[Any, ...]]]]:  # fmt: skip
+        """Estimate the batch; if that reverts, find and dead-letter the items that revert alone (bisection)."""
+        if not items:
+            return 0, items
+        try:
+            return self._estimate_call(spec, [i for _, i in items]), items
+        except ContractLogicError as exc:
+            log.warning("estimating a batch of %d %s(s) reverted (%s); looking for the poison item(s)",
+                        len(items), spec.kind, self.decoder.decode_exception(exc).sentence)  # fmt: skip
+        good = self._screen(spec, items)
+        if not good:
+            return 0, good
+        # Halves that estimate alone may still revert together (rare); the error then releases the batch.
+        return self._estimate_call(spec, [i for _, i in good]), good
+
+    def _screen(self, spec: KindSpec, items: list[tuple[StoredEvent, tuple[Any, ...]]],
+                ) -> list[tuple[StoredEvent, tuple[Any, ...]]]:  # fmt: skip
+        """The items whose sub-batch estimates cleanly; items that revert alone are dead-lettered."""
+        try:
+            self._estimate_call(spec, [i for _, i in items])
+            return items
+        except ContractLogicError as exc:
+            if len(items) == 1:
+                decoded = self.decoder.decode_exception(exc)
+                self.dead_letter(items[0][0], f"{decoded.label}: {decoded.sentence}")
+                return []
+        middle = len(items) // 2
+        return self._screen(spec, items[:middle]) + self._screen(spec, items[middle:])
+
+    def screen_events(self, kind: str, events: Sequence[StoredEvent]) -> list[StoredEvent]:
+        """Dead-letter the events that make a batch revert on their own; the others are returned (tracker use)."""
+        spec = self.specs[kind]
+        items = []
+        for event in events:
+            try:
+                items.append((event, spec.item(event)))
+            except ValueError as exc:
+                self.dead_letter(event, f"Unencodable: {exc}")
+        return [e for e, _ in self._screen(spec, items)] if items else []
+
+    def dead_letter(self, event: StoredEvent, reason: str) -> None:
+        log.warning("dead-lettering %s %s seq %d: %s", event.kind, event.device, event.seq, reason)
+        self.store.dead_letter(event.id, reason)
+        if self.metrics is not None:
+            self.metrics.dead_lettered.labels(reason=reason.split(":", 1)[0]).inc()
+        if self.on_dead_letter is not None:
+            try:
+                self.on_dead_letter(event, reason)
+            except Exception:  # noqa: BLE001 - a failing notification must not stop settlement
+                log.exception("dead-letter notification failed")
+
+    # ---------------------------------------------------------------------------------------- broadcast
+
+    def broadcast(self, tx: TxRecord) -> SendError | None:
+        """Send the newest signed attempt of ``tx``; None when the node took it. Updates the stored status."""
+        try:
+            self.w3.eth.send_raw_transaction(tx.raw)
+        except RPC_ERRORS as exc:
+            error = classify_send_error(exc)
+            if error is SendError.ALREADY_KNOWN:
+                self.txstore.mark_sent(tx.tx_key)
+                return None
+            if self.metrics is not None:
+                self.metrics.transactions.labels(outcome=f"send_{error}").inc()
+            if error is SendError.INSUFFICIENT_FUNDS:
+                if self.funds_ok:
+                    log.error("relayer %s cannot pay for gas: top it up; settlement paused", self.sender)
+                self.funds_ok = False
+            elif error is SendError.UNDERPRICED:
+                # Something holds the nonce in the pool: an attempt of ours from before a restart, or a stranger's.
+                # Counting it as sent long ago makes the tracker replace it with higher fees at once.
+                self.txstore.mark_sent(tx.tx_key, at=0.0)
+            elif error is not SendError.NONCE_TOO_LOW:
+                log.warning("broadcast of %s (nonce %d) failed: %s (%s)", tx.tx_hash, tx.nonce, error, exc)
+            return error
+        self.funds_ok = True
+        self.txstore.mark_sent(tx.tx_key)
+        if self.metrics is not None:
+            self.metrics.transactions.labels(outcome="sent").inc()
+        return None
+
+    def replace(self, tx: TxRecord) -> TxRecord | None:
+        """Re-sign ``tx`` at the same nonce with fees +12.5 % and store it as the newest attempt (not yet sent).
+
+        None when the fee cap leaves no room for a replacement (the tracker then re-sends the current attempt).
+        """
+        fees = self.bumped(tx)
+        if fees is None:
+            log.warning("tx nonce %d: fee cap %.3f gwei reached, cannot raise fees further",
+                        tx.nonce, self.settings.max_fee / GWEI)  # fmt: skip
+            return None
+        raw, tx_hash = self._sign(tx.contract, tx.data, tx.gas, tx.nonce, fees)
+        self.txstore.add_attempt(tx.tx_key, raw, tx_hash, fees.max_fee, fees.tip)
+        if self.metrics is not None:
+            self.metrics.transactions.labels(outcome="replaced").inc()
+        log.info("tx nonce %d re-signed with maxFee %.3f gwei (was %.3f): %s", tx.nonce, fees.max_fee / GWEI,
+                 tx.max_fee / GWEI, tx_hash)  # fmt: skip
+        updated = self.txstore.get(tx.tx_key)
+        if updated is None:
+            raise StoreError(f"transaction {tx.tx_key} vanished from the database")
+        return updated

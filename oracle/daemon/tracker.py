@@ -1,0 +1,444 @@
+"""Confirmation tracker, and the settlement loop (``Settler``) that runs planner → submitter → tracker.
+
+The tracker follows every transaction the submitter stored:
+
+- **receipts** (any attempt's hash): per-item outcomes are read from the ``*Settled`` / ``*Rejected`` logs.
+  Settled items are settled; an item rejected as ``Replayed`` was already consumed on chain (another oracle, or
+  an earlier transaction of ours) and counts as settled, not as an error; any other reason dead-letters the event
+  with the on-chain reason. A transaction that reverts as a whole has its poison items screened out and the rest
+  re-planned.
+- **final** only once ``[chain] confirmations`` blocks sit on top of the transaction's block and the block is
+  still canonical; never earlier.
+- **stuck** (no receipt after ``rebroadcast_after`` s) or **dropped** (the node no longer knows any attempt):
+  re-signed at the same nonce with fees +12.5 % and re-sent.
+- **reorgs**: a mined, not yet final transaction whose receipt vanished or moved is re-opened (its events go
+  back to submitted, bound to the same transaction and nonce) and re-sent if the node lost it; the contracts'
+  replay protection makes a second inclusion harmless.
+- **lost**: the account's nonce passed the transaction but no attempt has a receipt (someone else used the key):
+  the events go back to pending and are planned again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+from web3.exceptions import TransactionNotFound
+
+from oracle.artifacts import load_artifact
+from oracle.chain import Chain, connect, load_sender
+from oracle.config import Config
+from oracle.daemon.metrics import Metrics
+from oracle.daemon.planner import Planner, PlannerSettings
+from oracle.daemon.revert import ErrorDecoder, RejectReason, reason_label, reason_of
+from oracle.daemon.store import EventStatus, Store, StoredEvent
+from oracle.daemon.submitter import (
+    CONTRACT_OF_KIND, GWEI, RPC_ERRORS, DeadLetter, KindSpec, SendError, Submitter, SubmitterSettings, decode_outcomes,
+)  # fmt: skip
+from oracle.daemon.txstore import TxRecord, TxStatus, TxStore
+from oracle.deploy import load_manifest, verify_manifest
+from oracle.errors import ChainError, IotSettleError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerSettings:
+    confirmations: int = 1
+    rebroadcast_after: float = 15.0  # s without a receipt before fees are raised at the same nonce
+    drop_check_after: float = 1.0  # s after a broadcast before asking the node whether it still has the tx
+    drop_check_every: float = 1.0  # s between two such questions for one transaction
+
+
+class Tracker:
+    """Follows the stored transactions of one relayer account to final; see the module docstring."""
+
+    def __init__(self, w3: Web3, store: Store, txstore: TxStore, submitter: Submitter, settings: TrackerSettings,
+                 metrics: Metrics | None = None) -> None:  # fmt: skip
+        self.w3 = w3
+        self.store = store
+        self.txstore = txstore
+        self.submitter = submitter
+        self.settings = settings
+        self.metrics = metrics
+        self._head_hash: bytes | None = None
+        self._drop_checked: dict[str, float] = {}
+        self._retried: dict[str, float] = {}
+        self.head = 0
+
+    def poll(self) -> int:
+        """One pass over the open and the mined transactions; returns how many changed state."""
+        now = time.time()
+        # The nonce count first: a transaction mined after this read is then seen by the receipt lookups below.
+        account_nonce = self.w3.eth.get_transaction_count(self.submitter.sender, "latest")
+        head = self.w3.eth.get_block("latest")
+        self.head = int(head["number"])
+        head_moved = bytes(head["hash"]) != self._head_hash
+        changed = 0
+        for tx in self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT):
+            changed += self._follow_open(tx, account_nonce, now)
+        if head_moved or changed:
+            for tx in self.txstore.by_status(TxStatus.MINED):
+                changed += self._follow_mined(tx)
+            self._head_hash = bytes(head["hash"])
+        return changed
+
+    # ------------------------------------------------------------------------------------------ open txs
+
+    def _receipt(self, tx_hash: str) -> Any | None:
+        try:
+            return self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return None
+
+    def _follow_open(self, tx: TxRecord, account_nonce: int, now: float) -> int:
+        attempts = self.txstore.attempts(tx.tx_key)
+        for tx_hash in attempts:
+            receipt = self._receipt(tx_hash)
+            if receipt is not None:
+                self._on_mined(tx, receipt)
+                return 1
+        if tx.nonce < account_nonce:
+            self._on_lost(tx, f"nonce {tx.nonce} was used by a transaction this oracle did not sign")
+            return 1
+        if tx.status is TxStatus.SIGNED:
+            # Stored but never taken by the node (crash before the broadcast, node down, no funds): send again,
+            # at most once per drop_check_every so a failing node is not hammered.
+            if now - self._retried.get(tx.tx_key, 0.0) < self.settings.drop_check_every:
+                return 0
+            self._retried[tx.tx_key] = now
+            error = self.submitter.broadcast(tx)
+            return self._after_send_error(tx, error)
+        if not tx.sent_at:
+            # Re-opened after a reorg, or a competing transaction holds the nonce in the pool: replace at once.
+            log.info("tx nonce %d must be sent again: replacing it with higher fees", tx.nonce)
+            return self._replace(tx, "resent")
+        age = now - tx.sent_at
+        if age >= self.settings.rebroadcast_after:
+            log.info("tx nonce %d has no receipt after %.0f s: replacing it with higher fees", tx.nonce, age)
+            return self._replace(tx, "stuck")
+        if age >= self.settings.drop_check_after and now - self._drop_checked.get(tx.tx_key, 0.0) >= self.settings.drop_check_every:
+            self._drop_checked[tx.tx_key] = now
+            if not any(self._known(h) for h in attempts):
+                log.warning("tx nonce %d (%s) was dropped by the node: re-sending it with higher fees", tx.nonce, tx.tx_hash)
+                return self._replace(tx, "dropped")
+        return 0
+
+    def _known(self, tx_hash: str) -> bool:
+        try:
+            return self.w3.eth.get_transaction(tx_hash) is not None  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return False
+
+    def _replace(self, tx: TxRecord, why: str) -> int:
+        if self.metrics is not None:
+            self.metrics.transactions.labels(outcome=why).inc()
+        replacement = self.submitter.replace(tx) or tx
+        self.submitter.broadcast(replacement)
+        # Whatever the node said, the stored attempt is sent again on a later pass (signed) or replaced again
+        # once it is stuck (sent); the nonce check and the receipt lookups settle "nonce too low".
+        return 1
+
+    def _after_send_error(self, tx: TxRecord, error: SendError | None) -> int:
+        if error is None:
+            return 1
+        if error is SendError.NONCE_TOO_LOW:
+            # Mined meanwhile (the next poll finds the receipt) or taken by someone else (the nonce check sees it).
+            log.info("tx nonce %d: node says the nonce is used; checking receipts on the next pass", tx.nonce)
+        elif error is SendError.FEE_TOO_LOW and self.submitter.bumped(tx) is not None:
+            return self._replace(tx, "fee_too_low")
+        return 0
+
+    def _on_lost(self, tx: TxRecord, reason: str) -> None:
+        events = [e.id for e in self.store.events_by_tx(tx.tx_key) if e.status is EventStatus.SUBMITTED]
+        with self.store.transaction():
+            self.txstore.mark_lost(tx.tx_key, reason)
+            self.store.release(events)
+        log.warning("tx %s nonce %d lost (%s): %d events planned again", tx.tx_hash, tx.nonce, reason, len(events))
+        if self.metrics is not None:
+            self.metrics.transactions.labels(outcome="lost").inc()
+
+    # -------------------------------------------------------------------------------------------- mined
+
+    def _on_mined(self, tx: TxRecord, receipt: Mapping[str, Any]) -> None:
+        block = int(receipt["blockNumber"])
+        block_hash = "0x" + bytes(receipt["blockHash"]).hex()
+        mined_hash = "0x" + bytes(receipt["transactionHash"]).hex()
+        gas_used = int(receipt["gasUsed"])
+        events = [e for e in self.store.events_by_tx(tx.tx_key) if e.status is EventStatus.SUBMITTED]
+        self._drop_checked.pop(tx.tx_key, None)
+        if receipt["status"] != 1:
+            self.txstore.mark_mined(tx.tx_key, block, block_hash, mined_hash, gas_used, reverted=True,
+                                    reason="the transaction reverted as a whole")  # fmt: skip
+            log.error("tx %s (nonce %d) reverted in block %d; screening its %d events", mined_hash, tx.nonce, block,
+                      len(events))  # fmt: skip
+            good = self.submitter.screen_events(tx.kind, events)
+            self.store.release([e.id for e in good])
+            if self.metrics is not None:
+                self.metrics.transactions.labels(outcome="reverted").inc()
+            return
+        spec = self.submitter.specs[tx.kind]
+        queue: dict[tuple[int, int], list[Any]] = {}
+        for outcome in decode_outcomes(spec, receipt["logs"]):
+            queue.setdefault((outcome.target_id, outcome.seq), []).append(outcome)
+        settled: list[StoredEvent] = []
+        replayed = 0
+        rejected: list[tuple[StoredEvent, str]] = []
+        unmatched: list[int] = []
+        for event in events:
+            outcomes = queue.get((event.target_id, event.seq))
+            if not outcomes:
+                unmatched.append(event.id)
+                continue
+            outcome = outcomes.pop(0)
+            if outcome.settled:
+                settled.append(event)
+            elif outcome.reason == RejectReason.REPLAYED:
+                settled.append(event)  # consumed on chain already: paid once, by whoever got there first
+                replayed += 1
+            else:
+                reason = reason_of(outcome.reason)
+                text = reason.sentence if reason is not None else "unknown reject code"
+                rejected.append((event, f"{reason_label(outcome.reason)}: {text}"))
+        with self.store.transaction():
+            self.store.mark_settled([e.id for e in settled], block, mined_hash)
+            self.txstore.mark_mined(tx.tx_key, block, block_hash, mined_hash, gas_used)
+            if unmatched:
+                self.store.release(unmatched)
+        for event, reason in rejected:
+            self.submitter.dead_letter(event, reason)
+        if unmatched:
+            log.error("tx %s: %d events had no outcome log; planned again", mined_hash, len(unmatched))
+        log.debug("tx %s nonce %d mined in block %d: %d settled (%d already on chain), %d rejected, gas %d",
+                  mined_hash, tx.nonce, block, len(settled), replayed, len(rejected), gas_used)  # fmt: skip
+        if self.metrics is not None:
+            now = time.time()
+            self.metrics.transactions.labels(outcome="mined").inc()
+            self.metrics.settled.labels(kind=tx.kind).inc(len(settled))
+            if events:
+                per_event = gas_used / len(events)
+                for _ in events:
+                    self.metrics.gas_per_event.observe(per_event)
+            for event in settled:
+                self.metrics.latency.observe(max(0.0, now - event.received_at))
+            self.metrics.last_settled_block.set(block)
+        if self.settings.confirmations == 0:
+            self._finalize(tx.tx_key, tx.kind)
+
+    def _follow_mined(self, tx: TxRecord) -> int:
+        receipt = self._receipt(tx.mined_hash or tx.tx_hash)
+        if receipt is None or "0x" + bytes(receipt["blockHash"]).hex() != tx.block_hash:
+            self._reopen(tx, "its block left the canonical chain" if receipt is None else "it moved to another block")
+            return 1
+        if tx.block is not None and self.head - tx.block >= self.settings.confirmations:
+            self._finalize(tx.tx_key, tx.kind)
+            return 1
+        return 0
+
+    def _finalize(self, tx_key: str, kind: str) -> None:
+        ids = [e.id for e in self.store.events_by_tx(tx_key) if e.status is EventStatus.SETTLED]
+        with self.store.transaction():
+            self.store.mark_final(ids)
+            self.txstore.mark_final(tx_key)
+        if self.metrics is not None and ids:
+            self.metrics.finalized.labels(kind=kind).inc(len(ids))
+
+    def _reopen(self, tx: TxRecord, why: str) -> None:
+        ids = [e.id for e in self.store.events_by_tx(tx.tx_key) if e.status is EventStatus.SETTLED]
+        with self.store.transaction():
+            self.store.release(ids)
+            self.store.attach_tx(ids, tx.tx_key)
+            self.txstore.reopen(tx.tx_key)
+        log.warning("reorg: tx %s (nonce %d, block %s) is no longer final-bound because %s; %d events wait for it "
+                    "to be mined again", tx.mined_hash, tx.nonce, tx.block, why, len(ids))  # fmt: skip
+        if self.metrics is not None:
+            self.metrics.transactions.labels(outcome="reorged").inc()
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+@dataclass(frozen=True, slots=True)
+class SettlerSettings:
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
+    submitter: SubmitterSettings = field(default_factory=SubmitterSettings)
+    tracker: TrackerSettings = field(default_factory=TrackerSettings)
+    poll_interval: float = 0.02  # s to sleep when a pass found nothing to do
+    max_backoff: float = 5.0  # s, after repeated node errors
+
+    @classmethod
+    def from_config(cls, config: Config) -> SettlerSettings:
+        o = config.oracle
+        return cls(
+            PlannerSettings(o.batch_max_events, o.batch_max_wait, o.settlement_window),
+            SubmitterSettings(o.max_in_flight, int(o.max_fee_gwei * GWEI),
+                              int(o.priority_fee_gwei * GWEI) if o.priority_fee_gwei > 0 else None),
+            TrackerSettings(config.chain.confirmations, o.rebroadcast_after),
+        )  # fmt: skip
+
+
+class Settler:
+    """The settlement half of the daemon: one worker thread running planner → submitter → tracker passes.
+
+    ``start()`` recovers (claims of a stopped process back to pending, nonces reconciled with the chain) and
+    starts the thread; ``stop(drain=True)`` settles everything stored and waits for it to be mined;
+    ``run_once()`` is one pass, for callers that drive the loop themselves (tests, one-shot tools).
+    """
+
+    def __init__(self, store: Store, w3: Web3, chain_id: int, account: LocalAccount,
+                 contracts: Mapping[str, tuple[str, Sequence[Mapping[str, Any]]]], decoder: ErrorDecoder,
+                 settings: SettlerSettings | None = None, metrics: Metrics | None = None,
+                 on_dead_letter: DeadLetter | None = None) -> None:  # fmt: skip
+        self.settings = settings or SettlerSettings()
+        self.store = store
+        self.w3 = w3
+        self.txstore = TxStore(store)
+        specs = {kind: KindSpec.from_abi(kind, address, abi) for kind, (address, abi) in contracts.items()}
+        self.submitter = Submitter(w3, chain_id, account, store, self.txstore, specs, decoder,
+                                   self.settings.submitter, metrics, on_dead_letter)  # fmt: skip
+        self.tracker = Tracker(w3, store, self.txstore, self.submitter, self.settings.tracker, metrics)
+        self.planner = Planner(store, self.settings.planner)
+        self.metrics = metrics
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._recovered = False
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, store: Store, *, chain: Chain | None = None,
+                    metrics: Metrics | None = None, on_dead_letter: DeadLetter | None = None) -> Settler:  # fmt: skip
+        """Connect, load the relayer key and the deployment manifest; refuses a chain the manifest does not describe."""
+        chain = chain or connect(config)
+        account = load_sender(config, chain)
+        manifest = load_manifest(config, chain.chain_id)
+        verify_manifest(chain, config, manifest)
+        contracts = {
+            kind: (manifest["contracts"][name]["address"], load_artifact(config, name)["abi"])
+            for kind, name in CONTRACT_OF_KIND.items()
+            if name in manifest["contracts"]
+        }
+        if not contracts:
+            raise ChainError(f"neither MeteredBilling nor DeliveryEscrow is deployed on chain {chain.chain_id}")
+        names = [n for n in ("MeteredBilling", "DeliveryEscrow", "DeviceRegistry") if n in manifest["contracts"]]
+        decoder = ErrorDecoder.from_artifacts(config, names)
+        return cls(store, chain.w3, chain.chain_id, account, contracts, decoder, SettlerSettings.from_config(config),
+                   metrics, on_dead_letter)  # fmt: skip
+
+    # ---------------------------------------------------------------------------------------- lifecycle
+
+    def recover(self) -> None:
+        """Undo what a stopped process left half-done; safe to call more than once."""
+        released = self.store.release_unattached_claims()
+        if released:
+            log.info("released %d events claimed by a previous run", released)
+        self.submitter.reconcile()
+        self._recovered = True
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self.recover()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="settlement", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain: bool = True, timeout: float = 30.0) -> bool:
+        """Stop the loop; with ``drain`` first settle everything stored and wait until it is mined.
+
+        Returns True when nothing is left in flight. Events not yet in a transaction go back to pending.
+        """
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(timeout, 5.0))
+            self._thread = None
+        done = self.drain(timeout) if drain else False
+        released = self.planner.release_all()
+        if released:
+            log.info("stopped with %d events not yet in a transaction; they stay pending", released)
+        return done
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Settle everything stored now (windows and batch waits ignored) and wait until mined; True when done."""
+        deadline = time.monotonic() + timeout
+        if not self._recovered:
+            self.recover()
+        while time.monotonic() < deadline:
+            try:
+                self.run_once(flush=True)
+            except (IotSettleError, *RPC_ERRORS) as exc:
+                self._note_error(exc)
+                time.sleep(0.2)
+                continue
+            if self.planner.held == 0 and self.store.pending_count() == 0 and self.txstore.count_open() == 0:
+                return True
+            time.sleep(self.settings.poll_interval)
+        log.warning("drain: %d events still unsettled after %.0f s", self.store.pending_count(), timeout)
+        return False
+
+    def run_once(self, flush: bool = False) -> int:
+        """One pass: follow transactions, claim stored events, cut and send batches. Returns the work done."""
+        if not self._recovered:
+            self.recover()
+        work = self.tracker.poll()
+        work += self.planner.claim()
+        for batch in self.planner.cut(self.submitter.capacity(), flush=flush):
+            self.submitter.submit(batch)
+            work += 1
+        return work
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while not self._stop.is_set():
+            try:
+                work = self.run_once()
+            except (IotSettleError, *RPC_ERRORS) as exc:
+                self._note_error(exc)
+                backoff = min(self.settings.max_backoff, max(0.1, backoff * 2))
+                self._stop.wait(backoff)
+                continue
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive a bug in one pass; it is logged in full
+                log.exception("settlement pass failed")
+                self._note_error(exc)
+                backoff = min(self.settings.max_backoff, max(0.1, backoff * 2))
+                self._stop.wait(backoff)
+                continue
+            backoff = 0.0
+            if self.last_error is not None and time.time() - (self.last_error_at or 0) > 1.0:
+                log.info("settlement recovered")
+                self.last_error = None
+            if not work:
+                self._stop.wait(self.settings.poll_interval)
+
+    def _note_error(self, exc: BaseException) -> None:
+        if self.last_error is None:
+            log.warning("settlement degraded: %s: %s", type(exc).__name__, exc)
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error_at = time.time()
+
+    # ------------------------------------------------------------------------------------------ status
+
+    @property
+    def health(self) -> str:
+        """"ok", or "degraded" while the node errs or the relayer cannot pay for gas."""
+        if self.last_error is not None or not self.submitter.funds_ok:
+            return "degraded"
+        return "ok"
+
+    def status(self) -> dict[str, Any]:
+        open_txs = self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT)
+        return {
+            "health": self.health,
+            "relayer": self.submitter.sender,
+            "in_flight": len(open_txs),
+            "next_nonce": self.txstore.next_nonce(self.submitter.chain_id, self.submitter.sender),
+            "held": self.planner.held,
+            "last_error": self.last_error,
+            "head": self.tracker.head,
+        }
