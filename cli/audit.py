@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 from rich.table import Table
 
 from cli._common import IotSettleGroup, emit, json_option
-from cli._params import ADDRESS, ID, ops_context, rpc_option, when
+from cli._params import ADDRESS, ID, ops_context, rpc_option, short, when
 from oracle.ops import audit as ops
 from oracle.ops.context import OpsContext
 from oracle.ops.token import describe_token
@@ -25,11 +27,21 @@ def audit() -> None:
     """
 
 
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+def _compact(text: str) -> str:
+    return _ADDRESS.sub(lambda m: short(m.group(0)), text)
+
+
 def _render(ops_ctx: OpsContext, report: ops.AuditReport, as_json: bool) -> None:
-    table = Table("block", "time", "subject", "event", "amount", "tx", "detail", title=report.subject)
+    with_subject = len({e.subject for e in report.entries}) > 1
+    table = Table("block", "time (UTC)", *(["subject"] if with_subject else []), "event", "amount", "tx", "detail",
+                  title=report.subject)
     for e in report.entries:
         amount = describe_token(ops_ctx, e.token).format(e.amount) if e.amount is not None and e.token else ""
-        table.add_row(str(e.block), when(e.time), e.subject, e.event, amount, e.tx_hash, e.detail)
+        table.add_row(str(e.block), when(e.time).removesuffix(" UTC"), *([e.subject] if with_subject else []), e.event,
+                      amount, e.tx_hash[:10] + "…", _compact(e.detail))
     totals = Table("total", "value", title="totals")
     token = report.totals.get("token")
     if token is None:
@@ -86,6 +98,8 @@ def agreement(ctx: click.Context, agreement_id: int, rpc_url: str | None, as_jso
 @click.pass_context
 def device(ctx: click.Context, device: str, rpc_url: str | None, as_json: bool) -> None:
     """History of one device: registration, key rotations, revocation, and everything its signatures settled.
+
+    Transaction hashes are shortened in the table; --json has them in full.
 
     Totals sum base units over all of the device's agreements and escrows.
 

@@ -154,8 +154,9 @@ def close(ctx: OpsContext, agreement_id: int) -> CloseOutcome:
         txs.append(transact(ctx, billing.functions.requestClose(agreement_id), CONTRACT))
         close_at = agreement_of(ctx, agreement_id).close_at
     now = int(ctx.w3.eth.get_block("latest")["timestamp"])
-    if close_at > now:
+    if txs and close_at > now:
         return CloseOutcome(False, close_at, 0, tuple(txs))
+    # Otherwise let the contract decide: an early or unauthorised close comes back as a decoded sentence.
     result = transact(ctx, billing.functions.close(agreement_id), CONTRACT)
     txs.append(result)
     refund = sum(int(a["refund"]) for a in events_in(ctx, CONTRACT, result.receipt, "AgreementClosed"))

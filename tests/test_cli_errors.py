@@ -1,0 +1,134 @@
+"""The CLI's failure modes: one line, non-zero exit, and a sentence a user can act on.
+
+The refund test moves chain time forward (evm_increaseTime), so it runs on an anvil of its own: the session's
+shared anvil keeps a clock close to the wall clock for everyone else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from oracle.chain import connect, load_sender
+from oracle.compiler import ensure_compiled
+from oracle.deploy import deploy_all
+from oracle.eip712 import DeviceKind
+from oracle.node import Anvil, free_port
+
+from tests.cli_support import Cli, User, register_device, token_balance
+from tests.conftest import Deployment, make_config
+
+TOKEN = 10**18
+
+
+@pytest.fixture(scope="module")
+def own_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    config = make_config(tmp_path_factory.mktemp("timewarp"), free_port(), free_port())
+    node = Anvil(config)
+    node.start()
+    try:
+        ensure_compiled(config)
+        chain = connect(config)
+        yield Deployment(config, chain, deploy_all(config, chain, load_sender(config, chain)))
+    finally:
+        node.stop()
+
+
+@pytest.fixture()
+def cli(deployment) -> Cli:
+    return Cli(deployment.config)
+
+
+def test_refund_only_after_the_deadline(own_deployment) -> None:
+    cli, w3 = Cli(own_deployment.config), own_deployment.chain.w3
+    buyer, seller = cli.user(w3), cli.user(w3)
+    tracker = register_device(own_deployment.config, buyer, DeviceKind.TRACKER)
+    cli.ok(["token", "mint", "--amount", "30"], buyer)
+    escrow_id = cli.ok(["escrow", "create", "--seller", seller.address, "--device", tracker.address, "--amount", "30",
+                        "--destination", "u33dc0cr", "--deadline", "+1h"], buyer)["escrowId"]
+    early = cli.fails(["escrow", "refund", str(escrow_id)], buyer)
+    assert early.startswith(f"escrow {escrow_id} can be refunded only after its deadline ")
+    assert token_balance(own_deployment, buyer.address) == 0
+
+    w3.provider.make_request("evm_increaseTime", [3601])
+    w3.provider.make_request("evm_mine", [])
+    not_buyer = cli.fails(["escrow", "refund", str(escrow_id)], seller)
+    assert not_buyer == f"only the buyer of escrow {escrow_id} may do this, not {seller.address}"
+    refunded = cli.ok(["escrow", "refund", str(escrow_id)], buyer)
+    assert refunded["amount"] == str(30 * TOKEN)
+    assert cli.ok(["escrow", "status", str(escrow_id)])["state"] == "refunded"
+    again = cli.fails(["escrow", "refund", str(escrow_id)], buyer)
+    assert again == f"escrow {escrow_id} was already refunded on block {refunded['block']}"
+    cli.ok(["escrow", "withdraw"], buyer)
+    assert token_balance(own_deployment, buyer.address) == 30 * TOKEN
+    nothing = cli.fails(["escrow", "withdraw"], buyer)
+    assert nothing == f"{buyer.address} has no TEST to withdraw from the escrow contract"
+
+
+def test_unreachable_rpc(cli) -> None:
+    error = cli.fails(["escrow", "status", "1"], IOTSETTLE_CHAIN_RPC_URL=f"http://127.0.0.1:{free_port()}")
+    assert error.startswith("cannot reach the RPC endpoint http://127.0.0.1:")
+
+
+def test_wrong_chain(cli, deployment) -> None:
+    error = cli.fails(["balances", "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"], IOTSETTLE_CHAIN_CHAIN_ID="1")
+    assert error == f"{deployment.config.chain.rpc_url} is chain 31337, but the configuration expects chain 1"
+
+
+def test_nothing_deployed_on_this_chain(cli, tmp_path) -> None:
+    error = cli.fails(["escrow", "list"], IOTSETTLE_PATHS_DEPLOYMENTS_DIR=str(tmp_path))
+    assert error.startswith("nothing is deployed on chain 31337 yet") and "iotsettle deploy" in error
+
+
+def test_no_eth_for_gas(cli, w3) -> None:
+    poor = cli.user(w3, eth=0)
+    error = cli.fails(["token", "mint", "--amount", "1"], poor)
+    assert "has not enough ETH" in error and poor.address in error
+
+
+def test_not_enough_tokens(cli, deployment, w3) -> None:
+    buyer = cli.user(w3)
+    tracker = register_device(deployment.config, buyer, DeviceKind.TRACKER)
+    error = cli.fails(["escrow", "create", "--seller", buyer.address, "--device", tracker.address, "--amount", "5",
+                       "--destination", "u33dc0cr", "--deadline", "+1h"], buyer)
+    assert error == f"{buyer.address} holds 0 TEST but this needs 5 TEST (mint some with `iotsettle token mint`)"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["balances", "0x1234"], "'0x1234' is not an address"),
+    (["balances", "0x70997970C51812dc3A010C7d01b50e0d17dc79c8"], "wrong EIP-55 checksum"),
+    (["token", "mint", "--amount", "-3"], "is negative"),
+    (["token", "mint", "--amount", "1.2.3"], "is not an amount"),
+    (["token", "mint", "--amount", "1.5wei"], "base units (wei) are whole numbers"),
+    (["escrow", "status", "seven"], "is not an id"),
+    (["escrow", "create", "--seller", "0x70997970C51812dc3A010C7d01b50e0d17dc79C8", "--device",
+      "0x70997970C51812dc3A010C7d01b50e0d17dc79C8", "--amount", "1", "--destination", "u33dc0cr", "--deadline",
+      "next week"], "is not a time"),
+])
+def test_bad_input_is_refused_before_anything_is_sent(cli, args, expected) -> None:
+    assert expected in cli.fails(args)
+
+
+def test_too_many_decimals(cli, w3) -> None:
+    error = cli.fails(["token", "mint", "--amount", "0.0000000000000000001"], cli.user(w3))
+    assert error == "0.0000000000000000001 TEST has more than 18 decimals; give base units as <n>wei"
+
+
+def test_base_units_are_exact(cli, deployment, w3) -> None:
+    user: User = cli.user(w3)
+    cli.ok(["token", "mint", "--amount", "1_500wei"], user)
+    assert token_balance(deployment, user.address) == 1500
+
+
+def test_confirm_refuses_a_payload_for_another_chain_or_contract(cli, deployment, w3) -> None:
+    from oracle.device.keys import DeviceKey
+    from oracle.device.signer import sign_event
+
+    key = DeviceKey.from_private_key("0x" + "42" * 32)
+    msg = {"escrowId": 1, "seq": 1, "timestamp": 1, "location": b"\0" * 32, "maxTemperature": 0}
+    other_chain = sign_event(key, "delivery", 1, deployment.address("DeliveryEscrow"), msg).to_payload().decode()
+    assert "was signed for chain 1, this is chain 31337" in cli.fails(["escrow", "confirm", "-"], stdin=other_chain)
+    other_contract = sign_event(key, "delivery", 31337, deployment.address("MeteredBilling"), msg).to_payload().decode()
+    assert "was signed for contract" in cli.fails(["escrow", "confirm", "-"], stdin=other_contract)
+    assert "not UTF-8 JSON" in cli.fails(["escrow", "confirm", "-"], stdin="{oops")
