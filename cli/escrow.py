@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli._common import IotSettleGroup, emit, json_option, progress
+from cli._common import IotSettleGroup, emit, json_option
 from cli._params import (ADDRESS, AMOUNT, DEADLINE, ID, TOKEN, chain_time, ops_context, read_payloads, rpc_option,
                          sender_options, short, when)
 from oracle.device.location import location_bytes32

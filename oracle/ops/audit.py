@@ -17,7 +17,8 @@ from web3.exceptions import LogTopicError, MismatchedABI
 
 from oracle.errors import ChainError
 from oracle.ops.context import OpsContext
-from oracle.ops.errors import DEVICE_KINDS, REJECT_REASONS
+from oracle.daemon.revert import reason_label
+from oracle.ops.errors import DEVICE_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def _detail(entry: LogEntry) -> str:
         case "DeliveryConfirmed":
             return f"delivery seq {a['seq']}: seller credited {a['toSeller']}, buyer {a['toBuyer']} (base units)"
         case "DeliveryRejected" | "ReadingRejected":
-            return f"seq {a['seq']} rejected: {REJECT_REASONS[int(a['reason'])]}"
+            return f"seq {a['seq']} rejected: {reason_label(int(a['reason']))}"
         case "EscrowRefunded":
             return "refunded to the buyer after the deadline"
         case "EscrowCancelled":

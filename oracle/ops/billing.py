@@ -11,7 +11,8 @@ from eth_utils import to_checksum_address
 from oracle import wire
 from oracle.errors import ChainError, ProtocolError
 from oracle.ops.context import OpsContext
-from oracle.ops.errors import AGREEMENT_STATUSES, REJECT_REASONS
+from oracle.daemon.revert import reason_label
+from oracle.ops.errors import AGREEMENT_STATUSES
 from oracle.ops.token import TokenInfo, check_eth, describe_token, ensure_allowance
 from oracle.ops.tx import TxResult, events_in, transact
 from oracle.wire import SignedEvent
@@ -225,6 +226,6 @@ def settle(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[S
         result = transact(ctx, billing.functions.settle([reading_tuple(e) for e in events]), CONTRACT)
     outcomes = [Settlement(int(a["agreementId"]), int(a["seq"]), True, "", int(a["amount"]))
                 for a in events_in(ctx, CONTRACT, result.receipt, "ReadingSettled")]
-    outcomes += [Settlement(int(a["agreementId"]), int(a["seq"]), False, REJECT_REASONS[int(a["reason"])])
+    outcomes += [Settlement(int(a["agreementId"]), int(a["seq"]), False, reason_label(int(a["reason"])))
                  for a in events_in(ctx, CONTRACT, result.receipt, "ReadingRejected")]
     return result, outcomes

@@ -1,24 +1,22 @@
 """Turn a revert into a sentence: "escrow 7 was already released on block 1234".
 
-:class:`RevertDecoder` knows every custom error of our contracts (from their ABIs), plus ``Error(string)`` and
-``Panic(uint256)``. Given the revert data and the name of the contract that was called, it decodes the selector
-and arguments and writes a sentence; with an :class:`~oracle.ops.context.OpsContext` it adds what only the
-chain knows (the block an escrow was released in, an agreement's current status, a token's decimals).
-Used by the CLI through ``oracle.ops.tx.transact`` and usable by anything that holds revert data.
+Decoding (selector → error name and arguments, ``Error(string)``, ``Panic(uint256)``) is shared with the oracle
+daemon: ``oracle.daemon.revert.ErrorDecoder``. This module adds what an operator needs on top: given the contract
+that was called and, optionally, an :class:`~oracle.ops.context.OpsContext`, it writes a sentence with what only
+the chain knows (the block an escrow was released in, an agreement's arrears, a token's decimals).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from eth_abi import decode as abi_decode
-from eth_abi.exceptions import DecodingError
-from eth_hash.auto import keccak
-from eth_utils import to_checksum_address
+from eth_utils import is_address, to_checksum_address
+
+from oracle.daemon.revert import ErrorDecoder, reason_label
 
 if TYPE_CHECKING:
     from oracle.ops.context import OpsContext
@@ -28,44 +26,19 @@ log = logging.getLogger(__name__)
 ESCROW_STATES = ("none", "funded", "released", "refunded", "cancelled")
 AGREEMENT_STATUSES = ("none", "offered", "active", "suspended", "closed", "cancelled")
 DEVICE_KINDS = ("none", "meter", "tracker", "vehicle", "weather station")
-#: IDeviceEvents.RejectReason, in declaration order (codes are append-only in the contract).
-REJECT_REASONS = (
-    "None", "SignatureInvalid", "SignatureMalleable", "UnknownKey", "KeyRotated", "DeviceRevoked", "WrongDevice",
-    "WrongDeviceKind", "UnknownTarget", "NotActive", "Replayed", "TimestampInFuture", "TimestampTooOld",
-    "CounterRollback", "ValueOutOfRange", "WrongLocation", "DeadlinePassed", "Suspended",
-)
-PANIC_CODES = {
-    0x01: "an assertion failed", 0x11: "an arithmetic operation overflowed", 0x12: "division by zero",
-    0x21: "an invalid enum value", 0x31: "pop on an empty array", 0x32: "an array index out of bounds",
-    0x41: "out of memory", 0x51: "a call to an uninitialised function",
-}
-
-
-@dataclass(frozen=True)
-class ErrorSpec:
-    name: str
-    types: tuple[str, ...]
-    arg_names: tuple[str, ...]
-    contracts: tuple[str, ...]
-
-    @property
-    def signature(self) -> str:
-        return f"{self.name}({','.join(self.types)})"
 
 
 @dataclass(frozen=True)
 class DecodedRevert:
     """A decoded revert: the error's name, its arguments by name, and the sentence for people."""
 
-    selector: str
     name: str
     args: dict[str, Any]
     sentence: str
     contract: str | None = None
-    raw: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"selector": self.selector, "error": self.name, "args": {k: _jsonable(v) for k, v in self.args.items()},
+        return {"error": self.name, "args": {k: _jsonable(v) for k, v in self.args.items()},
                 "message": self.sentence, "contract": self.contract}
 
 
@@ -77,100 +50,36 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _abi_type(entry: Mapping[str, Any]) -> str:
-    typ = str(entry["type"])
-    if typ.startswith("tuple"):
-        inner = ",".join(_abi_type(c) for c in entry["components"])
-        return f"({inner}){typ[5:]}"
-    return typ
+def _checksummed(value: Any) -> Any:
+    return to_checksum_address(value) if isinstance(value, str) and len(value) == 42 and is_address(value) else value
 
 
-def _selector(signature: str) -> str:
-    return "0x" + keccak(signature.encode())[:4].hex()
-
-
-@dataclass(frozen=True)
 class RevertDecoder:
-    """Decodes reverts of the contracts whose ABIs it was built from."""
+    """Decodes reverts of the contracts whose ABIs it was built from, into sentences."""
 
-    specs: Mapping[str, ErrorSpec] = field(default_factory=dict)
+    def __init__(self, errors: ErrorDecoder) -> None:
+        self._errors = errors
 
     @classmethod
     def from_abis(cls, abis: Mapping[str, Iterable[Mapping[str, Any]]]) -> RevertDecoder:
-        specs: dict[str, ErrorSpec] = {}
-        for contract, abi in abis.items():
-            for entry in abi:
-                if entry.get("type") != "error":
-                    continue
-                types = tuple(_abi_type(i) for i in entry.get("inputs", []))
-                names = tuple(str(i.get("name") or f"arg{n}") for n, i in enumerate(entry.get("inputs", [])))
-                spec = ErrorSpec(str(entry["name"]), types, names, (contract,))
-                selector = _selector(spec.signature)
-                if selector in specs:
-                    known = specs[selector]
-                    spec = ErrorSpec(known.name, known.types, known.arg_names, known.contracts + (contract,))
-                specs[selector] = spec
-        return cls(specs)
+        return cls(ErrorDecoder(list(abi) for abi in abis.values()))
 
     def decode(self, data: bytes | str | None, contract: str | None = None, ctx: OpsContext | None = None) -> DecodedRevert:
-        """Decode revert ``data`` raised by a call to ``contract``; unknown data gives a sentence with the raw bytes."""
-        raw = _to_bytes(data)
-        hex_data = "0x" + raw.hex()
-        if len(raw) < 4:
-            return DecodedRevert(hex_data, "", {}, f"the {_what(contract)} reverted without a reason", contract, hex_data)
-        selector = "0x" + raw[:4].hex()
-        if selector == _selector("Error(string)"):
-            (reason,) = _safe_decode(("string",), raw[4:]) or ("",)
-            return DecodedRevert(selector, "Error", {"reason": reason}, f"the {_what(contract)} reverted: {reason}",
-                                 contract, hex_data)
-        if selector == _selector("Panic(uint256)"):
-            (code,) = _safe_decode(("uint256",), raw[4:]) or (0,)
-            what = PANIC_CODES.get(code, f"panic code {code:#x}")
-            return DecodedRevert(selector, "Panic", {"code": code}, f"the {_what(contract)} hit a bug: {what}",
-                                 contract, hex_data)
-        spec = self.specs.get(selector)
-        if spec is None:
-            return DecodedRevert(selector, "", {}, f"the {_what(contract)} reverted with an unknown error {hex_data[:74]}",
-                                 contract, hex_data)
-        values = _safe_decode(spec.types, raw[4:])
-        if values is None:
-            return DecodedRevert(selector, spec.name, {}, f"the {_what(contract)} reverted with {spec.name} "
-                                 "(arguments unreadable)", contract, hex_data)
-        values = tuple(to_checksum_address(v) if t == "address" else v for t, v in zip(spec.types, values, strict=True))
-        args = dict(zip(spec.arg_names, values, strict=True))
-        owner = contract if contract in spec.contracts else (spec.contracts[0] if len(spec.contracts) == 1 else contract)
-        writer = _SENTENCES.get(spec.name)
+        """Decode revert ``data`` raised by a call to ``contract``; unknown data still gives a sentence."""
+        decoded = self._errors.decode(data)
+        args = {name: _checksummed(value) for name, value in decoded.args}
+        if decoded.name in ("unknown", "Error", "Panic"):
+            return DecodedRevert(decoded.name, args, f"the {_what(contract)} {decoded.sentence}", contract)
         sentence = ""
+        writer = _SENTENCES.get(decoded.name)
         if writer is not None:
             try:
-                sentence = writer(_Facts(args, owner, ctx))
+                sentence = writer(_Facts(args, contract, ctx))
             except Exception as exc:  # noqa: BLE001 - a failing context lookup must not hide the error itself
-                log.debug("context lookup for %s failed: %s", spec.name, exc)
-                sentence = ""
+                log.debug("context lookup for %s failed: %s", decoded.name, exc)
         if not sentence:
-            shown = ", ".join(f"{k}={_jsonable(v)}" for k, v in args.items())
-            sentence = f"the {_what(owner)} refused: {spec.name}({shown})"
-        return DecodedRevert(selector, spec.name, args, sentence, owner, hex_data)
-
-
-def _to_bytes(data: bytes | str | None) -> bytes:
-    if data is None:
-        return b""
-    if isinstance(data, bytes | bytearray):
-        return bytes(data)
-    text = str(data).strip()
-    text = text[2:] if text[:2] in ("0x", "0X") else text
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        return b""
-
-
-def _safe_decode(types: Iterable[str], data: bytes) -> tuple[Any, ...] | None:
-    try:
-        return tuple(abi_decode(list(types), data))
-    except (DecodingError, ValueError, OverflowError):
-        return None
+            sentence = f"the {_what(contract)} refused: {decoded.sentence}"
+        return DecodedRevert(decoded.name, args, sentence, contract)
 
 
 def _what(contract: str | None) -> str:
@@ -242,7 +151,7 @@ def _not_funded(f: _Facts) -> str:
 
 def _event_rejected(f: _Facts) -> str:
     target, seq = f["targetId"], f["seq"]
-    reason = _state(REJECT_REASONS, f["reason"])
+    reason = reason_label(int(f["reason"]))
     if f.contract == "DeliveryEscrow":
         return _delivery_rejected(f, target, seq, reason)
     return _reading_rejected(f, target, seq, reason)

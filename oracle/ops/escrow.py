@@ -11,7 +11,8 @@ from eth_utils import to_checksum_address
 from oracle import wire
 from oracle.errors import ChainError, ProtocolError
 from oracle.ops.context import OpsContext
-from oracle.ops.errors import ESCROW_STATES, REJECT_REASONS
+from oracle.daemon.revert import reason_label
+from oracle.ops.errors import ESCROW_STATES
 from oracle.ops.token import TokenInfo, check_eth, describe_token, ensure_allowance
 from oracle.ops.tx import TxResult, events_in, transact
 from oracle.wire import SignedEvent
@@ -160,7 +161,7 @@ def confirm(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[
         result = transact(ctx, escrow.functions.confirmDeliveries([delivery_tuple(e) for e in events]), CONTRACT)
     outcomes = [Confirmation(int(a["escrowId"]), int(a["seq"]), True, "", int(a["toSeller"]), int(a["toBuyer"]))
                 for a in events_in(ctx, CONTRACT, result.receipt, "DeliveryConfirmed")]
-    outcomes += [Confirmation(int(a["escrowId"]), int(a["seq"]), False, REJECT_REASONS[int(a["reason"])])
+    outcomes += [Confirmation(int(a["escrowId"]), int(a["seq"]), False, reason_label(int(a["reason"])))
                  for a in events_in(ctx, CONTRACT, result.receipt, "DeliveryRejected")]
     return result, outcomes
 

@@ -18,6 +18,7 @@ from web3.exceptions import (
 )
 
 from oracle.chain import send
+from oracle.daemon.revert import revert_data
 from oracle.errors import ChainError
 from oracle.ops.context import OpsContext
 from oracle.ops.errors import DecodedRevert, RevertDecoder
@@ -45,29 +46,15 @@ def decoder(ctx: OpsContext) -> RevertDecoder:
     return RevertDecoder.from_abis(ctx.abis)
 
 
-def revert_data(exc: Exception) -> str | None:
-    """The revert data web3 attached to a ContractLogicError, if any."""
-    data = getattr(exc, "data", None)
-    if isinstance(data, str) and data.startswith("0x"):
-        return data
-    if isinstance(data, dict):
-        inner = data.get("data")
-        if isinstance(inner, str):
-            return inner
-    return None
-
-
 def transact(ctx: OpsContext, call: ContractFunction, contract: str, *, value: int = 0) -> TxResult:
     """Estimate (decoding any revert into a RevertedError), then sign, send and wait for the receipt."""
     account = ctx.require_sender()
     params: dict[str, Any] = {"from": account.address, "value": value}
     try:
         gas = call.estimate_gas(params)
-    except (ContractCustomError, ContractPanicError) as exc:
-        raise RevertedError(decoder(ctx).decode(revert_data(exc), contract, ctx)) from None
     except ContractLogicError as exc:
         data = revert_data(exc)
-        if data:
+        if data or isinstance(exc, ContractCustomError | ContractPanicError):
             raise RevertedError(decoder(ctx).decode(data, contract, ctx)) from None
         raise ChainError(f"the transaction would revert: {exc.message or exc}") from None
     except (requests.RequestException, Web3Exception, ValueError) as exc:
