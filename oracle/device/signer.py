@@ -54,6 +54,10 @@ def sign_event(
         raise ProtocolError(f"unknown event type {event_type!r}")
     primary = wire.EVENT_TYPES[event_type]
     fields = {name: msg[name] for _, name in eip712.TYPES[primary]}
+    for typ, name in eip712.TYPES[primary]:
+        # JSON carries these as numbers: beyond 2^53 - 1 a payload would be refused as malformed, so never sign it.
+        if typ not in ("uint256", "bytes32") and abs(int(fields[name])) > wire.MAX_SAFE_JSON_INT:
+            raise ProtocolError(f"{event_type} {name} {fields[name]} exceeds the wire limit 2^53 - 1")
     try:
         message_digest = eip712.digest(primary, fields, Domain(chain_id, contract))
     except (ValueError, KeyError) as exc:
