@@ -119,7 +119,7 @@ class Planner:
         now = self._clock()
         batches: list[Batch] = []
         window = self.settings.settlement_window
-        ready = [key for key, held in self._readings.items() if flush or now - held.since >= window]
+        ready = [key for key, held in self._readings.items() if flush or window <= 0 or now - held.since >= window]
         ready.sort(key=lambda k: self._readings[k].event.received_at)
         batches += self._cut_kind("reading", [self._readings[k].event for k in ready], now, max_batches, flush)
         taken = {e.id for b in batches for e in b.events}
@@ -146,7 +146,8 @@ class Planner:
                     return out
                 chunk = items[start : start + size]
                 full = len(chunk) == size
-                waited = now - min(e.received_at for e in chunk) >= self.settings.batch_max_wait
+                wait = self.settings.batch_max_wait
+                waited = wait <= 0 or now - min(e.received_at for e in chunk) >= wait
                 if full or waited or flush:
                     out.append(Batch(kind, contract, tuple(chunk)))
         return out
