@@ -15,17 +15,18 @@ from typing import Any
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from web3 import Web3
+from web3 import HTTPProvider, Web3
 
-from tests.daemon_support import Device
+from tests.daemon_support import Device, wait_for
 from oracle import eip712
 from oracle.chain import ANVIL_DEV_KEYS, send
 from oracle.config import Config
+from oracle.node import free_port
 from oracle.daemon.metrics import Metrics
 from oracle.daemon.planner import Batch
 from oracle.daemon.revert import ErrorDecoder, RejectReason
 from oracle.daemon.store import EventRecord, EventStatus, Store, StoredEvent
-from oracle.daemon.tracker import Settler
+from oracle.daemon.tracker import Settler, SettlerSettings
 from oracle.daemon.txstore import TxStatus
 
 REPO = Path(__file__).resolve().parent.parent
@@ -444,3 +445,47 @@ def test_reject_reason_codes_match_the_solidity_enum() -> None:
     assert body is not None
     names = re.findall(r"^\s*(\w+)\s*,?\s*//", body.group(1), re.M)
     assert names == [reason.solidity_name for reason in RejectReason]
+
+
+def test_the_running_settler_settles_in_the_background_and_drains_on_stop(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meters = [scenario.meter() for _ in range(3)]
+    settler = make_settler(scenario, store, relayer, batch_max_wait=0.05)
+    settler.start()
+    try:
+        ids = store.commit_batch([scenario.reading(m, 1, START + 5) for m in meters], [], [])
+        wait_for(lambda: all(e.status in (EventStatus.SETTLED, EventStatus.FINAL) for e in store.events(ids)),
+                 timeout=15, what="background settlement")  # fmt: skip
+        late = store.commit_batch([scenario.reading(m, 2, START + 9) for m in meters], [], [])
+    finally:
+        drained = settler.stop(drain=True, timeout=20)
+    assert drained and not settler.running
+    assert all(e.status in (EventStatus.SETTLED, EventStatus.FINAL) for e in store.events(late))
+    assert [scenario.earnings(m) for m in meters] == [9 * PRICE] * 3
+    assert settler.health == "ok"
+
+
+def test_an_unreachable_node_degrades_health_and_loses_nothing(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meter = scenario.meter()
+    ids = store.commit_batch([scenario.reading(meter, 1, START + 33)], [], [])
+    dead = Web3(HTTPProvider(f"http://127.0.0.1:{free_port()}", request_kwargs={"timeout": 1}))
+    contracts = {"reading": (scenario.billing.address, scenario.billing.abi)}
+    settler = Settler(store, dead, scenario.chain_id, relayer, contracts, ErrorDecoder([scenario.billing.abi]),
+                      SettlerSettings(max_backoff=0.2))  # fmt: skip
+    settler.start()
+    try:
+        wait_for(lambda: settler.health == "degraded", timeout=10, what="degraded health")
+        time.sleep(0.5)
+        assert settler.running, "the loop keeps running through node errors"
+        assert settler.last_error is not None
+    finally:
+        settler.stop(drain=False)
+    assert store.events(ids)[0].status is EventStatus.PENDING
+
+    # The node is back (here: the real one): the stored event settles, once.
+    (event,) = settle_all(make_settler(scenario, store, relayer), store, ids)
+    assert event.status in (EventStatus.SETTLED, EventStatus.FINAL)
+    assert scenario.earnings(meter) == 33 * PRICE

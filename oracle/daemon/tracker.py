@@ -342,9 +342,9 @@ class Settler:
         self._recovered = True
 
     def start(self) -> None:
+        """Start the worker thread; recovery runs as its first pass (retried while the node is unreachable)."""
         if self._thread is not None:
             return
-        self.recover()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="settlement", daemon=True)
         self._thread.start()
@@ -423,6 +423,10 @@ class Settler:
         self.last_error_at = time.time()
 
     # ------------------------------------------------------------------------------------------ status
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def health(self) -> str:
