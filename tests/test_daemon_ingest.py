@@ -113,7 +113,7 @@ def _cases(meter: Device, vehicle: Device, tracker: Device, stranger: Device, re
     imposter = Device()
     return [
         ("malformed", meter.topic, b'{"v": 1, "type": "reading"'),
-        ("malformed", meter.topic, b"\xff" * 2000),
+        ("oversize", meter.topic, b"\xff" * 2000),
         ("bad_signature", meter.topic, meter.reading(10, 2_000, timestamp=now, key=imposter.key)),
         ("topic_mismatch", meter.topic, vehicle.reading(10, 10, timestamp=now)),
         ("wrong_chain", meter.topic, meter.reading(10, 2_000, timestamp=now, chain_id=1)),

@@ -35,13 +35,12 @@ from paho.mqtt.properties import Properties
 
 from oracle import wire
 from oracle.daemon.metrics import Metrics
-from oracle.daemon.rules import Outcome, Reason, RuleSettings, evaluate
+from oracle.daemon.rules import Outcome, RuleSettings, evaluate
 from oracle.daemon.store import DeviceState, EventRecord, RegistryEntry, Rejection, Store
 from oracle.errors import ProtocolError, SignatureError, StoreError
+from oracle.reasons import Reason, Reply, encode_reply
 
 log = logging.getLogger(__name__)
-
-REPLY_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -103,12 +102,15 @@ def _topic_parts(topic: str) -> tuple[str, str] | None:
 
 def check_payload(topic: str, payload: bytes) -> Checked:
     """Decode, schema-check and verify one message; runs in a worker process when ``verify_workers`` > 0."""
+    if len(payload) > wire.MAX_PAYLOAD_BYTES:
+        return Refusal(Reason.OVERSIZE.value, f"{len(payload)} bytes, the limit is {wire.MAX_PAYLOAD_BYTES}"), None, None
     try:
         event = wire.decode(payload)
     except ProtocolError as exc:
         return Refusal(Reason.MALFORMED.value, str(exc)), None, None
     where = _topic_parts(topic)
-    # The chain id is not compared here: a payload for another chain is answered "wrong_chain" further on.
+    # The topic's chain id is the one subscribed to; a payload signed for another chain is answered
+    # "wrong_chain" (the more useful of the two codes it deserves) by the device checks.
     if where is None or where[1].lower() != event.device.lower():
         detail = f"payload of {event.device} arrived on {topic}"
         return Refusal(Reason.TOPIC_MISMATCH.value, detail, event.device, event.seq), None, None
@@ -124,20 +126,6 @@ def check_payload(topic: str, payload: bytes) -> Checked:
 
 def check_payloads(items: Sequence[tuple[str, bytes]]) -> list[Checked]:
     return [check_payload(topic, payload) for topic, payload in items]
-
-
-def reply_payload(status: str, reason: str | None, detail: str, seq: int | None, digest: bytes | None) -> bytes:
-    """The answer a device gets on its replies topic (one place, so the protocol's reply codec can replace it)."""
-    body: dict[str, Any] = {"v": REPLY_VERSION, "status": status}
-    if seq is not None:
-        body["seq"] = seq
-    if digest is not None:
-        body["digest"] = "0x" + digest.hex()
-    if reason is not None and status != Outcome.ACCEPT:
-        body["reason"] = reason
-    if detail:
-        body["detail"] = detail[:200]
-    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def replies_topic_for(topic: str) -> str | None:
@@ -399,20 +387,22 @@ class Intake:
                     if verdict.outcome is Outcome.ACCEPT:
                         accepted.append(_record(event, device, signer, message.received_at))
                         batch_digests[(device, event.seq)] = event.digest
-                        outcome = reply_payload(Outcome.ACCEPT, None, "", event.seq, event.digest)
+                        outcome = encode_reply(Reply.accepted(event.seq, event.digest))
                     elif verdict.outcome is Outcome.DUPLICATE:
                         duplicates += 1
-                        outcome = reply_payload(Outcome.DUPLICATE, Reason.DUPLICATE, "", event.seq, event.digest)
+                        outcome = encode_reply(Reply.duplicate(event.seq, event.digest))
                     else:
                         reason = verdict.reason or Reason.MALFORMED
-                        refusal = Refusal(reason.value, verdict.detail, event.device, event.seq, event.digest)
+                        refusal = Refusal(str(reason), verdict.detail, event.device, event.seq, event.digest)
             if refusal is not None:
                 rejected.append(
                     Rejection(message.received_at, message.topic, refusal.reason, refusal.detail, message.payload,
                               refusal.device, refusal.seq, refusal.digest)
                 )  # fmt: skip
                 rejected_by[refusal.reason] = rejected_by.get(refusal.reason, 0) + 1
-                outcome = reply_payload(Outcome.REJECT, refusal.reason, refusal.detail, refusal.seq, refusal.digest)
+                outcome = encode_reply(
+                    Reply.rejected(refusal.seq, Reason(refusal.reason), refusal.detail or None, refusal.digest)
+                )
                 log.info("rejected %s on %s: %s", refusal.reason, message.topic, refusal.detail)
             if reply_topic is not None:
                 replies.append((reply_topic, outcome))

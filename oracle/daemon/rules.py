@@ -8,7 +8,7 @@ them in arrival order inside a batch and commits the states with the batch.
 - replayed_seq: seq ≤ the last accepted seq with a different digest (or a skipped seq sent late);
 - quarantined: the device failed the rules ``quarantine_threshold`` times within ``quarantine_window_s``;
 - clock_skew: timestamp too far in the future, too old, or earlier than the device's previous event;
-- counter_rollback: a reading's cumulative register went down;
+- counter_rollback: a reading's cumulative register went down (compared per device and agreement);
 - impossible_rate: a reading's register grew faster than its device kind allows (units per second);
 - invalid_location / teleport: a delivery's location is not a geohash, or implies a speed above the limit.
 
@@ -26,27 +26,8 @@ from enum import StrEnum
 from oracle.daemon.store import DeviceState
 from oracle.eip712 import DeviceKind
 from oracle.errors import ProtocolError
+from oracle.reasons import Reason
 from oracle.wire import SignedEvent
-
-
-class Reason(StrEnum):
-    """Why an event was not accepted; the strings go into replies, the rejected table and metric labels."""
-
-    MALFORMED = "malformed"  # not a valid payload (JSON, schema, size)
-    TOPIC_MISMATCH = "topic_mismatch"  # payload device/chain differs from the topic it came on
-    BAD_SIGNATURE = "bad_signature"  # malformed, malleable, or signed by a key other than the claimed device
-    WRONG_CHAIN = "wrong_chain"
-    WRONG_CONTRACT = "wrong_contract"
-    UNKNOWN_DEVICE = "unknown_device"
-    REVOKED_DEVICE = "revoked_device"  # revoked, or a key rotated away
-    QUARANTINED = "quarantined"
-    DUPLICATE = "duplicate"  # not a rejection: acknowledged and answered, stored once
-    REPLAYED_SEQ = "replayed_seq"
-    CLOCK_SKEW = "clock_skew"
-    COUNTER_ROLLBACK = "counter_rollback"
-    IMPOSSIBLE_RATE = "impossible_rate"
-    INVALID_LOCATION = "invalid_location"
-    TELEPORT = "teleport"
 
 
 #: Rule failures that count towards quarantine (only for correctly signed events of a registered device, so a
@@ -103,6 +84,8 @@ class Verdict:
 _BASE32 = "0123456789bcdefghjkmnpqrstuvwxyz"
 _BASE32_INDEX = {char: index for index, char in enumerate(_BASE32)}
 EARTH_RADIUS_M = 6_371_008.8
+#: agreements per device whose last register value is remembered (a meter rarely serves more than a few)
+MAX_REGISTERS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +195,10 @@ def evaluate(
         return Verdict(Outcome.REJECT, reason, detail, _count_failure(current, reason, now, settings))
     timestamp = int(event.msg["timestamp"])
     if event.type == "reading":
-        accepted = replace(current, last_seq=seq, last_timestamp=timestamp, last_value=int(event.msg["value"]))
+        target = event.target_id
+        others = tuple(r for r in current.registers if r[0] != target)[-(MAX_REGISTERS - 1) :]
+        registers = (*others, (target, int(event.msg["value"]), timestamp))
+        accepted = replace(current, last_seq=seq, last_timestamp=timestamp, registers=registers)
     else:
         location = bytes(event.msg["location"])
         has_fix = any(location)
@@ -242,15 +228,17 @@ def _first_failure(
     elapsed = None if last_time is None else timestamp - last_time
     if event.type == "reading":
         value = int(event.msg["value"])
-        if state.last_value is not None:
-            if value < state.last_value:
-                return Reason.COUNTER_ROLLBACK, f"register {value} < previous {state.last_value}"
+        previous = next((r for r in reversed(state.registers) if r[0] == event.target_id), None)
+        if previous is not None:
+            _, last_value, register_time = previous
+            if value < last_value:
+                return Reason.COUNTER_ROLLBACK, f"register {value} < previous {last_value} of agreement {event.target_id}"
             limit = settings.max_rate(kind)
-            increase = value - state.last_value
-            if limit and elapsed is not None and increase > limit * elapsed:
+            increase, seconds = value - last_value, timestamp - register_time
+            if limit and increase > limit * seconds:
                 return (
                     Reason.IMPOSSIBLE_RATE,
-                    f"register rose {increase} in {elapsed} s, above {limit:g}/s for a {_kind_name(kind)}",
+                    f"register rose {increase} in {seconds} s, above {limit:g}/s for a {_kind_name(kind)}",
                 )
         return None
     try:

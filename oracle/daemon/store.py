@@ -19,6 +19,7 @@ Event life cycle (``EventStatus``)::
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -95,7 +96,7 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE device_state (
         device               TEXT PRIMARY KEY,
         last_seq             INTEGER,
-        last_value           TEXT,
+        registers            TEXT    NOT NULL DEFAULT '[]', -- JSON [[agreementId, value, timestamp], ...], decimal text
         last_timestamp       INTEGER,
         last_location        BLOB,
         failures             INTEGER NOT NULL DEFAULT 0,
@@ -243,7 +244,8 @@ class DeviceState:
 
     device: str
     last_seq: int | None = None
-    last_value: int | None = None
+    #: newest accepted reading per agreement: ((agreement id, register value, timestamp), ...), most recent last
+    registers: tuple[tuple[int, int, int], ...] = ()
     last_timestamp: int | None = None
     last_location: bytes | None = None
     failures: int = 0
@@ -296,8 +298,9 @@ def _stored_event(row: sqlite3.Row | tuple[Any, ...]) -> StoredEvent:
 
 
 def _state_row(state: DeviceState) -> tuple[Any, ...]:
+    registers = json.dumps([[str(target), str(value), ts] for target, value, ts in state.registers], separators=(",", ":"))
     return (
-        state.device, state.last_seq, None if state.last_value is None else str(state.last_value),
+        state.device, state.last_seq, registers,
         state.last_timestamp, state.last_location, state.failures, state.failure_window_start,
         state.quarantined_at, state.quarantine_reason,
     )  # fmt: skip
@@ -305,7 +308,7 @@ def _state_row(state: DeviceState) -> tuple[Any, ...]:
 
 def _device_state(row: tuple[Any, ...]) -> DeviceState:
     values = list(row)
-    values[2] = None if values[2] is None else int(values[2])
+    values[2] = tuple((int(target), int(value), int(ts)) for target, value, ts in json.loads(values[2] or "[]"))
     return DeviceState(*values)
 
 
