@@ -13,13 +13,14 @@ import pytest
 from tests.daemon_support import CHAIN_ID, CONTRACTS, Device, Publisher, register, wait_for
 from oracle.daemon.ingest import Intake, IntakeSettings
 from oracle.daemon.metrics import Metrics
-from oracle.daemon.rules import RuleSettings, encode_location
+from oracle.daemon.rules import RuleSettings
+from oracle.device.location import geohash_encode, location_bytes32
 from oracle.daemon.store import Store
 from oracle.eip712 import DeviceKind
 
-BERLIN = encode_location(52.5200, 13.4050)
-BERLIN_NEARBY = encode_location(52.5210, 13.4060)
-PARIS = encode_location(48.8566, 2.3522)
+BERLIN = location_bytes32(geohash_encode(52.5200, 13.4050, 7))
+BERLIN_NEARBY = location_bytes32(geohash_encode(52.5210, 13.4060, 7))
+PARIS = location_bytes32(geohash_encode(48.8566, 2.3522, 7))
 
 StartIntake = Callable[..., Intake]
 

@@ -12,8 +12,8 @@ them in arrival order inside a batch and commits the states with the batch.
 - impossible_rate: a reading's register grew faster than its device kind allows (units per second);
 - invalid_location / teleport: a delivery's location is not a geohash, or implies a speed above the limit.
 
-Locations are geohash text (base32 alphabet ``0123456789bcdefghjkmnpqrstuvwxyz``), ASCII, left-aligned in the
-bytes32 and zero-padded on the right (what Solidity's ``bytes32("u4pruyd")`` gives). All-zero means "no fix".
+Locations are geohash text, ASCII, left-aligned in the bytes32 and zero-padded on the right
+(``oracle.device.location``, docs/PROTOCOL.md). All-zero means "no fix" and is never a teleport.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from oracle.daemon.store import DeviceState
+from oracle.device.location import EARTH_RADIUS_M, distance_m, geohash_decode, location_geohash
 from oracle.eip712 import DeviceKind
 from oracle.errors import ProtocolError
 from oracle.reasons import Reason
@@ -81,9 +82,6 @@ class Verdict:
 
 # ---------------------------------------------------------------------------------------------------- geohash
 
-_BASE32 = "0123456789bcdefghjkmnpqrstuvwxyz"
-_BASE32_INDEX = {char: index for index, char in enumerate(_BASE32)}
-EARTH_RADIUS_M = 6_371_008.8
 #: agreements per device whose last register value is remembered (a meter rarely serves more than a few)
 MAX_REGISTERS = 16
 
@@ -92,75 +90,24 @@ MAX_REGISTERS = 16
 class Position:
     lat: float
     lon: float
-    lat_error: float  # half the cell height, degrees
-    lon_error: float  # half the cell width, degrees
+    slack_m: float  # half the diagonal of the geohash cell: how far the device may be from the centre
 
 
 def decode_location(location: bytes) -> Position | None:
-    """The centre of a bytes32 geohash; None for all zeros (no fix). Raises ProtocolError if it is not a geohash."""
-    text_bytes = location.rstrip(b"\x00")
-    if not text_bytes:
+    """The centre of a bytes32 geohash cell; None for all zeros (no fix). Raises ProtocolError if it is not one."""
+    if len(location) == 32 and not any(location):
         return None
-    if b"\x00" in text_bytes or len(text_bytes) > 12:
-        raise ProtocolError("location must be 1-12 geohash characters, zero-padded on the right")
-    try:
-        text = text_bytes.decode("ascii")
-    except UnicodeDecodeError:
-        raise ProtocolError("location is not ASCII geohash text") from None
-    lat_lo, lat_hi, lon_lo, lon_hi = -90.0, 90.0, -180.0, 180.0
-    even = True
-    for char in text:
-        index = _BASE32_INDEX.get(char)
-        if index is None:
-            raise ProtocolError(f"location {text!r} is not a geohash (bad character {char!r})")
-        for bit in (16, 8, 4, 2, 1):
-            if even:
-                mid = (lon_lo + lon_hi) / 2
-                if index & bit:
-                    lon_lo = mid
-                else:
-                    lon_hi = mid
-            else:
-                mid = (lat_lo + lat_hi) / 2
-                if index & bit:
-                    lat_lo = mid
-                else:
-                    lat_hi = mid
-            even = not even
-    return Position((lat_lo + lat_hi) / 2, (lon_lo + lon_hi) / 2, (lat_hi - lat_lo) / 2, (lon_hi - lon_lo) / 2)
-
-
-def encode_location(lat: float, lon: float, precision: int = 9) -> bytes:
-    """The bytes32 geohash of a position (for devices, simulators and tests)."""
-    lat_lo, lat_hi, lon_lo, lon_hi = -90.0, 90.0, -180.0, 180.0
-    chars = []
-    even, bits, index = True, 0, 0
-    while len(chars) < precision:
-        if even:
-            mid = (lon_lo + lon_hi) / 2
-            index = index * 2 + (lon >= mid)
-            lon_lo, lon_hi = (mid, lon_hi) if lon >= mid else (lon_lo, mid)
-        else:
-            mid = (lat_lo + lat_hi) / 2
-            index = index * 2 + (lat >= mid)
-            lat_lo, lat_hi = (mid, lat_hi) if lat >= mid else (lat_lo, mid)
-        even = not even
-        bits += 1
-        if bits == 5:
-            chars.append(_BASE32[index])
-            bits, index = 0, 0
-    return "".join(chars).encode().ljust(32, b"\x00")
-
-
-def distance_m(a: Position, b: Position) -> float:
-    """Great-circle distance between two cell centres, less both cells' half-diagonals (never negative)."""
-    lat1, lat2 = math.radians(a.lat), math.radians(b.lat)
-    dlat, dlon = lat2 - lat1, math.radians(b.lon - a.lon)
-    h = math.sin(dlat / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlon / 2) ** 2
-    centres = 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+    geohash = location_geohash(location)
+    lat, lon = geohash_decode(geohash)
+    bits = 5 * len(geohash)
+    lat_half, lon_half = 90.0 / 2 ** (bits // 2), 180.0 / 2 ** (bits - bits // 2)
     metres_per_degree = math.pi * EARTH_RADIUS_M / 180
-    slack = sum(math.hypot(p.lat_error, p.lon_error) * metres_per_degree for p in (a, b))
-    return max(0.0, centres - slack)
+    return Position(lat, lon, math.hypot(lat_half, lon_half * math.cos(math.radians(lat))) * metres_per_degree)
+
+
+def cells_apart_m(a: Position, b: Position) -> float:
+    """The shortest distance two devices in these cells can be apart: centre distance less both slacks."""
+    return max(0.0, distance_m((a.lat, a.lon), (b.lat, b.lon)) - a.slack_m - b.slack_m)
 
 
 # ------------------------------------------------------------------------------------------------------ rules
@@ -250,7 +197,7 @@ def _first_failure(
     there = decode_location(state.last_location)
     if there is None:
         return None
-    metres = distance_m(there, here)
+    metres = cells_apart_m(there, here)
     if metres > settings.max_speed_m_s * elapsed:
         speed = "instantly" if elapsed == 0 else f"in {elapsed} s ({metres / elapsed:.0f} m/s)"
         return Reason.TELEPORT, f"moved {metres / 1000:.1f} km {speed}, limit {settings.max_speed_m_s:g} m/s"
