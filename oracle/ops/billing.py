@@ -14,7 +14,7 @@ from oracle.ops.context import OpsContext
 from oracle.daemon.revert import reason_label
 from oracle.ops.errors import AGREEMENT_STATUSES
 from oracle.ops.token import TokenInfo, check_eth, describe_token, ensure_allowance
-from oracle.ops.tx import TxResult, events_in, transact
+from oracle.ops.tx import TxResult, events_in, transact, transact_many
 from oracle.wire import SignedEvent
 
 log = logging.getLogger(__name__)
@@ -229,3 +229,18 @@ def settle(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[S
     outcomes += [Settlement(int(a["agreementId"]), int(a["seq"]), False, reason_label(int(a["reason"])))
                  for a in events_in(ctx, CONTRACT, result.receipt, "ReadingRejected")]
     return result, outcomes
+
+
+def offer_many(ctx: OpsContext, offers: list[dict[str, Any]]) -> list[int]:
+    """Several ``offer`` calls back to back (bulk set-up); returns the agreement ids in order."""
+    billing = ctx.contract(CONTRACT)
+    calls = [billing.functions.offer(o["consumer"], o["device"], o["tariff_id"], o["token"].address, o["start_value"],
+                                     o["notice_period"]) for o in offers]
+    results = transact_many(ctx, calls, CONTRACT, gas=250_000)
+    return [int(events_in(ctx, CONTRACT, r.receipt, "AgreementOffered")[0]["agreementId"]) for r in results]
+
+
+def accept_many(ctx: OpsContext, accepts: list[tuple[int, int]]) -> list[TxResult]:
+    """Accept several offers in an ERC-20 with prepaid deposits (the allowance must already cover them all)."""
+    billing = ctx.contract(CONTRACT)
+    return transact_many(ctx, [billing.functions.accept(i, deposit) for i, deposit in accepts], CONTRACT, gas=250_000)

@@ -14,7 +14,7 @@ from oracle.ops.context import OpsContext
 from oracle.daemon.revert import reason_label
 from oracle.ops.errors import ESCROW_STATES
 from oracle.ops.token import TokenInfo, check_eth, describe_token, ensure_allowance
-from oracle.ops.tx import TxResult, events_in, transact
+from oracle.ops.tx import TxResult, events_in, transact, transact_many
 from oracle.wire import SignedEvent
 
 log = logging.getLogger(__name__)
@@ -189,3 +189,12 @@ def withdraw(ctx: OpsContext, token: TokenInfo) -> tuple[TxResult, int]:
 
 def token_of(ctx: OpsContext, view: EscrowView) -> TokenInfo:
     return describe_token(ctx, view.token)
+
+
+def create_many(ctx: OpsContext, escrows: list[dict[str, Any]]) -> list[int]:
+    """Several ERC-20 escrows back to back (bulk set-up; the allowance must already cover them); returns the ids."""
+    contract = ctx.contract(CONTRACT)
+    calls = [contract.functions.createEscrow(e["seller"], e["device"], e["token"].address, e["amount"], e["destination"],
+                                             e["deadline"], e["temperature_limit"], e["penalty_bps"]) for e in escrows]
+    results = transact_many(ctx, calls, CONTRACT, gas=400_000)
+    return [int(events_in(ctx, CONTRACT, r.receipt, "EscrowCreated")[0]["escrowId"]) for r in results]

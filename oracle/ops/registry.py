@@ -14,7 +14,7 @@ from oracle.eip712 import DeviceKind
 from oracle.errors import ChainError
 from oracle.ops.context import OpsContext
 from oracle.ops.errors import DEVICE_KINDS
-from oracle.ops.tx import TxResult, transact
+from oracle.ops.tx import TxResult, transact, transact_many
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +102,17 @@ def rotate(ctx: OpsContext, device: str, new_key: DeviceKey) -> TxResult:
 def revoke(ctx: OpsContext, device: str) -> TxResult:
     """Owner revokes ``device`` for good: its key's signatures stop settling anything."""
     return transact(ctx, ctx.contract(CONTRACT).functions.revoke(to_checksum_address(device)), CONTRACT)
+
+
+def register_many(ctx: OpsContext, devices: list[tuple[DeviceKey, DeviceKind]]) -> list[TxResult]:
+    """Register many devices to the sender, back to back (bulk set-up)."""
+    owner = ctx.require_sender().address
+    deadline = _deadline(ctx)
+    registry = ctx.contract(CONTRACT)
+    calls = []
+    for key, kind in devices:
+        _digest, signature = sign_registration(key, owner=owner, kind=kind, metadata_hash=b"\0" * 32,
+                                               deadline=deadline, chain_id=ctx.chain.chain_id,
+                                               registry=ctx.address(CONTRACT))
+        calls.append(registry.functions.register(key.address, int(kind), b"\0" * 32, deadline, signature))
+    return transact_many(ctx, calls, CONTRACT, gas=250_000)
