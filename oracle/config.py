@@ -81,6 +81,7 @@ class OracleSettings:
     oracle_id: str = _doc("oracle-1", "name of this instance in status topics, logs and metrics")
     shared_group: str = _doc("", "MQTT 5 shared-subscription group; empty = plain subscription")
     health_port: int = _doc(9464, "port of the /health and /metrics endpoint (0 disables it)")
+    health_host: str = _doc("127.0.0.1", "interface of the /health and /metrics endpoint (0.0.0.0 for a remote scraper)")
     batch_max_events: int = _doc(100, "settlement: most events in one transaction")
     batch_max_wait: float = _doc(0.25, "settlement: seconds the oldest event of a partial batch may wait")
     settlement_window: float = _doc(0.0, "settlement: seconds of meter readings per agreement collapsed to the newest; 0 = at each batch cut")
