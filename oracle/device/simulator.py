@@ -246,7 +246,9 @@ def choose_fault_devices(fleet: Fleet, faults: Sequence[FaultClass], seed: int) 
     busy = {address for address, classes in chosen.items() if classes}
     order = list(fleet.devices)
     random.Random(f"faults:{seed}").shuffle(order)
-    for fault in faults:
+    # Trackers sign only on arrival, so they take teleport first and the other classes go to reading devices.
+    order.sort(key=lambda device: device.kind is DeviceKind.TRACKER)
+    for fault in sorted(faults, key=lambda fault: fault is not FaultClass.TELEPORT):
         eligible = [device for device in order if fault.applies_to(device.kind)]
         if not eligible:
             log.warning("no device in the fleet can emit %s; skipped", fault)
