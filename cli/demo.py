@@ -1,43 +1,438 @@
-"""`iotsettle demo`: the main job on a fresh machine."""
+"""`iotsettle demo`: the main job on a fresh machine — a live fleet settling payments end to end.
+
+Steps: local stack (anvil + mosquitto, unless --rpc/--broker name running ones) → compile → deploy → a fleet of
+meters, trackers and vehicles registered on chain with funded agreements and escrows → the oracle daemon
+(`iotsettle oracle run`) and the device simulator (`iotsettle device simulate`, with a few faulty devices) as
+child processes → a live view → a summary read back from the chain and the oracle's store.
+
+Ctrl-C (or SIGTERM) stops the children and the services this run started, and leaves no process behind.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
 import click
+from eth_account import Account
+from rich.console import Group
+from rich.live import Live
 from rich.table import Table
 
-from cli._common import emit, json_option, progress, state
-from oracle.chain import connect, load_sender
+from cli._common import emit, err_console, json_option, progress, state
+from oracle.chain import ANVIL_DEV_KEYS, connect
 from oracle.compiler import ensure_compiled
-from oracle.deploy import deploy_all, manifest_path
-from oracle.node import stack
+from oracle.config import Config
+from oracle.deploy import deploy_all
+from oracle.errors import ConfigError, NodeError
+from oracle.node import Anvil, Mosquitto, Service, free_port, mqtt_ready
+from oracle.ops import livestats
+from oracle.ops.context import open_context
+from oracle.ops.provision import FleetSpec, Parties, ProvisionedFleet, provision
+
+DEFAULT_FAULTS = "bad_signature,replayed_seq,counter_rollback,clock_skew,teleport"
+DRAIN_TIMEOUT = 30.0
+STOP_GRACE = 10.0
+
+
+class Interrupted(Exception):
+    """SIGTERM arrived: stop like Ctrl-C."""
+
+
+@dataclass
+class Child:
+    """A child process in its own session, so a terminal's Ctrl-C reaches only us and we stop it in order."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace: float = STOP_GRACE) -> int | None:
+        if self.running():
+            with suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+
+@dataclass
+class Run:
+    started_services: list[Service] = field(default_factory=list)
+    children: list[Child] = field(default_factory=list)
+
+    def cleanup(self, stop_services: bool) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        if stop_services:
+            for service in reversed(self.started_services):
+                service.stop()
+
+
+def _cli_command(*args: str) -> list[str]:
+    """`iotsettle ARGS` with this interpreter, whether or not the console script is on PATH."""
+    return [sys.executable, "-c", "from cli.main import main; main()", *args]
+
+
+def _spawn(run: Run, name: str, args: list[str], env: dict[str, str], workdir: Path,
+           stdout_path: Path | None = None) -> Child:
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "ab") as log_handle:
+        stdout = open(stdout_path, "wb") if stdout_path else log_handle  # noqa: SIM115 - closed after Popen
+        try:
+            process = subprocess.Popen(_cli_command(*args), env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+                                       stderr=log_handle, start_new_session=True)
+        finally:
+            if stdout_path:
+                stdout.close()
+    child = Child(name, process, log_path)
+    run.children.append(child)
+    return child
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(_signum: int, _frame: object) -> None:
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _parse_broker(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--broker {text!r}: use HOST:PORT, e.g. 127.0.0.1:1883")
+    return host, int(port)
+
+
+def _wait_health(child: Child, port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}/health"
+    while time.monotonic() < deadline:
+        if not child.running():
+            raise NodeError(f"the oracle daemon exited during start-up ({child.process.returncode}); "
+                            f"last log lines: {child.log_tail() or '(empty)'}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - loopback URL we built
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code == 503:  # up, but still connecting: good enough to start publishing (QoS 1 session)
+                return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise NodeError(f"the oracle daemon did not answer on {url} within {timeout:.0f} s; see {child.log_path}")
+
+
+def _fmt_tokens(base: int) -> str:
+    return f"{base / 10**18:,.4f}".rstrip("0").rstrip(".") + " TEST"
+
+
+def _live_table(elapsed: float, duration: float, snap: livestats.StoreSnapshot, rate: float,
+                payments: int, phase: str) -> Group:
+    table = Table(show_header=False, title=f"iotsettle demo — {phase} ({elapsed:4.0f} s / {duration:.0f} s)",
+                  title_justify="left", min_width=60)
+    table.add_row("events received (stored)", f"{snap.received:,}")
+    table.add_row("events/s (last second)", f"{rate:,.0f}")
+    table.add_row("payments settled on chain", f"{payments:,}")
+    table.add_row("readings superseded by a newer one", f"{snap.superseded:,}")
+    table.add_row("backlog (waiting / in flight)", f"{snap.backlog:,}")
+    table.add_row("rejected", f"{snap.rejected_total:,}")
+    reasons = {**snap.rejected, **snap.dead}
+    rejects = Table("reject reason", "count", min_width=40)
+    for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        rejects.add_row(reason, str(count))
+    return Group(table, rejects) if reasons else Group(table)
+
+
+def _onchain_payments(ctx: Any, from_block: int) -> int:
+    from oracle.ops.audit import fetch_logs
+
+    return (len(fetch_logs(ctx, "MeteredBilling", ("ReadingSettled",), from_block=from_block))
+            + len(fetch_logs(ctx, "DeliveryEscrow", ("DeliveryConfirmed",), from_block=from_block)))
 
 
 @click.command()
-@click.option("--rpc-url", envvar="IOTSETTLE_CHAIN_RPC_URL",
-              help="Use an existing node instead of starting the local anvil.")
+@click.option("--duration", type=click.FloatRange(min=5), default=60.0, show_default=True,
+              help="Seconds the simulated devices publish.")
+@click.option("--devices", type=click.IntRange(min=3), default=70, show_default=True,
+              help="Fleet size: 5/7 meters, 1/7 trackers (delivery escrows), 1/7 vehicles (pay-per-km).")
+@click.option("--rate", type=click.FloatRange(min=0.1), default=None,
+              help="Readings per second across the fleet [default: 3 per device].")
+@click.option("--faults", default=DEFAULT_FAULTS, show_default=True,
+              help="Fault classes some devices inject (see `iotsettle device simulate --help`); '' for none.")
+@click.option("--rpc", "rpc_url", default=None,
+              help="Use this running local node (anvil or ganache with anvil's accounts) instead of starting one.")
+@click.option("--broker", default=None, help="Use this running MQTT broker (HOST:PORT) instead of starting one.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Where the fleet, the oracle's database and the logs go [default: .state/demo-<time>].")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the fleet and its readings.")
+@click.option("--stop/--keep-running", "stop_after", default=False, show_default=True,
+              help="Stop the anvil and mosquitto this demo started when it ends (Ctrl-C always stops them).")
 @json_option
 @click.pass_context
-def demo(ctx: click.Context, rpc_url: str | None, as_json: bool) -> None:
-    """Bring up the local stack, compile, deploy, and print the deployment.
+def demo(ctx: click.Context, duration: float, devices: int, rate: float | None, faults: str, rpc_url: str | None,
+         broker: str | None, workdir: str | None, seed: int, stop_after: bool, as_json: bool) -> None:
+    """Settle a live fleet end to end: stack, contracts, devices, oracle, simulator, live view, summary.
 
-    Starts anvil and mosquitto on loopback (unless --rpc-url points at a node you run), compiles
-    contracts/, deploys them and prints the manifest. Stop the stack afterwards with `iotsettle node down`.
+    On a fresh machine with nothing configured: starts anvil and mosquitto on loopback, compiles and deploys
+    the contracts, registers a fleet (default 50 meters, 10 parcel trackers, 10 vehicles) with prepaid
+    agreements and escrows funded in the test token, then runs the oracle daemon and the device simulator
+    (a few devices send bad events on purpose) and shows events/s, payments, rejects and backlog live.
+    It ends with a summary read back from the chain and the commands to look further.
+
+    \b
+    Examples:
+      iotsettle demo                                   # ~2 minutes, leaves anvil + mosquitto running
+      iotsettle demo --duration 20 --devices 14 --stop
+      iotsettle demo --rpc http://127.0.0.1:8545 --broker 127.0.0.1:1883
     """
-    config = state(ctx).config
+    config: Config = state(ctx).config
     report = (lambda _m: None) if as_json else progress
+    rate = rate or 3.0 * devices
+    spec = FleetSpec.scaled(devices)
+    host, port = _parse_broker(broker) if broker else (config.mqtt.host, config.mqtt.port)
+    work = Path(workdir) if workdir else config.path(config.node.state_dir) / f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    work.mkdir(parents=True, exist_ok=True)
+    run = Run()
+    interrupted = finished = False
+    try:
+        with _sigterm_as_interrupt():
+            summary = _demo(config, run, work, spec, rate, duration, faults, rpc_url, (host, port), broker is None, seed,
+                            report, as_json)
+        finished = True
+    except (KeyboardInterrupt, Interrupted):
+        interrupted = True
+        err_console.print("\n[yellow]interrupted: stopping the oracle, the simulator and the local stack[/yellow]")
+    finally:
+        # A failed or interrupted run stops what it started; a finished one may leave the stack up to explore.
+        run.cleanup(stop_services=not finished or stop_after)
+    if interrupted:
+        raise SystemExit(130)
+    emit(summary, as_json, _summary_view(summary))
+    if not as_json:
+        _next_steps(summary, bool(run.started_services) and not stop_after)
+
+
+def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, duration: float, faults: str,
+          rpc_url: str | None, broker: tuple[str, int], start_broker: bool, seed: int, report: Any,
+          as_json: bool) -> dict[str, Any]:
+    host, port = broker
     if rpc_url is None:
-        for service in stack(config):
-            report(f"starting {service.name} on {service.endpoint}")
-            service.start()
+        anvil = Anvil(config)
+        if anvil.status().running:
+            report(f"anvil already running on {anvil.endpoint}")
+        else:
+            report(f"starting anvil on {anvil.endpoint}")
+            anvil.start()
+            run.started_services.append(anvil)
+    if start_broker:
+        mosquitto = Mosquitto(config)
+        if mosquitto.status().running:
+            report(f"mosquitto already running on {mosquitto.endpoint}")
+        else:
+            report(f"starting mosquitto on {mosquitto.endpoint}")
+            mosquitto.start()
+            run.started_services.append(mosquitto)
+    elif not mqtt_ready(host, port):
+        raise NodeError(f"no MQTT broker answers on {host}:{port}")
+
     report("compiling contracts")
     ensure_compiled(config)
     chain = connect(config, rpc_url)
-    account = load_sender(config, chain)
-    report(f"deploying to chain {chain.chain_id} from {account.address}")
-    manifest = deploy_all(config, chain, account, report)
-    table = Table("contract", "address", "block", title=f"deployed on chain {chain.chain_id} ({manifest_path(config, chain.chain_id)})")
-    for name, entry in manifest["contracts"].items():
-        table.add_row(name, entry["address"], str(entry["block"]))
-    emit(manifest, as_json, table)
-    if not as_json:
-        progress("next: `iotsettle node status`, `iotsettle node down` to stop the stack")
+    if not chain.is_local:
+        raise ConfigError(f"the demo runs on a local development chain (31337 anvil, 1337 ganache), not chain "
+                          f"{chain.chain_id}: it spends the well-known development accounts")
+    accounts = [Account.from_key(key) for key in ANVIL_DEV_KEYS]
+    if chain.w3.eth.get_balance(accounts[1].address) == 0:
+        raise ConfigError(f"{chain.rpc_url} does not fund anvil's development accounts; start ganache with "
+                          "--wallet.mnemonic 'test test test test test test test test test test test junk'")
+    report(f"deploying to chain {chain.chain_id}")
+    deploy_all(config, chain, accounts[0], report)
+    ops_ctx = open_context(config, chain.rpc_url)
+
+    parties = Parties(operator=accounts[0], utility=accounts[1], insurer=accounts[2], household=accounts[3],
+                      shop=accounts[4])
+    fleet_dir = work / "fleet"
+    provisioned = provision(ops_ctx, fleet_dir, spec, parties, seed=seed, progress=report)
+    settle_from = provisioned.last_block + 1
+
+    health_port = free_port()
+    db_path = work / "oracle.db"
+    env = {**os.environ, "IOTSETTLE_CHAIN_RPC_URL": chain.rpc_url, "IOTSETTLE_MQTT_HOST": host,
+           "IOTSETTLE_MQTT_PORT": str(port), "IOTSETTLE_ORACLE_DB_PATH": str(db_path),
+           "IOTSETTLE_ORACLE_HEALTH_PORT": str(health_port),
+           "IOTSETTLE_ORACLE_CLIENT_ID": f"iotsettle-demo-{os.getpid()}-{int(time.time())}",
+           "IOTSETTLE_ORACLE_ORACLE_ID": "demo-oracle",
+           "IOTSETTLE_PATHS_DEPLOYMENTS_DIR": str(config.path(config.paths.deployments_dir)),
+           "IOTSETTLE_PATHS_ARTIFACTS_DIR": str(config.path(config.paths.artifacts_dir))}
+    if config.source != "defaults" and "IOTSETTLE_CONFIG" not in env:
+        env["IOTSETTLE_CONFIG"] = config.source
+    report(f"starting the oracle daemon (relayer {accounts[0].address}, store {db_path})")
+    oracle = _spawn(run, "oracle", ["oracle", "run"], env, work)
+    _wait_health(oracle, health_port)
+
+    report(f"simulating {spec.total} devices at {rate:g} readings/s for {duration:g} s (faults: {faults or 'none'})")
+    sim_out = work / "simulation.json"
+    simulator = _spawn(run, "simulator", ["device", "simulate", "--fleet", str(provisioned.fleet_path), "--rate",
+                                          f"{rate:g}", "--duration", f"{duration:g}", "--seed", str(seed), "--faults",
+                                          faults, "--broker-host", host, "--broker-port", str(port), "--json"],
+                       env, work, stdout_path=sim_out)
+
+    started = time.monotonic()
+    phase = "devices publishing"
+    previous, previous_t = 0, started
+    drain_deadline: float | None = None
+    snap = livestats.StoreSnapshot()
+    with Live(console=err_console, refresh_per_second=2, transient=False) if not as_json else _nullcontext() as live:
+        while True:
+            time.sleep(1.0)
+            now = time.monotonic()
+            snap = livestats.read_store(db_path)
+            payments = _onchain_payments(ops_ctx, settle_from)
+            rate_now = (snap.received + snap.rejected_total - previous) / max(now - previous_t, 1e-6)
+            previous, previous_t = snap.received + snap.rejected_total, now
+            if live is not None:
+                live.update(_live_table(now - started, duration, snap, rate_now, payments, phase))
+            if not oracle.running():
+                raise NodeError(f"the oracle daemon stopped unexpectedly ({oracle.process.returncode}); "
+                                f"last log lines: {oracle.log_tail()}")
+            if simulator.running():
+                continue
+            if drain_deadline is None:
+                phase = "settling the backlog"
+                drain_deadline = now + DRAIN_TIMEOUT
+            if snap.backlog == 0 or now >= drain_deadline:
+                break
+    simulation = _read_json(sim_out)
+    oracle.stop()
+    elapsed = time.monotonic() - started
+
+    onchain = livestats.chain_summary(ops_ctx, settle_from)
+    lat = livestats.latencies(db_path)
+    rejects = {**snap.rejected, **snap.dead}
+    return {
+        "chainId": chain.chain_id,
+        "rpcUrl": chain.rpc_url,
+        "broker": f"{host}:{port}",
+        "workdir": str(work),
+        "fleet": provisioned.as_dict(),
+        "simulation": simulation,
+        "oracle": {"received": snap.received, "settledOrFinal": snap.settled, "superseded": snap.superseded,
+                   "backlog": snap.backlog, "rejectedByReason": rejects, "log": str(oracle.log_path),
+                   "db": str(db_path)},
+        "chain": onchain.as_dict(),
+        "latencySeconds": {"p50": _round(livestats.percentile(lat, 50)), "p90": _round(livestats.percentile(lat, 90)),
+                           "p99": _round(livestats.percentile(lat, 99)), "samples": len(lat)},
+        "elapsedSeconds": round(elapsed, 1),
+        "parties": {"operator": parties.operator.address, "utility": parties.utility.address,
+                    "insurer": parties.insurer.address, "household": parties.household.address,
+                    "shop": parties.shop.address},
+        "example": _examples(provisioned),
+    }
+
+
+@contextmanager
+def _nullcontext() -> Iterator[None]:
+    yield None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError, ValueError):
+        return {}
+
+
+def _examples(provisioned: ProvisionedFleet) -> dict[str, str]:
+    meter = next((n for n in provisioned.agreements if n.startswith("meter")), None)
+    vehicle = next((n for n in provisioned.agreements if n.startswith("vehicle")), None)
+    tracker = next(iter(provisioned.escrows), None)
+    out: dict[str, str] = {}
+    if meter:
+        out["meterAgreement"] = hex(provisioned.agreements[meter])
+    if vehicle:
+        out["vehicleAgreement"] = hex(provisioned.agreements[vehicle])
+    if tracker:
+        out["escrow"] = str(provisioned.escrows[tracker][0])
+        out["tracker"] = next(d.address for d in provisioned.fleet.devices if d.name == tracker)
+    return out
+
+
+def _summary_view(summary: dict[str, Any]) -> Table:
+    chain, oracle, lat, sim = summary["chain"], summary["oracle"], summary["latencySeconds"], summary["simulation"]
+    table = Table("", "value", title="demo summary", title_justify="left")
+    table.add_row("devices", ", ".join(f"{v} {k}s" for k, v in summary["fleet"]["devices"].items() if v))
+    if sim:
+        table.add_row("events published (acked by the broker)", f"{sim.get('acknowledged', 0):,} of "
+                                                                f"{sim.get('planned', 0):,}")
+    table.add_row("events stored by the oracle", f"{oracle['received']:,}")
+    table.add_row("payments made on chain", f"{chain['readingsSettled']:,} meter/vehicle readings billed "
+                                            f"({_fmt_tokens(int(chain['billed']))}), {chain['deliveriesConfirmed']} "
+                                            f"deliveries paid ({_fmt_tokens(int(chain['released']))})")
+    table.add_row("readings superseded (billed by a newer reading)", f"{oracle['superseded']:,}")
+    table.add_row("transactions", f"{chain['transactions']:,} carrying {chain['events']:,} events")
+    table.add_row("gas per settled event", f"{chain['gasPerEvent']:,}" if chain["gasPerEvent"] else "—")
+    if lat["samples"]:
+        table.add_row("latency receive → payment mined", f"p50 {lat['p50'] * 1000:.0f} ms, p90 {lat['p90'] * 1000:.0f} ms, "
+                                                       f"p99 {lat['p99'] * 1000:.0f} ms ({lat['samples']:,} events)")
+    rejects = oracle["rejectedByReason"]
+    table.add_row("rejected by the oracle", ", ".join(f"{k} {v}" for k, v in sorted(rejects.items())) or "none")
+    on_chain_rejects = {**chain["readingsRejected"], **chain["deliveriesRejected"]}
+    if on_chain_rejects:
+        table.add_row("rejected by the contracts", ", ".join(f"{k} {v}" for k, v in sorted(on_chain_rejects.items())))
+    table.add_row("backlog left", str(oracle["backlog"]))
+    table.add_row("files", summary["workdir"])
+    return table
+
+
+def _next_steps(summary: dict[str, Any], stack_left_running: bool) -> None:
+    ex, parties = summary["example"], summary["parties"]
+    lines = ["look further:",
+             "  iotsettle agreement list --status active",
+             f"  iotsettle agreement status {ex.get('meterAgreement', 'ID')}",
+             f"  iotsettle audit agreement {ex.get('vehicleAgreement', 'ID')}",
+             f"  iotsettle audit escrow {ex.get('escrow', 'ID')}",
+             f"  iotsettle audit device {ex.get('tracker', 'ADDRESS')}",
+             f"  iotsettle balances {parties['household']} {parties['shop']} {parties['utility']}",
+             "  iotsettle escrow withdraw --dev-account 4        # the shop collects its parcel payments",
+             f"  iotsettle agreement withdraw {ex.get('meterAgreement', 'ID')} --dev-account 1"]
+    if stack_left_running:
+        lines.append("  iotsettle node down                              # stop anvil and mosquitto")
+    for line in lines:
+        progress(line)

@@ -1,0 +1,148 @@
+"""What a running settlement looks like, for the demo's live view and summary.
+
+Two read-only sources: the oracle's SQLite store (received, waiting, settled, rejected by reason, latency from
+receipt to settlement) opened with ``mode=ro`` so it never takes a write lock, and the chain itself (payments
+made, amounts, gas per settled event) so the summary does not just repeat what the oracle believes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oracle.ops.audit import fetch_logs
+from oracle.ops.context import OpsContext
+
+log = logging.getLogger(__name__)
+
+SETTLED_STATUSES = ("settled", "final")
+WAITING_STATUSES = ("pending", "claimed", "submitted")
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    received: int = 0  # accepted and stored
+    by_status: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # refused at intake, by reason
+    dead: dict[str, int] = field(default_factory=dict)  # stored but will never settle, by reason
+
+    @property
+    def settled(self) -> int:
+        return sum(self.by_status.get(s, 0) for s in SETTLED_STATUSES)
+
+    @property
+    def superseded(self) -> int:
+        return self.by_status.get("superseded", 0)
+
+    @property
+    def backlog(self) -> int:
+        return sum(self.by_status.get(s, 0) for s in WAITING_STATUSES)
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values()) + sum(self.dead.values())
+
+
+def _connect_ro(db_path: Path) -> sqlite3.Connection | None:
+    if not db_path.is_file():
+        return None
+    try:
+        return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return None
+
+
+def read_store(db_path: Path) -> StoreSnapshot:
+    """Counts from the oracle's store; an empty snapshot while the daemon has not created it yet."""
+    conn = _connect_ro(db_path)
+    if conn is None:
+        return StoreSnapshot()
+    try:
+        by_status = dict(conn.execute("SELECT status, COUNT(*) FROM events GROUP BY status").fetchall())
+        rejected = dict(conn.execute("SELECT reason, COUNT(*) FROM rejected GROUP BY reason").fetchall())
+        dead = dict(conn.execute(
+            "SELECT COALESCE(reason, 'unknown'), COUNT(*) FROM events WHERE status = 'dead' GROUP BY reason").fetchall())
+    except sqlite3.Error as exc:  # tables not created yet, or a migration in progress
+        log.debug("store not readable yet: %s", exc)
+        return StoreSnapshot()
+    finally:
+        conn.close()
+    return StoreSnapshot(sum(by_status.values()), by_status, rejected, {f"chain:{k}": v for k, v in dead.items()})
+
+
+def latencies(db_path: Path) -> list[float]:
+    """Seconds from the oracle receiving an event to its payment being mined, for every settled event."""
+    conn = _connect_ro(db_path)
+    if conn is None:
+        return []
+    try:
+        rows = conn.execute("SELECT settled_at - received_at FROM events WHERE settled_at IS NOT NULL "
+                            "AND status IN ('settled', 'final')").fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+    return sorted(float(r[0]) for r in rows if r[0] is not None and r[0] >= 0)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of sorted ``values`` (q in 0..100)."""
+    if not values:
+        return None
+    rank = max(0, min(len(values) - 1, round(q / 100 * len(values) + 0.5) - 1))
+    return values[rank]
+
+
+@dataclass(frozen=True)
+class ChainSummary:
+    readings_settled: int
+    readings_rejected: dict[str, int]
+    deliveries_confirmed: int
+    deliveries_rejected: dict[str, int]
+    billed: int  # base units, all agreements
+    released: int  # base units to sellers
+    transactions: int
+    gas_used: int
+    items: int  # events carried by those transactions (settled or rejected on chain)
+
+    @property
+    def payments(self) -> int:
+        return self.readings_settled + self.deliveries_confirmed
+
+    @property
+    def gas_per_event(self) -> float | None:
+        return self.gas_used / self.items if self.items else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"readingsSettled": self.readings_settled, "readingsRejected": self.readings_rejected,
+                "deliveriesConfirmed": self.deliveries_confirmed, "deliveriesRejected": self.deliveries_rejected,
+                "billed": str(self.billed), "released": str(self.released), "transactions": self.transactions,
+                "gasUsed": self.gas_used, "events": self.items,
+                "gasPerEvent": round(self.gas_per_event) if self.gas_per_event else None}
+
+
+def chain_summary(ctx: OpsContext, from_block: int) -> ChainSummary:
+    """Settlement events since ``from_block`` and the gas of the transactions that carried them."""
+    readings = fetch_logs(ctx, "MeteredBilling", ("ReadingSettled", "ReadingRejected"), from_block=from_block)
+    deliveries = fetch_logs(ctx, "DeliveryEscrow", ("DeliveryConfirmed", "DeliveryRejected"), from_block=from_block)
+    from oracle.daemon.revert import reason_label
+
+    r_rejected = Counter(reason_label(int(e.args["reason"])) for e in readings if e.event == "ReadingRejected")
+    d_rejected = Counter(reason_label(int(e.args["reason"])) for e in deliveries if e.event == "DeliveryRejected")
+    txs = {e.tx_hash for e in readings + deliveries}
+    gas = sum(int(ctx.w3.eth.get_transaction_receipt(h)["gasUsed"]) for h in txs)
+    return ChainSummary(
+        readings_settled=sum(1 for e in readings if e.event == "ReadingSettled"),
+        readings_rejected=dict(r_rejected),
+        deliveries_confirmed=sum(1 for e in deliveries if e.event == "DeliveryConfirmed"),
+        deliveries_rejected=dict(d_rejected),
+        billed=sum(int(e.args["amount"]) for e in readings if e.event == "ReadingSettled"),
+        released=sum(int(e.args["toSeller"]) for e in deliveries if e.event == "DeliveryConfirmed"),
+        transactions=len(txs),
+        gas_used=gas,
+        items=len(readings) + len(deliveries),
+    )
