@@ -15,7 +15,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from eth_utils import to_checksum_address
 
+from eth_account import Account
+from web3 import Web3
+
 from oracle import eip712, wire
+from oracle.chain import ANVIL_DEV_KEYS, send
 from oracle.daemon.store import RegistryEntry, Store
 
 CHAIN_ID = 31337
@@ -66,6 +70,50 @@ class Device:
 def register(store: Store, *devices: Device, active: bool = True) -> None:
     """Put devices into the store's registry mirror, as the registry follower would after DeviceRegistered."""
     store.apply_registry([RegistryEntry(d.address, d.address, None, int(d.kind), active, 1) for d in devices])
+
+
+OWNER = Account.from_key(ANVIL_DEV_KEYS[3])
+
+
+class ChainRegistry:
+    """The deployed DeviceRegistry, driven the way an owner does: register, rotate, revoke."""
+
+    def __init__(self, deployment: Any) -> None:  # noqa: ANN401 - the conftest Deployment
+        self.chain = deployment.chain
+        self.w3: Web3 = deployment.chain.w3
+        self.contract = deployment.contract("DeviceRegistry")
+        self.deployed_block = int(deployment.manifest["contracts"]["DeviceRegistry"]["block"])
+        self.contracts = {"reading": deployment.address("MeteredBilling"),
+                          "delivery": deployment.address("DeliveryEscrow")}  # fmt: skip
+
+    def _deadline(self) -> int:
+        return int(self.w3.eth.get_block("latest")["timestamp"]) + 3600
+
+    def _sign(self, primary: str, msg: dict[str, Any], key: bytes) -> bytes:
+        domain = eip712.Domain(self.chain.chain_id, self.contract.address)
+        return eip712.sign_digest(key, eip712.digest(primary, msg, domain))
+
+    def _send(self, call: Any) -> None:  # noqa: ANN401
+        send(self.chain, OWNER, call.build_transaction({"from": OWNER.address}))
+
+    def register(self, kind: int) -> Device:
+        device = Device(kind=kind, chain_id=self.chain.chain_id, contracts=dict(self.contracts))
+        deadline = self._deadline()
+        msg = {"device": device.address, "owner": OWNER.address, "kind": kind, "metadataHash": bytes(32),
+               "deadline": deadline}  # fmt: skip
+        sig = self._sign("Registration", msg, device.key)
+        self._send(self.contract.functions.register(device.address, kind, bytes(32), deadline, sig))
+        return device
+
+    def rotate(self, device: Device) -> Device:
+        new = Device(kind=device.kind, chain_id=device.chain_id, contracts=dict(device.contracts))
+        deadline = self._deadline()
+        sig = self._sign("KeyRotation", {"device": device.address, "newKey": new.address, "deadline": deadline}, new.key)
+        self._send(self.contract.functions.rotateKey(device.address, new.address, deadline, sig))
+        return new
+
+    def revoke(self, device: Device) -> None:
+        self._send(self.contract.functions.revoke(device.address))
 
 
 class Publisher:

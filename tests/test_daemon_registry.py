@@ -10,62 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eth_account import Account
-from web3 import Web3
-
 from oracle import eip712
-from oracle.chain import ANVIL_DEV_KEYS, send
 from oracle.daemon.ingest import Intake, IntakeSettings
 from oracle.daemon.metrics import Metrics
 from oracle.daemon.registry_follower import RegistryFollower
 from oracle.daemon.store import Store
-from tests.daemon_support import Device, Publisher
-
-OWNER = Account.from_key(ANVIL_DEV_KEYS[3])
-
-
-class Registry:
-    def __init__(self, deployment: Any) -> None:  # noqa: ANN401 - the conftest Deployment
-        self.chain = deployment.chain
-        self.w3: Web3 = deployment.chain.w3
-        self.contract = deployment.contract("DeviceRegistry")
-        self.deployed_block = int(deployment.manifest["contracts"]["DeviceRegistry"]["block"])
-        self.contracts = {"reading": deployment.address("MeteredBilling"),
-                          "delivery": deployment.address("DeliveryEscrow")}  # fmt: skip
-
-    def _deadline(self) -> int:
-        return int(self.w3.eth.get_block("latest")["timestamp"]) + 3600
-
-    def _sign(self, primary: str, msg: dict[str, Any], key: bytes) -> bytes:
-        domain = eip712.Domain(self.chain.chain_id, self.contract.address)
-        return eip712.sign_digest(key, eip712.digest(primary, msg, domain))
-
-    def _send(self, call: Any) -> None:  # noqa: ANN401
-        send(self.chain, OWNER, call.build_transaction({"from": OWNER.address}))
-
-    def register(self, kind: int) -> Device:
-        device = Device(kind=kind, chain_id=self.chain.chain_id, contracts=dict(self.contracts))
-        deadline = self._deadline()
-        msg = {"device": device.address, "owner": OWNER.address, "kind": kind, "metadataHash": bytes(32),
-               "deadline": deadline}  # fmt: skip
-        sig = self._sign("Registration", msg, device.key)
-        self._send(self.contract.functions.register(device.address, kind, bytes(32), deadline, sig))
-        return device
-
-    def rotate(self, device: Device) -> Device:
-        new = Device(kind=device.kind, chain_id=device.chain_id, contracts=dict(device.contracts))
-        deadline = self._deadline()
-        sig = self._sign("KeyRotation", {"device": device.address, "newKey": new.address, "deadline": deadline}, new.key)
-        self._send(self.contract.functions.rotateKey(device.address, new.address, deadline, sig))
-        return new
-
-    def revoke(self, device: Device) -> None:
-        self._send(self.contract.functions.revoke(device.address))
-
+from tests.daemon_support import OWNER, ChainRegistry, Device, Publisher
 
 @pytest.fixture(scope="module")
-def registry(deployment: Any) -> Registry:  # noqa: ANN401
-    return Registry(deployment)
+def registry(deployment: Any) -> ChainRegistry:  # noqa: ANN401
+    return ChainRegistry(deployment)
 
 
 @pytest.fixture
@@ -75,12 +29,12 @@ def store(tmp_path: Path) -> Iterator[Store]:
     db.close()
 
 
-def follower_for(registry: Registry, store: Store, **kw: Any) -> RegistryFollower:  # noqa: ANN401
+def follower_for(registry: ChainRegistry, store: Store, **kw: Any) -> RegistryFollower:  # noqa: ANN401
     return RegistryFollower(registry.w3, registry.contract, store, chain_id=registry.chain.chain_id,
                             start_block=registry.deployed_block, **kw)  # fmt: skip
 
 
-def test_registrations_rotations_and_revocations_reach_the_store(registry: Registry, store: Store) -> None:
+def test_registrations_rotations_and_revocations_reach_the_store(registry: ChainRegistry, store: Store) -> None:
     meter = registry.register(eip712.DeviceKind.METER)
     tracker = registry.register(eip712.DeviceKind.TRACKER)
     follower = follower_for(registry, store)
@@ -102,7 +56,7 @@ def test_registrations_rotations_and_revocations_reach_the_store(registry: Regis
     assert follower_for(registry, store).sync() == 0
 
 
-def test_a_device_registered_on_chain_is_accepted_after_the_next_poll(registry: Registry, store: Store,
+def test_a_device_registered_on_chain_is_accepted_after_the_next_poll(registry: ChainRegistry, store: Store,
                                                                        mosquitto: Any) -> None:  # noqa: ANN401
     metrics = Metrics()
     settings = IntakeSettings(chain_id=registry.chain.chain_id, contracts=registry.contracts, host=mosquitto.host,

@@ -21,6 +21,7 @@ import json
 import logging
 import multiprocessing
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -124,6 +125,17 @@ def check_payload(topic: str, payload: bytes) -> Checked:
     return None, event, signer
 
 
+def _ignore_interrupts() -> None:
+    """Pool workers leave SIGINT/SIGTERM to the daemon, which drains through them before shutting them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _new_pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: paho and the store hold threads and locks a forked child must not inherit
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_interrupts)
+
+
 def check_payloads(items: Sequence[tuple[str, bytes]]) -> list[Checked]:
     return [check_payload(topic, payload) for topic, payload in items]
 
@@ -159,8 +171,7 @@ class Intake:
         self._registry = self.store.registry()
         self.metrics.registry_devices.set(sum(entry.active for entry in self._registry.values()))
         if self.settings.verify_workers > 0:
-            # spawn, not fork: paho and the store hold threads and locks a forked child must not inherit
-            self._pool = ProcessPoolExecutor(self.settings.verify_workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = _new_pool(self.settings.verify_workers)
             self._pool.submit(check_payloads, []).result()  # pay the start-up cost before the first message
         self._accepting.set()
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
@@ -316,7 +327,7 @@ class Intake:
                 return [result for future in futures for result in future.result()]
             except BrokenProcessPool:
                 log.error("a verification process died; checking this batch inline and restarting the pool")
-                self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                self._pool = _new_pool(workers)
                 return check_payloads(items)
 
         return collect

@@ -1,0 +1,117 @@
+"""`iotsettle oracle run|status`: the long-running oracle daemon and a look at its store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import click
+from rich.table import Table
+
+from cli._common import IotSettleGroup, emit, json_option, state
+from oracle.daemon.service import OracleDaemon
+from oracle.daemon.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@click.group(cls=IotSettleGroup)
+def oracle() -> None:
+    """The oracle daemon: MQTT intake → checks → durable store → batched settlement."""
+
+
+@oracle.command()
+@click.option("--intake-only", is_flag=True, help="Take in and store events but send no transactions.")
+@click.pass_context
+def run(ctx: click.Context, intake_only: bool) -> None:
+    """Run the daemon until SIGTERM/SIGINT, then drain and exit 0.
+
+    Settings: the [oracle], [mqtt] and [chain] sections (or IOTSETTLE_ORACLE_*, IOTSETTLE_MQTT_*, IOTSETTLE_CHAIN_*).
+    The relayer key comes from [chain] keystore + IOTSETTLE_CHAIN_PASSWORD (or password_file); on a local chain
+    without one, the first anvil development account.
+    """
+    root = logging.getLogger()
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)  # a daemon's operator wants its life events without -v
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    daemon = OracleDaemon(state(ctx).config, settle=not intake_only)
+    ctx.exit(daemon.run())
+
+
+def _health(host: str, port: int) -> dict[str, Any] | None:
+    if not port:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=1.0) as response:
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        return dict(json.loads(exc.read() or b"{}")) or {"status": "down"}
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+@oracle.command()
+@click.option("--rejects", default=10, show_default=True, help="How many recent rejections to show.")
+@json_option
+@click.pass_context
+def status(ctx: click.Context, rejects: int, as_json: bool) -> None:
+    """Backlog, last settled block, recent rejections and quarantined devices (from the oracle's database)."""
+    config = state(ctx).config
+    path = config.path(config.oracle.db_path)
+    if not path.exists():
+        raise click.ClickException(f"no oracle database at {path}: the daemon has not run with this configuration")
+    store = Store.open(path)
+    try:
+        backlog = store.backlog()
+        recent = store.recent_rejects(rejects)
+        data = {
+            "database": str(path),
+            "daemon": _health(config.oracle.health_host, config.oracle.health_port),
+            "backlog": backlog,
+            "unsettled": store.pending_count(),
+            "lastSettledBlock": store.last_settled_block(),
+            "rejectedByReason": store.reject_counts(),
+            "recentRejects": [
+                {"time": row.received_at, "reason": row.reason, "device": row.device, "seq": row.seq,
+                 "detail": row.detail} for row in recent
+            ],  # fmt: skip
+            "quarantined": [
+                {"device": s.device, "since": s.quarantined_at, "reason": s.quarantine_reason}
+                for s in store.quarantined_devices()
+            ],
+        }
+    finally:
+        store.close()
+    if as_json:
+        emit(data, True)
+        return
+    daemon = data["daemon"]
+    emit(None, False, f"daemon: [bold]{daemon['status'] if daemon else 'not running (no health endpoint)'}[/bold]"
+                      f"   database: {path}")  # fmt: skip
+    counts = ", ".join(f"{k} {v}" for k, v in backlog.items() if v)
+    emit(None, False, f"backlog: {counts or 'empty'}")
+    emit(None, False, f"last settled block: {data['lastSettledBlock'] if data['lastSettledBlock'] is not None else '-'}")
+    if data["rejectedByReason"]:
+        emit(None, False, "rejected: " + ", ".join(f"{k} {v}" for k, v in data["rejectedByReason"].items()))
+    if recent:
+        table = Table("time", "reason", "device", "seq", "detail", title="recent rejections")
+        for row in recent:
+            table.add_row(time.strftime("%H:%M:%S", time.localtime(row.received_at)), row.reason, row.device or "-",
+                          "-" if row.seq is None else str(row.seq), row.detail[:60])  # fmt: skip
+        emit(table, False)
+    for item in data["quarantined"]:
+        emit(None, False, f"[red]quarantined[/red] {item['device']}: {item['reason']}")
+
+
+def main() -> None:
+    """Entry point for `python -m cli.oracle` (the same commands as `iotsettle oracle`)."""
+    oracle(prog_name="iotsettle oracle", auto_envvar_prefix="IOTSETTLE")
+
+
+if __name__ == "__main__":
+    main()

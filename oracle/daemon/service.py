@@ -1,0 +1,278 @@
+"""The oracle daemon process: start-up checks, the intake and settlement threads, signals, status topic, health.
+
+Start-up refuses (an ``IotSettleError`` naming the problem, before anything is acknowledged) when:
+
+- the RPC endpoint is unreachable or is not ``[chain] chain_id``;
+- there is no deployment manifest for the chain, or it does not describe this chain (other genesis, contract code
+  missing or different from the compiled artifacts);
+- the relayer key cannot be loaded: keystore readable by other users, wrong or missing password;
+- the DeviceRegistry's events cannot be read.
+
+Shutdown (SIGTERM / SIGINT): intake stops taking messages, processes and acknowledges everything already
+received, settlement sends what is stored and waits for it up to ``[oracle] drain_timeout``, the retained status
+becomes "offline", and the process exits 0. Whatever did not finish is picked up by the next start: unacknowledged
+messages are redelivered by the broker, stored events stay in the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+
+from oracle import wire
+from oracle.chain import Chain, connect, load_sender
+from oracle.config import Config
+from oracle.daemon.health import Health, State
+from oracle.daemon.ingest import Intake, IntakeSettings
+from oracle.daemon.metrics import Metrics
+from oracle.daemon.registry_follower import RegistryFollower
+from oracle.daemon.rules import RuleSettings
+from oracle.daemon.store import Store
+from oracle.deploy import contract, load_manifest, verify_manifest
+from oracle.errors import ConfigError, DeploymentError
+from oracle.reasons import Reason, Reply, encode_reply
+
+log = logging.getLogger(__name__)
+
+#: which deployed contract verifies each wire event type
+CONTRACT_OF_TYPE = {"reading": "MeteredBilling", "delivery": "DeliveryEscrow"}
+#: queued-but-unprocessed messages above which intake reports "degraded"
+QUEUE_DEGRADED = 50_000
+
+
+def status_topic(chain_id: int, oracle_id: str) -> str:
+    """Retained "online"/"offline" status of one oracle instance (the last will sets "offline")."""
+    return f"{wire.TOPIC_ROOT}/{chain_id}/oracle/{oracle_id}/status"
+
+
+def rule_settings(config: Config) -> RuleSettings:
+    o = config.oracle
+    return RuleSettings(
+        max_future_skew_s=o.max_future_skew, max_age_s=o.max_age, max_rate_meter=o.max_rate_meter,
+        max_rate_vehicle=o.max_rate_vehicle, max_rate_weather_station=o.max_rate_weather_station,
+        max_speed_m_s=o.max_speed, quarantine_threshold=o.quarantine_threshold,
+        quarantine_window_s=o.quarantine_window,
+    )  # fmt: skip
+
+
+def validate(config: Config) -> None:
+    """Reject [oracle] values the daemon cannot work with, naming the key."""
+    o = config.oracle
+    problems = []
+    if o.intake_batch_size < 1:
+        problems.append("intake_batch_size must be ≥ 1")
+    if o.intake_batch_latency < 0:
+        problems.append("intake_batch_latency must be ≥ 0")
+    if o.verify_workers < 0:
+        problems.append("verify_workers must be ≥ 0")
+    if not 1 <= o.receive_maximum <= 65_535:
+        problems.append("receive_maximum must be 1..65535")
+    if o.reply_qos not in (0, 1):
+        problems.append("reply_qos must be 0 or 1")
+    if o.session_expiry < 0:
+        problems.append("session_expiry must be ≥ 0")
+    if o.registry_poll <= 0:
+        problems.append("registry_poll must be > 0")
+    if not o.client_id or "/" in o.oracle_id or "+" in o.oracle_id or "#" in o.oracle_id or not o.oracle_id:
+        problems.append("client_id and oracle_id must be non-empty, oracle_id without / + #")
+    for name in ("max_future_skew", "max_age", "max_rate_meter", "max_rate_vehicle", "max_rate_weather_station",
+                 "max_speed", "quarantine_threshold", "quarantine_window", "drain_timeout"):  # fmt: skip
+        if getattr(o, name) < 0:
+            problems.append(f"{name} must be ≥ 0")
+    if problems:
+        raise ConfigError("[oracle] " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the start-up checks established."""
+
+    chain: Chain
+    manifest: dict[str, Any]
+    relayer: LocalAccount
+    contracts: dict[str, str]  # wire type → verifying contract address
+
+
+def preflight(config: Config) -> Preflight:
+    """Every start-up check; raises ConfigError / ChainError / DeploymentError / KeyFileError naming the problem."""
+    validate(config)
+    chain = connect(config)  # also enforces [chain] chain_id
+    manifest = load_manifest(config, chain.chain_id)
+    verify_manifest(chain, config, manifest)  # chain id, genesis and every contract's code hash
+    if "DeviceRegistry" not in manifest["contracts"]:
+        raise DeploymentError(f"the DeviceRegistry is not deployed on chain {chain.chain_id}; run `iotsettle deploy`")
+    contracts = {
+        kind: manifest["contracts"][name]["address"]
+        for kind, name in CONTRACT_OF_TYPE.items()
+        if name in manifest["contracts"]
+    }
+    if not contracts:
+        raise DeploymentError(f"neither MeteredBilling nor DeliveryEscrow is deployed on chain {chain.chain_id}")
+    relayer = load_sender(config, chain)  # keystore mode bits and password checked here
+    return Preflight(chain, manifest, relayer, contracts)
+
+
+class OracleDaemon:
+    """One oracle instance. ``run()`` is the whole life of the process; ``start()``/``stop()`` for embedding."""
+
+    def __init__(self, config: Config, *, settle: bool = True) -> None:
+        self.config = config
+        self.settle = settle
+        self.metrics = Metrics(config.oracle.oracle_id)
+        self.checked: Preflight | None = None
+        self.intake: Intake | None = None
+        self.follower: RegistryFollower | None = None
+        self.settler: Any = None
+        self.health: Health | None = None
+        self._stores: list[Store] = []
+        self._stop = threading.Event()
+
+    def _store(self) -> Store:
+        store = Store.open(self.config.path(self.config.oracle.db_path))
+        self._stores.append(store)
+        return store
+
+    def start(self) -> None:
+        config, o = self.config, self.config.oracle
+        checked = self.checked = preflight(config)
+        chain = checked.chain
+        log.info("chain %d at %s, deployment verified; relayer %s", chain.chain_id, chain.rpc_url,
+                 checked.relayer.address)  # fmt: skip
+
+        status_store = self._store()
+        intake_store = self._store()
+        topic = status_topic(chain.chain_id, o.oracle_id)
+        settings = IntakeSettings(
+            chain_id=chain.chain_id, contracts=checked.contracts, host=config.mqtt.host, port=config.mqtt.port,
+            client_id=o.client_id, username=config.mqtt.username, password=config.mqtt.password,
+            keepalive=config.mqtt.keepalive, shared_group=o.shared_group, session_expiry_s=o.session_expiry,
+            receive_maximum=o.receive_maximum, batch_size=o.intake_batch_size,
+            batch_latency_s=o.intake_batch_latency, verify_workers=o.verify_workers, reply_qos=o.reply_qos,
+            status_topic=topic, status_payload={"oracle": o.oracle_id, "relayer": checked.relayer.address},
+            rules=rule_settings(config),
+        )  # fmt: skip
+        self.intake = Intake(settings, intake_store, self.metrics)
+
+        registry = contract(chain, config, checked.manifest, "DeviceRegistry")
+        self.follower = RegistryFollower(
+            chain.w3, registry, self._store(), chain_id=chain.chain_id,
+            start_block=int(checked.manifest["contracts"]["DeviceRegistry"].get("block", 0)),
+            poll_interval=o.registry_poll, on_change=self.intake.registry_changed, metrics=self.metrics,
+        )  # fmt: skip
+        synced = self.follower.sync()  # before intake: known devices must not be answered "unknown_device"
+        log.info("device registry followed up to block %d (%d new events)", self.follower.next_block - 1, synced)
+
+        if o.health_port:
+            self.health = Health(self.metrics, o.health_host, o.health_port)
+            self._add_checks(status_store)
+            self.health.start()
+
+        if self.settle:
+            from oracle.daemon.tracker import Settler  # the settlement half; imported here to keep intake light
+
+            self.settler = Settler.from_config(
+                config, self._store(), chain=chain, metrics=self.metrics, on_dead_letter=self._dead_letter
+            )
+            self.settler.start()
+        self.follower.start()
+        self.intake.start()
+        log.info("oracle %s running: MQTT %s:%d as %s, subscription %s", o.oracle_id, config.mqtt.host,
+                 config.mqtt.port, o.client_id, settings.subscription)  # fmt: skip
+
+    def _add_checks(self, store: Store) -> None:
+        health, intake, follower = self.health, self.intake, self.follower
+        if health is None or intake is None or follower is None:
+            return
+
+        def mqtt() -> tuple[State, str]:
+            return (State.OK, "connected") if intake.connected else (State.DOWN, "not connected to the broker")
+
+        def intake_check() -> tuple[State, str]:
+            if intake.last_error:
+                return State.DOWN, f"store: {intake.last_error}"
+            queued = intake.backlog
+            return (State.DEGRADED if queued > QUEUE_DEGRADED else State.OK), f"{queued} queued"
+
+        def registry_check() -> tuple[State, str]:
+            if follower.healthy():
+                return State.OK, f"next block {follower.next_block}"
+            return State.DEGRADED, follower.last_error or "registry not polled recently"
+
+        def settlement() -> tuple[State, str]:
+            if self.settler is None:
+                return State.OK, "disabled"
+            error = getattr(self.settler, "last_error", None)
+            pending = store.pending_count()
+            return (State.DEGRADED, f"{error}; {pending} unsettled") if error else (State.OK, f"{pending} unsettled")
+
+        health.add_check("mqtt", mqtt)
+        health.add_check("intake", intake_check)
+        health.add_check("registry", registry_check)
+        health.add_check("settlement", settlement)
+
+        def refresh() -> None:
+            for status, count in store.backlog().items():
+                self.metrics.backlog.labels(status=status).set(count)
+            self.metrics.intake_queue.set(intake.backlog)
+            self.metrics.quarantined.set(len(store.quarantined_devices()))
+            block = store.last_settled_block()
+            if block is not None:
+                self.metrics.last_settled_block.set(block)
+
+        health.on_scrape(refresh)
+
+    def _dead_letter(self, event: Any, reason: str) -> None:  # noqa: ANN401 - a StoredEvent
+        """Tell the device that an accepted event was refused by the contract (a second reply for its seq)."""
+        if self.intake is None:
+            return
+        reply = Reply.rejected(event.seq, Reason.REJECTED_ONCHAIN, reason, event.digest)
+        self.intake.client.publish(wire.replies_topic(event.chain_id, event.signer), encode_reply(reply), qos=1)
+
+    def stop(self) -> bool:
+        """Drain and stop everything; True when nothing was left unfinished."""
+        timeout = self.config.oracle.drain_timeout
+        clean = True
+        if self.intake is not None:
+            clean &= self.intake.stop(timeout)
+        if self.settler is not None:
+            clean &= bool(self.settler.stop(drain=True, timeout=timeout))
+        if self.follower is not None:
+            self.follower.stop()
+        if self.health is not None:
+            self.health.stop()
+        for store in self._stores:
+            store.close()
+        self._stores.clear()
+        log.info("oracle stopped (%s)", "drained" if clean else "work left for the next start")
+        return clean
+
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        if signum is not None:
+            log.info("received %s: stopping intake and draining", signal.Signals(signum).name)
+        self._stop.set()
+
+    def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, drain, return the exit status (0)."""
+        previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            try:
+                self.start()
+            except BaseException:
+                self.stop()
+                raise
+            while not self._stop.wait(1.0):
+                pass
+            started = time.monotonic()
+            self.stop()
+            log.info("shutdown took %.1f s", time.monotonic() - started)
+            return 0
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
