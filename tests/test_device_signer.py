@@ -24,7 +24,7 @@ int32 = st.integers(-(2**31), 2**31 - 1)
 bytes32 = st.binary(min_size=32, max_size=32)
 private_keys = st.integers(1, SECP256K1_N - 1).map(lambda n: n.to_bytes(32, "big"))
 addresses = st.binary(min_size=20, max_size=20).map(lambda raw: "0x" + raw.hex())
-fixture_settings = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+fixture_settings = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def test_signed_events_decode_and_recover_to_the_device() -> None:
