@@ -207,8 +207,8 @@ def settle(ctx: click.Context, source: str, from_key_env: str | None, dev_accoun
     data = {"tx": result.tx_hash, "block": result.block, "gasUsed": result.gas_used,
             "results": [{"agreementId": str(o.agreement_id), "seq": o.seq, "settled": o.settled,
                          "reason": o.reason or None, "amount": str(o.amount)} for o in outcomes]}
-    table = Table("agreement", "seq", "result", "billed", title=f"tx {result.tx_hash} (block {result.block}, "
-                                                                f"gas {result.gas_used:,})")
+    table = Table("agreement", "seq", "result", "billed", title=f"relayed in block {result.block}, gas {result.gas_used:,}",
+                  caption=f"tx {result.tx_hash}")
     for o in outcomes:
         fmt = describe_token(ops_ctx, ops.agreement_of(ops_ctx, o.agreement_id).token).format
         table.add_row(hex(o.agreement_id), str(o.seq), "settled" if o.settled else f"rejected: {o.reason}",

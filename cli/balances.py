@@ -31,8 +31,7 @@ def balances(ctx: click.Context, addresses: tuple[str, ...], rpc_url: str | None
     tokens = [describe_token(ops_ctx, ETH)] + ([describe_token(ops_ctx, TEST)] if ops_ctx.has("TestToken") else [])
     agreements = billing.list_agreements(ops_ctx) if ops_ctx.has("MeteredBilling") else []
     data: dict[str, dict[str, str]] = {}
-    table = Table("address", *(t.symbol for t in tokens), *(f"escrow credit {t.symbol}" for t in tokens),
-                  "earnings", "prepaid (as consumer)")
+    table = Table("address", *(t.symbol for t in tokens), "escrow credit", "earnings", "prepaid")
     for address in addresses:
         wallet = [balance_of(ops_ctx, t, address) for t in tokens]
         credit = [escrow.withdrawable(ops_ctx, t, address) for t in tokens] if ops_ctx.has("DeliveryEscrow") else [0] * len(tokens)
@@ -50,8 +49,12 @@ def balances(ctx: click.Context, addresses: tuple[str, ...], rpc_url: str | None
             **{f"earnings{info[t].symbol}": str(v) for t, v in earnings.items()},
             **{f"prepaid{info[t].symbol}": str(v) for t, v in prepaid.items()},
         }
-        table.add_row(address, *(t.format(v) for t, v in zip(tokens, wallet, strict=True)),
-                      *(t.format(v) for t, v in zip(tokens, credit, strict=True)),
-                      ", ".join(info[t].format(v) for t, v in earnings.items()) or "0",
-                      ", ".join(info[t].format(v) for t, v in prepaid.items()) or "0")
+
+        def joined(amounts: list[str]) -> str:
+            return ", ".join(amounts) or "0"
+
+        table.add_row(address, *(t.format_short(v) for t, v in zip(tokens, wallet, strict=True)),
+                      joined([t.format_short(v) for t, v in zip(tokens, credit, strict=True) if v]),
+                      joined([info[t].format_short(v) for t, v in earnings.items() if v]),
+                      joined([info[t].format_short(v) for t, v in prepaid.items() if v]))
     emit(data, as_json, table)

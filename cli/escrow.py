@@ -8,7 +8,7 @@ from rich.table import Table
 from cli._common import IotSettleGroup, emit, json_option
 from cli._params import (ADDRESS, AMOUNT, DEADLINE, ID, TOKEN, chain_time, ops_context, read_payloads, rpc_option,
                          sender_options, short, when)
-from oracle.device.location import location_bytes32
+from oracle.device.location import location_bytes32, location_geohash
 from oracle.errors import ProtocolError
 from oracle.ops import escrow as ops
 from oracle.ops.amounts import Amount
@@ -113,11 +113,19 @@ def fund(ctx: click.Context, amount: Amount, token: str, from_key_env: str | Non
          (f" (tx {result.tx_hash})" if result else " (the allowance was already enough)"))
 
 
+def _geohash(destination: str) -> str:
+    """A destination as its geohash when it is one (the usual case), else the raw bytes32."""
+    try:
+        return location_geohash(bytes.fromhex(destination[2:]))
+    except (ValueError, ProtocolError):
+        return destination
+
+
 def _status_table(view: ops.EscrowView, fmt: object) -> Table:
     table = Table(show_header=False, title=f"escrow {view.escrow_id}")
     rows = [("state", view.state), ("buyer", view.buyer), ("seller", view.seller), ("tracker", view.device),
             ("amount", fmt(view.amount)),  # type: ignore[operator]
-            ("destination", view.destination), ("created", when(view.created_at)), ("deadline", when(view.deadline))]
+            ("destination", _geohash(view.destination)), ("created", when(view.created_at)), ("deadline", when(view.deadline))]
     if view.penalty_bps:
         rows.append(("cold chain", f"{view.temperature_limit / 100:g} °C limit, {view.penalty_bps / 100:g} % penalty"))
     if view.delivery_seq:
@@ -196,7 +204,7 @@ def confirm(ctx: click.Context, source: str, from_key_env: str | None, dev_accou
             "results": [{"escrowId": o.escrow_id, "seq": o.seq, "confirmed": o.confirmed, "reason": o.reason or None,
                          "toSeller": str(o.to_seller), "toBuyer": str(o.to_buyer)} for o in outcomes]}
     table = Table("escrow", "seq", "result", "seller credited", "buyer credited",
-                  title=f"tx {result.tx_hash} (block {result.block}, gas {result.gas_used:,})")
+                  title=f"relayed in block {result.block}, gas {result.gas_used:,}", caption=f"tx {result.tx_hash}")
     for o in outcomes:
         fmt = describe_token(ops_ctx, ops.escrow_of(ops_ctx, o.escrow_id).token).format
         table.add_row(str(o.escrow_id), str(o.seq), "released" if o.confirmed else f"rejected: {o.reason}",

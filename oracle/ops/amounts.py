@@ -69,11 +69,19 @@ def parse_amount(text: str) -> Amount:
         raise AmountError(f"{text!r} is not an amount") from None
 
 
-def format_amount(base: int, decimals: int, symbol: str = "") -> str:
-    """``1500000000000000000`` with 18 decimals → ``1.5``; trailing zeros dropped, symbol appended if given."""
+def format_amount(base: int, decimals: int, symbol: str = "", max_decimals: int | None = None) -> str:
+    """``1500000000000000000`` with 18 decimals → ``1.5``; trailing zeros dropped, symbol appended if given.
+
+    ``max_decimals`` rounds down for display (a ``~`` marks a rounded value); exact by default.
+    """
     sign = "-" if base < 0 else ""
     whole, frac = divmod(abs(base), 10**decimals) if decimals else (abs(base), 0)
     text = f"{sign}{whole:,}"
-    if frac:
-        text += "." + str(frac).rjust(decimals, "0").rstrip("0")
+    digits = str(frac).rjust(decimals, "0") if frac else ""
+    if max_decimals is not None and len(digits.rstrip("0")) > max_decimals:
+        sign_text = "~" + text
+        digits = digits[:max_decimals]
+        text = sign_text
+    if digits.rstrip("0"):
+        text += "." + digits.rstrip("0")
     return f"{text} {symbol}" if symbol else text

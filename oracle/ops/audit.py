@@ -7,8 +7,9 @@ check independently. Each entry carries the block, its time, the transaction has
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from eth_hash.auto import keccak
@@ -146,13 +147,18 @@ class _Clock:
         return self._seen[block]
 
 
-def _detail(entry: LogEntry) -> str:
+def _date(ts: int) -> str:
+    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _detail(entry: LogEntry, fmt: Callable[[int], str]) -> str:
     a = entry.args
     match entry.event:
         case "EscrowCreated":
-            return f"buyer {a['buyer']} → seller {a['seller']}, tracker {a['device']}, deadline {a['deadline']}"
+            return f"buyer {a['buyer']} → seller {a['seller']}, tracker {a['device']}, deadline {_date(a['deadline'])}"
         case "DeliveryConfirmed":
-            return f"delivery seq {a['seq']}: seller credited {a['toSeller']}, buyer {a['toBuyer']} (base units)"
+            back = f"; {fmt(int(a['toBuyer']))} back to the buyer (cold-chain penalty)" if a["toBuyer"] else ""
+            return f"delivery seq {a['seq']}: seller credited {fmt(int(a['toSeller']))}{back}"
         case "DeliveryRejected" | "ReadingRejected":
             return f"seq {a['seq']} rejected: {reason_label(int(a['reason']))}"
         case "EscrowRefunded":
@@ -165,15 +171,15 @@ def _detail(entry: LogEntry) -> str:
         case "AgreementAccepted":
             return "accepted with a prepaid deposit"
         case "ToppedUp":
-            return f"top-up from {a['from']}" + (f", {a['arrearsPaid']} paid arrears" if a["arrearsPaid"] else "")
+            return f"top-up from {a['from']}" + (f", {fmt(int(a['arrearsPaid']))} paid arrears" if a["arrearsPaid"] else "")
         case "ReadingSettled":
             return f"reading seq {a['seq']} billed"
         case "AgreementSuspended":
-            return f"suspended, arrears {a['arrears']}"
+            return f"suspended, arrears {fmt(int(a['arrears']))}"
         case "EarningsWithdrawn":
             return f"provider {a['provider']} withdrew earnings"
         case "CloseRequested":
-            return f"close requested, possible from {a['closeAt']}"
+            return f"close requested, possible from {_date(a['closeAt'])}"
         case "AgreementClosed":
             return "closed; unbilled prepaid balance refunded to the consumer"
         case "DeviceRegistered":
@@ -189,13 +195,17 @@ def _detail(entry: LogEntry) -> str:
 
 
 def _entries(ctx: OpsContext, logs: Iterable[LogEntry], subject_of: Any, token_of: dict[Any, str]) -> list[AuditEntry]:
+    from oracle.ops.token import describe_token
+
     clock = _Clock(ctx)
     out = []
     for entry in logs:
         field_name = AMOUNT_FIELD.get(entry.event)
         key = entry.args.get("escrowId", entry.args.get("agreementId", entry.args.get("device")))
+        token = token_of.get(key)
+        fmt: Callable[[int], str] = describe_token(ctx, token).format if token else str
         out.append(AuditEntry(entry.block, clock(entry.block), entry.tx_hash, subject_of(entry), entry.event,
-                              int(entry.args[field_name]) if field_name else None, token_of.get(key), _detail(entry)))
+                              int(entry.args[field_name]) if field_name else None, token, _detail(entry, fmt)))
     return out
 
 

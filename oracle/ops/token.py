@@ -37,6 +37,10 @@ class TokenInfo:
     def format(self, base: int) -> str:
         return format_amount(base, self.decimals, self.symbol)
 
+    def format_short(self, base: int) -> str:
+        """For tables: at most 4 decimals, ``~`` when rounded."""
+        return format_amount(base, self.decimals, self.symbol, max_decimals=4)
+
     def to_base(self, amount: Amount) -> int:
         return amount.to_base(self.decimals, self.symbol)
 
