@@ -12,7 +12,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cli._common import IotSettleGroup, emit, json_option, state
+from cli._common import IotSettleGroup, State, emit, json_option, state
 from oracle.daemon.service import OracleDaemon
 from oracle.daemon.store import Store
 
@@ -110,7 +110,7 @@ def status(ctx: click.Context, rejects: int, as_json: bool) -> None:
 
 def main() -> None:
     """Entry point for `python -m cli.oracle` (the same commands as `iotsettle oracle`)."""
-    oracle(prog_name="iotsettle oracle", auto_envvar_prefix="IOTSETTLE")
+    oracle(prog_name="iotsettle oracle", auto_envvar_prefix="IOTSETTLE", obj=State(None))
 
 
 if __name__ == "__main__":

@@ -163,6 +163,9 @@ class Intake:
         self._pool: ProcessPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._last_error: str = ""
+        # received - done = messages in this process not yet acknowledged; each counter has a single writer thread
+        self._received = 0
+        self._done = 0
         self.client = self._make_client()
 
     # ---------------------------------------------------------------------------------------------- lifecycle
@@ -227,7 +230,8 @@ class Intake:
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize()
+        """Messages received and not yet stored and acknowledged (queued or in the batch being processed)."""
+        return self._received - self._done
 
     @property
     def last_error(self) -> str:
@@ -280,6 +284,8 @@ class Intake:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if self._accepting.is_set():
             self._queue.put(Message(time.time(), message.mid, message.qos, message.topic, message.payload))
+            self._received += 1
+            self.metrics.received.inc()
 
     # ----------------------------------------------------------------------------------------- intake thread
 
@@ -297,7 +303,8 @@ class Intake:
     def _take_batch(self, wait: bool) -> list[Message]:
         size, latency = self.settings.batch_size, self.settings.batch_latency_s
         try:
-            first = self._queue.get(timeout=0.2 if wait else latency)
+            # with a batch in the verification pool, look only briefly: that batch is waiting to be finished
+            first = self._queue.get(timeout=0.2 if wait else min(latency, 0.05))
         except queue.Empty:
             return []
         batch = [first]
@@ -305,9 +312,11 @@ class Intake:
         while len(batch) < size:
             remaining = deadline - time.monotonic()
             try:
-                batch.append(self._queue.get_nowait() if remaining <= 0 else self._queue.get(timeout=remaining))
+                # wake up at least every 0.1 s so a stop request cuts a long batch window short
+                batch.append(self._queue.get_nowait() if remaining <= 0 else self._queue.get(timeout=min(remaining, 0.1)))
             except queue.Empty:
-                break
+                if remaining <= 0 or self._stopped.is_set():
+                    break
         return batch
 
     def _submit(self, batch: list[Message]) -> Callable[[], list[Checked]]:
@@ -335,7 +344,6 @@ class Intake:
     def _finish(self, batch: list[Message], results: Callable[[], list[Checked]]) -> None:
         started = time.perf_counter()
         checked = results()
-        self.metrics.received.inc(len(batch))
         attempt = 0
         while True:
             try:
@@ -349,6 +357,7 @@ class Intake:
                 log.error("intake batch of %d not stored (attempt %d): %s", len(batch), attempt, exc)
                 if self._stopped.is_set() and attempt >= 3:
                     log.error("giving up on this batch at shutdown; the broker redelivers it")
+                    self._done += len(batch)
                     return
                 time.sleep(min(5.0, 0.1 * 2**attempt))
         self._last_error = ""
@@ -356,6 +365,7 @@ class Intake:
             if message.qos:
                 self.client.ack(message.mid, message.qos)
         self.metrics.acked.inc(len(batch))
+        self._done += len(batch)
         for topic, payload in outcomes:
             self.client.publish(topic, payload, qos=self.settings.reply_qos)
         self.metrics.intake_batch_size.observe(len(batch))

@@ -1,0 +1,246 @@
+"""The daemon as operators run it (`python -m cli.oracle run`, a real process) against anvil + mosquitto:
+kill -9 before the store commit loses nothing, SIGTERM drains and exits 0, and bad start-up conditions are
+refused with a clear one-line error."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from eth_account import Account
+
+from oracle.chain import ANVIL_DEV_KEYS
+from oracle.daemon.service import status_topic
+from oracle.daemon.store import Store
+from oracle.eip712 import DeviceKind
+from oracle.node import Anvil, free_port
+from tests.daemon_support import ChainRegistry, Device, Publisher, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+RELAYER_KEY = ANVIL_DEV_KEYS[4]  # a dev account no other test sends from
+
+
+@pytest.fixture(scope="module")
+def registry(deployment: Any) -> ChainRegistry:  # noqa: ANN401 - the conftest Deployment
+    return ChainRegistry(deployment)
+
+
+class DaemonProcess:
+    """`python -m cli.oracle run` with its configuration in IOTSETTLE_* variables."""
+
+    def __init__(self, tmp_path: Path, deployment: Any, mosquitto: Any, **overrides: str) -> None:  # noqa: ANN401
+        self.db = tmp_path / "oracle.db"
+        self.health_port = free_port()
+        self.oracle_id = f"t{uuid.uuid4().hex[:8]}"
+        config = deployment.config
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("IOTSETTLE_")},
+            "IOTSETTLE_CONFIG": str(REPO / "tests" / "empty.toml"),
+            "IOTSETTLE_CHAIN_RPC_URL": config.chain.rpc_url,
+            "IOTSETTLE_CHAIN_PRIVATE_KEY": RELAYER_KEY,
+            "IOTSETTLE_PATHS_DEPLOYMENTS_DIR": str(config.path(config.paths.deployments_dir)),
+            "IOTSETTLE_MQTT_HOST": mosquitto.host,
+            "IOTSETTLE_MQTT_PORT": str(mosquitto.port),
+            "IOTSETTLE_ORACLE_DB_PATH": str(self.db),
+            "IOTSETTLE_ORACLE_CLIENT_ID": f"oracle-{self.oracle_id}",
+            "IOTSETTLE_ORACLE_ORACLE_ID": self.oracle_id,
+            "IOTSETTLE_ORACLE_HEALTH_PORT": str(self.health_port),
+            "IOTSETTLE_ORACLE_VERIFY_WORKERS": "0",
+            "IOTSETTLE_ORACLE_REGISTRY_POLL": "0.2",
+            **overrides,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp_path / f"daemon-{self.oracle_id}.log"
+
+    def start(self, *args: str, **overrides: str) -> DaemonProcess:
+        env = {**self.env, **overrides}
+        self.output = self.log.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli.oracle", "run", *args], cwd=REPO, env=env,
+                                     stdout=self.output, stderr=subprocess.STDOUT)  # fmt: skip
+        return self
+
+    def run_to_exit(self, timeout: float = 60, **overrides: str) -> tuple[int, str]:
+        result = subprocess.run([sys.executable, "-m", "cli.oracle", "run"], cwd=REPO, env={**self.env, **overrides},
+                                capture_output=True, timeout=timeout)  # fmt: skip
+        return result.returncode, result.stderr.decode() + result.stdout.decode()
+
+    def get(self, path: str) -> tuple[int, bytes] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=2) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def health(self) -> dict[str, Any] | None:
+        answer = self.get("/health")
+        return json.loads(answer[1]) if answer else None
+
+    def metric(self, name: str) -> float:
+        answer = self.get("/metrics")
+        match = re.search(rf"^{name} ([0-9.e+]+)$", answer[1].decode(), re.M) if answer else None
+        return float(match.group(1)) if match else 0.0
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            report = self.health()
+            return bool(report and report["checks"].get("mqtt", {}).get("status") == "ok")
+
+        wait_for(ready, timeout, "the daemon's health endpoint to report MQTT connected")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        self.output.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stored(self) -> int:
+        if not self.db.exists():
+            return 0
+        store = Store.open(self.db)
+        try:
+            return store.event_count()
+        finally:
+            store.close()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, deployment: Any, mosquitto: Any) -> Iterator[list[DaemonProcess]]:  # noqa: ANN401
+    made: list[DaemonProcess] = []
+    yield made
+    for daemon in made:
+        daemon.kill()
+
+
+def readings(device: Device, count: int, first_seq: int = 1) -> list[tuple[str, bytes]]:
+    now = int(time.time()) - count
+    return [(device.topic, device.reading(seq, 1_000 + seq, timestamp=now + seq))
+            for seq in range(first_seq, first_seq + count)]  # fmt: skip
+
+
+def test_sigkill_between_receive_and_commit_loses_nothing(tmp_path: Path, deployment: Any, mosquitto: Any,  # noqa: ANN401
+                                                          registry: ChainRegistry,
+                                                          daemons: list[DaemonProcess]) -> None:  # fmt: skip
+    device = registry.register(DeviceKind.METER)
+    # A batch window of 60 s keeps received messages in the daemon, unacknowledged and not stored.
+    daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_INTAKE_BATCH_LATENCY="60",
+                           IOTSETTLE_ORACLE_INTAKE_BATCH_SIZE="100000")  # fmt: skip
+    daemons.append(daemon)
+    daemon.start("--intake-only").wait_ready()
+    publisher = Publisher(mosquitto.host, mosquitto.port, device.chain_id)
+    try:
+        publisher.publish_many(readings(device, 25))
+        wait_for(lambda: daemon.metric("iotsettle_oracle_intake_queue") == 25, 10, "25 messages received")
+        daemon.kill()  # SIGKILL: no drain, no ack, no offline message
+        assert daemon.stored() == 0
+
+        # The same client id resumes its session: the broker redelivers all 25.
+        daemon.start("--intake-only", IOTSETTLE_ORACLE_INTAKE_BATCH_LATENCY="0.01").wait_ready()
+        wait_for(lambda: daemon.stored() == 25, 20, "25 redelivered events stored")
+        replies = publisher.collect(25, timeout=10)
+        assert {body["status"] for _, body in replies} == {"accepted"}
+    finally:
+        publisher.close()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    store = Store.open(daemon.db)
+    assert [e.seq for e in store.events_of_device(device.address)] == list(range(1, 26))
+    store.close()
+
+
+def test_sigterm_drains_the_queue_and_exits_zero(tmp_path: Path, deployment: Any, mosquitto: Any,  # noqa: ANN401
+                                                 registry: ChainRegistry, daemons: list[DaemonProcess]) -> None:
+    device = registry.register(DeviceKind.METER)
+    daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_INTAKE_BATCH_LATENCY="30",
+                           IOTSETTLE_ORACLE_INTAKE_BATCH_SIZE="100000")  # fmt: skip
+    daemons.append(daemon)
+    statuses: list[dict[str, Any]] = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    watcher.on_message = lambda c, u, m: statuses.append(json.loads(m.payload))
+    watcher.connect(mosquitto.host, mosquitto.port)
+    watcher.subscribe(status_topic(device.chain_id, daemon.oracle_id), qos=1)
+    watcher.loop_start()
+    publisher = Publisher(mosquitto.host, mosquitto.port, device.chain_id)
+    try:
+        daemon.start("--intake-only").wait_ready()
+        wait_for(lambda: statuses and statuses[-1]["status"] == "online", 10, "retained online status")
+        publisher.publish_many(readings(device, 30))
+        wait_for(lambda: daemon.metric("iotsettle_oracle_intake_queue") == 30, 10, "30 messages received")
+        assert daemon.stored() == 0
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+        assert daemon.stored() == 30  # drained: stored before exit, not left for redelivery
+        assert {body["status"] for _, body in publisher.collect(30)} == {"accepted"}
+        wait_for(lambda: statuses[-1]["status"] == "offline", 10, "retained offline status")
+
+        # They were acknowledged too: a restart gets nothing redelivered.
+        daemon.start("--intake-only", IOTSETTLE_ORACLE_INTAKE_BATCH_LATENCY="0.01").wait_ready()
+        time.sleep(1.0)
+        assert daemon.metric("iotsettle_oracle_received_total") == 0
+        assert daemon.stored() == 30
+    finally:
+        publisher.close()
+        watcher.disconnect()
+        watcher.loop_stop()
+    daemon.signal(signal.SIGINT)
+    assert daemon.wait(30) == 0
+
+
+def test_world_readable_or_wrongly_unlocked_key_is_refused(tmp_path: Path, deployment: Any,  # noqa: ANN401
+                                                           mosquitto: Any) -> None:  # noqa: ANN401
+    keystore = tmp_path / "relayer.json"
+    keystore.write_text(json.dumps(Account.encrypt(RELAYER_KEY, "correct horse", iterations=2)))
+    keystore.chmod(0o644)
+    daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_CHAIN_PRIVATE_KEY="",
+                           IOTSETTLE_CHAIN_KEYSTORE=str(keystore), IOTSETTLE_CHAIN_PASSWORD="correct horse")  # fmt: skip
+    code, output = daemon.run_to_exit()
+    assert code != 0
+    assert "readable by other users" in output and "Traceback" not in output
+
+    keystore.chmod(0o600)
+    code, output = daemon.run_to_exit(IOTSETTLE_CHAIN_PASSWORD="wrong")
+    assert code != 0
+    assert "wrong password" in output and "Traceback" not in output
+    assert not daemon.db.exists() or daemon.stored() == 0
+
+
+def test_wrong_chain_or_a_fresh_node_is_refused(tmp_path: Path, deployment: Any, mosquitto: Any) -> None:  # noqa: ANN401
+    daemon = DaemonProcess(tmp_path, deployment, mosquitto)
+    code, output = daemon.run_to_exit(IOTSETTLE_CHAIN_CHAIN_ID="1")
+    assert code != 0
+    assert "expects chain 1" in output and "Traceback" not in output
+
+    # A fresh anvil with the same chain id: different genesis, no contract code → refused.
+    fresh = Anvil(deployment.config, state_dir=tmp_path / "fresh", port=free_port())
+    fresh.start()
+    try:
+        code, output = daemon.run_to_exit(IOTSETTLE_CHAIN_RPC_URL=fresh.endpoint)
+    finally:
+        fresh.stop()
+    assert code != 0
+    assert "iotsettle deploy" in output and "Traceback" not in output
