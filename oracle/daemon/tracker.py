@@ -29,7 +29,6 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
-from web3.exceptions import TransactionNotFound
 
 from oracle.artifacts import load_artifact
 from oracle.chain import Chain, connect, load_sender
@@ -40,6 +39,7 @@ from oracle.daemon.revert import ErrorDecoder, RejectReason, reason_label, reaso
 from oracle.daemon.store import EventStatus, Store, StoredEvent
 from oracle.daemon.submitter import (
     CONTRACT_OF_KIND, GWEI, RPC_ERRORS, DeadLetter, KindSpec, SendError, Submitter, SubmitterSettings, decode_outcomes,
+    hex_int,
 )  # fmt: skip
 from oracle.daemon.txstore import TxRecord, TxStatus, TxStore
 from oracle.deploy import load_manifest, verify_manifest
@@ -67,7 +67,7 @@ class Tracker:
         self.submitter = submitter
         self.settings = settings
         self.metrics = metrics
-        self._head_hash: bytes | None = None
+        self._head_hash: str | None = None
         self._drop_checked: dict[str, float] = {}
         self._retried: dict[str, float] = {}
         self.head = 0
@@ -76,26 +76,23 @@ class Tracker:
         """One pass over the open and the mined transactions; returns how many changed state."""
         now = time.time()
         # The nonce count first: a transaction mined after this read is then seen by the receipt lookups below.
-        account_nonce = self.w3.eth.get_transaction_count(self.submitter.sender, "latest")
-        head = self.w3.eth.get_block("latest")
-        self.head = int(head["number"])
-        head_moved = bytes(head["hash"]) != self._head_hash
+        account_nonce = hex_int(self.submitter.rpc("eth_getTransactionCount", [self.submitter.sender, "latest"]))
+        head = self.submitter.rpc("eth_getBlockByNumber", ["latest", False])
+        self.head = hex_int(head["number"])
+        head_moved = head["hash"] != self._head_hash
         changed = 0
         for tx in self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT):
             changed += self._follow_open(tx, account_nonce, now)
         if head_moved or changed:
             for tx in self.txstore.by_status(TxStatus.MINED):
                 changed += self._follow_mined(tx)
-            self._head_hash = bytes(head["hash"])
+            self._head_hash = head["hash"]
         return changed
 
     # ------------------------------------------------------------------------------------------ open txs
 
-    def _receipt(self, tx_hash: str) -> Any | None:
-        try:
-            return self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-        except TransactionNotFound:
-            return None
+    def _receipt(self, tx_hash: str) -> dict[str, Any] | None:
+        return self.submitter.rpc("eth_getTransactionReceipt", [tx_hash])  # type: ignore[no-any-return]
 
     def _follow_open(self, tx: TxRecord, account_nonce: int, now: float) -> int:
         attempts = self.txstore.attempts(tx.tx_key)
@@ -131,10 +128,7 @@ class Tracker:
         return 0
 
     def _known(self, tx_hash: str) -> bool:
-        try:
-            return self.w3.eth.get_transaction(tx_hash) is not None  # type: ignore[arg-type]
-        except TransactionNotFound:
-            return False
+        return self.submitter.rpc("eth_getTransactionByHash", [tx_hash]) is not None
 
     def _replace(self, tx: TxRecord, why: str) -> int:
         if self.metrics is not None:
@@ -167,13 +161,22 @@ class Tracker:
     # -------------------------------------------------------------------------------------------- mined
 
     def _on_mined(self, tx: TxRecord, receipt: Mapping[str, Any]) -> None:
-        block = int(receipt["blockNumber"])
-        block_hash = "0x" + bytes(receipt["blockHash"]).hex()
-        mined_hash = "0x" + bytes(receipt["transactionHash"]).hex()
-        gas_used = int(receipt["gasUsed"])
+        block = hex_int(receipt["blockNumber"])
+        block_hash = str(receipt["blockHash"]).lower()
+        mined_hash = str(receipt["transactionHash"]).lower()
+        gas_used = hex_int(receipt["gasUsed"])
         events = [e for e in self.store.events_by_tx(tx.tx_key) if e.status is EventStatus.SUBMITTED]
         self._drop_checked.pop(tx.tx_key, None)
-        if receipt["status"] != 1:
+        if hex_int(receipt["status"]) != 1:
+            if gas_used >= tx.gas * 0.98:
+                # Out of gas, not poison: allow more gas per item and plan the same events again.
+                self.txstore.mark_mined(tx.tx_key, block, block_hash, mined_hash, gas_used, reverted=True,
+                                        reason="out of gas")  # fmt: skip
+                self.submitter.out_of_gas(tx.kind)
+                self.store.release([e.id for e in events])
+                if self.metrics is not None:
+                    self.metrics.transactions.labels(outcome="out_of_gas").inc()
+                return
             self.txstore.mark_mined(tx.tx_key, block, block_hash, mined_hash, gas_used, reverted=True,
                                     reason="the transaction reverted as a whole")  # fmt: skip
             log.error("tx %s (nonce %d) reverted in block %d; screening its %d events", mined_hash, tx.nonce, block,
@@ -206,6 +209,7 @@ class Tracker:
                 reason = reason_of(outcome.reason)
                 text = reason.sentence if reason is not None else "unknown reject code"
                 rejected.append((event, f"{reason_label(outcome.reason)}: {text}"))
+        self.submitter.learn_gas(tx.kind, gas_used, len(events))
         with self.store.transaction():
             self.store.mark_settled([e.id for e in settled], block, mined_hash)
             self.txstore.mark_mined(tx.tx_key, block, block_hash, mined_hash, gas_used)
@@ -233,7 +237,7 @@ class Tracker:
 
     def _follow_mined(self, tx: TxRecord) -> int:
         receipt = self._receipt(tx.mined_hash or tx.tx_hash)
-        if receipt is None or "0x" + bytes(receipt["blockHash"]).hex() != tx.block_hash:
+        if receipt is None or str(receipt["blockHash"]).lower() != tx.block_hash:
             self._reopen(tx, "its block left the canonical chain" if receipt is None else "it moved to another block")
             return 1
         if tx.block is not None and self.head - tx.block >= self.settings.confirmations:
