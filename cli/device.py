@@ -259,7 +259,7 @@ def simulate(
     result = run_simulation(
         fleet, contracts, broker, rate=rate, duration=duration, seed=seed, start_time=start_time, faults=faults,
         fault_count=fault_count, max_inflight=max_inflight, buffer_path=buffer_path or ":memory:",
-        reply_wait=reply_wait, progress=show,
+        reply_wait=reply_wait, progress=show, announce=progress,
     )
     summary = result.as_dict()
     if as_json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 from eth_utils import to_checksum_address
@@ -21,6 +22,12 @@ from oracle.wire import SignedEvent
 
 #: the contract whose EIP-712 domain each payload type is signed for
 CONTRACT_FOR_TYPE: dict[str, str] = {"reading": "MeteredBilling", "delivery": "DeliveryEscrow"}
+
+
+@lru_cache(maxsize=1024)
+def _checksummed(address: str) -> str:
+    """Checksumming costs a keccak; a device signs for the same two or three contracts over and over."""
+    return to_checksum_address(address)
 
 
 class Counter(Protocol):
@@ -63,7 +70,7 @@ def sign_event(
     except (ValueError, KeyError) as exc:
         raise ProtocolError(f"cannot encode {event_type}: {exc}") from None
     signature = eip712.sign_digest(key.private_key, message_digest)
-    return SignedEvent(event_type, chain_id, to_checksum_address(contract), key.address, dict(fields), signature)
+    return SignedEvent(event_type, chain_id, _checksummed(contract), key.address, dict(fields), signature)
 
 
 class EventSigner:

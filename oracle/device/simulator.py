@@ -576,11 +576,13 @@ def run_simulation(
     flush_timeout: float = 30.0,
     reply_wait: float = 2.0,
     progress: Callable[[ProgressReport], None] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> SimulationResult:
     """Publish the fleet's events at ``rate`` events/s for ``duration`` seconds and wait for the broker's acks.
 
     Replies from an oracle on ``iotsettle/v1/<chainId>/+/replies`` are counted for up to ``reply_wait`` seconds
-    after the last acknowledgement (stopping early when none arrive at all).
+    after the last acknowledgement (stopping early when none arrive at all). ``announce`` gets one-line news for
+    people (the signing phase before the clock starts), ``progress`` a report about every second.
     """
     plan = plan_events(
         fleet, contracts, rate=rate, duration=duration, seed=seed, start_time=start_time, faults=faults,
@@ -601,7 +603,11 @@ def run_simulation(
     # memory, so the publishing loop only hands bytes to paho and the rate holds.
     events: Iterator[PlannedEvent] | list[PlannedEvent] = plan
     if rate * duration <= PREBUILD_LIMIT:
+        if announce is not None:
+            announce(f"signing about {int(rate * duration)} events before the clock starts")
+        signing_started = time.monotonic()
         events = list(plan)
+        log.info("signed %d events in %.1f s", len(events), time.monotonic() - signing_started)
     publisher.start()
     try:
         if not publisher.wait_connected(10.0):
