@@ -1,0 +1,285 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+import {Test} from "forge-std/Test.sol";
+
+import {DeliveryEscrow} from "../../../contracts/DeliveryEscrow.sol";
+import {DeviceRegistry} from "../../../contracts/DeviceRegistry.sol";
+import {IDeliveryEscrow} from "../../../contracts/interfaces/IDeliveryEscrow.sol";
+import {IDeviceRegistry} from "../../../contracts/interfaces/IDeviceRegistry.sol";
+import {TestToken} from "../../../contracts/test/TestToken.sol";
+
+/// @dev Drives DeliveryEscrow through random creates, deliveries (with replays), refunds, cancels, withdrawals
+/// and time jumps, keeping ghost totals of every unit that moved.
+contract EscrowHandler is Test {
+    DeliveryEscrow public escrow;
+    TestToken public token;
+    bytes32 internal constant DEST = bytes32("dest");
+
+    address[3] internal buyers = [address(0xB1), address(0xB2), address(0xB3)];
+    address[3] internal sellers = [address(0x51), address(0x52), address(0x53)];
+    uint256[2] internal trackerKeys = [uint256(0xA11CE), uint256(0xB0B)];
+    address[2] public trackers;
+
+    uint256[] public ids;
+    mapping(uint256 escrowId => IDeliveryEscrow.EscrowState) public lastSeenState;
+    mapping(address device => uint64) internal nextSeq;
+    mapping(address device => mapping(uint64 seq => uint256)) public consumed;
+    IDeliveryEscrow.SignedDelivery[] internal signedSoFar;
+
+    mapping(address token => uint256) public ghostFunded;
+    mapping(address token => uint256) public ghostToSellers;
+    mapping(address token => uint256) public ghostToBuyersPenalty;
+    mapping(address token => uint256) public ghostRefunded;
+    mapping(address token => uint256) public ghostWithdrawn;
+    uint256 public doubleConsumption;
+    uint256 public backwardMoves;
+
+    constructor(DeliveryEscrow escrow_, TestToken token_, address[2] memory trackers_) {
+        escrow = escrow_;
+        token = token_;
+        trackers = trackers_;
+    }
+
+    function allActors() public view returns (address[6] memory out) {
+        for (uint256 i = 0; i < 3; ++i) {
+            out[i] = buyers[i];
+            out[i + 3] = sellers[i];
+        }
+    }
+
+    function idsLength() external view returns (uint256) {
+        return ids.length;
+    }
+
+    function _tokenOf(uint256 seed) internal view returns (address) {
+        return seed % 2 == 0 ? address(0) : address(token);
+    }
+
+    struct Order {
+        address buyer;
+        address seller;
+        address tracker;
+        address token;
+        uint256 amount;
+        int32 limit;
+        uint16 bps;
+    }
+
+    function create(uint256 actorSeed, uint256 amount, uint16 bps, int32 limit, bool erc20, uint8 trackerSeed) external {
+        Order memory o = Order({
+            buyer: buyers[actorSeed % 3],
+            seller: sellers[(actorSeed / 3) % 3],
+            tracker: trackers[trackerSeed % 2],
+            token: erc20 ? address(token) : address(0),
+            amount: bound(amount, 1, 1e24),
+            limit: limit,
+            bps: uint16(bound(bps, 0, 10_000))
+        });
+        uint256 id = _create(o);
+        ids.push(id);
+        lastSeenState[id] = IDeliveryEscrow.EscrowState.Funded;
+        ghostFunded[o.token] += o.amount;
+    }
+
+    function _create(Order memory o) internal returns (uint256 id) {
+        uint64 deadline = uint64(block.timestamp + 1 + (o.amount % 3 days));
+        uint256 value = 0;
+        if (o.token == address(0)) {
+            vm.deal(o.buyer, o.amount);
+            value = o.amount;
+        } else {
+            token.mint(o.buyer, o.amount);
+            vm.prank(o.buyer);
+            token.approve(address(escrow), o.amount);
+        }
+        vm.prank(o.buyer);
+        id = escrow.createEscrow{value: value}(o.seller, o.tracker, o.token, o.amount, DEST, deadline, o.limit, o.bps);
+    }
+
+    function deliver(uint256 idSeed, int32 temp, uint256 replaySeed, bool wrongPlace) external {
+        if (ids.length == 0) return;
+        uint256 id = ids[idSeed % ids.length];
+        IDeliveryEscrow.SignedDelivery memory fresh = _sign(id, temp, wrongPlace ? bytes32("elsewhere") : DEST);
+        signedSoFar.push(fresh);
+
+        // relay the fresh event together with an earlier one (at-least-once relaying replays old events)
+        IDeliveryEscrow.SignedDelivery[] memory batch = new IDeliveryEscrow.SignedDelivery[](3);
+        batch[0] = signedSoFar[replaySeed % signedSoFar.length];
+        batch[1] = fresh;
+        batch[2] = fresh;
+        _relay(batch);
+    }
+
+    function _sign(uint256 id, int32 temp, bytes32 location)
+        internal
+        returns (IDeliveryEscrow.SignedDelivery memory d)
+    {
+        address device = escrow.escrowOf(id).device;
+        d.escrowId = id;
+        d.seq = ++nextSeq[device];
+        d.timestamp = uint64(block.timestamp);
+        d.location = location;
+        d.maxTemperature = temp;
+        bytes32 digest = escrow.hashDelivery(id, d.seq, d.timestamp, location, temp);
+        (d.r, d.vs) = vm.signCompact(device == trackers[0] ? trackerKeys[0] : trackerKeys[1], digest);
+    }
+
+    function _relay(IDeliveryEscrow.SignedDelivery[] memory batch) internal {
+        for (uint256 i = 0; i < batch.length; ++i) {
+            _relayOne(batch[i]);
+        }
+    }
+
+    function _relayOne(IDeliveryEscrow.SignedDelivery memory d) internal {
+        IDeliveryEscrow.Escrow memory before = escrow.escrowOf(d.escrowId);
+        uint256 sellerBefore = escrow.withdrawable(before.token, before.seller);
+        uint256 buyerBefore = escrow.withdrawable(before.token, before.buyer);
+        IDeliveryEscrow.SignedDelivery[] memory one = new IDeliveryEscrow.SignedDelivery[](1);
+        one[0] = d;
+        if (escrow.confirmDeliveries(one) == 1) {
+            if (++consumed[before.device][d.seq] > 1) ++doubleConsumption;
+            ghostToSellers[before.token] += escrow.withdrawable(before.token, before.seller) - sellerBefore;
+            ghostToBuyersPenalty[before.token] += escrow.withdrawable(before.token, before.buyer) - buyerBefore;
+        }
+        _observe(d.escrowId);
+    }
+
+    function refund(uint256 idSeed, uint32 wait) external {
+        if (ids.length == 0) return;
+        uint256 id = ids[idSeed % ids.length];
+        vm.warp(block.timestamp + bound(wait, 0, 4 days));
+        IDeliveryEscrow.Escrow memory e = escrow.escrowOf(id);
+        vm.prank(e.buyer);
+        try escrow.refund(id) {
+            ghostRefunded[e.token] += e.amount;
+        } catch {}
+        _observe(id);
+    }
+
+    function cancel(uint256 idSeed) external {
+        if (ids.length == 0) return;
+        uint256 id = ids[idSeed % ids.length];
+        IDeliveryEscrow.Escrow memory e = escrow.escrowOf(id);
+        vm.prank(e.seller);
+        try escrow.cancel(id) {
+            ghostRefunded[e.token] += e.amount;
+        } catch {}
+        _observe(id);
+    }
+
+    function withdraw(uint256 actorSeed, bool erc20) external {
+        address actor = allActors()[actorSeed % 6];
+        address tok = erc20 ? address(token) : address(0);
+        uint256 due = escrow.withdrawable(tok, actor);
+        vm.prank(actor);
+        try escrow.withdraw(tok) returns (uint256 amount) {
+            assertEq(amount, due);
+            ghostWithdrawn[tok] += amount;
+        } catch {}
+    }
+
+    function _observe(uint256 id) internal {
+        IDeliveryEscrow.EscrowState now_ = escrow.escrowOf(id).state;
+        IDeliveryEscrow.EscrowState was = lastSeenState[id];
+        if (now_ != was && was != IDeliveryEscrow.EscrowState.Funded) ++backwardMoves;
+        lastSeenState[id] = now_;
+    }
+}
+
+/// forge-config: default.invariant.runs = 16
+/// forge-config: default.invariant.depth = 48
+contract EscrowInvariantsTest is Test {
+    DeviceRegistry internal registry;
+    DeliveryEscrow internal escrow;
+    TestToken internal token;
+    EscrowHandler internal handler;
+
+    function setUp() public {
+        vm.warp(1_764_340_000);
+        registry = new DeviceRegistry();
+        escrow = new DeliveryEscrow(registry);
+        token = new TestToken();
+        address[2] memory trackers = [_register(0xA11CE), _register(0xB0B)];
+        handler = new EscrowHandler(escrow, token, trackers);
+        targetContract(address(handler));
+        bytes4[] memory selectors = new bytes4[](5);
+        selectors[0] = EscrowHandler.create.selector;
+        selectors[1] = EscrowHandler.deliver.selector;
+        selectors[2] = EscrowHandler.refund.selector;
+        selectors[3] = EscrowHandler.cancel.selector;
+        selectors[4] = EscrowHandler.withdraw.selector;
+        targetSelector(FuzzSelector({addr: address(handler), selectors: selectors}));
+    }
+
+    function _register(uint256 key) internal returns (address device) {
+        device = vm.addr(key);
+        uint64 deadline = uint64(block.timestamp);
+        bytes32 digest = registry.hashRegistration(device, address(this), IDeviceRegistry.DeviceKind.Tracker, 0, deadline);
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
+        registry.register(device, IDeviceRegistry.DeviceKind.Tracker, 0, deadline, abi.encodePacked(r, s, v));
+    }
+
+    /// @dev What the contract owes per token: credited balances plus escrows still funded.
+    function _liabilities(address tok) internal view returns (uint256 owed, uint256 locked) {
+        address[6] memory actors = handler.allActors();
+        for (uint256 i = 0; i < 6; ++i) {
+            owed += escrow.withdrawable(tok, actors[i]);
+        }
+        uint256 n = handler.idsLength();
+        for (uint256 i = 0; i < n; ++i) {
+            IDeliveryEscrow.Escrow memory e = escrow.escrowOf(handler.ids(i));
+            if (e.token == tok && e.state == IDeliveryEscrow.EscrowState.Funded) locked += e.amount;
+        }
+    }
+
+    /// @dev The handler reaches release, penalty, refund, cancel and withdrawal (so the invariants are not vacuous).
+    function test_HandlerReachesEveryOutcome() public {
+        handler.create(0, 1 ether, 5_000, 100, true, 0); // escrow 1, token, 50 % penalty above 1.00 °C
+        handler.create(1, 2 ether, 0, 0, false, 1); // escrow 2, ETH
+        handler.create(2, 3 ether, 0, 0, true, 0); // escrow 3
+        handler.deliver(0, 500, 0, false); // releases 1 with a penalty, relayed three times
+        handler.cancel(1); // escrow 2 cancelled by its seller
+        handler.refund(2, 4 days); // escrow 3 refunded after its deadline
+        handler.withdraw(3, true); // seller 0x51 takes its token credit
+        assertEq(handler.ghostToSellers(address(token)), 0.5 ether);
+        assertEq(handler.ghostToBuyersPenalty(address(token)), 0.5 ether);
+        assertEq(handler.ghostRefunded(address(0)), 2 ether);
+        assertEq(handler.ghostRefunded(address(token)), 3 ether);
+        assertEq(handler.ghostWithdrawn(address(token)), 0.5 ether);
+        invariant_Accounting();
+        invariant_StateMachine();
+    }
+
+    /// @dev Money: the contract holds at least what it owes (credits + funded escrows), and every unit a buyer
+    /// paid in is, exactly once, still locked, credited to the seller, returned as a cold-chain penalty or refunded.
+    function invariant_Accounting() public view {
+        address[2] memory toks = [address(0), address(token)];
+        for (uint256 t = 0; t < 2; ++t) {
+            address tok = toks[t];
+            (uint256 owed, uint256 locked) = _liabilities(tok);
+            uint256 held = tok == address(0) ? address(escrow).balance : token.balanceOf(address(escrow));
+            assertGe(held, owed + locked, "balance covers liabilities");
+            assertEq(held, owed + locked, "nothing unaccounted for");
+            assertEq(
+                handler.ghostFunded(tok),
+                locked + handler.ghostToSellers(tok) + handler.ghostToBuyersPenalty(tok) + handler.ghostRefunded(tok),
+                "payer debit = payee credit + refund"
+            );
+            assertEq(handler.ghostFunded(tok), held + handler.ghostWithdrawn(tok), "withdrawals match credits");
+        }
+    }
+
+    /// @dev States only move forward (Funded → one terminal state); release and refund are exclusive (a released
+    /// escrow, and only a released one, records the delivery that released it); each (device, seq) releases at
+    /// most once although the handler relays every event several times.
+    function invariant_StateMachine() public view {
+        assertEq(handler.backwardMoves(), 0, "forward-only");
+        assertEq(handler.doubleConsumption(), 0, "each (device, seq) consumed once");
+        uint256 n = handler.idsLength();
+        for (uint256 i = 0; i < n; ++i) {
+            IDeliveryEscrow.Escrow memory e = escrow.escrowOf(handler.ids(i));
+            assertEq(e.deliverySeq != 0, e.state == IDeliveryEscrow.EscrowState.Released, "release xor refund");
+        }
+    }
+}
