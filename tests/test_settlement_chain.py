@@ -489,3 +489,25 @@ def test_an_unreachable_node_degrades_health_and_loses_nothing(
     (event,) = settle_all(make_settler(scenario, store, relayer), store, ids)
     assert event.status in (EventStatus.SETTLED, EventStatus.FINAL)
     assert scenario.earnings(meter) == 33 * PRICE
+
+
+def test_a_relayer_without_funds_pauses_with_a_clear_reason_and_resumes_once_funded(
+    scenario: Scenario, store: Store
+) -> None:
+    meter = scenario.meter()
+    broke = Account.create()
+    ids = store.commit_batch([scenario.reading(meter, 1, START + 44)], [], [])
+    settler = make_settler(scenario, store, broke)
+    for _ in range(3):
+        settler.run_once()
+    assert settler.health == "degraded"
+    assert settler.last_error is not None and "cannot pay for gas" in settler.last_error
+    assert store.events(ids)[0].status is EventStatus.SUBMITTED, "stored and signed, waiting for funds"
+
+    scenario.fund(broke.address)
+    time.sleep(1.1)  # the stored transaction is re-sent at most once a second
+    (event,) = settle_all(settler, store, ids)
+    assert event.status in (EventStatus.SETTLED, EventStatus.FINAL)
+    assert settler.health == "ok"
+    assert scenario.earnings(meter) == 44 * PRICE
+    assert [tx.nonce for tx in settler.txstore.all()] == [0], "the same transaction, no nonce skipped"

@@ -312,7 +312,7 @@ class Settler:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._recovered = False
-        self.last_error: str | None = None
+        self._last_error: str | None = None
         self.last_error_at: float | None = None
 
     @classmethod
@@ -414,17 +414,26 @@ class Settler:
                 self._stop.wait(backoff)
                 continue
             backoff = 0.0
-            if self.last_error is not None and time.time() - (self.last_error_at or 0) > 1.0:
+            if self._last_error is not None and time.time() - (self.last_error_at or 0) > 1.0:
                 log.info("settlement recovered")
-                self.last_error = None
+                self._last_error = None
             if not work:
                 self._stop.wait(self.settings.poll_interval)
 
     def _note_error(self, exc: BaseException) -> None:
-        if self.last_error is None:
+        if self._last_error is None:
             log.warning("settlement degraded: %s: %s", type(exc).__name__, exc)
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._last_error = f"{type(exc).__name__}: {exc}"
         self.last_error_at = time.time()
+
+    @property
+    def last_error(self) -> str | None:
+        """Why settlement is not making progress (node errors, relayer out of funds); None while it is."""
+        if self._last_error is not None:
+            return self._last_error
+        if not self.submitter.funds_ok:
+            return f"relayer {self.submitter.sender} cannot pay for gas; top it up"
+        return None
 
     # ------------------------------------------------------------------------------------------ status
 
@@ -435,7 +444,7 @@ class Settler:
     @property
     def health(self) -> str:
         """"ok", or "degraded" while the node errs or the relayer cannot pay for gas."""
-        if self.last_error is not None or not self.submitter.funds_ok:
+        if self.last_error is not None:
             return "degraded"
         return "ok"
 
