@@ -244,3 +244,42 @@ def test_wrong_chain_or_a_fresh_node_is_refused(tmp_path: Path, deployment: Any,
         fresh.stop()
     assert code != 0
     assert "iotsettle deploy" in output and "Traceback" not in output
+
+
+def test_signed_readings_become_a_payment_through_the_daemon(tmp_path: Path, deployment: Any, mosquitto: Any,  # noqa: ANN401
+                                                             registry: ChainRegistry,
+                                                             daemons: list[DaemonProcess]) -> None:  # fmt: skip
+    from oracle.chain import send
+    from tests.daemon_support import OWNER
+
+    consumer = Account.from_key(ANVIL_DEV_KEYS[2])
+    chain, billing = deployment.chain, deployment.contract("MeteredBilling")
+
+    def tx(account: Any, call: Any, value: int = 0) -> dict[str, Any]:  # noqa: ANN401
+        return send(chain, account, call.build_transaction({"from": account.address, "value": value}))
+
+    price, start = 10, 1_000
+    receipt = tx(OWNER, billing.functions.createTariff([(0, price)]))
+    tariff = billing.events.TariffCreated().process_receipt(receipt)[0]["args"]["tariffId"]
+    meter = registry.register(DeviceKind.METER)
+    receipt = tx(OWNER, billing.functions.offer(consumer.address, meter.address, tariff, "0x" + "00" * 20, start, 0))
+    agreement = billing.events.AgreementOffered().process_receipt(receipt)[0]["args"]["agreementId"]
+    tx(consumer, billing.functions.accept(agreement, 10**18), value=10**18)
+
+    daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.2")
+    daemons.append(daemon)
+    daemon.start().wait_ready()
+    publisher = Publisher(mosquitto.host, mosquitto.port, meter.chain_id)
+    try:
+        now = int(chain.w3.eth.get_block("latest")["timestamp"])  # readings must follow the acceptance
+        items = [(meter.topic, meter.reading(seq, start + 25 * seq, timestamp=now + seq, agreement=agreement))
+                 for seq in range(1, 5)]  # fmt: skip
+        items.append(items[-1])  # a device retry: answered duplicate, paid once
+        publisher.publish_many(items)
+        assert sorted(body["status"] for _, body in publisher.collect(5)) == ["accepted"] * 4 + ["duplicate"]
+        wait_for(lambda: billing.functions.earningsOf(agreement).call() == 100 * price, 30, "the meter's earnings")
+    finally:
+        publisher.close()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(60) == 0
+    assert billing.functions.earningsOf(agreement).call() == 100 * price  # cumulative: 4 readings, one payment of Δ100
