@@ -275,27 +275,38 @@ class _DeviceRun:
         self.last_event: SignedEvent | None = None
         self.last_value: int | None = None
 
+    @property
+    def register(self) -> MeterModel | VehicleModel | WeatherStationModel:
+        if isinstance(self.model, TrackerModel):
+            raise ConfigError(f"{self.device.name} is a tracker: it signs deliveries, not readings")
+        return self.model
+
+    @property
+    def tracker(self) -> TrackerModel:
+        if not isinstance(self.model, TrackerModel):
+            raise ConfigError(f"{self.device.name} is not a tracker: it signs readings, not deliveries")
+        return self.model
+
     def _sign(self, event_type: str, msg: dict[str, Any], *, chain_id: int | None = None) -> SignedEvent:
         contract = self.contracts.for_type(event_type)
         return sign_event(self.device.key, event_type, chain_id or self.chain_id, contract, msg)
 
     def reading(self, timestamp: int) -> SignedEvent:
-        assert isinstance(self.model, (MeterModel, VehicleModel, WeatherStationModel))
-        value = self.model.value_at(timestamp)
+        value = self.register.value_at(timestamp)
         msg = {"agreementId": self.device.targets[0], "seq": self.counter.next(), "timestamp": timestamp, "value": value}
         event = self._sign("reading", msg)
         self.last_event, self.last_value = event, value
         return event
 
     def delivery(self, escrow_id: int, timestamp: int, elapsed: float) -> SignedEvent:
-        assert isinstance(self.model, TrackerModel)
-        location = geohash_encode(*self.model.position(elapsed), len(self.device.destination) or 7)
+        tracker = self.tracker
+        location = geohash_encode(*tracker.position(elapsed), len(self.device.destination) or 7)
         msg = {
             "escrowId": escrow_id,
             "seq": self.counter.next(),
             "timestamp": timestamp,
             "location": location_bytes32(location),
-            "maxTemperature": self.model.max_temperature_until(elapsed),
+            "maxTemperature": tracker.max_temperature_until(elapsed),
         }
         event = self._sign("delivery", msg)
         self.last_event = event
@@ -314,31 +325,28 @@ class _DeviceRun:
                 msg["value"] = int(msg["value"]) + 1
             return self._sign(self.last_event.type, msg)
         if fault is FaultClass.TELEPORT:
-            assert isinstance(self.model, TrackerModel)
-            lat, lon = self.model.route[-1]
+            lat, lon = self.tracker.route[-1]
             far = geohash_encode(-lat, lon + 180.0 if lon <= 0 else lon - 180.0, len(self.device.destination) or 7)
             msg = {
                 "escrowId": self.device.targets[0],
                 "seq": self.counter.next(),
                 "timestamp": timestamp,
                 "location": location_bytes32(far),
-                "maxTemperature": self.model.max_temperature_until(elapsed),
+                "maxTemperature": self.tracker.max_temperature_until(elapsed),
             }
             return self._sign("delivery", msg)
         if tracker:
-            assert isinstance(self.model, TrackerModel)
-            here = geohash_encode(*self.model.position(elapsed), len(self.device.destination) or 7)
+            here = geohash_encode(*self.tracker.position(elapsed), len(self.device.destination) or 7)
             msg = {
                 "escrowId": self.device.targets[0],
                 "seq": self.counter.next(),
                 "timestamp": timestamp,
                 "location": location_bytes32(here),
-                "maxTemperature": self.model.max_temperature_until(elapsed),
+                "maxTemperature": self.tracker.max_temperature_until(elapsed),
             }
             event_type = "delivery"
         else:
-            assert isinstance(self.model, (MeterModel, VehicleModel, WeatherStationModel))
-            current = self.model.value_at(timestamp)
+            current = self.register.value_at(timestamp)
             value = current
             if fault is FaultClass.COUNTER_ROLLBACK:
                 value = max(0, min(current, self.last_value if self.last_value is not None else current) - self.rng.randint(1, 500))
@@ -407,8 +415,7 @@ class EventPlan:
             for shift, fault in enumerate(self.faults.get(run.device.address, ())):
                 for k in range(self.fault_count):
                     if fault is FaultClass.TELEPORT:
-                        assert isinstance(run.model, TrackerModel)
-                        offset = run.model.arrival_s + 1.0 + 2.0 * k
+                        offset = run.tracker.arrival_s + 1.0 + 2.0 * k
                     else:
                         offset = self.duration * (k + 1) / (self.fault_count + 1) + 0.137 * shift
                     if offset < self.duration:
@@ -427,8 +434,9 @@ class EventPlan:
             run = self._runs[index]
             timestamp = self.start_time + int(offset)
             fault: FaultClass | None = None
+            event: SignedEvent | None
             if action == "reading":
-                event: SignedEvent | None = run.reading(timestamp)
+                event = run.reading(timestamp)
                 following = offset + period
                 if following < self.duration:
                     heapq.heappush(heap, (following, order, index, "reading", None))
@@ -442,7 +450,6 @@ class EventPlan:
                     log.info("%s: no earlier event to build %s from; skipped", run.device.name, argument)
                     continue
                 self.injected.append(InjectedFault(argument, run.device.address, event.seq, EXPECTED_REASON[argument]))
-            assert event is not None
             yield PlannedEvent(offset, run.device.address, event.type, event.seq, run.topic, event.to_payload(), fault)
 
 
