@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from oracle.device.buffer import MEMORY, OfflineBuffer
-from oracle.device.fleet import Fleet, FleetDevice, FaultClass, kind_name
+from oracle.device.fleet import FaultClass, Fleet, FleetDevice
 from oracle.device.keys import MemoryCounter, SequenceCounter
 from oracle.device.location import geohash_encode, location_bytes32
 from oracle.device.publisher import BrokerSettings, Publisher
