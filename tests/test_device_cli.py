@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import eth_keyfile
 import pytest
 from click.testing import CliRunner
 from eth_account import Account
@@ -68,6 +69,22 @@ def test_register_puts_the_device_on_chain_owned_by_the_sender(deployment: Any, 
     again = CliRunner().invoke(cli, ["device", "register", "--key", str(key_file)], env=env)
     assert again.exit_code == 1
     assert "already registered" in again.output
+
+
+def test_register_from_an_owner_keystore(deployment: Any, stack_dir: Path, tmp_path: Path) -> None:
+    owner = Account.from_key(ANVIL_DEV_KEYS[2])
+    owner_file = tmp_path / "owner.json"
+    document = eth_keyfile.create_keyfile_json(bytes(owner.key), b"owner pass", kdf="pbkdf2", iterations=1024)
+    owner_file.write_text(json.dumps(document))
+    owner_file.chmod(0o600)
+    env = {**chain_env(deployment, stack_dir), "IOTSETTLE_CHAIN_PASSWORD": "owner pass"}
+    address = run(["device", "keygen", "--out", str(tmp_path / "keys"), "--light-kdf"], env).splitlines()[0]
+    key_file = tmp_path / "keys" / f"{address}.json"
+    missing_kind = CliRunner().invoke(cli, ["device", "register", "--key", str(key_file), "--owner-key", str(owner_file)], env=env)
+    assert missing_kind.exit_code == 1 and "pass --kind" in missing_kind.output
+    run(["device", "register", "--key", str(key_file), "--kind", "tracker", "--owner-key", str(owner_file)], env)
+    record = deployment.contract("DeviceRegistry").functions.deviceOf(address).call()
+    assert (record[0], record[1]) == (owner.address, 2)
 
 
 def test_dry_run_is_reproducible_and_prints_valid_payloads(deployment: Any, tmp_path: Path) -> None:
