@@ -237,19 +237,16 @@ class Submitter:
         pending = self.w3.eth.get_transaction_count(self.sender, "pending")
         stored = self.txstore.next_nonce(self.chain_id, self.sender)
         live = [tx.nonce for tx in self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT)]
-        floor = max(latest, pending)
+        nxt = max(stored or 0, latest, pending, *[n + 1 for n in live])
         if stored is None:
-            nxt = max([floor, *[n + 1 for n in live]])
             log.info("relayer %s starts at nonce %d (chain latest %d, pending %d)", self.sender, nxt, latest, pending)
-        elif pending > stored and not live:
-            log.warning("relayer %s: the chain counts %d transactions, this oracle recorded %d; another sender uses "
-                        "the key?  continuing at %d", self.sender, pending, stored, pending)  # fmt: skip
-            nxt = pending
-        else:
-            nxt = max(stored, latest, *[n + 1 for n in live]) if live else max(stored, latest)
-            if nxt > pending and live:
-                log.info("relayer %s: nonces %d..%d are stored but not in the node's pool; re-broadcasting them",
-                         self.sender, pending, nxt - 1)  # fmt: skip
+        elif pending > stored:
+            # All our nonces are below ``stored``: the chain (or its pool) holds transactions we never signed.
+            log.warning("relayer %s: the chain counts %d transactions, this oracle handed out %d; another sender "
+                        "uses the key?  continuing at %d", self.sender, pending, stored, nxt)  # fmt: skip
+        elif live and stored > pending:
+            log.info("relayer %s: nonces %d..%d are stored but not in the node's pool; re-broadcasting them",
+                     self.sender, pending, stored - 1)  # fmt: skip
         self.txstore.set_next_nonce(self.chain_id, self.sender, nxt)
         return nxt
 
