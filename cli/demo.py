@@ -72,6 +72,7 @@ class Child:
                 with suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        self.log_path.with_suffix(".pid").unlink(missing_ok=True)
         return self.process.returncode
 
     def log_tail(self, lines: int = 3) -> str:
@@ -101,16 +102,18 @@ def _cli_command(*args: str) -> list[str]:
 
 
 def _spawn(run: Run, name: str, args: list[str], env: dict[str, str], workdir: Path,
-           stdout_path: Path | None = None) -> Child:
+           stdout_path: Path | None = None, module: bool = False) -> Child:
     log_path = workdir / f"{name}.log"
     with open(log_path, "ab") as log_handle:
         stdout = open(stdout_path, "wb") if stdout_path else log_handle  # noqa: SIM115 - closed after Popen
         try:
-            process = subprocess.Popen(_cli_command(*args), env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+            command = [sys.executable, *args] if module else _cli_command(*args)
+            process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
                                        stderr=log_handle, start_new_session=True)
         finally:
             if stdout_path:
                 stdout.close()
+    (workdir / f"{name}.pid").write_text(f"{process.pid}\n")
     child = Child(name, process, log_path)
     run.children.append(child)
     return child
@@ -146,9 +149,8 @@ def _wait_health(child: Child, port: int, timeout: float = 60.0) -> None:
             with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - loopback URL we built
                 if response.status == 200:
                     return
-        except urllib.error.HTTPError as exc:
-            if exc.code == 503:  # up, but still connecting: good enough to start publishing (QoS 1 session)
-                return
+        except urllib.error.HTTPError:
+            pass  # 503: up but not taking events in yet (subscribing); publishing now could lose events
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
@@ -300,7 +302,7 @@ def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, du
     if config.source != "defaults" and "IOTSETTLE_CONFIG" not in env:
         env["IOTSETTLE_CONFIG"] = config.source
     report(f"starting the oracle daemon (relayer {accounts[0].address}, store {db_path})")
-    oracle = _spawn(run, "oracle", ["oracle", "run"], env, work)
+    oracle = _spawn(run, "oracle", ["-m", "cli.oracle", "run"], env, work, module=True)
     _wait_health(oracle, health_port)
 
     report(f"simulating {spec.total} devices at {rate:g} readings/s for {duration:g} s (faults: {faults or 'none'})")
@@ -356,6 +358,7 @@ def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, du
         "latencySeconds": {"p50": _round(livestats.percentile(lat, 50)), "p90": _round(livestats.percentile(lat, 90)),
                            "p99": _round(livestats.percentile(lat, 99)), "samples": len(lat)},
         "elapsedSeconds": round(elapsed, 1),
+        "eventsPerSecond": round((snap.received + snap.rejected_total) / max(elapsed, 1e-6), 1),
         "parties": {"operator": parties.operator.address, "utility": parties.utility.address,
                     "insurer": parties.insurer.address, "household": parties.household.address,
                     "shop": parties.shop.address},
@@ -401,7 +404,8 @@ def _summary_view(summary: dict[str, Any]) -> Table:
     if sim:
         table.add_row("events published (acked by the broker)", f"{sim.get('acknowledged', 0):,} of "
                                                                 f"{sim.get('planned', 0):,}")
-    table.add_row("events stored by the oracle", f"{oracle['received']:,}")
+    table.add_row("events stored by the oracle", f"{oracle['received']:,} ({summary['eventsPerSecond']:,.0f} events/s "
+                                                 f"over {summary['elapsedSeconds']:.0f} s)")
     table.add_row("payments made on chain", f"{chain['readingsSettled']:,} meter/vehicle readings billed "
                                             f"({_fmt_tokens(int(chain['billed']))}), {chain['deliveriesConfirmed']} "
                                             f"deliveries paid ({_fmt_tokens(int(chain['released']))})")
@@ -435,4 +439,4 @@ def _next_steps(summary: dict[str, Any], stack_left_running: bool) -> None:
     if stack_left_running:
         lines.append("  iotsettle node down                              # stop anvil and mosquitto")
     for line in lines:
-        progress(line)
+        err_console.print(line, soft_wrap=True, highlight=False)
