@@ -1,0 +1,230 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+import {Test} from "forge-std/Test.sol";
+
+import {DeviceRegistry} from "../../../contracts/DeviceRegistry.sol";
+import {MeteredBilling} from "../../../contracts/MeteredBilling.sol";
+import {IDeviceRegistry} from "../../../contracts/interfaces/IDeviceRegistry.sol";
+import {IMeteredBilling} from "../../../contracts/interfaces/IMeteredBilling.sol";
+import {TestToken} from "../../../contracts/test/TestToken.sol";
+
+/// @dev Drives MeteredBilling through random readings (replayed, rolled back, out of order, in batches),
+/// top-ups, provider withdrawals, closes and time jumps, keeping ghost totals of every unit that moved.
+contract BillingHandler is Test {
+    MeteredBilling public billing;
+    TestToken public token;
+    address public constant PROVIDER = address(0x9901);
+    address public constant CONSUMER = address(0xC001);
+
+    uint256[] public ids;
+    mapping(uint256 id => uint256 key) internal keyOf;
+    mapping(uint256 id => uint64) internal seqOf;
+    mapping(uint256 id => uint256) internal valueOf;
+    mapping(uint256 id => mapping(uint64 seq => uint256)) public consumed;
+    IMeteredBilling.SignedReading[] internal signedSoFar;
+
+    uint256 public ghostDeposited;
+    uint256 public ghostBilled;
+    uint256 public ghostWithdrawnByProvider;
+    uint256 public ghostRefunded;
+    uint256 public doubleConsumption;
+    uint256 public registerRollbacks;
+
+    constructor(MeteredBilling billing_, TestToken token_) {
+        billing = billing_;
+        token = token_;
+    }
+
+    function idsLength() external view returns (uint256) {
+        return ids.length;
+    }
+
+    function addAgreement(uint256 id, uint256 key, uint256 deposit) external {
+        ids.push(id);
+        keyOf[id] = key;
+        valueOf[id] = billing.agreementOf(id).startValue;
+        ghostDeposited += deposit;
+    }
+
+    /// @dev A meter signs a new reading; the batch also carries a replayed earlier reading and, sometimes, a
+    /// rolled-back register.
+    function read(uint256 idSeed, uint64 consumption, uint256 replaySeed, bool rollback, uint8 skew) external {
+        if (ids.length == 0) return;
+        uint256 id = ids[idSeed % ids.length];
+        vm.warp(block.timestamp + skew);
+        uint256 value = valueOf[id] + bound(consumption, 0, 1_000);
+        if (rollback && valueOf[id] > 0) value = valueOf[id] - 1;
+        else valueOf[id] = value;
+        IMeteredBilling.SignedReading memory fresh = _sign(id, ++seqOf[id], value);
+        signedSoFar.push(fresh);
+
+        IMeteredBilling.SignedReading[] memory batch = new IMeteredBilling.SignedReading[](3);
+        batch[0] = signedSoFar[replaySeed % signedSoFar.length];
+        batch[1] = fresh;
+        batch[2] = fresh;
+        for (uint256 i = 0; i < 3; ++i) {
+            _relayOne(batch[i]);
+        }
+    }
+
+    function _sign(uint256 id, uint64 seq, uint256 value) internal view returns (IMeteredBilling.SignedReading memory rd) {
+        rd.agreementId = id;
+        rd.seq = seq;
+        rd.timestamp = uint64(block.timestamp);
+        rd.value = value;
+        (rd.r, rd.vs) = vm.signCompact(keyOf[id], billing.hashReading(id, seq, rd.timestamp, value));
+    }
+
+    function _relayOne(IMeteredBilling.SignedReading memory rd) internal {
+        IMeteredBilling.Agreement memory before = billing.agreementOf(rd.agreementId);
+        IMeteredBilling.SignedReading[] memory one = new IMeteredBilling.SignedReading[](1);
+        one[0] = rd;
+        if (billing.settle(one) == 1) {
+            if (++consumed[rd.agreementId][rd.seq] > 1) ++doubleConsumption;
+            IMeteredBilling.Agreement memory after_ = billing.agreementOf(rd.agreementId);
+            if (after_.lastValue < before.lastValue) ++registerRollbacks;
+            ghostBilled += before.prepaid - after_.prepaid;
+        }
+    }
+
+    function topUp(uint256 idSeed, uint256 amount) external {
+        if (ids.length == 0) return;
+        uint256 id = ids[idSeed % ids.length];
+        amount = bound(amount, 1, 1e21);
+        token.mint(CONSUMER, amount);
+        vm.startPrank(CONSUMER);
+        token.approve(address(billing), amount);
+        IMeteredBilling.Agreement memory before = billing.agreementOf(id);
+        try billing.topUp(id, amount) {
+            ghostDeposited += amount;
+            ghostBilled += before.arrears - billing.agreementOf(id).arrears; // arrears paid are billed now
+        } catch {}
+        vm.stopPrank();
+    }
+
+    function withdrawEarnings(uint256 idSeed) external {
+        if (ids.length == 0) return;
+        vm.prank(PROVIDER);
+        try billing.withdrawEarnings(ids[idSeed % ids.length]) returns (uint256 amount) {
+            ghostWithdrawnByProvider += amount;
+        } catch {}
+    }
+
+    function close(uint256 idSeed, uint32 wait) external {
+        if (ids.length == 0) return;
+        uint256 id = ids[idSeed % ids.length];
+        vm.startPrank(CONSUMER);
+        try billing.requestClose(id) {} catch {}
+        vm.warp(block.timestamp + bound(wait, 0, 2 days));
+        try billing.close(id) returns (uint256 refund) {
+            ghostRefunded += refund;
+        } catch {}
+        vm.stopPrank();
+    }
+}
+
+/// forge-config: default.invariant.runs = 16
+/// forge-config: default.invariant.depth = 48
+contract BillingInvariantsTest is Test {
+    DeviceRegistry internal registry;
+    MeteredBilling internal billing;
+    TestToken internal token;
+    BillingHandler internal handler;
+
+    function setUp() public {
+        vm.warp(1_764_340_000);
+        registry = new DeviceRegistry();
+        billing = new MeteredBilling(registry);
+        token = new TestToken();
+        handler = new BillingHandler(billing, token);
+
+        IMeteredBilling.TariffBlock[] memory flat = new IMeteredBilling.TariffBlock[](1);
+        flat[0] = IMeteredBilling.TariffBlock(0, 7);
+        uint32 flatId = billing.createTariff(flat);
+        IMeteredBilling.TariffBlock[] memory tiered = new IMeteredBilling.TariffBlock[](3);
+        tiered[0] = IMeteredBilling.TariffBlock(500, 11);
+        tiered[1] = IMeteredBilling.TariffBlock(1_500, 5);
+        tiered[2] = IMeteredBilling.TariffBlock(0, 2);
+        uint32 tieredId = billing.createTariff(tiered);
+
+        address provider = handler.PROVIDER();
+        address consumer = handler.CONSUMER();
+        for (uint256 i = 0; i < 4; ++i) {
+            uint256 key = 0x5EED + i;
+            address meter = _register(key);
+            uint256 deposit = 1_000 * (i + 1);
+            vm.prank(provider);
+            uint256 id = billing.offer(consumer, meter, i % 2 == 0 ? flatId : tieredId, address(token), uint64(i * 1000), 1 hours);
+            token.mint(consumer, deposit);
+            vm.startPrank(consumer);
+            token.approve(address(billing), deposit);
+            billing.accept(id, deposit);
+            vm.stopPrank();
+            handler.addAgreement(id, key, deposit);
+        }
+        targetContract(address(handler));
+        bytes4[] memory selectors = new bytes4[](4);
+        selectors[0] = BillingHandler.read.selector;
+        selectors[1] = BillingHandler.topUp.selector;
+        selectors[2] = BillingHandler.withdrawEarnings.selector;
+        selectors[3] = BillingHandler.close.selector;
+        targetSelector(FuzzSelector({addr: address(handler), selectors: selectors}));
+    }
+
+    function _register(uint256 key) internal returns (address device) {
+        device = vm.addr(key);
+        uint64 deadline = uint64(block.timestamp);
+        bytes32 digest = registry.hashRegistration(device, address(this), IDeviceRegistry.DeviceKind.Meter, 0, deadline);
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
+        registry.register(device, IDeviceRegistry.DeviceKind.Meter, 0, deadline, abi.encodePacked(r, s, v));
+    }
+
+    function _sums() internal view returns (uint256 prepaid, uint256 earnings, uint256 deposited) {
+        uint256 n = handler.idsLength();
+        for (uint256 i = 0; i < n; ++i) {
+            uint256 id = handler.ids(i);
+            IMeteredBilling.Agreement memory a = billing.agreementOf(id);
+            prepaid += a.prepaid;
+            earnings += billing.earningsOf(id);
+            deposited += a.deposited;
+            assertLe(a.deposited - a.prepaid, a.deposited, "billed <= deposited per agreement");
+        }
+    }
+
+    /// @dev Money: the token balance covers every liability (consumers' prepaid balances + providers' unpaid
+    /// earnings) exactly; everything deposited is prepaid, billed or refunded; billed never exceeds deposited.
+    function invariant_Accounting() public view {
+        (uint256 prepaid, uint256 earnings, uint256 deposited) = _sums();
+        uint256 held = token.balanceOf(address(billing));
+        assertGe(held, prepaid + earnings, "balance covers liabilities");
+        assertEq(held, prepaid + earnings, "nothing unaccounted for");
+        assertEq(handler.ghostDeposited(), held + handler.ghostWithdrawnByProvider() + handler.ghostRefunded());
+        assertEq(handler.ghostBilled(), earnings + handler.ghostWithdrawnByProvider(), "billed = earned");
+        assertLe(handler.ghostBilled(), handler.ghostDeposited() - handler.ghostRefunded(), "billed <= deposited");
+        assertEq(deposited + handler.ghostRefunded(), handler.ghostDeposited());
+    }
+
+    /// @dev Each (agreement, seq) settles at most once although every reading is relayed three times and old
+    /// readings are replayed; the register never goes back.
+    function invariant_ReplayAndRollback() public view {
+        assertEq(handler.doubleConsumption(), 0, "each (device, seq) consumed once");
+        assertEq(handler.registerRollbacks(), 0, "the settled register only grows");
+    }
+
+    /// @dev The handler reaches billing, arrears, top-ups, withdrawals and closing.
+    function test_HandlerReachesEveryOutcome() public {
+        handler.read(0, 100, 0, false, 1); // flat: 700 billed of 1000
+        handler.read(1, 1_000, 0, false, 1); // tiered from 1000: 500×11 + 500×5 = 8000 > 2000 → arrears
+        handler.topUp(1, 10_000); // pays 6000 arrears, 4000 prepaid
+        handler.read(1, 0, 0, true, 1); // rollback refused
+        handler.withdrawEarnings(0);
+        handler.close(0, 2 hours);
+        assertEq(handler.ghostBilled(), 700 + 8_000);
+        assertEq(handler.ghostWithdrawnByProvider(), 700);
+        assertEq(handler.ghostRefunded(), 300);
+        assertEq(uint8(billing.agreementOf(handler.ids(1)).status), uint8(IMeteredBilling.AgreementStatus.Active));
+        invariant_Accounting();
+        invariant_ReplayAndRollback();
+    }
+}
