@@ -15,7 +15,7 @@ from oracle.device.fleet import FaultClass, generate_fleet, load_fleet, set_targ
 from oracle.device.location import location_bytes32
 from oracle.device.publisher import BrokerSettings
 from oracle.device.signer import Contracts
-from oracle.device.simulator import plan_events, run_simulation
+from oracle.device.simulator import EventPlan, plan_events, run_simulation, sign_ahead
 from oracle.errors import SignatureError
 from oracle.node import Mosquitto
 from oracle.wire import decode, events_filter
@@ -42,6 +42,19 @@ def test_same_seed_gives_byte_identical_payloads(fleet_path: Path) -> None:
     assert first == payloads(fleet_path, seed=3, faults=tuple(FaultClass))
     assert first != payloads(fleet_path, seed=4, faults=tuple(FaultClass))
     assert 950 <= len(first) <= 1050  # 50 readings/s for 20 s, plus deliveries and faults
+
+
+def test_signing_in_several_processes_gives_the_same_sequence(fleet_path: Path) -> None:
+    def plan() -> EventPlan:
+        return plan_events(load_fleet(fleet_path), CONTRACTS, rate=50, duration=20, seed=3, start_time=START,
+                           faults=tuple(FaultClass), counters="memory")
+
+    alone, together = plan(), plan()
+    one = sign_ahead(alone, 1)
+    three = sign_ahead(together, 3)
+    assert [event.payload for event in one] == [event.payload for event in three]
+    assert alone.injected == together.injected
+    assert len(alone.injected) >= 7 * 2
 
 
 def test_registers_only_grow_and_trackers_deliver_at_their_destination(fleet_path: Path) -> None:

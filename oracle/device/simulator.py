@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import math
 import random
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -226,6 +228,7 @@ class PlannedEvent:
     topic: str
     payload: bytes
     fault: FaultClass | None = None
+    index: int = 0  # the device's place in the fleet (orders events with the same offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +277,7 @@ class _DeviceRun:
         self.topic = events_topic(fleet.chain_id, device.address)
         self.last_event: SignedEvent | None = None
         self.last_value: int | None = None
+        self.steps = 0  # events scheduled so far (tie-break among this device's events)
 
     @property
     def register(self) -> MeterModel | VehicleModel | WeatherStationModel:
@@ -369,7 +373,12 @@ class _DeviceRun:
 
 @dataclass
 class EventPlan:
-    """The ordered events of a run. Iterate once; payloads are signed as the iteration reaches them."""
+    """The ordered events of a run. Iterate once; payloads are signed as the iteration reaches them.
+
+    Events are ordered by (offset, device's place in the fleet, device's own step), and each device's events
+    depend only on its own random stream, so a plan restricted to some devices (``only``) yields exactly those
+    devices' events of the whole plan: parts planned in parallel merge back into the same sequence.
+    """
 
     fleet: Fleet
     contracts: Contracts
@@ -380,38 +389,47 @@ class EventPlan:
     faults: Mapping[str, tuple[FaultClass, ...]] = field(default_factory=dict)
     fault_count: int = 3
     counters: str = "persistent"  # or "memory": every device starts at seq 1 and nothing is written
+    only: frozenset[str] | None = None  # device addresses to plan; None = the whole fleet
     injected: list[InjectedFault] = field(default_factory=list)
-    _runs: list[_DeviceRun] = field(default_factory=list)
+    _runs: dict[int, _DeviceRun] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.rate <= 0 or self.duration <= 0:
             raise ConfigError("rate and duration must be positive")
-        for device in self.fleet.devices:
+        readers = sum(1 for device in self.fleet.devices if device.kind is not DeviceKind.TRACKER)
+        # Every reading device reports at the same pace, whatever part of the fleet this plan covers.
+        self._period = readers / self.rate if readers else math.inf
+
+    def _open(self) -> None:
+        """Create the devices' models and open their counters, once, when the plan is first iterated."""
+        if self._runs:
+            return
+        for index, device in enumerate(self.fleet.devices):
+            if self.only is not None and device.address not in self.only:
+                continue
             if self.counters == "memory" or device.counter_path is None:
                 counter: Any = MemoryCounter()
             else:
                 counter = SequenceCounter(device.counter_path, device.address)
-            self._runs.append(_DeviceRun(device, self.fleet, self.contracts, self.seed, counter))
+            self._runs[index] = _DeviceRun(device, self.fleet, self.contracts, self.seed, counter)
 
     def close(self) -> None:
-        for run in self._runs:
+        for run in self._runs.values():
             run.counter.close()
 
     def _schedule(self) -> list[tuple[float, int, int, str, Any]]:
-        """(offset, tie-break, device index, action, argument) for the whole run."""
+        """(offset, device index, device step, action, argument) for the start of the run."""
+        self._open()
         heap: list[tuple[float, int, int, str, Any]] = []
-        order = 0
-        reading_devices = [i for i, run in enumerate(self._runs) if run.device.kind is not DeviceKind.TRACKER]
-        period = len(reading_devices) / self.rate if reading_devices else math.inf
-        for i in reading_devices:
-            phase = self._runs[i].rng.uniform(0.0, period)
-            heap.append((phase, order, i, "reading", None))
-            order += 1
-        for i, run in enumerate(self._runs):
+        for index, run in self._runs.items():
+            step = 0
+            if run.device.kind is not DeviceKind.TRACKER:
+                heap.append((run.rng.uniform(0.0, self._period), index, step, "reading", None))
+                step += 1
             if isinstance(run.model, TrackerModel) and run.model.arrival_s < self.duration:
                 for escrow_id in run.device.targets:
-                    heap.append((run.model.arrival_s, order, i, "delivery", escrow_id))
-                    order += 1
+                    heap.append((run.model.arrival_s, index, step, "delivery", escrow_id))
+                    step += 1
             for shift, fault in enumerate(self.faults.get(run.device.address, ())):
                 for k in range(self.fault_count):
                     if fault is FaultClass.TELEPORT:
@@ -419,28 +437,26 @@ class EventPlan:
                     else:
                         offset = self.duration * (k + 1) / (self.fault_count + 1) + 0.137 * shift
                     if offset < self.duration:
-                        heap.append((offset, order, i, "fault", fault))
-                        order += 1
+                        heap.append((offset, index, step, "fault", fault))
+                        step += 1
+            run.steps = step
         heapq.heapify(heap)
         return heap
 
     def __iter__(self) -> Iterator[PlannedEvent]:
         heap = self._schedule()
-        reading_count = sum(1 for run in self._runs if run.device.kind is not DeviceKind.TRACKER)
-        period = reading_count / self.rate if reading_count else math.inf
-        order = len(heap)
         while heap:
-            offset, _, index, action, argument = heapq.heappop(heap)
+            offset, index, _, action, argument = heapq.heappop(heap)
             run = self._runs[index]
             timestamp = self.start_time + int(offset)
             fault: FaultClass | None = None
             event: SignedEvent | None
             if action == "reading":
                 event = run.reading(timestamp)
-                following = offset + period
+                following = offset + self._period
                 if following < self.duration:
-                    heapq.heappush(heap, (following, order, index, "reading", None))
-                    order += 1
+                    heapq.heappush(heap, (following, index, run.steps, "reading", None))
+                    run.steps += 1
             elif action == "delivery":
                 event = run.delivery(argument, timestamp, offset)
             else:
@@ -450,7 +466,44 @@ class EventPlan:
                     log.info("%s: no earlier event to build %s from; skipped", run.device.name, argument)
                     continue
                 self.injected.append(InjectedFault(argument, run.device.address, event.seq, EXPECTED_REASON[argument]))
-            yield PlannedEvent(offset, run.device.address, event.type, event.seq, run.topic, event.to_payload(), fault)
+            yield PlannedEvent(offset, run.device.address, event.type, event.seq, run.topic, event.to_payload(), fault,
+                               index)
+
+
+def _sign_part(plan: EventPlan) -> list[PlannedEvent]:
+    """Worker process: sign one part of a plan (its devices' counters are opened and closed here)."""
+    try:
+        return list(plan)
+    finally:
+        plan.close()
+
+
+def sign_ahead(plan: EventPlan, workers: int) -> list[PlannedEvent]:
+    """Every event of ``plan`` signed now, using up to ``workers`` processes (devices split between them).
+
+    The result is the same sequence a single process produces; signing is CPU-bound, so this scales with cores.
+    """
+    devices = [device.address for device in plan.fleet.devices]
+    workers = max(1, min(workers, len(devices)))
+    if workers == 1:
+        try:
+            return list(plan)
+        finally:
+            plan.close()
+    if plan._runs:
+        raise ConfigError("a plan that was already iterated cannot be signed again")
+    parts = [
+        replace(plan, only=frozenset(devices[i::workers]), injected=[], _runs={}) for i in range(workers)
+    ]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        signed = list(pool.map(_sign_part, parts))
+    merged = list(heapq.merge(*signed, key=lambda event: (event.offset, event.index)))
+    plan.injected.extend(
+        InjectedFault(event.fault, event.device, event.seq, EXPECTED_REASON[event.fault])
+        for event in merged
+        if event.fault is not None
+    )
+    return merged
 
 
 # ------------------------------------------------------------------------------------------------- running
@@ -584,6 +637,7 @@ def run_simulation(
     reply_wait: float = 2.0,
     progress: Callable[[ProgressReport], None] | None = None,
     announce: Callable[[str], None] | None = None,
+    workers: int | None = None,
 ) -> SimulationResult:
     """Publish the fleet's events at ``rate`` events/s for ``duration`` seconds and wait for the broker's acks.
 
@@ -610,10 +664,12 @@ def run_simulation(
     # memory, so the publishing loop only hands bytes to paho and the rate holds.
     events: Iterator[PlannedEvent] | list[PlannedEvent] = plan
     if rate * duration <= PREBUILD_LIMIT:
+        expected = int(rate * duration)
+        processes = workers if workers is not None else (min(os.cpu_count() or 1, 4) if expected >= 5_000 else 1)
         if announce is not None:
-            announce(f"signing about {int(rate * duration)} events before the clock starts")
+            announce(f"signing about {expected} events before the clock starts ({processes} processes)")
         signing_started = time.monotonic()
-        events = list(plan)
+        events = sign_ahead(plan, processes)
         log.info("signed %d events in %.1f s", len(events), time.monotonic() - signing_started)
     publisher.start()
     try:
