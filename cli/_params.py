@@ -174,6 +174,12 @@ def short(address: str) -> str:
     return f"{address[:6]}…{address[-4:]}"
 
 
+def short_id(value: int) -> str:
+    """A large agreement id for a table cell: 0xa6a140…000001 (--json has it in full)."""
+    text = hex(value)
+    return text if len(text) <= 16 else f"{text[:8]}…{text[-6:]}"
+
+
 def when(ts: int) -> str:
     if not ts:
         return "—"

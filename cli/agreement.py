@@ -7,7 +7,7 @@ from rich.table import Table
 
 from cli._common import IotSettleGroup, emit, json_option
 from cli._params import (ADDRESS, AMOUNT, DURATION, ID, TOKEN, ops_context, read_payloads, rpc_option, sender_options,
-                         short, when)
+                         short, short_id, when)
 from oracle.errors import ChainError
 from oracle.ops import billing as ops
 from oracle.ops.amounts import Amount
@@ -178,7 +178,7 @@ def list_cmd(ctx: click.Context, party: str | None, device: str | None, status_f
                   title=f"{len(views)} agreements")
     for v in views:
         fmt = describe_token(ops_ctx, v.token).format
-        table.add_row(hex(v.agreement_id), v.status, short(v.provider), short(v.consumer), short(v.device),
+        table.add_row(short_id(v.agreement_id), v.status, short(v.provider), short(v.consumer), short(v.device),
                       str(v.last_value), fmt(v.prepaid), fmt(v.billed))
     emit([v.as_dict() for v in views], as_json, table)
 
@@ -207,13 +207,14 @@ def settle(ctx: click.Context, source: str, from_key_env: str | None, dev_accoun
     data = {"tx": result.tx_hash, "block": result.block, "gasUsed": result.gas_used,
             "results": [{"agreementId": str(o.agreement_id), "seq": o.seq, "settled": o.settled,
                          "reason": o.reason or None, "amount": str(o.amount)} for o in outcomes]}
-    table = Table("agreement", "seq", "result", "billed", title=f"relayed in block {result.block}, gas {result.gas_used:,}",
-                  caption=f"tx {result.tx_hash}")
+    table = Table("agreement", "seq", "result", "billed", title=f"relayed in block {result.block}, gas {result.gas_used:,}")
     for o in outcomes:
         fmt = describe_token(ops_ctx, ops.agreement_of(ops_ctx, o.agreement_id).token).format
-        table.add_row(hex(o.agreement_id), str(o.seq), "settled" if o.settled else f"rejected: {o.reason}",
+        table.add_row(short_id(o.agreement_id), str(o.seq), "settled" if o.settled else f"rejected: {o.reason}",
                       fmt(o.amount) if o.settled else "")
     emit(data, as_json, table)
+    if not as_json:
+        emit(None, False, f"tx {result.tx_hash}")
 
 
 @agreement.command()

@@ -36,10 +36,11 @@ def list_cmd(ctx: click.Context, owner: str | None, kind: str | None, rpc_url: s
     """
     ops_ctx = ops_context(ctx, rpc_url, send=False)
     views = ops.list_devices(ops_ctx, owner=owner, kind=kind)
-    table = Table("device", "kind", "status", "owner", "current key", "rotations", "registered",
+    table = Table("device", "kind", "status", "owner", "current key", "rotations", "registered (UTC)",
                   title=f"{len(views)} devices")
     for v in views:
-        table.add_row(v.device, v.kind, v.status, short(v.owner), short(v.key), str(v.rotations), when(v.registered_at))
+        table.add_row(v.device, v.kind, v.status, short(v.owner), short(v.key), str(v.rotations),
+                      when(v.registered_at)[:16])
     emit([v.as_dict() for v in views], as_json, table)
 
 

@@ -204,12 +204,14 @@ def confirm(ctx: click.Context, source: str, from_key_env: str | None, dev_accou
             "results": [{"escrowId": o.escrow_id, "seq": o.seq, "confirmed": o.confirmed, "reason": o.reason or None,
                          "toSeller": str(o.to_seller), "toBuyer": str(o.to_buyer)} for o in outcomes]}
     table = Table("escrow", "seq", "result", "seller credited", "buyer credited",
-                  title=f"relayed in block {result.block}, gas {result.gas_used:,}", caption=f"tx {result.tx_hash}")
+                  title=f"relayed in block {result.block}, gas {result.gas_used:,}")
     for o in outcomes:
         fmt = describe_token(ops_ctx, ops.escrow_of(ops_ctx, o.escrow_id).token).format
         table.add_row(str(o.escrow_id), str(o.seq), "released" if o.confirmed else f"rejected: {o.reason}",
                       fmt(o.to_seller) if o.confirmed else "", fmt(o.to_buyer) if o.confirmed else "")
     emit(data, as_json, table)
+    if not as_json:
+        emit(None, False, f"tx {result.tx_hash}")
 
 
 @escrow.command()

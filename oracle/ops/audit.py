@@ -242,8 +242,8 @@ def audit_agreement(ctx: OpsContext, agreement_id: int) -> AuditReport:
     if not logs:
         raise ChainError(f"agreement {agreement_id} does not exist on chain {ctx.chain.chain_id}")
     token = logs[0].args["token"]
-    entries = _entries(ctx, logs, lambda _e: f"agreement {agreement_id}", {agreement_id: token})
-    return AuditReport(f"agreement {agreement_id}", entries, {"token": token, **_agreement_totals(logs)})
+    entries = _entries(ctx, logs, lambda _e: f"agreement {hex(agreement_id)}", {agreement_id: token})
+    return AuditReport(f"agreement {hex(agreement_id)}", entries, {"token": token, **_agreement_totals(logs)})
 
 
 def _agreement_totals(logs: Iterable[LogEntry]) -> dict[str, int]:
@@ -300,7 +300,7 @@ def audit_device(ctx: OpsContext, device: str) -> AuditReport:
         if "escrowId" in entry.args:
             return f"escrow {entry.args['escrowId']}"
         if "agreementId" in entry.args:
-            return f"agreement {entry.args['agreementId']}"
+            return f"agreement {hex(entry.args['agreementId'])}"
         return f"device {device}"
 
     entries = _entries(ctx, settled, subject, tokens)
