@@ -373,11 +373,13 @@ def test_a_restarted_settler_resumes_with_no_nonce_gap_and_no_double_payment(
         del crashed  # kill -9: nothing is cleaned up
 
         restarted = make_settler(scenario, store, relayer, batch_max_events=1)
-        restarted.run_once()
-        scenario.mine()
-        events = settle_all(restarted, store, ids + late + claimed)
-        scenario.mine()
-        settle_all(restarted, store, ids + late + claimed)
+        deadline = time.monotonic() + 20
+        while any(e.status not in (EventStatus.SETTLED, EventStatus.FINAL) for e in store.events(ids + late + claimed)):
+            assert time.monotonic() < deadline, "the restarted settler did not finish"
+            restarted.run_once()
+            scenario.mine()
+            time.sleep(0.1)
+        events = store.events(ids + late + claimed)
 
     assert all(e.status in (EventStatus.SETTLED, EventStatus.FINAL) for e in events)
     assert our_nonces(restarted) == list(range(first_nonce, first_nonce + 5)), "consecutive nonces, no gap"

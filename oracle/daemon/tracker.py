@@ -1,4 +1,5 @@
-"""Confirmation tracker, and the settlement loop (``Settler``) that runs planner → submitter → tracker.
+"""Confirmation tracker, and the settlement loop (``Settler``): planner → submitter on one thread, the tracker on
+another, both over the same store.
 
 The tracker follows every transaction the submitter stored:
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,7 @@ class Tracker:
         self.settings = settings
         self.metrics = metrics
         self._head_hash: str | None = None
+        self._head_number: int | None = None
         self._drop_checked: dict[str, float] = {}
         self._retried: dict[str, float] = {}
         self.head = 0
@@ -78,18 +80,31 @@ class Tracker:
         # The nonce count first: a transaction mined after this read is then seen by the receipt lookups below.
         account_nonce = hex_int(self.submitter.rpc("eth_getTransactionCount", [self.submitter.sender, "latest"]))
         head = self.submitter.rpc("eth_getBlockByNumber", ["latest", False])
-        self.head = hex_int(head["number"])
-        head_moved = head["hash"] != self._head_hash
+        number, head_hash = hex_int(head["number"]), str(head["hash"])
+        self.head = number
         changed = 0
         for tx in self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT):
             changed += self._follow_open(tx, account_nonce, now)
-        if head_moved or changed:
-            for tx in self.txstore.by_status(TxStatus.MINED):
-                changed += self._follow_mined(tx)
-            self._head_hash = head["hash"]
+        if head_hash != self._head_hash or changed:
+            mined = self.txstore.by_status(TxStatus.MINED)
+            if mined:
+                changed += self._follow_mined(mined, number, self._unchanged_below(number))
+            self._head_hash, self._head_number = head_hash, number
         return changed
 
-    # ------------------------------------------------------------------------------------------ open txs
+    def _unchanged_below(self, number: int) -> int:
+        """Blocks up to the returned height are the same as at the previous pass (-1: nothing is known).
+
+        One block lookup per new head instead of one receipt per mined transaction: if the previous head is still
+        canonical, so is everything below it.
+        """
+        previous, previous_hash = self._head_number, self._head_hash
+        if previous is None or previous_hash is None or number < previous:
+            return -1
+        block = self.submitter.rpc("eth_getBlockByNumber", [hex(previous), False])
+        return previous if block is not None and str(block["hash"]) == previous_hash else -1
+
+        # ------------------------------------------------------------------------------------------ open txs
 
     def _receipt(self, tx_hash: str) -> dict[str, Any] | None:
         return self.submitter.rpc("eth_getTransactionReceipt", [tx_hash])  # type: ignore[no-any-return]
@@ -107,7 +122,7 @@ class Tracker:
         if tx.status is TxStatus.SIGNED:
             # Stored but never taken by the node (crash before the broadcast, node down, no funds): send again,
             # at most once per drop_check_every so a failing node is not hammered.
-            if now - self._retried.get(tx.tx_key, 0.0) < self.settings.drop_check_every:
+            if now - self._retried.get(tx.tx_key, tx.created_at) < self.settings.drop_check_every:
                 return 0
             self._retried[tx.tx_key] = now
             error = self.submitter.broadcast(tx)
@@ -233,25 +248,39 @@ class Tracker:
                 self.metrics.latency.observe(max(0.0, now - event.received_at))
             self.metrics.last_settled_block.set(block)
         if self.settings.confirmations == 0:
-            self._finalize(tx.tx_key, tx.kind)
+            mined_tx = self.txstore.get(tx.tx_key)
+            if mined_tx is not None:
+                self._finalize([mined_tx])
 
-    def _follow_mined(self, tx: TxRecord) -> int:
-        receipt = self._receipt(tx.mined_hash or tx.tx_hash)
-        if receipt is None or str(receipt["blockHash"]).lower() != tx.block_hash:
-            self._reopen(tx, "its block left the canonical chain" if receipt is None else "it moved to another block")
-            return 1
-        if tx.block is not None and self.head - tx.block >= self.settings.confirmations:
-            self._finalize(tx.tx_key, tx.kind)
-            return 1
-        return 0
+    def _follow_mined(self, mined: list[TxRecord], head: int, unchanged_below: int) -> int:
+        """Re-open transactions a reorg took away; finalize those with enough confirmations, in one commit."""
+        changed = 0
+        ready: list[TxRecord] = []
+        for tx in mined:
+            if tx.block is None or tx.block > unchanged_below:
+                receipt = self._receipt(tx.mined_hash or tx.tx_hash)
+                if receipt is None or str(receipt["blockHash"]).lower() != tx.block_hash:
+                    self._reopen(tx, "its block left the canonical chain" if receipt is None else "it moved to another block")
+                    changed += 1
+                    continue
+            if tx.block is not None and head - tx.block >= self.settings.confirmations:
+                ready.append(tx)
+        if ready:
+            self._finalize(ready)
+        return changed + len(ready)
 
-    def _finalize(self, tx_key: str, kind: str) -> None:
-        ids = [e.id for e in self.store.events_by_tx(tx_key) if e.status is EventStatus.SETTLED]
+    def _finalize(self, txs: Sequence[TxRecord]) -> None:
+        counts: dict[str, int] = {}
         with self.store.transaction():
-            self.store.mark_final(ids)
-            self.txstore.mark_final(tx_key)
-        if self.metrics is not None and ids:
-            self.metrics.finalized.labels(kind=kind).inc(len(ids))
+            for tx in txs:
+                ids = [e.id for e in self.store.events_by_tx(tx.tx_key) if e.status is EventStatus.SETTLED]
+                self.store.mark_final(ids)
+                self.txstore.mark_final(tx.tx_key)
+                counts[tx.kind] = counts.get(tx.kind, 0) + len(ids)
+        if self.metrics is not None:
+            for kind, count in counts.items():
+                if count:
+                    self.metrics.finalized.labels(kind=kind).inc(count)
 
     def _reopen(self, tx: TxRecord, why: str) -> None:
         ids = [e.id for e in self.store.events_by_tx(tx.tx_key) if e.status is EventStatus.SETTLED]
@@ -309,7 +338,8 @@ class Settler:
         self.tracker = Tracker(w3, store, self.txstore, self.submitter, self.settings.tracker, metrics)
         self.planner = Planner(store, self.settings.planner)
         self.metrics = metrics
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._recover_lock = threading.Lock()
         self._stop = threading.Event()
         self._recovered = False
         self._last_error: str | None = None
@@ -338,20 +368,29 @@ class Settler:
     # ---------------------------------------------------------------------------------------- lifecycle
 
     def recover(self) -> None:
-        """Undo what a stopped process left half-done; safe to call more than once."""
-        released = self.store.release_unattached_claims()
-        if released:
-            log.info("released %d events claimed by a previous run", released)
-        self.submitter.reconcile()
-        self._recovered = True
+        """Undo what a stopped process left half-done; safe to call more than once, from either thread."""
+        with self._recover_lock:
+            if self._recovered:
+                return
+            released = self.store.release_unattached_claims()
+            if released:
+                log.info("released %d events claimed by a previous run", released)
+            self.submitter.reconcile()
+            self._recovered = True
 
     def start(self) -> None:
-        """Start the worker thread; recovery runs as its first pass (retried while the node is unreachable)."""
-        if self._thread is not None:
+        """Start the two worker threads: one plans and sends batches, one follows receipts and confirmations, so
+        neither waits for the other's RPC round trips. Recovery runs as their first pass (retried while the node
+        is unreachable)."""
+        if self._threads:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="settlement", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(self._submit_pass,), name="settlement-submit", daemon=True),
+            threading.Thread(target=self._loop, args=(self.tracker.poll,), name="settlement-track", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, drain: bool = True, timeout: float = 30.0) -> bool:
         """Stop the loop; with ``drain`` first settle everything stored and wait until it is mined.
@@ -359,9 +398,9 @@ class Settler:
         Returns True when nothing is left in flight. Events not yet in a transaction go back to pending.
         """
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=max(timeout, 5.0))
-            self._thread = None
+        for thread in self._threads:
+            thread.join(timeout=max(timeout, 5.0))
+        self._threads = []
         done = self.drain(timeout) if drain else False
         released = self.planner.release_all()
         if released:
@@ -371,8 +410,6 @@ class Settler:
     def drain(self, timeout: float = 30.0) -> bool:
         """Settle everything stored now (windows and batch waits ignored) and wait until mined; True when done."""
         deadline = time.monotonic() + timeout
-        if not self._recovered:
-            self.recover()
         while time.monotonic() < deadline:
             try:
                 self.run_once(flush=True)
@@ -387,21 +424,24 @@ class Settler:
         return False
 
     def run_once(self, flush: bool = False) -> int:
-        """One pass: follow transactions, claim stored events, cut and send batches. Returns the work done."""
-        if not self._recovered:
-            self.recover()
-        work = self.tracker.poll()
-        work += self.planner.claim()
+        """One pass of both halves in this thread: follow transactions, then claim, cut and send batches."""
+        self.recover()
+        return self.tracker.poll() + self._submit_pass(flush)
+
+    def _submit_pass(self, flush: bool = False) -> int:
+        self.recover()
+        work = self.planner.claim()
         for batch in self.planner.cut(self.submitter.capacity(), flush=flush):
             self.submitter.submit(batch)
             work += 1
         return work
 
-    def _run(self) -> None:
+    def _loop(self, one_pass: Callable[[], int]) -> None:
         backoff = 0.0
         while not self._stop.is_set():
             try:
-                work = self.run_once()
+                self.recover()
+                work = one_pass()
             except (IotSettleError, *RPC_ERRORS) as exc:
                 self._note_error(exc)
                 backoff = min(self.settings.max_backoff, max(0.1, backoff * 2))
@@ -439,7 +479,7 @@ class Settler:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     @property
     def health(self) -> str:
