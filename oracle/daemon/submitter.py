@@ -6,8 +6,10 @@
   reuses a nonce nor leaves a gap.
 - **Fees**: EIP-1559, ``maxFeePerGas = min(cap, 2 × baseFee + tip)``; re-broadcasts raise both fees by at least
   12.5 % (what nodes require of a replacement), never above the cap.
-- **Gas**: the whole batch is estimated; if the estimate itself reverts, the batch is bisected down to the items
-  that revert alone, which are dead-lettered with the decoded error while the rest goes ahead.
+- **Gas**: the first batch of a kind is estimated; later batches are run once with ``eth_call`` and get a limit of
+  items × the highest gas per item seen so far (never below ``min_gas_per_item``) plus a margin. If the estimate
+  or the call reverts, the batch is bisected down to the items that revert alone, which are dead-lettered with
+  the decoded error while the rest goes ahead.
 - **Errors** from ``eth_sendRawTransaction`` are classified (``SendError``) rather than matched ad hoc.
 """
 
@@ -93,6 +95,7 @@ class SubmitterSettings:
     priority_fee: int | None = None  # wei; None = eth_maxPriorityFeePerGas
     gas_margin: float = 1.25
     gas_extra: int = 25_000
+    min_gas_per_item: int = 25_000  # floor of the learned figure: a first batch of cheap items must not starve later ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +433,8 @@ class Submitter:
             learned = estimate / len(items)
             self._gas_per_item[spec.kind] = learned
             return int(estimate * self.settings.gas_margin) + self.settings.gas_extra, items
-        return int(len(items) * learned * self.settings.gas_margin) + self.settings.gas_extra, items
+        per_item = max(learned, self.settings.min_gas_per_item)
+        return int(len(items) * per_item * self.settings.gas_margin) + self.settings.gas_extra, items
 
     def learn_gas(self, kind: str, gas_used: int, items: int) -> None:
         """A receipt: raise the per-item figure if this batch needed more per item than any before."""
