@@ -1,0 +1,146 @@
+"""The benchmark's outputs: machine description, targets next to the figures (rich table or markdown), JSON."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def _first_line(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unavailable"
+    text = (done.stdout or done.stderr).strip().splitlines()
+    return text[0].strip() if text else "unavailable"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    """What the figures depend on: CPUs, load, versions of every moving part."""
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "anvil": _first_line([str(REPO / "node_modules" / ".bin" / "anvil"), "--version"]),
+        "solc": _first_line([str(REPO / "scripts" / "solc-js"), "--version"]).removeprefix("Version: "),
+        "mosquitto": _first_line(["/usr/sbin/mosquitto", "-h"]),
+        "packages": {p: version(p) for p in ("web3", "eth-account", "paho-mqtt", "coincurve", "py-solc-x")},
+    }
+
+
+@dataclass(frozen=True)
+class Row:
+    measure: str
+    figure: str
+    target: str
+    verdict: str  # "met" | "missed" | "" (no target)
+
+
+def _fmt(value: float | None, unit: str = "", digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def rows(result: dict[str, Any]) -> list[Row]:
+    """The table for people, from the JSON result."""
+    out: list[Row] = []
+
+    def check(ok: bool | None) -> str:
+        return "" if ok is None else ("met" if ok else "missed")
+
+    gas = {(g["kind"], g["batch"]): g for g in result.get("gas", [])}
+    for kind, label in (("reading", "meter reading"), ("delivery", "delivery confirmation")):
+        for batch in (1, 10, 100):
+            g = gas.get((kind, batch))
+            if g is None:
+                continue
+            per = g["per_event"]
+            if batch == 100:
+                out.append(Row(f"gas per {label}, batch 100", _fmt(per), "≤ 15,000", check(per <= 15_000)))
+            elif batch == 1:
+                out.append(Row(f"gas per {label}, 1 per tx", _fmt(per), "≥ 45,000 (naive cost)", ""))
+            else:
+                out.append(Row(f"gas per {label}, batch 10", _fmt(per), "", ""))
+    ingest = result.get("ingest", {})
+    if ingest:
+        rate = ingest.get("events_per_s")
+        out.append(Row("ingest MQTT → verified → stored, wall clock", _fmt(rate, " ev/s"), "≥ 5,000 ev/s",
+                       check(rate >= 5_000 if rate is not None else None)))  # fmt: skip
+        cpu_rate = ingest.get("rate_on_2_cores")
+        out.append(Row("ingest, CPU-bound estimate on 2 free cores", _fmt(cpu_rate, " ev/s"), "≥ 5,000 ev/s",
+                       check(cpu_rate >= 5_000 if cpu_rate is not None else None)))  # fmt: skip
+    verify = result.get("verify", {})
+    if verify:
+        out.append(Row("signature recover, one core", _fmt(verify.get("recover_per_s"), " /s"), "", ""))
+    daemon = result.get("daemon", {})
+    for load in daemon.get("latency", []):
+        rate = load["offered_rate"]
+        lat = load["latency_ms"]
+        target = rate >= 1_000
+        out.append(Row(f"publish → paid p50 at {rate:,.0f} ev/s", _fmt(lat["p50"], " ms"), "≤ 300 ms" if target else "",
+                       check(lat["p50"] is not None and lat["p50"] <= 300) if target else ""))  # fmt: skip
+        out.append(Row(f"publish → paid p99 at {rate:,.0f} ev/s", _fmt(lat["p99"], " ms"), "≤ 1,000 ms" if target else "",
+                       check(lat["p99"] is not None and lat["p99"] <= 1_000) if target else ""))  # fmt: skip
+    if "highest_sustainable_rate" in daemon:
+        out.append(Row("highest sustainable offered rate (all paid, p99 ≤ 1 s)",
+                       _fmt(daemon["highest_sustainable_rate"], " ev/s"), "", ""))  # fmt: skip
+    ratios = result.get("ratios", {})
+    naive = result.get("naive", {})
+    burst = daemon.get("burst")
+    if naive and burst:
+        out.append(Row("naive relay, events paid/s", _fmt(naive["paid_events_per_s"], " ev/s", 1), "", ""))
+        out.append(Row("daemon, events paid/s (burst)", _fmt(burst["paid_events_per_s"], " ev/s", 1), "", ""))
+        ratio = ratios.get("paid_events_per_s")
+        out.append(Row("daemon ÷ naive relay, events paid/s", _fmt(ratio, "×", 1), "≥ 20×",
+                       check(ratio >= 20 if ratio is not None else None)))  # fmt: skip
+        onchain = ratios.get("onchain_items_per_s")
+        out.append(Row("daemon ÷ naive relay, on-chain settlements/s", _fmt(onchain, "×", 1), "", ""))
+    return out
+
+
+def markdown(table: list[Row]) -> str:
+    lines = ["| measure | figure | target | |", "|---|---:|---|---|"]
+    lines += [f"| {r.measure} | {r.figure} | {r.target} | {r.verdict} |" for r in table]
+    return "\n".join(lines)
+
+
+def print_rich(table: list[Row], title: str, echo: Callable[[Any], None] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title=title)
+    view.add_column("measure")
+    view.add_column("figure", justify="right")
+    view.add_column("target")
+    view.add_column("")
+    for r in table:
+        style = {"met": "green", "missed": "bold red"}.get(r.verdict, "")
+        view.add_row(r.measure, r.figure, r.target, f"[{style}]{r.verdict}[/]" if style else "")
+    (echo or Console().print)(view)
