@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -61,6 +62,7 @@ class DaemonProcess:
                  relayer_key: str, **overrides: str) -> None:  # fmt: skip
         self.oracle_id = f"bench-{uuid.uuid4().hex[:6]}"
         self.log_file = state_dir / f"{self.oracle_id}.log"
+        self.db = state_dir / f"{self.oracle_id}.db"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("IOTSETTLE_")},
             "IOTSETTLE_CONFIG": str(REPO / "tests" / "empty.toml"),
@@ -69,7 +71,7 @@ class DaemonProcess:
             "IOTSETTLE_PATHS_DEPLOYMENTS_DIR": str(deployments_dir),
             "IOTSETTLE_MQTT_HOST": mqtt_host,
             "IOTSETTLE_MQTT_PORT": str(mqtt_port),
-            "IOTSETTLE_ORACLE_DB_PATH": str(state_dir / f"{self.oracle_id}.db"),
+            "IOTSETTLE_ORACLE_DB_PATH": str(self.db),
             "IOTSETTLE_ORACLE_CLIENT_ID": self.oracle_id,
             "IOTSETTLE_ORACLE_ORACLE_ID": self.oracle_id,
             "IOTSETTLE_ORACLE_HEALTH_PORT": "0",
@@ -240,6 +242,43 @@ def paid_latencies(published: Sequence[Published], seen: dict[str, list[tuple[Ke
     return out
 
 
+#: the daemon's own timestamps of a settled event, in order (events + settlement_tx tables of its store)
+STAGES = (
+    ("publish → received by the daemon (broker, MQTT client)", "published", "received_at"),
+    ("received → settlement tx signed (intake, store, planner wait, batch build)", "received_at", "created_at"),
+    ("tx signed → broadcast", "created_at", "sent_at"),
+    ("broadcast → receipt read by the daemon (mining, tracker poll)", "sent_at", "settled_at"),
+)
+
+
+def stage_breakdown(db: Path, published: Sequence[Published]) -> dict[str, dict[str, float]]:
+    """Where the time of the events settled in their own transaction went (p50 / p90 ms per stage), from the
+    daemon's store; readings collapsed into a newer one of their agreement are not in it."""
+    sent = {p.key: p.at for p in published if p.kind == "reading"}
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = conn.execute(
+                "SELECT e.target_id, e.seq, e.received_at, t.created_at, t.sent_at, e.settled_at FROM events e "
+                "JOIN settlement_tx t ON t.tx_key = e.tx_key WHERE e.kind = 'reading' AND e.settled_at IS NOT NULL"
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.warning("no stage breakdown: %s", exc)
+        return {}
+    spans: dict[str, list[float]] = {label: [] for label, _, _ in STAGES}
+    for target, seq, received, created, sent_at, settled in rows:
+        at = sent.get((int(target), int(seq)))
+        if at is None or None in (received, created, sent_at, settled):
+            continue
+        times = {"published": at, "received_at": received, "created_at": created, "sent_at": sent_at, "settled_at": settled}
+        for label, start, end in STAGES:
+            spans[label].append(max(0.0, times[end] - times[start]))
+    return {label: {"p50_ms": round(percentile(v, 50) * 1000, 1), "p90_ms": round(percentile(v, 90) * 1000, 1),
+                    "events": len(v)} for label, v in spans.items() if v}  # fmt: skip
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
     ordered = sorted(values)
@@ -264,6 +303,7 @@ class LoadResult:
     transactions: int
     gas_used: int
     daemon_cpu_s: float
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def achieved_rate(self) -> float:
@@ -290,6 +330,7 @@ class LoadResult:
             "latency_ms": {"p50": self.p50_ms, "p90": self.p90_ms, "p99": self.p99_ms, "max": self.max_ms},
             "daemon_cpu_s": round(self.daemon_cpu_s, 2),
             "daemon_cpu_us_per_event": round(self.daemon_cpu_s * 1e6 / self.events) if self.events else None,
+            "stages": self.stages,
         }  # fmt: skip
 
 
@@ -328,4 +369,5 @@ def run_load(host: str, port: int, watcher: Watcher, items: Sequence[tuple[str, 
         paid_seconds=last_paid - first, p50_ms=ms(50), p90_ms=ms(90), p99_ms=ms(99),
         max_ms=ms(100),
         onchain_items=onchain, transactions=txs - tx0, gas_used=gas - gas0, daemon_cpu_s=cpu,
+        stages=stage_breakdown(daemon.db, published) if daemon else {},
     )  # fmt: skip
