@@ -3,6 +3,7 @@ through batching, poison items, replays, dropped transactions, restarts and reor
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -513,3 +514,34 @@ def test_a_relayer_without_funds_pauses_with_a_clear_reason_and_resumes_once_fun
     assert settler.health == "ok"
     assert scenario.earnings(meter) == 44 * PRICE
     assert [tx.nonce for tx in settler.txstore.all()] == [0], "the same transaction, no nonce skipped"
+
+
+def test_a_nonce_taken_by_another_sender_of_the_key_replans_the_events_once(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meter = scenario.meter()
+    ids = store.commit_batch([scenario.reading(meter, 1, START + 25)], [], [])
+    settler = make_settler(scenario, store, relayer, rebroadcast_after=600.0)
+    settler.tracker.settings = dataclasses.replace(settler.tracker.settings, lost_after=0.5)
+    with automine_off(scenario):
+        settler.run_once()
+        (ours,) = settler.txstore.all()
+        # Someone else with the same key replaces our transaction in the pool with a plain transfer.
+        foreign = relayer.sign_transaction({
+            "type": 2, "chainId": scenario.chain_id, "nonce": ours.nonce, "to": FUNDER.address, "value": 1,
+            "gas": 21_000, "maxFeePerGas": 4 * ours.max_fee, "maxPriorityFeePerGas": 4 * ours.tip + 1,
+        })  # fmt: skip
+        scenario.w3.eth.send_raw_transaction(foreign.raw_transaction)
+        scenario.mine()
+        deadline = time.monotonic() + 15
+        while (tx := settler.txstore.get(ours.tx_key)) is not None and tx.status is not TxStatus.LOST:
+            assert time.monotonic() < deadline, "the taken nonce was not noticed"
+            settler.run_once()
+            time.sleep(0.1)
+        settler.run_once()
+        scenario.mine()
+        (event,) = settle_all(settler, store, ids)
+    assert event.status in (EventStatus.SETTLED, EventStatus.FINAL)
+    assert scenario.earnings(meter) == 25 * PRICE
+    assert [(t.nonce, t.status) for t in settler.txstore.all()][0] == (ours.nonce, TxStatus.LOST)
+    assert sorted(t.nonce for t in settler.txstore.all() if t.status is not TxStatus.LOST) == [ours.nonce + 1]

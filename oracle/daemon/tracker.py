@@ -55,6 +55,7 @@ class TrackerSettings:
     rebroadcast_after: float = 15.0  # s without a receipt before fees are raised at the same nonce
     drop_check_after: float = 1.0  # s after a broadcast before asking the node whether it still has the tx
     drop_check_every: float = 1.0  # s between two such questions for one transaction
+    lost_after: float = 5.0  # s the account nonce must have passed a transaction without a receipt before it is lost
 
 
 class Tracker:
@@ -72,6 +73,7 @@ class Tracker:
         self._head_number: int | None = None
         self._drop_checked: dict[str, float] = {}
         self._retried: dict[str, float] = {}
+        self._nonce_passed: dict[str, float] = {}
         self.head = 0
 
     def poll(self) -> int:
@@ -117,6 +119,12 @@ class Tracker:
                 self._on_mined(tx, receipt)
                 return 1
         if tx.nonce < account_nonce:
+            # A node may count the nonce a moment before it serves the receipt (anvil does under load): only a
+            # nonce passed for ``lost_after`` seconds without a receipt of any attempt means someone else used it.
+            first_seen = self._nonce_passed.setdefault(tx.tx_key, now)
+            if now - first_seen < self.settings.lost_after:
+                return 0
+            self._nonce_passed.pop(tx.tx_key, None)
             self._on_lost(tx, f"nonce {tx.nonce} was used by a transaction this oracle did not sign")
             return 1
         if tx.status is TxStatus.SIGNED:
@@ -182,6 +190,8 @@ class Tracker:
         gas_used = hex_int(receipt["gasUsed"])
         events = [e for e in self.store.events_by_tx(tx.tx_key) if e.status is EventStatus.SUBMITTED]
         self._drop_checked.pop(tx.tx_key, None)
+        self._nonce_passed.pop(tx.tx_key, None)
+        self._retried.pop(tx.tx_key, None)
         if hex_int(receipt["status"]) != 1:
             if gas_used >= tx.gas * 0.98:
                 # Out of gas, not poison: allow more gas per item and plan the same events again.
