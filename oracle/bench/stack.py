@@ -122,6 +122,10 @@ class BenchStack:
     def address(self, name: str) -> str:
         return str(self.manifest["contracts"][name]["address"])
 
+    def ctx_contract(self, name: str) -> Any:  # noqa: ANN401 - a web3 Contract
+        """A deployed contract, for calls (no sender)."""
+        return OpsContext(self.config, self.chain, self.manifest).contract(name)
+
     @property
     def w3(self) -> Any:
         return self.chain.w3
