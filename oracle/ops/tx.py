@@ -46,6 +46,17 @@ def decoder(ctx: OpsContext) -> RevertDecoder:
     return RevertDecoder.from_abis(ctx.abis)
 
 
+def _revert_data(exc: Exception) -> bytes | None:
+    """Revert data as anvil/geth return it (``oracle.daemon.revert.revert_data``), or as ganache does for
+    ``eth_estimateGas``: ``{"result": "0x…", "programCounter": …}``."""
+    data = revert_data(exc)
+    if data is None:
+        raw = getattr(exc, "data", None)
+        if isinstance(raw, dict) and isinstance(raw.get("result"), str) and raw["result"].startswith("0x"):
+            return bytes.fromhex(raw["result"][2:])
+    return data
+
+
 def transact(ctx: OpsContext, call: ContractFunction, contract: str, *, value: int = 0) -> TxResult:
     """Estimate (decoding any revert into a RevertedError), then sign, send and wait for the receipt."""
     account = ctx.require_sender()
@@ -53,7 +64,7 @@ def transact(ctx: OpsContext, call: ContractFunction, contract: str, *, value: i
     try:
         gas = call.estimate_gas(params)
     except ContractLogicError as exc:
-        data = revert_data(exc)
+        data = _revert_data(exc)
         if data or isinstance(exc, ContractCustomError | ContractPanicError):
             raise RevertedError(decoder(ctx).decode(data, contract, ctx)) from None
         raise ChainError(f"the transaction would revert: {exc.message or exc}") from None
@@ -122,7 +133,7 @@ def transact_many(ctx: OpsContext, calls: list[ContractFunction], contract: str,
             try:
                 call.call({"from": account.address}, block_identifier=receipt["blockNumber"] - 1)
             except ContractLogicError as exc:
-                raise RevertedError(decoder(ctx).decode(revert_data(exc), contract, ctx)) from None
+                raise RevertedError(decoder(ctx).decode(_revert_data(exc), contract, ctx)) from None
             raise ChainError(f"transaction {tx_hash.to_0x_hex()} reverted in block {receipt['blockNumber']} "
                              f"(out of gas at {gas}?)")
         results.append(TxResult(receipt["transactionHash"].to_0x_hex(), int(receipt["blockNumber"]),
