@@ -397,18 +397,23 @@ def _examples(provisioned: ProvisionedFleet) -> dict[str, str]:
     return out
 
 
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
+
+
 def _summary_view(summary: dict[str, Any]) -> Table:
     chain, oracle, lat, sim = summary["chain"], summary["oracle"], summary["latencySeconds"], summary["simulation"]
     table = Table("", "value", title="demo summary", title_justify="left")
-    table.add_row("devices", ", ".join(f"{v} {k}s" for k, v in summary["fleet"]["devices"].items() if v))
+    table.add_row("devices", ", ".join(_count(v, k) for k, v in summary["fleet"]["devices"].items() if v))
     if sim:
         table.add_row("events published (acked by the broker)", f"{sim.get('acknowledged', 0):,} of "
                                                                 f"{sim.get('planned', 0):,}")
     table.add_row("events stored by the oracle", f"{oracle['received']:,} ({summary['eventsPerSecond']:,.0f} events/s "
                                                  f"over {summary['elapsedSeconds']:.0f} s)")
     table.add_row("payments made on chain", f"{chain['readingsSettled']:,} meter/vehicle readings billed "
-                                            f"({_fmt_tokens(int(chain['billed']))}), {chain['deliveriesConfirmed']} "
-                                            f"deliveries paid ({_fmt_tokens(int(chain['released']))})")
+                                            f"({_fmt_tokens(int(chain['billed']))}), "
+                                            f"{_count(chain['deliveriesConfirmed'], 'delivery', 'deliveries')} paid "
+                                            f"({_fmt_tokens(int(chain['released']))})")
     table.add_row("readings superseded (billed by a newer reading)", f"{oracle['superseded']:,}")
     table.add_row("transactions", f"{chain['transactions']:,} carrying {chain['events']:,} events")
     table.add_row("gas per settled event", f"{chain['gasPerEvent']:,}" if chain["gasPerEvent"] else "—")
