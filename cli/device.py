@@ -218,7 +218,8 @@ def simulate(
     """Run a fleet of simulated devices that sign events and publish them over MQTT.
 
     Progress (events/s) goes to stderr; --json prints a summary for scripts on stdout at the end, including
-    every injected fault with its (device, seq) and the oracle's replies if one is running.
+    every injected fault with its (device, seq) and the oracle's replies if one is running. The exit status is
+    1 when some events were never acknowledged by the broker.
     """
     fleet = load_fleet(fleet_file, password_file=password_file)
     contracts = _fleet_contracts(ctx, fleet)
@@ -264,6 +265,8 @@ def simulate(
     summary = result.as_dict()
     if as_json:
         emit(summary, True)
+        if result.unacknowledged:
+            sys.exit(1)
         return
     table = Table("", "value", title="simulation summary")
     for label, value in (
