@@ -113,8 +113,8 @@ def encode(event_type: str, chain_id: int, contract: str, device: str, msg: dict
         "v": PROTOCOL_VERSION,
         "type": event_type,
         "chainId": chain_id,
-        "contract": to_checksum_address(contract),
-        "device": to_checksum_address(device),
+        "contract": _checksum(contract),
+        "device": _checksum(device),
         "msg": {name: _encode_field(typ, msg[name]) for typ, name in fields},
         "sig": "0x" + sig.hex(),
     }
