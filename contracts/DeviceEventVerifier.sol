@@ -40,6 +40,8 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
         view
         returns (RejectReason)
     {
+        // The third value (the offending s or length) is only needed for revert messages; reasons carry no data.
+        // slither-disable-next-line unused-return
         (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(_hashTypedDataV4(structHash), r, vs);
         if (err != ECDSA.RecoverError.NoError) {
             return err == ECDSA.RecoverError.InvalidSignatureS
@@ -81,10 +83,5 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
         if (timestamp > block.timestamp + MAX_CLOCK_SKEW) return RejectReason.TimestampInFuture;
         if (timestamp < notBefore) return RejectReason.TimestampTooOld;
         return RejectReason.None;
-    }
-
-    /// @dev Bit mask for `_checkSigner` accepting one device kind.
-    function _kindBit(IDeviceRegistry.DeviceKind kind) internal pure returns (uint256) {
-        return 1 << uint8(kind);
     }
 }

@@ -80,9 +80,8 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
         tariffId = ++_tariffCount;
         _tariffHeads[tariffId] =
             TariffHead({firstPrice: blocks[0].price, firstUnits: blocks[0].units, blockCount: uint8(n)});
-        TariffBlock[] storage stored = _tariffBlocks[tariffId];
         for (uint256 i = 0; i < n; ++i) {
-            stored.push(blocks[i]);
+            _tariffBlocks[tariffId].push(blocks[i]);
         }
         emit TariffCreated(tariffId, msg.sender, blocks);
     }
@@ -371,12 +370,14 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
     function agreementOf(uint256 agreementId) external view returns (Agreement memory a) {
         Meter memory m = _meters[agreementId];
         Terms memory t = _terms[agreementId];
+        // Offered agreements always have a provider: an unknown id reports no device and no tariff.
+        bool exists = t.provider != address(0);
         a = Agreement({
             provider: t.provider,
             consumer: t.consumer,
-            device: m.status == AgreementStatus.None ? address(0) : address(uint160(agreementId >> 96)),
+            device: exists ? address(uint160(agreementId >> 96)) : address(0),
             token: t.token,
-            tariffId: m.status == AgreementStatus.None ? 0 : uint32(agreementId >> 64),
+            tariffId: exists ? uint32(agreementId >> 64) : 0,
             status: m.status,
             noticePeriod: t.noticePeriod,
             closeAt: t.closeAt,
