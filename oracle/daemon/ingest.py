@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 import threading
@@ -42,6 +43,10 @@ from oracle.errors import ProtocolError, SignatureError, StoreError
 from oracle.reasons import Reason, Reply, encode_reply
 
 log = logging.getLogger(__name__)
+
+#: Crash tests only (tests/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=before_store|after_store ends the process
+#: with status 137, as kill -9 would, the first time that point is reached. Read once, at import.
+_FAULT_POINT = os.environ.get("IOTSETTLE_FAULT_POINT", "")
 
 
 @dataclass(frozen=True)
@@ -344,6 +349,8 @@ class Intake:
     def _finish(self, batch: list[Message], results: Callable[[], list[Checked]]) -> None:
         started = time.perf_counter()
         checked = results()
+        if _FAULT_POINT == "before_store":
+            os._exit(137)
         attempt = 0
         while True:
             try:
@@ -361,6 +368,8 @@ class Intake:
                     return
                 time.sleep(min(5.0, 0.1 * 2**attempt))
         self._last_error = ""
+        if _FAULT_POINT == "after_store":
+            os._exit(137)
         for message in batch:
             if message.qos:
                 self.client.ack(message.mid, message.qos)

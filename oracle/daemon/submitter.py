@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ from oracle.daemon.txstore import TxRecord, TxStatus, TxStore, new_tx_key
 from oracle.errors import ChainError, StoreError
 
 log = logging.getLogger(__name__)
+
+#: Crash tests only (tests/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=after_nonce|after_broadcast ends the process
+#: with status 137, as kill -9 would, the first time that point is reached. Read once, at import.
+_FAULT_POINT = os.environ.get("IOTSETTLE_FAULT_POINT", "")
 
 GWEI = 10**9
 #: nodes (geth, anvil) accept a replacement only if both fees rise by ≥ 10 %; 12.5 % also clears stricter pools.
@@ -344,6 +349,8 @@ class Submitter:
         """Prepare (estimate, sign, store) and broadcast a batch; None if nothing of it was left to send."""
         tx = self.prepare(batch)
         if tx is not None:
+            if _FAULT_POINT == "after_nonce":
+                os._exit(137)
             self.broadcast(tx)
         return tx
 
@@ -506,6 +513,8 @@ class Submitter:
             elif error is not SendError.NONCE_TOO_LOW:
                 log.warning("broadcast of %s (nonce %d) failed: %s (%s)", tx.tx_hash, tx.nonce, error, exc)
             return error
+        if _FAULT_POINT == "after_broadcast":
+            os._exit(137)
         self.funds_ok = True
         self.txstore.mark_sent(tx.tx_key)
         if self.metrics is not None:

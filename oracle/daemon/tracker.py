@@ -22,6 +22,7 @@ The tracker follows every transaction the submitter stored:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,10 @@ from oracle.deploy import load_manifest, verify_manifest
 from oracle.errors import ChainError, IotSettleError
 
 log = logging.getLogger(__name__)
+
+#: Crash tests only (tests/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=after_receipt ends the process
+#: with status 137, as kill -9 would, the first time that point is reached. Read once, at import.
+_FAULT_POINT = os.environ.get("IOTSETTLE_FAULT_POINT", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +189,8 @@ class Tracker:
     # -------------------------------------------------------------------------------------------- mined
 
     def _on_mined(self, tx: TxRecord, receipt: Mapping[str, Any]) -> None:
+        if _FAULT_POINT == "after_receipt":
+            os._exit(137)
         block = hex_int(receipt["blockNumber"])
         block_hash = str(receipt["blockHash"]).lower()
         mined_hash = str(receipt["transactionHash"]).lower()
