@@ -123,3 +123,16 @@ def test_flush_ignores_the_window_and_the_wait(store: Store) -> None:
     planner.claim()
     assert planner.cut(10) == []
     assert sorted(b.kind for b in planner.cut(10, flush=True)) == ["delivery", "reading"]
+
+
+def test_bad_settlement_settings_are_refused_naming_the_key(tmp_path: Path) -> None:
+    from oracle.config import load_config
+    from oracle.daemon.tracker import SettlerSettings
+    from oracle.errors import ConfigError
+
+    config = load_config(Path(__file__).parent / "empty.toml",
+                         env={"IOTSETTLE_ORACLE_BATCH_MAX_EVENTS": "0", "IOTSETTLE_ORACLE_MAX_FEE_GWEI": "-1"})  # fmt: skip
+    with pytest.raises(ConfigError, match="batch_max_events must be ≥ 1.*max_fee_gwei must be > 0"):
+        SettlerSettings.from_config(config)
+    defaults = SettlerSettings.from_config(load_config(Path(__file__).parent / "empty.toml", env={}))
+    assert defaults.planner.batch_max_events == 100 and defaults.submitter.max_fee == 500 * 10**9

@@ -45,7 +45,7 @@ from oracle.daemon.submitter import (
 )  # fmt: skip
 from oracle.daemon.txstore import TxRecord, TxStatus, TxStore
 from oracle.deploy import load_manifest, verify_manifest
-from oracle.errors import ChainError, IotSettleError
+from oracle.errors import ChainError, ConfigError, IotSettleError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Tracker:
         block = self.submitter.rpc("eth_getBlockByNumber", [hex(previous), False])
         return previous if block is not None and str(block["hash"]) == previous_hash else -1
 
-        # ------------------------------------------------------------------------------------------ open txs
+    # ------------------------------------------------------------------------------------------ open txs
 
     def _receipt(self, tx_hash: str) -> dict[str, Any] | None:
         return self.submitter.rpc("eth_getTransactionReceipt", [tx_hash])  # type: ignore[no-any-return]
@@ -331,7 +331,22 @@ class SettlerSettings:
 
     @classmethod
     def from_config(cls, config: Config) -> SettlerSettings:
+        """The settlement settings of ``[oracle]`` and ``[chain] confirmations``; ConfigError names a bad value."""
         o = config.oracle
+        problems = [
+            message for bad, message in (
+                (o.batch_max_events < 1, "batch_max_events must be ≥ 1"),
+                (o.batch_max_wait < 0, "batch_max_wait must be ≥ 0"),
+                (o.settlement_window < 0, "settlement_window must be ≥ 0"),
+                (o.max_in_flight < 1, "max_in_flight must be ≥ 1"),
+                (o.max_fee_gwei <= 0, "max_fee_gwei must be > 0"),
+                (o.priority_fee_gwei < 0, "priority_fee_gwei must be ≥ 0"),
+                (o.priority_fee_gwei > o.max_fee_gwei, "priority_fee_gwei must not exceed max_fee_gwei"),
+                (o.rebroadcast_after <= 0, "rebroadcast_after must be > 0"),
+            ) if bad
+        ]  # fmt: skip
+        if problems:
+            raise ConfigError("[oracle] " + "; ".join(problems))
         return cls(
             PlannerSettings(o.batch_max_events, o.batch_max_wait, o.settlement_window),
             SubmitterSettings(o.max_in_flight, int(o.max_fee_gwei * GWEI),
