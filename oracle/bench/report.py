@@ -133,6 +133,42 @@ def markdown(table: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def markdown_details(result: dict[str, Any]) -> str:
+    """Where the gas and the time go, as markdown tables (gas by destination, intake stages, latency stages)."""
+    parts: list[str] = []
+    traced = [g for g in result.get("gas", []) if g.get("breakdown")]
+    if traced:
+        labels = list(traced[0]["breakdown"])
+        head = " | ".join(f"{g['kind']} ×{g['batch']}" for g in traced)
+        lines = [f"| gas per event | {head} |", "|---|" + "---:|" * len(traced)]
+        lines += [f"| {label} | " + " | ".join(f"{g['breakdown'].get(label, 0):,}" for g in traced) + " |" for label in labels]
+        lines.append("| **total (receipts)** | " + " | ".join(f"**{g['per_event']:,}**" for g in traced) + " |")
+        parts.append("\n".join(lines))
+    profile = result.get("ingest_profile")
+    if profile:
+        stages = profile["cpu_us_per_event_by_stage"]
+        total = sum(stages.values()) or 1.0
+        lines = ["| intake stage (one core, inline) | CPU µs per event | share |", "|---|---:|---:|"]
+        lines += [f"| {label} | {value:,.0f} | {100 * value / total:.0f} % |" for label, value in stages.items()]
+        lines.append(f"| **total** | **{total:,.0f}** | → {1e6 / total:,.0f} events/s per core |")
+        parts.append("\n".join(lines))
+    loads = [*result.get("daemon", {}).get("latency", []), *result.get("daemon", {}).get("ramp", [])]
+    staged = [x for x in loads if x.get("stages")]
+    if staged:
+        labels = list(staged[0]["stages"])
+        head = " | ".join(f"{x['offered_rate']:,.0f}/s p50 (p90)" for x in staged)
+        lines = [f"| publish → paid, by stage, ms | {head} |", "|---|" + "---:|" * len(staged)]
+        for label in labels:
+            cells = [x["stages"].get(label) for x in staged]
+            lines.append(f"| {label} | " + " | ".join(f"{c['p50_ms']:,.0f} ({c['p90_ms']:,.0f})" if c else "" for c in cells) + " |")
+        lines.append("| **publish → paid (watcher)** | " + " | ".join(
+            f"**{_fmt(x['latency_ms']['p50'])} ({_fmt(x['latency_ms']['p90'])})**" for x in staged) + " |")
+        lines.append("| daemon CPU per event (µs, daemon + verify processes) | " + " | ".join(
+            f"{_fmt(x['daemon_cpu_us_per_event'])}" for x in staged) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 def print_rich(table: list[Row], title: str, echo: Callable[[Any], None] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
