@@ -37,7 +37,7 @@ from oracle.compiler import ensure_compiled
 from oracle.config import Config
 from oracle.deploy import deploy_all
 from oracle.errors import ConfigError, NodeError
-from oracle.node import Anvil, Mosquitto, Service, free_port, mqtt_ready
+from oracle.node import Anvil, Mosquitto, Service, free_port, mqtt_ready, rpc_ready
 from oracle.ops import livestats
 from oracle.ops.context import open_context
 from oracle.ops.provision import FleetSpec, Parties, ProvisionedFleet, provision
@@ -255,18 +255,25 @@ def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, du
         anvil = Anvil(config)
         if anvil.status().running:
             report(f"anvil already running on {anvil.endpoint}")
+        elif rpc_ready(anvil.endpoint) is not None:
+            # Something else (a node you started, ganache, docker compose) already answers there: use it.
+            report(f"using the node already answering on {anvil.endpoint}")
         else:
             report(f"starting anvil on {anvil.endpoint}")
             anvil.start()
             run.started_services.append(anvil)
+        rpc_url = anvil.endpoint
     if start_broker:
         mosquitto = Mosquitto(config)
         if mosquitto.status().running:
             report(f"mosquitto already running on {mosquitto.endpoint}")
+        elif mqtt_ready(mosquitto.host, mosquitto.port):
+            report(f"using the MQTT broker already listening on {mosquitto.host}:{mosquitto.port}")
         else:
             report(f"starting mosquitto on {mosquitto.endpoint}")
             mosquitto.start()
             run.started_services.append(mosquitto)
+        host, port = mosquitto.host, mosquitto.port
     elif not mqtt_ready(host, port):
         raise NodeError(f"no MQTT broker answers on {host}:{port}")
 
