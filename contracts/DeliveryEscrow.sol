@@ -17,9 +17,8 @@ import {IDeviceRegistry} from "./interfaces/IDeviceRegistry.sol";
 contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, ReentrancyGuard {
     using SafeERC20 for IERC20;
 
-    bytes32 public constant DELIVERY_TYPEHASH = keccak256(
-        "Delivery(uint256 escrowId,uint64 seq,uint64 timestamp,bytes32 location,int32 maxTemperature)"
-    );
+    bytes32 public constant DELIVERY_TYPEHASH =
+        keccak256("Delivery(uint256 escrowId,uint64 seq,uint64 timestamp,bytes32 location,int32 maxTemperature)");
 
     /// @notice The cold-chain refund share is expressed in basis points of the amount.
     uint16 public constant MAX_BPS = 10_000;
@@ -109,9 +108,7 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, ReentrancyGuard
         RejectReason reason = _checkTimestamp(dl.timestamp, e.createdAt);
         if (reason != RejectReason.None) return reason;
         reason = _checkSigner(
-            keccak256(
-                abi.encode(DELIVERY_TYPEHASH, dl.escrowId, dl.seq, dl.timestamp, dl.location, dl.maxTemperature)
-            ),
+            keccak256(abi.encode(DELIVERY_TYPEHASH, dl.escrowId, dl.seq, dl.timestamp, dl.location, dl.maxTemperature)),
             dl.r,
             dl.vs,
             e.device,
@@ -183,9 +180,10 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, ReentrancyGuard
         view
         returns (bytes32)
     {
-        return _hashTypedDataV4(
-            keccak256(abi.encode(DELIVERY_TYPEHASH, escrowId, seq, timestamp, location, maxTemperature))
-        );
+        return
+            _hashTypedDataV4(
+                keccak256(abi.encode(DELIVERY_TYPEHASH, escrowId, seq, timestamp, location, maxTemperature))
+            );
     }
 
     function _funded(uint256 escrowId) private view returns (Escrow storage e) {

@@ -12,9 +12,8 @@ import {IDeviceRegistry} from "./interfaces/IDeviceRegistry.sol";
 /// the signing key (signed by the new key), update the metadata hash, and revoke the device for good.
 /// Products read {keyInfo} (one storage slot) to learn which device a signer speaks for.
 contract DeviceRegistry is IDeviceRegistry, EIP712 {
-    bytes32 public constant REGISTRATION_TYPEHASH = keccak256(
-        "Registration(address device,address owner,uint8 kind,bytes32 metadataHash,uint64 deadline)"
-    );
+    bytes32 public constant REGISTRATION_TYPEHASH =
+        keccak256("Registration(address device,address owner,uint8 kind,bytes32 metadataHash,uint64 deadline)");
     bytes32 public constant KEY_ROTATION_TYPEHASH =
         keccak256("KeyRotation(address device,address newKey,uint64 deadline)");
 

@@ -248,8 +248,7 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
         }
         // billed <= prepaid; seq, value and timestamp were range-checked above (timestamp <= now + skew < 2^40).
         unchecked {
-            word = (prepaid - billed) | (value << 96) | (seq << 160) | (timestamp << 208)
-                | (status << 248);
+            word = (prepaid - billed) | (value << 96) | (seq << 160) | (timestamp << 208) | (status << 248);
         }
         assembly ("memory-safe") {
             sstore(slot.slot, word)

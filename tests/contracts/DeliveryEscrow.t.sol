@@ -105,7 +105,9 @@ contract DeliveryEscrowTest is Fixture {
         vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.AmountTooLarge.selector, huge));
         escrow.createEscrow(seller, tracker, address(token), huge, DEST, deadline, 0, 0);
         vm.expectRevert(
-            abi.encodeWithSelector(IDeliveryEscrow.DeadlineNotInFuture.selector, uint64(block.timestamp), block.timestamp)
+            abi.encodeWithSelector(
+                IDeliveryEscrow.DeadlineNotInFuture.selector, uint64(block.timestamp), block.timestamp
+            )
         );
         escrow.createEscrow(seller, tracker, address(0), 1, DEST, uint64(block.timestamp), 0, 0);
         vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.PenaltyTooHigh.selector, uint16(10_001)));
@@ -283,9 +285,8 @@ contract DeliveryEscrowTest is Fixture {
     }
 
     function test_Reject_WrongDomain() public {
-        bytes32 sh = keccak256(
-            abi.encode(escrow.DELIVERY_TYPEHASH(), id, uint64(1), uint64(block.timestamp), DEST, int32(0))
-        );
+        bytes32 sh =
+            keccak256(abi.encode(escrow.DELIVERY_TYPEHASH(), id, uint64(1), uint64(block.timestamp), DEST, int32(0)));
         assertEq(
             digestUnder("iotsettle", "1", block.chainid, address(escrow), sh),
             escrow.hashDelivery(id, 1, uint64(block.timestamp), DEST, 0)
@@ -360,7 +361,9 @@ contract DeliveryEscrowTest is Fixture {
         vm.prank(seller);
         escrow.cancel(id);
         assertEq(escrow.withdrawable(address(token), buyer), AMOUNT);
-        vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.NotFunded.selector, id, IDeliveryEscrow.EscrowState.Cancelled));
+        vm.expectRevert(
+            abi.encodeWithSelector(IDeliveryEscrow.NotFunded.selector, id, IDeliveryEscrow.EscrowState.Cancelled)
+        );
         vm.prank(seller);
         escrow.cancel(id);
     }
@@ -382,7 +385,8 @@ contract DeliveryEscrowTest is Fixture {
         badSeller.setMode(Payee.Mode.Revert);
         vm.deal(buyer, 2 ether);
         vm.startPrank(buyer);
-        uint256 bad = escrow.createEscrow{value: 1 ether}(address(badSeller), tracker, address(0), 1 ether, DEST, deadline, 0, 0);
+        uint256 bad =
+            escrow.createEscrow{value: 1 ether}(address(badSeller), tracker, address(0), 1 ether, DEST, deadline, 0, 0);
         uint256 good = escrow.createEscrow{value: 1 ether}(seller, tracker, address(0), 1 ether, DEST, deadline, 0, 0);
         vm.stopPrank();
         IDeliveryEscrow.SignedDelivery[] memory batch = new IDeliveryEscrow.SignedDelivery[](2);
@@ -402,7 +406,8 @@ contract DeliveryEscrowTest is Fixture {
         Payee evil = new Payee();
         vm.deal(buyer, 2 ether);
         vm.startPrank(buyer);
-        uint256 a = escrow.createEscrow{value: 1 ether}(address(evil), tracker, address(0), 1 ether, DEST, deadline, 0, 0);
+        uint256 a =
+            escrow.createEscrow{value: 1 ether}(address(evil), tracker, address(0), 1 ether, DEST, deadline, 0, 0);
         escrow.createEscrow{value: 1 ether}(seller, tracker, address(0), 1 ether, DEST, deadline, 0, 0);
         vm.stopPrank();
         _confirm(_delivery(a, 0));

@@ -49,7 +49,8 @@ contract DeviceRegistryTest is Fixture {
         assertEq(d.key, device);
         assertEq(d.rotations, 0);
         assertEq(d.metadataHash, META);
-        (address keyDevice, IDeviceRegistry.DeviceKind kind, IDeviceRegistry.KeyStatus status) = registry.keyInfo(device);
+        (address keyDevice, IDeviceRegistry.DeviceKind kind, IDeviceRegistry.KeyStatus status) =
+            registry.keyInfo(device);
         assertEq(keyDevice, device);
         assertEq(uint8(kind), uint8(METER));
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Current));
@@ -173,9 +174,8 @@ contract DeviceRegistryTest is Fixture {
     function testFuzz_RevertWhen_Register_WrongDomain(uint8 which) public {
         which = uint8(bound(which, 0, 3));
         uint64 deadline = uint64(block.timestamp);
-        bytes32 sh = keccak256(
-            abi.encode(registry.REGISTRATION_TYPEHASH(), device, owner, uint8(METER), META, deadline)
-        );
+        bytes32 sh =
+            keccak256(abi.encode(registry.REGISTRATION_TYPEHASH(), device, owner, uint8(METER), META, deadline));
         bytes32 digest = digestUnder(
             which == 0 ? "iotsettlE" : "iotsettle",
             which == 1 ? "2" : "1",
@@ -220,15 +220,16 @@ contract DeviceRegistryTest is Fixture {
         IDeviceRegistry.Device memory d = registry.deviceOf(device);
         assertEq(d.key, newAddr);
         assertEq(d.rotations, 1);
-        (address keyDevice, IDeviceRegistry.DeviceKind kind, IDeviceRegistry.KeyStatus status) = registry.keyInfo(newAddr);
+        (address keyDevice, IDeviceRegistry.DeviceKind kind, IDeviceRegistry.KeyStatus status) =
+            registry.keyInfo(newAddr);
         assertEq(keyDevice, device, "the new key speaks for the stable device id");
         assertEq(uint8(kind), uint8(METER));
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Current));
-        (, , status) = registry.keyInfo(device);
+        (,, status) = registry.keyInfo(device);
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Rotated));
 
         rotate(device, deviceKey(3), owner);
-        (, , status) = registry.keyInfo(newAddr);
+        (,, status) = registry.keyInfo(newAddr);
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Rotated));
         assertEq(registry.deviceOf(device).rotations, 2);
     }

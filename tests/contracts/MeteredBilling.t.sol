@@ -319,7 +319,9 @@ contract MeteredBillingTest is Fixture {
     }
 
     function test_Reject_UnknownAgreement() public {
-        _expectRejected(signReading(meterKey, id + 1, 1, uint64(block.timestamp), 1), IDeviceEvents.RejectReason.UnknownTarget);
+        _expectRejected(
+            signReading(meterKey, id + 1, 1, uint64(block.timestamp), 1), IDeviceEvents.RejectReason.UnknownTarget
+        );
     }
 
     function test_Reject_OlderSeq() public {
@@ -335,7 +337,9 @@ contract MeteredBillingTest is Fixture {
     function test_Reject_NotActive() public {
         vm.prank(provider);
         uint256 offered = billing.offer(consumer, meter, tariff, address(token), 0, 0);
-        _expectRejected(signReading(meterKey, offered, 1, uint64(block.timestamp), 1), IDeviceEvents.RejectReason.NotActive);
+        _expectRejected(
+            signReading(meterKey, offered, 1, uint64(block.timestamp), 1), IDeviceEvents.RejectReason.NotActive
+        );
     }
 
     function test_Reject_CounterRollback() public {
@@ -387,7 +391,8 @@ contract MeteredBillingTest is Fixture {
 
     function test_Reject_ReadingFromBeforeAcceptance() public {
         _expectRejected(
-            signReading(meterKey, id, 1, uint64(block.timestamp) - 1, START + 1), IDeviceEvents.RejectReason.TimestampTooOld
+            signReading(meterKey, id, 1, uint64(block.timestamp) - 1, START + 1),
+            IDeviceEvents.RejectReason.TimestampTooOld
         );
     }
 
@@ -405,7 +410,9 @@ contract MeteredBillingTest is Fixture {
     }
 
     function test_Reject_UnknownKey() public {
-        _expectRejected(signReading(deviceKey(99), id, 1, uint64(block.timestamp), START + 1), IDeviceEvents.RejectReason.UnknownKey);
+        _expectRejected(
+            signReading(deviceKey(99), id, 1, uint64(block.timestamp), START + 1), IDeviceEvents.RejectReason.UnknownKey
+        );
     }
 
     /// @dev A reading signed for another domain recovers to some unrelated address.
@@ -413,7 +420,10 @@ contract MeteredBillingTest is Fixture {
         which = uint8(bound(which, 0, 3));
         uint64 ts = uint64(block.timestamp);
         bytes32 sh = keccak256(abi.encode(billing.READING_TYPEHASH(), id, uint64(1), ts, uint256(START + 1)));
-        assertEq(digestUnder("iotsettle", "1", block.chainid, address(billing), sh), billing.hashReading(id, 1, ts, START + 1));
+        assertEq(
+            digestUnder("iotsettle", "1", block.chainid, address(billing), sh),
+            billing.hashReading(id, 1, ts, START + 1)
+        );
         bytes32 digest = digestUnder(
             which == 0 ? "iotsettle2" : "iotsettle",
             which == 1 ? "0" : "1",
@@ -512,7 +522,9 @@ contract MeteredBillingTest is Fixture {
         vm.prank(provider);
         uint256 offered = billing.offer(consumer, meter, tariff, address(token), 0, 0);
         vm.expectRevert(
-            abi.encodeWithSelector(IMeteredBilling.WrongStatus.selector, offered, IMeteredBilling.AgreementStatus.Offered)
+            abi.encodeWithSelector(
+                IMeteredBilling.WrongStatus.selector, offered, IMeteredBilling.AgreementStatus.Offered
+            )
         );
         billing.topUp(offered, 1);
         uint256 tooMuch = uint256(type(uint96).max) - DEPOSIT + 1;
@@ -640,14 +652,18 @@ contract MeteredBillingTest is Fixture {
         uint64 skew = billing.MAX_CLOCK_SKEW();
         vm.warp(block.timestamp + skew + 1);
         vm.expectRevert(
-            abi.encodeWithSelector(IDeviceEvents.EventRejected.selector, id, 1, IDeviceEvents.RejectReason.TimestampTooOld)
+            abi.encodeWithSelector(
+                IDeviceEvents.EventRejected.selector, id, 1, IDeviceEvents.RejectReason.TimestampTooOld
+            )
         );
         vm.prank(consumer);
         billing.closeWithReading(rd);
 
         rd = _reading(1, START - 1);
         vm.expectRevert(
-            abi.encodeWithSelector(IDeviceEvents.EventRejected.selector, id, 1, IDeviceEvents.RejectReason.CounterRollback)
+            abi.encodeWithSelector(
+                IDeviceEvents.EventRejected.selector, id, 1, IDeviceEvents.RejectReason.CounterRollback
+            )
         );
         vm.prank(consumer);
         billing.closeWithReading(rd);

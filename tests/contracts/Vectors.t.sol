@@ -83,23 +83,25 @@ contract VectorsTest is Fixture {
         if (t == keccak256("Reading")) {
             ++perType[3];
             address at = _installAt(json, i, address(billing));
-            return HashReading(at).hashReading(
-                vm.parseJsonUint(json, _s(i, "message.agreementId")),
-                uint64(vm.parseJsonUint(json, _s(i, "message.seq"))),
-                uint64(vm.parseJsonUint(json, _s(i, "message.timestamp"))),
-                vm.parseJsonUint(json, _s(i, "message.value"))
-            );
+            return HashReading(at)
+                .hashReading(
+                    vm.parseJsonUint(json, _s(i, "message.agreementId")),
+                    uint64(vm.parseJsonUint(json, _s(i, "message.seq"))),
+                    uint64(vm.parseJsonUint(json, _s(i, "message.timestamp"))),
+                    vm.parseJsonUint(json, _s(i, "message.value"))
+                );
         }
         assertEq(t, keccak256("Delivery"), "known primary type");
         ++perType[4];
         address escrowAt = _installAt(json, i, address(escrow));
-        return HashDelivery(escrowAt).hashDelivery(
-            vm.parseJsonUint(json, _s(i, "message.escrowId")),
-            uint64(vm.parseJsonUint(json, _s(i, "message.seq"))),
-            uint64(vm.parseJsonUint(json, _s(i, "message.timestamp"))),
-            vm.parseJsonBytes32(json, _s(i, "message.location")),
-            int32(vm.parseJsonInt(json, _s(i, "message.maxTemperature")))
-        );
+        return HashDelivery(escrowAt)
+            .hashDelivery(
+                vm.parseJsonUint(json, _s(i, "message.escrowId")),
+                uint64(vm.parseJsonUint(json, _s(i, "message.seq"))),
+                uint64(vm.parseJsonUint(json, _s(i, "message.timestamp"))),
+                vm.parseJsonBytes32(json, _s(i, "message.location")),
+                int32(vm.parseJsonInt(json, _s(i, "message.maxTemperature")))
+            );
     }
 
     function _bulkDomain(string memory json, string memory primaryType, address source) internal returns (address at) {

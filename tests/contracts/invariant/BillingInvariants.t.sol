@@ -68,7 +68,11 @@ contract BillingHandler is Test {
         }
     }
 
-    function _sign(uint256 id, uint64 seq, uint256 value) internal view returns (IMeteredBilling.SignedReading memory rd) {
+    function _sign(uint256 id, uint64 seq, uint256 value)
+        internal
+        view
+        returns (IMeteredBilling.SignedReading memory rd)
+    {
         rd.agreementId = id;
         rd.seq = seq;
         rd.timestamp = uint64(block.timestamp);
@@ -155,7 +159,9 @@ contract BillingInvariantsTest is Test {
             address meter = _register(key);
             uint256 deposit = 1_000 * (i + 1);
             vm.prank(provider);
-            uint256 id = billing.offer(consumer, meter, i % 2 == 0 ? flatId : tieredId, address(token), uint64(i * 1000), 1 hours);
+            uint256 id = billing.offer(
+                consumer, meter, i % 2 == 0 ? flatId : tieredId, address(token), uint64(i * 1000), 1 hours
+            );
             token.mint(consumer, deposit);
             vm.startPrank(consumer);
             token.approve(address(billing), deposit);

@@ -66,7 +66,9 @@ contract EscrowHandler is Test {
         uint16 bps;
     }
 
-    function create(uint256 actorSeed, uint256 amount, uint16 bps, int32 limit, bool erc20, uint8 trackerSeed) external {
+    function create(uint256 actorSeed, uint256 amount, uint16 bps, int32 limit, bool erc20, uint8 trackerSeed)
+        external
+    {
         Order memory o = Order({
             buyer: buyers[actorSeed % 3],
             seller: sellers[(actorSeed / 3) % 3],
@@ -215,7 +217,8 @@ contract EscrowInvariantsTest is Test {
     function _register(uint256 key) internal returns (address device) {
         device = vm.addr(key);
         uint64 deadline = uint64(block.timestamp);
-        bytes32 digest = registry.hashRegistration(device, address(this), IDeviceRegistry.DeviceKind.Tracker, 0, deadline);
+        bytes32 digest =
+            registry.hashRegistration(device, address(this), IDeviceRegistry.DeviceKind.Tracker, 0, deadline);
         (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
         registry.register(device, IDeviceRegistry.DeviceKind.Tracker, 0, deadline, abi.encodePacked(r, s, v));
     }
