@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from oracle.chain import ANVIL_DEV_KEYS, connect, load_sender
+from oracle.chain import connect, load_sender
 from oracle.compiler import ensure_compiled
 from oracle.deploy import deploy_all
 from oracle.node import Anvil, free_port
@@ -65,7 +65,6 @@ def _env(config, tmp_path: Path) -> dict[str, str]:
 
 
 def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -> None:
-    w3 = demo_chain.chain.w3
     token = demo_chain.contract("TestToken")
     work = tmp_path / "work"
     proc = _demo(["--rpc", demo_chain.config.chain.rpc_url, "--broker", f"127.0.0.1:{mosquitto.port}",
@@ -98,7 +97,6 @@ def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -
 
     # nothing left running: the children's pid files are gone and so are they
     assert not list(work.glob("*.pid"))
-    assert w3.eth.chain_id == 31337
 
 
 def test_ctrl_c_stops_everything_it_started(tmp_path) -> None:
@@ -125,4 +123,3 @@ def test_ctrl_c_stops_everything_it_started(tmp_path) -> None:
     assert "interrupted" in err and "Traceback" not in err
     for name, pid in pids.items():
         assert not _pid_alive(pid), f"{name} (pid {pid}) is still running"
-    assert ANVIL_DEV_KEYS  # the demo spent only well-known development accounts
