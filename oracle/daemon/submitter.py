@@ -101,6 +101,7 @@ class SubmitterSettings:
     gas_margin: float = 1.25
     gas_extra: int = 25_000
     min_gas_per_item: int = 25_000  # floor of the learned figure: a first batch of cheap items must not starve later ones
+    preflight: bool = True  # eth_call every batch before signing (False: rely on the receipt to reveal a revert)
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +426,9 @@ class Submitter:
         if not items:
             return 0, items
         learned = self._gas_per_item.get(spec.kind)
+        if learned is not None and not self.settings.preflight:
+            per_item = max(learned, self.settings.min_gas_per_item)
+            return int(len(items) * per_item * self.settings.gas_margin) + self.settings.gas_extra, items
         method = "eth_estimateGas" if learned is None else "eth_call"
         try:
             estimate = self._call(spec, [i for _, i in items], method)

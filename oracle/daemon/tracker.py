@@ -79,20 +79,29 @@ class Tracker:
         self._drop_checked: dict[str, float] = {}
         self._retried: dict[str, float] = {}
         self._nonce_passed: dict[str, float] = {}
+        self._account_nonce = 0
         self.head = 0
 
     def poll(self) -> int:
-        """One pass over the open and the mined transactions; returns how many changed state."""
+        """One pass over the open and the mined transactions; returns how many changed state.
+
+        Receipts can only appear with a new block, so while the head stays the same a pass costs one RPC call
+        (the head) plus whatever the re-send timers ask for.
+        """
         now = time.time()
-        # The nonce count first: a transaction mined after this read is then seen by the receipt lookups below.
-        account_nonce = hex_int(self.submitter.rpc("eth_getTransactionCount", [self.submitter.sender, "latest"]))
         head = self.submitter.rpc("eth_getBlockByNumber", ["latest", False])
         number, head_hash = hex_int(head["number"]), str(head["hash"])
         self.head = number
+        moved = head_hash != self._head_hash
+        if moved:
+            # The nonce count before the receipts: a transaction mined after this read is then seen by the lookups.
+            self._account_nonce = hex_int(
+                self.submitter.rpc("eth_getTransactionCount", [self.submitter.sender, "latest"])
+            )
         changed = 0
         for tx in self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT):
-            changed += self._follow_open(tx, account_nonce, now)
-        if head_hash != self._head_hash or changed:
+            changed += self._follow_open(tx, now, moved or tx.tx_key in self._nonce_passed)
+        if moved or changed:
             mined = self.txstore.by_status(TxStatus.MINED)
             if mined:
                 changed += self._follow_mined(mined, number, self._unchanged_below(number))
@@ -116,14 +125,15 @@ class Tracker:
     def _receipt(self, tx_hash: str) -> dict[str, Any] | None:
         return self.submitter.rpc("eth_getTransactionReceipt", [tx_hash])  # type: ignore[no-any-return]
 
-    def _follow_open(self, tx: TxRecord, account_nonce: int, now: float) -> int:
+    def _follow_open(self, tx: TxRecord, now: float, look_for_receipts: bool) -> int:
         attempts = self.txstore.attempts(tx.tx_key)
-        for tx_hash in attempts:
-            receipt = self._receipt(tx_hash)
-            if receipt is not None:
-                self._on_mined(tx, receipt)
-                return 1
-        if tx.nonce < account_nonce:
+        if look_for_receipts:
+            for tx_hash in attempts:
+                receipt = self._receipt(tx_hash)
+                if receipt is not None:
+                    self._on_mined(tx, receipt)
+                    return 1
+        if tx.nonce < self._account_nonce:
             # A node may count the nonce a moment before it serves the receipt (anvil does under load): only a
             # nonce passed for ``lost_after`` seconds without a receipt of any attempt means someone else used it.
             first_seen = self._nonce_passed.setdefault(tx.tx_key, now)
@@ -350,7 +360,8 @@ class SettlerSettings:
         return cls(
             PlannerSettings(o.batch_max_events, o.batch_max_wait, o.settlement_window),
             SubmitterSettings(o.max_in_flight, int(o.max_fee_gwei * GWEI),
-                              int(o.priority_fee_gwei * GWEI) if o.priority_fee_gwei > 0 else None),
+                              int(o.priority_fee_gwei * GWEI) if o.priority_fee_gwei > 0 else None,
+                              preflight=o.batch_preflight),
             TrackerSettings(config.chain.confirmations, o.rebroadcast_after),
         )  # fmt: skip
 
