@@ -27,6 +27,7 @@ from oracle.daemon.metrics import Metrics
 from oracle.daemon.planner import Batch
 from oracle.daemon.revert import ErrorDecoder, RejectReason
 from oracle.daemon.store import EventRecord, EventStatus, Store, StoredEvent
+from oracle.daemon.submitter import KindSpec
 from oracle.daemon.tracker import Settler, SettlerSettings
 from oracle.daemon.txstore import TxStatus
 
@@ -302,6 +303,45 @@ def test_a_delivery_releases_its_escrow_at_once(scenario: Scenario, store: Store
 
     assert scenario.escrow.functions.withdrawable("0x" + "00" * 20, seller).call() == 5 * 10**15
     assert events[1].status is EventStatus.DEAD and events[1].reason.startswith("WrongLocation")  # type: ignore[union-attr]
+
+
+class _DirtySeqSpec(KindSpec):
+    """Encodes the item with sequence number ``POISON`` with a dirty upper half in its uint64 word. The contract's
+    ABI decoder reverts the whole call when its loop reaches such an item: a real poison item (the products
+    themselves skip every bad event they can name)."""
+
+    POISON = 666
+
+    def item(self, event: StoredEvent) -> bytes:
+        encoded = super().item(event)
+        if event.seq != self.POISON:
+            return encoded
+        return encoded[:32] + (1 << 200 | event.seq).to_bytes(32, "big") + encoded[64:]
+
+
+def test_an_item_that_reverts_the_whole_batch_is_bisected_out_and_dead_lettered(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meters = [scenario.meter() for _ in range(5)]
+    settler = make_settler(scenario, store, relayer)
+    spec = settler.submitter.specs["reading"]
+    dirty = _DirtySeqSpec(spec.kind, spec.contract, spec.selector, spec.item_types, spec.settled_topic,
+                          spec.rejected_topic)  # fmt: skip
+    settler.submitter.specs["reading"] = dirty
+    settler.submitter._by_contract[spec.contract] = dirty  # noqa: SLF001 - fault injection into the real path
+    records = [scenario.reading(m, 1, START + 10 * (i + 1)) for i, m in enumerate(meters)]
+    records[2] = scenario.reading(meters[2], _DirtySeqSpec.POISON, START + 30)
+    ids = store.commit_batch(records, [], [])
+    metrics = Metrics()
+    settler.submitter.metrics = metrics
+
+    events = settle_all(settler, store, ids)
+
+    assert events[2].status is EventStatus.DEAD and events[2].reason is not None
+    assert events[2].reason.startswith("Reverted: reverted without a reason")
+    assert [scenario.earnings(m) for m in meters] == [10 * PRICE, 20 * PRICE, 0, 40 * PRICE, 50 * PRICE]
+    assert len(settler.txstore.all()) == 1, "the four good items went in one transaction; the poison cost no gas"
+    assert metrics.dead_lettered.labels(reason="Reverted")._value.get() == 1  # noqa: SLF001
 
 
 def test_a_dropped_transaction_is_resent_at_the_same_nonce_with_higher_fees(

@@ -177,7 +177,7 @@ class ErrorDecoder:
         """Decode revert data (bytes or 0x-hex). Unknown or empty data still gives a readable result."""
         raw = _as_bytes(data)
         if not raw:
-            return DecodedError("unknown", (), "reverted without data (out of gas, or a plain revert())")
+            return DecodedError("Reverted", (), "reverted without a reason (malformed calldata, out of gas, or a bare revert)")
         selector, body = raw[:4], raw[4:]
         try:
             if selector == _ERROR_STRING:
