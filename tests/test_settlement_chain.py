@@ -586,3 +586,30 @@ def test_a_nonce_taken_by_another_sender_of_the_key_replans_the_events_once(
     assert scenario.earnings(meter) == 25 * PRICE
     assert [(t.nonce, t.status) for t in settler.txstore.all()][0] == (ours.nonce, TxStatus.LOST)
     assert sorted(t.nonce for t in settler.txstore.all() if t.status is not TxStatus.LOST) == [ours.nonce + 1]
+
+
+def test_a_reorg_that_replaces_the_block_at_the_same_height_resubmits_and_pays_once(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meter = scenario.meter()
+    settler = make_settler(scenario, store, relayer, confirmations=2)
+    ids = store.commit_batch([scenario.reading(meter, 1, START + 12)], [], [])
+    settle_all(settler, store, ids)
+    (mined,) = settler.txstore.all()
+    height = scenario.w3.eth.block_number
+
+    with automine_off(scenario):
+        scenario.rpc("anvil_reorg", 1, [])  # same height, another block without our transaction
+        assert scenario.w3.eth.block_number == height and scenario.earnings(meter) == 0
+        deadline = time.monotonic() + 10
+        while store.events(ids)[0].status is not EventStatus.SUBMITTED or not scenario.w3.eth.get_block("pending")["transactions"]:
+            assert time.monotonic() < deadline, "the reorged transaction was not re-sent"
+            settler.run_once()
+            time.sleep(0.05)
+        scenario.mine()
+        settle_all(settler, store, ids)
+        scenario.mine(2)
+        settle_all(settler, store, ids, statuses=(EventStatus.FINAL,))
+    (tx,) = settler.txstore.all()
+    assert tx.nonce == mined.nonce and tx.block_hash != mined.block_hash
+    assert scenario.earnings(meter) == 12 * PRICE, "paid once"
