@@ -132,3 +132,27 @@ def test_confirm_refuses_a_payload_for_another_chain_or_contract(cli, deployment
     other_contract = sign_event(key, "delivery", 31337, deployment.address("MeteredBilling"), msg).to_payload().decode()
     assert "was signed for contract" in cli.fails(["escrow", "confirm", "-"], stdin=other_contract)
     assert "not UTF-8 JSON" in cli.fails(["escrow", "confirm", "-"], stdin="{oops")
+
+
+def test_revert_sentences_without_a_chain(deployment) -> None:
+    """The decoder alone (no chain to ask): names and arguments still make a sentence."""
+    from eth_abi import encode
+    from eth_hash.auto import keccak
+
+    from oracle.ops.errors import RevertDecoder
+
+    abis = {name: deployment.contract(name).abi for name in ("DeliveryEscrow", "MeteredBilling", "DeviceRegistry")}
+    decoder = RevertDecoder.from_abis(abis)
+
+    def data(signature: str, types: list[str], values: list[object]) -> str:
+        return "0x" + (keccak(signature.encode())[:4] + encode(types, values)).hex()
+
+    released = decoder.decode(data("NotFunded(uint256,uint8)", ["uint256", "uint8"], [7, 2]), "DeliveryEscrow")
+    assert (released.name, released.sentence) == ("NotFunded", "escrow 7 was already released")
+    replay = decoder.decode(data("EventRejected(uint256,uint64,uint8)", ["uint256", "uint64", "uint8"], [5, 3, 15]),
+                            "DeliveryEscrow")
+    assert replay.sentence == "the delivery (seq 3) was signed at another location than escrow 5's destination"
+    assert decoder.decode(data("Error(string)", ["string"], ["nope"]), "DeliveryEscrow").sentence == \
+        "the escrow contract reverted: nope"
+    assert "unknown custom error 0xdeadbeef" in decoder.decode("0xdeadbeef", "MeteredBilling").sentence
+    assert decoder.decode("0x", "MeteredBilling").sentence.startswith("the billing contract reverted without")

@@ -68,7 +68,7 @@ class RevertDecoder:
         """Decode revert ``data`` raised by a call to ``contract``; unknown data still gives a sentence."""
         decoded = self._errors.decode(data)
         args = {name: _checksummed(value) for name, value in decoded.args}
-        if decoded.name in ("unknown", "Error", "Panic"):
+        if decoded.name in ("unknown", "Error", "Panic", "Reverted"):
             return DecodedRevert(decoded.name, args, f"the {_what(contract)} {decoded.sentence}", contract)
         sentence = ""
         writer = _SENTENCES.get(decoded.name)
@@ -278,6 +278,8 @@ _SENTENCES: dict[str, Callable[[_Facts], str]] = {
                                     f"{f.when(f['deadline'])} ({int(f['deadline']) - int(f['timestamp'])} s from now)"),
     "DeadlineNotInFuture": lambda f: f"the deadline {f.when(f['deadline'])} is not in the future (chain time "
                                      f"{f.when(f['timestamp'])})",
+    "AmountTooLarge": lambda f: f"an escrow of {f.token_amount(f['amount'])} is more than the contract accepts (2^128 - 1 "
+                                "base units)",
     "PenaltyTooHigh": lambda f: f"a penalty of {f['penaltyBps']} basis points is more than 10000 (100 %)",
     "EventRejected": _event_rejected,
     # MeteredBilling
@@ -310,6 +312,13 @@ _SENTENCES: dict[str, Callable[[_Facts], str]] = {
     # tokens
     "ERC20InsufficientBalance": _insufficient_balance,
     "ERC20InsufficientAllowance": _insufficient_allowance,
+    "ERC20InvalidReceiver": lambda f: f"tokens cannot be sent to {f['receiver']}",
+    "ERC20InvalidSender": lambda f: f"tokens cannot be sent from {f['sender']}",
+    "ERC20InvalidSpender": lambda f: f"{f['spender']} cannot be approved as a spender",
+    "ERC20InvalidApprover": lambda f: f"{f['approver']} cannot approve a spender",
+    "InsufficientBalance": lambda f: (f"the contract holds {f['balance']} wei of ether but the payment needs "
+                                      f"{f['needed']}"),
+    "FailedCall": lambda f: "sending ether to the recipient failed (a contract that refuses payments?)",
     "SafeERC20FailedOperation": lambda f: f"the token {f['token']} refused the transfer",
     "ReentrancyGuardReentrantCall": lambda f: "a re-entrant call was refused",
 }
