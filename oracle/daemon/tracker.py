@@ -396,6 +396,7 @@ class Settler:
         self.metrics = metrics
         self._threads: list[threading.Thread] = []
         self._recover_lock = threading.Lock()
+        self._stopped: bool | None = None
         self._stop = threading.Event()
         self._recovered = False
         self._last_error: str | None = None
@@ -451,8 +452,11 @@ class Settler:
     def stop(self, drain: bool = True, timeout: float = 30.0) -> bool:
         """Stop the loop; with ``drain`` first settle everything stored and wait until it is mined.
 
-        Returns True when nothing is left in flight. Events not yet in a transaction go back to pending.
+        Returns True when nothing is left in flight. Events not yet in a transaction go back to pending. A stopped
+        settler stays stopped (its database connection is closed); a second call only reports the first result.
         """
+        if self._stopped is not None:
+            return self._stopped
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=max(timeout, 5.0))
@@ -464,6 +468,7 @@ class Settler:
         if self._own_store is not None:
             self._own_store.close()
             self._own_store = None
+        self._stopped = done
         return done
 
     def drain(self, timeout: float = 30.0) -> bool:
