@@ -156,3 +156,12 @@ def test_revert_sentences_without_a_chain(deployment) -> None:
         "the escrow contract reverted: nope"
     assert "unknown custom error 0xdeadbeef" in decoder.decode("0xdeadbeef", "MeteredBilling").sentence
     assert decoder.decode("0x", "MeteredBilling").sentence.startswith("the billing contract reverted without")
+
+
+def test_escrow_for_an_unregistered_tracker(cli, w3) -> None:
+    buyer = cli.user(w3)
+    cli.ok(["token", "mint", "--amount", "5"], buyer)
+    stranger = "0x000000000000000000000000000000000000dEaD"
+    error = cli.fails(["escrow", "create", "--seller", buyer.address, "--device", stranger, "--amount", "5",
+                       "--destination", "u33dc0cr", "--deadline", "+1h"], buyer)
+    assert error == f"device {stranger} is not registered or not active"
