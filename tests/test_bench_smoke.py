@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from oracle.bench import e2e, gas
-from oracle.bench.naive import NaiveRelay
+from oracle.bench.naive import NaiveRelayProcess
 from oracle.bench.stack import PRICE_PER_UNIT, BenchStack, Meter, provision, topic_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # web3's process_receipt on other contracts' logs
@@ -69,15 +69,16 @@ def test_naive_relay_pays_one_transaction_per_event(stack: BenchStack, watcher: 
     meters = stack.meters[10:15]
     before = earnings(stack, meters)
     billing = stack.ctx_contract("MeteredBilling")
-    relay = NaiveRelay(stack.mosquitto.host, stack.mosquitto.port, stack.chain.chain_id, stack.config.chain.rpc_url,
-                       stack.fund_relayer(), billing.address, billing.abi)  # fmt: skip
+    relay = NaiveRelayProcess(stack.mosquitto.host, stack.mosquitto.port, stack.chain.chain_id,
+                              stack.config.chain.rpc_url, "0x" + bytes(stack.fund_relayer().key).hex(), billing.address,
+                              stack.config.path(stack.config.paths.artifacts_dir) / "MeteredBilling.json")  # fmt: skip
     relay.start()
     try:
         load = e2e.run_load(stack.mosquitto.host, stack.mosquitto.port, watcher, readings(meters, 1), None,
                             topic_of(billing, "ReadingSettled"), grace=60)  # fmt: skip
     finally:
-        relay.stop()
-    assert load.paid == load.events == 5 and relay.failed == 0
+        counts = relay.stop()
+    assert load.paid == load.events == 5 and counts == {"settled": 5, "failed": 0}
     assert load.transactions == 5 and load.onchain_items == 5
     assert [a - b for a, b in zip(earnings(stack, meters), before, strict=True)] == [PRICE_PER_UNIT] * 5
 

@@ -127,7 +127,7 @@ class Watcher:
 
     rpc_url: str
     topics: dict[str, str]  # topic0 → contract address (lowercase)
-    interval: float = 0.005
+    interval: float = 0.01
     seen: dict[str, list[tuple[Key, float]]] = field(default_factory=dict)  # topic0 → [(key, when)]
     transactions: set[str] = field(default_factory=set)
     gas_used: int = 0

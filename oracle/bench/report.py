@@ -15,13 +15,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
-def _first_line(command: list[str]) -> str:
+def _version_line(command: list[str]) -> str:
+    """The first output line of ``command`` that names a version."""
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "unavailable"
-    text = (done.stdout or done.stderr).strip().splitlines()
-    return text[0].strip() if text else "unavailable"
+    lines = [ln.strip() for ln in (done.stdout + "\n" + done.stderr).splitlines() if ln.strip()]
+    return next((ln for ln in lines if "ersion" in ln), lines[0] if lines else "unavailable")
 
 
 def _cpu_model() -> str:
@@ -48,9 +49,9 @@ def machine() -> dict[str, Any]:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "anvil": _first_line([str(REPO / "node_modules" / ".bin" / "anvil"), "--version"]),
-        "solc": _first_line([str(REPO / "scripts" / "solc-js"), "--version"]).removeprefix("Version: "),
-        "mosquitto": _first_line(["/usr/sbin/mosquitto", "-h"]),
+        "anvil": _version_line([str(REPO / "node_modules" / ".bin" / "anvil"), "--version"]),
+        "solc": _version_line([str(REPO / "scripts" / "solc-js"), "--version"]).removeprefix("Version: ") + " (solc-js)",
+        "mosquitto": _version_line(["/usr/sbin/mosquitto", "-h"]),
         "packages": {p: version(p) for p in ("web3", "eth-account", "paho-mqtt", "coincurve", "py-solc-x")},
     }
 
@@ -165,6 +166,12 @@ def markdown_details(result: dict[str, Any]) -> str:
             f"**{_fmt(x['latency_ms']['p50'])} ({_fmt(x['latency_ms']['p90'])})**" for x in staged) + " |")
         lines.append("| daemon CPU per event (µs, daemon + verify processes) | " + " | ".join(
             f"{_fmt(x['daemon_cpu_us_per_event'])}" for x in staged) + " |")
+        parts.append("\n".join(lines))
+    settle = result.get("settle_profile")
+    if settle:
+        lines = [f"| settlement thread, CPU share by library ({settle['settlement_thread_cpu_us_per_event']:,.0f} µs "
+                 f"per settled event, {settle['settled_per_s_wall']:,.0f} settled/s wall) | % |", "|---|---:|"]
+        lines += [f"| {label} | {share:.0f} |" for label, share in settle["cpu_share_by_library_percent"].items()]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 

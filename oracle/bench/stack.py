@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,11 @@ class Meter:
     value: int = 0
     timestamp: int = 0
 
-    @property
+    @cached_property
     def address(self) -> str:
         return eip712.address_of(self.key)
 
-    @property
+    @cached_property
     def topic(self) -> str:
         return wire.events_topic(self.chain_id, self.address)
 
@@ -92,7 +93,7 @@ class Parcel:
     chain_id: int
     seq: int
 
-    @property
+    @cached_property
     def address(self) -> str:
         return eip712.address_of(self.key)
 
