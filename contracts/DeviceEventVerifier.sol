@@ -57,7 +57,7 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
         return RejectReason.None;
     }
 
-    /// @dev `IDeviceRegistry.keyInfo(key)` through scratch memory: the high-level call costs ~600 gas more per
+    /// @dev `IDeviceRegistry.keyInfo(key)` through scratch memory: the high-level call costs ~340 gas more per
     /// event in ABI encoding, memory and enum checks, and this runs once per settled event. The registry is the
     /// trusted, immutable contract given at construction; a failing or short answer reverts the whole call.
     function _keyInfo(address key) private view returns (address device, uint256 kind, uint256 status) {
