@@ -301,7 +301,7 @@ def audit_device(ctx: OpsContext, device: str) -> AuditReport:
             return f"escrow {entry.args['escrowId']}"
         if "agreementId" in entry.args:
             return f"agreement {hex(entry.args['agreementId'])}"
-        return f"device {device}"
+        return "device"  # the report's subject itself
 
     entries = _entries(ctx, settled, subject, tokens)
     a_totals, e_totals = _agreement_totals(agreement_logs), _escrow_totals(escrow_logs)
