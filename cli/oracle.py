@@ -13,6 +13,7 @@ import click
 from rich.table import Table
 
 from cli._common import IotSettleGroup, State, emit, json_option, state
+from oracle.daemon.ingest import prefer_fast_keccak
 from oracle.daemon.service import OracleDaemon
 from oracle.daemon.store import Store
 
@@ -39,6 +40,7 @@ def run(ctx: click.Context, intake_only: bool) -> None:
         root.setLevel(logging.INFO)  # a daemon's operator wants its life events without -v
     if not root.handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    prefer_fast_keccak()
     daemon = OracleDaemon(state(ctx).config, settle=not intake_only)
     ctx.exit(daemon.run())
 

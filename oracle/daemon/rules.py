@@ -141,20 +141,16 @@ def evaluate(
         reason, detail = failure
         return Verdict(Outcome.REJECT, reason, detail, _count_failure(current, reason, now, settings))
     timestamp = int(event.msg["timestamp"])
+    registers, location = current.registers, current.last_location
     if event.type == "reading":
         target = event.target_id
-        others = tuple(r for r in current.registers if r[0] != target)[-(MAX_REGISTERS - 1) :]
+        others = tuple(r for r in registers if r[0] != target)[-(MAX_REGISTERS - 1) :]
         registers = (*others, (target, int(event.msg["value"]), timestamp))
-        accepted = replace(current, last_seq=seq, last_timestamp=timestamp, registers=registers)
-    else:
+    elif any(event.msg["location"]):
         location = bytes(event.msg["location"])
-        has_fix = any(location)
-        accepted = replace(
-            current,
-            last_seq=seq,
-            last_timestamp=timestamp,
-            last_location=location if has_fix else current.last_location,
-        )
+    # built directly rather than with dataclasses.replace: this runs for every accepted event
+    accepted = DeviceState(current.device, seq, registers, timestamp, location, current.failures,
+                           current.failure_window_start, current.quarantined_at, current.quarantine_reason)  # fmt: skip
     return Verdict(Outcome.ACCEPT, None, "", accepted)
 
 

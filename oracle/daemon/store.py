@@ -386,9 +386,10 @@ class Store:
         """
         with self.transaction() as conn:
             try:
-                ids = []
-                for record in accepted:
-                    ids.append(conn.execute(_INSERT_EVENT, _record_row(record)).lastrowid)
+                conn.executemany(_INSERT_EVENT, [_record_row(record) for record in accepted])
+                # one writer at a time (BEGIN IMMEDIATE): the rows just inserted have consecutive ids
+                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0] if accepted else 0
+                ids = list(range(last - len(accepted) + 1, last + 1))
                 conn.executemany(
                     "INSERT INTO rejected (received_at, topic, reason, detail, device, seq, digest, payload) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -398,7 +399,7 @@ class Store:
                 conn.executemany(_UPSERT_STATE, [_state_row(s) for s in states])
             except sqlite3.Error as exc:
                 raise StoreError(f"storing an intake batch failed: {exc}") from exc
-        return [int(i) for i in ids if i is not None]
+        return ids
 
     def device_state(self, device: str) -> DeviceState | None:
         rows = self._read(f"SELECT {', '.join(_STATE_COLUMNS)} FROM device_state WHERE device = ?", (device,))
