@@ -49,6 +49,9 @@ from oracle.errors import ChainError, ConfigError, IotSettleError
 
 log = logging.getLogger(__name__)
 
+#: seconds between checks that the node still serves the chain settlement started on (``Settler._check_chain``)
+CHAIN_CHECK_EVERY = 10.0
+
 #: Crash tests only (tests/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=after_receipt ends the process
 #: with status 137, as kill -9 would, the first time that point is reached. Read once, at import.
 _FAULT_POINT = os.environ.get("IOTSETTLE_FAULT_POINT", "")
@@ -400,6 +403,8 @@ class Settler:
         self._stop = threading.Event()
         self._recovered = False
         self._last_error: str | None = None
+        self._genesis: str | None = None  # block 0 hash of the chain this settler started on
+        self._chain_checked_at = 0.0  # monotonic time of the last identity check; 0 = check before the next pass
         self.last_error_at: float | None = None
 
     @classmethod
@@ -489,6 +494,7 @@ class Settler:
 
     def run_once(self, flush: bool = False) -> int:
         """One pass of both halves in this thread: follow transactions, then claim, cut and send batches."""
+        self._check_chain()
         self.recover()
         return self.tracker.poll() + self._submit_pass(flush)
 
@@ -504,9 +510,11 @@ class Settler:
         backoff = 0.0
         while not self._stop.is_set():
             try:
+                self._check_chain()
                 self.recover()
                 work = one_pass()
             except (IotSettleError, *RPC_ERRORS) as exc:
+                self._chain_checked_at = 0.0  # the node may have been replaced while it was away
                 self._note_error(exc)
                 backoff = min(self.settings.max_backoff, max(0.1, backoff * 2))
                 self._stop.wait(backoff)
@@ -523,6 +531,27 @@ class Settler:
                 self._last_error = None
             if not work:
                 self._stop.wait(self.settings.poll_interval)
+
+    def _check_chain(self) -> None:
+        """Refuse to settle when the node behind the RPC URL now serves another chain (e.g. a node restarted
+        without its state: another genesis, none of the contracts), instead of sending batches into the void.
+
+        One block lookup at start, after every node error and every ``CHAIN_CHECK_EVERY`` seconds; the check
+        keeps failing (settlement degraded, nothing sent) until the original chain is back.
+        """
+        now = time.monotonic()
+        if self._chain_checked_at and now - self._chain_checked_at < CHAIN_CHECK_EVERY:
+            return
+        block = self.submitter.rpc("eth_getBlockByNumber", ["0x0", False])
+        genesis = str(block["hash"]).lower() if block else "none"
+        if self._genesis is None:
+            self._genesis = genesis
+        elif genesis != self._genesis:
+            raise ChainError(
+                f"the node now serves another chain (genesis {genesis[:12]}…, settlement started on "
+                f"{self._genesis[:12]}…); nothing is sent until the original chain is back"
+            )
+        self._chain_checked_at = now
 
     def _note_error(self, exc: BaseException) -> None:
         if self._last_error is None:
