@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from cli._common import IotSettleGroup, emit, json_option
-from cli._params import ADDRESS, ID, ops_context, rpc_option, short, when
+from cli._params import ADDRESS, ID, ops_context, rpc_option, short, short_id, when
 from oracle.ops import audit as ops
 from oracle.ops.context import OpsContext
 from oracle.ops.token import describe_token
@@ -27,10 +27,13 @@ def audit() -> None:
     """
 
 
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}\b")
+_LONG_ID = re.compile(r"0x[0-9a-f]{41,64}\b")
 
 
 def _compact(text: str) -> str:
+    """Addresses and agreement ids shortened for a table cell (--json keeps them whole)."""
+    text = _LONG_ID.sub(lambda m: short_id(int(m.group(0), 16)), text)
     return _ADDRESS.sub(lambda m: short(m.group(0)), text)
 
 
@@ -40,7 +43,7 @@ def _render(ops_ctx: OpsContext, report: ops.AuditReport, as_json: bool) -> None
                   title=report.subject)
     for e in report.entries:
         amount = describe_token(ops_ctx, e.token).format(e.amount) if e.amount is not None and e.token else ""
-        table.add_row(str(e.block), when(e.time).removesuffix(" UTC"), *([e.subject] if with_subject else []), e.event,
+        table.add_row(str(e.block), when(e.time).removesuffix(" UTC"), *([_compact(e.subject)] if with_subject else []), e.event,
                       amount, e.tx_hash[:10] + "…", _compact(e.detail))
     totals = Table("total", "value", title="totals")
     token = report.totals.get("token")
