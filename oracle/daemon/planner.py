@@ -82,17 +82,26 @@ class Planner:
     def claim(self) -> int:
         """Claim pending events from the store into memory; returns how many were claimed."""
         claimed = 0
+        waiting = self._kinds_waiting()
         room = self.settings.max_held - len(self._readings)
-        if room > 0:
+        if room > 0 and "reading" in waiting:
             readings = self.store.claim_pending("reading", room)
             claimed += len(readings)
             self._hold_readings(readings)
         room = self.settings.max_held - len(self._deliveries)
-        if room > 0:
+        if room > 0 and "delivery" in waiting:
             deliveries = self.store.claim_pending("delivery", room)
             claimed += len(deliveries)
             self._deliveries.extend(deliveries)
         return claimed
+
+    def _kinds_waiting(self) -> set[str]:
+        """Kinds with pending events, by a read (no write lock): an idle pass must not queue behind intake's commits."""
+        rows = self.store._read(  # noqa: SLF001 - the store's locked read helper, shared on purpose
+            "SELECT k FROM (SELECT 'reading' AS k UNION ALL SELECT 'delivery') "
+            "WHERE EXISTS (SELECT 1 FROM events WHERE status = 'pending' AND kind = k)"
+        )  # one index probe per kind (events_by_status), however long the backlog
+        return {row[0] for row in rows}
 
     def _hold_readings(self, readings: list[StoredEvent]) -> None:
         now = self._clock()

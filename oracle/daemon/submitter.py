@@ -15,9 +15,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -234,6 +236,40 @@ class Fees:
     tip: int
 
 
+class JsonRpc:
+    """Plain JSON-RPC over HTTP with one ``requests`` session per thread and no environment lookups.
+
+    web3's provider asks ``requests`` to consult proxy variables and ~/.netrc on every call (``trust_env``) and
+    formats every result; on the settlement hot path that cost more than the node's answer. Endpoints other than
+    http(s) go through the web3 provider unchanged.
+    """
+
+    def __init__(self, w3: Web3) -> None:
+        self._w3 = w3
+        uri = str(getattr(w3.provider, "endpoint_uri", "") or "")
+        self._url = uri if uri.startswith(("http://", "https://")) else None
+        kwargs = getattr(w3.provider, "_request_kwargs", None) or {}
+        self._timeout = kwargs.get("timeout", 10.0) if isinstance(kwargs, dict) else 10.0
+        self._local = threading.local()
+        self._ids = itertools.count(1)
+
+    def __call__(self, method: str, params: list[Any]) -> dict[str, Any]:
+        if self._url is None:
+            return dict(self._w3.provider.make_request(method, params))  # type: ignore[arg-type]
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False
+            self._local.session = session
+        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
+        response = session.post(self._url, json=body, timeout=self._timeout)
+        response.raise_for_status()
+        answer = response.json()
+        if not isinstance(answer, dict):
+            raise ChainError(f"{method}: the node answered {str(answer)[:80]}")
+        return answer
+
+
 class Submitter:
     """Signs, stores and broadcasts settlement transactions for one relayer account on one chain."""
 
@@ -258,6 +294,7 @@ class Submitter:
         self._base_fee_at = -1e9
         self._tip = GWEI
         self._tip_at = -1e9
+        self._transport = JsonRpc(w3)
 
     # ------------------------------------------------------------------------------------------- nonces
 
@@ -320,7 +357,7 @@ class Submitter:
 
     def rpc(self, method: str, params: list[Any]) -> Any:  # noqa: ANN401 - JSON-RPC result
         """A raw JSON-RPC call: the hot path skips web3's result formatters (a 100-log receipt costs ~30 ms there)."""
-        response = self.w3.provider.make_request(method, params)  # type: ignore[arg-type]
+        response = self._transport(method, params)
         error = response.get("error")
         if error:
             message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
@@ -498,8 +535,8 @@ class Submitter:
     def broadcast(self, tx: TxRecord) -> SendError | None:
         """Send the newest signed attempt of ``tx``; None when the node took it. Updates the stored status."""
         try:
-            self.w3.eth.send_raw_transaction(tx.raw)
-        except RPC_ERRORS as exc:
+            self.rpc("eth_sendRawTransaction", ["0x" + tx.raw.hex()])
+        except (ChainError, *RPC_ERRORS) as exc:
             error = classify_send_error(exc)
             if error is SendError.ALREADY_KNOWN:
                 self.txstore.mark_sent(tx.tx_key)
