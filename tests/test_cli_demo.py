@@ -99,6 +99,7 @@ def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -
     assert not list(work.glob("*.pid"))
 
 
+@pytest.mark.slow  # ~30 s: a whole stack starts; run with --runslow
 def test_ctrl_c_stops_everything_it_started(tmp_path) -> None:
     config = make_config(tmp_path / "state", free_port(), free_port())
     env = _env(config, tmp_path) | {"IOTSETTLE_NODE_ANVIL_PORT": str(config.node.anvil_port),

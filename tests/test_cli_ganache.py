@@ -81,6 +81,7 @@ def test_escrow_on_ganache(ganache) -> None:
         ["EscrowCreated", "DeliveryConfirmed"]
 
 
+@pytest.mark.slow  # the escrow flow above is the default-run check; this one and the next with --runslow
 def test_refund_after_deadline_on_ganache(ganache) -> None:
     cli, w3 = Cli(ganache.config), ganache.chain.w3
     buyer, seller = cli.user(w3), cli.user(w3)
@@ -96,6 +97,7 @@ def test_refund_after_deadline_on_ganache(ganache) -> None:
     assert token_balance(ganache, buyer.address) == 4 * TOKEN
 
 
+@pytest.mark.slow
 def test_agreement_on_ganache(ganache) -> None:
     cli, w3 = Cli(ganache.config), ganache.chain.w3
     provider, consumer = cli.user(w3), cli.user(w3)
