@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 from rich.table import Table
 
@@ -121,16 +123,16 @@ def top_up(ctx: click.Context, agreement_id: int, amount: Amount, from_key_env: 
          f"status {view.status} (tx {result.tx_hash})")
 
 
-def _status_table(view: ops.AgreementView, fmt: object) -> Table:
+def _status_table(view: ops.AgreementView, fmt: Callable[[int], str]) -> Table:
     table = Table(show_header=False, title=f"agreement {hex(view.agreement_id)}")
-    f = fmt  # type: ignore[assignment]
+    f = fmt
     rows = [("status", view.status), ("provider", view.provider), ("consumer", view.consumer), ("meter", view.device),
             ("tariff", str(view.tariff_id)), ("register", f"{view.last_value} (started at {view.start_value})"),
             ("last seq", str(view.last_seq)), ("last reading", when(view.last_timestamp)),
-            ("prepaid", f(view.prepaid)), ("billed", f(view.billed)), ("earnings to withdraw", f(view.earnings)),  # type: ignore[operator]
-            ("withdrawn", f(view.withdrawn))]  # type: ignore[operator]
+            ("prepaid", f(view.prepaid)), ("billed", f(view.billed)), ("earnings to withdraw", f(view.earnings)),
+            ("withdrawn", f(view.withdrawn))]
     if view.arrears:
-        rows.append(("arrears", f(view.arrears)))  # type: ignore[operator]
+        rows.append(("arrears", f(view.arrears)))
     if view.notice_period or view.close_at:
         rows.append(("notice", f"{view.notice_period} s" + (f", close from {when(view.close_at)}" if view.close_at else "")))
     for key, value in rows:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 from rich.table import Table
 
@@ -121,10 +123,10 @@ def _geohash(destination: str) -> str:
         return destination
 
 
-def _status_table(view: ops.EscrowView, fmt: object) -> Table:
+def _status_table(view: ops.EscrowView, fmt: Callable[[int], str]) -> Table:
     table = Table(show_header=False, title=f"escrow {view.escrow_id}")
     rows = [("state", view.state), ("buyer", view.buyer), ("seller", view.seller), ("tracker", view.device),
-            ("amount", fmt(view.amount)),  # type: ignore[operator]
+            ("amount", fmt(view.amount)),
             ("destination", _geohash(view.destination)), ("created", when(view.created_at)), ("deadline", when(view.deadline))]
     if view.penalty_bps:
         rows.append(("cold chain", f"{view.temperature_limit / 100:g} °C limit, {view.penalty_bps / 100:g} % penalty"))
