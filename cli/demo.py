@@ -424,6 +424,9 @@ def _summary_view(summary: dict[str, Any]) -> Table:
     table.add_row("readings superseded (billed by a newer reading)", f"{oracle['superseded']:,}")
     table.add_row("transactions", f"{chain['transactions']:,} carrying {chain['events']:,} events")
     table.add_row("gas per settled event", f"{chain['gasPerEvent']:,}" if chain["gasPerEvent"] else "—")
+    if oracle["received"] and chain["gasUsed"]:
+        table.add_row("gas per event received (superseded readings cost none)",
+                      f"{round(chain['gasUsed'] / oracle['received']):,}")
     if lat["samples"]:
         table.add_row("latency receive → payment mined", f"p50 {lat['p50'] * 1000:.0f} ms, p90 {lat['p90'] * 1000:.0f} ms, "
                                                        f"p99 {lat['p99'] * 1000:.0f} ms ({lat['samples']:,} events)")
