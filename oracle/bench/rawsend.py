@@ -42,7 +42,7 @@ class Call:
 class RawSender:
     """Sends from one account at consecutive nonces; not thread-safe."""
 
-    def __init__(self, rpc_url: str, chain_id: int, account: LocalAccount, timeout: float = 60.0) -> None:
+    def __init__(self, rpc_url: str, chain_id: int, account: LocalAccount, timeout: float = 300.0) -> None:
         self.url = rpc_url
         self.chain_id = chain_id
         self.account = account
