@@ -208,3 +208,12 @@ def test_rotated_key_speaks_for_the_same_device(start_intake: StartIntake, store
     assert sorted(got) == ["accepted", "replayed_seq", "revoked_device"]
     rows = store.events_of_device(old.address)
     assert [(row.seq, row.signer) for row in rows] == [(1, old.address), (3, new.address)]
+
+
+def test_fast_accepted_reply_is_the_protocol_encoding() -> None:
+    from oracle.daemon.ingest import accepted_reply
+    from oracle.reasons import Reply, decode_reply, encode_reply
+
+    for seq, digest in ((0, bytes(32)), (2**53 - 1, bytes(range(32)))):
+        assert accepted_reply(seq, digest) == encode_reply(Reply.accepted(seq, digest))
+        assert decode_reply(accepted_reply(seq, digest)).stored
