@@ -213,8 +213,11 @@ def test_bad_input_is_rejected_counted_logged_never_stored_and_the_daemon_stays_
     try:
         stored = store.event_count()
         stored_devices = {e.device for e in store.events_of_device(victim.device.address)}
+        audit_rows, largest = store.conn.execute("SELECT COUNT(*), MAX(LENGTH(payload)) FROM rejected").fetchone()
     finally:
         store.close()
+    assert audit_rows == total, "each rejection is in the audit table"
+    assert largest <= wire.MAX_PAYLOAD_BYTES, f"an oversize payload was kept whole ({largest} bytes)"
     assert stored == honest_seq[0], "only the honest readings are stored for settlement"
     assert not stored_devices
     ledger = fleet.wait_paid(30)
