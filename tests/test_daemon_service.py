@@ -72,10 +72,19 @@ class DaemonProcess:
                                      stdout=self.output, stderr=subprocess.STDOUT)  # fmt: skip
         return self
 
-    def run_to_exit(self, timeout: float = 60, **overrides: str) -> tuple[int, str]:
-        result = subprocess.run([sys.executable, "-m", "cli.oracle", "run"], cwd=REPO, env={**self.env, **overrides},
-                                capture_output=True, timeout=timeout)  # fmt: skip
-        return result.returncode, result.stderr.decode() + result.stdout.decode()
+    def run_to_exit(self, **overrides: str) -> tuple[int, str]:
+        """`iotsettle oracle run` in this process, for starts that must be refused (nothing is started)."""
+        from click.testing import CliRunner
+
+        from cli._common import State
+        from cli.oracle import oracle
+
+        env = {k: v for k, v in {**self.env, **overrides}.items() if k.startswith("IOTSETTLE_")}
+        cleared = {k: None for k in os.environ if k.startswith("IOTSETTLE_") and k not in env}
+        result = CliRunner().invoke(oracle, ["run"], env={**cleared, **env}, obj=State(None))
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise AssertionError("a refused start must be a one-line error, not a crash") from result.exception
+        return result.exit_code, result.output
 
     def get(self, path: str) -> tuple[int, bytes] | None:
         try:
