@@ -217,3 +217,34 @@ def test_fast_accepted_reply_is_the_protocol_encoding() -> None:
     for seq, digest in ((0, bytes(32)), (2**53 - 1, bytes(range(32)))):
         assert accepted_reply(seq, digest) == encode_reply(Reply.accepted(seq, digest))
         assert decode_reply(accepted_reply(seq, digest)).stored
+
+
+def test_two_oracles_on_one_shared_subscription_store_each_event_once(mosquitto, tmp_path: Path,  # noqa: ANN001
+                                                                      publisher: Publisher) -> None:  # fmt: skip
+    group = f"g{uuid.uuid4().hex[:6]}"
+    device = Device()
+    stores, intakes = [], []
+    for number in range(2):
+        db = Store.open(tmp_path / f"oracle-{number}.db")
+        register(db, device)
+        settings = IntakeSettings(chain_id=CHAIN_ID, contracts=CONTRACTS, host=mosquitto.host, port=mosquitto.port,
+                                  client_id=f"{group}-{number}", shared_group=group, batch_latency_s=0.01)  # fmt: skip
+        intake = Intake(settings, db, Metrics())
+        intake.start()
+        assert intake.wait_connected(10)
+        stores.append(db)
+        intakes.append(intake)
+    try:
+        now = int(time.time())
+        publisher.publish_many([(device.topic, device.reading(seq, 100 + seq, timestamp=now - 100 + seq))
+                                for seq in range(1, 41)])  # fmt: skip
+        wait_for(lambda: sum(db.event_count() for db in stores) == 40, what="40 events over both oracles")
+        seqs = sorted(e.seq for db in stores for e in db.events_of_device(device.address))
+        assert seqs == list(range(1, 41))  # each once, none twice
+        assert all(db.event_count() > 0 for db in stores)  # the broker shared the load
+        assert {body["status"] for _, body in publisher.collect(40)} == {"accepted"}
+    finally:
+        for intake in intakes:
+            intake.stop()
+        for db in stores:
+            db.close()

@@ -181,6 +181,18 @@ def test_sigkill_between_receive_and_commit_loses_nothing(tmp_path: Path, deploy
     assert [e.seq for e in store.events_of_device(device.address)] == list(range(1, 26))
     store.close()
 
+    # `iotsettle oracle status` reads the same database
+    from click.testing import CliRunner
+
+    from cli._common import State
+    from cli.oracle import oracle
+
+    env = {k: v for k, v in daemon.env.items() if k.startswith("IOTSETTLE_")}
+    result = CliRunner().invoke(oracle, ["status", "--json"], env=env, obj=State(None))
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert (status["backlog"]["pending"], status["unsettled"], status["daemon"]) == (25, 25, None)
+
 
 def test_sigterm_drains_the_queue_and_exits_zero(tmp_path: Path, deployment: Any, mosquitto: Any,  # noqa: ANN401
                                                  registry: ChainRegistry, daemons: list[DaemonProcess]) -> None:
