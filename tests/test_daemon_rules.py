@@ -1,16 +1,22 @@
-"""Fraud rules on their own: what an honest device may do is accepted, what a broken or hostile one does is named."""
+"""Fraud rules on their own: what an honest device may do is accepted, what a broken or hostile one does is named;
+and no payload, however hostile, gets past the decode and signature checks unless it is validly signed."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oracle import eip712, wire
+from oracle.daemon.ingest import check_payload
 from oracle.daemon.rules import Outcome, RuleSettings, decode_location, evaluate
 from oracle.daemon.store import DeviceState
 from oracle.device.location import geohash_encode, location_bytes32
 from oracle.errors import ProtocolError
+from oracle.reasons import Reason
 
 NOW = 1_800_000_000.0
 DEVICE = "0x" + "d1" * 20
@@ -114,3 +120,33 @@ def test_decode_location_refuses_what_is_not_a_geohash() -> None:
     for bad in (b"u33d c0".ljust(32, b"\0"), b"\0u33dc0".ljust(32, b"\0"), b"a" * 32):
         with pytest.raises(ProtocolError):
             decode_location(bad)
+
+
+# ------------------------------------------------------------------------------------ hostile payloads (intake)
+
+TOPIC = wire.events_topic(31337, eip712.address_of(KEY))
+GOOD = wire.encode("reading", 31337, CONTRACT, eip712.address_of(KEY),
+                   {"agreementId": 1, "seq": 1, "timestamp": T, "value": 5},
+                   eip712.sign_digest(KEY, eip712.digest("Reading", {"agreementId": 1, "seq": 1, "timestamp": T,
+                                                                     "value": 5}, eip712.Domain(31337, CONTRACT))))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=1_500),
+    st.builds(lambda i, b: GOOD[:i] + bytes([b]) + GOOD[i + 1:], st.integers(0, len(GOOD) - 1), st.integers(0, 255)),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                 lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=6),
+                 max_leaves=12).map(lambda value: json.dumps(value).encode()),
+))  # fmt: skip
+def test_no_payload_crashes_the_checks_and_only_a_valid_one_passes(payload: bytes) -> None:
+    refusal, event, signer = check_payload(TOPIC, payload)
+    if refusal is None:
+        assert event is not None and signer == event.device  # a valid signature by the claimed device
+    else:
+        assert Reason(refusal.reason) in {Reason.MALFORMED, Reason.OVERSIZE, Reason.BAD_SIGNATURE,
+                                          Reason.TOPIC_MISMATCH}  # fmt: skip
+
+
+def test_the_untouched_payload_passes() -> None:
+    assert check_payload(TOPIC, GOOD)[0] is None

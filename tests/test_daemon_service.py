@@ -304,3 +304,35 @@ def test_signed_readings_become_a_payment_through_the_daemon(tmp_path: Path, dep
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(60) == 0
     assert billing.functions.earningsOf(agreement).call() == 100 * price  # cumulative: 4 readings, one payment of Δ100
+
+
+def test_health_endpoint_reports_the_worst_check_and_serves_metrics() -> None:
+    from oracle.daemon.health import Health, State
+    from oracle.daemon.metrics import Metrics
+
+    metrics = Metrics("t")
+    states = {"mqtt": (State.OK, "connected"), "registry": (State.OK, "next block 9")}
+    health = Health(metrics, port=0)
+    for name in states:
+        health.add_check(name, lambda name=name: states[name])
+    metrics.stored.inc(3)
+    health.start()
+    try:
+        def get(path: str) -> tuple[int, bytes]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health.port}{path}", timeout=5) as response:
+                    return response.status, response.read()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read()
+
+        assert get("/health")[0] == 200 and json.loads(get("/health")[1])["status"] == "ok"
+        states["registry"] = (State.DEGRADED, "node unreachable")  # e.g. anvil stopped: settlement waits
+        code, body = get("/health")
+        assert (code, json.loads(body)["status"]) == (200, "degraded")
+        assert json.loads(body)["checks"]["registry"]["detail"] == "node unreachable"
+        states["mqtt"] = (State.DOWN, "not connected to the broker")  # intake stopped: probes must see it
+        assert get("/health")[0] == 503
+        assert b"iotsettle_oracle_stored_total 3.0" in get("/metrics")[1]
+        assert get("/nope")[0] == 404
+    finally:
+        health.stop()
