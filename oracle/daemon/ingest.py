@@ -414,6 +414,18 @@ class Intake:
     # ----------------------------------------------------------------------------------------- intake thread
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # noqa: BLE001 - a bug must not vanish silently; health reports the dead thread
+            self._last_error = f"intake thread stopped: {exc!r}"
+            log.exception("intake thread stopped; unacknowledged messages will be redelivered after a restart")
+
+    @property
+    def alive(self) -> bool:
+        """False once the intake thread has died (after start and before stop)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
         inflight: tuple[list[Message], Callable[[], list[Checked]]] | None = None
         while True:
             batch = self._take_batch(wait=inflight is None)

@@ -195,6 +195,8 @@ class OracleDaemon:
             return (State.OK, "connected") if intake.connected else (State.DOWN, "not connected to the broker")
 
         def intake_check() -> tuple[State, str]:
+            if not intake.alive:
+                return State.DOWN, intake.last_error or "intake thread not running"
             if intake.last_error:
                 return State.DOWN, f"store: {intake.last_error}"
             queued = intake.backlog
