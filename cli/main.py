@@ -11,6 +11,7 @@ from cli.config_cmd import config_group
 from cli.contracts import compile_cmd, deploy
 from cli.demo import demo
 from cli.node import node
+from cli.oracle import oracle
 from cli.escrow import escrow
 from cli.agreement import agreement
 from cli.token import token
@@ -44,6 +45,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
 
 
 cli.add_command(node)
+cli.add_command(oracle)
 cli.add_command(compile_cmd)
 cli.add_command(deploy)
 cli.add_command(config_group)
