@@ -97,6 +97,18 @@ class SignedEvent:
     def to_payload(self) -> bytes:
         return encode(self.type, self.chain_id, self.contract, self.device, self.msg, self.sig)
 
+    def compact_signature(self) -> tuple[bytes, bytes]:
+        """The ERC-2098 form (r, vs) the contracts' batch calls take: vs is s with the top bit set when v is 28."""
+        v = self.sig[64]
+        if v not in (27, 28):
+            raise ProtocolError(f"signature v is {v}, expected 27 or 28")
+        s = int.from_bytes(self.sig[32:64], "big")
+        return self.sig[:32], (s | ((v - 27) << 255)).to_bytes(32, "big")
+
+    def contract_tuple(self) -> tuple[Any, ...]:
+        """The contract's SignedReading / SignedDelivery struct: the signed fields in signing order, then r, vs."""
+        return (*(self.msg[name] for _, name in eip712.TYPES[self.primary_type]), *self.compact_signature())
+
 
 def _encode_field(typ: str, value: Any) -> Any:
     if typ == "bytes32":
@@ -169,7 +181,7 @@ def decode(payload: bytes) -> SignedEvent:
     if body["v"] != PROTOCOL_VERSION or isinstance(body["v"], bool):
         raise ProtocolError(f"unsupported protocol version {body['v']!r}")
     event_type = body["type"]
-    if event_type not in EVENT_TYPES:
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:  # a list or object is not hashable
         raise ProtocolError(f"unknown event type {event_type!r}")
     chain_id = body["chainId"]
     if isinstance(chain_id, bool) or not isinstance(chain_id, int) or not 0 < chain_id <= MAX_SAFE_JSON_INT:

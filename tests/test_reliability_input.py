@@ -196,6 +196,19 @@ def test_bad_input_is_rejected_counted_logged_never_stored_and_the_daemon_stays_
             body = _publish_one(publisher, fleet, honest, honest_seq[0])
             assert body["status"] == "accepted", body
 
+    # every field of a payload replaced by every JSON type, once each, before the random examples
+    stranger = Device(chain_id=victim.device.chain_id, contracts=dict(victim.device.contracts))
+    base = _payload(stranger.reading(7, START + 1, timestamp=fleet.started, agreement=victim.agreement))
+    for path in [(key,) for key in base] + [("msg", key) for key in base["msg"]]:
+        for value in ([], [1], {}, {"a": 1}, None, True, 1.5, "x", -1, 2**64):
+            body = json.loads(json.dumps(base))
+            (body if len(path) == 1 else body["msg"])[path[-1]] = value
+            publisher.publish(stranger.topic, json.dumps(body).encode())
+            ((_, reply),) = publisher.collect(1, timeout=10)
+            assert reply["status"] == "rejected" and reply["reason"] in ALLOWED["wrong_type"], (path, value, reply)
+            tried["wrong_type"] += 1
+            answered[reply["reason"]] += 1
+
     one_bad_input()
     honest_seq[0] += 1
     assert _publish_one(publisher, fleet, honest, honest_seq[0])["status"] == "accepted"

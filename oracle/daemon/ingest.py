@@ -117,6 +117,12 @@ def check_payload(topic: str, payload: bytes) -> Checked:
         event = wire.decode(payload)
     except ProtocolError as exc:
         return Refusal(Reason.MALFORMED.value, str(exc)), None, None
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+        # A payload the schema check did not foresee costs one rejection, never the intake thread: the broker
+        # would redeliver it after every restart and the oracle would take in nothing any more.
+        log.error("the payload decoder failed on a message on %s (%s: %s); rejected as malformed", topic,
+                  type(exc).__name__, exc)  # fmt: skip
+        return Refusal(Reason.MALFORMED.value, "payload could not be read"), None, None
     where = _topic_parts(topic)
     # The topic's chain id is the one subscribed to; a payload signed for another chain is answered
     # "wrong_chain" (the more useful of the two codes it deserves) by the device checks.
