@@ -8,9 +8,8 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from oracle import wire
 from oracle.errors import ChainError, ProtocolError
-from oracle.ops.context import OpsContext
+from oracle.ops.context import OpsContext, parse_payloads
 from oracle.daemon.revert import reason_label
 from oracle.ops.errors import AGREEMENT_STATUSES
 from oracle.ops.token import TokenInfo, check_eth, describe_token, ensure_allowance
@@ -182,30 +181,12 @@ def reading_tuple(event: SignedEvent) -> tuple[Any, ...]:
     """The SignedReading struct for a decoded wire event (65-byte signature → ERC-2098 r, vs)."""
     if event.type != "reading":
         raise ProtocolError(f"this is a {event.type} event, not a reading")
-    r, s, v = event.sig[:32], int.from_bytes(event.sig[32:64], "big"), event.sig[64]
-    if v not in (27, 28):
-        raise ProtocolError(f"signature v is {v}, expected 27 or 28")
-    vs = (s | (1 << 255) if v == 28 else s).to_bytes(32, "big")
-    m = event.msg
-    return (int(m["agreementId"]), int(m["seq"]), int(m["timestamp"]), int(m["value"]), r, vs)
+    return event.contract_tuple()
 
 
 def parse_readings(ctx: OpsContext, text: str) -> list[SignedEvent]:
-    stripped = text.strip()
-    if not stripped:
-        raise ProtocolError("no reading payload given (expected the JSON wire format of docs/PROTOCOL.md)")
-    chunks = [stripped] if stripped.startswith("{") and "\n{" not in stripped else [ln for ln in stripped.splitlines() if ln.strip()]
-    events = [wire.decode(chunk.encode()) for chunk in chunks]
-    billing = ctx.address(CONTRACT)
-    for event in events:
-        if event.type != "reading":
-            raise ProtocolError(f"payload seq {event.seq} is a {event.type}; `agreement settle` relays readings")
-        if event.chain_id != ctx.chain.chain_id:
-            raise ProtocolError(f"payload seq {event.seq} was signed for chain {event.chain_id}, this is chain {ctx.chain.chain_id}")
-        if event.contract != billing:
-            raise ProtocolError(f"payload seq {event.seq} was signed for contract {event.contract}, "
-                                f"the billing contract here is {billing}")
-    return events
+    """Wire payloads (one JSON object per line, or one pretty-printed object) checked against this deployment."""
+    return parse_payloads(ctx, text, "reading", CONTRACT, "agreement settle")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ from oracle.chain import ANVIL_DEV_KEYS, Chain, connect, load_sender
 from oracle.config import Config
 from oracle.deploy import contract as deployed_contract
 from oracle.deploy import load_manifest, verify_manifest
-from oracle.errors import ChainError, DeploymentError, KeyFileError
+from oracle import wire
+from oracle.errors import ChainError, DeploymentError, KeyFileError, ProtocolError
+from oracle.wire import SignedEvent
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +124,24 @@ def checksum(address: str) -> str:
     if not is_address(address):
         raise ChainError(f"{address!r} is not an address")
     return to_checksum_address(address)
+
+
+def parse_payloads(ctx: OpsContext, text: str, event_type: str, contract_name: str, command: str) -> list[SignedEvent]:
+    """Wire payloads (one JSON object per line, or one pretty-printed object) of ``event_type``, checked
+    against this chain and the deployed ``contract_name``; ``command`` names the CLI command in errors."""
+    stripped = text.strip()
+    if not stripped:
+        raise ProtocolError(f"no {event_type} payload given (expected the JSON wire format of docs/PROTOCOL.md)")
+    single = stripped.startswith("{") and "\n{" not in stripped
+    chunks = [stripped] if single else [line for line in stripped.splitlines() if line.strip()]
+    events = [wire.decode(chunk.encode()) for chunk in chunks]
+    contract_address = ctx.address(contract_name)
+    for event in events:
+        if event.type != event_type:
+            raise ProtocolError(f"payload seq {event.seq} is a {event.type}; `{command}` relays {event_type}s")
+        if event.chain_id != ctx.chain.chain_id:
+            raise ProtocolError(f"payload seq {event.seq} was signed for chain {event.chain_id}, this is chain {ctx.chain.chain_id}")
+        if event.contract != contract_address:
+            raise ProtocolError(f"payload seq {event.seq} was signed for contract {event.contract}, "
+                                f"the {contract_name} contract here is {contract_address}")
+    return events
