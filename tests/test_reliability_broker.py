@@ -1,5 +1,6 @@
-"""Broker restarts under a running daemon (docs/RELIABILITY.md, item 12), on a mosquitto of the test's own (the
-session's broker is shared): persistent session (fixed client id, ``clean_start=False``, session expiry), QoS 1.
+"""Broker restarts under a running daemon (docs/RELIABILITY.md, item 12; kill -9 with ``--runslow``), on a
+mosquitto of the test's own (the session's broker is shared): persistent session (fixed client id,
+``clean_start=False``, session expiry), QoS 1.
 
 - graceful restart (SIGTERM: mosquitto writes its persistence file): the daemon reconnects and resubscribes by
   itself; events the broker queued for the daemon's session while the daemon was away survive the restart;
@@ -51,7 +52,7 @@ def _mqtt_state(process: Any) -> str | None:  # noqa: ANN401
     return report["checks"]["mqtt"]["status"] if report else None
 
 
-@pytest.mark.parametrize("how", ["graceful", "kill9"])
+@pytest.mark.parametrize("how", ["graceful", pytest.param("kill9", marks=pytest.mark.slow)])
 def test_broker_restart_with_a_persistent_session(how: str, broker: Mosquitto, tmp_path: Path, deployment: Any) -> None:  # noqa: ANN401
     fleet = Fleet(deployment, METERS)
     key = fund_relayer(deployment)
