@@ -32,6 +32,7 @@ import paho.mqtt.client as mqtt
 import requests
 
 from oracle.errors import IotSettleError
+from oracle.node import free_port
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class DaemonProcess:
     def __init__(self, state_dir: Path, rpc_url: str, deployments_dir: Path, mqtt_host: str, mqtt_port: int,
                  relayer_key: str, **overrides: str) -> None:  # fmt: skip
         self.oracle_id = f"bench-{uuid.uuid4().hex[:6]}"
+        self.health_port = free_port()
         self.log_file = state_dir / f"{self.oracle_id}.log"
         self.db = state_dir / f"{self.oracle_id}.db"
         self.env = {
@@ -74,7 +76,7 @@ class DaemonProcess:
             "IOTSETTLE_ORACLE_DB_PATH": str(self.db),
             "IOTSETTLE_ORACLE_CLIENT_ID": self.oracle_id,
             "IOTSETTLE_ORACLE_ORACLE_ID": self.oracle_id,
-            "IOTSETTLE_ORACLE_HEALTH_PORT": "0",
+            "IOTSETTLE_ORACLE_HEALTH_PORT": str(self.health_port),
             **overrides,
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -85,16 +87,22 @@ class DaemonProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "cli.oracle", "run"], cwd=REPO, env=self.env,
                                      stdout=self._output, stderr=subprocess.STDOUT)  # fmt: skip
 
-    def wait_running(self, timeout: float = 60.0) -> None:
-        """Until the log says the intake is subscribed (start-up checks passed, registry followed)."""
+    def wait_running(self, timeout: float = 90.0) -> None:
+        """Until the daemon's health endpoint says it is connected to the broker (start-up checks passed, registry
+        followed, intake subscribed)."""
         deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.health_port}/health"
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise IotSettleError(f"the oracle daemon exited with {self.proc.returncode}: {self.log_tail()}")
-            text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-            if "running: MQTT" in text and "subscribing to" in text:
-                return
-            time.sleep(0.05)
+            try:
+                # any status code: /health answers 503 while a check is degraded, with the same JSON body
+                answer = requests.get(url, timeout=2)
+                if answer.json().get("checks", {}).get("mqtt", {}).get("status") == "ok":
+                    return
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.1)
         raise IotSettleError(f"the oracle daemon did not start within {timeout:.0f} s: {self.log_tail()}")
 
     def cpu_seconds(self) -> float:

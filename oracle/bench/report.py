@@ -162,19 +162,23 @@ def markdown_details(result: dict[str, Any]) -> str:
         lines += [f"| {label} | {value:,.0f} | {100 * value / total:.0f} % |" for label, value in stages.items()]
         lines.append(f"| **total** | **{total:,.0f}** | → {1e6 / total:,.0f} events/s per core |")
         parts.append("\n".join(lines))
-    loads = [*result.get("daemon", {}).get("latency", []), *result.get("daemon", {}).get("ramp", [])]
-    staged = [x for x in loads if x.get("stages")]
+    loads = [(x, "") for x in [*result.get("daemon", {}).get("latency", []), *result.get("daemon", {}).get("ramp", [])]]
+    for variant in result.get("daemon_variants", []):
+        tag = ", ".join(f"{k.removeprefix('IOTSETTLE_ORACLE_').lower()}={v}" for k, v in variant["env"].items())
+        loads += [(x, f" ({tag})") for x in variant["latency"]]
+    staged = [(x, tag) for x, tag in loads if x.get("stages")]
     if staged:
-        labels = list(staged[0]["stages"])
-        head = " | ".join(f"{x['offered_rate']:,.0f}/s p50 (p90)" for x in staged)
+        labels = list(staged[0][0]["stages"])
+        head = " | ".join(f"{x['offered_rate']:,.0f}/s{tag} p50 (p90)" for x, tag in staged)
+        staged_loads = [x for x, _ in staged]
         lines = [f"| publish → paid, by stage, ms | {head} |", "|---|" + "---:|" * len(staged)]
         for label in labels:
-            cells = [x["stages"].get(label) for x in staged]
+            cells = [x["stages"].get(label) for x in staged_loads]
             lines.append(f"| {label} | " + " | ".join(f"{c['p50_ms']:,.0f} ({c['p90_ms']:,.0f})" if c else "" for c in cells) + " |")
         lines.append("| **publish → paid (watcher)** | " + " | ".join(
-            f"**{_fmt(x['latency_ms']['p50'])} ({_fmt(x['latency_ms']['p90'])})**" for x in staged) + " |")
+            f"**{_fmt(x['latency_ms']['p50'])} ({_fmt(x['latency_ms']['p90'])})**" for x in staged_loads) + " |")
         lines.append("| daemon CPU per event (µs, daemon + verify processes) | " + " | ".join(
-            f"{_fmt(x['daemon_cpu_us_per_event'])}" for x in staged) + " |")
+            f"{_fmt(x['daemon_cpu_us_per_event'])}" for x in staged_loads) + " |")
         parts.append("\n".join(lines))
     settle = result.get("settle_profile")
     if settle:
