@@ -15,14 +15,26 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
-def _version_line(command: list[str]) -> str:
-    """The first output line of ``command`` that names a version."""
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unavailable"
-    lines = [ln.strip() for ln in (done.stdout + "\n" + done.stderr).splitlines() if ln.strip()]
-    return next((ln for ln in lines if "ersion" in ln), lines[0] if lines else "unavailable")
+def _version_lines(commands: dict[str, list[str]]) -> dict[str, str]:
+    """The first output line naming a version of each command, the commands run side by side (solc-js alone
+    takes seconds to start)."""
+    running: dict[str, subprocess.Popen[str]] = {}
+    out = {name: "unavailable" for name in commands}
+    for name, command in commands.items():
+        try:
+            running[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        except OSError:
+            continue
+    for name, proc in running.items():
+        try:
+            stdout, stderr = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            continue
+        lines = [ln.strip() for ln in (stdout + "\n" + stderr).splitlines() if ln.strip()]
+        out[name] = next((ln for ln in lines if "ersion" in ln), lines[0] if lines else "unavailable")
+    return out
 
 
 def _cpu_model() -> str:
@@ -43,15 +55,19 @@ def machine() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             return "not installed"
 
+    versions = _version_lines({
+        "anvil": [str(REPO / "node_modules" / ".bin" / "anvil"), "--version"],
+        "solc": [str(REPO / "scripts" / "solc-js"), "--version"],
+        "mosquitto": ["/usr/sbin/mosquitto", "-h"],
+    })  # fmt: skip
     return {
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "anvil": _version_line([str(REPO / "node_modules" / ".bin" / "anvil"), "--version"]),
-        "solc": _version_line([str(REPO / "scripts" / "solc-js"), "--version"]).removeprefix("Version: ") + " (solc-js)",
-        "mosquitto": _version_line(["/usr/sbin/mosquitto", "-h"]),
+        **versions,
+        "solc": versions["solc"].removeprefix("Version: ") + " (solc-js)",
         "packages": {p: version(p) for p in ("web3", "eth-account", "paho-mqtt", "coincurve", "py-solc-x")},
     }
 
