@@ -20,8 +20,6 @@ from oracle import wire
 from oracle.bench.rawsend import Call, Encoder, RawSender, count_logs
 from oracle.bench.stack import PROVIDER, BenchStack, Meter, Parcel, topic_of
 from oracle.errors import IotSettleError
-from oracle.ops.billing import reading_tuple
-from oracle.ops.escrow import delivery_tuple
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +87,12 @@ def calldata_gas(data: str) -> int:
 
 def _reading(meter: Meter) -> tuple[Any, ...]:
     msg, sig = meter.next_reading()
-    return reading_tuple(wire.SignedEvent("reading", meter.chain_id, meter.contract, meter.address, msg, sig))
+    return wire.SignedEvent("reading", meter.chain_id, meter.contract, meter.address, msg, sig).contract_tuple()
 
 
 def _delivery(parcel: Parcel, timestamp: int) -> tuple[Any, ...]:
     msg, sig = parcel.delivery(timestamp)
-    return delivery_tuple(wire.SignedEvent("delivery", parcel.chain_id, parcel.contract, parcel.address, msg, sig))
+    return wire.SignedEvent("delivery", parcel.chain_id, parcel.contract, parcel.address, msg, sig).contract_tuple()
 
 
 def _send(sender: RawSender, calls: Sequence[Call], address: str, topic: str, expected: int, kind: str, batch: int) -> GasFigure:

@@ -36,7 +36,6 @@ from eth_account import Account
 
 from oracle import wire
 from oracle.errors import IotSettleError, ProtocolError
-from oracle.ops.billing import reading_tuple
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ class NaiveRelay:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:  # noqa: ANN401
         try:
             event = wire.decode(message.payload)
-            call = self.billing.functions.settleReading(reading_tuple(event))
+            call = self.billing.functions.settleReading(event.contract_tuple())
             tx = call.build_transaction({
                 "from": self.account.address,
                 "nonce": self.w3.eth.get_transaction_count(self.account.address),
