@@ -248,3 +248,23 @@ def test_two_oracles_on_one_shared_subscription_store_each_event_once(mosquitto,
             intake.stop()
         for db in stores:
             db.close()
+
+
+def test_events_published_with_mqtt5_properties_are_read_whole(start_intake: StartIntake, store: Store,
+                                                               publisher: Publisher) -> None:  # fmt: skip
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    device = Device()
+    register(store, device)
+    start_intake()
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.ContentType = "application/json"
+    properties.UserProperty = [("fw", "1.2.3"), ("x" * 200, "y" * 200)]  # > 127 bytes of properties
+    now = int(time.time())
+    publisher.client.publish(device.topic, device.reading(1, 7, timestamp=now - 1), qos=1,
+                             properties=properties).wait_for_publish(10)  # fmt: skip
+    publisher.client.publish(device.topic, device.reading(2, 8, timestamp=now), qos=0).wait_for_publish(10)  # QoS 0 too
+    replies = publisher.collect(2)
+    assert sorted(body["status"] for _, body in replies) == ["accepted", "accepted"], replies
+    assert [e.value for e in store.events_of_device(device.address)] == [7, 8]
