@@ -40,7 +40,7 @@ from paho.mqtt.properties import Properties
 
 from oracle import wire
 from oracle.daemon.metrics import Metrics
-from oracle.daemon.rules import Outcome, RuleSettings, evaluate
+from oracle.daemon.rules import Outcome, RuleSettings, Verdict, evaluate
 from oracle.daemon.store import DeviceState, EventRecord, RegistryEntry, Rejection, Store
 from oracle.errors import ProtocolError, SignatureError, StoreError
 from oracle.reasons import Reason, Reply, encode_reply
@@ -604,7 +604,13 @@ class Intake:
                     entry = self._registry[signer]
                     device = entry.device
                     state = states.get(device) or self._state(device)
-                    verdict = evaluate(event, device, entry.kind, state, now, settings.rules, stored_digest)
+                    try:
+                        verdict = evaluate(event, device, entry.kind, state, now, settings.rules, stored_digest)
+                    except (ArithmeticError, LookupError, TypeError, ValueError):
+                        # a rule that trips over an event costs that event, never the intake thread (which the
+                        # same message would stop again after every restart); logged in full to be fixed
+                        log.exception("fraud rules failed on %s seq %d; rejected as malformed", device, event.seq)
+                        verdict = Verdict(Outcome.REJECT, Reason.MALFORMED, "event could not be checked", state)
                     if verdict.state is not state:
                         states[device] = verdict.state
                         self._states[device] = verdict.state
