@@ -67,6 +67,7 @@ def test_a_crash_at_each_point_loses_nothing_and_pays_once(point: str, tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # ten crash-and-recover rounds, about 30 s each on a busy machine
 def test_the_full_crash_matrix_twice(tmp_path: Path, deployment: Any, mosquitto: Any) -> None:  # noqa: ANN401
     rows = [crash_and_recover(point, tmp_path / f"{point}-{round_}", deployment, mosquitto)
             for round_ in range(2) for point in ALL_POINTS]  # fmt: skip

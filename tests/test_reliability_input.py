@@ -168,6 +168,7 @@ def bad_inputs(victim: Device, agreement: int, timestamp: int) -> st.SearchStrat
     return st.sampled_from(classes).flatmap(lambda strategy: strategy)
 
 
+@pytest.mark.timeout(900)  # 1,000 examples with --runslow take about 3 minutes
 def test_bad_input_is_rejected_counted_logged_never_stored_and_the_daemon_stays_up(setup: dict[str, Any],
                                                                                    request: pytest.FixtureRequest) -> None:
     fleet: Fleet = setup["fleet"]
