@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_account.signers.local import LocalAccount
 
@@ -38,6 +38,10 @@ from oracle.daemon.store import Store
 from oracle.deploy import contract, load_manifest, verify_manifest
 from oracle.errors import ConfigError, DeploymentError
 from oracle.reasons import Reason, Reply, encode_reply
+
+if TYPE_CHECKING:
+    from oracle.daemon.store import StoredEvent
+    from oracle.daemon.tracker import Settler
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +133,7 @@ class OracleDaemon:
         self.checked: Preflight | None = None
         self.intake: Intake | None = None
         self.follower: RegistryFollower | None = None
-        self.settler: Any = None
+        self.settler: Settler | None = None
         self.health: Health | None = None
         self._stores: list[Store] = []
         self._stop = threading.Event()
@@ -230,7 +234,7 @@ class OracleDaemon:
 
         health.on_scrape(refresh)
 
-    def _dead_letter(self, event: Any, reason: str) -> None:  # noqa: ANN401 - a StoredEvent
+    def _dead_letter(self, event: StoredEvent, reason: str) -> None:
         """Tell the device that an accepted event was refused by the contract (a second reply for its seq)."""
         if self.intake is None:
             return
