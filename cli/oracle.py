@@ -110,6 +110,30 @@ def status(ctx: click.Context, rejects: int, as_json: bool) -> None:
         emit(None, False, f"[red]quarantined[/red] {item['device']}: {item['reason']}")
 
 
+@oracle.command()
+@click.argument("device")
+@json_option
+@click.pass_context
+def release(ctx: click.Context, device: str, as_json: bool) -> None:
+    """Let a quarantined DEVICE (its id, 0x…) send events again; works while the daemon runs."""
+    from eth_utils import is_hex_address, to_checksum_address
+
+    if not is_hex_address(device):
+        raise click.BadParameter(f"{device!r} is not a 0x-prefixed 20-byte address", param_hint="DEVICE")
+    config = state(ctx).config
+    path = config.path(config.oracle.db_path)
+    if not path.exists():
+        raise click.ClickException(f"no oracle database at {path}: the daemon has not run with this configuration")
+    store = Store.open(path)
+    try:
+        released = store.release_quarantine(to_checksum_address(device))
+    finally:
+        store.close()
+    if not released:
+        raise click.ClickException(f"{to_checksum_address(device)} is not quarantined")
+    emit({"released": to_checksum_address(device)}, as_json, f"released {to_checksum_address(device)}")
+
+
 def main() -> None:
     """Entry point for `python -m cli.oracle` (the same commands as `iotsettle oracle`)."""
     oracle(prog_name="iotsettle oracle", auto_envvar_prefix="IOTSETTLE", obj=State(None))

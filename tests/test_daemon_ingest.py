@@ -184,8 +184,10 @@ def test_repeated_failures_quarantine_the_device(start_intake: StartIntake, stor
     quarantined = store.quarantined_devices()
     assert [state.device for state in quarantined] == [meter.address]
     assert "counter_rollback" in (quarantined[0].quarantine_reason or "")
-    # an operator lets it back in
+    # an operator lets it back in while the intake runs (`iotsettle oracle release`)
     assert store.release_quarantine(meter.address)
+    publisher.publish(meter.topic, meter.reading(10, 1_002, timestamp=now + 1))
+    assert publisher.collect(1)[0][1]["status"] == "accepted"
 
 
 def test_rotated_key_speaks_for_the_same_device(start_intake: StartIntake, store: Store,

@@ -336,3 +336,28 @@ def test_health_endpoint_reports_the_worst_check_and_serves_metrics() -> None:
         assert get("/nope")[0] == 404
     finally:
         health.stop()
+
+
+def test_oracle_release_lets_a_quarantined_device_back_in(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli._common import State
+    from cli.oracle import oracle
+    from oracle.daemon.store import DeviceState
+
+    db = tmp_path / "oracle.db"
+    device = Account.create().address
+    store = Store.open(db)
+    store.commit_batch([], [], [DeviceState(device, last_seq=3, failures=5, quarantined_at=time.time(),
+                                            quarantine_reason="5 rule failures")])  # fmt: skip
+    env = {"IOTSETTLE_CONFIG": str(REPO / "tests" / "empty.toml"), "IOTSETTLE_ORACLE_DB_PATH": str(db),
+           "IOTSETTLE_ORACLE_HEALTH_PORT": "0"}  # fmt: skip
+    status = json.loads(CliRunner().invoke(oracle, ["status", "--json"], env=env, obj=State(None)).output)
+    assert [q["device"] for q in status["quarantined"]] == [device]
+
+    result = CliRunner().invoke(oracle, ["release", device.lower()], env=env, obj=State(None))
+    assert result.exit_code == 0, result.output
+    assert store.quarantined_devices() == [] and store.device_state(device).last_seq == 3  # type: ignore[union-attr]
+    again = CliRunner().invoke(oracle, ["release", device], env=env, obj=State(None))
+    assert again.exit_code != 0 and "is not quarantined" in again.output
+    store.close()

@@ -673,7 +673,8 @@ class Intake:
 
     def _state(self, device: str) -> DeviceState:
         state = self._states.get(device)
-        if state is None:
+        # a quarantined device is re-read each time: `iotsettle oracle release` clears it in the database
+        if state is None or state.quarantined_at is not None:
             state = self.store.device_state(device) or DeviceState(device)
             self._states[device] = state
         return state
