@@ -287,7 +287,9 @@ def test_signed_readings_become_a_payment_through_the_daemon(tmp_path: Path, dep
     agreement = billing.events.AgreementOffered().process_receipt(receipt)[0]["args"]["agreementId"]
     tx(consumer, billing.functions.accept(agreement, 10**18), value=10**18)
 
-    daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.2")
+    # verification in two worker processes, as the daemon runs by default
+    daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.2",
+                           IOTSETTLE_ORACLE_VERIFY_WORKERS="2")  # fmt: skip
     daemons.append(daemon)
     daemon.start().wait_ready()
     publisher = Publisher(mosquitto.host, mosquitto.port, meter.chain_id)
