@@ -130,6 +130,8 @@ contract BillingHandler is Test {
 
 /// forge-config: default.invariant.runs = 16
 /// forge-config: default.invariant.depth = 48
+/// forge-config: ci.invariant.runs = 256
+/// forge-config: ci.invariant.depth = 128
 contract BillingInvariantsTest is Test {
     DeviceRegistry internal registry;
     MeteredBilling internal billing;

@@ -191,6 +191,8 @@ contract EscrowHandler is Test {
 
 /// forge-config: default.invariant.runs = 16
 /// forge-config: default.invariant.depth = 48
+/// forge-config: ci.invariant.runs = 256
+/// forge-config: ci.invariant.depth = 128
 contract EscrowInvariantsTest is Test {
     DeviceRegistry internal registry;
     DeliveryEscrow internal escrow;
