@@ -270,3 +270,44 @@ def test_events_published_with_mqtt5_properties_are_read_whole(start_intake: Sta
     replies = publisher.collect(2)
     assert sorted(body["status"] for _, body in replies) == ["accepted", "accepted"], replies
     assert [e.value for e in store.events_of_device(device.address)] == [7, 8]
+
+
+def test_a_broker_restart_between_receive_and_commit_loses_nothing(tmp_path: Path) -> None:
+    from oracle.config import load_config
+    from oracle.node import Mosquitto, free_port
+
+    config = load_config(Path(__file__).parent / "empty.toml", env={})
+    broker = Mosquitto(config, state_dir=tmp_path / "broker", port=free_port())
+    broker.start()
+    store = Store.open(tmp_path / "oracle.db")
+    device = Device()
+    register(store, device)
+    settings = IntakeSettings(chain_id=CHAIN_ID, contracts=CONTRACTS, host=broker.host, port=broker.port,
+                              client_id="restart-oracle", batch_latency_s=2.0)  # messages wait 2 s unacknowledged
+    intake = Intake(settings, store, Metrics())
+    intake.start()
+    try:
+        assert intake.wait_connected(10)
+        publisher = Publisher(broker.host, broker.port)
+        now = int(time.time())
+        publisher.publish_many([(device.topic, device.reading(seq, 10 * seq, timestamp=now - 20 + seq))
+                                for seq in range(1, 11)])  # fmt: skip
+        publisher.close()
+        wait_for(lambda: intake.backlog == 10, what="10 messages received")
+        broker.stop()  # graceful: the session and its unacknowledged messages are saved
+        broker.start()
+        # the batch commits after the reconnect; the broker redelivers the ten unacknowledged messages on the
+        # resumed session, and they are answered "duplicate" and acknowledged, not stored twice
+        wait_for(lambda: intake.metrics.duplicates._value.get() >= 10, 30, "the redelivered copies")
+        assert [e.seq for e in store.events_of_device(device.address)] == list(range(1, 11))
+        intake.stop()
+        again = Intake(settings, store, Metrics())
+        again.start()
+        assert again.wait_connected(10)
+        time.sleep(0.5)
+        assert again.metrics.received._value.get() == 0  # all acknowledged in the end
+        again.stop()
+    finally:
+        intake.stop()
+        store.close()
+        broker.stop()

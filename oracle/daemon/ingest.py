@@ -87,6 +87,7 @@ class Message(NamedTuple):
     qos: int
     topic: str
     payload: bytes
+    connection: int = 0  # which MQTT connection delivered it: packet ids are only meaningful on that one
 
 
 class Refusal(NamedTuple):
@@ -323,6 +324,10 @@ class Intake:
         # received - done = messages in this process not yet acknowledged; each counter has a single writer thread
         self._received = 0
         self._done = 0
+        # bumped by each CONNACK (paho's thread only): a message is acknowledged only on the connection that
+        # delivered it, since after a reconnect its packet id may name another message; the broker redelivers
+        # the unacknowledged one on a resumed session and the intake answers it "duplicate"
+        self._connection = 0
         self.client = self._make_client()
 
     # ---------------------------------------------------------------------------------------------- lifecycle
@@ -425,6 +430,7 @@ class Intake:
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
             return
+        self._connection += 1
         log.info(
             "connected to %s:%d as %s (session present: %s); subscribing to %s",
             self.settings.host, self.settings.port, self.settings.client_id, flags.session_present,
@@ -452,14 +458,15 @@ class Intake:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         """QoS 0 events (a device that ignores the protocol) and anything the fast path left to paho."""
         if self._accepting.is_set():
-            self._queue.put(Message(time.time(), message.mid, message.qos, message.topic, message.payload))
+            self._queue.put(Message(time.time(), message.mid, message.qos, message.topic, message.payload,
+                                    self._connection))  # fmt: skip
             self._received += 1
             self.metrics.received.inc()
 
     def _on_publish(self, mid: int, topic: str, payload: bytes) -> None:
         """A QoS 1 event, from paho's network thread (``_Client._handle_publish``)."""
         if self._accepting.is_set():
-            self._queue.put(Message(time.time(), mid, 1, topic, payload))
+            self._queue.put(Message(time.time(), mid, 1, topic, payload, self._connection))
             self._received += 1
             self.metrics.received.inc()
 
@@ -563,7 +570,8 @@ class Intake:
         self._last_error = ""
         if _FAULT_POINT == "after_store":
             os._exit(137)
-        self.client.ack_many([message.mid for message in batch if message.qos == 1])
+        connection = self._connection
+        self.client.ack_many([m.mid for m in batch if m.qos == 1 and m.connection == connection])
         self.metrics.acked.inc(len(batch))
         self._done += len(batch)
         if self.settings.reply_qos == 0:
