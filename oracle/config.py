@@ -104,6 +104,7 @@ class OracleSettings:
     quarantine_threshold: int = _doc(5, "rules: rule failures within quarantine_window that quarantine a device; 0 = never")
     quarantine_window: float = _doc(3600.0, "rules: seconds over which rule failures are counted")
     registry_poll: float = _doc(1.0, "seconds between eth_getLogs polls of the DeviceRegistry's events")
+    reject_retention: float = _doc(30 * 86400.0, "seconds a rejected message stays in the audit table; 0 keeps them forever")
     drain_timeout: float = _doc(30.0, "seconds SIGTERM/SIGINT waits for in-flight events before exiting")
     batch_preflight: bool = _doc(True, "settlement: run each batch with eth_call before signing, so a poison item costs no gas; off = only on-chain reverts are screened")
 

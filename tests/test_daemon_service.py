@@ -363,3 +363,29 @@ def test_oracle_release_lets_a_quarantined_device_back_in(tmp_path: Path) -> Non
     again = CliRunner().invoke(oracle, ["release", device], env=env, obj=State(None))
     assert again.exit_code != 0 and "is not quarantined" in again.output
     store.close()
+
+
+def test_rejected_messages_leave_the_audit_table_after_the_retention(tmp_path: Path, deployment: Any,  # noqa: ANN401
+                                                                      mosquitto: Any, daemons: list[DaemonProcess]) -> None:
+    """A device sending garbage cannot fill the disk: rejected rows are pruned after [oracle] reject_retention."""
+    daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_REJECT_RETENTION="3")
+    daemons.append(daemon)
+    publisher = Publisher(mosquitto.host, mosquitto.port)
+    try:
+        daemon.start("--intake-only").wait_ready()
+        publisher.publish(Device().topic, b'{"not": "an event"}')
+
+        def rejected_rows() -> int:
+            store = Store.open(daemon.db)
+            try:
+                return sum(store.reject_counts().values())
+            finally:
+                store.close()
+
+        wait_for(lambda: rejected_rows() == 1, 10, "the malformed message in the audit table")
+        wait_for(lambda: rejected_rows() == 0, 15, "the audit row pruned after its 3 s retention")
+        assert daemon.proc is not None and daemon.proc.poll() is None  # pruning left the daemon serving
+    finally:
+        publisher.close()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0

@@ -87,7 +87,7 @@ def validate(config: Config) -> None:
     if not o.client_id or "/" in o.oracle_id or "+" in o.oracle_id or "#" in o.oracle_id or not o.oracle_id:
         problems.append("client_id and oracle_id must be non-empty, oracle_id without / + #")
     for name in ("max_future_skew", "max_age", "max_rate_meter", "max_rate_vehicle", "max_rate_weather_station",
-                 "max_speed", "quarantine_threshold", "quarantine_window", "drain_timeout"):  # fmt: skip
+                 "max_speed", "quarantine_threshold", "quarantine_window", "drain_timeout", "reject_retention"):  # fmt: skip
         if getattr(o, name) < 0:
             problems.append(f"{name} must be ≥ 0")
     if problems:
@@ -121,6 +121,24 @@ def preflight(config: Config) -> Preflight:
         raise DeploymentError(f"neither MeteredBilling nor DeliveryEscrow is deployed on chain {chain.chain_id}")
     relayer = load_sender(config, chain)  # keystore mode bits and password checked here
     return Preflight(chain, manifest, relayer, contracts)
+
+
+def prune_interval(retention: float) -> float:
+    """How often the audit table is pruned: a tenth of the retention, between 1 s and 10 minutes."""
+    return min(600.0, max(1.0, retention / 10))
+
+
+def prune_rejected_audit(store: Store, retention: float, now: float | None = None) -> int:
+    """Drop rejected messages older than ``retention`` seconds (0 keeps everything); returns how many went.
+
+    Without this a device sending garbage grows the audit table (≤ 1 KiB a row) until the disk is full.
+    """
+    if retention <= 0:
+        return 0
+    removed = store.prune_rejected((time.time() if now is None else now) - retention)
+    if removed:
+        log.info("pruned %d rejected messages older than %.0f s from the audit table", removed, retention)
+    return removed
 
 
 class OracleDaemon:
@@ -273,8 +291,12 @@ class OracleDaemon:
             except BaseException:
                 self.stop()
                 raise
+            audit = self._store()
+            next_prune = 0.0
             while not self._stop.wait(1.0):
-                pass
+                if time.monotonic() >= next_prune:
+                    prune_rejected_audit(audit, self.config.oracle.reject_retention)
+                    next_prune = time.monotonic() + prune_interval(self.config.oracle.reject_retention)
             started = time.monotonic()
             self.stop()
             log.info("shutdown took %.1f s", time.monotonic() - started)
