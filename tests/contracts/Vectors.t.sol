@@ -19,10 +19,10 @@ contract VectorsTest is Fixture {
 
     /// @dev Put a copy of `source`'s code at the vector's verifying contract on the vector's chain: OpenZeppelin
     /// EIP712 rebuilds the domain separator for the new address and chain id.
-    function _installAt(string memory json, uint256 i, address source) internal returns (address at) {
+    function _installAt(string memory json, uint256 i, address source) internal returns (address target) {
         vm.chainId(vm.parseJsonUint(json, _s(i, "domain.chainId")));
-        at = vm.parseJsonAddress(json, _s(i, "domain.verifyingContract"));
-        vm.etch(at, source.code);
+        target = vm.parseJsonAddress(json, _s(i, "domain.verifyingContract"));
+        vm.etch(target, source.code);
     }
 
     function test_Vectors_ContractDigestsEqualPythonDigests() public {
@@ -82,8 +82,8 @@ contract VectorsTest is Fixture {
         }
         if (t == keccak256("Reading")) {
             ++perType[3];
-            address at = _installAt(json, i, address(billing));
-            return HashReading(at)
+            address target = _installAt(json, i, address(billing));
+            return HashReading(target)
                 .hashReading(
                     vm.parseJsonUint(json, _s(i, "message.agreementId")),
                     uint64(vm.parseJsonUint(json, _s(i, "message.seq"))),
@@ -104,11 +104,11 @@ contract VectorsTest is Fixture {
             );
     }
 
-    function _bulkDomain(string memory json, string memory primaryType, address source) internal returns (address at) {
+    function _bulkDomain(string memory json, string memory primaryType, address source) internal returns (address target) {
         string memory base = string.concat(".", primaryType, ".domain.");
         vm.chainId(vm.parseJsonUint(json, string.concat(base, "chainId")));
-        at = vm.parseJsonAddress(json, string.concat(base, "verifyingContract"));
-        vm.etch(at, source.code);
+        target = vm.parseJsonAddress(json, string.concat(base, "verifyingContract"));
+        vm.etch(target, source.code);
     }
 
     function _col(string memory primaryType, string memory column) internal pure returns (string memory) {
