@@ -344,6 +344,8 @@ def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, du
                 drain_deadline = now + DRAIN_TIMEOUT
             if snap.backlog == 0 or now >= drain_deadline:
                 break
+    if not as_json:
+        err_console.line()  # the live view's last frame ends without a newline; the summary starts on its own line
     simulation = _read_json(sim_out)
     oracle.stop()
     elapsed = time.monotonic() - started
