@@ -189,13 +189,20 @@ def _project_root(config_file: Path | None) -> Path:
     return Path.cwd()
 
 
-def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
-    """Read the configuration; raises ConfigError naming the bad key and value."""
+def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
+                *, read_files: bool = True) -> Config:
+    """Read the configuration; raises ConfigError naming the bad key and value.
+
+    ``read_files=False`` ignores every file (``path``, ``IOTSETTLE_CONFIG``, ``./iotsettle.toml``): only ``env``
+    and the defaults count — for stacks that must not pick up a user's settings (tests, benchmarks).
+    """
     env = dict(os.environ if env is None else env)
-    explicit = path or env.get(f"{ENV_PREFIX}CONFIG")
+    explicit = (path or env.get(f"{ENV_PREFIX}CONFIG")) if read_files else None
     config_file: Path | None = None
     data: dict[str, Any] = {}
-    if explicit:
+    if not read_files:
+        pass
+    elif explicit:
         config_file = Path(explicit).expanduser()
         if not config_file.is_file():
             raise ConfigError(f"config file {config_file} does not exist")
@@ -231,6 +238,22 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
     config = Config(**sections, root=_project_root(config_file), source=str(config_file or "defaults"))
     _validate(config)
     return config
+
+
+def local_stack_config(state_dir: Path, anvil_port: int, mqtt_port: int, **env: str) -> Config:
+    """A configuration for a private local stack in ``state_dir`` (its own ports, deployments and oracle
+    database), from the defaults and ``env`` only: never the user's files or environment."""
+    values = {
+        f"{ENV_PREFIX}NODE_STATE_DIR": str(state_dir),
+        f"{ENV_PREFIX}NODE_ANVIL_PORT": str(anvil_port),
+        f"{ENV_PREFIX}NODE_MQTT_PORT": str(mqtt_port),
+        f"{ENV_PREFIX}MQTT_PORT": str(mqtt_port),
+        f"{ENV_PREFIX}CHAIN_RPC_URL": f"http://127.0.0.1:{anvil_port}",
+        f"{ENV_PREFIX}PATHS_DEPLOYMENTS_DIR": str(state_dir / "deployments"),
+        f"{ENV_PREFIX}ORACLE_DB_PATH": str(state_dir / "oracle.db"),
+        **env,
+    }
+    return load_config(env=values, read_files=False)
 
 
 def _validate(config: Config) -> None:

@@ -18,7 +18,7 @@ from web3.contract import Contract
 
 from oracle.chain import Chain, connect, load_sender
 from oracle.compiler import ensure_compiled
-from oracle.config import Config, load_config
+from oracle.config import Config, local_stack_config
 from oracle.deploy import contract, deploy_all
 from oracle.node import Anvil, Mosquitto, free_port
 
@@ -39,19 +39,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def make_config(state_dir: Path, anvil_port: int, mqtt_port: int, **env: str) -> Config:
-    """A configuration for a stack in ``state_dir``: only environment overrides, never the user's files."""
-    values = {
-        "IOTSETTLE_NODE_STATE_DIR": str(state_dir),
-        "IOTSETTLE_NODE_ANVIL_PORT": str(anvil_port),
-        "IOTSETTLE_NODE_MQTT_PORT": str(mqtt_port),
-        "IOTSETTLE_MQTT_PORT": str(mqtt_port),
-        "IOTSETTLE_CHAIN_RPC_URL": f"http://127.0.0.1:{anvil_port}",
-        "IOTSETTLE_PATHS_DEPLOYMENTS_DIR": str(state_dir / "deployments"),
-        "IOTSETTLE_ORACLE_DB_PATH": str(state_dir / "oracle.db"),
-        **env,
-    }
-    # The empty file keeps a user's ./iotsettle.toml out; the root stays the checkout (contracts/, node_modules/).
-    return dataclasses.replace(load_config(REPO / "tests" / "empty.toml", env=values), root=REPO)
+    """A configuration for a stack in ``state_dir``: only environment-style overrides, never the user's files."""
+    return dataclasses.replace(local_stack_config(state_dir, anvil_port, mqtt_port, **env), root=REPO)
 
 
 @pytest.fixture(scope="session")

@@ -65,9 +65,11 @@ class DaemonProcess:
         self.health_port = free_port()
         self.log_file = state_dir / f"{self.oracle_id}.log"
         self.db = state_dir / f"{self.oracle_id}.db"
+        empty = state_dir / "empty.toml"  # keeps a user's ./iotsettle.toml out of the daemon under test
+        empty.write_text("")
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("IOTSETTLE_")},
-            "IOTSETTLE_CONFIG": str(REPO / "tests" / "empty.toml"),
+            "IOTSETTLE_CONFIG": str(empty),
             "IOTSETTLE_CHAIN_RPC_URL": rpc_url,
             "IOTSETTLE_CHAIN_PRIVATE_KEY": relayer_key,
             "IOTSETTLE_PATHS_DEPLOYMENTS_DIR": str(deployments_dir),

@@ -28,7 +28,7 @@ from eth_utils import event_abi_to_log_topic
 from oracle import eip712, wire
 from oracle.chain import ANVIL_DEV_KEYS, Chain, connect, send
 from oracle.compiler import ensure_compiled
-from oracle.config import Config, load_config
+from oracle.config import Config, local_stack_config
 from oracle.deploy import deploy_all
 from oracle.bench.rawsend import Encoder, RawSender, topic_ints
 from oracle.device.keys import DeviceKey
@@ -142,17 +142,8 @@ class BenchStack:
 
 
 def bench_config(state_dir: Path, anvil_port: int, mqtt_port: int) -> Config:
-    """Only environment-style overrides on an empty file: the user's iotsettle.toml never leaks into a run."""
-    env = {
-        "IOTSETTLE_NODE_STATE_DIR": str(state_dir),
-        "IOTSETTLE_NODE_ANVIL_PORT": str(anvil_port),
-        "IOTSETTLE_NODE_MQTT_PORT": str(mqtt_port),
-        "IOTSETTLE_MQTT_PORT": str(mqtt_port),
-        "IOTSETTLE_CHAIN_RPC_URL": f"http://127.0.0.1:{anvil_port}",
-        "IOTSETTLE_PATHS_DEPLOYMENTS_DIR": str(state_dir / "deployments"),
-        "IOTSETTLE_ORACLE_DB_PATH": str(state_dir / "oracle.db"),
-    }
-    return dataclasses.replace(load_config(REPO / "tests" / "empty.toml", env=env), root=REPO)
+    """The benchmark's private stack: the user's iotsettle.toml and IOTSETTLE_* variables never leak into a run."""
+    return dataclasses.replace(local_stack_config(state_dir, anvil_port, mqtt_port), root=REPO)
 
 
 @contextmanager
