@@ -6,9 +6,7 @@ import dataclasses
 import json
 import os
 import socket
-import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,12 +14,11 @@ from click.testing import CliRunner
 from eth_account import Account
 
 from cli.main import cli
-from oracle.artifacts import load_artifact
 from oracle.chain import connect, load_keystore, load_sender
 from oracle.compiler import compile_contracts, ensure_compiled, read_foundry_settings
 from oracle.config import load_config
-from oracle.deploy import deploy_all, load_manifest, manifest_path, verify_manifest
-from oracle.errors import ChainError, ConfigError, DeploymentError, KeyFileError, NodeError
+from oracle.deploy import deploy_all, load_manifest, verify_manifest
+from oracle.errors import ChainError, ConfigError, DeploymentError, KeyFileError
 from oracle.node import Anvil, Mosquitto, free_port, mqtt_ready, rpc_ready
 
 from tests.conftest import REPO, make_config
@@ -71,8 +68,7 @@ def test_compile_matches_forge_bytecode(test_config) -> None:
         theirs = json.loads(theirs_path.read_text())
         assert ours["bytecode"] == theirs["bytecode"]["object"], ours["contractName"]
         checked += 1
-    assert checked > 0 or not any(len(load_artifact(test_config, p.stem)["bytecode"]) > 2
-                                  for p in (REPO / "build/artifacts").glob("*.json") if not p.name.startswith("_"))
+    assert checked >= 4, f"only {checked} deployable contracts compared"  # registry, escrow, billing, test token
 
 
 def test_compile_cli_reports_up_to_date(test_config) -> None:
