@@ -1,6 +1,6 @@
 """Oracle ingest (MQTT in → decoded → signature verified → rules → durably stored → acknowledged).
 
-- ``run_bench_ingest``: the intake engineer's ``scripts/bench-ingest`` (its own broker, the daemon's ``Intake``
+- ``run_bench_ingest``: ``scripts/bench-ingest`` (its own broker, the daemon's ``Intake``
   with verification processes), run as it is and read through its ``--json`` output: the headline events/s and
   CPU per event.
 - ``profile_intake``: the same pipeline inline in one thread (``verify_workers = 0``) with thread-CPU timers
