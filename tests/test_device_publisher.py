@@ -141,10 +141,13 @@ def test_broker_restart_mid_stream_loses_nothing(broker: Mosquitto, tmp_path: Pa
     finally:
         publisher.stop()
         subscriber.disconnect()
-    # At-least-once: a message in flight at the stop may arrive twice; every one arrives, first copies in order.
+    # At-least-once: a message in flight at the stop may arrive twice, and a re-sent (DUP) message may land after
+    # newer ones — but only within the in-flight window. Every one arrives; order holds outside that window.
     got = seqs(received)
     first_seen = list(dict.fromkeys(got))
-    assert first_seen == list(range(1, 2001))
+    assert sorted(first_seen) == list(range(1, 2001))
+    displaced = [seq for position, seq in enumerate(first_seen, start=1) if abs(seq - position) > 50]
+    assert displaced == [], f"events out of order beyond the in-flight window of 50: {displaced[:10]}"
 
 
 WRITER = """
