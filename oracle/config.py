@@ -106,7 +106,7 @@ class OracleSettings:
     registry_poll: float = _doc(1.0, "seconds between eth_getLogs polls of the DeviceRegistry's events")
     reject_retention: float = _doc(30 * 86400.0, "seconds a rejected message stays in the audit table; 0 keeps them forever")
     drain_timeout: float = _doc(30.0, "seconds SIGTERM/SIGINT waits for in-flight events before exiting")
-    batch_preflight: bool = _doc(True, "settlement: run each batch with eth_call before signing, so a poison item costs no gas; off = only on-chain reverts are screened")
+    batch_preflight: bool = _doc(False, "settlement: run each batch with eth_call before signing, so a poison item costs no gas (halves settlement throughput on anvil); off = a batch that reverts as a whole is screened after its receipt")
 
 
 @dataclass(frozen=True)

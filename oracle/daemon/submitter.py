@@ -104,7 +104,7 @@ class SubmitterSettings:
     gas_margin: float = 1.25
     gas_extra: int = 25_000
     min_gas_per_item: int = 25_000  # floor of the learned figure: a first batch of cheap items must not starve later ones
-    preflight: bool = True  # eth_call every batch before signing (False: rely on the receipt to reveal a revert)
+    preflight: bool = False  # eth_call every batch before signing (False: rely on the receipt to reveal a revert)
 
 
 @dataclass(frozen=True, slots=True)
