@@ -6,8 +6,10 @@
   reuses a nonce nor leaves a gap.
 - **Fees**: EIP-1559, ``maxFeePerGas = min(cap, 2 × baseFee + tip)``; re-broadcasts raise both fees by at least
   12.5 % (what nodes require of a replacement), never above the cap.
-- **Gas**: the first batch of a kind is estimated; later batches are run once with ``eth_call`` (``[oracle]
-  batch_preflight``; off saves that call and leaves reverts to the receipt) and get a limit of items × the highest
+- **Gas**: the first batch of a kind is estimated; later batches are run once with ``eth_call`` only when
+  ``[oracle] batch_preflight`` is on (off by default: on anvil the call halves settlement throughput, and the
+  contracts skip bad items instead of reverting, so a whole-batch revert is screened after its receipt instead)
+  and get a limit of items × the highest
   gas per item seen so far (never below ``min_gas_per_item``) plus a margin. If the estimate or the call reverts,
   the batch is bisected down to the items that revert alone, which are dead-lettered with the decoded error while
   the rest goes ahead.
