@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,20 @@ class Deployment:
 
     def contract(self, name: str) -> Contract:
         return contract(self.chain, self.config, self.manifest, name)
+
+
+@contextmanager
+def private_deployment(state_dir: Path) -> Iterator[Deployment]:
+    """An anvil of its own on free ports with everything deployed, for tests that spend accounts or warp time."""
+    config = make_config(state_dir, free_port(), free_port())
+    node = Anvil(config)
+    node.start()
+    try:
+        ensure_compiled(config)
+        chain = connect(config)
+        yield Deployment(config, chain, deploy_all(config, chain, load_sender(config, chain)))
+    finally:
+        node.stop()
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from oracle.chain import connect, load_sender
-from oracle.compiler import ensure_compiled
-from oracle.deploy import deploy_all
-from oracle.node import Anvil, free_port
+from oracle.node import free_port
 
-from tests.conftest import REPO, Deployment, make_config
+from tests.conftest import REPO, Deployment, make_config, private_deployment
 
 HOUSEHOLD = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"  # anvil development account 3
 SHOP = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"  # development account 4
@@ -46,15 +43,8 @@ def _demo(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
 @pytest.fixture(scope="module")
 def demo_chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """An anvil of its own: the demo spends the development accounts and moves a lot of blocks."""
-    config = make_config(tmp_path_factory.mktemp("demo-chain"), free_port(), free_port())
-    node = Anvil(config)
-    node.start()
-    try:
-        ensure_compiled(config)
-        chain = connect(config)
-        yield Deployment(config, chain, deploy_all(config, chain, load_sender(config, chain)))
-    finally:
-        node.stop()
+    with private_deployment(tmp_path_factory.mktemp("demo-chain")) as deployment:
+        yield deployment
 
 
 def _env(config, tmp_path: Path) -> dict[str, str]:

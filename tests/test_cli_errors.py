@@ -10,29 +10,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from oracle.chain import connect, load_sender
-from oracle.compiler import ensure_compiled
-from oracle.deploy import deploy_all
 from oracle.eip712 import DeviceKind
-from oracle.node import Anvil, free_port
+from oracle.node import free_port
 
 from tests.cli_support import Cli, User, register_device, token_balance
-from tests.conftest import Deployment, make_config
+from tests.conftest import Deployment, private_deployment
 
 TOKEN = 10**18
 
 
 @pytest.fixture(scope="module")
 def own_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    config = make_config(tmp_path_factory.mktemp("timewarp"), free_port(), free_port())
-    node = Anvil(config)
-    node.start()
-    try:
-        ensure_compiled(config)
-        chain = connect(config)
-        yield Deployment(config, chain, deploy_all(config, chain, load_sender(config, chain)))
-    finally:
-        node.stop()
+    with private_deployment(tmp_path_factory.mktemp("timewarp")) as deployment:
+        yield deployment
 
 
 @pytest.fixture()
