@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from eth_abi import decode as abi_decode
@@ -201,9 +202,15 @@ class _Figures:
             self.evidence[path].update(self.evidence.get(p, ()))
 
 
+@lru_cache(maxsize=65_536)
+def _checksum(address: str) -> str:
+    """EIP-55 form, cached: each call hashes, and a big profile names the same few addresses thousands of times."""
+    return to_checksum_address(address)
+
+
 def _device_of_id(target_id: int) -> str:
     """The device of an agreement / policy id: its top 160 bits."""
-    return to_checksum_address(f"0x{target_id >> 96:040x}")
+    return _checksum(f"0x{target_id >> 96:040x}")
 
 
 def _hex_id(value: int) -> str:
@@ -742,8 +749,24 @@ def _abi_type(entry: Mapping[str, Any]) -> str:
 
 def _normalise(abi_type: str, value: Any) -> Any:
     if abi_type == "address":
-        return to_checksum_address(value)
+        return _checksum(value)
     return value
+
+
+def _word(abi_type: str, word: bytes) -> Any:
+    """One static ABI word; the fast path for the events a profile reads (eth_abi handles the rest)."""
+    if abi_type.startswith("uint"):
+        return int.from_bytes(word, "big")
+    if abi_type.startswith("int"):
+        return int.from_bytes(word, "big", signed=True)
+    if abi_type == "address":
+        return _checksum("0x" + word[12:].hex())
+    if abi_type == "bool":
+        return word != bytes(32)
+    return bytes(word)  # bytes32
+
+
+_STATIC = {"address", "bool", "bytes32"} | {f"uint{n}" for n in range(8, 257, 8)} | {f"int{n}" for n in range(8, 257, 8)}
 
 
 @dataclass(frozen=True)
@@ -765,14 +788,17 @@ class _EventAbi:
         args: dict[str, Any] = {}
         for (name, abi_type), topic in zip(self.indexed, topics[1:], strict=True):
             raw = bytes.fromhex(topic[2:])
-            args[name] = _normalise(abi_type, abi_decode([abi_type], raw)[0]) if abi_type in _STATIC else raw
-        values = abi_decode([t for _, t in self.data], bytes.fromhex(data[2:])) if self.data else ()
+            # An indexed dynamic value is only its hash: kept as bytes.
+            args[name] = _word(abi_type, raw) if abi_type in _STATIC else raw
+        blob = bytes.fromhex(data[2:])
+        if all(t in _STATIC for _, t in self.data):
+            for i, (name, abi_type) in enumerate(self.data):
+                args[name] = _word(abi_type, blob[32 * i : 32 * i + 32])
+            return args
+        values = abi_decode([t for _, t in self.data], blob)
         for (name, abi_type), value in zip(self.data, values, strict=True):
             args[name] = _normalise(abi_type, value)
         return args
-
-
-_STATIC = {"address", "bool", "bytes32"} | {f"uint{n}" for n in range(8, 257, 8)} | {f"int{n}" for n in range(8, 257, 8)}
 
 
 def _topic(value: int | str) -> str:
