@@ -211,18 +211,26 @@ def history(ctx: click.Context, policy_id: int, show_all: bool, rpc_url: str | N
     view, entries = ops.history(ops_ctx, policy_id)
     fmt = describe_token(ops_ctx, view.token).format_short
     shown = [e for e in entries if show_all or e.kind in ("charged", "rejected")]
-    table = Table("seq", "km", "harsh", "speeding", "factor", "rate/km", "amount", "why",
+    table = Table("seq", "km", "harsh", "speeding", "factor", "rate/km", "amount",
                   title=f"policy {short_id(policy_id)}: {len(shown)} entries")
+    why: list[str] = []
     for e in shown:
         if e.kind == "charged":
             table.add_row(str(e.seq), f"{e.metres / 1000:,.1f}", str(e.harsh_braking), str(e.speeding),
-                          ops.factor_text(e.factor_bps), fmt(e.rate_per_km), fmt(e.amount), e.explanation)
+                          ops.factor_text(e.factor_bps), fmt(e.rate_per_km), fmt(e.amount))
+            why.append(f"seq {e.seq}: {e.explanation}")
         elif e.kind == "rejected":
-            table.add_row(str(e.seq), "", "", "", "", "", "", f"[red]rejected:[/red] {e.explanation}")
+            table.add_row(str(e.seq), "", "", "", "", "", "[red]rejected[/red]")
+            why.append(f"seq {e.seq}: [red]rejected[/red], {e.explanation}")
         else:
-            table.add_row("", "", "", "", "", "", fmt(e.amount) if e.amount else "", f"[dim]{e.kind}:[/dim] "
-                                                                                     f"{e.explanation}")
-    emit({"policy": view.as_dict(), "entries": [e.as_dict() for e in shown]}, as_json, table)
+            table.add_row("", "", "", "", "", "", f"[dim]{e.kind}[/dim]")
+            why.append(f"{e.kind}: {e.explanation}")
+    if as_json:
+        emit({"policy": view.as_dict(), "entries": [e.as_dict() for e in shown]}, True)
+        return
+    emit(None, False, table)
+    if why:
+        emit(None, False, "why:\n" + "\n".join(f"  {line}" for line in why))
 
 
 @policy.command("request-close")

@@ -28,15 +28,24 @@ def transact_explained(ctx: OpsContext, call: ContractFunction, contract: str, s
     try:
         return transact(ctx, call, contract)
     except RevertedError as exc:
-        raise explain(exc, sentences) from None
+        raise explain(exc, sentences, ctx.contract(contract).abi) from None
 
 
-def explain(exc: RevertedError, sentences: Sentences) -> RevertedError:
+def _renamed(args: dict[str, Any], name: str, abi: list[dict[str, Any]]) -> dict[str, Any]:
+    """The arguments named as ``abi`` names them: errors of several contracts share selectors
+    (``WrongStatus(uint256,uint8)`` is a policy's, a loan's…), and the shared decoder knows one set of names."""
+    for entry in abi:
+        if entry.get("type") == "error" and entry.get("name") == name and len(entry["inputs"]) == len(args):
+            return {inp["name"]: value for inp, value in zip(entry["inputs"], args.values(), strict=True)}
+    return args
+
+
+def explain(exc: RevertedError, sentences: Sentences, abi: list[dict[str, Any]] | None = None) -> RevertedError:
     writer = sentences.get(exc.revert.name)
     if writer is None:
         return exc
     try:
-        sentence = writer(exc.revert.args)
+        sentence = writer(_renamed(exc.revert.args, exc.revert.name, abi or []))
     except (KeyError, ValueError, IndexError, TypeError) as err:  # the error has other arguments: keep the generic one
         log.debug("no product sentence for %s: %s", exc.revert.name, err)
         return exc
