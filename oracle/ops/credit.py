@@ -217,14 +217,6 @@ def _hex_id(value: int) -> str:
     return hex(int(value))
 
 
-@dataclass
-class _Span:
-    """A suspension or lapse: when it began and the log that began it."""
-
-    start: int
-    log: ChainLog
-
-
 def follow_ups(subject: str, logs: Sequence[ChainLog]) -> dict[str, dict[str, tuple[tuple[str, ...], list[Any]]]]:
     """What to fetch after the creation events: per contract, per purpose, (event names, topic1 values).
 
@@ -259,142 +251,200 @@ def follow_ups(subject: str, logs: Sequence[ChainLog]) -> dict[str, dict[str, tu
     }
 
 
+class _Spans:
+    """Suspensions (or lapses) per target: count the seconds from each start to its end, or to the end block."""
+
+    def __init__(self, f: _Figures, prefix: str, seconds: str, longest: str, still: str) -> None:
+        self._f = f
+        self._open: dict[int, tuple[int, ChainLog]] = {}
+        self._paths = (f"{prefix}.{seconds}", f"{prefix}.{longest}", f"{prefix}.{still}")
+        f.zero(*self._paths)
+
+    def begin(self, target: int, time: int, entry: ChainLog) -> None:
+        self._open[target] = (time, entry)
+
+    def end(self, target: int, time: int, entry: ChainLog) -> None:
+        started = self._open.pop(target, None)
+        if started is not None:
+            self._count(time - started[0], started[1], entry)
+
+    def close(self, end_time: int) -> None:
+        """Spans still open at the end block count up to its time."""
+        for _target, (start, entry) in sorted(self._open.items()):
+            self._f.add(self._paths[2], 1, entry)
+            self._count(end_time - start, entry)
+
+    def _count(self, seconds: int, *logs: ChainLog) -> None:
+        self._f.add(self._paths[0], seconds, *logs)
+        self._f.maximum(self._paths[1], seconds, *logs)
+
+
+@dataclass
+class _World:
+    """Who is who, from the creation events; what the section derivations share."""
+
+    subject: str
+    ordered: list[ChainLog]
+    times: Mapping[int, int]
+    end_time: int
+    devices: dict[str, ChainLog] = field(default_factory=dict)
+    agreements: dict[int, ChainLog] = field(default_factory=dict)
+    escrows: dict[int, ChainLog] = field(default_factory=dict)
+    policies: dict[int, ChainLog] = field(default_factory=dict)
+    pool_token: dict[int, str] = field(default_factory=dict)
+    season_pool: dict[int, int] = field(default_factory=dict)
+    covers: dict[int, ChainLog] = field(default_factory=dict)
+    loans: dict[int, ChainLog] = field(default_factory=dict)
+    #: (tx, log index, target) of charges the prepaid balance could not cover (a suspension / lapse log follows).
+    ran_dry: set[tuple[str, int, int]] = field(default_factory=set)
+
+    def time_of(self, entry: ChainLog) -> int:
+        try:
+            return int(self.times[entry.block])
+        except KeyError:
+            raise ChainError(f"no timestamp for block {entry.block} (needed by {entry.event})") from None
+
+    def of(self, contract: str, id_field: str, ids: Mapping[int, Any] | set[int]) -> Iterable[tuple[int, ChainLog]]:
+        """The logs of ``contract`` whose ``id_field`` is one of ``ids``, in chain order."""
+        for e in self.ordered:
+            if e.contract == contract and id_field in e.args and int(e.args[id_field]) in ids:
+                yield int(e.args[id_field]), e
+
+
+def _world(subject: str, ordered: list[ChainLog], times: Mapping[int, int], end_time: int) -> _World:
+    w = _World(subject, ordered, times, end_time)
+    for e in ordered:
+        a = e.args
+        match e.event:
+            case "DeviceRegistered" if a["owner"] == subject:
+                w.devices.setdefault(a["device"], e)
+            case "AgreementOffered":
+                w.agreements[int(a["agreementId"])] = e
+            case "EscrowCreated":
+                w.escrows[int(a["escrowId"])] = e
+            case "PolicyOffered":
+                w.policies[int(a["policyId"])] = e
+            case "PoolCreated":
+                w.pool_token[int(a["poolId"])] = a["token"]
+            case "SeasonCreated":
+                w.season_pool[int(a["seasonId"])] = int(a["poolId"])
+            case "CoverBought" if subject in (a["buyer"], a["beneficiary"]):
+                w.covers[int(a["policyId"])] = e
+            case "LoanOffered" if a["borrower"] == subject:
+                w.loans[int(a["loanId"])] = e
+            case "AgreementSuspended" | "PolicyLapsed":
+                target = int(a["agreementId"] if e.event == "AgreementSuspended" else a["policyId"])
+                w.ran_dry.add((e.tx_hash, e.log_index - 1, target))
+    return w
+
+
 def derive(subject: str, logs: Sequence[ChainLog], times: Mapping[int, int], end: ChainPoint) -> Profile:
     """The figures of ``subject`` from decoded logs (any superset of what concerns it, in any order).
 
     ``times`` maps block number → block timestamp for at least the blocks of :data:`TIMED_EVENTS` logs.
     """
-    subject = to_checksum_address(subject)
-    ordered = sorted(logs, key=lambda e: e.key)
-    end_time = end.to_block_time
+    w = _world(to_checksum_address(subject), sorted(logs, key=lambda e: e.key), times, end.to_block_time)
     f = _Figures()
+    _devices(f, w)
+    _consumer(f, w)
+    _seller(f, w)
+    _motor(f, w)
+    _crop(f, w)
+    _loans(f, w)
+    evidence = {path: frozenset(keys) for path, keys in f.evidence.items() if path in f.values and keys}
+    return Profile(w.subject, dict(f.values), evidence, frozenset(f.money))
 
-    def time_of(entry: ChainLog) -> int:
-        try:
-            return int(times[entry.block])
-        except KeyError:
-            raise ChainError(f"no timestamp for block {entry.block} (needed by {entry.event})") from None
 
-    # ---- creation events: who is who
-    devices: dict[str, ChainLog] = {}
-    agreements: dict[int, ChainLog] = {}
-    escrows: dict[int, ChainLog] = {}
-    policies: dict[int, ChainLog] = {}
-    pool_token: dict[int, str] = {}
-    season_pool: dict[int, int] = {}
-    covers: dict[int, ChainLog] = {}
-    loans: dict[int, ChainLog] = {}
-    for e in ordered:
-        a = e.args
-        match e.event:
-            case "DeviceRegistered" if a["owner"] == subject:
-                devices.setdefault(a["device"], e)
-            case "AgreementOffered":
-                agreements[int(a["agreementId"])] = e
-            case "EscrowCreated":
-                escrows[int(a["escrowId"])] = e
-            case "PolicyOffered":
-                policies[int(a["policyId"])] = e
-            case "PoolCreated":
-                pool_token[int(a["poolId"])] = a["token"]
-            case "SeasonCreated":
-                season_pool[int(a["seasonId"])] = int(a["poolId"])
-            case "CoverBought" if subject in (a["buyer"], a["beneficiary"]):
-                covers[int(a["policyId"])] = e
-            case "LoanOffered" if a["borrower"] == subject:
-                loans[int(a["loanId"])] = e
+def _settled_device(f: _Figures, w: _World, e: ChainLog) -> str | None:
+    """The owned device a settled event names, after adding its volume; None for other events and devices."""
+    a = e.args
+    match e.event:
+        case "ReadingSettled":
+            device = _device_of_id(int(a["agreementId"]))
+            offer = w.agreements.get(int(a["agreementId"]))
+            if device in w.devices and offer is not None:
+                f.money_add(f"devices.items.{device}.settled.billed", offer.args["token"], int(a["amount"]), e)
+                return device
+        case "DeliveryConfirmed":
+            created = w.escrows.get(int(a["escrowId"]))
+            if created is not None and created.args["device"] in w.devices:
+                base = f"devices.items.{created.args['device']}.settled"
+                f.add(f"{base}.deliveries", 1, e)
+                f.money_add(f"{base}.released", created.args["token"], int(a["toSeller"]), e)
+                return str(created.args["device"])
+        case "PremiumCharged":
+            device = _device_of_id(int(a["policyId"]))
+            if device in w.devices:
+                f.add(f"devices.items.{device}.settled.metres", int(a["metres"]), e)
+                return device
+        case "ObservationRecorded" if a["station"] in w.devices:
+            # The rainfall register is cumulative: the volume is its rise over the range.
+            path = f"devices.items.{a['station']}.settled"
+            low, high = f.values.get(f"{path}.rainfallFrom"), int(a["rainfall"])
+            f.set(f"{path}.rainfallFrom", high if low is None else min(int(low), high), e)
+            f.set(f"{path}.rainfall", high - int(f.values[f"{path}.rainfallFrom"]), e)
+            return str(a["station"])
+    return None
 
-    # Logs that end a "paid on time": a suspension / lapse right after the charge, same transaction and target.
-    ran_dry = {(e.tx_hash, e.log_index - 1, int(e.args.get("agreementId", e.args.get("policyId", -1))))
-               for e in ordered if e.event in ("AgreementSuspended", "PolicyLapsed")}
 
-    # ---- devices
+def _devices(f: _Figures, w: _World) -> None:
     f.zero("devices.count", "devices.revoked", "devices.keyRotations")
-    settled_logs: dict[str, list[ChainLog]] = defaultdict(list)
-    revoked: dict[str, ChainLog] = {}
-    rain: dict[str, list[int]] = {}
-    for device, reg in devices.items():
+    for device, reg in w.devices.items():
         kind = KIND_NAMES.get(int(reg.args["kind"]), str(int(reg.args["kind"])))
         base = f"devices.items.{device}"
         f.add("devices.count", 1, reg)
         f.add(f"devices.byKind.{kind}", 1, reg)
         f.set(f"{base}.kind", kind, reg)
         f.set(f"{base}.registeredBlock", reg.block, reg)
-        f.set(f"{base}.registeredAt", time_of(reg), reg)
+        f.set(f"{base}.registeredAt", w.time_of(reg), reg)
         f.zero(f"{base}.keyRotations", f"{base}.revokedAt", f"{base}.settled.events")
+    settled: dict[str, list[ChainLog]] = defaultdict(list)
+    revoked: dict[str, ChainLog] = {}
+    for e in w.ordered:
+        if e.event in ("KeyRotated", "DeviceRevoked") and e.args["device"] in w.devices:
+            device = e.args["device"]
+            if e.event == "KeyRotated":
+                f.add("devices.keyRotations", 1, e)
+                f.add(f"devices.items.{device}.keyRotations", 1, e)
+            elif device not in revoked:
+                revoked[device] = e
+                f.add("devices.revoked", 1, e)
+                f.set(f"devices.items.{device}.revokedAt", w.time_of(e), e)
+            continue
+        named = _settled_device(f, w, e)
+        if named is not None:
+            settled[named].append(e)
+            f.add(f"devices.items.{named}.settled.events", 1, e)
+    for device, reg in w.devices.items():
+        _uptime(f, w, f"devices.items.{device}.uptime", reg, revoked.get(device), settled.get(device, []))
 
-    for e in ordered:
-        a = e.args
-        device: str | None = None
-        match e.event:
-            case "KeyRotated" | "DeviceRevoked" if a["device"] in devices:
-                base = f"devices.items.{a['device']}"
-                if e.event == "KeyRotated":
-                    f.add("devices.keyRotations", 1, e)
-                    f.add(f"{base}.keyRotations", 1, e)
-                elif a["device"] not in revoked:
-                    revoked[a["device"]] = e
-                    f.add("devices.revoked", 1, e)
-                    f.set(f"{base}.revokedAt", time_of(e), e)
-                continue
-            case "ReadingSettled":
-                device = _device_of_id(int(a["agreementId"]))
-                offer = agreements.get(int(a["agreementId"]))
-                if device in devices and offer is not None:
-                    f.money_add(f"devices.items.{device}.settled.billed", offer.args["token"], int(a["amount"]), e)
-            case "DeliveryConfirmed":
-                created = escrows.get(int(a["escrowId"]))
-                device = created.args["device"] if created is not None else None
-                if device in devices and created is not None:
-                    base = f"devices.items.{device}.settled"
-                    f.add(f"{base}.deliveries", 1, e)
-                    f.money_add(f"{base}.released", created.args["token"], int(a["toSeller"]), e)
-            case "PremiumCharged":
-                device = _device_of_id(int(a["policyId"]))
-                if device in devices:
-                    f.add(f"devices.items.{device}.settled.metres", int(a["metres"]), e)
-            case "ObservationRecorded":
-                device = a["station"]
-                if device in devices:
-                    rain.setdefault(device, []).append(int(a["rainfall"]))
-                    f.set(f"devices.items.{device}.settled.rainfall", max(rain[device]) - min(rain[device]),
-                          e)
-            case _:
-                continue
-        if device in devices:
-            settled_logs[device].append(e)
-            f.add(f"devices.items.{device}.settled.events", 1, e)
 
-    for device, reg in devices.items():
-        base = f"devices.items.{device}.uptime"
-        start = time_of(reg)
-        stop = time_of(revoked[device]) if device in revoked else end_time
-        size = HOUR if stop - start < YOUNG_DEVICE_SECONDS else DAY
-        period_logs = [reg, revoked[device]] if device in revoked else [reg]
-        f.set(f"{base}.bucket", "hour" if size == HOUR else "day", *period_logs)
-        f.set(f"{base}.buckets", max(stop // size - start // size + 1, 1), *period_logs)
-        first_of_bucket: dict[int, ChainLog] = {}
-        for e in settled_logs.get(device, []):
-            t = time_of(e)
-            if start <= t <= stop:
-                first_of_bucket.setdefault(t // size, e)
-        f.set(f"{base}.active", len(first_of_bucket), *first_of_bucket.values())
-        f.ratio(f"{base}.bps", f"{base}.active", [f"{base}.buckets"])
+def _uptime(f: _Figures, w: _World, base: str, reg: ChainLog, revoked: ChainLog | None,
+            settled: list[ChainLog]) -> None:
+    start = w.time_of(reg)
+    stop = w.time_of(revoked) if revoked is not None else w.end_time
+    size = HOUR if stop - start < YOUNG_DEVICE_SECONDS else DAY
+    period = [reg] if revoked is None else [reg, revoked]
+    f.set(f"{base}.bucket", "hour" if size == HOUR else "day", *period)
+    f.set(f"{base}.buckets", max(stop // size - start // size + 1, 1), *period)
+    first_of_bucket: dict[int, ChainLog] = {}
+    for e in settled:
+        t = w.time_of(e)
+        if start <= t <= stop:
+            first_of_bucket.setdefault(t // size, e)
+    f.set(f"{base}.active", len(first_of_bucket), *first_of_bucket.values())
+    f.ratio(f"{base}.bps", f"{base}.active", [f"{base}.buckets"])
 
-    # ---- consumer (MeteredBilling)
-    mine = {i for i, e in agreements.items() if e.args["consumer"] == subject}
+
+def _consumer(f: _Figures, w: _World) -> None:
     c = "consumer"
     f.zero(*(f"{c}.{k}" for k in ("agreements", "accepted", "cancelled", "closed", "topUps", "readings",
-                                  "readingsPaidOnTime", "suspensions", "resumptions", "suspendedSeconds",
-                                  "longestSuspensionSeconds", "suspendedNow")))
-    suspended: dict[int, _Span] = {}
-    for e in ordered:
+                                  "readingsPaidOnTime", "suspensions", "resumptions")))
+    spans = _Spans(f, c, "suspendedSeconds", "longestSuspensionSeconds", "suspendedNow")
+    mine = {i for i, e in w.agreements.items() if e.args["consumer"] == w.subject}
+    for agreement_id, e in w.of("MeteredBilling", "agreementId", mine):
         a = e.args
-        if "agreementId" not in a or int(a["agreementId"]) not in mine or e.contract != "MeteredBilling":
-            continue
-        agreement_id = int(a["agreementId"])
-        offer = agreements[agreement_id]
-        token = offer.args["token"]
+        token = w.agreements[agreement_id].args["token"]
         item = f"{c}.items.{_hex_id(agreement_id)}"
         match e.event:
             case "AgreementOffered":
@@ -402,98 +452,81 @@ def derive(subject: str, logs: Sequence[ChainLog], times: Mapping[int, int], end
                 for key in ("provider", "device", "token"):
                     f.set(f"{item}.{key}", a[key], e)
                 f.zero(f"{item}.readings", f"{item}.readingsPaidOnTime", f"{item}.suspensions")
-            case "AgreementAccepted":
-                f.add(f"{c}.accepted", 1, e)
-                f.money_add(f"{c}.deposited", token, int(a["deposit"]), e)
-                f.money_add(f"{item}.deposited", token, int(a["deposit"]), e)
-            case "ToppedUp":
-                f.add(f"{c}.topUps", 1, e)
-                f.money_add(f"{c}.deposited", token, int(a["amount"]), e)
-                f.money_add(f"{item}.deposited", token, int(a["amount"]), e)
-                if int(a["arrearsPaid"]):
+            case "AgreementAccepted" | "ToppedUp":
+                top_up = e.event == "ToppedUp"
+                f.add(f"{c}.topUps" if top_up else f"{c}.accepted", 1, e)
+                amount = int(a["amount"] if top_up else a["deposit"])
+                f.money_add(f"{c}.deposited", token, amount, e)
+                f.money_add(f"{item}.deposited", token, amount, e)
+                if top_up and int(a["arrearsPaid"]):
                     f.money_add(f"{c}.arrearsPaid", token, int(a["arrearsPaid"]), e)
             case "ReadingSettled":
-                f.add(f"{c}.readings", 1, e)
-                f.add(f"{item}.readings", 1, e)
-                f.money_add(f"{c}.billed", token, int(a["amount"]), e)
-                f.money_add(f"{item}.billed", token, int(a["amount"]), e)
-                if (e.tx_hash, e.log_index, agreement_id) not in ran_dry:
-                    f.add(f"{c}.readingsPaidOnTime", 1, e)
-                    f.add(f"{item}.readingsPaidOnTime", 1, e)
+                for path in (c, item):
+                    f.add(f"{path}.readings", 1, e)
+                    f.money_add(f"{path}.billed", token, int(a["amount"]), e)
+                    if (e.tx_hash, e.log_index, agreement_id) not in w.ran_dry:
+                        f.add(f"{path}.readingsPaidOnTime", 1, e)
             case "AgreementSuspended":
                 f.add(f"{c}.suspensions", 1, e)
                 f.add(f"{item}.suspensions", 1, e)
                 f.money_add(f"{c}.arrearsIncurred", token, int(a["arrears"]), e)
-                suspended[agreement_id] = _Span(time_of(e), e)
+                spans.begin(agreement_id, w.time_of(e), e)
             case "AgreementResumed":
                 f.add(f"{c}.resumptions", 1, e)
-                span = suspended.pop(agreement_id, None)
-                if span is not None:
-                    f.add(f"{c}.suspendedSeconds", time_of(e) - span.start, span.log, e)
-                    f.maximum(f"{c}.longestSuspensionSeconds", time_of(e) - span.start, span.log, e)
+                spans.end(agreement_id, w.time_of(e), e)
             case "AgreementClosed":
                 f.add(f"{c}.closed", 1, e)
             case "OfferCancelled":
                 f.add(f"{c}.cancelled", 1, e)
-    for agreement_id, span in sorted(suspended.items()):
-        f.add(f"{c}.suspendedNow", 1, span.log)
-        f.add(f"{c}.suspendedSeconds", end_time - span.start, span.log)
-        f.maximum(f"{c}.longestSuspensionSeconds", end_time - span.start, span.log)
+    spans.close(w.end_time)
     f.ratio(f"{c}.paidOnTimeBps", f"{c}.readingsPaidOnTime", [f"{c}.readings"])
 
-    # ---- seller (DeliveryEscrow)
+
+_ESCROW_OUTCOMES = {"DeliveryConfirmed": "delivered", "EscrowRefunded": "refunded", "EscrowCancelled": "cancelled"}
+
+
+def _seller(f: _Figures, w: _World) -> None:
     s = "seller"
     f.zero(*(f"{s}.{k}" for k in ("escrows", "delivered", "refunded", "cancelled", "open", "overdue")))
+    mine = {i for i, e in w.escrows.items() if e.args["seller"] == w.subject}
     outcome: dict[int, ChainLog] = {}
-    for e in ordered:
+    for escrow_id, e in w.of("DeliveryEscrow", "escrowId", mine):
         a = e.args
-        if e.contract != "DeliveryEscrow" or "escrowId" not in a:
-            continue
-        escrow_id = int(a["escrowId"])
-        created = escrows.get(escrow_id)
-        if created is None or created.args["seller"] != subject:
-            continue
-        token = created.args["token"]
+        token = w.escrows[escrow_id].args["token"]
         item = f"{s}.items.{escrow_id}"
-        match e.event:
-            case "EscrowCreated":
-                f.add(f"{s}.escrows", 1, e)
-                f.money_add(f"{s}.funded", token, int(a["amount"]), e)
-                for key in ("buyer", "device", "token"):
-                    f.set(f"{item}.{key}", a[key], e)
-                f.set(f"{item}.amount", str(int(a["amount"])), e)
-                f.set(f"{item}.deadline", int(a["deadline"]), e)
-            case "DeliveryConfirmed" | "EscrowRefunded" | "EscrowCancelled" if escrow_id not in outcome:
-                outcome[escrow_id] = e
-                label = {"DeliveryConfirmed": "delivered", "EscrowRefunded": "refunded",
-                         "EscrowCancelled": "cancelled"}[e.event]
-                f.add(f"{s}.{label}", 1, e)
-                f.set(f"{item}.outcome", label, e)
-                if e.event == "DeliveryConfirmed":
-                    f.money_add(f"{s}.released", token, int(a["toSeller"]), e)
-                    if int(a["toBuyer"]):
-                        f.money_add(f"{s}.penalties", token, int(a["toBuyer"]), e)
-    for escrow_id, created in sorted(escrows.items()):
-        if created.args["seller"] != subject or escrow_id in outcome:
-            continue
-        late = int(created.args["deadline"]) < end_time
-        f.add(f"{s}.overdue" if late else f"{s}.open", 1, created)
-        f.set(f"{s}.items.{escrow_id}.outcome", "overdue" if late else "open", created)
+        if e.event == "EscrowCreated":
+            f.add(f"{s}.escrows", 1, e)
+            f.money_add(f"{s}.funded", token, int(a["amount"]), e)
+            for key in ("buyer", "device", "token"):
+                f.set(f"{item}.{key}", a[key], e)
+            f.set(f"{item}.amount", str(int(a["amount"])), e)
+            f.set(f"{item}.deadline", int(a["deadline"]), e)
+        elif e.event in _ESCROW_OUTCOMES and escrow_id not in outcome:
+            outcome[escrow_id] = e
+            f.add(f"{s}.{_ESCROW_OUTCOMES[e.event]}", 1, e)
+            f.set(f"{item}.outcome", _ESCROW_OUTCOMES[e.event], e)
+            if e.event == "DeliveryConfirmed":
+                f.money_add(f"{s}.released", token, int(a["toSeller"]), e)
+                if int(a["toBuyer"]):
+                    f.money_add(f"{s}.penalties", token, int(a["toBuyer"]), e)
+    for escrow_id in sorted(mine - set(outcome)):
+        created = w.escrows[escrow_id]
+        state = "overdue" if int(created.args["deadline"]) < w.end_time else "open"
+        f.add(f"{s}.{state}", 1, created)
+        f.set(f"{s}.items.{escrow_id}.outcome", state, created)
     f.ratio(f"{s}.onTimeBps", f"{s}.delivered", [f"{s}.delivered", f"{s}.refunded", f"{s}.overdue"])
 
-    # ---- motor insurance holder
+
+def _motor(f: _Figures, w: _World) -> None:
     m = "motor"
     f.zero(*(f"{m}.{k}" for k in ("policies", "accepted", "cancelled", "closed", "topUps", "reports",
                                   "reportsPaidOnTime", "metres", "harshBraking", "speeding", "lapses",
-                                  "reinstatements", "lapsedSeconds", "longestLapseSeconds", "lapsedNow")))
-    held = {i for i, e in policies.items() if e.args["holder"] == subject}
-    lapsed: dict[int, _Span] = {}
-    for e in ordered:
+                                  "reinstatements")))
+    spans = _Spans(f, m, "lapsedSeconds", "longestLapseSeconds", "lapsedNow")
+    held = {i for i, e in w.policies.items() if e.args["holder"] == w.subject}
+    for policy_id, e in w.of("MotorInsurance", "policyId", held):
         a = e.args
-        if e.contract != "MotorInsurance" or "policyId" not in a or int(a["policyId"]) not in held:
-            continue
-        policy_id = int(a["policyId"])
-        token = policies[policy_id].args["token"]
+        token = w.policies[policy_id].args["token"]
         item = f"{m}.items.{_hex_id(policy_id)}"
         match e.event:
             case "PolicyOffered":
@@ -501,96 +534,80 @@ def derive(subject: str, logs: Sequence[ChainLog], times: Mapping[int, int], end
                 for key in ("insurer", "vehicle", "token"):
                     f.set(f"{item}.{key}", a[key], e)
                 f.zero(f"{item}.reports", f"{item}.metres", f"{item}.lapses")
-            case "PolicyAccepted":
-                f.add(f"{m}.accepted", 1, e)
-                f.money_add(f"{m}.deposited", token, int(a["deposit"]), e)
-            case "PolicyToppedUp":
-                f.add(f"{m}.topUps", 1, e)
-                f.money_add(f"{m}.deposited", token, int(a["amount"]), e)
+            case "PolicyAccepted" | "PolicyToppedUp":
+                top_up = e.event == "PolicyToppedUp"
+                f.add(f"{m}.topUps" if top_up else f"{m}.accepted", 1, e)
+                f.money_add(f"{m}.deposited", token, int(a["amount"] if top_up else a["deposit"]), e)
             case "PremiumCharged":
-                f.add(f"{m}.reports", 1, e)
-                f.add(f"{item}.reports", 1, e)
-                f.add(f"{m}.metres", int(a["metres"]), e)
-                f.add(f"{item}.metres", int(a["metres"]), e)
+                for path in (m, item):
+                    f.add(f"{path}.reports", 1, e)
+                    f.add(f"{path}.metres", int(a["metres"]), e)
+                    f.money_add(f"{path}.premiums", token, int(a["amount"]), e)
                 f.add(f"{m}.harshBraking", int(a["harshBraking"]), e)
                 f.add(f"{m}.speeding", int(a["speeding"]), e)
-                f.money_add(f"{m}.premiums", token, int(a["amount"]), e)
-                f.money_add(f"{item}.premiums", token, int(a["amount"]), e)
-                if (e.tx_hash, e.log_index, policy_id) not in ran_dry:
+                if (e.tx_hash, e.log_index, policy_id) not in w.ran_dry:
                     f.add(f"{m}.reportsPaidOnTime", 1, e)
             case "PolicyLapsed":
                 f.add(f"{m}.lapses", 1, e)
                 f.add(f"{item}.lapses", 1, e)
                 f.money_add(f"{m}.arrearsIncurred", token, int(a["arrears"]), e)
-                lapsed[policy_id] = _Span(time_of(e), e)
+                spans.begin(policy_id, w.time_of(e), e)
             case "PolicyReinstated":
                 f.add(f"{m}.reinstatements", 1, e)
-                span = lapsed.pop(policy_id, None)
-                if span is not None:
-                    f.add(f"{m}.lapsedSeconds", time_of(e) - span.start, span.log, e)
-                    f.maximum(f"{m}.longestLapseSeconds", time_of(e) - span.start, span.log, e)
+                spans.end(policy_id, w.time_of(e), e)
             case "PolicyClosed":
                 f.add(f"{m}.closed", 1, e)
             case "PolicyCancelled":
                 f.add(f"{m}.cancelled", 1, e)
-    for policy_id, span in sorted(lapsed.items()):
-        f.add(f"{m}.lapsedNow", 1, span.log)
-        f.add(f"{m}.lapsedSeconds", end_time - span.start, span.log)
-        f.maximum(f"{m}.longestLapseSeconds", end_time - span.start, span.log)
+    spans.close(w.end_time)
     f.ratio(f"{m}.paidOnTimeBps", f"{m}.reportsPaidOnTime", [f"{m}.reports"])
 
-    # ---- crop insurance (farmer)
+
+def _crop(f: _Figures, w: _World) -> None:
     k = "crop"
     f.zero(*(f"{k}.{x}" for x in ("covers", "payouts", "payoutsCredited", "expired", "pending")))
-    settled_covers: set[int] = set()
-    for e in ordered:
+    settled: set[int] = set()
+    for cover_id, e in w.of("CropInsurance", "policyId", w.covers):
         a = e.args
-        if e.contract != "CropInsurance" or "policyId" not in a or int(a["policyId"]) not in covers:
-            continue
-        cover_id = int(a["policyId"])
-        bought = covers[cover_id]
-        token = pool_token.get(season_pool.get(int(bought.args["seasonId"]), -1), "unknown")
+        bought = w.covers[cover_id]
+        token = w.pool_token.get(w.season_pool.get(int(bought.args["seasonId"]), -1), "unknown")
         item = f"{k}.items.{cover_id}"
         match e.event:
             case "CoverBought":
                 f.add(f"{k}.covers", 1, e)
                 f.money_add(f"{k}.cover", token, int(a["cover"]), e)
-                if a["buyer"] == subject:
+                if a["buyer"] == w.subject:
                     f.money_add(f"{k}.premiumsPaid", token, int(a["premium"]), e)
                 f.set(f"{item}.seasonId", int(a["seasonId"]), e)
                 f.set(f"{item}.beneficiary", a["beneficiary"], e)
                 f.set(f"{item}.cover", str(int(a["cover"])), e)
                 f.set(f"{item}.outcome", "pending", e)
             case "PayoutSent":
-                settled_covers.add(cover_id)
+                settled.add(cover_id)
                 f.add(f"{k}.payouts", 1, e)
-                to_subject = a["beneficiary"] == subject
-                f.money_add(f"{k}.payoutsReceived" if to_subject else f"{k}.payoutsToOthers", token, int(a["amount"]), e)
+                to = f"{k}.payoutsReceived" if a["beneficiary"] == w.subject else f"{k}.payoutsToOthers"
+                f.money_add(to, token, int(a["amount"]), e)
                 f.set(f"{item}.outcome", "paid", e)
             case "PayoutCredited":
                 f.add(f"{k}.payoutsCredited", 1, e)
             case "CoverExpired":
-                settled_covers.add(cover_id)
+                settled.add(cover_id)
                 f.add(f"{k}.expired", 1, e)
                 f.set(f"{item}.outcome", "expired", e)
-    for cover_id, bought in sorted(covers.items()):
-        if cover_id not in settled_covers:
-            f.add(f"{k}.pending", 1, bought)
+    for cover_id in sorted(set(w.covers) - settled):
+        f.add(f"{k}.pending", 1, w.covers[cover_id])
 
-    # ---- borrower (LoanBook)
+
+def _loans(f: _Figures, w: _World) -> None:
     b = "loans"
     f.zero(*(f"{b}.{x}" for x in ("offered", "taken", "cancelled", "fullyRepaid", "repaidByDueBy", "repaidLate",
                                   "overdue")))
     taken: dict[int, ChainLog] = {}
-    repaid_by: dict[int, ChainLog] = {}
-    repaid_sum: dict[int, int] = defaultdict(int)
-    repaid_logs: dict[int, list[ChainLog]] = defaultdict(list)
-    for e in ordered:
+    repaid_in_full: set[int] = set()
+    repaid: dict[int, list[ChainLog]] = defaultdict(list)
+    for loan_id, e in w.of("LoanBook", "loanId", w.loans):
         a = e.args
-        if e.contract != "LoanBook" or "loanId" not in a or int(a["loanId"]) not in loans:
-            continue
-        loan_id = int(a["loanId"])
-        offer = loans[loan_id]
+        offer = w.loans[loan_id]
         token = offer.args["token"]
         item = f"{b}.items.{loan_id}"
         match e.event:
@@ -598,8 +615,8 @@ def derive(subject: str, logs: Sequence[ChainLog], times: Mapping[int, int], end
                 f.add(f"{b}.offered", 1, e)
                 f.set(f"{item}.lender", a["lender"], e)
                 f.set(f"{item}.token", token, e)
-                f.set(f"{item}.principal", str(int(a["principal"])), e)
-                f.set(f"{item}.repayment", str(int(a["repayment"])), e)
+                for key in ("principal", "repayment"):
+                    f.set(f"{item}.{key}", str(int(a[key])), e)
                 f.set(f"{item}.dueBy", int(a["dueBy"]), e)
                 f.set(f"{item}.status", "offered", e)
             case "LoanAccepted":
@@ -612,28 +629,24 @@ def derive(subject: str, logs: Sequence[ChainLog], times: Mapping[int, int], end
                 f.add(f"{b}.cancelled", 1, e)
                 f.set(f"{item}.status", "cancelled", e)
             case "Repaid":
-                repaid_sum[loan_id] += int(a["amount"])
-                repaid_logs[loan_id].append(e)
+                repaid[loan_id].append(e)
                 f.money_add(f"{b}.repaid", token, int(a["amount"]), e)
-                f.set(f"{item}.repaid", str(repaid_sum[loan_id]), *repaid_logs[loan_id])
-            case "LoanRepaid" if loan_id not in repaid_by:
-                repaid_by[loan_id] = e
+                f.set(f"{item}.repaid", str(sum(int(r.args["amount"]) for r in repaid[loan_id])), e)
+            case "LoanRepaid" if loan_id not in repaid_in_full:
+                repaid_in_full.add(loan_id)
                 f.add(f"{b}.fullyRepaid", 1, e)
-                on_time = time_of(e) <= int(offer.args["dueBy"])
+                on_time = w.time_of(e) <= int(offer.args["dueBy"])
                 f.add(f"{b}.repaidByDueBy" if on_time else f"{b}.repaidLate", 1, offer, e)
                 f.set(f"{item}.status", "repaid" if on_time else "repaid late", offer, e)
     for loan_id, accepted in sorted(taken.items()):
-        offer = loans[loan_id]
-        owed = int(offer.args["repayment"]) - repaid_sum[loan_id]
+        offer = w.loans[loan_id]
+        owed = int(offer.args["repayment"]) - sum(int(r.args["amount"]) for r in repaid[loan_id])
         if owed > 0:
-            f.money_add(f"{b}.outstanding", offer.args["token"], owed, offer, accepted, *repaid_logs[loan_id])
-        if loan_id not in repaid_by and int(offer.args["dueBy"]) < end_time:
+            f.money_add(f"{b}.outstanding", offer.args["token"], owed, offer, accepted, *repaid[loan_id])
+        if loan_id not in repaid_in_full and int(offer.args["dueBy"]) < w.end_time:
             f.add(f"{b}.overdue", 1, offer, accepted)
             f.set(f"{b}.items.{loan_id}.status", "overdue", offer, accepted)
     f.ratio(f"{b}.onTimeBps", f"{b}.repaidByDueBy", [f"{b}.fullyRepaid", f"{b}.overdue"])
-
-    evidence = {path: frozenset(keys) for path, keys in f.evidence.items() if path in f.values and keys}
-    return Profile(subject, dict(f.values), evidence, frozenset(f.money))
 
 
 # ------------------------------------------------------------------------------------------------ export
