@@ -45,15 +45,18 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
 
     uint256 private constant _VEHICLE_KIND = 1 << uint8(IDeviceRegistry.DeviceKind.Vehicle);
 
-    /// @dev Per-policy storage. The first three slots are what `settle` reads; it writes slot 0 always, slot 1 when
-    /// it charges and slot 2 when the factor or status changes.
+    /// @dev Per-policy storage. `settle` reads slots 0–2 and writes slot 0 always and slot 1 when it charges: the
+    /// registers, factor and status share one word. lastTimestamp fits 40 bits because settled timestamps are at
+    /// most block.timestamp + MAX_CLOCK_SKEW.
     struct Record {
-        // slot 0: the registers of the last settled report
+        // slot 0
         uint64 lastOdometer;
         uint64 lastSeq;
-        uint64 lastTimestamp;
+        uint40 lastTimestamp;
         uint32 lastHarsh;
         uint32 lastSpeeding;
+        uint16 lastFactorBps;
+        PolicyStatus status;
         // slot 1
         uint128 ratePerKm;
         uint128 prepaid;
@@ -62,8 +65,6 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         uint16 minFactorBps;
         uint16 maxFactorBps;
         uint16 stepBps;
-        uint16 lastFactorBps;
-        PolicyStatus status;
         // slot 3
         address holder;
         uint32 noticePeriod;
@@ -141,7 +142,7 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         if (deposit == 0) revert ZeroAmount();
         if (deposit > type(uint128).max) revert BalanceOverflow(deposit);
 
-        p.lastTimestamp = uint64(block.timestamp);
+        p.lastTimestamp = uint40(block.timestamp);
         p.prepaid = uint128(deposit);
         p.deposited = uint128(deposit);
         p.status = PolicyStatus.Active;
@@ -281,12 +282,13 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         }
         (uint16 factorBps, uint256 amount) = _premium(p, metres, uint256(harsh) + speeding);
 
+        // All in slot 0 (one cold write, the other fields are warm). The timestamp passed the skew check: < 2^40.
         p.lastOdometer = rep.odometer;
         p.lastSeq = rep.seq;
-        p.lastTimestamp = rep.timestamp;
+        p.lastTimestamp = uint40(rep.timestamp);
         p.lastHarsh = rep.harshBraking;
         p.lastSpeeding = rep.speeding;
-        if (factorBps != p.lastFactorBps) p.lastFactorBps = factorBps;
+        p.lastFactorBps = factorBps;
         emit PremiumCharged(id, rep.seq, metres, harsh, speeding, factorBps, amount);
         if (amount != 0) _charge(id, p, amount);
         return RejectReason.None;

@@ -846,6 +846,8 @@ contract MotorInsuranceTest is MotorFixture {
         assertEq(uint8(pol.status), uint8(LAPSED));
     }
 
+    /// @dev Gas per report as a relayer pays it (21,000 base + calldata + execution), with the contracts' storage
+    /// cold as at the start of a real transaction; each report moves a different policy (the oracle's usual batch).
     function test_Gas_SettlePerReport() public {
         uint256[3] memory sizes = [uint256(1), 10, 100];
         for (uint256 s = 0; s < sizes.length; ++s) {
@@ -853,15 +855,17 @@ contract MotorInsuranceTest is MotorFixture {
             IMotorInsurance.SignedTelematics[] memory batch = new IMotorInsurance.SignedTelematics[](n);
             for (uint256 i = 0; i < n; ++i) {
                 uint256 key = deviceKey(1_000 + s * 1_000 + i);
-                address v = registerVehicle(key);
-                uint256 p = openPolicy(v, RATE, MIN, MAX, STEP, START, DEPOSIT);
-                batch[i] = signTelematics(key, p, 1, uint64(block.timestamp), START + 12_345, 1, 0);
+                uint256 p = openPolicy(registerVehicle(key), RATE, MIN, MAX, STEP, START, DEPOSIT);
+                batch[i] = signTelematics(key, p, 1, uint64(block.timestamp), START + 12_345 + uint64(i), 1, 0);
             }
-            uint256 before = gasleft();
+            bytes memory data = abi.encodeCall(motor.settle, (batch));
+            vm.cool(address(motor));
+            vm.cool(address(registry));
+            vm.prank(relayer);
             assertEq(motor.settle(batch), n);
-            uint256 used = before - gasleft();
-            emit log_named_uint(string.concat("settle gas per report, batch ", vm.toString(n)), used / n);
-            assertLt(used / n, 60_000, "per-report gas stays bounded");
+            uint256 txGas = 21_000 + calldataGas(data) + vm.lastCallGas().gasTotalUsed;
+            emit log_named_uint(string.concat("settle: tx gas per report, batch of ", vm.toString(n)), txGas / n);
+            assertLt(txGas / n, 60_000, "per-report gas stays bounded");
         }
     }
 }
