@@ -62,15 +62,39 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         uint32 paidUpTo;
     }
 
+    /// @dev What {record} reads of a season, in one slot (a copy of the terms).
+    struct Window {
+        uint64 start;
+        uint64 end;
+        int64 threshold;
+        Index index;
+    }
+
+    /// @dev The rain part of {StationSeason}: one slot, written by every applied observation.
+    struct RainWindow {
+        uint64 firstTimestamp;
+        uint64 firstRainfall;
+        uint64 lastTimestamp;
+        uint64 lastRainfall;
+    }
+
+    /// @dev The hot-day part of {StationSeason}: written only when a new hot day is counted.
+    struct HotDays {
+        uint32 count;
+        uint64 lastDayPlusOne;
+    }
+
     mapping(uint256 poolId => Pool) private _pools;
     mapping(uint256 seasonId => SeasonTerms) private _terms;
     mapping(uint256 seasonId => SeasonState) private _seasons;
+    mapping(uint256 seasonId => Window) private _windows;
     mapping(uint256 seasonId => uint256) private _coverSold;
     mapping(uint256 seasonId => uint256[]) private _policies;
     mapping(uint256 policyId => Cover) private _covers;
     mapping(address station => StationState) private _stations;
     mapping(address station => uint256[]) private _stationSeasonIds;
-    mapping(uint256 seasonId => mapping(address station => StationSeason)) private _stationSeasons;
+    mapping(uint256 seasonId => mapping(address station => RainWindow)) private _rainWindows;
+    mapping(uint256 seasonId => mapping(address station => HotDays)) private _hotDays;
     mapping(address token => mapping(address account => uint256)) private _credits;
     uint64 private _poolCount;
     uint64 private _seasonCount;
@@ -130,6 +154,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         t.region = terms.region;
         t.stations = terms.stations;
         _seasons[seasonId].poolId = uint64(poolId);
+        _windows[seasonId] = Window({start: terms.start, end: terms.end, threshold: terms.threshold, index: terms.index});
         uint256 n = terms.stations.length;
         for (uint256 i = 0; i < n; ++i) {
             address station = terms.stations[i];
@@ -256,29 +281,30 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
     /// @dev Accumulate one accepted observation into (season, station) if the season's window holds it.
     /// Timestamps of a station never go back, so "first" is set once and a hot day is counted once.
     function _apply(uint256 seasonId, address station, SignedObservation calldata o) private {
-        SeasonTerms storage t = _terms[seasonId];
+        Window memory w = _windows[seasonId];
         uint64 ts = o.timestamp;
-        if (ts < t.start || ts > t.end) return;
-        StationSeason memory ss = _stationSeasons[seasonId][station];
-        if (ss.firstTimestamp == 0) {
-            ss.firstTimestamp = ts;
-            ss.firstRainfall = o.rainfall;
+        if (ts < w.start || ts > w.end) return;
+        RainWindow memory rw = _rainWindows[seasonId][station];
+        if (rw.firstTimestamp == 0) {
+            rw.firstTimestamp = ts;
+            rw.firstRainfall = o.rainfall;
         }
-        ss.lastTimestamp = ts;
-        ss.lastRainfall = o.rainfall;
-        if (t.index == Index.HotDaysAbove && o.maxTemperature >= t.threshold) {
+        rw.lastTimestamp = ts;
+        rw.lastRainfall = o.rainfall;
+        _rainWindows[seasonId][station] = rw;
+        if (w.index == Index.HotDaysAbove && o.maxTemperature >= w.threshold) {
+            HotDays storage hot = _hotDays[seasonId][station];
             // ts < 2^64, so ts / 1 day + 1 cannot overflow.
             uint64 dayPlusOne;
             unchecked {
                 dayPlusOne = ts / _DAY + 1;
             }
-            if (ss.lastHotDay != dayPlusOne) {
-                ss.lastHotDay = dayPlusOne;
-                // At most one per day of a season of ≤ MAX_SEASON_LENGTH.
-                ++ss.hotDays;
+            if (hot.lastDayPlusOne != dayPlusOne) {
+                // At most one per day of a season of at most MAX_SEASON_LENGTH: cannot overflow.
+                hot.count += 1;
+                hot.lastDayPlusOne = dayPlusOne;
             }
         }
-        _stationSeasons[seasonId][station] = ss;
     }
 
     // ---------------------------------------------------------------- finalization and payouts
@@ -409,7 +435,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
 
     /// @inheritdoc ICropInsurance
     function stationSeason(uint256 seasonId, address station) external view returns (StationSeason memory) {
-        return _stationSeasons[seasonId][station];
+        return _stationSeason(seasonId, station);
     }
 
     /// @inheritdoc ICropInsurance
@@ -456,7 +482,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         view
         returns (Verdict, int256)
     {
-        StationSeason memory ss = _stationSeasons[seasonId][station];
+        StationSeason memory ss = _stationSeason(seasonId, station);
         uint256 slack = t.coverageSlack;
         if (
             ss.firstTimestamp == 0 || uint256(ss.firstTimestamp) > uint256(t.start) + slack
@@ -468,6 +494,19 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
             return (rain < t.threshold ? Verdict.Trigger : Verdict.NoTrigger, rain);
         }
         return (ss.hotDays >= t.triggerDays ? Verdict.Trigger : Verdict.NoTrigger, int256(uint256(ss.hotDays)));
+    }
+
+    function _stationSeason(uint256 seasonId, address station) private view returns (StationSeason memory) {
+        RainWindow memory rw = _rainWindows[seasonId][station];
+        HotDays memory hot = _hotDays[seasonId][station];
+        return StationSeason({
+            firstTimestamp: rw.firstTimestamp,
+            firstRainfall: rw.firstRainfall,
+            lastTimestamp: rw.lastTimestamp,
+            lastRainfall: rw.lastRainfall,
+            hotDays: hot.count,
+            lastHotDay: hot.lastDayPlusOne
+        });
     }
 
     /// @dev Free the station's slot for a finalized season (swap with the last, pop).

@@ -932,30 +932,39 @@ contract CropInsuranceTest is CropFixture {
 
     // ---------------------------------------------------------------- gas
 
-    /// @dev Gas per recorded observation as a relayer pays it (21,000 + calldata + execution), stations serving
-    /// one open season, storage cold as at the start of a transaction.
+    /// @dev Gas per recorded observation as a relayer pays it (21,000 + calldata + execution), in the steady
+    /// state (each station already observed once this season; its state and season figures are updated), every
+    /// station serving one open season, storage cold as at the start of a transaction.
     function test_Gas_RecordPerObservation() public {
-        address[] memory extra = new address[](100);
-        uint256[] memory keys = new uint256[](100);
-        for (uint256 i = 0; i < 100; ++i) {
+        uint256 total = 111;
+        address[] memory extra = new address[](total);
+        uint256[] memory keys = new uint256[](total);
+        for (uint256 i = 0; i < total; ++i) {
             keys[i] = deviceKey(2_000 + i);
             extra[i] = registerDevice(keys[i], IDeviceRegistry.DeviceKind.WeatherStation, owner);
         }
-        for (uint256 j = 0; j < 34; ++j) {
+        for (uint256 j = 0; j < total / 3; ++j) {
             ICropInsurance.SeasonTerms memory t = rainTerms(3, 2);
             for (uint256 i = 0; i < 3; ++i) {
-                t.stations[i] = extra[(j * 3 + i) % 100];
+                t.stations[i] = extra[j * 3 + i];
             }
             newSeason(pool, t);
         }
-        vm.warp(seasonStart + 1 days);
+        vm.warp(seasonStart);
+        ICropInsurance.SignedObservation[] memory first = new ICropInsurance.SignedObservation[](total);
+        for (uint256 i = 0; i < total; ++i) {
+            first[i] = signObs(keys[i], extra[i], 1, seasonStart, 1_000, 2_500);
+        }
+        assertEq(crop.record(first), total);
+        vm.warp(seasonStart + 1 hours);
         uint256[3] memory sizes = [uint256(1), 10, 100];
-        uint64 seq = 1;
+        uint256 next;
         for (uint256 s = 0; s < 3; ++s) {
             uint256 n = sizes[s];
             ICropInsurance.SignedObservation[] memory batch = new ICropInsurance.SignedObservation[](n);
             for (uint256 i = 0; i < n; ++i) {
-                batch[i] = signObs(keys[i], extra[i], seq, uint64(block.timestamp), 1_000 + seq, 2_500);
+                batch[i] = signObs(keys[next], extra[next], 2, uint64(block.timestamp), 1_250, 2_500);
+                ++next;
             }
             bytes memory data = abi.encodeCall(crop.record, (batch));
             vm.cool(address(crop));
@@ -964,8 +973,6 @@ contract CropInsuranceTest is CropFixture {
             assertEq(crop.record(batch), n);
             uint256 txGas = 21_000 + calldataGas(data) + vm.lastCallGas().gasTotalUsed;
             console.log("record batch", n, "gas per observation", txGas / n);
-            ++seq;
-            vm.warp(block.timestamp + 1 hours);
         }
     }
 
