@@ -83,7 +83,6 @@ interface ILoanBook is IPullPayments {
     error OfferExpired(uint256 loanId, uint64 acceptBy, uint256 timestamp);
     error TooManySources(uint256 count, uint256 max);
     error LoanTokenNeedsSweep(uint256 loanId, address token);
-    error NothingToForward(uint256 loanId, address token);
     error NothingToWithdraw(address token, address account);
     /// @notice Neither the push to `to` nor the fallback credit could move the token (a paused/broken token).
     error PaymentFailed(address token, address to, uint256 amount);
@@ -125,7 +124,8 @@ interface ILoanBook is IPullPayments {
     function repay(uint256 loanId, uint256 amount) external returns (uint256 paid);
 
     /// @notice Anyone: the account's whole balance of `token` (address(0) = ETH), which must not be the loan
-    /// token, goes to the borrower: a loan is repaid in its own token only. Emits an {AssetForwarded} event.
+    /// token, goes to the borrower: a loan is repaid in its own token only. Returns 0 (no event) when there is
+    /// nothing. Emits an {AssetForwarded} event.
     function forward(uint256 loanId, address token) external returns (uint256 amount);
 
     /// @notice {forward} after pulling `token` credits from `sources` (e.g. ETH escrows paying the account).

@@ -523,11 +523,28 @@ contract LoanBookTest is LoanFixture {
         assertEq(escrow.withdrawable(address(0), account), 0);
     }
 
-    function test_RevertWhen_ForwardLoanTokenOrNothing() public {
-        (uint256 id,) = openLoan(address(token), PRINCIPAL, REPAYMENT, SHARE);
+    function test_RevertWhen_ForwardLoanToken() public {
+        (uint256 id, address account) = openLoan(address(token), PRINCIPAL, REPAYMENT, SHARE);
+        token.mint(account, 100);
         vm.expectRevert(abi.encodeWithSelector(ILoanBook.LoanTokenNeedsSweep.selector, id, address(token)));
         book.forward(id, address(token));
-        vm.expectRevert(abi.encodeWithSelector(ILoanBook.NothingToForward.selector, id, address(0)));
+        vm.expectRevert(abi.encodeWithSelector(ILoanBook.LoanTokenNeedsSweep.selector, id, address(token)));
+        book.forwardFrom(id, address(token), oneSource(address(escrow)));
+        assertEq(token.balanceOf(account), 100, "the lender's share cannot be bypassed");
+    }
+
+    function test_Forward_NothingReturnsZeroWithoutEvent() public {
+        (uint256 id,) = openLoan(address(token), PRINCIPAL, REPAYMENT, SHARE);
+        vm.recordLogs();
+        assertEq(book.forward(id, address(0)), 0);
+        assertEq(vm.getRecordedLogs().length, 0);
+    }
+
+    function test_RevertWhen_ForwardOnUnknownOrOfferedLoan() public {
+        vm.expectRevert(abi.encodeWithSelector(ILoanBook.UnknownLoan.selector, 9));
+        book.forward(9, address(0));
+        uint256 id = offerLoan(address(token), PRINCIPAL, REPAYMENT, SHARE);
+        vm.expectRevert(abi.encodeWithSelector(ILoanBook.WrongStatus.selector, id, ILoanBook.LoanStatus.Offered));
         book.forward(id, address(0));
     }
 
