@@ -242,8 +242,8 @@ def _station_rows(view: ops.SeasonView) -> Table:
     for s in view.stations:
         rain = f"{Decimal(s.last_rainfall - s.first_rainfall) / ops.RAIN_UNITS_PER_MM:f}" if s.first_timestamp else "—"
         measured = (f"{Decimal(s.measured) / ops.RAIN_UNITS_PER_MM:f} mm" if view.index == "rain"
-                    else f"{s.measured} days") if s.verdict != "abstain" else ""
-        table.add_row(s.station, when(s.first_timestamp), when(s.last_timestamp), rain, str(s.hot_days),
+                    else ops.days_text(s.measured)) if s.verdict != "abstain" else ""
+        table.add_row(short(s.station), when(s.first_timestamp), when(s.last_timestamp), rain, str(s.hot_days),
                       s.verdict, measured)
     return table
 
@@ -322,7 +322,7 @@ def _payout_summary(ops_ctx: Any, report: ops.PayoutReport) -> str:
                      f"{season.abstentions} abstained; k = {season.k})")
         for station, verdict, measured in report.verdicts:
             figure = (f"{Decimal(measured) / ops.RAIN_UNITS_PER_MM:f} mm" if season.index == "rain"
-                      else f"{measured} hot days")
+                      else f"{ops.days_text(measured)} hot")
             lines.append(f"  {station}: {verdict}" + ("" if verdict == "abstain" else f" ({figure})"))
     for policy_id, beneficiary, amount in report.paid:
         credited = " (push failed: credited, claim with `iotsettle crop claim`)" if policy_id in report.credited else ""

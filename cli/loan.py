@@ -138,8 +138,9 @@ def sweep(ctx: click.Context, loan_id: int, sources: tuple[str, ...], from_key_e
     report = ops.sweep(ops_ctx, loan_id, list(sources) if sources else None)
     lines = [f"loan {loan_id}: {fmt(report.repaid)} repaid to the lender, {fmt(report.forwarded)} forwarded to the "
              f"borrower; outstanding {fmt(report.outstanding)}" + (" — fully repaid" if report.fully_repaid else "")]
-    lines += [f"  collected {fmt(amount)} from {source}" for source, amount in report.collected]
-    lines += [f"  {source}: nothing to collect" for source in report.failed]
+    names = {ops_ctx.address(name): name for name in ops_ctx.manifest["contracts"]}
+    lines += [f"  collected {fmt(amount)} from {names.get(source, source)}" for source, amount in report.collected]
+    lines += [f"  {names.get(source, source)}: nothing credited to the account" for source in report.failed]
     lines += [f"  the push to {account} failed: {fmt(amount)} credited in the loan book (claim with its withdraw)"
               for account, amount in report.credited]
     emit(report.as_dict(), as_json, "\n".join(lines) + f"\n(tx {report.tx.tx_hash})")

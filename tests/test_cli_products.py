@@ -124,10 +124,10 @@ def test_motor_bad_inputs_change_nothing(cli, deployment, w3) -> None:
     cli.ok(["policy", "settle", "-"], holder, stdin=telematics(vehicle, w3, motor, policy_id, 1, 1_010_000))
     before = cli.ok(["policy", "show", str(policy_id)])
     replay = cli.fails(["policy", "settle", "-"], holder, stdin=telematics(vehicle, w3, motor, policy_id, 1, 1_020_000))
-    assert replay.startswith(f"no report settled: seq 1 for policy {policy_id}: already settled or superseded")
+    assert replay.startswith(f"no report settled: seq 1 for policy {hex(policy_id)}: already settled or superseded")
     assert cli.ok(["policy", "show", str(policy_id)]) == before
     not_insurer = cli.fails(["policy", "withdraw", str(policy_id)], holder)
-    assert not_insurer == f"only the insurer of policy {policy_id} may do this, not {holder.address}"
+    assert not_insurer == f"only the insurer of policy {hex(policy_id)} may do this, not {holder.address}"
     assert cli.fails(["policy", "offer", "--holder", holder.address, "--vehicle", vehicle.address, "--rate", "1",
                       "--min-factor", "fast"], holder).startswith("Invalid value for '--min-factor'")
 
@@ -227,6 +227,7 @@ def test_crop_bad_inputs_change_nothing(own_deployment) -> None:
     assert cli.ok(["crop", "pool", str(pool_id)])["seasons"] == []
 
     season_id = cli.ok(["crop", "season-create", *common, "--k", "2"], insurer)["seasonId"]
+    assert cli.ok(["crop", "pool", str(pool_id)])["seasons"] == [season_id]
     cli.ok(["token", "mint", "--amount", "50"], farmer)
     too_much = cli.fails(["crop", "buy", str(season_id), "--cover", "500"], farmer)
     assert too_much == (f"pool {pool_id} can take on only 150 TEST more cover (free assets 100 TEST plus this "

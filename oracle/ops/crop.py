@@ -90,6 +90,10 @@ def region_text(raw: bytes) -> str:
     return "0x" + bytes(raw).hex()
 
 
+def days_text(n: int) -> str:
+    return "1 day" if n == 1 else f"{n} days"
+
+
 def premium_for(cover: int, premium_bps: int) -> int:
     """ceil(cover × premiumBps / 10_000), as the contract computes it."""
     return -(-cover * premium_bps // BPS)
@@ -198,10 +202,17 @@ def claim(ctx: OpsContext, token: str) -> tuple[TxResult, int]:
 
 
 def seasons_of_pool(ctx: OpsContext, pool_id: int) -> list[int]:
-    from oracle.ops.audit import fetch_logs
+    """The pool's seasons from its SeasonCreated events (filtered by the indexed pool id on the node).
 
-    return [int(e.args["seasonId"]) for e in fetch_logs(ctx, CONTRACT, ["SeasonCreated"])
-            if int(e.args["poolId"]) == pool_id]
+    Read through web3's own event filter: the event carries the terms struct, whose topic needs the tuple's
+    canonical type, which ``oracle.ops.audit.fetch_logs`` does not build.
+    """
+    event = ctx.contract(CONTRACT).events.SeasonCreated()
+    try:
+        logs = event.get_logs(from_block=ctx.deployed_block(CONTRACT), argument_filters={"poolId": pool_id})
+    except (ValueError, OSError) as exc:
+        raise ChainError(f"cannot read the seasons of pool {pool_id}: {exc}") from None
+    return [int(entry["args"]["seasonId"]) for entry in logs]
 
 
 # ------------------------------------------------------------------------------------------------ seasons
@@ -311,7 +322,7 @@ class SeasonView:
         if self.index == "rain":
             return (f"a station votes trigger when it measured less than {self.threshold_text} of rain between "
                     f"start and end; {self.k} of {len(self.stations)} trigger votes pay every policy")
-        return (f"a station votes trigger when it saw at least {self.trigger_days} days reaching "
+        return (f"a station votes trigger when it saw at least {days_text(self.trigger_days)} reaching "
                 f"{self.threshold_text}; {self.k} of {len(self.stations)} trigger votes pay every policy")
 
     def as_dict(self) -> dict[str, Any]:

@@ -135,7 +135,7 @@ def policy_of(ctx: OpsContext, policy_id: int) -> PolicyView:
     p = named(motor.abi, "policyOf", motor.functions.policyOf(policy_id).call())
     status = int(p["status"])
     if status == 0:
-        raise ChainError(f"policy {policy_id} does not exist on chain {ctx.chain.chain_id}")
+        raise ChainError(f"policy {hex(policy_id)} does not exist on chain {ctx.chain.chain_id}")
     return PolicyView(
         policy_id, p["insurer"], p["holder"], p["vehicle"], p["token"], int(p["ratePerKm"]), int(p["minFactorBps"]),
         int(p["maxFactorBps"]), int(p["stepBps"]), state_name(POLICY_STATUSES, status), int(p["noticePeriod"]),
@@ -165,28 +165,28 @@ def list_policies(ctx: OpsContext, *, party: str | None = None, vehicle: str | N
 def _status_sentence(a: dict[str, Any]) -> str:
     status = state_name(POLICY_STATUSES, int(a["status"]))
     if status == "offered":
-        return f"policy {a['policyId']} is only offered: the holder has not accepted it yet"
+        return f"policy {hex(a['policyId'])} is only offered: the holder has not accepted it yet"
     if status == "lapsed":
-        return f"policy {a['policyId']} is lapsed for arrears; a top-up reinstates it"
-    return f"policy {a['policyId']} is {status}, which does not allow this"
+        return f"policy {hex(a['policyId'])} is lapsed for arrears; a top-up reinstates it"
+    return f"policy {hex(a['policyId'])} is {status}, which does not allow this"
 
 
 SENTENCES: Sentences = {
-    "UnknownPolicy": lambda a: f"policy {a['policyId']} does not exist",
-    "NotInsurer": lambda a: f"only the insurer of policy {a['policyId']} may do this, not {a['caller']}",
-    "NotHolder": lambda a: f"only the holder of policy {a['policyId']} may do this, not {a['caller']}",
-    "NotParty": lambda a: f"only the holder or the insurer of policy {a['policyId']} may do this, not {a['caller']}",
+    "UnknownPolicy": lambda a: f"policy {hex(a['policyId'])} does not exist",
+    "NotInsurer": lambda a: f"only the insurer of policy {hex(a['policyId'])} may do this, not {a['caller']}",
+    "NotHolder": lambda a: f"only the holder of policy {hex(a['policyId'])} may do this, not {a['caller']}",
+    "NotParty": lambda a: f"only the holder or the insurer of policy {hex(a['policyId'])} may do this, not {a['caller']}",
     "WrongStatus": _status_sentence,
     "InvalidFactorBounds": lambda a: (f"the factor bounds {factor_text(a['minFactorBps'])} … "
                                       f"{factor_text(a['maxFactorBps'])} are invalid: they need 0 < min ≤ max ≤ "
                                       f"{factor_text(MAX_FACTOR_BPS)}"),
     "ZeroRate": lambda a: "the rate per km must be more than zero",
     "ZeroAmount": lambda a: "the amount must be more than zero",
-    "CloseNotRequested": lambda a: (f"policy {a['policyId']} has no close request; the holder or the insurer runs "
+    "CloseNotRequested": lambda a: (f"policy {hex(a['policyId'])} has no close request; the holder or the insurer runs "
                                     "`iotsettle policy request-close` first"),
-    "NoticeNotOver": lambda a: (f"the notice period of policy {a['policyId']} ends at {when(a['closeAt'])}, "
+    "NoticeNotOver": lambda a: (f"the notice period of policy {hex(a['policyId'])} ends at {when(a['closeAt'])}, "
                                 f"{int(a['closeAt']) - int(a['timestamp'])} s from now; close it after that"),
-    "NothingToWithdraw": lambda a: f"policy {a['policyId']} has no earned premiums left to withdraw",
+    "NothingToWithdraw": lambda a: f"policy {hex(a['policyId'])} has no earned premiums left to withdraw",
     "NoCredit": lambda a: f"{a['account']} has no refund credited in {a['token']}",
 }
 
@@ -327,7 +327,7 @@ def settle(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[R
     if outcomes and not any(o.settled for o in outcomes):
         first = outcomes[0]
         more = f" (and {len(outcomes) - 1} more)" if len(outcomes) > 1 else ""
-        raise ChainError(f"no report settled: seq {first.seq} for policy {first.policy_id}: {first.reason}{more}")
+        raise ChainError(f"no report settled: seq {first.seq} for policy {hex(first.policy_id)}: {first.reason}{more}")
     return result, outcomes
 
 
