@@ -125,3 +125,93 @@ def test_profile_of_a_stranger_is_empty_and_a_future_block_is_refused(cli, deplo
     assert doc["evidence"] == {"logs": [], "figures": {}}
     error = cli.fails(["credit", "profile", stranger.address, "--to-block", str(w3.eth.block_number + 100)])
     assert error.startswith(f"block {w3.eth.block_number + 100} is not mined yet")
+
+
+# ------------------------------------------------------------------------------------------------ pure derivation
+# The products below may be missing from a deployment; their rules are checked on the derivation alone, with logs
+# shaped as the contracts emit them (docs/CREDIT.md §3).
+
+SUBJECT = "0x" + "5" * 40
+OTHER = "0x" + "6" * 40
+TOKEN_ADDRESS = "0x" + "7" * 40
+VEHICLE = "0x" + "8" * 40
+
+
+def _log(block: int, index: int, contract: str, event: str, **args) -> ops.ChainLog:
+    return ops.ChainLog(block, index, f"0x{block:064x}", contract, event, args)  # one transaction per block
+
+
+def _derive(logs: list[ops.ChainLog], end_time: int) -> ops.Profile:
+    from eth_utils import to_checksum_address
+
+    def fix(value):
+        return to_checksum_address(value) if isinstance(value, str) and len(value) == 42 else value
+
+    logs = [ops.ChainLog(e.block, e.log_index, e.tx_hash, e.contract, e.event, {k: fix(v) for k, v in e.args.items()})
+            for e in logs]
+    times = {e.block: e.block * 100 for e in logs}  # block n was mined at time 100·n
+    return ops.derive(SUBJECT, logs, times, ops.ChainPoint(31337, "0x00", 99, "0x01", end_time))
+
+
+def test_loans_repaid_by_due_date_late_and_overdue() -> None:
+    book = "LoanBook"
+
+    def offered(block, loan_id, borrower, due_by):
+        return _log(block, 0, book, "LoanOffered", loanId=loan_id, lender=OTHER, borrower=borrower, token=TOKEN_ADDRESS,
+                    principal=100, repayment=110, shareBps=5_000, acceptBy=10**9, dueBy=due_by)
+
+    logs = [
+        offered(1, 1, SUBJECT, 1_000), _log(2, 0, book, "LoanAccepted", loanId=1, account=OTHER),
+        _log(3, 0, book, "Repaid", loanId=1, amount=60, outstanding=50),
+        _log(9, 0, book, "Repaid", loanId=1, amount=50, outstanding=0), _log(9, 1, book, "LoanRepaid", loanId=1),
+        offered(4, 2, SUBJECT, 1_500), _log(5, 0, book, "LoanAccepted", loanId=2, account=OTHER),
+        _log(6, 0, book, "Repaid", loanId=2, amount=10, outstanding=100),
+        offered(7, 3, SUBJECT, 1_200), _log(8, 0, book, "LoanCancelled", loanId=3),
+        offered(10, 4, OTHER, 500), _log(11, 0, book, "LoanAccepted", loanId=4, account=OTHER),  # someone else's
+        _log(12, 0, book, "Repaid", loanId=4, amount=999, outstanding=0), _log(12, 1, book, "LoanRepaid", loanId=4),
+        offered(13, 5, SUBJECT, 1_400), _log(14, 0, book, "LoanAccepted", loanId=5, account=OTHER),
+        _log(16, 0, book, "Repaid", loanId=5, amount=110, outstanding=0), _log(16, 1, book, "LoanRepaid", loanId=5),
+    ]
+    profile = _derive(logs, end_time=2_000)
+    v = profile.values
+    token = ops._checksum(TOKEN_ADDRESS)
+    assert (v["loans.offered"], v["loans.taken"], v["loans.cancelled"]) == (4, 3, 1)
+    # loan 1 repaid at t=900 ≤ 1000; loan 5 at t=1600 > 1400 (late); loan 2 owes 100 past its due date
+    assert (v["loans.fullyRepaid"], v["loans.repaidByDueBy"], v["loans.repaidLate"], v["loans.overdue"]) == (2, 1, 1, 1)
+    assert v["loans.onTimeBps"] == 3_333  # 1 on time of (2 repaid + 1 overdue)
+    assert (v[f"loans.repaid.{token}"], v[f"loans.outstanding.{token}"], v[f"loans.principal.{token}"]) == (230, 100, 300)
+    assert (v["loans.items.1.status"], v["loans.items.2.status"], v["loans.items.5.status"]) == \
+        ("repaid", "overdue", "repaid late")
+    assert {k for _, k in profile.evidence["loans.repaidByDueBy"]} == {0, 1}  # the offer (dueBy) and LoanRepaid
+
+
+def test_motor_premiums_paid_on_time_lapse_and_reinstatement() -> None:
+    motor = "MotorInsurance"
+    policy_id = int(VEHICLE, 16) << 96 | 1
+
+    def charged(block, index, seq, amount):
+        return _log(block, index, motor, "PremiumCharged", policyId=policy_id, seq=seq, metres=10_000, harshBraking=1,
+                    speeding=0, factorBps=9_000, amount=amount)
+
+    logs = [
+        _log(1, 0, "DeviceRegistry", "DeviceRegistered", device=VEHICLE, owner=SUBJECT, kind=3, metadataHash=b""),
+        _log(2, 0, motor, "PolicyOffered", policyId=policy_id, insurer=OTHER, holder=SUBJECT, vehicle=VEHICLE,
+             token=TOKEN_ADDRESS, ratePerKm=1, minFactorBps=8_000, maxFactorBps=12_000, stepBps=500, startOdometer=0,
+             noticePeriod=0),
+        _log(3, 0, motor, "PolicyAccepted", policyId=policy_id, deposit=15),
+        charged(4, 0, 1, 9),
+        charged(5, 0, 2, 9), _log(5, 1, motor, "PolicyLapsed", policyId=policy_id, arrears=3),
+        _log(8, 0, motor, "PolicyToppedUp", policyId=policy_id, **{"from": SUBJECT}, amount=10, arrearsPaid=3),
+        _log(8, 1, motor, "PolicyReinstated", policyId=policy_id),
+    ]
+    profile = _derive(logs, end_time=1_000)
+    v = profile.values
+    token = ops._checksum(TOKEN_ADDRESS)
+    assert (v["motor.reports"], v["motor.reportsPaidOnTime"], v["motor.paidOnTimeBps"]) == (2, 1, 5_000)
+    assert (v["motor.lapses"], v["motor.reinstatements"], v["motor.lapsedNow"]) == (1, 1, 0)
+    assert v["motor.lapsedSeconds"] == 300 and v["motor.longestLapseSeconds"] == 300  # blocks 5 → 8
+    assert (v[f"motor.premiums.{token}"], v[f"motor.deposited.{token}"], v["motor.metres"]) == (18, 25, 20_000)
+    vehicle = ops._checksum(VEHICLE)
+    assert v[f"devices.items.{vehicle}.settled.metres"] == 20_000
+    # young device: hours 0..9 (registration at t=100, end at t=1000 → bucket 0 only); both reports in it
+    assert (v[f"devices.items.{vehicle}.uptime.bucket"], v[f"devices.items.{vehicle}.uptime.active"]) == ("hour", 1)
