@@ -118,6 +118,47 @@ def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_pa
         "verified": False, "difference": "evidence of figure consumer.readings: the logs cited differ from the chain's"}
 
 
+def test_profile_of_a_driver_and_borrower_from_the_product_contracts(cli, deployment, w3, tmp_path) -> None:
+    from tests.test_cli_products import telematics
+
+    subject, insurer, lender = cli.user(w3), cli.user(w3), cli.user(w3)
+    token = deployment.address("TestToken")
+    vehicle = register_device(deployment.config, subject, DeviceKind.VEHICLE)
+    policy_id = int(cli.ok(["policy", "offer", "--holder", subject.address, "--vehicle", vehicle.address, "--rate",
+                            "0.05", "--min-factor", "0.9", "--max-factor", "1.5", "--step", "0.1",
+                            "--start-odometer", "1000000"], insurer)["policyId"])
+    cli.ok(["token", "mint", "--amount", "50"], subject)
+    cli.ok(["policy", "accept", hex(policy_id), "--deposit", "20"], subject)
+    motor = deployment.address("MotorInsurance")
+    cli.ok(["policy", "settle", "-"], insurer, stdin=telematics(vehicle, w3, motor, policy_id, 1, 1_100_000))  # 100 km
+
+    cli.ok(["token", "mint", "--amount", "100"], lender)
+    loan_id = cli.ok(["loan", "offer", "--borrower", subject.address, "--principal", "10", "--repayment", "11",
+                      "--share", "50%", "--due-by", "+30d"], lender)["loanId"]
+    cli.ok(["loan", "accept", str(loan_id)], subject)
+    cli.ok(["loan", "repay", str(loan_id), "--amount", "4"], subject)
+    out = tmp_path / "p.json"
+    doc = cli.ok(["credit", "profile", subject.address, "--out", str(out)])
+
+    motor_figures = doc["figures"]["motor"]
+    assert (motor_figures["policies"], motor_figures["accepted"], motor_figures["reports"], motor_figures["metres"],
+            motor_figures["paidOnTimeBps"], motor_figures["lapses"]) == (1, 1, 1, 100_000, 10_000, 0)
+    assert motor_figures["premiums"] == {token: str(45 * TOKEN // 10)}  # 100 km × 0.05 × factor 0.9
+    assert doc["figures"]["devices"]["items"][vehicle.address]["settled"] == {"events": 1, "metres": 100_000}
+    loans = doc["figures"]["loans"]
+    assert (loans["offered"], loans["taken"], loans["fullyRepaid"], loans["overdue"]) == (1, 1, 0, 0)
+    assert loans["repaid"] == {token: str(4 * TOKEN)} and loans["outstanding"] == {token: str(7 * TOKEN)}
+    assert loans["items"][str(loan_id)]["status"] == "active"
+    assert set(doc["contracts"]) == {"DeviceRegistry", "DeliveryEscrow", "MeteredBilling", "MotorInsurance",
+                                     "CropInsurance", "LoanBook"}
+    assert cli.run(["credit", "verify", str(out)]).exit_code == 0
+
+    cli.ok(["loan", "repay", str(loan_id), "--amount", "7"], subject)  # the chain moved on: the old file still verifies
+    assert cli.run(["credit", "verify", str(out)]).exit_code == 0
+    loans = cli.ok(["credit", "profile", subject.address])["figures"]["loans"]
+    assert (loans["fullyRepaid"], loans["repaidByDueBy"], loans["onTimeBps"], loans["outstanding"]) == (1, 1, 10_000, {})
+
+
 def test_profile_of_a_stranger_is_empty_and_a_future_block_is_refused(cli, deployment, w3) -> None:
     stranger = cli.user(w3)
     doc = cli.ok(["credit", "profile", stranger.address])
