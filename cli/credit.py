@@ -19,18 +19,24 @@ from oracle.ops import credit as ops
 from oracle.ops.context import OpsContext
 from oracle.ops.token import describe_token
 
-#: Per section, the summary figures shown to people (the JSON export has every figure).
+#: Per section: its title and the summary figures shown to people, the first one telling whether the subject
+#: has any history in that role (the JSON export has every figure).
 _SUMMARY = {
-    "consumer": ("agreements", "accepted", "deposited", "billed", "readings", "readingsPaidOnTime", "paidOnTimeBps",
-                 "arrearsIncurred", "arrearsPaid", "suspensions", "resumptions", "suspendedSeconds",
-                 "longestSuspensionSeconds", "suspendedNow"),
-    "seller": ("escrows", "delivered", "refunded", "cancelled", "overdue", "open", "onTimeBps", "funded", "released",
-               "penalties"),
-    "motor": ("policies", "accepted", "premiums", "reports", "reportsPaidOnTime", "paidOnTimeBps", "metres",
-              "harshBraking", "speeding", "lapses", "reinstatements", "lapsedSeconds", "lapsedNow"),
-    "crop": ("covers", "cover", "premiumsPaid", "payouts", "payoutsReceived", "payoutsToOthers", "expired", "pending"),
-    "loans": ("offered", "taken", "principal", "repaymentDue", "repaid", "fullyRepaid", "repaidByDueBy", "repaidLate",
-              "overdue", "outstanding", "onTimeBps"),
+    "consumer": ("consumer (metered billing)", (
+        "agreements", "accepted", "deposited", "billed", "readings", "readingsPaidOnTime", "paidOnTimeBps",
+        "arrearsIncurred", "arrearsPaid", "suspensions", "resumptions", "suspendedSeconds", "longestSuspensionSeconds",
+        "suspendedNow")),
+    "seller": ("seller (delivery escrow)", (
+        "escrows", "delivered", "refunded", "cancelled", "overdue", "open", "onTimeBps", "funded", "released",
+        "penalties")),
+    "motor": ("insurance holder (motor)", (
+        "policies", "accepted", "premiums", "reports", "reportsPaidOnTime", "paidOnTimeBps", "metres", "harshBraking",
+        "speeding", "lapses", "reinstatements", "lapsedSeconds", "lapsedNow")),
+    "crop": ("farmer (crop cover)", (
+        "covers", "cover", "premiumsPaid", "payouts", "payoutsReceived", "payoutsToOthers", "expired", "pending")),
+    "loans": ("borrower (loans)", (
+        "offered", "taken", "principal", "repaymentDue", "repaid", "fullyRepaid", "repaidByDueBy", "repaidLate",
+        "overdue", "outstanding", "onTimeBps")),
 }
 
 
@@ -97,7 +103,7 @@ def _render(ops_ctx: OpsContext, doc: dict[str, Any]) -> None:
         if "metres" in settled:
             volume.append(f"{settled['metres']} m")
         if "deliveries" in settled:
-            volume.append(f"{settled['deliveries']} deliveries")
+            volume.append(f"{settled['deliveries']} deliver{'y' if settled['deliveries'] == 1 else 'ies'}")
         if "rainfall" in settled:
             volume.append(f"{settled['rainfall'] / 100:g} mm rain")
         if "billed" in settled:
@@ -105,15 +111,22 @@ def _render(ops_ctx: OpsContext, doc: dict[str, Any]) -> None:
         registered = datetime.fromtimestamp(item["registeredAt"], UTC).strftime("%Y-%m-%d")
         devices.add_row(short(address), item["kind"].lower().replace("_", " "),
                         registered + (" (revoked)" if item["revokedAt"] else ""),
-                        f"{uptime['active']}/{uptime['buckets']} {uptime['bucket']}s ({_bps(uptime['bps'])})",
+                        f"{uptime['active']} of {uptime['buckets']} {uptime['bucket']}s ({_bps(uptime['bps'])})",
                         str(settled["events"]), ", ".join(volume) or "—")
     out_console.print(devices)
-    table = Table("as", "figure", "value", title="settlement history")
-    for section, names in _SUMMARY.items():
+    idle = []
+    for section, (title, names) in _SUMMARY.items():
+        figures_of = figures[section]
+        if not figures_of[names[0]]:
+            idle.append(title)
+            continue
+        table = Table("figure", "value", title=f"as {title}", min_width=44)
         for name in names:
-            if name in figures[section]:
-                table.add_row(section, name, _value(ops_ctx, name, figures[section][name]))
-    out_console.print(table)
+            if name in figures_of:
+                table.add_row(name, _value(ops_ctx, name, figures_of[name]))
+        out_console.print(table)
+    if idle:
+        out_console.print(f"no history as {', '.join(idle)}")
     out_console.print("[dim]definitions: docs/CREDIT.md (also in the --out export); only on-chain settlement counts, "
                       "devices are the owner's own claims[/dim]")
 
