@@ -52,7 +52,7 @@ def _history(cli: Cli, deployment, w3):
     return subject, agreement_id, escrow_id, tracker
 
 
-def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_path) -> None:
+def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_path, monkeypatch) -> None:
     subject, agreement_id, escrow_id, tracker = _history(cli, deployment, w3)
     token = deployment.address("TestToken")
     block = w3.eth.block_number
@@ -62,6 +62,14 @@ def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_pa
     cli.ok(["credit", "profile", subject.address.lower(), "--to-block", str(block), "--out", str(second)])
     assert first.read_bytes() == second.read_bytes()  # deterministic: same block, same bytes
     assert json.loads(first.read_text()) == doc
+
+    # small chunks and one id per query (as a strict provider would force) read the same logs, with progress
+    monkeypatch.setattr(ops, "LOG_CHUNK_BLOCKS", 4)
+    monkeypatch.setattr(ops, "IDS_PER_QUERY", 1)
+    chunked = cli.run(["credit", "profile", subject.address, "--to-block", str(block), "--json"])
+    assert chunked.exit_code == 0 and chunked.stdout == first.read_text()
+    assert "MeteredBilling AgreementOffered: blocks" in chunked.stderr
+    monkeypatch.undo()
 
     assert (doc["profileVersion"], doc["subject"]) == (ops.PROFILE_VERSION, subject.address)
     assert doc["chain"] == {"chainId": w3.eth.chain_id, "genesisHash": w3.eth.get_block(0)["hash"].to_0x_hex()}
@@ -157,6 +165,58 @@ def test_profile_of_a_driver_and_borrower_from_the_product_contracts(cli, deploy
     assert cli.run(["credit", "verify", str(out)]).exit_code == 0
     loans = cli.ok(["credit", "profile", subject.address])["figures"]["loans"]
     assert (loans["fullyRepaid"], loans["repaidByDueBy"], loans["onTimeBps"], loans["outstanding"]) == (1, 1, 10_000, {})
+
+
+def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(tmp_path) -> None:
+    """The inclusion story end to end: a farmer borrows, names the loan's payout account as beneficiary of its crop
+    cover, the drought pays out, a sweep repays the lender — and the profile shows all of it."""
+    from tests.conftest import private_deployment
+    from tests.test_cli_products import warp_to, weather
+
+    with private_deployment(tmp_path / "stack") as deployment:
+        w3 = deployment.chain.w3
+        cli = Cli(deployment.config)
+        insurer, farmer, lender = cli.user(w3), cli.user(w3), cli.user(w3)
+        stations = [register_device(deployment.config, insurer, DeviceKind.WEATHER_STATION) for _ in range(3)]
+        crop, token = deployment.address("CropInsurance"), deployment.address("TestToken")
+        pool_id = cli.ok(["crop", "pool-create"], insurer)["poolId"]
+        cli.ok(["token", "mint", "--amount", "500"], insurer)
+        cli.ok(["crop", "deposit", str(pool_id), "--amount", "500"], insurer)
+        start = chain_now(w3) + 600
+        season_id = cli.ok(["crop", "season-create", "--pool", str(pool_id),
+                            *sum((["--station", s.address] for s in stations), []), "--k", "2", "--index", "rain",
+                            "--threshold", "50mm", "--start", str(start), "--end", str(start + 86400), "--premium", "5%",
+                            "--coverage-slack", "1h", "--region", "u0yjj"], insurer)["seasonId"]
+        cli.ok(["token", "mint", "--amount", "100"], lender)
+        loan_id = cli.ok(["loan", "offer", "--borrower", farmer.address, "--principal", "100", "--repayment", "110",
+                          "--share", "100%", "--due-by", "+30d"], lender)["loanId"]
+        account = cli.ok(["loan", "accept", str(loan_id)], farmer)["account"]
+        cover_id = cli.ok(["crop", "buy", str(season_id), "--cover", "200", "--beneficiary", account], farmer)["policyId"]
+        warp_to(w3, start + 60)
+        cli.ok(["crop", "record", "-"], stdin="\n".join(weather(s, w3, crop, 1, 10_000) for s in stations))
+        warp_to(w3, start + 86400 - 60)
+        cli.ok(["crop", "record", "-"], stdin="\n".join(weather(s, w3, crop, 2, 11_000) for s in stations))
+        warp_to(w3, start + 86400 + 1)
+        assert cli.ok(["crop", "finalize", str(season_id)])["triggered"] is True
+        cli.ok(["loan", "sweep", str(loan_id)])
+
+        out = tmp_path / "farmer.json"
+        doc = cli.ok(["credit", "profile", farmer.address, "--out", str(out)])
+        crop_figures, loans = doc["figures"]["crop"], doc["figures"]["loans"]
+        assert (crop_figures["covers"], crop_figures["payouts"], crop_figures["expired"], crop_figures["pending"]) == \
+            (1, 1, 0, 0)
+        assert crop_figures["cover"] == {token: str(200 * TOKEN)} and crop_figures["premiumsPaid"] == {token: str(10 * TOKEN)}
+        assert crop_figures["payoutsToOthers"] == {token: str(200 * TOKEN)} and crop_figures["payoutsReceived"] == {}
+        assert crop_figures["items"][str(cover_id)]["beneficiary"] == account
+        assert (loans["taken"], loans["fullyRepaid"], loans["repaidByDueBy"], loans["onTimeBps"]) == (1, 1, 1, 10_000)
+        assert loans["repaid"] == {token: str(110 * TOKEN)} and loans["outstanding"] == {}
+        assert cli.run(["credit", "verify", str(out)]).exit_code == 0
+
+        station = stations[0].address
+        insurer_doc = cli.ok(["credit", "profile", insurer.address])  # the stations' owner
+        assert insurer_doc["figures"]["devices"]["byKind"] == {"WEATHER_STATION": 3}
+        assert insurer_doc["figures"]["devices"]["items"][station]["settled"] == \
+            {"events": 2, "rainfall": 1_000, "rainfallFrom": 10_000}
 
 
 def test_profile_of_a_stranger_is_empty_and_a_future_block_is_refused(cli, deployment, w3) -> None:
