@@ -4,9 +4,11 @@ from the chain's logs, exported, verified, and caught when a figure in the file 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
+from oracle.artifacts import load_artifact
 from oracle.device.location import location_bytes32
 from oracle.eip712 import DeviceKind
 from oracle.ops import credit as ops
@@ -20,6 +22,22 @@ DEST = "u33dc0cr"
 @pytest.fixture()
 def cli(deployment) -> Cli:
     return Cli(deployment.config)
+
+
+class _CappedNode:
+    """The real anvil behind a provider that refuses eth_getLogs over more than ``max_span`` blocks."""
+
+    def __init__(self, inner, max_span: int) -> None:
+        self.inner, self.max_span, self.refused = inner, max_span, 0
+
+    def make_request(self, method, params):
+        if method == "eth_getLogs" and int(params[0]["toBlock"], 16) - int(params[0]["fromBlock"], 16) >= self.max_span:
+            self.refused += 1
+            return {"jsonrpc": "2.0", "id": 1, "error": {"code": -32005, "message": "block range too large"}}
+        return self.inner.make_request(method, params)
+
+    def make_batch_request(self, requests):
+        return self.inner.make_batch_request(requests)
 
 
 def _settle(cli: Cli, deployment, w3, meter, agreement_id: int, seq: int, value: int, relayer) -> None:
@@ -70,6 +88,14 @@ def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_pa
     assert chunked.exit_code == 0 and chunked.stdout == first.read_text()
     assert "MeteredBilling AgreementOffered: blocks" in chunked.stderr
     monkeypatch.undo()
+
+    # a provider that refuses spans of more than 3 blocks (as public ones cap eth_getLogs) gets the range in halves
+    capped = _CappedNode(w3.provider, max_span=3)
+    manifest = deployment.manifest["contracts"]
+    refs = ops.contract_refs(w3, {n: (manifest[n]["address"], manifest[n]["block"]) for n in ops.CONTRACTS}, block)
+    abis = {n: load_artifact(deployment.config, n)["abi"] for n in refs}
+    run = ops.build(SimpleNamespace(provider=capped), subject.address, ops.chain_point(w3, block), refs, abis)
+    assert ops.canonical_json(run.document) == first.read_text() and capped.refused > 0
 
     assert (doc["profileVersion"], doc["subject"]) == (ops.PROFILE_VERSION, subject.address)
     assert doc["chain"] == {"chainId": w3.eth.chain_id, "genesisHash": w3.eth.get_block(0)["hash"].to_0x_hex()}

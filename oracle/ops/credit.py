@@ -29,6 +29,7 @@ from typing import Any
 from eth_abi import decode as abi_decode
 from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
+from web3.exceptions import Web3Exception
 
 from oracle.errors import ChainError, IotSettleError
 
@@ -158,6 +159,10 @@ class Profile:
 
 class ProfileMismatch(IotSettleError):
     """A credit profile file does not match what the chain says."""
+
+
+class _Refused(ChainError):
+    """The node answered with a JSON-RPC error (as opposed to not answering)."""
 
 
 # ------------------------------------------------------------------------------------------------ derivation
@@ -832,22 +837,24 @@ class _Reader:
         self.calls += 1
         try:
             response = self._w3.provider.make_request(method, params)
-        except (OSError, ValueError) as exc:
-            raise ChainError(f"{method} failed: {exc}") from None
+        except (OSError, ValueError, Web3Exception) as exc:
+            raise ChainError(f"{method} failed: the node did not answer ({type(exc).__name__})") from None
         if "error" in response:
-            raise ChainError(f"{method} refused: {response['error'].get('message', response['error'])}")
+            error = response["error"]
+            raise _Refused(f"{method} refused: {error.get('message', error) if isinstance(error, dict) else error}")
         return response["result"]
 
     def logs(self, address: str, start: int, stop: int, topics: list[Any]) -> list[dict[str, Any]]:
         query = {"address": address, "fromBlock": hex(start), "toBlock": hex(stop), "topics": topics}
         try:
             return list(self._request("eth_getLogs", [query]))
-        except ChainError:
+        except _Refused:
             if start >= stop:
                 raise
-            # Providers cap the results of one call: split the range and try each half.
-            middle = (start + stop) // 2
-            return self.logs(address, start, middle, topics) + self.logs(address, middle + 1, stop, topics)
+        # Providers cap the results or the span of one call: try each half. A refusal that persists down to one
+        # block propagates from the first leaf, so this costs at most log2(span) extra calls.
+        middle = (start + stop) // 2
+        return self.logs(address, start, middle, topics) + self.logs(address, middle + 1, stop, topics)
 
     def header(self, block: int | str) -> dict[str, Any]:
         tag = block if isinstance(block, str) else hex(block)
@@ -965,6 +972,15 @@ def scan(w3: Any, subject: str, contracts: Mapping[str, ContractRef], abis: Mapp
     return logs, times, ScanStats(len(logs), reader.calls, len(times))
 
 
+def _check_unchanged(w3: Any, point: ChainPoint) -> None:
+    """The end block must still be the one the scan started from: a reorganisation during the scan could mix
+    logs of two histories."""
+    now = _Reader(w3, lambda _m: None).header(point.to_block)
+    if str(now["hash"]) != point.to_block_hash:
+        raise ChainError(f"block {point.to_block} was reorganised during the scan ({point.to_block_hash} → "
+                         f"{now['hash']}); profile again, with --to-block a few blocks behind the head")
+
+
 def chain_point(w3: Any, to_block: int | None) -> ChainPoint:
     """Chain id, genesis hash, and the number, hash and time of ``to_block`` (default: the latest block)."""
     reader = _Reader(w3, lambda _m: None)
@@ -1004,6 +1020,7 @@ def build(w3: Any, subject: str, point: ChainPoint, contracts: Mapping[str, Cont
     """Scan, derive and assemble the exportable document."""
     started = time.perf_counter()
     logs, times, stats = scan(w3, subject, contracts, abis, point.to_block, progress)
+    _check_unchanged(w3, point)
     profile = derive(subject, logs, times, point)
     doc = document(profile, point, contracts, logs)
     seconds = time.perf_counter() - started
