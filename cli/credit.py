@@ -33,7 +33,8 @@ _SUMMARY = {
         "policies", "accepted", "premiums", "reports", "reportsPaidOnTime", "paidOnTimeBps", "metres", "harshBraking",
         "speeding", "lapses", "reinstatements", "lapsedSeconds", "lapsedNow")),
     "crop": ("farmer (crop cover)", (
-        "covers", "cover", "premiumsPaid", "payouts", "payoutsReceived", "payoutsToOthers", "expired", "pending")),
+        "covers", "cover", "premiumsPaid", "payouts", "payoutsReceived", "payoutsToLoanAccounts", "payoutsToOthers",
+        "expired", "pending")),
     "loans": ("borrower (loans)", (
         "offered", "taken", "principal", "repaymentDue", "repaid", "fullyRepaid", "repaidByDueBy", "repaidLate",
         "overdue", "outstanding", "onTimeBps")),

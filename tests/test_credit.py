@@ -169,8 +169,17 @@ def test_profile_of_a_driver_and_borrower_from_the_product_contracts(cli, deploy
     cli.ok(["token", "mint", "--amount", "100"], lender)
     loan_id = cli.ok(["loan", "offer", "--borrower", subject.address, "--principal", "10", "--repayment", "11",
                       "--share", "50%", "--due-by", "+30d"], lender)["loanId"]
-    cli.ok(["loan", "accept", str(loan_id)], subject)
-    cli.ok(["loan", "repay", str(loan_id), "--amount", "4"], subject)
+    account = cli.ok(["loan", "accept", str(loan_id)], subject)["account"]
+    # the borrower sells a delivery with the loan's payout account as seller; a sweep repays half of the 2 TEST
+    tracker = register_device(deployment.config, subject, DeviceKind.TRACKER)
+    cli.ok(["token", "mint", "--amount", "2"], lender)
+    escrow_id = cli.ok(["escrow", "create", "--seller", account, "--device", tracker.address, "--amount", "2",
+                        "--destination", DEST, "--deadline", "+2h"], lender)["escrowId"]
+    cli.ok(["escrow", "confirm", "-"], lender, stdin=delivery(
+        tracker, w3.eth.chain_id, deployment.address("DeliveryEscrow"), escrow_id, 1, chain_now(w3),
+        location_bytes32(DEST)).to_payload().decode())
+    cli.ok(["loan", "sweep", str(loan_id)])
+    cli.ok(["loan", "repay", str(loan_id), "--amount", "3"], subject)
     out = tmp_path / "p.json"
     doc = cli.ok(["credit", "profile", subject.address, "--out", str(out)])
 
@@ -182,6 +191,9 @@ def test_profile_of_a_driver_and_borrower_from_the_product_contracts(cli, deploy
     loans = doc["figures"]["loans"]
     assert (loans["offered"], loans["taken"], loans["fullyRepaid"], loans["overdue"]) == (1, 1, 0, 0)
     assert loans["repaid"] == {token: str(4 * TOKEN)} and loans["outstanding"] == {token: str(7 * TOKEN)}
+    seller = doc["figures"]["seller"]
+    assert (seller["escrows"], seller["delivered"], seller["released"]) == (1, 1, {token: str(2 * TOKEN)})
+    assert seller["items"][str(escrow_id)]["seller"] == account  # paid to the loan's account: still the borrower's
     assert loans["items"][str(loan_id)]["status"] == "active"
     assert set(doc["contracts"]) == {"DeviceRegistry", "DeliveryEscrow", "MeteredBilling", "MotorInsurance",
                                      "CropInsurance", "LoanBook"}
@@ -232,7 +244,8 @@ def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(tmp_path
         assert (crop_figures["covers"], crop_figures["payouts"], crop_figures["expired"], crop_figures["pending"]) == \
             (1, 1, 0, 0)
         assert crop_figures["cover"] == {token: str(200 * TOKEN)} and crop_figures["premiumsPaid"] == {token: str(10 * TOKEN)}
-        assert crop_figures["payoutsToOthers"] == {token: str(200 * TOKEN)} and crop_figures["payoutsReceived"] == {}
+        assert crop_figures["payoutsToLoanAccounts"] == {token: str(200 * TOKEN)}
+        assert crop_figures["payoutsReceived"] == {} and crop_figures["payoutsToOthers"] == {}
         assert crop_figures["items"][str(cover_id)]["beneficiary"] == account
         assert (loans["taken"], loans["fullyRepaid"], loans["repaidByDueBy"], loans["onTimeBps"]) == (1, 1, 1, 10_000)
         assert loans["repaid"] == {token: str(110 * TOKEN)} and loans["outstanding"] == {}

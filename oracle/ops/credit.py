@@ -86,7 +86,8 @@ DEFINITIONS: dict[str, str] = {
                             "AgreementResumed; suspendedSeconds = time between each suspension and its resumption "
                             "(block times), an unresolved one counted to the end of the range; suspendedNow = "
                             "agreements still suspended at the end block.",
-    "seller": "DeliveryEscrow escrows whose EscrowCreated names the subject as seller. delivered = DeliveryConfirmed "
+    "seller": "DeliveryEscrow escrows whose EscrowCreated names as seller the subject or the payout account of one "
+              "of its accepted loans (LoanAccepted.account). delivered = DeliveryConfirmed "
               "(the contract only accepts a delivery signed no later than the deadline); refunded = EscrowRefunded "
               "(not delivered by the deadline); overdue = neither released, refunded nor cancelled and the deadline "
               "passed before the end block; onTimeBps = delivered × 10000 ÷ (delivered + refunded + overdue). "
@@ -94,10 +95,11 @@ DEFINITIONS: dict[str, str] = {
     "motor": "MotorInsurance policies whose PolicyOffered names the subject as holder. premiums = PremiumCharged "
              "amounts; reportsPaidOnTime = PremiumCharged not followed in the same transaction by PolicyLapsed for "
              "the same policy; lapses = PolicyLapsed; lapsedSeconds as consumer.suspendedSeconds.",
-    "crop": "CropInsurance covers whose CoverBought names the subject as buyer or beneficiary. premiumsPaid counts "
-            "covers the subject bought; payoutsReceived = PayoutSent amounts to the subject (PayoutCredited: the "
-            "push failed and the amount waits as a pull credit, still the subject's); payoutsToOthers = payouts of "
-            "these covers to another beneficiary (e.g. a loan's payout account).",
+    "crop": "CropInsurance covers whose CoverBought names the subject as buyer, or as beneficiary the subject or "
+            "one of its loans' payout accounts. premiumsPaid counts covers the subject bought; payoutsReceived / "
+            "payoutsToLoanAccounts / payoutsToOthers = PayoutSent amounts to the subject / to its loans' payout "
+            "accounts / to another beneficiary (PayoutCredited: the push failed and the amount waits as a pull "
+            "credit, still the beneficiary's).",
     "loans": "LoanBook loans whose LoanOffered names the subject as borrower. taken = LoanAccepted; repaid = "
              "Repaid amounts; repaidByDueBy = LoanRepaid in a block whose time ≤ dueBy; overdue = taken, not "
              "repaid, dueBy before the end block; outstanding = repayment − repaid of taken loans; onTimeBps = "
@@ -222,12 +224,23 @@ def _hex_id(value: int) -> str:
     return hex(int(value))
 
 
+def payees_of(subject: str, logs: Sequence[ChainLog]) -> set[str]:
+    """The subject and the payout accounts of its accepted loans: payments to those are the subject's income
+    (a borrower names its loan's account as seller of escrows and beneficiary of crop cover)."""
+    loans = {int(e.args["loanId"]) for e in logs if e.event == "LoanOffered" and e.args["borrower"] == subject}
+    return {subject} | {e.args["account"] for e in logs
+                        if e.event == "LoanAccepted" and int(e.args["loanId"]) in loans}
+
+
 def follow_ups(subject: str, logs: Sequence[ChainLog]) -> dict[str, dict[str, tuple[tuple[str, ...], list[Any]]]]:
     """What to fetch after the creation events: per contract, per purpose, (event names, topic1 values).
 
     Pure, and shared by :func:`scan` so the fetching and the derivation agree on which ids concern the subject.
+    The answer grows with ``logs`` (a loan's LoanAccepted names its payout account, which may be the seller of
+    escrows): :func:`scan` asks again until nothing new is named.
     """
     subject = to_checksum_address(subject)
+    payees = payees_of(subject, logs)
     devices = sorted({e.args["device"] for e in logs if e.event == "DeviceRegistered" and e.args["owner"] == subject})
     device_set = set(devices)
     agreements, escrows, policies, covers, loans = set(), set(), set(), set(), set()
@@ -235,11 +248,11 @@ def follow_ups(subject: str, logs: Sequence[ChainLog]) -> dict[str, dict[str, tu
         a = e.args
         if e.event == "AgreementOffered" and (a["consumer"] == subject or a["device"] in device_set):
             agreements.add(int(a["agreementId"]))
-        elif e.event == "EscrowCreated" and (a["seller"] == subject or a["device"] in device_set):
+        elif e.event == "EscrowCreated" and (a["seller"] in payees or a["device"] in device_set):
             escrows.add(int(a["escrowId"]))
         elif e.event == "PolicyOffered" and (a["holder"] == subject or a["vehicle"] in device_set):
             policies.add(int(a["policyId"]))
-        elif e.event == "CoverBought" and subject in (a["buyer"], a["beneficiary"]):
+        elif e.event == "CoverBought" and (a["buyer"] == subject or a["beneficiary"] in payees):
             covers.add(int(a["policyId"]))
         elif e.event == "LoanOffered" and a["borrower"] == subject:
             loans.add(int(a["loanId"]))
@@ -292,6 +305,7 @@ class _World:
     ordered: list[ChainLog]
     times: Mapping[int, int]
     end_time: int
+    payees: set[str] = field(default_factory=set)
     devices: dict[str, ChainLog] = field(default_factory=dict)
     agreements: dict[int, ChainLog] = field(default_factory=dict)
     escrows: dict[int, ChainLog] = field(default_factory=dict)
@@ -317,7 +331,7 @@ class _World:
 
 
 def _world(subject: str, ordered: list[ChainLog], times: Mapping[int, int], end_time: int) -> _World:
-    w = _World(subject, ordered, times, end_time)
+    w = _World(subject, ordered, times, end_time, payees_of(subject, ordered))
     for e in ordered:
         a = e.args
         match e.event:
@@ -333,7 +347,7 @@ def _world(subject: str, ordered: list[ChainLog], times: Mapping[int, int], end_
                 w.pool_token[int(a["poolId"])] = a["token"]
             case "SeasonCreated":
                 w.season_pool[int(a["seasonId"])] = int(a["poolId"])
-            case "CoverBought" if subject in (a["buyer"], a["beneficiary"]):
+            case "CoverBought" if a["buyer"] == subject or a["beneficiary"] in w.payees:
                 w.covers[int(a["policyId"])] = e
             case "LoanOffered" if a["borrower"] == subject:
                 w.loans[int(a["loanId"])] = e
@@ -493,7 +507,7 @@ _ESCROW_OUTCOMES = {"DeliveryConfirmed": "delivered", "EscrowRefunded": "refunde
 def _seller(f: _Figures, w: _World) -> None:
     s = "seller"
     f.zero(*(f"{s}.{k}" for k in ("escrows", "delivered", "refunded", "cancelled", "open", "overdue")))
-    mine = {i for i, e in w.escrows.items() if e.args["seller"] == w.subject}
+    mine = {i for i, e in w.escrows.items() if e.args["seller"] in w.payees}
     outcome: dict[int, ChainLog] = {}
     for escrow_id, e in w.of("DeliveryEscrow", "escrowId", mine):
         a = e.args
@@ -502,7 +516,7 @@ def _seller(f: _Figures, w: _World) -> None:
         if e.event == "EscrowCreated":
             f.add(f"{s}.escrows", 1, e)
             f.money_add(f"{s}.funded", token, int(a["amount"]), e)
-            for key in ("buyer", "device", "token"):
+            for key in ("buyer", "seller", "device", "token"):
                 f.set(f"{item}.{key}", a[key], e)
             f.set(f"{item}.amount", str(int(a["amount"])), e)
             f.set(f"{item}.deadline", int(a["deadline"]), e)
@@ -590,7 +604,9 @@ def _crop(f: _Figures, w: _World) -> None:
             case "PayoutSent":
                 settled.add(cover_id)
                 f.add(f"{k}.payouts", 1, e)
-                to = f"{k}.payoutsReceived" if a["beneficiary"] == w.subject else f"{k}.payoutsToOthers"
+                to = ("payoutsReceived" if a["beneficiary"] == w.subject
+                      else "payoutsToLoanAccounts" if a["beneficiary"] in w.payees else "payoutsToOthers")
+                to = f"{k}.{to}"
                 f.money_add(to, token, int(a["amount"]), e)
                 f.set(f"{item}.outcome", "paid", e)
             case "PayoutCredited":
@@ -660,7 +676,8 @@ def _loans(f: _Figures, w: _World) -> None:
 _SECTIONS = ("devices.items", "devices.byKind", "consumer.items", "seller.items", "motor.items", "crop.items",
              "loans.items", "consumer.deposited", "consumer.billed", "consumer.arrearsIncurred", "consumer.arrearsPaid",
              "seller.funded", "seller.released", "seller.penalties", "motor.deposited", "motor.premiums",
-             "motor.arrearsIncurred", "crop.cover", "crop.premiumsPaid", "crop.payoutsReceived", "crop.payoutsToOthers",
+             "motor.arrearsIncurred", "crop.cover", "crop.premiumsPaid", "crop.payoutsReceived", "crop.payoutsToLoanAccounts",
+             "crop.payoutsToOthers",
              "loans.principal", "loans.repaymentDue", "loans.repaid", "loans.outstanding")
 
 
@@ -960,10 +977,18 @@ def scan(w3: Any, subject: str, contracts: Mapping[str, ContractRef], abis: Mapp
     logs += scanner.fetch("MotorInsurance", ["PolicyOffered"])
     logs += scanner.fetch("CropInsurance", ["PoolCreated", "SeasonCreated", "CoverBought"])
     logs += scanner.fetch("LoanBook", ["LoanOffered"], [None, None, owner_topic])
-    for contract, purposes in follow_ups(subject, logs).items():
-        for events, ids in purposes.values():
-            if ids:
-                logs += scanner.fetch_ids(contract, events, ids)
+    fetched: dict[tuple[str, str], set[Any]] = defaultdict(set)
+    while True:  # twice at most: the second round follows the escrows and covers paid to loan accounts
+        found = False
+        for contract, purposes in follow_ups(subject, logs).items():
+            for purpose, (events, ids) in purposes.items():
+                new = [i for i in ids if i not in fetched[(contract, purpose)]]
+                if new:
+                    found = True
+                    fetched[(contract, purpose)].update(new)
+                    logs += scanner.fetch_ids(contract, events, new)
+        if not found:
+            break
     logs.sort(key=lambda e: e.key)
     timed = {e.block for e in logs if e.event in TIMED_EVENTS}
     if len(timed) > BLOCKS_PER_BATCH:
