@@ -130,9 +130,10 @@ class VehicleModel:
         self.odometer_m = rng.uniform(5e6, 2e8)
         self.cruise = rng.uniform(10.0, 30.0)
         self.speed = 0.0
-        self.driving = rng.random() < 0.7
-        self._phase_left = rng.uniform(5.0, 60.0)
-        self.trips = 0
+        # A telematics unit reports from ignition on: the run starts on a trip, parking comes later.
+        self.driving = True
+        self._phase_left = rng.uniform(60.0, 240.0)
+        self.trips = 1
         self.harsh_brakes = 0
         self.speeding = 0
         self._speeding_left = 0.0
@@ -209,7 +210,7 @@ CLIMATES: dict[WeatherScenario, Climate] = {
 #: what a hostile station claims in each scenario: the opposite of what its neighbours see
 HOSTILE_CLIMATES: dict[WeatherScenario, Climate] = {
     WeatherScenario.NORMAL: Climate((36.0, 39.0), 6.0, 0.0, 1.0, 0.0, (0.5, 1.0)),  # a dry heatwave
-    WeatherScenario.DROUGHT: Climate((14.0, 18.0), 3.0, 1 / 60, 1 / 7_200, 1.0, (30.0, 60.0)),  # heavy rain
+    WeatherScenario.DROUGHT: Climate((14.0, 18.0), 3.0, 1 / 60, 1 / 7_200, 1.0, (40.0, 80.0)),  # a cloudburst
     WeatherScenario.HEATWAVE: Climate((14.0, 18.0), 4.0, 1 / 900, 1 / 300, 0.5, (1.0, 8.0)),  # mild, showers
 }
 
