@@ -237,14 +237,17 @@ def buy(ctx: click.Context, season_id: int, cover: Amount, beneficiary: str | No
 
 
 def _station_rows(view: ops.SeasonView) -> Table:
-    table = Table("station", "first report", "last report", "rain (mm)", "hot days", "verdict", "measured",
+    figure = "rain (mm)" if view.index == "rain" else "hot days"
+    table = Table("station", "first report", "last report", figure, "verdict",
                   title=("verdicts" if view.finalized else "stations (verdict if finalized now)"))
     for s in view.stations:
-        rain = f"{Decimal(s.last_rainfall - s.first_rainfall) / ops.RAIN_UNITS_PER_MM:f}" if s.first_timestamp else "—"
-        measured = (f"{Decimal(s.measured) / ops.RAIN_UNITS_PER_MM:f} mm" if view.index == "rain"
-                    else ops.days_text(s.measured)) if s.verdict != "abstain" else ""
-        table.add_row(short(s.station), when(s.first_timestamp), when(s.last_timestamp), rain, str(s.hot_days),
-                      s.verdict, measured)
+        if not s.first_timestamp:
+            value = "—"
+        elif view.index == "rain":
+            value = f"{Decimal(s.last_rainfall - s.first_rainfall) / ops.RAIN_UNITS_PER_MM:f}"
+        else:
+            value = str(s.hot_days)
+        table.add_row(short(s.station), when(s.first_timestamp), when(s.last_timestamp), value, s.verdict)
     return table
 
 
