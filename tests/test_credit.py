@@ -205,12 +205,13 @@ def test_profile_of_a_driver_and_borrower_from_the_product_contracts(cli, deploy
     assert (loans["fullyRepaid"], loans["repaidByDueBy"], loans["onTimeBps"], loans["outstanding"]) == (1, 1, 10_000, {})
 
 
-def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(tmp_path) -> None:
+def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(deployment, tmp_path) -> None:
     """The inclusion story end to end: a farmer borrows, names the loan's payout account as beneficiary of its crop
     cover, the drought pays out, a sweep repays the lender — and the profile shows all of it."""
     from tests.conftest import private_deployment
     from tests.test_cli_products import warp_to, weather
 
+    session_node = deployment.config.chain.rpc_url
     with private_deployment(tmp_path / "stack") as deployment:
         w3 = deployment.chain.w3
         cli = Cli(deployment.config)
@@ -250,6 +251,10 @@ def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(tmp_path
         assert (loans["taken"], loans["fullyRepaid"], loans["repaidByDueBy"], loans["onTimeBps"]) == (1, 1, 1, 10_000)
         assert loans["repaid"] == {token: str(110 * TOKEN)} and loans["outstanding"] == {}
         assert cli.run(["credit", "verify", str(out)]).exit_code == 0
+        # another anvil (the session's) has the same chain id but another history: named, not verified
+        elsewhere = cli.run(["credit", "verify", str(out), "--rpc-url", session_node])
+        assert elsewhere.exit_code == 1
+        assert elsewhere.stdout.startswith(("not verified: chain: this node's genesis block is", "not verified: range:"))
 
         station = stations[0].address
         insurer_doc = cli.ok(["credit", "profile", insurer.address])  # the stations' owner
