@@ -259,13 +259,14 @@ def test_driving_style_sets_the_event_rates_per_100_km() -> None:
         model = VehicleModel(random.Random(f"style-test:{style}"), style)
         model.driving, model._phase_left = True, 10**9  # keep driving: rates are per distance
         start, _, _ = model.counters_at(0)
-        odometer, harsh, speeding = model.counters_at(40_000)  # about 400-1,200 km at 10-30 m/s
+        odometer, harsh, speeding = model.counters_at(200_000)  # 2,000-6,000 km at 10-30 m/s
         km = (odometer - start) / 1000
         measured[style] = (harsh / km * 100, speeding / km * 100)
     for style, (harsh_rate, speeding_rate) in measured.items():
         expected_harsh, expected_speeding = STYLE_RATES[style]
-        assert expected_harsh * 0.5 <= harsh_rate <= expected_harsh * 1.6, (style, harsh_rate)
-        assert expected_speeding * 0.4 <= speeding_rate <= expected_speeding * 1.6, (style, speeding_rate)
+        # (a speeding episode lasts 5-30 s, during which no new one starts: the measured rate is a little lower)
+        assert expected_harsh * 0.6 <= harsh_rate <= expected_harsh * 1.4, (style, harsh_rate)
+        assert expected_speeding * 0.6 <= speeding_rate <= expected_speeding * 1.4, (style, speeding_rate)
     assert measured[DrivingStyle.CALM][0] < measured[DrivingStyle.AVERAGE][0] < measured[DrivingStyle.AGGRESSIVE][0]
 
 
