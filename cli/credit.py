@@ -152,7 +152,8 @@ def profile(ctx: click.Context, address: str, out_file: str | None, to_block: in
     """
     ops_ctx = ops_context(ctx, rpc_url, send=False)
     point = ops.chain_point(ops_ctx.w3, to_block)
-    deployments = {name: (ops_ctx.address(name), ops_ctx.deployed_block(name)) for name in ops.CONTRACTS
+    deployments = {name: (ops_ctx.address(name), ops_ctx.deployed_block(name),
+                          str(ops_ctx.manifest["contracts"][name].get("txHash", ""))) for name in ops.CONTRACTS
                    if ops_ctx.has(name)}
     refs = ops.contract_refs(ops_ctx.w3, deployments, point.to_block)
     run = ops.build(ops_ctx.w3, address, point, refs, {name: ops_ctx.abis[name] for name in refs},

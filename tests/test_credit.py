@@ -92,7 +92,8 @@ def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_pa
     # a provider that refuses spans of more than 3 blocks (as public ones cap eth_getLogs) gets the range in halves
     capped = _CappedNode(w3.provider, max_span=3)
     manifest = deployment.manifest["contracts"]
-    refs = ops.contract_refs(w3, {n: (manifest[n]["address"], manifest[n]["block"]) for n in ops.CONTRACTS}, block)
+    refs = ops.contract_refs(w3, {n: (manifest[n]["address"], manifest[n]["block"], manifest[n]["txHash"])
+                                  for n in ops.CONTRACTS}, block)
     abis = {n: load_artifact(deployment.config, n)["abi"] for n in refs}
     run = ops.build(SimpleNamespace(provider=capped), subject.address, ops.chain_point(w3, block), refs, abis)
     assert ops.canonical_json(run.document) == first.read_text() and capped.refused > 0
@@ -142,6 +143,13 @@ def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_pa
     result = cli.run(["credit", "verify", str(tmp_path / "t.json")])
     assert result.exit_code == 1
     assert f"figure consumer.billed.{token}: the file says \"{30 * TOKEN}\", the chain gives \"{3 * TOKEN}\"" in result.stdout
+
+    # a scan claimed to start after the contract's creation (hiding early history) is refused
+    tampered = json.loads(first.read_text())
+    tampered["contracts"]["MeteredBilling"]["fromBlock"] += 1
+    (tmp_path / "s.json").write_text(json.dumps(tampered))
+    result = cli.run(["credit", "verify", str(tmp_path / "s.json")])
+    assert result.exit_code == 1 and result.stdout.startswith("not verified: contracts: MeteredBilling at ")
 
     # a log dropped from the evidence of a figure is caught too
     tampered = json.loads(first.read_text())

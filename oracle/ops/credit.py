@@ -129,13 +129,17 @@ class ChainLog:
 
 @dataclass(frozen=True)
 class ContractRef:
+    """A contract the profile reads: where, since when (its creation block, proven by its creation transaction)."""
+
     name: str
     address: str
     from_block: int
+    deploy_tx: str
     code_hash: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"address": self.address, "fromBlock": self.from_block, "codeHash": self.code_hash}
+        return {"address": self.address, "fromBlock": self.from_block, "deployTx": self.deploy_tx,
+                "codeHash": self.code_hash}
 
 
 @dataclass(frozen=True)
@@ -903,6 +907,13 @@ class _Reader:
                 self._progress(f"block times: {min(i + BLOCKS_PER_BATCH, len(wanted))}/{len(wanted)}")
         return out
 
+    def receipt(self, tx_hash: str) -> dict[str, Any] | None:
+        try:
+            result = self._request("eth_getTransactionReceipt", [tx_hash])
+        except _Refused:
+            return None
+        return dict(result) if result else None
+
     def code_hash(self, address: str) -> str:
         code = self._request("eth_getCode", [address, "latest"])
         return "0x" + keccak(bytes.fromhex(str(code)[2:])).hex()
@@ -1019,17 +1030,25 @@ def chain_point(w3: Any, to_block: int | None) -> ChainPoint:
                       int(end["timestamp"], 16))
 
 
-def contract_refs(w3: Any, deployments: Mapping[str, tuple[str, int]], to_block: int) -> dict[str, ContractRef]:
-    """The profile's contracts (name → (address, deployment block)) that exist at ``to_block``, with code hashes."""
+def contract_refs(w3: Any, deployments: Mapping[str, tuple[str, int, str]], to_block: int) -> dict[str, ContractRef]:
+    """The profile's contracts (name → (address, deployment block, creation tx)) that exist at ``to_block``, with
+    code hashes. Each creation transaction must have created that address in that block: a scan that started
+    later than the contract's creation could leave out history, so the start is proven, not claimed."""
     reader = _Reader(w3, lambda _m: None)
     refs: dict[str, ContractRef] = {}
     for name in CONTRACTS:
         if name not in deployments:
             continue
-        address, block = deployments[name]
+        address, block, tx = deployments[name]
         if block > to_block:
             continue
-        refs[name] = ContractRef(name, to_checksum_address(address), int(block), reader.code_hash(address))
+        address = to_checksum_address(address)
+        receipt = reader.receipt(tx)
+        created = receipt.get("contractAddress") if receipt else None
+        if not created or to_checksum_address(created) != address or int(receipt["blockNumber"], 16) != block:
+            raise ProfileMismatch(f"contracts: {name} at {address} was not created by transaction {tx} in block "
+                                  f"{block}, so its history may start elsewhere")
+        refs[name] = ContractRef(name, address, int(block), tx, reader.code_hash(address))
     return refs
 
 
@@ -1062,7 +1081,8 @@ def verify_document(w3: Any, claimed: Mapping[str, Any], abis: Mapping[str, Sequ
         subject = claimed["subject"]
         chain, rng, contracts = claimed["chain"], claimed["range"], claimed["contracts"]
         to_block = int(rng["toBlock"])
-        deployments = {name: (str(c["address"]), int(c["fromBlock"])) for name, c in contracts.items()}
+        deployments = {name: (str(c["address"]), int(c["fromBlock"]), str(c["deployTx"]))
+                       for name, c in contracts.items()}
     except (KeyError, TypeError, ValueError, AttributeError):
         raise ProfileMismatch("this file is not a credit profile (chain, range, contracts or subject missing)") from None
     if version != PROFILE_VERSION:
