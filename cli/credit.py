@@ -207,6 +207,8 @@ def verify(ctx: click.Context, file: str, rpc_url: str | None, as_json: bool) ->
         emit({"verified": True, "subject": claimed["subject"], "toBlock": claimed["range"]["toBlock"],
               "logs": run.stats.logs, "seconds": round(run.seconds, 3)}, True)
     else:
-        click.echo(f"verified: the profile of {claimed['subject']} at block {claimed['range']['toBlock']} matches the "
+        rng = claimed["range"]
+        made = datetime.fromtimestamp(int(rng["toBlockTime"]), UTC).strftime("%Y-%m-%d %H:%M UTC")
+        click.echo(f"verified: the profile of {claimed['subject']} at block {rng['toBlock']} ({made}) matches the "
                    f"chain ({run.stats.logs} logs re-read)")
 
