@@ -8,13 +8,14 @@ import {Address} from "@openzeppelin/contracts/utils/Address.sol";
 import {IPullPayments} from "./interfaces/IPullPayments.sol";
 
 /// @title PayoutAccount: the collection account of one loan.
-/// @notice Deployed by its {LoanBook} (CREATE2, salt = loanId) and obeying only it: the borrower's payouts arrive
-/// here and leave only as the book's rules say. It holds no approvals and calls no one but the book's chosen
+/// @notice One implementation is deployed by the {LoanBook} (so LOAN_BOOK, an immutable in the code, is that book);
+/// each loan's account is an EIP-1167 minimal proxy of it created with CREATE2 (salt = loanId) and obeying only the
+/// book: the borrower's payouts arrive there and leave only as the book's rules say. No storage, no initializer. It holds no approvals and calls no one but the book's chosen
 /// sources (`withdraw(token)` only) and the tokens it pays out.
 contract PayoutAccount {
     using SafeERC20 for IERC20;
 
-    /// @notice The LoanBook that deployed this account and alone may move its funds.
+    /// @notice The LoanBook that deployed the implementation and alone may move an account's funds.
     address public immutable LOAN_BOOK;
 
     error NotLoanBook(address caller);

@@ -5,8 +5,8 @@ import {IPullPayments} from "./IPullPayments.sol";
 
 /// @title Micro-loans repaid automatically out of the borrower's incoming payouts.
 /// @notice A lender offers a loan and escrows the principal here; when the borrower accepts, the book deploys the
-/// loan's own {PayoutAccount} (a collection account, CREATE2 with salt = loanId, so its address is known from the
-/// offer on: {accountOf}) and sends the principal to the borrower. The borrower names that account as the payee of
+/// loan's own {PayoutAccount} (a collection account: a minimal proxy created with CREATE2, salt = loanId, so its
+/// address is known from the offer on: {accountOf}) and sends the principal to the borrower. The borrower names that account as the payee of
 /// escrows and the beneficiary of insurance cover. Anyone may {sweep} it: the account pulls its credits from the
 /// named sources, then of everything it holds in the loan token, `shareBps` goes to the lender until the debt
 /// (`repayment`) is paid and the rest to the borrower. Once repaid, everything goes to the borrower.

@@ -4,6 +4,7 @@ pragma solidity 0.8.37;
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 
+import {DeliveryEscrow} from "../../contracts/DeliveryEscrow.sol";
 import {PayoutAccount} from "../../contracts/PayoutAccount.sol";
 import {ILoanBook} from "../../contracts/interfaces/ILoanBook.sol";
 import {TestToken} from "../../contracts/test/TestToken.sol";
@@ -164,6 +165,7 @@ contract LoanBookTest is LoanFixture {
 
         assertEq(account, predicted, "CREATE2 prediction holds");
         assertEq(PayoutAccount(payable(account)).LOAN_BOOK(), address(book));
+        assertEq(account.code.length, 45, "an EIP-1167 minimal proxy");
         assertEq(token.balanceOf(borrower), PRINCIPAL, "borrower got the principal");
         assertEq(token.balanceOf(address(book)), 0);
         ILoanBook.Loan memory l = book.loanOf(id);
@@ -452,7 +454,7 @@ contract LoanBookTest is LoanFixture {
         address insurer = makeAddr("insurer");
         token.mint(insurer, 300e18);
         vm.prank(insurer);
-        token.transfer(account, 300e18);
+        assertTrue(token.transfer(account, 300e18));
         book.sweep(id, noSources());
         assertEq(token.balanceOf(lender), 150e18);
         assertEq(token.balanceOf(borrower), PRINCIPAL + 150e18);
@@ -594,7 +596,7 @@ contract LoanBookTest is LoanFixture {
         (uint256 repaid, uint256 forwarded) = book.sweep(id, noSources());
 
         uint256 owed = repayment - paidBefore;
-        uint256 share = (payout / 10_000) * shareBps + (payout % 10_000) * shareBps / 10_000;
+        uint256 share = payout * shareBps / 10_000; // payout ≤ 1e36: plain arithmetic cannot overflow here
         uint256 expectRepaid = share < owed ? share : owed;
         assertEq(repaid, expectRepaid, "repaid = min(floor(b * share), outstanding)");
         assertEq(forwarded, payout - expectRepaid);
@@ -638,26 +640,37 @@ contract LoanBookTest is LoanFixture {
     // ---------------------------------------------------------------- gas
 
     function test_Gas_SweepFigures() public {
-        (uint256 id, address account) = openLoan(address(token), PRINCIPAL, REPAYMENT, SHARE);
-        token.mint(account, 10e18);
-        uint256 g = gasleft();
-        book.sweep(id, noSources());
-        emit log_named_uint("sweep, 0 sources, split lender/borrower", g - gasleft());
-
-        address[] memory sources = new address[](10);
-        for (uint256 i = 0; i < 10; ++i) {
-            releaseEscrowTo(trackerKey, account, address(token), 1e18);
-            sources[i] = address(escrow);
-        }
-        // Only the first pull finds a credit (all ten escrows credited the same account in the same contract).
-        g = gasleft();
-        book.sweep(id, sources);
-        emit log_named_uint("sweep, 10 sources (1 paying, 9 failing)", g - gasleft());
-
         uint256 id2 = offerLoan(address(token), PRINCIPAL, REPAYMENT, SHARE);
         vm.prank(borrower);
-        g = gasleft();
+        uint256 g = gasleft();
         book.accept(id2);
         emit log_named_uint("accept (deploys the payout account)", g - gasleft());
+
+        (uint256 id, address account) = openLoan(address(token), PRINCIPAL, REPAYMENT, SHARE);
+        token.mint(account, 10e18);
+        g = gasleft();
+        book.sweep(id, noSources());
+        emit log_named_uint("sweep, 0 sources (direct transfer), split lender/borrower", g - gasleft());
+
+        _gasSweepFrom(id, account, 1);
+        _gasSweepFrom(id, account, 10);
+        _gasSweepFrom(id, account, 32);
+    }
+
+    /// @dev `n` distinct escrow contracts each credit the account once, then one sweep pulls from all of them.
+    function _gasSweepFrom(uint256 id, address account, uint256 n) internal {
+        address[] memory sources = new address[](n);
+        for (uint256 i = 0; i < n; ++i) {
+            DeliveryEscrow e = new DeliveryEscrow(registry);
+            escrow = e; // releaseEscrowTo uses the fixture's escrow
+            releaseEscrowTo(trackerKey, account, address(token), 1e18);
+            sources[i] = address(e);
+        }
+        uint256 g = gasleft();
+        book.sweep(id, sources);
+        uint256 used = g - gasleft();
+        emit log_named_uint(string.concat("sweep, paying sources: ", vm.toString(n)), used);
+        emit log_named_uint("  per source", used / n);
+        assertEq(token.balanceOf(account), 0);
     }
 }
