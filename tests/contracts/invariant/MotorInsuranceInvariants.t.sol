@@ -212,7 +212,15 @@ contract MotorInsuranceInvariantsTest is Test {
             uint256 deposit = 50_000 * (i + 1);
             vm.prank(insurer);
             uint256 id = motor.offer(
-                holder, vehicle, address(token), uint128(10 + 40 * i), minF[i], maxF[i], step[i], uint64(i * 1e6), 1 hours
+                holder,
+                vehicle,
+                address(token),
+                uint128(10 + 40 * i),
+                minF[i],
+                maxF[i],
+                step[i],
+                uint64(i * 1e6),
+                1 hours
             );
             token.mint(holder, deposit);
             vm.startPrank(holder);
