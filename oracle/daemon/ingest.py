@@ -39,6 +39,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from oracle import wire
+from oracle.daemon.kinds import KINDS
 from oracle.daemon.metrics import Metrics
 from oracle.daemon.rules import Outcome, RuleSettings, Verdict, evaluate
 from oracle.daemon.store import DeviceState, EventRecord, RegistryEntry, Rejection, Store
@@ -57,7 +58,7 @@ class IntakeSettings:
     """Everything the intake needs; ``service`` builds it from the configuration and the deployment manifest."""
 
     chain_id: int
-    contracts: dict[str, str]  # wire event type ("reading" / "delivery") → verifying contract (checksummed)
+    contracts: dict[str, str]  # wire event type ("reading", "telematics", ...) → verifying contract (checksummed)
     host: str = "127.0.0.1"
     port: int = 1883
     client_id: str = "iotsettle-oracle-1"
@@ -689,21 +690,14 @@ class Intake:
 
 
 def _record(event: wire.SignedEvent, device: str, signer: str, received_at: float) -> EventRecord:
+    """The stored form of an accepted event; which column holds which signed field comes from ``kinds.KINDS``."""
     msg = event.msg
-    is_reading = event.type == "reading"
+    spec = KINDS[event.type]
+    columns: dict[str, Any] = {"value": None, "location": None, "max_temperature": None}
+    for name, column in spec.own_columns:
+        columns[column] = msg[name]
     return EventRecord(
-        kind=event.type,
-        device=device,
-        signer=signer,
-        chain_id=event.chain_id,
-        contract=event.contract,
-        target_id=event.target_id,
-        seq=event.seq,
-        timestamp=int(msg["timestamp"]),
-        value=int(msg["value"]) if is_reading else None,
-        location=None if is_reading else bytes(msg["location"]),
-        max_temperature=None if is_reading else int(msg["maxTemperature"]),
-        digest=event.digest,
-        sig=event.sig,
-        received_at=received_at,
-    )
+        event.type, device, signer, event.chain_id, event.contract, event.target_id, event.seq,
+        int(msg["timestamp"]), columns["value"], columns["location"], columns["max_temperature"], event.digest,
+        event.sig, received_at, extra=tuple((name, int(msg[name])) for name in spec.extra_fields),
+    )  # fmt: skip

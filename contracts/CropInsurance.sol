@@ -1,0 +1,544 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+
+import {DeviceEventVerifier} from "./DeviceEventVerifier.sol";
+import {ICropInsurance} from "./interfaces/ICropInsurance.sol";
+import {IDeviceRegistry} from "./interfaces/IDeviceRegistry.sol";
+
+/// @title CropInsurance: parametric cover from k-of-n weather stations, paid from an insurer's ERC-20 pool.
+/// @notice Rules (docs/products/crop-insurance.md has the worked examples):
+/// - Pool: assets = deposits + premiums − withdrawals − payouts; locked = cover sold and not yet settled.
+///   `locked ≤ assets` always: {buyCover} refuses cover the pool cannot pay ({InsufficientCapacity}) and the
+///   owner can only {withdraw} the free part (assets − locked).
+/// - Premium = ceil(cover × premiumBps / 10_000), paid into the pool. Payout = exactly the cover, once.
+/// - Station verdict: Abstain unless firstTimestamp ≤ start + coverageSlack and lastTimestamp + coverageSlack ≥
+///   end (its first and last observations inside [start, end]). Otherwise RainfallBelow: measured = lastRainfall −
+///   firstRainfall (0.01 mm), Trigger iff measured < threshold; HotDaysAbove: measured = hot days (UTC days
+///   timestamp / 86400 with an observation whose maxTemperature ≥ threshold, each day counted once), Trigger iff
+///   measured ≥ triggerDays. The season triggers iff Trigger votes ≥ k; abstentions count as not triggering.
+/// - With 2 ≤ k ≤ n − 1 a single station, whatever it signs or withholds, cannot change what the other n − 1
+///   agree on: alone it is one Trigger vote (< k), and without it n − 1 ≥ k Trigger votes remain.
+contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
+    using SafeERC20 for IERC20;
+
+    bytes32 public constant OBSERVATION_TYPEHASH = keccak256(
+        "WeatherObservation(address station,uint64 seq,uint64 timestamp,uint64 rainfall,int32 maxTemperature)"
+    );
+
+    /// @notice At most this many stations per season (bounds finalization).
+    uint256 public constant MAX_STATIONS = 7;
+    /// @notice At least this many stations per season, so that k can be ≥ 2 and ≤ n − 1.
+    uint256 public constant MIN_STATIONS = 3;
+    /// @notice A station serves at most this many unfinalized seasons (bounds the per-observation loop).
+    uint256 public constant MAX_SEASONS_PER_STATION = 8;
+    /// @notice At most this many policies per season (bounds the payouts).
+    uint256 public constant MAX_POLICIES_PER_SEASON = 1_000;
+    /// @notice {finalize} pays out at most this many policies; {payOut} continues.
+    uint256 public constant PAYOUTS_PER_FINALIZE = 50;
+    /// @notice end − start at most this long; with MAX_SEASON_LEAD and MAX_FINALIZE_DELAY it bounds how long a
+    /// season can hold a station's slot.
+    uint64 public constant MAX_SEASON_LENGTH = 400 days;
+    /// @notice A season may start at most this far after its creation.
+    uint64 public constant MAX_SEASON_LEAD = 400 days;
+    uint32 public constant MAX_FINALIZE_DELAY = 30 days;
+    uint256 public constant BPS = 10_000;
+    uint64 private constant _DAY = 1 days;
+
+    uint256 private constant _WEATHER_KINDS = 1 << uint8(IDeviceRegistry.DeviceKind.WeatherStation);
+
+    /// @dev A season's progress; one slot.
+    struct SeasonState {
+        uint64 poolId;
+        bool finalized;
+        bool triggered;
+        uint8 triggerVotes;
+        uint8 noTriggerVotes;
+        uint8 abstentions;
+        uint32 paidUpTo;
+    }
+
+    /// @dev What {record} reads of a season, in one slot (a copy of the terms).
+    struct Window {
+        uint64 start;
+        uint64 end;
+        int64 threshold;
+        Index index;
+    }
+
+    /// @dev The rain part of {StationSeason}: one slot, written by every applied observation.
+    struct RainWindow {
+        uint64 firstTimestamp;
+        uint64 firstRainfall;
+        uint64 lastTimestamp;
+        uint64 lastRainfall;
+    }
+
+    /// @dev The hot-day part of {StationSeason}: written only when a new hot day is counted.
+    struct HotDays {
+        uint32 count;
+        uint64 lastDayPlusOne;
+    }
+
+    mapping(uint256 poolId => Pool) private _pools;
+    mapping(uint256 seasonId => SeasonTerms) private _terms;
+    mapping(uint256 seasonId => SeasonState) private _seasons;
+    mapping(uint256 seasonId => Window) private _windows;
+    mapping(uint256 seasonId => uint256) private _coverSold;
+    mapping(uint256 seasonId => uint256[]) private _policies;
+    mapping(uint256 policyId => Cover) private _covers;
+    mapping(address station => StationState) private _stations;
+    mapping(address station => uint256[]) private _stationSeasonIds;
+    mapping(uint256 seasonId => mapping(address station => RainWindow)) private _rainWindows;
+    mapping(uint256 seasonId => mapping(address station => HotDays)) private _hotDays;
+    mapping(address token => mapping(address account => uint256)) private _credits;
+    uint64 private _poolCount;
+    uint64 private _seasonCount;
+    uint64 private _policyCount;
+
+    constructor(IDeviceRegistry registry_) DeviceEventVerifier(registry_) {}
+
+    // ---------------------------------------------------------------- pools
+
+    /// @inheritdoc ICropInsurance
+    function createPool(address token) external returns (uint256 poolId) {
+        if (token == address(0)) revert ZeroAddress();
+        poolId = ++_poolCount;
+        _pools[poolId] = Pool({owner: msg.sender, token: token, assets: 0, locked: 0});
+        emit PoolCreated(poolId, msg.sender, token);
+    }
+
+    /// @inheritdoc ICropInsurance
+    function deposit(uint256 poolId, uint256 amount) external nonReentrant {
+        Pool storage p = _ownedPool(poolId);
+        if (amount == 0) revert ZeroAmount();
+        p.assets += amount;
+        emit PoolDeposited(poolId, amount);
+        _pullFunds(p.token, amount);
+    }
+
+    /// @inheritdoc ICropInsurance
+    function withdraw(uint256 poolId, uint256 amount) external nonReentrant {
+        Pool storage p = _ownedPool(poolId);
+        if (amount == 0) revert ZeroAmount();
+        // locked <= assets always.
+        uint256 free = p.assets - p.locked;
+        if (amount > free) revert InsufficientFreeAssets(poolId, free, amount);
+        p.assets -= amount;
+        emit PoolWithdrawn(poolId, amount);
+        IERC20(p.token).safeTransfer(msg.sender, amount);
+    }
+
+    // ---------------------------------------------------------------- seasons and cover
+
+    /// @inheritdoc ICropInsurance
+    function createSeason(uint256 poolId, SeasonTerms calldata terms) external returns (uint256 seasonId) {
+        _ownedPool(poolId);
+        _checkTerms(terms);
+        seasonId = ++_seasonCount;
+        SeasonTerms storage t = _terms[seasonId];
+        t.start = terms.start;
+        t.end = terms.end;
+        t.saleEnd = terms.saleEnd;
+        t.coverageSlack = terms.coverageSlack;
+        t.finalizeDelay = terms.finalizeDelay;
+        t.index = terms.index;
+        t.threshold = terms.threshold;
+        t.triggerDays = terms.triggerDays;
+        t.premiumBps = terms.premiumBps;
+        t.k = terms.k;
+        t.region = terms.region;
+        t.stations = terms.stations;
+        _seasons[seasonId].poolId = uint64(poolId);
+        _windows[seasonId] = Window({start: terms.start, end: terms.end, threshold: terms.threshold, index: terms.index});
+        uint256 n = terms.stations.length;
+        for (uint256 i = 0; i < n; ++i) {
+            address station = terms.stations[i];
+            if (_stationSeasonIds[station].length >= MAX_SEASONS_PER_STATION) revert StationBusy(station);
+            _stationSeasonIds[station].push(seasonId);
+        }
+        emit SeasonCreated(seasonId, poolId, terms);
+    }
+
+    /// @dev Every rule on the terms except the per-station slot limit (checked while taking the slots).
+    function _checkTerms(SeasonTerms calldata terms) private view {
+        uint64 start = terms.start;
+        uint64 end = terms.end;
+        if (
+            start == 0 || terms.saleEnd > start || start >= end || end - start > MAX_SEASON_LENGTH
+                || start > block.timestamp + MAX_SEASON_LEAD
+        ) revert InvalidWindow(terms.saleEnd, start, end);
+        if (terms.finalizeDelay > MAX_FINALIZE_DELAY) revert FinalizeDelayTooLong(terms.finalizeDelay);
+        uint256 n = terms.stations.length;
+        if (n < MIN_STATIONS || n > MAX_STATIONS || terms.k < 2 || terms.k > n - 1) {
+            revert InvalidQuorum(terms.k, n);
+        }
+        if (terms.premiumBps == 0 || terms.premiumBps > BPS) revert InvalidPremium(terms.premiumBps);
+        if (
+            (terms.index == Index.RainfallBelow && terms.threshold <= 0)
+                || (terms.index == Index.HotDaysAbove && terms.triggerDays == 0)
+        ) revert InvalidIndex(terms.index, terms.threshold, terms.triggerDays);
+        for (uint256 i = 0; i < n; ++i) {
+            address station = terms.stations[i];
+            for (uint256 j = 0; j < i; ++j) {
+                if (terms.stations[j] == station) revert DuplicateStation(station);
+            }
+            IDeviceRegistry.Device memory d = _REGISTRY.deviceOf(station);
+            if (d.status != IDeviceRegistry.DeviceStatus.Active || d.kind != IDeviceRegistry.DeviceKind.WeatherStation)
+            {
+                revert InvalidStation(station);
+            }
+        }
+    }
+
+    /// @inheritdoc ICropInsurance
+    function buyCover(uint256 seasonId, uint256 cover, address beneficiary)
+        external
+        nonReentrant
+        returns (uint256 policyId)
+    {
+        SeasonTerms storage t = _existingSeason(seasonId);
+        if (block.timestamp >= t.saleEnd) revert SaleClosed(seasonId, t.saleEnd);
+        if (cover == 0) revert ZeroAmount();
+        uint256[] storage policies = _policies[seasonId];
+        if (policies.length >= MAX_POLICIES_PER_SEASON) revert TooManyPolicies(seasonId);
+        if (beneficiary == address(0)) beneficiary = msg.sender;
+
+        uint256 premium = Math.mulDiv(cover, t.premiumBps, BPS, Math.Rounding.Ceil);
+        Pool storage p = _pools[_seasons[seasonId].poolId];
+        uint256 assets = p.assets + premium;
+        // locked <= assets always.
+        uint256 available = assets - p.locked;
+        if (cover > available) revert InsufficientCapacity(available);
+        p.assets = assets;
+        p.locked += cover;
+        _coverSold[seasonId] += cover;
+        policyId = ++_policyCount;
+        policies.push(policyId);
+        _covers[policyId] = Cover({
+            seasonId: seasonId,
+            buyer: msg.sender,
+            beneficiary: beneficiary,
+            cover: cover,
+            premium: premium,
+            status: CoverStatus.Active
+        });
+        emit CoverBought(policyId, seasonId, msg.sender, beneficiary, cover, premium);
+        _pullFunds(p.token, premium);
+    }
+
+    // ---------------------------------------------------------------- observations
+
+    /// @inheritdoc ICropInsurance
+    function record(SignedObservation[] calldata obs) external returns (uint256 recorded) {
+        uint256 n = obs.length;
+        for (uint256 i = 0; i < n; ++i) {
+            SignedObservation calldata o = obs[i];
+            RejectReason reason = _record(o);
+            if (reason == RejectReason.None) {
+                // Bounded by the array length.
+                unchecked {
+                    ++recorded;
+                }
+            } else {
+                emit ObservationRejected(o.station, o.seq, reason);
+            }
+        }
+    }
+
+    /// @dev Checks in order of cost, then moves the station's state and applies the observation to the station's
+    /// open seasons. Returns None, or the reason nothing changed.
+    function _record(SignedObservation calldata o) private returns (RejectReason) {
+        address station = o.station;
+        StationState memory s = _stations[station];
+        if (o.seq <= s.lastSeq) return RejectReason.Replayed;
+        RejectReason reason = _checkTimestamp(o.timestamp, s.lastTimestamp);
+        if (reason != RejectReason.None) return reason;
+        if (o.rainfall < s.lastRainfall) return RejectReason.CounterRollback;
+        reason = _checkSigner(
+            keccak256(abi.encode(OBSERVATION_TYPEHASH, station, o.seq, o.timestamp, o.rainfall, o.maxTemperature)),
+            o.r,
+            o.vs,
+            station,
+            _WEATHER_KINDS
+        );
+        if (reason != RejectReason.None) return reason;
+
+        _stations[station] = StationState({lastSeq: o.seq, lastTimestamp: o.timestamp, lastRainfall: o.rainfall});
+        emit ObservationRecorded(station, o.seq, o.timestamp, o.rainfall, o.maxTemperature);
+        uint256[] storage ids = _stationSeasonIds[station];
+        uint256 m = ids.length;
+        for (uint256 i = 0; i < m; ++i) {
+            _apply(ids[i], station, o);
+        }
+        return RejectReason.None;
+    }
+
+    /// @dev Accumulate one accepted observation into (season, station) if the season's window holds it.
+    /// Timestamps of a station never go back, so "first" is set once and a hot day is counted once.
+    function _apply(uint256 seasonId, address station, SignedObservation calldata o) private {
+        Window memory w = _windows[seasonId];
+        uint64 ts = o.timestamp;
+        if (ts < w.start || ts > w.end) return;
+        RainWindow memory rw = _rainWindows[seasonId][station];
+        if (rw.firstTimestamp == 0) {
+            rw.firstTimestamp = ts;
+            rw.firstRainfall = o.rainfall;
+        }
+        rw.lastTimestamp = ts;
+        rw.lastRainfall = o.rainfall;
+        _rainWindows[seasonId][station] = rw;
+        if (w.index == Index.HotDaysAbove && o.maxTemperature >= w.threshold) {
+            HotDays storage hot = _hotDays[seasonId][station];
+            // ts < 2^64, so ts / 1 day + 1 cannot overflow.
+            uint64 dayPlusOne;
+            unchecked {
+                dayPlusOne = ts / _DAY + 1;
+            }
+            if (hot.lastDayPlusOne != dayPlusOne) {
+                // At most one per day of a season of at most MAX_SEASON_LENGTH: cannot overflow.
+                hot.count += 1;
+                hot.lastDayPlusOne = dayPlusOne;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- finalization and payouts
+
+    /// @inheritdoc ICropInsurance
+    function finalize(uint256 seasonId) external nonReentrant {
+        SeasonTerms storage t = _existingSeason(seasonId);
+        SeasonState storage s = _seasons[seasonId];
+        if (s.finalized) revert AlreadyFinalized(seasonId);
+        uint256 finalizableAt = uint256(t.end) + t.finalizeDelay;
+        if (block.timestamp < finalizableAt) revert NotFinalizable(seasonId, finalizableAt);
+
+        uint8 triggerVotes;
+        uint8 noTriggerVotes;
+        uint8 abstentions;
+        uint256 n = t.stations.length;
+        for (uint256 i = 0; i < n; ++i) {
+            address station = t.stations[i];
+            (Verdict verdict, int256 measured) = _verdict(t, seasonId, station);
+            // n <= MAX_STATIONS, so no counter overflows.
+            unchecked {
+                if (verdict == Verdict.Trigger) ++triggerVotes;
+                else if (verdict == Verdict.NoTrigger) ++noTriggerVotes;
+                else ++abstentions;
+            }
+            _releaseStation(station, seasonId);
+            emit StationVerdict(seasonId, station, verdict, measured);
+        }
+        bool triggered = triggerVotes >= t.k;
+        s.finalized = true;
+        s.triggered = triggered;
+        s.triggerVotes = triggerVotes;
+        s.noTriggerVotes = noTriggerVotes;
+        s.abstentions = abstentions;
+        emit SeasonFinalized(seasonId, triggered, triggerVotes, noTriggerVotes, abstentions);
+        _payOut(seasonId, s, PAYOUTS_PER_FINALIZE);
+    }
+
+    /// @inheritdoc ICropInsurance
+    function payOut(uint256 seasonId, uint256 maxPolicies) external nonReentrant returns (uint256 processed) {
+        _existingSeason(seasonId);
+        SeasonState storage s = _seasons[seasonId];
+        if (!s.finalized) revert NotFinalized(seasonId);
+        return _payOut(seasonId, s, maxPolicies);
+    }
+
+    /// @dev Settle the next policies of a finalized season: every effect of the slice first (statuses, paidUpTo,
+    /// pool figures), then the events and token pushes. A failed push becomes the beneficiary's pull credit, so a
+    /// hostile or blocked beneficiary cannot stop the others' payouts.
+    function _payOut(uint256 seasonId, SeasonState storage s, uint256 maxPolicies) private returns (uint256) {
+        uint256[] storage policies = _policies[seasonId];
+        uint256 from = s.paidUpTo;
+        uint256 to = policies.length;
+        if (to - from > maxPolicies) to = from + maxPolicies;
+        if (to == from) return 0;
+        bool triggered = s.triggered;
+        Pool storage p = _pools[s.poolId];
+        s.paidUpTo = uint32(to); // <= MAX_POLICIES_PER_SEASON
+        uint256 total;
+        for (uint256 i = from; i < to; ++i) {
+            Cover storage c = _covers[policies[i]];
+            c.status = triggered ? CoverStatus.Paid : CoverStatus.Expired;
+            total += c.cover;
+        }
+        // Σ cover of unsettled policies <= locked <= assets.
+        p.locked -= total;
+        if (!triggered) {
+            for (uint256 i = from; i < to; ++i) {
+                emit CoverExpired(policies[i]);
+            }
+            return to - from;
+        }
+        p.assets -= total;
+        IERC20 token = IERC20(p.token);
+        for (uint256 i = from; i < to; ++i) {
+            uint256 policyId = policies[i];
+            Cover storage c = _covers[policyId];
+            address beneficiary = c.beneficiary;
+            uint256 amount = c.cover;
+            emit PayoutSent(policyId, beneficiary, amount);
+            // One transfer per policy is the product; the guard is held and the slice's books are already final.
+            // slither-disable-next-line calls-loop,reentrancy-no-eth,reentrancy-benign,reentrancy-events
+            if (!token.trySafeTransfer(beneficiary, amount)) {
+                _credits[address(token)][beneficiary] += amount;
+                emit PayoutCredited(policyId, beneficiary, amount);
+            }
+        }
+        return to - from;
+    }
+
+    /// @inheritdoc ICropInsurance
+    function withdraw(address token) external nonReentrant returns (uint256 amount) {
+        amount = _credits[token][msg.sender];
+        if (amount == 0) revert NothingToWithdraw(token, msg.sender);
+        _credits[token][msg.sender] = 0;
+        emit Withdrawn(token, msg.sender, amount);
+        IERC20(token).safeTransfer(msg.sender, amount);
+    }
+
+    // ---------------------------------------------------------------- views
+
+    /// @inheritdoc ICropInsurance
+    function poolOf(uint256 poolId) external view returns (Pool memory) {
+        return _pools[poolId];
+    }
+
+    /// @inheritdoc ICropInsurance
+    function seasonOf(uint256 seasonId) external view returns (Season memory) {
+        SeasonState memory s = _seasons[seasonId];
+        return Season({
+            terms: _terms[seasonId],
+            poolId: s.poolId,
+            finalized: s.finalized,
+            triggered: s.triggered,
+            triggerVotes: s.triggerVotes,
+            noTriggerVotes: s.noTriggerVotes,
+            abstentions: s.abstentions,
+            policies: _policies[seasonId].length,
+            paidUpTo: s.paidUpTo,
+            coverSold: _coverSold[seasonId]
+        });
+    }
+
+    /// @inheritdoc ICropInsurance
+    function coverOf(uint256 policyId) external view returns (Cover memory) {
+        return _covers[policyId];
+    }
+
+    /// @inheritdoc ICropInsurance
+    function stationSeason(uint256 seasonId, address station) external view returns (StationSeason memory) {
+        return _stationSeason(seasonId, station);
+    }
+
+    /// @inheritdoc ICropInsurance
+    function stationState(address station) external view returns (StationState memory) {
+        return _stations[station];
+    }
+
+    /// @inheritdoc ICropInsurance
+    function seasonsOfStation(address station) external view returns (uint256[] memory) {
+        return _stationSeasonIds[station];
+    }
+
+    /// @inheritdoc ICropInsurance
+    function policiesOf(uint256 seasonId) external view returns (uint256[] memory) {
+        return _policies[seasonId];
+    }
+
+    /// @inheritdoc ICropInsurance
+    function withdrawable(address token, address account) external view returns (uint256) {
+        return _credits[token][account];
+    }
+
+    /// @inheritdoc ICropInsurance
+    function verdictOf(uint256 seasonId, address station) external view returns (Verdict verdict, int256 measured) {
+        return _verdict(_existingSeason(seasonId), seasonId, station);
+    }
+
+    /// @inheritdoc ICropInsurance
+    function hashObservation(address station, uint64 seq, uint64 timestamp, uint64 rainfall, int32 maxTemperature)
+        external
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(
+            keccak256(abi.encode(OBSERVATION_TYPEHASH, station, seq, timestamp, rainfall, maxTemperature))
+        );
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    /// @dev The station verdict rule (see the contract notice). Sums in uint256: no overflow for any uint64 input.
+    function _verdict(SeasonTerms storage t, uint256 seasonId, address station)
+        private
+        view
+        returns (Verdict, int256)
+    {
+        StationSeason memory ss = _stationSeason(seasonId, station);
+        uint256 slack = t.coverageSlack;
+        if (
+            ss.firstTimestamp == 0 || uint256(ss.firstTimestamp) > uint256(t.start) + slack
+                || uint256(ss.lastTimestamp) + slack < t.end
+        ) return (Verdict.Abstain, 0);
+        if (t.index == Index.RainfallBelow) {
+            // The register never goes back, so last >= first.
+            int256 rain = int256(uint256(ss.lastRainfall - ss.firstRainfall));
+            return (rain < t.threshold ? Verdict.Trigger : Verdict.NoTrigger, rain);
+        }
+        return (ss.hotDays >= t.triggerDays ? Verdict.Trigger : Verdict.NoTrigger, int256(uint256(ss.hotDays)));
+    }
+
+    function _stationSeason(uint256 seasonId, address station) private view returns (StationSeason memory) {
+        RainWindow memory rw = _rainWindows[seasonId][station];
+        HotDays memory hot = _hotDays[seasonId][station];
+        return StationSeason({
+            firstTimestamp: rw.firstTimestamp,
+            firstRainfall: rw.firstRainfall,
+            lastTimestamp: rw.lastTimestamp,
+            lastRainfall: rw.lastRainfall,
+            hotDays: hot.count,
+            lastHotDay: hot.lastDayPlusOne
+        });
+    }
+
+    /// @dev Free the station's slot for a finalized season (swap with the last, pop).
+    function _releaseStation(address station, uint256 seasonId) private {
+        uint256[] storage ids = _stationSeasonIds[station];
+        uint256 m = ids.length;
+        for (uint256 i = 0; i < m; ++i) {
+            if (ids[i] == seasonId) {
+                ids[i] = ids[m - 1];
+                ids.pop();
+                return;
+            }
+        }
+    }
+
+    function _ownedPool(uint256 poolId) private view returns (Pool storage p) {
+        p = _pools[poolId];
+        if (p.owner == address(0)) revert UnknownPool(poolId);
+        if (p.owner != msg.sender) revert NotPoolOwner(poolId, msg.sender);
+    }
+
+    function _existingSeason(uint256 seasonId) private view returns (SeasonTerms storage t) {
+        t = _terms[seasonId];
+        if (t.end == 0) revert UnknownSeason(seasonId);
+    }
+
+    /// @dev Take `amount` from msg.sender; the balance must grow by exactly `amount` (fee-on-transfer and lying
+    /// tokens are refused rather than leaving the pool short).
+    function _pullFunds(address token, uint256 amount) private {
+        uint256 before = IERC20(token).balanceOf(address(this));
+        IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
+        uint256 received = IERC20(token).balanceOf(address(this)) - before;
+        if (received != amount) revert WrongValue(amount, received);
+    }
+}

@@ -1,0 +1,260 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+import {IDeviceEvents} from "./IDeviceEvents.sol";
+
+/// @title Parametric crop insurance paid from an insurer's ERC-20 pool on the verdict of k of n weather stations.
+/// @notice An insurer funds a pool and opens seasons on it: a window [start, end], a location (`region`), an index
+/// (rain below a threshold, or at least `triggerDays` hot days) and n registered WEATHER_STATION devices of which k
+/// must agree. Farmers buy cover before `saleEnd`; the pool never sells more cover than it holds. Stations sign
+/// `WeatherObservation`s that anyone relays with {record}; after `end + finalizeDelay` anyone calls {finalize}
+/// and every policy is paid its cover (or expires) with no claim.
+///
+/// Because 2 ≤ k ≤ n − 1, one faulty or hostile station can neither trigger a payout the other n − 1 stations
+/// do not vote for (it is at most one trigger vote, and k ≥ 2) nor block one they all vote for (n − 1 ≥ k).
+interface ICropInsurance is IDeviceEvents {
+    /// @notice The parametric index of a season.
+    /// RainfallBelow: a station votes Trigger iff the rain it measured in the season (hundredths of a mm) is
+    /// below `threshold`. HotDaysAbove: a station votes Trigger iff it saw at least `triggerDays` UTC days with an
+    /// observation whose maxTemperature (hundredths of °C) is ≥ `threshold`.
+    enum Index {
+        RainfallBelow,
+        HotDaysAbove
+    }
+
+    /// @notice A station's vote at finalization. Abstain: it did not cover the season (no observation within
+    /// `coverageSlack` of the start or of the end).
+    enum Verdict {
+        Abstain,
+        NoTrigger,
+        Trigger
+    }
+
+    /// @notice Active until the season is finalized; then Paid (triggered) or Expired (not triggered).
+    enum CoverStatus {
+        None,
+        Active,
+        Paid,
+        Expired
+    }
+
+    /// @notice What the insurer fixes when opening a season; never changes afterwards.
+    struct SeasonTerms {
+        uint64 start;
+        uint64 end;
+        uint64 saleEnd;
+        uint32 coverageSlack;
+        uint32 finalizeDelay;
+        Index index;
+        int64 threshold;
+        uint16 triggerDays;
+        uint16 premiumBps;
+        uint8 k;
+        bytes32 region;
+        address[] stations;
+    }
+
+    /// @notice A station's `WeatherObservation(station, seq, timestamp, rainfall, maxTemperature)` with its
+    /// signature in the ERC-2098 compact form (`vs` = s with the top bit set when v is 28).
+    struct SignedObservation {
+        address station;
+        uint64 seq;
+        uint64 timestamp;
+        uint64 rainfall;
+        int32 maxTemperature;
+        bytes32 r;
+        bytes32 vs;
+    }
+
+    /// @notice An insurer's pool. `assets` = tokens the pool owns in the contract; `locked` = cover sold and not
+    /// yet paid or expired. Always locked ≤ assets.
+    struct Pool {
+        address owner;
+        address token;
+        uint256 assets;
+        uint256 locked;
+    }
+
+    /// @notice A season: its terms, its pool, and how far finalization and payouts got.
+    struct Season {
+        SeasonTerms terms;
+        uint256 poolId;
+        bool finalized;
+        bool triggered;
+        uint8 triggerVotes;
+        uint8 noTriggerVotes;
+        uint8 abstentions;
+        uint256 policies;
+        uint256 paidUpTo;
+        uint256 coverSold;
+    }
+
+    /// @notice One policy: `cover` token units go to `beneficiary` if the season triggers.
+    struct Cover {
+        uint256 seasonId;
+        address buyer;
+        address beneficiary;
+        uint256 cover;
+        uint256 premium;
+        CoverStatus status;
+    }
+
+    /// @notice What a station reported inside one season's window. `firstTimestamp` = 0: nothing yet.
+    /// `lastHotDay` = the last UTC day (timestamp / 86400) counted as hot, plus one (0: none).
+    struct StationSeason {
+        uint64 firstTimestamp;
+        uint64 firstRainfall;
+        uint64 lastTimestamp;
+        uint64 lastRainfall;
+        uint32 hotDays;
+        uint64 lastHotDay;
+    }
+
+    /// @notice The station's last accepted observation (any season or none).
+    struct StationState {
+        uint64 lastSeq;
+        uint64 lastTimestamp;
+        uint64 lastRainfall;
+    }
+
+    event PoolCreated(uint256 indexed poolId, address indexed owner, address token);
+    event PoolDeposited(uint256 indexed poolId, uint256 amount);
+    event PoolWithdrawn(uint256 indexed poolId, uint256 amount);
+    event SeasonCreated(uint256 indexed seasonId, uint256 indexed poolId, SeasonTerms terms);
+    event CoverBought(
+        uint256 indexed policyId,
+        uint256 indexed seasonId,
+        address indexed buyer,
+        address beneficiary,
+        uint256 cover,
+        uint256 premium
+    );
+    /// @notice A station's observation was accepted (and applied to every open season whose window holds it).
+    event ObservationRecorded(
+        address indexed station, uint64 seq, uint64 timestamp, uint64 rainfall, int32 maxTemperature
+    );
+    /// @notice A batch item was skipped; nothing changed for it.
+    event ObservationRejected(address indexed station, uint64 seq, RejectReason reason);
+    /// @notice A station's vote; `measured` = rain in hundredths of a mm (RainfallBelow) or hot days
+    /// (HotDaysAbove), 0 when it abstains.
+    event StationVerdict(uint256 indexed seasonId, address indexed station, Verdict verdict, int256 measured);
+    event SeasonFinalized(
+        uint256 indexed seasonId, bool triggered, uint8 triggerVotes, uint8 noTriggerVotes, uint8 abstentions
+    );
+    /// @notice The policy was paid its cover. If a {PayoutCredited} for the same policy follows, the transfer
+    /// failed and the amount waits for the beneficiary in {withdraw}(token).
+    event PayoutSent(uint256 indexed policyId, address indexed beneficiary, uint256 amount);
+    /// @notice The push of a payout failed (token reverted or returned false); `amount` is claimable with
+    /// {withdraw}(token) by `beneficiary`.
+    event PayoutCredited(uint256 indexed policyId, address indexed beneficiary, uint256 amount);
+    /// @notice The season did not trigger; the policy's cover is released from the pool's locked amount.
+    event CoverExpired(uint256 indexed policyId);
+    /// @notice A beneficiary took its pull credit.
+    event Withdrawn(address indexed token, address indexed account, uint256 amount);
+
+    error ZeroAddress();
+    error ZeroAmount();
+    error UnknownPool(uint256 poolId);
+    error NotPoolOwner(uint256 poolId, address caller);
+    /// @notice The pool owner asked for more than the free assets (assets − locked).
+    error InsufficientFreeAssets(uint256 poolId, uint256 free, uint256 requested);
+    /// @notice The token moved another amount than asked (fee-on-transfer or lying token).
+    error WrongValue(uint256 expected, uint256 received);
+    /// @notice saleEnd ≤ start < end, start > 0, end − start ≤ MAX_SEASON_LENGTH, start ≤ now + MAX_SEASON_LEAD.
+    error InvalidWindow(uint64 saleEnd, uint64 start, uint64 end);
+    error FinalizeDelayTooLong(uint32 finalizeDelay);
+    /// @notice 3 ≤ n ≤ MAX_STATIONS and 2 ≤ k ≤ n − 1.
+    error InvalidQuorum(uint8 k, uint256 n);
+    /// @notice 0 < premiumBps ≤ 10_000.
+    error InvalidPremium(uint16 premiumBps);
+    /// @notice RainfallBelow needs threshold > 0; HotDaysAbove needs triggerDays > 0.
+    error InvalidIndex(Index index, int64 threshold, uint16 triggerDays);
+    error DuplicateStation(address station);
+    /// @notice The station is not a registered, active WEATHER_STATION.
+    error InvalidStation(address station);
+    /// @notice The station already serves MAX_SEASONS_PER_STATION unfinalized seasons.
+    error StationBusy(address station);
+    error UnknownSeason(uint256 seasonId);
+    error SaleClosed(uint256 seasonId, uint64 saleEnd);
+    error TooManyPolicies(uint256 seasonId);
+    /// @notice The pool cannot lock the cover: `available` = assets (with this premium) − locked.
+    error InsufficientCapacity(uint256 available);
+    error AlreadyFinalized(uint256 seasonId);
+    error NotFinalizable(uint256 seasonId, uint256 finalizableAt);
+    error NotFinalized(uint256 seasonId);
+    error NothingToWithdraw(address token, address account);
+
+    // ---------------------------------------------------------------- pools
+
+    /// @notice Open a pool in ERC-20 `token` owned by msg.sender. Emits a {PoolCreated} event.
+    function createPool(address token) external returns (uint256 poolId);
+
+    /// @notice Pool owner: add `amount` of the pool token (pulled from msg.sender). Emits a {PoolDeposited} event.
+    function deposit(uint256 poolId, uint256 amount) external;
+
+    /// @notice Pool owner: take `amount` ≤ assets − locked out of the pool. Emits a {PoolWithdrawn} event.
+    function withdraw(uint256 poolId, uint256 amount) external;
+
+    // ---------------------------------------------------------------- seasons and cover
+
+    /// @notice Pool owner: open a season on `poolId` (see {SeasonTerms} and the checks in the errors).
+    /// Emits a {SeasonCreated} event.
+    function createSeason(uint256 poolId, SeasonTerms calldata terms) external returns (uint256 seasonId);
+
+    /// @notice Buy `cover` for `beneficiary` (0: msg.sender) before the season's saleEnd. The premium
+    /// ceil(cover × premiumBps / 10_000) is pulled from msg.sender into the pool; the pool must then hold
+    /// locked + cover ≤ assets, else {InsufficientCapacity}. Emits a {CoverBought} event.
+    function buyCover(uint256 seasonId, uint256 cover, address beneficiary) external returns (uint256 policyId);
+
+    // ---------------------------------------------------------------- observations
+
+    /// @notice Relay signed weather observations (anyone). Each accepted one moves its station's state and is
+    /// applied to every unfinalized season of the station whose window [start, end] holds its timestamp; bad items
+    /// are skipped with an {ObservationRejected} event. Returns how many were recorded.
+    function record(SignedObservation[] calldata obs) external returns (uint256 recorded);
+
+    // ---------------------------------------------------------------- finalization and payouts
+
+    /// @notice Anyone, once block.timestamp ≥ end + finalizeDelay: count the stations' votes, emit a
+    /// {StationVerdict} per station and {SeasonFinalized}, then pay out (or expire) up to PAYOUTS_PER_FINALIZE
+    /// policies ({PayoutSent} / {PayoutCredited} / {CoverExpired}).
+    function finalize(uint256 seasonId) external;
+
+    /// @notice Anyone: continue the payouts of a finalized season with up to `maxPolicies` more policies.
+    /// Returns how many were processed (0 once all are done).
+    function payOut(uint256 seasonId, uint256 maxPolicies) external returns (uint256 processed);
+
+    /// @notice Take msg.sender's pull credit in `token` (payouts whose push failed). Emits a {Withdrawn} event.
+    function withdraw(address token) external returns (uint256 amount);
+
+    // ---------------------------------------------------------------- views
+
+    function poolOf(uint256 poolId) external view returns (Pool memory);
+
+    function seasonOf(uint256 seasonId) external view returns (Season memory);
+
+    function coverOf(uint256 policyId) external view returns (Cover memory);
+
+    /// @notice The figures `station` accumulated inside `seasonId`'s window.
+    function stationSeason(uint256 seasonId, address station) external view returns (StationSeason memory);
+
+    function stationState(address station) external view returns (StationState memory);
+
+    /// @notice The unfinalized seasons `station` serves (at most MAX_SEASONS_PER_STATION).
+    function seasonsOfStation(address station) external view returns (uint256[] memory);
+
+    /// @notice The policy ids of a season in purchase order (payouts follow this order).
+    function policiesOf(uint256 seasonId) external view returns (uint256[] memory);
+
+    /// @notice `account`'s pull credit in `token`.
+    function withdrawable(address token, address account) external view returns (uint256);
+
+    /// @notice The verdict `station` would give for `seasonId` from what it reported so far.
+    function verdictOf(uint256 seasonId, address station) external view returns (Verdict verdict, int256 measured);
+
+    /// @notice The EIP-712 digest a station signs for this observation.
+    function hashObservation(address station, uint64 seq, uint64 timestamp, uint64 rainfall, int32 maxTemperature)
+        external
+        view
+        returns (bytes32);
+}
