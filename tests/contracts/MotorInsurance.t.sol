@@ -593,6 +593,24 @@ contract MotorInsuranceTest is MotorFixture {
         _expectRejected(_report(2, START + 2_000_001, 0, 0), IDeviceEvents.RejectReason.Suspended);
     }
 
+    function test_Settle_LapseInABatchStopsOnlyThatPolicy() public {
+        uint256 otherKey = deviceKey(45);
+        uint256 other = openPolicy(registerVehicle(otherKey), RATE, MIN, MAX, STEP, START, DEPOSIT);
+        IMotorInsurance.SignedTelematics[] memory batch = new IMotorInsurance.SignedTelematics[](3);
+        batch[0] = _report(1, START + 2_000_000, 0, 0); // lapses this policy
+        batch[1] = _report(2, START + 2_000_100, 0, 0); // refused: lapsed
+        batch[2] = signTelematics(otherKey, other, 1, uint64(block.timestamp), START + 10_000, 0, 0);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PolicyLapsed(id, 60_000);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.TelematicsRejected(id, 2, IDeviceEvents.RejectReason.Suspended);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PremiumCharged(other, 1, 10_000, 0, 0, MIN, 800);
+        vm.prank(relayer);
+        assertEq(motor.settle(batch), 2);
+        assertEq(motor.policyOf(other).prepaid, DEPOSIT - 800, "the other policy is charged as usual");
+    }
+
     function test_TopUp_PaysArrearsFirstAndReinstates() public {
         _settle(_report(1, START + 2_000_000, 0, 0)); // arrears 60_000
         token.mint(buyer, 70_000);
