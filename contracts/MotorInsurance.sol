@@ -399,8 +399,7 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
             revert EventRejected(policyId, 0, RejectReason.CounterRollback);
         }
         metres = odometer - p.lastOdometer;
-        (factorBps, amount) =
-            _premium(p, metres, uint256(harshBraking - p.lastHarsh) + (speeding - p.lastSpeeding));
+        (factorBps, amount) = _premium(p, metres, uint256(harshBraking - p.lastHarsh) + (speeding - p.lastSpeeding));
     }
 
     // ---------------------------------------------------------------- internals

@@ -67,7 +67,9 @@ contract MotorInsuranceTest is MotorFixture {
         vm.prank(relayer);
         assertEq(motor.settle(oneReport(t)), 0, "nothing settled");
         assertEq(
-            keccak256(abi.encode(before)), keccak256(abi.encode(motor.policyOf(t.policyId))), "a rejection changes nothing"
+            keccak256(abi.encode(before)),
+            keccak256(abi.encode(motor.policyOf(t.policyId))),
+            "a rejection changes nothing"
         );
     }
 
@@ -310,7 +312,9 @@ contract MotorInsuranceTest is MotorFixture {
         assertEq(amount, 7_000);
         _expectCharged(_report(1, START + 50_000, 2, 1), metres, 2, 1, factor, amount);
         vm.expectRevert(
-            abi.encodeWithSelector(IDeviceEvents.EventRejected.selector, id, 0, IDeviceEvents.RejectReason.CounterRollback)
+            abi.encodeWithSelector(
+                IDeviceEvents.EventRejected.selector, id, 0, IDeviceEvents.RejectReason.CounterRollback
+            )
         );
         motor.quote(id, START, 2, 1);
         vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.UnknownPolicy.selector, uint256(9)));
@@ -546,7 +550,8 @@ contract MotorInsuranceTest is MotorFixture {
             abi.encode(motor.TELEMATICS_TYPEHASH(), id, uint64(1), ts, uint64(START + 1), uint32(0), uint32(0))
         );
         assertEq(
-            digestUnder("iotsettle", "1", block.chainid, address(motor), sh), motor.hashTelematics(id, 1, ts, START + 1, 0, 0)
+            digestUnder("iotsettle", "1", block.chainid, address(motor), sh),
+            motor.hashTelematics(id, 1, ts, START + 1, 0, 0)
         );
         bytes32 digest = digestUnder(
             which == 0 ? "iotsettle2" : "iotsettle",
@@ -586,6 +591,24 @@ contract MotorInsuranceTest is MotorFixture {
         assertEq(pol.charged, DEPOSIT, "the insurer earned the whole prepaid balance");
         assertEq(pol.lastOdometer, START + 2_000_000, "the lapsing report was settled");
         _expectRejected(_report(2, START + 2_000_001, 0, 0), IDeviceEvents.RejectReason.Suspended);
+    }
+
+    function test_Settle_LapseInABatchStopsOnlyThatPolicy() public {
+        uint256 otherKey = deviceKey(45);
+        uint256 other = openPolicy(registerVehicle(otherKey), RATE, MIN, MAX, STEP, START, DEPOSIT);
+        IMotorInsurance.SignedTelematics[] memory batch = new IMotorInsurance.SignedTelematics[](3);
+        batch[0] = _report(1, START + 2_000_000, 0, 0); // lapses this policy
+        batch[1] = _report(2, START + 2_000_100, 0, 0); // refused: lapsed
+        batch[2] = signTelematics(otherKey, other, 1, uint64(block.timestamp), START + 10_000, 0, 0);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PolicyLapsed(id, 60_000);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.TelematicsRejected(id, 2, IDeviceEvents.RejectReason.Suspended);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PremiumCharged(other, 1, 10_000, 0, 0, MIN, 800);
+        vm.prank(relayer);
+        assertEq(motor.settle(batch), 2);
+        assertEq(motor.policyOf(other).prepaid, DEPOSIT - 800, "the other policy is charged as usual");
     }
 
     function test_TopUp_PaysArrearsFirstAndReinstates() public {
@@ -835,11 +858,19 @@ contract MotorInsuranceTest is MotorFixture {
     function test_Settle_ExtremeValuesDoNotOverflow() public {
         uint256 p = openPolicy(vehicle, type(uint128).max, 50_000, 50_000, type(uint16).max, 0, type(uint128).max);
         IMotorInsurance.SignedTelematics memory t = signTelematics(
-            vehicleKey, p, type(uint64).max, uint64(block.timestamp), type(uint64).max, type(uint32).max, type(uint32).max
+            vehicleKey,
+            p,
+            type(uint64).max,
+            uint64(block.timestamp),
+            type(uint64).max,
+            type(uint32).max,
+            type(uint32).max
         );
         uint256 amount = uint256(type(uint64).max) * type(uint128).max * 50_000 / 1e7;
         vm.expectEmit(address(motor));
-        emit IMotorInsurance.PremiumCharged(p, type(uint64).max, type(uint64).max, type(uint32).max, type(uint32).max, 50_000, amount);
+        emit IMotorInsurance.PremiumCharged(
+            p, type(uint64).max, type(uint64).max, type(uint32).max, type(uint32).max, 50_000, amount
+        );
         _settle(t);
         IMotorInsurance.Policy memory pol = motor.policyOf(p);
         assertEq(pol.arrears, amount - type(uint128).max);
