@@ -6,23 +6,38 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from eth_account import Account
+from web3 import Web3
 
 from oracle import eip712, wire
+from oracle.artifacts import load_artifact
+from oracle.chain import ANVIL_DEV_KEYS, send
+from oracle.compiler import ensure_compiled
+from oracle.config import Config
 from oracle.daemon.ingest import Intake, IntakeSettings
-from oracle.daemon.kinds import KINDS
+from oracle.daemon.kinds import EXTRA, KINDS
 from oracle.daemon.metrics import Metrics
 from oracle.daemon.planner import Planner, PlannerSettings
 from oracle.daemon.rules import Outcome, RuleSettings, evaluate
-from oracle.daemon.store import _MIGRATIONS, SCHEMA_VERSION, DeviceState, EventRecord, EventStatus, Store
+from oracle.daemon.store import (
+    _MIGRATIONS, SCHEMA_VERSION, DeviceState, EventRecord, EventStatus, Store, StoredEvent,
+)  # fmt: skip
+from oracle.daemon.submitter import KindSpec, decode_outcomes
 from oracle.eip712 import DeviceKind
-from tests.daemon_support import ALL_CONTRACTS, CHAIN_ID, Device, Publisher, register, wait_for
+from tests.daemon_support import (
+    ALL_CONTRACTS, CHAIN_ID, OWNER, ChainRegistry, Device, Publisher, register, wait_for,
+)  # fmt: skip
+from tests.test_daemon_service import DaemonProcess
 
 NOW = 1_800_000_000
 KEY = os.urandom(32)
@@ -224,6 +239,47 @@ def test_the_kind_table_names_every_wire_type_and_its_contract() -> None:
     assert KINDS["telematics"].extra_fields == ("odometer", "harshBraking", "speeding")
 
 
+def stored_random(kind: str, rng: random.Random) -> StoredEvent:
+    """A stored event of ``kind`` with every signed field at a random value of its type."""
+    sig = os.urandom(32) + rng.randrange(1, eip712.SECP256K1_HALF_N).to_bytes(32, "big") + bytes([rng.choice((27, 28))])
+    spec = KINDS[kind]
+    bits = {"uint64": 64, "uint32": 32}
+    extra = tuple((name, rng.randrange(-(2**31), 2**31) if typ == "int32" else rng.randrange(2 ** bits[typ]))
+                  for name, typ, column in spec.columns if column == EXTRA)  # fmt: skip
+    target = rng.randrange(2**160) if spec.target_field == "station" else rng.randrange(2**256)
+    return StoredEvent(kind, CONTRACT, CONTRACT, CHAIN_ID, CONTRACT, target, rng.randrange(2**64), rng.randrange(2**64),
+                       None, None, None, os.urandom(32), sig, 0.0, 1, EventStatus.CLAIMED, None, None, None, None, None,
+                       None, extra=extra)  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "name"), [("telematics", "MotorInsurance"), ("weather", "CropInsurance")])
+def test_batch_calldata_and_outcome_logs_follow_the_product_abi(test_config: Config, kind: str, name: str) -> None:
+    ensure_compiled(test_config)
+    abi = load_artifact(test_config, name)["abi"]
+    spec = KindSpec.from_abi(kind, CONTRACT, abi)
+    rng = random.Random(9)
+    events = [stored_random(kind, rng) for _ in range(13)]
+    contract = Web3().eth.contract(address=Web3.to_checksum_address(CONTRACT), abi=abi)
+    values = [spec.values(e) for e in events]
+    if KINDS[kind].target_field == "station":  # stored as an integer, web3 wants the address text
+        values = [(Web3.to_checksum_address(v[0].to_bytes(20, "big")), *v[1:]) for v in values]
+    function = KINDS[kind].batch_function
+    assert "0x" + spec.calldata([spec.item(e) for e in events]).hex() == contract.encode_abi(function, args=[values])
+    # one settled and one rejected log as the contract emits them: topic 1 = target, data word 0 = seq
+    settled, rejected = (KINDS[kind].settled_event, KINDS[kind].rejected_event)
+    first, second = events[0], events[1]
+    logs = [
+        {"address": CONTRACT, "topics": ["0x" + spec.settled_topic.hex(), "0x" + first.target_id.to_bytes(32, "big").hex()],
+         "data": "0x" + first.seq.to_bytes(32, "big").hex() + "00" * 32 * 5},
+        {"address": CONTRACT, "topics": ["0x" + spec.rejected_topic.hex(), "0x" + second.target_id.to_bytes(32, "big").hex()],
+         "data": "0x" + second.seq.to_bytes(32, "big").hex() + (13).to_bytes(32, "big").hex()},
+    ]  # fmt: skip
+    outcomes = decode_outcomes(spec, logs)
+    assert [(o.target_id, o.seq, o.settled, o.reason) for o in outcomes] == [
+        (first.target_id, first.seq, True, 0), (second.target_id, second.seq, False, 13)]  # fmt: skip
+    assert (settled, rejected) == (contract.events[settled].event_name, contract.events[rejected].event_name)
+
+
 # ------------------------------------------------------------------------------------------ intake over MQTT
 
 
@@ -281,3 +337,130 @@ def test_signed_reports_and_observations_are_stored_as_signed_and_checked_by_kin
     assert stored[3].target_id == int(station.address, 16)
     row = store.conn.execute("SELECT extra FROM events WHERE device = ? AND seq = 2", (vehicle.address,)).fetchone()
     assert json.loads(row[0]) == {"odometer": 5_400, "harshBraking": 1, "speeding": 1}
+
+
+# ---------------------------------------------------------------------------- end to end: MQTT → daemon → chain
+
+
+@pytest.fixture(scope="module")
+def registry(deployment: Any) -> ChainRegistry:  # noqa: ANN401 - the conftest Deployment
+    return ChainRegistry(deployment)
+
+
+def _require(deployment: Any, *names: str) -> None:  # noqa: ANN401
+    missing = [n for n in names if n not in deployment.manifest["contracts"]]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not in the deployment plan yet")
+
+
+def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
+    tmp_path: Path, deployment: Any, mosquitto: Any, registry: ChainRegistry,  # noqa: ANN401
+) -> None:
+    _require(deployment, "MotorInsurance", "CropInsurance", "TestToken")
+    chain = deployment.chain
+    motor, crop, token = (deployment.contract(n) for n in ("MotorInsurance", "CropInsurance", "TestToken"))
+    holder = Account.from_key(ANVIL_DEV_KEYS[2])
+
+    def tx(account: Any, call: Any) -> dict[str, Any]:  # noqa: ANN401
+        return send(chain, account, call.build_transaction({"from": account.address}))
+
+    # an accepted pay-per-km policy: 0.01 token per km, factor 0.80–1.50, +0.01 per event per 100 km
+    rate, min_bps, max_bps, step_bps, start = 10**16, 8_000, 15_000, 100, 100_000
+    vehicle = registry.register(DeviceKind.VEHICLE)
+    receipt = tx(OWNER, motor.functions.offer(holder.address, vehicle.address, token.address, rate, min_bps, max_bps,
+                                              step_bps, start, 0))  # fmt: skip
+    policy = motor.events.PolicyOffered().process_receipt(receipt)[0]["args"]["policyId"]
+    deposit = 10**20
+    tx(holder, token.functions.mint(holder.address, deposit))
+    tx(holder, token.functions.approve(motor.address, deposit))
+    tx(holder, motor.functions.accept(policy, deposit))
+    policy_fields = [c["name"] for c in motor.get_function_by_name("policyOf").abi["outputs"][0]["components"]]
+
+    # a season of three stations (2 of 3 must agree) counting hot days at or above 30.00 °C
+    stations = [registry.register(DeviceKind.WEATHER_STATION) for _ in range(3)]
+    now = int(chain.w3.eth.get_block("latest")["timestamp"])
+    receipt = tx(OWNER, crop.functions.createPool(token.address))
+    pool = crop.events.PoolCreated().process_receipt(receipt)[0]["args"]["poolId"]
+    terms = (now - 3_600, now + 86_400, now - 3_600, 3_600, 0, 1, 3_000, 1, 100, 2, bytes(32),
+             [s.address for s in stations])  # fmt: skip
+    receipt = tx(OWNER, crop.functions.createSeason(pool, terms))
+    season = crop.events.SeasonCreated().process_receipt(receipt)[0]["args"]["seasonId"]
+
+    daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.1")
+    publisher: Publisher | None = None
+    try:
+        daemon.start().wait_ready()
+        publisher = Publisher(mosquitto.host, mosquitto.port, chain.chain_id)
+
+        def publish(items: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+            assert publisher is not None
+            publisher.publish_many(items)
+            return sorted((body for _, body in publisher.collect(len(items), 20)), key=lambda b: b["seq"])
+
+        def policy_view() -> dict[str, Any]:
+            return dict(zip(policy_fields, motor.functions.policyOf(policy).call(), strict=True))
+
+        # each report settles before the next one is sent, so each is its own premium period
+        # (seq, odometer, harsh, speeding), 40 s apart: at most 75 m/s, below the vehicle limit of the fraud rules
+        periods = [(1, 101_000, 0, 0), (2, 104_000, 1, 1), (4, 105_000, 1, 1)]
+        expected, last_odometer, last_events = 0, start, 0
+        for seq, odometer, harsh, speeding in periods:
+            replies = publish([(vehicle.topic, vehicle.telematics(seq, odometer, harsh, speeding, policy=policy,
+                                                                  timestamp=now + 40 * seq))])  # fmt: skip
+            assert [r["status"] for r in replies] == ["accepted"], replies
+            metres, events = odometer - last_odometer, harsh + speeding - last_events
+            factor = min(max_bps, min_bps + events * step_bps * 100_000 // metres)
+            expected += metres * rate * factor // 10_000_000
+            last_odometer, last_events = odometer, harsh + speeding
+            wait_for(lambda: policy_view()["lastSeq"] == seq, 20, f"telematics seq {seq} on chain")
+            if seq == 2:
+                # a report whose harsh-braking count went back is refused by the oracle, before any gas is spent
+                (bad,) = publish([(vehicle.topic, vehicle.telematics(3, 104_500, 0, 1, policy=policy,
+                                                                     timestamp=now + 120))])  # fmt: skip
+                assert (bad["status"], bad["reason"]) == ("rejected", "counter_rollback")
+        # 1 km at 0.80, 3 km with 2 events at 0.80 + 2 × 0.01 × 100/3 = 1.4666, 1 km clean at 0.80
+        assert expected == (1_000 * 8_000 + 3_000 * 14_666 + 1_000 * 8_000) * rate // 10_000_000
+        # a report for a policy the vehicle does not have passes the oracle's rules; the contract refuses it and
+        # the oracle keeps it as dead with the contract's reason (and tells the device)
+        unknown = (int(vehicle.address, 16) << 96) | 999_999
+        (sent,) = publish([(vehicle.topic, vehicle.telematics(5, 105_000, 1, 1, policy=unknown, timestamp=now + 200))])
+        assert sent["status"] == "accepted"
+        (onchain,) = (body for _, body in publisher.collect(1, 20))
+        assert (onchain["seq"], onchain["status"], onchain["reason"]) == (5, "rejected", "rejected_onchain")
+        view = policy_view()
+        assert view["charged"] == expected and view["prepaid"] == deposit - expected
+        assert (view["lastOdometer"], view["lastHarsh"], view["lastSpeeding"], view["lastFactorBps"]) == (
+            105_000, 1, 1, min_bps)  # fmt: skip
+
+        # three observations per station in one burst: every one is recorded, in seq order
+        hot = {stations[0].address: 3_120, stations[1].address: 3_000, stations[2].address: 2_999}
+        burst = [(s.topic, s.weather(seq, 500 + 25 * seq, hot[s.address] if seq == 2 else 1_800,
+                                     timestamp=now + 10 * seq)) for seq in (1, 2, 3) for s in stations]  # fmt: skip
+        assert {r["status"] for r in publish(burst)} == {"accepted"}
+        # a replayed sequence number with other figures: refused by the oracle
+        (replayed,) = publish([(stations[0].topic, stations[0].weather(2, 600, 4_000, timestamp=now + 40))])
+        assert (replayed["status"], replayed["reason"]) == ("rejected", "replayed_seq")
+        wait_for(lambda: all(crop.functions.stationState(s.address).call()[0] == 3 for s in stations), 20,
+                 "every station's third observation on chain")  # fmt: skip
+        for s in stations:
+            first_ts, first_rain, last_ts, last_rain, hot_days, _ = crop.functions.stationSeason(season, s.address).call()
+            assert (first_ts, first_rain, last_ts, last_rain) == (now + 10, 525, now + 30, 575)
+            assert hot_days == (1 if hot[s.address] >= 3_000 else 0)
+    finally:
+        if publisher is not None:
+            publisher.close()
+        daemon.signal(signal.SIGTERM)
+        code = daemon.wait(60)
+    assert code == 0
+
+    store = Store.open(daemon.db)
+    try:
+        events = store.events_of_device(vehicle.address)
+        events += [e for s in stations for e in store.events_of_device(s.address)]
+    finally:
+        store.close()
+    assert [(e.kind, e.seq) for e in events[:4]] == [("telematics", s) for s in (1, 2, 4, 5)]
+    assert len(events) == 4 + 9
+    dead = events.pop(3)
+    assert dead.status is EventStatus.DEAD and (dead.reason or "").startswith("UnknownTarget")
+    assert {e.status for e in events} <= {EventStatus.SETTLED, EventStatus.FINAL}

@@ -689,15 +689,24 @@ class Intake:
         return state
 
 
+def _column_fields(kind: str) -> tuple[str | None, str | None, str | None, tuple[str, ...]]:
+    """The signed fields stored in the columns value, location and max_temperature (None: not used), and in extra."""
+    spec = KINDS[kind]
+    own = {column: name for name, column in spec.own_columns}
+    return own.get("value"), own.get("location"), own.get("max_temperature"), spec.extra_fields
+
+
+#: wire type → ``_column_fields``, looked up once per event on the hot path
+_COLUMN_FIELDS = {kind: _column_fields(kind) for kind in KINDS}
+
+
 def _record(event: wire.SignedEvent, device: str, signer: str, received_at: float) -> EventRecord:
     """The stored form of an accepted event; which column holds which signed field comes from ``kinds.KINDS``."""
     msg = event.msg
-    spec = KINDS[event.type]
-    columns: dict[str, Any] = {"value": None, "location": None, "max_temperature": None}
-    for name, column in spec.own_columns:
-        columns[column] = msg[name]
+    value, location, max_temperature, extra = _COLUMN_FIELDS[event.type]
     return EventRecord(
         event.type, device, signer, event.chain_id, event.contract, event.target_id, event.seq,
-        int(msg["timestamp"]), columns["value"], columns["location"], columns["max_temperature"], event.digest,
-        event.sig, received_at, extra=tuple((name, int(msg[name])) for name in spec.extra_fields),
+        int(msg["timestamp"]), msg[value] if value else None, msg[location] if location else None,
+        msg[max_temperature] if max_temperature else None, event.digest, event.sig, received_at,
+        extra=tuple((name, int(msg[name])) for name in extra) if extra else (),
     )  # fmt: skip

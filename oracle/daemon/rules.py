@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from oracle import wire
-from oracle.daemon.kinds import KINDS
+from oracle.daemon.kinds import KINDS, EventKind
 from oracle.daemon.store import DeviceState
 from oracle.device.location import EARTH_RADIUS_M, distance_m, geohash_decode, location_geohash
 from oracle.eip712 import DeviceKind
@@ -143,18 +143,20 @@ def evaluate(
     if current.quarantined_at is not None:
         reason = current.quarantine_reason or "repeated rule failures"
         return Verdict(Outcome.REJECT, Reason.QUARANTINED, f"device quarantined: {reason}", current)
-    failure = _first_failure(event, kind, current, now, settings)
+    spec = KINDS[event.type]
+    msg = event.msg
+    names = spec.registers
+    values = (int(msg[names[0]]),) if len(names) == 1 else tuple(int(msg[name]) for name in names)
+    failure = _first_failure(event, spec, values, kind, current, now, settings)
     if failure is not None:
         reason, detail = failure
         return Verdict(Outcome.REJECT, reason, detail, _count_failure(current, reason, now, settings))
-    msg = event.msg
     timestamp = int(msg["timestamp"])
     registers, location = current.registers, current.last_location
-    spec = KINDS[event.type]
-    if spec.registers:
+    if values:
         target = event.target_id
         others = tuple(r for r in registers if r[0] != target)[-(MAX_REGISTERS - 1) :]
-        registers = (*others, (target, tuple(int(msg[name]) for name in spec.registers), timestamp))
+        registers = (*others, (target, values, timestamp))
     if spec.located and any(msg["location"]):
         location = bytes(msg["location"])
     # built directly rather than with dataclasses.replace: this runs for every accepted event
@@ -164,8 +166,10 @@ def evaluate(
 
 
 def _first_failure(
-    event: SignedEvent, kind: int, state: DeviceState, now: float, settings: RuleSettings
+    event: SignedEvent, spec: EventKind, values: tuple[int, ...], kind: int, state: DeviceState, now: float,
+    settings: RuleSettings,
 ) -> tuple[Reason, str] | None:
+    """The first rule the event breaks; ``values`` are its registers (``spec.registers``), ``kind`` the device's."""
     seq = event.seq
     if state.last_seq is not None and seq <= state.last_seq:
         return Reason.REPLAYED_SEQ, f"seq {seq} ≤ last accepted {state.last_seq} with a different digest"
@@ -178,9 +182,8 @@ def _first_failure(
     if last_time is not None and timestamp < last_time:
         return Reason.CLOCK_SKEW, f"timestamp {timestamp} is before the previous event's {last_time}"
     elapsed = None if last_time is None else timestamp - last_time
-    spec = KINDS[event.type]
-    if spec.registers:
-        failure = _register_failure(event, spec.registers, kind, state, timestamp, settings)
+    if values:
+        failure = _register_failure(event, spec.registers, values, kind, state, timestamp, settings)
         if failure is not None or not spec.located:
             return failure
     if not spec.located:
@@ -202,21 +205,20 @@ def _first_failure(
 
 
 def _register_failure(
-    event: SignedEvent, names: tuple[str, ...], kind: int, state: DeviceState, timestamp: int, settings: RuleSettings
+    event: SignedEvent, names: tuple[str, ...], values: tuple[int, ...], kind: int, state: DeviceState,
+    timestamp: int, settings: RuleSettings,
 ) -> tuple[Reason, str] | None:
     """Rollback of any register, or the first register rising faster than the device kind can, per target."""
     target = event.target_id
     # a previous entry with another number of registers belongs to another kind of event with the same target id
-    previous = next(
-        (r for r in reversed(state.registers) if r[0] == target and len(r[1]) == len(names)), None
-    )
+    previous = next((r for r in reversed(state.registers) if r[0] == target and len(r[1]) == len(values)), None)
     if previous is None:
         return None
     _, last_values, register_time = previous
-    values = [int(event.msg[name]) for name in names]
-    for name, value, last in zip(names, values, last_values, strict=True):
-        if value < last:
-            return Reason.COUNTER_ROLLBACK, f"{name} {value} < previous {last} of {_target_text(event)}"
+    if values < last_values or len(values) > 1:  # one register: a tuple comparison says it all
+        for name, value, last in zip(names, values, last_values, strict=True):
+            if value < last:
+                return Reason.COUNTER_ROLLBACK, f"{name} {value} < previous {last} of {_target_text(event)}"
     limit = settings.max_rate(kind)
     increase, seconds = values[0] - last_values[0], timestamp - register_time
     if limit and increase > limit * seconds:

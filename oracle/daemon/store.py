@@ -330,7 +330,7 @@ def _stored_event(row: sqlite3.Row | tuple[Any, ...]) -> StoredEvent:
         kind, device, signer, chain_id, contract, int(target_id), seq, timestamp,
         None if value is None else int(value), location, max_temperature, digest, sig, received_at,
         event_id, EventStatus(status), tx_key, block, tx_hash, settled_at, final_at, reason,
-        extra=_extra_fields(extra),
+        extra=_extra_fields(extra) if extra else (),
     )  # fmt: skip
 
 

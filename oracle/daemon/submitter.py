@@ -25,8 +25,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 import requests
@@ -36,7 +37,7 @@ from eth_hash.auto import keccak
 from web3 import Web3
 from web3.exceptions import Web3Exception
 
-from oracle.daemon.kinds import KINDS
+from oracle.daemon.kinds import EXTRA, KINDS
 from oracle.daemon.metrics import Metrics
 from oracle.daemon.planner import Batch
 from oracle.daemon.revert import ErrorDecoder, _abi_type
@@ -120,6 +121,12 @@ class KindSpec:
     item_types: tuple[str, ...]
     settled_topic: bytes
     rejected_topic: bytes
+    #: the signed fields of a stored event in signing order; derived from the kinds table when not given
+    fields_of: Callable[[StoredEvent], tuple[Any, ...]] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.fields_of is None:
+            object.__setattr__(self, "fields_of", _fields_getter(self.kind))
 
     @classmethod
     def from_abi(cls, kind: str, contract: str, abi: Sequence[Mapping[str, Any]]) -> KindSpec:
@@ -147,8 +154,7 @@ class KindSpec:
             raise ValueError("the stored signature is not 65 bytes r‖s‖v with v 27/28")
         r, s = sig[:32], int.from_bytes(sig[32:64], "big")
         vs = (s | ((sig[64] - 27) << 255)).to_bytes(32, "big")
-        fields = [event.field_value(name, column) for name, _, column in KINDS[self.kind].columns]
-        return (*fields, r, vs)
+        return (*self.fields_of(event), r, vs)  # type: ignore[misc]  # never None after __post_init__
 
     def item(self, event: StoredEvent) -> bytes:
         """The ABI encoding of one item (a static tuple: one word per field); ValueError if a field does not fit."""
@@ -161,6 +167,19 @@ class KindSpec:
 
 
 _ARRAY_OFFSET = (32).to_bytes(32, "big")
+
+
+def _fields_getter(kind: str) -> Callable[[StoredEvent], tuple[Any, ...]]:
+    """The signed fields of a stored event of ``kind``: one ``attrgetter`` when every field has its own column
+    (readings, deliveries: the hot path), else a lookup per field."""
+    columns = KINDS[kind].columns
+    if all(column != EXTRA for _, _, column in columns):
+        return attrgetter(*(column for _, _, column in columns))
+
+    def fields_of(event: StoredEvent) -> tuple[Any, ...]:
+        return tuple(event.field_value(name, column) for name, _, column in columns)
+
+    return fields_of
 
 
 def _abi_word(typ: str, value: Any) -> bytes:  # noqa: ANN401 - one ABI value
