@@ -194,14 +194,16 @@ def _live_table(elapsed: float, duration: float, snap: livestats.StoreSnapshot, 
     return Group(table, rejects) if reasons else Group(table)
 
 
-def _onchain_payments(ctx: Any, from_block: int) -> tuple[int, int]:
-    """(payments: readings billed, deliveries paid, premiums charged; weather observations recorded)."""
-    from oracle.ops.audit import fetch_logs
+#: what the live view counts on chain: payments (readings billed, deliveries paid, premiums charged) and observations
+LIVE_EVENTS = {"MeteredBilling": ("ReadingSettled",), "DeliveryEscrow": ("DeliveryConfirmed",),
+               "MotorInsurance": ("PremiumCharged",), "CropInsurance": ("ObservationRecorded",)}
 
-    payments = (len(fetch_logs(ctx, "MeteredBilling", ("ReadingSettled",), from_block=from_block))
-                + len(fetch_logs(ctx, "DeliveryEscrow", ("DeliveryConfirmed",), from_block=from_block))
-                + len(fetch_logs(ctx, "MotorInsurance", ("PremiumCharged",), from_block=from_block)))
-    return payments, len(fetch_logs(ctx, "CropInsurance", ("ObservationRecorded",), from_block=from_block))
+
+def _onchain_payments(tally: livestats.LogTally) -> tuple[int, int]:
+    """(payments made on chain, weather observations recorded) so far."""
+    counts = tally.update()
+    return (counts["ReadingSettled"] + counts["DeliveryConfirmed"] + counts["PremiumCharged"],
+            counts["ObservationRecorded"])
 
 
 @click.command()
@@ -371,12 +373,13 @@ def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, du
     previous, previous_t = 0, started
     drain_deadline: float | None = None
     snap = livestats.StoreSnapshot()
+    tally = livestats.LogTally(ops_ctx, settle_from, LIVE_EVENTS)
     with Live(console=err_console, refresh_per_second=2, transient=False) if not as_json else _nullcontext() as live:
         while True:
             time.sleep(1.0)
             now = time.monotonic()
             snap = livestats.read_store(db_path)
-            payments = _onchain_payments(ops_ctx, settle_from)
+            payments = _onchain_payments(tally)
             rate_now = (snap.received + snap.rejected_total - previous) / max(now - previous_t, 1e-6)
             previous, previous_t = snap.received + snap.rejected_total, now
             if live is not None:

@@ -16,8 +16,8 @@ from oracle.device.fleet import DrivingStyle, FaultClass, generate_fleet, load_f
 from oracle.device.location import location_bytes32
 from oracle.device.publisher import BrokerSettings
 from oracle.device.signer import Contracts
-from oracle.device.simulator import (STYLE_RATES, EventPlan, VehicleModel, WeatherScenario, plan_events,
-                                     run_simulation, sign_ahead)
+from oracle.device.simulator import (STYLE_RATES, EventPlan, VehicleModel, plan_events, run_simulation,
+                                     sign_ahead)
 from oracle.errors import ConfigError, SignatureError
 from oracle.node import Mosquitto
 from oracle.wire import SignedEvent, decode, events_filter

@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oracle.ops.audit import fetch_logs
+from eth_abi import decode as abi_decode
+from eth_hash.auto import keccak
+
+from oracle.errors import ChainError
+from oracle.ops.audit import LOG_CHUNK_BLOCKS
 from oracle.ops.context import OpsContext
 
 log = logging.getLogger(__name__)
@@ -133,21 +137,96 @@ class ChainSummary:
                 "gasPerEvent": round(self.gas_per_event) if self.gas_per_event else None}
 
 
+@dataclass(frozen=True)
+class RawEvent:
+    event: str
+    args: dict[str, Any]  # the non-indexed arguments
+    tx_hash: str
+    topic1: int | None = None  # the first indexed argument (an id, or an address as an integer)
+
+
+def _rpc(ctx: OpsContext, method: str, params: list[Any]) -> Any:
+    """A JSON-RPC call without web3's result formatting: reading thousands of logs and receipts that way costs
+    several times more CPU than the node takes to answer, which a live demo on two cores cannot spare."""
+    response = ctx.w3.provider.make_request(method, params)
+    if "error" in response:
+        raise ChainError(f"{method} failed: {response['error']}")
+    return response["result"]
+
+
+def _event_specs(ctx: OpsContext, contract: str, events: tuple[str, ...]) -> dict[str, tuple[str, list[str], list[str]]]:
+    """topic0 → (event name, non-indexed argument names, their ABI types)."""
+    abi = {e["name"]: e for e in ctx.contract(contract).abi if e.get("type") == "event"}
+    specs = {}
+    for name in events:
+        entry = abi[name]
+        signature = f"{name}({','.join(i['type'] for i in entry['inputs'])})"
+        data = [i for i in entry["inputs"] if not i["indexed"]]
+        specs["0x" + keccak(signature.encode()).hex()] = (name, [i["name"] for i in data], [i["type"] for i in data])
+    return specs
+
+
+def settlement_logs(ctx: OpsContext, contract: str, events: tuple[str, ...], from_block: int,
+                    to_block: int | None = None) -> list[RawEvent]:
+    """``events`` of a deployed contract in blocks ``from_block``..``to_block`` (default latest), decoded from the
+    raw JSON-RPC answer; [] when the contract is not deployed."""
+    if not ctx.has(contract):
+        return []
+    address = ctx.address(contract)
+    specs = _event_specs(ctx, contract, events)
+    latest = int(_rpc(ctx, "eth_blockNumber", []), 16) if to_block is None else to_block
+    out: list[RawEvent] = []
+    start = from_block
+    while start <= latest:
+        end = min(start + LOG_CHUNK_BLOCKS - 1, latest)
+        for entry in _rpc(ctx, "eth_getLogs", [{"address": address, "fromBlock": hex(start), "toBlock": hex(end),
+                                                "topics": [list(specs)]}]):
+            spec = specs.get(entry["topics"][0]) if entry.get("topics") else None
+            if spec is None:
+                continue
+            name, names, types = spec
+            values = abi_decode(types, bytes.fromhex(entry["data"][2:]))
+            topics = entry["topics"]
+            out.append(RawEvent(name, dict(zip(names, values, strict=True)), entry["transactionHash"],
+                                int(topics[1], 16) if len(topics) > 1 else None))
+        start = end + 1
+    return out
+
+
+class LogTally:
+    """Counts of events since a block, read incrementally: the live view asks every second, and re-reading every
+    log since the start each time grows with the run."""
+
+    def __init__(self, ctx: OpsContext, from_block: int, wanted: dict[str, tuple[str, ...]]) -> None:
+        self._ctx = ctx
+        self._next = from_block
+        self._wanted = {contract: events for contract, events in wanted.items() if ctx.has(contract)}
+        self.counts: Counter[str] = Counter()
+
+    def update(self) -> Counter[str]:
+        latest = int(_rpc(self._ctx, "eth_blockNumber", []), 16)
+        if latest >= self._next:
+            for contract, events in self._wanted.items():
+                self.counts.update(e.event for e in settlement_logs(self._ctx, contract, events, self._next, latest))
+            self._next = latest + 1
+        return self.counts
+
+
 def chain_summary(ctx: OpsContext, from_block: int) -> ChainSummary:
     """Settlement events since ``from_block`` and the gas of the transactions that carried them (the insurance
     products count when deployed)."""
-    readings = fetch_logs(ctx, "MeteredBilling", ("ReadingSettled", "ReadingRejected"), from_block=from_block)
-    deliveries = fetch_logs(ctx, "DeliveryEscrow", ("DeliveryConfirmed", "DeliveryRejected"), from_block=from_block)
-    telematics = fetch_logs(ctx, "MotorInsurance", ("PremiumCharged", "TelematicsRejected"), from_block=from_block)
-    weather = fetch_logs(ctx, "CropInsurance", ("ObservationRecorded", "ObservationRejected"), from_block=from_block)
+    readings = settlement_logs(ctx, "MeteredBilling", ("ReadingSettled", "ReadingRejected"), from_block)
+    deliveries = settlement_logs(ctx, "DeliveryEscrow", ("DeliveryConfirmed", "DeliveryRejected"), from_block)
+    telematics = settlement_logs(ctx, "MotorInsurance", ("PremiumCharged", "TelematicsRejected"), from_block)
+    weather = settlement_logs(ctx, "CropInsurance", ("ObservationRecorded", "ObservationRejected"), from_block)
     from oracle.daemon.revert import reason_label
 
-    def rejected(entries: list[Any], event: str) -> dict[str, int]:
+    def rejected(entries: list[RawEvent], event: str) -> dict[str, int]:
         return dict(Counter(reason_label(int(e.args["reason"])) for e in entries if e.event == event))
 
     # Only the relayed batches: a finalize or a top-up in the same contracts is not settlement gas.
     txs = {e.tx_hash for e in readings + deliveries + telematics + weather}
-    gas = sum(int(ctx.w3.eth.get_transaction_receipt(h)["gasUsed"]) for h in txs)
+    gas = sum(int(_rpc(ctx, "eth_getTransactionReceipt", [h])["gasUsed"], 16) for h in txs)
     return ChainSummary(
         readings_settled=sum(1 for e in readings if e.event == "ReadingSettled"),
         readings_rejected=rejected(readings, "ReadingRejected"),

@@ -439,11 +439,12 @@ def motor_summary(ctx: OpsContext, provisioned: ProvisionedFleet, from_block: in
     """Per insured vehicle: style, distance, harsh braking and speeding counted, premiums charged and the factors
     the contract applied (from its PremiumCharged events), reports refused by reason, the policy's standing."""
     from oracle.daemon.revert import reason_label
+    from oracle.ops.livestats import settlement_logs
 
+    logs = settlement_logs(ctx, insurance.CONTRACT, ("PremiumCharged", "TelematicsRejected"), from_block)
     out = []
     for name, policy_id in provisioned.policies.items():
-        entries = fetch_logs(ctx, insurance.CONTRACT, ("PremiumCharged", "TelematicsRejected"), topic1=policy_id,
-                             from_block=from_block)
+        entries = [e for e in logs if e.topic1 == policy_id]
         charged = [e.args for e in entries if e.event == "PremiumCharged"]
         rejected = Counter(reason_label(int(e.args["reason"])) for e in entries if e.event == "TelematicsRejected")
         factors = [int(a["factorBps"]) for a in charged if int(a["metres"]) > 0]
