@@ -14,10 +14,11 @@ import pytest
 
 from oracle import eip712
 from oracle.device.keys import DeviceKey
+from oracle.device.location import location_bytes32
 from oracle.eip712 import DeviceKind, Domain
 from oracle.wire import SignedEvent
 
-from tests.cli_support import Cli, User, chain_now, register_device, token_balance
+from tests.cli_support import Cli, User, chain_now, delivery, register_device, token_balance
 from tests.conftest import Deployment, private_deployment
 
 TOKEN = 10**18
@@ -130,6 +131,53 @@ def test_motor_bad_inputs_change_nothing(cli, deployment, w3) -> None:
     assert not_insurer == f"only the insurer of policy {hex(policy_id)} may do this, not {holder.address}"
     assert cli.fails(["policy", "offer", "--holder", holder.address, "--vehicle", vehicle.address, "--rate", "1",
                       "--min-factor", "fast"], holder).startswith("Invalid value for '--min-factor'")
+
+
+def test_motor_policy_lapses_when_prepaid_runs_out_and_a_top_up_reinstates_it(cli, deployment, w3) -> None:
+    insurer, holder, vehicle, policy_id = _motor_policy(cli, deployment, w3)
+    motor = deployment.address("MotorInsurance")
+    # 500 km at ×0.90 cost 22.5 TEST: the 20 prepaid are taken, 2.5 TEST become arrears
+    cli.ok(["policy", "settle", "-"], insurer, stdin=telematics(vehicle, w3, motor, policy_id, 1, 1_500_000))
+    shown = cli.ok(["policy", "show", str(policy_id)])
+    assert (shown["status"], shown["prepaid"], shown["arrears"]) == ("lapsed", "0", str(250 * CENT))
+    refused = cli.fails(["policy", "settle", "-"], insurer, stdin=telematics(vehicle, w3, motor, policy_id, 2, 1_510_000))
+    assert refused.endswith("the policy is lapsed for arrears; a top-up reinstates it")
+
+    cli.ok(["token", "mint", "--amount", "5"], holder)
+    topped = cli.ok(["policy", "top-up", str(policy_id), "--amount", "5"], holder)
+    assert topped["arrearsPaid"] == str(250 * CENT)
+    assert (topped["policy"]["status"], topped["policy"]["prepaid"]) == ("active", str(250 * CENT))
+    assert token_balance(deployment, holder.address) == 0
+    kinds = [e["kind"] for e in cli.ok(["policy", "history", str(policy_id), "--all"])["entries"]]
+    assert kinds == ["offered", "accepted", "charged", "lapsed", "rejected", "topped-up", "reinstated"]
+
+
+def test_loan_is_repaid_from_an_escrow_released_to_its_payout_account(cli, deployment, w3) -> None:
+    lender, seller, buyer = cli.user(w3), cli.user(w3), cli.user(w3)
+    cli.ok(["token", "mint", "--amount", "40"], lender)
+    loan_id = cli.ok(["loan", "offer", "--borrower", seller.address, "--principal", "40", "--repayment", "44",
+                      "--share", "25%", "--due-by", "+30d"], lender)["loanId"]
+    account = cli.ok(["loan", "accept", str(loan_id)], seller)["account"]
+    assert token_balance(deployment, seller.address) == 40 * TOKEN
+
+    tracker = register_device(deployment.config, buyer, DeviceKind.TRACKER)
+    cli.ok(["token", "mint", "--amount", "60"], buyer)
+    escrow_id = cli.ok(["escrow", "create", "--seller", account, "--device", tracker.address, "--amount", "60",
+                        "--destination", "u33dc0cr", "--deadline", "+2h"], buyer)["escrowId"]
+    signed = delivery(tracker, w3.eth.chain_id, deployment.address("DeliveryEscrow"), escrow_id, 1, chain_now(w3),
+                      location_bytes32("u33dc0cr"))
+    cli.ok(["escrow", "confirm", "-"], buyer, stdin=signed.to_payload().decode())
+
+    # anyone sweeps: the account pulls its 60 TEST escrow credit; 25 % (15) repays, 45 go to the seller
+    swept = cli.ok(["loan", "sweep", str(loan_id)], buyer)
+    assert swept["collected"] == [{"source": deployment.address("DeliveryEscrow"), "amount": str(60 * TOKEN)}]
+    assert (swept["repaid"], swept["forwarded"], swept["outstanding"]) == (str(15 * TOKEN), str(45 * TOKEN),
+                                                                           str(29 * TOKEN))
+    assert token_balance(deployment, lender.address) == 15 * TOKEN
+    assert token_balance(deployment, seller.address) == 85 * TOKEN
+    assert token_balance(deployment, account) == 0
+    listed = cli.ok(["loan", "list", "--party", seller.address])
+    assert [(v["loan_id"], v["status"], v["outstanding"]) for v in listed] == [(loan_id, "active", str(29 * TOKEN))]
 
 
 # ------------------------------------------------------------------------------------------------ crop + loan
