@@ -58,6 +58,7 @@ FARMERS = 3
 #: seconds the devices publish beyond the season's sale window and length: the simulator's start-up (its events'
 #: timestamps start when it has planned them) and opening the season while it runs
 SEASON_MARGIN = 12
+MIN_SEASON = 5  # more than twice the smallest coverage slack (2 s)
 
 
 class Interrupted(Exception):
@@ -245,11 +246,13 @@ def demo(ctx: click.Context, duration: float, devices: int, rate: float | None, 
 
     \b
     Examples:
-      iotsettle demo                                   # ~1.5 minutes, leaves anvil + mosquitto running
+      iotsettle demo                                   # ~2 minutes, leaves anvil + mosquitto running
       iotsettle demo --duration 20 --devices 14 --season 15 --stop
       iotsettle demo --rpc http://127.0.0.1:8545 --broker 127.0.0.1:1883
     """
     config: Config = state(ctx).config
+    if 0 < season_length < MIN_SEASON:
+        raise click.BadParameter(f"a season lasts at least {MIN_SEASON} s (or 0 for none)", param_hint="--season")
     report = (lambda _m: None) if as_json else progress
     rate = rate or 3.0 * devices
     spec = FleetSpec.scaled(devices, WEATHER_STATIONS if season_length else 0)
