@@ -396,4 +396,5 @@ def claim(ctx: click.Context, token: str, from_key_env: str | None, dev_account:
     ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
     info = describe_token(ops_ctx, token)
     result, amount = ops.claim(ops_ctx, info.address)
-    emit({"amount": str(amount), "tx": result.tx_hash}, as_json, f"received {info.format(amount)} (tx {result.tx_hash})")
+    emit({"amount": str(amount), "tx": result.tx_hash}, as_json,
+         f"received {info.format(amount)} (tx {result.tx_hash})")

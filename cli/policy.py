@@ -49,7 +49,8 @@ def policy() -> None:
 
     \b
     Life of a policy:
-      iotsettle policy offer --holder 0x7099… --vehicle 0xVEHICLE --rate 0.05 --min-factor 0.9 --max-factor 1.5 --step 0.1
+      iotsettle policy offer --holder 0x7099… --vehicle 0xVEHICLE --rate 0.05 \\
+          --min-factor 0.9 --max-factor 1.5 --step 0.1                   # the insurer offers
       iotsettle policy accept 0xPOLICY --deposit 20 --dev-account 1      # the holder prepays
       iotsettle policy settle reports.jsonl                              # anyone relays (the oracle does this)
       iotsettle policy history 0xPOLICY                                  # km, events, factor, rate, amount, why

@@ -140,7 +140,8 @@ def test_motor_policy_lapses_when_prepaid_runs_out_and_a_top_up_reinstates_it(cl
     cli.ok(["policy", "settle", "-"], insurer, stdin=telematics(vehicle, w3, motor, policy_id, 1, 1_500_000))
     shown = cli.ok(["policy", "show", str(policy_id)])
     assert (shown["status"], shown["prepaid"], shown["arrears"]) == ("lapsed", "0", str(250 * CENT))
-    refused = cli.fails(["policy", "settle", "-"], insurer, stdin=telematics(vehicle, w3, motor, policy_id, 2, 1_510_000))
+    report = telematics(vehicle, w3, motor, policy_id, 2, 1_510_000)
+    refused = cli.fails(["policy", "settle", "-"], insurer, stdin=report)
     assert refused.endswith("the policy is lapsed for arrears; a top-up reinstates it")
 
     cli.ok(["token", "mint", "--amount", "5"], holder)
@@ -199,10 +200,10 @@ def test_drought_season_pays_cover_and_the_loan_is_repaid_from_it(own_deployment
     cli.ok(["token", "mint", "--amount", "1000"], insurer)
     cli.ok(["crop", "deposit", str(pool_id), "--amount", "1000"], insurer)
     start = chain_now(w3) + 600
-    created = cli.ok(["crop", "season-create", "--pool", str(pool_id), *sum((["--station", s.address] for s in stations),
-                      []), "--k", "2", "--index", "rain", "--threshold", "50mm", "--start", str(start),
-                      "--end", str(start + 3 * 86400), "--premium", "5%", "--coverage-slack", "1h",
-                      "--region", "u0yjj"], insurer)
+    station_args = [arg for s in stations for arg in ("--station", s.address)]
+    created = cli.ok(["crop", "season-create", "--pool", str(pool_id), *station_args, "--k", "2", "--index", "rain",
+                      "--threshold", "50mm", "--start", str(start), "--end", str(start + 3 * 86400), "--premium", "5%",
+                      "--coverage-slack", "1h", "--region", "u0yjj"], insurer)
     season_id = created["seasonId"]
     assert created["season"]["threshold"] == 5000 and created["season"]["region"] == "u0yjj"
 
@@ -267,7 +268,7 @@ def test_crop_bad_inputs_change_nothing(own_deployment) -> None:
     pool_id = cli.ok(["crop", "pool-create"], insurer)["poolId"]
     cli.ok(["token", "mint", "--amount", "100"], insurer)
     cli.ok(["crop", "deposit", str(pool_id), "--amount", "100"], insurer)
-    station_args = sum((["--station", s.address] for s in stations), [])
+    station_args = [arg for s in stations for arg in ("--station", s.address)]
     common = ["--pool", str(pool_id), *station_args, "--index", "heat", "--threshold", "35C", "--days", "3",
               "--start", "+1h", "--end", "+30d", "--premium", "10%"]
     quorum = cli.fails(["crop", "season-create", *common, "--k", "3"], insurer)

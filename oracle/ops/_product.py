@@ -78,7 +78,3 @@ def state_name(names: tuple[str, ...], value: int) -> str:
 
 def when(ts: int) -> str:
     return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def chain_now(ctx: OpsContext) -> int:
-    return int(ctx.w3.eth.get_block("latest")["timestamp"])

@@ -107,12 +107,14 @@ SENTENCES: Sentences = {
     "InsufficientFreeAssets": lambda a: (f"pool {a['poolId']} has only {a['free']} base units free (assets not "
                                          f"locked by cover sold), not {a['requested']}"),
     "InvalidWindow": lambda a: (f"the season window is invalid (sale end {when(a['saleEnd'])}, start "
-                                f"{when(a['start']) if a['start'] else 0}, end {when(a['end'])}): it needs sale end ≤ "
-                                "start < end, at most 400 days long and starting within 400 days"),
+                                f"{when(a['start']) if a['start'] else 0}, end {when(a['end'])}): it needs "
+                                "sale end ≤ start < end, at most 400 days long and starting within 400 days"),
     "FinalizeDelayTooLong": lambda a: f"a finalize delay of {a['finalizeDelay']} s is more than 30 days",
-    "InvalidQuorum": lambda a: (f"k = {a['k']} of {a['n']} stations is not allowed: a season needs 3 to 7 stations "
-                                "and 2 ≤ k ≤ n − 1, so one faulty station can neither trigger nor block a payout"),
-    "InvalidPremium": lambda a: f"a premium of {a['premiumBps']} basis points is not within 1 … 10000 (0.01 % … 100 %)",
+    "InvalidQuorum": lambda a: (f"k = {a['k']} of {a['n']} stations is not allowed: a season needs 3 to 7 "
+                                "stations and 2 ≤ k ≤ n − 1, so one faulty station can neither trigger nor block "
+                                "a payout"),
+    "InvalidPremium": lambda a: (f"a premium of {a['premiumBps']} basis points is not within 1 … 10000 "
+                                 "(0.01 % … 100 %)"),
     "InvalidIndex": lambda a: ("a rainfall threshold must be above 0" if int(a["index"]) == 0
                                else "a heat index needs at least one hot day to trigger (--days)"),
     "DuplicateStation": lambda a: f"station {a['station']} is listed twice",

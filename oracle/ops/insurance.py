@@ -67,7 +67,8 @@ def explain_factor(metres: int, events: int, factor_bps: int, min_bps: int, max_
     head = f"{_events(events)} in {_km(metres)} km = {per_100km:.1f} per 100 km"
     if raw >= max_bps:
         return f"{head} → {factor_text(max_bps)} (cap)"
-    return f"{head} → {factor_text(min_bps)} + {per_100km:.1f} × {Decimal(step_bps) / BPS:.2f} = {factor_text(factor_bps)}"
+    step = f"{Decimal(step_bps) / BPS:.2f}"
+    return f"{head} → {factor_text(min_bps)} + {per_100km:.1f} × {step} = {factor_text(factor_bps)}"
 
 
 def premium(metres: int, events: int, last_factor_bps: int, min_bps: int, max_bps: int, step_bps: int,
@@ -175,7 +176,8 @@ SENTENCES: Sentences = {
     "UnknownPolicy": lambda a: f"policy {hex(a['policyId'])} does not exist",
     "NotInsurer": lambda a: f"only the insurer of policy {hex(a['policyId'])} may do this, not {a['caller']}",
     "NotHolder": lambda a: f"only the holder of policy {hex(a['policyId'])} may do this, not {a['caller']}",
-    "NotParty": lambda a: f"only the holder or the insurer of policy {hex(a['policyId'])} may do this, not {a['caller']}",
+    "NotParty": lambda a: (f"only the holder or the insurer of policy {hex(a['policyId'])} may do this, "
+                           f"not {a['caller']}"),
     "WrongStatus": _status_sentence,
     "InvalidFactorBounds": lambda a: (f"the factor bounds {factor_text(a['minFactorBps'])} … "
                                       f"{factor_text(a['maxFactorBps'])} are invalid: they need 0 < min ≤ max ≤ "
@@ -337,7 +339,9 @@ def settle(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[R
 class HistoryEntry:
     """One line of a policy's history: a charged period, a rejected report, or a change of status."""
 
-    kind: str  # charged | rejected | offered | accepted | topped-up | lapsed | reinstated | close-requested | closed …
+    #: charged | rejected | offered | accepted | topped-up | lapsed | reinstated | close-requested | closed |
+    #: premiums-withdrawn | cancelled
+    kind: str
     block: int
     time: int
     tx_hash: str
@@ -395,7 +399,8 @@ def history(ctx: OpsContext, policy_id: int) -> tuple[PolicyView, list[HistoryEn
         elif name == "PolicyOffered":
             entries.append(HistoryEntry("offered", *base, explanation=(
                 f"{fmt(view.rate_per_km)} per km at ×1.00; factor {factor_text(view.min_factor_bps)} … "
-                f"{factor_text(view.max_factor_bps)}, +{factor_text(view.step_bps).lstrip('×')} per event per 100 km")))
+                f"{factor_text(view.max_factor_bps)}, +{factor_text(view.step_bps).lstrip('×')} per event "
+                "per 100 km")))
         elif name == "PolicyAccepted":
             entries.append(HistoryEntry("accepted", *base, amount=int(a["deposit"]),
                                         explanation=f"{fmt(int(a['deposit']))} prepaid"))
