@@ -12,7 +12,7 @@ from oracle import wire
 from oracle.device.keys import DeviceKey, MemoryCounter
 from oracle.device.signer import Contracts, EventSigner, sign_event, sign_key_rotation, sign_registration
 from oracle.eip712 import SECP256K1_N, DeviceKind, address_of
-from oracle.errors import ProtocolError
+from oracle.errors import ConfigError, ProtocolError
 
 KEY = DeviceKey.from_private_key("0x" + "42" * 32)
 CONTRACTS = Contracts("0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20)
@@ -104,3 +104,44 @@ def test_registration_and_rotation_digests_equal_the_registry(
     digest, _ = sign_key_rotation(rotated, device=device.address, deadline=deadline, chain_id=chain_id,
                                   registry=registry.address)
     assert digest == _call(registry, "hashKeyRotation", device.address, address_of(new_key), deadline)
+
+
+uint32 = st.integers(0, 2**32 - 1)
+
+
+@fixture_settings
+@given(policy=uint256, seq=wire_uint64, timestamp=wire_uint64, odometer=wire_uint64, harsh=uint32, speeding=uint32,
+       key=private_keys)
+def test_telematics_digest_equals_motor_insurance(
+    deployment: Any, policy: int, seq: int, timestamp: int, odometer: int, harsh: int, speeding: int, key: bytes
+) -> None:
+    motor = deployment.contract("MotorInsurance")
+    device = DeviceKey.from_private_key(key)
+    contracts = Contracts(CONTRACTS.metered_billing, CONTRACTS.delivery_escrow, motor_insurance=motor.address)
+    event = EventSigner(device, deployment.chain.chain_id, contracts, MemoryCounter(seq)).telematics(
+        policy, odometer, harsh, speeding, timestamp=timestamp)
+    assert event.digest == _call(motor, "hashTelematics", policy, seq, timestamp, odometer, harsh, speeding)
+    assert wire.decode(event.to_payload()).signer() == device.address
+
+
+@fixture_settings
+@given(seq=wire_uint64, timestamp=wire_uint64, rainfall=wire_uint64, temperature=int32, key=private_keys)
+def test_observation_digest_equals_crop_insurance(
+    deployment: Any, seq: int, timestamp: int, rainfall: int, temperature: int, key: bytes
+) -> None:
+    crop = deployment.contract("CropInsurance")
+    station = DeviceKey.from_private_key(key)
+    contracts = Contracts(CONTRACTS.metered_billing, CONTRACTS.delivery_escrow, crop_insurance=crop.address)
+    event = EventSigner(station, deployment.chain.chain_id, contracts, MemoryCounter(seq)).weather(
+        rainfall, temperature, timestamp=timestamp)
+    assert event.msg["station"] == station.address
+    assert event.digest == _call(crop, "hashObservation", station.address, seq, timestamp, rainfall, temperature)
+    assert wire.decode(event.to_payload()).signer() == station.address
+
+
+def test_signing_for_a_product_the_deployment_lacks_is_refused() -> None:
+    signer = EventSigner(KEY, 31337, CONTRACTS, MemoryCounter())
+    with pytest.raises(ConfigError, match="no MotorInsurance address"):
+        signer.telematics(1, 2, 3, 4)
+    with pytest.raises(ConfigError, match="no CropInsurance address"):
+        signer.weather(1, 2)
