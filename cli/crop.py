@@ -236,6 +236,13 @@ def buy(ctx: click.Context, season_id: int, cover: Amount, beneficiary: str | No
          f"{view.beneficiary}, premium {info.format(premium)} paid (tx {result.tx_hash})")
 
 
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _station_rows(view: ops.SeasonView) -> Table:
     figure = "rain (mm)" if view.index == "rain" else "hot days"
     table = Table("station", "first report", "last report", figure, "verdict",
@@ -277,7 +284,8 @@ def season(ctx: click.Context, season_id: int, rpc_url: str | None, as_json: boo
                    f"{view.paid_up_to} of {view.policy_count} policies processed")
     for key, value in (("window", f"{when(view.start)} → {when(view.end)}"), ("sale ends", when(view.sale_end)),
                        ("index", view.rule), ("premium", f"{Decimal(view.premium_bps) / 100:f} % of the cover"),
-                       ("coverage slack", f"{view.coverage_slack} s"),
+                       ("coverage slack", f"{_duration(view.coverage_slack)}: a station must report this close to "
+                                          "the start and to the end, or it abstains"),
                        ("finalizable from", when(view.finalizable_at)), ("region", view.region or "—"),
                        ("cover sold", fmt(view.cover_sold)), ("outcome", outcome)):
         terms.add_row(key, value)

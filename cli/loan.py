@@ -184,11 +184,14 @@ def show(ctx: click.Context, loan_id: int, rpc_url: str | None, as_json: bool) -
     view = ops.loan_of(ops_ctx, loan_id)
     fmt = describe_token(ops_ctx, view.token).format
     table = Table(show_header=False, title=f"loan {loan_id}")
+    due = when(view.due_by)
+    if view.status == "active" and int(ops_ctx.w3.eth.get_block("latest")["timestamp"]) > view.due_by:
+        due += " (overdue)"
     rows = [("status", view.status), ("lender", view.lender), ("borrower", view.borrower),
             ("principal", fmt(view.principal)), ("repayment", fmt(view.repayment)), ("repaid", fmt(view.repaid)),
             ("outstanding", fmt(view.outstanding)),
             ("share of payouts", f"{Decimal(view.share_bps) / 100:f} % until repaid"),
-            ("due by", when(view.due_by)), ("offer open until", when(view.accept_by)),
+            ("due by", due), ("offer open until", when(view.accept_by)),
             ("payout account", f"{view.account} (holds {fmt(view.account_balance)} not yet swept)")]
     if view.repaid_at:
         rows.append(("repaid at", when(view.repaid_at) + (" (late)" if view.repaid_at > view.due_by else "")))

@@ -45,6 +45,13 @@ def weather(key: DeviceKey, w3: Any, contract: str, seq: int, rainfall: int, max
     return _sign(key, "weather", "WeatherObservation", w3.eth.chain_id, contract, msg)
 
 
+def _human(cli: Cli, args: list[str]) -> str:
+    """The output for people (rich tables) of a command that must succeed."""
+    result = cli.run(args, COLUMNS="200")
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
 def warp_to(w3: Any, timestamp: int) -> None:
     w3.provider.make_request("evm_setNextBlockTimestamp", [timestamp])
     w3.provider.make_request("evm_mine", [])
@@ -100,8 +107,9 @@ def test_motor_policy_charges_per_km_with_the_factor_explained(cli, deployment, 
     assert (history[1]["km"], history[1]["harsh_braking"], history[1]["speeding"], history[1]["rate_per_km"]) == \
         (12.4, 2, 1, str(75 * TOKEN // 1000))
     assert history[3]["explanation"].startswith("already settled or superseded")
-    human = cli.run(["policy", "history", str(policy_id)])
-    assert human.exit_code == 0 and "seq 2: 3 events in 12.4 km = 24.2 per 100 km → ×1.50 (cap)" in human.stdout
+    assert "seq 2: 3 events in 12.4 km = 24.2 per 100 km → ×1.50 (cap)" in _human(cli, ["policy", "history",
+                                                                                         str(policy_id)])
+    assert "×1.50 = 0.075 TEST per km" in _human(cli, ["policy", "show", str(policy_id)])
 
     assert cli.ok(["policy", "withdraw", str(policy_id)], insurer)["amount"] == str(543 * CENT)
     assert token_balance(deployment, insurer.address) == 543 * CENT
@@ -258,6 +266,14 @@ def test_drought_season_pays_cover_and_the_loan_is_repaid_from_it(own_deployment
     assert (shown["status"], shown["outstanding"], shown["repaid"]) == ("repaid", "0", str(110 * TOKEN))
     assert token_balance(deployment, lender.address) == 110 * TOKEN
     assert token_balance(deployment, farmer.address) == 180 * TOKEN
+
+    # what people read: the same figures in tables
+    season_text = _human(cli, ["crop", "season", str(season_id)])
+    assert "TRIGGERED: 2 trigger, 1 no trigger, 0 abstained" in season_text and "no trigger" in season_text
+    assert "715 TEST" in _human(cli, ["crop", "pool", str(pool_id)])
+    loan_text = _human(cli, ["loan", "show", str(loan_id)])
+    assert account in loan_text and "110 TEST" in loan_text
+    assert account in _human(cli, ["loan", "list"])
 
 
 def test_crop_bad_inputs_change_nothing(own_deployment) -> None:
