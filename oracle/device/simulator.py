@@ -210,7 +210,7 @@ CLIMATES: dict[WeatherScenario, Climate] = {
 #: what a hostile station claims in each scenario: the opposite of what its neighbours see
 HOSTILE_CLIMATES: dict[WeatherScenario, Climate] = {
     WeatherScenario.NORMAL: Climate((36.0, 39.0), 6.0, 0.0, 1.0, 0.0, (0.5, 1.0)),  # a dry heatwave
-    WeatherScenario.DROUGHT: Climate((14.0, 18.0), 3.0, 1 / 60, 1 / 7_200, 1.0, (40.0, 80.0)),  # a cloudburst
+    WeatherScenario.DROUGHT: Climate((14.0, 18.0), 3.0, 1 / 60, 1 / 7_200, 1.0, (60.0, 120.0)),  # a cloudburst
     WeatherScenario.HEATWAVE: Climate((14.0, 18.0), 4.0, 1 / 900, 1 / 300, 0.5, (1.0, 8.0)),  # mild, showers
 }
 

@@ -114,7 +114,9 @@ class CropTerms:
 
     pool_assets: int = 1_000 * 10**18
     index: str = "rain"  # rain below the threshold over the season triggers
-    threshold: int = 5  # 0.05 mm (hundredths of a mm): a season of minutes in a drought measures none
+    # 0.03 mm (hundredths of a mm): a season of seconds or minutes in a drought measures none, while the hostile
+    # station's cloudburst passes it within 4 s (the shortest window a 5 s season may count)
+    threshold: int = 3
     premium_bps: int = 800  # 8 % of the cover
     k: int = 3
     covers: tuple[int, ...] = (150 * 10**18, 200 * 10**18, 100 * 10**18)  # one per farmer; the first has the loan
