@@ -183,9 +183,24 @@ def _first_failure(
         return Reason.CLOCK_SKEW, f"timestamp {timestamp} is before the previous event's {last_time}"
     elapsed = None if last_time is None else timestamp - last_time
     if values:
-        failure = _register_failure(event, spec.registers, values, kind, state, timestamp, settings)
-        if failure is not None or not spec.located:
-            return failure
+        # the registers, per target: none may go down, the first one may not rise faster than the device kind can
+        # (inline rather than a helper: this runs for every reading and report)
+        target = event.target_id
+        # an entry with another number of registers belongs to another kind of event with the same target id
+        previous = next((r for r in reversed(state.registers) if r[0] == target and len(r[1]) == len(values)), None)
+        if previous is not None:
+            _, last_values, register_time = previous
+            if values < last_values or len(values) > 1:  # one register: the tuple comparison says it all
+                for name, value, last in zip(spec.registers, values, last_values, strict=True):
+                    if value < last:
+                        return Reason.COUNTER_ROLLBACK, f"{name} {value} < previous {last} of {_target_text(event)}"
+            limit = settings.max_rate(kind)
+            increase, seconds = values[0] - last_values[0], timestamp - register_time
+            if limit and increase > limit * seconds:
+                return (
+                    Reason.IMPOSSIBLE_RATE,
+                    f"{spec.registers[0]} rose {increase} in {seconds} s, above {limit:g}/s for a {_kind_name(kind)}",
+                )
     if not spec.located:
         return None
     try:
@@ -201,31 +216,6 @@ def _first_failure(
     if metres > settings.max_speed_m_s * elapsed:
         speed = "instantly" if elapsed == 0 else f"in {elapsed} s ({metres / elapsed:.0f} m/s)"
         return Reason.TELEPORT, f"moved {metres / 1000:.1f} km {speed}, limit {settings.max_speed_m_s:g} m/s"
-    return None
-
-
-def _register_failure(
-    event: SignedEvent, names: tuple[str, ...], values: tuple[int, ...], kind: int, state: DeviceState,
-    timestamp: int, settings: RuleSettings,
-) -> tuple[Reason, str] | None:
-    """Rollback of any register, or the first register rising faster than the device kind can, per target."""
-    target = event.target_id
-    # a previous entry with another number of registers belongs to another kind of event with the same target id
-    previous = next((r for r in reversed(state.registers) if r[0] == target and len(r[1]) == len(values)), None)
-    if previous is None:
-        return None
-    _, last_values, register_time = previous
-    if values < last_values or len(values) > 1:  # one register: a tuple comparison says it all
-        for name, value, last in zip(names, values, last_values, strict=True):
-            if value < last:
-                return Reason.COUNTER_ROLLBACK, f"{name} {value} < previous {last} of {_target_text(event)}"
-    limit = settings.max_rate(kind)
-    increase, seconds = values[0] - last_values[0], timestamp - register_time
-    if limit and increase > limit * seconds:
-        return (
-            Reason.IMPOSSIBLE_RATE,
-            f"{names[0]} rose {increase} in {seconds} s, above {limit:g}/s for a {_kind_name(kind)}",
-        )
     return None
 
 
