@@ -108,6 +108,7 @@ class DrivingStyle(StrEnum):
     CALM = "calm"
     AVERAGE = "average"
     AGGRESSIVE = "aggressive"
+    RECKLESS = "reckless"  # never drawn at random: a fleet file (or the demo) names it
 
 
 def kind_from_name(name: str) -> DeviceKind:

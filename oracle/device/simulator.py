@@ -100,11 +100,13 @@ class MeterModel:
 
 
 #: (harsh-braking events, speeding episodes) per 100 km driven, by driving style. Fleet studies put typical drivers
-#: at a few of each per 100 km; the aggressive figures are the top of that range so a short demo shows some.
+#: at a few of each per 100 km and aggressive ones at a few tens; "reckless" (about one event per kilometre) is
+#: there so a demo of a minute, in which a vehicle drives a kilometre or so, shows the factor move.
 STYLE_RATES: dict[DrivingStyle, tuple[float, float]] = {
     DrivingStyle.CALM: (1.0, 0.5),
     DrivingStyle.AVERAGE: (6.0, 5.0),
     DrivingStyle.AGGRESSIVE: (30.0, 25.0),
+    DrivingStyle.RECKLESS: (120.0, 80.0),
 }
 #: how often each style is drawn for a vehicle whose fleet entry does not fix one
 STYLE_WEIGHTS: dict[DrivingStyle, float] = {DrivingStyle.CALM: 0.35, DrivingStyle.AVERAGE: 0.45,

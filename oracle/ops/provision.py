@@ -105,7 +105,8 @@ class MotorTerms:
     step_bps: int = 1_000  # +0.10 per harsh-braking event or speeding episode per 100 km
     deposit: int = 50 * 10**18
     #: styles the demo's vehicles take in turn, so a small fleet shows the factor move both ways
-    styles: tuple[DrivingStyle, ...] = (DrivingStyle.AGGRESSIVE, DrivingStyle.CALM, DrivingStyle.AVERAGE)
+    styles: tuple[DrivingStyle, ...] = (DrivingStyle.RECKLESS, DrivingStyle.CALM, DrivingStyle.AVERAGE,
+                                        DrivingStyle.AGGRESSIVE)
 
 
 @dataclass(frozen=True)
