@@ -454,12 +454,6 @@ class _DeviceRun:
             events.append(event)
         return events
 
-    def reading(self, timestamp: int) -> SignedEvent:
-        """A register reading (kept for callers that plan one stream by hand)."""
-        event = self._sign("reading", self._msg("reading", timestamp))
-        self.last["reading"] = self.last_event = event
-        return event
-
     def delivery(self, escrow_id: int, timestamp: int, elapsed: float) -> SignedEvent:
         tracker = self.tracker
         location = geohash_encode(*tracker.position(elapsed), len(self.device.destination) or 7)
