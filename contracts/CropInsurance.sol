@@ -187,6 +187,8 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
             for (uint256 j = 0; j < i; ++j) {
                 if (terms.stations[j] == station) revert DuplicateStation(station);
             }
+            // The registry is the trusted, immutable contract given at construction; n <= MAX_STATIONS.
+            // slither-disable-next-line calls-loop
             IDeviceRegistry.Device memory d = _REGISTRY.deviceOf(station);
             if (d.status != IDeviceRegistry.DeviceStatus.Active || d.kind != IDeviceRegistry.DeviceKind.WeatherStation)
             {
@@ -204,8 +206,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         SeasonTerms storage t = _existingSeason(seasonId);
         if (block.timestamp >= t.saleEnd) revert SaleClosed(seasonId, t.saleEnd);
         if (cover == 0) revert ZeroAmount();
-        uint256[] storage policies = _policies[seasonId];
-        if (policies.length >= MAX_POLICIES_PER_SEASON) revert TooManyPolicies(seasonId);
+        if (_policies[seasonId].length >= MAX_POLICIES_PER_SEASON) revert TooManyPolicies(seasonId);
         if (beneficiary == address(0)) beneficiary = msg.sender;
 
         uint256 premium = Math.mulDiv(cover, t.premiumBps, BPS, Math.Rounding.Ceil);
@@ -218,7 +219,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         p.locked += cover;
         _coverSold[seasonId] += cover;
         policyId = ++_policyCount;
-        policies.push(policyId);
+        _policies[seasonId].push(policyId);
         _covers[policyId] = Cover({
             seasonId: seasonId,
             buyer: msg.sender,
@@ -317,9 +318,9 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         uint256 finalizableAt = uint256(t.end) + t.finalizeDelay;
         if (block.timestamp < finalizableAt) revert NotFinalizable(seasonId, finalizableAt);
 
-        uint8 triggerVotes;
-        uint8 noTriggerVotes;
-        uint8 abstentions;
+        uint8 triggerVotes = 0;
+        uint8 noTriggerVotes = 0;
+        uint8 abstentions = 0;
         uint256 n = t.stations.length;
         for (uint256 i = 0; i < n; ++i) {
             address station = t.stations[i];
@@ -363,7 +364,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         bool triggered = s.triggered;
         Pool storage p = _pools[s.poolId];
         s.paidUpTo = uint32(to); // <= MAX_POLICIES_PER_SEASON
-        uint256 total;
+        uint256 total = 0;
         for (uint256 i = from; i < to; ++i) {
             Cover storage c = _covers[policies[i]];
             c.status = triggered ? CoverStatus.Paid : CoverStatus.Expired;

@@ -846,6 +846,7 @@ contract CropInsuranceTest is CropFixture {
         assertEq(uint8(v), uint8(expectTrigger ? ICropInsurance.Verdict.Trigger : ICropInsurance.Verdict.NoTrigger));
     }
 
+    /// forge-config: ci.fuzz.runs = 500
     /// @dev Hot days against an independent count over arbitrary hourly-ish observations.
     function testFuzz_HotDaysMatchIndependentCount(uint256 seed, int32 threshold) public {
         threshold = int32(bound(threshold, -2_000, 5_000));
@@ -866,6 +867,7 @@ contract CropInsuranceTest is CropFixture {
         assertEq(crop.stationSeason(seasonId, stations[0]).hotDays, expected);
     }
 
+    /// forge-config: ci.fuzz.runs = 500
     /// @dev n − 1 honest stations agree on the season (drought or not); the hostile one signs whatever it wants
     /// (any registers, temperatures, times, or nothing). The outcome is always the honest one.
     function testFuzz_OneHostileStationCannotFlipTheHonestOutcome(
