@@ -1,9 +1,11 @@
 """`iotsettle demo`: the main job on a fresh machine — a live fleet settling payments end to end.
 
 Steps: local stack (anvil + mosquitto, unless --rpc/--broker name running ones) → compile → deploy → a fleet of
-meters, trackers and vehicles registered on chain with funded agreements and escrows → the oracle daemon
-(`iotsettle oracle run`) and the device simulator (`iotsettle device simulate`, with a few faulty devices) as
-child processes → a live view → a summary read back from the chain and the oracle's store.
+meters, trackers, insured vehicles and weather stations registered on chain with funded agreements, escrows and
+motor policies → the oracle daemon (`iotsettle oracle run`) → a crop-insurance season of --season seconds over
+the weather stations (k of n, one station hostile) with farmers' covers and a micro-loan → the device simulator
+(`iotsettle device simulate`, a drought, a few faulty devices) as child processes → a live view → the season
+finalized and the loan swept → a summary read back from the chain and the oracle's store.
 
 Ctrl-C (or SIGTERM) stops the children and the services this run started, and leaves no process behind.
 """
@@ -25,11 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from collections import Counter
+
 import click
 from eth_account import Account
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from cli._common import emit, err_console, json_option, progress, state
 from oracle.chain import ANVIL_DEV_KEYS, connect
@@ -40,11 +45,19 @@ from oracle.errors import ConfigError, NodeError
 from oracle.node import Anvil, Mosquitto, Service, free_port, mqtt_ready, rpc_ready
 from oracle.ops import livestats
 from oracle.ops.context import open_context
-from oracle.ops.provision import FleetSpec, Parties, ProvisionedFleet, provision
+from oracle.ops.provision import (CropSetup, CropTerms, FleetSpec, Parties, ProvisionedFleet, can_open_season,
+                                  check_chain_time, close_season, demo_account, motor_summary, open_season,
+                                  provision)
 
-DEFAULT_FAULTS = "bad_signature,replayed_seq,counter_rollback,clock_skew,teleport"
+DEFAULT_FAULTS = "bad_signature,replayed_seq,counter_rollback,clock_skew,teleport,behaviour_rollback"
 DRAIN_TIMEOUT = 30.0
 STOP_GRACE = 10.0
+WEATHER_STATIONS = 5  # the crop season's n; k = 3, and the last station is hostile
+SEASON_WEATHER = "drought"  # what the honest stations observe: the season should pay out
+FARMERS = 3
+#: seconds the devices publish beyond the season's sale window and length: the simulator's start-up (its events'
+#: timestamps start when it has planned them) and opening the season while it runs
+SEASON_MARGIN = 12
 
 
 class Interrupted(Exception):
@@ -162,12 +175,15 @@ def _fmt_tokens(base: int) -> str:
 
 
 def _live_table(elapsed: float, duration: float, snap: livestats.StoreSnapshot, rate: float,
-                payments: int, phase: str) -> Group:
+                payments: tuple[int, int], phase: str, season: str | None = None) -> Group:
     table = Table(show_header=False, title=f"iotsettle demo — {phase} ({elapsed:4.0f} s / {duration:.0f} s)",
                   title_justify="left", min_width=60)
     table.add_row("events received (stored)", f"{snap.received:,}")
     table.add_row("events/s (last second)", f"{rate:,.0f}")
-    table.add_row("payments settled on chain", f"{payments:,}")
+    table.add_row("payments settled on chain", f"{payments[0]:,}")
+    if season is not None:
+        table.add_row("weather observations recorded", f"{payments[1]:,}")
+        table.add_row("crop season", season)
     table.add_row("readings superseded by a newer one", f"{snap.superseded:,}")
     table.add_row("backlog (waiting / in flight)", f"{snap.backlog:,}")
     table.add_row("rejected", f"{snap.rejected_total:,}")
@@ -178,18 +194,22 @@ def _live_table(elapsed: float, duration: float, snap: livestats.StoreSnapshot, 
     return Group(table, rejects) if reasons else Group(table)
 
 
-def _onchain_payments(ctx: Any, from_block: int) -> int:
+def _onchain_payments(ctx: Any, from_block: int) -> tuple[int, int]:
+    """(payments: readings billed, deliveries paid, premiums charged; weather observations recorded)."""
     from oracle.ops.audit import fetch_logs
 
-    return (len(fetch_logs(ctx, "MeteredBilling", ("ReadingSettled",), from_block=from_block))
-            + len(fetch_logs(ctx, "DeliveryEscrow", ("DeliveryConfirmed",), from_block=from_block)))
+    payments = (len(fetch_logs(ctx, "MeteredBilling", ("ReadingSettled",), from_block=from_block))
+                + len(fetch_logs(ctx, "DeliveryEscrow", ("DeliveryConfirmed",), from_block=from_block))
+                + len(fetch_logs(ctx, "MotorInsurance", ("PremiumCharged",), from_block=from_block)))
+    return payments, len(fetch_logs(ctx, "CropInsurance", ("ObservationRecorded",), from_block=from_block))
 
 
 @click.command()
 @click.option("--duration", type=click.FloatRange(min=5), default=60.0, show_default=True,
               help="Seconds the simulated devices publish.")
 @click.option("--devices", type=click.IntRange(min=3), default=70, show_default=True,
-              help="Fleet size: 5/7 meters, 1/7 trackers (delivery escrows), 1/7 vehicles (pay-per-km).")
+              help="Fleet size: 5/7 meters, 1/7 trackers (delivery escrows), 1/7 insured vehicles; 5 weather "
+                   "stations come on top for the crop season.")
 @click.option("--rate", type=click.FloatRange(min=0.1), default=None,
               help="Readings per second across the fleet [default: 3 per device].")
 @click.option("--faults", default=DEFAULT_FAULTS, show_default=True,
@@ -200,30 +220,37 @@ def _onchain_payments(ctx: Any, from_block: int) -> int:
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Where the fleet, the oracle's database and the logs go [default: .state/demo-<time>].")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the fleet and its readings.")
+@click.option("--season", "season_length", type=click.IntRange(min=0), default=40, show_default=True,
+              help="Seconds the crop-insurance season lasts (real time; it starts a few seconds after set-up and the "
+                   "devices publish until it is over); 0 for no season.")
 @click.option("--stop/--keep-running", "stop_after", default=False, show_default=True,
               help="Stop the anvil and mosquitto this demo started when it ends (Ctrl-C always stops them).")
 @json_option
 @click.pass_context
 def demo(ctx: click.Context, duration: float, devices: int, rate: float | None, faults: str, rpc_url: str | None,
-         broker: str | None, workdir: str | None, seed: int, stop_after: bool, as_json: bool) -> None:
+         broker: str | None, workdir: str | None, seed: int, season_length: int, stop_after: bool,
+         as_json: bool) -> None:
     """Settle a live fleet end to end: stack, contracts, devices, oracle, simulator, live view, summary.
 
     On a fresh machine with nothing configured: starts anvil and mosquitto on loopback, compiles and deploys
-    the contracts, registers a fleet (default 50 meters, 10 parcel trackers, 10 vehicles) with prepaid
-    agreements and escrows funded in the test token, then runs the oracle daemon and the device simulator
-    (a few devices send bad events on purpose) and shows events/s, payments, rejects and backlog live.
-    It ends with a summary read back from the chain and the commands to look further.
+    the contracts, registers a fleet (default 50 meters, 10 parcel trackers, 10 vehicles, 5 weather stations)
+    with prepaid agreements, escrows and usage-based motor policies funded in the test token, opens a crop
+    season over the weather stations (3 of 5 must agree; one station is hostile) where three farmers buy cover —
+    one with a micro-loan repaid from the payout — then runs the oracle daemon and the device simulator (a
+    drought; a few devices send bad events on purpose) and shows events/s, payments, rejects and backlog live.
+    When the season is over it is finalized and the loan swept. It ends with a summary read back from the chain:
+    premiums with the behaviour factors applied, each station's verdict, the payouts, the loan repaid.
 
     \b
     Examples:
-      iotsettle demo                                   # ~2 minutes, leaves anvil + mosquitto running
-      iotsettle demo --duration 20 --devices 14 --stop
+      iotsettle demo                                   # ~1.5 minutes, leaves anvil + mosquitto running
+      iotsettle demo --duration 20 --devices 14 --season 15 --stop
       iotsettle demo --rpc http://127.0.0.1:8545 --broker 127.0.0.1:1883
     """
     config: Config = state(ctx).config
     report = (lambda _m: None) if as_json else progress
     rate = rate or 3.0 * devices
-    spec = FleetSpec.scaled(devices)
+    spec = FleetSpec.scaled(devices, WEATHER_STATIONS if season_length else 0)
     host, port = _parse_broker(broker) if broker else (config.mqtt.host, config.mqtt.port)
     work = Path(workdir) if workdir else config.path(config.node.state_dir) / f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     work.mkdir(parents=True, exist_ok=True)
@@ -232,7 +259,7 @@ def demo(ctx: click.Context, duration: float, devices: int, rate: float | None, 
     try:
         with _sigterm_as_interrupt():
             summary = _demo(config, run, work, spec, rate, duration, faults, rpc_url, (host, port), broker is None, seed,
-                            report, as_json)
+                            season_length, report, as_json)
         finished = True
     except (KeyboardInterrupt, Interrupted):
         interrupted = True
@@ -248,8 +275,8 @@ def demo(ctx: click.Context, duration: float, devices: int, rate: float | None, 
 
 
 def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, duration: float, faults: str,
-          rpc_url: str | None, broker: tuple[str, int], start_broker: bool, seed: int, report: Any,
-          as_json: bool) -> dict[str, Any]:
+          rpc_url: str | None, broker: tuple[str, int], start_broker: bool, seed: int, season_length: int,
+          report: Any, as_json: bool) -> dict[str, Any]:
     host, port = broker
     if rpc_url is None:
         anvil = Anvil(config)
@@ -292,10 +319,19 @@ def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, du
     ops_ctx = open_context(config, chain.rpc_url)
 
     parties = Parties(operator=accounts[0], utility=accounts[1], insurer=accounts[2], household=accounts[3],
-                      shop=accounts[4])
+                      shop=accounts[4], farmers=tuple(demo_account(f"farmer-{i}") for i in range(FARMERS)),
+                      lender=demo_account("lender"))
     fleet_dir = work / "fleet"
     provisioned = provision(ops_ctx, fleet_dir, spec, parties, seed=seed, progress=report)
     settle_from = provisioned.last_block + 1
+    crop_terms = _crop_terms(season_length)
+    if season_length:
+        why_not = can_open_season(ops_ctx, provisioned, parties, crop_terms)
+        if why_not is not None:
+            report(f"no crop season: {why_not}")
+            season_length = 0
+        else:
+            check_chain_time(ops_ctx)
 
     health_port = free_port()
     db_path = work / "oracle.db"
@@ -312,12 +348,23 @@ def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, du
     oracle = _spawn(run, "oracle", ["-m", "cli.oracle", "run"], env, work, module=True)
     _wait_health(oracle, health_port)
 
-    report(f"simulating {spec.total} devices at {rate:g} readings/s for {duration:g} s (faults: {faults or 'none'})")
+    if season_length:
+        # The stations must report until the season's end (a station that stops early abstains): the season opens
+        # once they publish, a few seconds into the run.
+        duration = max(duration, float(season_length + crop_terms.sale_window + SEASON_MARGIN))
+    report(f"simulating {spec.total} devices at {rate:g} readings/s for {duration:g} s (faults: {faults or 'none'}"
+           f"{', weather: ' + SEASON_WEATHER if season_length else ''})")
     sim_out = work / "simulation.json"
     simulator = _spawn(run, "simulator", ["device", "simulate", "--fleet", str(provisioned.fleet_path), "--rate",
                                           f"{rate:g}", "--duration", f"{duration:g}", "--seed", str(seed), "--faults",
-                                          faults, "--broker-host", host, "--broker-port", str(port), "--json"],
+                                          faults, "--weather", SEASON_WEATHER, "--broker-host", host,
+                                          "--broker-port", str(port), "--json"],
                        env, work, stdout_path=sim_out)
+    # The season runs on the wall clock: opened while the stations already publish, so each covers its start.
+    setup: CropSetup | None = None
+    if season_length:
+        setup = open_season(ops_ctx, provisioned, parties, season_length=season_length, terms=crop_terms,
+                            progress=report)
 
     started = time.monotonic()
     phase = "devices publishing"
@@ -333,7 +380,8 @@ def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, du
             rate_now = (snap.received + snap.rejected_total - previous) / max(now - previous_t, 1e-6)
             previous, previous_t = snap.received + snap.rejected_total, now
             if live is not None:
-                live.update(_live_table(now - started, duration, snap, rate_now, payments, phase))
+                live.update(_live_table(now - started, duration, snap, rate_now, payments, phase,
+                                        _season_status(setup)))
             if not oracle.running():
                 raise NodeError(f"the oracle daemon stopped unexpectedly ({oracle.process.returncode}); "
                                 f"last log lines: {oracle.log_tail()}")
@@ -350,6 +398,10 @@ def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, du
     oracle.stop()
     elapsed = time.monotonic() - started
 
+    crop_result: dict[str, Any] | None = None
+    if setup is not None:
+        report(f"finalizing crop season {setup.season_id} and sweeping loan {setup.loan_id}")
+        crop_result = {**setup.as_dict(), **close_season(ops_ctx, setup, parties.insurer)}
     onchain = livestats.chain_summary(ops_ctx, settle_from)
     lat = livestats.latencies(db_path)
     rejects = {**snap.rejected, **snap.dead}
@@ -366,13 +418,32 @@ def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, du
         "chain": onchain.as_dict(),
         "latencySeconds": {"p50": _round(livestats.percentile(lat, 50)), "p90": _round(livestats.percentile(lat, 90)),
                            "p99": _round(livestats.percentile(lat, 99)), "samples": len(lat)},
+        "motor": motor_summary(ops_ctx, provisioned, settle_from),
+        "crop": crop_result,
         "elapsedSeconds": round(elapsed, 1),
         "eventsPerSecond": round((snap.received + snap.rejected_total) / max(elapsed, 1e-6), 1),
         "parties": {"operator": parties.operator.address, "utility": parties.utility.address,
                     "insurer": parties.insurer.address, "household": parties.household.address,
-                    "shop": parties.shop.address},
+                    "shop": parties.shop.address, "farmers": [f.address for f in parties.farmers],
+                    "lender": parties.lender.address if parties.lender else None},
         "example": _examples(provisioned),
     }
+
+
+def _crop_terms(season_length: int) -> CropTerms:
+    """The demo's season terms; a short season gets a proportionally short coverage slack."""
+    return CropTerms(coverage_slack=max(2, min(CropTerms.coverage_slack, season_length // 4)))
+
+
+def _season_status(setup: CropSetup | None) -> str | None:
+    if setup is None:
+        return None
+    now = time.time()
+    if now < setup.start:
+        return f"season {setup.season_id} starts in {setup.start - now:.0f} s"
+    if now < setup.end:
+        return f"season {setup.season_id} running, ends in {setup.end - now:.0f} s"
+    return f"season {setup.season_id} over; finalized when the devices stop"
 
 
 @contextmanager
@@ -403,6 +474,8 @@ def _examples(provisioned: ProvisionedFleet) -> dict[str, str]:
     if tracker:
         out["escrow"] = str(provisioned.escrows[tracker][0])
         out["tracker"] = next(d.address for d in provisioned.fleet.devices if d.name == tracker)
+    if provisioned.policies:
+        out["policy"] = f"0x{next(iter(provisioned.policies.values())):064x}"
     return out
 
 
@@ -410,7 +483,57 @@ def _count(n: int, singular: str, plural: str | None = None) -> str:
     return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
 
 
-def _summary_view(summary: dict[str, Any]) -> Table:
+def _factor(bps: int | None) -> str:
+    return "—" if bps is None else f"×{bps / 10_000:.2f}"
+
+
+def _motor_view(motor: list[dict[str, Any]]) -> Table:
+    table = Table("vehicle", "style", "km", "harsh braking", "speeding", "factors applied", "average factor",
+                  "premium", "refused", title="motor policies: premium per km × behaviour factor",
+                  title_justify="left")
+    for row in motor:
+        seen = (_factor(row["factorMin"]) if row["factorMin"] == row["factorMax"]
+                else f"{_factor(row['factorMin'])} … {_factor(row['factorMax'])}")
+        table.add_row(row["vehicle"], row["style"], f"{row['metres'] / 1000:.2f}", str(row["harshBraking"]),
+                      str(row["speeding"]), seen, _factor(row["effectiveFactorBps"]), _fmt_tokens(int(row["charged"])),
+                      ", ".join(f"{k} {v}" for k, v in sorted(row["rejected"].items())) or "—")
+    return table
+
+
+def _crop_view(crop: dict[str, Any]) -> Group:
+    votes = crop["votes"]
+    verdict = "pays every cover" if crop["triggered"] else "no payout: the covers expire"
+    headline = Text(f"crop season {crop['seasonId']}: a station votes trigger when it measured less than "
+                    f"{crop['threshold']} of rain; {votes['trigger']} trigger, {votes['noTrigger']} no-trigger, "
+                    f"{votes['abstain']} abstain; {votes['k']} needed → {verdict}")
+    stations = Table("station", "verdict", "rain measured")
+    for row in crop["stations"]:
+        measured = f"{row['measured'] / 100:.2f} mm" if row["verdict"] != "abstain" else "—"
+        stations.add_row(row["station"] + ("  (hostile)" if row["hostile"] else ""), row["verdict"], measured)
+    covers = Table("policy", "beneficiary", "cover", "premium", "status", "paid", title_justify="left")
+    for row in crop["covers"]:
+        who = row["beneficiary"] + ("  (loan's payout account)" if row["beneficiary"] == crop["payoutAccount"] else "")
+        covers.add_row(str(row["policyId"]), who, _fmt_tokens(int(row["cover"])), _fmt_tokens(int(row["premium"])),
+                       row["status"], _fmt_tokens(int(row["paid"])))
+    loan = crop["loan"]
+    loan_line = (f"micro-loan {loan['loanId']} to {loan['borrower']}: the sweep repaid "
+                 f"{_fmt_tokens(int(loan['repaidBySweep']))} to the lender and forwarded "
+                 f"{_fmt_tokens(int(loan['forwarded']))} to the farmer; outstanding "
+                 f"{_fmt_tokens(int(loan['outstanding']))} of {_fmt_tokens(int(loan['repayment']))} ({loan['status']})")
+    loans = Table(loan_line, show_header=True, box=None)
+    return Group(headline, stations, covers, loans)
+
+
+def _summary_view(summary: dict[str, Any]) -> Group:
+    tables: list[Any] = [_main_summary(summary)]
+    if summary.get("motor"):
+        tables.append(_motor_view(summary["motor"]))
+    if summary.get("crop"):
+        tables.append(_crop_view(summary["crop"]))
+    return Group(*tables)
+
+
+def _main_summary(summary: dict[str, Any]) -> Table:
     chain, oracle, lat, sim = summary["chain"], summary["oracle"], summary["latencySeconds"], summary["simulation"]
     table = Table("", "value", title="demo summary", title_justify="left")
     table.add_row("devices", ", ".join(_count(v, k) for k, v in summary["fleet"]["devices"].items() if v))
@@ -422,7 +545,11 @@ def _summary_view(summary: dict[str, Any]) -> Table:
     table.add_row("payments made on chain", f"{chain['readingsSettled']:,} meter/vehicle readings billed "
                                             f"({_fmt_tokens(int(chain['billed']))}), "
                                             f"{_count(chain['deliveriesConfirmed'], 'delivery', 'deliveries')} paid "
-                                            f"({_fmt_tokens(int(chain['released']))})")
+                                            f"({_fmt_tokens(int(chain['released']))}), "
+                                            f"{chain.get('telematicsSettled', 0):,} telematics reports priced "
+                                            f"({_fmt_tokens(int(chain.get('premiums', 0)))} premiums)")
+    if chain.get("observationsRecorded"):
+        table.add_row("weather observations recorded", f"{chain['observationsRecorded']:,}")
     table.add_row("readings superseded (billed by a newer reading)", f"{oracle['superseded']:,}")
     table.add_row("transactions", f"{chain['transactions']:,} carrying {chain['events']:,} events")
     table.add_row("gas per settled event", f"{chain['gasPerEvent']:,}" if chain["gasPerEvent"] else "—")
@@ -434,7 +561,9 @@ def _summary_view(summary: dict[str, Any]) -> Table:
                                                        f"p99 {lat['p99'] * 1000:.0f} ms ({lat['samples']:,} events)")
     rejects = oracle["rejectedByReason"]
     table.add_row("rejected by the oracle", ", ".join(f"{k} {v}" for k, v in sorted(rejects.items())) or "none")
-    on_chain_rejects = {**chain["readingsRejected"], **chain["deliveriesRejected"]}
+    on_chain_rejects = dict(Counter(chain["readingsRejected"]) + Counter(chain["deliveriesRejected"])
+                            + Counter(chain.get("telematicsRejected", {}))
+                            + Counter(chain.get("observationsRejected", {})))
     if on_chain_rejects:
         table.add_row("rejected by the contracts", ", ".join(f"{k} {v}" for k, v in sorted(on_chain_rejects.items())))
     table.add_row("backlog left", str(oracle["backlog"]))
@@ -446,13 +575,19 @@ def _next_steps(summary: dict[str, Any], stack_left_running: bool) -> None:
     ex, parties = summary["example"], summary["parties"]
     lines = ["look further:",
              "  iotsettle agreement list --status active",
-             f"  iotsettle agreement status {ex.get('meterAgreement', 'ID')}",
-             f"  iotsettle audit agreement {ex.get('vehicleAgreement', 'ID')}",
-             f"  iotsettle audit escrow {ex.get('escrow', 'ID')}",
-             f"  iotsettle audit device {ex.get('tracker', 'ADDRESS')}",
-             f"  iotsettle balances {parties['household']} {parties['shop']} {parties['utility']}",
-             "  iotsettle escrow withdraw --dev-account 4        # the shop collects its parcel payments",
-             f"  iotsettle agreement withdraw {ex.get('meterAgreement', 'ID')} --dev-account 1"]
+             f"  iotsettle agreement status {ex.get('meterAgreement', 'ID')}"]
+    if "policy" in ex:
+        lines.append(f"  iotsettle policy history {ex['policy']}       # why each premium was what it was")
+    if "vehicleAgreement" in ex:
+        lines.append(f"  iotsettle audit agreement {ex['vehicleAgreement']}")
+    if summary.get("crop"):
+        lines += [f"  iotsettle crop season {summary['crop']['seasonId']}",
+                  f"  iotsettle loan show {summary['crop']['loanId']}"]
+    lines += [f"  iotsettle audit escrow {ex.get('escrow', 'ID')}",
+              f"  iotsettle audit device {ex.get('tracker', 'ADDRESS')}",
+              f"  iotsettle balances {parties['household']} {parties['shop']} {parties['utility']}",
+              "  iotsettle escrow withdraw --dev-account 4        # the shop collects its parcel payments",
+              f"  iotsettle agreement withdraw {ex.get('meterAgreement', 'ID')} --dev-account 1"]
     if stack_left_running:
         lines.append("  iotsettle node down                              # stop anvil and mosquitto")
     for line in lines:

@@ -20,7 +20,7 @@ from oracle.device.fleet import FaultClass, Fleet, contracts_from_manifest, kind
 from oracle.device.keys import create_keystore, load_keystore, resolve_password
 from oracle.device.publisher import BrokerSettings
 from oracle.device.signer import Contracts, sign_registration
-from oracle.device.simulator import ProgressReport, plan_events, run_simulation
+from oracle.device.simulator import ProgressReport, WeatherScenario, plan_events, run_simulation
 from oracle.eip712 import DeviceKind
 from oracle.errors import ChainError, ConfigError, ProtocolError
 
@@ -182,7 +182,12 @@ def _fleet_contracts(ctx: click.Context, fleet: Fleet) -> Contracts:
 @click.option("--start-time", type=int, help="Unix time of the first event (default: now); fix it to reproduce a run.")
 @click.option("--broker-host", help="MQTT broker host (default: [mqtt] host).")
 @click.option("--broker-port", type=click.IntRange(1, 65535), help="MQTT broker port (default: [mqtt] port).")
-@click.option("--faults", type=FaultList(), default="", help="Fault classes to inject, comma-separated, or 'all'.")
+@click.option("--faults", type=FaultList(), default="",
+              help="Fault classes to inject, comma-separated, or 'all' (docs/PROTOCOL.md section 11; 'hostile' makes "
+                   "a weather station lie in every observation).")
+@click.option("--weather", type=click.Choice([scenario.value for scenario in WeatherScenario]), default="normal",
+              show_default=True, envvar="IOTSETTLE_SIM_WEATHER",
+              help="What the honest weather stations observe (a hostile station claims the opposite).")
 @click.option("--fault-count", type=click.IntRange(1, 1000), default=3, show_default=True,
               help="Bad events per chosen device and class (the oracle quarantines after 5 by default).")
 @click.option("--max-inflight", type=click.IntRange(1, 65_000), default=1000, show_default=True,
@@ -207,6 +212,7 @@ def simulate(
     broker_host: str | None,
     broker_port: int | None,
     faults: tuple[FaultClass, ...],
+    weather: str,
     fault_count: int,
     max_inflight: int,
     buffer_path: str | None,
@@ -217,15 +223,21 @@ def simulate(
 ) -> None:
     """Run a fleet of simulated devices that sign events and publish them over MQTT.
 
-    Progress (events/s) goes to stderr; --json prints a summary for scripts on stdout at the end, including
-    every injected fault with its (device, seq) and the oracle's replies if one is running. The exit status is
-    1 when some events were never acknowledged by the broker.
+    Meters sign readings, trackers deliveries, vehicles readings (agreementId) and/or telematics reports
+    (policyId), weather stations observations. Progress (events/s) goes to stderr; --json prints a summary for
+    scripts on stdout at the end, including every injected fault with its (device, seq) and the oracle's replies
+    if one is running. The exit status is 1 when some events were never acknowledged by the broker.
+
+    \b
+    Examples:
+      iotsettle device simulate --fleet fleet.json --rate 100 --duration 30 --seed 1
+      iotsettle device simulate --fleet fleet.json --weather drought --faults hostile,behaviour_rollback --json
     """
     fleet = load_fleet(fleet_file, password_file=password_file)
     contracts = _fleet_contracts(ctx, fleet)
     if dry_run:
         plan = plan_events(fleet, contracts, rate=rate, duration=duration, seed=seed, start_time=start_time,
-                           faults=faults, fault_count=fault_count, counters="memory")
+                           faults=faults, fault_count=fault_count, counters="memory", weather=weather)
         count = 0
         for event in plan:
             line: dict[str, Any] = {"offset": round(event.offset, 6), "topic": event.topic,
@@ -260,7 +272,7 @@ def simulate(
     result = run_simulation(
         fleet, contracts, broker, rate=rate, duration=duration, seed=seed, start_time=start_time, faults=faults,
         fault_count=fault_count, max_inflight=max_inflight, buffer_path=buffer_path or ":memory:",
-        reply_wait=reply_wait, progress=show, announce=progress,
+        reply_wait=reply_wait, progress=show, announce=progress, weather=weather,
     )
     summary = result.as_dict()
     if as_json:
@@ -274,6 +286,7 @@ def simulate(
         ("acknowledged by the broker", result.acknowledged),
         ("not acknowledged", result.unacknowledged),
         ("achieved rate", f"{result.achieved_rate:.0f} events/s (target {rate:g})"),
+        ("events by type", ", ".join(f"{k} {v}" for k, v in sorted(result.by_type.items()))),
         ("faults injected", len(result.faults)),
         ("oracle replies", ", ".join(f"{k} {v}" for k, v in sorted(result.replies.items())) or "none"),
     ):

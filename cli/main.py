@@ -18,6 +18,10 @@ from cli.token import token
 from cli.balances import balances
 from cli.audit import audit
 from cli.device_admin import device
+from cli.credit import credit
+from cli.policy import policy
+from cli.crop import crop
+from cli.loan import loan
 
 
 @click.group(cls=IotSettleGroup, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "IOTSETTLE"})
@@ -56,6 +60,10 @@ cli.add_command(token)
 cli.add_command(balances)
 cli.add_command(audit)
 cli.add_command(device)
+cli.add_command(credit)
+cli.add_command(policy)
+cli.add_command(crop)
+cli.add_command(loan)
 
 
 def main() -> None:

@@ -42,6 +42,9 @@ PLAN: tuple[Step, ...] = (
     Step("DeviceRegistry"),
     Step("DeliveryEscrow", ("DeviceRegistry",)),
     Step("MeteredBilling", ("DeviceRegistry",)),
+    Step("MotorInsurance", ("DeviceRegistry",)),
+    Step("CropInsurance", ("DeviceRegistry",)),
+    Step("LoanBook"),
     Step("TestToken", local_only=True),
 )
 

@@ -45,6 +45,11 @@ class DeviceKind(IntEnum):
 #: - KeyRotation: proof that ``newKey`` consents to taking over ``device`` (DeviceRegistry), signed by newKey.
 #: - Reading: a cumulative register value for a metered-billing agreement (MeteredBilling).
 #: - Delivery: the tracker reports arrival for an escrow, with the highest temperature seen (DeliveryEscrow).
+#: - Telematics: a vehicle's cumulative odometer (metres) and cumulative counts of harsh-braking events and
+#:   speeding episodes, for one motor-insurance policy (MotorInsurance).
+#: - WeatherObservation: a weather station's cumulative rainfall register (0.01 mm) and the highest air temperature
+#:   (0.01 °C) since its previous observation; not bound to a season (CropInsurance applies it to every open
+#:   season the station serves).
 TYPES: dict[str, tuple[tuple[str, str], ...]] = {
     "Registration": (
         ("address", "device"),
@@ -71,7 +76,27 @@ TYPES: dict[str, tuple[tuple[str, str], ...]] = {
         ("bytes32", "location"),
         ("int32", "maxTemperature"),
     ),
+    "Telematics": (
+        ("uint256", "policyId"),
+        ("uint64", "seq"),
+        ("uint64", "timestamp"),
+        ("uint64", "odometer"),
+        ("uint32", "harshBraking"),
+        ("uint32", "speeding"),
+    ),
+    "WeatherObservation": (
+        ("address", "station"),
+        ("uint64", "seq"),
+        ("uint64", "timestamp"),
+        ("uint64", "rainfall"),
+        ("int32", "maxTemperature"),
+    ),
 }
+
+#: The types of the first four contracts (registry, escrow, billing) and those of the insurance products; the shared
+#: vectors keep them in two files (tests/vectors/eip712.json and eip712-products.json).
+CORE_TYPES = ("Registration", "KeyRotation", "Reading", "Delivery")
+PRODUCT_TYPES = ("Telematics", "WeatherObservation")
 
 DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 

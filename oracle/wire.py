@@ -9,8 +9,9 @@ A payload is one UTF-8 JSON object of at most ``MAX_PAYLOAD_BYTES``::
      "sig": "0x…"}                 # 65 bytes r ‖ s ‖ v, v ∈ {27, 28}, low s
 
 Integer encoding inside ``msg``: uint256 fields are decimal strings (they exceed JSON's safe integer range);
-uint8/uint64/int32 fields are JSON integers no larger than 2**53 - 1 in magnitude; bytes32 fields are
-0x-prefixed 64-digit hex strings.
+uint8/uint32/uint64/int32 fields are JSON integers no larger than 2**53 - 1 in magnitude; bytes32 fields are
+0x-prefixed 64-digit hex strings; address fields are 0x-prefixed 40-digit hex strings (any case; checksummed
+when encoded).
 """
 
 from __future__ import annotations
@@ -31,7 +32,20 @@ TOPIC_ROOT = "iotsettle/v1"
 MAX_SAFE_JSON_INT = (1 << 53) - 1
 
 #: payload "type" → EIP-712 primary type, for the events devices send over MQTT.
-EVENT_TYPES: dict[str, str] = {"reading": "Reading", "delivery": "Delivery"}
+EVENT_TYPES: dict[str, str] = {
+    "reading": "Reading",
+    "delivery": "Delivery",
+    "telematics": "Telematics",
+    "weather": "WeatherObservation",
+}
+#: payload "type" → the ``msg`` field naming what the event settles against: an agreement, an escrow, a policy, or
+#: (weather observations serve every season of a station) the station itself.
+TARGET_FIELDS: dict[str, str] = {
+    "reading": "agreementId",
+    "delivery": "escrowId",
+    "telematics": "policyId",
+    "weather": "station",
+}
 _PAYLOAD_KEYS = frozenset({"v", "type", "chainId", "contract", "device", "msg", "sig"})
 
 
@@ -66,7 +80,7 @@ def events_filter(chain_id: int) -> str:
 class SignedEvent:
     """One decoded, schema-checked device event. The signature is not verified here: see ``signer``."""
 
-    type: str  # "reading" | "delivery"
+    type: str  # a key of EVENT_TYPES: "reading" | "delivery" | "telematics" | "weather"
     chain_id: int
     contract: str  # checksummed
     device: str  # checksummed, as claimed by the payload
@@ -83,8 +97,10 @@ class SignedEvent:
 
     @property
     def target_id(self) -> int:
-        """The agreement id of a reading or the escrow id of a delivery."""
-        return int(self.msg["agreementId" if self.type == "reading" else "escrowId"])
+        """The agreement id of a reading, the escrow id of a delivery, the policy id of a telematics report, or the
+        station address (as an integer) of a weather observation."""
+        value = self.msg[TARGET_FIELDS[self.type]]
+        return int(value, 16) if isinstance(value, str) else int(value)
 
     @cached_property
     def digest(self) -> bytes:
@@ -111,6 +127,8 @@ class SignedEvent:
 
 
 def _encode_field(typ: str, value: Any) -> Any:
+    if typ == "address":
+        return _checksum(value)
     if typ == "bytes32":
         return "0x" + bytes(value).hex() if not isinstance(value, str) else value
     if typ == "uint256":
@@ -134,6 +152,11 @@ def encode(event_type: str, chain_id: int, contract: str, device: str, msg: dict
 
 
 def _decode_field(typ: str, name: str, value: Any) -> Any:
+    if typ == "address":
+        checksummed = _checksummed(value) if isinstance(value, str) else None
+        if checksummed is None:
+            raise ProtocolError(f"msg.{name} must be a 0x-prefixed 20-byte hex address")
+        return checksummed
     if typ == "bytes32":
         if not (isinstance(value, str) and len(value) == 66 and value[:2] == "0x"):
             raise ProtocolError(f"msg.{name} must be a 0x-prefixed 32-byte hex string")

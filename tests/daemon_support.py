@@ -20,14 +20,20 @@ from web3 import Web3
 
 from oracle import eip712, wire
 from oracle.chain import ANVIL_DEV_KEYS, send
+from oracle.daemon.kinds import CONTRACT_OF_KIND
 from oracle.daemon.store import RegistryEntry, Store
 
 CHAIN_ID = 31337
 #: stand-ins for the verifying contracts when the chain is not involved
 READING_CONTRACT = "0x" + "a1" * 20
 DELIVERY_CONTRACT = "0x" + "b2" * 20
+TELEMATICS_CONTRACT = "0x" + "c4" * 20
+WEATHER_CONTRACT = "0x" + "d5" * 20
 CONTRACTS = {"reading": to_checksum_address(READING_CONTRACT),
              "delivery": to_checksum_address(DELIVERY_CONTRACT)}  # fmt: skip
+#: the stand-ins of every kind the daemon relays
+ALL_CONTRACTS = {**CONTRACTS, "telematics": to_checksum_address(TELEMATICS_CONTRACT),
+                 "weather": to_checksum_address(WEATHER_CONTRACT)}  # fmt: skip
 
 
 @dataclass
@@ -62,6 +68,18 @@ class Device:
                "maxTemperature": temperature}  # fmt: skip
         return self.sign("delivery", msg, **kw)
 
+    def telematics(self, seq: int, odometer: int, harsh: int = 0, speeding: int = 0, *, policy: int = 1,
+                   timestamp: int | None = None, **kw: Any) -> bytes:  # fmt: skip
+        msg = {"policyId": policy, "seq": seq, "timestamp": timestamp or int(time.time()), "odometer": odometer,
+               "harshBraking": harsh, "speeding": speeding}  # fmt: skip
+        return self.sign("telematics", msg, **kw)
+
+    def weather(self, seq: int, rainfall: int, max_temperature: int, *, timestamp: int | None = None,
+                **kw: Any) -> bytes:  # fmt: skip
+        msg = {"station": self.address, "seq": seq, "timestamp": timestamp or int(time.time()), "rainfall": rainfall,
+               "maxTemperature": max_temperature}  # fmt: skip
+        return self.sign("weather", msg, **kw)
+
     @property
     def topic(self) -> str:
         return wire.events_topic(self.chain_id, self.address)
@@ -83,8 +101,8 @@ class ChainRegistry:
         self.w3: Web3 = deployment.chain.w3
         self.contract = deployment.contract("DeviceRegistry")
         self.deployed_block = int(deployment.manifest["contracts"]["DeviceRegistry"]["block"])
-        self.contracts = {"reading": deployment.address("MeteredBilling"),
-                          "delivery": deployment.address("DeliveryEscrow")}  # fmt: skip
+        deployed = deployment.manifest["contracts"]
+        self.contracts = {kind: deployment.address(name) for kind, name in CONTRACT_OF_KIND.items() if name in deployed}
 
     def _deadline(self) -> int:
         return int(self.w3.eth.get_block("latest")["timestamp"]) + 3600

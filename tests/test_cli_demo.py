@@ -14,11 +14,14 @@ from pathlib import Path
 import pytest
 
 from oracle.node import free_port
+from oracle.ops.context import open_context
+from oracle.ops.insurance import policy_of
 
 from tests.conftest import REPO, Deployment, make_config, private_deployment
 
 HOUSEHOLD = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"  # anvil development account 3
 SHOP = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"  # development account 4
+INSURER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"  # development account 2
 
 
 def _pid_alive(pid: int) -> bool:
@@ -58,9 +61,10 @@ def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -
     token = demo_chain.contract("TestToken")
     work = tmp_path / "work"
     proc = _demo(["--rpc", demo_chain.config.chain.rpc_url, "--broker", f"127.0.0.1:{mosquitto.port}",
-                  "--duration", "12", "--devices", "7", "--rate", "30", "--workdir", str(work), "--json"],
+                  "--duration", "12", "--devices", "7", "--rate", "30", "--season", "8", "--workdir", str(work),
+                  "--json"],
                  _env(demo_chain.config, tmp_path))
-    out, err = proc.communicate(timeout=240)
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads(out)
 
@@ -84,6 +88,30 @@ def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -
     earned = sum(billing.functions.earningsOf(int(a)).call() for a in agreements.values())
     assert earned == int(chain["billed"])
     assert token.functions.balanceOf(HOUSEHOLD).call() == 0  # every minted TEST went into deposits and escrows
+
+    # the insured vehicle's telematics reports were priced: the premiums are the policy's charges on chain
+    assert chain["telematicsSettled"] > 0
+    [vehicle] = summary["motor"]
+    assert vehicle["metres"] > 0 and int(vehicle["charged"]) > 0
+    view = policy_of(open_context(demo_chain.config, demo_chain.config.chain.rpc_url), int(vehicle["policyId"]))
+    assert view.charged == int(vehicle["charged"]) == int(chain["premiums"])
+    assert view.min_factor_bps <= vehicle["factorMin"] <= vehicle["factorMax"] <= view.max_factor_bps
+    rollback = [f for f in summary["simulation"]["faults"] if f["class"] == "behaviour_rollback"]
+    assert rollback and all("counter_rollback" in f["replied"] for f in rollback)
+
+    # the crop season: 4 honest stations saw a drought and outvoted the hostile one; every cover was paid
+    crop = summary["crop"]
+    assert crop["triggered"] and crop["votes"]["trigger"] >= 3
+    [hostile] = [s for s in crop["stations"] if s["hostile"]]
+    assert hostile["verdict"] == "no trigger"
+    assert all(c["status"] == "paid" and c["paid"] == c["cover"] for c in crop["covers"])
+    # the borrower's payout went to the loan's account; the sweep repaid the lender in full, the rest to the farmer
+    loan = crop["loan"]
+    assert (loan["status"], loan["repaidBySweep"], loan["forwarded"]) == ("repaid", str(110 * 10**18), str(40 * 10**18))
+    assert token.functions.balanceOf(crop["lender"]).call() == 110 * 10**18
+    assert token.functions.balanceOf(crop["payoutAccount"]).call() == 0
+    # the farmer: the 100 TEST loan, less a 12 TEST premium, plus the 40 TEST forwarded
+    assert token.functions.balanceOf(crop["borrower"]).call() == 128 * 10**18
 
     # nothing left running: the children's pid files are gone and so are they
     assert not list(work.glob("*.pid"))

@@ -1,7 +1,7 @@
 """The shared EIP-712 vectors, from the Python side.
 
-``tests/vectors/eip712.json`` and ``eip712-bulk.json`` are written by ``scripts/gen-vectors``; the forge test
-``tests/contracts/Vectors.t.sol`` checks that the contracts compute the same digests and that OpenZeppelin ECDSA
+``tests/vectors/eip712.json``, ``eip712-bulk.json`` and ``eip712-products.json`` are written by
+``scripts/gen-vectors``; the forge tests (``tests/contracts/Vectors.t.sol`` and the product contracts' tests) check that the contracts compute the same digests and that OpenZeppelin ECDSA
 recovers the same signers. Here every digest and signature is recomputed with ``oracle.eip712`` (and the curated
 ones also with eth-account's generic encoder), so a change on either side that breaks agreement fails a test.
 """
@@ -27,8 +27,11 @@ def _load(name: str) -> dict[str, Any]:
     return json.loads((VECTORS / name).read_text())
 
 
+CURATED_FILES = {"eip712.json": eip712.CORE_TYPES, "eip712-products.json": eip712.PRODUCT_TYPES}
+
+
 def _curated() -> list[dict[str, Any]]:
-    return list(_load("eip712.json")["vectors"])
+    return [v for name in CURATED_FILES for v in _load(name)["vectors"]]
 
 
 def _domain(raw: dict[str, str]) -> eip712.Domain:
@@ -43,14 +46,20 @@ def _message(primary_type: str, raw: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def test_file_describes_the_python_types() -> None:
-    doc = _load("eip712.json")
+@pytest.mark.parametrize("name", CURATED_FILES)
+def test_file_describes_the_python_types(name: str) -> None:
+    doc = _load(name)
+    types = CURATED_FILES[name]
     assert doc["domainType"] == eip712.DOMAIN_TYPE
-    assert doc["types"] == {t: eip712.encode_type(t) for t in eip712.TYPES}
+    assert doc["types"] == {t: eip712.encode_type(t) for t in types}
     assert int(doc["count"]) == len(doc["vectors"])
     covered = {v["primaryType"] for v in doc["vectors"]}
-    assert covered == set(eip712.TYPES), "every primary type has vectors"
+    assert covered == set(types), "every primary type has vectors"
     assert len({v["domain"]["chainId"] for v in doc["vectors"]}) >= 3, "several domains"
+
+
+def test_every_type_is_in_one_vector_file() -> None:
+    assert sorted(t for types in CURATED_FILES.values() for t in types) == sorted(eip712.TYPES)
 
 
 @pytest.mark.parametrize("vector", _curated(), ids=lambda v: v["name"])

@@ -39,6 +39,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from oracle import wire
+from oracle.daemon.kinds import KINDS
 from oracle.daemon.metrics import Metrics
 from oracle.daemon.rules import Outcome, RuleSettings, Verdict, evaluate
 from oracle.daemon.store import DeviceState, EventRecord, RegistryEntry, Rejection, Store
@@ -57,7 +58,7 @@ class IntakeSettings:
     """Everything the intake needs; ``service`` builds it from the configuration and the deployment manifest."""
 
     chain_id: int
-    contracts: dict[str, str]  # wire event type ("reading" / "delivery") → verifying contract (checksummed)
+    contracts: dict[str, str]  # wire event type ("reading", "telematics", ...) → verifying contract (checksummed)
     host: str = "127.0.0.1"
     port: int = 1883
     client_id: str = "iotsettle-oracle-1"
@@ -688,22 +689,24 @@ class Intake:
         return state
 
 
+def _column_fields(kind: str) -> tuple[str | None, str | None, str | None, tuple[str, ...]]:
+    """The signed fields stored in the columns value, location and max_temperature (None: not used), and in extra."""
+    spec = KINDS[kind]
+    own = {column: name for name, column in spec.own_columns}
+    return own.get("value"), own.get("location"), own.get("max_temperature"), spec.extra_fields
+
+
+#: wire type → ``_column_fields``, looked up once per event on the hot path
+_COLUMN_FIELDS = {kind: _column_fields(kind) for kind in KINDS}
+
+
 def _record(event: wire.SignedEvent, device: str, signer: str, received_at: float) -> EventRecord:
+    """The stored form of an accepted event; which column holds which signed field comes from ``kinds.KINDS``."""
     msg = event.msg
-    is_reading = event.type == "reading"
+    value, location, max_temperature, extra = _COLUMN_FIELDS[event.type]
     return EventRecord(
-        kind=event.type,
-        device=device,
-        signer=signer,
-        chain_id=event.chain_id,
-        contract=event.contract,
-        target_id=event.target_id,
-        seq=event.seq,
-        timestamp=int(msg["timestamp"]),
-        value=int(msg["value"]) if is_reading else None,
-        location=None if is_reading else bytes(msg["location"]),
-        max_temperature=None if is_reading else int(msg["maxTemperature"]),
-        digest=event.digest,
-        sig=event.sig,
-        received_at=received_at,
-    )
+        event.type, device, signer, event.chain_id, event.contract, event.target_id, event.seq,
+        int(msg["timestamp"]), msg[value] if value else None, msg[location] if location else None,
+        msg[max_temperature] if max_temperature else None, event.digest, event.sig, received_at,
+        extra=tuple((name, int(msg[name])) for name in extra) if extra else (),
+    )  # fmt: skip

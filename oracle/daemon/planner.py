@@ -1,9 +1,11 @@
 """Settlement planner: turn stored events into batches for the submitter.
 
-- Meter readings carry a cumulative register and the contract bills the delta since the last settled reading,
-  so only the newest reading per agreement and settlement window needs to go on chain; the older ones of the
-  window are marked superseded. With ``settlement_window = 0`` the window is "whatever is pending at the cut".
-- Deliveries settle at once.
+- Cumulative kinds (``EventKind.cumulative``: meter readings, telematics reports) carry cumulative registers and
+  the contract charges the delta since the last settled event, so only the newest event per target (agreement,
+  policy) and settlement window needs to go on chain; the older ones of the window are marked superseded. With
+  ``settlement_window = 0`` the window is "whatever is pending at the cut".
+- The other kinds (deliveries, weather observations) settle every event, in the order they were accepted, which
+  is seq order per device.
 - A batch is cut when it is full (``batch_max_events``) or when its oldest event has waited ``batch_max_wait``
   seconds since it was received.
 
@@ -15,14 +17,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from oracle.daemon.kinds import KINDS as EVENT_KINDS
 from oracle.daemon.store import StoredEvent, Store
 
 log = logging.getLogger(__name__)
 
-KINDS = ("reading", "delivery")
+#: every kind the planner knows, in the order batches are cut
+KINDS: tuple[str, ...] = tuple(EVENT_KINDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,59 +62,83 @@ class _Held:
 
 
 class Planner:
-    """Holds claimed events and cuts batches; not thread-safe (the settlement loop is its only user)."""
+    """Holds claimed events and cuts batches; not thread-safe (the settlement loop is its only user).
 
-    def __init__(self, store: Store, settings: PlannerSettings, *,
+    ``kinds``: the wire types to plan (those the settlement half has a contract for); events of other kinds stay
+    pending in the store.
+    """
+
+    def __init__(self, store: Store, settings: PlannerSettings, *, kinds: Sequence[str] = KINDS,
                  clock: Callable[[], float] = time.time) -> None:  # fmt: skip
         if settings.batch_max_events < 1:
             raise ValueError("batch_max_events must be ≥ 1")
+        unknown = set(kinds) - set(EVENT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown event kinds {sorted(unknown)}")
         self.store = store
         self.settings = settings
         self._clock = clock
-        # reading: (contract, agreement) → newest reading held; insertion order = first held
-        self._readings: dict[tuple[str, int], _Held] = {}
-        self._deliveries: list[StoredEvent] = []
+        self.kinds = tuple(k for k in EVENT_KINDS if k in kinds)  # table order: the order batches are cut in
+        # cumulative kinds: (contract, target) → newest event held; insertion order = first held
+        self._newest: dict[str, dict[tuple[str, int], _Held]] = {
+            k: {} for k in self.kinds if EVENT_KINDS[k].cumulative
+        }
+        # the other kinds: every event, in claim order (= acceptance order, so seq order per device)
+        self._queued: dict[str, list[StoredEvent]] = {k: [] for k in self.kinds if not EVENT_KINDS[k].cumulative}
+        self._waiting_sql = (
+            "SELECT k FROM (" + " UNION ALL ".join("SELECT ? AS k" for _ in self.kinds) + ") "
+            "WHERE EXISTS (SELECT 1 FROM events WHERE status = 'pending' AND kind = k)"
+        )
         self.superseded = 0
 
     @property
     def held(self) -> int:
-        return len(self._readings) + len(self._deliveries)
+        return sum(len(h) for h in self._newest.values()) + sum(len(q) for q in self._queued.values())
 
     def held_ids(self) -> list[int]:
-        return [h.event.id for h in self._readings.values()] + [e.id for e in self._deliveries]
+        return [h.event.id for held in self._newest.values() for h in held.values()] + [
+            e.id for queued in self._queued.values() for e in queued
+        ]
 
     def claim(self) -> int:
         """Claim pending events from the store into memory; returns how many were claimed."""
         claimed = 0
         waiting = self._kinds_waiting()
-        room = self.settings.max_held - len(self._readings)
-        if room > 0 and "reading" in waiting:
-            readings = self.store.claim_pending("reading", room)
-            claimed += len(readings)
-            self._hold_readings(readings)
-        room = self.settings.max_held - len(self._deliveries)
-        if room > 0 and "delivery" in waiting:
-            deliveries = self.store.claim_pending("delivery", room)
-            claimed += len(deliveries)
-            self._deliveries.extend(deliveries)
+        for kind in self.kinds:
+            if kind not in waiting:
+                continue
+            newest = self._newest.get(kind)
+            queued = self._queued.get(kind)
+            room = self.settings.max_held - (len(newest) if newest is not None else len(queued or ()))
+            if room <= 0:
+                continue
+            events = self.store.claim_pending(kind, room)
+            claimed += len(events)
+            if newest is not None:
+                self._hold_newest(newest, events)
+            elif queued is not None and events:
+                late = bool(queued) and events[0].id < queued[-1].id  # released after a lost transaction
+                queued.extend(events)
+                if late:  # back into acceptance order, so a station's observations still reach the chain in seq order
+                    queued.sort(key=lambda e: e.id)
         return claimed
 
     def _kinds_waiting(self) -> set[str]:
         """Kinds with pending events, by a read (no write lock): an idle pass must not queue behind intake's commits."""
-        rows = self.store._read(  # noqa: SLF001 - the store's locked read helper, shared on purpose
-            "SELECT k FROM (SELECT 'reading' AS k UNION ALL SELECT 'delivery') "
-            "WHERE EXISTS (SELECT 1 FROM events WHERE status = 'pending' AND kind = k)"
-        )  # one index probe per kind (events_by_status), however long the backlog
+        if not self.kinds:
+            return set()
+        rows = self.store._read(self._waiting_sql, self.kinds)  # noqa: SLF001 - the store's locked read helper
+        # one index probe per kind (events_by_status), however long the backlog
         return {row[0] for row in rows}
 
-    def _hold_readings(self, readings: list[StoredEvent]) -> None:
+    def _hold_newest(self, held_of_kind: dict[tuple[str, int], _Held], events: list[StoredEvent]) -> None:
         now = self._clock()
         redundant: list[int] = []
-        for event in readings:
+        for event in events:
             key = (event.contract, event.target_id)
-            held = self._readings.get(key)
+            held = held_of_kind.get(key)
             if held is None:
-                self._readings[key] = _Held(event, now)
+                held_of_kind[key] = _Held(event, now)
             elif event.seq > held.event.seq:
                 redundant.append(held.event.id)
                 held.event = event
@@ -119,7 +147,7 @@ class Planner:
         if redundant:
             self.store.supersede(redundant)
             self.superseded += len(redundant)
-            log.debug("superseded %d older readings", len(redundant))
+            log.debug("superseded %d older cumulative events", len(redundant))
 
     def cut(self, max_batches: int, *, flush: bool = False) -> list[Batch]:
         """Batches ready to send, at most ``max_batches``. ``flush`` ignores the windows and the wait (drain)."""
@@ -128,18 +156,26 @@ class Planner:
         now = self._clock()
         batches: list[Batch] = []
         window = self.settings.settlement_window
-        ready = [key for key, held in self._readings.items() if flush or window <= 0 or now - held.since >= window]
-        ready.sort(key=lambda k: self._readings[k].event.received_at)
-        batches += self._cut_kind("reading", [self._readings[k].event for k in ready], now, max_batches, flush)
-        taken = {e.id for b in batches for e in b.events}
-        for key in ready:
-            if self._readings[key].event.id in taken:
-                del self._readings[key]
-        if len(batches) < max_batches:
-            delivery_batches = self._cut_kind("delivery", self._deliveries, now, max_batches - len(batches), flush)
-            taken = {e.id for b in delivery_batches for e in b.events}
-            self._deliveries = [e for e in self._deliveries if e.id not in taken]
-            batches += delivery_batches
+        for kind in self.kinds:
+            room = max_batches - len(batches)
+            if room <= 0:
+                break
+            newest = self._newest.get(kind)
+            if newest is not None:
+                ready = [key for key, held in newest.items() if flush or window <= 0 or now - held.since >= window]
+                ready.sort(key=lambda k: newest[k].event.received_at)
+                cut = self._cut_kind(kind, [newest[k].event for k in ready], now, room, flush)
+                taken = {e.id for b in cut for e in b.events}
+                for key in ready:
+                    if newest[key].event.id in taken:
+                        del newest[key]
+            else:
+                queued = self._queued[kind]
+                cut = self._cut_kind(kind, queued, now, room, flush)
+                if cut:
+                    taken = {e.id for b in cut for e in b.events}
+                    self._queued[kind] = [e for e in queued if e.id not in taken]
+            batches += cut
         return batches
 
     def _cut_kind(self, kind: str, events: list[StoredEvent], now: float, max_batches: int,
@@ -166,6 +202,8 @@ class Planner:
         ids = self.held_ids()
         if ids:
             self.store.release(ids)
-        self._readings.clear()
-        self._deliveries.clear()
+        for held in self._newest.values():
+            held.clear()
+        for queued in self._queued.values():
+            queued.clear()
         return len(ids)

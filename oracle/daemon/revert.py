@@ -65,10 +65,10 @@ _REASON_TEXT: dict[RejectReason, str] = {
     RejectReason.UNKNOWN_KEY: "the signing key was never registered on chain",
     RejectReason.KEY_ROTATED: "the signing key was rotated out of its device",
     RejectReason.DEVICE_REVOKED: "the device was revoked by its owner",
-    RejectReason.WRONG_DEVICE: "the signer belongs to another device than the agreement or escrow names",
+    RejectReason.WRONG_DEVICE: "the signer belongs to another device than the agreement, escrow or policy names",
     RejectReason.WRONG_DEVICE_KIND: "the device kind cannot be used by this product",
-    RejectReason.UNKNOWN_TARGET: "no such agreement or escrow",
-    RejectReason.NOT_ACTIVE: "the agreement or escrow is not active (offered, closed, refunded or cancelled)",
+    RejectReason.UNKNOWN_TARGET: "no such agreement or escrow (or insurance policy)",
+    RejectReason.NOT_ACTIVE: "the agreement, escrow or policy is not active (offered, closed, refunded or cancelled)",
     RejectReason.REPLAYED: "already consumed on chain (sequence number not above the last settled one, or escrow released)",
     RejectReason.TIMESTAMP_IN_FUTURE: "the timestamp lies too far ahead of the block time",
     RejectReason.TIMESTAMP_TOO_OLD: "the timestamp is before the last settled event (or the escrow's creation)",
@@ -76,7 +76,7 @@ _REASON_TEXT: dict[RejectReason, str] = {
     RejectReason.VALUE_OUT_OF_RANGE: "the register value or sequence number does not fit the stored width",
     RejectReason.WRONG_LOCATION: "the delivery location differs from the escrow destination",
     RejectReason.DEADLINE_PASSED: "the delivery happened after the escrow deadline",
-    RejectReason.SUSPENDED: "the agreement is suspended for arrears until a top-up",
+    RejectReason.SUSPENDED: "the agreement or policy is suspended for arrears until a top-up",
 }
 
 

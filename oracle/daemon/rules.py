@@ -8,9 +8,14 @@ them in arrival order inside a batch and commits the states with the batch.
 - replayed_seq: seq ≤ the last accepted seq with a different digest (or a skipped seq sent late);
 - quarantined: the device failed the rules ``quarantine_threshold`` times within ``quarantine_window_s``;
 - clock_skew: timestamp too far in the future, too old, or earlier than the device's previous event;
-- counter_rollback: a reading's cumulative register went down (compared per device and agreement);
-- impossible_rate: a reading's register grew faster than its device kind allows (units per second);
+- counter_rollback: one of the event's cumulative registers went down, compared per device and target (a reading's
+  value per agreement; a telematics report's odometer, harsh-braking and speeding counts per policy; a weather
+  observation's rainfall per station);
+- impossible_rate: the event's first register grew faster than its device kind allows (units per second: meter
+  units, vehicle metres, rain gauge hundredths of a millimetre);
 - invalid_location / teleport: a delivery's location is not a geohash, or implies a speed above the limit.
+
+Which rules apply to a wire type comes from ``oracle.daemon.kinds.KINDS`` (``registers``, ``located``).
 
 Locations are geohash text, ASCII, left-aligned in the bytes32 and zero-padded on the right
 (``oracle.device.location``, docs/PROTOCOL.md). All-zero means "no fix" and is never a teleport.
@@ -23,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from oracle import wire
+from oracle.daemon.kinds import KINDS, EventKind
 from oracle.daemon.store import DeviceState
 from oracle.device.location import EARTH_RADIUS_M, distance_m, geohash_decode, location_geohash
 from oracle.eip712 import DeviceKind
@@ -82,7 +89,7 @@ class Verdict:
 
 # ---------------------------------------------------------------------------------------------------- geohash
 
-#: agreements per device whose last register value is remembered (a meter rarely serves more than a few)
+#: targets per device whose last register values are remembered (a meter rarely serves more than a few agreements)
 MAX_REGISTERS = 16
 
 
@@ -136,18 +143,22 @@ def evaluate(
     if current.quarantined_at is not None:
         reason = current.quarantine_reason or "repeated rule failures"
         return Verdict(Outcome.REJECT, Reason.QUARANTINED, f"device quarantined: {reason}", current)
-    failure = _first_failure(event, kind, current, now, settings)
+    spec = KINDS[event.type]
+    msg = event.msg
+    names = spec.registers
+    values = (int(msg[names[0]]),) if len(names) == 1 else tuple(int(msg[name]) for name in names)
+    failure = _first_failure(event, spec, values, kind, current, now, settings)
     if failure is not None:
         reason, detail = failure
         return Verdict(Outcome.REJECT, reason, detail, _count_failure(current, reason, now, settings))
-    timestamp = int(event.msg["timestamp"])
+    timestamp = int(msg["timestamp"])
     registers, location = current.registers, current.last_location
-    if event.type == "reading":
+    if values:
         target = event.target_id
         others = tuple(r for r in registers if r[0] != target)[-(MAX_REGISTERS - 1) :]
-        registers = (*others, (target, int(event.msg["value"]), timestamp))
-    elif any(event.msg["location"]):
-        location = bytes(event.msg["location"])
+        registers = (*others, (target, values, timestamp))
+    if spec.located and any(msg["location"]):
+        location = bytes(msg["location"])
     # built directly rather than with dataclasses.replace: this runs for every accepted event
     accepted = DeviceState(current.device, seq, registers, timestamp, location, current.failures,
                            current.failure_window_start, current.quarantined_at, current.quarantine_reason)  # fmt: skip
@@ -155,8 +166,10 @@ def evaluate(
 
 
 def _first_failure(
-    event: SignedEvent, kind: int, state: DeviceState, now: float, settings: RuleSettings
+    event: SignedEvent, spec: EventKind, values: tuple[int, ...], kind: int, state: DeviceState, now: float,
+    settings: RuleSettings,
 ) -> tuple[Reason, str] | None:
+    """The first rule the event breaks; ``values`` are its registers (``spec.registers``), ``kind`` the device's."""
     seq = event.seq
     if state.last_seq is not None and seq <= state.last_seq:
         return Reason.REPLAYED_SEQ, f"seq {seq} ≤ last accepted {state.last_seq} with a different digest"
@@ -169,20 +182,11 @@ def _first_failure(
     if last_time is not None and timestamp < last_time:
         return Reason.CLOCK_SKEW, f"timestamp {timestamp} is before the previous event's {last_time}"
     elapsed = None if last_time is None else timestamp - last_time
-    if event.type == "reading":
-        value = int(event.msg["value"])
-        previous = next((r for r in reversed(state.registers) if r[0] == event.target_id), None)
-        if previous is not None:
-            _, last_value, register_time = previous
-            if value < last_value:
-                return Reason.COUNTER_ROLLBACK, f"register {value} < previous {last_value} of agreement {event.target_id}"
-            limit = settings.max_rate(kind)
-            increase, seconds = value - last_value, timestamp - register_time
-            if limit and increase > limit * seconds:
-                return (
-                    Reason.IMPOSSIBLE_RATE,
-                    f"register rose {increase} in {seconds} s, above {limit:g}/s for a {_kind_name(kind)}",
-                )
+    if values:
+        failure = _register_failure(event, spec.registers, values, kind, state, timestamp, settings)
+        if failure is not None or not spec.located:
+            return failure
+    if not spec.located:
         return None
     try:
         here = decode_location(bytes(event.msg["location"]))
@@ -198,6 +202,37 @@ def _first_failure(
         speed = "instantly" if elapsed == 0 else f"in {elapsed} s ({metres / elapsed:.0f} m/s)"
         return Reason.TELEPORT, f"moved {metres / 1000:.1f} km {speed}, limit {settings.max_speed_m_s:g} m/s"
     return None
+
+
+def _register_failure(
+    event: SignedEvent, names: tuple[str, ...], values: tuple[int, ...], kind: int, state: DeviceState,
+    timestamp: int, settings: RuleSettings,
+) -> tuple[Reason, str] | None:
+    """Rollback of any register, or the first register rising faster than the device kind can, per target."""
+    target = event.target_id
+    # a previous entry with another number of registers belongs to another kind of event with the same target id
+    previous = next((r for r in reversed(state.registers) if r[0] == target and len(r[1]) == len(values)), None)
+    if previous is None:
+        return None
+    _, last_values, register_time = previous
+    if values < last_values or len(values) > 1:  # one register: a tuple comparison says it all
+        for name, value, last in zip(names, values, last_values, strict=True):
+            if value < last:
+                return Reason.COUNTER_ROLLBACK, f"{name} {value} < previous {last} of {_target_text(event)}"
+    limit = settings.max_rate(kind)
+    increase, seconds = values[0] - last_values[0], timestamp - register_time
+    if limit and increase > limit * seconds:
+        return (
+            Reason.IMPOSSIBLE_RATE,
+            f"{names[0]} rose {increase} in {seconds} s, above {limit:g}/s for a {_kind_name(kind)}",
+        )
+    return None
+
+
+def _target_text(event: SignedEvent) -> str:
+    field = wire.TARGET_FIELDS[event.type]
+    target = event.msg[field]
+    return f"station {target}" if field == "station" else f"{field.removesuffix('Id')} {target}"
 
 
 def _count_failure(state: DeviceState, reason: Reason, now: float, settings: RuleSettings) -> DeviceState:

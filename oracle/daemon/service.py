@@ -31,6 +31,7 @@ from oracle.chain import Chain, connect, load_sender
 from oracle.config import Config
 from oracle.daemon.health import Health, State
 from oracle.daemon.ingest import Intake, IntakeSettings
+from oracle.daemon.kinds import CONTRACT_OF_KIND
 from oracle.daemon.metrics import Metrics
 from oracle.daemon.registry_follower import RegistryFollower
 from oracle.daemon.rules import RuleSettings
@@ -45,8 +46,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: which deployed contract verifies each wire event type
-CONTRACT_OF_TYPE = {"reading": "MeteredBilling", "delivery": "DeliveryEscrow"}
+#: which deployed contract verifies each wire event type (the kinds table); a kind whose contract is not in the
+#: deployment manifest is not relayed: its events are answered "wrong_contract"
+CONTRACT_OF_TYPE = CONTRACT_OF_KIND
 #: queued-but-unprocessed messages above which intake reports "degraded"
 QUEUE_DEGRADED = 50_000
 
@@ -118,7 +120,10 @@ def preflight(config: Config) -> Preflight:
         if name in manifest["contracts"]
     }
     if not contracts:
-        raise DeploymentError(f"neither MeteredBilling nor DeliveryEscrow is deployed on chain {chain.chain_id}")
+        raise DeploymentError(f"none of {', '.join(CONTRACT_OF_TYPE.values())} is deployed on chain {chain.chain_id}")
+    missing = [name for name in CONTRACT_OF_TYPE.values() if name not in manifest["contracts"]]
+    if missing:
+        log.info("not relaying the events of %s: not in the deployment manifest", ", ".join(missing))
     relayer = load_sender(config, chain)  # keystore mode bits and password checked here
     return Preflight(chain, manifest, relayer, contracts)
 

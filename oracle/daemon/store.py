@@ -15,6 +15,10 @@ Event life cycle (``EventStatus``)::
     pending ─claim_pending→ claimed ─attach_tx→ submitted ─mark_settled→ settled ─mark_final→ final
        ↑___________________ release (dropped tx, reorg) ___________________|
     any non-final state ─dead_letter→ dead          pending/claimed ─supersede→ superseded
+
+Schema versions (``_MIGRATIONS``; ``open_db`` migrates an older file in place, in one transaction):
+1. events, rejected, device_state, registry_keys, follower_cursor;
+2. ``events.extra``: the signed fields of kinds other than readings and deliveries (``oracle.daemon.kinds``).
 """
 
 from __future__ import annotations
@@ -26,16 +30,19 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from eth_utils import to_checksum_address
+
+from oracle.daemon.kinds import EXTRA, KINDS
 from oracle.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -46,7 +53,7 @@ class EventStatus(StrEnum):
     SETTLED = "settled"  # mined in ``block`` / ``tx_hash``, not yet deep enough to be final
     FINAL = "final"  # mined with enough confirmations
     DEAD = "dead"  # will never settle (``reason`` says why)
-    SUPERSEDED = "superseded"  # a newer cumulative reading of the same agreement settles instead
+    SUPERSEDED = "superseded"  # a newer cumulative event of the same target (agreement, policy) settles instead
 
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -54,12 +61,12 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE events (
         id              INTEGER PRIMARY KEY,
-        kind            TEXT    NOT NULL,               -- wire type: 'reading' | 'delivery'
+        kind            TEXT    NOT NULL,               -- wire type: 'reading' | 'delivery' | ... (kinds.KINDS)
         device          TEXT    NOT NULL,               -- device identity (checksummed), the rule state key
         signer          TEXT    NOT NULL,               -- key that signed (the device itself unless rotated)
         chain_id        INTEGER NOT NULL,
         contract        TEXT    NOT NULL,
-        target_id       TEXT    NOT NULL,               -- agreement / escrow id, decimal (uint256)
+        target_id       TEXT    NOT NULL,               -- agreement / escrow / policy id or station, decimal
         seq             INTEGER NOT NULL,
         timestamp       INTEGER NOT NULL,
         value           TEXT,                           -- readings: cumulative register, decimal (uint256)
@@ -96,7 +103,7 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE device_state (
         device               TEXT PRIMARY KEY,
         last_seq             INTEGER,
-        registers            TEXT    NOT NULL DEFAULT '[]', -- JSON [[agreementId, value, timestamp], ...], decimal text
+        registers            TEXT    NOT NULL DEFAULT '[]', -- JSON [[target, value(s), timestamp], ...], decimal text
         last_timestamp       INTEGER,
         last_location        BLOB,
         failures             INTEGER NOT NULL DEFAULT 0,
@@ -119,6 +126,11 @@ _MIGRATIONS: tuple[str, ...] = (
         name       TEXT PRIMARY KEY,                    -- e.g. 'registry:<chainId>:<address>'
         next_block INTEGER NOT NULL
     );
+    """,
+    # version 2: the signed fields of the insurance kinds (telematics, weather) that have no column of their own,
+    # as a JSON object {"field": integer, ...}; NULL for readings and deliveries
+    """
+    ALTER TABLE events ADD COLUMN extra TEXT
     """,
 )
 
@@ -192,19 +204,26 @@ class EventRecord:
     digest: bytes
     sig: bytes
     received_at: float
+    #: signed fields without a column of their own (``EventKind.extra_fields``), in signing order
+    extra: tuple[tuple[str, int], ...] = field(default=(), kw_only=True)
+
+    def field_value(self, name: str, column: str) -> Any:  # noqa: ANN401 - one signed field
+        """The stored value of signed field ``name`` kept in ``column`` (``EventKind.columns``)."""
+        if column == EXTRA:
+            for key, value in self.extra:
+                if key == name:
+                    return value
+            raise KeyError(f"{self.kind} event {self.device} seq {self.seq} has no stored {name}")
+        return getattr(self, column)
 
     @property
     def msg(self) -> dict[str, Any]:
         """The signed EIP-712 message, field name → value, as ``oracle.eip712`` and the contracts expect it."""
-        if self.kind == "reading":
-            return {"agreementId": self.target_id, "seq": self.seq, "timestamp": self.timestamp, "value": self.value}
-        return {
-            "escrowId": self.target_id,
-            "seq": self.seq,
-            "timestamp": self.timestamp,
-            "location": self.location,
-            "maxTemperature": self.max_temperature,
-        }
+        out: dict[str, Any] = {}
+        for name, typ, column in KINDS[self.kind].columns:
+            value = self.field_value(name, column)
+            out[name] = to_checksum_address(value.to_bytes(20, "big")) if typ == "address" else value
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +263,9 @@ class DeviceState:
 
     device: str
     last_seq: int | None = None
-    #: newest accepted reading per agreement: ((agreement id, register value, timestamp), ...), most recent last
-    registers: tuple[tuple[int, int, int], ...] = ()
+    #: newest accepted registers per target (agreement, policy, station): ((target, register values in the kind's
+    #: ``registers`` order, timestamp), ...), most recent last
+    registers: tuple[tuple[int, tuple[int, ...], int], ...] = ()
     last_timestamp: int | None = None
     last_location: bytes | None = None
     failures: int = 0
@@ -266,12 +286,20 @@ class RegistryEntry:
     block: int
 
 
-_EVENT_COLUMNS = ", ".join(f.name for f in fields(StoredEvent))
-_RECORD_COLUMNS = tuple(f.name for f in fields(EventRecord))
+#: positional row layout (``_record_row`` / ``_stored_event``): the record's fields, its settlement state, then extra
+_RECORD_COLUMNS = (
+    "kind", "device", "signer", "chain_id", "contract", "target_id", "seq", "timestamp", "value", "location",
+    "max_temperature", "digest", "sig", "received_at",
+)  # fmt: skip
+_STATE_OF_EVENT = ("id", "status", "tx_key", "block", "tx_hash", "settled_at", "final_at", "reason")
+_EVENT_COLUMNS = ", ".join((*_RECORD_COLUMNS, *_STATE_OF_EVENT, "extra"))
 _INSERT_EVENT = (
-    f"INSERT INTO events ({', '.join(_RECORD_COLUMNS)}) VALUES ({', '.join('?' for _ in _RECORD_COLUMNS)})"
+    f"INSERT INTO events ({', '.join(_RECORD_COLUMNS)}, extra) VALUES ({', '.join('?' for _ in _RECORD_COLUMNS)}, ?)"
 )
-_STATE_COLUMNS = tuple(f.name for f in fields(DeviceState))
+_STATE_COLUMNS = (
+    "device", "last_seq", "registers", "last_timestamp", "last_location", "failures", "failure_window_start",
+    "quarantined_at", "quarantine_reason",
+)  # fmt: skip
 _UPSERT_STATE = (
     f"INSERT OR REPLACE INTO device_state ({', '.join(_STATE_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _STATE_COLUMNS)})"
@@ -283,22 +311,36 @@ def _record_row(record: EventRecord) -> tuple[Any, ...]:
     return (
         record.kind, record.device, record.signer, record.chain_id, record.contract, str(record.target_id),
         record.seq, record.timestamp, value, record.location, record.max_temperature, record.digest, record.sig,
-        record.received_at,
+        record.received_at, _extra_text(record.extra) if record.extra else None,
     )  # fmt: skip
+
+
+def _extra_text(extra: tuple[tuple[str, int], ...]) -> str:
+    return json.dumps(dict(extra), separators=(",", ":"))
+
+
+def _extra_fields(text: str | None) -> tuple[tuple[str, int], ...]:
+    return tuple((name, int(value)) for name, value in json.loads(text).items()) if text else ()
 
 
 def _stored_event(row: sqlite3.Row | tuple[Any, ...]) -> StoredEvent:
     (kind, device, signer, chain_id, contract, target_id, seq, timestamp, value, location, max_temperature, digest,
-     sig, received_at, event_id, status, tx_key, block, tx_hash, settled_at, final_at, reason) = row  # fmt: skip
+     sig, received_at, event_id, status, tx_key, block, tx_hash, settled_at, final_at, reason, extra) = row  # fmt: skip
     return StoredEvent(
         kind, device, signer, chain_id, contract, int(target_id), seq, timestamp,
         None if value is None else int(value), location, max_temperature, digest, sig, received_at,
         event_id, EventStatus(status), tx_key, block, tx_hash, settled_at, final_at, reason,
+        extra=_extra_fields(extra) if extra else (),
     )  # fmt: skip
 
 
 def _state_row(state: DeviceState) -> tuple[Any, ...]:
-    registers = json.dumps([[str(target), str(value), ts] for target, value, ts in state.registers], separators=(",", ":"))
+    # one register is stored as a decimal string (the version 1 layout), several as a list of them
+    registers = json.dumps(
+        [[str(target), str(values[0]) if len(values) == 1 else [str(v) for v in values], ts]
+         for target, values, ts in state.registers],
+        separators=(",", ":"),
+    )  # fmt: skip
     return (
         state.device, state.last_seq, registers,
         state.last_timestamp, state.last_location, state.failures, state.failure_window_start,
@@ -308,7 +350,10 @@ def _state_row(state: DeviceState) -> tuple[Any, ...]:
 
 def _device_state(row: tuple[Any, ...]) -> DeviceState:
     values = list(row)
-    values[2] = tuple((int(target), int(value), int(ts)) for target, value, ts in json.loads(values[2] or "[]"))
+    values[2] = tuple(
+        (int(target), tuple(int(v) for v in value) if isinstance(value, list) else (int(value),), int(ts))
+        for target, value, ts in json.loads(values[2] or "[]")
+    )
     return DeviceState(*values)
 
 
@@ -481,7 +526,7 @@ class Store:
     # ------------------------------------------------------------------------------------------ settlement
 
     def claim_pending(self, kind: str, limit: int) -> list[StoredEvent]:
-        """Take up to ``limit`` pending events of ``kind`` ('reading' | 'delivery'), oldest first, marking them
+        """Take up to ``limit`` pending events of ``kind`` (a wire type), oldest first, marking them
         claimed so a second call does not return them again. ``attach_tx`` or ``release`` must follow."""
         with self.transaction() as conn:
             rows = conn.execute(
@@ -520,7 +565,7 @@ class Store:
         )
 
     def supersede(self, event_ids: Sequence[int]) -> None:
-        """Readings made redundant by a newer cumulative reading of the same agreement (billing is cumulative)."""
+        """Events made redundant by a newer cumulative event of the same target (``EventKind.cumulative``)."""
         self._transition(event_ids, ("pending", "claimed"), "status = 'superseded'", ())
 
     def release_unattached_claims(self) -> int:

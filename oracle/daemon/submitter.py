@@ -25,8 +25,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 import requests
@@ -36,6 +37,7 @@ from eth_hash.auto import keccak
 from web3 import Web3
 from web3.exceptions import Web3Exception
 
+from oracle.daemon.kinds import EXTRA, KINDS
 from oracle.daemon.metrics import Metrics
 from oracle.daemon.planner import Batch
 from oracle.daemon.revert import ErrorDecoder, _abi_type
@@ -119,30 +121,40 @@ class KindSpec:
     item_types: tuple[str, ...]
     settled_topic: bytes
     rejected_topic: bytes
+    #: the signed fields of a stored event in signing order; derived from the kinds table when not given
+    fields_of: Callable[[StoredEvent], tuple[Any, ...]] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.fields_of is None:
+            object.__setattr__(self, "fields_of", _fields_getter(self.kind))
 
     @classmethod
     def from_abi(cls, kind: str, contract: str, abi: Sequence[Mapping[str, Any]]) -> KindSpec:
-        names = _KIND_NAMES[kind]
-        function = _abi_entry(abi, "function", names[0])
+        spec = KINDS[kind]
+        function = _abi_entry(abi, "function", spec.batch_function)
         (param,) = function["inputs"]
         arg_type = _abi_type(param)
         components = tuple(_abi_type(c) for c in param["components"])
+        signed = tuple(typ for typ, _ in spec.fields)
+        if components != (*signed, "bytes32", "bytes32"):
+            raise ChainError(
+                f"{spec.contract}.{spec.batch_function} takes ({','.join(components)}), the {kind} events need "
+                f"({','.join(signed)},bytes32,bytes32); run `iotsettle compile` or upgrade iotsettle"
+            )
         return cls(
-            kind, Web3.to_checksum_address(contract), keccak(f"{names[0]}({arg_type})".encode())[:4], components,
-            _topic(_abi_entry(abi, "event", names[1])), _topic(_abi_entry(abi, "event", names[2])),
+            kind, Web3.to_checksum_address(contract), keccak(f"{spec.batch_function}({arg_type})".encode())[:4],
+            components, _topic(_abi_entry(abi, "event", spec.settled_event)),
+            _topic(_abi_entry(abi, "event", spec.rejected_event)),
         )  # fmt: skip
 
     def values(self, event: StoredEvent) -> tuple[Any, ...]:
-        """The item tuple of one event: its signed fields + the ERC-2098 compact signature (r, vs)."""
+        """The item tuple of one event: its signed fields in signing order + the ERC-2098 compact signature (r, vs)."""
         sig = bytes(event.sig)
         if len(sig) != 65 or sig[64] not in (27, 28):
             raise ValueError("the stored signature is not 65 bytes r‖s‖v with v 27/28")
         r, s = sig[:32], int.from_bytes(sig[32:64], "big")
         vs = (s | ((sig[64] - 27) << 255)).to_bytes(32, "big")
-        if self.kind == "reading":
-            return (event.target_id, event.seq, event.timestamp, event.value, r, vs)
-        return (event.target_id, event.seq, event.timestamp, bytes(event.location or b""), event.max_temperature,
-                r, vs)  # fmt: skip
+        return (*self.fields_of(event), r, vs)  # type: ignore[misc]  # never None after __post_init__
 
     def item(self, event: StoredEvent) -> bytes:
         """The ABI encoding of one item (a static tuple: one word per field); ValueError if a field does not fit."""
@@ -157,14 +169,31 @@ class KindSpec:
 _ARRAY_OFFSET = (32).to_bytes(32, "big")
 
 
+def _fields_getter(kind: str) -> Callable[[StoredEvent], tuple[Any, ...]]:
+    """The signed fields of a stored event of ``kind``: one ``attrgetter`` when every field has its own column
+    (readings, deliveries: the hot path), else a lookup per field."""
+    columns = KINDS[kind].columns
+    if all(column != EXTRA for _, _, column in columns):
+        return attrgetter(*(column for _, _, column in columns))
+
+    def fields_of(event: StoredEvent) -> tuple[Any, ...]:
+        return tuple(event.field_value(name, column) for name, _, column in columns)
+
+    return fields_of
+
+
 def _abi_word(typ: str, value: Any) -> bytes:  # noqa: ANN401 - one ABI value
     if typ == "bytes32":
-        raw = bytes(value)
+        raw = bytes(value or b"")
         if len(raw) != 32:
             raise ValueError(f"bytes32 needs 32 bytes, got {len(raw)}")
         return raw
     if value is None or isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{typ} needs an integer, got {value!r}")
+    if typ == "address":  # a target stored as an integer (a weather station)
+        if not 0 <= value < 1 << 160:
+            raise ValueError(f"{value} is not an address")
+        return value.to_bytes(32, "big")
     bits = int(typ.removeprefix("u").removeprefix("int") or 256)
     if typ.startswith("uint"):
         if not 0 <= value < 1 << bits:
@@ -175,13 +204,6 @@ def _abi_word(typ: str, value: Any) -> bytes:  # noqa: ANN401 - one ABI value
             raise ValueError(f"{value} does not fit {typ}")
         return (value % (1 << 256)).to_bytes(32, "big")
     raise ValueError(f"unsupported item field type {typ}")
-
-
-_KIND_NAMES: dict[str, tuple[str, str, str]] = {
-    "reading": ("settle", "ReadingSettled", "ReadingRejected"),
-    "delivery": ("confirmDeliveries", "DeliveryConfirmed", "DeliveryRejected"),
-}
-CONTRACT_OF_KIND: dict[str, str] = {"reading": "MeteredBilling", "delivery": "DeliveryEscrow"}
 
 
 def _abi_entry(abi: Sequence[Mapping[str, Any]], typ: str, name: str) -> Mapping[str, Any]:

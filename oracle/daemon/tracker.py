@@ -35,12 +35,13 @@ from web3 import Web3
 from oracle.artifacts import load_artifact
 from oracle.chain import Chain, connect, load_sender
 from oracle.config import Config
+from oracle.daemon.kinds import CONTRACT_OF_KIND
 from oracle.daemon.metrics import Metrics
 from oracle.daemon.planner import Planner, PlannerSettings
 from oracle.daemon.revert import ErrorDecoder, RejectReason, reason_label, reason_of
 from oracle.daemon.store import EventStatus, Store, StoredEvent
 from oracle.daemon.submitter import (
-    CONTRACT_OF_KIND, GWEI, RPC_ERRORS, DeadLetter, KindSpec, SendError, Submitter, SubmitterSettings, decode_outcomes,
+    GWEI, RPC_ERRORS, DeadLetter, KindSpec, SendError, Submitter, SubmitterSettings, decode_outcomes,
     hex_int,
 )  # fmt: skip
 from oracle.daemon.txstore import TxRecord, TxStatus, TxStore
@@ -395,7 +396,7 @@ class Settler:
         self.submitter = Submitter(w3, chain_id, account, store, self.txstore, specs, decoder,
                                    self.settings.submitter, metrics, on_dead_letter)  # fmt: skip
         self.tracker = Tracker(w3, store, self.txstore, self.submitter, self.settings.tracker, metrics)
-        self.planner = Planner(store, self.settings.planner)
+        self.planner = Planner(store, self.settings.planner, kinds=tuple(specs))
         self.metrics = metrics
         self._threads: list[threading.Thread] = []
         self._recover_lock = threading.Lock()
@@ -421,8 +422,8 @@ class Settler:
             if name in manifest["contracts"]
         }
         if not contracts:
-            raise ChainError(f"neither MeteredBilling nor DeliveryEscrow is deployed on chain {chain.chain_id}")
-        names = [n for n in ("MeteredBilling", "DeliveryEscrow", "DeviceRegistry") if n in manifest["contracts"]]
+            raise ChainError(f"none of {', '.join(CONTRACT_OF_KIND.values())} is deployed on chain {chain.chain_id}")
+        names = [n for n in (*CONTRACT_OF_KIND.values(), "DeviceRegistry") if n in manifest["contracts"]]
         decoder = ErrorDecoder.from_artifacts(config, names)
         return cls(store, chain.w3, chain.chain_id, account, contracts, decoder, SettlerSettings.from_config(config),
                    metrics, on_dead_letter)  # fmt: skip

@@ -3,21 +3,30 @@
 ::
 
     {"format": "iotsettle-fleet-1", "chainId": 31337,
-     "contracts": {"MeteredBilling": "0x…", "DeliveryEscrow": "0x…", "DeviceRegistry": "0x…"},  # optional
+     "contracts": {"MeteredBilling": "0x…", "DeliveryEscrow": "0x…", "DeviceRegistry": "0x…",   # optional
+                   "MotorInsurance": "0x…", "CropInsurance": "0x…"},
      "devices": [
        {"name": "meter-000", "kind": "meter", "privateKey": "0x…", "agreementId": "1"},
        {"name": "tracker-000", "kind": "tracker", "keyFile": "keys/0x….json", "escrowIds": ["4"],
         "route": [[52.52, 13.405], [52.5205, 13.4072]], "speed": 11.5, "destination": "u33dbfc"},
-       {"name": "vehicle-000", "kind": "vehicle", "privateKey": "0x…", "agreementId": "2", "faults": ["clock_skew"]}]}
+       {"name": "vehicle-000", "kind": "vehicle", "privateKey": "0x…", "agreementId": "2", "faults": ["clock_skew"]},
+       {"name": "vehicle-001", "kind": "vehicle", "privateKey": "0x…", "policyId": "…", "drivingStyle": "calm"},
+       {"name": "weather-station-000", "kind": "weather_station", "privateKey": "0x…", "faults": ["hostile"]}]}
 
 ``contracts`` may be left out: the addresses then come from the deployment manifest of ``chainId``. Key files
 are relative to the fleet file and share one password (``IOTSETTLE_DEVICE_PASSWORD`` or a password file);
 ``privateKey`` is for local demos only. Sequence counters persist beside each key file, or for raw keys in
 ``<fleet file>.seq/``.
+
+What a device signs follows from its entry: a meter signs readings for its ``agreementId``; a vehicle signs
+readings for an ``agreementId`` (pay-per-km billing) and/or telematics reports for a ``policyId`` (motor
+insurance); a weather station signs weather observations (they name the station, so it needs no id), or readings
+of its rainfall register if an older fleet file gives it an ``agreementId``; a tracker signs deliveries.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -65,13 +74,40 @@ class FaultClass(StrEnum):
     CLOCK_SKEW = "clock_skew"
     TELEPORT = "teleport"
     WRONG_CHAIN = "wrong_chain"
+    #: a telematics report whose harsh-braking and speeding counters went down (a unit reset to hide bad driving)
+    BEHAVIOUR_ROLLBACK = "behaviour_rollback"
+    #: a weather station that lies in all its observations, plausibly (the oracle accepts them; the crop season's
+    #: k-of-n vote outweighs it): heavy rain in a drought, mild days in a heatwave, a dry heatwave otherwise
+    HOSTILE = "hostile"
 
     def applies_to(self, kind: DeviceKind) -> bool:
         if self is FaultClass.TELEPORT:
             return kind is DeviceKind.TRACKER
+        if self is FaultClass.BEHAVIOUR_ROLLBACK:
+            return kind is DeviceKind.VEHICLE
+        if self is FaultClass.HOSTILE:
+            return kind is DeviceKind.WEATHER_STATION
         if self in (FaultClass.COUNTER_ROLLBACK, FaultClass.IMPOSSIBLE_RATE):
             return kind is not DeviceKind.TRACKER
         return True
+
+    def applies_to_device(self, device: FleetDevice) -> bool:
+        """Whether ``device`` can emit this class with the events its fleet entry makes it sign."""
+        if not self.applies_to(device.kind):
+            return False
+        if self is FaultClass.BEHAVIOUR_ROLLBACK:
+            return device.policy_id is not None
+        if self is FaultClass.HOSTILE:
+            return "weather" in device.streams
+        return True
+
+
+class DrivingStyle(StrEnum):
+    """How a simulated vehicle is driven: sets its harsh-braking and speeding rates per 100 km."""
+
+    CALM = "calm"
+    AVERAGE = "average"
+    AGGRESSIVE = "aggressive"
 
 
 def kind_from_name(name: str) -> DeviceKind:
@@ -98,10 +134,26 @@ class FleetDevice:
     destination: str = ""  # geohash of the escrows' destination
     faults: tuple[FaultClass, ...] = ()
     counter_path: Path | None = None
+    policy_id: int | None = None  # vehicles: the MotorInsurance policy their telematics reports are for
+    driving_style: DrivingStyle | None = None  # vehicles: None = drawn from the simulation's seed
 
     @property
     def address(self) -> str:
         return self.key.address
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """The payload types this device signs on each report (trackers: "delivery", on arrival)."""
+        if self.kind is DeviceKind.TRACKER:
+            return ("delivery",)
+        streams: list[str] = []
+        if self.targets:
+            streams.append("reading")
+        if self.policy_id is not None:
+            streams.append("telematics")
+        if self.kind is DeviceKind.WEATHER_STATION and not self.targets:
+            streams.append("weather")
+        return tuple(streams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,32 +186,54 @@ def _address(value: Any, where: str) -> str:
     return to_checksum_address(value)
 
 
+_OPTIONAL_CONTRACTS = ("DeviceRegistry", "MotorInsurance", "CropInsurance")
+
+
 def _contracts(raw: Any) -> Contracts | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
         raise ConfigError("fleet contracts must be an object of name → address")
     try:
+        optional = {name: _address(raw[name], f"contracts.{name}") if name in raw else None
+                    for name in _OPTIONAL_CONTRACTS}
         return Contracts(
             _address(raw["MeteredBilling"], "contracts.MeteredBilling"),
             _address(raw["DeliveryEscrow"], "contracts.DeliveryEscrow"),
-            _address(raw["DeviceRegistry"], "contracts.DeviceRegistry") if "DeviceRegistry" in raw else None,
+            optional["DeviceRegistry"],
+            optional["MotorInsurance"],
+            optional["CropInsurance"],
         )
     except KeyError as exc:
         raise ConfigError(f"fleet contracts lack {exc.args[0]}") from None
 
 
 def contracts_from_manifest(manifest: Mapping[str, Any]) -> Contracts:
-    """The signing domains from a deployment manifest (``deployments/<chainId>.json``)."""
+    """The signing domains from a deployment manifest (``deployments/<chainId>.json``); the registry and the
+    insurance products are optional (a manifest written before them still works)."""
     entries = manifest.get("contracts", {})
     try:
+        optional = {name: to_checksum_address(entries[name]["address"]) if name in entries else None
+                    for name in _OPTIONAL_CONTRACTS}
         return Contracts(
             to_checksum_address(entries["MeteredBilling"]["address"]),
             to_checksum_address(entries["DeliveryEscrow"]["address"]),
-            to_checksum_address(entries["DeviceRegistry"]["address"]) if "DeviceRegistry" in entries else None,
+            optional["DeviceRegistry"],
+            optional["MotorInsurance"],
+            optional["CropInsurance"],
         )
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"the deployment manifest has no address for {exc}") from None
+
+
+def contracts_document(contracts: Contracts) -> dict[str, str]:
+    """The fleet file's ``contracts`` object for ``contracts`` (manifest names → addresses)."""
+    document = {"MeteredBilling": contracts.metered_billing, "DeliveryEscrow": contracts.delivery_escrow}
+    for name, address in (("DeviceRegistry", contracts.device_registry), ("MotorInsurance", contracts.motor_insurance),
+                          ("CropInsurance", contracts.crop_insurance)):
+        if address:
+            document[name] = address
+    return document
 
 
 def load_fleet(path: str | os.PathLike[str], *, password_file: str | os.PathLike[str] | None = None) -> Fleet:
@@ -208,27 +282,49 @@ def load_fleet(path: str | os.PathLike[str], *, password_file: str | os.PathLike
                 raise ConfigError(f"{where}: a tracker needs escrowIds")
             targets = tuple(_uint(value, f"{where}.escrowIds") for value in ids)
         else:
-            if "agreementId" not in raw:
-                raise ConfigError(f"{where}: a {kind_name(kind)} needs agreementId")
-            targets = (_uint(raw["agreementId"], f"{where}.agreementId"),)
+            targets = (_uint(raw["agreementId"], f"{where}.agreementId"),) if "agreementId" in raw else ()
+        policy_id: int | None = None
+        style: DrivingStyle | None = None
+        if kind is DeviceKind.VEHICLE:
+            if "policyId" in raw:
+                policy_id = _uint(raw["policyId"], f"{where}.policyId")
+            if "drivingStyle" in raw:
+                style = _style(raw["drivingStyle"], where)
+        elif "policyId" in raw or "drivingStyle" in raw:
+            raise ConfigError(f"{where}: only vehicles take policyId and drivingStyle")
+        if kind is DeviceKind.METER and not targets:
+            raise ConfigError(f"{where}: a meter needs agreementId")
+        if kind is DeviceKind.VEHICLE and not targets and policy_id is None:
+            raise ConfigError(f"{where}: a vehicle needs agreementId (billing) or policyId (motor insurance)")
         route: tuple[tuple[float, float], ...] = ()
         speed = 0.0
         destination = ""
         if kind is DeviceKind.TRACKER:
             route, speed, destination = _route(raw, where)
-        faults = tuple(_fault(value, kind, where) for value in raw.get("faults", []))
-        devices.append(FleetDevice(name, kind, key, targets, route, speed, destination, faults, counter_path))
+        entry = FleetDevice(name, kind, key, targets, route, speed, destination, (), counter_path, policy_id, style)
+        faults = tuple(_fault(value, entry, where) for value in raw.get("faults", []))
+        devices.append(dataclasses.replace(entry, faults=faults))
     return Fleet(chain_id, _contracts(document.get("contracts")), tuple(devices), fleet_path)
 
 
-def _fault(value: Any, kind: DeviceKind, where: str) -> FaultClass:
+def _fault(value: Any, device: FleetDevice, where: str) -> FaultClass:
     try:
         fault = FaultClass(str(value))
     except ValueError:
         raise ConfigError(f"{where}: unknown fault {value!r} (one of {', '.join(FaultClass)})") from None
-    if not fault.applies_to(kind):
-        raise ConfigError(f"{where}: a {kind_name(kind)} cannot emit {fault}")
+    if not fault.applies_to(device.kind):
+        raise ConfigError(f"{where}: a {kind_name(device.kind)} cannot emit {fault}")
+    if not fault.applies_to_device(device):
+        raise ConfigError(f"{where}: {fault} needs a device that signs "
+                          f"{'telematics (a policyId)' if fault is FaultClass.BEHAVIOUR_ROLLBACK else 'weather observations'}")
     return fault
+
+
+def _style(value: Any, where: str) -> DrivingStyle:
+    try:
+        return DrivingStyle(str(value))
+    except ValueError:
+        raise ConfigError(f"{where}: unknown drivingStyle {value!r} (one of {', '.join(DrivingStyle)})") from None
 
 
 def _route(raw: dict[str, Any], where: str) -> tuple[tuple[tuple[float, float], ...], float, str]:
@@ -289,13 +385,18 @@ def generate_fleet(
     password: str | None = None,
     kdf_iterations: int | None = None,
     targets: Mapping[str, Sequence[int]] | None = None,
+    vehicle_policies: bool = False,
 ) -> Path:
     """Create keys and ``<out_dir>/fleet.json`` for a demo fleet; returns the fleet file path.
 
     Keys are fresh random keys: raw in the file (``keystores=False``, local demos) or keystores under
     ``<out_dir>/keys`` encrypted with ``password``. Routes and placeholder ids come from ``seed``; ``targets``
-    (device name → agreement id, or escrow ids for trackers) replaces the placeholders, or edit them later with
-    ``set_targets``. Refuses to overwrite an existing fleet file.
+    (device name → agreement id, policy id with ``vehicle_policies``, or escrow ids for trackers) replaces the
+    placeholders, or edit them later with ``set_targets`` / ``set_policies``. Vehicles get an ``agreementId``
+    (pay-per-km billing) or, with ``vehicle_policies``, a ``policyId`` (motor insurance); weather stations need no
+    id (their observations name the station; given ``contracts`` without CropInsurance they get an ``agreementId``
+    and sign readings of their rain register, as before the insurance products). Refuses to overwrite an existing
+    fleet file.
     """
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -305,6 +406,8 @@ def generate_fleet(
     if keystores and not password:
         raise KeyFileError("keystores need a password")
     rng = random.Random(f"iotsettle-fleet:{seed}")
+    # Against a deployment without CropInsurance, stations keep signing readings of their rain register.
+    observations = contracts is None or contracts.crop_insurance is not None
     plan = [
         (DeviceKind.METER, meters),
         (DeviceKind.TRACKER, trackers),
@@ -332,15 +435,15 @@ def generate_fleet(
                 entry["route"] = route
                 entry["speed"] = speed
                 entry["destination"] = geohash_encode(route[-1][0], route[-1][1], DESTINATION_PRECISION)
-            else:
+            elif kind is DeviceKind.VEHICLE and vehicle_policies:
+                entry["policyId"] = str(chosen[0]) if chosen else str(next_id)
+            elif kind is not DeviceKind.WEATHER_STATION or not observations:
                 entry["agreementId"] = str(chosen[0]) if chosen else str(next_id)
             next_id += 1
             devices.append(entry)
     document: dict[str, Any] = {"format": FLEET_FORMAT, "chainId": chain_id}
     if contracts is not None:
-        document["contracts"] = {"MeteredBilling": contracts.metered_billing, "DeliveryEscrow": contracts.delivery_escrow}
-        if contracts.device_registry:
-            document["contracts"]["DeviceRegistry"] = contracts.device_registry
+        document["contracts"] = contracts_document(contracts)
     document["devices"] = devices
     _write_private_json(fleet_path, document)
     return fleet_path
@@ -377,4 +480,36 @@ def set_targets(fleet_path: str | os.PathLike[str], targets: Mapping[str, Sequen
             entry["escrowIds"] = [str(value) for value in ids]
         else:
             entry["agreementId"] = str(ids[0])
+    _write_private_json(path, document)
+
+
+def set_policies(
+    fleet_path: str | os.PathLike[str],
+    policies: Mapping[str, int],
+    *,
+    styles: Mapping[str, DrivingStyle] | None = None,
+    faults: Mapping[str, Sequence[FaultClass]] | None = None,
+) -> None:
+    """Point vehicles (by name or address) at MotorInsurance policies (replacing a billing ``agreementId``), and
+    optionally fix their driving style; ``faults`` (device name or address → classes) adds fault classes to any
+    device, e.g. a hostile weather station."""
+    path = Path(fleet_path)
+    document = json.loads(path.read_text(encoding="utf-8"))
+    wanted = {key.lower(): value for key, value in policies.items()}
+    chosen = {key.lower(): value for key, value in (styles or {}).items()}
+    extra = {key.lower(): list(values) for key, values in (faults or {}).items()}
+    for entry in document["devices"]:
+        names = (str(entry.get("name", "")).lower(), str(entry.get("address", "")).lower())
+        policy = next((wanted[n] for n in names if n in wanted), None)
+        if policy is not None:
+            if entry["kind"] != "vehicle":
+                raise ConfigError(f"{entry.get('name')} is a {entry['kind']}: only vehicles hold motor policies")
+            entry["policyId"] = str(policy)
+            entry.pop("agreementId", None)
+        style = next((chosen[n] for n in names if n in chosen), None)
+        if style is not None:
+            entry["drivingStyle"] = str(style)
+        added = next((extra[n] for n in names if n in extra), None)
+        if added:
+            entry["faults"] = list(dict.fromkeys([*entry.get("faults", []), *(str(f) for f in added)]))
     _write_private_json(path, document)

@@ -17,11 +17,16 @@ from eth_utils import to_checksum_address
 from oracle import eip712, wire
 from oracle.device.keys import DeviceKey
 from oracle.eip712 import DeviceKind, Domain
-from oracle.errors import ProtocolError
+from oracle.errors import ConfigError, ProtocolError
 from oracle.wire import SignedEvent
 
-#: the contract whose EIP-712 domain each payload type is signed for
-CONTRACT_FOR_TYPE: dict[str, str] = {"reading": "MeteredBilling", "delivery": "DeliveryEscrow"}
+#: the contract whose EIP-712 domain each payload type is signed for (manifest names)
+CONTRACT_FOR_TYPE: dict[str, str] = {
+    "reading": "MeteredBilling",
+    "delivery": "DeliveryEscrow",
+    "telematics": "MotorInsurance",
+    "weather": "CropInsurance",
+}
 
 
 @lru_cache(maxsize=1024)
@@ -36,18 +41,39 @@ class Counter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Contracts:
-    """The verifying contracts of the EIP-712 domains a device signs for (from ``deployments/<chainId>.json``)."""
+    """The verifying contracts of the EIP-712 domains a device signs for (from ``deployments/<chainId>.json``).
+
+    The insurance products are optional: a deployment made before them still signs readings and deliveries.
+    """
 
     metered_billing: str
     delivery_escrow: str
     device_registry: str | None = None
+    motor_insurance: str | None = None
+    crop_insurance: str | None = None
 
     def for_type(self, event_type: str) -> str:
-        if event_type == "reading":
-            return self.metered_billing
-        if event_type == "delivery":
-            return self.delivery_escrow
-        raise ProtocolError(f"unknown event type {event_type!r}")
+        """The verifying contract of ``event_type``; ConfigError when the deployment has none."""
+        if event_type not in CONTRACT_FOR_TYPE:
+            raise ProtocolError(f"unknown event type {event_type!r}")
+        address = {
+            "reading": self.metered_billing,
+            "delivery": self.delivery_escrow,
+            "telematics": self.motor_insurance,
+            "weather": self.crop_insurance,
+        }[event_type]
+        if not address:
+            raise ConfigError(f"no {CONTRACT_FOR_TYPE[event_type]} address to sign {event_type} events for "
+                              "(deploy the insurance contracts, or name it in the fleet file's contracts)")
+        return address
+
+    def signs(self, event_type: str) -> bool:
+        """Whether a verifying contract for ``event_type`` is known."""
+        try:
+            self.for_type(event_type)
+        except (ConfigError, ProtocolError):
+            return False
+        return True
 
 
 def sign_event(
@@ -63,7 +89,7 @@ def sign_event(
     fields = {name: msg[name] for _, name in eip712.TYPES[primary]}
     for typ, name in eip712.TYPES[primary]:
         # JSON carries these as numbers: beyond 2^53 - 1 a payload would be refused as malformed, so never sign it.
-        if typ not in ("uint256", "bytes32") and abs(int(fields[name])) > wire.MAX_SAFE_JSON_INT:
+        if typ not in ("uint256", "bytes32", "address") and abs(int(fields[name])) > wire.MAX_SAFE_JSON_INT:
             raise ProtocolError(f"{event_type} {name} {fields[name]} exceeds the wire limit 2^53 - 1")
     try:
         message_digest = eip712.digest(primary, fields, Domain(chain_id, contract))
@@ -102,6 +128,32 @@ class EventSigner:
             "maxTemperature": max_temperature,
         }
         return sign_event(self.key, "delivery", self.chain_id, self.contracts.delivery_escrow, msg)
+
+    def telematics(
+        self, policy_id: int, odometer: int, harsh_braking: int, speeding: int, *, timestamp: int | None = None
+    ) -> SignedEvent:
+        """A vehicle's cumulative odometer (metres) and event counters for a MotorInsurance policy."""
+        msg = {
+            "policyId": policy_id,
+            "seq": self._counter.next(),
+            "timestamp": self._stamp(timestamp),
+            "odometer": odometer,
+            "harshBraking": harsh_braking,
+            "speeding": speeding,
+        }
+        return sign_event(self.key, "telematics", self.chain_id, self.contracts.for_type("telematics"), msg)
+
+    def weather(self, rainfall: int, max_temperature: int, *, timestamp: int | None = None) -> SignedEvent:
+        """A weather station's cumulative rainfall (0.01 mm) and highest temperature (0.01 °C) since its previous
+        observation, for CropInsurance (every season the station serves)."""
+        msg = {
+            "station": self.key.address,
+            "seq": self._counter.next(),
+            "timestamp": self._stamp(timestamp),
+            "rainfall": rainfall,
+            "maxTemperature": max_temperature,
+        }
+        return sign_event(self.key, "weather", self.chain_id, self.contracts.for_type("weather"), msg)
 
 
 def sign_registration(

@@ -3,9 +3,13 @@
 - meters: a cumulative energy register (Wh) driven by a daily load curve (night base load, morning and evening
   peaks, appliance spikes, multiplicative noise);
 - vehicles: an odometer (metres) that advances while driving; trips and parking alternate, speed wanders around a
-  cruise speed with occasional harsh braking;
+  cruise speed; a driving style (calm / average / aggressive) sets how many harsh-braking events and speeding
+  episodes happen per 100 km, counted in cumulative registers that start at 0 (a unit installed with the policy).
+  A vehicle signs readings of its odometer for a billing agreement and/or telematics reports for a motor policy;
 - weather stations: a cumulative rainfall register (hundredths of a millimetre) from rain showers that start and
-  stop at random, heavier in the warm afternoon of a modelled air temperature;
+  stop at random, heavier in the warm afternoon of a modelled air temperature, under a weather scenario (normal,
+  drought, heatwave); a station signs weather observations (rainfall and the highest temperature since its
+  previous observation), or readings of its rainfall register if its fleet entry names an agreement;
 - trackers: a parcel moving along its route at its speed inside a reefer whose temperature wanders around a set
   point with door-open excursions; on reaching the destination it signs one Delivery per escrow with the
   highest temperature seen (centi-°C).
@@ -16,7 +20,10 @@ byte-identical payloads. A register's value is sampled at whole seconds (the tim
 readings within one second repeat the value and the rate rules see no growth without elapsed time.
 
 Faults (``FaultClass``) are extra events of a chosen device, each built to be refused with the reason of the same
-name; the run's result lists every one with its (device, seq) so a test can check the oracle's replies.
+name (``behaviour_rollback``: ``counter_rollback``); the run's result lists every one with its (device, seq) so a
+test can check the oracle's replies. ``hostile`` is no extra event but a station whose every observation lies
+plausibly: the oracle accepts them (expected reply "accepted", listed once at its first observation) and the crop
+season's k-of-n vote outweighs it.
 """
 
 from __future__ import annotations
@@ -32,10 +39,11 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from oracle.device.buffer import MEMORY, OfflineBuffer
-from oracle.device.fleet import FaultClass, Fleet, FleetDevice
+from oracle.device.fleet import DrivingStyle, FaultClass, Fleet, FleetDevice
 from oracle.device.keys import MemoryCounter, SequenceCounter
 from oracle.device.location import geohash_encode, location_bytes32
 from oracle.device.publisher import BrokerSettings, Publisher
@@ -47,8 +55,12 @@ from oracle.wire import SignedEvent, TOPIC_ROOT, events_topic
 
 log = logging.getLogger(__name__)
 
-#: the oracle's reply reason each fault class must produce
-EXPECTED_REASON: dict[FaultClass, str] = {fault: fault.value for fault in FaultClass}
+#: the oracle's reply each fault class must produce (a hostile station's lies are plausible: accepted)
+EXPECTED_REASON: dict[FaultClass, str] = {
+    **{fault: fault.value for fault in FaultClass},
+    FaultClass.BEHAVIOUR_ROLLBACK: "counter_rollback",
+    FaultClass.HOSTILE: "accepted",
+}
 CLOCK_SKEW_SECONDS = 3_600  # far beyond the oracle's default tolerance of 300 s
 IMPOSSIBLE_JUMP = 10_000_000_000  # register units in ~1 s: above every kind's plausible rate, still a uint64
 PREBUILD_LIMIT = 300_000  # events signed ahead of a run (about 450 bytes each)
@@ -87,18 +99,47 @@ class MeterModel:
         return int(self.register_wh)
 
 
-class VehicleModel:
-    """Odometer in metres; counts trips and harsh-braking events."""
+#: (harsh-braking events, speeding episodes) per 100 km driven, by driving style. Fleet studies put typical drivers
+#: at a few of each per 100 km; the aggressive figures are the top of that range so a short demo shows some.
+STYLE_RATES: dict[DrivingStyle, tuple[float, float]] = {
+    DrivingStyle.CALM: (1.0, 0.5),
+    DrivingStyle.AVERAGE: (6.0, 5.0),
+    DrivingStyle.AGGRESSIVE: (30.0, 25.0),
+}
+#: how often each style is drawn for a vehicle whose fleet entry does not fix one
+STYLE_WEIGHTS: dict[DrivingStyle, float] = {DrivingStyle.CALM: 0.35, DrivingStyle.AVERAGE: 0.45,
+                                            DrivingStyle.AGGRESSIVE: 0.20}
+SPEEDING_FACTOR = 1.3  # speed over the cruise speed during a speeding episode
 
-    def __init__(self, rng: random.Random) -> None:
+
+def driving_style(device: FleetDevice, seed: int) -> DrivingStyle:
+    """The vehicle's style: its fleet entry's, else drawn from (seed, address) — the same in every run."""
+    if device.driving_style is not None:
+        return device.driving_style
+    rng = random.Random(f"{seed}:{device.address}:style")
+    styles = list(STYLE_WEIGHTS)
+    return rng.choices(styles, weights=[STYLE_WEIGHTS[style] for style in styles])[0]
+
+
+class VehicleModel:
+    """Odometer in metres, cumulative counts of harsh-braking events and speeding episodes, trips."""
+
+    def __init__(self, rng: random.Random, style: DrivingStyle = DrivingStyle.AVERAGE) -> None:
         self._rng = rng
+        self.style = style
         self.odometer_m = rng.uniform(5e6, 2e8)
         self.cruise = rng.uniform(10.0, 30.0)
         self.speed = 0.0
-        self.driving = rng.random() < 0.7
-        self._phase_left = rng.uniform(5.0, 60.0)
-        self.trips = 0
+        # A telematics unit reports from ignition on: the run starts on a trip, parking comes later.
+        self.driving = True
+        self._phase_left = rng.uniform(60.0, 240.0)
+        self.trips = 1
         self.harsh_brakes = 0
+        self.speeding = 0
+        self._speeding_left = 0.0
+        harsh_per_100km, speeding_per_100km = STYLE_RATES[style]
+        self._harsh_per_m = harsh_per_100km / 100_000
+        self._speeding_per_m = speeding_per_100km / 100_000
         self._t: int | None = None
 
     def _second(self) -> None:
@@ -110,48 +151,101 @@ class VehicleModel:
             self.trips += self.driving
         if not self.driving:
             self.speed = max(0.0, self.speed - 4.0)
+            self._speeding_left = 0.0
             return
-        self.speed += 0.2 * (self.cruise - self.speed) + rng.gauss(0.0, 0.8)
-        if rng.random() < 0.01:
+        target = self.cruise * (SPEEDING_FACTOR if self._speeding_left > 0 else 1.0)
+        self.speed += 0.2 * (target - self.speed) + rng.gauss(0.0, 0.8)
+        # Events are rates per distance: the chance this second is the metres driven times the rate per metre.
+        if rng.random() < self.speed * self._harsh_per_m:
             self.speed *= 0.3
             self.harsh_brakes += 1
+        if self._speeding_left > 0:
+            self._speeding_left -= 1
+        elif rng.random() < self.speed * self._speeding_per_m:
+            self.speeding += 1
+            self._speeding_left = rng.uniform(5.0, 30.0)
         self.speed = min(max(self.speed, 0.0), 45.0)
         self.odometer_m += self.speed
 
-    def value_at(self, t: int) -> int:
+    def _advance(self, t: int) -> None:
         if self._t is None:
             self._t = t
         while self._t < t:
             self._second()
             self._t += 1
+
+    def value_at(self, t: int) -> int:
+        self._advance(t)
         return int(self.odometer_m)
+
+    def counters_at(self, t: int) -> tuple[int, int, int]:
+        """(odometer metres, harsh-braking events, speeding episodes) at ``t``."""
+        self._advance(t)
+        return int(self.odometer_m), self.harsh_brakes, self.speeding
+
+
+class WeatherScenario(StrEnum):
+    """The weather the honest stations of a run report."""
+
+    NORMAL = "normal"
+    DROUGHT = "drought"
+    HEATWAVE = "heatwave"
+
+
+@dataclass(frozen=True, slots=True)
+class Climate:
+    mean_c: tuple[float, float]  # daily mean temperature drawn from this range (°C)
+    amplitude_c: float  # half the day-night swing
+    rain_start_per_s: float  # chance a shower starts in a second (×3 in the warmest hour)
+    rain_stop_per_s: float
+    raining_at_start: float  # chance it is raining when the run starts
+    intensity_mm_h: tuple[float, float]
+
+
+CLIMATES: dict[WeatherScenario, Climate] = {
+    WeatherScenario.NORMAL: Climate((12.0, 28.0), 6.0, 1 / 900, 1 / 300, 0.3, (0.5, 25.0)),
+    WeatherScenario.DROUGHT: Climate((24.0, 30.0), 8.0, 1 / 50_000, 1 / 60, 0.0, (0.2, 1.0)),
+    WeatherScenario.HEATWAVE: Climate((31.0, 34.0), 6.0, 1 / 20_000, 1 / 120, 0.0, (0.5, 5.0)),
+}
+#: what a hostile station claims in each scenario: the opposite of what its neighbours see
+HOSTILE_CLIMATES: dict[WeatherScenario, Climate] = {
+    WeatherScenario.NORMAL: Climate((36.0, 39.0), 6.0, 0.0, 1.0, 0.0, (0.5, 1.0)),  # a dry heatwave
+    WeatherScenario.DROUGHT: Climate((14.0, 18.0), 3.0, 1 / 60, 1 / 7_200, 1.0, (40.0, 80.0)),  # a cloudburst
+    WeatherScenario.HEATWAVE: Climate((14.0, 18.0), 4.0, 1 / 900, 1 / 300, 0.5, (1.0, 8.0)),  # mild, showers
+}
 
 
 class WeatherStationModel:
-    """Cumulative rainfall in hundredths of a millimetre, with a modelled air temperature (°C)."""
+    """Cumulative rainfall in hundredths of a millimetre, with a modelled air temperature (°C) and its highest
+    value since the previous observation."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, climate: Climate = CLIMATES[WeatherScenario.NORMAL]) -> None:
         self._rng = rng
+        self.climate = climate
         self.rain_001mm = rng.uniform(0.0, 5e5)
-        self.mean_c = rng.uniform(12.0, 28.0)
-        self.raining = rng.random() < 0.3
-        self.intensity_mm_h = rng.uniform(0.5, 25.0)
+        self.mean_c = rng.uniform(*climate.mean_c)
+        self.raining = rng.random() < climate.raining_at_start
+        self.intensity_mm_h = rng.uniform(*climate.intensity_mm_h)
         self.temperature_c = self.mean_c
+        self._max_since_c: float | None = None
         self._t: int | None = None
 
     def _second(self, t: int) -> None:
-        rng = self._rng
+        rng, climate = self._rng, self.climate
         hour = (t / 3600.0) % 24.0
-        self.temperature_c = self.mean_c + 6.0 * math.sin((hour - 9.0) / 24.0 * 2 * math.pi) + rng.gauss(0.0, 0.2)
-        convective = max(0.0, self.temperature_c - self.mean_c) / 6.0
+        self.temperature_c = (self.mean_c + climate.amplitude_c * math.sin((hour - 9.0) / 24.0 * 2 * math.pi)
+                              + rng.gauss(0.0, 0.2))
+        if self._max_since_c is None or self.temperature_c > self._max_since_c:
+            self._max_since_c = self.temperature_c
+        convective = max(0.0, self.temperature_c - self.mean_c) / max(climate.amplitude_c, 1e-9)
         if self.raining:
-            if rng.random() < 1 / 300:
+            if rng.random() < climate.rain_stop_per_s:
                 self.raining = False
             else:
                 self.rain_001mm += self.intensity_mm_h * 100.0 / 3600.0 * rng.uniform(0.5, 1.5)
-        elif rng.random() < (1 + 2 * convective) / 900:
+        elif rng.random() < climate.rain_start_per_s * (1 + 2 * convective):
             self.raining = True
-            self.intensity_mm_h = rng.uniform(0.5, 25.0)
+            self.intensity_mm_h = rng.uniform(*climate.intensity_mm_h)
 
     def value_at(self, t: int) -> int:
         if self._t is None:
@@ -160,6 +254,18 @@ class WeatherStationModel:
             self._second(self._t)
             self._t += 1
         return int(self.rain_001mm)
+
+    def peek(self, t: int) -> tuple[int, int]:
+        """(rainfall register, highest temperature in centi-°C since the previous observation) at ``t``."""
+        rain = self.value_at(t)
+        highest = self.temperature_c if self._max_since_c is None else self._max_since_c
+        return rain, round(highest * 100)
+
+    def observe(self, t: int) -> tuple[int, int]:
+        """Like ``peek``, and the next observation's maximum starts afresh."""
+        observation = self.peek(t)
+        self._max_since_c = None
+        return observation
 
 
 class TrackerModel:
@@ -204,13 +310,15 @@ def _metres(a: tuple[float, float], b: tuple[float, float]) -> float:
     return 2 * 6_371_008.8 * math.asin(min(1.0, math.sqrt(h)))
 
 
-def _model(device: FleetDevice, rng: random.Random) -> MeterModel | VehicleModel | WeatherStationModel | TrackerModel:
+def _model(
+    device: FleetDevice, rng: random.Random, seed: int, weather: WeatherScenario, hostile: bool
+) -> MeterModel | VehicleModel | WeatherStationModel | TrackerModel:
     if device.kind is DeviceKind.METER:
         return MeterModel(rng)
     if device.kind is DeviceKind.VEHICLE:
-        return VehicleModel(rng)
+        return VehicleModel(rng, driving_style(device, seed))
     if device.kind is DeviceKind.WEATHER_STATION:
-        return WeatherStationModel(rng)
+        return WeatherStationModel(rng, (HOSTILE_CLIMATES if hostile else CLIMATES)[weather])
     return TrackerModel(rng, device.route, device.speed)
 
 
@@ -251,8 +359,14 @@ def choose_fault_devices(fleet: Fleet, faults: Sequence[FaultClass], seed: int) 
     random.Random(f"faults:{seed}").shuffle(order)
     # Trackers sign only on arrival, so they take teleport first and the other classes go to reading devices.
     order.sort(key=lambda device: device.kind is DeviceKind.TRACKER)
-    for fault in sorted(faults, key=lambda fault: fault is not FaultClass.TELEPORT):
-        eligible = [device for device in order if fault.applies_to(device.kind)]
+
+    def eligible_for(fault: FaultClass) -> list[FleetDevice]:
+        return [device for device in order if fault.applies_to_device(device)]
+
+    # The classes few devices can emit (teleport, behaviour_rollback, hostile) pick first, so a generic class does
+    # not take the only device that could.
+    for fault in sorted(dict.fromkeys(faults), key=lambda fault: len(eligible_for(fault))):
+        eligible = eligible_for(fault)
         if not eligible:
             log.warning("no device in the fleet can emit %s; skipped", fault)
             continue
@@ -265,18 +379,21 @@ def choose_fault_devices(fleet: Fleet, faults: Sequence[FaultClass], seed: int) 
 
 
 class _DeviceRun:
-    """The state of one device during a plan: model, counter, last normal event."""
+    """The state of one device during a plan: model, counter, last normal event of each stream."""
 
-    def __init__(self, device: FleetDevice, fleet: Fleet, contracts: Contracts, seed: int, counter: Any) -> None:
+    def __init__(self, device: FleetDevice, fleet: Fleet, contracts: Contracts, seed: int, counter: Any,
+                 weather: WeatherScenario = WeatherScenario.NORMAL, hostile: bool = False) -> None:
         self.device = device
         self.chain_id = fleet.chain_id
         self.contracts = contracts
         self.rng = random.Random(f"{seed}:{device.address}")
-        self.model = _model(device, self.rng)
+        self.hostile = hostile
+        self.model = _model(device, self.rng, seed, weather, hostile)
         self.counter = counter
         self.topic = events_topic(fleet.chain_id, device.address)
+        self.streams = device.streams
         self.last_event: SignedEvent | None = None
-        self.last_value: int | None = None
+        self.last: dict[str, SignedEvent] = {}  # stream → last normal event
         self.steps = 0  # events scheduled so far (tie-break among this device's events)
 
     @property
@@ -291,15 +408,54 @@ class _DeviceRun:
             raise ConfigError(f"{self.device.name} is not a tracker: it signs readings, not deliveries")
         return self.model
 
+    @property
+    def vehicle(self) -> VehicleModel:
+        if not isinstance(self.model, VehicleModel):
+            raise ConfigError(f"{self.device.name} is not a vehicle: it signs no telematics")
+        return self.model
+
+    @property
+    def station(self) -> WeatherStationModel:
+        if not isinstance(self.model, WeatherStationModel):
+            raise ConfigError(f"{self.device.name} is not a weather station: it signs no observations")
+        return self.model
+
     def _sign(self, event_type: str, msg: dict[str, Any], *, chain_id: int | None = None) -> SignedEvent:
         contract = self.contracts.for_type(event_type)
         return sign_event(self.device.key, event_type, chain_id or self.chain_id, contract, msg)
 
+    def _msg(self, stream: str, timestamp: int, *, observe: bool = True) -> dict[str, Any]:
+        """A normal message of ``stream`` at ``timestamp`` with the next sequence number.
+
+        ``observe=False`` (for faults) leaves a station's running maximum temperature to the next real observation.
+        """
+        seq = self.counter.next()
+        if stream == "reading":
+            value = self.register.value_at(timestamp)
+            return {"agreementId": self.device.targets[0], "seq": seq, "timestamp": timestamp, "value": value}
+        if stream == "telematics":
+            odometer, harsh, speeding = self.vehicle.counters_at(timestamp)
+            return {"policyId": self.device.policy_id, "seq": seq, "timestamp": timestamp, "odometer": odometer,
+                    "harshBraking": harsh, "speeding": speeding}
+        if stream == "weather":
+            rainfall, highest = (self.station.observe if observe else self.station.peek)(timestamp)
+            return {"station": self.device.address, "seq": seq, "timestamp": timestamp, "rainfall": rainfall,
+                    "maxTemperature": highest}
+        raise ConfigError(f"{self.device.name}: no model for {stream} events")
+
+    def report(self, timestamp: int) -> list[SignedEvent]:
+        """One normal event per stream of the device (a reading, a telematics report, an observation)."""
+        events = []
+        for stream in self.streams:
+            event = self._sign(stream, self._msg(stream, timestamp))
+            self.last[stream] = self.last_event = event
+            events.append(event)
+        return events
+
     def reading(self, timestamp: int) -> SignedEvent:
-        value = self.register.value_at(timestamp)
-        msg = {"agreementId": self.device.targets[0], "seq": self.counter.next(), "timestamp": timestamp, "value": value}
-        event = self._sign("reading", msg)
-        self.last_event, self.last_value = event, value
+        """A register reading (kept for callers that plan one stream by hand)."""
+        event = self._sign("reading", self._msg("reading", timestamp))
+        self.last["reading"] = self.last_event = event
         return event
 
     def delivery(self, escrow_id: int, timestamp: int, elapsed: float) -> SignedEvent:
@@ -313,7 +469,7 @@ class _DeviceRun:
             "maxTemperature": tracker.max_temperature_until(elapsed),
         }
         event = self._sign("delivery", msg)
-        self.last_event = event
+        self.last["delivery"] = self.last_event = event
         return event
 
     def fault(self, fault: FaultClass, timestamp: int, elapsed: float) -> SignedEvent | None:
@@ -323,10 +479,9 @@ class _DeviceRun:
             if self.last_event is None:
                 return None
             msg = dict(self.last_event.msg)
-            if tracker:
-                msg["maxTemperature"] = int(msg["maxTemperature"]) + 1
-            else:
-                msg["value"] = int(msg["value"]) + 1
+            changed = {"delivery": "maxTemperature", "reading": "value", "telematics": "odometer",
+                       "weather": "rainfall"}[self.last_event.type]
+            msg[changed] = int(msg[changed]) + 1
             return self._sign(self.last_event.type, msg)
         if fault is FaultClass.TELEPORT:
             lat, lon = self.tracker.route[-1]
@@ -350,14 +505,23 @@ class _DeviceRun:
             }
             event_type = "delivery"
         else:
-            current = self.register.value_at(timestamp)
-            value = current
+            event_type = "telematics" if fault is FaultClass.BEHAVIOUR_ROLLBACK else self.streams[0]
+            msg = self._msg(event_type, timestamp, observe=False)
+            register = {"reading": "value", "telematics": "odometer", "weather": "rainfall"}[event_type]
+            last = self.last.get(event_type)
             if fault is FaultClass.COUNTER_ROLLBACK:
-                value = max(0, min(current, self.last_value if self.last_value is not None else current) - self.rng.randint(1, 500))
+                below = min(int(msg[register]), int(last.msg[register]) if last is not None else int(msg[register]))
+                msg[register] = max(0, below - self.rng.randint(1, 500))
+            elif fault is FaultClass.BEHAVIOUR_ROLLBACK:
+                before = last.msg if last is not None else msg
+                if int(before["harshBraking"]) + int(before["speeding"]) == 0:
+                    # Nothing counted yet: a unit that claims less distance is the same tampering, same reason.
+                    msg["odometer"] = max(0, min(int(msg["odometer"]), int(before["odometer"])) - self.rng.randint(1, 500))
+                else:
+                    msg["harshBraking"] = max(0, int(before["harshBraking"]) - 1)
+                    msg["speeding"] = max(0, int(before["speeding"]) - 1)
             elif fault is FaultClass.IMPOSSIBLE_RATE:
-                value = current + IMPOSSIBLE_JUMP
-            msg = {"agreementId": self.device.targets[0], "seq": self.counter.next(), "timestamp": timestamp, "value": value}
-            event_type = "reading"
+                msg[register] = int(msg[register]) + IMPOSSIBLE_JUMP
         if fault is FaultClass.CLOCK_SKEW:
             msg["timestamp"] = timestamp + CLOCK_SKEW_SECONDS
         if fault is FaultClass.WRONG_CHAIN:
@@ -390,6 +554,7 @@ class EventPlan:
     fault_count: int = 3
     counters: str = "persistent"  # or "memory": every device starts at seq 1 and nothing is written
     only: frozenset[str] | None = None  # device addresses to plan; None = the whole fleet
+    weather: WeatherScenario = WeatherScenario.NORMAL
     injected: list[InjectedFault] = field(default_factory=list)
     _runs: dict[int, _DeviceRun] = field(default_factory=dict)
 
@@ -411,7 +576,8 @@ class EventPlan:
                 counter: Any = MemoryCounter()
             else:
                 counter = SequenceCounter(device.counter_path, device.address)
-            self._runs[index] = _DeviceRun(device, self.fleet, self.contracts, self.seed, counter)
+            hostile = FaultClass.HOSTILE in self.faults.get(device.address, ())
+            self._runs[index] = _DeviceRun(device, self.fleet, self.contracts, self.seed, counter, self.weather, hostile)
 
     def close(self) -> None:
         for run in self._runs.values():
@@ -430,7 +596,8 @@ class EventPlan:
                 for escrow_id in run.device.targets:
                     heap.append((run.model.arrival_s, index, step, "delivery", escrow_id))
                     step += 1
-            for shift, fault in enumerate(self.faults.get(run.device.address, ())):
+            event_faults = [fault for fault in self.faults.get(run.device.address, ()) if fault is not FaultClass.HOSTILE]
+            for shift, fault in enumerate(event_faults):
                 for k in range(self.fault_count):
                     if fault is FaultClass.TELEPORT:
                         offset = run.tracker.arrival_s + 1.0 + 2.0 * k
@@ -450,15 +617,20 @@ class EventPlan:
             run = self._runs[index]
             timestamp = self.start_time + int(offset)
             fault: FaultClass | None = None
-            event: SignedEvent | None
+            events: list[SignedEvent]
             if action == "reading":
-                event = run.reading(timestamp)
+                first_report = run.last_event is None
+                events = run.report(timestamp)
+                if run.hostile and first_report and events:
+                    # A hostile station's every observation lies; it is listed once, at its first.
+                    fault = FaultClass.HOSTILE
+                    self.injected.append(InjectedFault(fault, run.device.address, events[0].seq, EXPECTED_REASON[fault]))
                 following = offset + self._period
                 if following < self.duration:
                     heapq.heappush(heap, (following, index, run.steps, "reading", None))
                     run.steps += 1
             elif action == "delivery":
-                event = run.delivery(argument, timestamp, offset)
+                events = [run.delivery(argument, timestamp, offset)]
             else:
                 fault = argument
                 event = run.fault(argument, timestamp, offset)
@@ -466,8 +638,10 @@ class EventPlan:
                     log.info("%s: no earlier event to build %s from; skipped", run.device.name, argument)
                     continue
                 self.injected.append(InjectedFault(argument, run.device.address, event.seq, EXPECTED_REASON[argument]))
-            yield PlannedEvent(offset, run.device.address, event.type, event.seq, run.topic, event.to_payload(), fault,
-                               index)
+                events = [event]
+            for position, event in enumerate(events):
+                yield PlannedEvent(offset, run.device.address, event.type, event.seq, run.topic, event.to_payload(),
+                                   fault if position == 0 else None, index)
 
 
 def _sign_part(plan: EventPlan) -> list[PlannedEvent]:
@@ -535,6 +709,8 @@ class SimulationResult:
     faults: list[InjectedFault]
     replies: dict[str, int]  # "accepted" and every rejection reason → count
     fault_replies: dict[str, list[str]]  # "<device>:<seq>" → reasons replied, for the injected faults
+    weather: str = WeatherScenario.NORMAL.value
+    driving_styles: dict[str, str] = field(default_factory=dict)  # vehicle address → style
 
     @property
     def achieved_rate(self) -> float:
@@ -565,6 +741,8 @@ class SimulationResult:
                 for item in self.faults
             ],
             "replies": self.replies,
+            "weather": self.weather,
+            "drivingStyles": self.driving_styles,
         }
 
 
@@ -605,8 +783,11 @@ def plan_events(
     faults: Sequence[FaultClass] = (),
     fault_count: int = 3,
     counters: str = "persistent",
+    weather: WeatherScenario | str = WeatherScenario.NORMAL,
 ) -> EventPlan:
     """The events a run would publish, in order (for dry runs, tests and firmware fixtures)."""
+    for stream in sorted({stream for device in fleet.devices for stream in device.streams}):
+        contracts.for_type(stream)  # a ConfigError now rather than in the middle of a run
     return EventPlan(
         fleet,
         contracts,
@@ -617,6 +798,7 @@ def plan_events(
         choose_fault_devices(fleet, faults, seed),
         fault_count,
         counters,
+        weather=WeatherScenario(weather),
     )
 
 
@@ -638,6 +820,7 @@ def run_simulation(
     progress: Callable[[ProgressReport], None] | None = None,
     announce: Callable[[str], None] | None = None,
     workers: int | None = None,
+    weather: WeatherScenario | str = WeatherScenario.NORMAL,
 ) -> SimulationResult:
     """Publish the fleet's events at ``rate`` events/s for ``duration`` seconds and wait for the broker's acks.
 
@@ -647,7 +830,7 @@ def run_simulation(
     """
     plan = plan_events(
         fleet, contracts, rate=rate, duration=duration, seed=seed, start_time=start_time, faults=faults,
-        fault_count=fault_count,
+        fault_count=fault_count, weather=weather,
     )
     replies = _ReplyLog({device.address for device in fleet.devices})
     buffer = OfflineBuffer(buffer_path, durable=buffer_path != MEMORY)
@@ -680,7 +863,8 @@ def run_simulation(
         last_report, last_acked = started, 0
         for event in events:
             planned += 1
-            by_type[event.event_type if event.fault is None else f"fault:{event.fault}"] += 1
+            normal = event.fault is None or event.fault is FaultClass.HOSTILE  # a hostile station's lies look normal
+            by_type[event.event_type if normal else f"fault:{event.fault}"] += 1
             now = time.monotonic()
             if started + event.offset > now:
                 if batch:
@@ -730,6 +914,9 @@ def run_simulation(
             f"{item.device.lower()}:{item.seq}": replies.by_event.get(f"{item.device.lower()}:{item.seq}", [])
             for item in plan.injected
         },
+        weather=str(WeatherScenario(weather)),
+        driving_styles={device.address: str(driving_style(device, seed)) for device in fleet.devices
+                        if device.kind is DeviceKind.VEHICLE},
     )
 
 

@@ -108,10 +108,15 @@ class ChainSummary:
     transactions: int
     gas_used: int
     items: int  # events carried by those transactions (settled or rejected on chain)
+    telematics_settled: int = 0  # PremiumCharged (also when nothing was due: metres 0)
+    telematics_rejected: dict[str, int] = field(default_factory=dict)
+    premiums: int = 0  # base units charged to motor policies
+    observations_recorded: int = 0
+    observations_rejected: dict[str, int] = field(default_factory=dict)
 
     @property
     def payments(self) -> int:
-        return self.readings_settled + self.deliveries_confirmed
+        return self.readings_settled + self.deliveries_confirmed + self.telematics_settled
 
     @property
     def gas_per_event(self) -> float | None:
@@ -121,28 +126,41 @@ class ChainSummary:
         return {"readingsSettled": self.readings_settled, "readingsRejected": self.readings_rejected,
                 "deliveriesConfirmed": self.deliveries_confirmed, "deliveriesRejected": self.deliveries_rejected,
                 "billed": str(self.billed), "released": str(self.released), "transactions": self.transactions,
+                "telematicsSettled": self.telematics_settled, "telematicsRejected": self.telematics_rejected,
+                "premiums": str(self.premiums), "observationsRecorded": self.observations_recorded,
+                "observationsRejected": self.observations_rejected,
                 "gasUsed": self.gas_used, "events": self.items,
                 "gasPerEvent": round(self.gas_per_event) if self.gas_per_event else None}
 
 
 def chain_summary(ctx: OpsContext, from_block: int) -> ChainSummary:
-    """Settlement events since ``from_block`` and the gas of the transactions that carried them."""
+    """Settlement events since ``from_block`` and the gas of the transactions that carried them (the insurance
+    products count when deployed)."""
     readings = fetch_logs(ctx, "MeteredBilling", ("ReadingSettled", "ReadingRejected"), from_block=from_block)
     deliveries = fetch_logs(ctx, "DeliveryEscrow", ("DeliveryConfirmed", "DeliveryRejected"), from_block=from_block)
+    telematics = fetch_logs(ctx, "MotorInsurance", ("PremiumCharged", "TelematicsRejected"), from_block=from_block)
+    weather = fetch_logs(ctx, "CropInsurance", ("ObservationRecorded", "ObservationRejected"), from_block=from_block)
     from oracle.daemon.revert import reason_label
 
-    r_rejected = Counter(reason_label(int(e.args["reason"])) for e in readings if e.event == "ReadingRejected")
-    d_rejected = Counter(reason_label(int(e.args["reason"])) for e in deliveries if e.event == "DeliveryRejected")
-    txs = {e.tx_hash for e in readings + deliveries}
+    def rejected(entries: list[Any], event: str) -> dict[str, int]:
+        return dict(Counter(reason_label(int(e.args["reason"])) for e in entries if e.event == event))
+
+    # Only the relayed batches: a finalize or a top-up in the same contracts is not settlement gas.
+    txs = {e.tx_hash for e in readings + deliveries + telematics + weather}
     gas = sum(int(ctx.w3.eth.get_transaction_receipt(h)["gasUsed"]) for h in txs)
     return ChainSummary(
         readings_settled=sum(1 for e in readings if e.event == "ReadingSettled"),
-        readings_rejected=dict(r_rejected),
+        readings_rejected=rejected(readings, "ReadingRejected"),
         deliveries_confirmed=sum(1 for e in deliveries if e.event == "DeliveryConfirmed"),
-        deliveries_rejected=dict(d_rejected),
+        deliveries_rejected=rejected(deliveries, "DeliveryRejected"),
         billed=sum(int(e.args["amount"]) for e in readings if e.event == "ReadingSettled"),
         released=sum(int(e.args["toSeller"]) for e in deliveries if e.event == "DeliveryConfirmed"),
         transactions=len(txs),
         gas_used=gas,
-        items=len(readings) + len(deliveries),
+        items=len(readings) + len(deliveries) + len(telematics) + len(weather),
+        telematics_settled=sum(1 for e in telematics if e.event == "PremiumCharged"),
+        telematics_rejected=rejected(telematics, "TelematicsRejected"),
+        premiums=sum(int(e.args["amount"]) for e in telematics if e.event == "PremiumCharged"),
+        observations_recorded=sum(1 for e in weather if e.event == "ObservationRecorded"),
+        observations_rejected=rejected(weather, "ObservationRejected"),
     )

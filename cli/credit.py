@@ -1,0 +1,214 @@
+"""`iotsettle credit profile ADDRESS` / `credit verify FILE`: a settlement history a lender can read and check."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from cli._common import IotSettleGroup, emit, json_option, out_console, progress, state
+from cli._params import ADDRESS, ops_context, rpc_option, short
+from oracle.artifacts import load_artifact
+from oracle.chain import connect
+from oracle.errors import IotSettleError
+from oracle.ops import credit as ops
+from oracle.ops.context import OpsContext
+from oracle.ops.token import describe_token
+
+#: Per section: its title and the summary figures shown to people, the first one telling whether the subject
+#: has any history in that role (the JSON export has every figure).
+_SUMMARY = {
+    "consumer": ("consumer (metered billing)", (
+        "agreements", "accepted", "deposited", "billed", "readings", "readingsPaidOnTime", "paidOnTimeBps",
+        "arrearsIncurred", "arrearsPaid", "suspensions", "resumptions", "suspendedSeconds", "longestSuspensionSeconds",
+        "suspendedNow")),
+    "seller": ("seller (delivery escrow)", (
+        "escrows", "delivered", "refunded", "cancelled", "overdue", "open", "onTimeBps", "funded", "released",
+        "penalties")),
+    "motor": ("insurance holder (motor)", (
+        "policies", "accepted", "premiums", "reports", "reportsPaidOnTime", "paidOnTimeBps", "metres", "harshBraking",
+        "speeding", "lapses", "reinstatements", "lapsedSeconds", "lapsedNow")),
+    "crop": ("farmer (crop cover)", (
+        "covers", "cover", "premiumsPaid", "payouts", "payoutsReceived", "payoutsToLoanAccounts", "payoutsToOthers",
+        "expired", "pending")),
+    "loans": ("borrower (loans)", (
+        "offered", "taken", "principal", "repaymentDue", "repaid", "fullyRepaid", "repaidByDueBy", "repaidLate",
+        "overdue", "outstanding", "onTimeBps")),
+}
+
+
+@click.group(cls=IotSettleGroup)
+def credit() -> None:
+    """A settlement history per owner, re-derived only from the contracts' event logs, that a lender can read
+    and anyone can check against any node.
+
+    \b
+    Examples:
+      iotsettle credit profile 0xOWNER                              # tables for people
+      iotsettle credit profile 0xOWNER --out profile.json           # the verifiable export
+      iotsettle credit verify profile.json --rpc-url https://…      # "verified", or the first figure that differs
+
+    Definitions of every figure, and what a profile proves and does not: docs/CREDIT.md.
+    """
+
+
+def _bps(value: Any) -> str:
+    return "—" if value is None else f"{value / 100:.2f} %"
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"
+
+
+def _value(ops_ctx: OpsContext, name: str, value: Any) -> str:
+    if isinstance(value, dict):
+        if not value:
+            return "—"
+        return ", ".join(_money(ops_ctx, token, int(amount)) for token, amount in sorted(value.items()))
+    if name.endswith("Bps"):
+        return _bps(value)
+    if name.endswith("Seconds"):
+        return _duration(int(value))
+    return str(value)
+
+
+def _money(ops_ctx: OpsContext, token: str, amount: int) -> str:
+    try:
+        return describe_token(ops_ctx, token).format(amount)
+    except IotSettleError:
+        return f"{amount} base units of {short(token)}"
+
+
+def _render(ops_ctx: OpsContext, doc: dict[str, Any]) -> None:
+    figures = doc["figures"]
+    rng = doc["range"]
+    stamp = datetime.fromtimestamp(rng["toBlockTime"], UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out_console.print(f"credit profile of [bold]{doc['subject']}[/bold] — chain {doc['chain']['chainId']}, blocks "
+                      f"{rng['fromBlock']}..{rng['toBlock']} ({stamp}, block hash {rng['toBlockHash'][:12]}…)")
+    devices = Table("device", "kind", "registered", "uptime", "settled", "volume",
+                    title=f"devices owned: {figures['devices']['count']}")
+    for address, item in sorted(figures["devices"]["items"].items()):
+        uptime = item["uptime"]
+        settled = item["settled"]
+        volume = []
+        if "metres" in settled:
+            volume.append(f"{settled['metres']} m")
+        if "deliveries" in settled:
+            volume.append(f"{settled['deliveries']} deliver{'y' if settled['deliveries'] == 1 else 'ies'}")
+        if "rainfall" in settled:
+            volume.append(f"{settled['rainfall'] / 100:g} mm rain")
+        if "billed" in settled:
+            volume.append(_value(ops_ctx, "billed", settled["billed"]) + " billed")
+        registered = datetime.fromtimestamp(item["registeredAt"], UTC).strftime("%Y-%m-%d")
+        devices.add_row(short(address), item["kind"].lower().replace("_", " "),
+                        registered + (" (revoked)" if item["revokedAt"] else ""),
+                        f"{uptime['active']} of {uptime['buckets']} {uptime['bucket']}s ({_bps(uptime['bps'])})",
+                        str(settled["events"]), ", ".join(volume) or "—")
+    out_console.print(devices)
+    idle = []
+    for section, (title, names) in _SUMMARY.items():
+        figures_of = figures[section]
+        if not figures_of[names[0]]:
+            idle.append(title)
+            continue
+        table = Table("figure", "value", title=f"as {title}", min_width=44)
+        for name in names:
+            if name in figures_of:
+                table.add_row(name, _value(ops_ctx, name, figures_of[name]))
+        out_console.print(table)
+    if idle:
+        out_console.print(f"no history as {', '.join(idle)}")
+    out_console.print("[dim]definitions: docs/CREDIT.md (also in the --out export); only on-chain settlement counts, "
+                      "devices are the owner's own claims[/dim]")
+
+
+@credit.command()
+@click.argument("address", type=ADDRESS)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="Write the verifiable JSON export to FILE (same bytes for the same block).")
+@click.option("--to-block", type=click.IntRange(0), default=None,
+              help="Profile up to this block (default: the latest); fixes the result for later checks.")
+@rpc_option
+@json_option
+@click.pass_context
+def profile(ctx: click.Context, address: str, out_file: str | None, to_block: int | None, rpc_url: str | None,
+            as_json: bool) -> None:
+    """Settlement history of ADDRESS: devices owned and their uptime, metered billing as a consumer, escrows as a
+    seller, insurance as a holder or farmer, loans as a borrower — each figure with the logs that prove it.
+
+    \b
+    Example:
+      iotsettle credit profile 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 --out profile.json
+    """
+    ops_ctx = ops_context(ctx, rpc_url, send=False)
+    point = ops.chain_point(ops_ctx.w3, to_block)
+    deployments = {name: (ops_ctx.address(name), ops_ctx.deployed_block(name),
+                          str(ops_ctx.manifest["contracts"][name].get("txHash", ""))) for name in ops.CONTRACTS
+                   if ops_ctx.has(name)}
+    refs = ops.contract_refs(ops_ctx.w3, deployments, point.to_block)
+    run = ops.build(ops_ctx.w3, address, point, refs, {name: ops_ctx.abis[name] for name in refs},
+                    progress=progress)
+    text = ops.canonical_json(run.document)
+    if out_file:
+        try:
+            Path(out_file).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise click.FileError(out_file, exc.strerror) from None
+        progress(f"wrote {out_file}: {run.stats.logs} logs read at block {point.to_block} in {run.seconds:.2f} s; "
+                 f"check it with `iotsettle credit verify {out_file}`")
+    if as_json:
+        click.echo(text, nl=False)
+    else:
+        _render(ops_ctx, run.document)
+
+
+@credit.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@rpc_option
+@json_option
+@click.pass_context
+def verify(ctx: click.Context, file: str, rpc_url: str | None, as_json: bool) -> None:
+    """Re-derive the profile in FILE from the chain (any node: the contracts and block range come from the file)
+    and print "verified" (exit 0) or the first figure that differs (exit 1).
+
+    \b
+    Example:
+      iotsettle credit verify profile.json --rpc-url http://127.0.0.1:8545
+    """
+    try:
+        claimed = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {file} as JSON: {exc}", param_hint="FILE") from None
+    if not isinstance(claimed, dict) or not isinstance(claimed.get("contracts"), dict):
+        raise click.BadParameter(f"{file} is not a credit profile export", param_hint="FILE")
+    config = state(ctx).config
+    chain = connect(config, rpc_url)
+    abis = {name: load_artifact(config, name)["abi"] for name in claimed["contracts"] if name in ops.CONTRACTS}
+    try:
+        run = ops.verify_document(chain.w3, claimed, abis, progress)
+    except ops.ProfileMismatch as exc:
+        # Plain echo, not rich: the sentence must stay on one line for scripts that grep it.
+        if as_json:
+            emit({"verified": False, "difference": str(exc)}, True)
+        else:
+            click.echo(f"not verified: {exc}")
+        ctx.exit(1)
+    if as_json:
+        emit({"verified": True, "subject": claimed["subject"], "toBlock": claimed["range"]["toBlock"],
+              "logs": run.stats.logs, "seconds": round(run.seconds, 3)}, True)
+    else:
+        rng = claimed["range"]
+        made = datetime.fromtimestamp(int(rng["toBlockTime"]), UTC).strftime("%Y-%m-%d %H:%M UTC")
+        click.echo(f"verified: the profile of {claimed['subject']} at block {rng['toBlock']} ({made}) matches the "
+                   f"chain ({run.stats.logs} logs re-read)")
+

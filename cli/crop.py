@@ -1,0 +1,399 @@
+"""`iotsettle crop ...`: parametric crop insurance paid from a pool on the verdict of k of n weather stations."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import click
+from rich.table import Table
+
+from cli._common import IotSettleGroup, emit, json_option
+from cli._params import (ADDRESS, AMOUNT, DEADLINE, DURATION, ID, TOKEN, chain_time, ops_context, read_payloads,
+                         rpc_option, sender_options, short, when)
+from oracle.ops import crop as ops
+from oracle.ops.amounts import Amount
+from oracle.ops.token import describe_token
+
+
+class PercentType(click.ParamType):
+    """A premium rate: "5%" or "5" (percent of the cover), or basis points: "500bps"."""
+
+    name = "PERCENT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        try:
+            bps = Decimal(text[:-3]) if text.endswith("bps") else Decimal(text.removesuffix("%")) * 100
+        except InvalidOperation:
+            self.fail(f"{value!r} is not a percentage (examples: 5%, 2.5, 250bps)", param, ctx)
+        if bps != bps.to_integral_value():
+            self.fail(f"{value!r} is finer than a basis point (0.01 %)", param, ctx)
+        if not 0 < bps <= 10_000:
+            self.fail(f"{value!r} is not within 0.01 % … 100 %", param, ctx)
+        return int(bps)
+
+
+PERCENT = PercentType()
+
+
+@click.group(cls=IotSettleGroup)
+def crop() -> None:
+    """Parametric crop insurance: an insurer's pool pays every policy of a season when k of n weather stations
+    measure the trigger (too little rain, or too many hot days). No claim: anyone finalizes after the season.
+
+    \b
+    Life of a season:
+      iotsettle crop pool-create                                         # insurer: a pool in TEST
+      iotsettle crop deposit 1 --amount 1000
+      iotsettle crop season-create --pool 1 --station 0xS1 --station 0xS2 --station 0xS3 --k 2 \\
+          --index rain --threshold 120mm --start +1h --end +90d --premium 5%
+      iotsettle crop buy 1 --cover 200 --dev-account 1                   # farmer: pays 5 % of the cover
+      iotsettle crop record observations.jsonl                           # anyone relays (the oracle does this)
+      iotsettle crop season 1                                            # stations' figures, verdicts, policies
+      iotsettle crop finalize 1                                          # after end + finalize delay: payouts
+
+    A station that did not report within the coverage slack of the start and of the end abstains. k is at least 2
+    and at most n − 1, so one faulty or hostile station can neither trigger nor block a payout.
+    """
+
+
+@crop.command("pool-create")
+@click.option("--token", type=TOKEN, default="TEST", show_default=True, help="TEST or an ERC-20 address.")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def pool_create(ctx: click.Context, token: str, from_key_env: str | None, dev_account: int | None,
+                rpc_url: str | None, as_json: bool) -> None:
+    """Insurer: open a pool (owned by the sender) that seasons sell cover from.
+
+    \b
+    Example:
+      iotsettle crop pool-create --token TEST
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    pool_id, result = ops.create_pool(ops_ctx, describe_token(ops_ctx, token))
+    emit({"poolId": pool_id, "tx": result.tx_hash, "block": result.block}, as_json,
+         f"pool [bold]{pool_id}[/bold] created (tx {result.tx_hash})\nnext: iotsettle crop deposit {pool_id} "
+         "--amount AMOUNT")
+
+
+@crop.command()
+@click.argument("pool_id", type=ID)
+@click.option("--amount", type=AMOUNT, required=True, help="How much to add, e.g. 1000.")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def deposit(ctx: click.Context, pool_id: int, amount: Amount, from_key_env: str | None, dev_account: int | None,
+            rpc_url: str | None, as_json: bool) -> None:
+    """Pool owner: add AMOUNT to the pool (the token is approved first when needed).
+
+    \b
+    Example:
+      iotsettle crop deposit 1 --amount 1000
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    info = describe_token(ops_ctx, ops.pool_of(ops_ctx, pool_id).token)
+    base = info.to_base(amount)
+    result = ops.deposit(ops_ctx, pool_id, base)
+    pool = ops.pool_of(ops_ctx, pool_id)
+    emit({"poolId": pool_id, "amount": str(base), "tx": result.tx_hash, "pool": pool.as_dict()}, as_json,
+         f"pool {pool_id} holds {info.format(pool.assets)}, {info.format(pool.free)} free (tx {result.tx_hash})")
+
+
+@crop.command()
+@click.argument("pool_id", type=ID)
+@click.option("--amount", type=AMOUNT, required=True, help="How much to take out, e.g. 100.")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def withdraw(ctx: click.Context, pool_id: int, amount: Amount, from_key_env: str | None, dev_account: int | None,
+             rpc_url: str | None, as_json: bool) -> None:
+    """Pool owner: take AMOUNT out of the pool's free assets (what is not locked by cover sold).
+
+    \b
+    Example:
+      iotsettle crop withdraw 1 --amount 100
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    info = describe_token(ops_ctx, ops.pool_of(ops_ctx, pool_id).token)
+    base = info.to_base(amount)
+    result = ops.withdraw(ops_ctx, pool_id, base)
+    pool = ops.pool_of(ops_ctx, pool_id)
+    emit({"poolId": pool_id, "amount": str(base), "tx": result.tx_hash, "pool": pool.as_dict()}, as_json,
+         f"{info.format(base)} withdrawn from pool {pool_id}; it holds {info.format(pool.assets)}, "
+         f"{info.format(pool.free)} free (tx {result.tx_hash})")
+
+
+@crop.command()
+@click.argument("pool_id", type=ID)
+@rpc_option
+@json_option
+@click.pass_context
+def pool(ctx: click.Context, pool_id: int, rpc_url: str | None, as_json: bool) -> None:
+    """Show a pool: owner, assets, cover locked, free assets, and its seasons.
+
+    \b
+    Example:
+      iotsettle crop pool 1
+    """
+    ops_ctx = ops_context(ctx, rpc_url, send=False)
+    view = ops.pool_of(ops_ctx, pool_id)
+    fmt = describe_token(ops_ctx, view.token).format
+    seasons = ops.seasons_of_pool(ops_ctx, pool_id)
+    table = Table(show_header=False, title=f"pool {pool_id}")
+    for key, value in (("owner", view.owner), ("token", view.token), ("assets", fmt(view.assets)),
+                       ("locked by cover sold", fmt(view.locked)), ("free", fmt(view.free)),
+                       ("seasons", ", ".join(map(str, seasons)) or "—")):
+        table.add_row(key, value)
+    emit({**view.as_dict(), "seasons": seasons}, as_json, table)
+
+
+@crop.command("season-create")
+@click.option("--pool", "pool_id", type=ID, required=True, help="The pool that sells the cover.")
+@click.option("--station", "stations", type=ADDRESS, multiple=True, required=True,
+              help="A registered weather station (repeat: 3 to 7 stations).")
+@click.option("--k", type=click.IntRange(2, 6), required=True,
+              help="Trigger votes needed (2 ≤ k ≤ number of stations − 1).")
+@click.option("--index", type=click.Choice(ops.INDEXES), required=True,
+              help="rain: trigger when rain is below the threshold; heat: when hot days reach --days.")
+@click.option("--threshold", required=True,
+              help="rain: total rainfall in mm (\"120mm\"); heat: the temperature of a hot day in °C (\"35C\").")
+@click.option("--days", type=click.IntRange(0, 0xFFFF), default=0, show_default=True,
+              help="heat: how many hot days trigger the payout.")
+@click.option("--start", type=DEADLINE, required=True, help="Season start: +1h, 7d, a unix time or ISO date-time.")
+@click.option("--end", type=DEADLINE, required=True, help="Season end (same forms; + durations count from now).")
+@click.option("--sale-end", type=DEADLINE, default=None, help="Last moment to buy cover (default: the start).")
+@click.option("--premium", type=PERCENT, required=True, help="Premium as a share of the cover, e.g. 5%.")
+@click.option("--coverage-slack", type=DURATION, default="1d", show_default=True,
+              help="How close to the start and to the end a station must report, or it abstains.")
+@click.option("--finalize-delay", type=DURATION, default="0", show_default=True,
+              help="Wait after the end before anyone may finalize (late observations can still arrive).")
+@click.option("--region", default="", help="Where the season applies: a name or geohash (≤ 32 bytes) or 0x bytes32.")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def season_create(ctx: click.Context, pool_id: int, stations: tuple[str, ...], k: int, index: str, threshold: str,
+                  days: int, start: tuple[str, int], end: tuple[str, int], sale_end: tuple[str, int] | None,
+                  premium: int, coverage_slack: int, finalize_delay: int, region: str, from_key_env: str | None,
+                  dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+    """Pool owner: open a season on a pool over 3 to 7 weather stations, k of which must agree.
+
+    \b
+    Examples:
+      iotsettle crop season-create --pool 1 --station 0xS1 --station 0xS2 --station 0xS3 --k 2 \\
+          --index rain --threshold 120mm --start +1h --end +90d --premium 5% --region u0yjj
+      iotsettle crop season-create --pool 1 --station 0xS1 --station 0xS2 --station 0xS3 --k 2 \\
+          --index heat --threshold 35C --days 10 --start 2027-06-01T00:00:00+00:00 \\
+          --end 2027-08-31T00:00:00+00:00 --premium 250bps --finalize-delay 1d
+    """
+    units = ops.threshold_units(index, threshold)
+    region_raw = ops.region_bytes(region)
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    start_ts = chain_time(ops_ctx, start)
+    spec = ops.SeasonSpec(start_ts, chain_time(ops_ctx, end), chain_time(ops_ctx, sale_end) if sale_end else start_ts,
+                          coverage_slack, finalize_delay, index, units, days, premium, k, region_raw, stations)
+    season_id, result = ops.create_season(ops_ctx, pool_id, spec)
+    view = ops.season_of(ops_ctx, season_id)
+    emit({"seasonId": season_id, "tx": result.tx_hash, "block": result.block, "season": view.as_dict()}, as_json,
+         f"season [bold]{season_id}[/bold] on pool {pool_id}: {when(view.start)} → {when(view.end)}, cover on sale "
+         f"until {when(view.sale_end)}\n{view.rule} (tx {result.tx_hash})")
+
+
+@crop.command()
+@click.argument("season_id", type=ID)
+@click.option("--cover", type=AMOUNT, required=True, help="The amount paid out if the season triggers, e.g. 200.")
+@click.option("--beneficiary", type=ADDRESS, default=None,
+              help="Who receives the payout (default: the sender); e.g. a loan's payout account.")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def buy(ctx: click.Context, season_id: int, cover: Amount, beneficiary: str | None, from_key_env: str | None,
+        dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+    """Farmer: buy COVER for a season before its sale ends; the premium is the season's share of the cover.
+
+    \b
+    Example:
+      iotsettle crop buy 1 --cover 200 --dev-account 1
+      iotsettle crop buy 1 --cover 200 --beneficiary "$(iotsettle loan show 1 --json | jq -r .account)"
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    season = ops.season_of(ops_ctx, season_id, details=False)
+    info = describe_token(ops_ctx, season.token)
+    base = info.to_base(cover)
+    policy_id, premium, result = ops.buy_cover(ops_ctx, season_id, base, beneficiary)
+    view = ops.cover_of(ops_ctx, policy_id)
+    emit({"policyId": policy_id, "seasonId": season_id, "cover": str(base), "premium": str(premium),
+          "beneficiary": view.beneficiary, "tx": result.tx_hash}, as_json,
+         f"crop policy [bold]{policy_id}[/bold]: {info.format(base)} cover in season {season_id} for "
+         f"{view.beneficiary}, premium {info.format(premium)} paid (tx {result.tx_hash})")
+
+
+def _station_rows(view: ops.SeasonView) -> Table:
+    figure = "rain (mm)" if view.index == "rain" else "hot days"
+    table = Table("station", "first report", "last report", figure, "verdict",
+                  title=("verdicts" if view.finalized else "stations (verdict if finalized now)"))
+    for s in view.stations:
+        if not s.first_timestamp:
+            value = "—"
+        elif view.index == "rain":
+            value = f"{Decimal(s.last_rainfall - s.first_rainfall) / ops.RAIN_UNITS_PER_MM:f}"
+        else:
+            value = str(s.hot_days)
+        table.add_row(short(s.station), when(s.first_timestamp), when(s.last_timestamp), value, s.verdict)
+    return table
+
+
+@crop.command()
+@click.argument("season_id", type=ID)
+@rpc_option
+@json_option
+@click.pass_context
+def season(ctx: click.Context, season_id: int, rpc_url: str | None, as_json: bool) -> None:
+    """Show a season: terms, each station's accumulated figures and verdict, the outcome and the policies.
+
+    \b
+    Example:
+      iotsettle crop season 1
+    """
+    ops_ctx = ops_context(ctx, rpc_url, send=False)
+    view = ops.season_of(ops_ctx, season_id)
+    if as_json:
+        emit(view.as_dict(), True)
+        return
+    fmt = describe_token(ops_ctx, view.token).format
+    terms = Table(show_header=False, title=f"season {season_id} (pool {view.pool_id})")
+    outcome = "open"
+    if view.finalized:
+        outcome = (f"{'TRIGGERED' if view.triggered else 'not triggered'}: {view.trigger_votes} trigger, "
+                   f"{view.no_trigger_votes} no trigger, {view.abstentions} abstained; "
+                   f"{view.paid_up_to} of {view.policy_count} policies processed")
+    for key, value in (("window", f"{when(view.start)} → {when(view.end)}"), ("sale ends", when(view.sale_end)),
+                       ("index", view.rule), ("premium", f"{Decimal(view.premium_bps) / 100:f} % of the cover"),
+                       ("coverage slack", f"{view.coverage_slack} s"),
+                       ("finalizable from", when(view.finalizable_at)), ("region", view.region or "—"),
+                       ("cover sold", fmt(view.cover_sold)), ("outcome", outcome)):
+        terms.add_row(key, value)
+    emit(None, False, terms)
+    emit(None, False, _station_rows(view))
+    policies = Table("policy", "buyer", "beneficiary", "cover", "premium", "status", title="policies")
+    for p in view.policies:
+        policies.add_row(str(p.policy_id), short(p.buyer), p.beneficiary, fmt(p.cover), fmt(p.premium), p.status)
+    emit(None, False, policies)
+
+
+@crop.command()
+@click.argument("source", default="-", metavar="[FILE|-]")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def record(ctx: click.Context, source: str, from_key_env: str | None, dev_account: int | None, rpc_url: str | None,
+           as_json: bool) -> None:
+    """Relay station-signed weather observations (JSON wire payloads, one per line) from FILE or stdin; the oracle
+    daemon does this continuously. Fails when no observation could be recorded.
+
+    \b
+    Example:
+      iotsettle crop record observations.jsonl
+    """
+    text = read_payloads(source)
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    result, outcomes = ops.record(ops_ctx, ops.parse_observations(ops_ctx, text))
+    table = Table("station", "seq", "result", title=f"relayed in block {result.block}, gas {result.gas_used:,}")
+    for o in outcomes:
+        table.add_row(o.station, str(o.seq), "recorded" if o.recorded else f"rejected: {o.reason}")
+    emit({"tx": result.tx_hash, "block": result.block, "gasUsed": result.gas_used,
+          "results": [{"station": o.station, "seq": o.seq, "recorded": o.recorded, "reason": o.reason or None}
+                      for o in outcomes]}, as_json, table)
+
+
+def _payout_summary(ops_ctx: Any, report: ops.PayoutReport) -> str:
+    season = ops.season_of(ops_ctx, report.season_id, details=False)
+    fmt = describe_token(ops_ctx, season.token).format
+    lines = []
+    if report.verdicts:
+        lines.append(f"season {report.season_id} {'TRIGGERED' if report.triggered else 'not triggered'} "
+                     f"({season.trigger_votes} trigger, {season.no_trigger_votes} no trigger, "
+                     f"{season.abstentions} abstained; k = {season.k})")
+        for station, verdict, measured in report.verdicts:
+            figure = (f"{Decimal(measured) / ops.RAIN_UNITS_PER_MM:f} mm" if season.index == "rain"
+                      else f"{ops.days_text(measured)} hot")
+            lines.append(f"  {station}: {verdict}" + ("" if verdict == "abstain" else f" ({figure})"))
+    for policy_id, beneficiary, amount in report.paid:
+        credited = " (push failed: credited, claim with `iotsettle crop claim`)" if policy_id in report.credited else ""
+        lines.append(f"  policy {policy_id}: {fmt(amount)} paid to {beneficiary}{credited}")
+    if report.expired:
+        lines.append(f"  {len(report.expired)} policies expired without payout; their cover is free again in the pool")
+    if report.remaining:
+        lines.append(f"{report.remaining} policies still to process: iotsettle crop pay-out {report.season_id}")
+    return "\n".join(lines)
+
+
+@crop.command()
+@click.argument("season_id", type=ID)
+@click.option("--first-batch-only", is_flag=True,
+              help="Stop after the finalize transaction (it processes up to 50 policies); use pay-out for the rest.")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def finalize(ctx: click.Context, season_id: int, first_batch_only: bool, from_key_env: str | None,
+             dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+    """Anyone, after end + finalize delay: count the stations' votes and pay every policy its cover (or expire it).
+
+    \b
+    Example:
+      iotsettle crop finalize 1
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    report = ops.finalize(ops_ctx, season_id, pay_all=not first_batch_only)
+    emit(report.as_dict(), as_json, _payout_summary(ops_ctx, report))
+
+
+@crop.command("pay-out")
+@click.argument("season_id", type=ID)
+@click.option("--batch", type=click.IntRange(1, 1000), default=ops.DEFAULT_PAYOUT_BATCH, show_default=True,
+              help="Policies per transaction.")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def pay_out(ctx: click.Context, season_id: int, batch: int, from_key_env: str | None, dev_account: int | None,
+            rpc_url: str | None, as_json: bool) -> None:
+    """Anyone: continue the payouts of a finalized season until every policy is processed.
+
+    \b
+    Example:
+      iotsettle crop pay-out 1 --batch 100
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    report = ops.pay_out(ops_ctx, season_id, batch, until_done=True)
+    emit(report.as_dict(), as_json, _payout_summary(ops_ctx, report) or f"season {season_id}: nothing left to pay")
+
+
+@crop.command()
+@click.option("--token", type=TOKEN, default="TEST", show_default=True, help="The pool token of the payouts.")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def claim(ctx: click.Context, token: str, from_key_env: str | None, dev_account: int | None, rpc_url: str | None,
+          as_json: bool) -> None:
+    """Beneficiary: take payouts whose automatic transfer failed (they wait in the contract as a credit).
+
+    \b
+    Example:
+      iotsettle crop claim --token TEST --dev-account 1
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    info = describe_token(ops_ctx, token)
+    result, amount = ops.claim(ops_ctx, info.address)
+    emit({"amount": str(amount), "tx": result.tx_hash}, as_json, f"received {info.format(amount)} (tx {result.tx_hash})")

@@ -1,0 +1,374 @@
+"""`iotsettle policy ...`: usage-based motor insurance priced per km from a vehicle's signed telematics."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import click
+from rich.table import Table
+
+from cli._common import IotSettleGroup, emit, json_option
+from cli._params import (ADDRESS, AMOUNT, DURATION, ID, TOKEN, ops_context, read_payloads, rpc_option, sender_options,
+                         short, short_id, when)
+from oracle.ops import insurance as ops
+from oracle.ops.amounts import Amount
+from oracle.ops.token import describe_token
+
+
+class FactorType(click.ParamType):
+    """A rate factor: "0.9" or "×0.9" (= 9000 basis points), or basis points with a suffix: "9000bps"."""
+
+    name = "FACTOR"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lstrip("×xX")
+        try:
+            bps = int(text[:-3]) if text.endswith("bps") else Decimal(text) * ops.BPS
+        except (ValueError, InvalidOperation):
+            self.fail(f"{value!r} is not a factor (examples: 0.9, 1.5, 9000bps)", param, ctx)
+        if bps != int(bps):
+            self.fail(f"{value!r} has more precision than a basis point (0.0001)", param, ctx)
+        if not 0 <= bps <= 0xFFFF:
+            self.fail(f"{value!r} is outside 0 … 6.5535", param, ctx)
+        return int(bps)
+
+
+FACTOR = FactorType()
+
+
+@click.group(cls=IotSettleGroup)
+def policy() -> None:
+    """Motor insurance: a per-km premium from the vehicle's signed odometer, moved by a behaviour factor.
+
+    The insurer fixes a rate per km and factor bounds at the offer. Each settled report charges
+    km × rate × factor, where the factor starts at the minimum (full discount) and every harsh-braking or
+    speeding event per 100 km adds the step, up to the maximum. `policy history` shows why each rate applied.
+
+    \b
+    Life of a policy:
+      iotsettle policy offer --holder 0x7099… --vehicle 0xVEHICLE --rate 0.05 --min-factor 0.9 --max-factor 1.5 --step 0.1
+      iotsettle policy accept 0xPOLICY --deposit 20 --dev-account 1      # the holder prepays
+      iotsettle policy settle reports.jsonl                              # anyone relays (the oracle does this)
+      iotsettle policy history 0xPOLICY                                  # km, events, factor, rate, amount, why
+      iotsettle policy withdraw 0xPOLICY                                 # the insurer takes earned premiums
+      iotsettle policy request-close 0xPOLICY --dev-account 1; iotsettle policy close 0xPOLICY
+
+    Amounts are whole tokens scaled by the token's decimals ("1.5"), or base units with a wei suffix ("1500wei").
+    """
+
+
+def _token_of(ops_ctx: Any, policy_id: int) -> Any:
+    return describe_token(ops_ctx, ops.policy_of(ops_ctx, policy_id).token)
+
+
+@policy.command("offer")
+@click.option("--holder", type=ADDRESS, required=True, help="The policyholder (accepts with a deposit).")
+@click.option("--vehicle", type=ADDRESS, required=True, help="The registered vehicle whose reports price the policy.")
+@click.option("--rate", type=AMOUNT, required=True, help="Premium per km at factor ×1.00, e.g. 0.05.")
+@click.option("--min-factor", type=FACTOR, default="1", show_default=True,
+              help="Factor with no harsh events (the best discount), e.g. 0.9.")
+@click.option("--max-factor", type=FACTOR, default="1", show_default=True, help="Cap of the factor, e.g. 1.5 (≤ 5).")
+@click.option("--step", type=FACTOR, default="0", show_default=True,
+              help="Factor added per harsh-braking or speeding event per 100 km, e.g. 0.1.")
+@click.option("--token", type=TOKEN, default="TEST", show_default=True, help="TEST or an ERC-20 address.")
+@click.option("--start-odometer", type=click.IntRange(0), default=0, show_default=True,
+              help="The vehicle's odometer now, in metres; distance is counted from here.")
+@click.option("--notice", type=DURATION, default="0", show_default=True, help="Notice period before a close (e.g. 7d).")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def offer_cmd(ctx: click.Context, holder: str, vehicle: str, rate: Amount, min_factor: int, max_factor: int,
+              step: int, token: str, start_odometer: int, notice: int, from_key_env: str | None,
+              dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+    """Insurer: offer HOLDER a pay-per-km policy for a registered vehicle.
+
+    \b
+    Example (0.05 TEST per km; ×0.90 for a calm driver, +0.10 per event per 100 km, at most ×1.50):
+      iotsettle policy offer --holder 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 \\
+          --vehicle 0xVEHICLE --rate 0.05 --min-factor 0.9 --max-factor 1.5 --step 0.1 --notice 1d
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    info = describe_token(ops_ctx, token)
+    terms = ops.Terms(holder, vehicle, info, info.to_base(rate), min_factor, max_factor, step, start_odometer, notice)
+    policy_id, result = ops.offer(ops_ctx, terms)
+    emit({"policyId": str(policy_id), "policyIdHex": hex(policy_id), "tx": result.tx_hash, "block": result.block},
+         as_json, f"policy [bold]{hex(policy_id)}[/bold] offered to {holder}: {info.format(terms.rate_per_km)} per km, "
+                  f"factor {ops.factor_text(min_factor)} … {ops.factor_text(max_factor)} (tx {result.tx_hash})\n"
+                  f"next, the holder: iotsettle policy accept {hex(policy_id)} --deposit AMOUNT")
+
+
+@policy.command()
+@click.argument("policy_id", type=ID)
+@click.option("--deposit", type=AMOUNT, required=True, help="Prepaid amount, e.g. 20.")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def accept(ctx: click.Context, policy_id: int, deposit: Amount, from_key_env: str | None, dev_account: int | None,
+           rpc_url: str | None, as_json: bool) -> None:
+    """Holder: accept an offered policy and prepay DEPOSIT (the token is approved first when needed).
+
+    \b
+    Example:
+      iotsettle policy accept 0x5fbd…0001 --deposit 20 --dev-account 1
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    info = _token_of(ops_ctx, policy_id)
+    base = info.to_base(deposit)
+    result = ops.accept(ops_ctx, policy_id, base)
+    emit({"policyId": str(policy_id), "deposit": str(base), "tx": result.tx_hash, "block": result.block}, as_json,
+         f"policy {hex(policy_id)} active with {info.format(base)} prepaid (tx {result.tx_hash})")
+
+
+@policy.command("top-up")
+@click.argument("policy_id", type=ID)
+@click.option("--amount", type=AMOUNT, required=True, help="How much to add, e.g. 10.")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def top_up(ctx: click.Context, policy_id: int, amount: Amount, from_key_env: str | None, dev_account: int | None,
+           rpc_url: str | None, as_json: bool) -> None:
+    """Anyone: add to a policy's prepaid balance; arrears are paid first and a lapsed policy is reinstated.
+
+    \b
+    Example:
+      iotsettle policy top-up 0x5fbd…0001 --amount 10 --dev-account 1
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    info = _token_of(ops_ctx, policy_id)
+    base = info.to_base(amount)
+    result, arrears_paid = ops.top_up(ops_ctx, policy_id, base)
+    view = ops.policy_of(ops_ctx, policy_id)
+    paid = f", {info.format(arrears_paid)} of it paid arrears" if arrears_paid else ""
+    emit({"policyId": str(policy_id), "amount": str(base), "arrearsPaid": str(arrears_paid), "tx": result.tx_hash,
+          "block": result.block, "policy": view.as_dict()}, as_json,
+         f"policy {hex(policy_id)} topped up by {info.format(base)}{paid}: prepaid {info.format(view.prepaid)}, "
+         f"status {view.status} (tx {result.tx_hash})")
+
+
+def _show_table(view: ops.PolicyView, fmt: Any) -> Table:
+    table = Table(show_header=False, title=f"policy {hex(view.policy_id)}")
+    rows = [("status", view.status), ("insurer", view.insurer), ("holder", view.holder), ("vehicle", view.vehicle),
+            ("rate", f"{fmt(view.rate_per_km)} per km at ×1.00"),
+            ("factor bounds", f"{ops.factor_text(view.min_factor_bps)} (no events) … "
+                              f"{ops.factor_text(view.max_factor_bps)} (cap); "
+                              f"+{ops.factor_text(view.step_bps).lstrip('×')} per event per 100 km"),
+            ("current factor", f"{ops.factor_text(view.last_factor_bps)} = {fmt(view.current_rate)} per km"),
+            ("odometer", f"{view.last_odometer:,} m ({(view.last_odometer - view.start_odometer) / 1000:,.1f} km "
+                         "insured so far)"),
+            ("events so far", f"{view.last_harsh} harsh braking, {view.last_speeding} speeding (device counters)"),
+            ("last report", f"seq {view.last_seq}, {when(view.last_timestamp)}"),
+            ("prepaid", fmt(view.prepaid)), ("arrears", fmt(view.arrears)), ("premiums charged", fmt(view.charged)),
+            ("premiums to withdraw", fmt(view.premiums_to_withdraw))]
+    if view.notice_period or view.close_at:
+        rows.append(("notice", f"{view.notice_period} s" + (f", close from {when(view.close_at)}" if view.close_at
+                                                             else "")))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+@policy.command()
+@click.argument("policy_id", type=ID)
+@rpc_option
+@json_option
+@click.pass_context
+def show(ctx: click.Context, policy_id: int, rpc_url: str | None, as_json: bool) -> None:
+    """Show one policy: terms, status, prepaid balance and arrears, the factor now in force.
+
+    \b
+    Example:
+      iotsettle policy show 0x5fbd…0001
+    """
+    ops_ctx = ops_context(ctx, rpc_url, send=False)
+    view = ops.policy_of(ops_ctx, policy_id)
+    emit(view.as_dict(), as_json, _show_table(view, describe_token(ops_ctx, view.token).format))
+
+
+@policy.command()
+@click.argument("policy_id", type=ID)
+@click.option("--all", "show_all", is_flag=True, help="Also list top-ups, lapses and other changes of status.")
+@rpc_option
+@json_option
+@click.pass_context
+def history(ctx: click.Context, policy_id: int, show_all: bool, rpc_url: str | None, as_json: bool) -> None:
+    """Every charged period of a policy and why its rate applied; rejected reports with the reason.
+
+    Each period shows the km driven, the harsh-braking and speeding events counted by the vehicle, the factor
+    applied, the resulting rate per km and the premium, and a sentence that derives the factor, e.g.
+    "3 events in 12.4 km = 24.2 per 100 km → ×1.50 (cap)".
+
+    \b
+    Example:
+      iotsettle policy history 0x5fbd…0001 --all
+    """
+    ops_ctx = ops_context(ctx, rpc_url, send=False)
+    view, entries = ops.history(ops_ctx, policy_id)
+    fmt = describe_token(ops_ctx, view.token).format_short
+    shown = [e for e in entries if show_all or e.kind in ("charged", "rejected")]
+    table = Table("seq", "km", "harsh", "speeding", "factor", "rate/km", "amount",
+                  title=f"policy {short_id(policy_id)}: {len(shown)} entries")
+    why: list[str] = []
+    for e in shown:
+        if e.kind == "charged":
+            table.add_row(str(e.seq), f"{e.metres / 1000:,.1f}", str(e.harsh_braking), str(e.speeding),
+                          ops.factor_text(e.factor_bps), fmt(e.rate_per_km), fmt(e.amount))
+            why.append(f"seq {e.seq}: {e.explanation}")
+        elif e.kind == "rejected":
+            table.add_row(str(e.seq), "", "", "", "", "", "[red]rejected[/red]")
+            why.append(f"seq {e.seq}: [red]rejected[/red], {e.explanation}")
+        else:
+            table.add_row("", "", "", "", "", "", f"[dim]{e.kind}[/dim]")
+            why.append(f"{e.kind}: {e.explanation}")
+    if as_json:
+        emit({"policy": view.as_dict(), "entries": [e.as_dict() for e in shown]}, True)
+        return
+    emit(None, False, table)
+    if why:
+        emit(None, False, "why:\n" + "\n".join(f"  {line}" for line in why))
+
+
+@policy.command("request-close")
+@click.argument("policy_id", type=ID)
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def request_close(ctx: click.Context, policy_id: int, from_key_env: str | None, dev_account: int | None,
+                  rpc_url: str | None, as_json: bool) -> None:
+    """Holder or insurer: start the notice period; reports keep settling until `policy close`.
+
+    \b
+    Example:
+      iotsettle policy request-close 0x5fbd…0001 --dev-account 1
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    result, close_at = ops.request_close(ops_ctx, policy_id)
+    emit({"policyId": str(policy_id), "closeAt": close_at, "tx": result.tx_hash}, as_json,
+         f"policy {hex(policy_id)} can be closed from {when(close_at)}: iotsettle policy close {hex(policy_id)}")
+
+
+@policy.command()
+@click.argument("policy_id", type=ID)
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def close(ctx: click.Context, policy_id: int, from_key_env: str | None, dev_account: int | None, rpc_url: str | None,
+          as_json: bool) -> None:
+    """Anyone, once the notice is over: end the policy; the unused prepaid balance goes back to the holder.
+
+    \b
+    Example:
+      iotsettle policy close 0x5fbd…0001
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    info = _token_of(ops_ctx, policy_id)
+    result, refund = ops.close(ops_ctx, policy_id)
+    emit({"policyId": str(policy_id), "refund": str(refund), "tx": result.tx_hash}, as_json,
+         f"policy {hex(policy_id)} closed; {info.format(refund)} refunded to the holder (tx {result.tx_hash})")
+
+
+@policy.command()
+@click.argument("policy_id", type=ID)
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def withdraw(ctx: click.Context, policy_id: int, from_key_env: str | None, dev_account: int | None,
+             rpc_url: str | None, as_json: bool) -> None:
+    """Insurer: receive the premiums earned on a policy and not yet withdrawn.
+
+    \b
+    Example:
+      iotsettle policy withdraw 0x5fbd…0001
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    info = _token_of(ops_ctx, policy_id)
+    result, paid = ops.withdraw_premiums(ops_ctx, policy_id)
+    emit({"policyId": str(policy_id), "amount": str(paid), "tx": result.tx_hash}, as_json,
+         f"insurer received {info.format(paid)} of premiums from policy {hex(policy_id)} (tx {result.tx_hash})")
+
+
+@policy.command("cancel")
+@click.argument("policy_id", type=ID)
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def cancel_cmd(ctx: click.Context, policy_id: int, from_key_env: str | None, dev_account: int | None,
+               rpc_url: str | None, as_json: bool) -> None:
+    """Insurer withdraws, or holder declines, an offer not yet accepted.
+
+    \b
+    Example:
+      iotsettle policy cancel 0x5fbd…0001
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    result = ops.cancel_offer(ops_ctx, policy_id)
+    emit({"policyId": str(policy_id), "tx": result.tx_hash}, as_json,
+         f"offer {hex(policy_id)} cancelled (tx {result.tx_hash})")
+
+
+@policy.command("list")
+@click.option("--party", type=ADDRESS, default=None, help="Only policies where ADDRESS is insurer or holder.")
+@click.option("--vehicle", type=ADDRESS, default=None, help="Only policies of this vehicle.")
+@click.option("--status", "status_filter", type=click.Choice(list(ops.POLICY_STATUSES[1:])), default=None)
+@rpc_option
+@json_option
+@click.pass_context
+def list_cmd(ctx: click.Context, party: str | None, vehicle: str | None, status_filter: str | None,
+             rpc_url: str | None, as_json: bool) -> None:
+    """List the policies of this deployment.
+
+    \b
+    Example:
+      iotsettle policy list --status active
+    """
+    ops_ctx = ops_context(ctx, rpc_url, send=False)
+    views = [v for v in ops.list_policies(ops_ctx, party=party, vehicle=vehicle)
+             if not status_filter or v.status == status_filter]
+    table = Table("id", "status", "insurer", "holder", "vehicle", "km", "factor", "prepaid", "arrears",
+                  title=f"{len(views)} policies")
+    for v in views:
+        fmt = describe_token(ops_ctx, v.token).format_short
+        table.add_row(short_id(v.policy_id), v.status, short(v.insurer), short(v.holder), short(v.vehicle),
+                      f"{(v.last_odometer - v.start_odometer) / 1000:,.1f}", ops.factor_text(v.last_factor_bps),
+                      fmt(v.prepaid), fmt(v.arrears))
+    emit([v.as_dict() for v in views], as_json, table)
+
+
+@policy.command()
+@click.argument("source", default="-", metavar="[FILE|-]")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def settle(ctx: click.Context, source: str, from_key_env: str | None, dev_account: int | None, rpc_url: str | None,
+           as_json: bool) -> None:
+    """Relay vehicle-signed telematics reports (JSON wire payloads, one per line) from FILE or stdin; the oracle
+    daemon does this continuously, this is for manual relaying. Fails when no report could be settled.
+
+    \b
+    Example:
+      iotsettle policy settle reports.jsonl
+    """
+    text = read_payloads(source)
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    result, outcomes = ops.settle(ops_ctx, ops.parse_telematics(ops_ctx, text))
+    data = {"tx": result.tx_hash, "block": result.block, "gasUsed": result.gas_used,
+            "results": [{"policyId": str(o.policy_id), "seq": o.seq, "settled": o.settled, "reason": o.reason or None,
+                         "amount": str(o.amount), "factor": ops.factor_text(o.factor_bps) if o.settled else None}
+                        for o in outcomes]}
+    table = Table("policy", "seq", "result", "factor", "premium",
+                  title=f"relayed in block {result.block}, gas {result.gas_used:,}")
+    for o in outcomes:
+        premium = _token_of(ops_ctx, o.policy_id).format(o.amount) if o.settled else ""
+        table.add_row(short_id(o.policy_id), str(o.seq), "settled" if o.settled else f"rejected: {o.reason}",
+                      ops.factor_text(o.factor_bps) if o.settled else "", premium)
+    emit(data, as_json, table)

@@ -1,0 +1,209 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+import {IDeviceEvents} from "./IDeviceEvents.sol";
+
+/// @title Usage-based motor insurance: a per-km premium from a vehicle's device-signed odometer, moved within fixed
+/// bounds by a behaviour factor from signed counts of harsh braking and speeding.
+/// @notice Policy ids are minted as `uint160(vehicle) << 96 | serial`, so `settle` knows the vehicle of a policy
+/// without a storage read. Treat them as opaque uint256.
+///
+/// Premium of one report (all three registers are cumulative, so a lost report loses nothing):
+///
+///     metres = odometer − lastOdometer;   events = (harshBraking − lastHarsh) + (speeding − lastSpeeding)
+///     metres == 0:  factorBps = events == 0 ? lastFactorBps : maxFactorBps;   amount = 0
+///     otherwise:    factorBps = min(minFactorBps + events × stepBps × 100_000 / metres, maxFactorBps)
+///                   amount    = metres × ratePerKm × factorBps / 10_000_000          (both divisions round down)
+///
+/// `ratePerKm` is in token base units per km at factor 1.0 (10_000 bps). A driver without harsh events pays
+/// `minFactorBps`; every event per 100 km adds `stepBps`, capped at `maxFactorBps`.
+interface IMotorInsurance is IDeviceEvents {
+    /// @notice Offered → Active ⇄ Lapsed → Closed; Offered → Cancelled.
+    /// Lapsed: the prepaid balance ran out, the shortfall is recorded as arrears and reports are refused with
+    /// {RejectReason.Suspended} until a top-up pays the arrears.
+    enum PolicyStatus {
+        None,
+        Offered,
+        Active,
+        Lapsed,
+        Closed,
+        Cancelled
+    }
+
+    /// @notice Everything about a policy. `charged` = premiums earned by the insurer so far (taken from the prepaid
+    /// balance or paid as arrears); `charged + prepaid + refunded == deposited` always.
+    struct Policy {
+        address insurer;
+        address holder;
+        address vehicle;
+        address token;
+        uint128 ratePerKm;
+        uint16 minFactorBps;
+        uint16 maxFactorBps;
+        uint16 stepBps;
+        PolicyStatus status;
+        uint32 noticePeriod;
+        uint64 closeAt;
+        uint64 startOdometer;
+        uint64 lastOdometer;
+        uint32 lastHarsh;
+        uint32 lastSpeeding;
+        uint64 lastSeq;
+        uint64 lastTimestamp;
+        uint16 lastFactorBps;
+        uint256 prepaid;
+        uint256 arrears;
+        uint256 charged;
+        uint256 withdrawn;
+        uint256 deposited;
+        uint256 refunded;
+    }
+
+    /// @notice A vehicle's `Telematics(policyId, seq, timestamp, odometer, harshBraking, speeding)` with its signature
+    /// in the ERC-2098 compact form (`vs` = s with the top bit set when v is 28).
+    struct SignedTelematics {
+        uint256 policyId;
+        uint64 seq;
+        uint64 timestamp;
+        uint64 odometer;
+        uint32 harshBraking;
+        uint32 speeding;
+        bytes32 r;
+        bytes32 vs;
+    }
+
+    event PolicyOffered(
+        uint256 indexed policyId,
+        address indexed insurer,
+        address indexed holder,
+        address vehicle,
+        address token,
+        uint128 ratePerKm,
+        uint16 minFactorBps,
+        uint16 maxFactorBps,
+        uint16 stepBps,
+        uint64 startOdometer,
+        uint32 noticePeriod
+    );
+    event PolicyCancelled(uint256 indexed policyId);
+    event PolicyAccepted(uint256 indexed policyId, uint256 deposit);
+    /// @notice `amount` arrived from `from`; `arrearsPaid` of it settled arrears (earned by the insurer at once).
+    event PolicyToppedUp(uint256 indexed policyId, address indexed from, uint256 amount, uint256 arrearsPaid);
+    /// @notice One report was settled: the holder reads why the rate changed. `metres`, `harshBraking` and
+    /// `speeding` are the deltas since the previous settled report, `factorBps` the behaviour factor applied and
+    /// `amount` the premium of the period (the part the prepaid balance could not cover became arrears).
+    event PremiumCharged(
+        uint256 indexed policyId,
+        uint64 seq,
+        uint64 metres,
+        uint32 harshBraking,
+        uint32 speeding,
+        uint16 factorBps,
+        uint256 amount
+    );
+    /// @notice A batch item was skipped; nothing changed for it.
+    event TelematicsRejected(uint256 indexed policyId, uint64 seq, RejectReason reason);
+    /// @notice The prepaid balance ran out; `arrears` is the total now owed. Reports are refused until a top-up.
+    event PolicyLapsed(uint256 indexed policyId, uint256 arrears);
+    event PolicyReinstated(uint256 indexed policyId);
+    event CloseRequested(uint256 indexed policyId, uint64 closeAt);
+    /// @notice The policy ended; `refund` (the unused prepaid balance) went to the holder, or to the holder's
+    /// pull credit if the transfer failed (see {RefundCredited}).
+    event PolicyClosed(uint256 indexed policyId, uint256 refund);
+    /// @notice A refund transfer failed; `holder` can take it with {withdraw}.
+    event RefundCredited(uint256 indexed policyId, address indexed holder, uint256 amount);
+    event PremiumsWithdrawn(uint256 indexed policyId, uint256 amount);
+    event CreditWithdrawn(address indexed account, address indexed token, uint256 amount);
+
+    error ZeroAddress();
+    error ZeroAmount();
+    error ZeroRate();
+    error InvalidFactorBounds(uint16 minFactorBps, uint16 maxFactorBps);
+    error UnknownDevice(address device);
+    error WrongDeviceKind(address device);
+    error UnknownPolicy(uint256 policyId);
+    error NotInsurer(uint256 policyId, address caller);
+    error NotHolder(uint256 policyId, address caller);
+    error NotParty(uint256 policyId, address caller);
+    error WrongStatus(uint256 policyId, PolicyStatus status);
+    error WrongValue(uint256 expected, uint256 received);
+    error BalanceOverflow(uint256 balance);
+    error CloseNotRequested(uint256 policyId);
+    error NoticeNotOver(uint256 policyId, uint64 closeAt, uint256 timestamp);
+    error NothingToWithdraw(uint256 policyId);
+    error NoCredit(address account, address token);
+
+    /// @notice Insurer (msg.sender) offers `holder` a pay-per-km policy for a registered, active VEHICLE whose
+    /// odometer reads `startOdometer` metres now, paid in the ERC-20 `token`. The factor bounds are fixed for the
+    /// policy's life: 0 < minFactorBps ≤ maxFactorBps ≤ MAX_FACTOR_BPS; ratePerKm > 0. Emits a {PolicyOffered} event.
+    function offer(
+        address holder,
+        address vehicle,
+        address token,
+        uint128 ratePerKm,
+        uint16 minFactorBps,
+        uint16 maxFactorBps,
+        uint16 stepBps,
+        uint64 startOdometer,
+        uint32 noticePeriod
+    ) external returns (uint256 policyId);
+
+    /// @notice Insurer withdraws, or holder declines, an offer not yet accepted. Emits a {PolicyCancelled} event.
+    function cancelOffer(uint256 policyId) external;
+
+    /// @notice Holder accepts and prepays `deposit` (> 0) of the policy token. Reports older than this block are
+    /// refused. Emits a {PolicyAccepted} event.
+    function accept(uint256 policyId, uint256 deposit) external;
+
+    /// @notice Anyone adds to the holder's prepaid balance; arrears are paid first and a Lapsed policy is reinstated
+    /// once they reach 0. Emits a {PolicyToppedUp} event (and {PolicyReinstated}).
+    function topUp(uint256 policyId, uint256 amount) external;
+
+    /// @notice Holder or insurer starts the notice period: closeAt = now + noticePeriod. Reports keep settling
+    /// until {close}. A second request keeps the first closeAt. Emits a {CloseRequested} event.
+    function requestClose(uint256 policyId) external;
+
+    /// @notice Anyone ends the policy once closeAt has passed; the unused prepaid balance goes to the holder
+    /// (pushed; credited for {withdraw} if the push fails). Arrears stay on record. Emits a {PolicyClosed} event.
+    function close(uint256 policyId) external returns (uint256 refund);
+
+    /// @notice Insurer takes the premiums earned and not yet withdrawn (charged − withdrawn).
+    /// Emits a {PremiumsWithdrawn} event.
+    function withdrawPremiums(uint256 policyId) external returns (uint256 amount);
+
+    /// @notice Take the refunds credited to msg.sender in `token` after failed pushes.
+    /// Emits a {CreditWithdrawn} event.
+    function withdraw(address token) external returns (uint256 amount);
+
+    /// @notice Settle a batch of vehicle reports (permissionless); bad items are skipped with a
+    /// {TelematicsRejected} event. Emits {PremiumCharged} per settled report (and {PolicyLapsed}).
+    /// @return settled how many reports were settled.
+    function settle(SignedTelematics[] calldata reports) external returns (uint256 settled);
+
+    function policyOf(uint256 policyId) external view returns (Policy memory);
+
+    /// @notice Refunds credited to `account` in `token` (failed pushes), claimable with {withdraw}.
+    function creditOf(address account, address token) external view returns (uint256);
+
+    /// @notice The EIP-712 digest a vehicle signs for a Telematics report to this contract.
+    function hashTelematics(
+        uint256 policyId,
+        uint64 seq,
+        uint64 timestamp,
+        uint64 odometer,
+        uint32 harshBraking,
+        uint32 speeding
+    ) external view returns (bytes32);
+
+    /// @notice Premium figures a report would produce now, by the formula above, without settling it. Reverts
+    /// with {UnknownPolicy} for an unknown id and {EventRejected} (CounterRollback) for a register below the last.
+    function quote(uint256 policyId, uint64 odometer, uint32 harshBraking, uint32 speeding)
+        external
+        view
+        returns (uint64 metres, uint16 factorBps, uint256 amount);
+
+    function TELEMATICS_TYPEHASH() external view returns (bytes32);
+
+    /// @notice Upper bound of maxFactorBps (5.0×).
+    function MAX_FACTOR_BPS() external view returns (uint16);
+}

@@ -1,0 +1,421 @@
+"""MotorInsurance operations: offer/accept, top-up, close, premiums, and the history that explains each rate.
+
+The premium of a settled report (contracts/interfaces/IMotorInsurance.sol, docs/PRODUCTS.md)::
+
+    metres = odometer − lastOdometer;   events = Δ harsh braking + Δ speeding
+    metres == 0:  factor = events == 0 ? last factor : max factor;   amount = 0
+    otherwise:    factor = min(minFactor + events × step × 100_000 / metres, maxFactor)
+                  amount = metres × ratePerKm × factor / 10_000_000
+
+:func:`explain_factor` turns one ``PremiumCharged`` event back into that sentence for the policyholder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from typing import Any
+
+from eth_utils import to_checksum_address
+
+from oracle.daemon.revert import reason_of
+from oracle.errors import ChainError, ProtocolError
+from oracle.ops._product import Sentences, named, state_name, transact_explained, when
+from oracle.ops.context import OpsContext, parse_payloads
+from oracle.ops.token import TokenInfo, describe_token, ensure_allowance
+from oracle.ops.tx import TxResult, events_in
+from oracle.daemon.revert import RejectReason
+from oracle.wire import SignedEvent
+
+log = logging.getLogger(__name__)
+
+CONTRACT = "MotorInsurance"
+POLICY_STATUSES = ("none", "offered", "active", "lapsed", "closed", "cancelled")
+BPS = 10_000
+METRES_PER_KM = 1_000
+STEP_DISTANCE_METRES = 100_000  # one step of the factor per event per 100 km
+MAX_FACTOR_BPS = 50_000
+
+
+def factor_text(bps: int) -> str:
+    """``15000`` → ``×1.50``; more decimals only when the factor has them (``×0.905``)."""
+    text = f"{Decimal(bps) / BPS:.4f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"×{whole}.{frac.ljust(2, '0')}"
+
+
+def _km(metres: int) -> str:
+    return f"{Decimal(metres) / METRES_PER_KM:.1f}".rstrip("0").rstrip(".") if metres % 100 == 0 else \
+        f"{Decimal(metres) / METRES_PER_KM:.3f}".rstrip("0").rstrip(".")
+
+
+def _events(n: int) -> str:
+    return f"{n} event" if n == 1 else f"{n} events"
+
+
+def explain_factor(metres: int, events: int, factor_bps: int, min_bps: int, max_bps: int, step_bps: int) -> str:
+    """Why one period was charged at ``factor_bps``: "3 events in 12.4 km = 24.2 per 100 km → ×1.50 (cap)"."""
+    if metres == 0:
+        if events == 0:
+            return f"no distance and no events: the factor stays {factor_text(factor_bps)}, nothing charged"
+        return f"{_events(events)} with no distance → {factor_text(max_bps)} (cap), nothing charged"
+    if events == 0:
+        return f"no events in {_km(metres)} km → {factor_text(min_bps)} (the floor: full discount)"
+    per_100km = Decimal(events * STEP_DISTANCE_METRES) / metres
+    raw = min_bps + events * step_bps * STEP_DISTANCE_METRES // metres
+    head = f"{_events(events)} in {_km(metres)} km = {per_100km:.1f} per 100 km"
+    if raw >= max_bps:
+        return f"{head} → {factor_text(max_bps)} (cap)"
+    return f"{head} → {factor_text(min_bps)} + {per_100km:.1f} × {Decimal(step_bps) / BPS:.2f} = {factor_text(factor_bps)}"
+
+
+def premium(metres: int, events: int, last_factor_bps: int, min_bps: int, max_bps: int, step_bps: int,
+            rate_per_km: int) -> tuple[int, int]:
+    """(factorBps, amount) of one report by the contract's formula, for quotes and checks."""
+    if metres == 0:
+        return (last_factor_bps if events == 0 else max_bps), 0
+    factor = min(min_bps + events * step_bps * STEP_DISTANCE_METRES // metres, max_bps)
+    return factor, metres * rate_per_km * factor // (METRES_PER_KM * BPS)
+
+
+# ------------------------------------------------------------------------------------------------ views
+
+@dataclass(frozen=True)
+class PolicyView:
+    policy_id: int
+    insurer: str
+    holder: str
+    vehicle: str
+    token: str
+    rate_per_km: int
+    min_factor_bps: int
+    max_factor_bps: int
+    step_bps: int
+    status: str
+    notice_period: int
+    close_at: int
+    start_odometer: int
+    last_odometer: int
+    last_harsh: int
+    last_speeding: int
+    last_seq: int
+    last_timestamp: int
+    last_factor_bps: int
+    prepaid: int
+    arrears: int
+    charged: int
+    withdrawn: int
+    deposited: int
+    refunded: int
+
+    @property
+    def premiums_to_withdraw(self) -> int:
+        return self.charged - self.withdrawn
+
+    @property
+    def current_rate(self) -> int:
+        """Base units per km at the factor of the last settled report."""
+        return self.rate_per_km * self.last_factor_bps // BPS
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("policy_id", "rate_per_km", "prepaid", "arrears", "charged", "withdrawn", "deposited", "refunded"):
+            out[key] = str(out[key])
+        out["policy_id_hex"] = hex(self.policy_id)
+        out["premiums_to_withdraw"] = str(self.premiums_to_withdraw)
+        out["current_factor"] = factor_text(self.last_factor_bps)
+        out["current_rate_per_km"] = str(self.current_rate)
+        out["km_driven"] = (self.last_odometer - self.start_odometer) / METRES_PER_KM
+        return out
+
+
+def policy_of(ctx: OpsContext, policy_id: int) -> PolicyView:
+    motor = ctx.contract(CONTRACT)
+    p = named(motor.abi, "policyOf", motor.functions.policyOf(policy_id).call())
+    status = int(p["status"])
+    if status == 0:
+        raise ChainError(f"policy {hex(policy_id)} does not exist on chain {ctx.chain.chain_id}")
+    return PolicyView(
+        policy_id, p["insurer"], p["holder"], p["vehicle"], p["token"], int(p["ratePerKm"]), int(p["minFactorBps"]),
+        int(p["maxFactorBps"]), int(p["stepBps"]), state_name(POLICY_STATUSES, status), int(p["noticePeriod"]),
+        int(p["closeAt"]), int(p["startOdometer"]), int(p["lastOdometer"]), int(p["lastHarsh"]),
+        int(p["lastSpeeding"]), int(p["lastSeq"]), int(p["lastTimestamp"]), int(p["lastFactorBps"]),
+        int(p["prepaid"]), int(p["arrears"]), int(p["charged"]), int(p["withdrawn"]), int(p.get("deposited", 0)),
+        int(p.get("refunded", 0)))
+
+
+def list_policies(ctx: OpsContext, *, party: str | None = None, vehicle: str | None = None) -> list[PolicyView]:
+    """Policies of this deployment (from PolicyOffered events), optionally where ``party`` is insurer or holder."""
+    from oracle.ops.audit import fetch_logs
+
+    views = []
+    for entry in fetch_logs(ctx, CONTRACT, ["PolicyOffered"]):
+        a = entry.args
+        if party and to_checksum_address(party) not in (a["insurer"], a["holder"]):
+            continue
+        if vehicle and to_checksum_address(vehicle) != a["vehicle"]:
+            continue
+        views.append(policy_of(ctx, int(a["policyId"])))
+    return views
+
+
+# ------------------------------------------------------------------------------------------------ sentences
+
+def _status_sentence(a: dict[str, Any]) -> str:
+    status = state_name(POLICY_STATUSES, int(a["status"]))
+    if status == "offered":
+        return f"policy {hex(a['policyId'])} is only offered: the holder has not accepted it yet"
+    if status == "lapsed":
+        return f"policy {hex(a['policyId'])} is lapsed for arrears; a top-up reinstates it"
+    return f"policy {hex(a['policyId'])} is {status}, which does not allow this"
+
+
+SENTENCES: Sentences = {
+    "UnknownPolicy": lambda a: f"policy {hex(a['policyId'])} does not exist",
+    "NotInsurer": lambda a: f"only the insurer of policy {hex(a['policyId'])} may do this, not {a['caller']}",
+    "NotHolder": lambda a: f"only the holder of policy {hex(a['policyId'])} may do this, not {a['caller']}",
+    "NotParty": lambda a: f"only the holder or the insurer of policy {hex(a['policyId'])} may do this, not {a['caller']}",
+    "WrongStatus": _status_sentence,
+    "InvalidFactorBounds": lambda a: (f"the factor bounds {factor_text(a['minFactorBps'])} … "
+                                      f"{factor_text(a['maxFactorBps'])} are invalid: they need 0 < min ≤ max ≤ "
+                                      f"{factor_text(MAX_FACTOR_BPS)}"),
+    "ZeroRate": lambda a: "the rate per km must be more than zero",
+    "ZeroAmount": lambda a: "the amount must be more than zero",
+    "CloseNotRequested": lambda a: (f"policy {hex(a['policyId'])} has no close request; the holder or the insurer runs "
+                                    "`iotsettle policy request-close` first"),
+    "NoticeNotOver": lambda a: (f"the notice period of policy {hex(a['policyId'])} ends at {when(a['closeAt'])}, "
+                                f"{int(a['closeAt']) - int(a['timestamp'])} s from now; close it after that"),
+    "NothingToWithdraw": lambda a: f"policy {hex(a['policyId'])} has no earned premiums left to withdraw",
+    "NoCredit": lambda a: f"{a['account']} has no refund credited in {a['token']}",
+}
+
+#: why a telematics report was skipped, in the policyholder's words
+REJECTIONS: dict[RejectReason, str] = {
+    RejectReason.SIGNATURE_INVALID: "the signature does not recover to an address",
+    RejectReason.SIGNATURE_MALLEABLE: "the signature is malleable (high s)",
+    RejectReason.UNKNOWN_KEY: "signed by a key that was never registered",
+    RejectReason.KEY_ROTATED: "signed by a key the vehicle has rotated out",
+    RejectReason.DEVICE_REVOKED: "the vehicle's device was revoked",
+    RejectReason.WRONG_DEVICE: "signed by another device than the policy's vehicle",
+    RejectReason.WRONG_DEVICE_KIND: "signed by a device that is not a vehicle",
+    RejectReason.UNKNOWN_TARGET: "no such policy",
+    RejectReason.NOT_ACTIVE: "the policy is not active (offered, closed or cancelled)",
+    RejectReason.REPLAYED: "already settled or superseded (seq not above the last settled one)",
+    RejectReason.TIMESTAMP_IN_FUTURE: "dated too far ahead of the chain's clock",
+    RejectReason.TIMESTAMP_TOO_OLD: "dated before the last settled report or the policy's acceptance",
+    RejectReason.COUNTER_ROLLBACK: "the odometer or an event counter went below the last settled value",
+    RejectReason.VALUE_OUT_OF_RANGE: "a value does not fit on chain",
+    RejectReason.SUSPENDED: "the policy is lapsed for arrears; a top-up reinstates it",
+}
+
+
+def rejection_sentence(code: int) -> str:
+    reason = reason_of(code)
+    if reason is None:
+        return f"rejected with reason code {code}"
+    return REJECTIONS.get(reason, reason.sentence)
+
+
+def _send(ctx: OpsContext, call: Any) -> TxResult:
+    return transact_explained(ctx, call, CONTRACT, SENTENCES)
+
+
+# ------------------------------------------------------------------------------------------------ actions
+
+@dataclass(frozen=True)
+class Terms:
+    """What the insurer fixes at the offer; the factor bounds never change for the life of the policy."""
+
+    holder: str
+    vehicle: str
+    token: TokenInfo
+    rate_per_km: int
+    min_factor_bps: int
+    max_factor_bps: int
+    step_bps: int
+    start_odometer: int = 0
+    notice_period: int = 0
+
+
+def offer(ctx: OpsContext, terms: Terms) -> tuple[int, TxResult]:
+    """Insurer (the sender) offers the policy; returns its id."""
+    if terms.token.is_eth:
+        raise ChainError("motor policies are paid in an ERC-20 token, not ETH")
+    call = ctx.contract(CONTRACT).functions.offer(
+        terms.holder, terms.vehicle, terms.token.address, terms.rate_per_km, terms.min_factor_bps,
+        terms.max_factor_bps, terms.step_bps, terms.start_odometer, terms.notice_period)
+    result = _send(ctx, call)
+    return int(events_in(ctx, CONTRACT, result.receipt, "PolicyOffered")[0]["policyId"]), result
+
+
+def _approve(ctx: OpsContext, view: PolicyView, amount: int) -> None:
+    ensure_allowance(ctx, describe_token(ctx, view.token), CONTRACT, amount)
+
+
+def accept(ctx: OpsContext, policy_id: int, deposit: int) -> TxResult:
+    """Holder (the sender) accepts and prepays ``deposit``."""
+    view = policy_of(ctx, policy_id)
+    _approve(ctx, view, deposit)
+    return _send(ctx, ctx.contract(CONTRACT).functions.accept(policy_id, deposit))
+
+
+def top_up(ctx: OpsContext, policy_id: int, amount: int) -> tuple[TxResult, int]:
+    """Anyone adds to the prepaid balance; returns the part that paid arrears."""
+    view = policy_of(ctx, policy_id)
+    _approve(ctx, view, amount)
+    result = _send(ctx, ctx.contract(CONTRACT).functions.topUp(policy_id, amount))
+    paid = sum(int(a["arrearsPaid"]) for a in events_in(ctx, CONTRACT, result.receipt, "PolicyToppedUp"))
+    return result, paid
+
+
+def cancel_offer(ctx: OpsContext, policy_id: int) -> TxResult:
+    return _send(ctx, ctx.contract(CONTRACT).functions.cancelOffer(policy_id))
+
+
+def request_close(ctx: OpsContext, policy_id: int) -> tuple[TxResult, int]:
+    """Holder or insurer starts the notice period; returns closeAt."""
+    result = _send(ctx, ctx.contract(CONTRACT).functions.requestClose(policy_id))
+    requested = events_in(ctx, CONTRACT, result.receipt, "CloseRequested")
+    close_at = int(requested[0]["closeAt"]) if requested else policy_of(ctx, policy_id).close_at
+    return result, close_at
+
+
+def close(ctx: OpsContext, policy_id: int) -> tuple[TxResult, int]:
+    """Anyone, after closeAt: ends the policy; returns the refund sent (or credited) to the holder."""
+    result = _send(ctx, ctx.contract(CONTRACT).functions.close(policy_id))
+    refund = sum(int(a["refund"]) for a in events_in(ctx, CONTRACT, result.receipt, "PolicyClosed"))
+    return result, refund
+
+
+def withdraw_premiums(ctx: OpsContext, policy_id: int) -> tuple[TxResult, int]:
+    """Insurer takes the earned premiums not yet withdrawn."""
+    result = _send(ctx, ctx.contract(CONTRACT).functions.withdrawPremiums(policy_id))
+    return result, sum(int(a["amount"]) for a in events_in(ctx, CONTRACT, result.receipt, "PremiumsWithdrawn"))
+
+
+# ------------------------------------------------------------------------------------------------ reports
+
+def parse_telematics(ctx: OpsContext, text: str) -> list[SignedEvent]:
+    """Wire payloads (one JSON object per line, or one object) checked against this deployment."""
+    return parse_payloads(ctx, text, "telematics", CONTRACT, "policy settle")
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    policy_id: int
+    seq: int
+    settled: bool
+    reason: str = ""
+    amount: int = 0
+    factor_bps: int = 0
+
+
+def settle(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[ReportOutcome]]:
+    """Relay signed telematics reports in one batch; bad items are skipped on chain with a reason.
+
+    Raises ChainError when none was settled (the transaction then changed nothing).
+    """
+    for event in events:
+        if event.type != "telematics":
+            raise ProtocolError(f"payload seq {event.seq} is a {event.type}, not a telematics report")
+    result = _send(ctx, ctx.contract(CONTRACT).functions.settle([e.contract_tuple() for e in events]))
+    outcomes = [ReportOutcome(int(a["policyId"]), int(a["seq"]), True, "", int(a["amount"]), int(a["factorBps"]))
+                for a in events_in(ctx, CONTRACT, result.receipt, "PremiumCharged")]
+    outcomes += [ReportOutcome(int(a["policyId"]), int(a["seq"]), False, rejection_sentence(int(a["reason"])))
+                 for a in events_in(ctx, CONTRACT, result.receipt, "TelematicsRejected")]
+    if outcomes and not any(o.settled for o in outcomes):
+        first = outcomes[0]
+        more = f" (and {len(outcomes) - 1} more)" if len(outcomes) > 1 else ""
+        raise ChainError(f"no report settled: seq {first.seq} for policy {hex(first.policy_id)}: {first.reason}{more}")
+    return result, outcomes
+
+
+# ------------------------------------------------------------------------------------------------ history
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One line of a policy's history: a charged period, a rejected report, or a change of status."""
+
+    kind: str  # charged | rejected | offered | accepted | topped-up | lapsed | reinstated | close-requested | closed …
+    block: int
+    time: int
+    tx_hash: str
+    seq: int | None = None
+    metres: int = 0
+    harsh_braking: int = 0
+    speeding: int = 0
+    factor_bps: int = 0
+    rate_per_km: int = 0
+    amount: int = 0
+    explanation: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["amount"] = str(self.amount)
+        out["rate_per_km"] = str(self.rate_per_km)
+        out["km"] = self.metres / METRES_PER_KM
+        out["factor"] = factor_text(self.factor_bps) if self.kind == "charged" else None
+        return out
+
+
+_HISTORY_EVENTS = ("PolicyOffered", "PolicyAccepted", "PolicyToppedUp", "PremiumCharged", "TelematicsRejected",
+                   "PolicyLapsed", "PolicyReinstated", "CloseRequested", "PolicyClosed", "PremiumsWithdrawn",
+                   "PolicyCancelled")
+
+
+def history(ctx: OpsContext, policy_id: int) -> tuple[PolicyView, list[HistoryEntry]]:
+    """Every event of a policy in chain order; each charge with the sentence that explains its factor."""
+    from oracle.ops.audit import fetch_logs
+
+    view = policy_of(ctx, policy_id)
+    fmt = describe_token(ctx, view.token).format
+    times: dict[int, int] = {}
+
+    def at(block: int) -> int:
+        if block not in times:
+            times[block] = int(ctx.w3.eth.get_block(block)["timestamp"])
+        return times[block]
+
+    entries: list[HistoryEntry] = []
+    for log_entry in fetch_logs(ctx, CONTRACT, list(_HISTORY_EVENTS), topic1=policy_id):
+        a, base = log_entry.args, (log_entry.block, at(log_entry.block), log_entry.tx_hash)
+        name = log_entry.event
+        if name == "PremiumCharged":
+            metres, harsh, speeding, factor = int(a["metres"]), int(a["harshBraking"]), int(a["speeding"]), \
+                int(a["factorBps"])
+            entries.append(HistoryEntry(
+                "charged", *base, seq=int(a["seq"]), metres=metres, harsh_braking=harsh, speeding=speeding,
+                factor_bps=factor, rate_per_km=view.rate_per_km * factor // BPS, amount=int(a["amount"]),
+                explanation=explain_factor(metres, harsh + speeding, factor, view.min_factor_bps,
+                                           view.max_factor_bps, view.step_bps)))
+        elif name == "TelematicsRejected":
+            entries.append(HistoryEntry("rejected", *base, seq=int(a["seq"]),
+                                        explanation=rejection_sentence(int(a["reason"]))))
+        elif name == "PolicyOffered":
+            entries.append(HistoryEntry("offered", *base, explanation=(
+                f"{fmt(view.rate_per_km)} per km at ×1.00; factor {factor_text(view.min_factor_bps)} … "
+                f"{factor_text(view.max_factor_bps)}, +{factor_text(view.step_bps).lstrip('×')} per event per 100 km")))
+        elif name == "PolicyAccepted":
+            entries.append(HistoryEntry("accepted", *base, amount=int(a["deposit"]),
+                                        explanation=f"{fmt(int(a['deposit']))} prepaid"))
+        elif name == "PolicyToppedUp":
+            paid = int(a["arrearsPaid"])
+            entries.append(HistoryEntry("topped-up", *base, amount=int(a["amount"]), explanation=(
+                f"{fmt(int(a['amount']))} from {a['from']}" + (f", {fmt(paid)} of it paid arrears" if paid else ""))))
+        elif name == "PolicyLapsed":
+            entries.append(HistoryEntry("lapsed", *base, amount=int(a["arrears"]), explanation=(
+                f"the prepaid balance ran out; {fmt(int(a['arrears']))} in arrears, reports refused until a top-up")))
+        elif name == "PolicyReinstated":
+            entries.append(HistoryEntry("reinstated", *base, explanation="arrears paid; reports settle again"))
+        elif name == "CloseRequested":
+            entries.append(HistoryEntry("close-requested", *base, explanation=f"closes from {when(a['closeAt'])}"))
+        elif name == "PolicyClosed":
+            entries.append(HistoryEntry("closed", *base, amount=int(a["refund"]),
+                                        explanation=f"{fmt(int(a['refund']))} refunded to the holder"))
+        elif name == "PremiumsWithdrawn":
+            entries.append(HistoryEntry("premiums-withdrawn", *base, amount=int(a["amount"]),
+                                        explanation=f"the insurer took {fmt(int(a['amount']))}"))
+        elif name == "PolicyCancelled":
+            entries.append(HistoryEntry("cancelled", *base, explanation="the offer was withdrawn or declined"))
+    return view, entries

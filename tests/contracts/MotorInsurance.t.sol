@@ -1,0 +1,902 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+
+import {MotorInsurance} from "../../contracts/MotorInsurance.sol";
+import {IDeviceEvents} from "../../contracts/interfaces/IDeviceEvents.sol";
+import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
+import {IMotorInsurance} from "../../contracts/interfaces/IMotorInsurance.sol";
+import {FalseReturningToken, FeeOnTransferToken, ReentrantToken, RevertingToken} from "./utils/Hostile.sol";
+import {MotorFixture} from "./utils/MotorFixture.sol";
+
+contract MotorInsuranceTest is MotorFixture {
+    uint256 internal vehicleKey = deviceKey(40);
+    address internal vehicle;
+    uint256 internal id;
+
+    uint128 internal constant RATE = 100; // token units per km at factor 1.0
+    uint16 internal constant MIN = 8_000; // 0.8× for clean driving
+    uint16 internal constant MAX = 20_000; // 2.0× cap
+    uint16 internal constant STEP = 1_000; // +0.1× per event per 100 km
+    uint64 internal constant START = 1_000_000; // metres on the odometer at offer
+    uint256 internal constant DEPOSIT = 100_000;
+
+    IMotorInsurance.PolicyStatus internal constant ACTIVE = IMotorInsurance.PolicyStatus.Active;
+    IMotorInsurance.PolicyStatus internal constant LAPSED = IMotorInsurance.PolicyStatus.Lapsed;
+
+    function setUp() public override {
+        super.setUp();
+        vehicle = registerVehicle(vehicleKey);
+        id = openPolicy(vehicle, RATE, MIN, MAX, STEP, START, DEPOSIT);
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    function _report(uint64 seq, uint64 odometer, uint32 harsh, uint32 speeding)
+        internal
+        view
+        returns (IMotorInsurance.SignedTelematics memory)
+    {
+        return signTelematics(vehicleKey, id, seq, uint64(block.timestamp), odometer, harsh, speeding);
+    }
+
+    function _settle(IMotorInsurance.SignedTelematics memory t) internal {
+        vm.prank(relayer);
+        assertEq(motor.settle(oneReport(t)), 1, "report settles");
+    }
+
+    function _expectCharged(
+        IMotorInsurance.SignedTelematics memory t,
+        uint64 metres,
+        uint32 harsh,
+        uint32 speeding,
+        uint16 factorBps,
+        uint256 amount
+    ) internal {
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PremiumCharged(t.policyId, t.seq, metres, harsh, speeding, factorBps, amount);
+        _settle(t);
+    }
+
+    function _expectRejected(IMotorInsurance.SignedTelematics memory t, IDeviceEvents.RejectReason reason) internal {
+        IMotorInsurance.Policy memory before = motor.policyOf(t.policyId);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.TelematicsRejected(t.policyId, t.seq, reason);
+        vm.prank(relayer);
+        assertEq(motor.settle(oneReport(t)), 0, "nothing settled");
+        assertEq(
+            keccak256(abi.encode(before)),
+            keccak256(abi.encode(motor.policyOf(t.policyId))),
+            "a rejection changes nothing"
+        );
+    }
+
+    function _status(uint256 policyId) internal view returns (IMotorInsurance.PolicyStatus) {
+        return motor.policyOf(policyId).status;
+    }
+
+    function _wrongStatus(uint256 policyId, IMotorInsurance.PolicyStatus status) internal pure returns (bytes memory) {
+        return abi.encodeWithSelector(IMotorInsurance.WrongStatus.selector, policyId, status);
+    }
+
+    function _offer(address token_) internal returns (uint256 policyId) {
+        vm.prank(insurer);
+        policyId = motor.offer(holder, vehicle, token_, RATE, MIN, MAX, STEP, START, 0);
+    }
+
+    function _topUp(uint256 policyId, uint256 amount) internal {
+        token.mint(buyer, amount);
+        vm.startPrank(buyer);
+        token.approve(address(motor), amount);
+        motor.topUp(policyId, amount);
+        vm.stopPrank();
+    }
+
+    // ---------------------------------------------------------------- offer
+
+    function test_Offer_EncodesVehicleInIdAndStoresTerms() public {
+        vm.expectEmit(false, true, true, true, address(motor));
+        emit IMotorInsurance.PolicyOffered(0, insurer, holder, vehicle, address(token), 7, 9_000, 15_000, 250, 42, 60);
+        vm.prank(insurer);
+        uint256 p = motor.offer(holder, vehicle, address(token), 7, 9_000, 15_000, 250, 42, 60);
+        assertEq(address(uint160(p >> 96)), vehicle, "vehicle in the high bits");
+        assertEq(uint96(p), 2, "serial counts offers");
+        IMotorInsurance.Policy memory pol = motor.policyOf(p);
+        assertEq(uint8(pol.status), uint8(IMotorInsurance.PolicyStatus.Offered));
+        assertEq(pol.insurer, insurer);
+        assertEq(pol.holder, holder);
+        assertEq(pol.vehicle, vehicle);
+        assertEq(pol.token, address(token));
+        assertEq(pol.ratePerKm, 7);
+        assertEq(pol.minFactorBps, 9_000);
+        assertEq(pol.maxFactorBps, 15_000);
+        assertEq(pol.stepBps, 250);
+        assertEq(pol.startOdometer, 42);
+        assertEq(pol.lastOdometer, 42);
+        assertEq(pol.lastFactorBps, 9_000, "the first factor is the minimum");
+        assertEq(pol.noticePeriod, 60);
+        assertEq(pol.prepaid, 0);
+    }
+
+    function test_RevertWhen_Offer_ZeroHolderOrToken() public {
+        vm.startPrank(insurer);
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.ZeroAddress.selector));
+        motor.offer(address(0), vehicle, address(token), RATE, MIN, MAX, STEP, 0, 0);
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.ZeroAddress.selector));
+        motor.offer(holder, vehicle, address(0), RATE, MIN, MAX, STEP, 0, 0);
+        vm.stopPrank();
+    }
+
+    function test_RevertWhen_Offer_ZeroRate() public {
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.ZeroRate.selector));
+        vm.prank(insurer);
+        motor.offer(holder, vehicle, address(token), 0, MIN, MAX, STEP, 0, 0);
+    }
+
+    function test_RevertWhen_Offer_FactorBoundsOutOfRange() public {
+        vm.startPrank(insurer);
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.InvalidFactorBounds.selector, 0, MAX));
+        motor.offer(holder, vehicle, address(token), RATE, 0, MAX, STEP, 0, 0);
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.InvalidFactorBounds.selector, 12_000, 11_999));
+        motor.offer(holder, vehicle, address(token), RATE, 12_000, 11_999, STEP, 0, 0);
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.InvalidFactorBounds.selector, MIN, 50_001));
+        motor.offer(holder, vehicle, address(token), RATE, MIN, 50_001, STEP, 0, 0);
+        // the edges are allowed: a flat factor, and the 5× ceiling
+        motor.offer(holder, vehicle, address(token), RATE, 50_000, 50_000, 0, 0, 0);
+        motor.offer(holder, vehicle, address(token), RATE, 1, 1, STEP, 0, 0);
+        vm.stopPrank();
+        assertEq(motor.MAX_FACTOR_BPS(), 50_000);
+    }
+
+    function test_RevertWhen_Offer_VehicleUnknownRevokedOrNotAVehicle() public {
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.UnknownDevice.selector, relayer));
+        vm.prank(insurer);
+        motor.offer(holder, relayer, address(token), RATE, MIN, MAX, STEP, 0, 0);
+
+        address meter = registerDevice(deviceKey(41), IDeviceRegistry.DeviceKind.Meter, owner);
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.WrongDeviceKind.selector, meter));
+        vm.prank(insurer);
+        motor.offer(holder, meter, address(token), RATE, MIN, MAX, STEP, 0, 0);
+
+        vm.prank(owner);
+        registry.revoke(vehicle);
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.UnknownDevice.selector, vehicle));
+        vm.prank(insurer);
+        motor.offer(holder, vehicle, address(token), RATE, MIN, MAX, STEP, 0, 0);
+    }
+
+    // ---------------------------------------------------------------- cancel, accept
+
+    function test_CancelOffer_ByInsurerOrHolder() public {
+        uint256 a = _offer(address(token));
+        uint256 b = _offer(address(token));
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PolicyCancelled(a);
+        vm.prank(insurer);
+        motor.cancelOffer(a);
+        vm.prank(holder);
+        motor.cancelOffer(b);
+        assertEq(uint8(_status(a)), uint8(IMotorInsurance.PolicyStatus.Cancelled));
+        assertEq(uint8(_status(b)), uint8(IMotorInsurance.PolicyStatus.Cancelled));
+        vm.expectRevert(_wrongStatus(a, IMotorInsurance.PolicyStatus.Cancelled));
+        vm.prank(holder);
+        motor.accept(a, 1);
+    }
+
+    function test_RevertWhen_CancelOffer_StrangerAcceptedOrUnknown() public {
+        uint256 a = _offer(address(token));
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NotParty.selector, a, relayer));
+        vm.prank(relayer);
+        motor.cancelOffer(a);
+        vm.expectRevert(_wrongStatus(id, ACTIVE));
+        vm.prank(insurer);
+        motor.cancelOffer(id);
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.UnknownPolicy.selector, uint256(5)));
+        motor.cancelOffer(5);
+    }
+
+    function test_Accept_PullsDepositAndStartsCounting() public {
+        IMotorInsurance.Policy memory pol = motor.policyOf(id);
+        assertEq(uint8(pol.status), uint8(ACTIVE));
+        assertEq(pol.prepaid, DEPOSIT);
+        assertEq(pol.deposited, DEPOSIT);
+        assertEq(pol.lastTimestamp, block.timestamp, "reports from before acceptance are refused");
+        assertEq(token.balanceOf(address(motor)), DEPOSIT);
+        assertEq(token.balanceOf(holder), 0);
+    }
+
+    function test_RevertWhen_Accept_WrongCallerStatusOrAmount() public {
+        uint256 a = _offer(address(token));
+        token.mint(holder, 10);
+        vm.prank(holder);
+        token.approve(address(motor), 10);
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NotHolder.selector, a, insurer));
+        vm.prank(insurer);
+        motor.accept(a, 10);
+        vm.startPrank(holder);
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.ZeroAmount.selector));
+        motor.accept(a, 0);
+        uint256 tooMuch = uint256(type(uint128).max) + 1;
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.BalanceOverflow.selector, tooMuch));
+        motor.accept(a, tooMuch);
+        motor.accept(a, 10);
+        vm.expectRevert(_wrongStatus(a, ACTIVE));
+        motor.accept(a, 10);
+        vm.stopPrank();
+    }
+
+    function test_RevertWhen_Accept_FeeOnTransferToken() public {
+        FeeOnTransferToken fee = new FeeOnTransferToken();
+        uint256 a = _offer(address(fee));
+        fee.mint(holder, 1_000);
+        vm.startPrank(holder);
+        fee.approve(address(motor), 1_000);
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.WrongValue.selector, 1_000, 990));
+        motor.accept(a, 1_000);
+        vm.stopPrank();
+    }
+
+    function test_RevertWhen_Accept_FalseReturningToken() public {
+        FalseReturningToken liar = new FalseReturningToken();
+        uint256 a = _offer(address(liar));
+        liar.mint(holder, 1_000);
+        liar.setLying(true);
+        vm.startPrank(holder);
+        liar.approve(address(motor), 1_000);
+        vm.expectRevert(abi.encodeWithSelector(SafeERC20.SafeERC20FailedOperation.selector, address(liar)));
+        motor.accept(a, 1_000);
+        vm.stopPrank();
+        assertEq(uint8(_status(a)), uint8(IMotorInsurance.PolicyStatus.Offered));
+    }
+
+    // ---------------------------------------------------------------- the premium formula
+
+    function test_Settle_CleanDrivingPaysTheMinimumFactor() public {
+        // 50 km × 100/km × 0.8 = 4000
+        _expectCharged(_report(1, START + 50_000, 0, 0), 50_000, 0, 0, MIN, 4_000);
+        IMotorInsurance.Policy memory pol = motor.policyOf(id);
+        assertEq(pol.prepaid, DEPOSIT - 4_000);
+        assertEq(pol.charged, 4_000);
+        assertEq(pol.lastOdometer, START + 50_000);
+        assertEq(pol.lastSeq, 1);
+    }
+
+    function test_Settle_EachEventPerHundredKmAddsOneStep() public {
+        // 3 events over 50 km = 6 per 100 km → 0.8 + 6 × 0.1 = 1.4 → 50 × 100 × 1.4 = 7000
+        _expectCharged(_report(1, START + 50_000, 2, 1), 50_000, 2, 1, 14_000, 7_000);
+        // the counters are cumulative: the next period pays for its own deltas only (1 harsh over 200 km)
+        _expectCharged(_report(2, START + 250_000, 3, 1), 200_000, 1, 0, 8_500, 17_000);
+        assertEq(motor.policyOf(id).lastFactorBps, 8_500);
+        assertEq(motor.policyOf(id).charged, 24_000);
+    }
+
+    function test_Settle_FactorIsCappedAtTheMaximum() public {
+        // 10 events over 10 km = 100 per 100 km → 0.8 + 10 = far above 2.0 → 2.0: 10 × 100 × 2 = 2000
+        _expectCharged(_report(1, START + 10_000, 6, 4), 10_000, 6, 4, MAX, 2_000);
+    }
+
+    function test_Settle_NoDistanceNoEventsKeepsTheLastFactorAndChargesNothing() public {
+        _settle(_report(1, START + 50_000, 2, 1)); // factor 1.4
+        _expectCharged(_report(2, START + 50_000, 2, 1), 0, 0, 0, 14_000, 0);
+        assertEq(motor.policyOf(id).prepaid, DEPOSIT - 7_000);
+    }
+
+    function test_Settle_EventsWithoutDistanceReportTheMaximumFactor() public {
+        _expectCharged(_report(1, START, 1, 0), 0, 1, 0, MAX, 0);
+        assertEq(motor.policyOf(id).lastFactorBps, MAX);
+        assertEq(motor.policyOf(id).prepaid, DEPOSIT, "nothing charged without distance");
+        // the next period starts from the new counters: clean again
+        _expectCharged(_report(2, START + 1_000, 1, 0), 1_000, 0, 0, MIN, 80);
+    }
+
+    function test_Settle_RoundsDown() public {
+        // 1 m × 100/km × 0.8 = 0.08 → 0; the metre is consumed all the same
+        _expectCharged(_report(1, START + 1, 0, 0), 1, 0, 0, MIN, 0);
+        // 1 event over 3 km: 1 × 1000 × 100_000 / 3_000 = 33_333.3 → 33_333 bps above the minimum → capped
+        // 1 event over 700 km: 100_000_000 / 700_000 = 142.8 → 142 → factor 8_142; 700 × 100 × 0.8142 = 56_994
+        _expectCharged(_report(2, START + 1 + 700_000, 1, 0), 700_000, 1, 0, 8_142, 56_994);
+    }
+
+    function test_Settle_LostReportLosesNothing() public {
+        // seq 1 never arrives; seq 2 carries the cumulative registers, so the whole distance is charged
+        _expectCharged(_report(2, START + 100_000, 1, 1), 100_000, 1, 1, 10_000, 10_000);
+        _expectRejected(_report(1, START + 50_000, 0, 0), IDeviceEvents.RejectReason.Replayed);
+    }
+
+    function test_Quote_EqualsWhatSettleCharges() public {
+        (uint64 metres, uint16 factor, uint256 amount) = motor.quote(id, START + 50_000, 2, 1);
+        assertEq(metres, 50_000);
+        assertEq(factor, 14_000);
+        assertEq(amount, 7_000);
+        _expectCharged(_report(1, START + 50_000, 2, 1), metres, 2, 1, factor, amount);
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                IDeviceEvents.EventRejected.selector, id, 0, IDeviceEvents.RejectReason.CounterRollback
+            )
+        );
+        motor.quote(id, START, 2, 1);
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.UnknownPolicy.selector, uint256(9)));
+        motor.quote(9, START, 0, 0);
+    }
+
+    /// @dev The factor and premium match their defining properties (not the contract's expression): factor − min
+    /// is the largest whole number of bps with (factor − min) × metres ≤ events × step × 100_000, capped at max;
+    /// the amount is the largest whole number with amount × 10^7 ≤ metres × rate × factor.
+    function testFuzz_Settle_PremiumMatchesTheFormula(
+        uint64 metres,
+        uint32 harsh,
+        uint32 speeding,
+        uint128 rate,
+        uint16 minF,
+        uint16 maxF,
+        uint16 step
+    ) public {
+        metres = uint64(bound(metres, 1, type(uint64).max - START));
+        rate = uint128(bound(rate, 1, type(uint128).max));
+        maxF = uint16(bound(maxF, 1, 50_000));
+        minF = uint16(bound(minF, 1, maxF));
+        uint256 p = openPolicy(vehicle, rate, minF, maxF, step, START, type(uint128).max);
+        (uint16 factor, uint256 amount) = _settleAndDecode(p, START + metres, harsh, speeding);
+        _checkFactor(factor, minF, maxF, step, metres, uint256(harsh) + speeding);
+        _checkAmount(amount, metres, rate, factor);
+
+        IMotorInsurance.Policy memory pol = motor.policyOf(p);
+        uint256 taken = amount < type(uint128).max ? amount : type(uint128).max;
+        assertEq(pol.charged, taken, "charged what the prepaid covered");
+        assertEq(pol.arrears, amount - taken, "the rest is arrears");
+        assertEq(pol.lastFactorBps, factor);
+    }
+
+    function _settleAndDecode(uint256 p, uint64 odometer, uint32 harsh, uint32 speeding)
+        internal
+        returns (uint16 factor, uint256 amount)
+    {
+        vm.recordLogs();
+        _settle(signTelematics(vehicleKey, p, 1, uint64(block.timestamp), odometer, harsh, speeding));
+        (,,,, factor, amount) =
+            abi.decode(vm.getRecordedLogs()[0].data, (uint64, uint64, uint32, uint32, uint16, uint256));
+    }
+
+    function _checkFactor(uint16 factor, uint16 minF, uint16 maxF, uint16 step, uint64 metres, uint256 events)
+        internal
+        pure
+    {
+        assertGe(factor, minF, "factor >= min");
+        assertLe(factor, maxF, "factor <= max");
+        uint256 extra = factor - minF;
+        assertLe(extra * metres, events * step * 100_000, "factor not above the formula");
+        if (factor < maxF) assertGt((extra + 1) * metres, events * step * 100_000, "factor is the largest");
+    }
+
+    function _checkAmount(uint256 amount, uint64 metres, uint128 rate, uint16 factor) internal pure {
+        uint256 exact = uint256(metres) * rate * factor;
+        assertLe(amount * 1e7, exact, "amount not above the formula");
+        assertGt((amount + 1) * 1e7, exact, "amount rounded down by less than one unit");
+    }
+
+    // ---------------------------------------------------------------- batches and rejections
+
+    function test_Settle_BatchSkipsBadItemsAndSettlesTheRest() public {
+        IMotorInsurance.SignedTelematics[] memory batch = new IMotorInsurance.SignedTelematics[](4);
+        batch[0] = _report(1, START + 10_000, 0, 0);
+        batch[1] = _report(1, START + 20_000, 0, 0); // same seq again: replayed
+        batch[2] = _report(2, START + 5_000, 0, 0); // odometer below the last: rollback
+        batch[3] = _report(3, START + 30_000, 0, 0);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PremiumCharged(id, 1, 10_000, 0, 0, MIN, 800);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.TelematicsRejected(id, 1, IDeviceEvents.RejectReason.Replayed);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.TelematicsRejected(id, 2, IDeviceEvents.RejectReason.CounterRollback);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PremiumCharged(id, 3, 20_000, 0, 0, MIN, 1_600);
+        vm.prank(relayer);
+        assertEq(motor.settle(batch), 2);
+        assertEq(motor.policyOf(id).charged, 2_400);
+    }
+
+    function test_Settle_ReplayByASecondRelayerIsReportedAndChargedOnce() public {
+        IMotorInsurance.SignedTelematics memory t = _report(1, START + 10_000, 0, 0);
+        _settle(t);
+        _expectRejected(t, IDeviceEvents.RejectReason.Replayed);
+        assertEq(motor.policyOf(id).charged, 800);
+    }
+
+    function test_Reject_UnknownPolicy() public {
+        IMotorInsurance.SignedTelematics memory t = _report(1, START + 1, 0, 0);
+        t.policyId = id + 1;
+        _expectRejected(t, IDeviceEvents.RejectReason.UnknownTarget);
+    }
+
+    function test_Reject_SeqNotAboveTheLast() public {
+        _expectRejected(_report(0, START + 1, 0, 0), IDeviceEvents.RejectReason.Replayed);
+        _settle(_report(5, START + 1, 0, 0));
+        _expectRejected(_report(4, START + 2, 0, 0), IDeviceEvents.RejectReason.Replayed);
+        _expectRejected(_report(5, START + 2, 0, 0), IDeviceEvents.RejectReason.Replayed);
+    }
+
+    function test_Reject_NotActive_OfferedCancelledClosed() public {
+        uint256 offered = _offer(address(token));
+        _expectRejected(
+            signTelematics(vehicleKey, offered, 1, uint64(block.timestamp), START, 0, 0),
+            IDeviceEvents.RejectReason.NotActive
+        );
+        vm.prank(insurer);
+        motor.cancelOffer(offered);
+        _expectRejected(
+            signTelematics(vehicleKey, offered, 1, uint64(block.timestamp), START, 0, 0),
+            IDeviceEvents.RejectReason.NotActive
+        );
+        vm.prank(holder);
+        motor.requestClose(id);
+        vm.warp(block.timestamp + 1 days);
+        motor.close(id);
+        _expectRejected(_report(1, START + 1, 0, 0), IDeviceEvents.RejectReason.NotActive);
+    }
+
+    function test_Reject_CounterRollbackOfAnyRegister() public {
+        _settle(_report(1, START + 10_000, 5, 5));
+        _expectRejected(_report(2, START + 9_999, 5, 5), IDeviceEvents.RejectReason.CounterRollback);
+        _expectRejected(_report(2, START + 20_000, 4, 5), IDeviceEvents.RejectReason.CounterRollback);
+        _expectRejected(_report(2, START + 20_000, 5, 4), IDeviceEvents.RejectReason.CounterRollback);
+        _expectRejected(_report(2, START - 1, 5, 5), IDeviceEvents.RejectReason.CounterRollback);
+        _settle(_report(2, START + 10_000, 5, 5)); // equal registers are fine
+    }
+
+    function testFuzz_Reject_CounterRollback(uint64 odometer, uint32 harsh, uint32 speeding) public {
+        _settle(_report(1, START + 10_000, 5, 5));
+        odometer = uint64(bound(odometer, 0, type(uint64).max));
+        bool rollback = odometer < START + 10_000 || harsh < 5 || speeding < 5;
+        IMotorInsurance.SignedTelematics memory t = _report(2, odometer, harsh, speeding);
+        if (rollback) {
+            _expectRejected(t, IDeviceEvents.RejectReason.CounterRollback);
+        } else {
+            _settle(t);
+            assertEq(motor.policyOf(id).lastOdometer, odometer);
+        }
+    }
+
+    function test_Reject_TimestampEdges() public {
+        uint64 skew = motor.MAX_CLOCK_SKEW();
+        uint64 nowTs = uint64(block.timestamp);
+        _expectRejected(
+            signTelematics(vehicleKey, id, 1, nowTs + skew + 1, START, 0, 0),
+            IDeviceEvents.RejectReason.TimestampInFuture
+        );
+        _settle(signTelematics(vehicleKey, id, 1, nowTs + skew, START, 0, 0));
+        _expectRejected(
+            signTelematics(vehicleKey, id, 2, nowTs + skew - 1, START, 0, 0), IDeviceEvents.RejectReason.TimestampTooOld
+        );
+        _settle(signTelematics(vehicleKey, id, 2, nowTs + skew, START, 0, 0)); // equal is fine
+    }
+
+    function test_Reject_ReportFromBeforeAcceptance() public {
+        _expectRejected(
+            signTelematics(vehicleKey, id, 1, uint64(block.timestamp) - 1, START + 1, 0, 0),
+            IDeviceEvents.RejectReason.TimestampTooOld
+        );
+    }
+
+    function test_Reject_MalleableCompactSignature() public {
+        IMotorInsurance.SignedTelematics memory t = _report(1, START + 1, 0, 0);
+        t.vs = bytes32((uint256(t.vs) & (1 << 255)) | (SECP256K1_N / 2 + 1));
+        _expectRejected(t, IDeviceEvents.RejectReason.SignatureMalleable);
+    }
+
+    function test_Reject_GarbageSignature() public {
+        IMotorInsurance.SignedTelematics memory t = _report(1, START + 1, 0, 0);
+        t.r = bytes32(0);
+        _expectRejected(t, IDeviceEvents.RejectReason.SignatureInvalid);
+    }
+
+    function test_Reject_TamperedFieldRecoversAnUnknownKey() public {
+        IMotorInsurance.SignedTelematics memory t = _report(1, START + 100_000, 3, 0);
+        t.harshBraking = 0; // the holder would like fewer events on record
+        _expectRejected(t, IDeviceEvents.RejectReason.UnknownKey);
+    }
+
+    function test_Reject_UnknownKey() public {
+        _expectRejected(
+            signTelematics(deviceKey(99), id, 1, uint64(block.timestamp), START + 1, 0, 0),
+            IDeviceEvents.RejectReason.UnknownKey
+        );
+    }
+
+    function test_Reject_AnotherVehicleCannotReportForThisPolicy() public {
+        uint256 otherKey = deviceKey(42);
+        registerVehicle(otherKey);
+        _expectRejected(
+            signTelematics(otherKey, id, 1, uint64(block.timestamp), START + 1, 0, 0),
+            IDeviceEvents.RejectReason.WrongDevice
+        );
+    }
+
+    function test_Reject_OtherDeviceKindsAreWrongDevice() public {
+        // A policy's device is a VEHICLE by construction (kinds never change), so a meter's key is another device.
+        uint256 meterKey = deviceKey(43);
+        registerDevice(meterKey, IDeviceRegistry.DeviceKind.Meter, owner);
+        _expectRejected(
+            signTelematics(meterKey, id, 1, uint64(block.timestamp), START + 1, 0, 0),
+            IDeviceEvents.RejectReason.WrongDevice
+        );
+    }
+
+    function test_Reject_RotatedKeyNewKeyTakesOver() public {
+        uint256 newKey = deviceKey(44);
+        rotate(vehicle, newKey, owner);
+        _expectRejected(_report(1, START + 1, 0, 0), IDeviceEvents.RejectReason.KeyRotated);
+        _settle(signTelematics(newKey, id, 1, uint64(block.timestamp), START + 1, 0, 0));
+    }
+
+    function test_Reject_RevokedVehicle() public {
+        vm.prank(owner);
+        registry.revoke(vehicle);
+        _expectRejected(_report(1, START + 1, 0, 0), IDeviceEvents.RejectReason.DeviceRevoked);
+    }
+
+    function test_Reject_AfterChainIdChange() public {
+        IMotorInsurance.SignedTelematics memory t = _report(1, START + 1, 0, 0);
+        vm.chainId(block.chainid + 1);
+        _expectRejected(t, IDeviceEvents.RejectReason.UnknownKey);
+    }
+
+    /// @dev A report signed under any other domain (name, version, chain, verifying contract) is refused.
+    function testFuzz_Reject_WrongDomain(uint8 which) public {
+        which = uint8(bound(which, 0, 3));
+        uint64 ts = uint64(block.timestamp);
+        bytes32 sh = keccak256(
+            abi.encode(motor.TELEMATICS_TYPEHASH(), id, uint64(1), ts, uint64(START + 1), uint32(0), uint32(0))
+        );
+        assertEq(
+            digestUnder("iotsettle", "1", block.chainid, address(motor), sh),
+            motor.hashTelematics(id, 1, ts, START + 1, 0, 0)
+        );
+        bytes32 digest = digestUnder(
+            which == 0 ? "iotsettle2" : "iotsettle",
+            which == 1 ? "0" : "1",
+            which == 2 ? 1 : block.chainid,
+            which == 3 ? address(billing) : address(motor),
+            sh
+        );
+        (bytes32 r, bytes32 vs) = vm.signCompact(vehicleKey, digest);
+        _expectRejected(
+            IMotorInsurance.SignedTelematics(id, 1, ts, START + 1, 0, 0, r, vs), IDeviceEvents.RejectReason.UnknownKey
+        );
+    }
+
+    function test_TypehashIsTheSpecifiedType() public view {
+        assertEq(
+            motor.TELEMATICS_TYPEHASH(),
+            keccak256(
+                "Telematics(uint256 policyId,uint64 seq,uint64 timestamp,uint64 odometer,uint32 harshBraking,uint32 speeding)"
+            )
+        );
+    }
+
+    // ---------------------------------------------------------------- lapse, arrears, top-up
+
+    function test_Settle_ShortPrepaidLapsesAndRecordsArrears() public {
+        // 2000 km clean = 2000 × 100 × 0.8 = 160_000 > 100_000 prepaid
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PremiumCharged(id, 1, 2_000_000, 0, 0, MIN, 160_000);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PolicyLapsed(id, 60_000);
+        _settle(_report(1, START + 2_000_000, 0, 0));
+        IMotorInsurance.Policy memory pol = motor.policyOf(id);
+        assertEq(uint8(pol.status), uint8(LAPSED));
+        assertEq(pol.prepaid, 0);
+        assertEq(pol.arrears, 60_000);
+        assertEq(pol.charged, DEPOSIT, "the insurer earned the whole prepaid balance");
+        assertEq(pol.lastOdometer, START + 2_000_000, "the lapsing report was settled");
+        _expectRejected(_report(2, START + 2_000_001, 0, 0), IDeviceEvents.RejectReason.Suspended);
+    }
+
+    function test_Settle_LapseInABatchStopsOnlyThatPolicy() public {
+        uint256 otherKey = deviceKey(45);
+        uint256 other = openPolicy(registerVehicle(otherKey), RATE, MIN, MAX, STEP, START, DEPOSIT);
+        IMotorInsurance.SignedTelematics[] memory batch = new IMotorInsurance.SignedTelematics[](3);
+        batch[0] = _report(1, START + 2_000_000, 0, 0); // lapses this policy
+        batch[1] = _report(2, START + 2_000_100, 0, 0); // refused: lapsed
+        batch[2] = signTelematics(otherKey, other, 1, uint64(block.timestamp), START + 10_000, 0, 0);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PolicyLapsed(id, 60_000);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.TelematicsRejected(id, 2, IDeviceEvents.RejectReason.Suspended);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PremiumCharged(other, 1, 10_000, 0, 0, MIN, 800);
+        vm.prank(relayer);
+        assertEq(motor.settle(batch), 2);
+        assertEq(motor.policyOf(other).prepaid, DEPOSIT - 800, "the other policy is charged as usual");
+    }
+
+    function test_TopUp_PaysArrearsFirstAndReinstates() public {
+        _settle(_report(1, START + 2_000_000, 0, 0)); // arrears 60_000
+        token.mint(buyer, 70_000);
+        vm.startPrank(buyer);
+        token.approve(address(motor), 70_000);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PolicyToppedUp(id, buyer, 70_000, 60_000);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PolicyReinstated(id);
+        motor.topUp(id, 70_000);
+        vm.stopPrank();
+        IMotorInsurance.Policy memory pol = motor.policyOf(id);
+        assertEq(uint8(pol.status), uint8(ACTIVE));
+        assertEq(pol.arrears, 0);
+        assertEq(pol.prepaid, 10_000);
+        assertEq(pol.charged, 160_000, "arrears paid are earned");
+        // distance driven while lapsed is charged by the next report (the registers are cumulative)
+        _expectCharged(_report(2, START + 2_100_000, 0, 0), 100_000, 0, 0, MIN, 8_000);
+    }
+
+    function test_TopUp_PartialArrearsStaysLapsed() public {
+        _settle(_report(1, START + 2_000_000, 0, 0)); // arrears 60_000
+        _topUp(id, 59_999);
+        IMotorInsurance.Policy memory pol = motor.policyOf(id);
+        assertEq(uint8(pol.status), uint8(LAPSED));
+        assertEq(pol.arrears, 1);
+        assertEq(pol.prepaid, 0);
+        _expectRejected(_report(2, START + 2_000_001, 0, 0), IDeviceEvents.RejectReason.Suspended);
+        _topUp(id, 1);
+        assertEq(uint8(_status(id)), uint8(ACTIVE));
+        _settle(_report(2, START + 2_000_001, 0, 0));
+    }
+
+    function test_TopUp_ByAnyoneAddsToPrepaid() public {
+        _topUp(id, 5);
+        assertEq(motor.policyOf(id).prepaid, DEPOSIT + 5);
+        assertEq(motor.policyOf(id).deposited, DEPOSIT + 5);
+        assertEq(token.balanceOf(address(motor)), DEPOSIT + 5);
+    }
+
+    function test_RevertWhen_TopUp_Invalid() public {
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.ZeroAmount.selector));
+        motor.topUp(id, 0);
+        uint256 offered = _offer(address(token));
+        vm.expectRevert(_wrongStatus(offered, IMotorInsurance.PolicyStatus.Offered));
+        motor.topUp(offered, 1);
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.UnknownPolicy.selector, uint256(3)));
+        motor.topUp(3, 1);
+        uint256 tooMuch = uint256(type(uint128).max) - DEPOSIT + 1;
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.BalanceOverflow.selector, tooMuch + DEPOSIT));
+        motor.topUp(id, tooMuch);
+    }
+
+    // ---------------------------------------------------------------- premiums
+
+    function test_WithdrawPremiums_PaysChargedMinusWithdrawn() public {
+        _settle(_report(1, START + 50_000, 0, 0)); // 4000
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PremiumsWithdrawn(id, 4_000);
+        vm.prank(insurer);
+        assertEq(motor.withdrawPremiums(id), 4_000);
+        _settle(_report(2, START + 60_000, 0, 0)); // 800
+        vm.prank(insurer);
+        assertEq(motor.withdrawPremiums(id), 800);
+        assertEq(token.balanceOf(insurer), 4_800);
+        IMotorInsurance.Policy memory pol = motor.policyOf(id);
+        assertEq(pol.withdrawn, 4_800);
+        assertEq(token.balanceOf(address(motor)), pol.prepaid);
+    }
+
+    function test_RevertWhen_WithdrawPremiums_NotInsurerOrNothingEarned() public {
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NothingToWithdraw.selector, id));
+        vm.prank(insurer);
+        motor.withdrawPremiums(id);
+        _settle(_report(1, START + 50_000, 0, 0));
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NotInsurer.selector, id, holder));
+        vm.prank(holder);
+        motor.withdrawPremiums(id);
+    }
+
+    function test_WithdrawPremiums_ReentrantTokenCannotReenter() public {
+        ReentrantToken evil = new ReentrantToken();
+        uint256 a = _offer(address(evil));
+        evil.mint(holder, DEPOSIT);
+        vm.startPrank(holder);
+        evil.approve(address(motor), DEPOSIT);
+        motor.accept(a, DEPOSIT);
+        motor.requestClose(a); // notice period 0: anyone may close at once
+        vm.stopPrank();
+        _settle(signTelematics(vehicleKey, a, 1, uint64(block.timestamp), START + 50_000, 0, 0));
+        // during the premium transfer the token tries to close the policy (permissionless): the guard refuses
+        evil.arm(address(motor), abi.encodeCall(motor.close, (a)));
+        vm.prank(insurer);
+        motor.withdrawPremiums(a);
+        assertTrue(evil.reentered());
+        assertFalse(evil.reentrySucceeded(), "the guard refuses the re-entry");
+        assertEq(evil.balanceOf(insurer), 4_000);
+        assertEq(uint8(_status(a)), uint8(ACTIVE), "the re-entered close had no effect");
+        evil.arm(address(0), "");
+        motor.close(a);
+        assertEq(evil.balanceOf(holder), DEPOSIT - 4_000);
+        assertEq(evil.balanceOf(address(motor)), 0, "nothing left behind");
+    }
+
+    function test_TopUp_ReentrantTokenCannotReenter() public {
+        ReentrantToken evil = new ReentrantToken();
+        uint256 a = _offer(address(evil));
+        evil.mint(holder, 2 * DEPOSIT);
+        vm.startPrank(holder);
+        evil.approve(address(motor), 2 * DEPOSIT);
+        motor.accept(a, DEPOSIT);
+        evil.arm(address(motor), abi.encodeCall(motor.topUp, (a, 1)));
+        motor.topUp(a, DEPOSIT);
+        vm.stopPrank();
+        assertTrue(evil.reentered());
+        assertFalse(evil.reentrySucceeded());
+        assertEq(motor.policyOf(a).prepaid, 2 * DEPOSIT);
+        assertEq(evil.balanceOf(address(motor)), 2 * DEPOSIT);
+    }
+
+    // ---------------------------------------------------------------- closing
+
+    function test_RequestClose_ByHolderOrInsurerStartsTheNotice() public {
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.CloseRequested(id, uint64(block.timestamp + 1 days));
+        vm.prank(insurer);
+        motor.requestClose(id);
+        vm.warp(block.timestamp + 1 hours);
+        vm.prank(holder);
+        motor.requestClose(id); // a second request keeps the first date
+        assertEq(motor.policyOf(id).closeAt, block.timestamp - 1 hours + 1 days);
+    }
+
+    function test_RevertWhen_RequestClose_StrangerOrNotRunning() public {
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NotParty.selector, id, relayer));
+        vm.prank(relayer);
+        motor.requestClose(id);
+        uint256 offered = _offer(address(token));
+        vm.expectRevert(_wrongStatus(offered, IMotorInsurance.PolicyStatus.Offered));
+        vm.prank(holder);
+        motor.requestClose(offered);
+    }
+
+    function test_Close_AfterNoticeRefundsTheUnusedPrepaidToTheHolder() public {
+        _settle(_report(1, START + 50_000, 0, 0)); // 4000
+        vm.prank(holder);
+        motor.requestClose(id);
+        uint64 closeAt = motor.policyOf(id).closeAt;
+        vm.warp(closeAt - 1);
+        _settle(_report(2, START + 60_000, 0, 0)); // reports keep settling during the notice: 800
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NoticeNotOver.selector, id, closeAt, closeAt - 1));
+        motor.close(id);
+
+        vm.warp(closeAt);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PolicyClosed(id, DEPOSIT - 4_800);
+        vm.prank(relayer); // anyone may close
+        assertEq(motor.close(id), DEPOSIT - 4_800);
+        assertEq(token.balanceOf(holder), DEPOSIT - 4_800);
+        IMotorInsurance.Policy memory pol = motor.policyOf(id);
+        assertEq(uint8(pol.status), uint8(IMotorInsurance.PolicyStatus.Closed));
+        assertEq(pol.refunded, DEPOSIT - 4_800);
+        assertEq(pol.charged, 4_800, "the insurer keeps what was charged");
+        vm.prank(insurer);
+        motor.withdrawPremiums(id);
+        assertEq(token.balanceOf(address(motor)), 0, "nothing left behind");
+    }
+
+    function test_RevertWhen_Close_NotRequestedOrTwice() public {
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.CloseNotRequested.selector, id));
+        motor.close(id);
+        vm.prank(holder);
+        motor.requestClose(id);
+        vm.warp(block.timestamp + 1 days);
+        motor.close(id);
+        vm.expectRevert(_wrongStatus(id, IMotorInsurance.PolicyStatus.Closed));
+        motor.close(id);
+        vm.expectRevert(_wrongStatus(id, IMotorInsurance.PolicyStatus.Closed));
+        vm.prank(holder);
+        motor.requestClose(id);
+        vm.expectRevert(_wrongStatus(id, IMotorInsurance.PolicyStatus.Closed));
+        motor.topUp(id, 1);
+    }
+
+    function test_Close_LapsedPolicyKeepsArrearsOnRecord() public {
+        _settle(_report(1, START + 2_000_000, 0, 0)); // arrears 60_000
+        vm.prank(insurer);
+        motor.requestClose(id);
+        vm.warp(block.timestamp + 1 days);
+        assertEq(motor.close(id), 0, "nothing to refund");
+        IMotorInsurance.Policy memory pol = motor.policyOf(id);
+        assertEq(uint8(pol.status), uint8(IMotorInsurance.PolicyStatus.Closed));
+        assertEq(pol.arrears, 60_000);
+    }
+
+    function test_Close_HolderThatCannotReceiveIsCreditedAndWithdrawsLater() public {
+        RevertingToken rev = new RevertingToken();
+        uint256 a = _offer(address(rev));
+        rev.mint(holder, DEPOSIT);
+        vm.startPrank(holder);
+        rev.approve(address(motor), DEPOSIT);
+        motor.accept(a, DEPOSIT);
+        motor.requestClose(a);
+        vm.stopPrank();
+        rev.setBroken(true);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.RefundCredited(a, holder, DEPOSIT);
+        motor.close(a); // the failed push does not keep the policy open
+        assertEq(uint8(_status(a)), uint8(IMotorInsurance.PolicyStatus.Closed));
+        assertEq(motor.creditOf(holder, address(rev)), DEPOSIT);
+
+        rev.setBroken(false);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.CreditWithdrawn(holder, address(rev), DEPOSIT);
+        vm.prank(holder);
+        assertEq(motor.withdraw(address(rev)), DEPOSIT);
+        assertEq(rev.balanceOf(holder), DEPOSIT);
+        assertEq(motor.creditOf(holder, address(rev)), 0);
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NoCredit.selector, holder, address(rev)));
+        vm.prank(holder);
+        motor.withdraw(address(rev));
+    }
+
+    function test_Withdraw_ReentrantTokenIsPaidOnce() public {
+        ReentrantToken evil = new ReentrantToken();
+        uint256 a = _offer(address(evil));
+        evil.mint(holder, DEPOSIT);
+        vm.startPrank(holder);
+        evil.approve(address(motor), DEPOSIT);
+        motor.accept(a, DEPOSIT);
+        motor.requestClose(a);
+        vm.stopPrank();
+        // the refund push re-enters withdraw (nothing credited yet, and the guard is held): the push still succeeds
+        evil.arm(address(motor), abi.encodeCall(motor.withdraw, (address(evil))));
+        motor.close(a);
+        assertFalse(evil.reentrySucceeded());
+        assertEq(evil.balanceOf(holder), DEPOSIT, "refunded exactly once");
+        assertEq(evil.balanceOf(address(motor)), 0);
+    }
+
+    // ---------------------------------------------------------------- extremes and gas
+
+    /// @dev The largest registers and terms neither overflow nor revert the batch: the premium is computed in
+    /// 256 bits and whatever the prepaid balance cannot cover becomes arrears.
+    function test_Settle_ExtremeValuesDoNotOverflow() public {
+        uint256 p = openPolicy(vehicle, type(uint128).max, 50_000, 50_000, type(uint16).max, 0, type(uint128).max);
+        IMotorInsurance.SignedTelematics memory t = signTelematics(
+            vehicleKey,
+            p,
+            type(uint64).max,
+            uint64(block.timestamp),
+            type(uint64).max,
+            type(uint32).max,
+            type(uint32).max
+        );
+        uint256 amount = uint256(type(uint64).max) * type(uint128).max * 50_000 / 1e7;
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PremiumCharged(
+            p, type(uint64).max, type(uint64).max, type(uint32).max, type(uint32).max, 50_000, amount
+        );
+        _settle(t);
+        IMotorInsurance.Policy memory pol = motor.policyOf(p);
+        assertEq(pol.arrears, amount - type(uint128).max);
+        assertEq(uint8(pol.status), uint8(LAPSED));
+    }
+
+    /// @dev Gas per report as a relayer pays it (21,000 base + calldata + execution), with the contracts' storage
+    /// cold as at the start of a real transaction; each report moves a different policy (the oracle's usual batch).
+    function test_Gas_SettlePerReport() public {
+        uint256[3] memory sizes = [uint256(1), 10, 100];
+        for (uint256 s = 0; s < sizes.length; ++s) {
+            uint256 n = sizes[s];
+            IMotorInsurance.SignedTelematics[] memory batch = new IMotorInsurance.SignedTelematics[](n);
+            for (uint256 i = 0; i < n; ++i) {
+                uint256 key = deviceKey(1_000 + s * 1_000 + i);
+                uint256 p = openPolicy(registerVehicle(key), RATE, MIN, MAX, STEP, START, DEPOSIT);
+                batch[i] = signTelematics(key, p, 1, uint64(block.timestamp), START + 12_345 + uint64(i), 1, 0);
+            }
+            bytes memory data = abi.encodeCall(motor.settle, (batch));
+            vm.cool(address(motor));
+            vm.cool(address(registry));
+            vm.prank(relayer);
+            assertEq(motor.settle(batch), n);
+            uint256 txGas = 21_000 + calldataGas(data) + vm.lastCallGas().gasTotalUsed;
+            emit log_named_uint(string.concat("settle: tx gas per report, batch of ", vm.toString(n)), txGas / n);
+            assertLt(txGas / n, 60_000, "per-report gas stays bounded");
+        }
+    }
+}

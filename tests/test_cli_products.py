@@ -1,0 +1,260 @@
+"""`iotsettle policy | crop | loan` end to end on a real anvil: money moves as the product rules say, and a bad
+input gives one line, a non-zero exit and no change on chain.
+
+Motor insurance runs on the session's shared anvil. Crop insurance and the loan repaid from its payout move chain
+time across a season, so they run on an anvil of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from oracle import eip712
+from oracle.device.keys import DeviceKey
+from oracle.eip712 import DeviceKind, Domain
+from oracle.wire import SignedEvent
+
+from tests.cli_support import Cli, User, chain_now, register_device, token_balance
+from tests.conftest import Deployment, private_deployment
+
+TOKEN = 10**18
+CENT = TOKEN // 100
+
+
+def _sign(key: DeviceKey, event_type: str, primary: str, chain_id: int, contract: str, msg: dict[str, Any]) -> str:
+    """One wire payload line, signed with the device key (the simulator is not needed for this)."""
+    digest = eip712.digest(primary, msg, Domain(chain_id, contract))
+    event = SignedEvent(event_type, chain_id, contract, key.address, msg, eip712.sign_digest(key.private_key, digest))
+    return event.to_payload().decode()
+
+
+def telematics(key: DeviceKey, w3: Any, contract: str, policy_id: int, seq: int, odometer: int, harsh: int = 0,
+               speeding: int = 0) -> str:
+    msg = {"policyId": policy_id, "seq": seq, "timestamp": chain_now(w3), "odometer": odometer,
+           "harshBraking": harsh, "speeding": speeding}
+    return _sign(key, "telematics", "Telematics", w3.eth.chain_id, contract, msg)
+
+
+def weather(key: DeviceKey, w3: Any, contract: str, seq: int, rainfall: int, max_temperature: int = 2500) -> str:
+    msg = {"station": key.address, "seq": seq, "timestamp": chain_now(w3), "rainfall": rainfall,
+           "maxTemperature": max_temperature}
+    return _sign(key, "weather", "WeatherObservation", w3.eth.chain_id, contract, msg)
+
+
+def warp_to(w3: Any, timestamp: int) -> None:
+    w3.provider.make_request("evm_setNextBlockTimestamp", [timestamp])
+    w3.provider.make_request("evm_mine", [])
+
+
+# ------------------------------------------------------------------------------------------------ motor
+
+@pytest.fixture()
+def cli(deployment) -> Cli:
+    return Cli(deployment.config)
+
+
+def _motor_policy(cli: Cli, deployment: Deployment, w3: Any) -> tuple[User, User, DeviceKey, int]:
+    insurer, holder = cli.user(w3), cli.user(w3)
+    vehicle = register_device(deployment.config, holder, DeviceKind.VEHICLE)
+    offered = cli.ok(["policy", "offer", "--holder", holder.address, "--vehicle", vehicle.address, "--rate", "0.05",
+                      "--min-factor", "0.9", "--max-factor", "1.5", "--step", "0.1", "--start-odometer", "1000000"],
+                     insurer)
+    policy_id = int(offered["policyId"])
+    assert cli.ok(["policy", "show", hex(policy_id)])["status"] == "offered"
+    cli.ok(["token", "mint", "--amount", "20"], holder)
+    cli.ok(["policy", "accept", hex(policy_id), "--deposit", "20"], holder)
+    return insurer, holder, vehicle, policy_id
+
+
+def test_motor_policy_charges_per_km_with_the_factor_explained(cli, deployment, w3) -> None:
+    insurer, holder, vehicle, policy_id = _motor_policy(cli, deployment, w3)
+    motor = deployment.address("MotorInsurance")
+    assert token_balance(deployment, holder.address) == 0
+
+    # 100 km without events at ×0.90, then 12.4 km with 2 harsh brakings and 1 speeding episode: capped at ×1.50
+    lines = [telematics(vehicle, w3, motor, policy_id, 1, 1_100_000),
+             telematics(vehicle, w3, motor, policy_id, 2, 1_112_400, harsh=2, speeding=1)]
+    out = cli.ok(["policy", "settle", "-"], insurer, stdin="\n".join(lines))
+    assert [(r["seq"], r["settled"], r["factor"], r["amount"]) for r in out["results"]] == [
+        (1, True, "×0.90", str(450 * CENT)), (2, True, "×1.50", str(93 * CENT))]
+
+    shown = cli.ok(["policy", "show", str(policy_id)])
+    assert (shown["status"], shown["current_factor"], shown["prepaid"], shown["arrears"], shown["charged"]) == \
+        ("active", "×1.50", str(20 * TOKEN - 543 * CENT), "0", str(543 * CENT))
+
+    # a replayed report next to a new one: the new one settles, the replay is listed with its reason
+    lines = [telematics(vehicle, w3, motor, policy_id, 3, 1_112_400, harsh=2, speeding=1),
+             telematics(vehicle, w3, motor, policy_id, 2, 1_112_400, harsh=2, speeding=1)]
+    mixed = cli.ok(["policy", "settle", "-"], insurer, stdin="\n".join(lines))
+    assert [(r["seq"], r["settled"]) for r in mixed["results"]] == [(3, True), (2, False)]
+
+    history = cli.ok(["policy", "history", str(policy_id)])["entries"]
+    assert [(e["kind"], e["seq"], e["factor"]) for e in history] == [
+        ("charged", 1, "×0.90"), ("charged", 2, "×1.50"), ("charged", 3, "×1.50"), ("rejected", 2, None)]
+    assert history[0]["explanation"] == "no events in 100 km → ×0.90 (the floor: full discount)"
+    assert history[1]["explanation"] == "3 events in 12.4 km = 24.2 per 100 km → ×1.50 (cap)"
+    assert (history[1]["km"], history[1]["harsh_braking"], history[1]["speeding"], history[1]["rate_per_km"]) == \
+        (12.4, 2, 1, str(75 * TOKEN // 1000))
+    assert history[3]["explanation"].startswith("already settled or superseded")
+    human = cli.run(["policy", "history", str(policy_id)])
+    assert human.exit_code == 0 and "seq 2: 3 events in 12.4 km = 24.2 per 100 km → ×1.50 (cap)" in human.stdout
+
+    assert cli.ok(["policy", "withdraw", str(policy_id)], insurer)["amount"] == str(543 * CENT)
+    assert token_balance(deployment, insurer.address) == 543 * CENT
+    cli.ok(["policy", "request-close", str(policy_id)], holder)
+    closed = cli.ok(["policy", "close", str(policy_id)], holder)
+    assert closed["refund"] == str(20 * TOKEN - 543 * CENT)
+    assert token_balance(deployment, holder.address) == 20 * TOKEN - 543 * CENT
+    assert [p["policy_id"] for p in cli.ok(["policy", "list", "--party", holder.address])] == [str(policy_id)]
+
+
+def test_motor_bad_inputs_change_nothing(cli, deployment, w3) -> None:
+    insurer, holder = cli.user(w3), cli.user(w3)
+    vehicle = register_device(deployment.config, holder, DeviceKind.VEHICLE)
+    error = cli.fails(["policy", "offer", "--holder", holder.address, "--vehicle", vehicle.address, "--rate", "0.05",
+                       "--min-factor", "2", "--max-factor", "1.5"], insurer)
+    assert error == "the factor bounds ×2.00 … ×1.50 are invalid: they need 0 < min ≤ max ≤ ×5.00"
+    assert cli.ok(["policy", "list", "--party", insurer.address]) == []
+
+    _, holder, vehicle, policy_id = _motor_policy(cli, deployment, w3)
+    motor = deployment.address("MotorInsurance")
+    cli.ok(["policy", "settle", "-"], holder, stdin=telematics(vehicle, w3, motor, policy_id, 1, 1_010_000))
+    before = cli.ok(["policy", "show", str(policy_id)])
+    replay = cli.fails(["policy", "settle", "-"], holder, stdin=telematics(vehicle, w3, motor, policy_id, 1, 1_020_000))
+    assert replay.startswith(f"no report settled: seq 1 for policy {hex(policy_id)}: already settled or superseded")
+    assert cli.ok(["policy", "show", str(policy_id)]) == before
+    not_insurer = cli.fails(["policy", "withdraw", str(policy_id)], holder)
+    assert not_insurer == f"only the insurer of policy {hex(policy_id)} may do this, not {holder.address}"
+    assert cli.fails(["policy", "offer", "--holder", holder.address, "--vehicle", vehicle.address, "--rate", "1",
+                      "--min-factor", "fast"], holder).startswith("Invalid value for '--min-factor'")
+
+
+# ------------------------------------------------------------------------------------------------ crop + loan
+
+@pytest.fixture(scope="module")
+def own_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with private_deployment(tmp_path_factory.mktemp("seasons")) as deployment:
+        yield deployment
+
+
+def test_drought_season_pays_cover_and_the_loan_is_repaid_from_it(own_deployment) -> None:
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    insurer, farmer, neighbour, lender = cli.user(w3), cli.user(w3), cli.user(w3), cli.user(w3)
+    stations = [register_device(deployment.config, insurer, DeviceKind.WEATHER_STATION) for _ in range(3)]
+    crop = deployment.address("CropInsurance")
+
+    pool_id = cli.ok(["crop", "pool-create"], insurer)["poolId"]
+    cli.ok(["token", "mint", "--amount", "1000"], insurer)
+    cli.ok(["crop", "deposit", str(pool_id), "--amount", "1000"], insurer)
+    start = chain_now(w3) + 600
+    created = cli.ok(["crop", "season-create", "--pool", str(pool_id), *sum((["--station", s.address] for s in stations),
+                      []), "--k", "2", "--index", "rain", "--threshold", "50mm", "--start", str(start),
+                      "--end", str(start + 3 * 86400), "--premium", "5%", "--coverage-slack", "1h",
+                      "--region", "u0yjj"], insurer)
+    season_id = created["seasonId"]
+    assert created["season"]["threshold"] == 5000 and created["season"]["region"] == "u0yjj"
+
+    # the farmer borrows 100 TEST (110 to repay, half of each payout) and names the loan's account as beneficiary
+    cli.ok(["token", "mint", "--amount", "100"], lender)
+    loan_id = cli.ok(["loan", "offer", "--borrower", farmer.address, "--principal", "100", "--repayment", "110",
+                      "--share", "50%", "--due-by", "+30d"], lender)["loanId"]
+    account = cli.ok(["loan", "accept", str(loan_id)], farmer)["account"]
+    assert token_balance(deployment, farmer.address) == 100 * TOKEN
+    assert cli.ok(["loan", "show", str(loan_id)])["account"] == account
+
+    bought = cli.ok(["crop", "buy", str(season_id), "--cover", "200", "--beneficiary", account], farmer)
+    assert bought["premium"] == str(10 * TOKEN)
+    cli.ok(["token", "mint", "--amount", "10"], neighbour)
+    cli.ok(["crop", "buy", str(season_id), "--cover", "100"], neighbour)
+    assert token_balance(deployment, farmer.address) == 90 * TOKEN
+
+    # honest stations measure 10 mm over the season (a drought below 50 mm); the third lies with 200 mm
+    warp_to(w3, start + 60)
+    cli.ok(["crop", "record", "-"], stdin="\n".join(weather(s, w3, crop, 1, 10_000) for s in stations))
+    early = cli.fails(["crop", "finalize", str(season_id)])
+    assert early.startswith(f"season {season_id} can be finalized from ")
+    warp_to(w3, start + 3 * 86400 - 60)
+    rains = [11_000, 11_000, 30_000]
+    cli.ok(["crop", "record", "-"], stdin="\n".join(weather(s, w3, crop, 2, r) for s, r in zip(stations, rains)))
+    before = cli.ok(["crop", "season", str(season_id)])
+    assert [s["verdict"] for s in before["stations"]] == ["trigger", "trigger", "no trigger"]
+    assert before["finalized"] is False
+
+    warp_to(w3, start + 3 * 86400 + 1)
+    report = cli.ok(["crop", "finalize", str(season_id)])
+    assert report["triggered"] is True
+    assert [(v["verdict"], v["measured"]) for v in report["verdicts"]] == [
+        ("trigger", 1000), ("trigger", 1000), ("no trigger", 20_000)]
+    assert sorted(int(p["amount"]) for p in report["paid"]) == [100 * TOKEN, 200 * TOKEN]
+    assert token_balance(deployment, neighbour.address) == 105 * TOKEN  # 10 minted − 5 premium + 100 cover
+    assert token_balance(deployment, account) == 200 * TOKEN
+    after = cli.ok(["crop", "season", str(season_id)])
+    assert after["finalized"] and after["triggered"] and [p["status"] for p in after["policies"]] == ["paid", "paid"]
+    pool = cli.ok(["crop", "pool", str(pool_id)])
+    assert (pool["assets"], pool["locked"]) == (str(1000 * TOKEN + 15 * TOKEN - 300 * TOKEN), "0")
+
+    # the sweep takes half of the 200 TEST payout for the lender (debt 110) and forwards the rest to the farmer
+    swept = cli.ok(["loan", "sweep", str(loan_id)])
+    assert (swept["repaid"], swept["forwarded"], swept["outstanding"]) == (str(100 * TOKEN), str(100 * TOKEN),
+                                                                           str(10 * TOKEN))
+    assert token_balance(deployment, lender.address) == 100 * TOKEN
+    assert token_balance(deployment, farmer.address) == 190 * TOKEN
+    assert token_balance(deployment, account) == 0
+    cli.ok(["loan", "repay", str(loan_id), "--amount", "25"], farmer)  # capped at the 10 outstanding
+    shown = cli.ok(["loan", "show", str(loan_id)])
+    assert (shown["status"], shown["outstanding"], shown["repaid"]) == ("repaid", "0", str(110 * TOKEN))
+    assert token_balance(deployment, lender.address) == 110 * TOKEN
+    assert token_balance(deployment, farmer.address) == 180 * TOKEN
+
+
+def test_crop_bad_inputs_change_nothing(own_deployment) -> None:
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    insurer, farmer = cli.user(w3), cli.user(w3)
+    stations = [register_device(deployment.config, insurer, DeviceKind.WEATHER_STATION) for _ in range(3)]
+    pool_id = cli.ok(["crop", "pool-create"], insurer)["poolId"]
+    cli.ok(["token", "mint", "--amount", "100"], insurer)
+    cli.ok(["crop", "deposit", str(pool_id), "--amount", "100"], insurer)
+    station_args = sum((["--station", s.address] for s in stations), [])
+    common = ["--pool", str(pool_id), *station_args, "--index", "heat", "--threshold", "35C", "--days", "3",
+              "--start", "+1h", "--end", "+30d", "--premium", "10%"]
+    quorum = cli.fails(["crop", "season-create", *common, "--k", "3"], insurer)
+    assert quorum.startswith("k = 3 of 3 stations is not allowed")
+    assert cli.ok(["crop", "pool", str(pool_id)])["seasons"] == []
+
+    season_id = cli.ok(["crop", "season-create", *common, "--k", "2"], insurer)["seasonId"]
+    assert cli.ok(["crop", "pool", str(pool_id)])["seasons"] == [season_id]
+    cli.ok(["token", "mint", "--amount", "50"], farmer)
+    too_much = cli.fails(["crop", "buy", str(season_id), "--cover", "500"], farmer)
+    assert too_much == (f"pool {pool_id} can take on only 150 TEST more cover (free assets 100 TEST plus this "
+                        "premium), not 500 TEST")
+    assert token_balance(deployment, farmer.address) == 50 * TOKEN
+    assert cli.ok(["crop", "season", str(season_id)])["policies"] == []
+    not_owner = cli.fails(["crop", "withdraw", str(pool_id), "--amount", "1"], farmer)
+    assert not_owner == f"only the owner of pool {pool_id} may do this, not {farmer.address}"
+    assert cli.ok(["crop", "pool", str(pool_id)])["assets"] == str(100 * TOKEN)
+
+
+def test_loan_bad_inputs_change_nothing(own_deployment) -> None:
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    lender, borrower, stranger = cli.user(w3), cli.user(w3), cli.user(w3)
+    cli.ok(["token", "mint", "--amount", "50"], lender)
+    loan_id = cli.ok(["loan", "offer", "--borrower", borrower.address, "--principal", "50", "--repayment", "55",
+                      "--share", "2500bps", "--due-by", "+60d"], lender)["loanId"]
+    assert token_balance(deployment, lender.address) == 0
+    error = cli.fails(["loan", "accept", str(loan_id)], stranger)
+    assert error == f"only the borrower of loan {loan_id} may do this, not {stranger.address}"
+    not_yet = cli.fails(["loan", "sweep", str(loan_id)], stranger)
+    assert not_yet == f"loan {loan_id} is only offered: the borrower has not accepted it yet"
+    shown = cli.ok(["loan", "show", str(loan_id)])
+    assert (shown["status"], shown["repaid"]) == ("offered", "0")
+    assert token_balance(deployment, borrower.address) == 0
+    cli.ok(["loan", "cancel", str(loan_id)], borrower)
+    assert token_balance(deployment, lender.address) == 50 * TOKEN
+    assert cli.fails(["loan", "offer", "--borrower", borrower.address, "--principal", "1", "--repayment", "2",
+                      "--share", "150%", "--due-by", "+1d"], lender).startswith("Invalid value for '--share'")
