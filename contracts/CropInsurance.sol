@@ -21,6 +21,7 @@ import {IDeviceRegistry} from "./interfaces/IDeviceRegistry.sol";
 ///   firstRainfall (0.01 mm), Trigger iff measured < threshold; HotDaysAbove: measured = hot days (UTC days
 ///   timestamp / 86400 with an observation whose maxTemperature ≥ threshold, each day counted once), Trigger iff
 ///   measured ≥ triggerDays. The season triggers iff Trigger votes ≥ k; abstentions count as not triggering.
+/// - A station whose owner released it from a season ({releaseStation}) abstains there.
 /// - With 2 ≤ k ≤ n − 1 a single station, whatever it signs or withholds, cannot change what the other n − 1
 ///   agree on: alone it is one Trigger vote (< k), and without it n − 1 ≥ k Trigger votes remain.
 contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
@@ -96,6 +97,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
     mapping(uint256 seasonId => mapping(address station => RainWindow)) private _rainWindows;
     mapping(uint256 seasonId => mapping(address station => HotDays)) private _hotDays;
     mapping(address token => mapping(address account => uint256)) private _credits;
+    mapping(uint256 seasonId => mapping(address station => bool)) private _released;
     uint64 private _poolCount;
     uint64 private _seasonCount;
     uint64 private _policyCount;
@@ -308,6 +310,16 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         }
     }
 
+    /// @inheritdoc ICropInsurance
+    function releaseStation(uint256 seasonId, address station) external {
+        _existingSeason(seasonId);
+        if (_seasons[seasonId].finalized) revert AlreadyFinalized(seasonId);
+        if (_REGISTRY.deviceOf(station).owner != msg.sender) revert NotStationOwner(station, msg.sender);
+        if (!_releaseStation(station, seasonId)) revert StationNotInSeason(seasonId, station);
+        _released[seasonId][station] = true;
+        emit StationReleased(seasonId, station);
+    }
+
     // ---------------------------------------------------------------- finalization and payouts
 
     /// @inheritdoc ICropInsurance
@@ -331,6 +343,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
                 else if (verdict == Verdict.NoTrigger) ++noTriggerVotes;
                 else ++abstentions;
             }
+            // A station its owner released already gave its slot back.
             _releaseStation(station, seasonId);
             emit StationVerdict(seasonId, station, verdict, measured);
         }
@@ -486,7 +499,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         StationSeason memory ss = _stationSeason(seasonId, station);
         uint256 slack = t.coverageSlack;
         if (
-            ss.firstTimestamp == 0 || uint256(ss.firstTimestamp) > uint256(t.start) + slack
+            _released[seasonId][station] || ss.firstTimestamp == 0 || uint256(ss.firstTimestamp) > uint256(t.start) + slack
                 || uint256(ss.lastTimestamp) + slack < t.end
         ) return (Verdict.Abstain, 0);
         if (t.index == Index.RainfallBelow) {
@@ -510,17 +523,18 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         });
     }
 
-    /// @dev Free the station's slot for a finalized season (swap with the last, pop).
-    function _releaseStation(address station, uint256 seasonId) private {
+    /// @dev Free the station's slot for the season (swap with the last, pop); false if it held none.
+    function _releaseStation(address station, uint256 seasonId) private returns (bool) {
         uint256[] storage ids = _stationSeasonIds[station];
         uint256 m = ids.length;
         for (uint256 i = 0; i < m; ++i) {
             if (ids[i] == seasonId) {
                 ids[i] = ids[m - 1];
                 ids.pop();
-                return;
+                return true;
             }
         }
+        return false;
     }
 
     function _ownedPool(uint256 poolId) private view returns (Pool storage p) {

@@ -283,7 +283,7 @@ contract CropHandler is Test {
 /// forge-config: default.invariant.depth = 48
 /// forge-config: default.invariant.fail-on-revert = true
 /// forge-config: ci.invariant.fail-on-revert = true
-/// forge-config: ci.invariant.runs = 96
+/// forge-config: ci.invariant.runs = 48
 /// forge-config: ci.invariant.depth = 96
 contract CropInsuranceInvariantsTest is Test {
     CropInsurance internal crop;
