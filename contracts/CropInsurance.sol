@@ -21,6 +21,7 @@ import {IDeviceRegistry} from "./interfaces/IDeviceRegistry.sol";
 ///   firstRainfall (0.01 mm), Trigger iff measured < threshold; HotDaysAbove: measured = hot days (UTC days
 ///   timestamp / 86400 with an observation whose maxTemperature ≥ threshold, each day counted once), Trigger iff
 ///   measured ≥ triggerDays. The season triggers iff Trigger votes ≥ k; abstentions count as not triggering.
+/// - A station whose owner released it from a season ({releaseStation}) abstains there.
 /// - With 2 ≤ k ≤ n − 1 a single station, whatever it signs or withholds, cannot change what the other n − 1
 ///   agree on: alone it is one Trigger vote (< k), and without it n − 1 ≥ k Trigger votes remain.
 contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
@@ -96,6 +97,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
     mapping(uint256 seasonId => mapping(address station => RainWindow)) private _rainWindows;
     mapping(uint256 seasonId => mapping(address station => HotDays)) private _hotDays;
     mapping(address token => mapping(address account => uint256)) private _credits;
+    mapping(uint256 seasonId => mapping(address station => bool)) private _released;
     uint64 private _poolCount;
     uint64 private _seasonCount;
     uint64 private _policyCount;
@@ -187,6 +189,8 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
             for (uint256 j = 0; j < i; ++j) {
                 if (terms.stations[j] == station) revert DuplicateStation(station);
             }
+            // The registry is the trusted, immutable contract given at construction; n <= MAX_STATIONS.
+            // slither-disable-next-line calls-loop
             IDeviceRegistry.Device memory d = _REGISTRY.deviceOf(station);
             if (d.status != IDeviceRegistry.DeviceStatus.Active || d.kind != IDeviceRegistry.DeviceKind.WeatherStation)
             {
@@ -204,8 +208,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         SeasonTerms storage t = _existingSeason(seasonId);
         if (block.timestamp >= t.saleEnd) revert SaleClosed(seasonId, t.saleEnd);
         if (cover == 0) revert ZeroAmount();
-        uint256[] storage policies = _policies[seasonId];
-        if (policies.length >= MAX_POLICIES_PER_SEASON) revert TooManyPolicies(seasonId);
+        if (_policies[seasonId].length >= MAX_POLICIES_PER_SEASON) revert TooManyPolicies(seasonId);
         if (beneficiary == address(0)) beneficiary = msg.sender;
 
         uint256 premium = Math.mulDiv(cover, t.premiumBps, BPS, Math.Rounding.Ceil);
@@ -218,7 +221,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         p.locked += cover;
         _coverSold[seasonId] += cover;
         policyId = ++_policyCount;
-        policies.push(policyId);
+        _policies[seasonId].push(policyId);
         _covers[policyId] = Cover({
             seasonId: seasonId,
             buyer: msg.sender,
@@ -307,6 +310,16 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         }
     }
 
+    /// @inheritdoc ICropInsurance
+    function releaseStation(uint256 seasonId, address station) external {
+        _existingSeason(seasonId);
+        if (_seasons[seasonId].finalized) revert AlreadyFinalized(seasonId);
+        if (_REGISTRY.deviceOf(station).owner != msg.sender) revert NotStationOwner(station, msg.sender);
+        if (!_releaseStation(station, seasonId)) revert StationNotInSeason(seasonId, station);
+        _released[seasonId][station] = true;
+        emit StationReleased(seasonId, station);
+    }
+
     // ---------------------------------------------------------------- finalization and payouts
 
     /// @inheritdoc ICropInsurance
@@ -317,9 +330,9 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         uint256 finalizableAt = uint256(t.end) + t.finalizeDelay;
         if (block.timestamp < finalizableAt) revert NotFinalizable(seasonId, finalizableAt);
 
-        uint8 triggerVotes;
-        uint8 noTriggerVotes;
-        uint8 abstentions;
+        uint8 triggerVotes = 0;
+        uint8 noTriggerVotes = 0;
+        uint8 abstentions = 0;
         uint256 n = t.stations.length;
         for (uint256 i = 0; i < n; ++i) {
             address station = t.stations[i];
@@ -330,6 +343,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
                 else if (verdict == Verdict.NoTrigger) ++noTriggerVotes;
                 else ++abstentions;
             }
+            // A station its owner released already gave its slot back.
             _releaseStation(station, seasonId);
             emit StationVerdict(seasonId, station, verdict, measured);
         }
@@ -363,7 +377,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         bool triggered = s.triggered;
         Pool storage p = _pools[s.poolId];
         s.paidUpTo = uint32(to); // <= MAX_POLICIES_PER_SEASON
-        uint256 total;
+        uint256 total = 0;
         for (uint256 i = from; i < to; ++i) {
             Cover storage c = _covers[policies[i]];
             c.status = triggered ? CoverStatus.Paid : CoverStatus.Expired;
@@ -485,7 +499,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         StationSeason memory ss = _stationSeason(seasonId, station);
         uint256 slack = t.coverageSlack;
         if (
-            ss.firstTimestamp == 0 || uint256(ss.firstTimestamp) > uint256(t.start) + slack
+            _released[seasonId][station] || ss.firstTimestamp == 0 || uint256(ss.firstTimestamp) > uint256(t.start) + slack
                 || uint256(ss.lastTimestamp) + slack < t.end
         ) return (Verdict.Abstain, 0);
         if (t.index == Index.RainfallBelow) {
@@ -509,17 +523,18 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         });
     }
 
-    /// @dev Free the station's slot for a finalized season (swap with the last, pop).
-    function _releaseStation(address station, uint256 seasonId) private {
+    /// @dev Free the station's slot for the season (swap with the last, pop); false if it held none.
+    function _releaseStation(address station, uint256 seasonId) private returns (bool) {
         uint256[] storage ids = _stationSeasonIds[station];
         uint256 m = ids.length;
         for (uint256 i = 0; i < m; ++i) {
             if (ids[i] == seasonId) {
                 ids[i] = ids[m - 1];
                 ids.pop();
-                return;
+                return true;
             }
         }
+        return false;
     }
 
     function _ownedPool(uint256 poolId) private view returns (Pool storage p) {

@@ -149,6 +149,9 @@ interface ICropInsurance is IDeviceEvents {
     event PayoutCredited(uint256 indexed policyId, address indexed beneficiary, uint256 amount);
     /// @notice The season did not trigger; the policy's cover is released from the pool's locked amount.
     event CoverExpired(uint256 indexed policyId);
+    /// @notice The station's owner took the station out of an unfinalized season: it abstains there and its slot
+    /// is free for another season (the answer to seasons that name a station only to occupy its slots).
+    event StationReleased(uint256 indexed seasonId, address indexed station);
     /// @notice A beneficiary took its pull credit.
     event Withdrawn(address indexed token, address indexed account, uint256 amount);
 
@@ -183,6 +186,8 @@ interface ICropInsurance is IDeviceEvents {
     error NotFinalizable(uint256 seasonId, uint256 finalizableAt);
     error NotFinalized(uint256 seasonId);
     error NothingToWithdraw(address token, address account);
+    error NotStationOwner(address station, address caller);
+    error StationNotInSeason(uint256 seasonId, address station);
 
     // ---------------------------------------------------------------- pools
 
@@ -212,6 +217,11 @@ interface ICropInsurance is IDeviceEvents {
     /// applied to every unfinalized season of the station whose window [start, end] holds its timestamp; bad items
     /// are skipped with an {ObservationRejected} event. Returns how many were recorded.
     function record(SignedObservation[] calldata obs) external returns (uint256 recorded);
+
+    /// @notice The station's owner (in the DeviceRegistry): stop serving the unfinalized season `seasonId`. The
+    /// station abstains in it from now on (as if it had stopped reporting, which its owner could do anyway) and its
+    /// slot is freed. Emits a {StationReleased} event.
+    function releaseStation(uint256 seasonId, address station) external;
 
     // ---------------------------------------------------------------- finalization and payouts
 
