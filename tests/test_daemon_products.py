@@ -217,6 +217,20 @@ def test_the_newest_telematics_report_per_policy_settles_and_every_observation_s
     assert planner.held == 0
 
 
+def test_observations_go_one_batch_at_a_time_and_a_replanned_batch_goes_first(store: Store) -> None:
+    planner = Planner(store, PlannerSettings(batch_max_events=2, batch_max_wait=0.0), kinds=("weather",))
+    store.commit_batch([record("weather", seq, device="0xE1", target=0xE1) for seq in range(1, 7)], [], [])
+    planner.claim()
+    (first,) = planner.cut(10)  # one batch per pass, however much room the submitter has
+    assert [e.seq for e in first.events] == [1, 2]
+    assert planner.cut(10, busy={"weather"}) == [], "the station's next batch waits for the one in flight"
+    # that transaction ran out of gas: its observations are planned again, before the station's later ones
+    store.release(first.ids)
+    planner.claim()
+    assert [[e.seq for e in b.events] for b in planner.cut(10)] == [[1, 2]]
+    assert [[e.seq for e in b.events] for b in planner.cut(10)] == [[3, 4]]
+
+
 def test_kinds_without_a_deployed_contract_stay_pending(store: Store) -> None:
     planner = Planner(store, PlannerSettings(batch_max_wait=0.0), kinds=("reading", "delivery"))
     store.commit_batch([record("telematics", 1, device="0xD7"), record("weather", 1, device="0xD8", target=0xD8),

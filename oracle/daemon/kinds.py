@@ -11,6 +11,10 @@ topic 1 is the target (agreement, escrow, policy, or the station address) and wh
   rules (a decrease is ``counter_rollback``); the first one is also rate-limited with the device kind's limit
   (``impossible_rate``).
 - ``located``: the event carries a geohash location (``invalid_location`` / ``teleport`` rules).
+- ``ordered``: every event must reach the chain in seq order per device, because the contract refuses a seq at
+  or below the device's last one and a skipped event is not made good by a later one (weather: a skipped
+  observation's ``maxTemperature`` is lost). The planner keeps at most one batch of such a kind in flight, so a
+  batch that is re-planned (out of gas, lost transaction) cannot land after a newer one.
 
 A kind whose contract is missing from the deployment manifest is simply not relayed: intake answers its events
 ``wrong_contract`` and the settlement half never claims them.
@@ -45,6 +49,7 @@ class EventKind:
     cumulative: bool  # newest event per target and settlement window supersedes the older ones
     registers: tuple[str, ...] = ()  # cumulative counters (rollback rule); the first one is rate-limited
     located: bool = False  # carries a bytes32 geohash location (location rules)
+    ordered: bool = False  # must reach the chain in seq order per device: one batch in flight at a time
     #: signed field → events-table column, for fields other than target/seq/timestamp; others go to ``extra``
     own_columns: tuple[tuple[str, str], ...] = ()
 
@@ -90,7 +95,7 @@ KINDS: dict[str, EventKind] = {
                   cumulative=True, registers=("odometer", "harshBraking", "speeding")),
         # maxTemperature is a gauge (highest since the previous observation): every observation must settle
         EventKind("weather", "CropInsurance", "record", "ObservationRecorded", "ObservationRejected",
-                  cumulative=False, registers=("rainfall",)),
+                  cumulative=False, registers=("rainfall",), ordered=True),
     )
 }  # fmt: skip
 

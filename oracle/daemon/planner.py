@@ -5,7 +5,8 @@
   policy) and settlement window needs to go on chain; the older ones of the window are marked superseded. With
   ``settlement_window = 0`` the window is "whatever is pending at the cut".
 - The other kinds (deliveries, weather observations) settle every event, in the order they were accepted, which
-  is seq order per device.
+  is seq order per device. Of an ``ordered`` kind (weather) at most one batch is in flight: ``cut`` skips the
+  kinds named ``busy`` (those with an unmined transaction) and cuts at most one batch of them per pass.
 - A batch is cut when it is full (``batch_max_events``) or when its oldest event has waited ``batch_max_wait``
   seconds since it was received.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from oracle.daemon.kinds import KINDS as EVENT_KINDS
@@ -149,8 +150,11 @@ class Planner:
             self.superseded += len(redundant)
             log.debug("superseded %d older cumulative events", len(redundant))
 
-    def cut(self, max_batches: int, *, flush: bool = False) -> list[Batch]:
-        """Batches ready to send, at most ``max_batches``. ``flush`` ignores the windows and the wait (drain)."""
+    def cut(self, max_batches: int, *, flush: bool = False, busy: Collection[str] = ()) -> list[Batch]:
+        """Batches ready to send, at most ``max_batches``. ``flush`` ignores the windows and the wait (drain).
+
+        ``busy``: kinds with a transaction not yet mined; an ``ordered`` kind among them waits for it.
+        """
         if max_batches <= 0:
             return []
         now = self._clock()
@@ -160,6 +164,10 @@ class Planner:
             room = max_batches - len(batches)
             if room <= 0:
                 break
+            if EVENT_KINDS[kind].ordered:
+                if kind in busy:
+                    continue
+                room = 1
             newest = self._newest.get(kind)
             if newest is not None:
                 ready = [key for key, held in newest.items() if flush or window <= 0 or now - held.since >= window]

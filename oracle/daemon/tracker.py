@@ -35,7 +35,7 @@ from web3 import Web3
 from oracle.artifacts import load_artifact
 from oracle.chain import Chain, connect, load_sender
 from oracle.config import Config
-from oracle.daemon.kinds import CONTRACT_OF_KIND
+from oracle.daemon.kinds import CONTRACT_OF_KIND, KINDS
 from oracle.daemon.metrics import Metrics
 from oracle.daemon.planner import Planner, PlannerSettings
 from oracle.daemon.revert import ErrorDecoder, RejectReason, reason_label, reason_of
@@ -397,6 +397,7 @@ class Settler:
                                    self.settings.submitter, metrics, on_dead_letter)  # fmt: skip
         self.tracker = Tracker(w3, store, self.txstore, self.submitter, self.settings.tracker, metrics)
         self.planner = Planner(store, self.settings.planner, kinds=tuple(specs))
+        self._ordered = any(KINDS[kind].ordered for kind in specs)
         self.metrics = metrics
         self._threads: list[threading.Thread] = []
         self._recover_lock = threading.Lock()
@@ -502,7 +503,9 @@ class Settler:
     def _submit_pass(self, flush: bool = False) -> int:
         self.recover()
         work = self.planner.claim()
-        for batch in self.planner.cut(self.submitter.capacity(), flush=flush):
+        # an ordered kind (weather) waits for its transaction in flight; one read, only when such a kind is planned
+        busy = self.txstore.open_kinds() if self._ordered else set()
+        for batch in self.planner.cut(self.submitter.capacity(), flush=flush, busy=busy):
             self.submitter.submit(batch)
             work += 1
         return work

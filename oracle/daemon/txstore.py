@@ -264,3 +264,8 @@ class TxStore:
 
     def count_open(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM settlement_tx WHERE status IN ('signed', 'sent')")[0][0])
+
+    def open_kinds(self) -> set[str]:
+        """Event kinds with a transaction signed or sent and not yet mined."""
+        rows = self._read("SELECT DISTINCT kind FROM settlement_tx WHERE status IN ('signed', 'sent')")
+        return {row[0] for row in rows}
