@@ -96,6 +96,11 @@ class Planner:
     def held(self) -> int:
         return sum(len(h) for h in self._newest.values()) + sum(len(q) for q in self._queued.values())
 
+    @property
+    def holds_ordered(self) -> bool:
+        """Whether events of an ``ordered`` kind are held (then ``cut`` needs to know the busy kinds)."""
+        return any(queued for kind, queued in self._queued.items() if EVENT_KINDS[kind].ordered)
+
     def held_ids(self) -> list[int]:
         return [h.event.id for held in self._newest.values() for h in held.values()] + [
             e.id for queued in self._queued.values() for e in queued

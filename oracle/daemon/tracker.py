@@ -503,8 +503,8 @@ class Settler:
     def _submit_pass(self, flush: bool = False) -> int:
         self.recover()
         work = self.planner.claim()
-        # an ordered kind (weather) waits for its transaction in flight; one read, only when such a kind is planned
-        busy = self.txstore.open_kinds() if self._ordered else set()
+        # an ordered kind (weather) waits for its transaction in flight; one read, only while such events are held
+        busy = self.txstore.open_kinds() if self._ordered and self.planner.holds_ordered else set()
         for batch in self.planner.cut(self.submitter.capacity(), flush=flush, busy=busy):
             self.submitter.submit(batch)
             work += 1
