@@ -42,8 +42,13 @@ class TxResult:
     receipt: dict[str, Any]
 
 
-def decoder(ctx: OpsContext) -> RevertDecoder:
-    return RevertDecoder.from_abis(ctx.abis)
+def decoder(ctx: OpsContext, contract: str | None = None) -> RevertDecoder:
+    """A decoder over every deployed ABI. Contracts share error signatures (``NoticeNotOver``, ``WrongStatus``…)
+    with different argument names; the called ``contract``'s ABI goes last so its names win."""
+    abis = dict(ctx.abis)
+    if contract in abis:
+        abis[contract] = abis.pop(contract)
+    return RevertDecoder.from_abis(abis)
 
 
 def _revert_data(exc: Exception) -> bytes | None:
@@ -66,7 +71,7 @@ def transact(ctx: OpsContext, call: ContractFunction, contract: str, *, value: i
     except ContractLogicError as exc:
         data = _revert_data(exc)
         if data or isinstance(exc, ContractCustomError | ContractPanicError):
-            raise RevertedError(decoder(ctx).decode(data, contract, ctx)) from None
+            raise RevertedError(decoder(ctx, contract).decode(data, contract, ctx)) from None
         raise ChainError(f"the transaction would revert: {exc.message or exc}") from None
     except (requests.RequestException, Web3Exception, ValueError) as exc:
         message = str(exc)
@@ -133,7 +138,7 @@ def transact_many(ctx: OpsContext, calls: list[ContractFunction], contract: str,
             try:
                 call.call({"from": account.address}, block_identifier=receipt["blockNumber"] - 1)
             except ContractLogicError as exc:
-                raise RevertedError(decoder(ctx).decode(_revert_data(exc), contract, ctx)) from None
+                raise RevertedError(decoder(ctx, contract).decode(_revert_data(exc), contract, ctx)) from None
             raise ChainError(f"transaction {tx_hash.to_0x_hex()} reverted in block {receipt['blockNumber']} "
                              f"(out of gas at {gas}?)")
         results.append(TxResult(receipt["transactionHash"].to_0x_hex(), int(receipt["blockNumber"]),
