@@ -18,7 +18,7 @@ from web3.exceptions import LogTopicError, MismatchedABI
 
 from oracle.errors import ChainError
 from oracle.ops.context import OpsContext
-from oracle.daemon.revert import reason_label
+from oracle.daemon.revert import _abi_type, reason_label
 from oracle.ops.errors import DEVICE_KINDS
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class LogEntry:
 
 
 def _topic0(abi_entry: dict[str, Any]) -> str:
-    types = ",".join(i["type"] for i in abi_entry["inputs"])
+    types = ",".join(_abi_type(i) for i in abi_entry["inputs"])  # a struct argument hashes as (t1,t2,…)
     return "0x" + keccak(f"{abi_entry['name']}({types})".encode()).hex()
 
 
