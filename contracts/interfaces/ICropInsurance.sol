@@ -239,15 +239,20 @@ interface ICropInsurance is IDeviceEvents {
 
     // ---------------------------------------------------------------- views
 
+    /// @notice The pool (all zero if unknown).
     function poolOf(uint256 poolId) external view returns (Pool memory);
 
+    /// @notice The season's terms, pool, outcome and payout progress (all zero if unknown).
     function seasonOf(uint256 seasonId) external view returns (Season memory);
 
+    /// @notice The policy (all zero if unknown).
     function coverOf(uint256 policyId) external view returns (Cover memory);
 
     /// @notice The figures `station` accumulated inside `seasonId`'s window.
     function stationSeason(uint256 seasonId, address station) external view returns (StationSeason memory);
 
+    /// @notice The station's last accepted observation: the next one needs a higher seq, a timestamp not before
+    /// it and a rain register not below it.
     function stationState(address station) external view returns (StationState memory);
 
     /// @notice The unfinalized seasons `station` serves (at most MAX_SEASONS_PER_STATION).
