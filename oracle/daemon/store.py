@@ -293,7 +293,9 @@ _RECORD_COLUMNS = (
 )  # fmt: skip
 _STATE_OF_EVENT = ("id", "status", "tx_key", "block", "tx_hash", "settled_at", "final_at", "reason")
 _EVENT_COLUMNS = ", ".join((*_RECORD_COLUMNS, *_STATE_OF_EVENT, "extra"))
-_INSERT_EVENT = (
+#: readings and deliveries leave ``extra`` NULL: a batch of only those binds one parameter less per row
+_INSERT_EVENT = f"INSERT INTO events ({', '.join(_RECORD_COLUMNS)}) VALUES ({', '.join('?' for _ in _RECORD_COLUMNS)})"
+_INSERT_EVENT_EXTRA = (
     f"INSERT INTO events ({', '.join(_RECORD_COLUMNS)}, extra) VALUES ({', '.join('?' for _ in _RECORD_COLUMNS)}, ?)"
 )
 _STATE_COLUMNS = (
@@ -311,8 +313,12 @@ def _record_row(record: EventRecord) -> tuple[Any, ...]:
     return (
         record.kind, record.device, record.signer, record.chain_id, record.contract, str(record.target_id),
         record.seq, record.timestamp, value, record.location, record.max_temperature, record.digest, record.sig,
-        record.received_at, _extra_text(record.extra) if record.extra else None,
+        record.received_at,
     )  # fmt: skip
+
+
+def _record_row_extra(record: EventRecord) -> tuple[Any, ...]:
+    return (*_record_row(record), _extra_text(record.extra) if record.extra else None)
 
 
 def _extra_text(extra: tuple[tuple[str, int], ...]) -> str:
@@ -431,7 +437,10 @@ class Store:
         """
         with self.transaction() as conn:
             try:
-                conn.executemany(_INSERT_EVENT, [_record_row(record) for record in accepted])
+                if any(record.extra for record in accepted):
+                    conn.executemany(_INSERT_EVENT_EXTRA, [_record_row_extra(record) for record in accepted])
+                else:
+                    conn.executemany(_INSERT_EVENT, [_record_row(record) for record in accepted])
                 # one writer at a time (BEGIN IMMEDIATE): the rows just inserted have consecutive ids
                 last = conn.execute("SELECT last_insert_rowid()").fetchone()[0] if accepted else 0
                 ids = list(range(last - len(accepted) + 1, last + 1))
