@@ -22,6 +22,7 @@ from cli.credit import credit
 from cli.policy import policy
 from cli.crop import crop
 from cli.loan import loan
+from cli.keeper import keeper
 
 
 @click.group(cls=IotSettleGroup, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "IOTSETTLE"})
@@ -64,6 +65,7 @@ cli.add_command(credit)
 cli.add_command(policy)
 cli.add_command(crop)
 cli.add_command(loan)
+cli.add_command(keeper)
 
 
 def main() -> None:

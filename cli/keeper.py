@@ -1,0 +1,132 @@
+"""`iotsettle keeper run`: finalize and pay crop seasons at season end and sweep loan payout accounts, unasked."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import click
+import requests
+from web3.exceptions import Web3Exception
+
+from cli._common import IotSettleGroup, emit, err_console, json_option
+from cli._params import DURATION, ops_context, rpc_option, sender_options
+from oracle.errors import IotSettleError
+from oracle.ops.keeper import Keeper, PassSummary
+
+#: exit status after SIGINT (Ctrl-C), as a shell reports a process ended by it (128 + 2)
+EXIT_INTERRUPTED = 130
+
+
+@click.group(cls=IotSettleGroup)
+def keeper() -> None:
+    """Run the actions anyone may trigger: crop payouts at season end, loan sweeps.
+
+    \b
+    The keeper needs only an account with ETH for gas: finalize, payOut and sweep are open to everyone and the
+    money always goes to the beneficiaries, lenders and borrowers, never to the keeper.
+    """
+
+
+@dataclass
+class _Stop:
+    """Set by SIGTERM or SIGINT; the loop ends after the action in progress."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    signal: int | None = None
+
+    def handler(self, signum: int, _frame: object) -> None:
+        self.signal = signum
+        self.event.set()
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[_Stop]:
+    stop = _Stop()
+    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%H:%M:%S")
+
+
+def _print_pass(summary: PassSummary, as_json: bool, always: bool) -> None:
+    if as_json:
+        if summary.actions or always:
+            click.echo(json.dumps(summary.as_dict(), sort_keys=True, default=str), nl=True)
+        return
+    for action in summary.actions:
+        line = f"{_stamp()} {action.text}"
+        if action.ok:
+            click.echo(line)
+        else:
+            err_console.print(f"[yellow]{line}[/yellow]")
+    if always and not summary.actions:
+        click.echo(f"{_stamp()} nothing to do ({summary.seasons_watched} seasons and {summary.loans_watched} loans "
+                   f"watched, blocks {summary.from_block}..{summary.to_block})")
+
+
+@keeper.command("run")
+@click.option("--interval", type=DURATION, default="10s", show_default=True,
+              help="Time between passes (at least 1 s: 5s, 90s, 5m…).")
+@click.option("--once", is_flag=True, help="One pass, then exit (for cron): exit status 1 if an action failed.")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def run(ctx: click.Context, interval: int, once: bool, from_key_env: str | None, dev_account: int | None,
+        rpc_url: str | None, as_json: bool) -> None:
+    """Finalize and pay out crop seasons when due, and sweep loan payout accounts that received something.
+
+    Each pass reads the new seasons and loans from the chain logs, then acts only where a view shows work to do
+    (no transaction on an idle pass); an action that reverts (someone else was first) is reported and the pass
+    goes on. SIGTERM stops it with exit status 0, Ctrl-C with 130.
+
+    Run it with an account of its own (--from-key-env, --dev-account, or a keystore in a config file of its own),
+    NOT the oracle daemon's relayer key: the daemon manages that key's nonces and the two would collide. Any
+    account with ETH for gas will do: the keeper receives no money and needs no role.
+
+    \b
+    Examples:
+      iotsettle keeper run --from-key-env KEEPER_KEY               # every 10 s until SIGTERM / Ctrl-C
+      iotsettle keeper run --once --json --from-key-env KEEPER_KEY # one pass (cron), summary as JSON
+    """
+    if from_key_env is None and dev_account is None:
+        err_console.print("[yellow]sending from the configured [chain] key: if the oracle daemon relays with the "
+                          "same key, give the keeper its own with --from-key-env[/yellow]")
+    if interval < 1:
+        raise click.BadParameter("the interval must be at least 1 s", param_hint="--interval")
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    worker = Keeper(ops_ctx)
+    if once:
+        summary = worker.run_pass()
+        if as_json:
+            emit(summary.as_dict(), True)
+        else:
+            _print_pass(summary, False, always=True)
+        if summary.failures:
+            ctx.exit(1)
+        return
+    if not as_json:
+        err_console.print(f"[dim]keeper {ops_ctx.require_sender().address} on chain {ops_ctx.chain.chain_id}, "
+                          f"a pass every {interval} s; SIGTERM or Ctrl-C stops it[/dim]")
+    with _stop_on_signals() as stop:
+        while not stop.event.is_set():
+            try:
+                _print_pass(worker.run_pass(), as_json, always=False)
+            except (IotSettleError, requests.RequestException, Web3Exception, OSError) as exc:
+                # The node may be restarting: report and try again next pass.
+                err_console.print(f"[yellow]{_stamp()} pass failed: {exc}[/yellow]")
+            stop.event.wait(interval)
+    if stop.signal == signal.SIGINT:
+        ctx.exit(EXIT_INTERRUPTED)
