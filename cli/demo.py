@@ -46,8 +46,8 @@ from oracle.node import Anvil, Mosquitto, Service, free_port, mqtt_ready, rpc_re
 from oracle.ops import livestats
 from oracle.ops.context import open_context
 from oracle.ops.provision import (CropSetup, CropTerms, FleetSpec, Parties, ProvisionedFleet, can_open_season,
-                                  check_chain_time, close_season, demo_account, motor_summary, open_season,
-                                  provision)
+                                  check_chain_time, close_season, demo_account, keeper_account, motor_summary,
+                                  open_season, provision)
 
 DEFAULT_FAULTS = "bad_signature,replayed_seq,counter_rollback,clock_skew,teleport,behaviour_rollback"
 DRAIN_TIMEOUT = 30.0
@@ -55,6 +55,9 @@ STOP_GRACE = 10.0
 WEATHER_STATIONS = 5  # the crop season's n; k = 3, and the last station is hostile
 SEASON_WEATHER = "drought"  # what the honest stations observe: the season should pay out
 FARMERS = 3
+KEEPER_INTERVAL = "1s"  # the demo's season lasts seconds: the keeper looks every second
+KEEPER_GRACE = 10.0  # seconds after the season became finalizable before the demo finalizes it itself
+KEEPER_KEY_ENV = "IOTSETTLE_DEMO_KEEPER_KEY"
 #: seconds the devices publish beyond the season's sale window and length: the simulator's start-up (its events'
 #: timestamps start when it has planned them) and opening the season while it runs
 SEASON_MARGIN = 12
@@ -241,7 +244,8 @@ def demo(ctx: click.Context, duration: float, devices: int, rate: float | None, 
     season over the weather stations (3 of 5 must agree; one station is hostile) where three farmers buy cover —
     one with a micro-loan repaid from the payout — then runs the oracle daemon and the device simulator (a
     drought; a few devices send bad events on purpose) and shows events/s, payments, rejects and backlog live.
-    When the season is over it is finalized and the loan swept. It ends with a summary read back from the chain:
+    A keeper (`iotsettle keeper run`, its own account) finalizes the season when it is over, pays the covers and
+    sweeps the loan while the demo runs. It ends with a summary read back from the chain:
     premiums with the behaviour factors applied, each station's verdict, the payouts, the loan repaid.
 
     \b
@@ -367,9 +371,18 @@ def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, du
                        env, work, stdout_path=sim_out)
     # The season runs on the wall clock: opened while the stations already publish, so each covers its start.
     setup: CropSetup | None = None
+    keeper: Child | None = None
+    keeper_address: str | None = None
     if season_length:
         setup = open_season(ops_ctx, provisioned, parties, season_length=season_length, terms=crop_terms,
                             progress=report)
+        # Its own account, not the relayer's: the daemon manages that key's nonces.
+        keeper_key = keeper_account(ops_ctx, parties.insurer, crop_terms)
+        keeper_address = keeper_key.address
+        report(f"starting the keeper ({keeper_address}): it pays the season out and sweeps the loan when due")
+        keeper = _spawn(run, "keeper", ["keeper", "run", "--interval", KEEPER_INTERVAL, "--from-key-env",
+                                        KEEPER_KEY_ENV],
+                        {**env, KEEPER_KEY_ENV: "0x" + keeper_key.key.hex(), "COLUMNS": "200"}, work)
 
     started = time.monotonic()
     phase = "devices publishing"
@@ -406,8 +419,14 @@ def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, du
 
     crop_result: dict[str, Any] | None = None
     if setup is not None:
-        report(f"finalizing crop season {setup.season_id} and sweeping loan {setup.loan_id}")
-        crop_result = {**setup.as_dict(), **close_season(ops_ctx, setup, parties.insurer)}
+        report(f"waiting for the keeper to finalize crop season {setup.season_id} and sweep loan {setup.loan_id}")
+        closed = close_season(ops_ctx, setup, parties.insurer, keeper=keeper_address, keeper_grace=KEEPER_GRACE)
+        if keeper is not None:
+            keeper.stop()
+            closed["keeperLog"] = str(keeper.log_path)
+        for note in closed["fallback"]:
+            report(note)
+        crop_result = {**setup.as_dict(), **closed}
     onchain = livestats.chain_summary(ops_ctx, settle_from)
     lat = livestats.latencies(db_path)
     rejects = {**snap.rejected, **snap.dead}
@@ -527,7 +546,21 @@ def _crop_view(crop: dict[str, Any]) -> Group:
                  f"{_fmt_tokens(int(loan['forwarded']))} to the farmer; outstanding "
                  f"{_fmt_tokens(int(loan['outstanding']))} of {_fmt_tokens(int(loan['repayment']))} ({loan['status']})")
     loans = Table(loan_line, show_header=True, box=None)
-    return Group(headline, stations, covers, loans)
+    return Group(headline, stations, covers, loans, Text(_keeper_line(crop)))
+
+
+def _keeper_line(crop: dict[str, Any]) -> str:
+    """Who finalized the season and swept the loan: the keeper, unasked, or the demo as a fallback."""
+    keeper = crop.get("keeper")
+    if keeper is None:
+        return f"finalized by {crop['finalizedBy']}"
+    by_keeper = crop["finalizedBy"] == keeper
+    swept = crop["loan"].get("sweptBy", [])
+    line = (f"the keeper {keeper} {'finalized the season' if by_keeper else 'did not finalize the season'} and "
+            f"{'swept the loan' if keeper in swept else 'did not sweep the loan'} with nobody asking")
+    if crop.get("fallback"):
+        line += "; " + "; ".join(crop["fallback"])
+    return line
 
 
 def _summary_view(summary: dict[str, Any]) -> Group:

@@ -134,22 +134,11 @@ class Keeper:
 
     # ------------------------------------------------------------------------------------------------ loans
 
-    def _waiting(self, view: loan.LoanView) -> tuple[int, list[tuple[str, int]]]:
-        """(loan tokens in the account, [(source, credit)] for sources holding a credit for the account)."""
-        credits = []
-        for name in loan.DEFAULT_SOURCES:
-            if not self.ctx.has(name):
-                continue
-            amount = int(self.ctx.contract(name).functions.withdrawable(view.token, view.account).call())
-            if amount:
-                credits.append((self.ctx.address(name), amount))
-        return view.account_balance, credits
-
     def _loan(self, loan_id: int) -> Action | None:
         view = loan.loan_of(self.ctx, loan_id)
         if view.status not in ("active", "repaid", "cancelled"):
             return None  # offered: sweep refuses until accepted
-        balance, credits = self._waiting(view)
+        balance, credits = waiting(self.ctx, view)
         if not balance and not credits:
             return None
         report = loan.sweep(self.ctx, loan_id, [source for source, _ in credits])
@@ -189,6 +178,19 @@ class Keeper:
             kind = "finalize" if what == "season" else "sweep"
             return [Action(kind, target, f"{what} {target}: {exc}", error=str(exc))]
         return [action] if action is not None else []
+
+
+def waiting(ctx: OpsContext, view: loan.LoanView) -> tuple[int, list[tuple[str, int]]]:
+    """What a loan's payout account has to collect: (loan tokens in the account, [(source address, credit)] for
+    the sources — DeliveryEscrow, CropInsurance — holding a credit for the account)."""
+    credits = []
+    for name in loan.DEFAULT_SOURCES:
+        if not ctx.has(name):
+            continue
+        amount = int(ctx.contract(name).functions.withdrawable(view.token, view.account).call())
+        if amount:
+            credits.append((ctx.address(name), amount))
+    return view.account_balance, credits
 
 
 def _count(n: int, singular: str) -> str:

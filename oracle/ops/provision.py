@@ -8,7 +8,8 @@ here is the simulator's input (``oracle.device.fleet``), pointed at the real agr
 Two steps, because a crop season runs on the wall clock: ``provision`` sets up the fleet (devices, meter
 agreements, escrows, motor policies); ``open_season`` funds a crop pool and opens a season of a few minutes that
 starts seconds later, with a micro-loan whose payout account is a farmer's cover beneficiary, once the devices
-publish; ``close_season`` finalizes it once it is over and sweeps the loan.
+publish; the keeper (``iotsettle keeper run``, started by the demo) finalizes it once it is over and sweeps the loan,
+and ``close_season`` reads what happened back from the chain (finalizing and sweeping itself if the keeper did not).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from oracle.errors import ChainError, ConfigError
 from oracle.ops import billing, crop, escrow, insurance, loan, registry, token
 from oracle.ops.audit import fetch_logs
 from oracle.ops.context import OpsContext
+from oracle.ops.keeper import waiting
 from oracle.ops.tx import events_in, transact_many
 
 log = logging.getLogger(__name__)
@@ -400,24 +402,60 @@ def open_season(
                      stations, provisioned.hostile, covers, loan_id, account, borrower, parties.lender.address)
 
 
-def close_season(ctx: OpsContext, setup: CropSetup, caller: LocalAccount) -> dict[str, Any]:
-    """Finalize the season (anyone may; already finalized is fine), pay every policy, sweep the loan's payout
-    account; returns what happened, read back from the chain."""
+def keeper_account(ctx: OpsContext, funder: LocalAccount, terms: CropTerms = CropTerms()) -> LocalAccount:
+    """The demo keeper's own account (not the oracle's relayer: the daemon manages that key's nonces), given gas
+    money by ``funder``."""
+    keeper = demo_account("keeper")
+    if int(ctx.w3.eth.get_balance(keeper.address)) < terms.gas_money // 2:
+        send(ctx.chain, funder, {"to": keeper.address, "value": terms.gas_money})
+    return keeper
+
+
+def _keeper_done(ctx: OpsContext, setup: CropSetup) -> bool:
+    """The season finalized with every policy processed, and nothing left to collect for the loan's account."""
+    season = crop.season_of(ctx, setup.season_id, details=False)
+    if not season.finalized or season.paid_up_to < season.policy_count:
+        return False
+    balance, credits = waiting(ctx, loan.loan_of(ctx, setup.loan_id))
+    return not balance and not credits
+
+
+def close_season(ctx: OpsContext, setup: CropSetup, caller: LocalAccount, *, keeper: str | None = None,
+                 keeper_grace: float = 0.0) -> dict[str, Any]:
+    """What happened to the season and the loan, read back from the chain.
+
+    With a ``keeper`` running, wait until ``keeper_grace`` seconds after the season became finalizable for it to
+    finalize, pay and sweep; whatever is still undone then (or with no keeper) ``caller`` does, and the result
+    says so in ``fallback``."""
     anyone = _as(ctx, caller)
+    fallback: list[str] = []
+    if keeper is not None:
+        deadline = setup.finalizable_at + keeper_grace
+        while not _keeper_done(ctx, setup) and time.time() < deadline:
+            time.sleep(0.5)
     season = crop.season_of(ctx, setup.season_id)
     if not season.finalized:
         wait = setup.finalizable_at + 1 - max(int(time.time()), int(ctx.w3.eth.get_block("latest")["timestamp"]))
         if wait > 0:
             time.sleep(wait)
         crop.finalize(anyone, setup.season_id)
+        fallback.append("finalized by the demo" + (": the keeper had not finalized it" if keeper else ""))
     elif season.paid_up_to < season.policy_count:
         crop.pay_out(anyone, setup.season_id, until_done=True)
+        fallback.append("payouts completed by the demo")
     season = crop.season_of(ctx, setup.season_id)
-    sweep = loan.sweep(anyone, setup.loan_id)
+    balance, credits = waiting(ctx, loan.loan_of(ctx, setup.loan_id))
+    if balance or credits:
+        loan.sweep(anyone, setup.loan_id, [source for source, _ in credits])
+        fallback.append("loan swept by the demo" + (": the keeper had not swept it" if keeper else ""))
     view = loan.loan_of(ctx, setup.loan_id)
     paid = {c.policy_id: sum(int(e.args["amount"]) for e in fetch_logs(ctx, crop.CONTRACT, ("PayoutSent",),
                                                                        topic1=c.policy_id))
             for c in season.policies}
+    repaid = fetch_logs(ctx, loan.CONTRACT, ("Repaid",), topic1=setup.loan_id)
+    forwarded = fetch_logs(ctx, loan.CONTRACT, ("Forwarded",), topic1=setup.loan_id)
+    [finalized] = fetch_logs(ctx, crop.CONTRACT, ("SeasonFinalized",), topic1=setup.season_id)
+    finalized_by = ctx.w3.eth.get_transaction(finalized.tx_hash)["from"]
     return {
         "seasonId": setup.season_id,
         "triggered": season.triggered,
@@ -430,8 +468,13 @@ def close_season(ctx: OpsContext, setup: CropSetup, caller: LocalAccount) -> dic
                     "premium": str(c.premium), "status": c.status, "paid": str(paid.get(c.policy_id, 0))}
                    for c in season.policies],
         "loan": {"loanId": setup.loan_id, "account": setup.payout_account, "borrower": setup.borrower,
-                 "repaidBySweep": str(sweep.repaid), "forwarded": str(sweep.forwarded),
+                 "repaidBySweep": str(sum(int(e.args["amount"]) for e in repaid)),
+                 "forwarded": str(sum(int(e.args["amount"]) for e in forwarded)),
+                 "sweptBy": sorted({ctx.w3.eth.get_transaction(e.tx_hash)["from"] for e in repaid + forwarded}),
                  "outstanding": str(view.outstanding), "status": view.status, "repayment": str(view.repayment)},
+        "finalizedBy": finalized_by,
+        "keeper": keeper,
+        "fallback": fallback,
     }
 
 
