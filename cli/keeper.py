@@ -117,10 +117,10 @@ def run(ctx: click.Context, interval: int, once: bool, from_key_env: str | None,
         if summary.failures:
             ctx.exit(1)
         return
-    if not as_json:
-        err_console.print(f"[dim]keeper {ops_ctx.require_sender().address} on chain {ops_ctx.chain.chain_id}, "
-                          f"a pass every {interval} s; SIGTERM or Ctrl-C stops it[/dim]")
     with _stop_on_signals() as stop:
+        if not as_json:
+            err_console.print(f"[dim]keeper {ops_ctx.require_sender().address} on chain {ops_ctx.chain.chain_id}, "
+                              f"a pass every {interval} s; SIGTERM or Ctrl-C stops it[/dim]")
         while not stop.event.is_set():
             try:
                 _print_pass(worker.run_pass(), as_json, always=False)

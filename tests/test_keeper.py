@@ -144,7 +144,9 @@ def test_a_season_not_yet_due_is_left_alone_and_human_output_says_so(own_deploym
     assert _nonce(w3, keeper) == nonce
 
 
-def test_keeper_run_stops_on_sigterm_with_exit_0(own_deployment) -> None:
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_keeper_run_stops_on_sigterm_with_exit_0_and_ctrl_c_with_130(own_deployment, signum: int,
+                                                                      status: int) -> None:
     deployment, w3 = own_deployment, own_deployment.chain.w3
     cli = Cli(deployment.config)
     keeper = cli.user(w3)
@@ -156,8 +158,8 @@ def test_keeper_run_stops_on_sigterm_with_exit_0(own_deployment) -> None:
         assert proc.stderr is not None
         started = proc.stderr.readline()  # the banner is printed once the context is open
         assert "SIGTERM or Ctrl-C stops it" in started, started
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        proc.send_signal(signum)
+        assert proc.wait(timeout=15) == status
     finally:
         if proc.poll() is None:
             proc.kill()
