@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 import requests
@@ -56,6 +58,13 @@ def _stop_on_signals() -> Iterator[_Stop]:
             signal.signal(sig, old)
 
 
+def _save(path: Path, state: dict[str, object]) -> None:
+    """Write the state atomically: a keeper stopped mid-write must not leave half a file for the next run."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(partial, path)
+
+
 def _stamp() -> str:
     return datetime.now(UTC).strftime("%H:%M:%S")
 
@@ -80,11 +89,14 @@ def _print_pass(summary: PassSummary, as_json: bool, always: bool) -> None:
 @click.option("--interval", type=DURATION, default="10s", show_default=True,
               help="Time between passes (at least 1 s: 5s, 90s, 5m…).")
 @click.option("--once", is_flag=True, help="One pass, then exit (for cron): exit status 1 if an action failed.")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON file keeping the last block scanned and the seasons and loans watched between runs "
+                   "(with --once: each cron run reads only the new blocks).")
 @sender_options
 @rpc_option
 @json_option
 @click.pass_context
-def run(ctx: click.Context, interval: int, once: bool, from_key_env: str | None, dev_account: int | None,
+def run(ctx: click.Context, interval: int, once: bool, state_path: Path | None, from_key_env: str | None, dev_account: int | None,
         rpc_url: str | None, as_json: bool) -> None:
     """Finalize and pay out crop seasons when due, and sweep loan payout accounts that received something.
 
@@ -99,7 +111,7 @@ def run(ctx: click.Context, interval: int, once: bool, from_key_env: str | None,
     \b
     Examples:
       iotsettle keeper run --from-key-env KEEPER_KEY               # every 10 s until SIGTERM / Ctrl-C
-      iotsettle keeper run --once --json --from-key-env KEEPER_KEY # one pass (cron), summary as JSON
+      iotsettle keeper run --once --json --state keeper.json --from-key-env KEEPER_KEY   # cron
     """
     if from_key_env is None and dev_account is None:
         err_console.print("[yellow]sending from the configured [chain] key: if the oracle daemon relays with the "
@@ -108,8 +120,20 @@ def run(ctx: click.Context, interval: int, once: bool, from_key_env: str | None,
         raise click.BadParameter("the interval must be at least 1 s", param_hint="--interval")
     ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
     worker = Keeper(ops_ctx)
-    if once:
+    if state_path is not None and state_path.exists():
+        try:
+            worker.restore(json.loads(state_path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise click.ClickException(f"cannot read the keeper state {state_path}: {exc}") from None
+
+    def run_pass() -> PassSummary:
         summary = worker.run_pass()
+        if state_path is not None:
+            _save(state_path, worker.state())
+        return summary
+
+    if once:
+        summary = run_pass()
         if as_json:
             emit(summary.as_dict(), True)
         else:
@@ -123,7 +147,7 @@ def run(ctx: click.Context, interval: int, once: bool, from_key_env: str | None,
                               f"a pass every {interval} s; SIGTERM or Ctrl-C stops it[/dim]")
         while not stop.event.is_set():
             try:
-                _print_pass(worker.run_pass(), as_json, always=False)
+                _print_pass(run_pass(), as_json, always=False)
             except (IotSettleError, requests.RequestException, Web3Exception, OSError) as exc:
                 # The node may be restarting: report and try again next pass.
                 err_console.print(f"[yellow]{_stamp()} pass failed: {exc}[/yellow]")

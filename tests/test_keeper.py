@@ -116,7 +116,7 @@ def test_due_season_is_paid_and_the_loan_swept_without_anyone_asking(own_deploym
     assert token_balance(deployment, farmer.address) == farmer_before + 157 * TOKEN
 
 
-def test_a_season_not_yet_due_is_left_alone_and_human_output_says_so(own_deployment) -> None:
+def test_a_season_not_yet_due_is_left_alone_and_history_is_read_once(own_deployment, tmp_path) -> None:
     deployment, w3 = own_deployment, own_deployment.chain.w3
     cli = Cli(deployment.config)
     insurer, keeper = cli.user(w3), cli.user(w3)
@@ -141,6 +141,12 @@ def test_a_season_not_yet_due_is_left_alone_and_human_output_says_so(own_deploym
     second = worker.run_pass()
     assert second.from_block == first.to_block + 1 and second.to_block > first.to_block
     assert season_id in worker.seasons and (first.actions, second.actions) == ((), ())
+    assert _nonce(w3, keeper) == nonce
+
+    # so does a cron job with --state: the second run starts where the first stopped
+    state = tmp_path / "keeper.json"
+    cron = [cli.ok(["keeper", "run", "--once", "--state", str(state)], keeper) for _ in range(2)]
+    assert cron[1]["fromBlock"] == cron[0]["toBlock"] + 1 and cron[1]["seasonsWatched"] >= 1
     assert _nonce(w3, keeper) == nonce
 
 

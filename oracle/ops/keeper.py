@@ -82,6 +82,23 @@ class Keeper:
         self.seasons: set[int] = set()  # seasons not finalized or not fully paid
         self.loans: set[int] = set()  # every loan seen: a repaid one's account may still receive payouts
 
+    def state(self) -> dict[str, Any]:
+        """What the keeper learned, for ``restore`` in the next run (a cron job keeps it in a file)."""
+        return {"chainId": self.ctx.chain.chain_id, "crop": self.ctx.address(crop.CONTRACT) if self.has_crop else None,
+                "loanBook": self.ctx.address(loan.CONTRACT) if self.has_loans else None,
+                "nextBlock": self.next_block, "seasons": sorted(self.seasons), "loans": sorted(self.loans)}
+
+    def restore(self, saved: dict[str, Any]) -> bool:
+        """Continue from a saved ``state``; ignored (False) when it belongs to another chain or deployment."""
+        mine = self.state()
+        if any(saved.get(key) != mine[key] for key in ("chainId", "crop", "loanBook")):
+            log.warning("keeper state is for another chain or deployment: reading the history again")
+            return False
+        self.next_block = max(self.next_block, int(saved["nextBlock"]))
+        self.seasons |= {int(s) for s in saved.get("seasons", [])}
+        self.loans |= {int(i) for i in saved.get("loans", [])}
+        return True
+
     # ------------------------------------------------------------------------------------------------ discovery
 
     def _discover(self, latest: int) -> None:
