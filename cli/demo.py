@@ -554,13 +554,11 @@ def _keeper_line(crop: dict[str, Any]) -> str:
     keeper = crop.get("keeper")
     if keeper is None:
         return f"finalized by {crop['finalizedBy']}"
-    by_keeper = crop["finalizedBy"] == keeper
-    swept = crop["loan"].get("sweptBy", [])
-    line = (f"the keeper {keeper} {'finalized the season' if by_keeper else 'did not finalize the season'} and "
-            f"{'swept the loan' if keeper in swept else 'did not sweep the loan'} with nobody asking")
-    if crop.get("fallback"):
-        line += "; " + "; ".join(crop["fallback"])
-    return line
+    done = (["finalized the season"] if crop["finalizedBy"] == keeper else []) + \
+        (["swept the loan"] if keeper in crop["loan"].get("sweptBy", []) else [])
+    line = (f"the keeper {keeper} {' and '.join(done)}, with nobody asking" if done
+            else f"the keeper {keeper} did nothing in time")
+    return "; ".join([line, *crop.get("fallback", [])])
 
 
 def _summary_view(summary: dict[str, Any]) -> Group:
