@@ -49,7 +49,8 @@ class Reason(StrEnum):
     WRONG_CHAIN = "wrong_chain"
     """``chainId`` is not the chain this oracle settles on."""
     WRONG_CONTRACT = "wrong_contract"
-    """``contract`` is not the deployed contract for this event type (MeteredBilling or DeliveryEscrow)."""
+    """``contract`` is not the deployed contract for this event type (MeteredBilling, DeliveryEscrow,
+    MotorInsurance or CropInsurance)."""
     BAD_SIGNATURE = "bad_signature"
     """The signature is malformed or malleable, or it does not recover to ``device``."""
     UNKNOWN_DEVICE = "unknown_device"
