@@ -20,6 +20,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from web3.exceptions import Web3Exception
+
 from oracle.errors import IotSettleError
 from oracle.ops import crop, loan
 from oracle.ops.audit import fetch_logs
@@ -191,7 +193,8 @@ class Keeper:
     def _attempt(what: str, target: int, act: Any) -> list[Action]:
         try:
             action = act()
-        except IotSettleError as exc:
+        except (IotSettleError, Web3Exception, ValueError) as exc:
+            # One bad item (a token whose views revert, a race lost) must not stop the others' payouts.
             kind = "finalize" if what == "season" else "sweep"
             return [Action(kind, target, f"{what} {target}: {exc}", error=str(exc))]
         return [action] if action is not None else []
