@@ -112,6 +112,9 @@ def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -
     assert token.functions.balanceOf(crop["payoutAccount"]).call() == 0
     # the farmer: the 100 TEST loan, less a 12 TEST premium, plus the 40 TEST forwarded
     assert token.functions.balanceOf(crop["borrower"]).call() == 128 * 10**18
+    # nobody asked: the keeper child process finalized the season and swept the loan, the demo did not step in
+    assert crop["finalizedBy"] == crop["keeper"] and crop["keeper"] in loan["sweptBy"]
+    assert not crop.get("fallback")
 
     # nothing left running: the children's pid files are gone and so are they
     assert not list(work.glob("*.pid"))
