@@ -101,7 +101,6 @@ SENTENCES: Sentences = {
                                f"{when(a['acceptBy'])}, due by {when(a['dueBy'])}, now {when(a['timestamp'])})"),
     "TooManySources": lambda a: f"{a['count']} sources are more than a sweep takes ({a['max']})",
     "LoanTokenNeedsSweep": lambda a: f"the loan token of loan {a['loanId']} is split by `loan sweep`, not forwarded",
-    "NothingToForward": lambda a: f"the payout account of loan {a['loanId']} holds none of {a['token']}",
     "NothingToWithdraw": lambda a: f"{a['account']} has no payment credited by the loan book in {a['token']}",
     "ZeroAmount": lambda a: "the amount must be more than zero (or nothing is outstanding)",
     "ZeroAddress": lambda a: "an address argument is the zero address",
