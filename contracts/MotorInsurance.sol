@@ -13,7 +13,9 @@ import {IMotorInsurance} from "./interfaces/IMotorInsurance.sol";
 /// @notice An insurer offers a policy for one VEHICLE device; the holder accepts with a prepaid deposit. `settle`
 /// charges, per signed Telematics report, the metres driven since the last settled report at `ratePerKm` times a
 /// behaviour factor: `minFactorBps` for a clean period, plus `stepBps` per harsh-braking or speeding event per
-/// 100 km, capped at `maxFactorBps` (formula in {IMotorInsurance}). The bounds are fixed when the policy is offered,
+/// 100 km, capped at `maxFactorBps` (formula in {IMotorInsurance}). The offer fixes the unit's three registers
+/// as they read at the start (odometer, harsh-braking and speeding counts), so the first period is priced on what
+/// happened after it, not on the unit's history. The bounds are fixed when the policy is offered,
 /// and every {PremiumCharged} event carries the period's metres, event counts and factor, so the holder sees why
 /// the rate moved. When the prepaid balance runs short the rest becomes arrears and the policy lapses until a
 /// top-up pays them.
@@ -47,7 +49,8 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
 
     /// @dev Per-policy storage. `settle` reads slots 0–2 and writes slot 0 always and slot 1 when it charges: the
     /// registers, factor and status share one word. lastTimestamp fits 40 bits because settled timestamps are at
-    /// most block.timestamp + MAX_CLOCK_SKEW.
+    /// most block.timestamp + MAX_CLOCK_SKEW. The starting counters fill spare room in slots 2 and 4, which `offer`
+    /// writes anyway, so fixing them costs no extra storage slot.
     struct Record {
         // slot 0
         uint64 lastOdometer;
@@ -65,6 +68,7 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         uint16 minFactorBps;
         uint16 maxFactorBps;
         uint16 stepBps;
+        uint32 startSpeeding;
         // slot 3
         address holder;
         uint32 noticePeriod;
@@ -72,6 +76,7 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         // slot 4
         address token;
         uint64 startOdometer;
+        uint32 startHarsh;
         // slot 5
         uint128 deposited;
         uint128 withdrawn;
@@ -99,6 +104,8 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         uint16 maxFactorBps,
         uint16 stepBps,
         uint64 startOdometer,
+        uint32 startHarsh,
+        uint32 startSpeeding,
         uint32 noticePeriod
     ) external returns (uint256 policyId) {
         if (holder == address(0) || token == address(0)) revert ZeroAddress();
@@ -110,7 +117,10 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
 
         policyId = (uint256(uint160(vehicle)) << 96) | ++_policyCount;
         Record storage p = _policies[policyId];
+        // The unit's registers now: the first settled report pays only for what happened after this point.
         p.lastOdometer = startOdometer;
+        p.lastHarsh = startHarsh;
+        p.lastSpeeding = startSpeeding;
         p.ratePerKm = ratePerKm;
         p.insurer = msg.sender;
         p.minFactorBps = minFactorBps;
@@ -122,6 +132,8 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         p.noticePeriod = noticePeriod;
         p.token = token;
         p.startOdometer = startOdometer;
+        p.startHarsh = startHarsh;
+        p.startSpeeding = startSpeeding;
         _emitOffered(policyId, p);
     }
 
@@ -367,6 +379,8 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         policy.withdrawn = p.withdrawn;
         policy.deposited = p.deposited;
         policy.refunded = p.refunded;
+        policy.startHarsh = p.startHarsh;
+        policy.startSpeeding = p.startSpeeding;
     }
 
     /// @inheritdoc IMotorInsurance
@@ -437,7 +451,9 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
             p.maxFactorBps,
             p.stepBps,
             p.startOdometer,
-            p.noticePeriod
+            p.noticePeriod,
+            p.startHarsh,
+            p.startSpeeding
         );
     }
 

@@ -8,7 +8,8 @@ import {IDeviceEvents} from "./IDeviceEvents.sol";
 /// @notice Policy ids are minted as `uint160(vehicle) << 96 | serial`, so `settle` knows the vehicle of a policy
 /// without a storage read. Treat them as opaque uint256.
 ///
-/// Premium of one report (all three registers are cumulative, so a lost report loses nothing):
+/// Premium of one report (all three registers are cumulative, so a lost report loses nothing; `last*` start at the
+/// `startOdometer`, `startHarsh` and `startSpeeding` fixed by the offer):
 ///
 ///     metres = odometer − lastOdometer;   events = (harshBraking − lastHarsh) + (speeding − lastSpeeding)
 ///     metres == 0:  factorBps = events == 0 ? lastFactorBps : maxFactorBps;   amount = 0
@@ -31,7 +32,8 @@ interface IMotorInsurance is IDeviceEvents {
     }
 
     /// @notice Everything about a policy. `charged` = premiums earned by the insurer so far (taken from the prepaid
-    /// balance or paid as arrears); `charged + prepaid + refunded == deposited` always.
+    /// balance or paid as arrears); `charged + prepaid + refunded == deposited` always. `startHarsh` and
+    /// `startSpeeding` (the unit's counters at the offer) come last so that earlier fields keep their positions.
     struct Policy {
         address insurer;
         address holder;
@@ -57,6 +59,8 @@ interface IMotorInsurance is IDeviceEvents {
         uint256 withdrawn;
         uint256 deposited;
         uint256 refunded;
+        uint32 startHarsh;
+        uint32 startSpeeding;
     }
 
     /// @notice A vehicle's `Telematics(policyId, seq, timestamp, odometer, harshBraking, speeding)` with its signature
@@ -72,6 +76,8 @@ interface IMotorInsurance is IDeviceEvents {
         bytes32 vs;
     }
 
+    /// @notice The terms of a new offer. `startHarsh` and `startSpeeding` (the unit's behaviour counters at the
+    /// offer, like `startOdometer`) come last so that decoders reading the earlier words by position keep working.
     event PolicyOffered(
         uint256 indexed policyId,
         address indexed insurer,
@@ -83,7 +89,9 @@ interface IMotorInsurance is IDeviceEvents {
         uint16 maxFactorBps,
         uint16 stepBps,
         uint64 startOdometer,
-        uint32 noticePeriod
+        uint32 noticePeriod,
+        uint32 startHarsh,
+        uint32 startSpeeding
     );
     event PolicyCancelled(uint256 indexed policyId);
     event PolicyAccepted(uint256 indexed policyId, uint256 deposit);
@@ -134,8 +142,11 @@ interface IMotorInsurance is IDeviceEvents {
     error NoCredit(address account, address token);
 
     /// @notice Insurer (msg.sender) offers `holder` a pay-per-km policy for a registered, active VEHICLE whose
-    /// odometer reads `startOdometer` metres now, paid in the ERC-20 `token`. The factor bounds are fixed for the
-    /// policy's life: 0 < minFactorBps ≤ maxFactorBps ≤ MAX_FACTOR_BPS; ratePerKm > 0. Emits a {PolicyOffered} event.
+    /// registers read `startOdometer` metres, `startHarsh` harsh-braking and `startSpeeding` speeding events now
+    /// (the counters are cumulative since the unit was installed), paid in the ERC-20 `token`. The registers of the
+    /// first report are charged from these values, and a report below any of them is refused with CounterRollback.
+    /// The factor bounds are fixed for the policy's life: 0 < minFactorBps ≤ maxFactorBps ≤ MAX_FACTOR_BPS;
+    /// ratePerKm > 0. Emits a {PolicyOffered} event.
     function offer(
         address holder,
         address vehicle,
@@ -145,6 +156,8 @@ interface IMotorInsurance is IDeviceEvents {
         uint16 maxFactorBps,
         uint16 stepBps,
         uint64 startOdometer,
+        uint32 startHarsh,
+        uint32 startSpeeding,
         uint32 noticePeriod
     ) external returns (uint256 policyId);
 

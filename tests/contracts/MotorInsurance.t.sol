@@ -83,7 +83,7 @@ contract MotorInsuranceTest is MotorFixture {
 
     function _offer(address token_) internal returns (uint256 policyId) {
         vm.prank(insurer);
-        policyId = motor.offer(holder, vehicle, token_, RATE, MIN, MAX, STEP, START, 0);
+        policyId = motor.offer(holder, vehicle, token_, RATE, MIN, MAX, STEP, START, 0, 0, 0);
     }
 
     function _topUp(uint256 policyId, uint256 amount) internal {
@@ -98,9 +98,11 @@ contract MotorInsuranceTest is MotorFixture {
 
     function test_Offer_EncodesVehicleInIdAndStoresTerms() public {
         vm.expectEmit(false, true, true, true, address(motor));
-        emit IMotorInsurance.PolicyOffered(0, insurer, holder, vehicle, address(token), 7, 9_000, 15_000, 250, 42, 60);
+        emit IMotorInsurance.PolicyOffered(
+            0, insurer, holder, vehicle, address(token), 7, 9_000, 15_000, 250, 42, 60, 500, 200
+        );
         vm.prank(insurer);
-        uint256 p = motor.offer(holder, vehicle, address(token), 7, 9_000, 15_000, 250, 42, 60);
+        uint256 p = motor.offer(holder, vehicle, address(token), 7, 9_000, 15_000, 250, 42, 500, 200, 60);
         assertEq(address(uint160(p >> 96)), vehicle, "vehicle in the high bits");
         assertEq(uint96(p), 2, "serial counts offers");
         IMotorInsurance.Policy memory pol = motor.policyOf(p);
@@ -115,6 +117,10 @@ contract MotorInsuranceTest is MotorFixture {
         assertEq(pol.stepBps, 250);
         assertEq(pol.startOdometer, 42);
         assertEq(pol.lastOdometer, 42);
+        assertEq(pol.startHarsh, 500);
+        assertEq(pol.startSpeeding, 200);
+        assertEq(pol.lastHarsh, 500, "the harsh-braking count starts from the unit's count at the offer");
+        assertEq(pol.lastSpeeding, 200, "the speeding count starts from the unit's count at the offer");
         assertEq(pol.lastFactorBps, 9_000, "the first factor is the minimum");
         assertEq(pol.noticePeriod, 60);
         assertEq(pol.prepaid, 0);
@@ -123,29 +129,29 @@ contract MotorInsuranceTest is MotorFixture {
     function test_RevertWhen_Offer_ZeroHolderOrToken() public {
         vm.startPrank(insurer);
         vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.ZeroAddress.selector));
-        motor.offer(address(0), vehicle, address(token), RATE, MIN, MAX, STEP, 0, 0);
+        motor.offer(address(0), vehicle, address(token), RATE, MIN, MAX, STEP, 0, 0, 0, 0);
         vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.ZeroAddress.selector));
-        motor.offer(holder, vehicle, address(0), RATE, MIN, MAX, STEP, 0, 0);
+        motor.offer(holder, vehicle, address(0), RATE, MIN, MAX, STEP, 0, 0, 0, 0);
         vm.stopPrank();
     }
 
     function test_RevertWhen_Offer_ZeroRate() public {
         vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.ZeroRate.selector));
         vm.prank(insurer);
-        motor.offer(holder, vehicle, address(token), 0, MIN, MAX, STEP, 0, 0);
+        motor.offer(holder, vehicle, address(token), 0, MIN, MAX, STEP, 0, 0, 0, 0);
     }
 
     function test_RevertWhen_Offer_FactorBoundsOutOfRange() public {
         vm.startPrank(insurer);
         vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.InvalidFactorBounds.selector, 0, MAX));
-        motor.offer(holder, vehicle, address(token), RATE, 0, MAX, STEP, 0, 0);
+        motor.offer(holder, vehicle, address(token), RATE, 0, MAX, STEP, 0, 0, 0, 0);
         vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.InvalidFactorBounds.selector, 12_000, 11_999));
-        motor.offer(holder, vehicle, address(token), RATE, 12_000, 11_999, STEP, 0, 0);
+        motor.offer(holder, vehicle, address(token), RATE, 12_000, 11_999, STEP, 0, 0, 0, 0);
         vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.InvalidFactorBounds.selector, MIN, 50_001));
-        motor.offer(holder, vehicle, address(token), RATE, MIN, 50_001, STEP, 0, 0);
+        motor.offer(holder, vehicle, address(token), RATE, MIN, 50_001, STEP, 0, 0, 0, 0);
         // the edges are allowed: a flat factor, and the 5× ceiling
-        motor.offer(holder, vehicle, address(token), RATE, 50_000, 50_000, 0, 0, 0);
-        motor.offer(holder, vehicle, address(token), RATE, 1, 1, STEP, 0, 0);
+        motor.offer(holder, vehicle, address(token), RATE, 50_000, 50_000, 0, 0, 0, 0, 0);
+        motor.offer(holder, vehicle, address(token), RATE, 1, 1, STEP, 0, 0, 0, 0);
         vm.stopPrank();
         assertEq(motor.MAX_FACTOR_BPS(), 50_000);
     }
@@ -153,18 +159,18 @@ contract MotorInsuranceTest is MotorFixture {
     function test_RevertWhen_Offer_VehicleUnknownRevokedOrNotAVehicle() public {
         vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.UnknownDevice.selector, relayer));
         vm.prank(insurer);
-        motor.offer(holder, relayer, address(token), RATE, MIN, MAX, STEP, 0, 0);
+        motor.offer(holder, relayer, address(token), RATE, MIN, MAX, STEP, 0, 0, 0, 0);
 
         address meter = registerDevice(deviceKey(41), IDeviceRegistry.DeviceKind.Meter, owner);
         vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.WrongDeviceKind.selector, meter));
         vm.prank(insurer);
-        motor.offer(holder, meter, address(token), RATE, MIN, MAX, STEP, 0, 0);
+        motor.offer(holder, meter, address(token), RATE, MIN, MAX, STEP, 0, 0, 0, 0);
 
         vm.prank(owner);
         registry.revoke(vehicle);
         vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.UnknownDevice.selector, vehicle));
         vm.prank(insurer);
-        motor.offer(holder, vehicle, address(token), RATE, MIN, MAX, STEP, 0, 0);
+        motor.offer(holder, vehicle, address(token), RATE, MIN, MAX, STEP, 0, 0, 0, 0);
     }
 
     // ---------------------------------------------------------------- cancel, accept
@@ -374,6 +380,75 @@ contract MotorInsuranceTest is MotorFixture {
         uint256 exact = uint256(metres) * rate * factor;
         assertLe(amount * 1e7, exact, "amount not above the formula");
         assertGt((amount + 1) * 1e7, exact, "amount rounded down by less than one unit");
+    }
+
+    // ---------------------------------------------------------------- a unit with a history
+
+    /// @dev A policy on a unit whose counters read 500 harsh-braking and 200 speeding events at the offer.
+    function _openOnUnitWithHistory() internal returns (uint256 p) {
+        p = openPolicy(vehicle, Terms(RATE, MIN, MAX, STEP, START, 500, 200), DEPOSIT);
+    }
+
+    function test_Settle_UnitWithHistoryPaysTheMinimumForACleanFirstPeriod() public {
+        uint256 p = _openOnUnitWithHistory();
+        // 50 km without a new event: the 700 events from before the offer are not this policy's: 0.8× → 4000
+        _expectCharged(
+            signTelematics(vehicleKey, p, 1, uint64(block.timestamp), START + 50_000, 500, 200), 50_000, 0, 0, MIN, 4_000
+        );
+        // then only the new events count: 3 over 50 km → 1.4× → 7000
+        _expectCharged(
+            signTelematics(vehicleKey, p, 2, uint64(block.timestamp), START + 100_000, 502, 201),
+            50_000,
+            2,
+            1,
+            14_000,
+            7_000
+        );
+        IMotorInsurance.Policy memory pol = motor.policyOf(p);
+        assertEq(pol.charged, 11_000);
+        assertEq(pol.prepaid, DEPOSIT - 11_000);
+        assertEq(pol.startHarsh, 500, "the starting counts stay on record");
+        assertEq(pol.startSpeeding, 200, "the starting counts stay on record");
+    }
+
+    function test_Reject_ReportBelowTheStartCountsIsCounterRollback() public {
+        uint256 p = _openOnUnitWithHistory();
+        uint64 ts = uint64(block.timestamp);
+        _expectRejected(
+            signTelematics(vehicleKey, p, 1, ts, START + 50_000, 499, 200), IDeviceEvents.RejectReason.CounterRollback
+        );
+        _expectRejected(
+            signTelematics(vehicleKey, p, 1, ts, START + 50_000, 500, 199), IDeviceEvents.RejectReason.CounterRollback
+        );
+        vm.expectRevert(
+            abi.encodeWithSelector(IDeviceEvents.EventRejected.selector, p, 0, IDeviceEvents.RejectReason.CounterRollback)
+        );
+        motor.quote(p, START + 50_000, 0, 0);
+        _settle(signTelematics(vehicleKey, p, 1, ts, START + 50_000, 500, 200)); // equal to the start is fine
+    }
+
+    /// @dev Whatever the unit's counters read at the offer, the factor of the first period is computed from the
+    /// events after it and stays within the bounds.
+    function testFuzz_Settle_FactorBoundsHoldFromAnyStartCounts(
+        uint32 startHarsh,
+        uint32 startSpeeding,
+        uint32 harsh,
+        uint32 speeding,
+        uint64 metres,
+        uint16 minF,
+        uint16 maxF,
+        uint16 step
+    ) public {
+        harsh = uint32(bound(harsh, 0, type(uint32).max - startHarsh));
+        speeding = uint32(bound(speeding, 0, type(uint32).max - startSpeeding));
+        metres = uint64(bound(metres, 1, type(uint64).max - START));
+        maxF = uint16(bound(maxF, 1, 50_000));
+        minF = uint16(bound(minF, 1, maxF));
+        uint256 p =
+            openPolicy(vehicle, Terms(RATE, minF, maxF, step, START, startHarsh, startSpeeding), type(uint128).max);
+        (uint16 factor,) = _settleAndDecode(p, START + metres, startHarsh + harsh, startSpeeding + speeding);
+        _checkFactor(factor, minF, maxF, step, metres, uint256(harsh) + speeding);
+        if (harsh == 0 && speeding == 0) assertEq(factor, minF, "a clean first period pays the minimum");
     }
 
     // ---------------------------------------------------------------- batches and rejections

@@ -55,7 +55,8 @@ contract MotorHandler is Test {
         vehicleKeys.push(key);
         ids.push(id);
         keyOf[id] = key;
-        odometerOf[id] = motor.policyOf(id).startOdometer;
+        IMotorInsurance.Policy memory p = motor.policyOf(id);
+        (odometerOf[id], harshOf[id], speedingOf[id]) = (p.startOdometer, p.startHarsh, p.startSpeeding);
         ghostDeposited[id] += deposit;
     }
 
@@ -157,7 +158,7 @@ contract MotorHandler is Test {
         minF = uint16(bound(minF, 1, maxF));
         deposit = bound(deposit, 1, 1e9);
         vm.prank(INSURER);
-        uint256 id = motor.offer(HOLDER, vm.addr(key), address(token), rate, minF, maxF, step, 0, 1 hours);
+        uint256 id = motor.offer(HOLDER, vm.addr(key), address(token), rate, minF, maxF, step, 0, 0, 0, 1 hours);
         token.mint(HOLDER, deposit);
         vm.startPrank(HOLDER);
         token.approve(address(motor), deposit);
@@ -220,6 +221,8 @@ contract MotorInsuranceInvariantsTest is Test {
                 maxF[i],
                 step[i],
                 uint64(i * 1e6),
+                uint32(i * 500),
+                uint32(i * 200),
                 1 hours
             );
             token.mint(holder, deposit);

@@ -45,7 +45,8 @@ abstract contract MotorFixture is Fixture {
         return registerDevice(key, IDeviceRegistry.DeviceKind.Vehicle, owner);
     }
 
-    /// @dev Offer (insurer) + accept (holder) with a token deposit; returns the policy id.
+    /// @dev Offer (insurer) + accept (holder) with a token deposit, for a unit with no behaviour events on record;
+    /// returns the policy id.
     function openPolicy(
         address vehicle,
         uint128 ratePerKm,
@@ -55,9 +56,36 @@ abstract contract MotorFixture is Fixture {
         uint64 startOdometer,
         uint256 deposit
     ) internal returns (uint256 policyId) {
+        Terms memory terms = Terms(ratePerKm, minFactorBps, maxFactorBps, stepBps, startOdometer, 0, 0);
+        policyId = openPolicy(vehicle, terms, deposit);
+    }
+
+    /// @dev The terms of {openPolicy} with the unit's starting registers (its counters count since installation).
+    struct Terms {
+        uint128 ratePerKm;
+        uint16 minFactorBps;
+        uint16 maxFactorBps;
+        uint16 stepBps;
+        uint64 startOdometer;
+        uint32 startHarsh;
+        uint32 startSpeeding;
+    }
+
+    /// @dev Offer (insurer) + accept (holder) with a token deposit; returns the policy id.
+    function openPolicy(address vehicle, Terms memory terms, uint256 deposit) internal returns (uint256 policyId) {
         vm.prank(insurer);
         policyId = motor.offer(
-            holder, vehicle, address(token), ratePerKm, minFactorBps, maxFactorBps, stepBps, startOdometer, 1 days
+            holder,
+            vehicle,
+            address(token),
+            terms.ratePerKm,
+            terms.minFactorBps,
+            terms.maxFactorBps,
+            terms.stepBps,
+            terms.startOdometer,
+            terms.startHarsh,
+            terms.startSpeeding,
+            1 days
         );
         token.mint(holder, deposit);
         vm.startPrank(holder);
