@@ -77,24 +77,34 @@ def _token_of(ops_ctx: Any, policy_id: int) -> Any:
 @click.option("--token", type=TOKEN, default="TEST", show_default=True, help="TEST or an ERC-20 address.")
 @click.option("--start-odometer", type=click.IntRange(0), default=0, show_default=True,
               help="The vehicle's odometer now, in metres; distance is counted from here.")
+@click.option("--start-harsh", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="The unit's harsh-braking count now (cumulative since installation); events are counted from here.")
+@click.option("--start-speeding", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="The unit's speeding count now (cumulative since installation); events are counted from here.")
 @click.option("--notice", type=DURATION, default="0", show_default=True, help="Notice period before a close (e.g. 7d).")
 @sender_options
 @rpc_option
 @json_option
 @click.pass_context
 def offer_cmd(ctx: click.Context, holder: str, vehicle: str, rate: Amount, min_factor: int, max_factor: int,
-              step: int, token: str, start_odometer: int, notice: int, from_key_env: str | None,
-              dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+              step: int, token: str, start_odometer: int, start_harsh: int, start_speeding: int, notice: int,
+              from_key_env: str | None, dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
     """Insurer: offer HOLDER a pay-per-km policy for a registered vehicle.
+
+    The unit's registers now (odometer, harsh-braking and speeding counts: all cumulative since it was
+    installed) are fixed by the offer, so the first period pays only for what happens after it; a report
+    below them is refused as a counter rollback.
 
     \b
     Example (0.05 TEST per km; ×0.90 for a calm driver, +0.10 per event per 100 km, at most ×1.50):
       iotsettle policy offer --holder 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 \\
-          --vehicle 0xVEHICLE --rate 0.05 --min-factor 0.9 --max-factor 1.5 --step 0.1 --notice 1d
+          --vehicle 0xVEHICLE --rate 0.05 --min-factor 0.9 --max-factor 1.5 --step 0.1 --notice 1d \\
+          --start-odometer 1000000 --start-harsh 500 --start-speeding 200
     """
     ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
     info = describe_token(ops_ctx, token)
-    terms = ops.Terms(holder, vehicle, info, info.to_base(rate), min_factor, max_factor, step, start_odometer, notice)
+    terms = ops.Terms(holder, vehicle, info, info.to_base(rate), min_factor, max_factor, step, start_odometer, notice,
+                      start_harsh, start_speeding)
     policy_id, result = ops.offer(ops_ctx, terms)
     emit({"policyId": str(policy_id), "policyIdHex": hex(policy_id), "tx": result.tx_hash, "block": result.block},
          as_json, f"policy [bold]{hex(policy_id)}[/bold] offered to {holder}: {info.format(terms.rate_per_km)} per km, "
@@ -162,7 +172,9 @@ def _show_table(view: ops.PolicyView, fmt: Any) -> Table:
             ("current factor", f"{ops.factor_text(view.last_factor_bps)} = {fmt(view.current_rate)} per km"),
             ("odometer", f"{view.last_odometer:,} m ({(view.last_odometer - view.start_odometer) / 1000:,.1f} km "
                          "insured so far)"),
-            ("events so far", f"{view.last_harsh} harsh braking, {view.last_speeding} speeding (device counters)"),
+            ("events so far", f"{view.harsh_since_offer} harsh braking, {view.speeding_since_offer} speeding since the "
+                              f"offer (device counters {view.last_harsh} / {view.last_speeding}, from "
+                              f"{view.start_harsh} / {view.start_speeding} at the offer)"),
             ("last report", f"seq {view.last_seq}, {when(view.last_timestamp)}"),
             ("prepaid", fmt(view.prepaid)), ("arrears", fmt(view.arrears)), ("premiums charged", fmt(view.charged)),
             ("premiums to withdraw", fmt(view.premiums_to_withdraw))]

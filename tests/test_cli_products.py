@@ -120,6 +120,38 @@ def test_motor_policy_charges_per_km_with_the_factor_explained(cli, deployment, 
     assert [p["policy_id"] for p in cli.ok(["policy", "list", "--party", holder.address])] == [str(policy_id)]
 
 
+def test_motor_unit_with_a_history_pays_only_for_events_after_the_offer(cli, deployment, w3) -> None:
+    insurer, holder = cli.user(w3), cli.user(w3)
+    vehicle = register_device(deployment.config, holder, DeviceKind.VEHICLE)
+    motor = deployment.address("MotorInsurance")
+    # the unit has logged 500 harsh brakings and 200 speeding episodes since it was installed
+    policy_id = int(cli.ok(["policy", "offer", "--holder", holder.address, "--vehicle", vehicle.address, "--rate",
+                            "0.05", "--min-factor", "0.9", "--max-factor", "1.5", "--step", "0.1", "--start-odometer",
+                            "1000000", "--start-harsh", "500", "--start-speeding", "200"], insurer)["policyId"])
+    shown = cli.ok(["policy", "show", hex(policy_id)])
+    assert (shown["start_harsh"], shown["start_speeding"], shown["last_harsh"], shown["last_speeding"]) == \
+        (500, 200, 500, 200)
+    cli.ok(["token", "mint", "--amount", "20"], holder)
+    cli.ok(["policy", "accept", hex(policy_id), "--deposit", "20"], holder)
+
+    below = cli.fails(["policy", "settle", "-"], insurer,
+                      stdin=telematics(vehicle, w3, motor, policy_id, 1, 1_100_000, harsh=499, speeding=200))
+    assert below.startswith(f"no report settled: seq 1 for policy {hex(policy_id)}: the odometer or an event counter "
+                            "went below the last settled value")
+    # 100 km with no new event: the floor ×0.90 = 4.5 TEST, whatever the unit logged before the offer
+    out = cli.ok(["policy", "settle", "-"], insurer,
+                 stdin=telematics(vehicle, w3, motor, policy_id, 2, 1_100_000, harsh=500, speeding=200))
+    assert [(r["settled"], r["factor"], r["amount"]) for r in out["results"]] == [(True, "×0.90", str(450 * CENT))]
+    assert token_balance(deployment, holder.address) == 0
+    shown = cli.ok(["policy", "show", hex(policy_id)])
+    assert (shown["prepaid"], shown["harsh_since_offer"], shown["speeding_since_offer"]) == \
+        (str(20 * TOKEN - 450 * CENT), 0, 0)
+    assert "0 harsh braking, 0 speeding since the offer" in _human(cli, ["policy", "show", hex(policy_id)])
+    offered = cli.ok(["policy", "history", hex(policy_id), "--all"])["entries"][0]
+    assert offered["kind"] == "offered"
+    assert offered["explanation"].endswith("counted from odometer 1,000,000 m, 500 harsh braking, 200 speeding")
+
+
 def test_motor_bad_inputs_change_nothing(cli, deployment, w3) -> None:
     insurer, holder = cli.user(w3), cli.user(w3)
     vehicle = register_device(deployment.config, holder, DeviceKind.VEHICLE)

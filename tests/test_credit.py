@@ -350,7 +350,7 @@ def test_motor_premiums_paid_on_time_lapse_and_reinstatement() -> None:
         _log(1, 0, "DeviceRegistry", "DeviceRegistered", device=VEHICLE, owner=SUBJECT, kind=3, metadataHash=b""),
         _log(2, 0, motor, "PolicyOffered", policyId=policy_id, insurer=OTHER, holder=SUBJECT, vehicle=VEHICLE,
              token=TOKEN_ADDRESS, ratePerKm=1, minFactorBps=8_000, maxFactorBps=12_000, stepBps=500, startOdometer=0,
-             noticePeriod=0),
+             noticePeriod=0, startHarsh=0, startSpeeding=0),
         _log(3, 0, motor, "PolicyAccepted", policyId=policy_id, deposit=15),
         charged(4, 0, 1, 9),
         charged(5, 0, 2, 9), _log(5, 1, motor, "PolicyLapsed", policyId=policy_id, arrears=3),

@@ -382,7 +382,7 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
     rate, min_bps, max_bps, step_bps, start = 10**16, 8_000, 15_000, 100, 100_000
     vehicle = registry.register(DeviceKind.VEHICLE)
     receipt = tx(OWNER, motor.functions.offer(holder.address, vehicle.address, token.address, rate, min_bps, max_bps,
-                                              step_bps, start, 0))  # fmt: skip
+                                              step_bps, start, 0, 0, 0))  # fmt: skip
     policy = motor.events.PolicyOffered().process_receipt(receipt)[0]["args"]["policyId"]
     deposit = 10**20
     tx(holder, token.functions.mint(holder.address, deposit))

@@ -109,6 +109,9 @@ class PolicyView:
     withdrawn: int
     deposited: int
     refunded: int
+    #: the unit's behaviour counters at the offer (cumulative since installation); events are counted from here
+    start_harsh: int
+    start_speeding: int
 
     @property
     def premiums_to_withdraw(self) -> int:
@@ -119,6 +122,14 @@ class PolicyView:
         """Base units per km at the factor of the last settled report."""
         return self.rate_per_km * self.last_factor_bps // BPS
 
+    @property
+    def harsh_since_offer(self) -> int:
+        return self.last_harsh - self.start_harsh
+
+    @property
+    def speeding_since_offer(self) -> int:
+        return self.last_speeding - self.start_speeding
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         for key in ("policy_id", "rate_per_km", "prepaid", "arrears", "charged", "withdrawn", "deposited", "refunded"):
@@ -128,6 +139,8 @@ class PolicyView:
         out["current_factor"] = factor_text(self.last_factor_bps)
         out["current_rate_per_km"] = str(self.current_rate)
         out["km_driven"] = (self.last_odometer - self.start_odometer) / METRES_PER_KM
+        out["harsh_since_offer"] = self.harsh_since_offer
+        out["speeding_since_offer"] = self.speeding_since_offer
         return out
 
 
@@ -143,7 +156,7 @@ def policy_of(ctx: OpsContext, policy_id: int) -> PolicyView:
         int(p["closeAt"]), int(p["startOdometer"]), int(p["lastOdometer"]), int(p["lastHarsh"]),
         int(p["lastSpeeding"]), int(p["lastSeq"]), int(p["lastTimestamp"]), int(p["lastFactorBps"]),
         int(p["prepaid"]), int(p["arrears"]), int(p["charged"]), int(p["withdrawn"]), int(p.get("deposited", 0)),
-        int(p.get("refunded", 0)))
+        int(p.get("refunded", 0)), int(p["startHarsh"]), int(p["startSpeeding"]))
 
 
 def list_policies(ctx: OpsContext, *, party: str | None = None, vehicle: str | None = None) -> list[PolicyView]:
@@ -206,7 +219,8 @@ REJECTIONS: dict[RejectReason, str] = {
     RejectReason.REPLAYED: "already settled or superseded (seq not above the last settled one)",
     RejectReason.TIMESTAMP_IN_FUTURE: "dated too far ahead of the chain's clock",
     RejectReason.TIMESTAMP_TOO_OLD: "dated before the last settled report or the policy's acceptance",
-    RejectReason.COUNTER_ROLLBACK: "the odometer or an event counter went below the last settled value",
+    RejectReason.COUNTER_ROLLBACK: ("the odometer or an event counter went below the last settled value (before the "
+                                    "first report: the value fixed by the offer)"),
     RejectReason.VALUE_OUT_OF_RANGE: "a value does not fit on chain",
     RejectReason.SUSPENDED: "the policy is lapsed for arrears; a top-up reinstates it",
 }
@@ -238,6 +252,9 @@ class Terms:
     step_bps: int
     start_odometer: int = 0
     notice_period: int = 0
+    #: the unit's cumulative harsh-braking and speeding counts now: the first period pays only for events after them
+    start_harsh: int = 0
+    start_speeding: int = 0
 
 
 def offer(ctx: OpsContext, terms: Terms) -> tuple[int, TxResult]:
@@ -246,7 +263,8 @@ def offer(ctx: OpsContext, terms: Terms) -> tuple[int, TxResult]:
         raise ChainError("motor policies are paid in an ERC-20 token, not ETH")
     call = ctx.contract(CONTRACT).functions.offer(
         terms.holder, terms.vehicle, terms.token.address, terms.rate_per_km, terms.min_factor_bps,
-        terms.max_factor_bps, terms.step_bps, terms.start_odometer, terms.notice_period)
+        terms.max_factor_bps, terms.step_bps, terms.start_odometer, terms.start_harsh, terms.start_speeding,
+        terms.notice_period)
     result = _send(ctx, call)
     return int(events_in(ctx, CONTRACT, result.receipt, "PolicyOffered")[0]["policyId"]), result
 
@@ -400,7 +418,8 @@ def history(ctx: OpsContext, policy_id: int) -> tuple[PolicyView, list[HistoryEn
             entries.append(HistoryEntry("offered", *base, explanation=(
                 f"{fmt(view.rate_per_km)} per km at ×1.00; factor {factor_text(view.min_factor_bps)} … "
                 f"{factor_text(view.max_factor_bps)}, +{factor_text(view.step_bps).lstrip('×')} per event "
-                "per 100 km")))
+                f"per 100 km; counted from odometer {int(a['startOdometer']):,} m, {int(a['startHarsh'])} harsh "
+                f"braking, {int(a['startSpeeding'])} speeding")))
         elif name == "PolicyAccepted":
             entries.append(HistoryEntry("accepted", *base, amount=int(a["deposit"]),
                                         explanation=f"{fmt(int(a['deposit']))} prepaid"))

@@ -160,16 +160,18 @@ def _as(ctx: OpsContext, account: LocalAccount) -> OpsContext:
     return dataclasses.replace(ctx, sender=account)
 
 
-#: the register a device's first report starts its agreement or policy at
-_FIRST_REGISTER = {"reading": "value", "telematics": "odometer"}
+#: the registers a device's first report starts its agreement or policy at: a meter's value; a vehicle's odometer
+#: and its two behaviour counters (cumulative since the unit was installed)
+_FIRST_REGISTERS = {"reading": ("value",), "telematics": ("odometer", "harshBraking", "speeding")}
 
 
-def first_values(fleet: Fleet, ctx: OpsContext, seed: int) -> dict[str, int]:
-    """The register value each meter/vehicle will report first in a simulation with ``seed`` (the agreement's
-    start value, or the policy's start odometer), from a dry run of the simulator's own plan."""
+def first_values(fleet: Fleet, ctx: OpsContext, seed: int) -> dict[str, tuple[int, ...]]:
+    """The registers each meter/vehicle will report first in a simulation with ``seed`` (the agreement's start
+    value; the policy's start odometer, harsh-braking and speeding counts), from a dry run of the simulator's own
+    plan."""
     contracts = contracts_from_manifest(ctx.manifest)
-    wanted = {d.address for d in fleet.devices if set(d.streams) & set(_FIRST_REGISTER)}
-    found: dict[str, int] = {}
+    wanted = {d.address for d in fleet.devices if set(d.streams) & set(_FIRST_REGISTERS)}
+    found: dict[str, tuple[int, ...]] = {}
     if not wanted:
         return found
     only = frozenset(wanted)
@@ -178,8 +180,9 @@ def first_values(fleet: Fleet, ctx: OpsContext, seed: int) -> dict[str, int]:
         only=only)
     try:
         for event in plan:
-            if event.event_type in _FIRST_REGISTER and event.fault is None and event.device not in found:
-                found[event.device] = int(json.loads(event.payload)["msg"][_FIRST_REGISTER[event.event_type]])
+            if event.event_type in _FIRST_REGISTERS and event.fault is None and event.device not in found:
+                msg = json.loads(event.payload)["msg"]
+                found[event.device] = tuple(int(msg[name]) for name in _FIRST_REGISTERS[event.event_type])
                 if len(found) == len(wanted):
                     break
     finally:
@@ -247,7 +250,7 @@ def provision(
             continue
         ids = billing.offer_many(provider, [dict(consumer=parties.household.address, device=d.address,
                                                  tariff_id=tariffs[tariff_name], token=test,
-                                                 start_value=starts.get(d.address, 0), notice_period=0)
+                                                 start_value=starts.get(d.address, (0,))[0], notice_period=0)
                                             for d in group])
         agreements.update({d.name: i for d, i in zip(group, ids, strict=True)})
     billing.accept_many(household, [(agreements[d.name], terms.deposit) for d in billed])
@@ -273,15 +276,17 @@ def provision(
                             tuple(d.address for d in stations), tuple(d.address for d in hostile))
 
 
-def _motor_policies(insurer: OpsContext, holder: OpsContext, vehicles: list[Any], starts: dict[str, int],
+def _motor_policies(insurer: OpsContext, holder: OpsContext, vehicles: list[Any], starts: dict[str, tuple[int, ...]],
                     parties: Parties, test: token.TokenInfo, motor: MotorTerms) -> dict[str, int]:
     """Offer a policy per vehicle (insurer) and accept each with its prepaid deposit (holder); pipelined."""
     if not vehicles:
         return {}
     contract = insurer.contract(insurance.CONTRACT)
+    # Each policy starts at the vehicle's registers as they will read at its first report, so a unit's earlier
+    # distance and events are not priced.
     offers = [contract.functions.offer(parties.household.address, d.address, test.address, motor.rate_per_km,
                                        motor.min_factor_bps, motor.max_factor_bps, motor.step_bps,
-                                       starts.get(d.address, 0), 0) for d in vehicles]
+                                       *starts.get(d.address, (0, 0, 0)), 0) for d in vehicles]
     results = transact_many(insurer, offers, insurance.CONTRACT, gas=400_000)
     ids = [int(events_in(insurer, insurance.CONTRACT, r.receipt, "PolicyOffered")[0]["policyId"]) for r in results]
     accepts = [holder.contract(insurance.CONTRACT).functions.accept(i, motor.deposit) for i in ids]
