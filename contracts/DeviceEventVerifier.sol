@@ -19,6 +19,9 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
     /// @inheritdoc IDeviceEvents
     uint64 public constant MAX_CLOCK_SKEW = 300;
 
+    /// @inheritdoc IDeviceEvents
+    uint64 public constant SETTLEMENT_GRACE = 1 hours;
+
     IDeviceRegistry internal immutable _REGISTRY;
 
     error ZeroRegistry();

@@ -5,11 +5,11 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {Clones} from "@openzeppelin/contracts/proxy/Clones.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
-import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
 
 import {PayoutAccount} from "./PayoutAccount.sol";
 import {ILoanBook} from "./interfaces/ILoanBook.sol";
-import {IPullPayments} from "./interfaces/IPullPayments.sol";
+import {Funds} from "./money/Funds.sol";
+import {PullPayments} from "./money/PullPayments.sol";
 
 /// @title LoanBook: micro-loans repaid from the borrower's incoming payouts through a per-loan collection account.
 /// @notice Rules (docs/products/micro-loan.md):
@@ -22,9 +22,11 @@ import {IPullPayments} from "./interfaces/IPullPayments.sol";
 ///   to the borrower; when repaid reaches repayment the loan is Repaid and every later sweep forwards everything.
 /// - repay (anyone): direct payment to the lender, capped at what is outstanding.
 /// - forward (anyone): other tokens and ETH in the account go to the borrower; a loan is repaid in its own token only.
-/// Money is pushed; a failed push is credited here and pulled with {withdraw}, so a payee who cannot receive (a
-/// token that blacklists or calls back) never blocks the other party.
-contract LoanBook is ILoanBook, ReentrancyGuard {
+/// Money is pushed with bounded gas; a failed push is credited here ({PullPayments}) and pulled with {withdraw}, so
+/// a payee who cannot receive (a token that blacklists, calls back or burns gas) never blocks the other party.
+/// Obligations per token: principals of offered loans ({principalHeld}) plus credits ({credited}); every credit is
+/// checked to be backed by a balance that covers both.
+contract LoanBook is ILoanBook, PullPayments {
     using SafeERC20 for IERC20;
 
     /// @notice `shareBps` is in basis points of each payout.
@@ -39,8 +41,7 @@ contract LoanBook is ILoanBook, ReentrancyGuard {
     address public immutable ACCOUNT_IMPLEMENTATION;
 
     mapping(uint256 loanId => Loan) private _loans;
-    mapping(address token => mapping(address account => uint256)) private _credits;
-    mapping(address token => uint256) private _creditTotal;
+    mapping(address token => uint256) private _principalHeld;
     uint256 private _loanCount;
 
     constructor() {
@@ -76,13 +77,11 @@ contract LoanBook is ILoanBook, ReentrancyGuard {
         l.acceptBy = acceptBy;
         l.dueBy = dueBy;
         l.status = LoanStatus.Offered;
+        _principalHeld[token] += principal;
         emit LoanOffered(loanId, msg.sender, borrower, token, principal, repayment, shareBps, acceptBy, dueBy);
 
         // The book must hold exactly the principal it will pay out: fee-on-transfer and lying tokens are refused.
-        uint256 before = IERC20(token).balanceOf(address(this));
-        IERC20(token).safeTransferFrom(msg.sender, address(this), principal);
-        uint256 received = IERC20(token).balanceOf(address(this)) - before;
-        if (received != principal) revert WrongValue(principal, received);
+        Funds.pullExact(token, principal);
     }
 
     /// @inheritdoc ILoanBook
@@ -93,6 +92,7 @@ contract LoanBook is ILoanBook, ReentrancyGuard {
             revert NotAllowedToCancel(loanId, msg.sender);
         }
         l.status = LoanStatus.Cancelled;
+        _principalHeld[l.token] -= l.principal;
         emit LoanCancelled(loanId);
         IERC20(l.token).safeTransfer(lender, l.principal);
     }
@@ -104,6 +104,7 @@ contract LoanBook is ILoanBook, ReentrancyGuard {
         if (msg.sender != borrower) revert NotBorrower(loanId, msg.sender);
         if (block.timestamp > l.acceptBy) revert OfferExpired(loanId, l.acceptBy, block.timestamp);
         l.status = LoanStatus.Active;
+        _principalHeld[l.token] -= l.principal;
         account = _deployAccount(loanId, l);
         emit LoanAccepted(loanId, account);
         IERC20(l.token).safeTransfer(borrower, l.principal);
@@ -197,18 +198,6 @@ contract LoanBook is ILoanBook, ReentrancyGuard {
         }
     }
 
-    // ---------------------------------------------------------------- pull credits
-
-    /// @inheritdoc IPullPayments
-    function withdraw(address token) external nonReentrant returns (uint256 amount) {
-        amount = _credits[token][msg.sender];
-        if (amount == 0) revert NothingToWithdraw(token, msg.sender);
-        _credits[token][msg.sender] = 0;
-        _creditTotal[token] -= amount;
-        emit Withdrawn(token, msg.sender, amount);
-        IERC20(token).safeTransfer(msg.sender, amount);
-    }
-
     // ---------------------------------------------------------------- views
 
     /// @inheritdoc ILoanBook
@@ -229,8 +218,8 @@ contract LoanBook is ILoanBook, ReentrancyGuard {
     }
 
     /// @inheritdoc ILoanBook
-    function withdrawable(address token, address account) external view returns (uint256) {
-        return _credits[token][account];
+    function principalHeld(address token) external view returns (uint256) {
+        return _principalHeld[token];
     }
 
     // ---------------------------------------------------------------- internals
@@ -266,16 +255,17 @@ contract LoanBook is ILoanBook, ReentrancyGuard {
         }
     }
 
-    /// @dev Push from the account; if the token refuses the receiver, move the amount here as a pull credit.
+    /// @dev Push from the account with bounded gas; if the payee or the token refuses, move the amount here as a
+    /// pull credit. Every credit stays backed: after the move the book's balance must cover every obligation in the
+    /// token (all credits and the principals of offered loans), so a token that lies about a transfer is refused.
     function _payOut(PayoutAccount account, address token, address to, uint256 amount) private {
         if (account.tryPay(token, to, amount)) return;
-        uint256 backing = _creditTotal[token] + amount;
-        // slither-disable-next-line reentrancy-benign,reentrancy-no-eth (only after a refused push; nonReentrant)
-        _credits[token][to] += amount;
-        _creditTotal[token] = backing;
-        emit PaymentCredited(token, to, amount);
-        // Every credit must stay backed by tokens held here: a token that lies about the transfer is refused.
-        if (!account.tryPay(token, address(this), amount) || IERC20(token).balanceOf(address(this)) < backing) {
+        // slither-disable-next-line reentrancy-benign,reentrancy-no-eth,reentrancy-events (only after a refused push; nonReentrant)
+        _credit(token, to, amount);
+        if (
+            !account.tryPay(token, address(this), amount)
+                || Funds.balanceOfSelf(token) < credited(token) + _principalHeld[token]
+        ) {
             revert PaymentFailed(token, to, amount);
         }
     }

@@ -1,11 +1,8 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.37;
 
-import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
-import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
-import {Address} from "@openzeppelin/contracts/utils/Address.sol";
-
 import {IPullPayments} from "./interfaces/IPullPayments.sol";
+import {Funds} from "./money/Funds.sol";
 
 /// @title PayoutAccount: the collection account of one loan.
 /// @notice One implementation is deployed by the {LoanBook} (so LOAN_BOOK, an immutable in the code, is that book);
@@ -13,8 +10,6 @@ import {IPullPayments} from "./interfaces/IPullPayments.sol";
 /// book: the borrower's payouts arrive there and leave only as the book's rules say. No storage, no initializer. It holds no approvals and calls no one but the book's chosen
 /// sources (`withdraw(token)` only) and the tokens it pays out.
 contract PayoutAccount {
-    using SafeERC20 for IERC20;
-
     /// @notice The LoanBook that deployed the implementation and alone may move an account's funds.
     address public immutable LOAN_BOOK;
 
@@ -48,22 +43,19 @@ contract PayoutAccount {
         received = afterwards > before ? afterwards - before : 0;
     }
 
-    /// @notice Pay `amount` of ERC-20 `token` to `to`; returns false instead of reverting when the token refuses.
+    /// @notice Pay `amount` of `token` to `to` with bounded gas ({Funds.tryPush}); returns false instead of
+    /// reverting when the payee or the token refuses or burns the gas.
     function tryPay(address token, address to, uint256 amount) external onlyLoanBook returns (bool) {
-        return IERC20(token).trySafeTransfer(to, amount);
+        return Funds.tryPush(token, to, amount);
     }
 
     /// @notice Pay `amount` of `token` (address(0) = ETH) to `to`; reverts when it cannot.
     function pay(address token, address to, uint256 amount) external onlyLoanBook {
-        if (token == address(0)) {
-            Address.sendValue(payable(to), amount);
-        } else {
-            IERC20(token).safeTransfer(to, amount);
-        }
+        Funds.push(token, to, amount);
     }
 
     /// @notice This account's balance of `token` (address(0) = ETH).
     function balanceOf(address token) public view returns (uint256) {
-        return token == address(0) ? address(this).balance : IERC20(token).balanceOf(address(this));
+        return Funds.balanceOfSelf(token);
     }
 }

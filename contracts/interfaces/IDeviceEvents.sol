@@ -25,7 +25,9 @@ interface IDeviceEvents {
         ValueOutOfRange, //    14 register value or seq does not fit the stored width
         WrongLocation, //      15 delivery location differs from the escrow destination
         DeadlinePassed, //     16 delivery timestamp after the escrow deadline
-        Suspended //           17 agreement suspended for arrears; retry after a top-up
+        Suspended, //          17 agreement suspended for arrears; retry after a top-up
+        SequenceGap, //        18 gapless kinds: seq is not the last settled seq + 1 (an earlier event is missing)
+        AfterEnd //            19 timestamp after the agreement's or policy's end (closeAt): nothing to settle
     }
 
     /// @notice A single-item call refused a device-signed event. `targetId` is the agreement or escrow id.
@@ -36,4 +38,9 @@ interface IDeviceEvents {
 
     /// @notice Seconds an event timestamp may lie ahead of block.timestamp (device clocks drift).
     function MAX_CLOCK_SKEW() external view returns (uint64);
+
+    /// @notice Seconds after an end (a close time, an escrow deadline) during which events signed before the end
+    /// still settle; closes and refunds pay out only after it. Covers relay latency and {MAX_CLOCK_SKEW}, so a
+    /// relayer who withholds or a party who races to close can delay a payment but not cancel it.
+    function SETTLEMENT_GRACE() external view returns (uint64);
 }

@@ -66,16 +66,10 @@ interface ILoanBook is IPullPayments {
     event SourceFailed(uint256 indexed loanId, address indexed source);
     /// @notice A token other than the loan token (or ETH, `token` = address(0)) went to the borrower.
     event AssetForwarded(uint256 indexed loanId, address indexed token, address indexed borrower, uint256 amount);
-    /// @notice A push to `account` failed; `amount` was credited here instead (see {withdraw}).
-    event PaymentCredited(address indexed token, address indexed account, uint256 amount);
-    event Withdrawn(address indexed token, address indexed account, uint256 amount);
 
-    error ZeroAddress();
-    error ZeroAmount();
     error RepaymentBelowPrincipal(uint256 principal, uint256 repayment);
     error InvalidShare(uint16 shareBps);
     error InvalidDates(uint64 acceptBy, uint64 dueBy, uint256 timestamp);
-    error WrongValue(uint256 expected, uint256 received);
     error UnknownLoan(uint256 loanId);
     error WrongStatus(uint256 loanId, LoanStatus status);
     error NotBorrower(uint256 loanId, address caller);
@@ -83,9 +77,6 @@ interface ILoanBook is IPullPayments {
     error OfferExpired(uint256 loanId, uint64 acceptBy, uint256 timestamp);
     error TooManySources(uint256 count, uint256 max);
     error LoanTokenNeedsSweep(uint256 loanId, address token);
-    error NothingToWithdraw(address token, address account);
-    /// @notice Neither the push to `to` nor the fallback credit could move the token (a paused/broken token).
-    error PaymentFailed(address token, address to, uint256 amount);
 
     /// @notice Lender (msg.sender) offers `borrower` a loan of `principal` `token` units, to be paid back as
     /// `repayment` (≥ principal; the difference is the lender's fee). The principal is pulled now and held until
@@ -140,6 +131,7 @@ interface ILoanBook is IPullPayments {
     /// @notice What the borrower still owes (0 unless Active).
     function outstanding(uint256 loanId) external view returns (uint256);
 
-    /// @notice Failed pushes credited to `account`, payable by {withdraw}.
-    function withdrawable(address token, address account) external view returns (uint256);
+    /// @notice Principal of `token` the book holds for loans offered and not yet accepted or cancelled. With
+    /// {credited} it is everything the book owes in `token`; its balance always covers both.
+    function principalHeld(address token) external view returns (uint256);
 }

@@ -47,6 +47,8 @@ class RejectReason(IntEnum):
     WRONG_LOCATION = 15
     DEADLINE_PASSED = 16
     SUSPENDED = 17
+    SEQUENCE_GAP = 18
+    AFTER_END = 19
 
     @property
     def solidity_name(self) -> str:
@@ -77,6 +79,8 @@ _REASON_TEXT: dict[RejectReason, str] = {
     RejectReason.WRONG_LOCATION: "the delivery location differs from the escrow destination",
     RejectReason.DEADLINE_PASSED: "the delivery happened after the escrow deadline",
     RejectReason.SUSPENDED: "the agreement or policy is suspended for arrears until a top-up",
+    RejectReason.SEQUENCE_GAP: "an earlier event of the device has not settled yet (sequence numbers settle without gaps)",
+    RejectReason.AFTER_END: "the event was signed after the agreement or policy ended",
 }
 
 

@@ -7,6 +7,8 @@ import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {DeliveryEscrow} from "../../contracts/DeliveryEscrow.sol";
 import {PayoutAccount} from "../../contracts/PayoutAccount.sol";
 import {ILoanBook} from "../../contracts/interfaces/ILoanBook.sol";
+import {ICommonErrors} from "../../contracts/interfaces/ICommonErrors.sol";
+import {IPullPayments} from "../../contracts/interfaces/IPullPayments.sol";
 import {TestToken} from "../../contracts/test/TestToken.sol";
 import {FalseReturningToken, FeeOnTransferToken, ReentrantToken, RevertingToken} from "./utils/Hostile.sol";
 import {BlocklistToken, HostileSource, LoanFixture} from "./utils/LoanFixture.sol";
@@ -51,15 +53,15 @@ contract LoanBookTest is LoanFixture {
 
     function test_RevertWhen_OfferHasZeroAddress() public {
         uint64 a = uint64(block.timestamp + 1);
-        vm.expectRevert(ILoanBook.ZeroAddress.selector);
+        vm.expectRevert(ICommonErrors.ZeroAddress.selector);
         _offer(address(0), address(token), 1, 1, 1, a, a + 1);
-        vm.expectRevert(ILoanBook.ZeroAddress.selector);
+        vm.expectRevert(ICommonErrors.ZeroAddress.selector);
         _offer(borrower, address(0), 1, 1, 1, a, a + 1);
     }
 
     function test_RevertWhen_OfferHasZeroPrincipal() public {
         uint64 a = uint64(block.timestamp + 1);
-        vm.expectRevert(ILoanBook.ZeroAmount.selector);
+        vm.expectRevert(ICommonErrors.ZeroAmount.selector);
         _offer(borrower, address(token), 0, 1, 1, a, a + 1);
     }
 
@@ -90,7 +92,7 @@ contract LoanBookTest is LoanFixture {
         fee.mint(lender, 1_000);
         vm.startPrank(lender);
         fee.approve(address(book), 1_000);
-        vm.expectRevert(abi.encodeWithSelector(ILoanBook.WrongValue.selector, 1_000, 990));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.WrongValue.selector, 1_000, 990));
         book.offer(borrower, address(fee), 1_000, 1_000, SHARE, uint64(block.timestamp + 1), uint64(block.timestamp + 2));
         vm.stopPrank();
     }
@@ -361,7 +363,7 @@ contract LoanBookTest is LoanFixture {
         blk.setBlocked(lender, true);
         blk.mint(account, 100);
         vm.expectEmit(address(book));
-        emit ILoanBook.PaymentCredited(address(blk), lender, 50);
+        emit IPullPayments.Credited(address(blk), lender, 50);
         (uint256 repaid, uint256 forwarded) = book.sweep(id, noSources());
         assertEq(repaid, 50);
         assertEq(forwarded, 50);
@@ -372,7 +374,7 @@ contract LoanBookTest is LoanFixture {
 
         blk.setBlocked(lender, false);
         vm.expectEmit(address(book));
-        emit ILoanBook.Withdrawn(address(blk), lender, 50);
+        emit IPullPayments.Withdrawn(address(blk), lender, 50);
         vm.prank(lender);
         assertEq(book.withdraw(address(blk)), 50);
         assertEq(blk.balanceOf(lender), 50);
@@ -394,7 +396,7 @@ contract LoanBookTest is LoanFixture {
         (uint256 id, address account) = openLoan(address(rev), PRINCIPAL, REPAYMENT, SHARE);
         rev.mint(account, 100);
         rev.setBroken(true);
-        vm.expectRevert(abi.encodeWithSelector(ILoanBook.PaymentFailed.selector, address(rev), lender, 50));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.PaymentFailed.selector, address(rev), lender, 50));
         book.sweep(id, noSources());
         rev.setBroken(false);
         assertEq(rev.balanceOf(account), 100, "the payout waits in the account");
@@ -407,7 +409,7 @@ contract LoanBookTest is LoanFixture {
         (uint256 id, address account) = openLoan(address(liar), PRINCIPAL, REPAYMENT, SHARE);
         liar.mint(account, 100);
         liar.setLying(true);
-        vm.expectRevert(abi.encodeWithSelector(ILoanBook.PaymentFailed.selector, address(liar), lender, 50));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.PaymentFailed.selector, address(liar), lender, 50));
         book.sweep(id, noSources());
         assertEq(book.loanOf(id).repaid, 0, "nothing recorded as repaid");
     }
@@ -492,7 +494,7 @@ contract LoanBookTest is LoanFixture {
 
     function test_RevertWhen_RepayZeroOrNotActive() public {
         (uint256 id,) = openLoan(address(token), 100, 100, SHARE);
-        vm.expectRevert(ILoanBook.ZeroAmount.selector);
+        vm.expectRevert(ICommonErrors.ZeroAmount.selector);
         book.repay(id, 0);
         token.mint(address(this), 100);
         token.approve(address(book), 100);
@@ -568,7 +570,7 @@ contract LoanBookTest is LoanFixture {
     }
 
     function test_RevertWhen_WithdrawWithoutCredit() public {
-        vm.expectRevert(abi.encodeWithSelector(ILoanBook.NothingToWithdraw.selector, address(token), lender));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.NothingToWithdraw.selector, address(token), lender));
         vm.prank(lender);
         book.withdraw(address(token));
     }
