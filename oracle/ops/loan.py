@@ -185,7 +185,7 @@ def sweep(ctx: OpsContext, loan_id: int, sources: list[str] | None = None) -> Sw
         bool(events_in(ctx, CONTRACT, result.receipt, "LoanRepaid")),
         tuple((a["source"], int(a["amount"])) for a in events_in(ctx, CONTRACT, result.receipt, "SourceCollected")),
         tuple(a["source"] for a in events_in(ctx, CONTRACT, result.receipt, "SourceFailed")),
-        tuple((a["account"], int(a["amount"])) for a in events_in(ctx, CONTRACT, result.receipt, "PaymentCredited")),
+        tuple((a["account"], int(a["amount"])) for a in events_in(ctx, CONTRACT, result.receipt, "Credited")),
         result)
 
 

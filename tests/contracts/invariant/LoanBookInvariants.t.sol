@@ -234,6 +234,16 @@ contract LoanBookInvariantsTest is Test {
         assertEq(token.balanceOf(address(book)), credits, "the book holds exactly the pull credits");
     }
 
+    /// @dev Obligations per token: the book's balance covers every credit and every principal it holds for offered
+    /// loans, and the credit total is the sum of the credits.
+    function invariant_BalanceCoversObligationsPerToken() public view {
+        assertGe(
+            token.balanceOf(address(book)),
+            book.credited(address(token)) + book.principalHeld(address(token)),
+            "balance >= credits + principals held"
+        );
+    }
+
     /// @dev Every successful sweep left the account with no loan token.
     function invariant_AccountEmptyAfterSweep() public view {
         assertEq(handler.dirtyAfterSweep(), 0, "account empty after every sweep");
