@@ -138,7 +138,11 @@ contract LoanBook is ILoanBook, PullPayments {
         forwarded = balance - repaid;
         address borrower = l.borrower;
         if (forwarded != 0) emit Forwarded(loanId, borrower, forwarded);
+        // A failed push credits the payee (PullPayments' ledger) after the collection calls; every entry point is
+        // nonReentrant and the loan's books were final before the first call.
+        // slither-disable-next-line reentrancy-no-eth
         if (repaid != 0) _payOut(account, token, l.lender, repaid);
+        // slither-disable-next-line reentrancy-no-eth
         if (forwarded != 0) _payOut(account, token, borrower, forwarded);
     }
 
