@@ -141,10 +141,10 @@ contract MotorHandler is Test {
         } catch {}
     }
 
-    function withdrawPremiums(uint256 idSeed) external {
+    function withdrawEarnings(uint256 idSeed) external {
         uint256 id = ids[idSeed % ids.length];
         vm.prank(INSURER);
-        try motor.withdrawPremiums(id) returns (uint256 amount) {
+        try motor.withdrawEarnings(id) returns (uint256 amount) {
             ghostWithdrawn[id] += amount;
         } catch {}
     }
@@ -162,7 +162,7 @@ contract MotorHandler is Test {
         token.mint(HOLDER, deposit);
         vm.startPrank(HOLDER);
         token.approve(address(motor), deposit);
-        motor.accept(id, deposit);
+        motor.accept(id, deposit, 0, 0, 0);
         vm.stopPrank();
         ids.push(id);
         keyOf[id] = key;
@@ -228,7 +228,7 @@ contract MotorInsuranceInvariantsTest is Test {
             token.mint(holder, deposit);
             vm.startPrank(holder);
             token.approve(address(motor), deposit);
-            motor.accept(id, deposit);
+            motor.accept(id, deposit, uint64(i * 1e6), uint32(i * 500), uint32(i * 200));
             vm.stopPrank();
             handler.addPolicy(id, key, deposit);
         }
@@ -237,7 +237,7 @@ contract MotorInsuranceInvariantsTest is Test {
         selectors[0] = MotorHandler.report.selector;
         selectors[1] = MotorHandler.forge.selector;
         selectors[2] = MotorHandler.topUp.selector;
-        selectors[3] = MotorHandler.withdrawPremiums.selector;
+        selectors[3] = MotorHandler.withdrawEarnings.selector;
         selectors[4] = MotorHandler.close.selector;
         selectors[5] = MotorHandler.open.selector;
         targetSelector(FuzzSelector({addr: address(handler), selectors: selectors}));
@@ -261,7 +261,7 @@ contract MotorInsuranceInvariantsTest is Test {
             IMotorInsurance.Policy memory p = motor.policyOf(handler.ids(i));
             owed += p.prepaid + p.charged - p.withdrawn;
         }
-        owed += motor.creditOf(handler.HOLDER(), address(token));
+        owed += motor.credited(address(token));
         uint256 held = token.balanceOf(address(motor));
         assertGe(held, owed, "balance covers liabilities");
         assertEq(held, owed, "nothing unaccounted for");
@@ -317,7 +317,7 @@ contract MotorInsuranceInvariantsTest is Test {
         assertEq(handler.reinstatements(), 1);
         handler.report(3, 0, 0, 0, 0, 1, 1); // odometer rollback refused
         handler.forge(0, 100);
-        handler.withdrawPremiums(0);
+        handler.withdrawEarnings(0);
         handler.close(0, 2 hours, true, 0);
         handler.open(1, 7, 9_000, 12_000, 100, 1_000);
         handler.report(4, 100_000, 1, 0, 0, 0, 1); // 100 km, 1 event: 0.9 + 0.01 → 100 × 7 × 0.91 = 637
