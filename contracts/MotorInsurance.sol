@@ -344,10 +344,13 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         {
             uint256 startOdometer = p.startOdometer;
             uint256 startEvents = uint256(p.startHarsh) + p.startSpeeding;
-            odometer0 -= startOdometer;
-            odometer1 -= startOdometer;
-            events0 -= startEvents;
-            events1 -= startEvents;
+            // start ≤ last ≤ new for every register (see above); callers pass the registers as read or checked.
+            unchecked {
+                odometer0 -= startOdometer;
+                odometer1 -= startOdometer;
+                events0 -= startEvents;
+                events1 -= startEvents;
+            }
         }
         uint256 rate = p.ratePerKm;
         uint256 minF = p.minFactorBps;
@@ -371,10 +374,13 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         uint256 maxFactorBps,
         uint256 stepBps
     ) internal pure returns (uint256) {
-        uint256 weighted = metres * minFactorBps + events * stepBps * _STEP_DISTANCE_METRES;
-        uint256 cap = metres * maxFactorBps;
-        if (weighted > cap) weighted = cap;
-        return weighted * ratePerKm / (_METRES_PER_KM * _BPS);
+        // Within the widths above every product stays below 2^210: nothing can overflow.
+        unchecked {
+            uint256 weighted = metres * minFactorBps + events * stepBps * _STEP_DISTANCE_METRES;
+            uint256 cap = metres * maxFactorBps;
+            if (weighted > cap) weighted = cap;
+            return weighted * ratePerKm / (_METRES_PER_KM * _BPS);
+        }
     }
 
     /// @dev The behaviour factor of the totals, for the events and views: min + events per 100 km × step, capped;
@@ -384,11 +390,14 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         pure
         returns (uint16)
     {
-        uint256 extra = events * stepBps * _STEP_DISTANCE_METRES;
-        if (metres == 0) return uint16(extra == 0 ? minFactorBps : maxFactorBps);
-        uint256 factor = minFactorBps + extra / metres;
-        // The result is at most maxFactorBps <= MAX_FACTOR_BPS, which fits uint16.
-        return uint16(factor < maxFactorBps ? factor : maxFactorBps);
+        // events < 2^33, stepBps < 2^16, 100_000 < 2^17: extra < 2^66, and the factor before the cap < 2^67.
+        unchecked {
+            uint256 extra = events * stepBps * _STEP_DISTANCE_METRES;
+            if (metres == 0) return uint16(extra == 0 ? minFactorBps : maxFactorBps);
+            uint256 factor = minFactorBps + extra / metres;
+            // The result is at most maxFactorBps <= MAX_FACTOR_BPS, which fits uint16.
+            return uint16(factor < maxFactorBps ? factor : maxFactorBps);
+        }
     }
 
     function _structHash(SignedTelematics calldata rep) private pure returns (bytes32) {
