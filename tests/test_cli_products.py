@@ -104,7 +104,8 @@ def test_motor_policy_charges_per_km_with_the_factor_explained(cli, deployment, 
     history = cli.ok(["policy", "history", str(policy_id)])["entries"]
     assert [(e["kind"], e["seq"], e["factor"]) for e in history] == [
         ("charged", 1, "×0.90"), ("charged", 2, "×1.1669"), ("charged", 3, "×1.1669"), ("rejected", 2, None)]
-    assert history[0]["explanation"] == "totals since the offer: no events in 100 km → ×0.90 (the floor: full discount)"
+    assert history[0]["explanation"] == \
+        "totals since the offer: no events in 100 km → ×0.90 (the floor: full discount)"
     totals = "totals since the offer: 3 events in 112.4 km = 2.7 per 100 km → ×0.90 + 2.7 × 0.10 = ×1.1669"
     assert history[1]["explanation"] == totals
     assert (history[1]["km"], history[1]["harsh_braking"], history[1]["speeding"], history[1]["rate_per_km"]) == \

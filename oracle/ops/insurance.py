@@ -64,8 +64,8 @@ def explain_factor(metres: int, events: int, factor_bps: int, min_bps: int, max_
     if metres == 0:
         if events == 0 or step_bps == 0:
             return f"{head} no distance yet → {factor_text(factor_bps)}, nothing charged"
-        return f"{head} {_events(events)} with no distance yet → {factor_text(max_bps)} (cap), nothing charged until " \
-               "the distance follows"
+        return (f"{head} {_events(events)} with no distance yet → {factor_text(max_bps)} (cap), nothing charged "
+                "until the distance follows")
     if events == 0:
         return f"{head} no events in {_km(metres)} km → {factor_text(min_bps)} (the floor: full discount)"
     per_100km = Decimal(events * STEP_DISTANCE_METRES) / metres
