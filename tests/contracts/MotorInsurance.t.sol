@@ -446,7 +446,12 @@ contract MotorInsuranceTest is MotorFixture {
         uint256 p = _openOnUnitWithHistory();
         // 50 km without a new event: the 700 events from before the offer are not this policy's: 0.8× → 4000
         _expectCharged(
-            signTelematics(vehicleKey, p, 1, uint64(block.timestamp), START + 50_000, 500, 200), 50_000, 0, 0, MIN, 4_000
+            signTelematics(vehicleKey, p, 1, uint64(block.timestamp), START + 50_000, 500, 200),
+            50_000,
+            0,
+            0,
+            MIN,
+            4_000
         );
         // then only the new events count
         // totals: 3 events in 100 km → ×1.1 → 100 × 100 × 1.1 = 11_000 in all, so this period costs 7000
@@ -475,7 +480,9 @@ contract MotorInsuranceTest is MotorFixture {
             signTelematics(vehicleKey, p, 1, ts, START + 50_000, 500, 199), IDeviceEvents.RejectReason.CounterRollback
         );
         vm.expectRevert(
-            abi.encodeWithSelector(IDeviceEvents.EventRejected.selector, p, 0, IDeviceEvents.RejectReason.CounterRollback)
+            abi.encodeWithSelector(
+                IDeviceEvents.EventRejected.selector, p, 0, IDeviceEvents.RejectReason.CounterRollback
+            )
         );
         motor.quote(p, START + 50_000, 0, 0);
         _settle(signTelematics(vehicleKey, p, 1, ts, START + 50_000, 500, 200)); // equal to the start is fine

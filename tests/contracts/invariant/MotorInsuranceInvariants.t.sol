@@ -391,9 +391,7 @@ contract MotorRelayHandler is Test {
             IMotorInsurance.SignedTelematics storage t = s[i - 1];
             if (p.closeAt != 0 && t.timestamp > p.closeAt) continue;
             return premiumOf(
-                id,
-                t.odometer - p.startOdometer,
-                uint256(t.harshBraking) + t.speeding - p.startHarsh - p.startSpeeding
+                id, t.odometer - p.startOdometer, uint256(t.harshBraking) + t.speeding - p.startHarsh - p.startSpeeding
             );
         }
         return 0;
