@@ -56,7 +56,8 @@ def policy() -> None:
       iotsettle policy settle reports.jsonl                              # anyone relays (the oracle does this)
       iotsettle policy history 0xPOLICY                                  # km, events, factor, rate, amount, why
       iotsettle policy withdraw 0xPOLICY                                 # the insurer takes earned premiums
-      iotsettle policy request-close 0xPOLICY --dev-account 1; iotsettle policy close 0xPOLICY
+      iotsettle policy request-close 0xPOLICY --dev-account 1          # reports signed until the end settle
+      iotsettle policy close 0xPOLICY                                    # from an hour after the end
 
     Amounts are whole tokens scaled by the token's decimals ("1.5"), or base units with a wei suffix ("1500wei").
     """
