@@ -459,6 +459,41 @@ contract DeliveryEscrowTest is Fixture {
         escrow.withdraw(address(liar));
         assertEq(escrow.withdrawable(address(liar), seller), 100);
     }
+
+    // ---------------------------------------------------------------- relayers choose nothing
+
+    /// @dev Issue scenario 5: a delivery signed before the deadline but relayed after it still pays the seller when
+    /// the buyer races to refund the moment the deadline passes.
+    function test_Scenario5_RefundRaceCannotEraseASignedDelivery() public {
+        vm.warp(deadline - 10);
+        IDeliveryEscrow.SignedDelivery memory signedInTime = _delivery(id, 0);
+        vm.warp(deadline + 1);
+        vm.prank(buyer);
+        try escrow.refund(id) {} catch {}
+        vm.warp(deadline + 30 minutes);
+        vm.prank(relayer);
+        escrow.confirmDeliveries(oneDelivery(signedInTime));
+        assertEq(escrow.withdrawable(address(token), seller), AMOUNT, "the seller is paid for the delivery");
+        assertEq(escrow.withdrawable(address(token), buyer), 0, "the buyer gets nothing back");
+    }
+
+    /// @dev Issue scenario 7c: of two signed deliveries of one escrow the first relayed releases it and the second
+    /// is Replayed; the device SDK signs one delivery per escrow so there is never a second one to pick.
+    function test_Scenario7c_FirstRelayedOfTwoSignedDeliveriesWins() public {
+        IDeliveryEscrow.SignedDelivery memory cool = signDelivery(trackerKey, id, 1, uint64(block.timestamp), DEST, 0);
+        IDeliveryEscrow.SignedDelivery memory warm =
+            signDelivery(trackerKey, id, 2, uint64(block.timestamp), DEST, LIMIT + 1);
+        IDeliveryEscrow.SignedDelivery[] memory both = new IDeliveryEscrow.SignedDelivery[](2);
+        both[0] = warm;
+        both[1] = cool;
+        vm.expectEmit(address(escrow));
+        emit IDeliveryEscrow.DeliveryRejected(id, 1, IDeviceEvents.RejectReason.Replayed);
+        vm.prank(relayer);
+        assertEq(escrow.confirmDeliveries(both), 1, "one release");
+        assertEq(escrow.escrowOf(id).deliverySeq, 2, "the first relayed decided");
+        assertEq(escrow.withdrawable(address(token), seller), AMOUNT * (10_000 - PENALTY) / 10_000);
+        assertEq(escrow.withdrawable(address(token), buyer), AMOUNT * PENALTY / 10_000);
+    }
 }
 
 interface TestTokenLike {

@@ -705,4 +705,65 @@ contract MeteredBillingTest is Fixture {
         assertEq(address(payee).balance, 1 ether, "refunded exactly once");
         assertEq(address(billing).balance, 0);
     }
+
+    // ---------------------------------------------------------------- relayers choose nothing
+
+    /// @dev Issue scenario 5: a reading signed before closeAt but relayed after it still bills, whether the consumer
+    /// races to close at closeAt or the oracle withheld the reading during the notice.
+    function test_Scenario5_CloseRaceCannotEraseSignedConsumption() public {
+        uint256 deposit = 10_000;
+        uint256 a = openAgreement(meter, tariff, START, deposit);
+        vm.prank(consumer);
+        billing.requestClose(a);
+        uint64 closeAt = billing.agreementOf(a).closeAt;
+
+        vm.warp(closeAt - 10);
+        IMeteredBilling.SignedReading memory signedInTime =
+            signReading(meterKey, a, 1, uint64(block.timestamp), START + 900);
+
+        vm.warp(closeAt);
+        vm.prank(consumer);
+        try billing.close(a) {} catch {} // the race: close the moment the notice ends
+        vm.warp(closeAt + 5 minutes);
+        vm.prank(relayer);
+        billing.settle(oneReading(signedInTime));
+
+        vm.warp(closeAt + billing.SETTLEMENT_GRACE());
+        vm.prank(consumer);
+        try billing.close(a) {} catch {}
+        assertEq(billing.earningsOf(a), 900 * PRICE, "the 900 signed units are billed");
+        assertEq(token.balanceOf(consumer), deposit - 900 * PRICE, "the consumer gets only the unbilled rest");
+    }
+
+    /// @dev Issue scenario 5: what the meter signs after closeAt is not the consumer's to pay.
+    function test_Scenario5_ReadingAfterCloseAtIsRefused() public {
+        vm.prank(consumer);
+        billing.requestClose(id);
+        uint64 closeAt = billing.agreementOf(id).closeAt;
+        vm.warp(closeAt + 1);
+        IMeteredBilling.SignedReading memory late = _reading(1, START + 50);
+        vm.prank(relayer);
+        billing.settle(oneReading(late));
+        assertEq(billing.earningsOf(id), 0, "a reading signed after closeAt bills nothing");
+    }
+
+    /// @dev Issue scenario 7b: the consumer's acceptance names the start value it accepts.
+    function test_Scenario7b_AcceptNamesTheStartValue() public {
+        vm.prank(provider);
+        uint256 a = billing.offer(consumer, meter, tariff, address(token), START + 5_000, 1 days);
+        token.mint(consumer, DEPOSIT);
+        vm.startPrank(consumer);
+        token.approve(address(billing), DEPOSIT);
+        (bool ok, bytes memory ret) =
+            address(billing).call(abi.encodeWithSignature("accept(uint256,uint256,uint64)", a, DEPOSIT, START));
+        vm.stopPrank();
+        assertFalse(ok, "an acceptance of another start value fails");
+        assertEq(
+            ret,
+            abi.encodeWithSignature(
+                "TermsMismatch(uint256,bytes32,bytes32)", a, bytes32(uint256(START + 5_000)), bytes32(uint256(START))
+            ),
+            "named as a terms mismatch"
+        );
+    }
 }
