@@ -313,7 +313,8 @@ contract BillingInvariantsTest is Test {
             address meter = _register(key);
             uint64 start = uint64(i * 700);
             vm.prank(relay.PROVIDER());
-            uint256 id = billing.offer(relay.CONSUMER(), meter, i == 0 ? flatId : tieredId, address(relayToken), start, 1 hours);
+            uint256 id =
+                billing.offer(relay.CONSUMER(), meter, i == 0 ? flatId : tieredId, address(relayToken), start, 1 hours);
             relayToken.mint(relay.CONSUMER(), 1e18);
             vm.startPrank(relay.CONSUMER());
             relayToken.approve(address(billing), 1e18);
@@ -362,7 +363,9 @@ contract BillingInvariantsTest is Test {
         uint256 credited = billing.credited(address(token));
         assertGe(held, prepaid + earnings + credited, "balance covers liabilities");
         assertEq(held, prepaid + earnings + credited, "nothing unaccounted for");
-        assertEq(handler.ghostDeposited(), held + handler.ghostWithdrawnByProvider() + handler.ghostRefunded() - credited);
+        assertEq(
+            handler.ghostDeposited(), held + handler.ghostWithdrawnByProvider() + handler.ghostRefunded() - credited
+        );
         assertEq(handler.ghostBilled(), earnings + handler.ghostWithdrawnByProvider(), "billed = earned");
         assertLe(handler.ghostBilled(), handler.ghostDeposited() - handler.ghostRefunded(), "billed <= deposited");
         assertEq(deposited + handler.ghostRefunded(), handler.ghostDeposited());
