@@ -23,10 +23,15 @@ def agreement() -> None:
     \b
     Life of an agreement:
       iotsettle agreement open --consumer 0x7099… --device 0xMETER --price 0.01      # provider offers
-      iotsettle agreement accept 0xAGREEMENT --deposit 50 --dev-account 1          # consumer prepays
+      iotsettle agreement accept 0xAGREEMENT --deposit 50 --expect-start-value 1200 --dev-account 1
+                                                                                    # consumer prepays
       iotsettle agreement settle readings.jsonl                                     # anyone relays readings
       iotsettle agreement withdraw 0xAGREEMENT                                      # provider takes earnings
       iotsettle agreement close 0xAGREEMENT --dev-account 1                         # consumer gets the rest back
+
+    Closing: `close` requests it (closeAt = now + notice) and pays the rest from closeAt + 1 h: readings signed by
+    closeAt keep settling until then, later ones are refused. `close --reading final.json` closes at once on a
+    fresh signed final reading.
 
     Amounts are whole tokens scaled by the token's decimals ("1.5"), or base units with a wei suffix ("1500wei").
     """
@@ -77,24 +82,34 @@ def open_cmd(ctx: click.Context, consumer: str, device: str, price: Amount | Non
 @agreement.command()
 @click.argument("agreement_id", type=ID)
 @click.option("--deposit", type=AMOUNT, required=True, help="Prepaid amount, e.g. 50.")
+@click.option("--expect-start-value", "expected_start", type=click.IntRange(0), default=None,
+              help="The meter register you agree billing starts from; refused if the offer names another. "
+                   "Without it the offer's start value is accepted and shown.")
 @sender_options
 @rpc_option
 @json_option
 @click.pass_context
-def accept(ctx: click.Context, agreement_id: int, deposit: Amount, from_key_env: str | None, dev_account: int | None,
-           rpc_url: str | None, as_json: bool) -> None:
+def accept(ctx: click.Context, agreement_id: int, deposit: Amount, expected_start: int | None,
+           from_key_env: str | None, dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
     """Consumer: accept an offered agreement and prepay DEPOSIT (ERC-20s are approved first when needed).
+
+    The acceptance names the meter's start value it accepts: consumption is billed from there. Read it off your
+    meter and pass it with --expect-start-value; otherwise the offer's value is used and shown.
 
     \b
     Example:
-      iotsettle agreement accept 0x5fbd…0001 --deposit 50 --dev-account 1
+      iotsettle agreement accept 0x5fbd…0001 --deposit 50 --expect-start-value 1200 --dev-account 1
     """
     ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = describe_token(ops_ctx, ops.agreement_of(ops_ctx, agreement_id).token)
+    view = ops.agreement_of(ops_ctx, agreement_id)
+    info = describe_token(ops_ctx, view.token)
     base = info.to_base(deposit)
-    result = ops.accept(ops_ctx, agreement_id, base)
-    emit({"agreementId": str(agreement_id), "deposit": str(base), "tx": result.tx_hash, "block": result.block}, as_json,
-         f"agreement {hex(agreement_id)} active with {info.format(base)} prepaid (tx {result.tx_hash})")
+    start = view.start_value if expected_start is None else expected_start
+    result = ops.accept(ops_ctx, agreement_id, base, start)
+    emit({"agreementId": str(agreement_id), "deposit": str(base), "startValue": start, "tx": result.tx_hash,
+          "block": result.block}, as_json,
+         f"agreement {hex(agreement_id)} active with {info.format(base)} prepaid, billing the meter from register "
+         f"{start} (tx {result.tx_hash})")
 
 
 @agreement.command("top-up")
@@ -123,7 +138,7 @@ def top_up(ctx: click.Context, agreement_id: int, amount: Amount, from_key_env: 
          f"status {view.status} (tx {result.tx_hash})")
 
 
-def _status_table(view: ops.AgreementView, fmt: Callable[[int], str]) -> Table:
+def _status_table(view: ops.AgreementView, fmt: Callable[[int], str], grace: int) -> Table:
     table = Table(show_header=False, title=f"agreement {hex(view.agreement_id)}")
     f = fmt
     rows = [("status", view.status), ("provider", view.provider), ("consumer", view.consumer), ("meter", view.device),
@@ -134,7 +149,8 @@ def _status_table(view: ops.AgreementView, fmt: Callable[[int], str]) -> Table:
     if view.arrears:
         rows.append(("arrears", f(view.arrears)))
     if view.notice_period or view.close_at:
-        rows.append(("notice", f"{view.notice_period} s" + (f", close from {when(view.close_at)}" if view.close_at else "")))
+        rows.append(("notice", f"{view.notice_period} s" + (f", readings until {when(view.close_at)}, close from "
+                                                            f"{when(view.close_at + grace)}" if view.close_at else "")))
     for key, value in rows:
         table.add_row(key, value)
     return table
@@ -154,7 +170,8 @@ def status(ctx: click.Context, agreement_id: int, rpc_url: str | None, as_json: 
     """
     ops_ctx = ops_context(ctx, rpc_url, send=False)
     view = ops.agreement_of(ops_ctx, agreement_id)
-    emit(view.as_dict(), as_json, _status_table(view, describe_token(ops_ctx, view.token).format))
+    emit(view.as_dict(), as_json,
+         _status_table(view, describe_token(ops_ctx, view.token).format, ops.settlement_grace(ops_ctx)))
 
 
 @agreement.command("list")
@@ -242,31 +259,43 @@ def withdraw(ctx: click.Context, agreement_id: int, from_key_env: str | None, de
 
 @agreement.command()
 @click.argument("agreement_id", type=ID)
+@click.option("--reading", "reading_source", default=None, metavar="FILE",
+              help="Close at once on this fresh signed final reading (a wire payload; - reads stdin).")
 @sender_options
 @rpc_option
 @json_option
 @click.pass_context
-def close(ctx: click.Context, agreement_id: int, from_key_env: str | None, dev_account: int | None,
-          rpc_url: str | None, as_json: bool) -> None:
+def close(ctx: click.Context, agreement_id: int, reading_source: str | None, from_key_env: str | None,
+          dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
     """Consumer: close the agreement and get the unbilled prepaid balance back.
 
-    The first call starts the notice period; when it is zero the agreement closes at once, otherwise run the
-    command again once the notice is over. Readings keep settling during the notice.
+    The first call requests the close: closeAt = now + the notice period. Readings signed by closeAt keep
+    settling for a settlement grace of 1 hour after it, so run the command again from closeAt + 1 h to be paid.
+    With --reading, a fresh signed final reading of the meter settles and closes the agreement at once.
 
     \b
-    Example:
+    Examples:
       iotsettle agreement close 0x5fbd…0001 --dev-account 1
+      iotsettle agreement close 0x5fbd…0001 --reading final.json --dev-account 1
     """
     ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
     info = describe_token(ops_ctx, ops.agreement_of(ops_ctx, agreement_id).token)
-    outcome = ops.close(ops_ctx, agreement_id)
+    if reading_source is not None:
+        events = ops.parse_readings(ops_ctx, read_payloads(reading_source))
+        if len(events) != 1 or events[0].target_id != agreement_id:
+            raise click.BadParameter(f"give exactly one reading of agreement {hex(agreement_id)}",
+                                     param_hint="--reading")
+        outcome = ops.close_with_reading(ops_ctx, events[0])
+    else:
+        outcome = ops.close(ops_ctx, agreement_id)
     data = {"agreementId": str(agreement_id), "closed": outcome.closed, "closeAt": outcome.close_at,
-            "refund": str(outcome.refund), "txs": [t.tx_hash for t in outcome.txs]}
+            "closableFrom": outcome.closable_from, "refund": str(outcome.refund),
+            "txs": [t.tx_hash for t in outcome.txs]}
     if outcome.closed:
         human = f"agreement {hex(agreement_id)} closed; {info.format(outcome.refund)} refunded to the consumer"
     else:
-        human = (f"close requested: agreement {hex(agreement_id)} can be closed from {when(outcome.close_at)}; "
-                 "run this command again then")
+        human = (f"close requested: readings signed until {when(outcome.close_at)} still bill; agreement "
+                 f"{hex(agreement_id)} can be closed from {when(outcome.closable_from)}: run this command again then")
     emit(data, as_json, human)
 
 

@@ -26,7 +26,7 @@ def escrow() -> None:
       iotsettle escrow create --seller 0x7099… --device 0xTRACKER --amount 25 --destination u33dc0cr --deadline +2d
       iotsettle escrow confirm delivery.json      # anyone relays the tracker's signed delivery
       iotsettle escrow withdraw --dev-account 1   # the seller takes the money
-      iotsettle escrow refund 7                   # or: the buyer, after the deadline
+      iotsettle escrow refund 7                   # or: the buyer, 1 h after the deadline
 
     Amounts are whole tokens scaled by the token's decimals ("1.5"), or base units with a wei suffix ("1500wei").
     """
@@ -123,11 +123,13 @@ def _geohash(destination: str) -> str:
         return destination
 
 
-def _status_table(view: ops.EscrowView, fmt: Callable[[int], str]) -> Table:
+def _status_table(view: ops.EscrowView, fmt: Callable[[int], str], refundable_from: int) -> Table:
     table = Table(show_header=False, title=f"escrow {view.escrow_id}")
     rows = [("state", view.state), ("buyer", view.buyer), ("seller", view.seller), ("tracker", view.device),
             ("amount", fmt(view.amount)),
             ("destination", _geohash(view.destination)), ("created", when(view.created_at)), ("deadline", when(view.deadline))]
+    if view.state == "funded":
+        rows.append(("refundable from", f"{when(refundable_from)} if no delivery signed by the deadline arrives"))
     if view.penalty_bps:
         rows.append(("cold chain", f"{view.temperature_limit / 100:g} °C limit, {view.penalty_bps / 100:g} % penalty"))
     if view.delivery_seq:
@@ -152,7 +154,7 @@ def status(ctx: click.Context, escrow_id: int, rpc_url: str | None, as_json: boo
     ops_ctx = ops_context(ctx, rpc_url, send=False)
     view = ops.escrow_of(ops_ctx, escrow_id)
     info = describe_token(ops_ctx, view.token)
-    emit(view.as_dict(), as_json, _status_table(view, info.format))
+    emit(view.as_dict(), as_json, _status_table(view, info.format, ops.refundable_from(ops_ctx, view)))
 
 
 @escrow.command("list")
@@ -224,7 +226,11 @@ def confirm(ctx: click.Context, source: str, from_key_env: str | None, dev_accou
 @click.pass_context
 def refund(ctx: click.Context, escrow_id: int, from_key_env: str | None, dev_account: int | None,
            rpc_url: str | None, as_json: bool) -> None:
-    """Buyer: after the deadline, credit an undelivered escrow back to yourself (then `escrow withdraw`).
+    """Buyer: credit an undelivered escrow back to yourself (then `escrow withdraw`).
+
+    Possible from one hour after the deadline (the settlement grace): a delivery the tracker signed by the
+    deadline still releases the escrow to the seller if it is relayed within that hour, or at any time before
+    the refund.
 
     \b
     Example:

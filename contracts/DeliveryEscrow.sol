@@ -1,22 +1,20 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.37;
 
-import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
-import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
-import {Address} from "@openzeppelin/contracts/utils/Address.sol";
-import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
-
 import {DeviceEventVerifier} from "./DeviceEventVerifier.sol";
 import {IDeliveryEscrow} from "./interfaces/IDeliveryEscrow.sol";
 import {IDeviceRegistry} from "./interfaces/IDeviceRegistry.sol";
+import {Funds} from "./money/Funds.sol";
+import {PullPayments} from "./money/PullPayments.sol";
 
 /// @title DeliveryEscrow: pay the seller when the buyer's chosen tracker signs arrival at the destination.
 /// @notice State machine (forward-only): Funded → Released (device-signed Delivery, timestamp ≤ deadline) |
-/// Refunded (buyer, after the deadline) | Cancelled (seller). Money is never pushed: every outcome credits
-/// withdrawable balances per token, paid out by {withdraw}, so one hostile payee cannot block other escrows.
-contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, ReentrancyGuard {
-    using SafeERC20 for IERC20;
-
+/// Refunded (buyer, after deadline + SETTLEMENT_GRACE) | Cancelled (seller). A delivery signed by the deadline
+/// confirms however late it is relayed, until a refund; the refund waits out the grace so a relayer's delay or a
+/// buyer's race cannot turn a delivery into a refund. The first valid delivery relayed releases the escrow and any
+/// other is Replayed (the device SDK signs one delivery per escrow). Money is never pushed: every outcome credits
+/// the {PullPayments} ledger, paid out by {withdraw}, so one hostile payee cannot block other escrows or a batch.
+contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, PullPayments {
     bytes32 public constant DELIVERY_TYPEHASH =
         keccak256("Delivery(uint256 escrowId,uint64 seq,uint64 timestamp,bytes32 location,int32 maxTemperature)");
 
@@ -26,7 +24,6 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, ReentrancyGuard
     uint256 private constant _TRACKER_KIND = 1 << uint8(IDeviceRegistry.DeviceKind.Tracker);
 
     mapping(uint256 escrowId => Escrow) private _escrows;
-    mapping(address token => mapping(address account => uint256)) private _credits;
     uint256 private _escrowCount;
 
     constructor(IDeviceRegistry registry_) DeviceEventVerifier(registry_) {}
@@ -69,7 +66,7 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, ReentrancyGuard
         emit EscrowCreated(
             escrowId, msg.sender, seller, device, token, amount, destination, deadline, temperatureLimit, penaltyBps
         );
-        _pullFunds(token, amount);
+        Funds.pullExact(token, amount);
     }
 
     /// @inheritdoc IDeliveryEscrow
@@ -126,9 +123,9 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, ReentrancyGuard
         e.state = EscrowState.Released;
         e.deliverySeq = dl.seq;
         address token = e.token;
-        _credits[token][e.seller] += toSeller;
-        if (toBuyer != 0) _credits[token][e.buyer] += toBuyer;
         emit DeliveryConfirmed(dl.escrowId, dl.seq, toSeller, toBuyer);
+        _credit(token, e.seller, toSeller);
+        if (toBuyer != 0) _credit(token, e.buyer, toBuyer);
         return RejectReason.None;
     }
 
@@ -136,10 +133,12 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, ReentrancyGuard
     function refund(uint256 escrowId) external {
         Escrow storage e = _funded(escrowId);
         if (msg.sender != e.buyer) revert NotBuyer(escrowId, msg.sender);
-        if (block.timestamp <= e.deadline) revert DeadlineNotPassed(escrowId, e.deadline, block.timestamp);
+        // Strictly after deadline + grace: a delivery signed at the deadline has the whole grace to arrive.
+        uint256 notBefore = uint256(e.deadline) + SETTLEMENT_GRACE + 1;
+        if (block.timestamp < notBefore) revert TooEarly(escrowId, notBefore, block.timestamp);
         e.state = EscrowState.Refunded;
-        _credits[e.token][e.buyer] += e.amount;
         emit EscrowRefunded(escrowId, e.amount);
+        _credit(e.token, e.buyer, e.amount);
     }
 
     /// @inheritdoc IDeliveryEscrow
@@ -147,31 +146,13 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, ReentrancyGuard
         Escrow storage e = _funded(escrowId);
         if (msg.sender != e.seller) revert NotSeller(escrowId, msg.sender);
         e.state = EscrowState.Cancelled;
-        _credits[e.token][e.buyer] += e.amount;
         emit EscrowCancelled(escrowId, e.amount);
-    }
-
-    /// @inheritdoc IDeliveryEscrow
-    function withdraw(address token) external nonReentrant returns (uint256 amount) {
-        amount = _credits[token][msg.sender];
-        if (amount == 0) revert NothingToWithdraw(token, msg.sender);
-        _credits[token][msg.sender] = 0;
-        emit Withdrawn(token, msg.sender, amount);
-        if (token == address(0)) {
-            Address.sendValue(payable(msg.sender), amount);
-        } else {
-            IERC20(token).safeTransfer(msg.sender, amount);
-        }
+        _credit(e.token, e.buyer, e.amount);
     }
 
     /// @inheritdoc IDeliveryEscrow
     function escrowOf(uint256 escrowId) external view returns (Escrow memory) {
         return _escrows[escrowId];
-    }
-
-    /// @inheritdoc IDeliveryEscrow
-    function withdrawable(address token, address account) external view returns (uint256) {
-        return _credits[token][account];
     }
 
     /// @inheritdoc IDeliveryEscrow
@@ -190,19 +171,5 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, ReentrancyGuard
         e = _escrows[escrowId];
         if (e.state == EscrowState.None) revert UnknownEscrow(escrowId);
         if (e.state != EscrowState.Funded) revert NotFunded(escrowId, e.state);
-    }
-
-    /// @dev Take `amount` from msg.sender; for ERC-20 the balance must grow by exactly `amount` (fee-on-transfer
-    /// and lying tokens are refused rather than leaving the books short).
-    function _pullFunds(address token, uint256 amount) private {
-        if (token == address(0)) {
-            if (msg.value != amount) revert WrongValue(amount, msg.value);
-            return;
-        }
-        if (msg.value != 0) revert WrongValue(0, msg.value);
-        uint256 before = IERC20(token).balanceOf(address(this));
-        IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
-        uint256 received = IERC20(token).balanceOf(address(this)) - before;
-        if (received != amount) revert WrongValue(amount, received);
     }
 }

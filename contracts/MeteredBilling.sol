@@ -1,37 +1,39 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.37;
 
-import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
-import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
-import {Address} from "@openzeppelin/contracts/utils/Address.sol";
-import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
-
 import {DeviceEventVerifier} from "./DeviceEventVerifier.sol";
 import {IDeviceRegistry} from "./interfaces/IDeviceRegistry.sol";
 import {IMeteredBilling} from "./interfaces/IMeteredBilling.sol";
+import {Funds} from "./money/Funds.sol";
+import {PullPayments} from "./money/PullPayments.sol";
 
 /// @title MeteredBilling: prepaid billing from a meter's device-signed cumulative register.
 /// @notice A provider offers an agreement for one METER (or VEHICLE) device; the consumer accepts with a deposit.
 /// `settle` bills the register delta since the last settled reading at the agreement's tariff. When the deposit
 /// runs short the rest is recorded as arrears and the agreement is suspended until a top-up pays them.
 ///
+/// Ending: after {requestClose} readings signed up to `closeAt` keep settling, in any order and however late, until
+/// the agreement is closed; {close} is possible only from `closeAt + SETTLEMENT_GRACE`, so neither a consumer racing
+/// to close nor a relayer withholding a reading during the notice can leave signed consumption unbilled. A reading
+/// signed after `closeAt` is refused (AfterEnd). {closeWithReading} closes at once on a fresh final reading.
+///
 /// Gas layout: everything `settle` reads or writes for an agreement lives in ONE slot ({_meters}); the device and
 /// tariff are encoded in the agreement id; provider earnings are derived (deposited − prepaid − withdrawn) rather
 /// than credited per reading; tariffs are shared, so they are warm after the first reading of a batch.
-contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard {
-    using SafeERC20 for IERC20;
-
+contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     bytes32 public constant READING_TYPEHASH =
         keccak256("Reading(uint256 agreementId,uint64 seq,uint64 timestamp,uint256 value)");
 
     /// @notice Tariffs have at most this many blocks (bounds the per-reading loop).
     uint256 public constant MAX_TARIFF_BLOCKS = 8;
 
-    /// @dev The per-agreement state `settle` touches: exactly 256 bits.
+    /// @dev The per-agreement state `settle` touches: exactly 256 bits. `closing` (a close was requested) tells
+    /// `settle` whether `closeAt` can matter, so only agreements in their notice pay for reading it.
     struct Meter {
         uint96 prepaid;
         uint64 lastValue;
-        uint48 lastSeq;
+        uint40 lastSeq;
+        bool closing;
         uint40 lastTimestamp;
         AgreementStatus status;
     }
@@ -55,6 +57,9 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
         uint64 firstUnits;
         uint8 blockCount;
     }
+
+    /// @dev The `closing` byte of a {Meter} word (bits 200..207).
+    uint256 private constant _CLOSING_MASK = uint256(0xff) << 200;
 
     uint256 private constant _METER_KINDS =
         (1 << uint8(IDeviceRegistry.DeviceKind.Meter)) | (1 << uint8(IDeviceRegistry.DeviceKind.Vehicle));
@@ -128,11 +133,14 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
     }
 
     /// @inheritdoc IMeteredBilling
-    function accept(uint256 agreementId, uint256 deposit) external payable nonReentrant {
+    function accept(uint256 agreementId, uint256 deposit, uint64 startValue) external payable nonReentrant {
         Meter storage m = _existing(agreementId);
         Terms storage t = _terms[agreementId];
         if (msg.sender != t.consumer) revert NotConsumer(agreementId, msg.sender);
         if (m.status != AgreementStatus.Offered) revert WrongStatus(agreementId, m.status);
+        if (startValue != t.startValue) {
+            revert TermsMismatch(agreementId, bytes32(uint256(t.startValue)), bytes32(uint256(startValue)));
+        }
         if (deposit == 0) revert ZeroAmount();
         if (deposit > type(uint96).max) revert BalanceOverflow(deposit);
 
@@ -140,12 +148,13 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
             prepaid: uint96(deposit),
             lastValue: t.startValue,
             lastSeq: 0,
+            closing: false,
             lastTimestamp: uint40(block.timestamp),
             status: AgreementStatus.Active
         });
         t.deposited = uint128(deposit);
         emit AgreementAccepted(agreementId, deposit);
-        _pullFunds(t.token, deposit);
+        Funds.pullExact(t.token, deposit);
     }
 
     /// @inheritdoc IMeteredBilling
@@ -176,7 +185,7 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
             m.status = AgreementStatus.Active;
             emit AgreementResumed(agreementId);
         }
-        _pullFunds(t.token, amount);
+        Funds.pullExact(t.token, amount);
     }
 
     // ---------------------------------------------------------------- settlement
@@ -208,7 +217,8 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
     /// several relayers can race safely. Returns None after billing, or the reason nothing changed.
     /// The agreement's {Meter} slot is read and written as one word (one SLOAD, one SSTORE): Solidity would
     /// otherwise load and store each packed field separately. Layout, low bits first, as Solidity packs {Meter}:
-    /// prepaid 0..95 | lastValue 96..159 | lastSeq 160..207 | lastTimestamp 208..247 | status 248..255.
+    /// prepaid 0..95 | lastValue 96..159 | lastSeq 160..199 | closing 200..207 | lastTimestamp 208..247 |
+    /// status 248..255. The terms slot holding `closeAt` is read only when `closing` is set.
     function _settle(SignedReading calldata rd) private returns (RejectReason) {
         uint256 id = rd.agreementId;
         uint256 seq = rd.seq;
@@ -222,14 +232,15 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
         uint256 status = word >> 248;
         uint256 lastValue = uint64(word >> 96);
         if (status == uint256(AgreementStatus.None)) return RejectReason.UnknownTarget;
-        if (seq <= uint48(word >> 160)) return RejectReason.Replayed;
+        if (seq <= uint40(word >> 160)) return RejectReason.Replayed;
         if (status != uint256(AgreementStatus.Active)) {
             return status == uint256(AgreementStatus.Suspended) ? RejectReason.Suspended : RejectReason.NotActive;
         }
-        if (seq > type(uint48).max || value > type(uint64).max) return RejectReason.ValueOutOfRange;
+        if (seq > type(uint40).max || value > type(uint64).max) return RejectReason.ValueOutOfRange;
         if (value < lastValue) return RejectReason.CounterRollback;
         RejectReason reason = _checkTimestamp(uint64(timestamp), uint40(word >> 208));
         if (reason != RejectReason.None) return reason;
+        if (word & _CLOSING_MASK != 0 && timestamp > _terms[id].closeAt) return RejectReason.AfterEnd;
         reason = _checkSigner(
             keccak256(abi.encode(READING_TYPEHASH, id, seq, timestamp, value)),
             rd.r,
@@ -248,7 +259,8 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
         }
         // billed <= prepaid; seq, value and timestamp were range-checked above (timestamp <= now + skew < 2^40).
         unchecked {
-            word = (prepaid - billed) | (value << 96) | (seq << 160) | (timestamp << 208) | (status << 248);
+            word = (prepaid - billed) | (value << 96) | (seq << 160) | (word & _CLOSING_MASK) | (timestamp << 208)
+                | (status << 248);
         }
         assembly ("memory-safe") {
             sstore(slot.slot, word)
@@ -303,11 +315,11 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
         Terms storage t = _terms[agreementId];
         if (msg.sender != t.provider) revert NotProvider(agreementId, msg.sender);
         amount = _earnings(m, t);
-        if (amount == 0) revert NothingToWithdraw(agreementId);
+        if (amount == 0) revert NoEarnings(agreementId);
         // earnings <= deposited, which fits uint128.
         t.withdrawn += uint128(amount);
         emit EarningsWithdrawn(agreementId, msg.sender, amount);
-        _pushFunds(t.token, msg.sender, amount);
+        Funds.push(t.token, msg.sender, amount);
     }
 
     /// @inheritdoc IMeteredBilling
@@ -321,6 +333,7 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
         if (t.closeAt != 0) return;
         uint64 closeAt = uint64(block.timestamp) + t.noticePeriod;
         t.closeAt = closeAt;
+        m.closing = true;
         emit CloseRequested(agreementId, closeAt);
     }
 
@@ -333,13 +346,15 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
             revert WrongStatus(agreementId, m.status);
         }
         if (t.closeAt == 0) revert CloseNotRequested(agreementId);
-        if (block.timestamp < t.closeAt) revert NoticeNotOver(agreementId, t.closeAt, block.timestamp);
+        uint256 notBefore = uint256(t.closeAt) + SETTLEMENT_GRACE;
+        if (block.timestamp < notBefore) revert TooEarly(agreementId, notBefore, block.timestamp);
         return _close(agreementId, m, t);
     }
 
     /// @inheritdoc IMeteredBilling
     /// @dev The final reading must be fresh (timestamp within MAX_CLOCK_SKEW of the block) so the consumer cannot
-    /// close on an old, lower reading.
+    /// close on an old, lower reading; its cumulative register covers every earlier reading, so nothing is left to
+    /// settle and no grace is needed. After `closeAt` a fresh reading is AfterEnd: wait for {close} instead.
     function closeWithReading(SignedReading calldata reading) external nonReentrant returns (uint256 refund) {
         uint256 agreementId = reading.agreementId;
         Meter storage m = _existing(agreementId);
@@ -360,7 +375,7 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
         // The refund leaves the deposit, so earnings (deposited − prepaid − withdrawn) stay what was billed.
         t.deposited -= uint128(refund);
         emit AgreementClosed(agreementId, refund);
-        if (refund != 0) _pushFunds(t.token, t.consumer, refund);
+        _pay(t.token, t.consumer, refund);
     }
 
     // ---------------------------------------------------------------- views
@@ -426,27 +441,5 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, ReentrancyGuard
 
     function _earnings(Meter storage m, Terms storage t) private view returns (uint256) {
         return uint256(t.deposited) - m.prepaid - t.withdrawn;
-    }
-
-    /// @dev Take `amount` from msg.sender; for ERC-20 the balance must grow by exactly `amount` (fee-on-transfer
-    /// and lying tokens are refused rather than leaving the books short).
-    function _pullFunds(address token, uint256 amount) private {
-        if (token == address(0)) {
-            if (msg.value != amount) revert WrongValue(amount, msg.value);
-            return;
-        }
-        if (msg.value != 0) revert WrongValue(0, msg.value);
-        uint256 before = IERC20(token).balanceOf(address(this));
-        IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
-        uint256 received = IERC20(token).balanceOf(address(this)) - before;
-        if (received != amount) revert WrongValue(amount, received);
-    }
-
-    function _pushFunds(address token, address to, uint256 amount) private {
-        if (token == address(0)) {
-            Address.sendValue(payable(to), amount);
-        } else {
-            IERC20(token).safeTransfer(to, amount);
-        }
     }
 }

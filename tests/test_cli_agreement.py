@@ -25,7 +25,8 @@ def _open(cli: Cli, deployment, w3, price: str = "0.5", deposit: str = "10", kin
     assert opened["agreementIdHex"] == hex(agreement_id)
     assert cli.ok(["agreement", "status", hex(agreement_id)])["status"] == "offered"
     cli.ok(["token", "mint", "--to", consumer.address, "--amount", "100"], consumer)
-    cli.ok(["agreement", "accept", hex(agreement_id), "--deposit", deposit], consumer)
+    accepted = cli.ok(["agreement", "accept", hex(agreement_id), "--deposit", deposit], consumer)
+    assert accepted["startValue"] == 1000, "the acceptance names the offer's start value"
     return provider, consumer, meter, agreement_id
 
 
@@ -55,7 +56,10 @@ def test_open_settle_withdraw_close_moves_the_money(cli, deployment, w3) -> None
     assert paid["amount"] == str(5 * TOKEN)
     assert token_balance(deployment, provider.address) == 5 * TOKEN
 
-    closed = cli.ok(["agreement", "close", str(agreement_id)], consumer)  # notice 0: request + close at once
+    # a fresh final reading closes at once (no notice, no grace): 1010 was already billed, so nothing more
+    final = reading(meter, w3.eth.chain_id, deployment.address("MeteredBilling"), agreement_id, 3, chain_now(w3), 1010)
+    closed = cli.ok(["agreement", "close", str(agreement_id), "--reading", "-"], consumer,
+                    stdin=final.to_payload().decode())
     assert closed["closed"] is True and closed["refund"] == str(75 * TOKEN // 10)
     assert token_balance(deployment, consumer.address) == 90 * TOKEN - 25 * TOKEN // 10 + 75 * TOKEN // 10
     assert cli.ok(["agreement", "status", str(agreement_id)])["status"] == "closed"
@@ -89,10 +93,28 @@ def test_notice_period_close_needs_a_second_call(cli, deployment, w3) -> None:
     cli.ok(["agreement", "accept", str(agreement_id), "--deposit", "5"], consumer)
     first = cli.ok(["agreement", "close", str(agreement_id)], consumer)
     assert first["closed"] is False and first["closeAt"] >= chain_now(w3) + 86_000
+    assert first["closableFrom"] == first["closeAt"] + 3600, "readings signed by closeAt settle for an hour more"
     error = cli.fails(["agreement", "close", str(agreement_id)], provider)
     assert error == f"only the consumer of agreement {agreement_id} may do this, not {provider.address}"
     early = cli.fails(["agreement", "close", str(agreement_id)], consumer)
-    assert early.startswith(f"the notice period of agreement {agreement_id} ends at ") and "close it after that" in early
+    assert early.startswith(f"agreement {agreement_id} can be closed from ")
+    assert early.endswith("readings signed by closeAt may still arrive until then")
+
+
+def test_accepting_another_start_value_is_refused_in_a_sentence(cli, deployment, w3) -> None:
+    provider, consumer = cli.user(w3), cli.user(w3)
+    meter = register_device(deployment.config, provider, DeviceKind.METER)
+    agreement_id = int(cli.ok(["agreement", "open", "--consumer", consumer.address, "--device", meter.address,
+                               "--price", "0.5", "--start-value", "5000"], provider)["agreementId"])
+    cli.ok(["token", "mint", "--amount", "10"], consumer)
+    error = cli.fails(["agreement", "accept", str(agreement_id), "--deposit", "10", "--expect-start-value", "1200"],
+                      consumer)
+    assert error.startswith(f"the offer of agreement {agreement_id} bills the meter from register 5000, not 1200")
+    assert cli.ok(["agreement", "status", str(agreement_id)])["status"] == "offered"
+    accepted = cli.ok(["agreement", "accept", str(agreement_id), "--deposit", "10", "--expect-start-value", "5000"],
+                      consumer)
+    assert accepted["startValue"] == 5000
+    assert cli.ok(["agreement", "status", str(agreement_id)])["last_value"] == 5000
 
 
 def test_offer_for_a_tracker_is_refused_in_a_sentence(cli, deployment, w3) -> None:

@@ -30,7 +30,12 @@ def cli(deployment) -> Cli:
     return Cli(deployment.config)
 
 
-def test_refund_only_after_the_deadline(own_deployment) -> None:
+def _warp(w3, seconds: int) -> None:
+    w3.provider.make_request("evm_increaseTime", [seconds])
+    w3.provider.make_request("evm_mine", [])
+
+
+def test_refund_only_after_the_deadline_and_the_grace(own_deployment) -> None:
     cli, w3 = Cli(own_deployment.config), own_deployment.chain.w3
     buyer, seller = cli.user(w3), cli.user(w3)
     tracker = register_device(own_deployment.config, buyer, DeviceKind.TRACKER)
@@ -38,11 +43,14 @@ def test_refund_only_after_the_deadline(own_deployment) -> None:
     escrow_id = cli.ok(["escrow", "create", "--seller", seller.address, "--device", tracker.address, "--amount", "30",
                         "--destination", "u33dc0cr", "--deadline", "+1h"], buyer)["escrowId"]
     early = cli.fails(["escrow", "refund", str(escrow_id)], buyer)
-    assert early.startswith(f"escrow {escrow_id} can be refunded only after its deadline ")
+    assert early.startswith(f"escrow {escrow_id} can be refunded from ")
+    assert early.endswith("deliveries signed by the deadline may still arrive until then")
     assert token_balance(own_deployment, buyer.address) == 0
 
-    w3.provider.make_request("evm_increaseTime", [3601])
-    w3.provider.make_request("evm_mine", [])
+    _warp(w3, 3601)  # past the deadline, inside the settlement grace: a delivery signed in time may still arrive
+    still_early = cli.fails(["escrow", "refund", str(escrow_id)], buyer)
+    assert still_early.startswith(f"escrow {escrow_id} can be refunded from ")
+    _warp(w3, 3600)
     not_buyer = cli.fails(["escrow", "refund", str(escrow_id)], seller)
     assert not_buyer == f"only the buyer of escrow {escrow_id} may do this, not {seller.address}"
     refunded = cli.ok(["escrow", "refund", str(escrow_id)], buyer)
@@ -54,6 +62,33 @@ def test_refund_only_after_the_deadline(own_deployment) -> None:
     assert token_balance(own_deployment, buyer.address) == 30 * TOKEN
     nothing = cli.fails(["escrow", "withdraw"], buyer)
     assert nothing == f"{buyer.address} has no TEST to withdraw from the escrow contract"
+
+
+def test_a_reading_signed_before_close_at_bills_when_relayed_after_it(own_deployment) -> None:
+    """A consumer cannot close before a late reading arrives: the close waits for closeAt + the grace."""
+    from tests.cli_support import chain_now, reading
+
+    cli, w3 = Cli(own_deployment.config), own_deployment.chain.w3
+    provider, consumer = cli.user(w3), cli.user(w3)
+    meter = register_device(own_deployment.config, provider, DeviceKind.METER)
+    agreement_id = int(cli.ok(["agreement", "open", "--consumer", consumer.address, "--device", meter.address,
+                               "--price", "0.01", "--start-value", "100"], provider)["agreementId"])
+    cli.ok(["token", "mint", "--amount", "20"], consumer)
+    cli.ok(["agreement", "accept", str(agreement_id), "--deposit", "20"], consumer)
+    signed = reading(meter, w3.eth.chain_id, own_deployment.address("MeteredBilling"), agreement_id, 1,
+                     chain_now(w3) + 1, 1000)  # 900 units, signed before the close request below
+    _warp(w3, 1)
+    requested = cli.ok(["agreement", "close", str(agreement_id)], consumer)  # notice 0: closeAt is now
+    assert requested["closed"] is False
+    early = cli.fails(["agreement", "close", str(agreement_id)], consumer)
+    assert early.startswith(f"agreement {agreement_id} can be closed from ")
+
+    _warp(w3, 600)  # the relayer was late
+    cli.ok(["agreement", "settle", "-"], provider, stdin=signed.to_payload().decode())
+    _warp(w3, 3600)
+    closed = cli.ok(["agreement", "close", str(agreement_id)], consumer)
+    assert closed["refund"] == str(20 * TOKEN - 9 * TOKEN), "the 900 signed units are billed, the rest refunded"
+    assert token_balance(own_deployment, consumer.address) == 11 * TOKEN
 
 
 def test_unreachable_rpc(cli) -> None:

@@ -89,8 +89,8 @@ def test_refund_after_deadline_on_ganache(ganache) -> None:
     cli.ok(["token", "mint", "--amount", "4"], buyer)
     escrow_id = cli.ok(["escrow", "create", "--seller", seller.address, "--device", tracker.address, "--amount", "4",
                         "--destination", "u33dbfc", "--deadline", "+10m"], buyer)["escrowId"]
-    assert "can be refunded only after its deadline" in cli.fails(["escrow", "refund", str(escrow_id)], buyer)
-    w3.provider.make_request("evm_increaseTime", [601])
+    assert f"escrow {escrow_id} can be refunded from " in cli.fails(["escrow", "refund", str(escrow_id)], buyer)
+    w3.provider.make_request("evm_increaseTime", [601 + 3600])  # the deadline, then the settlement grace
     w3.provider.make_request("evm_mine", [])
     cli.ok(["escrow", "refund", str(escrow_id)], buyer)
     cli.ok(["escrow", "withdraw"], buyer)
@@ -112,6 +112,7 @@ def test_agreement_on_ganache(ganache) -> None:
     out = cli.ok(["agreement", "settle", "-"], provider, stdin=batch)
     assert [(r["settled"], r["reason"]) for r in out["results"]] == [(True, None), (False, "CounterRollback")]
     assert cli.ok(["agreement", "withdraw", str(agreement_id)], provider)["amount"] == str(2 * TOKEN)
-    closed = cli.ok(["agreement", "close", str(agreement_id)], consumer)
+    final = reading(meter, 1337, contract, agreement_id, 3, chain_now(w3), 104).to_payload().decode()
+    closed = cli.ok(["agreement", "close", str(agreement_id), "--reading", "-"], consumer, stdin=final)
     assert closed["closed"] is True and closed["refund"] == str(8 * TOKEN)
     assert token_balance(ganache, consumer.address) == 8 * TOKEN

@@ -285,7 +285,7 @@ def test_signed_readings_become_a_payment_through_the_daemon(tmp_path: Path, dep
     meter = registry.register(DeviceKind.METER)
     receipt = tx(OWNER, billing.functions.offer(consumer.address, meter.address, tariff, "0x" + "00" * 20, start, 0))
     agreement = billing.events.AgreementOffered().process_receipt(receipt)[0]["args"]["agreementId"]
-    tx(consumer, billing.functions.accept(agreement, 10**18), value=10**18)
+    tx(consumer, billing.functions.accept(agreement, 10**18, start), value=10**18)
 
     # verification in two worker processes, as the daemon runs by default
     daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.2",

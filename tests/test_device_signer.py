@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oracle import wire
-from oracle.device.keys import DeviceKey, MemoryCounter
+from oracle.device.keys import DeliveryAlreadySigned, DeliveryLog, DeviceKey, MemoryCounter, deliveries_path
 from oracle.device.signer import Contracts, EventSigner, sign_event, sign_key_rotation, sign_registration
 from oracle.eip712 import SECP256K1_N, DeviceKind, address_of
-from oracle.errors import ConfigError, ProtocolError
+from oracle.errors import ConfigError, KeyFileError, ProtocolError
 
 KEY = DeviceKey.from_private_key("0x" + "42" * 32)
 CONTRACTS = Contracts("0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20)
@@ -145,3 +146,30 @@ def test_signing_for_a_product_the_deployment_lacks_is_refused() -> None:
         signer.telematics(1, 2, 3, 4)
     with pytest.raises(ConfigError, match="no CropInsurance address"):
         signer.weather(1, 2)
+
+
+def test_a_tracker_signs_one_delivery_per_escrow_even_across_restarts(tmp_path: Path) -> None:
+    """The first valid delivery relayed releases an escrow; a second signed one would let the relayer choose (say,
+    the one within the cold-chain limit), so the SDK never signs it, not even after the device restarts."""
+    destination = b"u33dbfc".ljust(32, b"\0")
+    log_path = deliveries_path(tmp_path / "tracker.json")
+    signer = EventSigner(KEY, 31337, CONTRACTS, MemoryCounter(), DeliveryLog(log_path, KEY.address))
+    first = signer.delivery(9, destination, 950, timestamp=1_764_340_000)
+    with pytest.raises(DeliveryAlreadySigned, match="escrow 9 was already signed"):
+        signer.delivery(9, destination, 650, timestamp=1_764_340_001)
+    assert signer.delivery(10, destination, 650, timestamp=1_764_340_002).seq == first.seq + 1, "a refusal uses no seq"
+
+    restarted = EventSigner(KEY, 31337, CONTRACTS, MemoryCounter(100), DeliveryLog(log_path, KEY.address))
+    with pytest.raises(DeliveryAlreadySigned):
+        restarted.delivery(9, destination, 650)
+    other_chain = EventSigner(KEY, 1, CONTRACTS, MemoryCounter(), DeliveryLog(log_path, KEY.address))
+    assert other_chain.delivery(9, destination, 650).msg["escrowId"] == 9, "escrow ids are per chain and contract"
+    with pytest.raises(KeyFileError, match="belongs to another device"):
+        DeliveryLog(log_path, "0x" + "ab" * 20)
+
+
+def test_without_a_log_the_signer_still_refuses_a_second_delivery_in_process() -> None:
+    signer = EventSigner(KEY, 31337, CONTRACTS, MemoryCounter())
+    signer.delivery(3, b"u33dbfc".ljust(32, b"\0"), 0)
+    with pytest.raises(DeliveryAlreadySigned):
+        signer.delivery(3, b"u33dbfc".ljust(32, b"\0"), 0)

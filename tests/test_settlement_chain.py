@@ -89,7 +89,7 @@ class Scenario:
         receipt = self.tx(PROVIDER, self.billing.functions.offer(CONSUMER.address, device.address, self.tariff,
                                                                   "0x" + "00" * 20, START, 0))  # fmt: skip
         agreement = int(self.billing.events.AgreementOffered().process_receipt(receipt)[0]["args"]["agreementId"])
-        self.tx(CONSUMER, self.billing.functions.accept(agreement, DEPOSIT), value=DEPOSIT)
+        self.tx(CONSUMER, self.billing.functions.accept(agreement, DEPOSIT, START), value=DEPOSIT)
         return Meter(device, agreement)
 
     def tracker_escrow(self, destination: bytes, amount: int = 5 * 10**15) -> tuple[Device, int, str]:

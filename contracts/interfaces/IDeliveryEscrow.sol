@@ -2,11 +2,15 @@
 pragma solidity 0.8.37;
 
 import {IDeviceEvents} from "./IDeviceEvents.sol";
+import {IPullPayments} from "./IPullPayments.sol";
 
 /// @title Escrow released by a tracker's device-signed Delivery at the destination.
 /// @notice Payments are pulled: releases, refunds and cancellations credit withdrawable balances per token
-/// (address(0) = native ETH), so a reverting or re-entering payee cannot block anyone else.
-interface IDeliveryEscrow is IDeviceEvents {
+/// (address(0) = native ETH) in the {IPullPayments} ledger, so a reverting or re-entering payee cannot block anyone
+/// else. Ending rule: a delivery signed by the deadline confirms until the escrow is refunded, and a refund waits
+/// until after `deadline + SETTLEMENT_GRACE`. The first valid delivery relayed releases the escrow; any other
+/// delivery of the same escrow is then Replayed, so a tracker must sign only one delivery per escrow.
+interface IDeliveryEscrow is IDeviceEvents, IPullPayments {
     /// @notice Forward-only: Funded → Released | Refunded | Cancelled.
     enum EscrowState {
         None,
@@ -61,23 +65,15 @@ interface IDeliveryEscrow is IDeviceEvents {
     event DeliveryRejected(uint256 indexed escrowId, uint64 seq, RejectReason reason);
     event EscrowRefunded(uint256 indexed escrowId, uint256 amount);
     event EscrowCancelled(uint256 indexed escrowId, uint256 amount);
-    event Withdrawn(address indexed token, address indexed account, uint256 amount);
 
-    error ZeroAmount();
     /// @notice Escrow amounts are capped at 2^128 − 1 base units so no credit sum can overflow.
     error AmountTooLarge(uint256 amount);
-    error ZeroAddress();
-    error UnknownDevice(address device);
-    error WrongDeviceKind(address device);
     error DeadlineNotInFuture(uint64 deadline, uint256 timestamp);
     error PenaltyTooHigh(uint16 penaltyBps);
-    error WrongValue(uint256 expected, uint256 received);
     error UnknownEscrow(uint256 escrowId);
     error NotBuyer(uint256 escrowId, address caller);
     error NotSeller(uint256 escrowId, address caller);
     error NotFunded(uint256 escrowId, EscrowState state);
-    error DeadlineNotPassed(uint256 escrowId, uint64 deadline, uint256 timestamp);
-    error NothingToWithdraw(address token, address account);
 
     /// @notice Buyer creates and funds an escrow. For ETH (`token` = address(0)) send `amount` as msg.value.
     /// `penaltyBps` = 0 means no cold-chain terms; otherwise if the tracker reports a maxTemperature above
@@ -94,25 +90,22 @@ interface IDeliveryEscrow is IDeviceEvents {
         uint16 penaltyBps
     ) external payable returns (uint256 escrowId);
 
-    /// @notice Settle one delivery; reverts with {EventRejected} if it cannot. Emits a {DeliveryConfirmed} event.
+    /// @notice Settle one delivery; reverts with {EventRejected} if it cannot. Emits a {DeliveryConfirmed} event
+    /// and {Credited} events.
     function confirmDelivery(SignedDelivery calldata delivery) external;
 
     /// @notice Settle many deliveries; bad items are skipped with a {DeliveryRejected} event.
     /// @return confirmed how many items released their escrow.
     function confirmDeliveries(SignedDelivery[] calldata deliveries) external returns (uint256 confirmed);
 
-    /// @notice Buyer only, strictly after the deadline, while Funded. Emits an {EscrowRefunded} event.
+    /// @notice Buyer only, while Funded, strictly after `deadline + SETTLEMENT_GRACE` (reverts with {TooEarly}
+    /// naming the first second it may). Credits the buyer. Emits {EscrowRefunded} and {Credited} events.
     function refund(uint256 escrowId) external;
 
-    /// @notice Seller only, while Funded: give up and credit the buyer. Emits an {EscrowCancelled} event.
+    /// @notice Seller only, while Funded: give up and credit the buyer. Emits {EscrowCancelled} and {Credited}.
     function cancel(uint256 escrowId) external;
 
-    /// @notice Send msg.sender its whole credited balance of `token`. Emits a {Withdrawn} event.
-    function withdraw(address token) external returns (uint256 amount);
-
     function escrowOf(uint256 escrowId) external view returns (Escrow memory);
-
-    function withdrawable(address token, address account) external view returns (uint256);
 
     /// @notice The EIP-712 digest a tracker signs for a Delivery.
     function hashDelivery(uint256 escrowId, uint64 seq, uint64 timestamp, bytes32 location, int32 maxTemperature)

@@ -2,11 +2,14 @@
 pragma solidity 0.8.37;
 
 import {IDeviceEvents} from "./IDeviceEvents.sol";
+import {IPullPayments} from "./IPullPayments.sol";
 
 /// @title Prepaid metered billing settled from a meter's device-signed cumulative register.
 /// @notice Agreement ids are minted by the contract as `device << 96 | tariffId << 64 | serial`, so `settle` knows
 /// the device and tariff of an agreement without reading a second storage slot. Treat them as opaque uint256.
-interface IMeteredBilling is IDeviceEvents {
+/// Ending rule: readings signed up to `closeAt` settle until the agreement is closed; {close} waits for
+/// `closeAt + SETTLEMENT_GRACE`; readings signed after `closeAt` are refused with AfterEnd.
+interface IMeteredBilling is IDeviceEvents, IPullPayments {
     /// @notice Offered → Active ⇄ Suspended → Closed; Offered → Cancelled.
     enum AgreementStatus {
         None,
@@ -82,21 +85,14 @@ interface IMeteredBilling is IDeviceEvents {
     /// @notice The consumer got `refund` (the unbilled prepaid balance) back.
     event AgreementClosed(uint256 indexed agreementId, uint256 refund);
 
-    error ZeroAddress();
-    error ZeroAmount();
     error InvalidTariff();
     error UnknownTariff(uint32 tariffId);
-    error UnknownDevice(address device);
-    error WrongDeviceKind(address device);
     error UnknownAgreement(uint256 agreementId);
     error NotProvider(uint256 agreementId, address caller);
     error NotConsumer(uint256 agreementId, address caller);
     error WrongStatus(uint256 agreementId, AgreementStatus status);
-    error WrongValue(uint256 expected, uint256 received);
-    error BalanceOverflow(uint256 balance);
-    error CloseNotRequested(uint256 agreementId);
-    error NoticeNotOver(uint256 agreementId, uint64 closeAt, uint256 timestamp);
-    error NothingToWithdraw(uint256 agreementId);
+    /// @notice The provider has no billed, unwithdrawn earnings on `agreementId`.
+    error NoEarnings(uint256 agreementId);
 
     /// @notice Store an immutable tariff anyone may use. Emits a {TariffCreated} event.
     function createTariff(TariffBlock[] calldata blocks) external returns (uint32 tariffId);
@@ -115,8 +111,10 @@ interface IMeteredBilling is IDeviceEvents {
     /// @notice Provider withdraws, or consumer declines, an offer not yet accepted. Emits an {OfferCancelled} event.
     function cancelOffer(uint256 agreementId) external;
 
-    /// @notice Consumer accepts and prepays `deposit` (msg.value for ETH). Emits an {AgreementAccepted} event.
-    function accept(uint256 agreementId, uint256 deposit) external payable;
+    /// @notice Consumer accepts the offer whose register starts at `startValue` and prepays `deposit` (msg.value
+    /// for ETH). Reverts with {TermsMismatch} (expected, accepted start value as bytes32) when `startValue` is not
+    /// the offer's: an acceptance names what it accepts. Emits an {AgreementAccepted} event.
+    function accept(uint256 agreementId, uint256 deposit, uint64 startValue) external payable;
 
     /// @notice Anyone adds to the consumer's prepaid balance; arrears are paid first and a suspended agreement
     /// resumes once they are cleared. Emits a {ToppedUp} event (and {AgreementResumed}).
@@ -129,17 +127,24 @@ interface IMeteredBilling is IDeviceEvents {
     /// @notice Bill one reading; reverts with {EventRejected} if it cannot. Emits a {ReadingSettled} event.
     function settleReading(SignedReading calldata reading) external;
 
-    /// @notice Provider withdraws everything billed and not yet withdrawn. Emits an {EarningsWithdrawn} event.
+    /// @notice Provider withdraws everything billed and not yet withdrawn; reverts with {NoEarnings} when there is
+    /// nothing. Emits an {EarningsWithdrawn} event.
     function withdrawEarnings(uint256 agreementId) external returns (uint256 amount);
 
-    /// @notice Consumer starts the notice period. Readings keep settling meanwhile. Emits a {CloseRequested} event.
+    /// @notice Consumer starts the notice period: `closeAt` = now + noticePeriod. Readings signed up to `closeAt`
+    /// keep settling until the close; later ones are refused with AfterEnd. A second request changes nothing.
+    /// Emits a {CloseRequested} event.
     function requestClose(uint256 agreementId) external;
 
-    /// @notice Consumer closes after the notice period and gets the prepaid rest. Emits an {AgreementClosed} event.
+    /// @notice Consumer closes from `closeAt + SETTLEMENT_GRACE` on (reverts with {TooEarly} before, with
+    /// {CloseNotRequested} without a request) and is paid the prepaid rest: pushed with bounded gas, credited for
+    /// {withdraw} when the push fails. Emits an {AgreementClosed} event.
     function close(uint256 agreementId) external returns (uint256 refund);
 
-    /// @notice Consumer settles a final reading and closes at once. Reverts with {EventRejected} if the reading
-    /// cannot settle. Emits {ReadingSettled} and {AgreementClosed} events.
+    /// @notice Consumer settles a fresh final reading (timestamp within MAX_CLOCK_SKEW of now) and closes at once,
+    /// without notice or grace: the cumulative register covers everything before it. Reverts with {EventRejected}
+    /// if the reading cannot settle (AfterEnd once `closeAt` has passed). Pays like {close}. Emits
+    /// {ReadingSettled} and {AgreementClosed} events.
     function closeWithReading(SignedReading calldata reading) external returns (uint256 refund);
 
     function agreementOf(uint256 agreementId) external view returns (Agreement memory);

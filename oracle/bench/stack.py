@@ -208,7 +208,7 @@ def provision(stack: BenchStack, meters: int, trackers: int, escrows_per_tracker
                              gas=250_000) for k in meter_keys]  # fmt: skip
     offered = topic_of(billing_c, "AgreementOffered")
     ids = [topic_ints(r, billing_c.address, offered)[0] for r in as_provider.send_many(offers)]
-    as_consumer.send_many([billing_e.call("accept", i, DEPOSIT, gas=250_000) for i in ids])
+    as_consumer.send_many([billing_e.call("accept", i, DEPOSIT, start_value, gas=250_000) for i in ids])
     accepted_at = stack.chain_now()
     stack.meters += [Meter(k, i, billing_c.address, chain_id, 0, start_value, accepted_at)
                      for k, i in zip(meter_keys, ids, strict=True)]  # fmt: skip

@@ -260,6 +260,91 @@ class SequenceCounter:
         self.close()
 
 
+def deliveries_path(keystore: str | os.PathLike[str]) -> Path:
+    return Path(f"{os.fspath(keystore)}.deliveries")
+
+
+class DeliveryAlreadySigned(KeyFileError):
+    """The device already signed a delivery for this escrow; it signs one per escrow, ever."""
+
+
+def _escrow_key(chain_id: int, contract: str, escrow_id: int) -> str:
+    return f"{chain_id}:{contract.lower()}:{escrow_id}"
+
+
+class MemoryDeliveryLog:
+    """The escrows a device signed a delivery for, in memory: for tests and dry runs.
+
+    Why one delivery per escrow: the first valid delivery relayed releases an escrow and any other is refused as
+    Replayed, so a device that signed two (say, one within the cold-chain limit and one above it) would let whoever
+    relays choose the outcome.
+    """
+
+    def __init__(self) -> None:
+        self._escrows: set[str] = set()
+        self._mutex = threading.Lock()
+
+    def signed(self, chain_id: int, contract: str, escrow_id: int) -> bool:
+        return _escrow_key(chain_id, contract, escrow_id) in self._escrows
+
+    def claim(self, chain_id: int, contract: str, escrow_id: int) -> None:
+        """Record the delivery about to be signed; DeliveryAlreadySigned if one was signed before."""
+        key = _escrow_key(chain_id, contract, escrow_id)
+        with self._mutex:
+            if key in self._escrows:
+                raise DeliveryAlreadySigned(f"a delivery for escrow {escrow_id} was already signed; a device signs "
+                                            "one delivery per escrow (the first relayed releases it)")
+            self._record(key)
+
+    def _record(self, key: str) -> None:
+        self._escrows.add(key)
+
+    def close(self) -> None:
+        return None
+
+
+class DeliveryLog(MemoryDeliveryLog):
+    """The escrows a device signed a delivery for, persisted next to its keystore (``<keystore>.deliveries``).
+
+    The record is written and fsynced before the signature exists, so a crash or a restart can never lead to a second
+    delivery for the same escrow. The file holds ``{"device": ..., "escrows": ["chainId:contract:escrowId", ...]}``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], device: str) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.device = device
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, json.JSONDecodeError) as exc:
+            raise KeyFileError(f"delivery log {self.path} is unreadable: {exc}") from None
+        if not isinstance(document, dict) or str(document.get("device", "")).lower() != device.lower():
+            raise KeyFileError(f"delivery log {self.path} belongs to another device")
+        escrows = document.get("escrows")
+        if not isinstance(escrows, list) or not all(isinstance(e, str) for e in escrows):
+            raise KeyFileError(f"delivery log {self.path} holds an invalid value")
+        self._escrows = set(escrows)
+
+    def _record(self, key: str) -> None:
+        escrows = self._escrows | {key}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"device": self.device, "escrows": sorted(escrows)}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._escrows = escrows
+
+
 class MemoryCounter:
     """A sequence counter that is not persisted: for tests and dry runs that start from a known number."""
 

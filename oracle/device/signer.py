@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from eth_utils import to_checksum_address
 
 from oracle import eip712, wire
-from oracle.device.keys import DeviceKey
+from oracle.device.keys import DeviceKey, MemoryDeliveryLog
 from oracle.eip712 import DeviceKind, Domain
 from oracle.errors import ConfigError, ProtocolError
 from oracle.wire import SignedEvent
@@ -99,14 +99,24 @@ def sign_event(
     return SignedEvent(event_type, chain_id, _checksummed(contract), key.address, dict(fields), signature)
 
 
-class EventSigner:
-    """Signs one device's events, taking sequence numbers from its counter and timestamps from the clock."""
+class DeliveryRecord(Protocol):
+    def claim(self, chain_id: int, contract: str, escrow_id: int) -> None: ...
 
-    def __init__(self, key: DeviceKey, chain_id: int, contracts: Contracts, counter: Counter) -> None:
+
+class EventSigner:
+    """Signs one device's events, taking sequence numbers from its counter and timestamps from the clock.
+
+    A tracker signs at most one delivery per escrow: ``deliveries`` records each before it is signed (pass a
+    persistent ``keys.DeliveryLog`` on a real device; the default only remembers this process's deliveries).
+    """
+
+    def __init__(self, key: DeviceKey, chain_id: int, contracts: Contracts, counter: Counter,
+                 deliveries: DeliveryRecord | None = None) -> None:
         self.key = key
         self.chain_id = chain_id
         self.contracts = contracts
         self._counter = counter
+        self._deliveries = deliveries if deliveries is not None else MemoryDeliveryLog()
 
     def _stamp(self, timestamp: int | None) -> int:
         return int(time.time()) if timestamp is None else timestamp
@@ -119,7 +129,12 @@ class EventSigner:
     def delivery(
         self, escrow_id: int, location: bytes, max_temperature: int, *, timestamp: int | None = None
     ) -> SignedEvent:
-        """Arrival at the destination of a DeliveryEscrow; ``max_temperature`` in hundredths of a degree Celsius."""
+        """Arrival at the destination of a DeliveryEscrow; ``max_temperature`` in hundredths of a degree Celsius.
+
+        Raises ``keys.DeliveryAlreadySigned`` for an escrow this device already signed a delivery for: the first
+        valid delivery relayed releases the escrow, so a second one would let the relayer pick the outcome.
+        """
+        self._deliveries.claim(self.chain_id, self.contracts.delivery_escrow, escrow_id)
         msg = {
             "escrowId": escrow_id,
             "seq": self._counter.next(),

@@ -179,7 +179,7 @@ def _detail(entry: LogEntry, fmt: Callable[[int], str]) -> str:
         case "EarningsWithdrawn":
             return f"provider {a['provider']} withdrew earnings"
         case "CloseRequested":
-            return f"close requested, possible from {_date(a['closeAt'])}"
+            return f"close requested: readings signed until {_date(a['closeAt'])} still bill"
         case "AgreementClosed":
             return "closed; unbilled prepaid balance refunded to the consumer"
         case "DeviceRegistered":

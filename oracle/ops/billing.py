@@ -109,11 +109,13 @@ def _pay(ctx: OpsContext, token: TokenInfo, amount: int) -> int:
     return 0
 
 
-def accept(ctx: OpsContext, agreement_id: int, deposit: int) -> TxResult:
-    """Consumer (the sender) accepts and prepays ``deposit``."""
+def accept(ctx: OpsContext, agreement_id: int, deposit: int, start_value: int) -> TxResult:
+    """Consumer (the sender) accepts the offer whose meter register starts at ``start_value`` and prepays
+    ``deposit``. The contract refuses the acceptance (TermsMismatch) when the offer names another start value."""
     view = agreement_of(ctx, agreement_id)
     value = _pay(ctx, describe_token(ctx, view.token), deposit)
-    return transact(ctx, ctx.contract(CONTRACT).functions.accept(agreement_id, deposit), CONTRACT, value=value)
+    call = ctx.contract(CONTRACT).functions.accept(agreement_id, deposit, start_value)
+    return transact(ctx, call, CONTRACT, value=value)
 
 
 def top_up(ctx: OpsContext, agreement_id: int, amount: int) -> TxResult:
@@ -137,14 +139,27 @@ def withdraw_earnings(ctx: OpsContext, agreement_id: int) -> tuple[TxResult, int
 class CloseOutcome:
     closed: bool
     close_at: int
+    """Readings signed up to this time still bill; later ones are refused (AfterEnd)."""
+    closable_from: int
+    """``close_at`` + the settlement grace: the first second ``close`` pays the refund."""
     refund: int
     txs: tuple[TxResult, ...]
 
 
-def close(ctx: OpsContext, agreement_id: int) -> CloseOutcome:
-    """Consumer: request the close if not yet requested, then close when the notice period is over.
+def settlement_grace(ctx: OpsContext) -> int:
+    """Seconds after closeAt during which readings signed by then still settle (the contract's SETTLEMENT_GRACE)."""
+    return int(ctx.contract(CONTRACT).functions.SETTLEMENT_GRACE().call())
 
-    With a notice period the first call only starts it; call again after ``close_at``.
+
+def _refund_in(ctx: OpsContext, result: TxResult) -> int:
+    return sum(int(a["refund"]) for a in events_in(ctx, CONTRACT, result.receipt, "AgreementClosed"))
+
+
+def close(ctx: OpsContext, agreement_id: int) -> CloseOutcome:
+    """Consumer: request the close if not yet requested, then close once closeAt + the settlement grace has passed.
+
+    The first call only starts the notice (closeAt = now + notice period); call again from ``closable_from``:
+    readings signed by closeAt keep settling until then, so a late relay cannot be cut off by the close.
     """
     billing = ctx.contract(CONTRACT)
     view = agreement_of(ctx, agreement_id)
@@ -153,14 +168,22 @@ def close(ctx: OpsContext, agreement_id: int) -> CloseOutcome:
     if close_at == 0 and view.status in ("active", "suspended"):
         txs.append(transact(ctx, billing.functions.requestClose(agreement_id), CONTRACT))
         close_at = agreement_of(ctx, agreement_id).close_at
+    closable_from = close_at + settlement_grace(ctx) if close_at else 0
     now = int(ctx.w3.eth.get_block("latest")["timestamp"])
-    if txs and close_at > now:
-        return CloseOutcome(False, close_at, 0, tuple(txs))
+    if txs and closable_from > now:
+        return CloseOutcome(False, close_at, closable_from, 0, tuple(txs))
     # Otherwise let the contract decide: an early or unauthorised close comes back as a decoded sentence.
     result = transact(ctx, billing.functions.close(agreement_id), CONTRACT)
     txs.append(result)
-    refund = sum(int(a["refund"]) for a in events_in(ctx, CONTRACT, result.receipt, "AgreementClosed"))
-    return CloseOutcome(True, close_at, refund, tuple(txs))
+    return CloseOutcome(True, close_at, closable_from, _refund_in(ctx, result), tuple(txs))
+
+
+def close_with_reading(ctx: OpsContext, event: SignedEvent) -> CloseOutcome:
+    """Consumer: settle a fresh final reading (signed within the clock skew of now) and close at once, without
+    notice or grace; its cumulative register covers every earlier reading."""
+    result = transact(ctx, ctx.contract(CONTRACT).functions.closeWithReading(reading_tuple(event)), CONTRACT)
+    view = agreement_of(ctx, int(event.target_id))
+    return CloseOutcome(True, view.close_at, view.close_at, _refund_in(ctx, result), (result,))
 
 
 def list_agreements(ctx: OpsContext, *, party: str | None = None, device: str | None = None) -> list[AgreementView]:
@@ -221,7 +244,9 @@ def offer_many(ctx: OpsContext, offers: list[dict[str, Any]]) -> list[int]:
     return [int(events_in(ctx, CONTRACT, r.receipt, "AgreementOffered")[0]["agreementId"]) for r in results]
 
 
-def accept_many(ctx: OpsContext, accepts: list[tuple[int, int]]) -> list[TxResult]:
-    """Accept several offers in an ERC-20 with prepaid deposits (the allowance must already cover them all)."""
+def accept_many(ctx: OpsContext, accepts: list[tuple[int, int, int]]) -> list[TxResult]:
+    """Accept several offers, each (agreement id, deposit, start value), in an ERC-20 with prepaid deposits (the
+    allowance must already cover them all)."""
     billing = ctx.contract(CONTRACT)
-    return transact_many(ctx, [billing.functions.accept(i, deposit) for i, deposit in accepts], CONTRACT, gas=250_000)
+    calls = [billing.functions.accept(i, deposit, start) for i, deposit, start in accepts]
+    return transact_many(ctx, calls, CONTRACT, gas=250_000)

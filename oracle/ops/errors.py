@@ -204,7 +204,7 @@ def _reading_rejected(f: _Facts, agreement_id: int, seq: int, reason: str) -> st
         return common.replace(f"for {agreement_id}", f"for agreement {agreement_id}").replace(
             f"the one {agreement_id} names", "the agreement's meter")
     a = f.agreement(agreement_id) if reason in {"Replayed", "NotActive", "CounterRollback", "Suspended",
-                                                 "TimestampTooOld"} else None
+                                                 "TimestampTooOld", "AfterEnd"} else None
     if reason == "UnknownTarget":
         return f"agreement {agreement_id} does not exist"
     if reason == "Replayed":
@@ -221,6 +221,10 @@ def _reading_rejected(f: _Facts, agreement_id: int, seq: int, reason: str) -> st
     if reason == "Suspended":
         owed = f" of {f.token_amount(a['arrears'], a['token'])}" if a else ""
         return f"agreement {agreement_id} is suspended for arrears{owed}; top it up first"
+    if reason == "AfterEnd":
+        end = f" ({f.when(a['closeAt'])})" if a else ""
+        return (f"reading seq {seq} of agreement {agreement_id} is dated after the agreement's close time{end}, "
+                "so there is nothing to bill")
     return f"reading seq {seq} for agreement {agreement_id} was rejected: {reason}"
 
 
@@ -232,28 +236,40 @@ def _agreement_status(f: _Facts) -> str:
     return f"agreement {agreement_id} is {status}, which does not allow this"
 
 
-def _notice_not_over(f: _Facts) -> str:
-    wait = int(f["closeAt"]) - int(f["timestamp"])
-    return (f"the notice period of agreement {f['agreementId']} ends at {f.when(f['closeAt'])}, "
-            f"{wait} s from now; close it after that")
-
-
 def _nothing_to_withdraw(f: _Facts) -> str:
-    if "agreementId" in f.args:
-        return f"agreement {f['agreementId']} has no unwithdrawn earnings"
     token = f["token"]
     what = "ETH" if int(token, 16) == 0 else f"token {token}"
     if f.ctx is not None and int(token, 16) != 0:
         from oracle.ops.token import describe_token
 
         what = describe_token(f.ctx, token).symbol
-    return f"{f['account']} has no {what} credited to withdraw from this contract"
+    return f"{f['account']} has no {what} to withdraw from the {_what(f.contract)}"
+
+
+# ---- ICommonErrors as MeteredBilling and DeliveryEscrow raise them (one sentence each, the noun from the contract)
+
+def _noun(contract: str | None) -> str:
+    return {"DeliveryEscrow": "escrow", "MeteredBilling": "agreement"}.get(contract or "", "id")
 
 
 def _too_early(f: _Facts) -> str:
-    wait = int(f["notBefore"]) - int(f["timestamp"])
-    return (f"{f['id']} can end only from {f.when(f['notBefore'])}, {wait} s from now (events signed before its end "
-            "keep settling until then); try again after that")
+    target, not_before = f["id"], int(f["notBefore"])
+    wait = not_before - int(f["timestamp"])
+    act = {"DeliveryEscrow": ("refunded", "deliveries signed by the deadline may still arrive until then"),
+           "MeteredBilling": ("closed", "readings signed by closeAt may still arrive until then")}.get(
+        f.contract or "", ("ended", "events signed before the end may still arrive until then"))
+    return (f"{_noun(f.contract)} {target} can be {act[0]} from {f.when(not_before)}, {wait} s from now: "
+            f"{act[1]}")
+
+
+def _terms_mismatch(f: _Facts) -> str:
+    target = f["id"]
+    expected, accepted = int.from_bytes(f["expected"], "big"), int.from_bytes(f["accepted"], "big")
+    if f.contract == "MeteredBilling":
+        return (f"the offer of agreement {target} bills the meter from register {expected}, not {accepted}: "
+                "check the meter and accept the value the offer names, or ask the provider for a new offer")
+    return (f"{_noun(f.contract)} {target} is on other terms than the ones accepted "
+            f"(0x{f['expected'].hex()} on chain, 0x{f['accepted'].hex()} accepted)")
 
 
 def _wrong_value(f: _Facts) -> str:
@@ -280,8 +296,6 @@ _SENTENCES: dict[str, Callable[[_Facts], str]] = {
     "UnknownEscrow": lambda f: f"escrow {f['escrowId']} does not exist",
     "NotBuyer": lambda f: f"only the buyer of escrow {f['escrowId']} may do this, not {f['caller']}",
     "NotSeller": lambda f: f"only the seller of escrow {f['escrowId']} may do this, not {f['caller']}",
-    "DeadlineNotPassed": lambda f: (f"escrow {f['escrowId']} can be refunded only after its deadline "
-                                    f"{f.when(f['deadline'])} ({int(f['deadline']) - int(f['timestamp'])} s from now)"),
     "DeadlineNotInFuture": lambda f: f"the deadline {f.when(f['deadline'])} is not in the future (chain time "
                                      f"{f.when(f['timestamp'])})",
     "AmountTooLarge": lambda f: f"an escrow of {f.token_amount(f['amount'])} is more than the contract accepts (2^128 - 1 "
@@ -293,11 +307,14 @@ _SENTENCES: dict[str, Callable[[_Facts], str]] = {
     "NotProvider": lambda f: f"only the provider of agreement {f['agreementId']} may do this, not {f['caller']}",
     "NotConsumer": lambda f: f"only the consumer of agreement {f['agreementId']} may do this, not {f['caller']}",
     "WrongStatus": _agreement_status,
-    "CloseNotRequested": lambda f: f"agreement {f['agreementId']} has no close request; the consumer requests one first",
-    "NoticeNotOver": _notice_not_over,
+    "NoEarnings": lambda f: f"agreement {f['agreementId']} has no unwithdrawn earnings",
     "UnknownTariff": lambda f: f"tariff {f['tariffId']} does not exist",
     "InvalidTariff": lambda f: "the tariff is invalid: 1 to 8 blocks, each but the last with units > 0, the last with 0",
     "BalanceOverflow": lambda f: f"the balance {f['balance']} would not fit the contract's storage",
+    # shared (ICommonErrors), as MeteredBilling and DeliveryEscrow raise them
+    "TooEarly": _too_early,
+    "TermsMismatch": _terms_mismatch,
+    "CloseNotRequested": lambda f: f"{_noun(f.contract)} {f['id']} has no close request; request one first",
     # shared
     "NothingToWithdraw": _nothing_to_withdraw,
     "WrongValue": _wrong_value,
@@ -308,9 +325,6 @@ _SENTENCES: dict[str, Callable[[_Facts], str]] = {
     "PaymentFailed": lambda f: (f"paying {f['amount']} base units of {f['token']} to {f['to']} failed and could not be "
                                 "credited either (a paused or broken token?)"),
     "NotParty": lambda f: f"{f['caller']} is not a party of {f['id']} and may not do this",
-    "TooEarly": _too_early,
-    "TermsMismatch": lambda f: (f"the terms of {f['id']} on chain differ from the ones accepted: read them again "
-                                "(`show`) and accept what is on chain"),
     # DeviceRegistry
     "NotDeviceOwner": lambda f: f"only the owner of device {f['device']} may do this, not {f['caller']}",
     "DeviceNotActive": lambda f: f"device {f['device']} is revoked",

@@ -146,8 +146,21 @@ def confirm(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[
     return result, outcomes
 
 
+def settlement_grace(ctx: OpsContext) -> int:
+    """Seconds after the deadline during which a delivery signed by the deadline still confirms and no refund is
+    possible (the contract's SETTLEMENT_GRACE)."""
+    return int(ctx.contract(CONTRACT).functions.SETTLEMENT_GRACE().call())
+
+
+def refundable_from(ctx: OpsContext, view: EscrowView) -> int:
+    """The first second the buyer may refund: strictly after deadline + the settlement grace."""
+    return view.deadline + settlement_grace(ctx) + 1
+
+
 def refund(ctx: OpsContext, escrow_id: int) -> TxResult:
-    """Buyer, after the deadline: credit the amount back to the buyer (then `withdraw`)."""
+    """Buyer, once deadline + the settlement grace (1 h) has passed with no delivery confirmed: credit the amount
+    back to the buyer (then `withdraw`). A delivery signed by the deadline confirms until the refund, however late
+    it is relayed, so an earlier refund is refused (TooEarly)."""
     return transact(ctx, ctx.contract(CONTRACT).functions.refund(escrow_id), CONTRACT)
 
 

@@ -253,7 +253,7 @@ def provision(
                                                  start_value=starts.get(d.address, (0,))[0], notice_period=0)
                                             for d in group])
         agreements.update({d.name: i for d, i in zip(group, ids, strict=True)})
-    billing.accept_many(household, [(agreements[d.name], terms.deposit) for d in billed])
+    billing.accept_many(household, [(agreements[d.name], terms.deposit, starts.get(d.address, (0,))[0]) for d in billed])
 
     deadline = int(ctx.w3.eth.get_block("latest")["timestamp"]) + terms.escrow_lifetime
     ids = escrow.create_many(household, [dict(seller=parties.shop.address, device=d.address, token=test,

@@ -3,9 +3,11 @@ pragma solidity 0.8.37;
 
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 
+import {ICommonErrors} from "../../contracts/interfaces/ICommonErrors.sol";
 import {IDeliveryEscrow} from "../../contracts/interfaces/IDeliveryEscrow.sol";
 import {IDeviceEvents} from "../../contracts/interfaces/IDeviceEvents.sol";
 import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
+import {IPullPayments} from "../../contracts/interfaces/IPullPayments.sol";
 import {Fixture} from "./utils/Fixture.sol";
 import {FalseReturningToken, FeeOnTransferToken, Payee, ReentrantToken, RevertingToken} from "./utils/Hostile.sol";
 
@@ -97,9 +99,9 @@ contract DeliveryEscrowTest is Fixture {
     function test_RevertWhen_Create_BadTerms() public {
         vm.deal(buyer, 10 ether);
         vm.startPrank(buyer);
-        vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.ZeroAddress.selector));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.ZeroAddress.selector));
         escrow.createEscrow(address(0), tracker, address(0), 1, DEST, deadline, 0, 0);
-        vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.ZeroAmount.selector));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.ZeroAmount.selector));
         escrow.createEscrow(seller, tracker, address(0), 0, DEST, deadline, 0, 0);
         uint256 huge = uint256(type(uint128).max) + 1;
         vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.AmountTooLarge.selector, huge));
@@ -112,16 +114,16 @@ contract DeliveryEscrowTest is Fixture {
         escrow.createEscrow(seller, tracker, address(0), 1, DEST, uint64(block.timestamp), 0, 0);
         vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.PenaltyTooHigh.selector, uint16(10_001)));
         escrow.createEscrow(seller, tracker, address(0), 1, DEST, deadline, 0, 10_001);
-        vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.UnknownDevice.selector, relayer));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.UnknownDevice.selector, relayer));
         escrow.createEscrow(seller, relayer, address(0), 1, DEST, deadline, 0, 0);
-        vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.WrongValue.selector, 1 ether, 0.5 ether));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.WrongValue.selector, 1 ether, 0.5 ether));
         escrow.createEscrow{value: 0.5 ether}(seller, tracker, address(0), 1 ether, DEST, deadline, 0, 0);
-        vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.WrongValue.selector, 0, 1));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.WrongValue.selector, 0, 1));
         escrow.createEscrow{value: 1}(seller, tracker, address(token), 1, DEST, deadline, 0, 0);
         vm.stopPrank();
 
         address meter = registerDevice(deviceKey(41), IDeviceRegistry.DeviceKind.Meter, owner);
-        vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.WrongDeviceKind.selector, meter));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.WrongDeviceKind.selector, meter));
         vm.prank(buyer);
         escrow.createEscrow(seller, meter, address(0), 1, DEST, deadline, 0, 0);
     }
@@ -131,7 +133,7 @@ contract DeliveryEscrowTest is Fixture {
         fee.mint(buyer, 1000);
         vm.startPrank(buyer);
         fee.approve(address(escrow), 1000);
-        vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.WrongValue.selector, 1000, 990));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.WrongValue.selector, 1000, 990));
         escrow.createEscrow(seller, tracker, address(fee), 1000, DEST, deadline, 0, 0);
         vm.stopPrank();
     }
@@ -159,7 +161,7 @@ contract DeliveryEscrowTest is Fixture {
         assertEq(escrow.withdrawable(address(token), seller), AMOUNT);
         vm.prank(seller);
         vm.expectEmit(address(escrow));
-        emit IDeliveryEscrow.Withdrawn(address(token), seller, AMOUNT);
+        emit IPullPayments.Withdrawn(address(token), seller, AMOUNT);
         escrow.withdraw(address(token));
         assertEq(token.balanceOf(seller), AMOUNT);
         assertEq(token.balanceOf(address(escrow)), 0);
@@ -226,7 +228,7 @@ contract DeliveryEscrowTest is Fixture {
         vm.prank(seller);
         escrow.cancel(e2);
         _expectRejected(_delivery(e2, 0), IDeviceEvents.RejectReason.NotActive);
-        vm.warp(deadline + 1);
+        vm.warp(deadline + escrow.SETTLEMENT_GRACE() + 1);
         vm.prank(buyer);
         escrow.refund(id);
         _expectRejected(signDelivery(trackerKey, id, 1, deadline, DEST, 0), IDeviceEvents.RejectReason.NotActive);
@@ -315,12 +317,17 @@ contract DeliveryEscrowTest is Fixture {
 
     // ---------------------------------------------------------------- refund, cancel, withdraw
 
-    function test_Refund_OnlyStrictlyAfterDeadline() public {
-        vm.warp(deadline);
-        vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.DeadlineNotPassed.selector, id, deadline, deadline));
+    function test_Refund_OnlyStrictlyAfterDeadlinePlusGrace() public {
+        uint256 notBefore = deadline + escrow.SETTLEMENT_GRACE() + 1;
+        vm.warp(deadline + 1);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.TooEarly.selector, id, notBefore, deadline + 1));
         vm.prank(buyer);
         escrow.refund(id);
-        vm.warp(deadline + 1);
+        vm.warp(notBefore - 1);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.TooEarly.selector, id, notBefore, notBefore - 1));
+        vm.prank(buyer);
+        escrow.refund(id);
+        vm.warp(notBefore);
         vm.expectEmit(address(escrow));
         emit IDeliveryEscrow.EscrowRefunded(id, AMOUNT);
         vm.prank(buyer);
@@ -330,7 +337,7 @@ contract DeliveryEscrowTest is Fixture {
     }
 
     function test_RevertWhen_Refund_NotBuyerOrSettled() public {
-        vm.warp(deadline + 1);
+        vm.warp(deadline + escrow.SETTLEMENT_GRACE() + 1);
         vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.NotBuyer.selector, id, seller));
         vm.prank(seller);
         escrow.refund(id);
@@ -347,7 +354,7 @@ contract DeliveryEscrowTest is Fixture {
 
     function test_RevertWhen_Refund_AfterRelease() public {
         _confirm(_delivery(id, 0));
-        vm.warp(deadline + 1);
+        vm.warp(deadline + escrow.SETTLEMENT_GRACE() + 1);
         vm.expectRevert(
             abi.encodeWithSelector(IDeliveryEscrow.NotFunded.selector, id, IDeliveryEscrow.EscrowState.Released)
         );
@@ -375,7 +382,7 @@ contract DeliveryEscrowTest is Fixture {
     }
 
     function test_RevertWhen_Withdraw_Nothing() public {
-        vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.NothingToWithdraw.selector, address(token), seller));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.NothingToWithdraw.selector, address(token), seller));
         vm.prank(seller);
         escrow.withdraw(address(token));
     }
@@ -458,6 +465,41 @@ contract DeliveryEscrowTest is Fixture {
         vm.prank(seller);
         escrow.withdraw(address(liar));
         assertEq(escrow.withdrawable(address(liar), seller), 100);
+    }
+
+    // ---------------------------------------------------------------- relayers choose nothing
+
+    /// @dev Issue scenario 5: a delivery signed before the deadline but relayed after it still pays the seller when
+    /// the buyer races to refund the moment the deadline passes.
+    function test_Scenario5_RefundRaceCannotEraseASignedDelivery() public {
+        vm.warp(deadline - 10);
+        IDeliveryEscrow.SignedDelivery memory signedInTime = _delivery(id, 0);
+        vm.warp(deadline + 1);
+        vm.prank(buyer);
+        try escrow.refund(id) {} catch {}
+        vm.warp(deadline + 30 minutes);
+        vm.prank(relayer);
+        escrow.confirmDeliveries(oneDelivery(signedInTime));
+        assertEq(escrow.withdrawable(address(token), seller), AMOUNT, "the seller is paid for the delivery");
+        assertEq(escrow.withdrawable(address(token), buyer), 0, "the buyer gets nothing back");
+    }
+
+    /// @dev Issue scenario 7c: of two signed deliveries of one escrow the first relayed releases it and the second
+    /// is Replayed; the device SDK signs one delivery per escrow so there is never a second one to pick.
+    function test_Scenario7c_FirstRelayedOfTwoSignedDeliveriesWins() public {
+        IDeliveryEscrow.SignedDelivery memory cool = signDelivery(trackerKey, id, 1, uint64(block.timestamp), DEST, 0);
+        IDeliveryEscrow.SignedDelivery memory warm =
+            signDelivery(trackerKey, id, 2, uint64(block.timestamp), DEST, LIMIT + 1);
+        IDeliveryEscrow.SignedDelivery[] memory both = new IDeliveryEscrow.SignedDelivery[](2);
+        both[0] = warm;
+        both[1] = cool;
+        vm.expectEmit(address(escrow));
+        emit IDeliveryEscrow.DeliveryRejected(id, 1, IDeviceEvents.RejectReason.Replayed);
+        vm.prank(relayer);
+        assertEq(escrow.confirmDeliveries(both), 1, "one release");
+        assertEq(escrow.escrowOf(id).deliverySeq, 2, "the first relayed decided");
+        assertEq(escrow.withdrawable(address(token), seller), AMOUNT * (10_000 - PENALTY) / 10_000);
+        assertEq(escrow.withdrawable(address(token), buyer), AMOUNT * PENALTY / 10_000);
     }
 }
 

@@ -4,9 +4,11 @@ pragma solidity 0.8.37;
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 
 import {MeteredBilling} from "../../contracts/MeteredBilling.sol";
+import {ICommonErrors} from "../../contracts/interfaces/ICommonErrors.sol";
 import {IDeviceEvents} from "../../contracts/interfaces/IDeviceEvents.sol";
 import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
 import {IMeteredBilling} from "../../contracts/interfaces/IMeteredBilling.sol";
+import {IPullPayments} from "../../contracts/interfaces/IPullPayments.sol";
 import {Fixture} from "./utils/Fixture.sol";
 import {FalseReturningToken, FeeOnTransferToken, Payee, ReentrantToken} from "./utils/Hostile.sol";
 
@@ -143,22 +145,22 @@ contract MeteredBillingTest is Fixture {
 
     function test_RevertWhen_Offer_BadParties() public {
         vm.startPrank(provider);
-        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.ZeroAddress.selector));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.ZeroAddress.selector));
         billing.offer(address(0), meter, tariff, address(token), 0, 0);
         vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.UnknownTariff.selector, uint32(99)));
         billing.offer(consumer, meter, 99, address(token), 0, 0);
-        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.UnknownDevice.selector, relayer));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.UnknownDevice.selector, relayer));
         billing.offer(consumer, relayer, tariff, address(token), 0, 0);
         vm.stopPrank();
 
         address tracker = registerDevice(deviceKey(12), IDeviceRegistry.DeviceKind.Tracker, owner);
-        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.WrongDeviceKind.selector, tracker));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.WrongDeviceKind.selector, tracker));
         vm.prank(provider);
         billing.offer(consumer, tracker, tariff, address(token), 0, 0);
 
         vm.prank(owner);
         registry.revoke(meter);
-        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.UnknownDevice.selector, meter));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.UnknownDevice.selector, meter));
         vm.prank(provider);
         billing.offer(consumer, meter, tariff, address(token), 0, 0);
     }
@@ -180,7 +182,7 @@ contract MeteredBillingTest is Fixture {
             abi.encodeWithSelector(IMeteredBilling.WrongStatus.selector, a, IMeteredBilling.AgreementStatus.Cancelled)
         );
         vm.prank(consumer);
-        billing.accept(a, 1);
+        billing.accept(a, 1, 0);
     }
 
     function test_RevertWhen_CancelOffer_StrangerOrAccepted() public {
@@ -211,16 +213,16 @@ contract MeteredBillingTest is Fixture {
         uint256 a = billing.offer(consumer, meter, tariff, address(token), 0, 0);
         vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.NotConsumer.selector, a, provider));
         vm.prank(provider);
-        billing.accept(a, 1);
+        billing.accept(a, 1, 0);
         vm.startPrank(consumer);
-        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.ZeroAmount.selector));
-        billing.accept(a, 0);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.ZeroAmount.selector));
+        billing.accept(a, 0, 0);
         uint256 tooBig = uint256(type(uint96).max) + 1;
-        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.BalanceOverflow.selector, tooBig));
-        billing.accept(a, tooBig);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.BalanceOverflow.selector, tooBig));
+        billing.accept(a, tooBig, 0);
         vm.deal(consumer, 1 ether);
-        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.WrongValue.selector, 0, 1));
-        billing.accept{value: 1}(a, 1);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.WrongValue.selector, 0, 1));
+        billing.accept{value: 1}(a, 1, 0);
         vm.stopPrank();
     }
 
@@ -229,9 +231,9 @@ contract MeteredBillingTest is Fixture {
         uint256 a = billing.offer(consumer, meter, tariff, address(0), START, 0);
         vm.deal(consumer, 10 ether);
         vm.startPrank(consumer);
-        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.WrongValue.selector, 1 ether, 0.5 ether));
-        billing.accept{value: 0.5 ether}(a, 1 ether);
-        billing.accept{value: 1 ether}(a, 1 ether);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.WrongValue.selector, 1 ether, 0.5 ether));
+        billing.accept{value: 0.5 ether}(a, 1 ether, START);
+        billing.accept{value: 1 ether}(a, 1 ether, START);
         vm.stopPrank();
         assertEq(address(billing).balance, 1 ether);
         assertEq(billing.agreementOf(a).prepaid, 1 ether);
@@ -244,8 +246,8 @@ contract MeteredBillingTest is Fixture {
         fee.mint(consumer, 1000);
         vm.startPrank(consumer);
         fee.approve(address(billing), 1000);
-        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.WrongValue.selector, 1000, 990));
-        billing.accept(a, 1000);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.WrongValue.selector, 1000, 990));
+        billing.accept(a, 1000, 0);
         vm.stopPrank();
     }
 
@@ -258,7 +260,7 @@ contract MeteredBillingTest is Fixture {
         vm.startPrank(consumer);
         liar.approve(address(billing), 1000);
         vm.expectRevert(abi.encodeWithSelector(SafeERC20.SafeERC20FailedOperation.selector, address(liar)));
-        billing.accept(a, 1000);
+        billing.accept(a, 1000, 0);
         vm.stopPrank();
         assertEq(uint8(billing.agreementOf(a).status), uint8(IMeteredBilling.AgreementStatus.Offered));
     }
@@ -358,18 +360,18 @@ contract MeteredBillingTest is Fixture {
 
     function test_Reject_ValueOutOfRange() public {
         _expectRejected(_reading(1, uint256(type(uint64).max) + 1), IDeviceEvents.RejectReason.ValueOutOfRange);
-        _expectRejected(_reading(uint64(type(uint48).max) + 1, START), IDeviceEvents.RejectReason.ValueOutOfRange);
+        _expectRejected(_reading(uint64(type(uint40).max) + 1, START), IDeviceEvents.RejectReason.ValueOutOfRange);
     }
 
     function test_Settle_UintEdges() public {
-        _settle(_reading(type(uint48).max, START));
-        assertEq(billing.agreementOf(id).lastSeq, type(uint48).max);
+        _settle(_reading(type(uint40).max, START));
+        assertEq(billing.agreementOf(id).lastSeq, type(uint40).max);
         vm.prank(provider);
         uint256 b = billing.offer(consumer, meter, tariff, address(token), type(uint64).max - 1, 0);
         token.mint(consumer, 10);
         vm.startPrank(consumer);
         token.approve(address(billing), 10);
-        billing.accept(b, 10);
+        billing.accept(b, 10, type(uint64).max - 1);
         vm.stopPrank();
         _settle(signReading(meterKey, b, 1, uint64(block.timestamp), type(uint64).max));
         assertEq(billing.agreementOf(b).prepaid, 10 - PRICE);
@@ -517,7 +519,7 @@ contract MeteredBillingTest is Fixture {
     }
 
     function test_RevertWhen_TopUp_Invalid() public {
-        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.ZeroAmount.selector));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.ZeroAmount.selector));
         billing.topUp(id, 0);
         vm.prank(provider);
         uint256 offered = billing.offer(consumer, meter, tariff, address(token), 0, 0);
@@ -528,7 +530,7 @@ contract MeteredBillingTest is Fixture {
         );
         billing.topUp(offered, 1);
         uint256 tooMuch = uint256(type(uint96).max) - DEPOSIT + 1;
-        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.BalanceOverflow.selector, uint256(type(uint96).max) + 1));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.BalanceOverflow.selector, uint256(type(uint96).max) + 1));
         billing.topUp(id, tooMuch);
     }
 
@@ -557,7 +559,7 @@ contract MeteredBillingTest is Fixture {
         vm.prank(provider);
         assertEq(billing.withdrawEarnings(id), 300);
         assertEq(token.balanceOf(provider), 300);
-        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.NothingToWithdraw.selector, id));
+        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.NoEarnings.selector, id));
         vm.prank(provider);
         billing.withdrawEarnings(id);
         vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.NotProvider.selector, id, consumer));
@@ -572,7 +574,7 @@ contract MeteredBillingTest is Fixture {
         evil.mint(consumer, DEPOSIT);
         vm.startPrank(consumer);
         evil.approve(address(billing), DEPOSIT);
-        billing.accept(a, DEPOSIT);
+        billing.accept(a, DEPOSIT, START);
         vm.stopPrank();
         _settle(signReading(meterKey, a, 1, uint64(block.timestamp), START + 100));
         evil.arm(address(billing), abi.encodeCall(billing.withdrawEarnings, (a)));
@@ -596,11 +598,16 @@ contract MeteredBillingTest is Fixture {
 
         vm.warp(closeAt - 1);
         _settle(_reading(2, START + 110)); // readings keep settling during the notice
-        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.NoticeNotOver.selector, id, closeAt, closeAt - 1));
+        uint256 notBefore = closeAt + billing.SETTLEMENT_GRACE();
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.TooEarly.selector, id, notBefore, closeAt - 1));
+        vm.prank(consumer);
+        billing.close(id);
+        vm.warp(notBefore - 1);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.TooEarly.selector, id, notBefore, notBefore - 1));
         vm.prank(consumer);
         billing.close(id);
 
-        vm.warp(closeAt);
+        vm.warp(notBefore);
         vm.expectEmit(address(billing));
         emit IMeteredBilling.AgreementClosed(id, DEPOSIT - 330);
         vm.prank(consumer);
@@ -614,7 +621,7 @@ contract MeteredBillingTest is Fixture {
     }
 
     function test_RevertWhen_Close_Invalid() public {
-        vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.CloseNotRequested.selector, id));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.CloseNotRequested.selector, id));
         vm.prank(consumer);
         billing.close(id);
         vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.NotConsumer.selector, id, provider));
@@ -626,7 +633,7 @@ contract MeteredBillingTest is Fixture {
         vm.startPrank(consumer);
         billing.requestClose(id);
         billing.requestClose(id); // a second request keeps the first date
-        vm.warp(block.timestamp + 1 days);
+        vm.warp(block.timestamp + 1 days + billing.SETTLEMENT_GRACE());
         billing.close(id);
         vm.expectRevert(
             abi.encodeWithSelector(IMeteredBilling.WrongStatus.selector, id, IMeteredBilling.AgreementStatus.Closed)
@@ -674,22 +681,27 @@ contract MeteredBillingTest is Fixture {
         billing.closeWithReading(rd);
     }
 
-    function test_Close_RevertingConsumerOnlyBlocksItself() public {
+    function test_Close_RevertingConsumerIsCreditedInstead() public {
         Payee payee = new Payee();
         vm.prank(provider);
         uint256 a = billing.offer(address(payee), meter, tariff, address(0), START, 0);
         vm.deal(address(payee), 1 ether);
-        payee.exec(address(billing), 1 ether, abi.encodeCall(billing.accept, (a, 1 ether)));
+        payee.exec(address(billing), 1 ether, abi.encodeCall(billing.accept, (a, 1 ether, START)));
         payee.exec(address(billing), 0, abi.encodeCall(billing.requestClose, (a)));
+        vm.warp(block.timestamp + billing.SETTLEMENT_GRACE());
         payee.setMode(Payee.Mode.Revert);
-        vm.expectRevert();
+        vm.expectEmit(address(billing));
+        emit IPullPayments.Credited(address(0), address(payee), 1 ether);
         payee.exec(address(billing), 0, abi.encodeCall(billing.close, (a)));
+        assertEq(billing.withdrawable(address(0), address(payee)), 1 ether, "kept for the consumer");
+        assertEq(billing.credited(address(0)), 1 ether);
         // other agreements are untouched and still settle
         _settle(_reading(1, START + 1));
         assertEq(address(billing).balance, 1 ether);
         payee.setMode(Payee.Mode.Accept);
-        payee.exec(address(billing), 0, abi.encodeCall(billing.close, (a)));
+        payee.exec(address(billing), 0, abi.encodeCall(billing.withdraw, (address(0))));
         assertEq(address(payee).balance, 1 ether);
+        assertEq(billing.credited(address(0)), 0);
     }
 
     function test_Close_ReentrantConsumerGainsNothing() public {
@@ -697,12 +709,102 @@ contract MeteredBillingTest is Fixture {
         vm.prank(provider);
         uint256 a = billing.offer(address(payee), meter, tariff, address(0), START, 0);
         vm.deal(address(payee), 1 ether);
-        payee.exec(address(billing), 1 ether, abi.encodeCall(billing.accept, (a, 1 ether)));
+        payee.exec(address(billing), 1 ether, abi.encodeCall(billing.accept, (a, 1 ether, START)));
         payee.exec(address(billing), 0, abi.encodeCall(billing.requestClose, (a)));
+        vm.warp(block.timestamp + billing.SETTLEMENT_GRACE());
         payee.armReentry(address(billing), abi.encodeCall(billing.close, (a)));
         payee.exec(address(billing), 0, abi.encodeCall(billing.close, (a)));
         assertFalse(payee.reentrySucceeded());
         assertEq(address(payee).balance, 1 ether, "refunded exactly once");
         assertEq(address(billing).balance, 0);
+    }
+
+    // ---------------------------------------------------------------- relayers choose nothing
+
+    /// @dev Issue scenario 5: a reading signed before closeAt but relayed after it still bills, whether the consumer
+    /// races to close at closeAt or the oracle withheld the reading during the notice.
+    function test_Scenario5_CloseRaceCannotEraseSignedConsumption() public {
+        uint256 deposit = 10_000;
+        uint256 a = openAgreement(meter, tariff, START, deposit);
+        vm.prank(consumer);
+        billing.requestClose(a);
+        uint64 closeAt = billing.agreementOf(a).closeAt;
+
+        vm.warp(closeAt - 10);
+        IMeteredBilling.SignedReading memory signedInTime =
+            signReading(meterKey, a, 1, uint64(block.timestamp), START + 900);
+
+        vm.warp(closeAt);
+        vm.prank(consumer);
+        try billing.close(a) {} catch {} // the race: close the moment the notice ends
+        vm.warp(closeAt + 5 minutes);
+        vm.prank(relayer);
+        billing.settle(oneReading(signedInTime));
+
+        vm.warp(closeAt + billing.SETTLEMENT_GRACE());
+        vm.prank(consumer);
+        try billing.close(a) {} catch {}
+        assertEq(billing.earningsOf(a), 900 * PRICE, "the 900 signed units are billed");
+        assertEq(token.balanceOf(consumer), deposit - 900 * PRICE, "the consumer gets only the unbilled rest");
+    }
+
+    /// @dev Issue scenario 5: what the meter signs after closeAt is not the consumer's to pay.
+    function test_Scenario5_ReadingAfterCloseAtIsRefused() public {
+        vm.prank(consumer);
+        billing.requestClose(id);
+        uint64 closeAt = billing.agreementOf(id).closeAt;
+        vm.warp(closeAt);
+        _settle(_reading(1, START + 10)); // signed at closeAt: still in
+        vm.warp(closeAt + 1);
+        _expectRejected(_reading(2, START + 50), IDeviceEvents.RejectReason.AfterEnd);
+        assertEq(billing.earningsOf(id), 10 * PRICE, "a reading signed after closeAt bills nothing");
+        // a fresh final reading cannot close once closeAt has passed: the close waits for the grace
+        IMeteredBilling.SignedReading memory fin = _reading(2, START + 50);
+        vm.expectRevert(
+            abi.encodeWithSelector(IDeviceEvents.EventRejected.selector, id, 2, IDeviceEvents.RejectReason.AfterEnd)
+        );
+        vm.prank(consumer);
+        billing.closeWithReading(fin);
+    }
+
+    /// @dev Issue scenario 5, withheld during the notice: whatever subset of the signed readings is relayed, in any
+    /// order, late within the grace, the bill is the newest reading signed by closeAt.
+    function testFuzz_Scenario5_WithheldReadingsStillBillAfterTheNotice(uint8 mask, uint8 order) public {
+        uint256 a = openAgreement(meter, tariff, START, 1e6);
+        vm.prank(consumer);
+        billing.requestClose(a);
+        uint64 closeAt = billing.agreementOf(a).closeAt;
+        IMeteredBilling.SignedReading[] memory all = new IMeteredBilling.SignedReading[](4);
+        for (uint256 i = 0; i < 4; ++i) {
+            all[i] = signReading(meterKey, a, uint64(i + 1), uint64(closeAt - 300 + 100 * i), START + 300 * (i + 1));
+        }
+        vm.warp(closeAt + 10 minutes);
+        mask = uint8(bound(mask, 0, 15)) | 8; // the newest reading by closeAt is relayed at some point
+        for (uint256 k = 0; k < 4; ++k) {
+            uint256 i = (k + order) % 4;
+            if (mask & (1 << i) != 0) billing.settle(oneReading(all[i]));
+        }
+        vm.warp(closeAt + billing.SETTLEMENT_GRACE());
+        vm.prank(consumer);
+        billing.close(a);
+        assertEq(billing.earningsOf(a), 1200 * PRICE, "billed to the newest reading signed by closeAt");
+    }
+
+    /// @dev Issue scenario 7b: the consumer's acceptance names the start value it accepts.
+    function test_Scenario7b_AcceptNamesTheStartValue() public {
+        vm.prank(provider);
+        uint256 a = billing.offer(consumer, meter, tariff, address(token), START + 5_000, 1 days);
+        token.mint(consumer, DEPOSIT);
+        vm.startPrank(consumer);
+        token.approve(address(billing), DEPOSIT);
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                ICommonErrors.TermsMismatch.selector, a, bytes32(uint256(START + 5_000)), bytes32(uint256(START))
+            )
+        );
+        billing.accept(a, DEPOSIT, START);
+        billing.accept(a, DEPOSIT, START + 5_000);
+        vm.stopPrank();
+        assertEq(billing.agreementOf(a).lastValue, START + 5_000, "billing starts where the consumer agreed");
     }
 }

@@ -128,6 +128,131 @@ contract BillingHandler is Test {
     }
 }
 
+/// @dev The adversarial relayer: each meter signs an honest cumulative stream (one reading per `sign`, timestamped
+/// now, even after closeAt); the relayer relays any subset of it, in any order and batching, interleaved with
+/// top-ups, close requests, time jumps and closes. Ghost: the register value the bill must stand at, the highest
+/// reading relayed while the agreement was open and signed by closeAt.
+contract BillingRelayHandler is Test {
+    MeteredBilling public billing;
+    TestToken public token;
+    address public constant PROVIDER = address(0x9902);
+    address public constant CONSUMER = address(0xC002);
+    address public constant RELAYER = address(0x4E1A);
+    uint256 internal constant WINDOW = 16;
+
+    uint256[] public ids;
+    mapping(uint256 id => uint256 key) internal keyOf;
+    mapping(uint256 id => IMeteredBilling.SignedReading[]) internal stream;
+    mapping(uint256 id => uint256) public ghostValue;
+    uint256 public relayedBatches;
+    uint256 public closes;
+
+    constructor(MeteredBilling billing_, TestToken token_) {
+        billing = billing_;
+        token = token_;
+    }
+
+    function idsLength() external view returns (uint256) {
+        return ids.length;
+    }
+
+    function addAgreement(uint256 id, uint256 key) external {
+        ids.push(id);
+        keyOf[id] = key;
+        ghostValue[id] = billing.agreementOf(id).startValue;
+    }
+
+    function _pick(uint256 seed) internal view returns (uint256) {
+        return ids[seed % ids.length];
+    }
+
+    /// @dev The meter signs its next reading now.
+    function sign(uint256 idSeed, uint64 consumption, uint32 wait) external {
+        uint256 id = _pick(idSeed);
+        vm.warp(block.timestamp + bound(wait, 0, 1 hours));
+        IMeteredBilling.SignedReading[] storage s = stream[id];
+        uint256 value = s.length == 0 ? billing.agreementOf(id).startValue : s[s.length - 1].value;
+        IMeteredBilling.SignedReading memory rd;
+        rd.agreementId = id;
+        rd.seq = uint64(s.length + 1);
+        rd.timestamp = uint64(block.timestamp);
+        rd.value = value + bound(consumption, 0, 1_000);
+        (rd.r, rd.vs) = vm.signCompact(keyOf[id], billing.hashReading(id, rd.seq, rd.timestamp, rd.value));
+        s.push(rd);
+    }
+
+    /// @dev Relay a subset (`mask` over the newest WINDOW readings) in rotated, possibly reversed order as one batch.
+    function relay(uint256 idSeed, uint16 mask, uint8 rotate, bool reverse) external {
+        uint256 id = _pick(idSeed);
+        IMeteredBilling.SignedReading[] storage s = stream[id];
+        uint256 n = s.length < WINDOW ? s.length : WINDOW;
+        if (n == 0) return;
+        uint256 first = s.length - n;
+        uint256 count = 0;
+        for (uint256 i = 0; i < n; ++i) {
+            if (mask & (1 << i) != 0) ++count;
+        }
+        IMeteredBilling.SignedReading[] memory batch = new IMeteredBilling.SignedReading[](count);
+        uint256 k = 0;
+        for (uint256 j = 0; j < n; ++j) {
+            uint256 i = (j + rotate) % n;
+            if (reverse) i = n - 1 - i;
+            if (mask & (1 << i) != 0) batch[k++] = s[first + i];
+        }
+        IMeteredBilling.Agreement memory a = billing.agreementOf(id);
+        if (a.status == IMeteredBilling.AgreementStatus.Active) {
+            for (uint256 i = 0; i < count; ++i) {
+                bool inWindow = a.closeAt == 0 || batch[i].timestamp <= a.closeAt;
+                if (inWindow && batch[i].value > ghostValue[id]) ghostValue[id] = batch[i].value;
+            }
+        }
+        vm.prank(RELAYER);
+        billing.settle(batch);
+        ++relayedBatches;
+    }
+
+    function topUp(uint256 idSeed, uint256 amount) external {
+        uint256 id = _pick(idSeed);
+        amount = bound(amount, 1, 1e18);
+        token.mint(CONSUMER, amount);
+        vm.startPrank(CONSUMER);
+        token.approve(address(billing), amount);
+        try billing.topUp(id, amount) {} catch {}
+        vm.stopPrank();
+    }
+
+    function requestClose(uint256 idSeed) external {
+        vm.prank(CONSUMER);
+        try billing.requestClose(_pick(idSeed)) {} catch {}
+    }
+
+    function warp(uint32 by) external {
+        vm.warp(block.timestamp + bound(by, 0, 3 hours));
+    }
+
+    function close(uint256 idSeed) external {
+        vm.prank(CONSUMER);
+        try billing.close(_pick(idSeed)) {
+            ++closes;
+        } catch {}
+    }
+
+    function withdrawEarnings(uint256 idSeed) external {
+        vm.prank(PROVIDER);
+        try billing.withdrawEarnings(_pick(idSeed)) {} catch {}
+    }
+
+    /// @dev The honest final register: the newest reading signed by closeAt (by now while no close is requested).
+    function honestValue(uint256 id) external view returns (uint256 value) {
+        IMeteredBilling.Agreement memory a = billing.agreementOf(id);
+        value = a.startValue;
+        IMeteredBilling.SignedReading[] storage s = stream[id];
+        for (uint256 i = 0; i < s.length; ++i) {
+            if (a.closeAt == 0 || s[i].timestamp <= a.closeAt) value = s[i].value;
+        }
+    }
+}
+
 /// forge-config: default.invariant.runs = 16
 /// forge-config: default.invariant.depth = 48
 /// forge-config: ci.invariant.runs = 256
@@ -137,6 +262,8 @@ contract BillingInvariantsTest is Test {
     MeteredBilling internal billing;
     TestToken internal token;
     BillingHandler internal handler;
+    BillingRelayHandler internal relay;
+    TestToken internal relayToken;
 
     function setUp() public {
         vm.warp(1_764_340_000);
@@ -167,7 +294,7 @@ contract BillingInvariantsTest is Test {
             token.mint(consumer, deposit);
             vm.startPrank(consumer);
             token.approve(address(billing), deposit);
-            billing.accept(id, deposit);
+            billing.accept(id, deposit, uint64(i * 1000));
             vm.stopPrank();
             handler.addAgreement(id, key, deposit);
         }
@@ -178,6 +305,34 @@ contract BillingInvariantsTest is Test {
         selectors[2] = BillingHandler.withdrawEarnings.selector;
         selectors[3] = BillingHandler.close.selector;
         targetSelector(FuzzSelector({addr: address(handler), selectors: selectors}));
+
+        relayToken = new TestToken();
+        relay = new BillingRelayHandler(billing, relayToken);
+        for (uint256 i = 0; i < 2; ++i) {
+            uint256 key = 0xADE5 + i;
+            address meter = _register(key);
+            uint64 start = uint64(i * 700);
+            vm.prank(relay.PROVIDER());
+            uint256 id =
+                billing.offer(relay.CONSUMER(), meter, i == 0 ? flatId : tieredId, address(relayToken), start, 1 hours);
+            relayToken.mint(relay.CONSUMER(), 1e18);
+            vm.startPrank(relay.CONSUMER());
+            relayToken.approve(address(billing), 1e18);
+            billing.accept(id, 1e18, start);
+            vm.stopPrank();
+            relay.addAgreement(id, key);
+        }
+        targetContract(address(relay));
+        bytes4[] memory relaySelectors = new bytes4[](8);
+        relaySelectors[0] = BillingRelayHandler.sign.selector;
+        relaySelectors[1] = BillingRelayHandler.relay.selector;
+        relaySelectors[2] = BillingRelayHandler.topUp.selector;
+        relaySelectors[3] = BillingRelayHandler.requestClose.selector;
+        relaySelectors[4] = BillingRelayHandler.warp.selector;
+        relaySelectors[5] = BillingRelayHandler.close.selector;
+        relaySelectors[6] = BillingRelayHandler.withdrawEarnings.selector;
+        relaySelectors[7] = BillingRelayHandler.relay.selector; // relaying is the adversary's main move
+        targetSelector(FuzzSelector({addr: address(relay), selectors: relaySelectors}));
     }
 
     function _register(uint256 key) internal returns (address device) {
@@ -205,9 +360,12 @@ contract BillingInvariantsTest is Test {
     function invariant_Accounting() public view {
         (uint256 prepaid, uint256 earnings, uint256 deposited) = _sums();
         uint256 held = token.balanceOf(address(billing));
-        assertGe(held, prepaid + earnings, "balance covers liabilities");
-        assertEq(held, prepaid + earnings, "nothing unaccounted for");
-        assertEq(handler.ghostDeposited(), held + handler.ghostWithdrawnByProvider() + handler.ghostRefunded());
+        uint256 credited = billing.credited(address(token));
+        assertGe(held, prepaid + earnings + credited, "balance covers liabilities");
+        assertEq(held, prepaid + earnings + credited, "nothing unaccounted for");
+        assertEq(
+            handler.ghostDeposited(), held + handler.ghostWithdrawnByProvider() + handler.ghostRefunded() - credited
+        );
         assertEq(handler.ghostBilled(), earnings + handler.ghostWithdrawnByProvider(), "billed = earned");
         assertLe(handler.ghostBilled(), handler.ghostDeposited() - handler.ghostRefunded(), "billed <= deposited");
         assertEq(deposited + handler.ghostRefunded(), handler.ghostDeposited());
@@ -234,5 +392,65 @@ contract BillingInvariantsTest is Test {
         assertEq(uint8(billing.agreementOf(handler.ids(1)).status), uint8(IMeteredBilling.AgreementStatus.Active));
         invariant_Accounting();
         invariant_ReplayAndRollback();
+    }
+
+    /// @dev What was billed on `id` (paid or still owed as arrears); withdrawals and refunds do not change it.
+    function _billed(IMeteredBilling.Agreement memory a) internal pure returns (uint256) {
+        return a.deposited - a.prepaid + a.arrears;
+    }
+
+    function _cost(IMeteredBilling.Agreement memory a, uint256 value) internal view returns (uint256) {
+        return billing.costOf(a.tariffId, 0, uint64(value - a.startValue));
+    }
+
+    /// @dev Relayers choose nothing: whatever subset, order and batching was relayed, and whatever was raced against
+    /// it, the bill is the tariff cost from the start value to the newest reading relayed while open and signed by
+    /// closeAt; once the grace is over and that reading was relayed, it is the honest bill.
+    function invariant_RelayersChooseNothing() public view {
+        uint256 n = relay.idsLength();
+        for (uint256 i = 0; i < n; ++i) {
+            uint256 rid = relay.ids(i);
+            IMeteredBilling.Agreement memory a = billing.agreementOf(rid);
+            assertEq(_billed(a), _cost(a, a.lastValue), "billed = tariff cost(start -> last settled)");
+            assertEq(a.lastValue, relay.ghostValue(rid), "settled register = newest relayed in the window");
+            uint256 honest = relay.honestValue(rid);
+            bool graceOver = a.closeAt != 0 && block.timestamp >= uint256(a.closeAt) + billing.SETTLEMENT_GRACE();
+            if (graceOver && relay.ghostValue(rid) == honest) {
+                assertEq(_billed(a), _cost(a, honest), "every reading by closeAt relayed: the honest bill");
+            }
+        }
+    }
+
+    /// @dev Money of the relayed agreements: the balance covers prepaid balances, unwithdrawn earnings and credits.
+    function invariant_RelayedAgreementsAreCovered() public view {
+        uint256 owed = billing.credited(address(relayToken));
+        uint256 n = relay.idsLength();
+        for (uint256 i = 0; i < n; ++i) {
+            uint256 rid = relay.ids(i);
+            owed += billing.agreementOf(rid).prepaid + billing.earningsOf(rid);
+        }
+        assertGe(relayToken.balanceOf(address(billing)), owed, "balance >= prepaid + earnings + credited");
+    }
+
+    /// @dev The adversarial handler reaches a late relay inside the grace, a refused close, an AfterEnd reading and
+    /// the close, and the bill is the honest one.
+    function test_RelayHandlerReachesTheRace() public {
+        uint256 rid = relay.ids(0);
+        relay.sign(0, 100, 0); // 100 units
+        relay.requestClose(0); // closeAt = now + 1 h
+        relay.sign(0, 200, 59 minutes); // signed before closeAt: 300 units
+        relay.sign(0, 400, 2 minutes); // signed after closeAt: refused
+        relay.warp(30 minutes);
+        relay.close(0); // too early: the grace is not over
+        assertEq(relay.closes(), 0);
+        relay.relay(0, 0x7, 0, true); // newest first: the after-end one refused, then 300 settles, then 100 replayed
+        relay.warp(1 hours);
+        relay.close(0);
+        assertEq(relay.closes(), 1);
+        IMeteredBilling.Agreement memory a = billing.agreementOf(rid);
+        assertEq(a.lastValue, a.startValue + 300);
+        assertEq(_billed(a), 300 * 7);
+        invariant_RelayersChooseNothing();
+        invariant_RelayedAgreementsAreCovered();
     }
 }

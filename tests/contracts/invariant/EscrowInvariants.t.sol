@@ -35,6 +35,14 @@ contract EscrowHandler is Test {
     uint256 public doubleConsumption;
     uint256 public backwardMoves;
 
+    /// @dev The adversarial relayer's stream: the one honest delivery a tracker signs per escrow (at the destination,
+    /// by the deadline), relayed whenever the relayer likes.
+    mapping(uint256 escrowId => IDeliveryEscrow.SignedDelivery) internal honest;
+    mapping(uint256 escrowId => bool) public signedHonest;
+    /// @dev The honest delivery was relayed by deadline + SETTLEMENT_GRACE to an escrow its seller had not cancelled.
+    mapping(uint256 escrowId => bool) public relayedInGrace;
+    uint256 public lateRelays;
+
     constructor(DeliveryEscrow escrow_, TestToken token_, address[2] memory trackers_) {
         escrow = escrow_;
         token = token_;
@@ -147,6 +155,54 @@ contract EscrowHandler is Test {
         _observe(d.escrowId);
     }
 
+    /// @dev The tracker signs its one delivery of an escrow now, if the deadline has not passed.
+    function signHonest(uint256 idSeed, int32 temp) external {
+        if (ids.length == 0) return;
+        uint256 id = ids[idSeed % ids.length];
+        if (signedHonest[id] || block.timestamp > escrow.escrowOf(id).deadline) return;
+        honest[id] = _sign(id, temp, DEST);
+        signedHonest[id] = true;
+    }
+
+    /// @dev The relayer hands the honest delivery over whenever it chooses (possibly after a refund attempt).
+    function relayHonest(uint256 idSeed) external {
+        if (ids.length == 0) return;
+        uint256 id = ids[idSeed % ids.length];
+        if (!signedHonest[id]) return;
+        IDeliveryEscrow.Escrow memory e = escrow.escrowOf(id);
+        if (block.timestamp <= uint256(e.deadline) + escrow.SETTLEMENT_GRACE()) {
+            if (e.state != IDeliveryEscrow.EscrowState.Cancelled) relayedInGrace[id] = true;
+            if (block.timestamp > e.deadline) ++lateRelays;
+        }
+        IDeliveryEscrow.SignedDelivery[] memory one = new IDeliveryEscrow.SignedDelivery[](1);
+        one[0] = honest[id];
+        _relay(one);
+    }
+
+    function warp(uint32 by) external {
+        vm.warp(block.timestamp + bound(by, 0, 2 days));
+    }
+
+    /// @dev The race: the tracker signs at the deadline (if it has not signed yet), the buyer tries to refund the
+    /// second after, and the relayer hands the delivery over `relayDelay` later (inside the grace or not).
+    function raceRefund(uint256 idSeed, int32 temp, uint16 relayDelay) external {
+        if (ids.length == 0) return;
+        uint256 id = ids[idSeed % ids.length];
+        IDeliveryEscrow.Escrow memory e = escrow.escrowOf(id);
+        if (block.timestamp <= e.deadline) {
+            vm.warp(e.deadline);
+            this.signHonest(idSeed, temp);
+            vm.warp(uint256(e.deadline) + 1);
+        }
+        vm.prank(e.buyer);
+        try escrow.refund(id) {
+            ghostRefunded[e.token] += e.amount;
+        } catch {}
+        _observe(id);
+        vm.warp(block.timestamp + bound(relayDelay, 0, 2 hours));
+        this.relayHonest(idSeed);
+    }
+
     function refund(uint256 idSeed, uint32 wait) external {
         if (ids.length == 0) return;
         uint256 id = ids[idSeed % ids.length];
@@ -207,12 +263,16 @@ contract EscrowInvariantsTest is Test {
         address[2] memory trackers = [_register(0xA11CE), _register(0xB0B)];
         handler = new EscrowHandler(escrow, token, trackers);
         targetContract(address(handler));
-        bytes4[] memory selectors = new bytes4[](5);
+        bytes4[] memory selectors = new bytes4[](9);
         selectors[0] = EscrowHandler.create.selector;
         selectors[1] = EscrowHandler.deliver.selector;
         selectors[2] = EscrowHandler.refund.selector;
         selectors[3] = EscrowHandler.cancel.selector;
         selectors[4] = EscrowHandler.withdraw.selector;
+        selectors[5] = EscrowHandler.signHonest.selector;
+        selectors[6] = EscrowHandler.relayHonest.selector;
+        selectors[7] = EscrowHandler.warp.selector;
+        selectors[8] = EscrowHandler.raceRefund.selector;
         targetSelector(FuzzSelector({addr: address(handler), selectors: selectors}));
     }
 
@@ -264,7 +324,8 @@ contract EscrowInvariantsTest is Test {
             address tok = toks[t];
             (uint256 owed, uint256 locked) = _liabilities(tok);
             uint256 held = tok == address(0) ? address(escrow).balance : token.balanceOf(address(escrow));
-            assertGe(held, owed + locked, "balance covers liabilities");
+            assertEq(escrow.credited(tok), owed, "the ledger total is the sum of the credits");
+            assertGe(held, escrow.credited(tok) + locked, "balance covers credits and funded escrows");
             assertEq(held, owed + locked, "nothing unaccounted for");
             assertEq(
                 handler.ghostFunded(tok),
@@ -286,5 +347,35 @@ contract EscrowInvariantsTest is Test {
             IDeliveryEscrow.Escrow memory e = escrow.escrowOf(handler.ids(i));
             assertEq(e.deliverySeq != 0, e.state == IDeliveryEscrow.EscrowState.Released, "release xor refund");
         }
+    }
+
+    /// @dev Relayers choose nothing: a delivery signed by the deadline and relayed by deadline + grace releases the
+    /// escrow (to the seller) whatever refund attempts raced it.
+    function invariant_DeliveryInTimeIsPaid() public view {
+        uint256 n = handler.idsLength();
+        for (uint256 i = 0; i < n; ++i) {
+            uint256 id = handler.ids(i);
+            if (!handler.relayedInGrace(id)) continue;
+            assertEq(
+                uint8(escrow.escrowOf(id).state), uint8(IDeliveryEscrow.EscrowState.Released), "the seller got paid"
+            );
+        }
+    }
+
+    /// @dev The handler reaches the race: a delivery signed at the deadline, a refund attempt the second after, and
+    /// the relay inside the grace; the seller is paid.
+    function test_RelayHandlerReachesTheRace() public {
+        handler.create(0, 3 ether, 0, 0, true, 0);
+        uint256 id = handler.ids(0);
+        uint64 deadline = escrow.escrowOf(id).deadline;
+        vm.warp(deadline);
+        handler.signHonest(0, 0);
+        handler.refund(0, 1); // one second after the deadline: too early
+        handler.warp(30 minutes);
+        handler.relayHonest(0);
+        assertEq(handler.lateRelays(), 1);
+        assertEq(escrow.withdrawable(address(token), address(0x51)), 3 ether);
+        invariant_DeliveryInTimeIsPaid();
+        invariant_Accounting();
     }
 }

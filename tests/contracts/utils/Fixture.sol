@@ -157,7 +157,7 @@ abstract contract Fixture is Test {
         token.mint(consumer, deposit);
         vm.startPrank(consumer);
         token.approve(address(billing), deposit);
-        billing.accept(id, deposit);
+        billing.accept(id, deposit, startValue);
         vm.stopPrank();
     }
 
