@@ -162,7 +162,7 @@ contract CropInsuranceScenariosTest is CropFixture {
         hook.mint(insurer, POOL_FUNDS);
         vm.startPrank(insurer);
         hook.approve(address(crop), POOL_FUNDS);
-        crop.deposit(hPool, POOL_FUNDS);
+        crop.depositToPool(hPool, POOL_FUNDS);
         vm.stopPrank();
         uint256 seasonId = newSeason(hPool, rainTerms(3, 2));
 
@@ -206,14 +206,35 @@ contract CropInsuranceScenariosTest is CropFixture {
         ICropInsurance.SeasonTerms memory t = rainTerms(3, 2);
         t.coverageSlack = 0;
         vm.expectRevert(
-            abi.encodeWithSelector(bytes4(keccak256("CoverageSlackTooShort(uint32,uint32)")), uint32(0), uint32(10))
+            abi.encodeWithSelector(ICropInsurance.CoverageSlackTooShort.selector, 0, crop.MIN_COVERAGE_SLACK())
         );
         newSeason(pool, t);
         t = rainTerms(3, 2);
         t.finalizeDelay = 0;
         vm.expectRevert(
-            abi.encodeWithSelector(bytes4(keccak256("FinalizeDelayTooShort(uint32,uint32)")), uint32(0), uint32(10))
+            abi.encodeWithSelector(ICropInsurance.FinalizeDelayTooShort.selector, 0, crop.MIN_FINALIZE_DELAY())
         );
+        newSeason(pool, t);
+        // one second under the floors is refused too; the floors themselves (the demo's terms) are accepted
+        t = rainTerms(3, 2);
+        t.coverageSlack = crop.MIN_COVERAGE_SLACK() - 1;
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                ICropInsurance.CoverageSlackTooShort.selector, t.coverageSlack, crop.MIN_COVERAGE_SLACK()
+            )
+        );
+        newSeason(pool, t);
+        t = rainTerms(3, 2);
+        t.finalizeDelay = crop.MIN_FINALIZE_DELAY() - 1;
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                ICropInsurance.FinalizeDelayTooShort.selector, t.finalizeDelay, crop.MIN_FINALIZE_DELAY()
+            )
+        );
+        newSeason(pool, t);
+        t = rainTerms(3, 2);
+        t.coverageSlack = crop.MIN_COVERAGE_SLACK();
+        t.finalizeDelay = crop.MIN_FINALIZE_DELAY();
         newSeason(pool, t);
     }
 }
