@@ -226,8 +226,12 @@ contract CropHandler is Test {
     /// @dev Every station observes now, each with its own rain and temperature.
     function signAll(uint64 rain, int32 temperature, uint32 wait) external {
         vm.warp(block.timestamp + bound(wait, 0, 12 hours));
+        _signAll(rain, temperature);
+    }
+
+    function _signAll(uint256 rain, int256 temperature) internal {
         for (uint256 i = 0; i < STATIONS; ++i) {
-            _sign(i, uint256(keccak256(abi.encode(rain, i))) % 3_001, int256(temperature) + int256(i) * 100);
+            _sign(i, uint256(keccak256(abi.encode(rain, i))) % 3_001, temperature + int256(i) * 100);
         }
     }
 
@@ -291,12 +295,24 @@ contract CropHandler is Test {
 
     // ---------------------------------------------------------------- settlement
 
-    /// @dev `wait`: first move time to the moment the season can be finalized (if it lies ahead).
-    function finalize(uint256 seasonSeed, bool wait) external {
+    /// @dev `wait`: first move time to the moment the season can be finalized (if it lies ahead); on the way, if
+    /// the end is still ahead, the stations observe once just before it and once after it, and the relayer relays
+    /// what `relaySeed` picks (every signed observation when it is even).
+    function finalize(uint256 seasonSeed, bool wait, uint256 relaySeed) external {
         if (seasons.length == 0) return;
         uint256 seasonId = seasons[seasonSeed % seasons.length];
         ICropInsurance.Season memory before = crop.seasonOf(seasonId);
         uint256 finalizableAt = uint256(before.terms.end) + before.terms.finalizeDelay;
+        if (wait && block.timestamp < before.terms.end) {
+            vm.warp(before.terms.end - 1 hours);
+            _signAll(relaySeed, int256(relaySeed % 4_000));
+            vm.warp(uint256(before.terms.end) + 1);
+            _signAll(relaySeed >> 32, int256((relaySeed >> 64) % 4_000));
+            for (uint256 j = 0; j < 4; ++j) {
+                this.relay(uint256(keccak256(abi.encode(relaySeed, j))), 8);
+            }
+            if (relaySeed % 2 == 0) this.relayAll();
+        }
         if (wait && block.timestamp < finalizableAt) vm.warp(finalizableAt);
         vm.recordLogs();
         try crop.finalize(seasonId) {
@@ -530,9 +546,9 @@ contract CropInsuranceInvariantsTest is Test {
         }
         handler.relayAll();
         assertGt(handler.outOfOrderRelays(), 0);
-        handler.finalize(0, true);
+        handler.finalize(0, true, 1);
         handler.toggleFlaky(true);
-        handler.finalize(1, false);
+        handler.finalize(1, false, 1);
         assertEq(handler.triggeredSeasons(), 2);
         assertGe(handler.completeStationVotes(), 6);
         handler.payOut(0, 5);
@@ -555,7 +571,8 @@ contract CropInsuranceInvariantsTest is Test {
         handler.warp(12 hours);
         handler.signAll(0, 2_000, 0);
         handler.relay(99, 1); // mostly withheld: those stations abstain
-        handler.finalize(2, true);
+        handler.warp(1 hours);
+        handler.finalize(2, false, 1);
         assertEq(handler.quietSeasons(), 1);
         assertGt(handler.abstainedForWithheld(), 0);
         assertEq(good.balanceOf(handler.beneficiaries(2)), 0);
