@@ -285,6 +285,23 @@ contract CropHandler is Test {
         }
     }
 
+    /// @dev Every station's signed observations in seq order but for its last `(seed >> 8i) % 4`.
+    function _relayAllBut(uint256 seed) internal {
+        for (uint256 i = 0; i < STATIONS; ++i) {
+            address station = stations[i];
+            uint256 withheld = (seed >> (8 * i)) % 4;
+            uint256 len = streams[station].length;
+            uint256 next = crop.stationState(station).lastSeq + 1;
+            if (len < withheld || next + withheld > len) continue;
+            uint256 last = len - withheld;
+            ICropInsurance.SignedObservation[] memory batch = new ICropInsurance.SignedObservation[](last + 1 - next);
+            for (uint256 seq = next; seq <= last; ++seq) {
+                batch[seq - next] = _signed(station, uint64(seq));
+            }
+            crop.record(batch);
+        }
+    }
+
     function warp(uint32 wait) external {
         vm.warp(block.timestamp + bound(wait, 0, 1 days));
     }
@@ -296,22 +313,24 @@ contract CropHandler is Test {
     // ---------------------------------------------------------------- settlement
 
     /// @dev `wait`: first move time to the moment the season can be finalized (if it lies ahead); on the way, if
-    /// the end is still ahead, the stations observe once just before it and once after it, and the relayer relays
-    /// what `relaySeed` picks (every signed observation when it is even).
+    /// the end is still ahead, the stations observe 20 h and 1 h before it and once after it, and the relayer
+    /// relays a fuzzed pick, then each station's stream but for its last 0, 1, 2 or 3 observations.
     function finalize(uint256 seasonSeed, bool wait, uint256 relaySeed) external {
         if (seasons.length == 0) return;
         uint256 seasonId = seasons[seasonSeed % seasons.length];
         ICropInsurance.Season memory before = crop.seasonOf(seasonId);
         uint256 finalizableAt = uint256(before.terms.end) + before.terms.finalizeDelay;
-        if (wait && block.timestamp < before.terms.end) {
-            vm.warp(before.terms.end - 1 hours);
+        if (wait && block.timestamp + 20 hours < before.terms.end) {
+            vm.warp(before.terms.end - 20 hours);
             _signAll(relaySeed, int256(relaySeed % 4_000));
+            vm.warp(before.terms.end - 1 hours);
+            _signAll(relaySeed >> 16, int256((relaySeed >> 32) % 4_000));
             vm.warp(uint256(before.terms.end) + 1);
-            _signAll(relaySeed >> 32, int256((relaySeed >> 64) % 4_000));
+            _signAll(relaySeed >> 48, int256((relaySeed >> 64) % 4_000));
             for (uint256 j = 0; j < 4; ++j) {
                 this.relay(uint256(keccak256(abi.encode(relaySeed, j))), 8);
             }
-            if (relaySeed % 2 == 0) this.relayAll();
+            _relayAllBut(relaySeed >> 80);
         }
         if (wait && block.timestamp < finalizableAt) vm.warp(finalizableAt);
         vm.recordLogs();
