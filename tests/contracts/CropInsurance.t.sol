@@ -168,6 +168,21 @@ contract CropInsuranceTest is CropFixture {
         newSeason(pool, t);
     }
 
+    /// @dev A season opened with a start its stations already reported past would miss those observations, or not,
+    /// depending on when a relayer brought them: refused.
+    function test_RevertWhen_CreateSeason_StationReportedSinceStart() public {
+        ICropInsurance.SeasonTerms memory t = rainTerms(3, 2);
+        vm.warp(seasonStart);
+        recordAt(1, seasonStart, 10, 0);
+        vm.expectRevert(
+            abi.encodeWithSelector(ICropInsurance.StationReportedSinceStart.selector, stations[1], seasonStart)
+        );
+        newSeason(pool, t);
+        t.start = seasonStart + 1;
+        t.saleEnd = t.start;
+        newSeason(pool, t);
+    }
+
     function _expectBadWindow(ICropInsurance.SeasonTerms memory t) internal {
         vm.expectRevert(abi.encodeWithSelector(ICropInsurance.InvalidWindow.selector, t.saleEnd, t.start, t.end));
         newSeason(pool, t);
@@ -504,6 +519,26 @@ contract CropInsuranceTest is CropFixture {
         crop.record(one(o));
         _rejected(o, IDeviceEvents.RejectReason.Replayed);
         _rejected(signObs(stationKeys[0], stations[0], 0, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.Replayed);
+    }
+
+    /// @dev Gapless numbering: a seq above last + 1 waits for the missing one; at or below the last is a replay
+    /// (checked first, so racing relayers of the same batch see Replayed).
+    function test_Reject_SequenceGapThenAcceptedInOrder() public {
+        uint64 ts = uint64(block.timestamp);
+        ICropInsurance.SignedObservation memory o1 = obs(0, ts, 10, 0);
+        ICropInsurance.SignedObservation memory o2 = obs(0, ts, 20, 0);
+        ICropInsurance.SignedObservation memory o3 = obs(0, ts, 30, 0);
+        _rejected(o3, IDeviceEvents.RejectReason.SequenceGap);
+        _rejected(o2, IDeviceEvents.RejectReason.SequenceGap);
+        ICropInsurance.SignedObservation[] memory batch = new ICropInsurance.SignedObservation[](3);
+        batch[0] = o1;
+        batch[1] = o2;
+        batch[2] = o3;
+        assertEq(crop.record(batch), 3, "the same observations, in order, are all taken");
+        assertEq(crop.stationState(stations[0]).lastSeq, 3);
+        _rejected(o2, IDeviceEvents.RejectReason.Replayed);
+        ICropInsurance.SignedObservation memory o5 = signObs(stationKeys[0], stations[0], 5, ts, 50, 0);
+        _rejected(o5, IDeviceEvents.RejectReason.SequenceGap);
     }
 
     function test_Reject_TimestampEdges() public {
