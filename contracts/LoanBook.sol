@@ -130,15 +130,27 @@ contract LoanBook is ILoanBook, PullPayments {
         uint256 balance = account.balanceOf(token);
         if (status == LoanStatus.Active) {
             uint256 owed = l.repayment - l.repaid;
-            // mulDiv: a hostile token may report any balance; the product must not overflow and block the loan.
-            repaid = Math.min(Math.mulDiv(balance, l.shareBps, MAX_BPS), owed);
+            uint256 sweptBefore = l.swept;
+            // Saturating: a hostile token may report any balance; the sum must not overflow and block the loan.
+            uint256 sweptNow = balance > type(uint256).max - sweptBefore ? type(uint256).max : sweptBefore + balance;
+            l.swept = sweptNow;
+            // The share of the running total, less what earlier sweeps took: the split of the arrivals into sweeps
+            // changes nothing (remainders carry). mulDiv never overflows; the difference is at most the share of
+            // `balance` rounded up, which is at most `balance`.
+            uint16 share = l.shareBps;
+            uint256 due = Math.mulDiv(sweptNow, share, MAX_BPS) - Math.mulDiv(sweptBefore, share, MAX_BPS);
+            repaid = Math.min(due, owed);
             // slither-disable-next-line reentrancy-no-eth (after collecting; every entry point is nonReentrant)
             if (repaid != 0) _recordRepayment(loanId, l, repaid, owed);
         }
         forwarded = balance - repaid;
         address borrower = l.borrower;
         if (forwarded != 0) emit Forwarded(loanId, borrower, forwarded);
+        // A failed push credits the payee (PullPayments' ledger) after the collection calls; every entry point is
+        // nonReentrant and the loan's books were final before the first call.
+        // slither-disable-next-line reentrancy-no-eth
         if (repaid != 0) _payOut(account, token, l.lender, repaid);
+        // slither-disable-next-line reentrancy-no-eth
         if (forwarded != 0) _payOut(account, token, borrower, forwarded);
     }
 

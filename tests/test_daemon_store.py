@@ -103,3 +103,16 @@ def test_other_connections_see_commits_at_once(store: Store, tmp_path: Path) -> 
     reader = sqlite3.connect(tmp_path / "oracle.db")
     store.commit_batch([record(1)], [], [])
     assert reader.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1
+
+
+def test_revive_superseded_puts_back_the_newest_older_event_of_the_target(store: Store) -> None:
+    ids = store.commit_batch([record(seq) for seq in range(1, 5)] + [record(9, target=8)], [], [])
+    store.claim_pending("reading", 10)
+    store.supersede([ids[0], ids[1], ids[2], ids[4]])  # seq 1-3 of agreement 7, seq 9 of agreement 8
+    # seq 4 of agreement 7 was refused as signed after the end: seq 3 is the newest one signed before it
+    assert store.revive_superseded("0xC0", 7, 4) == ids[2]
+    assert [e.seq for e in store.claim_pending("reading", 10)] == [3]
+    # seq 3 refused the same way: seq 2 follows; another target's events are never touched
+    assert store.revive_superseded("0xC0", 7, 3) == ids[1]
+    assert store.revive_superseded("0xC0", 8, 100) == ids[4]
+    assert store.revive_superseded("0xC0", 7, 1) is None

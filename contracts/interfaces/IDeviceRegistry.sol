@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.37;
 
+import {ICommonErrors} from "./ICommonErrors.sol";
+
 /// @title On-chain identity of IoT devices.
 /// @notice A device's stable id is the address of the key it was first registered with. Its owner can rotate
 /// the signing key (the new key takes over everything that refers to the device id) and revoke the device.
 /// Keys are single-use: a key that was ever registered or rotated in can never be used again.
-interface IDeviceRegistry {
+interface IDeviceRegistry is ICommonErrors {
     /// @notice Same numbering as `oracle.eip712.DeviceKind`; 0 is invalid.
     enum DeviceKind {
         None,
@@ -49,14 +51,12 @@ interface IDeviceRegistry {
     event MetadataUpdated(address indexed device, bytes32 metadataHash);
 
     error InvalidDeviceKind(uint8 kind);
-    error ZeroAddress();
     error SignatureExpired(uint64 deadline, uint256 timestamp);
     error SignatureInvalid();
     error SignatureMalleable(bytes32 s);
     error SignatureLength(uint256 length);
     error WrongSigner(address expected, address recovered);
     error KeyAlreadyUsed(address key);
-    error UnknownDevice(address device);
     error NotDeviceOwner(address device, address caller);
     error DeviceNotActive(address device);
 

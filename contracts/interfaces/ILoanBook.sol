@@ -36,6 +36,10 @@ interface ILoanBook is IPullPayments {
         LoanStatus status;
         address account;
         uint64 repaidAt;
+        /// Loan-token arrivals split by sweeps while the loan was Active. The share is taken of this running total
+        /// (⌊swept × shareBps / 10_000⌋ minus what earlier sweeps took), so how the arrivals are cut into sweeps does
+        /// not change what the lender receives: rounding remainders carry to the next sweep.
+        uint256 swept;
     }
 
     event LoanOffered(

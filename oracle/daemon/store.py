@@ -577,6 +577,21 @@ class Store:
         """Events made redundant by a newer cumulative event of the same target (``EventKind.cumulative``)."""
         self._transition(event_ids, ("pending", "claimed"), "status = 'superseded'", ())
 
+    def revive_superseded(self, contract: str, target_id: int, before_seq: int) -> int | None:
+        """Put back to pending the newest superseded event of ``target_id`` with a seq below ``before_seq``; its id,
+        or None when there is none. For a cumulative event refused as signed after its target's end: an older one,
+        signed before the end, still settles during the grace period (the contracts' ``SETTLEMENT_GRACE``).
+        Rare (once per close), so the lookup may scan."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT id FROM events WHERE contract = ? AND target_id = ? AND seq < ? AND status = 'superseded' "
+                "ORDER BY seq DESC LIMIT 1", (contract, str(target_id), before_seq),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE events SET status = 'pending' WHERE id = ?", (row[0],))
+            return int(row[0])
+
     def release_unattached_claims(self) -> int:
         """At start-up: claims left by a process that stopped before ``attach_tx`` go back to pending."""
         with self.transaction() as conn:

@@ -240,6 +240,7 @@ class Tracker:
         settled: list[StoredEvent] = []
         replayed = 0
         rejected: list[tuple[StoredEvent, str]] = []
+        after_end: list[StoredEvent] = []
         unmatched: list[int] = []
         waiting: list[int] = []  # SequenceGap: an earlier event of the device is not on chain yet; relayed again
         for event in events:
@@ -259,6 +260,8 @@ class Tracker:
                 reason = reason_of(outcome.reason)
                 text = reason.sentence if reason is not None else "unknown reject code"
                 rejected.append((event, f"{reason_label(outcome.reason)}: {text}"))
+                if reason is RejectReason.AFTER_END and KINDS[tx.kind].cumulative:
+                    after_end.append(event)
         self.submitter.learn_gas(tx.kind, gas_used, len(events))
         with self.store.transaction():
             self.store.mark_settled([e.id for e in settled], block, mined_hash)
@@ -270,6 +273,8 @@ class Tracker:
                      mined_hash, len(waiting))  # fmt: skip
         for event, reason in rejected:
             self.submitter.dead_letter(event, reason)
+        for event in after_end:
+            self._settle_before_end(tx.kind, event)
         if unmatched:
             log.error("tx %s: %d events had no outcome log; planned again", mined_hash, len(unmatched))
         log.debug("tx %s nonce %d mined in block %d: %d settled (%d already on chain), %d rejected, gas %d",
@@ -289,6 +294,15 @@ class Tracker:
             mined_tx = self.txstore.get(tx.tx_key)
             if mined_tx is not None:
                 self._finalize([mined_tx])
+
+    def _settle_before_end(self, kind: str, event: StoredEvent) -> None:
+        """A cumulative event signed after its agreement's or policy's end was refused: the newest one the planner
+        superseded before it may be signed before the end, and it still settles during the grace period. Revive it;
+        if it is refused the same way, the next older one follows, until one settles or none is left."""
+        revived = self.store.revive_superseded(event.contract, event.target_id, event.seq)
+        if revived is not None:
+            log.info("%s seq %d of %s was signed after its end; relaying the newest earlier one (event %d) instead",
+                     kind, event.seq, event.target_id, revived)  # fmt: skip
 
     def _follow_mined(self, mined: list[TxRecord], head: int, unchanged_below: int) -> int:
         """Re-open transactions a reorg took away; finalize those with enough confirmations, in one commit."""

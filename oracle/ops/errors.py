@@ -247,7 +247,13 @@ def _nothing_to_withdraw(f: _Facts) -> str:
         from oracle.ops.token import describe_token
 
         what = describe_token(f.ctx, token).symbol
-    return f"{f['account']} has no {what} to withdraw from the escrow contract"
+    return f"{f['account']} has no {what} credited to withdraw from this contract"
+
+
+def _too_early(f: _Facts) -> str:
+    wait = int(f["notBefore"]) - int(f["timestamp"])
+    return (f"{f['id']} can end only from {f.when(f['notBefore'])}, {wait} s from now (events signed before its end "
+            "keep settling until then); try again after that")
 
 
 def _wrong_value(f: _Facts) -> str:
@@ -299,6 +305,12 @@ _SENTENCES: dict[str, Callable[[_Facts], str]] = {
     "ZeroAddress": lambda f: "an address argument is the zero address",
     "UnknownDevice": lambda f: f"device {f['device']} is not registered or not active",
     "WrongDeviceKind": lambda f: f"device {f['device']} is of the wrong kind for this product",
+    "PaymentFailed": lambda f: (f"paying {f['amount']} base units of {f['token']} to {f['to']} failed and could not be "
+                                "credited either (a paused or broken token?)"),
+    "NotParty": lambda f: f"{f['caller']} is not a party of {f['id']} and may not do this",
+    "TooEarly": _too_early,
+    "TermsMismatch": lambda f: (f"the terms of {f['id']} on chain differ from the ones accepted: read them again "
+                                "(`show`) and accept what is on chain"),
     # DeviceRegistry
     "NotDeviceOwner": lambda f: f"only the owner of device {f['device']} may do this, not {f['caller']}",
     "DeviceNotActive": lambda f: f"device {f['device']} is revoked",

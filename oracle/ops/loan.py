@@ -101,9 +101,8 @@ SENTENCES: Sentences = {
                                f"{when(a['acceptBy'])}, due by {when(a['dueBy'])}, now {when(a['timestamp'])})"),
     "TooManySources": lambda a: f"{a['count']} sources are more than a sweep takes ({a['max']})",
     "LoanTokenNeedsSweep": lambda a: f"the loan token of loan {a['loanId']} is split by `loan sweep`, not forwarded",
-    "NothingToWithdraw": lambda a: f"{a['account']} has no payment credited by the loan book in {a['token']}",
+    # ZeroAmount is also what `repay` answers when nothing is outstanding: the loan's own wording says so.
     "ZeroAmount": lambda a: "the amount must be more than zero (or nothing is outstanding)",
-    "ZeroAddress": lambda a: "an address argument is the zero address",
 }
 
 
@@ -185,7 +184,7 @@ def sweep(ctx: OpsContext, loan_id: int, sources: list[str] | None = None) -> Sw
         bool(events_in(ctx, CONTRACT, result.receipt, "LoanRepaid")),
         tuple((a["source"], int(a["amount"])) for a in events_in(ctx, CONTRACT, result.receipt, "SourceCollected")),
         tuple(a["source"] for a in events_in(ctx, CONTRACT, result.receipt, "SourceFailed")),
-        tuple((a["account"], int(a["amount"])) for a in events_in(ctx, CONTRACT, result.receipt, "PaymentCredited")),
+        tuple((a["account"], int(a["amount"])) for a in events_in(ctx, CONTRACT, result.receipt, "Credited")),
         result)
 
 

@@ -2,6 +2,7 @@
 pragma solidity 0.8.37;
 
 import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
+import {ICommonErrors} from "../../contracts/interfaces/ICommonErrors.sol";
 import {Fixture} from "./utils/Fixture.sol";
 
 contract DeviceRegistryTest is Fixture {
@@ -73,7 +74,7 @@ contract DeviceRegistryTest is Fixture {
     }
 
     function test_RevertWhen_Register_ZeroDevice() public {
-        vm.expectRevert(abi.encodeWithSelector(IDeviceRegistry.ZeroAddress.selector));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.ZeroAddress.selector));
         vm.prank(owner);
         registry.register(address(0), METER, META, uint64(block.timestamp), new bytes(65));
     }
@@ -235,7 +236,7 @@ contract DeviceRegistryTest is Fixture {
     }
 
     function test_RevertWhen_RotateKey_UnknownDevice() public {
-        vm.expectRevert(abi.encodeWithSelector(IDeviceRegistry.UnknownDevice.selector, device));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.UnknownDevice.selector, device));
         vm.prank(owner);
         registry.rotateKey(device, vm.addr(deviceKey(2)), uint64(block.timestamp), new bytes(65));
     }
@@ -262,7 +263,7 @@ contract DeviceRegistryTest is Fixture {
 
     function test_RevertWhen_RotateKey_ZeroKey() public {
         _register();
-        vm.expectRevert(abi.encodeWithSelector(IDeviceRegistry.ZeroAddress.selector));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.ZeroAddress.selector));
         vm.prank(owner);
         registry.rotateKey(device, address(0), uint64(block.timestamp), new bytes(65));
     }
@@ -359,7 +360,7 @@ contract DeviceRegistryTest is Fixture {
     }
 
     function test_RevertWhen_Revoke_UnknownDevice() public {
-        vm.expectRevert(abi.encodeWithSelector(IDeviceRegistry.UnknownDevice.selector, device));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.UnknownDevice.selector, device));
         vm.prank(owner);
         registry.revoke(device);
     }

@@ -10,7 +10,9 @@ import {ILoanBook} from "../../contracts/interfaces/ILoanBook.sol";
 import {ICommonErrors} from "../../contracts/interfaces/ICommonErrors.sol";
 import {IPullPayments} from "../../contracts/interfaces/IPullPayments.sol";
 import {TestToken} from "../../contracts/test/TestToken.sol";
-import {FalseReturningToken, FeeOnTransferToken, ReentrantToken, RevertingToken} from "./utils/Hostile.sol";
+import {
+    FalseReturningToken, FeeOnTransferToken, ReentrantToken, RevertingToken, SelectiveLiarToken
+} from "./utils/Hostile.sol";
 import {BlocklistToken, HostileSource, LoanFixture} from "./utils/LoanFixture.sol";
 
 contract LoanBookTest is LoanFixture {
@@ -412,6 +414,59 @@ contract LoanBookTest is LoanFixture {
         vm.expectRevert(abi.encodeWithSelector(ICommonErrors.PaymentFailed.selector, address(liar), lender, 50));
         book.sweep(id, noSources());
         assertEq(book.loanOf(id).repaid, 0, "nothing recorded as repaid");
+    }
+
+    /// @dev A sweeper who splits the arrivals into many small sweeps must not round the lender's share down to
+    /// nothing: the share is computed on the total swept since acceptance, so the remainders carry. Ten sweeps of one
+    /// unit at 50 % repay 5 units, exactly what one sweep of ten repays.
+    function test_Attack_SweepingInSmallSlicesCannotRoundDownTheLendersShare() public {
+        (uint256 sliced, address slicedAccount) = openLoan(address(token), PRINCIPAL, REPAYMENT, 5_000);
+        (uint256 whole, address wholeAccount) = openLoan(address(token), PRINCIPAL, REPAYMENT, 5_000);
+        for (uint256 i = 0; i < 10; ++i) {
+            token.mint(slicedAccount, 1);
+            book.sweep(sliced, noSources());
+        }
+        token.mint(wholeAccount, 10);
+        book.sweep(whole, noSources());
+        assertEq(book.loanOf(whole).repaid, 5, "one sweep of 10 at 50 %");
+        assertEq(book.loanOf(sliced).repaid, 5, "ten sweeps of 1 at 50 % repay the same");
+    }
+
+    /// @dev Property form: any split of the same arrivals into sweeps repays the same total.
+    function testFuzz_SweepSplitDoesNotChangeRepayment(uint16 shareBps, uint64 a, uint64 b, uint64 c) public {
+        shareBps = uint16(bound(shareBps, 1, 10_000));
+        (uint256 sliced, address slicedAccount) = openLoan(address(token), PRINCIPAL, type(uint128).max, shareBps);
+        (uint256 whole, address wholeAccount) = openLoan(address(token), PRINCIPAL, type(uint128).max, shareBps);
+        uint64[3] memory parts = [a, b, c];
+        for (uint256 i = 0; i < 3; ++i) {
+            token.mint(slicedAccount, parts[i]);
+            book.sweep(sliced, noSources());
+        }
+        token.mint(wholeAccount, uint256(a) + b + c);
+        book.sweep(whole, noSources());
+        assertEq(book.loanOf(sliced).repaid, book.loanOf(whole).repaid, "split changed the repayment");
+    }
+
+    /// @dev Scenario 6 of the trust review: the backing check compared the credit total with the whole token
+    /// balance, which includes principals held for other offered loans. A token that refuses the push to the borrower
+    /// and fakes the move of the credit into the book left the borrower a credit paid out of another lender's
+    /// principal. The check now counts every obligation in the token.
+    function test_Scenario6_CreditMustBeBackedBeyondPrincipalsHeldForOtherLoans() public {
+        SelectiveLiarToken liar = new SelectiveLiarToken();
+        (uint256 id, address account) = openLoan(address(liar), PRINCIPAL, REPAYMENT, SHARE);
+        uint256 other = offerLoan(address(liar), PRINCIPAL, REPAYMENT, SHARE);
+        assertEq(book.principalHeld(address(liar)), PRINCIPAL, "the other loan's principal waits in the book");
+        liar.mint(account, 100);
+        liar.setBlocked(borrower, true);
+        liar.setPhantom(address(book), true);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.PaymentFailed.selector, address(liar), borrower, 50));
+        book.sweep(id, noSources());
+        assertEq(book.credited(address(liar)), 0, "no unbacked credit");
+        // The other lender can still take the principal back in full.
+        vm.prank(lender);
+        book.cancelOffer(other);
+        assertEq(liar.balanceOf(lender), PRINCIPAL, "principal returned");
+        assertEq(book.principalHeld(address(liar)), 0);
     }
 
     function test_Sweep_ReentrantTokenCannotReenter() public {

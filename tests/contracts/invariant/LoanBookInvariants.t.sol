@@ -2,6 +2,7 @@
 pragma solidity 0.8.37;
 
 import {Test} from "forge-std/Test.sol";
+import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 
 import {DeliveryEscrow} from "../../../contracts/DeliveryEscrow.sol";
 import {DeviceRegistry} from "../../../contracts/DeviceRegistry.sol";
@@ -232,6 +233,29 @@ contract LoanBookInvariantsTest is Test {
             credits += book.withdrawable(address(token), l.lender) + book.withdrawable(address(token), l.borrower);
         }
         assertEq(token.balanceOf(address(book)), credits, "the book holds exactly the pull credits");
+    }
+
+    /// @dev Whoever sweeps, whenever, with whatever sources: the lender's share equals the share of everything swept
+    /// while the loan was active, capped at the debt (loans that also took direct repayments are covered by the
+    /// conservation invariant instead, since the parties' own order of acts moves the cap).
+    function invariant_ShareDoesNotDependOnHowSweepsSplitArrivals() public view {
+        for (uint256 i = 0; i < handler.idsLength(); ++i) {
+            uint256 id = handler.ids(i);
+            if (handler.ghostDirect(id) != 0) continue;
+            ILoanBook.Loan memory l = book.loanOf(id);
+            uint256 share = Math.mulDiv(l.swept, l.shareBps, 10_000);
+            assertEq(handler.ghostSweptToLender(id), Math.min(share, l.repayment), "share of the running total");
+        }
+    }
+
+    /// @dev Obligations per token: the book's balance covers every credit and every principal it holds for offered
+    /// loans, and the credit total is the sum of the credits.
+    function invariant_BalanceCoversObligationsPerToken() public view {
+        assertGe(
+            token.balanceOf(address(book)),
+            book.credited(address(token)) + book.principalHeld(address(token)),
+            "balance >= credits + principals held"
+        );
     }
 
     /// @dev Every successful sweep left the account with no loan token.

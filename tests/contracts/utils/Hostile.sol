@@ -146,6 +146,33 @@ contract Payee {
     }
 }
 
+/// @dev A token that lies selectively: a transfer to a `blocked` receiver returns false and moves nothing; a transfer
+/// to a `phantom` receiver returns true and moves nothing.
+contract SelectiveLiarToken is ERC20 {
+    mapping(address => bool) public blocked;
+    mapping(address => bool) public phantom;
+
+    constructor() ERC20("Liar", "LIAR") {}
+
+    function mint(address to, uint256 amount) external {
+        _mint(to, amount);
+    }
+
+    function setBlocked(address account, bool on) external {
+        blocked[account] = on;
+    }
+
+    function setPhantom(address account, bool on) external {
+        phantom[account] = on;
+    }
+
+    function transfer(address to, uint256 amount) public override returns (bool) {
+        if (blocked[to]) return false;
+        if (phantom[to]) return true;
+        return super.transfer(to, amount);
+    }
+}
+
 /// @dev A recipient that a {HookToken} calls on every transfer to it.
 interface ITokenReceiverHook {
     function onTokenReceived(address from, uint256 amount) external;
