@@ -271,7 +271,7 @@ def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(deployme
         insurer_doc = cli.ok(["credit", "profile", insurer.address])  # the stations' owner
         assert insurer_doc["figures"]["devices"]["byKind"] == {"WEATHER_STATION": 3}
         assert insurer_doc["figures"]["devices"]["items"][station]["settled"] == \
-            {"events": 2, "rainfall": 1_000, "rainfallFrom": 10_000}
+            {"events": 3, "rainfall": 1_000, "rainfallFrom": 10_000}
 
 
 def test_profile_of_a_stranger_is_empty_and_a_future_block_is_refused(cli, deployment, w3) -> None:
