@@ -43,19 +43,21 @@ FACTOR = FactorType()
 def policy() -> None:
     """Motor insurance: a per-km premium from the vehicle's signed odometer, moved by a behaviour factor.
 
-    The insurer fixes a rate per km and factor bounds at the offer. Each settled report charges
-    km × rate × factor, where the factor starts at the minimum (full discount) and every harsh-braking or
-    speeding event per 100 km adds the step, up to the maximum. `policy history` shows why each rate applied.
+    The insurer fixes a rate per km and factor bounds at the offer. The premium is km × rate × factor on the
+    totals since the offer, where the factor starts at the minimum (full discount) and every harsh-braking or
+    speeding event per 100 km adds the step, up to the maximum; each settled report charges how much that
+    premium grew, so it does not matter which reports were relayed. `policy history` shows why each rate applied.
 
     \b
     Life of a policy:
       iotsettle policy offer --holder 0x7099… --vehicle 0xVEHICLE --rate 0.05 \\
           --min-factor 0.9 --max-factor 1.5 --step 0.1                   # the insurer offers
-      iotsettle policy accept 0xPOLICY --deposit 20 --dev-account 1      # the holder prepays
+      iotsettle policy accept 0xPOLICY --deposit 20 --dev-account 1      # the holder checks the start, prepays
       iotsettle policy settle reports.jsonl                              # anyone relays (the oracle does this)
       iotsettle policy history 0xPOLICY                                  # km, events, factor, rate, amount, why
       iotsettle policy withdraw 0xPOLICY                                 # the insurer takes earned premiums
-      iotsettle policy request-close 0xPOLICY --dev-account 1; iotsettle policy close 0xPOLICY
+      iotsettle policy request-close 0xPOLICY --dev-account 1          # reports signed until the end settle
+      iotsettle policy close 0xPOLICY                                    # from an hour after the end
 
     Amounts are whole tokens scaled by the token's decimals ("1.5"), or base units with a wei suffix ("1500wei").
     """
@@ -112,27 +114,50 @@ def offer_cmd(ctx: click.Context, holder: str, vehicle: str, rate: Amount, min_f
                   f"next, the holder: iotsettle policy accept {hex(policy_id)} --deposit AMOUNT")
 
 
+def _start_text(start: ops.StartRegisters) -> str:
+    return f"odometer {start.odometer:,} m, {start.harsh} harsh braking, {start.speeding} speeding"
+
+
 @policy.command()
 @click.argument("policy_id", type=ID)
 @click.option("--deposit", type=AMOUNT, required=True, help="Prepaid amount, e.g. 20.")
+@click.option("--expect-start-odometer", type=click.IntRange(0, 2**64 - 1), default=None,
+              help="The odometer (metres) you agree the policy counts from; default: the offer's, as shown.")
+@click.option("--expect-start-harsh", type=click.IntRange(0, 2**32 - 1), default=None,
+              help="The harsh-braking count you agree events are counted from; default: the offer's.")
+@click.option("--expect-start-speeding", type=click.IntRange(0, 2**32 - 1), default=None,
+              help="The speeding count you agree events are counted from; default: the offer's.")
 @sender_options
 @rpc_option
 @json_option
 @click.pass_context
-def accept(ctx: click.Context, policy_id: int, deposit: Amount, from_key_env: str | None, dev_account: int | None,
-           rpc_url: str | None, as_json: bool) -> None:
+def accept(ctx: click.Context, policy_id: int, deposit: Amount, expect_start_odometer: int | None,
+           expect_start_harsh: int | None, expect_start_speeding: int | None, from_key_env: str | None,
+           dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
     """Holder: accept an offered policy and prepay DEPOSIT (the token is approved first when needed).
+
+    The acceptance names the unit's registers the premium is counted from (the offer's odometer, harsh-braking
+    and speeding counts, read from the chain and shown); the contract refuses it if they differ. State them with
+    --expect-start-* to accept only the values you read off the vehicle.
 
     \b
     Example:
-      iotsettle policy accept 0x5fbd…0001 --deposit 20 --dev-account 1
+      iotsettle policy accept 0x5fbd…0001 --deposit 20 --expect-start-odometer 1000000 --dev-account 1
     """
     ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = _token_of(ops_ctx, policy_id)
+    view = ops.policy_of(ops_ctx, policy_id)
+    info = describe_token(ops_ctx, view.token)
+    offered = ops.start_registers(view)
+    start = ops.StartRegisters(
+        offered.odometer if expect_start_odometer is None else expect_start_odometer,
+        offered.harsh if expect_start_harsh is None else expect_start_harsh,
+        offered.speeding if expect_start_speeding is None else expect_start_speeding)
     base = info.to_base(deposit)
-    result = ops.accept(ops_ctx, policy_id, base)
-    emit({"policyId": str(policy_id), "deposit": str(base), "tx": result.tx_hash, "block": result.block}, as_json,
-         f"policy {hex(policy_id)} active with {info.format(base)} prepaid (tx {result.tx_hash})")
+    result = ops.accept(ops_ctx, policy_id, base, start)
+    emit({"policyId": str(policy_id), "deposit": str(base), "startOdometer": start.odometer,
+          "startHarsh": start.harsh, "startSpeeding": start.speeding, "tx": result.tx_hash, "block": result.block},
+         as_json, f"policy {hex(policy_id)} active with {info.format(base)} prepaid, counted from "
+                  f"{_start_text(start)} (tx {result.tx_hash})")
 
 
 @policy.command("top-up")
@@ -177,7 +202,7 @@ def _show_table(view: ops.PolicyView, fmt: Any) -> Table:
                               f"{view.start_harsh} / {view.start_speeding} at the offer)"),
             ("last report", f"seq {view.last_seq}, {when(view.last_timestamp)}"),
             ("prepaid", fmt(view.prepaid)), ("arrears", fmt(view.arrears)), ("premiums charged", fmt(view.charged)),
-            ("premiums to withdraw", fmt(view.premiums_to_withdraw))]
+            ("earnings to withdraw", fmt(view.earnings_to_withdraw))]
     if view.notice_period or view.close_at:
         rows.append(("notice", f"{view.notice_period} s" + (f", close from {when(view.close_at)}" if view.close_at
                                                              else "")))
@@ -212,9 +237,10 @@ def show(ctx: click.Context, policy_id: int, rpc_url: str | None, as_json: bool)
 def history(ctx: click.Context, policy_id: int, show_all: bool, rpc_url: str | None, as_json: bool) -> None:
     """Every charged period of a policy and why its rate applied; rejected reports with the reason.
 
-    Each period shows the km driven, the harsh-braking and speeding events counted by the vehicle, the factor
-    applied, the resulting rate per km and the premium, and a sentence that derives the factor, e.g.
-    "3 events in 12.4 km = 24.2 per 100 km → ×1.50 (cap)".
+    Each period shows the km driven and the harsh-braking and speeding events counted by the vehicle since the
+    previous settled report, the factor of the totals since the offer, the resulting rate per km and what the
+    period added to the premium, and a sentence that derives the factor from the totals, e.g.
+    "totals since the offer: 3 events in 12.4 km = 24.2 per 100 km → ×1.50 (cap)".
 
     \b
     Example:
@@ -254,7 +280,8 @@ def history(ctx: click.Context, policy_id: int, show_all: bool, rpc_url: str | N
 @click.pass_context
 def request_close(ctx: click.Context, policy_id: int, from_key_env: str | None, dev_account: int | None,
                   rpc_url: str | None, as_json: bool) -> None:
-    """Holder or insurer: start the notice period; reports keep settling until `policy close`.
+    """Holder or insurer: start the notice period; reports signed until its end keep settling until `policy close`,
+    which opens a grace period after the end (so reports on their way still count).
 
     \b
     Example:
@@ -262,8 +289,10 @@ def request_close(ctx: click.Context, policy_id: int, from_key_env: str | None, 
     """
     ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
     result, close_at = ops.request_close(ops_ctx, policy_id)
-    emit({"policyId": str(policy_id), "closeAt": close_at, "tx": result.tx_hash}, as_json,
-         f"policy {hex(policy_id)} can be closed from {when(close_at)}: iotsettle policy close {hex(policy_id)}")
+    close_from = close_at + ops.settlement_grace(ops_ctx)
+    emit({"policyId": str(policy_id), "closeAt": close_at, "closeFrom": close_from, "tx": result.tx_hash}, as_json,
+         f"policy {hex(policy_id)} ends at {when(close_at)} and can be closed from {when(close_from)}: "
+         f"iotsettle policy close {hex(policy_id)}")
 
 
 @policy.command()
@@ -274,7 +303,8 @@ def request_close(ctx: click.Context, policy_id: int, from_key_env: str | None, 
 @click.pass_context
 def close(ctx: click.Context, policy_id: int, from_key_env: str | None, dev_account: int | None, rpc_url: str | None,
           as_json: bool) -> None:
-    """Anyone, once the notice is over: end the policy; the unused prepaid balance goes back to the holder.
+    """Anyone, once the notice and the grace after it are over: end the policy; the unused prepaid balance goes
+    back to the holder (credited for `policy withdraw-refund` if the transfer fails).
 
     \b
     Example:
@@ -282,9 +312,10 @@ def close(ctx: click.Context, policy_id: int, from_key_env: str | None, dev_acco
     """
     ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
     info = _token_of(ops_ctx, policy_id)
-    result, refund = ops.close(ops_ctx, policy_id)
-    emit({"policyId": str(policy_id), "refund": str(refund), "tx": result.tx_hash}, as_json,
-         f"policy {hex(policy_id)} closed; {info.format(refund)} refunded to the holder (tx {result.tx_hash})")
+    result, refund, credited = ops.close(ops_ctx, policy_id)
+    how = "credited to the holder (iotsettle policy withdraw-refund)" if credited else "refunded to the holder"
+    emit({"policyId": str(policy_id), "refund": str(refund), "credited": credited, "tx": result.tx_hash}, as_json,
+         f"policy {hex(policy_id)} closed; {info.format(refund)} {how} (tx {result.tx_hash})")
 
 
 @policy.command()
@@ -303,9 +334,30 @@ def withdraw(ctx: click.Context, policy_id: int, from_key_env: str | None, dev_a
     """
     ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
     info = _token_of(ops_ctx, policy_id)
-    result, paid = ops.withdraw_premiums(ops_ctx, policy_id)
+    result, paid = ops.withdraw_earnings(ops_ctx, policy_id)
     emit({"policyId": str(policy_id), "amount": str(paid), "tx": result.tx_hash}, as_json,
          f"insurer received {info.format(paid)} of premiums from policy {hex(policy_id)} (tx {result.tx_hash})")
+
+
+@policy.command("withdraw-refund")
+@click.option("--token", type=TOKEN, default="TEST", show_default=True, help="TEST or an ERC-20 address.")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def withdraw_refund(ctx: click.Context, token: str, from_key_env: str | None, dev_account: int | None,
+                    rpc_url: str | None, as_json: bool) -> None:
+    """Holder: take the refunds credited to you when a transfer at close failed.
+
+    \b
+    Example:
+      iotsettle policy withdraw-refund --dev-account 1
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    info = describe_token(ops_ctx, token)
+    result, paid = ops.withdraw_refund(ops_ctx, info)
+    emit({"token": info.address, "amount": str(paid), "tx": result.tx_hash}, as_json,
+         f"received {info.format(paid)} of refunds credited by the motor policies (tx {result.tx_hash})")
 
 
 @policy.command("cancel")

@@ -1,36 +1,38 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.37;
 
-import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
-import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
-import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
-
 import {DeviceEventVerifier} from "./DeviceEventVerifier.sol";
 import {IDeviceRegistry} from "./interfaces/IDeviceRegistry.sol";
 import {IMotorInsurance} from "./interfaces/IMotorInsurance.sol";
+import {Funds} from "./money/Funds.sol";
+import {PullPayments} from "./money/PullPayments.sol";
 
 /// @title MotorInsurance: pay-per-km premiums from a vehicle's device-signed odometer, with a behaviour factor.
-/// @notice An insurer offers a policy for one VEHICLE device; the holder accepts with a prepaid deposit. `settle`
-/// charges, per signed Telematics report, the metres driven since the last settled report at `ratePerKm` times a
-/// behaviour factor: `minFactorBps` for a clean period, plus `stepBps` per harsh-braking or speeding event per
-/// 100 km, capped at `maxFactorBps` (formula in {IMotorInsurance}). The offer fixes the unit's three registers
-/// as they read at the start (odometer, harsh-braking and speeding counts), so the first period is priced on what
-/// happened after it, not on the unit's history. The bounds are fixed when the policy is offered,
-/// and every {PremiumCharged} event carries the period's metres, event counts and factor, so the holder sees why
-/// the rate moved. When the prepaid balance runs short the rest becomes arrears and the policy lapses until a
-/// top-up pays them.
+/// @notice An insurer offers a policy for one VEHICLE device; the holder accepts it, naming the starting registers
+/// it agrees to, with a prepaid deposit. The premium is priced on the totals since the offer: F(M, E) of the metres
+/// M and harsh-braking plus speeding events E counted from the offer's registers, at `ratePerKm` times a behaviour
+/// factor between `minFactorBps` (clean driving) and `maxFactorBps`, `stepBps` higher per event per 100 km
+/// (formula in {IMotorInsurance}). Each settled report charges how much floor(F) grew since the last settled report,
+/// so the premium of a policy is the same whichever of its signed reports are relayed, in whatever batches: a
+/// relayer that relays only the newest report (or every one) changes nothing, and rounding remainders carry over.
+/// Every {PremiumCharged} event carries the period's metres and event counts and the factor of the totals, so the
+/// holder sees why the rate moved. When the prepaid balance runs short the rest becomes arrears and the policy
+/// lapses until a top-up pays them.
 ///
 /// Report checks, cheapest first (the first failing one is the reason reported): unknown policy → UnknownTarget;
 /// seq ≤ last settled seq → Replayed (whatever the status is now, so racing relayers see Replayed); Lapsed →
 /// Suspended; not Active → NotActive; any register below the last settled value → CounterRollback; timestamp
 /// beyond now + MAX_CLOCK_SKEW or before the last settled report (or acceptance) → TimestampInFuture/TooOld;
-/// then the signature: the current key of the VEHICLE encoded in the policy id.
+/// timestamp after a requested closeAt → AfterEnd; then the signature: the current key of the VEHICLE encoded in
+/// the policy id.
+///
+/// Ending: reports signed up to closeAt keep settling until {close}, which opens SETTLEMENT_GRACE after closeAt, so
+/// closing first or withholding reports during the notice only delays the premium of signed driving.
 ///
 /// Money: the insurer's earnings are derived (charged = deposited − prepaid − refunded), so a settled report
-/// writes the prepaid balance only. Refunds are pushed; a failed push becomes a pull credit ({withdraw}).
-contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard {
-    using SafeERC20 for IERC20;
-
+/// writes the prepaid balance only. The refund is paid with a bounded push that becomes a pull credit
+/// ({PullPayments}) when it fails.
+contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
     bytes32 public constant TELEMATICS_TYPEHASH = keccak256(
         "Telematics(uint256 policyId,uint64 seq,uint64 timestamp,uint64 odometer,uint32 harshBraking,uint32 speeding)"
     );
@@ -48,9 +50,9 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
     uint256 private constant _VEHICLE_KIND = 1 << uint8(IDeviceRegistry.DeviceKind.Vehicle);
 
     /// @dev Per-policy storage. `settle` reads slots 0–2 and writes slot 0 always and slot 1 when it charges: the
-    /// registers, factor and status share one word. lastTimestamp fits 40 bits because settled timestamps are at
-    /// most block.timestamp + MAX_CLOCK_SKEW. The starting counters fill spare room in slots 2 and 4, which `offer`
-    /// writes anyway, so fixing them costs no extra storage slot.
+    /// registers, factor and status share one word, and slot 2 holds everything else the price and the checks need
+    /// (factor terms, starting registers, closeAt). lastTimestamp fits 40 bits because settled timestamps are at
+    /// most block.timestamp + MAX_CLOCK_SKEW.
     struct Record {
         // slot 0
         uint64 lastOdometer;
@@ -64,30 +66,30 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         uint128 ratePerKm;
         uint128 prepaid;
         // slot 2
-        address insurer;
         uint16 minFactorBps;
         uint16 maxFactorBps;
         uint16 stepBps;
-        uint32 startSpeeding;
-        // slot 3
-        address holder;
-        uint32 noticePeriod;
-        uint64 closeAt;
-        // slot 4
-        address token;
         uint64 startOdometer;
         uint32 startHarsh;
+        uint32 startSpeeding;
+        uint64 closeAt;
+        // slot 3
+        address insurer;
+        uint32 noticePeriod;
+        // slot 4
+        address holder;
         // slot 5
+        address token;
+        // slot 6
         uint128 deposited;
         uint128 withdrawn;
-        // slot 6
+        // slot 7
         uint128 refunded;
-        // slot 7: can exceed 128 bits for extreme terms (premiums are computed in 256 bits)
+        // slot 8: can exceed 128 bits for extreme terms (premiums are computed in 256 bits)
         uint256 arrears;
     }
 
     mapping(uint256 policyId => Record) private _policies;
-    mapping(address account => mapping(address token => uint256)) private _credits;
     uint96 private _policyCount;
 
     constructor(IDeviceRegistry registry_) DeviceEventVerifier(registry_) {}
@@ -147,10 +149,18 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
     }
 
     /// @inheritdoc IMotorInsurance
-    function accept(uint256 policyId, uint256 deposit) external nonReentrant {
+    function accept(uint256 policyId, uint256 deposit, uint64 startOdometer, uint32 startHarsh, uint32 startSpeeding)
+        external
+        nonReentrant
+    {
         Record storage p = _existing(policyId);
         if (msg.sender != p.holder) revert NotHolder(policyId, msg.sender);
         if (p.status != PolicyStatus.Offered) revert WrongStatus(policyId, p.status);
+        if (startOdometer != p.startOdometer || startHarsh != p.startHarsh || startSpeeding != p.startSpeeding) {
+            revert StartRegistersMismatch(
+                policyId, p.startOdometer, p.startHarsh, p.startSpeeding, startOdometer, startHarsh, startSpeeding
+            );
+        }
         if (deposit == 0) revert ZeroAmount();
         if (deposit > type(uint128).max) revert BalanceOverflow(deposit);
 
@@ -159,7 +169,8 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         p.deposited = uint128(deposit);
         p.status = PolicyStatus.Active;
         emit PolicyAccepted(policyId, deposit);
-        _pullFunds(p.token, deposit);
+        // The contract must hold exactly what it records: fee-on-transfer and lying tokens are refused.
+        Funds.pullExact(p.token, deposit);
     }
 
     /// @inheritdoc IMotorInsurance
@@ -184,7 +195,7 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
             p.status = PolicyStatus.Active;
             emit PolicyReinstated(policyId);
         }
-        _pullFunds(p.token, amount);
+        Funds.pullExact(p.token, amount);
     }
 
     /// @inheritdoc IMotorInsurance
@@ -204,42 +215,30 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         _checkRunning(policyId, p.status);
         uint64 closeAt = p.closeAt;
         if (closeAt == 0) revert CloseNotRequested(policyId);
-        if (block.timestamp < closeAt) revert NoticeNotOver(policyId, closeAt, block.timestamp);
+        // Reports signed by closeAt may still be on their way: they settle until the grace is over.
+        uint256 notBefore = uint256(closeAt) + SETTLEMENT_GRACE;
+        if (block.timestamp < notBefore) revert TooEarly(policyId, notBefore, block.timestamp);
 
         refund = p.prepaid;
         p.prepaid = 0;
         p.refunded = uint128(refund);
         p.status = PolicyStatus.Closed;
         emit PolicyClosed(policyId, refund);
-        if (refund == 0) return 0;
-        address holder = p.holder;
-        address token = p.token;
-        // A holder that cannot receive the token (blacklisted, reverting) must not keep the policy open: credit it.
-        if (!IERC20(token).trySafeTransfer(holder, refund)) {
-            _credits[holder][token] += refund;
-            emit RefundCredited(policyId, holder, refund);
-        }
+        // A holder that cannot receive (blacklisted, reverting, gas-hungry) must not keep the policy open: the
+        // bounded push falls back to a credit.
+        _pay(p.token, p.holder, refund);
     }
 
     /// @inheritdoc IMotorInsurance
-    function withdrawPremiums(uint256 policyId) external nonReentrant returns (uint256 amount) {
+    function withdrawEarnings(uint256 policyId) external nonReentrant returns (uint256 amount) {
         Record storage p = _existing(policyId);
         if (msg.sender != p.insurer) revert NotInsurer(policyId, msg.sender);
         amount = _charged(p) - p.withdrawn;
-        if (amount == 0) revert NothingToWithdraw(policyId);
+        if (amount == 0) revert NoEarnings(policyId);
         // withdrawn <= charged <= deposited, which fits uint128.
         p.withdrawn += uint128(amount);
-        emit PremiumsWithdrawn(policyId, amount);
-        IERC20(p.token).safeTransfer(msg.sender, amount);
-    }
-
-    /// @inheritdoc IMotorInsurance
-    function withdraw(address token) external nonReentrant returns (uint256 amount) {
-        amount = _credits[msg.sender][token];
-        if (amount == 0) revert NoCredit(msg.sender, token);
-        _credits[msg.sender][token] = 0;
-        emit CreditWithdrawn(msg.sender, token, amount);
-        IERC20(token).safeTransfer(msg.sender, amount);
+        emit EarningsWithdrawn(policyId, msg.sender, amount);
+        Funds.push(p.token, msg.sender, amount);
     }
 
     // ---------------------------------------------------------------- settlement
@@ -266,11 +265,13 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
     function _settle(SignedTelematics calldata rep) private returns (RejectReason) {
         uint256 id = rep.policyId;
         Record storage p = _policies[id];
-        PolicyStatus status = p.status;
-        if (status == PolicyStatus.None) return RejectReason.UnknownTarget;
-        if (rep.seq <= p.lastSeq) return RejectReason.Replayed;
-        if (status != PolicyStatus.Active) {
-            return status == PolicyStatus.Lapsed ? RejectReason.Suspended : RejectReason.NotActive;
+        {
+            PolicyStatus status = p.status;
+            if (status == PolicyStatus.None) return RejectReason.UnknownTarget;
+            if (rep.seq <= p.lastSeq) return RejectReason.Replayed;
+            if (status != PolicyStatus.Active) {
+                return status == PolicyStatus.Lapsed ? RejectReason.Suspended : RejectReason.NotActive;
+            }
         }
         uint64 lastOdometer = p.lastOdometer;
         uint32 lastHarsh = p.lastHarsh;
@@ -278,21 +279,18 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         if (rep.odometer < lastOdometer || rep.harshBraking < lastHarsh || rep.speeding < lastSpeeding) {
             return RejectReason.CounterRollback;
         }
-        RejectReason reason = _checkTimestamp(rep.timestamp, p.lastTimestamp);
-        if (reason != RejectReason.None) return reason;
-        reason = _checkSigner(_structHash(rep), rep.r, rep.vs, address(uint160(id >> 96)), _VEHICLE_KIND);
-        if (reason != RejectReason.None) return reason;
-
-        // All three registers were checked not to go down.
-        uint64 metres;
-        uint32 harsh;
-        uint32 speeding;
-        unchecked {
-            metres = rep.odometer - lastOdometer;
-            harsh = rep.harshBraking - lastHarsh;
-            speeding = rep.speeding - lastSpeeding;
+        {
+            RejectReason reason = _checkTimestamp(rep.timestamp, p.lastTimestamp);
+            if (reason != RejectReason.None) return reason;
+            uint64 closeAt = p.closeAt;
+            if (closeAt != 0 && rep.timestamp > closeAt) return RejectReason.AfterEnd;
+            reason = _checkSigner(_structHash(rep), rep.r, rep.vs, address(uint160(id >> 96)), _VEHICLE_KIND);
+            if (reason != RejectReason.None) return reason;
         }
-        (uint16 factorBps, uint256 amount) = _premium(p, metres, uint256(harsh) + speeding);
+
+        (uint16 factorBps, uint256 amount) = _price(
+            p, lastOdometer, uint256(lastHarsh) + lastSpeeding, rep.odometer, uint256(rep.harshBraking) + rep.speeding
+        );
 
         // All in slot 0 (one cold write, the other fields are warm). The timestamp passed the skew check: < 2^40.
         p.lastOdometer = rep.odometer;
@@ -301,13 +299,24 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         p.lastHarsh = rep.harshBraking;
         p.lastSpeeding = rep.speeding;
         p.lastFactorBps = factorBps;
-        emit PremiumCharged(id, rep.seq, metres, harsh, speeding, factorBps, amount);
-        if (amount != 0) _charge(id, p, amount);
+        // All three registers were checked not to go down.
+        unchecked {
+            emit PremiumCharged(
+                id,
+                rep.seq,
+                rep.odometer - lastOdometer,
+                rep.harshBraking - lastHarsh,
+                rep.speeding - lastSpeeding,
+                factorBps,
+                amount
+            );
+        }
+        if (amount != 0) _take(id, p, amount);
         return RejectReason.None;
     }
 
     /// @dev Take `amount` from the prepaid balance; a shortfall becomes arrears and lapses the policy.
-    function _charge(uint256 id, Record storage p, uint256 amount) private {
+    function _take(uint256 id, Record storage p, uint256 amount) private {
         uint256 prepaid = p.prepaid;
         if (amount <= prepaid) {
             // Checked just above.
@@ -323,22 +332,72 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         emit PolicyLapsed(id, arrears);
     }
 
-    /// @dev The premium formula of {IMotorInsurance}. `events` < 2^33, `stepBps` < 2^16: the factor term fits
-    /// easily; metres < 2^64, ratePerKm < 2^128, factorBps ≤ 50_000 < 2^16: the product is below 2^208.
-    function _premium(Record storage p, uint64 metres, uint256 events)
+    /// @dev The charge of a report moving the registers from (odometer0, events0) to (odometer1, events1), none of
+    /// them lower (events = harsh-braking + speeding count): floor(F(totals after)) − floor(F(totals before)), with
+    /// the factor of the totals after. The starting registers are at most the last settled ones (offer sets both,
+    /// settle only raises the last), so the totals since the offer do not underflow.
+    function _price(Record storage p, uint256 odometer0, uint256 events0, uint256 odometer1, uint256 events1)
         private
         view
         returns (uint16 factorBps, uint256 amount)
     {
-        uint256 maxFactor = p.maxFactorBps;
-        if (metres == 0) {
-            return (events == 0 ? p.lastFactorBps : uint16(maxFactor), 0);
+        {
+            uint256 startOdometer = p.startOdometer;
+            uint256 startEvents = uint256(p.startHarsh) + p.startSpeeding;
+            // start ≤ last ≤ new for every register (see above); callers pass the registers as read or checked.
+            unchecked {
+                odometer0 -= startOdometer;
+                odometer1 -= startOdometer;
+                events0 -= startEvents;
+                events1 -= startEvents;
+            }
         }
-        uint256 factor = p.minFactorBps + events * p.stepBps * _STEP_DISTANCE_METRES / metres;
-        if (factor > maxFactor) factor = maxFactor;
-        // factor <= maxFactorBps <= MAX_FACTOR_BPS fits uint16.
-        factorBps = uint16(factor);
-        amount = uint256(metres) * p.ratePerKm * factor / (_METRES_PER_KM * _BPS);
+        uint256 rate = p.ratePerKm;
+        uint256 minF = p.minFactorBps;
+        uint256 maxF = p.maxFactorBps;
+        uint256 step = p.stepBps;
+        // F is monotone in both totals (see _cumulativePremium), so the difference is never negative.
+        amount = _cumulativePremium(odometer1, events1, rate, minF, maxF, step)
+            - _cumulativePremium(odometer0, events0, rate, minF, maxF, step);
+        factorBps = _factorOf(odometer1, events1, minF, maxF, step);
+    }
+
+    /// @dev floor(F(metres, events)): the premium of a policy whose totals since the offer are `metres` and `events`
+    /// (the formula of {IMotorInsurance}). Monotone non-decreasing in `metres` (both terms of the min grow, by
+    /// minF ≤ maxF and maxF per metre) and in `events`, for any terms. metres < 2^64 and factors < 2^16, events <
+    /// 2^33, step < 2^16, 100_000 < 2^17: the weighted distance is below 2^82, times ratePerKm < 2^128 below 2^210.
+    function _cumulativePremium(
+        uint256 metres,
+        uint256 events,
+        uint256 ratePerKm,
+        uint256 minFactorBps,
+        uint256 maxFactorBps,
+        uint256 stepBps
+    ) internal pure returns (uint256) {
+        // Within the widths above every product stays below 2^210: nothing can overflow.
+        unchecked {
+            uint256 weighted = metres * minFactorBps + events * stepBps * _STEP_DISTANCE_METRES;
+            uint256 cap = metres * maxFactorBps;
+            if (weighted > cap) weighted = cap;
+            return weighted * ratePerKm / (_METRES_PER_KM * _BPS);
+        }
+    }
+
+    /// @dev The behaviour factor of the totals, for the events and views: min + events per 100 km × step, capped;
+    /// no distance yet: the minimum if there is nothing to weigh, else the cap.
+    function _factorOf(uint256 metres, uint256 events, uint256 minFactorBps, uint256 maxFactorBps, uint256 stepBps)
+        private
+        pure
+        returns (uint16)
+    {
+        // events < 2^33, stepBps < 2^16, 100_000 < 2^17: extra < 2^66, and the factor before the cap < 2^67.
+        unchecked {
+            uint256 extra = events * stepBps * _STEP_DISTANCE_METRES;
+            if (metres == 0) return uint16(extra == 0 ? minFactorBps : maxFactorBps);
+            uint256 factor = minFactorBps + extra / metres;
+            // The result is at most maxFactorBps <= MAX_FACTOR_BPS, which fits uint16.
+            return uint16(factor < maxFactorBps ? factor : maxFactorBps);
+        }
     }
 
     function _structHash(SignedTelematics calldata rep) private pure returns (bytes32) {
@@ -384,11 +443,6 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
     }
 
     /// @inheritdoc IMotorInsurance
-    function creditOf(address account, address token) external view returns (uint256) {
-        return _credits[account][token];
-    }
-
-    /// @inheritdoc IMotorInsurance
     function hashTelematics(
         uint256 policyId,
         uint64 seq,
@@ -409,11 +463,15 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
         returns (uint64 metres, uint16 factorBps, uint256 amount)
     {
         Record storage p = _existing(policyId);
-        if (odometer < p.lastOdometer || harshBraking < p.lastHarsh || speeding < p.lastSpeeding) {
+        uint64 lastOdometer = p.lastOdometer;
+        uint32 lastHarsh = p.lastHarsh;
+        uint32 lastSpeeding = p.lastSpeeding;
+        if (odometer < lastOdometer || harshBraking < lastHarsh || speeding < lastSpeeding) {
             revert EventRejected(policyId, 0, RejectReason.CounterRollback);
         }
-        metres = odometer - p.lastOdometer;
-        (factorBps, amount) = _premium(p, metres, uint256(harshBraking - p.lastHarsh) + (speeding - p.lastSpeeding));
+        metres = odometer - lastOdometer;
+        (factorBps, amount) =
+            _price(p, lastOdometer, uint256(lastHarsh) + lastSpeeding, odometer, uint256(harshBraking) + speeding);
     }
 
     // ---------------------------------------------------------------- internals
@@ -455,14 +513,5 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, ReentrancyGuard
             p.startHarsh,
             p.startSpeeding
         );
-    }
-
-    /// @dev Take `amount` of `token` from msg.sender; the balance must grow by exactly `amount` (fee-on-transfer and
-    /// lying tokens are refused rather than leaving the books short).
-    function _pullFunds(address token, uint256 amount) private {
-        uint256 before = IERC20(token).balanceOf(address(this));
-        IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
-        uint256 received = IERC20(token).balanceOf(address(this)) - before;
-        if (received != amount) revert WrongValue(amount, received);
     }
 }

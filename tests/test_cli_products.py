@@ -1,8 +1,8 @@
 """`iotsettle policy | crop | loan` end to end on a real anvil: money moves as the product rules say, and a bad
 input gives one line, a non-zero exit and no change on chain.
 
-Motor insurance runs on the session's shared anvil. Crop insurance and the loan repaid from its payout move chain
-time across a season, so they run on an anvil of their own.
+Motor insurance runs on the session's shared anvil, except the close that waits out the settlement grace. That
+test, crop insurance and the loan repaid from its payout move chain time, so they run on an anvil of their own.
 """
 
 from __future__ import annotations
@@ -82,16 +82,18 @@ def test_motor_policy_charges_per_km_with_the_factor_explained(cli, deployment, 
     motor = deployment.address("MotorInsurance")
     assert token_balance(deployment, holder.address) == 0
 
-    # 100 km without events at ×0.90, then 12.4 km with 2 harsh brakings and 1 speeding episode: capped at ×1.50
+    # 100 km without events at ×0.90, then 12.4 km with 2 harsh brakings and 1 speeding episode. The premium is
+    # priced on the totals since the offer: 3 events in 112.4 km = 2.67 per 100 km → ×1.1669, 6.558 TEST in all
+    # (0.05 × (112_400 × 0.9 + 3 × 0.1 × 100_000) / 1000), whether or not the first report was relayed
     lines = [telematics(vehicle, w3, motor, policy_id, 1, 1_100_000),
              telematics(vehicle, w3, motor, policy_id, 2, 1_112_400, harsh=2, speeding=1)]
     out = cli.ok(["policy", "settle", "-"], insurer, stdin="\n".join(lines))
     assert [(r["seq"], r["settled"], r["factor"], r["amount"]) for r in out["results"]] == [
-        (1, True, "×0.90", str(450 * CENT)), (2, True, "×1.50", str(93 * CENT))]
+        (1, True, "×0.90", str(450 * CENT)), (2, True, "×1.1669", str(2058 * CENT // 10))]
 
     shown = cli.ok(["policy", "show", str(policy_id)])
     assert (shown["status"], shown["current_factor"], shown["prepaid"], shown["arrears"], shown["charged"]) == \
-        ("active", "×1.50", str(20 * TOKEN - 543 * CENT), "0", str(543 * CENT))
+        ("active", "×1.1669", str(20 * TOKEN - 6558 * CENT // 10), "0", str(6558 * CENT // 10))
 
     # a replayed report next to a new one: the new one settles, the replay is listed with its reason
     lines = [telematics(vehicle, w3, motor, policy_id, 3, 1_112_400, harsh=2, speeding=1),
@@ -101,22 +103,26 @@ def test_motor_policy_charges_per_km_with_the_factor_explained(cli, deployment, 
 
     history = cli.ok(["policy", "history", str(policy_id)])["entries"]
     assert [(e["kind"], e["seq"], e["factor"]) for e in history] == [
-        ("charged", 1, "×0.90"), ("charged", 2, "×1.50"), ("charged", 3, "×1.50"), ("rejected", 2, None)]
-    assert history[0]["explanation"] == "no events in 100 km → ×0.90 (the floor: full discount)"
-    assert history[1]["explanation"] == "3 events in 12.4 km = 24.2 per 100 km → ×1.50 (cap)"
+        ("charged", 1, "×0.90"), ("charged", 2, "×1.1669"), ("charged", 3, "×1.1669"), ("rejected", 2, None)]
+    assert history[0]["explanation"] == \
+        "totals since the offer: no events in 100 km → ×0.90 (the floor: full discount)"
+    totals = "totals since the offer: 3 events in 112.4 km = 2.7 per 100 km → ×0.90 + 2.7 × 0.10 = ×1.1669"
+    assert history[1]["explanation"] == totals
     assert (history[1]["km"], history[1]["harsh_braking"], history[1]["speeding"], history[1]["rate_per_km"]) == \
-        (12.4, 2, 1, str(75 * TOKEN // 1000))
+        (12.4, 2, 1, str(58345 * TOKEN // 10**6))
+    assert (history[1]["total_metres"], history[1]["total_events"]) == (112_400, 3)
     assert history[3]["explanation"].startswith("already settled or superseded")
-    assert "seq 2: 3 events in 12.4 km = 24.2 per 100 km → ×1.50 (cap)" in _human(cli, ["policy", "history",
-                                                                                         str(policy_id)])
-    assert "×1.50 = 0.075 TEST per km" in _human(cli, ["policy", "show", str(policy_id)])
+    assert f"seq 2: {totals}" in _human(cli, ["policy", "history", str(policy_id)])
+    assert "×1.1669 = 0.058345 TEST per km" in _human(cli, ["policy", "show", str(policy_id)])
 
-    assert cli.ok(["policy", "withdraw", str(policy_id)], insurer)["amount"] == str(543 * CENT)
-    assert token_balance(deployment, insurer.address) == 543 * CENT
-    cli.ok(["policy", "request-close", str(policy_id)], holder)
-    closed = cli.ok(["policy", "close", str(policy_id)], holder)
-    assert closed["refund"] == str(20 * TOKEN - 543 * CENT)
-    assert token_balance(deployment, holder.address) == 20 * TOKEN - 543 * CENT
+    assert cli.ok(["policy", "withdraw", str(policy_id)], insurer)["amount"] == str(6558 * CENT // 10)
+    assert token_balance(deployment, insurer.address) == 6558 * CENT // 10
+    requested = cli.ok(["policy", "request-close", str(policy_id)], holder)
+    assert requested["closeFrom"] == requested["closeAt"] + 3600
+    # reports signed by closeAt may still be on their way: closing opens an hour after it
+    too_early = cli.fails(["policy", "close", str(policy_id)], holder)
+    assert too_early.startswith(f"policy {hex(policy_id)} can be closed from ")
+    assert cli.ok(["policy", "show", str(policy_id)])["status"] == "active"
     assert [p["policy_id"] for p in cli.ok(["policy", "list", "--party", holder.address])] == [str(policy_id)]
 
 
@@ -132,7 +138,14 @@ def test_motor_unit_with_a_history_pays_only_for_events_after_the_offer(cli, dep
     assert (shown["start_harsh"], shown["start_speeding"], shown["last_harsh"], shown["last_speeding"]) == \
         (500, 200, 500, 200)
     cli.ok(["token", "mint", "--amount", "20"], holder)
-    cli.ok(["policy", "accept", hex(policy_id), "--deposit", "20"], holder)
+    # the holder accepts only the registers it read off the unit: other values are refused, nothing changes
+    refused = cli.fails(["policy", "accept", hex(policy_id), "--deposit", "20", "--expect-start-harsh", "0"], holder)
+    assert refused == (f"policy {hex(policy_id)} is priced from odometer 1,000,000 m, 500 harsh braking, 200 speeding; "
+                       "the acceptance named 1,000,000 m, 0 harsh braking, 200 speeding")
+    assert cli.ok(["policy", "show", hex(policy_id)])["status"] == "offered"
+    accepted = cli.ok(["policy", "accept", hex(policy_id), "--deposit", "20", "--expect-start-odometer", "1000000",
+                       "--expect-start-harsh", "500", "--expect-start-speeding", "200"], holder)
+    assert (accepted["startOdometer"], accepted["startHarsh"], accepted["startSpeeding"]) == (1_000_000, 500, 200)
 
     below = cli.fails(["policy", "settle", "-"], insurer,
                       stdin=telematics(vehicle, w3, motor, policy_id, 1, 1_100_000, harsh=499, speeding=200))
@@ -191,6 +204,27 @@ def test_motor_policy_lapses_when_prepaid_runs_out_and_a_top_up_reinstates_it(cl
     assert token_balance(deployment, holder.address) == 0
     kinds = [e["kind"] for e in cli.ok(["policy", "history", str(policy_id), "--all"])["entries"]]
     assert kinds == ["offered", "accepted", "charged", "lapsed", "rejected", "topped-up", "reinstated"]
+
+
+def test_motor_close_waits_for_the_grace_and_late_signed_driving_is_charged(own_deployment) -> None:
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    insurer, holder, vehicle, policy_id = _motor_policy(cli, deployment, w3)
+    motor = deployment.address("MotorInsurance")
+    requested = cli.ok(["policy", "request-close", hex(policy_id)], holder)
+    # signed at the end (notice 0: closeAt is the request's block), relayed during the grace: still charged
+    last = telematics(vehicle, w3, motor, policy_id, 1, 1_100_000)
+    warp_to(w3, requested["closeAt"] + 1_800)
+    assert cli.ok(["policy", "settle", "-"], insurer, stdin=last)["results"][0]["amount"] == str(450 * CENT)
+    late = telematics(vehicle, w3, motor, policy_id, 2, 1_200_000)
+    assert cli.fails(["policy", "settle", "-"], insurer, stdin=late).endswith(
+        "signed after the policy's end (its closeAt): not the policy's driving")
+    warp_to(w3, requested["closeFrom"])
+    closed = cli.ok(["policy", "close", hex(policy_id)], holder)
+    assert (closed["refund"], closed["credited"]) == (str(20 * TOKEN - 450 * CENT), False)
+    assert token_balance(deployment, holder.address) == 20 * TOKEN - 450 * CENT
+    kinds = [e["kind"] for e in cli.ok(["policy", "history", hex(policy_id), "--all"])["entries"]]
+    assert kinds == ["offered", "accepted", "close-requested", "charged", "rejected", "closed"]
 
 
 def test_loan_is_repaid_from_an_escrow_released_to_its_payout_account(cli, deployment, w3) -> None:

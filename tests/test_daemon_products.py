@@ -387,7 +387,7 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
     deposit = 10**20
     tx(holder, token.functions.mint(holder.address, deposit))
     tx(holder, token.functions.approve(motor.address, deposit))
-    tx(holder, motor.functions.accept(policy, deposit))
+    tx(holder, motor.functions.accept(policy, deposit, start, 0, 0))
     policy_fields = [c["name"] for c in motor.get_function_by_name("policyOf").abi["outputs"][0]["components"]]
 
     # a season of three stations (2 of 3 must agree) counting hot days at or above 30.00 °C
@@ -414,26 +414,24 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
         def policy_view() -> dict[str, Any]:
             return dict(zip(policy_fields, motor.functions.policyOf(policy).call(), strict=True))
 
-        # each report settles before the next one is sent, so each is its own premium period
+        # each report settles before the next one is sent; the premium is priced on the totals since the offer
         # (seq, odometer, harsh, speeding), 40 s apart: at most 75 m/s, below the vehicle limit of the fraud rules
         periods = [(1, 101_000, 0, 0), (2, 104_000, 1, 1), (4, 105_000, 1, 1)]
-        expected, last_odometer, last_events = 0, start, 0
+        expected = 0
         for seq, odometer, harsh, speeding in periods:
             replies = publish([(vehicle.topic, vehicle.telematics(seq, odometer, harsh, speeding, policy=policy,
                                                                   timestamp=now + 40 * seq))])  # fmt: skip
             assert [r["status"] for r in replies] == ["accepted"], replies
-            metres, events = odometer - last_odometer, harsh + speeding - last_events
-            factor = min(max_bps, min_bps + events * step_bps * 100_000 // metres)
-            expected += metres * rate * factor // 10_000_000
-            last_odometer, last_events = odometer, harsh + speeding
+            metres, events = odometer - start, harsh + speeding
+            expected = min(metres * min_bps + events * step_bps * 100_000, metres * max_bps) * rate // 10_000_000
             wait_for(lambda: policy_view()["lastSeq"] == seq, 20, f"telematics seq {seq} on chain")
             if seq == 2:
                 # a report whose harsh-braking count went back is refused by the oracle, before any gas is spent
                 (bad,) = publish([(vehicle.topic, vehicle.telematics(3, 104_500, 0, 1, policy=policy,
                                                                      timestamp=now + 120))])  # fmt: skip
                 assert (bad["status"], bad["reason"]) == ("rejected", "counter_rollback")
-        # 1 km at 0.80, 3 km with 2 events at 0.80 + 2 × 0.01 × 100/3 = 1.4666, 1 km clean at 0.80
-        assert expected == (1_000 * 8_000 + 3_000 * 14_666 + 1_000 * 8_000) * rate // 10_000_000
+        # totals 5 km and 2 events = 40 per 100 km → 0.80 + 40 × 0.01 = ×1.20: 5 km × 0.01 × 1.2
+        assert expected == 5 * rate * 12_000 // 10_000
         # a report for a policy the vehicle does not have passes the oracle's rules; the contract refuses it and
         # the oracle keeps it as dead with the contract's reason (and tells the device)
         unknown = (int(vehicle.address, 16) << 96) | 999_999
@@ -444,7 +442,7 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
         view = policy_view()
         assert view["charged"] == expected and view["prepaid"] == deposit - expected
         assert (view["lastOdometer"], view["lastHarsh"], view["lastSpeeding"], view["lastFactorBps"]) == (
-            105_000, 1, 1, min_bps)  # fmt: skip
+            105_000, 1, 1, 12_000)  # fmt: skip
 
         # three observations per station in one burst: every one is recorded, in seq order
         hot = {stations[0].address: 3_120, stations[1].address: 3_000, stations[2].address: 2_999}

@@ -157,3 +157,19 @@ def test_bad_settlement_settings_are_refused_naming_the_key(tmp_path: Path) -> N
         SettlerSettings.from_config(config)
     defaults = SettlerSettings.from_config(load_config(Path(__file__).parent / "empty.toml", env={}))
     assert defaults.planner.batch_max_events == 100 and defaults.submitter.max_fee == 500 * 10**9
+
+
+def test_next_due_tells_the_settlement_loop_how_long_it_may_sleep(store: Store) -> None:
+    clock = Clock()
+    planner = Planner(store, PlannerSettings(batch_max_events=100, batch_max_wait=0.5, settlement_window=60.0),
+                      clock=clock)  # fmt: skip
+    assert planner.next_due_in() is None, "nothing held: sleep until woken"
+    store.commit_batch([reading(1, 11, 1, 100), delivery(3, 5)], [], [])
+    planner.claim()
+    assert planner.next_due_in() == pytest.approx(0.5), "the delivery is due when batch_max_wait runs out"
+    clock.now += 0.5
+    (batch,) = planner.cut(10)
+    assert batch.kind == "delivery"
+    assert planner.next_due_in() == pytest.approx(59.5), "the reading waits for its agreement's window"
+    clock.now += 100
+    assert planner.next_due_in() == 0.0

@@ -2,23 +2,34 @@
 pragma solidity 0.8.37;
 
 import {IDeviceEvents} from "./IDeviceEvents.sol";
+import {IPullPayments} from "./IPullPayments.sol";
 
 /// @title Usage-based motor insurance: a per-km premium from a vehicle's device-signed odometer, moved within fixed
 /// bounds by a behaviour factor from signed counts of harsh braking and speeding.
 /// @notice Policy ids are minted as `uint160(vehicle) << 96 | serial`, so `settle` knows the vehicle of a policy
 /// without a storage read. Treat them as opaque uint256.
 ///
-/// Premium of one report (all three registers are cumulative, so a lost report loses nothing; `last*` start at the
-/// `startOdometer`, `startHarsh` and `startSpeeding` fixed by the offer):
+/// The premium is priced on the totals since the offer (all three registers are cumulative; the offer fixes
+/// `startOdometer`, `startHarsh` and `startSpeeding`):
 ///
-///     metres = odometer − lastOdometer;   events = (harshBraking − lastHarsh) + (speeding − lastSpeeding)
-///     metres == 0:  factorBps = events == 0 ? lastFactorBps : maxFactorBps;   amount = 0
-///     otherwise:    factorBps = min(minFactorBps + events × stepBps × 100_000 / metres, maxFactorBps)
-///                   amount    = metres × ratePerKm × factorBps / 10_000_000          (both divisions round down)
+///     M = odometer − startOdometer;   E = (harshBraking − startHarsh) + (speeding − startSpeeding)
+///     F(M, E) = ratePerKm × min(M × minFactorBps + E × stepBps × 100_000, M × maxFactorBps) / 10_000_000
+///
+/// A settled report charges floor(F(its totals)) − floor(F(the totals of the last settled report)). F never goes
+/// down when M or E grow, so no charge is negative, and the premiums of a policy add up to floor(F) of the newest
+/// settled report's totals, whichever of the earlier reports were relayed and in how many batches: relayers choose
+/// nothing. The factor reported with a charge is the one of the totals:
+///
+///     M == 0:     factorBps = E × stepBps == 0 ? minFactorBps : maxFactorBps
+///     otherwise:  factorBps = min(minFactorBps + E × stepBps × 100_000 / M, maxFactorBps)   (rounded down)
 ///
 /// `ratePerKm` is in token base units per km at factor 1.0 (10_000 bps). A driver without harsh events pays
 /// `minFactorBps`; every event per 100 km adds `stepBps`, capped at `maxFactorBps`.
-interface IMotorInsurance is IDeviceEvents {
+///
+/// Ending: after {requestClose}, reports signed up to `closeAt` keep settling until {close}, which is possible
+/// from `closeAt + SETTLEMENT_GRACE`; a report signed after `closeAt` is refused with {RejectReason.AfterEnd}. So a
+/// holder who closes first, or a relayer who withholds during the notice, only delays what the driving costs.
+interface IMotorInsurance is IDeviceEvents, IPullPayments {
     /// @notice Offered → Active ⇄ Lapsed → Closed; Offered → Cancelled.
     /// Lapsed: the prepaid balance ran out, the shortfall is recorded as arrears and reports are refused with
     /// {RejectReason.Suspended} until a top-up pays the arrears.
@@ -98,8 +109,9 @@ interface IMotorInsurance is IDeviceEvents {
     /// @notice `amount` arrived from `from`; `arrearsPaid` of it settled arrears (earned by the insurer at once).
     event PolicyToppedUp(uint256 indexed policyId, address indexed from, uint256 amount, uint256 arrearsPaid);
     /// @notice One report was settled: the holder reads why the rate changed. `metres`, `harshBraking` and
-    /// `speeding` are the deltas since the previous settled report, `factorBps` the behaviour factor applied and
-    /// `amount` the premium of the period (the part the prepaid balance could not cover became arrears).
+    /// `speeding` are the deltas since the previous settled report; `factorBps` is the behaviour factor of the totals
+    /// since the offer (the one the premium so far is priced at) and `amount` the premium of the period: how much
+    /// floor(F) of the totals grew (the part the prepaid balance could not cover became arrears).
     event PremiumCharged(
         uint256 indexed policyId,
         uint64 seq,
@@ -115,31 +127,31 @@ interface IMotorInsurance is IDeviceEvents {
     event PolicyLapsed(uint256 indexed policyId, uint256 arrears);
     event PolicyReinstated(uint256 indexed policyId);
     event CloseRequested(uint256 indexed policyId, uint64 closeAt);
-    /// @notice The policy ended; `refund` (the unused prepaid balance) went to the holder, or to the holder's
-    /// pull credit if the transfer failed (see {RefundCredited}).
+    /// @notice The policy ended; `refund` (the unused prepaid balance) went to the holder, or became the holder's
+    /// pull credit ({IPullPayments.Credited}, then {withdraw}) if the bounded push failed.
     event PolicyClosed(uint256 indexed policyId, uint256 refund);
-    /// @notice A refund transfer failed; `holder` can take it with {withdraw}.
-    event RefundCredited(uint256 indexed policyId, address indexed holder, uint256 amount);
-    event PremiumsWithdrawn(uint256 indexed policyId, uint256 amount);
-    event CreditWithdrawn(address indexed account, address indexed token, uint256 amount);
+    /// @notice The insurer took `amount` of the premiums earned on the policy.
+    event EarningsWithdrawn(uint256 indexed policyId, address indexed insurer, uint256 amount);
 
-    error ZeroAddress();
-    error ZeroAmount();
     error ZeroRate();
     error InvalidFactorBounds(uint16 minFactorBps, uint16 maxFactorBps);
-    error UnknownDevice(address device);
-    error WrongDeviceKind(address device);
     error UnknownPolicy(uint256 policyId);
     error NotInsurer(uint256 policyId, address caller);
     error NotHolder(uint256 policyId, address caller);
-    error NotParty(uint256 policyId, address caller);
     error WrongStatus(uint256 policyId, PolicyStatus status);
-    error WrongValue(uint256 expected, uint256 received);
-    error BalanceOverflow(uint256 balance);
-    error CloseNotRequested(uint256 policyId);
-    error NoticeNotOver(uint256 policyId, uint64 closeAt, uint256 timestamp);
-    error NothingToWithdraw(uint256 policyId);
-    error NoCredit(address account, address token);
+    /// @notice The acceptance named other starting registers than the offer's (`startOdometer`, `startHarsh`,
+    /// `startSpeeding` are the policy's; the `accepted*` values the holder's).
+    error StartRegistersMismatch(
+        uint256 policyId,
+        uint64 startOdometer,
+        uint32 startHarsh,
+        uint32 startSpeeding,
+        uint64 acceptedOdometer,
+        uint32 acceptedHarsh,
+        uint32 acceptedSpeeding
+    );
+    /// @notice The insurer has no earned premium left to withdraw on the policy.
+    error NoEarnings(uint256 id);
 
     /// @notice Insurer (msg.sender) offers `holder` a pay-per-km policy for a registered, active VEHICLE whose
     /// registers read `startOdometer` metres, `startHarsh` harsh-braking and `startSpeeding` speeding events now
@@ -164,29 +176,30 @@ interface IMotorInsurance is IDeviceEvents {
     /// @notice Insurer withdraws, or holder declines, an offer not yet accepted. Emits a {PolicyCancelled} event.
     function cancelOffer(uint256 policyId) external;
 
-    /// @notice Holder accepts and prepays `deposit` (> 0) of the policy token. Reports older than this block are
-    /// refused. Emits a {PolicyAccepted} event.
-    function accept(uint256 policyId, uint256 deposit) external;
+    /// @notice Holder accepts and prepays `deposit` (> 0) of the policy token, naming the starting registers it
+    /// agrees to be priced from (reverts with {StartRegistersMismatch} unless they are the offer's). Reports older
+    /// than this block are refused. Emits a {PolicyAccepted} event.
+    function accept(uint256 policyId, uint256 deposit, uint64 startOdometer, uint32 startHarsh, uint32 startSpeeding)
+        external;
 
     /// @notice Anyone adds to the holder's prepaid balance; arrears are paid first and a Lapsed policy is reinstated
     /// once they reach 0. Emits a {PolicyToppedUp} event (and {PolicyReinstated}).
     function topUp(uint256 policyId, uint256 amount) external;
 
-    /// @notice Holder or insurer starts the notice period: closeAt = now + noticePeriod. Reports keep settling
-    /// until {close}. A second request keeps the first closeAt. Emits a {CloseRequested} event.
+    /// @notice Holder or insurer starts the notice period: closeAt = now + noticePeriod. Reports signed up to
+    /// closeAt keep settling until {close}; later ones are refused with AfterEnd. A second request keeps the first
+    /// closeAt. Emits a {CloseRequested} event.
     function requestClose(uint256 policyId) external;
 
-    /// @notice Anyone ends the policy once closeAt has passed; the unused prepaid balance goes to the holder
-    /// (pushed; credited for {withdraw} if the push fails). Arrears stay on record. Emits a {PolicyClosed} event.
+    /// @notice Anyone ends the policy from closeAt + SETTLEMENT_GRACE (reverts with {TooEarly} before: reports
+    /// signed by closeAt may still arrive); the unused prepaid balance goes to the holder with a bounded push, or
+    /// becomes the holder's credit for {withdraw} if the push fails. Arrears stay on record.
+    /// Emits a {PolicyClosed} event.
     function close(uint256 policyId) external returns (uint256 refund);
 
-    /// @notice Insurer takes the premiums earned and not yet withdrawn (charged − withdrawn).
-    /// Emits a {PremiumsWithdrawn} event.
-    function withdrawPremiums(uint256 policyId) external returns (uint256 amount);
-
-    /// @notice Take the refunds credited to msg.sender in `token` after failed pushes.
-    /// Emits a {CreditWithdrawn} event.
-    function withdraw(address token) external returns (uint256 amount);
+    /// @notice Insurer takes the premiums earned and not yet withdrawn (charged − withdrawn); reverts with
+    /// {NoEarnings} when there are none. Emits an {EarningsWithdrawn} event.
+    function withdrawEarnings(uint256 policyId) external returns (uint256 amount);
 
     /// @notice Settle a batch of vehicle reports (permissionless); bad items are skipped with a
     /// {TelematicsRejected} event. Emits {PremiumCharged} per settled report (and {PolicyLapsed}).
@@ -194,9 +207,6 @@ interface IMotorInsurance is IDeviceEvents {
     function settle(SignedTelematics[] calldata reports) external returns (uint256 settled);
 
     function policyOf(uint256 policyId) external view returns (Policy memory);
-
-    /// @notice Refunds credited to `account` in `token` (failed pushes), claimable with {withdraw}.
-    function creditOf(address account, address token) external view returns (uint256);
 
     /// @notice The EIP-712 digest a vehicle signs for a Telematics report to this contract.
     function hashTelematics(
@@ -208,7 +218,8 @@ interface IMotorInsurance is IDeviceEvents {
         uint32 speeding
     ) external view returns (bytes32);
 
-    /// @notice Premium figures a report would produce now, by the formula above, without settling it. Reverts
+    /// @notice Premium figures a report would produce now, by the formula above, without settling it: the metres
+    /// since the last settled report, the factor of the totals and the charge. Reverts
     /// with {UnknownPolicy} for an unknown id and {EventRejected} (CounterRollback) for a register below the last.
     function quote(uint256 policyId, uint64 odometer, uint32 harshBraking, uint32 speeding)
         external

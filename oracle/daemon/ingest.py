@@ -312,6 +312,8 @@ class Intake:
         self.store = store
         self.metrics = metrics or Metrics()
         self._queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        #: called after a batch with accepted events is stored (the settler's ``wake``), so settlement need not poll
+        self.on_stored: Callable[[], None] | None = None
         self._accepting = threading.Event()  # cleared on stop: later messages stay unacknowledged for redelivery
         self._stopped = threading.Event()
         self._connected = threading.Event()
@@ -649,6 +651,8 @@ class Intake:
                 replies.append((reply_topic, outcome))
 
         self.store.commit_batch(accepted, rejected, states.values())
+        if accepted and self.on_stored is not None:
+            self.on_stored()
         self.metrics.verified.inc(verified)
         self.metrics.stored.inc(len(accepted))
         self.metrics.duplicates.inc(duplicates)

@@ -103,6 +103,18 @@ class Planner:
         """Whether events of an ``ordered`` kind are held (then ``cut`` needs to know the busy kinds)."""
         return any(queued for kind, queued in self._queued.items() if EVENT_KINDS[kind].ordered)
 
+    def next_due_in(self) -> float | None:
+        """Seconds until the next held event is due in a batch (its window or ``batch_max_wait`` runs out; 0 when one
+        is due now), or None when nothing is held: the settlement loop sleeps that long instead of polling."""
+        window = self.settings.settlement_window
+        wait = self.settings.batch_max_wait
+        dues = [held.since + window if window > 0 else held.event.received_at + wait
+                for newest in self._newest.values() for held in newest.values()]  # fmt: skip
+        dues += [event.received_at + wait for queued in self._queued.values() for event in queued]
+        if not dues:
+            return None
+        return max(0.0, min(dues) - self._clock())
+
     def held_ids(self) -> list[int]:
         return [h.event.id for held in self._newest.values() for h in held.values()] + [
             e.id for queued in self._queued.values() for e in queued

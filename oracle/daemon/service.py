@@ -208,6 +208,7 @@ class OracleDaemon:
                 config, self._store(), chain=chain, metrics=self.metrics, on_dead_letter=self._dead_letter
             )
             self.settler.start()
+            self.intake.on_stored = self.settler.wake
         self.follower.start()
         self.intake.start()
         log.info("oracle %s running: MQTT %s:%d as %s, subscription %s", o.oracle_id, config.mqtt.host,

@@ -86,6 +86,9 @@ class Tracker:
         self._nonce_passed: dict[str, float] = {}
         self._account_nonce = 0
         self.head = 0
+        #: called when the previous head is no longer canonical, before the pass acts on it; raises to stop the pass
+        #: (the settler checks that the node still serves the chain settlement started on)
+        self.on_fork: Callable[[], None] | None = None
 
     def poll(self) -> int:
         """One pass over the open and the mined transactions; returns how many changed state.
@@ -98,6 +101,10 @@ class Tracker:
         number, head_hash = hex_int(head["number"]), str(head["hash"])
         self.head = number
         moved = head_hash != self._head_hash
+        unchanged = self._unchanged_below(number) if moved else None
+        if unchanged == -1 and self._head_hash is not None and self.on_fork is not None:
+            # The previous head is gone: a reorg, or another chain behind the same URL. Ask before acting on it.
+            self.on_fork()
         if moved:
             # The nonce count before the receipts: a transaction mined after this read is then seen by the lookups.
             self._account_nonce = hex_int(
@@ -109,7 +116,8 @@ class Tracker:
         if moved or changed:
             mined = self.txstore.by_status(TxStatus.MINED)
             if mined:
-                changed += self._follow_mined(mined, number, self._unchanged_below(number))
+                changed += self._follow_mined(mined, number, self._unchanged_below(number) if unchanged is None
+                                              else unchanged)  # fmt: skip
             self._head_hash, self._head_number = head_hash, number
         return changed
 
@@ -361,7 +369,12 @@ class SettlerSettings:
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     submitter: SubmitterSettings = field(default_factory=SubmitterSettings)
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
-    poll_interval: float = 0.02  # s to sleep when a pass found nothing to do
+    poll_interval: float = 0.02  # s between passes while a transaction is in flight or an event is due
+    #: s between passes with nothing to do: the loops sleep until new events are stored (``Settler.wake``), a held
+    #: event falls due, or a batch is sent; this only bounds how late anything else (a release after a reorg) is seen
+    idle_wait: float = 1.0
+    #: s between head polls while only mined transactions wait for confirmations (blocks come at the chain's pace)
+    confirm_interval: float = 0.25
     max_backoff: float = 5.0  # s, after repeated node errors
 
     @classmethod
@@ -424,6 +437,11 @@ class Settler:
         self._recover_lock = threading.Lock()
         self._stopped: bool | None = None
         self._stop = threading.Event()
+        # The loops sleep on these instead of polling: intake sets the first when it stores events (``wake``), the
+        # submit loop sets the second when it sends a batch, ``stop`` sets both.
+        self.tracker.on_fork = self._force_chain_check
+        self._submit_wake = threading.Event()
+        self._track_wake = threading.Event()
         self._recovered = False
         self._last_error: str | None = None
         self._genesis: str | None = None  # block 0 hash of the chain this settler started on
@@ -471,9 +489,11 @@ class Settler:
             return
         self._stop.clear()
         self._threads = [
-            threading.Thread(target=self._loop, args=(self._submit_pass,), name="settlement-submit", daemon=True),
-            threading.Thread(target=self._loop, args=(self.tracker.poll,), name="settlement-track", daemon=True),
-        ]
+            threading.Thread(target=self._loop, args=(self._submit_pass, self._submit_wake, self._submit_idle),
+                             name="settlement-submit", daemon=True),
+            threading.Thread(target=self._loop, args=(self._track_pass, self._track_wake, self._track_idle),
+                             name="settlement-track", daemon=True),
+        ]  # fmt: skip
         for thread in self._threads:
             thread.start()
 
@@ -486,6 +506,8 @@ class Settler:
         if self._stopped is not None:
             return self._stopped
         self._stop.set()
+        self._submit_wake.set()
+        self._track_wake.set()
         for thread in self._threads:
             thread.join(timeout=max(timeout, 5.0))
         self._threads = []
@@ -521,17 +543,56 @@ class Settler:
         self.recover()
         return self.tracker.poll() + self._submit_pass(flush)
 
+    def wake(self) -> None:
+        """New events were stored: plan them now rather than at the next idle tick. Safe from any thread."""
+        self._submit_wake.set()
+
+    def _submit_idle(self) -> float:
+        """How long the submit loop may sleep after a pass that did nothing."""
+        due = self.planner.next_due_in()
+        if due is None:
+            return self.settings.idle_wait
+        return max(self.settings.poll_interval, due)
+
+    def _track_pass(self) -> int:
+        self._recheck_chain()
+        return self.tracker.poll()
+
+    def _force_chain_check(self) -> None:
+        self._chain_checked_at = 0.0
+        self._check_chain()
+
+    def _recheck_chain(self) -> None:
+        """The loops sleep while idle, so no failed call may have told them that the node behind the URL was
+        replaced meanwhile (a restart without its state): before a pass that may send (a batch, a re-broadcast after
+        a "reorg"), look at the genesis again if the last look is older than ``idle_wait``."""
+        if time.monotonic() - self._chain_checked_at > self.settings.idle_wait:
+            self._chain_checked_at = 0.0
+            self._check_chain()
+
+    def _track_idle(self) -> float:
+        """How long the track loop may sleep: short while a transaction is in flight, at the confirmation pace while
+        mined ones wait to be final, and until the next batch is sent when nothing is live."""
+        open_txs, mined = self.txstore.count_live()
+        if open_txs:
+            return self.settings.poll_interval
+        return self.settings.confirm_interval if mined else self.settings.idle_wait
+
     def _submit_pass(self, flush: bool = False) -> int:
         self.recover()
         work = self.planner.claim()
+        if self.planner.held:
+            self._recheck_chain()
         # an ordered kind (weather) waits for its transaction in flight; one read, only while such events are held
         busy = self.txstore.open_kinds() if self._ordered and self.planner.holds_ordered else set()
         for batch in self.planner.cut(self.submitter.capacity(), flush=flush, busy=busy):
             self.submitter.submit(batch)
             work += 1
+        if work:
+            self._track_wake.set()
         return work
 
-    def _loop(self, one_pass: Callable[[], int]) -> None:
+    def _loop(self, one_pass: Callable[[], int], wake: threading.Event, idle: Callable[[], float]) -> None:
         backoff = 0.0
         while not self._stop.is_set():
             try:
@@ -555,7 +616,10 @@ class Settler:
                 log.info("settlement recovered")
                 self._last_error = None
             if not work:
-                self._stop.wait(self.settings.poll_interval)
+                # Cleared after the wait, before the next pass reads the store: a wake-up during a pass ends the next
+                # wait at once, and one lost between the wait and the clear is covered by that next pass.
+                wake.wait(idle())
+                wake.clear()
 
     def _check_chain(self) -> None:
         """Refuse to settle when the node behind the RPC URL now serves another chain (e.g. a node restarted

@@ -265,6 +265,13 @@ class TxStore:
     def count_open(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM settlement_tx WHERE status IN ('signed', 'sent')")[0][0])
 
+    def count_live(self) -> tuple[int, int]:
+        """(signed or sent, mined and not yet final): what the tracker still has to follow."""
+        rows = self._read("SELECT status, COUNT(*) FROM settlement_tx WHERE status IN ('signed', 'sent', 'mined') "
+                          "GROUP BY status")  # fmt: skip
+        counts = {row[0]: int(row[1]) for row in rows}
+        return counts.get("signed", 0) + counts.get("sent", 0), counts.get("mined", 0)
+
     def open_kinds(self) -> set[str]:
         """Event kinds with a transaction signed or sent and not yet mined."""
         rows = self._read("SELECT DISTINCT kind FROM settlement_tx WHERE status IN ('signed', 'sent')")

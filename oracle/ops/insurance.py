@@ -1,13 +1,16 @@
 """MotorInsurance operations: offer/accept, top-up, close, premiums, and the history that explains each rate.
 
-The premium of a settled report (contracts/interfaces/IMotorInsurance.sol, docs/PRODUCTS.md)::
+The premium is priced on the totals since the offer (contracts/interfaces/IMotorInsurance.sol,
+docs/products/motor-insurance.md)::
 
-    metres = odometer − lastOdometer;   events = Δ harsh braking + Δ speeding
-    metres == 0:  factor = events == 0 ? last factor : max factor;   amount = 0
-    otherwise:    factor = min(minFactor + events × step × 100_000 / metres, maxFactor)
-                  amount = metres × ratePerKm × factor / 10_000_000
+    M = odometer − startOdometer;   E = harsh braking + speeding − (startHarsh + startSpeeding)
+    F(M, E) = ratePerKm × min(M × minFactor + E × step × 100_000, M × maxFactor) / 10_000_000
+    charge of a report = floor(F(its totals)) − floor(F(the last settled report's totals))
+    factor shown       = M == 0: (E × step == 0 ? minFactor : maxFactor);
+                         otherwise min(minFactor + E × step × 100_000 / M, maxFactor)
 
-:func:`explain_factor` turns one ``PremiumCharged`` event back into that sentence for the policyholder.
+so a policy's premiums add up to floor(F) of its newest settled report, whichever reports were relayed.
+:func:`explain_factor` turns the totals of a ``PremiumCharged`` event back into that sentence for the policyholder.
 """
 
 from __future__ import annotations
@@ -55,29 +58,37 @@ def _events(n: int) -> str:
 
 
 def explain_factor(metres: int, events: int, factor_bps: int, min_bps: int, max_bps: int, step_bps: int) -> str:
-    """Why one period was charged at ``factor_bps``: "3 events in 12.4 km = 24.2 per 100 km → ×1.50 (cap)"."""
+    """Why the premium so far is priced at ``factor_bps``, from the totals since the offer (``metres``, ``events``):
+    "totals since the offer: 13 events in 101 km = 12.9 per 100 km → ×1.00 + 12.9 × 0.05 = ×1.6435"."""
+    head = "totals since the offer:"
     if metres == 0:
-        if events == 0:
-            return f"no distance and no events: the factor stays {factor_text(factor_bps)}, nothing charged"
-        return f"{_events(events)} with no distance → {factor_text(max_bps)} (cap), nothing charged"
+        if events == 0 or step_bps == 0:
+            return f"{head} no distance yet → {factor_text(factor_bps)}, nothing charged"
+        return (f"{head} {_events(events)} with no distance yet → {factor_text(max_bps)} (cap), nothing charged "
+                "until the distance follows")
     if events == 0:
-        return f"no events in {_km(metres)} km → {factor_text(min_bps)} (the floor: full discount)"
+        return f"{head} no events in {_km(metres)} km → {factor_text(min_bps)} (the floor: full discount)"
     per_100km = Decimal(events * STEP_DISTANCE_METRES) / metres
     raw = min_bps + events * step_bps * STEP_DISTANCE_METRES // metres
-    head = f"{_events(events)} in {_km(metres)} km = {per_100km:.1f} per 100 km"
+    head = f"{head} {_events(events)} in {_km(metres)} km = {per_100km:.1f} per 100 km"
     if raw >= max_bps:
         return f"{head} → {factor_text(max_bps)} (cap)"
     step = f"{Decimal(step_bps) / BPS:.2f}"
     return f"{head} → {factor_text(min_bps)} + {per_100km:.1f} × {step} = {factor_text(factor_bps)}"
 
 
-def premium(metres: int, events: int, last_factor_bps: int, min_bps: int, max_bps: int, step_bps: int,
-            rate_per_km: int) -> tuple[int, int]:
-    """(factorBps, amount) of one report by the contract's formula, for quotes and checks."""
+def factor_of(metres: int, events: int, min_bps: int, max_bps: int, step_bps: int) -> int:
+    """The factor of the totals since the offer, as ``PremiumCharged`` reports it."""
+    extra = events * step_bps * STEP_DISTANCE_METRES
     if metres == 0:
-        return (last_factor_bps if events == 0 else max_bps), 0
-    factor = min(min_bps + events * step_bps * STEP_DISTANCE_METRES // metres, max_bps)
-    return factor, metres * rate_per_km * factor // (METRES_PER_KM * BPS)
+        return min_bps if extra == 0 else max_bps
+    return min(min_bps + extra // metres, max_bps)
+
+
+def premium(metres: int, events: int, min_bps: int, max_bps: int, step_bps: int, rate_per_km: int) -> int:
+    """floor(F(metres, events)): everything a policy with these totals since the offer has cost."""
+    weighted = min(metres * min_bps + events * step_bps * STEP_DISTANCE_METRES, metres * max_bps)
+    return weighted * rate_per_km // (METRES_PER_KM * BPS)
 
 
 # ------------------------------------------------------------------------------------------------ views
@@ -114,7 +125,7 @@ class PolicyView:
     start_speeding: int
 
     @property
-    def premiums_to_withdraw(self) -> int:
+    def earnings_to_withdraw(self) -> int:
         return self.charged - self.withdrawn
 
     @property
@@ -135,7 +146,7 @@ class PolicyView:
         for key in ("policy_id", "rate_per_km", "prepaid", "arrears", "charged", "withdrawn", "deposited", "refunded"):
             out[key] = str(out[key])
         out["policy_id_hex"] = hex(self.policy_id)
-        out["premiums_to_withdraw"] = str(self.premiums_to_withdraw)
+        out["earnings_to_withdraw"] = str(self.earnings_to_withdraw)
         out["current_factor"] = factor_text(self.last_factor_bps)
         out["current_rate_per_km"] = str(self.current_rate)
         out["km_driven"] = (self.last_odometer - self.start_odometer) / METRES_PER_KM
@@ -185,24 +196,35 @@ def _status_sentence(a: dict[str, Any]) -> str:
     return f"policy {hex(a['policyId'])} is {status}, which does not allow this"
 
 
+def _too_early(a: dict[str, Any]) -> str:
+    wait = int(a["notBefore"]) - int(a["timestamp"])
+    return (f"policy {hex(a['id'])} can be closed from {when(a['notBefore'])}, {wait} s from now (the notice, then "
+            "a grace for reports signed before the end); close it after that")
+
+
+def _start_mismatch(a: dict[str, Any]) -> str:
+    return (f"policy {hex(a['policyId'])} is priced from odometer {int(a['startOdometer']):,} m, "
+            f"{a['startHarsh']} harsh braking, {a['startSpeeding']} speeding; the acceptance named "
+            f"{int(a['acceptedOdometer']):,} m, {a['acceptedHarsh']} harsh braking, {a['acceptedSpeeding']} speeding")
+
+
 SENTENCES: Sentences = {
     "UnknownPolicy": lambda a: f"policy {hex(a['policyId'])} does not exist",
     "NotInsurer": lambda a: f"only the insurer of policy {hex(a['policyId'])} may do this, not {a['caller']}",
     "NotHolder": lambda a: f"only the holder of policy {hex(a['policyId'])} may do this, not {a['caller']}",
-    "NotParty": lambda a: (f"only the holder or the insurer of policy {hex(a['policyId'])} may do this, "
-                           f"not {a['caller']}"),
+    "NotParty": lambda a: f"only the holder or the insurer of policy {hex(a['id'])} may do this, not {a['caller']}",
     "WrongStatus": _status_sentence,
     "InvalidFactorBounds": lambda a: (f"the factor bounds {factor_text(a['minFactorBps'])} … "
                                       f"{factor_text(a['maxFactorBps'])} are invalid: they need 0 < min ≤ max ≤ "
                                       f"{factor_text(MAX_FACTOR_BPS)}"),
     "ZeroRate": lambda a: "the rate per km must be more than zero",
     "ZeroAmount": lambda a: "the amount must be more than zero",
-    "CloseNotRequested": lambda a: (f"policy {hex(a['policyId'])} has no close request; the holder or the insurer runs "
+    "CloseNotRequested": lambda a: (f"policy {hex(a['id'])} has no close request; the holder or the insurer runs "
                                     "`iotsettle policy request-close` first"),
-    "NoticeNotOver": lambda a: (f"the notice period of policy {hex(a['policyId'])} ends at {when(a['closeAt'])}, "
-                                f"{int(a['closeAt']) - int(a['timestamp'])} s from now; close it after that"),
-    "NothingToWithdraw": lambda a: f"policy {hex(a['policyId'])} has no earned premiums left to withdraw",
-    "NoCredit": lambda a: f"{a['account']} has no refund credited in {a['token']}",
+    "TooEarly": _too_early,
+    "StartRegistersMismatch": _start_mismatch,
+    "NoEarnings": lambda a: f"policy {hex(a['id'])} has no earned premiums left to withdraw",
+    "NothingToWithdraw": lambda a: f"{a['account']} has no refund credited by the motor policies in {a['token']}",
 }
 
 #: why a telematics report was skipped, in the policyholder's words
@@ -223,6 +245,7 @@ REJECTIONS: dict[RejectReason, str] = {
                                     "first report: the value fixed by the offer)"),
     RejectReason.VALUE_OUT_OF_RANGE: "a value does not fit on chain",
     RejectReason.SUSPENDED: "the policy is lapsed for arrears; a top-up reinstates it",
+    RejectReason.AFTER_END: "signed after the policy's end (its closeAt): not the policy's driving",
 }
 
 
@@ -273,11 +296,33 @@ def _approve(ctx: OpsContext, view: PolicyView, amount: int) -> None:
     ensure_allowance(ctx, describe_token(ctx, view.token), CONTRACT, amount)
 
 
-def accept(ctx: OpsContext, policy_id: int, deposit: int) -> TxResult:
-    """Holder (the sender) accepts and prepays ``deposit``."""
+@dataclass(frozen=True)
+class StartRegisters:
+    """The unit's registers the policy is priced from: the acceptance names them (the contract refuses others)."""
+
+    odometer: int
+    harsh: int
+    speeding: int
+
+
+def start_registers(view: PolicyView) -> StartRegisters:
+    return StartRegisters(view.start_odometer, view.start_harsh, view.start_speeding)
+
+
+def accept(ctx: OpsContext, policy_id: int, deposit: int, start: StartRegisters | None = None) -> TxResult:
+    """Holder (the sender) accepts and prepays ``deposit``, naming the starting registers it agrees to: ``start``,
+    or the offer's as read from the chain now."""
     view = policy_of(ctx, policy_id)
+    offered = start_registers(view)
+    start = start or offered
+    if start != offered:  # the contract refuses it too; saying so here spares the approval
+        raise ChainError(_start_mismatch({
+            "policyId": policy_id, "startOdometer": offered.odometer, "startHarsh": offered.harsh,
+            "startSpeeding": offered.speeding, "acceptedOdometer": start.odometer, "acceptedHarsh": start.harsh,
+            "acceptedSpeeding": start.speeding}))
     _approve(ctx, view, deposit)
-    return _send(ctx, ctx.contract(CONTRACT).functions.accept(policy_id, deposit))
+    return _send(ctx, ctx.contract(CONTRACT).functions.accept(policy_id, deposit, start.odometer, start.harsh,
+                                                              start.speeding))
 
 
 def top_up(ctx: OpsContext, policy_id: int, amount: int) -> tuple[TxResult, int]:
@@ -301,17 +346,34 @@ def request_close(ctx: OpsContext, policy_id: int) -> tuple[TxResult, int]:
     return result, close_at
 
 
-def close(ctx: OpsContext, policy_id: int) -> tuple[TxResult, int]:
-    """Anyone, after closeAt: ends the policy; returns the refund sent (or credited) to the holder."""
+def close(ctx: OpsContext, policy_id: int) -> tuple[TxResult, int, bool]:
+    """Anyone, from closeAt + the settlement grace: ends the policy; returns the refund and whether it was
+    credited to the holder (a failed push) instead of sent."""
     result = _send(ctx, ctx.contract(CONTRACT).functions.close(policy_id))
     refund = sum(int(a["refund"]) for a in events_in(ctx, CONTRACT, result.receipt, "PolicyClosed"))
-    return result, refund
+    credited = bool(events_in(ctx, CONTRACT, result.receipt, "Credited"))
+    return result, refund, credited
 
 
-def withdraw_premiums(ctx: OpsContext, policy_id: int) -> tuple[TxResult, int]:
+def settlement_grace(ctx: OpsContext) -> int:
+    """Seconds after closeAt during which reports signed by closeAt still settle; `close` opens after them."""
+    return int(ctx.contract(CONTRACT).functions.SETTLEMENT_GRACE().call())
+
+
+def withdraw_earnings(ctx: OpsContext, policy_id: int) -> tuple[TxResult, int]:
     """Insurer takes the earned premiums not yet withdrawn."""
-    result = _send(ctx, ctx.contract(CONTRACT).functions.withdrawPremiums(policy_id))
-    return result, sum(int(a["amount"]) for a in events_in(ctx, CONTRACT, result.receipt, "PremiumsWithdrawn"))
+    result = _send(ctx, ctx.contract(CONTRACT).functions.withdrawEarnings(policy_id))
+    return result, sum(int(a["amount"]) for a in events_in(ctx, CONTRACT, result.receipt, "EarningsWithdrawn"))
+
+
+def withdraw_refund(ctx: OpsContext, token: TokenInfo) -> tuple[TxResult, int]:
+    """The sender takes its refunds credited in ``token`` after failed pushes."""
+    result = _send(ctx, ctx.contract(CONTRACT).functions.withdraw(token.address))
+    return result, sum(int(a["amount"]) for a in events_in(ctx, CONTRACT, result.receipt, "Withdrawn"))
+
+
+def refund_credited(ctx: OpsContext, token: TokenInfo, account: str) -> int:
+    return int(ctx.contract(CONTRACT).functions.withdrawable(token.address, account).call())
 
 
 # ------------------------------------------------------------------------------------------------ reports
@@ -358,19 +420,24 @@ class HistoryEntry:
     """One line of a policy's history: a charged period, a rejected report, or a change of status."""
 
     #: charged | rejected | offered | accepted | topped-up | lapsed | reinstated | close-requested | closed |
-    #: premiums-withdrawn | cancelled
+    #: earnings-withdrawn | refund-credited | cancelled
     kind: str
     block: int
     time: int
     tx_hash: str
     seq: int | None = None
+    #: this report's deltas since the previous settled report
     metres: int = 0
     harsh_braking: int = 0
     speeding: int = 0
+    #: the factor of the totals since the offer (what the premium so far is priced at)
     factor_bps: int = 0
     rate_per_km: int = 0
     amount: int = 0
     explanation: str = ""
+    #: totals since the offer after this report
+    total_metres: int = 0
+    total_events: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -382,7 +449,7 @@ class HistoryEntry:
 
 
 _HISTORY_EVENTS = ("PolicyOffered", "PolicyAccepted", "PolicyToppedUp", "PremiumCharged", "TelematicsRejected",
-                   "PolicyLapsed", "PolicyReinstated", "CloseRequested", "PolicyClosed", "PremiumsWithdrawn",
+                   "PolicyLapsed", "PolicyReinstated", "CloseRequested", "PolicyClosed", "EarningsWithdrawn",
                    "PolicyCancelled")
 
 
@@ -400,17 +467,22 @@ def history(ctx: OpsContext, policy_id: int) -> tuple[PolicyView, list[HistoryEn
         return times[block]
 
     entries: list[HistoryEntry] = []
+    # Each PremiumCharged carries the deltas since the previous settled report: they add up to the totals.
+    total_metres = total_events = 0
     for log_entry in fetch_logs(ctx, CONTRACT, list(_HISTORY_EVENTS), topic1=policy_id):
         a, base = log_entry.args, (log_entry.block, at(log_entry.block), log_entry.tx_hash)
         name = log_entry.event
         if name == "PremiumCharged":
             metres, harsh, speeding, factor = int(a["metres"]), int(a["harshBraking"]), int(a["speeding"]), \
                 int(a["factorBps"])
+            total_metres += metres
+            total_events += harsh + speeding
             entries.append(HistoryEntry(
                 "charged", *base, seq=int(a["seq"]), metres=metres, harsh_braking=harsh, speeding=speeding,
                 factor_bps=factor, rate_per_km=view.rate_per_km * factor // BPS, amount=int(a["amount"]),
-                explanation=explain_factor(metres, harsh + speeding, factor, view.min_factor_bps,
-                                           view.max_factor_bps, view.step_bps)))
+                explanation=explain_factor(total_metres, total_events, factor, view.min_factor_bps,
+                                           view.max_factor_bps, view.step_bps),
+                total_metres=total_metres, total_events=total_events))
         elif name == "TelematicsRejected":
             entries.append(HistoryEntry("rejected", *base, seq=int(a["seq"]),
                                         explanation=rejection_sentence(int(a["reason"]))))
@@ -433,12 +505,14 @@ def history(ctx: OpsContext, policy_id: int) -> tuple[PolicyView, list[HistoryEn
         elif name == "PolicyReinstated":
             entries.append(HistoryEntry("reinstated", *base, explanation="arrears paid; reports settle again"))
         elif name == "CloseRequested":
-            entries.append(HistoryEntry("close-requested", *base, explanation=f"closes from {when(a['closeAt'])}"))
+            entries.append(HistoryEntry("close-requested", *base, explanation=(
+                f"ends at {when(a['closeAt'])}: reports signed until then settle, closing opens "
+                f"{settlement_grace(ctx) // 60} min later")))
         elif name == "PolicyClosed":
             entries.append(HistoryEntry("closed", *base, amount=int(a["refund"]),
                                         explanation=f"{fmt(int(a['refund']))} refunded to the holder"))
-        elif name == "PremiumsWithdrawn":
-            entries.append(HistoryEntry("premiums-withdrawn", *base, amount=int(a["amount"]),
+        elif name == "EarningsWithdrawn":
+            entries.append(HistoryEntry("earnings-withdrawn", *base, amount=int(a["amount"]),
                                         explanation=f"the insurer took {fmt(int(a['amount']))}"))
         elif name == "PolicyCancelled":
             entries.append(HistoryEntry("cancelled", *base, explanation="the offer was withdrawn or declined"))

@@ -291,7 +291,9 @@ def _motor_policies(insurer: OpsContext, holder: OpsContext, vehicles: list[Any]
                                        *starts.get(d.address, (0, 0, 0)), 0) for d in vehicles]
     results = transact_many(insurer, offers, insurance.CONTRACT, gas=400_000)
     ids = [int(events_in(insurer, insurance.CONTRACT, r.receipt, "PolicyOffered")[0]["policyId"]) for r in results]
-    accepts = [holder.contract(insurance.CONTRACT).functions.accept(i, motor.deposit) for i in ids]
+    # The holder names the registers it accepts to be priced from: the same first values it computed.
+    accepts = [holder.contract(insurance.CONTRACT).functions.accept(i, motor.deposit, *starts.get(d.address, (0, 0, 0)))
+               for d, i in zip(vehicles, ids, strict=True)]
     transact_many(holder, accepts, insurance.CONTRACT, gas=300_000)
     return {d.name: i for d, i in zip(vehicles, ids, strict=True)}
 

@@ -5,9 +5,11 @@ import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 
 import {MotorInsurance} from "../../contracts/MotorInsurance.sol";
+import {ICommonErrors} from "../../contracts/interfaces/ICommonErrors.sol";
 import {IDeviceEvents} from "../../contracts/interfaces/IDeviceEvents.sol";
 import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
 import {IMotorInsurance} from "../../contracts/interfaces/IMotorInsurance.sol";
+import {IPullPayments} from "../../contracts/interfaces/IPullPayments.sol";
 import {FalseReturningToken, FeeOnTransferToken, ReentrantToken, RevertingToken} from "./utils/Hostile.sol";
 import {MotorFixture} from "./utils/MotorFixture.sol";
 
@@ -128,9 +130,9 @@ contract MotorInsuranceTest is MotorFixture {
 
     function test_RevertWhen_Offer_ZeroHolderOrToken() public {
         vm.startPrank(insurer);
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.ZeroAddress.selector));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.ZeroAddress.selector));
         motor.offer(address(0), vehicle, address(token), RATE, MIN, MAX, STEP, 0, 0, 0, 0);
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.ZeroAddress.selector));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.ZeroAddress.selector));
         motor.offer(holder, vehicle, address(0), RATE, MIN, MAX, STEP, 0, 0, 0, 0);
         vm.stopPrank();
     }
@@ -157,18 +159,18 @@ contract MotorInsuranceTest is MotorFixture {
     }
 
     function test_RevertWhen_Offer_VehicleUnknownRevokedOrNotAVehicle() public {
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.UnknownDevice.selector, relayer));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.UnknownDevice.selector, relayer));
         vm.prank(insurer);
         motor.offer(holder, relayer, address(token), RATE, MIN, MAX, STEP, 0, 0, 0, 0);
 
         address meter = registerDevice(deviceKey(41), IDeviceRegistry.DeviceKind.Meter, owner);
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.WrongDeviceKind.selector, meter));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.WrongDeviceKind.selector, meter));
         vm.prank(insurer);
         motor.offer(holder, meter, address(token), RATE, MIN, MAX, STEP, 0, 0, 0, 0);
 
         vm.prank(owner);
         registry.revoke(vehicle);
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.UnknownDevice.selector, vehicle));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.UnknownDevice.selector, vehicle));
         vm.prank(insurer);
         motor.offer(holder, vehicle, address(token), RATE, MIN, MAX, STEP, 0, 0, 0, 0);
     }
@@ -188,12 +190,12 @@ contract MotorInsuranceTest is MotorFixture {
         assertEq(uint8(_status(b)), uint8(IMotorInsurance.PolicyStatus.Cancelled));
         vm.expectRevert(_wrongStatus(a, IMotorInsurance.PolicyStatus.Cancelled));
         vm.prank(holder);
-        motor.accept(a, 1);
+        motor.accept(a, 1, START, 0, 0);
     }
 
     function test_RevertWhen_CancelOffer_StrangerAcceptedOrUnknown() public {
         uint256 a = _offer(address(token));
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NotParty.selector, a, relayer));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.NotParty.selector, a, relayer));
         vm.prank(relayer);
         motor.cancelOffer(a);
         vm.expectRevert(_wrongStatus(id, ACTIVE));
@@ -220,17 +222,49 @@ contract MotorInsuranceTest is MotorFixture {
         token.approve(address(motor), 10);
         vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NotHolder.selector, a, insurer));
         vm.prank(insurer);
-        motor.accept(a, 10);
+        motor.accept(a, 10, START, 0, 0);
         vm.startPrank(holder);
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.ZeroAmount.selector));
-        motor.accept(a, 0);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.ZeroAmount.selector));
+        motor.accept(a, 0, START, 0, 0);
         uint256 tooMuch = uint256(type(uint128).max) + 1;
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.BalanceOverflow.selector, tooMuch));
-        motor.accept(a, tooMuch);
-        motor.accept(a, 10);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.BalanceOverflow.selector, tooMuch));
+        motor.accept(a, tooMuch, START, 0, 0);
+        motor.accept(a, 10, START, 0, 0);
         vm.expectRevert(_wrongStatus(a, ACTIVE));
-        motor.accept(a, 10);
+        motor.accept(a, 10, START, 0, 0);
         vm.stopPrank();
+    }
+
+    /// @dev Scenario 7b: the holder's acceptance names the starting registers it agrees to be priced from; an offer
+    /// whose registers differ (an insurer counting the unit's history against the holder) is refused.
+    function test_Scenario7b_AcceptanceNamesTheStartingRegisters() public {
+        vm.prank(insurer);
+        uint256 a = motor.offer(holder, vehicle, address(token), RATE, MIN, MAX, STEP, START - 500_000, 40, 7, 0);
+        token.mint(holder, DEPOSIT);
+        vm.startPrank(holder);
+        token.approve(address(motor), DEPOSIT);
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                IMotorInsurance.StartRegistersMismatch.selector, a, START - 500_000, 40, 7, START, 40, 7
+            )
+        );
+        motor.accept(a, DEPOSIT, START, 40, 7);
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                IMotorInsurance.StartRegistersMismatch.selector, a, START - 500_000, 40, 7, START - 500_000, 41, 7
+            )
+        );
+        motor.accept(a, DEPOSIT, START - 500_000, 41, 7);
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                IMotorInsurance.StartRegistersMismatch.selector, a, START - 500_000, 40, 7, START - 500_000, 40, 0
+            )
+        );
+        motor.accept(a, DEPOSIT, START - 500_000, 40, 0);
+        assertEq(uint8(_status(a)), uint8(IMotorInsurance.PolicyStatus.Offered), "nothing accepted");
+        motor.accept(a, DEPOSIT, START - 500_000, 40, 7);
+        vm.stopPrank();
+        assertEq(uint8(_status(a)), uint8(ACTIVE));
     }
 
     function test_RevertWhen_Accept_FeeOnTransferToken() public {
@@ -239,8 +273,8 @@ contract MotorInsuranceTest is MotorFixture {
         fee.mint(holder, 1_000);
         vm.startPrank(holder);
         fee.approve(address(motor), 1_000);
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.WrongValue.selector, 1_000, 990));
-        motor.accept(a, 1_000);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.WrongValue.selector, 1_000, 990));
+        motor.accept(a, 1_000, START, 0, 0);
         vm.stopPrank();
     }
 
@@ -252,7 +286,7 @@ contract MotorInsuranceTest is MotorFixture {
         vm.startPrank(holder);
         liar.approve(address(motor), 1_000);
         vm.expectRevert(abi.encodeWithSelector(SafeERC20.SafeERC20FailedOperation.selector, address(liar)));
-        motor.accept(a, 1_000);
+        motor.accept(a, 1_000, START, 0, 0);
         vm.stopPrank();
         assertEq(uint8(_status(a)), uint8(IMotorInsurance.PolicyStatus.Offered));
     }
@@ -272,9 +306,10 @@ contract MotorInsuranceTest is MotorFixture {
     function test_Settle_EachEventPerHundredKmAddsOneStep() public {
         // 3 events over 50 km = 6 per 100 km → 0.8 + 6 × 0.1 = 1.4 → 50 × 100 × 1.4 = 7000
         _expectCharged(_report(1, START + 50_000, 2, 1), 50_000, 2, 1, 14_000, 7_000);
-        // the counters are cumulative: the next period pays for its own deltas only (1 harsh over 200 km)
-        _expectCharged(_report(2, START + 250_000, 3, 1), 200_000, 1, 0, 8_500, 17_000);
-        assertEq(motor.policyOf(id).lastFactorBps, 8_500);
+        // priced on the totals: 4 events in 250 km = 1.6 per 100 km → ×0.96 → 250 × 100 × 0.96 = 24_000 in all, so
+        // this period (1 harsh over 200 km) costs 24_000 − 7_000
+        _expectCharged(_report(2, START + 250_000, 3, 1), 200_000, 1, 0, 9_600, 17_000);
+        assertEq(motor.policyOf(id).lastFactorBps, 9_600);
         assertEq(motor.policyOf(id).charged, 24_000);
     }
 
@@ -289,20 +324,27 @@ contract MotorInsuranceTest is MotorFixture {
         assertEq(motor.policyOf(id).prepaid, DEPOSIT - 7_000);
     }
 
-    function test_Settle_EventsWithoutDistanceReportTheMaximumFactor() public {
+    function test_Settle_EventsWithoutDistanceAreChargedWithTheDistanceThatFollows() public {
         _expectCharged(_report(1, START, 1, 0), 0, 1, 0, MAX, 0);
         assertEq(motor.policyOf(id).lastFactorBps, MAX);
         assertEq(motor.policyOf(id).prepaid, DEPOSIT, "nothing charged without distance");
-        // the next period starts from the new counters: clean again
-        _expectCharged(_report(2, START + 1_000, 1, 0), 1_000, 0, 0, MIN, 80);
+        // the event still counts: 1 event in 1 km = 100 per 100 km → capped at ×2.0: 1 × 100 × 2 = 200
+        _expectCharged(_report(2, START + 1_000, 1, 0), 1_000, 0, 0, MAX, 200);
+        // 1 event in 100 km → ×0.9: 100 × 100 × 0.9 = 9000 in all
+        _expectCharged(_report(3, START + 100_000, 1, 0), 99_000, 0, 0, 9_000, 8_800);
     }
 
-    function test_Settle_RoundsDown() public {
-        // 1 m × 100/km × 0.8 = 0.08 → 0; the metre is consumed all the same
+    function test_Settle_RoundsDownAndCarriesTheRemainder() public {
+        // 1 m × 100/km × 0.8 = 0.08 → 0; the 0.08 is not lost, the totals carry it
         _expectCharged(_report(1, START + 1, 0, 0), 1, 0, 0, MIN, 0);
-        // 1 event over 3 km: 1 × 1000 × 100_000 / 3_000 = 33_333.3 → 33_333 bps above the minimum → capped
-        // 1 event over 700 km: 100_000_000 / 700_000 = 142.8 → 142 → factor 8_142; 700 × 100 × 0.8142 = 56_994
-        _expectCharged(_report(2, START + 1 + 700_000, 1, 0), 700_000, 1, 0, 8_142, 56_994);
+        // totals 700.001 km and 1 event: 100 × (700_001 × 0.8 + 1 × 0.1 × 100_000) / 1000 = 57_000.08 → 57_000
+        // (the exact factor, not the one rounded to 8_142 bps); the factor shown is 8_000 + 100_000_000 / 700_001
+        _expectCharged(_report(2, START + 1 + 700_000, 1, 0), 700_000, 1, 0, 8_142, 57_000);
+        // 12 × 1 m more: with the first metre's, 13 × 0.08 = 1.04 above 57_000 → the last metre charges 1
+        for (uint64 i = 1; i <= 12; ++i) {
+            _settle(_report(2 + i, START + 1 + 700_000 + i, 1, 0));
+        }
+        assertEq(motor.policyOf(id).charged, 57_000 + 1, "remainders add up");
     }
 
     function test_Settle_LostReportLosesNothing() public {
@@ -327,9 +369,9 @@ contract MotorInsuranceTest is MotorFixture {
         motor.quote(9, START, 0, 0);
     }
 
-    /// @dev The factor and premium match their defining properties (not the contract's expression): factor − min
-    /// is the largest whole number of bps with (factor − min) × metres ≤ events × step × 100_000, capped at max;
-    /// the amount is the largest whole number with amount × 10^7 ≤ metres × rate × factor.
+    /// @dev The factor and premium of a first report match their defining properties: factor − min is the largest
+    /// whole number of bps with (factor − min) × metres ≤ events × step × 100_000, capped at max; the amount is the
+    /// largest whole number with amount × 10^7 ≤ rate × min(metres × min + events × step × 100_000, metres × max).
     function testFuzz_Settle_PremiumMatchesTheFormula(
         uint64 metres,
         uint32 harsh,
@@ -346,7 +388,7 @@ contract MotorInsuranceTest is MotorFixture {
         uint256 p = openPolicy(vehicle, rate, minF, maxF, step, START, type(uint128).max);
         (uint16 factor, uint256 amount) = _settleAndDecode(p, START + metres, harsh, speeding);
         _checkFactor(factor, minF, maxF, step, metres, uint256(harsh) + speeding);
-        _checkAmount(amount, metres, rate, factor);
+        _checkAmount(amount, metres, uint256(harsh) + speeding, rate, minF, maxF, step);
 
         IMotorInsurance.Policy memory pol = motor.policyOf(p);
         uint256 taken = amount < type(uint128).max ? amount : type(uint128).max;
@@ -376,8 +418,19 @@ contract MotorInsuranceTest is MotorFixture {
         if (factor < maxF) assertGt((extra + 1) * metres, events * step * 100_000, "factor is the largest");
     }
 
-    function _checkAmount(uint256 amount, uint64 metres, uint128 rate, uint16 factor) internal pure {
-        uint256 exact = uint256(metres) * rate * factor;
+    /// @dev F × 10^7 = rate × min(metres × min + events × step × 100_000, metres × max); amount = floor(F).
+    function _checkAmount(
+        uint256 amount,
+        uint64 metres,
+        uint256 events,
+        uint128 rate,
+        uint16 minF,
+        uint16 maxF,
+        uint16 step
+    ) internal pure {
+        uint256 weighted = uint256(metres) * minF + events * step * 100_000;
+        if (weighted > uint256(metres) * maxF) weighted = uint256(metres) * maxF;
+        uint256 exact = weighted * rate;
         assertLe(amount * 1e7, exact, "amount not above the formula");
         assertGt((amount + 1) * 1e7, exact, "amount rounded down by less than one unit");
     }
@@ -393,15 +446,21 @@ contract MotorInsuranceTest is MotorFixture {
         uint256 p = _openOnUnitWithHistory();
         // 50 km without a new event: the 700 events from before the offer are not this policy's: 0.8× → 4000
         _expectCharged(
-            signTelematics(vehicleKey, p, 1, uint64(block.timestamp), START + 50_000, 500, 200), 50_000, 0, 0, MIN, 4_000
+            signTelematics(vehicleKey, p, 1, uint64(block.timestamp), START + 50_000, 500, 200),
+            50_000,
+            0,
+            0,
+            MIN,
+            4_000
         );
-        // then only the new events count: 3 over 50 km → 1.4× → 7000
+        // then only the new events count
+        // totals: 3 events in 100 km → ×1.1 → 100 × 100 × 1.1 = 11_000 in all, so this period costs 7000
         _expectCharged(
             signTelematics(vehicleKey, p, 2, uint64(block.timestamp), START + 100_000, 502, 201),
             50_000,
             2,
             1,
-            14_000,
+            11_000,
             7_000
         );
         IMotorInsurance.Policy memory pol = motor.policyOf(p);
@@ -421,7 +480,9 @@ contract MotorInsuranceTest is MotorFixture {
             signTelematics(vehicleKey, p, 1, ts, START + 50_000, 500, 199), IDeviceEvents.RejectReason.CounterRollback
         );
         vm.expectRevert(
-            abi.encodeWithSelector(IDeviceEvents.EventRejected.selector, p, 0, IDeviceEvents.RejectReason.CounterRollback)
+            abi.encodeWithSelector(
+                IDeviceEvents.EventRejected.selector, p, 0, IDeviceEvents.RejectReason.CounterRollback
+            )
         );
         motor.quote(p, START + 50_000, 0, 0);
         _settle(signTelematics(vehicleKey, p, 1, ts, START + 50_000, 500, 200)); // equal to the start is fine
@@ -506,7 +567,7 @@ contract MotorInsuranceTest is MotorFixture {
         );
         vm.prank(holder);
         motor.requestClose(id);
-        vm.warp(block.timestamp + 1 days);
+        vm.warp(block.timestamp + 1 days + motor.SETTLEMENT_GRACE());
         motor.close(id);
         _expectRejected(_report(1, START + 1, 0, 0), IDeviceEvents.RejectReason.NotActive);
     }
@@ -727,7 +788,7 @@ contract MotorInsuranceTest is MotorFixture {
     }
 
     function test_RevertWhen_TopUp_Invalid() public {
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.ZeroAmount.selector));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.ZeroAmount.selector));
         motor.topUp(id, 0);
         uint256 offered = _offer(address(token));
         vm.expectRevert(_wrongStatus(offered, IMotorInsurance.PolicyStatus.Offered));
@@ -735,51 +796,52 @@ contract MotorInsuranceTest is MotorFixture {
         vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.UnknownPolicy.selector, uint256(3)));
         motor.topUp(3, 1);
         uint256 tooMuch = uint256(type(uint128).max) - DEPOSIT + 1;
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.BalanceOverflow.selector, tooMuch + DEPOSIT));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.BalanceOverflow.selector, tooMuch + DEPOSIT));
         motor.topUp(id, tooMuch);
     }
 
     // ---------------------------------------------------------------- premiums
 
-    function test_WithdrawPremiums_PaysChargedMinusWithdrawn() public {
+    function test_WithdrawEarnings_PaysChargedMinusWithdrawn() public {
         _settle(_report(1, START + 50_000, 0, 0)); // 4000
         vm.expectEmit(address(motor));
-        emit IMotorInsurance.PremiumsWithdrawn(id, 4_000);
+        emit IMotorInsurance.EarningsWithdrawn(id, insurer, 4_000);
         vm.prank(insurer);
-        assertEq(motor.withdrawPremiums(id), 4_000);
+        assertEq(motor.withdrawEarnings(id), 4_000);
         _settle(_report(2, START + 60_000, 0, 0)); // 800
         vm.prank(insurer);
-        assertEq(motor.withdrawPremiums(id), 800);
+        assertEq(motor.withdrawEarnings(id), 800);
         assertEq(token.balanceOf(insurer), 4_800);
         IMotorInsurance.Policy memory pol = motor.policyOf(id);
         assertEq(pol.withdrawn, 4_800);
         assertEq(token.balanceOf(address(motor)), pol.prepaid);
     }
 
-    function test_RevertWhen_WithdrawPremiums_NotInsurerOrNothingEarned() public {
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NothingToWithdraw.selector, id));
+    function test_RevertWhen_WithdrawEarnings_NotInsurerOrNothingEarned() public {
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NoEarnings.selector, id));
         vm.prank(insurer);
-        motor.withdrawPremiums(id);
+        motor.withdrawEarnings(id);
         _settle(_report(1, START + 50_000, 0, 0));
         vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NotInsurer.selector, id, holder));
         vm.prank(holder);
-        motor.withdrawPremiums(id);
+        motor.withdrawEarnings(id);
     }
 
-    function test_WithdrawPremiums_ReentrantTokenCannotReenter() public {
+    function test_WithdrawEarnings_ReentrantTokenCannotReenter() public {
         ReentrantToken evil = new ReentrantToken();
         uint256 a = _offer(address(evil));
         evil.mint(holder, DEPOSIT);
         vm.startPrank(holder);
         evil.approve(address(motor), DEPOSIT);
-        motor.accept(a, DEPOSIT);
-        motor.requestClose(a); // notice period 0: anyone may close at once
+        motor.accept(a, DEPOSIT, START, 0, 0);
+        motor.requestClose(a); // notice period 0: anyone may close once the grace is over
         vm.stopPrank();
         _settle(signTelematics(vehicleKey, a, 1, uint64(block.timestamp), START + 50_000, 0, 0));
+        vm.warp(block.timestamp + motor.SETTLEMENT_GRACE());
         // during the premium transfer the token tries to close the policy (permissionless): the guard refuses
         evil.arm(address(motor), abi.encodeCall(motor.close, (a)));
         vm.prank(insurer);
-        motor.withdrawPremiums(a);
+        motor.withdrawEarnings(a);
         assertTrue(evil.reentered());
         assertFalse(evil.reentrySucceeded(), "the guard refuses the re-entry");
         assertEq(evil.balanceOf(insurer), 4_000);
@@ -796,7 +858,7 @@ contract MotorInsuranceTest is MotorFixture {
         evil.mint(holder, 2 * DEPOSIT);
         vm.startPrank(holder);
         evil.approve(address(motor), 2 * DEPOSIT);
-        motor.accept(a, DEPOSIT);
+        motor.accept(a, DEPOSIT, START, 0, 0);
         evil.arm(address(motor), abi.encodeCall(motor.topUp, (a, 1)));
         motor.topUp(a, DEPOSIT);
         vm.stopPrank();
@@ -820,7 +882,7 @@ contract MotorInsuranceTest is MotorFixture {
     }
 
     function test_RevertWhen_RequestClose_StrangerOrNotRunning() public {
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NotParty.selector, id, relayer));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.NotParty.selector, id, relayer));
         vm.prank(relayer);
         motor.requestClose(id);
         uint256 offered = _offer(address(token));
@@ -836,10 +898,14 @@ contract MotorInsuranceTest is MotorFixture {
         uint64 closeAt = motor.policyOf(id).closeAt;
         vm.warp(closeAt - 1);
         _settle(_report(2, START + 60_000, 0, 0)); // reports keep settling during the notice: 800
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NoticeNotOver.selector, id, closeAt, closeAt - 1));
+        uint256 notBefore = closeAt + motor.SETTLEMENT_GRACE();
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.TooEarly.selector, id, notBefore, closeAt - 1));
+        motor.close(id);
+        vm.warp(notBefore - 1);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.TooEarly.selector, id, notBefore, notBefore - 1));
         motor.close(id);
 
-        vm.warp(closeAt);
+        vm.warp(notBefore);
         vm.expectEmit(address(motor));
         emit IMotorInsurance.PolicyClosed(id, DEPOSIT - 4_800);
         vm.prank(relayer); // anyone may close
@@ -850,16 +916,16 @@ contract MotorInsuranceTest is MotorFixture {
         assertEq(pol.refunded, DEPOSIT - 4_800);
         assertEq(pol.charged, 4_800, "the insurer keeps what was charged");
         vm.prank(insurer);
-        motor.withdrawPremiums(id);
+        motor.withdrawEarnings(id);
         assertEq(token.balanceOf(address(motor)), 0, "nothing left behind");
     }
 
     function test_RevertWhen_Close_NotRequestedOrTwice() public {
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.CloseNotRequested.selector, id));
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.CloseNotRequested.selector, id));
         motor.close(id);
         vm.prank(holder);
         motor.requestClose(id);
-        vm.warp(block.timestamp + 1 days);
+        vm.warp(block.timestamp + 1 days + motor.SETTLEMENT_GRACE());
         motor.close(id);
         vm.expectRevert(_wrongStatus(id, IMotorInsurance.PolicyStatus.Closed));
         motor.close(id);
@@ -874,7 +940,7 @@ contract MotorInsuranceTest is MotorFixture {
         _settle(_report(1, START + 2_000_000, 0, 0)); // arrears 60_000
         vm.prank(insurer);
         motor.requestClose(id);
-        vm.warp(block.timestamp + 1 days);
+        vm.warp(block.timestamp + 1 days + motor.SETTLEMENT_GRACE());
         assertEq(motor.close(id), 0, "nothing to refund");
         IMotorInsurance.Policy memory pol = motor.policyOf(id);
         assertEq(uint8(pol.status), uint8(IMotorInsurance.PolicyStatus.Closed));
@@ -887,24 +953,29 @@ contract MotorInsuranceTest is MotorFixture {
         rev.mint(holder, DEPOSIT);
         vm.startPrank(holder);
         rev.approve(address(motor), DEPOSIT);
-        motor.accept(a, DEPOSIT);
+        motor.accept(a, DEPOSIT, START, 0, 0);
         motor.requestClose(a);
         vm.stopPrank();
         rev.setBroken(true);
+        vm.warp(block.timestamp + motor.SETTLEMENT_GRACE());
         vm.expectEmit(address(motor));
-        emit IMotorInsurance.RefundCredited(a, holder, DEPOSIT);
+        emit IMotorInsurance.PolicyClosed(a, DEPOSIT);
+        vm.expectEmit(address(motor));
+        emit IPullPayments.Credited(address(rev), holder, DEPOSIT);
         motor.close(a); // the failed push does not keep the policy open
         assertEq(uint8(_status(a)), uint8(IMotorInsurance.PolicyStatus.Closed));
-        assertEq(motor.creditOf(holder, address(rev)), DEPOSIT);
+        assertEq(motor.withdrawable(address(rev), holder), DEPOSIT);
+        assertEq(motor.credited(address(rev)), DEPOSIT);
 
         rev.setBroken(false);
         vm.expectEmit(address(motor));
-        emit IMotorInsurance.CreditWithdrawn(holder, address(rev), DEPOSIT);
+        emit IPullPayments.Withdrawn(address(rev), holder, DEPOSIT);
         vm.prank(holder);
         assertEq(motor.withdraw(address(rev)), DEPOSIT);
         assertEq(rev.balanceOf(holder), DEPOSIT);
-        assertEq(motor.creditOf(holder, address(rev)), 0);
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.NoCredit.selector, holder, address(rev)));
+        assertEq(motor.withdrawable(address(rev), holder), 0);
+        assertEq(motor.credited(address(rev)), 0);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.NothingToWithdraw.selector, address(rev), holder));
         vm.prank(holder);
         motor.withdraw(address(rev));
     }
@@ -915,11 +986,12 @@ contract MotorInsuranceTest is MotorFixture {
         evil.mint(holder, DEPOSIT);
         vm.startPrank(holder);
         evil.approve(address(motor), DEPOSIT);
-        motor.accept(a, DEPOSIT);
+        motor.accept(a, DEPOSIT, START, 0, 0);
         motor.requestClose(a);
         vm.stopPrank();
         // the refund push re-enters withdraw (nothing credited yet, and the guard is held): the push still succeeds
         evil.arm(address(motor), abi.encodeCall(motor.withdraw, (address(evil))));
+        vm.warp(block.timestamp + motor.SETTLEMENT_GRACE());
         motor.close(a);
         assertFalse(evil.reentrySucceeded());
         assertEq(evil.balanceOf(holder), DEPOSIT, "refunded exactly once");

@@ -90,7 +90,7 @@ abstract contract MotorFixture is Fixture {
         token.mint(holder, deposit);
         vm.startPrank(holder);
         token.approve(address(motor), deposit);
-        motor.accept(policyId, deposit);
+        motor.accept(policyId, deposit, terms.startOdometer, terms.startHarsh, terms.startSpeeding);
         vm.stopPrank();
     }
 }
