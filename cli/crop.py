@@ -42,12 +42,13 @@ PERCENT = PercentType()
 @click.group(cls=IotSettleGroup)
 def crop() -> None:
     """Parametric crop insurance: an insurer's pool pays every policy of a season when k of n weather stations
-    measure the trigger (too little rain, or too many hot days). No claim: anyone finalizes after the season.
+    measure the trigger (too little rain, or too many hot days). No claim: anyone finalizes after the season and
+    pays the policies out.
 
     \b
     Life of a season:
       iotsettle crop pool-create                                         # insurer: a pool in TEST
-      iotsettle crop deposit 1 --amount 1000
+      iotsettle crop pool-deposit 1 --amount 1000
       iotsettle crop season-create --pool 1 --station 0xS1 --station 0xS2 --station 0xS3 --k 2 \\
           --index rain --threshold 120mm --start +1h --end +90d --premium 5%
       iotsettle crop buy 1 --cover 200 --dev-account 1                   # farmer: pays 5 % of the cover
@@ -55,8 +56,9 @@ def crop() -> None:
       iotsettle crop season 1                                            # stations' figures, verdicts, policies
       iotsettle crop finalize 1                                          # after end + finalize delay: payouts
 
-    A station that did not report within the coverage slack of the start and of the end abstains. k is at least 2
-    and at most n − 1, so one faulty or hostile station can neither trigger nor block a payout.
+    A station that did not report within the coverage slack of the start and of the end, or whose first
+    observation after the end is not on chain when the season is finalized, abstains. k is at least 2 and at most
+    n − 1, so one faulty or hostile station can neither trigger nor block a payout.
     """
 
 
@@ -77,53 +79,53 @@ def pool_create(ctx: click.Context, token: str, from_key_env: str | None, dev_ac
     ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
     pool_id, result = ops.create_pool(ops_ctx, describe_token(ops_ctx, token))
     emit({"poolId": pool_id, "tx": result.tx_hash, "block": result.block}, as_json,
-         f"pool [bold]{pool_id}[/bold] created (tx {result.tx_hash})\nnext: iotsettle crop deposit {pool_id} "
+         f"pool [bold]{pool_id}[/bold] created (tx {result.tx_hash})\nnext: iotsettle crop pool-deposit {pool_id} "
          "--amount AMOUNT")
 
 
-@crop.command()
+@crop.command("pool-deposit")
 @click.argument("pool_id", type=ID)
 @click.option("--amount", type=AMOUNT, required=True, help="How much to add, e.g. 1000.")
 @sender_options
 @rpc_option
 @json_option
 @click.pass_context
-def deposit(ctx: click.Context, pool_id: int, amount: Amount, from_key_env: str | None, dev_account: int | None,
-            rpc_url: str | None, as_json: bool) -> None:
+def pool_deposit(ctx: click.Context, pool_id: int, amount: Amount, from_key_env: str | None,
+                 dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
     """Pool owner: add AMOUNT to the pool (the token is approved first when needed).
 
     \b
     Example:
-      iotsettle crop deposit 1 --amount 1000
+      iotsettle crop pool-deposit 1 --amount 1000
     """
     ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
     info = describe_token(ops_ctx, ops.pool_of(ops_ctx, pool_id).token)
     base = info.to_base(amount)
-    result = ops.deposit(ops_ctx, pool_id, base)
+    result = ops.deposit_to_pool(ops_ctx, pool_id, base)
     pool = ops.pool_of(ops_ctx, pool_id)
     emit({"poolId": pool_id, "amount": str(base), "tx": result.tx_hash, "pool": pool.as_dict()}, as_json,
          f"pool {pool_id} holds {info.format(pool.assets)}, {info.format(pool.free)} free (tx {result.tx_hash})")
 
 
-@crop.command()
+@crop.command("pool-withdraw")
 @click.argument("pool_id", type=ID)
 @click.option("--amount", type=AMOUNT, required=True, help="How much to take out, e.g. 100.")
 @sender_options
 @rpc_option
 @json_option
 @click.pass_context
-def withdraw(ctx: click.Context, pool_id: int, amount: Amount, from_key_env: str | None, dev_account: int | None,
-             rpc_url: str | None, as_json: bool) -> None:
+def pool_withdraw(ctx: click.Context, pool_id: int, amount: Amount, from_key_env: str | None,
+                  dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
     """Pool owner: take AMOUNT out of the pool's free assets (what is not locked by cover sold).
 
     \b
     Example:
-      iotsettle crop withdraw 1 --amount 100
+      iotsettle crop pool-withdraw 1 --amount 100
     """
     ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
     info = describe_token(ops_ctx, ops.pool_of(ops_ctx, pool_id).token)
     base = info.to_base(amount)
-    result = ops.withdraw(ops_ctx, pool_id, base)
+    result = ops.withdraw_from_pool(ops_ctx, pool_id, base)
     pool = ops.pool_of(ops_ctx, pool_id)
     emit({"poolId": pool_id, "amount": str(base), "tx": result.tx_hash, "pool": pool.as_dict()}, as_json,
          f"{info.format(base)} withdrawn from pool {pool_id}; it holds {info.format(pool.assets)}, "
@@ -171,9 +173,10 @@ def pool(ctx: click.Context, pool_id: int, rpc_url: str | None, as_json: bool) -
 @click.option("--sale-end", type=DEADLINE, default=None, help="Last moment to buy cover (default: the start).")
 @click.option("--premium", type=PERCENT, required=True, help="Premium as a share of the cover, e.g. 5%.")
 @click.option("--coverage-slack", type=DURATION, default="1d", show_default=True,
-              help="How close to the start and to the end a station must report, or it abstains.")
-@click.option("--finalize-delay", type=DURATION, default="0", show_default=True,
-              help="Wait after the end before anyone may finalize (late observations can still arrive).")
+              help="How close to the start and to the end a station must report, or it abstains (at least 10s).")
+@click.option("--finalize-delay", type=DURATION, default="1h", show_default=True,
+              help="Wait after the end before anyone may finalize: the time relayers have to bring the last "
+                   "observations, and one after the end, on chain (at least 10s).")
 @click.option("--region", default="", help="Where the season applies: a name or geohash (≤ 32 bytes) or 0x bytes32.")
 @sender_options
 @rpc_option
@@ -341,21 +344,23 @@ def _payout_summary(ops_ctx: Any, report: ops.PayoutReport) -> str:
     if report.expired:
         lines.append(f"  {len(report.expired)} policies expired without payout; their cover is free again in the pool")
     if report.remaining:
-        lines.append(f"{report.remaining} policies still to process: iotsettle crop pay-out {report.season_id}")
+        lines.append(f"{report.remaining} policies still to pay: iotsettle crop pay-out {report.season_id}")
     return "\n".join(lines)
 
 
 @crop.command()
 @click.argument("season_id", type=ID)
 @click.option("--first-batch-only", is_flag=True,
-              help="Stop after the finalize transaction (it processes up to 50 policies); use pay-out for the rest.")
+              help="Stop after the finalize transaction (it decides the verdict and pays nobody yet); use pay-out "
+                   "for the payouts.")
 @sender_options
 @rpc_option
 @json_option
 @click.pass_context
 def finalize(ctx: click.Context, season_id: int, first_batch_only: bool, from_key_env: str | None,
              dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
-    """Anyone, after end + finalize delay: count the stations' votes and pay every policy its cover (or expire it).
+    """Anyone, after end + finalize delay: count the stations' votes, then pay every policy its cover (pay-out
+    pages) if the season triggered; otherwise every policy expires.
 
     \b
     Example:
@@ -376,7 +381,7 @@ def finalize(ctx: click.Context, season_id: int, first_batch_only: bool, from_ke
 @click.pass_context
 def pay_out(ctx: click.Context, season_id: int, batch: int, from_key_env: str | None, dev_account: int | None,
             rpc_url: str | None, as_json: bool) -> None:
-    """Anyone: continue the payouts of a finalized season until every policy is processed.
+    """Anyone: pay the policies of a finalized, triggered season, BATCH per transaction, until every one is paid.
 
     \b
     Example:

@@ -1,32 +1,38 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.37;
 
-import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
-import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
-import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
 
 import {DeviceEventVerifier} from "./DeviceEventVerifier.sol";
 import {ICropInsurance} from "./interfaces/ICropInsurance.sol";
 import {IDeviceRegistry} from "./interfaces/IDeviceRegistry.sol";
+import {Funds} from "./money/Funds.sol";
+import {PullPayments} from "./money/PullPayments.sol";
 
 /// @title CropInsurance: parametric cover from k-of-n weather stations, paid from an insurer's ERC-20 pool.
 /// @notice Rules (docs/products/crop-insurance.md has the worked examples):
-/// - Pool: assets = deposits + premiums − withdrawals − payouts; locked = cover sold and not yet settled.
-///   `locked ≤ assets` always: {buyCover} refuses cover the pool cannot pay ({InsufficientCapacity}) and the
-///   owner can only {withdraw} the free part (assets − locked).
+/// - Pool: assets = deposits + premiums − withdrawals − cover of triggered seasons; locked = cover sold in seasons
+///   not yet finalized. `locked ≤ assets` always: {buyCover} refuses cover the pool cannot pay
+///   ({InsufficientCapacity}) and the owner can only {withdrawFromPool} the free part (assets − locked).
 /// - Premium = ceil(cover × premiumBps / 10_000), paid into the pool. Payout = exactly the cover, once.
+/// - Observations: a station's seq runs 1, 2, 3… without gaps from its registration; {record} takes seq = last + 1
+///   only (`Replayed` at or below the last, `SequenceGap` above last + 1), so every relayed subset is a prefix of
+///   the station's stream and a season sees every observation of its window, in order, whoever relays.
 /// - Station verdict: Abstain unless firstTimestamp ≤ start + coverageSlack and lastTimestamp + coverageSlack ≥
-///   end (its first and last observations inside [start, end]). Otherwise RainfallBelow: measured = lastRainfall −
+///   end (its first and last observations inside [start, end]) and the station has an observation dated after the
+///   end recorded (then, seqs being gapless and timestamps non-decreasing, every one of its observations of the
+///   window is recorded: none withheld can change the figures). Otherwise RainfallBelow: measured = lastRainfall −
 ///   firstRainfall (0.01 mm), Trigger iff measured < threshold; HotDaysAbove: measured = hot days (UTC days
 ///   timestamp / 86400 with an observation whose maxTemperature ≥ threshold, each day counted once), Trigger iff
 ///   measured ≥ triggerDays. The season triggers iff Trigger votes ≥ k; abstentions count as not triggering.
 /// - A station whose owner released it from a season ({releaseStation}) abstains there.
+/// - {finalize} decides the verdict in O(stations) and books the pool once (locked −= coverSold; assets −=
+///   coverSold if triggered, owed as {payoutsDue}); {payOut} then pays the policies in pages of the caller's size
+///   with bounded pushes that fall back to credits ({PullPayments}), so no payee can stop another's payment and
+///   no number of policies can stop a season: there is no cap on policies per season.
 /// - With 2 ≤ k ≤ n − 1 a single station, whatever it signs or withholds, cannot change what the other n − 1
 ///   agree on: alone it is one Trigger vote (< k), and without it n − 1 ≥ k Trigger votes remain.
-contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
-    using SafeERC20 for IERC20;
-
+contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
     bytes32 public constant OBSERVATION_TYPEHASH = keccak256(
         "WeatherObservation(address station,uint64 seq,uint64 timestamp,uint64 rainfall,int32 maxTemperature)"
     );
@@ -37,16 +43,22 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
     uint256 public constant MIN_STATIONS = 3;
     /// @notice A station serves at most this many unfinalized seasons (bounds the per-observation loop).
     uint256 public constant MAX_SEASONS_PER_STATION = 8;
-    /// @notice At most this many policies per season (bounds the payouts).
-    uint256 public constant MAX_POLICIES_PER_SEASON = 1_000;
-    /// @notice {finalize} pays out at most this many policies; {payOut} continues.
-    uint256 public constant PAYOUTS_PER_FINALIZE = 50;
     /// @notice end − start at most this long; with MAX_SEASON_LEAD and MAX_FINALIZE_DELAY it bounds how long a
     /// season can hold a station's slot.
     uint64 public constant MAX_SEASON_LENGTH = 400 days;
     /// @notice A season may start at most this far after its creation.
     uint64 public constant MAX_SEASON_LEAD = 400 days;
     uint32 public constant MAX_FINALIZE_DELAY = 30 days;
+    /// @notice finalizeDelay at least this long: relayers need time after the end to bring each station's last
+    /// observations of the window and one dated after the end (which a station needs to vote) on chain. With 0,
+    /// whoever finalizes in the end block decides which stations vote. 10 s is one relay batch and a block or two;
+    /// a real season wants hours (devices retry over slow links), which is the insurer's choice in the terms.
+    uint32 public constant MIN_FINALIZE_DELAY = 10;
+    /// @notice coverageSlack at least this long: a station votes only if it reported within the slack of the start
+    /// and of the end. With 0 it must report at exactly both instants and a trigger becomes practically
+    /// impossible. 10 s covers a station reporting every few seconds; real stations report every 10 to 60 minutes
+    /// and need a slack of at least that, which is the insurer's choice in the terms.
+    uint32 public constant MIN_COVERAGE_SLACK = 10;
     uint256 public constant BPS = 10_000;
     uint64 private constant _DAY = 1 days;
 
@@ -60,7 +72,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         uint8 triggerVotes;
         uint8 noTriggerVotes;
         uint8 abstentions;
-        uint32 paidUpTo;
+        uint64 paidUpTo;
     }
 
     /// @dev What {record} reads of a season, in one slot (a copy of the terms).
@@ -96,7 +108,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
     mapping(address station => uint256[]) private _stationSeasonIds;
     mapping(uint256 seasonId => mapping(address station => RainWindow)) private _rainWindows;
     mapping(uint256 seasonId => mapping(address station => HotDays)) private _hotDays;
-    mapping(address token => mapping(address account => uint256)) private _credits;
+    mapping(address token => uint256) private _payoutsDue;
     mapping(uint256 seasonId => mapping(address station => bool)) private _released;
     uint64 private _poolCount;
     uint64 private _seasonCount;
@@ -115,16 +127,16 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
     }
 
     /// @inheritdoc ICropInsurance
-    function deposit(uint256 poolId, uint256 amount) external nonReentrant {
+    function depositToPool(uint256 poolId, uint256 amount) external nonReentrant {
         Pool storage p = _ownedPool(poolId);
         if (amount == 0) revert ZeroAmount();
         p.assets += amount;
         emit PoolDeposited(poolId, amount);
-        _pullFunds(p.token, amount);
+        Funds.pullExact(p.token, amount);
     }
 
     /// @inheritdoc ICropInsurance
-    function withdraw(uint256 poolId, uint256 amount) external nonReentrant {
+    function withdrawFromPool(uint256 poolId, uint256 amount) external nonReentrant {
         Pool storage p = _ownedPool(poolId);
         if (amount == 0) revert ZeroAmount();
         // locked <= assets always.
@@ -132,7 +144,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         if (amount > free) revert InsufficientFreeAssets(poolId, free, amount);
         p.assets -= amount;
         emit PoolWithdrawn(poolId, amount);
-        IERC20(p.token).safeTransfer(msg.sender, amount);
+        Funds.push(p.token, msg.sender, amount);
     }
 
     // ---------------------------------------------------------------- seasons and cover
@@ -175,6 +187,12 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
                 || start > block.timestamp + MAX_SEASON_LEAD
         ) revert InvalidWindow(terms.saleEnd, start, end);
         if (terms.finalizeDelay > MAX_FINALIZE_DELAY) revert FinalizeDelayTooLong(terms.finalizeDelay);
+        if (terms.finalizeDelay < MIN_FINALIZE_DELAY) {
+            revert FinalizeDelayTooShort(terms.finalizeDelay, MIN_FINALIZE_DELAY);
+        }
+        if (terms.coverageSlack < MIN_COVERAGE_SLACK) {
+            revert CoverageSlackTooShort(terms.coverageSlack, MIN_COVERAGE_SLACK);
+        }
         uint256 n = terms.stations.length;
         if (n < MIN_STATIONS || n > MAX_STATIONS || terms.k < 2 || terms.k > n - 1) {
             revert InvalidQuorum(terms.k, n);
@@ -196,6 +214,10 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
             {
                 revert InvalidStation(station);
             }
+            // The season is applied only the observations recorded after its creation: one already recorded inside
+            // its window would be missed or not depending on when a relayer brought it.
+            uint64 last = _stations[station].lastTimestamp;
+            if (last >= start) revert StationReportedSinceStart(station, last);
         }
     }
 
@@ -208,7 +230,6 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         SeasonTerms storage t = _existingSeason(seasonId);
         if (block.timestamp >= t.saleEnd) revert SaleClosed(seasonId, t.saleEnd);
         if (cover == 0) revert ZeroAmount();
-        if (_policies[seasonId].length >= MAX_POLICIES_PER_SEASON) revert TooManyPolicies(seasonId);
         if (beneficiary == address(0)) beneficiary = msg.sender;
 
         uint256 premium = Math.mulDiv(cover, t.premiumBps, BPS, Math.Rounding.Ceil);
@@ -231,7 +252,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
             status: CoverStatus.Active
         });
         emit CoverBought(policyId, seasonId, msg.sender, beneficiary, cover, premium);
-        _pullFunds(p.token, premium);
+        Funds.pullExact(p.token, premium);
     }
 
     // ---------------------------------------------------------------- observations
@@ -259,6 +280,10 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         address station = o.station;
         StationState memory s = _stations[station];
         if (o.seq <= s.lastSeq) return RejectReason.Replayed;
+        // o.seq > lastSeq, so lastSeq < 2^64 − 1 and lastSeq + 1 cannot overflow.
+        unchecked {
+            if (o.seq != s.lastSeq + 1) return RejectReason.SequenceGap;
+        }
         RejectReason reason = _checkTimestamp(o.timestamp, s.lastTimestamp);
         if (reason != RejectReason.None) return reason;
         if (o.rainfall < s.lastRainfall) return RejectReason.CounterRollback;
@@ -328,7 +353,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         SeasonState storage s = _seasons[seasonId];
         if (s.finalized) revert AlreadyFinalized(seasonId);
         uint256 finalizableAt = uint256(t.end) + t.finalizeDelay;
-        if (block.timestamp < finalizableAt) revert NotFinalizable(seasonId, finalizableAt);
+        if (block.timestamp < finalizableAt) revert TooEarly(seasonId, finalizableAt, block.timestamp);
 
         uint8 triggerVotes = 0;
         uint8 noTriggerVotes = 0;
@@ -353,8 +378,19 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         s.triggerVotes = triggerVotes;
         s.noTriggerVotes = noTriggerVotes;
         s.abstentions = abstentions;
+        // The pool is booked once for every policy of the season; the payouts themselves follow in {payOut}.
+        uint256 sold = _coverSold[seasonId];
+        Pool storage p = _pools[s.poolId];
+        // Σ cover of the season's policies <= locked <= assets.
+        p.locked -= sold;
+        if (triggered) {
+            p.assets -= sold;
+            _payoutsDue[p.token] += sold;
+        } else {
+            // Nothing to pay: every policy expired with the verdict.
+            s.paidUpTo = uint64(_policies[seasonId].length);
+        }
         emit SeasonFinalized(seasonId, triggered, triggerVotes, noTriggerVotes, abstentions);
-        _payOut(seasonId, s, PAYOUTS_PER_FINALIZE);
     }
 
     /// @inheritdoc ICropInsurance
@@ -362,60 +398,35 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
         _existingSeason(seasonId);
         SeasonState storage s = _seasons[seasonId];
         if (!s.finalized) revert NotFinalized(seasonId);
-        return _payOut(seasonId, s, maxPolicies);
-    }
-
-    /// @dev Settle the next policies of a finalized season: every effect of the slice first (statuses, paidUpTo,
-    /// pool figures), then the events and token pushes. A failed push becomes the beneficiary's pull credit, so a
-    /// hostile or blocked beneficiary cannot stop the others' payouts.
-    function _payOut(uint256 seasonId, SeasonState storage s, uint256 maxPolicies) private returns (uint256) {
         uint256[] storage policies = _policies[seasonId];
         uint256 from = s.paidUpTo;
         uint256 to = policies.length;
         if (to - from > maxPolicies) to = from + maxPolicies;
         if (to == from) return 0;
-        bool triggered = s.triggered;
-        Pool storage p = _pools[s.poolId];
-        s.paidUpTo = uint32(to); // <= MAX_POLICIES_PER_SEASON
+        // Effects of the whole page first (statuses, cursor, what is due), then the events and the bounded pushes.
+        s.paidUpTo = uint64(to); // <= the number of policies, itself <= 2^64 (policy ids are uint64)
         uint256 total = 0;
         for (uint256 i = from; i < to; ++i) {
             Cover storage c = _covers[policies[i]];
-            c.status = triggered ? CoverStatus.Paid : CoverStatus.Expired;
+            c.status = CoverStatus.Paid;
             total += c.cover;
         }
-        // Σ cover of unsettled policies <= locked <= assets.
-        p.locked -= total;
-        if (!triggered) {
-            for (uint256 i = from; i < to; ++i) {
-                emit CoverExpired(policies[i]);
-            }
-            return to - from;
-        }
-        p.assets -= total;
-        IERC20 token = IERC20(p.token);
+        address token = _pools[s.poolId].token;
+        // These covers were added to payoutsDue when the season finalized triggered (paidUpTo starts at the end
+        // for an untriggered one, so this is never reached for it).
+        _payoutsDue[token] -= total;
         for (uint256 i = from; i < to; ++i) {
             uint256 policyId = policies[i];
             Cover storage c = _covers[policyId];
             address beneficiary = c.beneficiary;
             uint256 amount = c.cover;
             emit PayoutSent(policyId, beneficiary, amount);
-            // One transfer per policy is the product; the guard is held and the slice's books are already final.
+            // One bounded push per policy is the product: a payee that reverts or burns gas is credited instead.
+            // The guard is held and every effect of the page is already written.
             // slither-disable-next-line calls-loop,reentrancy-no-eth,reentrancy-benign,reentrancy-events
-            if (!token.trySafeTransfer(beneficiary, amount)) {
-                _credits[address(token)][beneficiary] += amount;
-                emit PayoutCredited(policyId, beneficiary, amount);
-            }
+            _pay(token, beneficiary, amount);
         }
         return to - from;
-    }
-
-    /// @inheritdoc ICropInsurance
-    function withdraw(address token) external nonReentrant returns (uint256 amount) {
-        amount = _credits[token][msg.sender];
-        if (amount == 0) revert NothingToWithdraw(token, msg.sender);
-        _credits[token][msg.sender] = 0;
-        emit Withdrawn(token, msg.sender, amount);
-        IERC20(token).safeTransfer(msg.sender, amount);
     }
 
     // ---------------------------------------------------------------- views
@@ -443,8 +454,12 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
     }
 
     /// @inheritdoc ICropInsurance
-    function coverOf(uint256 policyId) external view returns (Cover memory) {
-        return _covers[policyId];
+    function coverOf(uint256 policyId) external view returns (Cover memory c) {
+        c = _covers[policyId];
+        if (c.status == CoverStatus.Active) {
+            SeasonState memory s = _seasons[c.seasonId];
+            if (s.finalized) c.status = s.triggered ? CoverStatus.Due : CoverStatus.Expired;
+        }
     }
 
     /// @inheritdoc ICropInsurance
@@ -468,8 +483,8 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
     }
 
     /// @inheritdoc ICropInsurance
-    function withdrawable(address token, address account) external view returns (uint256) {
-        return _credits[token][account];
+    function payoutsDue(address token) external view returns (uint256) {
+        return _payoutsDue[token];
     }
 
     /// @inheritdoc ICropInsurance
@@ -498,9 +513,11 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
     {
         StationSeason memory ss = _stationSeason(seasonId, station);
         uint256 slack = t.coverageSlack;
+        // The station must also be known to have reported after the end: with gapless seqs and non-decreasing
+        // timestamps the contract then holds every observation of its window, so no withheld one can change it.
         if (
             _released[seasonId][station] || ss.firstTimestamp == 0 || uint256(ss.firstTimestamp) > uint256(t.start) + slack
-                || uint256(ss.lastTimestamp) + slack < t.end
+                || uint256(ss.lastTimestamp) + slack < t.end || _stations[station].lastTimestamp <= t.end
         ) return (Verdict.Abstain, 0);
         if (t.index == Index.RainfallBelow) {
             // The register never goes back, so last >= first.
@@ -546,14 +563,5 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, ReentrancyGuard {
     function _existingSeason(uint256 seasonId) private view returns (SeasonTerms storage t) {
         t = _terms[seasonId];
         if (t.end == 0) revert UnknownSeason(seasonId);
-    }
-
-    /// @dev Take `amount` from msg.sender; the balance must grow by exactly `amount` (fee-on-transfer and lying
-    /// tokens are refused rather than leaving the pool short).
-    function _pullFunds(address token, uint256 amount) private {
-        uint256 before = IERC20(token).balanceOf(address(this));
-        IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
-        uint256 received = IERC20(token).balanceOf(address(this)) - before;
-        if (received != amount) revert WrongValue(amount, received);
     }
 }

@@ -272,12 +272,12 @@ def test_drought_season_pays_cover_and_the_loan_is_repaid_from_it(own_deployment
 
     pool_id = cli.ok(["crop", "pool-create"], insurer)["poolId"]
     cli.ok(["token", "mint", "--amount", "1000"], insurer)
-    cli.ok(["crop", "deposit", str(pool_id), "--amount", "1000"], insurer)
+    cli.ok(["crop", "pool-deposit", str(pool_id), "--amount", "1000"], insurer)
     start = chain_now(w3) + 600
     station_args = [arg for s in stations for arg in ("--station", s.address)]
     created = cli.ok(["crop", "season-create", "--pool", str(pool_id), *station_args, "--k", "2", "--index", "rain",
                       "--threshold", "50mm", "--start", str(start), "--end", str(start + 3 * 86400), "--premium", "5%",
-                      "--coverage-slack", "1h", "--region", "u0yjj"], insurer)
+                      "--coverage-slack", "1h", "--finalize-delay", "10s", "--region", "u0yjj"], insurer)
     season_id = created["seasonId"]
     assert created["season"]["threshold"] == 5000 and created["season"]["region"] == "u0yjj"
 
@@ -303,11 +303,16 @@ def test_drought_season_pays_cover_and_the_loan_is_repaid_from_it(own_deployment
     warp_to(w3, start + 3 * 86400 - 60)
     rains = [11_000, 11_000, 30_000]
     cli.ok(["crop", "record", "-"], stdin="\n".join(weather(s, w3, crop, 2, r) for s, r in zip(stations, rains)))
+    ending = cli.ok(["crop", "season", str(season_id)])
+    assert [s["verdict"] for s in ending["stations"]] == ["abstain"] * 3, "no vote before a report after the end"
+    # each station's first observation after the end: now the contract holds every one of its season
+    warp_to(w3, start + 3 * 86400 + 1)
+    cli.ok(["crop", "record", "-"], stdin="\n".join(weather(s, w3, crop, 3, r) for s, r in zip(stations, rains)))
     before = cli.ok(["crop", "season", str(season_id)])
     assert [s["verdict"] for s in before["stations"]] == ["trigger", "trigger", "no trigger"]
     assert before["finalized"] is False
 
-    warp_to(w3, start + 3 * 86400 + 1)
+    warp_to(w3, start + 3 * 86400 + 11)
     report = cli.ok(["crop", "finalize", str(season_id)])
     assert report["triggered"] is True
     assert [(v["verdict"], v["measured"]) for v in report["verdicts"]] == [
@@ -349,7 +354,7 @@ def test_crop_bad_inputs_change_nothing(own_deployment) -> None:
     stations = [register_device(deployment.config, insurer, DeviceKind.WEATHER_STATION) for _ in range(3)]
     pool_id = cli.ok(["crop", "pool-create"], insurer)["poolId"]
     cli.ok(["token", "mint", "--amount", "100"], insurer)
-    cli.ok(["crop", "deposit", str(pool_id), "--amount", "100"], insurer)
+    cli.ok(["crop", "pool-deposit", str(pool_id), "--amount", "100"], insurer)
     station_args = [arg for s in stations for arg in ("--station", s.address)]
     common = ["--pool", str(pool_id), *station_args, "--index", "heat", "--threshold", "35C", "--days", "3",
               "--start", "+1h", "--end", "+30d", "--premium", "10%"]
@@ -365,7 +370,7 @@ def test_crop_bad_inputs_change_nothing(own_deployment) -> None:
                         "premium), not 500 TEST")
     assert token_balance(deployment, farmer.address) == 50 * TOKEN
     assert cli.ok(["crop", "season", str(season_id)])["policies"] == []
-    not_owner = cli.fails(["crop", "withdraw", str(pool_id), "--amount", "1"], farmer)
+    not_owner = cli.fails(["crop", "pool-withdraw", str(pool_id), "--amount", "1"], farmer)
     assert not_owner == f"only the owner of pool {pool_id} may do this, not {farmer.address}"
     assert cli.ok(["crop", "pool", str(pool_id)])["assets"] == str(100 * TOKEN)
 

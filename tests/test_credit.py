@@ -228,12 +228,13 @@ def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(deployme
         crop, token = deployment.address("CropInsurance"), deployment.address("TestToken")
         pool_id = cli.ok(["crop", "pool-create"], insurer)["poolId"]
         cli.ok(["token", "mint", "--amount", "500"], insurer)
-        cli.ok(["crop", "deposit", str(pool_id), "--amount", "500"], insurer)
+        cli.ok(["crop", "pool-deposit", str(pool_id), "--amount", "500"], insurer)
         start = chain_now(w3) + 600
         season_id = cli.ok(["crop", "season-create", "--pool", str(pool_id),
                             *sum((["--station", s.address] for s in stations), []), "--k", "2", "--index", "rain",
                             "--threshold", "50mm", "--start", str(start), "--end", str(start + 86400), "--premium", "5%",
-                            "--coverage-slack", "1h", "--region", "u0yjj"], insurer)["seasonId"]
+                            "--coverage-slack", "1h", "--finalize-delay", "10s", "--region", "u0yjj"],
+                           insurer)["seasonId"]
         cli.ok(["token", "mint", "--amount", "100"], lender)
         loan_id = cli.ok(["loan", "offer", "--borrower", farmer.address, "--principal", "100", "--repayment", "110",
                           "--share", "100%", "--due-by", "+30d"], lender)["loanId"]
@@ -243,7 +244,9 @@ def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(deployme
         cli.ok(["crop", "record", "-"], stdin="\n".join(weather(s, w3, crop, 1, 10_000) for s in stations))
         warp_to(w3, start + 86400 - 60)
         cli.ok(["crop", "record", "-"], stdin="\n".join(weather(s, w3, crop, 2, 11_000) for s in stations))
-        warp_to(w3, start + 86400 + 1)
+        warp_to(w3, start + 86400 + 1)  # each station reports once after the end: it votes only then
+        cli.ok(["crop", "record", "-"], stdin="\n".join(weather(s, w3, crop, 3, 11_000) for s in stations))
+        warp_to(w3, start + 86400 + 11)
         assert cli.ok(["crop", "finalize", str(season_id)])["triggered"] is True
         cli.ok(["loan", "sweep", str(loan_id)])
 
@@ -268,7 +271,7 @@ def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(deployme
         insurer_doc = cli.ok(["credit", "profile", insurer.address])  # the stations' owner
         assert insurer_doc["figures"]["devices"]["byKind"] == {"WEATHER_STATION": 3}
         assert insurer_doc["figures"]["devices"]["items"][station]["settled"] == \
-            {"events": 2, "rainfall": 1_000, "rainfallFrom": 10_000}
+            {"events": 3, "rainfall": 1_000, "rainfallFrom": 10_000}
 
 
 def test_profile_of_a_stranger_is_empty_and_a_future_block_is_refused(cli, deployment, w3) -> None:

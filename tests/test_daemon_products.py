@@ -395,7 +395,7 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
     now = int(chain.w3.eth.get_block("latest")["timestamp"])
     receipt = tx(OWNER, crop.functions.createPool(token.address))
     pool = crop.events.PoolCreated().process_receipt(receipt)[0]["args"]["poolId"]
-    terms = (now - 3_600, now + 86_400, now - 3_600, 3_600, 0, 1, 3_000, 1, 100, 2, bytes(32),
+    terms = (now - 3_600, now + 86_400, now - 3_600, 3_600, 3_600, 1, 3_000, 1, 100, 2, bytes(32),
              [s.address for s in stations])  # fmt: skip
     receipt = tx(OWNER, crop.functions.createSeason(pool, terms))
     season = crop.events.SeasonCreated().process_receipt(receipt)[0]["args"]["seasonId"]
@@ -458,6 +458,18 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
             first_ts, first_rain, last_ts, last_rain, hot_days, _ = crop.functions.stationSeason(season, s.address).call()
             assert (first_ts, first_rain, last_ts, last_rain) == (now + 10, 525, now + 30, 575)
             assert hot_days == (1 if hot[s.address] >= 3_000 else 0)
+
+        # a gap: seq 5 reaches this oracle, seq 4 only another relayer. The contract takes a station's seqs without
+        # gaps, so it refuses 5 (SequenceGap) until 4 is on chain; the oracle keeps 5 and relays it again.
+        gapped = stations[1]
+        (ahead,) = publish([(gapped.topic, gapped.weather(5, 650, 1_800, timestamp=now + 50))])
+        assert ahead["status"] == "accepted"
+        time.sleep(1.5)
+        assert crop.functions.stationState(gapped.address).call()[0] == 3, "seq 5 waits for seq 4"
+        missing = wire.decode(gapped.weather(4, 600, 1_800, timestamp=now + 40))
+        tx(holder, crop.functions.record([missing.contract_tuple()]))
+        wait_for(lambda: crop.functions.stationState(gapped.address).call()[0] == 5, 20,
+                 "seq 5 relayed again once seq 4 is on chain")  # fmt: skip
     finally:
         if publisher is not None:
             publisher.close()
@@ -472,7 +484,7 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
     finally:
         store.close()
     assert [(e.kind, e.seq) for e in events[:4]] == [("telematics", s) for s in (1, 2, 4, 5)]
-    assert len(events) == 4 + 9
+    assert len(events) == 4 + 10
     dead = events.pop(3)
     assert dead.status is EventStatus.DEAD and (dead.reason or "").startswith("UnknownTarget")
     assert {e.status for e in events} <= {EventStatus.SETTLED, EventStatus.FINAL}

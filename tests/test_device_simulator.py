@@ -6,11 +6,13 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from oracle import eip712
+from oracle.eip712 import DeviceKind
 from oracle.daemon.rules import Outcome, RuleSettings, evaluate
 from oracle.device.fleet import DrivingStyle, FaultClass, generate_fleet, load_fleet, set_policies, set_targets
 from oracle.device.location import location_bytes32
@@ -109,18 +111,25 @@ def test_every_fault_class_is_refused_by_the_oracle_rules_with_its_own_reason(fl
                        faults=tuple(FaultClass), counters="memory")
     states: dict[str, object] = {}
     digests: dict[tuple[str, int], bytes] = {}
-    verdicts: dict[tuple[str, int], str] = {}
+    # (device, seq, verdict) of each event injected as a fault, in plan order: a weather station's bad event takes
+    # the seq its next real observation reuses (station seqs are gapless on chain), so (device, seq) is not unique
+    faulty: list[tuple[str, int, str]] = []
+
+    def verdict_of(planned: Any, event: Any, verdict: str) -> None:
+        if planned.fault is not None:
+            faulty.append((event.device, event.seq, verdict))
+
     for planned in plan:
         event = decode(planned.payload)
         if event.chain_id != CHAIN_ID:
-            verdicts[(event.device, event.seq)] = "wrong_chain"
+            verdict_of(planned, event, "wrong_chain")
             continue
         try:
             signer = event.signer()
         except SignatureError:
             signer = None
         if signer != event.device:
-            verdicts[(event.device, event.seq)] = "bad_signature"
+            verdict_of(planned, event, "bad_signature")
             continue
         now = START + planned.offset
         verdict = evaluate(event, event.device, kinds[event.device], states.get(event.device),  # type: ignore[arg-type]
@@ -128,15 +137,32 @@ def test_every_fault_class_is_refused_by_the_oracle_rules_with_its_own_reason(fl
         states[event.device] = verdict.state
         if verdict.outcome is Outcome.ACCEPT:
             digests[(event.device, event.seq)] = event.digest
-            verdicts[(event.device, event.seq)] = "accepted"
+            verdict_of(planned, event, "accepted")
             # a hostile station lies plausibly: the oracle cannot tell (the crop season's k-of-n vote does)
             assert planned.fault in (None, FaultClass.HOSTILE), f"{planned.fault} event was accepted"
         else:
-            verdicts[(event.device, event.seq)] = str(verdict.reason)
+            verdict_of(planned, event, str(verdict.reason))
             assert planned.fault is not None, f"a normal event was refused: {verdict.detail}"
     assert {item.fault for item in plan.injected} == set(FaultClass)
-    for item in plan.injected:
-        assert verdicts[(item.device, item.seq)] == item.expect
+    assert [(item.device, item.seq, item.expect) for item in plan.injected] == faulty
+
+
+def test_a_weather_stations_seqs_stay_gapless_through_its_refused_faults(fleet_path: Path) -> None:
+    """CropInsurance takes a station's seqs 1, 2, 3… without gaps: the observations the oracle accepts from a
+    station with every fault class must still number 1, 2, 3…"""
+    fleet = load_fleet(fleet_path)
+    plan = plan_events(fleet, CONTRACTS, rate=50, duration=20, seed=5, start_time=START,
+                       faults=tuple(FaultClass), counters="memory")
+    good: dict[str, list[int]] = {}
+    stations = {d.address for d in fleet.devices if d.kind is DeviceKind.WEATHER_STATION}
+    for planned in plan:
+        if planned.fault is None or planned.fault is FaultClass.HOSTILE:
+            event = decode(planned.payload)
+            if event.device in stations:
+                good.setdefault(event.device, []).append(event.seq)
+    assert good and any(f.device in stations for f in plan.injected if f.fault is not FaultClass.HOSTILE)
+    for seqs in good.values():
+        assert seqs == list(range(1, len(seqs) + 1))
 
 
 def test_fleet_targets_can_be_pointed_at_real_ids(fleet_path: Path) -> None:

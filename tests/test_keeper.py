@@ -50,10 +50,11 @@ def test_due_season_is_paid_and_the_loan_swept_without_anyone_asking(own_deploym
 
     pool_id = cli.ok(["crop", "pool-create"], insurer)["poolId"]
     cli.ok(["token", "mint", "--amount", "1000"], insurer)
-    cli.ok(["crop", "deposit", str(pool_id), "--amount", "1000"], insurer)
+    cli.ok(["crop", "pool-deposit", str(pool_id), "--amount", "1000"], insurer)
     start = chain_now(w3) + 600
     common = ["--pool", str(pool_id), *[a for s in stations for a in ("--station", s.address)], "--k", "2",
-              "--index", "rain", "--threshold", "50mm", "--premium", "5%", "--coverage-slack", "1h"]
+              "--index", "rain", "--threshold", "50mm", "--premium", "5%", "--coverage-slack", "1h",
+              "--finalize-delay", "10s"]
     season_id = cli.ok(["crop", "season-create", *common, "--start", str(start), "--end", str(start + 3 * DAY)],
                        insurer)["seasonId"]
     later_id = cli.ok(["crop", "season-create", *common, "--start", str(start), "--end", str(start + 30 * DAY)],
@@ -81,9 +82,11 @@ def test_due_season_is_paid_and_the_loan_swept_without_anyone_asking(own_deploym
     cli.ok(["crop", "record", "-"], stdin="\n".join(weather(s, w3, crop, 1, 10_000) for s in stations))
     warp_to(w3, start + 3 * DAY - 60)
     cli.ok(["crop", "record", "-"], stdin="\n".join(weather(s, w3, crop, 2, 11_000) for s in stations))
+    warp_to(w3, start + 3 * DAY + 1)  # each station reports once after the end: it votes only then
+    cli.ok(["crop", "record", "-"], stdin="\n".join(weather(s, w3, crop, 3, 11_000) for s in stations))
     farmer_before = token_balance(deployment, farmer.address)
 
-    warp_to(w3, start + 3 * DAY + 1)
+    warp_to(w3, start + 3 * DAY + 11)
     summary = _keeper_pass(cli, keeper)
     assert [(a["kind"], a["target"], a["error"]) for a in summary["actions"]] == [
         ("finalize", season_id, None), ("sweep", loan_id, None)]
@@ -107,7 +110,7 @@ def test_due_season_is_paid_and_the_loan_swept_without_anyone_asking(own_deploym
     assert _nonce(w3, keeper) == nonce
 
     # someone else finalizes the later season first: the keeper only sweeps what reaches the repaid loan's account
-    warp_to(w3, start + 30 * DAY + 1)
+    warp_to(w3, start + 30 * DAY + 11)
     cli.ok(["crop", "finalize", str(later_id)], insurer)  # no station reported at the end: the cover expires
     assert _keeper_pass(cli, keeper)["actions"] == []
     cli.ok(["token", "mint", "--to", account, "--amount", "7"], buyer)  # any later payment to the account

@@ -88,6 +88,27 @@ def test_batches_are_cut_by_size_at_once_and_by_age_for_the_remainder(store: Sto
     assert len(rest.events) == 50 and rest.kind == "delivery" and rest.contract == ESCROW
 
 
+CROP = "0x" + "c3" * 20
+
+
+def observation(station: int, seq: int, received_at: float = T0) -> EventRecord:
+    return EventRecord("weather", f"0x{station:040x}", f"0x{station:040x}", 31337, CROP, station, seq,
+                       int(received_at), 100 * seq, None, 2_000, bytes([station, seq % 256]) * 16 + b"wo",
+                       b"\x01" * 65, received_at)  # fmt: skip
+
+
+def test_a_batch_carries_each_stations_observations_in_seq_order(store: Store) -> None:
+    """CropInsurance takes a station's seqs without gaps: an observation that arrived after a later one (a device
+    that published out of order, or one planned again after a sequence gap) still goes first in the batch."""
+    planner = Planner(store, PlannerSettings(batch_max_events=100, batch_max_wait=0.0), kinds=("weather",))
+    store.commit_batch([observation(1, 2), observation(2, 1), observation(1, 3), observation(1, 1),
+                        observation(2, 2)], [], [])  # fmt: skip
+    planner.claim()
+    (batch,) = planner.cut(10)
+    assert batch.kind == "weather"
+    assert [(e.target_id, e.seq) for e in batch.events] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
+
+
 def test_deliveries_are_not_held_by_the_meter_window(store: Store) -> None:
     planner = Planner(store, PlannerSettings(batch_max_wait=0.0, settlement_window=3600.0))
     store.commit_batch([reading(1, 11, 1, 100), delivery(2, 5)], [], [])

@@ -2,17 +2,26 @@
 pragma solidity 0.8.37;
 
 import {IDeviceEvents} from "./IDeviceEvents.sol";
+import {IPullPayments} from "./IPullPayments.sol";
 
 /// @title Parametric crop insurance paid from an insurer's ERC-20 pool on the verdict of k of n weather stations.
 /// @notice An insurer funds a pool and opens seasons on it: a window [start, end], a location (`region`), an index
 /// (rain below a threshold, or at least `triggerDays` hot days) and n registered WEATHER_STATION devices of which k
 /// must agree. Farmers buy cover before `saleEnd`; the pool never sells more cover than it holds. Stations sign
-/// `WeatherObservation`s that anyone relays with {record}; after `end + finalizeDelay` anyone calls {finalize}
-/// and every policy is paid its cover (or expires) with no claim.
+/// `WeatherObservation`s that anyone relays with {record}; after `end + finalizeDelay` anyone calls {finalize},
+/// which decides the verdict, and then {payOut} pays every policy of a triggered season its cover, with no claim,
+/// in pages of the caller's size.
 ///
 /// Because 2 ≤ k ≤ n − 1, one faulty or hostile station can neither trigger a payout the other n − 1 stations
 /// do not vote for (it is at most one trigger vote, and k ≥ 2) nor block one they all vote for (n − 1 ≥ k).
-interface ICropInsurance is IDeviceEvents {
+///
+/// Relayers choose nothing: a station numbers its observations 1, 2, 3… without gaps from its registration and the
+/// contract takes them only in that order (a gap is refused with `SequenceGap` and the observation can be relayed
+/// again later), so the observations a season counts are the same whatever subset, order or batching relayers
+/// pick; a station votes only once the contract holds one of its observations dated after the end (so it holds
+/// every earlier one). Withholding observations can only delay a station's vote, or make it abstain if they are
+/// still withheld when the season is finalized; it can never change the vote.
+interface ICropInsurance is IDeviceEvents, IPullPayments {
     /// @notice The parametric index of a season.
     /// RainfallBelow: a station votes Trigger iff the rain it measured in the season (hundredths of a mm) is
     /// below `threshold`. HotDaysAbove: a station votes Trigger iff it saw at least `triggerDays` UTC days with an
@@ -23,19 +32,21 @@ interface ICropInsurance is IDeviceEvents {
     }
 
     /// @notice A station's vote at finalization. Abstain: it did not cover the season (no observation within
-    /// `coverageSlack` of the start or of the end).
+    /// `coverageSlack` of the start or of the end, or none dated after the end recorded yet), or it was released.
     enum Verdict {
         Abstain,
         NoTrigger,
         Trigger
     }
 
-    /// @notice Active until the season is finalized; then Paid (triggered) or Expired (not triggered).
+    /// @notice Active until the season is finalized; then Expired (not triggered) or Due (triggered, payout not
+    /// yet made by {payOut}) and then Paid (pushed, or credited to the beneficiary for {withdraw}).
     enum CoverStatus {
         None,
         Active,
         Paid,
-        Expired
+        Expired,
+        Due
     }
 
     /// @notice What the insurer fixes when opening a season; never changes afterwards.
@@ -75,7 +86,8 @@ interface ICropInsurance is IDeviceEvents {
         uint256 locked;
     }
 
-    /// @notice A season: its terms, its pool, and how far finalization and payouts got.
+    /// @notice A season: its terms, its pool, and how far finalization and payouts got. `paidUpTo`: policies
+    /// (in purchase order) {payOut} has processed; set to `policies` when a season finalizes untriggered.
     struct Season {
         SeasonTerms terms;
         uint256 poolId;
@@ -141,31 +153,29 @@ interface ICropInsurance is IDeviceEvents {
     event SeasonFinalized(
         uint256 indexed seasonId, bool triggered, uint8 triggerVotes, uint8 noTriggerVotes, uint8 abstentions
     );
-    /// @notice The policy was paid its cover. If a {PayoutCredited} for the same policy follows, the transfer
-    /// failed and the amount waits for the beneficiary in {withdraw}(token).
+    /// @notice The policy was paid its cover. If a {Credited} of the beneficiary follows in the same call, the
+    /// bounded push failed and the amount waits for the beneficiary in {withdraw}(token).
     event PayoutSent(uint256 indexed policyId, address indexed beneficiary, uint256 amount);
-    /// @notice The push of a payout failed (token reverted or returned false); `amount` is claimable with
-    /// {withdraw}(token) by `beneficiary`.
-    event PayoutCredited(uint256 indexed policyId, address indexed beneficiary, uint256 amount);
-    /// @notice The season did not trigger; the policy's cover is released from the pool's locked amount.
-    event CoverExpired(uint256 indexed policyId);
     /// @notice The station's owner took the station out of an unfinalized season: it abstains there and its slot
     /// is free for another season (the answer to seasons that name a station only to occupy its slots).
     event StationReleased(uint256 indexed seasonId, address indexed station);
-    /// @notice A beneficiary took its pull credit.
-    event Withdrawn(address indexed token, address indexed account, uint256 amount);
 
-    error ZeroAddress();
-    error ZeroAmount();
     error UnknownPool(uint256 poolId);
     error NotPoolOwner(uint256 poolId, address caller);
     /// @notice The pool owner asked for more than the free assets (assets − locked).
     error InsufficientFreeAssets(uint256 poolId, uint256 free, uint256 requested);
-    /// @notice The token moved another amount than asked (fee-on-transfer or lying token).
-    error WrongValue(uint256 expected, uint256 received);
+    /// @notice A station of the season already has an observation dated at or after the start recorded: the
+    /// season would miss it. Open the season with a later start.
+    error StationReportedSinceStart(address station, uint64 lastTimestamp);
     /// @notice saleEnd ≤ start < end, start > 0, end − start ≤ MAX_SEASON_LENGTH, start ≤ now + MAX_SEASON_LEAD.
     error InvalidWindow(uint64 saleEnd, uint64 start, uint64 end);
     error FinalizeDelayTooLong(uint32 finalizeDelay);
+    /// @notice finalizeDelay ≥ MIN_FINALIZE_DELAY: the time relayers have after the end to bring the stations' last
+    /// observations (and one dated after the end) on chain.
+    error FinalizeDelayTooShort(uint32 finalizeDelay, uint32 minimum);
+    /// @notice coverageSlack ≥ MIN_COVERAGE_SLACK: with less, a station must report at almost exactly the start and
+    /// the end to vote, and a trigger becomes practically impossible.
+    error CoverageSlackTooShort(uint32 coverageSlack, uint32 minimum);
     /// @notice 3 ≤ n ≤ MAX_STATIONS and 2 ≤ k ≤ n − 1.
     error InvalidQuorum(uint8 k, uint256 n);
     /// @notice 0 < premiumBps ≤ 10_000.
@@ -179,13 +189,10 @@ interface ICropInsurance is IDeviceEvents {
     error StationBusy(address station);
     error UnknownSeason(uint256 seasonId);
     error SaleClosed(uint256 seasonId, uint64 saleEnd);
-    error TooManyPolicies(uint256 seasonId);
     /// @notice The pool cannot lock the cover: `available` = assets (with this premium) − locked.
     error InsufficientCapacity(uint256 available);
     error AlreadyFinalized(uint256 seasonId);
-    error NotFinalizable(uint256 seasonId, uint256 finalizableAt);
     error NotFinalized(uint256 seasonId);
-    error NothingToWithdraw(address token, address account);
     error NotStationOwner(address station, address caller);
     error StationNotInSeason(uint256 seasonId, address station);
 
@@ -194,11 +201,13 @@ interface ICropInsurance is IDeviceEvents {
     /// @notice Open a pool in ERC-20 `token` owned by msg.sender. Emits a {PoolCreated} event.
     function createPool(address token) external returns (uint256 poolId);
 
-    /// @notice Pool owner: add `amount` of the pool token (pulled from msg.sender). Emits a {PoolDeposited} event.
-    function deposit(uint256 poolId, uint256 amount) external;
+    /// @notice Pool owner: add `amount` of the pool token (pulled from msg.sender; the balance must grow by exactly
+    /// `amount`, else {WrongValue}). Emits a {PoolDeposited} event.
+    function depositToPool(uint256 poolId, uint256 amount) external;
 
-    /// @notice Pool owner: take `amount` ≤ assets − locked out of the pool. Emits a {PoolWithdrawn} event.
-    function withdraw(uint256 poolId, uint256 amount) external;
+    /// @notice Pool owner: take `amount` ≤ assets − locked out of the pool (sent to msg.sender).
+    /// Emits a {PoolWithdrawn} event.
+    function withdrawFromPool(uint256 poolId, uint256 amount) external;
 
     // ---------------------------------------------------------------- seasons and cover
 
@@ -213,9 +222,11 @@ interface ICropInsurance is IDeviceEvents {
 
     // ---------------------------------------------------------------- observations
 
-    /// @notice Relay signed weather observations (anyone). Each accepted one moves its station's state and is
-    /// applied to every unfinalized season of the station whose window [start, end] holds its timestamp; bad items
-    /// are skipped with an {ObservationRejected} event. Returns how many were recorded.
+    /// @notice Relay signed weather observations (anyone). A station's observations are taken in gapless seq
+    /// order: seq ≤ the last recorded one is `Replayed`, seq > last + 1 is `SequenceGap` (relay the missing one
+    /// first; this one can be relayed again). Each accepted one moves its station's state and is applied to every
+    /// unfinalized season of the station whose window [start, end] holds its timestamp; bad items are skipped with
+    /// an {ObservationRejected} event. Returns how many were recorded.
     function record(SignedObservation[] calldata obs) external returns (uint256 recorded);
 
     /// @notice The station's owner (in the DeviceRegistry): stop serving the unfinalized season `seasonId`. The
@@ -225,17 +236,18 @@ interface ICropInsurance is IDeviceEvents {
 
     // ---------------------------------------------------------------- finalization and payouts
 
-    /// @notice Anyone, once block.timestamp ≥ end + finalizeDelay: count the stations' votes, emit a
-    /// {StationVerdict} per station and {SeasonFinalized}, then pay out (or expire) up to PAYOUTS_PER_FINALIZE
-    /// policies ({PayoutSent} / {PayoutCredited} / {CoverExpired}).
+    /// @notice Anyone, once block.timestamp ≥ end + finalizeDelay (else {TooEarly}): count the stations' votes
+    /// (O(stations), no policy is touched), release the cover sold from the pool's locked amount and, if the season
+    /// triggered, take it out of the pool's assets as payouts due. Emits a {StationVerdict} per station and a
+    /// {SeasonFinalized} event. Payouts follow with {payOut}.
     function finalize(uint256 seasonId) external;
 
-    /// @notice Anyone: continue the payouts of a finalized season with up to `maxPolicies` more policies.
-    /// Returns how many were processed (0 once all are done).
+    /// @notice Anyone: pay the next `maxPolicies` policies of a finalized, triggered season their cover, in purchase
+    /// order. Each payout is a bounded push ({PullPayments}); one that fails (a payee that reverts or burns gas, a
+    /// token that refuses) is credited to the beneficiary for {withdraw}, so no payee can stop another's payment.
+    /// Emits a {PayoutSent} event per policy. Returns how many were processed (0 once all are done, and always 0
+    /// for an untriggered season).
     function payOut(uint256 seasonId, uint256 maxPolicies) external returns (uint256 processed);
-
-    /// @notice Take msg.sender's pull credit in `token` (payouts whose push failed). Emits a {Withdrawn} event.
-    function withdraw(address token) external returns (uint256 amount);
 
     // ---------------------------------------------------------------- views
 
@@ -245,14 +257,14 @@ interface ICropInsurance is IDeviceEvents {
     /// @notice The season's terms, pool, outcome and payout progress (all zero if unknown).
     function seasonOf(uint256 seasonId) external view returns (Season memory);
 
-    /// @notice The policy (all zero if unknown).
+    /// @notice The policy (all zero if unknown); its status as of now (Expired / Due once its season is finalized).
     function coverOf(uint256 policyId) external view returns (Cover memory);
 
     /// @notice The figures `station` accumulated inside `seasonId`'s window.
     function stationSeason(uint256 seasonId, address station) external view returns (StationSeason memory);
 
-    /// @notice The station's last accepted observation: the next one needs a higher seq, a timestamp not before
-    /// it and a rain register not below it.
+    /// @notice The station's last accepted observation: the next one needs seq = lastSeq + 1, a timestamp not
+    /// before it and a rain register not below it.
     function stationState(address station) external view returns (StationState memory);
 
     /// @notice The unfinalized seasons `station` serves (at most MAX_SEASONS_PER_STATION).
@@ -261,10 +273,12 @@ interface ICropInsurance is IDeviceEvents {
     /// @notice The policy ids of a season in purchase order (payouts follow this order).
     function policiesOf(uint256 seasonId) external view returns (uint256[] memory);
 
-    /// @notice `account`'s pull credit in `token`.
-    function withdrawable(address token, address account) external view returns (uint256);
+    /// @notice Payouts of triggered seasons in `token` not yet made by {payOut}. With every pool's assets and
+    /// {credited}, it is what the contract owes in `token`; its balance always covers the three.
+    function payoutsDue(address token) external view returns (uint256);
 
-    /// @notice The verdict `station` would give for `seasonId` from what it reported so far.
+    /// @notice The verdict `station` would give for `seasonId` if the season were finalized now (Abstain until an
+    /// observation of the station dated after the end is recorded).
     function verdictOf(uint256 seasonId, address station) external view returns (Verdict verdict, int256 measured);
 
     /// @notice The EIP-712 digest a station signs for this observation.

@@ -6,7 +6,9 @@
   ``settlement_window = 0`` the window is "whatever is pending at the cut".
 - The other kinds (deliveries, weather observations) settle every event, in the order they were accepted, which
   is seq order per device. Of an ``ordered`` kind (weather) at most one batch is in flight: ``cut`` skips the
-  kinds named ``busy`` (those with an unmined transaction) and cuts at most one batch of them per pass.
+  kinds named ``busy`` (those with an unmined transaction) and cuts at most one batch of them per pass, and each
+  batch carries a device's events in seq order (the contract takes a station's seqs without gaps, so an event
+  that arrived late still goes before the later ones it is batched with).
 - A batch is cut when it is full (``batch_max_events``) or when its oldest event has waited ``batch_max_wait``
   seconds since it was received.
 
@@ -219,6 +221,8 @@ class Planner:
                 wait = self.settings.batch_max_wait
                 waited = wait <= 0 or now - min(e.received_at for e in chunk) >= wait
                 if full or waited or flush:
+                    if EVENT_KINDS[kind].ordered:
+                        chunk = sorted(chunk, key=lambda e: (e.target_id, e.seq))
                     out.append(Batch(kind, contract, tuple(chunk)))
         return out
 

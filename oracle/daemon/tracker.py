@@ -5,8 +5,9 @@ The tracker follows every transaction the submitter stored:
 
 - **receipts** (any attempt's hash): per-item outcomes are read from the ``*Settled`` / ``*Rejected`` logs.
   Settled items are settled; an item rejected as ``Replayed`` was already consumed on chain (another oracle, or
-  an earlier transaction of ours) and counts as settled, not as an error; any other reason dead-letters the event
-  with the on-chain reason. A transaction that reverts as a whole has its poison items screened out and the rest
+  an earlier transaction of ours) and counts as settled, not as an error; an item rejected as ``SequenceGap``
+  (a gapless kind whose earlier event is not on chain yet) goes back to pending and is planned again; any other
+  reason dead-letters the event with the on-chain reason. A transaction that reverts as a whole has its poison items screened out and the rest
   re-planned.
 - **final** only once ``[chain] confirmations`` blocks sit on top of the transaction's block and the block is
   still canonical; never earlier.
@@ -249,6 +250,7 @@ class Tracker:
         rejected: list[tuple[StoredEvent, str]] = []
         after_end: list[StoredEvent] = []
         unmatched: list[int] = []
+        waiting: list[int] = []  # SequenceGap: an earlier event of the device is not on chain yet; relayed again
         for event in events:
             outcomes = queue.get((event.target_id, event.seq))
             if not outcomes:
@@ -260,6 +262,8 @@ class Tracker:
             elif outcome.reason == RejectReason.REPLAYED:
                 settled.append(event)  # consumed on chain already: paid once, by whoever got there first
                 replayed += 1
+            elif outcome.reason == RejectReason.SEQUENCE_GAP:
+                waiting.append(event.id)
             else:
                 reason = reason_of(outcome.reason)
                 text = reason.sentence if reason is not None else "unknown reject code"
@@ -270,8 +274,11 @@ class Tracker:
         with self.store.transaction():
             self.store.mark_settled([e.id for e in settled], block, mined_hash)
             self.txstore.mark_mined(tx.tx_key, block, block_hash, mined_hash, gas_used)
-            if unmatched:
-                self.store.release(unmatched)
+            if unmatched or waiting:
+                self.store.release(unmatched + waiting)
+        if waiting:
+            log.info("tx %s: %d events wait for an earlier event of their device (sequence gap); planned again",
+                     mined_hash, len(waiting))  # fmt: skip
         for event, reason in rejected:
             self.submitter.dead_letter(event, reason)
         for event in after_end:

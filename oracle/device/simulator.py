@@ -429,9 +429,11 @@ class _DeviceRun:
     def _msg(self, stream: str, timestamp: int, *, observe: bool = True) -> dict[str, Any]:
         """A normal message of ``stream`` at ``timestamp`` with the next sequence number.
 
-        ``observe=False`` (for faults) leaves a station's running maximum temperature to the next real observation.
+        ``observe=False`` (for faults) leaves a station's running maximum temperature to the next real observation,
+        and its sequence number too: weather seqs are gapless on chain, so a bad observation the oracle refuses takes
+        the number the next real one reuses, instead of leaving a gap that would stall the station for good.
         """
-        seq = self.counter.next()
+        seq = self.counter.next() if observe or stream != "weather" else self.counter.peek
         if stream == "reading":
             value = self.register.value_at(timestamp)
             return {"agreementId": self.device.targets[0], "seq": seq, "timestamp": timestamp, "value": value}
@@ -571,7 +573,10 @@ class EventPlan:
             if self.counters == "memory" or device.counter_path is None:
                 counter: Any = MemoryCounter()
             else:
-                counter = SequenceCounter(device.counter_path, device.address)
+                # A weather station's seqs must be gapless (CropInsurance takes seq = last + 1 only): it reserves
+                # one number at a time, so a restart does not skip the rest of a reserved block.
+                block = 1 if device.kind is DeviceKind.WEATHER_STATION else 1000
+                counter = SequenceCounter(device.counter_path, device.address, block=block)
             hostile = FaultClass.HOSTILE in self.faults.get(device.address, ())
             self._runs[index] = _DeviceRun(device, self.fleet, self.contracts, self.seed, counter, self.weather, hostile)
 

@@ -98,8 +98,9 @@ DEFINITIONS: dict[str, str] = {
     "crop": "CropInsurance covers whose CoverBought names the subject as buyer, or as beneficiary the subject or "
             "one of its loans' payout accounts. premiumsPaid counts covers the subject bought; payoutsReceived / "
             "payoutsToLoanAccounts / payoutsToOthers = PayoutSent amounts to the subject / to its loans' payout "
-            "accounts / to another beneficiary (PayoutCredited: the push failed and the amount waits as a pull "
-            "credit, still the beneficiary's).",
+            "accounts / to another beneficiary; payoutsCredited = PayoutSent followed in the same transaction by the "
+            "contract's Credited of the beneficiary (the push failed and the amount waits as a pull credit, still the "
+            "beneficiary's); expired = covers of a season whose SeasonFinalized says it did not trigger.",
     "loans": "LoanBook loans whose LoanOffered names the subject as borrower. taken = LoanAccepted; repaid = "
              "Repaid amounts; repaidByDueBy = LoanRepaid in a block whose time ≤ dueBy; overdue = taken, not "
              "repaid, dueBy before the end block; outstanding = repayment − repaid of taken loans; onTimeBps = "
@@ -248,6 +249,9 @@ def follow_ups(subject: str, logs: Sequence[ChainLog]) -> dict[str, dict[str, tu
     devices = sorted({e.args["device"] for e in logs if e.event == "DeviceRegistered" and e.args["owner"] == subject})
     device_set = set(devices)
     agreements, escrows, policies, covers, loans = set(), set(), set(), set(), set()
+    cover_seasons: set[int] = set()
+    season_pool = {int(e.args["seasonId"]): int(e.args["poolId"]) for e in logs if e.event == "SeasonCreated"}
+    pool_token = {int(e.args["poolId"]): e.args["token"] for e in logs if e.event == "PoolCreated"}
     for e in logs:
         a = e.args
         if e.event == "AgreementOffered" and (a["consumer"] == subject or a["device"] in device_set):
@@ -258,6 +262,7 @@ def follow_ups(subject: str, logs: Sequence[ChainLog]) -> dict[str, dict[str, tu
             policies.add(int(a["policyId"]))
         elif e.event == "CoverBought" and (a["buyer"] == subject or a["beneficiary"] in payees):
             covers.add(int(a["policyId"]))
+            cover_seasons.add(int(a["seasonId"]))
         elif e.event == "LoanOffered" and a["borrower"] == subject:
             loans.add(int(a["loanId"]))
     return {
@@ -267,7 +272,10 @@ def follow_ups(subject: str, logs: Sequence[ChainLog]) -> dict[str, dict[str, tu
         "DeliveryEscrow": {"escrows": (("DeliveryConfirmed", "EscrowRefunded", "EscrowCancelled"), sorted(escrows))},
         "MotorInsurance": {"policies": (("PolicyAccepted", "PolicyToppedUp", "PremiumCharged", "PolicyLapsed",
                                          "PolicyReinstated", "PolicyClosed", "PolicyCancelled"), sorted(policies))},
-        "CropInsurance": {"covers": (("PayoutSent", "PayoutCredited", "CoverExpired"), sorted(covers)),
+        "CropInsurance": {"covers": (("PayoutSent",), sorted(covers)),
+                          "seasons": (("SeasonFinalized",), sorted(cover_seasons)),
+                          "credits": (("Credited",), sorted({pool_token[season_pool[s]] for s in cover_seasons
+                                                              if season_pool.get(s) in pool_token})),
                           "stations": (("ObservationRecorded",), list(devices))},
         "LoanBook": {"loans": (("LoanAccepted", "Repaid", "LoanRepaid", "LoanCancelled"), sorted(loans))},
     }
@@ -590,6 +598,10 @@ def _crop(f: _Figures, w: _World) -> None:
     k = "crop"
     f.zero(*(f"{k}.{x}" for x in ("covers", "payouts", "payoutsCredited", "expired", "pending")))
     settled: set[int] = set()
+    # a payout whose push failed: the contract's Credited of the beneficiary right after its PayoutSent
+    credited_at = {(e.tx_hash, e.log_index) for e in w.ordered if e.contract == "CropInsurance" and e.event == "Credited"}
+    untriggered = {int(e.args["seasonId"]): e for e in w.ordered
+                   if e.contract == "CropInsurance" and e.event == "SeasonFinalized" and not e.args["triggered"]}
     for cover_id, e in w.of("CropInsurance", "policyId", w.covers):
         a = e.args
         bought = w.covers[cover_id]
@@ -613,14 +625,16 @@ def _crop(f: _Figures, w: _World) -> None:
                 to = f"{k}.{to}"
                 f.money_add(to, token, int(a["amount"]), e)
                 f.set(f"{item}.outcome", "paid", e)
-            case "PayoutCredited":
-                f.add(f"{k}.payoutsCredited", 1, e)
-            case "CoverExpired":
-                settled.add(cover_id)
-                f.add(f"{k}.expired", 1, e)
-                f.set(f"{item}.outcome", "expired", e)
+                if (e.tx_hash, e.log_index + 1) in credited_at:
+                    f.add(f"{k}.payoutsCredited", 1, e)
     for cover_id in sorted(set(w.covers) - settled):
-        f.add(f"{k}.pending", 1, w.covers[cover_id])
+        bought = w.covers[cover_id]
+        finalized = untriggered.get(int(bought.args["seasonId"]))
+        if finalized is not None:
+            f.add(f"{k}.expired", 1, bought, finalized)
+            f.set(f"{k}.items.{cover_id}.outcome", "expired", bought, finalized)
+        else:
+            f.add(f"{k}.pending", 1, bought)
 
 
 def _loans(f: _Figures, w: _World) -> None:

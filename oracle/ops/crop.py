@@ -1,5 +1,9 @@
 """CropInsurance operations: pools, seasons, cover, weather observations, finalization and payouts.
 
+Finalizing decides a season's verdict and books the pool; the payouts follow with ``payOut`` in pages (each a
+bounded push that becomes a credit the beneficiary withdraws when it fails), so :func:`finalize` then pays out
+until every policy is processed.
+
 Units on chain: rainfall in hundredths of a millimetre, temperature in hundredths of a degree Celsius
 (``RAIN_UNITS_PER_MM``, ``TEMPERATURE_UNITS_PER_DEGREE``); :func:`threshold_units` converts what people type.
 """
@@ -10,6 +14,8 @@ import logging
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from web3.exceptions import LogTopicError, MismatchedABI
 
 from oracle.daemon.revert import reason_of
 from oracle.errors import ChainError, IotSettleError, ProtocolError
@@ -28,8 +34,11 @@ RAIN_UNITS_PER_MM = 100
 TEMPERATURE_UNITS_PER_DEGREE = 100
 INDEXES = ("rain", "heat")  # Index.RainfallBelow, Index.HotDaysAbove
 VERDICTS = ("abstain", "no trigger", "trigger")
-COVER_STATUSES = ("none", "active", "paid", "expired")
+COVER_STATUSES = ("none", "active", "paid", "expired", "due")
 DEFAULT_PAYOUT_BATCH = 50
+#: the contract's floors (MIN_COVERAGE_SLACK, MIN_FINALIZE_DELAY), in seconds
+MIN_COVERAGE_SLACK = 10
+MIN_FINALIZE_DELAY = 10
 INT64_MAX = (1 << 63) - 1
 
 
@@ -110,6 +119,13 @@ SENTENCES: Sentences = {
                                 f"{when(a['start']) if a['start'] else 0}, end {when(a['end'])}): it needs "
                                 "sale end ≤ start < end, at most 400 days long and starting within 400 days"),
     "FinalizeDelayTooLong": lambda a: f"a finalize delay of {a['finalizeDelay']} s is more than 30 days",
+    "FinalizeDelayTooShort": lambda a: (f"a finalize delay of {a['finalizeDelay']} s is less than the "
+                                        f"{a['minimum']} s relayers need after the end to bring the last "
+                                        "observations on chain"),
+    "CoverageSlackTooShort": lambda a: (f"a coverage slack of {a['coverageSlack']} s is less than {a['minimum']} s: "
+                                        "stations could hardly report close enough to the start and the end to vote"),
+    "StationReportedSinceStart": lambda a: (f"station {a['station']} already reported at {when(a['lastTimestamp'])}, "
+                                            "not before the season's start; open the season with a later start"),
     "InvalidQuorum": lambda a: (f"k = {a['k']} of {a['n']} stations is not allowed: a season needs 3 to 7 "
                                 "stations and 2 ≤ k ≤ n − 1, so one faulty station can neither trigger nor block "
                                 "a payout"),
@@ -122,12 +138,11 @@ SENTENCES: Sentences = {
     "StationBusy": lambda a: f"station {a['station']} already serves 8 unfinalized seasons",
     "UnknownSeason": lambda a: f"season {a['seasonId']} does not exist",
     "SaleClosed": lambda a: f"cover for season {a['seasonId']} was on sale until {when(a['saleEnd'])}",
-    "TooManyPolicies": lambda a: f"season {a['seasonId']} has sold its maximum number of policies",
     "InsufficientCapacity": lambda a: (f"the pool can take on only {a['available']} base units more cover "
                                        "(its assets, with this premium, minus the cover already sold)"),
     "AlreadyFinalized": lambda a: f"season {a['seasonId']} is already finalized; `iotsettle crop pay-out` continues "
                                   "its payouts",
-    "NotFinalizable": lambda a: f"season {a['seasonId']} can be finalized from {when(a['finalizableAt'])}",
+    "TooEarly": lambda a: f"season {a['id']} can be finalized from {when(a['notBefore'])}",
     "NotFinalized": lambda a: f"season {a['seasonId']} is not finalized yet; run `iotsettle crop finalize` first",
     "NothingToWithdraw": lambda a: f"{a['account']} has no payout credited in {a['token']}",
     "ZeroAmount": lambda a: "the amount must be more than zero",
@@ -137,11 +152,6 @@ SENTENCES: Sentences = {
 
 def _send(ctx: OpsContext, call: Any) -> TxResult:
     return transact_explained(ctx, call, CONTRACT, SENTENCES)
-
-
-def _fn(ctx: OpsContext, signature: str) -> Any:
-    """An overloaded function (``withdraw(uint256,uint256)`` vs ``withdraw(address)``) by its signature."""
-    return ctx.contract(CONTRACT).get_function_by_signature(signature)
 
 
 # ------------------------------------------------------------------------------------------------ pools
@@ -181,25 +191,25 @@ def create_pool(ctx: OpsContext, token: TokenInfo) -> tuple[int, TxResult]:
     return int(events_in(ctx, CONTRACT, result.receipt, "PoolCreated")[0]["poolId"]), result
 
 
-def deposit(ctx: OpsContext, pool_id: int, amount: int) -> TxResult:
+def deposit_to_pool(ctx: OpsContext, pool_id: int, amount: int) -> TxResult:
     pool = pool_of(ctx, pool_id)
     ensure_allowance(ctx, describe_token(ctx, pool.token), CONTRACT, amount)
-    return _send(ctx, ctx.contract(CONTRACT).functions.deposit(pool_id, amount))
+    return _send(ctx, ctx.contract(CONTRACT).functions.depositToPool(pool_id, amount))
 
 
-def withdraw(ctx: OpsContext, pool_id: int, amount: int) -> TxResult:
+def withdraw_from_pool(ctx: OpsContext, pool_id: int, amount: int) -> TxResult:
     """Pool owner takes ``amount`` of the free assets (not locked by cover sold)."""
     pool = pool_of(ctx, pool_id)
     if amount > pool.free:  # the contract refuses too; this says it in tokens
         fmt = describe_token(ctx, pool.token).format
         raise ChainError(f"pool {pool_id} has {fmt(pool.free)} free (assets {fmt(pool.assets)} minus "
                          f"{fmt(pool.locked)} locked by cover sold); cannot withdraw {fmt(amount)}")
-    return _send(ctx, _fn(ctx, "withdraw(uint256,uint256)")(pool_id, amount))
+    return _send(ctx, ctx.contract(CONTRACT).functions.withdrawFromPool(pool_id, amount))
 
 
 def claim(ctx: OpsContext, token: str) -> tuple[TxResult, int]:
     """A beneficiary takes payouts whose push failed (credited for ``withdraw(token)``)."""
-    result = _send(ctx, _fn(ctx, "withdraw(address)")(token))
+    result = _send(ctx, ctx.contract(CONTRACT).functions.withdraw(token))
     return result, sum(int(a["amount"]) for a in events_in(ctx, CONTRACT, result.receipt, "Withdrawn"))
 
 
@@ -246,6 +256,12 @@ def create_season(ctx: OpsContext, pool_id: int, spec: SeasonSpec) -> tuple[int,
     """Pool owner opens a season; the contract checks the window, the quorum and every station."""
     if spec.index not in INDEXES:
         raise TermsError(f"unknown index {spec.index!r}: use rain or heat")
+    if spec.coverage_slack < MIN_COVERAGE_SLACK:
+        raise TermsError(f"a coverage slack of {spec.coverage_slack} s is less than the contract's minimum of "
+                         f"{MIN_COVERAGE_SLACK} s")
+    if spec.finalize_delay < MIN_FINALIZE_DELAY:
+        raise TermsError(f"a finalize delay of {spec.finalize_delay} s is less than the contract's minimum of "
+                         f"{MIN_FINALIZE_DELAY} s")
     result = _send(ctx, ctx.contract(CONTRACT).functions.createSeason(pool_id, spec.as_tuple()))
     return int(events_in(ctx, CONTRACT, result.receipt, "SeasonCreated")[0]["seasonId"]), result
 
@@ -432,6 +448,9 @@ def record(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[O
         text = reason.sentence if reason is not None else f"reason code {a['reason']}"
         if reason is RejectReason.REPLAYED:
             text = "already recorded (seq not above the station's last one)"
+        elif reason is RejectReason.SEQUENCE_GAP:
+            text = ("an earlier observation of the station is not recorded yet (a station's seqs are recorded 1, 2, "
+                    "3… without gaps): relay it first, then this one again")
         outcomes.append(ObservationOutcome(a["station"], int(a["seq"]), False, text))
     if outcomes and not any(o.recorded for o in outcomes):
         first = outcomes[0]
@@ -443,15 +462,15 @@ def record(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[O
 
 @dataclass(frozen=True)
 class PayoutReport:
-    """What one finalize / pay-out transaction did."""
+    """What finalize and / or pay-out transactions did."""
 
     season_id: int
     triggered: bool
     verdicts: tuple[tuple[str, str, int], ...]  # (station, verdict, measured): only in the finalize transaction
     paid: tuple[tuple[int, str, int], ...]  # (policy id, beneficiary, amount)
     credited: tuple[int, ...]  # policy ids whose push failed: the beneficiary claims with `crop claim`
-    expired: tuple[int, ...]
-    remaining: int  # policies still to process with pay-out
+    expired: tuple[int, ...]  # policies of a season the finalize transaction found untriggered
+    remaining: int  # policies still to pay with pay-out
     txs: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
@@ -462,25 +481,51 @@ class PayoutReport:
                 "txs": list(self.txs)}
 
 
-def _report(ctx: OpsContext, season_id: int, results: list[TxResult]) -> PayoutReport:
-    verdicts, paid, credited, expired = [], [], [], []
+def _payouts_in(ctx: OpsContext, receipt: dict[str, Any]) -> tuple[list[tuple[int, str, int]], list[int]]:
+    """(PayoutSent as (policy, beneficiary, amount), policies whose push failed) in a receipt, in log order: a
+    failed push is the base's ``Credited`` of the beneficiary right after the policy's ``PayoutSent``."""
+    crop = ctx.contract(CONTRACT)
+    sent_event, credited_event = crop.events.PayoutSent(), crop.events.Credited()
+    address = ctx.address(CONTRACT).lower()
+    paid: list[tuple[int, str, int]] = []
+    credited: list[int] = []
+    for entry in receipt["logs"]:
+        if str(entry["address"]).lower() != address:
+            continue
+        for handle in (sent_event, credited_event):
+            try:
+                args = handle.process_log(entry)["args"]
+            except (MismatchedABI, LogTopicError):
+                continue
+            if handle is sent_event:
+                paid.append((int(args["policyId"]), args["beneficiary"], int(args["amount"])))
+            elif paid and paid[-1][1] == args["account"] and paid[-1][2] == int(args["amount"]):
+                credited.append(paid[-1][0])
+            break
+    return paid, credited
+
+
+def _report(ctx: OpsContext, season_id: int, results: list[TxResult], *, finalized_now: bool = False) -> PayoutReport:
+    verdicts, paid, credited = [], [], []
     for r in results:
         verdicts += [(a["station"], state_name(VERDICTS, int(a["verdict"])), int(a["measured"]))
                      for a in events_in(ctx, CONTRACT, r.receipt, "StationVerdict")]
-        paid += [(int(a["policyId"]), a["beneficiary"], int(a["amount"]))
-                 for a in events_in(ctx, CONTRACT, r.receipt, "PayoutSent")]
-        credited += [int(a["policyId"]) for a in events_in(ctx, CONTRACT, r.receipt, "PayoutCredited")]
-        expired += [int(a["policyId"]) for a in events_in(ctx, CONTRACT, r.receipt, "CoverExpired")]
+        sent, failed = _payouts_in(ctx, r.receipt)
+        paid += sent
+        credited += failed
     season = season_of(ctx, season_id, details=False)
+    expired: list[int] = []
+    if finalized_now and not season.triggered:
+        expired = [int(p) for p in ctx.contract(CONTRACT).functions.policiesOf(season_id).call()]
     return PayoutReport(season_id, season.triggered, tuple(verdicts), tuple(paid), tuple(credited), tuple(expired),
                         season.policy_count - season.paid_up_to, tuple(r.tx_hash for r in results))
 
 
 def finalize(ctx: OpsContext, season_id: int, *, pay_all: bool = True) -> PayoutReport:
-    """Anyone, after end + finalizeDelay: count the votes and pay (or expire) the first policies; with
-    ``pay_all`` continue with ``payOut`` until every policy is processed."""
+    """Anyone, after end + finalizeDelay: count the votes (the pool is booked, no policy is paid yet); with
+    ``pay_all`` continue with ``payOut`` until every policy of a triggered season is paid."""
     results = [_send(ctx, ctx.contract(CONTRACT).functions.finalize(season_id))]
-    report = _report(ctx, season_id, results)
+    report = _report(ctx, season_id, results, finalized_now=True)
     if pay_all and report.remaining:
         more = pay_out(ctx, season_id, until_done=True)
         return PayoutReport(season_id, report.triggered, report.verdicts, report.paid + more.paid,
@@ -491,7 +536,8 @@ def finalize(ctx: OpsContext, season_id: int, *, pay_all: bool = True) -> Payout
 
 def pay_out(ctx: OpsContext, season_id: int, max_policies: int = DEFAULT_PAYOUT_BATCH, *,
             until_done: bool = False) -> PayoutReport:
-    """Continue the payouts of a finalized season, ``max_policies`` per transaction."""
+    """Pay the next policies of a finalized, triggered season, ``max_policies`` per transaction (a page); with
+    ``until_done`` page on until every policy is paid."""
     results: list[TxResult] = []
     while True:
         results.append(_send(ctx, ctx.contract(CONTRACT).functions.payOut(season_id, max_policies)))

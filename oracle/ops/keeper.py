@@ -4,8 +4,9 @@
 keeper; it needs no role and holds nothing. One :meth:`Keeper.run_pass`:
 
 1. reads the SeasonCreated and LoanOffered logs since the last block it scanned (history is read once);
-2. finalizes every season that is due (``end + finalizeDelay`` reached) and pays out until every policy is
-   processed; continues the payouts of a season finalized by someone else but not fully paid;
+2. finalizes every season that is due (``end + finalizeDelay`` reached: the verdict is decided and the pool
+   booked) and, if it triggered, pays its policies in ``payOut`` pages until every one is paid; continues the
+   payouts of a season finalized by someone else but not fully paid;
 3. sweeps every loan whose payout account has something to collect: loan tokens in the account, or a credit for it
    in DeliveryEscrow or CropInsurance (``withdrawable``). Only the sources with a credit are passed. A repaid or
    cancelled loan's account is swept too: everything then goes to the borrower.

@@ -83,8 +83,8 @@ contract CropInsuranceVectorsTest is CropFixture {
         assertGe(checked, 4, "the file holds the WeatherObservation vectors");
     }
 
-    /// @dev End to end: the Python-signed observation of a station registered under the vector's key is recorded
-    /// by the contract at the vector's address, exactly as relayed (compact signature).
+    /// @dev End to end: the Python-signed first observation (seq 1) of a station registered under the vector's key
+    /// is recorded by the contract at the vector's address, exactly as relayed (compact signature).
     function test_Vectors_PythonSignedObservationIsRecorded() public {
         string memory json = vm.readFile(PATH);
         uint256 n = vm.parseJsonUint(json, ".count");
@@ -92,7 +92,8 @@ contract CropInsuranceVectorsTest is CropFixture {
             if (!_isWeather(json, i)) continue;
             ICropInsurance.SignedObservation memory o = _message(json, i);
             address signer = vm.parseJsonAddress(json, _s(i, "signer"));
-            if (o.station != signer || o.seq == 0) continue; // only vectors a real station could sign
+            // only vectors a freshly registered station could sign first (its seqs run 1, 2, 3… without gaps)
+            if (o.station != signer || o.seq != 1) continue;
             if (registry.deviceOf(signer).status != IDeviceRegistry.DeviceStatus.None) continue;
             ICropInsurance target = _installAt(json, i);
             registerDevice(vm.parseJsonUint(json, _s(i, "privateKey")), IDeviceRegistry.DeviceKind.WeatherStation, owner);

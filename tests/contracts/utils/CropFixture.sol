@@ -52,7 +52,7 @@ abstract contract CropFixture is Fixture {
         token.mint(insurer, amount);
         vm.startPrank(insurer);
         token.approve(address(crop), amount);
-        crop.deposit(poolId, amount);
+        crop.depositToPool(poolId, amount);
         vm.stopPrank();
     }
 
@@ -144,7 +144,19 @@ abstract contract CropFixture is Fixture {
         assertEq(crop.record(one(obs(i, timestamp, rainfall, maxTemp))), 1, "observation recorded");
     }
 
-    /// @dev Stations 0..n-1 observe the whole season: `rain[i]` fell at station i between start and end.
+    /// @dev Stations 0..n-1 report once more, one second after the end, with their last rain register: a station
+    /// votes only once the contract holds an observation of it dated after the end.
+    function reportAfterEnd(uint256 n) internal {
+        uint64 ts = seasonEnd + 1;
+        if (ts > block.timestamp) vm.warp(ts);
+        for (uint256 i = 0; i < n; ++i) {
+            uint64 rain = crop.stationState(stations[i]).lastRainfall;
+            assertEq(crop.record(one(obs(i, ts, rain, 0))), 1, "after-end observation recorded");
+        }
+    }
+
+    /// @dev Stations 0..n-1 observe the whole season: `rain[i]` fell at station i between start and end; each
+    /// reports again after the end.
     function coverSeason(uint256[] memory rain) internal {
         ICropInsurance.SignedObservation[] memory batch = new ICropInsurance.SignedObservation[](rain.length);
         vm.warp(seasonStart);
@@ -157,6 +169,7 @@ abstract contract CropFixture is Fixture {
             batch[i] = obs(i, seasonEnd, uint64(1_000 + rain[i]), 2_000);
         }
         assertEq(crop.record(batch), rain.length);
+        reportAfterEnd(rain.length);
     }
 
     function rains(uint256 n, uint256 each) internal pure returns (uint256[] memory r) {

@@ -172,3 +172,41 @@ contract SelectiveLiarToken is ERC20 {
         return super.transfer(to, amount);
     }
 }
+
+/// @dev A recipient that a {HookToken} calls on every transfer to it.
+interface ITokenReceiverHook {
+    function onTokenReceived(address from, uint256 amount) external;
+}
+
+/// @dev An ERC-20 that calls `onTokenReceived` on every recipient that registered a hook, after every transfer to
+/// it (as ERC-777 / ERC-1363 style tokens do), and reverts if the hook reverts: the recipient decides whether and
+/// how expensively it is paid.
+contract HookToken is ERC20 {
+    mapping(address account => bool) public hooked;
+
+    constructor() ERC20("Hook", "HOOK") {}
+
+    function setHooked(address account, bool on) external {
+        hooked[account] = on;
+    }
+
+    function mint(address to, uint256 amount) external {
+        _mint(to, amount);
+    }
+
+    function _update(address from, address to, uint256 amount) internal override {
+        super._update(from, to, amount);
+        if (from != address(0) && hooked[to]) ITokenReceiverHook(to).onTokenReceived(from, amount);
+    }
+}
+
+/// @dev A payee whose token hook burns every unit of gas it is given.
+contract GasBurningReceiver is ITokenReceiverHook {
+    uint256 public burned;
+
+    function onTokenReceived(address, uint256) external {
+        while (true) {
+            ++burned;
+        }
+    }
+}
