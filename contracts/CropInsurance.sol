@@ -132,7 +132,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
         if (amount == 0) revert ZeroAmount();
         p.assets += amount;
         emit PoolDeposited(poolId, amount);
-        Funds.pullExact(p.token, amount);
+        Funds.pullToken(p.token, amount);
     }
 
     /// @inheritdoc ICropInsurance
@@ -252,7 +252,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
             status: CoverStatus.Active
         });
         emit CoverBought(policyId, seasonId, msg.sender, beneficiary, cover, premium);
-        Funds.pullExact(p.token, premium);
+        Funds.pullToken(p.token, premium);
     }
 
     // ---------------------------------------------------------------- observations

@@ -81,7 +81,7 @@ contract LoanBook is ILoanBook, PullPayments {
         emit LoanOffered(loanId, msg.sender, borrower, token, principal, repayment, shareBps, acceptBy, dueBy);
 
         // The book must hold exactly the principal it will pay out: fee-on-transfer and lying tokens are refused.
-        Funds.pullExact(token, principal);
+        Funds.pullToken(token, principal);
     }
 
     /// @inheritdoc ILoanBook

@@ -170,7 +170,7 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         p.status = PolicyStatus.Active;
         emit PolicyAccepted(policyId, deposit);
         // The contract must hold exactly what it records: fee-on-transfer and lying tokens are refused.
-        Funds.pullExact(p.token, deposit);
+        Funds.pullToken(p.token, deposit);
     }
 
     /// @inheritdoc IMotorInsurance
@@ -195,7 +195,7 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
             p.status = PolicyStatus.Active;
             emit PolicyReinstated(policyId);
         }
-        Funds.pullExact(p.token, amount);
+        Funds.pullToken(p.token, amount);
     }
 
     /// @inheritdoc IMotorInsurance

@@ -18,14 +18,23 @@ library Funds {
     /// does bookkeeping; a payee that needs more is credited instead and pulls with its own gas.
     uint256 internal constant PUSH_GAS = 100_000;
 
-    /// @dev Take `amount` of `token` from msg.sender into this contract. ETH: msg.value must equal `amount`. ERC-20:
-    /// msg.value must be 0 and the balance must grow by exactly `amount`.
+    /// @dev Take `amount` of `token` from msg.sender into this contract, from a payable function. ETH: msg.value must
+    /// equal `amount`. ERC-20: msg.value must be 0, then as {pullToken}.
+    // Called from payable functions only (MeteredBilling.accept/topUp, DeliveryEscrow.createEscrow); Slither does not
+    // follow reachability into internal library functions.
+    // slither-disable-next-line msg-value-in-nonpayable
     function pullExact(address token, uint256 amount) internal {
         if (token == address(0)) {
             if (msg.value != amount) revert ICommonErrors.WrongValue(amount, msg.value);
             return;
         }
         if (msg.value != 0) revert ICommonErrors.WrongValue(0, msg.value);
+        pullToken(token, amount);
+    }
+
+    /// @dev Take `amount` of ERC-20 `token` from msg.sender: the balance must grow by exactly `amount`. For the
+    /// products that hold ERC-20 only (their functions are not payable, so no ETH can come with the call).
+    function pullToken(address token, uint256 amount) internal {
         uint256 before = IERC20(token).balanceOf(address(this));
         IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
         uint256 received = IERC20(token).balanceOf(address(this)) - before;
