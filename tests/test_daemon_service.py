@@ -389,3 +389,58 @@ def test_rejected_messages_leave_the_audit_table_after_the_retention(tmp_path: P
         publisher.close()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
+
+
+def test_a_reading_signed_after_the_close_time_makes_way_for_the_last_one_before_it(
+    tmp_path: Path, deployment: Any, mosquitto: Any, registry: ChainRegistry,  # noqa: ANN401
+    daemons: list[DaemonProcess],
+) -> None:
+    """The planner relays only the newest reading of a window; when that one was signed after the agreement's
+    closeAt the contract refuses it (AfterEnd), and the daemon relays the newest earlier one instead, which still
+    settles during the grace period: the consumption up to the end is billed, not lost to the daemon's batching."""
+    from oracle.chain import send
+    from tests.daemon_support import OWNER
+
+    consumer = Account.from_key(ANVIL_DEV_KEYS[2])
+    chain, billing = deployment.chain, deployment.contract("MeteredBilling")
+
+    def tx(account: Any, call: Any, value: int = 0) -> dict[str, Any]:  # noqa: ANN401
+        return send(chain, account, call.build_transaction({"from": account.address, "value": value}))
+
+    price, start = 10, 1_000
+    receipt = tx(OWNER, billing.functions.createTariff([(0, price)]))
+    tariff = billing.events.TariffCreated().process_receipt(receipt)[0]["args"]["tariffId"]
+    meter = registry.register(DeviceKind.METER)
+    receipt = tx(OWNER, billing.functions.offer(consumer.address, meter.address, tariff, "0x" + "00" * 20, start, 0))
+    agreement = billing.events.AgreementOffered().process_receipt(receipt)[0]["args"]["agreementId"]
+    tx(consumer, billing.functions.accept(agreement, 10**18, start), value=10**18)
+    tx(consumer, billing.functions.requestClose(agreement))  # notice 0: the agreement ends now
+    close_at = billing.functions.agreementOf(agreement).call()[7]
+    assert close_at > 0
+
+    daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.1",
+                           IOTSETTLE_ORACLE_SETTLEMENT_WINDOW="1.5")  # fmt: skip
+    daemons.append(daemon)
+    daemon.start().wait_ready()
+    publisher = Publisher(mosquitto.host, mosquitto.port, meter.chain_id)
+    try:
+        publisher.publish_many([
+            (meter.topic, meter.reading(1, start + 100, timestamp=close_at, agreement=agreement)),
+            (meter.topic, meter.reading(2, start + 150, timestamp=close_at + 1, agreement=agreement)),
+        ])  # fmt: skip
+        assert [body["status"] for _, body in publisher.collect(2)] == ["accepted", "accepted"]
+        wait_for(lambda: billing.functions.earningsOf(agreement).call() == 100 * price, 30,
+                 "the reading signed by closeAt to be billed")  # fmt: skip
+    finally:
+        publisher.close()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(60) == 0
+    assert billing.functions.earningsOf(agreement).call() == 100 * price, "the reading after closeAt is never billed"
+    import sqlite3
+
+    with sqlite3.connect(daemon.db) as conn:
+        rows = dict(conn.execute("SELECT seq, status FROM events WHERE kind = 'reading' AND target_id = ?",
+                                 (str(agreement),)).fetchall())  # fmt: skip
+        reason = conn.execute("SELECT reason FROM events WHERE seq = 2 AND target_id = ?", (str(agreement),)).fetchone()
+    assert rows[1] in ("settled", "final"), rows
+    assert rows[2] == "dead" and "AfterEnd" in reason[0], (rows, reason)

@@ -23,9 +23,12 @@ contract MotorPricingHarness is MotorInsurance {
 /// @dev Path independence of the motor premium, stated for every value of the stored widths (metres < 2^64, each
 /// event counter < 2^32, ratePerKm < 2^128, 0 < minFactorBps ≤ maxFactorBps ≤ 50_000, stepBps < 2^16).
 ///
-/// Each property is a `check_` function with `vm.assume` for its preconditions, so a symbolic runner proves it for
-/// all inputs (`halmos --match-contract MotorPricingSymbolicTest --function check_`), and a `testFuzz_` twin that
-/// brings random inputs into the preconditions with `bound` and calls it, so `forge test` runs the same properties.
+/// Each property is written once (`_prop…`, with `vm.assume` for its preconditions) and run two ways:
+/// - `testFuzz_…` (forge, default suite): random terms of every width, inputs brought into the preconditions with
+///   `bound`;
+/// - `check_…` (halmos, `scripts/symbolic`): PROVED for every distance and event count, under each of the term sets
+///   of {_termsOf} (a cheap, a typical and an extreme policy). With symbolic terms too the products of two unknowns
+///   make the solver time out (non-linear 256-bit arithmetic), so the terms are fixed there and left to the fuzzer.
 contract MotorPricingSymbolicTest is Test {
     MotorPricingHarness internal pricing;
 
@@ -52,14 +55,14 @@ contract MotorPricingSymbolicTest is Test {
 
     /// @dev F is floor(rate × min(M × min + E × step × 100_000, M × max) / 10^7), computed in 512 bits here: the
     /// contract's unchecked 256-bit arithmetic cannot overflow within the widths.
-    function check_PremiumIsTheFormulaWithoutOverflow(
+    function _propPremiumIsTheFormulaWithoutOverflow(
         uint64 metres,
         uint64 events,
         uint128 rate,
         uint16 minF,
         uint16 maxF,
         uint16 step
-    ) public view {
+    ) internal view {
         _terms(rate, minF, maxF);
         vm.assume(events <= MAX_EVENTS);
         uint256 weighted = uint256(metres) * minF + uint256(events) * step * 100_000;
@@ -69,7 +72,7 @@ contract MotorPricingSymbolicTest is Test {
     }
 
     /// @dev More distance or more events never lower the premium, so no report's charge is negative.
-    function check_PremiumIsMonotone(
+    function _propPremiumIsMonotone(
         uint64 m1,
         uint64 e1,
         uint64 m2,
@@ -78,7 +81,7 @@ contract MotorPricingSymbolicTest is Test {
         uint16 minF,
         uint16 maxF,
         uint16 step
-    ) public view {
+    ) internal view {
         _terms(rate, minF, maxF);
         vm.assume(m1 <= m2 && e1 <= e2 && e2 <= MAX_EVENTS);
         assertLe(_f(m1, e1, rate, minF, maxF, step), _f(m2, e2, rate, minF, maxF, step));
@@ -86,7 +89,7 @@ contract MotorPricingSymbolicTest is Test {
 
     /// @dev Settling an intermediate report (totals M1, E1) and then the newest (M2, E2) charges exactly what
     /// settling the newest alone charges, starting from any earlier settled totals (M0, E0).
-    function check_IntermediateReportChangesNothing(
+    function _propIntermediateReportChangesNothing(
         uint64 m0,
         uint64 e0,
         uint64 m1,
@@ -97,7 +100,7 @@ contract MotorPricingSymbolicTest is Test {
         uint16 minF,
         uint16 maxF,
         uint16 step
-    ) public view {
+    ) internal view {
         _terms(rate, minF, maxF);
         vm.assume(m0 <= m1 && m1 <= m2 && e0 <= e1 && e1 <= e2 && e2 <= MAX_EVENTS);
         uint256 f0 = _f(m0, e0, rate, minF, maxF, step);
@@ -110,14 +113,14 @@ contract MotorPricingSymbolicTest is Test {
     }
 
     /// @dev The premium lies between the clean price (factor min) and the capped price (factor max) of the distance.
-    function check_PremiumBetweenTheFactorBounds(
+    function _propPremiumBetweenTheFactorBounds(
         uint64 metres,
         uint64 events,
         uint128 rate,
         uint16 minF,
         uint16 maxF,
         uint16 step
-    ) public view {
+    ) internal view {
         _terms(rate, minF, maxF);
         vm.assume(events <= MAX_EVENTS);
         uint256 f = _f(metres, events, rate, minF, maxF, step);
@@ -145,7 +148,7 @@ contract MotorPricingSymbolicTest is Test {
     ) public view {
         (rate, minF, maxF) = _fuzzTerms(rate, minF, maxF);
         events = uint64(bound(events, 0, MAX_EVENTS));
-        check_PremiumIsTheFormulaWithoutOverflow(metres, events, rate, minF, maxF, step);
+        _propPremiumIsTheFormulaWithoutOverflow(metres, events, rate, minF, maxF, step);
     }
 
     function testFuzz_PremiumIsMonotone(
@@ -162,7 +165,7 @@ contract MotorPricingSymbolicTest is Test {
         e2 = uint64(bound(e2, 0, MAX_EVENTS));
         m1 = uint64(bound(m1, 0, m2));
         e1 = uint64(bound(e1, 0, e2));
-        check_PremiumIsMonotone(m1, e1, m2, e2, rate, minF, maxF, step);
+        _propPremiumIsMonotone(m1, e1, m2, e2, rate, minF, maxF, step);
     }
 
     function testFuzz_IntermediateReportChangesNothing(
@@ -179,7 +182,7 @@ contract MotorPricingSymbolicTest is Test {
         e[1] = uint64(bound(e[1], 0, e[2]));
         m[0] = uint64(bound(m[0], 0, m[1]));
         e[0] = uint64(bound(e[0], 0, e[1]));
-        check_IntermediateReportChangesNothing(m[0], e[0], m[1], e[1], m[2], e[2], rate, minF, maxF, step);
+        _propIntermediateReportChangesNothing(m[0], e[0], m[1], e[1], m[2], e[2], rate, minF, maxF, step);
     }
 
     function testFuzz_PremiumBetweenTheFactorBounds(
@@ -192,6 +195,45 @@ contract MotorPricingSymbolicTest is Test {
     ) public view {
         (rate, minF, maxF) = _fuzzTerms(rate, minF, maxF);
         events = uint64(bound(events, 0, MAX_EVENTS));
-        check_PremiumBetweenTheFactorBounds(metres, events, rate, minF, maxF, step);
+        _propPremiumBetweenTheFactorBounds(metres, events, rate, minF, maxF, step);
+    }
+
+    // ---------------------------------------------------------------- the same properties, proved by halmos
+
+    /// @dev Three policies: flat (1 base unit per km, no behaviour weight), the demo's (0.10 TEST per km, ×0.80 …
+    /// ×2.00, +0.10 per event per 100 km) and extreme (every width at its maximum).
+    function _termsOf(uint8 which) internal pure returns (uint128 rate, uint16 minF, uint16 maxF, uint16 step) {
+        if (which == 0) return (1, 10_000, 10_000, 0);
+        if (which == 1) return (1e17, 8_000, 20_000, 1_000);
+        return (type(uint128).max, 1, 50_000, type(uint16).max);
+    }
+
+    function check_PremiumIsTheFormulaWithoutOverflow(uint8 which, uint64 metres, uint64 events) public view {
+        (uint128 rate, uint16 minF, uint16 maxF, uint16 step) = _termsOf(which);
+        vm.assume(events <= MAX_EVENTS);
+        _propPremiumIsTheFormulaWithoutOverflow(metres, events, rate, minF, maxF, step);
+    }
+
+    function check_PremiumIsMonotone(uint8 which, uint64 m1, uint64 e1, uint64 m2, uint64 e2) public view {
+        (uint128 rate, uint16 minF, uint16 maxF, uint16 step) = _termsOf(which);
+        _propPremiumIsMonotone(m1, e1, m2, e2, rate, minF, maxF, step);
+    }
+
+    function check_IntermediateReportChangesNothing(
+        uint8 which,
+        uint64 m0,
+        uint64 e0,
+        uint64 m1,
+        uint64 e1,
+        uint64 m2,
+        uint64 e2
+    ) public view {
+        (uint128 rate, uint16 minF, uint16 maxF, uint16 step) = _termsOf(which);
+        _propIntermediateReportChangesNothing(m0, e0, m1, e1, m2, e2, rate, minF, maxF, step);
+    }
+
+    function check_PremiumBetweenTheFactorBounds(uint8 which, uint64 metres, uint64 events) public view {
+        (uint128 rate, uint16 minF, uint16 maxF, uint16 step) = _termsOf(which);
+        _propPremiumBetweenTheFactorBounds(metres, events, rate, minF, maxF, step);
     }
 }
