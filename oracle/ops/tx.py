@@ -43,7 +43,7 @@ class TxResult:
 
 
 def decoder(ctx: OpsContext, contract: str | None = None) -> RevertDecoder:
-    """A decoder over every deployed ABI. Contracts share error signatures (``NoticeNotOver``, ``WrongStatus``…)
+    """A decoder over every deployed ABI. Contracts share error signatures (``TooEarly``, ``WrongStatus``…)
     with different argument names; the called ``contract``'s ABI goes last so its names win."""
     abis = dict(ctx.abis)
     if contract in abis:
