@@ -267,9 +267,10 @@ def test_wrong_chain_or_a_fresh_node_is_refused(tmp_path: Path, deployment: Any,
     assert "iotsettle deploy" in output and "Traceback" not in output
 
 
-def test_signed_readings_become_a_payment_through_the_daemon(tmp_path: Path, deployment: Any, mosquitto: Any,  # noqa: ANN401
-                                                             registry: ChainRegistry,
-                                                             daemons: list[DaemonProcess]) -> None:  # fmt: skip
+def _metered_agreement(deployment: Any, registry: ChainRegistry, price: int, start: int,  # noqa: ANN401
+                       *, close_now: bool = False) -> tuple[Device, int]:
+    """A registered meter and an accepted ETH agreement on a flat tariff (notice 0); with ``close_now`` the consumer
+    has requested the close, so the agreement ends at once."""
     from oracle.chain import send
     from tests.daemon_support import OWNER
 
@@ -279,13 +280,23 @@ def test_signed_readings_become_a_payment_through_the_daemon(tmp_path: Path, dep
     def tx(account: Any, call: Any, value: int = 0) -> dict[str, Any]:  # noqa: ANN401
         return send(chain, account, call.build_transaction({"from": account.address, "value": value}))
 
-    price, start = 10, 1_000
     receipt = tx(OWNER, billing.functions.createTariff([(0, price)]))
     tariff = billing.events.TariffCreated().process_receipt(receipt)[0]["args"]["tariffId"]
     meter = registry.register(DeviceKind.METER)
     receipt = tx(OWNER, billing.functions.offer(consumer.address, meter.address, tariff, "0x" + "00" * 20, start, 0))
     agreement = billing.events.AgreementOffered().process_receipt(receipt)[0]["args"]["agreementId"]
     tx(consumer, billing.functions.accept(agreement, 10**18, start), value=10**18)
+    if close_now:
+        tx(consumer, billing.functions.requestClose(agreement))
+    return meter, agreement
+
+
+def test_signed_readings_become_a_payment_through_the_daemon(tmp_path: Path, deployment: Any, mosquitto: Any,  # noqa: ANN401
+                                                             registry: ChainRegistry,
+                                                             daemons: list[DaemonProcess]) -> None:  # fmt: skip
+    chain, billing = deployment.chain, deployment.contract("MeteredBilling")
+    price, start = 10, 1_000
+    meter, agreement = _metered_agreement(deployment, registry, price, start)
 
     # verification in two worker processes, as the daemon runs by default
     daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.2",
@@ -398,23 +409,9 @@ def test_a_reading_signed_after_the_close_time_makes_way_for_the_last_one_before
     """The planner relays only the newest reading of a window; when that one was signed after the agreement's
     closeAt the contract refuses it (AfterEnd), and the daemon relays the newest earlier one instead, which still
     settles during the grace period: the consumption up to the end is billed, not lost to the daemon's batching."""
-    from oracle.chain import send
-    from tests.daemon_support import OWNER
-
-    consumer = Account.from_key(ANVIL_DEV_KEYS[2])
     chain, billing = deployment.chain, deployment.contract("MeteredBilling")
-
-    def tx(account: Any, call: Any, value: int = 0) -> dict[str, Any]:  # noqa: ANN401
-        return send(chain, account, call.build_transaction({"from": account.address, "value": value}))
-
     price, start = 10, 1_000
-    receipt = tx(OWNER, billing.functions.createTariff([(0, price)]))
-    tariff = billing.events.TariffCreated().process_receipt(receipt)[0]["args"]["tariffId"]
-    meter = registry.register(DeviceKind.METER)
-    receipt = tx(OWNER, billing.functions.offer(consumer.address, meter.address, tariff, "0x" + "00" * 20, start, 0))
-    agreement = billing.events.AgreementOffered().process_receipt(receipt)[0]["args"]["agreementId"]
-    tx(consumer, billing.functions.accept(agreement, 10**18, start), value=10**18)
-    tx(consumer, billing.functions.requestClose(agreement))  # notice 0: the agreement ends now
+    meter, agreement = _metered_agreement(deployment, registry, price, start, close_now=True)  # notice 0: ends now
     close_at = billing.functions.agreementOf(agreement).call()[7]
     assert close_at > 0
 

@@ -218,18 +218,7 @@ class SequenceCounter:
         return reserved
 
     def _write_reserved(self, reserved: int) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"device": self.device, "reserved": reserved}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _write_durably(self.path, {"device": self.device, "reserved": reserved})
         self._reserved = reserved
 
     @property
@@ -330,18 +319,7 @@ class DeliveryLog(MemoryDeliveryLog):
 
     def _record(self, key: str) -> None:
         escrows = self._escrows | {key}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"device": self.device, "escrows": sorted(escrows)}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _write_durably(self.path, {"device": self.device, "escrows": sorted(escrows)})
         self._escrows = escrows
 
 
@@ -364,3 +342,20 @@ class MemoryCounter:
 
     def close(self) -> None:
         return None
+
+
+def _write_durably(path: Path, document: dict[str, Any]) -> None:
+    """Replace ``path`` with ``document`` (JSON, mode 0600) so that a crash leaves the old or the new file, never a
+    torn one, and the new one survives a power cut once this returns (file and folder synced)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(document, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
