@@ -136,6 +136,10 @@ def rows(result: dict[str, Any]) -> list[Row]:
                            f"{_fmt(lat['p50'])} / {_fmt(lat['p99'])} ms", "≤ 300 / ≤ 1,000 ms" if target else "",
                            check(lat["p50"] is not None and lat["p99"] is not None and lat["p50"] <= 300
                                  and lat["p99"] <= 1_000) if target else ""))  # fmt: skip
+    idle = result.get("idle_cpu_percent")
+    if idle is not None:
+        out.append(Row("idle daemon CPU (with its verification processes)", _fmt(idle, " % of a core", 2),
+                       "≤ 0.5 %", check(idle <= 0.5)))  # fmt: skip
     if "highest_sustainable_rate" in daemon:
         out.append(Row("highest sustainable offered rate (all paid, p99 ≤ 1 s)",
                        _fmt(daemon["highest_sustainable_rate"], " ev/s"), "", ""))  # fmt: skip

@@ -507,8 +507,9 @@ class Intake:
         """
         size, latency = self.settings.batch_size, self.settings.batch_latency_s
         try:
-            # with a batch in the verification pool, look only briefly: that batch is waiting to be finished
-            first = self._queue.get(timeout=0.2 if wait else min(latency, 0.05))
+            # with a batch in the verification pool, look only briefly: that batch is waiting to be finished; with
+            # none, wake only twice a second to see a stop request (an idle daemon should cost next to nothing)
+            first = self._queue.get(timeout=0.5 if wait else min(latency, 0.05))
         except queue.Empty:
             return []
         deadline = time.monotonic() + latency

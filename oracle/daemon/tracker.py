@@ -86,6 +86,7 @@ class Tracker:
         self._nonce_passed: dict[str, float] = {}
         self._account_nonce = 0
         self.head = 0
+        self.head_moved = False  # whether the last poll saw a new head
         #: called when the previous head is no longer canonical, before the pass acts on it; raises to stop the pass
         #: (the settler checks that the node still serves the chain settlement started on)
         self.on_fork: Callable[[], None] | None = None
@@ -101,6 +102,7 @@ class Tracker:
         number, head_hash = hex_int(head["number"]), str(head["hash"])
         self.head = number
         moved = head_hash != self._head_hash
+        self.head_moved = moved
         unchanged = self._unchanged_below(number) if moved else None
         if unchanged == -1 and self._head_hash is not None and self.on_fork is not None:
             # The previous head is gone: a reorg, or another chain behind the same URL. Ask before acting on it.
@@ -373,8 +375,11 @@ class SettlerSettings:
     #: s between passes with nothing to do: the loops sleep until new events are stored (``Settler.wake``), a held
     #: event falls due, or a batch is sent; this only bounds how late anything else (a release after a reorg) is seen
     idle_wait: float = 1.0
-    #: s between head polls while only mined transactions wait for confirmations (blocks come at the chain's pace)
+    #: s between head polls while only mined transactions wait for confirmations (blocks come at the chain's pace);
+    #: doubled after each poll that saw no new block, up to ``confirm_interval_max`` (a chain that mines only when
+    #: transactions come, such as anvil's automine, may leave the last batch one block short for a long time)
     confirm_interval: float = 0.25
+    confirm_interval_max: float = 4.0
     max_backoff: float = 5.0  # s, after repeated node errors
 
     @classmethod
@@ -442,6 +447,7 @@ class Settler:
         self.tracker.on_fork = self._force_chain_check
         self._submit_wake = threading.Event()
         self._track_wake = threading.Event()
+        self._confirm_wait = self.settings.confirm_interval
         self._recovered = False
         self._last_error: str | None = None
         self._genesis: str | None = None  # block 0 hash of the chain this settler started on
@@ -575,8 +581,15 @@ class Settler:
         mined ones wait to be final, and until the next batch is sent when nothing is live."""
         open_txs, mined = self.txstore.count_live()
         if open_txs:
+            self._confirm_wait = self.settings.confirm_interval
             return self.settings.poll_interval
-        return self.settings.confirm_interval if mined else self.settings.idle_wait
+        if not mined:
+            return self.settings.idle_wait
+        if self.tracker.head_moved:
+            self._confirm_wait = self.settings.confirm_interval
+        wait = self._confirm_wait
+        self._confirm_wait = min(wait * 2, self.settings.confirm_interval_max)
+        return wait
 
     def _submit_pass(self, flush: bool = False) -> int:
         self.recover()
