@@ -368,7 +368,11 @@ def test_crop_bad_inputs_change_nothing(own_deployment) -> None:
     station_args = [arg for s in stations for arg in ("--station", s.address)]
     common = ["--pool", str(pool_id), *station_args, "--index", "heat", "--threshold", "35C", "--days", "3",
               "--start", "+1h", "--end", "+30d", "--premium", "10%"]
-    # nobody may name the stations before their owner allows it, and only their owner may allow
+    # nobody may name a station its owner has not allowed (or no longer allows), and only its owner may allow
+    allow_insurer(cli, insurer, stations)
+    revoked = cli.ok(["crop", "allow-insurer", stations[0].address, "--insurer", insurer.address, "--revoke"],
+                     insurer)
+    assert revoked["allowed"] is False
     refused = cli.fails(["crop", "season-create", *common, "--k", "2"], insurer)
     assert refused.startswith(f"the owner of station {stations[0].address} has not allowed {insurer.address}")
     stranger = cli.fails(["crop", "allow-insurer", stations[0].address, "--insurer", farmer.address], farmer)
