@@ -47,6 +47,7 @@ def crop() -> None:
 
     \b
     Life of a season:
+      iotsettle crop allow-insurer 0xS1 --insurer 0xINSURER              # each station's owner, once
       iotsettle crop pool-create                                         # insurer: a pool in TEST
       iotsettle crop pool-deposit 1 --amount 1000
       iotsettle crop season-create --pool 1 --station 0xS1 --station 0xS2 --station 0xS3 --k 2 \\
@@ -60,6 +61,33 @@ def crop() -> None:
     observation after the end is not on chain when the season is finalized, abstains. k is at least 2 and at most
     n − 1, so one faulty or hostile station can neither trigger nor block a payout.
     """
+
+
+@crop.command("allow-insurer")
+@click.argument("station", type=ADDRESS)
+@click.option("--insurer", type=ADDRESS, required=True, help="The pool owner that may name the station in seasons.")
+@click.option("--revoke", is_flag=True, help="Stop allowing it (seasons it already opened keep the station).")
+@sender_options
+@rpc_option
+@json_option
+@click.pass_context
+def allow_insurer(ctx: click.Context, station: str, insurer: str, revoke: bool, from_key_env: str | None,
+                  dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+    """Station owner: allow an insurer to name STATION in its seasons, or stop allowing it with --revoke.
+
+    A station serves at most 8 unfinalized seasons; only insurers its owner allowed can take those slots.
+
+    \b
+    Examples:
+      iotsettle crop allow-insurer 0xS1 --insurer 0xINSURER
+      iotsettle crop allow-insurer 0xS1 --insurer 0xINSURER --revoke --json
+    """
+    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
+    result = ops.allow_insurer(ops_ctx, station, insurer, not revoke)
+    emit({"station": station, "insurer": insurer, "allowed": not revoke, "tx": result.tx_hash,
+          "block": result.block}, as_json,
+         f"{insurer} {'may no longer' if revoke else 'may now'} name station {station} in new seasons "
+         f"(tx {result.tx_hash})")
 
 
 @crop.command("pool-create")

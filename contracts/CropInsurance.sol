@@ -25,7 +25,9 @@ import {PullPayments} from "./money/PullPayments.sol";
 ///   firstRainfall (0.01 mm), Trigger iff measured < threshold; HotDaysAbove: measured = hot days (UTC days
 ///   timestamp / 86400 with an observation whose maxTemperature ≥ threshold, each day counted once), Trigger iff
 ///   measured ≥ triggerDays. The season triggers iff Trigger votes ≥ k; abstentions count as not triggering.
-/// - A station whose owner released it from a season ({releaseStation}) abstains there.
+/// - Only a pool owner the station's owner allowed ({allowInsurer}) can name a station in a season, so nobody else
+///   can fill its MAX_SEASONS_PER_STATION slots. Its owner can release it from a season ({releaseStation}) before
+///   the season's saleEnd only; it then abstains there.
 /// - {finalize} decides the verdict in O(stations) and books the pool once (locked −= coverSold; assets −=
 ///   coverSold if triggered, owed as {payoutsDue}); {payOut} then pays the policies in pages of the caller's size
 ///   with bounded pushes that fall back to credits ({PullPayments}), so no payee can stop another's payment and
@@ -110,6 +112,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
     mapping(uint256 seasonId => mapping(address station => HotDays)) private _hotDays;
     mapping(address token => uint256) private _payoutsDue;
     mapping(uint256 seasonId => mapping(address station => bool)) private _released;
+    mapping(address station => mapping(address insurer => bool)) private _allowedInsurers;
     uint64 private _poolCount;
     uint64 private _seasonCount;
     uint64 private _policyCount;
@@ -214,6 +217,8 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
             {
                 revert InvalidStation(station);
             }
+            // A station's slots are its owner's to give: a stranger cannot fill them with seasons of his own.
+            if (!_allowedInsurers[station][msg.sender]) revert StationNotAllowed(station, msg.sender);
             // The season is applied only the observations recorded after its creation: one already recorded inside
             // its window would be missed or not depending on when a relayer brought it.
             uint64 last = _stations[station].lastTimestamp;
@@ -336,9 +341,18 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
     }
 
     /// @inheritdoc ICropInsurance
+    function allowInsurer(address station, address insurer, bool allowed) external {
+        if (insurer == address(0)) revert ZeroAddress();
+        if (_REGISTRY.deviceOf(station).owner != msg.sender) revert NotStationOwner(station, msg.sender);
+        _allowedInsurers[station][insurer] = allowed;
+        emit InsurerAllowed(station, insurer, allowed);
+    }
+
+    /// @inheritdoc ICropInsurance
     function releaseStation(uint256 seasonId, address station) external {
-        _existingSeason(seasonId);
-        if (_seasons[seasonId].finalized) revert AlreadyFinalized(seasonId);
+        uint64 saleEnd = _existingSeason(seasonId).saleEnd;
+        // Also covers finalized seasons: finalize needs end + finalizeDelay > saleEnd.
+        if (block.timestamp >= saleEnd) revert ReleaseClosed(seasonId, saleEnd);
         if (_REGISTRY.deviceOf(station).owner != msg.sender) revert NotStationOwner(station, msg.sender);
         if (!_releaseStation(station, seasonId)) revert StationNotInSeason(seasonId, station);
         _released[seasonId][station] = true;
@@ -475,6 +489,11 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
     /// @inheritdoc ICropInsurance
     function seasonsOfStation(address station) external view returns (uint256[] memory) {
         return _stationSeasonIds[station];
+    }
+
+    /// @inheritdoc ICropInsurance
+    function insurerAllowed(address station, address insurer) external view returns (bool) {
+        return _allowedInsurers[station][insurer];
     }
 
     /// @inheritdoc ICropInsurance

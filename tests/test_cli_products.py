@@ -45,6 +45,13 @@ def weather(key: DeviceKey, w3: Any, contract: str, seq: int, rainfall: int, max
     return _sign(key, "weather", "WeatherObservation", w3.eth.chain_id, contract, msg)
 
 
+def allow_insurer(cli: Cli, owner: User, stations: list[DeviceKey]) -> None:
+    """The stations' owner lets itself name them in its seasons (a season needs the consent of every station's
+    owner)."""
+    for station in stations:
+        cli.ok(["crop", "allow-insurer", station.address, "--insurer", owner.address], owner)
+
+
 def _human(cli: Cli, args: list[str]) -> str:
     """The output for people (rich tables) of a command that must succeed."""
     result = cli.run(args, COLUMNS="200")
@@ -269,6 +276,9 @@ def test_drought_season_pays_cover_and_the_loan_is_repaid_from_it(own_deployment
     insurer, farmer, neighbour, lender = cli.user(w3), cli.user(w3), cli.user(w3), cli.user(w3)
     stations = [register_device(deployment.config, insurer, DeviceKind.WEATHER_STATION) for _ in range(3)]
     crop = deployment.address("CropInsurance")
+    for s in stations:  # the insurer owns the stations here and allows itself
+        allowed = cli.ok(["crop", "allow-insurer", s.address, "--insurer", insurer.address], insurer)
+        assert allowed["allowed"] is True and allowed["station"] == s.address
 
     pool_id = cli.ok(["crop", "pool-create"], insurer)["poolId"]
     cli.ok(["token", "mint", "--amount", "1000"], insurer)
@@ -358,6 +368,16 @@ def test_crop_bad_inputs_change_nothing(own_deployment) -> None:
     station_args = [arg for s in stations for arg in ("--station", s.address)]
     common = ["--pool", str(pool_id), *station_args, "--index", "heat", "--threshold", "35C", "--days", "3",
               "--start", "+1h", "--end", "+30d", "--premium", "10%"]
+    # nobody may name a station its owner has not allowed (or no longer allows), and only its owner may allow
+    allow_insurer(cli, insurer, stations)
+    revoked = cli.ok(["crop", "allow-insurer", stations[0].address, "--insurer", insurer.address, "--revoke"],
+                     insurer)
+    assert revoked["allowed"] is False
+    refused = cli.fails(["crop", "season-create", *common, "--k", "2"], insurer)
+    assert refused.startswith(f"the owner of station {stations[0].address} has not allowed {insurer.address}")
+    stranger = cli.fails(["crop", "allow-insurer", stations[0].address, "--insurer", farmer.address], farmer)
+    assert stranger == f"only the owner of station {stations[0].address} may do this, not {farmer.address}"
+    allow_insurer(cli, insurer, stations)
     quorum = cli.fails(["crop", "season-create", *common, "--k", "3"], insurer)
     assert quorum.startswith("k = 3 of 3 stations is not allowed")
     assert cli.ok(["crop", "pool", str(pool_id)])["seasons"] == []

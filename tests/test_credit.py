@@ -217,7 +217,7 @@ def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(deployme
     """The inclusion story end to end: a farmer borrows, names the loan's payout account as beneficiary of its crop
     cover, the drought pays out, a sweep repays the lender — and the profile shows all of it."""
     from tests.conftest import private_deployment
-    from tests.test_cli_products import warp_to, weather
+    from tests.test_cli_products import allow_insurer, warp_to, weather
 
     session_node = deployment.config.chain.rpc_url
     with private_deployment(tmp_path / "stack") as deployment:
@@ -225,6 +225,7 @@ def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(deployme
         cli = Cli(deployment.config)
         insurer, farmer, lender = cli.user(w3), cli.user(w3), cli.user(w3)
         stations = [register_device(deployment.config, insurer, DeviceKind.WEATHER_STATION) for _ in range(3)]
+        allow_insurer(cli, insurer, stations)
         crop, token = deployment.address("CropInsurance"), deployment.address("TestToken")
         pool_id = cli.ok(["crop", "pool-create"], insurer)["poolId"]
         cli.ok(["token", "mint", "--amount", "500"], insurer)

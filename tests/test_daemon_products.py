@@ -392,6 +392,8 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
 
     # a season of three stations (2 of 3 must agree) counting hot days at or above 30.00 °C
     stations = [registry.register(DeviceKind.WEATHER_STATION) for _ in range(3)]
+    for s in stations:  # the stations' owner opens the season itself, as an insurer it allowed
+        tx(OWNER, crop.functions.allowInsurer(s.address, OWNER.address, True))
     now = int(chain.w3.eth.get_block("latest")["timestamp"])
     receipt = tx(OWNER, crop.functions.createPool(token.address))
     pool = crop.events.PoolCreated().process_receipt(receipt)[0]["args"]["poolId"]

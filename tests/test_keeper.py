@@ -21,7 +21,7 @@ from oracle.ops.keeper import Keeper
 
 from tests.cli_support import Cli, User, chain_now, cli_env, delivery, register_device, token_balance
 from tests.conftest import REPO, Deployment, private_deployment
-from tests.test_cli_products import warp_to, weather
+from tests.test_cli_products import allow_insurer, warp_to, weather
 
 TOKEN = 10**18
 DAY = 86_400
@@ -46,6 +46,7 @@ def test_due_season_is_paid_and_the_loan_swept_without_anyone_asking(own_deploym
     cli = Cli(deployment.config)
     insurer, farmer, lender, buyer, keeper = (cli.user(w3) for _ in range(5))
     stations = [register_device(deployment.config, insurer, DeviceKind.WEATHER_STATION) for _ in range(3)]
+    allow_insurer(cli, insurer, stations)
     crop = deployment.address("CropInsurance")
 
     pool_id = cli.ok(["crop", "pool-create"], insurer)["poolId"]
@@ -124,6 +125,7 @@ def test_a_season_not_yet_due_is_left_alone_and_history_is_read_once(own_deploym
     cli = Cli(deployment.config)
     insurer, keeper = cli.user(w3), cli.user(w3)
     stations = [register_device(deployment.config, insurer, DeviceKind.WEATHER_STATION) for _ in range(3)]
+    allow_insurer(cli, insurer, stations)
     pool_id = cli.ok(["crop", "pool-create"], insurer)["poolId"]
     start = chain_now(w3) + 600
     season_id = cli.ok(["crop", "season-create", "--pool", str(pool_id),

@@ -159,6 +159,8 @@ interface ICropInsurance is IDeviceEvents, IPullPayments {
     /// @notice The station's owner took the station out of an unfinalized season: it abstains there and its slot
     /// is free for another season (the answer to seasons that name a station only to occupy its slots).
     event StationReleased(uint256 indexed seasonId, address indexed station);
+    /// @notice The station's owner allowed (or stopped allowing) `insurer` to name the station in new seasons.
+    event InsurerAllowed(address indexed station, address indexed insurer, bool allowed);
 
     error UnknownPool(uint256 poolId);
     error NotPoolOwner(uint256 poolId, address caller);
@@ -195,6 +197,12 @@ interface ICropInsurance is IDeviceEvents, IPullPayments {
     error NotFinalized(uint256 seasonId);
     error NotStationOwner(address station, address caller);
     error StationNotInSeason(uint256 seasonId, address station);
+    /// @notice The station's owner has not allowed this pool owner to name the station in a season
+    /// ({allowInsurer}).
+    error StationNotAllowed(address station, address insurer);
+    /// @notice A station can be released from a season only before its saleEnd: after it, buyers have relied on the
+    /// station set.
+    error ReleaseClosed(uint256 seasonId, uint64 saleEnd);
 
     // ---------------------------------------------------------------- pools
 
@@ -211,7 +219,8 @@ interface ICropInsurance is IDeviceEvents, IPullPayments {
 
     // ---------------------------------------------------------------- seasons and cover
 
-    /// @notice Pool owner: open a season on `poolId` (see {SeasonTerms} and the checks in the errors).
+    /// @notice Pool owner: open a season on `poolId` (see {SeasonTerms} and the checks in the errors). Every
+    /// station's owner must have allowed msg.sender with {allowInsurer}, else {StationNotAllowed}.
     /// Emits a {SeasonCreated} event.
     function createSeason(uint256 poolId, SeasonTerms calldata terms) external returns (uint256 seasonId);
 
@@ -229,9 +238,15 @@ interface ICropInsurance is IDeviceEvents, IPullPayments {
     /// an {ObservationRejected} event. Returns how many were recorded.
     function record(SignedObservation[] calldata obs) external returns (uint256 recorded);
 
-    /// @notice The station's owner (in the DeviceRegistry): stop serving the unfinalized season `seasonId`. The
-    /// station abstains in it from now on (as if it had stopped reporting, which its owner could do anyway) and its
-    /// slot is freed. Emits a {StationReleased} event.
+    /// @notice The station's owner (in the DeviceRegistry): allow `insurer` (a pool owner) to name `station` in new
+    /// seasons, or stop allowing it (`allowed` false; seasons already created keep the station). Only allowed
+    /// insurers can take one of the station's MAX_SEASONS_PER_STATION slots. Emits an {InsurerAllowed} event.
+    function allowInsurer(address station, address insurer, bool allowed) external;
+
+    /// @notice The station's owner (in the DeviceRegistry): stop serving season `seasonId`, before its saleEnd
+    /// (else {ReleaseClosed}: after it buyers have relied on the station set, and after the end its owner would
+    /// choose with the votes in sight). The station abstains in it (as if it had stopped reporting) and its slot is
+    /// freed. Emits a {StationReleased} event.
     function releaseStation(uint256 seasonId, address station) external;
 
     // ---------------------------------------------------------------- finalization and payouts
@@ -269,6 +284,9 @@ interface ICropInsurance is IDeviceEvents, IPullPayments {
 
     /// @notice The unfinalized seasons `station` serves (at most MAX_SEASONS_PER_STATION).
     function seasonsOfStation(address station) external view returns (uint256[] memory);
+
+    /// @notice Whether the station's owner allows `insurer` to name `station` in new seasons.
+    function insurerAllowed(address station, address insurer) external view returns (bool);
 
     /// @notice The policy ids of a season in purchase order (payouts follow this order).
     function policiesOf(uint256 seasonId) external view returns (uint256[] memory);

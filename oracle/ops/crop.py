@@ -136,6 +136,13 @@ SENTENCES: Sentences = {
     "DuplicateStation": lambda a: f"station {a['station']} is listed twice",
     "InvalidStation": lambda a: f"{a['station']} is not a registered, active weather station",
     "StationBusy": lambda a: f"station {a['station']} already serves 8 unfinalized seasons",
+    "StationNotAllowed": lambda a: (f"the owner of station {a['station']} has not allowed {a['insurer']} to name it "
+                                    "in a season; they run `iotsettle crop allow-insurer STATION --insurer "
+                                    f"{a['insurer']}`"),
+    "NotStationOwner": lambda a: f"only the owner of station {a['station']} may do this, not {a['caller']}",
+    "StationNotInSeason": lambda a: f"station {a['station']} does not serve season {a['seasonId']}",
+    "ReleaseClosed": lambda a: (f"a station can leave season {a['seasonId']} only before its sale ends "
+                                f"({when(a['saleEnd'])}): buyers rely on the station set from then on"),
     "UnknownSeason": lambda a: f"season {a['seasonId']} does not exist",
     "SaleClosed": lambda a: f"cover for season {a['seasonId']} was on sale until {when(a['saleEnd'])}",
     "InsufficientCapacity": lambda a: (f"the pool can take on only {a['available']} base units more cover "
@@ -264,6 +271,16 @@ def create_season(ctx: OpsContext, pool_id: int, spec: SeasonSpec) -> tuple[int,
                          f"{MIN_FINALIZE_DELAY} s")
     result = _send(ctx, ctx.contract(CONTRACT).functions.createSeason(pool_id, spec.as_tuple()))
     return int(events_in(ctx, CONTRACT, result.receipt, "SeasonCreated")[0]["seasonId"]), result
+
+
+def allow_insurer(ctx: OpsContext, station: str, insurer: str, allowed: bool = True) -> TxResult:
+    """The station's owner lets ``insurer`` (a pool owner) name the station in new seasons, or stops it
+    (``allowed`` false; seasons already created keep the station). Nobody else can take the station's season slots."""
+    return _send(ctx, ctx.contract(CONTRACT).functions.allowInsurer(station, insurer, allowed))
+
+
+def insurer_allowed(ctx: OpsContext, station: str, insurer: str) -> bool:
+    return bool(ctx.contract(CONTRACT).functions.insurerAllowed(station, insurer).call())
 
 
 @dataclass(frozen=True)

@@ -269,6 +269,12 @@ def provision(
     styles = {d.name: motor.styles[i % len(motor.styles)] for i, d in enumerate(insured_vehicles)} if motor.styles \
         else {}
     stations = [d for d in fleet.devices if "weather" in d.streams]
+    if stations and ctx.has(crop.CONTRACT):
+        # The operator owns the stations: only an insurer it allowed can name them in a season.
+        transact_many(operator, [operator.contract(crop.CONTRACT).functions.allowInsurer(d.address,
+                                                                                           parties.insurer.address,
+                                                                                           True)
+                                 for d in stations], crop.CONTRACT, gas=100_000)
     hostile = stations[-1:] if len(stations) >= 3 else []
     set_policies(path, policies, styles=styles, faults={d.name: [FaultClass.HOSTILE] for d in hostile})
     final = load_fleet(path)

@@ -276,9 +276,44 @@ contract CropInsuranceTest is CropFixture {
         newSeason(pool, rainTerms(3, 2));
     }
 
-    /// @dev Someone names a station in seasons only to occupy its slots: the station's owner releases it.
+    function test_AllowInsurer_OnlyTheStationOwnerDecidesWhoNamesTheStation() public {
+        assertTrue(crop.insurerAllowed(stations[0], insurer));
+        assertFalse(crop.insurerAllowed(stations[0], farmer));
+        vm.expectRevert(abi.encodeWithSelector(ICropInsurance.NotStationOwner.selector, stations[0], farmer));
+        vm.prank(farmer);
+        crop.allowInsurer(stations[0], farmer, true);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.ZeroAddress.selector));
+        vm.prank(owner);
+        crop.allowInsurer(stations[0], address(0), true);
+
+        // revoked for station 1: the insurer's next season naming it is refused, earlier ones keep it
+        uint256 before = newSeason(pool, rainTerms(3, 2));
+        vm.expectEmit(address(crop));
+        emit ICropInsurance.InsurerAllowed(stations[1], insurer, false);
+        vm.prank(owner);
+        crop.allowInsurer(stations[1], insurer, false);
+        assertFalse(crop.insurerAllowed(stations[1], insurer));
+        ICropInsurance.SeasonTerms memory t = rainTerms(3, 2);
+        vm.expectRevert(abi.encodeWithSelector(ICropInsurance.StationNotAllowed.selector, stations[1], insurer));
+        newSeason(pool, t);
+        assertEq(crop.seasonOf(before).terms.stations[1], stations[1]);
+        assertEq(crop.seasonsOfStation(stations[1]).length, 1);
+
+        // a pool owner the station's owner allowed names it
+        vm.prank(farmer);
+        uint256 farmerPool = crop.createPool(address(token));
+        vm.expectEmit(address(crop));
+        emit ICropInsurance.InsurerAllowed(stations[0], farmer, true);
+        allowInsurer(farmer);
+        vm.prank(farmer);
+        crop.createSeason(farmerPool, rainTerms(3, 2));
+    }
+
+    /// @dev An allowed insurer names a station in seasons only to occupy its slots: before the sale ends, the
+    /// station's owner releases it (and can stop allowing that insurer).
     function test_ReleaseStation_OwnerFreesTheSlotAndTheStationAbstains() public {
         uint256 max = crop.MAX_SEASONS_PER_STATION();
+        allowInsurer(farmer);
         vm.prank(farmer);
         uint256 squatPool = crop.createPool(address(token));
         ICropInsurance.SeasonTerms memory t = rainTerms(3, 2);
@@ -315,7 +350,7 @@ contract CropInsuranceTest is CropFixture {
         assertTrue(s.triggered, "k = 2 of the remaining two");
     }
 
-    function test_RevertWhen_ReleaseStation_NotOwnerNotServingOrFinalized() public {
+    function test_RevertWhen_ReleaseStation_NotOwnerNotServingOrSaleEnded() public {
         uint256 seasonId = newSeason(pool, rainTerms(3, 2));
         vm.expectRevert(abi.encodeWithSelector(ICropInsurance.NotStationOwner.selector, stations[0], farmer));
         vm.prank(farmer);
@@ -330,8 +365,16 @@ contract CropInsuranceTest is CropFixture {
         crop.releaseStation(seasonId, stations[0]);
         vm.expectRevert(abi.encodeWithSelector(ICropInsurance.UnknownSeason.selector, 42));
         crop.releaseStation(42, stations[0]);
+        // from the end of the sale on, buyers rely on the station set
+        vm.warp(seasonStart - 1);
+        vm.prank(owner);
+        crop.releaseStation(seasonId, stations[2]);
+        vm.warp(seasonStart);
+        vm.expectRevert(abi.encodeWithSelector(ICropInsurance.ReleaseClosed.selector, seasonId, seasonStart));
+        vm.prank(owner);
+        crop.releaseStation(seasonId, stations[1]);
         _finalize(seasonId);
-        vm.expectRevert(abi.encodeWithSelector(ICropInsurance.AlreadyFinalized.selector, seasonId));
+        vm.expectRevert(abi.encodeWithSelector(ICropInsurance.ReleaseClosed.selector, seasonId, seasonStart));
         vm.prank(owner);
         crop.releaseStation(seasonId, stations[1]);
     }
@@ -1057,6 +1100,8 @@ contract CropInsuranceTest is CropFixture {
         for (uint256 i = 0; i < total; ++i) {
             keys[i] = deviceKey(2_000 + i);
             extra[i] = registerDevice(keys[i], IDeviceRegistry.DeviceKind.WeatherStation, owner);
+            vm.prank(owner);
+            crop.allowInsurer(extra[i], insurer, true);
         }
         for (uint256 j = 0; j < total / 3; ++j) {
             ICropInsurance.SeasonTerms memory t = rainTerms(3, 2);

@@ -237,4 +237,61 @@ contract CropInsuranceScenariosTest is CropFixture {
         t.finalizeDelay = crop.MIN_FINALIZE_DELAY();
         newSeason(pool, t);
     }
+
+    // ---------------------------------------------------------------- attacker review
+
+    /// @dev A stranger named a station in seasons of his own pool, with no funds and no cover, starting 399 days
+    /// ahead, 8 times: every slot of 3 stations held for ~400 days for 2.6 M gas, and the insurer's real season
+    /// reverted StationBusy (a released slot was taken back the same way). Now only an insurer the station's owner
+    /// allowed can name the station.
+    function test_Review_StrangerFillsStationSlotsAndBlocksRealSeasons() public {
+        address stranger = makeAddr("stranger");
+        vm.prank(stranger);
+        uint256 strangerPool = crop.createPool(address(token));
+        ICropInsurance.SeasonTerms memory t = rainTerms(3, 2);
+        t.start = uint64(block.timestamp + 399 days);
+        t.saleEnd = t.start;
+        t.end = t.start + 1 days;
+        for (uint256 i = 0; i < crop.MAX_SEASONS_PER_STATION(); ++i) {
+            vm.expectRevert(
+                abi.encodeWithSelector(ICropInsurance.StationNotAllowed.selector, stations[0], stranger)
+            );
+            vm.prank(stranger);
+            crop.createSeason(strangerPool, t);
+        }
+        assertEq(crop.seasonsOfStation(stations[0]).length, 0, "no slot taken");
+        // The insurer the stations' owner allowed opens its season.
+        uint256 seasonId = newSeason(pool, rainTerms(3, 2));
+        assertEq(crop.seasonsOfStation(stations[0])[0], seasonId);
+    }
+
+    /// @dev 5 stations, k = 3; stations 0..2 measured a drought (10 mm < 50 mm), 3 and 4 measured 100 mm. After the
+    /// end, with every measurement on chain and `verdictOf` showing the votes, the owner of station 0 released it:
+    /// 2 Trigger votes, the season did not trigger and the farmer's 100,000 cover was never paid. Now a station can
+    /// be released only before the season's saleEnd, when no buyer has yet relied on the final station set.
+    function test_Review_OneStationOwnerBlocksATriggeredSeasonWithHindsight() public {
+        uint256 bigPool = newPool(1_000_000);
+        uint256 seasonId = newSeason(bigPool, rainTerms(5, 3));
+        buy(farmer, seasonId, 100_000, farmer);
+        uint256[] memory rain = new uint256[](5);
+        rain[0] = 1_000;
+        rain[1] = 1_000;
+        rain[2] = 1_000;
+        rain[3] = 10_000;
+        rain[4] = 10_000;
+        coverSeason(rain);
+        (ICropInsurance.Verdict v,) = crop.verdictOf(seasonId, stations[0]);
+        assertEq(uint8(v), uint8(ICropInsurance.Verdict.Trigger), "station 0 votes Trigger");
+
+        vm.expectRevert(abi.encodeWithSelector(ICropInsurance.ReleaseClosed.selector, seasonId, seasonStart));
+        vm.prank(owner);
+        crop.releaseStation(seasonId, stations[0]);
+
+        warpToFinalize();
+        crop.finalize(seasonId);
+        assertTrue(crop.seasonOf(seasonId).triggered, "3 of 3 needed");
+        assertEq(crop.seasonOf(seasonId).triggerVotes, 3);
+        crop.payOut(seasonId, 10);
+        assertEq(token.balanceOf(farmer), 100_000, "the farmer is paid the cover");
+    }
 }

@@ -86,6 +86,8 @@ contract CropHandler is Test {
             registry.register(
                 station, IDeviceRegistry.DeviceKind.WeatherStation, 0, deadline, abi.encodePacked(r, s, v)
             );
+            // The handler owns the stations and lets the insurer name them in seasons.
+            crop.allowInsurer(station, INSURER, true);
             stationKeys.push(key);
             stations.push(station);
         }

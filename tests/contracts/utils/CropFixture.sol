@@ -38,6 +38,16 @@ abstract contract CropFixture is Fixture {
             stationKeys.push(key);
             stations.push(registerDevice(key, IDeviceRegistry.DeviceKind.WeatherStation, owner));
         }
+        allowInsurer(insurer);
+    }
+
+    /// @dev The stations' owner allows `who` to name every station in its seasons.
+    function allowInsurer(address who) internal {
+        vm.startPrank(owner);
+        for (uint256 i = 0; i < stations.length; ++i) {
+            crop.allowInsurer(stations[i], who, true);
+        }
+        vm.stopPrank();
     }
 
     // ---------------------------------------------------------------- pools and seasons
