@@ -177,6 +177,25 @@ contract MotorInsuranceRelayTest is MotorFixture {
         assertEq(token.balanceOf(holder), DEPOSIT - 30_000, "300 km x 100 charged, the rest refunded");
     }
 
+    /// @dev Review finding 5: at exactly closeAt + SETTLEMENT_GRACE a report signed by closeAt still settles and
+    /// close is still early, so the order inside the block cannot decide the premium.
+    function test_Review_AtTheGraceBoundaryTheReportSettlesAndCloseWaitsOneSecond() public {
+        uint256 id = openPolicy(vehicle, 100, 10_000, 10_000, 0, START, DEPOSIT);
+        vm.prank(holder);
+        motor.requestClose(id);
+        uint64 closeAt = motor.policyOf(id).closeAt;
+        vm.warp(closeAt);
+        IMotorInsurance.SignedTelematics memory last = _sign(id, 1, START + 500_000, 0, 0); // 500 km = 50,000
+        uint256 boundary = uint256(closeAt) + motor.SETTLEMENT_GRACE();
+        vm.warp(boundary);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.TooEarly.selector, id, boundary + 1, boundary));
+        motor.close(id); // close first in the block: still early
+        assertEq(_relay(last), 1, "the report signed at closeAt settles");
+        vm.warp(boundary + 1);
+        motor.close(id);
+        assertEq(token.balanceOf(holder), DEPOSIT - 50_000, "the refund is what the driving left");
+    }
+
     /// @dev A report signed after closeAt is not the policy's: refused with AfterEnd, nothing charged.
     function test_Scenario5_ReportSignedAfterTheEndIsRefused() public {
         uint256 id = openPolicy(vehicle, 100, 10_000, 10_000, 0, START, DEPOSIT);
