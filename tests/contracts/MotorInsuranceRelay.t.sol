@@ -142,7 +142,7 @@ contract MotorInsuranceRelayTest is MotorFixture {
         try motor.close(id) {} catch {}
         uint256 settled = _relay(last);
 
-        vm.warp(uint256(closeAt) + motor.SETTLEMENT_GRACE());
+        vm.warp(uint256(closeAt) + motor.SETTLEMENT_GRACE() + 1);
         try motor.close(id) {} catch {}
         uint256 refunded = token.balanceOf(holder);
         emit log_named_uint("refund to the holder", refunded);
@@ -161,10 +161,10 @@ contract MotorInsuranceRelayTest is MotorFixture {
         IMotorInsurance.SignedTelematics memory a = _sign(id, 1, START + 100_000, 0, 0);
         vm.warp(closeAt);
         IMotorInsurance.SignedTelematics memory b = _sign(id, 2, START + 300_000, 0, 0); // signed at closeAt: in
-        vm.warp(uint256(closeAt) + motor.SETTLEMENT_GRACE() - 1);
+        vm.warp(uint256(closeAt) + motor.SETTLEMENT_GRACE()); // the grace's last second;
         vm.expectRevert(
             abi.encodeWithSelector(
-                ICommonErrors.TooEarly.selector, id, uint256(closeAt) + motor.SETTLEMENT_GRACE(), block.timestamp
+                ICommonErrors.TooEarly.selector, id, uint256(closeAt) + motor.SETTLEMENT_GRACE() + 1, block.timestamp
             )
         );
         motor.close(id);
