@@ -29,9 +29,9 @@ def agreement() -> None:
       iotsettle agreement withdraw 0xAGREEMENT                                      # provider takes earnings
       iotsettle agreement close 0xAGREEMENT --dev-account 1                         # consumer gets the rest back
 
-    Closing: `close` requests it (closeAt = now + notice) and pays the rest from closeAt + 1 h: readings signed by
-    closeAt keep settling until then, later ones are refused. `close --reading final.json` closes at once on a
-    fresh signed final reading.
+    Closing: `close` requests it (closeAt = now + notice) and pays the rest strictly after closeAt + 1 h: readings
+    signed by closeAt keep settling until then, later ones are refused. `close --reading final.json` settles a
+    fresh signed final reading and ends the agreement now, without the notice; the refund still follows the grace.
 
     Amounts are whole tokens scaled by the token's decimals ("1.5"), or base units with a wei suffix ("1500wei").
     """
@@ -150,7 +150,7 @@ def _status_table(view: ops.AgreementView, fmt: Callable[[int], str], grace: int
         rows.append(("arrears", f(view.arrears)))
     if view.notice_period or view.close_at:
         rows.append(("notice", f"{view.notice_period} s" + (f", readings until {when(view.close_at)}, close from "
-                                                            f"{when(view.close_at + grace)}" if view.close_at else "")))
+                                                            f"{when(view.close_at + grace + 1)}" if view.close_at else "")))
     for key, value in rows:
         table.add_row(key, value)
     return table
@@ -260,7 +260,8 @@ def withdraw(ctx: click.Context, agreement_id: int, from_key_env: str | None, de
 @agreement.command()
 @click.argument("agreement_id", type=ID)
 @click.option("--reading", "reading_source", default=None, metavar="FILE",
-              help="Close at once on this fresh signed final reading (a wire payload; - reads stdin).")
+              help="End now, without the notice, on this fresh signed final reading (a wire payload; - reads "
+                   "stdin); the refund follows with `agreement close` after the grace.")
 @sender_options
 @rpc_option
 @json_option
@@ -270,8 +271,10 @@ def close(ctx: click.Context, agreement_id: int, reading_source: str | None, fro
     """Consumer: close the agreement and get the unbilled prepaid balance back.
 
     The first call requests the close: closeAt = now + the notice period. Readings signed by closeAt keep
-    settling for a settlement grace of 1 hour after it, so run the command again from closeAt + 1 h to be paid.
-    With --reading, a fresh signed final reading of the meter settles and closes the agreement at once.
+    settling for a settlement grace of 1 hour after it, so run the command again from closeAt + 1 h + 1 s to be
+    paid. With --reading, a fresh signed final reading of the meter settles and the agreement ends now, without
+    the notice period; newer readings signed by then still settle during the grace, and the refund is claimed by
+    running the command again (without --reading) from closeAt + 1 h + 1 s.
 
     \b
     Examples:
@@ -293,6 +296,10 @@ def close(ctx: click.Context, agreement_id: int, reading_source: str | None, fro
             "txs": [t.tx_hash for t in outcome.txs]}
     if outcome.closed:
         human = f"agreement {hex(agreement_id)} closed; {info.format(outcome.refund)} refunded to the consumer"
+    elif reading_source is not None:
+        human = (f"final reading settled; agreement {hex(agreement_id)} ends at {when(outcome.close_at)} (readings "
+                 f"signed until then still bill); claim the refund from {when(outcome.closable_from)} with: "
+                 f"iotsettle agreement close {hex(agreement_id)}")
     else:
         human = (f"close requested: readings signed until {when(outcome.close_at)} still bill; agreement "
                  f"{hex(agreement_id)} can be closed from {when(outcome.closable_from)}: run this command again then")

@@ -289,7 +289,7 @@ def request_close(ctx: click.Context, policy_id: int, from_key_env: str | None, 
     """
     ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
     result, close_at = ops.request_close(ops_ctx, policy_id)
-    close_from = close_at + ops.settlement_grace(ops_ctx)
+    close_from = close_at + ops.settlement_grace(ops_ctx) + 1
     emit({"policyId": str(policy_id), "closeAt": close_at, "closeFrom": close_from, "tx": result.tx_hash}, as_json,
          f"policy {hex(policy_id)} ends at {when(close_at)} and can be closed from {when(close_from)}: "
          f"iotsettle policy close {hex(policy_id)}")

@@ -15,7 +15,8 @@ import {PullPayments} from "./money/PullPayments.sol";
 /// Ending: after {requestClose} readings signed up to `closeAt` keep settling, in any order and however late, until
 /// the agreement is closed; {close} is possible only from `closeAt + SETTLEMENT_GRACE`, so neither a consumer racing
 /// to close nor a relayer withholding a reading during the notice can leave signed consumption unbilled. A reading
-/// signed after `closeAt` is refused (AfterEnd). {closeWithReading} closes at once on a fresh final reading.
+/// signed after `closeAt` is refused (AfterEnd). {closeWithReading} settles a fresh final reading and starts the
+/// end now (`closeAt` = now, no notice); the refund still waits for the grace and {close}.
 ///
 /// Gas layout: everything `settle` reads or writes for an agreement lives in ONE slot ({_meters}); the device and
 /// tariff are encoded in the agreement id; provider earnings are derived (deposited − prepaid − withdrawn) rather
@@ -346,18 +347,20 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
             revert WrongStatus(agreementId, m.status);
         }
         if (t.closeAt == 0) revert CloseNotRequested(agreementId);
-        uint256 notBefore = uint256(t.closeAt) + SETTLEMENT_GRACE;
+        // Strictly after the grace: at closeAt + SETTLEMENT_GRACE a reading signed by closeAt still settles, so a
+        // close in the same second would let the order inside the block decide the bill.
+        uint256 notBefore = uint256(t.closeAt) + SETTLEMENT_GRACE + 1;
         if (block.timestamp < notBefore) revert TooEarly(agreementId, notBefore, block.timestamp);
         return _close(agreementId, m, t);
     }
 
     /// @inheritdoc IMeteredBilling
-    /// @dev The final reading must be fresh (timestamp within MAX_CLOCK_SKEW of the block) so the consumer cannot
-    /// close on an old, lower reading; its cumulative register covers every earlier reading, so nothing is left to
-    /// settle and no grace is needed. After `closeAt` a fresh reading is AfterEnd: wait for {close} instead.
-    function closeWithReading(SignedReading calldata reading) external nonReentrant returns (uint256 refund) {
+    /// @dev The final reading makes the notice unnecessary (the consumer shows the register now), but not the
+    /// grace: a newer reading signed before this call may be on its way, so it must keep settling until {close}.
+    /// Paying the refund here would let the consumer pick an older fresh reading and leave it unbilled.
+    function closeWithReading(SignedReading calldata reading) external nonReentrant returns (uint64 closeAt) {
         uint256 agreementId = reading.agreementId;
-        Meter storage m = _existing(agreementId);
+        _existing(agreementId);
         Terms storage t = _terms[agreementId];
         if (msg.sender != t.consumer) revert NotConsumer(agreementId, msg.sender);
         if (uint256(reading.timestamp) + MAX_CLOCK_SKEW < block.timestamp) {
@@ -365,7 +368,14 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
         }
         RejectReason reason = _settle(reading);
         if (reason != RejectReason.None) revert EventRejected(agreementId, reading.seq, reason);
-        return _close(agreementId, m, t);
+        closeAt = t.closeAt;
+        // The reading settled, so closeAt is 0 or at least its timestamp: bring the end forward, never later.
+        if (closeAt == 0 || closeAt > block.timestamp) {
+            closeAt = uint64(block.timestamp);
+            t.closeAt = closeAt;
+            _meters[agreementId].closing = true;
+            emit CloseRequested(agreementId, closeAt);
+        }
     }
 
     function _close(uint256 agreementId, Meter storage m, Terms storage t) private returns (uint256 refund) {

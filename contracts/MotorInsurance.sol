@@ -26,7 +26,7 @@ import {PullPayments} from "./money/PullPayments.sol";
 /// timestamp after a requested closeAt → AfterEnd; then the signature: the current key of the VEHICLE encoded in
 /// the policy id.
 ///
-/// Ending: reports signed up to closeAt keep settling until {close}, which opens SETTLEMENT_GRACE after closeAt, so
+/// Ending: reports signed up to closeAt keep settling until {close}, which opens strictly after closeAt + grace, so
 /// closing first or withholding reports during the notice only delays the premium of signed driving.
 ///
 /// Money: the insurer's earnings are derived (charged = deposited − prepaid − refunded), so a settled report
@@ -215,8 +215,9 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         _checkRunning(policyId, p.status);
         uint64 closeAt = p.closeAt;
         if (closeAt == 0) revert CloseNotRequested(policyId);
-        // Reports signed by closeAt may still be on their way: they settle until the grace is over.
-        uint256 notBefore = uint256(closeAt) + SETTLEMENT_GRACE;
+        // Reports signed by closeAt may still be on their way: they settle up to and including closeAt + grace, so
+        // close opens one second later and the order inside a block cannot decide the premium.
+        uint256 notBefore = uint256(closeAt) + SETTLEMENT_GRACE + 1;
         if (block.timestamp < notBefore) revert TooEarly(policyId, notBefore, block.timestamp);
 
         refund = p.prepaid;

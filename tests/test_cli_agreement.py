@@ -56,13 +56,21 @@ def test_open_settle_withdraw_close_moves_the_money(cli, deployment, w3) -> None
     assert paid["amount"] == str(5 * TOKEN)
     assert token_balance(deployment, provider.address) == 5 * TOKEN
 
-    # a fresh final reading closes at once (no notice, no grace): 1010 was already billed, so nothing more
+    # a fresh final reading ends the agreement now, without the notice, but refunds nothing yet: a newer reading
+    # signed before it may still be on its way and settles during the grace
     final = reading(meter, w3.eth.chain_id, deployment.address("MeteredBilling"), agreement_id, 3, chain_now(w3), 1010)
-    closed = cli.ok(["agreement", "close", str(agreement_id), "--reading", "-"], consumer,
-                    stdin=final.to_payload().decode())
-    assert closed["closed"] is True and closed["refund"] == str(75 * TOKEN // 10)
-    assert token_balance(deployment, consumer.address) == 90 * TOKEN - 25 * TOKEN // 10 + 75 * TOKEN // 10
-    assert cli.ok(["agreement", "status", str(agreement_id)])["status"] == "closed"
+    newer = reading(meter, w3.eth.chain_id, deployment.address("MeteredBilling"), agreement_id, 4, chain_now(w3), 1012)
+    ended = cli.ok(["agreement", "close", str(agreement_id), "--reading", "-"], consumer,
+                   stdin=final.to_payload().decode())
+    assert (ended["closed"], ended["refund"]) == (False, "0")
+    assert ended["closableFrom"] == ended["closeAt"] + 3601
+    assert token_balance(deployment, consumer.address) == 90 * TOKEN - 25 * TOKEN // 10
+    out = cli.ok(["agreement", "settle", "-"], provider, stdin=newer.to_payload().decode())
+    assert out["results"][0]["amount"] == str(1 * TOKEN), "2 more units signed before the end still bill"
+    early = cli.fails(["agreement", "close", str(agreement_id)], consumer)
+    assert early.startswith(f"agreement {agreement_id} can be closed from ")
+    status = cli.ok(["agreement", "status", str(agreement_id)])
+    assert (status["status"], status["prepaid"]) == ("active", str(65 * TOKEN // 10))
 
     listed = cli.ok(["agreement", "list", "--party", consumer.address])
     assert [a["agreement_id"] for a in listed] == [str(agreement_id)]
@@ -93,7 +101,7 @@ def test_notice_period_close_needs_a_second_call(cli, deployment, w3) -> None:
     cli.ok(["agreement", "accept", str(agreement_id), "--deposit", "5"], consumer)
     first = cli.ok(["agreement", "close", str(agreement_id)], consumer)
     assert first["closed"] is False and first["closeAt"] >= chain_now(w3) + 86_000
-    assert first["closableFrom"] == first["closeAt"] + 3600, "readings signed by closeAt settle for an hour more"
+    assert first["closableFrom"] == first["closeAt"] + 3601, "readings signed by closeAt settle for an hour more"
     error = cli.fails(["agreement", "close", str(agreement_id)], provider)
     assert error == f"only the consumer of agreement {agreement_id} may do this, not {provider.address}"
     early = cli.fails(["agreement", "close", str(agreement_id)], consumer)

@@ -113,6 +113,10 @@ def test_agreement_on_ganache(ganache) -> None:
     assert [(r["settled"], r["reason"]) for r in out["results"]] == [(True, None), (False, "CounterRollback")]
     assert cli.ok(["agreement", "withdraw", str(agreement_id)], provider)["amount"] == str(2 * TOKEN)
     final = reading(meter, 1337, contract, agreement_id, 3, chain_now(w3), 104).to_payload().decode()
-    closed = cli.ok(["agreement", "close", str(agreement_id), "--reading", "-"], consumer, stdin=final)
+    ended = cli.ok(["agreement", "close", str(agreement_id), "--reading", "-"], consumer, stdin=final)
+    assert (ended["closed"], ended["refund"]) == (False, "0"), "the refund waits for the grace"
+    w3.provider.make_request("evm_increaseTime", [3601])
+    w3.provider.make_request("evm_mine", [])
+    closed = cli.ok(["agreement", "close", str(agreement_id)], consumer)
     assert closed["closed"] is True and closed["refund"] == str(8 * TOKEN)
     assert token_balance(ganache, consumer.address) == 8 * TOKEN

@@ -7,7 +7,7 @@ import {IPullPayments} from "./IPullPayments.sol";
 /// @title Prepaid metered billing settled from a meter's device-signed cumulative register.
 /// @notice Agreement ids are minted by the contract as `device << 96 | tariffId << 64 | serial`, so `settle` knows
 /// the device and tariff of an agreement without reading a second storage slot. Treat them as opaque uint256.
-/// Ending rule: readings signed up to `closeAt` settle until the agreement is closed; {close} waits for
+/// Ending rule: readings signed up to `closeAt` settle until the agreement is closed; {close} opens strictly after
 /// `closeAt + SETTLEMENT_GRACE`; readings signed after `closeAt` are refused with AfterEnd.
 interface IMeteredBilling is IDeviceEvents, IPullPayments {
     /// @notice Offered → Active ⇄ Suspended → Closed; Offered → Cancelled.
@@ -136,16 +136,17 @@ interface IMeteredBilling is IDeviceEvents, IPullPayments {
     /// Emits a {CloseRequested} event.
     function requestClose(uint256 agreementId) external;
 
-    /// @notice Consumer closes from `closeAt + SETTLEMENT_GRACE` on (reverts with {TooEarly} before, with
-    /// {CloseNotRequested} without a request) and is paid the prepaid rest: pushed with bounded gas, credited for
-    /// {withdraw} when the push fails. Emits an {AgreementClosed} event.
+    /// @notice Consumer closes strictly after `closeAt + SETTLEMENT_GRACE` (reverts with {TooEarly} until then,
+    /// with {CloseNotRequested} without a request) and is paid the prepaid rest: pushed with bounded gas, credited
+    /// for {withdraw} when the push fails. Emits an {AgreementClosed} event.
     function close(uint256 agreementId) external returns (uint256 refund);
 
-    /// @notice Consumer settles a fresh final reading (timestamp within MAX_CLOCK_SKEW of now) and closes at once,
-    /// without notice or grace: the cumulative register covers everything before it. Reverts with {EventRejected}
-    /// if the reading cannot settle (AfterEnd once `closeAt` has passed). Pays like {close}. Emits
-    /// {ReadingSettled} and {AgreementClosed} events.
-    function closeWithReading(SignedReading calldata reading) external returns (uint256 refund);
+    /// @notice Consumer settles a fresh final reading (timestamp within MAX_CLOCK_SKEW of now) and starts the end
+    /// now, without the notice period: `closeAt` becomes the block time (or stays, if already earlier). It pays
+    /// nothing: readings signed by `closeAt` keep settling during the grace and the refund comes from {close}.
+    /// Reverts with {EventRejected} if the reading cannot settle (AfterEnd once `closeAt` has passed). Emits
+    /// {ReadingSettled} and, when `closeAt` moves, {CloseRequested} events.
+    function closeWithReading(SignedReading calldata reading) external returns (uint64 closeAt);
 
     function agreementOf(uint256 agreementId) external view returns (Agreement memory);
 

@@ -27,7 +27,7 @@ import {IPullPayments} from "./IPullPayments.sol";
 /// `minFactorBps`; every event per 100 km adds `stepBps`, capped at `maxFactorBps`.
 ///
 /// Ending: after {requestClose}, reports signed up to `closeAt` keep settling until {close}, which is possible
-/// from `closeAt + SETTLEMENT_GRACE`; a report signed after `closeAt` is refused with {RejectReason.AfterEnd}. So a
+/// strictly after `closeAt + SETTLEMENT_GRACE`; a report signed after `closeAt` is refused with AfterEnd. So a
 /// holder who closes first, or a relayer who withholds during the notice, only delays what the driving costs.
 interface IMotorInsurance is IDeviceEvents, IPullPayments {
     /// @notice Offered → Active ⇄ Lapsed → Closed; Offered → Cancelled.
@@ -191,8 +191,8 @@ interface IMotorInsurance is IDeviceEvents, IPullPayments {
     /// closeAt. Emits a {CloseRequested} event.
     function requestClose(uint256 policyId) external;
 
-    /// @notice Anyone ends the policy from closeAt + SETTLEMENT_GRACE (reverts with {TooEarly} before: reports
-    /// signed by closeAt may still arrive); the unused prepaid balance goes to the holder with a bounded push, or
+    /// @notice Anyone ends the policy strictly after closeAt + SETTLEMENT_GRACE (reverts with {TooEarly} until
+    /// then: reports signed by closeAt may still arrive); the unused prepaid balance goes to the holder with a bounded push, or
     /// becomes the holder's credit for {withdraw} if the push fails. Arrears stay on record.
     /// Emits a {PolicyClosed} event.
     function close(uint256 policyId) external returns (uint256 refund);

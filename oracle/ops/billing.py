@@ -141,7 +141,8 @@ class CloseOutcome:
     close_at: int
     """Readings signed up to this time still bill; later ones are refused (AfterEnd)."""
     closable_from: int
-    """``close_at`` + the settlement grace: the first second ``close`` pays the refund."""
+    """``close_at`` + the settlement grace + 1 s: the first second ``close`` pays the refund (at the grace's last
+    second a reading signed by ``close_at`` still settles, so the close waits one more)."""
     refund: int
     txs: tuple[TxResult, ...]
 
@@ -149,6 +150,11 @@ class CloseOutcome:
 def settlement_grace(ctx: OpsContext) -> int:
     """Seconds after closeAt during which readings signed by then still settle (the contract's SETTLEMENT_GRACE)."""
     return int(ctx.contract(CONTRACT).functions.SETTLEMENT_GRACE().call())
+
+
+def closable_from(ctx: OpsContext, close_at: int) -> int:
+    """The first second ``close`` is accepted for an agreement ending at ``close_at`` (0 when no end is set)."""
+    return close_at + settlement_grace(ctx) + 1 if close_at else 0
 
 
 def _refund_in(ctx: OpsContext, result: TxResult) -> int:
@@ -168,22 +174,23 @@ def close(ctx: OpsContext, agreement_id: int) -> CloseOutcome:
     if close_at == 0 and view.status in ("active", "suspended"):
         txs.append(transact(ctx, billing.functions.requestClose(agreement_id), CONTRACT))
         close_at = agreement_of(ctx, agreement_id).close_at
-    closable_from = close_at + settlement_grace(ctx) if close_at else 0
+    opens = closable_from(ctx, close_at)
     now = int(ctx.w3.eth.get_block("latest")["timestamp"])
-    if txs and closable_from > now:
-        return CloseOutcome(False, close_at, closable_from, 0, tuple(txs))
+    if txs and opens > now:
+        return CloseOutcome(False, close_at, opens, 0, tuple(txs))
     # Otherwise let the contract decide: an early or unauthorised close comes back as a decoded sentence.
     result = transact(ctx, billing.functions.close(agreement_id), CONTRACT)
     txs.append(result)
-    return CloseOutcome(True, close_at, closable_from, _refund_in(ctx, result), tuple(txs))
+    return CloseOutcome(True, close_at, opens, _refund_in(ctx, result), tuple(txs))
 
 
 def close_with_reading(ctx: OpsContext, event: SignedEvent) -> CloseOutcome:
-    """Consumer: settle a fresh final reading (signed within the clock skew of now) and close at once, without
-    notice or grace; its cumulative register covers every earlier reading."""
+    """Consumer: settle a fresh final reading (signed within the clock skew of now) and end the agreement now,
+    without the notice period. Nothing is refunded yet: a newer reading signed before this call may still be on
+    its way and settles during the grace, so the refund comes from :func:`close` from ``closable_from``."""
     result = transact(ctx, ctx.contract(CONTRACT).functions.closeWithReading(reading_tuple(event)), CONTRACT)
-    view = agreement_of(ctx, int(event.target_id))
-    return CloseOutcome(True, view.close_at, view.close_at, _refund_in(ctx, result), (result,))
+    close_at = agreement_of(ctx, int(event.target_id)).close_at
+    return CloseOutcome(False, close_at, closable_from(ctx, close_at), 0, (result,))
 
 
 def list_agreements(ctx: OpsContext, *, party: str | None = None, device: str | None = None) -> list[AgreementView]:

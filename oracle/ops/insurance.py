@@ -507,7 +507,7 @@ def history(ctx: OpsContext, policy_id: int) -> tuple[PolicyView, list[HistoryEn
         elif name == "CloseRequested":
             entries.append(HistoryEntry("close-requested", *base, explanation=(
                 f"ends at {when(a['closeAt'])}: reports signed until then settle, closing opens "
-                f"{settlement_grace(ctx) // 60} min later")))
+                f"{settlement_grace(ctx) // 60} min 1 s later")))
         elif name == "PolicyClosed":
             entries.append(HistoryEntry("closed", *base, amount=int(a["refund"]),
                                         explanation=f"{fmt(int(a['refund']))} refunded to the holder"))

@@ -598,7 +598,7 @@ contract MeteredBillingTest is Fixture {
 
         vm.warp(closeAt - 1);
         _settle(_reading(2, START + 110)); // readings keep settling during the notice
-        uint256 notBefore = closeAt + billing.SETTLEMENT_GRACE();
+        uint256 notBefore = closeAt + billing.SETTLEMENT_GRACE() + 1;
         vm.expectRevert(abi.encodeWithSelector(ICommonErrors.TooEarly.selector, id, notBefore, closeAt - 1));
         vm.prank(consumer);
         billing.close(id);
@@ -633,7 +633,7 @@ contract MeteredBillingTest is Fixture {
         vm.startPrank(consumer);
         billing.requestClose(id);
         billing.requestClose(id); // a second request keeps the first date
-        vm.warp(block.timestamp + 1 days + billing.SETTLEMENT_GRACE());
+        vm.warp(block.timestamp + 1 days + billing.SETTLEMENT_GRACE() + 1);
         billing.close(id);
         vm.expectRevert(
             abi.encodeWithSelector(IMeteredBilling.WrongStatus.selector, id, IMeteredBilling.AgreementStatus.Closed)
@@ -646,12 +646,26 @@ contract MeteredBillingTest is Fixture {
         vm.stopPrank();
     }
 
-    function test_CloseWithReading_SettlesAndRefundsAtOnce() public {
-        IMeteredBilling.SignedReading memory rd = _reading(1, START + 50);
+    function test_CloseWithReading_SettlesAndEndsNowWithoutNotice() public {
+        vm.prank(provider);
+        uint256 a = billing.offer(consumer, meter, tariff, address(token), START, 1 days);
+        token.mint(consumer, DEPOSIT);
+        vm.startPrank(consumer);
+        token.approve(address(billing), DEPOSIT);
+        billing.accept(a, DEPOSIT, START);
+        vm.stopPrank();
+        IMeteredBilling.SignedReading memory rd = signReading(meterKey, a, 1, uint64(block.timestamp), START + 50);
+        vm.expectEmit(address(billing));
+        emit IMeteredBilling.CloseRequested(a, uint64(block.timestamp));
         vm.prank(consumer);
-        assertEq(billing.closeWithReading(rd), DEPOSIT - 150);
+        assertEq(billing.closeWithReading(rd), uint64(block.timestamp), "the 1-day notice is skipped");
+        assertEq(billing.earningsOf(a), 150);
+        assertEq(token.balanceOf(consumer), 0, "the refund waits for the grace");
+        assertEq(uint8(billing.agreementOf(a).status), uint8(IMeteredBilling.AgreementStatus.Active));
+        vm.warp(block.timestamp + billing.SETTLEMENT_GRACE() + 1);
+        vm.prank(consumer);
+        assertEq(billing.close(a), DEPOSIT - 150);
         assertEq(token.balanceOf(consumer), DEPOSIT - 150);
-        assertEq(uint8(billing.agreementOf(id).status), uint8(IMeteredBilling.AgreementStatus.Closed));
     }
 
     function test_RevertWhen_CloseWithReading_StaleOrBadReading() public {
@@ -688,7 +702,7 @@ contract MeteredBillingTest is Fixture {
         vm.deal(address(payee), 1 ether);
         payee.exec(address(billing), 1 ether, abi.encodeCall(billing.accept, (a, 1 ether, START)));
         payee.exec(address(billing), 0, abi.encodeCall(billing.requestClose, (a)));
-        vm.warp(block.timestamp + billing.SETTLEMENT_GRACE());
+        vm.warp(block.timestamp + billing.SETTLEMENT_GRACE() + 1);
         payee.setMode(Payee.Mode.Revert);
         vm.expectEmit(address(billing));
         emit IPullPayments.Credited(address(0), address(payee), 1 ether);
@@ -711,7 +725,7 @@ contract MeteredBillingTest is Fixture {
         vm.deal(address(payee), 1 ether);
         payee.exec(address(billing), 1 ether, abi.encodeCall(billing.accept, (a, 1 ether, START)));
         payee.exec(address(billing), 0, abi.encodeCall(billing.requestClose, (a)));
-        vm.warp(block.timestamp + billing.SETTLEMENT_GRACE());
+        vm.warp(block.timestamp + billing.SETTLEMENT_GRACE() + 1);
         payee.armReentry(address(billing), abi.encodeCall(billing.close, (a)));
         payee.exec(address(billing), 0, abi.encodeCall(billing.close, (a)));
         assertFalse(payee.reentrySucceeded());
@@ -741,7 +755,7 @@ contract MeteredBillingTest is Fixture {
         vm.prank(relayer);
         billing.settle(oneReading(signedInTime));
 
-        vm.warp(closeAt + billing.SETTLEMENT_GRACE());
+        vm.warp(closeAt + billing.SETTLEMENT_GRACE() + 1);
         vm.prank(consumer);
         try billing.close(a) {} catch {}
         assertEq(billing.earningsOf(a), 900 * PRICE, "the 900 signed units are billed");
@@ -784,10 +798,84 @@ contract MeteredBillingTest is Fixture {
             uint256 i = (k + order) % 4;
             if (mask & (1 << i) != 0) billing.settle(oneReading(all[i]));
         }
-        vm.warp(closeAt + billing.SETTLEMENT_GRACE());
+        vm.warp(closeAt + billing.SETTLEMENT_GRACE() + 1);
         vm.prank(consumer);
         billing.close(a);
         assertEq(billing.earningsOf(a), 1200 * PRICE, "billed to the newest reading signed by closeAt");
+    }
+
+    // ---------------------------------------------------------------- review findings
+
+    /// @dev Review finding 4: closing on a final reading must not skip a newer reading signed before the close. The
+    /// final reading only starts the end (closeAt = now); the refund waits for the grace like any other close.
+    function test_Review_ConsumerClosesOnAnOlderFreshReadingAndSkipsNewerSignedConsumption() public {
+        uint256 a = openAgreement(meter, flatTariff(10), 0, 10_000);
+        uint64 t0 = uint64(block.timestamp);
+        IMeteredBilling.SignedReading memory r1 = signReading(meterKey, a, 1, t0 + 10, 100);
+        IMeteredBilling.SignedReading memory r5 = signReading(meterKey, a, 5, t0 + 290, 900);
+
+        vm.warp(t0 + 300);
+        vm.prank(consumer);
+        billing.closeWithReading(r1);
+        assertEq(token.balanceOf(consumer), 0, "no refund before the grace");
+        assertEq(billing.agreementOf(a).closeAt, t0 + 300, "the end starts now");
+
+        vm.prank(relayer);
+        assertEq(billing.settle(oneReading(r5)), 1, "the newer reading, signed before the close, settles");
+        uint256 notBefore = uint256(t0) + 300 + billing.SETTLEMENT_GRACE() + 1;
+        vm.warp(notBefore - 1);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.TooEarly.selector, a, notBefore, notBefore - 1));
+        vm.prank(consumer);
+        billing.close(a);
+        vm.warp(notBefore);
+        vm.prank(consumer);
+        assertEq(billing.close(a), 1_000, "refund of what 900 units left");
+        assertEq(billing.earningsOf(a), 9_000, "the provider is paid the 900 signed units");
+        assertEq(token.balanceOf(consumer), 1_000);
+    }
+
+    /// @dev Review finding 4: a final reading during the notice brings closeAt forward to now (never later); one
+    /// after a past closeAt is refused, and the existing closeAt stays.
+    function test_Review_FinalReadingNeverMovesTheEndLater() public {
+        vm.prank(consumer);
+        billing.requestClose(id);
+        vm.warp(block.timestamp + 1 hours);
+        IMeteredBilling.SignedReading memory fin = _reading(1, START + 10);
+        vm.expectEmit(address(billing));
+        emit IMeteredBilling.CloseRequested(id, uint64(block.timestamp));
+        vm.prank(consumer);
+        assertEq(billing.closeWithReading(fin), uint64(block.timestamp));
+        uint64 closeAt = billing.agreementOf(id).closeAt;
+        assertEq(closeAt, block.timestamp, "brought forward from the notice");
+        vm.warp(closeAt + 1);
+        IMeteredBilling.SignedReading memory late = _reading(2, START + 20);
+        vm.expectRevert(
+            abi.encodeWithSelector(IDeviceEvents.EventRejected.selector, id, 2, IDeviceEvents.RejectReason.AfterEnd)
+        );
+        vm.prank(consumer);
+        billing.closeWithReading(late);
+        assertEq(billing.agreementOf(id).closeAt, closeAt);
+    }
+
+    /// @dev Review finding 5: at exactly closeAt + SETTLEMENT_GRACE a reading signed by closeAt still settles and
+    /// close is still early, so the order inside the block cannot decide the bill.
+    function test_Review_AtTheGraceBoundaryTheReadingSettlesAndCloseWaitsOneSecond() public {
+        uint256 a = openAgreement(meter, flatTariff(10), 0, 10_000);
+        vm.prank(consumer);
+        billing.requestClose(a);
+        uint64 closeAt = billing.agreementOf(a).closeAt;
+        IMeteredBilling.SignedReading memory rd = signReading(meterKey, a, 1, closeAt, 900);
+        uint256 boundary = uint256(closeAt) + billing.SETTLEMENT_GRACE();
+        vm.warp(boundary);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.TooEarly.selector, a, boundary + 1, boundary));
+        vm.prank(consumer);
+        billing.close(a); // close first in the block: still early
+        vm.prank(relayer);
+        assertEq(billing.settle(oneReading(rd)), 1, "the reading signed at closeAt settles");
+        vm.warp(boundary + 1);
+        vm.prank(consumer);
+        assertEq(billing.close(a), 1_000);
+        assertEq(billing.earningsOf(a), 9_000);
     }
 
     /// @dev Issue scenario 7b: the consumer's acceptance names the start value it accepts.

@@ -567,7 +567,7 @@ contract MotorInsuranceTest is MotorFixture {
         );
         vm.prank(holder);
         motor.requestClose(id);
-        vm.warp(block.timestamp + 1 days + motor.SETTLEMENT_GRACE());
+        vm.warp(block.timestamp + 1 days + motor.SETTLEMENT_GRACE() + 1);
         motor.close(id);
         _expectRejected(_report(1, START + 1, 0, 0), IDeviceEvents.RejectReason.NotActive);
     }
@@ -837,7 +837,7 @@ contract MotorInsuranceTest is MotorFixture {
         motor.requestClose(a); // notice period 0: anyone may close once the grace is over
         vm.stopPrank();
         _settle(signTelematics(vehicleKey, a, 1, uint64(block.timestamp), START + 50_000, 0, 0));
-        vm.warp(block.timestamp + motor.SETTLEMENT_GRACE());
+        vm.warp(block.timestamp + motor.SETTLEMENT_GRACE() + 1);
         // during the premium transfer the token tries to close the policy (permissionless): the guard refuses
         evil.arm(address(motor), abi.encodeCall(motor.close, (a)));
         vm.prank(insurer);
@@ -898,7 +898,7 @@ contract MotorInsuranceTest is MotorFixture {
         uint64 closeAt = motor.policyOf(id).closeAt;
         vm.warp(closeAt - 1);
         _settle(_report(2, START + 60_000, 0, 0)); // reports keep settling during the notice: 800
-        uint256 notBefore = closeAt + motor.SETTLEMENT_GRACE();
+        uint256 notBefore = closeAt + motor.SETTLEMENT_GRACE() + 1;
         vm.expectRevert(abi.encodeWithSelector(ICommonErrors.TooEarly.selector, id, notBefore, closeAt - 1));
         motor.close(id);
         vm.warp(notBefore - 1);
@@ -925,7 +925,7 @@ contract MotorInsuranceTest is MotorFixture {
         motor.close(id);
         vm.prank(holder);
         motor.requestClose(id);
-        vm.warp(block.timestamp + 1 days + motor.SETTLEMENT_GRACE());
+        vm.warp(block.timestamp + 1 days + motor.SETTLEMENT_GRACE() + 1);
         motor.close(id);
         vm.expectRevert(_wrongStatus(id, IMotorInsurance.PolicyStatus.Closed));
         motor.close(id);
@@ -940,7 +940,7 @@ contract MotorInsuranceTest is MotorFixture {
         _settle(_report(1, START + 2_000_000, 0, 0)); // arrears 60_000
         vm.prank(insurer);
         motor.requestClose(id);
-        vm.warp(block.timestamp + 1 days + motor.SETTLEMENT_GRACE());
+        vm.warp(block.timestamp + 1 days + motor.SETTLEMENT_GRACE() + 1);
         assertEq(motor.close(id), 0, "nothing to refund");
         IMotorInsurance.Policy memory pol = motor.policyOf(id);
         assertEq(uint8(pol.status), uint8(IMotorInsurance.PolicyStatus.Closed));
@@ -957,7 +957,7 @@ contract MotorInsuranceTest is MotorFixture {
         motor.requestClose(a);
         vm.stopPrank();
         rev.setBroken(true);
-        vm.warp(block.timestamp + motor.SETTLEMENT_GRACE());
+        vm.warp(block.timestamp + motor.SETTLEMENT_GRACE() + 1);
         vm.expectEmit(address(motor));
         emit IMotorInsurance.PolicyClosed(a, DEPOSIT);
         vm.expectEmit(address(motor));
@@ -991,7 +991,7 @@ contract MotorInsuranceTest is MotorFixture {
         vm.stopPrank();
         // the refund push re-enters withdraw (nothing credited yet, and the guard is held): the push still succeeds
         evil.arm(address(motor), abi.encodeCall(motor.withdraw, (address(evil))));
-        vm.warp(block.timestamp + motor.SETTLEMENT_GRACE());
+        vm.warp(block.timestamp + motor.SETTLEMENT_GRACE() + 1);
         motor.close(a);
         assertFalse(evil.reentrySucceeded());
         assertEq(evil.balanceOf(holder), DEPOSIT, "refunded exactly once");

@@ -142,7 +142,7 @@ contract MotorInsuranceRelayTest is MotorFixture {
         try motor.close(id) {} catch {}
         uint256 settled = _relay(last);
 
-        vm.warp(uint256(closeAt) + motor.SETTLEMENT_GRACE());
+        vm.warp(uint256(closeAt) + motor.SETTLEMENT_GRACE() + 1);
         try motor.close(id) {} catch {}
         uint256 refunded = token.balanceOf(holder);
         emit log_named_uint("refund to the holder", refunded);
@@ -161,10 +161,10 @@ contract MotorInsuranceRelayTest is MotorFixture {
         IMotorInsurance.SignedTelematics memory a = _sign(id, 1, START + 100_000, 0, 0);
         vm.warp(closeAt);
         IMotorInsurance.SignedTelematics memory b = _sign(id, 2, START + 300_000, 0, 0); // signed at closeAt: in
-        vm.warp(uint256(closeAt) + motor.SETTLEMENT_GRACE() - 1);
+        vm.warp(uint256(closeAt) + motor.SETTLEMENT_GRACE()); // the grace's last second;
         vm.expectRevert(
             abi.encodeWithSelector(
-                ICommonErrors.TooEarly.selector, id, uint256(closeAt) + motor.SETTLEMENT_GRACE(), block.timestamp
+                ICommonErrors.TooEarly.selector, id, uint256(closeAt) + motor.SETTLEMENT_GRACE() + 1, block.timestamp
             )
         );
         motor.close(id);
@@ -175,6 +175,25 @@ contract MotorInsuranceRelayTest is MotorFixture {
         vm.warp(block.timestamp + 1);
         motor.close(id);
         assertEq(token.balanceOf(holder), DEPOSIT - 30_000, "300 km x 100 charged, the rest refunded");
+    }
+
+    /// @dev Review finding 5: at exactly closeAt + SETTLEMENT_GRACE a report signed by closeAt still settles and
+    /// close is still early, so the order inside the block cannot decide the premium.
+    function test_Review_AtTheGraceBoundaryTheReportSettlesAndCloseWaitsOneSecond() public {
+        uint256 id = openPolicy(vehicle, 100, 10_000, 10_000, 0, START, DEPOSIT);
+        vm.prank(holder);
+        motor.requestClose(id);
+        uint64 closeAt = motor.policyOf(id).closeAt;
+        vm.warp(closeAt);
+        IMotorInsurance.SignedTelematics memory last = _sign(id, 1, START + 500_000, 0, 0); // 500 km = 50,000
+        uint256 boundary = uint256(closeAt) + motor.SETTLEMENT_GRACE();
+        vm.warp(boundary);
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.TooEarly.selector, id, boundary + 1, boundary));
+        motor.close(id); // close first in the block: still early
+        assertEq(_relay(last), 1, "the report signed at closeAt settles");
+        vm.warp(boundary + 1);
+        motor.close(id);
+        assertEq(token.balanceOf(holder), DEPOSIT - 50_000, "the refund is what the driving left");
     }
 
     /// @dev A report signed after closeAt is not the policy's: refused with AfterEnd, nothing charged.

@@ -318,7 +318,7 @@ contract MotorInsuranceInvariantsTest is Test {
         handler.report(3, 0, 0, 0, 0, 1, 1); // odometer rollback refused
         handler.forge(0, 100);
         handler.withdrawEarnings(0);
-        handler.close(0, 2 hours, true, 0);
+        handler.close(0, 2 hours + 1, true, 0); // notice 1 h, then strictly after the 1 h grace
         handler.open(1, 7, 9_000, 12_000, 100, 1_000);
         handler.report(4, 100_000, 1, 0, 0, 0, 1); // 100 km, 1 event: 0.9 + 0.01 → 100 × 7 × 0.91 = 637
         assertEq(handler.ghostCharged(handler.ids(4)), 637);
