@@ -43,8 +43,9 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
     /// Revoked) still counts for an event whose signed `timestamp` is at or before its `retiredAt`, relayed by
     /// `retiredAt + SETTLEMENT_GRACE`: otherwise an owner could erase what the device already signed by revoking
     /// or rotating before the relay. The cost of this: whoever holds a stolen key keeps, for one grace after the
-    /// owner revokes, the power to settle events dated before the revocation (which they had anyway until then);
-    /// anything dated after `retiredAt` or relayed later is refused (KeyRotated / DeviceRevoked).
+    /// owner revokes, the power to settle events dated at or before the revocation, new backdated ones included
+    /// (which they had anyway until then); anything dated after `retiredAt` or relayed later is refused
+    /// (KeyRotated / DeviceRevoked).
     function _checkSigner(bytes32 structHash, bytes32 r, bytes32 vs, address device, uint256 kindMask, uint64 timestamp)
         internal
         view

@@ -305,11 +305,14 @@ contract DeliveryEscrowTest is Fixture {
     function test_RotatedAndRevokedTracker() public {
         uint256 newKey = deviceKey(43);
         rotate(tracker, newKey, owner);
+        // Signed after the retirement: refused (signed before, it would count for the grace).
+        vm.warp(block.timestamp + 1);
         _expectRejected(_delivery(id, 0), IDeviceEvents.RejectReason.KeyRotated);
         uint256 e2 = _create(address(token), AMOUNT, 0, 0);
         _confirm(signDelivery(newKey, id, 1, uint64(block.timestamp), DEST, 0));
         vm.prank(owner);
         registry.revoke(tracker);
+        vm.warp(block.timestamp + 1);
         _expectRejected(
             signDelivery(newKey, e2, 1, uint64(block.timestamp), DEST, 0), IDeviceEvents.RejectReason.DeviceRevoked
         );

@@ -662,6 +662,8 @@ contract MotorInsuranceTest is MotorFixture {
     function test_Reject_RotatedKeyNewKeyTakesOver() public {
         uint256 newKey = deviceKey(44);
         rotate(vehicle, newKey, owner);
+        // Signed after the retirement: refused (signed before, it would count for the grace).
+        vm.warp(block.timestamp + 1);
         _expectRejected(_report(1, START + 1, 0, 0), IDeviceEvents.RejectReason.KeyRotated);
         _settle(signTelematics(newKey, id, 1, uint64(block.timestamp), START + 1, 0, 0));
     }
@@ -669,6 +671,7 @@ contract MotorInsuranceTest is MotorFixture {
     function test_Reject_RevokedVehicle() public {
         vm.prank(owner);
         registry.revoke(vehicle);
+        vm.warp(block.timestamp + 1);
         _expectRejected(_report(1, START + 1, 0, 0), IDeviceEvents.RejectReason.DeviceRevoked);
     }
 
