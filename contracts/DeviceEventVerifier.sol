@@ -74,9 +74,10 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
         return RejectReason.None;
     }
 
-    /// @dev `IDeviceRegistry.keyInfo(key)` in assembly (arguments in scratch space, the 4-word answer read from free memory): the high-level call costs ~340 gas more per
-    /// event in ABI encoding, memory and enum checks, and this runs once per settled event. The registry is the
-    /// trusted, immutable contract given at construction; a failing or short answer reverts the whole call.
+    /// @dev `IDeviceRegistry.keyInfo(key)` in assembly (arguments in scratch space, the 4-word answer read from
+    /// free memory): the high-level call costs ~340 gas more per event in ABI encoding, memory and enum checks, and
+    /// this runs once per settled event. The registry is the trusted, immutable contract given at construction; a
+    /// failing or short answer reverts the whole call.
     function _keyInfo(address key)
         private
         view
