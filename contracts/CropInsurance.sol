@@ -297,7 +297,8 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
             o.r,
             o.vs,
             station,
-            _WEATHER_KINDS
+            _WEATHER_KINDS,
+            o.timestamp
         );
         if (reason != RejectReason.None) return reason;
 

@@ -109,7 +109,8 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, PullPayments {
             dl.r,
             dl.vs,
             e.device,
-            _TRACKER_KIND
+            _TRACKER_KIND,
+            dl.timestamp
         );
         if (reason != RejectReason.None) return reason;
 

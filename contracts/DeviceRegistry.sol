@@ -17,11 +17,12 @@ contract DeviceRegistry is IDeviceRegistry, EIP712 {
     bytes32 public constant KEY_ROTATION_TYPEHASH =
         keccak256("KeyRotation(address device,address newKey,uint64 deadline)");
 
-    /// @dev What products read per event: packed into one slot (160 + 8 + 8 bits).
+    /// @dev What products read per event: packed into one slot (160 + 8 + 8 + 64 bits).
     struct KeyRecord {
         address device;
         DeviceKind kind;
         KeyStatus status;
+        uint64 retiredAt;
     }
 
     mapping(address device => Device) private _devices;
@@ -49,7 +50,7 @@ contract DeviceRegistry is IDeviceRegistry, EIP712 {
             rotations: 0,
             metadataHash: metadataHash
         });
-        _keys[device] = KeyRecord({device: device, kind: kind, status: KeyStatus.Current});
+        _keys[device] = KeyRecord({device: device, kind: kind, status: KeyStatus.Current, retiredAt: 0});
         emit DeviceRegistered(device, msg.sender, kind, metadataHash);
     }
 
@@ -62,8 +63,10 @@ contract DeviceRegistry is IDeviceRegistry, EIP712 {
         _checkSignature(hashKeyRotation(device, newKey, deadline), signature, newKey);
 
         address oldKey = d.key;
-        _keys[oldKey].status = KeyStatus.Rotated;
-        _keys[newKey] = KeyRecord({device: device, kind: d.kind, status: KeyStatus.Current});
+        KeyRecord storage old = _keys[oldKey];
+        old.status = KeyStatus.Rotated;
+        old.retiredAt = uint64(block.timestamp);
+        _keys[newKey] = KeyRecord({device: device, kind: d.kind, status: KeyStatus.Current, retiredAt: 0});
         d.key = newKey;
         // A device cannot be rotated 2^32 times: each rotation costs a transaction and a fresh key.
         unchecked {
@@ -76,7 +79,9 @@ contract DeviceRegistry is IDeviceRegistry, EIP712 {
     function revoke(address device) external {
         Device storage d = _activeDeviceOfSender(device);
         d.status = DeviceStatus.Revoked;
-        _keys[d.key].status = KeyStatus.Revoked;
+        KeyRecord storage k = _keys[d.key];
+        k.status = KeyStatus.Revoked;
+        k.retiredAt = uint64(block.timestamp);
         emit DeviceRevoked(device, d.key);
     }
 
@@ -93,16 +98,21 @@ contract DeviceRegistry is IDeviceRegistry, EIP712 {
     }
 
     /// @inheritdoc IDeviceRegistry
-    function keyInfo(address key) external view returns (address device, DeviceKind kind, KeyStatus status) {
+    function keyInfo(address key)
+        external
+        view
+        returns (address device, DeviceKind kind, KeyStatus status, uint64 retiredAt)
+    {
         // Called once per settled event by the products: read the packed record with one SLOAD (Solidity would
         // load the slot once per field). Layout as Solidity packs {KeyRecord}: device 0..159 | kind 160..167 |
-        // status 168..175.
+        // status 168..175 | retiredAt 176..239.
         KeyRecord storage k = _keys[key];
         uint256 word;
         assembly ("memory-safe") {
             word := sload(k.slot)
         }
-        return (address(uint160(word)), DeviceKind(uint8(word >> 160)), KeyStatus(uint8(word >> 168)));
+        return
+            (address(uint160(word)), DeviceKind(uint8(word >> 160)), KeyStatus(uint8(word >> 168)), uint64(word >> 176));
     }
 
     /// @inheritdoc IDeviceRegistry

@@ -247,7 +247,8 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
             rd.r,
             rd.vs,
             address(uint160(id >> 96)),
-            _METER_KINDS
+            _METER_KINDS,
+            uint64(timestamp)
         );
         if (reason != RejectReason.None) return reason;
 

@@ -285,7 +285,8 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
             if (reason != RejectReason.None) return reason;
             uint64 closeAt = p.closeAt;
             if (closeAt != 0 && rep.timestamp > closeAt) return RejectReason.AfterEnd;
-            reason = _checkSigner(_structHash(rep), rep.r, rep.vs, address(uint160(id >> 96)), _VEHICLE_KIND);
+            reason =
+                _checkSigner(_structHash(rep), rep.r, rep.vs, address(uint160(id >> 96)), _VEHICLE_KIND, rep.timestamp);
             if (reason != RejectReason.None) return reason;
         }
 

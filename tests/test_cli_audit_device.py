@@ -81,15 +81,17 @@ def test_device_rotate_and_revoke(cli, deployment, w3, monkeypatch) -> None:
     shown = cli.ok(["device", "show", meter.address])
     assert (shown["key"], shown["rotations"]) == (new_key.address, 1)
 
-    # the old key no longer settles anything
+    # the old key no longer settles anything dated after the rotation (dated before, it would for the grace)
     provider, consumer = owner, cli.user(w3)
     agreement_id = int(cli.ok(["agreement", "open", "--consumer", consumer.address, "--device", meter.address,
                                "--price", "1"], provider)["agreementId"])
     cli.ok(["token", "mint", "--amount", "5"], consumer)
     cli.ok(["agreement", "accept", str(agreement_id), "--deposit", "5"], consumer)
-    old = reading(meter, w3.eth.chain_id, deployment.address("MeteredBilling"), agreement_id, 1, chain_now(w3), 2)
+    old = reading(meter, w3.eth.chain_id, deployment.address("MeteredBilling"), agreement_id, 1, chain_now(w3) + 1,
+                  2)
     error = cli.fails(["agreement", "settle", "-"], provider, stdin=old.to_payload().decode())
-    assert error == f"reading event seq 1 for agreement {agreement_id} was signed by a key its device has rotated out"
+    assert error == (f"reading event seq 1 for agreement {agreement_id} was signed by a key its device had rotated out, "
+                     "or relayed more than the settlement grace after the rotation")
 
     revoked = cli.run(["device", "revoke", meter.address, "--yes", "--json"], owner)
     assert revoked.exit_code == 0, revoked.output

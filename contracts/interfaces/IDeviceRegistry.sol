@@ -23,7 +23,8 @@ interface IDeviceRegistry is ICommonErrors {
         Revoked
     }
 
-    /// @notice State of a signing key: Current is the only one whose signatures are accepted.
+    /// @notice State of a signing key. Current keys sign freely; a Rotated or Revoked key's signatures are accepted
+    /// only for events dated at or before its `retiredAt` and relayed within SETTLEMENT_GRACE of it (see {keyInfo}).
     enum KeyStatus {
         None,
         Current,
@@ -66,10 +67,13 @@ interface IDeviceRegistry is ICommonErrors {
         external;
 
     /// @notice Owner only: make `newKey` the device's signing key. `signature` is `newKey`'s EIP-712
-    /// `KeyRotation(device, newKey, deadline)`. The old key stops being accepted. Emits a {KeyRotated} event.
+    /// `KeyRotation(device, newKey, deadline)`. The old key is retired now: products accept its signatures only for
+    /// events dated at or before this block and relayed within their SETTLEMENT_GRACE. Emits a {KeyRotated} event.
     function rotateKey(address device, address newKey, uint64 deadline, bytes calldata signature) external;
 
-    /// @notice Owner only: revoke the device for good. Emits a {DeviceRevoked} event.
+    /// @notice Owner only: revoke the device for good. Its current key is retired now: products accept its
+    /// signatures only for events dated at or before this block and relayed within their SETTLEMENT_GRACE, so
+    /// revoking cannot erase what the device already signed. Emits a {DeviceRevoked} event.
     function revoke(address device) external;
 
     /// @notice Owner only: replace the metadata hash. Emits a {MetadataUpdated} event.
@@ -78,8 +82,12 @@ interface IDeviceRegistry is ICommonErrors {
     /// @notice The full record of `device` (all zero if never registered).
     function deviceOf(address device) external view returns (Device memory);
 
-    /// @notice What `key` signs for: its device id, the device kind and the key's status. One storage slot.
-    function keyInfo(address key) external view returns (address device, DeviceKind kind, KeyStatus status);
+    /// @notice What `key` signs for: its device id, the device kind, the key's status and `retiredAt`, the block
+    /// time the key was rotated out or its device revoked (0 while Current or unknown). One storage slot.
+    function keyInfo(address key)
+        external
+        view
+        returns (address device, DeviceKind kind, KeyStatus status, uint64 retiredAt);
 
     /// @notice The EIP-712 digest a device key signs to consent to registration.
     function hashRegistration(address device, address owner, DeviceKind kind, bytes32 metadataHash, uint64 deadline)

@@ -163,8 +163,10 @@ def _common_rejection(noun: str, target: int, seq: int, reason: str) -> str | No
         "SignatureInvalid": f"the signature of {event} for {target} does not recover to an address",
         "SignatureMalleable": f"the signature of {event} for {target} is malleable (high s); sign again",
         "UnknownKey": f"{event} for {target} was signed by a key that was never registered",
-        "KeyRotated": f"{event} for {target} was signed by a key its device has rotated out",
-        "DeviceRevoked": f"{event} for {target} was signed by a revoked device",
+        "KeyRotated": f"{event} for {target} was signed by a key its device had rotated out, or relayed more than "
+                      "the settlement grace after the rotation",
+        "DeviceRevoked": f"{event} for {target} was signed by a revoked device, or relayed more than the settlement "
+                         "grace after the revocation",
         "WrongDevice": f"{event} for {target} was signed by another device than the one {target} names",
         "WrongDeviceKind": f"{event} for {target} comes from a device of the wrong kind",
         "TimestampInFuture": f"{event} for {target} is dated more than the allowed clock skew ahead of the chain",

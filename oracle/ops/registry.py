@@ -45,7 +45,7 @@ def device_of(ctx: OpsContext, device: str) -> DeviceView:
     raw = ctx.contract(CONTRACT).functions.deviceOf(device).call()
     status = int(raw[2])
     if status == 0:
-        key_device, _kind, key_status = ctx.contract(CONTRACT).functions.keyInfo(device).call()
+        key_device, _kind, key_status, _retired_at = ctx.contract(CONTRACT).functions.keyInfo(device).call()
         if int(key_status) != 0:
             raise ChainError(f"{device} is not a device id but a key of device {key_device}")
         raise ChainError(f"device {device} is not registered on chain {ctx.chain.chain_id}")
@@ -57,7 +57,7 @@ def device_of(ctx: OpsContext, device: str) -> DeviceView:
 
 def key_status(ctx: OpsContext, key: str) -> tuple[str, str]:
     """(device id, status) of a signing key."""
-    device, _kind, status = ctx.contract(CONTRACT).functions.keyInfo(to_checksum_address(key)).call()
+    device, _kind, status, _retired_at = ctx.contract(CONTRACT).functions.keyInfo(to_checksum_address(key)).call()
     return device, KEY_STATUSES[int(status)] if int(status) < len(KEY_STATUSES) else str(status)
 
 

@@ -628,11 +628,14 @@ contract CropInsuranceTest is CropFixture {
 
         uint256 newKey = deviceKey(800);
         rotate(stations[0], newKey, owner);
-        _rejected(o, IDeviceEvents.RejectReason.KeyRotated);
+        // Signed after the retirement: refused (signed before, it would count for the grace).
+        vm.warp(block.timestamp + 1);
+        _rejected(obs(0, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.KeyRotated);
         assertEq(crop.record(one(signObs(newKey, stations[0], 1, uint64(block.timestamp), 10, 0))), 1, "new key");
 
         vm.prank(owner);
         registry.revoke(stations[1]);
+        vm.warp(block.timestamp + 1);
         _rejected(obs(1, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.DeviceRevoked);
     }
 

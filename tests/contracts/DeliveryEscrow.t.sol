@@ -305,11 +305,14 @@ contract DeliveryEscrowTest is Fixture {
     function test_RotatedAndRevokedTracker() public {
         uint256 newKey = deviceKey(43);
         rotate(tracker, newKey, owner);
+        // Signed after the retirement: refused (signed before, it would count for the grace).
+        vm.warp(block.timestamp + 1);
         _expectRejected(_delivery(id, 0), IDeviceEvents.RejectReason.KeyRotated);
         uint256 e2 = _create(address(token), AMOUNT, 0, 0);
         _confirm(signDelivery(newKey, id, 1, uint64(block.timestamp), DEST, 0));
         vm.prank(owner);
         registry.revoke(tracker);
+        vm.warp(block.timestamp + 1);
         _expectRejected(
             signDelivery(newKey, e2, 1, uint64(block.timestamp), DEST, 0), IDeviceEvents.RejectReason.DeviceRevoked
         );
@@ -500,6 +503,38 @@ contract DeliveryEscrowTest is Fixture {
         assertEq(escrow.escrowOf(id).deliverySeq, 2, "the first relayed decided");
         assertEq(escrow.withdrawable(address(token), seller), AMOUNT * (10_000 - PENALTY) / 10_000);
         assertEq(escrow.withdrawable(address(token), buyer), AMOUNT * PENALTY / 10_000);
+    }
+
+    /// @dev Attacker review: a buyer who owns the tracker revoked it once the delivery was signed, so the seller's
+    /// delivery, relayed inside the grace, was DeviceRevoked and the buyer refunded the whole escrow. A key retired
+    /// after the event's timestamp still counts for SETTLEMENT_GRACE after the retirement.
+    function test_Review_BuyerOwningTheTrackerRevokesAndRefundsASignedDelivery() public {
+        uint256 key = deviceKey(920);
+        address ownTracker = registerDevice(key, IDeviceRegistry.DeviceKind.Tracker, buyer);
+        uint64 due = uint64(block.timestamp + 2 days);
+        token.mint(buyer, 50_000);
+        vm.startPrank(buyer);
+        token.approve(address(escrow), 50_000);
+        uint256 escrowId = escrow.createEscrow(seller, ownTracker, address(token), 50_000, DEST, due, 8, 0);
+        vm.stopPrank();
+
+        // Delivered and signed a day before the deadline; the buyer then revokes the tracker.
+        vm.warp(block.timestamp + 1 days);
+        IDeliveryEscrow.SignedDelivery memory d = signDelivery(key, escrowId, 1, uint64(block.timestamp), DEST, 4);
+        vm.prank(buyer);
+        registry.revoke(ownTracker);
+
+        vm.prank(relayer);
+        assertEq(escrow.confirmDeliveries(oneDelivery(d)), 1, "delivery signed before the revocation settles");
+        assertEq(escrow.withdrawable(address(token), seller), 50_000, "the seller is paid");
+
+        vm.warp(uint256(due) + escrow.SETTLEMENT_GRACE() + 1);
+        vm.expectRevert(
+            abi.encodeWithSelector(IDeliveryEscrow.NotFunded.selector, escrowId, IDeliveryEscrow.EscrowState.Released)
+        );
+        vm.prank(buyer);
+        escrow.refund(escrowId);
+        assertEq(escrow.withdrawable(address(token), buyer), 0, "the buyer gets nothing back");
     }
 }
 

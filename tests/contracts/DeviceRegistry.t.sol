@@ -50,24 +50,25 @@ contract DeviceRegistryTest is Fixture {
         assertEq(d.key, device);
         assertEq(d.rotations, 0);
         assertEq(d.metadataHash, META);
-        (address keyDevice, IDeviceRegistry.DeviceKind kind, IDeviceRegistry.KeyStatus status) =
+        (address keyDevice, IDeviceRegistry.DeviceKind kind, IDeviceRegistry.KeyStatus status, uint64 retiredAt) =
             registry.keyInfo(device);
         assertEq(keyDevice, device);
         assertEq(uint8(kind), uint8(METER));
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Current));
+        assertEq(retiredAt, 0, "a current key is not retired");
     }
 
     function testFuzz_Register_AnyKeyAnyKind(uint256 keySeed, uint8 kindSeed) public {
         uint256 k = bound(keySeed, 1, SECP256K1_N - 1);
         IDeviceRegistry.DeviceKind kind = IDeviceRegistry.DeviceKind(bound(kindSeed, 1, 4));
         address d = registerDevice(k, kind, owner);
-        (address keyDevice, IDeviceRegistry.DeviceKind stored,) = registry.keyInfo(d);
+        (address keyDevice, IDeviceRegistry.DeviceKind stored,,) = registry.keyInfo(d);
         assertEq(keyDevice, d);
         assertEq(uint8(stored), uint8(kind));
     }
 
     function test_UnknownKey_HasNoRecord() public view {
-        (address keyDevice,, IDeviceRegistry.KeyStatus status) = registry.keyInfo(device);
+        (address keyDevice,, IDeviceRegistry.KeyStatus status,) = registry.keyInfo(device);
         assertEq(keyDevice, address(0));
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.None));
         assertEq(uint8(registry.deviceOf(device).status), uint8(IDeviceRegistry.DeviceStatus.None));
@@ -221,17 +222,24 @@ contract DeviceRegistryTest is Fixture {
         IDeviceRegistry.Device memory d = registry.deviceOf(device);
         assertEq(d.key, newAddr);
         assertEq(d.rotations, 1);
-        (address keyDevice, IDeviceRegistry.DeviceKind kind, IDeviceRegistry.KeyStatus status) =
+        (address keyDevice, IDeviceRegistry.DeviceKind kind, IDeviceRegistry.KeyStatus status, uint64 retiredAt) =
             registry.keyInfo(newAddr);
         assertEq(keyDevice, device, "the new key speaks for the stable device id");
         assertEq(uint8(kind), uint8(METER));
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Current));
-        (,, status) = registry.keyInfo(device);
+        assertEq(retiredAt, 0);
+        uint256 firstRotation = block.timestamp;
+        (,, status, retiredAt) = registry.keyInfo(device);
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Rotated));
+        assertEq(retiredAt, firstRotation, "the old key is retired at the rotation");
 
+        vm.warp(block.timestamp + 1 days);
         rotate(device, deviceKey(3), owner);
-        (,, status) = registry.keyInfo(newAddr);
+        (,, status, retiredAt) = registry.keyInfo(newAddr);
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Rotated));
+        assertEq(retiredAt, block.timestamp);
+        (,,, retiredAt) = registry.keyInfo(device);
+        assertEq(retiredAt, firstRotation, "a later rotation leaves earlier retirements alone");
         assertEq(registry.deviceOf(device).rotations, 2);
     }
 
@@ -326,21 +334,26 @@ contract DeviceRegistryTest is Fixture {
         vm.prank(owner);
         registry.revoke(device);
         assertEq(uint8(registry.deviceOf(device).status), uint8(IDeviceRegistry.DeviceStatus.Revoked));
-        (address keyDevice,, IDeviceRegistry.KeyStatus status) = registry.keyInfo(device);
+        (address keyDevice,, IDeviceRegistry.KeyStatus status, uint64 retiredAt) = registry.keyInfo(device);
         assertEq(keyDevice, device);
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Revoked));
+        assertEq(retiredAt, block.timestamp, "the key is retired at the revocation");
     }
 
     function test_Revoke_AfterRotationRevokesCurrentKey() public {
         _register();
         uint256 newKey = deviceKey(2);
         rotate(device, newKey, owner);
+        uint256 rotatedAt = block.timestamp;
+        vm.warp(block.timestamp + 1 days);
         vm.prank(owner);
         registry.revoke(device);
-        (,, IDeviceRegistry.KeyStatus status) = registry.keyInfo(vm.addr(newKey));
+        (,, IDeviceRegistry.KeyStatus status, uint64 retiredAt) = registry.keyInfo(vm.addr(newKey));
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Revoked));
-        (,, status) = registry.keyInfo(device);
+        assertEq(retiredAt, block.timestamp);
+        (,, status, retiredAt) = registry.keyInfo(device);
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Rotated));
+        assertEq(retiredAt, rotatedAt, "revocation keeps the rotated key's own retirement time");
     }
 
     function test_RevertWhen_Revoke_Twice() public {

@@ -458,6 +458,8 @@ contract MeteredBillingTest is Fixture {
     function test_RotatedKey_NewKeySettlesOldKeyRefused() public {
         uint256 newKey = deviceKey(30);
         rotate(meter, newKey, owner);
+        // Signed after the retirement: refused (signed before, it would count for the grace).
+        vm.warp(block.timestamp + 1);
         _expectRejected(_reading(1, START + 1), IDeviceEvents.RejectReason.KeyRotated);
         _settle(signReading(newKey, id, 1, uint64(block.timestamp), START + 1));
         assertEq(billing.agreementOf(id).lastSeq, 1, "the new key took over the agreement");
@@ -466,6 +468,7 @@ contract MeteredBillingTest is Fixture {
     function test_RevokedDevice_Refused() public {
         vm.prank(owner);
         registry.revoke(meter);
+        vm.warp(block.timestamp + 1);
         _expectRejected(_reading(1, START + 1), IDeviceEvents.RejectReason.DeviceRevoked);
     }
 

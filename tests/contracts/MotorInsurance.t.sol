@@ -662,6 +662,8 @@ contract MotorInsuranceTest is MotorFixture {
     function test_Reject_RotatedKeyNewKeyTakesOver() public {
         uint256 newKey = deviceKey(44);
         rotate(vehicle, newKey, owner);
+        // Signed after the retirement: refused (signed before, it would count for the grace).
+        vm.warp(block.timestamp + 1);
         _expectRejected(_report(1, START + 1, 0, 0), IDeviceEvents.RejectReason.KeyRotated);
         _settle(signTelematics(newKey, id, 1, uint64(block.timestamp), START + 1, 0, 0));
     }
@@ -669,6 +671,7 @@ contract MotorInsuranceTest is MotorFixture {
     function test_Reject_RevokedVehicle() public {
         vm.prank(owner);
         registry.revoke(vehicle);
+        vm.warp(block.timestamp + 1);
         _expectRejected(_report(1, START + 1, 0, 0), IDeviceEvents.RejectReason.DeviceRevoked);
     }
 
@@ -1045,5 +1048,65 @@ contract MotorInsuranceTest is MotorFixture {
             emit log_named_uint(string.concat("settle: tx gas per report, batch of ", vm.toString(n)), txGas / n);
             assertLt(txGas / n, 60_000, "per-report gas stays bounded");
         }
+    }
+
+    /// @dev Attacker review: a holder who owns the telematics unit revoked it after driving, so the 1,000 km report
+    /// signed an hour into the notice was DeviceRevoked and the holder closed with the whole deposit (insurer
+    /// charged 0). A key retired after the report's timestamp still counts for SETTLEMENT_GRACE.
+    function test_Review_HolderOwningTheUnitRevokesAndErasesSignedDriving() public {
+        uint256 key = deviceKey(900);
+        address vehicle = registerDevice(key, IDeviceRegistry.DeviceKind.Vehicle, holder);
+        // 100 per km, flat factor 1.0: 1,000 km cost 100,000.
+        uint256 id = openPolicy(vehicle, 100, 10_000, 10_000, 0, 0, 1_000_000);
+        vm.prank(holder);
+        motor.requestClose(id);
+        uint64 closeAt = motor.policyOf(id).closeAt;
+
+        vm.warp(block.timestamp + 1 hours);
+        IMotorInsurance.SignedTelematics memory rep =
+            signTelematics(key, id, 1, uint64(block.timestamp), 1_000_000, 0, 0);
+        (,, uint256 honest) = motor.quote(id, 1_000_000, 0, 0);
+        assertEq(honest, 100_000, "honest premium");
+
+        vm.prank(holder);
+        registry.revoke(vehicle);
+        vm.prank(relayer);
+        assertEq(motor.settle(oneReport(rep)), 1, "report signed before the revocation settles");
+
+        vm.warp(uint256(closeAt) + motor.SETTLEMENT_GRACE());
+        uint256 refund = motor.close(id);
+        assertEq(motor.policyOf(id).charged, 100_000, "the insurer is paid for the signed kilometres");
+        assertEq(refund, 900_000, "the holder gets back only the unused deposit");
+    }
+
+    function test_Review_RotationAlsoErasesSignedDriving() public {
+        uint256 key = deviceKey(901);
+        address vehicle = registerDevice(key, IDeviceRegistry.DeviceKind.Vehicle, holder);
+        uint256 id = openPolicy(vehicle, 100, 10_000, 10_000, 0, 0, 1_000_000);
+        vm.warp(block.timestamp + 1 hours);
+        IMotorInsurance.SignedTelematics memory rep =
+            signTelematics(key, id, 1, uint64(block.timestamp), 1_000_000, 0, 0);
+        rotate(vehicle, deviceKey(902), holder);
+        vm.warp(block.timestamp + motor.SETTLEMENT_GRACE());
+        assertEq(motor.settle(oneReport(rep)), 1, "report signed by the then-current key settles within the grace");
+        assertEq(motor.policyOf(id).charged, 100_000);
+    }
+
+    /// @dev The bound of the retired-key window: a report the old key signs after the rotation, or one relayed
+    /// after the grace, is refused.
+    function test_Review_RetiredKeyWindowIsBounded() public {
+        uint256 key = deviceKey(903);
+        address vehicle = registerDevice(key, IDeviceRegistry.DeviceKind.Vehicle, holder);
+        uint256 id = openPolicy(vehicle, 100, 10_000, 10_000, 0, 0, 1_000_000);
+        vm.warp(block.timestamp + 1 hours);
+        IMotorInsurance.SignedTelematics memory before =
+            signTelematics(key, id, 1, uint64(block.timestamp), 1_000, 0, 0);
+        rotate(vehicle, deviceKey(904), holder);
+        vm.warp(block.timestamp + 1);
+        IMotorInsurance.SignedTelematics memory later = signTelematics(key, id, 1, uint64(block.timestamp), 2_000, 0, 0);
+        assertEq(motor.settle(oneReport(later)), 0, "signed after the rotation");
+        vm.warp(block.timestamp + motor.SETTLEMENT_GRACE());
+        assertEq(motor.settle(oneReport(before)), 0, "relayed after the grace");
+        assertEq(motor.policyOf(id).charged, 0);
     }
 }
