@@ -1073,7 +1073,7 @@ contract MotorInsuranceTest is MotorFixture {
         vm.prank(relayer);
         assertEq(motor.settle(oneReport(rep)), 1, "report signed before the revocation settles");
 
-        vm.warp(uint256(closeAt) + motor.SETTLEMENT_GRACE());
+        vm.warp(uint256(closeAt) + motor.SETTLEMENT_GRACE() + 1);
         uint256 refund = motor.close(id);
         assertEq(motor.policyOf(id).charged, 100_000, "the insurer is paid for the signed kilometres");
         assertEq(refund, 900_000, "the holder gets back only the unused deposit");
