@@ -9,8 +9,8 @@ from typing import Any
 import click
 from rich.console import Console
 
-from oracle.config import Config, load_config
-from oracle.errors import IotSettleError
+from iotsettle.oracle.config import Config, load_config
+from iotsettle.oracle.protocol.errors import IotSettleError
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)

@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 import click
 from eth_utils import is_address, is_checksum_address, to_checksum_address
 
-from cli._common import state
-from oracle.errors import IotSettleError
-from oracle.ops.amounts import Amount, parse_amount
-from oracle.ops.context import OpsContext, SenderChoice, open_context
+from iotsettle.cli._common import state
+from iotsettle.oracle.protocol.errors import IotSettleError
+from iotsettle.oracle.ops.amounts import Amount, parse_amount
+from iotsettle.oracle.ops.context import OpsContext, SenderChoice, open_context
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -7,13 +7,13 @@ from collections.abc import Callable
 import click
 from rich.table import Table
 
-from cli._common import IotSettleGroup, emit, json_option
-from cli._params import (ADDRESS, AMOUNT, DURATION, ID, TOKEN, ops_context, read_payloads, rpc_option, sender_options,
+from iotsettle.cli._common import IotSettleGroup, emit, json_option
+from iotsettle.cli._params import (ADDRESS, AMOUNT, DURATION, ID, TOKEN, ops_context, read_payloads, rpc_option, sender_options,
                          short, short_id, when)
-from oracle.errors import ChainError
-from oracle.ops import billing as ops
-from oracle.ops.amounts import Amount
-from oracle.ops.token import describe_token
+from iotsettle.oracle.protocol.errors import ChainError
+from iotsettle.oracle.ops import billing as ops
+from iotsettle.oracle.ops.amounts import Amount
+from iotsettle.oracle.ops.token import describe_token
 
 
 @click.group(cls=IotSettleGroup)

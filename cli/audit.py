@@ -7,11 +7,11 @@ import re
 import click
 from rich.table import Table
 
-from cli._common import IotSettleGroup, emit, json_option
-from cli._params import ADDRESS, ID, ops_context, rpc_option, short, short_id, when
-from oracle.ops import audit as ops
-from oracle.ops.context import OpsContext
-from oracle.ops.token import describe_token
+from iotsettle.cli._common import IotSettleGroup, emit, json_option
+from iotsettle.cli._params import ADDRESS, ID, ops_context, rpc_option, short, short_id, when
+from iotsettle.oracle.ops import audit as ops
+from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.ops.token import describe_token
 
 
 @click.group(cls=IotSettleGroup)

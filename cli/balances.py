@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli._common import emit, json_option
-from cli._params import ADDRESS, ops_context, rpc_option
-from oracle.ops import billing, escrow
-from oracle.ops.token import ETH, TEST, balance_of, describe_token
+from iotsettle.cli._common import emit, json_option
+from iotsettle.cli._params import ADDRESS, ops_context, rpc_option
+from iotsettle.oracle.ops import billing, escrow
+from iotsettle.oracle.ops.token import ETH, TEST, balance_of, describe_token
 
 
 @click.command()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli._common import emit, json_option, state
-from oracle.config import ENV_PREFIX, field_docs
+from iotsettle.cli._common import emit, json_option, state
+from iotsettle.oracle.config import ENV_PREFIX, field_docs
 
 
 @click.group("config")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli._common import emit, json_option, progress, state
-from oracle.chain import connect, load_sender
-from oracle.compiler import ensure_compiled, read_foundry_settings
-from oracle.deploy import deploy_all, manifest_path
+from iotsettle.cli._common import emit, json_option, progress, state
+from iotsettle.oracle.chain.connection import connect, load_sender
+from iotsettle.oracle.chain.compiler import ensure_compiled, read_foundry_settings
+from iotsettle.oracle.chain.deploy import deploy_all, manifest_path
 
 
 @click.command("compile")

@@ -10,14 +10,14 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cli._common import IotSettleGroup, emit, json_option, out_console, progress, state
-from cli._params import ADDRESS, ops_context, rpc_option, short
-from oracle.artifacts import load_artifact
-from oracle.chain import connect
-from oracle.errors import IotSettleError
-from oracle.ops import credit as ops
-from oracle.ops.context import OpsContext
-from oracle.ops.token import describe_token
+from iotsettle.cli._common import IotSettleGroup, emit, json_option, out_console, progress, state
+from iotsettle.cli._params import ADDRESS, ops_context, rpc_option, short
+from iotsettle.oracle.chain.artifacts import load_artifact
+from iotsettle.oracle.chain.connection import connect
+from iotsettle.oracle.protocol.errors import IotSettleError
+from iotsettle.oracle.credit import profile as ops
+from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.ops.token import describe_token
 
 #: Per section: its title and the summary figures shown to people, the first one telling whether the subject
 #: has any history in that role (the JSON export has every figure).

@@ -8,12 +8,12 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cli._common import IotSettleGroup, emit, json_option
-from cli._params import (ADDRESS, AMOUNT, DEADLINE, DURATION, ID, TOKEN, chain_time, ops_context, read_payloads,
+from iotsettle.cli._common import IotSettleGroup, emit, json_option
+from iotsettle.cli._params import (ADDRESS, AMOUNT, DEADLINE, DURATION, ID, TOKEN, chain_time, ops_context, read_payloads,
                          rpc_option, sender_options, short, when)
-from oracle.ops import crop as ops
-from oracle.ops.amounts import Amount
-from oracle.ops.token import describe_token
+from iotsettle.oracle.ops import crop as ops
+from iotsettle.oracle.ops.amounts import Amount
+from iotsettle.oracle.ops.token import describe_token
 
 
 class PercentType(click.ParamType):

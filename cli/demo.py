@@ -36,16 +36,16 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from cli._common import emit, err_console, json_option, progress, state
-from oracle.chain import ANVIL_DEV_KEYS, connect
-from oracle.compiler import ensure_compiled
-from oracle.config import Config
-from oracle.deploy import deploy_all
-from oracle.errors import ConfigError, NodeError
-from oracle.node import Anvil, Mosquitto, Service, free_port, mqtt_ready, rpc_ready
-from oracle.ops import livestats
-from oracle.ops.context import open_context
-from oracle.ops.provision import (CropSetup, CropTerms, FleetSpec, Parties, ProvisionedFleet, can_open_season,
+from iotsettle.cli._common import emit, err_console, json_option, progress, state
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, connect
+from iotsettle.oracle.chain.compiler import ensure_compiled
+from iotsettle.oracle.config import Config
+from iotsettle.oracle.chain.deploy import deploy_all
+from iotsettle.oracle.protocol.errors import ConfigError, NodeError
+from iotsettle.oracle.chain.node import Anvil, Mosquitto, Service, free_port, mqtt_ready, rpc_ready
+from iotsettle.oracle.demo import live as livestats
+from iotsettle.oracle.ops.context import open_context
+from iotsettle.oracle.demo.provision import (CropSetup, CropTerms, FleetSpec, Parties, ProvisionedFleet, can_open_season,
                                   check_chain_time, close_season, demo_account, keeper_account, motor_summary,
                                   open_season, provision)
 
@@ -115,7 +115,7 @@ class Run:
 
 def _cli_command(*args: str) -> list[str]:
     """`iotsettle ARGS` with this interpreter, whether or not the console script is on PATH."""
-    return [sys.executable, "-c", "from cli.main import main; main()", *args]
+    return [sys.executable, "-c", "from iotsettle.cli.main import main; main()", *args]
 
 
 def _spawn(run: Run, name: str, args: list[str], env: dict[str, str], workdir: Path,
@@ -356,7 +356,7 @@ def _demo(config: Config, run: Run, work: Path, spec: FleetSpec, rate: float, du
     if config.source != "defaults" and "IOTSETTLE_CONFIG" not in env:
         env["IOTSETTLE_CONFIG"] = config.source
     report(f"starting the oracle daemon (relayer {accounts[0].address}, store {db_path})")
-    oracle = _spawn(run, "oracle", ["-m", "cli.oracle", "run"], env, work, module=True)
+    oracle = _spawn(run, "oracle", ["-m", "iotsettle.cli.oracle", "run"], env, work, module=True)
     _wait_health(oracle, health_port)
 
     if season_length:

@@ -13,16 +13,16 @@ import click
 from eth_hash.auto import keccak
 from rich.table import Table
 
-from cli._common import emit, json_option, progress, state
-from oracle.chain import connect, load_sender, send
-from oracle.deploy import contract, load_manifest
-from oracle.device.fleet import FaultClass, Fleet, contracts_from_manifest, kind_from_name, kind_name, load_fleet
-from oracle.device.keys import create_keystore, load_keystore, resolve_password
-from oracle.device.publisher import BrokerSettings
-from oracle.device.signer import Contracts, sign_registration
-from oracle.device.simulator import ProgressReport, WeatherScenario, plan_events, run_simulation
-from oracle.eip712 import DeviceKind
-from oracle.errors import ChainError, ConfigError, ProtocolError
+from iotsettle.cli._common import emit, json_option, progress, state
+from iotsettle.oracle.chain.connection import connect, load_sender, send
+from iotsettle.oracle.chain.deploy import contract, load_manifest
+from iotsettle.oracle.device.fleet import FaultClass, Fleet, contracts_from_manifest, kind_from_name, kind_name, load_fleet
+from iotsettle.oracle.device.keys import create_keystore, load_keystore, resolve_password
+from iotsettle.oracle.device.publisher import BrokerSettings
+from iotsettle.oracle.device.signer import Contracts, sign_registration
+from iotsettle.oracle.device.simulator import ProgressReport, WeatherScenario, plan_events, run_simulation
+from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.errors import ChainError, ConfigError, ProtocolError
 
 KIND_CHOICES = [kind.name.lower() for kind in DeviceKind]
 
@@ -144,7 +144,7 @@ def register(
     if on_chain != digest:
         raise ProtocolError(
             f"the registry at {registry.address} computes another Registration digest (0x{on_chain.hex()}) than "
-            f"this toolkit (0x{digest.hex()}); the contract and oracle/eip712.py disagree"
+            f"this toolkit (0x{digest.hex()}); the contract and oracle/protocol/eip712.py disagree"
         )
     existing = registry.functions.deviceOf(device_key.address).call()
     if existing[0] != "0x" + "00" * 20:

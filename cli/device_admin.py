@@ -10,13 +10,13 @@ import os
 import click
 from rich.table import Table
 
-from cli._common import emit, json_option
-from cli._params import ADDRESS, ops_context, rpc_option, sender_options, short, when
-from cli.device import device, password_file_option
-from oracle.device.keys import DeviceKey, load_keystore, resolve_password
-from oracle.errors import KeyFileError
-from oracle.ops import audit, billing, escrow
-from oracle.ops import registry as ops
+from iotsettle.cli._common import emit, json_option
+from iotsettle.cli._params import ADDRESS, ops_context, rpc_option, sender_options, short, when
+from iotsettle.cli.device import device, password_file_option
+from iotsettle.oracle.device.keys import DeviceKey, load_keystore, resolve_password
+from iotsettle.oracle.protocol.errors import KeyFileError
+from iotsettle.oracle.ops import audit, billing, escrow
+from iotsettle.oracle.ops import registry as ops
 
 KINDS = ["meter", "tracker", "vehicle", "weather station"]
 

@@ -7,14 +7,14 @@ from collections.abc import Callable
 import click
 from rich.table import Table
 
-from cli._common import IotSettleGroup, emit, json_option
-from cli._params import (ADDRESS, AMOUNT, DEADLINE, ID, TOKEN, chain_time, ops_context, read_payloads, rpc_option,
+from iotsettle.cli._common import IotSettleGroup, emit, json_option
+from iotsettle.cli._params import (ADDRESS, AMOUNT, DEADLINE, ID, TOKEN, chain_time, ops_context, read_payloads, rpc_option,
                          sender_options, short, when)
-from oracle.device.location import location_bytes32, location_geohash
-from oracle.errors import ProtocolError
-from oracle.ops import escrow as ops
-from oracle.ops.amounts import Amount
-from oracle.ops.token import describe_token
+from iotsettle.oracle.protocol.location import location_bytes32, location_geohash
+from iotsettle.oracle.protocol.errors import ProtocolError
+from iotsettle.oracle.ops import escrow as ops
+from iotsettle.oracle.ops.amounts import Amount
+from iotsettle.oracle.ops.token import describe_token
 
 
 @click.group(cls=IotSettleGroup)

@@ -16,10 +16,10 @@ import click
 import requests
 from web3.exceptions import Web3Exception
 
-from cli._common import IotSettleGroup, emit, err_console, json_option
-from cli._params import DURATION, ops_context, rpc_option, sender_options
-from oracle.errors import IotSettleError
-from oracle.ops.keeper import Keeper, PassSummary
+from iotsettle.cli._common import IotSettleGroup, emit, err_console, json_option
+from iotsettle.cli._params import DURATION, ops_context, rpc_option, sender_options
+from iotsettle.oracle.protocol.errors import IotSettleError
+from iotsettle.oracle.ops.keeper import Keeper, PassSummary
 
 #: exit status after SIGINT (Ctrl-C), as a shell reports a process ended by it (128 + 2)
 EXIT_INTERRUPTED = 130

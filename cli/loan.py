@@ -7,13 +7,13 @@ from decimal import Decimal
 import click
 from rich.table import Table
 
-from cli._common import IotSettleGroup, emit, json_option
-from cli._params import (ADDRESS, AMOUNT, DEADLINE, ID, TOKEN, chain_time, ops_context, rpc_option, sender_options,
+from iotsettle.cli._common import IotSettleGroup, emit, json_option
+from iotsettle.cli._params import (ADDRESS, AMOUNT, DEADLINE, ID, TOKEN, chain_time, ops_context, rpc_option, sender_options,
                          short, when)
-from cli.crop import PERCENT
-from oracle.ops import loan as ops
-from oracle.ops.amounts import Amount
-from oracle.ops.token import describe_token
+from iotsettle.cli.crop import PERCENT
+from iotsettle.oracle.ops import loan as ops
+from iotsettle.oracle.ops.amounts import Amount
+from iotsettle.oracle.ops.token import describe_token
 
 
 @click.group(cls=IotSettleGroup)

@@ -6,23 +6,23 @@ import logging
 
 import click
 
-from cli._common import IotSettleGroup, State
-from cli.config_cmd import config_group
-from cli.contracts import compile_cmd, deploy
-from cli.demo import demo
-from cli.node import node
-from cli.oracle import oracle
-from cli.escrow import escrow
-from cli.agreement import agreement
-from cli.token import token
-from cli.balances import balances
-from cli.audit import audit
-from cli.device_admin import device
-from cli.credit import credit
-from cli.policy import policy
-from cli.crop import crop
-from cli.loan import loan
-from cli.keeper import keeper
+from iotsettle.cli._common import IotSettleGroup, State
+from iotsettle.cli.config_cmd import config_group
+from iotsettle.cli.contracts import compile_cmd, deploy
+from iotsettle.cli.demo import demo
+from iotsettle.cli.node import node
+from iotsettle.cli.oracle import oracle
+from iotsettle.cli.escrow import escrow
+from iotsettle.cli.agreement import agreement
+from iotsettle.cli.token import token
+from iotsettle.cli.balances import balances
+from iotsettle.cli.audit import audit
+from iotsettle.cli.device_admin import device
+from iotsettle.cli.credit import credit
+from iotsettle.cli.policy import policy
+from iotsettle.cli.crop import crop
+from iotsettle.cli.loan import loan
+from iotsettle.cli.keeper import keeper
 
 
 @click.group(cls=IotSettleGroup, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "IOTSETTLE"})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli._common import emit, json_option, progress, state
-from oracle.node import stack
+from iotsettle.cli._common import emit, json_option, progress, state
+from iotsettle.oracle.chain.node import stack
 
 
 @click.group()

@@ -12,10 +12,10 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cli._common import IotSettleGroup, State, emit, json_option, state
-from oracle.daemon.ingest import prefer_fast_keccak
-from oracle.daemon.service import OracleDaemon
-from oracle.daemon.store import Store
+from iotsettle.cli._common import IotSettleGroup, State, emit, json_option, state
+from iotsettle.oracle.daemon.ingest import prefer_fast_keccak
+from iotsettle.oracle.daemon.service import OracleDaemon
+from iotsettle.oracle.daemon.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def release(ctx: click.Context, device: str, as_json: bool) -> None:
 
 
 def main() -> None:
-    """Entry point for `python -m cli.oracle` (the same commands as `iotsettle oracle`)."""
+    """Entry point for `python -m iotsettle.cli.oracle` (the same commands as `iotsettle oracle`)."""
     oracle(prog_name="iotsettle oracle", auto_envvar_prefix="IOTSETTLE", obj=State(None))
 
 

@@ -8,12 +8,12 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cli._common import IotSettleGroup, emit, json_option
-from cli._params import (ADDRESS, AMOUNT, DURATION, ID, TOKEN, ops_context, read_payloads, rpc_option, sender_options,
+from iotsettle.cli._common import IotSettleGroup, emit, json_option
+from iotsettle.cli._params import (ADDRESS, AMOUNT, DURATION, ID, TOKEN, ops_context, read_payloads, rpc_option, sender_options,
                          short, short_id, when)
-from oracle.ops import insurance as ops
-from oracle.ops.amounts import Amount
-from oracle.ops.token import describe_token
+from iotsettle.oracle.ops import insurance as ops
+from iotsettle.oracle.ops.amounts import Amount
+from iotsettle.oracle.ops.token import describe_token
 
 
 class FactorType(click.ParamType):

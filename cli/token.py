@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli._common import IotSettleGroup, emit, json_option
-from cli._params import ADDRESS, AMOUNT, TOKEN, ops_context, rpc_option, sender_options
-from oracle.ops import token as ops
-from oracle.ops.amounts import Amount
+from iotsettle.cli._common import IotSettleGroup, emit, json_option
+from iotsettle.cli._params import ADDRESS, AMOUNT, TOKEN, ops_context, rpc_option, sender_options
+from iotsettle.oracle.ops import token as ops
+from iotsettle.oracle.ops.amounts import Amount
 
 
 @click.group(cls=IotSettleGroup)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from oracle.errors import ConfigError
+from iotsettle.oracle.protocol.errors import ConfigError
 
 ENV_PREFIX = "IOTSETTLE_"
 DEFAULT_FILE = "iotsettle.toml"

@@ -12,15 +12,15 @@ from click.testing import CliRunner, Result
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from cli.main import cli
-from oracle.chain import ANVIL_DEV_KEYS
-from oracle.config import Config
-from oracle.device.keys import DeviceKey
-from oracle.device.signer import sign_event
-from oracle.eip712 import DeviceKind
-from oracle.ops import registry
-from oracle.ops.context import open_context
-from oracle.wire import SignedEvent
+from iotsettle.cli.main import cli
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
+from iotsettle.oracle.config import Config
+from iotsettle.oracle.device.keys import DeviceKey
+from iotsettle.oracle.device.signer import sign_event
+from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.ops import registry
+from iotsettle.oracle.ops.context import open_context
+from iotsettle.oracle.protocol.wire import SignedEvent
 
 from tests.conftest import REPO
 

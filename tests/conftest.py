@@ -1,6 +1,6 @@
 """Session fixtures: a real anvil and a real mosquitto on free loopback ports, and the contracts deployed.
 
-The services are started through the same `oracle.node` code as `iotsettle node up`, with their state in a
+The services are started through the same `iotsettle.oracle.chain.node` code as `iotsettle node up`, with their state in a
 temporary folder, and are stopped when the session ends (no process is left behind).
 """
 
@@ -17,11 +17,11 @@ import pytest
 from web3 import Web3
 from web3.contract import Contract
 
-from oracle.chain import Chain, connect, load_sender
-from oracle.compiler import ensure_compiled
-from oracle.config import Config, local_stack_config
-from oracle.deploy import contract, deploy_all
-from oracle.node import Anvil, Mosquitto, free_port
+from iotsettle.oracle.chain.connection import Chain, connect, load_sender
+from iotsettle.oracle.chain.compiler import ensure_compiled
+from iotsettle.oracle.config import Config, local_stack_config
+from iotsettle.oracle.chain.deploy import contract, deploy_all
+from iotsettle.oracle.chain.node import Anvil, Mosquitto, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,10 +18,10 @@ from eth_utils import to_checksum_address
 from eth_account import Account
 from web3 import Web3
 
-from oracle import eip712, wire
-from oracle.chain import ANVIL_DEV_KEYS, send
-from oracle.daemon.kinds import CONTRACT_OF_KIND
-from oracle.daemon.store import RegistryEntry, Store
+from iotsettle.oracle.protocol import eip712, wire
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, send
+from iotsettle.oracle.protocol.kinds import CONTRACT_OF_KIND
+from iotsettle.oracle.daemon.store import RegistryEntry, Store
 
 CHAIN_ID = 31337
 #: stand-ins for the verifying contracts when the chain is not involved

@@ -20,12 +20,12 @@ from typing import Any
 from eth_account import Account
 from web3 import Web3
 
-from oracle.chain import ANVIL_DEV_KEYS, send
-from oracle.daemon.store import EventStatus, Store
-from oracle.daemon.txstore import TxStatus, TxStore
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, send
+from iotsettle.oracle.daemon.store import EventStatus, Store
+from iotsettle.oracle.daemon.txstore import TxStatus, TxStore
 from tests.daemon_support import wait_for
-from tests.test_daemon_service import DaemonProcess
-from tests.test_settlement_chain import PRICE, START, Meter, Scenario
+from tests.daemon.test_daemon_service import DaemonProcess
+from tests.daemon.test_settlement_chain import PRICE, START, Meter, Scenario
 
 FUNDER = Account.from_key(ANVIL_DEV_KEYS[0])
 PAID = (EventStatus.SETTLED, EventStatus.FINAL)

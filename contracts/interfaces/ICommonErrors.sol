@@ -4,7 +4,7 @@ pragma solidity 0.8.37;
 /// @title The errors every iotsettle contract shares, declared once.
 /// @notice Argument order is fixed across the family: the offending id or token first, then the account, then the
 /// expected value, then the value received (as in OpenZeppelin's IERC6093). A product declares only the errors that
-/// are its own; the Python operations turn each of these into one sentence (oracle/ops/errors.py).
+/// are its own; the Python operations turn each of these into one sentence (oracle/ops/sentences.py).
 interface ICommonErrors {
     /// @notice An address argument that must name someone was address(0).
     error ZeroAddress();

@@ -15,8 +15,8 @@ from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from oracle.daemon.metrics import CONTENT_TYPE, Metrics
-from oracle.errors import ConfigError
+from iotsettle.oracle.daemon.metrics import CONTENT_TYPE, Metrics
+from iotsettle.oracle.protocol.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -38,17 +38,17 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from oracle import wire
-from oracle.daemon.kinds import KINDS
-from oracle.daemon.metrics import Metrics
-from oracle.daemon.rules import Outcome, RuleSettings, Verdict, evaluate
-from oracle.daemon.store import DeviceState, EventRecord, RegistryEntry, Rejection, Store
-from oracle.errors import ProtocolError, SignatureError, StoreError
-from oracle.reasons import Reason, Reply, encode_reply
+from iotsettle.oracle.protocol import wire
+from iotsettle.oracle.protocol.kinds import KINDS
+from iotsettle.oracle.daemon.metrics import Metrics
+from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, Verdict, evaluate
+from iotsettle.oracle.daemon.store import DeviceState, EventRecord, RegistryEntry, Rejection, Store
+from iotsettle.oracle.protocol.errors import ProtocolError, SignatureError, StoreError
+from iotsettle.oracle.protocol.reasons import Reason, Reply, encode_reply
 
 log = logging.getLogger(__name__)
 
-#: Crash tests only (tests/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=before_store|after_store ends the process
+#: Crash tests only (tests/reliability/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=before_store|after_store ends the process
 #: with status 137, as kill -9 would, the first time that point is reached. Read once, at import.
 _FAULT_POINT = os.environ.get("IOTSETTLE_FAULT_POINT", "")
 

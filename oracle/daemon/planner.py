@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-from oracle.daemon.kinds import KINDS as EVENT_KINDS
-from oracle.daemon.store import StoredEvent, Store
+from iotsettle.oracle.protocol.kinds import KINDS as EVENT_KINDS
+from iotsettle.oracle.daemon.store import StoredEvent, Store
 
 log = logging.getLogger(__name__)
 

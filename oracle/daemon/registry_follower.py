@@ -23,9 +23,9 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import Web3Exception
 
-from oracle.daemon.metrics import Metrics
-from oracle.daemon.store import RegistryEntry, Store
-from oracle.errors import ChainError, StoreError
+from iotsettle.oracle.daemon.metrics import Metrics
+from iotsettle.oracle.daemon.store import RegistryEntry, Store
+from iotsettle.oracle.protocol.errors import ChainError, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ them in arrival order inside a batch and commits the states with the batch.
   units, vehicle metres, rain gauge hundredths of a millimetre);
 - invalid_location / teleport: a delivery's location is not a geohash, or implies a speed above the limit.
 
-Which rules apply to a wire type comes from ``oracle.daemon.kinds.KINDS`` (``registers``, ``located``).
+Which rules apply to a wire type comes from ``iotsettle.oracle.protocol.kinds.KINDS`` (``registers``, ``located``).
 
 Locations are geohash text, ASCII, left-aligned in the bytes32 and zero-padded on the right
-(``oracle.device.location``, docs/PROTOCOL.md). All-zero means "no fix" and is never a teleport.
+(``iotsettle.oracle.protocol.location``, docs/PROTOCOL.md). All-zero means "no fix" and is never a teleport.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from oracle import wire
-from oracle.daemon.kinds import KINDS, EventKind
-from oracle.daemon.store import DeviceState
-from oracle.device.location import EARTH_RADIUS_M, distance_m, geohash_decode, location_geohash
-from oracle.eip712 import DeviceKind
-from oracle.errors import ProtocolError
-from oracle.reasons import Reason
-from oracle.wire import SignedEvent
+from iotsettle.oracle.protocol import wire
+from iotsettle.oracle.protocol.kinds import KINDS, EventKind
+from iotsettle.oracle.daemon.store import DeviceState
+from iotsettle.oracle.protocol.location import EARTH_RADIUS_M, distance_m, geohash_decode, location_geohash
+from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.errors import ProtocolError
+from iotsettle.oracle.protocol.reasons import Reason
+from iotsettle.oracle.protocol.wire import SignedEvent
 
 
 #: Rule failures that count towards quarantine (only for correctly signed events of a registered device, so a

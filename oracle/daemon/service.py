@@ -26,23 +26,23 @@ from typing import TYPE_CHECKING, Any
 
 from eth_account.signers.local import LocalAccount
 
-from oracle import wire
-from oracle.chain import Chain, connect, load_sender
-from oracle.config import Config
-from oracle.daemon.health import Health, State
-from oracle.daemon.ingest import Intake, IntakeSettings
-from oracle.daemon.kinds import CONTRACT_OF_KIND
-from oracle.daemon.metrics import Metrics
-from oracle.daemon.registry_follower import RegistryFollower
-from oracle.daemon.rules import RuleSettings
-from oracle.daemon.store import Store
-from oracle.deploy import contract, load_manifest, verify_manifest
-from oracle.errors import ConfigError, DeploymentError
-from oracle.reasons import Reason, Reply, encode_reply
+from iotsettle.oracle.protocol import wire
+from iotsettle.oracle.chain.connection import Chain, connect, load_sender
+from iotsettle.oracle.config import Config
+from iotsettle.oracle.daemon.health import Health, State
+from iotsettle.oracle.daemon.ingest import Intake, IntakeSettings
+from iotsettle.oracle.protocol.kinds import CONTRACT_OF_KIND
+from iotsettle.oracle.daemon.metrics import Metrics
+from iotsettle.oracle.daemon.registry_follower import RegistryFollower
+from iotsettle.oracle.daemon.rules import RuleSettings
+from iotsettle.oracle.daemon.store import Store
+from iotsettle.oracle.chain.deploy import contract, load_manifest, verify_manifest
+from iotsettle.oracle.protocol.errors import ConfigError, DeploymentError
+from iotsettle.oracle.protocol.reasons import Reason, Reply, encode_reply
 
 if TYPE_CHECKING:
-    from oracle.daemon.store import StoredEvent
-    from oracle.daemon.tracker import Settler
+    from iotsettle.oracle.daemon.store import StoredEvent
+    from iotsettle.oracle.daemon.tracker import Settler
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class OracleDaemon:
             self.health.start()
 
         if self.settle:
-            from oracle.daemon.tracker import Settler  # the settlement half; imported here to keep intake light
+            from iotsettle.oracle.daemon.tracker import Settler  # the settlement half; imported here to keep intake light
 
             self.settler = Settler.from_config(
                 config, self._store(), chain=chain, metrics=self.metrics, on_dead_letter=self._dead_letter

@@ -18,7 +18,7 @@ Event life cycle (``EventStatus``)::
 
 Schema versions (``_MIGRATIONS``; ``open_db`` migrates an older file in place, in one transaction):
 1. events, rejected, device_state, registry_keys, follower_cursor;
-2. ``events.extra``: the signed fields of kinds other than readings and deliveries (``oracle.daemon.kinds``).
+2. ``events.extra``: the signed fields of kinds other than readings and deliveries (``iotsettle.oracle.protocol.kinds``).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from oracle.daemon.kinds import EXTRA, KINDS
-from oracle.errors import StoreError
+from iotsettle.oracle.protocol.kinds import EXTRA, KINDS
+from iotsettle.oracle.protocol.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ class EventRecord:
 
     @property
     def msg(self) -> dict[str, Any]:
-        """The signed EIP-712 message, field name → value, as ``oracle.eip712`` and the contracts expect it."""
+        """The signed EIP-712 message, field name → value, as ``iotsettle.oracle.protocol.eip712`` and the contracts expect it."""
         out: dict[str, Any] = {}
         for name, typ, column in KINDS[self.kind].columns:
             value = self.field_value(name, column)

@@ -37,17 +37,17 @@ from eth_hash.auto import keccak
 from web3 import Web3
 from web3.exceptions import Web3Exception
 
-from oracle.daemon.kinds import EXTRA, KINDS
-from oracle.daemon.metrics import Metrics
-from oracle.daemon.planner import Batch
-from oracle.daemon.revert import ErrorDecoder, _abi_type
-from oracle.daemon.store import StoredEvent, Store
-from oracle.daemon.txstore import TxRecord, TxStatus, TxStore, new_tx_key
-from oracle.errors import ChainError, StoreError
+from iotsettle.oracle.protocol.kinds import EXTRA, KINDS
+from iotsettle.oracle.daemon.metrics import Metrics
+from iotsettle.oracle.daemon.planner import Batch
+from iotsettle.oracle.chain.revert import ErrorDecoder, _abi_type
+from iotsettle.oracle.daemon.store import StoredEvent, Store
+from iotsettle.oracle.daemon.txstore import TxRecord, TxStatus, TxStore, new_tx_key
+from iotsettle.oracle.protocol.errors import ChainError, StoreError
 
 log = logging.getLogger(__name__)
 
-#: Crash tests only (tests/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=after_nonce|after_broadcast ends the process
+#: Crash tests only (tests/reliability/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=after_nonce|after_broadcast ends the process
 #: with status 137, as kill -9 would, the first time that point is reached. Read once, at import.
 _FAULT_POINT = os.environ.get("IOTSETTLE_FAULT_POINT", "")
 

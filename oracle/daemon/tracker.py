@@ -33,28 +33,28 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from oracle.artifacts import load_artifact
-from oracle.chain import Chain, connect, load_sender
-from oracle.config import Config
-from oracle.daemon.kinds import CONTRACT_OF_KIND, KINDS
-from oracle.daemon.metrics import Metrics
-from oracle.daemon.planner import Planner, PlannerSettings
-from oracle.daemon.revert import ErrorDecoder, RejectReason, reason_label, reason_of
-from oracle.daemon.store import EventStatus, Store, StoredEvent
-from oracle.daemon.submitter import (
+from iotsettle.oracle.chain.artifacts import load_artifact
+from iotsettle.oracle.chain.connection import Chain, connect, load_sender
+from iotsettle.oracle.config import Config
+from iotsettle.oracle.protocol.kinds import CONTRACT_OF_KIND, KINDS
+from iotsettle.oracle.daemon.metrics import Metrics
+from iotsettle.oracle.daemon.planner import Planner, PlannerSettings
+from iotsettle.oracle.chain.revert import ErrorDecoder, RejectReason, reason_label, reason_of
+from iotsettle.oracle.daemon.store import EventStatus, Store, StoredEvent
+from iotsettle.oracle.daemon.submitter import (
     GWEI, RPC_ERRORS, DeadLetter, KindSpec, SendError, Submitter, SubmitterSettings, decode_outcomes,
     hex_int,
 )  # fmt: skip
-from oracle.daemon.txstore import TxRecord, TxStatus, TxStore
-from oracle.deploy import load_manifest, verify_manifest
-from oracle.errors import ChainError, ConfigError, IotSettleError
+from iotsettle.oracle.daemon.txstore import TxRecord, TxStatus, TxStore
+from iotsettle.oracle.chain.deploy import load_manifest, verify_manifest
+from iotsettle.oracle.protocol.errors import ChainError, ConfigError, IotSettleError
 
 log = logging.getLogger(__name__)
 
 #: seconds between checks that the node still serves the chain settlement started on (``Settler._check_chain``)
 CHAIN_CHECK_EVERY = 10.0
 
-#: Crash tests only (tests/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=after_receipt ends the process
+#: Crash tests only (tests/reliability/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=after_receipt ends the process
 #: with status 137, as kill -9 would, the first time that point is reached. Read once, at import.
 _FAULT_POINT = os.environ.get("IOTSETTLE_FAULT_POINT", "")
 

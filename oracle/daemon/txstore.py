@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from oracle.daemon.store import Store
-from oracle.errors import StoreError
+from iotsettle.oracle.daemon.store import Store
+from iotsettle.oracle.protocol.errors import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from oracle.errors import IotSettleError
+from iotsettle.oracle.protocol.errors import IotSettleError
 
 log = logging.getLogger(__name__)
 

@@ -41,11 +41,11 @@ from typing import Any
 
 from eth_utils import is_hex_address, to_checksum_address
 
-from oracle.device.keys import DeviceKey, create_keystore, load_keystore, parse_private_key, resolve_password
-from oracle.device.location import geohash_encode
-from oracle.device.signer import Contracts
-from oracle.eip712 import DeviceKind
-from oracle.errors import ConfigError, KeyFileError
+from iotsettle.oracle.device.keys import DeviceKey, create_keystore, load_keystore, parse_private_key, resolve_password
+from iotsettle.oracle.protocol.location import geohash_encode
+from iotsettle.oracle.device.signer import Contracts
+from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.errors import ConfigError, KeyFileError
 
 log = logging.getLogger(__name__)
 

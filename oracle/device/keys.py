@@ -24,8 +24,8 @@ from typing import Any
 
 import eth_keyfile
 
-from oracle.eip712 import DeviceKind, address_of
-from oracle.errors import KeyFileError
+from iotsettle.oracle.protocol.eip712 import DeviceKind, address_of
+from iotsettle.oracle.protocol.errors import KeyFileError
 
 log = logging.getLogger(__name__)
 

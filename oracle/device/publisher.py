@@ -21,10 +21,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from oracle.device.buffer import OfflineBuffer
-from oracle.errors import ProtocolError
-from oracle.reasons import Reply, decode_reply
-from oracle.wire import SignedEvent, events_topic
+from iotsettle.oracle.device.buffer import OfflineBuffer
+from iotsettle.oracle.protocol.errors import ProtocolError
+from iotsettle.oracle.protocol.reasons import Reply, decode_reply
+from iotsettle.oracle.protocol.wire import SignedEvent, events_topic
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Build and sign device events into wire payloads (docs/PROTOCOL.md, "Signing").
 
-Hashing and signing go through ``oracle.eip712`` (coincurve, ~10k signatures/s on one core) and the payload
-bytes through ``oracle.wire.encode``, so a payload built here is byte-for-byte what the oracle expects.
+Hashing and signing go through ``iotsettle.oracle.protocol.eip712`` (coincurve, ~10k signatures/s on one core) and the payload
+bytes through ``iotsettle.oracle.protocol.wire.encode``, so a payload built here is byte-for-byte what the oracle expects.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any, Protocol
 
 from eth_utils import to_checksum_address
 
-from oracle import eip712, wire
-from oracle.device.keys import DeviceKey, MemoryDeliveryLog
-from oracle.eip712 import DeviceKind, Domain
-from oracle.errors import ConfigError, ProtocolError
-from oracle.wire import SignedEvent
+from iotsettle.oracle.protocol import eip712, wire
+from iotsettle.oracle.device.keys import DeviceKey, MemoryDeliveryLog
+from iotsettle.oracle.protocol.eip712 import DeviceKind, Domain
+from iotsettle.oracle.protocol.errors import ConfigError, ProtocolError
+from iotsettle.oracle.protocol.wire import SignedEvent
 
 #: the contract whose EIP-712 domain each payload type is signed for (manifest names)
 CONTRACT_FOR_TYPE: dict[str, str] = {

@@ -42,16 +42,16 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from oracle.device.buffer import MEMORY, OfflineBuffer
-from oracle.device.fleet import DrivingStyle, FaultClass, Fleet, FleetDevice
-from oracle.device.keys import MemoryCounter, SequenceCounter
-from oracle.device.location import geohash_encode, location_bytes32
-from oracle.device.publisher import BrokerSettings, Publisher
-from oracle.device.signer import Contracts, sign_event
-from oracle.eip712 import DeviceKind
-from oracle.errors import ConfigError
-from oracle.reasons import Reply
-from oracle.wire import SignedEvent, TOPIC_ROOT, events_topic
+from iotsettle.oracle.device.buffer import MEMORY, OfflineBuffer
+from iotsettle.oracle.device.fleet import DrivingStyle, FaultClass, Fleet, FleetDevice
+from iotsettle.oracle.device.keys import MemoryCounter, SequenceCounter
+from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32
+from iotsettle.oracle.device.publisher import BrokerSettings, Publisher
+from iotsettle.oracle.device.signer import Contracts, sign_event
+from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.errors import ConfigError
+from iotsettle.oracle.protocol.reasons import Reply
+from iotsettle.oracle.protocol.wire import SignedEvent, TOPIC_ROOT, events_topic
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,6 @@
 
 Each module covers one contract (``escrow``, ``billing``, ``registry``, ``token``) or one concern
 (``audit`` re-derives settlement history from event logs, ``errors`` turns reverts into sentences). Every
-function takes an :class:`~oracle.ops.context.OpsContext` (chain, manifest, sending account) and raises the
-``oracle.errors`` family with a one-line message a user can act on.
+function takes an :class:`~iotsettle.oracle.ops.context.OpsContext` (chain, manifest, sending account) and raises the
+``iotsettle.oracle.protocol.errors`` family with a one-line message a user can act on.
 """

@@ -1,6 +1,6 @@
 """What the insurance and loan operations share: named struct views and product-specific revert sentences.
 
-``oracle.ops.errors`` writes sentences for the escrow and billing contracts; the product contracts reuse some of
+``iotsettle.oracle.ops.sentences`` writes sentences for the escrow and billing contracts; the product contracts reuse some of
 their error names with other arguments (``WrongStatus(policyId, status)``, ``NothingToWithdraw(token, account)``),
 so each product module passes its own sentences here and they take precedence for calls to that contract.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 from web3.contract.contract import ContractFunction
 
-from oracle.ops.context import OpsContext
-from oracle.ops.tx import RevertedError, TxResult, transact
+from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.ops.tx import RevertedError, TxResult, transact
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation, localcontext
 
-from oracle.errors import IotSettleError
+from iotsettle.oracle.protocol.errors import IotSettleError
 
 _AMOUNT = re.compile(r"^(?P<number>[0-9][0-9_]*(\.[0-9_]*)?|\.[0-9][0-9_]*)(?P<wei>wei)?$")
 UINT256_MAX = (1 << 256) - 1

@@ -16,10 +16,10 @@ from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
 from web3.exceptions import LogTopicError, MismatchedABI
 
-from oracle.errors import ChainError
-from oracle.ops.context import OpsContext
-from oracle.daemon.revert import _abi_type, reason_label
-from oracle.ops.errors import DEVICE_KINDS
+from iotsettle.oracle.protocol.errors import ChainError
+from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.chain.revert import _abi_type, reason_label
+from iotsettle.oracle.ops.sentences import DEVICE_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _detail(entry: LogEntry, fmt: Callable[[int], str]) -> str:
 
 
 def _entries(ctx: OpsContext, logs: Iterable[LogEntry], subject_of: Any, token_of: dict[Any, str]) -> list[AuditEntry]:
-    from oracle.ops.token import describe_token
+    from iotsettle.oracle.ops.token import describe_token
 
     clock = _Clock(ctx)
     out = []

@@ -8,13 +8,13 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from oracle.errors import ChainError, ProtocolError
-from oracle.ops.context import OpsContext, parse_payloads
-from oracle.daemon.revert import reason_label
-from oracle.ops.errors import AGREEMENT_STATUSES
-from oracle.ops.token import TokenInfo, check_eth, describe_token, ensure_allowance
-from oracle.ops.tx import TxResult, events_in, transact, transact_many
-from oracle.wire import SignedEvent
+from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
+from iotsettle.oracle.ops.context import OpsContext, parse_payloads
+from iotsettle.oracle.chain.revert import reason_label
+from iotsettle.oracle.ops.sentences import AGREEMENT_STATUSES
+from iotsettle.oracle.ops.token import TokenInfo, check_eth, describe_token, ensure_allowance
+from iotsettle.oracle.ops.tx import TxResult, events_in, transact, transact_many
+from iotsettle.oracle.protocol.wire import SignedEvent
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def close_with_reading(ctx: OpsContext, event: SignedEvent) -> CloseOutcome:
 
 
 def list_agreements(ctx: OpsContext, *, party: str | None = None, device: str | None = None) -> list[AgreementView]:
-    from oracle.ops.audit import fetch_logs
+    from iotsettle.oracle.ops.audit import fetch_logs
 
     views: list[AgreementView] = []
     for entry in fetch_logs(ctx, CONTRACT, ["AgreementOffered"]):

@@ -13,21 +13,21 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import is_address, to_checksum_address
 from web3.contract import Contract
 
-from oracle.artifacts import load_artifact
-from oracle.chain import ANVIL_DEV_KEYS, Chain, connect, load_sender
-from oracle.config import Config
-from oracle.deploy import contract as deployed_contract
-from oracle.deploy import load_manifest, verify_manifest
-from oracle import wire
-from oracle.errors import ChainError, DeploymentError, KeyFileError, ProtocolError
-from oracle.wire import SignedEvent
+from iotsettle.oracle.chain.artifacts import load_artifact
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, Chain, connect, load_sender
+from iotsettle.oracle.config import Config
+from iotsettle.oracle.chain.deploy import contract as deployed_contract
+from iotsettle.oracle.chain.deploy import load_manifest, verify_manifest
+from iotsettle.oracle.protocol import wire
+from iotsettle.oracle.protocol.errors import ChainError, DeploymentError, KeyFileError, ProtocolError
+from iotsettle.oracle.protocol.wire import SignedEvent
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SenderChoice:
-    """How the CLI picks the sending account; with neither field set, ``oracle.chain.load_sender`` decides.
+    """How the CLI picks the sending account; with neither field set, ``iotsettle.oracle.chain.connection.load_sender`` decides.
 
     ``key_env`` names an environment variable holding a raw hex key (for scripts that act for several
     parties); ``dev_account`` picks one of anvil's well-known development accounts, on local chains only.

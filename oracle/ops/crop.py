@@ -17,14 +17,14 @@ from typing import Any
 
 from web3.exceptions import LogTopicError, MismatchedABI
 
-from oracle.daemon.revert import reason_of
-from oracle.errors import ChainError, IotSettleError, ProtocolError
-from oracle.ops._product import Sentences, named, state_name, transact_explained, when
-from oracle.ops.context import OpsContext, parse_payloads
-from oracle.ops.token import TokenInfo, describe_token, ensure_allowance
-from oracle.ops.tx import TxResult, events_in
-from oracle.daemon.revert import RejectReason
-from oracle.wire import SignedEvent
+from iotsettle.oracle.chain.revert import reason_of
+from iotsettle.oracle.protocol.errors import ChainError, IotSettleError, ProtocolError
+from iotsettle.oracle.ops._product import Sentences, named, state_name, transact_explained, when
+from iotsettle.oracle.ops.context import OpsContext, parse_payloads
+from iotsettle.oracle.ops.token import TokenInfo, describe_token, ensure_allowance
+from iotsettle.oracle.ops.tx import TxResult, events_in
+from iotsettle.oracle.chain.revert import RejectReason
+from iotsettle.oracle.protocol.wire import SignedEvent
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def seasons_of_pool(ctx: OpsContext, pool_id: int) -> list[int]:
     """The pool's seasons from its SeasonCreated events (filtered by the indexed pool id on the node).
 
     Read through web3's own event filter: the event carries the terms struct, whose topic needs the tuple's
-    canonical type, which ``oracle.ops.audit.fetch_logs`` does not build.
+    canonical type, which ``iotsettle.oracle.ops.audit.fetch_logs`` does not build.
     """
     event = ctx.contract(CONTRACT).events.SeasonCreated()
     try:
@@ -372,7 +372,7 @@ class SeasonView:
 
 
 def _verdicts_logged(ctx: OpsContext, season_id: int) -> dict[str, tuple[str, int]]:
-    from oracle.ops.audit import fetch_logs
+    from iotsettle.oracle.ops.audit import fetch_logs
 
     return {e.args["station"]: (state_name(VERDICTS, int(e.args["verdict"])), int(e.args["measured"]))
             for e in fetch_logs(ctx, CONTRACT, ["StationVerdict"], topic1=season_id)}

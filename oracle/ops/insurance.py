@@ -22,14 +22,14 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from oracle.daemon.revert import reason_of
-from oracle.errors import ChainError, ProtocolError
-from oracle.ops._product import Sentences, named, state_name, transact_explained, when
-from oracle.ops.context import OpsContext, parse_payloads
-from oracle.ops.token import TokenInfo, describe_token, ensure_allowance
-from oracle.ops.tx import TxResult, events_in
-from oracle.daemon.revert import RejectReason
-from oracle.wire import SignedEvent
+from iotsettle.oracle.chain.revert import reason_of
+from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
+from iotsettle.oracle.ops._product import Sentences, named, state_name, transact_explained, when
+from iotsettle.oracle.ops.context import OpsContext, parse_payloads
+from iotsettle.oracle.ops.token import TokenInfo, describe_token, ensure_allowance
+from iotsettle.oracle.ops.tx import TxResult, events_in
+from iotsettle.oracle.chain.revert import RejectReason
+from iotsettle.oracle.protocol.wire import SignedEvent
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def policy_of(ctx: OpsContext, policy_id: int) -> PolicyView:
 
 def list_policies(ctx: OpsContext, *, party: str | None = None, vehicle: str | None = None) -> list[PolicyView]:
     """Policies of this deployment (from PolicyOffered events), optionally where ``party`` is insurer or holder."""
-    from oracle.ops.audit import fetch_logs
+    from iotsettle.oracle.ops.audit import fetch_logs
 
     views = []
     for entry in fetch_logs(ctx, CONTRACT, ["PolicyOffered"]):
@@ -455,7 +455,7 @@ _HISTORY_EVENTS = ("PolicyOffered", "PolicyAccepted", "PolicyToppedUp", "Premium
 
 def history(ctx: OpsContext, policy_id: int) -> tuple[PolicyView, list[HistoryEntry]]:
     """Every event of a policy in chain order; each charge with the sentence that explains its factor."""
-    from oracle.ops.audit import fetch_logs
+    from iotsettle.oracle.ops.audit import fetch_logs
 
     view = policy_of(ctx, policy_id)
     fmt = describe_token(ctx, view.token).format

@@ -23,11 +23,11 @@ from typing import Any
 
 from web3.exceptions import Web3Exception
 
-from oracle.errors import IotSettleError
-from oracle.ops import crop, loan
-from oracle.ops.audit import fetch_logs
-from oracle.ops.context import OpsContext
-from oracle.ops.token import describe_token
+from iotsettle.oracle.protocol.errors import IotSettleError
+from iotsettle.oracle.ops import crop, loan
+from iotsettle.oracle.ops.audit import fetch_logs
+from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.ops.token import describe_token
 
 log = logging.getLogger(__name__)
 

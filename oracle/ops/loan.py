@@ -13,11 +13,11 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from oracle.errors import ChainError
-from oracle.ops._product import Sentences, named, state_name, transact_explained, when
-from oracle.ops.context import OpsContext
-from oracle.ops.token import TokenInfo, describe_token, ensure_allowance
-from oracle.ops.tx import TxResult, events_in
+from iotsettle.oracle.protocol.errors import ChainError
+from iotsettle.oracle.ops._product import Sentences, named, state_name, transact_explained, when
+from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.ops.token import TokenInfo, describe_token, ensure_allowance
+from iotsettle.oracle.ops.tx import TxResult, events_in
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def loan_of(ctx: OpsContext, loan_id: int) -> LoanView:
 
 
 def list_loans(ctx: OpsContext, *, party: str | None = None) -> list[LoanView]:
-    from oracle.ops.audit import fetch_logs
+    from iotsettle.oracle.ops.audit import fetch_logs
 
     views = []
     for entry in fetch_logs(ctx, CONTRACT, ["LoanOffered"]):

@@ -8,13 +8,13 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from oracle.device.keys import DeviceKey
-from oracle.device.signer import sign_key_rotation, sign_registration
-from oracle.eip712 import DeviceKind
-from oracle.errors import ChainError
-from oracle.ops.context import OpsContext
-from oracle.ops.errors import DEVICE_KINDS
-from oracle.ops.tx import TxResult, transact, transact_many
+from iotsettle.oracle.device.keys import DeviceKey
+from iotsettle.oracle.device.signer import sign_key_rotation, sign_registration
+from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.errors import ChainError
+from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.ops.sentences import DEVICE_KINDS
+from iotsettle.oracle.ops.tx import TxResult, transact, transact_many
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def key_status(ctx: OpsContext, key: str) -> tuple[str, str]:
 
 
 def list_devices(ctx: OpsContext, *, owner: str | None = None, kind: str | None = None) -> list[DeviceView]:
-    from oracle.ops.audit import fetch_logs
+    from iotsettle.oracle.ops.audit import fetch_logs
 
     views = []
     for entry in fetch_logs(ctx, CONTRACT, ["DeviceRegistered"]):

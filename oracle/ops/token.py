@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from eth_utils import is_address, to_checksum_address
 from web3.exceptions import ContractLogicError, Web3Exception
 
-from oracle.errors import ChainError, DeploymentError
-from oracle.ops.amounts import Amount, format_amount
-from oracle.ops.context import OpsContext
-from oracle.ops.tx import TxResult, transact
+from iotsettle.oracle.protocol.errors import ChainError, DeploymentError
+from iotsettle.oracle.ops.amounts import Amount, format_amount
+from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.ops.tx import TxResult, transact
 
 log = logging.getLogger(__name__)
 

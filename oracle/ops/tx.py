@@ -1,4 +1,4 @@
-"""Send one contract call: pre-flight it so a revert becomes a sentence, then send through ``oracle.chain.send``."""
+"""Send one contract call: pre-flight it so a revert becomes a sentence, then send through ``iotsettle.oracle.chain.connection.send``."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from web3.exceptions import (
     Web3Exception,
 )
 
-from oracle.chain import send
-from oracle.daemon.revert import revert_data
-from oracle.errors import ChainError
-from oracle.ops.context import OpsContext
-from oracle.ops.errors import DecodedRevert, RevertDecoder
+from iotsettle.oracle.chain.connection import send
+from iotsettle.oracle.chain.revert import revert_data
+from iotsettle.oracle.protocol.errors import ChainError
+from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.ops.sentences import DecodedRevert, RevertDecoder
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def decoder(ctx: OpsContext, contract: str | None = None) -> RevertDecoder:
 
 
 def _revert_data(exc: Exception) -> bytes | None:
-    """Revert data as anvil/geth return it (``oracle.daemon.revert.revert_data``), or as ganache does for
+    """Revert data as anvil/geth return it (``iotsettle.oracle.chain.revert.revert_data``), or as ganache does for
     ``eth_estimateGas``: ``{"result": "0x…", "programCounter": …}``."""
     data = revert_data(exc)
     if data is None:

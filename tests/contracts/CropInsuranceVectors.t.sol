@@ -8,7 +8,7 @@ import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
 import {CropFixture} from "./utils/CropFixture.sol";
 
 /// @dev The shared WeatherObservation vectors (tests/vectors/eip712-products.json, written by scripts/gen-vectors
-/// from oracle/eip712.py): CropInsurance must compute the very digest the Python side signs, on every chain and
+/// from oracle/protocol/eip712.py): CropInsurance must compute the very digest the Python side signs, on every chain and
 /// address of the file, and the vector's signature must recover to its signer (65-byte and ERC-2098 compact forms).
 contract CropInsuranceVectorsTest is CropFixture {
     string internal constant PATH = "tests/vectors/eip712-products.json";

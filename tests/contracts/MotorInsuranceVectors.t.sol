@@ -7,7 +7,7 @@ import {IMotorInsurance} from "../../contracts/interfaces/IMotorInsurance.sol";
 import {MotorFixture} from "./utils/MotorFixture.sol";
 
 /// @dev The shared Telematics vectors (tests/vectors/eip712-products.json, written by scripts/gen-vectors from
-/// oracle/eip712.py): MotorInsurance must compute the very digest the Python side signs, on every chain and address
+/// oracle/protocol/eip712.py): MotorInsurance must compute the very digest the Python side signs, on every chain and address
 /// of the file, and the vector's signature must recover to its signer (65-byte and ERC-2098 compact forms alike).
 contract MotorInsuranceVectorsTest is MotorFixture {
     string internal constant PATH = "tests/vectors/eip712-products.json";

@@ -7,8 +7,8 @@ import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
 import {Fixture} from "./utils/Fixture.sol";
 
 /// @dev The shared EIP-712 vectors (tests/vectors/eip712*.json, written by scripts/gen-vectors from
-/// oracle/eip712.py): the contracts must produce the very digests the Python side computes, and OpenZeppelin
-/// ECDSA must recover the vector's signer. tests/test_vectors.py checks the same file from Python.
+/// oracle/protocol/eip712.py): the contracts must produce the very digests the Python side computes, and OpenZeppelin
+/// ECDSA must recover the vector's signer. tests/protocol/test_vectors.py checks the same file from Python.
 contract VectorsTest is Fixture {
     string internal constant PATH = "tests/vectors/eip712.json";
     string internal constant BULK_PATH = "tests/vectors/eip712-bulk.json";

@@ -1,0 +1,153 @@
+"""Chain access: connect to an RPC endpoint, load the sending key, send a transaction and wait for it.
+
+Keys are never defaults, with one exception: on a local chain (anvil 31337, ganache 1337) and only when no
+key is configured, the well-known first anvil development account is used so a fresh machine works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_keyfile import decode_keyfile_json
+from web3 import HTTPProvider, Web3
+from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted, Web3Exception
+
+from iotsettle.oracle.config import LOCAL_CHAIN_IDS, Config
+from iotsettle.oracle.protocol.errors import ChainError, KeyFileError
+
+log = logging.getLogger(__name__)
+
+#: The first accounts of anvil's default mnemonic "test test test test test test test test test test test junk".
+#: Public knowledge, so only ever used on a local chain.
+ANVIL_DEV_KEYS: tuple[str, ...] = (
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
+)
+
+
+@dataclass(frozen=True)
+class Chain:
+    w3: Web3
+    chain_id: int
+    rpc_url: str
+
+    def genesis_hash(self) -> str:
+        return self.w3.eth.get_block(0)["hash"].to_0x_hex()
+
+    @property
+    def is_local(self) -> bool:
+        return self.chain_id in LOCAL_CHAIN_IDS
+
+
+def connect(config: Config, rpc_url: str | None = None) -> Chain:
+    """Connect and check the chain id against ``[chain] chain_id``; raises ChainError in one line."""
+    url = rpc_url or config.chain.rpc_url
+    w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": config.chain.timeout}))
+    try:
+        chain_id = w3.eth.chain_id
+    except (requests.RequestException, OSError, Web3Exception, ValueError) as exc:
+        raise ChainError(f"cannot reach the RPC endpoint {url} ({type(exc).__name__}); is the node running? "
+                         "(`iotsettle node up` starts a local one)") from None
+    expected = config.chain.chain_id
+    if expected and chain_id != expected:
+        raise ChainError(f"{url} is chain {chain_id}, but the configuration expects chain {expected}")
+    return Chain(w3, chain_id, url)
+
+
+def _read_password(config: Config) -> str:
+    if config.chain.password:
+        return config.chain.password
+    if config.chain.password_file:
+        path = config.path(config.chain.password_file)
+        try:
+            return path.read_text().rstrip("\n")
+        except OSError as exc:
+            raise KeyFileError(f"cannot read the password file {path}: {exc.strerror}") from None
+    raise KeyFileError("the keystore needs a password: set IOTSETTLE_CHAIN_PASSWORD or [chain] password_file")
+
+
+def load_keystore(path: Path, password: str) -> LocalAccount:
+    """Decrypt a Web3 Secret Storage file; refuses files readable by other users."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise KeyFileError(f"cannot read the key file {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"key file {path} is readable by other users (mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}")
+    try:
+        keyfile = json.loads(path.read_text())
+        key = decode_keyfile_json(keyfile, password.encode())
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise KeyFileError(f"{path} is not a Web3 Secret Storage key file ({exc})") from None
+    except ValueError:
+        raise KeyFileError(f"wrong password for the key file {path}") from None
+    return Account.from_key(key)
+
+
+def load_sender(config: Config, chain: Chain) -> LocalAccount:
+    """The account that signs transactions: keystore → raw key from the environment → local dev key."""
+    if config.chain.keystore:
+        return load_keystore(config.path(config.chain.keystore), _read_password(config))
+    if config.chain.private_key:
+        try:
+            return Account.from_key(config.chain.private_key)
+        except (ValueError, TypeError):
+            raise KeyFileError("IOTSETTLE_CHAIN_PRIVATE_KEY is not a 32-byte hex private key") from None
+    if chain.is_local:
+        return Account.from_key(ANVIL_DEV_KEYS[0])
+    raise KeyFileError(
+        f"chain {chain.chain_id} is not a local chain: give a sending key with [chain] keystore "
+        "(+ IOTSETTLE_CHAIN_PASSWORD) or IOTSETTLE_CHAIN_PRIVATE_KEY"
+    )
+
+
+def send(chain: Chain, account: LocalAccount, tx: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    """Fill nonce, gas and EIP-1559 fees, sign, send and wait for the receipt; raises ChainError when reverted."""
+    w3 = chain.w3
+    tx = {"from": account.address, "chainId": chain.chain_id, **tx}
+    tx.setdefault("nonce", w3.eth.get_transaction_count(account.address, "pending"))
+    try:
+        if "gas" not in tx:
+            tx["gas"] = int(w3.eth.estimate_gas(tx) * 1.2) + 10_000
+    except ContractCustomError as exc:
+        raise ChainError(f"the transaction would revert: {decode_custom_error(exc)}") from None
+    except ContractLogicError as exc:
+        raise ChainError(f"the transaction would revert: {exc.message or exc}") from None
+    except (requests.RequestException, Web3Exception, ValueError) as exc:
+        raise ChainError(f"gas estimation failed: {exc}") from None
+    if "maxFeePerGas" not in tx and "gasPrice" not in tx:
+        base = w3.eth.get_block("latest").get("baseFeePerGas", 0)
+        tip = w3.to_wei(1, "gwei") if not chain.is_local else 1
+        tx["maxPriorityFeePerGas"] = tip
+        tx["maxFeePerGas"] = 2 * base + tip
+    signed = account.sign_transaction(tx)
+    try:
+        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout)
+    except TimeExhausted:
+        raise ChainError(f"transaction {signed.hash.to_0x_hex()} not mined within {timeout:.0f} s") from None
+    except (requests.RequestException, Web3Exception, ValueError) as exc:
+        message = str(exc)
+        if "insufficient funds" in message.lower():
+            raise ChainError(f"{account.address} has not enough ETH to pay for this transaction") from None
+        raise ChainError(f"sending the transaction failed: {message}") from None
+    if receipt["status"] != 1:
+        raise ChainError(f"transaction {tx_hash.to_0x_hex()} reverted in block {receipt['blockNumber']}")
+    return dict(receipt)
+
+
+def decode_custom_error(exc: ContractCustomError) -> str:
+    """A readable name for a custom error raised while estimating; the raw data when it is unknown."""
+    data = exc.data if isinstance(exc.data, str) else str(exc.message)
+    return f"custom error {data[:10]}"

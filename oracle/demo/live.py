@@ -1,0 +1,245 @@
+"""What a running settlement looks like, for the demo's live view and summary.
+
+Two read-only sources: the oracle's SQLite store (received, waiting, settled, rejected by reason, latency from
+receipt to settlement) opened with ``mode=ro`` so it never takes a write lock, and the chain itself (payments
+made, amounts, gas per settled event) so the summary does not just repeat what the oracle believes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_hash.auto import keccak
+
+from iotsettle.oracle.protocol.errors import ChainError
+from iotsettle.oracle.ops.audit import LOG_CHUNK_BLOCKS
+from iotsettle.oracle.ops.context import OpsContext
+
+log = logging.getLogger(__name__)
+
+SETTLED_STATUSES = ("settled", "final")
+WAITING_STATUSES = ("pending", "claimed", "submitted")
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    received: int = 0  # accepted and stored
+    by_status: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # refused at intake, by reason
+    dead: dict[str, int] = field(default_factory=dict)  # stored but will never settle, by reason
+
+    @property
+    def settled(self) -> int:
+        return sum(self.by_status.get(s, 0) for s in SETTLED_STATUSES)
+
+    @property
+    def superseded(self) -> int:
+        return self.by_status.get("superseded", 0)
+
+    @property
+    def backlog(self) -> int:
+        return sum(self.by_status.get(s, 0) for s in WAITING_STATUSES)
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values()) + sum(self.dead.values())
+
+
+def _connect_ro(db_path: Path) -> sqlite3.Connection | None:
+    if not db_path.is_file():
+        return None
+    try:
+        return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return None
+
+
+def read_store(db_path: Path) -> StoreSnapshot:
+    """Counts from the oracle's store; an empty snapshot while the daemon has not created it yet."""
+    conn = _connect_ro(db_path)
+    if conn is None:
+        return StoreSnapshot()
+    try:
+        by_status = dict(conn.execute("SELECT status, COUNT(*) FROM events GROUP BY status").fetchall())
+        rejected = dict(conn.execute("SELECT reason, COUNT(*) FROM rejected GROUP BY reason").fetchall())
+        dead = dict(conn.execute(
+            "SELECT COALESCE(reason, 'unknown'), COUNT(*) FROM events WHERE status = 'dead' GROUP BY reason").fetchall())
+    except sqlite3.Error as exc:  # tables not created yet, or a migration in progress
+        log.debug("store not readable yet: %s", exc)
+        return StoreSnapshot()
+    finally:
+        conn.close()
+    return StoreSnapshot(sum(by_status.values()), by_status, rejected, {f"chain:{k}": v for k, v in dead.items()})
+
+
+def latencies(db_path: Path) -> list[float]:
+    """Seconds from the oracle receiving an event to its payment being mined, for every settled event."""
+    conn = _connect_ro(db_path)
+    if conn is None:
+        return []
+    try:
+        rows = conn.execute("SELECT settled_at - received_at FROM events WHERE settled_at IS NOT NULL "
+                            "AND status IN ('settled', 'final')").fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+    return sorted(float(r[0]) for r in rows if r[0] is not None and r[0] >= 0)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of sorted ``values`` (q in 0..100)."""
+    if not values:
+        return None
+    rank = max(0, min(len(values) - 1, round(q / 100 * len(values) + 0.5) - 1))
+    return values[rank]
+
+
+@dataclass(frozen=True)
+class ChainSummary:
+    readings_settled: int
+    readings_rejected: dict[str, int]
+    deliveries_confirmed: int
+    deliveries_rejected: dict[str, int]
+    billed: int  # base units, all agreements
+    released: int  # base units to sellers
+    transactions: int
+    gas_used: int
+    items: int  # events carried by those transactions (settled or rejected on chain)
+    telematics_settled: int = 0  # PremiumCharged (also when nothing was due: metres 0)
+    telematics_rejected: dict[str, int] = field(default_factory=dict)
+    premiums: int = 0  # base units charged to motor policies
+    observations_recorded: int = 0
+    observations_rejected: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def payments(self) -> int:
+        return self.readings_settled + self.deliveries_confirmed + self.telematics_settled
+
+    @property
+    def gas_per_event(self) -> float | None:
+        return self.gas_used / self.items if self.items else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"readingsSettled": self.readings_settled, "readingsRejected": self.readings_rejected,
+                "deliveriesConfirmed": self.deliveries_confirmed, "deliveriesRejected": self.deliveries_rejected,
+                "billed": str(self.billed), "released": str(self.released), "transactions": self.transactions,
+                "telematicsSettled": self.telematics_settled, "telematicsRejected": self.telematics_rejected,
+                "premiums": str(self.premiums), "observationsRecorded": self.observations_recorded,
+                "observationsRejected": self.observations_rejected,
+                "gasUsed": self.gas_used, "events": self.items,
+                "gasPerEvent": round(self.gas_per_event) if self.gas_per_event else None}
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    event: str
+    args: dict[str, Any]  # the non-indexed arguments
+    tx_hash: str
+    topic1: int | None = None  # the first indexed argument (an id, or an address as an integer)
+
+
+def _rpc(ctx: OpsContext, method: str, params: list[Any]) -> Any:
+    """A JSON-RPC call without web3's result formatting: reading thousands of logs and receipts that way costs
+    several times more CPU than the node takes to answer, which a live demo on two cores cannot spare."""
+    response = ctx.w3.provider.make_request(method, params)
+    if "error" in response:
+        raise ChainError(f"{method} failed: {response['error']}")
+    return response["result"]
+
+
+def _event_specs(ctx: OpsContext, contract: str, events: tuple[str, ...]) -> dict[str, tuple[str, list[str], list[str]]]:
+    """topic0 → (event name, non-indexed argument names, their ABI types)."""
+    abi = {e["name"]: e for e in ctx.contract(contract).abi if e.get("type") == "event"}
+    specs = {}
+    for name in events:
+        entry = abi[name]
+        signature = f"{name}({','.join(i['type'] for i in entry['inputs'])})"
+        data = [i for i in entry["inputs"] if not i["indexed"]]
+        specs["0x" + keccak(signature.encode()).hex()] = (name, [i["name"] for i in data], [i["type"] for i in data])
+    return specs
+
+
+def settlement_logs(ctx: OpsContext, contract: str, events: tuple[str, ...], from_block: int,
+                    to_block: int | None = None) -> list[RawEvent]:
+    """``events`` of a deployed contract in blocks ``from_block``..``to_block`` (default latest), decoded from the
+    raw JSON-RPC answer; [] when the contract is not deployed."""
+    if not ctx.has(contract):
+        return []
+    address = ctx.address(contract)
+    specs = _event_specs(ctx, contract, events)
+    latest = int(_rpc(ctx, "eth_blockNumber", []), 16) if to_block is None else to_block
+    out: list[RawEvent] = []
+    start = from_block
+    while start <= latest:
+        end = min(start + LOG_CHUNK_BLOCKS - 1, latest)
+        for entry in _rpc(ctx, "eth_getLogs", [{"address": address, "fromBlock": hex(start), "toBlock": hex(end),
+                                                "topics": [list(specs)]}]):
+            spec = specs.get(entry["topics"][0]) if entry.get("topics") else None
+            if spec is None:
+                continue
+            name, names, types = spec
+            values = abi_decode(types, bytes.fromhex(entry["data"][2:]))
+            topics = entry["topics"]
+            out.append(RawEvent(name, dict(zip(names, values, strict=True)), entry["transactionHash"],
+                                int(topics[1], 16) if len(topics) > 1 else None))
+        start = end + 1
+    return out
+
+
+class LogTally:
+    """Counts of events since a block, read incrementally: the live view asks every second, and re-reading every
+    log since the start each time grows with the run."""
+
+    def __init__(self, ctx: OpsContext, from_block: int, wanted: dict[str, tuple[str, ...]]) -> None:
+        self._ctx = ctx
+        self._next = from_block
+        self._wanted = {contract: events for contract, events in wanted.items() if ctx.has(contract)}
+        self.counts: Counter[str] = Counter()
+
+    def update(self) -> Counter[str]:
+        latest = int(_rpc(self._ctx, "eth_blockNumber", []), 16)
+        if latest >= self._next:
+            for contract, events in self._wanted.items():
+                self.counts.update(e.event for e in settlement_logs(self._ctx, contract, events, self._next, latest))
+            self._next = latest + 1
+        return self.counts
+
+
+def chain_summary(ctx: OpsContext, from_block: int) -> ChainSummary:
+    """Settlement events since ``from_block`` and the gas of the transactions that carried them (the insurance
+    products count when deployed)."""
+    readings = settlement_logs(ctx, "MeteredBilling", ("ReadingSettled", "ReadingRejected"), from_block)
+    deliveries = settlement_logs(ctx, "DeliveryEscrow", ("DeliveryConfirmed", "DeliveryRejected"), from_block)
+    telematics = settlement_logs(ctx, "MotorInsurance", ("PremiumCharged", "TelematicsRejected"), from_block)
+    weather = settlement_logs(ctx, "CropInsurance", ("ObservationRecorded", "ObservationRejected"), from_block)
+    from iotsettle.oracle.chain.revert import reason_label
+
+    def rejected(entries: list[RawEvent], event: str) -> dict[str, int]:
+        return dict(Counter(reason_label(int(e.args["reason"])) for e in entries if e.event == event))
+
+    # Only the relayed batches: a finalize or a top-up in the same contracts is not settlement gas.
+    txs = {e.tx_hash for e in readings + deliveries + telematics + weather}
+    gas = sum(int(_rpc(ctx, "eth_getTransactionReceipt", [h])["gasUsed"], 16) for h in txs)
+    return ChainSummary(
+        readings_settled=sum(1 for e in readings if e.event == "ReadingSettled"),
+        readings_rejected=rejected(readings, "ReadingRejected"),
+        deliveries_confirmed=sum(1 for e in deliveries if e.event == "DeliveryConfirmed"),
+        deliveries_rejected=rejected(deliveries, "DeliveryRejected"),
+        billed=sum(int(e.args["amount"]) for e in readings if e.event == "ReadingSettled"),
+        released=sum(int(e.args["toSeller"]) for e in deliveries if e.event == "DeliveryConfirmed"),
+        transactions=len(txs),
+        gas_used=gas,
+        items=len(readings) + len(deliveries) + len(telematics) + len(weather),
+        telematics_settled=sum(1 for e in telematics if e.event == "PremiumCharged"),
+        telematics_rejected=rejected(telematics, "TelematicsRejected"),
+        premiums=sum(int(e.args["amount"]) for e in telematics if e.event == "PremiumCharged"),
+        observations_recorded=sum(1 for e in weather if e.event == "ObservationRecorded"),
+        observations_rejected=rejected(weather, "ObservationRejected"),
+    )

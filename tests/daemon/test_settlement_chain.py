@@ -1,0 +1,615 @@
+"""Settlement against a real anvil with the contracts deployed: stored events become payments, exactly once,
+through batching, poison items, replays, dropped transactions, restarts and reorgs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import HTTPProvider, Web3
+
+from tests.daemon_support import Device, wait_for
+from iotsettle.oracle.protocol import eip712
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, send
+from iotsettle.oracle.config import Config
+from iotsettle.oracle.chain.node import free_port
+from iotsettle.oracle.daemon.metrics import Metrics
+from iotsettle.oracle.daemon.planner import Batch
+from iotsettle.oracle.chain.revert import ErrorDecoder, RejectReason
+from iotsettle.oracle.daemon.store import EventRecord, EventStatus, Store, StoredEvent
+from iotsettle.oracle.daemon.submitter import KindSpec
+from iotsettle.oracle.daemon.tracker import Settler, SettlerSettings
+from iotsettle.oracle.daemon.txstore import TxStatus
+
+REPO = Path(__file__).resolve().parents[2]
+PRICE = 10  # wei per unit
+START = 1_000  # register value when the agreement starts
+DEPOSIT = 10**18
+
+PROVIDER = Account.from_key(ANVIL_DEV_KEYS[1])
+CONSUMER = Account.from_key(ANVIL_DEV_KEYS[2])
+FUNDER = Account.from_key(ANVIL_DEV_KEYS[0])
+
+
+# ------------------------------------------------------------------------------------------------ chain setup
+
+
+@dataclass
+class Meter:
+    device: Device
+    agreement: int
+
+
+class Scenario:
+    """Devices registered on chain, agreements and escrows opened, signed events stored for settlement."""
+
+    def __init__(self, deployment: Any) -> None:  # noqa: ANN401 - the conftest Deployment
+        self.d = deployment
+        self.chain = deployment.chain
+        self.w3: Web3 = deployment.chain.w3
+        self.chain_id = deployment.chain.chain_id
+        self.registry = deployment.contract("DeviceRegistry")
+        self.billing = deployment.contract("MeteredBilling")
+        self.escrow = deployment.contract("DeliveryEscrow")
+        self.tariff = self._tariff()
+
+    def tx(self, account: LocalAccount, call: Any, value: int = 0) -> dict[str, Any]:  # noqa: ANN401
+        return send(self.chain, account, call.build_transaction({"from": account.address, "value": value}))
+
+    def _tariff(self) -> int:
+        receipt = self.tx(PROVIDER, self.billing.functions.createTariff([(0, PRICE)]))
+        return int(self.billing.events.TariffCreated().process_receipt(receipt)[0]["args"]["tariffId"])
+
+    def now(self) -> int:
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def register(self, kind: int) -> Device:
+        contracts = {"reading": self.billing.address, "delivery": self.escrow.address}
+        device = Device(kind=kind, chain_id=self.chain_id, contracts=contracts)
+        deadline = self.now() + 3600
+        msg = {"device": device.address, "owner": PROVIDER.address, "kind": kind, "metadataHash": bytes(32),
+               "deadline": deadline}  # fmt: skip
+        digest = eip712.digest("Registration", msg, eip712.Domain(self.chain_id, self.registry.address))
+        sig = eip712.sign_digest(device.key, digest)
+        self.tx(PROVIDER, self.registry.functions.register(device.address, kind, bytes(32), deadline, sig))
+        return device
+
+    def meter(self) -> Meter:
+        device = self.register(eip712.DeviceKind.METER)
+        receipt = self.tx(PROVIDER, self.billing.functions.offer(CONSUMER.address, device.address, self.tariff,
+                                                                  "0x" + "00" * 20, START, 0))  # fmt: skip
+        agreement = int(self.billing.events.AgreementOffered().process_receipt(receipt)[0]["args"]["agreementId"])
+        self.tx(CONSUMER, self.billing.functions.accept(agreement, DEPOSIT, START), value=DEPOSIT)
+        return Meter(device, agreement)
+
+    def tracker_escrow(self, destination: bytes, amount: int = 5 * 10**15) -> tuple[Device, int, str]:
+        device = self.register(eip712.DeviceKind.TRACKER)
+        seller = Account.create()
+        receipt = self.tx(CONSUMER, self.escrow.functions.createEscrow(
+            seller.address, device.address, "0x" + "00" * 20, amount, destination, self.now() + 3600, 0, 0,
+        ), value=amount)  # fmt: skip
+        escrow_id = int(self.escrow.events.EscrowCreated().process_receipt(receipt)[0]["args"]["escrowId"])
+        return device, escrow_id, seller.address
+
+    def reading(self, meter: Meter, seq: int, value: int, *, key: bytes | None = None,
+                agreement: int | None = None) -> EventRecord:  # fmt: skip
+        target = meter.agreement if agreement is None else agreement
+        ts = self.now()
+        msg = {"agreementId": target, "seq": seq, "timestamp": ts, "value": value}
+        digest = eip712.digest("Reading", msg, eip712.Domain(self.chain_id, self.billing.address))
+        sig = eip712.sign_digest(key or meter.device.key, digest)
+        return EventRecord("reading", meter.device.address, meter.device.address, self.chain_id,
+                           self.billing.address, target, seq, ts, value, None, None, digest, sig, time.time())  # fmt: skip
+
+    def delivery(self, device: Device, escrow_id: int, seq: int, location: bytes) -> EventRecord:
+        ts = self.now()
+        msg = {"escrowId": escrow_id, "seq": seq, "timestamp": ts, "location": location, "maxTemperature": 4}
+        digest = eip712.digest("Delivery", msg, eip712.Domain(self.chain_id, self.escrow.address))
+        sig = eip712.sign_digest(device.key, digest)
+        return EventRecord("delivery", device.address, device.address, self.chain_id, self.escrow.address,
+                           escrow_id, seq, ts, None, location, 4, digest, sig, time.time())  # fmt: skip
+
+    def earnings(self, meter: Meter) -> int:
+        return int(self.billing.functions.earningsOf(meter.agreement).call())
+
+    def fund(self, address: str) -> None:
+        send(self.chain, FUNDER, {"to": address, "value": 10**19})
+
+    def rpc(self, method: str, *params: Any) -> Any:  # noqa: ANN401
+        response = self.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+        if "error" in response:
+            raise RuntimeError(f"{method}: {response['error']}")
+        return response.get("result")
+
+    def mine(self, blocks: int = 1) -> None:
+        self.rpc("anvil_mine", hex(blocks))
+
+
+@pytest.fixture(scope="module")
+def scenario(deployment: Any) -> Scenario:  # noqa: ANN401
+    return Scenario(deployment)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    db = Store.open(tmp_path / "oracle.db")
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def relayer(scenario: Scenario) -> LocalAccount:
+    """A fresh relayer account per test, so each test's nonce history is its own."""
+    account = Account.create()
+    scenario.fund(account.address)
+    return account
+
+
+@contextmanager
+def automine_off(scenario: Scenario) -> Iterator[None]:
+    """Blocks only when the test mines them (``anvil_mine``): transactions wait in the pool meanwhile."""
+    scenario.rpc("evm_setAutomine", False)
+    try:
+        yield
+    finally:
+        scenario.rpc("evm_setAutomine", True)
+
+
+def make_settler(scenario: Scenario, store: Store, relayer: LocalAccount, metrics: Metrics | None = None,
+                 **oracle: Any) -> Settler:  # noqa: ANN401  # fmt: skip
+    config: Config = scenario.d.config.replace("chain", private_key="0x" + bytes(relayer.key).hex(),
+                                               confirmations=oracle.pop("confirmations", 1))  # fmt: skip
+    config = config.replace("oracle", **{"batch_max_wait": 0.0, **oracle})
+    settler = Settler.from_config(config, store, chain=scenario.chain, metrics=metrics)
+    return settler
+
+
+def settle_all(settler: Settler, store: Store, ids: list[int], timeout: float = 20.0,
+               statuses: tuple[EventStatus, ...] = (EventStatus.SETTLED, EventStatus.FINAL)) -> list[StoredEvent]:  # fmt: skip
+    """Drive the loop until every event in ``ids`` is in one of ``statuses`` (or dead / superseded)."""
+    done = (*statuses, EventStatus.DEAD, EventStatus.SUPERSEDED)
+    deadline = time.monotonic() + timeout
+    while True:
+        settler.run_once()
+        events = store.events(ids)
+        if all(e.status in done for e in events):
+            return events
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not settled: {[(e.id, e.status) for e in events if e.status not in done]}")
+        time.sleep(0.02)
+
+
+def our_nonces(settler: Settler) -> list[int]:
+    return sorted({tx.nonce for tx in settler.txstore.all() if tx.status is not TxStatus.LOST})
+
+
+# ----------------------------------------------------------------------------------------------------- tests
+
+
+def test_batch_for_many_agreements_settles_newest_reading_and_pays_providers(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meters = [scenario.meter() for _ in range(12)]
+    records = []
+    for i, meter in enumerate(meters):
+        records.append(scenario.reading(meter, 1, START + 50))
+        records.append(scenario.reading(meter, 2, START + 100 + i))  # newer cumulative reading: only this one is billed
+    ids = store.commit_batch(records, [], [])
+    metrics = Metrics()
+    settler = make_settler(scenario, store, relayer, metrics)
+
+    events = settle_all(settler, store, ids)
+
+    for i, meter in enumerate(meters):
+        assert scenario.earnings(meter) == (100 + i) * PRICE
+        agreement = scenario.billing.functions.agreementOf(meter.agreement).call()
+        assert agreement[9] == START + 100 + i  # lastValue
+        assert agreement[12] == DEPOSIT - (100 + i) * PRICE  # prepaid
+    by_status = {s: sum(1 for e in events if e.status is s) for s in EventStatus}
+    assert by_status[EventStatus.SUPERSEDED] == 12
+    assert by_status[EventStatus.SETTLED] + by_status[EventStatus.FINAL] == 12
+    txs = settler.txstore.all()
+    assert len(txs) == 1, "12 readings fit one batch"
+    gas = metrics.gas_per_event.collect()[0].samples
+    assert metrics.settled.labels(kind="reading")._value.get() == 12  # noqa: SLF001
+    assert any(s.name.endswith("_count") and s.value == 12 for s in gas)
+    # The next transaction puts a block on top: the first one becomes final (confirmations = 1).
+    more = store.commit_batch([scenario.reading(meters[0], 3, START + 500)], [], [])
+    settle_all(settler, store, more)
+    scenario.mine()
+    settle_all(settler, store, ids, statuses=(EventStatus.FINAL,))
+
+
+def test_poison_items_are_dead_lettered_with_the_onchain_reason_while_the_rest_settle(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    good, other = scenario.meter(), scenario.meter()
+    stranger = os.urandom(32)
+    records = [
+        scenario.reading(good, 1, START + 10),
+        scenario.reading(good, 1, START + 10, agreement=good.agreement + 999_999),  # no such agreement
+        scenario.reading(other, 1, START + 30, key=stranger),  # signed by a key the registry never saw
+        scenario.reading(other, 2, START - 1),  # register below the agreement's start: counter rollback
+    ]
+    # The store keys events by (device, seq): give the poison items distinct sequence numbers.
+    records[1] = scenario.reading(good, 7, START + 10, agreement=good.agreement + 999_999)
+    ids = store.commit_batch(records, [], [])
+    settler = make_settler(scenario, store, relayer)
+
+    events = {e.id: e for e in settle_all(settler, store, ids)}
+
+    assert events[ids[0]].status in (EventStatus.SETTLED, EventStatus.FINAL)
+    assert scenario.earnings(good) == 10 * PRICE
+    assert events[ids[1]].status is EventStatus.DEAD
+    assert events[ids[1]].reason is not None and events[ids[1]].reason.startswith("UnknownTarget")
+    # Readings of one agreement collapse to the newest (seq 2) before settlement.
+    assert events[ids[2]].status is EventStatus.SUPERSEDED
+    assert events[ids[3]].status is EventStatus.DEAD
+    assert events[ids[3]].reason is not None and events[ids[3]].reason.startswith("CounterRollback")
+    assert scenario.earnings(other) == 0
+
+    unknown_key = store.commit_batch([scenario.reading(other, 3, START + 40, key=stranger)], [], [])
+    (event,) = settle_all(settler, store, unknown_key)
+    assert event.status is EventStatus.DEAD and event.reason is not None and event.reason.startswith("UnknownKey")
+
+
+def test_an_event_replayed_by_a_second_oracle_is_paid_once(
+    scenario: Scenario, tmp_path: Path, store: Store, relayer: LocalAccount
+) -> None:
+    meter = scenario.meter()
+    record = scenario.reading(meter, 1, START + 70)
+    first = make_settler(scenario, store, relayer)
+    ids = store.commit_batch([record], [], [])
+    settle_all(first, store, ids)
+    assert scenario.earnings(meter) == 70 * PRICE
+
+    # A second oracle with its own database and key got the same event (MQTT redelivery, shared fleet).
+    other_store = Store.open(tmp_path / "other.db")
+    other_relayer = Account.create()
+    scenario.fund(other_relayer.address)
+    second = make_settler(scenario, other_store, other_relayer)
+    other_ids = other_store.commit_batch([record], [], [])
+    (event,) = settle_all(second, other_store, other_ids)
+
+    assert event.status in (EventStatus.SETTLED, EventStatus.FINAL), "a replay is settled-by-someone-else"
+    assert event.reason is None
+    assert scenario.earnings(meter) == 70 * PRICE, "paid once"
+    other_store.close()
+
+
+def test_a_delivery_releases_its_escrow_at_once(scenario: Scenario, store: Store, relayer: LocalAccount) -> None:
+    destination = b"u33dc0".ljust(32, b"\0")
+    device, escrow_id, seller = scenario.tracker_escrow(destination)
+    wrong = scenario.tracker_escrow(destination)
+    records = [
+        scenario.delivery(device, escrow_id, 1, destination),
+        scenario.delivery(wrong[0], wrong[1], 1, b"u0".ljust(32, b"\0")),
+    ]
+    ids = store.commit_batch(records, [], [])
+    # An hour-long meter settlement window does not hold deliveries back.
+    settler = make_settler(scenario, store, relayer, settlement_window=3600.0, batch_max_wait=0.05)
+
+    events = settle_all(settler, store, ids, timeout=10)
+
+    assert scenario.escrow.functions.withdrawable("0x" + "00" * 20, seller).call() == 5 * 10**15
+    assert events[1].status is EventStatus.DEAD and events[1].reason.startswith("WrongLocation")  # type: ignore[union-attr]
+
+
+class _DirtySeqSpec(KindSpec):
+    """Encodes the item with sequence number ``POISON`` with a dirty upper half in its uint64 word. The contract's
+    ABI decoder reverts the whole call when its loop reaches such an item: a real poison item (the products
+    themselves skip every bad event they can name)."""
+
+    POISON = 666
+
+    def item(self, event: StoredEvent) -> bytes:
+        encoded = super().item(event)
+        if event.seq != self.POISON:
+            return encoded
+        return encoded[:32] + (1 << 200 | event.seq).to_bytes(32, "big") + encoded[64:]
+
+
+def test_an_item_that_reverts_the_whole_batch_is_bisected_out_and_dead_lettered(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meters = [scenario.meter() for _ in range(5)]
+    settler = make_settler(scenario, store, relayer)
+    spec = settler.submitter.specs["reading"]
+    dirty = _DirtySeqSpec(spec.kind, spec.contract, spec.selector, spec.item_types, spec.settled_topic,
+                          spec.rejected_topic)  # fmt: skip
+    settler.submitter.specs["reading"] = dirty
+    settler.submitter._by_contract[spec.contract] = dirty  # noqa: SLF001 - fault injection into the real path
+    records = [scenario.reading(m, 1, START + 10 * (i + 1)) for i, m in enumerate(meters)]
+    records[2] = scenario.reading(meters[2], _DirtySeqSpec.POISON, START + 30)
+    ids = store.commit_batch(records, [], [])
+    metrics = Metrics()
+    settler.submitter.metrics = metrics
+
+    events = settle_all(settler, store, ids)
+
+    assert events[2].status is EventStatus.DEAD and events[2].reason is not None
+    assert events[2].reason.startswith("Reverted: reverted without a reason")
+    assert [scenario.earnings(m) for m in meters] == [10 * PRICE, 20 * PRICE, 0, 40 * PRICE, 50 * PRICE]
+    assert len(settler.txstore.all()) == 1, "the four good items went in one transaction; the poison cost no gas"
+    assert metrics.dead_lettered.labels(reason="Reverted")._value.get() == 1  # noqa: SLF001
+
+
+def test_a_dropped_transaction_is_resent_at_the_same_nonce_with_higher_fees(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meter = scenario.meter()
+    ids = store.commit_batch([scenario.reading(meter, 1, START + 40)], [], [])
+    settler = make_settler(scenario, store, relayer, rebroadcast_after=600.0)
+    with automine_off(scenario):
+        settler.run_once()
+        (sent,) = settler.txstore.all()
+        assert sent.status is TxStatus.SENT
+        scenario.rpc("anvil_dropTransaction", sent.tx_hash)
+
+        deadline = time.monotonic() + 10
+        while (current := settler.txstore.get(sent.tx_key)) is not None and current.attempts < 2:
+            assert time.monotonic() < deadline, "the dropped transaction was not re-sent"
+            settler.run_once()
+            time.sleep(0.05)
+        assert current is not None
+        assert current.nonce == sent.nonce
+        assert current.max_fee * 8 >= sent.max_fee * 9 and current.tip * 8 >= sent.tip * 9, "fees +12.5 %"
+        assert scenario.w3.eth.get_transaction(current.tx_hash)["nonce"] == sent.nonce  # in the pool again
+        scenario.mine()
+        settle_all(settler, store, ids)
+    assert scenario.w3.eth.get_transaction_receipt(current.tx_hash)["status"] == 1
+    assert scenario.earnings(meter) == 40 * PRICE
+
+
+def test_a_stuck_transaction_is_replaced_with_higher_fees_and_the_replacement_is_mined(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meter = scenario.meter()
+    ids = store.commit_batch([scenario.reading(meter, 1, START + 15)], [], [])
+    settler = make_settler(scenario, store, relayer, rebroadcast_after=0.3)
+    with automine_off(scenario):
+        settler.run_once()
+        (sent,) = settler.txstore.all()
+        deadline = time.monotonic() + 10
+        while (current := settler.txstore.get(sent.tx_key)) is not None and current.attempts < 2:
+            assert time.monotonic() < deadline, "the stuck transaction was not replaced"
+            settler.run_once()
+            time.sleep(0.05)
+        assert current is not None and current.tx_hash != sent.tx_hash and current.max_fee > sent.max_fee
+        scenario.mine()
+        settle_all(settler, store, ids)
+    assert scenario.earnings(meter) == 15 * PRICE
+    (tx,) = settler.txstore.all()
+    assert tx.mined_hash == current.tx_hash, "the replacement (same nonce) was mined, the original never"
+
+
+def test_a_restarted_settler_resumes_with_no_nonce_gap_and_no_double_payment(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meters = [scenario.meter() for _ in range(3)]
+    first_nonce = scenario.w3.eth.get_transaction_count(relayer.address)
+    with automine_off(scenario):
+        crashed = make_settler(scenario, store, relayer, batch_max_events=1)
+        ids = store.commit_batch([scenario.reading(m, 1, START + 20) for m in meters], [], [])
+        crashed.run_once()  # three transactions broadcast, none mined
+        assert len(crashed.txstore.by_status(TxStatus.SENT)) == 3
+        # ... and one stored and signed, but the process died before broadcasting it.
+        late = store.commit_batch([scenario.reading(meters[0], 2, START + 90)], [], [])
+        crashed.planner.claim()
+        (batch,) = crashed.planner.cut(1, flush=True)
+        assert isinstance(batch, Batch) and crashed.submitter.prepare(batch) is not None
+        # ... plus one event claimed by the planner but in no transaction yet.
+        claimed = store.commit_batch([scenario.reading(meters[1], 2, START + 80)], [], [])
+        crashed.planner.claim()
+        del crashed  # kill -9: nothing is cleaned up
+
+        restarted = make_settler(scenario, store, relayer, batch_max_events=1)
+        deadline = time.monotonic() + 20
+        while any(e.status not in (EventStatus.SETTLED, EventStatus.FINAL) for e in store.events(ids + late + claimed)):
+            assert time.monotonic() < deadline, "the restarted settler did not finish"
+            restarted.run_once()
+            scenario.mine()
+            time.sleep(0.1)
+        events = store.events(ids + late + claimed)
+
+    assert all(e.status in (EventStatus.SETTLED, EventStatus.FINAL) for e in events)
+    assert our_nonces(restarted) == list(range(first_nonce, first_nonce + 5)), "consecutive nonces, no gap"
+    assert scenario.w3.eth.get_transaction_count(relayer.address) == first_nonce + 5
+    assert restarted.txstore.next_nonce(scenario.chain_id, relayer.address) == first_nonce + 5
+    assert scenario.earnings(meters[0]) == 90 * PRICE
+    assert scenario.earnings(meters[1]) == 80 * PRICE
+    assert scenario.earnings(meters[2]) == 20 * PRICE
+
+
+def test_a_reorg_below_the_confirmation_depth_resubmits_and_pays_once(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meter = scenario.meter()
+    settler = make_settler(scenario, store, relayer, confirmations=3)
+    ids = store.commit_batch([scenario.reading(meter, 1, START + 60)], [], [])
+    settle_all(settler, store, ids)
+    (tx,) = settler.txstore.all()
+    assert tx.status is TxStatus.MINED and store.events(ids)[0].status is EventStatus.SETTLED
+    assert scenario.earnings(meter) == 60 * PRICE
+
+    with automine_off(scenario):
+        scenario.rpc("anvil_rollback", 1)  # the settlement's block leaves the chain
+        assert scenario.earnings(meter) == 0
+        deadline = time.monotonic() + 10
+        while not scenario.w3.eth.get_block("pending")["transactions"]:
+            assert time.monotonic() < deadline, "the reorged transaction was not re-sent"
+            settler.run_once()
+            time.sleep(0.05)
+        assert store.events(ids)[0].status is EventStatus.SUBMITTED
+        scenario.mine()
+        settle_all(settler, store, ids)
+        assert scenario.earnings(meter) == 60 * PRICE, "paid once after the reorg"
+        # not final before three blocks sit on top
+        scenario.mine(2)
+        for _ in range(3):
+            settler.run_once()
+        assert store.events(ids)[0].status is EventStatus.SETTLED
+        scenario.mine(1)
+        settle_all(settler, store, ids, statuses=(EventStatus.FINAL,))
+    (tx,) = settler.txstore.all()
+    assert tx.status is TxStatus.FINAL and tx.nonce == 0
+
+
+def test_a_reverting_single_item_call_is_decoded_into_a_named_reason(scenario: Scenario) -> None:
+    from web3.exceptions import ContractLogicError
+
+    decoder = ErrorDecoder.from_artifacts(scenario.d.config, ["MeteredBilling", "DeliveryEscrow", "DeviceRegistry"])
+    meter = scenario.meter()
+    record = scenario.reading(meter, 1, START + 1, agreement=meter.agreement + 424_242)
+    sig = record.sig
+    vs = (int.from_bytes(sig[32:64], "big") | ((sig[64] - 27) << 255)).to_bytes(32, "big")
+    call = scenario.billing.functions.settleReading((record.target_id, 1, record.timestamp, record.value, sig[:32], vs))
+    with pytest.raises(ContractLogicError) as info:
+        call.estimate_gas({"from": PROVIDER.address})
+    decoded = decoder.decode_exception(info.value)
+    assert decoded.name == "EventRejected" and decoded.reject_reason is RejectReason.UNKNOWN_TARGET
+    assert decoded.label == "EventRejected:UnknownTarget"
+    assert "no such agreement or escrow" in decoded.sentence and str(record.target_id) in decoded.sentence
+
+
+def test_reject_reason_codes_match_the_solidity_enum() -> None:
+    source = (REPO / "contracts" / "interfaces" / "IDeviceEvents.sol").read_text()
+    body = re.search(r"enum RejectReason \{(.*?)\}", source, re.S)
+    assert body is not None
+    names = re.findall(r"^\s*(\w+)\s*,?\s*//", body.group(1), re.M)
+    assert names == [reason.solidity_name for reason in RejectReason]
+
+
+def test_the_running_settler_settles_in_the_background_and_drains_on_stop(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meters = [scenario.meter() for _ in range(3)]
+    # Without the eth_call preflight: after the first (estimated) batch, gas comes from what was learned.
+    settler = make_settler(scenario, store, relayer, batch_max_wait=0.05, batch_preflight=False)
+    settler.start()
+    try:
+        ids = store.commit_batch([scenario.reading(m, 1, START + 5) for m in meters], [], [])
+        wait_for(lambda: all(e.status in (EventStatus.SETTLED, EventStatus.FINAL) for e in store.events(ids)),
+                 timeout=15, what="background settlement")  # fmt: skip
+        late = store.commit_batch([scenario.reading(m, 2, START + 9) for m in meters], [], [])
+    finally:
+        drained = settler.stop(drain=True, timeout=20)
+    assert drained and not settler.running
+    assert all(e.status in (EventStatus.SETTLED, EventStatus.FINAL) for e in store.events(late))
+    assert [scenario.earnings(m) for m in meters] == [9 * PRICE] * 3
+    assert settler.health == "ok"
+
+
+def test_an_unreachable_node_degrades_health_and_loses_nothing(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meter = scenario.meter()
+    ids = store.commit_batch([scenario.reading(meter, 1, START + 33)], [], [])
+    dead = Web3(HTTPProvider(f"http://127.0.0.1:{free_port()}", request_kwargs={"timeout": 1}))
+    contracts = {"reading": (scenario.billing.address, scenario.billing.abi)}
+    settler = Settler(store, dead, scenario.chain_id, relayer, contracts, ErrorDecoder([scenario.billing.abi]),
+                      SettlerSettings(max_backoff=0.2))  # fmt: skip
+    settler.start()
+    try:
+        wait_for(lambda: settler.health == "degraded", timeout=10, what="degraded health")
+        time.sleep(0.5)
+        assert settler.running, "the loop keeps running through node errors"
+        assert settler.last_error is not None
+    finally:
+        settler.stop(drain=False)
+    assert store.events(ids)[0].status is EventStatus.PENDING
+
+    # The node is back (here: the real one): the stored event settles, once.
+    (event,) = settle_all(make_settler(scenario, store, relayer), store, ids)
+    assert event.status in (EventStatus.SETTLED, EventStatus.FINAL)
+    assert scenario.earnings(meter) == 33 * PRICE
+
+
+def test_a_relayer_without_funds_pauses_with_a_clear_reason_and_resumes_once_funded(
+    scenario: Scenario, store: Store
+) -> None:
+    meter = scenario.meter()
+    broke = Account.create()
+    ids = store.commit_batch([scenario.reading(meter, 1, START + 44)], [], [])
+    settler = make_settler(scenario, store, broke)
+    for _ in range(3):
+        settler.run_once()
+    assert settler.health == "degraded"
+    assert settler.last_error is not None and "cannot pay for gas" in settler.last_error
+    assert store.events(ids)[0].status is EventStatus.SUBMITTED, "stored and signed, waiting for funds"
+
+    scenario.fund(broke.address)
+    time.sleep(1.1)  # the stored transaction is re-sent at most once a second
+    (event,) = settle_all(settler, store, ids)
+    assert event.status in (EventStatus.SETTLED, EventStatus.FINAL)
+    assert settler.health == "ok"
+    assert scenario.earnings(meter) == 44 * PRICE
+    assert [tx.nonce for tx in settler.txstore.all()] == [0], "the same transaction, no nonce skipped"
+
+
+def test_a_nonce_taken_by_another_sender_of_the_key_replans_the_events_once(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meter = scenario.meter()
+    ids = store.commit_batch([scenario.reading(meter, 1, START + 25)], [], [])
+    settler = make_settler(scenario, store, relayer, rebroadcast_after=600.0)
+    settler.tracker.settings = dataclasses.replace(settler.tracker.settings, lost_after=0.5)
+    with automine_off(scenario):
+        settler.run_once()
+        (ours,) = settler.txstore.all()
+        # Someone else with the same key replaces our transaction in the pool with a plain transfer.
+        foreign = relayer.sign_transaction({
+            "type": 2, "chainId": scenario.chain_id, "nonce": ours.nonce, "to": FUNDER.address, "value": 1,
+            "gas": 21_000, "maxFeePerGas": 4 * ours.max_fee, "maxPriorityFeePerGas": 4 * ours.tip + 1,
+        })  # fmt: skip
+        scenario.w3.eth.send_raw_transaction(foreign.raw_transaction)
+        scenario.mine()
+        deadline = time.monotonic() + 15
+        while (tx := settler.txstore.get(ours.tx_key)) is not None and tx.status is not TxStatus.LOST:
+            assert time.monotonic() < deadline, "the taken nonce was not noticed"
+            settler.run_once()
+            time.sleep(0.1)
+        settler.run_once()
+        scenario.mine()
+        (event,) = settle_all(settler, store, ids)
+    assert event.status in (EventStatus.SETTLED, EventStatus.FINAL)
+    assert scenario.earnings(meter) == 25 * PRICE
+    assert [(t.nonce, t.status) for t in settler.txstore.all()][0] == (ours.nonce, TxStatus.LOST)
+    assert sorted(t.nonce for t in settler.txstore.all() if t.status is not TxStatus.LOST) == [ours.nonce + 1]
+
+
+def test_a_reorg_that_replaces_the_block_at_the_same_height_resubmits_and_pays_once(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    meter = scenario.meter()
+    settler = make_settler(scenario, store, relayer, confirmations=2)
+    ids = store.commit_batch([scenario.reading(meter, 1, START + 12)], [], [])
+    settle_all(settler, store, ids)
+    (mined,) = settler.txstore.all()
+    height = scenario.w3.eth.block_number
+
+    with automine_off(scenario):
+        scenario.rpc("anvil_reorg", 1, [])  # same height, another block without our transaction
+        assert scenario.w3.eth.block_number == height and scenario.earnings(meter) == 0
+        deadline = time.monotonic() + 10
+        while store.events(ids)[0].status is not EventStatus.SUBMITTED or not scenario.w3.eth.get_block("pending")["transactions"]:
+            assert time.monotonic() < deadline, "the reorged transaction was not re-sent"
+            settler.run_once()
+            time.sleep(0.05)
+        scenario.mine()
+        settle_all(settler, store, ids)
+        scenario.mine(2)
+        settle_all(settler, store, ids, statuses=(EventStatus.FINAL,))
+    (tx,) = settler.txstore.all()
+    assert tx.nonce == mined.nonce and tx.block_hash != mined.block_hash
+    assert scenario.earnings(meter) == 12 * PRICE, "paid once"

@@ -1,0 +1,73 @@
+"""The submitter's hand-built calldata and log decoding agree with the ABI (web3 / eth_abi) for both products."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+
+import pytest
+from eth_abi import encode as abi_encode
+from web3 import Web3
+
+from iotsettle.oracle.chain.artifacts import load_artifact
+from iotsettle.oracle.chain.compiler import ensure_compiled
+from iotsettle.oracle.config import Config
+from iotsettle.oracle.daemon.store import EventStatus, StoredEvent
+from iotsettle.oracle.daemon.submitter import KindSpec, decode_outcomes
+from iotsettle.oracle.protocol.eip712 import SECP256K1_HALF_N
+
+ADDRESS = "0x" + "c3" * 20
+
+
+def stored(kind: str, rng: random.Random) -> StoredEvent:
+    sig = os.urandom(32) + rng.randrange(1, SECP256K1_HALF_N).to_bytes(32, "big") + bytes([rng.choice((27, 28))])
+    reading = kind == "reading"
+    return StoredEvent(
+        kind, ADDRESS, ADDRESS, 31337, ADDRESS, rng.randrange(2**256), rng.randrange(2**64), rng.randrange(2**64),
+        rng.randrange(2**256) if reading else None, None if reading else os.urandom(32),
+        None if reading else rng.randrange(-(2**31), 2**31), os.urandom(32), sig, 0.0,
+        1, EventStatus.CLAIMED, None, None, None, None, None, None,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def abis(test_config: Config) -> dict[str, list]:  # type: ignore[type-arg]
+    ensure_compiled(test_config)
+    return {"reading": load_artifact(test_config, "MeteredBilling")["abi"],
+            "delivery": load_artifact(test_config, "DeliveryEscrow")["abi"]}  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "function"), [("reading", "settle"), ("delivery", "confirmDeliveries")])
+def test_batch_calldata_equals_the_abi_encoding(abis: dict[str, list], kind: str, function: str) -> None:  # type: ignore[type-arg]
+    spec = KindSpec.from_abi(kind, ADDRESS, abis[kind])
+    rng = random.Random(7)
+    events = [stored(kind, rng) for _ in range(17)]
+    contract = Web3().eth.contract(address=Web3.to_checksum_address(ADDRESS), abi=abis[kind])
+    values = [spec.values(e) for e in events]
+    expected = contract.encode_abi(function, args=[values])
+    assert "0x" + spec.calldata([spec.item(e) for e in events]).hex() == expected
+    assert spec.calldata([]) == bytes.fromhex(contract.encode_abi(function, args=[[]])[2:])
+
+
+def test_an_item_that_does_not_fit_its_type_is_refused(abis: dict[str, list]) -> None:  # type: ignore[type-arg]
+    spec = KindSpec.from_abi("delivery", ADDRESS, abis["delivery"])
+    event = stored("delivery", random.Random(1))
+    with pytest.raises(ValueError, match="int32"):
+        spec.item(dataclasses.replace(event, max_temperature=2**31))
+    with pytest.raises(ValueError, match="v 27/28"):
+        spec.item(dataclasses.replace(event, sig=b"\x01" * 64 + b"\x00"))
+
+
+def test_outcome_logs_decode_in_item_order(abis: dict[str, list]) -> None:  # type: ignore[type-arg]
+    spec = KindSpec.from_abi("reading", ADDRESS, abis["reading"])
+    logs = [
+        {"address": ADDRESS, "topics": ["0x" + spec.settled_topic.hex(), "0x" + (5).to_bytes(32, "big").hex()],
+         "data": "0x" + abi_encode(["uint64", "uint256"], [3, 1234]).hex()},
+        {"address": "0x" + "d4" * 20, "topics": ["0x" + spec.settled_topic.hex(), "0x" + (6).to_bytes(32, "big").hex()],
+         "data": "0x" + abi_encode(["uint64", "uint256"], [1, 1]).hex()},  # another contract: ignored
+        {"address": ADDRESS.upper().replace("0X", "0x"), "topics": ["0x" + spec.rejected_topic.hex(),
+         "0x" + (7).to_bytes(32, "big").hex()], "data": "0x" + abi_encode(["uint64", "uint8"], [9, 10]).hex()},
+    ]  # fmt: skip
+    outcomes = decode_outcomes(spec, logs)
+    assert [(o.target_id, o.seq, o.settled, o.reason) for o in outcomes] == [(5, 3, True, 0), (7, 9, False, 10)]

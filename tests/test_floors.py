@@ -1,0 +1,139 @@
+"""The house rules, read from the source: each floor imports only the floors below it, no module imports itself
+back through others, and every package folder is one the distribution installs.
+
+docs/ARCHITECTURE.md draws the floors; this test is what keeps the drawing true.
+"""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Floor of each part of `iotsettle.oracle` and of `iotsettle.cli`; a module may import its own floor's part and the
+# parts on lower floors. `daemon` and `ops` share a floor and may not import each other.
+FLOORS = {
+    "protocol": 0,
+    "config": 1,
+    "chain": 2,
+    "device": 3,
+    "daemon": 4,
+    "ops": 4,
+    "credit": 5,
+    "demo": 6,
+    "cli": 7,
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for top in ("oracle", "cli"):
+        for path in sorted((REPO / top).rglob("*.py")):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found["iotsettle." + ".".join(parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _part(module: str) -> str:
+    """`iotsettle.oracle.daemon.store` → `daemon`; `iotsettle.oracle.config` → `config`; `iotsettle.cli.x` → `cli`."""
+    parts = module.split(".")
+    if parts[1] == "cli":
+        return "cli"
+    return parts[2] if len(parts) > 2 else "oracle"
+
+
+def _imports(module: str, path: Path) -> list[tuple[str, int, bool]]:
+    """(imported iotsettle module, line, inside a function) for every import of this project in the file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: list[tuple[str, int, bool]] = []
+
+    def visit(node: ast.AST, nested: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = nested or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.Import):
+                found.extend((a.name, child.lineno, nested) for a in child.names if a.name.startswith("iotsettle."))
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - child.level + 1] + ([base] if base else []))
+                if not base.startswith("iotsettle."):
+                    continue
+                for alias in child.names:
+                    sub = f"{base}.{alias.name}"
+                    found.append((sub if sub in MODULES else base, child.lineno, nested))
+            elif not isinstance(child, ast.If) or not _is_type_checking(child):
+                visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def test_every_part_has_a_floor() -> None:
+    parts = {_part(m) for m in MODULES} - {"oracle"}
+    assert parts <= set(FLOORS), f"parts without a floor in FLOORS: {sorted(parts - set(FLOORS))}"
+
+
+def test_imports_run_down_the_floors() -> None:
+    against = []
+    for module, path in MODULES.items():
+        here = _part(module)
+        for imported, line, _ in _imports(module, path):
+            there = _part(imported)
+            if there == here or here == "oracle":
+                continue
+            if there == "oracle" or FLOORS[there] >= FLOORS[here]:
+                against.append(f"{path.relative_to(REPO)}:{line} ({here}) imports {imported} ({there})")
+    assert not against, "imports against the floors:\n" + "\n".join(against)
+
+
+def test_no_import_inside_a_function() -> None:
+    """Imports inside functions hide cycles and the real dependencies of a module; this project has none."""
+    nested = [
+        f"{path.relative_to(REPO)}:{line} imports {imported}"
+        for module, path in MODULES.items()
+        for imported, line, inside in _imports(module, path)
+        if inside
+    ]
+    assert not nested, "imports inside functions:\n" + "\n".join(nested)
+
+
+def test_no_import_cycle() -> None:
+    graph = {m: {i for i, _, _ in _imports(m, p) if i in MODULES and i != m} for m, p in MODULES.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def walk(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := walk(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (cycle := walk(module)):
+            pytest.fail("import cycle: " + " → ".join(cycle))
+
+
+def test_the_distribution_lists_every_package() -> None:
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {m for m, p in MODULES.items() if p.name == "__init__.py"}
+    assert listed == folders, f"missing: {sorted(folders - listed)}; stale: {sorted(listed - folders)}"
