@@ -76,7 +76,7 @@ class RpcClient:
     """
 
     def __init__(self, w3: Any = None, *, url: str | None = None, timeout: float | None = None) -> None:  # noqa: ANN401
-        self._provider = getattr(w3, "provider", None)
+        self._provider: Any = getattr(w3, "provider", None)
         uri = url or str(getattr(self._provider, "endpoint_uri", "") or "")
         self._url = uri if uri.startswith(("http://", "https://")) else None
         if self._url is None and self._provider is None:
@@ -99,7 +99,7 @@ class RpcClient:
             self._local.session = session
         return session
 
-    def _post(self, url: str, body: object) -> Any:  # noqa: ANN401 - JSON
+    def _post(self, url: str, body: Any) -> Any:  # noqa: ANN401 - JSON
         response = self._session().post(url, json=body, timeout=self._timeout)
         response.raise_for_status()
         return response.json()
