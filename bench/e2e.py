@@ -31,8 +31,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import requests
 
-from iotsettle.oracle.protocol.errors import IotSettleError
+from iotsettle.oracle.chain import logs as chain_logs
 from iotsettle.oracle.chain.node import free_port
+from iotsettle.oracle.chain.rpc import RpcClient
+from iotsettle.oracle.protocol.errors import IotSettleError
 
 log = logging.getLogger(__name__)
 
@@ -143,19 +145,12 @@ class Watcher:
     gas_used: int = 0
 
     def __post_init__(self) -> None:
-        self.session = requests.Session()
+        self.rpc = RpcClient(url=self.rpc_url, timeout=10)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self.next_block = int(self._rpc("eth_blockNumber", []), 16) + 1
+        self.next_block = self.rpc.block_number() + 1
         self.seen = {topic: [] for topic in self.topics}
-
-    def _rpc(self, method: str, params: list[Any]) -> Any:  # noqa: ANN401 - JSON
-        answer = self.session.post(self.rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
-                                   timeout=10).json()  # fmt: skip
-        if "error" in answer:
-            raise IotSettleError(f"{method}: {answer['error']}")
-        return answer["result"]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="bench-watcher", daemon=True)
@@ -175,15 +170,13 @@ class Watcher:
             self._stop.wait(self.interval)
 
     def poll(self) -> None:
-        head = int(self._rpc("eth_blockNumber", []), 16)
+        head = self.rpc.block_number()
         if head < self.next_block:
             return
-        logs = self._rpc("eth_getLogs", [{"fromBlock": hex(self.next_block), "toBlock": hex(head),
-                                          "address": sorted(set(self.topics.values())),
-                                          "topics": [sorted(self.topics)]}])  # fmt: skip
+        logs = chain_logs.scan(self.rpc, sorted(set(self.topics.values())), self.next_block, head, [sorted(self.topics)])
         now = time.time()
         new_txs = {entry["transactionHash"] for entry in logs} - self.transactions
-        receipts = [self._rpc("eth_getTransactionReceipt", [h]) for h in new_txs]
+        receipts = [self.rpc.call("eth_getTransactionReceipt", [h]) for h in new_txs]
         with self._lock:
             for entry in logs:
                 topic = entry["topics"][0].lower()

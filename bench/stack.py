@@ -26,7 +26,8 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import event_abi_to_log_topic
 
 from iotsettle.oracle.protocol import eip712, wire
-from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, Chain, connect, send
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, Chain, connect
+from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.chain.compiler import ensure_compiled
 from iotsettle.oracle.config import Config, local_stack_config
 from iotsettle.oracle.chain.deploy import deploy_all

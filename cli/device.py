@@ -14,8 +14,10 @@ from eth_hash.auto import keccak
 from rich.table import Table
 
 from iotsettle.cli._common import emit, json_option, progress, state
-from iotsettle.oracle.chain.connection import connect, load_sender, send
+from iotsettle.oracle.chain.connection import connect, load_sender
 from iotsettle.oracle.chain.deploy import contract, load_manifest
+from iotsettle.oracle.chain.revert import ErrorDecoder
+from iotsettle.oracle.chain.send import send, would_revert
 from iotsettle.oracle.device.fleet import FaultClass, Fleet, contracts_from_manifest, kind_from_name, kind_name, load_fleet
 from iotsettle.oracle.device.keys import create_keystore, load_keystore, resolve_password
 from iotsettle.oracle.device.publisher import BrokerSettings
@@ -152,7 +154,8 @@ def register(
     if not as_json:
         progress(f"registering {device_key.address} as {kind_name(device_kind)} to {owner.address} on chain {chain.chain_id}")
     data_field = registry.encode_abi("register", args=[device_key.address, int(device_kind), metadata_hash, deadline, signature])
-    receipt = send(chain, owner, {"to": registry.address, "data": data_field})
+    receipt = send(chain, owner, {"to": registry.address, "data": data_field},
+                   decode=would_revert(ErrorDecoder([registry.abi])))
     data = {
         "device": device_key.address,
         "owner": owner.address,

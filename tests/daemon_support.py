@@ -19,7 +19,8 @@ from eth_account import Account
 from web3 import Web3
 
 from iotsettle.oracle.protocol import eip712, wire
-from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, send
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
+from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.protocol.kinds import CONTRACT_OF_KIND
 from iotsettle.oracle.daemon.store import RegistryEntry, Store
 

@@ -20,7 +20,8 @@ from typing import Any
 from eth_account import Account
 from web3 import Web3
 
-from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, send
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
+from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.daemon.store import EventStatus, Store
 from iotsettle.oracle.daemon.txstore import TxStatus, TxStore
 from tests.daemon_support import wait_for

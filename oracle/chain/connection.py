@@ -1,4 +1,4 @@
-"""Chain access: connect to an RPC endpoint, load the sending key, send a transaction and wait for it.
+"""Chain access: connect to an RPC endpoint and load the sending key (``send`` sends with it).
 
 Keys are never defaults, with one exception: on a local chain (anvil 31337, ganache 1337) and only when no
 key is configured, the well-known first anvil development account is used so a fresh machine works.
@@ -11,14 +11,13 @@ import logging
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_keyfile import decode_keyfile_json
 from web3 import HTTPProvider, Web3
-from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted, Web3Exception
+from web3.exceptions import Web3Exception
 
 from iotsettle.oracle.config import LOCAL_CHAIN_IDS, Config
 from iotsettle.oracle.protocol.errors import ChainError, KeyFileError
@@ -110,44 +109,3 @@ def load_sender(config: Config, chain: Chain) -> LocalAccount:
         f"chain {chain.chain_id} is not a local chain: give a sending key with [chain] keystore "
         "(+ IOTSETTLE_CHAIN_PASSWORD) or IOTSETTLE_CHAIN_PRIVATE_KEY"
     )
-
-
-def send(chain: Chain, account: LocalAccount, tx: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-    """Fill nonce, gas and EIP-1559 fees, sign, send and wait for the receipt; raises ChainError when reverted."""
-    w3 = chain.w3
-    tx = {"from": account.address, "chainId": chain.chain_id, **tx}
-    tx.setdefault("nonce", w3.eth.get_transaction_count(account.address, "pending"))
-    try:
-        if "gas" not in tx:
-            tx["gas"] = int(w3.eth.estimate_gas(tx) * 1.2) + 10_000
-    except ContractCustomError as exc:
-        raise ChainError(f"the transaction would revert: {decode_custom_error(exc)}") from None
-    except ContractLogicError as exc:
-        raise ChainError(f"the transaction would revert: {exc.message or exc}") from None
-    except (requests.RequestException, Web3Exception, ValueError) as exc:
-        raise ChainError(f"gas estimation failed: {exc}") from None
-    if "maxFeePerGas" not in tx and "gasPrice" not in tx:
-        base = w3.eth.get_block("latest").get("baseFeePerGas", 0)
-        tip = w3.to_wei(1, "gwei") if not chain.is_local else 1
-        tx["maxPriorityFeePerGas"] = tip
-        tx["maxFeePerGas"] = 2 * base + tip
-    signed = account.sign_transaction(tx)
-    try:
-        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
-        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout)
-    except TimeExhausted:
-        raise ChainError(f"transaction {signed.hash.to_0x_hex()} not mined within {timeout:.0f} s") from None
-    except (requests.RequestException, Web3Exception, ValueError) as exc:
-        message = str(exc)
-        if "insufficient funds" in message.lower():
-            raise ChainError(f"{account.address} has not enough ETH to pay for this transaction") from None
-        raise ChainError(f"sending the transaction failed: {message}") from None
-    if receipt["status"] != 1:
-        raise ChainError(f"transaction {tx_hash.to_0x_hex()} reverted in block {receipt['blockNumber']}")
-    return dict(receipt)
-
-
-def decode_custom_error(exc: ContractCustomError) -> str:
-    """A readable name for a custom error raised while estimating; the raw data when it is unknown."""
-    data = exc.data if isinstance(exc.data, str) else str(exc.message)
-    return f"custom error {data[:10]}"

@@ -19,7 +19,8 @@ from eth_account.signers.local import LocalAccount
 from web3.contract import Contract
 
 from iotsettle.oracle.chain.artifacts import Artifact, artifact_hash, artifacts_dir, load_artifact, runtime_matches
-from iotsettle.oracle.chain.connection import Chain, send
+from iotsettle.oracle.chain.connection import Chain
+from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.protocol.errors import DeploymentError
 

@@ -138,10 +138,11 @@ class _ErrorSpec:
     internal: tuple[str, ...]
 
 
-def _abi_type(param: Mapping[str, Any]) -> str:
+def abi_type(param: Mapping[str, Any]) -> str:
+    """The canonical ABI type of a parameter: a struct is written as ``(t1,t2,…)`` (with its array suffix)."""
     typ = str(param["type"])
     if typ.startswith("tuple"):
-        inner = ",".join(_abi_type(c) for c in param.get("components", ()))
+        inner = ",".join(abi_type(c) for c in param.get("components", ()))
         return f"({inner}){typ[5:]}"
     return typ
 
@@ -166,7 +167,7 @@ class ErrorDecoder:
                 if entry.get("type") != "error":
                     continue
                 inputs = entry.get("inputs", ())
-                types = tuple(_abi_type(p) for p in inputs)
+                types = tuple(abi_type(p) for p in inputs)
                 selector = keccak(f"{entry['name']}({','.join(types)})".encode())[:4]
                 self._errors[selector] = _ErrorSpec(
                     entry["name"], tuple(p.get("name", "") or f"arg{i}" for i, p in enumerate(inputs)), types,

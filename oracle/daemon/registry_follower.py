@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import requests
-from eth_utils import event_abi_to_log_topic, to_checksum_address
+from eth_utils import to_checksum_address
 from web3 import Web3
 from web3.contract import Contract
-from web3.exceptions import Web3Exception
 
+from iotsettle.oracle.chain.logs import log_key, scan_chunks, topic0
+from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.store import RegistryEntry, Store
 from iotsettle.oracle.protocol.errors import ChainError, StoreError
@@ -30,7 +30,6 @@ from iotsettle.oracle.protocol.errors import ChainError, StoreError
 log = logging.getLogger(__name__)
 
 FOLLOWED_EVENTS = ("DeviceRegistered", "KeyRotated", "DeviceRevoked")
-RPC_ERRORS = (requests.RequestException, OSError, Web3Exception, ValueError)
 
 
 class RegistryFollower:
@@ -40,6 +39,7 @@ class RegistryFollower:
                  poll_interval: float = 1.0, confirmations: int = 0, chunk: int = 10_000,
                  on_change: Callable[[], None] = lambda: None, metrics: Metrics | None = None) -> None:  # fmt: skip
         self.w3 = w3
+        self.rpc = RpcClient(w3)
         self.registry = registry
         self.store = store
         self.start_block = start_block
@@ -50,7 +50,7 @@ class RegistryFollower:
         self.metrics = metrics
         self.cursor_name = f"registry:{chain_id}:{to_checksum_address(registry.address)}"
         self._events = {
-            event_abi_to_log_topic(abi): getattr(registry.events, abi["name"])()  # type: ignore[arg-type]
+            topic0(abi): getattr(registry.events, abi["name"])()  # type: ignore[arg-type]
             for abi in registry.abi
             if abi.get("type") == "event" and abi.get("name") in FOLLOWED_EVENTS
         }
@@ -72,19 +72,17 @@ class RegistryFollower:
         Raises ChainError when the node cannot be reached (the thread retries; at start-up the daemon refuses).
         """
         try:
-            head = self.w3.eth.block_number - self.confirmations
-        except RPC_ERRORS as exc:
+            head = self.rpc.block_number() - self.confirmations
+        except ChainError as exc:
             raise ChainError(f"registry follower: cannot read the block number: {exc}") from None
         applied = 0
         start = self.next_block
-        while start <= head:
-            end = min(head, start + self.chunk - 1)
-            try:
-                logs = self.w3.eth.get_logs({"address": self.registry.address, "fromBlock": start, "toBlock": end})
-            except RPC_ERRORS as exc:
-                raise ChainError(f"registry follower: eth_getLogs {start}..{end} failed: {exc}") from None
-            applied += self._apply(logs, end + 1)
-            start = end + 1
+        try:
+            for _first, last, logs in scan_chunks(self.rpc, self.registry.address, start, head, chunk=self.chunk):
+                applied += self._apply(logs, last + 1)
+                start = last + 1
+        except ChainError as exc:
+            raise ChainError(f"registry follower: eth_getLogs from block {start}: {exc}") from None
         self.last_success = time.time()
         self.last_error = None
         if self.metrics is not None:
@@ -96,13 +94,13 @@ class RegistryFollower:
         entries: dict[str, RegistryEntry] = {}
         revoked: list[tuple[str, int]] = []
         count = 0
-        for raw in sorted(logs, key=lambda item: (item["blockNumber"], item["logIndex"])):
+        for raw in logs:  # in chain order
             topics = raw.get("topics") or []
-            event = self._events.get(bytes(topics[0])) if topics else None
+            event = self._events.get(str(topics[0]).lower()) if topics else None
             if event is None:
                 continue
             decoded = event.process_log(raw)
-            args, block, name = decoded["args"], int(decoded["blockNumber"]), decoded["event"]
+            args, block, name = decoded["args"], log_key(raw)[0], decoded["event"]
             count += 1
             if name == "DeviceRegistered":
                 device = args["device"]

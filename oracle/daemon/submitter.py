@@ -18,11 +18,9 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +38,9 @@ from web3.exceptions import Web3Exception
 from iotsettle.oracle.protocol.kinds import EXTRA, KINDS
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.planner import Batch
-from iotsettle.oracle.chain.revert import ErrorDecoder, _abi_type
+from iotsettle.oracle.chain.revert import ErrorDecoder
+from iotsettle.oracle.chain.revert import abi_type as _abi_type
+from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.daemon.store import StoredEvent, Store
 from iotsettle.oracle.daemon.txstore import TxRecord, TxStatus, TxStore, new_tx_key
 from iotsettle.oracle.protocol.errors import ChainError, StoreError
@@ -261,40 +261,6 @@ class Fees:
     tip: int
 
 
-class JsonRpc:
-    """Plain JSON-RPC over HTTP with one ``requests`` session per thread and no environment lookups.
-
-    web3's provider asks ``requests`` to consult proxy variables and ~/.netrc on every call (``trust_env``) and
-    formats every result; on the settlement hot path that cost more than the node's answer. Endpoints other than
-    http(s) go through the web3 provider unchanged.
-    """
-
-    def __init__(self, w3: Web3) -> None:
-        self._w3 = w3
-        uri = str(getattr(w3.provider, "endpoint_uri", "") or "")
-        self._url = uri if uri.startswith(("http://", "https://")) else None
-        kwargs = getattr(w3.provider, "_request_kwargs", None) or {}
-        self._timeout = kwargs.get("timeout", 10.0) if isinstance(kwargs, dict) else 10.0
-        self._local = threading.local()
-        self._ids = itertools.count(1)
-
-    def __call__(self, method: str, params: list[Any]) -> dict[str, Any]:
-        if self._url is None:
-            return dict(self._w3.provider.make_request(method, params))  # type: ignore[arg-type]
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.trust_env = False
-            self._local.session = session
-        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
-        response = session.post(self._url, json=body, timeout=self._timeout)
-        response.raise_for_status()
-        answer = response.json()
-        if not isinstance(answer, dict):
-            raise ChainError(f"{method}: the node answered {str(answer)[:80]}")
-        return answer
-
-
 class Submitter:
     """Signs, stores and broadcasts settlement transactions for one relayer account on one chain."""
 
@@ -319,7 +285,7 @@ class Submitter:
         self._base_fee_at = -1e9
         self._tip = GWEI
         self._tip_at = -1e9
-        self._transport = JsonRpc(w3)
+        self._transport = RpcClient(w3)
 
     # ------------------------------------------------------------------------------------------- nonces
 

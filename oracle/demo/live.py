@@ -18,7 +18,7 @@ from eth_abi import decode as abi_decode
 from eth_hash.auto import keccak
 
 from iotsettle.oracle.protocol.errors import ChainError
-from iotsettle.oracle.ops.audit import LOG_CHUNK_BLOCKS
+from iotsettle.oracle.chain.logs import LOG_CHUNK_BLOCKS
 from iotsettle.oracle.ops.context import OpsContext
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 
-from iotsettle.oracle.chain.connection import send
+from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.device.fleet import (DrivingStyle, FaultClass, Fleet, contracts_from_manifest, generate_fleet, load_fleet,
                                  set_policies, set_targets)
 from iotsettle.oracle.protocol.location import location_bytes32

@@ -7,23 +7,21 @@ check independently. Each entry carries the block, its time, the transaction has
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
-from web3.exceptions import LogTopicError, MismatchedABI
 
-from iotsettle.oracle.protocol.errors import ChainError
+from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.ops.context import OpsContext
-from iotsettle.oracle.chain.revert import _abi_type, reason_label
+from iotsettle.oracle.ops.events import LogEntry, fetch_logs
 from iotsettle.oracle.ops.sentences import DEVICE_KINDS
+from iotsettle.oracle.ops.token_info import describe_token
+from iotsettle.oracle.protocol.errors import ChainError
 
 log = logging.getLogger(__name__)
-
-LOG_CHUNK_BLOCKS = 50_000
 
 ESCROW_EVENTS = ("EscrowCreated", "DeliveryConfirmed", "DeliveryRejected", "EscrowRefunded", "EscrowCancelled")
 AGREEMENT_EVENTS = ("AgreementOffered", "OfferCancelled", "AgreementAccepted", "ToppedUp", "ReadingSettled",
@@ -34,74 +32,6 @@ DEVICE_EVENTS = ("DeviceRegistered", "KeyRotated", "DeviceRevoked", "MetadataUpd
 AMOUNT_FIELD = {"EscrowCreated": "amount", "DeliveryConfirmed": "toSeller", "EscrowRefunded": "amount",
                 "EscrowCancelled": "amount", "AgreementAccepted": "deposit", "ToppedUp": "amount",
                 "ReadingSettled": "amount", "EarningsWithdrawn": "amount", "AgreementClosed": "refund"}
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    contract: str
-    event: str
-    args: dict[str, Any]
-    block: int
-    tx_hash: str
-    log_index: int
-
-
-def _topic0(abi_entry: dict[str, Any]) -> str:
-    types = ",".join(_abi_type(i) for i in abi_entry["inputs"])  # a struct argument hashes as (t1,t2,…)
-    return "0x" + keccak(f"{abi_entry['name']}({types})".encode()).hex()
-
-
-def _id_topic(value: int | str) -> str:
-    if isinstance(value, str):
-        return "0x" + bytes.fromhex(value[2:]).rjust(32, b"\0").hex()
-    return "0x" + int(value).to_bytes(32, "big").hex()
-
-
-def fetch_logs(
-    ctx: OpsContext,
-    contract: str,
-    events: Sequence[str],
-    topic1: int | str | None = None,
-    from_block: int | None = None,
-) -> list[LogEntry]:
-    """Decoded ``events`` of a deployed contract since its deployment, optionally with the first indexed argument
-    equal to ``topic1`` (an escrow/agreement id or a device address)."""
-    if not ctx.has(contract):
-        return []
-    handle = ctx.contract(contract)
-    abi = {e["name"]: e for e in handle.abi if e.get("type") == "event"}
-    by_topic = {_topic0(abi[name]): name for name in events}
-    topics: list[Any] = [list(by_topic)]
-    if topic1 is not None:
-        topics.append(_id_topic(topic1))
-    start = ctx.deployed_block(contract) if from_block is None else from_block
-    latest = int(ctx.w3.eth.block_number)
-    out: list[LogEntry] = []
-    while start <= latest:
-        end = min(start + LOG_CHUNK_BLOCKS - 1, latest)
-        try:
-            raw = ctx.w3.eth.get_logs({"address": handle.address, "fromBlock": start, "toBlock": end, "topics": topics})
-        except (ValueError, OSError) as exc:
-            raise ChainError(f"cannot read {contract} logs for blocks {start}..{end}: {exc}") from None
-        for entry in raw:
-            name = by_topic.get("0x" + bytes(entry["topics"][0]).hex())
-            if name is None:
-                continue
-            try:
-                decoded = getattr(handle.events, name)().process_log(entry)
-            except (MismatchedABI, LogTopicError):
-                continue
-            out.append(LogEntry(contract, name, dict(decoded["args"]), int(entry["blockNumber"]),
-                                entry["transactionHash"].to_0x_hex(), int(entry["logIndex"])))
-        start = end + 1
-    out.sort(key=lambda e: (e.block, e.log_index))
-    return out
-
-
-def escrow_final_block(ctx: OpsContext, escrow_id: int) -> int | None:
-    """The block of the event that released, refunded or cancelled ``escrow_id``, if any."""
-    ends = fetch_logs(ctx, "DeliveryEscrow", ("DeliveryConfirmed", "EscrowRefunded", "EscrowCancelled"), escrow_id)
-    return ends[-1].block if ends else None
 
 
 # ------------------------------------------------------------------------------------------------ reports
@@ -143,7 +73,7 @@ class _Clock:
 
     def __call__(self, block: int) -> int:
         if block not in self._seen:
-            self._seen[block] = int(self._ctx.w3.eth.get_block(block)["timestamp"])
+            self._seen[block] = int(self._ctx.rpc.header(block)["timestamp"], 16)
         return self._seen[block]
 
 
@@ -195,8 +125,6 @@ def _detail(entry: LogEntry, fmt: Callable[[int], str]) -> str:
 
 
 def _entries(ctx: OpsContext, logs: Iterable[LogEntry], subject_of: Any, token_of: dict[Any, str]) -> list[AuditEntry]:
-    from iotsettle.oracle.ops.token import describe_token
-
     clock = _Clock(ctx)
     out = []
     for entry in logs:

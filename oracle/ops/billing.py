@@ -10,9 +10,11 @@ from eth_utils import to_checksum_address
 
 from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
 from iotsettle.oracle.ops.context import OpsContext, parse_payloads
+from iotsettle.oracle.ops.events import fetch_logs
 from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.ops.sentences import AGREEMENT_STATUSES
-from iotsettle.oracle.ops.token import TokenInfo, check_eth, describe_token, ensure_allowance
+from iotsettle.oracle.ops.token import ensure_allowance
+from iotsettle.oracle.ops.token_info import TokenInfo, check_eth, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in, transact, transact_many
 from iotsettle.oracle.protocol.wire import SignedEvent
 
@@ -194,8 +196,6 @@ def close_with_reading(ctx: OpsContext, event: SignedEvent) -> CloseOutcome:
 
 
 def list_agreements(ctx: OpsContext, *, party: str | None = None, device: str | None = None) -> list[AgreementView]:
-    from iotsettle.oracle.ops.audit import fetch_logs
-
     views: list[AgreementView] = []
     for entry in fetch_logs(ctx, CONTRACT, ["AgreementOffered"]):
         a = entry.args

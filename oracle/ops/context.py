@@ -18,6 +18,7 @@ from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, Chain, connect, lo
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.chain.deploy import contract as deployed_contract
 from iotsettle.oracle.chain.deploy import load_manifest, verify_manifest
+from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.errors import ChainError, DeploymentError, KeyFileError, ProtocolError
 from iotsettle.oracle.protocol.wire import SignedEvent
@@ -48,6 +49,11 @@ class OpsContext:
     @property
     def w3(self) -> Any:
         return self.chain.w3
+
+    @cached_property
+    def rpc(self) -> RpcClient:
+        """Raw JSON-RPC to the same node, for log scans and other reads that skip web3's result formatting."""
+        return RpcClient(self.chain.w3)
 
     def address(self, name: str) -> str:
         entry = self.manifest["contracts"].get(name)

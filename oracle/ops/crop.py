@@ -21,7 +21,9 @@ from iotsettle.oracle.chain.revert import reason_of
 from iotsettle.oracle.protocol.errors import ChainError, IotSettleError, ProtocolError
 from iotsettle.oracle.ops._product import Sentences, named, state_name, transact_explained, when
 from iotsettle.oracle.ops.context import OpsContext, parse_payloads
-from iotsettle.oracle.ops.token import TokenInfo, describe_token, ensure_allowance
+from iotsettle.oracle.ops.events import fetch_logs
+from iotsettle.oracle.ops.token import ensure_allowance
+from iotsettle.oracle.ops.token_info import TokenInfo, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in
 from iotsettle.oracle.chain.revert import RejectReason
 from iotsettle.oracle.protocol.wire import SignedEvent
@@ -224,7 +226,7 @@ def seasons_of_pool(ctx: OpsContext, pool_id: int) -> list[int]:
     """The pool's seasons from its SeasonCreated events (filtered by the indexed pool id on the node).
 
     Read through web3's own event filter: the event carries the terms struct, whose topic needs the tuple's
-    canonical type, which ``iotsettle.oracle.ops.audit.fetch_logs`` does not build.
+    canonical type, which ``iotsettle.oracle.ops.events.fetch_logs`` does not build.
     """
     event = ctx.contract(CONTRACT).events.SeasonCreated()
     try:
@@ -372,8 +374,6 @@ class SeasonView:
 
 
 def _verdicts_logged(ctx: OpsContext, season_id: int) -> dict[str, tuple[str, int]]:
-    from iotsettle.oracle.ops.audit import fetch_logs
-
     return {e.args["station"]: (state_name(VERDICTS, int(e.args["verdict"])), int(e.args["measured"]))
             for e in fetch_logs(ctx, CONTRACT, ["StationVerdict"], topic1=season_id)}
 

@@ -10,9 +10,11 @@ from eth_utils import to_checksum_address
 
 from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
 from iotsettle.oracle.ops.context import OpsContext, parse_payloads
+from iotsettle.oracle.ops.events import fetch_logs
 from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.ops.sentences import ESCROW_STATES
-from iotsettle.oracle.ops.token import TokenInfo, check_eth, describe_token, ensure_allowance
+from iotsettle.oracle.ops.token import ensure_allowance
+from iotsettle.oracle.ops.token_info import TokenInfo, check_eth, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in, transact, transact_many
 from iotsettle.oracle.protocol.wire import SignedEvent
 
@@ -96,8 +98,6 @@ def approve(ctx: OpsContext, token: TokenInfo, amount: int) -> TxResult | None:
 
 def list_escrows(ctx: OpsContext, *, party: str | None = None, device: str | None = None) -> list[EscrowView]:
     """Every escrow created on this deployment (from EscrowCreated logs), optionally for one party or device."""
-    from iotsettle.oracle.ops.audit import fetch_logs
-
     views: list[EscrowView] = []
     for entry in fetch_logs(ctx, CONTRACT, ["EscrowCreated"]):
         args = entry.args

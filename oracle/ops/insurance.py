@@ -26,7 +26,9 @@ from iotsettle.oracle.chain.revert import reason_of
 from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
 from iotsettle.oracle.ops._product import Sentences, named, state_name, transact_explained, when
 from iotsettle.oracle.ops.context import OpsContext, parse_payloads
-from iotsettle.oracle.ops.token import TokenInfo, describe_token, ensure_allowance
+from iotsettle.oracle.ops.events import fetch_logs
+from iotsettle.oracle.ops.token import ensure_allowance
+from iotsettle.oracle.ops.token_info import TokenInfo, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in
 from iotsettle.oracle.chain.revert import RejectReason
 from iotsettle.oracle.protocol.wire import SignedEvent
@@ -172,8 +174,6 @@ def policy_of(ctx: OpsContext, policy_id: int) -> PolicyView:
 
 def list_policies(ctx: OpsContext, *, party: str | None = None, vehicle: str | None = None) -> list[PolicyView]:
     """Policies of this deployment (from PolicyOffered events), optionally where ``party`` is insurer or holder."""
-    from iotsettle.oracle.ops.audit import fetch_logs
-
     views = []
     for entry in fetch_logs(ctx, CONTRACT, ["PolicyOffered"]):
         a = entry.args
@@ -455,8 +455,6 @@ _HISTORY_EVENTS = ("PolicyOffered", "PolicyAccepted", "PolicyToppedUp", "Premium
 
 def history(ctx: OpsContext, policy_id: int) -> tuple[PolicyView, list[HistoryEntry]]:
     """Every event of a policy in chain order; each charge with the sentence that explains its factor."""
-    from iotsettle.oracle.ops.audit import fetch_logs
-
     view = policy_of(ctx, policy_id)
     fmt = describe_token(ctx, view.token).format
     times: dict[int, int] = {}

@@ -25,9 +25,9 @@ from web3.exceptions import Web3Exception
 
 from iotsettle.oracle.protocol.errors import IotSettleError
 from iotsettle.oracle.ops import crop, loan
-from iotsettle.oracle.ops.audit import fetch_logs
 from iotsettle.oracle.ops.context import OpsContext
-from iotsettle.oracle.ops.token import describe_token
+from iotsettle.oracle.ops.events import fetch_logs
+from iotsettle.oracle.ops.token_info import describe_token
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,9 @@ from eth_utils import to_checksum_address
 from iotsettle.oracle.protocol.errors import ChainError
 from iotsettle.oracle.ops._product import Sentences, named, state_name, transact_explained, when
 from iotsettle.oracle.ops.context import OpsContext
-from iotsettle.oracle.ops.token import TokenInfo, describe_token, ensure_allowance
+from iotsettle.oracle.ops.events import fetch_logs
+from iotsettle.oracle.ops.token import ensure_allowance
+from iotsettle.oracle.ops.token_info import TokenInfo, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,6 @@ def loan_of(ctx: OpsContext, loan_id: int) -> LoanView:
 
 
 def list_loans(ctx: OpsContext, *, party: str | None = None) -> list[LoanView]:
-    from iotsettle.oracle.ops.audit import fetch_logs
-
     views = []
     for entry in fetch_logs(ctx, CONTRACT, ["LoanOffered"]):
         a = entry.args

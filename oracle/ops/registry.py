@@ -13,6 +13,7 @@ from iotsettle.oracle.device.signer import sign_key_rotation, sign_registration
 from iotsettle.oracle.protocol.eip712 import DeviceKind
 from iotsettle.oracle.protocol.errors import ChainError
 from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.ops.events import fetch_logs
 from iotsettle.oracle.ops.sentences import DEVICE_KINDS
 from iotsettle.oracle.ops.tx import TxResult, transact, transact_many
 
@@ -62,8 +63,6 @@ def key_status(ctx: OpsContext, key: str) -> tuple[str, str]:
 
 
 def list_devices(ctx: OpsContext, *, owner: str | None = None, kind: str | None = None) -> list[DeviceView]:
-    from iotsettle.oracle.ops.audit import fetch_logs
-
     views = []
     for entry in fetch_logs(ctx, CONTRACT, ["DeviceRegistered"]):
         if owner and to_checksum_address(owner) != entry.args["owner"]:

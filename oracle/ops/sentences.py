@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 from eth_utils import is_address, to_checksum_address
 
 from iotsettle.oracle.chain.revert import ErrorDecoder, reason_label
+from iotsettle.oracle.ops.amounts import format_amount
+from iotsettle.oracle.ops.events import escrow_final_block
+from iotsettle.oracle.ops.token_info import describe_token
 
 if TYPE_CHECKING:
     from iotsettle.oracle.ops.context import OpsContext
@@ -107,8 +110,6 @@ class _Facts:
         """' on block N' for the event that ended ``escrow_id``, when the chain can tell."""
         if self.ctx is None or not self.ctx.has("DeliveryEscrow"):
             return ""
-        from iotsettle.oracle.ops.audit import escrow_final_block
-
         block = escrow_final_block(self.ctx, escrow_id)
         return f" on block {block}" if block is not None else ""
 
@@ -120,9 +121,6 @@ class _Facts:
     def token_amount(self, base: int, token: str | None = None) -> str:
         if self.ctx is None:
             return f"{base} base units"
-        from iotsettle.oracle.ops.token import describe_token
-        from iotsettle.oracle.ops.amounts import format_amount
-
         info = describe_token(self.ctx, token) if token is not None else None
         if info is None:
             return f"{base} base units"
@@ -242,8 +240,6 @@ def _nothing_to_withdraw(f: _Facts) -> str:
     token = f["token"]
     what = "ETH" if int(token, 16) == 0 else f"token {token}"
     if f.ctx is not None and int(token, 16) != 0:
-        from iotsettle.oracle.ops.token import describe_token
-
         what = describe_token(f.ctx, token).symbol
     return f"{f['account']} has no {what} to withdraw from the {_what(f.contract)}"
 

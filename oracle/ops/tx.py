@@ -1,4 +1,5 @@
-"""Send one contract call: pre-flight it so a revert becomes a sentence, then send through ``iotsettle.oracle.chain.connection.send``."""
+"""Send contract calls for an operation through ``iotsettle.oracle.chain.send``, with reverts decoded into the
+sentences of ``iotsettle.oracle.ops.sentences``."""
 
 from __future__ import annotations
 
@@ -6,22 +7,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import requests
 from web3.contract.contract import ContractFunction
-from web3.exceptions import (
-    ContractCustomError,
-    ContractLogicError,
-    ContractPanicError,
-    LogTopicError,
-    MismatchedABI,
-    Web3Exception,
-)
+from web3.exceptions import LogTopicError, MismatchedABI
 
-from iotsettle.oracle.chain.connection import send
-from iotsettle.oracle.chain.revert import revert_data
-from iotsettle.oracle.protocol.errors import ChainError
+from iotsettle.oracle.chain.send import Decode, send_call, send_many
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.ops.sentences import DecodedRevert, RevertDecoder
+from iotsettle.oracle.protocol.errors import ChainError
 
 log = logging.getLogger(__name__)
 
@@ -51,44 +43,21 @@ def decoder(ctx: OpsContext, contract: str | None = None) -> RevertDecoder:
     return RevertDecoder.from_abis(abis)
 
 
-def _revert_data(exc: Exception) -> bytes | None:
-    """Revert data as anvil/geth return it (``iotsettle.oracle.chain.revert.revert_data``), or as ganache does for
-    ``eth_estimateGas``: ``{"result": "0x…", "programCounter": …}``."""
-    data = revert_data(exc)
-    if data is None:
-        raw = getattr(exc, "data", None)
-        if isinstance(raw, dict) and isinstance(raw.get("result"), str) and raw["result"].startswith("0x"):
-            return bytes.fromhex(raw["result"][2:])
-    return data
+def _raiser(ctx: OpsContext, contract: str) -> Decode:
+    """Revert data of a call to ``contract`` → the RevertedError carrying its sentence (the decoder is built only
+    when a call reverts)."""
+    return lambda data: RevertedError(decoder(ctx, contract).decode(data, contract, ctx))
+
+
+def _result(receipt: dict[str, Any]) -> TxResult:
+    return TxResult(receipt["transactionHash"].to_0x_hex(), int(receipt["blockNumber"]), int(receipt["gasUsed"]), receipt)
 
 
 def transact(ctx: OpsContext, call: ContractFunction, contract: str, *, value: int = 0) -> TxResult:
     """Estimate (decoding any revert into a RevertedError), then sign, send and wait for the receipt."""
-    account = ctx.require_sender()
-    params: dict[str, Any] = {"from": account.address, "value": value}
-    try:
-        gas = call.estimate_gas(params)
-    except ContractLogicError as exc:
-        data = _revert_data(exc)
-        if data or isinstance(exc, ContractCustomError | ContractPanicError):
-            raise RevertedError(decoder(ctx, contract).decode(data, contract, ctx)) from None
-        raise ChainError(f"the transaction would revert: {exc.message or exc}") from None
-    except (requests.RequestException, Web3Exception, ValueError) as exc:
-        message = str(exc)
-        if "insufficient funds" in message.lower():
-            balance = ctx.w3.eth.get_balance(account.address)
-            raise ChainError(f"{account.address} has not enough ETH for this transaction "
-                             f"(balance {balance / 1e18:g} ETH{f', value {value / 1e18:g} ETH' if value else ''})") from None
-        raise ChainError(f"cannot prepare the transaction: {message}") from None
-    # Everything filled here so building the transaction makes no further RPC round trips (~10 ms each).
-    base = int(ctx.w3.eth.get_block("latest").get("baseFeePerGas", 0))
-    tip = 1 if ctx.chain.is_local else 10**9
-    tx = call.build_transaction({**params, "gas": int(gas * 1.2) + 10_000, "chainId": ctx.chain.chain_id,
-                                 "nonce": ctx.w3.eth.get_transaction_count(account.address, "pending"),
-                                 "maxPriorityFeePerGas": tip, "maxFeePerGas": 2 * base + tip})
-    receipt = send(ctx.chain, account, tx)
+    receipt = send_call(ctx.chain, ctx.require_sender(), call, value=value, decode=_raiser(ctx, contract))
     log.info("%s.%s mined in block %s (gas %s)", contract, call.fn_name, receipt["blockNumber"], receipt["gasUsed"])
-    return TxResult(receipt["transactionHash"].to_0x_hex(), int(receipt["blockNumber"]), int(receipt["gasUsed"]), receipt)
+    return _result(receipt)
 
 
 def events_in(ctx: OpsContext, contract: str, receipt: dict[str, Any], event: str) -> list[dict[str, Any]]:
@@ -107,40 +76,9 @@ def events_in(ctx: OpsContext, contract: str, receipt: dict[str, Any], event: st
 
 
 def transact_many(ctx: OpsContext, calls: list[ContractFunction], contract: str, *, gas: int) -> list[TxResult]:
-    """Send ``calls`` back to back at consecutive nonces with a fixed gas limit, then wait for every receipt.
-
-    For bulk set-up (a demo fleet): one round trip per transaction instead of an estimate and a wait each. A call
-    that reverts is replayed with ``eth_call`` so the error is the same decoded sentence as ``transact`` gives.
-    """
+    """Send ``calls`` back to back at consecutive nonces with a fixed gas limit, then wait for every receipt
+    (``iotsettle.oracle.chain.send.send_many``); a call that reverts raises the same RevertedError as ``transact``."""
     if not calls:
         return []
     account = ctx.require_sender()
-    w3 = ctx.w3
-    base = int(w3.eth.get_block("latest").get("baseFeePerGas", 0))
-    tip = 1 if ctx.chain.is_local else 10**9
-    nonce = w3.eth.get_transaction_count(account.address, "pending")
-    hashes = []
-    for offset, call in enumerate(calls):
-        tx = call.build_transaction({"from": account.address, "gas": gas, "chainId": ctx.chain.chain_id,
-                                     "nonce": nonce + offset, "maxPriorityFeePerGas": tip,
-                                     "maxFeePerGas": 3 * base + tip})
-        try:
-            hashes.append(w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction))
-        except (requests.RequestException, Web3Exception, ValueError) as exc:
-            raise ChainError(f"sending transaction {offset + 1} of {len(calls)} failed: {exc}") from None
-    results = []
-    for call, tx_hash in zip(calls, hashes, strict=True):
-        try:
-            receipt = dict(w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60))
-        except (requests.RequestException, Web3Exception, ValueError) as exc:
-            raise ChainError(f"transaction {tx_hash.to_0x_hex()} was not mined: {exc}") from None
-        if receipt["status"] != 1:
-            try:
-                call.call({"from": account.address}, block_identifier=receipt["blockNumber"] - 1)
-            except ContractLogicError as exc:
-                raise RevertedError(decoder(ctx, contract).decode(_revert_data(exc), contract, ctx)) from None
-            raise ChainError(f"transaction {tx_hash.to_0x_hex()} reverted in block {receipt['blockNumber']} "
-                             f"(out of gas at {gas}?)")
-        results.append(TxResult(receipt["transactionHash"].to_0x_hex(), int(receipt["blockNumber"]),
-                                int(receipt["gasUsed"]), receipt))
-    return results
+    return [_result(r) for r in send_many(ctx.chain, account, calls, gas=gas, decode=_raiser(ctx, contract))]

@@ -21,7 +21,8 @@ from web3 import Web3
 
 from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.chain.artifacts import load_artifact
-from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, send
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
+from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.chain.compiler import ensure_compiled
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.ingest import Intake, IntakeSettings

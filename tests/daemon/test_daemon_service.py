@@ -271,7 +271,7 @@ def _metered_agreement(deployment: Any, registry: ChainRegistry, price: int, sta
                        *, close_now: bool = False) -> tuple[Device, int]:
     """A registered meter and an accepted ETH agreement on a flat tariff (notice 0); with ``close_now`` the consumer
     has requested the close, so the agreement ends at once."""
-    from iotsettle.oracle.chain.connection import send
+    from iotsettle.oracle.chain.send import send
     from tests.daemon_support import OWNER
 
     consumer = Account.from_key(ANVIL_DEV_KEYS[2])

@@ -20,7 +20,8 @@ from web3 import HTTPProvider, Web3
 
 from tests.daemon_support import Device, wait_for
 from iotsettle.oracle.protocol import eip712
-from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, send
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
+from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.chain.node import free_port
 from iotsettle.oracle.daemon.metrics import Metrics
