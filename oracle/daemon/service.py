@@ -24,8 +24,7 @@ from types import FrameType
 
 from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.config import Config
-from iotsettle.oracle.daemon import deployment
-from iotsettle.oracle.daemon.deployment import Deployment
+from iotsettle.oracle.daemon.deployment import Deployment, resolve
 from iotsettle.oracle.daemon.health import Health, State
 from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
@@ -89,7 +88,7 @@ def preflight(config: Config) -> Deployment:
     """Every start-up check; the resolved deployment is what intake and settlement then run on. Raises ConfigError /
     ChainError / DeploymentError / KeyFileError / CompileError naming the problem."""
     validate(config)
-    return deployment.resolve(config)
+    return resolve(config)
 
 
 def prune_interval(retention: float) -> float:
@@ -117,7 +116,7 @@ class OracleDaemon:
         self.config = config
         self.settle = settle
         self.metrics = Metrics(config.oracle.oracle_id)
-        self.checked: Deployment | None = None
+        self.deployment: Deployment | None = None
         self.intake: Intake | None = None
         self.follower: RegistryFollower | None = None
         self.settler: Settler | None = None
@@ -132,29 +131,29 @@ class OracleDaemon:
 
     def start(self) -> None:
         config, o = self.config, self.config.oracle
-        checked = self.checked = preflight(config)
-        chain = checked.chain
+        deployment = self.deployment = preflight(config)
+        chain = deployment.chain
         log.info("chain %d at %s, deployment verified; relayer %s", chain.chain_id, chain.rpc_url,
-                 checked.relayer.address)  # fmt: skip
+                 deployment.relayer.address)  # fmt: skip
 
         status_store = self._store()
         intake_store = self._store()
         topic = status_topic(chain.chain_id, o.oracle_id)
         settings = IntakeSettings(
-            chain_id=chain.chain_id, contracts=checked.contracts, host=config.mqtt.host, port=config.mqtt.port,
+            chain_id=chain.chain_id, contracts=deployment.contracts, host=config.mqtt.host, port=config.mqtt.port,
             client_id=o.client_id, username=config.mqtt.username, password=config.mqtt.password,
             keepalive=config.mqtt.keepalive, shared_group=o.shared_group, session_expiry_s=o.session_expiry,
             receive_maximum=o.receive_maximum, batch_size=o.intake_batch_size,
             batch_latency_s=o.intake_batch_latency, verify_workers=o.verify_workers, reply_qos=o.reply_qos,
-            status_topic=topic, status_payload={"oracle": o.oracle_id, "relayer": checked.relayer.address},
+            status_topic=topic, status_payload={"oracle": o.oracle_id, "relayer": deployment.relayer.address},
             rules=rule_settings(config),
         )  # fmt: skip
         self.intake = Intake(settings, intake_store, self.metrics)
 
-        registry = checked.contract("DeviceRegistry")
+        registry = deployment.contract("DeviceRegistry")
         self.follower = RegistryFollower(
             chain.w3, registry, self._store(), chain_id=chain.chain_id,
-            start_block=int(checked.manifest["contracts"]["DeviceRegistry"].get("block", 0)),
+            start_block=int(deployment.manifest["contracts"]["DeviceRegistry"].get("block", 0)),
             poll_interval=o.registry_poll, on_change=self.intake.registry_changed, metrics=self.metrics,
         )  # fmt: skip
         synced = self.follower.sync()  # before intake: known devices must not be answered "unknown_device"
@@ -167,7 +166,7 @@ class OracleDaemon:
 
         if self.settle:
             self.settler = Settler.from_deployment(
-                config, checked, self._store(), metrics=self.metrics, on_dead_letter=self._dead_letter
+                config, deployment, self._store(), metrics=self.metrics, on_dead_letter=self._dead_letter
             )
             self.settler.start()
             self.intake.on_stored = self.settler.wake
