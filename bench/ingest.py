@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 
 from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.config import Config
-from iotsettle.oracle.daemon.ingest import Intake, IntakeSettings
+from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.store import RegistryEntry, Store
 from iotsettle.oracle.protocol.errors import IotSettleError

@@ -19,9 +19,10 @@ from typing import Any
 
 from iotsettle.oracle.protocol import eip712
 from bench.stack import DAEMON_RELAYER, BenchStack, Meter
+from iotsettle.oracle.daemon.deployment import resolve
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.store import EventRecord, Store
-from iotsettle.oracle.daemon.tracker import Settler
+from iotsettle.oracle.daemon.settler import Settler
 from iotsettle.oracle.protocol.errors import IotSettleError
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,9 @@ BUCKETS = (
     ("hex, checksums, hashing (eth_utils, eth_hash, hexbytes)", ("eth_utils/", "eth_hash/", "hexbytes/", "eth_typing/")),
     ("SQLite (the store: claims, nonces, attempts, outcomes)", ("sqlite3", "oracle/daemon/store.py", "oracle/daemon/txstore.py")),
     ("planner", ("oracle/daemon/planner.py",)),
-    ("submitter (batch build, gas, broadcast bookkeeping)", ("oracle/daemon/submitter.py",)),
-    ("tracker (receipts → outcomes, confirmations)", ("oracle/daemon/tracker.py", "oracle/chain/revert.py")),
+    ("submitter (batch build, gas, broadcast bookkeeping)", ("oracle/daemon/submitter.py", "oracle/daemon/calldata.py")),
+    ("tracker (receipts → outcomes, confirmations)", ("oracle/daemon/tracker.py", "oracle/daemon/settler.py",
+                                                     "oracle/chain/revert.py")),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
 )  # fmt: skip
 
@@ -64,7 +66,7 @@ def _drain(stack: BenchStack, config: Any, meters: list[Meter], profile: cProfil
                                            meter.agreement, meter.seq, msg["timestamp"], msg["value"], None, None,
                                            digest, sig, now))  # fmt: skip
             store.commit_batch(records, [], [])
-            settler = Settler.from_config(config, store, chain=stack.chain, metrics=Metrics())
+            settler = Settler.from_deployment(config, resolve(config, stack.chain), store, metrics=Metrics())
             settler.recover()
             cpu0, wall0 = time.thread_time(), time.perf_counter()
             if profile is not None:

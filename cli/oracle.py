@@ -13,7 +13,7 @@ import click
 from rich.table import Table
 
 from iotsettle.cli._common import IotSettleGroup, State, emit, json_option, state
-from iotsettle.oracle.daemon.ingest import prefer_fast_keccak
+from iotsettle.oracle.daemon.intake import prefer_fast_keccak
 from iotsettle.oracle.daemon.service import OracleDaemon
 from iotsettle.oracle.daemon.store import Store
 

@@ -20,35 +20,23 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any
-
-from eth_account.signers.local import LocalAccount
 
 from iotsettle.oracle.protocol import wire
-from iotsettle.oracle.chain.connection import Chain, connect, load_sender
 from iotsettle.oracle.config import Config
+from iotsettle.oracle.daemon.deployment import Deployment, resolve
 from iotsettle.oracle.daemon.health import Health, State
-from iotsettle.oracle.daemon.ingest import Intake, IntakeSettings
-from iotsettle.oracle.protocol.kinds import CONTRACT_OF_KIND
+from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.registry_follower import RegistryFollower
 from iotsettle.oracle.daemon.rules import RuleSettings
-from iotsettle.oracle.daemon.store import Store
-from iotsettle.oracle.chain.deploy import contract, load_manifest, verify_manifest
-from iotsettle.oracle.protocol.errors import ConfigError, DeploymentError
+from iotsettle.oracle.daemon.settler import Settler
+from iotsettle.oracle.daemon.store import Store, StoredEvent
+from iotsettle.oracle.protocol.errors import ConfigError
 from iotsettle.oracle.protocol.reasons import Reason, Reply, encode_reply
-
-if TYPE_CHECKING:
-    from iotsettle.oracle.daemon.store import StoredEvent
-    from iotsettle.oracle.daemon.tracker import Settler
 
 log = logging.getLogger(__name__)
 
-#: which deployed contract verifies each wire event type (the kinds table); a kind whose contract is not in the
-#: deployment manifest is not relayed: its events are answered "wrong_contract"
-CONTRACT_OF_TYPE = CONTRACT_OF_KIND
 #: queued-but-unprocessed messages above which intake reports "degraded"
 QUEUE_DEGRADED = 50_000
 
@@ -96,36 +84,11 @@ def validate(config: Config) -> None:
         raise ConfigError("[oracle] " + "; ".join(problems))
 
 
-@dataclass(frozen=True)
-class Preflight:
-    """What the start-up checks established."""
-
-    chain: Chain
-    manifest: dict[str, Any]
-    relayer: LocalAccount
-    contracts: dict[str, str]  # wire type → verifying contract address
-
-
-def preflight(config: Config) -> Preflight:
-    """Every start-up check; raises ConfigError / ChainError / DeploymentError / KeyFileError naming the problem."""
+def preflight(config: Config) -> Deployment:
+    """Every start-up check; the resolved deployment is what intake and settlement then run on. Raises ConfigError /
+    ChainError / DeploymentError / KeyFileError / CompileError naming the problem."""
     validate(config)
-    chain = connect(config)  # also enforces [chain] chain_id
-    manifest = load_manifest(config, chain.chain_id)
-    verify_manifest(chain, config, manifest)  # chain id, genesis and every contract's code hash
-    if "DeviceRegistry" not in manifest["contracts"]:
-        raise DeploymentError(f"the DeviceRegistry is not deployed on chain {chain.chain_id}; run `iotsettle deploy`")
-    contracts = {
-        kind: manifest["contracts"][name]["address"]
-        for kind, name in CONTRACT_OF_TYPE.items()
-        if name in manifest["contracts"]
-    }
-    if not contracts:
-        raise DeploymentError(f"none of {', '.join(CONTRACT_OF_TYPE.values())} is deployed on chain {chain.chain_id}")
-    missing = [name for name in CONTRACT_OF_TYPE.values() if name not in manifest["contracts"]]
-    if missing:
-        log.info("not relaying the events of %s: not in the deployment manifest", ", ".join(missing))
-    relayer = load_sender(config, chain)  # keystore mode bits and password checked here
-    return Preflight(chain, manifest, relayer, contracts)
+    return resolve(config)
 
 
 def prune_interval(retention: float) -> float:
@@ -153,7 +116,7 @@ class OracleDaemon:
         self.config = config
         self.settle = settle
         self.metrics = Metrics(config.oracle.oracle_id)
-        self.checked: Preflight | None = None
+        self.deployment: Deployment | None = None
         self.intake: Intake | None = None
         self.follower: RegistryFollower | None = None
         self.settler: Settler | None = None
@@ -168,29 +131,29 @@ class OracleDaemon:
 
     def start(self) -> None:
         config, o = self.config, self.config.oracle
-        checked = self.checked = preflight(config)
-        chain = checked.chain
+        deployment = self.deployment = preflight(config)
+        chain = deployment.chain
         log.info("chain %d at %s, deployment verified; relayer %s", chain.chain_id, chain.rpc_url,
-                 checked.relayer.address)  # fmt: skip
+                 deployment.relayer.address)  # fmt: skip
 
         status_store = self._store()
         intake_store = self._store()
         topic = status_topic(chain.chain_id, o.oracle_id)
         settings = IntakeSettings(
-            chain_id=chain.chain_id, contracts=checked.contracts, host=config.mqtt.host, port=config.mqtt.port,
+            chain_id=chain.chain_id, contracts=deployment.contracts, host=config.mqtt.host, port=config.mqtt.port,
             client_id=o.client_id, username=config.mqtt.username, password=config.mqtt.password,
             keepalive=config.mqtt.keepalive, shared_group=o.shared_group, session_expiry_s=o.session_expiry,
             receive_maximum=o.receive_maximum, batch_size=o.intake_batch_size,
             batch_latency_s=o.intake_batch_latency, verify_workers=o.verify_workers, reply_qos=o.reply_qos,
-            status_topic=topic, status_payload={"oracle": o.oracle_id, "relayer": checked.relayer.address},
+            status_topic=topic, status_payload={"oracle": o.oracle_id, "relayer": deployment.relayer.address},
             rules=rule_settings(config),
         )  # fmt: skip
         self.intake = Intake(settings, intake_store, self.metrics)
 
-        registry = contract(chain, config, checked.manifest, "DeviceRegistry")
+        registry = deployment.contract("DeviceRegistry")
         self.follower = RegistryFollower(
             chain.w3, registry, self._store(), chain_id=chain.chain_id,
-            start_block=int(checked.manifest["contracts"]["DeviceRegistry"].get("block", 0)),
+            start_block=int(deployment.manifest["contracts"]["DeviceRegistry"].get("block", 0)),
             poll_interval=o.registry_poll, on_change=self.intake.registry_changed, metrics=self.metrics,
         )  # fmt: skip
         synced = self.follower.sync()  # before intake: known devices must not be answered "unknown_device"
@@ -202,10 +165,8 @@ class OracleDaemon:
             self.health.start()
 
         if self.settle:
-            from iotsettle.oracle.daemon.tracker import Settler  # the settlement half; imported here to keep intake light
-
-            self.settler = Settler.from_config(
-                config, self._store(), chain=chain, metrics=self.metrics, on_dead_letter=self._dead_letter
+            self.settler = Settler.from_deployment(
+                config, deployment, self._store(), metrics=self.metrics, on_dead_letter=self._dead_letter
             )
             self.settler.start()
             self.intake.on_stored = self.settler.wake

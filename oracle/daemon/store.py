@@ -19,6 +19,12 @@ Event life cycle (``EventStatus``)::
 Schema versions (``_MIGRATIONS``; ``open_db`` migrates an older file in place, in one transaction):
 1. events, rejected, device_state, registry_keys, follower_cursor;
 2. ``events.extra``: the signed fields of kinds other than readings and deliveries (``iotsettle.oracle.protocol.kinds``).
+
+Event shape: this module alone maps an event to its row and back. Readings and deliveries keep their fields in the
+``events`` columns ``value`` / ``location`` / ``max_temperature`` (the hot path, schema version 1); every other
+kind keeps its signed fields other than the target, ``seq`` and ``timestamp`` in ``extra`` (a JSON object, schema
+version 2), see ``COLUMNS``. Intake stores an event through ``event_record``; settlement reads its signed fields
+back through ``EventRecord.msg`` and ``signed_fields``.
 """
 
 from __future__ import annotations
@@ -28,16 +34,18 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 from eth_utils import to_checksum_address
 
-from iotsettle.oracle.protocol.kinds import EXTRA, KINDS
+from iotsettle.oracle.protocol import wire
+from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.protocol.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -183,6 +191,84 @@ def _migrate(conn: sqlite3.Connection, target: Path) -> None:
         raise
 
 
+# ------------------------------------------------------------------------------------------------- event shape
+
+#: the events-table column of a signed field that has no column of its own
+EXTRA = "extra"
+#: the columns every kind shares: its first three signed fields are target, seq, timestamp (``kinds`` checks it)
+_COMMON = ("target_id", "seq", "timestamp")
+#: wire type → (signed field, events-table column) for the fields other than target/seq/timestamp that have a
+#: column of their own (schema version 1); the others go to ``extra``
+_OWN_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "reading": (("value", "value"),),
+    "delivery": (("location", "location"), ("maxTemperature", "max_temperature")),
+}
+
+
+def _columns(kind: str) -> tuple[tuple[str, str, str], ...]:
+    own = dict(_OWN_COLUMNS.get(kind, ()))
+    return tuple(
+        (name, typ, _COMMON[index] if index < len(_COMMON) else own.get(name, EXTRA))
+        for index, (typ, name) in enumerate(KINDS[kind].fields)
+    )
+
+
+#: wire type → (field name, solidity type, events-table column) of its signed fields, in signing order
+COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {kind: _columns(kind) for kind in KINDS}
+
+
+def extra_fields(kind: str) -> tuple[str, ...]:
+    """The signed fields of ``kind`` stored in the ``extra`` JSON object, in signing order."""
+    return tuple(name for name, _, column in COLUMNS[kind] if column == EXTRA)
+
+
+def _check_columns() -> None:
+    """Every own column must hold a signed field of its kind (a mistake here would mis-settle silently)."""
+    for kind, own in _OWN_COLUMNS.items():
+        signed = {name for _, name in KINDS[kind].fields}
+        for name, column in own:
+            if name not in signed or column not in {"value", "location", "max_temperature"}:
+                raise RuntimeError(f"event kind {kind!r}: {name} → {column} is not a signed field and an own column")
+
+
+_check_columns()
+
+
+def _column_fields(kind: str) -> tuple[str | None, str | None, str | None, tuple[str, ...]]:
+    """The signed fields stored in the columns value, location and max_temperature (None: not used), and in extra."""
+    own = {column: name for name, column in _OWN_COLUMNS.get(kind, ())}
+    return own.get("value"), own.get("location"), own.get("max_temperature"), extra_fields(kind)
+
+
+#: wire type → ``_column_fields``, looked up once per event on the hot path
+_COLUMN_FIELDS = {kind: _column_fields(kind) for kind in KINDS}
+
+
+def event_record(event: wire.SignedEvent, device: str, signer: str, received_at: float) -> EventRecord:
+    """The stored form of an accepted event."""
+    msg = event.msg
+    value, location, max_temperature, extra = _COLUMN_FIELDS[event.type]
+    return EventRecord(
+        event.type, device, signer, event.chain_id, event.contract, event.target_id, event.seq,
+        int(msg["timestamp"]), msg[value] if value else None, msg[location] if location else None,
+        msg[max_temperature] if max_temperature else None, event.digest, event.sig, received_at,
+        extra=tuple((name, int(msg[name])) for name in extra) if extra else (),
+    )  # fmt: skip
+
+
+def signed_fields(kind: str) -> Callable[[EventRecord], tuple[Any, ...]]:
+    """The signed fields of a stored event of ``kind`` in signing order: one ``attrgetter`` when every field has its
+    own column (readings, deliveries: the hot path), else a lookup per field."""
+    columns = COLUMNS[kind]
+    if all(column != EXTRA for _, _, column in columns):
+        return attrgetter(*(column for _, _, column in columns))
+
+    def fields_of(event: EventRecord) -> tuple[Any, ...]:
+        return tuple(event.field_value(name, column) for name, _, column in columns)
+
+    return fields_of
+
+
 # ----------------------------------------------------------------------------------------------------- records
 
 
@@ -204,11 +290,11 @@ class EventRecord:
     digest: bytes
     sig: bytes
     received_at: float
-    #: signed fields without a column of their own (``EventKind.extra_fields``), in signing order
+    #: signed fields without a column of their own (``extra_fields``), in signing order
     extra: tuple[tuple[str, int], ...] = field(default=(), kw_only=True)
 
     def field_value(self, name: str, column: str) -> Any:  # noqa: ANN401 - one signed field
-        """The stored value of signed field ``name`` kept in ``column`` (``EventKind.columns``)."""
+        """The stored value of signed field ``name`` kept in ``column`` (``COLUMNS``)."""
         if column == EXTRA:
             for key, value in self.extra:
                 if key == name:
@@ -220,7 +306,7 @@ class EventRecord:
     def msg(self) -> dict[str, Any]:
         """The signed EIP-712 message, field name → value, as ``iotsettle.oracle.protocol.eip712`` and the contracts expect it."""
         out: dict[str, Any] = {}
-        for name, typ, column in KINDS[self.kind].columns:
+        for name, typ, column in COLUMNS[self.kind]:
             value = self.field_value(name, column)
             out[name] = to_checksum_address(value.to_bytes(20, "big")) if typ == "address" else value
         return out

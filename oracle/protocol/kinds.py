@@ -3,7 +3,7 @@
 Each wire type (the payload's ``"type"``, ``iotsettle.oracle.protocol.wire.EVENT_TYPES``) settles through one batch function of one
 deployed contract, and the contract answers every batch item with exactly one settled or rejected event whose
 topic 1 is the target (agreement, escrow, policy, or the station address) and whose first data word is ``seq``
-(docs/PROTOCOL.md; the outcome matcher ``submitter.decode_outcomes`` relies on it).
+(docs/PROTOCOL.md; the outcome matcher ``iotsettle.oracle.daemon.calldata.decode_outcomes`` relies on it).
 
 - ``cumulative``: the settled figures are cumulative registers, so the newest event per target within a
   settlement window carries everything the older ones did; the planner supersedes the older ones.
@@ -19,9 +19,8 @@ topic 1 is the target (agreement, escrow, policy, or the station address) and wh
 A kind whose contract is missing from the deployment manifest is simply not relayed: intake answers its events
 ``wrong_contract`` and the settlement half never claims them.
 
-Storage: readings and deliveries keep their fields in the ``events`` columns ``value`` / ``location`` /
-``max_temperature`` (the hot path, schema version 1); every other kind keeps its signed fields other than the
-target, ``seq`` and ``timestamp`` in ``extra`` (a JSON object, schema version 2), see ``EventKind.columns``.
+Which signed field of a kind is kept in which store column is the store's own knowledge
+(``iotsettle.oracle.daemon.store.COLUMNS``).
 """
 
 from __future__ import annotations
@@ -31,15 +30,10 @@ from functools import cached_property
 
 from iotsettle.oracle.protocol import eip712, wire
 
-#: the events-table column of a signed field that has no column of its own
-EXTRA = "extra"
-#: the columns every kind shares: target, seq, timestamp
-_COMMON = ("target_id", "seq", "timestamp")
-
 
 @dataclass(frozen=True)
 class EventKind:
-    """How one wire type is checked, stored and settled."""
+    """How one wire type is checked and settled."""
 
     wire: str  # payload "type"
     contract: str  # deployment manifest name of the verifying contract
@@ -50,8 +44,6 @@ class EventKind:
     registers: tuple[str, ...] = ()  # cumulative counters (rollback rule); the first one is rate-limited
     located: bool = False  # carries a bytes32 geohash location (location rules)
     ordered: bool = False  # must reach the chain in seq order per device: one batch in flight at a time
-    #: signed field → events-table column, for fields other than target/seq/timestamp; others go to ``extra``
-    own_columns: tuple[tuple[str, str], ...] = ()
 
     @property
     def primary_type(self) -> str:
@@ -67,30 +59,14 @@ class EventKind:
         """(solidity type, name) of the signed fields in signing order: also the batch struct's order before r, vs."""
         return eip712.TYPES[self.primary_type]
 
-    @cached_property
-    def columns(self) -> tuple[tuple[str, str, str], ...]:
-        """(field name, solidity type, events-table column) in signing order."""
-        own = dict(self.own_columns)
-        out = []
-        for index, (typ, name) in enumerate(self.fields):
-            column = _COMMON[index] if index < len(_COMMON) else own.get(name, EXTRA)
-            out.append((name, typ, column))
-        return tuple(out)
-
-    @cached_property
-    def extra_fields(self) -> tuple[str, ...]:
-        """The signed fields stored in the ``extra`` JSON object."""
-        return tuple(name for name, _, column in self.columns if column == EXTRA)
-
 
 KINDS: dict[str, EventKind] = {
     kind.wire: kind
     for kind in (
         EventKind("reading", "MeteredBilling", "settle", "ReadingSettled", "ReadingRejected",
-                  cumulative=True, registers=("value",), own_columns=(("value", "value"),)),
+                  cumulative=True, registers=("value",)),
         EventKind("delivery", "DeliveryEscrow", "confirmDeliveries", "DeliveryConfirmed", "DeliveryRejected",
-                  cumulative=False, located=True,
-                  own_columns=(("location", "location"), ("maxTemperature", "max_temperature"))),
+                  cumulative=False, located=True),
         EventKind("telematics", "MotorInsurance", "settle", "PremiumCharged", "TelematicsRejected",
                   cumulative=True, registers=("odometer", "harshBraking", "speeding")),
         # maxTemperature is a gauge (highest since the previous observation): every observation must settle
@@ -109,7 +85,7 @@ def _check_table() -> None:
         if name != kind.wire or name not in wire.EVENT_TYPES:
             raise RuntimeError(f"event kind {name!r} is not a wire type")
         signed = {field for _, field in kind.fields}
-        for field in (*kind.registers, *(f for f, _ in kind.own_columns)):
+        for field in kind.registers:
             if field not in signed:
                 raise RuntimeError(f"event kind {name!r}: {field} is not a field of {kind.primary_type}")
         if [f for _, f in kind.fields[:3]] != [kind.target_field, "seq", "timestamp"]:

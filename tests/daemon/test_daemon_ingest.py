@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_support import CHAIN_ID, CONTRACTS, Device, Publisher, register, wait_for
-from iotsettle.oracle.daemon.ingest import Intake, IntakeSettings
+from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.rules import RuleSettings
 from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32
@@ -213,7 +213,7 @@ def test_rotated_key_speaks_for_the_same_device(start_intake: StartIntake, store
 
 
 def test_fast_accepted_reply_is_the_protocol_encoding() -> None:
-    from iotsettle.oracle.daemon.ingest import accepted_reply
+    from iotsettle.oracle.daemon.intake import accepted_reply
     from iotsettle.oracle.protocol.reasons import Reply, decode_reply, encode_reply
 
     for seq, digest in ((0, bytes(32)), (2**53 - 1, bytes(range(32)))):

@@ -25,15 +25,16 @@ from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.chain.compiler import ensure_compiled
 from iotsettle.oracle.config import Config
-from iotsettle.oracle.daemon.ingest import Intake, IntakeSettings
-from iotsettle.oracle.protocol.kinds import EXTRA, KINDS
+from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
+from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.planner import Planner, PlannerSettings
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, evaluate
 from iotsettle.oracle.daemon.store import (
-    _MIGRATIONS, SCHEMA_VERSION, DeviceState, EventRecord, EventStatus, Store, StoredEvent,
+    _MIGRATIONS, COLUMNS, EXTRA, SCHEMA_VERSION, DeviceState, EventRecord, EventStatus, Store, StoredEvent,
+    extra_fields,
 )  # fmt: skip
-from iotsettle.oracle.daemon.submitter import KindSpec, decode_outcomes
+from iotsettle.oracle.daemon.calldata import KindSpec, decode_outcomes
 from iotsettle.oracle.protocol.eip712 import DeviceKind
 from tests.daemon_support import (
     ALL_CONTRACTS, CHAIN_ID, OWNER, ChainRegistry, Device, Publisher, register, wait_for,
@@ -251,7 +252,7 @@ def test_the_kind_table_names_every_wire_type_and_its_contract() -> None:
         "telematics": ("MotorInsurance", "settle", "PremiumCharged", "TelematicsRejected", True),
         "weather": ("CropInsurance", "record", "ObservationRecorded", "ObservationRejected", False),
     }  # fmt: skip
-    assert KINDS["telematics"].extra_fields == ("odometer", "harshBraking", "speeding")
+    assert extra_fields("telematics") == ("odometer", "harshBraking", "speeding")
 
 
 def stored_random(kind: str, rng: random.Random) -> StoredEvent:
@@ -260,7 +261,7 @@ def stored_random(kind: str, rng: random.Random) -> StoredEvent:
     spec = KINDS[kind]
     bits = {"uint64": 64, "uint32": 32}
     extra = tuple((name, rng.randrange(-(2**31), 2**31) if typ == "int32" else rng.randrange(2 ** bits[typ]))
-                  for name, typ, column in spec.columns if column == EXTRA)  # fmt: skip
+                  for name, typ, column in COLUMNS[kind] if column == EXTRA)  # fmt: skip
     target = rng.randrange(2**160) if spec.target_field == "station" else rng.randrange(2**256)
     return StoredEvent(kind, CONTRACT, CONTRACT, CHAIN_ID, CONTRACT, target, rng.randrange(2**64), rng.randrange(2**64),
                        None, None, None, os.urandom(32), sig, 0.0, 1, EventStatus.CLAIMED, None, None, None, None, None,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from iotsettle.oracle.protocol import eip712
-from iotsettle.oracle.daemon.ingest import Intake, IntakeSettings
+from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.registry_follower import RegistryFollower
 from iotsettle.oracle.daemon.store import Store

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotsettle.oracle.protocol import eip712, wire
-from iotsettle.oracle.daemon.ingest import check_payload
+from iotsettle.oracle.daemon.intake import check_payload
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, decode_location, evaluate
 from iotsettle.oracle.daemon.store import DeviceState
 from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32

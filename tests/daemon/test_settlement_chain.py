@@ -24,12 +24,13 @@ from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.chain.node import free_port
+from iotsettle.oracle.daemon.deployment import resolve
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.planner import Batch
 from iotsettle.oracle.chain.revert import ErrorDecoder, RejectReason
 from iotsettle.oracle.daemon.store import EventRecord, EventStatus, Store, StoredEvent
-from iotsettle.oracle.daemon.submitter import KindSpec
-from iotsettle.oracle.daemon.tracker import Settler, SettlerSettings
+from iotsettle.oracle.daemon.calldata import KindSpec
+from iotsettle.oracle.daemon.settler import Settler, SettlerSettings
 from iotsettle.oracle.daemon.txstore import TxStatus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -171,7 +172,7 @@ def make_settler(scenario: Scenario, store: Store, relayer: LocalAccount, metric
     config: Config = scenario.d.config.replace("chain", private_key="0x" + bytes(relayer.key).hex(),
                                                confirmations=oracle.pop("confirmations", 1))  # fmt: skip
     config = config.replace("oracle", **{"batch_max_wait": 0.0, **oracle})
-    settler = Settler.from_config(config, store, chain=scenario.chain, metrics=metrics)
+    settler = Settler.from_deployment(config, resolve(config, scenario.chain), store, metrics=metrics)
     return settler
 
 

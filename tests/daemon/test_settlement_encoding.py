@@ -14,7 +14,7 @@ from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.chain.compiler import ensure_compiled
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.store import EventStatus, StoredEvent
-from iotsettle.oracle.daemon.submitter import KindSpec, decode_outcomes
+from iotsettle.oracle.daemon.calldata import KindSpec, decode_outcomes
 from iotsettle.oracle.protocol.eip712 import SECP256K1_HALF_N
 
 ADDRESS = "0x" + "c3" * 20

@@ -148,7 +148,7 @@ def test_flush_ignores_the_window_and_the_wait(store: Store) -> None:
 
 def test_bad_settlement_settings_are_refused_naming_the_key(tmp_path: Path) -> None:
     from iotsettle.oracle.config import load_config
-    from iotsettle.oracle.daemon.tracker import SettlerSettings
+    from iotsettle.oracle.daemon.settler import SettlerSettings
     from iotsettle.oracle.protocol.errors import ConfigError
 
     config = load_config(Path(__file__).resolve().parents[1] / "empty.toml",

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from eth_account import Account
 
-from iotsettle.oracle.daemon.ingest import Intake, IntakeSettings
+from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.store import RegistryEntry, Store
 from iotsettle.oracle.device.fleet import FaultClass, generate_fleet, load_fleet, set_policies

@@ -3,7 +3,7 @@ clean-up of any kind — at each point where its durable state changes, then res
 MQTT client id. After the restart every published event is paid exactly once on chain, the store says so, and the
 relayer's nonces have no gap.
 
-The crash points are the daemon's ``IOTSETTLE_FAULT_POINT`` hooks (oracle/daemon/ingest.py, submitter.py,
+The crash points are the daemon's ``IOTSETTLE_FAULT_POINT`` hooks (oracle/daemon/intake/pipeline.py, submitter.py,
 tracker.py): ``before_store`` (received, not committed), ``after_store`` (committed, not acknowledged),
 ``after_nonce`` (nonce taken and transaction signed and stored, not broadcast), ``after_broadcast`` (the node has
 the transaction, the store does not know), ``after_receipt`` (receipt read, nothing written). The default run

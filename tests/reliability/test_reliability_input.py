@@ -220,7 +220,7 @@ def test_bad_input_is_rejected_counted_logged_never_stored_and_the_daemon_stays_
     total = sum(tried.values())
     assert {reason: int(count) for reason, count in rejected.items() if count} == dict(answered), \
         "each rejection counted under its reason"  # fmt: skip
-    logged = Counter(re.findall(r"INFO iotsettle\.oracle\.daemon\.ingest: rejected (\w+) on ", process.log.read_text()))
+    logged = Counter(re.findall(r"INFO iotsettle\.oracle\.daemon\.intake\.pipeline: rejected (\w+) on ", process.log.read_text()))
     assert dict(logged) == dict(answered), "each rejection logged with its reason"
 
     store = Store.open(process.db)

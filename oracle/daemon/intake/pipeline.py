@@ -1,9 +1,9 @@
-"""MQTT intake: receive signed device events, verify them, apply the fraud rules, store them durably, then ack.
+"""The intake pipeline: verify signed device events, apply the fraud rules, store them durably, then acknowledge.
 
 Threads and processes:
 
-- paho's network thread runs the callbacks; they only put ``(received_at, mid, qos, topic, payload)`` on a queue
-  (``on_message``) or subscribe (``on_connect``, so a reconnect resubscribes).
+- paho's network thread runs the transport's callbacks (``transport.Transport``); they only hand each message
+  ``(received_at, mid, qos, topic, payload)`` to the queue here.
 - one intake thread takes batches off the queue (``batch_size`` or ``batch_latency_s``, whichever comes first),
   has them decoded and signature-checked (inline, or in ``verify_workers`` processes while it finishes the
   previous batch), applies chain/contract/registry checks and the rules in arrival order, commits the whole
@@ -18,14 +18,11 @@ leaves it unacknowledged and the broker redelivers it to the same client id (per
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import multiprocessing
 import os
 import queue
 import signal
-import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,15 +31,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from iotsettle.oracle.protocol import wire
-from iotsettle.oracle.protocol.kinds import KINDS
+from iotsettle.oracle.daemon.intake.transport import BrokerSettings, Client, Message, Transport
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, Verdict, evaluate
-from iotsettle.oracle.daemon.store import DeviceState, EventRecord, RegistryEntry, Rejection, Store
+from iotsettle.oracle.daemon.store import DeviceState, EventRecord, RegistryEntry, Rejection, Store, event_record
 from iotsettle.oracle.protocol.errors import ProtocolError, SignatureError, StoreError
 from iotsettle.oracle.protocol.reasons import Reason, Reply, encode_reply
 
@@ -81,14 +74,12 @@ class IntakeSettings:
         topic = wire.events_filter(self.chain_id)
         return f"$share/{self.shared_group}/{topic}" if self.shared_group else topic
 
-
-class Message(NamedTuple):
-    received_at: float
-    mid: int
-    qos: int
-    topic: str
-    payload: bytes
-    connection: int = 0  # which MQTT connection delivered it: packet ids are only meaningful on that one
+    @property
+    def broker(self) -> BrokerSettings:
+        return BrokerSettings(
+            self.host, self.port, self.client_id, self.username, self.password, self.keepalive, self.subscription,
+            self.session_expiry_s, self.receive_maximum, self.status_topic, self.status_payload,
+        )  # fmt: skip
 
 
 class Refusal(NamedTuple):
@@ -172,132 +163,6 @@ def replies_topic_for(topic: str) -> str | None:
     return topic[: -len("events")] + "replies" if _topic_parts(topic) is not None else None
 
 
-class _BufferedSocket:
-    """A plain TCP socket that reads up to 64 KiB per system call and hands paho its small reads from memory.
-
-    paho's packet reader asks for 1 byte (header), 1-4 bytes (length) and then the body, each a ``recv`` system
-    call, and runs ``select`` before every packet; at thousands of messages a second that was most of the intake
-    thread's time. ``pending()`` is the hook paho already uses for TLS sockets: with bytes buffered it skips the
-    select wait and reads on. Everything else is the wrapped socket's.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._buffer = b""
-
-    def recv(self, size: int) -> bytes:
-        if not self._buffer:
-            data = self._sock.recv(65_536)  # BlockingIOError when nothing is there: paho expects exactly that
-            if len(data) <= size:
-                return data
-            self._buffer = data
-        chunk, self._buffer = self._buffer[:size], self._buffer[size:]
-        return chunk
-
-    def pending(self) -> int:
-        return len(self._buffer)
-
-    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - delegation to the wrapped socket
-        return getattr(self._sock, name)
-
-
-class _Client(mqtt.Client):
-    """paho's client (pinned 2.2.0) with the intake's hot paths made cheaper; everything else is paho's own.
-
-    - buffered socket reads (plain TCP only; TLS and websockets are left as paho makes them);
-    - QoS 1 PUBLISH packets handed straight to ``fast_publish(mid, topic, payload)``: paho builds a Properties
-      object, an MQTTMessage and a topic-matcher walk per message, which was most of its per-message cost; the
-      intake needs none of them (it subscribes once, never uses topic aliases or publish properties);
-    - a batch's PUBACKs and QoS 0 replies as one queued write each.
-    """
-
-    fast_publish: Callable[[int, str, bytes], None] | None = None
-
-    def _handle_publish(self) -> mqtt.MQTTErrorCode:
-        handler = self.fast_publish
-        header = self._in_packet["command"]
-        if handler is None or (header & 0x06) >> 1 != 1 or not self._manual_ack or self._protocol != mqtt.MQTTv5:
-            return super()._handle_publish()
-        packet = self._in_packet["packet"]
-        try:
-            topic_end = 2 + int.from_bytes(packet[0:2], "big")
-            topic = bytes(packet[2:topic_end]).decode("utf-8")
-            mid = int.from_bytes(packet[topic_end : topic_end + 2], "big")
-            position, length, shift = topic_end + 2, 0, 0
-            while True:  # MQTT 5 property length (variable byte integer); the properties themselves are skipped
-                byte = packet[position]
-                position += 1
-                length |= (byte & 0x7F) << shift
-                if not byte & 0x80:
-                    break
-                shift += 7
-                if shift > 21:
-                    raise ValueError("property length longer than 4 bytes")
-            start = position + length
-            if mid == 0 or len(topic) + 2 != topic_end or start > len(packet):
-                raise ValueError("inconsistent lengths")
-        except (IndexError, ValueError, UnicodeDecodeError):
-            return super()._handle_publish()  # malformed: let paho report it its own way
-        handler(mid, topic, bytes(packet[start:]))
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # manual ack: the PUBACK is sent after the store commit
-
-    def _create_socket(self) -> Any:  # noqa: ANN401 - paho's SocketLike
-        sock = super()._create_socket()
-        return _BufferedSocket(sock) if isinstance(sock, socket.socket) and not self._ssl else sock
-
-    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        """Read every packet already buffered before going back to ``select`` (one wait per socket read)."""
-        rc = super().loop_read(max_packets)
-        while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(self._sock, _BufferedSocket) and self._sock.pending():
-            rc = super().loop_read(max_packets)
-        return rc
-
-    def ack_many(self, mids: Sequence[int]) -> None:
-        """PUBACK every QoS 1 message id in one queued write instead of one write (and one wake-up) per ack.
-
-        An MQTT 5 PUBACK with reason "success" and no properties is the same 4 bytes paho sends; paho writes
-        queued packets as opaque bytes, so a run of PUBACKs goes out as one buffer, in order.
-        """
-        if not mids:
-            return
-        packet = b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids)
-        self._packet_queue(0x40, packet, 0, 0)
-
-
-    def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """Publish QoS 0 messages (the replies of a batch) as one queued write and one wake-up of paho's loop.
-
-        ``publish()`` per reply built a tracking object with its own locks and woke the network thread with a
-        system call each time. QoS 0 needs no tracking: while disconnected the replies are dropped, as paho
-        does; devices that miss one retry and get "duplicate".
-        """
-        if not items or not self.is_connected():
-            return
-        packet = bytearray()
-        for topic, payload in items:
-            name = topic.encode()
-            _put_publish_header(packet, len(name), len(payload))
-            packet += name
-            packet += b"\x00"  # MQTT 5 property length: no properties
-            packet += payload
-        self._packet_queue(0x30, bytes(packet), 0, 0, mqtt.MQTTMessageInfo(0))
-
-
-_PUBACK = struct.Struct("!BBH")
-
-
-def _put_publish_header(packet: bytearray, topic_length: int, payload_length: int) -> None:
-    """Fixed header of a QoS 0 PUBLISH, then the topic length (MQTT 5: + 1 byte of property length)."""
-    remaining = 2 + topic_length + 1 + payload_length
-    packet.append(0x30)
-    while True:
-        byte, remaining = remaining & 0x7F, remaining >> 7
-        packet.append(byte | 0x80 if remaining else byte)
-        if not remaining:
-            break
-    packet += topic_length.to_bytes(2, "big")
-
-
 def accepted_reply(seq: int, digest: bytes) -> bytes:
     """``encode_reply(Reply.accepted(seq, digest))`` without building the Reply: the same bytes, on the hot path
     (a test checks they are equal)."""
@@ -316,7 +181,6 @@ class Intake:
         self.on_stored: Callable[[], None] | None = None
         self._accepting = threading.Event()  # cleared on stop: later messages stay unacknowledged for redelivery
         self._stopped = threading.Event()
-        self._connected = threading.Event()
         self._registry_dirty = threading.Event()
         self._registry: dict[str, RegistryEntry] = {}
         self._states: dict[str, DeviceState] = {}
@@ -327,11 +191,7 @@ class Intake:
         # received - done = messages in this process not yet acknowledged; each counter has a single writer thread
         self._received = 0
         self._done = 0
-        # bumped by each CONNACK (paho's thread only): a message is acknowledged only on the connection that
-        # delivered it, since after a reconnect its packet id may name another message; the broker redelivers
-        # the unacknowledged one on a resumed session and the intake answers it "duplicate"
-        self._connection = 0
-        self.client = self._make_client()
+        self.transport = Transport(settings.broker, self._receive, self.metrics)
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -344,43 +204,22 @@ class Intake:
         self._accepting.set()
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
         self._thread.start()
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self.settings.session_expiry_s
-        properties.ReceiveMaximum = self.settings.receive_maximum
-        try:
-            self.client.connect(
-                self.settings.host, self.settings.port, self.settings.keepalive, clean_start=False,
-                properties=properties,
-            )  # fmt: skip
-        except OSError as exc:
-            # keep going: loop_start() retries until the broker is up, and health reports it meanwhile
-            log.warning("broker %s:%d not reachable yet (%s); retrying", self.settings.host, self.settings.port, exc)
-            self.client.connect_async(
-                self.settings.host, self.settings.port, self.settings.keepalive, clean_start=False,
-                properties=properties,
-            )  # fmt: skip
-        self.client.loop_start()
+        self.transport.start()
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        return self.transport.wait_connected(timeout)
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop taking messages, process and acknowledge everything already received, publish "offline" and
         disconnect. Returns False if the queue did not drain within ``timeout`` (what is left is redelivered)."""
         self._accepting.clear()
         self._stopped.set()
+        self.transport.stopping()
         drained = True
         if self._thread is not None:
             self._thread.join(timeout)
             drained = not self._thread.is_alive()
-        if self.settings.status_topic and self._connected.is_set():
-            info = self.client.publish(self.settings.status_topic, self._status("offline"), qos=1, retain=True)
-            try:
-                info.wait_for_publish(5)
-            except RuntimeError as exc:
-                log.warning("offline status not published: %s", exc)
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.transport.close()
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
         return drained
@@ -390,8 +229,13 @@ class Intake:
         self._registry_dirty.set()
 
     @property
+    def client(self) -> Client:
+        """The MQTT client, for other replies to devices (a dead-lettered event's second answer)."""
+        return self.transport.client
+
+    @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self.transport.connected
 
     @property
     def backlog(self) -> int:
@@ -402,74 +246,11 @@ class Intake:
     def last_error(self) -> str:
         return self._last_error
 
-    # ------------------------------------------------------------------------------------------------- MQTT
-
-    def _make_client(self) -> _Client:
-        s = self.settings
-        client = _Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5, manual_ack=True
-        )
-        if s.username:
-            client.username_pw_set(s.username, s.password or None)
-        # QoS 1 replies: paho does not honour the broker's Receive Maximum itself, and 20 is what brokers allow
-        # by default (mosquitto's max_inflight_messages)
-        client.max_inflight_messages_set(20)
-        client.reconnect_delay_set(1, 30)
-        if s.status_topic:
-            client.will_set(s.status_topic, self._status("offline"), qos=1, retain=True)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        client.fast_publish = self._on_publish
-        return client
-
-    def _status(self, state: str) -> bytes:
-        body = {"status": state, "clientId": self.settings.client_id, "time": int(time.time())}
-        body.update(self.settings.status_payload)
-        return json.dumps(body, separators=(",", ":")).encode()
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if reason_code.is_failure:
-            log.error("broker refused the connection: %s", reason_code)
-            return
-        self._connection += 1
-        log.info(
-            "connected to %s:%d as %s (session present: %s); subscribing to %s",
-            self.settings.host, self.settings.port, self.settings.client_id, flags.session_present,
-            self.settings.subscription,
-        )  # fmt: skip
-        client.subscribe(self.settings.subscription, qos=1)
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
-        failed = [code for code in reason_codes if code.is_failure]
-        if failed:
-            log.error("broker refused the subscription %s: %s", self.settings.subscription, failed)
-            return
-        # "online" only once the subscription is in place: from here on no published event is missed
-        if self.settings.status_topic:
-            client.publish(self.settings.status_topic, self._status("online"), qos=1, retain=True)
-        self._connected.set()
-        self.metrics.mqtt_connected.set(1)
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        self._connected.clear()
-        self.metrics.mqtt_connected.set(0)
-        if not self._stopped.is_set():
-            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        """QoS 0 events (a device that ignores the protocol) and anything the fast path left to paho."""
+    def _receive(self, message: Message) -> None:
+        """From paho's network thread: queue the message unless the intake is stopping (then it stays
+        unacknowledged and the broker redelivers it)."""
         if self._accepting.is_set():
-            self._queue.put(Message(time.time(), message.mid, message.qos, message.topic, message.payload,
-                                    self._connection))  # fmt: skip
-            self._received += 1
-            self.metrics.received.inc()
-
-    def _on_publish(self, mid: int, topic: str, payload: bytes) -> None:
-        """A QoS 1 event, from paho's network thread (``_Client._handle_publish``)."""
-        if self._accepting.is_set():
-            self._queue.put(Message(time.time(), mid, 1, topic, payload, self._connection))
+            self._queue.put(message)
             self._received += 1
             self.metrics.received.inc()
 
@@ -574,15 +355,10 @@ class Intake:
         self._last_error = ""
         if _FAULT_POINT == "after_store":
             os._exit(137)
-        connection = self._connection
-        self.client.ack_many([m.mid for m in batch if m.qos == 1 and m.connection == connection])
+        self.transport.acknowledge(batch)
         self.metrics.acked.inc(len(batch))
         self._done += len(batch)
-        if self.settings.reply_qos == 0:
-            self.client.publish_many(outcomes)
-        else:
-            for topic, payload in outcomes:
-                self.client.publish(topic, payload, qos=self.settings.reply_qos)
+        self.transport.reply(outcomes, self.settings.reply_qos)
         self.metrics.intake_batch_size.observe(len(batch))
         self.metrics.intake_batch_seconds.observe(time.perf_counter() - started)
 
@@ -627,7 +403,7 @@ class Intake:
                         states[device] = verdict.state
                         self._states[device] = verdict.state
                     if verdict.outcome is Outcome.ACCEPT:
-                        accepted.append(_record(event, device, signer, message.received_at))
+                        accepted.append(event_record(event, device, signer, message.received_at))
                         batch_digests[(device, event.seq)] = event.digest
                         outcome = accepted_reply(event.seq, event.digest)
                     elif verdict.outcome is Outcome.DUPLICATE:
@@ -692,26 +468,3 @@ class Intake:
             state = self.store.device_state(device) or DeviceState(device)
             self._states[device] = state
         return state
-
-
-def _column_fields(kind: str) -> tuple[str | None, str | None, str | None, tuple[str, ...]]:
-    """The signed fields stored in the columns value, location and max_temperature (None: not used), and in extra."""
-    spec = KINDS[kind]
-    own = {column: name for name, column in spec.own_columns}
-    return own.get("value"), own.get("location"), own.get("max_temperature"), spec.extra_fields
-
-
-#: wire type → ``_column_fields``, looked up once per event on the hot path
-_COLUMN_FIELDS = {kind: _column_fields(kind) for kind in KINDS}
-
-
-def _record(event: wire.SignedEvent, device: str, signer: str, received_at: float) -> EventRecord:
-    """The stored form of an accepted event; which column holds which signed field comes from ``kinds.KINDS``."""
-    msg = event.msg
-    value, location, max_temperature, extra = _COLUMN_FIELDS[event.type]
-    return EventRecord(
-        event.type, device, signer, event.chain_id, event.contract, event.target_id, event.seq,
-        int(msg["timestamp"]), msg[value] if value else None, msg[location] if location else None,
-        msg[max_temperature] if max_temperature else None, event.digest, event.sig, received_at,
-        extra=tuple((name, int(msg[name])) for name in extra) if extra else (),
-    )  # fmt: skip
