@@ -20,7 +20,7 @@ from iotsettle.oracle.device.fleet import FaultClass, Fleet, contracts_from_mani
 from iotsettle.oracle.device.keys import create_keystore, load_keystore, resolve_password
 from iotsettle.oracle.device.publisher import BrokerSettings
 from iotsettle.oracle.device.signer import Contracts, sign_registration
-from iotsettle.oracle.device.simulator import ProgressReport, WeatherScenario, plan_events, run_simulation
+from iotsettle.oracle.device.sim import ProgressReport, WeatherScenario, plan_events, run_simulation
 from iotsettle.oracle.protocol.eip712 import DeviceKind
 from iotsettle.oracle.protocol.errors import ChainError, ConfigError, ProtocolError
 

@@ -32,7 +32,7 @@ from iotsettle.oracle.chain.connection import send
 from iotsettle.oracle.device.fleet import (DrivingStyle, FaultClass, Fleet, contracts_from_manifest, generate_fleet, load_fleet,
                                  set_policies, set_targets)
 from iotsettle.oracle.protocol.location import location_bytes32
-from iotsettle.oracle.device.simulator import driving_style, plan_events
+from iotsettle.oracle.device.sim import driving_style, plan_events
 from iotsettle.oracle.protocol.eip712 import DeviceKind
 from iotsettle.oracle.protocol.errors import ChainError, ConfigError
 from iotsettle.oracle.ops import billing, crop, escrow, insurance, loan, registry, token

@@ -18,8 +18,8 @@ from iotsettle.oracle.device.fleet import DrivingStyle, FaultClass, generate_fle
 from iotsettle.oracle.protocol.location import location_bytes32
 from iotsettle.oracle.device.publisher import BrokerSettings
 from iotsettle.oracle.device.signer import Contracts
-from iotsettle.oracle.device.simulator import (STYLE_RATES, EventPlan, VehicleModel, plan_events, run_simulation,
-                                     sign_ahead)
+from iotsettle.oracle.device.sim import (STYLE_RATES, EventPlan, VehicleModel, plan_events, run_simulation,
+                                        sign_ahead)
 from iotsettle.oracle.protocol.errors import ConfigError, SignatureError
 from iotsettle.oracle.chain.node import Mosquitto
 from iotsettle.oracle.protocol.wire import SignedEvent, decode, events_filter
