@@ -44,7 +44,7 @@ from eth_utils import is_hex_address, to_checksum_address
 from iotsettle.oracle.device.keys import DeviceKey, create_keystore, load_keystore, parse_private_key, resolve_password
 from iotsettle.oracle.protocol.location import geohash_encode
 from iotsettle.oracle.device.signer import Contracts
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name, kind_name
 from iotsettle.oracle.protocol.errors import ConfigError, KeyFileError
 
 log = logging.getLogger(__name__)
@@ -109,18 +109,6 @@ class DrivingStyle(StrEnum):
     AVERAGE = "average"
     AGGRESSIVE = "aggressive"
     RECKLESS = "reckless"  # never drawn at random: a fleet file (or the demo) names it
-
-
-def kind_from_name(name: str) -> DeviceKind:
-    try:
-        return DeviceKind[name.strip().upper().replace("-", "_")]
-    except KeyError:
-        choices = ", ".join(kind.name.lower() for kind in DeviceKind)
-        raise ConfigError(f"unknown device kind {name!r} (one of {choices})") from None
-
-
-def kind_name(kind: DeviceKind) -> str:
-    return kind.name.lower()
 
 
 @dataclass(frozen=True, slots=True)

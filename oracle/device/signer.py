@@ -16,7 +16,8 @@ from eth_utils import to_checksum_address
 
 from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.device.keys import DeviceKey, MemoryDeliveryLog
-from iotsettle.oracle.protocol.eip712 import DeviceKind, Domain
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.eip712 import Domain
 from iotsettle.oracle.protocol.errors import ConfigError, ProtocolError
 from iotsettle.oracle.protocol.wire import SignedEvent
 

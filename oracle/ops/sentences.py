@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from eth_utils import is_address, to_checksum_address
 
 from iotsettle.oracle.chain.revert import ErrorDecoder, reason_label
+from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_label
 
 if TYPE_CHECKING:
     from iotsettle.oracle.ops.context import OpsContext
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 ESCROW_STATES = ("none", "funded", "released", "refunded", "cancelled")
 AGREEMENT_STATUSES = ("none", "offered", "active", "suspended", "closed", "cancelled")
-DEVICE_KINDS = ("none", "meter", "tracker", "vehicle", "weather station")
+DEVICE_KINDS = ("none", *(kind_label(kind) for kind in DeviceKind))  # indexed by the registry's kind number
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from iotsettle.oracle.daemon.store import (
     _MIGRATIONS, SCHEMA_VERSION, DeviceState, EventRecord, EventStatus, Store, StoredEvent,
 )  # fmt: skip
 from iotsettle.oracle.daemon.submitter import KindSpec, decode_outcomes
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from tests.daemon_support import (
     ALL_CONTRACTS, CHAIN_ID, OWNER, ChainRegistry, Device, Publisher, register, wait_for,
 )  # fmt: skip

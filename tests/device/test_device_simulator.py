@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from iotsettle.oracle.protocol import eip712
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, evaluate
 from iotsettle.oracle.device.fleet import DrivingStyle, FaultClass, generate_fleet, load_fleet, set_policies, set_targets
 from iotsettle.oracle.protocol.location import location_bytes32

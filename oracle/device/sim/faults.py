@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from iotsettle.oracle.device.fleet import FaultClass, Fleet, FleetDevice
 from iotsettle.oracle.device.sim.models import TrackerModel
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32
 from iotsettle.oracle.protocol.wire import SignedEvent
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from iotsettle.oracle.device.fleet import DrivingStyle, FleetDevice
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 
 
 class MeterModel:

@@ -23,7 +23,7 @@ from iotsettle.oracle.device.signer import Contracts, sign_event
 from iotsettle.oracle.device.sim.faults import EXPECTED_REASON, InjectedFault, choose_fault_devices, fault_event
 from iotsettle.oracle.device.sim.models import (MeterModel, TrackerModel, VehicleModel, WeatherScenario,
                                                 WeatherStationModel, device_model)
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.errors import ConfigError
 from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32
 from iotsettle.oracle.protocol.wire import SignedEvent, events_topic

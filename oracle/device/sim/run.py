@@ -18,7 +18,7 @@ from iotsettle.oracle.device.signer import Contracts
 from iotsettle.oracle.device.sim.faults import InjectedFault
 from iotsettle.oracle.device.sim.models import WeatherScenario, driving_style
 from iotsettle.oracle.device.sim.plan import PlannedEvent, plan_events, sign_ahead
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.reasons import Reply
 from iotsettle.oracle.protocol.wire import TOPIC_ROOT
 
