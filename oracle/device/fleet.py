@@ -175,24 +175,14 @@ def _address(value: Any, where: str) -> str:
     return to_checksum_address(value)
 
 
-_OPTIONAL_CONTRACTS = ("DeviceRegistry", "MotorInsurance", "CropInsurance")
-
-
 def _contracts(raw: Any) -> Contracts | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
         raise ConfigError("fleet contracts must be an object of name → address")
     try:
-        optional = {name: _address(raw[name], f"contracts.{name}") if name in raw else None
-                    for name in _OPTIONAL_CONTRACTS}
-        return Contracts(
-            _address(raw["MeteredBilling"], "contracts.MeteredBilling"),
-            _address(raw["DeliveryEscrow"], "contracts.DeliveryEscrow"),
-            optional["DeviceRegistry"],
-            optional["MotorInsurance"],
-            optional["CropInsurance"],
-        )
+        return Contracts.from_names({name: _address(raw[name], f"contracts.{name}")
+                                     for name in Contracts.names() if name in raw})
     except KeyError as exc:
         raise ConfigError(f"fleet contracts lack {exc.args[0]}") from None
 
@@ -202,27 +192,15 @@ def contracts_from_manifest(manifest: Mapping[str, Any]) -> Contracts:
     insurance products are optional (a manifest written before them still works)."""
     entries = manifest.get("contracts", {})
     try:
-        optional = {name: to_checksum_address(entries[name]["address"]) if name in entries else None
-                    for name in _OPTIONAL_CONTRACTS}
-        return Contracts(
-            to_checksum_address(entries["MeteredBilling"]["address"]),
-            to_checksum_address(entries["DeliveryEscrow"]["address"]),
-            optional["DeviceRegistry"],
-            optional["MotorInsurance"],
-            optional["CropInsurance"],
-        )
+        return Contracts.from_names({name: to_checksum_address(entries[name]["address"])
+                                     for name in Contracts.names() if name in entries})
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"the deployment manifest has no address for {exc}") from None
 
 
 def contracts_document(contracts: Contracts) -> dict[str, str]:
     """The fleet file's ``contracts`` object for ``contracts`` (manifest names → addresses)."""
-    document = {"MeteredBilling": contracts.metered_billing, "DeliveryEscrow": contracts.delivery_escrow}
-    for name, address in (("DeviceRegistry", contracts.device_registry), ("MotorInsurance", contracts.motor_insurance),
-                          ("CropInsurance", contracts.crop_insurance)):
-        if address:
-            document[name] = address
-    return document
+    return contracts.by_name()
 
 
 def load_fleet(path: str | os.PathLike[str], *, password_file: str | os.PathLike[str] | None = None) -> Fleet:

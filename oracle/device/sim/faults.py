@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from iotsettle.oracle.device.fleet import FaultClass, Fleet, FleetDevice
 from iotsettle.oracle.device.sim.models import TrackerModel
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32
 from iotsettle.oracle.protocol.wire import SignedEvent
 
@@ -82,8 +83,8 @@ def fault_event(run: DeviceRun, fault: FaultClass, timestamp: int, elapsed: floa
         if run.last_event is None:
             return None
         msg = dict(run.last_event.msg)
-        changed = {"delivery": "maxTemperature", "reading": "value", "telematics": "odometer",
-                   "weather": "rainfall"}[run.last_event.type]
+        # a different signed value under the same seq: a register, or a delivery's temperature
+        changed = (KINDS[run.last_event.type].registers or ("maxTemperature",))[0]
         msg[changed] = int(msg[changed]) + 1
         return run.sign(run.last_event.type, msg)
     if fault is FaultClass.TELEPORT:
@@ -110,7 +111,7 @@ def fault_event(run: DeviceRun, fault: FaultClass, timestamp: int, elapsed: floa
     else:
         event_type = "telematics" if fault is FaultClass.BEHAVIOUR_ROLLBACK else run.streams[0]
         msg = run.message(event_type, timestamp, observe=False)
-        register = {"reading": "value", "telematics": "odometer", "weather": "rainfall"}[event_type]
+        register = KINDS[event_type].registers[0]  # the rate-limited register
         last = run.last.get(event_type)
         if fault is FaultClass.COUNTER_ROLLBACK:
             below = min(int(msg[register]), int(last.msg[register]) if last is not None else int(msg[register]))
