@@ -276,6 +276,7 @@ def _metres(a: tuple[float, float], b: tuple[float, float]) -> float:
 def device_model(
     device: FleetDevice, rng: random.Random, seed: int, weather: WeatherScenario, hostile: bool
 ) -> MeterModel | VehicleModel | WeatherStationModel | TrackerModel:
+    """The model of ``device``'s kind; a ``hostile`` station lives in the opposite of the scenario's weather."""
     if device.kind is DeviceKind.METER:
         return MeterModel(rng)
     if device.kind is DeviceKind.VEHICLE:
