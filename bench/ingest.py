@@ -26,7 +26,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from iotsettle.oracle.protocol import eip712, wire
+from iotsettle.oracle.protocol import device_kinds, eip712, wire
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
@@ -161,7 +161,7 @@ def profile_intake(config: Config, events: int, devices: int, batch: int = 512) 
         try:
             store = Store.open(state / "oracle.db")
             payloads, addresses = _signed_payloads(events, devices)
-            store.apply_registry([RegistryEntry(a, a, None, int(eip712.DeviceKind.METER), True, 1) for a in addresses])
+            store.apply_registry([RegistryEntry(a, a, None, int(device_kinds.DeviceKind.METER), True, 1) for a in addresses])
             settings = IntakeSettings(chain_id=CHAIN_ID, contracts={"reading": CONTRACT, "delivery": CONTRACT},
                                       host=broker.host, port=broker.port, client_id="bench-profile", batch_size=batch,
                                       verify_workers=0, receive_maximum=max(4_096, 4 * batch))  # fmt: skip

@@ -25,7 +25,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import event_abi_to_log_topic
 
-from iotsettle.oracle.protocol import eip712, wire
+from iotsettle.oracle.protocol import device_kinds, eip712, wire
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, Chain, connect
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.chain.compiler import ensure_compiled
@@ -188,7 +188,7 @@ def provision(stack: BenchStack, meters: int, trackers: int, escrows_per_tracker
     tracker_keys = [os.urandom(32) for _ in range(trackers)]
     deadline = stack.chain_now() + 3_600
     registrations = []
-    for key, kind in [(k, eip712.DeviceKind.METER) for k in meter_keys] + [(k, eip712.DeviceKind.TRACKER) for k in tracker_keys]:
+    for key, kind in [(k, device_kinds.DeviceKind.METER) for k in meter_keys] + [(k, device_kinds.DeviceKind.TRACKER) for k in tracker_keys]:
         device = DeviceKey.from_private_key(key)
         _digest, sig = sign_registration(device, owner=owner.address, kind=kind, metadata_hash=bytes(32),
                                          deadline=deadline, chain_id=chain_id, registry=registry_c.address)  # fmt: skip

@@ -18,15 +18,15 @@ from iotsettle.oracle.chain.connection import connect, load_sender
 from iotsettle.oracle.chain.deploy import contract, load_manifest
 from iotsettle.oracle.chain.revert import ErrorDecoder
 from iotsettle.oracle.chain.send import send, would_revert
-from iotsettle.oracle.device.fleet import FaultClass, Fleet, contracts_from_manifest, kind_from_name, kind_name, load_fleet
+from iotsettle.oracle.device.fleet import FaultClass, Fleet, contracts_from_manifest, load_fleet
 from iotsettle.oracle.device.keys import create_keystore, load_keystore, resolve_password
 from iotsettle.oracle.device.publisher import BrokerSettings
 from iotsettle.oracle.device.signer import Contracts, sign_registration
-from iotsettle.oracle.device.simulator import ProgressReport, WeatherScenario, plan_events, run_simulation
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.device.sim import ProgressReport, WeatherScenario, plan_events, run_simulation
+from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name, kind_name
 from iotsettle.oracle.protocol.errors import ChainError, ConfigError, ProtocolError
 
-KIND_CHOICES = [kind.name.lower() for kind in DeviceKind]
+KIND_CHOICES = [kind_name(kind) for kind in DeviceKind]
 
 password_file_option = click.option(
     "--password-file",

@@ -14,11 +14,12 @@ from iotsettle.cli._common import emit, json_option
 from iotsettle.cli._params import ADDRESS, ops_context, rpc_option, sender_options, short, when
 from iotsettle.cli.device import device, password_file_option
 from iotsettle.oracle.device.keys import DeviceKey, load_keystore, resolve_password
+from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_label
 from iotsettle.oracle.protocol.errors import KeyFileError
 from iotsettle.oracle.ops import audit, billing, escrow
 from iotsettle.oracle.ops import registry as ops
 
-KINDS = ["meter", "tracker", "vehicle", "weather station"]
+KINDS = [kind_label(kind) for kind in DeviceKind]
 
 
 @device.command("list")

@@ -17,7 +17,7 @@ from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.device.keys import DeviceKey
 from iotsettle.oracle.device.signer import sign_event
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.ops import registry
 from iotsettle.oracle.ops.context import open_context
 from iotsettle.oracle.protocol.wire import SignedEvent

@@ -18,7 +18,7 @@ from eth_utils import to_checksum_address
 from eth_account import Account
 from web3 import Web3
 
-from iotsettle.oracle.protocol import eip712, wire
+from iotsettle.oracle.protocol import device_kinds, eip712, wire
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.protocol.kinds import CONTRACT_OF_KIND
@@ -41,7 +41,7 @@ ALL_CONTRACTS = {**CONTRACTS, "telematics": to_checksum_address(TELEMATICS_CONTR
 class Device:
     """A device with its own key that signs readings and deliveries the way the firmware does."""
 
-    kind: int = eip712.DeviceKind.METER
+    kind: int = device_kinds.DeviceKind.METER
     key: bytes = field(default_factory=lambda: os.urandom(32))
     chain_id: int = CHAIN_ID
     contracts: dict[str, str] = field(default_factory=lambda: dict(CONTRACTS))

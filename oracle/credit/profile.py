@@ -31,6 +31,7 @@ from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
 from web3.exceptions import Web3Exception
 
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.errors import ChainError, IotSettleError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ HOUR = 3_600
 DAY = 86_400
 BPS = 10_000
 
-KIND_NAMES = {1: "METER", 2: "TRACKER", 3: "VEHICLE", 4: "WEATHER_STATION"}
+KIND_NAMES = {int(kind): kind.name for kind in DeviceKind}
 
 #: Events whose block time some figure needs (uptime, suspension lengths, repayment dates).
 TIMED_EVENTS = frozenset({"DeviceRegistered", "DeviceRevoked", "ReadingSettled", "DeliveryConfirmed", "PremiumCharged",

@@ -17,7 +17,7 @@ from eth_hash.auto import keccak
 from web3 import Web3
 
 from iotsettle.oracle.protocol.kinds import KINDS
-from iotsettle.oracle.chain.revert import _abi_type
+from iotsettle.oracle.chain.revert import abi_type as _abi_type
 from iotsettle.oracle.daemon.store import StoredEvent, signed_fields
 from iotsettle.oracle.protocol.errors import ChainError
 

@@ -32,7 +32,7 @@ from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.kinds import KINDS, EventKind
 from iotsettle.oracle.daemon.store import DeviceState
 from iotsettle.oracle.protocol.location import EARTH_RADIUS_M, distance_m, geohash_decode, location_geohash
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.errors import ProtocolError
 from iotsettle.oracle.protocol.reasons import Reason
 from iotsettle.oracle.protocol.wire import SignedEvent

@@ -32,8 +32,8 @@ from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.device.fleet import (DrivingStyle, FaultClass, Fleet, contracts_from_manifest, generate_fleet, load_fleet,
                                  set_policies, set_targets)
 from iotsettle.oracle.protocol.location import location_bytes32
-from iotsettle.oracle.device.simulator import driving_style, plan_events
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.device.sim import driving_style, plan_events
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.errors import ChainError, ConfigError
 from iotsettle.oracle.ops import billing, crop, escrow, insurance, loan, registry, token
 from iotsettle.oracle.ops.audit import fetch_logs

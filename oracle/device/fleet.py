@@ -44,7 +44,7 @@ from eth_utils import is_hex_address, to_checksum_address
 from iotsettle.oracle.device.keys import DeviceKey, create_keystore, load_keystore, parse_private_key, resolve_password
 from iotsettle.oracle.protocol.location import geohash_encode
 from iotsettle.oracle.device.signer import Contracts
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name, kind_name
 from iotsettle.oracle.protocol.errors import ConfigError, KeyFileError
 
 log = logging.getLogger(__name__)
@@ -111,18 +111,6 @@ class DrivingStyle(StrEnum):
     RECKLESS = "reckless"  # never drawn at random: a fleet file (or the demo) names it
 
 
-def kind_from_name(name: str) -> DeviceKind:
-    try:
-        return DeviceKind[name.strip().upper().replace("-", "_")]
-    except KeyError:
-        choices = ", ".join(kind.name.lower() for kind in DeviceKind)
-        raise ConfigError(f"unknown device kind {name!r} (one of {choices})") from None
-
-
-def kind_name(kind: DeviceKind) -> str:
-    return kind.name.lower()
-
-
 @dataclass(frozen=True, slots=True)
 class FleetDevice:
     name: str
@@ -187,24 +175,14 @@ def _address(value: Any, where: str) -> str:
     return to_checksum_address(value)
 
 
-_OPTIONAL_CONTRACTS = ("DeviceRegistry", "MotorInsurance", "CropInsurance")
-
-
 def _contracts(raw: Any) -> Contracts | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
         raise ConfigError("fleet contracts must be an object of name → address")
     try:
-        optional = {name: _address(raw[name], f"contracts.{name}") if name in raw else None
-                    for name in _OPTIONAL_CONTRACTS}
-        return Contracts(
-            _address(raw["MeteredBilling"], "contracts.MeteredBilling"),
-            _address(raw["DeliveryEscrow"], "contracts.DeliveryEscrow"),
-            optional["DeviceRegistry"],
-            optional["MotorInsurance"],
-            optional["CropInsurance"],
-        )
+        return Contracts.from_names({name: _address(raw[name], f"contracts.{name}")
+                                     for name in Contracts.names() if name in raw})
     except KeyError as exc:
         raise ConfigError(f"fleet contracts lack {exc.args[0]}") from None
 
@@ -214,27 +192,15 @@ def contracts_from_manifest(manifest: Mapping[str, Any]) -> Contracts:
     insurance products are optional (a manifest written before them still works)."""
     entries = manifest.get("contracts", {})
     try:
-        optional = {name: to_checksum_address(entries[name]["address"]) if name in entries else None
-                    for name in _OPTIONAL_CONTRACTS}
-        return Contracts(
-            to_checksum_address(entries["MeteredBilling"]["address"]),
-            to_checksum_address(entries["DeliveryEscrow"]["address"]),
-            optional["DeviceRegistry"],
-            optional["MotorInsurance"],
-            optional["CropInsurance"],
-        )
+        return Contracts.from_names({name: to_checksum_address(entries[name]["address"])
+                                     for name in Contracts.names() if name in entries})
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"the deployment manifest has no address for {exc}") from None
 
 
 def contracts_document(contracts: Contracts) -> dict[str, str]:
     """The fleet file's ``contracts`` object for ``contracts`` (manifest names → addresses)."""
-    document = {"MeteredBilling": contracts.metered_billing, "DeliveryEscrow": contracts.delivery_escrow}
-    for name, address in (("DeviceRegistry", contracts.device_registry), ("MotorInsurance", contracts.motor_insurance),
-                          ("CropInsurance", contracts.crop_insurance)):
-        if address:
-            document[name] = address
-    return document
+    return contracts.by_name()
 
 
 def load_fleet(path: str | os.PathLike[str], *, password_file: str | os.PathLike[str] | None = None) -> Fleet:

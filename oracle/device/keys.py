@@ -24,8 +24,9 @@ from typing import Any
 
 import eth_keyfile
 
-from iotsettle.oracle.protocol.eip712 import DeviceKind, address_of
-from iotsettle.oracle.protocol.errors import KeyFileError
+from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name, kind_name
+from iotsettle.oracle.protocol.eip712 import address_of
+from iotsettle.oracle.protocol.errors import ConfigError, KeyFileError
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def create_keystore(
         raw, password.encode(), kdf=kdf, iterations=iterations  # type: ignore[arg-type]
     )
     document["address"] = address.removeprefix("0x").lower()
-    document[METADATA_KEY] = {"kind": kind.name.lower() if kind else None}
+    document[METADATA_KEY] = {"kind": kind_name(kind) if kind else None}
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -169,8 +170,11 @@ def load_keystore(path: str | os.PathLike[str], password: str) -> DeviceKey:
         raise KeyFileError(f"wrong password for keystore {keystore}") from None
     except (KeyError, TypeError, NotImplementedError) as exc:
         raise KeyFileError(f"{keystore} is not a readable keystore: {exc}") from None
-    kind_name = (document.get(METADATA_KEY) or {}).get("kind")
-    kind = DeviceKind[kind_name.upper()] if isinstance(kind_name, str) and kind_name.upper() in DeviceKind.__members__ else None
+    stored = (document.get(METADATA_KEY) or {}).get("kind")
+    try:
+        kind = kind_from_name(stored) if isinstance(stored, str) else None
+    except ConfigError:
+        kind = None  # a kind this version does not know: `device register` asks for --kind
     return DeviceKey(address_of(raw), raw, kind, keystore)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -16,18 +16,11 @@ from eth_utils import to_checksum_address
 
 from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.device.keys import DeviceKey, MemoryDeliveryLog
-from iotsettle.oracle.protocol.eip712 import DeviceKind, Domain
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.eip712 import Domain
 from iotsettle.oracle.protocol.errors import ConfigError, ProtocolError
+from iotsettle.oracle.protocol.kinds import CONTRACT_OF_KIND
 from iotsettle.oracle.protocol.wire import SignedEvent
-
-#: the contract whose EIP-712 domain each payload type is signed for (manifest names)
-CONTRACT_FOR_TYPE: dict[str, str] = {
-    "reading": "MeteredBilling",
-    "delivery": "DeliveryEscrow",
-    "telematics": "MotorInsurance",
-    "weather": "CropInsurance",
-}
-
 
 @lru_cache(maxsize=1024)
 def _checksummed(address: str) -> str:
@@ -43,27 +36,49 @@ class Counter(Protocol):
 class Contracts:
     """The verifying contracts of the EIP-712 domains a device signs for (from ``deployments/<chainId>.json``).
 
-    The insurance products are optional: a deployment made before them still signs readings and deliveries.
+    The insurance products are optional: a deployment made before them still signs readings and deliveries. Each
+    field's metadata names its contract as the manifest does.
     """
 
-    metered_billing: str
-    delivery_escrow: str
-    device_registry: str | None = None
-    motor_insurance: str | None = None
-    crop_insurance: str | None = None
+    metered_billing: str = field(metadata={"contract": "MeteredBilling"})
+    delivery_escrow: str = field(metadata={"contract": "DeliveryEscrow"})
+    device_registry: str | None = field(default=None, metadata={"contract": "DeviceRegistry"})
+    motor_insurance: str | None = field(default=None, metadata={"contract": "MotorInsurance"})
+    crop_insurance: str | None = field(default=None, metadata={"contract": "CropInsurance"})
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The manifest names of the contracts, required ones first."""
+        return tuple(item.metadata["contract"] for item in fields(cls))
+
+    @classmethod
+    def from_names(cls, addresses: Mapping[str, str]) -> Contracts:
+        """From manifest name → address; the registry and the insurance products may be absent, and a missing
+        required contract raises KeyError naming it."""
+        return cls(**{
+            item.name: addresses[item.metadata["contract"]] if item.default is MISSING
+            else addresses.get(item.metadata["contract"])
+            for item in fields(cls)
+        })
+
+    def by_name(self) -> dict[str, str]:
+        """Manifest name → address of every contract the deployment has."""
+        return {item.metadata["contract"]: getattr(self, item.name) for item in fields(self) if getattr(self, item.name)}
+
+    def address(self, contract: str) -> str | None:
+        """The address of ``contract`` (a manifest name such as "MotorInsurance"); None when the deployment has none."""
+        for item in fields(self):
+            if item.metadata["contract"] == contract:
+                return getattr(self, item.name)
+        raise ProtocolError(f"devices sign for no contract named {contract!r}")
 
     def for_type(self, event_type: str) -> str:
-        """The verifying contract of ``event_type``; ConfigError when the deployment has none."""
-        if event_type not in CONTRACT_FOR_TYPE:
+        """The verifying contract of ``event_type`` (``protocol.kinds``); ConfigError when the deployment has none."""
+        if event_type not in CONTRACT_OF_KIND:
             raise ProtocolError(f"unknown event type {event_type!r}")
-        address = {
-            "reading": self.metered_billing,
-            "delivery": self.delivery_escrow,
-            "telematics": self.motor_insurance,
-            "weather": self.crop_insurance,
-        }[event_type]
+        address = self.address(CONTRACT_OF_KIND[event_type])
         if not address:
-            raise ConfigError(f"no {CONTRACT_FOR_TYPE[event_type]} address to sign {event_type} events for "
+            raise ConfigError(f"no {CONTRACT_OF_KIND[event_type]} address to sign {event_type} events for "
                               "(deploy the insurance contracts, or name it in the fleet file's contracts)")
         return address
 
@@ -124,7 +139,7 @@ class EventSigner:
     def reading(self, agreement_id: int, value: int, *, timestamp: int | None = None) -> SignedEvent:
         """A cumulative register reading for a MeteredBilling agreement."""
         msg = {"agreementId": agreement_id, "seq": self._counter.next(), "timestamp": self._stamp(timestamp), "value": value}
-        return sign_event(self.key, "reading", self.chain_id, self.contracts.metered_billing, msg)
+        return sign_event(self.key, "reading", self.chain_id, self.contracts.for_type("reading"), msg)
 
     def delivery(
         self, escrow_id: int, location: bytes, max_temperature: int, *, timestamp: int | None = None
@@ -134,7 +149,7 @@ class EventSigner:
         Raises ``keys.DeliveryAlreadySigned`` for an escrow this device already signed a delivery for: the first
         valid delivery relayed releases the escrow, so a second one would let the relayer pick the outcome.
         """
-        self._deliveries.claim(self.chain_id, self.contracts.delivery_escrow, escrow_id)
+        self._deliveries.claim(self.chain_id, self.contracts.for_type("delivery"), escrow_id)
         msg = {
             "escrowId": escrow_id,
             "seq": self._counter.next(),
@@ -142,7 +157,7 @@ class EventSigner:
             "location": location,
             "maxTemperature": max_temperature,
         }
-        return sign_event(self.key, "delivery", self.chain_id, self.contracts.delivery_escrow, msg)
+        return sign_event(self.key, "delivery", self.chain_id, self.contracts.for_type("delivery"), msg)
 
     def telematics(
         self, policy_id: int, odometer: int, harsh_braking: int, speeding: int, *, timestamp: int | None = None

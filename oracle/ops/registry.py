@@ -10,7 +10,7 @@ from eth_utils import to_checksum_address
 
 from iotsettle.oracle.device.keys import DeviceKey
 from iotsettle.oracle.device.signer import sign_key_rotation, sign_registration
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.errors import ChainError
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.ops.events import fetch_logs

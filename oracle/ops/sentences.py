@@ -20,6 +20,7 @@ from iotsettle.oracle.chain.revert import ErrorDecoder, reason_label
 from iotsettle.oracle.ops.amounts import format_amount
 from iotsettle.oracle.ops.events import escrow_final_block
 from iotsettle.oracle.ops.token_info import describe_token
+from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_label
 
 if TYPE_CHECKING:
     from iotsettle.oracle.ops.context import OpsContext
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 ESCROW_STATES = ("none", "funded", "released", "refunded", "cancelled")
 AGREEMENT_STATUSES = ("none", "offered", "active", "suspended", "closed", "cancelled")
-DEVICE_KINDS = ("none", "meter", "tracker", "vehicle", "weather station")
+DEVICE_KINDS = ("none", *(kind_label(kind) for kind in DeviceKind))  # indexed by the registry's kind number
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import IntEnum
 from functools import cache
 from typing import Any
 
@@ -31,15 +30,6 @@ SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SECP256K1_HALF_N = SECP256K1_N // 2
 
 
-class DeviceKind(IntEnum):
-    """What a registered device is. Stored on-chain as uint8; 0 is invalid."""
-
-    METER = 1
-    TRACKER = 2
-    VEHICLE = 3
-    WEATHER_STATION = 4
-
-
 #: Every primary type a device signs, as (solidity type, field name) in signing order.
 #: - Registration: proof that the device key consents to being registered to ``owner`` (DeviceRegistry).
 #: - KeyRotation: proof that ``newKey`` consents to taking over ``device`` (DeviceRegistry), signed by newKey.
@@ -54,7 +44,7 @@ TYPES: dict[str, tuple[tuple[str, str], ...]] = {
     "Registration": (
         ("address", "device"),
         ("address", "owner"),
-        ("uint8", "kind"),
+        ("uint8", "kind"),  # device_kinds.DeviceKind
         ("bytes32", "metadataHash"),
         ("uint64", "deadline"),
     ),

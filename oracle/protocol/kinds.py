@@ -1,4 +1,5 @@
-"""The event kinds the oracle relays: one table that intake, rules, store, planner and submitter read.
+"""The event kinds the oracle relays: one table that intake, rules, store, planner and submitter read, and that a
+device reads to find the verifying contract whose EIP-712 domain it signs each kind for.
 
 Each wire type (the payload's ``"type"``, ``iotsettle.oracle.protocol.wire.EVENT_TYPES``) settles through one batch function of one
 deployed contract, and the contract answers every batch item with exactly one settled or rejected event whose
@@ -75,7 +76,7 @@ KINDS: dict[str, EventKind] = {
     )
 }  # fmt: skip
 
-#: wire type → deployment manifest name of the verifying contract
+#: wire type → deployment manifest name of the verifying contract (the contract a device signs the kind for)
 CONTRACT_OF_KIND: dict[str, str] = {name: kind.contract for name, kind in KINDS.items()}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 
 from tests.cli_support import Cli, chain_now, reading, register_device, token_balance
 

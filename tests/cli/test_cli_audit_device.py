@@ -6,7 +6,7 @@ import pytest
 
 from iotsettle.oracle.device.keys import DeviceKey
 from iotsettle.oracle.protocol.location import location_bytes32
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 
 from tests.cli_support import Cli, chain_now, delivery, reading, register_device
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.chain.node import free_port
 
 from tests.cli_support import Cli, User, register_device, token_balance

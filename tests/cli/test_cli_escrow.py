@@ -7,7 +7,7 @@ import json
 import pytest
 
 from iotsettle.oracle.protocol.location import location_bytes32
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 
 from tests.cli_support import Cli, chain_now, delivery, register_device, token_balance
 

@@ -20,7 +20,7 @@ from iotsettle.oracle.chain.connection import connect, load_sender
 from iotsettle.oracle.chain.compiler import ensure_compiled
 from iotsettle.oracle.chain.deploy import deploy_all
 from iotsettle.oracle.protocol.location import location_bytes32
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.chain.node import free_port, rpc_ready
 
 from tests.cli_support import Cli, chain_now, delivery, reading, register_device, token_balance

@@ -15,7 +15,8 @@ import pytest
 from iotsettle.oracle.protocol import eip712
 from iotsettle.oracle.device.keys import DeviceKey
 from iotsettle.oracle.protocol.location import location_bytes32
-from iotsettle.oracle.protocol.eip712 import DeviceKind, Domain
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.eip712 import Domain
 from iotsettle.oracle.protocol.wire import SignedEvent
 
 from tests.cli_support import Cli, User, chain_now, delivery, register_device, token_balance

@@ -10,7 +10,7 @@ import pytest
 
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.protocol.location import location_bytes32
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.credit import profile as ops
 
 from tests.cli_support import Cli, chain_now, delivery, reading, register_device

@@ -16,7 +16,7 @@ from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.rules import RuleSettings
 from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32
 from iotsettle.oracle.daemon.store import Store
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 
 BERLIN = location_bytes32(geohash_encode(52.5200, 13.4050, 7))
 BERLIN_NEARBY = location_bytes32(geohash_encode(52.5210, 13.4060, 7))

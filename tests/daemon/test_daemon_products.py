@@ -35,7 +35,7 @@ from iotsettle.oracle.daemon.store import (
     extra_fields,
 )  # fmt: skip
 from iotsettle.oracle.daemon.calldata import KindSpec, decode_outcomes
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from tests.daemon_support import (
     ALL_CONTRACTS, CHAIN_ID, OWNER, ChainRegistry, Device, Publisher, register, wait_for,
 )  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from iotsettle.oracle.protocol import eip712
+from iotsettle.oracle.protocol import device_kinds
 from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.registry_follower import RegistryFollower
@@ -35,13 +35,13 @@ def follower_for(registry: ChainRegistry, store: Store, **kw: Any) -> RegistryFo
 
 
 def test_registrations_rotations_and_revocations_reach_the_store(registry: ChainRegistry, store: Store) -> None:
-    meter = registry.register(eip712.DeviceKind.METER)
-    tracker = registry.register(eip712.DeviceKind.TRACKER)
+    meter = registry.register(device_kinds.DeviceKind.METER)
+    tracker = registry.register(device_kinds.DeviceKind.TRACKER)
     follower = follower_for(registry, store)
     assert follower.sync() >= 2
     entries = store.registry()
     assert (entries[meter.address].device, entries[meter.address].kind, entries[meter.address].active) == \
-        (meter.address, eip712.DeviceKind.METER, True)  # fmt: skip
+        (meter.address, device_kinds.DeviceKind.METER, True)  # fmt: skip
     assert entries[tracker.address].owner == OWNER.address
 
     new_key = registry.rotate(meter)
@@ -69,11 +69,11 @@ def test_a_device_registered_on_chain_is_accepted_after_the_next_poll(registry: 
     publisher = Publisher(mosquitto.host, mosquitto.port, registry.chain.chain_id)
     try:
         assert intake.wait_connected(10)
-        early = Device(kind=eip712.DeviceKind.METER, chain_id=registry.chain.chain_id, contracts=registry.contracts)
+        early = Device(kind=device_kinds.DeviceKind.METER, chain_id=registry.chain.chain_id, contracts=registry.contracts)
         publisher.publish(early.topic, early.reading(1, 10))
         assert publisher.collect(1)[0][1]["reason"] == "unknown_device"
 
-        device = registry.register(eip712.DeviceKind.METER)
+        device = registry.register(device_kinds.DeviceKind.METER)
         deadline = time.monotonic() + 10
         status = None
         seq = 1

@@ -25,7 +25,7 @@ from eth_account import Account
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.daemon.service import status_topic
 from iotsettle.oracle.daemon.store import Store
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.chain.node import Anvil, free_port
 from tests.daemon_support import ChainRegistry, Device, Publisher, wait_for
 

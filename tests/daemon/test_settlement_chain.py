@@ -19,7 +19,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
 from tests.daemon_support import Device, wait_for
-from iotsettle.oracle.protocol import eip712
+from iotsettle.oracle.protocol import device_kinds, eip712
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.config import Config
@@ -87,7 +87,7 @@ class Scenario:
         return device
 
     def meter(self) -> Meter:
-        device = self.register(eip712.DeviceKind.METER)
+        device = self.register(device_kinds.DeviceKind.METER)
         receipt = self.tx(PROVIDER, self.billing.functions.offer(CONSUMER.address, device.address, self.tariff,
                                                                   "0x" + "00" * 20, START, 0))  # fmt: skip
         agreement = int(self.billing.events.AgreementOffered().process_receipt(receipt)[0]["args"]["agreementId"])
@@ -95,7 +95,7 @@ class Scenario:
         return Meter(device, agreement)
 
     def tracker_escrow(self, destination: bytes, amount: int = 5 * 10**15) -> tuple[Device, int, str]:
-        device = self.register(eip712.DeviceKind.TRACKER)
+        device = self.register(device_kinds.DeviceKind.TRACKER)
         seller = Account.create()
         receipt = self.tx(CONSUMER, self.escrow.functions.createEscrow(
             seller.address, device.address, "0x" + "00" * 20, amount, destination, self.now() + 3600, 0, 0,

@@ -21,7 +21,7 @@ from iotsettle.oracle.daemon.store import RegistryEntry, Store
 from iotsettle.oracle.device.fleet import FaultClass, generate_fleet, load_fleet, set_policies
 from iotsettle.oracle.device.publisher import BrokerSettings
 from iotsettle.oracle.device.signer import Contracts
-from iotsettle.oracle.device.simulator import run_simulation
+from iotsettle.oracle.device.sim import run_simulation
 from iotsettle.oracle.chain.node import Mosquitto
 
 CHAIN_ID = 31337

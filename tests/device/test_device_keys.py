@@ -17,7 +17,8 @@ from iotsettle.oracle.device.keys import (
     resolve_password,
     sequence_path,
 )
-from iotsettle.oracle.protocol.eip712 import DeviceKind, address_of
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.eip712 import address_of
 from iotsettle.oracle.protocol.errors import KeyFileError
 
 KEY = bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.device.keys import DeliveryAlreadySigned, DeliveryLog, DeviceKey, MemoryCounter, deliveries_path
 from iotsettle.oracle.device.signer import Contracts, EventSigner, sign_event, sign_key_rotation, sign_registration
-from iotsettle.oracle.protocol.eip712 import SECP256K1_N, DeviceKind, address_of
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.eip712 import SECP256K1_N, address_of
 from iotsettle.oracle.protocol.errors import ConfigError, KeyFileError, ProtocolError
 
 KEY = DeviceKey.from_private_key("0x" + "42" * 32)

@@ -12,14 +12,14 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from iotsettle.oracle.protocol import eip712
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, evaluate
 from iotsettle.oracle.device.fleet import DrivingStyle, FaultClass, generate_fleet, load_fleet, set_policies, set_targets
 from iotsettle.oracle.protocol.location import location_bytes32
 from iotsettle.oracle.device.publisher import BrokerSettings
 from iotsettle.oracle.device.signer import Contracts
-from iotsettle.oracle.device.simulator import (STYLE_RATES, EventPlan, VehicleModel, plan_events, run_simulation,
-                                     sign_ahead)
+from iotsettle.oracle.device.sim import (STYLE_RATES, EventPlan, VehicleModel, plan_events, run_simulation,
+                                        sign_ahead)
 from iotsettle.oracle.protocol.errors import ConfigError, SignatureError
 from iotsettle.oracle.chain.node import Mosquitto
 from iotsettle.oracle.protocol.wire import SignedEvent, decode, events_filter

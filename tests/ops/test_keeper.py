@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from iotsettle.oracle.protocol.location import location_bytes32
-from iotsettle.oracle.protocol.eip712 import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.ops.context import open_context
 from iotsettle.oracle.ops.keeper import Keeper
 
