@@ -14,9 +14,10 @@ from iotsettle.cli._common import IotSettleGroup, emit, json_option, out_console
 from iotsettle.cli._params import ADDRESS, ops_context, rpc_option, short
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.chain.connection import connect
-from iotsettle.oracle.protocol.errors import IotSettleError
-from iotsettle.oracle.credit import profile as ops
+from iotsettle.oracle.credit.document import build, canonical_json, verify_document
+from iotsettle.oracle.credit.scan import CONTRACTS, ProfileMismatch, chain_point, contract_refs
 from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.protocol.errors import IotSettleError
 from iotsettle.oracle.ops.token import describe_token
 
 #: Per section: its title and the summary figures shown to people, the first one telling whether the subject
@@ -151,14 +152,13 @@ def profile(ctx: click.Context, address: str, out_file: str | None, to_block: in
       iotsettle credit profile 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 --out profile.json
     """
     ops_ctx = ops_context(ctx, rpc_url, send=False)
-    point = ops.chain_point(ops_ctx.w3, to_block)
+    point = chain_point(ops_ctx.w3, to_block)
     deployments = {name: (ops_ctx.address(name), ops_ctx.deployed_block(name),
-                          str(ops_ctx.manifest["contracts"][name].get("txHash", ""))) for name in ops.CONTRACTS
+                          str(ops_ctx.manifest["contracts"][name].get("txHash", ""))) for name in CONTRACTS
                    if ops_ctx.has(name)}
-    refs = ops.contract_refs(ops_ctx.w3, deployments, point.to_block)
-    run = ops.build(ops_ctx.w3, address, point, refs, {name: ops_ctx.abis[name] for name in refs},
-                    progress=progress)
-    text = ops.canonical_json(run.document)
+    refs = contract_refs(ops_ctx.w3, deployments, point.to_block)
+    run = build(ops_ctx.w3, address, point, refs, {name: ops_ctx.abis[name] for name in refs}, progress=progress)
+    text = canonical_json(run.document)
     if out_file:
         try:
             Path(out_file).write_text(text, encoding="utf-8")
@@ -193,10 +193,10 @@ def verify(ctx: click.Context, file: str, rpc_url: str | None, as_json: bool) ->
         raise click.BadParameter(f"{file} is not a credit profile export", param_hint="FILE")
     config = state(ctx).config
     chain = connect(config, rpc_url)
-    abis = {name: load_artifact(config, name)["abi"] for name in claimed["contracts"] if name in ops.CONTRACTS}
+    abis = {name: load_artifact(config, name)["abi"] for name in claimed["contracts"] if name in CONTRACTS}
     try:
-        run = ops.verify_document(chain.w3, claimed, abis, progress)
-    except ops.ProfileMismatch as exc:
+        run = verify_document(chain.w3, claimed, abis, progress)
+    except ProfileMismatch as exc:
         # Plain echo, not rich: the sentence must stay on one line for scripts that grep it.
         if as_json:
             emit({"verified": False, "difference": str(exc)}, True)

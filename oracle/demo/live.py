@@ -2,7 +2,8 @@
 
 Two read-only sources: the oracle's SQLite store (received, waiting, settled, rejected by reason, latency from
 receipt to settlement) opened with ``mode=ro`` so it never takes a write lock, and the chain itself (payments
-made, amounts, gas per settled event) so the summary does not just repeat what the oracle believes.
+made, amounts, gas per settled event, each insured vehicle's premiums and behaviour factors) so the summary does
+not just repeat what the oracle believes.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from typing import Any
 from eth_abi import decode as abi_decode
 from eth_hash.auto import keccak
 
-from iotsettle.oracle.protocol.errors import ChainError
 from iotsettle.oracle.chain.logs import LOG_CHUNK_BLOCKS
+from iotsettle.oracle.chain.revert import reason_label
+from iotsettle.oracle.demo.provision import ProvisionedFleet
+from iotsettle.oracle.ops import insurance
 from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.protocol.errors import ChainError
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +223,6 @@ def chain_summary(ctx: OpsContext, from_block: int) -> ChainSummary:
     deliveries = settlement_logs(ctx, "DeliveryEscrow", ("DeliveryConfirmed", "DeliveryRejected"), from_block)
     telematics = settlement_logs(ctx, "MotorInsurance", ("PremiumCharged", "TelematicsRejected"), from_block)
     weather = settlement_logs(ctx, "CropInsurance", ("ObservationRecorded", "ObservationRejected"), from_block)
-    from iotsettle.oracle.chain.revert import reason_label
 
     def rejected(entries: list[RawEvent], event: str) -> dict[str, int]:
         return dict(Counter(reason_label(int(e.args["reason"])) for e in entries if e.event == event))
@@ -243,3 +246,34 @@ def chain_summary(ctx: OpsContext, from_block: int) -> ChainSummary:
         observations_recorded=sum(1 for e in weather if e.event == "ObservationRecorded"),
         observations_rejected=rejected(weather, "ObservationRejected"),
     )
+
+
+# ------------------------------------------------------------------------------------------------ motor figures
+
+
+def motor_summary(ctx: OpsContext, provisioned: ProvisionedFleet, from_block: int) -> list[dict[str, Any]]:
+    """Per insured vehicle: style, distance, harsh braking and speeding counted, premiums charged and the factors
+    the contract applied (from its PremiumCharged events), reports refused by reason, the policy's standing."""
+    logs = settlement_logs(ctx, insurance.CONTRACT, ("PremiumCharged", "TelematicsRejected"), from_block)
+    out = []
+    for name, policy_id in provisioned.policies.items():
+        entries = [e for e in logs if e.topic1 == policy_id]
+        charged = [e.args for e in entries if e.event == "PremiumCharged"]
+        rejected = Counter(reason_label(int(e.args["reason"])) for e in entries if e.event == "TelematicsRejected")
+        factors = [int(a["factorBps"]) for a in charged if int(a["metres"]) > 0]
+        view = insurance.policy_of(ctx, policy_id)
+        metres = sum(int(a["metres"]) for a in charged)
+        harsh = sum(int(a["harshBraking"]) for a in charged)
+        speeding = sum(int(a["speeding"]) for a in charged)
+        amount = sum(int(a["amount"]) for a in charged)
+        out.append({
+            "vehicle": name, "policyId": str(policy_id), "style": provisioned.styles.get(name, ""),
+            "reports": len(charged), "metres": metres, "harshBraking": harsh, "speeding": speeding,
+            "charged": str(amount),
+            "factorMin": min(factors) if factors else None, "factorMax": max(factors) if factors else None,
+            "effectiveFactorBps": (amount * insurance.METRES_PER_KM * 10_000 // (metres * view.rate_per_km)
+                                   if metres and view.rate_per_km else None),
+            "lastFactorBps": view.last_factor_bps, "rejected": dict(rejected), "status": view.status,
+            "prepaidLeft": str(view.prepaid),
+        })
+    return out

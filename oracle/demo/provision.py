@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -495,40 +494,6 @@ def close_season(ctx: OpsContext, setup: CropSetup, caller: LocalAccount, *, kee
         "keeper": keeper,
         "fallback": fallback,
     }
-
-
-# ------------------------------------------------------------------------------------------------ motor figures
-
-
-def motor_summary(ctx: OpsContext, provisioned: ProvisionedFleet, from_block: int) -> list[dict[str, Any]]:
-    """Per insured vehicle: style, distance, harsh braking and speeding counted, premiums charged and the factors
-    the contract applied (from its PremiumCharged events), reports refused by reason, the policy's standing."""
-    from iotsettle.oracle.chain.revert import reason_label
-    from iotsettle.oracle.demo.live import settlement_logs
-
-    logs = settlement_logs(ctx, insurance.CONTRACT, ("PremiumCharged", "TelematicsRejected"), from_block)
-    out = []
-    for name, policy_id in provisioned.policies.items():
-        entries = [e for e in logs if e.topic1 == policy_id]
-        charged = [e.args for e in entries if e.event == "PremiumCharged"]
-        rejected = Counter(reason_label(int(e.args["reason"])) for e in entries if e.event == "TelematicsRejected")
-        factors = [int(a["factorBps"]) for a in charged if int(a["metres"]) > 0]
-        view = insurance.policy_of(ctx, policy_id)
-        metres = sum(int(a["metres"]) for a in charged)
-        harsh = sum(int(a["harshBraking"]) for a in charged)
-        speeding = sum(int(a["speeding"]) for a in charged)
-        amount = sum(int(a["amount"]) for a in charged)
-        out.append({
-            "vehicle": name, "policyId": str(policy_id), "style": provisioned.styles.get(name, ""),
-            "reports": len(charged), "metres": metres, "harshBraking": harsh, "speeding": speeding,
-            "charged": str(amount),
-            "factorMin": min(factors) if factors else None, "factorMax": max(factors) if factors else None,
-            "effectiveFactorBps": (amount * insurance.METRES_PER_KM * 10_000 // (metres * view.rate_per_km)
-                                   if metres and view.rate_per_km else None),
-            "lastFactorBps": view.last_factor_bps, "rejected": dict(rejected), "status": view.status,
-            "prepaidLeft": str(view.prepaid),
-        })
-    return out
 
 
 def check_chain_time(ctx: OpsContext, slack: int = 30) -> None:

@@ -11,7 +11,10 @@ import pytest
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.protocol.location import location_bytes32
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
-from iotsettle.oracle.credit import profile as ops
+from iotsettle.oracle.credit import scan
+from iotsettle.oracle.credit.derive import ChainLog, ChainPoint, Profile, checksum, derive
+from iotsettle.oracle.credit.document import PROFILE_VERSION, build, canonical_json
+from iotsettle.oracle.credit.scan import CONTRACTS, chain_point, contract_refs
 
 from tests.cli_support import Cli, chain_now, delivery, reading, register_device
 
@@ -82,8 +85,8 @@ def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_pa
     assert json.loads(first.read_text()) == doc
 
     # small chunks and one id per query (as a strict provider would force) read the same logs, with progress
-    monkeypatch.setattr(ops, "LOG_CHUNK_BLOCKS", 4)
-    monkeypatch.setattr(ops, "IDS_PER_QUERY", 1)
+    monkeypatch.setattr(scan, "LOG_CHUNK_BLOCKS", 4)
+    monkeypatch.setattr(scan, "IDS_PER_QUERY", 1)
     chunked = cli.run(["credit", "profile", subject.address, "--to-block", str(block), "--json"])
     assert chunked.exit_code == 0 and chunked.stdout == first.read_text()
     assert "MeteredBilling AgreementOffered: blocks" in chunked.stderr
@@ -92,13 +95,13 @@ def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_pa
     # a provider that refuses spans of more than 3 blocks (as public ones cap eth_getLogs) gets the range in halves
     capped = _CappedNode(w3.provider, max_span=3)
     manifest = deployment.manifest["contracts"]
-    refs = ops.contract_refs(w3, {n: (manifest[n]["address"], manifest[n]["block"], manifest[n]["txHash"])
-                                  for n in ops.CONTRACTS}, block)
+    refs = contract_refs(w3, {n: (manifest[n]["address"], manifest[n]["block"], manifest[n]["txHash"])
+                              for n in CONTRACTS}, block)
     abis = {n: load_artifact(deployment.config, n)["abi"] for n in refs}
-    run = ops.build(SimpleNamespace(provider=capped), subject.address, ops.chain_point(w3, block), refs, abis)
-    assert ops.canonical_json(run.document) == first.read_text() and capped.refused > 0
+    run = build(SimpleNamespace(provider=capped), subject.address, chain_point(w3, block), refs, abis)
+    assert canonical_json(run.document) == first.read_text() and capped.refused > 0
 
-    assert (doc["profileVersion"], doc["subject"]) == (ops.PROFILE_VERSION, subject.address)
+    assert (doc["profileVersion"], doc["subject"]) == (PROFILE_VERSION, subject.address)
     assert doc["chain"] == {"chainId": w3.eth.chain_id, "genesisHash": w3.eth.get_block(0)["hash"].to_0x_hex()}
     assert doc["range"]["toBlock"] == block and doc["range"]["toBlockHash"] == w3.eth.get_block(block)["hash"].to_0x_hex()
     assert doc["contracts"]["MeteredBilling"]["address"] == deployment.address("MeteredBilling")
@@ -294,20 +297,20 @@ TOKEN_ADDRESS = "0x" + "7" * 40
 VEHICLE = "0x" + "8" * 40
 
 
-def _log(block: int, index: int, contract: str, event: str, **args) -> ops.ChainLog:
-    return ops.ChainLog(block, index, f"0x{block:064x}", contract, event, args)  # one transaction per block
+def _log(block: int, index: int, contract: str, event: str, **args) -> ChainLog:
+    return ChainLog(block, index, f"0x{block:064x}", contract, event, args)  # one transaction per block
 
 
-def _derive(logs: list[ops.ChainLog], end_time: int) -> ops.Profile:
+def _derive(logs: list[ChainLog], end_time: int) -> Profile:
     from eth_utils import to_checksum_address
 
     def fix(value):
         return to_checksum_address(value) if isinstance(value, str) and len(value) == 42 else value
 
-    logs = [ops.ChainLog(e.block, e.log_index, e.tx_hash, e.contract, e.event, {k: fix(v) for k, v in e.args.items()})
+    logs = [ChainLog(e.block, e.log_index, e.tx_hash, e.contract, e.event, {k: fix(v) for k, v in e.args.items()})
             for e in logs]
     times = {e.block: e.block * 100 for e in logs}  # block n was mined at time 100·n
-    return ops.derive(SUBJECT, logs, times, ops.ChainPoint(31337, "0x00", 99, "0x01", end_time))
+    return derive(SUBJECT, logs, times, ChainPoint(31337, "0x00", 99, "0x01", end_time))
 
 
 def test_loans_repaid_by_due_date_late_and_overdue() -> None:
@@ -331,7 +334,7 @@ def test_loans_repaid_by_due_date_late_and_overdue() -> None:
     ]
     profile = _derive(logs, end_time=2_000)
     v = profile.values
-    token = ops._checksum(TOKEN_ADDRESS)
+    token = checksum(TOKEN_ADDRESS)
     assert (v["loans.offered"], v["loans.taken"], v["loans.cancelled"]) == (4, 3, 1)
     # loan 1 repaid at t=900 ≤ 1000; loan 5 at t=1600 > 1400 (late); loan 2 owes 100 past its due date
     assert (v["loans.fullyRepaid"], v["loans.repaidByDueBy"], v["loans.repaidLate"], v["loans.overdue"]) == (2, 1, 1, 1)
@@ -363,12 +366,12 @@ def test_motor_premiums_paid_on_time_lapse_and_reinstatement() -> None:
     ]
     profile = _derive(logs, end_time=1_000)
     v = profile.values
-    token = ops._checksum(TOKEN_ADDRESS)
+    token = checksum(TOKEN_ADDRESS)
     assert (v["motor.reports"], v["motor.reportsPaidOnTime"], v["motor.paidOnTimeBps"]) == (2, 1, 5_000)
     assert (v["motor.lapses"], v["motor.reinstatements"], v["motor.lapsedNow"]) == (1, 1, 0)
     assert v["motor.lapsedSeconds"] == 300 and v["motor.longestLapseSeconds"] == 300  # blocks 5 → 8
     assert (v[f"motor.premiums.{token}"], v[f"motor.deposited.{token}"], v["motor.metres"]) == (18, 25, 20_000)
-    vehicle = ops._checksum(VEHICLE)
+    vehicle = checksum(VEHICLE)
     assert v[f"devices.items.{vehicle}.settled.metres"] == 20_000
     # young device: hours 0..9 (registration at t=100, end at t=1000 → bucket 0 only); both reports in it
     assert (v[f"devices.items.{vehicle}.uptime.bucket"], v[f"devices.items.{vehicle}.uptime.active"]) == ("hour", 1)
