@@ -36,7 +36,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from iotsettle.cli._common import emit, err_console, json_option, progress, state
+from iotsettle.cli._common import emit, err_console, progress, state
+from iotsettle.cli._params import json_option
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, connect
 from iotsettle.oracle.chain.compiler import ensure_compiled
 from iotsettle.oracle.config import Config

@@ -13,7 +13,8 @@ import click
 from eth_hash.auto import keccak
 from rich.table import Table
 
-from iotsettle.cli._common import emit, json_option, progress, state
+from iotsettle.cli._common import progress, state
+from iotsettle.cli._params import CommandContext, rpc_url_option, with_context
 from iotsettle.oracle.chain.connection import connect, load_sender, send
 from iotsettle.oracle.chain.deploy import contract, load_manifest
 from iotsettle.oracle.device.fleet import FaultClass, Fleet, contracts_from_manifest, kind_from_name, kind_name, load_fleet
@@ -67,8 +68,8 @@ def device() -> None:
 @click.option("--kind", type=click.Choice(KIND_CHOICES), help="Device kind, remembered in the keystore for `register`.")
 @password_file_option
 @click.option("--light-kdf", is_flag=True, help="Fast key derivation: throw-away test and demo keys only.")
-@json_option
-def keygen(out_dir: str, kind: str | None, password_file: str | None, light_kdf: bool, as_json: bool) -> None:
+@with_context()
+def keygen(cmd: CommandContext, out_dir: str, kind: str | None, password_file: str | None, light_kdf: bool) -> None:
     """Create a device key in a new keystore file (mode 0600) and print its address.
 
     The password comes from IOTSETTLE_DEVICE_PASSWORD or --password-file, never from a flag. An existing
@@ -83,8 +84,8 @@ def keygen(out_dir: str, kind: str | None, password_file: str | None, light_kdf:
         iterations=1024 if light_kdf else None,
     )
     data = {"address": key.address, "keyFile": str(key.path), "kind": kind, "clientId": key.client_id}
-    if as_json:
-        emit(data, True)
+    if cmd.as_json:
+        cmd.emit(data)
     else:
         click.echo(key.address)
         progress(f"keystore written to {key.path} (MQTT client id {key.client_id})")
@@ -101,12 +102,11 @@ def keygen(out_dir: str, kind: str | None, password_file: str | None, light_kdf:
 @click.option("--metadata", help="Free text (serial number, model, site) whose keccak256 is stored on-chain.")
 @click.option("--valid-for", type=click.IntRange(60, 7 * 86_400), default=3_600, show_default=True,
               help="Seconds the device's registration signature stays valid.")
-@click.option("--rpc-url", envvar="IOTSETTLE_CHAIN_RPC_URL", help="JSON-RPC endpoint (default from the configuration).")
+@rpc_url_option("JSON-RPC endpoint (default from the configuration).")
 @password_file_option
-@json_option
-@click.pass_context
+@with_context()
 def register(
-    ctx: click.Context,
+    cmd: CommandContext,
     key_file: str,
     kind: str | None,
     owner_key: str | None,
@@ -114,14 +114,13 @@ def register(
     valid_for: int,
     rpc_url: str | None,
     password_file: str | None,
-    as_json: bool,
 ) -> None:
     """Register a device in the DeviceRegistry, owned by the sending account.
 
     The device key signs the EIP-712 Registration (its consent to this owner), the owner account sends
     `register`. The registry checks the signature itself.
     """
-    config = state(ctx).config
+    config = cmd.config
     device_key = load_keystore(key_file, resolve_password(password_file))
     device_kind = kind_from_name(kind) if kind else device_key.kind
     if device_kind is None:
@@ -149,7 +148,7 @@ def register(
     existing = registry.functions.deviceOf(device_key.address).call()
     if existing[0] != "0x" + "00" * 20:
         raise ChainError(f"device {device_key.address} is already registered (owner {existing[0]})")
-    if not as_json:
+    if not cmd.as_json:
         progress(f"registering {device_key.address} as {kind_name(device_kind)} to {owner.address} on chain {chain.chain_id}")
     data_field = registry.encode_abi("register", args=[device_key.address, int(device_kind), metadata_hash, deadline, signature])
     receipt = send(chain, owner, {"to": registry.address, "data": data_field})
@@ -163,7 +162,7 @@ def register(
         "tx": "0x" + bytes(receipt["transactionHash"]).hex(),
         "block": receipt["blockNumber"],
     }
-    emit(data, as_json, f"registered [bold]{device_key.address}[/bold] ({data['kind']}) to {owner.address} in block {data['block']}")
+    cmd.emit(data, f"registered [bold]{device_key.address}[/bold] ({data['kind']}) to {owner.address} in block {data['block']}")
 
 
 def _fleet_contracts(ctx: click.Context, fleet: Fleet) -> Contracts:
@@ -200,10 +199,9 @@ def _fleet_contracts(ctx: click.Context, fleet: Fleet) -> Contracts:
               help="Print the payloads as JSON lines on stdout instead of publishing (sequence numbers from 1, "
                    "nothing persisted).")
 @password_file_option
-@json_option
-@click.pass_context
+@with_context()
 def simulate(
-    ctx: click.Context,
+    cmd: CommandContext,
     fleet_file: str,
     rate: float,
     duration: float,
@@ -219,7 +217,6 @@ def simulate(
     reply_wait: float,
     dry_run: bool,
     password_file: str | None,
-    as_json: bool,
 ) -> None:
     """Run a fleet of simulated devices that sign events and publish them over MQTT.
 
@@ -234,7 +231,7 @@ def simulate(
       iotsettle device simulate --fleet fleet.json --weather drought --faults hostile,behaviour_rollback --json
     """
     fleet = load_fleet(fleet_file, password_file=password_file)
-    contracts = _fleet_contracts(ctx, fleet)
+    contracts = _fleet_contracts(cmd.click, fleet)
     if dry_run:
         plan = plan_events(fleet, contracts, rate=rate, duration=duration, seed=seed, start_time=start_time,
                            faults=faults, fault_count=fault_count, counters="memory", weather=weather)
@@ -248,7 +245,7 @@ def simulate(
             count += 1
         progress(f"{count} payloads planned ({len(plan.injected)} faults)")
         return
-    mqtt = state(ctx).config.mqtt
+    mqtt = cmd.config.mqtt
     host = broker_host or mqtt.host
     port = broker_port or mqtt.port
     broker = BrokerSettings(
@@ -260,7 +257,7 @@ def simulate(
         password=mqtt.password or None,
         clean_session=True,
     )
-    if not as_json:
+    if not cmd.as_json:
         progress(f"simulating {len(fleet.devices)} devices ({_kinds(fleet)}) at {rate:g} events/s for {duration:g} s "
                  f"→ mqtt://{host}:{port}")
 
@@ -275,8 +272,8 @@ def simulate(
         reply_wait=reply_wait, progress=show, announce=progress, weather=weather,
     )
     summary = result.as_dict()
-    if as_json:
-        emit(summary, True)
+    if cmd.as_json:
+        cmd.emit(summary)
         if result.unacknowledged:
             sys.exit(1)
         return
@@ -291,7 +288,7 @@ def simulate(
         ("oracle replies", ", ".join(f"{k} {v}" for k, v in sorted(result.replies.items())) or "none"),
     ):
         table.add_row(label, str(value))
-    emit(summary, False, table)
+    cmd.emit(summary, table)
     if result.unacknowledged:
         sys.exit(1)
 
