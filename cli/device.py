@@ -1,4 +1,5 @@
-"""`iotsettle device keygen | register | simulate`: device keys, on-chain registration, the fleet simulator."""
+"""`iotsettle device ...`: device keys, on-chain registration and the fleet simulator (keygen, register, simulate),
+and the owners' view of their devices in the DeviceRegistry (list, show, rotate, revoke)."""
 
 from __future__ import annotations
 
@@ -13,19 +14,23 @@ import click
 from eth_hash.auto import keccak
 from rich.table import Table
 
-from iotsettle.cli._common import progress, state
-from iotsettle.cli._params import CommandContext, rpc_url_option, with_context
+from iotsettle.cli._common import progress
+from iotsettle.cli._params import ADDRESS, CommandContext, rpc_url_option, short, when, with_context
 from iotsettle.oracle.chain.connection import connect, load_sender, send
 from iotsettle.oracle.chain.deploy import contract, load_manifest
+from iotsettle.oracle.config import Config
 from iotsettle.oracle.device.fleet import FaultClass, Fleet, contracts_from_manifest, kind_from_name, kind_name, load_fleet
-from iotsettle.oracle.device.keys import create_keystore, load_keystore, resolve_password
+from iotsettle.oracle.device.keys import DeviceKey, create_keystore, load_keystore, resolve_password
 from iotsettle.oracle.device.publisher import BrokerSettings
 from iotsettle.oracle.device.signer import Contracts, sign_registration
 from iotsettle.oracle.device.simulator import ProgressReport, WeatherScenario, plan_events, run_simulation
 from iotsettle.oracle.protocol.eip712 import DeviceKind
-from iotsettle.oracle.protocol.errors import ChainError, ConfigError, ProtocolError
+from iotsettle.oracle.protocol.errors import ChainError, ConfigError, KeyFileError, ProtocolError
+from iotsettle.oracle.ops import audit, billing, escrow
+from iotsettle.oracle.ops import registry as ops
 
 KIND_CHOICES = [kind.name.lower() for kind in DeviceKind]
+KINDS = ["meter", "tracker", "vehicle", "weather station"]
 
 password_file_option = click.option(
     "--password-file",
@@ -165,10 +170,10 @@ def register(
     cmd.emit(data, f"registered [bold]{device_key.address}[/bold] ({data['kind']}) to {owner.address} in block {data['block']}")
 
 
-def _fleet_contracts(ctx: click.Context, fleet: Fleet) -> Contracts:
+def _fleet_contracts(config: Config, fleet: Fleet) -> Contracts:
     if fleet.contracts is not None:
         return fleet.contracts
-    return contracts_from_manifest(load_manifest(state(ctx).config, fleet.chain_id))
+    return contracts_from_manifest(load_manifest(config, fleet.chain_id))
 
 
 @device.command("simulate")
@@ -231,7 +236,7 @@ def simulate(
       iotsettle device simulate --fleet fleet.json --weather drought --faults hostile,behaviour_rollback --json
     """
     fleet = load_fleet(fleet_file, password_file=password_file)
-    contracts = _fleet_contracts(cmd.click, fleet)
+    contracts = _fleet_contracts(cmd.config, fleet)
     if dry_run:
         plan = plan_events(fleet, contracts, rate=rate, duration=duration, seed=seed, start_time=start_time,
                            faults=faults, fault_count=fault_count, counters="memory", weather=weather)
@@ -295,3 +300,106 @@ def simulate(
 
 def _kinds(fleet: Fleet) -> str:
     return ", ".join(f"{count} {name}" for name, count in fleet.by_kind().items() if count)
+
+
+@device.command("list")
+@click.option("--owner", type=ADDRESS, default=None, help="Only devices registered by this owner.")
+@click.option("--kind", type=click.Choice(KINDS), default=None, help="Only devices of this kind.")
+@with_context(rpc=True)
+def list_cmd(cmd: CommandContext, owner: str | None, kind: str | None) -> None:
+    """List registered devices (from the registry's DeviceRegistered events) with kind, status and current key.
+
+    \b
+    Example:
+      iotsettle device list --owner 0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 --kind meter
+    """
+    views = ops.list_devices(cmd.ops, owner=owner, kind=kind)
+    table = Table("device", "kind", "status", "owner", "current key", "rotations", "registered (UTC)",
+                  title=f"{len(views)} devices")
+    for v in views:
+        table.add_row(v.device, v.kind, v.status, short(v.owner), short(v.key), str(v.rotations),
+                      when(v.registered_at)[:16])
+    cmd.emit([v.as_dict() for v in views], table)
+
+
+@device.command("show")
+@click.argument("device_id", type=ADDRESS)
+@with_context(rpc=True)
+def show(cmd: CommandContext, device_id: str) -> None:
+    """One device: owner, kind, status, current key, and the agreements and escrows that name it.
+
+    \b
+    Example:
+      iotsettle device show 0xE7Bdb680F38e39652AdAE124F801EAF18557B714
+    """
+    view = ops.device_of(cmd.ops, device_id)
+    agreements, escrows, _tokens = audit.device_targets(cmd.ops, view.device)
+    data = {**view.as_dict(), "agreements": [str(a) for a in agreements], "escrows": escrows}
+    table = Table(show_header=False, title=f"device {view.device}")
+    for key, value in [("kind", view.kind), ("status", view.status), ("owner", view.owner), ("current key", view.key),
+                       ("rotations", str(view.rotations)), ("registered", when(view.registered_at)),
+                       ("metadata hash", view.metadata_hash)]:
+        table.add_row(key, value)
+    for agreement_id in agreements:
+        a = billing.agreement_of(cmd.ops, agreement_id)
+        table.add_row("agreement", f"{hex(agreement_id)} ({a.status}, register {a.last_value})")
+    for escrow_id in escrows:
+        table.add_row("escrow", f"{escrow_id} ({escrow.escrow_of(cmd.ops, escrow_id).state})")
+    cmd.emit(data, table)
+
+
+def _new_key(keystore: str | None, key_env: str | None, password_file: str | None) -> DeviceKey:
+    if (keystore is None) == (key_env is None):
+        raise click.UsageError("give exactly one of --new-keystore or --new-key-env")
+    if keystore is not None:
+        return load_keystore(keystore, resolve_password(password_file))
+    assert key_env is not None
+    value = os.environ.get(key_env, "")
+    if not value:
+        raise KeyFileError(f"the environment variable {key_env} is empty or not set")
+    return DeviceKey.from_private_key(value)
+
+
+@device.command("rotate")
+@click.argument("device_id", type=ADDRESS)
+@click.option("--new-keystore", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Keystore of the new key (`iotsettle device keygen` makes one); it signs its consent.")
+@click.option("--new-key-env", metavar="NAME", default=None, help="Or: environment variable holding the new hex key.")
+@password_file_option
+@with_context(sender=True)
+def rotate(cmd: CommandContext, device_id: str, new_keystore: str | None, new_key_env: str | None,
+           password_file: str | None) -> None:
+    """Owner: move a device to a new signing key; the old key's signatures stop settling at once.
+
+    The device id (its first key's address) stays, so agreements and escrows keep working with the new key.
+    Keys are single-use: a key that was ever registered or rotated in cannot be used again.
+
+    \b
+    Example:
+      iotsettle device keygen --out keys/ --kind meter            # on the device
+      iotsettle device rotate 0xDEVICE --new-keystore keys/0xNEW.json
+    """
+    key = _new_key(new_keystore, new_key_env, password_file)
+    before = ops.device_of(cmd.ops, device_id)
+    result = ops.rotate(cmd.ops, device_id, key)
+    cmd.emit({"device": before.device, "oldKey": before.key, "newKey": key.address, "tx": result.tx_hash,
+              "block": result.block},
+             f"device {before.device}: key {before.key} → {key.address} (tx {result.tx_hash})")
+
+
+@device.command("revoke")
+@click.argument("device_id", type=ADDRESS)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_context(sender=True)
+def revoke(cmd: CommandContext, device_id: str, yes: bool) -> None:
+    """Owner: revoke a device for good (a stolen or broken device); nothing it signs settles any more.
+
+    \b
+    Example:
+      iotsettle device revoke 0xE7Bdb680F38e39652AdAE124F801EAF18557B714 --yes
+    """
+    if not yes:
+        click.confirm(f"Revoke device {device_id} for good?", abort=True)
+    result = ops.revoke(cmd.ops, device_id)
+    cmd.emit({"device": device_id, "tx": result.tx_hash, "block": result.block},
+             f"device {device_id} revoked (tx {result.tx_hash})")

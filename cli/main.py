@@ -17,7 +17,7 @@ from iotsettle.cli.agreement import agreement
 from iotsettle.cli.token import token
 from iotsettle.cli.balances import balances
 from iotsettle.cli.audit import audit
-from iotsettle.cli.device_admin import device
+from iotsettle.cli.device import device
 from iotsettle.cli.credit import credit
 from iotsettle.cli.policy import policy
 from iotsettle.cli.crop import crop
