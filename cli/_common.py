@@ -1,4 +1,6 @@
-"""What every command shares: the loaded config in ``ctx.obj``, one-line errors, JSON or rich output."""
+"""What the root group and every command share: the loaded config in ``ctx.obj``, one-line errors, JSON or rich
+output. Cheap to import (no web3): the root group loads it for `iotsettle --help`; the command options are in
+``iotsettle.cli._params``."""
 
 from __future__ import annotations
 
@@ -54,5 +56,3 @@ def progress(message: str) -> None:
     """A progress line for people, on stderr so stdout stays clean for --json."""
     err_console.print(f"[dim]•[/dim] {message}")
 
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")

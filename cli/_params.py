@@ -1,7 +1,9 @@
-"""What the contract-operation commands share: parameter types that fail in one line, sender and RPC options."""
+"""What the contract-operation commands share: parameter types that fail in one line, and the one decorator that
+adds the shared options (sender, RPC endpoint, --json) and hands a command its ready context."""
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from collections.abc import Callable
@@ -11,7 +13,8 @@ from typing import Any, TypeVar
 import click
 from eth_utils import is_address, is_checksum_address, to_checksum_address
 
-from iotsettle.cli._common import state
+from iotsettle.cli._common import emit, state
+from iotsettle.oracle.config import Config
 from iotsettle.oracle.protocol.errors import IotSettleError
 from iotsettle.oracle.ops.amounts import Amount, parse_amount
 from iotsettle.oracle.ops.context import OpsContext, SenderChoice, open_context
@@ -132,31 +135,92 @@ DURATION = DurationType()
 ID = IdType()
 
 
-def rpc_option(func: F) -> F:
-    return click.option("--rpc-url", envvar="IOTSETTLE_CHAIN_RPC_URL",
-                        help="RPC endpoint (default from config: [chain] rpc_url).")(func)
+RPC_URL_HELP = "RPC endpoint (default from config: [chain] rpc_url)."
 
 
-def sender_options(func: F) -> F:
-    """Who signs: by default the configured key ([chain] keystore / IOTSETTLE_CHAIN_PRIVATE_KEY / anvil account 0)."""
-    func = click.option("--dev-account", type=click.IntRange(0, 4), default=None,
-                        help="Send from anvil development account N (0-4; local chains only).")(func)
-    func = click.option("--from-key-env", metavar="NAME", default=None,
-                        help="Send with the hex private key held in environment variable NAME.")(func)
-    return func
+def rpc_url_option(help: str = RPC_URL_HELP) -> Callable[[F], F]:
+    return click.option("--rpc-url", envvar="IOTSETTLE_CHAIN_RPC_URL", help=help)
 
 
-def ops_context(ctx: click.Context, rpc_url: str | None, *, from_key_env: str | None = None,
-                dev_account: int | None = None, send: bool = True) -> OpsContext:
-    choice = SenderChoice(from_key_env, dev_account) if send else None
-    return open_context(state(ctx).config, rpc_url, sender=choice)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+_from_key_env_option = click.option("--from-key-env", metavar="NAME", default=None,
+                                    help="Send with the hex private key held in environment variable NAME.")
+_dev_account_option = click.option("--dev-account", type=click.IntRange(0, 4), default=None,
+                                   help="Send from anvil development account N (0-4; local chains only).")
 
 
-def chain_time(ops: OpsContext, spec: tuple[str, int]) -> int:
-    kind, seconds = spec
-    if kind == "absolute":
-        return seconds
-    return int(ops.w3.eth.get_block("latest")["timestamp"]) + seconds
+class CommandContext:
+    """What a command gets from ``with_context``: the configuration, the chain (opened on first use), --json."""
+
+    def __init__(self, click_ctx: click.Context, *, as_json: bool, rpc_url: str | None,
+                 sender: SenderChoice | None) -> None:
+        self.click = click_ctx
+        self.as_json = as_json
+        self.rpc_url = rpc_url
+        self._sender = sender
+        self._ops: OpsContext | None = None
+
+    @property
+    def config(self) -> Config:
+        return state(self.click).config
+
+    @property
+    def ops(self) -> OpsContext:
+        """The deployment on the chain, with the chosen sender on sending commands. Opened on first use, so a
+        command checks its own arguments (files, keys) before it reaches the chain."""
+        if self._ops is None:
+            self._ops = open_context(self.config, self.rpc_url, sender=self._sender)
+        return self._ops
+
+    @property
+    def default_sender(self) -> bool:
+        """True when neither --from-key-env nor --dev-account was given: the configured key signs."""
+        return self._sender == SenderChoice()
+
+    def emit(self, data: Any, human: Any = None) -> None:
+        """``data`` as JSON with --json, else ``human`` (rich markup or a table) for people."""
+        emit(data, self.as_json, human)
+
+    def chain_time(self, spec: tuple[str, int]) -> int:
+        """A DEADLINE value as a unix time: relative ones count from the latest block."""
+        kind, seconds = spec
+        if kind == "absolute":
+            return seconds
+        return int(self.ops.w3.eth.get_block("latest")["timestamp"]) + seconds
+
+
+def with_context(*, sender: bool = False, rpc: bool = False,
+                 json_output: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add the options commands share and pass a ``CommandContext`` as the command's first argument.
+
+    ``sender=True`` adds --from-key-env and --dev-account (who signs: by default the configured key, [chain]
+    keystore / IOTSETTLE_CHAIN_PRIVATE_KEY / anvil account 0) and implies ``rpc``; ``rpc=True`` adds --rpc-url;
+    ``json_output`` adds --json. Put it directly above the ``def``: the shared options then follow the command's
+    own in --help, in that order.
+    """
+    rpc = rpc or sender
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            # Take only the options added here: a command may have an option of the same name of its own.
+            as_json = kwargs.pop("as_json") if json_output else False
+            rpc_url = kwargs.pop("rpc_url") if rpc else None
+            choice = SenderChoice(kwargs.pop("from_key_env"), kwargs.pop("dev_account")) if sender else None
+            cmd = CommandContext(click.get_current_context(), as_json=as_json, rpc_url=rpc_url, sender=choice)
+            return func(cmd, *args, **kwargs)
+
+        # click lists options in the reverse order of their application: the last applied comes first.
+        wrapped: Callable[..., Any] = command
+        if json_output:
+            wrapped = json_option(wrapped)
+        if rpc:
+            wrapped = rpc_url_option()(wrapped)
+        if sender:
+            wrapped = _from_key_env_option(_dev_account_option(wrapped))
+        return wrapped
+
+    return decorate
 
 
 def read_payloads(source: str) -> str:

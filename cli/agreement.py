@@ -7,9 +7,9 @@ from collections.abc import Callable
 import click
 from rich.table import Table
 
-from iotsettle.cli._common import IotSettleGroup, emit, json_option
-from iotsettle.cli._params import (ADDRESS, AMOUNT, DURATION, ID, TOKEN, ops_context, read_payloads, rpc_option, sender_options,
-                         short, short_id, when)
+from iotsettle.cli._common import IotSettleGroup, emit
+from iotsettle.cli._params import (ADDRESS, AMOUNT, DURATION, ID, TOKEN, CommandContext, read_payloads, short, short_id,
+                                   when, with_context)
 from iotsettle.oracle.protocol.errors import ChainError
 from iotsettle.oracle.ops import billing as ops
 from iotsettle.oracle.ops.amounts import Amount
@@ -46,13 +46,9 @@ def agreement() -> None:
 @click.option("--start-value", type=click.IntRange(0), default=0, show_default=True,
               help="The meter's register now; consumption is counted from here.")
 @click.option("--notice", type=DURATION, default="0", show_default=True, help="Notice period before a close (e.g. 7d).")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def open_cmd(ctx: click.Context, consumer: str, device: str, price: Amount | None, tariff_id: int | None, token: str,
-             start_value: int, notice: int, from_key_env: str | None, dev_account: int | None, rpc_url: str | None,
-             as_json: bool) -> None:
+@with_context(sender=True)
+def open_cmd(cmd: CommandContext, consumer: str, device: str, price: Amount | None, tariff_id: int | None, token: str,
+             start_value: int, notice: int) -> None:
     """Provider: offer CONSUMER an agreement for a meter, at --price per unit or an existing --tariff.
 
     The consumer then accepts it with a deposit (`agreement accept`).
@@ -64,19 +60,18 @@ def open_cmd(ctx: click.Context, consumer: str, device: str, price: Amount | Non
     """
     if (price is None) == (tariff_id is None):
         raise click.UsageError("give exactly one of --price or --tariff")
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = describe_token(ops_ctx, token)
+    info = describe_token(cmd.ops, token)
     tariff_tx = None
     if price is not None:
-        tariff_id, tariff_tx = ops.create_flat_tariff(ops_ctx, info.to_base(price))
+        tariff_id, tariff_tx = ops.create_flat_tariff(cmd.ops, info.to_base(price))
     assert tariff_id is not None
-    agreement_id, result = ops.offer(ops_ctx, consumer=consumer, device=device, tariff_id=tariff_id, token=info,
+    agreement_id, result = ops.offer(cmd.ops, consumer=consumer, device=device, tariff_id=tariff_id, token=info,
                                      start_value=start_value, notice_period=notice)
     data = {"agreementId": str(agreement_id), "agreementIdHex": hex(agreement_id), "tariffId": tariff_id,
             "tariffTx": tariff_tx.tx_hash if tariff_tx else None, "tx": result.tx_hash, "block": result.block}
-    emit(data, as_json, f"agreement [bold]{hex(agreement_id)}[/bold] offered to {consumer} with tariff {tariff_id} "
-                        f"(tx {result.tx_hash})\nnext, the consumer: iotsettle agreement accept {hex(agreement_id)} "
-                        "--deposit AMOUNT")
+    cmd.emit(data, f"agreement [bold]{hex(agreement_id)}[/bold] offered to {consumer} with tariff {tariff_id} "
+                   f"(tx {result.tx_hash})\nnext, the consumer: iotsettle agreement accept {hex(agreement_id)} "
+                   "--deposit AMOUNT")
 
 
 @agreement.command()
@@ -85,12 +80,8 @@ def open_cmd(ctx: click.Context, consumer: str, device: str, price: Amount | Non
 @click.option("--expect-start-value", "expected_start", type=click.IntRange(0), default=None,
               help="The meter register you agree billing starts from; refused if the offer names another. "
                    "Without it the offer's start value is accepted and shown.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def accept(ctx: click.Context, agreement_id: int, deposit: Amount, expected_start: int | None,
-           from_key_env: str | None, dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def accept(cmd: CommandContext, agreement_id: int, deposit: Amount, expected_start: int | None) -> None:
     """Consumer: accept an offered agreement and prepay DEPOSIT (ERC-20s are approved first when needed).
 
     The acceptance names the meter's start value it accepts: consumption is billed from there. Read it off your
@@ -100,42 +91,36 @@ def accept(ctx: click.Context, agreement_id: int, deposit: Amount, expected_star
     Example:
       iotsettle agreement accept 0x5fbd…0001 --deposit 50 --expect-start-value 1200 --dev-account 1
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    view = ops.agreement_of(ops_ctx, agreement_id)
-    info = describe_token(ops_ctx, view.token)
+    view = ops.agreement_of(cmd.ops, agreement_id)
+    info = describe_token(cmd.ops, view.token)
     base = info.to_base(deposit)
     start = view.start_value if expected_start is None else expected_start
-    result = ops.accept(ops_ctx, agreement_id, base, start)
-    emit({"agreementId": str(agreement_id), "deposit": str(base), "startValue": start, "tx": result.tx_hash,
-          "block": result.block}, as_json,
-         f"agreement {hex(agreement_id)} active with {info.format(base)} prepaid, billing the meter from register "
-         f"{start} (tx {result.tx_hash})")
+    result = ops.accept(cmd.ops, agreement_id, base, start)
+    cmd.emit({"agreementId": str(agreement_id), "deposit": str(base), "startValue": start, "tx": result.tx_hash,
+              "block": result.block},
+             f"agreement {hex(agreement_id)} active with {info.format(base)} prepaid, billing the meter from register "
+             f"{start} (tx {result.tx_hash})")
 
 
 @agreement.command("top-up")
 @click.argument("agreement_id", type=ID)
 @click.option("--amount", type=AMOUNT, required=True, help="How much to add, e.g. 20.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def top_up(ctx: click.Context, agreement_id: int, amount: Amount, from_key_env: str | None, dev_account: int | None,
-           rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def top_up(cmd: CommandContext, agreement_id: int, amount: Amount) -> None:
     """Add to an agreement's prepaid balance; arrears are paid first and a suspended agreement resumes.
 
     \b
     Example:
       iotsettle agreement top-up 0x5fbd…0001 --amount 20 --dev-account 1
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = describe_token(ops_ctx, ops.agreement_of(ops_ctx, agreement_id).token)
+    info = describe_token(cmd.ops, ops.agreement_of(cmd.ops, agreement_id).token)
     base = info.to_base(amount)
-    result = ops.top_up(ops_ctx, agreement_id, base)
-    view = ops.agreement_of(ops_ctx, agreement_id)
-    emit({"agreementId": str(agreement_id), "amount": str(base), "tx": result.tx_hash, "block": result.block,
-          "agreement": view.as_dict()}, as_json,
-         f"agreement {hex(agreement_id)} topped up by {info.format(base)}: prepaid {info.format(view.prepaid)}, "
-         f"status {view.status} (tx {result.tx_hash})")
+    result = ops.top_up(cmd.ops, agreement_id, base)
+    view = ops.agreement_of(cmd.ops, agreement_id)
+    cmd.emit({"agreementId": str(agreement_id), "amount": str(base), "tx": result.tx_hash, "block": result.block,
+              "agreement": view.as_dict()},
+             f"agreement {hex(agreement_id)} topped up by {info.format(base)}: prepaid {info.format(view.prepaid)}, "
+             f"status {view.status} (tx {result.tx_hash})")
 
 
 def _status_table(view: ops.AgreementView, fmt: Callable[[int], str], grace: int) -> Table:
@@ -158,20 +143,17 @@ def _status_table(view: ops.AgreementView, fmt: Callable[[int], str], grace: int
 
 @agreement.command()
 @click.argument("agreement_id", type=ID)
-@rpc_option
-@json_option
-@click.pass_context
-def status(ctx: click.Context, agreement_id: int, rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def status(cmd: CommandContext, agreement_id: int) -> None:
     """Show one agreement: parties, meter, register, prepaid balance, billed and withdrawable earnings.
 
     \b
     Example:
       iotsettle agreement status 0x5fbd…0001
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    view = ops.agreement_of(ops_ctx, agreement_id)
-    emit(view.as_dict(), as_json,
-         _status_table(view, describe_token(ops_ctx, view.token).format, ops.settlement_grace(ops_ctx)))
+    view = ops.agreement_of(cmd.ops, agreement_id)
+    cmd.emit(view.as_dict(),
+             _status_table(view, describe_token(cmd.ops, view.token).format, ops.settlement_grace(cmd.ops)))
 
 
 @agreement.command("list")
@@ -179,37 +161,29 @@ def status(ctx: click.Context, agreement_id: int, rpc_url: str | None, as_json: 
 @click.option("--device", type=ADDRESS, default=None, help="Only agreements of this meter.")
 @click.option("--status", "status_filter",
               type=click.Choice(["offered", "active", "suspended", "closed", "cancelled"]), default=None)
-@rpc_option
-@json_option
-@click.pass_context
-def list_cmd(ctx: click.Context, party: str | None, device: str | None, status_filter: str | None,
-             rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def list_cmd(cmd: CommandContext, party: str | None, device: str | None, status_filter: str | None) -> None:
     """List agreements of this deployment (from the contract's AgreementOffered events).
 
     \b
     Example:
       iotsettle agreement list --status active
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    views = [v for v in ops.list_agreements(ops_ctx, party=party, device=device)
+    views = [v for v in ops.list_agreements(cmd.ops, party=party, device=device)
              if not status_filter or v.status == status_filter]
     table = Table("id", "status", "provider", "consumer", "meter", "register", "prepaid", "billed",
                   title=f"{len(views)} agreements")
     for v in views:
-        fmt = describe_token(ops_ctx, v.token).format
+        fmt = describe_token(cmd.ops, v.token).format
         table.add_row(short_id(v.agreement_id), v.status, short(v.provider), short(v.consumer), short(v.device),
                       str(v.last_value), fmt(v.prepaid), fmt(v.billed))
-    emit([v.as_dict() for v in views], as_json, table)
+    cmd.emit([v.as_dict() for v in views], table)
 
 
 @agreement.command()
 @click.argument("source", default="-", metavar="[FILE|-]")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def settle(ctx: click.Context, source: str, from_key_env: str | None, dev_account: int | None,
-           rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def settle(cmd: CommandContext, source: str) -> None:
     """Relay meter-signed readings (JSON wire payloads, one per line) from FILE or stdin; the oracle daemon does
     this continuously, this is for manual relaying.
 
@@ -220,41 +194,35 @@ def settle(ctx: click.Context, source: str, from_key_env: str | None, dev_accoun
       iotsettle agreement settle readings.jsonl
     """
     text = read_payloads(source)
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    events = ops.parse_readings(ops_ctx, text)
-    result, outcomes = ops.settle(ops_ctx, events)
+    events = ops.parse_readings(cmd.ops, text)
+    result, outcomes = ops.settle(cmd.ops, events)
     data = {"tx": result.tx_hash, "block": result.block, "gasUsed": result.gas_used,
             "results": [{"agreementId": str(o.agreement_id), "seq": o.seq, "settled": o.settled,
                          "reason": o.reason or None, "amount": str(o.amount)} for o in outcomes]}
     table = Table("agreement", "seq", "result", "billed", title=f"relayed in block {result.block}, gas {result.gas_used:,}")
     for o in outcomes:
-        fmt = describe_token(ops_ctx, ops.agreement_of(ops_ctx, o.agreement_id).token).format
+        fmt = describe_token(cmd.ops, ops.agreement_of(cmd.ops, o.agreement_id).token).format
         table.add_row(short_id(o.agreement_id), str(o.seq), "settled" if o.settled else f"rejected: {o.reason}",
                       fmt(o.amount) if o.settled else "")
-    emit(data, as_json, table)
-    if not as_json:
+    cmd.emit(data, table)
+    if not cmd.as_json:
         emit(None, False, f"tx {result.tx_hash}")
 
 
 @agreement.command()
 @click.argument("agreement_id", type=ID)
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def withdraw(ctx: click.Context, agreement_id: int, from_key_env: str | None, dev_account: int | None,
-             rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def withdraw(cmd: CommandContext, agreement_id: int) -> None:
     """Provider: receive everything billed and not yet withdrawn.
 
     \b
     Example:
       iotsettle agreement withdraw 0x5fbd…0001
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = describe_token(ops_ctx, ops.agreement_of(ops_ctx, agreement_id).token)
-    result, paid = ops.withdraw_earnings(ops_ctx, agreement_id)
-    emit({"agreementId": str(agreement_id), "amount": str(paid), "tx": result.tx_hash, "block": result.block}, as_json,
-         f"provider received {info.format(paid)} from agreement {hex(agreement_id)} (tx {result.tx_hash})")
+    info = describe_token(cmd.ops, ops.agreement_of(cmd.ops, agreement_id).token)
+    result, paid = ops.withdraw_earnings(cmd.ops, agreement_id)
+    cmd.emit({"agreementId": str(agreement_id), "amount": str(paid), "tx": result.tx_hash, "block": result.block},
+             f"provider received {info.format(paid)} from agreement {hex(agreement_id)} (tx {result.tx_hash})")
 
 
 @agreement.command()
@@ -262,12 +230,8 @@ def withdraw(ctx: click.Context, agreement_id: int, from_key_env: str | None, de
 @click.option("--reading", "reading_source", default=None, metavar="FILE",
               help="End now, without the notice, on this fresh signed final reading (a wire payload; - reads "
                    "stdin); the refund follows with `agreement close` after the grace.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def close(ctx: click.Context, agreement_id: int, reading_source: str | None, from_key_env: str | None,
-          dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def close(cmd: CommandContext, agreement_id: int, reading_source: str | None) -> None:
     """Consumer: close the agreement and get the unbilled prepaid balance back.
 
     The first call requests the close: closeAt = now + the notice period. Readings signed by closeAt keep
@@ -281,16 +245,15 @@ def close(ctx: click.Context, agreement_id: int, reading_source: str | None, fro
       iotsettle agreement close 0x5fbd…0001 --dev-account 1
       iotsettle agreement close 0x5fbd…0001 --reading final.json --dev-account 1
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = describe_token(ops_ctx, ops.agreement_of(ops_ctx, agreement_id).token)
+    info = describe_token(cmd.ops, ops.agreement_of(cmd.ops, agreement_id).token)
     if reading_source is not None:
-        events = ops.parse_readings(ops_ctx, read_payloads(reading_source))
+        events = ops.parse_readings(cmd.ops, read_payloads(reading_source))
         if len(events) != 1 or events[0].target_id != agreement_id:
             raise click.BadParameter(f"give exactly one reading of agreement {hex(agreement_id)}",
                                      param_hint="--reading")
-        outcome = ops.close_with_reading(ops_ctx, events[0])
+        outcome = ops.close_with_reading(cmd.ops, events[0])
     else:
-        outcome = ops.close(ops_ctx, agreement_id)
+        outcome = ops.close(cmd.ops, agreement_id)
     data = {"agreementId": str(agreement_id), "closed": outcome.closed, "closeAt": outcome.close_at,
             "closableFrom": outcome.closable_from, "refund": str(outcome.refund),
             "txs": [t.tx_hash for t in outcome.txs]}
@@ -303,48 +266,40 @@ def close(ctx: click.Context, agreement_id: int, reading_source: str | None, fro
     else:
         human = (f"close requested: readings signed until {when(outcome.close_at)} still bill; agreement "
                  f"{hex(agreement_id)} can be closed from {when(outcome.closable_from)}: run this command again then")
-    emit(data, as_json, human)
+    cmd.emit(data, human)
 
 
 @agreement.command("cancel")
 @click.argument("agreement_id", type=ID)
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def cancel_cmd(ctx: click.Context, agreement_id: int, from_key_env: str | None, dev_account: int | None,
-               rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def cancel_cmd(cmd: CommandContext, agreement_id: int) -> None:
     """Provider withdraws, or consumer declines, an offer not yet accepted.
 
     \b
     Example:
       iotsettle agreement cancel 0x5fbd…0001
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    result = ops.cancel_offer(ops_ctx, agreement_id)
-    emit({"agreementId": str(agreement_id), "tx": result.tx_hash}, as_json,
-         f"offer {hex(agreement_id)} cancelled (tx {result.tx_hash})")
+    result = ops.cancel_offer(cmd.ops, agreement_id)
+    cmd.emit({"agreementId": str(agreement_id), "tx": result.tx_hash},
+             f"offer {hex(agreement_id)} cancelled (tx {result.tx_hash})")
 
 
 @agreement.command()
 @click.argument("tariff_id", type=click.IntRange(1))
 @click.option("--token", type=TOKEN, default="TEST", show_default=True, help="Token to show the prices in.")
-@rpc_option
-@json_option
-@click.pass_context
-def tariff(ctx: click.Context, tariff_id: int, token: str, rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def tariff(cmd: CommandContext, tariff_id: int, token: str) -> None:
     """Show a tariff's blocks (units, price per unit).
 
     \b
     Example:
       iotsettle agreement tariff 1
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    blocks = ops.tariff_of(ops_ctx, tariff_id)
+    blocks = ops.tariff_of(cmd.ops, tariff_id)
     if not blocks:
         raise ChainError(f"tariff {tariff_id} does not exist")
-    fmt = describe_token(ops_ctx, token).format
+    fmt = describe_token(cmd.ops, token).format
     table = Table("block", "units", "price per unit", title=f"tariff {tariff_id}")
     for n, (units, price) in enumerate(blocks, 1):
         table.add_row(str(n), str(units) if units else "the rest", fmt(price))
-    emit([{"units": u, "price": str(p)} for u, p in blocks], as_json, table)
+    cmd.emit([{"units": u, "price": str(p)} for u, p in blocks], table)

@@ -7,8 +7,8 @@ import re
 import click
 from rich.table import Table
 
-from iotsettle.cli._common import IotSettleGroup, emit, json_option
-from iotsettle.cli._params import ADDRESS, ID, ops_context, rpc_option, short, short_id, when
+from iotsettle.cli._common import IotSettleGroup, emit
+from iotsettle.cli._params import ADDRESS, ID, CommandContext, short, short_id, when, with_context
 from iotsettle.oracle.ops import audit as ops
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.ops.token import describe_token
@@ -64,42 +64,34 @@ def _render(ops_ctx: OpsContext, report: ops.AuditReport, as_json: bool) -> None
 
 @audit.command()
 @click.argument("escrow_id", type=ID)
-@rpc_option
-@json_option
-@click.pass_context
-def escrow(ctx: click.Context, escrow_id: int, rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def escrow(cmd: CommandContext, escrow_id: int) -> None:
     """History of one escrow: funding, delivery (or rejections), refund or cancellation.
 
     \b
     Example:
       iotsettle audit escrow 7
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    _render(ops_ctx, ops.audit_escrow(ops_ctx, escrow_id), as_json)
+    _render(cmd.ops, ops.audit_escrow(cmd.ops, escrow_id), cmd.as_json)
 
 
 @audit.command()
 @click.argument("agreement_id", type=ID)
-@rpc_option
-@json_option
-@click.pass_context
-def agreement(ctx: click.Context, agreement_id: int, rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def agreement(cmd: CommandContext, agreement_id: int) -> None:
     """History of one agreement: offer, deposit and top-ups, every settled or rejected reading, payouts, close.
 
     \b
     Example:
       iotsettle audit agreement 0x5fbd…0001
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    _render(ops_ctx, ops.audit_agreement(ops_ctx, agreement_id), as_json)
+    _render(cmd.ops, ops.audit_agreement(cmd.ops, agreement_id), cmd.as_json)
 
 
 @audit.command()
 @click.argument("device", type=ADDRESS)
-@rpc_option
-@json_option
-@click.pass_context
-def device(ctx: click.Context, device: str, rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def device(cmd: CommandContext, device: str) -> None:
     """History of one device: registration, key rotations, revocation, and everything its signatures settled.
 
     Transaction hashes are shortened in the table; --json has them in full.
@@ -110,5 +102,4 @@ def device(ctx: click.Context, device: str, rpc_url: str | None, as_json: bool) 
     Example:
       iotsettle audit device 0xE7Bdb680F38e39652AdAE124F801EAF18557B714
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    _render(ops_ctx, ops.audit_device(ops_ctx, device), as_json)
+    _render(cmd.ops, ops.audit_device(cmd.ops, device), cmd.as_json)

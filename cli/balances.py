@@ -5,18 +5,15 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from iotsettle.cli._common import emit, json_option
-from iotsettle.cli._params import ADDRESS, ops_context, rpc_option
+from iotsettle.cli._params import ADDRESS, CommandContext, with_context
 from iotsettle.oracle.ops import billing, escrow
 from iotsettle.oracle.ops.token import ETH, TEST, balance_of, describe_token
 
 
 @click.command()
 @click.argument("addresses", nargs=-1, required=True, type=ADDRESS)
-@rpc_option
-@json_option
-@click.pass_context
-def balances(ctx: click.Context, addresses: tuple[str, ...], rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def balances(cmd: CommandContext, addresses: tuple[str, ...]) -> None:
     """Wallet balances (ETH, TEST) and what the contracts owe each ADDRESS.
 
     "escrow credit" is what `iotsettle escrow withdraw` would pay now (releases, refunds, cancellations);
@@ -27,14 +24,13 @@ def balances(ctx: click.Context, addresses: tuple[str, ...], rpc_url: str | None
     Example:
       iotsettle balances 0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 0x70997970C51812dc3A010C7d01b50e0d17dc79C8
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    tokens = [describe_token(ops_ctx, ETH)] + ([describe_token(ops_ctx, TEST)] if ops_ctx.has("TestToken") else [])
-    agreements = billing.list_agreements(ops_ctx) if ops_ctx.has("MeteredBilling") else []
+    tokens = [describe_token(cmd.ops, ETH)] + ([describe_token(cmd.ops, TEST)] if cmd.ops.has("TestToken") else [])
+    agreements = billing.list_agreements(cmd.ops) if cmd.ops.has("MeteredBilling") else []
     data: dict[str, dict[str, str]] = {}
     table = Table("address", *(t.symbol for t in tokens), "escrow credit", "earnings", "prepaid")
     for address in addresses:
-        wallet = [balance_of(ops_ctx, t, address) for t in tokens]
-        credit = [escrow.withdrawable(ops_ctx, t, address) for t in tokens] if ops_ctx.has("DeliveryEscrow") else [0] * len(tokens)
+        wallet = [balance_of(cmd.ops, t, address) for t in tokens]
+        credit = [escrow.withdrawable(cmd.ops, t, address) for t in tokens] if cmd.ops.has("DeliveryEscrow") else [0] * len(tokens)
         earnings: dict[str, int] = {}  # by token address
         prepaid: dict[str, int] = {}
         for view in agreements:
@@ -42,7 +38,7 @@ def balances(ctx: click.Context, addresses: tuple[str, ...], rpc_url: str | None
                 earnings[view.token] = earnings.get(view.token, 0) + view.earnings
             if view.consumer == address and view.status in ("active", "suspended"):
                 prepaid[view.token] = prepaid.get(view.token, 0) + view.prepaid
-        info = {t: describe_token(ops_ctx, t) for t in set(earnings) | set(prepaid)}
+        info = {t: describe_token(cmd.ops, t) for t in set(earnings) | set(prepaid)}
         data[address] = {
             **{t.symbol: str(v) for t, v in zip(tokens, wallet, strict=True)},
             **{f"escrowCredit{t.symbol}": str(v) for t, v in zip(tokens, credit, strict=True)},
@@ -57,4 +53,4 @@ def balances(ctx: click.Context, addresses: tuple[str, ...], rpc_url: str | None
                       joined([t.format_short(v) for t, v in zip(tokens, credit, strict=True) if v]),
                       joined([info[t].format_short(v) for t, v in earnings.items() if v]),
                       joined([info[t].format_short(v) for t, v in prepaid.items() if v]))
-    emit(data, as_json, table)
+    cmd.emit(data, table)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from iotsettle.cli._common import emit, json_option, state
+from iotsettle.cli._params import CommandContext, with_context
 from iotsettle.oracle.config import ENV_PREFIX, field_docs
 
 
@@ -16,9 +16,8 @@ def config_group() -> None:
 
 @config_group.command("show")
 @click.option("--defaults", is_flag=True, help="List every setting with its default, env variable and meaning.")
-@json_option
-@click.pass_context
-def show(ctx: click.Context, defaults: bool, as_json: bool) -> None:
+@with_context()
+def show(cmd: CommandContext, defaults: bool) -> None:
     """Print the effective configuration; secrets are shown as ***."""
     if defaults:
         rows = [
@@ -28,12 +27,12 @@ def show(ctx: click.Context, defaults: bool, as_json: bool) -> None:
         table = Table("setting", "default", "environment variable", "meaning")
         for r in rows:
             table.add_row(f"[{r['section']}] {r['key']}", "(secret)" if r["secret"] else repr(r["default"]), r["env"], r["doc"])
-        emit(rows, as_json, table)
+        cmd.emit(rows, table)
         return
-    config = state(ctx).config
+    config = cmd.config
     data = {"source": config.source, "root": str(config.root), **config.redacted()}
     table = Table("setting", "value", title=f"configuration from {config.source}")
     for section, values in config.redacted().items():
         for key, value in values.items():
             table.add_row(f"[{section}] {key}", repr(value))
-    emit(data, as_json, table)
+    cmd.emit(data, table)

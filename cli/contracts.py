@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from iotsettle.cli._common import emit, json_option, progress, state
+from iotsettle.cli._common import progress
+from iotsettle.cli._params import CommandContext, with_context
 from iotsettle.oracle.chain.connection import connect, load_sender
 from iotsettle.oracle.chain.compiler import ensure_compiled, read_foundry_settings
 from iotsettle.oracle.chain.deploy import deploy_all, manifest_path
@@ -13,43 +14,40 @@ from iotsettle.oracle.chain.deploy import deploy_all, manifest_path
 
 @click.command("compile")
 @click.option("--force", is_flag=True, help="Compile even when the artifacts match the sources.")
-@json_option
-@click.pass_context
-def compile_cmd(ctx: click.Context, force: bool, as_json: bool) -> None:
+@with_context()
+def compile_cmd(cmd: CommandContext, force: bool) -> None:
     """Compile contracts/ into build/artifacts/ (ABI, bytecode, compiler version and settings).
 
     The solc version and settings are read from foundry.toml, so forge and this command build the same
     bytecode. Unchanged sources are not recompiled (use --force).
     """
-    config = state(ctx).config
+    config = cmd.config
     settings = read_foundry_settings(config.root)
-    if not as_json:
+    if not cmd.as_json:
         progress(f"solc {settings.version}, evm {settings.evm_version}, optimizer runs {settings.optimizer_runs}")
     out, compiled = ensure_compiled(config, force=force)
     names = sorted(p.stem for p in out.glob("*.json") if not p.name.startswith("_"))
-    emit({"artifacts": str(out), "compiled": compiled, "contracts": names}, as_json,
-         f"{'compiled' if compiled else 'up to date'}: {len(names)} contracts in {out}")
+    cmd.emit({"artifacts": str(out), "compiled": compiled, "contracts": names},
+             f"{'compiled' if compiled else 'up to date'}: {len(names)} contracts in {out}")
 
 
 @click.command()
-@click.option("--rpc-url", envvar="IOTSETTLE_CHAIN_RPC_URL", help="RPC endpoint (default from config: [chain] rpc_url).")
-@json_option
-@click.pass_context
-def deploy(ctx: click.Context, rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def deploy(cmd: CommandContext) -> None:
     """Deploy every contract in dependency order and write deployments/<chainId>.json.
 
     The sending key comes from [chain] keystore (+ IOTSETTLE_CHAIN_PASSWORD) or IOTSETTLE_CHAIN_PRIVATE_KEY;
     on a local chain (31337 anvil, 1337 ganache) with no key configured, the first anvil development
     account is used. Re-running keeps contracts whose code is still on chain and unchanged.
     """
-    config = state(ctx).config
+    config = cmd.config
     ensure_compiled(config)
-    chain = connect(config, rpc_url)
+    chain = connect(config, cmd.rpc_url)
     account = load_sender(config, chain)
-    report = (lambda _m: None) if as_json else progress
+    report = (lambda _m: None) if cmd.as_json else progress
     report(f"chain {chain.chain_id} at {chain.rpc_url}, deployer {account.address}")
     manifest = deploy_all(config, chain, account, report)
     table = Table("contract", "address", "block", title=f"chain {chain.chain_id} — {manifest_path(config, chain.chain_id)}")
     for name, entry in manifest["contracts"].items():
         table.add_row(name, entry["address"], str(entry["block"]))
-    emit(manifest, as_json, table)
+    cmd.emit(manifest, table)

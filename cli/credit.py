@@ -10,8 +10,8 @@ from typing import Any
 import click
 from rich.table import Table
 
-from iotsettle.cli._common import IotSettleGroup, emit, json_option, out_console, progress, state
-from iotsettle.cli._params import ADDRESS, ops_context, rpc_option, short
+from iotsettle.cli._common import IotSettleGroup, emit, out_console, progress
+from iotsettle.cli._params import ADDRESS, CommandContext, short, with_context
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.chain.connection import connect
 from iotsettle.oracle.credit.document import build, canonical_json, verify_document
@@ -139,11 +139,8 @@ def _render(ops_ctx: OpsContext, doc: dict[str, Any]) -> None:
               help="Write the verifiable JSON export to FILE (same bytes for the same block).")
 @click.option("--to-block", type=click.IntRange(0), default=None,
               help="Profile up to this block (default: the latest); fixes the result for later checks.")
-@rpc_option
-@json_option
-@click.pass_context
-def profile(ctx: click.Context, address: str, out_file: str | None, to_block: int | None, rpc_url: str | None,
-            as_json: bool) -> None:
+@with_context(rpc=True)
+def profile(cmd: CommandContext, address: str, out_file: str | None, to_block: int | None) -> None:
     """Settlement history of ADDRESS: devices owned and their uptime, metered billing as a consumer, escrows as a
     seller, insurance as a holder or farmer, loans as a borrower — each figure with the logs that prove it.
 
@@ -151,13 +148,13 @@ def profile(ctx: click.Context, address: str, out_file: str | None, to_block: in
     Example:
       iotsettle credit profile 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 --out profile.json
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    point = chain_point(ops_ctx.w3, to_block)
-    deployments = {name: (ops_ctx.address(name), ops_ctx.deployed_block(name),
-                          str(ops_ctx.manifest["contracts"][name].get("txHash", ""))) for name in CONTRACTS
-                   if ops_ctx.has(name)}
-    refs = contract_refs(ops_ctx.w3, deployments, point.to_block)
-    run = build(ops_ctx.w3, address, point, refs, {name: ops_ctx.abis[name] for name in refs}, progress=progress)
+    point = chain_point(cmd.ops.w3, to_block)
+    deployments = {name: (cmd.ops.address(name), cmd.ops.deployed_block(name),
+                          str(cmd.ops.manifest["contracts"][name].get("txHash", ""))) for name in CONTRACTS
+                   if cmd.ops.has(name)}
+    refs = contract_refs(cmd.ops.w3, deployments, point.to_block)
+    run = build(cmd.ops.w3, address, point, refs, {name: cmd.ops.abis[name] for name in refs},
+                    progress=progress)
     text = canonical_json(run.document)
     if out_file:
         try:
@@ -166,18 +163,16 @@ def profile(ctx: click.Context, address: str, out_file: str | None, to_block: in
             raise click.FileError(out_file, exc.strerror) from None
         progress(f"wrote {out_file}: {run.stats.logs} logs read at block {point.to_block} in {run.seconds:.2f} s; "
                  f"check it with `iotsettle credit verify {out_file}`")
-    if as_json:
+    if cmd.as_json:
         click.echo(text, nl=False)
     else:
-        _render(ops_ctx, run.document)
+        _render(cmd.ops, run.document)
 
 
 @credit.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@rpc_option
-@json_option
-@click.pass_context
-def verify(ctx: click.Context, file: str, rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def verify(cmd: CommandContext, file: str) -> None:
     """Re-derive the profile in FILE from the chain (any node: the contracts and block range come from the file)
     and print "verified" (exit 0) or the first figure that differs (exit 1).
 
@@ -191,19 +186,19 @@ def verify(ctx: click.Context, file: str, rpc_url: str | None, as_json: bool) ->
         raise click.BadParameter(f"cannot read {file} as JSON: {exc}", param_hint="FILE") from None
     if not isinstance(claimed, dict) or not isinstance(claimed.get("contracts"), dict):
         raise click.BadParameter(f"{file} is not a credit profile export", param_hint="FILE")
-    config = state(ctx).config
-    chain = connect(config, rpc_url)
+    config = cmd.config
+    chain = connect(config, cmd.rpc_url)
     abis = {name: load_artifact(config, name)["abi"] for name in claimed["contracts"] if name in CONTRACTS}
     try:
         run = verify_document(chain.w3, claimed, abis, progress)
     except ProfileMismatch as exc:
         # Plain echo, not rich: the sentence must stay on one line for scripts that grep it.
-        if as_json:
+        if cmd.as_json:
             emit({"verified": False, "difference": str(exc)}, True)
         else:
             click.echo(f"not verified: {exc}")
-        ctx.exit(1)
-    if as_json:
+        cmd.click.exit(1)
+    if cmd.as_json:
         emit({"verified": True, "subject": claimed["subject"], "toBlock": claimed["range"]["toBlock"],
               "logs": run.stats.logs, "seconds": round(run.seconds, 3)}, True)
     else:

@@ -8,9 +8,9 @@ from typing import Any
 import click
 from rich.table import Table
 
-from iotsettle.cli._common import IotSettleGroup, emit, json_option
-from iotsettle.cli._params import (ADDRESS, AMOUNT, DEADLINE, DURATION, ID, TOKEN, chain_time, ops_context, read_payloads,
-                         rpc_option, sender_options, short, when)
+from iotsettle.cli._common import IotSettleGroup, emit
+from iotsettle.cli._params import (ADDRESS, AMOUNT, DEADLINE, DURATION, ID, TOKEN, CommandContext, read_payloads, short,
+                                   when, with_context)
 from iotsettle.oracle.ops import crop as ops
 from iotsettle.oracle.ops.amounts import Amount
 from iotsettle.oracle.ops.token import describe_token
@@ -67,12 +67,8 @@ def crop() -> None:
 @click.argument("station", type=ADDRESS)
 @click.option("--insurer", type=ADDRESS, required=True, help="The pool owner that may name the station in seasons.")
 @click.option("--revoke", is_flag=True, help="Stop allowing it (seasons it already opened keep the station).")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def allow_insurer(ctx: click.Context, station: str, insurer: str, revoke: bool, from_key_env: str | None,
-                  dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def allow_insurer(cmd: CommandContext, station: str, insurer: str, revoke: bool) -> None:
     """Station owner: allow an insurer to name STATION in its seasons, or stop allowing it with --revoke.
 
     A station serves at most 8 unfinalized seasons; only insurers its owner allowed can take those slots.
@@ -82,106 +78,87 @@ def allow_insurer(ctx: click.Context, station: str, insurer: str, revoke: bool, 
       iotsettle crop allow-insurer 0xS1 --insurer 0xINSURER
       iotsettle crop allow-insurer 0xS1 --insurer 0xINSURER --revoke --json
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    result = ops.allow_insurer(ops_ctx, station, insurer, not revoke)
-    emit({"station": station, "insurer": insurer, "allowed": not revoke, "tx": result.tx_hash,
-          "block": result.block}, as_json,
-         f"{insurer} {'may no longer' if revoke else 'may now'} name station {station} in new seasons "
-         f"(tx {result.tx_hash})")
+    result = ops.allow_insurer(cmd.ops, station, insurer, not revoke)
+    cmd.emit({"station": station, "insurer": insurer, "allowed": not revoke, "tx": result.tx_hash,
+              "block": result.block},
+             f"{insurer} {'may no longer' if revoke else 'may now'} name station {station} in new seasons "
+             f"(tx {result.tx_hash})")
 
 
 @crop.command("pool-create")
 @click.option("--token", type=TOKEN, default="TEST", show_default=True, help="TEST or an ERC-20 address.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def pool_create(ctx: click.Context, token: str, from_key_env: str | None, dev_account: int | None,
-                rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def pool_create(cmd: CommandContext, token: str) -> None:
     """Insurer: open a pool (owned by the sender) that seasons sell cover from.
 
     \b
     Example:
       iotsettle crop pool-create --token TEST
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    pool_id, result = ops.create_pool(ops_ctx, describe_token(ops_ctx, token))
-    emit({"poolId": pool_id, "tx": result.tx_hash, "block": result.block}, as_json,
-         f"pool [bold]{pool_id}[/bold] created (tx {result.tx_hash})\nnext: iotsettle crop pool-deposit {pool_id} "
-         "--amount AMOUNT")
+    pool_id, result = ops.create_pool(cmd.ops, describe_token(cmd.ops, token))
+    cmd.emit({"poolId": pool_id, "tx": result.tx_hash, "block": result.block},
+             f"pool [bold]{pool_id}[/bold] created (tx {result.tx_hash})\nnext: iotsettle crop pool-deposit {pool_id} "
+             "--amount AMOUNT")
 
 
 @crop.command("pool-deposit")
 @click.argument("pool_id", type=ID)
 @click.option("--amount", type=AMOUNT, required=True, help="How much to add, e.g. 1000.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def pool_deposit(ctx: click.Context, pool_id: int, amount: Amount, from_key_env: str | None,
-                 dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def pool_deposit(cmd: CommandContext, pool_id: int, amount: Amount) -> None:
     """Pool owner: add AMOUNT to the pool (the token is approved first when needed).
 
     \b
     Example:
       iotsettle crop pool-deposit 1 --amount 1000
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = describe_token(ops_ctx, ops.pool_of(ops_ctx, pool_id).token)
+    info = describe_token(cmd.ops, ops.pool_of(cmd.ops, pool_id).token)
     base = info.to_base(amount)
-    result = ops.deposit_to_pool(ops_ctx, pool_id, base)
-    pool = ops.pool_of(ops_ctx, pool_id)
-    emit({"poolId": pool_id, "amount": str(base), "tx": result.tx_hash, "pool": pool.as_dict()}, as_json,
-         f"pool {pool_id} holds {info.format(pool.assets)}, {info.format(pool.free)} free (tx {result.tx_hash})")
+    result = ops.deposit_to_pool(cmd.ops, pool_id, base)
+    pool = ops.pool_of(cmd.ops, pool_id)
+    cmd.emit({"poolId": pool_id, "amount": str(base), "tx": result.tx_hash, "pool": pool.as_dict()},
+             f"pool {pool_id} holds {info.format(pool.assets)}, {info.format(pool.free)} free (tx {result.tx_hash})")
 
 
 @crop.command("pool-withdraw")
 @click.argument("pool_id", type=ID)
 @click.option("--amount", type=AMOUNT, required=True, help="How much to take out, e.g. 100.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def pool_withdraw(ctx: click.Context, pool_id: int, amount: Amount, from_key_env: str | None,
-                  dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def pool_withdraw(cmd: CommandContext, pool_id: int, amount: Amount) -> None:
     """Pool owner: take AMOUNT out of the pool's free assets (what is not locked by cover sold).
 
     \b
     Example:
       iotsettle crop pool-withdraw 1 --amount 100
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = describe_token(ops_ctx, ops.pool_of(ops_ctx, pool_id).token)
+    info = describe_token(cmd.ops, ops.pool_of(cmd.ops, pool_id).token)
     base = info.to_base(amount)
-    result = ops.withdraw_from_pool(ops_ctx, pool_id, base)
-    pool = ops.pool_of(ops_ctx, pool_id)
-    emit({"poolId": pool_id, "amount": str(base), "tx": result.tx_hash, "pool": pool.as_dict()}, as_json,
-         f"{info.format(base)} withdrawn from pool {pool_id}; it holds {info.format(pool.assets)}, "
-         f"{info.format(pool.free)} free (tx {result.tx_hash})")
+    result = ops.withdraw_from_pool(cmd.ops, pool_id, base)
+    pool = ops.pool_of(cmd.ops, pool_id)
+    cmd.emit({"poolId": pool_id, "amount": str(base), "tx": result.tx_hash, "pool": pool.as_dict()},
+             f"{info.format(base)} withdrawn from pool {pool_id}; it holds {info.format(pool.assets)}, "
+             f"{info.format(pool.free)} free (tx {result.tx_hash})")
 
 
 @crop.command()
 @click.argument("pool_id", type=ID)
-@rpc_option
-@json_option
-@click.pass_context
-def pool(ctx: click.Context, pool_id: int, rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def pool(cmd: CommandContext, pool_id: int) -> None:
     """Show a pool: owner, assets, cover locked, free assets, and its seasons.
 
     \b
     Example:
       iotsettle crop pool 1
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    view = ops.pool_of(ops_ctx, pool_id)
-    fmt = describe_token(ops_ctx, view.token).format
-    seasons = ops.seasons_of_pool(ops_ctx, pool_id)
+    view = ops.pool_of(cmd.ops, pool_id)
+    fmt = describe_token(cmd.ops, view.token).format
+    seasons = ops.seasons_of_pool(cmd.ops, pool_id)
     table = Table(show_header=False, title=f"pool {pool_id}")
     for key, value in (("owner", view.owner), ("token", view.token), ("assets", fmt(view.assets)),
                        ("locked by cover sold", fmt(view.locked)), ("free", fmt(view.free)),
                        ("seasons", ", ".join(map(str, seasons)) or "—")):
         table.add_row(key, value)
-    emit({**view.as_dict(), "seasons": seasons}, as_json, table)
+    cmd.emit({**view.as_dict(), "seasons": seasons}, table)
 
 
 @crop.command("season-create")
@@ -206,14 +183,10 @@ def pool(ctx: click.Context, pool_id: int, rpc_url: str | None, as_json: bool) -
               help="Wait after the end before anyone may finalize: the time relayers have to bring the last "
                    "observations, and one after the end, on chain (at least 10s).")
 @click.option("--region", default="", help="Where the season applies: a name or geohash (≤ 32 bytes) or 0x bytes32.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def season_create(ctx: click.Context, pool_id: int, stations: tuple[str, ...], k: int, index: str, threshold: str,
+@with_context(sender=True)
+def season_create(cmd: CommandContext, pool_id: int, stations: tuple[str, ...], k: int, index: str, threshold: str,
                   days: int, start: tuple[str, int], end: tuple[str, int], sale_end: tuple[str, int] | None,
-                  premium: int, coverage_slack: int, finalize_delay: int, region: str, from_key_env: str | None,
-                  dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+                  premium: int, coverage_slack: int, finalize_delay: int, region: str) -> None:
     """Pool owner: open a season on a pool over 3 to 7 weather stations, k of which must agree.
 
     \b
@@ -226,15 +199,14 @@ def season_create(ctx: click.Context, pool_id: int, stations: tuple[str, ...], k
     """
     units = ops.threshold_units(index, threshold)
     region_raw = ops.region_bytes(region)
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    start_ts = chain_time(ops_ctx, start)
-    spec = ops.SeasonSpec(start_ts, chain_time(ops_ctx, end), chain_time(ops_ctx, sale_end) if sale_end else start_ts,
+    start_ts = cmd.chain_time(start)
+    spec = ops.SeasonSpec(start_ts, cmd.chain_time(end), cmd.chain_time(sale_end) if sale_end else start_ts,
                           coverage_slack, finalize_delay, index, units, days, premium, k, region_raw, stations)
-    season_id, result = ops.create_season(ops_ctx, pool_id, spec)
-    view = ops.season_of(ops_ctx, season_id)
-    emit({"seasonId": season_id, "tx": result.tx_hash, "block": result.block, "season": view.as_dict()}, as_json,
-         f"season [bold]{season_id}[/bold] on pool {pool_id}: {when(view.start)} → {when(view.end)}, cover on sale "
-         f"until {when(view.sale_end)}\n{view.rule} (tx {result.tx_hash})")
+    season_id, result = ops.create_season(cmd.ops, pool_id, spec)
+    view = ops.season_of(cmd.ops, season_id)
+    cmd.emit({"seasonId": season_id, "tx": result.tx_hash, "block": result.block, "season": view.as_dict()},
+             f"season [bold]{season_id}[/bold] on pool {pool_id}: {when(view.start)} → {when(view.end)}, cover on sale "
+             f"until {when(view.sale_end)}\n{view.rule} (tx {result.tx_hash})")
 
 
 @crop.command()
@@ -242,12 +214,8 @@ def season_create(ctx: click.Context, pool_id: int, stations: tuple[str, ...], k
 @click.option("--cover", type=AMOUNT, required=True, help="The amount paid out if the season triggers, e.g. 200.")
 @click.option("--beneficiary", type=ADDRESS, default=None,
               help="Who receives the payout (default: the sender); e.g. a loan's payout account.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def buy(ctx: click.Context, season_id: int, cover: Amount, beneficiary: str | None, from_key_env: str | None,
-        dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def buy(cmd: CommandContext, season_id: int, cover: Amount, beneficiary: str | None) -> None:
     """Farmer: buy COVER for a season before its sale ends; the premium is the season's share of the cover.
 
     \b
@@ -255,16 +223,15 @@ def buy(ctx: click.Context, season_id: int, cover: Amount, beneficiary: str | No
       iotsettle crop buy 1 --cover 200 --dev-account 1
       iotsettle crop buy 1 --cover 200 --beneficiary "$(iotsettle loan show 1 --json | jq -r .account)"
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    season = ops.season_of(ops_ctx, season_id, details=False)
-    info = describe_token(ops_ctx, season.token)
+    season = ops.season_of(cmd.ops, season_id, details=False)
+    info = describe_token(cmd.ops, season.token)
     base = info.to_base(cover)
-    policy_id, premium, result = ops.buy_cover(ops_ctx, season_id, base, beneficiary)
-    view = ops.cover_of(ops_ctx, policy_id)
-    emit({"policyId": policy_id, "seasonId": season_id, "cover": str(base), "premium": str(premium),
-          "beneficiary": view.beneficiary, "tx": result.tx_hash}, as_json,
-         f"crop policy [bold]{policy_id}[/bold]: {info.format(base)} cover in season {season_id} for "
-         f"{view.beneficiary}, premium {info.format(premium)} paid (tx {result.tx_hash})")
+    policy_id, premium, result = ops.buy_cover(cmd.ops, season_id, base, beneficiary)
+    view = ops.cover_of(cmd.ops, policy_id)
+    cmd.emit({"policyId": policy_id, "seasonId": season_id, "cover": str(base), "premium": str(premium),
+              "beneficiary": view.beneficiary, "tx": result.tx_hash},
+             f"crop policy [bold]{policy_id}[/bold]: {info.format(base)} cover in season {season_id} for "
+             f"{view.beneficiary}, premium {info.format(premium)} paid (tx {result.tx_hash})")
 
 
 def _duration(seconds: int) -> str:
@@ -291,22 +258,19 @@ def _station_rows(view: ops.SeasonView) -> Table:
 
 @crop.command()
 @click.argument("season_id", type=ID)
-@rpc_option
-@json_option
-@click.pass_context
-def season(ctx: click.Context, season_id: int, rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def season(cmd: CommandContext, season_id: int) -> None:
     """Show a season: terms, each station's accumulated figures and verdict, the outcome and the policies.
 
     \b
     Example:
       iotsettle crop season 1
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    view = ops.season_of(ops_ctx, season_id)
-    if as_json:
-        emit(view.as_dict(), True)
+    view = ops.season_of(cmd.ops, season_id)
+    if cmd.as_json:
+        cmd.emit(view.as_dict())
         return
-    fmt = describe_token(ops_ctx, view.token).format
+    fmt = describe_token(cmd.ops, view.token).format
     terms = Table(show_header=False, title=f"season {season_id} (pool {view.pool_id})")
     outcome = "open"
     if view.finalized:
@@ -330,12 +294,8 @@ def season(ctx: click.Context, season_id: int, rpc_url: str | None, as_json: boo
 
 @crop.command()
 @click.argument("source", default="-", metavar="[FILE|-]")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def record(ctx: click.Context, source: str, from_key_env: str | None, dev_account: int | None, rpc_url: str | None,
-           as_json: bool) -> None:
+@with_context(sender=True)
+def record(cmd: CommandContext, source: str) -> None:
     """Relay station-signed weather observations (JSON wire payloads, one per line) from FILE or stdin; the oracle
     daemon does this continuously. Fails when no observation could be recorded.
 
@@ -344,14 +304,13 @@ def record(ctx: click.Context, source: str, from_key_env: str | None, dev_accoun
       iotsettle crop record observations.jsonl
     """
     text = read_payloads(source)
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    result, outcomes = ops.record(ops_ctx, ops.parse_observations(ops_ctx, text))
+    result, outcomes = ops.record(cmd.ops, ops.parse_observations(cmd.ops, text))
     table = Table("station", "seq", "result", title=f"relayed in block {result.block}, gas {result.gas_used:,}")
     for o in outcomes:
         table.add_row(o.station, str(o.seq), "recorded" if o.recorded else f"rejected: {o.reason}")
-    emit({"tx": result.tx_hash, "block": result.block, "gasUsed": result.gas_used,
-          "results": [{"station": o.station, "seq": o.seq, "recorded": o.recorded, "reason": o.reason or None}
-                      for o in outcomes]}, as_json, table)
+    cmd.emit({"tx": result.tx_hash, "block": result.block, "gasUsed": result.gas_used,
+              "results": [{"station": o.station, "seq": o.seq, "recorded": o.recorded, "reason": o.reason or None}
+                          for o in outcomes]}, table)
 
 
 def _payout_summary(ops_ctx: Any, report: ops.PayoutReport) -> str:
@@ -381,12 +340,8 @@ def _payout_summary(ops_ctx: Any, report: ops.PayoutReport) -> str:
 @click.option("--first-batch-only", is_flag=True,
               help="Stop after the finalize transaction (it decides the verdict and pays nobody yet); use pay-out "
                    "for the payouts.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def finalize(ctx: click.Context, season_id: int, first_batch_only: bool, from_key_env: str | None,
-             dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def finalize(cmd: CommandContext, season_id: int, first_batch_only: bool) -> None:
     """Anyone, after end + finalize delay: count the stations' votes, then pay every policy its cover (pay-out
     pages) if the season triggered; otherwise every policy expires.
 
@@ -394,48 +349,37 @@ def finalize(ctx: click.Context, season_id: int, first_batch_only: bool, from_ke
     Example:
       iotsettle crop finalize 1
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    report = ops.finalize(ops_ctx, season_id, pay_all=not first_batch_only)
-    emit(report.as_dict(), as_json, _payout_summary(ops_ctx, report))
+    report = ops.finalize(cmd.ops, season_id, pay_all=not first_batch_only)
+    cmd.emit(report.as_dict(), _payout_summary(cmd.ops, report))
 
 
 @crop.command("pay-out")
 @click.argument("season_id", type=ID)
 @click.option("--batch", type=click.IntRange(1, 1000), default=ops.DEFAULT_PAYOUT_BATCH, show_default=True,
               help="Policies per transaction.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def pay_out(ctx: click.Context, season_id: int, batch: int, from_key_env: str | None, dev_account: int | None,
-            rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def pay_out(cmd: CommandContext, season_id: int, batch: int) -> None:
     """Anyone: pay the policies of a finalized, triggered season, BATCH per transaction, until every one is paid.
 
     \b
     Example:
       iotsettle crop pay-out 1 --batch 100
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    report = ops.pay_out(ops_ctx, season_id, batch, until_done=True)
-    emit(report.as_dict(), as_json, _payout_summary(ops_ctx, report) or f"season {season_id}: nothing left to pay")
+    report = ops.pay_out(cmd.ops, season_id, batch, until_done=True)
+    cmd.emit(report.as_dict(), _payout_summary(cmd.ops, report) or f"season {season_id}: nothing left to pay")
 
 
 @crop.command()
 @click.option("--token", type=TOKEN, default="TEST", show_default=True, help="The pool token of the payouts.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def claim(ctx: click.Context, token: str, from_key_env: str | None, dev_account: int | None, rpc_url: str | None,
-          as_json: bool) -> None:
+@with_context(sender=True)
+def claim(cmd: CommandContext, token: str) -> None:
     """Beneficiary: take payouts whose automatic transfer failed (they wait in the contract as a credit).
 
     \b
     Example:
       iotsettle crop claim --token TEST --dev-account 1
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = describe_token(ops_ctx, token)
-    result, amount = ops.claim(ops_ctx, info.address)
-    emit({"amount": str(amount), "tx": result.tx_hash}, as_json,
-         f"received {info.format(amount)} (tx {result.tx_hash})")
+    info = describe_token(cmd.ops, token)
+    result, amount = ops.claim(cmd.ops, info.address)
+    cmd.emit({"amount": str(amount), "tx": result.tx_hash},
+             f"received {info.format(amount)} (tx {result.tx_hash})")

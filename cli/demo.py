@@ -18,7 +18,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from iotsettle.cli._common import emit, err_console, json_option, progress, state
+from iotsettle.cli._common import emit, err_console, progress, state
+from iotsettle.cli._params import json_option
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.demo.run import (DEFAULT_FAULTS, MIN_SEASON, DemoSettings, Frame, Interrupted, LiveView, Run,
                                        run_demo, sigterm_as_interrupt)

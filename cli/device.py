@@ -1,4 +1,5 @@
-"""`iotsettle device keygen | register | simulate`: device keys, on-chain registration, the fleet simulator."""
+"""`iotsettle device ...`: device keys, on-chain registration and the fleet simulator (keygen, register, simulate),
+and the owners' view of their devices in the DeviceRegistry (list, show, rotate, revoke)."""
 
 from __future__ import annotations
 
@@ -13,20 +14,25 @@ import click
 from eth_hash.auto import keccak
 from rich.table import Table
 
-from iotsettle.cli._common import emit, json_option, progress, state
+from iotsettle.cli._common import progress
+from iotsettle.cli._params import ADDRESS, CommandContext, rpc_url_option, short, when, with_context
 from iotsettle.oracle.chain.connection import connect, load_sender
 from iotsettle.oracle.chain.deploy import contract, load_manifest
 from iotsettle.oracle.chain.revert import ErrorDecoder
 from iotsettle.oracle.chain.send import send, would_revert
+from iotsettle.oracle.config import Config
 from iotsettle.oracle.device.fleet import FaultClass, Fleet, contracts_from_manifest, load_fleet
-from iotsettle.oracle.device.keys import create_keystore, load_keystore, resolve_password
+from iotsettle.oracle.device.keys import DeviceKey, create_keystore, load_keystore, resolve_password
 from iotsettle.oracle.device.publisher import BrokerSettings
 from iotsettle.oracle.device.signer import Contracts, sign_registration
 from iotsettle.oracle.device.sim import ProgressReport, WeatherScenario, plan_events, run_simulation
-from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name, kind_name
-from iotsettle.oracle.protocol.errors import ChainError, ConfigError, ProtocolError
+from iotsettle.oracle.ops import audit, billing, escrow
+from iotsettle.oracle.ops import registry as ops
+from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name, kind_label, kind_name
+from iotsettle.oracle.protocol.errors import ChainError, ConfigError, KeyFileError, ProtocolError
 
 KIND_CHOICES = [kind_name(kind) for kind in DeviceKind]
+KINDS = [kind_label(kind) for kind in DeviceKind]
 
 password_file_option = click.option(
     "--password-file",
@@ -69,8 +75,8 @@ def device() -> None:
 @click.option("--kind", type=click.Choice(KIND_CHOICES), help="Device kind, remembered in the keystore for `register`.")
 @password_file_option
 @click.option("--light-kdf", is_flag=True, help="Fast key derivation: throw-away test and demo keys only.")
-@json_option
-def keygen(out_dir: str, kind: str | None, password_file: str | None, light_kdf: bool, as_json: bool) -> None:
+@with_context()
+def keygen(cmd: CommandContext, out_dir: str, kind: str | None, password_file: str | None, light_kdf: bool) -> None:
     """Create a device key in a new keystore file (mode 0600) and print its address.
 
     The password comes from IOTSETTLE_DEVICE_PASSWORD or --password-file, never from a flag. An existing
@@ -85,8 +91,8 @@ def keygen(out_dir: str, kind: str | None, password_file: str | None, light_kdf:
         iterations=1024 if light_kdf else None,
     )
     data = {"address": key.address, "keyFile": str(key.path), "kind": kind, "clientId": key.client_id}
-    if as_json:
-        emit(data, True)
+    if cmd.as_json:
+        cmd.emit(data)
     else:
         click.echo(key.address)
         progress(f"keystore written to {key.path} (MQTT client id {key.client_id})")
@@ -103,12 +109,11 @@ def keygen(out_dir: str, kind: str | None, password_file: str | None, light_kdf:
 @click.option("--metadata", help="Free text (serial number, model, site) whose keccak256 is stored on-chain.")
 @click.option("--valid-for", type=click.IntRange(60, 7 * 86_400), default=3_600, show_default=True,
               help="Seconds the device's registration signature stays valid.")
-@click.option("--rpc-url", envvar="IOTSETTLE_CHAIN_RPC_URL", help="JSON-RPC endpoint (default from the configuration).")
+@rpc_url_option("JSON-RPC endpoint (default from the configuration).")
 @password_file_option
-@json_option
-@click.pass_context
+@with_context()
 def register(
-    ctx: click.Context,
+    cmd: CommandContext,
     key_file: str,
     kind: str | None,
     owner_key: str | None,
@@ -116,14 +121,13 @@ def register(
     valid_for: int,
     rpc_url: str | None,
     password_file: str | None,
-    as_json: bool,
 ) -> None:
     """Register a device in the DeviceRegistry, owned by the sending account.
 
     The device key signs the EIP-712 Registration (its consent to this owner), the owner account sends
     `register`. The registry checks the signature itself.
     """
-    config = state(ctx).config
+    config = cmd.config
     device_key = load_keystore(key_file, resolve_password(password_file))
     device_kind = kind_from_name(kind) if kind else device_key.kind
     if device_kind is None:
@@ -151,7 +155,7 @@ def register(
     existing = registry.functions.deviceOf(device_key.address).call()
     if existing[0] != "0x" + "00" * 20:
         raise ChainError(f"device {device_key.address} is already registered (owner {existing[0]})")
-    if not as_json:
+    if not cmd.as_json:
         progress(f"registering {device_key.address} as {kind_name(device_kind)} to {owner.address} on chain {chain.chain_id}")
     data_field = registry.encode_abi("register", args=[device_key.address, int(device_kind), metadata_hash, deadline, signature])
     receipt = send(chain, owner, {"to": registry.address, "data": data_field},
@@ -166,13 +170,13 @@ def register(
         "tx": "0x" + bytes(receipt["transactionHash"]).hex(),
         "block": receipt["blockNumber"],
     }
-    emit(data, as_json, f"registered [bold]{device_key.address}[/bold] ({data['kind']}) to {owner.address} in block {data['block']}")
+    cmd.emit(data, f"registered [bold]{device_key.address}[/bold] ({data['kind']}) to {owner.address} in block {data['block']}")
 
 
-def _fleet_contracts(ctx: click.Context, fleet: Fleet) -> Contracts:
+def _fleet_contracts(config: Config, fleet: Fleet) -> Contracts:
     if fleet.contracts is not None:
         return fleet.contracts
-    return contracts_from_manifest(load_manifest(state(ctx).config, fleet.chain_id))
+    return contracts_from_manifest(load_manifest(config, fleet.chain_id))
 
 
 @device.command("simulate")
@@ -203,10 +207,9 @@ def _fleet_contracts(ctx: click.Context, fleet: Fleet) -> Contracts:
               help="Print the payloads as JSON lines on stdout instead of publishing (sequence numbers from 1, "
                    "nothing persisted).")
 @password_file_option
-@json_option
-@click.pass_context
+@with_context()
 def simulate(
-    ctx: click.Context,
+    cmd: CommandContext,
     fleet_file: str,
     rate: float,
     duration: float,
@@ -222,7 +225,6 @@ def simulate(
     reply_wait: float,
     dry_run: bool,
     password_file: str | None,
-    as_json: bool,
 ) -> None:
     """Run a fleet of simulated devices that sign events and publish them over MQTT.
 
@@ -237,7 +239,7 @@ def simulate(
       iotsettle device simulate --fleet fleet.json --weather drought --faults hostile,behaviour_rollback --json
     """
     fleet = load_fleet(fleet_file, password_file=password_file)
-    contracts = _fleet_contracts(ctx, fleet)
+    contracts = _fleet_contracts(cmd.config, fleet)
     if dry_run:
         plan = plan_events(fleet, contracts, rate=rate, duration=duration, seed=seed, start_time=start_time,
                            faults=faults, fault_count=fault_count, counters="memory", weather=weather)
@@ -251,7 +253,7 @@ def simulate(
             count += 1
         progress(f"{count} payloads planned ({len(plan.injected)} faults)")
         return
-    mqtt = state(ctx).config.mqtt
+    mqtt = cmd.config.mqtt
     host = broker_host or mqtt.host
     port = broker_port or mqtt.port
     broker = BrokerSettings(
@@ -263,7 +265,7 @@ def simulate(
         password=mqtt.password or None,
         clean_session=True,
     )
-    if not as_json:
+    if not cmd.as_json:
         progress(f"simulating {len(fleet.devices)} devices ({_kinds(fleet)}) at {rate:g} events/s for {duration:g} s "
                  f"→ mqtt://{host}:{port}")
 
@@ -278,8 +280,8 @@ def simulate(
         reply_wait=reply_wait, progress=show, announce=progress, weather=weather,
     )
     summary = result.as_dict()
-    if as_json:
-        emit(summary, True)
+    if cmd.as_json:
+        cmd.emit(summary)
         if result.unacknowledged:
             sys.exit(1)
         return
@@ -294,10 +296,113 @@ def simulate(
         ("oracle replies", ", ".join(f"{k} {v}" for k, v in sorted(result.replies.items())) or "none"),
     ):
         table.add_row(label, str(value))
-    emit(summary, False, table)
+    cmd.emit(summary, table)
     if result.unacknowledged:
         sys.exit(1)
 
 
 def _kinds(fleet: Fleet) -> str:
     return ", ".join(f"{count} {name}" for name, count in fleet.by_kind().items() if count)
+
+
+@device.command("list")
+@click.option("--owner", type=ADDRESS, default=None, help="Only devices registered by this owner.")
+@click.option("--kind", type=click.Choice(KINDS), default=None, help="Only devices of this kind.")
+@with_context(rpc=True)
+def list_cmd(cmd: CommandContext, owner: str | None, kind: str | None) -> None:
+    """List registered devices (from the registry's DeviceRegistered events) with kind, status and current key.
+
+    \b
+    Example:
+      iotsettle device list --owner 0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 --kind meter
+    """
+    views = ops.list_devices(cmd.ops, owner=owner, kind=kind)
+    table = Table("device", "kind", "status", "owner", "current key", "rotations", "registered (UTC)",
+                  title=f"{len(views)} devices")
+    for v in views:
+        table.add_row(v.device, v.kind, v.status, short(v.owner), short(v.key), str(v.rotations),
+                      when(v.registered_at)[:16])
+    cmd.emit([v.as_dict() for v in views], table)
+
+
+@device.command("show")
+@click.argument("device_id", type=ADDRESS)
+@with_context(rpc=True)
+def show(cmd: CommandContext, device_id: str) -> None:
+    """One device: owner, kind, status, current key, and the agreements and escrows that name it.
+
+    \b
+    Example:
+      iotsettle device show 0xE7Bdb680F38e39652AdAE124F801EAF18557B714
+    """
+    view = ops.device_of(cmd.ops, device_id)
+    agreements, escrows, _tokens = audit.device_targets(cmd.ops, view.device)
+    data = {**view.as_dict(), "agreements": [str(a) for a in agreements], "escrows": escrows}
+    table = Table(show_header=False, title=f"device {view.device}")
+    for key, value in [("kind", view.kind), ("status", view.status), ("owner", view.owner), ("current key", view.key),
+                       ("rotations", str(view.rotations)), ("registered", when(view.registered_at)),
+                       ("metadata hash", view.metadata_hash)]:
+        table.add_row(key, value)
+    for agreement_id in agreements:
+        a = billing.agreement_of(cmd.ops, agreement_id)
+        table.add_row("agreement", f"{hex(agreement_id)} ({a.status}, register {a.last_value})")
+    for escrow_id in escrows:
+        table.add_row("escrow", f"{escrow_id} ({escrow.escrow_of(cmd.ops, escrow_id).state})")
+    cmd.emit(data, table)
+
+
+def _new_key(keystore: str | None, key_env: str | None, password_file: str | None) -> DeviceKey:
+    if (keystore is None) == (key_env is None):
+        raise click.UsageError("give exactly one of --new-keystore or --new-key-env")
+    if keystore is not None:
+        return load_keystore(keystore, resolve_password(password_file))
+    assert key_env is not None
+    value = os.environ.get(key_env, "")
+    if not value:
+        raise KeyFileError(f"the environment variable {key_env} is empty or not set")
+    return DeviceKey.from_private_key(value)
+
+
+@device.command("rotate")
+@click.argument("device_id", type=ADDRESS)
+@click.option("--new-keystore", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Keystore of the new key (`iotsettle device keygen` makes one); it signs its consent.")
+@click.option("--new-key-env", metavar="NAME", default=None, help="Or: environment variable holding the new hex key.")
+@password_file_option
+@with_context(sender=True)
+def rotate(cmd: CommandContext, device_id: str, new_keystore: str | None, new_key_env: str | None,
+           password_file: str | None) -> None:
+    """Owner: move a device to a new signing key; the old key's signatures stop settling at once.
+
+    The device id (its first key's address) stays, so agreements and escrows keep working with the new key.
+    Keys are single-use: a key that was ever registered or rotated in cannot be used again.
+
+    \b
+    Example:
+      iotsettle device keygen --out keys/ --kind meter            # on the device
+      iotsettle device rotate 0xDEVICE --new-keystore keys/0xNEW.json
+    """
+    key = _new_key(new_keystore, new_key_env, password_file)
+    before = ops.device_of(cmd.ops, device_id)
+    result = ops.rotate(cmd.ops, device_id, key)
+    cmd.emit({"device": before.device, "oldKey": before.key, "newKey": key.address, "tx": result.tx_hash,
+              "block": result.block},
+             f"device {before.device}: key {before.key} → {key.address} (tx {result.tx_hash})")
+
+
+@device.command("revoke")
+@click.argument("device_id", type=ADDRESS)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_context(sender=True)
+def revoke(cmd: CommandContext, device_id: str, yes: bool) -> None:
+    """Owner: revoke a device for good (a stolen or broken device); nothing it signs settles any more.
+
+    \b
+    Example:
+      iotsettle device revoke 0xE7Bdb680F38e39652AdAE124F801EAF18557B714 --yes
+    """
+    if not yes:
+        click.confirm(f"Revoke device {device_id} for good?", abort=True)
+    result = ops.revoke(cmd.ops, device_id)
+    cmd.emit({"device": device_id, "tx": result.tx_hash, "block": result.block},
+             f"device {device_id} revoked (tx {result.tx_hash})")

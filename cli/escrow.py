@@ -7,9 +7,9 @@ from collections.abc import Callable
 import click
 from rich.table import Table
 
-from iotsettle.cli._common import IotSettleGroup, emit, json_option
-from iotsettle.cli._params import (ADDRESS, AMOUNT, DEADLINE, ID, TOKEN, chain_time, ops_context, read_payloads, rpc_option,
-                         sender_options, short, when)
+from iotsettle.cli._common import IotSettleGroup, emit
+from iotsettle.cli._params import (ADDRESS, AMOUNT, DEADLINE, ID, TOKEN, CommandContext, read_payloads, short, when,
+                                   with_context)
 from iotsettle.oracle.protocol.location import location_bytes32, location_geohash
 from iotsettle.oracle.protocol.errors import ProtocolError
 from iotsettle.oracle.ops import escrow as ops
@@ -58,13 +58,9 @@ def _destination(text: str) -> bytes:
               help="Cold chain: highest allowed temperature in °C.")
 @click.option("--penalty-bps", type=click.IntRange(0, 10_000), default=0, show_default=True,
               help="Cold chain: share (basis points) returned to the buyer when the limit was exceeded; 0 = no terms.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def create(ctx: click.Context, seller: str, device: str, amount: Amount, token: str, destination: str,
-           deadline: tuple[str, int], temperature_limit: float, penalty_bps: int, from_key_env: str | None,
-           dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def create(cmd: CommandContext, seller: str, device: str, amount: Amount, token: str, destination: str,
+           deadline: tuple[str, int], temperature_limit: float, penalty_bps: int) -> None:
     """Create an escrow and fund it in the same transaction (the sender is the buyer).
 
     For an ERC-20, the escrow contract is approved first when the allowance is short.
@@ -74,29 +70,24 @@ def create(ctx: click.Context, seller: str, device: str, amount: Amount, token: 
       iotsettle escrow create --seller 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 \\
           --device 0xTRACKER --amount 25 --destination u33dc0cr --deadline +2d
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = describe_token(ops_ctx, token)
+    info = describe_token(cmd.ops, token)
     base = info.to_base(amount)
-    created = ops.create(ops_ctx, seller=seller, device=device, token=info, amount=base,
-                         destination=_destination(destination), deadline=chain_time(ops_ctx, deadline),
+    created = ops.create(cmd.ops, seller=seller, device=device, token=info, amount=base,
+                         destination=_destination(destination), deadline=cmd.chain_time(deadline),
                          temperature_limit=round(temperature_limit * 100), penalty_bps=penalty_bps)
-    view = ops.escrow_of(ops_ctx, created.escrow_id)
+    view = ops.escrow_of(cmd.ops, created.escrow_id)
     data = {"escrowId": created.escrow_id, "tx": created.tx.tx_hash, "block": created.tx.block,
             "gasUsed": created.tx.gas_used, "approveTx": created.approve_tx.tx_hash if created.approve_tx else None,
             "escrow": view.as_dict()}
-    emit(data, as_json, f"escrow [bold]{created.escrow_id}[/bold] funded with {info.format(base)} "
-                        f"(tx {created.tx.tx_hash}, block {created.tx.block}); deadline {when(view.deadline)}")
+    cmd.emit(data, f"escrow [bold]{created.escrow_id}[/bold] funded with {info.format(base)} "
+                   f"(tx {created.tx.tx_hash}, block {created.tx.block}); deadline {when(view.deadline)}")
 
 
 @escrow.command()
 @click.option("--amount", type=AMOUNT, required=True, help="How much the escrow contract may take.")
 @click.option("--token", type=TOKEN, default="TEST", show_default=True, help="TEST or an ERC-20 address.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def fund(ctx: click.Context, amount: Amount, token: str, from_key_env: str | None, dev_account: int | None,
-         rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def fund(cmd: CommandContext, amount: Amount, token: str) -> None:
     """Approve the escrow contract to take AMOUNT of an ERC-20 ahead of `escrow create`.
 
     `create` moves the money itself (and approves when needed); use `fund` when the approval must be a separate,
@@ -106,13 +97,12 @@ def fund(ctx: click.Context, amount: Amount, token: str, from_key_env: str | Non
     Example:
       iotsettle escrow fund --amount 100 --token TEST
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = describe_token(ops_ctx, token)
+    info = describe_token(cmd.ops, token)
     base = info.to_base(amount)
-    result = ops.approve(ops_ctx, info, base)
+    result = ops.approve(cmd.ops, info, base)
     data = {"token": info.address, "amount": str(base), "tx": result.tx_hash if result else None}
-    emit(data, as_json, f"the escrow contract may take {info.format(base)}" +
-         (f" (tx {result.tx_hash})" if result else " (the allowance was already enough)"))
+    cmd.emit(data, f"the escrow contract may take {info.format(base)}" +
+             (f" (tx {result.tx_hash})" if result else " (the allowance was already enough)"))
 
 
 def _geohash(destination: str) -> str:
@@ -141,20 +131,17 @@ def _status_table(view: ops.EscrowView, fmt: Callable[[int], str], refundable_fr
 
 @escrow.command()
 @click.argument("escrow_id", type=ID)
-@rpc_option
-@json_option
-@click.pass_context
-def status(ctx: click.Context, escrow_id: int, rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def status(cmd: CommandContext, escrow_id: int) -> None:
     """Show one escrow: parties, tracker, amount, deadline and state.
 
     \b
     Example:
       iotsettle escrow status 7
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    view = ops.escrow_of(ops_ctx, escrow_id)
-    info = describe_token(ops_ctx, view.token)
-    emit(view.as_dict(), as_json, _status_table(view, info.format, ops.refundable_from(ops_ctx, view)))
+    view = ops.escrow_of(cmd.ops, escrow_id)
+    info = describe_token(cmd.ops, view.token)
+    cmd.emit(view.as_dict(), _status_table(view, info.format, ops.refundable_from(cmd.ops, view)))
 
 
 @escrow.command("list")
@@ -162,34 +149,26 @@ def status(ctx: click.Context, escrow_id: int, rpc_url: str | None, as_json: boo
 @click.option("--device", type=ADDRESS, default=None, help="Only escrows released by this tracker.")
 @click.option("--state", "state_filter", type=click.Choice(["funded", "released", "refunded", "cancelled"]),
               default=None, help="Only escrows in this state.")
-@rpc_option
-@json_option
-@click.pass_context
-def list_cmd(ctx: click.Context, party: str | None, device: str | None, state_filter: str | None,
-             rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def list_cmd(cmd: CommandContext, party: str | None, device: str | None, state_filter: str | None) -> None:
     """List escrows of this deployment (from the contract's EscrowCreated events).
 
     \b
     Example:
       iotsettle escrow list --party 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 --state funded
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    views = [v for v in ops.list_escrows(ops_ctx, party=party, device=device) if not state_filter or v.state == state_filter]
+    views = [v for v in ops.list_escrows(cmd.ops, party=party, device=device) if not state_filter or v.state == state_filter]
     table = Table("id", "state", "buyer", "seller", "tracker", "amount", "deadline", title=f"{len(views)} escrows")
     for v in views:
         table.add_row(str(v.escrow_id), v.state, short(v.buyer), short(v.seller), short(v.device),
-                      describe_token(ops_ctx, v.token).format(v.amount), when(v.deadline))
-    emit([v.as_dict() for v in views], as_json, table)
+                      describe_token(cmd.ops, v.token).format(v.amount), when(v.deadline))
+    cmd.emit([v.as_dict() for v in views], table)
 
 
 @escrow.command()
 @click.argument("source", default="-", metavar="[FILE|-]")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def confirm(ctx: click.Context, source: str, from_key_env: str | None, dev_account: int | None,
-            rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def confirm(cmd: CommandContext, source: str) -> None:
     """Relay device-signed deliveries (the JSON wire payload of docs/PROTOCOL.md) from FILE or stdin.
 
     Anyone may relay: the contract checks the tracker's signature itself. One payload is sent alone and a refusal
@@ -201,31 +180,26 @@ def confirm(ctx: click.Context, source: str, from_key_env: str | None, dev_accou
       mosquitto_sub -t 'iotsettle/v1/31337/+/events' -C 1 | iotsettle escrow confirm -
     """
     text = read_payloads(source)
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    events = ops.parse_deliveries(ops_ctx, text)
-    result, outcomes = ops.confirm(ops_ctx, events)
+    events = ops.parse_deliveries(cmd.ops, text)
+    result, outcomes = ops.confirm(cmd.ops, events)
     data = {"tx": result.tx_hash, "block": result.block, "gasUsed": result.gas_used,
             "results": [{"escrowId": o.escrow_id, "seq": o.seq, "confirmed": o.confirmed, "reason": o.reason or None,
                          "toSeller": str(o.to_seller), "toBuyer": str(o.to_buyer)} for o in outcomes]}
     table = Table("escrow", "seq", "result", "seller credited", "buyer credited",
                   title=f"relayed in block {result.block}, gas {result.gas_used:,}")
     for o in outcomes:
-        fmt = describe_token(ops_ctx, ops.escrow_of(ops_ctx, o.escrow_id).token).format
+        fmt = describe_token(cmd.ops, ops.escrow_of(cmd.ops, o.escrow_id).token).format
         table.add_row(str(o.escrow_id), str(o.seq), "released" if o.confirmed else f"rejected: {o.reason}",
                       fmt(o.to_seller) if o.confirmed else "", fmt(o.to_buyer) if o.confirmed else "")
-    emit(data, as_json, table)
-    if not as_json:
+    cmd.emit(data, table)
+    if not cmd.as_json:
         emit(None, False, f"tx {result.tx_hash}")
 
 
 @escrow.command()
 @click.argument("escrow_id", type=ID)
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def refund(ctx: click.Context, escrow_id: int, from_key_env: str | None, dev_account: int | None,
-           rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def refund(cmd: CommandContext, escrow_id: int) -> None:
     """Buyer: credit an undelivered escrow back to yourself (then `escrow withdraw`).
 
     Possible from one hour after the deadline (the settlement grace): a delivery the tracker signed by the
@@ -236,51 +210,40 @@ def refund(ctx: click.Context, escrow_id: int, from_key_env: str | None, dev_acc
     Example:
       iotsettle escrow refund 7 && iotsettle escrow withdraw
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    result = ops.refund(ops_ctx, escrow_id)
-    view = ops.escrow_of(ops_ctx, escrow_id)
-    emit({"escrowId": escrow_id, "tx": result.tx_hash, "block": result.block, "amount": str(view.amount)}, as_json,
-         f"escrow {escrow_id} refunded: {describe_token(ops_ctx, view.token).format(view.amount)} credited to the buyer "
-         f"(tx {result.tx_hash}); run `iotsettle escrow withdraw` to receive it")
+    result = ops.refund(cmd.ops, escrow_id)
+    view = ops.escrow_of(cmd.ops, escrow_id)
+    cmd.emit({"escrowId": escrow_id, "tx": result.tx_hash, "block": result.block, "amount": str(view.amount)},
+             f"escrow {escrow_id} refunded: {describe_token(cmd.ops, view.token).format(view.amount)} credited to the buyer "
+             f"(tx {result.tx_hash}); run `iotsettle escrow withdraw` to receive it")
 
 
 @escrow.command()
 @click.argument("escrow_id", type=ID)
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def cancel(ctx: click.Context, escrow_id: int, from_key_env: str | None, dev_account: int | None,
-           rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def cancel(cmd: CommandContext, escrow_id: int) -> None:
     """Seller: give up a funded escrow; the buyer is credited the whole amount.
 
     \b
     Example:
       iotsettle escrow cancel 7 --dev-account 1
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    result = ops.cancel(ops_ctx, escrow_id)
-    emit({"escrowId": escrow_id, "tx": result.tx_hash, "block": result.block}, as_json,
-         f"escrow {escrow_id} cancelled; the buyer can withdraw the amount (tx {result.tx_hash})")
+    result = ops.cancel(cmd.ops, escrow_id)
+    cmd.emit({"escrowId": escrow_id, "tx": result.tx_hash, "block": result.block},
+             f"escrow {escrow_id} cancelled; the buyer can withdraw the amount (tx {result.tx_hash})")
 
 
 @escrow.command()
 @click.option("--token", type=TOKEN, default="TEST", show_default=True, help="Which credited balance to withdraw.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def withdraw(ctx: click.Context, token: str, from_key_env: str | None, dev_account: int | None,
-             rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def withdraw(cmd: CommandContext, token: str) -> None:
     """Receive everything the escrow contract credited to you in TOKEN (payments, refunds, cancellations).
 
     \b
     Example:
       iotsettle escrow withdraw --token TEST --dev-account 1
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = describe_token(ops_ctx, token)
-    result, paid = ops.withdraw(ops_ctx, info)
-    who = ops_ctx.require_sender().address
-    emit({"account": who, "token": info.address, "amount": str(paid), "tx": result.tx_hash, "block": result.block},
-         as_json, f"{who} received {info.format(paid)} (tx {result.tx_hash})")
+    info = describe_token(cmd.ops, token)
+    result, paid = ops.withdraw(cmd.ops, info)
+    who = cmd.ops.require_sender().address
+    cmd.emit({"account": who, "token": info.address, "amount": str(paid), "tx": result.tx_hash, "block": result.block},
+             f"{who} received {info.format(paid)} (tx {result.tx_hash})")

@@ -16,8 +16,8 @@ import click
 import requests
 from web3.exceptions import Web3Exception
 
-from iotsettle.cli._common import IotSettleGroup, emit, err_console, json_option
-from iotsettle.cli._params import DURATION, ops_context, rpc_option, sender_options
+from iotsettle.cli._common import IotSettleGroup, err_console
+from iotsettle.cli._params import DURATION, CommandContext, with_context
 from iotsettle.oracle.protocol.errors import IotSettleError
 from iotsettle.oracle.ops.keeper import Keeper, PassSummary
 
@@ -92,12 +92,8 @@ def _print_pass(summary: PassSummary, as_json: bool, always: bool) -> None:
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON file keeping the last block scanned and the seasons and loans watched between runs "
                    "(with --once: each cron run reads only the new blocks).")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def run(ctx: click.Context, interval: int, once: bool, state_path: Path | None, from_key_env: str | None, dev_account: int | None,
-        rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def run(cmd: CommandContext, interval: int, once: bool, state_path: Path | None) -> None:
     """Finalize and pay out crop seasons when due, and sweep loan payout accounts that received something.
 
     Each pass reads the new seasons and loans from the chain logs, then acts only where a view shows work to do
@@ -113,13 +109,12 @@ def run(ctx: click.Context, interval: int, once: bool, state_path: Path | None, 
       iotsettle keeper run --from-key-env KEEPER_KEY               # every 10 s until SIGTERM / Ctrl-C
       iotsettle keeper run --once --json --state keeper.json --from-key-env KEEPER_KEY   # cron
     """
-    if from_key_env is None and dev_account is None:
+    if cmd.default_sender:
         err_console.print("[yellow]sending from the configured [chain] key: if the oracle daemon relays with the "
                           "same key, give the keeper its own with --from-key-env[/yellow]")
     if interval < 1:
         raise click.BadParameter("the interval must be at least 1 s", param_hint="--interval")
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    worker = Keeper(ops_ctx)
+    worker = Keeper(cmd.ops)
     if state_path is not None and state_path.exists():
         try:
             worker.restore(json.loads(state_path.read_text()))
@@ -134,23 +129,23 @@ def run(ctx: click.Context, interval: int, once: bool, state_path: Path | None, 
 
     if once:
         summary = run_pass()
-        if as_json:
-            emit(summary.as_dict(), True)
+        if cmd.as_json:
+            cmd.emit(summary.as_dict())
         else:
             _print_pass(summary, False, always=True)
         if summary.failures:
-            ctx.exit(1)
+            cmd.click.exit(1)
         return
     with _stop_on_signals() as stop:
-        if not as_json:
-            err_console.print(f"[dim]keeper {ops_ctx.require_sender().address} on chain {ops_ctx.chain.chain_id}, "
+        if not cmd.as_json:
+            err_console.print(f"[dim]keeper {cmd.ops.require_sender().address} on chain {cmd.ops.chain.chain_id}, "
                               f"a pass every {interval} s; SIGTERM or Ctrl-C stops it[/dim]")
         while not stop.event.is_set():
             try:
-                _print_pass(run_pass(), as_json, always=False)
+                _print_pass(run_pass(), cmd.as_json, always=False)
             except (IotSettleError, requests.RequestException, Web3Exception, OSError) as exc:
                 # The node may be restarting: report and try again next pass.
                 err_console.print(f"[yellow]{_stamp()} pass failed: {exc}[/yellow]")
             stop.event.wait(interval)
     if stop.signal == signal.SIGINT:
-        ctx.exit(EXIT_INTERRUPTED)
+        cmd.click.exit(EXIT_INTERRUPTED)

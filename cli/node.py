@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from iotsettle.cli._common import emit, json_option, progress, state
+from iotsettle.cli._common import progress
+from iotsettle.cli._params import CommandContext, with_context
 from iotsettle.oracle.chain.node import stack
 
 
@@ -27,34 +28,31 @@ def _table(statuses: list[dict[str, object]]) -> Table:
 
 
 @node.command()
-@json_option
-@click.pass_context
-def up(ctx: click.Context, as_json: bool) -> None:
+@with_context()
+def up(cmd: CommandContext) -> None:
     """Start anvil and mosquitto in the background and wait until both answer.
 
     Services that already run are left alone, so `node up` is safe to repeat.
     """
     statuses = []
-    for service in stack(state(ctx).config):
-        if not as_json:
+    for service in stack(cmd.config):
+        if not cmd.as_json:
             progress(f"starting {service.name} on {service.endpoint}")
         statuses.append(service.start().as_dict())
-    emit(statuses, as_json, _table(statuses))
+    cmd.emit(statuses, _table(statuses))
 
 
 @node.command()
-@json_option
-@click.pass_context
-def down(ctx: click.Context, as_json: bool) -> None:
+@with_context()
+def down(cmd: CommandContext) -> None:
     """Stop the services `node up` started (SIGTERM, then SIGKILL after 5 s)."""
-    stopped = {service.name: service.stop() for service in stack(state(ctx).config)}
-    emit(stopped, as_json, "\n".join(f"{n}: {'stopped' if s else 'was not running'}" for n, s in stopped.items()))
+    stopped = {service.name: service.stop() for service in stack(cmd.config)}
+    cmd.emit(stopped, "\n".join(f"{n}: {'stopped' if s else 'was not running'}" for n, s in stopped.items()))
 
 
 @node.command()
-@json_option
-@click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
+@with_context()
+def status(cmd: CommandContext) -> None:
     """Show whether each service runs and answers, with its pid, endpoint and log file."""
-    statuses = [service.status().as_dict() for service in stack(state(ctx).config)]
-    emit(statuses, as_json, _table(statuses))
+    statuses = [service.status().as_dict() for service in stack(cmd.config)]
+    cmd.emit(statuses, _table(statuses))

@@ -12,7 +12,8 @@ from typing import Any
 import click
 from rich.table import Table
 
-from iotsettle.cli._common import IotSettleGroup, State, emit, json_option, state
+from iotsettle.cli._common import IotSettleGroup, State, emit
+from iotsettle.cli._params import CommandContext, with_context
 from iotsettle.oracle.daemon.intake import prefer_fast_keccak
 from iotsettle.oracle.daemon.service import OracleDaemon
 from iotsettle.oracle.daemon.store import Store
@@ -27,8 +28,8 @@ def oracle() -> None:
 
 @oracle.command()
 @click.option("--intake-only", is_flag=True, help="Take in and store events but send no transactions.")
-@click.pass_context
-def run(ctx: click.Context, intake_only: bool) -> None:
+@with_context(json_output=False)
+def run(cmd: CommandContext, intake_only: bool) -> None:
     """Run the daemon until SIGTERM/SIGINT, then drain and exit 0.
 
     Settings: the [oracle], [mqtt] and [chain] sections (or IOTSETTLE_ORACLE_*, IOTSETTLE_MQTT_*, IOTSETTLE_CHAIN_*).
@@ -41,8 +42,8 @@ def run(ctx: click.Context, intake_only: bool) -> None:
     if not root.handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     prefer_fast_keccak()
-    daemon = OracleDaemon(state(ctx).config, settle=not intake_only)
-    ctx.exit(daemon.run())
+    daemon = OracleDaemon(cmd.config, settle=not intake_only)
+    cmd.click.exit(daemon.run())
 
 
 def _health(host: str, port: int) -> dict[str, Any] | None:
@@ -59,11 +60,10 @@ def _health(host: str, port: int) -> dict[str, Any] | None:
 
 @oracle.command()
 @click.option("--rejects", default=10, show_default=True, help="How many recent rejections to show.")
-@json_option
-@click.pass_context
-def status(ctx: click.Context, rejects: int, as_json: bool) -> None:
+@with_context()
+def status(cmd: CommandContext, rejects: int) -> None:
     """Backlog, last settled block, recent rejections and quarantined devices (from the oracle's database)."""
-    config = state(ctx).config
+    config = cmd.config
     path = config.path(config.oracle.db_path)
     if not path.exists():
         raise click.ClickException(f"no oracle database at {path}: the daemon has not run with this configuration")
@@ -89,8 +89,8 @@ def status(ctx: click.Context, rejects: int, as_json: bool) -> None:
         }
     finally:
         store.close()
-    if as_json:
-        emit(data, True)
+    if cmd.as_json:
+        cmd.emit(data)
         return
     daemon = data["daemon"]
     emit(None, False, f"daemon: [bold]{daemon['status'] if daemon else 'not running (no health endpoint)'}[/bold]"
@@ -112,15 +112,14 @@ def status(ctx: click.Context, rejects: int, as_json: bool) -> None:
 
 @oracle.command()
 @click.argument("device")
-@json_option
-@click.pass_context
-def release(ctx: click.Context, device: str, as_json: bool) -> None:
+@with_context()
+def release(cmd: CommandContext, device: str) -> None:
     """Let a quarantined DEVICE (its id, 0x…) send events again; works while the daemon runs."""
     from eth_utils import is_hex_address, to_checksum_address
 
     if not is_hex_address(device):
         raise click.BadParameter(f"{device!r} is not a 0x-prefixed 20-byte address", param_hint="DEVICE")
-    config = state(ctx).config
+    config = cmd.config
     path = config.path(config.oracle.db_path)
     if not path.exists():
         raise click.ClickException(f"no oracle database at {path}: the daemon has not run with this configuration")
@@ -131,7 +130,7 @@ def release(ctx: click.Context, device: str, as_json: bool) -> None:
         store.close()
     if not released:
         raise click.ClickException(f"{to_checksum_address(device)} is not quarantined")
-    emit({"released": to_checksum_address(device)}, as_json, f"released {to_checksum_address(device)}")
+    cmd.emit({"released": to_checksum_address(device)}, f"released {to_checksum_address(device)}")
 
 
 def main() -> None:

@@ -8,9 +8,9 @@ from typing import Any
 import click
 from rich.table import Table
 
-from iotsettle.cli._common import IotSettleGroup, emit, json_option
-from iotsettle.cli._params import (ADDRESS, AMOUNT, DURATION, ID, TOKEN, ops_context, read_payloads, rpc_option, sender_options,
-                         short, short_id, when)
+from iotsettle.cli._common import IotSettleGroup, emit
+from iotsettle.cli._params import (ADDRESS, AMOUNT, DURATION, ID, TOKEN, CommandContext, read_payloads, short, short_id,
+                                   when, with_context)
 from iotsettle.oracle.ops import insurance as ops
 from iotsettle.oracle.ops.amounts import Amount
 from iotsettle.oracle.ops.token import describe_token
@@ -84,13 +84,9 @@ def _token_of(ops_ctx: Any, policy_id: int) -> Any:
 @click.option("--start-speeding", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
               help="The unit's speeding count now (cumulative since installation); events are counted from here.")
 @click.option("--notice", type=DURATION, default="0", show_default=True, help="Notice period before a close (e.g. 7d).")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def offer_cmd(ctx: click.Context, holder: str, vehicle: str, rate: Amount, min_factor: int, max_factor: int,
-              step: int, token: str, start_odometer: int, start_harsh: int, start_speeding: int, notice: int,
-              from_key_env: str | None, dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def offer_cmd(cmd: CommandContext, holder: str, vehicle: str, rate: Amount, min_factor: int, max_factor: int,
+              step: int, token: str, start_odometer: int, start_harsh: int, start_speeding: int, notice: int) -> None:
     """Insurer: offer HOLDER a pay-per-km policy for a registered vehicle.
 
     The unit's registers now (odometer, harsh-braking and speeding counts: all cumulative since it was
@@ -103,15 +99,14 @@ def offer_cmd(ctx: click.Context, holder: str, vehicle: str, rate: Amount, min_f
           --vehicle 0xVEHICLE --rate 0.05 --min-factor 0.9 --max-factor 1.5 --step 0.1 --notice 1d \\
           --start-odometer 1000000 --start-harsh 500 --start-speeding 200
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = describe_token(ops_ctx, token)
+    info = describe_token(cmd.ops, token)
     terms = ops.Terms(holder, vehicle, info, info.to_base(rate), min_factor, max_factor, step, start_odometer, notice,
                       start_harsh, start_speeding)
-    policy_id, result = ops.offer(ops_ctx, terms)
-    emit({"policyId": str(policy_id), "policyIdHex": hex(policy_id), "tx": result.tx_hash, "block": result.block},
-         as_json, f"policy [bold]{hex(policy_id)}[/bold] offered to {holder}: {info.format(terms.rate_per_km)} per km, "
-                  f"factor {ops.factor_text(min_factor)} … {ops.factor_text(max_factor)} (tx {result.tx_hash})\n"
-                  f"next, the holder: iotsettle policy accept {hex(policy_id)} --deposit AMOUNT")
+    policy_id, result = ops.offer(cmd.ops, terms)
+    cmd.emit({"policyId": str(policy_id), "policyIdHex": hex(policy_id), "tx": result.tx_hash, "block": result.block},
+             f"policy [bold]{hex(policy_id)}[/bold] offered to {holder}: {info.format(terms.rate_per_km)} per km, "
+             f"factor {ops.factor_text(min_factor)} … {ops.factor_text(max_factor)} (tx {result.tx_hash})\n"
+             f"next, the holder: iotsettle policy accept {hex(policy_id)} --deposit AMOUNT")
 
 
 def _start_text(start: ops.StartRegisters) -> str:
@@ -127,13 +122,9 @@ def _start_text(start: ops.StartRegisters) -> str:
               help="The harsh-braking count you agree events are counted from; default: the offer's.")
 @click.option("--expect-start-speeding", type=click.IntRange(0, 2**32 - 1), default=None,
               help="The speeding count you agree events are counted from; default: the offer's.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def accept(ctx: click.Context, policy_id: int, deposit: Amount, expect_start_odometer: int | None,
-           expect_start_harsh: int | None, expect_start_speeding: int | None, from_key_env: str | None,
-           dev_account: int | None, rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def accept(cmd: CommandContext, policy_id: int, deposit: Amount, expect_start_odometer: int | None,
+           expect_start_harsh: int | None, expect_start_speeding: int | None) -> None:
     """Holder: accept an offered policy and prepay DEPOSIT (the token is approved first when needed).
 
     The acceptance names the unit's registers the premium is counted from (the offer's odometer, harsh-braking
@@ -144,47 +135,41 @@ def accept(ctx: click.Context, policy_id: int, deposit: Amount, expect_start_odo
     Example:
       iotsettle policy accept 0x5fbd…0001 --deposit 20 --expect-start-odometer 1000000 --dev-account 1
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    view = ops.policy_of(ops_ctx, policy_id)
-    info = describe_token(ops_ctx, view.token)
+    view = ops.policy_of(cmd.ops, policy_id)
+    info = describe_token(cmd.ops, view.token)
     offered = ops.start_registers(view)
     start = ops.StartRegisters(
         offered.odometer if expect_start_odometer is None else expect_start_odometer,
         offered.harsh if expect_start_harsh is None else expect_start_harsh,
         offered.speeding if expect_start_speeding is None else expect_start_speeding)
     base = info.to_base(deposit)
-    result = ops.accept(ops_ctx, policy_id, base, start)
-    emit({"policyId": str(policy_id), "deposit": str(base), "startOdometer": start.odometer,
-          "startHarsh": start.harsh, "startSpeeding": start.speeding, "tx": result.tx_hash, "block": result.block},
-         as_json, f"policy {hex(policy_id)} active with {info.format(base)} prepaid, counted from "
-                  f"{_start_text(start)} (tx {result.tx_hash})")
+    result = ops.accept(cmd.ops, policy_id, base, start)
+    cmd.emit({"policyId": str(policy_id), "deposit": str(base), "startOdometer": start.odometer,
+              "startHarsh": start.harsh, "startSpeeding": start.speeding, "tx": result.tx_hash, "block": result.block},
+             f"policy {hex(policy_id)} active with {info.format(base)} prepaid, counted from "
+             f"{_start_text(start)} (tx {result.tx_hash})")
 
 
 @policy.command("top-up")
 @click.argument("policy_id", type=ID)
 @click.option("--amount", type=AMOUNT, required=True, help="How much to add, e.g. 10.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def top_up(ctx: click.Context, policy_id: int, amount: Amount, from_key_env: str | None, dev_account: int | None,
-           rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def top_up(cmd: CommandContext, policy_id: int, amount: Amount) -> None:
     """Anyone: add to a policy's prepaid balance; arrears are paid first and a lapsed policy is reinstated.
 
     \b
     Example:
       iotsettle policy top-up 0x5fbd…0001 --amount 10 --dev-account 1
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = _token_of(ops_ctx, policy_id)
+    info = _token_of(cmd.ops, policy_id)
     base = info.to_base(amount)
-    result, arrears_paid = ops.top_up(ops_ctx, policy_id, base)
-    view = ops.policy_of(ops_ctx, policy_id)
+    result, arrears_paid = ops.top_up(cmd.ops, policy_id, base)
+    view = ops.policy_of(cmd.ops, policy_id)
     paid = f", {info.format(arrears_paid)} of it paid arrears" if arrears_paid else ""
-    emit({"policyId": str(policy_id), "amount": str(base), "arrearsPaid": str(arrears_paid), "tx": result.tx_hash,
-          "block": result.block, "policy": view.as_dict()}, as_json,
-         f"policy {hex(policy_id)} topped up by {info.format(base)}{paid}: prepaid {info.format(view.prepaid)}, "
-         f"status {view.status} (tx {result.tx_hash})")
+    cmd.emit({"policyId": str(policy_id), "amount": str(base), "arrearsPaid": str(arrears_paid), "tx": result.tx_hash,
+              "block": result.block, "policy": view.as_dict()},
+             f"policy {hex(policy_id)} topped up by {info.format(base)}{paid}: prepaid {info.format(view.prepaid)}, "
+             f"status {view.status} (tx {result.tx_hash})")
 
 
 def _show_table(view: ops.PolicyView, fmt: Any) -> Table:
@@ -213,28 +198,23 @@ def _show_table(view: ops.PolicyView, fmt: Any) -> Table:
 
 @policy.command()
 @click.argument("policy_id", type=ID)
-@rpc_option
-@json_option
-@click.pass_context
-def show(ctx: click.Context, policy_id: int, rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def show(cmd: CommandContext, policy_id: int) -> None:
     """Show one policy: terms, status, prepaid balance and arrears, the factor now in force.
 
     \b
     Example:
       iotsettle policy show 0x5fbd…0001
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    view = ops.policy_of(ops_ctx, policy_id)
-    emit(view.as_dict(), as_json, _show_table(view, describe_token(ops_ctx, view.token).format))
+    view = ops.policy_of(cmd.ops, policy_id)
+    cmd.emit(view.as_dict(), _show_table(view, describe_token(cmd.ops, view.token).format))
 
 
 @policy.command()
 @click.argument("policy_id", type=ID)
 @click.option("--all", "show_all", is_flag=True, help="Also list top-ups, lapses and other changes of status.")
-@rpc_option
-@json_option
-@click.pass_context
-def history(ctx: click.Context, policy_id: int, show_all: bool, rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def history(cmd: CommandContext, policy_id: int, show_all: bool) -> None:
     """Every charged period of a policy and why its rate applied; rejected reports with the reason.
 
     Each period shows the km driven and the harsh-braking and speeding events counted by the vehicle since the
@@ -246,9 +226,8 @@ def history(ctx: click.Context, policy_id: int, show_all: bool, rpc_url: str | N
     Example:
       iotsettle policy history 0x5fbd…0001 --all
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    view, entries = ops.history(ops_ctx, policy_id)
-    fmt = describe_token(ops_ctx, view.token).format_short
+    view, entries = ops.history(cmd.ops, policy_id)
+    fmt = describe_token(cmd.ops, view.token).format_short
     shown = [e for e in entries if show_all or e.kind in ("charged", "rejected")]
     table = Table("seq", "km", "harsh", "speeding", "factor", "rate/km", "amount",
                   title=f"policy {short_id(policy_id)}: {len(shown)} entries")
@@ -264,8 +243,8 @@ def history(ctx: click.Context, policy_id: int, show_all: bool, rpc_url: str | N
         else:
             table.add_row("", "", "", "", "", "", f"[dim]{e.kind}[/dim]")
             why.append(f"{e.kind}: {e.explanation}")
-    if as_json:
-        emit({"policy": view.as_dict(), "entries": [e.as_dict() for e in shown]}, True)
+    if cmd.as_json:
+        cmd.emit({"policy": view.as_dict(), "entries": [e.as_dict() for e in shown]})
         return
     emit(None, False, table)
     if why:
@@ -274,12 +253,8 @@ def history(ctx: click.Context, policy_id: int, show_all: bool, rpc_url: str | N
 
 @policy.command("request-close")
 @click.argument("policy_id", type=ID)
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def request_close(ctx: click.Context, policy_id: int, from_key_env: str | None, dev_account: int | None,
-                  rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def request_close(cmd: CommandContext, policy_id: int) -> None:
     """Holder or insurer: start the notice period; reports signed until its end keep settling until `policy close`,
     which opens a grace period after the end (so reports on their way still count).
 
@@ -287,22 +262,17 @@ def request_close(ctx: click.Context, policy_id: int, from_key_env: str | None, 
     Example:
       iotsettle policy request-close 0x5fbd…0001 --dev-account 1
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    result, close_at = ops.request_close(ops_ctx, policy_id)
-    close_from = close_at + ops.settlement_grace(ops_ctx) + 1
-    emit({"policyId": str(policy_id), "closeAt": close_at, "closeFrom": close_from, "tx": result.tx_hash}, as_json,
-         f"policy {hex(policy_id)} ends at {when(close_at)} and can be closed from {when(close_from)}: "
-         f"iotsettle policy close {hex(policy_id)}")
+    result, close_at = ops.request_close(cmd.ops, policy_id)
+    close_from = close_at + ops.settlement_grace(cmd.ops) + 1
+    cmd.emit({"policyId": str(policy_id), "closeAt": close_at, "closeFrom": close_from, "tx": result.tx_hash},
+             f"policy {hex(policy_id)} ends at {when(close_at)} and can be closed from {when(close_from)}: "
+             f"iotsettle policy close {hex(policy_id)}")
 
 
 @policy.command()
 @click.argument("policy_id", type=ID)
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def close(ctx: click.Context, policy_id: int, from_key_env: str | None, dev_account: int | None, rpc_url: str | None,
-          as_json: bool) -> None:
+@with_context(sender=True)
+def close(cmd: CommandContext, policy_id: int) -> None:
     """Anyone, once the notice and the grace after it are over: end the policy; the unused prepaid balance goes
     back to the holder (credited for `policy withdraw-refund` if the transfer fails).
 
@@ -310,112 +280,88 @@ def close(ctx: click.Context, policy_id: int, from_key_env: str | None, dev_acco
     Example:
       iotsettle policy close 0x5fbd…0001
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = _token_of(ops_ctx, policy_id)
-    result, refund, credited = ops.close(ops_ctx, policy_id)
+    info = _token_of(cmd.ops, policy_id)
+    result, refund, credited = ops.close(cmd.ops, policy_id)
     how = "credited to the holder (iotsettle policy withdraw-refund)" if credited else "refunded to the holder"
-    emit({"policyId": str(policy_id), "refund": str(refund), "credited": credited, "tx": result.tx_hash}, as_json,
-         f"policy {hex(policy_id)} closed; {info.format(refund)} {how} (tx {result.tx_hash})")
+    cmd.emit({"policyId": str(policy_id), "refund": str(refund), "credited": credited, "tx": result.tx_hash},
+             f"policy {hex(policy_id)} closed; {info.format(refund)} {how} (tx {result.tx_hash})")
 
 
 @policy.command()
 @click.argument("policy_id", type=ID)
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def withdraw(ctx: click.Context, policy_id: int, from_key_env: str | None, dev_account: int | None,
-             rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def withdraw(cmd: CommandContext, policy_id: int) -> None:
     """Insurer: receive the premiums earned on a policy and not yet withdrawn.
 
     \b
     Example:
       iotsettle policy withdraw 0x5fbd…0001
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = _token_of(ops_ctx, policy_id)
-    result, paid = ops.withdraw_earnings(ops_ctx, policy_id)
-    emit({"policyId": str(policy_id), "amount": str(paid), "tx": result.tx_hash}, as_json,
-         f"insurer received {info.format(paid)} of premiums from policy {hex(policy_id)} (tx {result.tx_hash})")
+    info = _token_of(cmd.ops, policy_id)
+    result, paid = ops.withdraw_earnings(cmd.ops, policy_id)
+    cmd.emit({"policyId": str(policy_id), "amount": str(paid), "tx": result.tx_hash},
+             f"insurer received {info.format(paid)} of premiums from policy {hex(policy_id)} (tx {result.tx_hash})")
 
 
 @policy.command("withdraw-refund")
 @click.option("--token", type=TOKEN, default="TEST", show_default=True, help="TEST or an ERC-20 address.")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def withdraw_refund(ctx: click.Context, token: str, from_key_env: str | None, dev_account: int | None,
-                    rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def withdraw_refund(cmd: CommandContext, token: str) -> None:
     """Holder: take the refunds credited to you when a transfer at close failed.
 
     \b
     Example:
       iotsettle policy withdraw-refund --dev-account 1
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    info = describe_token(ops_ctx, token)
-    result, paid = ops.withdraw_refund(ops_ctx, info)
-    emit({"token": info.address, "amount": str(paid), "tx": result.tx_hash}, as_json,
-         f"received {info.format(paid)} of refunds credited by the motor policies (tx {result.tx_hash})")
+    info = describe_token(cmd.ops, token)
+    result, paid = ops.withdraw_refund(cmd.ops, info)
+    cmd.emit({"token": info.address, "amount": str(paid), "tx": result.tx_hash},
+             f"received {info.format(paid)} of refunds credited by the motor policies (tx {result.tx_hash})")
 
 
 @policy.command("cancel")
 @click.argument("policy_id", type=ID)
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def cancel_cmd(ctx: click.Context, policy_id: int, from_key_env: str | None, dev_account: int | None,
-               rpc_url: str | None, as_json: bool) -> None:
+@with_context(sender=True)
+def cancel_cmd(cmd: CommandContext, policy_id: int) -> None:
     """Insurer withdraws, or holder declines, an offer not yet accepted.
 
     \b
     Example:
       iotsettle policy cancel 0x5fbd…0001
     """
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    result = ops.cancel_offer(ops_ctx, policy_id)
-    emit({"policyId": str(policy_id), "tx": result.tx_hash}, as_json,
-         f"offer {hex(policy_id)} cancelled (tx {result.tx_hash})")
+    result = ops.cancel_offer(cmd.ops, policy_id)
+    cmd.emit({"policyId": str(policy_id), "tx": result.tx_hash},
+             f"offer {hex(policy_id)} cancelled (tx {result.tx_hash})")
 
 
 @policy.command("list")
 @click.option("--party", type=ADDRESS, default=None, help="Only policies where ADDRESS is insurer or holder.")
 @click.option("--vehicle", type=ADDRESS, default=None, help="Only policies of this vehicle.")
 @click.option("--status", "status_filter", type=click.Choice(list(ops.POLICY_STATUSES[1:])), default=None)
-@rpc_option
-@json_option
-@click.pass_context
-def list_cmd(ctx: click.Context, party: str | None, vehicle: str | None, status_filter: str | None,
-             rpc_url: str | None, as_json: bool) -> None:
+@with_context(rpc=True)
+def list_cmd(cmd: CommandContext, party: str | None, vehicle: str | None, status_filter: str | None) -> None:
     """List the policies of this deployment.
 
     \b
     Example:
       iotsettle policy list --status active
     """
-    ops_ctx = ops_context(ctx, rpc_url, send=False)
-    views = [v for v in ops.list_policies(ops_ctx, party=party, vehicle=vehicle)
+    views = [v for v in ops.list_policies(cmd.ops, party=party, vehicle=vehicle)
              if not status_filter or v.status == status_filter]
     table = Table("id", "status", "insurer", "holder", "vehicle", "km", "factor", "prepaid", "arrears",
                   title=f"{len(views)} policies")
     for v in views:
-        fmt = describe_token(ops_ctx, v.token).format_short
+        fmt = describe_token(cmd.ops, v.token).format_short
         table.add_row(short_id(v.policy_id), v.status, short(v.insurer), short(v.holder), short(v.vehicle),
                       f"{(v.last_odometer - v.start_odometer) / 1000:,.1f}", ops.factor_text(v.last_factor_bps),
                       fmt(v.prepaid), fmt(v.arrears))
-    emit([v.as_dict() for v in views], as_json, table)
+    cmd.emit([v.as_dict() for v in views], table)
 
 
 @policy.command()
 @click.argument("source", default="-", metavar="[FILE|-]")
-@sender_options
-@rpc_option
-@json_option
-@click.pass_context
-def settle(ctx: click.Context, source: str, from_key_env: str | None, dev_account: int | None, rpc_url: str | None,
-           as_json: bool) -> None:
+@with_context(sender=True)
+def settle(cmd: CommandContext, source: str) -> None:
     """Relay vehicle-signed telematics reports (JSON wire payloads, one per line) from FILE or stdin; the oracle
     daemon does this continuously, this is for manual relaying. Fails when no report could be settled.
 
@@ -424,8 +370,7 @@ def settle(ctx: click.Context, source: str, from_key_env: str | None, dev_accoun
       iotsettle policy settle reports.jsonl
     """
     text = read_payloads(source)
-    ops_ctx = ops_context(ctx, rpc_url, from_key_env=from_key_env, dev_account=dev_account)
-    result, outcomes = ops.settle(ops_ctx, ops.parse_telematics(ops_ctx, text))
+    result, outcomes = ops.settle(cmd.ops, ops.parse_telematics(cmd.ops, text))
     data = {"tx": result.tx_hash, "block": result.block, "gasUsed": result.gas_used,
             "results": [{"policyId": str(o.policy_id), "seq": o.seq, "settled": o.settled, "reason": o.reason or None,
                          "amount": str(o.amount), "factor": ops.factor_text(o.factor_bps) if o.settled else None}
@@ -433,7 +378,7 @@ def settle(ctx: click.Context, source: str, from_key_env: str | None, dev_accoun
     table = Table("policy", "seq", "result", "factor", "premium",
                   title=f"relayed in block {result.block}, gas {result.gas_used:,}")
     for o in outcomes:
-        premium = _token_of(ops_ctx, o.policy_id).format(o.amount) if o.settled else ""
+        premium = _token_of(cmd.ops, o.policy_id).format(o.amount) if o.settled else ""
         table.add_row(short_id(o.policy_id), str(o.seq), "settled" if o.settled else f"rejected: {o.reason}",
                       ops.factor_text(o.factor_bps) if o.settled else "", premium)
-    emit(data, as_json, table)
+    cmd.emit(data, table)
