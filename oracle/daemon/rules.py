@@ -32,7 +32,7 @@ from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.kinds import KINDS, EventKind
 from iotsettle.oracle.daemon.store import DeviceState
 from iotsettle.oracle.protocol.location import EARTH_RADIUS_M, distance_m, geohash_decode, location_geohash
-from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind, label_of
 from iotsettle.oracle.protocol.errors import ProtocolError
 from iotsettle.oracle.protocol.reasons import Reason
 from iotsettle.oracle.protocol.wire import SignedEvent
@@ -199,7 +199,7 @@ def _first_failure(
             if limit and increase > limit * seconds:
                 return (
                     Reason.IMPOSSIBLE_RATE,
-                    f"{spec.registers[0]} rose {increase} in {seconds} s, above {limit:g}/s for a {_kind_name(kind)}",
+                    f"{spec.registers[0]} rose {increase} in {seconds} s, above {limit:g}/s for a {label_of(kind)}",
                 )
     if not spec.located:
         return None
@@ -243,9 +243,3 @@ def _count_failure(state: DeviceState, reason: Reason, now: float, settings: Rul
         )
     return replace(state, failures=failures, failure_window_start=start)
 
-
-def _kind_name(kind: int) -> str:
-    try:
-        return DeviceKind(kind).name.lower()
-    except ValueError:
-        return f"kind {kind}"

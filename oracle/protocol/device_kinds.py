@@ -40,3 +40,11 @@ def kind_from_name(name: str) -> DeviceKind:
     except KeyError:
         choices = ", ".join(kind_name(kind) for kind in DeviceKind)
         raise ConfigError(f"unknown device kind {name!r} (one of {choices})") from None
+
+
+def label_of(number: int) -> str:
+    """The label of the kind stored as ``number`` on chain; ``kind 7`` for a number this version does not know."""
+    try:
+        return kind_label(DeviceKind(number))
+    except ValueError:
+        return f"kind {number}"

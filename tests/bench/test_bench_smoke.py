@@ -4,34 +4,15 @@ checks that what `scripts/bench` measures is real money moving."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bench import e2e, gas
 from bench.naive import NaiveRelayProcess
-from bench.stack import PRICE_PER_UNIT, BenchStack, Meter, provision, topic_of
+from bench.stack import PRICE_PER_UNIT, BenchStack, Meter, topic_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # web3's process_receipt on other contracts' logs
-
-
-@pytest.fixture(scope="module")
-def stack(deployment: Any, anvil: Any, mosquitto: Any, tmp_path_factory: pytest.TempPathFactory) -> BenchStack:  # noqa: ANN401
-    bench = BenchStack(deployment.config, anvil, mosquitto, deployment.chain, deployment.manifest,
-                       tmp_path_factory.mktemp("bench"))  # fmt: skip
-    provision(bench, meters=25, trackers=4, escrows_per_tracker=3)
-    return bench
-
-
-@pytest.fixture
-def watcher(stack: BenchStack) -> Iterator[e2e.Watcher]:
-    billing = stack.ctx_contract("MeteredBilling")
-    watch = e2e.Watcher(stack.config.chain.rpc_url, {topic_of(billing, "ReadingSettled"): billing.address.lower()})
-    watch.start()
-    yield watch
-    watch.stop()
 
 
 def earnings(stack: BenchStack, meters: list[Meter]) -> list[int]:

@@ -21,7 +21,7 @@ from iotsettle.oracle.chain.deploy import deploy_all, load_manifest, verify_mani
 from iotsettle.oracle.protocol.errors import ChainError, ConfigError, DeploymentError, KeyFileError
 from iotsettle.oracle.chain.node import Anvil, Mosquitto, free_port, mqtt_ready, rpc_ready
 
-from tests.conftest import REPO, make_config
+from tests.kit.stack import REPO, make_config
 
 
 def _env(config) -> dict[str, str]:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
 
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 
-from tests.cli_support import Cli, chain_now, reading, register_device, token_balance
+from tests.kit.cli import Cli, register_device
+from tests.kit.products import chain_now, reading, token_balance
 
 TOKEN = 10**18
-
-
-@pytest.fixture()
-def cli(deployment) -> Cli:
-    return Cli(deployment.config)
 
 
 def _open(cli: Cli, deployment, w3, price: str = "0.5", deposit: str = "10", kind=DeviceKind.METER):

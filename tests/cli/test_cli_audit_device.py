@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
 
 from iotsettle.oracle.device.keys import DeviceKey
 from iotsettle.oracle.protocol.location import location_bytes32
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 
-from tests.cli_support import Cli, chain_now, delivery, reading, register_device
+from tests.kit.cli import register_device
+from tests.kit.products import chain_now, delivery, reading
 
 TOKEN = 10**18
-
-
-@pytest.fixture()
-def cli(deployment) -> Cli:
-    return Cli(deployment.config)
 
 
 def test_audit_agreement_and_device_match_what_happened(cli, deployment, w3) -> None:

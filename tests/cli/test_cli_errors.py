@@ -6,28 +6,16 @@ shared anvil keeps a clock close to the wall clock for everyone else.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.chain.node import free_port
 
-from tests.cli_support import Cli, User, register_device, token_balance
-from tests.conftest import Deployment, private_deployment
+from tests.kit.cli import Cli, User, register_device
+from tests.kit.products import chain_now, reading, token_balance
 
 TOKEN = 10**18
-
-
-@pytest.fixture(scope="module")
-def own_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with private_deployment(tmp_path_factory.mktemp("timewarp")) as deployment:
-        yield deployment
-
-
-@pytest.fixture()
-def cli(deployment) -> Cli:
-    return Cli(deployment.config)
 
 
 def _warp(w3, seconds: int) -> None:
@@ -66,8 +54,6 @@ def test_refund_only_after_the_deadline_and_the_grace(own_deployment) -> None:
 
 def test_a_reading_signed_before_close_at_bills_when_relayed_after_it(own_deployment) -> None:
     """A consumer cannot close before a late reading arrives: the close waits for closeAt + the grace."""
-    from tests.cli_support import chain_now, reading
-
     cli, w3 = Cli(own_deployment.config), own_deployment.chain.w3
     provider, consumer = cli.user(w3), cli.user(w3)
     meter = register_device(own_deployment.config, provider, DeviceKind.METER)

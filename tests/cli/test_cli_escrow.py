@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from iotsettle.oracle.protocol.location import location_bytes32
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 
-from tests.cli_support import Cli, chain_now, delivery, register_device, token_balance
+from tests.kit.cli import Cli, register_device
+from tests.kit.products import chain_now, delivery, token_balance
 
 TOKEN = 10**18
 DEST = "u33dc0cr"
-
-
-@pytest.fixture()
-def cli(deployment) -> Cli:
-    return Cli(deployment.config)
 
 
 def _escrow(cli: Cli, deployment, w3, amount: str = "25", deadline: str = "+2h"):

@@ -7,50 +7,19 @@ test, crop insurance and the loan repaid from its payout move chain time, so the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 
-from iotsettle.oracle.protocol import eip712
 from iotsettle.oracle.device.keys import DeviceKey
 from iotsettle.oracle.protocol.location import location_bytes32
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
-from iotsettle.oracle.protocol.eip712 import Domain
-from iotsettle.oracle.protocol.wire import SignedEvent
 
-from tests.cli_support import Cli, User, chain_now, delivery, register_device, token_balance
-from tests.conftest import Deployment, private_deployment
+from tests.kit.cli import Cli, User, register_device
+from tests.kit.products import allow_insurer, chain_now, delivery, telematics, token_balance, warp_to, weather
+from tests.kit.stack import Deployment
 
 TOKEN = 10**18
 CENT = TOKEN // 100
-
-
-def _sign(key: DeviceKey, event_type: str, primary: str, chain_id: int, contract: str, msg: dict[str, Any]) -> str:
-    """One wire payload line, signed with the device key (the simulator is not needed for this)."""
-    digest = eip712.digest(primary, msg, Domain(chain_id, contract))
-    event = SignedEvent(event_type, chain_id, contract, key.address, msg, eip712.sign_digest(key.private_key, digest))
-    return event.to_payload().decode()
-
-
-def telematics(key: DeviceKey, w3: Any, contract: str, policy_id: int, seq: int, odometer: int, harsh: int = 0,
-               speeding: int = 0) -> str:
-    msg = {"policyId": policy_id, "seq": seq, "timestamp": chain_now(w3), "odometer": odometer,
-           "harshBraking": harsh, "speeding": speeding}
-    return _sign(key, "telematics", "Telematics", w3.eth.chain_id, contract, msg)
-
-
-def weather(key: DeviceKey, w3: Any, contract: str, seq: int, rainfall: int, max_temperature: int = 2500) -> str:
-    msg = {"station": key.address, "seq": seq, "timestamp": chain_now(w3), "rainfall": rainfall,
-           "maxTemperature": max_temperature}
-    return _sign(key, "weather", "WeatherObservation", w3.eth.chain_id, contract, msg)
-
-
-def allow_insurer(cli: Cli, owner: User, stations: list[DeviceKey]) -> None:
-    """The stations' owner lets itself name them in its seasons (a season needs the consent of every station's
-    owner)."""
-    for station in stations:
-        cli.ok(["crop", "allow-insurer", station.address, "--insurer", owner.address], owner)
 
 
 def _human(cli: Cli, args: list[str]) -> str:
@@ -60,17 +29,7 @@ def _human(cli: Cli, args: list[str]) -> str:
     return result.stdout
 
 
-def warp_to(w3: Any, timestamp: int) -> None:
-    w3.provider.make_request("evm_setNextBlockTimestamp", [timestamp])
-    w3.provider.make_request("evm_mine", [])
-
-
 # ------------------------------------------------------------------------------------------------ motor
-
-@pytest.fixture()
-def cli(deployment) -> Cli:
-    return Cli(deployment.config)
-
 
 def _motor_policy(cli: Cli, deployment: Deployment, w3: Any) -> tuple[User, User, DeviceKey, int]:
     insurer, holder = cli.user(w3), cli.user(w3)
@@ -264,12 +223,6 @@ def test_loan_is_repaid_from_an_escrow_released_to_its_payout_account(cli, deplo
 
 
 # ------------------------------------------------------------------------------------------------ crop + loan
-
-@pytest.fixture(scope="module")
-def own_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with private_deployment(tmp_path_factory.mktemp("seasons")) as deployment:
-        yield deployment
-
 
 def test_drought_season_pays_cover_and_the_loan_is_repaid_from_it(own_deployment) -> None:
     deployment, w3 = own_deployment, own_deployment.chain.w3

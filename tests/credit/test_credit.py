@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-import pytest
 
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.protocol.location import location_bytes32
@@ -16,15 +15,12 @@ from iotsettle.oracle.credit.derive import ChainLog, ChainPoint, Profile, checks
 from iotsettle.oracle.credit.document import PROFILE_VERSION, build, canonical_json
 from iotsettle.oracle.credit.scan import CONTRACTS, chain_point, contract_refs
 
-from tests.cli_support import Cli, chain_now, delivery, reading, register_device
+from tests.kit.cli import Cli, register_device
+from tests.kit.products import allow_insurer, chain_now, delivery, reading, telematics, warp_to, weather
+from tests.kit.stack import private_deployment
 
 TOKEN = 10**18
 DEST = "u33dc0cr"
-
-
-@pytest.fixture()
-def cli(deployment) -> Cli:
-    return Cli(deployment.config)
 
 
 class _CappedNode:
@@ -164,8 +160,6 @@ def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_pa
 
 
 def test_profile_of_a_driver_and_borrower_from_the_product_contracts(cli, deployment, w3, tmp_path) -> None:
-    from tests.cli.test_cli_products import telematics
-
     subject, insurer, lender = cli.user(w3), cli.user(w3), cli.user(w3)
     token = deployment.address("TestToken")
     vehicle = register_device(deployment.config, subject, DeviceKind.VEHICLE)
@@ -219,9 +213,6 @@ def test_profile_of_a_driver_and_borrower_from_the_product_contracts(cli, deploy
 def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(deployment, tmp_path) -> None:
     """The inclusion story end to end: a farmer borrows, names the loan's payout account as beneficiary of its crop
     cover, the drought pays out, a sweep repays the lender — and the profile shows all of it."""
-    from tests.conftest import private_deployment
-    from tests.cli.test_cli_products import allow_insurer, warp_to, weather
-
     session_node = deployment.config.chain.rpc_url
     with private_deployment(tmp_path / "stack") as deployment:
         w3 = deployment.chain.w3

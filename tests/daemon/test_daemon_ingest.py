@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_support import CHAIN_ID, CONTRACTS, Device, Publisher, register, wait_for
+from tests.kit.devices import CHAIN_ID, CONTRACTS, Device, Publisher, register
+from tests.kit.wait import wait_for
 from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.rules import RuleSettings
@@ -23,13 +24,6 @@ BERLIN_NEARBY = location_bytes32(geohash_encode(52.5210, 13.4060, 7))
 PARIS = location_bytes32(geohash_encode(48.8566, 2.3522, 7))
 
 StartIntake = Callable[..., Intake]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = Store.open(tmp_path / "oracle.db")
-    yield db
-    db.close()
 
 
 @pytest.fixture
@@ -51,13 +45,6 @@ def start_intake(mosquitto, store: Store) -> Iterator[StartIntake]:  # noqa: ANN
     yield start
     for intake in started:
         intake.stop()
-
-
-@pytest.fixture
-def publisher(mosquitto) -> Iterator[Publisher]:  # noqa: ANN001
-    pub = Publisher(mosquitto.host, mosquitto.port)
-    yield pub
-    pub.close()
 
 
 def rejected_count(intake: Intake, reason: str) -> float:

@@ -36,10 +36,9 @@ from iotsettle.oracle.daemon.store import (
 )  # fmt: skip
 from iotsettle.oracle.daemon.calldata import KindSpec, decode_outcomes
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
-from tests.daemon_support import (
-    ALL_CONTRACTS, CHAIN_ID, OWNER, ChainRegistry, Device, Publisher, register, wait_for,
-)  # fmt: skip
-from tests.daemon.test_daemon_service import DaemonProcess
+from tests.kit.daemon import DaemonProcess
+from tests.kit.devices import ALL_CONTRACTS, CHAIN_ID, OWNER, ChainRegistry, Device, Publisher, register
+from tests.kit.wait import wait_for
 
 NOW = 1_800_000_000
 KEY = os.urandom(32)
@@ -180,13 +179,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = Store.open(tmp_path / "oracle.db")
-    yield db
-    db.close()
 
 
 def test_the_newest_telematics_report_per_policy_settles_and_every_observation_settles_in_seq_order(
@@ -356,11 +348,6 @@ def test_signed_reports_and_observations_are_stored_as_signed_and_checked_by_kin
 
 
 # ---------------------------------------------------------------------------- end to end: MQTT → daemon → chain
-
-
-@pytest.fixture(scope="module")
-def registry(deployment: Any) -> ChainRegistry:  # noqa: ANN401 - the conftest Deployment
-    return ChainRegistry(deployment)
 
 
 def _require(deployment: Any, *names: str) -> None:  # noqa: ANN401

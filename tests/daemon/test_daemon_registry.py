@@ -5,29 +5,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-from iotsettle.oracle.protocol import device_kinds
+from iotsettle.oracle.protocol import device_kinds, eip712
 from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.registry_follower import RegistryFollower
 from iotsettle.oracle.daemon.store import Store
-from tests.daemon_support import OWNER, ChainRegistry, Device, Publisher
-
-@pytest.fixture(scope="module")
-def registry(deployment: Any) -> ChainRegistry:  # noqa: ANN401
-    return ChainRegistry(deployment)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = Store.open(tmp_path / "oracle.db")
-    yield db
-    db.close()
-
+from tests.kit.devices import OWNER, ChainRegistry, Device, Publisher
 
 def follower_for(registry: ChainRegistry, store: Store, **kw: Any) -> RegistryFollower:  # noqa: ANN401
     return RegistryFollower(registry.w3, registry.contract, store, chain_id=registry.chain.chain_id,

@@ -25,11 +25,6 @@ def record(seq: int, *, kind: str = "reading", device: str = "0xD1", target: int
     )  # fmt: skip
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store.open(tmp_path / "oracle.db")
-
-
 def test_open_db_uses_wal_full_sync_and_refuses_a_newer_schema(tmp_path: Path) -> None:
     conn = open_db(tmp_path / "a.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

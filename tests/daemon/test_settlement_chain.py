@@ -9,7 +9,6 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,144 +17,19 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
-from tests.daemon_support import Device, wait_for
-from iotsettle.oracle.protocol import device_kinds, eip712
-from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
-from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.chain.node import free_port
 from iotsettle.oracle.daemon.deployment import resolve
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.planner import Batch
 from iotsettle.oracle.chain.revert import ErrorDecoder, RejectReason
-from iotsettle.oracle.daemon.store import EventRecord, EventStatus, Store, StoredEvent
+from iotsettle.oracle.daemon.store import EventStatus, Store, StoredEvent
 from iotsettle.oracle.daemon.calldata import KindSpec
 from iotsettle.oracle.daemon.settler import Settler, SettlerSettings
 from iotsettle.oracle.daemon.txstore import TxStatus
-
-REPO = Path(__file__).resolve().parents[2]
-PRICE = 10  # wei per unit
-START = 1_000  # register value when the agreement starts
-DEPOSIT = 10**18
-
-PROVIDER = Account.from_key(ANVIL_DEV_KEYS[1])
-CONSUMER = Account.from_key(ANVIL_DEV_KEYS[2])
-FUNDER = Account.from_key(ANVIL_DEV_KEYS[0])
-
-
-# ------------------------------------------------------------------------------------------------ chain setup
-
-
-@dataclass
-class Meter:
-    device: Device
-    agreement: int
-
-
-class Scenario:
-    """Devices registered on chain, agreements and escrows opened, signed events stored for settlement."""
-
-    def __init__(self, deployment: Any) -> None:  # noqa: ANN401 - the conftest Deployment
-        self.d = deployment
-        self.chain = deployment.chain
-        self.w3: Web3 = deployment.chain.w3
-        self.chain_id = deployment.chain.chain_id
-        self.registry = deployment.contract("DeviceRegistry")
-        self.billing = deployment.contract("MeteredBilling")
-        self.escrow = deployment.contract("DeliveryEscrow")
-        self.tariff = self._tariff()
-
-    def tx(self, account: LocalAccount, call: Any, value: int = 0) -> dict[str, Any]:  # noqa: ANN401
-        return send(self.chain, account, call.build_transaction({"from": account.address, "value": value}))
-
-    def _tariff(self) -> int:
-        receipt = self.tx(PROVIDER, self.billing.functions.createTariff([(0, PRICE)]))
-        return int(self.billing.events.TariffCreated().process_receipt(receipt)[0]["args"]["tariffId"])
-
-    def now(self) -> int:
-        return int(self.w3.eth.get_block("latest")["timestamp"])
-
-    def register(self, kind: int) -> Device:
-        contracts = {"reading": self.billing.address, "delivery": self.escrow.address}
-        device = Device(kind=kind, chain_id=self.chain_id, contracts=contracts)
-        deadline = self.now() + 3600
-        msg = {"device": device.address, "owner": PROVIDER.address, "kind": kind, "metadataHash": bytes(32),
-               "deadline": deadline}  # fmt: skip
-        digest = eip712.digest("Registration", msg, eip712.Domain(self.chain_id, self.registry.address))
-        sig = eip712.sign_digest(device.key, digest)
-        self.tx(PROVIDER, self.registry.functions.register(device.address, kind, bytes(32), deadline, sig))
-        return device
-
-    def meter(self) -> Meter:
-        device = self.register(device_kinds.DeviceKind.METER)
-        receipt = self.tx(PROVIDER, self.billing.functions.offer(CONSUMER.address, device.address, self.tariff,
-                                                                  "0x" + "00" * 20, START, 0))  # fmt: skip
-        agreement = int(self.billing.events.AgreementOffered().process_receipt(receipt)[0]["args"]["agreementId"])
-        self.tx(CONSUMER, self.billing.functions.accept(agreement, DEPOSIT, START), value=DEPOSIT)
-        return Meter(device, agreement)
-
-    def tracker_escrow(self, destination: bytes, amount: int = 5 * 10**15) -> tuple[Device, int, str]:
-        device = self.register(device_kinds.DeviceKind.TRACKER)
-        seller = Account.create()
-        receipt = self.tx(CONSUMER, self.escrow.functions.createEscrow(
-            seller.address, device.address, "0x" + "00" * 20, amount, destination, self.now() + 3600, 0, 0,
-        ), value=amount)  # fmt: skip
-        escrow_id = int(self.escrow.events.EscrowCreated().process_receipt(receipt)[0]["args"]["escrowId"])
-        return device, escrow_id, seller.address
-
-    def reading(self, meter: Meter, seq: int, value: int, *, key: bytes | None = None,
-                agreement: int | None = None) -> EventRecord:  # fmt: skip
-        target = meter.agreement if agreement is None else agreement
-        ts = self.now()
-        msg = {"agreementId": target, "seq": seq, "timestamp": ts, "value": value}
-        digest = eip712.digest("Reading", msg, eip712.Domain(self.chain_id, self.billing.address))
-        sig = eip712.sign_digest(key or meter.device.key, digest)
-        return EventRecord("reading", meter.device.address, meter.device.address, self.chain_id,
-                           self.billing.address, target, seq, ts, value, None, None, digest, sig, time.time())  # fmt: skip
-
-    def delivery(self, device: Device, escrow_id: int, seq: int, location: bytes) -> EventRecord:
-        ts = self.now()
-        msg = {"escrowId": escrow_id, "seq": seq, "timestamp": ts, "location": location, "maxTemperature": 4}
-        digest = eip712.digest("Delivery", msg, eip712.Domain(self.chain_id, self.escrow.address))
-        sig = eip712.sign_digest(device.key, digest)
-        return EventRecord("delivery", device.address, device.address, self.chain_id, self.escrow.address,
-                           escrow_id, seq, ts, None, location, 4, digest, sig, time.time())  # fmt: skip
-
-    def earnings(self, meter: Meter) -> int:
-        return int(self.billing.functions.earningsOf(meter.agreement).call())
-
-    def fund(self, address: str) -> None:
-        send(self.chain, FUNDER, {"to": address, "value": 10**19})
-
-    def rpc(self, method: str, *params: Any) -> Any:  # noqa: ANN401
-        response = self.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
-        if "error" in response:
-            raise RuntimeError(f"{method}: {response['error']}")
-        return response.get("result")
-
-    def mine(self, blocks: int = 1) -> None:
-        self.rpc("anvil_mine", hex(blocks))
-
-
-@pytest.fixture(scope="module")
-def scenario(deployment: Any) -> Scenario:  # noqa: ANN401
-    return Scenario(deployment)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = Store.open(tmp_path / "oracle.db")
-    yield db
-    db.close()
-
-
-@pytest.fixture
-def relayer(scenario: Scenario) -> LocalAccount:
-    """A fresh relayer account per test, so each test's nonce history is its own."""
-    account = Account.create()
-    scenario.fund(account.address)
-    return account
-
+from tests.kit.settlement import DEPOSIT, FUNDER, PRICE, PROVIDER, START, Scenario
+from tests.kit.stack import REPO
+from tests.kit.wait import wait_for
 
 @contextmanager
 def automine_off(scenario: Scenario) -> Iterator[None]:

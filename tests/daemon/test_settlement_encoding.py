@@ -10,9 +10,6 @@ import pytest
 from eth_abi import encode as abi_encode
 from web3 import Web3
 
-from iotsettle.oracle.chain.artifacts import load_artifact
-from iotsettle.oracle.chain.compiler import ensure_compiled
-from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.store import EventStatus, StoredEvent
 from iotsettle.oracle.daemon.calldata import KindSpec, decode_outcomes
 from iotsettle.oracle.protocol.eip712 import SECP256K1_HALF_N
@@ -29,13 +26,6 @@ def stored(kind: str, rng: random.Random) -> StoredEvent:
         None if reading else rng.randrange(-(2**31), 2**31), os.urandom(32), sig, 0.0,
         1, EventStatus.CLAIMED, None, None, None, None, None, None,
     )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def abis(test_config: Config) -> dict[str, list]:  # type: ignore[type-arg]
-    ensure_compiled(test_config)
-    return {"reading": load_artifact(test_config, "MeteredBilling")["abi"],
-            "delivery": load_artifact(test_config, "DeliveryEscrow")["abi"]}  # fmt: skip
 
 
 @pytest.mark.parametrize(("kind", "function"), [("reading", "settle"), ("delivery", "confirmDeliveries")])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,13 +32,6 @@ def delivery(device: int, escrow: int, received_at: float = T0) -> EventRecord:
     return EventRecord("delivery", f"0x{device:040x}", f"0x{device:040x}", 31337, ESCROW, escrow, 1,
                        int(received_at), None, b"\0" * 32, 4, device.to_bytes(8, "big") * 4 + b"dl",
                        b"\x01" * 65, received_at)  # fmt: skip
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = Store.open(tmp_path / "oracle.db")
-    yield db
-    db.close()
 
 
 def test_only_the_newest_reading_per_agreement_and_window_is_settled(store: Store) -> None:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from iotsettle.oracle.chain.node import free_port
 from iotsettle.oracle.ops.context import open_context
 from iotsettle.oracle.ops.insurance import policy_of
 
-from tests.conftest import REPO, Deployment, make_config, private_deployment
+from tests.kit.stack import REPO, make_config
 
 HOUSEHOLD = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"  # anvil development account 3
 SHOP = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"  # development account 4
@@ -41,13 +40,6 @@ def _demo(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", "from iotsettle.cli.main import main; main()", "demo", *args], cwd=REPO,
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-
-
-@pytest.fixture(scope="module")
-def demo_chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """An anvil of its own: the demo spends the development accounts and moves a lot of blocks."""
-    with private_deployment(tmp_path_factory.mktemp("demo-chain")) as deployment:
-        yield deployment
 
 
 def _env(config, tmp_path: Path) -> dict[str, str]:

@@ -29,13 +29,6 @@ CONTRACTS = Contracts("0x" + "a1" * 20, "0x" + "b2" * 20, None, "0x" + "c3" * 20
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = Store.open(tmp_path / "oracle.db")
-    yield db
-    db.close()
-
-
-@pytest.fixture
 def intake(mosquitto: Mosquitto, store: Store) -> Iterator[Intake]:
     settings = IntakeSettings(
         chain_id=CHAIN_ID,

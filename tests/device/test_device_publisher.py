@@ -10,18 +10,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pytest
 
-from iotsettle.oracle.config import Config
 from iotsettle.oracle.device.buffer import OfflineBuffer
 from iotsettle.oracle.device.keys import DeviceKey, MemoryCounter
 from iotsettle.oracle.device.publisher import BrokerSettings, Publisher
 from iotsettle.oracle.device.signer import Contracts, EventSigner
-from iotsettle.oracle.chain.node import Mosquitto, free_port
+from iotsettle.oracle.chain.node import Mosquitto
 from iotsettle.oracle.protocol.wire import decode, events_filter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,13 +63,6 @@ class Subscriber:
             time.sleep(0.05)
         with self._lock:
             return list(self.received)
-
-
-@pytest.fixture()
-def broker(test_config: Config, tmp_path: Path) -> Iterator[Mosquitto]:
-    service = Mosquitto(test_config, state_dir=tmp_path / "broker", port=free_port())
-    yield service
-    service.stop()
 
 
 def settings(port: int) -> BrokerSettings:

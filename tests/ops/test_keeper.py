@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,18 +18,12 @@ from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.ops.context import open_context
 from iotsettle.oracle.ops.keeper import Keeper
 
-from tests.cli_support import Cli, User, chain_now, cli_env, delivery, register_device, token_balance
-from tests.conftest import REPO, Deployment, private_deployment
-from tests.cli.test_cli_products import allow_insurer, warp_to, weather
+from tests.kit.cli import Cli, User, cli_env, register_device
+from tests.kit.products import allow_insurer, chain_now, delivery, token_balance, warp_to, weather
+from tests.kit.stack import REPO
 
 TOKEN = 10**18
 DAY = 86_400
-
-
-@pytest.fixture(scope="module")
-def own_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with private_deployment(tmp_path_factory.mktemp("keeper")) as deployment:
-        yield deployment
 
 
 def _nonce(w3: Any, user: User) -> int:

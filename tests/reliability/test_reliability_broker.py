@@ -17,25 +17,17 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from iotsettle.oracle.chain.node import Mosquitto, free_port
-from tests.daemon_support import Publisher, wait_for
-from tests.reliability_support import Fleet, daemon, fund_relayer, nonce_report, store_statuses, summary
+from iotsettle.oracle.chain.node import Mosquitto
+from tests.kit.devices import Publisher
+from tests.kit.reliability import Fleet, daemon, fund_relayer, nonce_report, store_statuses, summary
+from tests.kit.wait import wait_for
 
 METERS = 4
-
-
-@pytest.fixture
-def broker(deployment: Any, tmp_path: Path) -> Iterator[Mosquitto]:  # noqa: ANN401
-    service = Mosquitto(deployment.config, state_dir=tmp_path / "broker", port=free_port())
-    service.start()
-    yield service
-    service.stop()
 
 
 def _stored(process: Any) -> int:  # noqa: ANN401

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from iotsettle.oracle.daemon.store import EventStatus
-from tests.daemon_support import Publisher, wait_for
-from tests.reliability_support import Fleet, daemon, fund_relayer, metrics, nonce_report, store_statuses, summary
+from tests.kit.devices import Publisher
+from tests.kit.reliability import Fleet, daemon, fund_relayer, metrics, nonce_report, store_statuses, summary
+from tests.kit.wait import wait_for
 
 METERS = 6
 ALL_POINTS = ["before_store", "after_store", "after_nonce", "after_broadcast", "after_receipt"]

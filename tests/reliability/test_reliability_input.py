@@ -14,7 +14,6 @@ import os
 import re
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,9 +24,9 @@ from hypothesis import strategies as st
 
 from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.daemon.store import Store
-from tests.daemon_support import Device, Publisher
-from tests.reliability_support import Fleet, daemon, fund_relayer, labelled, metrics, summary
-from tests.daemon.test_settlement_chain import PRICE, START
+from tests.kit.devices import Device, Publisher
+from tests.kit.reliability import Fleet, labelled, metrics, summary
+from tests.kit.settlement import PRICE, START
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
@@ -42,19 +41,6 @@ ALLOWED = {
     "wrong_domain": {"wrong_chain", "wrong_contract", "bad_signature"},
     "topic_mismatch": {"topic_mismatch"},
 }
-
-
-@pytest.fixture(scope="module")
-def setup(deployment: Any, mosquitto: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:  # noqa: ANN401
-    fleet = Fleet(deployment, 2)  # meters[0] only ever sends honest readings; meters[1] is the one impersonated
-    process = daemon(tmp_path_factory.mktemp("fuzz"), deployment, mosquitto, fund_relayer(deployment))
-    process.start().wait_ready()
-    publisher = Publisher(mosquitto.host, mosquitto.port, deployment.chain.chain_id)
-    try:
-        yield {"fleet": fleet, "daemon": process, "publisher": publisher}
-    finally:
-        publisher.close()
-        process.kill()
 
 
 def _payload(event: bytes) -> dict[str, Any]:

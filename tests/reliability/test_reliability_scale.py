@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_support import Publisher, wait_for
-from tests.reliability_support import Fleet, daemon, fund_relayer, metrics, nonce_report, store_statuses, summary
+from tests.kit.devices import Publisher
+from tests.kit.reliability import Fleet, daemon, fund_relayer, metrics, nonce_report, store_statuses, summary
+from tests.kit.wait import wait_for
 
 METERS = 12
 RETRIED = 6  # meters whose reading the device publishes a second time (no reply seen yet, say)

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_support import Publisher, wait_for
-from tests.reliability_support import Fleet, daemon, fund_relayer, labelled, metrics, nonce_report, store_statuses, summary
-from tests.daemon.test_daemon_service import DaemonProcess
+from tests.kit.daemon import DaemonProcess
+from tests.kit.devices import Publisher
+from tests.kit.reliability import Fleet, daemon, fund_relayer, labelled, metrics, nonce_report, store_statuses, summary
+from tests.kit.wait import wait_for
 
 SECONDS = float(os.environ.get("IOTSETTLE_SOAK_SECONDS", "120"))
 DEVICES = int(os.environ.get("IOTSETTLE_SOAK_DEVICES", "20"))

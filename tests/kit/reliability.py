@@ -1,4 +1,4 @@
-"""Shared by the reliability tests (tests/test_reliability_*.py, docs/RELIABILITY.md): metered agreements on the
+"""Shared by the reliability tests (tests/reliability/, docs/RELIABILITY.md): metered agreements on the
 deployed contracts, oracle daemons as real processes with a relayer account of their own, and the ledger that
 counts, from the chain alone, what was lost and what was paid twice.
 
@@ -20,15 +20,13 @@ from typing import Any
 from eth_account import Account
 from web3 import Web3
 
-from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.daemon.store import EventStatus, Store
 from iotsettle.oracle.daemon.txstore import TxStatus, TxStore
-from tests.daemon_support import wait_for
-from tests.daemon.test_daemon_service import DaemonProcess
-from tests.daemon.test_settlement_chain import PRICE, START, Meter, Scenario
+from tests.kit.daemon import DaemonProcess
+from tests.kit.settlement import FUNDER, PRICE, START, Meter, Scenario
+from tests.kit.wait import wait_for
 
-FUNDER = Account.from_key(ANVIL_DEV_KEYS[0])
 PAID = (EventStatus.SETTLED, EventStatus.FINAL)
 
 

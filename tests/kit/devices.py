@@ -1,4 +1,5 @@
-"""Helpers shared by the oracle daemon tests: signing devices, an MQTT publisher that listens for replies, polling."""
+"""Devices that sign the way the firmware does, the deployed DeviceRegistry driven by an owner, and a device-side
+MQTT client that listens for the oracle's replies."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,14 +173,3 @@ class Publisher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.02)

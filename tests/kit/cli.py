@@ -1,4 +1,4 @@
-"""Helpers for the CLI tests: run `iotsettle` as a user would, fund fresh accounts, register devices, sign events."""
+"""`iotsettle` run as a user would: fresh funded accounts, keys in environment variables, devices registered."""
 
 from __future__ import annotations
 
@@ -16,13 +16,11 @@ from iotsettle.cli.main import cli
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.device.keys import DeviceKey
-from iotsettle.oracle.device.signer import sign_event
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.ops import registry
 from iotsettle.oracle.ops.context import open_context
-from iotsettle.oracle.protocol.wire import SignedEvent
 
-from tests.conftest import REPO
+from tests.kit.stack import REPO
 
 
 def cli_env(config: Config, **extra: str) -> dict[str, str]:
@@ -97,24 +95,3 @@ def register_device(config: Config, owner: User, kind: DeviceKind) -> DeviceKey:
     ctx = dataclasses.replace(open_context(config), sender=owner.account)
     registry.register(ctx, key, kind)
     return key
-
-
-def chain_now(w3: Any) -> int:
-    return int(w3.eth.get_block("latest")["timestamp"])
-
-
-def delivery(key: DeviceKey, chain_id: int, escrow_contract: str, escrow_id: int, seq: int, timestamp: int,
-             location: bytes, max_temperature: int = 400) -> SignedEvent:
-    msg = {"escrowId": escrow_id, "seq": seq, "timestamp": timestamp, "location": location,
-           "maxTemperature": max_temperature}
-    return sign_event(key, "delivery", chain_id, escrow_contract, msg)
-
-
-def reading(key: DeviceKey, chain_id: int, billing_contract: str, agreement_id: int, seq: int, timestamp: int,
-            value: int) -> SignedEvent:
-    msg = {"agreementId": agreement_id, "seq": seq, "timestamp": timestamp, "value": value}
-    return sign_event(key, "reading", chain_id, billing_contract, msg)
-
-
-def token_balance(deployment: Any, address: str) -> int:
-    return int(deployment.contract("TestToken").functions.balanceOf(address).call())
