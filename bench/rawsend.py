@@ -16,12 +16,12 @@ from typing import Any
 
 import coincurve
 import eth_abi
-import requests
 import rlp
 from eth_utils import keccak
 from eth_utils.abi import collapse_if_tuple, function_abi_to_4byte_selector
 from eth_account.signers.local import LocalAccount
 
+from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.protocol.errors import ChainError
 
 log = logging.getLogger(__name__)
@@ -47,35 +47,15 @@ class RawSender:
         self.chain_id = chain_id
         self.account = account
         self.timeout = timeout
-        self.session = requests.Session()
-        self._id = 0
+        self._rpc = RpcClient(url=rpc_url, timeout=timeout)
         self._key = coincurve.PrivateKey(bytes(account.key))
 
     def batch(self, requests_: Sequence[tuple[str, list[Any]]]) -> list[Any]:
-        """Results of several JSON-RPC calls in one HTTP request; ChainError naming the first error."""
-        if not requests_:
-            return []
-        body = []
-        for method, params in requests_:
-            self._id += 1
-            body.append({"jsonrpc": "2.0", "id": self._id, "method": method, "params": params})
-        try:
-            response = self.session.post(self.url, json=body, timeout=self.timeout)
-            response.raise_for_status()
-            answers = response.json()
-        except (requests.RequestException, ValueError) as exc:
-            raise ChainError(f"JSON-RPC batch to {self.url} failed: {exc}") from None
-        by_id = {a["id"]: a for a in answers}
-        results = []
-        for request in body:
-            answer = by_id.get(request["id"], {"error": {"message": "no answer"}})
-            if "error" in answer:
-                raise ChainError(f"{request['method']} failed: {answer['error'].get('message', answer['error'])}")
-            results.append(answer.get("result"))
-        return results
+        """Results of several JSON-RPC calls in one HTTP request; NodeRefused naming the first refusal."""
+        return self._rpc.batch(requests_)
 
     def rpc(self, method: str, params: list[Any]) -> Any:  # noqa: ANN401 - JSON
-        return self.batch([(method, params)])[0]
+        return self._rpc.call(method, params)
 
     def send_many(self, calls: Sequence[Call]) -> list[dict[str, Any]]:
         """Sign and send ``calls`` at consecutive nonces, then wait for every receipt (raw JSON dicts, in order).

@@ -8,7 +8,7 @@ import {ICommonErrors} from "./ICommonErrors.sol";
 /// the signing key (the new key takes over everything that refers to the device id) and revoke the device.
 /// Keys are single-use: a key that was ever registered or rotated in can never be used again.
 interface IDeviceRegistry is ICommonErrors {
-    /// @notice Same numbering as `oracle.eip712.DeviceKind`; 0 is invalid.
+    /// @notice Same numbering as `iotsettle.oracle.protocol.device_kinds.DeviceKind`; 0 is invalid.
     enum DeviceKind {
         None,
         Meter,

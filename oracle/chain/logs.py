@@ -38,9 +38,10 @@ def log_key(entry: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def scan_chunks(rpc: RpcClient, address: str | Sequence[str], start: int, stop: int, topics: Sequence[Any] = (),
-                chunk: int = LOG_CHUNK_BLOCKS) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:  # fmt: skip
-    """``(first, last, logs)`` for each span of at most ``chunk`` blocks of ``start``..``stop``, in order; removed
-    (reorganised) logs are left out."""
+                chunk: int | None = None) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:  # fmt: skip
+    """``(first, last, logs)`` for each span of at most ``chunk`` blocks (default ``LOG_CHUNK_BLOCKS``) of
+    ``start``..``stop``, in order; removed (reorganised) logs are left out."""
+    chunk = chunk or LOG_CHUNK_BLOCKS
     first = start
     while first <= stop:
         last = min(first + chunk - 1, stop)
@@ -50,6 +51,6 @@ def scan_chunks(rpc: RpcClient, address: str | Sequence[str], start: int, stop: 
 
 
 def scan(rpc: RpcClient, address: str | Sequence[str], start: int, stop: int, topics: Sequence[Any] = (),
-         chunk: int = LOG_CHUNK_BLOCKS) -> list[dict[str, Any]]:  # fmt: skip
+         chunk: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Every log of ``address`` in ``start``..``stop`` matching ``topics``, in chain order."""
     return [entry for _, _, logs in scan_chunks(rpc, address, start, stop, topics, chunk) for entry in logs]

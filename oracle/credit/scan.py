@@ -14,21 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
-from web3.exceptions import Web3Exception
 
+from iotsettle.oracle.chain import logs as chain_logs
+from iotsettle.oracle.chain.revert import abi_type
+from iotsettle.oracle.chain.rpc import BLOCKS_PER_BATCH, RpcClient
 from iotsettle.oracle.credit.derive import TIMED_EVENTS, ChainLog, ChainPoint, checksum, follow_ups
 from iotsettle.oracle.protocol.errors import ChainError, IotSettleError
 
 #: The contracts a profile reads, in deployment order; one missing from the manifest is skipped.
 CONTRACTS = ("DeviceRegistry", "DeliveryEscrow", "MeteredBilling", "MotorInsurance", "CropInsurance", "LoanBook")
-#: Blocks per eth_getLogs call; a node that refuses a range (too many results) gets it in halves.
-LOG_CHUNK_BLOCKS = 50_000
 #: Ids per topic list in one eth_getLogs call (nodes bound the size of a filter).
 IDS_PER_QUERY = 100
-#: Block headers per JSON-RPC batch when reading block times.
-BLOCKS_PER_BATCH = 200
 
 
 @dataclass(frozen=True)
@@ -50,18 +47,7 @@ class ProfileMismatch(IotSettleError):
     """A credit profile file does not match what the chain says."""
 
 
-class _Refused(ChainError):
-    """The node answered with a JSON-RPC error (as opposed to not answering)."""
-
-
 ProgressFn = Callable[[str], None]
-
-
-def _abi_type(entry: Mapping[str, Any]) -> str:
-    kind = str(entry["type"])
-    if kind.startswith("tuple"):
-        return "(" + ",".join(_abi_type(c) for c in entry["components"]) + ")" + kind[len("tuple"):]
-    return kind
 
 
 def _normalise(abi_type: str, value: Any) -> Any:
@@ -95,8 +81,8 @@ class _EventAbi:
 
     @classmethod
     def of(cls, entry: Mapping[str, Any]) -> _EventAbi:
-        types = [_abi_type(i) for i in entry["inputs"]]
-        topic0 = "0x" + keccak(f"{entry['name']}({','.join(types)})".encode()).hex()
+        types = [abi_type(i) for i in entry["inputs"]]
+        topic0 = chain_logs.topic0(entry)
         indexed = tuple((i["name"], t) for i, t in zip(entry["inputs"], types, strict=True) if i.get("indexed"))
         data = tuple((i["name"], t) for i, t in zip(entry["inputs"], types, strict=True) if not i.get("indexed"))
         return cls(entry["name"], topic0, indexed, data)
@@ -118,85 +104,6 @@ class _EventAbi:
         return args
 
 
-def _topic(value: int | str) -> str:
-    if isinstance(value, str):
-        return "0x" + bytes.fromhex(value[2:]).rjust(32, b"\0").hex()
-    return "0x" + int(value).to_bytes(32, "big").hex()
-
-
-class _Reader:
-    """Raw JSON-RPC reads (eth_getLogs, block headers) without web3's per-field formatting: fast on big scans."""
-
-    def __init__(self, w3: Any, progress: ProgressFn) -> None:
-        self._w3 = w3
-        self._progress = progress
-        self.calls = 0
-
-    def _request(self, method: str, params: list[Any]) -> Any:
-        self.calls += 1
-        try:
-            response = self._w3.provider.make_request(method, params)
-        except (OSError, ValueError, Web3Exception) as exc:
-            raise ChainError(f"{method} failed: the node did not answer ({type(exc).__name__})") from None
-        if "error" in response:
-            error = response["error"]
-            raise _Refused(f"{method} refused: {error.get('message', error) if isinstance(error, dict) else error}")
-        return response["result"]
-
-    def logs(self, address: str, start: int, stop: int, topics: list[Any]) -> list[dict[str, Any]]:
-        query = {"address": address, "fromBlock": hex(start), "toBlock": hex(stop), "topics": topics}
-        try:
-            return list(self._request("eth_getLogs", [query]))
-        except _Refused:
-            if start >= stop:
-                raise
-        # Providers cap the results or the span of one call: try each half. A refusal that persists down to one
-        # block propagates from the first leaf, so this costs at most log2(span) extra calls.
-        middle = (start + stop) // 2
-        return self.logs(address, start, middle, topics) + self.logs(address, middle + 1, stop, topics)
-
-    def header(self, block: int | str) -> dict[str, Any]:
-        tag = block if isinstance(block, str) else hex(block)
-        result = self._request("eth_getBlockByNumber", [tag, False])
-        if result is None:
-            raise ChainError(f"block {block} does not exist on this node")
-        return dict(result)
-
-    def block_times(self, blocks: Iterable[int]) -> dict[int, int]:
-        wanted = sorted(set(blocks))
-        out: dict[int, int] = {}
-        batch = getattr(self._w3.provider, "make_batch_request", None)
-        for i in range(0, len(wanted), BLOCKS_PER_BATCH):
-            part = wanted[i : i + BLOCKS_PER_BATCH]
-            results: Any = None
-            if batch is not None and len(part) > 1:
-                self.calls += 1
-                try:
-                    results = batch([("eth_getBlockByNumber", [hex(n), False]) for n in part])
-                except (OSError, ValueError):
-                    results = None
-            if isinstance(results, list) and len(results) == len(part) and all("result" in r for r in results):
-                for n, r in zip(part, results, strict=True):
-                    out[n] = int(r["result"]["timestamp"], 16)
-            else:
-                for n in part:
-                    out[n] = int(self.header(n)["timestamp"], 16)
-            if len(wanted) > BLOCKS_PER_BATCH:
-                self._progress(f"block times: {min(i + BLOCKS_PER_BATCH, len(wanted))}/{len(wanted)}")
-        return out
-
-    def receipt(self, tx_hash: str) -> dict[str, Any] | None:
-        try:
-            result = self._request("eth_getTransactionReceipt", [tx_hash])
-        except _Refused:
-            return None
-        return dict(result) if result else None
-
-    def code_hash(self, address: str) -> str:
-        code = self._request("eth_getCode", [address, "latest"])
-        return "0x" + keccak(bytes.fromhex(str(code)[2:])).hex()
-
-
 @dataclass(frozen=True)
 class ScanStats:
     logs: int
@@ -205,9 +112,9 @@ class ScanStats:
 
 
 class _Scanner:
-    def __init__(self, reader: _Reader, contracts: Mapping[str, ContractRef], abis: Mapping[str, Sequence[Mapping[str, Any]]],
+    def __init__(self, rpc: RpcClient, contracts: Mapping[str, ContractRef], abis: Mapping[str, Sequence[Mapping[str, Any]]],
                  to_block: int, progress: ProgressFn) -> None:
-        self._reader = reader
+        self._rpc = rpc
         self._contracts = contracts
         self._to_block = to_block
         self._progress = progress
@@ -227,28 +134,23 @@ class _Scanner:
         by_topic = {e.topic0: e for e in known}
         topics = [list(by_topic), *topics_after]
         out: list[ChainLog] = []
-        start = ref.from_block
         total = self._to_block - ref.from_block + 1
-        while start <= self._to_block:
-            stop = min(start + LOG_CHUNK_BLOCKS - 1, self._to_block)
-            for raw in self._reader.logs(ref.address, start, stop, topics):
-                if raw.get("removed"):
-                    continue
+        for _, stop, raws in chain_logs.scan_chunks(self._rpc, ref.address, ref.from_block, self._to_block, topics):
+            for raw in raws:
                 event = by_topic.get(str(raw["topics"][0]).lower())
-                if event is None:
-                    continue
-                out.append(ChainLog(int(raw["blockNumber"], 16), int(raw["logIndex"], 16), str(raw["transactionHash"]),
-                                    contract, event.name, event.decode(raw["topics"], raw["data"])))
-            if total > LOG_CHUNK_BLOCKS:
+                if event is not None:
+                    out.append(ChainLog(int(raw["blockNumber"], 16), int(raw["logIndex"], 16),
+                                        str(raw["transactionHash"]), contract, event.name,
+                                        event.decode(raw["topics"], raw["data"])))
+            if total > chain_logs.LOG_CHUNK_BLOCKS:
                 self._progress(f"{contract} {', '.join(events)}: blocks {ref.from_block}..{stop} "
                                f"({(stop - ref.from_block + 1) * 100 // total}%)")
-            start = stop + 1
         return out
 
     def fetch_ids(self, contract: str, events: Sequence[str], ids: Sequence[Any]) -> list[ChainLog]:
         out: list[ChainLog] = []
         for i in range(0, len(ids), IDS_PER_QUERY):
-            out += self.fetch(contract, events, [[_topic(v) for v in ids[i : i + IDS_PER_QUERY]]])
+            out += self.fetch(contract, events, [[chain_logs.id_topic(v) for v in ids[i : i + IDS_PER_QUERY]]])
         return out
 
 
@@ -256,9 +158,9 @@ def scan(w3: Any, subject: str, contracts: Mapping[str, ContractRef], abis: Mapp
          to_block: int, progress: ProgressFn = lambda _m: None) -> tuple[list[ChainLog], dict[int, int], ScanStats]:
     """Every log that concerns ``subject`` up to ``to_block``, and the block times the figures need."""
     subject = to_checksum_address(subject)
-    reader = _Reader(w3, progress)
-    scanner = _Scanner(reader, contracts, abis, to_block, progress)
-    owner_topic = _topic(subject)
+    rpc = RpcClient(w3)
+    scanner = _Scanner(rpc, contracts, abis, to_block, progress)
+    owner_topic = chain_logs.id_topic(subject)
     progress(f"scanning {len(contracts)} contracts up to block {to_block} for {subject}")
     logs = scanner.fetch("DeviceRegistry", ["DeviceRegistered"], [None, owner_topic])
     logs += scanner.fetch("MeteredBilling", ["AgreementOffered"])
@@ -282,14 +184,14 @@ def scan(w3: Any, subject: str, contracts: Mapping[str, ContractRef], abis: Mapp
     timed = {e.block for e in logs if e.event in TIMED_EVENTS}
     if len(timed) > BLOCKS_PER_BATCH:
         progress(f"{len(logs)} logs; reading the time of {len(timed)} blocks")
-    times = reader.block_times(timed)
-    return logs, times, ScanStats(len(logs), reader.calls, len(times))
+    times = rpc.block_times(timed, progress)
+    return logs, times, ScanStats(len(logs), rpc.calls, len(times))
 
 
 def check_unchanged(w3: Any, point: ChainPoint) -> None:
     """The end block must still be the one the scan started from: a reorganisation during the scan could mix
     logs of two histories."""
-    now = _Reader(w3, lambda _m: None).header(point.to_block)
+    now = RpcClient(w3).header(point.to_block)
     if str(now["hash"]) != point.to_block_hash:
         raise ChainError(f"block {point.to_block} was reorganised during the scan ({point.to_block_hash} → "
                          f"{now['hash']}); profile again, with --to-block a few blocks behind the head")
@@ -297,14 +199,14 @@ def check_unchanged(w3: Any, point: ChainPoint) -> None:
 
 def chain_point(w3: Any, to_block: int | None) -> ChainPoint:
     """Chain id, genesis hash, and the number, hash and time of ``to_block`` (default: the latest block)."""
-    reader = _Reader(w3, lambda _m: None)
-    latest = reader.header("latest")
+    rpc = RpcClient(w3)
+    latest = rpc.header("latest")
     latest_number = int(latest["number"], 16)
     if to_block is not None and to_block > latest_number:
         raise ChainError(f"block {to_block} is not mined yet (latest is {latest_number})")
-    end = latest if to_block is None else reader.header(to_block)
-    chain_id = int(reader._request("eth_chainId", []), 16)
-    return ChainPoint(chain_id, str(reader.header(0)["hash"]), int(end["number"], 16), str(end["hash"]),
+    end = latest if to_block is None else rpc.header(to_block)
+    chain_id = rpc.chain_id()
+    return ChainPoint(chain_id, str(rpc.header(0)["hash"]), int(end["number"], 16), str(end["hash"]),
                       int(end["timestamp"], 16))
 
 
@@ -312,7 +214,7 @@ def contract_refs(w3: Any, deployments: Mapping[str, tuple[str, int, str]], to_b
     """The profile's contracts (name → (address, deployment block, creation tx)) that exist at ``to_block``, with
     code hashes. Each creation transaction must have created that address in that block: a scan that started
     later than the contract's creation could leave out history, so the start is proven, not claimed."""
-    reader = _Reader(w3, lambda _m: None)
+    rpc = RpcClient(w3)
     refs: dict[str, ContractRef] = {}
     for name in CONTRACTS:
         if name not in deployments:
@@ -321,11 +223,11 @@ def contract_refs(w3: Any, deployments: Mapping[str, tuple[str, int, str]], to_b
         if block > to_block:
             continue
         address = to_checksum_address(address)
-        receipt = reader.receipt(tx)
+        receipt = rpc.receipt(tx)
         created = receipt.get("contractAddress") if receipt else None
         if not created or to_checksum_address(created) != address or int(receipt["blockNumber"], 16) != block:
             raise ProfileMismatch(f"contracts: {name} at {address} was not created by transaction {tx} in block "
                                   f"{block}, so its history may start elsewhere")
-        refs[name] = ContractRef(name, address, int(block), tx, reader.code_hash(address))
+        refs[name] = ContractRef(name, address, int(block), tx, rpc.code_hash(address))
     return refs
 

@@ -16,14 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_hash.auto import keccak
 
-from iotsettle.oracle.chain.logs import LOG_CHUNK_BLOCKS
-from iotsettle.oracle.chain.revert import reason_label
+from iotsettle.oracle.chain import logs as chain_logs
+from iotsettle.oracle.chain.revert import abi_type, reason_label
 from iotsettle.oracle.demo.provision import ProvisionedFleet
 from iotsettle.oracle.ops import insurance
 from iotsettle.oracle.ops.context import OpsContext
-from iotsettle.oracle.protocol.errors import ChainError
 
 log = logging.getLogger(__name__)
 
@@ -149,24 +147,14 @@ class RawEvent:
     topic1: int | None = None  # the first indexed argument (an id, or an address as an integer)
 
 
-def _rpc(ctx: OpsContext, method: str, params: list[Any]) -> Any:
-    """A JSON-RPC call without web3's result formatting: reading thousands of logs and receipts that way costs
-    several times more CPU than the node takes to answer, which a live demo on two cores cannot spare."""
-    response = ctx.w3.provider.make_request(method, params)
-    if "error" in response:
-        raise ChainError(f"{method} failed: {response['error']}")
-    return response["result"]
-
-
 def _event_specs(ctx: OpsContext, contract: str, events: tuple[str, ...]) -> dict[str, tuple[str, list[str], list[str]]]:
     """topic0 → (event name, non-indexed argument names, their ABI types)."""
     abi = {e["name"]: e for e in ctx.contract(contract).abi if e.get("type") == "event"}
     specs = {}
     for name in events:
         entry = abi[name]
-        signature = f"{name}({','.join(i['type'] for i in entry['inputs'])})"
         data = [i for i in entry["inputs"] if not i["indexed"]]
-        specs["0x" + keccak(signature.encode()).hex()] = (name, [i["name"] for i in data], [i["type"] for i in data])
+        specs[chain_logs.topic0(entry)] = (name, [i["name"] for i in data], [abi_type(i) for i in data])
     return specs
 
 
@@ -178,22 +166,17 @@ def settlement_logs(ctx: OpsContext, contract: str, events: tuple[str, ...], fro
         return []
     address = ctx.address(contract)
     specs = _event_specs(ctx, contract, events)
-    latest = int(_rpc(ctx, "eth_blockNumber", []), 16) if to_block is None else to_block
+    latest = ctx.rpc.block_number() if to_block is None else to_block
     out: list[RawEvent] = []
-    start = from_block
-    while start <= latest:
-        end = min(start + LOG_CHUNK_BLOCKS - 1, latest)
-        for entry in _rpc(ctx, "eth_getLogs", [{"address": address, "fromBlock": hex(start), "toBlock": hex(end),
-                                                "topics": [list(specs)]}]):
-            spec = specs.get(entry["topics"][0]) if entry.get("topics") else None
-            if spec is None:
-                continue
-            name, names, types = spec
-            values = abi_decode(types, bytes.fromhex(entry["data"][2:]))
-            topics = entry["topics"]
-            out.append(RawEvent(name, dict(zip(names, values, strict=True)), entry["transactionHash"],
-                                int(topics[1], 16) if len(topics) > 1 else None))
-        start = end + 1
+    for entry in chain_logs.scan(ctx.rpc, address, from_block, latest, [list(specs)]):
+        spec = specs.get(entry["topics"][0]) if entry.get("topics") else None
+        if spec is None:
+            continue
+        name, names, types = spec
+        values = abi_decode(types, bytes.fromhex(entry["data"][2:]))
+        topics = entry["topics"]
+        out.append(RawEvent(name, dict(zip(names, values, strict=True)), entry["transactionHash"],
+                            int(topics[1], 16) if len(topics) > 1 else None))
     return out
 
 
@@ -208,7 +191,7 @@ class LogTally:
         self.counts: Counter[str] = Counter()
 
     def update(self) -> Counter[str]:
-        latest = int(_rpc(self._ctx, "eth_blockNumber", []), 16)
+        latest = self._ctx.rpc.block_number()
         if latest >= self._next:
             for contract, events in self._wanted.items():
                 self.counts.update(e.event for e in settlement_logs(self._ctx, contract, events, self._next, latest))
@@ -229,7 +212,7 @@ def chain_summary(ctx: OpsContext, from_block: int) -> ChainSummary:
 
     # Only the relayed batches: a finalize or a top-up in the same contracts is not settlement gas.
     txs = {e.tx_hash for e in readings + deliveries + telematics + weather}
-    gas = sum(int(_rpc(ctx, "eth_getTransactionReceipt", [h])["gasUsed"], 16) for h in txs)
+    gas = sum(int(receipt["gasUsed"], 16) for receipt in ctx.rpc.batch([("eth_getTransactionReceipt", [h]) for h in txs]))
     return ChainSummary(
         readings_settled=sum(1 for e in readings if e.event == "ReadingSettled"),
         readings_rejected=rejected(readings, "ReadingRejected"),

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.protocol.location import location_bytes32
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.chain import logs as chain_logs
 from iotsettle.oracle.credit import scan
 from iotsettle.oracle.credit.derive import ChainLog, ChainPoint, Profile, checksum, derive
 from iotsettle.oracle.credit.document import PROFILE_VERSION, build, canonical_json
@@ -81,7 +82,7 @@ def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_pa
     assert json.loads(first.read_text()) == doc
 
     # small chunks and one id per query (as a strict provider would force) read the same logs, with progress
-    monkeypatch.setattr(scan, "LOG_CHUNK_BLOCKS", 4)
+    monkeypatch.setattr(chain_logs, "LOG_CHUNK_BLOCKS", 4)
     monkeypatch.setattr(scan, "IDS_PER_QUERY", 1)
     chunked = cli.run(["credit", "profile", subject.address, "--to-block", str(block), "--json"])
     assert chunked.exit_code == 0 and chunked.stdout == first.read_text()
