@@ -30,7 +30,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import requests
-
 from iotsettle.oracle.chain import logs as chain_logs
 from iotsettle.oracle.chain.node import free_port
 from iotsettle.oracle.chain.rpc import RpcClient
@@ -61,8 +60,16 @@ def child_pids(pid: int) -> list[int]:
 class DaemonProcess:
     """``python -m iotsettle.cli.oracle run`` against the bench stack; ``stop()`` sends SIGTERM and waits for exit 0."""
 
-    def __init__(self, state_dir: Path, rpc_url: str, deployments_dir: Path, mqtt_host: str, mqtt_port: int,
-                 relayer_key: str, **overrides: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        state_dir: Path,
+        rpc_url: str,
+        deployments_dir: Path,
+        mqtt_host: str,
+        mqtt_port: int,
+        relayer_key: str,
+        **overrides: str,
+    ) -> None:
         self.oracle_id = f"bench-{uuid.uuid4().hex[:6]}"
         self.health_port = free_port()
         self.log_file = state_dir / f"{self.oracle_id}.log"
@@ -88,8 +95,13 @@ class DaemonProcess:
 
     def start(self) -> None:
         self._output = self.log_file.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "iotsettle.cli.oracle", "run"], cwd=REPO, env=self.env,
-                                     stdout=self._output, stderr=subprocess.STDOUT)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "iotsettle.cli.oracle", "run"],
+            cwd=REPO,
+            env=self.env,
+            stdout=self._output,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_running(self, timeout: float = 90.0) -> None:
         """Until the daemon's health endpoint says it is connected to the broker (start-up checks passed, registry
@@ -173,7 +185,9 @@ class Watcher:
         head = self.rpc.block_number()
         if head < self.next_block:
             return
-        logs = chain_logs.scan(self.rpc, sorted(set(self.topics.values())), self.next_block, head, [sorted(self.topics)])
+        logs = chain_logs.scan(
+            self.rpc, sorted(set(self.topics.values())), self.next_block, head, [sorted(self.topics)]
+        )
         now = time.time()
         new_txs = {entry["transactionHash"] for entry in logs} - self.transactions
         receipts = [self.rpc.call("eth_getTransactionReceipt", [h]) for h in new_txs]
@@ -199,11 +213,14 @@ class Published:
     at: float
 
 
-def publish_paced(host: str, port: int, items: Sequence[tuple[str, bytes, Key, str]], rate: float | None) -> list[Published]:
+def publish_paced(
+    host: str, port: int, items: Sequence[tuple[str, bytes, Key, str]], rate: float | None
+) -> list[Published]:
     """Publish ``(topic, payload, key, kind)`` items with QoS 1 at ``rate`` per second (None: as fast as the client
     goes); returns when each was handed to the client. Waits until the broker has acknowledged all of them."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-dev-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv5)  # fmt: skip
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-dev-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+    )
     client.max_inflight_messages_set(5_000)
     client.max_queued_messages_set(0)
     client.connect(host, port)
@@ -227,8 +244,12 @@ def publish_paced(host: str, port: int, items: Sequence[tuple[str, bytes, Key, s
     return out
 
 
-def paid_latencies(published: Sequence[Published], seen: dict[str, list[tuple[Key, float]]],
-                   reading_topic: str, delivery_topic: str | None = None) -> list[float | None]:  # fmt: skip
+def paid_latencies(
+    published: Sequence[Published],
+    seen: dict[str, list[tuple[Key, float]]],
+    reading_topic: str,
+    delivery_topic: str | None = None,
+) -> list[float | None]:
     """Seconds from publish to paid for each published event (None: not paid yet)."""
     by_agreement: dict[int, list[tuple[int, float]]] = {}
     for (agreement, seq), when in sorted(seen.get(reading_topic, []), key=lambda item: item[1]):
@@ -275,11 +296,24 @@ def stage_breakdown(db: Path, published: Sequence[Published]) -> dict[str, dict[
         at = sent.get((int(target), int(seq)))
         if at is None or None in (received, created, sent_at, settled):
             continue
-        times = {"published": at, "received_at": received, "created_at": created, "sent_at": sent_at, "settled_at": settled}
+        times = {
+            "published": at,
+            "received_at": received,
+            "created_at": created,
+            "sent_at": sent_at,
+            "settled_at": settled,
+        }
         for label, start, end in STAGES:
             spans[label].append(max(0.0, times[end] - times[start]))
-    return {label: {"p50_ms": round(percentile(v, 50) * 1000, 1), "p90_ms": round(percentile(v, 90) * 1000, 1),
-                    "events": len(v)} for label, v in spans.items() if v}  # fmt: skip
+    return {
+        label: {
+            "p50_ms": round(percentile(v, 50) * 1000, 1),
+            "p90_ms": round(percentile(v, 90) * 1000, 1),
+            "events": len(v),
+        }
+        for label, v in spans.items()
+        if v
+    }
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -326,20 +360,35 @@ class LoadResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "offered_rate": self.offered_rate, "events": self.events, "achieved_publish_rate": round(self.achieved_rate, 1),
-            "paid": self.paid, "paid_seconds": round(self.paid_seconds, 3), "paid_events_per_s": round(self.paid_rate, 1),
-            "onchain_items": self.onchain_items, "onchain_items_per_s": round(self.onchain_rate, 1),
-            "transactions": self.transactions, "gas_used": self.gas_used,
+            "offered_rate": self.offered_rate,
+            "events": self.events,
+            "achieved_publish_rate": round(self.achieved_rate, 1),
+            "paid": self.paid,
+            "paid_seconds": round(self.paid_seconds, 3),
+            "paid_events_per_s": round(self.paid_rate, 1),
+            "onchain_items": self.onchain_items,
+            "onchain_items_per_s": round(self.onchain_rate, 1),
+            "transactions": self.transactions,
+            "gas_used": self.gas_used,
             "latency_ms": {"p50": self.p50_ms, "p90": self.p90_ms, "p99": self.p99_ms, "max": self.max_ms},
             "daemon_cpu_s": round(self.daemon_cpu_s, 2),
             "daemon_cpu_us_per_event": round(self.daemon_cpu_s * 1e6 / self.events) if self.events else None,
             "stages": self.stages,
-        }  # fmt: skip
+        }
 
 
-def run_load(host: str, port: int, watcher: Watcher, items: Sequence[tuple[str, bytes, Key, str]], rate: float | None,
-             reading_topic: str, delivery_topic: str | None = None, *, grace: float = 15.0,
-             daemon: DaemonProcess | None = None) -> LoadResult:  # fmt: skip
+def run_load(
+    host: str,
+    port: int,
+    watcher: Watcher,
+    items: Sequence[tuple[str, bytes, Key, str]],
+    rate: float | None,
+    reading_topic: str,
+    delivery_topic: str | None = None,
+    *,
+    grace: float = 15.0,
+    daemon: DaemonProcess | None = None,
+) -> LoadResult:
     """Publish ``items`` at ``rate``, wait up to ``grace`` seconds after the last publish for every event to be paid,
     and summarise the latencies."""
     _, tx0, gas0 = watcher.snapshot()
@@ -367,10 +416,18 @@ def run_load(host: str, port: int, watcher: Watcher, items: Sequence[tuple[str, 
 
     onchain = sum(len(v) - items0.get(t, 0) for t, v in seen.items())
     return LoadResult(
-        offered_rate=rate, events=len(published),
-        publish_seconds=(published[-1].at - first) if len(published) > 1 else 0.0, paid=len(paid),
-        paid_seconds=last_paid - first, p50_ms=ms(50), p90_ms=ms(90), p99_ms=ms(99),
+        offered_rate=rate,
+        events=len(published),
+        publish_seconds=(published[-1].at - first) if len(published) > 1 else 0.0,
+        paid=len(paid),
+        paid_seconds=last_paid - first,
+        p50_ms=ms(50),
+        p90_ms=ms(90),
+        p99_ms=ms(99),
         max_ms=ms(100),
-        onchain_items=onchain, transactions=txs - tx0, gas_used=gas - gas0, daemon_cpu_s=cpu,
+        onchain_items=onchain,
+        transactions=txs - tx0,
+        gas_used=gas - gas0,
+        daemon_cpu_s=cpu,
         stages=stage_breakdown(daemon.db, published) if daemon else {},
-    )  # fmt: skip
+    )

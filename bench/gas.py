@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-
 from iotsettle.oracle.protocol import wire
+from iotsettle.oracle.protocol.errors import IotSettleError
+
 from bench.rawsend import Call, Encoder, RawSender, count_logs
 from bench.stack import PROVIDER, BenchStack, Meter, Parcel, topic_of
-from iotsettle.oracle.protocol.errors import IotSettleError
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,13 @@ class GasFigure:
         return round((self.gas_used - TX_BASE * self.transactions - self.calldata_gas) / self.events)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "per_event": self.per_event, "calldata_per_event": self.calldata_per_event,
-                "base_per_event": round(TX_BASE * self.transactions / self.events),
-                "execution_per_event": self.execution_per_event}  # fmt: skip
+        return {
+            **asdict(self),
+            "per_event": self.per_event,
+            "calldata_per_event": self.calldata_per_event,
+            "base_per_event": round(TX_BASE * self.transactions / self.events),
+            "execution_per_event": self.execution_per_event,
+        }
 
 
 ECRECOVER = "0x" + "00" * 19 + "01"
@@ -72,8 +76,12 @@ def trace_breakdown(sender: RawSender, tx_hash: str, events: int, gas_used: int,
             ecrecover += used
         else:
             registry += used
-    out = {"21,000 transaction base": TX_BASE, "calldata": data_gas, "ecrecover (precompile)": ecrecover,
-           "DeviceRegistry key lookup (inside the call)": registry}  # fmt: skip
+    out = {
+        "21,000 transaction base": TX_BASE,
+        "calldata": data_gas,
+        "ecrecover (precompile)": ecrecover,
+        "DeviceRegistry key lookup (inside the call)": registry,
+    }
     out["settling contract itself (storage, hashing, event, call access)"] = gas_used - sum(out.values())
     return {label: round(value / events) for label, value in out.items()}
 
@@ -95,7 +103,9 @@ def _delivery(parcel: Parcel, timestamp: int) -> tuple[Any, ...]:
     return wire.SignedEvent("delivery", parcel.chain_id, parcel.contract, parcel.address, msg, sig).contract_tuple()
 
 
-def _send(sender: RawSender, calls: Sequence[Call], address: str, topic: str, expected: int, kind: str, batch: int) -> GasFigure:
+def _send(
+    sender: RawSender, calls: Sequence[Call], address: str, topic: str, expected: int, kind: str, batch: int
+) -> GasFigure:
     receipts = sender.send_many(calls)
     settled = sum(count_logs(r, address, topic) for r in receipts)
     if settled != expected:
@@ -105,18 +115,29 @@ def _send(sender: RawSender, calls: Sequence[Call], address: str, topic: str, ex
         first, data = receipts[-1], calls[-1].data
         items = count_logs(first, address, topic)
         try:
-            breakdown = trace_breakdown(sender, first["transactionHash"], items, int(first["gasUsed"], 16), calldata_gas(data))
+            breakdown = trace_breakdown(
+                sender, first["transactionHash"], items, int(first["gasUsed"], 16), calldata_gas(data)
+            )
         except (IotSettleError, KeyError, TypeError, ValueError) as exc:  # a node without debug_traceTransaction
             log.warning("no opcode breakdown for %s batch %d: %s", kind, batch, exc)
-    return GasFigure(kind, batch, expected, len(receipts), sum(int(r["gasUsed"], 16) for r in receipts),
-                     sum(calldata_gas(c.data) for c in calls), breakdown)  # fmt: skip
+    return GasFigure(
+        kind,
+        batch,
+        expected,
+        len(receipts),
+        sum(int(r["gasUsed"], 16) for r in receipts),
+        sum(calldata_gas(c.data) for c in calls),
+        breakdown,
+    )
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def measure_gas(stack: BenchStack, relayer: LocalAccount, meters: Sequence[Meter], parcels: Sequence[Parcel]) -> list[GasFigure]:
+def measure_gas(
+    stack: BenchStack, relayer: LocalAccount, meters: Sequence[Meter], parcels: Sequence[Parcel]
+) -> list[GasFigure]:
     """Settle readings of ``meters`` and deliveries of ``parcels`` (escrow groups by ``Parcel.seq`` 1, 2, 3 for
     batches 1, 10, 100) and return the gas figures; raises if any item was not settled."""
     sender = RawSender(stack.config.chain.rpc_url, stack.chain.chain_id, relayer)
@@ -133,7 +154,9 @@ def measure_gas(stack: BenchStack, relayer: LocalAccount, meters: Sequence[Meter
 
     figures = [_send(sender, reading_calls(100), billing_c.address, settled_topic, len(meters), "reading_first", 100)]
     for batch in BATCHES:
-        figures.append(_send(sender, reading_calls(batch), billing_c.address, settled_topic, len(meters), "reading", batch))
+        figures.append(
+            _send(sender, reading_calls(batch), billing_c.address, settled_topic, len(meters), "reading", batch)
+        )
 
     now = int(time.time())
     for group, batch in enumerate(BATCHES, start=1):
@@ -143,9 +166,13 @@ def measure_gas(stack: BenchStack, relayer: LocalAccount, meters: Sequence[Meter
         if batch == 1:
             calls = [escrow_e.call("confirmDelivery", d, gas=250_000) for d in deliveries]
         else:
-            calls = [escrow_e.call("confirmDeliveries", list(c), gas=80_000 * len(c) + 100_000)
-                     for c in _chunks(deliveries, batch)]  # fmt: skip
+            calls = [
+                escrow_e.call("confirmDeliveries", list(c), gas=80_000 * len(c) + 100_000)
+                for c in _chunks(deliveries, batch)
+            ]
         figures.append(_send(sender, calls, escrow_c.address, confirmed_topic, len(deliveries), "delivery", batch))
     for f in figures:
-        log.info("gas %s batch %d: %d per event (%d events, %d txs)", f.kind, f.batch, f.per_event, f.events, f.transactions)
+        log.info(
+            "gas %s batch %d: %d per event (%d events, %d txs)", f.kind, f.batch, f.per_event, f.events, f.transactions
+        )
     return figures

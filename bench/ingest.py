@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-
-from iotsettle.oracle.protocol import device_kinds, eip712, wire
+from iotsettle.oracle.chain.node import Mosquitto, free_port
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.store import RegistryEntry, Store
+from iotsettle.oracle.protocol import device_kinds, eip712, wire
 from iotsettle.oracle.protocol.errors import IotSettleError
-from iotsettle.oracle.chain.node import Mosquitto, free_port
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +39,20 @@ REPO = Path(__file__).resolve().parents[1]
 CHAIN_ID = 31337
 CONTRACT = eip712.address_of(b"\x01" * 32)  # stands in for the billing contract: no chain in this phase
 
+
 def run_bench_ingest(events: int, devices: int, workers: int, timeout: float = 600.0) -> dict[str, Any]:
     """``scripts/bench-ingest --json`` as a child process; its JSON result."""
-    command = [sys.executable, str(REPO / "scripts" / "bench-ingest"), "--json", "--events", str(events),
-               "--devices", str(devices), "--workers", str(workers)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "bench-ingest"),
+        "--json",
+        "--events",
+        str(events),
+        "--devices",
+        str(devices),
+        "--workers",
+        str(workers),
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if not lines:
@@ -57,7 +66,7 @@ class TimedStore(Store):
 
     commit_cpu: float = 0.0
 
-    def commit_batch(self, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401 - passes the store's own types through
+    def commit_batch(self, *args: Any, **kwargs: Any) -> Any:
         started = time.thread_time()
         try:
             return super().commit_batch(*args, **kwargs)
@@ -118,7 +127,12 @@ def _signed_payloads(events: int, devices: int) -> tuple[list[tuple[str, bytes]]
         d, seq = i % devices, i // devices + 1
         msg = {"agreementId": d + 1, "seq": seq, "timestamp": now + seq, "value": 1_000 + seq}
         sig = eip712.sign_digest(keys[d], eip712.digest("Reading", msg, domain))
-        payloads.append((wire.events_topic(CHAIN_ID, addresses[d]), wire.encode("reading", CHAIN_ID, CONTRACT, addresses[d], msg, sig)))
+        payloads.append(
+            (
+                wire.events_topic(CHAIN_ID, addresses[d]),
+                wire.encode("reading", CHAIN_ID, CONTRACT, addresses[d], msg, sig),
+            )
+        )
     return payloads, addresses
 
 
@@ -161,10 +175,19 @@ def profile_intake(config: Config, events: int, devices: int, batch: int = 512) 
         try:
             store = Store.open(state / "oracle.db")
             payloads, addresses = _signed_payloads(events, devices)
-            store.apply_registry([RegistryEntry(a, a, None, int(device_kinds.DeviceKind.METER), True, 1) for a in addresses])
-            settings = IntakeSettings(chain_id=CHAIN_ID, contracts={"reading": CONTRACT, "delivery": CONTRACT},
-                                      host=broker.host, port=broker.port, client_id="bench-profile", batch_size=batch,
-                                      verify_workers=0, receive_maximum=max(4_096, 4 * batch))  # fmt: skip
+            store.apply_registry(
+                [RegistryEntry(a, a, None, int(device_kinds.DeviceKind.METER), True, 1) for a in addresses]
+            )
+            settings = IntakeSettings(
+                chain_id=CHAIN_ID,
+                contracts={"reading": CONTRACT, "delivery": CONTRACT},
+                host=broker.host,
+                port=broker.port,
+                client_id="bench-profile",
+                batch_size=batch,
+                verify_workers=0,
+                receive_maximum=max(4_096, 4 * batch),
+            )
             session = Intake(settings, store, Metrics())
             session.start()
             session.wait_connected(10)
@@ -204,11 +227,16 @@ def profile_intake(config: Config, events: int, devices: int, batch: int = 512) 
         "paho network thread (MQTT parsing, on_message)": us(process_cpu - intake.thread_cpu),
     }
     return {
-        "events": events, "devices": devices, "batch": batch, "verify_workers": 0, "seconds": round(elapsed, 3),
-        "events_per_s": round(events / elapsed), "process_cpu_us_per_event": us(process_cpu),
+        "events": events,
+        "devices": devices,
+        "batch": batch,
+        "verify_workers": 0,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(events / elapsed),
+        "process_cpu_us_per_event": us(process_cpu),
         "cpu_bound_events_per_s_one_core": round(events / process_cpu) if process_cpu else None,
         "cpu_us_per_event_by_stage": stages,
-    }  # fmt: skip
+    }
 
 
 def verify_rate(count: int = 3_000) -> dict[str, Any]:
@@ -226,4 +254,8 @@ def verify_rate(count: int = 3_000) -> dict[str, Any]:
     for msg, sig in zip(msgs, sigs, strict=True):
         eip712.recover(eip712.digest("Reading", msg, domain), sig)
     both_s = time.process_time() - started
-    return {"signatures": count, "recover_per_s": round(count / recover_s), "digest_and_recover_per_s": round(count / both_s)}
+    return {
+        "signatures": count,
+        "recover_per_s": round(count / recover_s),
+        "digest_and_recover_per_s": round(count / both_s),
+    }

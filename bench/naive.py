@@ -22,20 +22,18 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import requests
-from eth_account.signers.local import LocalAccount
-from web3 import HTTPProvider, Web3
-from web3.exceptions import Web3Exception
-
 from eth_account import Account
-
+from eth_account.signers.local import LocalAccount
 from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.errors import IotSettleError, ProtocolError
+from web3 import HTTPProvider, Web3
+from web3.exceptions import Web3Exception
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +56,9 @@ class NaiveRelay:
         self.w3 = Web3(HTTPProvider(self.rpc_url))
         self.billing = self.w3.eth.contract(address=self.billing_address, abi=self.billing_abi)
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"naive-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)  # fmt: skip
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"naive-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+        )
         self.client.on_connect = lambda c, *_: c.subscribe(wire.events_filter(self.chain_id), qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
@@ -74,14 +73,16 @@ class NaiveRelay:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:  # noqa: ANN401
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
             event = wire.decode(message.payload)
             call = self.billing.functions.settleReading(event.contract_tuple())
-            tx = call.build_transaction({
-                "from": self.account.address,
-                "nonce": self.w3.eth.get_transaction_count(self.account.address),
-            })  # fmt: skip
+            tx = call.build_transaction(
+                {
+                    "from": self.account.address,
+                    "nonce": self.w3.eth.get_transaction_count(self.account.address),
+                }
+            )
             signed = self.account.sign_transaction(tx)
             tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
             receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
@@ -102,17 +103,33 @@ KEY_ENV = "NAIVE_RELAY_KEY"
 class NaiveRelayProcess:
     """``NaiveRelay`` in a child process; ``stop()`` returns its counts ``{"settled": n, "failed": m}``."""
 
-    def __init__(self, host: str, port: int, chain_id: int, rpc_url: str, key: str, billing_address: str,
-                 abi_file: Path) -> None:  # fmt: skip
-        self.command = [sys.executable, "-m", "bench.naive", "--host", host, "--port", str(port),
-                        "--chain-id", str(chain_id), "--rpc-url", rpc_url, "--billing", billing_address,
-                        "--abi", str(abi_file)]  # fmt: skip
+    def __init__(
+        self, host: str, port: int, chain_id: int, rpc_url: str, key: str, billing_address: str, abi_file: Path
+    ) -> None:
+        self.command = [
+            sys.executable,
+            "-m",
+            "bench.naive",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--chain-id",
+            str(chain_id),
+            "--rpc-url",
+            rpc_url,
+            "--billing",
+            billing_address,
+            "--abi",
+            str(abi_file),
+        ]
         self.env = {**os.environ, KEY_ENV: key}
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
-        self.proc = subprocess.Popen(self.command, cwd=REPO, env=self.env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            self.command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         assert self.proc.stdout is not None
         ready: list[str] = []
         reader = threading.Thread(target=lambda: ready.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]

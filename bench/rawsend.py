@@ -17,10 +17,9 @@ from typing import Any
 import coincurve
 import eth_abi
 import rlp
+from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from eth_utils.abi import collapse_if_tuple, function_abi_to_4byte_selector
-from eth_account.signers.local import LocalAccount
-
 from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.protocol.errors import ChainError
 
@@ -54,7 +53,7 @@ class RawSender:
         """Results of several JSON-RPC calls in one HTTP request; NodeRefused naming the first refusal."""
         return self._rpc.batch(requests_)
 
-    def rpc(self, method: str, params: list[Any]) -> Any:  # noqa: ANN401 - JSON
+    def rpc(self, method: str, params: list[Any]) -> Any:
         return self._rpc.call(method, params)
 
     def send_many(self, calls: Sequence[Call]) -> list[dict[str, Any]]:
@@ -80,7 +79,9 @@ class RawSender:
             missing = [h for h in hashes if h not in found]
             for start in range(0, len(missing), CHUNK):
                 chunk = missing[start : start + CHUNK]
-                for tx_hash, receipt in zip(chunk, self.batch([("eth_getTransactionReceipt", [h]) for h in chunk]), strict=True):
+                for tx_hash, receipt in zip(
+                    chunk, self.batch([("eth_getTransactionReceipt", [h]) for h in chunk]), strict=True
+                ):
                     if receipt is not None:
                         found[tx_hash] = receipt
             if len(found) < len(hashes):
@@ -97,8 +98,17 @@ class RawSender:
 def sign_1559(key: coincurve.PrivateKey, chain_id: int, nonce: int, tip: int, max_fee: int, call: Call) -> bytes:
     """A signed EIP-1559 (type 2) transaction: 0x02 ‖ rlp([chainId, nonce, tip, maxFee, gas, to, value, data,
     accessList, yParity, r, s]). ~50 µs instead of ~5 ms through eth-account's generic path."""
-    fields = [chain_id, nonce, tip, max_fee, call.gas, bytes.fromhex(call.to[2:]), call.value,
-              bytes.fromhex(call.data[2:]), []]  # fmt: skip
+    fields = [
+        chain_id,
+        nonce,
+        tip,
+        max_fee,
+        call.gas,
+        bytes.fromhex(call.to[2:]),
+        call.value,
+        bytes.fromhex(call.data[2:]),
+        [],
+    ]
     rsv = key.sign_recoverable(keccak(b"\x02" + rlp.encode(fields)), hasher=None)
     r, s, parity = int.from_bytes(rsv[:32], "big"), int.from_bytes(rsv[32:64], "big"), rsv[64]
     return b"\x02" + rlp.encode([*fields, parity, r, s])
@@ -107,7 +117,7 @@ def sign_1559(key: coincurve.PrivateKey, chain_id: int, nonce: int, tip: int, ma
 class Encoder:
     """ABI-encodes calls of one contract straight through eth-abi (web3's generic path costs ~5 ms a call)."""
 
-    def __init__(self, contract: Any) -> None:  # noqa: ANN401 - a web3 Contract
+    def __init__(self, contract: Any) -> None:
         self.address = str(contract.address)
         self._functions: dict[str, tuple[bytes, list[str]]] = {}
         for entry in contract.abi:
@@ -115,21 +125,28 @@ class Encoder:
                 types = [collapse_if_tuple(dict(i)) for i in entry["inputs"]]
                 self._functions[entry["name"]] = (function_abi_to_4byte_selector(entry), types)
 
-    def data(self, function: str, *args: Any) -> str:  # noqa: ANN401
+    def data(self, function: str, *args: Any) -> str:
         selector, types = self._functions[function]
         return "0x" + (selector + eth_abi.encode(types, list(args))).hex()
 
-    def call(self, function: str, *args: Any, gas: int, value: int = 0) -> Call:  # noqa: ANN401
+    def call(self, function: str, *args: Any, gas: int, value: int = 0) -> Call:
         return Call(self.address, self.data(function, *args), gas, value)
 
 
 def topic_ints(receipt: dict[str, Any], address: str, topic0: str, index: int = 1) -> list[int]:
     """``topics[index]`` as integers of the logs of ``address`` whose first topic is ``topic0``."""
     address, topic0 = address.lower(), topic0.lower()
-    return [int(entry["topics"][index], 16) for entry in receipt["logs"]
-            if entry["address"].lower() == address and entry["topics"] and entry["topics"][0].lower() == topic0]  # fmt: skip
+    return [
+        int(entry["topics"][index], 16)
+        for entry in receipt["logs"]
+        if entry["address"].lower() == address and entry["topics"] and entry["topics"][0].lower() == topic0
+    ]
 
 
 def count_logs(receipt: dict[str, Any], address: str, topic0: str) -> int:
     address, topic0 = address.lower(), topic0.lower()
-    return sum(1 for e in receipt["logs"] if e["address"].lower() == address and e["topics"] and e["topics"][0].lower() == topic0)
+    return sum(
+        1
+        for e in receipt["logs"]
+        if e["address"].lower() == address and e["topics"] and e["topics"][0].lower() == topic0
+    )

@@ -12,6 +12,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -19,7 +22,7 @@ def _version_lines(commands: dict[str, list[str]]) -> dict[str, str]:
     """The first output line naming a version of each command, the commands run side by side (solc-js alone
     takes seconds to start)."""
     running: dict[str, subprocess.Popen[str]] = {}
-    out = {name: "unavailable" for name in commands}
+    out = dict.fromkeys(commands, "unavailable")
     for name, command in commands.items():
         try:
             running[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -49,17 +52,20 @@ def _cpu_model() -> str:
 
 def machine() -> dict[str, Any]:
     """What the figures depend on: CPUs, load, versions of every moving part."""
+
     def version(package: str) -> str:
         try:
             return metadata.version(package)
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    versions = _version_lines({
-        "anvil": [str(REPO / "node_modules" / ".bin" / "anvil"), "--version"],
-        "solc": [str(REPO / "scripts" / "solc-js"), "--version"],
-        "mosquitto": ["/usr/sbin/mosquitto", "-h"],
-    })  # fmt: skip
+    versions = _version_lines(
+        {
+            "anvil": [str(REPO / "node_modules" / ".bin" / "anvil"), "--version"],
+            "solc": [str(REPO / "scripts" / "solc-js"), "--version"],
+            "mosquitto": ["/usr/sbin/mosquitto", "-h"],
+        }
+    )
     return {
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
@@ -110,11 +116,23 @@ def rows(result: dict[str, Any]) -> list[Row]:
     if ingest:
         rate = ingest.get("events_per_s")
         source = "inline intake" if "source" in ingest else f"bench-ingest, {ingest.get('workers')} verify workers"
-        out.append(Row(f"ingest MQTT → verified → stored ({source})", _fmt(rate, " ev/s"), "≥ 5,000 ev/s",
-                       check(rate >= 5_000 if rate is not None else None)))  # fmt: skip
+        out.append(
+            Row(
+                f"ingest MQTT → verified → stored ({source})",
+                _fmt(rate, " ev/s"),
+                "≥ 5,000 ev/s",
+                check(rate >= 5_000 if rate is not None else None),
+            )
+        )
         cpu_rate = ingest.get("rate_on_2_cores")
-        out.append(Row("ingest, CPU-bound estimate on 2 free cores", _fmt(cpu_rate, " ev/s"), "≥ 5,000 ev/s",
-                       check(cpu_rate >= 5_000 if cpu_rate is not None else None)))  # fmt: skip
+        out.append(
+            Row(
+                "ingest, CPU-bound estimate on 2 free cores",
+                _fmt(cpu_rate, " ev/s"),
+                "≥ 5,000 ev/s",
+                check(cpu_rate >= 5_000 if cpu_rate is not None else None),
+            )
+        )
     verify = result.get("verify", {})
     if verify:
         out.append(Row("signature recover, one core", _fmt(verify.get("recover_per_s"), " /s"), "", ""))
@@ -123,26 +141,58 @@ def rows(result: dict[str, Any]) -> list[Row]:
         rate = load["offered_rate"]
         lat = load["latency_ms"]
         target = rate >= 1_000
-        out.append(Row(f"publish → paid p50 at {rate:,.0f} ev/s", _fmt(lat["p50"], " ms"), "≤ 300 ms" if target else "",
-                       check(lat["p50"] is not None and lat["p50"] <= 300) if target else ""))  # fmt: skip
-        out.append(Row(f"publish → paid p99 at {rate:,.0f} ev/s", _fmt(lat["p99"], " ms"), "≤ 1,000 ms" if target else "",
-                       check(lat["p99"] is not None and lat["p99"] <= 1_000) if target else ""))  # fmt: skip
+        out.append(
+            Row(
+                f"publish → paid p50 at {rate:,.0f} ev/s",
+                _fmt(lat["p50"], " ms"),
+                "≤ 300 ms" if target else "",
+                check(lat["p50"] is not None and lat["p50"] <= 300) if target else "",
+            )
+        )
+        out.append(
+            Row(
+                f"publish → paid p99 at {rate:,.0f} ev/s",
+                _fmt(lat["p99"], " ms"),
+                "≤ 1,000 ms" if target else "",
+                check(lat["p99"] is not None and lat["p99"] <= 1_000) if target else "",
+            )
+        )
     for variant in result.get("daemon_variants", []):
         env = ", ".join(f"{k.removeprefix('IOTSETTLE_ORACLE_').lower()}={v}" for k, v in variant["env"].items())
         for load in variant["latency"]:
             rate, lat = load["offered_rate"], load["latency_ms"]
             target = rate >= 1_000
-            out.append(Row(f"publish → paid p50 / p99 at {rate:,.0f} ev/s ({env})",
-                           f"{_fmt(lat['p50'])} / {_fmt(lat['p99'])} ms", "≤ 300 / ≤ 1,000 ms" if target else "",
-                           check(lat["p50"] is not None and lat["p99"] is not None and lat["p50"] <= 300
-                                 and lat["p99"] <= 1_000) if target else ""))  # fmt: skip
+            out.append(
+                Row(
+                    f"publish → paid p50 / p99 at {rate:,.0f} ev/s ({env})",
+                    f"{_fmt(lat['p50'])} / {_fmt(lat['p99'])} ms",
+                    "≤ 300 / ≤ 1,000 ms" if target else "",
+                    check(
+                        lat["p50"] is not None and lat["p99"] is not None and lat["p50"] <= 300 and lat["p99"] <= 1_000
+                    )
+                    if target
+                    else "",
+                )
+            )
     idle = result.get("idle_cpu_percent")
     if idle is not None:
-        out.append(Row("idle daemon CPU (with its verification processes)", _fmt(idle, " % of a core", 2),
-                       "≤ 0.5 %", check(idle <= 0.5)))  # fmt: skip
+        out.append(
+            Row(
+                "idle daemon CPU (with its verification processes)",
+                _fmt(idle, " % of a core", 2),
+                "≤ 0.5 %",
+                check(idle <= 0.5),
+            )
+        )
     if "highest_sustainable_rate" in daemon:
-        out.append(Row("highest sustainable offered rate (all paid, p99 ≤ 1 s)",
-                       _fmt(daemon["highest_sustainable_rate"], " ev/s"), "", ""))  # fmt: skip
+        out.append(
+            Row(
+                "highest sustainable offered rate (all paid, p99 ≤ 1 s)",
+                _fmt(daemon["highest_sustainable_rate"], " ev/s"),
+                "",
+                "",
+            )
+        )
     ratios = result.get("ratios", {})
     naive = result.get("naive", {})
     burst = daemon.get("burst")
@@ -150,8 +200,14 @@ def rows(result: dict[str, Any]) -> list[Row]:
         out.append(Row("naive relay, events paid/s", _fmt(naive["paid_events_per_s"], " ev/s", 1), "", ""))
         out.append(Row("daemon, events paid/s (burst)", _fmt(burst["paid_events_per_s"], " ev/s", 1), "", ""))
         ratio = ratios.get("paid_events_per_s")
-        out.append(Row("daemon ÷ naive relay, events paid/s", _fmt(ratio, "×", 1), "≥ 20×",
-                       check(ratio >= 20 if ratio is not None else None)))  # fmt: skip
+        out.append(
+            Row(
+                "daemon ÷ naive relay, events paid/s",
+                _fmt(ratio, "×", 1),
+                "≥ 20×",
+                check(ratio >= 20 if ratio is not None else None),
+            )
+        )
         onchain = ratios.get("onchain_items_per_s")
         out.append(Row("daemon ÷ naive relay, on-chain settlements/s", _fmt(onchain, "×", 1), "", ""))
     return out
@@ -171,7 +227,9 @@ def markdown_details(result: dict[str, Any]) -> str:
         labels = list(traced[0]["breakdown"])
         head = " | ".join(f"{g['kind']} ×{g['batch']}" for g in traced)
         lines = [f"| gas per event | {head} |", "|---|" + "---:|" * len(traced)]
-        lines += [f"| {label} | " + " | ".join(f"{g['breakdown'].get(label, 0):,}" for g in traced) + " |" for label in labels]
+        lines += [
+            f"| {label} | " + " | ".join(f"{g['breakdown'].get(label, 0):,}" for g in traced) + " |" for label in labels
+        ]
         lines.append("| **total (receipts)** | " + " | ".join(f"**{g['per_event']:,}**" for g in traced) + " |")
         parts.append("\n".join(lines))
     profile = result.get("ingest_profile")
@@ -194,25 +252,35 @@ def markdown_details(result: dict[str, Any]) -> str:
         lines = [f"| publish → paid, by stage, ms | {head} |", "|---|" + "---:|" * len(staged)]
         for label in labels:
             cells = [x["stages"].get(label) for x in staged_loads]
-            lines.append(f"| {label} | " + " | ".join(f"{c['p50_ms']:,.0f} ({c['p90_ms']:,.0f})" if c else "" for c in cells) + " |")
-        lines.append("| **publish → paid (watcher)** | " + " | ".join(
-            f"**{_fmt(x['latency_ms']['p50'])} ({_fmt(x['latency_ms']['p90'])})**" for x in staged_loads) + " |")
-        lines.append("| daemon CPU per event (µs, daemon + verify processes) | " + " | ".join(
-            f"{_fmt(x['daemon_cpu_us_per_event'])}" for x in staged_loads) + " |")
+            lines.append(
+                f"| {label} | "
+                + " | ".join(f"{c['p50_ms']:,.0f} ({c['p90_ms']:,.0f})" if c else "" for c in cells)
+                + " |"
+            )
+        lines.append(
+            "| **publish → paid (watcher)** | "
+            + " | ".join(f"**{_fmt(x['latency_ms']['p50'])} ({_fmt(x['latency_ms']['p90'])})**" for x in staged_loads)
+            + " |"
+        )
+        lines.append(
+            "| daemon CPU per event (µs, daemon + verify processes) | "
+            + " | ".join(f"{_fmt(x['daemon_cpu_us_per_event'])}" for x in staged_loads)
+            + " |"
+        )
         parts.append("\n".join(lines))
     settle = result.get("settle_profile")
     if settle:
-        lines = [f"| settlement thread, CPU share by library ({settle['settlement_thread_cpu_us_per_event']:,.0f} µs "
-                 f"per settled event, {settle['settled_per_s_wall']:,.0f} settled/s wall) | % |", "|---|---:|"]
+        lines = [
+            f"| settlement thread, CPU share by library ({settle['settlement_thread_cpu_us_per_event']:,.0f} µs "
+            f"per settled event, {settle['settled_per_s_wall']:,.0f} settled/s wall) | % |",
+            "|---|---:|",
+        ]
         lines += [f"| {label} | {share:.0f} |" for label, share in settle["cpu_share_by_library_percent"].items()]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
 
 def print_rich(table: list[Row], title: str, echo: Callable[[Any], None] | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     view = Table(title=title)
     view.add_column("measure", no_wrap=True)
     view.add_column("figure", justify="right")

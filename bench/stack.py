@@ -24,20 +24,20 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import event_abi_to_log_topic
-
-from iotsettle.oracle.protocol import device_kinds, eip712, wire
-from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, Chain, connect
-from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.chain.compiler import ensure_compiled
-from iotsettle.oracle.config import Config, local_stack_config
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, Chain, connect
 from iotsettle.oracle.chain.deploy import deploy_all
-from bench.rawsend import Encoder, RawSender, topic_ints
+from iotsettle.oracle.chain.node import Anvil, Mosquitto, free_port
+from iotsettle.oracle.chain.send import send
+from iotsettle.oracle.config import Config, local_stack_config
 from iotsettle.oracle.device.keys import DeviceKey
 from iotsettle.oracle.device.signer import sign_registration
-from iotsettle.oracle.protocol.location import location_bytes32
-from iotsettle.oracle.chain.node import Anvil, Mosquitto, free_port
 from iotsettle.oracle.ops import billing, escrow, token
 from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.protocol import device_kinds, eip712, wire
+from iotsettle.oracle.protocol.location import location_bytes32
+
+from bench.rawsend import Encoder, RawSender, topic_ints
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,9 @@ class Meter:
         self.value += step
         self.timestamp = max(int(time.time()) if now is None else now, self.timestamp + 1)
         msg = {"agreementId": self.agreement, "seq": self.seq, "timestamp": self.timestamp, "value": self.value}
-        return msg, eip712.sign_digest(self.key, eip712.digest("Reading", msg, eip712.Domain(self.chain_id, self.contract)))
+        return msg, eip712.sign_digest(
+            self.key, eip712.digest("Reading", msg, eip712.Domain(self.chain_id, self.contract))
+        )
 
     def payload(self, msg: dict[str, Any], sig: bytes) -> bytes:
         return wire.encode("reading", self.chain_id, self.contract, self.address, msg, sig)
@@ -99,9 +101,16 @@ class Parcel:
         return eip712.address_of(self.key)
 
     def delivery(self, timestamp: int) -> tuple[dict[str, Any], bytes]:
-        msg = {"escrowId": self.escrow_id, "seq": self.seq, "timestamp": timestamp, "location": DESTINATION,
-               "maxTemperature": 4}  # fmt: skip
-        return msg, eip712.sign_digest(self.key, eip712.digest("Delivery", msg, eip712.Domain(self.chain_id, self.contract)))
+        msg = {
+            "escrowId": self.escrow_id,
+            "seq": self.seq,
+            "timestamp": timestamp,
+            "location": DESTINATION,
+            "maxTemperature": 4,
+        }
+        return msg, eip712.sign_digest(
+            self.key, eip712.digest("Delivery", msg, eip712.Domain(self.chain_id, self.contract))
+        )
 
 
 @dataclass
@@ -124,7 +133,7 @@ class BenchStack:
     def address(self, name: str) -> str:
         return str(self.manifest["contracts"][name]["address"])
 
-    def ctx_contract(self, name: str) -> Any:  # noqa: ANN401 - a web3 Contract
+    def ctx_contract(self, name: str) -> Any:
         """A deployed contract, for calls (no sender)."""
         return OpsContext(self.config, self.chain, self.manifest).contract(name)
 
@@ -167,7 +176,7 @@ def running_stack(keep: bool = False) -> Iterator[BenchStack]:
             shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def topic_of(contract: Any, event: str) -> str:  # noqa: ANN401 - a web3 Contract
+def topic_of(contract: Any, event: str) -> str:
     """topic0 of ``event`` from the contract's ABI."""
     abi = next(e for e in contract.abi if e.get("type") == "event" and e["name"] == event)
     return "0x" + event_abi_to_log_topic(abi).hex()
@@ -181,18 +190,30 @@ def provision(stack: BenchStack, meters: int, trackers: int, escrows_per_tracker
     owner, buyer = provider.require_sender(), consumer.require_sender()
     chain_id, rpc_url = stack.chain.chain_id, stack.config.chain.rpc_url
     as_provider, as_consumer = RawSender(rpc_url, chain_id, owner), RawSender(rpc_url, chain_id, buyer)
-    registry_c, billing_c, escrow_c = (stack.ctx(PROVIDER).contract(n) for n in ("DeviceRegistry", "MeteredBilling",
-                                                                               "DeliveryEscrow"))
+    registry_c, billing_c, escrow_c = (
+        stack.ctx(PROVIDER).contract(n) for n in ("DeviceRegistry", "MeteredBilling", "DeliveryEscrow")
+    )
     registry_e, billing_e, escrow_e = Encoder(registry_c), Encoder(billing_c), Encoder(escrow_c)
     meter_keys = [os.urandom(32) for _ in range(meters)]
     tracker_keys = [os.urandom(32) for _ in range(trackers)]
     deadline = stack.chain_now() + 3_600
     registrations = []
-    for key, kind in [(k, device_kinds.DeviceKind.METER) for k in meter_keys] + [(k, device_kinds.DeviceKind.TRACKER) for k in tracker_keys]:
+    for key, kind in [(k, device_kinds.DeviceKind.METER) for k in meter_keys] + [
+        (k, device_kinds.DeviceKind.TRACKER) for k in tracker_keys
+    ]:
         device = DeviceKey.from_private_key(key)
-        _digest, sig = sign_registration(device, owner=owner.address, kind=kind, metadata_hash=bytes(32),
-                                         deadline=deadline, chain_id=chain_id, registry=registry_c.address)  # fmt: skip
-        registrations.append(registry_e.call("register", device.address, int(kind), bytes(32), deadline, sig, gas=250_000))
+        _digest, sig = sign_registration(
+            device,
+            owner=owner.address,
+            kind=kind,
+            metadata_hash=bytes(32),
+            deadline=deadline,
+            chain_id=chain_id,
+            registry=registry_c.address,
+        )
+        registrations.append(
+            registry_e.call("register", device.address, int(kind), bytes(32), deadline, sig, gas=250_000)
+        )
     as_provider.send_many(registrations)
 
     test = token.describe_token(provider, token.TEST)
@@ -205,20 +226,37 @@ def provision(stack: BenchStack, meters: int, trackers: int, escrows_per_tracker
 
     tariff, _ = billing.create_flat_tariff(provider, PRICE_PER_UNIT)
     start_value = 1_000
-    offers = [billing_e.call("offer", buyer.address, eip712.address_of(k), tariff, test.address, start_value, 0,
-                             gas=250_000) for k in meter_keys]  # fmt: skip
+    offers = [
+        billing_e.call("offer", buyer.address, eip712.address_of(k), tariff, test.address, start_value, 0, gas=250_000)
+        for k in meter_keys
+    ]
     offered = topic_of(billing_c, "AgreementOffered")
     ids = [topic_ints(r, billing_c.address, offered)[0] for r in as_provider.send_many(offers)]
     as_consumer.send_many([billing_e.call("accept", i, DEPOSIT, start_value, gas=250_000) for i in ids])
     accepted_at = stack.chain_now()
-    stack.meters += [Meter(k, i, billing_c.address, chain_id, 0, start_value, accepted_at)
-                     for k, i in zip(meter_keys, ids, strict=True)]  # fmt: skip
+    stack.meters += [
+        Meter(k, i, billing_c.address, chain_id, 0, start_value, accepted_at)
+        for k, i in zip(meter_keys, ids, strict=True)
+    ]
 
     seller = Account.from_key(SELLER).address
     wanted = [(k, n) for n in range(escrows_per_tracker) for k in tracker_keys]
     deadline = stack.chain_now() + 86_400
-    creates = [escrow_e.call("createEscrow", seller, eip712.address_of(k), test.address, PARCEL, DESTINATION, deadline,
-                             800, 0, gas=400_000) for k, _ in wanted]  # fmt: skip
+    creates = [
+        escrow_e.call(
+            "createEscrow",
+            seller,
+            eip712.address_of(k),
+            test.address,
+            PARCEL,
+            DESTINATION,
+            deadline,
+            800,
+            0,
+            gas=400_000,
+        )
+        for k, _ in wanted
+    ]
     created = topic_of(escrow_c, "EscrowCreated")
     ids = [topic_ints(r, escrow_c.address, created)[0] for r in as_consumer.send_many(creates)]
     stack.parcels += [Parcel(k, i, escrow_c.address, chain_id, n + 1) for (k, n), i in zip(wanted, ids, strict=True)]

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
-from rich.console import Console
-
 from iotsettle.oracle.config import Config, load_config
 from iotsettle.oracle.protocol.errors import IotSettleError
+from rich.console import Console
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
@@ -55,4 +54,3 @@ def emit(data: Any, as_json: bool, human: str | None = None) -> None:
 def progress(message: str) -> None:
     """A progress line for people, on stderr so stdout stays clean for --json."""
     err_console.print(f"[dim]•[/dim] {message}")
-

@@ -12,12 +12,11 @@ from typing import Any, TypeVar
 
 import click
 from eth_utils import is_address, is_checksum_address, to_checksum_address
-
 from iotsettle.cli._common import emit, state
 from iotsettle.oracle.config import Config
-from iotsettle.oracle.protocol.errors import IotSettleError
 from iotsettle.oracle.ops.amounts import Amount, parse_amount
 from iotsettle.oracle.ops.context import OpsContext, SenderChoice, open_context
+from iotsettle.oracle.protocol.errors import IotSettleError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -143,17 +142,26 @@ def rpc_url_option(help: str = RPC_URL_HELP) -> Callable[[F], F]:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
-_from_key_env_option = click.option("--from-key-env", metavar="NAME", default=None,
-                                    help="Send with the hex private key held in environment variable NAME.")
-_dev_account_option = click.option("--dev-account", type=click.IntRange(0, 4), default=None,
-                                   help="Send from anvil development account N (0-4; local chains only).")
+_from_key_env_option = click.option(
+    "--from-key-env",
+    metavar="NAME",
+    default=None,
+    help="Send with the hex private key held in environment variable NAME.",
+)
+_dev_account_option = click.option(
+    "--dev-account",
+    type=click.IntRange(0, 4),
+    default=None,
+    help="Send from anvil development account N (0-4; local chains only).",
+)
 
 
 class CommandContext:
     """What a command gets from ``with_context``: the configuration, the chain (opened on first use), --json."""
 
-    def __init__(self, click_ctx: click.Context, *, as_json: bool, rpc_url: str | None,
-                 sender: SenderChoice | None) -> None:
+    def __init__(
+        self, click_ctx: click.Context, *, as_json: bool, rpc_url: str | None, sender: SenderChoice | None
+    ) -> None:
         self.click = click_ctx
         self.as_json = as_json
         self.rpc_url = rpc_url
@@ -189,8 +197,9 @@ class CommandContext:
         return int(self.ops.w3.eth.get_block("latest")["timestamp"]) + seconds
 
 
-def with_context(*, sender: bool = False, rpc: bool = False,
-                 json_output: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def with_context(
+    *, sender: bool = False, rpc: bool = False, json_output: bool = True
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add the options commands share and pass a ``CommandContext`` as the command's first argument.
 
     ``sender=True`` adds --from-key-env and --dev-account (who signs: by default the configured key, [chain]

@@ -5,15 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import click
-from rich.table import Table
-
 from iotsettle.cli._common import IotSettleGroup, emit
-from iotsettle.cli._params import (ADDRESS, AMOUNT, DURATION, ID, TOKEN, CommandContext, read_payloads, short, short_id,
-                                   when, with_context)
-from iotsettle.oracle.protocol.errors import ChainError
+from iotsettle.cli._params import (
+    ADDRESS,
+    AMOUNT,
+    DURATION,
+    ID,
+    TOKEN,
+    CommandContext,
+    read_payloads,
+    short,
+    short_id,
+    when,
+    with_context,
+)
 from iotsettle.oracle.ops import billing as ops
 from iotsettle.oracle.ops.amounts import Amount
 from iotsettle.oracle.ops.token import describe_token
+from iotsettle.oracle.protocol.errors import ChainError
+from rich.table import Table
 
 
 @click.group(cls=IotSettleGroup)
@@ -43,12 +53,25 @@ def agreement() -> None:
 @click.option("--price", type=AMOUNT, default=None, help="Flat price per unit (creates a one-block tariff).")
 @click.option("--tariff", "tariff_id", type=click.IntRange(1), default=None, help="Use an existing tariff id instead.")
 @click.option("--token", type=TOKEN, default="TEST", show_default=True, help="ETH, TEST or an ERC-20 address.")
-@click.option("--start-value", type=click.IntRange(0), default=0, show_default=True,
-              help="The meter's register now; consumption is counted from here.")
+@click.option(
+    "--start-value",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="The meter's register now; consumption is counted from here.",
+)
 @click.option("--notice", type=DURATION, default="0", show_default=True, help="Notice period before a close (e.g. 7d).")
 @with_context(sender=True)
-def open_cmd(cmd: CommandContext, consumer: str, device: str, price: Amount | None, tariff_id: int | None, token: str,
-             start_value: int, notice: int) -> None:
+def open_cmd(
+    cmd: CommandContext,
+    consumer: str,
+    device: str,
+    price: Amount | None,
+    tariff_id: int | None,
+    token: str,
+    start_value: int,
+    notice: int,
+) -> None:
     """Provider: offer CONSUMER an agreement for a meter, at --price per unit or an existing --tariff.
 
     The consumer then accepts it with a deposit (`agreement accept`).
@@ -65,21 +88,42 @@ def open_cmd(cmd: CommandContext, consumer: str, device: str, price: Amount | No
     if price is not None:
         tariff_id, tariff_tx = ops.create_flat_tariff(cmd.ops, info.to_base(price))
     assert tariff_id is not None
-    agreement_id, result = ops.offer(cmd.ops, consumer=consumer, device=device, tariff_id=tariff_id, token=info,
-                                     start_value=start_value, notice_period=notice)
-    data = {"agreementId": str(agreement_id), "agreementIdHex": hex(agreement_id), "tariffId": tariff_id,
-            "tariffTx": tariff_tx.tx_hash if tariff_tx else None, "tx": result.tx_hash, "block": result.block}
-    cmd.emit(data, f"agreement [bold]{hex(agreement_id)}[/bold] offered to {consumer} with tariff {tariff_id} "
-                   f"(tx {result.tx_hash})\nnext, the consumer: iotsettle agreement accept {hex(agreement_id)} "
-                   "--deposit AMOUNT")
+    agreement_id, result = ops.offer(
+        cmd.ops,
+        consumer=consumer,
+        device=device,
+        tariff_id=tariff_id,
+        token=info,
+        start_value=start_value,
+        notice_period=notice,
+    )
+    data = {
+        "agreementId": str(agreement_id),
+        "agreementIdHex": hex(agreement_id),
+        "tariffId": tariff_id,
+        "tariffTx": tariff_tx.tx_hash if tariff_tx else None,
+        "tx": result.tx_hash,
+        "block": result.block,
+    }
+    cmd.emit(
+        data,
+        f"agreement [bold]{hex(agreement_id)}[/bold] offered to {consumer} with tariff {tariff_id} "
+        f"(tx {result.tx_hash})\nnext, the consumer: iotsettle agreement accept {hex(agreement_id)} "
+        "--deposit AMOUNT",
+    )
 
 
 @agreement.command()
 @click.argument("agreement_id", type=ID)
 @click.option("--deposit", type=AMOUNT, required=True, help="Prepaid amount, e.g. 50.")
-@click.option("--expect-start-value", "expected_start", type=click.IntRange(0), default=None,
-              help="The meter register you agree billing starts from; refused if the offer names another. "
-                   "Without it the offer's start value is accepted and shown.")
+@click.option(
+    "--expect-start-value",
+    "expected_start",
+    type=click.IntRange(0),
+    default=None,
+    help="The meter register you agree billing starts from; refused if the offer names another. "
+    "Without it the offer's start value is accepted and shown.",
+)
 @with_context(sender=True)
 def accept(cmd: CommandContext, agreement_id: int, deposit: Amount, expected_start: int | None) -> None:
     """Consumer: accept an offered agreement and prepay DEPOSIT (ERC-20s are approved first when needed).
@@ -96,10 +140,17 @@ def accept(cmd: CommandContext, agreement_id: int, deposit: Amount, expected_sta
     base = info.to_base(deposit)
     start = view.start_value if expected_start is None else expected_start
     result = ops.accept(cmd.ops, agreement_id, base, start)
-    cmd.emit({"agreementId": str(agreement_id), "deposit": str(base), "startValue": start, "tx": result.tx_hash,
-              "block": result.block},
-             f"agreement {hex(agreement_id)} active with {info.format(base)} prepaid, billing the meter from register "
-             f"{start} (tx {result.tx_hash})")
+    cmd.emit(
+        {
+            "agreementId": str(agreement_id),
+            "deposit": str(base),
+            "startValue": start,
+            "tx": result.tx_hash,
+            "block": result.block,
+        },
+        f"agreement {hex(agreement_id)} active with {info.format(base)} prepaid, billing the meter from register "
+        f"{start} (tx {result.tx_hash})",
+    )
 
 
 @agreement.command("top-up")
@@ -117,25 +168,50 @@ def top_up(cmd: CommandContext, agreement_id: int, amount: Amount) -> None:
     base = info.to_base(amount)
     result = ops.top_up(cmd.ops, agreement_id, base)
     view = ops.agreement_of(cmd.ops, agreement_id)
-    cmd.emit({"agreementId": str(agreement_id), "amount": str(base), "tx": result.tx_hash, "block": result.block,
-              "agreement": view.as_dict()},
-             f"agreement {hex(agreement_id)} topped up by {info.format(base)}: prepaid {info.format(view.prepaid)}, "
-             f"status {view.status} (tx {result.tx_hash})")
+    cmd.emit(
+        {
+            "agreementId": str(agreement_id),
+            "amount": str(base),
+            "tx": result.tx_hash,
+            "block": result.block,
+            "agreement": view.as_dict(),
+        },
+        f"agreement {hex(agreement_id)} topped up by {info.format(base)}: prepaid {info.format(view.prepaid)}, "
+        f"status {view.status} (tx {result.tx_hash})",
+    )
 
 
 def _status_table(view: ops.AgreementView, fmt: Callable[[int], str], grace: int) -> Table:
     table = Table(show_header=False, title=f"agreement {hex(view.agreement_id)}")
     f = fmt
-    rows = [("status", view.status), ("provider", view.provider), ("consumer", view.consumer), ("meter", view.device),
-            ("tariff", str(view.tariff_id)), ("register", f"{view.last_value} (started at {view.start_value})"),
-            ("last seq", str(view.last_seq)), ("last reading", when(view.last_timestamp)),
-            ("prepaid", f(view.prepaid)), ("billed", f(view.billed)), ("earnings to withdraw", f(view.earnings)),
-            ("withdrawn", f(view.withdrawn))]
+    rows = [
+        ("status", view.status),
+        ("provider", view.provider),
+        ("consumer", view.consumer),
+        ("meter", view.device),
+        ("tariff", str(view.tariff_id)),
+        ("register", f"{view.last_value} (started at {view.start_value})"),
+        ("last seq", str(view.last_seq)),
+        ("last reading", when(view.last_timestamp)),
+        ("prepaid", f(view.prepaid)),
+        ("billed", f(view.billed)),
+        ("earnings to withdraw", f(view.earnings)),
+        ("withdrawn", f(view.withdrawn)),
+    ]
     if view.arrears:
         rows.append(("arrears", f(view.arrears)))
     if view.notice_period or view.close_at:
-        rows.append(("notice", f"{view.notice_period} s" + (f", readings until {when(view.close_at)}, close from "
-                                                            f"{when(view.close_at + grace + 1)}" if view.close_at else "")))
+        rows.append(
+            (
+                "notice",
+                f"{view.notice_period} s"
+                + (
+                    f", readings until {when(view.close_at)}, close from {when(view.close_at + grace + 1)}"
+                    if view.close_at
+                    else ""
+                ),
+            )
+        )
     for key, value in rows:
         table.add_row(key, value)
     return table
@@ -152,15 +228,20 @@ def status(cmd: CommandContext, agreement_id: int) -> None:
       iotsettle agreement status 0x5fbd…0001
     """
     view = ops.agreement_of(cmd.ops, agreement_id)
-    cmd.emit(view.as_dict(),
-             _status_table(view, describe_token(cmd.ops, view.token).format, ops.settlement_grace(cmd.ops)))
+    cmd.emit(
+        view.as_dict(), _status_table(view, describe_token(cmd.ops, view.token).format, ops.settlement_grace(cmd.ops))
+    )
 
 
 @agreement.command("list")
 @click.option("--party", type=ADDRESS, default=None, help="Only agreements where ADDRESS is provider or consumer.")
 @click.option("--device", type=ADDRESS, default=None, help="Only agreements of this meter.")
-@click.option("--status", "status_filter",
-              type=click.Choice(["offered", "active", "suspended", "closed", "cancelled"]), default=None)
+@click.option(
+    "--status",
+    "status_filter",
+    type=click.Choice(["offered", "active", "suspended", "closed", "cancelled"]),
+    default=None,
+)
 @with_context(rpc=True)
 def list_cmd(cmd: CommandContext, party: str | None, device: str | None, status_filter: str | None) -> None:
     """List agreements of this deployment (from the contract's AgreementOffered events).
@@ -169,14 +250,34 @@ def list_cmd(cmd: CommandContext, party: str | None, device: str | None, status_
     Example:
       iotsettle agreement list --status active
     """
-    views = [v for v in ops.list_agreements(cmd.ops, party=party, device=device)
-             if not status_filter or v.status == status_filter]
-    table = Table("id", "status", "provider", "consumer", "meter", "register", "prepaid", "billed",
-                  title=f"{len(views)} agreements")
+    views = [
+        v
+        for v in ops.list_agreements(cmd.ops, party=party, device=device)
+        if not status_filter or v.status == status_filter
+    ]
+    table = Table(
+        "id",
+        "status",
+        "provider",
+        "consumer",
+        "meter",
+        "register",
+        "prepaid",
+        "billed",
+        title=f"{len(views)} agreements",
+    )
     for v in views:
         fmt = describe_token(cmd.ops, v.token).format
-        table.add_row(short_id(v.agreement_id), v.status, short(v.provider), short(v.consumer), short(v.device),
-                      str(v.last_value), fmt(v.prepaid), fmt(v.billed))
+        table.add_row(
+            short_id(v.agreement_id),
+            v.status,
+            short(v.provider),
+            short(v.consumer),
+            short(v.device),
+            str(v.last_value),
+            fmt(v.prepaid),
+            fmt(v.billed),
+        )
     cmd.emit([v.as_dict() for v in views], table)
 
 
@@ -196,14 +297,32 @@ def settle(cmd: CommandContext, source: str) -> None:
     text = read_payloads(source)
     events = ops.parse_readings(cmd.ops, text)
     result, outcomes = ops.settle(cmd.ops, events)
-    data = {"tx": result.tx_hash, "block": result.block, "gasUsed": result.gas_used,
-            "results": [{"agreementId": str(o.agreement_id), "seq": o.seq, "settled": o.settled,
-                         "reason": o.reason or None, "amount": str(o.amount)} for o in outcomes]}
-    table = Table("agreement", "seq", "result", "billed", title=f"relayed in block {result.block}, gas {result.gas_used:,}")
+    data = {
+        "tx": result.tx_hash,
+        "block": result.block,
+        "gasUsed": result.gas_used,
+        "results": [
+            {
+                "agreementId": str(o.agreement_id),
+                "seq": o.seq,
+                "settled": o.settled,
+                "reason": o.reason or None,
+                "amount": str(o.amount),
+            }
+            for o in outcomes
+        ],
+    }
+    table = Table(
+        "agreement", "seq", "result", "billed", title=f"relayed in block {result.block}, gas {result.gas_used:,}"
+    )
     for o in outcomes:
         fmt = describe_token(cmd.ops, ops.agreement_of(cmd.ops, o.agreement_id).token).format
-        table.add_row(short_id(o.agreement_id), str(o.seq), "settled" if o.settled else f"rejected: {o.reason}",
-                      fmt(o.amount) if o.settled else "")
+        table.add_row(
+            short_id(o.agreement_id),
+            str(o.seq),
+            "settled" if o.settled else f"rejected: {o.reason}",
+            fmt(o.amount) if o.settled else "",
+        )
     cmd.emit(data, table)
     if not cmd.as_json:
         emit(None, False, f"tx {result.tx_hash}")
@@ -221,15 +340,22 @@ def withdraw(cmd: CommandContext, agreement_id: int) -> None:
     """
     info = describe_token(cmd.ops, ops.agreement_of(cmd.ops, agreement_id).token)
     result, paid = ops.withdraw_earnings(cmd.ops, agreement_id)
-    cmd.emit({"agreementId": str(agreement_id), "amount": str(paid), "tx": result.tx_hash, "block": result.block},
-             f"provider received {info.format(paid)} from agreement {hex(agreement_id)} (tx {result.tx_hash})")
+    cmd.emit(
+        {"agreementId": str(agreement_id), "amount": str(paid), "tx": result.tx_hash, "block": result.block},
+        f"provider received {info.format(paid)} from agreement {hex(agreement_id)} (tx {result.tx_hash})",
+    )
 
 
 @agreement.command()
 @click.argument("agreement_id", type=ID)
-@click.option("--reading", "reading_source", default=None, metavar="FILE",
-              help="End now, without the notice, on this fresh signed final reading (a wire payload; - reads "
-                   "stdin); the refund follows with `agreement close` after the grace.")
+@click.option(
+    "--reading",
+    "reading_source",
+    default=None,
+    metavar="FILE",
+    help="End now, without the notice, on this fresh signed final reading (a wire payload; - reads "
+    "stdin); the refund follows with `agreement close` after the grace.",
+)
 @with_context(sender=True)
 def close(cmd: CommandContext, agreement_id: int, reading_source: str | None) -> None:
     """Consumer: close the agreement and get the unbilled prepaid balance back.
@@ -249,23 +375,33 @@ def close(cmd: CommandContext, agreement_id: int, reading_source: str | None) ->
     if reading_source is not None:
         events = ops.parse_readings(cmd.ops, read_payloads(reading_source))
         if len(events) != 1 or events[0].target_id != agreement_id:
-            raise click.BadParameter(f"give exactly one reading of agreement {hex(agreement_id)}",
-                                     param_hint="--reading")
+            raise click.BadParameter(
+                f"give exactly one reading of agreement {hex(agreement_id)}", param_hint="--reading"
+            )
         outcome = ops.close_with_reading(cmd.ops, events[0])
     else:
         outcome = ops.close(cmd.ops, agreement_id)
-    data = {"agreementId": str(agreement_id), "closed": outcome.closed, "closeAt": outcome.close_at,
-            "closableFrom": outcome.closable_from, "refund": str(outcome.refund),
-            "txs": [t.tx_hash for t in outcome.txs]}
+    data = {
+        "agreementId": str(agreement_id),
+        "closed": outcome.closed,
+        "closeAt": outcome.close_at,
+        "closableFrom": outcome.closable_from,
+        "refund": str(outcome.refund),
+        "txs": [t.tx_hash for t in outcome.txs],
+    }
     if outcome.closed:
         human = f"agreement {hex(agreement_id)} closed; {info.format(outcome.refund)} refunded to the consumer"
     elif reading_source is not None:
-        human = (f"final reading settled; agreement {hex(agreement_id)} ends at {when(outcome.close_at)} (readings "
-                 f"signed until then still bill); claim the refund from {when(outcome.closable_from)} with: "
-                 f"iotsettle agreement close {hex(agreement_id)}")
+        human = (
+            f"final reading settled; agreement {hex(agreement_id)} ends at {when(outcome.close_at)} (readings "
+            f"signed until then still bill); claim the refund from {when(outcome.closable_from)} with: "
+            f"iotsettle agreement close {hex(agreement_id)}"
+        )
     else:
-        human = (f"close requested: readings signed until {when(outcome.close_at)} still bill; agreement "
-                 f"{hex(agreement_id)} can be closed from {when(outcome.closable_from)}: run this command again then")
+        human = (
+            f"close requested: readings signed until {when(outcome.close_at)} still bill; agreement "
+            f"{hex(agreement_id)} can be closed from {when(outcome.closable_from)}: run this command again then"
+        )
     cmd.emit(data, human)
 
 
@@ -280,8 +416,10 @@ def cancel_cmd(cmd: CommandContext, agreement_id: int) -> None:
       iotsettle agreement cancel 0x5fbd…0001
     """
     result = ops.cancel_offer(cmd.ops, agreement_id)
-    cmd.emit({"agreementId": str(agreement_id), "tx": result.tx_hash},
-             f"offer {hex(agreement_id)} cancelled (tx {result.tx_hash})")
+    cmd.emit(
+        {"agreementId": str(agreement_id), "tx": result.tx_hash},
+        f"offer {hex(agreement_id)} cancelled (tx {result.tx_hash})",
+    )
 
 
 @agreement.command()

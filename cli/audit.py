@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 
 import click
-from rich.table import Table
-
 from iotsettle.cli._common import IotSettleGroup, emit
 from iotsettle.cli._params import ADDRESS, ID, CommandContext, short, short_id, when, with_context
 from iotsettle.oracle.ops import audit as ops
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.ops.token import describe_token
+from rich.table import Table
 
 
 @click.group(cls=IotSettleGroup)
@@ -39,12 +38,27 @@ def _compact(text: str) -> str:
 
 def _render(ops_ctx: OpsContext, report: ops.AuditReport, as_json: bool) -> None:
     with_subject = len({e.subject for e in report.entries}) > 1
-    table = Table("block", "time (UTC)", *(["subject"] if with_subject else []), "event", "amount", "tx", "detail",
-                  title=report.subject)
+    table = Table(
+        "block",
+        "time (UTC)",
+        *(["subject"] if with_subject else []),
+        "event",
+        "amount",
+        "tx",
+        "detail",
+        title=report.subject,
+    )
     for e in report.entries:
         amount = describe_token(ops_ctx, e.token).format(e.amount) if e.amount is not None and e.token else ""
-        table.add_row(str(e.block), when(e.time).removesuffix(" UTC"), *([_compact(e.subject)] if with_subject else []), e.event,
-                      amount, e.tx_hash[:10] + "…", _compact(e.detail))
+        table.add_row(
+            str(e.block),
+            when(e.time).removesuffix(" UTC"),
+            *([_compact(e.subject)] if with_subject else []),
+            e.event,
+            amount,
+            e.tx_hash[:10] + "…",
+            _compact(e.detail),
+        )
     totals = Table("total", "value", title="totals")
     token = report.totals.get("token")
     if token is None:
@@ -54,8 +68,17 @@ def _render(ops_ctx: OpsContext, report: ops.AuditReport, as_json: bool) -> None
     for key, value in report.totals.items():
         if key == "token":
             continue
-        is_money = key in ("funded", "toSeller", "toBuyer", "refunded", "cancelled", "deposited", "billed", "withdrawn",
-                           "releasedToSeller")
+        is_money = key in (
+            "funded",
+            "toSeller",
+            "toBuyer",
+            "refunded",
+            "cancelled",
+            "deposited",
+            "billed",
+            "withdrawn",
+            "releasedToSeller",
+        )
         totals.add_row(key, fmt(value) if fmt and is_money else str(value))
     emit(report.as_dict(), as_json, table)
     if not as_json:

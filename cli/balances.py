@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
-
 from iotsettle.cli._params import ADDRESS, CommandContext, with_context
 from iotsettle.oracle.ops import billing, escrow
 from iotsettle.oracle.ops.token import ETH, TEST, balance_of, describe_token
+from rich.table import Table
 
 
 @click.command()
@@ -30,7 +29,11 @@ def balances(cmd: CommandContext, addresses: tuple[str, ...]) -> None:
     table = Table("address", *(t.symbol for t in tokens), "escrow credit", "earnings", "prepaid")
     for address in addresses:
         wallet = [balance_of(cmd.ops, t, address) for t in tokens]
-        credit = [escrow.withdrawable(cmd.ops, t, address) for t in tokens] if cmd.ops.has("DeliveryEscrow") else [0] * len(tokens)
+        credit = (
+            [escrow.withdrawable(cmd.ops, t, address) for t in tokens]
+            if cmd.ops.has("DeliveryEscrow")
+            else [0] * len(tokens)
+        )
         earnings: dict[str, int] = {}  # by token address
         prepaid: dict[str, int] = {}
         for view in agreements:
@@ -49,8 +52,11 @@ def balances(cmd: CommandContext, addresses: tuple[str, ...]) -> None:
         def joined(amounts: list[str]) -> str:
             return ", ".join(amounts) or "0"
 
-        table.add_row(address, *(t.format_short(v) for t, v in zip(tokens, wallet, strict=True)),
-                      joined([t.format_short(v) for t, v in zip(tokens, credit, strict=True) if v]),
-                      joined([info[t].format_short(v) for t, v in earnings.items() if v]),
-                      joined([info[t].format_short(v) for t, v in prepaid.items() if v]))
+        table.add_row(
+            address,
+            *(t.format_short(v) for t, v in zip(tokens, wallet, strict=True)),
+            joined([t.format_short(v) for t, v in zip(tokens, credit, strict=True) if v]),
+            joined([info[t].format_short(v) for t, v in earnings.items() if v]),
+            joined([info[t].format_short(v) for t, v in prepaid.items() if v]),
+        )
     cmd.emit(data, table)

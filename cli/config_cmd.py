@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
-
 from iotsettle.cli._params import CommandContext, with_context
 from iotsettle.oracle.config import ENV_PREFIX, field_docs
+from rich.table import Table
 
 
 @click.group("config")
@@ -21,12 +20,21 @@ def show(cmd: CommandContext, defaults: bool) -> None:
     """Print the effective configuration; secrets are shown as ***."""
     if defaults:
         rows = [
-            {"section": s, "key": k, "default": d, "env": f"{ENV_PREFIX}{s.upper()}_{k.upper()}", "secret": secret, "doc": doc}
+            {
+                "section": s,
+                "key": k,
+                "default": d,
+                "env": f"{ENV_PREFIX}{s.upper()}_{k.upper()}",
+                "secret": secret,
+                "doc": doc,
+            }
             for s, k, d, doc, secret in field_docs()
         ]
         table = Table("setting", "default", "environment variable", "meaning")
         for r in rows:
-            table.add_row(f"[{r['section']}] {r['key']}", "(secret)" if r["secret"] else repr(r["default"]), r["env"], r["doc"])
+            table.add_row(
+                f"[{r['section']}] {r['key']}", "(secret)" if r["secret"] else repr(r["default"]), r["env"], r["doc"]
+            )
         cmd.emit(rows, table)
         return
     config = cmd.config

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
-
 from iotsettle.cli._common import progress
 from iotsettle.cli._params import CommandContext, with_context
-from iotsettle.oracle.chain.connection import connect, load_sender
 from iotsettle.oracle.chain.compiler import ensure_compiled, read_foundry_settings
+from iotsettle.oracle.chain.connection import connect, load_sender
 from iotsettle.oracle.chain.deploy import deploy_all, manifest_path
+from rich.table import Table
 
 
 @click.command("compile")
@@ -27,8 +26,10 @@ def compile_cmd(cmd: CommandContext, force: bool) -> None:
         progress(f"solc {settings.version}, evm {settings.evm_version}, optimizer runs {settings.optimizer_runs}")
     out, compiled = ensure_compiled(config, force=force)
     names = sorted(p.stem for p in out.glob("*.json") if not p.name.startswith("_"))
-    cmd.emit({"artifacts": str(out), "compiled": compiled, "contracts": names},
-             f"{'compiled' if compiled else 'up to date'}: {len(names)} contracts in {out}")
+    cmd.emit(
+        {"artifacts": str(out), "compiled": compiled, "contracts": names},
+        f"{'compiled' if compiled else 'up to date'}: {len(names)} contracts in {out}",
+    )
 
 
 @click.command()
@@ -47,7 +48,9 @@ def deploy(cmd: CommandContext) -> None:
     report = (lambda _m: None) if cmd.as_json else progress
     report(f"chain {chain.chain_id} at {chain.rpc_url}, deployer {account.address}")
     manifest = deploy_all(config, chain, account, report)
-    table = Table("contract", "address", "block", title=f"chain {chain.chain_id} — {manifest_path(config, chain.chain_id)}")
+    table = Table(
+        "contract", "address", "block", title=f"chain {chain.chain_id} — {manifest_path(config, chain.chain_id)}"
+    )
     for name, entry in manifest["contracts"].items():
         table.add_row(name, entry["address"], str(entry["block"]))
     cmd.emit(manifest, table)

@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
-
 from iotsettle.cli._common import IotSettleGroup, emit, out_console, progress
 from iotsettle.cli._params import ADDRESS, CommandContext, short, with_context
 from iotsettle.oracle.chain.artifacts import load_artifact
@@ -17,28 +15,95 @@ from iotsettle.oracle.chain.connection import connect
 from iotsettle.oracle.credit.document import build, canonical_json, verify_document
 from iotsettle.oracle.credit.scan import CONTRACTS, ProfileMismatch, chain_point, contract_refs
 from iotsettle.oracle.ops.context import OpsContext
-from iotsettle.oracle.protocol.errors import IotSettleError
 from iotsettle.oracle.ops.token import describe_token
+from iotsettle.oracle.protocol.errors import IotSettleError
+from rich.table import Table
 
 #: Per section: its title and the summary figures shown to people, the first one telling whether the subject
 #: has any history in that role (the JSON export has every figure).
 _SUMMARY = {
-    "consumer": ("consumer (metered billing)", (
-        "agreements", "accepted", "deposited", "billed", "readings", "readingsPaidOnTime", "paidOnTimeBps",
-        "arrearsIncurred", "arrearsPaid", "suspensions", "resumptions", "suspendedSeconds", "longestSuspensionSeconds",
-        "suspendedNow")),
-    "seller": ("seller (delivery escrow)", (
-        "escrows", "delivered", "refunded", "cancelled", "overdue", "open", "onTimeBps", "funded", "released",
-        "penalties")),
-    "motor": ("insurance holder (motor)", (
-        "policies", "accepted", "premiums", "reports", "reportsPaidOnTime", "paidOnTimeBps", "metres", "harshBraking",
-        "speeding", "lapses", "reinstatements", "lapsedSeconds", "lapsedNow")),
-    "crop": ("farmer (crop cover)", (
-        "covers", "cover", "premiumsPaid", "payouts", "payoutsReceived", "payoutsToLoanAccounts", "payoutsToOthers",
-        "expired", "pending")),
-    "loans": ("borrower (loans)", (
-        "offered", "taken", "principal", "repaymentDue", "repaid", "fullyRepaid", "repaidByDueBy", "repaidLate",
-        "overdue", "outstanding", "onTimeBps")),
+    "consumer": (
+        "consumer (metered billing)",
+        (
+            "agreements",
+            "accepted",
+            "deposited",
+            "billed",
+            "readings",
+            "readingsPaidOnTime",
+            "paidOnTimeBps",
+            "arrearsIncurred",
+            "arrearsPaid",
+            "suspensions",
+            "resumptions",
+            "suspendedSeconds",
+            "longestSuspensionSeconds",
+            "suspendedNow",
+        ),
+    ),
+    "seller": (
+        "seller (delivery escrow)",
+        (
+            "escrows",
+            "delivered",
+            "refunded",
+            "cancelled",
+            "overdue",
+            "open",
+            "onTimeBps",
+            "funded",
+            "released",
+            "penalties",
+        ),
+    ),
+    "motor": (
+        "insurance holder (motor)",
+        (
+            "policies",
+            "accepted",
+            "premiums",
+            "reports",
+            "reportsPaidOnTime",
+            "paidOnTimeBps",
+            "metres",
+            "harshBraking",
+            "speeding",
+            "lapses",
+            "reinstatements",
+            "lapsedSeconds",
+            "lapsedNow",
+        ),
+    ),
+    "crop": (
+        "farmer (crop cover)",
+        (
+            "covers",
+            "cover",
+            "premiumsPaid",
+            "payouts",
+            "payoutsReceived",
+            "payoutsToLoanAccounts",
+            "payoutsToOthers",
+            "expired",
+            "pending",
+        ),
+    ),
+    "loans": (
+        "borrower (loans)",
+        (
+            "offered",
+            "taken",
+            "principal",
+            "repaymentDue",
+            "repaid",
+            "fullyRepaid",
+            "repaidByDueBy",
+            "repaidLate",
+            "overdue",
+            "outstanding",
+            "onTimeBps",
+        ),
+    ),
 }
 
 
@@ -94,10 +159,19 @@ def _render(ops_ctx: OpsContext, doc: dict[str, Any]) -> None:
     figures = doc["figures"]
     rng = doc["range"]
     stamp = datetime.fromtimestamp(rng["toBlockTime"], UTC).strftime("%Y-%m-%d %H:%M UTC")
-    out_console.print(f"credit profile of [bold]{doc['subject']}[/bold] — chain {doc['chain']['chainId']}, blocks "
-                      f"{rng['fromBlock']}..{rng['toBlock']} ({stamp}, block hash {rng['toBlockHash'][:12]}…)")
-    devices = Table("device", "kind", "registered", "uptime", "settled", "volume",
-                    title=f"devices owned: {figures['devices']['count']}")
+    out_console.print(
+        f"credit profile of [bold]{doc['subject']}[/bold] — chain {doc['chain']['chainId']}, blocks "
+        f"{rng['fromBlock']}..{rng['toBlock']} ({stamp}, block hash {rng['toBlockHash'][:12]}…)"
+    )
+    devices = Table(
+        "device",
+        "kind",
+        "registered",
+        "uptime",
+        "settled",
+        "volume",
+        title=f"devices owned: {figures['devices']['count']}",
+    )
     for address, item in sorted(figures["devices"]["items"].items()):
         uptime = item["uptime"]
         settled = item["settled"]
@@ -111,10 +185,14 @@ def _render(ops_ctx: OpsContext, doc: dict[str, Any]) -> None:
         if "billed" in settled:
             volume.append(_value(ops_ctx, "billed", settled["billed"]) + " billed")
         registered = datetime.fromtimestamp(item["registeredAt"], UTC).strftime("%Y-%m-%d")
-        devices.add_row(short(address), item["kind"].lower().replace("_", " "),
-                        registered + (" (revoked)" if item["revokedAt"] else ""),
-                        f"{uptime['active']} of {uptime['buckets']} {uptime['bucket']}s ({_bps(uptime['bps'])})",
-                        str(settled["events"]), ", ".join(volume) or "—")
+        devices.add_row(
+            short(address),
+            item["kind"].lower().replace("_", " "),
+            registered + (" (revoked)" if item["revokedAt"] else ""),
+            f"{uptime['active']} of {uptime['buckets']} {uptime['bucket']}s ({_bps(uptime['bps'])})",
+            str(settled["events"]),
+            ", ".join(volume) or "—",
+        )
     out_console.print(devices)
     idle = []
     for section, (title, names) in _SUMMARY.items():
@@ -129,16 +207,27 @@ def _render(ops_ctx: OpsContext, doc: dict[str, Any]) -> None:
         out_console.print(table)
     if idle:
         out_console.print(f"no history as {', '.join(idle)}")
-    out_console.print("[dim]definitions: docs/CREDIT.md (also in the --out export); only on-chain settlement counts, "
-                      "devices are the owner's own claims[/dim]")
+    out_console.print(
+        "[dim]definitions: docs/CREDIT.md (also in the --out export); only on-chain settlement counts, "
+        "devices are the owner's own claims[/dim]"
+    )
 
 
 @credit.command()
 @click.argument("address", type=ADDRESS)
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
-              help="Write the verifiable JSON export to FILE (same bytes for the same block).")
-@click.option("--to-block", type=click.IntRange(0), default=None,
-              help="Profile up to this block (default: the latest); fixes the result for later checks.")
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the verifiable JSON export to FILE (same bytes for the same block).",
+)
+@click.option(
+    "--to-block",
+    type=click.IntRange(0),
+    default=None,
+    help="Profile up to this block (default: the latest); fixes the result for later checks.",
+)
 @with_context(rpc=True)
 def profile(cmd: CommandContext, address: str, out_file: str | None, to_block: int | None) -> None:
     """Settlement history of ADDRESS: devices owned and their uptime, metered billing as a consumer, escrows as a
@@ -149,20 +238,27 @@ def profile(cmd: CommandContext, address: str, out_file: str | None, to_block: i
       iotsettle credit profile 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 --out profile.json
     """
     point = chain_point(cmd.ops.w3, to_block)
-    deployments = {name: (cmd.ops.address(name), cmd.ops.deployed_block(name),
-                          str(cmd.ops.manifest["contracts"][name].get("txHash", ""))) for name in CONTRACTS
-                   if cmd.ops.has(name)}
+    deployments = {
+        name: (
+            cmd.ops.address(name),
+            cmd.ops.deployed_block(name),
+            str(cmd.ops.manifest["contracts"][name].get("txHash", "")),
+        )
+        for name in CONTRACTS
+        if cmd.ops.has(name)
+    }
     refs = contract_refs(cmd.ops.w3, deployments, point.to_block)
-    run = build(cmd.ops.w3, address, point, refs, {name: cmd.ops.abis[name] for name in refs},
-                    progress=progress)
+    run = build(cmd.ops.w3, address, point, refs, {name: cmd.ops.abis[name] for name in refs}, progress=progress)
     text = canonical_json(run.document)
     if out_file:
         try:
             Path(out_file).write_text(text, encoding="utf-8")
         except OSError as exc:
             raise click.FileError(out_file, exc.strerror) from None
-        progress(f"wrote {out_file}: {run.stats.logs} logs read at block {point.to_block} in {run.seconds:.2f} s; "
-                 f"check it with `iotsettle credit verify {out_file}`")
+        progress(
+            f"wrote {out_file}: {run.stats.logs} logs read at block {point.to_block} in {run.seconds:.2f} s; "
+            f"check it with `iotsettle credit verify {out_file}`"
+        )
     if cmd.as_json:
         click.echo(text, nl=False)
     else:
@@ -199,11 +295,20 @@ def verify(cmd: CommandContext, file: str) -> None:
             click.echo(f"not verified: {exc}")
         cmd.click.exit(1)
     if cmd.as_json:
-        emit({"verified": True, "subject": claimed["subject"], "toBlock": claimed["range"]["toBlock"],
-              "logs": run.stats.logs, "seconds": round(run.seconds, 3)}, True)
+        emit(
+            {
+                "verified": True,
+                "subject": claimed["subject"],
+                "toBlock": claimed["range"]["toBlock"],
+                "logs": run.stats.logs,
+                "seconds": round(run.seconds, 3),
+            },
+            True,
+        )
     else:
         rng = claimed["range"]
         made = datetime.fromtimestamp(int(rng["toBlockTime"]), UTC).strftime("%Y-%m-%d %H:%M UTC")
-        click.echo(f"verified: the profile of {claimed['subject']} at block {rng['toBlock']} ({made}) matches the "
-                   f"chain ({run.stats.logs} logs re-read)")
-
+        click.echo(
+            f"verified: the profile of {claimed['subject']} at block {rng['toBlock']} ({made}) matches the "
+            f"chain ({run.stats.logs} logs re-read)"
+        )

@@ -6,14 +6,24 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import click
-from rich.table import Table
-
 from iotsettle.cli._common import IotSettleGroup, emit
-from iotsettle.cli._params import (ADDRESS, AMOUNT, DEADLINE, DURATION, ID, TOKEN, CommandContext, read_payloads, short,
-                                   when, with_context)
+from iotsettle.cli._params import (
+    ADDRESS,
+    AMOUNT,
+    DEADLINE,
+    DURATION,
+    ID,
+    TOKEN,
+    CommandContext,
+    read_payloads,
+    short,
+    when,
+    with_context,
+)
 from iotsettle.oracle.ops import crop as ops
 from iotsettle.oracle.ops.amounts import Amount
 from iotsettle.oracle.ops.token import describe_token
+from rich.table import Table
 
 
 class PercentType(click.ParamType):
@@ -79,10 +89,11 @@ def allow_insurer(cmd: CommandContext, station: str, insurer: str, revoke: bool)
       iotsettle crop allow-insurer 0xS1 --insurer 0xINSURER --revoke --json
     """
     result = ops.allow_insurer(cmd.ops, station, insurer, not revoke)
-    cmd.emit({"station": station, "insurer": insurer, "allowed": not revoke, "tx": result.tx_hash,
-              "block": result.block},
-             f"{insurer} {'may no longer' if revoke else 'may now'} name station {station} in new seasons "
-             f"(tx {result.tx_hash})")
+    cmd.emit(
+        {"station": station, "insurer": insurer, "allowed": not revoke, "tx": result.tx_hash, "block": result.block},
+        f"{insurer} {'may no longer' if revoke else 'may now'} name station {station} in new seasons "
+        f"(tx {result.tx_hash})",
+    )
 
 
 @crop.command("pool-create")
@@ -96,9 +107,11 @@ def pool_create(cmd: CommandContext, token: str) -> None:
       iotsettle crop pool-create --token TEST
     """
     pool_id, result = ops.create_pool(cmd.ops, describe_token(cmd.ops, token))
-    cmd.emit({"poolId": pool_id, "tx": result.tx_hash, "block": result.block},
-             f"pool [bold]{pool_id}[/bold] created (tx {result.tx_hash})\nnext: iotsettle crop pool-deposit {pool_id} "
-             "--amount AMOUNT")
+    cmd.emit(
+        {"poolId": pool_id, "tx": result.tx_hash, "block": result.block},
+        f"pool [bold]{pool_id}[/bold] created (tx {result.tx_hash})\nnext: iotsettle crop pool-deposit {pool_id} "
+        "--amount AMOUNT",
+    )
 
 
 @crop.command("pool-deposit")
@@ -116,8 +129,10 @@ def pool_deposit(cmd: CommandContext, pool_id: int, amount: Amount) -> None:
     base = info.to_base(amount)
     result = ops.deposit_to_pool(cmd.ops, pool_id, base)
     pool = ops.pool_of(cmd.ops, pool_id)
-    cmd.emit({"poolId": pool_id, "amount": str(base), "tx": result.tx_hash, "pool": pool.as_dict()},
-             f"pool {pool_id} holds {info.format(pool.assets)}, {info.format(pool.free)} free (tx {result.tx_hash})")
+    cmd.emit(
+        {"poolId": pool_id, "amount": str(base), "tx": result.tx_hash, "pool": pool.as_dict()},
+        f"pool {pool_id} holds {info.format(pool.assets)}, {info.format(pool.free)} free (tx {result.tx_hash})",
+    )
 
 
 @crop.command("pool-withdraw")
@@ -135,9 +150,11 @@ def pool_withdraw(cmd: CommandContext, pool_id: int, amount: Amount) -> None:
     base = info.to_base(amount)
     result = ops.withdraw_from_pool(cmd.ops, pool_id, base)
     pool = ops.pool_of(cmd.ops, pool_id)
-    cmd.emit({"poolId": pool_id, "amount": str(base), "tx": result.tx_hash, "pool": pool.as_dict()},
-             f"{info.format(base)} withdrawn from pool {pool_id}; it holds {info.format(pool.assets)}, "
-             f"{info.format(pool.free)} free (tx {result.tx_hash})")
+    cmd.emit(
+        {"poolId": pool_id, "amount": str(base), "tx": result.tx_hash, "pool": pool.as_dict()},
+        f"{info.format(base)} withdrawn from pool {pool_id}; it holds {info.format(pool.assets)}, "
+        f"{info.format(pool.free)} free (tx {result.tx_hash})",
+    )
 
 
 @crop.command()
@@ -154,39 +171,86 @@ def pool(cmd: CommandContext, pool_id: int) -> None:
     fmt = describe_token(cmd.ops, view.token).format
     seasons = ops.seasons_of_pool(cmd.ops, pool_id)
     table = Table(show_header=False, title=f"pool {pool_id}")
-    for key, value in (("owner", view.owner), ("token", view.token), ("assets", fmt(view.assets)),
-                       ("locked by cover sold", fmt(view.locked)), ("free", fmt(view.free)),
-                       ("seasons", ", ".join(map(str, seasons)) or "—")):
+    for key, value in (
+        ("owner", view.owner),
+        ("token", view.token),
+        ("assets", fmt(view.assets)),
+        ("locked by cover sold", fmt(view.locked)),
+        ("free", fmt(view.free)),
+        ("seasons", ", ".join(map(str, seasons)) or "—"),
+    ):
         table.add_row(key, value)
     cmd.emit({**view.as_dict(), "seasons": seasons}, table)
 
 
 @crop.command("season-create")
 @click.option("--pool", "pool_id", type=ID, required=True, help="The pool that sells the cover.")
-@click.option("--station", "stations", type=ADDRESS, multiple=True, required=True,
-              help="A registered weather station (repeat: 3 to 7 stations).")
-@click.option("--k", type=click.IntRange(2, 6), required=True,
-              help="Trigger votes needed (2 ≤ k ≤ number of stations − 1).")
-@click.option("--index", type=click.Choice(ops.INDEXES), required=True,
-              help="rain: trigger when rain is below the threshold; heat: when hot days reach --days.")
-@click.option("--threshold", required=True,
-              help="rain: total rainfall in mm (\"120mm\"); heat: the temperature of a hot day in °C (\"35C\").")
-@click.option("--days", type=click.IntRange(0, 0xFFFF), default=0, show_default=True,
-              help="heat: how many hot days trigger the payout.")
+@click.option(
+    "--station",
+    "stations",
+    type=ADDRESS,
+    multiple=True,
+    required=True,
+    help="A registered weather station (repeat: 3 to 7 stations).",
+)
+@click.option(
+    "--k", type=click.IntRange(2, 6), required=True, help="Trigger votes needed (2 ≤ k ≤ number of stations − 1)."
+)
+@click.option(
+    "--index",
+    type=click.Choice(ops.INDEXES),
+    required=True,
+    help="rain: trigger when rain is below the threshold; heat: when hot days reach --days.",
+)
+@click.option(
+    "--threshold",
+    required=True,
+    help='rain: total rainfall in mm ("120mm"); heat: the temperature of a hot day in °C ("35C").',
+)
+@click.option(
+    "--days",
+    type=click.IntRange(0, 0xFFFF),
+    default=0,
+    show_default=True,
+    help="heat: how many hot days trigger the payout.",
+)
 @click.option("--start", type=DEADLINE, required=True, help="Season start: +1h, 7d, a unix time or ISO date-time.")
 @click.option("--end", type=DEADLINE, required=True, help="Season end (same forms; + durations count from now).")
 @click.option("--sale-end", type=DEADLINE, default=None, help="Last moment to buy cover (default: the start).")
 @click.option("--premium", type=PERCENT, required=True, help="Premium as a share of the cover, e.g. 5%.")
-@click.option("--coverage-slack", type=DURATION, default="1d", show_default=True,
-              help="How close to the start and to the end a station must report, or it abstains (at least 10s).")
-@click.option("--finalize-delay", type=DURATION, default="1h", show_default=True,
-              help="Wait after the end before anyone may finalize: the time relayers have to bring the last "
-                   "observations, and one after the end, on chain (at least 10s).")
+@click.option(
+    "--coverage-slack",
+    type=DURATION,
+    default="1d",
+    show_default=True,
+    help="How close to the start and to the end a station must report, or it abstains (at least 10s).",
+)
+@click.option(
+    "--finalize-delay",
+    type=DURATION,
+    default="1h",
+    show_default=True,
+    help="Wait after the end before anyone may finalize: the time relayers have to bring the last "
+    "observations, and one after the end, on chain (at least 10s).",
+)
 @click.option("--region", default="", help="Where the season applies: a name or geohash (≤ 32 bytes) or 0x bytes32.")
 @with_context(sender=True)
-def season_create(cmd: CommandContext, pool_id: int, stations: tuple[str, ...], k: int, index: str, threshold: str,
-                  days: int, start: tuple[str, int], end: tuple[str, int], sale_end: tuple[str, int] | None,
-                  premium: int, coverage_slack: int, finalize_delay: int, region: str) -> None:
+def season_create(
+    cmd: CommandContext,
+    pool_id: int,
+    stations: tuple[str, ...],
+    k: int,
+    index: str,
+    threshold: str,
+    days: int,
+    start: tuple[str, int],
+    end: tuple[str, int],
+    sale_end: tuple[str, int] | None,
+    premium: int,
+    coverage_slack: int,
+    finalize_delay: int,
+    region: str,
+) -> None:
     """Pool owner: open a season on a pool over 3 to 7 weather stations, k of which must agree.
 
     \b
@@ -200,20 +264,38 @@ def season_create(cmd: CommandContext, pool_id: int, stations: tuple[str, ...], 
     units = ops.threshold_units(index, threshold)
     region_raw = ops.region_bytes(region)
     start_ts = cmd.chain_time(start)
-    spec = ops.SeasonSpec(start_ts, cmd.chain_time(end), cmd.chain_time(sale_end) if sale_end else start_ts,
-                          coverage_slack, finalize_delay, index, units, days, premium, k, region_raw, stations)
+    spec = ops.SeasonSpec(
+        start_ts,
+        cmd.chain_time(end),
+        cmd.chain_time(sale_end) if sale_end else start_ts,
+        coverage_slack,
+        finalize_delay,
+        index,
+        units,
+        days,
+        premium,
+        k,
+        region_raw,
+        stations,
+    )
     season_id, result = ops.create_season(cmd.ops, pool_id, spec)
     view = ops.season_of(cmd.ops, season_id)
-    cmd.emit({"seasonId": season_id, "tx": result.tx_hash, "block": result.block, "season": view.as_dict()},
-             f"season [bold]{season_id}[/bold] on pool {pool_id}: {when(view.start)} → {when(view.end)}, cover on sale "
-             f"until {when(view.sale_end)}\n{view.rule} (tx {result.tx_hash})")
+    cmd.emit(
+        {"seasonId": season_id, "tx": result.tx_hash, "block": result.block, "season": view.as_dict()},
+        f"season [bold]{season_id}[/bold] on pool {pool_id}: {when(view.start)} → {when(view.end)}, cover on sale "
+        f"until {when(view.sale_end)}\n{view.rule} (tx {result.tx_hash})",
+    )
 
 
 @crop.command()
 @click.argument("season_id", type=ID)
 @click.option("--cover", type=AMOUNT, required=True, help="The amount paid out if the season triggers, e.g. 200.")
-@click.option("--beneficiary", type=ADDRESS, default=None,
-              help="Who receives the payout (default: the sender); e.g. a loan's payout account.")
+@click.option(
+    "--beneficiary",
+    type=ADDRESS,
+    default=None,
+    help="Who receives the payout (default: the sender); e.g. a loan's payout account.",
+)
 @with_context(sender=True)
 def buy(cmd: CommandContext, season_id: int, cover: Amount, beneficiary: str | None) -> None:
     """Farmer: buy COVER for a season before its sale ends; the premium is the season's share of the cover.
@@ -228,10 +310,18 @@ def buy(cmd: CommandContext, season_id: int, cover: Amount, beneficiary: str | N
     base = info.to_base(cover)
     policy_id, premium, result = ops.buy_cover(cmd.ops, season_id, base, beneficiary)
     view = ops.cover_of(cmd.ops, policy_id)
-    cmd.emit({"policyId": policy_id, "seasonId": season_id, "cover": str(base), "premium": str(premium),
-              "beneficiary": view.beneficiary, "tx": result.tx_hash},
-             f"crop policy [bold]{policy_id}[/bold]: {info.format(base)} cover in season {season_id} for "
-             f"{view.beneficiary}, premium {info.format(premium)} paid (tx {result.tx_hash})")
+    cmd.emit(
+        {
+            "policyId": policy_id,
+            "seasonId": season_id,
+            "cover": str(base),
+            "premium": str(premium),
+            "beneficiary": view.beneficiary,
+            "tx": result.tx_hash,
+        },
+        f"crop policy [bold]{policy_id}[/bold]: {info.format(base)} cover in season {season_id} for "
+        f"{view.beneficiary}, premium {info.format(premium)} paid (tx {result.tx_hash})",
+    )
 
 
 def _duration(seconds: int) -> str:
@@ -243,8 +333,14 @@ def _duration(seconds: int) -> str:
 
 def _station_rows(view: ops.SeasonView) -> Table:
     figure = "rain (mm)" if view.index == "rain" else "hot days"
-    table = Table("station", "first report", "last report", figure, "verdict",
-                  title=("verdicts" if view.finalized else "stations (verdict if finalized now)"))
+    table = Table(
+        "station",
+        "first report",
+        "last report",
+        figure,
+        "verdict",
+        title=("verdicts" if view.finalized else "stations (verdict if finalized now)"),
+    )
     for s in view.stations:
         if not s.first_timestamp:
             value = "—"
@@ -274,15 +370,26 @@ def season(cmd: CommandContext, season_id: int) -> None:
     terms = Table(show_header=False, title=f"season {season_id} (pool {view.pool_id})")
     outcome = "open"
     if view.finalized:
-        outcome = (f"{'TRIGGERED' if view.triggered else 'not triggered'}: {view.trigger_votes} trigger, "
-                   f"{view.no_trigger_votes} no trigger, {view.abstentions} abstained; "
-                   f"{view.paid_up_to} of {view.policy_count} policies processed")
-    for key, value in (("window", f"{when(view.start)} → {when(view.end)}"), ("sale ends", when(view.sale_end)),
-                       ("index", view.rule), ("premium", f"{Decimal(view.premium_bps) / 100:f} % of the cover"),
-                       ("coverage slack", f"{_duration(view.coverage_slack)}: a station must report this close to "
-                                          "the start and to the end, or it abstains"),
-                       ("finalizable from", when(view.finalizable_at)), ("region", view.region or "—"),
-                       ("cover sold", fmt(view.cover_sold)), ("outcome", outcome)):
+        outcome = (
+            f"{'TRIGGERED' if view.triggered else 'not triggered'}: {view.trigger_votes} trigger, "
+            f"{view.no_trigger_votes} no trigger, {view.abstentions} abstained; "
+            f"{view.paid_up_to} of {view.policy_count} policies processed"
+        )
+    for key, value in (
+        ("window", f"{when(view.start)} → {when(view.end)}"),
+        ("sale ends", when(view.sale_end)),
+        ("index", view.rule),
+        ("premium", f"{Decimal(view.premium_bps) / 100:f} % of the cover"),
+        (
+            "coverage slack",
+            f"{_duration(view.coverage_slack)}: a station must report this close to "
+            "the start and to the end, or it abstains",
+        ),
+        ("finalizable from", when(view.finalizable_at)),
+        ("region", view.region or "—"),
+        ("cover sold", fmt(view.cover_sold)),
+        ("outcome", outcome),
+    ):
         terms.add_row(key, value)
     emit(None, False, terms)
     emit(None, False, _station_rows(view))
@@ -308,9 +415,18 @@ def record(cmd: CommandContext, source: str) -> None:
     table = Table("station", "seq", "result", title=f"relayed in block {result.block}, gas {result.gas_used:,}")
     for o in outcomes:
         table.add_row(o.station, str(o.seq), "recorded" if o.recorded else f"rejected: {o.reason}")
-    cmd.emit({"tx": result.tx_hash, "block": result.block, "gasUsed": result.gas_used,
-              "results": [{"station": o.station, "seq": o.seq, "recorded": o.recorded, "reason": o.reason or None}
-                          for o in outcomes]}, table)
+    cmd.emit(
+        {
+            "tx": result.tx_hash,
+            "block": result.block,
+            "gasUsed": result.gas_used,
+            "results": [
+                {"station": o.station, "seq": o.seq, "recorded": o.recorded, "reason": o.reason or None}
+                for o in outcomes
+            ],
+        },
+        table,
+    )
 
 
 def _payout_summary(ops_ctx: Any, report: ops.PayoutReport) -> str:
@@ -318,12 +434,17 @@ def _payout_summary(ops_ctx: Any, report: ops.PayoutReport) -> str:
     fmt = describe_token(ops_ctx, season.token).format
     lines = []
     if report.verdicts:
-        lines.append(f"season {report.season_id} {'TRIGGERED' if report.triggered else 'not triggered'} "
-                     f"({season.trigger_votes} trigger, {season.no_trigger_votes} no trigger, "
-                     f"{season.abstentions} abstained; k = {season.k})")
+        lines.append(
+            f"season {report.season_id} {'TRIGGERED' if report.triggered else 'not triggered'} "
+            f"({season.trigger_votes} trigger, {season.no_trigger_votes} no trigger, "
+            f"{season.abstentions} abstained; k = {season.k})"
+        )
         for station, verdict, measured in report.verdicts:
-            figure = (f"{Decimal(measured) / ops.RAIN_UNITS_PER_MM:f} mm" if season.index == "rain"
-                      else f"{ops.days_text(measured)} hot")
+            figure = (
+                f"{Decimal(measured) / ops.RAIN_UNITS_PER_MM:f} mm"
+                if season.index == "rain"
+                else f"{ops.days_text(measured)} hot"
+            )
             lines.append(f"  {station}: {verdict}" + ("" if verdict == "abstain" else f" ({figure})"))
     for policy_id, beneficiary, amount in report.paid:
         credited = " (push failed: credited, claim with `iotsettle crop claim`)" if policy_id in report.credited else ""
@@ -337,9 +458,12 @@ def _payout_summary(ops_ctx: Any, report: ops.PayoutReport) -> str:
 
 @crop.command()
 @click.argument("season_id", type=ID)
-@click.option("--first-batch-only", is_flag=True,
-              help="Stop after the finalize transaction (it decides the verdict and pays nobody yet); use pay-out "
-                   "for the payouts.")
+@click.option(
+    "--first-batch-only",
+    is_flag=True,
+    help="Stop after the finalize transaction (it decides the verdict and pays nobody yet); use pay-out "
+    "for the payouts.",
+)
 @with_context(sender=True)
 def finalize(cmd: CommandContext, season_id: int, first_batch_only: bool) -> None:
     """Anyone, after end + finalize delay: count the stations' votes, then pay every policy its cover (pay-out
@@ -355,8 +479,13 @@ def finalize(cmd: CommandContext, season_id: int, first_batch_only: bool) -> Non
 
 @crop.command("pay-out")
 @click.argument("season_id", type=ID)
-@click.option("--batch", type=click.IntRange(1, 1000), default=ops.DEFAULT_PAYOUT_BATCH, show_default=True,
-              help="Policies per transaction.")
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 1000),
+    default=ops.DEFAULT_PAYOUT_BATCH,
+    show_default=True,
+    help="Policies per transaction.",
+)
 @with_context(sender=True)
 def pay_out(cmd: CommandContext, season_id: int, batch: int) -> None:
     """Anyone: pay the policies of a finalized, triggered season, BATCH per transaction, until every one is paid.
@@ -381,5 +510,4 @@ def claim(cmd: CommandContext, token: str) -> None:
     """
     info = describe_token(cmd.ops, token)
     result, amount = ops.claim(cmd.ops, info.address)
-    cmd.emit({"amount": str(amount), "tx": result.tx_hash},
-             f"received {info.format(amount)} (tx {result.tx_hash})")
+    cmd.emit({"amount": str(amount), "tx": result.tx_hash}, f"received {info.format(amount)} (tx {result.tx_hash})")

@@ -13,16 +13,24 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
+from iotsettle.cli._common import emit, err_console, progress, state
+from iotsettle.cli._params import json_option
+from iotsettle.oracle.config import Config
+from iotsettle.oracle.demo.run import (
+    DEFAULT_FAULTS,
+    MIN_SEASON,
+    DemoSettings,
+    Frame,
+    Interrupted,
+    LiveView,
+    Run,
+    run_demo,
+    sigterm_as_interrupt,
+)
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
-
-from iotsettle.cli._common import emit, err_console, progress, state
-from iotsettle.cli._params import json_option
-from iotsettle.oracle.config import Config
-from iotsettle.oracle.demo.run import (DEFAULT_FAULTS, MIN_SEASON, DemoSettings, Frame, Interrupted, LiveView, Run,
-                                       run_demo, sigterm_as_interrupt)
 
 
 def _fmt_tokens(base: int) -> str:
@@ -31,9 +39,12 @@ def _fmt_tokens(base: int) -> str:
 
 def _live_table(frame: Frame) -> Group:
     snap = frame.store
-    table = Table(show_header=False, title=f"iotsettle demo — {frame.phase} ({frame.elapsed:4.0f} s / "
-                                           f"{frame.duration:.0f} s)",
-                  title_justify="left", min_width=60)
+    table = Table(
+        show_header=False,
+        title=f"iotsettle demo — {frame.phase} ({frame.elapsed:4.0f} s / {frame.duration:.0f} s)",
+        title_justify="left",
+        min_width=60,
+    )
     table.add_row("events received (stored)", f"{snap.received:,}")
     table.add_row("events/s (last second)", f"{frame.rate:,.0f}")
     table.add_row("payments settled on chain", f"{frame.payments:,}")
@@ -66,31 +77,79 @@ def _live_view(as_json: bool) -> LiveView:
 
 
 @click.command()
-@click.option("--duration", type=click.FloatRange(min=5), default=60.0, show_default=True,
-              help="Seconds the simulated devices publish.")
-@click.option("--devices", type=click.IntRange(min=3), default=70, show_default=True,
-              help="Fleet size: 5/7 meters, 1/7 trackers (delivery escrows), 1/7 insured vehicles; 5 weather "
-                   "stations come on top for the crop season.")
-@click.option("--rate", type=click.FloatRange(min=0.1), default=None,
-              help="Readings per second across the fleet [default: 3 per device].")
-@click.option("--faults", default=DEFAULT_FAULTS, show_default=True,
-              help="Fault classes some devices inject (see `iotsettle device simulate --help`); '' for none.")
-@click.option("--rpc", "rpc_url", default=None,
-              help="Use this running local node (anvil or ganache with anvil's accounts) instead of starting one.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=5),
+    default=60.0,
+    show_default=True,
+    help="Seconds the simulated devices publish.",
+)
+@click.option(
+    "--devices",
+    type=click.IntRange(min=3),
+    default=70,
+    show_default=True,
+    help="Fleet size: 5/7 meters, 1/7 trackers (delivery escrows), 1/7 insured vehicles; 5 weather "
+    "stations come on top for the crop season.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Readings per second across the fleet [default: 3 per device].",
+)
+@click.option(
+    "--faults",
+    default=DEFAULT_FAULTS,
+    show_default=True,
+    help="Fault classes some devices inject (see `iotsettle device simulate --help`); '' for none.",
+)
+@click.option(
+    "--rpc",
+    "rpc_url",
+    default=None,
+    help="Use this running local node (anvil or ganache with anvil's accounts) instead of starting one.",
+)
 @click.option("--broker", default=None, help="Use this running MQTT broker (HOST:PORT) instead of starting one.")
-@click.option("--workdir", type=click.Path(file_okay=False), default=None,
-              help="Where the fleet, the oracle's database and the logs go [default: .state/demo-<time>].")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the fleet, the oracle's database and the logs go [default: .state/demo-<time>].",
+)
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the fleet and its readings.")
-@click.option("--season", "season_length", type=click.IntRange(min=0), default=40, show_default=True,
-              help="Seconds the crop-insurance season lasts (real time; it starts a few seconds after set-up and the "
-                   "devices publish until it is over); 0 for no season.")
-@click.option("--stop/--keep-running", "stop_after", default=False, show_default=True,
-              help="Stop the anvil and mosquitto this demo started when it ends (Ctrl-C always stops them).")
+@click.option(
+    "--season",
+    "season_length",
+    type=click.IntRange(min=0),
+    default=40,
+    show_default=True,
+    help="Seconds the crop-insurance season lasts (real time; it starts a few seconds after set-up and the "
+    "devices publish until it is over); 0 for no season.",
+)
+@click.option(
+    "--stop/--keep-running",
+    "stop_after",
+    default=False,
+    show_default=True,
+    help="Stop the anvil and mosquitto this demo started when it ends (Ctrl-C always stops them).",
+)
 @json_option
 @click.pass_context
-def demo(ctx: click.Context, duration: float, devices: int, rate: float | None, faults: str, rpc_url: str | None,
-         broker: str | None, workdir: str | None, seed: int, season_length: int, stop_after: bool,
-         as_json: bool) -> None:
+def demo(
+    ctx: click.Context,
+    duration: float,
+    devices: int,
+    rate: float | None,
+    faults: str,
+    rpc_url: str | None,
+    broker: str | None,
+    workdir: str | None,
+    seed: int,
+    season_length: int,
+    stop_after: bool,
+    as_json: bool,
+) -> None:
     """Settle a live fleet end to end: stack, contracts, devices, oracle, simulator, live view, summary.
 
     On a fresh machine with nothing configured: starts anvil and mosquitto on loopback, compiles and deploys
@@ -113,8 +172,18 @@ def demo(ctx: click.Context, duration: float, devices: int, rate: float | None, 
     if 0 < season_length < MIN_SEASON:
         raise click.BadParameter(f"a season lasts at least {MIN_SEASON} s (or 0 for none)", param_hint="--season")
     report = (lambda _m: None) if as_json else progress
-    settings = DemoSettings.of(config, duration=duration, devices=devices, rate=rate, faults=faults, rpc_url=rpc_url,
-                               broker=broker, workdir=workdir, seed=seed, season_length=season_length)
+    settings = DemoSettings.of(
+        config,
+        duration=duration,
+        devices=devices,
+        rate=rate,
+        faults=faults,
+        rpc_url=rpc_url,
+        broker=broker,
+        workdir=workdir,
+        seed=seed,
+        season_length=season_length,
+    )
     run = Run()
     interrupted = finished = False
     try:
@@ -143,24 +212,47 @@ def _factor(bps: int | None) -> str:
 
 
 def _motor_view(motor: list[dict[str, Any]]) -> Table:
-    table = Table("vehicle", "style", "km", "harsh braking", "speeding", "factors applied", "average factor",
-                  "premium", "refused", title="motor policies: premium per km × behaviour factor",
-                  title_justify="left")
+    table = Table(
+        "vehicle",
+        "style",
+        "km",
+        "harsh braking",
+        "speeding",
+        "factors applied",
+        "average factor",
+        "premium",
+        "refused",
+        title="motor policies: premium per km × behaviour factor",
+        title_justify="left",
+    )
     for row in motor:
-        seen = (_factor(row["factorMin"]) if row["factorMin"] == row["factorMax"]
-                else f"{_factor(row['factorMin'])} … {_factor(row['factorMax'])}")
-        table.add_row(row["vehicle"], row["style"], f"{row['metres'] / 1000:.2f}", str(row["harshBraking"]),
-                      str(row["speeding"]), seen, _factor(row["effectiveFactorBps"]), _fmt_tokens(int(row["charged"])),
-                      ", ".join(f"{k} {v}" for k, v in sorted(row["rejected"].items())) or "—")
+        seen = (
+            _factor(row["factorMin"])
+            if row["factorMin"] == row["factorMax"]
+            else f"{_factor(row['factorMin'])} … {_factor(row['factorMax'])}"
+        )
+        table.add_row(
+            row["vehicle"],
+            row["style"],
+            f"{row['metres'] / 1000:.2f}",
+            str(row["harshBraking"]),
+            str(row["speeding"]),
+            seen,
+            _factor(row["effectiveFactorBps"]),
+            _fmt_tokens(int(row["charged"])),
+            ", ".join(f"{k} {v}" for k, v in sorted(row["rejected"].items())) or "—",
+        )
     return table
 
 
 def _crop_view(crop: dict[str, Any]) -> Group:
     votes = crop["votes"]
     verdict = "pays every cover" if crop["triggered"] else "no payout: the covers expire"
-    headline = Text(f"crop season {crop['seasonId']}: a station votes trigger when it measured less than "
-                    f"{crop['threshold']} of rain; {votes['trigger']} trigger, {votes['noTrigger']} no-trigger, "
-                    f"{votes['abstain']} abstain; {votes['k']} needed → {verdict}")
+    headline = Text(
+        f"crop season {crop['seasonId']}: a station votes trigger when it measured less than "
+        f"{crop['threshold']} of rain; {votes['trigger']} trigger, {votes['noTrigger']} no-trigger, "
+        f"{votes['abstain']} abstain; {votes['k']} needed → {verdict}"
+    )
     stations = Table("station", "verdict", "rain measured")
     for row in crop["stations"]:
         measured = f"{row['measured'] / 100:.2f} mm" if row["verdict"] != "abstain" else "—"
@@ -168,13 +260,21 @@ def _crop_view(crop: dict[str, Any]) -> Group:
     covers = Table("policy", "beneficiary", "cover", "premium", "status", "paid", title_justify="left")
     for row in crop["covers"]:
         who = row["beneficiary"] + ("  (loan's payout account)" if row["beneficiary"] == crop["payoutAccount"] else "")
-        covers.add_row(str(row["policyId"]), who, _fmt_tokens(int(row["cover"])), _fmt_tokens(int(row["premium"])),
-                       row["status"], _fmt_tokens(int(row["paid"])))
+        covers.add_row(
+            str(row["policyId"]),
+            who,
+            _fmt_tokens(int(row["cover"])),
+            _fmt_tokens(int(row["premium"])),
+            row["status"],
+            _fmt_tokens(int(row["paid"])),
+        )
     loan = crop["loan"]
-    loan_line = (f"micro-loan {loan['loanId']} to {loan['borrower']}: the sweep repaid "
-                 f"{_fmt_tokens(int(loan['repaidBySweep']))} to the lender and forwarded "
-                 f"{_fmt_tokens(int(loan['forwarded']))} to the farmer; outstanding "
-                 f"{_fmt_tokens(int(loan['outstanding']))} of {_fmt_tokens(int(loan['repayment']))} ({loan['status']})")
+    loan_line = (
+        f"micro-loan {loan['loanId']} to {loan['borrower']}: the sweep repaid "
+        f"{_fmt_tokens(int(loan['repaidBySweep']))} to the lender and forwarded "
+        f"{_fmt_tokens(int(loan['forwarded']))} to the farmer; outstanding "
+        f"{_fmt_tokens(int(loan['outstanding']))} of {_fmt_tokens(int(loan['repayment']))} ({loan['status']})"
+    )
     loans = Table(loan_line, show_header=True, box=None)
     return Group(headline, stations, covers, loans, Text(_keeper_line(crop)))
 
@@ -184,10 +284,14 @@ def _keeper_line(crop: dict[str, Any]) -> str:
     keeper = crop.get("keeper")
     if keeper is None:
         return f"finalized by {crop['finalizedBy']}"
-    done = (["finalized the season"] if crop["finalizedBy"] == keeper else []) + \
-        (["swept the loan"] if keeper in crop["loan"].get("sweptBy", []) else [])
-    line = (f"the keeper {keeper} {' and '.join(done)}, with nobody asking" if done
-            else f"the keeper {keeper} did nothing in time")
+    done = (["finalized the season"] if crop["finalizedBy"] == keeper else []) + (
+        ["swept the loan"] if keeper in crop["loan"].get("sweptBy", []) else []
+    )
+    line = (
+        f"the keeper {keeper} {' and '.join(done)}, with nobody asking"
+        if done
+        else f"the keeper {keeper} did nothing in time"
+    )
     return "; ".join([line, *crop.get("fallback", [])])
 
 
@@ -205,32 +309,46 @@ def _main_summary(summary: dict[str, Any]) -> Table:
     table = Table("", "value", title="demo summary", title_justify="left")
     table.add_row("devices", ", ".join(_count(v, k) for k, v in summary["fleet"]["devices"].items() if v))
     if sim:
-        table.add_row("events published (acked by the broker)", f"{sim.get('acknowledged', 0):,} of "
-                                                                f"{sim.get('planned', 0):,}")
-    table.add_row("events stored by the oracle", f"{oracle['received']:,} ({summary['eventsPerSecond']:,.0f} events/s "
-                                                 f"over {summary['elapsedSeconds']:.0f} s)")
-    table.add_row("payments made on chain", f"{chain['readingsSettled']:,} meter/vehicle readings billed "
-                                            f"({_fmt_tokens(int(chain['billed']))}), "
-                                            f"{_count(chain['deliveriesConfirmed'], 'delivery', 'deliveries')} paid "
-                                            f"({_fmt_tokens(int(chain['released']))}), "
-                                            f"{chain.get('telematicsSettled', 0):,} telematics reports priced "
-                                            f"({_fmt_tokens(int(chain.get('premiums', 0)))} premiums)")
+        table.add_row(
+            "events published (acked by the broker)", f"{sim.get('acknowledged', 0):,} of {sim.get('planned', 0):,}"
+        )
+    table.add_row(
+        "events stored by the oracle",
+        f"{oracle['received']:,} ({summary['eventsPerSecond']:,.0f} events/s over {summary['elapsedSeconds']:.0f} s)",
+    )
+    table.add_row(
+        "payments made on chain",
+        f"{chain['readingsSettled']:,} meter/vehicle readings billed "
+        f"({_fmt_tokens(int(chain['billed']))}), "
+        f"{_count(chain['deliveriesConfirmed'], 'delivery', 'deliveries')} paid "
+        f"({_fmt_tokens(int(chain['released']))}), "
+        f"{chain.get('telematicsSettled', 0):,} telematics reports priced "
+        f"({_fmt_tokens(int(chain.get('premiums', 0)))} premiums)",
+    )
     if chain.get("observationsRecorded"):
         table.add_row("weather observations recorded", f"{chain['observationsRecorded']:,}")
     table.add_row("readings superseded (billed by a newer reading)", f"{oracle['superseded']:,}")
     table.add_row("transactions", f"{chain['transactions']:,} carrying {chain['events']:,} events")
     table.add_row("gas per settled event", f"{chain['gasPerEvent']:,}" if chain["gasPerEvent"] else "—")
     if oracle["received"] and chain["gasUsed"]:
-        table.add_row("gas per event received (superseded readings cost none)",
-                      f"{round(chain['gasUsed'] / oracle['received']):,}")
+        table.add_row(
+            "gas per event received (superseded readings cost none)",
+            f"{round(chain['gasUsed'] / oracle['received']):,}",
+        )
     if lat["samples"]:
-        table.add_row("latency receive → payment mined", f"p50 {lat['p50'] * 1000:.0f} ms, p90 {lat['p90'] * 1000:.0f} ms, "
-                                                       f"p99 {lat['p99'] * 1000:.0f} ms ({lat['samples']:,} events)")
+        table.add_row(
+            "latency receive → payment mined",
+            f"p50 {lat['p50'] * 1000:.0f} ms, p90 {lat['p90'] * 1000:.0f} ms, "
+            f"p99 {lat['p99'] * 1000:.0f} ms ({lat['samples']:,} events)",
+        )
     rejects = oracle["rejectedByReason"]
     table.add_row("rejected by the oracle", ", ".join(f"{k} {v}" for k, v in sorted(rejects.items())) or "none")
-    on_chain_rejects = dict(Counter(chain["readingsRejected"]) + Counter(chain["deliveriesRejected"])
-                            + Counter(chain.get("telematicsRejected", {}))
-                            + Counter(chain.get("observationsRejected", {})))
+    on_chain_rejects = dict(
+        Counter(chain["readingsRejected"])
+        + Counter(chain["deliveriesRejected"])
+        + Counter(chain.get("telematicsRejected", {}))
+        + Counter(chain.get("observationsRejected", {}))
+    )
     if on_chain_rejects:
         table.add_row("rejected by the contracts", ", ".join(f"{k} {v}" for k, v in sorted(on_chain_rejects.items())))
     table.add_row("backlog left", str(oracle["backlog"]))
@@ -240,21 +358,27 @@ def _main_summary(summary: dict[str, Any]) -> Table:
 
 def _next_steps(summary: dict[str, Any], stack_left_running: bool) -> None:
     ex, parties = summary["example"], summary["parties"]
-    lines = ["look further:",
-             "  iotsettle agreement list --status active",
-             f"  iotsettle agreement status {ex.get('meterAgreement', 'ID')}"]
+    lines = [
+        "look further:",
+        "  iotsettle agreement list --status active",
+        f"  iotsettle agreement status {ex.get('meterAgreement', 'ID')}",
+    ]
     if "policy" in ex:
         lines.append(f"  iotsettle policy history {ex['policy']}       # why each premium was what it was")
     if "vehicleAgreement" in ex:
         lines.append(f"  iotsettle audit agreement {ex['vehicleAgreement']}")
     if summary.get("crop"):
-        lines += [f"  iotsettle crop season {summary['crop']['seasonId']}",
-                  f"  iotsettle loan show {summary['crop']['loanId']}"]
-    lines += [f"  iotsettle audit escrow {ex.get('escrow', 'ID')}",
-              f"  iotsettle audit device {ex.get('tracker', 'ADDRESS')}",
-              f"  iotsettle balances {parties['household']} {parties['shop']} {parties['utility']}",
-              "  iotsettle escrow withdraw --dev-account 4        # the shop collects its parcel payments",
-              f"  iotsettle agreement withdraw {ex.get('meterAgreement', 'ID')} --dev-account 1"]
+        lines += [
+            f"  iotsettle crop season {summary['crop']['seasonId']}",
+            f"  iotsettle loan show {summary['crop']['loanId']}",
+        ]
+    lines += [
+        f"  iotsettle audit escrow {ex.get('escrow', 'ID')}",
+        f"  iotsettle audit device {ex.get('tracker', 'ADDRESS')}",
+        f"  iotsettle balances {parties['household']} {parties['shop']} {parties['utility']}",
+        "  iotsettle escrow withdraw --dev-account 4        # the shop collects its parcel payments",
+        f"  iotsettle agreement withdraw {ex.get('meterAgreement', 'ID')} --dev-account 1",
+    ]
     if stack_left_running:
         lines.append("  iotsettle node down                              # stop anvil and mosquitto")
     for line in lines:

@@ -12,8 +12,6 @@ from typing import Any
 
 import click
 from eth_hash.auto import keccak
-from rich.table import Table
-
 from iotsettle.cli._common import progress
 from iotsettle.cli._params import ADDRESS, CommandContext, rpc_url_option, short, when, with_context
 from iotsettle.oracle.chain.connection import connect, load_sender
@@ -30,6 +28,7 @@ from iotsettle.oracle.ops import audit, billing, escrow
 from iotsettle.oracle.ops import registry as ops
 from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name, kind_label, kind_name
 from iotsettle.oracle.protocol.errors import ChainError, ConfigError, KeyFileError, ProtocolError
+from rich.table import Table
 
 KIND_CHOICES = [kind_name(kind) for kind in DeviceKind]
 KINDS = [kind_label(kind) for kind in DeviceKind]
@@ -70,8 +69,14 @@ def device() -> None:
 
 
 @device.command("keygen")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), envvar="IOTSETTLE_DEVICE_KEY_DIR",
-              help="Folder for the keystore file <address>.json.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    envvar="IOTSETTLE_DEVICE_KEY_DIR",
+    help="Folder for the keystore file <address>.json.",
+)
 @click.option("--kind", type=click.Choice(KIND_CHOICES), help="Device kind, remembered in the keystore for `register`.")
 @password_file_option
 @click.option("--light-kdf", is_flag=True, help="Fast key derivation: throw-away test and demo keys only.")
@@ -99,16 +104,31 @@ def keygen(cmd: CommandContext, out_dir: str, kind: str | None, password_file: s
 
 
 @device.command("register")
-@click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              envvar="IOTSETTLE_DEVICE_KEY", help="The device's keystore file.")
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="IOTSETTLE_DEVICE_KEY",
+    help="The device's keystore file.",
+)
 @click.option("--kind", type=click.Choice(KIND_CHOICES), help="Device kind (default: the one stored by keygen).")
-@click.option("--owner-key", type=click.Path(exists=True, dir_okay=False), envvar="IOTSETTLE_OWNER_KEY",
-              help="Keystore of the owner account that sends the transaction (password: IOTSETTLE_CHAIN_PASSWORD "
-                   "or [chain] password_file). Default: the configured sender ([chain] keystore, "
-                   "IOTSETTLE_CHAIN_PRIVATE_KEY, or anvil's first dev account on a local chain).")
+@click.option(
+    "--owner-key",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="IOTSETTLE_OWNER_KEY",
+    help="Keystore of the owner account that sends the transaction (password: IOTSETTLE_CHAIN_PASSWORD "
+    "or [chain] password_file). Default: the configured sender ([chain] keystore, "
+    "IOTSETTLE_CHAIN_PRIVATE_KEY, or anvil's first dev account on a local chain).",
+)
 @click.option("--metadata", help="Free text (serial number, model, site) whose keccak256 is stored on-chain.")
-@click.option("--valid-for", type=click.IntRange(60, 7 * 86_400), default=3_600, show_default=True,
-              help="Seconds the device's registration signature stays valid.")
+@click.option(
+    "--valid-for",
+    type=click.IntRange(60, 7 * 86_400),
+    default=3_600,
+    show_default=True,
+    help="Seconds the device's registration signature stays valid.",
+)
 @rpc_url_option("JSON-RPC endpoint (default from the configuration).")
 @password_file_option
 @with_context()
@@ -141,12 +161,19 @@ def register(
     metadata_hash = keccak(metadata.encode()) if metadata else bytes(32)
     deadline = int(chain.w3.eth.get_block("latest")["timestamp"]) + valid_for
     digest, signature = sign_registration(
-        device_key, owner=owner.address, kind=device_kind, metadata_hash=metadata_hash, deadline=deadline,
-        chain_id=chain.chain_id, registry=registry.address,
+        device_key,
+        owner=owner.address,
+        kind=device_kind,
+        metadata_hash=metadata_hash,
+        deadline=deadline,
+        chain_id=chain.chain_id,
+        registry=registry.address,
     )
-    on_chain = bytes(registry.functions.hashRegistration(
-        device_key.address, owner.address, int(device_kind), metadata_hash, deadline
-    ).call())
+    on_chain = bytes(
+        registry.functions.hashRegistration(
+            device_key.address, owner.address, int(device_kind), metadata_hash, deadline
+        ).call()
+    )
     if on_chain != digest:
         raise ProtocolError(
             f"the registry at {registry.address} computes another Registration digest (0x{on_chain.hex()}) than "
@@ -156,10 +183,15 @@ def register(
     if existing[0] != "0x" + "00" * 20:
         raise ChainError(f"device {device_key.address} is already registered (owner {existing[0]})")
     if not cmd.as_json:
-        progress(f"registering {device_key.address} as {kind_name(device_kind)} to {owner.address} on chain {chain.chain_id}")
-    data_field = registry.encode_abi("register", args=[device_key.address, int(device_kind), metadata_hash, deadline, signature])
-    receipt = send(chain, owner, {"to": registry.address, "data": data_field},
-                   decode=would_revert(ErrorDecoder([registry.abi])))
+        progress(
+            f"registering {device_key.address} as {kind_name(device_kind)} to {owner.address} on chain {chain.chain_id}"
+        )
+    data_field = registry.encode_abi(
+        "register", args=[device_key.address, int(device_kind), metadata_hash, deadline, signature]
+    )
+    receipt = send(
+        chain, owner, {"to": registry.address, "data": data_field}, decode=would_revert(ErrorDecoder([registry.abi]))
+    )
     data = {
         "device": device_key.address,
         "owner": owner.address,
@@ -170,7 +202,10 @@ def register(
         "tx": "0x" + bytes(receipt["transactionHash"]).hex(),
         "block": receipt["blockNumber"],
     }
-    cmd.emit(data, f"registered [bold]{device_key.address}[/bold] ({data['kind']}) to {owner.address} in block {data['block']}")
+    cmd.emit(
+        data,
+        f"registered [bold]{device_key.address}[/bold] ({data['kind']}) to {owner.address} in block {data['block']}",
+    )
 
 
 def _fleet_contracts(config: Config, fleet: Fleet) -> Contracts:
@@ -180,32 +215,74 @@ def _fleet_contracts(config: Config, fleet: Fleet) -> Contracts:
 
 
 @device.command("simulate")
-@click.option("--fleet", "fleet_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              envvar="IOTSETTLE_FLEET", help="Fleet file (JSON; see docs/PROTOCOL.md, 'Fleet file').")
-@click.option("--rate", type=click.FloatRange(min=0.001), default=100.0, show_default=True,
-              help="Readings per second across the fleet (tracker deliveries come on top, at arrival).")
+@click.option(
+    "--fleet",
+    "fleet_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="IOTSETTLE_FLEET",
+    help="Fleet file (JSON; see docs/PROTOCOL.md, 'Fleet file').",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.001),
+    default=100.0,
+    show_default=True,
+    help="Readings per second across the fleet (tracker deliveries come on top, at arrival).",
+)
 @click.option("--duration", type=click.FloatRange(min=0.001), default=30.0, show_default=True, help="Seconds to run.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Same seed, fleet and start time: same payloads.")
 @click.option("--start-time", type=int, help="Unix time of the first event (default: now); fix it to reproduce a run.")
 @click.option("--broker-host", help="MQTT broker host (default: [mqtt] host).")
 @click.option("--broker-port", type=click.IntRange(1, 65535), help="MQTT broker port (default: [mqtt] port).")
-@click.option("--faults", type=FaultList(), default="",
-              help="Fault classes to inject, comma-separated, or 'all' (docs/PROTOCOL.md section 11; 'hostile' makes "
-                   "a weather station lie in every observation).")
-@click.option("--weather", type=click.Choice([scenario.value for scenario in WeatherScenario]), default="normal",
-              show_default=True, envvar="IOTSETTLE_SIM_WEATHER",
-              help="What the honest weather stations observe (a hostile station claims the opposite).")
-@click.option("--fault-count", type=click.IntRange(1, 1000), default=3, show_default=True,
-              help="Bad events per chosen device and class (the oracle quarantines after 5 by default).")
-@click.option("--max-inflight", type=click.IntRange(1, 65_000), default=1000, show_default=True,
-              help="Unacknowledged QoS 1 messages allowed in flight.")
-@click.option("--buffer", "buffer_path", type=click.Path(dir_okay=False),
-              help="On-disk offline buffer (SQLite); default in memory: a killed simulator forgets its backlog.")
-@click.option("--reply-wait", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="Seconds to wait for the oracle's replies after the last acknowledgement.")
-@click.option("--dry-run", is_flag=True,
-              help="Print the payloads as JSON lines on stdout instead of publishing (sequence numbers from 1, "
-                   "nothing persisted).")
+@click.option(
+    "--faults",
+    type=FaultList(),
+    default="",
+    help="Fault classes to inject, comma-separated, or 'all' (docs/PROTOCOL.md section 11; 'hostile' makes "
+    "a weather station lie in every observation).",
+)
+@click.option(
+    "--weather",
+    type=click.Choice([scenario.value for scenario in WeatherScenario]),
+    default="normal",
+    show_default=True,
+    envvar="IOTSETTLE_SIM_WEATHER",
+    help="What the honest weather stations observe (a hostile station claims the opposite).",
+)
+@click.option(
+    "--fault-count",
+    type=click.IntRange(1, 1000),
+    default=3,
+    show_default=True,
+    help="Bad events per chosen device and class (the oracle quarantines after 5 by default).",
+)
+@click.option(
+    "--max-inflight",
+    type=click.IntRange(1, 65_000),
+    default=1000,
+    show_default=True,
+    help="Unacknowledged QoS 1 messages allowed in flight.",
+)
+@click.option(
+    "--buffer",
+    "buffer_path",
+    type=click.Path(dir_okay=False),
+    help="On-disk offline buffer (SQLite); default in memory: a killed simulator forgets its backlog.",
+)
+@click.option(
+    "--reply-wait",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Seconds to wait for the oracle's replies after the last acknowledgement.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the payloads as JSON lines on stdout instead of publishing (sequence numbers from 1, "
+    "nothing persisted).",
+)
 @password_file_option
 @with_context()
 def simulate(
@@ -241,12 +318,25 @@ def simulate(
     fleet = load_fleet(fleet_file, password_file=password_file)
     contracts = _fleet_contracts(cmd.config, fleet)
     if dry_run:
-        plan = plan_events(fleet, contracts, rate=rate, duration=duration, seed=seed, start_time=start_time,
-                           faults=faults, fault_count=fault_count, counters="memory", weather=weather)
+        plan = plan_events(
+            fleet,
+            contracts,
+            rate=rate,
+            duration=duration,
+            seed=seed,
+            start_time=start_time,
+            faults=faults,
+            fault_count=fault_count,
+            counters="memory",
+            weather=weather,
+        )
         count = 0
         for event in plan:
-            line: dict[str, Any] = {"offset": round(event.offset, 6), "topic": event.topic,
-                                    "payload": json.loads(event.payload)}
+            line: dict[str, Any] = {
+                "offset": round(event.offset, 6),
+                "topic": event.topic,
+                "payload": json.loads(event.payload),
+            }
             if event.fault is not None:
                 line["fault"] = str(event.fault)
             click.echo(json.dumps(line, separators=(",", ":")))
@@ -266,18 +356,34 @@ def simulate(
         clean_session=True,
     )
     if not cmd.as_json:
-        progress(f"simulating {len(fleet.devices)} devices ({_kinds(fleet)}) at {rate:g} events/s for {duration:g} s "
-                 f"→ mqtt://{host}:{port}")
+        progress(
+            f"simulating {len(fleet.devices)} devices ({_kinds(fleet)}) at {rate:g} events/s for {duration:g} s "
+            f"→ mqtt://{host}:{port}"
+        )
 
     def show(report: ProgressReport) -> None:
         link = "" if report.connected else "  [yellow](broker unreachable, buffering)[/yellow]"
-        progress(f"{report.elapsed:6.1f} s  sent {report.submitted:>8}  acked {report.acknowledged:>8}  "
-                 f"{report.rate:8.0f} events/s  pending {report.pending}{link}")
+        progress(
+            f"{report.elapsed:6.1f} s  sent {report.submitted:>8}  acked {report.acknowledged:>8}  "
+            f"{report.rate:8.0f} events/s  pending {report.pending}{link}"
+        )
 
     result = run_simulation(
-        fleet, contracts, broker, rate=rate, duration=duration, seed=seed, start_time=start_time, faults=faults,
-        fault_count=fault_count, max_inflight=max_inflight, buffer_path=buffer_path or ":memory:",
-        reply_wait=reply_wait, progress=show, announce=progress, weather=weather,
+        fleet,
+        contracts,
+        broker,
+        rate=rate,
+        duration=duration,
+        seed=seed,
+        start_time=start_time,
+        faults=faults,
+        fault_count=fault_count,
+        max_inflight=max_inflight,
+        buffer_path=buffer_path or ":memory:",
+        reply_wait=reply_wait,
+        progress=show,
+        announce=progress,
+        weather=weather,
     )
     summary = result.as_dict()
     if cmd.as_json:
@@ -317,11 +423,20 @@ def list_cmd(cmd: CommandContext, owner: str | None, kind: str | None) -> None:
       iotsettle device list --owner 0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 --kind meter
     """
     views = ops.list_devices(cmd.ops, owner=owner, kind=kind)
-    table = Table("device", "kind", "status", "owner", "current key", "rotations", "registered (UTC)",
-                  title=f"{len(views)} devices")
+    table = Table(
+        "device",
+        "kind",
+        "status",
+        "owner",
+        "current key",
+        "rotations",
+        "registered (UTC)",
+        title=f"{len(views)} devices",
+    )
     for v in views:
-        table.add_row(v.device, v.kind, v.status, short(v.owner), short(v.key), str(v.rotations),
-                      when(v.registered_at)[:16])
+        table.add_row(
+            v.device, v.kind, v.status, short(v.owner), short(v.key), str(v.rotations), when(v.registered_at)[:16]
+        )
     cmd.emit([v.as_dict() for v in views], table)
 
 
@@ -339,9 +454,15 @@ def show(cmd: CommandContext, device_id: str) -> None:
     agreements, escrows, _tokens = audit.device_targets(cmd.ops, view.device)
     data = {**view.as_dict(), "agreements": [str(a) for a in agreements], "escrows": escrows}
     table = Table(show_header=False, title=f"device {view.device}")
-    for key, value in [("kind", view.kind), ("status", view.status), ("owner", view.owner), ("current key", view.key),
-                       ("rotations", str(view.rotations)), ("registered", when(view.registered_at)),
-                       ("metadata hash", view.metadata_hash)]:
+    for key, value in [
+        ("kind", view.kind),
+        ("status", view.status),
+        ("owner", view.owner),
+        ("current key", view.key),
+        ("rotations", str(view.rotations)),
+        ("registered", when(view.registered_at)),
+        ("metadata hash", view.metadata_hash),
+    ]:
         table.add_row(key, value)
     for agreement_id in agreements:
         a = billing.agreement_of(cmd.ops, agreement_id)
@@ -365,13 +486,18 @@ def _new_key(keystore: str | None, key_env: str | None, password_file: str | Non
 
 @device.command("rotate")
 @click.argument("device_id", type=ADDRESS)
-@click.option("--new-keystore", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Keystore of the new key (`iotsettle device keygen` makes one); it signs its consent.")
+@click.option(
+    "--new-keystore",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Keystore of the new key (`iotsettle device keygen` makes one); it signs its consent.",
+)
 @click.option("--new-key-env", metavar="NAME", default=None, help="Or: environment variable holding the new hex key.")
 @password_file_option
 @with_context(sender=True)
-def rotate(cmd: CommandContext, device_id: str, new_keystore: str | None, new_key_env: str | None,
-           password_file: str | None) -> None:
+def rotate(
+    cmd: CommandContext, device_id: str, new_keystore: str | None, new_key_env: str | None, password_file: str | None
+) -> None:
     """Owner: move a device to a new signing key; the old key's signatures stop settling at once.
 
     The device id (its first key's address) stays, so agreements and escrows keep working with the new key.
@@ -385,9 +511,16 @@ def rotate(cmd: CommandContext, device_id: str, new_keystore: str | None, new_ke
     key = _new_key(new_keystore, new_key_env, password_file)
     before = ops.device_of(cmd.ops, device_id)
     result = ops.rotate(cmd.ops, device_id, key)
-    cmd.emit({"device": before.device, "oldKey": before.key, "newKey": key.address, "tx": result.tx_hash,
-              "block": result.block},
-             f"device {before.device}: key {before.key} → {key.address} (tx {result.tx_hash})")
+    cmd.emit(
+        {
+            "device": before.device,
+            "oldKey": before.key,
+            "newKey": key.address,
+            "tx": result.tx_hash,
+            "block": result.block,
+        },
+        f"device {before.device}: key {before.key} → {key.address} (tx {result.tx_hash})",
+    )
 
 
 @device.command("revoke")
@@ -404,5 +537,7 @@ def revoke(cmd: CommandContext, device_id: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"Revoke device {device_id} for good?", abort=True)
     result = ops.revoke(cmd.ops, device_id)
-    cmd.emit({"device": device_id, "tx": result.tx_hash, "block": result.block},
-             f"device {device_id} revoked (tx {result.tx_hash})")
+    cmd.emit(
+        {"device": device_id, "tx": result.tx_hash, "block": result.block},
+        f"device {device_id} revoked (tx {result.tx_hash})",
+    )

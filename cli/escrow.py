@@ -5,16 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import click
-from rich.table import Table
-
 from iotsettle.cli._common import IotSettleGroup, emit
-from iotsettle.cli._params import (ADDRESS, AMOUNT, DEADLINE, ID, TOKEN, CommandContext, read_payloads, short, when,
-                                   with_context)
-from iotsettle.oracle.protocol.location import location_bytes32, location_geohash
-from iotsettle.oracle.protocol.errors import ProtocolError
+from iotsettle.cli._params import (
+    ADDRESS,
+    AMOUNT,
+    DEADLINE,
+    ID,
+    TOKEN,
+    CommandContext,
+    read_payloads,
+    short,
+    when,
+    with_context,
+)
 from iotsettle.oracle.ops import escrow as ops
 from iotsettle.oracle.ops.amounts import Amount
 from iotsettle.oracle.ops.token import describe_token
+from iotsettle.oracle.protocol.errors import ProtocolError
+from iotsettle.oracle.protocol.location import location_bytes32, location_geohash
+from rich.table import Table
 
 
 @click.group(cls=IotSettleGroup)
@@ -53,14 +62,35 @@ def _destination(text: str) -> bytes:
 @click.option("--amount", type=AMOUNT, required=True, help="Price, e.g. 25 (tokens) or 25000wei (base units).")
 @click.option("--token", type=TOKEN, default="TEST", show_default=True, help="ETH, TEST or an ERC-20 address.")
 @click.option("--destination", required=True, help="Geohash of the destination cell (e.g. u33dc0cr) or a 0x bytes32.")
-@click.option("--deadline", type=DEADLINE, required=True, help="+2h / 3d from the latest block, a unix time or ISO date.")
-@click.option("--temperature-limit", type=float, default=0.0, show_default=True,
-              help="Cold chain: highest allowed temperature in °C.")
-@click.option("--penalty-bps", type=click.IntRange(0, 10_000), default=0, show_default=True,
-              help="Cold chain: share (basis points) returned to the buyer when the limit was exceeded; 0 = no terms.")
+@click.option(
+    "--deadline", type=DEADLINE, required=True, help="+2h / 3d from the latest block, a unix time or ISO date."
+)
+@click.option(
+    "--temperature-limit",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Cold chain: highest allowed temperature in °C.",
+)
+@click.option(
+    "--penalty-bps",
+    type=click.IntRange(0, 10_000),
+    default=0,
+    show_default=True,
+    help="Cold chain: share (basis points) returned to the buyer when the limit was exceeded; 0 = no terms.",
+)
 @with_context(sender=True)
-def create(cmd: CommandContext, seller: str, device: str, amount: Amount, token: str, destination: str,
-           deadline: tuple[str, int], temperature_limit: float, penalty_bps: int) -> None:
+def create(
+    cmd: CommandContext,
+    seller: str,
+    device: str,
+    amount: Amount,
+    token: str,
+    destination: str,
+    deadline: tuple[str, int],
+    temperature_limit: float,
+    penalty_bps: int,
+) -> None:
     """Create an escrow and fund it in the same transaction (the sender is the buyer).
 
     For an ERC-20, the escrow contract is approved first when the allowance is short.
@@ -72,15 +102,31 @@ def create(cmd: CommandContext, seller: str, device: str, amount: Amount, token:
     """
     info = describe_token(cmd.ops, token)
     base = info.to_base(amount)
-    created = ops.create(cmd.ops, seller=seller, device=device, token=info, amount=base,
-                         destination=_destination(destination), deadline=cmd.chain_time(deadline),
-                         temperature_limit=round(temperature_limit * 100), penalty_bps=penalty_bps)
+    created = ops.create(
+        cmd.ops,
+        seller=seller,
+        device=device,
+        token=info,
+        amount=base,
+        destination=_destination(destination),
+        deadline=cmd.chain_time(deadline),
+        temperature_limit=round(temperature_limit * 100),
+        penalty_bps=penalty_bps,
+    )
     view = ops.escrow_of(cmd.ops, created.escrow_id)
-    data = {"escrowId": created.escrow_id, "tx": created.tx.tx_hash, "block": created.tx.block,
-            "gasUsed": created.tx.gas_used, "approveTx": created.approve_tx.tx_hash if created.approve_tx else None,
-            "escrow": view.as_dict()}
-    cmd.emit(data, f"escrow [bold]{created.escrow_id}[/bold] funded with {info.format(base)} "
-                   f"(tx {created.tx.tx_hash}, block {created.tx.block}); deadline {when(view.deadline)}")
+    data = {
+        "escrowId": created.escrow_id,
+        "tx": created.tx.tx_hash,
+        "block": created.tx.block,
+        "gasUsed": created.tx.gas_used,
+        "approveTx": created.approve_tx.tx_hash if created.approve_tx else None,
+        "escrow": view.as_dict(),
+    }
+    cmd.emit(
+        data,
+        f"escrow [bold]{created.escrow_id}[/bold] funded with {info.format(base)} "
+        f"(tx {created.tx.tx_hash}, block {created.tx.block}); deadline {when(view.deadline)}",
+    )
 
 
 @escrow.command()
@@ -101,8 +147,11 @@ def fund(cmd: CommandContext, amount: Amount, token: str) -> None:
     base = info.to_base(amount)
     result = ops.approve(cmd.ops, info, base)
     data = {"token": info.address, "amount": str(base), "tx": result.tx_hash if result else None}
-    cmd.emit(data, f"the escrow contract may take {info.format(base)}" +
-             (f" (tx {result.tx_hash})" if result else " (the allowance was already enough)"))
+    cmd.emit(
+        data,
+        f"the escrow contract may take {info.format(base)}"
+        + (f" (tx {result.tx_hash})" if result else " (the allowance was already enough)"),
+    )
 
 
 def _geohash(destination: str) -> str:
@@ -115,9 +164,16 @@ def _geohash(destination: str) -> str:
 
 def _status_table(view: ops.EscrowView, fmt: Callable[[int], str], refundable_from: int) -> Table:
     table = Table(show_header=False, title=f"escrow {view.escrow_id}")
-    rows = [("state", view.state), ("buyer", view.buyer), ("seller", view.seller), ("tracker", view.device),
-            ("amount", fmt(view.amount)),
-            ("destination", _geohash(view.destination)), ("created", when(view.created_at)), ("deadline", when(view.deadline))]
+    rows = [
+        ("state", view.state),
+        ("buyer", view.buyer),
+        ("seller", view.seller),
+        ("tracker", view.device),
+        ("amount", fmt(view.amount)),
+        ("destination", _geohash(view.destination)),
+        ("created", when(view.created_at)),
+        ("deadline", when(view.deadline)),
+    ]
     if view.state == "funded":
         rows.append(("refundable from", f"{when(refundable_from)} if no delivery signed by the deadline arrives"))
     if view.penalty_bps:
@@ -147,8 +203,13 @@ def status(cmd: CommandContext, escrow_id: int) -> None:
 @escrow.command("list")
 @click.option("--party", type=ADDRESS, default=None, help="Only escrows where ADDRESS is buyer or seller.")
 @click.option("--device", type=ADDRESS, default=None, help="Only escrows released by this tracker.")
-@click.option("--state", "state_filter", type=click.Choice(["funded", "released", "refunded", "cancelled"]),
-              default=None, help="Only escrows in this state.")
+@click.option(
+    "--state",
+    "state_filter",
+    type=click.Choice(["funded", "released", "refunded", "cancelled"]),
+    default=None,
+    help="Only escrows in this state.",
+)
 @with_context(rpc=True)
 def list_cmd(cmd: CommandContext, party: str | None, device: str | None, state_filter: str | None) -> None:
     """List escrows of this deployment (from the contract's EscrowCreated events).
@@ -157,11 +218,20 @@ def list_cmd(cmd: CommandContext, party: str | None, device: str | None, state_f
     Example:
       iotsettle escrow list --party 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 --state funded
     """
-    views = [v for v in ops.list_escrows(cmd.ops, party=party, device=device) if not state_filter or v.state == state_filter]
+    views = [
+        v for v in ops.list_escrows(cmd.ops, party=party, device=device) if not state_filter or v.state == state_filter
+    ]
     table = Table("id", "state", "buyer", "seller", "tracker", "amount", "deadline", title=f"{len(views)} escrows")
     for v in views:
-        table.add_row(str(v.escrow_id), v.state, short(v.buyer), short(v.seller), short(v.device),
-                      describe_token(cmd.ops, v.token).format(v.amount), when(v.deadline))
+        table.add_row(
+            str(v.escrow_id),
+            v.state,
+            short(v.buyer),
+            short(v.seller),
+            short(v.device),
+            describe_token(cmd.ops, v.token).format(v.amount),
+            when(v.deadline),
+        )
     cmd.emit([v.as_dict() for v in views], table)
 
 
@@ -182,15 +252,39 @@ def confirm(cmd: CommandContext, source: str) -> None:
     text = read_payloads(source)
     events = ops.parse_deliveries(cmd.ops, text)
     result, outcomes = ops.confirm(cmd.ops, events)
-    data = {"tx": result.tx_hash, "block": result.block, "gasUsed": result.gas_used,
-            "results": [{"escrowId": o.escrow_id, "seq": o.seq, "confirmed": o.confirmed, "reason": o.reason or None,
-                         "toSeller": str(o.to_seller), "toBuyer": str(o.to_buyer)} for o in outcomes]}
-    table = Table("escrow", "seq", "result", "seller credited", "buyer credited",
-                  title=f"relayed in block {result.block}, gas {result.gas_used:,}")
+    data = {
+        "tx": result.tx_hash,
+        "block": result.block,
+        "gasUsed": result.gas_used,
+        "results": [
+            {
+                "escrowId": o.escrow_id,
+                "seq": o.seq,
+                "confirmed": o.confirmed,
+                "reason": o.reason or None,
+                "toSeller": str(o.to_seller),
+                "toBuyer": str(o.to_buyer),
+            }
+            for o in outcomes
+        ],
+    }
+    table = Table(
+        "escrow",
+        "seq",
+        "result",
+        "seller credited",
+        "buyer credited",
+        title=f"relayed in block {result.block}, gas {result.gas_used:,}",
+    )
     for o in outcomes:
         fmt = describe_token(cmd.ops, ops.escrow_of(cmd.ops, o.escrow_id).token).format
-        table.add_row(str(o.escrow_id), str(o.seq), "released" if o.confirmed else f"rejected: {o.reason}",
-                      fmt(o.to_seller) if o.confirmed else "", fmt(o.to_buyer) if o.confirmed else "")
+        table.add_row(
+            str(o.escrow_id),
+            str(o.seq),
+            "released" if o.confirmed else f"rejected: {o.reason}",
+            fmt(o.to_seller) if o.confirmed else "",
+            fmt(o.to_buyer) if o.confirmed else "",
+        )
     cmd.emit(data, table)
     if not cmd.as_json:
         emit(None, False, f"tx {result.tx_hash}")
@@ -212,9 +306,11 @@ def refund(cmd: CommandContext, escrow_id: int) -> None:
     """
     result = ops.refund(cmd.ops, escrow_id)
     view = ops.escrow_of(cmd.ops, escrow_id)
-    cmd.emit({"escrowId": escrow_id, "tx": result.tx_hash, "block": result.block, "amount": str(view.amount)},
-             f"escrow {escrow_id} refunded: {describe_token(cmd.ops, view.token).format(view.amount)} credited to the buyer "
-             f"(tx {result.tx_hash}); run `iotsettle escrow withdraw` to receive it")
+    cmd.emit(
+        {"escrowId": escrow_id, "tx": result.tx_hash, "block": result.block, "amount": str(view.amount)},
+        f"escrow {escrow_id} refunded: {describe_token(cmd.ops, view.token).format(view.amount)} credited to the buyer "
+        f"(tx {result.tx_hash}); run `iotsettle escrow withdraw` to receive it",
+    )
 
 
 @escrow.command()
@@ -228,8 +324,10 @@ def cancel(cmd: CommandContext, escrow_id: int) -> None:
       iotsettle escrow cancel 7 --dev-account 1
     """
     result = ops.cancel(cmd.ops, escrow_id)
-    cmd.emit({"escrowId": escrow_id, "tx": result.tx_hash, "block": result.block},
-             f"escrow {escrow_id} cancelled; the buyer can withdraw the amount (tx {result.tx_hash})")
+    cmd.emit(
+        {"escrowId": escrow_id, "tx": result.tx_hash, "block": result.block},
+        f"escrow {escrow_id} cancelled; the buyer can withdraw the amount (tx {result.tx_hash})",
+    )
 
 
 @escrow.command()
@@ -245,5 +343,7 @@ def withdraw(cmd: CommandContext, token: str) -> None:
     info = describe_token(cmd.ops, token)
     result, paid = ops.withdraw(cmd.ops, info)
     who = cmd.ops.require_sender().address
-    cmd.emit({"account": who, "token": info.address, "amount": str(paid), "tx": result.tx_hash, "block": result.block},
-             f"{who} received {info.format(paid)} (tx {result.tx_hash})")
+    cmd.emit(
+        {"account": who, "token": info.address, "amount": str(paid), "tx": result.tx_hash, "block": result.block},
+        f"{who} received {info.format(paid)} (tx {result.tx_hash})",
+    )

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import click
 import requests
-from web3.exceptions import Web3Exception
-
 from iotsettle.cli._common import IotSettleGroup, err_console
 from iotsettle.cli._params import DURATION, CommandContext, with_context
-from iotsettle.oracle.protocol.errors import IotSettleError
 from iotsettle.oracle.ops.keeper import Keeper, PassSummary
+from iotsettle.oracle.protocol.errors import IotSettleError
+from web3.exceptions import Web3Exception
 
 #: exit status after SIGINT (Ctrl-C), as a shell reports a process ended by it (128 + 2)
 EXIT_INTERRUPTED = 130
@@ -81,17 +80,29 @@ def _print_pass(summary: PassSummary, as_json: bool, always: bool) -> None:
         else:
             err_console.print(f"[yellow]{line}[/yellow]")
     if always and not summary.actions:
-        click.echo(f"{_stamp()} nothing to do ({summary.seasons_watched} seasons and {summary.loans_watched} loans "
-                   f"watched, blocks {summary.from_block}..{summary.to_block})")
+        click.echo(
+            f"{_stamp()} nothing to do ({summary.seasons_watched} seasons and {summary.loans_watched} loans "
+            f"watched, blocks {summary.from_block}..{summary.to_block})"
+        )
 
 
 @keeper.command("run")
-@click.option("--interval", type=DURATION, default="10s", show_default=True,
-              help="Time between passes (at least 1 s: 5s, 90s, 5m…).")
+@click.option(
+    "--interval",
+    type=DURATION,
+    default="10s",
+    show_default=True,
+    help="Time between passes (at least 1 s: 5s, 90s, 5m…).",
+)
 @click.option("--once", is_flag=True, help="One pass, then exit (for cron): exit status 1 if an action failed.")
-@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="JSON file keeping the last block scanned and the seasons and loans watched between runs "
-                   "(with --once: each cron run reads only the new blocks).")
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON file keeping the last block scanned and the seasons and loans watched between runs "
+    "(with --once: each cron run reads only the new blocks).",
+)
 @with_context(sender=True)
 def run(cmd: CommandContext, interval: int, once: bool, state_path: Path | None) -> None:
     """Finalize and pay out crop seasons when due, and sweep loan payout accounts that received something.
@@ -110,8 +121,10 @@ def run(cmd: CommandContext, interval: int, once: bool, state_path: Path | None)
       iotsettle keeper run --once --json --state keeper.json --from-key-env KEEPER_KEY   # cron
     """
     if cmd.default_sender:
-        err_console.print("[yellow]sending from the configured [chain] key: if the oracle daemon relays with the "
-                          "same key, give the keeper its own with --from-key-env[/yellow]")
+        err_console.print(
+            "[yellow]sending from the configured [chain] key: if the oracle daemon relays with the "
+            "same key, give the keeper its own with --from-key-env[/yellow]"
+        )
     if interval < 1:
         raise click.BadParameter("the interval must be at least 1 s", param_hint="--interval")
     worker = Keeper(cmd.ops)
@@ -138,8 +151,10 @@ def run(cmd: CommandContext, interval: int, once: bool, state_path: Path | None)
         return
     with _stop_on_signals() as stop:
         if not cmd.as_json:
-            err_console.print(f"[dim]keeper {cmd.ops.require_sender().address} on chain {cmd.ops.chain.chain_id}, "
-                              f"a pass every {interval} s; SIGTERM or Ctrl-C stops it[/dim]")
+            err_console.print(
+                f"[dim]keeper {cmd.ops.require_sender().address} on chain {cmd.ops.chain.chain_id}, "
+                f"a pass every {interval} s; SIGTERM or Ctrl-C stops it[/dim]"
+            )
         while not stop.event.is_set():
             try:
                 _print_pass(run_pass(), cmd.as_json, always=False)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from decimal import Decimal
 
 import click
-from rich.table import Table
-
 from iotsettle.cli._common import IotSettleGroup
 from iotsettle.cli._params import ADDRESS, AMOUNT, DEADLINE, ID, TOKEN, CommandContext, short, when, with_context
 from iotsettle.cli.crop import PERCENT
 from iotsettle.oracle.ops import loan as ops
 from iotsettle.oracle.ops.amounts import Amount
 from iotsettle.oracle.ops.token import describe_token
+from rich.table import Table
 
 
 @click.group(cls=IotSettleGroup)
@@ -36,15 +35,28 @@ def loan() -> None:
 @click.option("--borrower", type=ADDRESS, required=True, help="Who receives the principal (accepts the offer).")
 @click.option("--principal", type=AMOUNT, required=True, help="What the borrower receives, e.g. 100.")
 @click.option("--repayment", type=AMOUNT, required=True, help="What the borrower pays back in total (≥ principal).")
-@click.option("--share", type=PERCENT, required=True,
-              help="Share of every incoming payout taken for repayment, e.g. 50%.")
+@click.option(
+    "--share", type=PERCENT, required=True, help="Share of every incoming payout taken for repayment, e.g. 50%."
+)
 @click.option("--token", type=TOKEN, default="TEST", show_default=True, help="TEST or an ERC-20 address.")
 @click.option("--accept-by", type=DEADLINE, default="+7d", show_default=True, help="The offer's expiry.")
-@click.option("--due-by", type=DEADLINE, required=True,
-              help="The agreed repayment date (recorded for the credit history, not enforced).")
+@click.option(
+    "--due-by",
+    type=DEADLINE,
+    required=True,
+    help="The agreed repayment date (recorded for the credit history, not enforced).",
+)
 @with_context(sender=True)
-def offer(cmd: CommandContext, borrower: str, principal: Amount, repayment: Amount, share: int, token: str,
-          accept_by: tuple[str, int], due_by: tuple[str, int]) -> None:
+def offer(
+    cmd: CommandContext,
+    borrower: str,
+    principal: Amount,
+    repayment: Amount,
+    share: int,
+    token: str,
+    accept_by: tuple[str, int],
+    due_by: tuple[str, int],
+) -> None:
     """Lender: offer BORROWER a loan; the principal is taken now and held until the borrower accepts or it is
     cancelled.
 
@@ -54,14 +66,23 @@ def offer(cmd: CommandContext, borrower: str, principal: Amount, repayment: Amou
           --principal 100 --repayment 110 --share 50% --due-by +90d
     """
     info = describe_token(cmd.ops, token)
-    terms = ops.LoanTerms(borrower, info, info.to_base(principal), info.to_base(repayment), share,
-                          cmd.chain_time(accept_by), cmd.chain_time(due_by))
+    terms = ops.LoanTerms(
+        borrower,
+        info,
+        info.to_base(principal),
+        info.to_base(repayment),
+        share,
+        cmd.chain_time(accept_by),
+        cmd.chain_time(due_by),
+    )
     loan_id, result = ops.offer(cmd.ops, terms)
     view = ops.loan_of(cmd.ops, loan_id)
-    cmd.emit({"loanId": loan_id, "account": view.account, "tx": result.tx_hash, "block": result.block},
-             f"loan [bold]{loan_id}[/bold] offered to {borrower}: {info.format(terms.principal)} now, "
-             f"{info.format(terms.repayment)} to repay by {when(terms.due_by)} (tx {result.tx_hash})\n"
-             f"payout account: {view.account}\nnext, the borrower: iotsettle loan accept {loan_id}")
+    cmd.emit(
+        {"loanId": loan_id, "account": view.account, "tx": result.tx_hash, "block": result.block},
+        f"loan [bold]{loan_id}[/bold] offered to {borrower}: {info.format(terms.principal)} now, "
+        f"{info.format(terms.repayment)} to repay by {when(terms.due_by)} (tx {result.tx_hash})\n"
+        f"payout account: {view.account}\nnext, the borrower: iotsettle loan accept {loan_id}",
+    )
 
 
 @loan.command()
@@ -77,10 +98,12 @@ def accept(cmd: CommandContext, loan_id: int) -> None:
     result, account = ops.accept(cmd.ops, loan_id)
     view = ops.loan_of(cmd.ops, loan_id)
     fmt = describe_token(cmd.ops, view.token).format
-    cmd.emit({"loanId": loan_id, "account": account, "tx": result.tx_hash},
-             f"loan {loan_id} active: {fmt(view.principal)} sent to {view.borrower} (tx {result.tx_hash})\n"
-             f"name {account} as payee of escrows and beneficiary of crop cover; `iotsettle loan sweep {loan_id}` "
-             "repays from what arrives there")
+    cmd.emit(
+        {"loanId": loan_id, "account": account, "tx": result.tx_hash},
+        f"loan {loan_id} active: {fmt(view.principal)} sent to {view.borrower} (tx {result.tx_hash})\n"
+        f"name {account} as payee of escrows and beneficiary of crop cover; `iotsettle loan sweep {loan_id}` "
+        "repays from what arrives there",
+    )
 
 
 @loan.command()
@@ -100,9 +123,13 @@ def cancel(cmd: CommandContext, loan_id: int) -> None:
 
 @loan.command()
 @click.argument("loan_id", type=ID)
-@click.option("--source", "sources", type=ADDRESS, multiple=True,
-              help="A contract that credits the account (repeat). Default: this deployment's DeliveryEscrow and "
-                   "CropInsurance.")
+@click.option(
+    "--source",
+    "sources",
+    type=ADDRESS,
+    multiple=True,
+    help="A contract that credits the account (repeat). Default: this deployment's DeliveryEscrow and CropInsurance.",
+)
 @with_context(sender=True)
 def sweep(cmd: CommandContext, loan_id: int, sources: tuple[str, ...]) -> None:
     """Anyone: pull what the sources credited to the loan's payout account, then split everything it holds: the
@@ -115,13 +142,17 @@ def sweep(cmd: CommandContext, loan_id: int, sources: tuple[str, ...]) -> None:
     view = ops.loan_of(cmd.ops, loan_id)
     fmt = describe_token(cmd.ops, view.token).format
     report = ops.sweep(cmd.ops, loan_id, list(sources) if sources else None)
-    lines = [f"loan {loan_id}: {fmt(report.repaid)} repaid to the lender, {fmt(report.forwarded)} forwarded to the "
-             f"borrower; outstanding {fmt(report.outstanding)}" + (" — fully repaid" if report.fully_repaid else "")]
+    lines = [
+        f"loan {loan_id}: {fmt(report.repaid)} repaid to the lender, {fmt(report.forwarded)} forwarded to the "
+        f"borrower; outstanding {fmt(report.outstanding)}" + (" — fully repaid" if report.fully_repaid else "")
+    ]
     names = {cmd.ops.address(name): name for name in cmd.ops.manifest["contracts"]}
     lines += [f"  collected {fmt(amount)} from {names.get(source, source)}" for source, amount in report.collected]
     lines += [f"  {names.get(source, source)}: nothing credited to the account" for source in report.failed]
-    lines += [f"  the push to {account} failed: {fmt(amount)} credited in the loan book (claim with its withdraw)"
-              for account, amount in report.credited]
+    lines += [
+        f"  the push to {account} failed: {fmt(amount)} credited in the loan book (claim with its withdraw)"
+        for account, amount in report.credited
+    ]
     cmd.emit(report.as_dict(), "\n".join(lines) + f"\n(tx {report.tx.tx_hash})")
 
 
@@ -138,8 +169,10 @@ def repay(cmd: CommandContext, loan_id: int, amount: Amount) -> None:
     """
     info = describe_token(cmd.ops, ops.loan_of(cmd.ops, loan_id).token)
     result, paid, outstanding = ops.repay(cmd.ops, loan_id, info.to_base(amount))
-    cmd.emit({"loanId": loan_id, "paid": str(paid), "outstanding": str(outstanding), "tx": result.tx_hash},
-             f"{info.format(paid)} repaid on loan {loan_id}; outstanding {info.format(outstanding)} (tx {result.tx_hash})")
+    cmd.emit(
+        {"loanId": loan_id, "paid": str(paid), "outstanding": str(outstanding), "tx": result.tx_hash},
+        f"{info.format(paid)} repaid on loan {loan_id}; outstanding {info.format(outstanding)} (tx {result.tx_hash})",
+    )
 
 
 @loan.command()
@@ -158,12 +191,19 @@ def show(cmd: CommandContext, loan_id: int) -> None:
     due = when(view.due_by)
     if view.status == "active" and int(cmd.ops.w3.eth.get_block("latest")["timestamp"]) > view.due_by:
         due += " (overdue)"
-    rows = [("status", view.status), ("lender", view.lender), ("borrower", view.borrower),
-            ("principal", fmt(view.principal)), ("repayment", fmt(view.repayment)), ("repaid", fmt(view.repaid)),
-            ("outstanding", fmt(view.outstanding)),
-            ("share of payouts", f"{Decimal(view.share_bps) / 100:f} % until repaid"),
-            ("due by", due), ("offer open until", when(view.accept_by)),
-            ("payout account", f"{view.account} (holds {fmt(view.account_balance)} not yet swept)")]
+    rows = [
+        ("status", view.status),
+        ("lender", view.lender),
+        ("borrower", view.borrower),
+        ("principal", fmt(view.principal)),
+        ("repayment", fmt(view.repayment)),
+        ("repaid", fmt(view.repaid)),
+        ("outstanding", fmt(view.outstanding)),
+        ("share of payouts", f"{Decimal(view.share_bps) / 100:f} % until repaid"),
+        ("due by", due),
+        ("offer open until", when(view.accept_by)),
+        ("payout account", f"{view.account} (holds {fmt(view.account_balance)} not yet swept)"),
+    ]
     if view.repaid_at:
         rows.append(("repaid at", when(view.repaid_at) + (" (late)" if view.repaid_at > view.due_by else "")))
     for key, value in rows:
@@ -183,10 +223,29 @@ def list_cmd(cmd: CommandContext, party: str | None, status_filter: str | None) 
       iotsettle loan list --party 0x70997970C51812dc3A010C7d01b50e0d17dc79C8
     """
     views = [v for v in ops.list_loans(cmd.ops, party=party) if not status_filter or v.status == status_filter]
-    table = Table("id", "status", "lender", "borrower", "principal", "repaid", "outstanding", "due by",
-                  "payout account", title=f"{len(views)} loans")
+    table = Table(
+        "id",
+        "status",
+        "lender",
+        "borrower",
+        "principal",
+        "repaid",
+        "outstanding",
+        "due by",
+        "payout account",
+        title=f"{len(views)} loans",
+    )
     for v in views:
         fmt = describe_token(cmd.ops, v.token).format_short
-        table.add_row(str(v.loan_id), v.status, short(v.lender), short(v.borrower), fmt(v.principal), fmt(v.repaid),
-                      fmt(v.outstanding), when(v.due_by), v.account)
+        table.add_row(
+            str(v.loan_id),
+            v.status,
+            short(v.lender),
+            short(v.borrower),
+            fmt(v.principal),
+            fmt(v.repaid),
+            fmt(v.outstanding),
+            when(v.due_by),
+            v.account,
+        )
     cmd.emit([v.as_dict() for v in views], table)

@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 
 import click
-
 from iotsettle.cli._common import IotSettleGroup, State
 
 # Every command of the root group, and where it is defined (module:function). The root group imports a command's
@@ -71,8 +70,13 @@ class RootGroup(IotSettleGroup):
 
 
 @click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "IOTSETTLE"})
-@click.option("--config", "config_path", envvar="IOTSETTLE_CONFIG", type=click.Path(dir_okay=False),
-              help="TOML configuration file (default: ./iotsettle.toml if present).")
+@click.option(
+    "--config",
+    "config_path",
+    envvar="IOTSETTLE_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="TOML configuration file (default: ./iotsettle.toml if present).",
+)
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
 @click.version_option(package_name="iotsettle")
 @click.pass_context
@@ -89,8 +93,10 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     Every option can also be set from the environment (IOTSETTLE_<OPTION>), and every configuration
     value from IOTSETTLE_<SECTION>_<KEY>; see `iotsettle config show`.
     """
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     ctx.obj = State(config_path)
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
-
 from iotsettle.cli._common import progress
 from iotsettle.cli._params import CommandContext, with_context
 from iotsettle.oracle.chain.node import stack
+from rich.table import Table
 
 
 @click.group()
@@ -22,7 +21,11 @@ def node() -> None:
 def _table(statuses: list[dict[str, object]]) -> Table:
     table = Table("service", "state", "pid", "endpoint", "log")
     for s in statuses:
-        label = "[green]ready[/green]" if s["ready"] else ("[yellow]starting[/yellow]" if s["running"] else "[red]stopped[/red]")
+        label = (
+            "[green]ready[/green]"
+            if s["ready"]
+            else ("[yellow]starting[/yellow]" if s["running"] else "[red]stopped[/red]")
+        )
         table.add_row(str(s["name"]), label, str(s["pid"] or "-"), str(s["endpoint"]), str(s["log"]))
     return table
 

@@ -10,13 +10,13 @@ import urllib.request
 from typing import Any
 
 import click
-from rich.table import Table
-
+from eth_utils import is_hex_address, to_checksum_address
 from iotsettle.cli._common import IotSettleGroup, State, emit
 from iotsettle.cli._params import CommandContext, with_context
 from iotsettle.oracle.daemon.intake import prefer_fast_keccak
 from iotsettle.oracle.daemon.service import OracleDaemon
 from iotsettle.oracle.daemon.store import Store
+from rich.table import Table
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,15 @@ def status(cmd: CommandContext, rejects: int) -> None:
             "lastSettledBlock": store.last_settled_block(),
             "rejectedByReason": store.reject_counts(),
             "recentRejects": [
-                {"time": row.received_at, "reason": row.reason, "device": row.device, "seq": row.seq,
-                 "detail": row.detail} for row in recent
-            ],  # fmt: skip
+                {
+                    "time": row.received_at,
+                    "reason": row.reason,
+                    "device": row.device,
+                    "seq": row.seq,
+                    "detail": row.detail,
+                }
+                for row in recent
+            ],
             "quarantined": [
                 {"device": s.device, "since": s.quarantined_at, "reason": s.quarantine_reason}
                 for s in store.quarantined_devices()
@@ -93,18 +99,28 @@ def status(cmd: CommandContext, rejects: int) -> None:
         cmd.emit(data)
         return
     daemon = data["daemon"]
-    emit(None, False, f"daemon: [bold]{daemon['status'] if daemon else 'not running (no health endpoint)'}[/bold]"
-                      f"   database: {path}")  # fmt: skip
+    emit(
+        None,
+        False,
+        f"daemon: [bold]{daemon['status'] if daemon else 'not running (no health endpoint)'}[/bold]   database: {path}",
+    )
     counts = ", ".join(f"{k} {v}" for k, v in backlog.items() if v)
     emit(None, False, f"backlog: {counts or 'empty'}")
-    emit(None, False, f"last settled block: {data['lastSettledBlock'] if data['lastSettledBlock'] is not None else '-'}")
+    emit(
+        None, False, f"last settled block: {data['lastSettledBlock'] if data['lastSettledBlock'] is not None else '-'}"
+    )
     if data["rejectedByReason"]:
         emit(None, False, "rejected: " + ", ".join(f"{k} {v}" for k, v in data["rejectedByReason"].items()))
     if recent:
         table = Table("time", "reason", "device", "seq", "detail", title="recent rejections")
         for row in recent:
-            table.add_row(time.strftime("%H:%M:%S", time.localtime(row.received_at)), row.reason, row.device or "-",
-                          "-" if row.seq is None else str(row.seq), row.detail[:60])  # fmt: skip
+            table.add_row(
+                time.strftime("%H:%M:%S", time.localtime(row.received_at)),
+                row.reason,
+                row.device or "-",
+                "-" if row.seq is None else str(row.seq),
+                row.detail[:60],
+            )
         emit(table, False)
     for item in data["quarantined"]:
         emit(None, False, f"[red]quarantined[/red] {item['device']}: {item['reason']}")
@@ -115,8 +131,6 @@ def status(cmd: CommandContext, rejects: int) -> None:
 @with_context()
 def release(cmd: CommandContext, device: str) -> None:
     """Let a quarantined DEVICE (its id, 0x…) send events again; works while the daemon runs."""
-    from eth_utils import is_hex_address, to_checksum_address
-
     if not is_hex_address(device):
         raise click.BadParameter(f"{device!r} is not a 0x-prefixed 20-byte address", param_hint="DEVICE")
     config = cmd.config

@@ -6,14 +6,24 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import click
-from rich.table import Table
-
 from iotsettle.cli._common import IotSettleGroup, emit
-from iotsettle.cli._params import (ADDRESS, AMOUNT, DURATION, ID, TOKEN, CommandContext, read_payloads, short, short_id,
-                                   when, with_context)
+from iotsettle.cli._params import (
+    ADDRESS,
+    AMOUNT,
+    DURATION,
+    ID,
+    TOKEN,
+    CommandContext,
+    read_payloads,
+    short,
+    short_id,
+    when,
+    with_context,
+)
 from iotsettle.oracle.ops import insurance as ops
 from iotsettle.oracle.ops.amounts import Amount
 from iotsettle.oracle.ops.token import describe_token
+from rich.table import Table
 
 
 class FactorType(click.ParamType):
@@ -71,22 +81,59 @@ def _token_of(ops_ctx: Any, policy_id: int) -> Any:
 @click.option("--holder", type=ADDRESS, required=True, help="The policyholder (accepts with a deposit).")
 @click.option("--vehicle", type=ADDRESS, required=True, help="The registered vehicle whose reports price the policy.")
 @click.option("--rate", type=AMOUNT, required=True, help="Premium per km at factor ×1.00, e.g. 0.05.")
-@click.option("--min-factor", type=FACTOR, default="1", show_default=True,
-              help="Factor with no harsh events (the best discount), e.g. 0.9.")
+@click.option(
+    "--min-factor",
+    type=FACTOR,
+    default="1",
+    show_default=True,
+    help="Factor with no harsh events (the best discount), e.g. 0.9.",
+)
 @click.option("--max-factor", type=FACTOR, default="1", show_default=True, help="Cap of the factor, e.g. 1.5 (≤ 5).")
-@click.option("--step", type=FACTOR, default="0", show_default=True,
-              help="Factor added per harsh-braking or speeding event per 100 km, e.g. 0.1.")
+@click.option(
+    "--step",
+    type=FACTOR,
+    default="0",
+    show_default=True,
+    help="Factor added per harsh-braking or speeding event per 100 km, e.g. 0.1.",
+)
 @click.option("--token", type=TOKEN, default="TEST", show_default=True, help="TEST or an ERC-20 address.")
-@click.option("--start-odometer", type=click.IntRange(0), default=0, show_default=True,
-              help="The vehicle's odometer now, in metres; distance is counted from here.")
-@click.option("--start-harsh", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
-              help="The unit's harsh-braking count now (cumulative since installation); events are counted from here.")
-@click.option("--start-speeding", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
-              help="The unit's speeding count now (cumulative since installation); events are counted from here.")
+@click.option(
+    "--start-odometer",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="The vehicle's odometer now, in metres; distance is counted from here.",
+)
+@click.option(
+    "--start-harsh",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    show_default=True,
+    help="The unit's harsh-braking count now (cumulative since installation); events are counted from here.",
+)
+@click.option(
+    "--start-speeding",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    show_default=True,
+    help="The unit's speeding count now (cumulative since installation); events are counted from here.",
+)
 @click.option("--notice", type=DURATION, default="0", show_default=True, help="Notice period before a close (e.g. 7d).")
 @with_context(sender=True)
-def offer_cmd(cmd: CommandContext, holder: str, vehicle: str, rate: Amount, min_factor: int, max_factor: int,
-              step: int, token: str, start_odometer: int, start_harsh: int, start_speeding: int, notice: int) -> None:
+def offer_cmd(
+    cmd: CommandContext,
+    holder: str,
+    vehicle: str,
+    rate: Amount,
+    min_factor: int,
+    max_factor: int,
+    step: int,
+    token: str,
+    start_odometer: int,
+    start_harsh: int,
+    start_speeding: int,
+    notice: int,
+) -> None:
     """Insurer: offer HOLDER a pay-per-km policy for a registered vehicle.
 
     The unit's registers now (odometer, harsh-braking and speeding counts: all cumulative since it was
@@ -100,13 +147,26 @@ def offer_cmd(cmd: CommandContext, holder: str, vehicle: str, rate: Amount, min_
           --start-odometer 1000000 --start-harsh 500 --start-speeding 200
     """
     info = describe_token(cmd.ops, token)
-    terms = ops.Terms(holder, vehicle, info, info.to_base(rate), min_factor, max_factor, step, start_odometer, notice,
-                      start_harsh, start_speeding)
+    terms = ops.Terms(
+        holder,
+        vehicle,
+        info,
+        info.to_base(rate),
+        min_factor,
+        max_factor,
+        step,
+        start_odometer,
+        notice,
+        start_harsh,
+        start_speeding,
+    )
     policy_id, result = ops.offer(cmd.ops, terms)
-    cmd.emit({"policyId": str(policy_id), "policyIdHex": hex(policy_id), "tx": result.tx_hash, "block": result.block},
-             f"policy [bold]{hex(policy_id)}[/bold] offered to {holder}: {info.format(terms.rate_per_km)} per km, "
-             f"factor {ops.factor_text(min_factor)} … {ops.factor_text(max_factor)} (tx {result.tx_hash})\n"
-             f"next, the holder: iotsettle policy accept {hex(policy_id)} --deposit AMOUNT")
+    cmd.emit(
+        {"policyId": str(policy_id), "policyIdHex": hex(policy_id), "tx": result.tx_hash, "block": result.block},
+        f"policy [bold]{hex(policy_id)}[/bold] offered to {holder}: {info.format(terms.rate_per_km)} per km, "
+        f"factor {ops.factor_text(min_factor)} … {ops.factor_text(max_factor)} (tx {result.tx_hash})\n"
+        f"next, the holder: iotsettle policy accept {hex(policy_id)} --deposit AMOUNT",
+    )
 
 
 def _start_text(start: ops.StartRegisters) -> str:
@@ -116,15 +176,33 @@ def _start_text(start: ops.StartRegisters) -> str:
 @policy.command()
 @click.argument("policy_id", type=ID)
 @click.option("--deposit", type=AMOUNT, required=True, help="Prepaid amount, e.g. 20.")
-@click.option("--expect-start-odometer", type=click.IntRange(0, 2**64 - 1), default=None,
-              help="The odometer (metres) you agree the policy counts from; default: the offer's, as shown.")
-@click.option("--expect-start-harsh", type=click.IntRange(0, 2**32 - 1), default=None,
-              help="The harsh-braking count you agree events are counted from; default: the offer's.")
-@click.option("--expect-start-speeding", type=click.IntRange(0, 2**32 - 1), default=None,
-              help="The speeding count you agree events are counted from; default: the offer's.")
+@click.option(
+    "--expect-start-odometer",
+    type=click.IntRange(0, 2**64 - 1),
+    default=None,
+    help="The odometer (metres) you agree the policy counts from; default: the offer's, as shown.",
+)
+@click.option(
+    "--expect-start-harsh",
+    type=click.IntRange(0, 2**32 - 1),
+    default=None,
+    help="The harsh-braking count you agree events are counted from; default: the offer's.",
+)
+@click.option(
+    "--expect-start-speeding",
+    type=click.IntRange(0, 2**32 - 1),
+    default=None,
+    help="The speeding count you agree events are counted from; default: the offer's.",
+)
 @with_context(sender=True)
-def accept(cmd: CommandContext, policy_id: int, deposit: Amount, expect_start_odometer: int | None,
-           expect_start_harsh: int | None, expect_start_speeding: int | None) -> None:
+def accept(
+    cmd: CommandContext,
+    policy_id: int,
+    deposit: Amount,
+    expect_start_odometer: int | None,
+    expect_start_harsh: int | None,
+    expect_start_speeding: int | None,
+) -> None:
     """Holder: accept an offered policy and prepay DEPOSIT (the token is approved first when needed).
 
     The acceptance names the unit's registers the premium is counted from (the offer's odometer, harsh-braking
@@ -141,13 +219,23 @@ def accept(cmd: CommandContext, policy_id: int, deposit: Amount, expect_start_od
     start = ops.StartRegisters(
         offered.odometer if expect_start_odometer is None else expect_start_odometer,
         offered.harsh if expect_start_harsh is None else expect_start_harsh,
-        offered.speeding if expect_start_speeding is None else expect_start_speeding)
+        offered.speeding if expect_start_speeding is None else expect_start_speeding,
+    )
     base = info.to_base(deposit)
     result = ops.accept(cmd.ops, policy_id, base, start)
-    cmd.emit({"policyId": str(policy_id), "deposit": str(base), "startOdometer": start.odometer,
-              "startHarsh": start.harsh, "startSpeeding": start.speeding, "tx": result.tx_hash, "block": result.block},
-             f"policy {hex(policy_id)} active with {info.format(base)} prepaid, counted from "
-             f"{_start_text(start)} (tx {result.tx_hash})")
+    cmd.emit(
+        {
+            "policyId": str(policy_id),
+            "deposit": str(base),
+            "startOdometer": start.odometer,
+            "startHarsh": start.harsh,
+            "startSpeeding": start.speeding,
+            "tx": result.tx_hash,
+            "block": result.block,
+        },
+        f"policy {hex(policy_id)} active with {info.format(base)} prepaid, counted from "
+        f"{_start_text(start)} (tx {result.tx_hash})",
+    )
 
 
 @policy.command("top-up")
@@ -166,31 +254,55 @@ def top_up(cmd: CommandContext, policy_id: int, amount: Amount) -> None:
     result, arrears_paid = ops.top_up(cmd.ops, policy_id, base)
     view = ops.policy_of(cmd.ops, policy_id)
     paid = f", {info.format(arrears_paid)} of it paid arrears" if arrears_paid else ""
-    cmd.emit({"policyId": str(policy_id), "amount": str(base), "arrearsPaid": str(arrears_paid), "tx": result.tx_hash,
-              "block": result.block, "policy": view.as_dict()},
-             f"policy {hex(policy_id)} topped up by {info.format(base)}{paid}: prepaid {info.format(view.prepaid)}, "
-             f"status {view.status} (tx {result.tx_hash})")
+    cmd.emit(
+        {
+            "policyId": str(policy_id),
+            "amount": str(base),
+            "arrearsPaid": str(arrears_paid),
+            "tx": result.tx_hash,
+            "block": result.block,
+            "policy": view.as_dict(),
+        },
+        f"policy {hex(policy_id)} topped up by {info.format(base)}{paid}: prepaid {info.format(view.prepaid)}, "
+        f"status {view.status} (tx {result.tx_hash})",
+    )
 
 
 def _show_table(view: ops.PolicyView, fmt: Any) -> Table:
     table = Table(show_header=False, title=f"policy {hex(view.policy_id)}")
-    rows = [("status", view.status), ("insurer", view.insurer), ("holder", view.holder), ("vehicle", view.vehicle),
-            ("rate", f"{fmt(view.rate_per_km)} per km at ×1.00"),
-            ("factor bounds", f"{ops.factor_text(view.min_factor_bps)} (no events) … "
-                              f"{ops.factor_text(view.max_factor_bps)} (cap); "
-                              f"+{ops.factor_text(view.step_bps).lstrip('×')} per event per 100 km"),
-            ("current factor", f"{ops.factor_text(view.last_factor_bps)} = {fmt(view.current_rate)} per km"),
-            ("odometer", f"{view.last_odometer:,} m ({(view.last_odometer - view.start_odometer) / 1000:,.1f} km "
-                         "insured so far)"),
-            ("events so far", f"{view.harsh_since_offer} harsh braking, {view.speeding_since_offer} speeding since the "
-                              f"offer (device counters {view.last_harsh} / {view.last_speeding}, from "
-                              f"{view.start_harsh} / {view.start_speeding} at the offer)"),
-            ("last report", f"seq {view.last_seq}, {when(view.last_timestamp)}"),
-            ("prepaid", fmt(view.prepaid)), ("arrears", fmt(view.arrears)), ("premiums charged", fmt(view.charged)),
-            ("earnings to withdraw", fmt(view.earnings_to_withdraw))]
+    rows = [
+        ("status", view.status),
+        ("insurer", view.insurer),
+        ("holder", view.holder),
+        ("vehicle", view.vehicle),
+        ("rate", f"{fmt(view.rate_per_km)} per km at ×1.00"),
+        (
+            "factor bounds",
+            f"{ops.factor_text(view.min_factor_bps)} (no events) … "
+            f"{ops.factor_text(view.max_factor_bps)} (cap); "
+            f"+{ops.factor_text(view.step_bps).lstrip('×')} per event per 100 km",
+        ),
+        ("current factor", f"{ops.factor_text(view.last_factor_bps)} = {fmt(view.current_rate)} per km"),
+        (
+            "odometer",
+            f"{view.last_odometer:,} m ({(view.last_odometer - view.start_odometer) / 1000:,.1f} km insured so far)",
+        ),
+        (
+            "events so far",
+            f"{view.harsh_since_offer} harsh braking, {view.speeding_since_offer} speeding since the "
+            f"offer (device counters {view.last_harsh} / {view.last_speeding}, from "
+            f"{view.start_harsh} / {view.start_speeding} at the offer)",
+        ),
+        ("last report", f"seq {view.last_seq}, {when(view.last_timestamp)}"),
+        ("prepaid", fmt(view.prepaid)),
+        ("arrears", fmt(view.arrears)),
+        ("premiums charged", fmt(view.charged)),
+        ("earnings to withdraw", fmt(view.earnings_to_withdraw)),
+    ]
     if view.notice_period or view.close_at:
-        rows.append(("notice", f"{view.notice_period} s" + (f", close from {when(view.close_at)}" if view.close_at
-                                                             else "")))
+        rows.append(
+            ("notice", f"{view.notice_period} s" + (f", close from {when(view.close_at)}" if view.close_at else ""))
+        )
     for key, value in rows:
         table.add_row(key, value)
     return table
@@ -229,13 +341,28 @@ def history(cmd: CommandContext, policy_id: int, show_all: bool) -> None:
     view, entries = ops.history(cmd.ops, policy_id)
     fmt = describe_token(cmd.ops, view.token).format_short
     shown = [e for e in entries if show_all or e.kind in ("charged", "rejected")]
-    table = Table("seq", "km", "harsh", "speeding", "factor", "rate/km", "amount",
-                  title=f"policy {short_id(policy_id)}: {len(shown)} entries")
+    table = Table(
+        "seq",
+        "km",
+        "harsh",
+        "speeding",
+        "factor",
+        "rate/km",
+        "amount",
+        title=f"policy {short_id(policy_id)}: {len(shown)} entries",
+    )
     why: list[str] = []
     for e in shown:
         if e.kind == "charged":
-            table.add_row(str(e.seq), f"{e.metres / 1000:,.1f}", str(e.harsh_braking), str(e.speeding),
-                          ops.factor_text(e.factor_bps), fmt(e.rate_per_km), fmt(e.amount))
+            table.add_row(
+                str(e.seq),
+                f"{e.metres / 1000:,.1f}",
+                str(e.harsh_braking),
+                str(e.speeding),
+                ops.factor_text(e.factor_bps),
+                fmt(e.rate_per_km),
+                fmt(e.amount),
+            )
             why.append(f"seq {e.seq}: {e.explanation}")
         elif e.kind == "rejected":
             table.add_row(str(e.seq), "", "", "", "", "", "[red]rejected[/red]")
@@ -264,9 +391,11 @@ def request_close(cmd: CommandContext, policy_id: int) -> None:
     """
     result, close_at = ops.request_close(cmd.ops, policy_id)
     close_from = close_at + ops.settlement_grace(cmd.ops) + 1
-    cmd.emit({"policyId": str(policy_id), "closeAt": close_at, "closeFrom": close_from, "tx": result.tx_hash},
-             f"policy {hex(policy_id)} ends at {when(close_at)} and can be closed from {when(close_from)}: "
-             f"iotsettle policy close {hex(policy_id)}")
+    cmd.emit(
+        {"policyId": str(policy_id), "closeAt": close_at, "closeFrom": close_from, "tx": result.tx_hash},
+        f"policy {hex(policy_id)} ends at {when(close_at)} and can be closed from {when(close_from)}: "
+        f"iotsettle policy close {hex(policy_id)}",
+    )
 
 
 @policy.command()
@@ -283,8 +412,10 @@ def close(cmd: CommandContext, policy_id: int) -> None:
     info = _token_of(cmd.ops, policy_id)
     result, refund, credited = ops.close(cmd.ops, policy_id)
     how = "credited to the holder (iotsettle policy withdraw-refund)" if credited else "refunded to the holder"
-    cmd.emit({"policyId": str(policy_id), "refund": str(refund), "credited": credited, "tx": result.tx_hash},
-             f"policy {hex(policy_id)} closed; {info.format(refund)} {how} (tx {result.tx_hash})")
+    cmd.emit(
+        {"policyId": str(policy_id), "refund": str(refund), "credited": credited, "tx": result.tx_hash},
+        f"policy {hex(policy_id)} closed; {info.format(refund)} {how} (tx {result.tx_hash})",
+    )
 
 
 @policy.command()
@@ -299,8 +430,10 @@ def withdraw(cmd: CommandContext, policy_id: int) -> None:
     """
     info = _token_of(cmd.ops, policy_id)
     result, paid = ops.withdraw_earnings(cmd.ops, policy_id)
-    cmd.emit({"policyId": str(policy_id), "amount": str(paid), "tx": result.tx_hash},
-             f"insurer received {info.format(paid)} of premiums from policy {hex(policy_id)} (tx {result.tx_hash})")
+    cmd.emit(
+        {"policyId": str(policy_id), "amount": str(paid), "tx": result.tx_hash},
+        f"insurer received {info.format(paid)} of premiums from policy {hex(policy_id)} (tx {result.tx_hash})",
+    )
 
 
 @policy.command("withdraw-refund")
@@ -315,8 +448,10 @@ def withdraw_refund(cmd: CommandContext, token: str) -> None:
     """
     info = describe_token(cmd.ops, token)
     result, paid = ops.withdraw_refund(cmd.ops, info)
-    cmd.emit({"token": info.address, "amount": str(paid), "tx": result.tx_hash},
-             f"received {info.format(paid)} of refunds credited by the motor policies (tx {result.tx_hash})")
+    cmd.emit(
+        {"token": info.address, "amount": str(paid), "tx": result.tx_hash},
+        f"received {info.format(paid)} of refunds credited by the motor policies (tx {result.tx_hash})",
+    )
 
 
 @policy.command("cancel")
@@ -330,8 +465,9 @@ def cancel_cmd(cmd: CommandContext, policy_id: int) -> None:
       iotsettle policy cancel 0x5fbd…0001
     """
     result = ops.cancel_offer(cmd.ops, policy_id)
-    cmd.emit({"policyId": str(policy_id), "tx": result.tx_hash},
-             f"offer {hex(policy_id)} cancelled (tx {result.tx_hash})")
+    cmd.emit(
+        {"policyId": str(policy_id), "tx": result.tx_hash}, f"offer {hex(policy_id)} cancelled (tx {result.tx_hash})"
+    )
 
 
 @policy.command("list")
@@ -346,15 +482,36 @@ def list_cmd(cmd: CommandContext, party: str | None, vehicle: str | None, status
     Example:
       iotsettle policy list --status active
     """
-    views = [v for v in ops.list_policies(cmd.ops, party=party, vehicle=vehicle)
-             if not status_filter or v.status == status_filter]
-    table = Table("id", "status", "insurer", "holder", "vehicle", "km", "factor", "prepaid", "arrears",
-                  title=f"{len(views)} policies")
+    views = [
+        v
+        for v in ops.list_policies(cmd.ops, party=party, vehicle=vehicle)
+        if not status_filter or v.status == status_filter
+    ]
+    table = Table(
+        "id",
+        "status",
+        "insurer",
+        "holder",
+        "vehicle",
+        "km",
+        "factor",
+        "prepaid",
+        "arrears",
+        title=f"{len(views)} policies",
+    )
     for v in views:
         fmt = describe_token(cmd.ops, v.token).format_short
-        table.add_row(short_id(v.policy_id), v.status, short(v.insurer), short(v.holder), short(v.vehicle),
-                      f"{(v.last_odometer - v.start_odometer) / 1000:,.1f}", ops.factor_text(v.last_factor_bps),
-                      fmt(v.prepaid), fmt(v.arrears))
+        table.add_row(
+            short_id(v.policy_id),
+            v.status,
+            short(v.insurer),
+            short(v.holder),
+            short(v.vehicle),
+            f"{(v.last_odometer - v.start_odometer) / 1000:,.1f}",
+            ops.factor_text(v.last_factor_bps),
+            fmt(v.prepaid),
+            fmt(v.arrears),
+        )
     cmd.emit([v.as_dict() for v in views], table)
 
 
@@ -371,14 +528,37 @@ def settle(cmd: CommandContext, source: str) -> None:
     """
     text = read_payloads(source)
     result, outcomes = ops.settle(cmd.ops, ops.parse_telematics(cmd.ops, text))
-    data = {"tx": result.tx_hash, "block": result.block, "gasUsed": result.gas_used,
-            "results": [{"policyId": str(o.policy_id), "seq": o.seq, "settled": o.settled, "reason": o.reason or None,
-                         "amount": str(o.amount), "factor": ops.factor_text(o.factor_bps) if o.settled else None}
-                        for o in outcomes]}
-    table = Table("policy", "seq", "result", "factor", "premium",
-                  title=f"relayed in block {result.block}, gas {result.gas_used:,}")
+    data = {
+        "tx": result.tx_hash,
+        "block": result.block,
+        "gasUsed": result.gas_used,
+        "results": [
+            {
+                "policyId": str(o.policy_id),
+                "seq": o.seq,
+                "settled": o.settled,
+                "reason": o.reason or None,
+                "amount": str(o.amount),
+                "factor": ops.factor_text(o.factor_bps) if o.settled else None,
+            }
+            for o in outcomes
+        ],
+    }
+    table = Table(
+        "policy",
+        "seq",
+        "result",
+        "factor",
+        "premium",
+        title=f"relayed in block {result.block}, gas {result.gas_used:,}",
+    )
     for o in outcomes:
         premium = _token_of(cmd.ops, o.policy_id).format(o.amount) if o.settled else ""
-        table.add_row(short_id(o.policy_id), str(o.seq), "settled" if o.settled else f"rejected: {o.reason}",
-                      ops.factor_text(o.factor_bps) if o.settled else "", premium)
+        table.add_row(
+            short_id(o.policy_id),
+            str(o.seq),
+            "settled" if o.settled else f"rejected: {o.reason}",
+            ops.factor_text(o.factor_bps) if o.settled else "",
+            premium,
+        )
     cmd.emit(data, table)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
-
 from iotsettle.cli._common import IotSettleGroup
 from iotsettle.cli._params import ADDRESS, AMOUNT, TOKEN, CommandContext, with_context
 from iotsettle.oracle.ops import token as ops
 from iotsettle.oracle.ops.amounts import Amount
+from rich.table import Table
 
 
 @click.group(cls=IotSettleGroup)
@@ -33,8 +32,10 @@ def info(cmd: CommandContext, token_name: str) -> None:
       iotsettle token info
     """
     described = ops.describe_token(cmd.ops, token_name)
-    cmd.emit({"address": described.address, "symbol": described.symbol, "decimals": described.decimals},
-             f"{described.symbol} at {described.address}, {described.decimals} decimals")
+    cmd.emit(
+        {"address": described.address, "symbol": described.symbol, "decimals": described.decimals},
+        f"{described.symbol} at {described.address}, {described.decimals} decimals",
+    )
 
 
 @token.command()
@@ -53,9 +54,11 @@ def mint(cmd: CommandContext, to: str | None, amount: Amount) -> None:
     base = described.to_base(amount)
     result = ops.mint(cmd.ops, recipient, base)
     balance = ops.balance_of(cmd.ops, described, recipient)
-    cmd.emit({"to": recipient, "amount": str(base), "balance": str(balance), "tx": result.tx_hash, "block": result.block},
-             f"minted {described.format(base)} to {recipient}; balance now {described.format(balance)} "
-             f"(tx {result.tx_hash})")
+    cmd.emit(
+        {"to": recipient, "amount": str(base), "balance": str(balance), "tx": result.tx_hash, "block": result.block},
+        f"minted {described.format(base)} to {recipient}; balance now {described.format(balance)} "
+        f"(tx {result.tx_hash})",
+    )
 
 
 @token.command()

@@ -81,32 +81,56 @@ class OracleSettings:
     oracle_id: str = _doc("oracle-1", "name of this instance in status topics, logs and metrics")
     shared_group: str = _doc("", "MQTT 5 shared-subscription group; empty = plain subscription")
     health_port: int = _doc(9464, "port of the /health and /metrics endpoint (0 disables it)")
-    health_host: str = _doc("127.0.0.1", "interface of the /health and /metrics endpoint (0.0.0.0 for a remote scraper)")
+    health_host: str = _doc(
+        "127.0.0.1", "interface of the /health and /metrics endpoint (0.0.0.0 for a remote scraper)"
+    )
     batch_max_events: int = _doc(100, "settlement: most events in one transaction")
     batch_max_wait: float = _doc(0.25, "settlement: seconds the oldest event of a partial batch may wait")
-    settlement_window: float = _doc(0.0, "settlement: seconds of meter readings per agreement collapsed to the newest; 0 = at each batch cut")
+    settlement_window: float = _doc(
+        0.0, "settlement: seconds of meter readings per agreement collapsed to the newest; 0 = at each batch cut"
+    )
     max_in_flight: int = _doc(8, "settlement: transactions sent and not yet mined, at consecutive nonces")
     max_fee_gwei: float = _doc(500.0, "settlement: cap on maxFeePerGas in gwei, re-broadcasts included")
-    priority_fee_gwei: float = _doc(0.0, "settlement: priority fee in gwei; 0 = ask the node (eth_maxPriorityFeePerGas)")
-    rebroadcast_after: float = _doc(15.0, "settlement: seconds before an unmined transaction is re-sent at the same nonce with fees +12.5%")
+    priority_fee_gwei: float = _doc(
+        0.0, "settlement: priority fee in gwei; 0 = ask the node (eth_maxPriorityFeePerGas)"
+    )
+    rebroadcast_after: float = _doc(
+        15.0, "settlement: seconds before an unmined transaction is re-sent at the same nonce with fees +12.5%"
+    )
     intake_batch_size: int = _doc(512, "intake: most MQTT messages verified and committed in one SQLite transaction")
     intake_batch_latency: float = _doc(0.02, "intake: seconds the first message of a partial batch may wait")
     verify_workers: int = _doc(2, "intake: processes decoding and checking signatures; 0 = in the intake thread")
     receive_maximum: int = _doc(4096, "intake: unacknowledged QoS 1 messages the broker may have in flight to us")
-    session_expiry: int = _doc(604800, "intake: seconds the broker keeps our session (and queues events) while we are down")
-    reply_qos: int = _doc(0, "intake: QoS of the replies to devices; 0: a lost reply makes the device retry and get 'duplicate', 1 costs ~40 % of intake speed")
+    session_expiry: int = _doc(
+        604800, "intake: seconds the broker keeps our session (and queues events) while we are down"
+    )
+    reply_qos: int = _doc(
+        0,
+        "intake: QoS of the replies to devices; 0: a lost reply makes the device retry and get 'duplicate', 1 costs ~40 % of intake speed",
+    )
     max_future_skew: int = _doc(300, "rules: seconds an event's timestamp may be ahead of the oracle's clock")
     max_age: int = _doc(604800, "rules: seconds an event's timestamp may be behind the oracle's clock; 0 = no limit")
     max_rate_meter: float = _doc(1000.0, "rules: register units per second a meter can advance; 0 = no limit")
     max_rate_vehicle: float = _doc(100.0, "rules: odometer metres per second a vehicle can advance; 0 = no limit")
-    max_rate_weather_station: float = _doc(10.0, "rules: units per second a weather station register can advance; 0 = no limit")
-    max_speed: float = _doc(350.0, "rules: metres per second between two delivery locations above which it is a teleport; 0 = off")
-    quarantine_threshold: int = _doc(5, "rules: rule failures within quarantine_window that quarantine a device; 0 = never")
+    max_rate_weather_station: float = _doc(
+        10.0, "rules: units per second a weather station register can advance; 0 = no limit"
+    )
+    max_speed: float = _doc(
+        350.0, "rules: metres per second between two delivery locations above which it is a teleport; 0 = off"
+    )
+    quarantine_threshold: int = _doc(
+        5, "rules: rule failures within quarantine_window that quarantine a device; 0 = never"
+    )
     quarantine_window: float = _doc(3600.0, "rules: seconds over which rule failures are counted")
     registry_poll: float = _doc(1.0, "seconds between eth_getLogs polls of the DeviceRegistry's events")
-    reject_retention: float = _doc(30 * 86400.0, "seconds a rejected message stays in the audit table; 0 keeps them forever")
+    reject_retention: float = _doc(
+        30 * 86400.0, "seconds a rejected message stays in the audit table; 0 keeps them forever"
+    )
     drain_timeout: float = _doc(30.0, "seconds SIGTERM/SIGINT waits for in-flight events before exiting")
-    batch_preflight: bool = _doc(False, "settlement: run each batch with eth_call before signing, so a poison item costs no gas (halves settlement throughput on anvil); off = a batch that reverts as a whole is screened after its receipt")
+    batch_preflight: bool = _doc(
+        False,
+        "settlement: run each batch with eth_call before signing, so a poison item costs no gas (halves settlement throughput on anvil); off = a batch that reverts as a whole is screened after its receipt",
+    )
 
 
 @dataclass(frozen=True)
@@ -173,9 +197,8 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-    elif typ is str:
-        if isinstance(value, str):
-            return value
+    elif typ is str and isinstance(value, str):
+        return value
     raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
 
 
@@ -189,8 +212,9 @@ def _project_root(config_file: Path | None) -> Path:
     return Path.cwd()
 
 
-def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
-                *, read_files: bool = True) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None, *, read_files: bool = True
+) -> Config:
     """Read the configuration; raises ConfigError naming the bad key and value.
 
     ``read_files=False`` ignores every file (``path``, ``IOTSETTLE_CONFIG``, ``./iotsettle.toml``): only ``env``

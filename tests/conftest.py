@@ -11,18 +11,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from web3 import Web3
-
-from iotsettle.oracle.chain.connection import Chain, connect, load_sender
 from iotsettle.oracle.chain.compiler import ensure_compiled
-from iotsettle.oracle.config import Config
+from iotsettle.oracle.chain.connection import Chain, connect, load_sender
 from iotsettle.oracle.chain.deploy import deploy_all
 from iotsettle.oracle.chain.node import Anvil, Mosquitto, free_port
+from iotsettle.oracle.config import Config
+from web3 import Web3
+
 from tests.kit.stack import Deployment, make_config
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--runslow", action="store_true", help="also run tests marked slow (crash matrix, soak, scale-out)")
+    parser.addoption(
+        "--runslow", action="store_true", help="also run tests marked slow (crash matrix, soak, scale-out)"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

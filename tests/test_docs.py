@@ -23,7 +23,6 @@ from pathlib import Path
 
 import click
 import pytest
-
 from iotsettle.cli.main import cli
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import solcx
-from solcx.exceptions import SolcError, SolcNotInstalled
-from solcx.install import get_executable
-
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.protocol.errors import CompileError, ToolchainError
+from solcx.exceptions import SolcError, SolcNotInstalled
+from solcx.install import get_executable
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,14 @@ class CompilerSettings:
             # foundry.toml sets bytecode_hash = "none" and cbor_metadata = false: no metadata in bytecode.
             "metadata": {"bytecodeHash": "none", "appendCBOR": False},
             "outputSelection": {
-                "*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object", "evm.deployedBytecode.immutableReferences"]}
+                "*": {
+                    "*": [
+                        "abi",
+                        "evm.bytecode.object",
+                        "evm.deployedBytecode.object",
+                        "evm.deployedBytecode.immutableReferences",
+                    ]
+                }
             },
         }
 

@@ -16,11 +16,10 @@ import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_keyfile import decode_keyfile_json
-from web3 import HTTPProvider, Web3
-from web3.exceptions import Web3Exception
-
 from iotsettle.oracle.config import LOCAL_CHAIN_IDS, Config
 from iotsettle.oracle.protocol.errors import ChainError, KeyFileError
+from web3 import HTTPProvider, Web3
+from web3.exceptions import Web3Exception
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +55,10 @@ def connect(config: Config, rpc_url: str | None = None) -> Chain:
     try:
         chain_id = w3.eth.chain_id
     except (requests.RequestException, OSError, Web3Exception, ValueError) as exc:
-        raise ChainError(f"cannot reach the RPC endpoint {url} ({type(exc).__name__}); is the node running? "
-                         "(`iotsettle node up` starts a local one)") from None
+        raise ChainError(
+            f"cannot reach the RPC endpoint {url} ({type(exc).__name__}); is the node running? "
+            "(`iotsettle node up` starts a local one)"
+        ) from None
     expected = config.chain.chain_id
     if expected and chain_id != expected:
         raise ChainError(f"{url} is chain {chain_id}, but the configuration expects chain {expected}")
@@ -83,7 +84,9 @@ def load_keystore(path: Path, password: str) -> LocalAccount:
     except OSError as exc:
         raise KeyFileError(f"cannot read the key file {path}: {exc.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(f"key file {path} is readable by other users (mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}")
+        raise KeyFileError(
+            f"key file {path} is readable by other users (mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}"
+        )
     try:
         keyfile = json.loads(path.read_text())
         key = decode_keyfile_json(keyfile, password.encode())

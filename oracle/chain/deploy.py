@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from web3.contract import Contract
-
 from iotsettle.oracle.chain.artifacts import Artifact, artifact_hash, artifacts_dir, load_artifact, runtime_matches
 from iotsettle.oracle.chain.connection import Chain
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.protocol.errors import DeploymentError
+from web3.contract import Contract
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,9 @@ def load_manifest(config: Config, chain_id: int) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DeploymentError(f"nothing is deployed on chain {chain_id} yet ({path} is missing); run `iotsettle deploy`") from None
+        raise DeploymentError(
+            f"nothing is deployed on chain {chain_id} yet ({path} is missing); run `iotsettle deploy`"
+        ) from None
     except (OSError, json.JSONDecodeError) as exc:
         raise DeploymentError(f"deployment manifest {path} is unreadable: {exc}") from None
     if manifest.get("format") != MANIFEST_FORMAT:
@@ -88,7 +89,9 @@ def verify_manifest(chain: Chain, config: Config, manifest: dict[str, Any]) -> N
     for name, entry in manifest["contracts"].items():
         code = bytes(chain.w3.eth.get_code(entry["address"]))
         if not runtime_matches(load_artifact(config, name), code):
-            raise DeploymentError(f"{name} at {entry['address']} does not hold the compiled code; run `iotsettle deploy`")
+            raise DeploymentError(
+                f"{name} at {entry['address']} does not hold the compiled code; run `iotsettle deploy`"
+            )
 
 
 def _still_deployed(chain: Chain, artifact: Artifact, entry: dict[str, Any] | None) -> bool:
@@ -123,7 +126,9 @@ def deploy_all(
             continue
         missing = [d for d in step.depends_on if d not in entries]
         if missing:
-            raise DeploymentError(f"{step.name} needs {', '.join(missing)}, which has no artifact; run `iotsettle compile`")
+            raise DeploymentError(
+                f"{step.name} needs {', '.join(missing)}, which has no artifact; run `iotsettle compile`"
+            )
         artifact = load_artifact(config, step.name)
         entry = old_entries.get(step.name)
         if not redeployed.intersection(step.depends_on) and _still_deployed(chain, artifact, entry):
@@ -141,7 +146,9 @@ def deploy_all(
             "args": args,
         }
         redeployed.add(step.name)
-        progress(f"{step.name}: deployed at {receipt['contractAddress']} (block {receipt['blockNumber']}, gas {receipt['gasUsed']})")
+        progress(
+            f"{step.name}: deployed at {receipt['contractAddress']} (block {receipt['blockNumber']}, gas {receipt['gasUsed']})"
+        )
 
     if not entries:
         raise DeploymentError("there is nothing to deploy: no contract artifacts; run `iotsettle compile`")
@@ -151,7 +158,9 @@ def deploy_all(
         "genesisHash": genesis,
         "rpcUrl": chain.rpc_url,
         "deployer": account.address,
-        "updatedAt": datetime.now(UTC).isoformat(timespec="seconds") if redeployed or not previous else previous.get("updatedAt"),
+        "updatedAt": datetime.now(UTC).isoformat(timespec="seconds")
+        if redeployed or not previous
+        else previous.get("updatedAt"),
         "contracts": entries,
     }
     path.parent.mkdir(parents=True, exist_ok=True)

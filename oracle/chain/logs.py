@@ -11,7 +11,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from eth_hash.auto import keccak
-
 from iotsettle.oracle.chain.revert import abi_type
 from iotsettle.oracle.chain.rpc import RpcClient
 
@@ -37,8 +36,14 @@ def log_key(entry: Mapping[str, Any]) -> tuple[int, int]:
     return int(entry["blockNumber"], 16), int(entry["logIndex"], 16)
 
 
-def scan_chunks(rpc: RpcClient, address: str | Sequence[str], start: int, stop: int, topics: Sequence[Any] = (),
-                chunk: int | None = None) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:  # fmt: skip
+def scan_chunks(
+    rpc: RpcClient,
+    address: str | Sequence[str],
+    start: int,
+    stop: int,
+    topics: Sequence[Any] = (),
+    chunk: int | None = None,
+) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
     """``(first, last, logs)`` for each span of at most ``chunk`` blocks (default ``LOG_CHUNK_BLOCKS``) of
     ``start``..``stop``, in order; removed (reorganised) logs are left out."""
     chunk = chunk or LOG_CHUNK_BLOCKS
@@ -50,7 +55,13 @@ def scan_chunks(rpc: RpcClient, address: str | Sequence[str], start: int, stop: 
         first = last + 1
 
 
-def scan(rpc: RpcClient, address: str | Sequence[str], start: int, stop: int, topics: Sequence[Any] = (),
-         chunk: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def scan(
+    rpc: RpcClient,
+    address: str | Sequence[str],
+    start: int,
+    stop: int,
+    topics: Sequence[Any] = (),
+    chunk: int | None = None,
+) -> list[dict[str, Any]]:
     """Every log of ``address`` in ``start``..``stop`` matching ``topics``, in chain order."""
     return [entry for _, _, logs in scan_chunks(rpc, address, start, stop, topics, chunk) for entry in logs]

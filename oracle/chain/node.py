@@ -7,6 +7,7 @@ started (SIGTERM, then SIGKILL after a grace period). The same code starts the s
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -59,7 +60,9 @@ def find_binary(config: Config, name: str) -> str:
     found = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
     if found:
         return found
-    raise ToolchainError(f"{name} is not installed; run scripts/setup (it installs anvil/ganache from npm and mosquitto from apt)")
+    raise ToolchainError(
+        f"{name} is not installed; run scripts/setup (it installs anvil/ganache from npm and mosquitto from apt)"
+    )
 
 
 def port_free(host: str, port: int) -> bool:
@@ -160,8 +163,9 @@ class Service:
 
     def status(self) -> ServiceStatus:
         pid = self.pid()
-        return ServiceStatus(self.name, pid is not None, pid is not None and self.ready(), pid, self.endpoint,
-                             str(self.log_file))
+        return ServiceStatus(
+            self.name, pid is not None, pid is not None and self.ready(), pid, self.endpoint, str(self.log_file)
+        )
 
     def start(self) -> ServiceStatus:
         current = self.status()
@@ -194,7 +198,9 @@ class Service:
                 tail = self._log_tail()
                 raise NodeError(f"{self.name} exited during start-up; last log line: {tail or '(empty)'}")
             time.sleep(0.1)
-        raise NodeError(f"{self.name} did not become ready on {self.endpoint} within {READY_TIMEOUT:.0f} s; see {self.log_file}")
+        raise NodeError(
+            f"{self.name} did not become ready on {self.endpoint} within {READY_TIMEOUT:.0f} s; see {self.log_file}"
+        )
 
     def _log_tail(self) -> str:
         try:
@@ -209,18 +215,14 @@ class Service:
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and _pid_alive(pid):
             time.sleep(0.05)
         if _pid_alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             while _pid_alive(pid):
                 time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)
@@ -239,8 +241,9 @@ class Service:
 class Anvil(Service):
     name = "anvil"
 
-    def __init__(self, config: Config, state_dir: Path | None = None, port: int | None = None,
-                 chain_id: int = ANVIL_CHAIN_ID) -> None:
+    def __init__(
+        self, config: Config, state_dir: Path | None = None, port: int | None = None, chain_id: int = ANVIL_CHAIN_ID
+    ) -> None:
         super().__init__(config, state_dir)
         self._port = port or config.node.anvil_port
         self.chain_id = chain_id
@@ -254,8 +257,16 @@ class Anvil(Service):
         return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
-        command = [find_binary(self.config, "anvil"), "--host", self.host, "--port", str(self.port),
-                   "--chain-id", str(self.chain_id), "--silent"]
+        command = [
+            find_binary(self.config, "anvil"),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--chain-id",
+            str(self.chain_id),
+            "--silent",
+        ]
         if self.config.node.block_time:
             command += ["--block-time", str(self.config.node.block_time)]
         return command
@@ -295,10 +306,8 @@ class Mosquitto(Service):
             f"persistence_location {data}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 100000\n"
-            "max_inflight_messages 0\n"
+            "max_inflight_messages 0\n" + ("user root\n" if os.geteuid() == 0 else "") + "log_dest stdout\n"
             # As root, mosquitto would switch to the 'mosquitto' user and lose access to the state folder.
-            + ("user root\n" if os.geteuid() == 0 else "")
-            + "log_dest stdout\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
         )
         return [binary, "-c", str(self.config_file)]

@@ -18,10 +18,9 @@ from eth_abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
-from web3.exceptions import ContractLogicError
-
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.config import Config
+from web3.exceptions import ContractLogicError
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +169,11 @@ class ErrorDecoder:
                 types = tuple(abi_type(p) for p in inputs)
                 selector = keccak(f"{entry['name']}({','.join(types)})".encode())[:4]
                 self._errors[selector] = _ErrorSpec(
-                    entry["name"], tuple(p.get("name", "") or f"arg{i}" for i, p in enumerate(inputs)), types,
+                    entry["name"],
+                    tuple(p.get("name", "") or f"arg{i}" for i, p in enumerate(inputs)),
+                    types,
                     tuple(str(p.get("internalType", "")) for p in inputs),
-                )  # fmt: skip
+                )
 
     @classmethod
     def from_artifacts(cls, config: Config, names: Iterable[str]) -> ErrorDecoder:
@@ -182,7 +183,9 @@ class ErrorDecoder:
         """Decode revert data (bytes or 0x-hex). Unknown or empty data still gives a readable result."""
         raw = _as_bytes(data)
         if not raw:
-            return DecodedError("Reverted", (), "reverted without a reason (malformed calldata, out of gas, or a bare revert)")
+            return DecodedError(
+                "Reverted", (), "reverted without a reason (malformed calldata, out of gas, or a bare revert)"
+            )
         selector, body = raw[:4], raw[4:]
         try:
             if selector == _ERROR_STRING:
@@ -194,7 +197,9 @@ class ErrorDecoder:
                 return DecodedError("Panic", (("code", code),), f"panic 0x{code:02x}: {what}")
             spec = self._errors.get(selector)
             if spec is None:
-                return DecodedError("unknown", (("data", "0x" + raw.hex()),), f"unknown custom error 0x{selector.hex()}")
+                return DecodedError(
+                    "unknown", (("data", "0x" + raw.hex()),), f"unknown custom error 0x{selector.hex()}"
+                )
             values = abi_decode(list(spec.types), body)
         except (DecodingError, ValueError, OverflowError) as exc:
             return DecodedError("unknown", (("data", "0x" + raw.hex()),), f"undecodable revert data ({exc})")

@@ -20,9 +20,8 @@ from typing import Any
 
 import requests
 from eth_hash.auto import keccak
-from web3.exceptions import Web3Exception
-
 from iotsettle.oracle.protocol.errors import ChainError
+from web3.exceptions import Web3Exception
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (requests.RequestException, 
 class NodeRefused(ChainError):
     """The node answered a call with a JSON-RPC error (as opposed to not answering); ``data`` is its error data."""
 
-    def __init__(self, method: str, message: str, code: int | None = None, data: Any = None) -> None:  # noqa: ANN401
+    def __init__(self, method: str, message: str, code: int | None = None, data: Any = None) -> None:
         super().__init__(f"{method} refused: {message}")
         self.method = method
         self.node_message = message
@@ -62,8 +61,9 @@ def refusal(method: str, error: object) -> NodeRefused:
         if isinstance(data, dict):
             data = data.get("data", data)
         code = error.get("code")
-        return NodeRefused(method, one_sentence(error.get("message", error)), code if isinstance(code, int) else None,
-                           data)  # fmt: skip
+        return NodeRefused(
+            method, one_sentence(error.get("message", error)), code if isinstance(code, int) else None, data
+        )
     return NodeRefused(method, one_sentence(error))
 
 
@@ -75,7 +75,7 @@ class RpcClient:
     or ``NodeRefused`` / ``ChainError``. ``calls`` counts requests made (a batch counts once).
     """
 
-    def __init__(self, w3: Any = None, *, url: str | None = None, timeout: float | None = None) -> None:  # noqa: ANN401
+    def __init__(self, w3: Any = None, *, url: str | None = None, timeout: float | None = None) -> None:
         self._provider: Any = getattr(w3, "provider", None)
         uri = url or str(getattr(self._provider, "endpoint_uri", "") or "")
         self._url = uri if uri.startswith(("http://", "https://")) else None
@@ -99,7 +99,7 @@ class RpcClient:
             self._local.session = session
         return session
 
-    def _post(self, url: str, body: Any) -> Any:  # noqa: ANN401 - JSON
+    def _post(self, url: str, body: Any) -> Any:
         response = self._session().post(url, json=body, timeout=self._timeout)
         response.raise_for_status()
         return response.json()
@@ -114,7 +114,7 @@ class RpcClient:
             raise ChainError(f"{method}: the node answered {str(answer)[:80]}")
         return answer
 
-    def call(self, method: str, params: list[Any]) -> Any:  # noqa: ANN401 - JSON result
+    def call(self, method: str, params: list[Any]) -> Any:
         """The result of one call; ``NodeRefused`` when the node answers with an error, ``ChainError`` when it
         does not answer."""
         try:
@@ -134,8 +134,9 @@ class RpcClient:
         try:
             if self._url is not None:
                 self.calls += 1
-                answers = self._post(self._url, [{"jsonrpc": "2.0", "id": i, "method": m, "params": p}
-                                      for i, (m, p) in enumerate(calls)])  # fmt: skip
+                answers = self._post(
+                    self._url, [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in enumerate(calls)]
+                )
                 if isinstance(answers, list):
                     answers = sorted(answers, key=lambda a: a.get("id", 0) if isinstance(a, dict) else 0)
             elif getattr(self._provider, "make_batch_request", None) is not None:
@@ -193,14 +194,20 @@ class RpcClient:
         code = self.call("eth_getCode", [address, "latest"])
         return "0x" + keccak(bytes.fromhex(str(code)[2:])).hex()
 
-    def get_logs(self, address: str | Sequence[str], start: int, stop: int, topics: Sequence[Any]) -> list[dict[str, Any]]:
+    def get_logs(
+        self, address: str | Sequence[str], start: int, stop: int, topics: Sequence[Any]
+    ) -> list[dict[str, Any]]:
         """The logs of ``address`` in blocks ``start``..``stop`` matching ``topics``, as the node sent them.
 
         Providers cap the results or the span of one call: a refused range is read in halves. A refusal that
         persists down to one block propagates from the first leaf, so this costs at most log2(span) extra calls.
         """
-        query = {"address": address if isinstance(address, str) else list(address), "fromBlock": hex(start),
-                 "toBlock": hex(stop), "topics": list(topics)}  # fmt: skip
+        query = {
+            "address": address if isinstance(address, str) else list(address),
+            "fromBlock": hex(start),
+            "toBlock": hex(stop),
+            "topics": list(topics),
+        }
         try:
             return list(self.call("eth_getLogs", [query]))
         except NodeRefused:

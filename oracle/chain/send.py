@@ -14,6 +14,9 @@ from typing import Any
 
 import requests
 from eth_account.signers.local import LocalAccount
+from iotsettle.oracle.chain.connection import Chain
+from iotsettle.oracle.chain.revert import ErrorDecoder, revert_data
+from iotsettle.oracle.protocol.errors import ChainError
 from web3.contract.contract import ContractFunction
 from web3.exceptions import (
     ContractCustomError,
@@ -22,10 +25,6 @@ from web3.exceptions import (
     TimeExhausted,
     Web3Exception,
 )
-
-from iotsettle.oracle.chain.connection import Chain
-from iotsettle.oracle.chain.revert import ErrorDecoder, revert_data
-from iotsettle.oracle.protocol.errors import ChainError
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +74,9 @@ def _would_revert(exc: ContractLogicError, decode: Decode | None) -> ChainError:
     return ChainError(f"the transaction would revert: {exc.message or exc}")
 
 
-def send(chain: Chain, account: LocalAccount, tx: dict[str, Any], timeout: float = 60.0,
-         decode: Decode | None = None) -> dict[str, Any]:  # fmt: skip
+def send(
+    chain: Chain, account: LocalAccount, tx: dict[str, Any], timeout: float = 60.0, decode: Decode | None = None
+) -> dict[str, Any]:
     """Fill nonce, gas and EIP-1559 fees, sign, send and wait for the receipt; raises ChainError when reverted."""
     w3 = chain.w3
     tx = {"from": account.address, "chainId": chain.chain_id, **tx}
@@ -106,8 +106,9 @@ def send(chain: Chain, account: LocalAccount, tx: dict[str, Any], timeout: float
     return dict(receipt)
 
 
-def send_call(chain: Chain, account: LocalAccount, call: ContractFunction, *, value: int = 0,
-              decode: Decode | None = None) -> dict[str, Any]:  # fmt: skip
+def send_call(
+    chain: Chain, account: LocalAccount, call: ContractFunction, *, value: int = 0, decode: Decode | None = None
+) -> dict[str, Any]:
     """Estimate a contract call (a revert raises what ``decode`` makes of it), then sign, send and wait for the
     receipt."""
     params: dict[str, Any] = {"from": account.address, "value": value}
@@ -119,18 +120,27 @@ def send_call(chain: Chain, account: LocalAccount, call: ContractFunction, *, va
         message = str(exc)
         if "insufficient funds" in message.lower():
             balance = chain.w3.eth.get_balance(account.address)
-            raise ChainError(f"{account.address} has not enough ETH for this transaction "
-                             f"(balance {balance / 1e18:g} ETH{f', value {value / 1e18:g} ETH' if value else ''})") from None
+            raise ChainError(
+                f"{account.address} has not enough ETH for this transaction "
+                f"(balance {balance / 1e18:g} ETH{f', value {value / 1e18:g} ETH' if value else ''})"
+            ) from None
         raise ChainError(f"cannot prepare the transaction: {message}") from None
     # Everything filled here so building the transaction makes no further RPC round trips (~10 ms each).
-    tx = call.build_transaction({**params, "gas": int(gas * 1.2) + 10_000, "chainId": chain.chain_id,
-                                 "nonce": chain.w3.eth.get_transaction_count(account.address, "pending"),
-                                 **fees(chain)})  # fmt: skip
+    tx = call.build_transaction(
+        {
+            **params,
+            "gas": int(gas * 1.2) + 10_000,
+            "chainId": chain.chain_id,
+            "nonce": chain.w3.eth.get_transaction_count(account.address, "pending"),
+            **fees(chain),
+        }
+    )
     return send(chain, account, tx)
 
 
-def send_many(chain: Chain, account: LocalAccount, calls: Sequence[ContractFunction], *, gas: int,
-              decode: Decode | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def send_many(
+    chain: Chain, account: LocalAccount, calls: Sequence[ContractFunction], *, gas: int, decode: Decode | None = None
+) -> list[dict[str, Any]]:
     """Send ``calls`` back to back at consecutive nonces with a fixed gas limit, then wait for every receipt.
 
     For bulk set-up (a demo fleet): one round trip per transaction instead of an estimate and a wait each. A call
@@ -143,8 +153,9 @@ def send_many(chain: Chain, account: LocalAccount, calls: Sequence[ContractFunct
     nonce = w3.eth.get_transaction_count(account.address, "pending")
     hashes = []
     for offset, call in enumerate(calls):
-        tx = call.build_transaction({"from": account.address, "gas": gas, "chainId": chain.chain_id,
-                                     "nonce": nonce + offset, **fee})  # fmt: skip
+        tx = call.build_transaction(
+            {"from": account.address, "gas": gas, "chainId": chain.chain_id, "nonce": nonce + offset, **fee}
+        )
         try:
             hashes.append(w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction))
         except _RPC_ERRORS as exc:
@@ -162,7 +173,8 @@ def send_many(chain: Chain, account: LocalAccount, calls: Sequence[ContractFunct
                 if decode is not None:
                     raise decode(call_revert_data(exc)) from None
                 raise _would_revert(exc, None) from None
-            raise ChainError(f"transaction {tx_hash.to_0x_hex()} reverted in block {receipt['blockNumber']} "
-                             f"(out of gas at {gas}?)")
+            raise ChainError(
+                f"transaction {tx_hash.to_0x_hex()} reverted in block {receipt['blockNumber']} (out of gas at {gas}?)"
+            )
         receipts.append(receipt)
     return receipts

@@ -17,7 +17,6 @@ from functools import lru_cache
 from typing import Any
 
 from eth_utils import to_checksum_address
-
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.errors import ChainError
 
@@ -28,12 +27,25 @@ DAY = 86_400
 BPS = 10_000
 
 #: Events whose block time some figure needs (uptime, suspension lengths, repayment dates).
-TIMED_EVENTS = frozenset({"DeviceRegistered", "DeviceRevoked", "ReadingSettled", "DeliveryConfirmed", "PremiumCharged",
-                          "ObservationRecorded", "AgreementSuspended", "AgreementResumed", "PolicyLapsed",
-                          "PolicyReinstated", "LoanRepaid"})
+TIMED_EVENTS = frozenset(
+    {
+        "DeviceRegistered",
+        "DeviceRevoked",
+        "ReadingSettled",
+        "DeliveryConfirmed",
+        "PremiumCharged",
+        "ObservationRecorded",
+        "AgreementSuspended",
+        "AgreementResumed",
+        "PolicyLapsed",
+        "PolicyReinstated",
+        "LoanRepaid",
+    }
+)
 
 
 # ------------------------------------------------------------------------------------------------ types
+
 
 @dataclass(frozen=True)
 class ChainLog:
@@ -72,8 +84,8 @@ class Profile:
     money: frozenset[str]
 
 
-
 # ------------------------------------------------------------------------------------------------ derivation
+
 
 class _Figures:
     """Accumulates figures by dotted path, with their evidence."""
@@ -113,7 +125,6 @@ class _Figures:
         self.values[path] = None if denominator == 0 else int(self.values.get(numerator, 0)) * BPS // denominator
         for p in (numerator, *denominator_paths):
             self.evidence[path].update(self.evidence.get(p, ()))
-
 
 
 @lru_cache(maxsize=65_536)
@@ -181,36 +192,80 @@ class _Prepaid:
 
 
 _CONSUMER = _Prepaid(
-    section="consumer", contract="MeteredBilling", id_field="agreementId", payer="consumer", device="device",
-    offered="AgreementOffered", accepted="AgreementAccepted", topped_up="ToppedUp", charged="ReadingSettled",
-    suspended="AgreementSuspended", resumed="AgreementResumed", closed="AgreementClosed", cancelled="OfferCancelled",
-    parties=("provider", "device", "token"), count="agreements", charges="readings", charged_money="billed",
-    paid_on_time="readingsPaidOnTime", suspensions="suspensions", resumptions="resumptions",
+    section="consumer",
+    contract="MeteredBilling",
+    id_field="agreementId",
+    payer="consumer",
+    device="device",
+    offered="AgreementOffered",
+    accepted="AgreementAccepted",
+    topped_up="ToppedUp",
+    charged="ReadingSettled",
+    suspended="AgreementSuspended",
+    resumed="AgreementResumed",
+    closed="AgreementClosed",
+    cancelled="OfferCancelled",
+    parties=("provider", "device", "token"),
+    count="agreements",
+    charges="readings",
+    charged_money="billed",
+    paid_on_time="readingsPaidOnTime",
+    suspensions="suspensions",
+    resumptions="resumptions",
     spans=("suspendedSeconds", "longestSuspensionSeconds", "suspendedNow"),
-    per_item=frozenset({"readings", "billed", "readingsPaidOnTime", "suspensions", "deposited"}), arrears_paid=True)
+    per_item=frozenset({"readings", "billed", "readingsPaidOnTime", "suspensions", "deposited"}),
+    arrears_paid=True,
+)
 _MOTOR = _Prepaid(
-    section="motor", contract="MotorInsurance", id_field="policyId", payer="holder", device="vehicle",
-    offered="PolicyOffered", accepted="PolicyAccepted", topped_up="PolicyToppedUp", charged="PremiumCharged",
-    suspended="PolicyLapsed", resumed="PolicyReinstated", closed="PolicyClosed", cancelled="PolicyCancelled",
-    parties=("insurer", "vehicle", "token"), count="policies", charges="reports", charged_money="premiums",
-    paid_on_time="reportsPaidOnTime", suspensions="lapses", resumptions="reinstatements",
-    spans=("lapsedSeconds", "longestLapseSeconds", "lapsedNow"), volumes=("metres", "harshBraking", "speeding"),
-    per_item=frozenset({"reports", "metres", "premiums", "lapses"}))
+    section="motor",
+    contract="MotorInsurance",
+    id_field="policyId",
+    payer="holder",
+    device="vehicle",
+    offered="PolicyOffered",
+    accepted="PolicyAccepted",
+    topped_up="PolicyToppedUp",
+    charged="PremiumCharged",
+    suspended="PolicyLapsed",
+    resumed="PolicyReinstated",
+    closed="PolicyClosed",
+    cancelled="PolicyCancelled",
+    parties=("insurer", "vehicle", "token"),
+    count="policies",
+    charges="reports",
+    charged_money="premiums",
+    paid_on_time="reportsPaidOnTime",
+    suspensions="lapses",
+    resumptions="reinstatements",
+    spans=("lapsedSeconds", "longestLapseSeconds", "lapsedNow"),
+    volumes=("metres", "harshBraking", "speeding"),
+    per_item=frozenset({"reports", "metres", "premiums", "lapses"}),
+)
 _PREPAID = (_CONSUMER, _MOTOR)
 
 #: Events whose block time some figure needs (uptime, suspension lengths, repayment dates).
-TIMED_EVENTS = frozenset({"DeviceRegistered", "DeviceRevoked", "ReadingSettled", "DeliveryConfirmed", "PremiumCharged",
-                          "ObservationRecorded", "AgreementSuspended", "AgreementResumed", "PolicyLapsed",
-                          "PolicyReinstated", "LoanRepaid"})
+TIMED_EVENTS = frozenset(
+    {
+        "DeviceRegistered",
+        "DeviceRevoked",
+        "ReadingSettled",
+        "DeliveryConfirmed",
+        "PremiumCharged",
+        "ObservationRecorded",
+        "AgreementSuspended",
+        "AgreementResumed",
+        "PolicyLapsed",
+        "PolicyReinstated",
+        "LoanRepaid",
+    }
+)
 
 
 def payees_of(subject: str, logs: Sequence[ChainLog]) -> set[str]:
     """The subject and the payout accounts of its accepted loans: payments to those are the subject's income
     (a borrower names its loan's account as seller of escrows and beneficiary of crop cover)."""
     loans = {int(e.args["loanId"]) for e in logs if e.event == "LoanOffered" and e.args["borrower"] == subject}
-    return {subject} | {e.args["account"] for e in logs
-                        if e.event == "LoanAccepted" and int(e.args["loanId"]) in loans}
-
+    return {subject} | {e.args["account"] for e in logs if e.event == "LoanAccepted" and int(e.args["loanId"]) in loans}
 
 
 def follow_ups(subject: str, logs: Sequence[ChainLog]) -> dict[str, dict[str, tuple[tuple[str, ...], list[Any]]]]:
@@ -249,11 +304,15 @@ def follow_ups(subject: str, logs: Sequence[ChainLog]) -> dict[str, dict[str, tu
         _CONSUMER.contract: {_CONSUMER.count: (_CONSUMER.events, consumer)},
         "DeliveryEscrow": {"escrows": (("DeliveryConfirmed", "EscrowRefunded", "EscrowCancelled"), sorted(escrows))},
         _MOTOR.contract: {_MOTOR.count: (_MOTOR.events, motor)},
-        "CropInsurance": {"covers": (("PayoutSent",), sorted(covers)),
-                          "seasons": (("SeasonFinalized",), sorted(cover_seasons)),
-                          "credits": (("Credited",), sorted({pool_token[season_pool[s]] for s in cover_seasons
-                                                              if season_pool.get(s) in pool_token})),
-                          "stations": (("ObservationRecorded",), list(devices))},
+        "CropInsurance": {
+            "covers": (("PayoutSent",), sorted(covers)),
+            "seasons": (("SeasonFinalized",), sorted(cover_seasons)),
+            "credits": (
+                ("Credited",),
+                sorted({pool_token[season_pool[s]] for s in cover_seasons if season_pool.get(s) in pool_token}),
+            ),
+            "stations": (("ObservationRecorded",), list(devices)),
+        },
         "LoanBook": {"loans": (("LoanAccepted", "Repaid", "LoanRepaid", "LoanCancelled"), sorted(loans))},
     }
 
@@ -428,8 +487,9 @@ def _devices(f: _Figures, w: _World) -> None:
         _uptime(f, w, f"devices.items.{device}.uptime", reg, revoked.get(device), settled.get(device, []))
 
 
-def _uptime(f: _Figures, w: _World, base: str, reg: ChainLog, revoked: ChainLog | None,
-            settled: list[ChainLog]) -> None:
+def _uptime(
+    f: _Figures, w: _World, base: str, reg: ChainLog, revoked: ChainLog | None, settled: list[ChainLog]
+) -> None:
     start = w.time_of(reg)
     stop = w.time_of(revoked) if revoked is not None else w.end_time
     size = HOUR if stop - start < YOUNG_DEVICE_SECONDS else DAY
@@ -443,7 +503,6 @@ def _uptime(f: _Figures, w: _World, base: str, reg: ChainLog, revoked: ChainLog 
             first_of_bucket.setdefault(t // size, e)
     f.set(f"{base}.active", len(first_of_bucket), *first_of_bucket.values())
     f.ratio(f"{base}.bps", f"{base}.active", [f"{base}.buckets"])
-
 
 
 def _kept(p: _Prepaid, item: str, name: str) -> tuple[str, ...]:
@@ -538,14 +597,20 @@ def _seller(f: _Figures, w: _World) -> None:
         f.set(f"{s}.items.{escrow_id}.outcome", state, created)
     f.ratio(f"{s}.onTimeBps", f"{s}.delivered", [f"{s}.delivered", f"{s}.refunded", f"{s}.overdue"])
 
+
 def _crop(f: _Figures, w: _World) -> None:
     k = "crop"
     f.zero(*(f"{k}.{x}" for x in ("covers", "payouts", "payoutsCredited", "expired", "pending")))
     settled: set[int] = set()
     # a payout whose push failed: the contract's Credited of the beneficiary right after its PayoutSent
-    credited_at = {(e.tx_hash, e.log_index) for e in w.ordered if e.contract == "CropInsurance" and e.event == "Credited"}
-    untriggered = {int(e.args["seasonId"]): e for e in w.ordered
-                   if e.contract == "CropInsurance" and e.event == "SeasonFinalized" and not e.args["triggered"]}
+    credited_at = {
+        (e.tx_hash, e.log_index) for e in w.ordered if e.contract == "CropInsurance" and e.event == "Credited"
+    }
+    untriggered = {
+        int(e.args["seasonId"]): e
+        for e in w.ordered
+        if e.contract == "CropInsurance" and e.event == "SeasonFinalized" and not e.args["triggered"]
+    }
     for cover_id, e in w.of("CropInsurance", "policyId", w.covers):
         a = e.args
         bought = w.covers[cover_id]
@@ -564,8 +629,13 @@ def _crop(f: _Figures, w: _World) -> None:
             case "PayoutSent":
                 settled.add(cover_id)
                 f.add(f"{k}.payouts", 1, e)
-                to = ("payoutsReceived" if a["beneficiary"] == w.subject
-                      else "payoutsToLoanAccounts" if a["beneficiary"] in w.payees else "payoutsToOthers")
+                to = (
+                    "payoutsReceived"
+                    if a["beneficiary"] == w.subject
+                    else "payoutsToLoanAccounts"
+                    if a["beneficiary"] in w.payees
+                    else "payoutsToOthers"
+                )
                 to = f"{k}.{to}"
                 f.money_add(to, token, int(a["amount"]), e)
                 f.set(f"{item}.outcome", "paid", e)
@@ -583,8 +653,12 @@ def _crop(f: _Figures, w: _World) -> None:
 
 def _loans(f: _Figures, w: _World) -> None:
     b = "loans"
-    f.zero(*(f"{b}.{x}" for x in ("offered", "taken", "cancelled", "fullyRepaid", "repaidByDueBy", "repaidLate",
-                                  "overdue")))
+    f.zero(
+        *(
+            f"{b}.{x}"
+            for x in ("offered", "taken", "cancelled", "fullyRepaid", "repaidByDueBy", "repaidLate", "overdue")
+        )
+    )
     taken: dict[int, ChainLog] = {}
     repaid_in_full: set[int] = set()
     repaid: dict[int, list[ChainLog]] = defaultdict(list)
@@ -630,5 +704,3 @@ def _loans(f: _Figures, w: _World) -> None:
             f.add(f"{b}.overdue", 1, offer, accepted)
             f.set(f"{b}.items.{loan_id}.status", "overdue", offer, accepted)
     f.ratio(f"{b}.onTimeBps", f"{b}.repaidByDueBy", [f"{b}.fullyRepaid", f"{b}.overdue"])
-
-

@@ -19,8 +19,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from iotsettle.oracle.credit.derive import ChainLog, ChainPoint, Profile, derive
-from iotsettle.oracle.credit.scan import (CONTRACTS, ContractRef, ProfileMismatch, ProgressFn, ScanStats, chain_point,
-                                          check_unchanged, contract_refs, scan)
+from iotsettle.oracle.credit.scan import (
+    CONTRACTS,
+    ContractRef,
+    ProfileMismatch,
+    ProgressFn,
+    ScanStats,
+    chain_point,
+    check_unchanged,
+    contract_refs,
+    scan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,62 +38,84 @@ PROFILE_VERSION = 1
 
 DEFINITIONS: dict[str, str] = {
     "amounts": "Money figures are maps token address → base units (decimal strings); tokens are never added up. "
-               "address(0) is ETH.",
+    "address(0) is ETH.",
     "devices": "Devices whose DeviceRegistered event names the subject as owner (a claim of the subject: anyone can "
-               "register keys it controls). keyRotations = KeyRotated events, revokedAt = time of DeviceRevoked.",
+    "register keys it controls). keyRotations = KeyRotated events, revokedAt = time of DeviceRevoked.",
     "devices.uptime": "Share of UTC buckets (days; hours for devices younger than 7 days at the end of the range or "
-                      "at revocation) from the registration bucket to the end bucket inclusive that hold at least "
-                      "one settled event naming the device: ReadingSettled / PremiumCharged (device = top 160 bits "
-                      "of the agreement / policy id), DeliveryConfirmed (device of the escrow's EscrowCreated), "
-                      "ObservationRecorded (station = device). bps = active × 10000 ÷ buckets, rounded down. The "
-                      "evidence of `active` is the first settled event of each active bucket.",
+    "at revocation) from the registration bucket to the end bucket inclusive that hold at least "
+    "one settled event naming the device: ReadingSettled / PremiumCharged (device = top 160 bits "
+    "of the agreement / policy id), DeliveryConfirmed (device of the escrow's EscrowCreated), "
+    "ObservationRecorded (station = device). bps = active × 10000 ÷ buckets, rounded down. The "
+    "evidence of `active` is the first settled event of each active bucket.",
     "devices.settled": "events = settled events naming the device; billed = ReadingSettled amounts (meters: the "
-                       "event carries money, not register units); deliveries / released = DeliveryConfirmed count "
-                       "and toSeller; metres = PremiumCharged metres; rainfall = last − first ObservationRecorded "
-                       "rainfall register in the range (0.01 mm).",
+    "event carries money, not register units); deliveries / released = DeliveryConfirmed count "
+    "and toSeller; metres = PremiumCharged metres; rainfall = last − first ObservationRecorded "
+    "rainfall register in the range (0.01 mm).",
     "consumer": "MeteredBilling agreements whose AgreementOffered names the subject as consumer. deposited = "
-                "AgreementAccepted deposit + ToppedUp amounts (whoever paid); billed = ReadingSettled amounts (taken "
-                "from the prepaid balance); arrearsIncurred = AgreementSuspended arrears; arrearsPaid = ToppedUp "
-                "arrearsPaid.",
+    "AgreementAccepted deposit + ToppedUp amounts (whoever paid); billed = ReadingSettled amounts (taken "
+    "from the prepaid balance); arrearsIncurred = AgreementSuspended arrears; arrearsPaid = ToppedUp "
+    "arrearsPaid.",
     "consumer.paidOnTime": "A settled reading is paid on time when the prepaid balance covered its whole cost when "
-                           "it was settled on chain, i.e. its ReadingSettled is not followed in the same transaction "
-                           "(next log) by AgreementSuspended for the same agreement. A reading that ran the balance "
-                           "dry is not paid on time, even if the arrears were paid later. paidOnTimeBps = "
-                           "readingsPaidOnTime × 10000 ÷ readings (null without readings).",
+    "it was settled on chain, i.e. its ReadingSettled is not followed in the same transaction "
+    "(next log) by AgreementSuspended for the same agreement. A reading that ran the balance "
+    "dry is not paid on time, even if the arrears were paid later. paidOnTimeBps = "
+    "readingsPaidOnTime × 10000 ÷ readings (null without readings).",
     "consumer.suspensions": "suspensions = AgreementSuspended events (fell into arrears); resumptions = "
-                            "AgreementResumed; suspendedSeconds = time between each suspension and its resumption "
-                            "(block times), an unresolved one counted to the end of the range; suspendedNow = "
-                            "agreements still suspended at the end block.",
+    "AgreementResumed; suspendedSeconds = time between each suspension and its resumption "
+    "(block times), an unresolved one counted to the end of the range; suspendedNow = "
+    "agreements still suspended at the end block.",
     "seller": "DeliveryEscrow escrows whose EscrowCreated names as seller the subject or the payout account of one "
-              "of its accepted loans (LoanAccepted.account). delivered = DeliveryConfirmed "
-              "(the contract only accepts a delivery signed no later than the deadline); refunded = EscrowRefunded "
-              "(not delivered by the deadline); overdue = neither released, refunded nor cancelled and the deadline "
-              "passed before the end block; onTimeBps = delivered × 10000 ÷ (delivered + refunded + overdue). "
-              "released / penalties = DeliveryConfirmed toSeller / toBuyer.",
+    "of its accepted loans (LoanAccepted.account). delivered = DeliveryConfirmed "
+    "(the contract only accepts a delivery signed no later than the deadline); refunded = EscrowRefunded "
+    "(not delivered by the deadline); overdue = neither released, refunded nor cancelled and the deadline "
+    "passed before the end block; onTimeBps = delivered × 10000 ÷ (delivered + refunded + overdue). "
+    "released / penalties = DeliveryConfirmed toSeller / toBuyer.",
     "motor": "MotorInsurance policies whose PolicyOffered names the subject as holder. premiums = PremiumCharged "
-             "amounts; reportsPaidOnTime = PremiumCharged not followed in the same transaction by PolicyLapsed for "
-             "the same policy; lapses = PolicyLapsed; lapsedSeconds as consumer.suspendedSeconds.",
+    "amounts; reportsPaidOnTime = PremiumCharged not followed in the same transaction by PolicyLapsed for "
+    "the same policy; lapses = PolicyLapsed; lapsedSeconds as consumer.suspendedSeconds.",
     "crop": "CropInsurance covers whose CoverBought names the subject as buyer, or as beneficiary the subject or "
-            "one of its loans' payout accounts. premiumsPaid counts covers the subject bought; payoutsReceived / "
-            "payoutsToLoanAccounts / payoutsToOthers = PayoutSent amounts to the subject / to its loans' payout "
-            "accounts / to another beneficiary; payoutsCredited = PayoutSent followed in the same transaction by the "
-            "contract's Credited of the beneficiary (the push failed and the amount waits as a pull credit, still the "
-            "beneficiary's); expired = covers of a season whose SeasonFinalized says it did not trigger.",
+    "one of its loans' payout accounts. premiumsPaid counts covers the subject bought; payoutsReceived / "
+    "payoutsToLoanAccounts / payoutsToOthers = PayoutSent amounts to the subject / to its loans' payout "
+    "accounts / to another beneficiary; payoutsCredited = PayoutSent followed in the same transaction by the "
+    "contract's Credited of the beneficiary (the push failed and the amount waits as a pull credit, still the "
+    "beneficiary's); expired = covers of a season whose SeasonFinalized says it did not trigger.",
     "loans": "LoanBook loans whose LoanOffered names the subject as borrower. taken = LoanAccepted; repaid = "
-             "Repaid amounts; repaidByDueBy = LoanRepaid in a block whose time ≤ dueBy; overdue = taken, not "
-             "repaid, dueBy before the end block; outstanding = repayment − repaid of taken loans; onTimeBps = "
-             "repaidByDueBy × 10000 ÷ (fullyRepaid + overdue).",
+    "Repaid amounts; repaidByDueBy = LoanRepaid in a block whose time ≤ dueBy; overdue = taken, not "
+    "repaid, dueBy before the end block; outstanding = repayment − repaid of taken loans; onTimeBps = "
+    "repaidByDueBy × 10000 ÷ (fullyRepaid + overdue).",
     "trust": "Only settled on-chain events count. Devices are the subject's own claims and may be sybils it "
-             "controls; a counterparty may be the subject itself under another address. See docs/CREDIT.md.",
+    "controls; a counterparty may be the subject itself under another address. See docs/CREDIT.md.",
 }
 
 #: Containers present in every export even when empty (a stable shape for readers).
-_SECTIONS = ("devices.items", "devices.byKind", "consumer.items", "seller.items", "motor.items", "crop.items",
-             "loans.items", "consumer.deposited", "consumer.billed", "consumer.arrearsIncurred", "consumer.arrearsPaid",
-             "seller.funded", "seller.released", "seller.penalties", "motor.deposited", "motor.premiums",
-             "motor.arrearsIncurred", "crop.cover", "crop.premiumsPaid", "crop.payoutsReceived", "crop.payoutsToLoanAccounts",
-             "crop.payoutsToOthers",
-             "loans.principal", "loans.repaymentDue", "loans.repaid", "loans.outstanding")
+_SECTIONS = (
+    "devices.items",
+    "devices.byKind",
+    "consumer.items",
+    "seller.items",
+    "motor.items",
+    "crop.items",
+    "loans.items",
+    "consumer.deposited",
+    "consumer.billed",
+    "consumer.arrearsIncurred",
+    "consumer.arrearsPaid",
+    "seller.funded",
+    "seller.released",
+    "seller.penalties",
+    "motor.deposited",
+    "motor.premiums",
+    "motor.arrearsIncurred",
+    "crop.cover",
+    "crop.premiumsPaid",
+    "crop.payoutsReceived",
+    "crop.payoutsToLoanAccounts",
+    "crop.payoutsToOthers",
+    "loans.principal",
+    "loans.repaymentDue",
+    "loans.repaid",
+    "loans.outstanding",
+)
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,8 +145,9 @@ def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def document(profile: Profile, point: ChainPoint, contracts: Mapping[str, ContractRef],
-             logs: Sequence[ChainLog]) -> dict[str, Any]:
+def document(
+    profile: Profile, point: ChainPoint, contracts: Mapping[str, ContractRef], logs: Sequence[ChainLog]
+) -> dict[str, Any]:
     """The exportable profile: header, definitions, figures and compact evidence."""
     by_key = {e.key: e for e in logs}
     used = sorted({key for keys in profile.evidence.values() for key in keys})
@@ -125,8 +157,12 @@ def document(profile: Profile, point: ChainPoint, contracts: Mapping[str, Contra
         "profileVersion": PROFILE_VERSION,
         "subject": profile.subject,
         "chain": {"chainId": point.chain_id, "genesisHash": point.genesis_hash},
-        "range": {"fromBlock": min((c.from_block for c in contracts.values()), default=0), "toBlock": point.to_block,
-                  "toBlockHash": point.to_block_hash, "toBlockTime": point.to_block_time},
+        "range": {
+            "fromBlock": min((c.from_block for c in contracts.values()), default=0),
+            "toBlock": point.to_block,
+            "toBlockHash": point.to_block_hash,
+            "toBlockTime": point.to_block_time,
+        },
         "contracts": {name: ref.as_dict() for name, ref in sorted(contracts.items())},
         "definitions": DEFINITIONS,
         "figures": _nest(values),
@@ -146,8 +182,10 @@ def first_difference(claimed: Mapping[str, Any], derived: Mapping[str, Any]) -> 
     """A sentence naming the first figure (or header field) where ``claimed`` differs from ``derived``."""
     for section in ("profileVersion", "subject", "chain", "range", "contracts"):
         if claimed.get(section) != derived.get(section):
-            return f"{section}: the file says {json.dumps(claimed.get(section), sort_keys=True)}, " \
-                   f"the chain gives {json.dumps(derived.get(section), sort_keys=True)}"
+            return (
+                f"{section}: the file says {json.dumps(claimed.get(section), sort_keys=True)}, "
+                f"the chain gives {json.dumps(derived.get(section), sort_keys=True)}"
+            )
     mine, theirs = flatten(claimed.get("figures") or {}), flatten(derived["figures"])
     for path in sorted(set(mine) | set(theirs)):
         if path not in theirs:
@@ -183,8 +221,14 @@ class ProfileRun:
     seconds: float
 
 
-def build(w3: Any, subject: str, point: ChainPoint, contracts: Mapping[str, ContractRef],
-          abis: Mapping[str, Sequence[Mapping[str, Any]]], progress: ProgressFn = lambda _m: None) -> ProfileRun:
+def build(
+    w3: Any,
+    subject: str,
+    point: ChainPoint,
+    contracts: Mapping[str, ContractRef],
+    abis: Mapping[str, Sequence[Mapping[str, Any]]],
+    progress: ProgressFn = lambda _m: None,
+) -> ProfileRun:
     """Scan, derive and assemble the exportable document."""
     started = time.perf_counter()
     logs, times, stats = scan(w3, subject, contracts, abis, point.to_block, progress)
@@ -196,8 +240,12 @@ def build(w3: Any, subject: str, point: ChainPoint, contracts: Mapping[str, Cont
     return ProfileRun(doc, stats, seconds)
 
 
-def verify_document(w3: Any, claimed: Mapping[str, Any], abis: Mapping[str, Sequence[Mapping[str, Any]]],
-                    progress: ProgressFn = lambda _m: None) -> ProfileRun:
+def verify_document(
+    w3: Any,
+    claimed: Mapping[str, Any],
+    abis: Mapping[str, Sequence[Mapping[str, Any]]],
+    progress: ProgressFn = lambda _m: None,
+) -> ProfileRun:
     """Re-derive ``claimed``'s profile from the chain behind ``w3``; raise ProfileMismatch naming the first
     difference. Only the file and the node are used: the addresses and block range come from the file."""
     try:
@@ -205,27 +253,38 @@ def verify_document(w3: Any, claimed: Mapping[str, Any], abis: Mapping[str, Sequ
         subject = claimed["subject"]
         chain, rng, contracts = claimed["chain"], claimed["range"], claimed["contracts"]
         to_block = int(rng["toBlock"])
-        deployments = {name: (str(c["address"]), int(c["fromBlock"]), str(c["deployTx"]))
-                       for name, c in contracts.items()}
+        deployments = {
+            name: (str(c["address"]), int(c["fromBlock"]), str(c["deployTx"])) for name, c in contracts.items()
+        }
     except (KeyError, TypeError, ValueError, AttributeError):
-        raise ProfileMismatch("this file is not a credit profile (chain, range, contracts or subject missing)") from None
+        raise ProfileMismatch(
+            "this file is not a credit profile (chain, range, contracts or subject missing)"
+        ) from None
     if version != PROFILE_VERSION:
-        raise ProfileMismatch(f"profile version {version!r} is not understood here (this version reads {PROFILE_VERSION})")
+        raise ProfileMismatch(
+            f"profile version {version!r} is not understood here (this version reads {PROFILE_VERSION})"
+        )
     unknown = sorted(set(deployments) - set(CONTRACTS))
     if unknown:
         raise ProfileMismatch(f"contracts: {', '.join(unknown)} is not part of a credit profile")
     point = chain_point(w3, None)
     if point.chain_id != chain.get("chainId"):
-        raise ProfileMismatch(f"chain: the file is for chain {chain.get('chainId')}, this node is chain {point.chain_id}")
+        raise ProfileMismatch(
+            f"chain: the file is for chain {chain.get('chainId')}, this node is chain {point.chain_id}"
+        )
     if point.genesis_hash != chain.get("genesisHash"):
-        raise ProfileMismatch(f"chain: this node's genesis block is {point.genesis_hash}, the file's is "
-                              f"{chain.get('genesisHash')} (another chain with the same id)")
+        raise ProfileMismatch(
+            f"chain: this node's genesis block is {point.genesis_hash}, the file's is "
+            f"{chain.get('genesisHash')} (another chain with the same id)"
+        )
     if to_block > point.to_block:
         raise ProfileMismatch(f"range: block {to_block} is not on this node yet (latest {point.to_block})")
     point = chain_point(w3, to_block)
     if point.to_block_hash != rng.get("toBlockHash"):
-        raise ProfileMismatch(f"range: block {to_block} is {point.to_block_hash} on this node, the file was made at "
-                              f"{rng.get('toBlockHash')} (a reorganised or different chain)")
+        raise ProfileMismatch(
+            f"range: block {to_block} is {point.to_block_hash} on this node, the file was made at "
+            f"{rng.get('toBlockHash')} (a reorganised or different chain)"
+        )
     refs = contract_refs(w3, deployments, to_block)
     missing = sorted(set(deployments) - set(refs))
     if missing:

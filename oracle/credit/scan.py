@@ -9,13 +9,12 @@ rule (``iotsettle.oracle.credit.derive.follow_ups``), so the fetching and the fi
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_utils import to_checksum_address
-
 from iotsettle.oracle.chain import logs as chain_logs
 from iotsettle.oracle.chain.revert import abi_type
 from iotsettle.oracle.chain.rpc import BLOCKS_PER_BATCH, RpcClient
@@ -39,8 +38,12 @@ class ContractRef:
     code_hash: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"address": self.address, "fromBlock": self.from_block, "deployTx": self.deploy_tx,
-                "codeHash": self.code_hash}
+        return {
+            "address": self.address,
+            "fromBlock": self.from_block,
+            "deployTx": self.deploy_tx,
+            "codeHash": self.code_hash,
+        }
 
 
 class ProfileMismatch(IotSettleError):
@@ -69,7 +72,9 @@ def _word(abi_type: str, word: bytes) -> Any:
     return bytes(word)  # bytes32
 
 
-_STATIC = {"address", "bool", "bytes32"} | {f"uint{n}" for n in range(8, 257, 8)} | {f"int{n}" for n in range(8, 257, 8)}
+_STATIC = (
+    {"address", "bool", "bytes32"} | {f"uint{n}" for n in range(8, 257, 8)} | {f"int{n}" for n in range(8, 257, 8)}
+)
 
 
 @dataclass(frozen=True)
@@ -89,10 +94,10 @@ class _EventAbi:
 
     def decode(self, topics: Sequence[str], data: str) -> dict[str, Any]:
         args: dict[str, Any] = {}
-        for (name, abi_type), topic in zip(self.indexed, topics[1:], strict=True):
+        for (name, typ), topic in zip(self.indexed, topics[1:], strict=True):
             raw = bytes.fromhex(topic[2:])
             # An indexed dynamic value is only its hash: kept as bytes.
-            args[name] = _word(abi_type, raw) if abi_type in _STATIC else raw
+            args[name] = _word(typ, raw) if typ in _STATIC else raw
         blob = bytes.fromhex(data[2:])
         if all(t in _STATIC for _, t in self.data):
             for i, (name, abi_type) in enumerate(self.data):
@@ -112,8 +117,14 @@ class ScanStats:
 
 
 class _Scanner:
-    def __init__(self, rpc: RpcClient, contracts: Mapping[str, ContractRef], abis: Mapping[str, Sequence[Mapping[str, Any]]],
-                 to_block: int, progress: ProgressFn) -> None:
+    def __init__(
+        self,
+        rpc: RpcClient,
+        contracts: Mapping[str, ContractRef],
+        abis: Mapping[str, Sequence[Mapping[str, Any]]],
+        to_block: int,
+        progress: ProgressFn,
+    ) -> None:
         self._rpc = rpc
         self._contracts = contracts
         self._to_block = to_block
@@ -139,12 +150,21 @@ class _Scanner:
             for raw in raws:
                 event = by_topic.get(str(raw["topics"][0]).lower())
                 if event is not None:
-                    out.append(ChainLog(int(raw["blockNumber"], 16), int(raw["logIndex"], 16),
-                                        str(raw["transactionHash"]), contract, event.name,
-                                        event.decode(raw["topics"], raw["data"])))
+                    out.append(
+                        ChainLog(
+                            int(raw["blockNumber"], 16),
+                            int(raw["logIndex"], 16),
+                            str(raw["transactionHash"]),
+                            contract,
+                            event.name,
+                            event.decode(raw["topics"], raw["data"]),
+                        )
+                    )
             if total > chain_logs.LOG_CHUNK_BLOCKS:
-                self._progress(f"{contract} {', '.join(events)}: blocks {ref.from_block}..{stop} "
-                               f"({(stop - ref.from_block + 1) * 100 // total}%)")
+                self._progress(
+                    f"{contract} {', '.join(events)}: blocks {ref.from_block}..{stop} "
+                    f"({(stop - ref.from_block + 1) * 100 // total}%)"
+                )
         return out
 
     def fetch_ids(self, contract: str, events: Sequence[str], ids: Sequence[Any]) -> list[ChainLog]:
@@ -154,8 +174,14 @@ class _Scanner:
         return out
 
 
-def scan(w3: Any, subject: str, contracts: Mapping[str, ContractRef], abis: Mapping[str, Sequence[Mapping[str, Any]]],
-         to_block: int, progress: ProgressFn = lambda _m: None) -> tuple[list[ChainLog], dict[int, int], ScanStats]:
+def scan(
+    w3: Any,
+    subject: str,
+    contracts: Mapping[str, ContractRef],
+    abis: Mapping[str, Sequence[Mapping[str, Any]]],
+    to_block: int,
+    progress: ProgressFn = lambda _m: None,
+) -> tuple[list[ChainLog], dict[int, int], ScanStats]:
     """Every log that concerns ``subject`` up to ``to_block``, and the block times the figures need."""
     subject = to_checksum_address(subject)
     rpc = RpcClient(w3)
@@ -193,8 +219,10 @@ def check_unchanged(w3: Any, point: ChainPoint) -> None:
     logs of two histories."""
     now = RpcClient(w3).header(point.to_block)
     if str(now["hash"]) != point.to_block_hash:
-        raise ChainError(f"block {point.to_block} was reorganised during the scan ({point.to_block_hash} → "
-                         f"{now['hash']}); profile again, with --to-block a few blocks behind the head")
+        raise ChainError(
+            f"block {point.to_block} was reorganised during the scan ({point.to_block_hash} → "
+            f"{now['hash']}); profile again, with --to-block a few blocks behind the head"
+        )
 
 
 def chain_point(w3: Any, to_block: int | None) -> ChainPoint:
@@ -206,8 +234,9 @@ def chain_point(w3: Any, to_block: int | None) -> ChainPoint:
         raise ChainError(f"block {to_block} is not mined yet (latest is {latest_number})")
     end = latest if to_block is None else rpc.header(to_block)
     chain_id = rpc.chain_id()
-    return ChainPoint(chain_id, str(rpc.header(0)["hash"]), int(end["number"], 16), str(end["hash"]),
-                      int(end["timestamp"], 16))
+    return ChainPoint(
+        chain_id, str(rpc.header(0)["hash"]), int(end["number"], 16), str(end["hash"]), int(end["timestamp"], 16)
+    )
 
 
 def contract_refs(w3: Any, deployments: Mapping[str, tuple[str, int, str]], to_block: int) -> dict[str, ContractRef]:
@@ -226,8 +255,9 @@ def contract_refs(w3: Any, deployments: Mapping[str, tuple[str, int, str]], to_b
         receipt = rpc.receipt(tx)
         created = receipt.get("contractAddress") if receipt else None
         if not created or to_checksum_address(created) != address or int(receipt["blockNumber"], 16) != block:
-            raise ProfileMismatch(f"contracts: {name} at {address} was not created by transaction {tx} in block "
-                                  f"{block}, so its history may start elsewhere")
+            raise ProfileMismatch(
+                f"contracts: {name} at {address} was not created by transaction {tx} in block "
+                f"{block}, so its history may start elsewhere"
+            )
         refs[name] = ContractRef(name, address, int(block), tx, rpc.code_hash(address))
     return refs
-

@@ -14,12 +14,11 @@ from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_hash.auto import keccak
-from web3 import Web3
-
-from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.chain.revert import abi_type as _abi_type
 from iotsettle.oracle.daemon.store import StoredEvent, signed_fields
 from iotsettle.oracle.protocol.errors import ChainError
+from iotsettle.oracle.protocol.kinds import KINDS
+from web3 import Web3
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +52,13 @@ class KindSpec:
                 f"({','.join(signed)},bytes32,bytes32); run `iotsettle compile` or upgrade iotsettle"
             )
         return cls(
-            kind, Web3.to_checksum_address(contract), keccak(f"{spec.batch_function}({arg_type})".encode())[:4],
-            components, _topic(_abi_entry(abi, "event", spec.settled_event)),
+            kind,
+            Web3.to_checksum_address(contract),
+            keccak(f"{spec.batch_function}({arg_type})".encode())[:4],
+            components,
+            _topic(_abi_entry(abi, "event", spec.settled_event)),
             _topic(_abi_entry(abi, "event", spec.rejected_event)),
-        )  # fmt: skip
+        )
 
     def values(self, event: StoredEvent) -> tuple[Any, ...]:
         """The item tuple of one event: its signed fields in signing order + the ERC-2098 compact signature (r, vs)."""
@@ -80,7 +82,7 @@ class KindSpec:
 _ARRAY_OFFSET = (32).to_bytes(32, "big")
 
 
-def _abi_word(typ: str, value: Any) -> bytes:  # noqa: ANN401 - one ABI value
+def _abi_word(typ: str, value: Any) -> bytes:
     if typ == "bytes32":
         raw = bytes(value or b"")
         if len(raw) != 32:

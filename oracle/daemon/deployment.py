@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from web3.contract import Contract
-
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.chain.connection import Chain, connect, load_sender
 from iotsettle.oracle.chain.deploy import load_manifest, verify_manifest
@@ -21,6 +19,7 @@ from iotsettle.oracle.chain.revert import ErrorDecoder
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.protocol.errors import DeploymentError
 from iotsettle.oracle.protocol.kinds import CONTRACT_OF_KIND
+from web3.contract import Contract
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ class Health:
         for name, check in self._checks.items():
             try:
                 results[name] = check()
-            except Exception as exc:  # noqa: BLE001 - a failing probe is itself the answer: "down", with why
+            except Exception as exc:
                 results[name] = (State.DOWN, f"check failed: {exc}")
         return {
             "status": str(overall(results)),
@@ -71,7 +71,7 @@ class Health:
         for refresh in self._refresh:
             try:
                 refresh()
-            except Exception:  # noqa: BLE001 - stale gauges beat a failed scrape; logged in full
+            except Exception:
                 log.exception("refreshing metrics failed")
         return self.metrics.render()
 
@@ -80,7 +80,7 @@ class Health:
         health = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path in ("/health", "/healthz", "/"):
                     report = health.report()
@@ -99,13 +99,15 @@ class Health:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - overrides http.server's name
+            def log_message(self, format: str, *args: Any) -> None:
                 log.debug("health: " + format, *args)
 
         try:
             self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         except OSError as exc:
-            raise ConfigError(f"[oracle] health_port {self.port}: cannot listen on {self.host}: {exc.strerror}") from None
+            raise ConfigError(
+                f"[oracle] health_port {self.port}: cannot listen on {self.host}: {exc.strerror}"
+            ) from None
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)

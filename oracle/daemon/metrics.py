@@ -28,17 +28,22 @@ class Metrics:
         # intake
         self.received = Counter(f"{PREFIX}_received", "MQTT messages received on the events topics", registry=r)
         self.verified = Counter(
-            f"{PREFIX}_verified", "events whose payload parsed and whose signature recovered to the claimed device",
+            f"{PREFIX}_verified",
+            "events whose payload parsed and whose signature recovered to the claimed device",
             registry=r,
-        )  # fmt: skip
+        )
         self.rejected = Counter(f"{PREFIX}_rejected", "events refused, by reason", ["reason"], registry=r)
-        self.duplicates = Counter(f"{PREFIX}_duplicates", "events already stored (redelivery, device retry)", registry=r)
+        self.duplicates = Counter(
+            f"{PREFIX}_duplicates", "events already stored (redelivery, device retry)", registry=r
+        )
         self.stored = Counter(f"{PREFIX}_stored", "events accepted and durably stored", registry=r)
         self.acked = Counter(f"{PREFIX}_acked", "MQTT messages acknowledged after their batch committed", registry=r)
         self.intake_batch_size = Histogram(
-            f"{PREFIX}_intake_batch_size", "messages per intake batch (one SQLite transaction)",
-            buckets=BATCH_BUCKETS, registry=r,
-        )  # fmt: skip
+            f"{PREFIX}_intake_batch_size",
+            "messages per intake batch (one SQLite transaction)",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.intake_batch_seconds = Histogram(
             f"{PREFIX}_intake_batch_seconds", "time to verify, check and commit one intake batch", registry=r
         )
@@ -51,19 +56,25 @@ class Metrics:
         # settlement (incremented by the settlement half)
         self.settled = Counter(f"{PREFIX}_settled", "events settled on chain (mined)", ["kind"], registry=r)
         self.finalized = Counter(f"{PREFIX}_finalized", "events with enough confirmations", ["kind"], registry=r)
-        self.dead_lettered = Counter(f"{PREFIX}_dead_lettered", "events that will never settle, by reason", ["reason"],
-                                     registry=r)  # fmt: skip
-        self.transactions = Counter(f"{PREFIX}_transactions", "settlement transactions by outcome", ["outcome"],
-                                    registry=r)  # fmt: skip
+        self.dead_lettered = Counter(
+            f"{PREFIX}_dead_lettered", "events that will never settle, by reason", ["reason"], registry=r
+        )
+        self.transactions = Counter(
+            f"{PREFIX}_transactions", "settlement transactions by outcome", ["outcome"], registry=r
+        )
         self.gas_per_event = Histogram(
-            f"{PREFIX}_gas_per_event", "gas used by a settlement transaction divided by its events",
-            buckets=GAS_BUCKETS, registry=r,
-        )  # fmt: skip
+            f"{PREFIX}_gas_per_event",
+            "gas used by a settlement transaction divided by its events",
+            buckets=GAS_BUCKETS,
+            registry=r,
+        )
         self.backlog = Gauge(f"{PREFIX}_backlog", "stored events by settlement status", ["status"], registry=r)
         self.latency = Histogram(
-            f"{PREFIX}_publish_to_confirmed_seconds", "device timestamp → settlement transaction confirmed",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            f"{PREFIX}_publish_to_confirmed_seconds",
+            "device timestamp → settlement transaction confirmed",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.last_settled_block = Gauge(f"{PREFIX}_last_settled_block", "block of the newest settlement", registry=r)
         self.info = Gauge(f"{PREFIX}_up", "1 while the daemon runs", list(labels), registry=r)
         self.info.labels(**labels).set(1)

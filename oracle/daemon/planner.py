@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
+from iotsettle.oracle.daemon.store import Store, StoredEvent
 from iotsettle.oracle.protocol.kinds import KINDS as EVENT_KINDS
-from iotsettle.oracle.daemon.store import StoredEvent, Store
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,14 @@ class Planner:
     pending in the store.
     """
 
-    def __init__(self, store: Store, settings: PlannerSettings, *, kinds: Sequence[str] = KINDS,
-                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        settings: PlannerSettings,
+        *,
+        kinds: Sequence[str] = KINDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if settings.batch_max_events < 1:
             raise ValueError("batch_max_events must be ≥ 1")
         unknown = set(kinds) - set(EVENT_KINDS)
@@ -83,9 +89,7 @@ class Planner:
         self._clock = clock
         self.kinds = tuple(k for k in EVENT_KINDS if k in kinds)  # table order: the order batches are cut in
         # cumulative kinds: (contract, target) → newest event held; insertion order = first held
-        self._newest: dict[str, dict[tuple[str, int], _Held]] = {
-            k: {} for k in self.kinds if EVENT_KINDS[k].cumulative
-        }
+        self._newest: dict[str, dict[tuple[str, int], _Held]] = {k: {} for k in self.kinds if EVENT_KINDS[k].cumulative}
         # the other kinds: every event, in claim order (= acceptance order, so seq order per device)
         self._queued: dict[str, list[StoredEvent]] = {k: [] for k in self.kinds if not EVENT_KINDS[k].cumulative}
         self._waiting_sql = (
@@ -108,8 +112,11 @@ class Planner:
         is due now), or None when nothing is held: the settlement loop sleeps that long instead of polling."""
         window = self.settings.settlement_window
         wait = self.settings.batch_max_wait
-        dues = [held.since + window if window > 0 else held.event.received_at + wait
-                for newest in self._newest.values() for held in newest.values()]  # fmt: skip
+        dues = [
+            held.since + window if window > 0 else held.event.received_at + wait
+            for newest in self._newest.values()
+            for held in newest.values()
+        ]
         dues += [event.received_at + wait for queued in self._queued.values() for event in queued]
         if not dues:
             return None
@@ -147,7 +154,7 @@ class Planner:
         """Kinds with pending events, by a read (no write lock): an idle pass must not queue behind intake's commits."""
         if not self.kinds:
             return set()
-        rows = self.store._read(self._waiting_sql, self.kinds)  # noqa: SLF001 - the store's locked read helper
+        rows = self.store._read(self._waiting_sql, self.kinds)
         # one index probe per kind (events_by_status), however long the backlog
         return {row[0] for row in rows}
 
@@ -205,8 +212,7 @@ class Planner:
             batches += cut
         return batches
 
-    def _cut_kind(self, kind: str, events: list[StoredEvent], now: float, max_batches: int,
-                  flush: bool) -> list[Batch]:  # fmt: skip
+    def _cut_kind(self, kind: str, events: list[StoredEvent], now: float, max_batches: int, flush: bool) -> list[Batch]:
         by_contract: dict[str, list[StoredEvent]] = {}
         for event in events:
             by_contract.setdefault(event.contract, []).append(event)

@@ -18,14 +18,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from eth_utils import to_checksum_address
-from web3 import Web3
-from web3.contract import Contract
-
 from iotsettle.oracle.chain.logs import log_key, scan_chunks, topic0
 from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.store import RegistryEntry, Store
 from iotsettle.oracle.protocol.errors import ChainError, StoreError
+from web3 import Web3
+from web3.contract import Contract
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +34,20 @@ FOLLOWED_EVENTS = ("DeviceRegistered", "KeyRotated", "DeviceRevoked")
 class RegistryFollower:
     """Mirrors one DeviceRegistry into the store. ``sync()`` catches up once; ``start()`` keeps following."""
 
-    def __init__(self, w3: Web3, registry: Contract, store: Store, *, chain_id: int, start_block: int = 0,
-                 poll_interval: float = 1.0, confirmations: int = 0, chunk: int = 10_000,
-                 on_change: Callable[[], None] = lambda: None, metrics: Metrics | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        w3: Web3,
+        registry: Contract,
+        store: Store,
+        *,
+        chain_id: int,
+        start_block: int = 0,
+        poll_interval: float = 1.0,
+        confirmations: int = 0,
+        chunk: int = 10_000,
+        on_change: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.w3 = w3
         self.rpc = RpcClient(w3)
         self.registry = registry

@@ -28,15 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from iotsettle.oracle.protocol import wire
-from iotsettle.oracle.protocol.kinds import KINDS, EventKind
 from iotsettle.oracle.daemon.store import DeviceState
-from iotsettle.oracle.protocol.location import EARTH_RADIUS_M, distance_m, geohash_decode, location_geohash
+from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind, label_of
 from iotsettle.oracle.protocol.errors import ProtocolError
+from iotsettle.oracle.protocol.kinds import KINDS, EventKind
+from iotsettle.oracle.protocol.location import EARTH_RADIUS_M, distance_m, geohash_decode, location_geohash
 from iotsettle.oracle.protocol.reasons import Reason
 from iotsettle.oracle.protocol.wire import SignedEvent
-
 
 #: Rule failures that count towards quarantine (only for correctly signed events of a registered device, so a
 #: third party cannot get a device quarantined by sending garbage in its name).
@@ -160,13 +159,27 @@ def evaluate(
     if spec.located and any(msg["location"]):
         location = bytes(msg["location"])
     # built directly rather than with dataclasses.replace: this runs for every accepted event
-    accepted = DeviceState(current.device, seq, registers, timestamp, location, current.failures,
-                           current.failure_window_start, current.quarantined_at, current.quarantine_reason)  # fmt: skip
+    accepted = DeviceState(
+        current.device,
+        seq,
+        registers,
+        timestamp,
+        location,
+        current.failures,
+        current.failure_window_start,
+        current.quarantined_at,
+        current.quarantine_reason,
+    )
     return Verdict(Outcome.ACCEPT, None, "", accepted)
 
 
 def _first_failure(
-    event: SignedEvent, spec: EventKind, values: tuple[int, ...], kind: int, state: DeviceState, now: float,
+    event: SignedEvent,
+    spec: EventKind,
+    values: tuple[int, ...],
+    kind: int,
+    state: DeviceState,
+    now: float,
     settings: RuleSettings,
 ) -> tuple[Reason, str] | None:
     """The first rule the event breaks; ``values`` are its registers (``spec.registers``), ``kind`` the device's."""
@@ -242,4 +255,3 @@ def _count_failure(state: DeviceState, reason: Reason, now: float, settings: Rul
             quarantine_reason=f"{failures} rule failures within {settings.quarantine_window_s:g} s, last: {reason}",
         )
     return replace(state, failures=failures, failure_window_start=start)
-

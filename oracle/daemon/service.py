@@ -22,7 +22,6 @@ import threading
 import time
 from types import FrameType
 
-from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.deployment import Deployment, resolve
 from iotsettle.oracle.daemon.health import Health, State
@@ -32,6 +31,7 @@ from iotsettle.oracle.daemon.registry_follower import RegistryFollower
 from iotsettle.oracle.daemon.rules import RuleSettings
 from iotsettle.oracle.daemon.settler import Settler
 from iotsettle.oracle.daemon.store import Store, StoredEvent
+from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.errors import ConfigError
 from iotsettle.oracle.protocol.reasons import Reason, Reply, encode_reply
 
@@ -49,11 +49,15 @@ def status_topic(chain_id: int, oracle_id: str) -> str:
 def rule_settings(config: Config) -> RuleSettings:
     o = config.oracle
     return RuleSettings(
-        max_future_skew_s=o.max_future_skew, max_age_s=o.max_age, max_rate_meter=o.max_rate_meter,
-        max_rate_vehicle=o.max_rate_vehicle, max_rate_weather_station=o.max_rate_weather_station,
-        max_speed_m_s=o.max_speed, quarantine_threshold=o.quarantine_threshold,
+        max_future_skew_s=o.max_future_skew,
+        max_age_s=o.max_age,
+        max_rate_meter=o.max_rate_meter,
+        max_rate_vehicle=o.max_rate_vehicle,
+        max_rate_weather_station=o.max_rate_weather_station,
+        max_speed_m_s=o.max_speed,
+        quarantine_threshold=o.quarantine_threshold,
         quarantine_window_s=o.quarantine_window,
-    )  # fmt: skip
+    )
 
 
 def validate(config: Config) -> None:
@@ -76,8 +80,18 @@ def validate(config: Config) -> None:
         problems.append("registry_poll must be > 0")
     if not o.client_id or "/" in o.oracle_id or "+" in o.oracle_id or "#" in o.oracle_id or not o.oracle_id:
         problems.append("client_id and oracle_id must be non-empty, oracle_id without / + #")
-    for name in ("max_future_skew", "max_age", "max_rate_meter", "max_rate_vehicle", "max_rate_weather_station",
-                 "max_speed", "quarantine_threshold", "quarantine_window", "drain_timeout", "reject_retention"):  # fmt: skip
+    for name in (
+        "max_future_skew",
+        "max_age",
+        "max_rate_meter",
+        "max_rate_vehicle",
+        "max_rate_weather_station",
+        "max_speed",
+        "quarantine_threshold",
+        "quarantine_window",
+        "drain_timeout",
+        "reject_retention",
+    ):
         if getattr(o, name) < 0:
             problems.append(f"{name} must be ≥ 0")
     if problems:
@@ -133,29 +147,46 @@ class OracleDaemon:
         config, o = self.config, self.config.oracle
         deployment = self.deployment = preflight(config)
         chain = deployment.chain
-        log.info("chain %d at %s, deployment verified; relayer %s", chain.chain_id, chain.rpc_url,
-                 deployment.relayer.address)  # fmt: skip
+        log.info(
+            "chain %d at %s, deployment verified; relayer %s", chain.chain_id, chain.rpc_url, deployment.relayer.address
+        )
 
         status_store = self._store()
         intake_store = self._store()
         topic = status_topic(chain.chain_id, o.oracle_id)
         settings = IntakeSettings(
-            chain_id=chain.chain_id, contracts=deployment.contracts, host=config.mqtt.host, port=config.mqtt.port,
-            client_id=o.client_id, username=config.mqtt.username, password=config.mqtt.password,
-            keepalive=config.mqtt.keepalive, shared_group=o.shared_group, session_expiry_s=o.session_expiry,
-            receive_maximum=o.receive_maximum, batch_size=o.intake_batch_size,
-            batch_latency_s=o.intake_batch_latency, verify_workers=o.verify_workers, reply_qos=o.reply_qos,
-            status_topic=topic, status_payload={"oracle": o.oracle_id, "relayer": deployment.relayer.address},
+            chain_id=chain.chain_id,
+            contracts=deployment.contracts,
+            host=config.mqtt.host,
+            port=config.mqtt.port,
+            client_id=o.client_id,
+            username=config.mqtt.username,
+            password=config.mqtt.password,
+            keepalive=config.mqtt.keepalive,
+            shared_group=o.shared_group,
+            session_expiry_s=o.session_expiry,
+            receive_maximum=o.receive_maximum,
+            batch_size=o.intake_batch_size,
+            batch_latency_s=o.intake_batch_latency,
+            verify_workers=o.verify_workers,
+            reply_qos=o.reply_qos,
+            status_topic=topic,
+            status_payload={"oracle": o.oracle_id, "relayer": deployment.relayer.address},
             rules=rule_settings(config),
-        )  # fmt: skip
+        )
         self.intake = Intake(settings, intake_store, self.metrics)
 
         registry = deployment.contract("DeviceRegistry")
         self.follower = RegistryFollower(
-            chain.w3, registry, self._store(), chain_id=chain.chain_id,
+            chain.w3,
+            registry,
+            self._store(),
+            chain_id=chain.chain_id,
             start_block=int(deployment.manifest["contracts"]["DeviceRegistry"].get("block", 0)),
-            poll_interval=o.registry_poll, on_change=self.intake.registry_changed, metrics=self.metrics,
-        )  # fmt: skip
+            poll_interval=o.registry_poll,
+            on_change=self.intake.registry_changed,
+            metrics=self.metrics,
+        )
         synced = self.follower.sync()  # before intake: known devices must not be answered "unknown_device"
         log.info("device registry followed up to block %d (%d new events)", self.follower.next_block - 1, synced)
 
@@ -172,8 +203,14 @@ class OracleDaemon:
             self.intake.on_stored = self.settler.wake
         self.follower.start()
         self.intake.start()
-        log.info("oracle %s running: MQTT %s:%d as %s, subscription %s", o.oracle_id, config.mqtt.host,
-                 config.mqtt.port, o.client_id, settings.subscription)  # fmt: skip
+        log.info(
+            "oracle %s running: MQTT %s:%d as %s, subscription %s",
+            o.oracle_id,
+            config.mqtt.host,
+            config.mqtt.port,
+            o.client_id,
+            settings.subscription,
+        )
 
     def _add_checks(self, store: Store) -> None:
         health, intake, follower = self.health, self.intake, self.follower

@@ -12,20 +12,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from web3 import Web3
-
+from iotsettle.oracle.chain.revert import ErrorDecoder
 from iotsettle.oracle.config import Config
-from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.daemon.calldata import KindSpec
 from iotsettle.oracle.daemon.deployment import Deployment
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.planner import Planner, PlannerSettings
-from iotsettle.oracle.chain.revert import ErrorDecoder
 from iotsettle.oracle.daemon.store import Store
 from iotsettle.oracle.daemon.submitter import GWEI, RPC_ERRORS, DeadLetter, Submitter, SubmitterSettings
 from iotsettle.oracle.daemon.tracker import Tracker, TrackerSettings
 from iotsettle.oracle.daemon.txstore import TxStatus, TxStore
 from iotsettle.oracle.protocol.errors import ChainError, ConfigError, IotSettleError
+from iotsettle.oracle.protocol.kinds import KINDS
+from web3 import Web3
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,8 @@ class SettlerSettings:
         """The settlement settings of ``[oracle]`` and ``[chain] confirmations``; ConfigError names a bad value."""
         o = config.oracle
         problems = [
-            message for bad, message in (
+            message
+            for bad, message in (
                 (o.batch_max_events < 1, "batch_max_events must be ≥ 1"),
                 (o.batch_max_wait < 0, "batch_max_wait must be ≥ 0"),
                 (o.settlement_window < 0, "settlement_window must be ≥ 0"),
@@ -70,17 +70,21 @@ class SettlerSettings:
                 (o.priority_fee_gwei < 0, "priority_fee_gwei must be ≥ 0"),
                 (o.priority_fee_gwei > o.max_fee_gwei, "priority_fee_gwei must not exceed max_fee_gwei"),
                 (o.rebroadcast_after <= 0, "rebroadcast_after must be > 0"),
-            ) if bad
-        ]  # fmt: skip
+            )
+            if bad
+        ]
         if problems:
             raise ConfigError("[oracle] " + "; ".join(problems))
         return cls(
             PlannerSettings(o.batch_max_events, o.batch_max_wait, o.settlement_window),
-            SubmitterSettings(o.max_in_flight, int(o.max_fee_gwei * GWEI),
-                              int(o.priority_fee_gwei * GWEI) if o.priority_fee_gwei > 0 else None,
-                              preflight=o.batch_preflight),
+            SubmitterSettings(
+                o.max_in_flight,
+                int(o.max_fee_gwei * GWEI),
+                int(o.priority_fee_gwei * GWEI) if o.priority_fee_gwei > 0 else None,
+                preflight=o.batch_preflight,
+            ),
             TrackerSettings(config.chain.confirmations, o.rebroadcast_after),
-        )  # fmt: skip
+        )
 
 
 class Settler:
@@ -91,10 +95,18 @@ class Settler:
     ``run_once()`` is one pass, for callers that drive the loop themselves (tests, one-shot tools).
     """
 
-    def __init__(self, store: Store, w3: Web3, chain_id: int, account: LocalAccount,
-                 contracts: Mapping[str, tuple[str, Sequence[Mapping[str, Any]]]], decoder: ErrorDecoder,
-                 settings: SettlerSettings | None = None, metrics: Metrics | None = None,
-                 on_dead_letter: DeadLetter | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        w3: Web3,
+        chain_id: int,
+        account: LocalAccount,
+        contracts: Mapping[str, tuple[str, Sequence[Mapping[str, Any]]]],
+        decoder: ErrorDecoder,
+        settings: SettlerSettings | None = None,
+        metrics: Metrics | None = None,
+        on_dead_letter: DeadLetter | None = None,
+    ) -> None:
         self.settings = settings or SettlerSettings()
         # Settlement writes through a connection of its own with synchronous=NORMAL (a commit costs ~0.03 ms
         # instead of an fsync, ~3 ms here). Intake needs FULL because it acknowledges MQTT messages after its
@@ -106,8 +118,9 @@ class Settler:
         self.w3 = w3
         self.txstore = TxStore(store)
         specs = {kind: KindSpec.from_abi(kind, address, abi) for kind, (address, abi) in contracts.items()}
-        self.submitter = Submitter(w3, chain_id, account, store, self.txstore, specs, decoder,
-                                   self.settings.submitter, metrics, on_dead_letter)  # fmt: skip
+        self.submitter = Submitter(
+            w3, chain_id, account, store, self.txstore, specs, decoder, self.settings.submitter, metrics, on_dead_letter
+        )
         self.tracker = Tracker(w3, store, self.txstore, self.submitter, self.settings.tracker, metrics)
         self.planner = Planner(store, self.settings.planner, kinds=tuple(specs))
         self._ordered = any(KINDS[kind].ordered for kind in specs)
@@ -129,12 +142,28 @@ class Settler:
         self.last_error_at: float | None = None
 
     @classmethod
-    def from_deployment(cls, config: Config, deployment: Deployment, store: Store, *, metrics: Metrics | None = None,
-                        on_dead_letter: DeadLetter | None = None) -> Settler:  # fmt: skip
+    def from_deployment(
+        cls,
+        config: Config,
+        deployment: Deployment,
+        store: Store,
+        *,
+        metrics: Metrics | None = None,
+        on_dead_letter: DeadLetter | None = None,
+    ) -> Settler:
         """The settler of a resolved deployment: its relayer, the contracts of the kinds it relays and their ABIs."""
         contracts = {kind: (address, deployment.abi_of_kind(kind)) for kind, address in deployment.contracts.items()}
-        return cls(store, deployment.chain.w3, deployment.chain.chain_id, deployment.relayer, contracts,
-                   deployment.errors, SettlerSettings.from_config(config), metrics, on_dead_letter)  # fmt: skip
+        return cls(
+            store,
+            deployment.chain.w3,
+            deployment.chain.chain_id,
+            deployment.relayer,
+            contracts,
+            deployment.errors,
+            SettlerSettings.from_config(config),
+            metrics,
+            on_dead_letter,
+        )
 
     # ---------------------------------------------------------------------------------------- lifecycle
 
@@ -157,11 +186,19 @@ class Settler:
             return
         self._stop.clear()
         self._threads = [
-            threading.Thread(target=self._loop, args=(self._submit_pass, self._submit_wake, self._submit_idle),
-                             name="settlement-submit", daemon=True),
-            threading.Thread(target=self._loop, args=(self._track_pass, self._track_wake, self._track_idle),
-                             name="settlement-track", daemon=True),
-        ]  # fmt: skip
+            threading.Thread(
+                target=self._loop,
+                args=(self._submit_pass, self._submit_wake, self._submit_idle),
+                name="settlement-submit",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self._loop,
+                args=(self._track_pass, self._track_wake, self._track_idle),
+                name="settlement-track",
+                daemon=True,
+            ),
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -280,7 +317,7 @@ class Settler:
                 backoff = min(self.settings.max_backoff, max(0.1, backoff * 2))
                 self._stop.wait(backoff)
                 continue
-            except Exception as exc:  # noqa: BLE001 - the loop must outlive a bug in one pass; it is logged in full
+            except Exception as exc:
                 log.exception("settlement pass failed")
                 self._note_error(exc)
                 backoff = min(self.settings.max_backoff, max(0.1, backoff * 2))
@@ -340,7 +377,7 @@ class Settler:
 
     @property
     def health(self) -> str:
-        """"ok", or "degraded" while the node errs or the relayer cannot pay for gas."""
+        """ "ok", or "degraded" while the node errs or the relayer cannot pay for gas."""
         if self.last_error is not None:
             return "degraded"
         return "ok"

@@ -43,10 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from eth_utils import to_checksum_address
-
 from iotsettle.oracle.protocol import wire
-from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.protocol.errors import StoreError
+from iotsettle.oracle.protocol.kinds import KINDS
 
 log = logging.getLogger(__name__)
 
@@ -249,11 +248,22 @@ def event_record(event: wire.SignedEvent, device: str, signer: str, received_at:
     msg = event.msg
     value, location, max_temperature, extra = _COLUMN_FIELDS[event.type]
     return EventRecord(
-        event.type, device, signer, event.chain_id, event.contract, event.target_id, event.seq,
-        int(msg["timestamp"]), msg[value] if value else None, msg[location] if location else None,
-        msg[max_temperature] if max_temperature else None, event.digest, event.sig, received_at,
+        event.type,
+        device,
+        signer,
+        event.chain_id,
+        event.contract,
+        event.target_id,
+        event.seq,
+        int(msg["timestamp"]),
+        msg[value] if value else None,
+        msg[location] if location else None,
+        msg[max_temperature] if max_temperature else None,
+        event.digest,
+        event.sig,
+        received_at,
         extra=tuple((name, int(msg[name])) for name in extra) if extra else (),
-    )  # fmt: skip
+    )
 
 
 def signed_fields(kind: str) -> Callable[[EventRecord], tuple[Any, ...]]:
@@ -293,7 +303,7 @@ class EventRecord:
     #: signed fields without a column of their own (``extra_fields``), in signing order
     extra: tuple[tuple[str, int], ...] = field(default=(), kw_only=True)
 
-    def field_value(self, name: str, column: str) -> Any:  # noqa: ANN401 - one signed field
+    def field_value(self, name: str, column: str) -> Any:
         """The stored value of signed field ``name`` kept in ``column`` (``COLUMNS``)."""
         if column == EXTRA:
             for key, value in self.extra:
@@ -374,9 +384,21 @@ class RegistryEntry:
 
 #: positional row layout (``_record_row`` / ``_stored_event``): the record's fields, its settlement state, then extra
 _RECORD_COLUMNS = (
-    "kind", "device", "signer", "chain_id", "contract", "target_id", "seq", "timestamp", "value", "location",
-    "max_temperature", "digest", "sig", "received_at",
-)  # fmt: skip
+    "kind",
+    "device",
+    "signer",
+    "chain_id",
+    "contract",
+    "target_id",
+    "seq",
+    "timestamp",
+    "value",
+    "location",
+    "max_temperature",
+    "digest",
+    "sig",
+    "received_at",
+)
 _STATE_OF_EVENT = ("id", "status", "tx_key", "block", "tx_hash", "settled_at", "final_at", "reason")
 _EVENT_COLUMNS = ", ".join((*_RECORD_COLUMNS, *_STATE_OF_EVENT, "extra"))
 #: readings and deliveries leave ``extra`` NULL: a batch of only those binds one parameter less per row
@@ -385,9 +407,16 @@ _INSERT_EVENT_EXTRA = (
     f"INSERT INTO events ({', '.join(_RECORD_COLUMNS)}, extra) VALUES ({', '.join('?' for _ in _RECORD_COLUMNS)}, ?)"
 )
 _STATE_COLUMNS = (
-    "device", "last_seq", "registers", "last_timestamp", "last_location", "failures", "failure_window_start",
-    "quarantined_at", "quarantine_reason",
-)  # fmt: skip
+    "device",
+    "last_seq",
+    "registers",
+    "last_timestamp",
+    "last_location",
+    "failures",
+    "failure_window_start",
+    "quarantined_at",
+    "quarantine_reason",
+)
 _UPSERT_STATE = (
     f"INSERT OR REPLACE INTO device_state ({', '.join(_STATE_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _STATE_COLUMNS)})"
@@ -397,10 +426,21 @@ _UPSERT_STATE = (
 def _record_row(record: EventRecord) -> tuple[Any, ...]:
     value = None if record.value is None else str(record.value)
     return (
-        record.kind, record.device, record.signer, record.chain_id, record.contract, str(record.target_id),
-        record.seq, record.timestamp, value, record.location, record.max_temperature, record.digest, record.sig,
+        record.kind,
+        record.device,
+        record.signer,
+        record.chain_id,
+        record.contract,
+        str(record.target_id),
+        record.seq,
+        record.timestamp,
+        value,
+        record.location,
+        record.max_temperature,
+        record.digest,
+        record.sig,
         record.received_at,
-    )  # fmt: skip
+    )
 
 
 def _record_row_extra(record: EventRecord) -> tuple[Any, ...]:
@@ -416,28 +456,78 @@ def _extra_fields(text: str | None) -> tuple[tuple[str, int], ...]:
 
 
 def _stored_event(row: sqlite3.Row | tuple[Any, ...]) -> StoredEvent:
-    (kind, device, signer, chain_id, contract, target_id, seq, timestamp, value, location, max_temperature, digest,
-     sig, received_at, event_id, status, tx_key, block, tx_hash, settled_at, final_at, reason, extra) = row  # fmt: skip
+    (
+        kind,
+        device,
+        signer,
+        chain_id,
+        contract,
+        target_id,
+        seq,
+        timestamp,
+        value,
+        location,
+        max_temperature,
+        digest,
+        sig,
+        received_at,
+        event_id,
+        status,
+        tx_key,
+        block,
+        tx_hash,
+        settled_at,
+        final_at,
+        reason,
+        extra,
+    ) = row
     return StoredEvent(
-        kind, device, signer, chain_id, contract, int(target_id), seq, timestamp,
-        None if value is None else int(value), location, max_temperature, digest, sig, received_at,
-        event_id, EventStatus(status), tx_key, block, tx_hash, settled_at, final_at, reason,
+        kind,
+        device,
+        signer,
+        chain_id,
+        contract,
+        int(target_id),
+        seq,
+        timestamp,
+        None if value is None else int(value),
+        location,
+        max_temperature,
+        digest,
+        sig,
+        received_at,
+        event_id,
+        EventStatus(status),
+        tx_key,
+        block,
+        tx_hash,
+        settled_at,
+        final_at,
+        reason,
         extra=_extra_fields(extra) if extra else (),
-    )  # fmt: skip
+    )
 
 
 def _state_row(state: DeviceState) -> tuple[Any, ...]:
     # one register is stored as a decimal string (the version 1 layout), several as a list of them
     registers = json.dumps(
-        [[str(target), str(values[0]) if len(values) == 1 else [str(v) for v in values], ts]
-         for target, values, ts in state.registers],
+        [
+            [str(target), str(values[0]) if len(values) == 1 else [str(v) for v in values], ts]
+            for target, values, ts in state.registers
+        ],
         separators=(",", ":"),
-    )  # fmt: skip
+    )
     return (
-        state.device, state.last_seq, registers,
-        state.last_timestamp, state.last_location, state.failures, state.failure_window_start,
-        state.quarantined_at, state.quarantine_reason,
-    )  # fmt: skip
+        state.device,
+        state.last_seq,
+        registers,
+        state.last_timestamp,
+        state.last_location,
+        state.failures,
+        state.failure_window_start,
+        state.quarantined_at,
+        state.quarantine_reason,
+    )
 
 
 def _device_state(row: tuple[Any, ...]) -> DeviceState:
@@ -533,9 +623,11 @@ class Store:
                 conn.executemany(
                     "INSERT INTO rejected (received_at, topic, reason, detail, device, seq, digest, payload) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(r.received_at, r.topic, r.reason, r.detail, r.device, r.seq, r.digest, r.payload)
-                     for r in rejected],
-                )  # fmt: skip
+                    [
+                        (r.received_at, r.topic, r.reason, r.detail, r.device, r.seq, r.digest, r.payload)
+                        for r in rejected
+                    ],
+                )
                 conn.executemany(_UPSERT_STATE, [_state_row(s) for s in states])
             except sqlite3.Error as exc:
                 raise StoreError(f"storing an intake batch failed: {exc}") from exc
@@ -591,10 +683,20 @@ class Store:
 
     def registry_entry(self, key: str) -> RegistryEntry | None:
         rows = self._read("SELECT key, device, owner, kind, active, block FROM registry_keys WHERE key = ?", (key,))
-        return RegistryEntry(rows[0][0], rows[0][1], rows[0][2], rows[0][3], bool(rows[0][4]), rows[0][5]) if rows else None
+        return (
+            RegistryEntry(rows[0][0], rows[0][1], rows[0][2], rows[0][3], bool(rows[0][4]), rows[0][5])
+            if rows
+            else None
+        )
 
-    def apply_registry(self, entries: Sequence[RegistryEntry], deactivate_devices: Sequence[tuple[str, int]] = (),
-                       *, cursor: str | None = None, next_block: int | None = None) -> None:  # fmt: skip
+    def apply_registry(
+        self,
+        entries: Sequence[RegistryEntry],
+        deactivate_devices: Sequence[tuple[str, int]] = (),
+        *,
+        cursor: str | None = None,
+        next_block: int | None = None,
+    ) -> None:
         """Apply registry changes in order and move the follower's cursor, atomically.
 
         ``entries`` are upserted by key; ``deactivate_devices`` ((device, block) pairs) switch off every key
@@ -629,7 +731,7 @@ class Store:
                 (kind, limit),
             ).fetchall()
             conn.executemany("UPDATE events SET status = 'claimed' WHERE id = ?", [(row[14],) for row in rows])
-        return [_stored_event(row[:15] + ("claimed",) + row[16:]) for row in rows]
+        return [_stored_event((*row[:15], "claimed", *row[16:])) for row in rows]
 
     def attach_tx(self, event_ids: Sequence[int], tx_key: str) -> None:
         """Record that the events travel in transaction ``tx_key`` (the settlement half's own id for it)."""
@@ -638,9 +740,11 @@ class Store:
     def mark_settled(self, event_ids: Sequence[int], block: int, tx_hash: str) -> None:
         """The events' transaction was mined in ``block``."""
         self._transition(
-            event_ids, ("submitted", "settled"), "status = 'settled', block = ?, tx_hash = ?, settled_at = ?",
+            event_ids,
+            ("submitted", "settled"),
+            "status = 'settled', block = ?, tx_hash = ?, settled_at = ?",
             (block, tx_hash, time.time()),
-        )  # fmt: skip
+        )
 
     def mark_final(self, event_ids: Sequence[int]) -> None:
         """The events' block has enough confirmations; they will not be touched again."""
@@ -649,9 +753,11 @@ class Store:
     def release(self, event_ids: Sequence[int]) -> None:
         """Put events back to pending (dropped transaction, reorg, crash before broadcast)."""
         self._transition(
-            event_ids, ("claimed", "submitted", "settled"),
-            "status = 'pending', tx_key = NULL, block = NULL, tx_hash = NULL, settled_at = NULL", (),
-        )  # fmt: skip
+            event_ids,
+            ("claimed", "submitted", "settled"),
+            "status = 'pending', tx_key = NULL, block = NULL, tx_hash = NULL, settled_at = NULL",
+            (),
+        )
 
     def dead_letter(self, event_id: int, reason: str) -> None:
         """The event can never settle (e.g. the contract reverts with a named error): keep it with the reason."""
@@ -671,7 +777,8 @@ class Store:
         with self.transaction() as conn:
             row = conn.execute(
                 "SELECT id FROM events WHERE contract = ? AND target_id = ? AND seq < ? AND status = 'superseded' "
-                "ORDER BY seq DESC LIMIT 1", (contract, str(target_id), before_seq),
+                "ORDER BY seq DESC LIMIT 1",
+                (contract, str(target_id), before_seq),
             ).fetchone()
             if row is None:
                 return None
@@ -683,8 +790,9 @@ class Store:
         with self.transaction() as conn:
             return conn.execute("UPDATE events SET status = 'pending' WHERE status = 'claimed'").rowcount
 
-    def _transition(self, event_ids: Sequence[int], allowed: tuple[str, ...], assignment: str,
-                    params: tuple[Any, ...]) -> None:  # fmt: skip
+    def _transition(
+        self, event_ids: Sequence[int], allowed: tuple[str, ...], assignment: str, params: tuple[Any, ...]
+    ) -> None:
         ids = list(dict.fromkeys(event_ids))
         if not ids:
             return
@@ -721,10 +829,16 @@ class Store:
         return out
 
     def events_by_tx(self, tx_key: str) -> list[StoredEvent]:
-        return [_stored_event(r) for r in self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE tx_key = ? ORDER BY id", (tx_key,))]
+        return [
+            _stored_event(r)
+            for r in self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE tx_key = ? ORDER BY id", (tx_key,))
+        ]
 
     def events_of_device(self, device: str) -> list[StoredEvent]:
-        return [_stored_event(r) for r in self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE device = ? ORDER BY seq", (device,))]
+        return [
+            _stored_event(r)
+            for r in self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE device = ? ORDER BY seq", (device,))
+        ]
 
     def backlog(self) -> dict[str, int]:
         """Number of events per status (every status present, zero included)."""

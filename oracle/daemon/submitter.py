@@ -29,17 +29,16 @@ from typing import Any
 
 import requests
 from eth_account.signers.local import LocalAccount
-from web3 import Web3
-from web3.exceptions import Web3Exception
-
+from iotsettle.oracle.chain.revert import ErrorDecoder
+from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.daemon.calldata import KindSpec
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.planner import Batch
-from iotsettle.oracle.chain.revert import ErrorDecoder
-from iotsettle.oracle.chain.rpc import RpcClient
-from iotsettle.oracle.daemon.store import StoredEvent, Store
+from iotsettle.oracle.daemon.store import Store, StoredEvent
 from iotsettle.oracle.daemon.txstore import TxRecord, TxStatus, TxStore, new_tx_key
 from iotsettle.oracle.protocol.errors import ChainError, StoreError
+from web3 import Web3
+from web3.exceptions import Web3Exception
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ DeadLetter = Callable[[StoredEvent, str], None]
 RPC_ERRORS: tuple[type[BaseException], ...] = (requests.RequestException, OSError, Web3Exception, ValueError)
 
 
-class Reverted(Exception):  # noqa: N818 - internal signal, never leaves this package
+class Reverted(Exception):
     """``eth_call`` / ``eth_estimateGas`` reverted; ``data`` is the revert data (0x-hex) when the node gave it."""
 
     def __init__(self, message: str, data: str | None) -> None:
@@ -78,11 +77,22 @@ class SendError(StrEnum):
 _PATTERNS: tuple[tuple[SendError, tuple[str, ...]], ...] = (
     (SendError.ALREADY_KNOWN, ("already known", "already imported", "known transaction", "already exists")),
     (SendError.NONCE_TOO_LOW, ("nonce too low", "nonce is too low", "oldnonce", "invalid nonce")),
-    (SendError.UNDERPRICED, ("replacement transaction underpriced", "replacement underpriced",
-                             "could not replace existing tx")),  # fmt: skip
+    (
+        SendError.UNDERPRICED,
+        ("replacement transaction underpriced", "replacement underpriced", "could not replace existing tx"),
+    ),
     (SendError.INSUFFICIENT_FUNDS, ("insufficient funds", "insufficient balance", "lack of funds")),
-    (SendError.FEE_TOO_LOW, ("less than block base fee", "fee cap less than", "max fee per gas less than",
-                             "transaction underpriced", "feecap", "fee too low")),  # fmt: skip
+    (
+        SendError.FEE_TOO_LOW,
+        (
+            "less than block base fee",
+            "fee cap less than",
+            "max fee per gas less than",
+            "transaction underpriced",
+            "feecap",
+            "fee too low",
+        ),
+    ),
 )
 
 
@@ -103,7 +113,9 @@ class SubmitterSettings:
     priority_fee: int | None = None  # wei; None = eth_maxPriorityFeePerGas
     gas_margin: float = 1.25
     gas_extra: int = 25_000
-    min_gas_per_item: int = 25_000  # floor of the learned figure: a first batch of cheap items must not starve later ones
+    min_gas_per_item: int = (
+        25_000  # floor of the learned figure: a first batch of cheap items must not starve later ones
+    )
     preflight: bool = False  # eth_call every batch before signing (False: rely on the receipt to reveal a revert)
 
 
@@ -116,9 +128,19 @@ class Fees:
 class Submitter:
     """Signs, stores and broadcasts settlement transactions for one relayer account on one chain."""
 
-    def __init__(self, w3: Web3, chain_id: int, account: LocalAccount, store: Store, txstore: TxStore,
-                 specs: Mapping[str, KindSpec], decoder: ErrorDecoder, settings: SubmitterSettings,
-                 metrics: Metrics | None = None, on_dead_letter: DeadLetter | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        w3: Web3,
+        chain_id: int,
+        account: LocalAccount,
+        store: Store,
+        txstore: TxStore,
+        specs: Mapping[str, KindSpec],
+        decoder: ErrorDecoder,
+        settings: SubmitterSettings,
+        metrics: Metrics | None = None,
+        on_dead_letter: DeadLetter | None = None,
+    ) -> None:
         self.w3 = w3
         self.chain_id = chain_id
         self.account = account
@@ -158,11 +180,21 @@ class Submitter:
             log.info("relayer %s starts at nonce %d (chain latest %d, pending %d)", self.sender, nxt, latest, pending)
         elif pending > stored:
             # All our nonces are below ``stored``: the chain (or its pool) holds transactions we never signed.
-            log.warning("relayer %s: the chain counts %d transactions, this oracle handed out %d; another sender "
-                        "uses the key?  continuing at %d", self.sender, pending, stored, nxt)  # fmt: skip
+            log.warning(
+                "relayer %s: the chain counts %d transactions, this oracle handed out %d; another sender "
+                "uses the key?  continuing at %d",
+                self.sender,
+                pending,
+                stored,
+                nxt,
+            )
         elif live and stored > pending:
-            log.info("relayer %s: nonces %d..%d are stored but not in the node's pool; re-broadcasting them",
-                     self.sender, pending, stored - 1)  # fmt: skip
+            log.info(
+                "relayer %s: nonces %d..%d are stored but not in the node's pool; re-broadcasting them",
+                self.sender,
+                pending,
+                stored - 1,
+            )
         self.txstore.set_next_nonce(self.chain_id, self.sender, nxt)
         return nxt
 
@@ -193,12 +225,15 @@ class Submitter:
         max_fee = 2 * base + tip
         if max_fee > cap:
             if base > cap:
-                log.warning("base fee %.3f gwei is above the cap of %.3f gwei: transactions wait for it to fall",
-                            base / GWEI, cap / GWEI)  # fmt: skip
+                log.warning(
+                    "base fee %.3f gwei is above the cap of %.3f gwei: transactions wait for it to fall",
+                    base / GWEI,
+                    cap / GWEI,
+                )
             max_fee = cap
         return Fees(max_fee, min(tip, max_fee))
 
-    def rpc(self, method: str, params: list[Any]) -> Any:  # noqa: ANN401 - JSON-RPC result
+    def rpc(self, method: str, params: list[Any]) -> Any:
         """A raw JSON-RPC call: the hot path skips web3's result formatters (a 100-log receipt costs ~30 ms there)."""
         response = self._transport(method, params)
         error = response.get("error")
@@ -252,7 +287,9 @@ class Submitter:
         spec = self._by_contract.get(Web3.to_checksum_address(batch.contract))
         if spec is None or spec.kind != batch.kind:
             for event in batch.events:
-                self.dead_letter(event, f"WrongContract: signed for {batch.contract}, which this oracle does not settle at")
+                self.dead_letter(
+                    event, f"WrongContract: signed for {batch.contract}, which this oracle does not settle at"
+                )
             return None
         items: list[tuple[StoredEvent, bytes]] = []
         for event in batch.events:
@@ -272,20 +309,48 @@ class Submitter:
             nonce = self.txstore.take_nonce(self.chain_id, self.sender)
             signed = self._sign(spec.contract, data, gas_limit, nonce, fees)
             tx = TxRecord(
-                new_tx_key(self.chain_id, nonce), self.chain_id, self.sender, nonce, spec.kind, spec.contract, data,
-                gas_limit, fees.max_fee, fees.tip, signed[0], signed[1], TxStatus.SIGNED, time.time(), None, 1,
-                None, None, None, None, None, None,
-            )  # fmt: skip
+                new_tx_key(self.chain_id, nonce),
+                self.chain_id,
+                self.sender,
+                nonce,
+                spec.kind,
+                spec.contract,
+                data,
+                gas_limit,
+                fees.max_fee,
+                fees.tip,
+                signed[0],
+                signed[1],
+                TxStatus.SIGNED,
+                time.time(),
+                None,
+                1,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
             self.txstore.insert(tx)
             self.store.attach_tx([e.id for e in events], tx.tx_key)
         log.debug("tx %s nonce %d: %d %s(s), gas limit %d", tx.tx_hash, nonce, len(events), spec.kind, gas_limit)
         return tx
 
     def _sign(self, to: str, data: bytes, gas: int, nonce: int, fees: Fees) -> tuple[bytes, str]:
-        signed = self.account.sign_transaction({
-            "type": 2, "chainId": self.chain_id, "nonce": nonce, "to": to, "value": 0, "data": data, "gas": gas,
-            "maxFeePerGas": fees.max_fee, "maxPriorityFeePerGas": fees.tip,
-        })  # fmt: skip
+        signed = self.account.sign_transaction(
+            {
+                "type": 2,
+                "chainId": self.chain_id,
+                "nonce": nonce,
+                "to": to,
+                "value": 0,
+                "data": data,
+                "gas": gas,
+                "maxFeePerGas": fees.max_fee,
+                "maxPriorityFeePerGas": fees.tip,
+            }
+        )
         return bytes(signed.raw_transaction), "0x" + bytes(signed.hash).hex()
 
     def _call(self, spec: KindSpec, items: Sequence[bytes], method: str = "eth_call") -> int:
@@ -294,8 +359,11 @@ class Submitter:
         result = self.rpc(method, [tx, "latest"] if method == "eth_call" else [tx])
         return int(result, 16) if method == "eth_estimateGas" else 0
 
-    def _gas(self, spec: KindSpec, items: list[tuple[StoredEvent, bytes]],
-             ) -> tuple[int, list[tuple[StoredEvent, bytes]]]:  # fmt: skip
+    def _gas(
+        self,
+        spec: KindSpec,
+        items: list[tuple[StoredEvent, bytes]],
+    ) -> tuple[int, list[tuple[StoredEvent, bytes]]]:
         """Gas limit for the batch, after dropping the items that make it revert (bisection, dead-lettered).
 
         The first batch of a kind is estimated (``eth_estimateGas``); later ones only run once (``eth_call``, ~10×
@@ -313,8 +381,12 @@ class Submitter:
         try:
             estimate = self._call(spec, [i for _, i in items], method)
         except Reverted as exc:
-            log.warning("a batch of %d %s(s) reverts as a whole (%s); looking for the poison item(s)",
-                        len(items), spec.kind, self.decoder.decode(exc.data).sentence)  # fmt: skip
+            log.warning(
+                "a batch of %d %s(s) reverts as a whole (%s); looking for the poison item(s)",
+                len(items),
+                spec.kind,
+                self.decoder.decode(exc.data).sentence,
+            )
             items = self._screen(spec, items)
             if not items:
                 return 0, items
@@ -336,8 +408,11 @@ class Submitter:
         self._gas_per_item[kind] = 2 * self._gas_per_item.get(kind, 50_000.0)
         log.warning("a %s batch ran out of gas: allowing %.0f gas per item from now on", kind, self._gas_per_item[kind])
 
-    def _screen(self, spec: KindSpec, items: list[tuple[StoredEvent, bytes]],
-                ) -> list[tuple[StoredEvent, bytes]]:  # fmt: skip
+    def _screen(
+        self,
+        spec: KindSpec,
+        items: list[tuple[StoredEvent, bytes]],
+    ) -> list[tuple[StoredEvent, bytes]]:
         """The items whose sub-batch runs cleanly; items that revert alone are dead-lettered with the reason."""
         try:
             self._call(spec, [i for _, i in items])
@@ -370,7 +445,7 @@ class Submitter:
         if self.on_dead_letter is not None:
             try:
                 self.on_dead_letter(event, reason)
-            except Exception:  # noqa: BLE001 - a failing notification must not stop settlement
+            except Exception:
                 log.exception("dead-letter notification failed")
 
     # ---------------------------------------------------------------------------------------- broadcast
@@ -412,15 +487,23 @@ class Submitter:
         """
         fees = self.bumped(tx)
         if fees is None:
-            log.warning("tx nonce %d: fee cap %.3f gwei reached, cannot raise fees further",
-                        tx.nonce, self.settings.max_fee / GWEI)  # fmt: skip
+            log.warning(
+                "tx nonce %d: fee cap %.3f gwei reached, cannot raise fees further",
+                tx.nonce,
+                self.settings.max_fee / GWEI,
+            )
             return None
         raw, tx_hash = self._sign(tx.contract, tx.data, tx.gas, tx.nonce, fees)
         self.txstore.add_attempt(tx.tx_key, raw, tx_hash, fees.max_fee, fees.tip)
         if self.metrics is not None:
             self.metrics.transactions.labels(outcome="replaced").inc()
-        log.info("tx nonce %d re-signed with maxFee %.3f gwei (was %.3f): %s", tx.nonce, fees.max_fee / GWEI,
-                 tx.max_fee / GWEI, tx_hash)  # fmt: skip
+        log.info(
+            "tx nonce %d re-signed with maxFee %.3f gwei (was %.3f): %s",
+            tx.nonce,
+            fees.max_fee / GWEI,
+            tx.max_fee / GWEI,
+            tx_hash,
+        )
         updated = self.txstore.get(tx.tx_key)
         if updated is None:
             raise StoreError(f"transaction {tx.tx_key} vanished from the database")

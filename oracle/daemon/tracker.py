@@ -29,15 +29,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from web3 import Web3
-
-from iotsettle.oracle.protocol.kinds import KINDS
+from iotsettle.oracle.chain.revert import RejectReason, reason_label, reason_of
 from iotsettle.oracle.daemon.calldata import decode_outcomes, hex_int
 from iotsettle.oracle.daemon.metrics import Metrics
-from iotsettle.oracle.chain.revert import RejectReason, reason_label, reason_of
 from iotsettle.oracle.daemon.store import EventStatus, Store, StoredEvent
 from iotsettle.oracle.daemon.submitter import SendError, Submitter
 from iotsettle.oracle.daemon.txstore import TxRecord, TxStatus, TxStore
+from iotsettle.oracle.protocol.kinds import KINDS
+from web3 import Web3
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +57,15 @@ class TrackerSettings:
 class Tracker:
     """Follows the stored transactions of one relayer account to final; see the module docstring."""
 
-    def __init__(self, w3: Web3, store: Store, txstore: TxStore, submitter: Submitter, settings: TrackerSettings,
-                 metrics: Metrics | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        w3: Web3,
+        store: Store,
+        txstore: TxStore,
+        submitter: Submitter,
+        settings: TrackerSettings,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.w3 = w3
         self.store = store
         self.txstore = txstore
@@ -105,8 +111,9 @@ class Tracker:
         if moved or changed:
             mined = self.txstore.by_status(TxStatus.MINED)
             if mined:
-                changed += self._follow_mined(mined, number, self._unchanged_below(number) if unchanged is None
-                                              else unchanged)  # fmt: skip
+                changed += self._follow_mined(
+                    mined, number, self._unchanged_below(number) if unchanged is None else unchanged
+                )
             self._head_hash, self._head_number = head_hash, number
         return changed
 
@@ -160,10 +167,15 @@ class Tracker:
         if age >= self.settings.rebroadcast_after:
             log.info("tx nonce %d has no receipt after %.0f s: replacing it with higher fees", tx.nonce, age)
             return self._replace(tx, "stuck")
-        if age >= self.settings.drop_check_after and now - self._drop_checked.get(tx.tx_key, 0.0) >= self.settings.drop_check_every:
+        if (
+            age >= self.settings.drop_check_after
+            and now - self._drop_checked.get(tx.tx_key, 0.0) >= self.settings.drop_check_every
+        ):
             self._drop_checked[tx.tx_key] = now
             if not any(self._known(h) for h in attempts):
-                log.warning("tx nonce %d (%s) was dropped by the node: re-sending it with higher fees", tx.nonce, tx.tx_hash)
+                log.warning(
+                    "tx nonce %d (%s) was dropped by the node: re-sending it with higher fees", tx.nonce, tx.tx_hash
+                )
                 return self._replace(tx, "dropped")
         return 0
 
@@ -214,17 +226,30 @@ class Tracker:
         if hex_int(receipt["status"]) != 1:
             if gas_used >= tx.gas * 0.98:
                 # Out of gas, not poison: allow more gas per item and plan the same events again.
-                self.txstore.mark_mined(tx.tx_key, block, block_hash, mined_hash, gas_used, reverted=True,
-                                        reason="out of gas")  # fmt: skip
+                self.txstore.mark_mined(
+                    tx.tx_key, block, block_hash, mined_hash, gas_used, reverted=True, reason="out of gas"
+                )
                 self.submitter.out_of_gas(tx.kind)
                 self.store.release([e.id for e in events])
                 if self.metrics is not None:
                     self.metrics.transactions.labels(outcome="out_of_gas").inc()
                 return
-            self.txstore.mark_mined(tx.tx_key, block, block_hash, mined_hash, gas_used, reverted=True,
-                                    reason="the transaction reverted as a whole")  # fmt: skip
-            log.error("tx %s (nonce %d) reverted in block %d; screening its %d events", mined_hash, tx.nonce, block,
-                      len(events))  # fmt: skip
+            self.txstore.mark_mined(
+                tx.tx_key,
+                block,
+                block_hash,
+                mined_hash,
+                gas_used,
+                reverted=True,
+                reason="the transaction reverted as a whole",
+            )
+            log.error(
+                "tx %s (nonce %d) reverted in block %d; screening its %d events",
+                mined_hash,
+                tx.nonce,
+                block,
+                len(events),
+            )
             good = self.submitter.screen_events(tx.kind, events)
             self.store.release([e.id for e in good])
             if self.metrics is not None:
@@ -266,16 +291,27 @@ class Tracker:
             if unmatched or waiting:
                 self.store.release(unmatched + waiting)
         if waiting:
-            log.info("tx %s: %d events wait for an earlier event of their device (sequence gap); planned again",
-                     mined_hash, len(waiting))  # fmt: skip
+            log.info(
+                "tx %s: %d events wait for an earlier event of their device (sequence gap); planned again",
+                mined_hash,
+                len(waiting),
+            )
         for event, reason in rejected:
             self.submitter.dead_letter(event, reason)
         for event in after_end:
             self._settle_before_end(tx.kind, event)
         if unmatched:
             log.error("tx %s: %d events had no outcome log; planned again", mined_hash, len(unmatched))
-        log.debug("tx %s nonce %d mined in block %d: %d settled (%d already on chain), %d rejected, gas %d",
-                  mined_hash, tx.nonce, block, len(settled), replayed, len(rejected), gas_used)  # fmt: skip
+        log.debug(
+            "tx %s nonce %d mined in block %d: %d settled (%d already on chain), %d rejected, gas %d",
+            mined_hash,
+            tx.nonce,
+            block,
+            len(settled),
+            replayed,
+            len(rejected),
+            gas_used,
+        )
         if self.metrics is not None:
             now = time.time()
             self.metrics.transactions.labels(outcome="mined").inc()
@@ -298,8 +334,13 @@ class Tracker:
         if it is refused the same way, the next older one follows, until one settles or none is left."""
         revived = self.store.revive_superseded(event.contract, event.target_id, event.seq)
         if revived is not None:
-            log.info("%s seq %d of %s was signed after its end; relaying the newest earlier one (event %d) instead",
-                     kind, event.seq, event.target_id, revived)  # fmt: skip
+            log.info(
+                "%s seq %d of %s was signed after its end; relaying the newest earlier one (event %d) instead",
+                kind,
+                event.seq,
+                event.target_id,
+                revived,
+            )
 
     def _follow_mined(self, mined: list[TxRecord], head: int, unchanged_below: int) -> int:
         """Re-open transactions a reorg took away; finalize those with enough confirmations, in one commit."""
@@ -309,7 +350,9 @@ class Tracker:
             if tx.block is None or tx.block > unchanged_below:
                 receipt = self._receipt(tx.mined_hash or tx.tx_hash)
                 if receipt is None or str(receipt["blockHash"]).lower() != tx.block_hash:
-                    self._reopen(tx, "its block left the canonical chain" if receipt is None else "it moved to another block")
+                    self._reopen(
+                        tx, "its block left the canonical chain" if receipt is None else "it moved to another block"
+                    )
                     changed += 1
                     continue
             if tx.block is not None and head - tx.block >= self.settings.confirmations:
@@ -337,7 +380,14 @@ class Tracker:
             self.store.release(ids)
             self.store.attach_tx(ids, tx.tx_key)
             self.txstore.reopen(tx.tx_key)
-        log.warning("reorg: tx %s (nonce %d, block %s) is no longer final-bound because %s; %d events wait for it "
-                    "to be mined again", tx.mined_hash, tx.nonce, tx.block, why, len(ids))  # fmt: skip
+        log.warning(
+            "reorg: tx %s (nonce %d, block %s) is no longer final-bound because %s; %d events wait for it "
+            "to be mined again",
+            tx.mined_hash,
+            tx.nonce,
+            tx.block,
+            why,
+            len(ids),
+        )
         if self.metrics is not None:
             self.metrics.transactions.labels(outcome="reorged").inc()

@@ -143,12 +143,14 @@ class TxStore:
                     conn.execute(statement)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.store._read(sql, params)  # noqa: SLF001 - the store's locked read helper, shared on purpose
+        return self.store._read(sql, params)
 
     # ---------------------------------------------------------------------------------------------- nonces
 
     def next_nonce(self, chain_id: int, sender: str) -> int | None:
-        rows = self._read("SELECT next_nonce FROM settlement_nonce WHERE chain_id = ? AND sender = ?", (chain_id, sender))
+        rows = self._read(
+            "SELECT next_nonce FROM settlement_nonce WHERE chain_id = ? AND sender = ?", (chain_id, sender)
+        )
         return int(rows[0][0]) if rows else None
 
     def set_next_nonce(self, chain_id: int, sender: str, value: int) -> None:
@@ -180,10 +182,31 @@ class TxStore:
         with self.store.transaction() as conn:
             conn.execute(
                 f"INSERT INTO settlement_tx ({_COLUMNS}) VALUES ({', '.join('?' for _ in range(22))})",
-                (tx.tx_key, tx.chain_id, tx.sender, tx.nonce, tx.kind, tx.contract, tx.data, tx.gas, tx.max_fee,
-                 tx.tip, tx.raw, tx.tx_hash, str(tx.status), tx.created_at, tx.sent_at, tx.attempts, tx.block,
-                 tx.block_hash, tx.mined_hash, tx.gas_used, tx.mined_at, tx.reason),
-            )  # fmt: skip
+                (
+                    tx.tx_key,
+                    tx.chain_id,
+                    tx.sender,
+                    tx.nonce,
+                    tx.kind,
+                    tx.contract,
+                    tx.data,
+                    tx.gas,
+                    tx.max_fee,
+                    tx.tip,
+                    tx.raw,
+                    tx.tx_hash,
+                    str(tx.status),
+                    tx.created_at,
+                    tx.sent_at,
+                    tx.attempts,
+                    tx.block,
+                    tx.block_hash,
+                    tx.mined_hash,
+                    tx.gas_used,
+                    tx.mined_at,
+                    tx.reason,
+                ),
+            )
             conn.execute(
                 "INSERT INTO settlement_attempt (tx_hash, tx_key, max_fee, tip, signed_at) VALUES (?, ?, ?, ?, ?)",
                 (tx.tx_hash, tx.tx_key, tx.max_fee, tx.tip, tx.created_at),
@@ -210,15 +233,32 @@ class TxStore:
                 (time.time() if at is None else at, tx_key),
             )
 
-    def mark_mined(self, tx_key: str, block: int, block_hash: str, mined_hash: str, gas_used: int,
-                   *, reverted: bool = False, reason: str | None = None) -> None:  # fmt: skip
+    def mark_mined(
+        self,
+        tx_key: str,
+        block: int,
+        block_hash: str,
+        mined_hash: str,
+        gas_used: int,
+        *,
+        reverted: bool = False,
+        reason: str | None = None,
+    ) -> None:
         with self.store.transaction() as conn:
             conn.execute(
                 "UPDATE settlement_tx SET status = ?, block = ?, block_hash = ?, mined_hash = ?, gas_used = ?, "
                 "mined_at = ?, reason = ? WHERE tx_key = ?",
-                ("failed" if reverted else "mined", block, block_hash, mined_hash, gas_used, time.time(), reason,
-                 tx_key),
-            )  # fmt: skip
+                (
+                    "failed" if reverted else "mined",
+                    block,
+                    block_hash,
+                    mined_hash,
+                    gas_used,
+                    time.time(),
+                    reason,
+                    tx_key,
+                ),
+            )
 
     def mark_final(self, tx_key: str) -> None:
         with self.store.transaction() as conn:
@@ -250,16 +290,18 @@ class TxStore:
 
     def attempts(self, tx_key: str) -> list[str]:
         """Every hash this transaction was signed under, newest first."""
-        rows = self._read("SELECT tx_hash FROM settlement_attempt WHERE tx_key = ? ORDER BY signed_at DESC, rowid DESC",
-                          (tx_key,))  # fmt: skip
+        rows = self._read(
+            "SELECT tx_hash FROM settlement_attempt WHERE tx_key = ? ORDER BY signed_at DESC, rowid DESC", (tx_key,)
+        )
         return [row[0] for row in rows]
 
     def all(self, chain_id: int | None = None) -> list[TxRecord]:
         if chain_id is None:
             rows = self._read(f"SELECT {_COLUMNS} FROM settlement_tx ORDER BY nonce, created_at")
         else:
-            rows = self._read(f"SELECT {_COLUMNS} FROM settlement_tx WHERE chain_id = ? ORDER BY nonce, created_at",
-                              (chain_id,))  # fmt: skip
+            rows = self._read(
+                f"SELECT {_COLUMNS} FROM settlement_tx WHERE chain_id = ? ORDER BY nonce, created_at", (chain_id,)
+            )
         return [_record(row) for row in rows]
 
     def count_open(self) -> int:
@@ -267,8 +309,9 @@ class TxStore:
 
     def count_live(self) -> tuple[int, int]:
         """(signed or sent, mined and not yet final): what the tracker still has to follow."""
-        rows = self._read("SELECT status, COUNT(*) FROM settlement_tx WHERE status IN ('signed', 'sent', 'mined') "
-                          "GROUP BY status")  # fmt: skip
+        rows = self._read(
+            "SELECT status, COUNT(*) FROM settlement_tx WHERE status IN ('signed', 'sent', 'mined') GROUP BY status"
+        )
         counts = {row[0]: int(row[1]) for row in rows}
         return counts.get("signed", 0) + counts.get("sent", 0), counts.get("mined", 0)
 

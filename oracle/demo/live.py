@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from eth_abi import decode as abi_decode
-
 from iotsettle.oracle.chain import logs as chain_logs
 from iotsettle.oracle.chain.revert import abi_type, reason_label
 from iotsettle.oracle.demo.provision import ProvisionedFleet
@@ -70,8 +69,11 @@ def read_store(db_path: Path) -> StoreSnapshot:
     try:
         by_status = dict(conn.execute("SELECT status, COUNT(*) FROM events GROUP BY status").fetchall())
         rejected = dict(conn.execute("SELECT reason, COUNT(*) FROM rejected GROUP BY reason").fetchall())
-        dead = dict(conn.execute(
-            "SELECT COALESCE(reason, 'unknown'), COUNT(*) FROM events WHERE status = 'dead' GROUP BY reason").fetchall())
+        dead = dict(
+            conn.execute(
+                "SELECT COALESCE(reason, 'unknown'), COUNT(*) FROM events WHERE status = 'dead' GROUP BY reason"
+            ).fetchall()
+        )
     except sqlite3.Error as exc:  # tables not created yet, or a migration in progress
         log.debug("store not readable yet: %s", exc)
         return StoreSnapshot()
@@ -86,8 +88,10 @@ def latencies(db_path: Path) -> list[float]:
     if conn is None:
         return []
     try:
-        rows = conn.execute("SELECT settled_at - received_at FROM events WHERE settled_at IS NOT NULL "
-                            "AND status IN ('settled', 'final')").fetchall()
+        rows = conn.execute(
+            "SELECT settled_at - received_at FROM events WHERE settled_at IS NOT NULL "
+            "AND status IN ('settled', 'final')"
+        ).fetchall()
     except sqlite3.Error:
         return []
     finally:
@@ -129,14 +133,23 @@ class ChainSummary:
         return self.gas_used / self.items if self.items else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"readingsSettled": self.readings_settled, "readingsRejected": self.readings_rejected,
-                "deliveriesConfirmed": self.deliveries_confirmed, "deliveriesRejected": self.deliveries_rejected,
-                "billed": str(self.billed), "released": str(self.released), "transactions": self.transactions,
-                "telematicsSettled": self.telematics_settled, "telematicsRejected": self.telematics_rejected,
-                "premiums": str(self.premiums), "observationsRecorded": self.observations_recorded,
-                "observationsRejected": self.observations_rejected,
-                "gasUsed": self.gas_used, "events": self.items,
-                "gasPerEvent": round(self.gas_per_event) if self.gas_per_event else None}
+        return {
+            "readingsSettled": self.readings_settled,
+            "readingsRejected": self.readings_rejected,
+            "deliveriesConfirmed": self.deliveries_confirmed,
+            "deliveriesRejected": self.deliveries_rejected,
+            "billed": str(self.billed),
+            "released": str(self.released),
+            "transactions": self.transactions,
+            "telematicsSettled": self.telematics_settled,
+            "telematicsRejected": self.telematics_rejected,
+            "premiums": str(self.premiums),
+            "observationsRecorded": self.observations_recorded,
+            "observationsRejected": self.observations_rejected,
+            "gasUsed": self.gas_used,
+            "events": self.items,
+            "gasPerEvent": round(self.gas_per_event) if self.gas_per_event else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -147,7 +160,9 @@ class RawEvent:
     topic1: int | None = None  # the first indexed argument (an id, or an address as an integer)
 
 
-def _event_specs(ctx: OpsContext, contract: str, events: tuple[str, ...]) -> dict[str, tuple[str, list[str], list[str]]]:
+def _event_specs(
+    ctx: OpsContext, contract: str, events: tuple[str, ...]
+) -> dict[str, tuple[str, list[str], list[str]]]:
     """topic0 → (event name, non-indexed argument names, their ABI types)."""
     abi = {e["name"]: e for e in ctx.contract(contract).abi if e.get("type") == "event"}
     specs = {}
@@ -158,8 +173,9 @@ def _event_specs(ctx: OpsContext, contract: str, events: tuple[str, ...]) -> dic
     return specs
 
 
-def settlement_logs(ctx: OpsContext, contract: str, events: tuple[str, ...], from_block: int,
-                    to_block: int | None = None) -> list[RawEvent]:
+def settlement_logs(
+    ctx: OpsContext, contract: str, events: tuple[str, ...], from_block: int, to_block: int | None = None
+) -> list[RawEvent]:
     """``events`` of a deployed contract in blocks ``from_block``..``to_block`` (default latest), decoded from the
     raw JSON-RPC answer; [] when the contract is not deployed."""
     if not ctx.has(contract):
@@ -175,8 +191,14 @@ def settlement_logs(ctx: OpsContext, contract: str, events: tuple[str, ...], fro
         name, names, types = spec
         values = abi_decode(types, bytes.fromhex(entry["data"][2:]))
         topics = entry["topics"]
-        out.append(RawEvent(name, dict(zip(names, values, strict=True)), entry["transactionHash"],
-                            int(topics[1], 16) if len(topics) > 1 else None))
+        out.append(
+            RawEvent(
+                name,
+                dict(zip(names, values, strict=True)),
+                entry["transactionHash"],
+                int(topics[1], 16) if len(topics) > 1 else None,
+            )
+        )
     return out
 
 
@@ -212,7 +234,9 @@ def chain_summary(ctx: OpsContext, from_block: int) -> ChainSummary:
 
     # Only the relayed batches: a finalize or a top-up in the same contracts is not settlement gas.
     txs = {e.tx_hash for e in readings + deliveries + telematics + weather}
-    gas = sum(int(receipt["gasUsed"], 16) for receipt in ctx.rpc.batch([("eth_getTransactionReceipt", [h]) for h in txs]))
+    gas = sum(
+        int(receipt["gasUsed"], 16) for receipt in ctx.rpc.batch([("eth_getTransactionReceipt", [h]) for h in txs])
+    )
     return ChainSummary(
         readings_settled=sum(1 for e in readings if e.event == "ReadingSettled"),
         readings_rejected=rejected(readings, "ReadingRejected"),
@@ -249,14 +273,27 @@ def motor_summary(ctx: OpsContext, provisioned: ProvisionedFleet, from_block: in
         harsh = sum(int(a["harshBraking"]) for a in charged)
         speeding = sum(int(a["speeding"]) for a in charged)
         amount = sum(int(a["amount"]) for a in charged)
-        out.append({
-            "vehicle": name, "policyId": str(policy_id), "style": provisioned.styles.get(name, ""),
-            "reports": len(charged), "metres": metres, "harshBraking": harsh, "speeding": speeding,
-            "charged": str(amount),
-            "factorMin": min(factors) if factors else None, "factorMax": max(factors) if factors else None,
-            "effectiveFactorBps": (amount * insurance.METRES_PER_KM * 10_000 // (metres * view.rate_per_km)
-                                   if metres and view.rate_per_km else None),
-            "lastFactorBps": view.last_factor_bps, "rejected": dict(rejected), "status": view.status,
-            "prepaidLeft": str(view.prepaid),
-        })
+        out.append(
+            {
+                "vehicle": name,
+                "policyId": str(policy_id),
+                "style": provisioned.styles.get(name, ""),
+                "reports": len(charged),
+                "metres": metres,
+                "harshBraking": harsh,
+                "speeding": speeding,
+                "charged": str(amount),
+                "factorMin": min(factors) if factors else None,
+                "factorMax": max(factors) if factors else None,
+                "effectiveFactorBps": (
+                    amount * insurance.METRES_PER_KM * 10_000 // (metres * view.rate_per_km)
+                    if metres and view.rate_per_km
+                    else None
+                ),
+                "lastFactorBps": view.last_factor_bps,
+                "rejected": dict(rejected),
+                "status": view.status,
+                "prepaidLeft": str(view.prepaid),
+            }
+        )
     return out

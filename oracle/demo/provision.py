@@ -26,19 +26,26 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
-
 from iotsettle.oracle.chain.send import send
-from iotsettle.oracle.device.fleet import (DrivingStyle, FaultClass, Fleet, contracts_from_manifest, generate_fleet, load_fleet,
-                                 set_policies, set_targets)
-from iotsettle.oracle.protocol.location import location_bytes32
+from iotsettle.oracle.device.fleet import (
+    DrivingStyle,
+    FaultClass,
+    Fleet,
+    contracts_from_manifest,
+    generate_fleet,
+    load_fleet,
+    set_policies,
+    set_targets,
+)
 from iotsettle.oracle.device.sim import driving_style, plan_events
-from iotsettle.oracle.protocol.device_kinds import DeviceKind
-from iotsettle.oracle.protocol.errors import ChainError, ConfigError
 from iotsettle.oracle.ops import billing, crop, escrow, insurance, loan, registry, token
 from iotsettle.oracle.ops.audit import fetch_logs
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.ops.keeper import waiting
 from iotsettle.oracle.ops.tx import RevertedError, events_in, transact_many
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.errors import ChainError, ConfigError
+from iotsettle.oracle.protocol.location import location_bytes32
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +113,12 @@ class MotorTerms:
     step_bps: int = 1_000  # +0.10 per harsh-braking event or speeding episode per 100 km
     deposit: int = 50 * 10**18
     #: styles the demo's vehicles take in turn, so a small fleet shows the factor move both ways
-    styles: tuple[DrivingStyle, ...] = (DrivingStyle.RECKLESS, DrivingStyle.CALM, DrivingStyle.AVERAGE,
-                                        DrivingStyle.AGGRESSIVE)
+    styles: tuple[DrivingStyle, ...] = (
+        DrivingStyle.RECKLESS,
+        DrivingStyle.CALM,
+        DrivingStyle.AVERAGE,
+        DrivingStyle.AGGRESSIVE,
+    )
 
 
 @dataclass(frozen=True)
@@ -150,11 +161,18 @@ class ProvisionedFleet:
     hostile: tuple[str, ...] = ()  # stations that lie (fault class hostile)
 
     def as_dict(self) -> dict[str, object]:
-        return {"fleet": str(self.fleet_path), "devices": self.fleet.by_kind(),
-                "agreements": {k: str(v) for k, v in self.agreements.items()}, "escrows": self.escrows,
-                "policies": {k: str(v) for k, v in self.policies.items()}, "drivingStyles": self.styles,
-                "stations": list(self.stations), "hostileStations": list(self.hostile),
-                "tariffs": self.tariffs, "blocks": [self.first_block, self.last_block]}
+        return {
+            "fleet": str(self.fleet_path),
+            "devices": self.fleet.by_kind(),
+            "agreements": {k: str(v) for k, v in self.agreements.items()},
+            "escrows": self.escrows,
+            "policies": {k: str(v) for k, v in self.policies.items()},
+            "drivingStyles": self.styles,
+            "stations": list(self.stations),
+            "hostileStations": list(self.hostile),
+            "tariffs": self.tariffs,
+            "blocks": [self.first_block, self.last_block],
+        }
 
 
 def _as(ctx: OpsContext, account: LocalAccount) -> OpsContext:
@@ -178,7 +196,8 @@ def first_values(fleet: Fleet, ctx: OpsContext, seed: int) -> dict[str, tuple[in
     only = frozenset(wanted)
     plan = dataclasses.replace(
         plan_events(fleet, contracts, rate=float(len(fleet.devices)) * 4, duration=1.0, seed=seed, counters="memory"),
-        only=only)
+        only=only,
+    )
     try:
         for event in plan:
             if event.event_type in _FIRST_REGISTERS and event.fault is None and event.device not in found:
@@ -209,9 +228,17 @@ def provision(
     first_block = int(ctx.w3.eth.block_number) + 1
     contracts = contracts_from_manifest(ctx.manifest)
     insured = ctx.has(insurance.CONTRACT)
-    path = generate_fleet(out_dir, chain_id=ctx.chain.chain_id, contracts=contracts, meters=spec.meters,
-                          trackers=spec.trackers, vehicles=spec.vehicles, weather_stations=spec.weather_stations,
-                          seed=seed, vehicle_policies=insured)
+    path = generate_fleet(
+        out_dir,
+        chain_id=ctx.chain.chain_id,
+        contracts=contracts,
+        meters=spec.meters,
+        trackers=spec.trackers,
+        vehicles=spec.vehicles,
+        weather_stations=spec.weather_stations,
+        seed=seed,
+        vehicle_policies=insured,
+    )
     fleet = load_fleet(path)
     test = token.describe_token(ctx, token.TEST)
 
@@ -219,8 +246,9 @@ def provision(
     operator = _as(ctx, parties.operator)
     registry.register_many(operator, [(device.key, device.kind) for device in fleet.devices])
 
-    utility, insurer, household, shop = (_as(ctx, p) for p in (parties.utility, parties.insurer, parties.household,
-                                                               parties.shop))
+    utility, insurer, household, _shop = (
+        _as(ctx, p) for p in (parties.utility, parties.insurer, parties.household, parties.shop)
+    )
     meter_tariff, _ = billing.create_flat_tariff(utility, terms.price_per_wh)
     vehicles = [d for d in fleet.devices if d.kind is DeviceKind.VEHICLE]
     billed = [d for d in fleet.devices if "reading" in d.streams]
@@ -241,64 +269,125 @@ def provision(
         token.ensure_allowance(household, test, insurance.CONTRACT, premiums)
 
     starts = first_values(fleet, ctx, seed)
-    progress(f"opening {len(billed)} prepaid agreements ({terms.deposit / 1e18:g} TEST each), "
-             f"{len(trackers)} escrows ({terms.parcel_price / 1e18:g} TEST each) and {len(insured_vehicles)} motor "
-             f"policies ({motor.deposit / 1e18:g} TEST prepaid each)")
+    progress(
+        f"opening {len(billed)} prepaid agreements ({terms.deposit / 1e18:g} TEST each), "
+        f"{len(trackers)} escrows ({terms.parcel_price / 1e18:g} TEST each) and {len(insured_vehicles)} motor "
+        f"policies ({motor.deposit / 1e18:g} TEST prepaid each)"
+    )
     agreements: dict[str, int] = {}
     for kind, tariff_name, provider in ((DeviceKind.METER, "meter", utility), (DeviceKind.VEHICLE, "vehicle", insurer)):
         group = [d for d in billed if d.kind is kind]
         if not group:
             continue
-        ids = billing.offer_many(provider, [dict(consumer=parties.household.address, device=d.address,
-                                                 tariff_id=tariffs[tariff_name], token=test,
-                                                 start_value=starts.get(d.address, (0,))[0], notice_period=0)
-                                            for d in group])
+        ids = billing.offer_many(
+            provider,
+            [
+                {
+                    "consumer": parties.household.address,
+                    "device": d.address,
+                    "tariff_id": tariffs[tariff_name],
+                    "token": test,
+                    "start_value": starts.get(d.address, (0,))[0],
+                    "notice_period": 0,
+                }
+                for d in group
+            ],
+        )
         agreements.update({d.name: i for d, i in zip(group, ids, strict=True)})
-    billing.accept_many(household, [(agreements[d.name], terms.deposit, starts.get(d.address, (0,))[0]) for d in billed])
+    billing.accept_many(
+        household, [(agreements[d.name], terms.deposit, starts.get(d.address, (0,))[0]) for d in billed]
+    )
 
     deadline = int(ctx.w3.eth.get_block("latest")["timestamp"]) + terms.escrow_lifetime
-    ids = escrow.create_many(household, [dict(seller=parties.shop.address, device=d.address, token=test,
-                                              amount=terms.parcel_price, destination=location_bytes32(d.destination),
-                                              deadline=deadline, temperature_limit=800, penalty_bps=1000)
-                                         for d in trackers])
+    ids = escrow.create_many(
+        household,
+        [
+            {
+                "seller": parties.shop.address,
+                "device": d.address,
+                "token": test,
+                "amount": terms.parcel_price,
+                "destination": location_bytes32(d.destination),
+                "deadline": deadline,
+                "temperature_limit": 800,
+                "penalty_bps": 1000,
+            }
+            for d in trackers
+        ],
+    )
     escrows = {d.name: [i] for d, i in zip(trackers, ids, strict=True)}
     set_targets(path, {**{name: [i] for name, i in agreements.items()}, **escrows})
 
     policies = _motor_policies(insurer, household, insured_vehicles, starts, parties, test, motor)
-    styles = {d.name: motor.styles[i % len(motor.styles)] for i, d in enumerate(insured_vehicles)} if motor.styles \
-        else {}
+    styles = (
+        {d.name: motor.styles[i % len(motor.styles)] for i, d in enumerate(insured_vehicles)} if motor.styles else {}
+    )
     stations = [d for d in fleet.devices if "weather" in d.streams]
     if stations and ctx.has(crop.CONTRACT):
         # The operator owns the stations: only an insurer it allowed can name them in a season.
-        transact_many(operator, [operator.contract(crop.CONTRACT).functions.allowInsurer(d.address,
-                                                                                           parties.insurer.address,
-                                                                                           True)
-                                 for d in stations], crop.CONTRACT, gas=100_000)
+        transact_many(
+            operator,
+            [
+                operator.contract(crop.CONTRACT).functions.allowInsurer(d.address, parties.insurer.address, True)
+                for d in stations
+            ],
+            crop.CONTRACT,
+            gas=100_000,
+        )
     hostile = stations[-1:] if len(stations) >= 3 else []
     set_policies(path, policies, styles=styles, faults={d.name: [FaultClass.HOSTILE] for d in hostile})
     final = load_fleet(path)
-    return ProvisionedFleet(path, final, agreements, escrows, tariffs, first_block, int(ctx.w3.eth.block_number),
-                            policies, {d.name: str(driving_style(d, seed)) for d in final.devices
-                                       if d.kind is DeviceKind.VEHICLE},
-                            tuple(d.address for d in stations), tuple(d.address for d in hostile))
+    return ProvisionedFleet(
+        path,
+        final,
+        agreements,
+        escrows,
+        tariffs,
+        first_block,
+        int(ctx.w3.eth.block_number),
+        policies,
+        {d.name: str(driving_style(d, seed)) for d in final.devices if d.kind is DeviceKind.VEHICLE},
+        tuple(d.address for d in stations),
+        tuple(d.address for d in hostile),
+    )
 
 
-def _motor_policies(insurer: OpsContext, holder: OpsContext, vehicles: list[Any], starts: dict[str, tuple[int, ...]],
-                    parties: Parties, test: token.TokenInfo, motor: MotorTerms) -> dict[str, int]:
+def _motor_policies(
+    insurer: OpsContext,
+    holder: OpsContext,
+    vehicles: list[Any],
+    starts: dict[str, tuple[int, ...]],
+    parties: Parties,
+    test: token.TokenInfo,
+    motor: MotorTerms,
+) -> dict[str, int]:
     """Offer a policy per vehicle (insurer) and accept each with its prepaid deposit (holder); pipelined."""
     if not vehicles:
         return {}
     contract = insurer.contract(insurance.CONTRACT)
     # Each policy starts at the vehicle's registers as they will read at its first report, so a unit's earlier
     # distance and events are not priced.
-    offers = [contract.functions.offer(parties.household.address, d.address, test.address, motor.rate_per_km,
-                                       motor.min_factor_bps, motor.max_factor_bps, motor.step_bps,
-                                       *starts.get(d.address, (0, 0, 0)), 0) for d in vehicles]
+    offers = [
+        contract.functions.offer(
+            parties.household.address,
+            d.address,
+            test.address,
+            motor.rate_per_km,
+            motor.min_factor_bps,
+            motor.max_factor_bps,
+            motor.step_bps,
+            *starts.get(d.address, (0, 0, 0)),
+            0,
+        )
+        for d in vehicles
+    ]
     results = transact_many(insurer, offers, insurance.CONTRACT, gas=400_000)
     ids = [int(events_in(insurer, insurance.CONTRACT, r.receipt, "PolicyOffered")[0]["policyId"]) for r in results]
     # The holder names the registers it accepts to be priced from: the same first values it computed.
-    accepts = [holder.contract(insurance.CONTRACT).functions.accept(i, motor.deposit, *starts.get(d.address, (0, 0, 0)))
-               for d, i in zip(vehicles, ids, strict=True)]
+    accepts = [
+        holder.contract(insurance.CONTRACT).functions.accept(i, motor.deposit, *starts.get(d.address, (0, 0, 0)))
+        for d, i in zip(vehicles, ids, strict=True)
+    ]
     transact_many(holder, accepts, insurance.CONTRACT, gas=300_000)
     return {d.name: i for d, i in zip(vehicles, ids, strict=True)}
 
@@ -324,12 +413,23 @@ class CropSetup:
     lender: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"poolId": self.pool_id, "seasonId": self.season_id, "start": self.start, "end": self.end,
-                "finalizableAt": self.finalizable_at, "stations": list(self.stations), "hostile": list(self.hostile),
-                "covers": {farmer: {k: str(v) if isinstance(v, int) else v for k, v in c.items()}
-                           for farmer, c in self.covers.items()},
-                "loanId": self.loan_id, "payoutAccount": self.payout_account, "borrower": self.borrower,
-                "lender": self.lender}
+        return {
+            "poolId": self.pool_id,
+            "seasonId": self.season_id,
+            "start": self.start,
+            "end": self.end,
+            "finalizableAt": self.finalizable_at,
+            "stations": list(self.stations),
+            "hostile": list(self.hostile),
+            "covers": {
+                farmer: {k: str(v) if isinstance(v, int) else v for k, v in c.items()}
+                for farmer, c in self.covers.items()
+            },
+            "loanId": self.loan_id,
+            "payoutAccount": self.payout_account,
+            "borrower": self.borrower,
+            "lender": self.lender,
+        }
 
 
 def can_open_season(ctx: OpsContext, provisioned: ProvisionedFleet, parties: Parties, terms: CropTerms) -> str | None:
@@ -338,8 +438,10 @@ def can_open_season(ctx: OpsContext, provisioned: ProvisionedFleet, parties: Par
         if not ctx.has(name):
             return f"the deployment has no {name}"
     if len(provisioned.stations) < terms.k + 1:
-        return f"a season needs at least {terms.k + 1} weather stations (k = {terms.k}), the fleet has " \
-               f"{len(provisioned.stations)}"
+        return (
+            f"a season needs at least {terms.k + 1} weather stations (k = {terms.k}), the fleet has "
+            f"{len(provisioned.stations)}"
+        )
     if parties.lender is None or len(parties.farmers) < len(terms.covers):
         return f"a season needs a lender and {len(terms.covers)} farmers"
     return None
@@ -367,12 +469,14 @@ def open_season(
         raise ConfigError(f"a season must last a positive number of seconds, not {season_length}")
     test = token.describe_token(ctx, token.TEST)
     insurer, lender = _as(ctx, parties.insurer), _as(ctx, parties.lender)
-    farmers = [_as(ctx, f) for f in parties.farmers[:len(terms.covers)]]
+    farmers = [_as(ctx, f) for f in parties.farmers[: len(terms.covers)]]
     borrower = parties.farmers[0].address
 
-    progress(f"funding a crop pool with {terms.pool_assets / 1e18:g} TEST and lending "
-             f"{terms.loan_principal / 1e18:g} TEST to the farmer {borrower}")
-    for account in (parties.lender, *parties.farmers[:len(terms.covers)]):
+    progress(
+        f"funding a crop pool with {terms.pool_assets / 1e18:g} TEST and lending "
+        f"{terms.loan_principal / 1e18:g} TEST to the farmer {borrower}"
+    )
+    for account in (parties.lender, *parties.farmers[: len(terms.covers)]):
         if int(ctx.w3.eth.get_balance(account.address)) < terms.gas_money // 2:
             send(ctx.chain, parties.insurer, {"to": account.address, "value": terms.gas_money})
     token.mint(insurer, parties.insurer.address, terms.pool_assets)
@@ -382,38 +486,75 @@ def open_season(
     crop.deposit_to_pool(insurer, pool_id, terms.pool_assets)
 
     now = int(ctx.w3.eth.get_block("latest")["timestamp"])
-    loan_id, _ = loan.offer(lender, loan.LoanTerms(borrower, test, terms.loan_principal, terms.loan_repayment,
-                                                   terms.loan_share_bps, now + 3_600, now + terms.loan_term))
+    loan_id, _ = loan.offer(
+        lender,
+        loan.LoanTerms(
+            borrower,
+            test,
+            terms.loan_principal,
+            terms.loan_repayment,
+            terms.loan_share_bps,
+            now + 3_600,
+            now + terms.loan_term,
+        ),
+    )
     _, account = loan.accept(farmers[0], loan_id)
 
     # Premiums approved before the season opens so the sale window only holds the purchases.
     premiums = [crop.premium_for(cover, terms.premium_bps) for cover in terms.covers]
-    for farmer, parties_farmer, premium in zip(farmers[1:], parties.farmers[1:], premiums[1:]):
+    for farmer, parties_farmer, premium in zip(farmers[1:], parties.farmers[1:], premiums[1:], strict=False):
         token.mint(farmer, parties_farmer.address, premium)
-    for farmer, premium in zip(farmers, premiums):
+    for farmer, premium in zip(farmers, premiums, strict=False):
         token.ensure_allowance(farmer, test, crop.CONTRACT, premium)
 
     stations = provisioned.stations
     start = max(int(time.time()), int(ctx.w3.eth.get_block("latest")["timestamp"])) + terms.sale_window
-    spec = crop.SeasonSpec(start=start, end=start + season_length, sale_end=start,
-                           coverage_slack=terms.coverage_slack, finalize_delay=terms.finalize_delay,
-                           index=terms.index, threshold=terms.threshold, trigger_days=1 if terms.index == "heat" else 0,
-                           premium_bps=terms.premium_bps, k=terms.k, region=crop.region_bytes(terms.region),
-                           stations=stations)
+    spec = crop.SeasonSpec(
+        start=start,
+        end=start + season_length,
+        sale_end=start,
+        coverage_slack=terms.coverage_slack,
+        finalize_delay=terms.finalize_delay,
+        index=terms.index,
+        threshold=terms.threshold,
+        trigger_days=1 if terms.index == "heat" else 0,
+        premium_bps=terms.premium_bps,
+        k=terms.k,
+        region=crop.region_bytes(terms.region),
+        stations=stations,
+    )
     season_id, _ = crop.create_season(insurer, pool_id, spec)
     covers: dict[str, dict[str, Any]] = {}
-    for number, (farmer, cover) in enumerate(zip(farmers, terms.covers)):
+    for number, (farmer, cover) in enumerate(zip(farmers, terms.covers, strict=False)):
         beneficiary = account if number == 0 else farmer.require_sender().address
         policy_id, premium, _ = crop.buy_cover(farmer, season_id, cover, beneficiary)
-        covers[farmer.require_sender().address] = {"policyId": policy_id, "cover": cover, "premium": premium,
-                                                   "beneficiary": beneficiary}
+        covers[farmer.require_sender().address] = {
+            "policyId": policy_id,
+            "cover": cover,
+            "premium": premium,
+            "beneficiary": beneficiary,
+        }
     if int(ctx.w3.eth.get_block("latest")["timestamp"]) >= start:
         log.warning("the covers were sold only as season %d started: lengthen CropTerms.sale_window", season_id)
-    progress(f"crop season {season_id}: {len(stations)} stations, k = {terms.k}, rain below "
-             f"{crop.threshold_text(0, terms.threshold)} from {crop.when(start)} for {season_length} s; "
-             f"{len(covers)} farmers covered")
-    return CropSetup(pool_id, season_id, start, start + season_length, start + season_length + terms.finalize_delay,
-                     stations, provisioned.hostile, covers, loan_id, account, borrower, parties.lender.address)
+    progress(
+        f"crop season {season_id}: {len(stations)} stations, k = {terms.k}, rain below "
+        f"{crop.threshold_text(0, terms.threshold)} from {crop.when(start)} for {season_length} s; "
+        f"{len(covers)} farmers covered"
+    )
+    return CropSetup(
+        pool_id,
+        season_id,
+        start,
+        start + season_length,
+        start + season_length + terms.finalize_delay,
+        stations,
+        provisioned.hostile,
+        covers,
+        loan_id,
+        account,
+        borrower,
+        parties.lender.address,
+    )
 
 
 def keeper_account(ctx: OpsContext, funder: LocalAccount, terms: CropTerms = CropTerms()) -> LocalAccount:
@@ -434,8 +575,9 @@ def _keeper_done(ctx: OpsContext, setup: CropSetup) -> bool:
     return not balance and not credits
 
 
-def close_season(ctx: OpsContext, setup: CropSetup, caller: LocalAccount, *, keeper: str | None = None,
-                 keeper_grace: float = 0.0) -> dict[str, Any]:
+def close_season(
+    ctx: OpsContext, setup: CropSetup, caller: LocalAccount, *, keeper: str | None = None, keeper_grace: float = 0.0
+) -> dict[str, Any]:
     """What happened to the season and the loan, read back from the chain.
 
     With a ``keeper`` running, wait until ``keeper_grace`` seconds after the season became finalizable for it to
@@ -467,9 +609,12 @@ def close_season(ctx: OpsContext, setup: CropSetup, caller: LocalAccount, *, kee
         loan.sweep(anyone, setup.loan_id, [source for source, _ in credits])
         fallback.append("loan swept by the demo" + (": the keeper had not swept it" if keeper else ""))
     view = loan.loan_of(ctx, setup.loan_id)
-    paid = {c.policy_id: sum(int(e.args["amount"]) for e in fetch_logs(ctx, crop.CONTRACT, ("PayoutSent",),
-                                                                       topic1=c.policy_id))
-            for c in season.policies}
+    paid = {
+        c.policy_id: sum(
+            int(e.args["amount"]) for e in fetch_logs(ctx, crop.CONTRACT, ("PayoutSent",), topic1=c.policy_id)
+        )
+        for c in season.policies
+    }
     repaid = fetch_logs(ctx, loan.CONTRACT, ("Repaid",), topic1=setup.loan_id)
     forwarded = fetch_logs(ctx, loan.CONTRACT, ("Forwarded",), topic1=setup.loan_id)
     [finalized] = fetch_logs(ctx, crop.CONTRACT, ("SeasonFinalized",), topic1=setup.season_id)
@@ -477,19 +622,40 @@ def close_season(ctx: OpsContext, setup: CropSetup, caller: LocalAccount, *, kee
     return {
         "seasonId": setup.season_id,
         "triggered": season.triggered,
-        "votes": {"trigger": season.trigger_votes, "noTrigger": season.no_trigger_votes,
-                  "abstain": season.abstentions, "k": season.k},
+        "votes": {
+            "trigger": season.trigger_votes,
+            "noTrigger": season.no_trigger_votes,
+            "abstain": season.abstentions,
+            "k": season.k,
+        },
         "threshold": season.threshold_text,
-        "stations": [{"station": s.station, "verdict": s.verdict, "measured": s.measured,
-                      "hostile": s.station in setup.hostile} for s in season.stations],
-        "covers": [{"policyId": c.policy_id, "buyer": c.buyer, "beneficiary": c.beneficiary, "cover": str(c.cover),
-                    "premium": str(c.premium), "status": c.status, "paid": str(paid.get(c.policy_id, 0))}
-                   for c in season.policies],
-        "loan": {"loanId": setup.loan_id, "account": setup.payout_account, "borrower": setup.borrower,
-                 "repaidBySweep": str(sum(int(e.args["amount"]) for e in repaid)),
-                 "forwarded": str(sum(int(e.args["amount"]) for e in forwarded)),
-                 "sweptBy": sorted({ctx.w3.eth.get_transaction(e.tx_hash)["from"] for e in repaid + forwarded}),
-                 "outstanding": str(view.outstanding), "status": view.status, "repayment": str(view.repayment)},
+        "stations": [
+            {"station": s.station, "verdict": s.verdict, "measured": s.measured, "hostile": s.station in setup.hostile}
+            for s in season.stations
+        ],
+        "covers": [
+            {
+                "policyId": c.policy_id,
+                "buyer": c.buyer,
+                "beneficiary": c.beneficiary,
+                "cover": str(c.cover),
+                "premium": str(c.premium),
+                "status": c.status,
+                "paid": str(paid.get(c.policy_id, 0)),
+            }
+            for c in season.policies
+        ],
+        "loan": {
+            "loanId": setup.loan_id,
+            "account": setup.payout_account,
+            "borrower": setup.borrower,
+            "repaidBySweep": str(sum(int(e.args["amount"]) for e in repaid)),
+            "forwarded": str(sum(int(e.args["amount"]) for e in forwarded)),
+            "sweptBy": sorted({ctx.w3.eth.get_transaction(e.tx_hash)["from"] for e in repaid + forwarded}),
+            "outstanding": str(view.outstanding),
+            "status": view.status,
+            "repayment": str(view.repayment),
+        },
         "finalizedBy": finalized_by,
         "keeper": keeper,
         "fallback": fallback,
@@ -500,5 +666,7 @@ def check_chain_time(ctx: OpsContext, slack: int = 30) -> None:
     """A crop season runs on the wall clock: refuse a node whose clock is far from it (e.g. after evm_increaseTime)."""
     chain = int(ctx.w3.eth.get_block("latest")["timestamp"])
     if abs(chain - time.time()) > slack:
-        raise ChainError(f"the node's clock is {chain - time.time():+.0f} s off the wall clock; the demo's crop season "
-                         "needs a node that follows real time (a fresh anvil)")
+        raise ChainError(
+            f"the node's clock is {chain - time.time():+.0f} s off the wall clock; the demo's crop season "
+            "needs a node that follows real time (a fresh anvil)"
+        )

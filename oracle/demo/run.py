@@ -31,16 +31,26 @@ from pathlib import Path
 from typing import Any
 
 from eth_account import Account
-
 from iotsettle.oracle.chain.compiler import ensure_compiled
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, connect
 from iotsettle.oracle.chain.deploy import deploy_all
 from iotsettle.oracle.chain.node import Anvil, Mosquitto, Service, free_port, mqtt_ready, rpc_ready
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.demo import live as livestats
-from iotsettle.oracle.demo.provision import (CropSetup, CropTerms, FleetSpec, Parties, ProvisionedFleet,
-                                             can_open_season, check_chain_time, close_season, demo_account,
-                                             keeper_account, open_season, provision)
+from iotsettle.oracle.demo.provision import (
+    CropSetup,
+    CropTerms,
+    FleetSpec,
+    Parties,
+    ProvisionedFleet,
+    can_open_season,
+    check_chain_time,
+    close_season,
+    demo_account,
+    keeper_account,
+    open_season,
+    provision,
+)
 from iotsettle.oracle.ops.context import open_context
 from iotsettle.oracle.protocol.errors import ConfigError, NodeError
 
@@ -113,15 +123,23 @@ def _cli_command(*args: str) -> list[str]:
     return [sys.executable, "-c", "from iotsettle.cli.main import main; main()", *args]
 
 
-def _spawn(run: Run, name: str, args: list[str], env: dict[str, str], workdir: Path,
-           stdout_path: Path | None = None, module: bool = False) -> Child:
+def _spawn(
+    run: Run,
+    name: str,
+    args: list[str],
+    env: dict[str, str],
+    workdir: Path,
+    stdout_path: Path | None = None,
+    module: bool = False,
+) -> Child:
     log_path = workdir / f"{name}.log"
     with open(log_path, "ab") as log_handle:
         stdout = open(stdout_path, "wb") if stdout_path else log_handle  # noqa: SIM115 - closed after Popen
         try:
             command = [sys.executable, *args] if module else _cli_command(*args)
-            process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
-                                       stderr=log_handle, start_new_session=True)
+            process = subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=log_handle, start_new_session=True
+            )
         finally:
             if stdout_path:
                 stdout.close()
@@ -155,10 +173,12 @@ def _wait_health(child: Child, port: int, timeout: float = 60.0) -> None:
     url = f"http://127.0.0.1:{port}/health"
     while time.monotonic() < deadline:
         if not child.running():
-            raise NodeError(f"the oracle daemon exited during start-up ({child.process.returncode}); "
-                            f"last log lines: {child.log_tail() or '(empty)'}")
+            raise NodeError(
+                f"the oracle daemon exited during start-up ({child.process.returncode}); "
+                f"last log lines: {child.log_tail() or '(empty)'}"
+            )
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - loopback URL we built
+            with urllib.request.urlopen(url, timeout=1.0) as response:
                 if response.status == 200:
                     return
         except urllib.error.HTTPError:
@@ -171,16 +191,20 @@ def _wait_health(child: Child, port: int, timeout: float = 60.0) -> None:
 
 #: what the live view counts on chain: payments (readings billed, deliveries paid, premiums charged) and observations
 LIVE_EVENTS: dict[str, tuple[str, ...]] = {
-    "MeteredBilling": ("ReadingSettled",), "DeliveryEscrow": ("DeliveryConfirmed",),
-    "MotorInsurance": ("PremiumCharged",), "CropInsurance": ("ObservationRecorded",)}
+    "MeteredBilling": ("ReadingSettled",),
+    "DeliveryEscrow": ("DeliveryConfirmed",),
+    "MotorInsurance": ("PremiumCharged",),
+    "CropInsurance": ("ObservationRecorded",),
+}
 
 
 def _onchain_payments(tally: livestats.LogTally) -> tuple[int, int]:
     """(payments made on chain, weather observations recorded) so far."""
     counts = tally.update()
-    return (counts["ReadingSettled"] + counts["DeliveryConfirmed"] + counts["PremiumCharged"],
-            counts["ObservationRecorded"])
-
+    return (
+        counts["ReadingSettled"] + counts["DeliveryConfirmed"] + counts["PremiumCharged"],
+        counts["ObservationRecorded"],
+    )
 
 
 @dataclass(frozen=True)
@@ -221,9 +245,20 @@ class DemoSettings:
     season_length: int  # seconds the crop season lasts; 0 for none
 
     @classmethod
-    def of(cls, config: Config, *, duration: float, devices: int, rate: float | None, faults: str,
-           rpc_url: str | None, broker: str | None, workdir: str | None, seed: int,
-           season_length: int) -> DemoSettings:
+    def of(
+        cls,
+        config: Config,
+        *,
+        duration: float,
+        devices: int,
+        rate: float | None,
+        faults: str,
+        rpc_url: str | None,
+        broker: str | None,
+        workdir: str | None,
+        seed: int,
+        season_length: int,
+    ) -> DemoSettings:
         """Settings from the command's options: 3 readings per second per device unless ``rate`` says otherwise,
         weather stations only for a season, the configured broker unless ``broker`` (HOST:PORT) names one, and a
         new folder under the node's state directory unless ``workdir`` names one."""
@@ -235,8 +270,9 @@ class DemoSettings:
         return cls(work, spec, rate, duration, faults, rpc_url, (host, port), broker is None, seed, season_length)
 
 
-def run_demo(config: Config, run: Run, settings: DemoSettings, report: Callable[[str], None],
-             live: LiveView = _no_view) -> dict[str, Any]:
+def run_demo(
+    config: Config, run: Run, settings: DemoSettings, report: Callable[[str], None], live: LiveView = _no_view
+) -> dict[str, Any]:
     """Run the demo, recording every process it starts in ``run`` (the caller cleans up), and return its summary.
 
     ``report`` takes a line per step; ``live`` shows the frames while the devices publish."""
@@ -274,19 +310,29 @@ def run_demo(config: Config, run: Run, settings: DemoSettings, report: Callable[
     ensure_compiled(config)
     chain = connect(config, rpc_url)
     if not chain.is_local:
-        raise ConfigError(f"the demo runs on a local development chain (31337 anvil, 1337 ganache), not chain "
-                          f"{chain.chain_id}: it spends the well-known development accounts")
+        raise ConfigError(
+            f"the demo runs on a local development chain (31337 anvil, 1337 ganache), not chain "
+            f"{chain.chain_id}: it spends the well-known development accounts"
+        )
     accounts = [Account.from_key(key) for key in ANVIL_DEV_KEYS]
     if chain.w3.eth.get_balance(accounts[1].address) == 0:
-        raise ConfigError(f"{chain.rpc_url} does not fund anvil's development accounts; start ganache with "
-                          "--wallet.mnemonic 'test test test test test test test test test test test junk'")
+        raise ConfigError(
+            f"{chain.rpc_url} does not fund anvil's development accounts; start ganache with "
+            "--wallet.mnemonic 'test test test test test test test test test test test junk'"
+        )
     report(f"deploying to chain {chain.chain_id}")
     deploy_all(config, chain, accounts[0], report)
     ops_ctx = open_context(config, chain.rpc_url)
 
-    parties = Parties(operator=accounts[0], utility=accounts[1], insurer=accounts[2], household=accounts[3],
-                      shop=accounts[4], farmers=tuple(demo_account(f"farmer-{i}") for i in range(FARMERS)),
-                      lender=demo_account("lender"))
+    parties = Parties(
+        operator=accounts[0],
+        utility=accounts[1],
+        insurer=accounts[2],
+        household=accounts[3],
+        shop=accounts[4],
+        farmers=tuple(demo_account(f"farmer-{i}") for i in range(FARMERS)),
+        lender=demo_account("lender"),
+    )
     fleet_dir = work / "fleet"
     provisioned = provision(ops_ctx, fleet_dir, spec, parties, seed=seed, progress=report)
     settle_from = provisioned.last_block + 1
@@ -303,13 +349,18 @@ def run_demo(config: Config, run: Run, settings: DemoSettings, report: Callable[
 
     health_port = free_port()
     db_path = work / "oracle.db"
-    env = {**os.environ, "IOTSETTLE_CHAIN_RPC_URL": chain.rpc_url, "IOTSETTLE_MQTT_HOST": host,
-           "IOTSETTLE_MQTT_PORT": str(port), "IOTSETTLE_ORACLE_DB_PATH": str(db_path),
-           "IOTSETTLE_ORACLE_HEALTH_PORT": str(health_port),
-           "IOTSETTLE_ORACLE_CLIENT_ID": f"iotsettle-demo-{os.getpid()}-{int(time.time())}",
-           "IOTSETTLE_ORACLE_ORACLE_ID": "demo-oracle",
-           "IOTSETTLE_PATHS_DEPLOYMENTS_DIR": str(config.path(config.paths.deployments_dir)),
-           "IOTSETTLE_PATHS_ARTIFACTS_DIR": str(config.path(config.paths.artifacts_dir))}
+    env = {
+        **os.environ,
+        "IOTSETTLE_CHAIN_RPC_URL": chain.rpc_url,
+        "IOTSETTLE_MQTT_HOST": host,
+        "IOTSETTLE_MQTT_PORT": str(port),
+        "IOTSETTLE_ORACLE_DB_PATH": str(db_path),
+        "IOTSETTLE_ORACLE_HEALTH_PORT": str(health_port),
+        "IOTSETTLE_ORACLE_CLIENT_ID": f"iotsettle-demo-{os.getpid()}-{int(time.time())}",
+        "IOTSETTLE_ORACLE_ORACLE_ID": "demo-oracle",
+        "IOTSETTLE_PATHS_DEPLOYMENTS_DIR": str(config.path(config.paths.deployments_dir)),
+        "IOTSETTLE_PATHS_ARTIFACTS_DIR": str(config.path(config.paths.artifacts_dir)),
+    }
     if config.source != "defaults" and "IOTSETTLE_CONFIG" not in env:
         env["IOTSETTLE_CONFIG"] = config.source
     report(f"starting the oracle daemon (relayer {accounts[0].address}, store {db_path})")
@@ -320,28 +371,58 @@ def run_demo(config: Config, run: Run, settings: DemoSettings, report: Callable[
         # The stations must report until the season's end (a station that stops early abstains): the season opens
         # once they publish, a few seconds into the run.
         duration = max(duration, float(season_length + crop_terms.sale_window + SEASON_MARGIN))
-    report(f"simulating {spec.total} devices at {rate:g} readings/s for {duration:g} s (faults: {faults or 'none'}"
-           f"{', weather: ' + SEASON_WEATHER if season_length else ''})")
+    report(
+        f"simulating {spec.total} devices at {rate:g} readings/s for {duration:g} s (faults: {faults or 'none'}"
+        f"{', weather: ' + SEASON_WEATHER if season_length else ''})"
+    )
     sim_out = work / "simulation.json"
-    simulator = _spawn(run, "simulator", ["device", "simulate", "--fleet", str(provisioned.fleet_path), "--rate",
-                                          f"{rate:g}", "--duration", f"{duration:g}", "--seed", str(seed), "--faults",
-                                          faults, "--weather", SEASON_WEATHER, "--broker-host", host,
-                                          "--broker-port", str(port), "--json"],
-                       env, work, stdout_path=sim_out)
+    simulator = _spawn(
+        run,
+        "simulator",
+        [
+            "device",
+            "simulate",
+            "--fleet",
+            str(provisioned.fleet_path),
+            "--rate",
+            f"{rate:g}",
+            "--duration",
+            f"{duration:g}",
+            "--seed",
+            str(seed),
+            "--faults",
+            faults,
+            "--weather",
+            SEASON_WEATHER,
+            "--broker-host",
+            host,
+            "--broker-port",
+            str(port),
+            "--json",
+        ],
+        env,
+        work,
+        stdout_path=sim_out,
+    )
     # The season runs on the wall clock: opened while the stations already publish, so each covers its start.
     setup: CropSetup | None = None
     keeper: Child | None = None
     keeper_address: str | None = None
     if season_length:
-        setup = open_season(ops_ctx, provisioned, parties, season_length=season_length, terms=crop_terms,
-                            progress=report)
+        setup = open_season(
+            ops_ctx, provisioned, parties, season_length=season_length, terms=crop_terms, progress=report
+        )
         # Its own account, not the relayer's: the daemon manages that key's nonces.
         keeper_key = keeper_account(ops_ctx, parties.insurer, crop_terms)
         keeper_address = keeper_key.address
         report(f"starting the keeper ({keeper_address}): it pays the season out and sweeps the loan when due")
-        keeper = _spawn(run, "keeper", ["keeper", "run", "--interval", KEEPER_INTERVAL, "--from-key-env",
-                                        KEEPER_KEY_ENV],
-                        {**env, KEEPER_KEY_ENV: "0x" + keeper_key.key.hex(), "COLUMNS": "200"}, work)
+        keeper = _spawn(
+            run,
+            "keeper",
+            ["keeper", "run", "--interval", KEEPER_INTERVAL, "--from-key-env", KEEPER_KEY_ENV],
+            {**env, KEEPER_KEY_ENV: "0x" + keeper_key.key.hex(), "COLUMNS": "200"},
+            work,
+        )
 
     started = time.monotonic()
     phase = "devices publishing"
@@ -359,8 +440,10 @@ def run_demo(config: Config, run: Run, settings: DemoSettings, report: Callable[
             previous, previous_t = snap.received + snap.rejected_total, now
             show(Frame(now - started, duration, snap, rate_now, payments, observations, phase, _season_status(setup)))
             if not oracle.running():
-                raise NodeError(f"the oracle daemon stopped unexpectedly ({oracle.process.returncode}); "
-                                f"last log lines: {oracle.log_tail()}")
+                raise NodeError(
+                    f"the oracle daemon stopped unexpectedly ({oracle.process.returncode}); "
+                    f"last log lines: {oracle.log_tail()}"
+                )
             if simulator.running():
                 continue
             if drain_deadline is None:
@@ -392,23 +475,37 @@ def run_demo(config: Config, run: Run, settings: DemoSettings, report: Callable[
         "workdir": str(work),
         "fleet": provisioned.as_dict(),
         "simulation": simulation,
-        "oracle": {"received": snap.received, "settledOrFinal": snap.settled, "superseded": snap.superseded,
-                   "backlog": snap.backlog, "rejectedByReason": rejects, "log": str(oracle.log_path),
-                   "db": str(db_path)},
+        "oracle": {
+            "received": snap.received,
+            "settledOrFinal": snap.settled,
+            "superseded": snap.superseded,
+            "backlog": snap.backlog,
+            "rejectedByReason": rejects,
+            "log": str(oracle.log_path),
+            "db": str(db_path),
+        },
         "chain": onchain.as_dict(),
-        "latencySeconds": {"p50": _round(livestats.percentile(lat, 50)), "p90": _round(livestats.percentile(lat, 90)),
-                           "p99": _round(livestats.percentile(lat, 99)), "samples": len(lat)},
+        "latencySeconds": {
+            "p50": _round(livestats.percentile(lat, 50)),
+            "p90": _round(livestats.percentile(lat, 90)),
+            "p99": _round(livestats.percentile(lat, 99)),
+            "samples": len(lat),
+        },
         "motor": livestats.motor_summary(ops_ctx, provisioned, settle_from),
         "crop": crop_result,
         "elapsedSeconds": round(elapsed, 1),
         "eventsPerSecond": round((snap.received + snap.rejected_total) / max(elapsed, 1e-6), 1),
-        "parties": {"operator": parties.operator.address, "utility": parties.utility.address,
-                    "insurer": parties.insurer.address, "household": parties.household.address,
-                    "shop": parties.shop.address, "farmers": [f.address for f in parties.farmers],
-                    "lender": parties.lender.address if parties.lender else None},
+        "parties": {
+            "operator": parties.operator.address,
+            "utility": parties.utility.address,
+            "insurer": parties.insurer.address,
+            "household": parties.household.address,
+            "shop": parties.shop.address,
+            "farmers": [f.address for f in parties.farmers],
+            "lender": parties.lender.address if parties.lender else None,
+        },
         "example": _examples(provisioned),
     }
-
 
 
 def _season_status(setup: CropSetup | None) -> str | None:
@@ -448,5 +545,3 @@ def _examples(provisioned: ProvisionedFleet) -> dict[str, str]:
     if provisioned.policies:
         out["policy"] = f"0x{next(iter(provisioned.policies.values())):064x}"
     return out
-
-

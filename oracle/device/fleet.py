@@ -40,12 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from eth_utils import is_hex_address, to_checksum_address
-
 from iotsettle.oracle.device.keys import DeviceKey, create_keystore, load_keystore, parse_private_key, resolve_password
-from iotsettle.oracle.protocol.location import geohash_encode
 from iotsettle.oracle.device.signer import Contracts
 from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name, kind_name
 from iotsettle.oracle.protocol.errors import ConfigError, KeyFileError
+from iotsettle.oracle.protocol.location import geohash_encode
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +180,9 @@ def _contracts(raw: Any) -> Contracts | None:
     if not isinstance(raw, dict):
         raise ConfigError("fleet contracts must be an object of name → address")
     try:
-        return Contracts.from_names({name: _address(raw[name], f"contracts.{name}")
-                                     for name in Contracts.names() if name in raw})
+        return Contracts.from_names(
+            {name: _address(raw[name], f"contracts.{name}") for name in Contracts.names() if name in raw}
+        )
     except KeyError as exc:
         raise ConfigError(f"fleet contracts lack {exc.args[0]}") from None
 
@@ -192,8 +192,9 @@ def contracts_from_manifest(manifest: Mapping[str, Any]) -> Contracts:
     insurance products are optional (a manifest written before them still works)."""
     entries = manifest.get("contracts", {})
     try:
-        return Contracts.from_names({name: to_checksum_address(entries[name]["address"])
-                                     for name in Contracts.names() if name in entries})
+        return Contracts.from_names(
+            {name: to_checksum_address(entries[name]["address"]) for name in Contracts.names() if name in entries}
+        )
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"the deployment manifest has no address for {exc}") from None
 
@@ -282,8 +283,10 @@ def _fault(value: Any, device: FleetDevice, where: str) -> FaultClass:
     if not fault.applies_to(device.kind):
         raise ConfigError(f"{where}: a {kind_name(device.kind)} cannot emit {fault}")
     if not fault.applies_to_device(device):
-        raise ConfigError(f"{where}: {fault} needs a device that signs "
-                          f"{'telematics (a policyId)' if fault is FaultClass.BEHAVIOUR_ROLLBACK else 'weather observations'}")
+        raise ConfigError(
+            f"{where}: {fault} needs a device that signs "
+            f"{'telematics (a policyId)' if fault is FaultClass.BEHAVIOUR_ROLLBACK else 'weather observations'}"
+        )
     return fault
 
 
@@ -388,7 +391,9 @@ def generate_fleet(
             name = f"{kind_name(kind).replace('_', '-')}-{index:03d}"
             entry: dict[str, Any] = {"name": name, "kind": kind_name(kind)}
             if keystores:
-                key = create_keystore(directory / "keys", password or "", kind=kind, kdf="pbkdf2", iterations=kdf_iterations)
+                key = create_keystore(
+                    directory / "keys", password or "", kind=kind, kdf="pbkdf2", iterations=kdf_iterations
+                )
                 entry["address"] = key.address
                 entry["keyFile"] = os.path.relpath(key.path or "", directory)
             else:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import eth_keyfile
-
 from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name, kind_name
 from iotsettle.oracle.protocol.eip712 import address_of
 from iotsettle.oracle.protocol.errors import ConfigError, KeyFileError
@@ -73,7 +72,10 @@ def parse_private_key(value: bytes | str) -> bytes:
             raise KeyFileError("a private key must be 32 bytes of hex") from None
     else:
         raw = bytes(value)
-    if len(raw) != 32 or not 0 < int.from_bytes(raw, "big") < 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141:
+    if (
+        len(raw) != 32
+        or not 0 < int.from_bytes(raw, "big") < 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    ):
         raise KeyFileError("a private key must be 32 bytes and a valid secp256k1 scalar")
     return raw
 
@@ -125,7 +127,10 @@ def create_keystore(
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{address}.json"
     document: dict[str, Any] = eth_keyfile.create_keyfile_json(
-        raw, password.encode(), kdf=kdf, iterations=iterations  # type: ignore[arg-type]
+        raw,
+        password.encode(),
+        kdf=kdf,
+        iterations=iterations,  # type: ignore[arg-type]
     )
     document["address"] = address.removeprefix("0x").lower()
     document[METADATA_KEY] = {"kind": kind_name(kind) if kind else None}
@@ -162,7 +167,7 @@ def load_keystore(path: str | os.PathLike[str], password: str) -> DeviceKey:
         raise KeyFileError(f"cannot read keystore {keystore}: {exc.strerror}") from None
     except json.JSONDecodeError:
         raise KeyFileError(f"{keystore} is not a keystore (not JSON)") from None
-    if not isinstance(document, dict) or "crypto" not in document and "Crypto" not in document:
+    if not isinstance(document, dict) or ("crypto" not in document and "Crypto" not in document):
         raise KeyFileError(f"{keystore} is not a Web3 Secret Storage keystore")
     try:
         raw = eth_keyfile.decode_keyfile_json(document, password.encode())
@@ -285,8 +290,10 @@ class MemoryDeliveryLog:
         key = _escrow_key(chain_id, contract, escrow_id)
         with self._mutex:
             if key in self._escrows:
-                raise DeliveryAlreadySigned(f"a delivery for escrow {escrow_id} was already signed; a device signs "
-                                            "one delivery per escrow (the first relayed releases it)")
+                raise DeliveryAlreadySigned(
+                    f"a delivery for escrow {escrow_id} was already signed; a device signs "
+                    "one delivery per escrow (the first relayed releases it)"
+                )
             self._record(key)
 
     def _record(self, key: str) -> None:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-
 from iotsettle.oracle.device.buffer import OfflineBuffer
 from iotsettle.oracle.protocol.errors import ProtocolError
 from iotsettle.oracle.protocol.reasons import Reply, decode_reply
@@ -134,7 +133,9 @@ class Publisher:
         if not self._stopping.is_set():
             log.warning("disconnected from %s:%d (%s); reconnecting", self._broker.host, self._broker.port, reason_code)
 
-    def _handle_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, _reason_code: Any, _properties: Any) -> None:
+    def _handle_publish(
+        self, _client: mqtt.Client, _userdata: Any, mid: int, _reason_code: Any, _properties: Any
+    ) -> None:
         self._acks.put(mid)
         self._wake.set()
 

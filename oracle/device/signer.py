@@ -13,14 +13,14 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from eth_utils import to_checksum_address
-
-from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.device.keys import DeviceKey, MemoryDeliveryLog
+from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.eip712 import Domain
 from iotsettle.oracle.protocol.errors import ConfigError, ProtocolError
 from iotsettle.oracle.protocol.kinds import CONTRACT_OF_KIND
 from iotsettle.oracle.protocol.wire import SignedEvent
+
 
 @lru_cache(maxsize=1024)
 def _checksummed(address: str) -> str:
@@ -55,15 +55,20 @@ class Contracts:
     def from_names(cls, addresses: Mapping[str, str]) -> Contracts:
         """From manifest name → address; the registry and the insurance products may be absent, and a missing
         required contract raises KeyError naming it."""
-        return cls(**{
-            item.name: addresses[item.metadata["contract"]] if item.default is MISSING
-            else addresses.get(item.metadata["contract"])
-            for item in fields(cls)
-        })
+        return cls(
+            **{
+                item.name: addresses[item.metadata["contract"]]
+                if item.default is MISSING
+                else addresses.get(item.metadata["contract"])
+                for item in fields(cls)
+            }
+        )
 
     def by_name(self) -> dict[str, str]:
         """Manifest name → address of every contract the deployment has."""
-        return {item.metadata["contract"]: getattr(self, item.name) for item in fields(self) if getattr(self, item.name)}
+        return {
+            item.metadata["contract"]: getattr(self, item.name) for item in fields(self) if getattr(self, item.name)
+        }
 
     def address(self, contract: str) -> str | None:
         """The address of ``contract`` (a manifest name such as "MotorInsurance"); None when the deployment has none."""
@@ -78,8 +83,10 @@ class Contracts:
             raise ProtocolError(f"unknown event type {event_type!r}")
         address = self.address(CONTRACT_OF_KIND[event_type])
         if not address:
-            raise ConfigError(f"no {CONTRACT_OF_KIND[event_type]} address to sign {event_type} events for "
-                              "(deploy the insurance contracts, or name it in the fleet file's contracts)")
+            raise ConfigError(
+                f"no {CONTRACT_OF_KIND[event_type]} address to sign {event_type} events for "
+                "(deploy the insurance contracts, or name it in the fleet file's contracts)"
+            )
         return address
 
     def signs(self, event_type: str) -> bool:
@@ -91,9 +98,7 @@ class Contracts:
         return True
 
 
-def sign_event(
-    key: DeviceKey, event_type: str, chain_id: int, contract: str, msg: Mapping[str, Any]
-) -> SignedEvent:
+def sign_event(key: DeviceKey, event_type: str, chain_id: int, contract: str, msg: Mapping[str, Any]) -> SignedEvent:
     """Sign ``msg`` (field name → int, or bytes for bytes32) as ``event_type`` and return the wire event.
 
     No field is checked beyond what EIP-712 encoding needs: the caller decides seq and timestamp.
@@ -125,8 +130,14 @@ class EventSigner:
     persistent ``keys.DeliveryLog`` on a real device; the default only remembers this process's deliveries).
     """
 
-    def __init__(self, key: DeviceKey, chain_id: int, contracts: Contracts, counter: Counter,
-                 deliveries: DeliveryRecord | None = None) -> None:
+    def __init__(
+        self,
+        key: DeviceKey,
+        chain_id: int,
+        contracts: Contracts,
+        counter: Counter,
+        deliveries: DeliveryRecord | None = None,
+    ) -> None:
         self.key = key
         self.chain_id = chain_id
         self.contracts = contracts
@@ -138,7 +149,12 @@ class EventSigner:
 
     def reading(self, agreement_id: int, value: int, *, timestamp: int | None = None) -> SignedEvent:
         """A cumulative register reading for a MeteredBilling agreement."""
-        msg = {"agreementId": agreement_id, "seq": self._counter.next(), "timestamp": self._stamp(timestamp), "value": value}
+        msg = {
+            "agreementId": agreement_id,
+            "seq": self._counter.next(),
+            "timestamp": self._stamp(timestamp),
+            "value": value,
+        }
         return sign_event(self.key, "reading", self.chain_id, self.contracts.for_type("reading"), msg)
 
     def delivery(
@@ -197,7 +213,13 @@ def sign_registration(
     registry: str,
 ) -> tuple[bytes, bytes]:
     """The device's consent to be registered to ``owner``: returns (digest, 65-byte signature)."""
-    msg = {"device": key.address, "owner": owner, "kind": int(kind), "metadataHash": metadata_hash, "deadline": deadline}
+    msg = {
+        "device": key.address,
+        "owner": owner,
+        "kind": int(kind),
+        "metadataHash": metadata_hash,
+        "deadline": deadline,
+    }
     message_digest = eip712.digest("Registration", msg, Domain(chain_id, registry))
     return message_digest, eip712.sign_digest(key.private_key, message_digest)
 

@@ -13,10 +13,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from web3.contract.contract import ContractFunction
-
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.ops.tx import RevertedError, TxResult, transact
+from web3.contract.contract import ContractFunction
 
 log = logging.getLogger(__name__)
 

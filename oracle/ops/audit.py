@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from eth_utils import to_checksum_address
-
 from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.ops.events import LogEntry, fetch_logs
@@ -24,17 +23,36 @@ from iotsettle.oracle.protocol.errors import ChainError
 log = logging.getLogger(__name__)
 
 ESCROW_EVENTS = ("EscrowCreated", "DeliveryConfirmed", "DeliveryRejected", "EscrowRefunded", "EscrowCancelled")
-AGREEMENT_EVENTS = ("AgreementOffered", "OfferCancelled", "AgreementAccepted", "ToppedUp", "ReadingSettled",
-                    "ReadingRejected", "AgreementSuspended", "AgreementResumed", "EarningsWithdrawn", "CloseRequested",
-                    "AgreementClosed")
+AGREEMENT_EVENTS = (
+    "AgreementOffered",
+    "OfferCancelled",
+    "AgreementAccepted",
+    "ToppedUp",
+    "ReadingSettled",
+    "ReadingRejected",
+    "AgreementSuspended",
+    "AgreementResumed",
+    "EarningsWithdrawn",
+    "CloseRequested",
+    "AgreementClosed",
+)
 DEVICE_EVENTS = ("DeviceRegistered", "KeyRotated", "DeviceRevoked", "MetadataUpdated")
 #: event → the argument holding the money it moved
-AMOUNT_FIELD = {"EscrowCreated": "amount", "DeliveryConfirmed": "toSeller", "EscrowRefunded": "amount",
-                "EscrowCancelled": "amount", "AgreementAccepted": "deposit", "ToppedUp": "amount",
-                "ReadingSettled": "amount", "EarningsWithdrawn": "amount", "AgreementClosed": "refund"}
+AMOUNT_FIELD = {
+    "EscrowCreated": "amount",
+    "DeliveryConfirmed": "toSeller",
+    "EscrowRefunded": "amount",
+    "EscrowCancelled": "amount",
+    "AgreementAccepted": "deposit",
+    "ToppedUp": "amount",
+    "ReadingSettled": "amount",
+    "EarningsWithdrawn": "amount",
+    "AgreementClosed": "refund",
+}
 
 
 # ------------------------------------------------------------------------------------------------ reports
+
 
 @dataclass(frozen=True)
 class AuditEntry:
@@ -48,9 +66,16 @@ class AuditEntry:
     detail: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"block": self.block, "time": self.time, "tx": self.tx_hash, "subject": self.subject,
-                "event": self.event, "amount": None if self.amount is None else str(self.amount),
-                "token": self.token, "detail": self.detail}
+        return {
+            "block": self.block,
+            "time": self.time,
+            "tx": self.tx_hash,
+            "subject": self.subject,
+            "event": self.event,
+            "amount": None if self.amount is None else str(self.amount),
+            "token": self.token,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True)
@@ -60,8 +85,13 @@ class AuditReport:
     totals: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"subject": self.subject, "entries": [e.as_dict() for e in self.entries],
-                "totals": {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in self.totals.items()}}
+        return {
+            "subject": self.subject,
+            "entries": [e.as_dict() for e in self.entries],
+            "totals": {
+                k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in self.totals.items()
+            },
+        }
 
 
 class _Clock:
@@ -96,12 +126,16 @@ def _detail(entry: LogEntry, fmt: Callable[[int], str]) -> str:
         case "EscrowCancelled":
             return "cancelled by the seller; buyer credited"
         case "AgreementOffered":
-            return (f"provider {a['provider']} → consumer {a['consumer']}, meter {a['device']}, tariff {a['tariffId']}, "
-                    f"start value {a['startValue']}")
+            return (
+                f"provider {a['provider']} → consumer {a['consumer']}, meter {a['device']}, tariff {a['tariffId']}, "
+                f"start value {a['startValue']}"
+            )
         case "AgreementAccepted":
             return "accepted with a prepaid deposit"
         case "ToppedUp":
-            return f"top-up from {a['from']}" + (f", {fmt(int(a['arrearsPaid']))} paid arrears" if a["arrearsPaid"] else "")
+            return f"top-up from {a['from']}" + (
+                f", {fmt(int(a['arrearsPaid']))} paid arrears" if a["arrearsPaid"] else ""
+            )
         case "ReadingSettled":
             return f"reading seq {a['seq']} billed"
         case "AgreementSuspended":
@@ -132,8 +166,18 @@ def _entries(ctx: OpsContext, logs: Iterable[LogEntry], subject_of: Any, token_o
         key = entry.args.get("escrowId", entry.args.get("agreementId", entry.args.get("device")))
         token = token_of.get(key)
         fmt: Callable[[int], str] = describe_token(ctx, token).format if token else str
-        out.append(AuditEntry(entry.block, clock(entry.block), entry.tx_hash, subject_of(entry), entry.event,
-                              int(entry.args[field_name]) if field_name else None, token, _detail(entry, fmt)))
+        out.append(
+            AuditEntry(
+                entry.block,
+                clock(entry.block),
+                entry.tx_hash,
+                subject_of(entry),
+                entry.event,
+                int(entry.args[field_name]) if field_name else None,
+                token,
+                _detail(entry, fmt),
+            )
+        )
     return out
 
 
@@ -233,7 +277,13 @@ def audit_device(ctx: OpsContext, device: str) -> AuditReport:
 
     entries = _entries(ctx, settled, subject, tokens)
     a_totals, e_totals = _agreement_totals(agreement_logs), _escrow_totals(escrow_logs)
-    totals.update({"billed": a_totals["billed"], "readingsSettled": a_totals["readingsSettled"],
-                   "readingsRejected": a_totals["readingsRejected"], "releasedToSeller": e_totals["toSeller"],
-                   "deliveriesRejected": e_totals["rejectedDeliveries"]})
+    totals.update(
+        {
+            "billed": a_totals["billed"],
+            "readingsSettled": a_totals["readingsSettled"],
+            "readingsRejected": a_totals["readingsRejected"],
+            "releasedToSeller": e_totals["toSeller"],
+            "deliveriesRejected": e_totals["rejectedDeliveries"],
+        }
+    )
     return AuditReport(f"device {device}", entries, totals)

@@ -7,15 +7,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from eth_utils import to_checksum_address
-
-from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
+from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.ops.context import OpsContext, parse_payloads
 from iotsettle.oracle.ops.events import fetch_logs
-from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.ops.sentences import AGREEMENT_STATUSES
 from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, check_eth, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in, transact, transact_many
+from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
 from iotsettle.oracle.protocol.wire import SignedEvent
 
 log = logging.getLogger(__name__)
@@ -64,9 +63,17 @@ def agreement_of(ctx: OpsContext, agreement_id: int) -> AgreementView:
     if status == 0:
         raise ChainError(f"agreement {agreement_id} does not exist on chain {ctx.chain.chain_id}")
     earnings = int(billing.functions.earningsOf(agreement_id).call())
-    return AgreementView(agreement_id, raw[0], raw[1], raw[2], raw[3], int(raw[4]),
-                         AGREEMENT_STATUSES[status] if status < len(AGREEMENT_STATUSES) else str(status),
-                         *(int(x) for x in raw[6:]), earnings)
+    return AgreementView(
+        agreement_id,
+        raw[0],
+        raw[1],
+        raw[2],
+        raw[3],
+        int(raw[4]),
+        AGREEMENT_STATUSES[status] if status < len(AGREEMENT_STATUSES) else str(status),
+        *(int(x) for x in raw[6:]),
+        earnings,
+    )
 
 
 def create_flat_tariff(ctx: OpsContext, price: int) -> tuple[int, TxResult]:
@@ -96,7 +103,9 @@ def offer(
     notice_period: int,
 ) -> tuple[int, TxResult]:
     """Provider (the sender) offers the agreement; returns its id."""
-    call = ctx.contract(CONTRACT).functions.offer(consumer, device, tariff_id, token.address, start_value, notice_period)
+    call = ctx.contract(CONTRACT).functions.offer(
+        consumer, device, tariff_id, token.address, start_value, notice_period
+    )
     result = transact(ctx, call, CONTRACT)
     offered = events_in(ctx, CONTRACT, result.receipt, "AgreementOffered")
     return int(offered[0]["agreementId"]), result
@@ -235,18 +244,26 @@ def settle(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[S
         result = transact(ctx, billing.functions.settleReading(reading_tuple(events[0])), CONTRACT)
     else:
         result = transact(ctx, billing.functions.settle([reading_tuple(e) for e in events]), CONTRACT)
-    outcomes = [Settlement(int(a["agreementId"]), int(a["seq"]), True, "", int(a["amount"]))
-                for a in events_in(ctx, CONTRACT, result.receipt, "ReadingSettled")]
-    outcomes += [Settlement(int(a["agreementId"]), int(a["seq"]), False, reason_label(int(a["reason"])))
-                 for a in events_in(ctx, CONTRACT, result.receipt, "ReadingRejected")]
+    outcomes = [
+        Settlement(int(a["agreementId"]), int(a["seq"]), True, "", int(a["amount"]))
+        for a in events_in(ctx, CONTRACT, result.receipt, "ReadingSettled")
+    ]
+    outcomes += [
+        Settlement(int(a["agreementId"]), int(a["seq"]), False, reason_label(int(a["reason"])))
+        for a in events_in(ctx, CONTRACT, result.receipt, "ReadingRejected")
+    ]
     return result, outcomes
 
 
 def offer_many(ctx: OpsContext, offers: list[dict[str, Any]]) -> list[int]:
     """Several ``offer`` calls back to back (bulk set-up); returns the agreement ids in order."""
     billing = ctx.contract(CONTRACT)
-    calls = [billing.functions.offer(o["consumer"], o["device"], o["tariff_id"], o["token"].address, o["start_value"],
-                                     o["notice_period"]) for o in offers]
+    calls = [
+        billing.functions.offer(
+            o["consumer"], o["device"], o["tariff_id"], o["token"].address, o["start_value"], o["notice_period"]
+        )
+        for o in offers
+    ]
     results = transact_many(ctx, calls, CONTRACT, gas=250_000)
     return [int(events_in(ctx, CONTRACT, r.receipt, "AgreementOffered")[0]["agreementId"]) for r in results]
 

@@ -11,17 +11,16 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import is_address, to_checksum_address
-from web3.contract import Contract
-
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, Chain, connect, load_sender
-from iotsettle.oracle.config import Config
 from iotsettle.oracle.chain.deploy import contract as deployed_contract
 from iotsettle.oracle.chain.deploy import load_manifest, verify_manifest
 from iotsettle.oracle.chain.rpc import RpcClient
+from iotsettle.oracle.config import Config
 from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.errors import ChainError, DeploymentError, KeyFileError, ProtocolError
 from iotsettle.oracle.protocol.wire import SignedEvent
+from web3.contract import Contract
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,9 @@ def pick_sender(config: Config, chain: Chain, choice: SenderChoice) -> LocalAcco
         if not chain.is_local:
             raise KeyFileError(f"development accounts exist only on local chains, not on chain {chain.chain_id}")
         if not 0 <= choice.dev_account < len(ANVIL_DEV_KEYS):
-            raise KeyFileError(f"development account {choice.dev_account} does not exist (0..{len(ANVIL_DEV_KEYS) - 1})")
+            raise KeyFileError(
+                f"development account {choice.dev_account} does not exist (0..{len(ANVIL_DEV_KEYS) - 1})"
+            )
         return Account.from_key(ANVIL_DEV_KEYS[choice.dev_account])
     return load_sender(config, chain)
 
@@ -146,8 +147,12 @@ def parse_payloads(ctx: OpsContext, text: str, event_type: str, contract_name: s
         if event.type != event_type:
             raise ProtocolError(f"payload seq {event.seq} is a {event.type}; `{command}` relays {event_type}s")
         if event.chain_id != ctx.chain.chain_id:
-            raise ProtocolError(f"payload seq {event.seq} was signed for chain {event.chain_id}, this is chain {ctx.chain.chain_id}")
+            raise ProtocolError(
+                f"payload seq {event.seq} was signed for chain {event.chain_id}, this is chain {ctx.chain.chain_id}"
+            )
         if event.contract != contract_address:
-            raise ProtocolError(f"payload seq {event.seq} was signed for contract {event.contract}, "
-                                f"the {contract_name} contract here is {contract_address}")
+            raise ProtocolError(
+                f"payload seq {event.seq} was signed for contract {event.contract}, "
+                f"the {contract_name} contract here is {contract_address}"
+            )
     return events

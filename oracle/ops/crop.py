@@ -15,18 +15,16 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from web3.exceptions import LogTopicError, MismatchedABI
-
-from iotsettle.oracle.chain.revert import reason_of
-from iotsettle.oracle.protocol.errors import ChainError, IotSettleError, ProtocolError
+from iotsettle.oracle.chain.revert import RejectReason, reason_of
 from iotsettle.oracle.ops._product import Sentences, named, state_name, transact_explained, when
 from iotsettle.oracle.ops.context import OpsContext, parse_payloads
 from iotsettle.oracle.ops.events import fetch_logs
 from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in
-from iotsettle.oracle.chain.revert import RejectReason
+from iotsettle.oracle.protocol.errors import ChainError, IotSettleError, ProtocolError
 from iotsettle.oracle.protocol.wire import SignedEvent
+from web3.exceptions import LogTopicError, MismatchedABI
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ class TermsError(IotSettleError, ValueError):
 
 
 def threshold_units(index: str, text: str) -> int:
-    """"50mm" / "50" (rain) → 5000 hundredths of a mm; "35C" / "35°C" / "35" (heat) → 3500 hundredths of °C."""
+    """ "50mm" / "50" (rain) → 5000 hundredths of a mm; "35C" / "35°C" / "35" (heat) → 3500 hundredths of °C."""
     raw = text.strip().lower().replace(" ", "")
     if index == "rain":
         number, scale, unit = raw.removesuffix("mm"), RAIN_UNITS_PER_MM, "mm"
@@ -60,8 +58,9 @@ def threshold_units(index: str, text: str) -> int:
     try:
         value = Decimal(number) * scale
     except InvalidOperation:
-        raise TermsError(f"{text!r} is not a threshold in {unit} (e.g. {'120mm' if index == 'rain' else '35C'})") \
-            from None
+        raise TermsError(
+            f"{text!r} is not a threshold in {unit} (e.g. {'120mm' if index == 'rain' else '35C'})"
+        ) from None
     if value != value.to_integral_value():
         raise TermsError(f"{text!r} is finer than the contract's 0.01 {unit}")
     if index == "rain" and value <= 0:
@@ -115,42 +114,63 @@ def premium_for(cover: int, premium_bps: int) -> int:
 SENTENCES: Sentences = {
     "UnknownPool": lambda a: f"pool {a['poolId']} does not exist",
     "NotPoolOwner": lambda a: f"only the owner of pool {a['poolId']} may do this, not {a['caller']}",
-    "InsufficientFreeAssets": lambda a: (f"pool {a['poolId']} has only {a['free']} base units free (assets not "
-                                         f"locked by cover sold), not {a['requested']}"),
-    "InvalidWindow": lambda a: (f"the season window is invalid (sale end {when(a['saleEnd'])}, start "
-                                f"{when(a['start']) if a['start'] else 0}, end {when(a['end'])}): it needs "
-                                "sale end ≤ start < end, at most 400 days long and starting within 400 days"),
+    "InsufficientFreeAssets": lambda a: (
+        f"pool {a['poolId']} has only {a['free']} base units free (assets not "
+        f"locked by cover sold), not {a['requested']}"
+    ),
+    "InvalidWindow": lambda a: (
+        f"the season window is invalid (sale end {when(a['saleEnd'])}, start "
+        f"{when(a['start']) if a['start'] else 0}, end {when(a['end'])}): it needs "
+        "sale end ≤ start < end, at most 400 days long and starting within 400 days"
+    ),
     "FinalizeDelayTooLong": lambda a: f"a finalize delay of {a['finalizeDelay']} s is more than 30 days",
-    "FinalizeDelayTooShort": lambda a: (f"a finalize delay of {a['finalizeDelay']} s is less than the "
-                                        f"{a['minimum']} s relayers need after the end to bring the last "
-                                        "observations on chain"),
-    "CoverageSlackTooShort": lambda a: (f"a coverage slack of {a['coverageSlack']} s is less than {a['minimum']} s: "
-                                        "stations could hardly report close enough to the start and the end to vote"),
-    "StationReportedSinceStart": lambda a: (f"station {a['station']} already reported at {when(a['lastTimestamp'])}, "
-                                            "not before the season's start; open the season with a later start"),
-    "InvalidQuorum": lambda a: (f"k = {a['k']} of {a['n']} stations is not allowed: a season needs 3 to 7 "
-                                "stations and 2 ≤ k ≤ n − 1, so one faulty station can neither trigger nor block "
-                                "a payout"),
-    "InvalidPremium": lambda a: (f"a premium of {a['premiumBps']} basis points is not within 1 … 10000 "
-                                 "(0.01 % … 100 %)"),
-    "InvalidIndex": lambda a: ("a rainfall threshold must be above 0" if int(a["index"]) == 0
-                               else "a heat index needs at least one hot day to trigger (--days)"),
+    "FinalizeDelayTooShort": lambda a: (
+        f"a finalize delay of {a['finalizeDelay']} s is less than the "
+        f"{a['minimum']} s relayers need after the end to bring the last "
+        "observations on chain"
+    ),
+    "CoverageSlackTooShort": lambda a: (
+        f"a coverage slack of {a['coverageSlack']} s is less than {a['minimum']} s: "
+        "stations could hardly report close enough to the start and the end to vote"
+    ),
+    "StationReportedSinceStart": lambda a: (
+        f"station {a['station']} already reported at {when(a['lastTimestamp'])}, "
+        "not before the season's start; open the season with a later start"
+    ),
+    "InvalidQuorum": lambda a: (
+        f"k = {a['k']} of {a['n']} stations is not allowed: a season needs 3 to 7 "
+        "stations and 2 ≤ k ≤ n − 1, so one faulty station can neither trigger nor block "
+        "a payout"
+    ),
+    "InvalidPremium": lambda a: f"a premium of {a['premiumBps']} basis points is not within 1 … 10000 (0.01 % … 100 %)",
+    "InvalidIndex": lambda a: (
+        "a rainfall threshold must be above 0"
+        if int(a["index"]) == 0
+        else "a heat index needs at least one hot day to trigger (--days)"
+    ),
     "DuplicateStation": lambda a: f"station {a['station']} is listed twice",
     "InvalidStation": lambda a: f"{a['station']} is not a registered, active weather station",
     "StationBusy": lambda a: f"station {a['station']} already serves 8 unfinalized seasons",
-    "StationNotAllowed": lambda a: (f"the owner of station {a['station']} has not allowed {a['insurer']} to name it "
-                                    "in a season; they run `iotsettle crop allow-insurer STATION --insurer "
-                                    f"{a['insurer']}`"),
+    "StationNotAllowed": lambda a: (
+        f"the owner of station {a['station']} has not allowed {a['insurer']} to name it "
+        "in a season; they run `iotsettle crop allow-insurer STATION --insurer "
+        f"{a['insurer']}`"
+    ),
     "NotStationOwner": lambda a: f"only the owner of station {a['station']} may do this, not {a['caller']}",
     "StationNotInSeason": lambda a: f"station {a['station']} does not serve season {a['seasonId']}",
-    "ReleaseClosed": lambda a: (f"a station can leave season {a['seasonId']} only before its sale ends "
-                                f"({when(a['saleEnd'])}): buyers rely on the station set from then on"),
+    "ReleaseClosed": lambda a: (
+        f"a station can leave season {a['seasonId']} only before its sale ends "
+        f"({when(a['saleEnd'])}): buyers rely on the station set from then on"
+    ),
     "UnknownSeason": lambda a: f"season {a['seasonId']} does not exist",
     "SaleClosed": lambda a: f"cover for season {a['seasonId']} was on sale until {when(a['saleEnd'])}",
-    "InsufficientCapacity": lambda a: (f"the pool can take on only {a['available']} base units more cover "
-                                       "(its assets, with this premium, minus the cover already sold)"),
-    "AlreadyFinalized": lambda a: f"season {a['seasonId']} is already finalized; `iotsettle crop pay-out` continues "
-                                  "its payouts",
+    "InsufficientCapacity": lambda a: (
+        f"the pool can take on only {a['available']} base units more cover "
+        "(its assets, with this premium, minus the cover already sold)"
+    ),
+    "AlreadyFinalized": lambda a: (
+        f"season {a['seasonId']} is already finalized; `iotsettle crop pay-out` continues its payouts"
+    ),
     "TooEarly": lambda a: f"season {a['id']} can be finalized from {when(a['notBefore'])}",
     "NotFinalized": lambda a: f"season {a['seasonId']} is not finalized yet; run `iotsettle crop finalize` first",
     "NothingToWithdraw": lambda a: f"{a['account']} has no payout credited in {a['token']}",
@@ -164,6 +184,7 @@ def _send(ctx: OpsContext, call: Any) -> TxResult:
 
 
 # ------------------------------------------------------------------------------------------------ pools
+
 
 @dataclass(frozen=True)
 class PoolView:
@@ -211,8 +232,10 @@ def withdraw_from_pool(ctx: OpsContext, pool_id: int, amount: int) -> TxResult:
     pool = pool_of(ctx, pool_id)
     if amount > pool.free:  # the contract refuses too; this says it in tokens
         fmt = describe_token(ctx, pool.token).format
-        raise ChainError(f"pool {pool_id} has {fmt(pool.free)} free (assets {fmt(pool.assets)} minus "
-                         f"{fmt(pool.locked)} locked by cover sold); cannot withdraw {fmt(amount)}")
+        raise ChainError(
+            f"pool {pool_id} has {fmt(pool.free)} free (assets {fmt(pool.assets)} minus "
+            f"{fmt(pool.locked)} locked by cover sold); cannot withdraw {fmt(amount)}"
+        )
     return _send(ctx, ctx.contract(CONTRACT).functions.withdrawFromPool(pool_id, amount))
 
 
@@ -238,6 +261,7 @@ def seasons_of_pool(ctx: OpsContext, pool_id: int) -> list[int]:
 
 # ------------------------------------------------------------------------------------------------ seasons
 
+
 @dataclass(frozen=True)
 class SeasonSpec:
     """Season terms in contract units (see :func:`threshold_units`)."""
@@ -256,9 +280,20 @@ class SeasonSpec:
     stations: tuple[str, ...]
 
     def as_tuple(self) -> tuple[Any, ...]:
-        return (self.start, self.end, self.sale_end, self.coverage_slack, self.finalize_delay,
-                INDEXES.index(self.index), self.threshold, self.trigger_days, self.premium_bps, self.k, self.region,
-                list(self.stations))
+        return (
+            self.start,
+            self.end,
+            self.sale_end,
+            self.coverage_slack,
+            self.finalize_delay,
+            INDEXES.index(self.index),
+            self.threshold,
+            self.trigger_days,
+            self.premium_bps,
+            self.k,
+            self.region,
+            list(self.stations),
+        )
 
 
 def create_season(ctx: OpsContext, pool_id: int, spec: SeasonSpec) -> tuple[int, TxResult]:
@@ -266,11 +301,13 @@ def create_season(ctx: OpsContext, pool_id: int, spec: SeasonSpec) -> tuple[int,
     if spec.index not in INDEXES:
         raise TermsError(f"unknown index {spec.index!r}: use rain or heat")
     if spec.coverage_slack < MIN_COVERAGE_SLACK:
-        raise TermsError(f"a coverage slack of {spec.coverage_slack} s is less than the contract's minimum of "
-                         f"{MIN_COVERAGE_SLACK} s")
+        raise TermsError(
+            f"a coverage slack of {spec.coverage_slack} s is less than the contract's minimum of {MIN_COVERAGE_SLACK} s"
+        )
     if spec.finalize_delay < MIN_FINALIZE_DELAY:
-        raise TermsError(f"a finalize delay of {spec.finalize_delay} s is less than the contract's minimum of "
-                         f"{MIN_FINALIZE_DELAY} s")
+        raise TermsError(
+            f"a finalize delay of {spec.finalize_delay} s is less than the contract's minimum of {MIN_FINALIZE_DELAY} s"
+        )
     result = _send(ctx, ctx.contract(CONTRACT).functions.createSeason(pool_id, spec.as_tuple()))
     return int(events_in(ctx, CONTRACT, result.receipt, "SeasonCreated")[0]["seasonId"]), result
 
@@ -357,10 +394,14 @@ class SeasonView:
     def rule(self) -> str:
         """The season's index in one sentence."""
         if self.index == "rain":
-            return (f"a station votes trigger when it measured less than {self.threshold_text} of rain between "
-                    f"start and end; {self.k} of {len(self.stations)} trigger votes pay every policy")
-        return (f"a station votes trigger when it saw at least {days_text(self.trigger_days)} reaching "
-                f"{self.threshold_text}; {self.k} of {len(self.stations)} trigger votes pay every policy")
+            return (
+                f"a station votes trigger when it measured less than {self.threshold_text} of rain between "
+                f"start and end; {self.k} of {len(self.stations)} trigger votes pay every policy"
+            )
+        return (
+            f"a station votes trigger when it saw at least {days_text(self.trigger_days)} reaching "
+            f"{self.threshold_text}; {self.k} of {len(self.stations)} trigger votes pay every policy"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -374,8 +415,10 @@ class SeasonView:
 
 
 def _verdicts_logged(ctx: OpsContext, season_id: int) -> dict[str, tuple[str, int]]:
-    return {e.args["station"]: (state_name(VERDICTS, int(e.args["verdict"])), int(e.args["measured"]))
-            for e in fetch_logs(ctx, CONTRACT, ["StationVerdict"], topic1=season_id)}
+    return {
+        e.args["station"]: (state_name(VERDICTS, int(e.args["verdict"])), int(e.args["measured"]))
+        for e in fetch_logs(ctx, CONTRACT, ["StationVerdict"], topic1=season_id)
+    }
 
 
 def cover_of(ctx: OpsContext, policy_id: int) -> CoverView:
@@ -383,8 +426,15 @@ def cover_of(ctx: OpsContext, policy_id: int) -> CoverView:
     c = named(crop.abi, "coverOf", crop.functions.coverOf(policy_id).call())
     if int(c["status"]) == 0:
         raise ChainError(f"crop policy {policy_id} does not exist")
-    return CoverView(policy_id, int(c["seasonId"]), c["buyer"], c["beneficiary"], int(c["cover"]), int(c["premium"]),
-                     state_name(COVER_STATUSES, int(c["status"])))
+    return CoverView(
+        policy_id,
+        int(c["seasonId"]),
+        c["buyer"],
+        c["beneficiary"],
+        int(c["cover"]),
+        int(c["premium"]),
+        state_name(COVER_STATUSES, int(c["status"])),
+    )
 
 
 def season_of(ctx: OpsContext, season_id: int, *, details: bool = True) -> SeasonView:
@@ -410,16 +460,45 @@ def season_of(ctx: OpsContext, season_id: int, *, details: bool = True) -> Seaso
             else:
                 code, measured = crop.functions.verdictOf(season_id, station).call()
                 verdict = state_name(VERDICTS, int(code))
-            stations.append(StationFigures(station, int(ss["firstTimestamp"]), int(ss["firstRainfall"]),
-                                           int(ss["lastTimestamp"]), int(ss["lastRainfall"]), int(ss["hotDays"]),
-                                           verdict, int(measured)))
+            stations.append(
+                StationFigures(
+                    station,
+                    int(ss["firstTimestamp"]),
+                    int(ss["firstRainfall"]),
+                    int(ss["lastTimestamp"]),
+                    int(ss["lastRainfall"]),
+                    int(ss["hotDays"]),
+                    verdict,
+                    int(measured),
+                )
+            )
         policies = [cover_of(ctx, int(p)) for p in crop.functions.policiesOf(season_id).call()]
     return SeasonView(
-        season_id, int(s["poolId"]), pool.token, int(t["start"]), int(t["end"]), int(t["saleEnd"]),
-        int(t["coverageSlack"]), int(t["finalizeDelay"]), state_name(INDEXES, int(t["index"])), int(t["threshold"]),
-        int(t["triggerDays"]), int(t["premiumBps"]), int(t["k"]), region_text(t["region"]), bool(s["finalized"]),
-        bool(s["triggered"]), int(s["triggerVotes"]), int(s["noTriggerVotes"]), int(s["abstentions"]),
-        int(s["policies"]), int(s["paidUpTo"]), int(s["coverSold"]), tuple(stations), tuple(policies))
+        season_id,
+        int(s["poolId"]),
+        pool.token,
+        int(t["start"]),
+        int(t["end"]),
+        int(t["saleEnd"]),
+        int(t["coverageSlack"]),
+        int(t["finalizeDelay"]),
+        state_name(INDEXES, int(t["index"])),
+        int(t["threshold"]),
+        int(t["triggerDays"]),
+        int(t["premiumBps"]),
+        int(t["k"]),
+        region_text(t["region"]),
+        bool(s["finalized"]),
+        bool(s["triggered"]),
+        int(s["triggerVotes"]),
+        int(s["noTriggerVotes"]),
+        int(s["abstentions"]),
+        int(s["policies"]),
+        int(s["paidUpTo"]),
+        int(s["coverSold"]),
+        tuple(stations),
+        tuple(policies),
+    )
 
 
 def buy_cover(ctx: OpsContext, season_id: int, cover: int, beneficiary: str | None) -> tuple[int, int, TxResult]:
@@ -429,8 +508,10 @@ def buy_cover(ctx: OpsContext, season_id: int, cover: int, beneficiary: str | No
     pool = pool_of(ctx, season.pool_id)
     token = describe_token(ctx, season.token)
     if cover > pool.free + premium:  # the contract refuses too; this says it in tokens
-        raise ChainError(f"pool {pool.pool_id} can take on only {token.format(pool.free + premium)} more cover "
-                         f"(free assets {token.format(pool.free)} plus this premium), not {token.format(cover)}")
+        raise ChainError(
+            f"pool {pool.pool_id} can take on only {token.format(pool.free + premium)} more cover "
+            f"(free assets {token.format(pool.free)} plus this premium), not {token.format(cover)}"
+        )
     ensure_allowance(ctx, token, CONTRACT, premium)
     zero = "0x0000000000000000000000000000000000000000"
     result = _send(ctx, ctx.contract(CONTRACT).functions.buyCover(season_id, cover, beneficiary or zero))
@@ -439,6 +520,7 @@ def buy_cover(ctx: OpsContext, season_id: int, cover: int, beneficiary: str | No
 
 
 # ------------------------------------------------------------------------------------------------ observations
+
 
 def parse_observations(ctx: OpsContext, text: str) -> list[SignedEvent]:
     return parse_payloads(ctx, text, "weather", CONTRACT, "crop record")
@@ -458,16 +540,20 @@ def record(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[O
         if event.type != "weather":
             raise ProtocolError(f"payload seq {event.seq} is a {event.type}, not a weather observation")
     result = _send(ctx, ctx.contract(CONTRACT).functions.record([e.contract_tuple() for e in events]))
-    outcomes = [ObservationOutcome(a["station"], int(a["seq"]), True)
-                for a in events_in(ctx, CONTRACT, result.receipt, "ObservationRecorded")]
+    outcomes = [
+        ObservationOutcome(a["station"], int(a["seq"]), True)
+        for a in events_in(ctx, CONTRACT, result.receipt, "ObservationRecorded")
+    ]
     for a in events_in(ctx, CONTRACT, result.receipt, "ObservationRejected"):
         reason = reason_of(int(a["reason"]))
         text = reason.sentence if reason is not None else f"reason code {a['reason']}"
         if reason is RejectReason.REPLAYED:
             text = "already recorded (seq not above the station's last one)"
         elif reason is RejectReason.SEQUENCE_GAP:
-            text = ("an earlier observation of the station is not recorded yet (a station's seqs are recorded 1, 2, "
-                    "3… without gaps): relay it first, then this one again")
+            text = (
+                "an earlier observation of the station is not recorded yet (a station's seqs are recorded 1, 2, "
+                "3… without gaps): relay it first, then this one again"
+            )
         outcomes.append(ObservationOutcome(a["station"], int(a["seq"]), False, text))
     if outcomes and not any(o.recorded for o in outcomes):
         first = outcomes[0]
@@ -476,6 +562,7 @@ def record(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[O
 
 
 # ------------------------------------------------------------------------------------------------ finalization
+
 
 @dataclass(frozen=True)
 class PayoutReport:
@@ -491,11 +578,16 @@ class PayoutReport:
     txs: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seasonId": self.season_id, "triggered": self.triggered,
-                "verdicts": [{"station": s, "verdict": v, "measured": m} for s, v, m in self.verdicts],
-                "paid": [{"policyId": p, "beneficiary": b, "amount": str(a)} for p, b, a in self.paid],
-                "credited": list(self.credited), "expired": list(self.expired), "remaining": self.remaining,
-                "txs": list(self.txs)}
+        return {
+            "seasonId": self.season_id,
+            "triggered": self.triggered,
+            "verdicts": [{"station": s, "verdict": v, "measured": m} for s, v, m in self.verdicts],
+            "paid": [{"policyId": p, "beneficiary": b, "amount": str(a)} for p, b, a in self.paid],
+            "credited": list(self.credited),
+            "expired": list(self.expired),
+            "remaining": self.remaining,
+            "txs": list(self.txs),
+        }
 
 
 def _payouts_in(ctx: OpsContext, receipt: dict[str, Any]) -> tuple[list[tuple[int, str, int]], list[int]]:
@@ -525,8 +617,10 @@ def _payouts_in(ctx: OpsContext, receipt: dict[str, Any]) -> tuple[list[tuple[in
 def _report(ctx: OpsContext, season_id: int, results: list[TxResult], *, finalized_now: bool = False) -> PayoutReport:
     verdicts, paid, credited = [], [], []
     for r in results:
-        verdicts += [(a["station"], state_name(VERDICTS, int(a["verdict"])), int(a["measured"]))
-                     for a in events_in(ctx, CONTRACT, r.receipt, "StationVerdict")]
+        verdicts += [
+            (a["station"], state_name(VERDICTS, int(a["verdict"])), int(a["measured"]))
+            for a in events_in(ctx, CONTRACT, r.receipt, "StationVerdict")
+        ]
         sent, failed = _payouts_in(ctx, r.receipt)
         paid += sent
         credited += failed
@@ -534,8 +628,16 @@ def _report(ctx: OpsContext, season_id: int, results: list[TxResult], *, finaliz
     expired: list[int] = []
     if finalized_now and not season.triggered:
         expired = [int(p) for p in ctx.contract(CONTRACT).functions.policiesOf(season_id).call()]
-    return PayoutReport(season_id, season.triggered, tuple(verdicts), tuple(paid), tuple(credited), tuple(expired),
-                        season.policy_count - season.paid_up_to, tuple(r.tx_hash for r in results))
+    return PayoutReport(
+        season_id,
+        season.triggered,
+        tuple(verdicts),
+        tuple(paid),
+        tuple(credited),
+        tuple(expired),
+        season.policy_count - season.paid_up_to,
+        tuple(r.tx_hash for r in results),
+    )
 
 
 def finalize(ctx: OpsContext, season_id: int, *, pay_all: bool = True) -> PayoutReport:
@@ -545,14 +647,22 @@ def finalize(ctx: OpsContext, season_id: int, *, pay_all: bool = True) -> Payout
     report = _report(ctx, season_id, results, finalized_now=True)
     if pay_all and report.remaining:
         more = pay_out(ctx, season_id, until_done=True)
-        return PayoutReport(season_id, report.triggered, report.verdicts, report.paid + more.paid,
-                            report.credited + more.credited, report.expired + more.expired, more.remaining,
-                            report.txs + more.txs)
+        return PayoutReport(
+            season_id,
+            report.triggered,
+            report.verdicts,
+            report.paid + more.paid,
+            report.credited + more.credited,
+            report.expired + more.expired,
+            more.remaining,
+            report.txs + more.txs,
+        )
     return report
 
 
-def pay_out(ctx: OpsContext, season_id: int, max_policies: int = DEFAULT_PAYOUT_BATCH, *,
-            until_done: bool = False) -> PayoutReport:
+def pay_out(
+    ctx: OpsContext, season_id: int, max_policies: int = DEFAULT_PAYOUT_BATCH, *, until_done: bool = False
+) -> PayoutReport:
     """Pay the next policies of a finalized, triggered season, ``max_policies`` per transaction (a page); with
     ``until_done`` page on until every policy is paid."""
     results: list[TxResult] = []

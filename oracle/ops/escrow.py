@@ -7,15 +7,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from eth_utils import to_checksum_address
-
-from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
+from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.ops.context import OpsContext, parse_payloads
 from iotsettle.oracle.ops.events import fetch_logs
-from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.ops.sentences import ESCROW_STATES
 from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, check_eth, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in, transact, transact_many
+from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
 from iotsettle.oracle.protocol.wire import SignedEvent
 
 log = logging.getLogger(__name__)
@@ -51,8 +50,21 @@ def escrow_of(ctx: OpsContext, escrow_id: int) -> EscrowView:
     state = ESCROW_STATES[int(raw[10])] if int(raw[10]) < len(ESCROW_STATES) else str(raw[10])
     if state == "none":
         raise ChainError(f"escrow {escrow_id} does not exist on chain {ctx.chain.chain_id}")
-    return EscrowView(escrow_id, raw[0], raw[1], raw[2], raw[3], int(raw[4]), "0x" + bytes(raw[5]).hex(), int(raw[6]),
-                      int(raw[7]), int(raw[8]), int(raw[9]), state, int(raw[11]))
+    return EscrowView(
+        escrow_id,
+        raw[0],
+        raw[1],
+        raw[2],
+        raw[3],
+        int(raw[4]),
+        "0x" + bytes(raw[5]).hex(),
+        int(raw[6]),
+        int(raw[7]),
+        int(raw[8]),
+        int(raw[9]),
+        state,
+        int(raw[11]),
+    )
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,8 @@ def create(
     else:
         approve = ensure_allowance(ctx, token, CONTRACT, amount)
     call = ctx.contract(CONTRACT).functions.createEscrow(
-        seller, device, token.address, amount, destination, deadline, temperature_limit, penalty_bps)
+        seller, device, token.address, amount, destination, deadline, temperature_limit, penalty_bps
+    )
     result = transact(ctx, call, CONTRACT, value=amount if token.is_eth else 0)
     created = events_in(ctx, CONTRACT, result.receipt, "EscrowCreated")
     if not created:
@@ -139,10 +152,14 @@ def confirm(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[
         result = transact(ctx, escrow.functions.confirmDelivery(delivery_tuple(events[0])), CONTRACT)
     else:
         result = transact(ctx, escrow.functions.confirmDeliveries([delivery_tuple(e) for e in events]), CONTRACT)
-    outcomes = [Confirmation(int(a["escrowId"]), int(a["seq"]), True, "", int(a["toSeller"]), int(a["toBuyer"]))
-                for a in events_in(ctx, CONTRACT, result.receipt, "DeliveryConfirmed")]
-    outcomes += [Confirmation(int(a["escrowId"]), int(a["seq"]), False, reason_label(int(a["reason"])))
-                 for a in events_in(ctx, CONTRACT, result.receipt, "DeliveryRejected")]
+    outcomes = [
+        Confirmation(int(a["escrowId"]), int(a["seq"]), True, "", int(a["toSeller"]), int(a["toBuyer"]))
+        for a in events_in(ctx, CONTRACT, result.receipt, "DeliveryConfirmed")
+    ]
+    outcomes += [
+        Confirmation(int(a["escrowId"]), int(a["seq"]), False, reason_label(int(a["reason"])))
+        for a in events_in(ctx, CONTRACT, result.receipt, "DeliveryRejected")
+    ]
     return result, outcomes
 
 
@@ -187,7 +204,18 @@ def token_of(ctx: OpsContext, view: EscrowView) -> TokenInfo:
 def create_many(ctx: OpsContext, escrows: list[dict[str, Any]]) -> list[int]:
     """Several ERC-20 escrows back to back (bulk set-up; the allowance must already cover them); returns the ids."""
     contract = ctx.contract(CONTRACT)
-    calls = [contract.functions.createEscrow(e["seller"], e["device"], e["token"].address, e["amount"], e["destination"],
-                                             e["deadline"], e["temperature_limit"], e["penalty_bps"]) for e in escrows]
+    calls = [
+        contract.functions.createEscrow(
+            e["seller"],
+            e["device"],
+            e["token"].address,
+            e["amount"],
+            e["destination"],
+            e["deadline"],
+            e["temperature_limit"],
+            e["penalty_bps"],
+        )
+        for e in escrows
+    ]
     results = transact_many(ctx, calls, CONTRACT, gas=400_000)
     return [int(events_in(ctx, CONTRACT, r.receipt, "EscrowCreated")[0]["escrowId"]) for r in results]

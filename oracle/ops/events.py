@@ -10,12 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from web3.exceptions import LogTopicError, MismatchedABI
-
 from iotsettle.oracle.chain import logs as chain_logs
 from iotsettle.oracle.chain.logs import id_topic, topic0
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.protocol.errors import ChainError
+from web3.exceptions import LogTopicError, MismatchedABI
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,14 @@ from decimal import Decimal
 from typing import Any
 
 from eth_utils import to_checksum_address
-
-from iotsettle.oracle.chain.revert import reason_of
-from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
+from iotsettle.oracle.chain.revert import RejectReason, reason_of
 from iotsettle.oracle.ops._product import Sentences, named, state_name, transact_explained, when
 from iotsettle.oracle.ops.context import OpsContext, parse_payloads
 from iotsettle.oracle.ops.events import fetch_logs
 from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in
-from iotsettle.oracle.chain.revert import RejectReason
+from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
 from iotsettle.oracle.protocol.wire import SignedEvent
 
 log = logging.getLogger(__name__)
@@ -51,8 +49,11 @@ def factor_text(bps: int) -> str:
 
 
 def _km(metres: int) -> str:
-    return f"{Decimal(metres) / METRES_PER_KM:.1f}".rstrip("0").rstrip(".") if metres % 100 == 0 else \
-        f"{Decimal(metres) / METRES_PER_KM:.3f}".rstrip("0").rstrip(".")
+    return (
+        f"{Decimal(metres) / METRES_PER_KM:.1f}".rstrip("0").rstrip(".")
+        if metres % 100 == 0
+        else f"{Decimal(metres) / METRES_PER_KM:.3f}".rstrip("0").rstrip(".")
+    )
 
 
 def _events(n: int) -> str:
@@ -66,8 +67,10 @@ def explain_factor(metres: int, events: int, factor_bps: int, min_bps: int, max_
     if metres == 0:
         if events == 0 or step_bps == 0:
             return f"{head} no distance yet → {factor_text(factor_bps)}, nothing charged"
-        return (f"{head} {_events(events)} with no distance yet → {factor_text(max_bps)} (cap), nothing charged "
-                "until the distance follows")
+        return (
+            f"{head} {_events(events)} with no distance yet → {factor_text(max_bps)} (cap), nothing charged "
+            "until the distance follows"
+        )
     if events == 0:
         return f"{head} no events in {_km(metres)} km → {factor_text(min_bps)} (the floor: full discount)"
     per_100km = Decimal(events * STEP_DISTANCE_METRES) / metres
@@ -94,6 +97,7 @@ def premium(metres: int, events: int, min_bps: int, max_bps: int, step_bps: int,
 
 
 # ------------------------------------------------------------------------------------------------ views
+
 
 @dataclass(frozen=True)
 class PolicyView:
@@ -164,12 +168,34 @@ def policy_of(ctx: OpsContext, policy_id: int) -> PolicyView:
     if status == 0:
         raise ChainError(f"policy {hex(policy_id)} does not exist on chain {ctx.chain.chain_id}")
     return PolicyView(
-        policy_id, p["insurer"], p["holder"], p["vehicle"], p["token"], int(p["ratePerKm"]), int(p["minFactorBps"]),
-        int(p["maxFactorBps"]), int(p["stepBps"]), state_name(POLICY_STATUSES, status), int(p["noticePeriod"]),
-        int(p["closeAt"]), int(p["startOdometer"]), int(p["lastOdometer"]), int(p["lastHarsh"]),
-        int(p["lastSpeeding"]), int(p["lastSeq"]), int(p["lastTimestamp"]), int(p["lastFactorBps"]),
-        int(p["prepaid"]), int(p["arrears"]), int(p["charged"]), int(p["withdrawn"]), int(p.get("deposited", 0)),
-        int(p.get("refunded", 0)), int(p["startHarsh"]), int(p["startSpeeding"]))
+        policy_id,
+        p["insurer"],
+        p["holder"],
+        p["vehicle"],
+        p["token"],
+        int(p["ratePerKm"]),
+        int(p["minFactorBps"]),
+        int(p["maxFactorBps"]),
+        int(p["stepBps"]),
+        state_name(POLICY_STATUSES, status),
+        int(p["noticePeriod"]),
+        int(p["closeAt"]),
+        int(p["startOdometer"]),
+        int(p["lastOdometer"]),
+        int(p["lastHarsh"]),
+        int(p["lastSpeeding"]),
+        int(p["lastSeq"]),
+        int(p["lastTimestamp"]),
+        int(p["lastFactorBps"]),
+        int(p["prepaid"]),
+        int(p["arrears"]),
+        int(p["charged"]),
+        int(p["withdrawn"]),
+        int(p.get("deposited", 0)),
+        int(p.get("refunded", 0)),
+        int(p["startHarsh"]),
+        int(p["startSpeeding"]),
+    )
 
 
 def list_policies(ctx: OpsContext, *, party: str | None = None, vehicle: str | None = None) -> list[PolicyView]:
@@ -187,6 +213,7 @@ def list_policies(ctx: OpsContext, *, party: str | None = None, vehicle: str | N
 
 # ------------------------------------------------------------------------------------------------ sentences
 
+
 def _status_sentence(a: dict[str, Any]) -> str:
     status = state_name(POLICY_STATUSES, int(a["status"]))
     if status == "offered":
@@ -198,14 +225,18 @@ def _status_sentence(a: dict[str, Any]) -> str:
 
 def _too_early(a: dict[str, Any]) -> str:
     wait = int(a["notBefore"]) - int(a["timestamp"])
-    return (f"policy {hex(a['id'])} can be closed from {when(a['notBefore'])}, {wait} s from now (the notice, then "
-            "a grace for reports signed before the end); close it after that")
+    return (
+        f"policy {hex(a['id'])} can be closed from {when(a['notBefore'])}, {wait} s from now (the notice, then "
+        "a grace for reports signed before the end); close it after that"
+    )
 
 
 def _start_mismatch(a: dict[str, Any]) -> str:
-    return (f"policy {hex(a['policyId'])} is priced from odometer {int(a['startOdometer']):,} m, "
-            f"{a['startHarsh']} harsh braking, {a['startSpeeding']} speeding; the acceptance named "
-            f"{int(a['acceptedOdometer']):,} m, {a['acceptedHarsh']} harsh braking, {a['acceptedSpeeding']} speeding")
+    return (
+        f"policy {hex(a['policyId'])} is priced from odometer {int(a['startOdometer']):,} m, "
+        f"{a['startHarsh']} harsh braking, {a['startSpeeding']} speeding; the acceptance named "
+        f"{int(a['acceptedOdometer']):,} m, {a['acceptedHarsh']} harsh braking, {a['acceptedSpeeding']} speeding"
+    )
 
 
 SENTENCES: Sentences = {
@@ -214,13 +245,17 @@ SENTENCES: Sentences = {
     "NotHolder": lambda a: f"only the holder of policy {hex(a['policyId'])} may do this, not {a['caller']}",
     "NotParty": lambda a: f"only the holder or the insurer of policy {hex(a['id'])} may do this, not {a['caller']}",
     "WrongStatus": _status_sentence,
-    "InvalidFactorBounds": lambda a: (f"the factor bounds {factor_text(a['minFactorBps'])} … "
-                                      f"{factor_text(a['maxFactorBps'])} are invalid: they need 0 < min ≤ max ≤ "
-                                      f"{factor_text(MAX_FACTOR_BPS)}"),
+    "InvalidFactorBounds": lambda a: (
+        f"the factor bounds {factor_text(a['minFactorBps'])} … "
+        f"{factor_text(a['maxFactorBps'])} are invalid: they need 0 < min ≤ max ≤ "
+        f"{factor_text(MAX_FACTOR_BPS)}"
+    ),
     "ZeroRate": lambda a: "the rate per km must be more than zero",
     "ZeroAmount": lambda a: "the amount must be more than zero",
-    "CloseNotRequested": lambda a: (f"policy {hex(a['id'])} has no close request; the holder or the insurer runs "
-                                    "`iotsettle policy request-close` first"),
+    "CloseNotRequested": lambda a: (
+        f"policy {hex(a['id'])} has no close request; the holder or the insurer runs "
+        "`iotsettle policy request-close` first"
+    ),
     "TooEarly": _too_early,
     "StartRegistersMismatch": _start_mismatch,
     "NoEarnings": lambda a: f"policy {hex(a['id'])} has no earned premiums left to withdraw",
@@ -241,8 +276,10 @@ REJECTIONS: dict[RejectReason, str] = {
     RejectReason.REPLAYED: "already settled or superseded (seq not above the last settled one)",
     RejectReason.TIMESTAMP_IN_FUTURE: "dated too far ahead of the chain's clock",
     RejectReason.TIMESTAMP_TOO_OLD: "dated before the last settled report or the policy's acceptance",
-    RejectReason.COUNTER_ROLLBACK: ("the odometer or an event counter went below the last settled value (before the "
-                                    "first report: the value fixed by the offer)"),
+    RejectReason.COUNTER_ROLLBACK: (
+        "the odometer or an event counter went below the last settled value (before the "
+        "first report: the value fixed by the offer)"
+    ),
     RejectReason.VALUE_OUT_OF_RANGE: "a value does not fit on chain",
     RejectReason.SUSPENDED: "the policy is lapsed for arrears; a top-up reinstates it",
     RejectReason.AFTER_END: "signed after the policy's end (its closeAt): not the policy's driving",
@@ -261,6 +298,7 @@ def _send(ctx: OpsContext, call: Any) -> TxResult:
 
 
 # ------------------------------------------------------------------------------------------------ actions
+
 
 @dataclass(frozen=True)
 class Terms:
@@ -285,9 +323,18 @@ def offer(ctx: OpsContext, terms: Terms) -> tuple[int, TxResult]:
     if terms.token.is_eth:
         raise ChainError("motor policies are paid in an ERC-20 token, not ETH")
     call = ctx.contract(CONTRACT).functions.offer(
-        terms.holder, terms.vehicle, terms.token.address, terms.rate_per_km, terms.min_factor_bps,
-        terms.max_factor_bps, terms.step_bps, terms.start_odometer, terms.start_harsh, terms.start_speeding,
-        terms.notice_period)
+        terms.holder,
+        terms.vehicle,
+        terms.token.address,
+        terms.rate_per_km,
+        terms.min_factor_bps,
+        terms.max_factor_bps,
+        terms.step_bps,
+        terms.start_odometer,
+        terms.start_harsh,
+        terms.start_speeding,
+        terms.notice_period,
+    )
     result = _send(ctx, call)
     return int(events_in(ctx, CONTRACT, result.receipt, "PolicyOffered")[0]["policyId"]), result
 
@@ -316,13 +363,23 @@ def accept(ctx: OpsContext, policy_id: int, deposit: int, start: StartRegisters 
     offered = start_registers(view)
     start = start or offered
     if start != offered:  # the contract refuses it too; saying so here spares the approval
-        raise ChainError(_start_mismatch({
-            "policyId": policy_id, "startOdometer": offered.odometer, "startHarsh": offered.harsh,
-            "startSpeeding": offered.speeding, "acceptedOdometer": start.odometer, "acceptedHarsh": start.harsh,
-            "acceptedSpeeding": start.speeding}))
+        raise ChainError(
+            _start_mismatch(
+                {
+                    "policyId": policy_id,
+                    "startOdometer": offered.odometer,
+                    "startHarsh": offered.harsh,
+                    "startSpeeding": offered.speeding,
+                    "acceptedOdometer": start.odometer,
+                    "acceptedHarsh": start.harsh,
+                    "acceptedSpeeding": start.speeding,
+                }
+            )
+        )
     _approve(ctx, view, deposit)
-    return _send(ctx, ctx.contract(CONTRACT).functions.accept(policy_id, deposit, start.odometer, start.harsh,
-                                                              start.speeding))
+    return _send(
+        ctx, ctx.contract(CONTRACT).functions.accept(policy_id, deposit, start.odometer, start.harsh, start.speeding)
+    )
 
 
 def top_up(ctx: OpsContext, policy_id: int, amount: int) -> tuple[TxResult, int]:
@@ -378,6 +435,7 @@ def refund_credited(ctx: OpsContext, token: TokenInfo, account: str) -> int:
 
 # ------------------------------------------------------------------------------------------------ reports
 
+
 def parse_telematics(ctx: OpsContext, text: str) -> list[SignedEvent]:
     """Wire payloads (one JSON object per line, or one object) checked against this deployment."""
     return parse_payloads(ctx, text, "telematics", CONTRACT, "policy settle")
@@ -402,10 +460,14 @@ def settle(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[R
         if event.type != "telematics":
             raise ProtocolError(f"payload seq {event.seq} is a {event.type}, not a telematics report")
     result = _send(ctx, ctx.contract(CONTRACT).functions.settle([e.contract_tuple() for e in events]))
-    outcomes = [ReportOutcome(int(a["policyId"]), int(a["seq"]), True, "", int(a["amount"]), int(a["factorBps"]))
-                for a in events_in(ctx, CONTRACT, result.receipt, "PremiumCharged")]
-    outcomes += [ReportOutcome(int(a["policyId"]), int(a["seq"]), False, rejection_sentence(int(a["reason"])))
-                 for a in events_in(ctx, CONTRACT, result.receipt, "TelematicsRejected")]
+    outcomes = [
+        ReportOutcome(int(a["policyId"]), int(a["seq"]), True, "", int(a["amount"]), int(a["factorBps"]))
+        for a in events_in(ctx, CONTRACT, result.receipt, "PremiumCharged")
+    ]
+    outcomes += [
+        ReportOutcome(int(a["policyId"]), int(a["seq"]), False, rejection_sentence(int(a["reason"])))
+        for a in events_in(ctx, CONTRACT, result.receipt, "TelematicsRejected")
+    ]
     if outcomes and not any(o.settled for o in outcomes):
         first = outcomes[0]
         more = f" (and {len(outcomes) - 1} more)" if len(outcomes) > 1 else ""
@@ -414,6 +476,7 @@ def settle(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[R
 
 
 # ------------------------------------------------------------------------------------------------ history
+
 
 @dataclass(frozen=True)
 class HistoryEntry:
@@ -448,9 +511,19 @@ class HistoryEntry:
         return out
 
 
-_HISTORY_EVENTS = ("PolicyOffered", "PolicyAccepted", "PolicyToppedUp", "PremiumCharged", "TelematicsRejected",
-                   "PolicyLapsed", "PolicyReinstated", "CloseRequested", "PolicyClosed", "EarningsWithdrawn",
-                   "PolicyCancelled")
+_HISTORY_EVENTS = (
+    "PolicyOffered",
+    "PolicyAccepted",
+    "PolicyToppedUp",
+    "PremiumCharged",
+    "TelematicsRejected",
+    "PolicyLapsed",
+    "PolicyReinstated",
+    "CloseRequested",
+    "PolicyClosed",
+    "EarningsWithdrawn",
+    "PolicyCancelled",
+)
 
 
 def history(ctx: OpsContext, policy_id: int) -> tuple[PolicyView, list[HistoryEntry]]:
@@ -471,47 +544,110 @@ def history(ctx: OpsContext, policy_id: int) -> tuple[PolicyView, list[HistoryEn
         a, base = log_entry.args, (log_entry.block, at(log_entry.block), log_entry.tx_hash)
         name = log_entry.event
         if name == "PremiumCharged":
-            metres, harsh, speeding, factor = int(a["metres"]), int(a["harshBraking"]), int(a["speeding"]), \
-                int(a["factorBps"])
+            metres, harsh, speeding, factor = (
+                int(a["metres"]),
+                int(a["harshBraking"]),
+                int(a["speeding"]),
+                int(a["factorBps"]),
+            )
             total_metres += metres
             total_events += harsh + speeding
-            entries.append(HistoryEntry(
-                "charged", *base, seq=int(a["seq"]), metres=metres, harsh_braking=harsh, speeding=speeding,
-                factor_bps=factor, rate_per_km=view.rate_per_km * factor // BPS, amount=int(a["amount"]),
-                explanation=explain_factor(total_metres, total_events, factor, view.min_factor_bps,
-                                           view.max_factor_bps, view.step_bps),
-                total_metres=total_metres, total_events=total_events))
+            entries.append(
+                HistoryEntry(
+                    "charged",
+                    *base,
+                    seq=int(a["seq"]),
+                    metres=metres,
+                    harsh_braking=harsh,
+                    speeding=speeding,
+                    factor_bps=factor,
+                    rate_per_km=view.rate_per_km * factor // BPS,
+                    amount=int(a["amount"]),
+                    explanation=explain_factor(
+                        total_metres, total_events, factor, view.min_factor_bps, view.max_factor_bps, view.step_bps
+                    ),
+                    total_metres=total_metres,
+                    total_events=total_events,
+                )
+            )
         elif name == "TelematicsRejected":
-            entries.append(HistoryEntry("rejected", *base, seq=int(a["seq"]),
-                                        explanation=rejection_sentence(int(a["reason"]))))
+            entries.append(
+                HistoryEntry("rejected", *base, seq=int(a["seq"]), explanation=rejection_sentence(int(a["reason"])))
+            )
         elif name == "PolicyOffered":
-            entries.append(HistoryEntry("offered", *base, explanation=(
-                f"{fmt(view.rate_per_km)} per km at ×1.00; factor {factor_text(view.min_factor_bps)} … "
-                f"{factor_text(view.max_factor_bps)}, +{factor_text(view.step_bps).lstrip('×')} per event "
-                f"per 100 km; counted from odometer {int(a['startOdometer']):,} m, {int(a['startHarsh'])} harsh "
-                f"braking, {int(a['startSpeeding'])} speeding")))
+            entries.append(
+                HistoryEntry(
+                    "offered",
+                    *base,
+                    explanation=(
+                        f"{fmt(view.rate_per_km)} per km at ×1.00; factor {factor_text(view.min_factor_bps)} … "
+                        f"{factor_text(view.max_factor_bps)}, +{factor_text(view.step_bps).lstrip('×')} per event "
+                        f"per 100 km; counted from odometer {int(a['startOdometer']):,} m, {int(a['startHarsh'])} harsh "
+                        f"braking, {int(a['startSpeeding'])} speeding"
+                    ),
+                )
+            )
         elif name == "PolicyAccepted":
-            entries.append(HistoryEntry("accepted", *base, amount=int(a["deposit"]),
-                                        explanation=f"{fmt(int(a['deposit']))} prepaid"))
+            entries.append(
+                HistoryEntry(
+                    "accepted", *base, amount=int(a["deposit"]), explanation=f"{fmt(int(a['deposit']))} prepaid"
+                )
+            )
         elif name == "PolicyToppedUp":
             paid = int(a["arrearsPaid"])
-            entries.append(HistoryEntry("topped-up", *base, amount=int(a["amount"]), explanation=(
-                f"{fmt(int(a['amount']))} from {a['from']}" + (f", {fmt(paid)} of it paid arrears" if paid else ""))))
+            entries.append(
+                HistoryEntry(
+                    "topped-up",
+                    *base,
+                    amount=int(a["amount"]),
+                    explanation=(
+                        f"{fmt(int(a['amount']))} from {a['from']}"
+                        + (f", {fmt(paid)} of it paid arrears" if paid else "")
+                    ),
+                )
+            )
         elif name == "PolicyLapsed":
-            entries.append(HistoryEntry("lapsed", *base, amount=int(a["arrears"]), explanation=(
-                f"the prepaid balance ran out; {fmt(int(a['arrears']))} in arrears, reports refused until a top-up")))
+            entries.append(
+                HistoryEntry(
+                    "lapsed",
+                    *base,
+                    amount=int(a["arrears"]),
+                    explanation=(
+                        f"the prepaid balance ran out; {fmt(int(a['arrears']))} in arrears, reports refused until a top-up"
+                    ),
+                )
+            )
         elif name == "PolicyReinstated":
             entries.append(HistoryEntry("reinstated", *base, explanation="arrears paid; reports settle again"))
         elif name == "CloseRequested":
-            entries.append(HistoryEntry("close-requested", *base, explanation=(
-                f"ends at {when(a['closeAt'])}: reports signed until then settle, closing opens "
-                f"{settlement_grace(ctx) // 60} min 1 s later")))
+            entries.append(
+                HistoryEntry(
+                    "close-requested",
+                    *base,
+                    explanation=(
+                        f"ends at {when(a['closeAt'])}: reports signed until then settle, closing opens "
+                        f"{settlement_grace(ctx) // 60} min 1 s later"
+                    ),
+                )
+            )
         elif name == "PolicyClosed":
-            entries.append(HistoryEntry("closed", *base, amount=int(a["refund"]),
-                                        explanation=f"{fmt(int(a['refund']))} refunded to the holder"))
+            entries.append(
+                HistoryEntry(
+                    "closed",
+                    *base,
+                    amount=int(a["refund"]),
+                    explanation=f"{fmt(int(a['refund']))} refunded to the holder",
+                )
+            )
         elif name == "EarningsWithdrawn":
-            entries.append(HistoryEntry("earnings-withdrawn", *base, amount=int(a["amount"]),
-                                        explanation=f"the insurer took {fmt(int(a['amount']))}"))
+            entries.append(
+                HistoryEntry(
+                    "earnings-withdrawn",
+                    *base,
+                    amount=int(a["amount"]),
+                    explanation=f"the insurer took {fmt(int(a['amount']))}",
+                )
+            )
         elif name == "PolicyCancelled":
             entries.append(HistoryEntry("cancelled", *base, explanation="the offer was withdrawn or declined"))
     return view, entries

@@ -21,13 +21,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from web3.exceptions import Web3Exception
-
-from iotsettle.oracle.protocol.errors import IotSettleError
 from iotsettle.oracle.ops import crop, loan
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.ops.events import fetch_logs
 from iotsettle.oracle.ops.token_info import describe_token
+from iotsettle.oracle.protocol.errors import IotSettleError
+from web3.exceptions import Web3Exception
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +47,14 @@ class Action:
         return self.error is None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "target": self.target, "text": self.text, "details": self.details,
-                "txs": list(self.txs), "error": self.error}
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "text": self.text,
+            "details": self.details,
+            "txs": list(self.txs),
+            "error": self.error,
+        }
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,14 @@ class PassSummary:
         return sum(1 for a in self.actions if not a.ok)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"fromBlock": self.from_block, "toBlock": self.to_block, "seasonsWatched": self.seasons_watched,
-                "loansWatched": self.loans_watched, "actions": [a.as_dict() for a in self.actions],
-                "failures": self.failures}
+        return {
+            "fromBlock": self.from_block,
+            "toBlock": self.to_block,
+            "seasonsWatched": self.seasons_watched,
+            "loansWatched": self.loans_watched,
+            "actions": [a.as_dict() for a in self.actions],
+            "failures": self.failures,
+        }
 
 
 class Keeper:
@@ -87,9 +97,14 @@ class Keeper:
 
     def state(self) -> dict[str, Any]:
         """What the keeper learned, for ``restore`` in the next run (a cron job keeps it in a file)."""
-        return {"chainId": self.ctx.chain.chain_id, "crop": self.ctx.address(crop.CONTRACT) if self.has_crop else None,
-                "loanBook": self.ctx.address(loan.CONTRACT) if self.has_loans else None,
-                "nextBlock": self.next_block, "seasons": sorted(self.seasons), "loans": sorted(self.loans)}
+        return {
+            "chainId": self.ctx.chain.chain_id,
+            "crop": self.ctx.address(crop.CONTRACT) if self.has_crop else None,
+            "loanBook": self.ctx.address(loan.CONTRACT) if self.has_loans else None,
+            "nextBlock": self.next_block,
+            "seasons": sorted(self.seasons),
+            "loans": sorted(self.loans),
+        }
 
     def restore(self, saved: dict[str, Any]) -> bool:
         """Continue from a saved ``state``; ignored (False) when it belongs to another chain or deployment."""
@@ -185,7 +200,7 @@ class Keeper:
         for season_id in sorted(self.seasons):
             actions += self._attempt("season", season_id, lambda s=season_id: self._season(s, now))
         for loan_id in sorted(self.loans):
-            actions += self._attempt("loan", loan_id, lambda l=loan_id: self._loan(l))
+            actions += self._attempt("loan", loan_id, lambda loan=loan_id: self._loan(loan))
         for action in actions:
             (log.info if action.ok else log.warning)("%s", action.text)
         return PassSummary(scanned_from, latest, len(self.seasons), len(self.loans), tuple(actions))

@@ -12,14 +12,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from eth_utils import to_checksum_address
-
-from iotsettle.oracle.protocol.errors import ChainError
 from iotsettle.oracle.ops._product import Sentences, named, state_name, transact_explained, when
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.ops.events import fetch_logs
 from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in
+from iotsettle.oracle.protocol.errors import ChainError
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +63,23 @@ def loan_of(ctx: OpsContext, loan_id: int) -> LoanView:
         raise ChainError(f"loan {loan_id} does not exist on chain {ctx.chain.chain_id}")
     account = raw["account"] if int(raw["account"], 16) else book.functions.accountOf(loan_id).call()
     balance = int(ctx.at("TestToken", raw["token"]).functions.balanceOf(account).call())
-    return LoanView(loan_id, raw["lender"], raw["borrower"], raw["token"], int(raw["principal"]),
-                    int(raw["repayment"]), int(raw["repaid"]), int(raw["shareBps"]), int(raw["acceptBy"]),
-                    int(raw["dueBy"]), state_name(LOAN_STATUSES, status), to_checksum_address(account),
-                    int(raw["repaidAt"]), int(book.functions.outstanding(loan_id).call()), balance)
+    return LoanView(
+        loan_id,
+        raw["lender"],
+        raw["borrower"],
+        raw["token"],
+        int(raw["principal"]),
+        int(raw["repayment"]),
+        int(raw["repaid"]),
+        int(raw["shareBps"]),
+        int(raw["acceptBy"]),
+        int(raw["dueBy"]),
+        state_name(LOAN_STATUSES, status),
+        to_checksum_address(account),
+        int(raw["repaidAt"]),
+        int(book.functions.outstanding(loan_id).call()),
+        balance,
+    )
 
 
 def list_loans(ctx: OpsContext, *, party: str | None = None) -> list[LoanView]:
@@ -91,14 +103,18 @@ SENTENCES: Sentences = {
     "UnknownLoan": lambda a: f"loan {a['loanId']} does not exist",
     "WrongStatus": _status_sentence,
     "NotBorrower": lambda a: f"only the borrower of loan {a['loanId']} may do this, not {a['caller']}",
-    "NotAllowedToCancel": lambda a: (f"only the lender or the borrower may cancel loan {a['loanId']} before its offer "
-                                     f"expires, not {a['caller']}"),
+    "NotAllowedToCancel": lambda a: (
+        f"only the lender or the borrower may cancel loan {a['loanId']} before its offer expires, not {a['caller']}"
+    ),
     "OfferExpired": lambda a: f"the offer of loan {a['loanId']} expired at {when(a['acceptBy'])}",
-    "RepaymentBelowPrincipal": lambda a: (f"the repayment ({a['repayment']} base units) must be at least the "
-                                          f"principal ({a['principal']})"),
+    "RepaymentBelowPrincipal": lambda a: (
+        f"the repayment ({a['repayment']} base units) must be at least the principal ({a['principal']})"
+    ),
     "InvalidShare": lambda a: f"a repayment share of {a['shareBps']} basis points is not within 1 … 10000",
-    "InvalidDates": lambda a: (f"the offer must be open until a future time and due after that (accept by "
-                               f"{when(a['acceptBy'])}, due by {when(a['dueBy'])}, now {when(a['timestamp'])})"),
+    "InvalidDates": lambda a: (
+        f"the offer must be open until a future time and due after that (accept by "
+        f"{when(a['acceptBy'])}, due by {when(a['dueBy'])}, now {when(a['timestamp'])})"
+    ),
     "TooManySources": lambda a: f"{a['count']} sources are more than a sweep takes ({a['max']})",
     "LoanTokenNeedsSweep": lambda a: f"the loan token of loan {a['loanId']} is split by `loan sweep`, not forwarded",
     # ZeroAmount is also what `repay` answers when nothing is outstanding: the loan's own wording says so.
@@ -126,11 +142,20 @@ def offer(ctx: OpsContext, terms: LoanTerms) -> tuple[int, TxResult]:
     if terms.token.is_eth:
         raise ChainError("loans are made in an ERC-20 token, not ETH")
     if terms.repayment < terms.principal:  # the contract refuses too; this says it in tokens
-        raise ChainError(f"the repayment {terms.token.format(terms.repayment)} is below the principal "
-                         f"{terms.token.format(terms.principal)}")
+        raise ChainError(
+            f"the repayment {terms.token.format(terms.repayment)} is below the principal "
+            f"{terms.token.format(terms.principal)}"
+        )
     ensure_allowance(ctx, terms.token, CONTRACT, terms.principal)
-    call = ctx.contract(CONTRACT).functions.offer(terms.borrower, terms.token.address, terms.principal,
-                                                  terms.repayment, terms.share_bps, terms.accept_by, terms.due_by)
+    call = ctx.contract(CONTRACT).functions.offer(
+        terms.borrower,
+        terms.token.address,
+        terms.principal,
+        terms.repayment,
+        terms.share_bps,
+        terms.accept_by,
+        terms.due_by,
+    )
     result = _send(ctx, call)
     return int(events_in(ctx, CONTRACT, result.receipt, "LoanOffered")[0]["loanId"]), result
 
@@ -163,12 +188,19 @@ class SweepReport:
     tx: TxResult
 
     def as_dict(self) -> dict[str, Any]:
-        return {"loanId": self.loan_id, "repaid": str(self.repaid), "forwarded": str(self.forwarded),
-                "outstanding": str(self.outstanding), "fullyRepaid": self.fully_repaid,
-                "collected": [{"source": s, "amount": str(a)} for s, a in self.collected],
-                "failedSources": list(self.failed),
-                "credited": [{"account": s, "amount": str(a)} for s, a in self.credited],
-                "tx": self.tx.tx_hash, "block": self.tx.block, "gasUsed": self.tx.gas_used}
+        return {
+            "loanId": self.loan_id,
+            "repaid": str(self.repaid),
+            "forwarded": str(self.forwarded),
+            "outstanding": str(self.outstanding),
+            "fullyRepaid": self.fully_repaid,
+            "collected": [{"source": s, "amount": str(a)} for s, a in self.collected],
+            "failedSources": list(self.failed),
+            "credited": [{"account": s, "amount": str(a)} for s, a in self.credited],
+            "tx": self.tx.tx_hash,
+            "block": self.tx.block,
+            "gasUsed": self.tx.gas_used,
+        }
 
 
 def sweep(ctx: OpsContext, loan_id: int, sources: list[str] | None = None) -> SweepReport:
@@ -177,15 +209,20 @@ def sweep(ctx: OpsContext, loan_id: int, sources: list[str] | None = None) -> Sw
     result = _send(ctx, ctx.contract(CONTRACT).functions.sweep(loan_id, chosen))
     repaid = events_in(ctx, CONTRACT, result.receipt, "Repaid")
     forwarded = events_in(ctx, CONTRACT, result.receipt, "Forwarded")
-    outstanding = int(repaid[-1]["outstanding"]) if repaid else int(
-        ctx.contract(CONTRACT).functions.outstanding(loan_id).call())
+    outstanding = (
+        int(repaid[-1]["outstanding"]) if repaid else int(ctx.contract(CONTRACT).functions.outstanding(loan_id).call())
+    )
     return SweepReport(
-        loan_id, sum(int(a["amount"]) for a in repaid), sum(int(a["amount"]) for a in forwarded), outstanding,
+        loan_id,
+        sum(int(a["amount"]) for a in repaid),
+        sum(int(a["amount"]) for a in forwarded),
+        outstanding,
         bool(events_in(ctx, CONTRACT, result.receipt, "LoanRepaid")),
         tuple((a["source"], int(a["amount"])) for a in events_in(ctx, CONTRACT, result.receipt, "SourceCollected")),
         tuple(a["source"] for a in events_in(ctx, CONTRACT, result.receipt, "SourceFailed")),
         tuple((a["account"], int(a["amount"])) for a in events_in(ctx, CONTRACT, result.receipt, "Credited")),
-        result)
+        result,
+    )
 
 
 def repay(ctx: OpsContext, loan_id: int, amount: int) -> tuple[TxResult, int, int]:
@@ -196,5 +233,8 @@ def repay(ctx: OpsContext, loan_id: int, amount: int) -> tuple[TxResult, int, in
     ensure_allowance(ctx, describe_token(ctx, view.token), CONTRACT, min(amount, view.outstanding))
     result = _send(ctx, ctx.contract(CONTRACT).functions.repay(loan_id, amount))
     repaid = events_in(ctx, CONTRACT, result.receipt, "Repaid")
-    return result, sum(int(a["amount"]) for a in repaid), (int(repaid[-1]["outstanding"]) if repaid else
-                                                           view.outstanding)
+    return (
+        result,
+        sum(int(a["amount"]) for a in repaid),
+        (int(repaid[-1]["outstanding"]) if repaid else view.outstanding),
+    )

@@ -7,15 +7,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from eth_utils import to_checksum_address
-
 from iotsettle.oracle.device.keys import DeviceKey
 from iotsettle.oracle.device.signer import sign_key_rotation, sign_registration
-from iotsettle.oracle.protocol.device_kinds import DeviceKind
-from iotsettle.oracle.protocol.errors import ChainError
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.ops.events import fetch_logs
 from iotsettle.oracle.ops.sentences import DEVICE_KINDS
 from iotsettle.oracle.ops.tx import TxResult, transact, transact_many
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.errors import ChainError
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +50,16 @@ def device_of(ctx: OpsContext, device: str) -> DeviceView:
             raise ChainError(f"{device} is not a device id but a key of device {key_device}")
         raise ChainError(f"device {device} is not registered on chain {ctx.chain.chain_id}")
     kind = int(raw[1])
-    return DeviceView(device, raw[0], DEVICE_KINDS[kind] if kind < len(DEVICE_KINDS) else str(kind),
-                      DEVICE_STATUSES[status] if status < len(DEVICE_STATUSES) else str(status), int(raw[3]), raw[4],
-                      int(raw[5]), "0x" + bytes(raw[6]).hex())
+    return DeviceView(
+        device,
+        raw[0],
+        DEVICE_KINDS[kind] if kind < len(DEVICE_KINDS) else str(kind),
+        DEVICE_STATUSES[status] if status < len(DEVICE_STATUSES) else str(status),
+        int(raw[3]),
+        raw[4],
+        int(raw[5]),
+        "0x" + bytes(raw[6]).hex(),
+    )
 
 
 def key_status(ctx: OpsContext, key: str) -> tuple[str, str]:
@@ -82,8 +88,15 @@ def register(ctx: OpsContext, key: DeviceKey, kind: DeviceKind, metadata_hash: b
     """Register ``key``'s device to the sender, with the device key's consent signature."""
     owner = ctx.require_sender().address
     deadline = _deadline(ctx)
-    _digest, signature = sign_registration(key, owner=owner, kind=kind, metadata_hash=metadata_hash, deadline=deadline,
-                                           chain_id=ctx.chain.chain_id, registry=ctx.address(CONTRACT))
+    _digest, signature = sign_registration(
+        key,
+        owner=owner,
+        kind=kind,
+        metadata_hash=metadata_hash,
+        deadline=deadline,
+        chain_id=ctx.chain.chain_id,
+        registry=ctx.address(CONTRACT),
+    )
     call = ctx.contract(CONTRACT).functions.register(key.address, int(kind), metadata_hash, deadline, signature)
     return transact(ctx, call, CONTRACT)
 
@@ -92,8 +105,9 @@ def rotate(ctx: OpsContext, device: str, new_key: DeviceKey) -> TxResult:
     """Owner moves ``device`` to ``new_key``, which signs its consent; the old key stops being accepted."""
     device = to_checksum_address(device)
     deadline = _deadline(ctx)
-    _digest, signature = sign_key_rotation(new_key, device=device, deadline=deadline, chain_id=ctx.chain.chain_id,
-                                           registry=ctx.address(CONTRACT))
+    _digest, signature = sign_key_rotation(
+        new_key, device=device, deadline=deadline, chain_id=ctx.chain.chain_id, registry=ctx.address(CONTRACT)
+    )
     call = ctx.contract(CONTRACT).functions.rotateKey(device, new_key.address, deadline, signature)
     return transact(ctx, call, CONTRACT)
 
@@ -110,8 +124,14 @@ def register_many(ctx: OpsContext, devices: list[tuple[DeviceKey, DeviceKind]]) 
     registry = ctx.contract(CONTRACT)
     calls = []
     for key, kind in devices:
-        _digest, signature = sign_registration(key, owner=owner, kind=kind, metadata_hash=b"\0" * 32,
-                                               deadline=deadline, chain_id=ctx.chain.chain_id,
-                                               registry=ctx.address(CONTRACT))
+        _digest, signature = sign_registration(
+            key,
+            owner=owner,
+            kind=kind,
+            metadata_hash=b"\0" * 32,
+            deadline=deadline,
+            chain_id=ctx.chain.chain_id,
+            registry=ctx.address(CONTRACT),
+        )
         calls.append(registry.functions.register(key.address, int(kind), b"\0" * 32, deadline, signature))
     return transact_many(ctx, calls, CONTRACT, gas=250_000)

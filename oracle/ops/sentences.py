@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from eth_utils import is_address, to_checksum_address
-
 from iotsettle.oracle.chain.revert import ErrorDecoder, reason_label
 from iotsettle.oracle.ops.amounts import format_amount
 from iotsettle.oracle.ops.events import escrow_final_block
@@ -42,8 +41,12 @@ class DecodedRevert:
     contract: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"error": self.name, "args": {k: _jsonable(v) for k, v in self.args.items()},
-                "message": self.sentence, "contract": self.contract}
+        return {
+            "error": self.name,
+            "args": {k: _jsonable(v) for k, v in self.args.items()},
+            "message": self.sentence,
+            "contract": self.contract,
+        }
 
 
 def _jsonable(value: Any) -> Any:
@@ -68,7 +71,9 @@ class RevertDecoder:
     def from_abis(cls, abis: Mapping[str, Iterable[Mapping[str, Any]]]) -> RevertDecoder:
         return cls(ErrorDecoder(list(abi) for abi in abis.values()))
 
-    def decode(self, data: bytes | str | None, contract: str | None = None, ctx: OpsContext | None = None) -> DecodedRevert:
+    def decode(
+        self, data: bytes | str | None, contract: str | None = None, ctx: OpsContext | None = None
+    ) -> DecodedRevert:
         """Decode revert ``data`` raised by a call to ``contract``; unknown data still gives a sentence."""
         decoded = self._errors.decode(data)
         args = {name: _checksummed(value) for name, value in decoded.args}
@@ -79,7 +84,7 @@ class RevertDecoder:
         if writer is not None:
             try:
                 sentence = writer(_Facts(args, contract, ctx))
-            except Exception as exc:  # noqa: BLE001 - a failing context lookup must not hide the error itself
+            except Exception as exc:
                 log.debug("context lookup for %s failed: %s", decoded.name, exc)
         if not sentence:
             sentence = f"the {_what(contract)} refused: {decoded.sentence}"
@@ -87,11 +92,16 @@ class RevertDecoder:
 
 
 def _what(contract: str | None) -> str:
-    return {"DeliveryEscrow": "escrow contract", "MeteredBilling": "billing contract",
-            "DeviceRegistry": "device registry", "TestToken": "token"}.get(contract or "", "contract")
+    return {
+        "DeliveryEscrow": "escrow contract",
+        "MeteredBilling": "billing contract",
+        "DeviceRegistry": "device registry",
+        "TestToken": "token",
+    }.get(contract or "", "contract")
 
 
 # ---------------------------------------------------------------------------------------------- sentences
+
 
 @dataclass(frozen=True)
 class _Facts:
@@ -128,9 +138,24 @@ class _Facts:
         return format_amount(base, info.decimals, info.symbol)
 
 
-_AGREEMENT_FIELDS = ("provider", "consumer", "device", "token", "tariffId", "status", "noticePeriod", "closeAt",
-                     "startValue", "lastValue", "lastSeq", "lastTimestamp", "prepaid", "arrears", "deposited",
-                     "withdrawn")
+_AGREEMENT_FIELDS = (
+    "provider",
+    "consumer",
+    "device",
+    "token",
+    "tariffId",
+    "status",
+    "noticePeriod",
+    "closeAt",
+    "startValue",
+    "lastValue",
+    "lastSeq",
+    "lastTimestamp",
+    "prepaid",
+    "arrears",
+    "deposited",
+    "withdrawn",
+)
 
 
 def _agreement_tuple(value: Any) -> dict[str, Any]:
@@ -163,9 +188,9 @@ def _common_rejection(noun: str, target: int, seq: int, reason: str) -> str | No
         "SignatureMalleable": f"the signature of {event} for {target} is malleable (high s); sign again",
         "UnknownKey": f"{event} for {target} was signed by a key that was never registered",
         "KeyRotated": f"{event} for {target} was signed by a key its device had rotated out, or relayed more than "
-                      "the settlement grace after the rotation",
+        "the settlement grace after the rotation",
         "DeviceRevoked": f"{event} for {target} was signed by a revoked device, or relayed more than the settlement "
-                         "grace after the revocation",
+        "grace after the revocation",
         "WrongDevice": f"{event} for {target} was signed by another device than the one {target} names",
         "WrongDeviceKind": f"{event} for {target} comes from a device of the wrong kind",
         "TimestampInFuture": f"{event} for {target} is dated more than the allowed clock skew ahead of the chain",
@@ -177,7 +202,8 @@ def _delivery_rejected(f: _Facts, escrow_id: int, seq: int, reason: str) -> str:
     common = _common_rejection("delivery", escrow_id, seq, reason)
     if common:
         return common.replace(f"for {escrow_id}", f"for escrow {escrow_id}").replace(
-            f"the one {escrow_id} names", f"the tracker escrow {escrow_id} names")
+            f"the one {escrow_id} names", f"the tracker escrow {escrow_id} names"
+        )
     if reason == "UnknownTarget":
         return f"escrow {escrow_id} does not exist"
     if reason == "Replayed":
@@ -185,7 +211,9 @@ def _delivery_rejected(f: _Facts, escrow_id: int, seq: int, reason: str) -> str:
     if reason == "NotActive":
         state = ""
         if f.ctx is not None:
-            state = _state(ESCROW_STATES, int(f.ctx.contract("DeliveryEscrow").functions.escrowOf(escrow_id).call()[10]))
+            state = _state(
+                ESCROW_STATES, int(f.ctx.contract("DeliveryEscrow").functions.escrowOf(escrow_id).call()[10])
+            )
         return f"escrow {escrow_id} was already {state or 'closed'}{f.escrow_outcome(escrow_id)}"
     if reason == "WrongLocation":
         return f"the delivery (seq {seq}) was signed at another location than escrow {escrow_id}'s destination"
@@ -203,9 +231,13 @@ def _reading_rejected(f: _Facts, agreement_id: int, seq: int, reason: str) -> st
     common = _common_rejection("reading", agreement_id, seq, reason)
     if common:
         return common.replace(f"for {agreement_id}", f"for agreement {agreement_id}").replace(
-            f"the one {agreement_id} names", "the agreement's meter")
-    a = f.agreement(agreement_id) if reason in {"Replayed", "NotActive", "CounterRollback", "Suspended",
-                                                 "TimestampTooOld", "AfterEnd"} else None
+            f"the one {agreement_id} names", "the agreement's meter"
+        )
+    a = (
+        f.agreement(agreement_id)
+        if reason in {"Replayed", "NotActive", "CounterRollback", "Suspended", "TimestampTooOld", "AfterEnd"}
+        else None
+    )
     if reason == "UnknownTarget":
         return f"agreement {agreement_id} does not exist"
     if reason == "Replayed":
@@ -224,8 +256,10 @@ def _reading_rejected(f: _Facts, agreement_id: int, seq: int, reason: str) -> st
         return f"agreement {agreement_id} is suspended for arrears{owed}; top it up first"
     if reason == "AfterEnd":
         end = f" ({f.when(a['closeAt'])})" if a else ""
-        return (f"reading seq {seq} of agreement {agreement_id} is dated after the agreement's close time{end}, "
-                "so there is nothing to bill")
+        return (
+            f"reading seq {seq} of agreement {agreement_id} is dated after the agreement's close time{end}, "
+            "so there is nothing to bill"
+        )
     return f"reading seq {seq} for agreement {agreement_id} was rejected: {reason}"
 
 
@@ -247,6 +281,7 @@ def _nothing_to_withdraw(f: _Facts) -> str:
 
 # ---- ICommonErrors as MeteredBilling and DeliveryEscrow raise them (one sentence each, the noun from the contract)
 
+
 def _noun(contract: str | None) -> str:
     return {"DeliveryEscrow": "escrow", "MeteredBilling": "agreement"}.get(contract or "", "id")
 
@@ -254,21 +289,25 @@ def _noun(contract: str | None) -> str:
 def _too_early(f: _Facts) -> str:
     target, not_before = f["id"], int(f["notBefore"])
     wait = not_before - int(f["timestamp"])
-    act = {"DeliveryEscrow": ("refunded", "deliveries signed by the deadline may still arrive until then"),
-           "MeteredBilling": ("closed", "readings signed by closeAt may still arrive until then")}.get(
-        f.contract or "", ("ended", "events signed before the end may still arrive until then"))
-    return (f"{_noun(f.contract)} {target} can be {act[0]} from {f.when(not_before)}, {wait} s from now: "
-            f"{act[1]}")
+    act = {
+        "DeliveryEscrow": ("refunded", "deliveries signed by the deadline may still arrive until then"),
+        "MeteredBilling": ("closed", "readings signed by closeAt may still arrive until then"),
+    }.get(f.contract or "", ("ended", "events signed before the end may still arrive until then"))
+    return f"{_noun(f.contract)} {target} can be {act[0]} from {f.when(not_before)}, {wait} s from now: {act[1]}"
 
 
 def _terms_mismatch(f: _Facts) -> str:
     target = f["id"]
     expected, accepted = int.from_bytes(f["expected"], "big"), int.from_bytes(f["accepted"], "big")
     if f.contract == "MeteredBilling":
-        return (f"the offer of agreement {target} bills the meter from register {expected}, not {accepted}: "
-                "check the meter and accept the value the offer names, or ask the provider for a new offer")
-    return (f"{_noun(f.contract)} {target} is on other terms than the ones accepted "
-            f"(0x{f['expected'].hex()} on chain, 0x{f['accepted'].hex()} accepted)")
+        return (
+            f"the offer of agreement {target} bills the meter from register {expected}, not {accepted}: "
+            "check the meter and accept the value the offer names, or ask the provider for a new offer"
+        )
+    return (
+        f"{_noun(f.contract)} {target} is on other terms than the ones accepted "
+        f"(0x{f['expected'].hex()} on chain, 0x{f['accepted'].hex()} accepted)"
+    )
 
 
 def _wrong_value(f: _Facts) -> str:
@@ -279,14 +318,18 @@ def _wrong_value(f: _Facts) -> str:
 
 def _insufficient_balance(f: _Facts) -> str:
     token = f.ctx.address("TestToken") if f.ctx is not None and f.ctx.has("TestToken") else None
-    return (f"{f['sender']} holds {f.token_amount(f['balance'], token)} but the transfer needs "
-            f"{f.token_amount(f['needed'], token)}")
+    return (
+        f"{f['sender']} holds {f.token_amount(f['balance'], token)} but the transfer needs "
+        f"{f.token_amount(f['needed'], token)}"
+    )
 
 
 def _insufficient_allowance(f: _Facts) -> str:
     token = f.ctx.address("TestToken") if f.ctx is not None and f.ctx.has("TestToken") else None
-    return (f"the contract {f['spender']} may only take {f.token_amount(f['allowance'], token)} but needs "
-            f"{f.token_amount(f['needed'], token)}; approve more first")
+    return (
+        f"the contract {f['spender']} may only take {f.token_amount(f['allowance'], token)} but needs "
+        f"{f.token_amount(f['needed'], token)}; approve more first"
+    )
 
 
 _SENTENCES: dict[str, Callable[[_Facts], str]] = {
@@ -295,10 +338,12 @@ _SENTENCES: dict[str, Callable[[_Facts], str]] = {
     "UnknownEscrow": lambda f: f"escrow {f['escrowId']} does not exist",
     "NotBuyer": lambda f: f"only the buyer of escrow {f['escrowId']} may do this, not {f['caller']}",
     "NotSeller": lambda f: f"only the seller of escrow {f['escrowId']} may do this, not {f['caller']}",
-    "DeadlineNotInFuture": lambda f: f"the deadline {f.when(f['deadline'])} is not in the future (chain time "
-                                     f"{f.when(f['timestamp'])})",
-    "AmountTooLarge": lambda f: f"an escrow of {f.token_amount(f['amount'])} is more than the contract accepts (2^128 - 1 "
-                                "base units)",
+    "DeadlineNotInFuture": lambda f: (
+        f"the deadline {f.when(f['deadline'])} is not in the future (chain time {f.when(f['timestamp'])})"
+    ),
+    "AmountTooLarge": lambda f: (
+        f"an escrow of {f.token_amount(f['amount'])} is more than the contract accepts (2^128 - 1 base units)"
+    ),
     "PenaltyTooHigh": lambda f: f"a penalty of {f['penaltyBps']} basis points is more than 10000 (100 %)",
     "EventRejected": _event_rejected,
     # MeteredBilling
@@ -308,7 +353,9 @@ _SENTENCES: dict[str, Callable[[_Facts], str]] = {
     "WrongStatus": _agreement_status,
     "NoEarnings": lambda f: f"agreement {f['agreementId']} has no unwithdrawn earnings",
     "UnknownTariff": lambda f: f"tariff {f['tariffId']} does not exist",
-    "InvalidTariff": lambda f: "the tariff is invalid: 1 to 8 blocks, each but the last with units > 0, the last with 0",
+    "InvalidTariff": lambda f: (
+        "the tariff is invalid: 1 to 8 blocks, each but the last with units > 0, the last with 0"
+    ),
     "BalanceOverflow": lambda f: f"the balance {f['balance']} would not fit the contract's storage",
     # shared (ICommonErrors), as MeteredBilling and DeliveryEscrow raise them
     "TooEarly": _too_early,
@@ -321,8 +368,10 @@ _SENTENCES: dict[str, Callable[[_Facts], str]] = {
     "ZeroAddress": lambda f: "an address argument is the zero address",
     "UnknownDevice": lambda f: f"device {f['device']} is not registered or not active",
     "WrongDeviceKind": lambda f: f"device {f['device']} is of the wrong kind for this product",
-    "PaymentFailed": lambda f: (f"paying {f['amount']} base units of {f['token']} to {f['to']} failed and could not be "
-                                "credited either (a paused or broken token?)"),
+    "PaymentFailed": lambda f: (
+        f"paying {f['amount']} base units of {f['token']} to {f['to']} failed and could not be "
+        "credited either (a paused or broken token?)"
+    ),
     "NotParty": lambda f: f"{f['caller']} is not a party of {f['id']} and may not do this",
     # DeviceRegistry
     "NotDeviceOwner": lambda f: f"only the owner of device {f['device']} may do this, not {f['caller']}",
@@ -341,8 +390,9 @@ _SENTENCES: dict[str, Callable[[_Facts], str]] = {
     "ERC20InvalidSender": lambda f: f"tokens cannot be sent from {f['sender']}",
     "ERC20InvalidSpender": lambda f: f"{f['spender']} cannot be approved as a spender",
     "ERC20InvalidApprover": lambda f: f"{f['approver']} cannot approve a spender",
-    "InsufficientBalance": lambda f: (f"the contract holds {f['balance']} wei of ether but the payment needs "
-                                      f"{f['needed']}"),
+    "InsufficientBalance": lambda f: (
+        f"the contract holds {f['balance']} wei of ether but the payment needs {f['needed']}"
+    ),
     "FailedCall": lambda f: "sending ether to the recipient failed (a contract that refuses payments?)",
     "SafeERC20FailedOperation": lambda f: f"the token {f['token']} refused the transfer",
     "ReentrancyGuardReentrantCall": lambda f: "a re-entrant call was refused",

@@ -23,8 +23,18 @@ from iotsettle.oracle.ops.token_info import (
 from iotsettle.oracle.ops.tx import TxResult, transact
 from iotsettle.oracle.protocol.errors import ChainError
 
-__all__ = ["ETH", "TEST", "ZERO_ADDRESS", "TokenInfo", "balance_of", "check_eth", "describe_token", "ensure_allowance",
-           "mint", "resolve_token"]
+__all__ = [
+    "ETH",
+    "TEST",
+    "ZERO_ADDRESS",
+    "TokenInfo",
+    "balance_of",
+    "check_eth",
+    "describe_token",
+    "ensure_allowance",
+    "mint",
+    "resolve_token",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +53,10 @@ def ensure_allowance(ctx: OpsContext, token: TokenInfo, spender_name: str, amoun
     erc20 = ctx.at("TestToken", token.address)
     balance = int(erc20.functions.balanceOf(owner).call())
     if balance < amount:
-        raise ChainError(f"{owner} holds {token.format(balance)} but this needs {token.format(amount)}"
-                         + (" (mint some with `iotsettle token mint`)" if token.symbol == TEST else ""))
+        raise ChainError(
+            f"{owner} holds {token.format(balance)} but this needs {token.format(amount)}"
+            + (" (mint some with `iotsettle token mint`)" if token.symbol == TEST else "")
+        )
     spender = ctx.address(spender_name)
     if int(erc20.functions.allowance(owner, spender).call()) >= amount:
         return None

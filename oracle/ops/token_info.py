@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from eth_utils import is_address, to_checksum_address
-from web3.exceptions import ContractLogicError, Web3Exception
-
 from iotsettle.oracle.ops.amounts import Amount, format_amount
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.protocol.errors import ChainError, DeploymentError
+from web3.exceptions import ContractLogicError, Web3Exception
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 ETH = "ETH"
@@ -51,8 +50,10 @@ def resolve_token(ctx: OpsContext, name: str) -> str:
         return ZERO_ADDRESS
     if upper == TEST:
         if not ctx.has("TestToken"):
-            raise DeploymentError(f"no TestToken is deployed on chain {ctx.chain.chain_id} (it exists on local chains "
-                                  "only); name an ERC-20 by address")
+            raise DeploymentError(
+                f"no TestToken is deployed on chain {ctx.chain.chain_id} (it exists on local chains "
+                "only); name an ERC-20 by address"
+            )
         return ctx.address("TestToken")
     if not is_address(name):
         raise ChainError(f"{name!r} is not a token: use ETH, TEST or an ERC-20 address")
@@ -85,10 +86,11 @@ def balance_of(ctx: OpsContext, token: TokenInfo, account: str) -> int:
     return int(ctx.at("TestToken", token.address).functions.balanceOf(account).call())
 
 
-
 def check_eth(ctx: OpsContext, value: int) -> None:
     """Refuse early, in one line, when the sender cannot pay ``value`` wei plus gas."""
     owner = ctx.require_sender().address
     balance = int(ctx.w3.eth.get_balance(owner))
     if balance < value:
-        raise ChainError(f"{owner} holds {format_amount(balance, 18, ETH)} but this needs {format_amount(value, 18, ETH)}")
+        raise ChainError(
+            f"{owner} holds {format_amount(balance, 18, ETH)} but this needs {format_amount(value, 18, ETH)}"
+        )

@@ -7,13 +7,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from web3.contract.contract import ContractFunction
-from web3.exceptions import LogTopicError, MismatchedABI
-
 from iotsettle.oracle.chain.send import Decode, send_call, send_many
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.ops.sentences import DecodedRevert, RevertDecoder
 from iotsettle.oracle.protocol.errors import ChainError
+from web3.contract.contract import ContractFunction
+from web3.exceptions import LogTopicError, MismatchedABI
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,9 @@ def _raiser(ctx: OpsContext, contract: str) -> Decode:
 
 
 def _result(receipt: dict[str, Any]) -> TxResult:
-    return TxResult(receipt["transactionHash"].to_0x_hex(), int(receipt["blockNumber"]), int(receipt["gasUsed"]), receipt)
+    return TxResult(
+        receipt["transactionHash"].to_0x_hex(), int(receipt["blockNumber"]), int(receipt["gasUsed"]), receipt
+    )
 
 
 def transact(ctx: OpsContext, call: ContractFunction, contract: str, *, value: int = 0) -> TxResult:

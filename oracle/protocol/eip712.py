@@ -19,7 +19,6 @@ import coincurve
 from eth_abi import encode as abi_encode
 from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
-
 from iotsettle.oracle.protocol.errors import SignatureError
 
 DOMAIN_NAME = "iotsettle"
@@ -140,7 +139,9 @@ def domain_separator(domain: Domain) -> bytes:
 def _word(typ: str, value: Any) -> bytes:
     """ABI-encode one static field as a 32-byte word (all EIP-712 field types used here are static)."""
     if typ == "bytes32":
-        raw = bytes.fromhex(value[2:] if value[:2] in ("0x", "0X") else value) if isinstance(value, str) else bytes(value)
+        raw = (
+            bytes.fromhex(value[2:] if value[:2] in ("0x", "0X") else value) if isinstance(value, str) else bytes(value)
+        )
         if len(raw) != 32:
             raise ValueError(f"bytes32 needs 32 bytes, got {len(raw)}")
         return raw

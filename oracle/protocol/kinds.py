@@ -64,17 +64,46 @@ class EventKind:
 KINDS: dict[str, EventKind] = {
     kind.wire: kind
     for kind in (
-        EventKind("reading", "MeteredBilling", "settle", "ReadingSettled", "ReadingRejected",
-                  cumulative=True, registers=("value",)),
-        EventKind("delivery", "DeliveryEscrow", "confirmDeliveries", "DeliveryConfirmed", "DeliveryRejected",
-                  cumulative=False, located=True),
-        EventKind("telematics", "MotorInsurance", "settle", "PremiumCharged", "TelematicsRejected",
-                  cumulative=True, registers=("odometer", "harshBraking", "speeding")),
+        EventKind(
+            "reading",
+            "MeteredBilling",
+            "settle",
+            "ReadingSettled",
+            "ReadingRejected",
+            cumulative=True,
+            registers=("value",),
+        ),
+        EventKind(
+            "delivery",
+            "DeliveryEscrow",
+            "confirmDeliveries",
+            "DeliveryConfirmed",
+            "DeliveryRejected",
+            cumulative=False,
+            located=True,
+        ),
+        EventKind(
+            "telematics",
+            "MotorInsurance",
+            "settle",
+            "PremiumCharged",
+            "TelematicsRejected",
+            cumulative=True,
+            registers=("odometer", "harshBraking", "speeding"),
+        ),
         # maxTemperature is a gauge (highest since the previous observation): every observation must settle
-        EventKind("weather", "CropInsurance", "record", "ObservationRecorded", "ObservationRejected",
-                  cumulative=False, registers=("rainfall",), ordered=True),
+        EventKind(
+            "weather",
+            "CropInsurance",
+            "record",
+            "ObservationRecorded",
+            "ObservationRejected",
+            cumulative=False,
+            registers=("rainfall",),
+            ordered=True,
+        ),
     )
-}  # fmt: skip
+}
 
 #: wire type → deployment manifest name of the verifying contract (the contract a device signs the kind for)
 CONTRACT_OF_KIND: dict[str, str] = {name: kind.contract for name, kind in KINDS.items()}

@@ -112,7 +112,7 @@ class Reply:
 
     @property
     def code(self) -> str:
-        """"accepted", or the reason code: one label per outcome for counters and logs."""
+        """ "accepted", or the reason code: one label per outcome for counters and logs."""
         return str(self.reason) if self.reason is not None else str(self.status)
 
     @classmethod
@@ -124,9 +124,7 @@ class Reply:
         return cls(seq, Status.DUPLICATE, Reason.DUPLICATE, digest=digest)
 
     @classmethod
-    def rejected(
-        cls, seq: int | None, reason: Reason, detail: str | None = None, digest: bytes | None = None
-    ) -> Reply:
+    def rejected(cls, seq: int | None, reason: Reason, detail: str | None = None, digest: bytes | None = None) -> Reply:
         return cls(seq, Status.REJECTED, reason, detail, digest)
 
 

@@ -22,7 +22,6 @@ from functools import cached_property, lru_cache
 from typing import Any
 
 from eth_utils import is_hex_address, to_checksum_address
-
 from iotsettle.oracle.protocol import eip712
 from iotsettle.oracle.protocol.errors import ProtocolError
 

@@ -13,9 +13,10 @@ from bench.stack import BenchStack, provision, topic_of
 
 
 @pytest.fixture(scope="module")
-def stack(deployment: Any, anvil: Any, mosquitto: Any, tmp_path_factory: pytest.TempPathFactory) -> BenchStack:  # noqa: ANN401
-    bench = BenchStack(deployment.config, anvil, mosquitto, deployment.chain, deployment.manifest,
-                       tmp_path_factory.mktemp("bench"))  # fmt: skip
+def stack(deployment: Any, anvil: Any, mosquitto: Any, tmp_path_factory: pytest.TempPathFactory) -> BenchStack:
+    bench = BenchStack(
+        deployment.config, anvil, mosquitto, deployment.chain, deployment.manifest, tmp_path_factory.mktemp("bench")
+    )
     provision(bench, meters=25, trackers=4, escrows_per_tracker=3)
     return bench
 

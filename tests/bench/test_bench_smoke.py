@@ -50,13 +50,26 @@ def test_naive_relay_pays_one_transaction_per_event(stack: BenchStack, watcher: 
     meters = stack.meters[10:15]
     before = earnings(stack, meters)
     billing = stack.ctx_contract("MeteredBilling")
-    relay = NaiveRelayProcess(stack.mosquitto.host, stack.mosquitto.port, stack.chain.chain_id,
-                              stack.config.chain.rpc_url, "0x" + bytes(stack.fund_relayer().key).hex(), billing.address,
-                              stack.config.path(stack.config.paths.artifacts_dir) / "MeteredBilling.json")  # fmt: skip
+    relay = NaiveRelayProcess(
+        stack.mosquitto.host,
+        stack.mosquitto.port,
+        stack.chain.chain_id,
+        stack.config.chain.rpc_url,
+        "0x" + bytes(stack.fund_relayer().key).hex(),
+        billing.address,
+        stack.config.path(stack.config.paths.artifacts_dir) / "MeteredBilling.json",
+    )
     relay.start()
     try:
-        load = e2e.run_load(stack.mosquitto.host, stack.mosquitto.port, watcher, readings(meters, 1), None,
-                            topic_of(billing, "ReadingSettled"), grace=60)  # fmt: skip
+        load = e2e.run_load(
+            stack.mosquitto.host,
+            stack.mosquitto.port,
+            watcher,
+            readings(meters, 1),
+            None,
+            topic_of(billing, "ReadingSettled"),
+            grace=60,
+        )
     finally:
         counts = relay.stop()
     assert load.paid == load.events == 5 and counts == {"settled": 5, "failed": 0}
@@ -69,15 +82,29 @@ def test_daemon_pays_every_published_reading(stack: BenchStack, watcher: e2e.Wat
     before = earnings(stack, meters)
     billing = stack.ctx_contract("MeteredBilling")
     relayer = stack.fund_relayer()
-    daemon = e2e.DaemonProcess(tmp_path, stack.config.chain.rpc_url,
-                               stack.config.path(stack.config.paths.deployments_dir), stack.mosquitto.host,
-                               stack.mosquitto.port, "0x" + bytes(relayer.key).hex(),
-                               IOTSETTLE_ORACLE_VERIFY_WORKERS="0", IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.1")  # fmt: skip
+    daemon = e2e.DaemonProcess(
+        tmp_path,
+        stack.config.chain.rpc_url,
+        stack.config.path(stack.config.paths.deployments_dir),
+        stack.mosquitto.host,
+        stack.mosquitto.port,
+        "0x" + bytes(relayer.key).hex(),
+        IOTSETTLE_ORACLE_VERIFY_WORKERS="0",
+        IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.1",
+    )
     daemon.start()
     try:
         daemon.wait_running()
-        load = e2e.run_load(stack.mosquitto.host, stack.mosquitto.port, watcher, readings(meters, 2), 200,
-                            topic_of(billing, "ReadingSettled"), grace=60, daemon=daemon)  # fmt: skip
+        load = e2e.run_load(
+            stack.mosquitto.host,
+            stack.mosquitto.port,
+            watcher,
+            readings(meters, 2),
+            200,
+            topic_of(billing, "ReadingSettled"),
+            grace=60,
+            daemon=daemon,
+        )
     finally:
         code = daemon.stop()
     assert code == 0, daemon.log_tail()

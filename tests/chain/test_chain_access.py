@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from eth_account import Account
-
 from iotsettle.oracle.chain import logs
 from iotsettle.oracle.chain.connection import load_sender
 from iotsettle.oracle.chain.revert import ErrorDecoder
@@ -19,7 +18,7 @@ from iotsettle.oracle.protocol.errors import ChainError
 class _CappedNode:
     """The real anvil behind a provider that refuses eth_getLogs over more than ``max_span`` blocks."""
 
-    def __init__(self, inner: Any, max_span: int) -> None:  # noqa: ANN401
+    def __init__(self, inner: Any, max_span: int) -> None:
         self.inner, self.max_span, self.refused = inner, max_span, 0
 
     def make_request(self, method: str, params: list[Any]) -> dict[str, Any]:

@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from eth_account import Account
-
 from iotsettle.cli.main import cli
-from iotsettle.oracle.chain.connection import connect, load_keystore, load_sender
 from iotsettle.oracle.chain.compiler import compile_contracts, ensure_compiled, read_foundry_settings
-from iotsettle.oracle.config import load_config
+from iotsettle.oracle.chain.connection import connect, load_keystore, load_sender
 from iotsettle.oracle.chain.deploy import deploy_all, load_manifest, verify_manifest
-from iotsettle.oracle.protocol.errors import ChainError, ConfigError, DeploymentError, KeyFileError
 from iotsettle.oracle.chain.node import Anvil, Mosquitto, free_port, mqtt_ready, rpc_ready
+from iotsettle.oracle.config import load_config
+from iotsettle.oracle.protocol.errors import ChainError, ConfigError, DeploymentError, KeyFileError
 
 from tests.kit.stack import REPO, make_config
 
@@ -41,6 +40,7 @@ def _cli(args: list[str], env: dict[str, str]):
 
 # --- compiling ----------------------------------------------------------------------------------------
 
+
 def test_compile_is_reproducible(test_config) -> None:
     first = compile_contracts(test_config)
     second = compile_contracts(test_config)
@@ -55,7 +55,7 @@ def test_compile_is_reproducible(test_config) -> None:
 def test_compile_matches_forge_bytecode(test_config) -> None:
     """py-solc-x and forge use one compiler and one set of settings: same runtime bytecode."""
     ensure_compiled(test_config)
-    forge = subprocess.run([str(REPO / "node_modules/.bin/forge"), "build"], cwd=REPO, capture_output=True, text=True)
+    forge = subprocess.run([str(REPO / "node_modules/.bin/forge"), "build"], cwd=REPO, capture_output=True, text=True, check=False)
     assert forge.returncode == 0, forge.stderr[-2000:]
     checked = 0
     for path in (REPO / "build/artifacts").glob("*.json"):
@@ -79,6 +79,7 @@ def test_compile_cli_reports_up_to_date(test_config) -> None:
 
 
 # --- deploying ----------------------------------------------------------------------------------------
+
 
 def test_deploy_is_idempotent(deployment) -> None:
     config, chain = deployment.config, deployment.chain
@@ -136,6 +137,7 @@ def test_manifest_refused_on_a_fresh_node(deployment, tmp_path) -> None:
 
 # --- keys ---------------------------------------------------------------------------------------------
 
+
 def test_keystore_wrong_password_and_world_readable(tmp_path) -> None:
     account = Account.create()
     path = tmp_path / "key.json"
@@ -151,6 +153,7 @@ def test_keystore_wrong_password_and_world_readable(tmp_path) -> None:
 
 # --- configuration ------------------------------------------------------------------------------------
 
+
 def test_config_env_overrides_and_validation(tmp_path) -> None:
     file = tmp_path / "c.toml"
     file.write_text('[chain]\nrpc_url = "http://127.0.0.1:9999"\nconfirmations = 3\n')
@@ -164,8 +167,11 @@ def test_config_env_overrides_and_validation(tmp_path) -> None:
 
 
 def test_config_show_never_prints_secrets(tmp_path) -> None:
-    env = {"IOTSETTLE_CONFIG": str(REPO / "tests" / "empty.toml"), "IOTSETTLE_CHAIN_PRIVATE_KEY": "0x" + "11" * 32,
-           "IOTSETTLE_MQTT_PASSWORD": "hunter2"}
+    env = {
+        "IOTSETTLE_CONFIG": str(REPO / "tests" / "empty.toml"),
+        "IOTSETTLE_CHAIN_PRIVATE_KEY": "0x" + "11" * 32,
+        "IOTSETTLE_MQTT_PASSWORD": "hunter2",
+    }
     result = _cli(["config", "show", "--json"], env)
     assert result.exit_code == 0
     assert "11" * 32 not in result.output and "hunter2" not in result.output
@@ -173,6 +179,7 @@ def test_config_show_never_prints_secrets(tmp_path) -> None:
 
 
 # --- the local stack ----------------------------------------------------------------------------------
+
 
 def test_node_up_status_down(tmp_path) -> None:
     config = make_config(tmp_path, free_port(), free_port())
@@ -222,12 +229,14 @@ def test_missing_binary_names_the_fix(tmp_path) -> None:
 
 def test_cli_help_everywhere() -> None:
     """Every command explains itself."""
+
     def walk(group, prefix):
         for name, command in group.commands.items():
-            yield prefix + [name], command
+            yield [*prefix, name], command
             if hasattr(command, "commands"):
-                yield from walk(command, prefix + [name])
+                yield from walk(command, [*prefix, name])
+
     for args, command in walk(cli, []):
-        result = CliRunner().invoke(cli, args + ["--help"])
+        result = CliRunner().invoke(cli, [*args, "--help"])
         assert result.exit_code == 0, args
         assert (command.help or "").strip(), f"{' '.join(args)} has no help text"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 
 from tests.kit.cli import Cli, register_device
@@ -14,8 +13,21 @@ TOKEN = 10**18
 def _open(cli: Cli, deployment, w3, price: str = "0.5", deposit: str = "10", kind=DeviceKind.METER):
     provider, consumer = cli.user(w3), cli.user(w3)
     meter = register_device(deployment.config, provider, kind)
-    opened = cli.ok(["agreement", "open", "--consumer", consumer.address, "--device", meter.address, "--price", price,
-                     "--start-value", "1000"], provider)
+    opened = cli.ok(
+        [
+            "agreement",
+            "open",
+            "--consumer",
+            consumer.address,
+            "--device",
+            meter.address,
+            "--price",
+            price,
+            "--start-value",
+            "1000",
+        ],
+        provider,
+    )
     agreement_id = int(opened["agreementId"])
     assert opened["agreementIdHex"] == hex(agreement_id)
     assert cli.ok(["agreement", "status", hex(agreement_id)])["status"] == "offered"
@@ -27,8 +39,12 @@ def _open(cli: Cli, deployment, w3, price: str = "0.5", deposit: str = "10", kin
 
 def _settle(cli: Cli, deployment, w3, meter, agreement_id: int, readings: list[tuple[int, int]], as_user) -> dict:
     now = chain_now(w3)
-    lines = "\n".join(reading(meter, w3.eth.chain_id, deployment.address("MeteredBilling"), agreement_id, seq, now,
-                              value).to_payload().decode() for seq, value in readings)
+    lines = "\n".join(
+        reading(meter, w3.eth.chain_id, deployment.address("MeteredBilling"), agreement_id, seq, now, value)
+        .to_payload()
+        .decode()
+        for seq, value in readings
+    )
     return cli.ok(["agreement", "settle", "-"], as_user, stdin=lines)
 
 
@@ -38,11 +54,17 @@ def test_open_settle_withdraw_close_moves_the_money(cli, deployment, w3) -> None
 
     # two readings in one batch: 1000 → 1004 → 1010 = 10 units at 0.5 = 5 TEST
     out = _settle(cli, deployment, w3, meter, agreement_id, [(1, 1004), (2, 1010)], provider)
-    assert [(r["seq"], r["settled"], r["amount"]) for r in out["results"]] == [(1, True, str(2 * TOKEN)),
-                                                                              (2, True, str(3 * TOKEN))]
+    assert [(r["seq"], r["settled"], r["amount"]) for r in out["results"]] == [
+        (1, True, str(2 * TOKEN)),
+        (2, True, str(3 * TOKEN)),
+    ]
     status = cli.ok(["agreement", "status", str(agreement_id)])
-    assert (status["status"], status["last_value"], status["prepaid"], status["earnings"]) == \
-        ("active", 1010, str(5 * TOKEN), str(5 * TOKEN))
+    assert (status["status"], status["last_value"], status["prepaid"], status["earnings"]) == (
+        "active",
+        1010,
+        str(5 * TOKEN),
+        str(5 * TOKEN),
+    )
 
     cli.ok(["agreement", "top-up", str(agreement_id), "--amount", "2.5"], consumer)
     assert cli.ok(["agreement", "status", str(agreement_id)])["prepaid"] == str(75 * TOKEN // 10)
@@ -55,8 +77,9 @@ def test_open_settle_withdraw_close_moves_the_money(cli, deployment, w3) -> None
     # signed before it may still be on its way and settles during the grace
     final = reading(meter, w3.eth.chain_id, deployment.address("MeteredBilling"), agreement_id, 3, chain_now(w3), 1010)
     newer = reading(meter, w3.eth.chain_id, deployment.address("MeteredBilling"), agreement_id, 4, chain_now(w3), 1012)
-    ended = cli.ok(["agreement", "close", str(agreement_id), "--reading", "-"], consumer,
-                   stdin=final.to_payload().decode())
+    ended = cli.ok(
+        ["agreement", "close", str(agreement_id), "--reading", "-"], consumer, stdin=final.to_payload().decode()
+    )
     assert (ended["closed"], ended["refund"]) == (False, "0")
     assert ended["closableFrom"] == ended["closeAt"] + 3601
     assert token_balance(deployment, consumer.address) == 90 * TOKEN - 25 * TOKEN // 10
@@ -77,9 +100,21 @@ def test_running_dry_suspends_and_top_up_resumes(cli, deployment, w3) -> None:
     status = cli.ok(["agreement", "status", str(agreement_id)])
     assert (status["status"], status["arrears"], status["prepaid"]) == ("suspended", str(2 * TOKEN), "0")
 
-    error = cli.fails(["agreement", "settle", "-"], provider, stdin=reading(
-        meter, w3.eth.chain_id, deployment.address("MeteredBilling"), agreement_id, 2, chain_now(w3), 1006,
-    ).to_payload().decode())
+    error = cli.fails(
+        ["agreement", "settle", "-"],
+        provider,
+        stdin=reading(
+            meter,
+            w3.eth.chain_id,
+            deployment.address("MeteredBilling"),
+            agreement_id,
+            2,
+            chain_now(w3),
+            1006,
+        )
+        .to_payload()
+        .decode(),
+    )
     assert error == f"agreement {agreement_id} is suspended for arrears of 2 TEST; top it up first"
 
     cli.ok(["agreement", "top-up", str(agreement_id), "--amount", "4"], consumer)
@@ -90,8 +125,23 @@ def test_running_dry_suspends_and_top_up_resumes(cli, deployment, w3) -> None:
 def test_notice_period_close_needs_a_second_call(cli, deployment, w3) -> None:
     provider, consumer = cli.user(w3), cli.user(w3)
     vehicle = register_device(deployment.config, provider, DeviceKind.VEHICLE)  # pay-per-km uses the same contract
-    agreement_id = int(cli.ok(["agreement", "open", "--consumer", consumer.address, "--device", vehicle.address,
-                               "--price", "0.02", "--notice", "1d"], provider)["agreementId"])
+    agreement_id = int(
+        cli.ok(
+            [
+                "agreement",
+                "open",
+                "--consumer",
+                consumer.address,
+                "--device",
+                vehicle.address,
+                "--price",
+                "0.02",
+                "--notice",
+                "1d",
+            ],
+            provider,
+        )["agreementId"]
+    )
     cli.ok(["token", "mint", "--amount", "5"], consumer)
     cli.ok(["agreement", "accept", str(agreement_id), "--deposit", "5"], consumer)
     first = cli.ok(["agreement", "close", str(agreement_id)], consumer)
@@ -107,15 +157,32 @@ def test_notice_period_close_needs_a_second_call(cli, deployment, w3) -> None:
 def test_accepting_another_start_value_is_refused_in_a_sentence(cli, deployment, w3) -> None:
     provider, consumer = cli.user(w3), cli.user(w3)
     meter = register_device(deployment.config, provider, DeviceKind.METER)
-    agreement_id = int(cli.ok(["agreement", "open", "--consumer", consumer.address, "--device", meter.address,
-                               "--price", "0.5", "--start-value", "5000"], provider)["agreementId"])
+    agreement_id = int(
+        cli.ok(
+            [
+                "agreement",
+                "open",
+                "--consumer",
+                consumer.address,
+                "--device",
+                meter.address,
+                "--price",
+                "0.5",
+                "--start-value",
+                "5000",
+            ],
+            provider,
+        )["agreementId"]
+    )
     cli.ok(["token", "mint", "--amount", "10"], consumer)
-    error = cli.fails(["agreement", "accept", str(agreement_id), "--deposit", "10", "--expect-start-value", "1200"],
-                      consumer)
+    error = cli.fails(
+        ["agreement", "accept", str(agreement_id), "--deposit", "10", "--expect-start-value", "1200"], consumer
+    )
     assert error.startswith(f"the offer of agreement {agreement_id} bills the meter from register 5000, not 1200")
     assert cli.ok(["agreement", "status", str(agreement_id)])["status"] == "offered"
-    accepted = cli.ok(["agreement", "accept", str(agreement_id), "--deposit", "10", "--expect-start-value", "5000"],
-                      consumer)
+    accepted = cli.ok(
+        ["agreement", "accept", str(agreement_id), "--deposit", "10", "--expect-start-value", "5000"], consumer
+    )
     assert accepted["startValue"] == 5000
     assert cli.ok(["agreement", "status", str(agreement_id)])["last_value"] == 5000
 
@@ -123,6 +190,7 @@ def test_accepting_another_start_value_is_refused_in_a_sentence(cli, deployment,
 def test_offer_for_a_tracker_is_refused_in_a_sentence(cli, deployment, w3) -> None:
     provider, consumer = cli.user(w3), cli.user(w3)
     tracker = register_device(deployment.config, provider, DeviceKind.TRACKER)
-    error = cli.fails(["agreement", "open", "--consumer", consumer.address, "--device", tracker.address,
-                       "--tariff", "1"], provider)
+    error = cli.fails(
+        ["agreement", "open", "--consumer", consumer.address, "--device", tracker.address, "--tariff", "1"], provider
+    )
     assert error == f"device {tracker.address} is of the wrong kind for this product"

@@ -6,11 +6,9 @@ shared anvil keeps a clock close to the wall clock for everyone else.
 
 from __future__ import annotations
 
-
 import pytest
-
-from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.chain.node import free_port
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 
 from tests.kit.cli import Cli, User, register_device
 from tests.kit.products import chain_now, reading, token_balance
@@ -28,8 +26,23 @@ def test_refund_only_after_the_deadline_and_the_grace(own_deployment) -> None:
     buyer, seller = cli.user(w3), cli.user(w3)
     tracker = register_device(own_deployment.config, buyer, DeviceKind.TRACKER)
     cli.ok(["token", "mint", "--amount", "30"], buyer)
-    escrow_id = cli.ok(["escrow", "create", "--seller", seller.address, "--device", tracker.address, "--amount", "30",
-                        "--destination", "u33dc0cr", "--deadline", "+1h"], buyer)["escrowId"]
+    escrow_id = cli.ok(
+        [
+            "escrow",
+            "create",
+            "--seller",
+            seller.address,
+            "--device",
+            tracker.address,
+            "--amount",
+            "30",
+            "--destination",
+            "u33dc0cr",
+            "--deadline",
+            "+1h",
+        ],
+        buyer,
+    )["escrowId"]
     early = cli.fails(["escrow", "refund", str(escrow_id)], buyer)
     assert early.startswith(f"escrow {escrow_id} can be refunded from ")
     assert early.endswith("deliveries signed by the deadline may still arrive until then")
@@ -57,12 +70,28 @@ def test_a_reading_signed_before_close_at_bills_when_relayed_after_it(own_deploy
     cli, w3 = Cli(own_deployment.config), own_deployment.chain.w3
     provider, consumer = cli.user(w3), cli.user(w3)
     meter = register_device(own_deployment.config, provider, DeviceKind.METER)
-    agreement_id = int(cli.ok(["agreement", "open", "--consumer", consumer.address, "--device", meter.address,
-                               "--price", "0.01", "--start-value", "100"], provider)["agreementId"])
+    agreement_id = int(
+        cli.ok(
+            [
+                "agreement",
+                "open",
+                "--consumer",
+                consumer.address,
+                "--device",
+                meter.address,
+                "--price",
+                "0.01",
+                "--start-value",
+                "100",
+            ],
+            provider,
+        )["agreementId"]
+    )
     cli.ok(["token", "mint", "--amount", "20"], consumer)
     cli.ok(["agreement", "accept", str(agreement_id), "--deposit", "20"], consumer)
-    signed = reading(meter, w3.eth.chain_id, own_deployment.address("MeteredBilling"), agreement_id, 1,
-                     chain_now(w3) + 1, 1000)  # 900 units, signed before the close request below
+    signed = reading(
+        meter, w3.eth.chain_id, own_deployment.address("MeteredBilling"), agreement_id, 1, chain_now(w3) + 1, 1000
+    )  # 900 units, signed before the close request below
     _warp(w3, 1)
     requested = cli.ok(["agreement", "close", str(agreement_id)], consumer)  # notice 0: closeAt is now
     assert requested["closed"] is False
@@ -101,22 +130,54 @@ def test_no_eth_for_gas(cli, w3) -> None:
 def test_not_enough_tokens(cli, deployment, w3) -> None:
     buyer = cli.user(w3)
     tracker = register_device(deployment.config, buyer, DeviceKind.TRACKER)
-    error = cli.fails(["escrow", "create", "--seller", buyer.address, "--device", tracker.address, "--amount", "5",
-                       "--destination", "u33dc0cr", "--deadline", "+1h"], buyer)
+    error = cli.fails(
+        [
+            "escrow",
+            "create",
+            "--seller",
+            buyer.address,
+            "--device",
+            tracker.address,
+            "--amount",
+            "5",
+            "--destination",
+            "u33dc0cr",
+            "--deadline",
+            "+1h",
+        ],
+        buyer,
+    )
     assert error == f"{buyer.address} holds 0 TEST but this needs 5 TEST (mint some with `iotsettle token mint`)"
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["balances", "0x1234"], "'0x1234' is not an address"),
-    (["balances", "0x70997970C51812dc3A010C7d01b50e0d17dc79c8"], "wrong EIP-55 checksum"),
-    (["token", "mint", "--amount", "-3"], "is negative"),
-    (["token", "mint", "--amount", "1.2.3"], "is not an amount"),
-    (["token", "mint", "--amount", "1.5wei"], "base units (wei) are whole numbers"),
-    (["escrow", "status", "seven"], "is not an id"),
-    (["escrow", "create", "--seller", "0x70997970C51812dc3A010C7d01b50e0d17dc79C8", "--device",
-      "0x70997970C51812dc3A010C7d01b50e0d17dc79C8", "--amount", "1", "--destination", "u33dc0cr", "--deadline",
-      "next week"], "is not a time"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["balances", "0x1234"], "'0x1234' is not an address"),
+        (["balances", "0x70997970C51812dc3A010C7d01b50e0d17dc79c8"], "wrong EIP-55 checksum"),
+        (["token", "mint", "--amount", "-3"], "is negative"),
+        (["token", "mint", "--amount", "1.2.3"], "is not an amount"),
+        (["token", "mint", "--amount", "1.5wei"], "base units (wei) are whole numbers"),
+        (["escrow", "status", "seven"], "is not an id"),
+        (
+            [
+                "escrow",
+                "create",
+                "--seller",
+                "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+                "--device",
+                "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+                "--amount",
+                "1",
+                "--destination",
+                "u33dc0cr",
+                "--deadline",
+                "next week",
+            ],
+            "is not a time",
+        ),
+    ],
+)
 def test_bad_input_is_refused_before_anything_is_sent(cli, args, expected) -> None:
     assert expected in cli.fails(args)
 
@@ -149,7 +210,6 @@ def test_revert_sentences_without_a_chain(deployment) -> None:
     """The decoder alone (no chain to ask): names and arguments still make a sentence."""
     from eth_abi import encode
     from eth_hash.auto import keccak
-
     from iotsettle.oracle.ops.sentences import RevertDecoder
 
     abis = {name: deployment.contract(name).abi for name in ("DeliveryEscrow", "MeteredBilling", "DeviceRegistry")}
@@ -160,11 +220,14 @@ def test_revert_sentences_without_a_chain(deployment) -> None:
 
     released = decoder.decode(data("NotFunded(uint256,uint8)", ["uint256", "uint8"], [7, 2]), "DeliveryEscrow")
     assert (released.name, released.sentence) == ("NotFunded", "escrow 7 was already released")
-    replay = decoder.decode(data("EventRejected(uint256,uint64,uint8)", ["uint256", "uint64", "uint8"], [5, 3, 15]),
-                            "DeliveryEscrow")
+    replay = decoder.decode(
+        data("EventRejected(uint256,uint64,uint8)", ["uint256", "uint64", "uint8"], [5, 3, 15]), "DeliveryEscrow"
+    )
     assert replay.sentence == "the delivery (seq 3) was signed at another location than escrow 5's destination"
-    assert decoder.decode(data("Error(string)", ["string"], ["nope"]), "DeliveryEscrow").sentence == \
-        "the escrow contract reverted: nope"
+    assert (
+        decoder.decode(data("Error(string)", ["string"], ["nope"]), "DeliveryEscrow").sentence
+        == "the escrow contract reverted: nope"
+    )
     assert "unknown custom error 0xdeadbeef" in decoder.decode("0xdeadbeef", "MeteredBilling").sentence
     assert decoder.decode("0x", "MeteredBilling").sentence.startswith("the billing contract reverted without")
 
@@ -173,6 +236,21 @@ def test_escrow_for_an_unregistered_tracker(cli, w3) -> None:
     buyer = cli.user(w3)
     cli.ok(["token", "mint", "--amount", "5"], buyer)
     stranger = "0x000000000000000000000000000000000000dEaD"
-    error = cli.fails(["escrow", "create", "--seller", buyer.address, "--device", stranger, "--amount", "5",
-                       "--destination", "u33dc0cr", "--deadline", "+1h"], buyer)
+    error = cli.fails(
+        [
+            "escrow",
+            "create",
+            "--seller",
+            buyer.address,
+            "--device",
+            stranger,
+            "--amount",
+            "5",
+            "--destination",
+            "u33dc0cr",
+            "--deadline",
+            "+1h",
+        ],
+        buyer,
+    )
     assert error == f"device {stranger} is not registered or not active"

@@ -15,13 +15,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-from iotsettle.oracle.chain.connection import connect, load_sender
 from iotsettle.oracle.chain.compiler import ensure_compiled
+from iotsettle.oracle.chain.connection import connect, load_sender
 from iotsettle.oracle.chain.deploy import deploy_all
-from iotsettle.oracle.protocol.location import location_bytes32
-from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.chain.node import free_port, rpc_ready
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.location import location_bytes32
 
 from tests.kit.cli import Cli, register_device
 from tests.kit.products import chain_now, delivery, reading, token_balance
@@ -31,8 +30,9 @@ GANACHE = REPO / "node_modules" / ".bin" / "ganache"
 MNEMONIC = "test test test test test test test test test test test junk"
 TOKEN = 10**18
 
-pytestmark = pytest.mark.skipif(not GANACHE.exists() or shutil.which("node") is None,
-                                reason="ganache is not installed (scripts/setup installs it)")
+pytestmark = pytest.mark.skipif(
+    not GANACHE.exists() or shutil.which("node") is None, reason="ganache is not installed (scripts/setup installs it)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,23 @@ def ganache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     port = free_port()
     config = make_config(state, port, free_port())
     with open(state / "ganache.log", "wb") as log:
-        process = subprocess.Popen([str(GANACHE), "--chain.chainId", "1337", "--wallet.mnemonic", MNEMONIC,
-                                    "--server.host", "127.0.0.1", "--server.port", str(port), "--logging.quiet"],
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [
+                str(GANACHE),
+                "--chain.chainId",
+                "1337",
+                "--wallet.mnemonic",
+                MNEMONIC,
+                "--server.host",
+                "127.0.0.1",
+                "--server.port",
+                str(port),
+                "--logging.quiet",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 60
         while rpc_ready(config.chain.rpc_url) != 1337:
@@ -68,18 +82,36 @@ def test_escrow_on_ganache(ganache) -> None:
     buyer, seller = cli.user(w3), cli.user(w3)
     tracker = register_device(ganache.config, buyer, DeviceKind.TRACKER)
     cli.ok(["token", "mint", "--amount", "30"], buyer)
-    escrow_id = cli.ok(["escrow", "create", "--seller", seller.address, "--device", tracker.address, "--amount", "30",
-                        "--destination", "u33dbfc", "--deadline", "+1h"], buyer)["escrowId"]
-    signed = delivery(tracker, 1337, ganache.address("DeliveryEscrow"), escrow_id, 1, chain_now(w3),
-                      location_bytes32("u33dbfc"))
+    escrow_id = cli.ok(
+        [
+            "escrow",
+            "create",
+            "--seller",
+            seller.address,
+            "--device",
+            tracker.address,
+            "--amount",
+            "30",
+            "--destination",
+            "u33dbfc",
+            "--deadline",
+            "+1h",
+        ],
+        buyer,
+    )["escrowId"]
+    signed = delivery(
+        tracker, 1337, ganache.address("DeliveryEscrow"), escrow_id, 1, chain_now(w3), location_bytes32("u33dbfc")
+    )
     confirmed = cli.ok(["escrow", "confirm", "-"], seller, stdin=signed.to_payload().decode())
     assert confirmed["results"][0]["confirmed"] is True
     again = cli.fails(["escrow", "confirm", "-"], seller, stdin=signed.to_payload().decode())
     assert again == f"escrow {escrow_id} was already released on block {confirmed['block']}"
     cli.ok(["escrow", "withdraw"], seller)
     assert token_balance(ganache, seller.address) == 30 * TOKEN
-    assert [e["event"] for e in cli.ok(["audit", "escrow", str(escrow_id)])["entries"]] == \
-        ["EscrowCreated", "DeliveryConfirmed"]
+    assert [e["event"] for e in cli.ok(["audit", "escrow", str(escrow_id)])["entries"]] == [
+        "EscrowCreated",
+        "DeliveryConfirmed",
+    ]
 
 
 @pytest.mark.slow  # the escrow flow above is the default-run check; this one and the next with --runslow
@@ -88,8 +120,23 @@ def test_refund_after_deadline_on_ganache(ganache) -> None:
     buyer, seller = cli.user(w3), cli.user(w3)
     tracker = register_device(ganache.config, buyer, DeviceKind.TRACKER)
     cli.ok(["token", "mint", "--amount", "4"], buyer)
-    escrow_id = cli.ok(["escrow", "create", "--seller", seller.address, "--device", tracker.address, "--amount", "4",
-                        "--destination", "u33dbfc", "--deadline", "+10m"], buyer)["escrowId"]
+    escrow_id = cli.ok(
+        [
+            "escrow",
+            "create",
+            "--seller",
+            seller.address,
+            "--device",
+            tracker.address,
+            "--amount",
+            "4",
+            "--destination",
+            "u33dbfc",
+            "--deadline",
+            "+10m",
+        ],
+        buyer,
+    )["escrowId"]
     assert f"escrow {escrow_id} can be refunded from " in cli.fails(["escrow", "refund", str(escrow_id)], buyer)
     w3.provider.make_request("evm_increaseTime", [601 + 3600])  # the deadline, then the settlement grace
     w3.provider.make_request("evm_mine", [])
@@ -103,13 +150,30 @@ def test_agreement_on_ganache(ganache) -> None:
     cli, w3 = Cli(ganache.config), ganache.chain.w3
     provider, consumer = cli.user(w3), cli.user(w3)
     meter = register_device(ganache.config, provider, DeviceKind.METER)
-    agreement_id = int(cli.ok(["agreement", "open", "--consumer", consumer.address, "--device", meter.address,
-                               "--price", "0.5", "--start-value", "100"], provider)["agreementId"])
+    agreement_id = int(
+        cli.ok(
+            [
+                "agreement",
+                "open",
+                "--consumer",
+                consumer.address,
+                "--device",
+                meter.address,
+                "--price",
+                "0.5",
+                "--start-value",
+                "100",
+            ],
+            provider,
+        )["agreementId"]
+    )
     cli.ok(["token", "mint", "--amount", "10"], consumer)
     cli.ok(["agreement", "accept", str(agreement_id), "--deposit", "10"], consumer)
     contract, now = ganache.address("MeteredBilling"), chain_now(w3)
-    batch = "\n".join(reading(meter, 1337, contract, agreement_id, seq, now, value).to_payload().decode()
-                      for seq, value in [(1, 104), (2, 90)])
+    batch = "\n".join(
+        reading(meter, 1337, contract, agreement_id, seq, now, value).to_payload().decode()
+        for seq, value in [(1, 104), (2, 90)]
+    )
     out = cli.ok(["agreement", "settle", "-"], provider, stdin=batch)
     assert [(r["settled"], r["reason"]) for r in out["results"]] == [(True, None), (False, "CounterRollback")]
     assert cli.ok(["agreement", "withdraw", str(agreement_id)], provider)["amount"] == str(2 * TOKEN)

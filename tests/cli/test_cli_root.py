@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import click
-
 from iotsettle.cli.main import COMMANDS, _docstring, cli
 
 
@@ -21,8 +20,10 @@ def test_each_command_loads_under_its_own_name_with_the_help_the_listing_shows()
 
 
 def test_help_lists_every_command_without_loading_web3() -> None:
-    probe = ("import sys\nfrom iotsettle.cli.main import main\nsys.argv = ['iotsettle', '--help']\n"
-             "try:\n    main()\nexcept SystemExit:\n    pass\nprint('web3 loaded' if 'web3' in sys.modules else 'no web3')\n")
+    probe = (
+        "import sys\nfrom iotsettle.cli.main import main\nsys.argv = ['iotsettle', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nprint('web3 loaded' if 'web3' in sys.modules else 'no web3')\n"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert all(f"  {name} " in out for name in COMMANDS), out
     assert out.rstrip().endswith("no web3"), out

@@ -11,11 +11,10 @@ import eth_keyfile
 import pytest
 from click.testing import CliRunner
 from eth_account import Account
-
 from iotsettle.cli.main import cli
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
-from iotsettle.oracle.device.fleet import contracts_from_manifest, generate_fleet
 from iotsettle.oracle.chain.node import Mosquitto
+from iotsettle.oracle.device.fleet import contracts_from_manifest, generate_fleet
 from iotsettle.oracle.protocol.wire import decode
 
 PASSWORD = {"IOTSETTLE_DEVICE_PASSWORD": "correct horse"}
@@ -37,7 +36,7 @@ def run(args: list[str], env: dict[str, str], expect: int = 0) -> str:
 
 def test_keygen_writes_a_private_keystore_and_prints_the_address(tmp_path: Path) -> None:
     out = run(["device", "keygen", "--out", str(tmp_path), "--kind", "meter", "--light-kdf", "--json"], PASSWORD)
-    data = json.loads(out[out.index("{"):])
+    data = json.loads(out[out.index("{") :])
     path = Path(data["keyFile"])
     assert path.name == f"{data['address']}.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -47,20 +46,25 @@ def test_keygen_writes_a_private_keystore_and_prints_the_address(tmp_path: Path)
 
 
 def test_keygen_without_a_password_is_a_one_line_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["device", "keygen", "--out", str(tmp_path)],
-                                env={"IOTSETTLE_DEVICE_PASSWORD": "", "IOTSETTLE_DEVICE_PASSWORD_FILE": ""})
+    result = CliRunner().invoke(
+        cli,
+        ["device", "keygen", "--out", str(tmp_path)],
+        env={"IOTSETTLE_DEVICE_PASSWORD": "", "IOTSETTLE_DEVICE_PASSWORD_FILE": ""},
+    )
     assert result.exit_code == 1
     assert "no keystore password" in result.output
     assert "Traceback" not in result.output
     assert not list(tmp_path.iterdir())
 
 
-def test_register_puts_the_device_on_chain_owned_by_the_sender(deployment: Any, stack_dir: Path, tmp_path: Path) -> None:
+def test_register_puts_the_device_on_chain_owned_by_the_sender(
+    deployment: Any, stack_dir: Path, tmp_path: Path
+) -> None:
     env = chain_env(deployment, stack_dir)
     address = run(["device", "keygen", "--out", str(tmp_path), "--kind", "vehicle", "--light-kdf"], env).splitlines()[0]
     key_file = tmp_path / f"{address}.json"
     out = run(["device", "register", "--key", str(key_file), "--metadata", "VIN WDB1234561A000001", "--json"], env)
-    data = json.loads(out[out.index("{"):])
+    data = json.loads(out[out.index("{") :])
     owner = Account.from_key(ANVIL_DEV_KEYS[0]).address
     assert (data["device"], data["owner"], data["kind"]) == (address, owner, "vehicle")
     record = deployment.contract("DeviceRegistry").functions.deviceOf(address).call()
@@ -80,7 +84,9 @@ def test_register_from_an_owner_keystore(deployment: Any, stack_dir: Path, tmp_p
     env = {**chain_env(deployment, stack_dir), "IOTSETTLE_CHAIN_PASSWORD": "owner pass"}
     address = run(["device", "keygen", "--out", str(tmp_path / "keys"), "--light-kdf"], env).splitlines()[0]
     key_file = tmp_path / "keys" / f"{address}.json"
-    missing_kind = CliRunner().invoke(cli, ["device", "register", "--key", str(key_file), "--owner-key", str(owner_file)], env=env)
+    missing_kind = CliRunner().invoke(
+        cli, ["device", "register", "--key", str(key_file), "--owner-key", str(owner_file)], env=env
+    )
     assert missing_kind.exit_code == 1 and "pass --kind" in missing_kind.output
     run(["device", "register", "--key", str(key_file), "--kind", "tracker", "--owner-key", str(owner_file)], env)
     record = deployment.contract("DeviceRegistry").functions.deviceOf(address).call()
@@ -89,10 +95,33 @@ def test_register_from_an_owner_keystore(deployment: Any, stack_dir: Path, tmp_p
 
 def test_dry_run_is_reproducible_and_prints_valid_payloads(deployment: Any, tmp_path: Path) -> None:
     contracts = contracts_from_manifest(deployment.manifest)
-    fleet = generate_fleet(tmp_path, chain_id=deployment.chain.chain_id, contracts=contracts, meters=2, trackers=1,
-                           vehicles=1, weather_stations=1, seed=3)
-    args = ["device", "simulate", "--fleet", str(fleet), "--rate", "20", "--duration", "30", "--seed", "9",
-            "--start-time", "1764340000", "--faults", "all", "--dry-run"]
+    fleet = generate_fleet(
+        tmp_path,
+        chain_id=deployment.chain.chain_id,
+        contracts=contracts,
+        meters=2,
+        trackers=1,
+        vehicles=1,
+        weather_stations=1,
+        seed=3,
+    )
+    args = [
+        "device",
+        "simulate",
+        "--fleet",
+        str(fleet),
+        "--rate",
+        "20",
+        "--duration",
+        "30",
+        "--seed",
+        "9",
+        "--start-time",
+        "1764340000",
+        "--faults",
+        "all",
+        "--dry-run",
+    ]
     first = run(args, {})
     assert first == run(args, {})
     lines = [json.loads(line) for line in first.splitlines() if line.startswith("{")]
@@ -101,8 +130,15 @@ def test_dry_run_is_reproducible_and_prints_valid_payloads(deployment: Any, tmp_
     # No vehicle of this fleet holds a policy, so behaviour_rollback has no device to go to (a warning, not an
     # error); the station signs observations (hostile applies) when the deployment has CropInsurance.
     observations = contracts.crop_insurance is not None
-    assert faults == {"bad_signature", "replayed_seq", "counter_rollback", "impossible_rate", "clock_skew",
-                      "teleport", "wrong_chain"} | ({"hostile"} if observations else set())
+    assert faults == {
+        "bad_signature",
+        "replayed_seq",
+        "counter_rollback",
+        "impossible_rate",
+        "clock_skew",
+        "teleport",
+        "wrong_chain",
+    } | ({"hostile"} if observations else set())
     types = {line["payload"]["type"] for line in lines}
     assert types == {"reading", "delivery"} | ({"weather"} if observations else set())
     for line in lines:
@@ -110,13 +146,41 @@ def test_dry_run_is_reproducible_and_prints_valid_payloads(deployment: Any, tmp_
         assert line["topic"] == f"iotsettle/v1/{deployment.chain.chain_id}/{event.device}/events"
 
 
-def test_simulate_publishes_to_the_broker_and_reports_json(deployment: Any, mosquitto: Mosquitto, tmp_path: Path) -> None:
+def test_simulate_publishes_to_the_broker_and_reports_json(
+    deployment: Any, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
     contracts = contracts_from_manifest(deployment.manifest)
-    fleet = generate_fleet(tmp_path, chain_id=deployment.chain.chain_id, contracts=contracts, meters=4, trackers=1,
-                           vehicles=2, weather_stations=1, seed=5)
-    out = run(["device", "simulate", "--fleet", str(fleet), "--rate", "300", "--duration", "2", "--reply-wait", "0",
-               "--broker-host", mosquitto.host, "--broker-port", str(mosquitto.port), "--json"], {})
-    summary = json.loads(out[out.index("{"):])
+    fleet = generate_fleet(
+        tmp_path,
+        chain_id=deployment.chain.chain_id,
+        contracts=contracts,
+        meters=4,
+        trackers=1,
+        vehicles=2,
+        weather_stations=1,
+        seed=5,
+    )
+    out = run(
+        [
+            "device",
+            "simulate",
+            "--fleet",
+            str(fleet),
+            "--rate",
+            "300",
+            "--duration",
+            "2",
+            "--reply-wait",
+            "0",
+            "--broker-host",
+            mosquitto.host,
+            "--broker-port",
+            str(mosquitto.port),
+            "--json",
+        ],
+        {},
+    )
+    summary = json.loads(out[out.index("{") :])
     assert summary["acknowledged"] == summary["planned"] >= 550
     assert summary["unacknowledged"] == 0
     assert summary["devices"] == {"meter": 4, "tracker": 1, "vehicle": 2, "weather_station": 1}

@@ -3,18 +3,19 @@ from the chain's logs, exported, verified, and caught when a figure in the file 
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 from types import SimpleNamespace
 
-
-from iotsettle.oracle.chain.artifacts import load_artifact
-from iotsettle.oracle.protocol.location import location_bytes32
-from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.chain import logs as chain_logs
+from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.credit import scan
 from iotsettle.oracle.credit.derive import ChainLog, ChainPoint, Profile, checksum, derive
 from iotsettle.oracle.credit.document import PROFILE_VERSION, build, canonical_json
 from iotsettle.oracle.credit.scan import CONTRACTS, chain_point, contract_refs
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.location import location_bytes32
 
 from tests.kit.cli import Cli, register_device
 from tests.kit.products import allow_insurer, chain_now, delivery, reading, telematics, warp_to, weather
@@ -41,8 +42,9 @@ class _CappedNode:
 
 
 def _settle(cli: Cli, deployment, w3, meter, agreement_id: int, seq: int, value: int, relayer) -> None:
-    signed = reading(meter, w3.eth.chain_id, deployment.address("MeteredBilling"), agreement_id, seq, chain_now(w3),
-                     value)
+    signed = reading(
+        meter, w3.eth.chain_id, deployment.address("MeteredBilling"), agreement_id, seq, chain_now(w3), value
+    )
     cli.ok(["agreement", "settle", "-"], relayer, stdin=signed.to_payload().decode())
 
 
@@ -51,8 +53,23 @@ def _history(cli: Cli, deployment, w3):
     sells a delivery tracked by its own tracker (released)."""
     subject, provider, buyer = cli.user(w3), cli.user(w3), cli.user(w3)
     meter = register_device(deployment.config, provider, DeviceKind.METER)
-    agreement_id = int(cli.ok(["agreement", "open", "--consumer", subject.address, "--device", meter.address,
-                               "--price", "1", "--start-value", "1000"], provider)["agreementId"])
+    agreement_id = int(
+        cli.ok(
+            [
+                "agreement",
+                "open",
+                "--consumer",
+                subject.address,
+                "--device",
+                meter.address,
+                "--price",
+                "1",
+                "--start-value",
+                "1000",
+            ],
+            provider,
+        )["agreementId"]
+    )
     cli.ok(["token", "mint", "--to", subject.address, "--amount", "100"], subject)
     cli.ok(["agreement", "accept", hex(agreement_id), "--deposit", "3"], subject)
     _settle(cli, deployment, w3, meter, agreement_id, 1, 1002, provider)  # costs 2 of the 3 prepaid: on time
@@ -62,10 +79,32 @@ def _history(cli: Cli, deployment, w3):
 
     tracker = register_device(deployment.config, subject, DeviceKind.TRACKER)
     cli.ok(["token", "mint", "--to", buyer.address, "--amount", "100"], buyer)
-    escrow_id = cli.ok(["escrow", "create", "--seller", subject.address, "--device", tracker.address, "--amount", "25",
-                        "--destination", DEST, "--deadline", "+2h"], buyer)["escrowId"]
-    signed = delivery(tracker, w3.eth.chain_id, deployment.address("DeliveryEscrow"), escrow_id, 1, chain_now(w3),
-                      location_bytes32(DEST))
+    escrow_id = cli.ok(
+        [
+            "escrow",
+            "create",
+            "--seller",
+            subject.address,
+            "--device",
+            tracker.address,
+            "--amount",
+            "25",
+            "--destination",
+            DEST,
+            "--deadline",
+            "+2h",
+        ],
+        buyer,
+    )["escrowId"]
+    signed = delivery(
+        tracker,
+        w3.eth.chain_id,
+        deployment.address("DeliveryEscrow"),
+        escrow_id,
+        1,
+        chain_now(w3),
+        location_bytes32(DEST),
+    )
     cli.ok(["escrow", "confirm", "-"], buyer, stdin=signed.to_payload().decode())
     return subject, agreement_id, escrow_id, tracker
 
@@ -92,22 +131,45 @@ def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_pa
     # a provider that refuses spans of more than 3 blocks (as public ones cap eth_getLogs) gets the range in halves
     capped = _CappedNode(w3.provider, max_span=3)
     manifest = deployment.manifest["contracts"]
-    refs = contract_refs(w3, {n: (manifest[n]["address"], manifest[n]["block"], manifest[n]["txHash"])
-                              for n in CONTRACTS}, block)
+    refs = contract_refs(
+        w3, {n: (manifest[n]["address"], manifest[n]["block"], manifest[n]["txHash"]) for n in CONTRACTS}, block
+    )
     abis = {n: load_artifact(deployment.config, n)["abi"] for n in refs}
     run = build(SimpleNamespace(provider=capped), subject.address, chain_point(w3, block), refs, abis)
     assert canonical_json(run.document) == first.read_text() and capped.refused > 0
 
     assert (doc["profileVersion"], doc["subject"]) == (PROFILE_VERSION, subject.address)
     assert doc["chain"] == {"chainId": w3.eth.chain_id, "genesisHash": w3.eth.get_block(0)["hash"].to_0x_hex()}
-    assert doc["range"]["toBlock"] == block and doc["range"]["toBlockHash"] == w3.eth.get_block(block)["hash"].to_0x_hex()
+    assert (
+        doc["range"]["toBlock"] == block and doc["range"]["toBlockHash"] == w3.eth.get_block(block)["hash"].to_0x_hex()
+    )
     assert doc["contracts"]["MeteredBilling"]["address"] == deployment.address("MeteredBilling")
 
     consumer = doc["figures"]["consumer"]
-    assert {k: consumer[k] for k in ("agreements", "accepted", "readings", "readingsPaidOnTime", "paidOnTimeBps",
-                                     "suspensions", "resumptions", "suspendedNow", "topUps")} == \
-        {"agreements": 1, "accepted": 1, "readings": 2, "readingsPaidOnTime": 1, "paidOnTimeBps": 5_000,
-         "suspensions": 1, "resumptions": 1, "suspendedNow": 0, "topUps": 1}
+    assert {
+        k: consumer[k]
+        for k in (
+            "agreements",
+            "accepted",
+            "readings",
+            "readingsPaidOnTime",
+            "paidOnTimeBps",
+            "suspensions",
+            "resumptions",
+            "suspendedNow",
+            "topUps",
+        )
+    } == {
+        "agreements": 1,
+        "accepted": 1,
+        "readings": 2,
+        "readingsPaidOnTime": 1,
+        "paidOnTimeBps": 5_000,
+        "suspensions": 1,
+        "resumptions": 1,
+        "suspendedNow": 0,
+        "topUps": 1,
+    }
     assert consumer["deposited"] == {token: str(7 * TOKEN)} and consumer["billed"] == {token: str(3 * TOKEN)}
     assert consumer["arrearsIncurred"] == {token: str(2 * TOKEN)} and consumer["arrearsPaid"] == {token: str(2 * TOKEN)}
     assert consumer["suspendedSeconds"] >= 0 and consumer["items"][hex(agreement_id)]["readings"] == 2
@@ -142,7 +204,9 @@ def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_pa
     (tmp_path / "t.json").write_text(json.dumps(tampered))
     result = cli.run(["credit", "verify", str(tmp_path / "t.json")])
     assert result.exit_code == 1
-    assert f"figure consumer.billed.{token}: the file says \"{30 * TOKEN}\", the chain gives \"{3 * TOKEN}\"" in result.stdout
+    assert (
+        f'figure consumer.billed.{token}: the file says "{30 * TOKEN}", the chain gives "{3 * TOKEN}"' in result.stdout
+    )
 
     # a scan claimed to start after the contract's creation (hiding early history) is refused
     tampered = json.loads(first.read_text())
@@ -157,41 +221,111 @@ def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_pa
     (tmp_path / "e.json").write_text(json.dumps(tampered))
     result = cli.run(["credit", "verify", str(tmp_path / "e.json"), "--json"])
     assert result.exit_code == 1 and json.loads(result.stdout) == {
-        "verified": False, "difference": "evidence of figure consumer.readings: the logs cited differ from the chain's"}
+        "verified": False,
+        "difference": "evidence of figure consumer.readings: the logs cited differ from the chain's",
+    }
 
 
 def test_profile_of_a_driver_and_borrower_from_the_product_contracts(cli, deployment, w3, tmp_path) -> None:
     subject, insurer, lender = cli.user(w3), cli.user(w3), cli.user(w3)
     token = deployment.address("TestToken")
     vehicle = register_device(deployment.config, subject, DeviceKind.VEHICLE)
-    policy_id = int(cli.ok(["policy", "offer", "--holder", subject.address, "--vehicle", vehicle.address, "--rate",
-                            "0.05", "--min-factor", "0.9", "--max-factor", "1.5", "--step", "0.1",
-                            "--start-odometer", "1000000"], insurer)["policyId"])
+    policy_id = int(
+        cli.ok(
+            [
+                "policy",
+                "offer",
+                "--holder",
+                subject.address,
+                "--vehicle",
+                vehicle.address,
+                "--rate",
+                "0.05",
+                "--min-factor",
+                "0.9",
+                "--max-factor",
+                "1.5",
+                "--step",
+                "0.1",
+                "--start-odometer",
+                "1000000",
+            ],
+            insurer,
+        )["policyId"]
+    )
     cli.ok(["token", "mint", "--amount", "50"], subject)
     cli.ok(["policy", "accept", hex(policy_id), "--deposit", "20"], subject)
     motor = deployment.address("MotorInsurance")
     cli.ok(["policy", "settle", "-"], insurer, stdin=telematics(vehicle, w3, motor, policy_id, 1, 1_100_000))  # 100 km
 
     cli.ok(["token", "mint", "--amount", "100"], lender)
-    loan_id = cli.ok(["loan", "offer", "--borrower", subject.address, "--principal", "10", "--repayment", "11",
-                      "--share", "50%", "--due-by", "+30d"], lender)["loanId"]
+    loan_id = cli.ok(
+        [
+            "loan",
+            "offer",
+            "--borrower",
+            subject.address,
+            "--principal",
+            "10",
+            "--repayment",
+            "11",
+            "--share",
+            "50%",
+            "--due-by",
+            "+30d",
+        ],
+        lender,
+    )["loanId"]
     account = cli.ok(["loan", "accept", str(loan_id)], subject)["account"]
     # the borrower sells a delivery with the loan's payout account as seller; a sweep repays half of the 2 TEST
     tracker = register_device(deployment.config, subject, DeviceKind.TRACKER)
     cli.ok(["token", "mint", "--amount", "2"], lender)
-    escrow_id = cli.ok(["escrow", "create", "--seller", account, "--device", tracker.address, "--amount", "2",
-                        "--destination", DEST, "--deadline", "+2h"], lender)["escrowId"]
-    cli.ok(["escrow", "confirm", "-"], lender, stdin=delivery(
-        tracker, w3.eth.chain_id, deployment.address("DeliveryEscrow"), escrow_id, 1, chain_now(w3),
-        location_bytes32(DEST)).to_payload().decode())
+    escrow_id = cli.ok(
+        [
+            "escrow",
+            "create",
+            "--seller",
+            account,
+            "--device",
+            tracker.address,
+            "--amount",
+            "2",
+            "--destination",
+            DEST,
+            "--deadline",
+            "+2h",
+        ],
+        lender,
+    )["escrowId"]
+    cli.ok(
+        ["escrow", "confirm", "-"],
+        lender,
+        stdin=delivery(
+            tracker,
+            w3.eth.chain_id,
+            deployment.address("DeliveryEscrow"),
+            escrow_id,
+            1,
+            chain_now(w3),
+            location_bytes32(DEST),
+        )
+        .to_payload()
+        .decode(),
+    )
     cli.ok(["loan", "sweep", str(loan_id)])
     cli.ok(["loan", "repay", str(loan_id), "--amount", "3"], subject)
     out = tmp_path / "p.json"
     doc = cli.ok(["credit", "profile", subject.address, "--out", str(out)])
 
     motor_figures = doc["figures"]["motor"]
-    assert (motor_figures["policies"], motor_figures["accepted"], motor_figures["reports"], motor_figures["metres"],
-            motor_figures["paidOnTimeBps"], motor_figures["lapses"]) == (1, 1, 1, 100_000, 10_000, 0)
+    assert (
+        motor_figures["policies"],
+        motor_figures["accepted"],
+        motor_figures["reports"],
+        motor_figures["metres"],
+        motor_figures["paidOnTimeBps"],
+        motor_figures["lapses"],
+    ) == (1, 1, 1, 100_000, 10_000, 0)
     assert motor_figures["premiums"] == {token: str(45 * TOKEN // 10)}  # 100 km × 0.05 × factor 0.9
     assert doc["figures"]["devices"]["items"][vehicle.address]["settled"] == {"events": 1, "metres": 100_000}
     loans = doc["figures"]["loans"]
@@ -201,14 +335,25 @@ def test_profile_of_a_driver_and_borrower_from_the_product_contracts(cli, deploy
     assert (seller["escrows"], seller["delivered"], seller["released"]) == (1, 1, {token: str(2 * TOKEN)})
     assert seller["items"][str(escrow_id)]["seller"] == account  # paid to the loan's account: still the borrower's
     assert loans["items"][str(loan_id)]["status"] == "active"
-    assert set(doc["contracts"]) == {"DeviceRegistry", "DeliveryEscrow", "MeteredBilling", "MotorInsurance",
-                                     "CropInsurance", "LoanBook"}
+    assert set(doc["contracts"]) == {
+        "DeviceRegistry",
+        "DeliveryEscrow",
+        "MeteredBilling",
+        "MotorInsurance",
+        "CropInsurance",
+        "LoanBook",
+    }
     assert cli.run(["credit", "verify", str(out)]).exit_code == 0
 
     cli.ok(["loan", "repay", str(loan_id), "--amount", "7"], subject)  # the chain moved on: the old file still verifies
     assert cli.run(["credit", "verify", str(out)]).exit_code == 0
     loans = cli.ok(["credit", "profile", subject.address])["figures"]["loans"]
-    assert (loans["fullyRepaid"], loans["repaidByDueBy"], loans["onTimeBps"], loans["outstanding"]) == (1, 1, 10_000, {})
+    assert (loans["fullyRepaid"], loans["repaidByDueBy"], loans["onTimeBps"], loans["outstanding"]) == (
+        1,
+        1,
+        10_000,
+        {},
+    )
 
 
 def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(deployment, tmp_path) -> None:
@@ -226,16 +371,56 @@ def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(deployme
         cli.ok(["token", "mint", "--amount", "500"], insurer)
         cli.ok(["crop", "pool-deposit", str(pool_id), "--amount", "500"], insurer)
         start = chain_now(w3) + 600
-        season_id = cli.ok(["crop", "season-create", "--pool", str(pool_id),
-                            *sum((["--station", s.address] for s in stations), []), "--k", "2", "--index", "rain",
-                            "--threshold", "50mm", "--start", str(start), "--end", str(start + 86400), "--premium", "5%",
-                            "--coverage-slack", "1h", "--finalize-delay", "10s", "--region", "u0yjj"],
-                           insurer)["seasonId"]
+        season_id = cli.ok(
+            [
+                "crop",
+                "season-create",
+                "--pool",
+                str(pool_id),
+                *functools.reduce(operator.iadd, (["--station", s.address] for s in stations), []),
+                "--k",
+                "2",
+                "--index",
+                "rain",
+                "--threshold",
+                "50mm",
+                "--start",
+                str(start),
+                "--end",
+                str(start + 86400),
+                "--premium",
+                "5%",
+                "--coverage-slack",
+                "1h",
+                "--finalize-delay",
+                "10s",
+                "--region",
+                "u0yjj",
+            ],
+            insurer,
+        )["seasonId"]
         cli.ok(["token", "mint", "--amount", "100"], lender)
-        loan_id = cli.ok(["loan", "offer", "--borrower", farmer.address, "--principal", "100", "--repayment", "110",
-                          "--share", "100%", "--due-by", "+30d"], lender)["loanId"]
+        loan_id = cli.ok(
+            [
+                "loan",
+                "offer",
+                "--borrower",
+                farmer.address,
+                "--principal",
+                "100",
+                "--repayment",
+                "110",
+                "--share",
+                "100%",
+                "--due-by",
+                "+30d",
+            ],
+            lender,
+        )["loanId"]
         account = cli.ok(["loan", "accept", str(loan_id)], farmer)["account"]
-        cover_id = cli.ok(["crop", "buy", str(season_id), "--cover", "200", "--beneficiary", account], farmer)["policyId"]
+        cover_id = cli.ok(["crop", "buy", str(season_id), "--cover", "200", "--beneficiary", account], farmer)[
+            "policyId"
+        ]
         warp_to(w3, start + 60)
         cli.ok(["crop", "record", "-"], stdin="\n".join(weather(s, w3, crop, 1, 10_000) for s in stations))
         warp_to(w3, start + 86400 - 60)
@@ -249,9 +434,15 @@ def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(deployme
         out = tmp_path / "farmer.json"
         doc = cli.ok(["credit", "profile", farmer.address, "--out", str(out)])
         crop_figures, loans = doc["figures"]["crop"], doc["figures"]["loans"]
-        assert (crop_figures["covers"], crop_figures["payouts"], crop_figures["expired"], crop_figures["pending"]) == \
-            (1, 1, 0, 0)
-        assert crop_figures["cover"] == {token: str(200 * TOKEN)} and crop_figures["premiumsPaid"] == {token: str(10 * TOKEN)}
+        assert (crop_figures["covers"], crop_figures["payouts"], crop_figures["expired"], crop_figures["pending"]) == (
+            1,
+            1,
+            0,
+            0,
+        )
+        assert crop_figures["cover"] == {token: str(200 * TOKEN)} and crop_figures["premiumsPaid"] == {
+            token: str(10 * TOKEN)
+        }
         assert crop_figures["payoutsToLoanAccounts"] == {token: str(200 * TOKEN)}
         assert crop_figures["payoutsReceived"] == {} and crop_figures["payoutsToOthers"] == {}
         assert crop_figures["items"][str(cover_id)]["beneficiary"] == account
@@ -261,13 +452,18 @@ def test_farmer_paid_by_a_drought_cover_repays_the_loan_by_its_due_date(deployme
         # another anvil (the session's) has the same chain id but another history: named, not verified
         elsewhere = cli.run(["credit", "verify", str(out), "--rpc-url", session_node])
         assert elsewhere.exit_code == 1
-        assert elsewhere.stdout.startswith(("not verified: chain: this node's genesis block is", "not verified: range:"))
+        assert elsewhere.stdout.startswith(
+            ("not verified: chain: this node's genesis block is", "not verified: range:")
+        )
 
         station = stations[0].address
         insurer_doc = cli.ok(["credit", "profile", insurer.address])  # the stations' owner
         assert insurer_doc["figures"]["devices"]["byKind"] == {"WEATHER_STATION": 3}
-        assert insurer_doc["figures"]["devices"]["items"][station]["settled"] == \
-            {"events": 3, "rainfall": 1_000, "rainfallFrom": 10_000}
+        assert insurer_doc["figures"]["devices"]["items"][station]["settled"] == {
+            "events": 3,
+            "rainfall": 1_000,
+            "rainfallFrom": 10_000,
+        }
 
 
 def test_profile_of_a_stranger_is_empty_and_a_future_block_is_refused(cli, deployment, w3) -> None:
@@ -299,8 +495,10 @@ def _derive(logs: list[ChainLog], end_time: int) -> Profile:
     def fix(value):
         return to_checksum_address(value) if isinstance(value, str) and len(value) == 42 else value
 
-    logs = [ChainLog(e.block, e.log_index, e.tx_hash, e.contract, e.event, {k: fix(v) for k, v in e.args.items()})
-            for e in logs]
+    logs = [
+        ChainLog(e.block, e.log_index, e.tx_hash, e.contract, e.event, {k: fix(v) for k, v in e.args.items()})
+        for e in logs
+    ]
     times = {e.block: e.block * 100 for e in logs}  # block n was mined at time 100·n
     return derive(SUBJECT, logs, times, ChainPoint(31337, "0x00", 99, "0x01", end_time))
 
@@ -309,20 +507,41 @@ def test_loans_repaid_by_due_date_late_and_overdue() -> None:
     book = "LoanBook"
 
     def offered(block, loan_id, borrower, due_by):
-        return _log(block, 0, book, "LoanOffered", loanId=loan_id, lender=OTHER, borrower=borrower, token=TOKEN_ADDRESS,
-                    principal=100, repayment=110, shareBps=5_000, acceptBy=10**9, dueBy=due_by)
+        return _log(
+            block,
+            0,
+            book,
+            "LoanOffered",
+            loanId=loan_id,
+            lender=OTHER,
+            borrower=borrower,
+            token=TOKEN_ADDRESS,
+            principal=100,
+            repayment=110,
+            shareBps=5_000,
+            acceptBy=10**9,
+            dueBy=due_by,
+        )
 
     logs = [
-        offered(1, 1, SUBJECT, 1_000), _log(2, 0, book, "LoanAccepted", loanId=1, account=OTHER),
+        offered(1, 1, SUBJECT, 1_000),
+        _log(2, 0, book, "LoanAccepted", loanId=1, account=OTHER),
         _log(3, 0, book, "Repaid", loanId=1, amount=60, outstanding=50),
-        _log(9, 0, book, "Repaid", loanId=1, amount=50, outstanding=0), _log(9, 1, book, "LoanRepaid", loanId=1),
-        offered(4, 2, SUBJECT, 1_500), _log(5, 0, book, "LoanAccepted", loanId=2, account=OTHER),
+        _log(9, 0, book, "Repaid", loanId=1, amount=50, outstanding=0),
+        _log(9, 1, book, "LoanRepaid", loanId=1),
+        offered(4, 2, SUBJECT, 1_500),
+        _log(5, 0, book, "LoanAccepted", loanId=2, account=OTHER),
         _log(6, 0, book, "Repaid", loanId=2, amount=10, outstanding=100),
-        offered(7, 3, SUBJECT, 1_200), _log(8, 0, book, "LoanCancelled", loanId=3),
-        offered(10, 4, OTHER, 500), _log(11, 0, book, "LoanAccepted", loanId=4, account=OTHER),  # someone else's
-        _log(12, 0, book, "Repaid", loanId=4, amount=999, outstanding=0), _log(12, 1, book, "LoanRepaid", loanId=4),
-        offered(13, 5, SUBJECT, 1_400), _log(14, 0, book, "LoanAccepted", loanId=5, account=OTHER),
-        _log(16, 0, book, "Repaid", loanId=5, amount=110, outstanding=0), _log(16, 1, book, "LoanRepaid", loanId=5),
+        offered(7, 3, SUBJECT, 1_200),
+        _log(8, 0, book, "LoanCancelled", loanId=3),
+        offered(10, 4, OTHER, 500),
+        _log(11, 0, book, "LoanAccepted", loanId=4, account=OTHER),  # someone else's
+        _log(12, 0, book, "Repaid", loanId=4, amount=999, outstanding=0),
+        _log(12, 1, book, "LoanRepaid", loanId=4),
+        offered(13, 5, SUBJECT, 1_400),
+        _log(14, 0, book, "LoanAccepted", loanId=5, account=OTHER),
+        _log(16, 0, book, "Repaid", loanId=5, amount=110, outstanding=0),
+        _log(16, 1, book, "LoanRepaid", loanId=5),
     ]
     profile = _derive(logs, end_time=2_000)
     v = profile.values
@@ -331,9 +550,16 @@ def test_loans_repaid_by_due_date_late_and_overdue() -> None:
     # loan 1 repaid at t=900 ≤ 1000; loan 5 at t=1600 > 1400 (late); loan 2 owes 100 past its due date
     assert (v["loans.fullyRepaid"], v["loans.repaidByDueBy"], v["loans.repaidLate"], v["loans.overdue"]) == (2, 1, 1, 1)
     assert v["loans.onTimeBps"] == 3_333  # 1 on time of (2 repaid + 1 overdue)
-    assert (v[f"loans.repaid.{token}"], v[f"loans.outstanding.{token}"], v[f"loans.principal.{token}"]) == (230, 100, 300)
-    assert (v["loans.items.1.status"], v["loans.items.2.status"], v["loans.items.5.status"]) == \
-        ("repaid", "overdue", "repaid late")
+    assert (v[f"loans.repaid.{token}"], v[f"loans.outstanding.{token}"], v[f"loans.principal.{token}"]) == (
+        230,
+        100,
+        300,
+    )
+    assert (v["loans.items.1.status"], v["loans.items.2.status"], v["loans.items.5.status"]) == (
+        "repaid",
+        "overdue",
+        "repaid late",
+    )
     assert {k for _, k in profile.evidence["loans.repaidByDueBy"]} == {0, 1}  # the offer (dueBy) and LoanRepaid
 
 
@@ -342,17 +568,45 @@ def test_motor_premiums_paid_on_time_lapse_and_reinstatement() -> None:
     policy_id = int(VEHICLE, 16) << 96 | 1
 
     def charged(block, index, seq, amount):
-        return _log(block, index, motor, "PremiumCharged", policyId=policy_id, seq=seq, metres=10_000, harshBraking=1,
-                    speeding=0, factorBps=9_000, amount=amount)
+        return _log(
+            block,
+            index,
+            motor,
+            "PremiumCharged",
+            policyId=policy_id,
+            seq=seq,
+            metres=10_000,
+            harshBraking=1,
+            speeding=0,
+            factorBps=9_000,
+            amount=amount,
+        )
 
     logs = [
         _log(1, 0, "DeviceRegistry", "DeviceRegistered", device=VEHICLE, owner=SUBJECT, kind=3, metadataHash=b""),
-        _log(2, 0, motor, "PolicyOffered", policyId=policy_id, insurer=OTHER, holder=SUBJECT, vehicle=VEHICLE,
-             token=TOKEN_ADDRESS, ratePerKm=1, minFactorBps=8_000, maxFactorBps=12_000, stepBps=500, startOdometer=0,
-             noticePeriod=0, startHarsh=0, startSpeeding=0),
+        _log(
+            2,
+            0,
+            motor,
+            "PolicyOffered",
+            policyId=policy_id,
+            insurer=OTHER,
+            holder=SUBJECT,
+            vehicle=VEHICLE,
+            token=TOKEN_ADDRESS,
+            ratePerKm=1,
+            minFactorBps=8_000,
+            maxFactorBps=12_000,
+            stepBps=500,
+            startOdometer=0,
+            noticePeriod=0,
+            startHarsh=0,
+            startSpeeding=0,
+        ),
         _log(3, 0, motor, "PolicyAccepted", policyId=policy_id, deposit=15),
         charged(4, 0, 1, 9),
-        charged(5, 0, 2, 9), _log(5, 1, motor, "PolicyLapsed", policyId=policy_id, arrears=3),
+        charged(5, 0, 2, 9),
+        _log(5, 1, motor, "PolicyLapsed", policyId=policy_id, arrears=3),
         _log(8, 0, motor, "PolicyToppedUp", policyId=policy_id, **{"from": SUBJECT}, amount=10, arrearsPaid=3),
         _log(8, 1, motor, "PolicyReinstated", policyId=policy_id),
     ]

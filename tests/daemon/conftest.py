@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.chain.compiler import ensure_compiled
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.store import Store
+
 from tests.kit.daemon import DaemonProcess
 from tests.kit.devices import ChainRegistry, Publisher
 from tests.kit.settlement import Scenario
@@ -28,12 +28,12 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 @pytest.fixture(scope="module")
-def registry(deployment: Any) -> ChainRegistry:  # noqa: ANN401 - the conftest Deployment
+def registry(deployment: Any) -> ChainRegistry:
     return ChainRegistry(deployment)
 
 
 @pytest.fixture(scope="module")
-def scenario(deployment: Any) -> Scenario:  # noqa: ANN401
+def scenario(deployment: Any) -> Scenario:
     return Scenario(deployment)
 
 
@@ -48,19 +48,21 @@ def relayer(scenario: Scenario) -> LocalAccount:
 @pytest.fixture(scope="module")
 def abis(test_config: Config) -> dict[str, list]:  # type: ignore[type-arg]
     ensure_compiled(test_config)
-    return {"reading": load_artifact(test_config, "MeteredBilling")["abi"],
-            "delivery": load_artifact(test_config, "DeliveryEscrow")["abi"]}  # fmt: skip
+    return {
+        "reading": load_artifact(test_config, "MeteredBilling")["abi"],
+        "delivery": load_artifact(test_config, "DeliveryEscrow")["abi"],
+    }
 
 
 @pytest.fixture
-def publisher(mosquitto) -> Iterator[Publisher]:  # noqa: ANN001
+def publisher(mosquitto) -> Iterator[Publisher]:
     pub = Publisher(mosquitto.host, mosquitto.port)
     yield pub
     pub.close()
 
 
 @pytest.fixture
-def daemons(tmp_path: Path, deployment: Any, mosquitto: Any) -> Iterator[list[DaemonProcess]]:  # noqa: ANN401
+def daemons(tmp_path: Path, deployment: Any, mosquitto: Any) -> Iterator[list[DaemonProcess]]:
     made: list[DaemonProcess] = []
     yield made
     for daemon in made:

@@ -9,15 +9,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.kit.devices import CHAIN_ID, CONTRACTS, Device, Publisher, register
-from tests.kit.wait import wait_for
 from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.rules import RuleSettings
-from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32
 from iotsettle.oracle.daemon.store import Store
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32
+
+from tests.kit.devices import CHAIN_ID, CONTRACTS, Device, Publisher, register
+from tests.kit.wait import wait_for
 
 BERLIN = location_bytes32(geohash_encode(52.5200, 13.4050, 7))
 BERLIN_NEARBY = location_bytes32(geohash_encode(52.5210, 13.4060, 7))
@@ -27,15 +27,20 @@ StartIntake = Callable[..., Intake]
 
 
 @pytest.fixture
-def start_intake(mosquitto, store: Store) -> Iterator[StartIntake]:  # noqa: ANN001 - conftest fixture
+def start_intake(mosquitto, store: Store) -> Iterator[StartIntake]:
     started: list[Intake] = []
     client_id = f"oracle-{uuid.uuid4().hex[:8]}"
 
     def start(**overrides: object) -> Intake:
         settings = IntakeSettings(
-            chain_id=CHAIN_ID, contracts=CONTRACTS, host=mosquitto.host, port=mosquitto.port, client_id=client_id,
-            batch_latency_s=0.01, **overrides,  # type: ignore[arg-type]
-        )  # fmt: skip
+            chain_id=CHAIN_ID,
+            contracts=CONTRACTS,
+            host=mosquitto.host,
+            port=mosquitto.port,
+            client_id=client_id,
+            batch_latency_s=0.01,
+            **overrides,  # type: ignore[arg-type]
+        )
         intake = Intake(settings, store, Metrics())
         intake.start()
         assert intake.wait_connected(10), "intake did not connect to the broker"
@@ -51,8 +56,9 @@ def rejected_count(intake: Intake, reason: str) -> float:
     return intake.metrics.rejected.labels(reason=reason)._value.get()
 
 
-def test_events_are_stored_acknowledged_and_answered(start_intake: StartIntake, store: Store,
-                                                     publisher: Publisher) -> None:  # fmt: skip
+def test_events_are_stored_acknowledged_and_answered(
+    start_intake: StartIntake, store: Store, publisher: Publisher
+) -> None:
     devices = [Device() for _ in range(3)]
     register(store, *devices)
     intake = start_intake()
@@ -78,8 +84,9 @@ def test_events_are_stored_acknowledged_and_answered(start_intake: StartIntake, 
     assert store.event_count() == 60
 
 
-def test_duplicates_are_stored_once_and_answered_duplicate(start_intake: StartIntake, store: Store,
-                                                           publisher: Publisher) -> None:  # fmt: skip
+def test_duplicates_are_stored_once_and_answered_duplicate(
+    start_intake: StartIntake, store: Store, publisher: Publisher
+) -> None:
     device = Device()
     register(store, device)
     start_intake()
@@ -95,8 +102,9 @@ def test_duplicates_are_stored_once_and_answered_duplicate(start_intake: StartIn
     assert store.reject_counts() == {}
 
 
-def _cases(meter: Device, vehicle: Device, tracker: Device, stranger: Device, revoked: Device,
-           now: int) -> list[tuple[str, str, bytes]]:  # fmt: skip
+def _cases(
+    meter: Device, vehicle: Device, tracker: Device, stranger: Device, revoked: Device, now: int
+) -> list[tuple[str, str, bytes]]:
     """(reason, topic, payload) for each bad-event class; the good events they follow are published first."""
     imposter = Device()
     return [
@@ -118,8 +126,9 @@ def _cases(meter: Device, vehicle: Device, tracker: Device, stranger: Device, re
     ]
 
 
-def test_each_bad_event_class_is_rejected_with_its_reason(start_intake: StartIntake, store: Store,
-                                                          publisher: Publisher) -> None:  # fmt: skip
+def test_each_bad_event_class_is_rejected_with_its_reason(
+    start_intake: StartIntake, store: Store, publisher: Publisher
+) -> None:
     meter, vehicle = Device(DeviceKind.METER), Device(DeviceKind.VEHICLE)
     tracker, stranger, revoked = Device(DeviceKind.TRACKER), Device(), Device()
     register(store, meter, vehicle, tracker)
@@ -154,8 +163,7 @@ def test_each_bad_event_class_is_rejected_with_its_reason(start_intake: StartInt
     assert publisher.collect(1)[0][1]["status"] == "accepted"
 
 
-def test_repeated_failures_quarantine_the_device(start_intake: StartIntake, store: Store,
-                                                 publisher: Publisher) -> None:  # fmt: skip
+def test_repeated_failures_quarantine_the_device(start_intake: StartIntake, store: Store, publisher: Publisher) -> None:
     meter, other = Device(), Device()
     register(store, meter, other)
     start_intake(rules=RuleSettings(quarantine_threshold=3, quarantine_window_s=60))
@@ -166,8 +174,9 @@ def test_repeated_failures_quarantine_the_device(start_intake: StartIntake, stor
     publisher.publish(meter.topic, meter.reading(9, 1_001, timestamp=now))  # correct, but the device is quarantined
     publisher.publish(other.topic, other.reading(1, 1, timestamp=now))  # other devices are not affected
     reasons = [body.get("reason", body["status"]) for _, body in publisher.collect(6)]
-    assert sorted(reasons) == sorted(["accepted", "counter_rollback", "counter_rollback", "counter_rollback",
-                                      "quarantined", "accepted"])  # fmt: skip
+    assert sorted(reasons) == sorted(
+        ["accepted", "counter_rollback", "counter_rollback", "counter_rollback", "quarantined", "accepted"]
+    )
     quarantined = store.quarantined_devices()
     assert [state.device for state in quarantined] == [meter.address]
     assert "counter_rollback" in (quarantined[0].quarantine_reason or "")
@@ -177,8 +186,7 @@ def test_repeated_failures_quarantine_the_device(start_intake: StartIntake, stor
     assert publisher.collect(1)[0][1]["status"] == "accepted"
 
 
-def test_rotated_key_speaks_for_the_same_device(start_intake: StartIntake, store: Store,
-                                                publisher: Publisher) -> None:  # fmt: skip
+def test_rotated_key_speaks_for_the_same_device(start_intake: StartIntake, store: Store, publisher: Publisher) -> None:
     from iotsettle.oracle.daemon.store import RegistryEntry
 
     old, new = Device(), Device()
@@ -187,8 +195,12 @@ def test_rotated_key_speaks_for_the_same_device(start_intake: StartIntake, store
     now = int(time.time())
     publisher.publish(old.topic, old.reading(1, 100, timestamp=now - 10))
     assert publisher.collect(1)[0][1]["status"] == "accepted"
-    store.apply_registry([RegistryEntry(old.address, old.address, None, 1, False, 2),
-                          RegistryEntry(new.address, old.address, None, 1, True, 2)])  # fmt: skip
+    store.apply_registry(
+        [
+            RegistryEntry(old.address, old.address, None, 1, False, 2),
+            RegistryEntry(new.address, old.address, None, 1, True, 2),
+        ]
+    )
     intake.registry_changed()
     publisher.publish(old.topic, old.reading(2, 110, timestamp=now - 5))
     publisher.publish(new.topic, new.reading(1, 120, timestamp=now))  # seq continues per device: 1 ≤ 1 is a replay
@@ -208,16 +220,26 @@ def test_fast_accepted_reply_is_the_protocol_encoding() -> None:
         assert decode_reply(accepted_reply(seq, digest)).stored
 
 
-def test_two_oracles_on_one_shared_subscription_store_each_event_once(mosquitto, tmp_path: Path,  # noqa: ANN001
-                                                                      publisher: Publisher) -> None:  # fmt: skip
+def test_two_oracles_on_one_shared_subscription_store_each_event_once(
+    mosquitto,
+    tmp_path: Path,
+    publisher: Publisher,
+) -> None:
     group = f"g{uuid.uuid4().hex[:6]}"
     device = Device()
     stores, intakes = [], []
     for number in range(2):
         db = Store.open(tmp_path / f"oracle-{number}.db")
         register(db, device)
-        settings = IntakeSettings(chain_id=CHAIN_ID, contracts=CONTRACTS, host=mosquitto.host, port=mosquitto.port,
-                                  client_id=f"{group}-{number}", shared_group=group, batch_latency_s=0.01)  # fmt: skip
+        settings = IntakeSettings(
+            chain_id=CHAIN_ID,
+            contracts=CONTRACTS,
+            host=mosquitto.host,
+            port=mosquitto.port,
+            client_id=f"{group}-{number}",
+            shared_group=group,
+            batch_latency_s=0.01,
+        )
         intake = Intake(settings, db, Metrics())
         intake.start()
         assert intake.wait_connected(10)
@@ -225,8 +247,9 @@ def test_two_oracles_on_one_shared_subscription_store_each_event_once(mosquitto,
         intakes.append(intake)
     try:
         now = int(time.time())
-        publisher.publish_many([(device.topic, device.reading(seq, 100 + seq, timestamp=now - 100 + seq))
-                                for seq in range(1, 41)])  # fmt: skip
+        publisher.publish_many(
+            [(device.topic, device.reading(seq, 100 + seq, timestamp=now - 100 + seq)) for seq in range(1, 41)]
+        )
         wait_for(lambda: sum(db.event_count() for db in stores) == 40, what="40 events over both oracles")
         seqs = sorted(e.seq for db in stores for e in db.events_of_device(device.address))
         assert seqs == list(range(1, 41))  # each once, none twice
@@ -239,8 +262,9 @@ def test_two_oracles_on_one_shared_subscription_store_each_event_once(mosquitto,
             db.close()
 
 
-def test_events_published_with_mqtt5_properties_are_read_whole(start_intake: StartIntake, store: Store,
-                                                               publisher: Publisher) -> None:  # fmt: skip
+def test_events_published_with_mqtt5_properties_are_read_whole(
+    start_intake: StartIntake, store: Store, publisher: Publisher
+) -> None:
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
@@ -251,8 +275,9 @@ def test_events_published_with_mqtt5_properties_are_read_whole(start_intake: Sta
     properties.ContentType = "application/json"
     properties.UserProperty = [("fw", "1.2.3"), ("x" * 200, "y" * 200)]  # > 127 bytes of properties
     now = int(time.time())
-    publisher.client.publish(device.topic, device.reading(1, 7, timestamp=now - 1), qos=1,
-                             properties=properties).wait_for_publish(10)  # fmt: skip
+    publisher.client.publish(
+        device.topic, device.reading(1, 7, timestamp=now - 1), qos=1, properties=properties
+    ).wait_for_publish(10)
     publisher.client.publish(device.topic, device.reading(2, 8, timestamp=now), qos=0).wait_for_publish(10)  # QoS 0 too
     replies = publisher.collect(2)
     assert sorted(body["status"] for _, body in replies) == ["accepted", "accepted"], replies
@@ -260,8 +285,8 @@ def test_events_published_with_mqtt5_properties_are_read_whole(start_intake: Sta
 
 
 def test_a_broker_restart_between_receive_and_commit_loses_nothing(tmp_path: Path) -> None:
-    from iotsettle.oracle.config import load_config
     from iotsettle.oracle.chain.node import Mosquitto, free_port
+    from iotsettle.oracle.config import load_config
 
     config = load_config(Path(__file__).resolve().parents[1] / "empty.toml", env={})
     broker = Mosquitto(config, state_dir=tmp_path / "broker", port=free_port())
@@ -269,16 +294,23 @@ def test_a_broker_restart_between_receive_and_commit_loses_nothing(tmp_path: Pat
     store = Store.open(tmp_path / "oracle.db")
     device = Device()
     register(store, device)
-    settings = IntakeSettings(chain_id=CHAIN_ID, contracts=CONTRACTS, host=broker.host, port=broker.port,
-                              client_id="restart-oracle", batch_latency_s=2.0)  # messages wait 2 s unacknowledged
+    settings = IntakeSettings(
+        chain_id=CHAIN_ID,
+        contracts=CONTRACTS,
+        host=broker.host,
+        port=broker.port,
+        client_id="restart-oracle",
+        batch_latency_s=2.0,
+    )  # messages wait 2 s unacknowledged
     intake = Intake(settings, store, Metrics())
     intake.start()
     try:
         assert intake.wait_connected(10)
         publisher = Publisher(broker.host, broker.port)
         now = int(time.time())
-        publisher.publish_many([(device.topic, device.reading(seq, 10 * seq, timestamp=now - 20 + seq))
-                                for seq in range(1, 11)])  # fmt: skip
+        publisher.publish_many(
+            [(device.topic, device.reading(seq, 10 * seq, timestamp=now - 20 + seq)) for seq in range(1, 11)]
+        )
         publisher.close()
         wait_for(lambda: intake.backlog == 10, what="10 messages received")
         broker.stop()  # graceful: the session and its unacknowledged messages are saved

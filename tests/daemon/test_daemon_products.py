@@ -17,25 +17,33 @@ from typing import Any
 
 import pytest
 from eth_account import Account
-from web3 import Web3
-
-from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.chain.artifacts import load_artifact
+from iotsettle.oracle.chain.compiler import ensure_compiled
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.chain.send import send
-from iotsettle.oracle.chain.compiler import ensure_compiled
 from iotsettle.oracle.config import Config
+from iotsettle.oracle.daemon.calldata import KindSpec, decode_outcomes
 from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
-from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.planner import Planner, PlannerSettings
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, evaluate
 from iotsettle.oracle.daemon.store import (
-    _MIGRATIONS, COLUMNS, EXTRA, SCHEMA_VERSION, DeviceState, EventRecord, EventStatus, Store, StoredEvent,
+    _MIGRATIONS,
+    COLUMNS,
+    EXTRA,
+    SCHEMA_VERSION,
+    DeviceState,
+    EventRecord,
+    EventStatus,
+    Store,
+    StoredEvent,
     extra_fields,
-)  # fmt: skip
-from iotsettle.oracle.daemon.calldata import KindSpec, decode_outcomes
+)
+from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.kinds import KINDS
+from web3 import Web3
+
 from tests.kit.daemon import DaemonProcess
 from tests.kit.devices import ALL_CONTRACTS, CHAIN_ID, OWNER, ChainRegistry, Device, Publisher, register
 from tests.kit.wait import wait_for
@@ -49,8 +57,14 @@ CONTRACT = "0x" + "c0" * 20
 
 
 def telematics(seq: int, odometer: int, harsh: int, speeding: int, ts: int, policy: int = 1) -> wire.SignedEvent:
-    msg = {"policyId": policy, "seq": seq, "timestamp": ts, "odometer": odometer, "harshBraking": harsh,
-           "speeding": speeding}  # fmt: skip
+    msg = {
+        "policyId": policy,
+        "seq": seq,
+        "timestamp": ts,
+        "odometer": odometer,
+        "harshBraking": harsh,
+        "speeding": speeding,
+    }
     return wire.decode(wire.encode("telematics", CHAIN_ID, CONTRACT, eip712.address_of(KEY), msg, b"\x1b" * 65))
 
 
@@ -77,8 +91,10 @@ def run(events: list[wire.SignedEvent], kind: int, settings: RuleSettings | None
 def test_a_vehicle_report_whose_counters_go_down_is_a_rollback_and_the_odometer_is_rate_limited() -> None:
     vehicle = DeviceKind.VEHICLE
     first = telematics(1, 10_000, 3, 2, NOW - 100)
-    assert run([first, telematics(2, 10_500, 4, 2, NOW - 90), telematics(3, 10_500, 4, 2, NOW - 80)], vehicle) == [
-        "accepted"] * 3  # fmt: skip
+    assert (
+        run([first, telematics(2, 10_500, 4, 2, NOW - 90), telematics(3, 10_500, 4, 2, NOW - 80)], vehicle)
+        == ["accepted"] * 3
+    )
     # any of the three cumulative counters going down
     assert run([first, telematics(2, 9_999, 3, 2, NOW - 90)], vehicle) == ["accepted", "counter_rollback"]
     assert run([first, telematics(2, 10_100, 2, 2, NOW - 90)], vehicle) == ["accepted", "counter_rollback"]
@@ -86,19 +102,25 @@ def test_a_vehicle_report_whose_counters_go_down_is_a_rollback_and_the_odometer_
     # vehicle limit 100 m/s: 10 s allow 1,000 m, not 1,001
     assert run([first, telematics(2, 11_000, 3, 2, NOW - 90)], vehicle) == ["accepted", "accepted"]
     assert run([first, telematics(2, 11_001, 3, 2, NOW - 90)], vehicle) == ["accepted", "impossible_rate"]
-    assert run([first, telematics(2, 11_001, 3, 2, NOW - 90)], vehicle, RuleSettings(max_rate_vehicle=0)) == [
-        "accepted"] * 2  # fmt: skip
+    assert (
+        run([first, telematics(2, 11_001, 3, 2, NOW - 90)], vehicle, RuleSettings(max_rate_vehicle=0))
+        == ["accepted"] * 2
+    )
     # counters are compared per policy: a second policy of the same vehicle has its own baseline
-    assert run([first, telematics(2, 500, 0, 0, NOW - 90, policy=2), telematics(3, 10_200, 3, 2, NOW - 80)],
-               vehicle) == ["accepted"] * 3  # fmt: skip
+    assert (
+        run([first, telematics(2, 500, 0, 0, NOW - 90, policy=2), telematics(3, 10_200, 3, 2, NOW - 80)], vehicle)
+        == ["accepted"] * 3
+    )
 
 
 def test_a_station_whose_rain_register_goes_down_is_a_rollback_but_its_temperature_may_fall() -> None:
     station = DeviceKind.WEATHER_STATION
     first = observation(1, 5_000, 3_512, NOW - 100)
     # maxTemperature is a gauge: lower than before is an honest observation
-    assert run([first, observation(2, 5_020, 1_800, NOW - 90), observation(3, 5_020, -250, NOW - 80)], station) == [
-        "accepted"] * 3  # fmt: skip
+    assert (
+        run([first, observation(2, 5_020, 1_800, NOW - 90), observation(3, 5_020, -250, NOW - 80)], station)
+        == ["accepted"] * 3
+    )
     assert run([first, observation(2, 4_999, 3_000, NOW - 90)], station) == ["accepted", "counter_rollback"]
     # weather-station limit 10 units (0.1 mm) per second: 10 s allow 100, not 101
     assert run([first, observation(2, 5_100, 3_000, NOW - 90)], station) == ["accepted", "accepted"]
@@ -115,14 +137,58 @@ def record(kind: str, seq: int, *, device: str = "0xD1", target: int = 7, receiv
     ts = NOW + seq
     if kind == "telematics":
         extra = (("odometer", 1_000 * seq), ("harshBraking", seq), ("speeding", 0))
-        return EventRecord(kind, device, device, CHAIN_ID, ALL_CONTRACTS[kind], target, seq, ts, None, None, None,
-                           digest, b"\x01" * 65, received_at, extra=extra)  # fmt: skip
+        return EventRecord(
+            kind,
+            device,
+            device,
+            CHAIN_ID,
+            ALL_CONTRACTS[kind],
+            target,
+            seq,
+            ts,
+            None,
+            None,
+            None,
+            digest,
+            b"\x01" * 65,
+            received_at,
+            extra=extra,
+        )
     if kind == "weather":
         extra = (("rainfall", 100 * seq), ("maxTemperature", 2_000 - seq))
-        return EventRecord(kind, device, device, CHAIN_ID, ALL_CONTRACTS[kind], target, seq, ts, None, None, None,
-                           digest, b"\x01" * 65, received_at, extra=extra)  # fmt: skip
-    return EventRecord(kind, device, device, CHAIN_ID, ALL_CONTRACTS[kind], target, seq, ts, 1_000 + seq, None,
-                       None, digest, b"\x01" * 65, received_at)  # fmt: skip
+        return EventRecord(
+            kind,
+            device,
+            device,
+            CHAIN_ID,
+            ALL_CONTRACTS[kind],
+            target,
+            seq,
+            ts,
+            None,
+            None,
+            None,
+            digest,
+            b"\x01" * 65,
+            received_at,
+            extra=extra,
+        )
+    return EventRecord(
+        kind,
+        device,
+        device,
+        CHAIN_ID,
+        ALL_CONTRACTS[kind],
+        target,
+        seq,
+        ts,
+        1_000 + seq,
+        None,
+        None,
+        digest,
+        b"\x01" * 65,
+        received_at,
+    )
 
 
 def test_a_version_1_database_is_migrated_in_place_and_keeps_working(tmp_path: Path) -> None:
@@ -135,8 +201,10 @@ def test_a_version_1_database_is_migrated_in_place_and_keeps_working(tmp_path: P
         "received_at) VALUES ('reading', '0xD1', '0xD1', 31337, '0xC0', '7', 4, 1700000004, '1004', ?, ?, 1.0)",
         (b"d" * 32, b"s" * 65),
     )
-    old.execute("INSERT INTO device_state (device, last_seq, registers, last_timestamp) "
-                "VALUES ('0xD1', 4, '[[\"7\",\"1004\",1700000004]]', 1700000004)")  # fmt: skip
+    old.execute(
+        "INSERT INTO device_state (device, last_seq, registers, last_timestamp) "
+        "VALUES ('0xD1', 4, '[[\"7\",\"1004\",1700000004]]', 1700000004)"
+    )
     old.commit()
     old.close()
 
@@ -149,19 +217,36 @@ def test_a_version_1_database_is_migrated_in_place_and_keeps_working(tmp_path: P
     # the fraud rules still see the meter's register of agreement 7
     state = store.device_state("0xD1")
     assert state is not None and state.registers == ((7, (1004,), 1700000004),)
-    later = wire.decode(wire.encode("reading", CHAIN_ID, CONTRACT, eip712.address_of(KEY),
-                                    {"agreementId": 7, "seq": 5, "timestamp": 1700000005, "value": 1003}, b"\x1b" * 65))
+    later = wire.decode(
+        wire.encode(
+            "reading",
+            CHAIN_ID,
+            CONTRACT,
+            eip712.address_of(KEY),
+            {"agreementId": 7, "seq": 5, "timestamp": 1700000005, "value": 1003},
+            b"\x1b" * 65,
+        )
+    )
     verdict = evaluate(later, "0xD1", DeviceKind.METER, state, 1700000010, RuleSettings(), lambda d, s: None)
     assert verdict.reason == "counter_rollback"
 
     # the new kinds are stored beside it, with their extra fields
-    store.commit_batch([record("telematics", 1, device="0xD2"), record("weather", 1, device="0xD3", target=0xD3)], [],
-                       [DeviceState("0xD2", 1, ((7, (1_000, 1, 0), NOW + 1),), NOW + 1)])  # fmt: skip
+    store.commit_batch(
+        [record("telematics", 1, device="0xD2"), record("weather", 1, device="0xD3", target=0xD3)],
+        [],
+        [DeviceState("0xD2", 1, ((7, (1_000, 1, 0), NOW + 1),), NOW + 1)],
+    )
     store.close()
     reopened = Store.open(db)  # opening a current file again is a no-op
     (report,) = reopened.claim_pending("telematics", 10)
-    assert report.msg == {"policyId": 7, "seq": 1, "timestamp": NOW + 1, "odometer": 1_000, "harshBraking": 1,
-                          "speeding": 0}  # fmt: skip
+    assert report.msg == {
+        "policyId": 7,
+        "seq": 1,
+        "timestamp": NOW + 1,
+        "odometer": 1_000,
+        "harshBraking": 1,
+        "speeding": 0,
+    }
     (obs,) = reopened.claim_pending("weather", 10)
     assert obs.msg["station"].lower() == "0x00000000000000000000000000000000000000d3"
     assert (obs.msg["rainfall"], obs.msg["maxTemperature"]) == (100, 1_999)
@@ -185,10 +270,15 @@ def test_the_newest_telematics_report_per_policy_settles_and_every_observation_s
     store: Store,
 ) -> None:
     clock = Clock()
-    planner = Planner(store, PlannerSettings(batch_max_events=100, batch_max_wait=0.0, settlement_window=60.0),
-                      clock=clock)  # fmt: skip
-    reports = store.commit_batch([record("telematics", seq, device="0xA1", target=11) for seq in (1, 2, 3)]
-                                 + [record("telematics", 1, device="0xA2", target=22)], [], [])  # fmt: skip
+    planner = Planner(
+        store, PlannerSettings(batch_max_events=100, batch_max_wait=0.0, settlement_window=60.0), clock=clock
+    )
+    reports = store.commit_batch(
+        [record("telematics", seq, device="0xA1", target=11) for seq in (1, 2, 3)]
+        + [record("telematics", 1, device="0xA2", target=22)],
+        [],
+        [],
+    )
     observations = store.commit_batch(
         [record("weather", seq, device=f"0x{s:040x}", target=s) for seq in (1, 2, 3) for s in (0xE1, 0xE2)], [], []
     )
@@ -227,8 +317,15 @@ def test_observations_go_one_batch_at_a_time_and_a_replanned_batch_goes_first(st
 
 def test_kinds_without_a_deployed_contract_stay_pending(store: Store) -> None:
     planner = Planner(store, PlannerSettings(batch_max_wait=0.0), kinds=("reading", "delivery"))
-    store.commit_batch([record("telematics", 1, device="0xD7"), record("weather", 1, device="0xD8", target=0xD8),
-                        record("reading", 1, device="0xD9")], [], [])  # fmt: skip
+    store.commit_batch(
+        [
+            record("telematics", 1, device="0xD7"),
+            record("weather", 1, device="0xD8", target=0xD8),
+            record("reading", 1, device="0xD9"),
+        ],
+        [],
+        [],
+    )
     planner.claim()
     assert [b.kind for b in planner.cut(10)] == ["reading"]
     assert store.pending_count("telematics") == 1 and store.pending_count("weather") == 1
@@ -237,13 +334,14 @@ def test_kinds_without_a_deployed_contract_stay_pending(store: Store) -> None:
 
 def test_the_kind_table_names_every_wire_type_and_its_contract() -> None:
     assert set(KINDS) == set(wire.EVENT_TYPES)
-    assert {k: (v.contract, v.batch_function, v.settled_event, v.rejected_event, v.cumulative)
-            for k, v in KINDS.items()} == {
+    assert {
+        k: (v.contract, v.batch_function, v.settled_event, v.rejected_event, v.cumulative) for k, v in KINDS.items()
+    } == {
         "reading": ("MeteredBilling", "settle", "ReadingSettled", "ReadingRejected", True),
         "delivery": ("DeliveryEscrow", "confirmDeliveries", "DeliveryConfirmed", "DeliveryRejected", False),
         "telematics": ("MotorInsurance", "settle", "PremiumCharged", "TelematicsRejected", True),
         "weather": ("CropInsurance", "record", "ObservationRecorded", "ObservationRejected", False),
-    }  # fmt: skip
+    }
     assert extra_fields("telematics") == ("odometer", "harshBraking", "speeding")
 
 
@@ -252,12 +350,37 @@ def stored_random(kind: str, rng: random.Random) -> StoredEvent:
     sig = os.urandom(32) + rng.randrange(1, eip712.SECP256K1_HALF_N).to_bytes(32, "big") + bytes([rng.choice((27, 28))])
     spec = KINDS[kind]
     bits = {"uint64": 64, "uint32": 32}
-    extra = tuple((name, rng.randrange(-(2**31), 2**31) if typ == "int32" else rng.randrange(2 ** bits[typ]))
-                  for name, typ, column in COLUMNS[kind] if column == EXTRA)  # fmt: skip
+    extra = tuple(
+        (name, rng.randrange(-(2**31), 2**31) if typ == "int32" else rng.randrange(2 ** bits[typ]))
+        for name, typ, column in COLUMNS[kind]
+        if column == EXTRA
+    )
     target = rng.randrange(2**160) if spec.target_field == "station" else rng.randrange(2**256)
-    return StoredEvent(kind, CONTRACT, CONTRACT, CHAIN_ID, CONTRACT, target, rng.randrange(2**64), rng.randrange(2**64),
-                       None, None, None, os.urandom(32), sig, 0.0, 1, EventStatus.CLAIMED, None, None, None, None, None,
-                       None, extra=extra)  # fmt: skip
+    return StoredEvent(
+        kind,
+        CONTRACT,
+        CONTRACT,
+        CHAIN_ID,
+        CONTRACT,
+        target,
+        rng.randrange(2**64),
+        rng.randrange(2**64),
+        None,
+        None,
+        None,
+        os.urandom(32),
+        sig,
+        0.0,
+        1,
+        EventStatus.CLAIMED,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        extra=extra,
+    )
 
 
 @pytest.mark.parametrize(("kind", "name"), [("telematics", "MotorInsurance"), ("weather", "CropInsurance")])
@@ -277,14 +400,22 @@ def test_batch_calldata_and_outcome_logs_follow_the_product_abi(test_config: Con
     settled, rejected = (KINDS[kind].settled_event, KINDS[kind].rejected_event)
     first, second = events[0], events[1]
     logs = [
-        {"address": CONTRACT, "topics": ["0x" + spec.settled_topic.hex(), "0x" + first.target_id.to_bytes(32, "big").hex()],
-         "data": "0x" + first.seq.to_bytes(32, "big").hex() + "00" * 32 * 5},
-        {"address": CONTRACT, "topics": ["0x" + spec.rejected_topic.hex(), "0x" + second.target_id.to_bytes(32, "big").hex()],
-         "data": "0x" + second.seq.to_bytes(32, "big").hex() + (13).to_bytes(32, "big").hex()},
-    ]  # fmt: skip
+        {
+            "address": CONTRACT,
+            "topics": ["0x" + spec.settled_topic.hex(), "0x" + first.target_id.to_bytes(32, "big").hex()],
+            "data": "0x" + first.seq.to_bytes(32, "big").hex() + "00" * 32 * 5,
+        },
+        {
+            "address": CONTRACT,
+            "topics": ["0x" + spec.rejected_topic.hex(), "0x" + second.target_id.to_bytes(32, "big").hex()],
+            "data": "0x" + second.seq.to_bytes(32, "big").hex() + (13).to_bytes(32, "big").hex(),
+        },
+    ]
     outcomes = decode_outcomes(spec, logs)
     assert [(o.target_id, o.seq, o.settled, o.reason) for o in outcomes] == [
-        (first.target_id, first.seq, True, 0), (second.target_id, second.seq, False, 13)]  # fmt: skip
+        (first.target_id, first.seq, True, 0),
+        (second.target_id, second.seq, False, 13),
+    ]
     assert (settled, rejected) == (contract.events[settled].event_name, contract.events[rejected].event_name)
 
 
@@ -292,12 +423,18 @@ def test_batch_calldata_and_outcome_logs_follow_the_product_abi(test_config: Con
 
 
 @pytest.fixture
-def start_intake(mosquitto, store: Store) -> Iterator[Callable[[], Intake]]:  # noqa: ANN001 - conftest fixture
+def start_intake(mosquitto, store: Store) -> Iterator[Callable[[], Intake]]:
     started: list[Intake] = []
 
     def start() -> Intake:
-        settings = IntakeSettings(chain_id=CHAIN_ID, contracts=ALL_CONTRACTS, host=mosquitto.host, port=mosquitto.port,
-                                  client_id=f"oracle-{uuid.uuid4().hex[:8]}", batch_latency_s=0.01)  # fmt: skip
+        settings = IntakeSettings(
+            chain_id=CHAIN_ID,
+            contracts=ALL_CONTRACTS,
+            host=mosquitto.host,
+            port=mosquitto.port,
+            client_id=f"oracle-{uuid.uuid4().hex[:8]}",
+            batch_latency_s=0.01,
+        )
         intake = Intake(settings, store, Metrics())
         intake.start()
         assert intake.wait_connected(10), "intake did not connect to the broker"
@@ -310,31 +447,43 @@ def start_intake(mosquitto, store: Store) -> Iterator[Callable[[], Intake]]:  # 
 
 
 def test_signed_reports_and_observations_are_stored_as_signed_and_checked_by_kind(
-    mosquitto, store: Store, start_intake: Callable[[], Intake],  # noqa: ANN001
+    mosquitto,
+    store: Store,
+    start_intake: Callable[[], Intake],
 ) -> None:
-    vehicle, station = Device(kind=DeviceKind.VEHICLE, contracts=dict(ALL_CONTRACTS)), \
-        Device(kind=DeviceKind.WEATHER_STATION, contracts=dict(ALL_CONTRACTS))  # fmt: skip
+    vehicle, station = (
+        Device(kind=DeviceKind.VEHICLE, contracts=dict(ALL_CONTRACTS)),
+        Device(kind=DeviceKind.WEATHER_STATION, contracts=dict(ALL_CONTRACTS)),
+    )
     register(store, vehicle, station)
     start_intake()
     now = int(time.time())
     publisher = Publisher(mosquitto.host, mosquitto.port)
     try:
-        publisher.publish_many([
-            (vehicle.topic, vehicle.telematics(1, 5_000, 1, 0, policy=77, timestamp=now - 30)),
-            (vehicle.topic, vehicle.telematics(2, 5_400, 1, 1, policy=77, timestamp=now - 20)),
-            (vehicle.topic, vehicle.telematics(3, 5_300, 2, 1, policy=77, timestamp=now - 10)),  # odometer back
-            (station.topic, station.weather(1, 1_000, 2_950, timestamp=now - 30)),
-            (station.topic, station.weather(2, 1_010, 3_120, timestamp=now - 20)),
-        ])  # fmt: skip
-        replies = sorted((body["seq"], topic.split("/")[3], body["status"], body.get("reason"))
-                         for topic, body in publisher.collect(5))  # fmt: skip
+        publisher.publish_many(
+            [
+                (vehicle.topic, vehicle.telematics(1, 5_000, 1, 0, policy=77, timestamp=now - 30)),
+                (vehicle.topic, vehicle.telematics(2, 5_400, 1, 1, policy=77, timestamp=now - 20)),
+                (vehicle.topic, vehicle.telematics(3, 5_300, 2, 1, policy=77, timestamp=now - 10)),  # odometer back
+                (station.topic, station.weather(1, 1_000, 2_950, timestamp=now - 30)),
+                (station.topic, station.weather(2, 1_010, 3_120, timestamp=now - 20)),
+            ]
+        )
+        replies = sorted(
+            (body["seq"], topic.split("/")[3], body["status"], body.get("reason"))
+            for topic, body in publisher.collect(5)
+        )
     finally:
         publisher.close()
-    assert replies == sorted([
-        (1, vehicle.address, "accepted", None), (2, vehicle.address, "accepted", None),
-        (3, vehicle.address, "rejected", "counter_rollback"),
-        (1, station.address, "accepted", None), (2, station.address, "accepted", None),
-    ])  # fmt: skip
+    assert replies == sorted(
+        [
+            (1, vehicle.address, "accepted", None),
+            (2, vehicle.address, "accepted", None),
+            (3, vehicle.address, "rejected", "counter_rollback"),
+            (1, station.address, "accepted", None),
+            (2, station.address, "accepted", None),
+        ]
+    )
     stored = store.events_of_device(vehicle.address) + store.events_of_device(station.address)
     assert [(e.kind, e.seq) for e in stored] == [("telematics", 1), ("telematics", 2), ("weather", 1), ("weather", 2)]
     for event in stored:
@@ -350,28 +499,35 @@ def test_signed_reports_and_observations_are_stored_as_signed_and_checked_by_kin
 # ---------------------------------------------------------------------------- end to end: MQTT → daemon → chain
 
 
-def _require(deployment: Any, *names: str) -> None:  # noqa: ANN401
+def _require(deployment: Any, *names: str) -> None:
     missing = [n for n in names if n not in deployment.manifest["contracts"]]
     if missing:
         pytest.skip(f"{', '.join(missing)} not in the deployment plan yet")
 
 
 def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
-    tmp_path: Path, deployment: Any, mosquitto: Any, registry: ChainRegistry,  # noqa: ANN401
+    tmp_path: Path,
+    deployment: Any,
+    mosquitto: Any,
+    registry: ChainRegistry,
 ) -> None:
     _require(deployment, "MotorInsurance", "CropInsurance", "TestToken")
     chain = deployment.chain
     motor, crop, token = (deployment.contract(n) for n in ("MotorInsurance", "CropInsurance", "TestToken"))
     holder = Account.from_key(ANVIL_DEV_KEYS[2])
 
-    def tx(account: Any, call: Any) -> dict[str, Any]:  # noqa: ANN401
+    def tx(account: Any, call: Any) -> dict[str, Any]:
         return send(chain, account, call.build_transaction({"from": account.address}))
 
     # an accepted pay-per-km policy: 0.01 token per km, factor 0.80–1.50, +0.01 per event per 100 km
     rate, min_bps, max_bps, step_bps, start = 10**16, 8_000, 15_000, 100, 100_000
     vehicle = registry.register(DeviceKind.VEHICLE)
-    receipt = tx(OWNER, motor.functions.offer(holder.address, vehicle.address, token.address, rate, min_bps, max_bps,
-                                              step_bps, start, 0, 0, 0))  # fmt: skip
+    receipt = tx(
+        OWNER,
+        motor.functions.offer(
+            holder.address, vehicle.address, token.address, rate, min_bps, max_bps, step_bps, start, 0, 0, 0
+        ),
+    )
     policy = motor.events.PolicyOffered().process_receipt(receipt)[0]["args"]["policyId"]
     deposit = 10**20
     tx(holder, token.functions.mint(holder.address, deposit))
@@ -386,8 +542,20 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
     now = int(chain.w3.eth.get_block("latest")["timestamp"])
     receipt = tx(OWNER, crop.functions.createPool(token.address))
     pool = crop.events.PoolCreated().process_receipt(receipt)[0]["args"]["poolId"]
-    terms = (now - 3_600, now + 86_400, now - 3_600, 3_600, 3_600, 1, 3_000, 1, 100, 2, bytes(32),
-             [s.address for s in stations])  # fmt: skip
+    terms = (
+        now - 3_600,
+        now + 86_400,
+        now - 3_600,
+        3_600,
+        3_600,
+        1,
+        3_000,
+        1,
+        100,
+        2,
+        bytes(32),
+        [s.address for s in stations],
+    )
     receipt = tx(OWNER, crop.functions.createSeason(pool, terms))
     season = crop.events.SeasonCreated().process_receipt(receipt)[0]["args"]["seasonId"]
 
@@ -410,16 +578,23 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
         periods = [(1, 101_000, 0, 0), (2, 104_000, 1, 1), (4, 105_000, 1, 1)]
         expected = 0
         for seq, odometer, harsh, speeding in periods:
-            replies = publish([(vehicle.topic, vehicle.telematics(seq, odometer, harsh, speeding, policy=policy,
-                                                                  timestamp=now + 40 * seq))])  # fmt: skip
+            replies = publish(
+                [
+                    (
+                        vehicle.topic,
+                        vehicle.telematics(seq, odometer, harsh, speeding, policy=policy, timestamp=now + 40 * seq),
+                    )
+                ]
+            )
             assert [r["status"] for r in replies] == ["accepted"], replies
             metres, events = odometer - start, harsh + speeding
             expected = min(metres * min_bps + events * step_bps * 100_000, metres * max_bps) * rate // 10_000_000
-            wait_for(lambda: policy_view()["lastSeq"] == seq, 20, f"telematics seq {seq} on chain")
+            wait_for(lambda seq=seq: policy_view()["lastSeq"] == seq, 20, f"telematics seq {seq} on chain")
             if seq == 2:
                 # a report whose harsh-braking count went back is refused by the oracle, before any gas is spent
-                (bad,) = publish([(vehicle.topic, vehicle.telematics(3, 104_500, 0, 1, policy=policy,
-                                                                     timestamp=now + 120))])  # fmt: skip
+                (bad,) = publish(
+                    [(vehicle.topic, vehicle.telematics(3, 104_500, 0, 1, policy=policy, timestamp=now + 120))]
+                )
                 assert (bad["status"], bad["reason"]) == ("rejected", "counter_rollback")
         # totals 5 km and 2 events = 40 per 100 km → 0.80 + 40 × 0.01 = ×1.20: 5 km × 0.01 × 1.2
         assert expected == 5 * rate * 12_000 // 10_000
@@ -433,20 +608,32 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
         view = policy_view()
         assert view["charged"] == expected and view["prepaid"] == deposit - expected
         assert (view["lastOdometer"], view["lastHarsh"], view["lastSpeeding"], view["lastFactorBps"]) == (
-            105_000, 1, 1, 12_000)  # fmt: skip
+            105_000,
+            1,
+            1,
+            12_000,
+        )
 
         # three observations per station in one burst: every one is recorded, in seq order
         hot = {stations[0].address: 3_120, stations[1].address: 3_000, stations[2].address: 2_999}
-        burst = [(s.topic, s.weather(seq, 500 + 25 * seq, hot[s.address] if seq == 2 else 1_800,
-                                     timestamp=now + 10 * seq)) for seq in (1, 2, 3) for s in stations]  # fmt: skip
+        burst = [
+            (s.topic, s.weather(seq, 500 + 25 * seq, hot[s.address] if seq == 2 else 1_800, timestamp=now + 10 * seq))
+            for seq in (1, 2, 3)
+            for s in stations
+        ]
         assert {r["status"] for r in publish(burst)} == {"accepted"}
         # a replayed sequence number with other figures: refused by the oracle
         (replayed,) = publish([(stations[0].topic, stations[0].weather(2, 600, 4_000, timestamp=now + 40))])
         assert (replayed["status"], replayed["reason"]) == ("rejected", "replayed_seq")
-        wait_for(lambda: all(crop.functions.stationState(s.address).call()[0] == 3 for s in stations), 20,
-                 "every station's third observation on chain")  # fmt: skip
+        wait_for(
+            lambda: all(crop.functions.stationState(s.address).call()[0] == 3 for s in stations),
+            20,
+            "every station's third observation on chain",
+        )
         for s in stations:
-            first_ts, first_rain, last_ts, last_rain, hot_days, _ = crop.functions.stationSeason(season, s.address).call()
+            first_ts, first_rain, last_ts, last_rain, hot_days, _ = crop.functions.stationSeason(
+                season, s.address
+            ).call()
             assert (first_ts, first_rain, last_ts, last_rain) == (now + 10, 525, now + 30, 575)
             assert hot_days == (1 if hot[s.address] >= 3_000 else 0)
 
@@ -459,8 +646,11 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
         assert crop.functions.stationState(gapped.address).call()[0] == 3, "seq 5 waits for seq 4"
         missing = wire.decode(gapped.weather(4, 600, 1_800, timestamp=now + 40))
         tx(holder, crop.functions.record([missing.contract_tuple()]))
-        wait_for(lambda: crop.functions.stationState(gapped.address).call()[0] == 5, 20,
-                 "seq 5 relayed again once seq 4 is on chain")  # fmt: skip
+        wait_for(
+            lambda: crop.functions.stationState(gapped.address).call()[0] == 5,
+            20,
+            "seq 5 relayed again once seq 4 is on chain",
+        )
     finally:
         if publisher is not None:
             publisher.close()

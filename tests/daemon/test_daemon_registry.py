@@ -7,16 +7,24 @@ import time
 import uuid
 from typing import Any
 
-from iotsettle.oracle.protocol import device_kinds, eip712
 from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.registry_follower import RegistryFollower
 from iotsettle.oracle.daemon.store import Store
+from iotsettle.oracle.protocol import device_kinds
+
 from tests.kit.devices import OWNER, ChainRegistry, Device, Publisher
 
-def follower_for(registry: ChainRegistry, store: Store, **kw: Any) -> RegistryFollower:  # noqa: ANN401
-    return RegistryFollower(registry.w3, registry.contract, store, chain_id=registry.chain.chain_id,
-                            start_block=registry.deployed_block, **kw)  # fmt: skip
+
+def follower_for(registry: ChainRegistry, store: Store, **kw: Any) -> RegistryFollower:
+    return RegistryFollower(
+        registry.w3,
+        registry.contract,
+        store,
+        chain_id=registry.chain.chain_id,
+        start_block=registry.deployed_block,
+        **kw,
+    )
 
 
 def test_registrations_rotations_and_revocations_reach_the_store(registry: ChainRegistry, store: Store) -> None:
@@ -25,8 +33,11 @@ def test_registrations_rotations_and_revocations_reach_the_store(registry: Chain
     follower = follower_for(registry, store)
     assert follower.sync() >= 2
     entries = store.registry()
-    assert (entries[meter.address].device, entries[meter.address].kind, entries[meter.address].active) == \
-        (meter.address, device_kinds.DeviceKind.METER, True)  # fmt: skip
+    assert (entries[meter.address].device, entries[meter.address].kind, entries[meter.address].active) == (
+        meter.address,
+        device_kinds.DeviceKind.METER,
+        True,
+    )
     assert entries[tracker.address].owner == OWNER.address
 
     new_key = registry.rotate(meter)
@@ -41,11 +52,18 @@ def test_registrations_rotations_and_revocations_reach_the_store(registry: Chain
     assert follower_for(registry, store).sync() == 0
 
 
-def test_a_device_registered_on_chain_is_accepted_after_the_next_poll(registry: ChainRegistry, store: Store,
-                                                                       mosquitto: Any) -> None:  # noqa: ANN401
+def test_a_device_registered_on_chain_is_accepted_after_the_next_poll(
+    registry: ChainRegistry, store: Store, mosquitto: Any
+) -> None:
     metrics = Metrics()
-    settings = IntakeSettings(chain_id=registry.chain.chain_id, contracts=registry.contracts, host=mosquitto.host,
-                              port=mosquitto.port, client_id=f"oracle-{uuid.uuid4().hex[:8]}", batch_latency_s=0.01)
+    settings = IntakeSettings(
+        chain_id=registry.chain.chain_id,
+        contracts=registry.contracts,
+        host=mosquitto.host,
+        port=mosquitto.port,
+        client_id=f"oracle-{uuid.uuid4().hex[:8]}",
+        batch_latency_s=0.01,
+    )
     intake = Intake(settings, store, metrics)
     follower = follower_for(registry, store, poll_interval=0.2, on_change=intake.registry_changed, metrics=metrics)
     follower.sync()
@@ -54,7 +72,9 @@ def test_a_device_registered_on_chain_is_accepted_after_the_next_poll(registry: 
     publisher = Publisher(mosquitto.host, mosquitto.port, registry.chain.chain_id)
     try:
         assert intake.wait_connected(10)
-        early = Device(kind=device_kinds.DeviceKind.METER, chain_id=registry.chain.chain_id, contracts=registry.contracts)
+        early = Device(
+            kind=device_kinds.DeviceKind.METER, chain_id=registry.chain.chain_id, contracts=registry.contracts
+        )
         publisher.publish(early.topic, early.reading(1, 10))
         assert publisher.collect(1)[0][1]["reason"] == "unknown_device"
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from eth_account import Account
-
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
+from iotsettle.oracle.chain.node import Anvil, free_port
 from iotsettle.oracle.daemon.service import status_topic
 from iotsettle.oracle.daemon.store import Store
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
-from iotsettle.oracle.chain.node import Anvil, free_port
+
 from tests.kit.daemon import RELAYER_KEY, DaemonProcess
 from tests.kit.devices import OWNER, ChainRegistry, Device, Publisher
 from tests.kit.stack import REPO
@@ -28,17 +28,28 @@ from tests.kit.wait import wait_for
 
 def readings(device: Device, count: int, first_seq: int = 1) -> list[tuple[str, bytes]]:
     now = int(time.time()) - count
-    return [(device.topic, device.reading(seq, 1_000 + seq, timestamp=now + seq))
-            for seq in range(first_seq, first_seq + count)]  # fmt: skip
+    return [
+        (device.topic, device.reading(seq, 1_000 + seq, timestamp=now + seq))
+        for seq in range(first_seq, first_seq + count)
+    ]
 
 
-def test_sigkill_between_receive_and_commit_loses_nothing(tmp_path: Path, deployment: Any, mosquitto: Any,  # noqa: ANN401
-                                                          registry: ChainRegistry,
-                                                          daemons: list[DaemonProcess]) -> None:  # fmt: skip
+def test_sigkill_between_receive_and_commit_loses_nothing(
+    tmp_path: Path,
+    deployment: Any,
+    mosquitto: Any,
+    registry: ChainRegistry,
+    daemons: list[DaemonProcess],
+) -> None:
     device = registry.register(DeviceKind.METER)
     # A batch window of 60 s keeps received messages in the daemon, unacknowledged and not stored.
-    daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_INTAKE_BATCH_LATENCY="60",
-                           IOTSETTLE_ORACLE_INTAKE_BATCH_SIZE="100000")  # fmt: skip
+    daemon = DaemonProcess(
+        tmp_path,
+        deployment,
+        mosquitto,
+        IOTSETTLE_ORACLE_INTAKE_BATCH_LATENCY="60",
+        IOTSETTLE_ORACLE_INTAKE_BATCH_SIZE="100000",
+    )
     daemons.append(daemon)
     daemon.start("--intake-only").wait_ready()
     publisher = Publisher(mosquitto.host, mosquitto.port, device.chain_id)
@@ -63,7 +74,6 @@ def test_sigkill_between_receive_and_commit_loses_nothing(tmp_path: Path, deploy
 
     # `iotsettle oracle status` reads the same database
     from click.testing import CliRunner
-
     from iotsettle.cli._common import State
     from iotsettle.cli.oracle import oracle
 
@@ -74,11 +84,21 @@ def test_sigkill_between_receive_and_commit_loses_nothing(tmp_path: Path, deploy
     assert (status["backlog"]["pending"], status["unsettled"], status["daemon"]) == (25, 25, None)
 
 
-def test_sigterm_drains_the_queue_and_exits_zero(tmp_path: Path, deployment: Any, mosquitto: Any,  # noqa: ANN401
-                                                 registry: ChainRegistry, daemons: list[DaemonProcess]) -> None:
+def test_sigterm_drains_the_queue_and_exits_zero(
+    tmp_path: Path,
+    deployment: Any,
+    mosquitto: Any,
+    registry: ChainRegistry,
+    daemons: list[DaemonProcess],
+) -> None:
     device = registry.register(DeviceKind.METER)
-    daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_INTAKE_BATCH_LATENCY="30",
-                           IOTSETTLE_ORACLE_INTAKE_BATCH_SIZE="100000")  # fmt: skip
+    daemon = DaemonProcess(
+        tmp_path,
+        deployment,
+        mosquitto,
+        IOTSETTLE_ORACLE_INTAKE_BATCH_LATENCY="30",
+        IOTSETTLE_ORACLE_INTAKE_BATCH_SIZE="100000",
+    )
     daemons.append(daemon)
     statuses: list[dict[str, Any]] = []
     watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -112,13 +132,22 @@ def test_sigterm_drains_the_queue_and_exits_zero(tmp_path: Path, deployment: Any
     assert daemon.wait(30) == 0
 
 
-def test_world_readable_or_wrongly_unlocked_key_is_refused(tmp_path: Path, deployment: Any,  # noqa: ANN401
-                                                           mosquitto: Any) -> None:  # noqa: ANN401
+def test_world_readable_or_wrongly_unlocked_key_is_refused(
+    tmp_path: Path,
+    deployment: Any,
+    mosquitto: Any,
+) -> None:
     keystore = tmp_path / "relayer.json"
     keystore.write_text(json.dumps(Account.encrypt(RELAYER_KEY, "correct horse", iterations=2)))
     keystore.chmod(0o644)
-    daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_CHAIN_PRIVATE_KEY="",
-                           IOTSETTLE_CHAIN_KEYSTORE=str(keystore), IOTSETTLE_CHAIN_PASSWORD="correct horse")  # fmt: skip
+    daemon = DaemonProcess(
+        tmp_path,
+        deployment,
+        mosquitto,
+        IOTSETTLE_CHAIN_PRIVATE_KEY="",
+        IOTSETTLE_CHAIN_KEYSTORE=str(keystore),
+        IOTSETTLE_CHAIN_PASSWORD="correct horse",
+    )
     code, output = daemon.run_to_exit()
     assert code != 0
     assert "readable by other users" in output and "Traceback" not in output
@@ -130,7 +159,7 @@ def test_world_readable_or_wrongly_unlocked_key_is_refused(tmp_path: Path, deplo
     assert not daemon.db.exists() or daemon.stored() == 0
 
 
-def test_wrong_chain_or_a_fresh_node_is_refused(tmp_path: Path, deployment: Any, mosquitto: Any) -> None:  # noqa: ANN401
+def test_wrong_chain_or_a_fresh_node_is_refused(tmp_path: Path, deployment: Any, mosquitto: Any) -> None:
     daemon = DaemonProcess(tmp_path, deployment, mosquitto)
     code, output = daemon.run_to_exit(IOTSETTLE_CHAIN_CHAIN_ID="1")
     assert code != 0
@@ -147,8 +176,14 @@ def test_wrong_chain_or_a_fresh_node_is_refused(tmp_path: Path, deployment: Any,
     assert "iotsettle deploy" in output and "Traceback" not in output
 
 
-def _metered_agreement(deployment: Any, registry: ChainRegistry, price: int, start: int,  # noqa: ANN401
-                       *, close_now: bool = False) -> tuple[Device, int]:
+def _metered_agreement(
+    deployment: Any,
+    registry: ChainRegistry,
+    price: int,
+    start: int,
+    *,
+    close_now: bool = False,
+) -> tuple[Device, int]:
     """A registered meter and an accepted ETH agreement on a flat tariff (notice 0); with ``close_now`` the consumer
     has requested the close, so the agreement ends at once."""
     from iotsettle.oracle.chain.send import send
@@ -156,7 +191,7 @@ def _metered_agreement(deployment: Any, registry: ChainRegistry, price: int, sta
     consumer = Account.from_key(ANVIL_DEV_KEYS[2])
     chain, billing = deployment.chain, deployment.contract("MeteredBilling")
 
-    def tx(account: Any, call: Any, value: int = 0) -> dict[str, Any]:  # noqa: ANN401
+    def tx(account: Any, call: Any, value: int = 0) -> dict[str, Any]:
         return send(chain, account, call.build_transaction({"from": account.address, "value": value}))
 
     receipt = tx(OWNER, billing.functions.createTariff([(0, price)]))
@@ -170,23 +205,30 @@ def _metered_agreement(deployment: Any, registry: ChainRegistry, price: int, sta
     return meter, agreement
 
 
-def test_signed_readings_become_a_payment_through_the_daemon(tmp_path: Path, deployment: Any, mosquitto: Any,  # noqa: ANN401
-                                                             registry: ChainRegistry,
-                                                             daemons: list[DaemonProcess]) -> None:  # fmt: skip
+def test_signed_readings_become_a_payment_through_the_daemon(
+    tmp_path: Path,
+    deployment: Any,
+    mosquitto: Any,
+    registry: ChainRegistry,
+    daemons: list[DaemonProcess],
+) -> None:
     chain, billing = deployment.chain, deployment.contract("MeteredBilling")
     price, start = 10, 1_000
     meter, agreement = _metered_agreement(deployment, registry, price, start)
 
     # verification in two worker processes, as the daemon runs by default
-    daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.2",
-                           IOTSETTLE_ORACLE_VERIFY_WORKERS="2")  # fmt: skip
+    daemon = DaemonProcess(
+        tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.2", IOTSETTLE_ORACLE_VERIFY_WORKERS="2"
+    )
     daemons.append(daemon)
     daemon.start().wait_ready()
     publisher = Publisher(mosquitto.host, mosquitto.port, meter.chain_id)
     try:
         now = int(chain.w3.eth.get_block("latest")["timestamp"])  # readings must follow the acceptance
-        items = [(meter.topic, meter.reading(seq, start + 25 * seq, timestamp=now + seq, agreement=agreement))
-                 for seq in range(1, 5)]  # fmt: skip
+        items = [
+            (meter.topic, meter.reading(seq, start + 25 * seq, timestamp=now + seq, agreement=agreement))
+            for seq in range(1, 5)
+        ]
         items.append(items[-1])  # a device retry: answered duplicate, paid once
         publisher.publish_many(items)
         assert sorted(body["status"] for _, body in publisher.collect(5)) == ["accepted"] * 4 + ["duplicate"]
@@ -210,6 +252,7 @@ def test_health_endpoint_reports_the_worst_check_and_serves_metrics() -> None:
     metrics.stored.inc(3)
     health.start()
     try:
+
         def get(path: str) -> tuple[int, bytes]:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{health.port}{path}", timeout=5) as response:
@@ -232,7 +275,6 @@ def test_health_endpoint_reports_the_worst_check_and_serves_metrics() -> None:
 
 def test_oracle_release_lets_a_quarantined_device_back_in(tmp_path: Path) -> None:
     from click.testing import CliRunner
-
     from iotsettle.cli._common import State
     from iotsettle.cli.oracle import oracle
     from iotsettle.oracle.daemon.store import DeviceState
@@ -240,10 +282,16 @@ def test_oracle_release_lets_a_quarantined_device_back_in(tmp_path: Path) -> Non
     db = tmp_path / "oracle.db"
     device = Account.create().address
     store = Store.open(db)
-    store.commit_batch([], [], [DeviceState(device, last_seq=3, failures=5, quarantined_at=time.time(),
-                                            quarantine_reason="5 rule failures")])  # fmt: skip
-    env = {"IOTSETTLE_CONFIG": str(REPO / "tests" / "empty.toml"), "IOTSETTLE_ORACLE_DB_PATH": str(db),
-           "IOTSETTLE_ORACLE_HEALTH_PORT": "0"}  # fmt: skip
+    store.commit_batch(
+        [],
+        [],
+        [DeviceState(device, last_seq=3, failures=5, quarantined_at=time.time(), quarantine_reason="5 rule failures")],
+    )
+    env = {
+        "IOTSETTLE_CONFIG": str(REPO / "tests" / "empty.toml"),
+        "IOTSETTLE_ORACLE_DB_PATH": str(db),
+        "IOTSETTLE_ORACLE_HEALTH_PORT": "0",
+    }
     status = json.loads(CliRunner().invoke(oracle, ["status", "--json"], env=env, obj=State(None)).output)
     assert [q["device"] for q in status["quarantined"]] == [device]
 
@@ -255,8 +303,12 @@ def test_oracle_release_lets_a_quarantined_device_back_in(tmp_path: Path) -> Non
     store.close()
 
 
-def test_rejected_messages_leave_the_audit_table_after_the_retention(tmp_path: Path, deployment: Any,  # noqa: ANN401
-                                                                      mosquitto: Any, daemons: list[DaemonProcess]) -> None:
+def test_rejected_messages_leave_the_audit_table_after_the_retention(
+    tmp_path: Path,
+    deployment: Any,
+    mosquitto: Any,
+    daemons: list[DaemonProcess],
+) -> None:
     """A device sending garbage cannot fill the disk: rejected rows are pruned after [oracle] reject_retention."""
     daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_REJECT_RETENTION="3")
     daemons.append(daemon)
@@ -282,31 +334,40 @@ def test_rejected_messages_leave_the_audit_table_after_the_retention(tmp_path: P
 
 
 def test_a_reading_signed_after_the_close_time_makes_way_for_the_last_one_before_it(
-    tmp_path: Path, deployment: Any, mosquitto: Any, registry: ChainRegistry,  # noqa: ANN401
+    tmp_path: Path,
+    deployment: Any,
+    mosquitto: Any,
+    registry: ChainRegistry,
     daemons: list[DaemonProcess],
 ) -> None:
     """The planner relays only the newest reading of a window; when that one was signed after the agreement's
     closeAt the contract refuses it (AfterEnd), and the daemon relays the newest earlier one instead, which still
     settles during the grace period: the consumption up to the end is billed, not lost to the daemon's batching."""
-    chain, billing = deployment.chain, deployment.contract("MeteredBilling")
+    _chain, billing = deployment.chain, deployment.contract("MeteredBilling")
     price, start = 10, 1_000
     meter, agreement = _metered_agreement(deployment, registry, price, start, close_now=True)  # notice 0: ends now
     close_at = billing.functions.agreementOf(agreement).call()[7]
     assert close_at > 0
 
-    daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.1",
-                           IOTSETTLE_ORACLE_SETTLEMENT_WINDOW="1.5")  # fmt: skip
+    daemon = DaemonProcess(
+        tmp_path, deployment, mosquitto, IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.1", IOTSETTLE_ORACLE_SETTLEMENT_WINDOW="1.5"
+    )
     daemons.append(daemon)
     daemon.start().wait_ready()
     publisher = Publisher(mosquitto.host, mosquitto.port, meter.chain_id)
     try:
-        publisher.publish_many([
-            (meter.topic, meter.reading(1, start + 100, timestamp=close_at, agreement=agreement)),
-            (meter.topic, meter.reading(2, start + 150, timestamp=close_at + 1, agreement=agreement)),
-        ])  # fmt: skip
+        publisher.publish_many(
+            [
+                (meter.topic, meter.reading(1, start + 100, timestamp=close_at, agreement=agreement)),
+                (meter.topic, meter.reading(2, start + 150, timestamp=close_at + 1, agreement=agreement)),
+            ]
+        )
         assert [body["status"] for _, body in publisher.collect(2)] == ["accepted", "accepted"]
-        wait_for(lambda: billing.functions.earningsOf(agreement).call() == 100 * price, 30,
-                 "the reading signed by closeAt to be billed")  # fmt: skip
+        wait_for(
+            lambda: billing.functions.earningsOf(agreement).call() == 100 * price,
+            30,
+            "the reading signed by closeAt to be billed",
+        )
     finally:
         publisher.close()
     daemon.signal(signal.SIGTERM)
@@ -315,8 +376,11 @@ def test_a_reading_signed_after_the_close_time_makes_way_for_the_last_one_before
     import sqlite3
 
     with sqlite3.connect(daemon.db) as conn:
-        rows = dict(conn.execute("SELECT seq, status FROM events WHERE kind = 'reading' AND target_id = ?",
-                                 (str(agreement),)).fetchall())  # fmt: skip
+        rows = dict(
+            conn.execute(
+                "SELECT seq, status FROM events WHERE kind = 'reading' AND target_id = ?", (str(agreement),)
+            ).fetchall()
+        )
         reason = conn.execute("SELECT reason FROM events WHERE seq = 2 AND target_id = ?", (str(agreement),)).fetchone()
     assert rows[1] in ("settled", "final"), rows
     assert rows[2] == "dead" and "AfterEnd" in reason[0], (rows, reason)

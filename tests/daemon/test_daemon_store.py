@@ -9,20 +9,36 @@ import time
 from pathlib import Path
 
 import pytest
-
 from iotsettle.oracle.daemon.store import (
-    SCHEMA_VERSION, DeviceState, EventRecord, EventStatus, Rejection, Store, open_db,
-)  # fmt: skip
+    SCHEMA_VERSION,
+    DeviceState,
+    EventRecord,
+    EventStatus,
+    Rejection,
+    Store,
+    open_db,
+)
 from iotsettle.oracle.protocol.errors import StoreError
 
 
 def record(seq: int, *, kind: str = "reading", device: str = "0xD1", target: int = 7) -> EventRecord:
     is_reading = kind == "reading"
     return EventRecord(
-        kind, device, device, 31337, "0xC0", target, seq, 1_700_000_000 + seq, 1_000 + seq if is_reading else None,
-        None if is_reading else b"u33dc0c".ljust(32, b"\0"), None if is_reading else 4,
-        seq.to_bytes(32, "big"), b"\x01" * 65, time.time(),
-    )  # fmt: skip
+        kind,
+        device,
+        device,
+        31337,
+        "0xC0",
+        target,
+        seq,
+        1_700_000_000 + seq,
+        1_000 + seq if is_reading else None,
+        None if is_reading else b"u33dc0c".ljust(32, b"\0"),
+        None if is_reading else 4,
+        seq.to_bytes(32, "big"),
+        b"\x01" * 65,
+        time.time(),
+    )
 
 
 def test_open_db_uses_wal_full_sync_and_refuses_a_newer_schema(tmp_path: Path) -> None:
@@ -46,7 +62,7 @@ def test_a_committed_batch_survives_a_killed_process(tmp_path: Path) -> None:
         "s.commit_batch([r], [], [DeviceState('0xD1', last_seq=1)])\n"
         "os.kill(os.getpid(), 9)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2])
+    result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2], check=False)
     assert result.returncode == -9
     store = Store.open(db)
     assert store.event_count() == 1
@@ -56,8 +72,9 @@ def test_a_committed_batch_survives_a_killed_process(tmp_path: Path) -> None:
 def test_a_failed_batch_stores_nothing(store: Store) -> None:
     store.commit_batch([record(1)], [], [])
     with pytest.raises(StoreError):
-        store.commit_batch([record(2), record(1)], [Rejection(1.0, "t", "malformed", "", b"x")],
-                           [DeviceState("0xD1", last_seq=2)])  # fmt: skip
+        store.commit_batch(
+            [record(2), record(1)], [Rejection(1.0, "t", "malformed", "", b"x")], [DeviceState("0xD1", last_seq=2)]
+        )
     assert store.event_count() == 1
     assert store.reject_counts() == {}
     assert store.device_state("0xD1") is None

@@ -15,21 +15,22 @@ from typing import Any
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from web3 import HTTPProvider, Web3
-
-from iotsettle.oracle.config import Config
 from iotsettle.oracle.chain.node import free_port
+from iotsettle.oracle.chain.revert import ErrorDecoder, RejectReason
+from iotsettle.oracle.config import Config
+from iotsettle.oracle.daemon.calldata import KindSpec
 from iotsettle.oracle.daemon.deployment import resolve
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.planner import Batch
-from iotsettle.oracle.chain.revert import ErrorDecoder, RejectReason
-from iotsettle.oracle.daemon.store import EventStatus, Store, StoredEvent
-from iotsettle.oracle.daemon.calldata import KindSpec
 from iotsettle.oracle.daemon.settler import Settler, SettlerSettings
+from iotsettle.oracle.daemon.store import EventStatus, Store, StoredEvent
 from iotsettle.oracle.daemon.txstore import TxStatus
+from web3 import HTTPProvider, Web3
+
 from tests.kit.settlement import DEPOSIT, FUNDER, PRICE, PROVIDER, START, Scenario
 from tests.kit.stack import REPO
 from tests.kit.wait import wait_for
+
 
 @contextmanager
 def automine_off(scenario: Scenario) -> Iterator[None]:
@@ -41,17 +42,23 @@ def automine_off(scenario: Scenario) -> Iterator[None]:
         scenario.rpc("evm_setAutomine", True)
 
 
-def make_settler(scenario: Scenario, store: Store, relayer: LocalAccount, metrics: Metrics | None = None,
-                 **oracle: Any) -> Settler:  # noqa: ANN401  # fmt: skip
-    config: Config = scenario.d.config.replace("chain", private_key="0x" + bytes(relayer.key).hex(),
-                                               confirmations=oracle.pop("confirmations", 1))  # fmt: skip
+def make_settler(
+    scenario: Scenario, store: Store, relayer: LocalAccount, metrics: Metrics | None = None, **oracle: Any
+) -> Settler:
+    config: Config = scenario.d.config.replace(
+        "chain", private_key="0x" + bytes(relayer.key).hex(), confirmations=oracle.pop("confirmations", 1)
+    )
     config = config.replace("oracle", **{"batch_max_wait": 0.0, **oracle})
-    settler = Settler.from_deployment(config, resolve(config, scenario.chain), store, metrics=metrics)
-    return settler
+    return Settler.from_deployment(config, resolve(config, scenario.chain), store, metrics=metrics)
 
 
-def settle_all(settler: Settler, store: Store, ids: list[int], timeout: float = 20.0,
-               statuses: tuple[EventStatus, ...] = (EventStatus.SETTLED, EventStatus.FINAL)) -> list[StoredEvent]:  # fmt: skip
+def settle_all(
+    settler: Settler,
+    store: Store,
+    ids: list[int],
+    timeout: float = 20.0,
+    statuses: tuple[EventStatus, ...] = (EventStatus.SETTLED, EventStatus.FINAL),
+) -> list[StoredEvent]:
     """Drive the loop until every event in ``ids`` is in one of ``statuses`` (or dead / superseded)."""
     done = (*statuses, EventStatus.DEAD, EventStatus.SUPERSEDED)
     deadline = time.monotonic() + timeout
@@ -97,7 +104,7 @@ def test_batch_for_many_agreements_settles_newest_reading_and_pays_providers(
     txs = settler.txstore.all()
     assert len(txs) == 1, "12 readings fit one batch"
     gas = metrics.gas_per_event.collect()[0].samples
-    assert metrics.settled.labels(kind="reading")._value.get() == 12  # noqa: SLF001
+    assert metrics.settled.labels(kind="reading")._value.get() == 12
     assert any(s.name.endswith("_count") and s.value == 12 for s in gas)
     # The next transaction puts a block on top: the first one becomes final (confirmations = 1).
     more = store.commit_batch([scenario.reading(meters[0], 3, START + 500)], [], [])
@@ -201,10 +208,11 @@ def test_an_item_that_reverts_the_whole_batch_is_bisected_out_and_dead_lettered(
     meters = [scenario.meter() for _ in range(5)]
     settler = make_settler(scenario, store, relayer)
     spec = settler.submitter.specs["reading"]
-    dirty = _DirtySeqSpec(spec.kind, spec.contract, spec.selector, spec.item_types, spec.settled_topic,
-                          spec.rejected_topic)  # fmt: skip
+    dirty = _DirtySeqSpec(
+        spec.kind, spec.contract, spec.selector, spec.item_types, spec.settled_topic, spec.rejected_topic
+    )
     settler.submitter.specs["reading"] = dirty
-    settler.submitter._by_contract[spec.contract] = dirty  # noqa: SLF001 - fault injection into the real path
+    settler.submitter._by_contract[spec.contract] = dirty
     records = [scenario.reading(m, 1, START + 10 * (i + 1)) for i, m in enumerate(meters)]
     records[2] = scenario.reading(meters[2], _DirtySeqSpec.POISON, START + 30)
     ids = store.commit_batch(records, [], [])
@@ -217,7 +225,7 @@ def test_an_item_that_reverts_the_whole_batch_is_bisected_out_and_dead_lettered(
     assert events[2].reason.startswith("Reverted: reverted without a reason")
     assert [scenario.earnings(m) for m in meters] == [10 * PRICE, 20 * PRICE, 0, 40 * PRICE, 50 * PRICE]
     assert len(settler.txstore.all()) == 1, "the four good items went in one transaction; the poison cost no gas"
-    assert metrics.dead_lettered.labels(reason="Reverted")._value.get() == 1  # noqa: SLF001
+    assert metrics.dead_lettered.labels(reason="Reverted")._value.get() == 1
 
 
 def test_a_dropped_transaction_is_resent_at_the_same_nonce_with_higher_fees(
@@ -375,8 +383,11 @@ def test_the_running_settler_settles_in_the_background_and_drains_on_stop(
     settler.start()
     try:
         ids = store.commit_batch([scenario.reading(m, 1, START + 5) for m in meters], [], [])
-        wait_for(lambda: all(e.status in (EventStatus.SETTLED, EventStatus.FINAL) for e in store.events(ids)),
-                 timeout=15, what="background settlement")  # fmt: skip
+        wait_for(
+            lambda: all(e.status in (EventStatus.SETTLED, EventStatus.FINAL) for e in store.events(ids)),
+            timeout=15,
+            what="background settlement",
+        )
         late = store.commit_batch([scenario.reading(m, 2, START + 9) for m in meters], [], [])
     finally:
         drained = settler.stop(drain=True, timeout=20)
@@ -393,8 +404,15 @@ def test_an_unreachable_node_degrades_health_and_loses_nothing(
     ids = store.commit_batch([scenario.reading(meter, 1, START + 33)], [], [])
     dead = Web3(HTTPProvider(f"http://127.0.0.1:{free_port()}", request_kwargs={"timeout": 1}))
     contracts = {"reading": (scenario.billing.address, scenario.billing.abi)}
-    settler = Settler(store, dead, scenario.chain_id, relayer, contracts, ErrorDecoder([scenario.billing.abi]),
-                      SettlerSettings(max_backoff=0.2))  # fmt: skip
+    settler = Settler(
+        store,
+        dead,
+        scenario.chain_id,
+        relayer,
+        contracts,
+        ErrorDecoder([scenario.billing.abi]),
+        SettlerSettings(max_backoff=0.2),
+    )
     settler.start()
     try:
         wait_for(lambda: settler.health == "degraded", timeout=10, what="degraded health")
@@ -444,10 +462,18 @@ def test_a_nonce_taken_by_another_sender_of_the_key_replans_the_events_once(
         settler.run_once()
         (ours,) = settler.txstore.all()
         # Someone else with the same key replaces our transaction in the pool with a plain transfer.
-        foreign = relayer.sign_transaction({
-            "type": 2, "chainId": scenario.chain_id, "nonce": ours.nonce, "to": FUNDER.address, "value": 1,
-            "gas": 21_000, "maxFeePerGas": 4 * ours.max_fee, "maxPriorityFeePerGas": 4 * ours.tip + 1,
-        })  # fmt: skip
+        foreign = relayer.sign_transaction(
+            {
+                "type": 2,
+                "chainId": scenario.chain_id,
+                "nonce": ours.nonce,
+                "to": FUNDER.address,
+                "value": 1,
+                "gas": 21_000,
+                "maxFeePerGas": 4 * ours.max_fee,
+                "maxPriorityFeePerGas": 4 * ours.tip + 1,
+            }
+        )
         scenario.w3.eth.send_raw_transaction(foreign.raw_transaction)
         scenario.mine()
         deadline = time.monotonic() + 15
@@ -460,7 +486,7 @@ def test_a_nonce_taken_by_another_sender_of_the_key_replans_the_events_once(
         (event,) = settle_all(settler, store, ids)
     assert event.status in (EventStatus.SETTLED, EventStatus.FINAL)
     assert scenario.earnings(meter) == 25 * PRICE
-    assert [(t.nonce, t.status) for t in settler.txstore.all()][0] == (ours.nonce, TxStatus.LOST)
+    assert next((t.nonce, t.status) for t in settler.txstore.all()) == (ours.nonce, TxStatus.LOST)
     assert sorted(t.nonce for t in settler.txstore.all() if t.status is not TxStatus.LOST) == [ours.nonce + 1]
 
 
@@ -478,7 +504,10 @@ def test_a_reorg_that_replaces_the_block_at_the_same_height_resubmits_and_pays_o
         scenario.rpc("anvil_reorg", 1, [])  # same height, another block without our transaction
         assert scenario.w3.eth.block_number == height and scenario.earnings(meter) == 0
         deadline = time.monotonic() + 10
-        while store.events(ids)[0].status is not EventStatus.SUBMITTED or not scenario.w3.eth.get_block("pending")["transactions"]:
+        while (
+            store.events(ids)[0].status is not EventStatus.SUBMITTED
+            or not scenario.w3.eth.get_block("pending")["transactions"]
+        ):
             assert time.monotonic() < deadline, "the reorged transaction was not re-sent"
             settler.run_once()
             time.sleep(0.05)

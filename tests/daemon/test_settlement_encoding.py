@@ -8,11 +8,10 @@ import random
 
 import pytest
 from eth_abi import encode as abi_encode
-from web3 import Web3
-
-from iotsettle.oracle.daemon.store import EventStatus, StoredEvent
 from iotsettle.oracle.daemon.calldata import KindSpec, decode_outcomes
+from iotsettle.oracle.daemon.store import EventStatus, StoredEvent
 from iotsettle.oracle.protocol.eip712 import SECP256K1_HALF_N
+from web3 import Web3
 
 ADDRESS = "0x" + "c3" * 20
 
@@ -21,11 +20,29 @@ def stored(kind: str, rng: random.Random) -> StoredEvent:
     sig = os.urandom(32) + rng.randrange(1, SECP256K1_HALF_N).to_bytes(32, "big") + bytes([rng.choice((27, 28))])
     reading = kind == "reading"
     return StoredEvent(
-        kind, ADDRESS, ADDRESS, 31337, ADDRESS, rng.randrange(2**256), rng.randrange(2**64), rng.randrange(2**64),
-        rng.randrange(2**256) if reading else None, None if reading else os.urandom(32),
-        None if reading else rng.randrange(-(2**31), 2**31), os.urandom(32), sig, 0.0,
-        1, EventStatus.CLAIMED, None, None, None, None, None, None,
-    )  # fmt: skip
+        kind,
+        ADDRESS,
+        ADDRESS,
+        31337,
+        ADDRESS,
+        rng.randrange(2**256),
+        rng.randrange(2**64),
+        rng.randrange(2**64),
+        rng.randrange(2**256) if reading else None,
+        None if reading else os.urandom(32),
+        None if reading else rng.randrange(-(2**31), 2**31),
+        os.urandom(32),
+        sig,
+        0.0,
+        1,
+        EventStatus.CLAIMED,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 @pytest.mark.parametrize(("kind", "function"), [("reading", "settle"), ("delivery", "confirmDeliveries")])
@@ -52,12 +69,21 @@ def test_an_item_that_does_not_fit_its_type_is_refused(abis: dict[str, list]) ->
 def test_outcome_logs_decode_in_item_order(abis: dict[str, list]) -> None:  # type: ignore[type-arg]
     spec = KindSpec.from_abi("reading", ADDRESS, abis["reading"])
     logs = [
-        {"address": ADDRESS, "topics": ["0x" + spec.settled_topic.hex(), "0x" + (5).to_bytes(32, "big").hex()],
-         "data": "0x" + abi_encode(["uint64", "uint256"], [3, 1234]).hex()},
-        {"address": "0x" + "d4" * 20, "topics": ["0x" + spec.settled_topic.hex(), "0x" + (6).to_bytes(32, "big").hex()],
-         "data": "0x" + abi_encode(["uint64", "uint256"], [1, 1]).hex()},  # another contract: ignored
-        {"address": ADDRESS.upper().replace("0X", "0x"), "topics": ["0x" + spec.rejected_topic.hex(),
-         "0x" + (7).to_bytes(32, "big").hex()], "data": "0x" + abi_encode(["uint64", "uint8"], [9, 10]).hex()},
-    ]  # fmt: skip
+        {
+            "address": ADDRESS,
+            "topics": ["0x" + spec.settled_topic.hex(), "0x" + (5).to_bytes(32, "big").hex()],
+            "data": "0x" + abi_encode(["uint64", "uint256"], [3, 1234]).hex(),
+        },
+        {
+            "address": "0x" + "d4" * 20,
+            "topics": ["0x" + spec.settled_topic.hex(), "0x" + (6).to_bytes(32, "big").hex()],
+            "data": "0x" + abi_encode(["uint64", "uint256"], [1, 1]).hex(),
+        },  # another contract: ignored
+        {
+            "address": ADDRESS.upper().replace("0X", "0x"),
+            "topics": ["0x" + spec.rejected_topic.hex(), "0x" + (7).to_bytes(32, "big").hex()],
+            "data": "0x" + abi_encode(["uint64", "uint8"], [9, 10]).hex(),
+        },
+    ]
     outcomes = decode_outcomes(spec, logs)
     assert [(o.target_id, o.seq, o.settled, o.reason) for o in outcomes] == [(5, 3, True, 0), (7, 9, False, 10)]

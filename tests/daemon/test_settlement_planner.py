@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from iotsettle.oracle.daemon.planner import Planner, PlannerSettings
 from iotsettle.oracle.daemon.store import EventRecord, EventStatus, Store
 
@@ -23,21 +22,48 @@ class Clock:
 
 
 def reading(device: int, agreement: int, seq: int, value: int, received_at: float = T0) -> EventRecord:
-    return EventRecord("reading", f"0x{device:040x}", f"0x{device:040x}", 31337, BILLING, agreement, seq,
-                       int(received_at), value, None, None, bytes([device, seq % 256, agreement % 256]) * 8 + b"rd",
-                       b"\x01" * 65, received_at)  # fmt: skip
+    return EventRecord(
+        "reading",
+        f"0x{device:040x}",
+        f"0x{device:040x}",
+        31337,
+        BILLING,
+        agreement,
+        seq,
+        int(received_at),
+        value,
+        None,
+        None,
+        bytes([device, seq % 256, agreement % 256]) * 8 + b"rd",
+        b"\x01" * 65,
+        received_at,
+    )
 
 
 def delivery(device: int, escrow: int, received_at: float = T0) -> EventRecord:
-    return EventRecord("delivery", f"0x{device:040x}", f"0x{device:040x}", 31337, ESCROW, escrow, 1,
-                       int(received_at), None, b"\0" * 32, 4, device.to_bytes(8, "big") * 4 + b"dl",
-                       b"\x01" * 65, received_at)  # fmt: skip
+    return EventRecord(
+        "delivery",
+        f"0x{device:040x}",
+        f"0x{device:040x}",
+        31337,
+        ESCROW,
+        escrow,
+        1,
+        int(received_at),
+        None,
+        b"\0" * 32,
+        4,
+        device.to_bytes(8, "big") * 4 + b"dl",
+        b"\x01" * 65,
+        received_at,
+    )
 
 
 def test_only_the_newest_reading_per_agreement_and_window_is_settled(store: Store) -> None:
     clock = Clock()
-    planner = Planner(store, PlannerSettings(batch_max_events=100, batch_max_wait=0.0, settlement_window=60.0),
-                      clock=clock)  # fmt: skip
+    planner = Planner(
+        store, PlannerSettings(batch_max_events=100, batch_max_wait=0.0, settlement_window=60.0), clock=clock
+    )
     first = store.commit_batch([reading(1, 11, 1, 100), reading(1, 11, 2, 150), reading(2, 22, 1, 7)], [], [])
     planner.claim()
     clock.now += 30
@@ -84,17 +110,31 @@ CROP = "0x" + "c3" * 20
 
 
 def observation(station: int, seq: int, received_at: float = T0) -> EventRecord:
-    return EventRecord("weather", f"0x{station:040x}", f"0x{station:040x}", 31337, CROP, station, seq,
-                       int(received_at), 100 * seq, None, 2_000, bytes([station, seq % 256]) * 16 + b"wo",
-                       b"\x01" * 65, received_at)  # fmt: skip
+    return EventRecord(
+        "weather",
+        f"0x{station:040x}",
+        f"0x{station:040x}",
+        31337,
+        CROP,
+        station,
+        seq,
+        int(received_at),
+        100 * seq,
+        None,
+        2_000,
+        bytes([station, seq % 256]) * 16 + b"wo",
+        b"\x01" * 65,
+        received_at,
+    )
 
 
 def test_a_batch_carries_each_stations_observations_in_seq_order(store: Store) -> None:
     """CropInsurance takes a station's seqs without gaps: an observation that arrived after a later one (a device
     that published out of order, or one planned again after a sequence gap) still goes first in the batch."""
     planner = Planner(store, PlannerSettings(batch_max_events=100, batch_max_wait=0.0), kinds=("weather",))
-    store.commit_batch([observation(1, 2), observation(2, 1), observation(1, 3), observation(1, 1),
-                        observation(2, 2)], [], [])  # fmt: skip
+    store.commit_batch(
+        [observation(1, 2), observation(2, 1), observation(1, 3), observation(1, 1), observation(2, 2)], [], []
+    )
     planner.claim()
     (batch,) = planner.cut(10)
     assert batch.kind == "weather"
@@ -143,9 +183,11 @@ def test_bad_settlement_settings_are_refused_naming_the_key(tmp_path: Path) -> N
     from iotsettle.oracle.daemon.settler import SettlerSettings
     from iotsettle.oracle.protocol.errors import ConfigError
 
-    config = load_config(Path(__file__).resolve().parents[1] / "empty.toml",
-                         env={"IOTSETTLE_ORACLE_BATCH_MAX_EVENTS": "0", "IOTSETTLE_ORACLE_MAX_FEE_GWEI": "-1"})  # fmt: skip
-    with pytest.raises(ConfigError, match="batch_max_events must be ≥ 1.*max_fee_gwei must be > 0"):
+    config = load_config(
+        Path(__file__).resolve().parents[1] / "empty.toml",
+        env={"IOTSETTLE_ORACLE_BATCH_MAX_EVENTS": "0", "IOTSETTLE_ORACLE_MAX_FEE_GWEI": "-1"},
+    )
+    with pytest.raises(ConfigError, match=r"batch_max_events must be ≥ 1.*max_fee_gwei must be > 0"):
         SettlerSettings.from_config(config)
     defaults = SettlerSettings.from_config(load_config(Path(__file__).resolve().parents[1] / "empty.toml", env={}))
     assert defaults.planner.batch_max_events == 100 and defaults.submitter.max_fee == 500 * 10**9
@@ -153,8 +195,9 @@ def test_bad_settlement_settings_are_refused_naming_the_key(tmp_path: Path) -> N
 
 def test_next_due_tells_the_settlement_loop_how_long_it_may_sleep(store: Store) -> None:
     clock = Clock()
-    planner = Planner(store, PlannerSettings(batch_max_events=100, batch_max_wait=0.5, settlement_window=60.0),
-                      clock=clock)  # fmt: skip
+    planner = Planner(
+        store, PlannerSettings(batch_max_events=100, batch_max_wait=0.5, settlement_window=60.0), clock=clock
+    )
     assert planner.next_due_in() is None, "nothing held: sleep until woken"
     store.commit_batch([reading(1, 11, 1, 100), delivery(3, 5)], [], [])
     planner.claim()

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from iotsettle.oracle.chain.node import free_port
 from iotsettle.oracle.ops.context import open_context
 from iotsettle.oracle.ops.insurance import policy_of
@@ -37,25 +36,50 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _demo(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", "from iotsettle.cli.main import main; main()", "demo", *args], cwd=REPO,
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from iotsettle.cli.main import main; main()", "demo", *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _env(config, tmp_path: Path) -> dict[str, str]:
-    return {"IOTSETTLE_CONFIG": str(REPO / "tests" / "empty.toml"),
-            "IOTSETTLE_CHAIN_RPC_URL": config.chain.rpc_url,
-            "IOTSETTLE_PATHS_DEPLOYMENTS_DIR": str(config.path(config.paths.deployments_dir)),
-            "IOTSETTLE_NODE_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "120"}
+    return {
+        "IOTSETTLE_CONFIG": str(REPO / "tests" / "empty.toml"),
+        "IOTSETTLE_CHAIN_RPC_URL": config.chain.rpc_url,
+        "IOTSETTLE_PATHS_DEPLOYMENTS_DIR": str(config.path(config.paths.deployments_dir)),
+        "IOTSETTLE_NODE_STATE_DIR": str(tmp_path / "state"),
+        "COLUMNS": "120",
+    }
 
 
 def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -> None:
     token = demo_chain.contract("TestToken")
     work = tmp_path / "work"
-    proc = _demo(["--rpc", demo_chain.config.chain.rpc_url, "--broker", f"127.0.0.1:{mosquitto.port}",
-                  "--duration", "12", "--devices", "7", "--rate", "30", "--season", "8", "--workdir", str(work),
-                  "--json"],
-                 _env(demo_chain.config, tmp_path))
+    proc = _demo(
+        [
+            "--rpc",
+            demo_chain.config.chain.rpc_url,
+            "--broker",
+            f"127.0.0.1:{mosquitto.port}",
+            "--duration",
+            "12",
+            "--devices",
+            "7",
+            "--rate",
+            "30",
+            "--season",
+            "8",
+            "--workdir",
+            str(work),
+            "--json",
+        ],
+        _env(demo_chain.config, tmp_path),
+    )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads(out)
@@ -115,9 +139,11 @@ def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -
 @pytest.mark.slow  # ~30 s: a whole stack starts; run with --runslow
 def test_ctrl_c_stops_everything_it_started(tmp_path) -> None:
     config = make_config(tmp_path / "state", free_port(), free_port())
-    env = _env(config, tmp_path) | {"IOTSETTLE_NODE_ANVIL_PORT": str(config.node.anvil_port),
-                                    "IOTSETTLE_NODE_MQTT_PORT": str(config.node.mqtt_port),
-                                    "IOTSETTLE_MQTT_PORT": str(config.node.mqtt_port)}
+    env = _env(config, tmp_path) | {
+        "IOTSETTLE_NODE_ANVIL_PORT": str(config.node.anvil_port),
+        "IOTSETTLE_NODE_MQTT_PORT": str(config.node.mqtt_port),
+        "IOTSETTLE_MQTT_PORT": str(config.node.mqtt_port),
+    }
     work = tmp_path / "work"
     proc = _demo(["--duration", "120", "--devices", "3", "--workdir", str(work)], env)
     deadline = time.monotonic() + 120
@@ -125,8 +151,11 @@ def test_ctrl_c_stops_everything_it_started(tmp_path) -> None:
     while time.monotonic() < deadline and proc.poll() is None:
         sim = work / "simulator.pid"
         if sim.exists() and sim.read_text().strip():
-            pids = {p.stem: int(p.read_text()) for p in list(work.glob("*.pid")) + list((tmp_path / "state").glob("*.pid"))
-                    if p.read_text().strip()}
+            pids = {
+                p.stem: int(p.read_text())
+                for p in list(work.glob("*.pid")) + list((tmp_path / "state").glob("*.pid"))
+                if p.read_text().strip()
+            }
             break
         time.sleep(0.2)
     assert {"oracle", "simulator", "anvil", "mosquitto"} <= set(pids), (pids, proc.poll())

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from iotsettle.oracle.chain.node import Mosquitto, free_port
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.store import Store

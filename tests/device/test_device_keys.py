@@ -7,7 +7,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from iotsettle.oracle.device.keys import (
     DeviceKey,
     SequenceCounter,

@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-
+from iotsettle.oracle.chain.node import Mosquitto
 from iotsettle.oracle.device.buffer import OfflineBuffer
 from iotsettle.oracle.device.keys import DeviceKey, MemoryCounter
 from iotsettle.oracle.device.publisher import BrokerSettings, Publisher
 from iotsettle.oracle.device.signer import Contracts, EventSigner
-from iotsettle.oracle.chain.node import Mosquitto
 from iotsettle.oracle.protocol.wire import decode, events_filter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +88,9 @@ def prepare_subscriber(broker: Mosquitto) -> Subscriber:
     return subscriber
 
 
-def test_events_published_while_the_broker_is_down_arrive_in_order_when_it_returns(broker: Mosquitto, tmp_path: Path) -> None:
+def test_events_published_while_the_broker_is_down_arrive_in_order_when_it_returns(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
     subscriber = prepare_subscriber(broker)
     buffer = OfflineBuffer(tmp_path / "outbox.db")
     publisher = Publisher(buffer, settings(broker.port), max_inflight=20)
@@ -162,7 +163,12 @@ def test_buffer_survives_a_process_that_died_while_offline(broker: Mosquitto, tm
     outbox = tmp_path / "outbox.db"
     writer = subprocess.run(
         [sys.executable, "-c", WRITER, str(outbox), str(broker.port), DEVICE_KEY],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
     )
     assert writer.returncode == -9, writer.stderr
     assert len(OfflineBuffer(outbox)) == 150

@@ -8,10 +8,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.device.keys import DeliveryAlreadySigned, DeliveryLog, DeviceKey, MemoryCounter, deliveries_path
 from iotsettle.oracle.device.signer import Contracts, EventSigner, sign_event, sign_key_rotation, sign_registration
+from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.eip712 import SECP256K1_N, address_of
 from iotsettle.oracle.protocol.errors import ConfigError, KeyFileError, ProtocolError
@@ -67,11 +66,18 @@ def _call(contract: Any, name: str, *args: Any) -> bytes:
 
 @fixture_settings
 @given(agreement=uint256, seq=wire_uint64, timestamp=wire_uint64, value=uint256, key=private_keys)
-def test_reading_digest_equals_the_contract(deployment: Any, agreement: int, seq: int, timestamp: int, value: int, key: bytes) -> None:
+def test_reading_digest_equals_the_contract(
+    deployment: Any, agreement: int, seq: int, timestamp: int, value: int, key: bytes
+) -> None:
     billing = deployment.contract("MeteredBilling")
     device = DeviceKey.from_private_key(key)
-    event = sign_event(device, "reading", deployment.chain.chain_id, billing.address,
-                       {"agreementId": agreement, "seq": seq, "timestamp": timestamp, "value": value})
+    event = sign_event(
+        device,
+        "reading",
+        deployment.chain.chain_id,
+        billing.address,
+        {"agreementId": agreement, "seq": seq, "timestamp": timestamp, "value": value},
+    )
     assert event.digest == _call(billing, "hashReading", agreement, seq, timestamp, value)
     assert wire.decode(event.to_payload()).signer() == device.address
 
@@ -82,29 +88,54 @@ def test_delivery_digest_equals_the_contract(
     deployment: Any, escrow: int, seq: int, timestamp: int, location: bytes, temperature: int
 ) -> None:
     escrow_contract = deployment.contract("DeliveryEscrow")
-    event = sign_event(KEY, "delivery", deployment.chain.chain_id, escrow_contract.address,
-                       {"escrowId": escrow, "seq": seq, "timestamp": timestamp, "location": location,
-                        "maxTemperature": temperature})
+    event = sign_event(
+        KEY,
+        "delivery",
+        deployment.chain.chain_id,
+        escrow_contract.address,
+        {"escrowId": escrow, "seq": seq, "timestamp": timestamp, "location": location, "maxTemperature": temperature},
+    )
     assert event.digest == _call(escrow_contract, "hashDelivery", escrow, seq, timestamp, location, temperature)
 
 
 @fixture_settings
-@given(key=private_keys, owner=addresses, kind=st.sampled_from(list(DeviceKind)), metadata=bytes32, deadline=uint64,
-       new_key=private_keys)
+@given(
+    key=private_keys,
+    owner=addresses,
+    kind=st.sampled_from(list(DeviceKind)),
+    metadata=bytes32,
+    deadline=uint64,
+    new_key=private_keys,
+)
 def test_registration_and_rotation_digests_equal_the_registry(
     deployment: Any, key: bytes, owner: str, kind: DeviceKind, metadata: bytes, deadline: int, new_key: bytes
 ) -> None:
     registry = deployment.contract("DeviceRegistry")
     device = DeviceKey.from_private_key(key)
     chain_id = deployment.chain.chain_id
-    digest, signature = sign_registration(device, owner=owner, kind=kind, metadata_hash=metadata, deadline=deadline,
-                                          chain_id=chain_id, registry=registry.address)
-    assert digest == _call(registry, "hashRegistration", device.address, registry.w3.to_checksum_address(owner),
-                           int(kind), metadata, deadline)
+    digest, signature = sign_registration(
+        device,
+        owner=owner,
+        kind=kind,
+        metadata_hash=metadata,
+        deadline=deadline,
+        chain_id=chain_id,
+        registry=registry.address,
+    )
+    assert digest == _call(
+        registry,
+        "hashRegistration",
+        device.address,
+        registry.w3.to_checksum_address(owner),
+        int(kind),
+        metadata,
+        deadline,
+    )
     assert len(signature) == 65 and signature[64] in (27, 28)
     rotated = DeviceKey.from_private_key(new_key)
-    digest, _ = sign_key_rotation(rotated, device=device.address, deadline=deadline, chain_id=chain_id,
-                                  registry=registry.address)
+    digest, _ = sign_key_rotation(
+        rotated, device=device.address, deadline=deadline, chain_id=chain_id, registry=registry.address
+    )
     assert digest == _call(registry, "hashKeyRotation", device.address, address_of(new_key), deadline)
 
 
@@ -112,8 +143,15 @@ uint32 = st.integers(0, 2**32 - 1)
 
 
 @fixture_settings
-@given(policy=uint256, seq=wire_uint64, timestamp=wire_uint64, odometer=wire_uint64, harsh=uint32, speeding=uint32,
-       key=private_keys)
+@given(
+    policy=uint256,
+    seq=wire_uint64,
+    timestamp=wire_uint64,
+    odometer=wire_uint64,
+    harsh=uint32,
+    speeding=uint32,
+    key=private_keys,
+)
 def test_telematics_digest_equals_motor_insurance(
     deployment: Any, policy: int, seq: int, timestamp: int, odometer: int, harsh: int, speeding: int, key: bytes
 ) -> None:
@@ -121,7 +159,8 @@ def test_telematics_digest_equals_motor_insurance(
     device = DeviceKey.from_private_key(key)
     contracts = Contracts(CONTRACTS.metered_billing, CONTRACTS.delivery_escrow, motor_insurance=motor.address)
     event = EventSigner(device, deployment.chain.chain_id, contracts, MemoryCounter(seq)).telematics(
-        policy, odometer, harsh, speeding, timestamp=timestamp)
+        policy, odometer, harsh, speeding, timestamp=timestamp
+    )
     assert event.digest == _call(motor, "hashTelematics", policy, seq, timestamp, odometer, harsh, speeding)
     assert wire.decode(event.to_payload()).signer() == device.address
 
@@ -135,7 +174,8 @@ def test_observation_digest_equals_crop_insurance(
     station = DeviceKey.from_private_key(key)
     contracts = Contracts(CONTRACTS.metered_billing, CONTRACTS.delivery_escrow, crop_insurance=crop.address)
     event = EventSigner(station, deployment.chain.chain_id, contracts, MemoryCounter(seq)).weather(
-        rainfall, temperature, timestamp=timestamp)
+        rainfall, temperature, timestamp=timestamp
+    )
     assert event.msg["station"] == station.address
     assert event.digest == _call(crop, "hashObservation", station.address, seq, timestamp, rainfall, temperature)
     assert wire.decode(event.to_payload()).signer() == station.address

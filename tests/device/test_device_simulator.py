@@ -10,18 +10,23 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-
-from iotsettle.oracle.protocol import eip712
-from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.chain.node import Mosquitto
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, evaluate
-from iotsettle.oracle.device.fleet import DrivingStyle, FaultClass, generate_fleet, load_fleet, set_policies, set_targets
-from iotsettle.oracle.protocol.location import location_bytes32
+from iotsettle.oracle.device.fleet import (
+    DrivingStyle,
+    FaultClass,
+    generate_fleet,
+    load_fleet,
+    set_policies,
+    set_targets,
+)
 from iotsettle.oracle.device.publisher import BrokerSettings
 from iotsettle.oracle.device.signer import Contracts
-from iotsettle.oracle.device.sim import (STYLE_RATES, EventPlan, VehicleModel, plan_events, run_simulation,
-                                        sign_ahead)
+from iotsettle.oracle.device.sim import STYLE_RATES, EventPlan, VehicleModel, plan_events, run_simulation, sign_ahead
+from iotsettle.oracle.protocol import eip712
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.errors import ConfigError, SignatureError
-from iotsettle.oracle.chain.node import Mosquitto
+from iotsettle.oracle.protocol.location import location_bytes32
 from iotsettle.oracle.protocol.wire import SignedEvent, decode, events_filter
 
 CHAIN_ID = 31337
@@ -34,12 +39,23 @@ POLICY = 7 << 96 | 1
 def fleet_path(tmp_path: Path) -> Path:
     """Meters, trackers, weather stations, and three vehicles: insured (telematics), billed per km (readings),
     both."""
-    path = generate_fleet(tmp_path / "fleet", chain_id=CHAIN_ID, contracts=CONTRACTS, meters=3, trackers=2,
-                          vehicles=3, weather_stations=3, seed=7)
+    path = generate_fleet(
+        tmp_path / "fleet",
+        chain_id=CHAIN_ID,
+        contracts=CONTRACTS,
+        meters=3,
+        trackers=2,
+        vehicles=3,
+        weather_stations=3,
+        seed=7,
+    )
     document = json.loads(path.read_text())
     vehicles = [entry for entry in document["devices"] if entry["kind"] == "vehicle"]
-    set_policies(path, {vehicles[0]["name"]: POLICY, vehicles[2]["name"]: POLICY + 1},
-                 styles={vehicles[0]["name"]: DrivingStyle.AGGRESSIVE})
+    set_policies(
+        path,
+        {vehicles[0]["name"]: POLICY, vehicles[2]["name"]: POLICY + 1},
+        styles={vehicles[0]["name"]: DrivingStyle.AGGRESSIVE},
+    )
     document = json.loads(path.read_text())
     both = next(entry for entry in document["devices"] if entry["name"] == vehicles[2]["name"])
     both["agreementId"] = "99"
@@ -47,10 +63,20 @@ def fleet_path(tmp_path: Path) -> Path:
     return path
 
 
-def payloads(fleet_file: Path, seed: int, faults: tuple[FaultClass, ...] = (), weather: str = "normal",
-             duration: float = 20) -> list[bytes]:
-    plan = plan_events(load_fleet(fleet_file), CONTRACTS, rate=50, duration=duration, seed=seed, start_time=START,
-                       faults=faults, counters="memory", weather=weather)
+def payloads(
+    fleet_file: Path, seed: int, faults: tuple[FaultClass, ...] = (), weather: str = "normal", duration: float = 20
+) -> list[bytes]:
+    plan = plan_events(
+        load_fleet(fleet_file),
+        CONTRACTS,
+        rate=50,
+        duration=duration,
+        seed=seed,
+        start_time=START,
+        faults=faults,
+        counters="memory",
+        weather=weather,
+    )
     return [event.payload for event in plan]
 
 
@@ -68,8 +94,16 @@ def test_same_seed_gives_byte_identical_payloads(fleet_path: Path) -> None:
 
 def test_signing_in_several_processes_gives_the_same_sequence(fleet_path: Path) -> None:
     def plan() -> EventPlan:
-        return plan_events(load_fleet(fleet_path), CONTRACTS, rate=50, duration=20, seed=3, start_time=START,
-                           faults=tuple(FaultClass), counters="memory")
+        return plan_events(
+            load_fleet(fleet_path),
+            CONTRACTS,
+            rate=50,
+            duration=20,
+            seed=3,
+            start_time=START,
+            faults=tuple(FaultClass),
+            counters="memory",
+        )
 
     alone, together = plan(), plan()
     one = sign_ahead(alone, 1)
@@ -107,8 +141,9 @@ def test_registers_only_grow_and_trackers_deliver_at_their_destination(fleet_pat
 def test_every_fault_class_is_refused_by_the_oracle_rules_with_its_own_reason(fleet_path: Path) -> None:
     fleet = load_fleet(fleet_path)
     kinds = {device.address: int(device.kind) for device in fleet.devices}
-    plan = plan_events(fleet, CONTRACTS, rate=50, duration=20, seed=5, start_time=START,
-                       faults=tuple(FaultClass), counters="memory")
+    plan = plan_events(
+        fleet, CONTRACTS, rate=50, duration=20, seed=5, start_time=START, faults=tuple(FaultClass), counters="memory"
+    )
     states: dict[str, object] = {}
     digests: dict[tuple[str, int], bytes] = {}
     # (device, seq, verdict) of each event injected as a fault, in plan order: a weather station's bad event takes
@@ -132,8 +167,15 @@ def test_every_fault_class_is_refused_by_the_oracle_rules_with_its_own_reason(fl
             verdict_of(planned, event, "bad_signature")
             continue
         now = START + planned.offset
-        verdict = evaluate(event, event.device, kinds[event.device], states.get(event.device),  # type: ignore[arg-type]
-                           now, RuleSettings(), lambda device, seq: digests.get((device, seq)))
+        verdict = evaluate(
+            event,
+            event.device,
+            kinds[event.device],
+            states.get(event.device),  # type: ignore[arg-type]
+            now,
+            RuleSettings(),
+            lambda device, seq: digests.get((device, seq)),
+        )
         states[event.device] = verdict.state
         if verdict.outcome is Outcome.ACCEPT:
             digests[(event.device, event.seq)] = event.digest
@@ -151,8 +193,9 @@ def test_a_weather_stations_seqs_stay_gapless_through_its_refused_faults(fleet_p
     """CropInsurance takes a station's seqs 1, 2, 3… without gaps: the observations the oracle accepts from a
     station with every fault class must still number 1, 2, 3…"""
     fleet = load_fleet(fleet_path)
-    plan = plan_events(fleet, CONTRACTS, rate=50, duration=20, seed=5, start_time=START,
-                       faults=tuple(FaultClass), counters="memory")
+    plan = plan_events(
+        fleet, CONTRACTS, rate=50, duration=20, seed=5, start_time=START, faults=tuple(FaultClass), counters="memory"
+    )
     good: dict[str, list[int]] = {}
     stations = {d.address for d in fleet.devices if d.kind is DeviceKind.WEATHER_STATION}
     for planned in plan:
@@ -204,12 +247,20 @@ def test_simulation_drives_a_real_broker_at_the_chosen_rate(fleet_path: Path, mo
     try:
         assert subscribed.wait(5)
         broker = BrokerSettings(mosquitto.host, mosquitto.port, client_id="sim-test", clean_session=True)
-        result = run_simulation(load_fleet(fleet_path), CONTRACTS, broker, rate=400, duration=3, seed=2,
-                                faults=(FaultClass.CLOCK_SKEW,), reply_wait=0)
+        result = run_simulation(
+            load_fleet(fleet_path),
+            CONTRACTS,
+            broker,
+            rate=400,
+            duration=3,
+            seed=2,
+            faults=(FaultClass.CLOCK_SKEW,),
+            reply_wait=0,
+        )
         first = wait_for(result.planned)
         # Sequence numbers persist beside the fleet: a second run never reuses one.
         again = run_simulation(load_fleet(fleet_path), CONTRACTS, broker, rate=100, duration=1, seed=2, reply_wait=0)
-        second = wait_for(len(first) + again.planned)[len(first):]
+        second = wait_for(len(first) + again.planned)[len(first) :]
     finally:
         client.disconnect()
         client.loop_stop()
@@ -228,9 +279,16 @@ def test_simulation_drives_a_real_broker_at_the_chosen_rate(fleet_path: Path, mo
 
 
 def _events(fleet_file: Path, **kwargs: object) -> list[tuple[SignedEvent, FaultClass | None]]:
-    plan = plan_events(load_fleet(fleet_file), CONTRACTS, rate=kwargs.pop("rate", 50),  # type: ignore[arg-type]
-                       duration=kwargs.pop("duration", 20), seed=kwargs.pop("seed", 1),  # type: ignore[arg-type]
-                       start_time=START, counters="memory", **kwargs)  # type: ignore[arg-type]
+    plan = plan_events(
+        load_fleet(fleet_file),
+        CONTRACTS,
+        rate=kwargs.pop("rate", 50),  # type: ignore[arg-type]
+        duration=kwargs.pop("duration", 20),
+        seed=kwargs.pop("seed", 1),  # type: ignore[arg-type]
+        start_time=START,
+        counters="memory",
+        **kwargs,
+    )  # type: ignore[arg-type]
     return [(decode(event.payload), event.fault) for event in plan]
 
 
@@ -255,8 +313,11 @@ def test_telematics_and_observations_verify_against_the_product_contracts(fleet_
 
 
 def test_telematics_counters_and_rainfall_never_go_down_except_injected_rollbacks(fleet_path: Path) -> None:
-    registers = {"telematics": ("odometer", "harshBraking", "speeding"), "weather": ("rainfall",),
-                 "reading": ("value",)}
+    registers = {
+        "telematics": ("odometer", "harshBraking", "speeding"),
+        "weather": ("rainfall",),
+        "reading": ("value",),
+    }
     last: dict[tuple[str, str], tuple[int, ...]] = {}
     rollbacks = 0
     for event, fault in _events(fleet_path, duration=60, faults=tuple(FaultClass)):
@@ -266,13 +327,17 @@ def test_telematics_counters_and_rainfall_never_go_down_except_injected_rollback
         key = (event.device, event.type)
         previous = last.get(key)
         if fault in (FaultClass.COUNTER_ROLLBACK, FaultClass.BEHAVIOUR_ROLLBACK):
-            assert previous is not None and any(v < p for v, p in zip(values, previous)), f"{fault} went up"
+            assert previous is not None and any(v < p for v, p in zip(values, previous, strict=False)), (
+                f"{fault} went up"
+            )
             rollbacks += 1
             continue
         if fault not in (None, FaultClass.HOSTILE):
             continue  # other faults (a replay, an impossible jump) are refused and leave nothing behind
         if previous is not None:
-            assert all(v >= p for v, p in zip(values, previous)), f"{event.type} of {event.device} went down"
+            assert all(v >= p for v, p in zip(values, previous, strict=False)), (
+                f"{event.type} of {event.device} went down"
+            )
         last[key] = values
     assert rollbacks == 6  # 3 of each class
 
@@ -305,13 +370,21 @@ def _rain_and_heat(fleet_file: Path, weather: str) -> dict[str, tuple[int, int]]
             continue
         rain, heat = int(event.msg["rainfall"]), int(event.msg["maxTemperature"])
         first.setdefault(event.device, rain)
-        out[event.device] = (rain - first[event.device], max(heat, out.get(event.device, (0, -10**9))[1]))
+        out[event.device] = (rain - first[event.device], max(heat, out.get(event.device, (0, -(10**9)))[1]))
     return out
 
 
 def test_weather_scenarios_and_a_hostile_station_that_lies(tmp_path: Path) -> None:
-    path = generate_fleet(tmp_path / "stations", chain_id=CHAIN_ID, contracts=CONTRACTS, meters=0, trackers=0,
-                          vehicles=0, weather_stations=5, seed=3)
+    path = generate_fleet(
+        tmp_path / "stations",
+        chain_id=CHAIN_ID,
+        contracts=CONTRACTS,
+        meters=0,
+        trackers=0,
+        vehicles=0,
+        weather_stations=5,
+        seed=3,
+    )
     stations = [entry["address"] for entry in json.loads(path.read_text())["devices"]]
     honest_fleet = tmp_path / "honest.json"
     honest_fleet.write_text(path.read_text())
@@ -333,8 +406,17 @@ def test_weather_scenarios_and_a_hostile_station_that_lies(tmp_path: Path) -> No
 
 
 def test_fleet_files_name_policies_and_old_fleet_files_still_load(tmp_path: Path) -> None:
-    path = generate_fleet(tmp_path / "f", chain_id=CHAIN_ID, contracts=CONTRACTS, meters=1, trackers=0, vehicles=1,
-                          weather_stations=1, seed=1, vehicle_policies=True)
+    path = generate_fleet(
+        tmp_path / "f",
+        chain_id=CHAIN_ID,
+        contracts=CONTRACTS,
+        meters=1,
+        trackers=0,
+        vehicles=1,
+        weather_stations=1,
+        seed=1,
+        vehicle_policies=True,
+    )
     fleet = load_fleet(path)
     kinds = {device.kind.name: device for device in fleet.devices}
     assert kinds["VEHICLE"].streams == ("telematics",) and kinds["VEHICLE"].policy_id is not None

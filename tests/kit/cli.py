@@ -11,14 +11,13 @@ from typing import Any
 from click.testing import CliRunner, Result
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-
 from iotsettle.cli.main import cli
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.device.keys import DeviceKey
-from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.ops import registry
 from iotsettle.oracle.ops.context import open_context
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 
 from tests.kit.stack import REPO
 
@@ -62,9 +61,15 @@ class Cli:
         name = f"TEST_KEY_{account.address[2:10].upper()}"
         self.keys[name] = "0x" + account.key.hex()
         funder = Account.from_key(ANVIL_DEV_KEYS[0])
-        tx = {"to": account.address, "value": int(eth * 10**18), "gas": 21_000, "chainId": w3.eth.chain_id,
-              "nonce": w3.eth.get_transaction_count(funder.address, "pending"),
-              "maxFeePerGas": 2 * w3.eth.get_block("latest")["baseFeePerGas"] + 1, "maxPriorityFeePerGas": 1}
+        tx = {
+            "to": account.address,
+            "value": int(eth * 10**18),
+            "gas": 21_000,
+            "chainId": w3.eth.chain_id,
+            "nonce": w3.eth.get_transaction_count(funder.address, "pending"),
+            "maxFeePerGas": 2 * w3.eth.get_block("latest")["baseFeePerGas"] + 1,
+            "maxPriorityFeePerGas": 1,
+        }
         w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(funder.sign_transaction(tx).raw_transaction))
         return User(account, name)
 
@@ -74,7 +79,7 @@ class Cli:
 
     def ok(self, args: list[str], as_user: User | None = None, stdin: str | None = None, **env: str) -> Any:
         """Run with --json, expect success, return the parsed output."""
-        result = self.run(args + ["--json"], as_user, stdin, **env)
+        result = self.run([*args, "--json"], as_user, stdin, **env)
         assert result.exit_code == 0, f"{args}: exit {result.exit_code}\n{result.output}\n{result.exception!r}"
         return json.loads(result.stdout)
 

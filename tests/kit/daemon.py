@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
-
 from iotsettle.cli._common import State
 from iotsettle.cli.oracle import oracle
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.chain.node import free_port
 from iotsettle.oracle.daemon.store import Store
+
 from tests.kit.stack import REPO
 from tests.kit.wait import wait_for
 
@@ -30,7 +30,7 @@ RELAYER_KEY = ANVIL_DEV_KEYS[4]  # a dev account no other test sends from
 class DaemonProcess:
     """`python -m iotsettle.cli.oracle run` with its configuration in IOTSETTLE_* variables."""
 
-    def __init__(self, tmp_path: Path, deployment: Any, mosquitto: Any, **overrides: str) -> None:  # noqa: ANN401
+    def __init__(self, tmp_path: Path, deployment: Any, mosquitto: Any, **overrides: str) -> None:
         self.db = tmp_path / "oracle.db"
         self.health_port = free_port()
         self.oracle_id = f"t{uuid.uuid4().hex[:8]}"
@@ -57,8 +57,13 @@ class DaemonProcess:
     def start(self, *args: str, **overrides: str) -> DaemonProcess:
         env = {**self.env, **overrides}
         self.output = self.log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "iotsettle.cli.oracle", "run", *args], cwd=REPO, env=env,
-                                     stdout=self.output, stderr=subprocess.STDOUT)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "iotsettle.cli.oracle", "run", *args],
+            cwd=REPO,
+            env=env,
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+        )
         return self
 
     def run_to_exit(self, **overrides: str) -> tuple[int, str]:

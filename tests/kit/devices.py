@@ -13,16 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from eth_utils import to_checksum_address
-
 from eth_account import Account
-from web3 import Web3
-
-from iotsettle.oracle.protocol import device_kinds, eip712, wire
+from eth_utils import to_checksum_address
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.chain.send import send
-from iotsettle.oracle.protocol.kinds import CONTRACT_OF_KIND
 from iotsettle.oracle.daemon.store import RegistryEntry, Store
+from iotsettle.oracle.protocol import device_kinds, eip712, wire
+from iotsettle.oracle.protocol.kinds import CONTRACT_OF_KIND
+from web3 import Web3
 
 CHAIN_ID = 31337
 #: stand-ins for the verifying contracts when the chain is not involved
@@ -30,11 +28,13 @@ READING_CONTRACT = "0x" + "a1" * 20
 DELIVERY_CONTRACT = "0x" + "b2" * 20
 TELEMATICS_CONTRACT = "0x" + "c4" * 20
 WEATHER_CONTRACT = "0x" + "d5" * 20
-CONTRACTS = {"reading": to_checksum_address(READING_CONTRACT),
-             "delivery": to_checksum_address(DELIVERY_CONTRACT)}  # fmt: skip
+CONTRACTS = {"reading": to_checksum_address(READING_CONTRACT), "delivery": to_checksum_address(DELIVERY_CONTRACT)}
 #: the stand-ins of every kind the daemon relays
-ALL_CONTRACTS = {**CONTRACTS, "telematics": to_checksum_address(TELEMATICS_CONTRACT),
-                 "weather": to_checksum_address(WEATHER_CONTRACT)}  # fmt: skip
+ALL_CONTRACTS = {
+    **CONTRACTS,
+    "telematics": to_checksum_address(TELEMATICS_CONTRACT),
+    "weather": to_checksum_address(WEATHER_CONTRACT),
+}
 
 
 @dataclass
@@ -50,8 +50,15 @@ class Device:
     def address(self) -> str:
         return eip712.address_of(self.key)
 
-    def sign(self, event_type: str, msg: dict[str, Any], *, chain_id: int | None = None,
-             contract: str | None = None, key: bytes | None = None) -> bytes:  # fmt: skip
+    def sign(
+        self,
+        event_type: str,
+        msg: dict[str, Any],
+        *,
+        chain_id: int | None = None,
+        contract: str | None = None,
+        key: bytes | None = None,
+    ) -> bytes:
         chain = chain_id or self.chain_id
         verifying = contract or self.contracts[event_type]
         primary = wire.EVENT_TYPES[event_type]
@@ -63,22 +70,56 @@ class Device:
         msg = {"agreementId": agreement, "seq": seq, "timestamp": timestamp or int(time.time()), "value": value}
         return self.sign("reading", msg, **kw)
 
-    def delivery(self, seq: int, location: bytes, *, timestamp: int | None = None, escrow: int = 1,
-                 temperature: int = 4, **kw: Any) -> bytes:  # fmt: skip
-        msg = {"escrowId": escrow, "seq": seq, "timestamp": timestamp or int(time.time()), "location": location,
-               "maxTemperature": temperature}  # fmt: skip
+    def delivery(
+        self,
+        seq: int,
+        location: bytes,
+        *,
+        timestamp: int | None = None,
+        escrow: int = 1,
+        temperature: int = 4,
+        **kw: Any,
+    ) -> bytes:
+        msg = {
+            "escrowId": escrow,
+            "seq": seq,
+            "timestamp": timestamp or int(time.time()),
+            "location": location,
+            "maxTemperature": temperature,
+        }
         return self.sign("delivery", msg, **kw)
 
-    def telematics(self, seq: int, odometer: int, harsh: int = 0, speeding: int = 0, *, policy: int = 1,
-                   timestamp: int | None = None, **kw: Any) -> bytes:  # fmt: skip
-        msg = {"policyId": policy, "seq": seq, "timestamp": timestamp or int(time.time()), "odometer": odometer,
-               "harshBraking": harsh, "speeding": speeding}  # fmt: skip
+    def telematics(
+        self,
+        seq: int,
+        odometer: int,
+        harsh: int = 0,
+        speeding: int = 0,
+        *,
+        policy: int = 1,
+        timestamp: int | None = None,
+        **kw: Any,
+    ) -> bytes:
+        msg = {
+            "policyId": policy,
+            "seq": seq,
+            "timestamp": timestamp or int(time.time()),
+            "odometer": odometer,
+            "harshBraking": harsh,
+            "speeding": speeding,
+        }
         return self.sign("telematics", msg, **kw)
 
-    def weather(self, seq: int, rainfall: int, max_temperature: int, *, timestamp: int | None = None,
-                **kw: Any) -> bytes:  # fmt: skip
-        msg = {"station": self.address, "seq": seq, "timestamp": timestamp or int(time.time()), "rainfall": rainfall,
-               "maxTemperature": max_temperature}  # fmt: skip
+    def weather(
+        self, seq: int, rainfall: int, max_temperature: int, *, timestamp: int | None = None, **kw: Any
+    ) -> bytes:
+        msg = {
+            "station": self.address,
+            "seq": seq,
+            "timestamp": timestamp or int(time.time()),
+            "rainfall": rainfall,
+            "maxTemperature": max_temperature,
+        }
         return self.sign("weather", msg, **kw)
 
     @property
@@ -97,7 +138,7 @@ OWNER = Account.from_key(ANVIL_DEV_KEYS[3])
 class ChainRegistry:
     """The deployed DeviceRegistry, driven the way an owner does: register, rotate, revoke."""
 
-    def __init__(self, deployment: Any) -> None:  # noqa: ANN401 - the conftest Deployment
+    def __init__(self, deployment: Any) -> None:
         self.chain = deployment.chain
         self.w3: Web3 = deployment.chain.w3
         self.contract = deployment.contract("DeviceRegistry")
@@ -112,14 +153,19 @@ class ChainRegistry:
         domain = eip712.Domain(self.chain.chain_id, self.contract.address)
         return eip712.sign_digest(key, eip712.digest(primary, msg, domain))
 
-    def _send(self, call: Any) -> None:  # noqa: ANN401
+    def _send(self, call: Any) -> None:
         send(self.chain, OWNER, call.build_transaction({"from": OWNER.address}))
 
     def register(self, kind: int) -> Device:
         device = Device(kind=kind, chain_id=self.chain.chain_id, contracts=dict(self.contracts))
         deadline = self._deadline()
-        msg = {"device": device.address, "owner": OWNER.address, "kind": kind, "metadataHash": bytes(32),
-               "deadline": deadline}  # fmt: skip
+        msg = {
+            "device": device.address,
+            "owner": OWNER.address,
+            "kind": kind,
+            "metadataHash": bytes(32),
+            "deadline": deadline,
+        }
         sig = self._sign("Registration", msg, device.key)
         self._send(self.contract.functions.register(device.address, kind, bytes(32), deadline, sig))
         return device
@@ -127,7 +173,9 @@ class ChainRegistry:
     def rotate(self, device: Device) -> Device:
         new = Device(kind=device.kind, chain_id=device.chain_id, contracts=dict(device.contracts))
         deadline = self._deadline()
-        sig = self._sign("KeyRotation", {"device": device.address, "newKey": new.address, "deadline": deadline}, new.key)
+        sig = self._sign(
+            "KeyRotation", {"device": device.address, "newKey": new.address, "deadline": deadline}, new.key
+        )
         self._send(self.contract.functions.rotateKey(device.address, new.address, deadline, sig))
         return new
 
@@ -141,8 +189,9 @@ class Publisher:
     def __init__(self, host: str, port: int, chain_id: int = CHAIN_ID) -> None:
         self.replies: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{uuid.uuid4().hex[:10]}",
-                                  protocol=mqtt.MQTTv5)  # fmt: skip
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{uuid.uuid4().hex[:10]}", protocol=mqtt.MQTTv5
+        )
         self.client.max_inflight_messages_set(1000)
         self.client.on_connect = lambda c, *_: c.subscribe(f"{wire.TOPIC_ROOT}/{chain_id}/+/replies", qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from eth_account import Account
-from web3 import Web3
-
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.daemon.store import EventStatus, Store
 from iotsettle.oracle.daemon.txstore import TxStatus, TxStore
+from web3 import Web3
+
 from tests.kit.daemon import DaemonProcess
 from tests.kit.settlement import FUNDER, PRICE, START, Meter, Scenario
 from tests.kit.wait import wait_for
@@ -30,7 +30,7 @@ from tests.kit.wait import wait_for
 PAID = (EventStatus.SETTLED, EventStatus.FINAL)
 
 
-def summary(item: str, **figures: Any) -> str:  # noqa: ANN401 - numbers and short words
+def summary(item: str, **figures: Any) -> str:
     """The one line each reliability test prints (``pytest -s``), quoted by docs/RELIABILITY.md."""
     line = f"RELIABILITY {item}: " + " ".join(f"{k}={v}" for k, v in figures.items())
     print(line, flush=True)
@@ -56,7 +56,7 @@ class Ledger:
 class Fleet:
     """``count`` meters, each registered and with an accepted agreement; readings to publish; the ledger."""
 
-    def __init__(self, deployment: Any, count: int) -> None:  # noqa: ANN401 - the conftest Deployment
+    def __init__(self, deployment: Any, count: int) -> None:
         self.scenario = Scenario(deployment)
         self.w3: Web3 = deployment.chain.w3
         self.from_block = self.w3.eth.block_number
@@ -67,8 +67,9 @@ class Fleet:
     def timestamp(self) -> int:
         return max(int(time.time()), self.scenario.now())
 
-    def readings(self, seq: int, advance: int = 7, meters: list[Meter] | None = None,
-                 timestamp: int | None = None) -> list[tuple[str, bytes]]:  # fmt: skip
+    def readings(
+        self, seq: int, advance: int = 7, meters: list[Meter] | None = None, timestamp: int | None = None
+    ) -> list[tuple[str, bytes]]:
         """One signed reading per meter with sequence number ``seq``; the register grows by ``advance`` per seq.
 
         The timestamp defaults to now; callers sending several readings a second pass one that rises with
@@ -78,7 +79,9 @@ class Fleet:
         for index, meter in enumerate(meters if meters is not None else self.meters):
             value = START + seq * advance + index
             self.sent[(meter.agreement, seq)] = value
-            items.append((meter.device.topic, meter.device.reading(seq, value, timestamp=ts, agreement=meter.agreement)))
+            items.append(
+                (meter.device.topic, meter.device.reading(seq, value, timestamp=ts, agreement=meter.agreement))
+            )
         return items
 
     def ledger(self, every_event: bool = False) -> Ledger:
@@ -86,8 +89,11 @@ class Fleet:
         when a meter's readings are never batched together, e.g. one reading per meter)."""
         logs = self.scenario.billing.events.ReadingSettled().get_logs(from_block=self.from_block)
         ours = {m.agreement for m in self.meters}
-        per_event = Counter((int(log["args"]["agreementId"]), int(log["args"]["seq"])) for log in logs
-                            if int(log["args"]["agreementId"]) in ours)  # fmt: skip
+        per_event = Counter(
+            (int(log["args"]["agreementId"]), int(log["args"]["seq"]))
+            for log in logs
+            if int(log["args"]["agreementId"]) in ours
+        )
         lost = double = 0
         for meter in self.meters:
             values = [v for (agreement, _), v in self.sent.items() if agreement == meter.agreement]
@@ -112,18 +118,22 @@ class Fleet:
             raise AssertionError(f"not paid within {timeout:.0f} s: {self.ledger(every_event)}") from None
 
 
-def fund_relayer(deployment: Any, ether: int = 10) -> str:  # noqa: ANN401
+def fund_relayer(deployment: Any, ether: int = 10) -> str:
     """A new relayer account with ``ether`` ETH, so each daemon's nonces are its own; returns its key (0x-hex)."""
     account = Account.create()
     send(deployment.chain, FUNDER, {"to": account.address, "value": ether * 10**18})
     return "0x" + bytes(account.key).hex()
 
 
-def daemon(tmp_path: Path, deployment: Any, broker: Any, relayer_key: str, **env: str) -> DaemonProcess:  # noqa: ANN401
+def daemon(tmp_path: Path, deployment: Any, broker: Any, relayer_key: str, **env: str) -> DaemonProcess:
     """A daemon process with its own folder (database, log) and relayer; not started."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    settings = {"IOTSETTLE_CHAIN_PRIVATE_KEY": relayer_key, "IOTSETTLE_ORACLE_BATCH_MAX_WAIT": "0.1",
-                "IOTSETTLE_ORACLE_QUARANTINE_THRESHOLD": "0", **env}  # fmt: skip
+    settings = {
+        "IOTSETTLE_CHAIN_PRIVATE_KEY": relayer_key,
+        "IOTSETTLE_ORACLE_BATCH_MAX_WAIT": "0.1",
+        "IOTSETTLE_ORACLE_QUARANTINE_THRESHOLD": "0",
+        **env,
+    }
     return DaemonProcess(tmp_path, deployment, broker, **settings)
 
 
@@ -135,8 +145,9 @@ class NonceReport:
 
     @property
     def gapless(self) -> bool:
-        return self.nonces == list(range(self.first, self.first + len(self.nonces))) and \
-            self.chain_count == self.first + len(self.nonces)  # fmt: skip
+        return self.nonces == list(
+            range(self.first, self.first + len(self.nonces))
+        ) and self.chain_count == self.first + len(self.nonces)
 
 
 def nonce_report(db: Path, w3: Web3, relayer_key: str, first: int = 0) -> NonceReport:
@@ -155,7 +166,7 @@ def nonce_report(db: Path, w3: Web3, relayer_key: str, first: int = 0) -> NonceR
 def store_statuses(db: Path) -> Counter[str]:
     store = Store.open(db)
     try:
-        return Counter({status: count for status, count in store.backlog().items()})
+        return Counter(dict(store.backlog().items()))
     finally:
         store.close()
 

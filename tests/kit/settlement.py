@@ -9,12 +9,12 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from web3 import Web3
-
-from iotsettle.oracle.protocol import device_kinds, eip712
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.daemon.store import EventRecord
+from iotsettle.oracle.protocol import device_kinds, eip712
+from web3 import Web3
+
 from tests.kit.devices import Device
 
 PRICE = 10  # wei per unit
@@ -35,7 +35,7 @@ class Meter:
 class Scenario:
     """Devices registered on chain, agreements and escrows opened, signed events stored for settlement."""
 
-    def __init__(self, deployment: Any) -> None:  # noqa: ANN401 - the conftest Deployment
+    def __init__(self, deployment: Any) -> None:
         self.d = deployment
         self.chain = deployment.chain
         self.w3: Web3 = deployment.chain.w3
@@ -45,7 +45,7 @@ class Scenario:
         self.escrow = deployment.contract("DeliveryEscrow")
         self.tariff = self._tariff()
 
-    def tx(self, account: LocalAccount, call: Any, value: int = 0) -> dict[str, Any]:  # noqa: ANN401
+    def tx(self, account: LocalAccount, call: Any, value: int = 0) -> dict[str, Any]:
         return send(self.chain, account, call.build_transaction({"from": account.address, "value": value}))
 
     def _tariff(self) -> int:
@@ -59,8 +59,13 @@ class Scenario:
         contracts = {"reading": self.billing.address, "delivery": self.escrow.address}
         device = Device(kind=kind, chain_id=self.chain_id, contracts=contracts)
         deadline = self.now() + 3600
-        msg = {"device": device.address, "owner": PROVIDER.address, "kind": kind, "metadataHash": bytes(32),
-               "deadline": deadline}  # fmt: skip
+        msg = {
+            "device": device.address,
+            "owner": PROVIDER.address,
+            "kind": kind,
+            "metadataHash": bytes(32),
+            "deadline": deadline,
+        }
         digest = eip712.digest("Registration", msg, eip712.Domain(self.chain_id, self.registry.address))
         sig = eip712.sign_digest(device.key, digest)
         self.tx(PROVIDER, self.registry.functions.register(device.address, kind, bytes(32), deadline, sig))
@@ -68,8 +73,10 @@ class Scenario:
 
     def meter(self) -> Meter:
         device = self.register(device_kinds.DeviceKind.METER)
-        receipt = self.tx(PROVIDER, self.billing.functions.offer(CONSUMER.address, device.address, self.tariff,
-                                                                  "0x" + "00" * 20, START, 0))  # fmt: skip
+        receipt = self.tx(
+            PROVIDER,
+            self.billing.functions.offer(CONSUMER.address, device.address, self.tariff, "0x" + "00" * 20, START, 0),
+        )
         agreement = int(self.billing.events.AgreementOffered().process_receipt(receipt)[0]["args"]["agreementId"])
         self.tx(CONSUMER, self.billing.functions.accept(agreement, DEPOSIT, START), value=DEPOSIT)
         return Meter(device, agreement)
@@ -77,29 +84,69 @@ class Scenario:
     def tracker_escrow(self, destination: bytes, amount: int = 5 * 10**15) -> tuple[Device, int, str]:
         device = self.register(device_kinds.DeviceKind.TRACKER)
         seller = Account.create()
-        receipt = self.tx(CONSUMER, self.escrow.functions.createEscrow(
-            seller.address, device.address, "0x" + "00" * 20, amount, destination, self.now() + 3600, 0, 0,
-        ), value=amount)  # fmt: skip
+        receipt = self.tx(
+            CONSUMER,
+            self.escrow.functions.createEscrow(
+                seller.address,
+                device.address,
+                "0x" + "00" * 20,
+                amount,
+                destination,
+                self.now() + 3600,
+                0,
+                0,
+            ),
+            value=amount,
+        )
         escrow_id = int(self.escrow.events.EscrowCreated().process_receipt(receipt)[0]["args"]["escrowId"])
         return device, escrow_id, seller.address
 
-    def reading(self, meter: Meter, seq: int, value: int, *, key: bytes | None = None,
-                agreement: int | None = None) -> EventRecord:  # fmt: skip
+    def reading(
+        self, meter: Meter, seq: int, value: int, *, key: bytes | None = None, agreement: int | None = None
+    ) -> EventRecord:
         target = meter.agreement if agreement is None else agreement
         ts = self.now()
         msg = {"agreementId": target, "seq": seq, "timestamp": ts, "value": value}
         digest = eip712.digest("Reading", msg, eip712.Domain(self.chain_id, self.billing.address))
         sig = eip712.sign_digest(key or meter.device.key, digest)
-        return EventRecord("reading", meter.device.address, meter.device.address, self.chain_id,
-                           self.billing.address, target, seq, ts, value, None, None, digest, sig, time.time())  # fmt: skip
+        return EventRecord(
+            "reading",
+            meter.device.address,
+            meter.device.address,
+            self.chain_id,
+            self.billing.address,
+            target,
+            seq,
+            ts,
+            value,
+            None,
+            None,
+            digest,
+            sig,
+            time.time(),
+        )
 
     def delivery(self, device: Device, escrow_id: int, seq: int, location: bytes) -> EventRecord:
         ts = self.now()
         msg = {"escrowId": escrow_id, "seq": seq, "timestamp": ts, "location": location, "maxTemperature": 4}
         digest = eip712.digest("Delivery", msg, eip712.Domain(self.chain_id, self.escrow.address))
         sig = eip712.sign_digest(device.key, digest)
-        return EventRecord("delivery", device.address, device.address, self.chain_id, self.escrow.address,
-                           escrow_id, seq, ts, None, location, 4, digest, sig, time.time())  # fmt: skip
+        return EventRecord(
+            "delivery",
+            device.address,
+            device.address,
+            self.chain_id,
+            self.escrow.address,
+            escrow_id,
+            seq,
+            ts,
+            None,
+            location,
+            4,
+            digest,
+            sig,
+            time.time(),
+        )
 
     def earnings(self, meter: Meter) -> int:
         return int(self.billing.functions.earningsOf(meter.agreement).call())
@@ -107,7 +154,7 @@ class Scenario:
     def fund(self, address: str) -> None:
         send(self.chain, FUNDER, {"to": address, "value": 10**19})
 
-    def rpc(self, method: str, *params: Any) -> Any:  # noqa: ANN401
+    def rpc(self, method: str, *params: Any) -> Any:
         response = self.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
         if "error" in response:
             raise RuntimeError(f"{method}: {response['error']}")

@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from web3.contract import Contract
-
-from iotsettle.oracle.chain.connection import Chain, connect, load_sender
 from iotsettle.oracle.chain.compiler import ensure_compiled
-from iotsettle.oracle.config import Config, local_stack_config
+from iotsettle.oracle.chain.connection import Chain, connect, load_sender
 from iotsettle.oracle.chain.deploy import contract, deploy_all
 from iotsettle.oracle.chain.node import Anvil, free_port
+from iotsettle.oracle.config import Config, local_stack_config
+from web3.contract import Contract
 
 REPO = Path(__file__).resolve().parents[2]
 

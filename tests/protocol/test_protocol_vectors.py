@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.device.fleet import FLEET_FORMAT
 from iotsettle.oracle.device.keys import DeviceKey
+from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.protocol.eip712 import Domain
 from iotsettle.oracle.protocol.reasons import Reason
 
@@ -67,7 +66,9 @@ def test_each_documented_vector_is_reproduced_by_the_python_signer(name: str) ->
     assert "0x" + signature.hex() == vector["signature"]
     assert eip712.recover(digest, signature) == key.address
     if "payload" in vector:
-        payload = wire.encode(PAYLOAD_TYPE[primary], domain.chain_id, domain.verifying_contract, key.address, message, signature)
+        payload = wire.encode(
+            PAYLOAD_TYPE[primary], domain.chain_id, domain.verifying_contract, key.address, message, signature
+        )
         assert payload.decode() == vector["payload"]
         assert wire.events_topic(domain.chain_id, key.address) == vector["topic"]
         event = wire.decode(vector["payload"].encode())

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-
 from iotsettle.oracle.protocol import eip712
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"

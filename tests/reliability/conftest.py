@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from iotsettle.oracle.chain.node import Mosquitto, free_port
+
 from tests.kit.devices import Publisher
 from tests.kit.reliability import Fleet, daemon, fund_relayer
 
 
 @pytest.fixture
-def broker(deployment: Any, tmp_path: Path) -> Iterator[Mosquitto]:  # noqa: ANN401
+def broker(deployment: Any, tmp_path: Path) -> Iterator[Mosquitto]:
     service = Mosquitto(deployment.config, state_dir=tmp_path / "broker", port=free_port())
     service.start()
     yield service
@@ -23,7 +23,7 @@ def broker(deployment: Any, tmp_path: Path) -> Iterator[Mosquitto]:  # noqa: ANN
 
 
 @pytest.fixture(scope="module")
-def setup(deployment: Any, mosquitto: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:  # noqa: ANN401
+def setup(deployment: Any, mosquitto: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     fleet = Fleet(deployment, 2)  # meters[0] only ever sends honest readings; meters[1] is the one impersonated
     process = daemon(tmp_path_factory.mktemp("fuzz"), deployment, mosquitto, fund_relayer(deployment))
     process.start().wait_ready()

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from iotsettle.oracle.chain.node import Mosquitto
+
 from tests.kit.devices import Publisher
 from tests.kit.reliability import Fleet, daemon, fund_relayer, nonce_report, store_statuses, summary
 from tests.kit.wait import wait_for
@@ -30,22 +30,22 @@ from tests.kit.wait import wait_for
 METERS = 4
 
 
-def _stored(process: Any) -> int:  # noqa: ANN401
+def _stored(process: Any) -> int:
     return sum(store_statuses(process.db).values()) if process.db.exists() else 0
 
 
-def _unsettled(process: Any) -> int:  # noqa: ANN401
+def _unsettled(process: Any) -> int:
     counts = store_statuses(process.db)
     return counts["pending"] + counts["claimed"] + counts["submitted"]
 
 
-def _mqtt_state(process: Any) -> str | None:  # noqa: ANN401
+def _mqtt_state(process: Any) -> str | None:
     report = process.health()
     return report["checks"]["mqtt"]["status"] if report else None
 
 
 @pytest.mark.parametrize("how", ["graceful", pytest.param("kill9", marks=pytest.mark.slow)])
-def test_broker_restart_with_a_persistent_session(how: str, broker: Mosquitto, tmp_path: Path, deployment: Any) -> None:  # noqa: ANN401
+def test_broker_restart_with_a_persistent_session(how: str, broker: Mosquitto, tmp_path: Path, deployment: Any) -> None:
     fleet = Fleet(deployment, METERS)
     key = fund_relayer(deployment)
     process = daemon(tmp_path / "oracle", deployment, broker, key)
@@ -111,5 +111,11 @@ def test_broker_restart_with_a_persistent_session(how: str, broker: Mosquitto, t
         assert retried.clean, f"after the device's retry nothing is missing and nothing paid twice: {retried}"
     assert nonce_report(process.db, deployment.chain.w3, key).gapless
     final = ledger if how == "graceful" else retried
-    summary(f"broker-{how}", restarts=restarts, events=final.events_sent, lost_at_broker=window_lost,
-            lost=final.lost, double=final.double)  # fmt: skip
+    summary(
+        f"broker-{how}",
+        restarts=restarts,
+        events=final.events_sent,
+        lost_at_broker=window_lost,
+        lost=final.lost,
+        double=final.double,
+    )

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from iotsettle.oracle.daemon.store import EventStatus
+
 from tests.kit.devices import Publisher
 from tests.kit.reliability import Fleet, daemon, fund_relayer, metrics, nonce_report, store_statuses, summary
 from tests.kit.wait import wait_for
@@ -27,7 +27,7 @@ ALL_POINTS = ["before_store", "after_store", "after_nonce", "after_broadcast", "
 QUICK_POINTS = ["after_store", "after_broadcast"]
 
 
-def crash_and_recover(point: str, tmp_path: Path, deployment: Any, mosquitto: Any) -> dict[str, Any]:  # noqa: ANN401
+def crash_and_recover(point: str, tmp_path: Path, deployment: Any, mosquitto: Any) -> dict[str, Any]:
     fleet = Fleet(deployment, METERS)
     key = fund_relayer(deployment)
     process = daemon(tmp_path, deployment, mosquitto, key)
@@ -41,8 +41,16 @@ def crash_and_recover(point: str, tmp_path: Path, deployment: Any, mosquitto: An
 
         process.start().wait_ready()
         ledger = fleet.wait_paid(30, every_event=True)
-        wait_for(lambda: store_statuses(process.db)["pending"] + store_statuses(process.db)["claimed"]
-                 + store_statuses(process.db)["submitted"] == 0, 15, "nothing left in flight")  # fmt: skip
+        wait_for(
+            lambda: (
+                store_statuses(process.db)["pending"]
+                + store_statuses(process.db)["claimed"]
+                + store_statuses(process.db)["submitted"]
+                == 0
+            ),
+            15,
+            "nothing left in flight",
+        )
         after = store_statuses(process.db)
         redelivered = metrics(process).get("iotsettle_oracle_duplicates_total", 0.0)
     finally:
@@ -55,25 +63,42 @@ def crash_and_recover(point: str, tmp_path: Path, deployment: Any, mosquitto: An
     assert after[EventStatus.SETTLED] + after[EventStatus.FINAL] == METERS, f"{point}: store says {dict(after)}"
     assert sum(after.values()) == METERS, f"{point}: each event stored once, store has {dict(after)}"
     assert nonces.gapless, f"{point}: nonces {nonces}"
-    return {"point": point, "stored_at_crash": sum(before.values()), "redelivered": int(redelivered),
-            "txs": len(nonces.nonces), "events": METERS, "lost": ledger.lost + ledger.unpaid_events,
-            "double": ledger.double}  # fmt: skip
+    return {
+        "point": point,
+        "stored_at_crash": sum(before.values()),
+        "redelivered": int(redelivered),
+        "txs": len(nonces.nonces),
+        "events": METERS,
+        "lost": ledger.lost + ledger.unpaid_events,
+        "double": ledger.double,
+    }
 
 
 @pytest.mark.parametrize("point", QUICK_POINTS)
-def test_a_crash_at_each_point_loses_nothing_and_pays_once(point: str, tmp_path: Path, deployment: Any,  # noqa: ANN401
-                                                           mosquitto: Any) -> None:  # noqa: ANN401
+def test_a_crash_at_each_point_loses_nothing_and_pays_once(
+    point: str,
+    tmp_path: Path,
+    deployment: Any,
+    mosquitto: Any,
+) -> None:
     figures = crash_and_recover(point, tmp_path, deployment, mosquitto)
     summary("crash", **figures)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # ten crash-and-recover rounds, about 30 s each on a busy machine
-def test_the_full_crash_matrix_twice(tmp_path: Path, deployment: Any, mosquitto: Any) -> None:  # noqa: ANN401
-    rows = [crash_and_recover(point, tmp_path / f"{point}-{round_}", deployment, mosquitto)
-            for round_ in range(2) for point in ALL_POINTS]  # fmt: skip
+def test_the_full_crash_matrix_twice(tmp_path: Path, deployment: Any, mosquitto: Any) -> None:
+    rows = [
+        crash_and_recover(point, tmp_path / f"{point}-{round_}", deployment, mosquitto)
+        for round_ in range(2)
+        for point in ALL_POINTS
+    ]
     for row in rows:
         summary("crash", **row)
-    summary("crash-matrix", faults=len(rows), events=sum(r["events"] for r in rows),
-            lost=sum(r["lost"] for r in rows), double=sum(r["double"] for r in rows))  # fmt: skip
-
+    summary(
+        "crash-matrix",
+        faults=len(rows),
+        events=sum(r["events"] for r in rows),
+        lost=sum(r["lost"] for r in rows),
+        double=sum(r["double"] for r in rows),
+    )

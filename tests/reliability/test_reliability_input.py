@@ -21,9 +21,9 @@ from eth_abi import encode as abi_encode
 from eth_hash.auto import keccak
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.daemon.store import Store
+from iotsettle.oracle.protocol import eip712, wire
+
 from tests.kit.devices import Device, Publisher
 from tests.kit.reliability import Fleet, labelled, metrics, summary
 from tests.kit.settlement import PRICE, START
@@ -57,16 +57,26 @@ def bad_inputs(victim: Device, agreement: int, timestamp: int) -> st.SearchStrat
     """(class, topic, payload) triples; every payload must be refused."""
     chain_id = victim.chain_id
     billing = victim.contracts["reading"]
-    json_values = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False), st.integers(),
-                            st.text(max_size=12), st.lists(st.integers(), max_size=3),
-                            st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))  # fmt: skip
+    json_values = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.floats(allow_nan=False),
+        st.integers(),
+        st.text(max_size=12),
+        st.lists(st.integers(), max_size=3),
+        st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+    )
     seqs = st.integers(1_000, 2**40)
 
-    def signed(seq: int, key: bytes | None = None, device: Device | None = None, **domain: Any) -> bytes:  # noqa: ANN401
+    def signed(seq: int, key: bytes | None = None, device: Device | None = None, **domain: Any) -> bytes:
         dev = device or victim
         msg = {"agreementId": agreement, "seq": seq, "timestamp": timestamp, "value": START + 1}
-        dom = eip712.Domain(domain.get("chain_id", chain_id), domain.get("contract", billing),
-                            domain.get("name", eip712.DOMAIN_NAME), domain.get("version", eip712.DOMAIN_VERSION))  # fmt: skip
+        dom = eip712.Domain(
+            domain.get("chain_id", chain_id),
+            domain.get("contract", billing),
+            domain.get("name", eip712.DOMAIN_NAME),
+            domain.get("version", eip712.DOMAIN_VERSION),
+        )
         sig = eip712.sign_digest(key or dev.key, eip712.digest("Reading", msg, dom))
         return wire.encode("reading", dom.chain_id, dom.verifying_contract, dev.address, msg, sig)
 
@@ -90,7 +100,8 @@ def bad_inputs(victim: Device, agreement: int, timestamp: int) -> st.SearchStrat
         return "wrong_type", stranger.topic, json.dumps(body).encode()
 
     oversize = st.integers(wire.MAX_PAYLOAD_BYTES + 1, 8 * wire.MAX_PAYLOAD_BYTES).map(
-        lambda n: ("oversize", victim.topic, b'{"v":1,"pad":"' + b"x" * n + b'"}'))
+        lambda n: ("oversize", victim.topic, b'{"v":1,"pad":"' + b"x" * n + b'"}')
+    )
 
     @st.composite
     def bad_signature(draw: st.DrawFn) -> tuple[str, str, bytes]:
@@ -128,12 +139,18 @@ def bad_inputs(victim: Device, agreement: int, timestamp: int) -> st.SearchStrat
         seq = draw(seqs)
         how = draw(st.sampled_from(["chain", "contract", "name", "version", "type"]))
         if how == "chain":
-            return "wrong_domain", victim.topic, signed(seq, chain_id=draw(st.integers(1, 2**32).filter(lambda c: c != chain_id)))
+            return (
+                "wrong_domain",
+                victim.topic,
+                signed(seq, chain_id=draw(st.integers(1, 2**32).filter(lambda c: c != chain_id))),
+            )
         if how == "contract":
             other = "0x" + draw(st.binary(min_size=20, max_size=20)).hex()
             return "wrong_domain", victim.topic, signed(seq, contract=other)
         if how in ("name", "version"):
-            text = draw(st.text(min_size=1, max_size=10).filter(lambda t: t not in (eip712.DOMAIN_NAME, eip712.DOMAIN_VERSION)))
+            text = draw(
+                st.text(min_size=1, max_size=10).filter(lambda t: t not in (eip712.DOMAIN_NAME, eip712.DOMAIN_VERSION))
+            )
             event = signed(seq, **{how: text})
             # the payload names the real domain (only name/version differ, and they are not on the wire)
             return "wrong_domain", victim.topic, event
@@ -155,8 +172,9 @@ def bad_inputs(victim: Device, agreement: int, timestamp: int) -> st.SearchStrat
 
 
 @pytest.mark.timeout(900)  # 1,000 examples with --runslow take about 3 minutes
-def test_bad_input_is_rejected_counted_logged_never_stored_and_the_daemon_stays_up(setup: dict[str, Any],
-                                                                                   request: pytest.FixtureRequest) -> None:
+def test_bad_input_is_rejected_counted_logged_never_stored_and_the_daemon_stays_up(
+    setup: dict[str, Any], request: pytest.FixtureRequest
+) -> None:
     fleet: Fleet = setup["fleet"]
     process = setup["daemon"]
     publisher: Publisher = setup["publisher"]
@@ -167,8 +185,12 @@ def test_bad_input_is_rejected_counted_logged_never_stored_and_the_daemon_stays_
     answered: Counter[str] = Counter()
     honest_seq = [0]
 
-    @settings(max_examples=examples, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(case=bad_inputs(victim.device, victim.agreement, fleet.timestamp()))
     def one_bad_input(case: tuple[str, str, bytes]) -> None:
         kind, topic, payload = case
@@ -204,9 +226,12 @@ def test_bad_input_is_rejected_counted_logged_never_stored_and_the_daemon_stays_
     samples = metrics(process)
     rejected = labelled(samples, "iotsettle_oracle_rejected_total")
     total = sum(tried.values())
-    assert {reason: int(count) for reason, count in rejected.items() if count} == dict(answered), \
-        "each rejection counted under its reason"  # fmt: skip
-    logged = Counter(re.findall(r"INFO iotsettle\.oracle\.daemon\.intake\.pipeline: rejected (\w+) on ", process.log.read_text()))
+    assert {reason: int(count) for reason, count in rejected.items() if count} == dict(answered), (
+        "each rejection counted under its reason"
+    )
+    logged = Counter(
+        re.findall(r"INFO iotsettle\.oracle\.daemon\.intake\.pipeline: rejected (\w+) on ", process.log.read_text())
+    )
     assert dict(logged) == dict(answered), "each rejection logged with its reason"
 
     store = Store.open(process.db)
@@ -222,16 +247,25 @@ def test_bad_input_is_rejected_counted_logged_never_stored_and_the_daemon_stays_
     assert not stored_devices
     ledger = fleet.wait_paid(30)
     assert fleet.scenario.earnings(victim) == 0 and ledger.double == 0
-    assert fleet.scenario.earnings(honest) == (max(v for (a, _), v in fleet.sent.items() if a == honest.agreement)
-                                               - START) * PRICE  # fmt: skip
+    assert (
+        fleet.scenario.earnings(honest)
+        == (max(v for (a, _), v in fleet.sent.items() if a == honest.agreement) - START) * PRICE
+    )
     process.signal(signal.SIGTERM)
     assert process.wait(60) == 0
-    summary("bad-input", tried=total, **{f"tried_{k}": v for k, v in sorted(tried.items())}, stored=0,
-            paid_from_bad=fleet.scenario.earnings(victim), honest_paid=honest_seq[0], daemon_up=1)  # fmt: skip
+    summary(
+        "bad-input",
+        tried=total,
+        **{f"tried_{k}": v for k, v in sorted(tried.items())},
+        stored=0,
+        paid_from_bad=fleet.scenario.earnings(victim),
+        honest_paid=honest_seq[0],
+        daemon_up=1,
+    )
 
 
-def _publish_one(publisher: Publisher, fleet: Fleet, meter: Any, seq: int) -> dict[str, Any]:  # noqa: ANN401
-    (topic, payload), = fleet.readings(seq, meters=[meter], timestamp=fleet.started + seq)
+def _publish_one(publisher: Publisher, fleet: Fleet, meter: Any, seq: int) -> dict[str, Any]:
+    ((topic, payload),) = fleet.readings(seq, meters=[meter], timestamp=fleet.started + seq)
     publisher.publish(topic, payload)
     ((_, reply),) = publisher.collect(1, timeout=10)
     return reply
@@ -242,4 +276,3 @@ def test_log_lines_name_the_reason(setup: dict[str, Any]) -> None:
     text = setup["daemon"].log.read_text()
     assert re.search(r"rejected (malformed|oversize|bad_signature) on iotsettle/v1/\d+/0x[0-9a-fA-F]{40}/events", text)
     assert "Traceback" not in text
-

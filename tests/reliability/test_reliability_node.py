@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from iotsettle.oracle.chain.connection import connect, load_sender
 from iotsettle.oracle.chain.compiler import ensure_compiled
+from iotsettle.oracle.chain.connection import connect, load_sender
 from iotsettle.oracle.chain.deploy import deploy_all
 from iotsettle.oracle.chain.node import find_binary, free_port, rpc_ready
+
 from tests.kit.devices import Publisher
 from tests.kit.reliability import Fleet, daemon, fund_relayer, nonce_report, store_statuses, summary
 from tests.kit.stack import Deployment, make_config
@@ -68,7 +68,7 @@ class OwnAnvil:
 
 
 @pytest.fixture
-def own_chain(tmp_path: Path, deployment: Any, mosquitto: Any) -> Iterator[tuple[OwnAnvil, Deployment]]:  # noqa: ANN401
+def own_chain(tmp_path: Path, deployment: Any, mosquitto: Any) -> Iterator[tuple[OwnAnvil, Deployment]]:
     port = free_port()
     config = make_config(tmp_path / "chain", port, mosquitto.port)
     node = OwnAnvil(find_binary(config, "anvil"), port, tmp_path / "anvil-state.json", tmp_path / "anvil.log")
@@ -82,18 +82,21 @@ def own_chain(tmp_path: Path, deployment: Any, mosquitto: Any) -> Iterator[tuple
         node.stop()
 
 
-def _health(process: Any) -> dict[str, Any]:  # noqa: ANN401
+def _health(process: Any) -> dict[str, Any]:
     report = process.health()
     return report or {}
 
 
-def _settlement(process: Any) -> str:  # noqa: ANN401
+def _settlement(process: Any) -> str:
     return str(_health(process).get("checks", {}).get("settlement", {}).get("status"))
 
 
 @pytest.mark.parametrize("outage", [pytest.param(3.0, id="3s"), pytest.param(30.0, id="30s", marks=pytest.mark.slow)])
 def test_a_node_outage_degrades_then_drains_with_no_duplicate_transaction(
-    outage: float, own_chain: tuple[OwnAnvil, Deployment], tmp_path: Path, mosquitto: Any  # noqa: ANN401
+    outage: float,
+    own_chain: tuple[OwnAnvil, Deployment],
+    tmp_path: Path,
+    mosquitto: Any,
 ) -> None:
     node, chain_deployment = own_chain
     fleet = Fleet(chain_deployment, 4)
@@ -130,13 +133,23 @@ def test_a_node_outage_degrades_then_drains_with_no_duplicate_transaction(
     nonces = nonce_report(process.db, chain_deployment.chain.w3, key)
     assert ledger.clean, ledger
     assert nonces.gapless, f"no duplicate and no skipped nonce: {nonces}"
-    summary("node-outage", outage_s=outage, events=ledger.events_sent, queued_during_outage=unsettled_during,
-            degraded_seen=int(degraded_seen), daemon_up=int(alive_throughout), txs=len(nonces.nonces),
-            lost=ledger.lost, double=ledger.double)  # fmt: skip
+    summary(
+        "node-outage",
+        outage_s=outage,
+        events=ledger.events_sent,
+        queued_during_outage=unsettled_during,
+        degraded_seen=int(degraded_seen),
+        daemon_up=int(alive_throughout),
+        txs=len(nonces.nonces),
+        lost=ledger.lost,
+        double=ledger.double,
+    )
 
 
 def test_a_fresh_node_behind_the_same_url_gets_no_settlement(
-    own_chain: tuple[OwnAnvil, Deployment], tmp_path: Path, mosquitto: Any  # noqa: ANN401
+    own_chain: tuple[OwnAnvil, Deployment],
+    tmp_path: Path,
+    mosquitto: Any,
 ) -> None:
     node, chain_deployment = own_chain
     fleet = Fleet(chain_deployment, 2)
@@ -157,7 +170,10 @@ def test_a_fresh_node_behind_the_same_url_gets_no_settlement(
     finally:
         publisher.close()
         process.kill()
-    summary("fresh-node", relayer_txs_on_fresh_chain=relayer_txs_on_fresh_chain,
-            settlement=health.get("checks", {}).get("settlement", {}).get("status"))  # fmt: skip
+    summary(
+        "fresh-node",
+        relayer_txs_on_fresh_chain=relayer_txs_on_fresh_chain,
+        settlement=health.get("checks", {}).get("settlement", {}).get("status"),
+    )
     assert relayer_txs_on_fresh_chain == 0, "the daemon sent settlement transactions to a chain it was not deployed on"
     assert health.get("checks", {}).get("settlement", {}).get("status") != "ok"

@@ -21,13 +21,18 @@ RETRIED = 6  # meters whose reading the device publishes a second time (no reply
 
 
 @pytest.mark.slow
-def test_three_daemons_on_one_shared_subscription_settle_each_event_once(tmp_path: Path, deployment: Any,  # noqa: ANN401
-                                                                          mosquitto: Any) -> None:  # noqa: ANN401
+def test_three_daemons_on_one_shared_subscription_settle_each_event_once(
+    tmp_path: Path,
+    deployment: Any,
+    mosquitto: Any,
+) -> None:
     fleet = Fleet(deployment, METERS)
     group = f"g{uuid.uuid4().hex[:6]}"
     keys = [fund_relayer(deployment) for _ in range(3)]
-    processes = [daemon(tmp_path / f"oracle-{i}", deployment, mosquitto, key, IOTSETTLE_ORACLE_SHARED_GROUP=group)
-                 for i, key in enumerate(keys)]  # fmt: skip
+    processes = [
+        daemon(tmp_path / f"oracle-{i}", deployment, mosquitto, key, IOTSETTLE_ORACLE_SHARED_GROUP=group)
+        for i, key in enumerate(keys)
+    ]
     publisher = Publisher(mosquitto.host, mosquitto.port, deployment.chain.chain_id)
     try:
         for process in processes:
@@ -42,8 +47,11 @@ def test_three_daemons_on_one_shared_subscription_settle_each_event_once(tmp_pat
         ledger = fleet.wait_paid(40, every_event=True)
 
         def settled_everywhere() -> bool:
-            return all(store_statuses(p.db)["pending"] + store_statuses(p.db)["claimed"]
-                       + store_statuses(p.db)["submitted"] == 0 for p in processes)  # fmt: skip
+            return all(
+                store_statuses(p.db)["pending"] + store_statuses(p.db)["claimed"] + store_statuses(p.db)["submitted"]
+                == 0
+                for p in processes
+            )
 
         wait_for(settled_everywhere, 30, "every instance to finish its transactions")
         received = [int(metrics(p).get("iotsettle_oracle_received_total", 0)) for p in processes]
@@ -59,6 +67,16 @@ def test_three_daemons_on_one_shared_subscription_settle_each_event_once(tmp_pat
     assert ledger.clean and ledger.settled_logs == METERS, ledger
     assert all(r.gapless for r in reports), reports
     relayed_twice = sum(stored) - METERS  # retries that reached another instance: relayed again, refused on chain
-    summary("scale-out", instances=3, received=received, stored=stored, events=METERS, copies=METERS + RETRIED,
-            relayed_twice=relayed_twice, settled_on_chain=ledger.settled_logs, txs=sum(len(r.nonces) for r in reports), lost=ledger.lost,
-            double=ledger.double)  # fmt: skip
+    summary(
+        "scale-out",
+        instances=3,
+        received=received,
+        stored=stored,
+        events=METERS,
+        copies=METERS + RETRIED,
+        relayed_twice=relayed_twice,
+        settled_on_chain=ledger.settled_logs,
+        txs=sum(len(r.nonces) for r in reports),
+        lost=ledger.lost,
+        double=ledger.double,
+    )

@@ -54,14 +54,24 @@ def _sample(process: DaemonProcess, started: float, published: int) -> Sample:
     samples = metrics(process)
     backlog = labelled(samples, "iotsettle_oracle_backlog")
     in_flight = int(backlog.get("pending", 0) + backlog.get("claimed", 0) + backlog.get("submitted", 0))
-    return Sample(time.monotonic() - started, rss, fds, threads, in_flight,
-                  int(samples.get("iotsettle_oracle_intake_queue", 0)), published)  # fmt: skip
+    return Sample(
+        time.monotonic() - started,
+        rss,
+        fds,
+        threads,
+        in_flight,
+        int(samples.get("iotsettle_oracle_intake_queue", 0)),
+        published,
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(int(SECONDS) + 900)
-def test_a_steady_load_for_minutes_keeps_memory_fds_threads_flat(tmp_path: Path, deployment: Any,  # noqa: ANN401
-                                                                  mosquitto: Any) -> None:  # noqa: ANN401
+def test_a_steady_load_for_minutes_keeps_memory_fds_threads_flat(
+    tmp_path: Path,
+    deployment: Any,
+    mosquitto: Any,
+) -> None:
     fleet = Fleet(deployment, DEVICES)
     key = fund_relayer(deployment, ether=100)
     # the soak measures resources, not the fraud rules: many readings per meter and second are fine here
@@ -91,7 +101,7 @@ def test_a_steady_load_for_minutes_keeps_memory_fds_threads_flat(tmp_path: Path,
                 publisher.publish_many(batch)
                 next_tick += TICK
                 stop.wait(max(0.0, next_tick - time.monotonic()))
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread, which fails with it
+        except BaseException as exc:
             errors.append(exc)
 
     samples: list[Sample] = []
@@ -106,29 +116,46 @@ def test_a_steady_load_for_minutes_keeps_memory_fds_threads_flat(tmp_path: Path,
             assert process.proc is not None and process.proc.poll() is None, "the daemon died"
             samples.append(_sample(process, started, published[0]))
             s = samples[-1]
-            print(f"soak t={s.at:5.0f}s published={s.published} rss={s.rss_mib:.1f}MiB fds={s.fds} "
-                  f"threads={s.threads} backlog={s.backlog} intake_queue={s.intake_queue}", flush=True)  # fmt: skip
+            print(
+                f"soak t={s.at:5.0f}s published={s.published} rss={s.rss_mib:.1f}MiB fds={s.fds} "
+                f"threads={s.threads} backlog={s.backlog} intake_queue={s.intake_queue}",
+                flush=True,
+            )
         stop.set()
         sender.join(30)
         ledger = fleet.wait_paid(120)
-        wait_for(lambda: sum(store_statuses(process.db)[s] for s in ("pending", "claimed", "submitted")) == 0, 60,
-                 "the backlog to drain")  # fmt: skip
+        wait_for(
+            lambda: sum(store_statuses(process.db)[s] for s in ("pending", "claimed", "submitted")) == 0,
+            60,
+            "the backlog to drain",
+        )
     finally:
         stop.set()
         publisher.close()
         process.kill()
     nonces = nonce_report(process.db, deployment.chain.w3, key)
 
-    warm = samples[max(1, len(samples) // 5):]  # the first fifth is warm-up (caches, pools, SQLite pages)
+    warm = samples[max(1, len(samples) // 5) :]  # the first fifth is warm-up (caches, pools, SQLite pages)
     third = max(1, len(warm) // 3)
     rss_first, rss_last = mean(s.rss_mib for s in warm[:third]), mean(s.rss_mib for s in warm[-third:])
     fds = [s.fds for s in warm]
     threads = [s.threads for s in warm]
     backlog_max = max(s.backlog + s.intake_queue for s in samples)
-    summary("soak", seconds=int(SECONDS), devices=DEVICES, rate=int(RATE), events=published[0],
-            rss_mib_first=round(rss_first, 1), rss_mib_last=round(rss_last, 1), fds=f"{min(fds)}..{max(fds)}",
-            threads=f"{min(threads)}..{max(threads)}", backlog_max=backlog_max, txs=len(nonces.nonces),
-            lost=ledger.lost, double=ledger.double)  # fmt: skip
+    summary(
+        "soak",
+        seconds=int(SECONDS),
+        devices=DEVICES,
+        rate=int(RATE),
+        events=published[0],
+        rss_mib_first=round(rss_first, 1),
+        rss_mib_last=round(rss_last, 1),
+        fds=f"{min(fds)}..{max(fds)}",
+        threads=f"{min(threads)}..{max(threads)}",
+        backlog_max=backlog_max,
+        txs=len(nonces.nonces),
+        lost=ledger.lost,
+        double=ledger.double,
+    )
     assert ledger.clean, ledger
     assert nonces.gapless, nonces
     assert rss_last <= rss_first * 1.25 + 16, f"memory grew from {rss_first:.1f} to {rss_last:.1f} MiB"

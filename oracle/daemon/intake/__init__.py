@@ -5,10 +5,21 @@
 """
 
 from iotsettle.oracle.daemon.intake.pipeline import (
-    Intake, IntakeSettings, accepted_reply, check_payload, check_payloads, prefer_fast_keccak, replies_topic_for,
-)  # fmt: skip
+    Intake,
+    IntakeSettings,
+    accepted_reply,
+    check_payload,
+    check_payloads,
+    prefer_fast_keccak,
+    replies_topic_for,
+)
 
 __all__ = [
-    "Intake", "IntakeSettings", "accepted_reply", "check_payload", "check_payloads", "prefer_fast_keccak",
+    "Intake",
+    "IntakeSettings",
+    "accepted_reply",
+    "check_payload",
+    "check_payloads",
+    "prefer_fast_keccak",
     "replies_topic_for",
-]  # fmt: skip
+]

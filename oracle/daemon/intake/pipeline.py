@@ -31,11 +31,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.daemon.intake.transport import BrokerSettings, Client, Message, Transport
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, Verdict, evaluate
 from iotsettle.oracle.daemon.store import DeviceState, EventRecord, RegistryEntry, Rejection, Store, event_record
+from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.errors import ProtocolError, SignatureError, StoreError
 from iotsettle.oracle.protocol.reasons import Reason, Reply, encode_reply
 
@@ -77,9 +77,18 @@ class IntakeSettings:
     @property
     def broker(self) -> BrokerSettings:
         return BrokerSettings(
-            self.host, self.port, self.client_id, self.username, self.password, self.keepalive, self.subscription,
-            self.session_expiry_s, self.receive_maximum, self.status_topic, self.status_payload,
-        )  # fmt: skip
+            self.host,
+            self.port,
+            self.client_id,
+            self.username,
+            self.password,
+            self.keepalive,
+            self.subscription,
+            self.session_expiry_s,
+            self.receive_maximum,
+            self.status_topic,
+            self.status_payload,
+        )
 
 
 class Refusal(NamedTuple):
@@ -105,7 +114,11 @@ def _topic_parts(topic: str) -> tuple[str, str] | None:
 def check_payload(topic: str, payload: bytes) -> Checked:
     """Decode, schema-check and verify one message; runs in a worker process when ``verify_workers`` > 0."""
     if len(payload) > wire.MAX_PAYLOAD_BYTES:
-        return Refusal(Reason.OVERSIZE.value, f"{len(payload)} bytes, the limit is {wire.MAX_PAYLOAD_BYTES}"), None, None
+        return (
+            Refusal(Reason.OVERSIZE.value, f"{len(payload)} bytes, the limit is {wire.MAX_PAYLOAD_BYTES}"),
+            None,
+            None,
+        )
     try:
         event = wire.decode(payload)
     except ProtocolError as exc:
@@ -113,8 +126,12 @@ def check_payload(topic: str, payload: bytes) -> Checked:
     except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
         # A payload the schema check did not foresee costs one rejection, never the intake thread: the broker
         # would redeliver it after every restart and the oracle would take in nothing any more.
-        log.error("the payload decoder failed on a message on %s (%s: %s); rejected as malformed", topic,
-                  type(exc).__name__, exc)  # fmt: skip
+        log.error(
+            "the payload decoder failed on a message on %s (%s: %s); rejected as malformed",
+            topic,
+            type(exc).__name__,
+            exc,
+        )
         return Refusal(Reason.MALFORMED.value, "payload could not be read"), None, None
     where = _topic_parts(topic)
     # The topic's chain id is the one subscribed to; a payload signed for another chain is answered
@@ -259,7 +276,7 @@ class Intake:
     def _run(self) -> None:
         try:
             self._loop()
-        except Exception as exc:  # noqa: BLE001 - a bug must not vanish silently; health reports the dead thread
+        except Exception as exc:
             self._last_error = f"intake thread stopped: {exc!r}"
             log.exception("intake thread stopped; unacknowledged messages will be redelivered after a restart")
 
@@ -416,9 +433,17 @@ class Intake:
                 rejected.append(
                     # at most MAX_PAYLOAD_BYTES of it: the audit needs the start of an oversize payload, and storing
                     # all of it would let anyone fill the disk with what the broker accepts (256 MB by default)
-                    Rejection(message.received_at, message.topic, refusal.reason, refusal.detail,
-                              message.payload[: wire.MAX_PAYLOAD_BYTES], refusal.device, refusal.seq, refusal.digest)
-                )  # fmt: skip
+                    Rejection(
+                        message.received_at,
+                        message.topic,
+                        refusal.reason,
+                        refusal.detail,
+                        message.payload[: wire.MAX_PAYLOAD_BYTES],
+                        refusal.device,
+                        refusal.seq,
+                        refusal.digest,
+                    )
+                )
                 rejected_by[refusal.reason] = rejected_by.get(refusal.reason, 0) + 1
                 outcome = encode_reply(
                     Reply.rejected(refusal.seq, Reason(refusal.reason), refusal.detail or None, refusal.digest)
@@ -440,15 +465,21 @@ class Intake:
     def _device_check(self, event: wire.SignedEvent, signer: str) -> Refusal | None:
         if event.chain_id != self.settings.chain_id:
             return Refusal(
-                Reason.WRONG_CHAIN.value, f"chain {event.chain_id}, this oracle serves {self.settings.chain_id}",
-                event.device, event.seq, event.digest,
-            )  # fmt: skip
+                Reason.WRONG_CHAIN.value,
+                f"chain {event.chain_id}, this oracle serves {self.settings.chain_id}",
+                event.device,
+                event.seq,
+                event.digest,
+            )
         expected = self._contracts.get(event.type)
         if expected is None or event.contract.lower() != expected:
             return Refusal(
-                Reason.WRONG_CONTRACT.value, f"{event.type} signed for {event.contract}, expected {expected}",
-                event.device, event.seq, event.digest,
-            )  # fmt: skip
+                Reason.WRONG_CONTRACT.value,
+                f"{event.type} signed for {event.contract}, expected {expected}",
+                event.device,
+                event.seq,
+                event.digest,
+            )
         entry = self._registry.get(signer)
         if entry is None:
             return Refusal(
@@ -456,9 +487,12 @@ class Intake:
             )
         if not entry.active:
             return Refusal(
-                Reason.REVOKED_DEVICE.value, f"key {signer} of device {entry.device} is revoked or rotated",
-                event.device, event.seq, event.digest,
-            )  # fmt: skip
+                Reason.REVOKED_DEVICE.value,
+                f"key {signer} of device {entry.device} is revoked or rotated",
+                event.device,
+                event.seq,
+                event.digest,
+            )
         return None
 
     def _state(self, device: str) -> DeviceState:

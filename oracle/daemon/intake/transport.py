@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
+from iotsettle.oracle.daemon.metrics import Metrics
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-
-from iotsettle.oracle.daemon.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +77,22 @@ class Transport:
         properties.ReceiveMaximum = self.settings.receive_maximum
         try:
             self.client.connect(
-                self.settings.host, self.settings.port, self.settings.keepalive, clean_start=False,
+                self.settings.host,
+                self.settings.port,
+                self.settings.keepalive,
+                clean_start=False,
                 properties=properties,
-            )  # fmt: skip
+            )
         except OSError as exc:
             # keep going: loop_start() retries until the broker is up, and health reports it meanwhile
             log.warning("broker %s:%d not reachable yet (%s); retrying", self.settings.host, self.settings.port, exc)
             self.client.connect_async(
-                self.settings.host, self.settings.port, self.settings.keepalive, clean_start=False,
+                self.settings.host,
+                self.settings.port,
+                self.settings.keepalive,
+                clean_start=False,
                 properties=properties,
-            )  # fmt: skip
+            )
         self.client.loop_start()
 
     def stopping(self) -> None:
@@ -128,9 +133,7 @@ class Transport:
 
     def _make_client(self) -> Client:
         s = self.settings
-        client = Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5, manual_ack=True
-        )
+        client = Client(mqtt.CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
         if s.username:
             client.username_pw_set(s.username, s.password or None)
         # QoS 1 replies: paho does not honour the broker's Receive Maximum itself, and 20 is what brokers allow
@@ -158,9 +161,12 @@ class Transport:
         self._connection += 1
         log.info(
             "connected to %s:%d as %s (session present: %s); subscribing to %s",
-            self.settings.host, self.settings.port, self.settings.client_id, flags.session_present,
+            self.settings.host,
+            self.settings.port,
+            self.settings.client_id,
+            flags.session_present,
             self.settings.subscription,
-        )  # fmt: skip
+        )
         client.subscribe(self.settings.subscription, qos=1)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
@@ -182,8 +188,7 @@ class Transport:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         """QoS 0 events (a device that ignores the protocol) and anything the fast path left to paho."""
-        self._deliver(Message(time.time(), message.mid, message.qos, message.topic, message.payload,
-                              self._connection))  # fmt: skip
+        self._deliver(Message(time.time(), message.mid, message.qos, message.topic, message.payload, self._connection))
 
     def _on_publish(self, mid: int, topic: str, payload: bytes) -> None:
         """A QoS 1 event, from paho's network thread (``Client._handle_publish``)."""
@@ -215,7 +220,7 @@ class _BufferedSocket:
     def pending(self) -> int:
         return len(self._buffer)
 
-    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - delegation to the wrapped socket
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
 
@@ -259,14 +264,18 @@ class Client(mqtt.Client):
         handler(mid, topic, bytes(packet[start:]))
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # manual ack: the PUBACK is sent after the store commit
 
-    def _create_socket(self) -> Any:  # noqa: ANN401 - paho's SocketLike
+    def _create_socket(self) -> Any:
         sock = super()._create_socket()
         return _BufferedSocket(sock) if isinstance(sock, socket.socket) and not self._ssl else sock
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         """Read every packet already buffered before going back to ``select`` (one wait per socket read)."""
         rc = super().loop_read(max_packets)
-        while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(self._sock, _BufferedSocket) and self._sock.pending():
+        while (
+            rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+            and isinstance(self._sock, _BufferedSocket)
+            and self._sock.pending()
+        ):
             rc = super().loop_read(max_packets)
         return rc
 
@@ -280,7 +289,6 @@ class Client(mqtt.Client):
             return
         packet = b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids)
         self._packet_queue(0x40, packet, 0, 0)
-
 
     def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
         """Publish QoS 0 messages (the replies of a batch) as one queued write and one wake-up of paho's loop.

@@ -70,8 +70,11 @@ STYLE_RATES: dict[DrivingStyle, tuple[float, float]] = {
     DrivingStyle.RECKLESS: (120.0, 80.0),
 }
 #: how often each style is drawn for a vehicle whose fleet entry does not fix one
-STYLE_WEIGHTS: dict[DrivingStyle, float] = {DrivingStyle.CALM: 0.35, DrivingStyle.AVERAGE: 0.45,
-                                            DrivingStyle.AGGRESSIVE: 0.20}
+STYLE_WEIGHTS: dict[DrivingStyle, float] = {
+    DrivingStyle.CALM: 0.35,
+    DrivingStyle.AVERAGE: 0.45,
+    DrivingStyle.AGGRESSIVE: 0.20,
+}
 SPEEDING_FACTOR = 1.3  # speed over the cruise speed during a speeding episode
 
 
@@ -196,8 +199,9 @@ class WeatherStationModel:
     def _second(self, t: int) -> None:
         rng, climate = self._rng, self.climate
         hour = (t / 3600.0) % 24.0
-        self.temperature_c = (self.mean_c + climate.amplitude_c * math.sin((hour - 9.0) / 24.0 * 2 * math.pi)
-                              + rng.gauss(0.0, 0.2))
+        self.temperature_c = (
+            self.mean_c + climate.amplitude_c * math.sin((hour - 9.0) / 24.0 * 2 * math.pi) + rng.gauss(0.0, 0.2)
+        )
         if self._max_since_c is None or self.temperature_c > self._max_since_c:
             self._max_since_c = self.temperature_c
         convective = max(0.0, self.temperature_c - self.mean_c) / max(climate.amplitude_c, 1e-9)
@@ -238,7 +242,7 @@ class TrackerModel:
         self._rng = rng
         self.route = list(route)
         self.speed = speed
-        self._legs = [_metres(a, b) for a, b in zip(self.route, self.route[1:])]
+        self._legs = [_metres(a, b) for a, b in zip(self.route, self.route[1:], strict=False)]
         self.length_m = sum(self._legs)
         self.arrival_s = self.length_m / speed if speed > 0 else math.inf
         self.setpoint_c = rng.uniform(2.0, 6.0)
@@ -248,7 +252,7 @@ class TrackerModel:
 
     def position(self, elapsed: float) -> tuple[float, float]:
         travelled = min(self.length_m, self.speed * max(0.0, elapsed))
-        for (a, b), leg in zip(zip(self.route, self.route[1:]), self._legs):
+        for (a, b), leg in zip(zip(self.route, self.route[1:], strict=False), self._legs, strict=False):
             if travelled <= leg and leg > 0:
                 f = travelled / leg
                 return a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f
@@ -284,4 +288,3 @@ def device_model(
     if device.kind is DeviceKind.WEATHER_STATION:
         return WeatherStationModel(rng, (HOSTILE_CLIMATES if hostile else CLIMATES)[weather])
     return TrackerModel(rng, device.route, device.speed)
-

@@ -21,8 +21,14 @@ from iotsettle.oracle.device.fleet import FaultClass, Fleet, FleetDevice
 from iotsettle.oracle.device.keys import MemoryCounter, SequenceCounter
 from iotsettle.oracle.device.signer import Contracts, sign_event
 from iotsettle.oracle.device.sim.faults import EXPECTED_REASON, InjectedFault, choose_fault_devices, fault_event
-from iotsettle.oracle.device.sim.models import (MeterModel, TrackerModel, VehicleModel, WeatherScenario,
-                                                WeatherStationModel, device_model)
+from iotsettle.oracle.device.sim.models import (
+    MeterModel,
+    TrackerModel,
+    VehicleModel,
+    WeatherScenario,
+    WeatherStationModel,
+    device_model,
+)
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.errors import ConfigError
 from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32
@@ -48,8 +54,16 @@ class PlannedEvent:
 class DeviceRun:
     """The state of one device during a plan: model, counter, last normal event of each stream."""
 
-    def __init__(self, device: FleetDevice, fleet: Fleet, contracts: Contracts, seed: int, counter: Any,
-                 weather: WeatherScenario = WeatherScenario.NORMAL, hostile: bool = False) -> None:
+    def __init__(
+        self,
+        device: FleetDevice,
+        fleet: Fleet,
+        contracts: Contracts,
+        seed: int,
+        counter: Any,
+        weather: WeatherScenario = WeatherScenario.NORMAL,
+        hostile: bool = False,
+    ) -> None:
         self.device = device
         self.chain_id = fleet.chain_id
         self.contracts = contracts
@@ -104,12 +118,23 @@ class DeviceRun:
             return {"agreementId": self.device.targets[0], "seq": seq, "timestamp": timestamp, "value": value}
         if stream == "telematics":
             odometer, harsh, speeding = self.vehicle.counters_at(timestamp)
-            return {"policyId": self.device.policy_id, "seq": seq, "timestamp": timestamp, "odometer": odometer,
-                    "harshBraking": harsh, "speeding": speeding}
+            return {
+                "policyId": self.device.policy_id,
+                "seq": seq,
+                "timestamp": timestamp,
+                "odometer": odometer,
+                "harshBraking": harsh,
+                "speeding": speeding,
+            }
         if stream == "weather":
             rainfall, highest = (self.station.observe if observe else self.station.peek)(timestamp)
-            return {"station": self.device.address, "seq": seq, "timestamp": timestamp, "rainfall": rainfall,
-                    "maxTemperature": highest}
+            return {
+                "station": self.device.address,
+                "seq": seq,
+                "timestamp": timestamp,
+                "rainfall": rainfall,
+                "maxTemperature": highest,
+            }
         raise ConfigError(f"{self.device.name}: no model for {stream} events")
 
     def report(self, timestamp: int) -> list[SignedEvent]:
@@ -200,7 +225,9 @@ class EventPlan:
                 for escrow_id in run.device.targets:
                     heap.append((run.model.arrival_s, index, step, "delivery", escrow_id))
                     step += 1
-            event_faults = [fault for fault in self.faults.get(run.device.address, ()) if fault is not FaultClass.HOSTILE]
+            event_faults = [
+                fault for fault in self.faults.get(run.device.address, ()) if fault is not FaultClass.HOSTILE
+            ]
             for shift, fault in enumerate(event_faults):
                 for k in range(self.fault_count):
                     if fault is FaultClass.TELEPORT:
@@ -228,7 +255,9 @@ class EventPlan:
                 if run.hostile and first_report and events:
                     # A hostile station's every observation lies; it is listed once, at its first.
                     fault = FaultClass.HOSTILE
-                    self.injected.append(InjectedFault(fault, run.device.address, events[0].seq, EXPECTED_REASON[fault]))
+                    self.injected.append(
+                        InjectedFault(fault, run.device.address, events[0].seq, EXPECTED_REASON[fault])
+                    )
                 following = offset + self._period
                 if following < self.duration:
                     heapq.heappush(heap, (following, index, run.steps, "reading", None))
@@ -244,8 +273,16 @@ class EventPlan:
                 self.injected.append(InjectedFault(argument, run.device.address, event.seq, EXPECTED_REASON[argument]))
                 events = [event]
             for position, event in enumerate(events):
-                yield PlannedEvent(offset, run.device.address, event.type, event.seq, run.topic, event.to_payload(),
-                                   fault if position == 0 else None, index)
+                yield PlannedEvent(
+                    offset,
+                    run.device.address,
+                    event.type,
+                    event.seq,
+                    run.topic,
+                    event.to_payload(),
+                    fault if position == 0 else None,
+                    index,
+                )
 
 
 def _sign_part(plan: EventPlan) -> list[PlannedEvent]:
@@ -270,9 +307,7 @@ def sign_ahead(plan: EventPlan, workers: int) -> list[PlannedEvent]:
             plan.close()
     if plan._runs:
         raise ConfigError("a plan that was already iterated cannot be signed again")
-    parts = [
-        replace(plan, only=frozenset(devices[i::workers]), injected=[], _runs={}) for i in range(workers)
-    ]
+    parts = [replace(plan, only=frozenset(devices[i::workers]), injected=[], _runs={}) for i in range(workers)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         signed = list(pool.map(_sign_part, parts))
     merged = list(heapq.merge(*signed, key=lambda event: (event.offset, event.index)))

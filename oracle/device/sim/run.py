@@ -143,8 +143,15 @@ def run_simulation(
     people (the signing phase before the clock starts), ``progress`` a report about every second.
     """
     plan = plan_events(
-        fleet, contracts, rate=rate, duration=duration, seed=seed, start_time=start_time, faults=faults,
-        fault_count=fault_count, weather=weather,
+        fleet,
+        contracts,
+        rate=rate,
+        duration=duration,
+        seed=seed,
+        start_time=start_time,
+        faults=faults,
+        fault_count=fault_count,
+        weather=weather,
     )
     replies = _ReplyLog({device.address for device in fleet.devices})
     buffer = OfflineBuffer(buffer_path, durable=buffer_path != MEMORY)
@@ -186,7 +193,9 @@ def run_simulation(
                     batch = []
                 while started + event.offset > (now := time.monotonic()):
                     if progress is not None and now - last_report >= 1.0:
-                        last_report, last_acked = _report(progress, publisher, started, now, last_report, last_acked, submitted)
+                        last_report, last_acked = _report(
+                            progress, publisher, started, now, last_report, last_acked, submitted
+                        )
                     time.sleep(min(0.005, started + event.offset - now))
             batch.append((event.topic, event.payload))
             if len(batch) >= 200:
@@ -229,8 +238,11 @@ def run_simulation(
             for item in plan.injected
         },
         weather=str(WeatherScenario(weather)),
-        driving_styles={device.address: str(driving_style(device, seed)) for device in fleet.devices
-                        if device.kind is DeviceKind.VEHICLE},
+        driving_styles={
+            device.address: str(driving_style(device, seed))
+            for device in fleet.devices
+            if device.kind is DeviceKind.VEHICLE
+        },
     )
 
 
@@ -246,7 +258,14 @@ def _report(
     stats = publisher.stats
     interval = max(now - last_report, 1e-9)
     progress(
-        ProgressReport(now - started, submitted, stats.acknowledged, stats.pending, (stats.acknowledged - last_acked) / interval, stats.connected)
+        ProgressReport(
+            now - started,
+            submitted,
+            stats.acknowledged,
+            stats.pending,
+            (stats.acknowledged - last_acked) / interval,
+            stats.connected,
+        )
     )
     return now, stats.acknowledged
 
