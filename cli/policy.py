@@ -20,7 +20,7 @@ from iotsettle.cli._params import (
     when,
     with_context,
 )
-from iotsettle.oracle.ops import insurance as ops
+from iotsettle.oracle.ops import motor as ops
 from iotsettle.oracle.ops.amounts import Amount
 from iotsettle.oracle.ops.token import describe_token
 from rich.table import Table

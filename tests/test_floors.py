@@ -7,6 +7,7 @@ docs/ARCHITECTURE.md draws the floors; this test is what keeps the drawing true.
 from __future__ import annotations
 
 import ast
+import importlib
 import tomllib
 from pathlib import Path
 
@@ -139,3 +140,10 @@ def test_the_distribution_lists_every_package() -> None:
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     folders = {m for m, p in MODULES.items() if p.name == "__init__.py"}
     assert listed == folders, f"missing: {sorted(folders - listed)}; stale: {sorted(listed - folders)}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_every_module_imports(module: str) -> None:
+    """A name imported from a module that no longer has it fails here, not in the one command that loads it
+    lazily."""
+    importlib.import_module(module)

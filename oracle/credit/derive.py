@@ -243,23 +243,6 @@ _MOTOR = _Prepaid(
 )
 _PREPAID = (_CONSUMER, _MOTOR)
 
-#: Events whose block time some figure needs (uptime, suspension lengths, repayment dates).
-TIMED_EVENTS = frozenset(
-    {
-        "DeviceRegistered",
-        "DeviceRevoked",
-        "ReadingSettled",
-        "DeliveryConfirmed",
-        "PremiumCharged",
-        "ObservationRecorded",
-        "AgreementSuspended",
-        "AgreementResumed",
-        "PolicyLapsed",
-        "PolicyReinstated",
-        "LoanRepaid",
-    }
-)
-
 
 def payees_of(subject: str, logs: Sequence[ChainLog]) -> set[str]:
     """The subject and the payout accounts of its accepted loans: payments to those are the subject's income

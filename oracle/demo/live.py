@@ -19,7 +19,7 @@ from eth_abi import decode as abi_decode
 from iotsettle.oracle.chain import logs as chain_logs
 from iotsettle.oracle.chain.revert import abi_type, reason_label
 from iotsettle.oracle.demo.provision import ProvisionedFleet
-from iotsettle.oracle.ops import insurance
+from iotsettle.oracle.ops import motor
 from iotsettle.oracle.ops.context import OpsContext
 
 log = logging.getLogger(__name__)
@@ -261,14 +261,14 @@ def chain_summary(ctx: OpsContext, from_block: int) -> ChainSummary:
 def motor_summary(ctx: OpsContext, provisioned: ProvisionedFleet, from_block: int) -> list[dict[str, Any]]:
     """Per insured vehicle: style, distance, harsh braking and speeding counted, premiums charged and the factors
     the contract applied (from its PremiumCharged events), reports refused by reason, the policy's standing."""
-    logs = settlement_logs(ctx, insurance.CONTRACT, ("PremiumCharged", "TelematicsRejected"), from_block)
+    logs = settlement_logs(ctx, motor.CONTRACT, ("PremiumCharged", "TelematicsRejected"), from_block)
     out = []
     for name, policy_id in provisioned.policies.items():
         entries = [e for e in logs if e.topic1 == policy_id]
         charged = [e.args for e in entries if e.event == "PremiumCharged"]
         rejected = Counter(reason_label(int(e.args["reason"])) for e in entries if e.event == "TelematicsRejected")
         factors = [int(a["factorBps"]) for a in charged if int(a["metres"]) > 0]
-        view = insurance.policy_of(ctx, policy_id)
+        view = motor.policy_of(ctx, policy_id)
         metres = sum(int(a["metres"]) for a in charged)
         harsh = sum(int(a["harshBraking"]) for a in charged)
         speeding = sum(int(a["speeding"]) for a in charged)
@@ -286,7 +286,7 @@ def motor_summary(ctx: OpsContext, provisioned: ProvisionedFleet, from_block: in
                 "factorMin": min(factors) if factors else None,
                 "factorMax": max(factors) if factors else None,
                 "effectiveFactorBps": (
-                    amount * insurance.METRES_PER_KM * 10_000 // (metres * view.rate_per_km)
+                    amount * motor.METRES_PER_KM * 10_000 // (metres * view.rate_per_km)
                     if metres and view.rate_per_km
                     else None
                 ),

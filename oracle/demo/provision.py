@@ -38,7 +38,8 @@ from iotsettle.oracle.device.fleet import (
     set_targets,
 )
 from iotsettle.oracle.device.sim import driving_style, plan_events
-from iotsettle.oracle.ops import billing, crop, escrow, insurance, loan, registry, token
+from iotsettle.oracle.ops import billing, crop, escrow, loan, registry, token
+from iotsettle.oracle.ops import motor as motor_ops
 from iotsettle.oracle.ops.audit import fetch_logs
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.ops.keeper import waiting
@@ -227,7 +228,7 @@ def provision(
     fleet file."""
     first_block = int(ctx.w3.eth.block_number) + 1
     contracts = contracts_from_manifest(ctx.manifest)
-    insured = ctx.has(insurance.CONTRACT)
+    insured = ctx.has(motor_ops.CONTRACT)
     path = generate_fleet(
         out_dir,
         chain_id=ctx.chain.chain_id,
@@ -266,7 +267,7 @@ def provision(
     if parcels:
         token.ensure_allowance(household, test, escrow.CONTRACT, parcels)
     if premiums:
-        token.ensure_allowance(household, test, insurance.CONTRACT, premiums)
+        token.ensure_allowance(household, test, motor_ops.CONTRACT, premiums)
 
     starts = first_values(fleet, ctx, seed)
     progress(
@@ -364,7 +365,7 @@ def _motor_policies(
     """Offer a policy per vehicle (insurer) and accept each with its prepaid deposit (holder); pipelined."""
     if not vehicles:
         return {}
-    contract = insurer.contract(insurance.CONTRACT)
+    contract = insurer.contract(motor_ops.CONTRACT)
     # Each policy starts at the vehicle's registers as they will read at its first report, so a unit's earlier
     # distance and events are not priced.
     offers = [
@@ -381,14 +382,14 @@ def _motor_policies(
         )
         for d in vehicles
     ]
-    results = transact_many(insurer, offers, insurance.CONTRACT, gas=400_000)
-    ids = [int(events_in(insurer, insurance.CONTRACT, r.receipt, "PolicyOffered")[0]["policyId"]) for r in results]
+    results = transact_many(insurer, offers, motor_ops.CONTRACT, gas=400_000)
+    ids = [int(events_in(insurer, motor_ops.CONTRACT, r.receipt, "PolicyOffered")[0]["policyId"]) for r in results]
     # The holder names the registers it accepts to be priced from: the same first values it computed.
     accepts = [
-        holder.contract(insurance.CONTRACT).functions.accept(i, motor.deposit, *starts.get(d.address, (0, 0, 0)))
+        holder.contract(motor_ops.CONTRACT).functions.accept(i, motor.deposit, *starts.get(d.address, (0, 0, 0)))
         for d, i in zip(vehicles, ids, strict=True)
     ]
-    transact_many(holder, accepts, insurance.CONTRACT, gas=300_000)
+    transact_many(holder, accepts, motor_ops.CONTRACT, gas=300_000)
     return {d.name: i for d, i in zip(vehicles, ids, strict=True)}
 
 

@@ -246,17 +246,8 @@ def claim(ctx: OpsContext, token: str) -> tuple[TxResult, int]:
 
 
 def seasons_of_pool(ctx: OpsContext, pool_id: int) -> list[int]:
-    """The pool's seasons from its SeasonCreated events (filtered by the indexed pool id on the node).
-
-    Read through web3's own event filter: the event carries the terms struct, whose topic needs the tuple's
-    canonical type, which ``iotsettle.oracle.ops.events.fetch_logs`` does not build.
-    """
-    event = ctx.contract(CONTRACT).events.SeasonCreated()
-    try:
-        logs = event.get_logs(from_block=ctx.deployed_block(CONTRACT), argument_filters={"poolId": pool_id})
-    except (ValueError, OSError) as exc:
-        raise ChainError(f"cannot read the seasons of pool {pool_id}: {exc}") from None
-    return [int(entry["args"]["seasonId"]) for entry in logs]
+    """The pool's seasons from its SeasonCreated events (filtered by the indexed pool id on the node)."""
+    return [int(e.args["seasonId"]) for e in fetch_logs(ctx, CONTRACT, ("SeasonCreated",), topic2=pool_id)]
 
 
 # ------------------------------------------------------------------------------------------------ seasons

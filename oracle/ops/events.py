@@ -33,17 +33,20 @@ def fetch_logs(
     events: Sequence[str],
     topic1: int | str | None = None,
     from_block: int | None = None,
+    topic2: int | str | None = None,
 ) -> list[LogEntry]:
     """Decoded ``events`` of a deployed contract since its deployment, optionally with the first indexed argument
-    equal to ``topic1`` (an escrow/agreement id or a device address)."""
+    equal to ``topic1`` (an escrow/agreement id or a device address) and the second equal to ``topic2``."""
     if not ctx.has(contract):
         return []
     handle = ctx.contract(contract)
     abi = {e["name"]: e for e in handle.abi if e.get("type") == "event"}
     by_topic = {topic0(abi[name]): name for name in events}
     topics: list[Any] = [list(by_topic)]
-    if topic1 is not None:
-        topics.append(id_topic(topic1))
+    if topic1 is not None or topic2 is not None:
+        topics.append(None if topic1 is None else id_topic(topic1))
+    if topic2 is not None:
+        topics.append(id_topic(topic2))
     start = ctx.deployed_block(contract) if from_block is None else from_block
     try:
         raw = chain_logs.scan(ctx.rpc, handle.address, start, ctx.rpc.block_number(), topics)

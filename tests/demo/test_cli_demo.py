@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from iotsettle.oracle.chain.node import free_port
 from iotsettle.oracle.ops.context import open_context
-from iotsettle.oracle.ops.insurance import policy_of
+from iotsettle.oracle.ops.motor import policy_of
 
 from tests.kit.stack import REPO, make_config
 
