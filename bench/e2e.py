@@ -2,8 +2,8 @@
 
 Pieces, all usable on their own (the smoke test drives them on the test stack):
 
-- ``DaemonProcess``: the oracle daemon exactly as operators run it (``python -m iotsettle.cli.oracle run``, its own process,
-  configured through ``IOTSETTLE_*``), with its CPU time read from /proc.
+- ``DaemonProcess``: the oracle daemon exactly as operators run it (``python -m iotsettle.cli.oracle run``, its own
+  process, configured through ``IOTSETTLE_*``), with its CPU time read from /proc.
 - ``Watcher``: a thread that follows the chain head and records, for each ``ReadingSettled`` /
   ``DeliveryConfirmed`` log, the wall-clock time its receipt became visible.
 - ``publish_paced``: one device-side MQTT client publishing pre-signed payloads at a fixed offered rate (QoS 1).

@@ -2,8 +2,8 @@
 with funded agreements and trackers with funded escrows, and signing helpers that keep every meter's sequence,
 register and clock consistent across the phases of the run.
 
-Everything goes through the project's own code (``iotsettle.oracle.chain.node``, ``iotsettle.oracle.chain.deploy``, ``iotsettle.oracle.ops``), so the
-benchmark measures what users run.
+Everything goes through the project's own code (``iotsettle.oracle.chain.node``, ``iotsettle.oracle.chain.deploy``,
+``iotsettle.oracle.ops``), so the benchmark measures what users run.
 """
 
 from __future__ import annotations

@@ -106,7 +106,8 @@ class OracleSettings:
     )
     reply_qos: int = _doc(
         0,
-        "intake: QoS of the replies to devices; 0: a lost reply makes the device retry and get 'duplicate', 1 costs ~40 % of intake speed",
+        "intake: QoS of the replies to devices; 0: a lost reply makes the device retry and get 'duplicate', "
+        "1 costs ~40 % of intake speed",
     )
     max_future_skew: int = _doc(300, "rules: seconds an event's timestamp may be ahead of the oracle's clock")
     max_age: int = _doc(604800, "rules: seconds an event's timestamp may be behind the oracle's clock; 0 = no limit")
@@ -129,7 +130,8 @@ class OracleSettings:
     drain_timeout: float = _doc(30.0, "seconds SIGTERM/SIGINT waits for in-flight events before exiting")
     batch_preflight: bool = _doc(
         False,
-        "settlement: run each batch with eth_call before signing, so a poison item costs no gas (halves settlement throughput on anvil); off = a batch that reverts as a whole is screened after its receipt",
+        "settlement: run each batch with eth_call before signing, so a poison item costs no gas "
+        "(halves settlement throughput on anvil); off = a batch that reverts as a whole is screened after its receipt",
     )
 
 

@@ -1,8 +1,8 @@
 """Session fixtures: a real anvil and a real mosquitto on free loopback ports, and the contracts deployed.
 
-The services are started through the same `iotsettle.oracle.chain.node` code as `iotsettle node up`, with their state in a
-temporary folder, and are stopped when the session ends (no process is left behind). Each test folder's conftest.py
-holds the fixtures only its tests use; plain helpers shared between folders are in `tests.kit`.
+The services are started through the same `iotsettle.oracle.chain.node` code as `iotsettle node up`, with their state
+in a temporary folder, and are stopped when the session ends (no process is left behind). Each test folder's
+conftest.py holds the fixtures only its tests use; plain helpers shared between folders are in `tests.kit`.
 """
 
 from __future__ import annotations

@@ -147,7 +147,8 @@ def deploy_all(
         }
         redeployed.add(step.name)
         progress(
-            f"{step.name}: deployed at {receipt['contractAddress']} (block {receipt['blockNumber']}, gas {receipt['gasUsed']})"
+            f"{step.name}: deployed at {receipt['contractAddress']} "
+            f"(block {receipt['blockNumber']}, gas {receipt['gasUsed']})"
         )
 
     if not entries:

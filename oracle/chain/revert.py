@@ -70,7 +70,9 @@ _REASON_TEXT: dict[RejectReason, str] = {
     RejectReason.WRONG_DEVICE_KIND: "the device kind cannot be used by this product",
     RejectReason.UNKNOWN_TARGET: "no such agreement or escrow (or insurance policy)",
     RejectReason.NOT_ACTIVE: "the agreement, escrow or policy is not active (offered, closed, refunded or cancelled)",
-    RejectReason.REPLAYED: "already consumed on chain (sequence number not above the last settled one, or escrow released)",
+    RejectReason.REPLAYED: (
+        "already consumed on chain (sequence number not above the last settled one, or escrow released)"
+    ),
     RejectReason.TIMESTAMP_IN_FUTURE: "the timestamp lies too far ahead of the block time",
     RejectReason.TIMESTAMP_TOO_OLD: "the timestamp is before the last settled event (or the escrow's creation)",
     RejectReason.COUNTER_ROLLBACK: "the cumulative register is below the last settled value",
@@ -78,7 +80,9 @@ _REASON_TEXT: dict[RejectReason, str] = {
     RejectReason.WRONG_LOCATION: "the delivery location differs from the escrow destination",
     RejectReason.DEADLINE_PASSED: "the delivery happened after the escrow deadline",
     RejectReason.SUSPENDED: "the agreement or policy is suspended for arrears until a top-up",
-    RejectReason.SEQUENCE_GAP: "an earlier event of the device has not settled yet (sequence numbers settle without gaps)",
+    RejectReason.SEQUENCE_GAP: (
+        "an earlier event of the device has not settled yet (sequence numbers settle without gaps)"
+    ),
     RejectReason.AFTER_END: "the event was signed after the agreement or policy ended",
 }
 

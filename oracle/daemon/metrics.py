@@ -1,4 +1,6 @@
-"""Prometheus metrics of the oracle daemon, intake and settlement alike (all defined here, each half increments its own).
+"""Prometheus metrics of the oracle daemon, intake and settlement alike.
+
+All of them are defined here; each half (intake, settlement) increments its own.
 
 Each ``Metrics`` owns a ``CollectorRegistry`` rather than using the process-global one, so several daemons (tests,
 scale-out experiments) can live in one process; ``health`` serves ``render()`` on ``/metrics``.

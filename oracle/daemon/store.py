@@ -18,7 +18,8 @@ Event life cycle (``EventStatus``)::
 
 Schema versions (``_MIGRATIONS``; ``open_db`` migrates an older file in place, in one transaction):
 1. events, rejected, device_state, registry_keys, follower_cursor;
-2. ``events.extra``: the signed fields of kinds other than readings and deliveries (``iotsettle.oracle.protocol.kinds``).
+2. ``events.extra``: the signed fields of kinds other than readings and deliveries
+   (``iotsettle.oracle.protocol.kinds``).
 
 Event shape: this module alone maps an event to its row and back. Readings and deliveries keep their fields in the
 ``events`` columns ``value`` / ``location`` / ``max_temperature`` (the hot path, schema version 1); every other
@@ -314,7 +315,10 @@ class EventRecord:
 
     @property
     def msg(self) -> dict[str, Any]:
-        """The signed EIP-712 message, field name → value, as ``iotsettle.oracle.protocol.eip712`` and the contracts expect it."""
+        """The signed EIP-712 message, field name → value.
+
+        Shaped as ``iotsettle.oracle.protocol.eip712`` and the contracts expect it.
+        """
         out: dict[str, Any] = {}
         for name, typ, column in COLUMNS[self.kind]:
             value = self.field_value(name, column)

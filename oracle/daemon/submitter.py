@@ -42,8 +42,8 @@ from web3.exceptions import Web3Exception
 
 log = logging.getLogger(__name__)
 
-#: Crash tests only (tests/reliability/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=after_nonce|after_broadcast ends the process
-#: with status 137, as kill -9 would, the first time that point is reached. Read once, at import.
+#: Crash tests only (tests/reliability/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=after_nonce|after_broadcast
+#: ends the process with status 137, as kill -9 would, the first time that point is reached. Read once, at import.
 _FAULT_POINT = os.environ.get("IOTSETTLE_FAULT_POINT", "")
 
 GWEI = 10**9

@@ -7,8 +7,8 @@ The tracker follows every transaction the submitter stored:
   Settled items are settled; an item rejected as ``Replayed`` was already consumed on chain (another oracle, or
   an earlier transaction of ours) and counts as settled, not as an error; an item rejected as ``SequenceGap``
   (a gapless kind whose earlier event is not on chain yet) goes back to pending and is planned again; any other
-  reason dead-letters the event with the on-chain reason. A transaction that reverts as a whole has its poison items screened out and the rest
-  re-planned.
+  reason dead-letters the event with the on-chain reason. A transaction that reverts as a whole has its poison
+  items screened out and the rest re-planned.
 - **final** only once ``[chain] confirmations`` blocks sit on top of the transaction's block and the block is
   still canonical; never earlier.
 - **stuck** (no receipt after ``rebroadcast_after`` s) or **dropped** (the node no longer knows any attempt):

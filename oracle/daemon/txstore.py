@@ -217,7 +217,8 @@ class TxStore:
         now = time.time()
         with self.store.transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO settlement_attempt (tx_hash, tx_key, max_fee, tip, signed_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO settlement_attempt (tx_hash, tx_key, max_fee, tip, signed_at) "
+                "VALUES (?, ?, ?, ?, ?)",
                 (tx_hash, tx_key, max_fee, tip, now),
             )
             conn.execute(
@@ -229,7 +230,8 @@ class TxStore:
     def mark_sent(self, tx_key: str, at: float | None = None) -> None:
         with self.store.transaction() as conn:
             conn.execute(
-                "UPDATE settlement_tx SET status = 'sent', sent_at = ? WHERE tx_key = ? AND status IN ('signed', 'sent')",
+                "UPDATE settlement_tx SET status = 'sent', sent_at = ? "
+                "WHERE tx_key = ? AND status IN ('signed', 'sent')",
                 (time.time() if at is None else at, tx_key),
             )
 

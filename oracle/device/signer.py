@@ -1,7 +1,8 @@
 """Build and sign device events into wire payloads (docs/PROTOCOL.md, "Signing").
 
-Hashing and signing go through ``iotsettle.oracle.protocol.eip712`` (coincurve, ~10k signatures/s on one core) and the payload
-bytes through ``iotsettle.oracle.protocol.wire.encode``, so a payload built here is byte-for-byte what the oracle expects.
+Hashing and signing go through ``iotsettle.oracle.protocol.eip712`` (coincurve, ~10k signatures/s on one core) and
+the payload bytes through ``iotsettle.oracle.protocol.wire.encode``, so a payload built here is byte-for-byte what the
+oracle expects.
 """
 
 from __future__ import annotations

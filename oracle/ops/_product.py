@@ -1,8 +1,8 @@
 """What the insurance and loan operations share: named struct views and product-specific revert sentences.
 
-``iotsettle.oracle.ops.sentences`` writes sentences for the escrow and billing contracts; the product contracts reuse some of
-their error names with other arguments (``WrongStatus(policyId, status)``, ``NothingToWithdraw(token, account)``),
-so each product module passes its own sentences here and they take precedence for calls to that contract.
+``iotsettle.oracle.ops.sentences`` writes sentences for the escrow and billing contracts; the product contracts reuse
+some of their error names with other arguments (``WrongStatus(policyId, status)``, ``NothingToWithdraw(token,
+account)``), so each product module passes its own sentences here and they take precedence for calls to that contract.
 """
 
 from __future__ import annotations

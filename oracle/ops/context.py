@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SenderChoice:
-    """How the CLI picks the sending account; with neither field set, ``iotsettle.oracle.chain.connection.load_sender`` decides.
+    """How the CLI picks the sending account.
 
+    With neither field set, ``iotsettle.oracle.chain.connection.load_sender`` decides.
     ``key_env`` names an environment variable holding a raw hex key (for scripts that act for several
     parties); ``dev_account`` picks one of anvil's well-known development accounts, on local chains only.
     """

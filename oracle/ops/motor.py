@@ -582,8 +582,8 @@ def history(ctx: OpsContext, policy_id: int) -> tuple[PolicyView, list[HistoryEn
                     explanation=(
                         f"{fmt(view.rate_per_km)} per km at ×1.00; factor {factor_text(view.min_factor_bps)} … "
                         f"{factor_text(view.max_factor_bps)}, +{factor_text(view.step_bps).lstrip('×')} per event "
-                        f"per 100 km; counted from odometer {int(a['startOdometer']):,} m, {int(a['startHarsh'])} harsh "
-                        f"braking, {int(a['startSpeeding'])} speeding"
+                        f"per 100 km; counted from odometer {int(a['startOdometer']):,} m, "
+                        f"{int(a['startHarsh'])} harsh braking, {int(a['startSpeeding'])} speeding"
                     ),
                 )
             )
@@ -613,7 +613,8 @@ def history(ctx: OpsContext, policy_id: int) -> tuple[PolicyView, list[HistoryEn
                     *base,
                     amount=int(a["arrears"]),
                     explanation=(
-                        f"the prepaid balance ran out; {fmt(int(a['arrears']))} in arrears, reports refused until a top-up"
+                        f"the prepaid balance ran out; {fmt(int(a['arrears']))} in arrears, "
+                        "reports refused until a top-up"
                     ),
                 )
             )

@@ -1,9 +1,9 @@
 """Turn a revert into a sentence: "escrow 7 was already released on block 1234".
 
 Decoding (selector → error name and arguments, ``Error(string)``, ``Panic(uint256)``) is shared with the oracle
-daemon: ``iotsettle.oracle.chain.revert.ErrorDecoder``. This module adds what an operator needs on top: given the contract
-that was called and, optionally, an :class:`~iotsettle.oracle.ops.context.OpsContext`, it writes a sentence with what only
-the chain knows (the block an escrow was released in, an agreement's arrears, a token's decimals).
+daemon: ``iotsettle.oracle.chain.revert.ErrorDecoder``. This module adds what an operator needs on top: given the
+contract that was called and, optionally, an :class:`~iotsettle.oracle.ops.context.OpsContext`, it writes a sentence
+with what only the chain knows (the block an escrow was released in, an agreement's arrears, a token's decimals).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The event kinds the oracle relays: one table that intake, rules, store, planner and submitter read, and that a
 device reads to find the verifying contract whose EIP-712 domain it signs each kind for.
 
-Each wire type (the payload's ``"type"``, ``iotsettle.oracle.protocol.wire.EVENT_TYPES``) settles through one batch function of one
-deployed contract, and the contract answers every batch item with exactly one settled or rejected event whose
-topic 1 is the target (agreement, escrow, policy, or the station address) and whose first data word is ``seq``
-(docs/PROTOCOL.md; the outcome matcher ``iotsettle.oracle.daemon.calldata.decode_outcomes`` relies on it).
+Each wire type (the payload's ``"type"``, ``iotsettle.oracle.protocol.wire.EVENT_TYPES``) settles through one batch
+function of one deployed contract, and the contract answers every batch item with exactly one settled or rejected
+event whose topic 1 is the target (agreement, escrow, policy, or the station address) and whose first data word is
+``seq`` (docs/PROTOCOL.md; the outcome matcher ``iotsettle.oracle.daemon.calldata.decode_outcomes`` relies on it).
 
 - ``cumulative``: the settled figures are cumulative registers, so the newest event per target within a
   settlement window carries everything the older ones did; the planner supersedes the older ones.

@@ -1,8 +1,8 @@
 """The CLI's end-to-end flows against ganache (chain id 1337) as well as anvil.
 
 Differences found and handled: ganache takes ~8 s to start; it reports a revert during gas estimation as
-``{"result": "0x…"}`` instead of a hex string (``iotsettle.oracle.chain.send`` reads both, so errors are the same sentences);
-it funds anvil's development accounts only when started with anvil's mnemonic, as here.
+``{"result": "0x…"}`` instead of a hex string (``iotsettle.oracle.chain.send`` reads both, so errors are the same
+sentences); it funds anvil's development accounts only when started with anvil's mnemonic, as here.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
-"""Simulated devices against the real oracle intake (real mosquitto, real SQLite): every honest event is accepted,
-every injected fault is answered with the reason of its class, and the replies decode with ``iotsettle.oracle.protocol.reasons``."""
+"""Simulated devices against the real oracle intake (real mosquitto, real SQLite).
+
+Every honest event is accepted, every injected fault is answered with the reason of its class, and the replies decode
+with ``iotsettle.oracle.protocol.reasons``.
+"""
 
 from __future__ import annotations
 
@@ -47,8 +50,9 @@ def intake(mosquitto: Mosquitto, store: Store) -> Iterator[Intake]:
 def test_a_device_written_from_the_document_alone_is_accepted(
     mosquitto: Mosquitto, store: Store, intake: Intake
 ) -> None:
-    """Signed with eth-account's generic EIP-712 encoder (not iotsettle.oracle.protocol.eip712), JSON written by hand in another member
-    order with white space, published with plain paho: exactly what docs/PROTOCOL.md tells a firmware author."""
+    """Signed with eth-account's generic EIP-712 encoder (not iotsettle.oracle.protocol.eip712), JSON written by hand
+    in another member order with white space, published with plain paho: exactly what docs/PROTOCOL.md tells a
+    firmware author."""
     account = Account.from_key(os.urandom(32))
     store.apply_registry([RegistryEntry(account.address, account.address, None, 1, True, 1)])
     intake.registry_changed()  # as the registry follower does after a DeviceRegistered event

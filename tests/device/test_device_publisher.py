@@ -148,7 +148,8 @@ from iotsettle.oracle.device.publisher import BrokerSettings, Publisher
 from iotsettle.oracle.device.keys import DeviceKey, MemoryCounter
 from iotsettle.oracle.device.signer import Contracts, EventSigner
 import os, time
-signer = EventSigner(DeviceKey.from_private_key(sys.argv[3]), 31337, Contracts("0x" + "11" * 20, "0x" + "22" * 20), MemoryCounter())
+contracts = Contracts("0x" + "11" * 20, "0x" + "22" * 20)
+signer = EventSigner(DeviceKey.from_private_key(sys.argv[3]), 31337, contracts, MemoryCounter())
 publisher = Publisher(OfflineBuffer(sys.argv[1]), BrokerSettings("127.0.0.1", int(sys.argv[2]), "dev-5e5e5e5e"))
 publisher.start()
 for i in range(150):

@@ -1,9 +1,10 @@
 """The shared EIP-712 vectors, from the Python side.
 
 ``tests/vectors/eip712.json``, ``eip712-bulk.json`` and ``eip712-products.json`` are written by
-``scripts/gen-vectors``; the forge tests (``tests/contracts/Vectors.t.sol`` and the product contracts' tests) check that the contracts compute the same digests and that OpenZeppelin ECDSA
-recovers the same signers. Here every digest and signature is recomputed with ``iotsettle.oracle.protocol.eip712`` (and the curated
-ones also with eth-account's generic encoder), so a change on either side that breaks agreement fails a test.
+``scripts/gen-vectors``; the forge tests (``tests/contracts/Vectors.t.sol`` and the product contracts' tests) check
+that the contracts compute the same digests and that OpenZeppelin ECDSA recovers the same signers. Here every digest
+and signature is recomputed with ``iotsettle.oracle.protocol.eip712`` (and the curated ones also with eth-account's
+generic encoder), so a change on either side that breaks agreement fails a test.
 """
 
 from __future__ import annotations

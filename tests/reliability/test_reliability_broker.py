@@ -5,9 +5,9 @@ mosquitto of the test's own (the session's broker is shared): persistent session
 - graceful restart (SIGTERM: mosquitto writes its persistence file): the daemon reconnects and resubscribes by
   itself; events the broker queued for the daemon's session while the daemon was away survive the restart;
   nothing is lost, nothing is paid twice.
-- kill -9: mosquitto saves its state every ``autosave_interval`` (1 s in oracle/chain/node.py), so what it took in during
-  the last second before the kill may be gone — the documented window, although the broker had acknowledged them
-  to the device. Events older than that survive. The test counts what the window cost (lost_at_broker), then
+- kill -9: mosquitto saves its state every ``autosave_interval`` (1 s in oracle/chain/node.py), so what it took in
+  during the last second before the kill may be gone — the documented window, although the broker had acknowledged
+  them to the device. Events older than that survive. The test counts what the window cost (lost_at_broker), then
   sends each meter's next reading: the cumulative register pays what the lost reading was worth, so no money is
   missing (lost=0), and nothing is paid twice at any point. A lost delivery event is not covered that way
   (docs/RELIABILITY.md, "Known gaps").

@@ -1,5 +1,7 @@
-"""Scale-out (docs/RELIABILITY.md, item 20; ``--runslow``, about 40 s): three daemon processes, each with its own database and relayer key,
-share one MQTT 5 subscription (``$share/<group>/...``). The broker hands each message to one of them; device
+"""Scale-out (docs/RELIABILITY.md, item 20; ``--runslow``, about 40 s).
+
+Three daemon processes, each with its own database and relayer key, share one MQTT 5 subscription
+(``$share/<group>/...``). The broker hands each message to one of them; device
 retries may land on another instance, which then relays the same signed event again — the contract's
 ``(device, seq)`` check makes the chain the global de-duplicator. Every event is settled exactly once.
 """

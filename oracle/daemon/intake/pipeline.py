@@ -41,8 +41,8 @@ from iotsettle.oracle.protocol.reasons import Reason, Reply, encode_reply
 
 log = logging.getLogger(__name__)
 
-#: Crash tests only (tests/reliability/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=before_store|after_store ends the process
-#: with status 137, as kill -9 would, the first time that point is reached. Read once, at import.
+#: Crash tests only (tests/reliability/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=before_store|after_store
+#: ends the process with status 137, as kill -9 would, the first time that point is reached. Read once, at import.
 _FAULT_POINT = os.environ.get("IOTSETTLE_FAULT_POINT", "")
 
 
