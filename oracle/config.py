@@ -106,8 +106,8 @@ class OracleSettings:
     )
     reply_qos: int = _doc(
         0,
-        "intake: QoS of the replies to devices; 0: a lost reply makes the device retry and get 'duplicate', "
-        "1 costs ~40 % of intake speed",
+        "intake: QoS of the replies to readings and telematics reports (deliveries and weather observations are"
+        " always answered at QoS 1: devices keep them until the reply); 1 costs ~40 % of intake speed",
     )
     max_future_skew: int = _doc(300, "rules: seconds an event's timestamp may be ahead of the oracle's clock")
     max_age: int = _doc(604800, "rules: seconds an event's timestamp may be behind the oracle's clock; 0 = no limit")

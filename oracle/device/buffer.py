@@ -1,7 +1,16 @@
-"""The device's offline buffer: signed payloads waiting for the broker's acknowledgement, in a SQLite file.
+"""The device's durable outbox: signed payloads waiting to be delivered, in a SQLite file.
 
-Every event is written here before it is published and deleted only after the broker acknowledged it (PUBACK),
-so a device that is offline for hours, or restarts, sends everything it signed, oldest first. The row id
+Every event is written here before it is published. What ends its stay depends on its kind
+(``iotsettle.oracle.protocol.kinds``):
+
+- a **cumulative** kind (readings, telematics) is deleted once the broker acknowledged it (PUBACK): should the broker
+  lose it afterwards, the device's next event carries its registers and pays what it was worth;
+- a **non-cumulative** kind (deliveries, weather observations) is kept, with a ``ReplyKey``, until the oracle's reply
+  for it arrives (``accepted``, ``duplicate`` or ``rejected``): nothing later makes good a lost one, and a broker
+  killed within its autosave interval loses messages it had acknowledged. Until then the publisher publishes it
+  again (``due``, ``attempts``).
+
+A device that is offline for hours, or restarts, therefore sends everything it signed, oldest first. The row id
 (AUTOINCREMENT, never reused) is the send order.
 """
 
@@ -29,6 +38,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     created  REAL    NOT NULL DEFAULT (strftime('%s','now'))
 )
 """
+#: added to the outbox of files written before events waited for the oracle's reply (ALTER TABLE keeps their rows)
+_REPLY_COLUMNS = (
+    ("device", "TEXT"),  # lowercase address: the replies topic names it; NULL = deleted on PUBACK
+    ("seq", "INTEGER"),
+    ("digest", "BLOB"),  # the event's EIP-712 digest, which the reply repeats
+    ("acked", "INTEGER NOT NULL DEFAULT 0"),  # 1 once the broker acknowledged it (it waits for the reply)
+    ("attempts", "INTEGER NOT NULL DEFAULT 0"),  # publications after the first one
+    ("due", "REAL"),  # unix time at which it is published again if no reply came
+)
+_INDEX = "CREATE INDEX IF NOT EXISTS outbox_reply ON outbox (device, seq)"
 
 
 class OfflineBufferError(IotSettleError):
@@ -36,10 +55,22 @@ class OfflineBufferError(IotSettleError):
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyKey:
+    """What identifies an event in the oracle's reply: its device (topic), ``seq`` and digest."""
+
+    device: str  # lowercase 0x address
+    seq: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class BufferedMessage:
     id: int
     topic: str
     payload: bytes
+    #: set for events kept until the oracle's reply; None for events that go on the broker's PUBACK
+    key: ReplyKey | None = None
+    attempts: int = 0
 
 
 class OfflineBuffer:
@@ -58,28 +89,38 @@ class OfflineBuffer:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.execute(_SCHEMA)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+            for name, declaration in _REPLY_COLUMNS:
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {declaration}")
+            self._db.execute(_INDEX)
         except sqlite3.Error as exc:
             raise OfflineBufferError(f"cannot open offline buffer {self.path}: {exc}") from None
         log.debug("offline buffer %s holds %d messages", self.path, len(self))
 
-    def push(self, topic: str, payload: bytes) -> int:
-        """Append one message; returns its id."""
+    def push(self, topic: str, payload: bytes, key: ReplyKey | None = None) -> int:
+        """Append one message (``key``: keep it until the oracle's reply); returns its id."""
         with self._lock:
             try:
-                cursor = self._db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)", (topic, payload))
+                cursor = self._db.execute(
+                    "INSERT INTO outbox (topic, payload, device, seq, digest) VALUES (?, ?, ?, ?, ?)",
+                    (topic, payload, *_key_columns(key)),
+                )
             except sqlite3.Error as exc:
                 raise OfflineBufferError(f"cannot write to offline buffer {self.path}: {exc}") from None
             return int(cursor.lastrowid or 0)
 
-    def push_many(self, messages: Iterable[tuple[str, bytes]]) -> int:
+    def push_many(self, messages: Iterable[tuple[str, bytes, ReplyKey | None]]) -> int:
         """Append messages in one transaction (all or none); returns how many."""
-        rows = list(messages)
+        rows = [(topic, payload, *_key_columns(key)) for topic, payload, key in messages]
         if not rows:
             return 0
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT INTO outbox (topic, payload) VALUES (?, ?)", rows)
+                self._db.executemany(
+                    "INSERT INTO outbox (topic, payload, device, seq, digest) VALUES (?, ?, ?, ?, ?)", rows
+                )
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
@@ -92,30 +133,76 @@ class OfflineBuffer:
         except sqlite3.Error:
             log.debug("rollback after a failed write found no open transaction")
 
-    def peek(self, after_id: int = 0, limit: int = 100) -> list[BufferedMessage]:
-        """The oldest ``limit`` messages with an id above ``after_id``, oldest first."""
+    def _select(self, where: str, params: tuple[object, ...]) -> list[BufferedMessage]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+                f"SELECT id, topic, payload, device, seq, digest, attempts FROM outbox WHERE {where}", params
             ).fetchall()
-        return [BufferedMessage(row[0], row[1], bytes(row[2])) for row in rows]
+        return [
+            BufferedMessage(
+                row[0],
+                row[1],
+                bytes(row[2]),
+                ReplyKey(row[3], row[4], bytes(row[5])) if row[3] is not None else None,
+                row[6],
+            )
+            for row in rows
+        ]
+
+    def peek(self, after_id: int = 0, limit: int = 100) -> list[BufferedMessage]:
+        """The oldest ``limit`` messages the broker has not acknowledged yet with an id above ``after_id``."""
+        return self._select("acked = 0 AND id > ? ORDER BY id LIMIT ?", (after_id, limit))
+
+    def awaiting(self, limit: int = 1_000_000) -> list[BufferedMessage]:
+        """Messages the broker acknowledged that still wait for the oracle's reply, oldest first."""
+        return self._select("acked = 1 ORDER BY id LIMIT ?", (limit,))
+
+    def due(self, now: float, max_attempts: int, limit: int = 100) -> list[BufferedMessage]:
+        """Messages waiting for a reply whose time to be published again has come, oldest first."""
+        return self._select("acked = 1 AND due <= ? AND attempts < ? ORDER BY id LIMIT ?", (now, max_attempts, limit))
 
     def delete(self, ids: Iterable[int]) -> int:
         """Forget acknowledged messages; returns how many rows went."""
-        batch = [(message_id,) for message_id in ids]
+        return self._write("DELETE FROM outbox WHERE id = ?", [(message_id,) for message_id in ids])
+
+    def await_reply(self, ids: Iterable[int], due: float) -> int:
+        """The broker acknowledged these messages: keep them until the oracle's reply, or ``due``."""
+        return self._write("UPDATE outbox SET acked = 1, due = ? WHERE id = ? AND acked = 0", [(due, i) for i in ids])
+
+    def republished(self, schedule: Iterable[tuple[int, int, float]]) -> int:
+        """(id, attempts, due) of messages just published again."""
+        return self._write(
+            "UPDATE outbox SET acked = 1, attempts = ?, due = ? WHERE id = ?",
+            [(attempts, due, message_id) for message_id, attempts, due in schedule],
+        )
+
+    def answered(self, key: ReplyKey) -> int:
+        """The oracle replied for this event (digest, or ``seq`` when the reply had none): forget it."""
+        if key.digest:
+            return self._write("DELETE FROM outbox WHERE device = ? AND seq = ? AND digest = ?", [_key_columns(key)])
+        return self._write("DELETE FROM outbox WHERE device = ? AND seq = ?", [(key.device, key.seq)])
+
+    def _write(self, statement: str, batch: list[tuple[object, ...]]) -> int:
         if not batch:
             return 0
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 before = self._db.total_changes
-                self._db.executemany("DELETE FROM outbox WHERE id = ?", batch)
-                removed = self._db.total_changes - before
+                self._db.executemany(statement, batch)
+                changed = self._db.total_changes - before
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                raise OfflineBufferError(f"cannot delete from offline buffer {self.path}: {exc}") from None
-        return removed
+                raise OfflineBufferError(f"cannot update offline buffer {self.path}: {exc}") from None
+        return changed
+
+    def counts(self) -> tuple[int, int]:
+        """(not yet acknowledged by the broker, acknowledged and waiting for the oracle's reply)."""
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) - COALESCE(SUM(acked), 0), COALESCE(SUM(acked), 0) FROM outbox")
+            unsent, awaiting = row.fetchone()
+        return int(unsent), int(awaiting)
 
     def __len__(self) -> int:
         with self._lock:
@@ -130,3 +217,7 @@ class OfflineBuffer:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _key_columns(key: ReplyKey | None) -> tuple[str | None, int | None, bytes | None]:
+    return (None, None, None) if key is None else (key.device, key.seq, key.digest)

@@ -1,16 +1,31 @@
 """Publish a device's buffered events to the broker: paho-mqtt 2.x, QoS 1, automatic reconnect.
 
 The offline buffer is the source of truth. A pump thread publishes buffered messages in id order while the
-client is connected, keeping at most ``max_inflight`` unacknowledged, and deletes a row only when paho reports
-the broker's PUBACK (``on_publish``). Messages in flight during a disconnect stay in paho's queue and are resent
-by paho (DUP flag, same order) after it reconnects; a process restart resends whatever is still in the buffer.
-Either way delivery is at-least-once and the oracle de-duplicates by (device, seq).
+client is connected, keeping at most ``max_inflight`` unacknowledged. Messages in flight during a disconnect stay
+in paho's queue and are resent by paho (DUP flag, same order) after it reconnects; a process restart resends
+whatever is still in the buffer. Either way delivery is at-least-once and the oracle de-duplicates by (device, seq).
 
-paho callbacks only hand off to the pump thread (queue + event); the pump alone touches the buffer.
+What ends a message's stay in the buffer depends on its event kind (``iotsettle.oracle.protocol.kinds``):
+
+- cumulative kinds (readings, telematics) go on the broker's PUBACK: a message the broker loses afterwards (a
+  broker killed within its autosave interval) is made good by the device's next event, which carries the registers;
+- the other kinds (deliveries, weather observations) stay until the oracle's reply for them (``accepted`` or
+  ``duplicate``: it holds the event; ``rejected``: it never will). The publisher subscribes to the replies topic of
+  each device it publishes them for. Without a reply within ``reply_timeout`` seconds the message is published
+  again, the wait doubling up to ``reply_timeout_max``, at most ``reply_attempts`` times; after every (re)connect
+  everything still waiting is published again at once, oldest first and ahead of paho's own resends and of newer
+  events, because a reconnect is when a broker may have lost what it acknowledged, and the oracle takes a device's
+  events only in rising ``seq`` order (a lost event sent after a newer one would be refused ``replayed_seq``).
+  A message is never deleted without a reply: after its last attempt it waits for the next connect.
+
+paho callbacks only hand off to the pump thread (queues + event), with one exception: on connect, the messages
+waiting for a reply are published again inside the callback, since only there do they go out before paho resends
+its in-flight messages of the previous connection.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -20,8 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from iotsettle.oracle.device.buffer import OfflineBuffer
+from iotsettle.oracle.device.buffer import BufferedMessage, OfflineBuffer, ReplyKey
+from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.errors import ProtocolError
+from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.protocol.reasons import Reply, decode_reply
 from iotsettle.oracle.protocol.wire import SignedEvent, events_topic
 
@@ -50,11 +67,43 @@ class BrokerSettings:
 @dataclass(frozen=True, slots=True)
 class PublisherStats:
     connected: bool
-    published: int
-    acknowledged: int
-    pending: int
+    published: int  # first publications
+    acknowledged: int  # first publications the broker acknowledged
+    pending: int  # buffered, not yet acknowledged by the broker
     connects: int
     replies: int
+    awaiting_reply: int = 0  # acknowledged by the broker, kept until the oracle's reply
+    confirmed: int = 0  # released by an "accepted" or "duplicate" reply
+    refused: int = 0  # released by a "rejected" reply
+    republished: int = 0  # publications again of messages without a reply
+
+
+def reply_key(payload: bytes) -> ReplyKey | None:
+    """How the oracle's reply names this event if it is of a kind kept until that reply (not cumulative); None for
+    a cumulative kind, and for a payload that cannot be read (no reply could be matched to it)."""
+    try:
+        kind = json.loads(payload).get("type")
+    except (ValueError, AttributeError):
+        return None
+    spec = KINDS.get(kind) if isinstance(kind, str) else None
+    if spec is None or spec.cumulative:
+        return None
+    try:
+        return event_key(wire.decode(payload))
+    except (ProtocolError, ValueError, TypeError, KeyError):
+        return None
+
+
+def event_key(event: SignedEvent) -> ReplyKey | None:
+    """``reply_key`` of an event already decoded."""
+    spec = KINDS.get(event.type)
+    if spec is None or spec.cumulative:
+        return None
+    return ReplyKey(event.device.lower(), event.seq, event.digest)
+
+
+def _replies_topic_of(topic: str) -> str | None:
+    return topic[: -len("events")] + "replies" if topic.endswith("/events") else None
 
 
 class Publisher:
@@ -68,25 +117,45 @@ class Publisher:
         max_inflight: int = 100,
         reply_topics: Sequence[str] = (),
         on_reply: ReplyHandler | None = None,
+        reply_timeout: float = 10.0,
+        reply_timeout_max: float = 300.0,
+        reply_attempts: int = 20,
     ) -> None:
+        """``reply_topics``: filters to subscribe to besides the replies topic of each device whose deliveries or
+        observations are published (a gateway passes ``iotsettle/v1/<chainId>/+/replies``); ``on_reply`` gets every
+        reply. ``reply_timeout`` … ``reply_attempts``: when a message kept for the oracle's reply is published
+        again (module docstring)."""
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
+        if not 0 < reply_timeout <= reply_timeout_max or reply_attempts < 0:
+            raise ValueError("reply_timeout must be positive and at most reply_timeout_max; reply_attempts ≥ 0")
         self._buffer = buffer
         self._broker = broker
         self._max_inflight = max_inflight
         self._reply_topics = tuple(reply_topics)
         self._on_reply = on_reply
+        self._reply_timeout = reply_timeout
+        self._reply_timeout_max = reply_timeout_max
+        self._reply_attempts = reply_attempts
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue[tuple[str, Reply]] = queue.SimpleQueue()  # (device, reply)
+        self._reconnect_sent: queue.SimpleQueue[tuple[int, BufferedMessage]] = queue.SimpleQueue()
+        self._subscriptions_lock = threading.Lock()
+        self._device_reply_topics: set[str] = set()  # replies topics subscribed for kept messages
         self._wake = threading.Event()
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._idle = threading.Event()
-        self._inflight: dict[int, int] = {}  # paho mid → buffer row id; pump thread only
+        # paho mid → (buffer row id, kept until the reply, a publication again); pump thread only
+        self._inflight: dict[int, tuple[int, bool, bool]] = {}
         self._last_sent_id = 0
         self._published = 0
         self._acknowledged = 0
         self._connects = 0
         self._replies = 0
+        self._confirmed = 0
+        self._refused = 0
+        self._republished = 0
         self._pump: threading.Thread | None = None
         self._client = self._make_client()
 
@@ -118,9 +187,22 @@ class Publisher:
         if reason_code.is_failure:
             log.warning("broker %s:%d refused the connection: %s", self._broker.host, self._broker.port, reason_code)
             return
-        # Subscribing here (not once after connect) re-establishes the reply subscription after every reconnect.
-        for topic in self._reply_topics:
+        # Subscribing here (not once after connect) re-establishes the reply subscriptions after every reconnect.
+        waiting = self._buffer.awaiting()
+        for message in waiting:
+            self._note_replies_topic(message.topic)
+        with self._subscriptions_lock:
+            topics = [*self._reply_topics, *sorted(self._device_reply_topics)]
+        for topic in topics:
             client.subscribe(topic, qos=1)
+        # Published here, not by the pump: paho resends its in-flight messages right after this callback returns,
+        # and those are newer than anything waiting for a reply (which the broker had acknowledged before).
+        for message in waiting:
+            info = client.publish(message.topic, message.payload, qos=1, retain=False)
+            if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                self._reconnect_sent.put((info.mid, message))
+        if waiting:
+            log.info("published %d events again that were waiting for the oracle's reply", len(waiting))
         self._connects += 1
         self._connected.set()
         self._wake.set()
@@ -146,35 +228,128 @@ class Publisher:
             log.warning("ignoring an unreadable reply on %s: %s", message.topic, exc)
             return
         self._replies += 1
+        parts = message.topic.split("/")
+        if len(parts) == 5 and reply.seq is not None:
+            self._answers.put((parts[3].lower(), reply))
+            self._wake.set()
         if self._on_reply is not None:
             self._on_reply(message.topic, reply)
 
+    def _note_replies_topic(self, topic_of_events: str) -> str | None:
+        """Remember the replies topic that pairs with ``topic_of_events`` unless a subscription covers it already;
+        returns it when it is new."""
+        topic = _replies_topic_of(topic_of_events)
+        if topic is None:
+            return None
+        with self._subscriptions_lock:
+            if topic in self._device_reply_topics or any(
+                mqtt.topic_matches_sub(pattern, topic) for pattern in self._reply_topics
+            ):
+                return None
+            self._device_reply_topics.add(topic)
+        return topic
+
+    def _subscribe_replies_of(self, topic_of_events: str) -> None:
+        """Subscribe to the replies topic of a message kept for the oracle's reply, before publishing it (the
+        SUBSCRIBE goes out first on the same connection; after a reconnect ``_handle_connect`` subscribes)."""
+        topic = self._note_replies_topic(topic_of_events)
+        if topic is not None and self._connected.is_set():
+            self._client.subscribe(topic, qos=1)
+
     # -- pump ------------------------------------------------------------------------------------------------
+    def _backoff(self, attempts: int) -> float:
+        return float(min(self._reply_timeout * 2**attempts, self._reply_timeout_max))
+
     def _drain_acks(self) -> None:
-        rows: list[int] = []
+        mids: list[int] = []
         while True:
             try:
-                mid = self._acks.get_nowait()
+                mids.append(self._acks.get_nowait())
             except queue.Empty:
                 break
-            row = self._inflight.pop(mid, None)
-            if row is not None:
-                rows.append(row)
-        if rows:
-            self._buffer.delete(rows)
-            self._acknowledged += len(rows)
+        # after the acks were taken: a PUBACK of a message published in on_connect cannot precede its entry here
+        now = time.time()
+        schedule: list[tuple[int, int, float]] = []
+        while True:
+            try:
+                mid, message = self._reconnect_sent.get_nowait()
+            except queue.Empty:
+                break
+            self._inflight[mid] = (message.id, True, True)
+            schedule.append((message.id, message.attempts + 1, now + self._backoff(message.attempts + 1)))
+        if schedule:
+            self._buffer.republished(schedule)
+            self._republished += len(schedule)
+        delivered: list[int] = []
+        kept: list[int] = []
+        for mid in mids:
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
+                continue
+            row, keep, again = entry
+            if not keep:
+                delivered.append(row)
+            elif not again:
+                kept.append(row)
+            if not again:
+                self._acknowledged += 1
+        self._buffer.delete(delivered)
+        self._buffer.await_reply(kept, now + self._reply_timeout)
+
+    def _drain_answers(self) -> None:
+        while True:
+            try:
+                device, reply = self._answers.get_nowait()
+            except queue.Empty:
+                return
+            if reply.seq is None or not self._buffer.answered(ReplyKey(device, reply.seq, reply.digest or b"")):
+                continue  # a reply for an event of another kind, or for a copy already answered
+            if reply.stored:
+                self._confirmed += 1
+            else:
+                self._refused += 1
+                log.warning(
+                    "the oracle refused event %d of %s (%s): it will not be sent again", reply.seq, device, reply.code
+                )
+
+    def _publish(self, message: BufferedMessage, again: bool) -> bool:
+        if message.key is not None:
+            self._subscribe_replies_of(message.topic)
+        info = self._client.publish(message.topic, message.payload, qos=1, retain=False)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            # NO_CONN still queues the message inside paho for the reconnect; anything else did not take it.
+            log.warning("paho refused message %d (%s); retrying", message.id, mqtt.error_string(info.rc))
+            return False
+        self._inflight[info.mid] = (message.id, message.key is not None, again)
+        return True
+
+    def _republish_due(self) -> None:
+        room = self._max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        now = time.time()
+        schedule: list[tuple[int, int, float]] = []
+        for message in self._buffer.due(now, self._reply_attempts, room):
+            if not self._publish(message, again=True):
+                break
+            attempts = message.attempts + 1
+            schedule.append((message.id, attempts, now + self._backoff(attempts)))
+            if attempts == self._reply_attempts:
+                log.warning(
+                    "no reply from the oracle for message %d after %d publications; it waits for the next connect",
+                    message.id,
+                    attempts + 1,
+                )
+        self._buffer.republished(schedule)
+        self._republished += len(schedule)
 
     def _fill_window(self) -> None:
         room = self._max_inflight - len(self._inflight)
         if room <= 0:
             return
         for message in self._buffer.peek(self._last_sent_id, room):
-            info = self._client.publish(message.topic, message.payload, qos=1, retain=False)
-            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                # NO_CONN still queues the message inside paho for the reconnect; anything else did not take it.
-                log.warning("paho refused message %d (%s); retrying", message.id, mqtt.error_string(info.rc))
+            if not self._publish(message, again=False):
                 break
-            self._inflight[info.mid] = message.id
             self._last_sent_id = message.id
             self._published += 1
 
@@ -183,13 +358,16 @@ class Publisher:
             self._wake.wait(0.05)
             self._wake.clear()
             self._drain_acks()
+            self._drain_answers()
             if self._connected.is_set():
+                self._republish_due()
                 self._fill_window()
             if not self._inflight and not self._buffer.peek(self._last_sent_id, 1):
                 self._idle.set()
             else:
                 self._idle.clear()
         self._drain_acks()
+        self._drain_answers()
 
     # -- public API ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -201,13 +379,16 @@ class Publisher:
 
     def submit(self, topic: str, payload: bytes) -> int:
         """Store a message durably and schedule it; returns the buffer id. Safe from any thread."""
-        message_id = self._buffer.push(topic, payload)
+        return self._submit_one(topic, payload, reply_key(payload))
+
+    def _submit_one(self, topic: str, payload: bytes, key: ReplyKey | None) -> int:
+        message_id = self._buffer.push(topic, payload, key)
         self._idle.clear()
         self._wake.set()
         return message_id
 
     def submit_many(self, messages: Iterable[tuple[str, bytes]]) -> int:
-        count = self._buffer.push_many(messages)
+        count = self._buffer.push_many((topic, payload, reply_key(payload)) for topic, payload in messages)
         if count:
             self._idle.clear()
             self._wake.set()
@@ -215,29 +396,44 @@ class Publisher:
 
     def submit_event(self, event: SignedEvent) -> int:
         """Buffer a signed event on its device's events topic."""
-        return self.submit(events_topic(event.chain_id, event.device), event.to_payload())
+        return self._submit_one(events_topic(event.chain_id, event.device), event.to_payload(), event_key(event))
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
     def flush(self, timeout: float) -> bool:
-        """Wait until the broker acknowledged everything buffered so far; False on timeout."""
+        """Wait until the broker acknowledged everything buffered so far; False on timeout. Messages kept for the
+        oracle's reply may still be buffered (``wait_answered``)."""
         deadline = time.monotonic() + timeout
         self._wake.set()
         while time.monotonic() < deadline:
-            if self._idle.wait(min(0.05, max(0.0, deadline - time.monotonic()))) and len(self._buffer) == 0:
+            if self._idle.wait(min(0.05, max(0.0, deadline - time.monotonic()))) and self._buffer.counts()[0] == 0:
                 return True
+        return self._buffer.counts()[0] == 0
+
+    def wait_answered(self, timeout: float) -> bool:
+        """Wait until the buffer is empty: every message acknowledged by the broker and, for the kinds kept until
+        the oracle's reply, answered; False on timeout."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while len(self._buffer) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return len(self._buffer) == 0
 
     @property
     def stats(self) -> PublisherStats:
+        pending, awaiting = self._buffer.counts()
         return PublisherStats(
             connected=self._connected.is_set(),
             published=self._published,
             acknowledged=self._acknowledged,
-            pending=len(self._buffer),
+            pending=pending,
             connects=self._connects,
             replies=self._replies,
+            awaiting_reply=awaiting,
+            confirmed=self._confirmed,
+            refused=self._refused,
+            republished=self._republished,
         )
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -37,6 +37,7 @@ from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, Verdict, evalua
 from iotsettle.oracle.daemon.store import DeviceState, EventRecord, RegistryEntry, Rejection, Store, event_record
 from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.errors import ProtocolError, SignatureError, StoreError
+from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.protocol.reasons import Reason, Reply, encode_reply
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,10 @@ class IntakeSettings:
     batch_size: int = 512
     batch_latency_s: float = 0.02
     verify_workers: int = 0  # processes for decode + signature checks; 0 = in the intake thread
-    reply_qos: int = 0  # a lost reply makes the device retry and get "duplicate"; QoS 1 costs ~40 % of intake speed
+    # of cumulative kinds (readings, telematics): a lost reply costs nothing (the device deleted the event on the
+    # broker's PUBACK); QoS 1 costs ~40 % of intake speed. The other kinds are always answered at QoS 1: the device
+    # keeps each one until its reply, and publishes it again without one.
+    reply_qos: int = 0
     status_topic: str = ""  # retained online/offline status with a last will; "" = none
     status_payload: dict[str, Any] = field(default_factory=dict)  # extra fields of the status messages
     rules: RuleSettings = field(default_factory=RuleSettings)
@@ -375,12 +379,18 @@ class Intake:
         self.transport.acknowledge(batch)
         self.metrics.acked.inc(len(batch))
         self._done += len(batch)
-        self.transport.reply(outcomes, self.settings.reply_qos)
+        replies, kept_replies = outcomes
+        self.transport.reply(replies, self.settings.reply_qos)
+        self.transport.reply(kept_replies, 1)
         self.metrics.intake_batch_size.observe(len(batch))
         self.metrics.intake_batch_seconds.observe(time.perf_counter() - started)
 
-    def _decide_and_store(self, batch: list[Message], checked: list[Checked]) -> list[tuple[str, bytes]]:
-        """Run the device checks and rules over the batch, commit it, and return the replies to send."""
+    def _decide_and_store(
+        self, batch: list[Message], checked: list[Checked]
+    ) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        """Run the device checks and rules over the batch, commit it, and return the replies to send: those of
+        cumulative kinds (and unreadable payloads) at ``reply_qos``, those of the kinds a device keeps until its
+        reply at QoS 1."""
         if self._registry_dirty.is_set():
             self._registry_dirty.clear()
             self._registry = self.store.registry()
@@ -392,6 +402,7 @@ class Intake:
         states: dict[str, DeviceState] = {}
         batch_digests: dict[tuple[str, int], bytes] = {}
         replies: list[tuple[str, bytes]] = []
+        kept_replies: list[tuple[str, bytes]] = []
         verified = 0
         rejected_by: dict[str, int] = {}
         duplicates = 0
@@ -450,7 +461,8 @@ class Intake:
                 )
                 log.info("rejected %s on %s: %s", refusal.reason, message.topic, refusal.detail)
             if reply_topic is not None:
-                replies.append((reply_topic, outcome))
+                kept = event is not None and not KINDS[event.type].cumulative
+                (kept_replies if kept else replies).append((reply_topic, outcome))
 
         self.store.commit_batch(accepted, rejected, states.values())
         if accepted and self.on_stored is not None:
@@ -460,7 +472,7 @@ class Intake:
         self.metrics.duplicates.inc(duplicates)
         for reason, count in rejected_by.items():
             self.metrics.rejected.labels(reason=reason).inc(count)
-        return replies
+        return replies, kept_replies
 
     def _device_check(self, event: wire.SignedEvent, signer: str) -> Refusal | None:
         if event.chain_id != self.settings.chain_id:
