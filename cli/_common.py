@@ -11,7 +11,7 @@ from typing import Any
 import click
 from iotsettle.oracle.config import Config, load_config
 from iotsettle.oracle.protocol.errors import IotSettleError
-from rich.console import Console
+from rich.console import Console, RenderableType
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
@@ -43,8 +43,8 @@ def state(ctx: click.Context) -> State:
     return ctx.ensure_object(State)
 
 
-def emit(data: Any, as_json: bool, human: str | None = None) -> None:
-    """Print ``data`` as JSON for scripts, or ``human`` (rich markup) for people."""
+def emit(data: Any, as_json: bool, human: RenderableType | None = None) -> None:
+    """Print ``data`` as JSON for scripts, or ``human`` (rich markup or a renderable, e.g. a table) for people."""
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:

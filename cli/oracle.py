@@ -71,7 +71,7 @@ def status(cmd: CommandContext, rejects: int) -> None:
     try:
         backlog = store.backlog()
         recent = store.recent_rejects(rejects)
-        data = {
+        data: dict[str, Any] = {  # the --json document: one value type per key
             "database": str(path),
             "daemon": _health(config.oracle.health_host, config.oracle.health_port),
             "backlog": backlog,

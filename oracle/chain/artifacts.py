@@ -21,11 +21,12 @@ def load_artifact(config: Config, name: str) -> Artifact:
     """The artifact of contract ``name``; raises CompileError telling how to produce it."""
     path = artifacts_dir(config) / f"{name}.json"
     try:
-        return json.loads(path.read_text())
+        artifact: Artifact = json.loads(path.read_text())
     except FileNotFoundError:
         raise CompileError(f"no artifact for {name} in {path.parent}; run `iotsettle compile`") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise CompileError(f"artifact {path} is unreadable ({exc}); run `iotsettle compile`") from None
+    return artifact
 
 
 def artifact_hash(artifact: Artifact) -> str:

@@ -192,7 +192,8 @@ def _first_error(exc: SolcError) -> str:
     except (json.JSONDecodeError, AttributeError):
         errors = []
     if errors:
-        return errors[0].get("formattedMessage", errors[0].get("message", "")).strip()
+        message: str = errors[0].get("formattedMessage", errors[0].get("message", ""))
+        return message.strip()
     return text.splitlines()[0] if text else "solc failed"
 
 

@@ -77,6 +77,12 @@ def _read_password(config: Config) -> str:
     raise KeyFileError("the keystore needs a password: set IOTSETTLE_CHAIN_PASSWORD or [chain] password_file")
 
 
+def _from_key(key: str | bytes) -> LocalAccount:
+    """``Account.from_key``, typed: eth_account wraps it in a ``combomethod``, whose result mypy sees as Any."""
+    account: LocalAccount = Account.from_key(key)
+    return account
+
+
 def load_keystore(path: Path, password: str) -> LocalAccount:
     """Decrypt a Web3 Secret Storage file; refuses files readable by other users."""
     try:
@@ -94,7 +100,7 @@ def load_keystore(path: Path, password: str) -> LocalAccount:
         raise KeyFileError(f"{path} is not a Web3 Secret Storage key file ({exc})") from None
     except ValueError:
         raise KeyFileError(f"wrong password for the key file {path}") from None
-    return Account.from_key(key)
+    return _from_key(key)
 
 
 def load_sender(config: Config, chain: Chain) -> LocalAccount:
@@ -103,11 +109,11 @@ def load_sender(config: Config, chain: Chain) -> LocalAccount:
         return load_keystore(config.path(config.chain.keystore), _read_password(config))
     if config.chain.private_key:
         try:
-            return Account.from_key(config.chain.private_key)
+            return _from_key(config.chain.private_key)
         except (ValueError, TypeError):
             raise KeyFileError("IOTSETTLE_CHAIN_PRIVATE_KEY is not a 32-byte hex private key") from None
     if chain.is_local:
-        return Account.from_key(ANVIL_DEV_KEYS[0])
+        return _from_key(ANVIL_DEV_KEYS[0])
     raise KeyFileError(
         f"chain {chain.chain_id} is not a local chain: give a sending key with [chain] keystore "
         "(+ IOTSETTLE_CHAIN_PASSWORD) or IOTSETTLE_CHAIN_PRIVATE_KEY"

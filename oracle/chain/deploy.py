@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
 from iotsettle.oracle.chain.artifacts import Artifact, artifact_hash, artifacts_dir, load_artifact, runtime_matches
 from iotsettle.oracle.chain.connection import Chain
 from iotsettle.oracle.chain.send import send
@@ -57,7 +58,7 @@ def load_manifest(config: Config, chain_id: int) -> dict[str, Any]:
     """The manifest of ``chain_id``; raises DeploymentError telling how to create it."""
     path = manifest_path(config, chain_id)
     try:
-        manifest = json.loads(path.read_text())
+        manifest: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
         raise DeploymentError(
             f"nothing is deployed on chain {chain_id} yet ({path} is missing); run `iotsettle deploy`"
@@ -74,7 +75,8 @@ def contract(chain: Chain, config: Config, manifest: dict[str, Any], name: str) 
     entry = manifest["contracts"].get(name)
     if entry is None:
         raise DeploymentError(f"{name} is not in the deployment manifest of chain {manifest['chainId']}")
-    return chain.w3.eth.contract(address=entry["address"], abi=load_artifact(config, name)["abi"])
+    address: ChecksumAddress = entry["address"]
+    return chain.w3.eth.contract(address=address, abi=load_artifact(config, name)["abi"])
 
 
 def verify_manifest(chain: Chain, config: Config, manifest: dict[str, Any]) -> None:
@@ -131,7 +133,11 @@ def deploy_all(
             )
         artifact = load_artifact(config, step.name)
         entry = old_entries.get(step.name)
-        if not redeployed.intersection(step.depends_on) and _still_deployed(chain, artifact, entry):
+        if (
+            entry is not None
+            and not redeployed.intersection(step.depends_on)
+            and _still_deployed(chain, artifact, entry)
+        ):
             entries[step.name] = entry
             progress(f"{step.name}: already deployed at {entry['address']}")
             continue

@@ -9,8 +9,8 @@ raise); without one it is named by its selector.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import requests
 from eth_account.signers.local import LocalAccount
@@ -25,6 +25,7 @@ from web3.exceptions import (
     TimeExhausted,
     Web3Exception,
 )
+from web3.types import TxParams
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +76,27 @@ def _would_revert(exc: ContractLogicError, decode: Decode | None) -> ChainError:
 
 
 def send(
-    chain: Chain, account: LocalAccount, tx: dict[str, Any], timeout: float = 60.0, decode: Decode | None = None
+    chain: Chain,
+    account: LocalAccount,
+    tx: Mapping[str, Any],
+    timeout: float = 60.0,
+    decode: Decode | None = None,
 ) -> dict[str, Any]:
     """Fill nonce, gas and EIP-1559 fees, sign, send and wait for the receipt; raises ChainError when reverted."""
     w3 = chain.w3
-    tx = {"from": account.address, "chainId": chain.chain_id, **tx}
-    tx.setdefault("nonce", w3.eth.get_transaction_count(account.address, "pending"))
+    full: dict[str, Any] = {"from": account.address, "chainId": chain.chain_id, **tx}
+    full.setdefault("nonce", w3.eth.get_transaction_count(account.address, "pending"))
     try:
-        if "gas" not in tx:
-            tx["gas"] = int(w3.eth.estimate_gas(tx) * 1.2) + 10_000
+        if "gas" not in full:
+            # web3 types the transaction as its TxParams TypedDict; `full` holds the same keys as a plain dict.
+            full["gas"] = int(w3.eth.estimate_gas(cast(TxParams, full)) * 1.2) + 10_000
     except ContractLogicError as exc:
         raise _would_revert(exc, decode) from None
     except _RPC_ERRORS as exc:
         raise ChainError(f"gas estimation failed: {exc}") from None
-    if "maxFeePerGas" not in tx and "gasPrice" not in tx:
-        tx.update(fees(chain))
-    signed = account.sign_transaction(tx)
+    if "maxFeePerGas" not in full and "gasPrice" not in full:
+        full.update(fees(chain))
+    signed = account.sign_transaction(full)
     try:
         tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout)
@@ -113,7 +119,7 @@ def send_call(
     receipt."""
     params: dict[str, Any] = {"from": account.address, "value": value}
     try:
-        gas = call.estimate_gas(params)
+        gas = call.estimate_gas(cast(TxParams, params))
     except ContractLogicError as exc:
         raise _would_revert(exc, decode) from None
     except _RPC_ERRORS as exc:
@@ -127,13 +133,16 @@ def send_call(
         raise ChainError(f"cannot prepare the transaction: {message}") from None
     # Everything filled here so building the transaction makes no further RPC round trips (~10 ms each).
     tx = call.build_transaction(
-        {
-            **params,
-            "gas": int(gas * 1.2) + 10_000,
-            "chainId": chain.chain_id,
-            "nonce": chain.w3.eth.get_transaction_count(account.address, "pending"),
-            **fees(chain),
-        }
+        cast(
+            TxParams,
+            {
+                **params,
+                "gas": int(gas * 1.2) + 10_000,
+                "chainId": chain.chain_id,
+                "nonce": chain.w3.eth.get_transaction_count(account.address, "pending"),
+                **fees(chain),
+            },
+        )
     )
     return send(chain, account, tx)
 
@@ -154,16 +163,21 @@ def send_many(
     hashes = []
     for offset, call in enumerate(calls):
         tx = call.build_transaction(
-            {"from": account.address, "gas": gas, "chainId": chain.chain_id, "nonce": nonce + offset, **fee}
+            cast(
+                TxParams,
+                {"from": account.address, "gas": gas, "chainId": chain.chain_id, "nonce": nonce + offset, **fee},
+            )
         )
         try:
-            hashes.append(w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction))
+            # eth_account types the transaction as a plain dict of its own value types; web3 built it as TxParams.
+            signed = account.sign_transaction(cast(dict[str, Any], tx))
+            hashes.append(w3.eth.send_raw_transaction(signed.raw_transaction))
         except _RPC_ERRORS as exc:
             raise ChainError(f"sending transaction {offset + 1} of {len(calls)} failed: {exc}") from None
     receipts = []
     for call, tx_hash in zip(calls, hashes, strict=True):
         try:
-            receipt = dict(w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60))
+            receipt: dict[str, Any] = dict(w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60))
         except _RPC_ERRORS as exc:
             raise ChainError(f"transaction {tx_hash.to_0x_hex()} was not mined: {exc}") from None
         if receipt["status"] != 1:

@@ -254,7 +254,12 @@ def contract_refs(w3: Any, deployments: Mapping[str, tuple[str, int, str]], to_b
         address = to_checksum_address(address)
         receipt = rpc.receipt(tx)
         created = receipt.get("contractAddress") if receipt else None
-        if not created or to_checksum_address(created) != address or int(receipt["blockNumber"], 16) != block:
+        if (
+            receipt is None
+            or not created
+            or to_checksum_address(created) != address
+            or int(receipt["blockNumber"], 16) != block
+        ):
             raise ProfileMismatch(
                 f"contracts: {name} at {address} was not created by transaction {tx} in block "
                 f"{block}, so its history may start elsewhere"

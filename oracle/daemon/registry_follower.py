@@ -59,9 +59,10 @@ class RegistryFollower:
         self.on_change = on_change
         self.metrics = metrics
         self.cursor_name = f"registry:{chain_id}:{to_checksum_address(registry.address)}"
+        entries: Sequence[Mapping[str, Any]] = registry.abi  # web3's ABI TypedDicts, read as plain JSON objects
         self._events = {
-            topic0(abi): getattr(registry.events, abi["name"])()  # type: ignore[arg-type]
-            for abi in registry.abi
+            topic0(abi): getattr(registry.events, abi["name"])()
+            for abi in entries
             if abi.get("type") == "event" and abi.get("name") in FOLLOWED_EVENTS
         }
         if len(self._events) != len(FOLLOWED_EVENTS):

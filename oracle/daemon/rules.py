@@ -71,11 +71,12 @@ class RuleSettings:
     quarantine_window_s: float = 3_600.0
 
     def max_rate(self, kind: int) -> float:
-        return {
+        rates: dict[int, float] = {
             DeviceKind.METER: self.max_rate_meter,
             DeviceKind.VEHICLE: self.max_rate_vehicle,
             DeviceKind.WEATHER_STATION: self.max_rate_weather_station,
-        }.get(int(kind), 0.0)
+        }
+        return rates.get(int(kind), 0.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 import requests
 from eth_account.signers.local import LocalAccount
+from eth_typing import HexStr
 from iotsettle.oracle.chain.revert import ErrorDecoder
 from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.daemon.calldata import KindSpec
@@ -50,7 +51,7 @@ GWEI = 10**9
 #: nodes (geth, anvil) accept a replacement only if both fees rise by ≥ 10 %; 12.5 % also clears stricter pools.
 FEE_BUMP_NUM, FEE_BUMP_DEN = 9, 8
 DeadLetter = Callable[[StoredEvent, str], None]
-RPC_ERRORS: tuple[type[BaseException], ...] = (requests.RequestException, OSError, Web3Exception, ValueError)
+RPC_ERRORS = (requests.RequestException, OSError, Web3Exception, ValueError)
 
 
 class Reverted(Exception):
@@ -343,7 +344,7 @@ class Submitter:
                 "type": 2,
                 "chainId": self.chain_id,
                 "nonce": nonce,
-                "to": to,
+                "to": HexStr(to),
                 "value": 0,
                 "data": data,
                 "gas": gas,

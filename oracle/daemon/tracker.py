@@ -132,7 +132,7 @@ class Tracker:
     # ------------------------------------------------------------------------------------------ open txs
 
     def _receipt(self, tx_hash: str) -> dict[str, Any] | None:
-        return self.submitter.rpc("eth_getTransactionReceipt", [tx_hash])  # type: ignore[no-any-return]
+        return self.submitter.rpc("eth_getTransactionReceipt", [tx_hash])
 
     def _follow_open(self, tx: TxRecord, now: float, look_for_receipts: bool) -> int:
         attempts = self.txstore.attempts(tx.tx_key)
@@ -296,8 +296,8 @@ class Tracker:
                 mined_hash,
                 len(waiting),
             )
-        for event, reason in rejected:
-            self.submitter.dead_letter(event, reason)
+        for event, why in rejected:
+            self.submitter.dead_letter(event, why)
         for event in after_end:
             self._settle_before_end(tx.kind, event)
         if unmatched:

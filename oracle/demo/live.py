@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,8 @@ def _event_specs(
     ctx: OpsContext, contract: str, events: tuple[str, ...]
 ) -> dict[str, tuple[str, list[str], list[str]]]:
     """topic0 → (event name, non-indexed argument names, their ABI types)."""
-    abi = {e["name"]: e for e in ctx.contract(contract).abi if e.get("type") == "event"}
+    entries: Sequence[Mapping[str, Any]] = ctx.contract(contract).abi  # web3's ABI TypedDicts, read as JSON objects
+    abi = {e["name"]: e for e in entries if e.get("type") == "event"}
     specs = {}
     for name in events:
         entry = abi[name]

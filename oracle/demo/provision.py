@@ -477,9 +477,9 @@ def open_season(
         f"funding a crop pool with {terms.pool_assets / 1e18:g} TEST and lending "
         f"{terms.loan_principal / 1e18:g} TEST to the farmer {borrower}"
     )
-    for account in (parties.lender, *parties.farmers[: len(terms.covers)]):
-        if int(ctx.w3.eth.get_balance(account.address)) < terms.gas_money // 2:
-            send(ctx.chain, parties.insurer, {"to": account.address, "value": terms.gas_money})
+    for party in (parties.lender, *parties.farmers[: len(terms.covers)]):
+        if int(ctx.w3.eth.get_balance(party.address)) < terms.gas_money // 2:
+            send(ctx.chain, parties.insurer, {"to": party.address, "value": terms.gas_money})
     token.mint(insurer, parties.insurer.address, terms.pool_assets)
     token.mint(lender, parties.lender.address, terms.loan_principal)
     pool_id, _ = crop.create_pool(insurer, test)

@@ -20,7 +20,7 @@ import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import eth_keyfile
 from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name, kind_name
@@ -113,7 +113,7 @@ def create_keystore(
     *,
     kind: DeviceKind | None = None,
     private_key: bytes | None = None,
-    kdf: str = "scrypt",
+    kdf: Literal["pbkdf2", "scrypt"] = "scrypt",
     iterations: int | None = None,
 ) -> DeviceKey:
     """Write a new keystore ``<out_dir>/<address>.json`` (mode 0600) and return the key.
@@ -130,7 +130,7 @@ def create_keystore(
         raw,
         password.encode(),
         kdf=kdf,
-        iterations=iterations,  # type: ignore[arg-type]
+        iterations=iterations,
     )
     document["address"] = address.removeprefix("0x").lower()
     document[METADATA_KEY] = {"kind": kind_name(kind) if kind else None}

@@ -223,7 +223,7 @@ class Publisher:
 
     def _handle_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
-            reply = decode_reply(message.payload)
+            reply = decode_reply(bytes(message.payload))
         except ProtocolError as exc:
             log.warning("ignoring an unreadable reply on %s: %s", message.topic, exc)
             return

@@ -56,14 +56,14 @@ class Contracts:
     def from_names(cls, addresses: Mapping[str, str]) -> Contracts:
         """From manifest name → address; the registry and the insurance products may be absent, and a missing
         required contract raises KeyError naming it."""
-        return cls(
-            **{
-                item.name: addresses[item.metadata["contract"]]
-                if item.default is MISSING
-                else addresses.get(item.metadata["contract"])
-                for item in fields(cls)
-            }
-        )
+        # str for the required fields, str | None for the optional ones: one type per field, so Any here
+        values: dict[str, Any] = {
+            item.name: addresses[item.metadata["contract"]]
+            if item.default is MISSING
+            else addresses.get(item.metadata["contract"])
+            for item in fields(cls)
+        }
+        return cls(**values)
 
     def by_name(self) -> dict[str, str]:
         """Manifest name → address of every contract the deployment has."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ def transact_explained(ctx: OpsContext, call: ContractFunction, contract: str, s
         raise explain(exc, sentences, ctx.contract(contract).abi) from None
 
 
-def _renamed(args: dict[str, Any], name: str, abi: list[dict[str, Any]]) -> dict[str, Any]:
+def _renamed(args: dict[str, Any], name: str, abi: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The arguments named as ``abi`` names them: errors of several contracts share selectors
     (``WrongStatus(uint256,uint8)`` is a policy's, a loan's…), and the shared decoder knows one set of names."""
     for entry in abi:
@@ -39,7 +39,7 @@ def _renamed(args: dict[str, Any], name: str, abi: list[dict[str, Any]]) -> dict
     return args
 
 
-def explain(exc: RevertedError, sentences: Sentences, abi: list[dict[str, Any]] | None = None) -> RevertedError:
+def explain(exc: RevertedError, sentences: Sentences, abi: Sequence[Mapping[str, Any]] | None = None) -> RevertedError:
     writer = sentences.get(exc.revert.name)
     if writer is None:
         return exc
@@ -51,7 +51,7 @@ def explain(exc: RevertedError, sentences: Sentences, abi: list[dict[str, Any]] 
     return RevertedError(dataclasses.replace(exc.revert, sentence=sentence))
 
 
-def named(abi: list[dict[str, Any]], function: str, raw: Any) -> dict[str, Any]:
+def named(abi: Sequence[Mapping[str, Any]], function: str, raw: Any) -> dict[str, Any]:
     """A struct returned by ``function`` as a dict by field name (nested structs too), from the ABI."""
     for entry in abi:
         if entry.get("type") == "function" and entry.get("name") == function:
@@ -62,7 +62,7 @@ def named(abi: list[dict[str, Any]], function: str, raw: Any) -> dict[str, Any]:
     raise KeyError(f"{function} is not in the ABI")
 
 
-def _zip(param: dict[str, Any], value: Any) -> Any:
+def _zip(param: Mapping[str, Any], value: Any) -> Any:
     if param["type"] == "tuple":
         return {c["name"]: _zip(c, v) for c, v in zip(param["components"], value, strict=True)}
     if param["type"] == "tuple[]":

@@ -63,6 +63,18 @@ def agreement_of(ctx: OpsContext, agreement_id: int) -> AgreementView:
     if status == 0:
         raise ChainError(f"agreement {agreement_id} does not exist on chain {ctx.chain.chain_id}")
     earnings = int(billing.functions.earningsOf(agreement_id).call())
+    (
+        notice_period,
+        close_at,
+        start_value,
+        last_value,
+        last_seq,
+        last_timestamp,
+        prepaid,
+        arrears,
+        deposited,
+        withdrawn,
+    ) = (int(x) for x in raw[6:])
     return AgreementView(
         agreement_id,
         raw[0],
@@ -71,7 +83,16 @@ def agreement_of(ctx: OpsContext, agreement_id: int) -> AgreementView:
         raw[3],
         int(raw[4]),
         AGREEMENT_STATUSES[status] if status < len(AGREEMENT_STATUSES) else str(status),
-        *(int(x) for x in raw[6:]),
+        notice_period,
+        close_at,
+        start_value,
+        last_value,
+        last_seq,
+        last_timestamp,
+        prepaid,
+        arrears,
+        deposited,
+        withdrawn,
         earnings,
     )
 

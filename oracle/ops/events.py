@@ -6,7 +6,7 @@ decoded with the contract's ABI.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,8 @@ def fetch_logs(
     if not ctx.has(contract):
         return []
     handle = ctx.contract(contract)
-    abi = {e["name"]: e for e in handle.abi if e.get("type") == "event"}
+    entries: Sequence[Mapping[str, Any]] = handle.abi  # web3's ABI TypedDicts, read as plain JSON objects
+    abi = {e["name"]: e for e in entries if e.get("type") == "event"}
     by_topic = {topic0(abi[name]): name for name in events}
     topics: list[Any] = [list(by_topic)]
     if topic1 is not None or topic2 is not None:

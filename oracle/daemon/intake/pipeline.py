@@ -470,8 +470,8 @@ class Intake:
         self.metrics.verified.inc(verified)
         self.metrics.stored.inc(len(accepted))
         self.metrics.duplicates.inc(duplicates)
-        for reason, count in rejected_by.items():
-            self.metrics.rejected.labels(reason=reason).inc(count)
+        for reason_name, count in rejected_by.items():
+            self.metrics.rejected.labels(reason=reason_name).inc(count)
         return replies, kept_replies
 
     def _device_check(self, event: wire.SignedEvent, signer: str) -> Refusal | None:

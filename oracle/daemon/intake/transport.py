@@ -188,7 +188,9 @@ class Transport:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         """QoS 0 events (a device that ignores the protocol) and anything the fast path left to paho."""
-        self._deliver(Message(time.time(), message.mid, message.qos, message.topic, message.payload, self._connection))
+        self._deliver(
+            Message(time.time(), message.mid, message.qos, message.topic, bytes(message.payload), self._connection)
+        )
 
     def _on_publish(self, mid: int, topic: str, payload: bytes) -> None:
         """A QoS 1 event, from paho's network thread (``Client._handle_publish``)."""

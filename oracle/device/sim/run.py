@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from iotsettle.oracle.device.publisher import BrokerSettings, Publisher
 from iotsettle.oracle.device.signer import Contracts
 from iotsettle.oracle.device.sim.faults import InjectedFault
 from iotsettle.oracle.device.sim.models import WeatherScenario, driving_style
-from iotsettle.oracle.device.sim.plan import PlannedEvent, plan_events, sign_ahead
+from iotsettle.oracle.device.sim.plan import EventPlan, PlannedEvent, plan_events, sign_ahead
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.reasons import Reply
 from iotsettle.oracle.protocol.wire import TOPIC_ROOT
@@ -166,7 +166,7 @@ def run_simulation(
     planned = submitted = 0
     # Signing is the expensive part (~0.3 ms an event): sign everything before the clock starts when it fits in
     # memory, so the publishing loop only hands bytes to paho and the rate holds.
-    events: Iterator[PlannedEvent] | list[PlannedEvent] = plan
+    events: EventPlan | list[PlannedEvent] = plan
     if rate * duration <= PREBUILD_LIMIT:
         expected = int(rate * duration)
         processes = workers if workers is not None else (min(os.cpu_count() or 1, 4) if expected >= 5_000 else 1)
