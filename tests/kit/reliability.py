@@ -21,11 +21,11 @@ from eth_account import Account
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.daemon.store import EventStatus, Store
 from iotsettle.oracle.daemon.txstore import TxStatus, TxStore
+from iotsettle.oracle.testing.wait import wait_for
 from web3 import Web3
 
 from tests.kit.daemon import DaemonProcess
 from tests.kit.settlement import FUNDER, PRICE, START, Meter, Scenario
-from tests.kit.wait import wait_for
 
 PAID = (EventStatus.SETTLED, EventStatus.FINAL)
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 from iotsettle.oracle.chain.node import Mosquitto
+from iotsettle.oracle.testing.devices import Publisher
+from iotsettle.oracle.testing.wait import wait_for
 
-from tests.kit.devices import Publisher
 from tests.kit.reliability import Fleet, daemon, fund_relayer, nonce_report, store_statuses, summary
-from tests.kit.wait import wait_for
 
 METERS = 4
 
