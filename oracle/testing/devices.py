@@ -19,6 +19,7 @@ from iotsettle.oracle.device.signer import Contracts, EventSigner
 from iotsettle.oracle.ops import registry
 from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name
+from iotsettle.oracle.protocol.reasons import Reason
 from iotsettle.oracle.protocol.wire import SignedEvent
 from iotsettle.oracle.testing.stack import Deployment
 
@@ -83,16 +84,27 @@ class Publisher:
 
     def send(self, event: SignedEvent, timeout: float = 10.0) -> dict[str, Any]:
         """Publish a signed event on its device's topic and return the oracle's reply to it (other replies that
-        arrive meanwhile are dropped)."""
-        self.publish(wire.events_topic(event.chain_id, event.device), event.to_payload())
+        arrive meanwhile are dropped).
+
+        A device registered a moment ago is known to the oracle from its next registry poll; until then it answers
+        ``unknown_device``, and, as a device does, this publishes the event again until another answer comes.
+        """
         mine = wire.replies_topic(event.chain_id, event.device)
         deadline = time.monotonic() + timeout
         while True:
+            self.publish(wire.events_topic(event.chain_id, event.device), event.to_payload())
+            reply = self._reply(mine, event, deadline)
+            if reply.get("reason") != Reason.UNKNOWN_DEVICE.value or time.monotonic() > deadline:
+                return reply
+            time.sleep(0.1)
+
+    def _reply(self, topic: str, event: SignedEvent, deadline: float) -> dict[str, Any]:
+        while True:
             try:
-                topic, reply = self.replies.get(timeout=max(0.01, deadline - time.monotonic()))
+                got, reply = self.replies.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
-                raise TimeoutError(f"no reply to {event.type} seq {event.seq} within {timeout:g} s") from None
-            if topic == mine and reply.get("seq") == event.seq:
+                raise TimeoutError(f"no reply to {event.type} seq {event.seq} before the deadline") from None
+            if got == topic and reply.get("seq") == event.seq:
                 return reply
 
     def collect(self, count: int, timeout: float = 10.0) -> list[tuple[str, dict[str, Any]]]:

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from eth_abi import decode as abi_decode
 from iotsettle.oracle.chain.logs import id_topic, scan, topic0
+from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.protocol.errors import IotSettleError
 from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.protocol.wire import SignedEvent
@@ -65,8 +66,8 @@ def _outcome(deployment: Deployment, event: SignedEvent, start: int) -> Payment 
             return Payment(kind.settled_event, args, str(entry["transactionHash"]), int(entry["blockNumber"], 16))
         if not is_settled and seq == event.seq:
             raise EventRejected(
-                f"{kind.contract} rejected {event.type} seq {event.seq} of {event.device} ({kind.rejected_event} "
-                f"reason {args.get('reason')})"
+                f"{kind.contract} rejected {event.type} seq {event.seq} of {event.device}: "
+                f"{reason_label(int(args['reason']))}"
             )
     return None
 
