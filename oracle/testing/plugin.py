@@ -22,6 +22,7 @@ from iotsettle.oracle.chain.connection import Chain, connect
 from iotsettle.oracle.chain.node import Anvil, Mosquitto
 from iotsettle.oracle.device.signer import EventSigner
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.errors import ConfigError
 from iotsettle.oracle.protocol.wire import SignedEvent
 from iotsettle.oracle.testing.accounts import DEV_ACCOUNTS, ETHER, funded_account
 from iotsettle.oracle.testing.daemon import DaemonProcess
@@ -54,6 +55,11 @@ def _root(config: pytest.Config) -> Path | None:
 def local_stack(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """anvil and mosquitto on free loopback ports for the whole session; stopped when it ends."""
     stack = LocalStack(tmp_path_factory.mktemp("iotsettle-stack"), root=_root(pytestconfig))
+    if not (stack.config.root / "foundry.toml").is_file():
+        raise ConfigError(
+            f"no foundry.toml in {stack.config.root}: set the pytest ini option {ROOT_OPTION} to the iotsettle "
+            "checkout (or a project laid out like it) whose contracts the tests deploy"
+        )
     with stack:
         yield stack
 

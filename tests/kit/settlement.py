@@ -15,6 +15,7 @@ from iotsettle.oracle.daemon.store import EventRecord
 from iotsettle.oracle.device.keys import DeviceKey
 from iotsettle.oracle.protocol import device_kinds, eip712
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.testing.accounts import ETHER, fund
 from iotsettle.oracle.testing.devices import register_device
 from web3 import Web3
 
@@ -145,7 +146,7 @@ class Scenario:
         return int(self.billing.functions.earningsOf(meter.agreement).call())
 
     def fund(self, address: str) -> None:
-        send(self.chain, FUNDER, {"to": address, "value": 10**19})
+        fund(self.chain, address, 10 * ETHER)
 
     def rpc(self, method: str, *params: Any) -> Any:
         response = self.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
