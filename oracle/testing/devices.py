@@ -108,7 +108,7 @@ class Publisher:
                 return reply
 
     def collect(self, count: int, timeout: float = 10.0) -> list[tuple[str, dict[str, Any]]]:
-        out = []
+        out: list[tuple[str, dict[str, Any]]] = []
         deadline = time.monotonic() + timeout
         while len(out) < count:
             try:

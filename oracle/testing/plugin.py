@@ -146,7 +146,7 @@ def oracle_daemon(
         tmp_path_factory.mktemp("oracle"),
         deployment,
         mosquitto,
-        relayer_key=relayer.key.to_0x_hex(),
+        relayer_key="0x" + bytes(relayer.key).hex(),
         IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.1",
     )
     daemon.start()

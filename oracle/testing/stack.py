@@ -81,7 +81,7 @@ class LocalStack:
 
     def __init__(self, state_dir: Path, *, root: Path | None = None, **env: str) -> None:
         self.state_dir = state_dir
-        self.config = stack_config(state_dir, root=root, **env)
+        self.config = stack_config(state_dir, None, None, root=root, **env)
         self.anvil = Anvil(self.config)
         self.mosquitto = Mosquitto(self.config)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from eth_abi import decode as abi_decode
 from iotsettle.oracle.chain.logs import id_topic, scan, topic0
@@ -51,7 +51,8 @@ class Payment:
 def _outcome(deployment: Deployment, event: SignedEvent, start: int) -> Payment | None:
     kind = KINDS[event.type]
     contract = deployment.contract(kind.contract)
-    abis = {item["name"]: item for item in contract.abi if item.get("type") == "event"}
+    entries = cast(list[dict[str, Any]], contract.abi)
+    abis = {str(item["name"]): item for item in entries if item.get("type") == "event"}
     settled, rejected = abis[kind.settled_event], abis[kind.rejected_event]
     topics = [[topic0(settled), topic0(rejected)], id_topic(event.target_id)]
     for entry in scan(deployment.rpc, contract.address, start, deployment.rpc.block_number(), topics):
@@ -77,6 +78,5 @@ def wait_until_paid(deployment: Deployment, event: SignedEvent, timeout: float =
     signed by a device): returns the settled log; EventRejected if the contract refused it, WaitTimedOut if
     nothing settled it within ``timeout`` seconds."""
     start = deployment.deployed_block(KINDS[event.type].contract)
-    return wait_for(
-        lambda: _outcome(deployment, event, start), timeout, f"{event.type} seq {event.seq} of {event.device} paid"
-    )
+    what = f"{event.type} seq {event.seq} of {event.device} paid"
+    return cast(Payment, wait_for(lambda: _outcome(deployment, event, start), timeout, what))
