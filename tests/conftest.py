@@ -1,24 +1,32 @@
-"""Session fixtures: a real anvil and a real mosquitto on free loopback ports, and the contracts deployed.
-
-The services are started through the same `iotsettle.oracle.chain.node` code as `iotsettle node up`, with their state
-in a temporary folder, and are stopped when the session ends (no process is left behind). Each test folder's
-conftest.py holds the fixtures only its tests use; plain helpers shared between folders are in `tests.kit`.
+"""The session's stack comes from the project's own pytest plugin, ``iotsettle.oracle.testing.plugin`` (the one
+users get, docs/TESTING.md): a real anvil and a real mosquitto on free loopback ports, the contracts deployed,
+stopped when the session ends. This file adds the `--runslow` switch and the project's names for the stack's
+folder and configuration. Each test folder's conftest.py holds the fixtures only its tests use; plain helpers
+shared between folders are in `tests.kit`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-from iotsettle.oracle.chain.compiler import ensure_compiled
-from iotsettle.oracle.chain.connection import Chain, connect, load_sender
-from iotsettle.oracle.chain.deploy import deploy_all
-from iotsettle.oracle.chain.node import Anvil, Mosquitto, free_port
 from iotsettle.oracle.config import Config
-from web3 import Web3
+from iotsettle.oracle.testing.stack import LocalStack
 
-from tests.kit.stack import Deployment, make_config
+PLUGIN = "iotsettle.oracle.testing.plugin"
+
+
+def _autoloaded() -> bool:
+    """Whether pytest loads the plugin by itself (an install whose metadata has the pytest11 entry point)."""
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        return False
+    return any(ep.value == PLUGIN for ep in entry_points(group="pytest11"))
+
+
+# Registering the module a second time under another name than the entry point's would be refused by pytest.
+pytest_plugins = [] if _autoloaded() else [PLUGIN]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,43 +45,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("stack")
+def stack_dir(local_stack: LocalStack) -> Path:
+    return local_stack.state_dir
 
 
 @pytest.fixture(scope="session")
-def test_config(stack_dir: Path) -> Config:
-    return make_config(stack_dir, free_port(), free_port())
-
-
-@pytest.fixture(scope="session")
-def anvil(test_config: Config) -> Iterator[Anvil]:
-    service = Anvil(test_config)
-    service.start()
-    yield service
-    service.stop()
-
-
-@pytest.fixture(scope="session")
-def mosquitto(test_config: Config) -> Iterator[Mosquitto]:
-    service = Mosquitto(test_config)
-    service.start()
-    yield service
-    service.stop()
-
-
-@pytest.fixture(scope="session")
-def chain(anvil: Anvil, test_config: Config) -> Chain:
-    return connect(test_config)
-
-
-@pytest.fixture(scope="session")
-def w3(chain: Chain) -> Web3:
-    return chain.w3
-
-
-@pytest.fixture(scope="session")
-def deployment(test_config: Config, chain: Chain) -> Deployment:
-    ensure_compiled(test_config)
-    manifest = deploy_all(test_config, chain, load_sender(test_config, chain))
-    return Deployment(test_config, chain, manifest)
+def test_config(local_stack: LocalStack) -> Config:
+    return local_stack.config

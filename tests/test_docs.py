@@ -28,7 +28,7 @@ from iotsettle.cli.main import cli
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ("README.md", "docs/CLI.md", "docs/DEMO.md", "docs/OPERATIONS.md")
 #: pages whose Python snippets import the package: each import must name a module and a name that exist
-SNIPPET_PAGES = (*PAGES, "docs/PROTOCOL.md")
+SNIPPET_PAGES = (*PAGES, "docs/PROTOCOL.md", "docs/TESTING.md")
 SHELL_BLOCKS = {"sh", "shell", "bash", "console"}
 #: programs a documented command is piped into; any other word after `|` is a sibling command of the line
 PIPE_PROGRAMS = {"jq", "grep", "head", "tail", "tee", "sort", "wc", "less", "xargs", "python", "sed", "awk", "cut"}
@@ -237,7 +237,7 @@ SNIPPET_IMPORTS = _snippet_imports()
 
 
 def test_the_snippets_import_the_package() -> None:
-    assert {page for page, _, _ in SNIPPET_IMPORTS} == {"docs/CLI.md", "docs/PROTOCOL.md"}
+    assert {page for page, _, _ in SNIPPET_IMPORTS} == {"docs/CLI.md", "docs/PROTOCOL.md", "docs/TESTING.md"}
 
 
 @pytest.mark.parametrize(("page", "module", "name"), SNIPPET_IMPORTS)

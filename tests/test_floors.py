@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # Floor of each part of `iotsettle.oracle` and of `iotsettle.cli`; a module may import its own floor's part and the
-# parts on lower floors. `daemon` and `ops` share a floor and may not import each other.
+# parts on lower floors. `daemon` and `ops` share a floor and may not import each other, nor may `demo` and `testing`.
 FLOORS = {
     "protocol": 0,
     "config": 1,
@@ -26,6 +26,7 @@ FLOORS = {
     "ops": 4,
     "credit": 5,
     "demo": 6,
+    "testing": 6,
     "cli": 7,
 }
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from iotsettle.oracle.testing.stack import Deployment, private_deployment
 
 from tests.kit.cli import Cli
-from tests.kit.stack import Deployment, private_deployment
 
 
 @pytest.fixture()

@@ -21,10 +21,11 @@ from iotsettle.oracle.chain.deploy import deploy_all
 from iotsettle.oracle.chain.node import free_port, rpc_ready
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.location import location_bytes32
+from iotsettle.oracle.testing.stack import Deployment
 
 from tests.kit.cli import Cli, register_device
 from tests.kit.products import chain_now, delivery, reading, token_balance
-from tests.kit.stack import REPO, Deployment, make_config
+from tests.kit.stack import REPO, make_config
 
 GANACHE = REPO / "node_modules" / ".bin" / "ganache"
 MNEMONIC = "test test test test test test test test test test test junk"

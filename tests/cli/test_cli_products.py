@@ -12,10 +12,10 @@ from typing import Any
 from iotsettle.oracle.device.keys import DeviceKey
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.location import location_bytes32
+from iotsettle.oracle.testing.stack import Deployment
 
 from tests.kit.cli import Cli, User, register_device
 from tests.kit.products import allow_insurer, chain_now, delivery, telematics, token_balance, warp_to, weather
-from tests.kit.stack import Deployment
 
 TOKEN = 10**18
 CENT = TOKEN // 100

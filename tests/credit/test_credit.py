@@ -16,10 +16,10 @@ from iotsettle.oracle.credit.document import PROFILE_VERSION, build, canonical_j
 from iotsettle.oracle.credit.scan import CONTRACTS, chain_point, contract_refs
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.location import location_bytes32
+from iotsettle.oracle.testing.stack import private_deployment
 
 from tests.kit.cli import Cli, register_device
 from tests.kit.products import allow_insurer, chain_now, delivery, reading, telematics, warp_to, weather
-from tests.kit.stack import private_deployment
 
 TOKEN = 10**18
 DEST = "u33dc0cr"

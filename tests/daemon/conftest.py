@@ -1,5 +1,6 @@
 """Fixtures of the daemon tests: an oracle store in the test's folder, the on-chain registry, settlement scenarios
-on the session deployment, fresh relayers, a device-side MQTT client, and daemon processes that are killed after."""
+on the session deployment, fresh relayers, and daemon processes that are killed after (the device-side MQTT
+client `publisher` is the plugin's)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.store import Store
 
 from tests.kit.daemon import DaemonProcess
-from tests.kit.devices import ChainRegistry, Publisher
+from tests.kit.devices import ChainRegistry
 from tests.kit.settlement import Scenario
 
 
@@ -52,13 +53,6 @@ def abis(test_config: Config) -> dict[str, list]:  # type: ignore[type-arg]
         "reading": load_artifact(test_config, "MeteredBilling")["abi"],
         "delivery": load_artifact(test_config, "DeliveryEscrow")["abi"],
     }
-
-
-@pytest.fixture
-def publisher(mosquitto) -> Iterator[Publisher]:
-    pub = Publisher(mosquitto.host, mosquitto.port)
-    yield pub
-    pub.close()
 
 
 @pytest.fixture

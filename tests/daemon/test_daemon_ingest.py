@@ -15,9 +15,10 @@ from iotsettle.oracle.daemon.rules import RuleSettings
 from iotsettle.oracle.daemon.store import Store
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32
+from iotsettle.oracle.testing.devices import Publisher
+from iotsettle.oracle.testing.wait import wait_for
 
-from tests.kit.devices import CHAIN_ID, CONTRACTS, Device, Publisher, register
-from tests.kit.wait import wait_for
+from tests.kit.devices import CHAIN_ID, CONTRACTS, Device, register
 
 BERLIN = location_bytes32(geohash_encode(52.5200, 13.4050, 7))
 BERLIN_NEARBY = location_bytes32(geohash_encode(52.5210, 13.4060, 7))

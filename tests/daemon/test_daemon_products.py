@@ -42,11 +42,12 @@ from iotsettle.oracle.daemon.store import (
 from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.kinds import KINDS
+from iotsettle.oracle.testing.devices import Publisher
+from iotsettle.oracle.testing.wait import wait_for
 from web3 import Web3
 
 from tests.kit.daemon import DaemonProcess
-from tests.kit.devices import ALL_CONTRACTS, CHAIN_ID, OWNER, ChainRegistry, Device, Publisher, register
-from tests.kit.wait import wait_for
+from tests.kit.devices import ALL_CONTRACTS, CHAIN_ID, OWNER, ChainRegistry, Device, register
 
 NOW = 1_800_000_000
 KEY = os.urandom(32)

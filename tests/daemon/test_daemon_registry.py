@@ -12,8 +12,9 @@ from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.registry_follower import RegistryFollower
 from iotsettle.oracle.daemon.store import Store
 from iotsettle.oracle.protocol import device_kinds
+from iotsettle.oracle.testing.devices import Publisher
 
-from tests.kit.devices import OWNER, ChainRegistry, Device, Publisher
+from tests.kit.devices import OWNER, ChainRegistry, Device
 
 
 def follower_for(registry: ChainRegistry, store: Store, **kw: Any) -> RegistryFollower:

@@ -19,11 +19,12 @@ from iotsettle.oracle.chain.node import Anvil, free_port
 from iotsettle.oracle.daemon.service import status_topic
 from iotsettle.oracle.daemon.store import Store
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.testing.devices import Publisher
+from iotsettle.oracle.testing.wait import wait_for
 
 from tests.kit.daemon import RELAYER_KEY, DaemonProcess
-from tests.kit.devices import OWNER, ChainRegistry, Device, Publisher
+from tests.kit.devices import OWNER, ChainRegistry, Device
 from tests.kit.stack import REPO
-from tests.kit.wait import wait_for
 
 
 def readings(device: Device, count: int, first_seq: int = 1) -> list[tuple[str, bytes]]:

@@ -25,11 +25,11 @@ from iotsettle.oracle.daemon.planner import Batch
 from iotsettle.oracle.daemon.settler import Settler, SettlerSettings
 from iotsettle.oracle.daemon.store import EventStatus, Store, StoredEvent
 from iotsettle.oracle.daemon.txstore import TxStatus
+from iotsettle.oracle.testing.wait import wait_for
 from web3 import HTTPProvider, Web3
 
 from tests.kit.settlement import DEPOSIT, FUNDER, PRICE, PROVIDER, START, Scenario
 from tests.kit.stack import REPO
-from tests.kit.wait import wait_for
 
 
 @contextmanager

@@ -19,9 +19,9 @@ from iotsettle.oracle.daemon.store import Store
 from iotsettle.oracle.device.buffer import OfflineBuffer
 from iotsettle.oracle.device.publisher import BrokerSettings, Publisher
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.testing.devices import Publisher as RawPublisher
 
 from tests.kit.devices import ALL_CONTRACTS, CHAIN_ID, Device, register
-from tests.kit.devices import Publisher as RawPublisher
 
 LOCATION = b"u33dbfc".ljust(32, b"\0")
 

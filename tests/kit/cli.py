@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 from dataclasses import dataclass
@@ -15,9 +14,10 @@ from iotsettle.cli.main import cli
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.device.keys import DeviceKey
-from iotsettle.oracle.ops import registry
 from iotsettle.oracle.ops.context import open_context
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.testing import devices as testing_devices
+from iotsettle.oracle.testing.stack import Deployment
 
 from tests.kit.stack import REPO
 
@@ -96,7 +96,5 @@ class Cli:
 
 def register_device(config: Config, owner: User, kind: DeviceKind) -> DeviceKey:
     """A new device key registered on chain to ``owner``."""
-    key = DeviceKey.from_private_key(secrets.token_bytes(32), kind)
-    ctx = dataclasses.replace(open_context(config), sender=owner.account)
-    registry.register(ctx, key, kind)
-    return key
+    ctx = open_context(config)
+    return testing_devices.register_device(Deployment(config, ctx.chain, ctx.manifest), owner.account, kind)

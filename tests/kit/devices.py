@@ -1,25 +1,23 @@
-"""Devices that sign the way the firmware does, the deployed DeviceRegistry driven by an owner, and a device-side
-MQTT client that listens for the oracle's replies."""
+"""Devices that sign the way the firmware does, including the ways it must not (another chain, contract or key),
+and the deployed DeviceRegistry driven by an owner (registration itself is ``iotsettle.oracle.testing.devices``)."""
 
 from __future__ import annotations
 
-import json
 import os
-import queue
-import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as mqtt
 from eth_account import Account
 from eth_utils import to_checksum_address
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.daemon.store import RegistryEntry, Store
+from iotsettle.oracle.device.keys import DeviceKey
 from iotsettle.oracle.protocol import device_kinds, eip712, wire
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.kinds import CONTRACT_OF_KIND
+from iotsettle.oracle.testing.devices import register_device
 from web3 import Web3
 
 CHAIN_ID = 31337
@@ -139,6 +137,7 @@ class ChainRegistry:
     """The deployed DeviceRegistry, driven the way an owner does: register, rotate, revoke."""
 
     def __init__(self, deployment: Any) -> None:
+        self.deployment = deployment
         self.chain = deployment.chain
         self.w3: Web3 = deployment.chain.w3
         self.contract = deployment.contract("DeviceRegistry")
@@ -158,16 +157,7 @@ class ChainRegistry:
 
     def register(self, kind: int) -> Device:
         device = Device(kind=kind, chain_id=self.chain.chain_id, contracts=dict(self.contracts))
-        deadline = self._deadline()
-        msg = {
-            "device": device.address,
-            "owner": OWNER.address,
-            "kind": kind,
-            "metadataHash": bytes(32),
-            "deadline": deadline,
-        }
-        sig = self._sign("Registration", msg, device.key)
-        self._send(self.contract.functions.register(device.address, kind, bytes(32), deadline, sig))
+        register_device(self.deployment, OWNER, DeviceKind(kind), DeviceKey.from_private_key(device.key, kind))
         return device
 
     def rotate(self, device: Device) -> Device:
@@ -181,44 +171,3 @@ class ChainRegistry:
 
     def revoke(self, device: Device) -> None:
         self._send(self.contract.functions.revoke(device.address))
-
-
-class Publisher:
-    """A device-side MQTT client: publishes QoS 1 and collects every reply on the devices' replies topics."""
-
-    def __init__(self, host: str, port: int, chain_id: int = CHAIN_ID) -> None:
-        self.replies: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
-        self._subscribed = threading.Event()
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{uuid.uuid4().hex[:10]}", protocol=mqtt.MQTTv5
-        )
-        self.client.max_inflight_messages_set(1000)
-        self.client.on_connect = lambda c, *_: c.subscribe(f"{wire.TOPIC_ROOT}/{chain_id}/+/replies", qos=1)
-        self.client.on_subscribe = lambda *_: self._subscribed.set()
-        self.client.on_message = lambda c, u, m: self.replies.put((m.topic, json.loads(m.payload)))
-        self.client.connect(host, port)
-        self.client.loop_start()
-        if not self._subscribed.wait(10):
-            raise TimeoutError("publisher could not subscribe to the replies")
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
-
-    def publish_many(self, items: list[tuple[str, bytes]]) -> None:
-        infos = [self.client.publish(topic, payload, qos=1) for topic, payload in items]
-        for info in infos:
-            info.wait_for_publish(30)
-
-    def collect(self, count: int, timeout: float = 10.0) -> list[tuple[str, dict[str, Any]]]:
-        out = []
-        deadline = time.monotonic() + timeout
-        while len(out) < count:
-            try:
-                out.append(self.replies.get(timeout=max(0.01, deadline - time.monotonic())))
-            except queue.Empty:
-                raise TimeoutError(f"got {len(out)} of {count} replies: {out}") from None
-        return out
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from eth_account import Account
-from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.daemon.store import EventStatus, Store
 from iotsettle.oracle.daemon.txstore import TxStatus, TxStore
+from iotsettle.oracle.testing.accounts import ETHER, funded_account
+from iotsettle.oracle.testing.wait import wait_for
 from web3 import Web3
 
 from tests.kit.daemon import DaemonProcess
-from tests.kit.settlement import FUNDER, PRICE, START, Meter, Scenario
-from tests.kit.wait import wait_for
+from tests.kit.settlement import PRICE, START, Meter, Scenario
 
 PAID = (EventStatus.SETTLED, EventStatus.FINAL)
 
@@ -120,9 +120,7 @@ class Fleet:
 
 def fund_relayer(deployment: Any, ether: int = 10) -> str:
     """A new relayer account with ``ether`` ETH, so each daemon's nonces are its own; returns its key (0x-hex)."""
-    account = Account.create()
-    send(deployment.chain, FUNDER, {"to": account.address, "value": ether * 10**18})
-    return "0x" + bytes(account.key).hex()
+    return "0x" + bytes(funded_account(deployment.chain, ether * ETHER).key).hex()
 
 
 def daemon(tmp_path: Path, deployment: Any, broker: Any, relayer_key: str, **env: str) -> DaemonProcess:

@@ -12,7 +12,11 @@ from eth_account.signers.local import LocalAccount
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.daemon.store import EventRecord
+from iotsettle.oracle.device.keys import DeviceKey
 from iotsettle.oracle.protocol import device_kinds, eip712
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.testing.accounts import ETHER, fund
+from iotsettle.oracle.testing.devices import register_device
 from web3 import Web3
 
 from tests.kit.devices import Device
@@ -58,17 +62,7 @@ class Scenario:
     def register(self, kind: int) -> Device:
         contracts = {"reading": self.billing.address, "delivery": self.escrow.address}
         device = Device(kind=kind, chain_id=self.chain_id, contracts=contracts)
-        deadline = self.now() + 3600
-        msg = {
-            "device": device.address,
-            "owner": PROVIDER.address,
-            "kind": kind,
-            "metadataHash": bytes(32),
-            "deadline": deadline,
-        }
-        digest = eip712.digest("Registration", msg, eip712.Domain(self.chain_id, self.registry.address))
-        sig = eip712.sign_digest(device.key, digest)
-        self.tx(PROVIDER, self.registry.functions.register(device.address, kind, bytes(32), deadline, sig))
+        register_device(self.d, PROVIDER, DeviceKind(kind), DeviceKey.from_private_key(device.key, kind))
         return device
 
     def meter(self) -> Meter:
@@ -152,7 +146,7 @@ class Scenario:
         return int(self.billing.functions.earningsOf(meter.agreement).call())
 
     def fund(self, address: str) -> None:
-        send(self.chain, FUNDER, {"to": address, "value": 10**19})
+        fund(self.chain, address, 10 * ETHER)
 
     def rpc(self, method: str, *params: Any) -> Any:
         response = self.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
-from tests.kit.stack import Deployment, private_deployment
+from iotsettle.oracle.testing.stack import Deployment, private_deployment
 
 
 @pytest.fixture(scope="module")

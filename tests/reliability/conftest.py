@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from iotsettle.oracle.chain.node import Mosquitto, free_port
+from iotsettle.oracle.testing.devices import Publisher
 
-from tests.kit.devices import Publisher
 from tests.kit.reliability import Fleet, daemon, fund_relayer
 
 

@@ -29,11 +29,11 @@ from iotsettle.oracle.device.publisher import BrokerSettings
 from iotsettle.oracle.device.publisher import Publisher as DevicePublisher
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.wire import TOPIC_ROOT
+from iotsettle.oracle.testing.devices import Publisher
+from iotsettle.oracle.testing.wait import wait_for
 
-from tests.kit.devices import Publisher
 from tests.kit.reliability import Fleet, daemon, fund_relayer, nonce_report, store_statuses, summary
 from tests.kit.settlement import Scenario
-from tests.kit.wait import wait_for
 
 METERS = 4
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from iotsettle.oracle.daemon.store import EventStatus
+from iotsettle.oracle.testing.devices import Publisher
+from iotsettle.oracle.testing.wait import wait_for
 
-from tests.kit.devices import Publisher
 from tests.kit.reliability import Fleet, daemon, fund_relayer, metrics, nonce_report, store_statuses, summary
-from tests.kit.wait import wait_for
 
 METERS = 6
 ALL_POINTS = ["before_store", "after_store", "after_nonce", "after_broadcast", "after_receipt"]

@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from iotsettle.oracle.daemon.store import Store
 from iotsettle.oracle.protocol import eip712, wire
+from iotsettle.oracle.testing.devices import Publisher
 
-from tests.kit.devices import Device, Publisher
+from tests.kit.devices import Device
 from tests.kit.reliability import Fleet, labelled, metrics, summary
 from tests.kit.settlement import PRICE, START
 

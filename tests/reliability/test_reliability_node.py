@@ -24,11 +24,12 @@ from iotsettle.oracle.chain.compiler import ensure_compiled
 from iotsettle.oracle.chain.connection import connect, load_sender
 from iotsettle.oracle.chain.deploy import deploy_all
 from iotsettle.oracle.chain.node import find_binary, free_port, rpc_ready
+from iotsettle.oracle.testing.devices import Publisher
+from iotsettle.oracle.testing.stack import Deployment
+from iotsettle.oracle.testing.wait import wait_for
 
-from tests.kit.devices import Publisher
 from tests.kit.reliability import Fleet, daemon, fund_relayer, nonce_report, store_statuses, summary
-from tests.kit.stack import Deployment, make_config
-from tests.kit.wait import wait_for
+from tests.kit.stack import make_config
 
 #: anvil's sixth default account (the standard test mnemonic); iotsettle.oracle.chain.connection lists the first five
 DEV_KEY_5 = "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba"

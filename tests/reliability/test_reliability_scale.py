@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from iotsettle.oracle.testing.devices import Publisher
+from iotsettle.oracle.testing.wait import wait_for
 
-from tests.kit.devices import Publisher
 from tests.kit.reliability import Fleet, daemon, fund_relayer, metrics, nonce_report, store_statuses, summary
-from tests.kit.wait import wait_for
 
 METERS = 12
 RETRIED = 6  # meters whose reading the device publishes a second time (no reply seen yet, say)

@@ -18,11 +18,11 @@ from statistics import mean
 from typing import Any
 
 import pytest
+from iotsettle.oracle.testing.devices import Publisher
+from iotsettle.oracle.testing.wait import wait_for
 
 from tests.kit.daemon import DaemonProcess
-from tests.kit.devices import Publisher
 from tests.kit.reliability import Fleet, daemon, fund_relayer, labelled, metrics, nonce_report, store_statuses, summary
-from tests.kit.wait import wait_for
 
 SECONDS = float(os.environ.get("IOTSETTLE_SOAK_SECONDS", "120"))
 DEVICES = int(os.environ.get("IOTSETTLE_SOAK_DEVICES", "20"))
