@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bench import e2e
-from bench.stack import BenchStack, provision, topic_of
+from bench.stack import BenchStack, provision, provision_products, topic_of
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,8 @@ def stack(deployment: Any, anvil: Any, mosquitto: Any, tmp_path_factory: pytest.
     bench = BenchStack(
         deployment.config, anvil, mosquitto, deployment.chain, deployment.manifest, tmp_path_factory.mktemp("bench")
     )
-    provision(bench, meters=25, trackers=4, escrows_per_tracker=3)
+    provision(bench, meters=40, trackers=4, escrows_per_tracker=3)
+    provision_products(bench, vehicles=4, stations=4)
     return bench
 
 
