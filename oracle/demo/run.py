@@ -32,7 +32,7 @@ from typing import Any
 
 from eth_account import Account
 from iotsettle.oracle.chain.compiler import ensure_compiled
-from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, connect
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, connect, load_relayer
 from iotsettle.oracle.chain.deploy import deploy_all
 from iotsettle.oracle.chain.node import Anvil, Mosquitto, Service, free_port, mqtt_ready, rpc_ready
 from iotsettle.oracle.config import Config
@@ -363,7 +363,7 @@ def run_demo(
     }
     if config.source != "defaults" and "IOTSETTLE_CONFIG" not in env:
         env["IOTSETTLE_CONFIG"] = config.source
-    report(f"starting the oracle daemon (relayer {accounts[0].address}, store {db_path})")
+    report(f"starting the oracle daemon (relayer {load_relayer(config, chain).address}, store {db_path})")
     oracle = _spawn(run, "oracle", ["-m", "iotsettle.cli.oracle", "run"], env, work, module=True)
     _wait_health(oracle, health_port)
 
