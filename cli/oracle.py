@@ -34,7 +34,7 @@ def run(cmd: CommandContext, intake_only: bool) -> None:
 
     Settings: the [oracle], [mqtt] and [chain] sections (or IOTSETTLE_ORACLE_*, IOTSETTLE_MQTT_*, IOTSETTLE_CHAIN_*).
     The relayer key comes from [chain] keystore + IOTSETTLE_CHAIN_PASSWORD (or password_file); on a local chain
-    without one, the first anvil development account.
+    without one, anvil development account 9 (0xa0Ee…9720) — never account 0, which the CLI sends from.
     """
     root = logging.getLogger()
     if root.level > logging.INFO or root.level == logging.NOTSET:

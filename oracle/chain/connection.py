@@ -1,7 +1,9 @@
 """Chain access: connect to an RPC endpoint and load the sending key (``send`` sends with it).
 
 Keys are never defaults, with one exception: on a local chain (anvil 31337, ganache 1337) and only when no
-key is configured, the well-known first anvil development account is used so a fresh machine works.
+key is configured, a well-known anvil development account is used so a fresh machine works — account 0 for the
+CLI and deploy (``load_sender``), the last one (account 9) for the oracle daemon's relayer (``load_relayer``): the
+daemon keeps its own nonces, and a CLI command sent from the same account would take one from under it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ ANVIL_DEV_KEYS: tuple[str, ...] = (
     "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
     "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
 )
+#: Account 9 of the same mnemonic (0xa0Ee7A142d267C1f36714E4a8F75612F20a79720): the daemon's relayer on a local
+#: chain when no key is configured. No CLI default, --dev-account choice or test party sends from it.
+RELAYER_DEV_KEY = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6"
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,17 @@ def load_keystore(path: Path, password: str) -> LocalAccount:
 
 
 def load_sender(config: Config, chain: Chain) -> LocalAccount:
-    """The account that signs transactions: keystore → raw key from the environment → local dev key."""
+    """The account that signs transactions: keystore → raw key from the environment → local dev key (account 0)."""
+    return _configured_key(config, chain, ANVIL_DEV_KEYS[0])
+
+
+def load_relayer(config: Config, chain: Chain) -> LocalAccount:
+    """The oracle daemon's relayer: the configured key as for ``load_sender``; with none, on a local chain, its own
+    development account (``RELAYER_DEV_KEY``), never the CLI's default sender."""
+    return _configured_key(config, chain, RELAYER_DEV_KEY)
+
+
+def _configured_key(config: Config, chain: Chain, local_default: str) -> LocalAccount:
     if config.chain.keystore:
         return load_keystore(config.path(config.chain.keystore), _read_password(config))
     if config.chain.private_key:
@@ -113,7 +128,7 @@ def load_sender(config: Config, chain: Chain) -> LocalAccount:
         except (ValueError, TypeError):
             raise KeyFileError("IOTSETTLE_CHAIN_PRIVATE_KEY is not a 32-byte hex private key") from None
     if chain.is_local:
-        return _from_key(ANVIL_DEV_KEYS[0])
+        return _from_key(local_default)
     raise KeyFileError(
         f"chain {chain.chain_id} is not a local chain: give a sending key with [chain] keystore "
         "(+ IOTSETTLE_CHAIN_PASSWORD) or IOTSETTLE_CHAIN_PRIVATE_KEY"

@@ -12,6 +12,8 @@ Results are the node's JSON as it sent it (hex strings). A node that answers wit
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import itertools
 import logging
 import threading
@@ -52,6 +54,21 @@ def one_sentence(message: object) -> str:
     if end > 0:
         text = text[:end]
     return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 1] + "…"
+
+
+def node_message(exc: BaseException) -> str:
+    """What the node said, in one sentence, for an exception a web3 call raised: the ``message`` of its JSON-RPC
+    error — never the JavaScript ``stack`` ganache sends with it — else the exception's own text."""
+    response = getattr(exc, "rpc_response", None)
+    error: object = response.get("error") if isinstance(response, dict) else None
+    if error is None and exc.args:
+        error = exc.args[0]
+    if isinstance(error, str) and error.startswith("{"):
+        with contextlib.suppress(ValueError, SyntaxError):  # web3 keeps the error member as its repr
+            error = ast.literal_eval(error)
+    if isinstance(error, dict):
+        return one_sentence(error.get("message", "no message"))
+    return one_sentence(error if isinstance(error, str) else exc)
 
 
 def refusal(method: str, error: object) -> NodeRefused:

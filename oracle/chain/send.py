@@ -2,13 +2,17 @@
 
 Each transaction gets the next nonce from the node's ``pending`` count, EIP-1559 fees from the latest base fee,
 a gas limit from an estimate (with a margin), a signature from the sending account, and a wait for its receipt.
-A revert is turned into an error by the ``decode`` function the caller passes (revert data → the exception to
-raise); without one it is named by its selector.
+When the node refuses the nonce because another sender of the same account took it in the meantime ("nonce too
+low", "replacement transaction underpriced", ganache's "doesn't have the correct nonce"), the transaction is signed
+again at the node's new count and sent once more. A revert is turned into an error by the ``decode`` function the
+caller passes (revert data → the exception to raise); without one it is named by its selector. Any other refusal
+is the node's message in one sentence (``iotsettle.oracle.chain.rpc.node_message``), never its stack.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -16,6 +20,7 @@ import requests
 from eth_account.signers.local import LocalAccount
 from iotsettle.oracle.chain.connection import Chain
 from iotsettle.oracle.chain.revert import ErrorDecoder, revert_data
+from iotsettle.oracle.chain.rpc import node_message
 from iotsettle.oracle.protocol.errors import ChainError
 from web3.contract.contract import ContractFunction
 from web3.exceptions import (
@@ -33,6 +38,54 @@ log = logging.getLogger(__name__)
 Decode = Callable[[bytes | None], ChainError]
 
 _RPC_ERRORS = (requests.RequestException, Web3Exception, ValueError)
+#: how nodes say that the nonce a transaction was signed with is taken (anvil/geth, their pools, ganache)
+NONCE_TAKEN = (
+    "nonce too low",
+    "nonce is too low",
+    "replacement transaction underpriced",
+    "replacement underpriced",
+    "doesn't have the correct nonce",
+)
+_ACCOUNT_NONCE = re.compile(r"account has nonce of:? (\d+)")
+
+
+def nonce_taken(message: str) -> bool:
+    """True when a node's refusal says the transaction's nonce is no longer the account's next one."""
+    lowered = message.lower()
+    return any(needle in lowered for needle in NONCE_TAKEN)
+
+
+def _next_nonce(chain: Chain, account: LocalAccount, used: int, message: str) -> int:
+    """The nonce to sign again with after ``used`` was refused: the account's count as ganache states it in its
+    refusal, else the node's pending count (past ``used``: the pool may not show the transaction that took it)."""
+    stated = _ACCOUNT_NONCE.search(message)
+    if stated:
+        return int(stated.group(1))
+    return max(int(chain.w3.eth.get_transaction_count(account.address, "pending")), used + 1)
+
+
+def _send_failed(account: LocalAccount, message: str) -> ChainError:
+    if "insufficient funds" in message.lower():
+        return ChainError(f"{account.address} has not enough ETH to pay for this transaction")
+    return ChainError(f"sending the transaction failed: {message}")
+
+
+def _broadcast(chain: Chain, account: LocalAccount, tx: dict[str, Any], renonce: bool) -> tuple[Any, dict[str, Any]]:
+    """Sign and send ``tx``; with ``renonce``, once more at a fresh nonce when the node says its nonce is taken.
+    Returns the transaction hash and the transaction as sent."""
+    try:
+        return chain.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction), tx
+    except _RPC_ERRORS as exc:
+        message = node_message(exc)
+        if not (renonce and nonce_taken(message)):
+            raise _send_failed(account, message) from None
+    fresh = _next_nonce(chain, account, int(tx["nonce"]), message)
+    log.info("nonce %s of %s was taken (%s); sending at nonce %d", tx["nonce"], account.address, message, fresh)
+    tx = {**tx, "nonce": fresh}
+    try:
+        return chain.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction), tx
+    except _RPC_ERRORS as exc:
+        raise _send_failed(account, node_message(exc)) from None
 
 
 def fees(chain: Chain, base_multiple: int = 2) -> dict[str, int]:
@@ -85,6 +138,7 @@ def send(
     """Fill nonce, gas and EIP-1559 fees, sign, send and wait for the receipt; raises ChainError when reverted."""
     w3 = chain.w3
     full: dict[str, Any] = {"from": account.address, "chainId": chain.chain_id, **tx}
+    renonce = "nonce" not in full  # a caller that chose the nonce keeps it
     full.setdefault("nonce", w3.eth.get_transaction_count(account.address, "pending"))
     try:
         if "gas" not in full:
@@ -93,20 +147,23 @@ def send(
     except ContractLogicError as exc:
         raise _would_revert(exc, decode) from None
     except _RPC_ERRORS as exc:
-        raise ChainError(f"gas estimation failed: {exc}") from None
+        raise ChainError(f"gas estimation failed: {node_message(exc)}") from None
     if "maxFeePerGas" not in full and "gasPrice" not in full:
         full.update(fees(chain))
-    signed = account.sign_transaction(full)
+    return _mined(chain, account, full, timeout, renonce)
+
+
+def _mined(chain: Chain, account: LocalAccount, tx: dict[str, Any], timeout: float, renonce: bool) -> dict[str, Any]:
+    """Broadcast a filled transaction and wait for its receipt; raises ChainError when it reverted."""
+    tx_hash, tx = _broadcast(chain, account, tx, renonce)
     try:
-        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
-        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout)
+        receipt = chain.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout)
     except TimeExhausted:
-        raise ChainError(f"transaction {signed.hash.to_0x_hex()} not mined within {timeout:.0f} s") from None
+        raise ChainError(
+            f"transaction {tx_hash.to_0x_hex()} (nonce {tx['nonce']}) not mined within {timeout:.0f} s"
+        ) from None
     except _RPC_ERRORS as exc:
-        message = str(exc)
-        if "insufficient funds" in message.lower():
-            raise ChainError(f"{account.address} has not enough ETH to pay for this transaction") from None
-        raise ChainError(f"sending the transaction failed: {message}") from None
+        raise ChainError(f"waiting for transaction {tx_hash.to_0x_hex()} failed: {node_message(exc)}") from None
     if receipt["status"] != 1:
         raise ChainError(f"transaction {tx_hash.to_0x_hex()} reverted in block {receipt['blockNumber']}")
     return dict(receipt)
@@ -123,7 +180,7 @@ def send_call(
     except ContractLogicError as exc:
         raise _would_revert(exc, decode) from None
     except _RPC_ERRORS as exc:
-        message = str(exc)
+        message = node_message(exc)
         if "insufficient funds" in message.lower():
             balance = chain.w3.eth.get_balance(account.address)
             raise ChainError(
@@ -132,19 +189,22 @@ def send_call(
             ) from None
         raise ChainError(f"cannot prepare the transaction: {message}") from None
     # Everything filled here so building the transaction makes no further RPC round trips (~10 ms each).
-    tx = call.build_transaction(
-        cast(
-            TxParams,
-            {
-                **params,
-                "gas": int(gas * 1.2) + 10_000,
-                "chainId": chain.chain_id,
-                "nonce": chain.w3.eth.get_transaction_count(account.address, "pending"),
-                **fees(chain),
-            },
+    # web3 types transactions as its TxParams TypedDict; the sending path handles them as plain dicts.
+    tx: dict[str, Any] = dict(
+        call.build_transaction(
+            cast(
+                TxParams,
+                {
+                    **params,
+                    "gas": int(gas * 1.2) + 10_000,
+                    "chainId": chain.chain_id,
+                    "nonce": chain.w3.eth.get_transaction_count(account.address, "pending"),
+                    **fees(chain),
+                },
+            )
         )
     )
-    return send(chain, account, tx)
+    return _mined(chain, account, tx, 60.0, renonce=True)
 
 
 def send_many(
@@ -159,27 +219,31 @@ def send_many(
         return []
     w3 = chain.w3
     fee = fees(chain, base_multiple=3)
-    nonce = w3.eth.get_transaction_count(account.address, "pending")
+    nonce = int(w3.eth.get_transaction_count(account.address, "pending"))
     hashes = []
+    renonce = True
     for offset, call in enumerate(calls):
-        tx = call.build_transaction(
-            cast(
-                TxParams,
-                {"from": account.address, "gas": gas, "chainId": chain.chain_id, "nonce": nonce + offset, **fee},
+        tx: dict[str, Any] = dict(
+            call.build_transaction(
+                cast(
+                    TxParams,
+                    {"from": account.address, "gas": gas, "chainId": chain.chain_id, "nonce": nonce + offset, **fee},
+                )
             )
         )
         try:
-            # eth_account types the transaction as a plain dict of its own value types; web3 built it as TxParams.
-            signed = account.sign_transaction(cast(dict[str, Any], tx))
-            hashes.append(w3.eth.send_raw_transaction(signed.raw_transaction))
-        except _RPC_ERRORS as exc:
-            raise ChainError(f"sending transaction {offset + 1} of {len(calls)} failed: {exc}") from None
+            tx_hash, sent = _broadcast(chain, account, tx, renonce)
+        except ChainError as exc:
+            raise ChainError(f"transaction {offset + 1} of {len(calls)}: {exc}") from None
+        if sent["nonce"] != tx["nonce"]:  # another sender took nonces: the rest follow on from the fresh one
+            nonce, renonce = int(sent["nonce"]) - offset, False
+        hashes.append(tx_hash)
     receipts = []
     for call, tx_hash in zip(calls, hashes, strict=True):
         try:
             receipt: dict[str, Any] = dict(w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60))
         except _RPC_ERRORS as exc:
-            raise ChainError(f"transaction {tx_hash.to_0x_hex()} was not mined: {exc}") from None
+            raise ChainError(f"transaction {tx_hash.to_0x_hex()} was not mined: {node_message(exc)}") from None
         if receipt["status"] != 1:
             try:
                 call.call({"from": account.address}, block_identifier=receipt["blockNumber"] - 1)

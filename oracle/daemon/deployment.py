@@ -13,7 +13,7 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from iotsettle.oracle.chain.artifacts import load_artifact
-from iotsettle.oracle.chain.connection import Chain, connect, load_sender
+from iotsettle.oracle.chain.connection import Chain, connect, load_relayer
 from iotsettle.oracle.chain.deploy import load_manifest, verify_manifest
 from iotsettle.oracle.chain.revert import ErrorDecoder
 from iotsettle.oracle.config import Config
@@ -59,7 +59,7 @@ def resolve(config: Config, chain: Chain | None = None) -> Deployment:
     missing = [name for name in CONTRACT_OF_KIND.values() if name not in deployed]
     if missing:
         log.info("not relaying the events of %s: not in the deployment manifest", ", ".join(missing))
-    relayer = load_sender(config, chain)  # keystore mode bits and password checked here
+    relayer = load_relayer(config, chain)  # keystore mode bits and password checked here
     names = [name for name in (*CONTRACT_OF_KIND.values(), "DeviceRegistry") if name in deployed]
     abis = {name: load_artifact(config, name)["abi"] for name in dict.fromkeys(names)}
     return Deployment(chain, manifest, relayer, contracts, abis, ErrorDecoder(abis.values()))

@@ -27,6 +27,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 from iotsettle.oracle.chain.send import send
+from iotsettle.oracle.demo.pace import sale_window
 from iotsettle.oracle.device.fleet import (
     DrivingStyle,
     FaultClass,
@@ -134,7 +135,7 @@ class CropTerms:
     premium_bps: int = 800  # 8 % of the cover
     k: int = 3
     covers: tuple[int, ...] = (150 * 10**18, 200 * 10**18, 100 * 10**18)  # one per farmer; the first has the loan
-    sale_window: int = 6  # seconds between opening the season and its start (cover is sold until the start)
+    sale_window: int = 6  # least seconds between opening the season and its start (cover is sold until the start)
     coverage_slack: int = 10  # a station covers the season if it reported within this of the start and the end
     # seconds after the end for the last observations, and each station's first one after the end (it votes only
     # then), to be relayed; the contract's floor (MIN_FINALIZE_DELAY)
@@ -458,7 +459,8 @@ def open_season(
     progress: Callable[[str], None] = lambda _m: None,
 ) -> CropSetup:
     """Fund a crop pool (the insurer), lend to the first farmer (the lender), open a season over the fleet's weather
-    stations that starts ``terms.sale_window`` seconds from now and lasts ``season_length`` seconds, and sell the
+    stations that starts a sale window from now (``terms.sale_window`` seconds, longer on a node slower than that
+    window allows for, ``iotsettle.oracle.demo.pace.sale_window``) and lasts ``season_length`` seconds, and sell the
     farmers their cover — the borrower's paid to the loan's payout account.
 
     Sends only from the insurer, the lender and the farmers (the insurer pays their gas money), so it may run while
@@ -501,15 +503,22 @@ def open_season(
     )
     _, account = loan.accept(farmers[0], loan_id)
 
-    # Premiums approved before the season opens so the sale window only holds the purchases.
+    # Premiums approved before the season opens so the sale window only holds the purchases; each timed, so the
+    # window holds the season's creation and the purchases at the pace the node shows right now.
     premiums = [crop.premium_for(cover, terms.premium_bps) for cover in terms.covers]
+    timed: list[float] = []
     for farmer, parties_farmer, premium in zip(farmers[1:], parties.farmers[1:], premiums[1:], strict=False):
+        started = time.monotonic()
         token.mint(farmer, parties_farmer.address, premium)
+        timed.append(time.monotonic() - started)
     for farmer, premium in zip(farmers, premiums, strict=False):
+        started = time.monotonic()
         token.ensure_allowance(farmer, test, crop.CONTRACT, premium)
+        timed.append(time.monotonic() - started)
 
     stations = provisioned.stations
-    start = max(int(time.time()), int(ctx.w3.eth.get_block("latest")["timestamp"])) + terms.sale_window
+    window = sale_window(timed, 1 + len(farmers), terms.sale_window)
+    start = max(int(time.time()), int(ctx.w3.eth.get_block("latest")["timestamp"])) + window
     spec = crop.SeasonSpec(
         start=start,
         end=start + season_length,
@@ -536,7 +545,9 @@ def open_season(
             "beneficiary": beneficiary,
         }
     if int(ctx.w3.eth.get_block("latest")["timestamp"]) >= start:
-        log.warning("the covers were sold only as season %d started: lengthen CropTerms.sale_window", season_id)
+        log.warning(
+            "the covers were sold only as season %d started: the node slowed down after it was timed", season_id
+        )
     progress(
         f"crop season {season_id}: {len(stations)} stations, k = {terms.k}, rain below "
         f"{crop.threshold_text(0, terms.threshold)} from {crop.when(start)} for {season_length} s; "
@@ -576,6 +587,15 @@ def _keeper_done(ctx: OpsContext, setup: CropSetup) -> bool:
     return not balance and not credits
 
 
+def _chain_time_past(ctx: OpsContext, caller: LocalAccount, moment: int) -> None:
+    """Once the wall clock is past ``moment``, make sure the chain's clock is too. A node that mines only when a
+    transaction comes (ganache) keeps its latest block's time while nothing is sent, and estimates calls at that
+    time: a season would never look finalizable to the keeper. A transfer to oneself mines a block at the time now.
+    """
+    if time.time() > moment and int(ctx.w3.eth.get_block("latest")["timestamp"]) <= moment:
+        send(ctx.chain, caller, {"to": caller.address, "value": 0})
+
+
 def close_season(
     ctx: OpsContext, setup: CropSetup, caller: LocalAccount, *, keeper: str | None = None, keeper_grace: float = 0.0
 ) -> dict[str, Any]:
@@ -589,11 +609,13 @@ def close_season(
     if keeper is not None:
         deadline = setup.finalizable_at + keeper_grace
         while not _keeper_done(ctx, setup) and time.time() < deadline:
+            _chain_time_past(ctx, caller, setup.finalizable_at)
             time.sleep(0.5)
     if not crop.season_of(ctx, setup.season_id, details=False).finalized:
         wait = setup.finalizable_at + 1 - max(int(time.time()), int(ctx.w3.eth.get_block("latest")["timestamp"]))
         if wait > 0:
             time.sleep(wait)
+        _chain_time_past(ctx, caller, setup.finalizable_at)
         try:
             crop.finalize(anyone, setup.season_id)
             fallback.append("finalized by the demo" + (": the keeper had not finalized it" if keeper else ""))

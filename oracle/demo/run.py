@@ -15,7 +15,9 @@ process behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -32,11 +34,12 @@ from typing import Any
 
 from eth_account import Account
 from iotsettle.oracle.chain.compiler import ensure_compiled
-from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, connect
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, connect, load_relayer
 from iotsettle.oracle.chain.deploy import deploy_all
 from iotsettle.oracle.chain.node import Anvil, Mosquitto, Service, free_port, mqtt_ready, rpc_ready
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.demo import live as livestats
+from iotsettle.oracle.demo import pace as node_pace
 from iotsettle.oracle.demo.provision import (
     CropSetup,
     CropTerms,
@@ -55,7 +58,7 @@ from iotsettle.oracle.ops.context import open_context
 from iotsettle.oracle.protocol.errors import ConfigError, NodeError
 
 DEFAULT_FAULTS = "bad_signature,replayed_seq,counter_rollback,clock_skew,teleport,behaviour_rollback"
-DRAIN_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 30.0  # seconds at anvil's pace (``iotsettle.oracle.demo.pace``), like the other waits here
 STOP_GRACE = 10.0
 WEATHER_STATIONS = 5  # the crop season's n; k = 3, and the last station is hostile
 SEASON_WEATHER = "drought"  # what the honest stations observe: the season should pay out
@@ -63,8 +66,8 @@ FARMERS = 3
 KEEPER_INTERVAL = "1s"  # the demo's season lasts seconds: the keeper looks every second
 KEEPER_GRACE = 10.0  # seconds after the season became finalizable before the demo finalizes it itself
 KEEPER_KEY_ENV = "IOTSETTLE_DEMO_KEEPER_KEY"
-#: seconds the devices publish beyond the season's sale window and length: the simulator's start-up (its events'
-#: timestamps start when it has planned them) and opening the season while it runs
+#: seconds the devices publish beyond the season's end: the simulator's start-up (its events' timestamps start when
+#: it has planned them) and each station's first observation after the end, which casts its vote
 SEASON_MARGIN = 12
 MIN_SEASON = 5  # the hostile station's cloudburst passes the rain threshold within 4 s
 
@@ -320,6 +323,11 @@ def run_demo(
             f"{chain.rpc_url} does not fund anvil's development accounts; start ganache with "
             "--wallet.mnemonic 'test test test test test test test test test test test junk'"
         )
+    pace = node_pace.measure(chain, accounts[0])
+    report(
+        f"the node ({pace.client.split('/')[0]}) mines a transfer in {pace.tx_seconds * 1000:.0f} ms: "
+        f"the demo's waits are ×{pace.factor:.1f} anvil's"
+    )
     report(f"deploying to chain {chain.chain_id}")
     deploy_all(config, chain, accounts[0], report)
     ops_ctx = open_context(config, chain.rpc_url)
@@ -339,6 +347,7 @@ def run_demo(
     # the coverage slack is the contract's floor (10 s): in a season of 20 s or less, every station that reports
     # inside it covers both ends
     crop_terms = CropTerms()
+    crop_terms = dataclasses.replace(crop_terms, finalize_delay=math.ceil(pace.seconds(crop_terms.finalize_delay)))
     if season_length:
         why_not = can_open_season(ops_ctx, provisioned, parties, crop_terms)
         if why_not is not None:
@@ -363,14 +372,33 @@ def run_demo(
     }
     if config.source != "defaults" and "IOTSETTLE_CONFIG" not in env:
         env["IOTSETTLE_CONFIG"] = config.source
-    report(f"starting the oracle daemon (relayer {accounts[0].address}, store {db_path})")
-    oracle = _spawn(run, "oracle", ["-m", "iotsettle.cli.oracle", "run"], env, work, module=True)
+    daemon_env = {name: value for name, value in pace.daemon_env().items() if name not in os.environ}
+    report(f"starting the oracle daemon (relayer {load_relayer(config, chain).address}, store {db_path})")
+    oracle = _spawn(run, "oracle", ["-m", "iotsettle.cli.oracle", "run"], {**env, **daemon_env}, work, module=True)
     _wait_health(oracle, health_port)
 
+    # The season runs on the wall clock. It opens before the devices publish, so that selling its cover does not
+    # wait behind their settlements; its sale window outlasts the simulator's start-up, so each station covers its
+    # start, and the stations report until after its end (a station that stops early abstains).
+    setup: CropSetup | None = None
+    keeper: Child | None = None
+    keeper_address: str | None = None
     if season_length:
-        # The stations must report until the season's end (a station that stops early abstains): the season opens
-        # once they publish, a few seconds into the run.
-        duration = max(duration, float(season_length + crop_terms.sale_window + SEASON_MARGIN))
+        setup = open_season(
+            ops_ctx, provisioned, parties, season_length=season_length, terms=crop_terms, progress=report
+        )
+        duration = max(duration, math.ceil(setup.end - time.time()) + SEASON_MARGIN)
+        # Its own account, not the relayer's: the daemon manages that key's nonces.
+        keeper_key = keeper_account(ops_ctx, parties.insurer, crop_terms)
+        keeper_address = keeper_key.address
+        report(f"starting the keeper ({keeper_address}): it pays the season out and sweeps the loan when due")
+        keeper = _spawn(
+            run,
+            "keeper",
+            ["keeper", "run", "--interval", KEEPER_INTERVAL, "--from-key-env", KEEPER_KEY_ENV],
+            {**env, KEEPER_KEY_ENV: "0x" + keeper_key.key.hex(), "COLUMNS": "200"},
+            work,
+        )
     report(
         f"simulating {spec.total} devices at {rate:g} readings/s for {duration:g} s (faults: {faults or 'none'}"
         f"{', weather: ' + SEASON_WEATHER if season_length else ''})"
@@ -404,25 +432,6 @@ def run_demo(
         work,
         stdout_path=sim_out,
     )
-    # The season runs on the wall clock: opened while the stations already publish, so each covers its start.
-    setup: CropSetup | None = None
-    keeper: Child | None = None
-    keeper_address: str | None = None
-    if season_length:
-        setup = open_season(
-            ops_ctx, provisioned, parties, season_length=season_length, terms=crop_terms, progress=report
-        )
-        # Its own account, not the relayer's: the daemon manages that key's nonces.
-        keeper_key = keeper_account(ops_ctx, parties.insurer, crop_terms)
-        keeper_address = keeper_key.address
-        report(f"starting the keeper ({keeper_address}): it pays the season out and sweeps the loan when due")
-        keeper = _spawn(
-            run,
-            "keeper",
-            ["keeper", "run", "--interval", KEEPER_INTERVAL, "--from-key-env", KEEPER_KEY_ENV],
-            {**env, KEEPER_KEY_ENV: "0x" + keeper_key.key.hex(), "COLUMNS": "200"},
-            work,
-        )
 
     started = time.monotonic()
     phase = "devices publishing"
@@ -448,7 +457,7 @@ def run_demo(
                 continue
             if drain_deadline is None:
                 phase = "settling the backlog"
-                drain_deadline = now + DRAIN_TIMEOUT
+                drain_deadline = now + pace.seconds(DRAIN_TIMEOUT)
             if snap.backlog == 0 or now >= drain_deadline:
                 break
     simulation = _read_json(sim_out)
@@ -458,7 +467,9 @@ def run_demo(
     crop_result: dict[str, Any] | None = None
     if setup is not None:
         report(f"waiting for the keeper to finalize crop season {setup.season_id} and sweep loan {setup.loan_id}")
-        closed = close_season(ops_ctx, setup, parties.insurer, keeper=keeper_address, keeper_grace=KEEPER_GRACE)
+        closed = close_season(
+            ops_ctx, setup, parties.insurer, keeper=keeper_address, keeper_grace=pace.seconds(KEEPER_GRACE)
+        )
         if keeper is not None:
             keeper.stop()
             closed["keeperLog"] = str(keeper.log_path)

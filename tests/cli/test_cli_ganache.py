@@ -7,23 +7,29 @@ sentences); it funds anvil's development accounts only when started with anvil's
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
+from eth_account import Account
 from iotsettle.oracle.chain.compiler import ensure_compiled
-from iotsettle.oracle.chain.connection import connect, load_sender
+from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, connect, load_sender
 from iotsettle.oracle.chain.deploy import deploy_all
 from iotsettle.oracle.chain.node import free_port, rpc_ready
+from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.errors import ChainError
 from iotsettle.oracle.protocol.location import location_bytes32
 from iotsettle.oracle.testing.stack import Deployment
 
 from tests.kit.cli import Cli, register_device
+from tests.kit.nonces import racing_chain
 from tests.kit.products import chain_now, delivery, reading, token_balance
 from tests.kit.stack import REPO, make_config
 
@@ -186,3 +192,51 @@ def test_agreement_on_ganache(ganache) -> None:
     closed = cli.ok(["agreement", "close", str(agreement_id)], consumer)
     assert closed["closed"] is True and closed["refund"] == str(8 * TOKEN)
     assert token_balance(ganache, consumer.address) == 8 * TOKEN
+
+
+def test_a_short_demo_completes_on_ganache_after_earlier_use(ganache, mosquitto, tmp_path) -> None:
+    """Issue 15: the demo on ganache stopped with "cover for season 1 was on sale until …" (the sale window passed
+    while ganache was busy) and, run again on the same node, with ganache's raw "doesn't have the correct nonce"
+    stack. This node already holds a deployment and transactions of the tests above, as a second run would."""
+    config = ganache.config
+    env = {
+        **os.environ,
+        "IOTSETTLE_CONFIG": str(REPO / "tests" / "empty.toml"),
+        "IOTSETTLE_CHAIN_PRIVATE_KEY": "",
+        "IOTSETTLE_PATHS_DEPLOYMENTS_DIR": str(config.path(config.paths.deployments_dir)),
+        "IOTSETTLE_NODE_STATE_DIR": str(tmp_path / "state"),
+        "COLUMNS": "120",
+    }
+    args = ["--rpc", config.chain.rpc_url, "--broker", f"127.0.0.1:{mosquitto.port}", "--duration", "5"]
+    args += ["--devices", "3", "--rate", "6", "--season", "5", "--faults", "", "--workdir", str(tmp_path / "work")]
+    done = subprocess.run(
+        [sys.executable, "-c", "from iotsettle.cli.main import main; main()", "demo", *args, "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stack" not in done.stderr and "RuntimeError" not in done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["chainId"] == 1337
+    assert summary["oracle"]["backlog"] == 0
+    assert summary["chain"]["readingsSettled"] > 0
+    crop = summary["crop"]
+    assert len(crop["covers"]) == 3, "every farmer bought cover inside the sale window"
+    assert crop["votes"]["abstain"] == 0, crop["stations"]
+
+
+def test_a_nonce_taken_on_ganache_is_sent_again_and_a_refusal_is_one_sentence(ganache) -> None:
+    """ganache refuses a taken nonce with "the tx doesn't have the correct nonce" and its JavaScript stack."""
+    chain, sender = ganache.chain, Account.from_key(ANVIL_DEV_KEYS[1])
+    racing, node = racing_chain(chain, sender)
+    receipt = send(racing, sender, {"to": sender.address, "value": 0})
+    assert racing.w3.eth.get_transaction(receipt["transactionHash"])["nonce"] == node.taken[0] + 1
+    stale = chain.w3.eth.get_transaction_count(sender.address) - 1
+    with pytest.raises(ChainError) as refused:
+        send(chain, sender, {"to": sender.address, "value": 0, "nonce": stale})  # a nonce its caller chose
+    message = str(refused.value)
+    assert message == "sending the transaction failed: the tx doesn't have the correct nonce", message
