@@ -89,6 +89,44 @@ contract GasTest is Fixture {
         assertLe(perItem, CEILING_PER_READING, "regression: gas per reading in a batch of 100");
     }
 
+    /// @dev The steady state the product runs in: every agreement already has a settled reading, and the batch
+    /// settles the next one of each (100 agreements, 100 meters).
+    function test_GasPerReading_SteadyState_Batch100() public {
+        uint256 n = 100;
+        uint256[] memory keys = new uint256[](n);
+        uint256[] memory ids = new uint256[](n);
+        IMeteredBilling.SignedReading[] memory batch = new IMeteredBilling.SignedReading[](n);
+        for (uint256 i = 0; i < n; ++i) {
+            keys[i] = deviceKey(nextKey++);
+            address device = registerDevice(keys[i], IDeviceRegistry.DeviceKind.Meter, owner);
+            ids[i] = openAgreement(device, tariff, 10_000, 1e21);
+            batch[i] = signReading(keys[i], ids[i], 1, uint64(block.timestamp), 10_000 + 1234 + i);
+        }
+        vm.prank(relayer);
+        assertEq(_settleBatch(batch), n, "warm-up readings settle");
+        vm.warp(block.timestamp + 60);
+        for (uint256 i = 0; i < n; ++i) {
+            batch[i] = signReading(keys[i], ids[i], 2, uint64(block.timestamp), 10_000 + 2345 + i);
+        }
+        bytes memory data = _settleCalldata(batch);
+        _cool();
+        vm.prank(relayer);
+        assertEq(_settleBatch(batch), n, "every reading settles");
+        uint256 txGas = 21_000 + calldataGas(data) + vm.lastCallGas().gasTotalUsed;
+        console.log("steady state: settle batch", n);
+        console.log("  calldata gas per reading", calldataGas(data) / n);
+        console.log("  gas per reading", txGas / n);
+        assertLe(txGas / n, CEILING_PER_READING, "regression: gas per reading, steady state, batch of 100");
+    }
+
+    function _settleCalldata(IMeteredBilling.SignedReading[] memory batch) internal view returns (bytes memory) {
+        return abi.encodeCall(billing.settle, (batch));
+    }
+
+    function _settleBatch(IMeteredBilling.SignedReading[] memory batch) internal returns (uint256) {
+        return billing.settle(batch);
+    }
+
     function test_GasPerReading_Batch1() public {
         uint256 single = _measureSettle(1);
         uint256 batched = _measureSettle(100);
