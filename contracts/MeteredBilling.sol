@@ -59,6 +59,9 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
         uint8 blockCount;
     }
 
+    /// @notice Bytes per reading in {settle}'s packed batch.
+    uint256 public constant PACKED_READING_SIZE = 114;
+
     /// @dev The `closing` byte of a {Meter} word (bits 200..207).
     uint256 private constant _CLOSING_MASK = uint256(0xff) << 200;
 
@@ -192,74 +195,122 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     // ---------------------------------------------------------------- settlement
 
     /// @inheritdoc IMeteredBilling
-    function settle(SignedReading[] calldata readings) external returns (uint256 settled) {
-        uint256 n = readings.length;
-        for (uint256 i = 0; i < n; ++i) {
-            SignedReading calldata rd = readings[i];
-            RejectReason reason = _settle(rd);
+    function settle(bytes calldata readings) external returns (uint256 settled) {
+        uint256 len = readings.length;
+        if (len % PACKED_READING_SIZE != 0) revert MalformedBatch(len);
+        for (uint256 p = 0; p < len; p += PACKED_READING_SIZE) {
+            uint256 id;
+            uint256 fields;
+            bytes32 r;
+            bytes32 vs;
+            // Item layout (114 bytes): agreementId 32 | seq 5 | timestamp 5 | value 8 | r 32 | vs 32. The narrow
+            // fields cannot exceed what the contract stores (seq and timestamp 40 bits, value 64 bits), so the
+            // range checks of the struct form are not needed here.
+            assembly ("memory-safe") {
+                let at := add(readings.offset, p)
+                id := calldataload(at)
+                fields := calldataload(add(at, 0x20))
+                r := calldataload(add(at, 0x32))
+                vs := calldataload(add(at, 0x52))
+            }
+            uint256 seq = fields >> 216;
+            RejectReason reason =
+                _settle(id, seq, uint40(fields >> 176), uint64(fields >> 112), r, vs);
             if (reason == RejectReason.None) {
-                // Bounded by the array length.
+                // Bounded by the batch length.
                 unchecked {
                     ++settled;
                 }
             } else {
-                emit ReadingRejected(rd.agreementId, rd.seq, reason);
+                emit ReadingRejected(id, uint64(seq), reason);
             }
         }
     }
 
     /// @inheritdoc IMeteredBilling
     function settleReading(SignedReading calldata reading) external {
-        RejectReason reason = _settle(reading);
+        RejectReason reason = _settleChecked(reading);
         if (reason != RejectReason.None) revert EventRejected(reading.agreementId, reading.seq, reason);
     }
 
+    /// @dev The struct form carries wider fields (uint64 seq and timestamp, uint256 value) than the packed one:
+    /// out-of-range items are refused with the reason the checks before the range check would give first.
+    function _settleChecked(SignedReading calldata rd) private returns (RejectReason) {
+        uint256 seq = rd.seq;
+        uint256 timestamp = rd.timestamp;
+        uint256 value = rd.value;
+        if (seq > type(uint40).max || value > type(uint64).max || timestamp > type(uint40).max) {
+            Meter storage m = _meters[rd.agreementId];
+            AgreementStatus status = m.status;
+            if (status == AgreementStatus.None) return RejectReason.UnknownTarget;
+            if (seq <= m.lastSeq) return RejectReason.Replayed;
+            if (status == AgreementStatus.Suspended) return RejectReason.Suspended;
+            if (status != AgreementStatus.Active) return RejectReason.NotActive;
+            // A timestamp beyond 2^40 s is also beyond now + MAX_CLOCK_SKEW.
+            return seq > type(uint40).max || value > type(uint64).max
+                ? RejectReason.ValueOutOfRange
+                : RejectReason.TimestampInFuture;
+        }
+        return _settle(rd.agreementId, seq, timestamp, value, rd.r, rd.vs);
+    }
+
     /// @dev Checks in order of cost; a reading already consumed reports Replayed whatever the status is now, so
-    /// several relayers can race safely. Returns None after billing, or the reason nothing changed.
+    /// several relayers can race safely. Returns None after billing, or the reason nothing changed. `seq` and
+    /// `timestamp` are below 2^40 and `value` below 2^64 (callers check).
     /// The agreement's {Meter} slot is read and written as one word (one SLOAD, one SSTORE): Solidity would
     /// otherwise load and store each packed field separately. Layout, low bits first, as Solidity packs {Meter}:
     /// prepaid 0..95 | lastValue 96..159 | lastSeq 160..199 | closing 200..207 | lastTimestamp 208..247 |
     /// status 248..255. The terms slot holding `closeAt` is read only when `closing` is set.
-    function _settle(SignedReading calldata rd) private returns (RejectReason) {
-        uint256 id = rd.agreementId;
-        uint256 seq = rd.seq;
-        uint256 timestamp = rd.timestamp;
-        uint256 value = rd.value;
+    function _settle(uint256 id, uint256 seq, uint256 timestamp, uint256 value, bytes32 r, bytes32 vs)
+        private
+        returns (RejectReason reason)
+    {
         Meter storage slot = _meters[id];
         uint256 word;
         assembly ("memory-safe") {
             word := sload(slot.slot)
         }
+        reason = _checkReading(word, id, seq, timestamp, value);
+        if (reason != RejectReason.None) return reason;
+        reason = _checkSigner(
+            _readingHash(id, seq, timestamp, value), r, vs, address(uint160(id >> 96)), _METER_KINDS, uint64(timestamp)
+        );
+        if (reason != RejectReason.None) return reason;
+        _bill(slot, word, id, seq, timestamp, value);
+    }
+
+    /// @dev Everything but the signature, against the agreement's {Meter} word.
+    function _checkReading(uint256 word, uint256 id, uint256 seq, uint256 timestamp, uint256 value)
+        private
+        view
+        returns (RejectReason)
+    {
         uint256 status = word >> 248;
-        uint256 lastValue = uint64(word >> 96);
         if (status == uint256(AgreementStatus.None)) return RejectReason.UnknownTarget;
         if (seq <= uint40(word >> 160)) return RejectReason.Replayed;
         if (status != uint256(AgreementStatus.Active)) {
             return status == uint256(AgreementStatus.Suspended) ? RejectReason.Suspended : RejectReason.NotActive;
         }
-        if (seq > type(uint40).max || value > type(uint64).max) return RejectReason.ValueOutOfRange;
-        if (value < lastValue) return RejectReason.CounterRollback;
+        if (value < uint64(word >> 96)) return RejectReason.CounterRollback;
         RejectReason reason = _checkTimestamp(uint64(timestamp), uint40(word >> 208));
         if (reason != RejectReason.None) return reason;
         if (word & _CLOSING_MASK != 0 && timestamp > _terms[id].closeAt) return RejectReason.AfterEnd;
-        reason = _checkSigner(
-            keccak256(abi.encode(READING_TYPEHASH, id, seq, timestamp, value)),
-            rd.r,
-            rd.vs,
-            address(uint160(id >> 96)),
-            _METER_KINDS,
-            uint64(timestamp)
-        );
-        if (reason != RejectReason.None) return reason;
+        return RejectReason.None;
+    }
 
-        uint256 cost = _readingCost(id, uint64(lastValue), uint64(value));
+    /// @dev Bill the delta and write the {Meter} word back in one SSTORE.
+    function _bill(Meter storage slot, uint256 word, uint256 id, uint256 seq, uint256 timestamp, uint256 value)
+        private
+    {
+        uint256 cost = _readingCost(id, uint64(word >> 96), uint64(value));
         uint256 prepaid = uint96(word);
         uint256 billed = cost;
+        uint256 status = word >> 248;
         if (cost > prepaid) {
             billed = prepaid;
             status = uint256(AgreementStatus.Suspended);
         }
-        // billed <= prepaid; seq, value and timestamp were range-checked above (timestamp <= now + skew < 2^40).
+        // billed <= prepaid; seq, value and timestamp are in range (see above; timestamp <= now + skew < 2^40).
         unchecked {
             word = (prepaid - billed) | (value << 96) | (seq << 160) | (word & _CLOSING_MASK) | (timestamp << 208)
                 | (status << 248);
@@ -273,7 +324,25 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
             _terms[id].arrears = arrears;
             emit AgreementSuspended(id, arrears);
         }
-        return RejectReason.None;
+    }
+
+    /// @dev `keccak256(abi.encode(READING_TYPEHASH, id, seq, timestamp, value))` in the free memory without
+    /// allocating it: abi.encode would allocate 192 bytes per reading that are never reused.
+    function _readingHash(uint256 id, uint256 seq, uint256 time, uint256 value)
+        private
+        pure
+        returns (bytes32 structHash)
+    {
+        bytes32 typehash = READING_TYPEHASH;
+        assembly ("memory-safe") {
+            let fmp := mload(0x40)
+            mstore(fmp, typehash)
+            mstore(add(fmp, 0x20), id)
+            mstore(add(fmp, 0x40), seq)
+            mstore(add(fmp, 0x60), time)
+            mstore(add(fmp, 0x80), value)
+            structHash := keccak256(fmp, 0xa0)
+        }
     }
 
     function _readingCost(uint256 id, uint64 fromValue, uint64 toValue) private view returns (uint256) {
@@ -367,7 +436,7 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
         if (uint256(reading.timestamp) + MAX_CLOCK_SKEW < block.timestamp) {
             revert EventRejected(agreementId, reading.seq, RejectReason.TimestampTooOld);
         }
-        RejectReason reason = _settle(reading);
+        RejectReason reason = _settleChecked(reading);
         if (reason != RejectReason.None) revert EventRejected(agreementId, reading.seq, reason);
         closeAt = t.closeAt;
         // The reading settled, so closeAt is 0 or at least its timestamp: bring the end forward, never later.

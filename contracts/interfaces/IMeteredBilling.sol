@@ -85,6 +85,8 @@ interface IMeteredBilling is IDeviceEvents, IPullPayments {
     /// @notice The consumer got `refund` (the unbilled prepaid balance) back.
     event AgreementClosed(uint256 indexed agreementId, uint256 refund);
 
+    /// @notice A packed batch whose length is not a whole number of items.
+    error MalformedBatch(uint256 length);
     error InvalidTariff();
     error UnknownTariff(uint32 tariffId);
     error UnknownAgreement(uint256 agreementId);
@@ -120,9 +122,13 @@ interface IMeteredBilling is IDeviceEvents, IPullPayments {
     /// resumes once they are cleared. Emits a {ToppedUp} event (and {AgreementResumed}).
     function topUp(uint256 agreementId, uint256 amount) external payable;
 
-    /// @notice Bill a batch of readings; bad items are skipped with a {ReadingRejected} event.
+    /// @notice Bill a batch of readings packed back to back, 114 bytes each: agreementId (32 bytes) ‖ seq (5) ‖
+    /// timestamp (5) ‖ value (8) ‖ r (32) ‖ vs (32), integers big-endian. The signed Reading is the same as in
+    /// {settleReading}; the packed form only narrows seq and timestamp to 40 bits and value to 64 bits, the ranges
+    /// the contract accepts. Reverts with {MalformedBatch} when the length is not a multiple of 114; bad items are
+    /// skipped with a {ReadingRejected} event.
     /// @return settled how many readings were settled.
-    function settle(SignedReading[] calldata readings) external returns (uint256 settled);
+    function settle(bytes calldata readings) external returns (uint256 settled);
 
     /// @notice Bill one reading; reverts with {EventRejected} if it cannot. Emits a {ReadingSettled} event.
     function settleReading(SignedReading calldata reading) external;

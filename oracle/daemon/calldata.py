@@ -1,9 +1,11 @@
 """Batch calldata and outcome logs: how one event kind's batch function is called and how the contract answers.
 
 ``KindSpec`` is derived from the contract's ABI (``KindSpec.from_abi``) and the kinds table: the batch function's
-selector and item layout (the signed fields in signing order, then the ERC-2098 compact signature r, vs), and the
-topics of the per-item settled / rejected events. ``decode_outcomes`` reads a receipt's logs back into per-item
-outcomes. The signed fields of a stored event come from the store (``store.signed_fields``).
+selector and item layout (the signed fields in signing order, then the ERC-2098 compact signature r, vs: one ABI
+word each in an array of structs, or packed back to back in one ``bytes`` argument when the batch function takes
+``bytes``, ``iotsettle.oracle.protocol.packed``), and the topics of the per-item settled / rejected events.
+``decode_outcomes`` reads a receipt's logs back into per-item outcomes. The signed fields of a stored event come
+from the store (``store.signed_fields``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from iotsettle.oracle.chain.revert import abi_type as _abi_type
 from iotsettle.oracle.daemon.store import StoredEvent, signed_fields
 from iotsettle.oracle.protocol.errors import ChainError
 from iotsettle.oracle.protocol.kinds import KINDS
+from iotsettle.oracle.protocol.packed import PACKED_WIDTHS, bytes_argument, pack_item
 from web3 import Web3
 
 
@@ -31,6 +34,8 @@ class KindSpec:
     item_types: tuple[str, ...]
     settled_topic: bytes
     rejected_topic: bytes
+    #: items packed back to back in one ``bytes`` argument (``iotsettle.oracle.protocol.packed``)
+    packed: bool = False
     #: the signed fields of a stored event in signing order; the store's ``signed_fields`` when not given
     fields_of: Callable[[StoredEvent], tuple[Any, ...]] | None = field(default=None, repr=False, compare=False)
 
@@ -44,8 +49,20 @@ class KindSpec:
         function = _abi_entry(abi, "function", spec.batch_function)
         (param,) = function["inputs"]
         arg_type = _abi_type(param)
-        components = tuple(_abi_type(c) for c in param["components"])
         signed = tuple(typ for typ, _ in spec.fields)
+        if arg_type == "bytes":
+            if kind not in PACKED_WIDTHS:
+                raise ChainError(f"{spec.contract}.{spec.batch_function} takes packed bytes, unknown for {kind} events")
+            return cls(
+                kind,
+                Web3.to_checksum_address(contract),
+                keccak(f"{spec.batch_function}(bytes)".encode())[:4],
+                (*signed, "bytes32", "bytes32"),
+                _topic(_abi_entry(abi, "event", spec.settled_event)),
+                _topic(_abi_entry(abi, "event", spec.rejected_event)),
+                packed=True,
+            )
+        components = tuple(_abi_type(c) for c in param.get("components", ()))
         if components != (*signed, "bytes32", "bytes32"):
             raise ChainError(
                 f"{spec.contract}.{spec.batch_function} takes ({','.join(components)}), the {kind} events need "
@@ -70,12 +87,19 @@ class KindSpec:
         return (*self.fields_of(event), r, vs)  # type: ignore[misc]  # never None after __post_init__
 
     def item(self, event: StoredEvent) -> bytes:
-        """The ABI encoding of one item (a static tuple: one word per field); ValueError if a field does not fit."""
+        """The encoding of one item (packed, or a static tuple: one word per field); ValueError if a field does not
+        fit."""
+        if self.packed:
+            *fields, r, vs = self.values(event)
+            return pack_item(self.kind, fields, r, vs)
         return b"".join(_abi_word(t, v) for t, v in zip(self.item_types, self.values(event), strict=True))
 
     def calldata(self, items: Sequence[bytes]) -> bytes:
         """``selector ‖ offset ‖ length ‖ items``: the ABI encoding of one dynamic array of static tuples, built by
-        hand because eth_abi's generic encoder cost more than the rest of a batch's preparation."""
+        hand because eth_abi's generic encoder cost more than the rest of a batch's preparation. Packed kinds:
+        ``selector ‖ offset ‖ length ‖ items ‖ padding``, one ``bytes`` argument."""
+        if self.packed:
+            return self.selector + bytes_argument(items)
         return self.selector + _ARRAY_OFFSET + len(items).to_bytes(32, "big") + b"".join(items)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, check_eth, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in, transact, transact_many
 from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
+from iotsettle.oracle.protocol.packed import pack_item
 from iotsettle.oracle.protocol.wire import SignedEvent
 
 log = logging.getLogger(__name__)
@@ -244,6 +246,19 @@ def reading_tuple(event: SignedEvent) -> tuple[Any, ...]:
     return event.contract_tuple()
 
 
+def packed_readings(events: Sequence[SignedEvent]) -> bytes:
+    """The packed batch ``settle`` takes (``iotsettle.oracle.protocol.packed``); ProtocolError for a reading whose
+    seq or timestamp is beyond 2^40 or whose value is beyond 2^64 (the contract would refuse it)."""
+    items = []
+    for event in events:
+        *fields, r, vs = reading_tuple(event)
+        try:
+            items.append(pack_item("reading", fields, r, vs))
+        except ValueError as exc:
+            raise ProtocolError(f"reading seq {event.msg['seq']} cannot be settled: {exc}") from None
+    return b"".join(items)
+
+
 def parse_readings(ctx: OpsContext, text: str) -> list[SignedEvent]:
     """Wire payloads (one JSON object per line, or one pretty-printed object) checked against this deployment."""
     return parse_payloads(ctx, text, "reading", CONTRACT, "agreement settle")
@@ -264,7 +279,7 @@ def settle(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[S
     if len(events) == 1:
         result = transact(ctx, billing.functions.settleReading(reading_tuple(events[0])), CONTRACT)
     else:
-        result = transact(ctx, billing.functions.settle([reading_tuple(e) for e in events]), CONTRACT)
+        result = transact(ctx, billing.functions.settle(packed_readings(events)), CONTRACT)
     outcomes = [
         Settlement(int(a["agreementId"]), int(a["seq"]), True, "", int(a["amount"]))
         for a in events_in(ctx, CONTRACT, result.receipt, "ReadingSettled")

@@ -36,10 +36,13 @@ contract MeteredBillingTest is Fixture {
 
     function _expectRejected(IMeteredBilling.SignedReading memory rd, IDeviceEvents.RejectReason reason) internal {
         IMeteredBilling.Agreement memory before = billing.agreementOf(rd.agreementId);
-        vm.expectEmit(address(billing));
-        emit IMeteredBilling.ReadingRejected(rd.agreementId, rd.seq, reason);
-        vm.prank(relayer);
-        assertEq(billing.settle(oneReading(rd)), 0, "nothing settled");
+        // The packed batch cannot carry fields beyond the stored widths: those are refused by settleReading alone.
+        if (packable(rd)) {
+            vm.expectEmit(address(billing));
+            emit IMeteredBilling.ReadingRejected(rd.agreementId, rd.seq, reason);
+            vm.prank(relayer);
+            assertEq(billing.settle(oneReading(rd)), 0, "nothing settled");
+        }
         IMeteredBilling.Agreement memory after_ = billing.agreementOf(rd.agreementId);
         assertEq(keccak256(abi.encode(before)), keccak256(abi.encode(after_)), "a rejected reading changes nothing");
 
@@ -305,7 +308,7 @@ contract MeteredBillingTest is Fixture {
         vm.expectEmit(address(billing));
         emit IMeteredBilling.ReadingSettled(id2, 1, 15);
         vm.prank(relayer);
-        assertEq(billing.settle(batch), 2);
+        assertEq(billing.settle(packReadings(batch)), 2);
         assertEq(billing.agreementOf(id).prepaid, DEPOSIT - 3);
         assertEq(billing.agreementOf(id2).prepaid, DEPOSIT - 15);
     }

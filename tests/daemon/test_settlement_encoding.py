@@ -26,9 +26,9 @@ def stored(kind: str, rng: random.Random) -> StoredEvent:
         31337,
         ADDRESS,
         rng.randrange(2**256),
-        rng.randrange(2**64),
-        rng.randrange(2**64),
-        rng.randrange(2**256) if reading else None,
+        rng.randrange(2**40 if reading else 2**64),  # a reading's seq and timestamp travel in 40 bits
+        rng.randrange(2**40 if reading else 2**64),
+        rng.randrange(2**64) if reading else None,
         None if reading else os.urandom(32),
         None if reading else rng.randrange(-(2**31), 2**31),
         os.urandom(32),
@@ -45,7 +45,37 @@ def stored(kind: str, rng: random.Random) -> StoredEvent:
     )
 
 
-@pytest.mark.parametrize(("kind", "function"), [("reading", "settle"), ("delivery", "confirmDeliveries")])
+def test_reading_batch_is_packed_as_the_contract_documents(abis: dict[str, list]) -> None:  # type: ignore[type-arg]
+    """IMeteredBilling.settle: agreementId 32 ‖ seq 5 ‖ timestamp 5 ‖ value 8 ‖ r 32 ‖ vs 32 bytes, in one bytes."""
+    spec = KindSpec.from_abi("reading", ADDRESS, abis["reading"])
+    rng = random.Random(7)
+    events = [stored("reading", rng) for _ in range(17)]
+    contract = Web3().eth.contract(address=Web3.to_checksum_address(ADDRESS), abi=abis["reading"])
+    packed = b"".join(
+        e.target_id.to_bytes(32, "big")
+        + e.seq.to_bytes(5, "big")
+        + e.timestamp.to_bytes(5, "big")
+        + e.value.to_bytes(8, "big")
+        + spec.values(e)[-2]
+        + spec.values(e)[-1]
+        for e in events
+    )
+    assert len(packed) == 17 * 114
+    expected = contract.encode_abi("settle", args=[packed])
+    assert "0x" + spec.calldata([spec.item(e) for e in events]).hex() == expected
+    assert spec.calldata([]) == bytes.fromhex(contract.encode_abi("settle", args=[b""])[2:])
+
+
+def test_a_reading_beyond_the_packed_widths_is_refused(abis: dict[str, list]) -> None:  # type: ignore[type-arg]
+    spec = KindSpec.from_abi("reading", ADDRESS, abis["reading"])
+    event = stored("reading", random.Random(3))
+    spec.item(dataclasses.replace(event, seq=2**40 - 1, timestamp=2**40 - 1, value=2**64 - 1))
+    for wide in ({"seq": 2**40}, {"timestamp": 2**40}, {"value": 2**64}):
+        with pytest.raises(ValueError, match="does not fit"):
+            spec.item(dataclasses.replace(event, **wide))
+
+
+@pytest.mark.parametrize(("kind", "function"), [("delivery", "confirmDeliveries")])
 def test_batch_calldata_equals_the_abi_encoding(abis: dict[str, list], kind: str, function: str) -> None:  # type: ignore[type-arg]
     spec = KindSpec.from_abi(kind, ADDRESS, abis[kind])
     rng = random.Random(7)

@@ -8,6 +8,7 @@ import {MeteredBilling} from "../../../contracts/MeteredBilling.sol";
 import {IDeviceRegistry} from "../../../contracts/interfaces/IDeviceRegistry.sol";
 import {IMeteredBilling} from "../../../contracts/interfaces/IMeteredBilling.sol";
 import {TestToken} from "../../../contracts/test/TestToken.sol";
+import {PackedReadings} from "../utils/PackedReadings.sol";
 
 /// @dev Drives MeteredBilling through random readings (replayed, rolled back, out of order, in batches),
 /// top-ups, provider withdrawals, closes and time jumps, keeping ghost totals of every unit that moved.
@@ -84,7 +85,7 @@ contract BillingHandler is Test {
         IMeteredBilling.Agreement memory before = billing.agreementOf(rd.agreementId);
         IMeteredBilling.SignedReading[] memory one = new IMeteredBilling.SignedReading[](1);
         one[0] = rd;
-        if (billing.settle(one) == 1) {
+        if (billing.settle(PackedReadings.pack(one)) == 1) {
             if (++consumed[rd.agreementId][rd.seq] > 1) ++doubleConsumption;
             IMeteredBilling.Agreement memory after_ = billing.agreementOf(rd.agreementId);
             if (after_.lastValue < before.lastValue) ++registerRollbacks;
@@ -207,7 +208,7 @@ contract BillingRelayHandler is Test {
             }
         }
         vm.prank(RELAYER);
-        billing.settle(batch);
+        billing.settle(PackedReadings.pack(batch));
         ++relayedBatches;
     }
 

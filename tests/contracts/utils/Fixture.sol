@@ -10,6 +10,7 @@ import {IDeliveryEscrow} from "../../../contracts/interfaces/IDeliveryEscrow.sol
 import {IDeviceRegistry} from "../../../contracts/interfaces/IDeviceRegistry.sol";
 import {IMeteredBilling} from "../../../contracts/interfaces/IMeteredBilling.sol";
 import {TestToken} from "../../../contracts/test/TestToken.sol";
+import {PackedReadings} from "./PackedReadings.sol";
 
 /// @dev Deploys the three contracts in the production order and signs device events with forge keys.
 abstract contract Fixture is Test {
@@ -88,13 +89,18 @@ abstract contract Fixture is Test {
         d = IDeliveryEscrow.SignedDelivery(escrowId, seq, timestamp, location, maxTemperature, r, vs);
     }
 
-    function oneReading(IMeteredBilling.SignedReading memory rd)
-        internal
-        pure
-        returns (IMeteredBilling.SignedReading[] memory batch)
-    {
-        batch = new IMeteredBilling.SignedReading[](1);
+    function packReadings(IMeteredBilling.SignedReading[] memory batch) internal pure returns (bytes memory) {
+        return PackedReadings.pack(batch);
+    }
+
+    function packable(IMeteredBilling.SignedReading memory rd) internal pure returns (bool) {
+        return PackedReadings.packable(rd);
+    }
+
+    function oneReading(IMeteredBilling.SignedReading memory rd) internal pure returns (bytes memory) {
+        IMeteredBilling.SignedReading[] memory batch = new IMeteredBilling.SignedReading[](1);
         batch[0] = rd;
+        return packReadings(batch);
     }
 
     function oneDelivery(IDeliveryEscrow.SignedDelivery memory d)

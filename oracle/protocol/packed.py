@@ -1,0 +1,41 @@
+"""Packed batch encodings: batch functions that take one ``bytes`` argument of items packed back to back.
+
+A packed item is the kind's signed fields in signing order, each big-endian in the width the contract stores
+(``PACKED_WIDTHS``, bytes per field), then the ERC-2098 compact signature r ‖ vs (32 bytes each). The signed
+EIP-712 message is unchanged: only its transport to the contract is narrower, so a field beyond its width cannot
+be packed (``ValueError``) — the contract would refuse it anyway (``ValueOutOfRange`` / ``TimestampInFuture``).
+The contract documents the same layout (``IMeteredBilling.settle``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+#: kind → bytes per signed field in signing order (reading: agreementId, seq, timestamp, value)
+PACKED_WIDTHS: dict[str, tuple[int, ...]] = {"reading": (32, 5, 5, 8)}
+
+
+def item_size(kind: str) -> int:
+    """Bytes per packed item of ``kind``, signature included."""
+    return sum(PACKED_WIDTHS[kind]) + 64
+
+
+def pack_item(kind: str, fields: Sequence[int], r: bytes, vs: bytes) -> bytes:
+    """One packed item; ValueError if a field does not fit its width or the signature is not 32 + 32 bytes."""
+    widths = PACKED_WIDTHS[kind]
+    if len(fields) != len(widths):
+        raise ValueError(f"a packed {kind} has {len(widths)} fields, got {len(fields)}")
+    if len(r) != 32 or len(vs) != 32:
+        raise ValueError("r and vs must be 32 bytes each")
+    out = bytearray()
+    for width, value in zip(widths, fields, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << (8 * width):
+            raise ValueError(f"{value!r} does not fit {width} bytes")
+        out += value.to_bytes(width, "big")
+    return bytes(out + r + vs)
+
+
+def bytes_argument(items: Sequence[bytes]) -> bytes:
+    """The ABI encoding of one ``bytes`` argument holding ``items`` back to back (offset, length, padded data)."""
+    data = b"".join(items)
+    return (32).to_bytes(32, "big") + len(data).to_bytes(32, "big") + data + bytes(-len(data) % 32)
