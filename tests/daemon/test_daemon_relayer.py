@@ -14,12 +14,12 @@ from eth_account import Account
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, RELAYER_DEV_KEY
 from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.testing.devices import Publisher
+from iotsettle.oracle.testing.wait import wait_for
 
 from tests.kit.cli import Cli, User, register_device
 from tests.kit.daemon import DaemonProcess
-from iotsettle.oracle.testing.devices import Publisher
 from tests.kit.products import chain_now, reading
-from iotsettle.oracle.testing.wait import wait_for
 
 READINGS = 60
 CLI_SENDS = 4
