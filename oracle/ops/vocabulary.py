@@ -1,0 +1,16 @@
+"""The names of the contracts' states and indexes and the operations' defaults, with no chain access.
+
+CLI options list them in --help (a `click.Choice`, a shown default); --help imports no web3, so they live here
+rather than beside the operations that use them (``motor``, ``loan``, ``crop`` import them from here).
+"""
+
+from __future__ import annotations
+
+#: MotorInsurance.PolicyStatus, by value
+POLICY_STATUSES = ("none", "offered", "active", "lapsed", "closed", "cancelled")
+#: LoanBook.LoanStatus, by value
+LOAN_STATUSES = ("none", "offered", "active", "repaid", "cancelled")
+#: CropInsurance.Index, by value: Index.RainfallBelow, Index.HotDaysAbove
+INDEXES = ("rain", "heat")
+#: covers paid by one `crop payout` transaction
+DEFAULT_PAYOUT_BATCH = 50
