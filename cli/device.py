@@ -1,5 +1,6 @@
 """`iotsettle device ...`: device keys, on-chain registration and the fleet simulator (keygen, register, simulate),
-and the owners' view of their devices in the DeviceRegistry (list, show, rotate, revoke)."""
+and the owners' view of their devices in the DeviceRegistry (list, show, rotate, revoke); `device sign` is in
+``device_sign``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from eth_hash.auto import keccak
 from iotsettle.cli._common import progress
 from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import ADDRESS, CommandContext, rpc_url_option, short, when, with_context
+from iotsettle.cli.device_sign import sign
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.device.weather import WeatherScenario
 from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name, kind_label, kind_name
@@ -87,7 +89,10 @@ class FaultList(click.ParamType):
 
 @click.group("device")
 def device() -> None:
-    """Device keys, on-chain registration and the fleet simulator (see docs/PROTOCOL.md)."""
+    """Device keys, on-chain registration, signing events and the fleet simulator (see docs/PROTOCOL.md)."""
+
+
+device.add_command(sign)
 
 
 @device.command("keygen")

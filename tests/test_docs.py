@@ -237,7 +237,8 @@ SNIPPET_IMPORTS = _snippet_imports()
 
 
 def test_the_snippets_import_the_package() -> None:
-    assert {page for page, _, _ in SNIPPET_IMPORTS} == {"docs/CLI.md", "docs/PROTOCOL.md"}
+    # Only the device SDK's own page shows Python (a device program); a shell tour signs with `iotsettle device sign`.
+    assert {page for page, _, _ in SNIPPET_IMPORTS} == {"docs/PROTOCOL.md"}
 
 
 @pytest.mark.parametrize(("page", "module", "name"), SNIPPET_IMPORTS)

@@ -29,7 +29,7 @@ def _command_paths(group: click.Group = cli, path: tuple[str, ...] = ()) -> list
 
 def test_every_help_answers_with_its_usage() -> None:
     paths = _command_paths()
-    assert ("agreement", "status") in paths
+    assert ("agreement", "status") in paths and ("device", "sign", "reading") in paths
     runner = CliRunner()
     for path in paths:
         result = runner.invoke(cli, [*path, "--help"], prog_name="iotsettle")
