@@ -19,10 +19,11 @@ from iotsettle.oracle.protocol.errors import IotSettleError
 
 if TYPE_CHECKING:
     import eth_utils
-    from iotsettle.oracle.ops import context
+    from iotsettle.oracle.ops import context, views
 else:
     eth_utils = lazy_import("eth_utils")
     context = lazy_import("iotsettle.oracle.ops.context")
+    views = lazy_import("iotsettle.oracle.ops.views")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -175,6 +176,7 @@ class CommandContext:
         self.rpc_url = rpc_url
         self._sender = sender
         self._ops: context.OpsContext | None = None
+        self._reads: views.ReadContext | None = None
 
     @property
     def config(self) -> Config:
@@ -187,6 +189,18 @@ class CommandContext:
         if self._ops is None:
             self._ops = context.open_context(self.config, self.rpc_url, sender=self._sender)
         return self._ops
+
+    @property
+    def reads(self) -> views.ReadContext:
+        """The deployment for a command that only reads: over http(s) without web3 (``ops.views``, a fraction of
+        a second sooner), over a websocket through web3's provider."""
+        if self._reads is None:
+            if self._ops is None and (self.rpc_url or self.config.chain.rpc_url).startswith(("http://", "https://")):
+                self._reads = views.open_reads(self.config, self.rpc_url)
+            else:
+                ops = self.ops
+                self._reads = views.ReadContext(self.config, ops.rpc, ops.chain.chain_id, ops.manifest)
+        return self._reads
 
     @property
     def default_sender(self) -> bool:

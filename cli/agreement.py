@@ -28,9 +28,11 @@ from rich.table import Table
 if TYPE_CHECKING:
     from iotsettle.oracle.ops import billing as ops
     from iotsettle.oracle.ops import token as token_ops
+    from iotsettle.oracle.ops import views
 else:
     ops = lazy_import("iotsettle.oracle.ops.billing")
     token_ops = lazy_import("iotsettle.oracle.ops.token")
+    views = lazy_import("iotsettle.oracle.ops.views")
 
 
 @click.group(cls=IotSettleGroup)
@@ -234,11 +236,8 @@ def status(cmd: CommandContext, agreement_id: int) -> None:
     Example:
       iotsettle agreement status 0x5fbd…0001
     """
-    view = ops.agreement_of(cmd.ops, agreement_id)
-    cmd.emit(
-        view.as_dict(),
-        _status_table(view, token_ops.describe_token(cmd.ops, view.token).format, ops.settlement_grace(cmd.ops)),
-    )
+    shown = views.agreement_status(cmd.reads, agreement_id)
+    cmd.emit(shown.agreement.as_dict(), _status_table(shown.agreement, shown.token.format, shown.settlement_grace))
 
 
 @agreement.command("list")

@@ -8,6 +8,7 @@ import click
 from iotsettle.cli._common import progress
 from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import CommandContext, with_context
+from iotsettle.oracle.chain.manifest import manifest_path
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def deploy(cmd: CommandContext) -> None:
         "contract",
         "address",
         "block",
-        title=f"chain {chain.chain_id} — {chain_deploy.manifest_path(config, chain.chain_id)}",
+        title=f"chain {chain.chain_id} — {manifest_path(config, chain.chain_id)}",
     )
     for name, entry in manifest["contracts"].items():
         table.add_row(name, entry["address"], str(entry["block"]))

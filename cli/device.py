@@ -17,6 +17,7 @@ from iotsettle.cli._common import progress
 from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import ADDRESS, CommandContext, rpc_url_option, short, when, with_context
 from iotsettle.cli.device_sign import sign
+from iotsettle.oracle.chain.manifest import load_manifest
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.device.weather import WeatherScenario
 from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name, kind_label, kind_name
@@ -183,7 +184,7 @@ def register(
         config = config.replace("chain", keystore=str(Path(owner_key).resolve()))
     chain = chain_connection.connect(config, rpc_url)
     owner = chain_connection.load_sender(config, chain)
-    manifest = chain_deploy.load_manifest(config, chain.chain_id)
+    manifest = load_manifest(config, chain.chain_id)
     registry = chain_deploy.contract(chain, config, manifest, "DeviceRegistry")
     metadata_hash = keccak(metadata.encode()) if metadata else bytes(32)
     deadline = int(chain.w3.eth.get_block("latest")["timestamp"]) + valid_for
@@ -241,7 +242,7 @@ def register(
 def _fleet_contracts(config: Config, fleet: device_fleet.Fleet) -> device_signer.Contracts:
     if fleet.contracts is not None:
         return fleet.contracts
-    return device_fleet.contracts_from_manifest(chain_deploy.load_manifest(config, fleet.chain_id))
+    return device_fleet.contracts_from_manifest(load_manifest(config, fleet.chain_id))
 
 
 @device.command("simulate")

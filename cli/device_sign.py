@@ -11,18 +11,17 @@ from typing import TYPE_CHECKING, Any
 import click
 from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import ADDRESS, ID, CommandContext, with_context
+from iotsettle.oracle.chain.manifest import load_manifest
 from iotsettle.oracle.protocol.location import location_bytes32
 
 if TYPE_CHECKING:
     from iotsettle.oracle.chain import connection as chain_connection
-    from iotsettle.oracle.chain import deploy as chain_deploy
     from iotsettle.oracle.device import fleet as device_fleet
     from iotsettle.oracle.device import keys as device_keys
     from iotsettle.oracle.device import signer as device_signer
     from iotsettle.oracle.protocol import wire
 else:
     chain_connection = lazy_import("iotsettle.oracle.chain.connection")
-    chain_deploy = lazy_import("iotsettle.oracle.chain.deploy")
     device_fleet = lazy_import("iotsettle.oracle.device.fleet")
     device_keys = lazy_import("iotsettle.oracle.device.keys")
     device_signer = lazy_import("iotsettle.oracle.device.signer")
@@ -149,7 +148,7 @@ def _sign(
         # Every domain is the one given: only this kind's is used.
         contracts = device_signer.Contracts.from_names(dict.fromkeys(device_signer.Contracts.names(), contract))
     else:
-        contracts = device_fleet.contracts_from_manifest(chain_deploy.load_manifest(cmd.config, chain_id))
+        contracts = device_fleet.contracts_from_manifest(load_manifest(cmd.config, chain_id))
     stamp = options["timestamp"]
     if stamp == "now":
         timestamp = int(time.time())

@@ -28,9 +28,11 @@ from rich.table import Table
 if TYPE_CHECKING:
     from iotsettle.oracle.ops import escrow as ops
     from iotsettle.oracle.ops import token as token_ops
+    from iotsettle.oracle.ops import views
 else:
     ops = lazy_import("iotsettle.oracle.ops.escrow")
     token_ops = lazy_import("iotsettle.oracle.ops.token")
+    views = lazy_import("iotsettle.oracle.ops.views")
 
 
 @click.group(cls=IotSettleGroup)
@@ -202,9 +204,8 @@ def status(cmd: CommandContext, escrow_id: int) -> None:
     Example:
       iotsettle escrow status 7
     """
-    view = ops.escrow_of(cmd.ops, escrow_id)
-    info = token_ops.describe_token(cmd.ops, view.token)
-    cmd.emit(view.as_dict(), _status_table(view, info.format, ops.refundable_from(cmd.ops, view)))
+    shown = views.escrow_status(cmd.reads, escrow_id)
+    cmd.emit(shown.escrow.as_dict(), _status_table(shown.escrow, shown.token.format, shown.refundable_from))
 
 
 @escrow.command("list")

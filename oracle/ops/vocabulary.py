@@ -6,6 +6,10 @@ rather than beside the operations that use them (``motor``, ``loan``, ``crop`` i
 
 from __future__ import annotations
 
+#: DeliveryEscrow.State, by value
+ESCROW_STATES = ("none", "funded", "released", "refunded", "cancelled")
+#: MeteredBilling.AgreementStatus, by value
+AGREEMENT_STATUSES = ("none", "offered", "active", "suspended", "closed", "cancelled")
 #: MotorInsurance.PolicyStatus, by value
 POLICY_STATUSES = ("none", "offered", "active", "lapsed", "closed", "cancelled")
 #: LoanBook.LoanStatus, by value
