@@ -1,6 +1,6 @@
 """Read-only contract calls (``eth_call``) through the one RPC client, without web3.
 
-A ``ContractReader`` encodes a view function's arguments from the contract's ABI (eth-abi), and several calls go
+A ``ContractReader`` encodes a view function's arguments from the contract's ABI (``abi``), and several calls go
 to the node as one batch request; results come back as web3's contract calls return them (one output as itself,
 several or a struct as a tuple, addresses checksummed). web3's contract objects do the same, but importing web3
 costs most of a second: the CLI's read-only commands (`iotsettle agreement status`) read through this module and
@@ -9,38 +9,12 @@ answer in a fraction of that. Transactions still go through web3 (``send``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from eth_abi import decode, encode
-from eth_abi.exceptions import DecodingError
-from eth_hash.auto import keccak
-from eth_utils import to_checksum_address
+from iotsettle.oracle.chain.abi import AbiParam, decode_results, encode_arguments, selector
 from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.protocol.errors import ChainError
-
-AbiParam = Mapping[str, Any]
-
-
-def abi_type(param: AbiParam) -> str:
-    """The canonical ABI type of a parameter: a struct is ``(t1,t2,…)``, with its array suffix if any."""
-    typ = str(param["type"])
-    if typ.startswith("tuple"):
-        return "(" + ",".join(abi_type(c) for c in param["components"]) + ")" + typ[len("tuple") :]
-    return typ
-
-
-def _as_web3_returns(param: AbiParam, value: Any) -> Any:
-    """eth-abi's decoded ``value`` as web3 returns it: addresses checksummed, at any depth."""
-    typ = str(param["type"])
-    if typ.endswith("]"):
-        element = {**param, "type": typ[: typ.rindex("[")]}
-        return [_as_web3_returns(element, item) for item in value]
-    if typ == "tuple":
-        return tuple(_as_web3_returns(c, v) for c, v in zip(param["components"], value, strict=True))
-    if typ == "address":
-        return to_checksum_address(value)
-    return value
 
 
 class ContractReader:
@@ -60,22 +34,16 @@ class ContractReader:
     def request(self, name: str, *args: Any) -> tuple[str, list[Any]]:
         """The JSON-RPC request (method, params) of ``name(*args)`` at the latest block."""
         entry = self._function(name)
-        inputs = [abi_type(p) for p in entry["inputs"]]
-        selector = keccak(f"{name}({','.join(inputs)})".encode())[:4]
-        data = "0x" + (selector + encode(inputs, list(args))).hex()
-        return "eth_call", [{"to": self.address, "data": data}, "latest"]
+        data = selector(name, entry["inputs"]) + encode_arguments(entry["inputs"], args)
+        return "eth_call", [{"to": self.address, "data": "0x" + data.hex()}, "latest"]
 
     def decode(self, name: str, result: str) -> Any:
         """The result of ``name`` (the node's hex string) as web3 returns it."""
         outputs = self._function(name)["outputs"]
-        raw = bytes.fromhex(result[2:] if result.startswith("0x") else result)
+        raw = bytes.fromhex(result.removeprefix("0x"))
         if outputs and not raw:
             raise ChainError(f"{name} at {self.address} returned nothing: no contract there?")
-        try:
-            decoded = decode([abi_type(p) for p in outputs], raw)
-        except DecodingError:
-            raise ChainError(f"{name} at {self.address} returned what its ABI cannot decode") from None
-        values = [_as_web3_returns(p, v) for p, v in zip(outputs, decoded, strict=True)]
+        values = decode_results(outputs, raw)
         return values[0] if len(values) == 1 else tuple(values)
 
     def call(self, name: str, *args: Any) -> Any:

@@ -24,7 +24,7 @@ def load_manifest(config: Config, chain_id: int) -> dict[str, Any]:
     """The manifest of ``chain_id``; raises DeploymentError telling how to create it."""
     path = manifest_path(config, chain_id)
     try:
-        manifest = json.loads(path.read_text())
+        manifest: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
         raise DeploymentError(
             f"nothing is deployed on chain {chain_id} yet ({path} is missing); run `iotsettle deploy`"

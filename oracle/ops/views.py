@@ -159,6 +159,18 @@ def agreement_view(agreement_id: int, chain_id: int, raw: Any, earnings: int) ->
     status = int(raw[5])
     if status == 0:
         raise ChainError(f"agreement {agreement_id} does not exist on chain {chain_id}")
+    (
+        notice_period,
+        close_at,
+        start_value,
+        last_value,
+        last_seq,
+        last_timestamp,
+        prepaid,
+        arrears,
+        deposited,
+        withdrawn,
+    ) = (int(x) for x in raw[6:])
     return AgreementView(
         agreement_id,
         raw[0],
@@ -167,7 +179,16 @@ def agreement_view(agreement_id: int, chain_id: int, raw: Any, earnings: int) ->
         raw[3],
         int(raw[4]),
         AGREEMENT_STATUSES[status] if status < len(AGREEMENT_STATUSES) else str(status),
-        *(int(x) for x in raw[6:]),
+        notice_period,
+        close_at,
+        start_value,
+        last_value,
+        last_seq,
+        last_timestamp,
+        prepaid,
+        arrears,
+        deposited,
+        withdrawn,
         int(earnings),
     )
 

@@ -1,4 +1,5 @@
-"""Read-only status commands answer without loading web3: they read through the raw RPC client (`ops.views`)."""
+"""Read-only status commands answer without loading web3 or eth-abi: they read through the raw RPC client and the
+view-call codec (`ops.views`, `chain.calls`, `chain.abi`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def _status_in_a_fresh_process(cli: Cli, args: list[str]) -> dict:
         "import sys\nfrom iotsettle.cli.main import main\n"
         f"sys.argv = ['iotsettle', *{args!r}, '--json']\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-        "print('loaded:', [m for m in ('web3', 'eth_account') if m in sys.modules], file=sys.stderr)\n"
+        "print('loaded:', [m for m in ('web3', 'eth_account', 'eth_abi') if m in sys.modules], file=sys.stderr)\n"
     )
     env = {**os.environ, **cli_env(cli.config)}
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
