@@ -56,7 +56,9 @@ def test_compile_is_reproducible(test_config) -> None:
 def test_compile_matches_forge_bytecode(test_config) -> None:
     """py-solc-x and forge use one compiler and one set of settings: same runtime bytecode."""
     ensure_compiled(test_config)
-    forge = subprocess.run([str(REPO / "node_modules/.bin/forge"), "build"], cwd=REPO, capture_output=True, text=True, check=False)
+    forge = subprocess.run(
+        [str(REPO / "node_modules/.bin/forge"), "build"], cwd=REPO, capture_output=True, text=True, check=False
+    )
     assert forge.returncode == 0, forge.stderr[-2000:]
     checked = 0
     for path in (REPO / "build/artifacts").glob("*.json"):
