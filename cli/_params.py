@@ -8,15 +8,22 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from eth_utils import is_address, is_checksum_address, to_checksum_address
 from iotsettle.cli._common import emit, state
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.ops.amounts import Amount, parse_amount
-from iotsettle.oracle.ops.context import OpsContext, SenderChoice, open_context
 from iotsettle.oracle.protocol.errors import IotSettleError
+
+if TYPE_CHECKING:
+    import eth_utils
+    from iotsettle.oracle.ops import context, views
+else:
+    eth_utils = lazy_import("eth_utils")
+    context = lazy_import("iotsettle.oracle.ops.context")
+    views = lazy_import("iotsettle.oracle.ops.views")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,12 +35,14 @@ class AddressType(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value).strip()
-        if not is_address(text) and not (text.startswith("0x") and len(text) == 42 and is_address(text.lower())):
+        if not eth_utils.is_address(text) and not (
+            text.startswith("0x") and len(text) == 42 and eth_utils.is_address(text.lower())
+        ):
             self.fail(f"{value!r} is not an address (0x followed by 40 hex digits)", param, ctx)
         body = text[2:]
-        if body != body.lower() and body != body.upper() and not is_checksum_address(text):
+        if body != body.lower() and body != body.upper() and not eth_utils.is_checksum_address(text):
             self.fail(f"{value!r} has a wrong EIP-55 checksum (a typo?)", param, ctx)
-        return to_checksum_address(text.lower())
+        return eth_utils.to_checksum_address(text.lower())
 
 
 class AmountType(click.ParamType):
@@ -160,30 +169,43 @@ class CommandContext:
     """What a command gets from ``with_context``: the configuration, the chain (opened on first use), --json."""
 
     def __init__(
-        self, click_ctx: click.Context, *, as_json: bool, rpc_url: str | None, sender: SenderChoice | None
+        self, click_ctx: click.Context, *, as_json: bool, rpc_url: str | None, sender: context.SenderChoice | None
     ) -> None:
         self.click = click_ctx
         self.as_json = as_json
         self.rpc_url = rpc_url
         self._sender = sender
-        self._ops: OpsContext | None = None
+        self._ops: context.OpsContext | None = None
+        self._reads: views.ReadContext | None = None
 
     @property
     def config(self) -> Config:
         return state(self.click).config
 
     @property
-    def ops(self) -> OpsContext:
+    def ops(self) -> context.OpsContext:
         """The deployment on the chain, with the chosen sender on sending commands. Opened on first use, so a
         command checks its own arguments (files, keys) before it reaches the chain."""
         if self._ops is None:
-            self._ops = open_context(self.config, self.rpc_url, sender=self._sender)
+            self._ops = context.open_context(self.config, self.rpc_url, sender=self._sender)
         return self._ops
+
+    @property
+    def reads(self) -> views.ReadContext:
+        """The deployment for a command that only reads: over http(s) without web3 (``ops.views``, a fraction of
+        a second sooner), over a websocket through web3's provider."""
+        if self._reads is None:
+            if self._ops is None and (self.rpc_url or self.config.chain.rpc_url).startswith(("http://", "https://")):
+                self._reads = views.open_reads(self.config, self.rpc_url)
+            else:
+                ops = self.ops
+                self._reads = views.ReadContext(self.config, ops.rpc, ops.chain.chain_id, ops.manifest)
+        return self._reads
 
     @property
     def default_sender(self) -> bool:
         """True when neither --from-key-env nor --dev-account was given: the configured key signs."""
-        return self._sender == SenderChoice()
+        return self._sender == context.SenderChoice()
 
     def emit(self, data: Any, human: Any = None) -> None:
         """``data`` as JSON with --json, else ``human`` (rich markup or a table) for people."""
@@ -215,7 +237,7 @@ def with_context(
             # Take only the options added here: a command may have an option of the same name of its own.
             as_json = kwargs.pop("as_json") if json_output else False
             rpc_url = kwargs.pop("rpc_url") if rpc else None
-            choice = SenderChoice(kwargs.pop("from_key_env"), kwargs.pop("dev_account")) if sender else None
+            choice = context.SenderChoice(kwargs.pop("from_key_env"), kwargs.pop("dev_account")) if sender else None
             cmd = CommandContext(click.get_current_context(), as_json=as_json, rpc_url=rpc_url, sender=choice)
             return func(cmd, *args, **kwargs)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 from iotsettle.cli._common import IotSettleGroup, emit
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import (
     ADDRESS,
     AMOUNT,
@@ -19,11 +21,18 @@ from iotsettle.cli._params import (
     when,
     with_context,
 )
-from iotsettle.oracle.ops import billing as ops
 from iotsettle.oracle.ops.amounts import Amount
-from iotsettle.oracle.ops.token import describe_token
 from iotsettle.oracle.protocol.errors import ChainError
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from iotsettle.oracle.ops import billing as ops
+    from iotsettle.oracle.ops import token as token_ops
+    from iotsettle.oracle.ops import views
+else:
+    ops = lazy_import("iotsettle.oracle.ops.billing")
+    token_ops = lazy_import("iotsettle.oracle.ops.token")
+    views = lazy_import("iotsettle.oracle.ops.views")
 
 
 @click.group(cls=IotSettleGroup)
@@ -83,7 +92,7 @@ def open_cmd(
     """
     if (price is None) == (tariff_id is None):
         raise click.UsageError("give exactly one of --price or --tariff")
-    info = describe_token(cmd.ops, token)
+    info = token_ops.describe_token(cmd.ops, token)
     tariff_tx = None
     if price is not None:
         tariff_id, tariff_tx = ops.create_flat_tariff(cmd.ops, info.to_base(price))
@@ -136,7 +145,7 @@ def accept(cmd: CommandContext, agreement_id: int, deposit: Amount, expected_sta
       iotsettle agreement accept 0x5fbd…0001 --deposit 50 --expect-start-value 1200 --dev-account 1
     """
     view = ops.agreement_of(cmd.ops, agreement_id)
-    info = describe_token(cmd.ops, view.token)
+    info = token_ops.describe_token(cmd.ops, view.token)
     base = info.to_base(deposit)
     start = view.start_value if expected_start is None else expected_start
     result = ops.accept(cmd.ops, agreement_id, base, start)
@@ -164,7 +173,7 @@ def top_up(cmd: CommandContext, agreement_id: int, amount: Amount) -> None:
     Example:
       iotsettle agreement top-up 0x5fbd…0001 --amount 20 --dev-account 1
     """
-    info = describe_token(cmd.ops, ops.agreement_of(cmd.ops, agreement_id).token)
+    info = token_ops.describe_token(cmd.ops, ops.agreement_of(cmd.ops, agreement_id).token)
     base = info.to_base(amount)
     result = ops.top_up(cmd.ops, agreement_id, base)
     view = ops.agreement_of(cmd.ops, agreement_id)
@@ -227,10 +236,8 @@ def status(cmd: CommandContext, agreement_id: int) -> None:
     Example:
       iotsettle agreement status 0x5fbd…0001
     """
-    view = ops.agreement_of(cmd.ops, agreement_id)
-    cmd.emit(
-        view.as_dict(), _status_table(view, describe_token(cmd.ops, view.token).format, ops.settlement_grace(cmd.ops))
-    )
+    shown = views.agreement_status(cmd.reads, agreement_id)
+    cmd.emit(shown.agreement.as_dict(), _status_table(shown.agreement, shown.token.format, shown.settlement_grace))
 
 
 @agreement.command("list")
@@ -267,7 +274,7 @@ def list_cmd(cmd: CommandContext, party: str | None, device: str | None, status_
         title=f"{len(views)} agreements",
     )
     for v in views:
-        fmt = describe_token(cmd.ops, v.token).format
+        fmt = token_ops.describe_token(cmd.ops, v.token).format
         table.add_row(
             short_id(v.agreement_id),
             v.status,
@@ -316,7 +323,7 @@ def settle(cmd: CommandContext, source: str) -> None:
         "agreement", "seq", "result", "billed", title=f"relayed in block {result.block}, gas {result.gas_used:,}"
     )
     for o in outcomes:
-        fmt = describe_token(cmd.ops, ops.agreement_of(cmd.ops, o.agreement_id).token).format
+        fmt = token_ops.describe_token(cmd.ops, ops.agreement_of(cmd.ops, o.agreement_id).token).format
         table.add_row(
             short_id(o.agreement_id),
             str(o.seq),
@@ -338,7 +345,7 @@ def withdraw(cmd: CommandContext, agreement_id: int) -> None:
     Example:
       iotsettle agreement withdraw 0x5fbd…0001
     """
-    info = describe_token(cmd.ops, ops.agreement_of(cmd.ops, agreement_id).token)
+    info = token_ops.describe_token(cmd.ops, ops.agreement_of(cmd.ops, agreement_id).token)
     result, paid = ops.withdraw_earnings(cmd.ops, agreement_id)
     cmd.emit(
         {"agreementId": str(agreement_id), "amount": str(paid), "tx": result.tx_hash, "block": result.block},
@@ -371,7 +378,7 @@ def close(cmd: CommandContext, agreement_id: int, reading_source: str | None) ->
       iotsettle agreement close 0x5fbd…0001 --dev-account 1
       iotsettle agreement close 0x5fbd…0001 --reading final.json --dev-account 1
     """
-    info = describe_token(cmd.ops, ops.agreement_of(cmd.ops, agreement_id).token)
+    info = token_ops.describe_token(cmd.ops, ops.agreement_of(cmd.ops, agreement_id).token)
     if reading_source is not None:
         events = ops.parse_readings(cmd.ops, read_payloads(reading_source))
         if len(events) != 1 or events[0].target_id != agreement_id:
@@ -436,7 +443,7 @@ def tariff(cmd: CommandContext, tariff_id: int, token: str) -> None:
     blocks = ops.tariff_of(cmd.ops, tariff_id)
     if not blocks:
         raise ChainError(f"tariff {tariff_id} does not exist")
-    fmt = describe_token(cmd.ops, token).format
+    fmt = token_ops.describe_token(cmd.ops, token).format
     table = Table("block", "units", "price per unit", title=f"tariff {tariff_id}")
     for n, (units, price) in enumerate(blocks, 1):
         table.add_row(str(n), str(units) if units else "the rest", fmt(price))

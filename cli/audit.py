@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import click
 from iotsettle.cli._common import IotSettleGroup, emit
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import ADDRESS, ID, CommandContext, short, short_id, when, with_context
-from iotsettle.oracle.ops import audit as ops
-from iotsettle.oracle.ops.context import OpsContext
-from iotsettle.oracle.ops.token import describe_token
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from iotsettle.oracle.ops import audit as ops
+    from iotsettle.oracle.ops import context as ops_context
+    from iotsettle.oracle.ops import token as token_ops
+else:
+    ops = lazy_import("iotsettle.oracle.ops.audit")
+    ops_context = lazy_import("iotsettle.oracle.ops.context")
+    token_ops = lazy_import("iotsettle.oracle.ops.token")
 
 
 @click.group(cls=IotSettleGroup)
@@ -36,7 +44,7 @@ def _compact(text: str) -> str:
     return _ADDRESS.sub(lambda m: short(m.group(0)), text)
 
 
-def _render(ops_ctx: OpsContext, report: ops.AuditReport, as_json: bool) -> None:
+def _render(ops_ctx: ops_context.OpsContext, report: ops.AuditReport, as_json: bool) -> None:
     with_subject = len({e.subject for e in report.entries}) > 1
     table = Table(
         "block",
@@ -49,7 +57,7 @@ def _render(ops_ctx: OpsContext, report: ops.AuditReport, as_json: bool) -> None
         title=report.subject,
     )
     for e in report.entries:
-        amount = describe_token(ops_ctx, e.token).format(e.amount) if e.amount is not None and e.token else ""
+        amount = token_ops.describe_token(ops_ctx, e.token).format(e.amount) if e.amount is not None and e.token else ""
         table.add_row(
             str(e.block),
             when(e.time).removesuffix(" UTC"),
@@ -64,7 +72,7 @@ def _render(ops_ctx: OpsContext, report: ops.AuditReport, as_json: bool) -> None
     if token is None:
         used = {e.token for e in report.entries if e.token}
         token = used.pop() if len(used) == 1 else None
-    fmt = describe_token(ops_ctx, token).format if isinstance(token, str) else None
+    fmt = token_ops.describe_token(ops_ctx, token).format if isinstance(token, str) else None
     for key, value in report.totals.items():
         if key == "token":
             continue

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from iotsettle.cli._common import progress
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import CommandContext, with_context
-from iotsettle.oracle.chain.compiler import ensure_compiled, read_foundry_settings
-from iotsettle.oracle.chain.connection import connect, load_sender
-from iotsettle.oracle.chain.deploy import deploy_all, manifest_path
+from iotsettle.oracle.chain.manifest import manifest_path
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from iotsettle.oracle.chain import compiler as chain_compiler
+    from iotsettle.oracle.chain import connection as chain_connection
+    from iotsettle.oracle.chain import deploy as chain_deploy
+else:
+    chain_compiler = lazy_import("iotsettle.oracle.chain.compiler")
+    chain_connection = lazy_import("iotsettle.oracle.chain.connection")
+    chain_deploy = lazy_import("iotsettle.oracle.chain.deploy")
 
 
 @click.command("compile")
@@ -21,10 +31,10 @@ def compile_cmd(cmd: CommandContext, force: bool) -> None:
     bytecode. Unchanged sources are not recompiled (use --force).
     """
     config = cmd.config
-    settings = read_foundry_settings(config.root)
+    settings = chain_compiler.read_foundry_settings(config.root)
     if not cmd.as_json:
         progress(f"solc {settings.version}, evm {settings.evm_version}, optimizer runs {settings.optimizer_runs}")
-    out, compiled = ensure_compiled(config, force=force)
+    out, compiled = chain_compiler.ensure_compiled(config, force=force)
     names = sorted(p.stem for p in out.glob("*.json") if not p.name.startswith("_"))
     cmd.emit(
         {"artifacts": str(out), "compiled": compiled, "contracts": names},
@@ -42,14 +52,17 @@ def deploy(cmd: CommandContext) -> None:
     account is used. Re-running keeps contracts whose code is still on chain and unchanged.
     """
     config = cmd.config
-    ensure_compiled(config)
-    chain = connect(config, cmd.rpc_url)
-    account = load_sender(config, chain)
+    chain_compiler.ensure_compiled(config)
+    chain = chain_connection.connect(config, cmd.rpc_url)
+    account = chain_connection.load_sender(config, chain)
     report = (lambda _m: None) if cmd.as_json else progress
     report(f"chain {chain.chain_id} at {chain.rpc_url}, deployer {account.address}")
-    manifest = deploy_all(config, chain, account, report)
+    manifest = chain_deploy.deploy_all(config, chain, account, report)
     table = Table(
-        "contract", "address", "block", title=f"chain {chain.chain_id} — {manifest_path(config, chain.chain_id)}"
+        "contract",
+        "address",
+        "block",
+        title=f"chain {chain.chain_id} — {manifest_path(config, chain.chain_id)}",
     )
     for name, entry in manifest["contracts"].items():
         table.add_row(name, entry["address"], str(entry["block"]))

@@ -5,19 +5,28 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from iotsettle.cli._common import IotSettleGroup, emit, out_console, progress
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import ADDRESS, CommandContext, short, with_context
 from iotsettle.oracle.chain.artifacts import load_artifact
-from iotsettle.oracle.chain.connection import connect
-from iotsettle.oracle.credit.document import build, canonical_json, verify_document
-from iotsettle.oracle.credit.scan import CONTRACTS, ProfileMismatch, chain_point, contract_refs
-from iotsettle.oracle.ops.context import OpsContext
-from iotsettle.oracle.ops.token import describe_token
 from iotsettle.oracle.protocol.errors import IotSettleError
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from iotsettle.oracle.chain import connection as chain_connection
+    from iotsettle.oracle.credit import document as credit_document
+    from iotsettle.oracle.credit import scan as credit_scan
+    from iotsettle.oracle.ops import context as ops_context
+    from iotsettle.oracle.ops import token as token_ops
+else:
+    chain_connection = lazy_import("iotsettle.oracle.chain.connection")
+    credit_document = lazy_import("iotsettle.oracle.credit.document")
+    credit_scan = lazy_import("iotsettle.oracle.credit.scan")
+    ops_context = lazy_import("iotsettle.oracle.ops.context")
+    token_ops = lazy_import("iotsettle.oracle.ops.token")
 
 #: Per section: its title and the summary figures shown to people, the first one telling whether the subject
 #: has any history in that role (the JSON export has every figure).
@@ -136,7 +145,7 @@ def _duration(seconds: int) -> str:
     return f"{seconds / 86_400:.1f} d"
 
 
-def _value(ops_ctx: OpsContext, name: str, value: Any) -> str:
+def _value(ops_ctx: ops_context.OpsContext, name: str, value: Any) -> str:
     if isinstance(value, dict):
         if not value:
             return "—"
@@ -148,14 +157,14 @@ def _value(ops_ctx: OpsContext, name: str, value: Any) -> str:
     return str(value)
 
 
-def _money(ops_ctx: OpsContext, token: str, amount: int) -> str:
+def _money(ops_ctx: ops_context.OpsContext, token: str, amount: int) -> str:
     try:
-        return describe_token(ops_ctx, token).format(amount)
+        return token_ops.describe_token(ops_ctx, token).format(amount)
     except IotSettleError:
         return f"{amount} base units of {short(token)}"
 
 
-def _render(ops_ctx: OpsContext, doc: dict[str, Any]) -> None:
+def _render(ops_ctx: ops_context.OpsContext, doc: dict[str, Any]) -> None:
     figures = doc["figures"]
     rng = doc["range"]
     stamp = datetime.fromtimestamp(rng["toBlockTime"], UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -237,19 +246,21 @@ def profile(cmd: CommandContext, address: str, out_file: str | None, to_block: i
     Example:
       iotsettle credit profile 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 --out profile.json
     """
-    point = chain_point(cmd.ops.w3, to_block)
+    point = credit_scan.chain_point(cmd.ops.w3, to_block)
     deployments = {
         name: (
             cmd.ops.address(name),
             cmd.ops.deployed_block(name),
             str(cmd.ops.manifest["contracts"][name].get("txHash", "")),
         )
-        for name in CONTRACTS
+        for name in credit_scan.CONTRACTS
         if cmd.ops.has(name)
     }
-    refs = contract_refs(cmd.ops.w3, deployments, point.to_block)
-    run = build(cmd.ops.w3, address, point, refs, {name: cmd.ops.abis[name] for name in refs}, progress=progress)
-    text = canonical_json(run.document)
+    refs = credit_scan.contract_refs(cmd.ops.w3, deployments, point.to_block)
+    run = credit_document.build(
+        cmd.ops.w3, address, point, refs, {name: cmd.ops.abis[name] for name in refs}, progress=progress
+    )
+    text = credit_document.canonical_json(run.document)
     if out_file:
         try:
             Path(out_file).write_text(text, encoding="utf-8")
@@ -283,11 +294,11 @@ def verify(cmd: CommandContext, file: str) -> None:
     if not isinstance(claimed, dict) or not isinstance(claimed.get("contracts"), dict):
         raise click.BadParameter(f"{file} is not a credit profile export", param_hint="FILE")
     config = cmd.config
-    chain = connect(config, cmd.rpc_url)
-    abis = {name: load_artifact(config, name)["abi"] for name in claimed["contracts"] if name in CONTRACTS}
+    chain = chain_connection.connect(config, cmd.rpc_url)
+    abis = {name: load_artifact(config, name)["abi"] for name in claimed["contracts"] if name in credit_scan.CONTRACTS}
     try:
-        run = verify_document(chain.w3, claimed, abis, progress)
-    except ProfileMismatch as exc:
+        run = credit_document.verify_document(chain.w3, claimed, abis, progress)
+    except credit_scan.ProfileMismatch as exc:
         # Plain echo, not rich: the sentence must stay on one line for scripts that grep it.
         if cmd.as_json:
             emit({"verified": False, "difference": str(exc)}, True)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from iotsettle.cli._common import IotSettleGroup, emit
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import (
     ADDRESS,
     AMOUNT,
@@ -20,10 +21,16 @@ from iotsettle.cli._params import (
     when,
     with_context,
 )
-from iotsettle.oracle.ops import crop as ops
 from iotsettle.oracle.ops.amounts import Amount
-from iotsettle.oracle.ops.token import describe_token
+from iotsettle.oracle.ops.vocabulary import DEFAULT_PAYOUT_BATCH, INDEXES
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from iotsettle.oracle.ops import crop as ops
+    from iotsettle.oracle.ops import token as token_ops
+else:
+    ops = lazy_import("iotsettle.oracle.ops.crop")
+    token_ops = lazy_import("iotsettle.oracle.ops.token")
 
 
 class PercentType(click.ParamType):
@@ -106,7 +113,7 @@ def pool_create(cmd: CommandContext, token: str) -> None:
     Example:
       iotsettle crop pool-create --token TEST
     """
-    pool_id, result = ops.create_pool(cmd.ops, describe_token(cmd.ops, token))
+    pool_id, result = ops.create_pool(cmd.ops, token_ops.describe_token(cmd.ops, token))
     cmd.emit(
         {"poolId": pool_id, "tx": result.tx_hash, "block": result.block},
         f"pool [bold]{pool_id}[/bold] created (tx {result.tx_hash})\nnext: iotsettle crop pool-deposit {pool_id} "
@@ -125,7 +132,7 @@ def pool_deposit(cmd: CommandContext, pool_id: int, amount: Amount) -> None:
     Example:
       iotsettle crop pool-deposit 1 --amount 1000
     """
-    info = describe_token(cmd.ops, ops.pool_of(cmd.ops, pool_id).token)
+    info = token_ops.describe_token(cmd.ops, ops.pool_of(cmd.ops, pool_id).token)
     base = info.to_base(amount)
     result = ops.deposit_to_pool(cmd.ops, pool_id, base)
     pool = ops.pool_of(cmd.ops, pool_id)
@@ -146,7 +153,7 @@ def pool_withdraw(cmd: CommandContext, pool_id: int, amount: Amount) -> None:
     Example:
       iotsettle crop pool-withdraw 1 --amount 100
     """
-    info = describe_token(cmd.ops, ops.pool_of(cmd.ops, pool_id).token)
+    info = token_ops.describe_token(cmd.ops, ops.pool_of(cmd.ops, pool_id).token)
     base = info.to_base(amount)
     result = ops.withdraw_from_pool(cmd.ops, pool_id, base)
     pool = ops.pool_of(cmd.ops, pool_id)
@@ -168,7 +175,7 @@ def pool(cmd: CommandContext, pool_id: int) -> None:
       iotsettle crop pool 1
     """
     view = ops.pool_of(cmd.ops, pool_id)
-    fmt = describe_token(cmd.ops, view.token).format
+    fmt = token_ops.describe_token(cmd.ops, view.token).format
     seasons = ops.seasons_of_pool(cmd.ops, pool_id)
     table = Table(show_header=False, title=f"pool {pool_id}")
     for key, value in (
@@ -198,7 +205,7 @@ def pool(cmd: CommandContext, pool_id: int) -> None:
 )
 @click.option(
     "--index",
-    type=click.Choice(ops.INDEXES),
+    type=click.Choice(INDEXES),
     required=True,
     help="rain: trigger when rain is below the threshold; heat: when hot days reach --days.",
 )
@@ -306,7 +313,7 @@ def buy(cmd: CommandContext, season_id: int, cover: Amount, beneficiary: str | N
       iotsettle crop buy 1 --cover 200 --beneficiary "$(iotsettle loan show 1 --json | jq -r .account)"
     """
     season = ops.season_of(cmd.ops, season_id, details=False)
-    info = describe_token(cmd.ops, season.token)
+    info = token_ops.describe_token(cmd.ops, season.token)
     base = info.to_base(cover)
     policy_id, premium, result = ops.buy_cover(cmd.ops, season_id, base, beneficiary)
     view = ops.cover_of(cmd.ops, policy_id)
@@ -366,7 +373,7 @@ def season(cmd: CommandContext, season_id: int) -> None:
     if cmd.as_json:
         cmd.emit(view.as_dict())
         return
-    fmt = describe_token(cmd.ops, view.token).format
+    fmt = token_ops.describe_token(cmd.ops, view.token).format
     terms = Table(show_header=False, title=f"season {season_id} (pool {view.pool_id})")
     outcome = "open"
     if view.finalized:
@@ -431,7 +438,7 @@ def record(cmd: CommandContext, source: str) -> None:
 
 def _payout_summary(ops_ctx: Any, report: ops.PayoutReport) -> str:
     season = ops.season_of(ops_ctx, report.season_id, details=False)
-    fmt = describe_token(ops_ctx, season.token).format
+    fmt = token_ops.describe_token(ops_ctx, season.token).format
     lines = []
     if report.verdicts:
         lines.append(
@@ -482,7 +489,7 @@ def finalize(cmd: CommandContext, season_id: int, first_batch_only: bool) -> Non
 @click.option(
     "--batch",
     type=click.IntRange(1, 1000),
-    default=ops.DEFAULT_PAYOUT_BATCH,
+    default=DEFAULT_PAYOUT_BATCH,
     show_default=True,
     help="Policies per transaction.",
 )
@@ -508,6 +515,6 @@ def claim(cmd: CommandContext, token: str) -> None:
     Example:
       iotsettle crop claim --token TEST --dev-account 1
     """
-    info = describe_token(cmd.ops, token)
+    info = token_ops.describe_token(cmd.ops, token)
     result, amount = ops.claim(cmd.ops, info.address)
     cmd.emit({"amount": str(amount), "tx": result.tx_hash}, f"received {info.format(amount)} (tx {result.tx_hash})")

@@ -10,34 +10,30 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from iotsettle.cli._common import emit, err_console, progress, state
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import json_option
 from iotsettle.oracle.config import Config
-from iotsettle.oracle.demo.run import (
-    DEFAULT_FAULTS,
-    MIN_SEASON,
-    DemoSettings,
-    Frame,
-    Interrupted,
-    LiveView,
-    Run,
-    run_demo,
-    sigterm_as_interrupt,
-)
+from iotsettle.oracle.demo.defaults import DEFAULT_FAULTS
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from iotsettle.oracle.demo import run as demo_run
+else:
+    demo_run = lazy_import("iotsettle.oracle.demo.run")
 
 
 def _fmt_tokens(base: int) -> str:
     return f"{base / 10**18:,.4f}".rstrip("0").rstrip(".") + " TEST"
 
 
-def _live_table(frame: Frame) -> Group:
+def _live_table(frame: demo_run.Frame) -> Group:
     snap = frame.store
     table = Table(
         show_header=False,
@@ -61,11 +57,11 @@ def _live_table(frame: Frame) -> Group:
     return Group(table, rejects) if reasons else Group(table)
 
 
-def _live_view(as_json: bool) -> LiveView:
+def _live_view(as_json: bool) -> demo_run.LiveView:
     """The live table on stderr, redrawn with each frame; nothing for --json (stdout carries only the summary)."""
 
     @contextmanager
-    def view() -> Iterator[Callable[[Frame], None]]:
+    def view() -> Iterator[Callable[[demo_run.Frame], None]]:
         if as_json:
             yield lambda _frame: None
             return
@@ -169,10 +165,12 @@ def demo(
       iotsettle demo --rpc http://127.0.0.1:8545 --broker 127.0.0.1:1883
     """
     config: Config = state(ctx).config
-    if 0 < season_length < MIN_SEASON:
-        raise click.BadParameter(f"a season lasts at least {MIN_SEASON} s (or 0 for none)", param_hint="--season")
+    if 0 < season_length < demo_run.MIN_SEASON:
+        raise click.BadParameter(
+            f"a season lasts at least {demo_run.MIN_SEASON} s (or 0 for none)", param_hint="--season"
+        )
     report = (lambda _m: None) if as_json else progress
-    settings = DemoSettings.of(
+    settings = demo_run.DemoSettings.of(
         config,
         duration=duration,
         devices=devices,
@@ -184,13 +182,13 @@ def demo(
         seed=seed,
         season_length=season_length,
     )
-    run = Run()
+    run = demo_run.Run()
     interrupted = finished = False
     try:
-        with sigterm_as_interrupt():
-            summary = run_demo(config, run, settings, report, _live_view(as_json))
+        with demo_run.sigterm_as_interrupt():
+            summary = demo_run.run_demo(config, run, settings, report, _live_view(as_json))
         finished = True
-    except (KeyboardInterrupt, Interrupted):
+    except (KeyboardInterrupt, demo_run.Interrupted):
         interrupted = True
         err_console.print("\n[yellow]interrupted: stopping the oracle, the simulator and the local stack[/yellow]")
     finally:

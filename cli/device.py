@@ -1,5 +1,6 @@
 """`iotsettle device ...`: device keys, on-chain registration and the fleet simulator (keygen, register, simulate),
-and the owners' view of their devices in the DeviceRegistry (list, show, rotate, revoke)."""
+and the owners' view of their devices in the DeviceRegistry (list, show, rotate, revoke); `device sign` is in
+``device_sign``."""
 
 from __future__ import annotations
 
@@ -8,27 +9,47 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from eth_hash.auto import keccak
 from iotsettle.cli._common import progress
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import ADDRESS, CommandContext, rpc_url_option, short, when, with_context
-from iotsettle.oracle.chain.connection import connect, load_sender
-from iotsettle.oracle.chain.deploy import contract, load_manifest
-from iotsettle.oracle.chain.revert import ErrorDecoder
-from iotsettle.oracle.chain.send import send, would_revert
+from iotsettle.cli.device_sign import sign
+from iotsettle.oracle.chain.manifest import load_manifest
 from iotsettle.oracle.config import Config
-from iotsettle.oracle.device.fleet import FaultClass, Fleet, contracts_from_manifest, load_fleet
-from iotsettle.oracle.device.keys import DeviceKey, create_keystore, load_keystore, resolve_password
-from iotsettle.oracle.device.publisher import BrokerSettings
-from iotsettle.oracle.device.signer import Contracts, sign_registration
-from iotsettle.oracle.device.sim import ProgressReport, WeatherScenario, plan_events, run_simulation
-from iotsettle.oracle.ops import audit, billing, escrow
-from iotsettle.oracle.ops import registry as ops
+from iotsettle.oracle.device.weather import WeatherScenario
 from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name, kind_label, kind_name
 from iotsettle.oracle.protocol.errors import ChainError, ConfigError, KeyFileError, ProtocolError
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from iotsettle.oracle.chain import connection as chain_connection
+    from iotsettle.oracle.chain import deploy as chain_deploy
+    from iotsettle.oracle.chain import revert as chain_revert
+    from iotsettle.oracle.chain import send as chain_send
+    from iotsettle.oracle.device import fleet as device_fleet
+    from iotsettle.oracle.device import keys as device_keys
+    from iotsettle.oracle.device import publisher as device_publisher
+    from iotsettle.oracle.device import signer as device_signer
+    from iotsettle.oracle.device import sim as device_sim
+    from iotsettle.oracle.ops import audit, billing, escrow
+    from iotsettle.oracle.ops import registry as ops
+else:
+    chain_connection = lazy_import("iotsettle.oracle.chain.connection")
+    chain_deploy = lazy_import("iotsettle.oracle.chain.deploy")
+    chain_revert = lazy_import("iotsettle.oracle.chain.revert")
+    chain_send = lazy_import("iotsettle.oracle.chain.send")
+    device_fleet = lazy_import("iotsettle.oracle.device.fleet")
+    device_keys = lazy_import("iotsettle.oracle.device.keys")
+    device_publisher = lazy_import("iotsettle.oracle.device.publisher")
+    device_signer = lazy_import("iotsettle.oracle.device.signer")
+    device_sim = lazy_import("iotsettle.oracle.device.sim")
+    audit = lazy_import("iotsettle.oracle.ops.audit")
+    billing = lazy_import("iotsettle.oracle.ops.billing")
+    escrow = lazy_import("iotsettle.oracle.ops.escrow")
+    ops = lazy_import("iotsettle.oracle.ops.registry")
 
 KIND_CHOICES = [kind_name(kind) for kind in DeviceKind]
 KINDS = [kind_label(kind) for kind in DeviceKind]
@@ -46,26 +67,33 @@ class FaultList(click.ParamType):
 
     name = "faults"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[FaultClass, ...]:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[device_fleet.FaultClass, ...]:
         if isinstance(value, tuple):
             return value
         text = str(value).strip()
         if not text:
             return ()
         if text == "all":
-            return tuple(FaultClass)
-        faults: list[FaultClass] = []
+            return tuple(device_fleet.FaultClass)
+        faults: list[device_fleet.FaultClass] = []
         for item in text.split(","):
             try:
-                faults.append(FaultClass(item.strip()))
+                faults.append(device_fleet.FaultClass(item.strip()))
             except ValueError:
-                self.fail(f"{item.strip()!r} is not a fault class (all, {', '.join(FaultClass)})", param, ctx)
+                self.fail(
+                    f"{item.strip()!r} is not a fault class (all, {', '.join(device_fleet.FaultClass)})", param, ctx
+                )
         return tuple(faults)
 
 
 @click.group("device")
 def device() -> None:
-    """Device keys, on-chain registration and the fleet simulator (see docs/PROTOCOL.md)."""
+    """Device keys, on-chain registration, signing events and the fleet simulator (see docs/PROTOCOL.md)."""
+
+
+device.add_command(sign)
 
 
 @device.command("keygen")
@@ -87,8 +115,8 @@ def keygen(cmd: CommandContext, out_dir: str, kind: str | None, password_file: s
     The password comes from IOTSETTLE_DEVICE_PASSWORD or --password-file, never from a flag. An existing
     file is never overwritten.
     """
-    password = resolve_password(password_file)
-    key = create_keystore(
+    password = device_keys.resolve_password(password_file)
+    key = device_keys.create_keystore(
         out_dir,
         password,
         kind=kind_from_name(kind) if kind else None,
@@ -148,19 +176,19 @@ def register(
     `register`. The registry checks the signature itself.
     """
     config = cmd.config
-    device_key = load_keystore(key_file, resolve_password(password_file))
+    device_key = device_keys.load_keystore(key_file, device_keys.resolve_password(password_file))
     device_kind = kind_from_name(kind) if kind else device_key.kind
     if device_kind is None:
         raise ConfigError(f"{key_file} does not record a device kind; pass --kind")
     if owner_key:
         config = config.replace("chain", keystore=str(Path(owner_key).resolve()))
-    chain = connect(config, rpc_url)
-    owner = load_sender(config, chain)
+    chain = chain_connection.connect(config, rpc_url)
+    owner = chain_connection.load_sender(config, chain)
     manifest = load_manifest(config, chain.chain_id)
-    registry = contract(chain, config, manifest, "DeviceRegistry")
+    registry = chain_deploy.contract(chain, config, manifest, "DeviceRegistry")
     metadata_hash = keccak(metadata.encode()) if metadata else bytes(32)
     deadline = int(chain.w3.eth.get_block("latest")["timestamp"]) + valid_for
-    digest, signature = sign_registration(
+    digest, signature = device_signer.sign_registration(
         device_key,
         owner=owner.address,
         kind=device_kind,
@@ -189,8 +217,11 @@ def register(
     data_field = registry.encode_abi(
         "register", args=[device_key.address, int(device_kind), metadata_hash, deadline, signature]
     )
-    receipt = send(
-        chain, owner, {"to": registry.address, "data": data_field}, decode=would_revert(ErrorDecoder([registry.abi]))
+    receipt = chain_send.send(
+        chain,
+        owner,
+        {"to": registry.address, "data": data_field},
+        decode=chain_send.would_revert(chain_revert.ErrorDecoder([registry.abi])),
     )
     data = {
         "device": device_key.address,
@@ -208,10 +239,10 @@ def register(
     )
 
 
-def _fleet_contracts(config: Config, fleet: Fleet) -> Contracts:
+def _fleet_contracts(config: Config, fleet: device_fleet.Fleet) -> device_signer.Contracts:
     if fleet.contracts is not None:
         return fleet.contracts
-    return contracts_from_manifest(load_manifest(config, fleet.chain_id))
+    return device_fleet.contracts_from_manifest(load_manifest(config, fleet.chain_id))
 
 
 @device.command("simulate")
@@ -294,7 +325,7 @@ def simulate(
     start_time: int | None,
     broker_host: str | None,
     broker_port: int | None,
-    faults: tuple[FaultClass, ...],
+    faults: tuple[device_fleet.FaultClass, ...],
     weather: str,
     fault_count: int,
     max_inflight: int,
@@ -315,10 +346,10 @@ def simulate(
       iotsettle device simulate --fleet fleet.json --rate 100 --duration 30 --seed 1
       iotsettle device simulate --fleet fleet.json --weather drought --faults hostile,behaviour_rollback --json
     """
-    fleet = load_fleet(fleet_file, password_file=password_file)
+    fleet = device_fleet.load_fleet(fleet_file, password_file=password_file)
     contracts = _fleet_contracts(cmd.config, fleet)
     if dry_run:
-        plan = plan_events(
+        plan = device_sim.plan_events(
             fleet,
             contracts,
             rate=rate,
@@ -346,7 +377,7 @@ def simulate(
     mqtt = cmd.config.mqtt
     host = broker_host or mqtt.host
     port = broker_port or mqtt.port
-    broker = BrokerSettings(
+    broker = device_publisher.BrokerSettings(
         host,
         port,
         client_id=f"sim-{os.getpid():x}-{int(time.time()) & 0xFFFF:04x}",
@@ -361,14 +392,14 @@ def simulate(
             f"→ mqtt://{host}:{port}"
         )
 
-    def show(report: ProgressReport) -> None:
+    def show(report: device_sim.ProgressReport) -> None:
         link = "" if report.connected else "  [yellow](broker unreachable, buffering)[/yellow]"
         progress(
             f"{report.elapsed:6.1f} s  sent {report.submitted:>8}  acked {report.acknowledged:>8}  "
             f"{report.rate:8.0f} events/s  pending {report.pending}{link}"
         )
 
-    result = run_simulation(
+    result = device_sim.run_simulation(
         fleet,
         contracts,
         broker,
@@ -407,7 +438,7 @@ def simulate(
         sys.exit(1)
 
 
-def _kinds(fleet: Fleet) -> str:
+def _kinds(fleet: device_fleet.Fleet) -> str:
     return ", ".join(f"{count} {name}" for name, count in fleet.by_kind().items() if count)
 
 
@@ -472,16 +503,16 @@ def show(cmd: CommandContext, device_id: str) -> None:
     cmd.emit(data, table)
 
 
-def _new_key(keystore: str | None, key_env: str | None, password_file: str | None) -> DeviceKey:
+def _new_key(keystore: str | None, key_env: str | None, password_file: str | None) -> device_keys.DeviceKey:
     if (keystore is None) == (key_env is None):
         raise click.UsageError("give exactly one of --new-keystore or --new-key-env")
     if keystore is not None:
-        return load_keystore(keystore, resolve_password(password_file))
+        return device_keys.load_keystore(keystore, device_keys.resolve_password(password_file))
     assert key_env is not None
     value = os.environ.get(key_env, "")
     if not value:
         raise KeyFileError(f"the environment variable {key_env} is empty or not set")
-    return DeviceKey.from_private_key(value)
+    return device_keys.DeviceKey.from_private_key(value)
 
 
 @device.command("rotate")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 from iotsettle.cli._common import IotSettleGroup, emit
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import (
     ADDRESS,
     AMOUNT,
@@ -18,12 +20,19 @@ from iotsettle.cli._params import (
     when,
     with_context,
 )
-from iotsettle.oracle.ops import escrow as ops
 from iotsettle.oracle.ops.amounts import Amount
-from iotsettle.oracle.ops.token import describe_token
 from iotsettle.oracle.protocol.errors import ProtocolError
 from iotsettle.oracle.protocol.location import location_bytes32, location_geohash
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from iotsettle.oracle.ops import escrow as ops
+    from iotsettle.oracle.ops import token as token_ops
+    from iotsettle.oracle.ops import views
+else:
+    ops = lazy_import("iotsettle.oracle.ops.escrow")
+    token_ops = lazy_import("iotsettle.oracle.ops.token")
+    views = lazy_import("iotsettle.oracle.ops.views")
 
 
 @click.group(cls=IotSettleGroup)
@@ -100,7 +109,7 @@ def create(
       iotsettle escrow create --seller 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 \\
           --device 0xTRACKER --amount 25 --destination u33dc0cr --deadline +2d
     """
-    info = describe_token(cmd.ops, token)
+    info = token_ops.describe_token(cmd.ops, token)
     base = info.to_base(amount)
     created = ops.create(
         cmd.ops,
@@ -143,7 +152,7 @@ def fund(cmd: CommandContext, amount: Amount, token: str) -> None:
     Example:
       iotsettle escrow fund --amount 100 --token TEST
     """
-    info = describe_token(cmd.ops, token)
+    info = token_ops.describe_token(cmd.ops, token)
     base = info.to_base(amount)
     result = ops.approve(cmd.ops, info, base)
     data = {"token": info.address, "amount": str(base), "tx": result.tx_hash if result else None}
@@ -195,9 +204,8 @@ def status(cmd: CommandContext, escrow_id: int) -> None:
     Example:
       iotsettle escrow status 7
     """
-    view = ops.escrow_of(cmd.ops, escrow_id)
-    info = describe_token(cmd.ops, view.token)
-    cmd.emit(view.as_dict(), _status_table(view, info.format, ops.refundable_from(cmd.ops, view)))
+    shown = views.escrow_status(cmd.reads, escrow_id)
+    cmd.emit(shown.escrow.as_dict(), _status_table(shown.escrow, shown.token.format, shown.refundable_from))
 
 
 @escrow.command("list")
@@ -229,7 +237,7 @@ def list_cmd(cmd: CommandContext, party: str | None, device: str | None, state_f
             short(v.buyer),
             short(v.seller),
             short(v.device),
-            describe_token(cmd.ops, v.token).format(v.amount),
+            token_ops.describe_token(cmd.ops, v.token).format(v.amount),
             when(v.deadline),
         )
     cmd.emit([v.as_dict() for v in views], table)
@@ -277,7 +285,7 @@ def confirm(cmd: CommandContext, source: str) -> None:
         title=f"relayed in block {result.block}, gas {result.gas_used:,}",
     )
     for o in outcomes:
-        fmt = describe_token(cmd.ops, ops.escrow_of(cmd.ops, o.escrow_id).token).format
+        fmt = token_ops.describe_token(cmd.ops, ops.escrow_of(cmd.ops, o.escrow_id).token).format
         table.add_row(
             str(o.escrow_id),
             str(o.seq),
@@ -306,9 +314,10 @@ def refund(cmd: CommandContext, escrow_id: int) -> None:
     """
     result = ops.refund(cmd.ops, escrow_id)
     view = ops.escrow_of(cmd.ops, escrow_id)
+    amount = token_ops.describe_token(cmd.ops, view.token).format(view.amount)
     cmd.emit(
         {"escrowId": escrow_id, "tx": result.tx_hash, "block": result.block, "amount": str(view.amount)},
-        f"escrow {escrow_id} refunded: {describe_token(cmd.ops, view.token).format(view.amount)} credited to the buyer "
+        f"escrow {escrow_id} refunded: {amount} credited to the buyer "
         f"(tx {result.tx_hash}); run `iotsettle escrow withdraw` to receive it",
     )
 
@@ -340,7 +349,7 @@ def withdraw(cmd: CommandContext, token: str) -> None:
     Example:
       iotsettle escrow withdraw --token TEST --dev-account 1
     """
-    info = describe_token(cmd.ops, token)
+    info = token_ops.describe_token(cmd.ops, token)
     result, paid = ops.withdraw(cmd.ops, info)
     who = cmd.ops.require_sender().address
     cmd.emit(

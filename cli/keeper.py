@@ -11,14 +11,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import requests
 from iotsettle.cli._common import IotSettleGroup, err_console
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import DURATION, CommandContext, with_context
-from iotsettle.oracle.ops.keeper import Keeper, PassSummary
 from iotsettle.oracle.protocol.errors import IotSettleError
-from web3.exceptions import Web3Exception
+
+if TYPE_CHECKING:
+    import requests
+    from iotsettle.oracle.ops import keeper as keeper_ops
+    from web3 import exceptions as web3_exceptions
+else:
+    keeper_ops = lazy_import("iotsettle.oracle.ops.keeper")
+    requests = lazy_import("requests")
+    web3_exceptions = lazy_import("web3.exceptions")
 
 #: exit status after SIGINT (Ctrl-C), as a shell reports a process ended by it (128 + 2)
 EXIT_INTERRUPTED = 130
@@ -68,7 +76,7 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%H:%M:%S")
 
 
-def _print_pass(summary: PassSummary, as_json: bool, always: bool) -> None:
+def _print_pass(summary: keeper_ops.PassSummary, as_json: bool, always: bool) -> None:
     if as_json:
         if summary.actions or always:
             click.echo(json.dumps(summary.as_dict(), sort_keys=True, default=str), nl=True)
@@ -127,14 +135,14 @@ def run(cmd: CommandContext, interval: int, once: bool, state_path: Path | None)
         )
     if interval < 1:
         raise click.BadParameter("the interval must be at least 1 s", param_hint="--interval")
-    worker = Keeper(cmd.ops)
+    worker = keeper_ops.Keeper(cmd.ops)
     if state_path is not None and state_path.exists():
         try:
             worker.restore(json.loads(state_path.read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise click.ClickException(f"cannot read the keeper state {state_path}: {exc}") from None
 
-    def run_pass() -> PassSummary:
+    def run_pass() -> keeper_ops.PassSummary:
         summary = worker.run_pass()
         if state_path is not None:
             _save(state_path, worker.state())
@@ -158,7 +166,7 @@ def run(cmd: CommandContext, interval: int, once: bool, state_path: Path | None)
         while not stop.event.is_set():
             try:
                 _print_pass(run_pass(), cmd.as_json, always=False)
-            except (IotSettleError, requests.RequestException, Web3Exception, OSError) as exc:
+            except (IotSettleError, requests.RequestException, web3_exceptions.Web3Exception, OSError) as exc:
                 # The node may be restarting: report and try again next pass.
                 err_console.print(f"[yellow]{_stamp()} pass failed: {exc}[/yellow]")
             stop.event.wait(interval)

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import click
 from iotsettle.cli._common import IotSettleGroup
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import ADDRESS, AMOUNT, DEADLINE, ID, TOKEN, CommandContext, short, when, with_context
 from iotsettle.cli.crop import PERCENT
-from iotsettle.oracle.ops import loan as ops
 from iotsettle.oracle.ops.amounts import Amount
-from iotsettle.oracle.ops.token import describe_token
+from iotsettle.oracle.ops.vocabulary import LOAN_STATUSES
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from iotsettle.oracle.ops import loan as ops
+    from iotsettle.oracle.ops import token as token_ops
+else:
+    ops = lazy_import("iotsettle.oracle.ops.loan")
+    token_ops = lazy_import("iotsettle.oracle.ops.token")
 
 
 @click.group(cls=IotSettleGroup)
@@ -65,7 +73,7 @@ def offer(
       iotsettle loan offer --borrower 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 \\
           --principal 100 --repayment 110 --share 50% --due-by +90d
     """
-    info = describe_token(cmd.ops, token)
+    info = token_ops.describe_token(cmd.ops, token)
     terms = ops.LoanTerms(
         borrower,
         info,
@@ -97,7 +105,7 @@ def accept(cmd: CommandContext, loan_id: int) -> None:
     """
     result, account = ops.accept(cmd.ops, loan_id)
     view = ops.loan_of(cmd.ops, loan_id)
-    fmt = describe_token(cmd.ops, view.token).format
+    fmt = token_ops.describe_token(cmd.ops, view.token).format
     cmd.emit(
         {"loanId": loan_id, "account": account, "tx": result.tx_hash},
         f"loan {loan_id} active: {fmt(view.principal)} sent to {view.borrower} (tx {result.tx_hash})\n"
@@ -140,7 +148,7 @@ def sweep(cmd: CommandContext, loan_id: int, sources: tuple[str, ...]) -> None:
       iotsettle loan sweep 1
     """
     view = ops.loan_of(cmd.ops, loan_id)
-    fmt = describe_token(cmd.ops, view.token).format
+    fmt = token_ops.describe_token(cmd.ops, view.token).format
     report = ops.sweep(cmd.ops, loan_id, list(sources) if sources else None)
     lines = [
         f"loan {loan_id}: {fmt(report.repaid)} repaid to the lender, {fmt(report.forwarded)} forwarded to the "
@@ -167,7 +175,7 @@ def repay(cmd: CommandContext, loan_id: int, amount: Amount) -> None:
     Example:
       iotsettle loan repay 1 --amount 10 --dev-account 1
     """
-    info = describe_token(cmd.ops, ops.loan_of(cmd.ops, loan_id).token)
+    info = token_ops.describe_token(cmd.ops, ops.loan_of(cmd.ops, loan_id).token)
     result, paid, outstanding = ops.repay(cmd.ops, loan_id, info.to_base(amount))
     cmd.emit(
         {"loanId": loan_id, "paid": str(paid), "outstanding": str(outstanding), "tx": result.tx_hash},
@@ -186,7 +194,7 @@ def show(cmd: CommandContext, loan_id: int) -> None:
       iotsettle loan show 1
     """
     view = ops.loan_of(cmd.ops, loan_id)
-    fmt = describe_token(cmd.ops, view.token).format
+    fmt = token_ops.describe_token(cmd.ops, view.token).format
     table = Table(show_header=False, title=f"loan {loan_id}")
     due = when(view.due_by)
     if view.status == "active" and int(cmd.ops.w3.eth.get_block("latest")["timestamp"]) > view.due_by:
@@ -213,7 +221,7 @@ def show(cmd: CommandContext, loan_id: int) -> None:
 
 @loan.command("list")
 @click.option("--party", type=ADDRESS, default=None, help="Only loans where ADDRESS is lender or borrower.")
-@click.option("--status", "status_filter", type=click.Choice(list(ops.LOAN_STATUSES[1:])), default=None)
+@click.option("--status", "status_filter", type=click.Choice(list(LOAN_STATUSES[1:])), default=None)
 @with_context(rpc=True)
 def list_cmd(cmd: CommandContext, party: str | None, status_filter: str | None) -> None:
     """List the loans of this deployment.
@@ -236,7 +244,7 @@ def list_cmd(cmd: CommandContext, party: str | None, status_filter: str | None) 
         title=f"{len(views)} loans",
     )
     for v in views:
-        fmt = describe_token(cmd.ops, v.token).format_short
+        fmt = token_ops.describe_token(cmd.ops, v.token).format_short
         table.add_row(
             str(v.loan_id),
             v.status,

@@ -7,16 +7,24 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from eth_utils import is_hex_address, to_checksum_address
 from iotsettle.cli._common import IotSettleGroup, State, emit
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import CommandContext, with_context
-from iotsettle.oracle.daemon.intake import prefer_fast_keccak
-from iotsettle.oracle.daemon.service import OracleDaemon
-from iotsettle.oracle.daemon.store import Store
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import eth_utils
+    from iotsettle.oracle.daemon import intake as daemon_intake
+    from iotsettle.oracle.daemon import service as daemon_service
+    from iotsettle.oracle.daemon import store as daemon_store
+else:
+    eth_utils = lazy_import("eth_utils")
+    daemon_intake = lazy_import("iotsettle.oracle.daemon.intake")
+    daemon_service = lazy_import("iotsettle.oracle.daemon.service")
+    daemon_store = lazy_import("iotsettle.oracle.daemon.store")
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +49,8 @@ def run(cmd: CommandContext, intake_only: bool) -> None:
         root.setLevel(logging.INFO)  # a daemon's operator wants its life events without -v
     if not root.handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    prefer_fast_keccak()
-    daemon = OracleDaemon(cmd.config, settle=not intake_only)
+    daemon_intake.prefer_fast_keccak()
+    daemon = daemon_service.OracleDaemon(cmd.config, settle=not intake_only)
     cmd.click.exit(daemon.run())
 
 
@@ -67,7 +75,7 @@ def status(cmd: CommandContext, rejects: int) -> None:
     path = config.path(config.oracle.db_path)
     if not path.exists():
         raise click.ClickException(f"no oracle database at {path}: the daemon has not run with this configuration")
-    store = Store.open(path)
+    store = daemon_store.Store.open(path)
     try:
         backlog = store.backlog()
         recent = store.recent_rejects(rejects)
@@ -131,20 +139,20 @@ def status(cmd: CommandContext, rejects: int) -> None:
 @with_context()
 def release(cmd: CommandContext, device: str) -> None:
     """Let a quarantined DEVICE (its id, 0x…) send events again; works while the daemon runs."""
-    if not is_hex_address(device):
+    if not eth_utils.is_hex_address(device):
         raise click.BadParameter(f"{device!r} is not a 0x-prefixed 20-byte address", param_hint="DEVICE")
     config = cmd.config
     path = config.path(config.oracle.db_path)
     if not path.exists():
         raise click.ClickException(f"no oracle database at {path}: the daemon has not run with this configuration")
-    store = Store.open(path)
+    store = daemon_store.Store.open(path)
     try:
-        released = store.release_quarantine(to_checksum_address(device))
+        released = store.release_quarantine(eth_utils.to_checksum_address(device))
     finally:
         store.close()
     if not released:
-        raise click.ClickException(f"{to_checksum_address(device)} is not quarantined")
-    cmd.emit({"released": to_checksum_address(device)}, f"released {to_checksum_address(device)}")
+        raise click.ClickException(f"{eth_utils.to_checksum_address(device)} is not quarantined")
+    cmd.emit({"released": eth_utils.to_checksum_address(device)}, f"released {eth_utils.to_checksum_address(device)}")
 
 
 def main() -> None:

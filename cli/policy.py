@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from iotsettle.cli._common import IotSettleGroup, emit
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import (
     ADDRESS,
     AMOUNT,
@@ -20,10 +21,16 @@ from iotsettle.cli._params import (
     when,
     with_context,
 )
-from iotsettle.oracle.ops import motor as ops
 from iotsettle.oracle.ops.amounts import Amount
-from iotsettle.oracle.ops.token import describe_token
+from iotsettle.oracle.ops.vocabulary import POLICY_STATUSES
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from iotsettle.oracle.ops import motor as ops
+    from iotsettle.oracle.ops import token as token_ops
+else:
+    ops = lazy_import("iotsettle.oracle.ops.motor")
+    token_ops = lazy_import("iotsettle.oracle.ops.token")
 
 
 class FactorType(click.ParamType):
@@ -74,7 +81,7 @@ def policy() -> None:
 
 
 def _token_of(ops_ctx: Any, policy_id: int) -> Any:
-    return describe_token(ops_ctx, ops.policy_of(ops_ctx, policy_id).token)
+    return token_ops.describe_token(ops_ctx, ops.policy_of(ops_ctx, policy_id).token)
 
 
 @policy.command("offer")
@@ -146,7 +153,7 @@ def offer_cmd(
           --vehicle 0xVEHICLE --rate 0.05 --min-factor 0.9 --max-factor 1.5 --step 0.1 --notice 1d \\
           --start-odometer 1000000 --start-harsh 500 --start-speeding 200
     """
-    info = describe_token(cmd.ops, token)
+    info = token_ops.describe_token(cmd.ops, token)
     terms = ops.Terms(
         holder,
         vehicle,
@@ -214,7 +221,7 @@ def accept(
       iotsettle policy accept 0x5fbd…0001 --deposit 20 --expect-start-odometer 1000000 --dev-account 1
     """
     view = ops.policy_of(cmd.ops, policy_id)
-    info = describe_token(cmd.ops, view.token)
+    info = token_ops.describe_token(cmd.ops, view.token)
     offered = ops.start_registers(view)
     start = ops.StartRegisters(
         offered.odometer if expect_start_odometer is None else expect_start_odometer,
@@ -319,7 +326,7 @@ def show(cmd: CommandContext, policy_id: int) -> None:
       iotsettle policy show 0x5fbd…0001
     """
     view = ops.policy_of(cmd.ops, policy_id)
-    cmd.emit(view.as_dict(), _show_table(view, describe_token(cmd.ops, view.token).format))
+    cmd.emit(view.as_dict(), _show_table(view, token_ops.describe_token(cmd.ops, view.token).format))
 
 
 @policy.command()
@@ -339,7 +346,7 @@ def history(cmd: CommandContext, policy_id: int, show_all: bool) -> None:
       iotsettle policy history 0x5fbd…0001 --all
     """
     view, entries = ops.history(cmd.ops, policy_id)
-    fmt = describe_token(cmd.ops, view.token).format_short
+    fmt = token_ops.describe_token(cmd.ops, view.token).format_short
     shown = [e for e in entries if show_all or e.kind in ("charged", "rejected")]
     table = Table(
         "seq",
@@ -446,7 +453,7 @@ def withdraw_refund(cmd: CommandContext, token: str) -> None:
     Example:
       iotsettle policy withdraw-refund --dev-account 1
     """
-    info = describe_token(cmd.ops, token)
+    info = token_ops.describe_token(cmd.ops, token)
     result, paid = ops.withdraw_refund(cmd.ops, info)
     cmd.emit(
         {"token": info.address, "amount": str(paid), "tx": result.tx_hash},
@@ -473,7 +480,7 @@ def cancel_cmd(cmd: CommandContext, policy_id: int) -> None:
 @policy.command("list")
 @click.option("--party", type=ADDRESS, default=None, help="Only policies where ADDRESS is insurer or holder.")
 @click.option("--vehicle", type=ADDRESS, default=None, help="Only policies of this vehicle.")
-@click.option("--status", "status_filter", type=click.Choice(list(ops.POLICY_STATUSES[1:])), default=None)
+@click.option("--status", "status_filter", type=click.Choice(list(POLICY_STATUSES[1:])), default=None)
 @with_context(rpc=True)
 def list_cmd(cmd: CommandContext, party: str | None, vehicle: str | None, status_filter: str | None) -> None:
     """List the policies of this deployment.
@@ -500,7 +507,7 @@ def list_cmd(cmd: CommandContext, party: str | None, vehicle: str | None, status
         title=f"{len(views)} policies",
     )
     for v in views:
-        fmt = describe_token(cmd.ops, v.token).format_short
+        fmt = token_ops.describe_token(cmd.ops, v.token).format_short
         table.add_row(
             short_id(v.policy_id),
             v.status,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from iotsettle.cli._common import IotSettleGroup
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import ADDRESS, AMOUNT, TOKEN, CommandContext, with_context
-from iotsettle.oracle.ops import token as ops
 from iotsettle.oracle.ops.amounts import Amount
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from iotsettle.oracle.ops import token as ops
+else:
+    ops = lazy_import("iotsettle.oracle.ops.token")
 
 
 @click.group(cls=IotSettleGroup)

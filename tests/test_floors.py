@@ -75,7 +75,13 @@ def _imports(module: str, path: Path) -> list[tuple[str, int, bool]]:
                 for alias in child.names:
                     sub = f"{base}.{alias.name}"
                     found.append((sub if sub in MODULES else base, child.lineno, nested))
-            elif not isinstance(child, ast.If) or not _is_type_checking(child):
+            elif isinstance(child, ast.If) and _is_type_checking(child):
+                # The `if TYPE_CHECKING:` branch is read by the type checker only; its `else:` runs.
+                for statement in child.orelse:
+                    visit(ast.Module(body=[statement], type_ignores=[]), nested)
+            else:
+                if (target := _lazy_target(child)) is not None and target.startswith("iotsettle."):
+                    found.append((target, child.lineno, nested))
                 visit(child, inner)
 
     visit(tree, False)
@@ -84,6 +90,20 @@ def _imports(module: str, path: Path) -> list[tuple[str, int, bool]]:
 
 def _is_type_checking(node: ast.If) -> bool:
     return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def _lazy_target(node: ast.AST) -> str | None:
+    """The module of a ``lazy_import("module")`` call (cli/_lazy.py), which counts as an import of it."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "lazy_import"
+        and len(node.args) == 1
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    ):
+        return node.args[0].value
+    return None
 
 
 def test_every_part_has_a_floor() -> None:
@@ -113,6 +133,55 @@ def test_no_import_inside_a_function() -> None:
         if inside
     ]
     assert not nested, "imports inside functions:\n" + "\n".join(nested)
+
+
+def _deferred_bindings(tree: ast.Module) -> tuple[dict[str, str], dict[str, str], list[int]]:
+    """Of a module's top-level ``if TYPE_CHECKING: … else: …``: the names its first branch imports (name → module),
+    the names its ``else`` binds with ``lazy_import`` (name → module), and the lines of ``lazy_import`` calls found
+    anywhere else."""
+    typed: dict[str, str] = {}
+    lazy: dict[str, str] = {}
+    placed: set[int] = set()
+    for node in tree.body:
+        if not (isinstance(node, ast.If) and _is_type_checking(node)):
+            continue
+        for statement in node.body:
+            if isinstance(statement, ast.ImportFrom):
+                for alias in statement.names:
+                    typed[alias.asname or alias.name] = f"{statement.module}.{alias.name}"
+            elif isinstance(statement, ast.Import):
+                for alias in statement.names:
+                    typed[alias.asname or alias.name] = alias.name
+        for statement in node.orelse:
+            if (
+                isinstance(statement, ast.Assign)
+                and len(statement.targets) == 1
+                and isinstance(statement.targets[0], ast.Name)
+                and (target := _lazy_target(statement.value)) is not None
+            ):
+                lazy[statement.targets[0].id] = target
+                placed.add(statement.value.lineno)
+    stray = [n.lineno for n in ast.walk(tree) if _lazy_target(n) is not None and n.lineno not in placed]
+    return typed, lazy, stray
+
+
+def test_deferred_imports_follow_the_cli_rule() -> None:
+    """cli/_lazy.py: a CLI module defers a heavy module with ``name = lazy_import("module")`` in the ``else`` of its
+    top-level ``if TYPE_CHECKING:``, whose first branch imports the same module as the same name; nowhere else, and
+    never in oracle/ (the daemon and the operations pay their imports once, at start)."""
+    wrong = []
+    for module, path in MODULES.items():
+        typed, lazy, stray = _deferred_bindings(ast.parse(path.read_text(), filename=str(path)))
+        where = path.relative_to(REPO)
+        if _part(module) != "cli" and (lazy or stray):
+            wrong.append(f"{where}: lazy_import outside cli/")
+        wrong += [
+            f"{where}:{line}: lazy_import outside the else of the top-level `if TYPE_CHECKING:`" for line in stray
+        ]
+        for name, target in lazy.items():
+            if typed.get(name) != target:
+                wrong.append(f"{where}: {name} = lazy_import({target!r}) but TYPE_CHECKING imports {typed.get(name)}")
+    assert not wrong, "deferred imports against the rule:\n" + "\n".join(wrong)
 
 
 def test_no_import_cycle() -> None:

@@ -18,6 +18,7 @@ import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_keyfile import decode_keyfile_json
+from iotsettle.oracle.chain.rpc import unreachable
 from iotsettle.oracle.config import LOCAL_CHAIN_IDS, Config
 from iotsettle.oracle.protocol.errors import ChainError, KeyFileError
 from web3 import HTTPProvider, Web3
@@ -60,10 +61,7 @@ def connect(config: Config, rpc_url: str | None = None) -> Chain:
     try:
         chain_id = w3.eth.chain_id
     except (requests.RequestException, OSError, Web3Exception, ValueError) as exc:
-        raise ChainError(
-            f"cannot reach the RPC endpoint {url} ({type(exc).__name__}); is the node running? "
-            "(`iotsettle node up` starts a local one)"
-        ) from None
+        raise unreachable(url, exc) from None
     expected = config.chain.chain_id
     if expected and chain_id != expected:
         raise ChainError(f"{url} is chain {chain_id}, but the configuration expects chain {expected}")

@@ -12,21 +12,19 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from iotsettle.oracle.chain.artifacts import Artifact, artifact_hash, artifacts_dir, load_artifact, runtime_matches
 from iotsettle.oracle.chain.connection import Chain
+from iotsettle.oracle.chain.manifest import MANIFEST_FORMAT, manifest_path
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.protocol.errors import DeploymentError
 from web3.contract import Contract
 
 log = logging.getLogger(__name__)
-
-MANIFEST_FORMAT = "iotsettle-deployment-1"
 
 
 @dataclass(frozen=True)
@@ -48,26 +46,6 @@ PLAN: tuple[Step, ...] = (
     Step("LoanBook"),
     Step("TestToken", local_only=True),
 )
-
-
-def manifest_path(config: Config, chain_id: int) -> Path:
-    return config.path(config.paths.deployments_dir) / f"{chain_id}.json"
-
-
-def load_manifest(config: Config, chain_id: int) -> dict[str, Any]:
-    """The manifest of ``chain_id``; raises DeploymentError telling how to create it."""
-    path = manifest_path(config, chain_id)
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DeploymentError(
-            f"nothing is deployed on chain {chain_id} yet ({path} is missing); run `iotsettle deploy`"
-        ) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DeploymentError(f"deployment manifest {path} is unreadable: {exc}") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise DeploymentError(f"{path} is not an iotsettle deployment manifest")
-    return manifest
 
 
 def contract(chain: Chain, config: Config, manifest: dict[str, Any], name: str) -> Contract:

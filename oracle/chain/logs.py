@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from eth_hash.auto import keccak
-from iotsettle.oracle.chain.revert import abi_type
+from iotsettle.oracle.chain.abi import abi_type
 from iotsettle.oracle.chain.rpc import RpcClient
 
 #: blocks per eth_getLogs call

@@ -18,6 +18,7 @@ from eth_abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
+from iotsettle.oracle.chain.abi import abi_type
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.config import Config
 from web3.exceptions import ContractLogicError
@@ -139,15 +140,6 @@ class _ErrorSpec:
     names: tuple[str, ...]
     types: tuple[str, ...]
     internal: tuple[str, ...]
-
-
-def abi_type(param: Mapping[str, Any]) -> str:
-    """The canonical ABI type of a parameter: a struct is written as ``(t1,t2,…)`` (with its array suffix)."""
-    typ = str(param["type"])
-    if typ.startswith("tuple"):
-        inner = ",".join(abi_type(c) for c in param.get("components", ()))
-        return f"({inner}){typ[5:]}"
-    return typ
 
 
 def _render(value: Any, internal: str) -> str:

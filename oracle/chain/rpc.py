@@ -16,6 +16,7 @@ import ast
 import contextlib
 import itertools
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -23,7 +24,6 @@ from typing import Any
 import requests
 from eth_hash.auto import keccak
 from iotsettle.oracle.protocol.errors import ChainError
-from web3.exceptions import Web3Exception
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,19 @@ BLOCKS_PER_BATCH = 200
 _MESSAGE_CHARS = 200
 
 Progress = Callable[[str], None]
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (requests.RequestException, OSError, Web3Exception, ValueError)
+#: what a call that got no answer raises over http(s); a call through a web3 provider adds web3's own root
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (requests.RequestException, OSError, ValueError)
+
+
+def _provider_errors() -> tuple[type[BaseException], ...]:
+    """``TRANSPORT_ERRORS`` and, once web3 is loaded, its exception root (which its providers raise).
+
+    Read from ``sys.modules`` rather than imported: a client made from a web3 instance has web3 loaded already, and
+    one made from a URL must not load it (importing web3 costs most of a second, and the CLI's read-only commands
+    read through this client without it)."""
+    exceptions = sys.modules.get("web3.exceptions")
+    root = getattr(exceptions, "Web3Exception", None)
+    return (*TRANSPORT_ERRORS, root) if isinstance(root, type) and issubclass(root, BaseException) else TRANSPORT_ERRORS
 
 
 class NodeRefused(ChainError):
@@ -45,6 +57,14 @@ class NodeRefused(ChainError):
         self.node_message = message
         self.code = code
         self.data = data
+
+
+def unreachable(url: str, exc: BaseException) -> ChainError:
+    """The error for an endpoint that does not answer at all (refused, timed out, not a JSON-RPC server)."""
+    return ChainError(
+        f"cannot reach the RPC endpoint {url} ({type(exc).__name__}); is the node running? "
+        "(`iotsettle node up` starts a local one)"
+    )
 
 
 def one_sentence(message: object) -> str:
@@ -136,7 +156,7 @@ class RpcClient:
         does not answer."""
         try:
             answer = self(method, params)
-        except TRANSPORT_ERRORS as exc:
+        except _provider_errors() as exc:
             raise ChainError(f"{method} failed: the node did not answer ({type(exc).__name__})") from None
         if "error" in answer:
             raise refusal(method, answer["error"])
@@ -159,7 +179,7 @@ class RpcClient:
             elif getattr(self._provider, "make_batch_request", None) is not None:
                 self.calls += 1
                 answers = self._provider.make_batch_request(list(calls))
-        except TRANSPORT_ERRORS:
+        except _provider_errors():
             answers = None
         if not isinstance(answers, list) or len(answers) != len(calls) or not all(isinstance(a, dict) for a in answers):
             return [self.call(method, params) for method, params in calls]

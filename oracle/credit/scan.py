@@ -16,7 +16,7 @@ from typing import Any
 from eth_abi import decode as abi_decode
 from eth_utils import to_checksum_address
 from iotsettle.oracle.chain import logs as chain_logs
-from iotsettle.oracle.chain.revert import abi_type
+from iotsettle.oracle.chain.abi import abi_type
 from iotsettle.oracle.chain.rpc import BLOCKS_PER_BATCH, RpcClient
 from iotsettle.oracle.credit.derive import TIMED_EVENTS, ChainLog, ChainPoint, checksum, follow_ups
 from iotsettle.oracle.protocol.errors import ChainError, IotSettleError

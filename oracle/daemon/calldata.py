@@ -16,7 +16,7 @@ from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_hash.auto import keccak
-from iotsettle.oracle.chain.revert import abi_type as _abi_type
+from iotsettle.oracle.chain.abi import abi_type as _abi_type
 from iotsettle.oracle.daemon.store import StoredEvent, signed_fields
 from iotsettle.oracle.protocol.errors import ChainError
 from iotsettle.oracle.protocol.kinds import KINDS

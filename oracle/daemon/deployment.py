@@ -14,7 +14,8 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.chain.connection import Chain, connect, load_relayer
-from iotsettle.oracle.chain.deploy import load_manifest, verify_manifest
+from iotsettle.oracle.chain.deploy import verify_manifest
+from iotsettle.oracle.chain.manifest import load_manifest
 from iotsettle.oracle.chain.revert import ErrorDecoder
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.protocol.errors import DeploymentError

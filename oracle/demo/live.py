@@ -18,7 +18,8 @@ from typing import Any
 
 from eth_abi import decode as abi_decode
 from iotsettle.oracle.chain import logs as chain_logs
-from iotsettle.oracle.chain.revert import abi_type, reason_label
+from iotsettle.oracle.chain.abi import abi_type
+from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.demo.provision import ProvisionedFleet
 from iotsettle.oracle.ops import motor
 from iotsettle.oracle.ops.context import OpsContext

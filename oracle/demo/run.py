@@ -57,7 +57,6 @@ from iotsettle.oracle.demo.provision import (
 from iotsettle.oracle.ops.context import open_context
 from iotsettle.oracle.protocol.errors import ConfigError, NodeError
 
-DEFAULT_FAULTS = "bad_signature,replayed_seq,counter_rollback,clock_skew,teleport,behaviour_rollback"
 DRAIN_TIMEOUT = 30.0  # seconds at anvil's pace (``iotsettle.oracle.demo.pace``), like the other waits here
 STOP_GRACE = 10.0
 WEATHER_STATIONS = 5  # the crop season's n; k = 3, and the last station is hostile

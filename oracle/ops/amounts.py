@@ -3,7 +3,8 @@
 An amount is a number of whole tokens, scaled by the token's decimals: ``1.5`` of an 18-decimal token is
 1500000000000000000 base units. To give base units exactly, append ``wei`` (the smallest unit of any token,
 as cast names it): ``1500wei``. Digits may be grouped with ``_``. Negative amounts, more fractional digits than
-the token has, and anything else are refused.
+the token has, and anything else are refused. ``TokenInfo`` is a token as amounts are written in it: ``ETH`` (the
+zero address), ``TEST`` or an ERC-20, with its symbol and decimals.
 """
 
 from __future__ import annotations
@@ -85,3 +86,31 @@ def format_amount(base: int, decimals: int, symbol: str = "", max_decimals: int 
     if digits.rstrip("0"):
         text += "." + digits.rstrip("0")
     return f"{text} {symbol}" if symbol else text
+
+
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+ETH = "ETH"
+TEST = "TEST"
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token as amounts are written in it: its address, symbol and decimals (``token_info.describe_token``)."""
+
+    address: str  # ZERO_ADDRESS for ETH
+    symbol: str
+    decimals: int
+
+    @property
+    def is_eth(self) -> bool:
+        return self.address == ZERO_ADDRESS
+
+    def format(self, base: int) -> str:
+        return format_amount(base, self.decimals, self.symbol)
+
+    def format_short(self, base: int) -> str:
+        """For tables: at most 4 decimals, ``~`` when rounded."""
+        return format_amount(base, self.decimals, self.symbol, max_decimals=4)
+
+    def to_base(self, amount: Amount) -> int:
+        return amount.to_base(self.decimals, self.symbol)

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from eth_utils import to_checksum_address
 from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.ops.context import OpsContext, parse_payloads
 from iotsettle.oracle.ops.events import fetch_logs
-from iotsettle.oracle.ops.sentences import AGREEMENT_STATUSES
 from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, check_eth, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in, transact, transact_many
-from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
+from iotsettle.oracle.ops.views import AgreementView, agreement_view
+from iotsettle.oracle.protocol.errors import ProtocolError
 from iotsettle.oracle.protocol.packed import pack_item
 from iotsettle.oracle.protocol.wire import SignedEvent
 
@@ -24,79 +24,11 @@ log = logging.getLogger(__name__)
 CONTRACT = "MeteredBilling"
 
 
-@dataclass(frozen=True)
-class AgreementView:
-    agreement_id: int
-    provider: str
-    consumer: str
-    device: str
-    token: str
-    tariff_id: int
-    status: str
-    notice_period: int
-    close_at: int
-    start_value: int
-    last_value: int
-    last_seq: int
-    last_timestamp: int
-    prepaid: int
-    arrears: int
-    deposited: int
-    withdrawn: int
-    earnings: int
-
-    @property
-    def billed(self) -> int:
-        """Everything billed so far: earnings withdrawn or not (refunds leave the deposit on close)."""
-        return self.earnings + self.withdrawn
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key in ("agreement_id", "prepaid", "arrears", "deposited", "withdrawn", "earnings"):
-            out[key] = str(out[key])
-        out["billed"] = str(self.billed)
-        return out
-
-
 def agreement_of(ctx: OpsContext, agreement_id: int) -> AgreementView:
     billing = ctx.contract(CONTRACT)
     raw = billing.functions.agreementOf(agreement_id).call()
-    status = int(raw[5])
-    if status == 0:
-        raise ChainError(f"agreement {agreement_id} does not exist on chain {ctx.chain.chain_id}")
-    earnings = int(billing.functions.earningsOf(agreement_id).call())
-    (
-        notice_period,
-        close_at,
-        start_value,
-        last_value,
-        last_seq,
-        last_timestamp,
-        prepaid,
-        arrears,
-        deposited,
-        withdrawn,
-    ) = (int(x) for x in raw[6:])
-    return AgreementView(
-        agreement_id,
-        raw[0],
-        raw[1],
-        raw[2],
-        raw[3],
-        int(raw[4]),
-        AGREEMENT_STATUSES[status] if status < len(AGREEMENT_STATUSES) else str(status),
-        notice_period,
-        close_at,
-        start_value,
-        last_value,
-        last_seq,
-        last_timestamp,
-        prepaid,
-        arrears,
-        deposited,
-        withdrawn,
-        earnings,
-    )
+    earnings = int(billing.functions.earningsOf(agreement_id).call()) if int(raw[5]) else 0
+    return agreement_view(agreement_id, ctx.chain.chain_id, raw, earnings)
 
 
 def create_flat_tariff(ctx: OpsContext, price: int) -> tuple[int, TxResult]:

@@ -14,7 +14,8 @@ from eth_utils import is_address, to_checksum_address
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, Chain, connect, load_sender
 from iotsettle.oracle.chain.deploy import contract as deployed_contract
-from iotsettle.oracle.chain.deploy import load_manifest, verify_manifest
+from iotsettle.oracle.chain.deploy import verify_manifest
+from iotsettle.oracle.chain.manifest import load_manifest
 from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.protocol import wire

@@ -22,6 +22,7 @@ from iotsettle.oracle.ops.events import fetch_logs
 from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in
+from iotsettle.oracle.ops.vocabulary import DEFAULT_PAYOUT_BATCH, INDEXES
 from iotsettle.oracle.protocol.errors import ChainError, IotSettleError, ProtocolError
 from iotsettle.oracle.protocol.wire import SignedEvent
 from web3.exceptions import LogTopicError, MismatchedABI
@@ -32,10 +33,8 @@ CONTRACT = "CropInsurance"
 BPS = 10_000
 RAIN_UNITS_PER_MM = 100
 TEMPERATURE_UNITS_PER_DEGREE = 100
-INDEXES = ("rain", "heat")  # Index.RainfallBelow, Index.HotDaysAbove
 VERDICTS = ("abstain", "no trigger", "trigger")
 COVER_STATUSES = ("none", "active", "paid", "expired", "due")
-DEFAULT_PAYOUT_BATCH = 50
 #: the contract's floors (MIN_COVERAGE_SLACK, MIN_FINALIZE_DELAY), in seconds
 MIN_COVERAGE_SLACK = 10
 MIN_FINALIZE_DELAY = 10

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from eth_utils import to_checksum_address
 from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.ops.context import OpsContext, parse_payloads
 from iotsettle.oracle.ops.events import fetch_logs
-from iotsettle.oracle.ops.sentences import ESCROW_STATES
 from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, check_eth, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in, transact, transact_many
+from iotsettle.oracle.ops.views import EscrowView, escrow_view
 from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
 from iotsettle.oracle.protocol.wire import SignedEvent
 
@@ -22,49 +22,10 @@ log = logging.getLogger(__name__)
 CONTRACT = "DeliveryEscrow"
 
 
-@dataclass(frozen=True)
-class EscrowView:
-    escrow_id: int
-    buyer: str
-    seller: str
-    device: str
-    token: str
-    amount: int
-    destination: str  # 0x-hex bytes32
-    created_at: int
-    deadline: int
-    temperature_limit: int  # centi-°C
-    penalty_bps: int
-    state: str
-    delivery_seq: int
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["amount"] = str(self.amount)
-        return out
-
-
 def escrow_of(ctx: OpsContext, escrow_id: int) -> EscrowView:
     """The escrow's record; raises ChainError for an escrow that does not exist."""
     raw = ctx.contract(CONTRACT).functions.escrowOf(escrow_id).call()
-    state = ESCROW_STATES[int(raw[10])] if int(raw[10]) < len(ESCROW_STATES) else str(raw[10])
-    if state == "none":
-        raise ChainError(f"escrow {escrow_id} does not exist on chain {ctx.chain.chain_id}")
-    return EscrowView(
-        escrow_id,
-        raw[0],
-        raw[1],
-        raw[2],
-        raw[3],
-        int(raw[4]),
-        "0x" + bytes(raw[5]).hex(),
-        int(raw[6]),
-        int(raw[7]),
-        int(raw[8]),
-        int(raw[9]),
-        state,
-        int(raw[11]),
-    )
+    return escrow_view(escrow_id, ctx.chain.chain_id, raw)
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,12 @@ from iotsettle.oracle.ops.events import fetch_logs
 from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in
+from iotsettle.oracle.ops.vocabulary import LOAN_STATUSES
 from iotsettle.oracle.protocol.errors import ChainError
 
 log = logging.getLogger(__name__)
 
 CONTRACT = "LoanBook"
-LOAN_STATUSES = ("none", "offered", "active", "repaid", "cancelled")
 BPS = 10_000
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 #: contracts a sweep pulls from by default: both credit payouts with ``withdraw(address token)``

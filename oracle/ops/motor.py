@@ -28,13 +28,13 @@ from iotsettle.oracle.ops.events import fetch_logs
 from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in
+from iotsettle.oracle.ops.vocabulary import POLICY_STATUSES
 from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
 from iotsettle.oracle.protocol.wire import SignedEvent
 
 log = logging.getLogger(__name__)
 
 CONTRACT = "MotorInsurance"
-POLICY_STATUSES = ("none", "offered", "active", "lapsed", "closed", "cancelled")
 BPS = 10_000
 METRES_PER_KM = 1_000
 STEP_DISTANCE_METRES = 100_000  # one step of the factor per event per 100 km

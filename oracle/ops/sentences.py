@@ -19,6 +19,7 @@ from iotsettle.oracle.chain.revert import ErrorDecoder, reason_label
 from iotsettle.oracle.ops.amounts import format_amount
 from iotsettle.oracle.ops.events import escrow_final_block
 from iotsettle.oracle.ops.token_info import describe_token
+from iotsettle.oracle.ops.vocabulary import AGREEMENT_STATUSES, ESCROW_STATES
 from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_label
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ESCROW_STATES = ("none", "funded", "released", "refunded", "cancelled")
-AGREEMENT_STATUSES = ("none", "offered", "active", "suspended", "closed", "cancelled")
 DEVICE_KINDS = ("none", *(kind_label(kind) for kind in DeviceKind))  # indexed by the registry's kind number
 
 

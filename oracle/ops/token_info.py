@@ -6,39 +6,11 @@ worthless TestToken ``iotsettle deploy`` puts on local chains) or any ERC-20 add
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from eth_utils import is_address, to_checksum_address
-from iotsettle.oracle.ops.amounts import Amount, format_amount
+from iotsettle.oracle.ops.amounts import ETH, TEST, ZERO_ADDRESS, TokenInfo, format_amount
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.protocol.errors import ChainError, DeploymentError
 from web3.exceptions import ContractLogicError, Web3Exception
-
-ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
-ETH = "ETH"
-TEST = "TEST"
-
-
-@dataclass(frozen=True)
-class TokenInfo:
-    address: str  # ZERO_ADDRESS for ETH
-    symbol: str
-    decimals: int
-
-    @property
-    def is_eth(self) -> bool:
-        return self.address == ZERO_ADDRESS
-
-    def format(self, base: int) -> str:
-        return format_amount(base, self.decimals, self.symbol)
-
-    def format_short(self, base: int) -> str:
-        """For tables: at most 4 decimals, ``~`` when rounded."""
-        return format_amount(base, self.decimals, self.symbol, max_decimals=4)
-
-    def to_base(self, amount: Amount) -> int:
-        return amount.to_base(self.decimals, self.symbol)
-
 
 _ETH_INFO = TokenInfo(ZERO_ADDRESS, ETH, 18)
 

@@ -15,7 +15,8 @@ from eth_account import Account
 from iotsettle.cli.main import cli
 from iotsettle.oracle.chain.compiler import compile_contracts, ensure_compiled, read_foundry_settings
 from iotsettle.oracle.chain.connection import connect, load_keystore, load_sender
-from iotsettle.oracle.chain.deploy import deploy_all, load_manifest, verify_manifest
+from iotsettle.oracle.chain.deploy import deploy_all, verify_manifest
+from iotsettle.oracle.chain.manifest import load_manifest
 from iotsettle.oracle.chain.node import Anvil, Mosquitto, free_port, mqtt_ready, rpc_ready
 from iotsettle.oracle.config import load_config
 from iotsettle.oracle.protocol.errors import ChainError, ConfigError, DeploymentError, KeyFileError

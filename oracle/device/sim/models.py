@@ -24,9 +24,9 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 from iotsettle.oracle.device.fleet import DrivingStyle, FleetDevice
+from iotsettle.oracle.device.weather import WeatherScenario
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 
 
@@ -148,14 +148,6 @@ class VehicleModel:
         """(odometer metres, harsh-braking events, speeding episodes) at ``t``."""
         self._advance(t)
         return int(self.odometer_m), self.harsh_brakes, self.speeding
-
-
-class WeatherScenario(StrEnum):
-    """The weather the honest stations of a run report."""
-
-    NORMAL = "normal"
-    DROUGHT = "drought"
-    HEATWAVE = "heatwave"
 
 
 @dataclass(frozen=True, slots=True)
