@@ -74,6 +74,8 @@ interface IDeliveryEscrow is IDeviceEvents, IPullPayments {
     error NotBuyer(uint256 escrowId, address caller);
     error NotSeller(uint256 escrowId, address caller);
     error NotFunded(uint256 escrowId, EscrowState state);
+    /// @notice A packed batch whose length is not a whole number of records.
+    error MalformedBatch(uint256 length);
 
     /// @notice Buyer creates and funds an escrow. For ETH (`token` = address(0)) send `amount` as msg.value.
     /// `penaltyBps` = 0 means no cold-chain terms; otherwise if the tracker reports a maxTemperature above
@@ -94,9 +96,23 @@ interface IDeliveryEscrow is IDeviceEvents, IPullPayments {
     /// and {Credited} events.
     function confirmDelivery(SignedDelivery calldata delivery) external;
 
-    /// @notice Settle many deliveries; bad items are skipped with a {DeliveryRejected} event.
+    /// @notice Settle many deliveries; bad items are skipped with a {DeliveryRejected} event. Emits a
+    /// {DeliveryConfirmed} event per release and one {Credited} event per run of releases to the same seller and
+    /// token.
     /// @return confirmed how many items released their escrow.
     function confirmDeliveries(SignedDelivery[] calldata deliveries) external returns (uint256 confirmed);
+
+    /// @notice Settle many deliveries from a packed batch: the cheap way for a relayer. Each record is, big-endian
+    /// and unpadded: escrowId (uint64) ‖ seq (uint64) ‖ timestamp (uint64) ‖ location (bytes32) ‖ maxTemperature
+    /// (int32, two's complement) ‖ r ‖ vs ‖ the escrow's {deliveryTerms} (98 bytes), 222 bytes in all. A record
+    /// whose escrowId field has its top bit set (`SAME_PARTY()`) leaves out the first 40 bytes of terms (seller,
+    /// token): they are the previous record's. Terms that do not match the escrow cost the storage reads they were
+    /// meant to save, nothing else: every item has the outcome {confirmDeliveries} gives it. Bad items are skipped
+    /// with a {DeliveryRejected} event; reverts with {MalformedBatch} when the last record is cut short. Emits a
+    /// {DeliveryConfirmed} event per release and one {Credited} event per run of releases to the same seller and
+    /// token.
+    /// @return confirmed how many items released their escrow.
+    function confirmDeliveriesPacked(bytes calldata batch) external returns (uint256 confirmed);
 
     /// @notice Buyer only, while Funded, strictly after `deadline + SETTLEMENT_GRACE` (reverts with {TooEarly}
     /// naming the first second it may). Credits the buyer. Emits {EscrowRefunded} and {Credited} events.
@@ -106,6 +122,11 @@ interface IDeliveryEscrow is IDeviceEvents, IPullPayments {
     function cancel(uint256 escrowId) external;
 
     function escrowOf(uint256 escrowId) external view returns (Escrow memory);
+
+    /// @notice The terms a relayer sends beside each delivery of `escrowId` in {confirmDeliveriesPacked}, 98 bytes:
+    /// seller ‖ token ‖ device (20 bytes each) ‖ amount (uint128) ‖ createdAt (uint64) ‖ deadline (uint64) ‖
+    /// temperatureLimit (int32) ‖ penaltyBps (uint16). They never change; reverts with {UnknownEscrow}.
+    function deliveryTerms(uint256 escrowId) external view returns (bytes memory);
 
     /// @notice The EIP-712 digest a tracker signs for a Delivery.
     function hashDelivery(uint256 escrowId, uint64 seq, uint64 timestamp, bytes32 location, int32 maxTemperature)

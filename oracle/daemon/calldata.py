@@ -18,6 +18,7 @@ from eth_abi import decode as abi_decode
 from eth_hash.auto import keccak
 from iotsettle.oracle.chain.abi import abi_type as _abi_type
 from iotsettle.oracle.daemon.store import StoredEvent, signed_fields
+from iotsettle.oracle.protocol import delivery_batch
 from iotsettle.oracle.protocol.errors import ChainError
 from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.protocol.packed import PACKED_WIDTHS, bytes_argument, pack_item
@@ -38,13 +39,23 @@ class KindSpec:
     packed: bool = False
     #: the signed fields of a stored event in signing order; the store's ``signed_fields`` when not given
     fields_of: Callable[[StoredEvent], tuple[Any, ...]] | None = field(default=None, repr=False, compare=False)
+    #: deliveries only: the escrow's packed terms by escrow id (``deliveryTerms``); when given, batches go to
+    #: ``confirmDeliveriesPacked`` (protocol.delivery_batch) instead of the ABI struct array
+    terms_of: Callable[[int], bytes] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.fields_of is None:
             object.__setattr__(self, "fields_of", signed_fields(self.kind))
 
     @classmethod
-    def from_abi(cls, kind: str, contract: str, abi: Sequence[Mapping[str, Any]]) -> KindSpec:
+    def from_abi(
+        cls,
+        kind: str,
+        contract: str,
+        abi: Sequence[Mapping[str, Any]],
+        terms_of: Callable[[int], bytes] | None = None,
+    ) -> KindSpec:
+        """``terms_of`` (deliveries) switches to the packed batch when the contract has it."""
         spec = KINDS[kind]
         function = _abi_entry(abi, "function", spec.batch_function)
         (param,) = function["inputs"]
@@ -68,13 +79,18 @@ class KindSpec:
                 f"{spec.contract}.{spec.batch_function} takes ({','.join(components)}), the {kind} events need "
                 f"({','.join(signed)},bytes32,bytes32); run `iotsettle compile` or upgrade iotsettle"
             )
+        signature = f"{spec.batch_function}({arg_type})"
+        packed = terms_of is not None and kind == "delivery" and _has(abi, "function", _PACKED_DELIVERIES)
+        if packed:
+            signature = f"{_PACKED_DELIVERIES}(bytes)"
         return cls(
             kind,
             Web3.to_checksum_address(contract),
-            keccak(f"{spec.batch_function}({arg_type})".encode())[:4],
+            keccak(signature.encode())[:4],
             components,
             _topic(_abi_entry(abi, "event", spec.settled_event)),
             _topic(_abi_entry(abi, "event", spec.rejected_event)),
+            terms_of=terms_of if packed else None,
         )
 
     def values(self, event: StoredEvent) -> tuple[Any, ...]:
@@ -87,8 +103,13 @@ class KindSpec:
         return (*self.fields_of(event), r, vs)  # type: ignore[misc]  # never None after __post_init__
 
     def item(self, event: StoredEvent) -> bytes:
-        """The encoding of one item (packed, or a static tuple: one word per field); ValueError if a field does not
-        fit."""
+        """The encoding of one item: a packed delivery record with its escrow's terms, a packed item, or a static
+        tuple (one word per field); ValueError if a field does not fit."""
+        if self.terms_of is not None:
+            escrow_id, seq, timestamp, location, max_temperature, r, vs = self.values(event)
+            return delivery_batch.record(
+                escrow_id, seq, timestamp, bytes(location), max_temperature, r, vs, self.terms_of(escrow_id)
+            )
         if self.packed:
             *fields, r, vs = self.values(event)
             return pack_item(self.kind, fields, r, vs)
@@ -97,13 +118,20 @@ class KindSpec:
     def calldata(self, items: Sequence[bytes]) -> bytes:
         """``selector ‖ offset ‖ length ‖ items``: the ABI encoding of one dynamic array of static tuples, built by
         hand because eth_abi's generic encoder cost more than the rest of a batch's preparation. Packed kinds:
-        ``selector ‖ offset ‖ length ‖ items ‖ padding``, one ``bytes`` argument."""
+        ``selector ‖ offset ‖ length ‖ items ‖ padding``, one ``bytes`` argument; or the packed delivery batch."""
+        if self.terms_of is not None:
+            return delivery_batch.calldata(self.selector, items)
         if self.packed:
             return self.selector + bytes_argument(items)
         return self.selector + _ARRAY_OFFSET + len(items).to_bytes(32, "big") + b"".join(items)
 
 
 _ARRAY_OFFSET = (32).to_bytes(32, "big")
+_PACKED_DELIVERIES = "confirmDeliveriesPacked"
+
+
+def _has(abi: Sequence[Mapping[str, Any]], typ: str, name: str) -> bool:
+    return any(entry.get("type") == typ and entry.get("name") == name for entry in abi)
 
 
 def _abi_word(typ: str, value: Any) -> bytes:

@@ -22,9 +22,11 @@ from iotsettle.oracle.daemon.store import Store
 from iotsettle.oracle.daemon.submitter import GWEI, RPC_ERRORS, DeadLetter, Submitter, SubmitterSettings
 from iotsettle.oracle.daemon.tracker import Tracker, TrackerSettings
 from iotsettle.oracle.daemon.txstore import TxStatus, TxStore
+from iotsettle.oracle.protocol import delivery_batch
 from iotsettle.oracle.protocol.errors import ChainError, ConfigError, IotSettleError
 from iotsettle.oracle.protocol.kinds import KINDS
 from web3 import Web3
+from web3.exceptions import ContractLogicError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,29 @@ def _settlement_store(store: Store) -> Store | None:
     rows = store.conn.execute("PRAGMA database_list").fetchall()
     path = next((row[2] for row in rows if row[1] == "main"), "")
     return Store.open(path, synchronous="NORMAL") if path else None
+
+
+def escrow_terms(w3: Web3, address: str, abi: Sequence[Mapping[str, Any]]) -> Callable[[int], bytes] | None:
+    """``DeliveryEscrow.deliveryTerms`` by escrow id for the packed batch, or None for a contract without it. Terms
+    never change, so each escrow costs one call; an escrow the contract does not know, or a failed call, gets
+    zeros (not kept): the contract then reads the escrow itself, with the same outcome at a higher gas cost."""
+    if not any(e.get("type") == "function" and e.get("name") == "deliveryTerms" for e in abi):
+        return None
+    contract = w3.eth.contract(address=Web3.to_checksum_address(address), abi=abi)
+    cache: dict[int, bytes] = {}
+
+    def terms_of(escrow_id: int) -> bytes:
+        terms = cache.get(escrow_id)
+        if terms is None:
+            try:
+                terms = bytes(contract.functions.deliveryTerms(escrow_id).call())
+            except (ContractLogicError, *RPC_ERRORS) as exc:
+                log.debug("escrow %d: no terms (%s); the contract reads them", escrow_id, exc)
+                return delivery_batch.UNKNOWN_TERMS
+            cache[escrow_id] = terms
+        return terms
+
+    return terms_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +142,10 @@ class Settler:
         self.store = store
         self.w3 = w3
         self.txstore = TxStore(store)
-        specs = {kind: KindSpec.from_abi(kind, address, abi) for kind, (address, abi) in contracts.items()}
+        specs = {
+            kind: KindSpec.from_abi(kind, address, abi, escrow_terms(w3, address, abi) if kind == "delivery" else None)
+            for kind, (address, abi) in contracts.items()
+        }
         self.submitter = Submitter(
             w3, chain_id, account, store, self.txstore, specs, decoder, self.settings.submitter, metrics, on_dead_letter
         )

@@ -14,8 +14,10 @@ from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, check_eth, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in, transact, transact_many
 from iotsettle.oracle.ops.views import EscrowView, escrow_view
+from iotsettle.oracle.protocol import delivery_batch
 from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
 from iotsettle.oracle.protocol.wire import SignedEvent
+from web3.exceptions import ContractLogicError
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,26 @@ def delivery_tuple(event: SignedEvent) -> tuple[Any, ...]:
     return event.contract_tuple()
 
 
+def _record(ctx: OpsContext, item: tuple[Any, ...]) -> bytes:
+    """A packed batch record; an escrow the contract does not know gets zero terms and is rejected on chain."""
+    escrow_id = int(item[0])
+    try:
+        terms = bytes(ctx.contract(CONTRACT).functions.deliveryTerms(escrow_id).call())
+    except ContractLogicError:
+        terms = delivery_batch.UNKNOWN_TERMS
+    escrow_id, seq, timestamp, location, max_temperature, r, vs = item
+    try:
+        return delivery_batch.record(
+            int(escrow_id), int(seq), int(timestamp), _raw(location), int(max_temperature), _raw(r), _raw(vs), terms
+        )
+    except ValueError as exc:
+        raise ProtocolError(f"delivery for escrow {escrow_id} cannot be relayed: {exc}") from exc
+
+
+def _raw(value: Any) -> bytes:
+    return bytes.fromhex(value.removeprefix("0x")) if isinstance(value, str) else bytes(value)
+
+
 def parse_deliveries(ctx: OpsContext, text: str) -> list[SignedEvent]:
     """Wire payloads (one JSON object per line, or one pretty-printed object) checked against this deployment."""
     return parse_payloads(ctx, text, "delivery", CONTRACT, "escrow confirm")
@@ -107,12 +129,14 @@ def parse_deliveries(ctx: OpsContext, text: str) -> list[SignedEvent]:
 
 def confirm(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[Confirmation]]:
     """Relay signed deliveries. One is sent with ``confirmDelivery`` (a refusal reverts with a decoded sentence);
-    several go in one ``confirmDeliveries`` batch, where refused items are reported, not reverted."""
+    several go in one packed ``confirmDeliveriesPacked`` batch with each escrow's terms, where refused items are
+    reported, not reverted."""
     escrow = ctx.contract(CONTRACT)
     if len(events) == 1:
         result = transact(ctx, escrow.functions.confirmDelivery(delivery_tuple(events[0])), CONTRACT)
     else:
-        result = transact(ctx, escrow.functions.confirmDeliveries([delivery_tuple(e) for e in events]), CONTRACT)
+        records = [_record(ctx, delivery_tuple(e)) for e in events]
+        result = transact(ctx, escrow.functions.confirmDeliveriesPacked(delivery_batch.batch(records)), CONTRACT)
     outcomes = [
         Confirmation(int(a["escrowId"]), int(a["seq"]), True, "", int(a["toSeller"]), int(a["toBuyer"]))
         for a in events_in(ctx, CONTRACT, result.receipt, "DeliveryConfirmed")

@@ -55,6 +55,25 @@ contract DeliveryEscrowTest is Fixture {
         assertEq(keccak256(abi.encode(before)), keccak256(abi.encode(escrow.escrowOf(d.escrowId))), "unchanged");
         vm.expectRevert(abi.encodeWithSelector(IDeviceEvents.EventRejected.selector, d.escrowId, d.seq, reason));
         escrow.confirmDelivery(d);
+        // The packed batch gives the same outcome with the escrow's terms, and with terms a relayer got wrong.
+        bytes memory terms = d.escrowId <= 1 << 62 ? _termsOrZero(d.escrowId) : new bytes(98);
+        bytes memory wrong =
+            abi.encodePacked(relayer, relayer, relayer, uint128(1), uint64(0), uint64(0), int32(0), uint16(0));
+        for (uint256 k = 0; k < 2; ++k) {
+            vm.expectEmit(address(escrow));
+            emit IDeliveryEscrow.DeliveryRejected(d.escrowId, d.seq, reason);
+            vm.prank(relayer);
+            assertEq(escrow.confirmDeliveriesPacked(packDelivery(d, k == 0 ? terms : wrong, "")), 0);
+            assertEq(keccak256(abi.encode(before)), keccak256(abi.encode(escrow.escrowOf(d.escrowId))), "unchanged");
+        }
+    }
+
+    function _termsOrZero(uint256 escrowId) internal view returns (bytes memory) {
+        try escrow.deliveryTerms(escrowId) returns (bytes memory terms) {
+            return terms;
+        } catch {
+            return new bytes(98);
+        }
     }
 
     function _confirm(IDeliveryEscrow.SignedDelivery memory d) internal {
@@ -210,6 +229,51 @@ contract DeliveryEscrowTest is Fixture {
         vm.prank(relayer);
         assertEq(escrow.confirmDeliveries(batch), 2);
         assertEq(escrow.withdrawable(address(token), seller), 2 * AMOUNT);
+    }
+
+    function test_Packed_ReleasesWithTheEscrowsTerms() public {
+        uint256 e2 = _create(address(token), AMOUNT, LIMIT, PENALTY);
+        bytes memory t1 = escrow.deliveryTerms(id);
+        bytes memory t2 = escrow.deliveryTerms(e2);
+        bytes memory batch =
+            bytes.concat(packDelivery(_delivery(id, LIMIT + 1), t1, ""), packDelivery(_delivery(e2, 0), t2, t1));
+        assertEq(batch.length, 222 + 182, "the second record reuses the first one's seller and token");
+        vm.expectEmit(address(escrow));
+        emit IDeliveryEscrow.DeliveryConfirmed(id, 1, 0.75 ether, 0.25 ether);
+        vm.expectEmit(address(escrow));
+        emit IPullPayments.Credited(address(token), buyer, 0.25 ether);
+        vm.expectEmit(address(escrow));
+        emit IDeliveryEscrow.DeliveryConfirmed(e2, 1, AMOUNT, 0);
+        vm.expectEmit(address(escrow));
+        emit IPullPayments.Credited(address(token), seller, 0.75 ether + AMOUNT);
+        vm.prank(relayer);
+        assertEq(escrow.confirmDeliveriesPacked(batch), 2);
+        assertEq(escrow.withdrawable(address(token), seller), 0.75 ether + AMOUNT);
+        assertEq(escrow.withdrawable(address(token), buyer), 0.25 ether);
+        assertEq(escrow.escrowOf(e2).deliverySeq, 1);
+        assertEq(uint8(escrow.escrowOf(e2).state), uint8(IDeliveryEscrow.EscrowState.Released));
+    }
+
+    /// @dev A relayer who sends another seller (itself) in the terms pays for the storage reads; the seller is paid.
+    function test_Packed_ForgedTermsCannotRedirectThePayment() public {
+        bytes memory forged = abi.encodePacked(
+            relayer, address(token), tracker, uint128(AMOUNT), uint64(block.timestamp), deadline, LIMIT, PENALTY
+        );
+        vm.prank(relayer);
+        assertEq(escrow.confirmDeliveriesPacked(packDelivery(_delivery(id, 0), forged, "")), 1);
+        assertEq(escrow.withdrawable(address(token), seller), AMOUNT);
+        assertEq(escrow.withdrawable(address(token), relayer), 0);
+    }
+
+    function test_Packed_RevertWhen_RecordCutShort() public {
+        bytes memory record = packDelivery(_delivery(id, 0), escrow.deliveryTerms(id), "");
+        bytes memory cut = new bytes(record.length - 1);
+        for (uint256 i = 0; i < cut.length; ++i) {
+            cut[i] = record[i];
+        }
+        vm.expectRevert(abi.encodeWithSelector(IDeliveryEscrow.MalformedBatch.selector, cut.length));
+        escrow.confirmDeliveriesPacked(cut);
+        assertEq(escrow.confirmDeliveriesPacked(""), 0, "an empty batch does nothing");
     }
 
     function test_Reject_ReplayedDelivery() public {

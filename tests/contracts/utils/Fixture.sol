@@ -89,6 +89,28 @@ abstract contract Fixture is Test {
         d = IDeliveryEscrow.SignedDelivery(escrowId, seq, timestamp, location, maxTemperature, r, vs);
     }
 
+    /// @dev One record of DeliveryEscrow.confirmDeliveriesPacked: the delivery packed, then the escrow's terms,
+    /// without seller and token (and with the SAME_PARTY bit) when they are those of `previous` terms.
+    function packDelivery(IDeliveryEscrow.SignedDelivery memory d, bytes memory terms, bytes memory previous)
+        internal
+        pure
+        returns (bytes memory)
+    {
+        bool same =
+            previous.length == 98 && keccak256(_slice(terms, 0, 40)) == keccak256(_slice(previous, 0, 40));
+        uint64 head = uint64(d.escrowId) | (same ? uint64(1 << 63) : 0);
+        return abi.encodePacked(
+            head, d.seq, d.timestamp, d.location, d.maxTemperature, d.r, d.vs, same ? _slice(terms, 40, 98) : terms
+        );
+    }
+
+    function _slice(bytes memory b, uint256 from, uint256 to) private pure returns (bytes memory out) {
+        out = new bytes(to - from);
+        for (uint256 i = from; i < to; ++i) {
+            out[i - from] = b[i];
+        }
+    }
+
     function packReadings(IMeteredBilling.SignedReading[] memory batch) internal pure returns (bytes memory) {
         return PackedReadings.pack(batch);
     }
