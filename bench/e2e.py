@@ -88,6 +88,8 @@ class DaemonProcess:
             "IOTSETTLE_ORACLE_CLIENT_ID": self.oracle_id,
             "IOTSETTLE_ORACLE_ORACLE_ID": self.oracle_id,
             "IOTSETTLE_ORACLE_HEALTH_PORT": str(self.health_port),
+            # latency is measured per event: no window (the gas per reading received covers windows)
+            "IOTSETTLE_ORACLE_SETTLEMENT_WINDOW": "0",
             **overrides,
         }
         self.proc: subprocess.Popen[bytes] | None = None

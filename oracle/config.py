@@ -87,7 +87,10 @@ class OracleSettings:
     batch_max_events: int = _doc(100, "settlement: most events in one transaction")
     batch_max_wait: float = _doc(0.25, "settlement: seconds the oldest event of a partial batch may wait")
     settlement_window: float = _doc(
-        0.0, "settlement: seconds of meter readings per agreement collapsed to the newest; 0 = at each batch cut"
+        900.0,
+        "settlement: seconds of cumulative events (meter readings, telematics reports) per agreement or policy "
+        "collapsed to the newest; 0 = at each batch cut. 15 min: 1/15 of the gas per reading at one a minute, "
+        "balances at most 15 min behind (docs/BENCHMARKS.md)",
     )
     max_in_flight: int = _doc(8, "settlement: transactions sent and not yet mined, at consecutive nonces")
     max_fee_gwei: float = _doc(500.0, "settlement: cap on maxFeePerGas in gwei, re-broadcasts included")
@@ -277,6 +280,8 @@ def local_stack_config(state_dir: Path, anvil_port: int, mqtt_port: int, **env: 
         f"{ENV_PREFIX}CHAIN_RPC_URL": f"http://127.0.0.1:{anvil_port}",
         f"{ENV_PREFIX}PATHS_DEPLOYMENTS_DIR": str(state_dir / "deployments"),
         f"{ENV_PREFIX}ORACLE_DB_PATH": str(state_dir / "oracle.db"),
+        # a private stack is for trying and testing: every reading settles at the next batch cut
+        f"{ENV_PREFIX}ORACLE_SETTLEMENT_WINDOW": "0",
         **env,
     }
     return load_config(env=values, read_files=False)

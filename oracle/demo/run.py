@@ -366,6 +366,8 @@ def run_demo(
         "IOTSETTLE_ORACLE_HEALTH_PORT": str(health_port),
         "IOTSETTLE_ORACLE_CLIENT_ID": f"iotsettle-demo-{os.getpid()}-{int(time.time())}",
         "IOTSETTLE_ORACLE_ORACLE_ID": "demo-oracle",
+        # the demo lasts a minute: readings settle at each batch cut so that payments show while it runs
+        "IOTSETTLE_ORACLE_SETTLEMENT_WINDOW": "0",
         "IOTSETTLE_PATHS_DEPLOYMENTS_DIR": str(config.path(config.paths.deployments_dir)),
         "IOTSETTLE_PATHS_ARTIFACTS_DIR": str(config.path(config.paths.artifacts_dir)),
     }

@@ -64,6 +64,8 @@ class DaemonProcess:
             "IOTSETTLE_ORACLE_HEALTH_PORT": str(self.health_port),
             "IOTSETTLE_ORACLE_VERIFY_WORKERS": "0",
             "IOTSETTLE_ORACLE_REGISTRY_POLL": "0.2",
+            # a test waits for each payment: readings settle at the next batch cut, not after a window
+            "IOTSETTLE_ORACLE_SETTLEMENT_WINDOW": "0",
             **overrides,
         }
         self.proc: subprocess.Popen[bytes] | None = None

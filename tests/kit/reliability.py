@@ -129,6 +129,7 @@ def daemon(tmp_path: Path, deployment: Any, broker: Any, relayer_key: str, **env
     settings = {
         "IOTSETTLE_CHAIN_PRIVATE_KEY": relayer_key,
         "IOTSETTLE_ORACLE_BATCH_MAX_WAIT": "0.1",
+        "IOTSETTLE_ORACLE_SETTLEMENT_WINDOW": "0",
         "IOTSETTLE_ORACLE_QUARANTINE_THRESHOLD": "0",
         **env,
     }
