@@ -113,6 +113,7 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, PullPayments {
     /// @inheritdoc IDeliveryEscrow
     function confirmDelivery(SignedDelivery calldata delivery) external {
         SignedDelivery memory dl = delivery;
+        // slither-disable-next-line uninitialized-local (zero terms on purpose: _confirm then reads the escrow from storage)
         Terms memory t;
         (RejectReason reason, uint256 toSeller) = _confirm(dl, t, _status[delivery.escrowId], false);
         if (reason != RejectReason.None) revert EventRejected(delivery.escrowId, delivery.seq, reason);
@@ -121,7 +122,9 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, PullPayments {
 
     /// @inheritdoc IDeliveryEscrow
     function confirmDeliveries(SignedDelivery[] calldata deliveries) external returns (uint256 confirmed) {
+        // slither-disable-next-line uninitialized-local (zero terms on purpose: _confirm then reads the escrow from storage)
         Terms memory t;
+        // slither-disable-next-line uninitialized-local (an empty run: no seller credited yet)
         Run memory run;
         uint256 n = deliveries.length;
         for (uint256 i = 0; i < n; ++i) {
@@ -218,6 +221,7 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, PullPayments {
             seal := keccak256(fmp, 130)
         }
         status = _status[escrowId];
+        // slither-disable-next-line incorrect-equality (a hash comparison, not a balance)
         sealed_ = status >> 8 == seal >> 8;
     }
 
@@ -231,7 +235,9 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, PullPayments {
     {
         uint256 state = uint8(status);
         if (state != uint256(EscrowState.Funded)) {
+            // slither-disable-next-line incorrect-equality (a state enum, not a balance)
             if (state == uint256(EscrowState.None)) return (RejectReason.UnknownTarget, 0);
+            // slither-disable-next-line incorrect-equality (a state enum, not a balance)
             if (state == uint256(EscrowState.Released)) return (RejectReason.Replayed, 0);
             return (RejectReason.NotActive, 0);
         }
@@ -354,6 +360,7 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, PullPayments {
         Terms storage t = _terms[escrowId];
         uint256 status = _status[escrowId];
         EscrowState state = EscrowState(uint8(status));
+        // slither-disable-next-line incorrect-equality (a state enum, not a balance)
         return Escrow({
             buyer: t.buyer,
             seller: t.seller,
@@ -372,6 +379,7 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, PullPayments {
 
     /// @inheritdoc IDeliveryEscrow
     function deliveryTerms(uint256 escrowId) external view returns (bytes memory) {
+        // slither-disable-next-line incorrect-equality (a state enum, not a balance)
         if (EscrowState(uint8(_status[escrowId])) == EscrowState.None) revert UnknownEscrow(escrowId);
         Terms memory t = _terms[escrowId];
         return _packTerms(t);
@@ -391,6 +399,7 @@ contract DeliveryEscrow is IDeliveryEscrow, DeviceEventVerifier, PullPayments {
 
     function _funded(uint256 escrowId) private view returns (Terms storage e) {
         EscrowState state = EscrowState(uint8(_status[escrowId]));
+        // slither-disable-next-line incorrect-equality (a state enum, not a balance)
         if (state == EscrowState.None) revert UnknownEscrow(escrowId);
         if (state != EscrowState.Funded) revert NotFunded(escrowId, state);
         e = _terms[escrowId];
