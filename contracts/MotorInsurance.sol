@@ -29,9 +29,11 @@ import {PullPayments} from "./money/PullPayments.sol";
 /// Ending: reports signed up to closeAt keep settling until {close}, which opens strictly after closeAt + grace, so
 /// closing first or withholding reports during the notice only delays the premium of signed driving.
 ///
-/// Money: the insurer's earnings are derived (charged = deposited − prepaid − refunded), so a settled report
-/// writes the prepaid balance only. The refund is paid with a bounded push that becomes a pull credit
-/// ({PullPayments}) when it fails.
+/// Money: nothing about it is written by a settled report. The premiums of a policy add up to floor(F) of its
+/// last settled totals (the charges telescope), so the balances are derived from that "owed" figure and the money
+/// that came in: prepaid = deposited − owed (0 when owed is more, or once closed), arrears = owed − deposited
+/// (when positive), charged = deposited − prepaid − refunded. A report lapses the policy when owed passes
+/// deposited. The refund is paid with a bounded push that becomes a pull credit ({PullPayments}) when it fails.
 contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
     bytes32 public constant TELEMATICS_TYPEHASH = keccak256(
         "Telematics(uint256 policyId,uint64 seq,uint64 timestamp,uint64 odometer,uint32 harshBraking,uint32 speeding)"
@@ -49,10 +51,15 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
 
     uint256 private constant _VEHICLE_KIND = 1 << uint8(IDeviceRegistry.DeviceKind.Vehicle);
 
-    /// @dev Per-policy storage. `settle` reads slots 0–2 and writes slot 0 always and slot 1 when it charges: the
-    /// registers, factor and status share one word, and slot 2 holds everything else the price and the checks need
-    /// (factor terms, starting registers, closeAt). lastTimestamp fits 40 bits because settled timestamps are at
-    /// most block.timestamp + MAX_CLOCK_SKEW.
+    /// @dev Per-policy storage. `settle` reads slots 0–2 (one SLOAD each) and writes slot 0 only (one SSTORE): the
+    /// registers, seq, time and status share one word; slot 1 holds the rate and the money in, slot 2 the factor
+    /// terms, the starting registers and closeAt. The factor of the last report, the prepaid balance, the arrears
+    /// and the earnings are derived (see the contract notes). lastTimestamp fits 40 bits because settled
+    /// timestamps are at most block.timestamp + MAX_CLOCK_SKEW. Bit layout as Solidity packs it (low bits first):
+    /// slot 0: lastOdometer 0..63 | lastSeq 64..127 | lastTimestamp 128..167 | lastHarsh 168..199 |
+    /// lastSpeeding 200..231 | status 232..239; slot 1: ratePerKm 0..127 | deposited 128..255; slot 2:
+    /// minFactorBps 0..15 | maxFactorBps 16..31 | stepBps 32..47 | startOdometer 48..111 | startHarsh 112..143 |
+    /// startSpeeding 144..175 | closeAt 176..239.
     struct Record {
         // slot 0
         uint64 lastOdometer;
@@ -60,11 +67,10 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         uint40 lastTimestamp;
         uint32 lastHarsh;
         uint32 lastSpeeding;
-        uint16 lastFactorBps;
         PolicyStatus status;
         // slot 1
         uint128 ratePerKm;
-        uint128 prepaid;
+        uint128 deposited;
         // slot 2
         uint16 minFactorBps;
         uint16 maxFactorBps;
@@ -81,13 +87,13 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         // slot 5
         address token;
         // slot 6
-        uint128 deposited;
         uint128 withdrawn;
-        // slot 7
         uint128 refunded;
-        // slot 8: can exceed 128 bits for extreme terms (premiums are computed in 256 bits)
-        uint256 arrears;
     }
+
+    /// @dev Bytes per packed report (policyId 32 | seq 8 | timestamp 8 | odometer 8 | harsh 4 | speeding 4 | r 32 |
+    /// vs 32).
+    uint256 private constant _PACKED_REPORT_SIZE = 128;
 
     mapping(uint256 policyId => Record) private _policies;
     uint96 private _policyCount;
@@ -128,7 +134,6 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         p.minFactorBps = minFactorBps;
         p.maxFactorBps = maxFactorBps;
         p.stepBps = stepBps;
-        p.lastFactorBps = minFactorBps;
         p.status = PolicyStatus.Offered;
         p.holder = holder;
         p.noticePeriod = noticePeriod;
@@ -165,7 +170,6 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         if (deposit > type(uint128).max) revert BalanceOverflow(deposit);
 
         p.lastTimestamp = uint40(block.timestamp);
-        p.prepaid = uint128(deposit);
         p.deposited = uint128(deposit);
         p.status = PolicyStatus.Active;
         emit PolicyAccepted(policyId, deposit);
@@ -182,13 +186,9 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         uint256 newDeposited = uint256(p.deposited) + amount;
         if (newDeposited > type(uint128).max) revert BalanceOverflow(newDeposited);
 
-        uint256 arrears = p.arrears;
+        // The arrears are derived: what is owed beyond the money in; the top-up pays them first by raising it.
+        uint256 arrears = _arrears(p);
         uint256 arrearsPaid = amount < arrears ? amount : arrears;
-        // arrearsPaid <= amount and <= arrears; prepaid <= deposited, so the new prepaid fits uint128 as well.
-        unchecked {
-            p.arrears = arrears - arrearsPaid;
-            p.prepaid = uint128(p.prepaid + (amount - arrearsPaid));
-        }
         p.deposited = uint128(newDeposited);
         emit PolicyToppedUp(policyId, msg.sender, amount, arrearsPaid);
         if (status == PolicyStatus.Lapsed && arrears == arrearsPaid) {
@@ -220,8 +220,8 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         uint256 notBefore = uint256(closeAt) + SETTLEMENT_GRACE + 1;
         if (block.timestamp < notBefore) revert TooEarly(policyId, notBefore, block.timestamp);
 
-        refund = p.prepaid;
-        p.prepaid = 0;
+        // prepaid <= deposited, which fits uint128; once Closed the derived prepaid balance is 0.
+        refund = _prepaid(p);
         p.refunded = uint128(refund);
         p.status = PolicyStatus.Closed;
         emit PolicyClosed(policyId, refund);
@@ -245,107 +245,143 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
     // ---------------------------------------------------------------- settlement
 
     /// @inheritdoc IMotorInsurance
-    function settle(SignedTelematics[] calldata reports) external returns (uint256 settled) {
-        uint256 n = reports.length;
-        for (uint256 i = 0; i < n; ++i) {
-            SignedTelematics calldata rep = reports[i];
-            RejectReason reason = _settle(rep);
+    function settle(bytes calldata reports) external returns (uint256 settled) {
+        uint256 len = reports.length;
+        if (len % _PACKED_REPORT_SIZE != 0) revert MalformedBatch(len);
+        for (uint256 at = 0; at < len; at += _PACKED_REPORT_SIZE) {
+            uint256 id;
+            uint256 fields;
+            bytes32 r;
+            bytes32 vs;
+            // Item layout: policyId 32 | seq 8 | timestamp 8 | odometer 8 | harsh 4 | speeding 4 | r 32 | vs 32. The
+            // fields are at their signed widths: the second word holds exactly the five narrow fields.
+            assembly ("memory-safe") {
+                let item := add(reports.offset, at)
+                id := calldataload(item)
+                fields := calldataload(add(item, 0x20))
+                r := calldataload(add(item, 0x40))
+                vs := calldataload(add(item, 0x60))
+            }
+            RejectReason reason = _settle(id, fields, r, vs);
             if (reason == RejectReason.None) {
-                // Bounded by the array length.
+                // Bounded by the batch length.
                 unchecked {
                     ++settled;
                 }
             } else {
-                emit TelematicsRejected(rep.policyId, rep.seq, reason);
+                emit TelematicsRejected(id, uint64(fields >> 192), reason);
             }
         }
     }
 
     /// @dev Checks in the order documented on the contract; returns None after charging, or the reason nothing
-    /// changed.
-    function _settle(SignedTelematics calldata rep) private returns (RejectReason) {
-        uint256 id = rep.policyId;
+    /// changed. `fields` = seq 192..255 | timestamp 128..191 | odometer 64..127 | harsh 32..63 | speeding 0..31.
+    /// The policy's word (slot 0) is read and written whole (one SLOAD, one SSTORE); slot 2 (terms, closeAt) is
+    /// read once the report passed the word's checks, slot 1 (rate, money in) once the signature is good.
+    function _settle(uint256 id, uint256 fields, bytes32 r, bytes32 vs) private returns (RejectReason reason) {
         Record storage p = _policies[id];
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(p.slot)
+        }
         {
-            PolicyStatus status = p.status;
-            if (status == PolicyStatus.None) return RejectReason.UnknownTarget;
-            if (rep.seq <= p.lastSeq) return RejectReason.Replayed;
-            if (status != PolicyStatus.Active) {
-                return status == PolicyStatus.Lapsed ? RejectReason.Suspended : RejectReason.NotActive;
+            uint256 status = uint8(word >> 232);
+            if (status == uint256(PolicyStatus.None)) return RejectReason.UnknownTarget;
+            if (fields >> 192 <= uint64(word >> 64)) return RejectReason.Replayed;
+            if (status != uint256(PolicyStatus.Active)) {
+                return status == uint256(PolicyStatus.Lapsed) ? RejectReason.Suspended : RejectReason.NotActive;
             }
         }
-        uint64 lastOdometer = p.lastOdometer;
-        uint32 lastHarsh = p.lastHarsh;
-        uint32 lastSpeeding = p.lastSpeeding;
-        if (rep.odometer < lastOdometer || rep.harshBraking < lastHarsh || rep.speeding < lastSpeeding) {
+        if (
+            uint64(fields >> 64) < uint64(word) || uint32(fields >> 32) < uint32(word >> 168)
+                || uint32(fields) < uint32(word >> 200)
+        ) {
             return RejectReason.CounterRollback;
         }
-        {
-            RejectReason reason = _checkTimestamp(rep.timestamp, p.lastTimestamp);
-            if (reason != RejectReason.None) return reason;
-            uint64 closeAt = p.closeAt;
-            if (closeAt != 0 && rep.timestamp > closeAt) return RejectReason.AfterEnd;
-            reason =
-                _checkSigner(_structHash(rep), rep.r, rep.vs, address(uint160(id >> 96)), _VEHICLE_KIND, rep.timestamp);
-            if (reason != RejectReason.None) return reason;
+        uint64 timestamp = uint64(fields >> 128);
+        reason = _checkTimestamp(timestamp, uint40(word >> 128));
+        if (reason != RejectReason.None) return reason;
+        uint256 terms;
+        assembly ("memory-safe") {
+            terms := sload(add(p.slot, 2))
         }
+        {
+            uint256 closeAt = uint64(terms >> 176);
+            if (closeAt != 0 && timestamp > closeAt) return RejectReason.AfterEnd;
+        }
+        reason = _checkSigner(_structHash(id, fields), r, vs, address(uint160(id >> 96)), _VEHICLE_KIND, timestamp);
+        if (reason != RejectReason.None) return reason;
+        _charge(p, word, terms, id, fields);
+    }
 
-        (uint16 factorBps, uint256 amount) = _price(
-            p, lastOdometer, uint256(lastHarsh) + lastSpeeding, rep.odometer, uint256(rep.harshBraking) + rep.speeding
-        );
-
-        // All in slot 0 (one cold write, the other fields are warm). The timestamp passed the skew check: < 2^40.
-        p.lastOdometer = rep.odometer;
-        p.lastSeq = rep.seq;
-        p.lastTimestamp = uint40(rep.timestamp);
-        p.lastHarsh = rep.harshBraking;
-        p.lastSpeeding = rep.speeding;
-        p.lastFactorBps = factorBps;
-        // All three registers were checked not to go down.
+    /// @dev Price the report, write the policy's word once and emit: the checks passed.
+    function _charge(Record storage p, uint256 word, uint256 terms, uint256 id, uint256 fields) private {
+        (uint16 factorBps, uint256 owed0, uint256 owed1, uint256 deposited) = _priceReport(p, word, terms, fields);
+        bool lapses = owed1 > deposited;
+        _store(p, fields, lapses);
+        // All three registers were checked not to go down, and F only grows with them (owed1 >= owed0).
         unchecked {
             emit PremiumCharged(
                 id,
-                rep.seq,
-                rep.odometer - lastOdometer,
-                rep.harshBraking - lastHarsh,
-                rep.speeding - lastSpeeding,
+                uint64(fields >> 192),
+                uint64(fields >> 64) - uint64(word),
+                uint32(fields >> 32) - uint32(word >> 168),
+                uint32(fields) - uint32(word >> 200),
                 factorBps,
-                amount
+                owed1 - owed0
             );
+            if (lapses) emit PolicyLapsed(id, owed1 - deposited);
         }
-        if (amount != 0) _take(id, p, amount);
-        return RejectReason.None;
     }
 
-    /// @dev Take `amount` from the prepaid balance; a shortfall becomes arrears and lapses the policy.
-    function _take(uint256 id, Record storage p, uint256 amount) private {
-        uint256 prepaid = p.prepaid;
-        if (amount <= prepaid) {
-            // Checked just above.
-            unchecked {
-                p.prepaid = uint128(prepaid - amount);
-            }
-            return;
-        }
-        uint256 arrears = p.arrears + (amount - prepaid);
-        p.prepaid = 0;
-        p.arrears = arrears;
-        p.status = PolicyStatus.Lapsed;
-        emit PolicyLapsed(id, arrears);
-    }
-
-    /// @dev The charge of a report moving the registers from (odometer0, events0) to (odometer1, events1), none of
-    /// them lower (events = harsh-braking + speeding count): floor(F(totals after)) − floor(F(totals before)), with
-    /// the factor of the totals after. The starting registers are at most the last settled ones (offer sets both,
-    /// settle only raises the last), so the totals since the offer do not underflow.
-    function _price(Record storage p, uint256 odometer0, uint256 events0, uint256 odometer1, uint256 events1)
+    /// @dev {_price} of the report in `fields` against the policy's word, terms and money (slot 1, read here).
+    function _priceReport(Record storage p, uint256 word, uint256 terms, uint256 fields)
         private
         view
-        returns (uint16 factorBps, uint256 amount)
+        returns (uint16 factorBps, uint256 owed0, uint256 owed1, uint256 deposited)
     {
+        uint256 money;
+        assembly ("memory-safe") {
+            money := sload(add(p.slot, 1))
+        }
+        deposited = money >> 128;
+        (factorBps, owed0, owed1) = _price(
+            terms,
+            money,
+            uint64(word),
+            uint256(uint32(word >> 168)) + uint32(word >> 200),
+            uint64(fields >> 64),
+            uint256(uint32(fields >> 32)) + uint32(fields)
+        );
+    }
+
+    /// @dev The policy's word after a settled report, written in one SSTORE: its registers, seq and time, and the
+    /// status (Lapsed when the premiums passed the money in). The timestamp passed the skew check (< 2^40).
+    function _store(Record storage p, uint256 fields, bool lapses) private {
+        uint256 status = uint256(lapses ? PolicyStatus.Lapsed : PolicyStatus.Active);
+        uint256 word = uint256(uint64(fields >> 64)) | ((fields >> 192) << 64) | (uint256(uint64(fields >> 128)) << 128)
+            | (uint256(uint32(fields >> 32)) << 168) | (uint256(uint32(fields)) << 200) | (status << 232);
+        assembly ("memory-safe") {
+            sstore(p.slot, word)
+        }
+    }
+
+    /// @dev Pricing of a report moving the registers from (odometer0, events0) to (odometer1, events1), none of
+    /// them lower (events = harsh-braking + speeding count), from the policy's terms word (slot 2) and money word
+    /// (slot 1): the factor of the totals after and floor(F) of the totals before and after (the charge is their
+    /// difference). The starting registers are at most the last settled ones (offer sets both, settle only raises
+    /// the last), so the totals since the offer do not underflow.
+    function _price(
+        uint256 terms,
+        uint256 money,
+        uint256 odometer0,
+        uint256 events0,
+        uint256 odometer1,
+        uint256 events1
+    ) private pure returns (uint16 factorBps, uint256 owed0, uint256 owed1) {
         {
-            uint256 startOdometer = p.startOdometer;
-            uint256 startEvents = uint256(p.startHarsh) + p.startSpeeding;
+            uint256 startOdometer = uint64(terms >> 48);
+            uint256 startEvents = uint256(uint32(terms >> 112)) + uint32(terms >> 144);
             // start ≤ last ≤ new for every register (see above); callers pass the registers as read or checked.
             unchecked {
                 odometer0 -= startOdometer;
@@ -354,14 +390,45 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
                 events1 -= startEvents;
             }
         }
-        uint256 rate = p.ratePerKm;
-        uint256 minF = p.minFactorBps;
-        uint256 maxF = p.maxFactorBps;
-        uint256 step = p.stepBps;
-        // F is monotone in both totals (see _cumulativePremium), so the difference is never negative.
-        amount = _cumulativePremium(odometer1, events1, rate, minF, maxF, step)
-            - _cumulativePremium(odometer0, events0, rate, minF, maxF, step);
+        uint256 rate = uint128(money);
+        uint256 minF = uint16(terms);
+        uint256 maxF = uint16(terms >> 16);
+        uint256 step = uint16(terms >> 32);
+        owed0 = _cumulativePremium(odometer0, events0, rate, minF, maxF, step);
+        owed1 = _cumulativePremium(odometer1, events1, rate, minF, maxF, step);
         factorBps = _factorOf(odometer1, events1, minF, maxF, step);
+    }
+
+    /// @dev The words `settle` reads, for the views.
+    function _words(Record storage p) private view returns (uint256 terms, uint256 money) {
+        assembly ("memory-safe") {
+            money := sload(add(p.slot, 1))
+            terms := sload(add(p.slot, 2))
+        }
+    }
+
+    /// @dev floor(F) of the last settled totals: every premium charged on the policy so far, arrears included.
+    function _owed(Record storage p) private view returns (uint256 owed) {
+        (uint256 terms, uint256 money) = _words(p);
+        uint256 events = uint256(p.lastHarsh) + p.lastSpeeding;
+        (,, owed) = _price(terms, money, p.lastOdometer, events, p.lastOdometer, events);
+    }
+
+    /// @dev The prepaid balance: the money in that the premiums have not used, while the policy runs (an offer has
+    /// none, a closed policy refunded it).
+    function _prepaid(Record storage p) private view returns (uint256) {
+        PolicyStatus status = p.status;
+        if (status != PolicyStatus.Active && status != PolicyStatus.Lapsed) return 0;
+        uint256 owed = _owed(p);
+        uint256 deposited = p.deposited;
+        return owed < deposited ? deposited - owed : 0;
+    }
+
+    /// @dev What the premiums owe beyond the money in (recorded even after close).
+    function _arrears(Record storage p) private view returns (uint256) {
+        uint256 owed = _owed(p);
+        uint256 deposited = p.deposited;
+        return owed > deposited ? owed - deposited : 0;
     }
 
     /// @dev floor(F(metres, events)): the premium of a policy whose totals since the offer are `metres` and `events`
@@ -402,12 +469,21 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         }
     }
 
-    function _structHash(SignedTelematics calldata rep) private pure returns (bytes32) {
-        return keccak256(
-            abi.encode(
-                TELEMATICS_TYPEHASH, rep.policyId, rep.seq, rep.timestamp, rep.odometer, rep.harshBraking, rep.speeding
-            )
-        );
+    /// @dev `keccak256(abi.encode(TELEMATICS_TYPEHASH, id, seq, timestamp, odometer, harsh, speeding))` of the packed
+    /// `fields` (layout at {_settle}), in free memory without allocating it.
+    function _structHash(uint256 id, uint256 fields) private pure returns (bytes32 structHash) {
+        bytes32 typehash = TELEMATICS_TYPEHASH;
+        assembly ("memory-safe") {
+            let fmp := mload(0x40)
+            mstore(fmp, typehash)
+            mstore(add(fmp, 0x20), id)
+            mstore(add(fmp, 0x40), shr(192, fields))
+            mstore(add(fmp, 0x60), and(shr(128, fields), 0xffffffffffffffff))
+            mstore(add(fmp, 0x80), and(shr(64, fields), 0xffffffffffffffff))
+            mstore(add(fmp, 0xa0), and(shr(32, fields), 0xffffffff))
+            mstore(add(fmp, 0xc0), and(fields, 0xffffffff))
+            structHash := keccak256(fmp, 0xe0)
+        }
     }
 
     // ---------------------------------------------------------------- views
@@ -433,9 +509,13 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         policy.lastSpeeding = p.lastSpeeding;
         policy.lastSeq = p.lastSeq;
         policy.lastTimestamp = p.lastTimestamp;
-        policy.lastFactorBps = p.lastFactorBps;
-        policy.prepaid = p.prepaid;
-        policy.arrears = p.arrears;
+        {
+            (uint256 terms, uint256 money) = _words(p);
+            uint256 events = uint256(p.lastHarsh) + p.lastSpeeding;
+            (policy.lastFactorBps,,) = _price(terms, money, p.lastOdometer, events, p.lastOdometer, events);
+        }
+        policy.prepaid = _prepaid(p);
+        policy.arrears = _arrears(p);
         policy.charged = _charged(p);
         policy.withdrawn = p.withdrawn;
         policy.deposited = p.deposited;
@@ -466,14 +546,19 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
     {
         Record storage p = _existing(policyId);
         uint64 lastOdometer = p.lastOdometer;
-        uint32 lastHarsh = p.lastHarsh;
-        uint32 lastSpeeding = p.lastSpeeding;
-        if (odometer < lastOdometer || harshBraking < lastHarsh || speeding < lastSpeeding) {
+        if (odometer < lastOdometer || harshBraking < p.lastHarsh || speeding < p.lastSpeeding) {
             revert EventRejected(policyId, 0, RejectReason.CounterRollback);
         }
         metres = odometer - lastOdometer;
-        (factorBps, amount) =
-            _price(p, lastOdometer, uint256(lastHarsh) + lastSpeeding, odometer, uint256(harshBraking) + speeding);
+        (factorBps, amount) = _quote(p, odometer, uint256(harshBraking) + speeding);
+    }
+
+    /// @dev The factor and charge of a report with registers `odometer` and `events` (checked not below the last).
+    function _quote(Record storage p, uint256 odometer, uint256 events) private view returns (uint16, uint256) {
+        (uint256 terms, uint256 money) = _words(p);
+        (uint16 factorBps, uint256 owed0, uint256 owed1) =
+            _price(terms, money, p.lastOdometer, uint256(p.lastHarsh) + p.lastSpeeding, odometer, events);
+        return (factorBps, owed1 - owed0);
     }
 
     // ---------------------------------------------------------------- internals
@@ -496,7 +581,7 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
 
     /// @dev Premiums earned by the insurer: everything deposited that is neither prepaid nor refunded.
     function _charged(Record storage p) private view returns (uint256) {
-        return uint256(p.deposited) - p.prepaid - p.refunded;
+        return uint256(p.deposited) - _prepaid(p) - p.refunded;
     }
 
     function _emitOffered(uint256 policyId, Record storage p) private {

@@ -76,6 +76,7 @@ interface IMotorInsurance is IDeviceEvents, IPullPayments {
 
     /// @notice A vehicle's `Telematics(policyId, seq, timestamp, odometer, harshBraking, speeding)` with its signature
     /// in the ERC-2098 compact form (`vs` = s with the top bit set when v is 28).
+    /// {settle} takes these packed (128 bytes each); the struct is the report as signed and relayed.
     struct SignedTelematics {
         uint256 policyId;
         uint64 seq;
@@ -152,6 +153,8 @@ interface IMotorInsurance is IDeviceEvents, IPullPayments {
     );
     /// @notice The insurer has no earned premium left to withdraw on the policy.
     error NoEarnings(uint256 id);
+    /// @notice A packed {settle} batch whose length is not a multiple of 128 bytes.
+    error MalformedBatch(uint256 length);
 
     /// @notice Insurer (msg.sender) offers `holder` a pay-per-km policy for a registered, active VEHICLE whose
     /// registers read `startOdometer` metres, `startHarsh` harsh-braking and `startSpeeding` speeding events now
@@ -201,10 +204,14 @@ interface IMotorInsurance is IDeviceEvents, IPullPayments {
     /// {NoEarnings} when there are none. Emits an {EarningsWithdrawn} event.
     function withdrawEarnings(uint256 policyId) external returns (uint256 amount);
 
-    /// @notice Settle a batch of vehicle reports (permissionless); bad items are skipped with a
-    /// {TelematicsRejected} event. Emits {PremiumCharged} per settled report (and {PolicyLapsed}).
+    /// @notice Settle a batch of vehicle reports (permissionless), packed back to back, 128 bytes each: the signed
+    /// fields in signing order at their signed widths, big-endian, then the compact signature:
+    /// `policyId 32 | seq 8 | timestamp 8 | odometer 8 | harshBraking 4 | speeding 4 | r 32 | vs 32` (the fields of
+    /// {SignedTelematics}; the signed EIP-712 message is the same). Reverts with {MalformedBatch} when the length is
+    /// not a multiple of 128; bad items are skipped with a {TelematicsRejected} event. Emits {PremiumCharged} per
+    /// settled report (and {PolicyLapsed}).
     /// @return settled how many reports were settled.
-    function settle(SignedTelematics[] calldata reports) external returns (uint256 settled);
+    function settle(bytes calldata reports) external returns (uint256 settled);
 
     function policyOf(uint256 policyId) external view returns (Policy memory);
 

@@ -16,6 +16,7 @@ so a policy's premiums add up to floor(F) of its newest settled report, whicheve
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
@@ -30,6 +31,7 @@ from iotsettle.oracle.ops.token_info import TokenInfo, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in
 from iotsettle.oracle.ops.vocabulary import POLICY_STATUSES
 from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
+from iotsettle.oracle.protocol.packed import pack_item
 from iotsettle.oracle.protocol.wire import SignedEvent
 
 log = logging.getLogger(__name__)
@@ -451,6 +453,19 @@ class ReportOutcome:
     factor_bps: int = 0
 
 
+def packed_reports(events: Sequence[SignedEvent]) -> bytes:
+    """The packed batch ``settle`` takes (``iotsettle.oracle.protocol.packed``: the signed fields at their signed
+    widths, then r, vs); ProtocolError for a field beyond its signed type (the signature could not match anyway)."""
+    items = []
+    for event in events:
+        *fields, r, vs = event.contract_tuple()
+        try:
+            items.append(pack_item("telematics", [int(f) for f in fields], bytes(r), bytes(vs)))
+        except ValueError as exc:
+            raise ProtocolError(f"report seq {event.msg['seq']} cannot be settled: {exc}") from None
+    return b"".join(items)
+
+
 def settle(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[ReportOutcome]]:
     """Relay signed telematics reports in one batch; bad items are skipped on chain with a reason.
 
@@ -459,7 +474,7 @@ def settle(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[R
     for event in events:
         if event.type != "telematics":
             raise ProtocolError(f"payload seq {event.seq} is a {event.type}, not a telematics report")
-    result = _send(ctx, ctx.contract(CONTRACT).functions.settle([e.contract_tuple() for e in events]))
+    result = _send(ctx, ctx.contract(CONTRACT).functions.settle(packed_reports(events)))
     outcomes = [
         ReportOutcome(int(a["policyId"]), int(a["seq"]), True, "", int(a["amount"]), int(a["factorBps"]))
         for a in events_in(ctx, CONTRACT, result.receipt, "PremiumCharged")

@@ -46,7 +46,7 @@ contract MotorInsuranceTest is MotorFixture {
 
     function _settle(IMotorInsurance.SignedTelematics memory t) internal {
         vm.prank(relayer);
-        assertEq(motor.settle(oneReport(t)), 1, "report settles");
+        assertEq(motor.settle(packReports(oneReport(t))), 1, "report settles");
     }
 
     function _expectCharged(
@@ -67,7 +67,7 @@ contract MotorInsuranceTest is MotorFixture {
         vm.expectEmit(address(motor));
         emit IMotorInsurance.TelematicsRejected(t.policyId, t.seq, reason);
         vm.prank(relayer);
-        assertEq(motor.settle(oneReport(t)), 0, "nothing settled");
+        assertEq(motor.settle(packReports(oneReport(t))), 0, "nothing settled");
         assertEq(
             keccak256(abi.encode(before)),
             keccak256(abi.encode(motor.policyOf(t.policyId))),
@@ -529,7 +529,7 @@ contract MotorInsuranceTest is MotorFixture {
         vm.expectEmit(address(motor));
         emit IMotorInsurance.PremiumCharged(id, 3, 20_000, 0, 0, MIN, 1_600);
         vm.prank(relayer);
-        assertEq(motor.settle(batch), 2);
+        assertEq(motor.settle(packReports(batch)), 2);
         assertEq(motor.policyOf(id).charged, 2_400);
     }
 
@@ -746,7 +746,7 @@ contract MotorInsuranceTest is MotorFixture {
         vm.expectEmit(address(motor));
         emit IMotorInsurance.PremiumCharged(other, 1, 10_000, 0, 0, MIN, 800);
         vm.prank(relayer);
-        assertEq(motor.settle(batch), 2);
+        assertEq(motor.settle(packReports(batch)), 2);
         assertEq(motor.policyOf(other).prepaid, DEPOSIT - 800, "the other policy is charged as usual");
     }
 
@@ -1001,6 +1001,50 @@ contract MotorInsuranceTest is MotorFixture {
         assertEq(evil.balanceOf(address(motor)), 0);
     }
 
+    // ---------------------------------------------------------------- packed batch
+
+    /// @dev A batch cut short (not a multiple of 128 bytes) reverts whole: no item of it settles.
+    function test_Settle_MalformedBatchReverts() public {
+        bytes memory packed = packReports(oneReport(_report(1, START + 1_000, 0, 0)));
+        bytes memory cut = new bytes(packed.length - 1);
+        for (uint256 i = 0; i < cut.length; ++i) {
+            cut[i] = packed[i];
+        }
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.MalformedBatch.selector, uint256(127)));
+        motor.settle(cut);
+        assertEq(motor.settle(packReports(oneReport(_report(1, START + 1_000, 0, 0)))), 1, "the whole item settles");
+    }
+
+    /// @dev The balances are derived from the premiums owed (floor F of the last totals) and the money in: they add
+    /// up after a charge, a lapse, a partial and a full top-up.
+    function test_DerivedBalances_AddUpThroughLapseAndTopUps() public {
+        // 1,000 km clean at 0.8x, 100 per km: 80,000 of the 100,000 deposit.
+        _settle(_report(1, START + 1_000_000, 0, 0));
+        IMotorInsurance.Policy memory pol = motor.policyOf(id);
+        assertEq(pol.prepaid, 20_000);
+        assertEq(pol.charged, 80_000);
+        // 500 km more: 40,000 owed beyond the 20,000 left -> arrears 20,000, lapsed.
+        _settle(_report(2, START + 1_500_000, 0, 0));
+        pol = motor.policyOf(id);
+        assertEq(uint8(pol.status), uint8(LAPSED));
+        assertEq(pol.prepaid, 0);
+        assertEq(pol.arrears, 20_000);
+        assertEq(pol.charged + pol.prepaid + pol.refunded, pol.deposited);
+        token.mint(holder, 30_000);
+        vm.startPrank(holder);
+        token.approve(address(motor), 30_000);
+        motor.topUp(id, 5_000);
+        assertEq(uint8(motor.policyOf(id).status), uint8(LAPSED), "arrears left: still lapsed");
+        assertEq(motor.policyOf(id).arrears, 15_000);
+        motor.topUp(id, 25_000);
+        vm.stopPrank();
+        pol = motor.policyOf(id);
+        assertEq(uint8(pol.status), uint8(ACTIVE));
+        assertEq(pol.arrears, 0);
+        assertEq(pol.prepaid, 10_000);
+        assertEq(pol.charged, 120_000);
+    }
+
     // ---------------------------------------------------------------- extremes and gas
 
     /// @dev The largest registers and terms neither overflow nor revert the batch: the premium is computed in
@@ -1039,11 +1083,11 @@ contract MotorInsuranceTest is MotorFixture {
                 uint256 p = openPolicy(registerVehicle(key), RATE, MIN, MAX, STEP, START, DEPOSIT);
                 batch[i] = signTelematics(key, p, 1, uint64(block.timestamp), START + 12_345 + uint64(i), 1, 0);
             }
-            bytes memory data = abi.encodeCall(motor.settle, (batch));
+            bytes memory data = abi.encodeCall(motor.settle, (packReports(batch)));
             vm.cool(address(motor));
             vm.cool(address(registry));
             vm.prank(relayer);
-            assertEq(motor.settle(batch), n);
+            assertEq(motor.settle(packReports(batch)), n);
             uint256 txGas = 21_000 + calldataGas(data) + vm.lastCallGas().gasTotalUsed;
             emit log_named_uint(string.concat("settle: tx gas per report, batch of ", vm.toString(n)), txGas / n);
             assertLt(txGas / n, 60_000, "per-report gas stays bounded");
@@ -1071,7 +1115,7 @@ contract MotorInsuranceTest is MotorFixture {
         vm.prank(holder);
         registry.revoke(vehicle);
         vm.prank(relayer);
-        assertEq(motor.settle(oneReport(rep)), 1, "report signed before the revocation settles");
+        assertEq(motor.settle(packReports(oneReport(rep))), 1, "report signed before the revocation settles");
 
         vm.warp(uint256(closeAt) + motor.SETTLEMENT_GRACE() + 1);
         uint256 refund = motor.close(id);
@@ -1088,7 +1132,11 @@ contract MotorInsuranceTest is MotorFixture {
             signTelematics(key, id, 1, uint64(block.timestamp), 1_000_000, 0, 0);
         rotate(vehicle, deviceKey(902), holder);
         vm.warp(block.timestamp + motor.SETTLEMENT_GRACE());
-        assertEq(motor.settle(oneReport(rep)), 1, "report signed by the then-current key settles within the grace");
+        assertEq(
+            motor.settle(packReports(oneReport(rep))),
+            1,
+            "report signed by the then-current key settles within the grace"
+        );
         assertEq(motor.policyOf(id).charged, 100_000);
     }
 
@@ -1104,9 +1152,9 @@ contract MotorInsuranceTest is MotorFixture {
         rotate(vehicle, deviceKey(904), holder);
         vm.warp(block.timestamp + 1);
         IMotorInsurance.SignedTelematics memory later = signTelematics(key, id, 1, uint64(block.timestamp), 2_000, 0, 0);
-        assertEq(motor.settle(oneReport(later)), 0, "signed after the rotation");
+        assertEq(motor.settle(packReports(oneReport(later))), 0, "signed after the rotation");
         vm.warp(block.timestamp + motor.SETTLEMENT_GRACE());
-        assertEq(motor.settle(oneReport(before)), 0, "relayed after the grace");
+        assertEq(motor.settle(packReports(oneReport(before))), 0, "relayed after the grace");
         assertEq(motor.policyOf(id).charged, 0);
     }
 }

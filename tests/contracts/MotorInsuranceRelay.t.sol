@@ -30,7 +30,7 @@ contract MotorInsuranceRelayTest is MotorFixture {
 
     function _relay(IMotorInsurance.SignedTelematics memory t) internal returns (uint256 settled) {
         vm.prank(relayer);
-        settled = motor.settle(oneReport(t));
+        settled = motor.settle(packReports(oneReport(t)));
     }
 
     /// @dev Everything the reports of a policy have cost so far: what the insurer earned plus what is still owed.
@@ -119,8 +119,8 @@ contract MotorInsuranceRelayTest is MotorFixture {
             else b[i - cut] = chosen[i];
         }
         vm.startPrank(relayer);
-        motor.settle(a);
-        motor.settle(b);
+        motor.settle(packReports(a));
+        motor.settle(packReports(b));
         vm.stopPrank();
         assertEq(_premiums(id), honest, "same premium for any subset and batching");
     }
@@ -171,7 +171,7 @@ contract MotorInsuranceRelayTest is MotorFixture {
         IMotorInsurance.SignedTelematics[] memory both = new IMotorInsurance.SignedTelematics[](2);
         (both[0], both[1]) = (a, b);
         vm.prank(relayer);
-        assertEq(motor.settle(both), 2, "both reports signed by the end settle");
+        assertEq(motor.settle(packReports(both)), 2, "both reports signed by the end settle");
         vm.warp(block.timestamp + 1);
         motor.close(id);
         assertEq(token.balanceOf(holder), DEPOSIT - 30_000, "300 km x 100 charged, the rest refunded");

@@ -42,6 +42,7 @@ from iotsettle.oracle.daemon.store import (
 from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.kinds import KINDS
+from iotsettle.oracle.protocol.packed import pack_item
 from iotsettle.oracle.testing.devices import Publisher
 from iotsettle.oracle.testing.wait import wait_for
 from web3 import Web3
@@ -396,7 +397,15 @@ def test_batch_calldata_and_outcome_logs_follow_the_product_abi(test_config: Con
     if KINDS[kind].target_field == "station":  # stored as an integer, web3 wants the address text
         values = [(Web3.to_checksum_address(v[0].to_bytes(20, "big")), *v[1:]) for v in values]
     function = KINDS[kind].batch_function
-    assert "0x" + spec.calldata([spec.item(e) for e in events]).hex() == contract.encode_abi(function, args=[values])
+    # telematics reports go in the packed batch (128 bytes a report), weather observations as ABI structs
+    assert spec.packed == (kind == "telematics")
+    if spec.packed:
+        packed = b"".join(pack_item(kind, v[:-2], v[-2], v[-1]) for v in values)
+        assert len(packed) == 128 * len(events)
+        expected = contract.encode_abi(function, args=[packed])
+    else:
+        expected = contract.encode_abi(function, args=[values])
+    assert "0x" + spec.calldata([spec.item(e) for e in events]).hex() == expected
     # one settled and one rejected log as the contract emits them: topic 1 = target, data word 0 = seq
     settled, rejected = (KINDS[kind].settled_event, KINDS[kind].rejected_event)
     first, second = events[0], events[1]

@@ -8,6 +8,7 @@ import {MotorInsurance} from "../../../contracts/MotorInsurance.sol";
 import {IDeviceRegistry} from "../../../contracts/interfaces/IDeviceRegistry.sol";
 import {IMotorInsurance} from "../../../contracts/interfaces/IMotorInsurance.sol";
 import {TestToken} from "../../../contracts/test/TestToken.sol";
+import {PackedReports} from "../utils/PackedReports.sol";
 
 /// @dev Drives MotorInsurance through random telematics (replayed, rolled back, forged, in bursts of events),
 /// top-ups, premium withdrawals, closes and time jumps, keeping per-policy ghost totals of every unit that moved.
@@ -97,7 +98,7 @@ contract MotorHandler is Test {
         );
         IMotorInsurance.SignedTelematics[] memory one = new IMotorInsurance.SignedTelematics[](1);
         one[0] = t;
-        if (motor.settle(one) != 0) ++forgedSettled;
+        if (motor.settle(PackedReports.pack(one)) != 0) ++forgedSettled;
     }
 
     function _sign(uint256 key, uint256 id, uint64 seq, uint64 odometer, uint32 h, uint32 s)
@@ -113,7 +114,7 @@ contract MotorHandler is Test {
         IMotorInsurance.Policy memory before = motor.policyOf(t.policyId);
         IMotorInsurance.SignedTelematics[] memory one = new IMotorInsurance.SignedTelematics[](1);
         one[0] = t;
-        if (motor.settle(one) == 0) return;
+        if (motor.settle(PackedReports.pack(one)) == 0) return;
         IMotorInsurance.Policy memory after_ = motor.policyOf(t.policyId);
         if (++consumed[t.policyId][t.seq] > 1) ++doubleSettlement;
         if (
@@ -482,7 +483,7 @@ contract MotorRelayHandler is Test {
     }
 
     function _settle(uint256 id, IMotorInsurance.SignedTelematics[] memory batch) internal {
-        settledReports += motor.settle(batch);
+        settledReports += motor.settle(PackedReports.pack(batch));
         IMotorInsurance.Policy memory p = motor.policyOf(id);
         uint256 metres = p.lastOdometer - p.startOdometer;
         uint256 events = uint256(p.lastHarsh) + p.lastSpeeding - p.startHarsh - p.startSpeeding;

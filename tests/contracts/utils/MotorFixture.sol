@@ -5,6 +5,7 @@ import {MotorInsurance} from "../../../contracts/MotorInsurance.sol";
 import {IDeviceRegistry} from "../../../contracts/interfaces/IDeviceRegistry.sol";
 import {IMotorInsurance} from "../../../contracts/interfaces/IMotorInsurance.sol";
 import {Fixture} from "./Fixture.sol";
+import {PackedReports} from "./PackedReports.sol";
 
 /// @dev Adds MotorInsurance (deployed after the other products, as in production) and Telematics signing.
 abstract contract MotorFixture is Fixture {
@@ -39,6 +40,11 @@ abstract contract MotorFixture is Fixture {
     {
         batch = new IMotorInsurance.SignedTelematics[](1);
         batch[0] = t;
+    }
+
+    /// @dev The packed batch {MotorInsurance.settle} takes.
+    function packReports(IMotorInsurance.SignedTelematics[] memory batch) internal pure returns (bytes memory) {
+        return PackedReports.pack(batch);
     }
 
     function registerVehicle(uint256 key) internal returns (address) {
