@@ -32,7 +32,7 @@ from iotsettle.oracle.chain.node import Anvil, Mosquitto, free_port
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.config import Config, local_stack_config
 from iotsettle.oracle.device.keys import DeviceKey
-from iotsettle.oracle.device.signer import sign_registration
+from iotsettle.oracle.device.signer import sign_event, sign_registration
 from iotsettle.oracle.ops import billing, crop, escrow, motor, token
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.protocol import device_kinds, eip712, wire
@@ -151,10 +151,7 @@ class Vehicle:
             "harshBraking": self.harsh,
             "speeding": self.speeding,
         }
-        sig = eip712.sign_digest(
-            self.key, eip712.digest("Telematics", msg, eip712.Domain(self.chain_id, self.contract))
-        )
-        return wire.SignedEvent("telematics", self.chain_id, self.contract, self.address, msg, sig)
+        return sign_event(DeviceKey.from_private_key(self.key), "telematics", self.chain_id, self.contract, msg)
 
 
 @dataclass
@@ -185,10 +182,7 @@ class Station:
             "rainfall": self.rainfall,
             "maxTemperature": 24,
         }
-        sig = eip712.sign_digest(
-            self.key, eip712.digest("WeatherObservation", msg, eip712.Domain(self.chain_id, self.contract))
-        )
-        return wire.SignedEvent("weather", self.chain_id, self.contract, self.address, msg, sig)
+        return sign_event(DeviceKey.from_private_key(self.key), "weather", self.chain_id, self.contract, msg)
 
 
 @dataclass
