@@ -157,6 +157,13 @@ class OfflineBuffer:
         """Messages the broker acknowledged that still wait for the oracle's reply, oldest first."""
         return self._select("acked = 1 ORDER BY id LIMIT ?", (limit,))
 
+    def recovering(self) -> set[str]:
+        """Devices with a message published again that has no reply yet: the oracle may have missed it, so a newer
+        message of theirs must wait (the oracle takes a device's events in rising ``seq`` order only)."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT device FROM outbox WHERE acked = 1 AND attempts > 0").fetchall()
+        return {row[0] for row in rows if row[0] is not None}
+
     def due(self, now: float, max_attempts: int, limit: int = 100) -> list[BufferedMessage]:
         """Messages waiting for a reply whose time to be published again has come, oldest first."""
         return self._select("acked = 1 AND due <= ? AND attempts < ? ORDER BY id LIMIT ?", (now, max_attempts, limit))

@@ -16,7 +16,11 @@ What ends a message's stay in the buffer depends on its event kind (``iotsettle.
   everything still waiting is published again at once, oldest first and ahead of paho's own resends and of newer
   events, because a reconnect is when a broker may have lost what it acknowledged, and the oracle takes a device's
   events only in rising ``seq`` order (a lost event sent after a newer one would be refused ``replayed_seq``).
-  A message is never deleted without a reply: after its last attempt it waits for the next connect.
+  For the same reason a device whose message had to be published again (no reply in time, or a reconnect) is in
+  recovery: its newer messages of these kinds wait in the buffer until the oracle answered the older one, because
+  the copy published again may itself have reached nobody (an oracle not yet subscribed after a broker restart).
+  Other devices' messages go on meanwhile. A message is never deleted without a reply: after its last attempt it
+  waits for the next connect.
 
 paho callbacks only hand off to the pump thread (queues + event), with one exception: on connect, the messages
 waiting for a reply are published again inside the callback, since only there do they go out before paho resends
@@ -149,6 +153,10 @@ class Publisher:
         # paho mid → (buffer row id, kept until the reply, a publication again); pump thread only
         self._inflight: dict[int, tuple[int, bool, bool]] = {}
         self._last_sent_id = 0
+        # first publications held back while their device is in recovery (id → message); pump thread only
+        self._held: dict[int, BufferedMessage] = {}
+        self._recovering: set[str] = set()
+        self._recovery_changed = True  # read the devices in recovery again before the next fill
         self._published = 0
         self._acknowledged = 0
         self._connects = 0
@@ -280,6 +288,7 @@ class Publisher:
         if schedule:
             self._buffer.republished(schedule)
             self._republished += len(schedule)
+            self._recovery_changed = True
         delivered: list[int] = []
         kept: list[int] = []
         for mid in mids:
@@ -304,6 +313,7 @@ class Publisher:
                 return
             if reply.seq is None or not self._buffer.answered(ReplyKey(device, reply.seq, reply.digest or b"")):
                 continue  # a reply for an event of another kind, or for a copy already answered
+            self._recovery_changed = True
             if reply.stored:
                 self._confirmed += 1
             else:
@@ -340,14 +350,36 @@ class Publisher:
                     message.id,
                     attempts + 1,
                 )
-        self._buffer.republished(schedule)
-        self._republished += len(schedule)
+        if schedule:
+            self._buffer.republished(schedule)
+            self._republished += len(schedule)
+            self._recovery_changed = True
 
     def _fill_window(self) -> None:
         room = self._max_inflight - len(self._inflight)
         if room <= 0:
             return
+        if self._recovery_changed:
+            self._recovering = self._buffer.recovering()
+            self._recovery_changed = False
+        # held messages whose device has left recovery go first: they are older than anything not yet published
+        for message_id in sorted(self._held):
+            message = self._held[message_id]
+            if message.key is not None and message.key.device in self._recovering:
+                continue
+            if room <= 0 or not self._publish(message, again=False):
+                return
+            del self._held[message_id]
+            self._published += 1
+            room -= 1
+        if room <= 0:
+            return
+        waiting = self._recovering | {held.key.device for held in self._held.values() if held.key is not None}
         for message in self._buffer.peek(self._last_sent_id, room):
+            if message.key is not None and message.key.device in waiting:
+                self._held[message.id] = message  # behind an older message of its device
+                self._last_sent_id = message.id
+                continue
             if not self._publish(message, again=False):
                 break
             self._last_sent_id = message.id
@@ -362,7 +394,7 @@ class Publisher:
             if self._connected.is_set():
                 self._republish_due()
                 self._fill_window()
-            if not self._inflight and not self._buffer.peek(self._last_sent_id, 1):
+            if not self._inflight and not self._held and not self._buffer.peek(self._last_sent_id, 1):
                 self._idle.set()
             else:
                 self._idle.clear()

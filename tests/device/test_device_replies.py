@@ -171,3 +171,37 @@ def test_events_a_broker_lost_to_kill_9_are_published_again_on_reconnect(
     assert station_seqs == [1, 2, 3], "every observation, none refused as replayed_seq"
     assert [kind for kind, _, _ in stored(store)].count("delivery") == 1
     assert stats.refused == 0 and stats.confirmed == 4, stats
+
+
+def test_a_newer_event_waits_while_an_older_one_of_its_device_is_published_again(
+    oracle: Oracle, store: Store, broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The race of a broker restart: the copy published again on reconnect can reach no oracle (it has not
+    subscribed yet), and a newer observation sent as soon as the oracle is back would be accepted first, leaving the
+    older one refused as replayed_seq for ever (and CropInsurance takes seq = last + 1 only). Here the older one has
+    been published again to nobody; the newer one, submitted the moment the oracle is up, must wait for its reply."""
+    _, tracker, station = devices(store)
+    publisher = Publisher(
+        OfflineBuffer(tmp_path / "outbox.db"),
+        BrokerSettings(broker.host, broker.port, "gw-order", reconnect_min_delay=1, reconnect_max_delay=1),
+        reply_timeout=0.5,
+        reply_timeout_max=4.0,  # the second copy of seq 1 goes out 1 s after the first: seq 2 would overtake it
+    )
+    now = int(time.time())
+    publisher.start()
+    try:
+        assert publisher.wait_connected(10)
+        publisher.submit(station.topic, station.weather(1, 101, 2_400, timestamp=now))
+        deadline = time.monotonic() + 10
+        while publisher.stats.republished < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert publisher.stats.republished == 1, publisher.stats
+        oracle.start()
+        publisher.submit(station.topic, station.weather(2, 102, 2_400, timestamp=now + 1))
+        publisher.submit(tracker.topic, tracker.delivery(1, LOCATION))  # another device is not held back
+        assert publisher.wait_answered(20), f"still waiting for replies: {publisher.stats}"
+        stats = publisher.stats
+    finally:
+        publisher.stop()
+    assert [seq for kind, _, seq in stored(store) if kind == "weather"] == [1, 2], "none refused as replayed_seq"
+    assert stats.refused == 0 and stats.confirmed == 3, stats
