@@ -29,9 +29,7 @@ contract CropInsuranceTest is CropFixture {
         emit ICropInsurance.ObservationRejected(o.station, o.seq, reason);
         vm.prank(relayer);
         assertEq(crop.record(one(o)), 0, "nothing recorded");
-        assertEq(
-            keccak256(abi.encode(before)), keccak256(abi.encode(crop.stationState(o.station))), "state unchanged"
-        );
+        assertEq(keccak256(abi.encode(before)), keccak256(abi.encode(crop.stationState(o.station))), "state unchanged");
         // The station's next observation takes the seq this one did not use (gapless numbering).
         if (reason != IDeviceEvents.RejectReason.Replayed && o.seq == nextSeq[o.station]) --nextSeq[o.station];
     }
@@ -94,9 +92,7 @@ contract CropInsuranceTest is CropFixture {
         assertEq(p.locked, 60_000);
         uint256 free = p.assets - p.locked;
 
-        vm.expectRevert(
-            abi.encodeWithSelector(ICropInsurance.InsufficientFreeAssets.selector, pool, free, free + 1)
-        );
+        vm.expectRevert(abi.encodeWithSelector(ICropInsurance.InsufficientFreeAssets.selector, pool, free, free + 1));
         vm.prank(insurer);
         crop.withdrawFromPool(pool, free + 1);
 
@@ -516,6 +512,60 @@ contract CropInsuranceTest is CropFixture {
         assertEq(crop.stationState(stations[0]).lastRainfall, 9_000);
     }
 
+    /// @dev In the steady state a season's last observation in the window lives only in the station's word: the
+    /// figures must still be the ones of every observation applied in turn, through overlapping windows, the end
+    /// of one of them, and a finalization while a station has not reported past the end.
+    function test_Record_SeasonFiguresFollowTheStationOnTheQuietPath() public {
+        uint256 a = newSeason(pool, rainTerms(3, 2));
+        ICropInsurance.SeasonTerms memory tb = rainTerms(3, 2);
+        tb.start = seasonStart + 10 days;
+        tb.end = seasonEnd + 10 days;
+        uint256 b = newSeason(pool, tb);
+
+        recordAt(0, seasonStart, 100, 0);
+        recordAt(1, seasonStart, 1_000, 0);
+        recordAt(0, seasonStart + 1 days, 200, 0);
+        recordAt(1, seasonStart + 1 days, 1_100, 0);
+        _expectFigures(a, 0, seasonStart, 100, seasonStart + 1 days, 200);
+        assertEq(crop.stationSeason(b, stations[0]).firstTimestamp, 0, "b not started");
+
+        recordAt(0, tb.start, 300, 0);
+        recordAt(0, seasonEnd, 400, 0);
+        _expectFigures(a, 0, seasonStart, 100, seasonEnd, 400);
+        _expectFigures(b, 0, tb.start, 300, seasonEnd, 400);
+
+        recordAt(0, seasonEnd + 1, 500, 0); // past a's end: a keeps 400
+        recordAt(0, seasonEnd + 2 days, 600, 0);
+        _expectFigures(a, 0, seasonStart, 100, seasonEnd, 400);
+        _expectFigures(b, 0, tb.start, 300, seasonEnd + 2 days, 600);
+
+        _finalize(a);
+        (ICropInsurance.Verdict v, int256 measured) = crop.verdictOf(a, stations[0]);
+        assertEq(uint8(v), uint8(ICropInsurance.Verdict.Trigger));
+        assertEq(measured, 300);
+        // Station 1 never reported past a's end; after the finalization its later observations inside a's window
+        // are not a's any more.
+        _expectFigures(a, 1, seasonStart, 1_000, seasonStart + 1 days, 1_100);
+        assertEq(crop.record(one(obs(1, seasonEnd, 5_000, 0))), 1);
+        _expectFigures(a, 1, seasonStart, 1_000, seasonStart + 1 days, 1_100);
+        _expectFigures(b, 1, seasonEnd, 5_000, seasonEnd, 5_000);
+    }
+
+    function _expectFigures(
+        uint256 seasonId,
+        uint256 i,
+        uint64 firstTs,
+        uint64 firstRain,
+        uint64 lastTs,
+        uint64 lastRain
+    ) internal view {
+        ICropInsurance.StationSeason memory ss = crop.stationSeason(seasonId, stations[i]);
+        assertEq(ss.firstTimestamp, firstTs, "first timestamp");
+        assertEq(ss.firstRainfall, firstRain, "first rainfall");
+        assertEq(ss.lastTimestamp, lastTs, "last timestamp");
+        assertEq(ss.lastRainfall, lastRain, "last rainfall");
+    }
+
     function test_Record_OneObservationServesEveryOpenSeason() public {
         uint256 a = newSeason(pool, rainTerms(3, 2));
         uint256 b = newSeason(pool, heatTerms(4, 3, 3_000, 1));
@@ -561,7 +611,9 @@ contract CropInsuranceTest is CropFixture {
         ICropInsurance.SignedObservation memory o = obs(0, uint64(block.timestamp), 10, 0);
         crop.record(one(o));
         _rejected(o, IDeviceEvents.RejectReason.Replayed);
-        _rejected(signObs(stationKeys[0], stations[0], 0, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.Replayed);
+        _rejected(
+            signObs(stationKeys[0], stations[0], 0, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.Replayed
+        );
     }
 
     /// @dev Gapless numbering: a seq above last + 1 waits for the missing one; at or below the last is a replay
@@ -613,11 +665,14 @@ contract CropInsuranceTest is CropFixture {
     function test_Reject_SignedByAnotherStationOrKind() public {
         // station 1's key signs an observation claiming to be station 0
         _rejected(
-            signObs(stationKeys[1], stations[0], 1, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.WrongDevice
+            signObs(stationKeys[1], stations[0], 1, uint64(block.timestamp), 10, 0),
+            IDeviceEvents.RejectReason.WrongDevice
         );
         uint256 meterKey = deviceKey(700);
         address meter = registerDevice(meterKey, IDeviceRegistry.DeviceKind.Meter, owner);
-        _rejected(signObs(meterKey, meter, 1, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.WrongDeviceKind);
+        _rejected(
+            signObs(meterKey, meter, 1, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.WrongDeviceKind
+        );
     }
 
     function test_Reject_RotatedKeyRevokedStationAndOtherChain() public {
