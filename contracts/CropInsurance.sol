@@ -281,14 +281,39 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
 
     // ---------------------------------------------------------------- observations
 
+    /// @notice Bytes per observation in {record}'s packed batch.
+    uint256 public constant PACKED_OBSERVATION_SIZE = 112;
+
     /// @inheritdoc ICropInsurance
-    function record(SignedObservation[] calldata obs) external returns (uint256 recorded) {
-        uint256 n = obs.length;
-        for (uint256 i = 0; i < n; ++i) {
-            SignedObservation calldata o = obs[i];
+    function record(bytes calldata observations) external returns (uint256 recorded) {
+        uint256 len = observations.length;
+        if (len % PACKED_OBSERVATION_SIZE != 0) revert MalformedBatch(len);
+        // One buffer for every item: {_record} keeps nothing of it.
+        SignedObservation memory o;
+        for (uint256 p = 0; p < len; p += PACKED_OBSERVATION_SIZE) {
+            uint256 head;
+            uint256 body;
+            bytes32 r;
+            bytes32 vs;
+            // Item layout (112 bytes): station 20 | seq 8 | timestamp 8 | rainfall 8 | maxTemperature 4 | r 32 |
+            // vs 32. Every field has the width of its signed type, so no range check is needed.
+            assembly ("memory-safe") {
+                let at := add(observations.offset, p)
+                head := calldataload(at)
+                body := calldataload(add(at, 28))
+                r := calldataload(add(at, 48))
+                vs := calldataload(add(at, 80))
+            }
+            o.station = address(uint160(head >> 96));
+            o.seq = uint64(head >> 32);
+            o.timestamp = uint64(body >> 192);
+            o.rainfall = uint64(body >> 128);
+            o.maxTemperature = int32(uint32(body >> 96));
+            o.r = r;
+            o.vs = vs;
             RejectReason reason = _record(o);
             if (reason == RejectReason.None) {
-                // Bounded by the array length.
+                // Bounded by the batch length.
                 unchecked {
                     ++recorded;
                 }
@@ -300,7 +325,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
 
     /// @dev Checks in order of cost, then moves the station's state and applies the observation to the station's
     /// open seasons. Returns None, or the reason nothing changed.
-    function _record(SignedObservation calldata o) private returns (RejectReason) {
+    function _record(SignedObservation memory o) private returns (RejectReason) {
         address station = o.station;
         StationWord memory s = _stations[station];
         if (o.seq <= s.lastSeq) return RejectReason.Replayed;
@@ -332,7 +357,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
 
     /// @dev The full path: apply the observation to each of the station's open seasons and return the new
     /// `quietUntil` (see {StationWord}). `prev` is the station's state before the observation.
-    function _applyToSeasons(address station, StationWord memory prev, SignedObservation calldata o)
+    function _applyToSeasons(address station, StationWord memory prev, SignedObservation memory o)
         private
         returns (uint64 quietUntil)
     {
@@ -349,7 +374,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
     /// the season's last observation in the window when this one is the first past its end, and return the time up
     /// to which the station's next observations can skip this season. Timestamps of a station never go back, so
     /// "first" is set once and a hot day is counted once.
-    function _apply(uint256 seasonId, address station, StationWord memory prev, SignedObservation calldata o)
+    function _apply(uint256 seasonId, address station, StationWord memory prev, SignedObservation memory o)
         private
         returns (uint64)
     {

@@ -6,6 +6,7 @@ import {console} from "forge-std/console.sol";
 import {ICropInsurance} from "../../contracts/interfaces/ICropInsurance.sol";
 import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
 import {CropFixture} from "./utils/CropFixture.sol";
+import {PackedObservations} from "./utils/PackedObservations.sol";
 
 /// @dev Gas per weather observation as a relayer pays it (21,000 + calldata + execution) in the steady state the
 /// product runs in: 100 stations, each serving one open season and already observed once inside its window, relay
@@ -49,11 +50,11 @@ contract CropInsuranceGasTest is CropFixture {
     }
 
     function _calldata(ICropInsurance.SignedObservation[] memory b) internal view returns (bytes memory) {
-        return abi.encodeCall(crop.record, (b));
+        return abi.encodeCall(crop.record, (PackedObservations.pack(b)));
     }
 
     function _record(ICropInsurance.SignedObservation[] memory b) internal returns (uint256) {
-        return crop.record(b);
+        return crop.record(PackedObservations.pack(b));
     }
 
     function test_GasPerObservation_SteadyState_Batch100() public {
