@@ -327,32 +327,76 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
     /// open seasons. Returns None, or the reason nothing changed.
     function _record(SignedObservation memory o) private returns (RejectReason) {
         address station = o.station;
-        StationWord memory s = _stations[station];
-        if (o.seq <= s.lastSeq) return RejectReason.Replayed;
-        // o.seq > lastSeq, so lastSeq < 2^64 − 1 and lastSeq + 1 cannot overflow.
-        unchecked {
-            if (o.seq != s.lastSeq + 1) return RejectReason.SequenceGap;
-        }
+        uint64 seq = o.seq;
         uint64 ts = o.timestamp;
-        RejectReason reason = _checkTimestamp(ts, s.lastTimestamp);
+        uint64 rainfall = o.rainfall;
+        // The station's {StationWord} read as one word (one SLOAD). Layout, low bits first, as Solidity packs it:
+        // lastSeq 0..63 | lastTimestamp 64..127 | lastRainfall 128..191 | quietUntil 192..255.
+        StationWord storage slot = _stations[station];
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(slot.slot)
+        }
+        uint64 lastSeq = uint64(word);
+        if (seq <= lastSeq) return RejectReason.Replayed;
+        // seq > lastSeq, so lastSeq < 2^64 − 1 and lastSeq + 1 cannot overflow.
+        unchecked {
+            if (seq != lastSeq + 1) return RejectReason.SequenceGap;
+        }
+        RejectReason reason = _checkTimestamp(ts, uint64(word >> 64));
         if (reason != RejectReason.None) return reason;
-        if (o.rainfall < s.lastRainfall) return RejectReason.CounterRollback;
-        reason = _checkSigner(
-            keccak256(abi.encode(OBSERVATION_TYPEHASH, station, o.seq, ts, o.rainfall, o.maxTemperature)),
-            o.r,
-            o.vs,
-            station,
-            _WEATHER_KINDS,
-            ts
-        );
+        if (rainfall < uint64(word >> 128)) return RejectReason.CounterRollback;
+        reason = _checkSigner(_structHash(o), o.r, o.vs, station, _WEATHER_KINDS, ts);
         if (reason != RejectReason.None) return reason;
 
-        uint64 quietUntil = s.quietUntil;
-        if (ts > quietUntil) quietUntil = _applyToSeasons(station, s, o);
-        _stations[station] =
-            StationWord({lastSeq: o.seq, lastTimestamp: ts, lastRainfall: o.rainfall, quietUntil: quietUntil});
-        emit ObservationRecorded(station, o.seq, ts, o.rainfall, o.maxTemperature);
+        uint256 quietUntil = word >> 192;
+        if (ts > quietUntil) {
+            quietUntil = _applyToSeasons(
+                station,
+                StationWord({
+                    lastSeq: lastSeq,
+                    lastTimestamp: uint64(word >> 64),
+                    lastRainfall: uint64(word >> 128),
+                    quietUntil: uint64(quietUntil)
+                }),
+                o
+            );
+        }
+        int256 maxTemperature = o.maxTemperature;
+        bytes32 topic = ObservationRecorded.selector;
+        assembly ("memory-safe") {
+            sstore(slot.slot, or(or(seq, shl(64, ts)), or(shl(128, rainfall), shl(192, quietUntil))))
+            // ObservationRecorded(station, seq, ts, rainfall, maxTemperature), its data written to free memory
+            // (not allocated: logged at once).
+            let fmp := mload(0x40)
+            mstore(fmp, seq)
+            mstore(add(fmp, 0x20), ts)
+            mstore(add(fmp, 0x40), rainfall)
+            mstore(add(fmp, 0x60), maxTemperature)
+            log2(fmp, 0x80, topic, station)
+        }
         return RejectReason.None;
+    }
+
+    /// @dev keccak256(abi.encode(OBSERVATION_TYPEHASH, station, seq, timestamp, rainfall, maxTemperature)), built
+    /// in free memory (not allocated: hashed at once) instead of a new allocation per observation.
+    function _structHash(SignedObservation memory o) private pure returns (bytes32 h) {
+        bytes32 typehash = OBSERVATION_TYPEHASH;
+        address station = o.station;
+        uint64 seq = o.seq;
+        uint64 ts = o.timestamp;
+        uint64 rainfall = o.rainfall;
+        int256 maxTemperature = o.maxTemperature;
+        assembly ("memory-safe") {
+            let fmp := mload(0x40)
+            mstore(fmp, typehash)
+            mstore(add(fmp, 0x20), station)
+            mstore(add(fmp, 0x40), seq)
+            mstore(add(fmp, 0x60), ts)
+            mstore(add(fmp, 0x80), rainfall)
+            mstore(add(fmp, 0xa0), maxTemperature)
+            h := keccak256(fmp, 0xc0)
+        }
     }
 
     /// @dev The full path: apply the observation to each of the station's open seasons and return the new
