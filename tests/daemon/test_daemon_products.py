@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_abi.packed import encode_packed
 from eth_account import Account
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.chain.compiler import ensure_compiled
@@ -39,6 +40,7 @@ from iotsettle.oracle.daemon.store import (
     StoredEvent,
     extra_fields,
 )
+from iotsettle.oracle.ops.crop import packed_observations
 from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.kinds import KINDS
@@ -396,7 +398,11 @@ def test_batch_calldata_and_outcome_logs_follow_the_product_abi(test_config: Con
     if KINDS[kind].target_field == "station":  # stored as an integer, web3 wants the address text
         values = [(Web3.to_checksum_address(v[0].to_bytes(20, "big")), *v[1:]) for v in values]
     function = KINDS[kind].batch_function
-    assert "0x" + spec.calldata([spec.item(e) for e in events]).hex() == contract.encode_abi(function, args=[values])
+    args: list[Any] = [values]
+    if kind == "weather":  # record takes the observations packed back to back (ICropInsurance.record)
+        assert spec.packed
+        args = [b"".join(encode_packed(list(spec.item_types), v) for v in values)]
+    assert "0x" + spec.calldata([spec.item(e) for e in events]).hex() == contract.encode_abi(function, args=args)
     # one settled and one rejected log as the contract emits them: topic 1 = target, data word 0 = seq
     settled, rejected = (KINDS[kind].settled_event, KINDS[kind].rejected_event)
     first, second = events[0], events[1]
@@ -646,7 +652,7 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
         time.sleep(1.5)
         assert crop.functions.stationState(gapped.address).call()[0] == 3, "seq 5 waits for seq 4"
         missing = wire.decode(gapped.weather(4, 600, 1_800, timestamp=now + 40))
-        tx(holder, crop.functions.record([missing.contract_tuple()]))
+        tx(holder, crop.functions.record(packed_observations([missing])))
         wait_for(
             lambda: crop.functions.stationState(gapped.address).call()[0] == 5,
             20,
