@@ -93,6 +93,20 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
         uint64 lastRainfall;
     }
 
+    /// @dev Everything {record} touches for a station in the steady state, in one slot: its last accepted
+    /// observation and `quietUntil`, the time up to which an observation changes nothing in any of its seasons but
+    /// what this slot already says. Below it, each of the station's open seasons either has not started, or has its
+    /// first observation recorded and its window still open with a rain index: the season's last observation in the
+    /// window is then the station's last one (read lazily, {_stationSeason}), so nothing of the season is read or
+    /// written. An observation past `quietUntil` takes the full path over the station's seasons (first observation,
+    /// crossing the end, hot days) and sets `quietUntil` again; {createSeason} lowers it to the new start − 1.
+    struct StationWord {
+        uint64 lastSeq;
+        uint64 lastTimestamp;
+        uint64 lastRainfall;
+        uint64 quietUntil;
+    }
+
     /// @dev The hot-day part of {StationSeason}: written only when a new hot day is counted.
     struct HotDays {
         uint32 count;
@@ -106,7 +120,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
     mapping(uint256 seasonId => uint256) private _coverSold;
     mapping(uint256 seasonId => uint256[]) private _policies;
     mapping(uint256 policyId => Cover) private _covers;
-    mapping(address station => StationState) private _stations;
+    mapping(address station => StationWord) private _stations;
     mapping(address station => uint256[]) private _stationSeasonIds;
     mapping(uint256 seasonId => mapping(address station => RainWindow)) private _rainWindows;
     mapping(uint256 seasonId => mapping(address station => HotDays)) private _hotDays;
@@ -171,12 +185,17 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
         t.region = terms.region;
         t.stations = terms.stations;
         _seasons[seasonId].poolId = uint64(poolId);
-        _windows[seasonId] = Window({start: terms.start, end: terms.end, threshold: terms.threshold, index: terms.index});
+        _windows[seasonId] =
+            Window({start: terms.start, end: terms.end, threshold: terms.threshold, index: terms.index});
         uint256 n = terms.stations.length;
         for (uint256 i = 0; i < n; ++i) {
             address station = terms.stations[i];
             if (_stationSeasonIds[station].length >= MAX_SEASONS_PER_STATION) revert StationBusy(station);
             _stationSeasonIds[station].push(seasonId);
+            // The station's next observation at or after the start takes the full path (its first in the window).
+            // _checkTerms: start > lastTimestamp >= 0.
+            StationWord storage word = _stations[station];
+            if (word.quietUntil >= terms.start) word.quietUntil = terms.start - 1;
         }
         emit SeasonCreated(seasonId, poolId, terms);
     }
@@ -262,14 +281,39 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
 
     // ---------------------------------------------------------------- observations
 
+    /// @notice Bytes per observation in {record}'s packed batch.
+    uint256 public constant PACKED_OBSERVATION_SIZE = 112;
+
     /// @inheritdoc ICropInsurance
-    function record(SignedObservation[] calldata obs) external returns (uint256 recorded) {
-        uint256 n = obs.length;
-        for (uint256 i = 0; i < n; ++i) {
-            SignedObservation calldata o = obs[i];
+    function record(bytes calldata observations) external returns (uint256 recorded) {
+        uint256 len = observations.length;
+        if (len % PACKED_OBSERVATION_SIZE != 0) revert MalformedBatch(len);
+        // One buffer for every item: {_record} keeps nothing of it.
+        SignedObservation memory o;
+        for (uint256 p = 0; p < len; p += PACKED_OBSERVATION_SIZE) {
+            uint256 head;
+            uint256 body;
+            bytes32 r;
+            bytes32 vs;
+            // Item layout (112 bytes): station 20 | seq 8 | timestamp 8 | rainfall 8 | maxTemperature 4 | r 32 |
+            // vs 32. Every field has the width of its signed type, so no range check is needed.
+            assembly ("memory-safe") {
+                let at := add(observations.offset, p)
+                head := calldataload(at)
+                body := calldataload(add(at, 28))
+                r := calldataload(add(at, 48))
+                vs := calldataload(add(at, 80))
+            }
+            o.station = address(uint160(head >> 96));
+            o.seq = uint64(head >> 32);
+            o.timestamp = uint64(body >> 192);
+            o.rainfall = uint64(body >> 128);
+            o.maxTemperature = int32(uint32(body >> 96));
+            o.r = r;
+            o.vs = vs;
             RejectReason reason = _record(o);
             if (reason == RejectReason.None) {
-                // Bounded by the array length.
+                // Bounded by the batch length.
                 unchecked {
                     ++recorded;
                 }
@@ -281,43 +325,117 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
 
     /// @dev Checks in order of cost, then moves the station's state and applies the observation to the station's
     /// open seasons. Returns None, or the reason nothing changed.
-    function _record(SignedObservation calldata o) private returns (RejectReason) {
+    function _record(SignedObservation memory o) private returns (RejectReason) {
         address station = o.station;
-        StationState memory s = _stations[station];
-        if (o.seq <= s.lastSeq) return RejectReason.Replayed;
-        // o.seq > lastSeq, so lastSeq < 2^64 − 1 and lastSeq + 1 cannot overflow.
-        unchecked {
-            if (o.seq != s.lastSeq + 1) return RejectReason.SequenceGap;
+        uint64 seq = o.seq;
+        uint64 ts = o.timestamp;
+        uint64 rainfall = o.rainfall;
+        // The station's {StationWord} read as one word (one SLOAD). Layout, low bits first, as Solidity packs it:
+        // lastSeq 0..63 | lastTimestamp 64..127 | lastRainfall 128..191 | quietUntil 192..255.
+        StationWord storage slot = _stations[station];
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(slot.slot)
         }
-        RejectReason reason = _checkTimestamp(o.timestamp, s.lastTimestamp);
+        uint64 lastSeq = uint64(word);
+        if (seq <= lastSeq) return RejectReason.Replayed;
+        // seq > lastSeq, so lastSeq < 2^64 − 1 and lastSeq + 1 cannot overflow.
+        unchecked {
+            if (seq != lastSeq + 1) return RejectReason.SequenceGap;
+        }
+        RejectReason reason = _checkTimestamp(ts, uint64(word >> 64));
         if (reason != RejectReason.None) return reason;
-        if (o.rainfall < s.lastRainfall) return RejectReason.CounterRollback;
-        reason = _checkSigner(
-            keccak256(abi.encode(OBSERVATION_TYPEHASH, station, o.seq, o.timestamp, o.rainfall, o.maxTemperature)),
-            o.r,
-            o.vs,
-            station,
-            _WEATHER_KINDS,
-            o.timestamp
-        );
+        if (rainfall < uint64(word >> 128)) return RejectReason.CounterRollback;
+        reason = _checkSigner(_structHash(o), o.r, o.vs, station, _WEATHER_KINDS, ts);
         if (reason != RejectReason.None) return reason;
 
-        _stations[station] = StationState({lastSeq: o.seq, lastTimestamp: o.timestamp, lastRainfall: o.rainfall});
-        emit ObservationRecorded(station, o.seq, o.timestamp, o.rainfall, o.maxTemperature);
-        uint256[] storage ids = _stationSeasonIds[station];
-        uint256 m = ids.length;
-        for (uint256 i = 0; i < m; ++i) {
-            _apply(ids[i], station, o);
+        uint256 quietUntil = word >> 192;
+        if (ts > quietUntil) {
+            quietUntil = _applyToSeasons(
+                station,
+                StationWord({
+                    lastSeq: lastSeq,
+                    lastTimestamp: uint64(word >> 64),
+                    lastRainfall: uint64(word >> 128),
+                    quietUntil: uint64(quietUntil)
+                }),
+                o
+            );
+        }
+        int256 maxTemperature = o.maxTemperature;
+        bytes32 topic = ObservationRecorded.selector;
+        assembly ("memory-safe") {
+            sstore(slot.slot, or(or(seq, shl(64, ts)), or(shl(128, rainfall), shl(192, quietUntil))))
+            // ObservationRecorded(station, seq, ts, rainfall, maxTemperature), its data written to free memory
+            // (not allocated: logged at once).
+            let fmp := mload(0x40)
+            mstore(fmp, seq)
+            mstore(add(fmp, 0x20), ts)
+            mstore(add(fmp, 0x40), rainfall)
+            mstore(add(fmp, 0x60), maxTemperature)
+            log2(fmp, 0x80, topic, station)
         }
         return RejectReason.None;
     }
 
-    /// @dev Accumulate one accepted observation into (season, station) if the season's window holds it.
-    /// Timestamps of a station never go back, so "first" is set once and a hot day is counted once.
-    function _apply(uint256 seasonId, address station, SignedObservation calldata o) private {
+    /// @dev keccak256(abi.encode(OBSERVATION_TYPEHASH, station, seq, timestamp, rainfall, maxTemperature)), built
+    /// in free memory (not allocated: hashed at once) instead of a new allocation per observation.
+    function _structHash(SignedObservation memory o) private pure returns (bytes32 h) {
+        bytes32 typehash = OBSERVATION_TYPEHASH;
+        address station = o.station;
+        uint64 seq = o.seq;
+        uint64 ts = o.timestamp;
+        uint64 rainfall = o.rainfall;
+        int256 maxTemperature = o.maxTemperature;
+        assembly ("memory-safe") {
+            let fmp := mload(0x40)
+            mstore(fmp, typehash)
+            mstore(add(fmp, 0x20), station)
+            mstore(add(fmp, 0x40), seq)
+            mstore(add(fmp, 0x60), ts)
+            mstore(add(fmp, 0x80), rainfall)
+            mstore(add(fmp, 0xa0), maxTemperature)
+            h := keccak256(fmp, 0xc0)
+        }
+    }
+
+    /// @dev The full path: apply the observation to each of the station's open seasons and return the new
+    /// `quietUntil` (see {StationWord}). `prev` is the station's state before the observation.
+    function _applyToSeasons(address station, StationWord memory prev, SignedObservation memory o)
+        private
+        returns (uint64 quietUntil)
+    {
+        quietUntil = type(uint64).max;
+        uint256[] storage ids = _stationSeasonIds[station];
+        uint256 m = ids.length;
+        for (uint256 i = 0; i < m; ++i) {
+            uint64 bound = _apply(ids[i], station, prev, o);
+            if (bound < quietUntil) quietUntil = bound;
+        }
+    }
+
+    /// @dev Accumulate one accepted observation into (season, station) if the season's window holds it, write back
+    /// the season's last observation in the window when this one is the first past its end, and return the time up
+    /// to which the station's next observations can skip this season. Timestamps of a station never go back, so
+    /// "first" is set once and a hot day is counted once.
+    function _apply(uint256 seasonId, address station, StationWord memory prev, SignedObservation memory o)
+        private
+        returns (uint64)
+    {
         Window memory w = _windows[seasonId];
         uint64 ts = o.timestamp;
-        if (ts < w.start || ts > w.end) return;
+        // start > 0 (_checkTerms).
+        if (ts < w.start) return w.start - 1;
+        if (ts > w.end) {
+            // The last observation in the window was the station's previous one, kept only in the station's word
+            // until now: store it with the season.
+            RainWindow storage past = _rainWindows[seasonId][station];
+            if (past.firstTimestamp != 0 && prev.lastTimestamp <= w.end && past.lastTimestamp != prev.lastTimestamp) {
+                past.lastTimestamp = prev.lastTimestamp;
+                past.lastRainfall = prev.lastRainfall;
+            }
+            return type(uint64).max;
+        }
         RainWindow memory rw = _rainWindows[seasonId][station];
         if (rw.firstTimestamp == 0) {
             rw.firstTimestamp = ts;
@@ -326,19 +444,24 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
         rw.lastTimestamp = ts;
         rw.lastRainfall = o.rainfall;
         _rainWindows[seasonId][station] = rw;
-        if (w.index == Index.HotDaysAbove && o.maxTemperature >= w.threshold) {
-            HotDays storage hot = _hotDays[seasonId][station];
-            // ts < 2^64, so ts / 1 day + 1 cannot overflow.
-            uint64 dayPlusOne;
-            unchecked {
-                dayPlusOne = ts / _DAY + 1;
+        if (w.index == Index.HotDaysAbove) {
+            if (o.maxTemperature >= w.threshold) {
+                HotDays storage hot = _hotDays[seasonId][station];
+                // ts < 2^64, so ts / 1 day + 1 cannot overflow.
+                uint64 dayPlusOne;
+                unchecked {
+                    dayPlusOne = ts / _DAY + 1;
+                }
+                if (hot.lastDayPlusOne != dayPlusOne) {
+                    // At most one per day of a season of at most MAX_SEASON_LENGTH: cannot overflow.
+                    hot.count += 1;
+                    hot.lastDayPlusOne = dayPlusOne;
+                }
             }
-            if (hot.lastDayPlusOne != dayPlusOne) {
-                // At most one per day of a season of at most MAX_SEASON_LENGTH: cannot overflow.
-                hot.count += 1;
-                hot.lastDayPlusOne = dayPlusOne;
-            }
+            // Every observation of a hot-day window is looked at (ts >= start > 0).
+            return 0;
         }
+        return w.end;
     }
 
     /// @inheritdoc ICropInsurance
@@ -484,7 +607,8 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
 
     /// @inheritdoc ICropInsurance
     function stationState(address station) external view returns (StationState memory) {
-        return _stations[station];
+        StationWord memory word = _stations[station];
+        return StationState({lastSeq: word.lastSeq, lastTimestamp: word.lastTimestamp, lastRainfall: word.lastRainfall});
     }
 
     /// @inheritdoc ICropInsurance
@@ -526,18 +650,15 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
     // ---------------------------------------------------------------- internals
 
     /// @dev The station verdict rule (see the contract notice). Sums in uint256: no overflow for any uint64 input.
-    function _verdict(SeasonTerms storage t, uint256 seasonId, address station)
-        private
-        view
-        returns (Verdict, int256)
-    {
+    function _verdict(SeasonTerms storage t, uint256 seasonId, address station) private view returns (Verdict, int256) {
         StationSeason memory ss = _stationSeason(seasonId, station);
         uint256 slack = t.coverageSlack;
         // The station must also be known to have reported after the end: with gapless seqs and non-decreasing
         // timestamps the contract then holds every observation of its window, so no withheld one can change it.
         if (
-            _released[seasonId][station] || ss.firstTimestamp == 0 || uint256(ss.firstTimestamp) > uint256(t.start) + slack
-                || uint256(ss.lastTimestamp) + slack < t.end || _stations[station].lastTimestamp <= t.end
+            _released[seasonId][station] || ss.firstTimestamp == 0
+                || uint256(ss.firstTimestamp) > uint256(t.start) + slack || uint256(ss.lastTimestamp) + slack < t.end
+                || _stations[station].lastTimestamp <= t.end
         ) return (Verdict.Abstain, 0);
         if (t.index == Index.RainfallBelow) {
             // The register never goes back, so last >= first.
@@ -550,6 +671,16 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
     function _stationSeason(uint256 seasonId, address station) private view returns (StationSeason memory) {
         RainWindow memory rw = _rainWindows[seasonId][station];
         HotDays memory hot = _hotDays[seasonId][station];
+        // While the station serves the season (neither finalized nor released) and has not reported past its end,
+        // the season's last observation in the window is the station's last one ({StationWord}).
+        StationWord memory word = _stations[station];
+        if (
+            rw.firstTimestamp != 0 && word.lastTimestamp <= _windows[seasonId].end && !_seasons[seasonId].finalized
+                && !_released[seasonId][station]
+        ) {
+            rw.lastTimestamp = word.lastTimestamp;
+            rw.lastRainfall = word.lastRainfall;
+        }
         return StationSeason({
             firstTimestamp: rw.firstTimestamp,
             firstRainfall: rw.firstRainfall,
@@ -568,6 +699,13 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
             if (ids[i] == seasonId) {
                 ids[i] = ids[m - 1];
                 ids.pop();
+                // The season's last observation in the window may still live only in the station's word.
+                RainWindow storage rw = _rainWindows[seasonId][station];
+                StationWord memory word = _stations[station];
+                if (rw.firstTimestamp != 0 && word.lastTimestamp <= _windows[seasonId].end) {
+                    rw.lastTimestamp = word.lastTimestamp;
+                    rw.lastRainfall = word.lastRainfall;
+                }
                 return true;
             }
         }

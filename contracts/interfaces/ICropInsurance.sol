@@ -203,6 +203,8 @@ interface ICropInsurance is IDeviceEvents, IPullPayments {
     /// @notice A station can be released from a season only before its saleEnd: after it, buyers have relied on the
     /// station set.
     error ReleaseClosed(uint256 seasonId, uint64 saleEnd);
+    /// @notice A packed {record} batch whose length is not a multiple of the 112-byte observation.
+    error MalformedBatch(uint256 length);
 
     // ---------------------------------------------------------------- pools
 
@@ -236,7 +238,11 @@ interface ICropInsurance is IDeviceEvents, IPullPayments {
     /// first; this one can be relayed again). Each accepted one moves its station's state and is applied to every
     /// unfinalized season of the station whose window [start, end] holds its timestamp; bad items are skipped with
     /// an {ObservationRejected} event. Returns how many were recorded.
-    function record(SignedObservation[] calldata obs) external returns (uint256 recorded);
+    /// The batch is packed back to back, 112 bytes per observation: station (20 bytes) ‖ seq (8) ‖ timestamp (8) ‖
+    /// rainfall (8) ‖ maxTemperature (4, two's complement) ‖ r (32) ‖ vs (32), integers big-endian: the signed
+    /// WeatherObservation in its own widths and the ERC-2098 compact signature. Reverts with {MalformedBatch} when
+    /// the length is not a multiple of 112.
+    function record(bytes calldata observations) external returns (uint256 recorded);
 
     /// @notice The station's owner (in the DeviceRegistry): allow `insurer` (a pool owner) to name `station` in new
     /// seasons, or stop allowing it (`allowed` false; seasons already created keep the station). Only allowed

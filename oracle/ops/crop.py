@@ -11,6 +11,7 @@ Units on chain: rainfall in hundredths of a millimetre, temperature in hundredth
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -24,6 +25,7 @@ from iotsettle.oracle.ops.token_info import TokenInfo, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in
 from iotsettle.oracle.ops.vocabulary import DEFAULT_PAYOUT_BATCH, INDEXES
 from iotsettle.oracle.protocol.errors import ChainError, IotSettleError, ProtocolError
+from iotsettle.oracle.protocol.packed import pack_item
 from iotsettle.oracle.protocol.wire import SignedEvent
 from web3.exceptions import LogTopicError, MismatchedABI
 
@@ -524,12 +526,25 @@ class ObservationOutcome:
     reason: str = ""
 
 
+def packed_observations(events: Sequence[SignedEvent]) -> bytes:
+    """The packed batch ``record`` takes (``iotsettle.oracle.protocol.packed``): each observation's signed fields
+    in their own widths, then r ‖ vs."""
+    items = []
+    for event in events:
+        *fields, r, vs = event.contract_tuple()
+        try:
+            items.append(pack_item("weather", fields, r, vs))
+        except ValueError as exc:
+            raise ProtocolError(f"observation seq {event.seq} cannot be recorded: {exc}") from None
+    return b"".join(items)
+
+
 def record(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[ObservationOutcome]]:
     """Relay signed weather observations in one batch; raises ChainError when none was recorded."""
     for event in events:
         if event.type != "weather":
             raise ProtocolError(f"payload seq {event.seq} is a {event.type}, not a weather observation")
-    result = _send(ctx, ctx.contract(CONTRACT).functions.record([e.contract_tuple() for e in events]))
+    result = _send(ctx, ctx.contract(CONTRACT).functions.record(packed_observations(events)))
     outcomes = [
         ObservationOutcome(a["station"], int(a["seq"]), True)
         for a in events_in(ctx, CONTRACT, result.receipt, "ObservationRecorded")

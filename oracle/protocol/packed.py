@@ -1,10 +1,12 @@
 """Packed batch encodings: batch functions that take one ``bytes`` argument of items packed back to back.
 
 A packed item is the kind's signed fields in signing order, each big-endian in the width the contract stores
-(``PACKED_WIDTHS``, bytes per field), then the ERC-2098 compact signature r ‖ vs (32 bytes each). The signed
+(``PACKED_WIDTHS``, bytes per field; an address as its 20 bytes, a signed field of ``PACKED_SIGNED`` in two's
+complement), then the ERC-2098 compact signature r ‖ vs (32 bytes each). The signed
 EIP-712 message is unchanged: only its transport to the contract is narrower, so a field beyond its width cannot
 be packed (``ValueError``) — the contract would refuse it anyway (``ValueOutOfRange`` / ``TimestampInFuture``).
-The contracts document the same layouts (``IMeteredBilling.settle``, ``IMotorInsurance.settle``).
+The contracts document the same layouts (``IMeteredBilling.settle``, ``IMotorInsurance.settle``,
+``ICropInsurance.record``).
 """
 
 from __future__ import annotations
@@ -12,8 +14,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 #: kind → bytes per signed field in signing order (reading: agreementId, seq, timestamp, value; telematics:
-#: policyId, seq, timestamp, odometer, harshBraking, speeding — the signed widths, so every signed report packs)
-PACKED_WIDTHS: dict[str, tuple[int, ...]] = {"reading": (32, 5, 5, 8), "telematics": (32, 8, 8, 8, 4, 4)}
+#: policyId, seq, timestamp, odometer, harshBraking, speeding — the signed widths, so every signed report packs;
+#: weather: station, seq, timestamp, rainfall, maxTemperature)
+PACKED_WIDTHS: dict[str, tuple[int, ...]] = {
+    "reading": (32, 5, 5, 8),
+    "telematics": (32, 8, 8, 8, 4, 4),
+    "weather": (20, 8, 8, 8, 4),
+}
+
+#: kind → the indexes of its signed (two's complement) fields
+PACKED_SIGNED: dict[str, frozenset[int]] = {"weather": frozenset({4})}
 
 
 def item_size(kind: str) -> int:
@@ -21,19 +31,39 @@ def item_size(kind: str) -> int:
     return sum(PACKED_WIDTHS[kind]) + 64
 
 
-def pack_item(kind: str, fields: Sequence[int], r: bytes, vs: bytes) -> bytes:
-    """One packed item; ValueError if a field does not fit its width or the signature is not 32 + 32 bytes."""
+def pack_item(kind: str, fields: Sequence[int | str | bytes], r: bytes, vs: bytes) -> bytes:
+    """One packed item; ValueError if a field does not fit its width or the signature is not 32 + 32 bytes.
+
+    An integer field is big-endian (two's complement for the kind's ``PACKED_SIGNED`` fields); an address is its
+    bytes or its ``0x`` hex text, exactly as wide as the field."""
     widths = PACKED_WIDTHS[kind]
+    signed = PACKED_SIGNED.get(kind, frozenset())
     if len(fields) != len(widths):
         raise ValueError(f"a packed {kind} has {len(widths)} fields, got {len(fields)}")
     if len(r) != 32 or len(vs) != 32:
         raise ValueError("r and vs must be 32 bytes each")
     out = bytearray()
-    for width, value in zip(widths, fields, strict=True):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << (8 * width):
-            raise ValueError(f"{value!r} does not fit {width} bytes")
-        out += value.to_bytes(width, "big")
+    for index, (width, value) in enumerate(zip(widths, fields, strict=True)):
+        out += _field(value, width, index in signed)
     return bytes(out + r + vs)
+
+
+def _field(value: int | str | bytes, width: int, signed: bool) -> bytes:
+    if isinstance(value, str):
+        text = value.removeprefix("0x").removeprefix("0X")
+        try:
+            value = bytes.fromhex(text)
+        except ValueError:
+            raise ValueError(f"{value!r} is not hex") from None
+    if isinstance(value, bytes | bytearray):
+        if len(value) != width:
+            raise ValueError(f"0x{bytes(value).hex()} is not {width} bytes")
+        return bytes(value)
+    bits = 8 * width
+    low, high = (-(1 << (bits - 1)), 1 << (bits - 1)) if signed else (0, 1 << bits)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
+        raise ValueError(f"{value!r} does not fit {width} bytes")
+    return value.to_bytes(width, "big", signed=signed)
 
 
 def bytes_argument(items: Sequence[bytes]) -> bytes:

@@ -11,6 +11,7 @@ import {IDeviceEvents} from "../../contracts/interfaces/IDeviceEvents.sol";
 import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
 import {IPullPayments} from "../../contracts/interfaces/IPullPayments.sol";
 import {CropFixture} from "./utils/CropFixture.sol";
+import {PackedObservations} from "./utils/PackedObservations.sol";
 import {FalseReturningToken, FeeOnTransferToken, ReentrantToken, RevertingToken} from "./utils/Hostile.sol";
 
 contract CropInsuranceTest is CropFixture {
@@ -28,10 +29,8 @@ contract CropInsuranceTest is CropFixture {
         vm.expectEmit(address(crop));
         emit ICropInsurance.ObservationRejected(o.station, o.seq, reason);
         vm.prank(relayer);
-        assertEq(crop.record(one(o)), 0, "nothing recorded");
-        assertEq(
-            keccak256(abi.encode(before)), keccak256(abi.encode(crop.stationState(o.station))), "state unchanged"
-        );
+        assertEq(crop.record(PackedObservations.pack(one(o))), 0, "nothing recorded");
+        assertEq(keccak256(abi.encode(before)), keccak256(abi.encode(crop.stationState(o.station))), "state unchanged");
         // The station's next observation takes the seq this one did not use (gapless numbering).
         if (reason != IDeviceEvents.RejectReason.Replayed && o.seq == nextSeq[o.station]) --nextSeq[o.station];
     }
@@ -94,9 +93,7 @@ contract CropInsuranceTest is CropFixture {
         assertEq(p.locked, 60_000);
         uint256 free = p.assets - p.locked;
 
-        vm.expectRevert(
-            abi.encodeWithSelector(ICropInsurance.InsufficientFreeAssets.selector, pool, free, free + 1)
-        );
+        vm.expectRevert(abi.encodeWithSelector(ICropInsurance.InsufficientFreeAssets.selector, pool, free, free + 1));
         vm.prank(insurer);
         crop.withdrawFromPool(pool, free + 1);
 
@@ -516,6 +513,81 @@ contract CropInsuranceTest is CropFixture {
         assertEq(crop.stationState(stations[0]).lastRainfall, 9_000);
     }
 
+    /// @dev In the steady state a season's last observation in the window lives only in the station's word: the
+    /// figures must still be the ones of every observation applied in turn, through overlapping windows, the end
+    /// of one of them, and a finalization while a station has not reported past the end.
+    function test_Record_SeasonFiguresFollowTheStationOnTheQuietPath() public {
+        uint256 a = newSeason(pool, rainTerms(3, 2));
+        ICropInsurance.SeasonTerms memory tb = rainTerms(3, 2);
+        tb.start = seasonStart + 10 days;
+        tb.end = seasonEnd + 10 days;
+        uint256 b = newSeason(pool, tb);
+
+        recordAt(0, seasonStart, 100, 0);
+        recordAt(1, seasonStart, 1_000, 0);
+        recordAt(0, seasonStart + 1 days, 200, 0);
+        recordAt(1, seasonStart + 1 days, 1_100, 0);
+        _expectFigures(a, 0, seasonStart, 100, seasonStart + 1 days, 200);
+        assertEq(crop.stationSeason(b, stations[0]).firstTimestamp, 0, "b not started");
+
+        recordAt(0, tb.start, 300, 0);
+        recordAt(0, seasonEnd, 400, 0);
+        _expectFigures(a, 0, seasonStart, 100, seasonEnd, 400);
+        _expectFigures(b, 0, tb.start, 300, seasonEnd, 400);
+
+        recordAt(0, seasonEnd + 1, 500, 0); // past a's end: a keeps 400
+        recordAt(0, seasonEnd + 2 days, 600, 0);
+        _expectFigures(a, 0, seasonStart, 100, seasonEnd, 400);
+        _expectFigures(b, 0, tb.start, 300, seasonEnd + 2 days, 600);
+
+        _finalize(a);
+        (ICropInsurance.Verdict v, int256 measured) = crop.verdictOf(a, stations[0]);
+        assertEq(uint8(v), uint8(ICropInsurance.Verdict.Trigger));
+        assertEq(measured, 300);
+        // Station 1 never reported past a's end; after the finalization its later observations inside a's window
+        // are not a's any more.
+        _expectFigures(a, 1, seasonStart, 1_000, seasonStart + 1 days, 1_100);
+        assertEq(crop.record(PackedObservations.pack(one(obs(1, seasonEnd, 5_000, 0)))), 1);
+        _expectFigures(a, 1, seasonStart, 1_000, seasonStart + 1 days, 1_100);
+        _expectFigures(b, 1, seasonEnd, 5_000, seasonEnd, 5_000);
+    }
+
+    function _expectFigures(
+        uint256 seasonId,
+        uint256 i,
+        uint64 firstTs,
+        uint64 firstRain,
+        uint64 lastTs,
+        uint64 lastRain
+    ) internal view {
+        ICropInsurance.StationSeason memory ss = crop.stationSeason(seasonId, stations[i]);
+        assertEq(ss.firstTimestamp, firstTs, "first timestamp");
+        assertEq(ss.firstRainfall, firstRain, "first rainfall");
+        assertEq(ss.lastTimestamp, lastTs, "last timestamp");
+        assertEq(ss.lastRainfall, lastRain, "last rainfall");
+    }
+
+    function test_RevertWhen_Record_MalformedBatch() public {
+        bytes memory packed = PackedObservations.pack(one(obs(0, uint64(block.timestamp), 5, 0)));
+        bytes memory cut = new bytes(packed.length - 1);
+        for (uint256 i = 0; i < cut.length; ++i) {
+            cut[i] = packed[i];
+        }
+        vm.expectRevert(abi.encodeWithSelector(ICropInsurance.MalformedBatch.selector, cut.length));
+        crop.record(cut);
+        assertEq(crop.record(""), 0, "an empty batch records nothing");
+    }
+
+    /// @dev The packed maxTemperature is two's complement: a frost below a negative threshold is no hot day, a
+    /// reading above it is one, and the signature (over the signed int32) verifies.
+    function test_Record_PackedNegativeTemperatures() public {
+        uint256 seasonId = newSeason(pool, heatTerms(3, 2, -1_000, 1));
+        recordAt(0, seasonStart, 10, -2_500);
+        assertEq(crop.stationSeason(seasonId, stations[0]).hotDays, 0, "-25.00 is below -10.00");
+        recordAt(0, seasonStart + 1 days, 10, -500);
+        assertEq(crop.stationSeason(seasonId, stations[0]).hotDays, 1, "-5.00 is above -10.00");
+    }
+
     function test_Record_OneObservationServesEveryOpenSeason() public {
         uint256 a = newSeason(pool, rainTerms(3, 2));
         uint256 b = newSeason(pool, heatTerms(4, 3, 3_000, 1));
@@ -554,14 +626,16 @@ contract CropInsuranceTest is CropFixture {
         emit ICropInsurance.ObservationRejected(stations[1], 1, IDeviceEvents.RejectReason.TimestampInFuture);
         vm.expectEmit(address(crop));
         emit ICropInsurance.ObservationRecorded(stations[2], 1, ts, 10, 0);
-        assertEq(crop.record(batch), 2);
+        assertEq(crop.record(PackedObservations.pack(batch)), 2);
     }
 
     function test_Reject_Replayed() public {
         ICropInsurance.SignedObservation memory o = obs(0, uint64(block.timestamp), 10, 0);
-        crop.record(one(o));
+        crop.record(PackedObservations.pack(one(o)));
         _rejected(o, IDeviceEvents.RejectReason.Replayed);
-        _rejected(signObs(stationKeys[0], stations[0], 0, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.Replayed);
+        _rejected(
+            signObs(stationKeys[0], stations[0], 0, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.Replayed
+        );
     }
 
     /// @dev Gapless numbering: a seq above last + 1 waits for the missing one; at or below the last is a replay
@@ -577,7 +651,7 @@ contract CropInsuranceTest is CropFixture {
         batch[0] = o1;
         batch[1] = o2;
         batch[2] = o3;
-        assertEq(crop.record(batch), 3, "the same observations, in order, are all taken");
+        assertEq(crop.record(PackedObservations.pack(batch)), 3, "the same observations, in order, are all taken");
         assertEq(crop.stationState(stations[0]).lastSeq, 3);
         _rejected(o2, IDeviceEvents.RejectReason.Replayed);
         ICropInsurance.SignedObservation memory o5 = signObs(stationKeys[0], stations[0], 5, ts, 50, 0);
@@ -613,11 +687,14 @@ contract CropInsuranceTest is CropFixture {
     function test_Reject_SignedByAnotherStationOrKind() public {
         // station 1's key signs an observation claiming to be station 0
         _rejected(
-            signObs(stationKeys[1], stations[0], 1, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.WrongDevice
+            signObs(stationKeys[1], stations[0], 1, uint64(block.timestamp), 10, 0),
+            IDeviceEvents.RejectReason.WrongDevice
         );
         uint256 meterKey = deviceKey(700);
         address meter = registerDevice(meterKey, IDeviceRegistry.DeviceKind.Meter, owner);
-        _rejected(signObs(meterKey, meter, 1, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.WrongDeviceKind);
+        _rejected(
+            signObs(meterKey, meter, 1, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.WrongDeviceKind
+        );
     }
 
     function test_Reject_RotatedKeyRevokedStationAndOtherChain() public {
@@ -631,7 +708,11 @@ contract CropInsuranceTest is CropFixture {
         // Signed after the retirement: refused (signed before, it would count for the grace).
         vm.warp(block.timestamp + 1);
         _rejected(obs(0, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.KeyRotated);
-        assertEq(crop.record(one(signObs(newKey, stations[0], 1, uint64(block.timestamp), 10, 0))), 1, "new key");
+        assertEq(
+            crop.record(PackedObservations.pack(one(signObs(newKey, stations[0], 1, uint64(block.timestamp), 10, 0)))),
+            1,
+            "new key"
+        );
 
         vm.prank(owner);
         registry.revoke(stations[1]);
@@ -843,7 +924,7 @@ contract CropInsuranceTest is CropFixture {
         }
         // a late observation dated inside the window no longer changes the finalized season
         vm.warp(seasonEnd + FINALIZE_DELAY);
-        assertEq(crop.record(one(obs(0, uint64(block.timestamp), 5, 0))), 1);
+        assertEq(crop.record(PackedObservations.pack(one(obs(0, uint64(block.timestamp), 5, 0)))), 1);
         assertEq(crop.stationSeason(seasonId, stations[0]).firstTimestamp, 0);
     }
 
@@ -1088,7 +1169,7 @@ contract CropInsuranceTest is CropFixture {
         ICropInsurance.SignedObservation[] memory b = new ICropInsurance.SignedObservation[](2);
         b[0] = obs(hostile, _hostile.ts, _hostile.rain, int32(int256(r >> 192) % 10_000));
         b[1] = obs(hostile, _hostile.ts, uint64(r >> 100) % 3, int32(int256(r >> 160) % 10_000));
-        crop.record(b);
+        crop.record(PackedObservations.pack(b));
     }
 
     // ---------------------------------------------------------------- gas
@@ -1118,7 +1199,7 @@ contract CropInsuranceTest is CropFixture {
         for (uint256 i = 0; i < total; ++i) {
             first[i] = signObs(keys[i], extra[i], 1, seasonStart, 1_000, 2_500);
         }
-        assertEq(crop.record(first), total);
+        assertEq(crop.record(PackedObservations.pack(first)), total);
         vm.warp(seasonStart + 1 hours);
         uint256[3] memory sizes = [uint256(1), 10, 100];
         uint256 next;
@@ -1129,11 +1210,11 @@ contract CropInsuranceTest is CropFixture {
                 batch[i] = signObs(keys[next], extra[next], 2, uint64(block.timestamp), 1_250, 2_500);
                 ++next;
             }
-            bytes memory data = abi.encodeCall(crop.record, (batch));
+            bytes memory data = abi.encodeCall(crop.record, (PackedObservations.pack(batch)));
             vm.cool(address(crop));
             vm.cool(address(registry));
             vm.prank(relayer);
-            assertEq(crop.record(batch), n);
+            assertEq(crop.record(PackedObservations.pack(batch)), n);
             uint256 txGas = 21_000 + calldataGas(data) + vm.lastCallGas().gasTotalUsed;
             console.log("record batch", n, "gas per observation", txGas / n);
         }

@@ -3,6 +3,7 @@ pragma solidity 0.8.37;
 
 import {ICropInsurance} from "../../contracts/interfaces/ICropInsurance.sol";
 import {CropFixture} from "./utils/CropFixture.sol";
+import {PackedObservations} from "./utils/PackedObservations.sol";
 import {GasBurningReceiver, HookToken} from "./utils/Hostile.sol";
 
 /// @dev The attacks of the "relayers choose nothing" review, one test each, named after the scenario.
@@ -25,7 +26,7 @@ contract CropInsuranceScenariosTest is CropFixture {
         for (uint256 i = 0; i < n; ++i) {
             batch[i] = obs(i, ts, rainfall, 2_000);
         }
-        assertEq(crop.record(batch), n, "after-end observations recorded");
+        assertEq(crop.record(PackedObservations.pack(batch)), n, "after-end observations recorded");
     }
 
     // ---------------------------------------------------------------- scenario 1
@@ -41,7 +42,7 @@ contract CropInsuranceScenariosTest is CropFixture {
         for (uint256 i = 0; i < 3; ++i) {
             first[i] = obs(i, seasonStart, 0, 2_000);
         }
-        assertEq(crop.record(first), 3);
+        assertEq(crop.record(PackedObservations.pack(first)), 3);
 
         vm.warp(seasonEnd);
         ICropInsurance.SignedObservation[] memory honest = new ICropInsurance.SignedObservation[](6);
@@ -52,8 +53,8 @@ contract CropInsuranceScenariosTest is CropFixture {
             lastOnly[i] = honest[2 * i + 1];
         }
         vm.prank(relayer);
-        crop.record(lastOnly); // the front-runner
-        crop.record(honest); // the honest relayer, one block later
+        crop.record(PackedObservations.pack(lastOnly)); // the front-runner
+        crop.record(PackedObservations.pack(honest)); // the honest relayer, one block later
         _reportAfterEnd(3, 0);
 
         warpToFinalize();
@@ -81,15 +82,15 @@ contract CropInsuranceScenariosTest is CropFixture {
             lastOnly[i] = honest[2 * i + 1];
         }
         vm.prank(relayer);
-        crop.record(lastOnly);
-        crop.record(honest);
+        crop.record(PackedObservations.pack(lastOnly));
+        crop.record(PackedObservations.pack(honest));
 
         vm.warp(seasonEnd);
         ICropInsurance.SignedObservation[] memory atEnd = new ICropInsurance.SignedObservation[](3);
         for (uint256 i = 0; i < 3; ++i) {
             atEnd[i] = obs(i, seasonEnd, 6_500, 2_000);
         }
-        crop.record(atEnd);
+        crop.record(PackedObservations.pack(atEnd));
         _reportAfterEnd(3, 6_500);
 
         for (uint256 i = 0; i < 3; ++i) {
@@ -125,11 +126,11 @@ contract CropInsuranceScenariosTest is CropFixture {
     function coverSeasonUntil(uint256 n, uint64 lastAt, uint64 rain) internal {
         vm.warp(seasonStart);
         for (uint256 i = 0; i < n; ++i) {
-            assertEq(crop.record(one(obs(i, seasonStart, 1_000, 2_000))), 1);
+            assertEq(crop.record(PackedObservations.pack(one(obs(i, seasonStart, 1_000, 2_000)))), 1);
         }
         vm.warp(lastAt);
         for (uint256 i = 0; i < n; ++i) {
-            assertEq(crop.record(one(obs(i, lastAt, 1_000 + rain, 2_000))), 1);
+            assertEq(crop.record(PackedObservations.pack(one(obs(i, lastAt, 1_000 + rain, 2_000)))), 1);
         }
     }
 
@@ -253,9 +254,7 @@ contract CropInsuranceScenariosTest is CropFixture {
         t.saleEnd = t.start;
         t.end = t.start + 1 days;
         for (uint256 i = 0; i < crop.MAX_SEASONS_PER_STATION(); ++i) {
-            vm.expectRevert(
-                abi.encodeWithSelector(ICropInsurance.StationNotAllowed.selector, stations[0], stranger)
-            );
+            vm.expectRevert(abi.encodeWithSelector(ICropInsurance.StationNotAllowed.selector, stations[0], stranger));
             vm.prank(stranger);
             crop.createSeason(strangerPool, t);
         }

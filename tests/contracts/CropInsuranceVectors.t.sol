@@ -6,6 +6,7 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {ICropInsurance} from "../../contracts/interfaces/ICropInsurance.sol";
 import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
 import {CropFixture} from "./utils/CropFixture.sol";
+import {PackedObservations} from "./utils/PackedObservations.sol";
 
 /// @dev The shared WeatherObservation vectors (tests/vectors/eip712-products.json, written by scripts/gen-vectors
 /// from oracle/protocol/eip712.py): CropInsurance must compute the very digest the Python side signs, on every chain and
@@ -28,11 +29,7 @@ contract CropInsuranceVectorsTest is CropFixture {
         vm.etch(address(target), address(crop).code);
     }
 
-    function _message(string memory json, uint256 i)
-        internal
-        pure
-        returns (ICropInsurance.SignedObservation memory o)
-    {
+    function _message(string memory json, uint256 i) internal pure returns (ICropInsurance.SignedObservation memory o) {
         o.station = vm.parseJsonAddress(json, _s(i, "message.station"));
         o.seq = uint64(vm.parseJsonUint(json, _s(i, "message.seq")));
         o.timestamp = uint64(vm.parseJsonUint(json, _s(i, "message.timestamp")));
@@ -47,9 +44,7 @@ contract CropInsuranceVectorsTest is CropFixture {
 
     function test_Vectors_WeatherObservationTypehashEqualsPythonType() public view {
         string memory json = vm.readFile(PATH);
-        assertEq(
-            keccak256(bytes(vm.parseJsonString(json, ".types.WeatherObservation"))), crop.OBSERVATION_TYPEHASH()
-        );
+        assertEq(keccak256(bytes(vm.parseJsonString(json, ".types.WeatherObservation"))), crop.OBSERVATION_TYPEHASH());
         assertEq(
             keccak256(bytes(vm.parseJsonString(json, ".domainType"))),
             keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
@@ -96,12 +91,14 @@ contract CropInsuranceVectorsTest is CropFixture {
             if (o.station != signer || o.seq != 1) continue;
             if (registry.deviceOf(signer).status != IDeviceRegistry.DeviceStatus.None) continue;
             ICropInsurance target = _installAt(json, i);
-            registerDevice(vm.parseJsonUint(json, _s(i, "privateKey")), IDeviceRegistry.DeviceKind.WeatherStation, owner);
+            registerDevice(
+                vm.parseJsonUint(json, _s(i, "privateKey")), IDeviceRegistry.DeviceKind.WeatherStation, owner
+            );
             if (o.timestamp > block.timestamp) vm.warp(o.timestamp);
             (o.r, o.vs) = _compact(vm.parseJsonBytes(json, _s(i, "signature")));
             vm.expectEmit(address(target));
             emit ICropInsurance.ObservationRecorded(o.station, o.seq, o.timestamp, o.rainfall, o.maxTemperature);
-            assertEq(target.record(one(o)), 1, vm.parseJsonString(json, _s(i, "name")));
+            assertEq(target.record(PackedObservations.pack(one(o))), 1, vm.parseJsonString(json, _s(i, "name")));
             assertEq(target.stationState(o.station).lastRainfall, o.rainfall);
             return;
         }

@@ -39,10 +39,11 @@ from iotsettle.oracle.daemon.store import (
     StoredEvent,
     extra_fields,
 )
+from iotsettle.oracle.ops.crop import packed_observations
 from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.kinds import KINDS
-from iotsettle.oracle.protocol.packed import pack_item
+from iotsettle.oracle.protocol.packed import item_size, pack_item
 from iotsettle.oracle.testing.devices import Publisher
 from iotsettle.oracle.testing.wait import wait_for
 from web3 import Web3
@@ -397,11 +398,12 @@ def test_batch_calldata_and_outcome_logs_follow_the_product_abi(test_config: Con
     if KINDS[kind].target_field == "station":  # stored as an integer, web3 wants the address text
         values = [(Web3.to_checksum_address(v[0].to_bytes(20, "big")), *v[1:]) for v in values]
     function = KINDS[kind].batch_function
-    # telematics reports go in the packed batch (128 bytes a report), weather observations as ABI structs
-    assert spec.packed == (kind == "telematics")
+    # telematics reports and weather observations go in packed batches (their signed fields at the contract's
+    # widths, then r ‖ vs: IMotorInsurance.settle, ICropInsurance.record); the others as ABI structs
+    assert spec.packed == (kind in ("telematics", "weather"))
     if spec.packed:
         packed = b"".join(pack_item(kind, v[:-2], v[-2], v[-1]) for v in values)
-        assert len(packed) == 128 * len(events)
+        assert len(packed) == item_size(kind) * len(events)
         expected = contract.encode_abi(function, args=[packed])
     else:
         expected = contract.encode_abi(function, args=[values])
@@ -655,7 +657,7 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
         time.sleep(1.5)
         assert crop.functions.stationState(gapped.address).call()[0] == 3, "seq 5 waits for seq 4"
         missing = wire.decode(gapped.weather(4, 600, 1_800, timestamp=now + 40))
-        tx(holder, crop.functions.record([missing.contract_tuple()]))
+        tx(holder, crop.functions.record(packed_observations([missing])))
         wait_for(
             lambda: crop.functions.stationState(gapped.address).call()[0] == 5,
             20,

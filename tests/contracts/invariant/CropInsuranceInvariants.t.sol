@@ -10,6 +10,7 @@ import {ICropInsurance} from "../../../contracts/interfaces/ICropInsurance.sol";
 import {IDeviceRegistry} from "../../../contracts/interfaces/IDeviceRegistry.sol";
 import {TestToken} from "../../../contracts/test/TestToken.sol";
 import {RevertingToken} from "../utils/Hostile.sol";
+import {PackedObservations} from "../utils/PackedObservations.sol";
 
 /// @dev Drives CropInsurance through random seasons, cover purchases, pool deposits and withdrawals, finalizations,
 /// payout pages, credit withdrawals, a token that sometimes refuses transfers and time jumps. The stations are
@@ -269,7 +270,7 @@ contract CropHandler is Test {
         assembly ("memory-safe") {
             mstore(batch, m)
         }
-        if (m != 0) crop.record(batch);
+        if (m != 0) crop.record(PackedObservations.pack(batch));
     }
 
     /// @dev An honest relayer: every signed observation not yet on chain, station by station in seq order.
@@ -283,7 +284,7 @@ contract CropHandler is Test {
             for (uint256 seq = next; seq <= len; ++seq) {
                 batch[seq - next] = _signed(station, uint64(seq));
             }
-            crop.record(batch);
+            crop.record(PackedObservations.pack(batch));
         }
     }
 
@@ -300,7 +301,7 @@ contract CropHandler is Test {
             for (uint256 seq = next; seq <= last; ++seq) {
                 batch[seq - next] = _signed(station, uint64(seq));
             }
-            crop.record(batch);
+            crop.record(PackedObservations.pack(batch));
         }
     }
 
@@ -359,7 +360,8 @@ contract CropHandler is Test {
         for (uint256 i = 0; i < logs.length; ++i) {
             if (logs[i].emitter != address(crop) || logs[i].topics[0] != STATION_VERDICT) continue;
             address station = address(uint160(uint256(logs[i].topics[2])));
-            (ICropInsurance.Verdict verdict, int256 measured) = abi.decode(logs[i].data, (ICropInsurance.Verdict, int256));
+            (ICropInsurance.Verdict verdict, int256 measured) =
+                abi.decode(logs[i].data, (ICropInsurance.Verdict, int256));
             (ICropInsurance.Verdict honest, int256 honestMeasured) = _honestVerdict(s.terms, station);
             if (honest == ICropInsurance.Verdict.Trigger) ++honestTriggers;
             bool same = verdict == honest && measured == honestMeasured;
@@ -421,10 +423,11 @@ contract CropHandler is Test {
             int256 rain = int256(uint256(last.rainfall - first.rainfall));
             return (rain < t.threshold ? ICropInsurance.Verdict.Trigger : ICropInsurance.Verdict.NoTrigger, rain);
         }
-        return (
-            hotDays >= t.triggerDays ? ICropInsurance.Verdict.Trigger : ICropInsurance.Verdict.NoTrigger,
-            int256(hotDays)
-        );
+        return
+            (
+                hotDays >= t.triggerDays ? ICropInsurance.Verdict.Trigger : ICropInsurance.Verdict.NoTrigger,
+                int256(hotDays)
+            );
     }
 
     function payOut(uint256 seasonSeed, uint256 maxPolicies) external {

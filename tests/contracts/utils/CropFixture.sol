@@ -5,6 +5,7 @@ import {CropInsurance} from "../../../contracts/CropInsurance.sol";
 import {ICropInsurance} from "../../../contracts/interfaces/ICropInsurance.sol";
 import {IDeviceRegistry} from "../../../contracts/interfaces/IDeviceRegistry.sol";
 import {Fixture} from "./Fixture.sol";
+import {PackedObservations} from "./PackedObservations.sol";
 
 /// @dev Adds CropInsurance, a funded pool, registered weather stations and observation signing to {Fixture}.
 abstract contract CropFixture is Fixture {
@@ -151,7 +152,9 @@ abstract contract CropFixture is Fixture {
     /// @dev Record one observation at `timestamp` (warping there if it lies ahead) and require it accepted.
     function recordAt(uint256 i, uint64 timestamp, uint64 rainfall, int32 maxTemp) internal {
         if (timestamp > block.timestamp) vm.warp(timestamp);
-        assertEq(crop.record(one(obs(i, timestamp, rainfall, maxTemp))), 1, "observation recorded");
+        assertEq(
+            crop.record(PackedObservations.pack(one(obs(i, timestamp, rainfall, maxTemp)))), 1, "observation recorded"
+        );
     }
 
     /// @dev Stations 0..n-1 report once more, one second after the end, with their last rain register: a station
@@ -161,7 +164,9 @@ abstract contract CropFixture is Fixture {
         if (ts > block.timestamp) vm.warp(ts);
         for (uint256 i = 0; i < n; ++i) {
             uint64 rain = crop.stationState(stations[i]).lastRainfall;
-            assertEq(crop.record(one(obs(i, ts, rain, 0))), 1, "after-end observation recorded");
+            assertEq(
+                crop.record(PackedObservations.pack(one(obs(i, ts, rain, 0)))), 1, "after-end observation recorded"
+            );
         }
     }
 
@@ -173,12 +178,12 @@ abstract contract CropFixture is Fixture {
         for (uint256 i = 0; i < rain.length; ++i) {
             batch[i] = obs(i, seasonStart, 1_000, 2_000);
         }
-        assertEq(crop.record(batch), rain.length);
+        assertEq(crop.record(PackedObservations.pack(batch)), rain.length);
         vm.warp(seasonEnd);
         for (uint256 i = 0; i < rain.length; ++i) {
             batch[i] = obs(i, seasonEnd, uint64(1_000 + rain[i]), 2_000);
         }
-        assertEq(crop.record(batch), rain.length);
+        assertEq(crop.record(PackedObservations.pack(batch)), rain.length);
         reportAfterEnd(rain.length);
     }
 
