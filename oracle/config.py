@@ -61,6 +61,11 @@ class MqttSettings:
     username: str = _doc("", "broker user name, if the broker requires one")
     password: str = _secret(doc="broker password")
     keepalive: int = _doc(30, "seconds between MQTT keep-alive pings")
+    protocol: str = _doc(
+        "5",
+        "MQTT version of the daemon's connection: 5, or 3.1.1 for brokers without MQTT 5 (aedes, older brokers: "
+        "a persistent session without expiry, no shared subscriptions)",
+    )
 
 
 @dataclass(frozen=True)

@@ -316,5 +316,37 @@ class Mosquitto(Service):
         return mqtt_ready(self.host, self.port)
 
 
+class Aedes(Service):
+    """A second MQTT broker, aedes from npm (``scripts/aedes-broker.mjs``), for checking that nothing depends on
+    mosquitto's behaviour. Its sessions and queued messages are in memory: they survive a client's reconnect, not a
+    restart of the broker (docs/BROKERS.md lists the differences)."""
+
+    name = "aedes"
+
+    def __init__(self, config: Config, state_dir: Path | None = None, port: int | None = None) -> None:
+        super().__init__(config, state_dir)
+        self._port = port or config.node.mqtt_port
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        script = self.config.root / "scripts" / "aedes-broker.mjs"
+        if not (self.config.root / "node_modules" / "aedes").is_dir():
+            raise ToolchainError("aedes is not installed; run scripts/setup (it installs the npm toolchain)")
+        node = shutil.which("node")
+        if node is None:
+            raise ToolchainError("node is not installed; aedes runs on Node.js 18+")
+        return [node, str(script), str(self.port), self.host]
+
+    def ready(self) -> bool:
+        return mqtt_ready(self.host, self.port)
+
+
 def stack(config: Config) -> list[Service]:
     return [Anvil(config), Mosquitto(config)]

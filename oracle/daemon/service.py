@@ -25,7 +25,7 @@ from types import FrameType
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.deployment import Deployment, resolve
 from iotsettle.oracle.daemon.health import Health, State
-from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
+from iotsettle.oracle.daemon.intake import MQTT_PROTOCOLS, Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.registry_follower import RegistryFollower
 from iotsettle.oracle.daemon.rules import RuleSettings
@@ -76,6 +76,10 @@ def validate(config: Config) -> None:
         problems.append("reply_qos must be 0 or 1")
     if o.session_expiry < 0:
         problems.append("session_expiry must be ≥ 0")
+    if config.mqtt.protocol not in MQTT_PROTOCOLS:
+        problems.append(f"[mqtt] protocol must be one of {', '.join(MQTT_PROTOCOLS)}")
+    elif config.mqtt.protocol != "5" and o.shared_group:
+        problems.append("shared_group needs [mqtt] protocol 5 (shared subscriptions are an MQTT 5 feature)")
     if o.registry_poll <= 0:
         problems.append("registry_poll must be > 0")
     if not o.client_id or "/" in o.oracle_id or "+" in o.oracle_id or "#" in o.oracle_id or not o.oracle_id:
@@ -163,6 +167,7 @@ class OracleDaemon:
             username=config.mqtt.username,
             password=config.mqtt.password,
             keepalive=config.mqtt.keepalive,
+            protocol=config.mqtt.protocol,
             shared_group=o.shared_group,
             session_expiry_s=o.session_expiry,
             receive_maximum=o.receive_maximum,

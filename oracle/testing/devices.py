@@ -61,7 +61,10 @@ class Publisher:
         self.replies: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{uuid.uuid4().hex[:10]}", protocol=mqtt.MQTTv5
+            # MQTT 3.1.1, as most devices speak it (and every broker: aedes has no MQTT 5)
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"dev-{uuid.uuid4().hex[:10]}",
+            protocol=mqtt.MQTTv311,
         )
         self.client.max_inflight_messages_set(1000)
         # subscribing in on_connect keeps the subscription across reconnects; callbacks only hand off

@@ -13,8 +13,10 @@ from iotsettle.oracle.daemon.intake.pipeline import (
     prefer_fast_keccak,
     replies_topic_for,
 )
+from iotsettle.oracle.daemon.intake.transport import MQTT_PROTOCOLS
 
 __all__ = [
+    "MQTT_PROTOCOLS",
     "Intake",
     "IntakeSettings",
     "accepted_reply",

@@ -59,6 +59,7 @@ class IntakeSettings:
     username: str = ""
     password: str = field(default="", repr=False)
     keepalive: int = 30
+    protocol: str = "5"  # MQTT version: "5" or "3.1.1" (config [mqtt] protocol)
     shared_group: str = ""  # MQTT 5 shared subscription group; "" = plain subscription
     session_expiry_s: int = 7 * 86_400  # how long the broker keeps the session (and queues events) while we are down
     receive_maximum: int = 4_096  # unacknowledged QoS 1 messages the broker may have in flight to us
@@ -92,6 +93,7 @@ class IntakeSettings:
             self.receive_maximum,
             self.status_topic,
             self.status_payload,
+            self.protocol,
         )
 
 

@@ -1,6 +1,7 @@
-"""The intake's MQTT side: one MQTT v5 connection with a persistent session, and paho made cheaper on the hot path.
+"""The intake's MQTT side: one MQTT connection with a persistent session, and paho made cheaper on the hot path.
 
-- ``Transport`` connects (``clean_start=False`` + a session expiry, so the broker keeps and redelivers what was not
+- ``Transport`` connects (MQTT 5: ``clean_start=False`` + a session expiry; MQTT 3.1.1, for brokers without MQTT 5:
+  ``clean_session=False``, kept until the broker cleans it; either way the broker keeps and redelivers what was not
   acknowledged), subscribes inside ``on_connect`` (a reconnect resubscribes), publishes the retained
   online/offline status with a last will, and acknowledges and answers a stored batch. Its callbacks run on paho's
   network thread and only hand each message to ``deliver``.
@@ -53,6 +54,15 @@ class BrokerSettings:
     receive_maximum: int
     status_topic: str  # retained online/offline status with a last will; "" = none
     status_payload: dict[str, Any]  # extra fields of the status messages
+    protocol: str = "5"  # "5" or "3.1.1"
+
+    @property
+    def v5(self) -> bool:
+        return self.protocol == "5"
+
+
+#: the [mqtt] protocol values the intake speaks
+MQTT_PROTOCOLS = ("5", "3.1.1")
 
 
 class Transport:
@@ -72,27 +82,18 @@ class Transport:
         self.client = self._make_client()
 
     def start(self) -> None:
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self.settings.session_expiry_s
-        properties.ReceiveMaximum = self.settings.receive_maximum
+        options: dict[str, Any] = {}
+        if self.settings.v5:  # MQTT 3.1.1 takes clean_session=False at the client's creation instead
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.settings.session_expiry_s
+            properties.ReceiveMaximum = self.settings.receive_maximum
+            options = {"clean_start": False, "properties": properties}
         try:
-            self.client.connect(
-                self.settings.host,
-                self.settings.port,
-                self.settings.keepalive,
-                clean_start=False,
-                properties=properties,
-            )
+            self.client.connect(self.settings.host, self.settings.port, self.settings.keepalive, **options)
         except OSError as exc:
             # keep going: loop_start() retries until the broker is up, and health reports it meanwhile
             log.warning("broker %s:%d not reachable yet (%s); retrying", self.settings.host, self.settings.port, exc)
-            self.client.connect_async(
-                self.settings.host,
-                self.settings.port,
-                self.settings.keepalive,
-                clean_start=False,
-                properties=properties,
-            )
+            self.client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive, **options)
         self.client.loop_start()
 
     def stopping(self) -> None:
@@ -133,7 +134,18 @@ class Transport:
 
     def _make_client(self) -> Client:
         s = self.settings
-        client = Client(mqtt.CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+        if s.v5:
+            client = Client(
+                mqtt.CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5, manual_ack=True
+            )
+        else:
+            client = Client(
+                mqtt.CallbackAPIVersion.VERSION2,
+                client_id=s.client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=False,
+                manual_ack=True,
+            )
         if s.username:
             client.username_pw_set(s.username, s.password or None)
         # QoS 1 replies: paho does not honour the broker's Receive Maximum itself, and 20 is what brokers allow
@@ -241,15 +253,16 @@ class Client(mqtt.Client):
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
         handler = self.fast_publish
         header = self._in_packet["command"]
-        if handler is None or (header & 0x06) >> 1 != 1 or not self._manual_ack or self._protocol != mqtt.MQTTv5:
+        if handler is None or (header & 0x06) >> 1 != 1 or not self._manual_ack:
             return super()._handle_publish()
+        v5 = self._protocol == mqtt.MQTTv5
         packet = self._in_packet["packet"]
         try:
             topic_end = 2 + int.from_bytes(packet[0:2], "big")
             topic = bytes(packet[2:topic_end]).decode("utf-8")
             mid = int.from_bytes(packet[topic_end : topic_end + 2], "big")
             position, length, shift = topic_end + 2, 0, 0
-            while True:  # MQTT 5 property length (variable byte integer); the properties themselves are skipped
+            while v5:  # MQTT 5 property length (variable byte integer); the properties themselves are skipped
                 byte = packet[position]
                 position += 1
                 length |= (byte & 0x7F) << shift
@@ -302,11 +315,13 @@ class Client(mqtt.Client):
         if not items or not self.is_connected():
             return
         packet = bytearray()
+        v5 = self._protocol == mqtt.MQTTv5
         for topic, payload in items:
             name = topic.encode()
-            _put_publish_header(packet, len(name), len(payload))
+            _put_publish_header(packet, len(name), len(payload) + v5)
             packet += name
-            packet += b"\x00"  # MQTT 5 property length: no properties
+            if v5:
+                packet += b"\x00"  # MQTT 5 property length: no properties
             packet += payload
         self._packet_queue(0x30, bytes(packet), 0, 0, mqtt.MQTTMessageInfo(0))
 
@@ -314,9 +329,10 @@ class Client(mqtt.Client):
 _PUBACK = struct.Struct("!BBH")
 
 
-def _put_publish_header(packet: bytearray, topic_length: int, payload_length: int) -> None:
-    """Fixed header of a QoS 0 PUBLISH, then the topic length (MQTT 5: + 1 byte of property length)."""
-    remaining = 2 + topic_length + 1 + payload_length
+def _put_publish_header(packet: bytearray, topic_length: int, rest_length: int) -> None:
+    """Fixed header of a QoS 0 PUBLISH, then the topic length; ``rest_length``: what follows the topic (the
+    payload, and in MQTT 5 one byte of property length before it)."""
+    remaining = 2 + topic_length + rest_length
     packet.append(0x30)
     while True:
         byte, remaining = remaining & 0x7F, remaining >> 7
