@@ -43,12 +43,14 @@ class _Dom(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.figures: list[tuple[str, str, str]] = []  # (path, JSON value, tag)
+        self.shown: list[tuple[str, str]] = []  # (path, text) of the figures shown as text
         self.points: dict[str, list[tuple[str, str]]] = {}
         self.texts: dict[str, str] = {}
         self.links: list[str] = []
         self.ids: set[str] = set()
         self._svg: str | None = None
         self._text_of: str | None = None
+        self._figure: tuple[str, str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
@@ -63,17 +65,25 @@ class _Dom(HTMLParser):
             self.figures.append((a["data-figure"], a["data-value"], tag))
             if tag == "rect" and "point" in a.get("class", "").split() and self._svg:
                 self.points[self._svg].append((a["data-figure"], a["data-value"]))
+            if tag in ("a", "span"):
+                self._figure = (tag, a["data-figure"])
+                self.shown.append((a["data-figure"], ""))
         if tag == "pre" and a.get("id"):
             self._text_of = a["id"]
             self.texts[a["id"]] = ""
 
     def handle_endtag(self, tag: str) -> None:
+        if self._figure and tag == self._figure[0]:
+            self._figure = None
         if tag == "svg":
             self._svg = None
         if tag == "pre":
             self._text_of = None
 
     def handle_data(self, data: str) -> None:
+        if self._figure:
+            path, text = self.shown[-1]
+            self.shown[-1] = (path, text + data)
         if self._text_of:
             self.texts[self._text_of] += data
 
@@ -113,6 +123,10 @@ def _png_colours(path: Path) -> set[tuple[int, int, int]]:
         colours.update(zip(row[0::channels], row[1::channels], row[2::channels], strict=True))
         previous = row
     return colours
+
+
+#: Integer figures that are not counts (times, durations, ratios, block numbers, ids): shown otherwise.
+_NOT_COUNTS = ("Seconds", "Bps", "bps", "At", "Block", "from", "until", "dueBy", "deadline", "seasonId")
 
 
 def _three_months(cli: Cli, deployment: Any, w3: Any) -> tuple[Any, int]:
@@ -267,6 +281,20 @@ def test_report_page_renders_its_charts_and_figures_equal_to_the_export(tmp_path
             assert json.loads(value) == node, path
             shown[path] = node
         assert set(flat) <= set(shown), sorted(set(flat) - set(shown))[:5]
+        # and reads as the same number: counts as such, ratios in percent, amounts in TEST (18 decimals)
+        checked = 0
+        for path, text in dom.shown:
+            value, name = shown[path], path.rsplit(".", 1)[-1]
+            if name.startswith("0x") and len(name) == 42 and name == token and int(value) % TOKEN == 0:
+                assert text == f"{int(value) // TOKEN} TEST", (path, text)
+            elif name.endswith(("Bps", "bps")) and value is not None:
+                assert text == f"{value / 100:.2f} %", (path, text)
+            elif isinstance(value, int) and not isinstance(value, bool) and not name.endswith(_NOT_COUNTS):
+                assert text == str(value), (path, text)
+            else:
+                continue
+            checked += 1
+        assert checked > 50, checked
 
         # each figure links to its evidence, which names the logs on chain
         for path in doc["evidence"]["figures"]:
