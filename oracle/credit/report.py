@@ -110,8 +110,8 @@ class _Page:
     def fig(self, path: str, text: str | None = None) -> str:
         """One figure: its shown text, its path and JSON value, a link to its evidence when logs prove it."""
         value = self.value(path)
-        if isinstance(value, dict) and value and path + "." + next(iter(value)) in self.flat:
-            return ", ".join(self.fig(f"{path}.{token}") for token in sorted(value))
+        if isinstance(value, dict) and value:  # money (token → amount) or counts by name: one figure each
+            return ", ".join(self.fig(f"{path}.{key}") for key in sorted(value))
         shown = text if text is not None else self.show(path, value)
         attrs = f'class="fig" data-figure="{escape(path)}" data-value="{escape(json.dumps(value))}"'
         if path in self.evidence:
@@ -120,9 +120,7 @@ class _Page:
 
     def show(self, path: str, value: Any) -> str:
         name = path.rsplit(".", 1)[-1]
-        if value is None:
-            return "—"
-        if isinstance(value, dict):
+        if value is None or isinstance(value, dict):  # an empty map: no money of any token
             return "—"
         if name.endswith("Bps") or name == "bps":
             return percent(value)

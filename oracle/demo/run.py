@@ -481,7 +481,10 @@ def run_demo(
         crop_result = {**setup.as_dict(), **closed}
     onchain = livestats.chain_summary(ops_ctx, settle_from)
     credit = _credit_report(ops_ctx, parties.household.address, work / "credit-report.html")
-    report(f"wrote the credit report of the household ({parties.household.address}): {credit['path']}")
+    report(
+        f"wrote the credit report of the household ({parties.household.address}, {credit['logs']:,} logs in "
+        f"{credit['seconds']:.1f} s): {credit['path']}"
+    )
     lat = livestats.latencies(db_path)
     rejects = {**snap.rejected, **snap.dead}
     return {

@@ -29,7 +29,7 @@ MONTH = 32 * 86_400
 CHART_COLOURS = {(0x4C, 0x72, 0xB0), (0x2A, 0x9D, 0x5C), (0xD1, 0x49, 0x5B), (0x8C, 0x1C, 0x2B)}
 
 
-def _chromium() -> str | None:
+def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None and os.environ.get("CI") != "true":
         pytest.skip("Debian's chromium is not installed (scripts/setup installs it; CI must have it)")
@@ -238,6 +238,10 @@ def test_report_page_renders_its_charts_and_figures_equal_to_the_export(tmp_path
             (hex(agreement_id), str(2 * TOKEN), True),
         ]
         assert spans[0]["until"] - spans[0]["from"] >= 0 and consumer["suspendedNow"] == 1
+
+        unwritable = cli.run(["credit", "report", subject.address, "--out", str(tmp_path / "no" / "such" / "r.html")])
+        assert unwritable.exit_code != 0 and "Traceback" not in unwritable.output
+        assert "Could not open file" in unwritable.output and "r.html" in unwritable.output
 
         html = page.read_text(encoding="utf-8")
         # self-contained: nothing fetched when it is opened
