@@ -12,21 +12,20 @@ from iotsettle.cli._common import IotSettleGroup, emit, out_console, progress
 from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import ADDRESS, CommandContext, short, with_context
 from iotsettle.oracle.chain.artifacts import load_artifact
-from iotsettle.oracle.protocol.errors import IotSettleError
 from rich.table import Table
 
 if TYPE_CHECKING:
     from iotsettle.oracle.chain import connection as chain_connection
     from iotsettle.oracle.credit import document as credit_document
+    from iotsettle.oracle.credit import report as credit_report
     from iotsettle.oracle.credit import scan as credit_scan
     from iotsettle.oracle.ops import context as ops_context
-    from iotsettle.oracle.ops import token as token_ops
 else:
     chain_connection = lazy_import("iotsettle.oracle.chain.connection")
     credit_document = lazy_import("iotsettle.oracle.credit.document")
+    credit_report = lazy_import("iotsettle.oracle.credit.report")
     credit_scan = lazy_import("iotsettle.oracle.credit.scan")
     ops_context = lazy_import("iotsettle.oracle.ops.context")
-    token_ops = lazy_import("iotsettle.oracle.ops.token")
 
 #: Per section: its title and the summary figures shown to people, the first one telling whether the subject
 #: has any history in that role (the JSON export has every figure).
@@ -126,23 +125,10 @@ def credit() -> None:
       iotsettle credit profile 0xOWNER                              # tables for people
       iotsettle credit profile 0xOWNER --out profile.json           # the verifiable export
       iotsettle credit verify profile.json --rpc-url https://…      # "verified", or the first figure that differs
+      iotsettle credit report 0xOWNER --out report.html             # one HTML page for a loan officer
 
     Definitions of every figure, and what a profile proves and does not: docs/CREDIT.md.
     """
-
-
-def _bps(value: Any) -> str:
-    return "—" if value is None else f"{value / 100:.2f} %"
-
-
-def _duration(seconds: int) -> str:
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    if seconds < 172_800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86_400:.1f} d"
 
 
 def _value(ops_ctx: ops_context.OpsContext, name: str, value: Any) -> str:
@@ -151,17 +137,14 @@ def _value(ops_ctx: ops_context.OpsContext, name: str, value: Any) -> str:
             return "—"
         return ", ".join(_money(ops_ctx, token, int(amount)) for token, amount in sorted(value.items()))
     if name.endswith("Bps"):
-        return _bps(value)
+        return credit_report.percent(value)
     if name.endswith("Seconds"):
-        return _duration(int(value))
+        return credit_report.duration(int(value))
     return str(value)
 
 
 def _money(ops_ctx: ops_context.OpsContext, token: str, amount: int) -> str:
-    try:
-        return token_ops.describe_token(ops_ctx, token).format(amount)
-    except IotSettleError:
-        return f"{amount} base units of {short(token)}"
+    return credit_report.money_format(ops_ctx)(token, amount)
 
 
 def _render(ops_ctx: ops_context.OpsContext, doc: dict[str, Any]) -> None:
@@ -198,7 +181,7 @@ def _render(ops_ctx: ops_context.OpsContext, doc: dict[str, Any]) -> None:
             short(address),
             item["kind"].lower().replace("_", " "),
             registered + (" (revoked)" if item["revokedAt"] else ""),
-            f"{uptime['active']} of {uptime['buckets']} {uptime['bucket']}s ({_bps(uptime['bps'])})",
+            f"{uptime['active']} of {uptime['buckets']} {uptime['bucket']}s ({credit_report.percent(uptime['bps'])})",
             str(settled["events"]),
             ", ".join(volume) or "—",
         )
@@ -246,20 +229,8 @@ def profile(cmd: CommandContext, address: str, out_file: str | None, to_block: i
     Example:
       iotsettle credit profile 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 --out profile.json
     """
-    point = credit_scan.chain_point(cmd.ops.w3, to_block)
-    deployments = {
-        name: (
-            cmd.ops.address(name),
-            cmd.ops.deployed_block(name),
-            str(cmd.ops.manifest["contracts"][name].get("txHash", "")),
-        )
-        for name in credit_scan.CONTRACTS
-        if cmd.ops.has(name)
-    }
-    refs = credit_scan.contract_refs(cmd.ops.w3, deployments, point.to_block)
-    run = credit_document.build(
-        cmd.ops.w3, address, point, refs, {name: cmd.ops.abis[name] for name in refs}, progress=progress
-    )
+    run = credit_document.build_from_deployment(cmd.ops, address, to_block, progress)
+    point_block = run.document["range"]["toBlock"]
     text = credit_document.canonical_json(run.document)
     if out_file:
         try:
@@ -267,13 +238,53 @@ def profile(cmd: CommandContext, address: str, out_file: str | None, to_block: i
         except OSError as exc:
             raise click.FileError(out_file, exc.strerror) from None
         progress(
-            f"wrote {out_file}: {run.stats.logs} logs read at block {point.to_block} in {run.seconds:.2f} s; "
+            f"wrote {out_file}: {run.stats.logs} logs read at block {point_block} in {run.seconds:.2f} s; "
             f"check it with `iotsettle credit verify {out_file}`"
         )
     if cmd.as_json:
         click.echo(text, nl=False)
     else:
         _render(cmd.ops, run.document)
+
+
+@credit.command()
+@click.argument("address", type=ADDRESS)
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="Write the HTML page to FILE (one self-contained file: no network needed to open it).",
+)
+@click.option(
+    "--to-block",
+    type=click.IntRange(0),
+    default=None,
+    help="Report up to this block (default: the latest); fixes the result for later checks.",
+)
+@with_context(rpc=True)
+def report(cmd: CommandContext, address: str, out_file: str, to_block: int | None) -> None:
+    """Write the credit profile of ADDRESS as one HTML page a loan officer reads at a glance: bills billed and
+    paid on time per month, suspensions and arrears on a timeline, device uptime, insurance and loans — each
+    figure linked to the logs that prove it, with the JSON export embedded and the command that re-verifies it.
+
+    \b
+    Example:
+      iotsettle credit report 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 --out report.html
+    """
+    run = credit_document.build_from_deployment(cmd.ops, address, to_block, progress)
+    page = credit_report.render(run.document, money=credit_report.money_format(cmd.ops), rpc_url=cmd.ops.chain.rpc_url)
+    try:
+        Path(out_file).write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise click.FileError(out_file, exc.strerror) from None
+    rng = run.document["range"]
+    emit(
+        {"report": str(Path(out_file).resolve()), "subject": run.document["subject"], "toBlock": rng["toBlock"]},
+        cmd.as_json,
+        f"wrote {out_file}: the credit report of {run.document['subject']} at block {rng['toBlock']} "
+        f"({run.stats.logs} logs read in {run.seconds:.2f} s)",
+    )
 
 
 @credit.command()

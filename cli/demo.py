@@ -350,6 +350,8 @@ def _main_summary(summary: dict[str, Any]) -> Table:
     if on_chain_rejects:
         table.add_row("rejected by the contracts", ", ".join(f"{k} {v}" for k, v in sorted(on_chain_rejects.items())))
     table.add_row("backlog left", str(oracle["backlog"]))
+    if summary.get("creditReport"):
+        table.add_row("credit report", f"{summary['creditReport']['path']} (the household's, open it in a browser)")
     table.add_row("files", summary["workdir"])
     return table
 
@@ -374,6 +376,7 @@ def _next_steps(summary: dict[str, Any], stack_left_running: bool) -> None:
         f"  iotsettle audit escrow {ex.get('escrow', 'ID')}",
         f"  iotsettle audit device {ex.get('tracker', 'ADDRESS')}",
         f"  iotsettle balances {parties['household']} {parties['shop']} {parties['utility']}",
+        f"  iotsettle credit report {parties['household']} --out report.html   # the household's credit history",
         "  iotsettle escrow withdraw --dev-account 4        # the shop collects its parcel payments",
         f"  iotsettle agreement withdraw {ex.get('meterAgreement', 'ID')} --dev-account 1",
     ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -140,6 +141,11 @@ def _device_of_id(target_id: int) -> str:
 
 def _hex_id(value: int) -> str:
     return hex(int(value))
+
+
+def month_of(timestamp: int) -> str:
+    """The UTC calendar month (``YYYY-MM``) of a block time: the key of the monthly figures."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m")
 
 
 def _kind_name(kind: int) -> str:
@@ -301,25 +307,36 @@ def follow_ups(subject: str, logs: Sequence[ChainLog]) -> dict[str, dict[str, tu
 
 
 class _Spans:
-    """Suspensions (or lapses) per target: count the seconds from each start to its end, or to the end block."""
+    """Suspensions (or lapses) per target: count the seconds from each start to its end, or to the end block, and
+    list each one (``{prefix}.spans.N``: target id, from, until — null while it lasts) for a timeline."""
 
     def __init__(self, f: _Figures, prefix: str, seconds: str, longest: str, still: str) -> None:
         self._f = f
-        self._open: dict[int, tuple[int, ChainLog]] = {}
+        self._prefix = prefix
+        self._open: dict[int, tuple[int, ChainLog, str]] = {}
+        self._listed = 0
         self._paths = (f"{prefix}.{seconds}", f"{prefix}.{longest}", f"{prefix}.{still}")
         f.zero(*self._paths)
 
-    def begin(self, target: int, time: int, entry: ChainLog) -> None:
-        self._open[target] = (time, entry)
+    def begin(self, target: int, time: int, entry: ChainLog) -> str:
+        """Open a span; its path in the list, for the caller to add what the starting event carries."""
+        path = f"{self._prefix}.spans.{self._listed}"
+        self._listed += 1
+        self._f.set(f"{path}.id", _hex_id(target), entry)
+        self._f.set(f"{path}.from", time, entry)
+        self._f.set(f"{path}.until", None, entry)
+        self._open[target] = (time, entry, path)
+        return path
 
     def end(self, target: int, time: int, entry: ChainLog) -> None:
         started = self._open.pop(target, None)
         if started is not None:
+            self._f.set(f"{started[2]}.until", time, started[1], entry)
             self._count(time - started[0], started[1], entry)
 
     def close(self, end_time: int) -> None:
         """Spans still open at the end block count up to its time."""
-        for _target, (start, entry) in sorted(self._open.items()):
+        for _target, (start, entry, _path) in sorted(self._open.items()):
             self._f.add(self._paths[2], 1, entry)
             self._count(end_time - start, entry)
 
@@ -520,21 +537,28 @@ def _prepaid(f: _Figures, w: _World, p: _Prepaid) -> None:
                 if top_up and p.arrears_paid and int(a["arrearsPaid"]):
                     f.money_add(f"{s}.arrearsPaid", token, int(a["arrearsPaid"]), e)
             case p.charged:
-                for path in _kept(p, item, p.charges):
+                month = f"{s}.monthly.{month_of(w.time_of(e))}"
+                f.zero(f"{month}.{p.paid_on_time}", f"{month}.{p.suspensions}")
+                for path in (*_kept(p, item, p.charges), f"{month}.{p.charges}"):
                     f.add(path, 1, e)
                 for volume in p.volumes:
                     for path in _kept(p, item, volume):
                         f.add(path, int(a[volume]), e)
-                for path in _kept(p, item, p.charged_money):
+                for path in (*_kept(p, item, p.charged_money), f"{month}.{p.charged_money}"):
                     f.money_add(path, token, int(a["amount"]), e)
                 if (e.tx_hash, e.log_index, target) not in w.ran_dry:
-                    for path in _kept(p, item, p.paid_on_time):
+                    for path in (*_kept(p, item, p.paid_on_time), f"{month}.{p.paid_on_time}"):
                         f.add(path, 1, e)
             case p.suspended:
-                for path in _kept(p, item, p.suspensions):
+                month = f"{s}.monthly.{month_of(w.time_of(e))}"
+                f.zero(f"{month}.{p.charges}", f"{month}.{p.paid_on_time}")
+                for path in (*_kept(p, item, p.suspensions), f"{month}.{p.suspensions}"):
                     f.add(path, 1, e)
-                f.money_add(f"{s}.arrearsIncurred", token, int(a["arrears"]), e)
-                spans.begin(target, w.time_of(e), e)
+                for path in (f"{s}.arrearsIncurred", f"{month}.arrearsIncurred"):
+                    f.money_add(path, token, int(a["arrears"]), e)
+                span = spans.begin(target, w.time_of(e), e)
+                f.set(f"{span}.arrears", str(int(a["arrears"])), e)
+                f.set(f"{span}.token", token, e)
             case p.resumed:
                 f.add(f"{s}.{p.resumptions}", 1, e)
                 spans.end(target, w.time_of(e), e)

@@ -30,11 +30,12 @@ from iotsettle.oracle.credit.scan import (
     contract_refs,
     scan,
 )
+from iotsettle.oracle.ops.context import OpsContext
 
 log = logging.getLogger(__name__)
 
 #: Bumped whenever a figure's definition or the file layout changes; verify refuses other versions.
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
 
 DEFINITIONS: dict[str, str] = {
     "amounts": "Money figures are maps token address → base units (decimal strings); tokens are never added up. "
@@ -64,6 +65,11 @@ DEFINITIONS: dict[str, str] = {
     "AgreementResumed; suspendedSeconds = time between each suspension and its resumption "
     "(block times), an unresolved one counted to the end of the range; suspendedNow = "
     "agreements still suspended at the end block.",
+    "consumer.monthly": "Per UTC month (YYYY-MM) of the block time: readings, billed, readingsPaidOnTime, "
+    "suspensions and arrearsIncurred, as the section's figures of the same name restricted to that month.",
+    "consumer.spans": "One entry per suspension, in chain order: id (the agreement), from (block time of "
+    "AgreementSuspended), until (block time of the AgreementResumed that ended it; null if still suspended "
+    "at the end block), arrears and token (of the AgreementSuspended).",
     "seller": "DeliveryEscrow escrows whose EscrowCreated names as seller the subject or the payout account of one "
     "of its accepted loans (LoanAccepted.account). delivered = DeliveryConfirmed "
     "(the contract only accepts a delivery signed no later than the deadline); refunded = EscrowRefunded "
@@ -73,6 +79,9 @@ DEFINITIONS: dict[str, str] = {
     "motor": "MotorInsurance policies whose PolicyOffered names the subject as holder. premiums = PremiumCharged "
     "amounts; reportsPaidOnTime = PremiumCharged not followed in the same transaction by PolicyLapsed for "
     "the same policy; lapses = PolicyLapsed; lapsedSeconds as consumer.suspendedSeconds.",
+    "motor.monthly": "As consumer.monthly: reports, premiums, reportsPaidOnTime, lapses and arrearsIncurred per "
+    "UTC month.",
+    "motor.spans": "As consumer.spans, one entry per lapse (PolicyLapsed until PolicyReinstated).",
     "crop": "CropInsurance covers whose CoverBought names the subject as buyer, or as beneficiary the subject or "
     "one of its loans' payout accounts. premiumsPaid counts covers the subject bought; payoutsReceived / "
     "payoutsToLoanAccounts / payoutsToOthers = PayoutSent amounts to the subject / to its loans' payout "
@@ -92,8 +101,12 @@ _SECTIONS = (
     "devices.items",
     "devices.byKind",
     "consumer.items",
+    "consumer.monthly",
+    "consumer.spans",
     "seller.items",
     "motor.items",
+    "motor.monthly",
+    "motor.spans",
     "crop.items",
     "loans.items",
     "consumer.deposited",
@@ -238,6 +251,21 @@ def build(
     seconds = time.perf_counter() - started
     log.info("credit profile of %s: %d logs, %d RPC calls, %.2f s", subject, stats.logs, stats.rpc_calls, seconds)
     return ProfileRun(doc, stats, seconds)
+
+
+def build_from_deployment(
+    ctx: OpsContext, subject: str, to_block: int | None, progress: ProgressFn = lambda _m: None
+) -> ProfileRun:
+    """The profile of ``subject`` over the contracts of ``ctx``'s deployment manifest (those deployed), up to
+    ``to_block`` (None: the latest block)."""
+    point = chain_point(ctx.w3, to_block)
+    deployments = {
+        name: (ctx.address(name), ctx.deployed_block(name), str(ctx.manifest["contracts"][name].get("txHash", "")))
+        for name in CONTRACTS
+        if ctx.has(name)
+    }
+    refs = contract_refs(ctx.w3, deployments, point.to_block)
+    return build(ctx.w3, subject, point, refs, {name: ctx.abis[name] for name in refs}, progress)
 
 
 def verify_document(

@@ -38,6 +38,8 @@ from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, connect, load_rela
 from iotsettle.oracle.chain.deploy import deploy_all
 from iotsettle.oracle.chain.node import Anvil, Mosquitto, Service, free_port, mqtt_ready, rpc_ready
 from iotsettle.oracle.config import Config
+from iotsettle.oracle.credit import document as credit_document
+from iotsettle.oracle.credit import report as credit_report
 from iotsettle.oracle.demo import live as livestats
 from iotsettle.oracle.demo import pace as node_pace
 from iotsettle.oracle.demo.provision import (
@@ -54,7 +56,7 @@ from iotsettle.oracle.demo.provision import (
     open_season,
     provision,
 )
-from iotsettle.oracle.ops.context import open_context
+from iotsettle.oracle.ops.context import OpsContext, open_context
 from iotsettle.oracle.protocol.errors import ConfigError, NodeError
 
 DRAIN_TIMEOUT = 30.0  # seconds at anvil's pace (``iotsettle.oracle.demo.pace``), like the other waits here
@@ -478,6 +480,11 @@ def run_demo(
             report(note)
         crop_result = {**setup.as_dict(), **closed}
     onchain = livestats.chain_summary(ops_ctx, settle_from)
+    credit = _credit_report(ops_ctx, parties.household.address, work / "credit-report.html")
+    report(
+        f"wrote the credit report of the household ({parties.household.address}, {credit['logs']:,} logs in "
+        f"{credit['seconds']:.1f} s): {credit['path']}"
+    )
     lat = livestats.latencies(db_path)
     rejects = {**snap.rejected, **snap.dead}
     return {
@@ -505,6 +512,7 @@ def run_demo(
         },
         "motor": livestats.motor_summary(ops_ctx, provisioned, settle_from),
         "crop": crop_result,
+        "creditReport": credit,
         "elapsedSeconds": round(elapsed, 1),
         "eventsPerSecond": round((snap.received + snap.rejected_total) / max(elapsed, 1e-6), 1),
         "parties": {
@@ -517,6 +525,20 @@ def run_demo(
             "lender": parties.lender.address if parties.lender else None,
         },
         "example": _examples(provisioned),
+    }
+
+
+def _credit_report(ops_ctx: OpsContext, subject: str, path: Path) -> dict[str, Any]:
+    """The credit report page of ``subject`` (``iotsettle credit report``), written to ``path``."""
+    run = credit_document.build_from_deployment(ops_ctx, subject, None)
+    page = credit_report.render(run.document, money=credit_report.money_format(ops_ctx), rpc_url=ops_ctx.chain.rpc_url)
+    path.write_text(page, encoding="utf-8")
+    return {
+        "subject": subject,
+        "path": str(path),
+        "toBlock": run.document["range"]["toBlock"],
+        "logs": run.stats.logs,
+        "seconds": round(run.seconds, 2),
     }
 
 

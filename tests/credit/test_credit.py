@@ -616,6 +616,19 @@ def test_motor_premiums_paid_on_time_lapse_and_reinstatement() -> None:
     assert (v["motor.reports"], v["motor.reportsPaidOnTime"], v["motor.paidOnTimeBps"]) == (2, 1, 5_000)
     assert (v["motor.lapses"], v["motor.reinstatements"], v["motor.lapsedNow"]) == (1, 1, 0)
     assert v["motor.lapsedSeconds"] == 300 and v["motor.longestLapseSeconds"] == 300  # blocks 5 → 8
+    # per month (all in January 1970 here) and the lapse as a span for the report's timeline
+    month = {k.rsplit(".", 1)[1]: v[k] for k in v if k.startswith("motor.monthly.1970-01.") and k.count(".") == 3}
+    assert month == {"reports": 2, "reportsPaidOnTime": 1, "lapses": 1}
+    assert (
+        v[f"motor.monthly.1970-01.premiums.{token}"] == 18 and v[f"motor.monthly.1970-01.arrearsIncurred.{token}"] == 3
+    )
+    assert {k: v[f"motor.spans.0.{k}"] for k in ("id", "from", "until", "arrears")} == {
+        "id": hex(policy_id),
+        "from": 500,
+        "until": 800,
+        "arrears": "3",
+    }
+    assert profile.evidence["motor.spans.0.until"] == {(5, 1), (8, 1)}  # PolicyLapsed and PolicyReinstated
     assert (v[f"motor.premiums.{token}"], v[f"motor.deposited.{token}"], v["motor.metres"]) == (18, 25, 20_000)
     vehicle = checksum(VEHICLE)
     assert v[f"devices.items.{vehicle}.settled.metres"] == 20_000

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,6 +133,16 @@ def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -
     # nobody asked: the keeper child process finalized the season and swept the loan, the demo did not step in
     assert crop["finalizedBy"] == crop["keeper"] and crop["keeper"] in loan["sweptBy"]
     assert not crop.get("fallback")
+
+    # the household's credit report: written where the demo said, its figures the chain's
+    report = summary["creditReport"]
+    assert report["subject"] == HOUSEHOLD
+    page = Path(report["path"]).read_text(encoding="utf-8")
+    embedded = json.loads(html.unescape(re.search(r'<pre id="profile-json">(.*?)</pre>', page, re.S).group(1)))
+    assert embedded["subject"] == HOUSEHOLD and embedded["range"]["toBlock"] == report["toBlock"]
+    assert embedded["figures"]["consumer"]["readings"] == chain["readingsSettled"]
+    assert embedded["figures"]["motor"]["reports"] == chain["telematicsSettled"]
+    assert 'id="chart-consumer-monthly"' in page and 'id="chart-motor-monthly"' in page
 
     # nothing left running: the children's pid files are gone and so are they
     assert not list(work.glob("*.pid"))
