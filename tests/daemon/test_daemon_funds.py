@@ -122,4 +122,5 @@ def test_enough_gas_is_ok_and_names_the_hours_left(
     wait_for(lambda: "h of gas at" in _funds(daemon)["detail"], 20, "the spending seen by the funds check")
     funds = _funds(daemon)
     assert funds["status"] == "ok", funds
-    assert re.search(rf"relayer {relayer.address} holds [0-9.]+ ETH: \d+\.\d h of gas at [0-9.]+ ETH/h", funds["detail"])
+    pattern = rf"relayer {relayer.address} holds [0-9.]+ ETH: \d+\.\d h of gas at [0-9.]+ ETH/h"
+    assert re.search(pattern, funds["detail"]), funds
