@@ -105,17 +105,18 @@ def check_broker(config: Config, deployment: Deployment, timeout: float = 5.0) -
 
     transport.client.on_connect = connected
     transport.start()
+    subscribed = False
     try:
         deadline = time.monotonic() + timeout
-        while not transport.connected and not answered.is_set() and time.monotonic() < deadline:
-            transport.wait_connected(0.05)
+        while not subscribed and not answered.is_set() and time.monotonic() < deadline:
+            subscribed = transport.wait_connected(0.05)
     finally:
         transport.stopping()
         transport.close()
     user = f" as {config.mqtt.username}" if config.mqtt.username else ""
     if refused:
         raise ConfigError(f"broker {host}:{port} refused the connection{user}: {refused[0]}")
-    if not transport.connected and not answered.is_set():
+    if not subscribed:
         raise ConfigError(f"broker {host}:{port} did not accept the subscription {settings.subscription}{user}")
     return f"{host}:{port}{user}: connected and subscribed to {settings.subscription}"
 
@@ -133,6 +134,7 @@ def _health_port(config: Config) -> Finding:
     if not o.health_port:
         return Finding("health endpoint", Verdict.WARN, "disabled ([oracle] health_port = 0): no /health or /metrics")
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the health server: TIME_WAIT is no obstacle
         try:
             sock.bind((o.health_host, o.health_port))
         except OSError as exc:

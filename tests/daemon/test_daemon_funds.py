@@ -101,6 +101,13 @@ def test_health_says_how_much_to_send_where_when_gas_runs_short(
     for text in (daemon.log.read_text(), str(daemon.health()), daemon.get("/metrics")[1].decode()):  # type: ignore[index]
         assert key[2:] not in text.lower()
 
+    # `oracle run --check` reads the hour from the database too: a warning with the amount, and it would start
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(60) == 0
+    code, findings, output = daemon.check()
+    assert code == 0, output
+    assert findings["funds"]["status"] == "warn" and "send at least" in findings["funds"]["detail"], findings
+
 
 def test_enough_gas_is_ok_and_names_the_hours_left(
     tmp_path: Path, deployment: Any, mosquitto: Any, scenario: Scenario, daemons: list[DaemonProcess]

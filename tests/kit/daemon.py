@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 from click.testing import CliRunner
 from iotsettle.cli._common import State
@@ -21,3 +23,13 @@ class DaemonProcess(daemon.DaemonProcess):
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             raise AssertionError("a refused start must be a one-line error, not a crash") from result.exception
         return result.exit_code, result.output
+
+    def check(self, **overrides: str) -> tuple[int, dict[str, dict[str, Any]], str]:
+        """`iotsettle oracle run --check --json` in this process: (exit code, findings by part, the output)."""
+        env = {k: v for k, v in {**self.env, **overrides}.items() if k.startswith("IOTSETTLE_")}
+        cleared = {k: None for k in os.environ if k.startswith("IOTSETTLE_") and k not in env}
+        result = CliRunner().invoke(oracle, ["run", "--check", "--json"], env={**cleared, **env}, obj=State(None))
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise AssertionError("--check must report, not crash") from result.exception
+        report = json.loads(result.stdout)
+        return result.exit_code, {f["name"]: f for f in report["findings"]}, result.output
