@@ -108,4 +108,3 @@ def test_a_taken_health_port_is_named(checked: DaemonProcess) -> None:
     assert findings["health endpoint"]["status"] == "fail"
     assert "cannot listen on 127.0.0.1" in findings["health endpoint"]["detail"]
     assert all(f["status"] == "ok" for name, f in findings.items() if name != "health endpoint"), findings
-
