@@ -125,10 +125,8 @@ def test_the_container_runs_the_daemon_with_its_state_as_a_volume_and_health_as_
     deployments = re.search(r"IOTSETTLE_PATHS_DEPLOYMENTS_DIR=(\S+)", " ".join(by_op["ENV"]))
     assert deployments is not None and deployments.group(1).startswith(state_dir + "/")
 
-    check = by_op["HEALTHCHECK"][0]
-    assert f"http://127.0.0.1:%s/health' % os.environ.get('IOTSETTLE_ORACLE_HEALTH_PORT', '{DEFAULTS.health_port}')" in (
-        check
-    )
+    port = f"os.environ.get('IOTSETTLE_ORACLE_HEALTH_PORT', '{DEFAULTS.health_port}')"
+    assert f"urlopen('http://127.0.0.1:%s/health' % {port}" in by_op["HEALTHCHECK"][0]
     assert by_op["EXPOSE"] == [str(DEFAULTS.health_port)]
     assert "IOTSETTLE_ORACLE_HEALTH_HOST=0.0.0.0" in " ".join(by_op["ENV"])  # reachable by a scraper
     assert by_op["STOPSIGNAL"] == ["SIGTERM"]
