@@ -53,11 +53,15 @@ def run(cmd: CommandContext, intake_only: bool, check: bool) -> None:
     The relayer key comes from [chain] keystore + IOTSETTLE_CHAIN_PASSWORD (or password_file); on a local chain
     without one, anvil development account 9 (0xa0Ee…9720) — never account 0, which the CLI sends from.
 
+    /health and /metrics listen on [oracle] health_host:health_port; /health turns "degraded" (and says how much to
+    send where) when the relayer's balance lasts fewer than [oracle] min_gas_hours at the last hour's gas spending.
+
     \b
     Examples:
       iotsettle --config /etc/iotsettle/iotsettle.toml oracle run --check    # test a configuration, start nothing
       iotsettle oracle run --check --json                                  # the same findings for a script
       iotsettle oracle run                                                 # the service itself
+      curl -s http://127.0.0.1:9464/health                                 # from another shell: each check
     """
     if check:
         findings = daemon_checkup.run_checks(cmd.config)
@@ -138,6 +142,9 @@ def status(cmd: CommandContext, rejects: int) -> None:
         f"daemon: [bold]{daemon['status'] if daemon else 'not running (no health endpoint)'}[/bold]   database: {path}",
     )
     counts = ", ".join(f"{k} {v}" for k, v in backlog.items() if v)
+    for name, check in (daemon or {}).get("checks", {}).items():
+        if check["status"] != "ok":
+            emit(None, False, f"[yellow]{name}[/yellow]: {escape(check['detail'])}")
     emit(None, False, f"backlog: {counts or 'empty'}")
     emit(
         None, False, f"last settled block: {data['lastSettledBlock'] if data['lastSettledBlock'] is not None else '-'}"

@@ -163,3 +163,14 @@ def test_the_systemd_unit_runs_the_daemon_and_waits_for_its_drain() -> None:
     assert not {"IOTSETTLE_CHAIN_PASSWORD", "IOTSETTLE_CHAIN_PRIVATE_KEY", "IOTSETTLE_MQTT_PASSWORD"} & set(environment)
     state = "/var/lib/" + unit["StateDirectory"][0]
     assert environment["IOTSETTLE_ORACLE_DB_PATH"].startswith(state + "/")
+
+
+def test_the_compose_file_builds_the_daemon_from_the_containerfile() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    oracle = compose["services"]["oracle"]
+    assert (REPO / oracle["build"]["context"] / oracle["build"]["dockerfile"]).is_file()
+    for name in oracle["environment"]:
+        assert name in _config_variables(), name
+    assert any(volume.endswith(":/srv/iotsettle/.state") for volume in oracle["volumes"])
+    host = oracle["environment"]["IOTSETTLE_CHAIN_RPC_URL"].split("//")[1].split(":")[0]
+    assert {host, oracle["environment"]["IOTSETTLE_MQTT_HOST"]} <= set(compose["services"])

@@ -9,6 +9,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner
+from iotsettle.cli._common import State
+from iotsettle.cli.oracle import oracle
 from iotsettle.oracle.testing.accounts import ETHER, funded_account
 from iotsettle.oracle.testing.devices import Publisher
 from iotsettle.oracle.testing.wait import wait_for
@@ -96,6 +99,11 @@ def test_health_says_how_much_to_send_where_when_gas_runs_short(
     assert daemon.wait(60) == 0
     daemon.start().wait_ready()
     assert _funds(daemon)["status"] == "degraded", _funds(daemon)
+    # and `iotsettle oracle status` shows the line to a person
+    env = {k: v for k, v in daemon.env.items() if k.startswith("IOTSETTLE_")}
+    status = CliRunner().invoke(oracle, ["status"], env=env, obj=State(None), terminal_width=400)
+    assert status.exit_code == 0, status.output
+    assert f"funds: relayer {relayer.address} has" in status.output and "send at least" in status.output
 
     # the key never reaches the log, /health or /metrics
     for text in (daemon.log.read_text(), str(daemon.health()), daemon.get("/metrics")[1].decode()):  # type: ignore[index]
