@@ -69,6 +69,18 @@ def endpoint(url: str) -> str:
     return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
 
 
+def scrub(text: str, config: Config) -> str:
+    """``text`` with the RPC URL cut to its endpoint and every configured secret replaced by ``***``: errors of
+    the layers below quote what they were given."""
+    url = config.chain.rpc_url
+    if url != endpoint(url):
+        text = text.replace(url, endpoint(url))
+    for secret in (config.chain.password, config.chain.private_key, config.mqtt.password):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 def _key_source(config: Config) -> str:
     if config.chain.keystore:
         return f"keystore {config.chain.keystore}"
@@ -193,4 +205,4 @@ def run_checks(config: Config, broker_timeout: float = 5.0) -> list[Finding]:
             findings.append(Finding("funds", Verdict.FAIL, f"relayer {funds.address} holds 0 ETH: it cannot pay gas"))
         else:
             findings.append(Finding("funds", Verdict.OK if state is State.OK else Verdict.WARN, detail))
-    return findings
+    return [dataclasses.replace(f, detail=scrub(f.detail, config)) for f in findings]

@@ -38,8 +38,9 @@ def eth(wei: float, *, up: bool = False) -> str:
     if value == 0:
         return "0 ETH"
     digits = max(0, 3 - math.floor(math.log10(abs(value))))
-    if up:
-        value = math.ceil(value * 10**digits) / 10**digits
+    if up and digits <= 18:
+        step = 10 ** (18 - digits)  # in wei, so that 0.14 ETH stays 0.1400 (floats would make it 0.1401)
+        value = -(-int(wei) // step) * step / WEI_PER_ETH
     return f"{value:.{digits}f} ETH"
 
 
@@ -104,7 +105,8 @@ class RelayerFunds:
         try:
             value = int(self._balance_of(self.address))
         except Exception as exc:  # any node failure: keep the last figure and say why it may be stale
-            self._balance_error = f"{type(exc).__name__}: {exc}"
+            # the type only: messages of HTTP errors quote the URL, and hosted endpoints carry an API key in it
+            self._balance_error = f"node error {type(exc).__name__}"
             log.debug("relayer balance not read: %s", self._balance_error)
             return self._balance
         self._balance, self._balance_error = value, None
@@ -140,7 +142,7 @@ class RelayerFunds:
         balance, rate = self._balance, self.rate()
         if balance is None:
             return State.DEGRADED, f"relayer {self.address}: balance unknown ({self._balance_error})"
-        stale = f" (last known: {self._balance_error})" if self._balance_error else ""
+        stale = f" (balance as last read; now {self._balance_error})" if self._balance_error else ""
         if rate <= 0:
             return State.OK, f"relayer {self.address} holds {eth(balance)}{stale}; no gas spent in the last hour"
         if self.min_hours <= 0 or hours >= self.min_hours:

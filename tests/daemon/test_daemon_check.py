@@ -108,3 +108,13 @@ def test_a_taken_health_port_is_named(checked: DaemonProcess) -> None:
     assert findings["health endpoint"]["status"] == "fail"
     assert "cannot listen on 127.0.0.1" in findings["health endpoint"]["detail"]
     assert all(f["status"] == "ok" for name, f in findings.items() if name != "health endpoint"), findings
+
+
+def test_an_unreachable_endpoint_is_named_without_its_secrets(checked: DaemonProcess) -> None:
+    code, findings, output = checked.check(
+        IOTSETTLE_CHAIN_RPC_URL=f"https://ops:rpc-secret-1@127.0.0.1:{free_port()}/v3/rpc-secret-2?k=rpc-secret-3"
+    )
+    assert code == 1, output
+    assert findings["chain"]["status"] == "fail" and "cannot reach" in findings["chain"]["detail"]
+    assert "https://127.0.0.1:" in findings["chain"]["detail"]
+    assert "rpc-secret" not in output, output

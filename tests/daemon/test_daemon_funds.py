@@ -12,6 +12,7 @@ from typing import Any
 from click.testing import CliRunner
 from iotsettle.cli._common import State
 from iotsettle.cli.oracle import oracle
+from iotsettle.oracle.daemon.funds import RelayerFunds
 from iotsettle.oracle.testing.accounts import ETHER, funded_account
 from iotsettle.oracle.testing.devices import Publisher
 from iotsettle.oracle.testing.wait import wait_for
@@ -139,3 +140,50 @@ def test_enough_gas_is_ok_and_names_the_hours_left(
     assert funds["status"] == "ok", funds
     pattern = rf"relayer {relayer.address} holds [0-9.]+ ETH: \d+\.\d h of gas at [0-9.]+ ETH/h"
     assert re.search(pattern, funds["detail"]), funds
+
+
+class _Node:
+    """A balance that the test sets, and counts how often it is read (stands in for eth_getBalance)."""
+
+    def __init__(self, wei: int) -> None:
+        self.wei, self.reads, self.down = wei, 0, False
+
+    def __call__(self, address: str) -> int:
+        self.reads += 1
+        if self.down:
+            raise ConnectionError(f"HTTPSConnectionPool: Max retries exceeded with url /v3/api-key-1 for {address}")
+        return self.wei
+
+
+def test_the_rate_is_the_last_hour_and_the_balance_is_read_at_most_every_refresh() -> None:
+    now = [1_000_000.0]
+    node = _Node(ETHER)
+    funds = RelayerFunds("0xR", node, min_hours=24, refresh=3600, clock=lambda: now[0])
+    funds.seed([(now[0] - 4000, 10**18), (now[0] - 1800, 10**16)])  # the first one is older than the hour
+    assert funds.rate() == 10**16
+    funds.spent(2 * 10**16)
+    assert funds.rate() == 3 * 10**16
+    state, detail = funds.check()  # 1 ETH at 0.03 ETH/h: 33.3 h ≥ 24 h
+    assert (str(state), detail) == ("ok", "relayer 0xR holds 1.000 ETH: 33.3 h of gas at 0.03000 ETH/h")
+    now[0] += 1801  # the seeded 0.01 ETH leaves the window
+    assert funds.rate() == 2 * 10**16
+    node.wei = ETHER // 4
+    for _ in range(5):
+        funds.check()
+    assert node.reads == 1  # one read for all those checks: refresh is an hour
+    assert funds.balance() == ETHER
+
+
+def test_a_node_error_keeps_the_last_balance_and_quotes_no_url() -> None:
+    node = _Node(ETHER // 10)
+    funds = RelayerFunds("0xR", node, min_hours=24, refresh=0)
+    funds.spent(10**16)  # 0.1 ETH at 0.01 ETH/h: 10 h
+    assert funds.balance() == ETHER // 10
+    node.down = True
+    state, detail = funds.check()
+    assert str(state) == "degraded"
+    assert detail == (
+        "relayer 0xR has 10.0 h of gas at the last hour's rate (0.01000 ETH/h) (balance as last read; now node "
+        "error ConnectionError): send at least 0.1400 ETH to 0xR to reach 24 h"
+    )
+    assert "api-key" not in detail
