@@ -17,7 +17,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from iotsettle.oracle.daemon.health import State
 from iotsettle.oracle.daemon.metrics import Metrics
@@ -120,19 +119,6 @@ class RelayerFunds:
         if balance is None:
             return math.nan
         return math.inf if rate <= 0 else balance / rate
-
-    def status(self) -> dict[str, Any]:
-        """Balance, rate and hours left as numbers (wei and hours), for ``--check`` and the metrics."""
-        hours = self.hours_left()
-        if self.metrics is not None and not math.isnan(hours):
-            self.metrics.gas_hours_left.set(hours)
-        return {
-            "relayer": self.address,
-            "balanceWei": self._balance,
-            "spentPerHourWei": int(self.rate()),
-            "hoursLeft": None if math.isnan(hours) or math.isinf(hours) else round(hours, 2),
-            "minGasHours": self.min_hours,
-        }
 
     def check(self) -> tuple[State, str]:
         """ok, or degraded with what to send where when the balance lasts fewer than ``min_hours``."""
