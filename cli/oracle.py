@@ -13,15 +13,18 @@ import click
 from iotsettle.cli._common import IotSettleGroup, State, emit
 from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import CommandContext, with_context
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
     import eth_utils
+    from iotsettle.oracle.daemon import checkup as daemon_checkup
     from iotsettle.oracle.daemon import intake as daemon_intake
     from iotsettle.oracle.daemon import service as daemon_service
     from iotsettle.oracle.daemon import store as daemon_store
 else:
     eth_utils = lazy_import("eth_utils")
+    daemon_checkup = lazy_import("iotsettle.oracle.daemon.checkup")
     daemon_intake = lazy_import("iotsettle.oracle.daemon.intake")
     daemon_service = lazy_import("iotsettle.oracle.daemon.service")
     daemon_store = lazy_import("iotsettle.oracle.daemon.store")
@@ -36,14 +39,40 @@ def oracle() -> None:
 
 @oracle.command()
 @click.option("--intake-only", is_flag=True, help="Take in and store events but send no transactions.")
-@with_context(json_output=False)
-def run(cmd: CommandContext, intake_only: bool) -> None:
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Check configuration, relayer key, chain, deployment, broker, database, health port and funds; then exit "
+    "(1 when the daemon could not start or work).",
+)
+@with_context()
+def run(cmd: CommandContext, intake_only: bool, check: bool) -> None:
     """Run the daemon until SIGTERM/SIGINT, then drain and exit 0.
 
     Settings: the [oracle], [mqtt] and [chain] sections (or IOTSETTLE_ORACLE_*, IOTSETTLE_MQTT_*, IOTSETTLE_CHAIN_*).
     The relayer key comes from [chain] keystore + IOTSETTLE_CHAIN_PASSWORD (or password_file); on a local chain
     without one, anvil development account 9 (0xa0Ee…9720) — never account 0, which the CLI sends from.
+
+    /health and /metrics listen on [oracle] health_host:health_port; /health turns "degraded" (and says how much to
+    send where) when the relayer's balance lasts fewer than [oracle] min_gas_hours at the last hour's gas spending.
+
+    \b
+    Examples:
+      iotsettle --config /etc/iotsettle/iotsettle.toml oracle run --check    # test a configuration, start nothing
+      iotsettle oracle run --check --json                                  # the same findings for a script
+      iotsettle oracle run                                                 # the service itself
+      curl -s http://127.0.0.1:9464/health                                 # from another shell: each check
     """
+    if check:
+        findings = daemon_checkup.run_checks(cmd.config)
+        failed = [f for f in findings if f.verdict == daemon_checkup.Verdict.FAIL]
+        if cmd.as_json:
+            cmd.emit({"ok": not failed, "findings": [f.as_dict() for f in findings]})
+        else:
+            colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+            for f in findings:
+                emit(None, False, f"[{colour[f.verdict]}]{f.verdict:>4}[/] {f.name}: {escape(f.detail)}")
+        cmd.click.exit(1 if failed else 0)
     root = logging.getLogger()
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)  # a daemon's operator wants its life events without -v
@@ -113,6 +142,9 @@ def status(cmd: CommandContext, rejects: int) -> None:
         f"daemon: [bold]{daemon['status'] if daemon else 'not running (no health endpoint)'}[/bold]   database: {path}",
     )
     counts = ", ".join(f"{k} {v}" for k, v in backlog.items() if v)
+    for name, check in (daemon or {}).get("checks", {}).items():
+        if check["status"] != "ok":
+            emit(None, False, f"[yellow]{name}[/yellow]: {escape(check['detail'])}")
     emit(None, False, f"backlog: {counts or 'empty'}")
     emit(
         None, False, f"last settled block: {data['lastSettledBlock'] if data['lastSettledBlock'] is not None else '-'}"

@@ -135,6 +135,10 @@ class OracleSettings:
     reject_retention: float = _doc(
         30 * 86400.0, "seconds a rejected message stays in the audit table; 0 keeps them forever"
     )
+    min_gas_hours: float = _doc(
+        24.0, "/health is degraded when the relayer balance lasts fewer hours at the last hour's gas spending; 0 = off"
+    )
+    balance_refresh: float = _doc(30.0, "seconds between two reads of the relayer balance from the node")
     drain_timeout: float = _doc(30.0, "seconds SIGTERM/SIGINT waits for in-flight events before exiting")
     batch_preflight: bool = _doc(
         False,

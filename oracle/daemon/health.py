@@ -73,6 +73,8 @@ class Health:
                 refresh()
             except Exception:
                 log.exception("refreshing metrics failed")
+        for name, check in self.report()["checks"].items():
+            self.metrics.check_state.labels(check=name).set(_RANK[State(check["status"])])
         return self.metrics.render()
 
     def start(self) -> None:

@@ -24,13 +24,15 @@ from types import FrameType
 
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.deployment import Deployment, resolve
+from iotsettle.oracle.daemon.funds import RelayerFunds
 from iotsettle.oracle.daemon.health import Health, State
 from iotsettle.oracle.daemon.intake import MQTT_PROTOCOLS, Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.registry_follower import RegistryFollower
 from iotsettle.oracle.daemon.rules import RuleSettings
-from iotsettle.oracle.daemon.settler import Settler
+from iotsettle.oracle.daemon.settler import Settler, SettlerSettings
 from iotsettle.oracle.daemon.store import Store, StoredEvent
+from iotsettle.oracle.daemon.txstore import TxStore
 from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.errors import ConfigError
 from iotsettle.oracle.protocol.reasons import Reason, Reply, encode_reply
@@ -60,6 +62,32 @@ def rule_settings(config: Config) -> RuleSettings:
     )
 
 
+def intake_settings(config: Config, deployment: Deployment) -> IntakeSettings:
+    """The intake's settings: broker, subscription, batching and rules of ``config`` on ``deployment``."""
+    o = config.oracle
+    return IntakeSettings(
+        chain_id=deployment.chain.chain_id,
+        contracts=deployment.contracts,
+        host=config.mqtt.host,
+        port=config.mqtt.port,
+        client_id=o.client_id,
+        username=config.mqtt.username,
+        password=config.mqtt.password,
+        keepalive=config.mqtt.keepalive,
+        protocol=config.mqtt.protocol,
+        shared_group=o.shared_group,
+        session_expiry_s=o.session_expiry,
+        receive_maximum=o.receive_maximum,
+        batch_size=o.intake_batch_size,
+        batch_latency_s=o.intake_batch_latency,
+        verify_workers=o.verify_workers,
+        reply_qos=o.reply_qos,
+        status_topic=status_topic(deployment.chain.chain_id, o.oracle_id),
+        status_payload={"oracle": o.oracle_id, "relayer": deployment.relayer.address},
+        rules=rule_settings(config),
+    )
+
+
 def validate(config: Config) -> None:
     """Reject [oracle] values the daemon cannot work with, naming the key."""
     o = config.oracle
@@ -80,6 +108,8 @@ def validate(config: Config) -> None:
         problems.append(f"[mqtt] protocol must be one of {', '.join(MQTT_PROTOCOLS)}")
     elif config.mqtt.protocol != "5" and o.shared_group:
         problems.append("shared_group needs [mqtt] protocol 5 (shared subscriptions are an MQTT 5 feature)")
+    if o.balance_refresh <= 0:
+        problems.append("balance_refresh must be > 0")
     if o.registry_poll <= 0:
         problems.append("registry_poll must be > 0")
     if not o.client_id or "/" in o.oracle_id or "+" in o.oracle_id or "#" in o.oracle_id or not o.oracle_id:
@@ -95,6 +125,7 @@ def validate(config: Config) -> None:
         "quarantine_window",
         "drain_timeout",
         "reject_retention",
+        "min_gas_hours",
     ):
         if getattr(o, name) < 0:
             problems.append(f"{name} must be ≥ 0")
@@ -106,7 +137,25 @@ def preflight(config: Config) -> Deployment:
     """Every start-up check; the resolved deployment is what intake and settlement then run on. Raises ConfigError /
     ChainError / DeploymentError / KeyFileError / CompileError naming the problem."""
     validate(config)
+    SettlerSettings.from_config(config)
     return resolve(config)
+
+
+def relayer_funds(
+    config: Config, deployment: Deployment, store: Store | None, metrics: Metrics | None = None
+) -> RelayerFunds:
+    """The relayer's balance and spending, seeded with the last hour's transactions from ``store`` (when given)."""
+    w3 = deployment.chain.w3
+    funds = RelayerFunds(
+        deployment.relayer.address,
+        lambda address: int(w3.eth.get_balance(w3.to_checksum_address(address))),
+        min_hours=config.oracle.min_gas_hours,
+        refresh=config.oracle.balance_refresh,
+        metrics=metrics,
+    )
+    if store is not None:
+        funds.seed(TxStore(store).fees_since(deployment.relayer.address, time.time() - funds.window))
+    return funds
 
 
 def prune_interval(retention: float) -> float:
@@ -139,6 +188,7 @@ class OracleDaemon:
         self.follower: RegistryFollower | None = None
         self.settler: Settler | None = None
         self.health: Health | None = None
+        self.funds: RelayerFunds | None = None
         self._stores: list[Store] = []
         self._stop = threading.Event()
 
@@ -157,28 +207,7 @@ class OracleDaemon:
 
         status_store = self._store()
         intake_store = self._store()
-        topic = status_topic(chain.chain_id, o.oracle_id)
-        settings = IntakeSettings(
-            chain_id=chain.chain_id,
-            contracts=deployment.contracts,
-            host=config.mqtt.host,
-            port=config.mqtt.port,
-            client_id=o.client_id,
-            username=config.mqtt.username,
-            password=config.mqtt.password,
-            keepalive=config.mqtt.keepalive,
-            protocol=config.mqtt.protocol,
-            shared_group=o.shared_group,
-            session_expiry_s=o.session_expiry,
-            receive_maximum=o.receive_maximum,
-            batch_size=o.intake_batch_size,
-            batch_latency_s=o.intake_batch_latency,
-            verify_workers=o.verify_workers,
-            reply_qos=o.reply_qos,
-            status_topic=topic,
-            status_payload={"oracle": o.oracle_id, "relayer": deployment.relayer.address},
-            rules=rule_settings(config),
-        )
+        settings = intake_settings(config, deployment)
         self.intake = Intake(settings, intake_store, self.metrics)
 
         registry = deployment.contract("DeviceRegistry")
@@ -195,15 +224,19 @@ class OracleDaemon:
         synced = self.follower.sync()  # before intake: known devices must not be answered "unknown_device"
         log.info("device registry followed up to block %d (%d new events)", self.follower.next_block - 1, synced)
 
+        if self.settle:
+            self.settler = Settler.from_deployment(
+                config, deployment, self._store(), metrics=self.metrics, on_dead_letter=self._dead_letter
+            )
+            self.funds = relayer_funds(config, deployment, status_store, self.metrics)
+            self.settler.tracker.on_fee = self.funds.spent
+
         if o.health_port:
             self.health = Health(self.metrics, o.health_host, o.health_port)
             self._add_checks(status_store)
             self.health.start()
 
-        if self.settle:
-            self.settler = Settler.from_deployment(
-                config, deployment, self._store(), metrics=self.metrics, on_dead_letter=self._dead_letter
-            )
+        if self.settler is not None:
             self.settler.start()
             self.intake.on_stored = self.settler.wake
         self.follower.start()
@@ -249,6 +282,8 @@ class OracleDaemon:
         health.add_check("intake", intake_check)
         health.add_check("registry", registry_check)
         health.add_check("settlement", settlement)
+        if self.funds is not None:
+            health.add_check("funds", self.funds.check)
 
         def refresh() -> None:
             for status, count in store.backlog().items():

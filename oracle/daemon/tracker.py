@@ -83,6 +83,8 @@ class Tracker:
         #: called when the previous head is no longer canonical, before the pass acts on it; raises to stop the pass
         #: (the settler checks that the node still serves the chain settlement started on)
         self.on_fork: Callable[[], None] | None = None
+        #: called with the wei each mined transaction paid for gas (reverted ones too)
+        self.on_fee: Callable[[int], None] | None = None
 
     def poll(self) -> int:
         """One pass over the open and the mined transactions; returns how many changed state.
@@ -219,6 +221,9 @@ class Tracker:
         block_hash = str(receipt["blockHash"]).lower()
         mined_hash = str(receipt["transactionHash"]).lower()
         gas_used = hex_int(receipt["gasUsed"])
+        if self.on_fee is not None:
+            price = receipt.get("effectiveGasPrice")
+            self.on_fee(gas_used * (hex_int(price) if price is not None else tx.max_fee))
         events = [e for e in self.store.events_by_tx(tx.tx_key) if e.status is EventStatus.SUBMITTED]
         self._drop_checked.pop(tx.tx_key, None)
         self._nonce_passed.pop(tx.tx_key, None)

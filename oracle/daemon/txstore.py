@@ -262,6 +262,16 @@ class TxStore:
                 ),
             )
 
+    def fees_since(self, sender: str, since: float) -> list[tuple[float, int]]:
+        """(mined at, gas used × max fee) of ``sender``'s transactions mined since ``since``: an upper bound of what
+        they paid, since the effective gas price is not stored."""
+        rows = self._read(
+            "SELECT mined_at, gas_used * max_fee FROM settlement_tx WHERE sender = ? AND mined_at >= ? "
+            "AND gas_used IS NOT NULL",
+            (sender, since),
+        )
+        return [(float(at), int(wei)) for at, wei in rows]
+
     def mark_final(self, tx_key: str) -> None:
         with self.store.transaction() as conn:
             conn.execute("UPDATE settlement_tx SET status = 'final' WHERE tx_key = ? AND status = 'mined'", (tx_key,))

@@ -101,7 +101,8 @@ class DaemonProcess:
     def metric(self, name: str) -> float:
         """One unlabelled sample of /metrics (0 when absent)."""
         answer = self.get("/metrics")
-        match = re.search(rf"^{name} ([0-9.e+]+)$", answer[1].decode(), re.M) if answer else None
+        # small values come as 5.4e-05, unbounded ones as +Inf
+        match = re.search(rf"^{name} ([-+0-9.e]+|[-+]Inf|NaN)$", answer[1].decode(), re.M) if answer else None
         return float(match.group(1)) if match else 0.0
 
     def wait_ready(self, timeout: float = 60) -> DaemonProcess:
