@@ -4,7 +4,8 @@ A packed item is the kind's signed fields in signing order, each big-endian in t
 (``PACKED_WIDTHS``, bytes per field), then the ERC-2098 compact signature r ‖ vs (32 bytes each). The signed
 EIP-712 message is unchanged: only its transport to the contract is narrower, so a field beyond its width cannot
 be packed (``ValueError``) — the contract would refuse it anyway (``ValueOutOfRange`` / ``TimestampInFuture``).
-The contracts document the same layouts (``IMeteredBilling.settle``, ``IMotorInsurance.settle``).
+The contracts document the same layouts (``IMeteredBilling.settle``, ``IMotorInsurance.settle``,
+``IHealthInsurance.settle``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 #: kind → bytes per signed field in signing order (reading: agreementId, seq, timestamp, value; telematics:
-#: policyId, seq, timestamp, odometer, harshBraking, speeding — the signed widths, so every signed report packs)
-PACKED_WIDTHS: dict[str, tuple[int, ...]] = {"reading": (32, 5, 5, 8), "telematics": (32, 8, 8, 8, 4, 4)}
+#: policyId, seq, timestamp, odometer, harshBraking, speeding — the signed widths, so every signed report packs;
+#: activity: policyId, seq, timestamp, period, tier — the signed widths)
+PACKED_WIDTHS: dict[str, tuple[int, ...]] = {
+    "reading": (32, 5, 5, 8),
+    "telematics": (32, 8, 8, 8, 4, 4),
+    "activity": (32, 8, 8, 4, 1),
+}
 
 
 def item_size(kind: str) -> int:
