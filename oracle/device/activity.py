@@ -49,3 +49,39 @@ def thresholds_of(min_steps: Sequence[int], min_active_minutes: Sequence[int]) -
     if len(steps) != MAX_TIER or len(minutes) != MAX_TIER:
         raise ValueError("a policy has step and active-minute thresholds for tiers 1, 2 and 3")
     return Thresholds((steps[0], steps[1], steps[2]), (minutes[0], minutes[1], minutes[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class Cover:
+    """What a wearable knows of its health policy: the calendar of its periods and the tier thresholds (read from the
+    policy on chain when the device is paired with it)."""
+
+    start: int  # the policy's acceptance time: period k is [start + k·length, start + (k+1)·length)
+    period_length: int
+    periods: int
+    thresholds: Thresholds
+
+    def period_end(self, period: int) -> int:
+        return self.start + (period + 1) * self.period_length
+
+    def finished(self, now: int) -> int:
+        """How many periods are over at ``now``."""
+        if now < self.start:
+            return 0
+        return min(self.periods, (now - self.start) // self.period_length)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "start": self.start,
+            "periodLength": self.period_length,
+            "periods": self.periods,
+            "minSteps": list(self.thresholds.min_steps),
+            "minActiveMinutes": list(self.thresholds.min_active_minutes),
+        }
+
+
+#: a week's default thresholds per tier (steps, active minutes), and a day's (a demo's periods of seconds stand for
+#: days of the wearer's week)
+WEEK_S = 7 * 86_400
+WEEKLY_THRESHOLDS = Thresholds((35_000, 56_000, 84_000), (150, 210, 300))
+DAILY_THRESHOLDS = Thresholds((5_000, 8_000, 12_000), (21, 30, 43))

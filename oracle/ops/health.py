@@ -281,9 +281,8 @@ class Terms:
         )
 
 
-#: default tiers: 0 %, 10 %, 20 %, 35 % off; per period of a week, 35k/56k/84k steps and 150/210/300 active minutes
+#: default tiers: 0 %, 10 %, 20 %, 35 % off (the thresholds: ``device.activity.WEEKLY_THRESHOLDS``)
 DEFAULT_DISCOUNTS = (0, 1_000, 2_000, 3_500)
-DEFAULT_THRESHOLDS = Thresholds((35_000, 56_000, 84_000), (150, 210, 300))
 
 
 def offer(ctx: OpsContext, terms: Terms) -> tuple[int, TxResult]:
