@@ -125,8 +125,10 @@ def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -
     for row in health.values():
         view = health_policy_of(ctx, int(row["policyId"]))
         assert len(row["tiers"]) == row["periodsOver"] == view.due_periods > 0
-        assert int(row["premium"]) == view.premium == premium_of(
-            view.base_rate, view.discount_bps, view.due_periods, row["tiers"]
+        assert (
+            int(row["premium"])
+            == view.premium
+            == premium_of(view.base_rate, view.discount_bps, view.due_periods, row["tiers"])
         )
         assert None not in row["tiers"][:-1], "every period but maybe the last was summarised and settled"
     assert int(health["athlete"]["premium"]) < int(health["sedentary"]["premium"])
