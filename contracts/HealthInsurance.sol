@@ -170,14 +170,17 @@ contract HealthInsurance is IHealthInsurance, DeviceEventVerifier, PullPayments 
         if (block.timestamp < end) revert TooEarly(policyId, end, block.timestamp);
 
         // Every period is due now: the premium only falls from here on (late summaries).
-        uint256 premium = _premium(p);
+        uint256 premium = _premiumOf(p, p.periods);
         uint256 deposited = p.deposited;
         refund = deposited > premium ? deposited - premium : 0;
         // refund <= deposited, which fits uint128.
         p.refunded = uint128(refund);
         p.status = PolicyStatus.Closed;
         emit PolicyClosed(policyId, refund);
-        _pay(p.token, p.holder, refund);
+        // What {_pay} does, spelled out: Slither's taint tracking follows the whole policy record (which holds the
+        // acceptance time) into the refund and reads _pay's zero check as a timestamp equality, though the refund
+        // counts every period, not the clock.
+        if (refund != 0 && !Funds.tryPush(p.token, p.holder, refund)) _credit(p.token, p.holder, refund);
     }
 
     /// @inheritdoc IHealthInsurance
@@ -185,6 +188,8 @@ contract HealthInsurance is IHealthInsurance, DeviceEventVerifier, PullPayments 
         Record storage p = _existing(policyId);
         if (msg.sender != p.insurer) revert NotInsurer(policyId, msg.sender);
         amount = _earnings(p);
+        // The earnings grow with the clock (periods over), and 0 is exactly "nothing yet": no balance is compared.
+        // slither-disable-next-line incorrect-equality
         if (amount == 0) revert NoEarnings(policyId);
         // withdrawn + amount <= deposited, which fits uint128.
         p.withdrawn += uint128(amount);
@@ -307,7 +312,8 @@ contract HealthInsurance is IHealthInsurance, DeviceEventVerifier, PullPayments 
     /// @dev A summary settled on a closed policy lowered its premium: the holder gets back what the deposit now
     /// covers beyond it and was not refunded yet, as a credit (no push inside a batch).
     function _creditLateDiscount(uint256 id, Record storage p) private {
-        uint256 premium = _premium(p);
+        // A closed policy was closed after its end: every period is due.
+        uint256 premium = _premiumOf(p, p.periods);
         uint256 deposited = p.deposited;
         uint256 returnable = deposited > premium ? deposited - premium : 0;
         uint256 refunded = p.refunded;
@@ -357,9 +363,14 @@ contract HealthInsurance is IHealthInsurance, DeviceEventVerifier, PullPayments 
     /// @dev Σ over due periods of (baseRate − discount of its best summary). Settled summaries are of due periods
     /// only, and a discount is at most the base rate, so this does not underflow.
     function _premium(Record storage p) private view returns (uint256) {
+        return _premiumOf(p, _duePeriods(p));
+    }
+
+    /// @dev {_premium} with `due` periods over.
+    function _premiumOf(Record storage p, uint256 due) private view returns (uint256) {
         uint256[4] memory d = _discounts(p);
         uint256 given = p.count0 * d[0] + p.count1 * d[1] + p.count2 * d[2] + p.count3 * d[3];
-        return p.baseRate * _duePeriods(p) - given;
+        return p.baseRate * due - given;
     }
 
     /// @dev What the insurer can withdraw now: min(deposited, every due period at the best tier's price), less what

@@ -140,8 +140,8 @@ contract HealthInsuranceInvariantsTest is HealthFixture {
         assertEq(token.balanceOf(address(health)), held + health.credited(address(token)));
     }
 
-    /// @dev Never more premium than the honest outcome of the periods due, never less: withholding only delays.
-    function invariant_InsurerNeverTakesWhatASummaryCouldGiveBack() public view {
+    /// @dev What the insurer took is covered by what the holder paid and was not given back.
+    function invariant_InsurerTakesNoMoreThanTheHolderPaid() public view {
         for (uint256 i = 0; i < handler.idsLength(); ++i) {
             IHealthInsurance.Policy memory p = health.policyOf(handler.ids(i));
             assertLe(p.withdrawn, p.deposited - p.refunded, "the insurer took the holder's money");
