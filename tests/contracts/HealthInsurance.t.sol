@@ -6,6 +6,7 @@ import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
 import {IHealthInsurance} from "../../contracts/interfaces/IHealthInsurance.sol";
 import {ICommonErrors} from "../../contracts/interfaces/ICommonErrors.sol";
 import {HealthFixture} from "./utils/HealthFixture.sol";
+import {SelectiveLiarToken} from "./utils/Hostile.sol";
 
 contract HealthInsuranceTest is HealthFixture {
     uint256 internal key;
@@ -196,6 +197,29 @@ contract HealthInsuranceTest is HealthFixture {
         _settle(summaryOf(key, short, 0, 3));
         assertEq(health.withdrawable(address(token), holder), 0, "the discount only lowers the arrears");
         assertEq(health.policyOf(short).arrears, BASE_RATE - uint256(BASE_RATE) * 3_500 / 10_000);
+    }
+
+    function test_Close_ARefundTheTokenRefusesBecomesACredit() public {
+        SelectiveLiarToken liar = new SelectiveLiarToken();
+        vm.prank(insurer);
+        uint256 other = health.offer(holder, wearable, address(liar), defaultTerms(2));
+        liar.mint(holder, DEPOSIT);
+        vm.startPrank(holder);
+        liar.approve(address(health), DEPOSIT);
+        health.accept(other, DEPOSIT);
+        vm.stopPrank();
+        liar.setBlocked(holder, true);
+        vm.warp(block.timestamp + 2 * uint256(PERIOD));
+        uint256 refund = DEPOSIT - 2 * uint256(BASE_RATE);
+        vm.expectEmit(true, true, true, true, address(health));
+        emit IHealthInsurance.PolicyClosed(other, refund);
+        assertEq(health.close(other), refund, "the close is not blocked");
+        assertEq(health.withdrawable(address(liar), holder), refund);
+        assertEq(health.credited(address(liar)), refund);
+        liar.setBlocked(holder, false);
+        vm.prank(holder);
+        health.withdraw(address(liar));
+        assertEq(liar.balanceOf(holder), refund);
     }
 
     function test_Earnings_TheInsurerTakesOnlyWhatNoSummaryCanTakeBack() public {
