@@ -86,7 +86,7 @@ def _live_view(as_json: bool) -> demo_run.LiveView:
     default=70,
     show_default=True,
     help="Fleet size: 5/7 meters, 1/7 trackers (delivery escrows), 1/7 insured vehicles; 5 weather "
-    "stations come on top for the crop season.",
+    "stations come on top for the crop season, and 3 wearables with health cover.",
 )
 @click.option(
     "--rate",
@@ -149,14 +149,16 @@ def demo(
     """Settle a live fleet end to end: stack, contracts, devices, oracle, simulator, live view, summary.
 
     On a fresh machine with nothing configured: starts anvil and mosquitto on loopback, compiles and deploys
-    the contracts, registers a fleet (default 50 meters, 10 parcel trackers, 10 vehicles, 5 weather stations)
-    with prepaid agreements, escrows and usage-based motor policies funded in the test token, opens a crop
+    the contracts, registers a fleet (default 50 meters, 10 parcel trackers, 10 vehicles, 5 weather stations,
+    3 wearables) with prepaid agreements, escrows, usage-based motor policies and health policies priced by the
+    wearables' activity tiers funded in the test token, opens a crop
     season over the weather stations (3 of 5 must agree; one station is hostile) where three farmers buy cover —
     one with a micro-loan repaid from the payout — then runs the oracle daemon and the device simulator (a
     drought; a few devices send bad events on purpose) and shows events/s, payments, rejects and backlog live.
     A keeper (`iotsettle keeper run`, its own account) finalizes the season when it is over, pays the covers and
     sweeps the loan while the demo runs. It ends with a summary read back from the chain:
-    premiums with the behaviour factors applied, each station's verdict, the payouts, the loan repaid.
+    premiums with the behaviour factors applied, each wearer's tiers and premium, each station's verdict, the
+    payouts, the loan repaid.
 
     \b
     Examples:
@@ -243,6 +245,30 @@ def _motor_view(motor: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _health_view(health: list[dict[str, Any]]) -> Table:
+    table = Table(
+        "wearable",
+        "wearer",
+        "tier of each period (— no summary)",
+        "premium",
+        "without discounts",
+        "refused",
+        title="health policies: base rate less the discount of each period's signed activity tier",
+        title_justify="left",
+    )
+    for row in health:
+        tiers = " ".join("—" if t is None else str(t) for t in row["tiers"])
+        table.add_row(
+            row["wearable"],
+            row["profile"],
+            f"{tiers}  ({row['periodsOver']}/{row['periods']} over)",
+            _fmt_tokens(int(row["premium"])),
+            _fmt_tokens(int(row["withoutDiscounts"])),
+            ", ".join(f"{k} {v}" for k, v in sorted(row["rejected"].items())) or "—",
+        )
+    return table
+
+
 def _crop_view(crop: dict[str, Any]) -> Group:
     votes = crop["votes"]
     verdict = "pays every cover" if crop["triggered"] else "no payout: the covers expire"
@@ -297,6 +323,8 @@ def _summary_view(summary: dict[str, Any]) -> Group:
     tables: list[Any] = [_main_summary(summary)]
     if summary.get("motor"):
         tables.append(_motor_view(summary["motor"]))
+    if summary.get("health"):
+        tables.append(_health_view(summary["health"]))
     if summary.get("crop"):
         tables.append(_crop_view(summary["crop"]))
     return Group(*tables)

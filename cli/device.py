@@ -337,9 +337,11 @@ def simulate(
     """Run a fleet of simulated devices that sign events and publish them over MQTT.
 
     Meters sign readings, trackers deliveries, vehicles readings (agreementId) and/or telematics reports
-    (policyId), weather stations observations. Progress (events/s) goes to stderr; --json prints a summary for
-    scripts on stdout at the end, including every injected fault with its (device, seq) and the oracle's replies
-    if one is running. The exit status is 1 when some events were never acknowledged by the broker.
+    (policyId), weather stations observations, wearables an activity summary (the tier only) of each finished
+    period of their health policy (policyId, cover; activityProfile sedentary, active or athlete).
+    Progress (events/s) goes to stderr; --json prints a summary for scripts on stdout at the end, including every
+    injected fault with its (device, seq) and the oracle's replies if one is running. The exit status is 1 when
+    some events were never acknowledged by the broker.
 
     \b
     Examples:

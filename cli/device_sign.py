@@ -261,6 +261,23 @@ def telematics(
     )
 
 
+@sign.command("activity")
+@click.option("--policy", "policy_id", type=ID, required=True, help="The HealthInsurance policy it prices.")
+@click.option("--period", type=click.IntRange(0, 2**32 - 1), required=True, help="The finished period (0 = first).")
+@click.option("--tier", type=click.IntRange(0, 3), required=True, help="The activity tier the period reached.")
+@_common_options
+@with_context(rpc=True, json_output=False)
+def activity(cmd: CommandContext, policy_id: int, period: int, tier: int, **options: Any) -> None:
+    """A wearable's activity summary of one finished period of a health policy: only the tier, never the data.
+
+    \b
+    Example:
+      iotsettle device sign activity --key keys/0xWEARABLE.json --policy 0xPOLICY --period 0 --tier 2 \\
+          --timestamp chain | iotsettle policy health settle -
+    """
+    _sign(cmd, options, lambda signer, ts: signer.activity(policy_id, period, tier, timestamp=ts))
+
+
 @sign.command("weather")
 @click.option("--rainfall", type=MILLIMETRES, required=True, help="The station's rain register in mm (cumulative).")
 @click.option(

@@ -21,6 +21,7 @@ from iotsettle.cli._params import (
     when,
     with_context,
 )
+from iotsettle.cli.policy_health import health
 from iotsettle.oracle.ops.amounts import Amount
 from iotsettle.oracle.ops.vocabulary import POLICY_STATUSES
 from rich.table import Table
@@ -76,8 +77,13 @@ def policy() -> None:
       iotsettle policy request-close 0xPOLICY --dev-account 1          # reports signed until the end settle
       iotsettle policy close 0xPOLICY                                    # from an hour after the end
 
+    Health cover priced by a wearable's activity tiers: `iotsettle policy health --help`.
+
     Amounts are whole tokens scaled by the token's decimals ("1.5"), or base units with a wei suffix ("1500wei").
     """
+
+
+policy.add_command(health)
 
 
 def _token_of(ops_ctx: Any, policy_id: int) -> Any:

@@ -14,7 +14,8 @@ interface IDeviceRegistry is ICommonErrors {
         Meter,
         Tracker,
         Vehicle,
-        WeatherStation
+        WeatherStation,
+        Wearable
     }
 
     enum DeviceStatus {

@@ -43,6 +43,7 @@ PLAN: tuple[Step, ...] = (
     Step("MeteredBilling", ("DeviceRegistry",)),
     Step("MotorInsurance", ("DeviceRegistry",)),
     Step("CropInsurance", ("DeviceRegistry",)),
+    Step("HealthInsurance", ("DeviceRegistry",)),
     Step("LoanBook"),
     Step("TestToken", local_only=True),
 )

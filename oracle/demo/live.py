@@ -21,7 +21,7 @@ from iotsettle.oracle.chain import logs as chain_logs
 from iotsettle.oracle.chain.abi import abi_type
 from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.demo.provision import ProvisionedFleet
-from iotsettle.oracle.ops import motor
+from iotsettle.oracle.ops import health, motor
 from iotsettle.oracle.ops.context import OpsContext
 
 log = logging.getLogger(__name__)
@@ -297,6 +297,35 @@ def motor_summary(ctx: OpsContext, provisioned: ProvisionedFleet, from_block: in
                 "rejected": dict(rejected),
                 "status": view.status,
                 "prepaidLeft": str(view.prepaid),
+            }
+        )
+    return out
+
+
+def health_summary(ctx: OpsContext, provisioned: ProvisionedFleet, from_block: int) -> list[dict[str, Any]]:
+    """Per wearable: its wearer's profile, the best tier of every period over, the premium charged against the
+    premium without discounts, and summaries refused by reason."""
+    if not provisioned.health:
+        return []
+    logs = settlement_logs(ctx, health.CONTRACT, ("SummaryRejected",), from_block)
+    out = []
+    for name, policy_id in provisioned.health.items():
+        rejected = Counter(reason_label(int(e.args["reason"])) for e in logs if e.topic1 == policy_id)
+        view = health.policy_of(ctx, policy_id)
+        periods = [p for p in health.tiers(ctx, policy_id, view) if p.due]
+        out.append(
+            {
+                "wearable": name,
+                "policyId": str(policy_id),
+                "holder": view.holder,
+                "profile": provisioned.profiles.get(name, ""),
+                "periodsOver": view.due_periods,
+                "periods": view.periods,
+                "tiers": [p.tier for p in periods],
+                "premium": str(view.premium),
+                "withoutDiscounts": str(view.base_rate * view.due_periods),
+                "prepaidLeft": str(view.prepaid),
+                "rejected": dict(rejected),
             }
         )
     return out

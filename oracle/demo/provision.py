@@ -1,5 +1,5 @@
 """Provision a demo fleet on chain: device keys, registrations, tariffs, funded agreements, escrows, motor policies,
-and a crop-insurance season with a micro-loan.
+health policies priced by wearables, and a crop-insurance season with a micro-loan.
 
 Everything goes through the same operations as the CLI (``iotsettle.oracle.ops.registry``, ``billing``, ``escrow``,
 ``token``, ``insurance``, ``crop``, ``loan``), so the demo exercises the code users run. The fleet file written
@@ -28,6 +28,7 @@ from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.demo.pace import sale_window
+from iotsettle.oracle.device.activity import DAILY_THRESHOLDS, ActivityProfile, Cover, Thresholds
 from iotsettle.oracle.device.fleet import (
     DrivingStyle,
     FaultClass,
@@ -35,11 +36,13 @@ from iotsettle.oracle.device.fleet import (
     contracts_from_manifest,
     generate_fleet,
     load_fleet,
+    set_health_policies,
     set_policies,
     set_targets,
 )
 from iotsettle.oracle.device.sim import driving_style, plan_events
 from iotsettle.oracle.ops import billing, crop, escrow, loan, registry, token
+from iotsettle.oracle.ops import health as health_ops
 from iotsettle.oracle.ops import motor as motor_ops
 from iotsettle.oracle.ops.audit import fetch_logs
 from iotsettle.oracle.ops.context import OpsContext
@@ -58,20 +61,21 @@ class FleetSpec:
     trackers: int = 10
     vehicles: int = 10
     weather_stations: int = 0
+    wearables: int = 0
 
     @property
     def total(self) -> int:
-        return self.meters + self.trackers + self.vehicles + self.weather_stations
+        return self.meters + self.trackers + self.vehicles + self.weather_stations + self.wearables
 
     @classmethod
-    def scaled(cls, devices: int, weather_stations: int = 0) -> FleetSpec:
+    def scaled(cls, devices: int, weather_stations: int = 0, wearables: int = 0) -> FleetSpec:
         """About the default proportions (5 : 1 : 1) for ``devices`` devices, at least one tracker and vehicle;
-        the weather stations come on top."""
+        the weather stations and wearables come on top."""
         if devices < 3:
             raise ConfigError("the demo fleet needs at least 3 devices (a meter, a tracker and a vehicle)")
         trackers = max(1, round(devices / 7))
         vehicles = max(1, round(devices / 7))
-        return cls(devices - trackers - vehicles, trackers, vehicles, weather_stations)
+        return cls(devices - trackers - vehicles, trackers, vehicles, weather_stations, wearables)
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,20 @@ class MotorTerms:
 
 
 @dataclass(frozen=True)
+class HealthTerms:
+    """Health cover of the demo's wearables: a period of a few seconds stands for a day of the wearer's week, so the
+    thresholds are a day's; the wearers take the activity profiles in turn."""
+
+    base_rate: int = 10**18  # 1 TEST a period before the tier's discount
+    period_length: int = 6
+    periods: int = 7
+    discount_bps: tuple[int, int, int, int] = health_ops.DEFAULT_DISCOUNTS
+    thresholds: Thresholds = DAILY_THRESHOLDS
+    deposit: int = 10 * 10**18
+    profiles: tuple[ActivityProfile, ...] = (ActivityProfile.SEDENTARY, ActivityProfile.ACTIVE, ActivityProfile.ATHLETE)
+
+
+@dataclass(frozen=True)
 class CropTerms:
     """The demo's crop season: a rain index over k of n stations, a few minutes long, on the wall clock."""
 
@@ -161,6 +179,8 @@ class ProvisionedFleet:
     styles: dict[str, str] = field(default_factory=dict)  # vehicle name → driving style
     stations: tuple[str, ...] = ()  # weather station addresses
     hostile: tuple[str, ...] = ()  # stations that lie (fault class hostile)
+    health: dict[str, int] = field(default_factory=dict)  # wearable name → HealthInsurance policy id
+    profiles: dict[str, str] = field(default_factory=dict)  # wearable name → activity profile
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -172,6 +192,8 @@ class ProvisionedFleet:
             "drivingStyles": self.styles,
             "stations": list(self.stations),
             "hostileStations": list(self.hostile),
+            "healthPolicies": {k: str(v) for k, v in self.health.items()},
+            "activityProfiles": self.profiles,
             "tariffs": self.tariffs,
             "blocks": [self.first_block, self.last_block],
         }
@@ -220,16 +242,18 @@ def provision(
     *,
     terms: Terms = Terms(),
     motor: MotorTerms = MotorTerms(),
+    health: HealthTerms = HealthTerms(),
     seed: int = 1,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> ProvisionedFleet:
     """Create the fleet file, register every device, open and fund an agreement per meter, an escrow per tracker,
-    and a motor policy per vehicle (a pay-per-km agreement instead when the deployment has no MotorInsurance).
-    The last weather station is hostile (it lies in every observation). Returns the ids, already written into the
-    fleet file."""
+    a motor policy per vehicle (a pay-per-km agreement instead when the deployment has no MotorInsurance) and a
+    health policy per wearable (no wearables when it has no HealthInsurance). The last weather station is hostile
+    (it lies in every observation). Returns the ids, already written into the fleet file."""
     first_block = int(ctx.w3.eth.block_number) + 1
     contracts = contracts_from_manifest(ctx.manifest)
     insured = ctx.has(motor_ops.CONTRACT)
+    wearables = spec.wearables if ctx.has(health_ops.CONTRACT) else 0
     path = generate_fleet(
         out_dir,
         chain_id=ctx.chain.chain_id,
@@ -238,6 +262,7 @@ def provision(
         trackers=spec.trackers,
         vehicles=spec.vehicles,
         weather_stations=spec.weather_stations,
+        wearables=wearables,
         seed=seed,
         vehicle_policies=insured,
     )
@@ -262,13 +287,17 @@ def provision(
     deposits = terms.deposit * len(billed)
     premiums = motor.deposit * len(insured_vehicles)
     parcels = terms.parcel_price * sum(len(d.targets) for d in trackers)
-    token.mint(household, parties.household.address, deposits + premiums + parcels)
+    wearers = [d for d in fleet.devices if d.kind is DeviceKind.WEARABLE]
+    covers = health.deposit * len(wearers)
+    token.mint(household, parties.household.address, deposits + premiums + parcels + covers)
     if deposits:
         token.ensure_allowance(household, test, billing.CONTRACT, deposits)
     if parcels:
         token.ensure_allowance(household, test, escrow.CONTRACT, parcels)
     if premiums:
         token.ensure_allowance(household, test, motor_ops.CONTRACT, premiums)
+    if covers:
+        token.ensure_allowance(household, test, health_ops.CONTRACT, covers)
 
     starts = first_values(fleet, ctx, seed)
     progress(
@@ -338,6 +367,16 @@ def provision(
         )
     hostile = stations[-1:] if len(stations) >= 3 else []
     set_policies(path, policies, styles=styles, faults={d.name: [FaultClass.HOSTILE] for d in hostile})
+    profiles = {d.name: health.profiles[i % len(health.profiles)] for i, d in enumerate(wearers)}
+    if wearers:
+        progress(
+            f"opening {len(wearers)} health policies ({health.periods} periods of {health.period_length} s, "
+            f"{health.base_rate / 1e18:g} TEST each before the tier's discount) for wearables worn by "
+            + ", ".join(f"an {p}" if p[0] in "aeiou" else f"a {p}" for p in profiles.values())
+            + " wearer"
+        )
+    cover = _health_policies(insurer, household, wearers, parties, test, health)
+    set_health_policies(path, cover, profiles=profiles)
     final = load_fleet(path)
     return ProvisionedFleet(
         path,
@@ -351,7 +390,42 @@ def provision(
         {d.name: str(driving_style(d, seed)) for d in final.devices if d.kind is DeviceKind.VEHICLE},
         tuple(d.address for d in stations),
         tuple(d.address for d in hostile),
+        {name: policy_id for name, (policy_id, _) in cover.items()},
+        {name: str(profile) for name, profile in profiles.items()},
     )
+
+
+def _health_policies(
+    insurer: OpsContext,
+    holder: OpsContext,
+    wearables: list[Any],
+    parties: Parties,
+    test: token.TokenInfo,
+    health: HealthTerms,
+) -> dict[str, tuple[int, Cover]]:
+    """Offer a health policy per wearable (insurer), accept each with its deposit (holder), and return what each
+    wearable reads from its policy: the id and the cover (its calendar from the acceptance, the thresholds)."""
+    if not wearables:
+        return {}
+    contract = insurer.contract(health_ops.CONTRACT)
+    terms = (
+        health.base_rate,
+        health.period_length,
+        health.periods,
+        list(health.discount_bps),
+        list(health.thresholds.min_steps),
+        list(health.thresholds.min_active_minutes),
+    )
+    offers = [contract.functions.offer(parties.household.address, d.address, test.address, terms) for d in wearables]
+    results = transact_many(insurer, offers, health_ops.CONTRACT, gas=400_000)
+    ids = [int(events_in(insurer, health_ops.CONTRACT, r.receipt, "PolicyOffered")[0]["policyId"]) for r in results]
+    accepts = [holder.contract(health_ops.CONTRACT).functions.accept(i, health.deposit) for i in ids]
+    transact_many(holder, accepts, health_ops.CONTRACT, gas=300_000)
+    out = {}
+    for device, policy_id in zip(wearables, ids, strict=True):
+        view = health_ops.policy_of(insurer, policy_id)
+        out[device.name] = (policy_id, Cover(view.start, view.period_length, view.periods, view.thresholds))
+    return out
 
 
 def _motor_policies(

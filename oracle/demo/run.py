@@ -46,6 +46,7 @@ from iotsettle.oracle.demo.provision import (
     CropSetup,
     CropTerms,
     FleetSpec,
+    HealthTerms,
     Parties,
     ProvisionedFleet,
     can_open_season,
@@ -62,6 +63,8 @@ from iotsettle.oracle.protocol.errors import ConfigError, NodeError
 DRAIN_TIMEOUT = 30.0  # seconds at anvil's pace (``iotsettle.oracle.demo.pace``), like the other waits here
 STOP_GRACE = 10.0
 WEATHER_STATIONS = 5  # the crop season's n; k = 3, and the last station is hostile
+WEARABLES = 3  # one wearer of each activity profile: sedentary, active, athlete
+HEALTH_PERIODS = 7  # a health policy's periods: the days of a week, squeezed into the first 70 % of the run
 SEASON_WEATHER = "drought"  # what the honest stations observe: the season should pay out
 FARMERS = 3
 KEEPER_INTERVAL = "1s"  # the demo's season lasts seconds: the keeper looks every second
@@ -199,6 +202,7 @@ LIVE_EVENTS: dict[str, tuple[str, ...]] = {
     "DeliveryEscrow": ("DeliveryConfirmed",),
     "MotorInsurance": ("PremiumCharged",),
     "CropInsurance": ("ObservationRecorded",),
+    "HealthInsurance": ("SummarySettled",),
 }
 
 
@@ -206,7 +210,7 @@ def _onchain_payments(tally: livestats.LogTally) -> tuple[int, int]:
     """(payments made on chain, weather observations recorded) so far."""
     counts = tally.update()
     return (
-        counts["ReadingSettled"] + counts["DeliveryConfirmed"] + counts["PremiumCharged"],
+        counts["ReadingSettled"] + counts["DeliveryConfirmed"] + counts["PremiumCharged"] + counts["SummarySettled"],
         counts["ObservationRecorded"],
     )
 
@@ -267,7 +271,7 @@ class DemoSettings:
         weather stations only for a season, the configured broker unless ``broker`` (HOST:PORT) names one, and a
         new folder under the node's state directory unless ``workdir`` names one."""
         rate = rate or 3.0 * devices
-        spec = FleetSpec.scaled(devices, WEATHER_STATIONS if season_length else 0)
+        spec = FleetSpec.scaled(devices, WEATHER_STATIONS if season_length else 0, WEARABLES)
         host, port = _parse_broker(broker) if broker else (config.mqtt.host, config.mqtt.port)
         stamp = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"
         work = Path(workdir) if workdir else config.path(config.node.state_dir) / stamp
@@ -343,7 +347,8 @@ def run_demo(
         lender=demo_account("lender"),
     )
     fleet_dir = work / "fleet"
-    provisioned = provision(ops_ctx, fleet_dir, spec, parties, seed=seed, progress=report)
+    health = HealthTerms(period_length=max(2, int(duration * 0.7) // HEALTH_PERIODS), periods=HEALTH_PERIODS)
+    provisioned = provision(ops_ctx, fleet_dir, spec, parties, health=health, seed=seed, progress=report)
     settle_from = provisioned.last_block + 1
     # the coverage slack is the contract's floor (10 s): in a season of 20 s or less, every station that reports
     # inside it covers both ends
@@ -511,6 +516,7 @@ def run_demo(
             "samples": len(lat),
         },
         "motor": livestats.motor_summary(ops_ctx, provisioned, settle_from),
+        "health": livestats.health_summary(ops_ctx, provisioned, settle_from),
         "crop": crop_result,
         "creditReport": credit,
         "elapsedSeconds": round(elapsed, 1),
@@ -578,4 +584,6 @@ def _examples(provisioned: ProvisionedFleet) -> dict[str, str]:
         out["tracker"] = next(d.address for d in provisioned.fleet.devices if d.name == tracker)
     if provisioned.policies:
         out["policy"] = f"0x{next(iter(provisioned.policies.values())):064x}"
+    if provisioned.health:
+        out["healthPolicy"] = f"0x{next(iter(provisioned.health.values())):064x}"
     return out

@@ -11,7 +11,10 @@
         "route": [[52.52, 13.405], [52.5205, 13.4072]], "speed": 11.5, "destination": "u33dbfc"},
        {"name": "vehicle-000", "kind": "vehicle", "privateKey": "0x…", "agreementId": "2", "faults": ["clock_skew"]},
        {"name": "vehicle-001", "kind": "vehicle", "privateKey": "0x…", "policyId": "…", "drivingStyle": "calm"},
-       {"name": "weather-station-000", "kind": "weather_station", "privateKey": "0x…", "faults": ["hostile"]}]}
+       {"name": "weather-station-000", "kind": "weather_station", "privateKey": "0x…", "faults": ["hostile"]},
+       {"name": "wearable-000", "kind": "wearable", "privateKey": "0x…", "policyId": "…", "activityProfile": "active",
+        "cover": {"start": 1764340000, "periodLength": 604800, "periods": 52,
+                  "minSteps": [35000, 56000, 84000], "minActiveMinutes": [150, 210, 300]}}]}
 
 ``contracts`` may be left out: the addresses then come from the deployment manifest of ``chainId``. Key files
 are relative to the fleet file and share one password (``IOTSETTLE_DEVICE_PASSWORD`` or a password file);
@@ -21,7 +24,9 @@ are relative to the fleet file and share one password (``IOTSETTLE_DEVICE_PASSWO
 What a device signs follows from its entry: a meter signs readings for its ``agreementId``; a vehicle signs
 readings for an ``agreementId`` (pay-per-km billing) and/or telematics reports for a ``policyId`` (motor
 insurance); a weather station signs weather observations (they name the station, so it needs no id), or readings
-of its rainfall register if an older fleet file gives it an ``agreementId``; a tracker signs deliveries.
+of its rainfall register if an older fleet file gives it an ``agreementId``; a tracker signs deliveries; a wearable
+signs an activity summary (the tier only) of each finished period of the HealthInsurance policy ``policyId``, whose
+calendar and thresholds its ``cover`` repeats, for a wearer of its ``activityProfile`` (sedentary, active, athlete).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_utils import is_hex_address, to_checksum_address
+from iotsettle.oracle.device.activity import WEEK_S, WEEKLY_THRESHOLDS, ActivityProfile, Cover, Thresholds
 from iotsettle.oracle.device.keys import DeviceKey, create_keystore, load_keystore, parse_private_key, resolve_password
 from iotsettle.oracle.device.signer import Contracts
 from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_from_name, kind_name
@@ -80,6 +86,8 @@ class FaultClass(StrEnum):
     HOSTILE = "hostile"
 
     def applies_to(self, kind: DeviceKind) -> bool:
+        if kind is DeviceKind.WEARABLE:  # a wearable signs one summary per period: no fault classes yet
+            return False
         if self is FaultClass.TELEPORT:
             return kind is DeviceKind.TRACKER
         if self is FaultClass.BEHAVIOUR_ROLLBACK:
@@ -124,6 +132,8 @@ class FleetDevice:
     counter_path: Path | None = None
     policy_id: int | None = None  # vehicles: the MotorInsurance policy their telematics reports are for
     driving_style: DrivingStyle | None = None  # vehicles: None = drawn from the simulation's seed
+    activity_profile: ActivityProfile | None = None  # wearables: None = drawn from the simulation's seed
+    cover: Cover | None = None  # wearables: the health policy's calendar and thresholds
 
     @property
     def address(self) -> str:
@@ -138,7 +148,7 @@ class FleetDevice:
         if self.targets:
             streams.append("reading")
         if self.policy_id is not None:
-            streams.append("telematics")
+            streams.append("activity" if self.kind is DeviceKind.WEARABLE else "telematics")
         if self.kind is DeviceKind.WEATHER_STATION and not self.targets:
             streams.append("weather")
         return tuple(streams)
@@ -253,13 +263,24 @@ def load_fleet(path: str | os.PathLike[str], *, password_file: str | os.PathLike
             targets = (_uint(raw["agreementId"], f"{where}.agreementId"),) if "agreementId" in raw else ()
         policy_id: int | None = None
         style: DrivingStyle | None = None
+        profile: ActivityProfile | None = None
+        cover: Cover | None = None
         if kind is DeviceKind.VEHICLE:
             if "policyId" in raw:
                 policy_id = _uint(raw["policyId"], f"{where}.policyId")
             if "drivingStyle" in raw:
                 style = _style(raw["drivingStyle"], where)
+        elif kind is DeviceKind.WEARABLE:
+            if "policyId" not in raw or "cover" not in raw:
+                raise ConfigError(f"{where}: a wearable needs policyId and cover (its health policy)")
+            policy_id = _uint(raw["policyId"], f"{where}.policyId")
+            cover = _cover(raw["cover"], where)
+            if "activityProfile" in raw:
+                profile = _profile(raw["activityProfile"], where)
         elif "policyId" in raw or "drivingStyle" in raw:
-            raise ConfigError(f"{where}: only vehicles take policyId and drivingStyle")
+            raise ConfigError(f"{where}: only vehicles and wearables take policyId, only vehicles drivingStyle")
+        if kind is not DeviceKind.WEARABLE and ("cover" in raw or "activityProfile" in raw):
+            raise ConfigError(f"{where}: only wearables take cover and activityProfile")
         if kind is DeviceKind.METER and not targets:
             raise ConfigError(f"{where}: a meter needs agreementId")
         if kind is DeviceKind.VEHICLE and not targets and policy_id is None:
@@ -269,7 +290,9 @@ def load_fleet(path: str | os.PathLike[str], *, password_file: str | os.PathLike
         destination = ""
         if kind is DeviceKind.TRACKER:
             route, speed, destination = _route(raw, where)
-        entry = FleetDevice(name, kind, key, targets, route, speed, destination, (), counter_path, policy_id, style)
+        entry = FleetDevice(
+            name, kind, key, targets, route, speed, destination, (), counter_path, policy_id, style, profile, cover
+        )
         faults = tuple(_fault(value, entry, where) for value in raw.get("faults", []))
         devices.append(dataclasses.replace(entry, faults=faults))
     return Fleet(chain_id, _contracts(document.get("contracts")), tuple(devices), fleet_path)
@@ -295,6 +318,36 @@ def _style(value: Any, where: str) -> DrivingStyle:
         return DrivingStyle(str(value))
     except ValueError:
         raise ConfigError(f"{where}: unknown drivingStyle {value!r} (one of {', '.join(DrivingStyle)})") from None
+
+
+def _profile(value: Any, where: str) -> ActivityProfile:
+    try:
+        return ActivityProfile(str(value))
+    except ValueError:
+        raise ConfigError(f"{where}: unknown activityProfile {value!r} (one of {', '.join(ActivityProfile)})") from None
+
+
+def _cover(raw: Any, where: str) -> Cover:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}.cover must be an object (start, periodLength, periods, minSteps, minActiveMinutes)")
+    try:
+        steps, minutes = raw["minSteps"], raw["minActiveMinutes"]
+        if not (isinstance(steps, list) and isinstance(minutes, list) and len(steps) == len(minutes) == 3):
+            raise ConfigError(f"{where}.cover: minSteps and minActiveMinutes are lists of three")
+        cover = Cover(
+            _uint(raw["start"], f"{where}.cover.start"),
+            _uint(raw["periodLength"], f"{where}.cover.periodLength"),
+            _uint(raw["periods"], f"{where}.cover.periods"),
+            Thresholds(
+                (_uint(steps[0], where), _uint(steps[1], where), _uint(steps[2], where)),
+                (_uint(minutes[0], where), _uint(minutes[1], where), _uint(minutes[2], where)),
+            ),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"{where}.cover lacks {exc.args[0]}") from None
+    if cover.period_length == 0 or cover.periods == 0:
+        raise ConfigError(f"{where}.cover: periodLength and periods must be positive")
+    return cover
 
 
 def _route(raw: dict[str, Any], where: str) -> tuple[tuple[tuple[float, float], ...], float, str]:
@@ -350,6 +403,7 @@ def generate_fleet(
     trackers: int = 1,
     vehicles: int = 1,
     weather_stations: int = 1,
+    wearables: int = 0,
     seed: int = 1,
     keystores: bool = False,
     password: str | None = None,
@@ -383,6 +437,7 @@ def generate_fleet(
         (DeviceKind.TRACKER, trackers),
         (DeviceKind.VEHICLE, vehicles),
         (DeviceKind.WEATHER_STATION, weather_stations),
+        (DeviceKind.WEARABLE, wearables),
     ]
     devices: list[dict[str, Any]] = []
     next_id = 1
@@ -409,6 +464,10 @@ def generate_fleet(
                 entry["destination"] = geohash_encode(route[-1][0], route[-1][1], DESTINATION_PRECISION)
             elif kind is DeviceKind.VEHICLE and vehicle_policies:
                 entry["policyId"] = str(chosen[0]) if chosen else str(next_id)
+            elif kind is DeviceKind.WEARABLE:
+                # a placeholder policy of weekly periods from now: `set_health_policies` (or an edit) names the real one
+                entry["policyId"] = str(chosen[0]) if chosen else str(next_id)
+                entry["cover"] = Cover(0, WEEK_S, 52, WEEKLY_THRESHOLDS).as_dict()
             elif kind is not DeviceKind.WEATHER_STATION or not observations:
                 entry["agreementId"] = str(chosen[0]) if chosen else str(next_id)
             next_id += 1
@@ -452,6 +511,32 @@ def set_targets(fleet_path: str | os.PathLike[str], targets: Mapping[str, Sequen
             entry["escrowIds"] = [str(value) for value in ids]
         else:
             entry["agreementId"] = str(ids[0])
+    _write_private_json(path, document)
+
+
+def set_health_policies(
+    fleet_path: str | os.PathLike[str],
+    policies: Mapping[str, tuple[int, Cover]],
+    *,
+    profiles: Mapping[str, ActivityProfile] | None = None,
+) -> None:
+    """Point wearables (by name or address) at HealthInsurance policies: the id and the cover the device reads from
+    the policy on chain (calendar, thresholds), and optionally the wearer's activity profile."""
+    path = Path(fleet_path)
+    document = json.loads(path.read_text(encoding="utf-8"))
+    wanted = {key.lower(): value for key, value in policies.items()}
+    chosen = {key.lower(): value for key, value in (profiles or {}).items()}
+    for entry in document["devices"]:
+        names = (str(entry.get("name", "")).lower(), str(entry.get("address", "")).lower())
+        policy = next((wanted[n] for n in names if n in wanted), None)
+        if policy is not None:
+            if entry["kind"] != "wearable":
+                raise ConfigError(f"{entry.get('name')} is a {entry['kind']}: only wearables hold health policies")
+            entry["policyId"] = str(policy[0])
+            entry["cover"] = policy[1].as_dict()
+        profile = next((chosen[n] for n in names if n in chosen), None)
+        if profile is not None:
+            entry["activityProfile"] = str(profile)
     _write_private_json(path, document)
 
 

@@ -46,6 +46,7 @@ class Contracts:
     device_registry: str | None = field(default=None, metadata={"contract": "DeviceRegistry"})
     motor_insurance: str | None = field(default=None, metadata={"contract": "MotorInsurance"})
     crop_insurance: str | None = field(default=None, metadata={"contract": "CropInsurance"})
+    health_insurance: str | None = field(default=None, metadata={"contract": "HealthInsurance"})
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -189,6 +190,18 @@ class EventSigner:
             "speeding": speeding,
         }
         return sign_event(self.key, "telematics", self.chain_id, self.contracts.for_type("telematics"), msg)
+
+    def activity(self, policy_id: int, period: int, tier: int, *, timestamp: int | None = None) -> SignedEvent:
+        """A wearable's activity tier (0–3) of one finished period of a HealthInsurance policy (only the tier: the
+        steps and minutes it was computed from stay on the device)."""
+        msg = {
+            "policyId": policy_id,
+            "seq": self._counter.next(),
+            "timestamp": self._stamp(timestamp),
+            "period": period,
+            "tier": tier,
+        }
+        return sign_event(self.key, "activity", self.chain_id, self.contracts.for_type("activity"), msg)
 
     def weather(self, rainfall: int, max_temperature: int, *, timestamp: int | None = None) -> SignedEvent:
         """A weather station's cumulative rainfall (0.01 mm) and highest temperature (0.01 °C) since its previous

@@ -12,6 +12,8 @@ ESCROW_STATES = ("none", "funded", "released", "refunded", "cancelled")
 AGREEMENT_STATUSES = ("none", "offered", "active", "suspended", "closed", "cancelled")
 #: MotorInsurance.PolicyStatus, by value
 POLICY_STATUSES = ("none", "offered", "active", "lapsed", "closed", "cancelled")
+#: HealthInsurance.PolicyStatus, by value
+HEALTH_POLICY_STATUSES = ("none", "offered", "active", "cancelled", "closed")
 #: LoanBook.LoanStatus, by value
 LOAN_STATUSES = ("none", "offered", "active", "repaid", "cancelled")
 #: CropInsurance.Index, by value: Index.RainfallBelow, Index.HotDaysAbove

@@ -21,6 +21,7 @@ class DeviceKind(IntEnum):
     TRACKER = 2
     VEHICLE = 3
     WEATHER_STATION = 4
+    WEARABLE = 5
 
 
 def kind_name(kind: DeviceKind) -> str:

@@ -39,6 +39,9 @@ SECP256K1_HALF_N = SECP256K1_N // 2
 #: - WeatherObservation: a weather station's cumulative rainfall register (0.01 mm) and the highest air temperature
 #:   (0.01 °C) since its previous observation; not bound to a season (CropInsurance applies it to every open
 #:   season the station serves).
+#: - ActivitySummary: a wearable's activity tier (0–3) of one finished period of a health policy, computed on the
+#:   device from its steps and active minutes against the policy's thresholds; the raw data is never signed, so it
+#:   never reaches the oracle or the chain (HealthInsurance).
 TYPES: dict[str, tuple[tuple[str, str], ...]] = {
     "Registration": (
         ("address", "device"),
@@ -80,12 +83,19 @@ TYPES: dict[str, tuple[tuple[str, str], ...]] = {
         ("uint64", "rainfall"),
         ("int32", "maxTemperature"),
     ),
+    "ActivitySummary": (
+        ("uint256", "policyId"),
+        ("uint64", "seq"),
+        ("uint64", "timestamp"),
+        ("uint32", "period"),
+        ("uint8", "tier"),
+    ),
 }
 
 #: The types of the first four contracts (registry, escrow, billing) and those of the insurance products; the shared
 #: vectors keep them in two files (tests/vectors/eip712.json and eip712-products.json).
 CORE_TYPES = ("Registration", "KeyRotation", "Reading", "Delivery")
-PRODUCT_TYPES = ("Telematics", "WeatherObservation")
+PRODUCT_TYPES = ("Telematics", "WeatherObservation", "ActivitySummary")
 
 DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 

@@ -102,6 +102,15 @@ KINDS: dict[str, EventKind] = {
             registers=("rainfall",),
             ordered=True,
         ),
+        # one summary per finished period: none supersedes another (a period counts its best tier, once, on chain)
+        EventKind(
+            "activity",
+            "HealthInsurance",
+            "settle",
+            "SummarySettled",
+            "SummaryRejected",
+            cumulative=False,
+        ),
     )
 }
 

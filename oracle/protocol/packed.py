@@ -6,7 +6,7 @@ complement), then the ERC-2098 compact signature r ‖ vs (32 bytes each). The s
 EIP-712 message is unchanged: only its transport to the contract is narrower, so a field beyond its width cannot
 be packed (``ValueError``) — the contract would refuse it anyway (``ValueOutOfRange`` / ``TimestampInFuture``).
 The contracts document the same layouts (``IMeteredBilling.settle``, ``IMotorInsurance.settle``,
-``ICropInsurance.record``).
+``ICropInsurance.record``, ``IHealthInsurance.settle``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from collections.abc import Sequence
 
 #: kind → bytes per signed field in signing order (reading: agreementId, seq, timestamp, value; telematics:
 #: policyId, seq, timestamp, odometer, harshBraking, speeding — the signed widths, so every signed report packs;
-#: weather: station, seq, timestamp, rainfall, maxTemperature)
+#: weather: station, seq, timestamp, rainfall, maxTemperature; activity: policyId, seq, timestamp, period, tier)
 PACKED_WIDTHS: dict[str, tuple[int, ...]] = {
     "reading": (32, 5, 5, 8),
     "telematics": (32, 8, 8, 8, 4, 4),
     "weather": (20, 8, 8, 8, 4),
+    "activity": (32, 8, 8, 4, 1),
 }
 
 #: kind → the indexes of its signed (two's complement) fields

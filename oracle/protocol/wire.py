@@ -36,6 +36,7 @@ EVENT_TYPES: dict[str, str] = {
     "delivery": "Delivery",
     "telematics": "Telematics",
     "weather": "WeatherObservation",
+    "activity": "ActivitySummary",
 }
 #: payload "type" → the ``msg`` field naming what the event settles against: an agreement, an escrow, a policy, or
 #: (weather observations serve every season of a station) the station itself.
@@ -44,6 +45,7 @@ TARGET_FIELDS: dict[str, str] = {
     "delivery": "escrowId",
     "telematics": "policyId",
     "weather": "station",
+    "activity": "policyId",
 }
 _PAYLOAD_KEYS = frozenset({"v", "type", "chainId", "contract", "device", "msg", "sig"})
 
@@ -79,7 +81,7 @@ def events_filter(chain_id: int) -> str:
 class SignedEvent:
     """One decoded, schema-checked device event. The signature is not verified here: see ``signer``."""
 
-    type: str  # a key of EVENT_TYPES: "reading" | "delivery" | "telematics" | "weather"
+    type: str  # a key of EVENT_TYPES: "reading" | "delivery" | "telematics" | "weather" | "activity"
     chain_id: int
     contract: str  # checksummed
     device: str  # checksummed, as claimed by the payload

@@ -183,7 +183,7 @@ def test_simulate_publishes_to_the_broker_and_reports_json(
     summary = json.loads(out[out.index("{") :])
     assert summary["acknowledged"] == summary["planned"] >= 550
     assert summary["unacknowledged"] == 0
-    assert summary["devices"] == {"meter": 4, "tracker": 1, "vehicle": 2, "weather_station": 1}
+    assert summary["devices"] == {"meter": 4, "tracker": 1, "vehicle": 2, "weather_station": 1, "wearable": 0}
 
 
 @pytest.mark.parametrize("faults", ["teleport,nonsense"])

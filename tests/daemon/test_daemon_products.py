@@ -344,6 +344,7 @@ def test_the_kind_table_names_every_wire_type_and_its_contract() -> None:
         "delivery": ("DeliveryEscrow", "confirmDeliveries", "DeliveryConfirmed", "DeliveryRejected", False),
         "telematics": ("MotorInsurance", "settle", "PremiumCharged", "TelematicsRejected", True),
         "weather": ("CropInsurance", "record", "ObservationRecorded", "ObservationRejected", False),
+        "activity": ("HealthInsurance", "settle", "SummarySettled", "SummaryRejected", False),
     }
     assert extra_fields("telematics") == ("odometer", "harshBraking", "speeding")
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from iotsettle.oracle.chain.node import free_port
 from iotsettle.oracle.ops.context import open_context
+from iotsettle.oracle.ops.health import policy_of as health_policy_of
+from iotsettle.oracle.ops.health import premium_of
 from iotsettle.oracle.ops.motor import policy_of
 
 from tests.kit.stack import REPO, make_config
@@ -116,6 +118,22 @@ def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -
     assert view.min_factor_bps <= vehicle["factorMin"] <= vehicle["factorMax"] <= view.max_factor_bps
     rollback = [f for f in summary["simulation"]["faults"] if f["class"] == "behaviour_rollback"]
     assert rollback and all("counter_rollback" in f["replied"] for f in rollback)
+
+    # the wearables: each period over is priced at its best signed tier (a period with no summary at the base rate),
+    # and the athlete pays less than the sedentary wearer; the premium is the policy's on chain
+    health = {row["profile"]: row for row in summary["health"]}
+    assert set(health) == {"sedentary", "active", "athlete"}
+    ctx = open_context(demo_chain.config, demo_chain.config.chain.rpc_url)
+    for row in health.values():
+        view = health_policy_of(ctx, int(row["policyId"]))
+        assert len(row["tiers"]) == row["periodsOver"] == view.due_periods > 0
+        assert (
+            int(row["premium"])
+            == view.premium
+            == premium_of(view.base_rate, view.discount_bps, view.due_periods, row["tiers"])
+        )
+        assert None not in row["tiers"][:-1], "every period but maybe the last was summarised and settled"
+    assert int(health["athlete"]["premium"]) < int(health["sedentary"]["premium"])
 
     # the crop season: 4 honest stations saw a drought and outvoted the hostile one; every cover was paid
     crop = summary["crop"]

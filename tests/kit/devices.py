@@ -26,12 +26,14 @@ READING_CONTRACT = "0x" + "a1" * 20
 DELIVERY_CONTRACT = "0x" + "b2" * 20
 TELEMATICS_CONTRACT = "0x" + "c4" * 20
 WEATHER_CONTRACT = "0x" + "d5" * 20
+ACTIVITY_CONTRACT = "0x" + "e6" * 20
 CONTRACTS = {"reading": to_checksum_address(READING_CONTRACT), "delivery": to_checksum_address(DELIVERY_CONTRACT)}
 #: the stand-ins of every kind the daemon relays
 ALL_CONTRACTS = {
     **CONTRACTS,
     "telematics": to_checksum_address(TELEMATICS_CONTRACT),
     "weather": to_checksum_address(WEATHER_CONTRACT),
+    "activity": to_checksum_address(ACTIVITY_CONTRACT),
 }
 
 
@@ -119,6 +121,18 @@ class Device:
             "maxTemperature": max_temperature,
         }
         return self.sign("weather", msg, **kw)
+
+    def activity(
+        self, seq: int, period: int, tier: int, *, policy: int = 1, timestamp: int | None = None, **kw: Any
+    ) -> bytes:
+        msg = {
+            "policyId": policy,
+            "seq": seq,
+            "timestamp": timestamp or int(time.time()),
+            "period": period,
+            "tier": tier,
+        }
+        return self.sign("activity", msg, **kw)
 
     @property
     def topic(self) -> str:

@@ -90,3 +90,9 @@ def allow_insurer(cli: Cli, owner: User, stations: list[DeviceKey]) -> None:
     owner)."""
     for station in stations:
         cli.ok(["crop", "allow-insurer", station.address, "--insurer", owner.address], owner)
+
+
+def activity(key: DeviceKey, w3: Any, contract: str, policy_id: int, seq: int, period: int, tier: int) -> str:
+    """A wearable's summary of ``period``, signed now (chain time)."""
+    msg = {"policyId": policy_id, "seq": seq, "timestamp": chain_now(w3), "period": period, "tier": tier}
+    return _sign(key, "activity", "ActivitySummary", w3.eth.chain_id, contract, msg)

@@ -10,6 +10,9 @@
   stop at random, heavier in the warm afternoon of a modelled air temperature, under a weather scenario (normal,
   drought, heatwave); a station signs weather observations (rainfall and the highest temperature since its
   previous observation), or readings of its rainfall register if its fleet entry names an agreement;
+- wearables: steps and active minutes per day from an activity profile (sedentary, active, athlete) with a weekly
+  rhythm (busier weekdays or a long weekend run, a rest day) and day-to-day noise; the wearable sums them over
+  each finished period of its health policy and signs only the tier they reach (``device.activity.tier_of``);
 - trackers: a parcel moving along its route at its speed inside a reefer whose temperature wanders around a set
   point with door-open excursions; on reaching the destination it signs one Delivery per escrow with the
   highest temperature seen (centi-°C).
@@ -25,6 +28,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from iotsettle.oracle.device.activity import ActivityProfile, Cover, tier_of
 from iotsettle.oracle.device.fleet import DrivingStyle, FleetDevice
 from iotsettle.oracle.device.weather import WeatherScenario
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
@@ -263,6 +267,76 @@ class TrackerModel:
         return round(self.max_temperature_c * 100)
 
 
+#: (steps, active minutes) of an average day, by activity profile
+PROFILE_DAYS: dict[ActivityProfile, tuple[float, float]] = {
+    ActivityProfile.SEDENTARY: (4_200.0, 14.0),
+    ActivityProfile.ACTIVE: (9_000.0, 36.0),
+    ActivityProfile.ATHLETE: (15_500.0, 75.0),
+}
+#: Monday … Sunday, times the average day: office weeks with a lazy weekend, or training weeks with a long Saturday
+#: session and a rest day on Sunday
+PROFILE_WEEKS: dict[ActivityProfile, tuple[float, ...]] = {
+    ActivityProfile.SEDENTARY: (1.1, 1.1, 1.05, 1.1, 1.05, 0.85, 0.75),
+    ActivityProfile.ACTIVE: (1.0, 1.05, 0.95, 1.0, 1.05, 1.25, 0.7),
+    ActivityProfile.ATHLETE: (1.0, 1.1, 0.9, 1.1, 0.9, 1.5, 0.5),
+}
+#: how often each profile is drawn for a wearable whose fleet entry does not fix one
+PROFILE_WEIGHTS: dict[ActivityProfile, float] = {
+    ActivityProfile.SEDENTARY: 0.4,
+    ActivityProfile.ACTIVE: 0.45,
+    ActivityProfile.ATHLETE: 0.15,
+}
+DAY_S = 86_400
+
+
+def activity_profile(device: FleetDevice, seed: int) -> ActivityProfile:
+    """The fleet entry's profile, or one drawn from the seed (stable per device)."""
+    if device.activity_profile is not None:
+        return device.activity_profile
+    rng = random.Random(f"{seed}:{device.address}:profile")
+    return rng.choices(list(PROFILE_WEIGHTS), weights=list(PROFILE_WEIGHTS.values()))[0]
+
+
+class WearableModel:
+    """Steps and active minutes of a wearer over any span of time, stable per (device, day): asking twice, or
+    for overlapping periods, gives the same figures."""
+
+    def __init__(self, seed: str, profile: ActivityProfile = ActivityProfile.ACTIVE) -> None:
+        self._seed = seed
+        self.profile = profile
+
+    def _day(self, day: int) -> tuple[float, float]:
+        steps, minutes = PROFILE_DAYS[self.profile]
+        rhythm = PROFILE_WEEKS[self.profile][(day + 3) % 7]  # 1970-01-01 was a Thursday
+        noise = random.Random(f"{self._seed}:{day}").lognormvariate(0.0, 0.18)
+        return steps * rhythm * noise, minutes * rhythm * noise
+
+    def activity(self, start: int, end: int) -> tuple[int, int]:
+        """(steps, active minutes) between ``start`` and ``end`` (unix seconds), pro rata within a day."""
+        steps = minutes = 0.0
+        t = start
+        while t < end:
+            day = t // DAY_S
+            upto = min(end, (day + 1) * DAY_S)
+            day_steps, day_minutes = self._day(day)
+            share = (upto - t) / DAY_S
+            steps += day_steps * share
+            minutes += day_minutes * share
+            t = upto
+        return int(steps), int(minutes)
+
+    def tier(self, cover: Cover, period: int) -> int:
+        """The tier the wearable signs for ``period`` of ``cover``."""
+        if cover.period_length < DAY_S:
+            # a demo's periods of seconds stand for the days of the wearer's week, one after the other (its policy
+            # has daily thresholds)
+            steps, minutes = self.activity(period * DAY_S, (period + 1) * DAY_S)
+        else:
+            start = cover.start + period * cover.period_length
+            steps, minutes = self.activity(start, start + cover.period_length)
+        return tier_of(steps, minutes, cover.thresholds)
+
+
 def _metres(a: tuple[float, float], b: tuple[float, float]) -> float:
     lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
     h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
@@ -271,7 +345,7 @@ def _metres(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 def device_model(
     device: FleetDevice, rng: random.Random, seed: int, weather: WeatherScenario, hostile: bool
-) -> MeterModel | VehicleModel | WeatherStationModel | TrackerModel:
+) -> MeterModel | VehicleModel | WeatherStationModel | TrackerModel | WearableModel:
     """The model of ``device``'s kind; a ``hostile`` station lives in the opposite of the scenario's weather."""
     if device.kind is DeviceKind.METER:
         return MeterModel(rng)
@@ -279,4 +353,6 @@ def device_model(
         return VehicleModel(rng, driving_style(device, seed))
     if device.kind is DeviceKind.WEATHER_STATION:
         return WeatherStationModel(rng, (HOSTILE_CLIMATES if hostile else CLIMATES)[weather])
+    if device.kind is DeviceKind.WEARABLE:
+        return WearableModel(f"{seed}:{device.address}", activity_profile(device, seed))
     return TrackerModel(rng, device.route, device.speed)

@@ -25,11 +25,12 @@ from iotsettle.oracle.device.sim.models import (
     MeterModel,
     TrackerModel,
     VehicleModel,
+    WearableModel,
     WeatherScenario,
     WeatherStationModel,
     device_model,
 )
-from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_name
 from iotsettle.oracle.protocol.errors import ConfigError
 from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32
 from iotsettle.oracle.protocol.wire import SignedEvent, events_topic
@@ -76,11 +77,18 @@ class DeviceRun:
         self.last_event: SignedEvent | None = None
         self.last: dict[str, SignedEvent] = {}  # stream → last normal event
         self.steps = 0  # events scheduled so far (tie-break among this device's events)
+        self.next_period = 0  # wearables: the first period not summarised yet
 
     @property
     def register(self) -> MeterModel | VehicleModel | WeatherStationModel:
-        if isinstance(self.model, TrackerModel):
-            raise ConfigError(f"{self.device.name} is a tracker: it signs deliveries, not readings")
+        if isinstance(self.model, (TrackerModel, WearableModel)):
+            raise ConfigError(f"{self.device.name} is a {kind_name(self.device.kind)}: it signs no readings")
+        return self.model
+
+    @property
+    def wearable(self) -> WearableModel:
+        if not isinstance(self.model, WearableModel):
+            raise ConfigError(f"{self.device.name} is not a wearable: it signs no activity summaries")
         return self.model
 
     @property
@@ -137,8 +145,33 @@ class DeviceRun:
             }
         raise ConfigError(f"{self.device.name}: no model for {stream} events")
 
+    def summaries(self, timestamp: int) -> list[SignedEvent]:
+        """A wearable's summaries of the periods of its policy that ended since its last one, signed at
+        ``timestamp`` (none while the current period runs)."""
+        cover = self.device.cover
+        if cover is None:
+            raise ConfigError(f"{self.device.name}: a wearable needs the cover of its policy")
+        events = []
+        while self.next_period < cover.finished(timestamp):
+            period = self.next_period
+            msg = {
+                "policyId": self.device.policy_id,
+                "seq": self.counter.next(),
+                "timestamp": timestamp,
+                "period": period,
+                "tier": self.wearable.tier(cover, period),
+            }
+            event = self.sign("activity", msg)
+            self.last["activity"] = self.last_event = event
+            events.append(event)
+            self.next_period += 1
+        return events
+
     def report(self, timestamp: int) -> list[SignedEvent]:
-        """One normal event per stream of the device (a reading, a telematics report, an observation)."""
+        """One normal event per stream of the device (a reading, a telematics report, an observation), or a
+        wearable's summaries of the periods that ended."""
+        if "activity" in self.streams:
+            return self.summaries(timestamp)
         events = []
         for stream in self.streams:
             event = self.sign(stream, self.message(stream, timestamp))
