@@ -16,17 +16,21 @@ messages are redelivered by the broker, stored events stay in the outbox.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
 import time
 from types import FrameType
 
+from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.config import Config
+from iotsettle.oracle.daemon.alerts import AlertSettings
 from iotsettle.oracle.daemon.deployment import Deployment, resolve
 from iotsettle.oracle.daemon.health import Health, State
 from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
+from iotsettle.oracle.daemon.policy_watch import PolicyWatch
 from iotsettle.oracle.daemon.registry_follower import RegistryFollower
 from iotsettle.oracle.daemon.rules import RuleSettings
 from iotsettle.oracle.daemon.settler import Settler
@@ -57,6 +61,26 @@ def rule_settings(config: Config) -> RuleSettings:
         max_speed_m_s=o.max_speed,
         quarantine_threshold=o.quarantine_threshold,
         quarantine_window_s=o.quarantine_window,
+    )
+
+
+def alert_settings(config: Config) -> AlertSettings | None:
+    """The detectors' thresholds from ``[alerts]``; None when alerts are switched off."""
+    a = config.alerts
+    if not a.enabled:
+        return None
+    return AlertSettings(
+        meter_warmup=a.meter_warmup,
+        meter_sigmas=a.meter_sigmas,
+        meter_ratio=a.meter_ratio,
+        meter_half_life_s=a.meter_half_life,
+        stationary_s=a.stationary,
+        stationary_radius_m=a.stationary_radius,
+        lapsed_min_distance_m=a.lapsed_min_distance,
+        station_window_s=a.station_window,
+        station_floor=a.station_floor,
+        station_ratio=a.station_ratio,
+        station_min_neighbours=a.station_min_neighbours,
     )
 
 
@@ -96,6 +120,11 @@ def validate(config: Config) -> None:
             problems.append(f"{name} must be ≥ 0")
     if problems:
         raise ConfigError("[oracle] " + "; ".join(problems))
+    a = config.alerts
+    bad = [f"{f.name} must be ≥ 0" for f in dataclasses.fields(a) if f.type != "bool" and getattr(a, f.name) < 0]
+    bad += [f"{name} must be > 0" for name in ("policy_poll", "station_window") if getattr(a, name) <= 0]
+    if bad:
+        raise ConfigError("[alerts] " + "; ".join(dict.fromkeys(bad)))
 
 
 def preflight(config: Config) -> Deployment:
@@ -133,6 +162,7 @@ class OracleDaemon:
         self.deployment: Deployment | None = None
         self.intake: Intake | None = None
         self.follower: RegistryFollower | None = None
+        self.policy_watch: PolicyWatch | None = None
         self.settler: Settler | None = None
         self.health: Health | None = None
         self._stores: list[Store] = []
@@ -173,8 +203,18 @@ class OracleDaemon:
             status_topic=topic,
             status_payload={"oracle": o.oracle_id, "relayer": deployment.relayer.address},
             rules=rule_settings(config),
+            alerts=alert_settings(config),
         )
         self.intake = Intake(settings, intake_store, self.metrics)
+        watch_policies = settings.alerts is not None and settings.alerts.lapsed_min_distance_m
+        if watch_policies and "telematics" in deployment.contracts:
+            self.policy_watch = PolicyWatch(
+                RpcClient(chain.w3),
+                deployment.contracts["telematics"],
+                deployment.abi_of_kind("telematics"),
+                config.alerts.policy_poll,
+            )
+            self.intake.policy_status = self.policy_watch.status
 
         registry = deployment.contract("DeviceRegistry")
         self.follower = RegistryFollower(
@@ -202,6 +242,8 @@ class OracleDaemon:
             self.settler.start()
             self.intake.on_stored = self.settler.wake
         self.follower.start()
+        if self.policy_watch is not None:
+            self.policy_watch.start()
         self.intake.start()
         log.info(
             "oracle %s running: MQTT %s:%d as %s, subscription %s",
@@ -273,6 +315,8 @@ class OracleDaemon:
             clean &= bool(self.settler.stop(drain=True, timeout=timeout))
         if self.follower is not None:
             self.follower.stop()
+        if self.policy_watch is not None:
+            self.policy_watch.stop()
         if self.health is not None:
             self.health.stop()
         for store in self._stores:
