@@ -23,26 +23,17 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from iotsettle.oracle.daemon.rules import cells_apart_m, decode_location
 from iotsettle.oracle.daemon.store import DeviceState
-from iotsettle.oracle.protocol import wire
+from iotsettle.oracle.protocol.alerts import ALERT_VERSION, AlertKind
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.errors import ProtocolError
 from iotsettle.oracle.protocol.wire import SignedEvent
 
-ALERT_VERSION = 1
 #: ``IMotorInsurance.PolicyStatus.Lapsed``: premiums owed passed the money deposited
 POLICY_LAPSED = 3
-
-
-class AlertKind(StrEnum):
-    METER_SPIKE = "meter_spike"
-    TRACKER_STALLED = "tracker_stalled"
-    LAPSED_DRIVING = "lapsed_driving"
-    STATION_OUTLIER = "station_outlier"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +102,6 @@ class Alert:
 def encode_alert(alert: Alert) -> bytes:
     """The alerts topic's payload (docs/PROTOCOL.md)."""
     return json.dumps(alert.as_dict(), separators=(",", ":")).encode()
-
-
-def alerts_topic(chain_id: int) -> str:
-    """Where the oracle publishes its alerts (QoS 1, not retained)."""
-    return f"{wire.TOPIC_ROOT}/{chain_id}/alerts"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ import random
 from iotsettle.oracle.daemon.alerts import (
     POLICY_LAPSED,
     Alert,
-    AlertKind,
     AlertSettings,
     AlertState,
     Context,
@@ -20,6 +19,7 @@ from iotsettle.oracle.daemon.store import DeviceState
 from iotsettle.oracle.device.sim.models import CLIMATES, HOSTILE_CLIMATES, MeterModel, WeatherStationModel
 from iotsettle.oracle.device.weather import WeatherScenario
 from iotsettle.oracle.protocol import eip712, wire
+from iotsettle.oracle.protocol.alerts import AlertKind
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32
 

@@ -31,12 +31,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from iotsettle.oracle.daemon.alerts import Alert, AlertSettings, AlertState, Context, alerts_topic, detect, encode_alert
+from iotsettle.oracle.daemon.alerts import Alert, AlertSettings, AlertState, Context, detect, encode_alert
 from iotsettle.oracle.daemon.intake.transport import BrokerSettings, Client, Message, Transport
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, Verdict, evaluate
 from iotsettle.oracle.daemon.store import DeviceState, EventRecord, RegistryEntry, Rejection, Store, event_record
 from iotsettle.oracle.protocol import wire
+from iotsettle.oracle.protocol.alerts import alerts_topic
 from iotsettle.oracle.protocol.errors import ProtocolError, SignatureError, StoreError
 from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.protocol.reasons import Reason, Reply, encode_reply
