@@ -235,7 +235,9 @@ def _meter(
     # an integer register read every few seconds jumps between n and n+1 units: one unit per interval is noise
     deviation = max(math.sqrt(variance), 1.0 / seconds)
     threshold = max(mean + settings.meter_sigmas * deviation, settings.meter_ratio * mean)
-    sample = rate
+    # winsorised: a sample above the threshold counts as the threshold, during the warm-up too, so a spike never
+    # teaches the meter that spikes are normal
+    sample = min(rate, threshold)
     if count >= settings.meter_warmup and rate > threshold:
         alerts.append(
             _alert(
@@ -248,7 +250,6 @@ def _meter(
                 f"{rate:.4g} units/s over {seconds} s, its own mean {mean:.4g} ± {deviation:.3g} units/s",
             )
         )
-        sample = threshold  # a spike must not teach the meter that spikes are normal
     if baseline is None:
         updated = (target, 1, rate, 0.0)
     else:
