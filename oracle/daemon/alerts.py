@@ -329,7 +329,7 @@ def _lapsed(
             now,
             driven,
             settings.lapsed_min_distance_m,
-            f"drove {driven} m since its previous report while policy {policy} is lapsed",
+            f"drove {driven} m since its previous report while policy {policy:#x} is lapsed",
         )
     )
     return _with(state, lapsed_alerted=(*state.lapsed_alerted[-15:], policy))
