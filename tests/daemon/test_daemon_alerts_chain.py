@@ -39,7 +39,8 @@ def test_driving_on_a_lapsed_policy_is_alerted_end_to_end(
     policy = int(offered["policyId"])
     cli.ok(["token", "mint", "--amount", "20"], holder)
     cli.ok(["policy", "accept", hex(policy), "--deposit", "20"], holder)
-    vehicle = Device(DeviceKind.VEHICLE, key.private_key, contracts={"telematics": deployment.address("MotorInsurance")})
+    motor = deployment.address("MotorInsurance")
+    vehicle = Device(DeviceKind.VEHICLE, key.private_key, contracts={"telematics": motor})
 
     daemon = DaemonProcess(tmp_path, deployment, mosquitto, IOTSETTLE_ALERTS_POLICY_POLL="0.2")
     daemons.append(daemon)
