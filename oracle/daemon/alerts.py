@@ -198,7 +198,10 @@ def detect(
 
 
 def _previous(before: DeviceState, target: int, registers: int) -> tuple[tuple[int, ...], int] | None:
-    for entry_target, values, timestamp in reversed(before.registers):
+    entries = before.registers
+    if entries and entries[-1][0] == target and len(entries[-1][1]) == registers:  # the usual case: one target
+        return entries[-1][1], entries[-1][2]
+    for entry_target, values, timestamp in reversed(entries):
         if entry_target == target and len(values) == registers:
             return values, timestamp
     return None
@@ -230,7 +233,11 @@ def _meter(
     if seconds <= 0:
         return state
     rate = (int(event.msg["value"]) - last_value) / seconds
-    baseline = next((b for b in state.baselines if b[0] == target), None)
+    baselines = state.baselines
+    baseline = None
+    for candidate in baselines:
+        if candidate[0] == target:
+            baseline = candidate
     count, mean, variance = (0, rate, 0.0) if baseline is None else baseline[1:]
     # an integer register read every few seconds jumps between n and n+1 units: one unit per interval is noise
     deviation = max(math.sqrt(variance), 1.0 / seconds)
@@ -260,9 +267,12 @@ def _meter(
         mean += alpha * delta
         variance = (1.0 - alpha) * (variance + alpha * delta * delta)
         updated = (target, count + 1, mean, variance)
-    others = tuple(b for b in state.baselines if b[0] != target)[-15:]
-    return AlertState(state.device, (*others, updated), state.stay, state.station_rate, state.station_time,
-                      state.outlier, state.lapsed_alerted)  # fmt: skip
+    if len(baselines) == 1 and baseline is not None:  # the usual case: one agreement
+        kept: tuple[tuple[int, int, float, float], ...] = (updated,)
+    else:
+        kept = (*tuple(b for b in baselines if b[0] != target)[-15:], updated)
+    return AlertState(state.device, kept, state.stay, state.station_rate, state.station_time, state.outlier,
+                      state.lapsed_alerted)  # fmt: skip
 
 
 def _stay(

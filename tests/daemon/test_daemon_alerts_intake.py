@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import queue
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from iotsettle.oracle.daemon.alerts import Alert, AlertSettings
+from iotsettle.oracle.daemon import store as store_module
+from iotsettle.oracle.daemon.alerts import Alert, AlertSettings, AlertState
 from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.store import Store
@@ -121,3 +124,40 @@ def test_a_failing_detector_costs_neither_the_event_nor_the_batch(
     assert [body["status"] for _, body in publisher.collect(3)] == ["accepted"] * 3
     assert intake.metrics.alert_errors._value.get() == 2
     assert intake.alive and store.alerts() == []
+
+
+def test_a_version_2_store_file_is_migrated_with_its_events_kept(tmp_path: Path) -> None:
+    """A store written before the alerts existed (schema version 2) opens with the alert tables added."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for script in store_module._MIGRATIONS[:2]:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute("PRAGMA user_version=2")
+    conn.execute("INSERT INTO device_state (device, last_seq) VALUES ('0xabc', 41)")
+    conn.close()
+    migrated = Store.open(path)
+    try:
+        assert migrated.conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert migrated.device_state("0xabc").last_seq == 41  # type: ignore[union-attr]
+        assert migrated.alerts() == [] and migrated.alert_state("0xabc") is None
+        migrated.add_alerts([], [("0xabc", '{"b":[[1,12,0.5,0.01]]}', None, None)])
+        assert migrated.alert_state("0xabc") == ("0xabc", '{"b":[[1,12,0.5,0.01]]}', None, None)
+    finally:
+        migrated.close()
+
+
+def test_the_detectors_state_outlives_a_restart(intake: Intake, store: Store, publisher: Publisher) -> None:
+    meter = Device()
+    register(store, meter)
+    intake.registry_changed()
+    start = int(time.time()) - 3_600
+    publisher.publish_many([(meter.topic, meter.reading(k + 1, 1_000 + k, timestamp=start + 60 * k)) for k in range(8)])
+    wait_for(lambda: store.event_count() == 8, what="8 stored events")
+    intake.stop()  # saves the detectors' states it held back between flushes
+    row = store.alert_state(meter.address)
+    assert row is not None
+    [(agreement, readings, mean, _)] = AlertState.from_row(*row).baselines
+    assert (agreement, readings) == (1, 7) and abs(mean - 1 / 60) < 1e-9

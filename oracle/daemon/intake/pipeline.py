@@ -98,6 +98,14 @@ class IntakeSettings:
         )
 
 
+#: seconds between writes of the alert detectors' states (``Intake._unsaved``)
+ALERT_STATE_FLUSH_S = 5.0
+
+
+def _state_rows(states: dict[str, AlertState]) -> list[tuple[str, str, float | None, int | None]]:
+    return [(a.device, a.to_json(), a.station_rate, a.station_time) for a in states.values()]
+
+
 def _no_status(policy: int) -> int | None:
     return None
 
@@ -210,6 +218,10 @@ class Intake:
         #: a policy's status on chain as last read (``PolicyWatch.status``), for the lapsed_driving detector
         self.policy_status: Callable[[int], int | None] = _no_status
         self._alert_states: dict[str, AlertState] = {}
+        # detector states changed since they were last written: written with a batch every ALERT_STATE_FLUSH_S, with
+        # any batch that raised an alert, and at stop (a crash loses a few seconds of baseline updates, no alert)
+        self._unsaved: dict[str, AlertState] = {}
+        self._saved_at = time.monotonic()
         self._station_rates: dict[str, tuple[float, int]] = {}
         self._accepting = threading.Event()  # cleared on stop: later messages stay unacknowledged for redelivery
         self._stopped = threading.Event()
@@ -252,6 +264,12 @@ class Intake:
         if self._thread is not None:
             self._thread.join(timeout)
             drained = not self._thread.is_alive()
+        if drained and self._unsaved:
+            try:
+                self.store.add_alerts([], _state_rows(self._unsaved))
+                self._unsaved = {}
+            except StoreError as exc:
+                log.warning("alert detector states not saved at stop: %s", exc)
         self.transport.close()
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
@@ -378,6 +396,7 @@ class Intake:
                 attempt += 1
                 self._states.clear()  # the cached states may be ahead of what is committed
                 self._alert_states.clear()
+                self._unsaved.clear()
                 self.metrics.store_errors.inc()
                 self._last_error = str(exc)
                 log.error("intake batch of %d not stored (attempt %d): %s", len(batch), attempt, exc)
@@ -486,14 +505,15 @@ class Intake:
                 kept = event is not None and not KINDS[event.type].cumulative
                 (kept_replies if kept else replies).append((reply_topic, outcome))
 
+        self._unsaved.update(alert_states)
+        flush = bool(raised) or time.monotonic() - self._saved_at >= ALERT_STATE_FLUSH_S
         with self.store.transaction():
             self.store.commit_batch(accepted, rejected, states.values())
-            if raised or alert_states:
-                ids = self.store.add_alerts(
-                    [alert.row() for alert in raised],
-                    [(a.device, a.to_json(), a.station_rate, a.station_time) for a in alert_states.values()],
-                )
+            if raised or (flush and self._unsaved):
+                ids = self.store.add_alerts([alert.row() for alert in raised], _state_rows(self._unsaved))
                 raised = [replace(alert, id=alert_id) for alert, alert_id in zip(raised, ids, strict=True)]
+        if flush:
+            self._unsaved, self._saved_at = {}, time.monotonic()
         for alert_state in alert_states.values():
             if alert_state.station_rate is not None and alert_state.station_time is not None:
                 self._station_rates[alert_state.device] = (alert_state.station_rate, alert_state.station_time)
