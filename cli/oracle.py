@@ -151,11 +151,19 @@ def _alert_line(alert: daemon_alerts.Alert) -> str:
 
 
 @oracle.command()
-@click.option("--limit", default=20, show_default=True, help="How many of the newest alerts to show first.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many of the newest alerts to show."
+)
 @click.option("--kind", type=click.Choice([str(k) for k in AlertKind]), help="Only alerts of this kind.")
 @click.option("--device", help="Only alerts of this device (0x…).")
 @click.option("--follow", is_flag=True, help="Keep printing new alerts as the daemon raises them (Ctrl-C stops).")
-@click.option("--interval", default=1.0, show_default=True, help="Seconds between looks for new alerts (--follow).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between looks for new alerts (--follow).",
+)
 @with_context()
 def alerts(
     cmd: CommandContext, limit: int, kind: str | None, device: str | None, follow: bool, interval: float
@@ -175,8 +183,6 @@ def alerts(
         if not eth_utils.is_hex_address(device):
             raise click.BadParameter(f"{device!r} is not a 0x-prefixed 20-byte address", param_hint="--device")
         device = eth_utils.to_checksum_address(device)
-    if interval <= 0:
-        raise click.BadParameter("must be > 0", param_hint="--interval")
     store = _open_store(cmd)
     try:
         shown = [daemon_alerts.Alert.from_row(row) for row in store.alerts(limit=limit, kind=kind, device=device)]
@@ -214,11 +220,7 @@ def release(cmd: CommandContext, device: str) -> None:
     """Let a quarantined DEVICE (its id, 0x…) send events again; works while the daemon runs."""
     if not eth_utils.is_hex_address(device):
         raise click.BadParameter(f"{device!r} is not a 0x-prefixed 20-byte address", param_hint="DEVICE")
-    config = cmd.config
-    path = config.path(config.oracle.db_path)
-    if not path.exists():
-        raise click.ClickException(f"no oracle database at {path}: the daemon has not run with this configuration")
-    store = daemon_store.Store.open(path)
+    store = _open_store(cmd)
     try:
         released = store.release_quarantine(eth_utils.to_checksum_address(device))
     finally:

@@ -117,7 +117,8 @@ class AlertState:
     station_rate: float | None = None
     station_time: int | None = None
     outlier: bool = False  # a station_outlier episode is running (alerted once)
-    lapsed_alerted: tuple[int, ...] = ()  # policies already alerted lapsed_driving (once per lapse)
+    #: vehicles, per policy seen lapsed: (policy, odometer when the lapse was first seen, alerted already)
+    lapsed: tuple[tuple[int, int, bool], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -125,7 +126,7 @@ class AlertState:
                 "b": [list(b) for b in self.baselines],
                 "s": None if self.stay is None else [self.stay[0].hex(), self.stay[1], self.stay[2]],
                 "o": self.outlier,
-                "l": list(self.lapsed_alerted),
+                "l": [list(entry) for entry in self.lapsed],
             },
             separators=(",", ":"),
         )
@@ -141,7 +142,7 @@ class AlertState:
             rate,
             time,
             bool(data.get("o", False)),
-            tuple(int(p) for p in data.get("l", [])),
+            tuple((int(p), int(o), bool(a)) for p, o, a in data.get("l", [])),
         )
 
 
@@ -272,7 +273,7 @@ def _meter(
     else:
         kept = (*tuple(b for b in baselines if b[0] != target)[-15:], updated)
     return AlertState(state.device, kept, state.stay, state.station_rate, state.station_time, state.outlier,
-                      state.lapsed_alerted)  # fmt: skip
+                      state.lapsed)  # fmt: skip
 
 
 def _stay(
@@ -320,15 +321,19 @@ def _lapsed(
 ) -> AlertState:
     policy = event.target_id
     status = context.policy_status(policy)
+    entry = next((e for e in state.lapsed if e[0] == policy), None)
     if status != POLICY_LAPSED:
         # reinstated (or never lapsed): a later lapse alerts again
-        return _with(state, lapsed_alerted=tuple(p for p in state.lapsed_alerted if p != policy))
-    if policy in state.lapsed_alerted:
+        return state if entry is None else _with(state, lapsed=tuple(e for e in state.lapsed if e[0] != policy))
+    odometer = int(event.msg["odometer"])
+    if entry is None:
+        # driving is counted from the report before the lapse was first seen (or this one, if it is the first)
+        previous = _previous(before, policy, 3)
+        entry = (policy, odometer if previous is None else previous[0][0], False)
+        state = _with(state, lapsed=(*state.lapsed[-15:], entry))
+    if entry[2]:
         return state
-    previous = _previous(before, policy, 3)
-    if previous is None:
-        return state
-    driven = int(event.msg["odometer"]) - previous[0][0]
+    driven = odometer - entry[1]
     if driven < settings.lapsed_min_distance_m:
         return state
     alerts.append(
@@ -339,10 +344,10 @@ def _lapsed(
             now,
             driven,
             settings.lapsed_min_distance_m,
-            f"drove {driven} m since its previous report while policy {policy:#x} is lapsed",
+            f"drove {driven} m while policy {policy:#x} is lapsed",
         )
     )
-    return _with(state, lapsed_alerted=(*state.lapsed_alerted[-15:], policy))
+    return _with(state, lapsed=tuple((p, o, a or p == policy) for p, o, a in state.lapsed))
 
 
 def _station(

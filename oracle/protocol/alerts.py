@@ -1,15 +1,14 @@
 """The oracle's early alerts on the wire: their kinds and their topic (docs/PROTOCOL.md, "Alerts"; docs/ALERTS.md).
 
 An alert says that an accepted event is unusual for the device that signed it; it never refuses anything. The
-oracle publishes each one on ``iotsettle/v1/{chainId}/alerts`` (QoS 1, not retained) as a JSON object built by
-``iotsettle.oracle.daemon.alerts.Alert.as_dict``. Kinds are added only at the end, never renamed within v1.
+oracle publishes each one on ``wire.alerts_topic`` (``iotsettle/v1/{chainId}/alerts``, QoS 1, not retained) as a
+JSON object built by ``iotsettle.oracle.daemon.alerts.Alert.as_dict``. Kinds are added only at the end, never
+renamed within v1. This module imports nothing, so the CLI can offer the kinds without loading the wire codecs.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-
-from iotsettle.oracle.protocol import wire
 
 ALERT_VERSION = 1
 
@@ -19,8 +18,3 @@ class AlertKind(StrEnum):
     TRACKER_STALLED = "tracker_stalled"  # a tracker that stayed in one place too long
     LAPSED_DRIVING = "lapsed_driving"  # a vehicle driving while its policy is lapsed
     STATION_OUTLIER = "station_outlier"  # a weather station's rainfall far from the other stations'
-
-
-def alerts_topic(chain_id: int) -> str:
-    """Where the oracle publishes its alerts (QoS 1, not retained)."""
-    return f"{wire.TOPIC_ROOT}/{chain_id}/alerts"

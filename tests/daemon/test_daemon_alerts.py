@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 
+import pytest
+from iotsettle.oracle.config import load_config
 from iotsettle.oracle.daemon.alerts import (
     POLICY_LAPSED,
     Alert,
@@ -15,12 +17,14 @@ from iotsettle.oracle.daemon.alerts import (
     detect,
 )
 from iotsettle.oracle.daemon.rules import RuleSettings, evaluate
+from iotsettle.oracle.daemon.service import alert_settings, validate
 from iotsettle.oracle.daemon.store import DeviceState
 from iotsettle.oracle.device.sim.models import CLIMATES, HOSTILE_CLIMATES, MeterModel, WeatherStationModel
 from iotsettle.oracle.device.weather import WeatherScenario
 from iotsettle.oracle.protocol import eip712, wire
 from iotsettle.oracle.protocol.alerts import AlertKind
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.errors import ConfigError
 from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32
 
 CONTRACT = "0x" + "c0" * 20
@@ -167,11 +171,26 @@ def test_driving_on_a_lapsed_policy_raises_one_alert_per_lapse() -> None:
     statuses[1] = POLICY_LAPSED
     alerts = [a for k in range(5, 10) for a in drive(k)]
     assert [a.kind for a in alerts] == [AlertKind.LAPSED_DRIVING]
-    assert alerts[0].value == 900 and alerts[0].target == 1
+    assert alerts[0].value == 900 and alerts[0].target == 1 and alerts[0].seq == 6
     statuses[1] = 2  # topped up: reinstated
     assert [a for k in range(10, 12) for a in drive(k)] == []
     statuses[1] = POLICY_LAPSED
     assert [a.kind for k in range(12, 14) for a in drive(k)] == [AlertKind.LAPSED_DRIVING]
+
+
+def test_slow_driving_on_a_lapsed_policy_adds_up() -> None:
+    """Reports every few seconds each move a few metres: the distance counts from the lapse, not per report."""
+    vehicle = Device(DeviceKind.VEHICLE)
+    context = Context(policy_status=lambda policy: POLICY_LAPSED)
+    alerts = [
+        a
+        for k in range(30)
+        for a in vehicle.send(
+            vehicle.event("telematics", timestamp=T0 + 2 * k, odometer=5_000 + 8 * k, harshBraking=0, speeding=0),
+            context,
+        )
+    ]
+    assert [(a.kind, a.value) for a in alerts] == [(AlertKind.LAPSED_DRIVING, 104)]
 
 
 def test_a_parked_vehicle_on_a_lapsed_policy_raises_nothing() -> None:
@@ -232,5 +251,15 @@ def test_no_outlier_without_enough_neighbours() -> None:
 
 
 def test_the_state_survives_its_stored_form() -> None:
-    state = AlertState("0xabc", ((1, 12, 0.5, 0.01),), (fix(52.0, 13.0), T0, True), 0.25, T0, True, (7,))
+    state = AlertState("0xabc", ((1, 12, 0.5, 0.01),), (fix(52.0, 13.0), T0, True), 0.25, T0, True, ((7, 900, True),))
     assert AlertState.from_row("0xabc", state.to_json(), 0.25, T0) == state
+
+
+def test_alert_settings_come_from_the_config_and_bad_values_are_named() -> None:
+    env = {"IOTSETTLE_ALERTS_METER_SIGMAS": "6", "IOTSETTLE_ALERTS_STATIONARY": "0"}
+    config = load_config(env=env, read_files=False)
+    settings = alert_settings(config)
+    assert settings is not None and (settings.meter_sigmas, settings.stationary_s) == (6.0, 0.0)
+    assert alert_settings(config.replace("alerts", enabled=False)) is None
+    with pytest.raises(ConfigError, match=r"\[alerts\] station_floor must be ≥ 0; policy_poll must be > 0"):
+        validate(config.replace("alerts", station_floor=-1.0, policy_poll=0.0))

@@ -15,8 +15,8 @@ import paho.mqtt.client as mqtt
 from click.testing import CliRunner
 from iotsettle.cli._common import State
 from iotsettle.cli.oracle import oracle
-from iotsettle.oracle.protocol.alerts import alerts_topic
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.wire import alerts_topic
 from iotsettle.oracle.testing.devices import Publisher
 from iotsettle.oracle.testing.wait import wait_for
 
@@ -54,8 +54,8 @@ def test_driving_on_a_lapsed_policy_is_alerted_end_to_end(
     publisher = Publisher(mosquitto.host, mosquitto.port, w3.eth.chain_id)
     try:
         start = int(w3.eth.get_block("latest")["timestamp"]) + 1  # not before the policy's acceptance
-        # 500 km at ×0.90 cost 22.5 TEST: the 20 deposited run out, the policy lapses when this report settles
-        publisher.publish(vehicle.topic, vehicle.telematics(1, 1_500_000, policy=policy, timestamp=start))
+        # 500.5 km at ×0.90 cost 22.5 TEST: the 20 deposited run out, the policy lapses when this report settles
+        publisher.publish(vehicle.topic, vehicle.telematics(1, 1_500_500, policy=policy, timestamp=start))
         wait_for(lambda: cli.ok(["policy", "show", hex(policy)])["status"] == "lapsed", 30, "the policy to lapse")
         assert alerts.empty(), "driving before the lapse is no alert"
 

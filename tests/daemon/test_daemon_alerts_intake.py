@@ -19,8 +19,8 @@ from iotsettle.oracle.daemon.alerts import Alert, AlertSettings, AlertState
 from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.store import Store
-from iotsettle.oracle.protocol.alerts import alerts_topic
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.protocol.wire import alerts_topic
 from iotsettle.oracle.testing.devices import Publisher
 from iotsettle.oracle.testing.wait import wait_for
 

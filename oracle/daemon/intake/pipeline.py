@@ -37,10 +37,10 @@ from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, Verdict, evaluate
 from iotsettle.oracle.daemon.store import DeviceState, EventRecord, RegistryEntry, Rejection, Store, event_record
 from iotsettle.oracle.protocol import wire
-from iotsettle.oracle.protocol.alerts import alerts_topic
 from iotsettle.oracle.protocol.errors import ProtocolError, SignatureError, StoreError
 from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.protocol.reasons import Reason, Reply, encode_reply
+from iotsettle.oracle.protocol.wire import alerts_topic
 
 log = logging.getLogger(__name__)
 
