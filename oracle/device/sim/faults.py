@@ -16,7 +16,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from iotsettle.oracle.device.fleet import FaultClass, Fleet, FleetDevice
 from iotsettle.oracle.device.sim.models import TrackerModel
@@ -109,36 +109,14 @@ def fault_event(run: DeviceRun, fault: FaultClass, timestamp: int, elapsed: floa
         return run.sign(run.last_event.type, msg)
     if fault is FaultClass.TELEPORT:
         lat, lon = run.tracker.route[-1]
-        far = geohash_encode(-lat, lon + 180.0 if lon <= 0 else lon - 180.0, len(run.device.destination) or 7)
-        msg = {
-            "escrowId": run.device.targets[0],
-            "seq": run.counter.next(),
-            "timestamp": timestamp,
-            "location": location_bytes32(far),
-            "maxTemperature": run.tracker.max_temperature_until(elapsed),
-        }
-        return run.sign("delivery", msg)
+        far = (-lat, lon + 180.0 if lon <= 0 else lon - 180.0)
+        return run.sign("delivery", _delivery_from(run, far, timestamp, elapsed))
     if fault is FaultClass.TRACKER_STALLED:
         lat, lon = run.tracker.route[-1]
         # not the destination itself: the escrow must still be confirmed by the real arrival
-        stall = geohash_encode(lat + STALL_OFFSET_DEG, lon, len(run.device.destination) or 7)
-        msg = {
-            "escrowId": run.device.targets[0],
-            "seq": run.counter.next(),
-            "timestamp": timestamp,
-            "location": location_bytes32(stall),
-            "maxTemperature": run.tracker.max_temperature_until(elapsed),
-        }
-        return run.sign("delivery", msg)
+        return run.sign("delivery", _delivery_from(run, (lat + STALL_OFFSET_DEG, lon), timestamp, elapsed))
     if tracker:
-        here = geohash_encode(*run.tracker.position(elapsed), len(run.device.destination) or 7)
-        msg = {
-            "escrowId": run.device.targets[0],
-            "seq": run.counter.next(),
-            "timestamp": timestamp,
-            "location": location_bytes32(here),
-            "maxTemperature": run.tracker.max_temperature_until(elapsed),
-        }
+        msg = _delivery_from(run, run.tracker.position(elapsed), timestamp, elapsed)
         event_type = "delivery"
     else:
         event_type = "telematics" if fault is FaultClass.BEHAVIOUR_ROLLBACK else run.streams[0]
@@ -169,3 +147,15 @@ def fault_event(run: DeviceRun, fault: FaultClass, timestamp: int, elapsed: floa
         corrupted[31] ^= 0x01
         event = replace(event, sig=bytes(corrupted))
     return event
+
+
+def _delivery_from(run: DeviceRun, where: tuple[float, float], timestamp: int, elapsed: float) -> dict[str, Any]:
+    """A delivery message of the tracker's first escrow, located at ``where`` (lat, lon), with the next seq."""
+    location = geohash_encode(*where, len(run.device.destination) or 7)
+    return {
+        "escrowId": run.device.targets[0],
+        "seq": run.counter.next(),
+        "timestamp": timestamp,
+        "location": location_bytes32(location),
+        "maxTemperature": run.tracker.max_temperature_until(elapsed),
+    }
