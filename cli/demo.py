@@ -377,6 +377,11 @@ def _main_summary(summary: dict[str, Any]) -> Table:
     )
     if on_chain_rejects:
         table.add_row("rejected by the contracts", ", ".join(f"{k} {v}" for k, v in sorted(on_chain_rejects.items())))
+    alerts = oracle.get("alertsByKind") or {}
+    table.add_row(
+        "early alerts (accepted, unusual for the device)",
+        ", ".join(f"{k} {v}" for k, v in sorted(alerts.items())) or "none",
+    )
     table.add_row("backlog left", str(oracle["backlog"]))
     if summary.get("creditReport"):
         table.add_row("credit report", f"{summary['creditReport']['path']} (the household's, open it in a browser)")
@@ -407,6 +412,7 @@ def _next_steps(summary: dict[str, Any], stack_left_running: bool) -> None:
         f"  iotsettle credit report {parties['household']} --out report.html   # the household's credit history",
         "  iotsettle escrow withdraw --dev-account 4        # the shop collects its parcel payments",
         f"  iotsettle agreement withdraw {ex.get('meterAgreement', 'ID')} --dev-account 1",
+        f"  IOTSETTLE_ORACLE_DB_PATH={summary['oracle']['db']} iotsettle oracle alerts   # the early alerts",
     ]
     if stack_left_running:
         lines.append("  iotsettle node down                              # stop anvil and mosquitto")

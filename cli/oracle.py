@@ -1,4 +1,4 @@
-"""`iotsettle oracle run|status`: the long-running oracle daemon and a look at its store."""
+"""`iotsettle oracle run|status|alerts|release`: the long-running oracle daemon and a look at its store."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import click
 from iotsettle.cli._common import IotSettleGroup, State, emit
 from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import CommandContext, with_context
+from iotsettle.oracle.protocol.alerts import AlertKind
 from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
     import eth_utils
+    from iotsettle.oracle.daemon import alerts as daemon_alerts
     from iotsettle.oracle.daemon import checkup as daemon_checkup
     from iotsettle.oracle.daemon import intake as daemon_intake
     from iotsettle.oracle.daemon import service as daemon_service
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 else:
     eth_utils = lazy_import("eth_utils")
     daemon_checkup = lazy_import("iotsettle.oracle.daemon.checkup")
+    daemon_alerts = lazy_import("iotsettle.oracle.daemon.alerts")
     daemon_intake = lazy_import("iotsettle.oracle.daemon.intake")
     daemon_service = lazy_import("iotsettle.oracle.daemon.service")
     daemon_store = lazy_import("iotsettle.oracle.daemon.store")
@@ -166,6 +169,82 @@ def status(cmd: CommandContext, rejects: int) -> None:
         emit(None, False, f"[red]quarantined[/red] {item['device']}: {item['reason']}")
 
 
+def _open_store(cmd: CommandContext) -> daemon_store.Store:
+    config = cmd.config
+    path = config.path(config.oracle.db_path)
+    if not path.exists():
+        raise click.ClickException(f"no oracle database at {path}: the daemon has not run with this configuration")
+    return daemon_store.Store.open(path)
+
+
+def _alert_line(alert: daemon_alerts.Alert) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(alert.timestamp))
+    return f"{when}  [bold]{alert.kind}[/bold]  {alert.device} {alert.event_type} seq {alert.seq}: {alert.detail}"
+
+
+@oracle.command()
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many of the newest alerts to show."
+)
+@click.option("--kind", type=click.Choice([str(k) for k in AlertKind]), help="Only alerts of this kind.")
+@click.option("--device", help="Only alerts of this device (0x…).")
+@click.option("--follow", is_flag=True, help="Keep printing new alerts as the daemon raises them (Ctrl-C stops).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between looks for new alerts (--follow).",
+)
+@with_context()
+def alerts(
+    cmd: CommandContext, limit: int, kind: str | None, device: str | None, follow: bool, interval: float
+) -> None:
+    """Early alerts the daemon raised on accepted events: unusual for the device, never refused (docs/ALERTS.md).
+
+    Read from the oracle's database, also while the daemon runs. With --json: a list of alert objects (the
+    alerts topic's payload, docs/PROTOCOL.md); with --follow --json: one object per line.
+
+    \b
+    Examples:
+      iotsettle oracle alerts
+      iotsettle oracle alerts --kind meter_spike --limit 5 --json
+      iotsettle oracle alerts --follow --json
+    """
+    if device is not None:
+        if not eth_utils.is_hex_address(device):
+            raise click.BadParameter(f"{device!r} is not a 0x-prefixed 20-byte address", param_hint="--device")
+        device = eth_utils.to_checksum_address(device)
+    store = _open_store(cmd)
+    try:
+        shown = [daemon_alerts.Alert.from_row(row) for row in store.alerts(limit=limit, kind=kind, device=device)]
+        if not follow:
+            if cmd.as_json:
+                cmd.emit([alert.as_dict() for alert in shown])
+                return
+            if not shown:
+                emit(None, False, "no alerts")
+            for alert in shown:
+                emit(None, False, _alert_line(alert))
+            return
+        last = shown[-1].id if shown else max((row[0] for row in store.alerts(limit=1)), default=0)
+        try:
+            while True:
+                for alert in shown:
+                    if cmd.as_json:
+                        click.echo(json.dumps(alert.as_dict(), sort_keys=True))
+                    else:
+                        emit(None, False, _alert_line(alert))
+                time.sleep(interval)
+                rows = store.alerts(after_id=last, limit=10_000, kind=kind, device=device)
+                shown = [daemon_alerts.Alert.from_row(row) for row in rows]
+                last = shown[-1].id if shown else last
+        except KeyboardInterrupt:
+            return
+    finally:
+        store.close()
+
+
 @oracle.command()
 @click.argument("device")
 @with_context()
@@ -173,11 +252,7 @@ def release(cmd: CommandContext, device: str) -> None:
     """Let a quarantined DEVICE (its id, 0x…) send events again; works while the daemon runs."""
     if not eth_utils.is_hex_address(device):
         raise click.BadParameter(f"{device!r} is not a 0x-prefixed 20-byte address", param_hint="DEVICE")
-    config = cmd.config
-    path = config.path(config.oracle.db_path)
-    if not path.exists():
-        raise click.ClickException(f"no oracle database at {path}: the daemon has not run with this configuration")
-    store = daemon_store.Store.open(path)
+    store = _open_store(cmd)
     try:
         released = store.release_quarantine(eth_utils.to_checksum_address(device))
     finally:

@@ -148,6 +148,27 @@ class OracleSettings:
 
 
 @dataclass(frozen=True)
+class AlertsConfig:
+    """Early alerts on accepted events (docs/ALERTS.md): never block settlement; 0 switches a detector off."""
+
+    enabled: bool = _doc(True, "run the alert detectors on every accepted event")
+    meter_warmup: int = _doc(10, "meter_spike: readings of an agreement before its meter's own pattern is trusted")
+    meter_sigmas: float = _doc(8.0, "meter_spike: deviations above the meter's mean rate that make a spike; 0 = off")
+    meter_ratio: float = _doc(10.0, "meter_spike: and times the meter's mean rate (both must hold)")
+    meter_half_life: float = _doc(86400.0, "meter_spike: seconds of half-life of the meter's mean and deviation")
+    stationary: float = _doc(21600.0, "tracker_stalled: seconds a tracker may stay within stationary_radius; 0 = off")
+    stationary_radius: float = _doc(200.0, "tracker_stalled: metres within which a tracker counts as not moving")
+    lapsed_min_distance: int = _doc(100, "lapsed_driving: odometer metres on a lapsed policy before it alerts; 0 = off")
+    policy_poll: float = _doc(30.0, "lapsed_driving: seconds between reads of the reported policies' status")
+    station_window: float = _doc(3600.0, "station_outlier: seconds of the stations' smoothed rainfall rate")
+    station_floor: float = _doc(
+        5000.0, "station_outlier: rainfall units (0.01 mm) per window above the other stations' median; 0 = off"
+    )
+    station_ratio: float = _doc(3.0, "station_outlier: and times the other stations' median (both must hold)")
+    station_min_neighbours: int = _doc(3, "station_outlier: other reporting stations needed for a median")
+
+
+@dataclass(frozen=True)
 class Config:
     chain: ChainSettings = field(default_factory=ChainSettings)
     node: NodeSettings = field(default_factory=NodeSettings)
@@ -155,6 +176,7 @@ class Config:
     compiler: CompilerSettings = field(default_factory=CompilerSettings)
     paths: PathSettings = field(default_factory=PathSettings)
     oracle: OracleSettings = field(default_factory=OracleSettings)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     #: folder relative paths are resolved against (the project: where foundry.toml and contracts/ are).
     root: Path = field(default_factory=Path.cwd)
     source: str = "defaults"
@@ -186,6 +208,7 @@ SECTIONS: dict[str, type] = {
     "compiler": CompilerSettings,
     "paths": PathSettings,
     "oracle": OracleSettings,
+    "alerts": AlertsConfig,
 }
 
 

@@ -54,6 +54,12 @@ class Metrics:
         self.registry_devices = Gauge(f"{PREFIX}_registry_keys", "active device keys known from the chain", registry=r)
         self.registry_block = Gauge(f"{PREFIX}_registry_block", "next block the registry follower reads", registry=r)
         self.store_errors = Counter(f"{PREFIX}_store_errors", "failed store commits (retried)", registry=r)
+        self.alerts = Counter(
+            f"{PREFIX}_alerts", "early alerts raised on accepted events, by kind (docs/ALERTS.md)", ["kind"], registry=r
+        )
+        self.alert_errors = Counter(
+            f"{PREFIX}_alert_errors", "events on which an alert detector failed (the event was stored)", registry=r
+        )
         self.mqtt_connected = Gauge(f"{PREFIX}_mqtt_connected", "1 while connected to the broker", registry=r)
         # settlement (incremented by the settlement half)
         self.settled = Counter(f"{PREFIX}_settled", "events settled on chain (mined)", ["kind"], registry=r)

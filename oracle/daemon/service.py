@@ -16,18 +16,22 @@ messages are redelivered by the broker, stored events stay in the outbox.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
 import time
 from types import FrameType
 
+from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.config import Config
+from iotsettle.oracle.daemon.alerts import AlertSettings
 from iotsettle.oracle.daemon.deployment import Deployment, resolve
 from iotsettle.oracle.daemon.funds import RelayerFunds
 from iotsettle.oracle.daemon.health import Health, State
 from iotsettle.oracle.daemon.intake import MQTT_PROTOCOLS, Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
+from iotsettle.oracle.daemon.policy_watch import PolicyWatch
 from iotsettle.oracle.daemon.registry_follower import RegistryFollower
 from iotsettle.oracle.daemon.rules import RuleSettings
 from iotsettle.oracle.daemon.settler import Settler, SettlerSettings
@@ -62,6 +66,26 @@ def rule_settings(config: Config) -> RuleSettings:
     )
 
 
+def alert_settings(config: Config) -> AlertSettings | None:
+    """The detectors' thresholds from ``[alerts]``; None when alerts are switched off."""
+    a = config.alerts
+    if not a.enabled:
+        return None
+    return AlertSettings(
+        meter_warmup=a.meter_warmup,
+        meter_sigmas=a.meter_sigmas,
+        meter_ratio=a.meter_ratio,
+        meter_half_life_s=a.meter_half_life,
+        stationary_s=a.stationary,
+        stationary_radius_m=a.stationary_radius,
+        lapsed_min_distance_m=a.lapsed_min_distance,
+        station_window_s=a.station_window,
+        station_floor=a.station_floor,
+        station_ratio=a.station_ratio,
+        station_min_neighbours=a.station_min_neighbours,
+    )
+
+
 def intake_settings(config: Config, deployment: Deployment) -> IntakeSettings:
     """The intake's settings: broker, subscription, batching and rules of ``config`` on ``deployment``."""
     o = config.oracle
@@ -85,6 +109,7 @@ def intake_settings(config: Config, deployment: Deployment) -> IntakeSettings:
         status_topic=status_topic(deployment.chain.chain_id, o.oracle_id),
         status_payload={"oracle": o.oracle_id, "relayer": deployment.relayer.address},
         rules=rule_settings(config),
+        alerts=alert_settings(config),
     )
 
 
@@ -131,6 +156,11 @@ def validate(config: Config) -> None:
             problems.append(f"{name} must be ≥ 0")
     if problems:
         raise ConfigError("[oracle] " + "; ".join(problems))
+    a = config.alerts
+    bad = [f"{f.name} must be ≥ 0" for f in dataclasses.fields(a) if f.type != "bool" and getattr(a, f.name) < 0]
+    bad += [f"{name} must be > 0" for name in ("policy_poll", "station_window") if getattr(a, name) <= 0]
+    if bad:
+        raise ConfigError("[alerts] " + "; ".join(dict.fromkeys(bad)))
 
 
 def preflight(config: Config) -> Deployment:
@@ -186,6 +216,7 @@ class OracleDaemon:
         self.deployment: Deployment | None = None
         self.intake: Intake | None = None
         self.follower: RegistryFollower | None = None
+        self.policy_watch: PolicyWatch | None = None
         self.settler: Settler | None = None
         self.health: Health | None = None
         self.funds: RelayerFunds | None = None
@@ -209,6 +240,15 @@ class OracleDaemon:
         intake_store = self._store()
         settings = intake_settings(config, deployment)
         self.intake = Intake(settings, intake_store, self.metrics)
+        watch_policies = settings.alerts is not None and settings.alerts.lapsed_min_distance_m
+        if watch_policies and "telematics" in deployment.contracts:
+            self.policy_watch = PolicyWatch(
+                RpcClient(chain.w3),
+                deployment.contracts["telematics"],
+                deployment.abi_of_kind("telematics"),
+                config.alerts.policy_poll,
+            )
+            self.intake.policy_status = self.policy_watch.status
 
         registry = deployment.contract("DeviceRegistry")
         self.follower = RegistryFollower(
@@ -240,6 +280,8 @@ class OracleDaemon:
             self.settler.start()
             self.intake.on_stored = self.settler.wake
         self.follower.start()
+        if self.policy_watch is not None:
+            self.policy_watch.start()
         self.intake.start()
         log.info(
             "oracle %s running: MQTT %s:%d as %s, subscription %s",
@@ -313,6 +355,8 @@ class OracleDaemon:
             clean &= bool(self.settler.stop(drain=True, timeout=timeout))
         if self.follower is not None:
             self.follower.stop()
+        if self.policy_watch is not None:
+            self.policy_watch.stop()
         if self.health is not None:
             self.health.stop()
         for store in self._stores:

@@ -19,7 +19,9 @@ Event life cycle (``EventStatus``)::
 Schema versions (``_MIGRATIONS``; ``open_db`` migrates an older file in place, in one transaction):
 1. events, rejected, device_state, registry_keys, follower_cursor;
 2. ``events.extra``: the signed fields of kinds other than readings and deliveries
-   (``iotsettle.oracle.protocol.kinds``).
+   (``iotsettle.oracle.protocol.kinds``);
+3. ``alerts`` and ``alert_state``: the early alerts raised on accepted events and what their detectors remember
+   per device (``iotsettle.oracle.daemon.alerts``).
 
 Event shape: this module alone maps an event to its row and back. Readings and deliveries keep their fields in the
 ``events`` columns ``value`` / ``location`` / ``max_temperature`` (the hot path, schema version 1); every other
@@ -50,7 +52,7 @@ from iotsettle.oracle.protocol.kinds import KINDS
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -139,6 +141,30 @@ _MIGRATIONS: tuple[str, ...] = (
     # as a JSON object {"field": integer, ...}; NULL for readings and deliveries
     """
     ALTER TABLE events ADD COLUMN extra TEXT
+    """,
+    # version 3: early alerts (never block settlement) and the per-device state of their detectors
+    """
+    CREATE TABLE alerts (
+        id          INTEGER PRIMARY KEY,
+        kind        TEXT    NOT NULL,                   -- alerts.AlertKind: 'meter_spike' | ...
+        device      TEXT    NOT NULL,
+        event_type  TEXT    NOT NULL,                   -- wire type of the event that raised it
+        target_id   TEXT    NOT NULL,                   -- decimal, as in events
+        seq         INTEGER NOT NULL,
+        timestamp   INTEGER NOT NULL,                   -- the event's
+        raised_at   REAL    NOT NULL,
+        value       REAL    NOT NULL,
+        expected    REAL    NOT NULL,
+        detail      TEXT    NOT NULL DEFAULT ''
+    );
+    CREATE INDEX alerts_by_device ON alerts (device, id);
+
+    CREATE TABLE alert_state (
+        device       TEXT PRIMARY KEY,
+        state        TEXT    NOT NULL,                  -- JSON (alerts.AlertState.to_json)
+        station_rate REAL,                              -- weather stations: smoothed rainfall rate, units/s
+        station_time INTEGER
+    )
     """,
 )
 
@@ -427,6 +453,25 @@ _UPSERT_STATE = (
 )
 
 
+#: the alerts table's columns, in the order ``Store.alerts`` returns them (``add_alerts`` takes them without id)
+ALERT_COLUMNS = (
+    "id",
+    "kind",
+    "device",
+    "event_type",
+    "target_id",
+    "seq",
+    "timestamp",
+    "raised_at",
+    "value",
+    "expected",
+    "detail",
+)
+_INSERT_ALERT = (
+    f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS[1:])}) VALUES ({', '.join('?' for _ in ALERT_COLUMNS[1:])})"
+)
+
+
 def _record_row(record: EventRecord) -> tuple[Any, ...]:
     value = None if record.value is None else str(record.value)
     return (
@@ -677,6 +722,57 @@ class Store:
         """Delete rejected rows received before ``older_than`` (unix time); returns how many went."""
         with self.transaction() as conn:
             return conn.execute("DELETE FROM rejected WHERE received_at < ?", (older_than,)).rowcount
+
+    # ---------------------------------------------------------------------------------------------- alerts
+
+    def add_alerts(
+        self, alerts: Sequence[tuple[Any, ...]], states: Iterable[tuple[str, str, float | None, int | None]]
+    ) -> list[int]:
+        """Store alert rows (``ALERT_COLUMNS`` order, without the id) and detector states (device, JSON, station
+        rate, station time); returns the alerts' ids. Inside ``transaction()`` it joins the intake batch's."""
+        with self.transaction() as conn:
+            try:
+                ids = [conn.execute(_INSERT_ALERT, row).lastrowid or 0 for row in alerts]
+                conn.executemany(
+                    "INSERT OR REPLACE INTO alert_state (device, state, station_rate, station_time) "
+                    "VALUES (?, ?, ?, ?)",
+                    list(states),
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"storing alerts failed: {exc}") from exc
+        return ids
+
+    def alert_state(self, device: str) -> tuple[str, str, float | None, int | None] | None:
+        rows = self._read(
+            "SELECT device, state, station_rate, station_time FROM alert_state WHERE device = ?", (device,)
+        )
+        return (rows[0][0], rows[0][1], rows[0][2], rows[0][3]) if rows else None
+
+    def station_rates(self) -> dict[str, tuple[float, int]]:
+        """Every weather station's smoothed rainfall rate and its time, for the neighbour comparison."""
+        rows = self._read("SELECT device, station_rate, station_time FROM alert_state WHERE station_rate IS NOT NULL")
+        return {row[0]: (float(row[1]), int(row[2])) for row in rows}
+
+    def alerts(
+        self, *, after_id: int = 0, limit: int = 100, kind: str | None = None, device: str | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Alert rows (``ALERT_COLUMNS``) with an id above ``after_id``: the newest ``limit`` of them, oldest first."""
+        where: list[str] = ["id > ?"]
+        params: list[Any] = [after_id]
+        if kind:
+            where.append("kind = ?")
+            params.append(kind)
+        if device:
+            where.append("device = ?")
+            params.append(device)
+        rows = self._read(
+            f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return rows[::-1]
+
+    def alert_counts(self) -> dict[str, int]:
+        return dict(self._read("SELECT kind, COUNT(*) FROM alerts GROUP BY kind ORDER BY kind"))
 
     # -------------------------------------------------------------------------------------------- registry
 

@@ -36,6 +36,7 @@ class StoreSnapshot:
     by_status: dict[str, int] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)  # refused at intake, by reason
     dead: dict[str, int] = field(default_factory=dict)  # stored but will never settle, by reason
+    alerts: dict[str, int] = field(default_factory=dict)  # early alerts raised on accepted events, by kind
 
     @property
     def settled(self) -> int:
@@ -76,12 +77,14 @@ def read_store(db_path: Path) -> StoreSnapshot:
                 "SELECT COALESCE(reason, 'unknown'), COUNT(*) FROM events WHERE status = 'dead' GROUP BY reason"
             ).fetchall()
         )
+        alerts = dict(conn.execute("SELECT kind, COUNT(*) FROM alerts GROUP BY kind").fetchall())
     except sqlite3.Error as exc:  # tables not created yet, or a migration in progress
         log.debug("store not readable yet: %s", exc)
         return StoreSnapshot()
     finally:
         conn.close()
-    return StoreSnapshot(sum(by_status.values()), by_status, rejected, {f"chain:{k}": v for k, v in dead.items()})
+    dead_by_reason = {f"chain:{k}": v for k, v in dead.items()}
+    return StoreSnapshot(sum(by_status.values()), by_status, rejected, dead_by_reason, alerts)
 
 
 def latencies(db_path: Path) -> list[float]:

@@ -74,6 +74,15 @@ KEEPER_KEY_ENV = "IOTSETTLE_DEMO_KEEPER_KEY"
 #: it has planned them) and each station's first observation after the end, which casts its vote
 SEASON_MARGIN = 12
 MIN_SEASON = 5  # the hostile station's cloudburst passes the rain threshold within 4 s
+#: the early alerts' thresholds scaled from hours to the demo's minute (docs/ALERTS.md), unless set in the
+#: environment: the faulty meter and tracker (meter_spike, tracker_stalled) and the hostile station (its cloudburst
+#: in the honest stations' drought: station_outlier) raise theirs, the honest devices none
+DEMO_ALERTS = {
+    "IOTSETTLE_ALERTS_METER_WARMUP": "4",
+    "IOTSETTLE_ALERTS_STATIONARY": "5",
+    "IOTSETTLE_ALERTS_STATION_WINDOW": "10",
+    "IOTSETTLE_ALERTS_STATION_FLOOR": "12",
+}
 
 
 class Interrupted(Exception):
@@ -380,7 +389,7 @@ def run_demo(
     }
     if config.source != "defaults" and "IOTSETTLE_CONFIG" not in env:
         env["IOTSETTLE_CONFIG"] = config.source
-    daemon_env = {name: value for name, value in pace.daemon_env().items() if name not in os.environ}
+    daemon_env = {name: value for name, value in {**DEMO_ALERTS, **pace.daemon_env()}.items() if name not in os.environ}
     report(f"starting the oracle daemon (relayer {load_relayer(config, chain).address}, store {db_path})")
     oracle = _spawn(run, "oracle", ["-m", "iotsettle.cli.oracle", "run"], {**env, **daemon_env}, work, module=True)
     _wait_health(oracle, health_port)
@@ -505,6 +514,7 @@ def run_demo(
             "superseded": snap.superseded,
             "backlog": snap.backlog,
             "rejectedByReason": rejects,
+            "alertsByKind": snap.alerts,
             "log": str(oracle.log_path),
             "db": str(db_path),
         },

@@ -84,12 +84,35 @@ class FaultClass(StrEnum):
     #: a weather station that lies in all its observations, plausibly (the oracle accepts them; the crop season's
     #: k-of-n vote outweighs it): heavy rain in a drought, mild days in a heatwave, a dry heatwave otherwise
     HOSTILE = "hostile"
+    # The classes below are valid events the oracle accepts and raises an early alert of the same name on
+    # (docs/ALERTS.md): they never cost the device a refusal.
+    #: a meter whose register jumps by ~500 units a second for one reading: far above its own pattern, below the
+    #: impossible rate
+    METER_SPIKE = "meter_spike"
+    #: a tracker that also reports from one place next to its destination, again and again over the run
+    TRACKER_STALLED = "tracker_stalled"
+    #: an insured vehicle that keeps driving; its events are normal, the lapse is on chain (the demo gives its policy
+    #: a deposit its first settled report exhausts)
+    LAPSED_DRIVING = "lapsed_driving"
+    #: a weather station in a cloudburst (150-200 mm/h) that its neighbours do not see
+    STATION_OUTLIER = "station_outlier"
+
+    @property
+    def behaviour(self) -> bool:
+        """A way the device behaves in every event (listed once, at its first), not extra events of its own."""
+        return self in (FaultClass.HOSTILE, FaultClass.LAPSED_DRIVING, FaultClass.STATION_OUTLIER)
 
     def applies_to(self, kind: DeviceKind) -> bool:
         if kind is DeviceKind.WEARABLE:  # a wearable signs one summary per period: no fault classes yet
             return False
-        if self is FaultClass.TELEPORT:
+        if self in (FaultClass.TELEPORT, FaultClass.TRACKER_STALLED):
             return kind is DeviceKind.TRACKER
+        if self is FaultClass.METER_SPIKE:
+            return kind is DeviceKind.METER
+        if self is FaultClass.LAPSED_DRIVING:
+            return kind is DeviceKind.VEHICLE
+        if self is FaultClass.STATION_OUTLIER:
+            return kind is DeviceKind.WEATHER_STATION
         if self is FaultClass.BEHAVIOUR_ROLLBACK:
             return kind is DeviceKind.VEHICLE
         if self is FaultClass.HOSTILE:
@@ -102,10 +125,12 @@ class FaultClass(StrEnum):
         """Whether ``device`` can emit this class with the events its fleet entry makes it sign."""
         if not self.applies_to(device.kind):
             return False
-        if self is FaultClass.BEHAVIOUR_ROLLBACK:
+        if self in (FaultClass.BEHAVIOUR_ROLLBACK, FaultClass.LAPSED_DRIVING):
             return device.policy_id is not None
-        if self is FaultClass.HOSTILE:
+        if self in (FaultClass.HOSTILE, FaultClass.STATION_OUTLIER):
             return "weather" in device.streams
+        if self is FaultClass.METER_SPIKE:
+            return "reading" in device.streams
         return True
 
 

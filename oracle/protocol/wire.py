@@ -72,6 +72,11 @@ def replies_topic(chain_id: int, device: str) -> str:
     return f"{TOPIC_ROOT}/{chain_id}/{_checksum(device)}/replies"
 
 
+def alerts_topic(chain_id: int) -> str:
+    """Where the oracle publishes its early alerts (QoS 1, not retained; ``iotsettle.oracle.protocol.alerts``)."""
+    return f"{TOPIC_ROOT}/{chain_id}/alerts"
+
+
 def events_filter(chain_id: int) -> str:
     """The subscription that receives every device's events on one chain."""
     return f"{TOPIC_ROOT}/{chain_id}/+/events"

@@ -212,7 +212,7 @@ def test_a_version_1_database_is_migrated_in_place_and_keeps_working(tmp_path: P
     old.close()
 
     store = Store.open(db)
-    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     # the old reading is still planned and settled as before
     (reading,) = store.claim_pending("reading", 10)
     assert reading.msg == {"agreementId": 7, "seq": 4, "timestamp": 1700000004, "value": 1004}

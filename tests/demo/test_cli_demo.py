@@ -97,6 +97,8 @@ def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -
     assert chain["gasPerEvent"] and chain["gasPerEvent"] < 100_000
     # the faulty devices were refused with their reasons, not paid
     assert {"bad_signature", "clock_skew"} <= set(summary["oracle"]["rejectedByReason"])
+    # the spiking meter, the stalled tracker and the hostile station were accepted, and alerted on
+    assert set(summary["oracle"]["alertsByKind"]) == {"meter_spike", "tracker_stalled", "station_outlier"}
     assert summary["simulation"]["acknowledged"] == summary["simulation"]["planned"]
 
     # the money really moved: the shop can withdraw the parcel price, the utility its earnings

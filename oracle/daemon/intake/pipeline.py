@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
+from iotsettle.oracle.daemon.alerts import Alert, AlertSettings, AlertState, Context, detect, encode_alert
 from iotsettle.oracle.daemon.intake.transport import BrokerSettings, Client, Message, Transport
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, Verdict, evaluate
@@ -39,6 +40,7 @@ from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.errors import ProtocolError, SignatureError, StoreError
 from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.protocol.reasons import Reason, Reply, encode_reply
+from iotsettle.oracle.protocol.wire import alerts_topic
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class IntakeSettings:
     status_topic: str = ""  # retained online/offline status with a last will; "" = none
     status_payload: dict[str, Any] = field(default_factory=dict)  # extra fields of the status messages
     rules: RuleSettings = field(default_factory=RuleSettings)
+    alerts: AlertSettings | None = field(default_factory=AlertSettings)  # None: no alert detectors
 
     @property
     def subscription(self) -> str:
@@ -95,6 +98,18 @@ class IntakeSettings:
             self.status_payload,
             self.protocol,
         )
+
+
+#: seconds between writes of the alert detectors' states (``Intake._unsaved``)
+ALERT_STATE_FLUSH_S = 5.0
+
+
+def _state_rows(states: dict[str, AlertState]) -> list[tuple[str, str, float | None, int | None]]:
+    return [(a.device, a.to_json(), a.station_rate, a.station_time) for a in states.values()]
+
+
+def _no_status(policy: int) -> int | None:
+    return None
 
 
 class Refusal(NamedTuple):
@@ -202,6 +217,14 @@ class Intake:
         self._queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
         #: called after a batch with accepted events is stored (the settler's ``wake``), so settlement need not poll
         self.on_stored: Callable[[], None] | None = None
+        #: a policy's status on chain as last read (``PolicyWatch.status``), for the lapsed_driving detector
+        self.policy_status: Callable[[int], int | None] = _no_status
+        self._alert_states: dict[str, AlertState] = {}
+        # detector states changed since they were last written: written with a batch every ALERT_STATE_FLUSH_S, with
+        # any batch that raised an alert, and at stop (a crash loses a few seconds of baseline updates, no alert)
+        self._unsaved: dict[str, AlertState] = {}
+        self._saved_at = time.monotonic()
+        self._station_rates: dict[str, tuple[float, int]] = {}
         self._accepting = threading.Event()  # cleared on stop: later messages stay unacknowledged for redelivery
         self._stopped = threading.Event()
         self._registry_dirty = threading.Event()
@@ -220,6 +243,7 @@ class Intake:
 
     def start(self) -> None:
         self._registry = self.store.registry()
+        self._station_rates = self.store.station_rates()
         self.metrics.registry_devices.set(sum(entry.active for entry in self._registry.values()))
         if self.settings.verify_workers > 0:
             self._pool = _new_pool(self.settings.verify_workers)
@@ -242,6 +266,12 @@ class Intake:
         if self._thread is not None:
             self._thread.join(timeout)
             drained = not self._thread.is_alive()
+        if drained and self._unsaved:
+            try:
+                self.store.add_alerts([], _state_rows(self._unsaved))
+                self._unsaved = {}
+            except StoreError as exc:
+                log.warning("alert detector states not saved at stop: %s", exc)
         self.transport.close()
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
@@ -367,6 +397,8 @@ class Intake:
             except StoreError as exc:
                 attempt += 1
                 self._states.clear()  # the cached states may be ahead of what is committed
+                self._alert_states.clear()
+                self._unsaved.clear()
                 self.metrics.store_errors.inc()
                 self._last_error = str(exc)
                 log.error("intake batch of %d not stored (attempt %d): %s", len(batch), attempt, exc)
@@ -381,18 +413,21 @@ class Intake:
         self.transport.acknowledge(batch)
         self.metrics.acked.inc(len(batch))
         self._done += len(batch)
-        replies, kept_replies = outcomes
+        replies, kept_replies, raised = outcomes
         self.transport.reply(replies, self.settings.reply_qos)
         self.transport.reply(kept_replies, 1)
+        if raised:
+            topic = alerts_topic(self.settings.chain_id)
+            self.transport.reply([(topic, encode_alert(alert)) for alert in raised], 1)
         self.metrics.intake_batch_size.observe(len(batch))
         self.metrics.intake_batch_seconds.observe(time.perf_counter() - started)
 
     def _decide_and_store(
         self, batch: list[Message], checked: list[Checked]
-    ) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
-        """Run the device checks and rules over the batch, commit it, and return the replies to send: those of
-        cumulative kinds (and unreadable payloads) at ``reply_qos``, those of the kinds a device keeps until its
-        reply at QoS 1."""
+    ) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], list[Alert]]:
+        """Run the device checks, rules and alert detectors over the batch, commit it, and return the replies to
+        send: those of cumulative kinds (and unreadable payloads) at ``reply_qos``, those of the kinds a device
+        keeps until its reply at QoS 1; and the alerts raised, with their store ids."""
         if self._registry_dirty.is_set():
             self._registry_dirty.clear()
             self._registry = self.store.registry()
@@ -408,6 +443,10 @@ class Intake:
         verified = 0
         rejected_by: dict[str, int] = {}
         duplicates = 0
+        alert_settings = settings.alerts
+        context = Context(self.policy_status, self._station_rates)
+        raised: list[Alert] = []
+        alert_states: dict[str, AlertState] = {}
 
         def stored_digest(device: str, seq: int) -> bytes | None:
             return batch_digests.get((device, seq)) or self.store.accepted_digest(device, seq)
@@ -436,6 +475,8 @@ class Intake:
                         accepted.append(event_record(event, device, signer, message.received_at))
                         batch_digests[(device, event.seq)] = event.digest
                         outcome = accepted_reply(event.seq, event.digest)
+                        if alert_settings is not None:
+                            self._detect(event, entry.kind, state, now, alert_settings, context, raised, alert_states)
                     elif verdict.outcome is Outcome.DUPLICATE:
                         duplicates += 1
                         outcome = encode_reply(Reply.duplicate(event.seq, event.digest))
@@ -466,7 +507,21 @@ class Intake:
                 kept = event is not None and not KINDS[event.type].cumulative
                 (kept_replies if kept else replies).append((reply_topic, outcome))
 
-        self.store.commit_batch(accepted, rejected, states.values())
+        self._unsaved.update(alert_states)
+        flush = bool(raised) or time.monotonic() - self._saved_at >= ALERT_STATE_FLUSH_S
+        with self.store.transaction():
+            self.store.commit_batch(accepted, rejected, states.values())
+            if raised or (flush and self._unsaved):
+                ids = self.store.add_alerts([alert.row() for alert in raised], _state_rows(self._unsaved))
+                raised = [replace(alert, id=alert_id) for alert, alert_id in zip(raised, ids, strict=True)]
+        if flush:
+            self._unsaved, self._saved_at = {}, time.monotonic()
+        for alert_state in alert_states.values():
+            if alert_state.station_rate is not None and alert_state.station_time is not None:
+                self._station_rates[alert_state.device] = (alert_state.station_rate, alert_state.station_time)
+        for alert in raised:
+            self.metrics.alerts.labels(kind=str(alert.kind)).inc()
+            log.warning("alert %s: %s seq %d: %s", alert.kind, alert.device, alert.seq, alert.detail)
         if accepted and self.on_stored is not None:
             self.on_stored()
         self.metrics.verified.inc(verified)
@@ -474,7 +529,41 @@ class Intake:
         self.metrics.duplicates.inc(duplicates)
         for reason_name, count in rejected_by.items():
             self.metrics.rejected.labels(reason=reason_name).inc(count)
-        return replies, kept_replies
+        return replies, kept_replies, raised
+
+    def _detect(
+        self,
+        event: wire.SignedEvent,
+        kind: int,
+        before: DeviceState,
+        now: float,
+        settings: AlertSettings,
+        context: Context,
+        raised: list[Alert],
+        states: dict[str, AlertState],
+    ) -> None:
+        """Run the alert detectors on an accepted event. Never fails the batch: a detector that trips over an
+        event is logged and counted, and the event is stored all the same."""
+        device = before.device
+        state = states.get(device) or self._alert_state(device)
+        try:
+            alerts, after = detect(event, device, kind, before, state, now, settings, context)
+        except Exception:
+            log.exception("alert detectors failed on %s seq %d; the event is stored without them", device, event.seq)
+            self.metrics.alert_errors.inc()
+            return
+        raised += alerts
+        if after is not state:
+            states[device] = after
+            self._alert_states[device] = after
+
+    def _alert_state(self, device: str) -> AlertState:
+        state = self._alert_states.get(device)
+        if state is None:
+            row = self.store.alert_state(device)
+            state = AlertState(device) if row is None else AlertState.from_row(*row)
+            self._alert_states[device] = state
+        return state
 
     def _device_check(self, event: wire.SignedEvent, signer: str) -> Refusal | None:
         if event.chain_id != self.settings.chain_id:

@@ -1,10 +1,13 @@
-"""Faults a simulated fleet injects, and the reply the oracle must give to each.
+"""Faults a simulated fleet injects, and the reply (and early alert) the oracle must give to each.
 
 Faults (``FaultClass``) are extra events of a chosen device, each built to be refused with the reason of the same
 name (``behaviour_rollback``: ``counter_rollback``); the run's result lists every one with its (device, seq) so a
 test can check the oracle's replies. ``hostile`` is no extra event but a station whose every observation lies
 plausibly: the oracle accepts them (expected reply "accepted", listed once at its first observation) and the crop
-season's k-of-n vote outweighs it.
+season's k-of-n vote outweighs it. The alert classes (``ALERT_OF_FAULT``) are accepted too, and each raises the early
+alert of its name (docs/ALERTS.md): ``meter_spike`` is one reading (the next one whose timestamp moves on after its
+planned time), ``tracker_stalled`` extra deliveries from one place, ``lapsed_driving`` and ``station_outlier`` ways the
+device behaves throughout (listed once, at its first event).
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from iotsettle.oracle.device.fleet import FaultClass, Fleet, FleetDevice
 from iotsettle.oracle.device.sim.models import TrackerModel
+from iotsettle.oracle.protocol.alerts import AlertKind
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.protocol.location import geohash_encode, location_bytes32
@@ -32,7 +36,17 @@ EXPECTED_REASON: dict[FaultClass, str] = {
     **{fault: fault.value for fault in FaultClass},
     FaultClass.BEHAVIOUR_ROLLBACK: "counter_rollback",
     FaultClass.HOSTILE: "accepted",
+    FaultClass.METER_SPIKE: "accepted",
+    FaultClass.TRACKER_STALLED: "accepted",
+    FaultClass.LAPSED_DRIVING: "accepted",
+    FaultClass.STATION_OUTLIER: "accepted",
 }
+#: the early alert each alert class raises (``iotsettle.oracle.protocol.alerts``)
+ALERT_OF_FAULT: dict[FaultClass, AlertKind] = {
+    fault: AlertKind(fault.value) for fault in FaultClass if fault.value in set(AlertKind)
+}
+SPIKE_RATE = 500  # meter_spike: register units per second added for one reading (the impossible rate is 1000/s)
+STALL_OFFSET_DEG = 0.0015  # tracker_stalled: ~170 m north of the destination, the neighbouring geohash cell
 CLOCK_SKEW_SECONDS = 3_600  # far beyond the oracle's default tolerance of 300 s
 IMPOSSIBLE_JUMP = 10_000_000_000  # register units in ~1 s: above every kind's plausible rate, still a uint64
 
@@ -61,10 +75,16 @@ def choose_fault_devices(fleet: Fleet, faults: Sequence[FaultClass], seed: int) 
     def eligible_for(fault: FaultClass) -> list[FleetDevice]:
         return [device for device in order if fault.applies_to_device(device)]
 
-    # The classes few devices can emit (teleport, behaviour_rollback, hostile) pick first, so a generic class does
-    # not take the only device that could.
-    for fault in sorted(dict.fromkeys(faults), key=lambda fault: len(eligible_for(fault))):
+    # The refused classes pick before the accepted ones (a device with several refused classes could be quarantined
+    # and its other faults answered "quarantined"), and within each group the classes few devices can emit
+    # (teleport, behaviour_rollback, hostile) pick first, so a generic class does not take the only device that could.
+    def order_key(fault: FaultClass) -> tuple[bool, int]:
+        return EXPECTED_REASON[fault] == "accepted", len(eligible_for(fault))
+
+    for fault in sorted(dict.fromkeys(faults), key=order_key):
         eligible = eligible_for(fault)
+        if fault.behaviour:  # one way of behaving per device (a hostile station is not also in a cloudburst)
+            eligible = [device for device in eligible if not any(c.behaviour for c in chosen[device.address])]
         if not eligible:
             log.warning("no device in the fleet can emit %s; skipped", fault)
             continue
@@ -89,24 +109,14 @@ def fault_event(run: DeviceRun, fault: FaultClass, timestamp: int, elapsed: floa
         return run.sign(run.last_event.type, msg)
     if fault is FaultClass.TELEPORT:
         lat, lon = run.tracker.route[-1]
-        far = geohash_encode(-lat, lon + 180.0 if lon <= 0 else lon - 180.0, len(run.device.destination) or 7)
-        msg = {
-            "escrowId": run.device.targets[0],
-            "seq": run.counter.next(),
-            "timestamp": timestamp,
-            "location": location_bytes32(far),
-            "maxTemperature": run.tracker.max_temperature_until(elapsed),
-        }
-        return run.sign("delivery", msg)
+        far = (-lat, lon + 180.0 if lon <= 0 else lon - 180.0)
+        return run.sign("delivery", _delivery_from(run, far, timestamp, elapsed))
+    if fault is FaultClass.TRACKER_STALLED:
+        lat, lon = run.tracker.route[-1]
+        # not the destination itself: the escrow must still be confirmed by the real arrival
+        return run.sign("delivery", _delivery_from(run, (lat + STALL_OFFSET_DEG, lon), timestamp, elapsed))
     if tracker:
-        here = geohash_encode(*run.tracker.position(elapsed), len(run.device.destination) or 7)
-        msg = {
-            "escrowId": run.device.targets[0],
-            "seq": run.counter.next(),
-            "timestamp": timestamp,
-            "location": location_bytes32(here),
-            "maxTemperature": run.tracker.max_temperature_until(elapsed),
-        }
+        msg = _delivery_from(run, run.tracker.position(elapsed), timestamp, elapsed)
         event_type = "delivery"
     else:
         event_type = "telematics" if fault is FaultClass.BEHAVIOUR_ROLLBACK else run.streams[0]
@@ -137,3 +147,15 @@ def fault_event(run: DeviceRun, fault: FaultClass, timestamp: int, elapsed: floa
         corrupted[31] ^= 0x01
         event = replace(event, sig=bytes(corrupted))
     return event
+
+
+def _delivery_from(run: DeviceRun, where: tuple[float, float], timestamp: int, elapsed: float) -> dict[str, Any]:
+    """A delivery message of the tracker's first escrow, located at ``where`` (lat, lon), with the next seq."""
+    location = geohash_encode(*where, len(run.device.destination) or 7)
+    return {
+        "escrowId": run.device.targets[0],
+        "seq": run.counter.next(),
+        "timestamp": timestamp,
+        "location": location_bytes32(location),
+        "maxTemperature": run.tracker.max_temperature_until(elapsed),
+    }

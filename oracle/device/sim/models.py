@@ -176,6 +176,10 @@ HOSTILE_CLIMATES: dict[WeatherScenario, Climate] = {
     WeatherScenario.HEATWAVE: Climate((14.0, 18.0), 4.0, 1 / 900, 1 / 300, 0.5, (1.0, 8.0)),  # mild, showers
 }
 
+#: a station_outlier fault: a cloudburst all run long that the other stations do not see (≤ 8.3 units/s, below the
+#: impossible rate of 10/s)
+CLOUDBURST = Climate((14.0, 18.0), 3.0, 1.0, 0.0, 1.0, (150.0, 200.0))
+
 
 class WeatherStationModel:
     """Cumulative rainfall in hundredths of a millimetre, with a modelled air temperature (°C) and its highest
@@ -344,14 +348,17 @@ def _metres(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 
 def device_model(
-    device: FleetDevice, rng: random.Random, seed: int, weather: WeatherScenario, hostile: bool
+    device: FleetDevice, rng: random.Random, seed: int, weather: WeatherScenario, hostile: bool, outlier: bool = False
 ) -> MeterModel | VehicleModel | WeatherStationModel | TrackerModel | WearableModel:
-    """The model of ``device``'s kind; a ``hostile`` station lives in the opposite of the scenario's weather."""
+    """The model of ``device``'s kind; a ``hostile`` station lives in the opposite of the scenario's weather, an
+    ``outlier`` one in a cloudburst."""
     if device.kind is DeviceKind.METER:
         return MeterModel(rng)
     if device.kind is DeviceKind.VEHICLE:
         return VehicleModel(rng, driving_style(device, seed))
     if device.kind is DeviceKind.WEATHER_STATION:
+        if outlier:
+            return WeatherStationModel(rng, CLOUDBURST)
         return WeatherStationModel(rng, (HOSTILE_CLIMATES if hostile else CLIMATES)[weather])
     if device.kind is DeviceKind.WEARABLE:
         return WearableModel(f"{seed}:{device.address}", activity_profile(device, seed))

@@ -20,7 +20,13 @@ from typing import Any
 from iotsettle.oracle.device.fleet import FaultClass, Fleet, FleetDevice
 from iotsettle.oracle.device.keys import MemoryCounter, SequenceCounter
 from iotsettle.oracle.device.signer import Contracts, sign_event
-from iotsettle.oracle.device.sim.faults import EXPECTED_REASON, InjectedFault, choose_fault_devices, fault_event
+from iotsettle.oracle.device.sim.faults import (
+    EXPECTED_REASON,
+    SPIKE_RATE,
+    InjectedFault,
+    choose_fault_devices,
+    fault_event,
+)
 from iotsettle.oracle.device.sim.models import (
     MeterModel,
     TrackerModel,
@@ -63,14 +69,18 @@ class DeviceRun:
         seed: int,
         counter: Any,
         weather: WeatherScenario = WeatherScenario.NORMAL,
-        hostile: bool = False,
+        behaviours: tuple[FaultClass, ...] = (),
     ) -> None:
         self.device = device
         self.chain_id = fleet.chain_id
         self.contracts = contracts
         self.rng = random.Random(f"{seed}:{device.address}")
-        self.hostile = hostile
-        self.model = device_model(device, self.rng, seed, weather, hostile)
+        self.behaviours = behaviours  # FaultClass.behaviour classes: how every event of the device is made
+        self.model = device_model(
+            device, self.rng, seed, weather, FaultClass.HOSTILE in behaviours, FaultClass.STATION_OUTLIER in behaviours
+        )
+        self.spike_armed = False  # a meter_spike is due at the next reading whose timestamp moves on
+        self.spiked = False  # the reading just made carries it
         self.counter = counter
         self.topic = events_topic(fleet.chain_id, device.address)
         self.streams = device.streams
@@ -122,6 +132,12 @@ class DeviceRun:
         """
         seq = self.counter.next() if observe or stream != "weather" else self.counter.peek
         if stream == "reading":
+            last = self.last.get("reading")
+            if self.spike_armed and isinstance(self.model, MeterModel) and last is not None:
+                seconds = timestamp - int(last.msg["timestamp"])
+                if seconds > 0:  # with none, any rise is an impossible rate
+                    self.model.register_wh += SPIKE_RATE * seconds
+                    self.spike_armed, self.spiked = False, True
             value = self.register.value_at(timestamp)
             return {"agreementId": self.device.targets[0], "seq": seq, "timestamp": timestamp, "value": value}
         if stream == "telematics":
@@ -238,8 +254,10 @@ class EventPlan:
                 # one number at a time, so a restart does not skip the rest of a reserved block.
                 block = 1 if device.kind is DeviceKind.WEATHER_STATION else 1000
                 counter = SequenceCounter(device.counter_path, device.address, block=block)
-            hostile = FaultClass.HOSTILE in self.faults.get(device.address, ())
-            self._runs[index] = DeviceRun(device, self.fleet, self.contracts, self.seed, counter, self.weather, hostile)
+            behaviours = tuple(fault for fault in self.faults.get(device.address, ()) if fault.behaviour)
+            self._runs[index] = DeviceRun(
+                device, self.fleet, self.contracts, self.seed, counter, self.weather, behaviours
+            )
 
     def close(self) -> None:
         for run in self._runs.values():
@@ -258,9 +276,7 @@ class EventPlan:
                 for escrow_id in run.device.targets:
                     heap.append((run.model.arrival_s, index, step, "delivery", escrow_id))
                     step += 1
-            event_faults = [
-                fault for fault in self.faults.get(run.device.address, ()) if fault is not FaultClass.HOSTILE
-            ]
+            event_faults = [fault for fault in self.faults.get(run.device.address, ()) if not fault.behaviour]
             for shift, fault in enumerate(event_faults):
                 for k in range(self.fault_count):
                     if fault is FaultClass.TELEPORT:
@@ -285,9 +301,16 @@ class EventPlan:
             if action == "reading":
                 first_report = run.last_event is None
                 events = run.report(timestamp)
-                if run.hostile and first_report and events:
-                    # A hostile station's every observation lies; it is listed once, at its first.
-                    fault = FaultClass.HOSTILE
+                if first_report and events:
+                    # A behaviour (a hostile station's lies, a lapsed vehicle's driving) is in every event; it is
+                    # listed once, at the first.
+                    for behaviour in run.behaviours:
+                        fault = fault or behaviour
+                        self.injected.append(
+                            InjectedFault(behaviour, run.device.address, events[0].seq, EXPECTED_REASON[behaviour])
+                        )
+                if run.spiked:
+                    run.spiked, fault = False, FaultClass.METER_SPIKE
                     self.injected.append(
                         InjectedFault(fault, run.device.address, events[0].seq, EXPECTED_REASON[fault])
                     )
@@ -297,6 +320,9 @@ class EventPlan:
                     run.steps += 1
             elif action == "delivery":
                 events = [run.delivery(argument, timestamp, offset)]
+            elif argument is FaultClass.METER_SPIKE:
+                run.spike_armed = True  # carried by the device's next reading (listed then)
+                continue
             else:
                 fault = argument
                 event = fault_event(run, argument, timestamp, offset)

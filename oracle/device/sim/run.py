@@ -184,7 +184,7 @@ def run_simulation(
         last_report, last_acked = started, 0
         for event in events:
             planned += 1
-            normal = event.fault is None or event.fault is FaultClass.HOSTILE  # a hostile station's lies look normal
+            normal = event.fault is None or event.fault.behaviour  # e.g. a hostile station's lies look normal
             by_type[event.event_type if normal else f"fault:{event.fault}"] += 1
             now = time.monotonic()
             if started + event.offset > now:
