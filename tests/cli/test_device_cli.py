@@ -127,8 +127,10 @@ def test_dry_run_is_reproducible_and_prints_valid_payloads(deployment: Any, tmp_
     lines = [json.loads(line) for line in first.splitlines() if line.startswith("{")]
     assert len(lines) >= 600
     faults = {line["fault"] for line in lines if "fault" in line}
-    # No vehicle of this fleet holds a policy, so behaviour_rollback has no device to go to (a warning, not an
-    # error); the station signs observations (hostile applies) when the deployment has CropInsurance.
+    # No vehicle of this fleet holds a policy, so behaviour_rollback and lapsed_driving have no device to go to
+    # (a warning, not an error), nor has station_outlier (the one station is the hostile one); the station signs
+    # observations (hostile applies) when the deployment has CropInsurance. meter_spike and tracker_stalled are
+    # valid events that provoke early alerts.
     observations = contracts.crop_insurance is not None
     assert faults == {
         "bad_signature",
@@ -138,6 +140,8 @@ def test_dry_run_is_reproducible_and_prints_valid_payloads(deployment: Any, tmp_
         "clock_skew",
         "teleport",
         "wrong_chain",
+        "meter_spike",
+        "tracker_stalled",
     } | ({"hostile"} if observations else set())
     types = {line["payload"]["type"] for line in lines}
     assert types == {"reading", "delivery"} | ({"weather"} if observations else set())
