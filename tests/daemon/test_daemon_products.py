@@ -39,7 +39,7 @@ from iotsettle.oracle.daemon.store import (
     StoredEvent,
     extra_fields,
 )
-from iotsettle.oracle.protocol import eip712, wire
+from iotsettle.oracle.protocol import eip712, premium, wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.protocol.packed import pack_item
@@ -397,23 +397,26 @@ def test_batch_calldata_and_outcome_logs_follow_the_product_abi(test_config: Con
     if KINDS[kind].target_field == "station":  # stored as an integer, web3 wants the address text
         values = [(Web3.to_checksum_address(v[0].to_bytes(20, "big")), *v[1:]) for v in values]
     function = KINDS[kind].batch_function
-    # telematics reports go in the packed batch (128 bytes a report), weather observations as ABI structs
+    # telematics reports go in the packed batch (174 bytes a report: without a terms reader each carries the unknown
+    # terms), weather observations as ABI structs
     assert spec.packed == (kind == "telematics")
     if spec.packed:
-        packed = b"".join(pack_item(kind, v[:-2], v[-2], v[-1]) for v in values)
-        assert len(packed) == 128 * len(events)
+        packed = b"".join(pack_item(kind, v[:-2], v[-2], v[-1], bytes(46)) for v in values)
+        assert len(packed) == 174 * len(events)
         expected = contract.encode_abi(function, args=[packed])
     else:
         expected = contract.encode_abi(function, args=[values])
     assert "0x" + spec.calldata([spec.item(e) for e in events]).hex() == expected
-    # one settled and one rejected log as the contract emits them: topic 1 = target, data word 0 = seq
+    # one settled and one rejected log as the contract emits them: topic 1 = target, data word 0 = seq (for
+    # PremiumCharged the record word, seq in its top 64 bits)
     settled, rejected = (KINDS[kind].settled_event, KINDS[kind].rejected_event)
     first, second = events[0], events[1]
+    word0 = premium.pack(first.seq, 1_000, 1, 0, 12_000) if kind == "telematics" else first.seq
     logs = [
         {
             "address": CONTRACT,
             "topics": ["0x" + spec.settled_topic.hex(), "0x" + first.target_id.to_bytes(32, "big").hex()],
-            "data": "0x" + first.seq.to_bytes(32, "big").hex() + "00" * 32 * 5,
+            "data": "0x" + word0.to_bytes(32, "big").hex() + "00" * 32 * 5,
         },
         {
             "address": CONTRACT,
@@ -679,3 +682,18 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
     dead = events.pop(3)
     assert dead.status is EventStatus.DEAD and (dead.reason or "").startswith("UnknownTarget")
     assert {e.status for e in events} <= {EventStatus.SETTLED, EventStatus.FINAL}
+
+
+def test_telematics_items_carry_the_terms_of_their_policy(test_config: Config) -> None:
+    ensure_compiled(test_config)
+    abi = load_artifact(test_config, "MotorInsurance")["abi"]
+    asked: list[int] = []
+
+    def terms_of(policy_id: int) -> bytes:
+        asked.append(policy_id)
+        return policy_id.to_bytes(46, "big")
+
+    spec = KindSpec.from_abi("telematics", CONTRACT, abi, terms_of)
+    event = stored_random("telematics", random.Random(3))
+    item = spec.item(event)
+    assert (len(item), item[128:], asked) == (174, event.target_id.to_bytes(46, "big"), [event.target_id])
