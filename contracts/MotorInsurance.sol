@@ -47,12 +47,10 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
     /// @inheritdoc IMotorInsurance
     uint16 public constant MAX_FACTOR_BPS = 50_000;
 
-    /// @dev Factor 1.0 in basis points.
-    uint256 private constant _BPS = 10_000;
-    /// @dev Metres per km: the rate is per km, the odometer counts metres.
-    uint256 private constant _METRES_PER_KM = 1_000;
     /// @dev `stepBps` applies per event per 100 km = 100_000 m.
     uint256 private constant _STEP_DISTANCE_METRES = 100_000;
+    /// @dev F divides by metres per km (the rate is per km, the odometer counts metres) × factor 1.0 in bps.
+    uint256 private constant _PRICE_DIVISOR = 1_000 * 10_000;
 
     uint256 private constant _VEHICLE_KIND = 1 << uint8(IDeviceRegistry.DeviceKind.Vehicle);
 
@@ -407,8 +405,11 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
     /// @dev Pricing of a report moving the registers from (odometer0, events0) to (odometer1, events1), none of
     /// them lower (events = harsh-braking + speeding count), from the policy's terms word (layout of slot 2) and
     /// rate: the factor of the totals after and floor(F) of the totals before and after (the charge is their
-    /// difference). The starting registers are at most the last settled ones (offer sets both, settle only raises
-    /// the last), so the totals since the offer do not underflow.
+    /// difference; F is the formula of {IMotorInsurance}). The starting registers are at most the last settled
+    /// ones (offer sets both, settle only raises the last), so the totals since the offer do not underflow.
+    /// F is monotone non-decreasing in the metres (both terms of the min grow, by minF ≤ maxF and maxF per metre)
+    /// and in the events, for any terms. metres < 2^64 and factors < 2^16, events < 2^33, step < 2^16, 100_000 <
+    /// 2^17: the weighted distance is below 2^82, times ratePerKm < 2^128 below 2^210, so nothing overflows.
     function _price(
         uint256 terms,
         uint256 rate,
@@ -416,24 +417,40 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         uint256 events0,
         uint256 odometer1,
         uint256 events1
-    ) private pure returns (uint16 factorBps, uint256 owed0, uint256 owed1) {
-        {
-            uint256 startOdometer = uint64(terms >> 48);
-            uint256 startEvents = uint256(uint32(terms >> 112)) + uint32(terms >> 144);
-            // start ≤ last ≤ new for every register (see above); callers pass the registers as read or checked.
-            unchecked {
+    ) internal pure returns (uint16 factorBps, uint256 owed0, uint256 owed1) {
+        // start ≤ last ≤ new for every register (see above); callers pass the registers as read or checked. Within
+        // the widths above no product overflows. F is written out once for both totals (not two
+        // calls): this runs for every settled report.
+        unchecked {
+            uint256 minF = uint16(terms);
+            uint256 maxF = uint16(terms >> 16);
+            {
+                uint256 startOdometer = uint64(terms >> 48);
                 odometer0 -= startOdometer;
                 odometer1 -= startOdometer;
-                events0 -= startEvents;
-                events1 -= startEvents;
+            }
+            {
+                // From here on the events are weighted: events since the offer × stepBps × 100_000.
+                uint256 startEvents = uint256(uint32(terms >> 112)) + uint32(terms >> 144);
+                uint256 perEvent = uint256(uint16(terms >> 32)) * _STEP_DISTANCE_METRES;
+                events0 = (events0 - startEvents) * perEvent;
+                events1 = (events1 - startEvents) * perEvent;
+            }
+            owed0 = odometer0 * minF + events0;
+            if (owed0 > odometer0 * maxF) owed0 = odometer0 * maxF;
+            owed0 = owed0 * rate / _PRICE_DIVISOR;
+            owed1 = odometer1 * minF + events1;
+            if (owed1 > odometer1 * maxF) owed1 = odometer1 * maxF;
+            owed1 = owed1 * rate / _PRICE_DIVISOR;
+            // The factor of the totals: min + events per 100 km × step, capped (at most maxF <= MAX_FACTOR_BPS,
+            // which fits uint16); no distance yet: the minimum if there is nothing to weigh, else the cap.
+            if (odometer1 == 0) {
+                factorBps = uint16(events1 == 0 ? minF : maxF);
+            } else {
+                uint256 factor = minF + events1 / odometer1;
+                factorBps = uint16(factor < maxF ? factor : maxF);
             }
         }
-        uint256 minF = uint16(terms);
-        uint256 maxF = uint16(terms >> 16);
-        uint256 step = uint16(terms >> 32);
-        owed0 = _cumulativePremium(odometer0, events0, rate, minF, maxF, step);
-        owed1 = _cumulativePremium(odometer1, events1, rate, minF, maxF, step);
-        factorBps = _factorOf(odometer1, events1, minF, maxF, step);
     }
 
     /// @dev The stored terms word (slot 2) and rate: what the sealed terms of a report stand for.
@@ -477,44 +494,6 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         uint256 owed = _owed(p);
         uint256 deposited = p.deposited;
         return owed > deposited ? owed - deposited : 0;
-    }
-
-    /// @dev floor(F(metres, events)): the premium of a policy whose totals since the offer are `metres` and `events`
-    /// (the formula of {IMotorInsurance}). Monotone non-decreasing in `metres` (both terms of the min grow, by
-    /// minF ≤ maxF and maxF per metre) and in `events`, for any terms. metres < 2^64 and factors < 2^16, events <
-    /// 2^33, step < 2^16, 100_000 < 2^17: the weighted distance is below 2^82, times ratePerKm < 2^128 below 2^210.
-    function _cumulativePremium(
-        uint256 metres,
-        uint256 events,
-        uint256 ratePerKm,
-        uint256 minFactorBps,
-        uint256 maxFactorBps,
-        uint256 stepBps
-    ) internal pure returns (uint256) {
-        // Within the widths above every product stays below 2^210: nothing can overflow.
-        unchecked {
-            uint256 weighted = metres * minFactorBps + events * stepBps * _STEP_DISTANCE_METRES;
-            uint256 cap = metres * maxFactorBps;
-            if (weighted > cap) weighted = cap;
-            return weighted * ratePerKm / (_METRES_PER_KM * _BPS);
-        }
-    }
-
-    /// @dev The behaviour factor of the totals, for the events and views: min + events per 100 km × step, capped;
-    /// no distance yet: the minimum if there is nothing to weigh, else the cap.
-    function _factorOf(uint256 metres, uint256 events, uint256 minFactorBps, uint256 maxFactorBps, uint256 stepBps)
-        private
-        pure
-        returns (uint16)
-    {
-        // events < 2^33, stepBps < 2^16, 100_000 < 2^17: extra < 2^66, and the factor before the cap < 2^67.
-        unchecked {
-            uint256 extra = events * stepBps * _STEP_DISTANCE_METRES;
-            if (metres == 0) return uint16(extra == 0 ? minFactorBps : maxFactorBps);
-            uint256 factor = minFactorBps + extra / metres;
-            // The result is at most maxFactorBps <= MAX_FACTOR_BPS, which fits uint16.
-            return uint16(factor < maxFactorBps ? factor : maxFactorBps);
-        }
     }
 
     /// @dev `keccak256(abi.encode(TELEMATICS_TYPEHASH, id, seq, timestamp, odometer, harsh, speeding))` of the packed
