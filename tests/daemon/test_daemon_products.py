@@ -27,6 +27,7 @@ from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.planner import Planner, PlannerSettings
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, evaluate
+from iotsettle.oracle.daemon.settler import terms_reader
 from iotsettle.oracle.daemon.store import (
     _MIGRATIONS,
     COLUMNS,
@@ -42,7 +43,7 @@ from iotsettle.oracle.daemon.store import (
 from iotsettle.oracle.protocol import eip712, premium, wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.kinds import KINDS
-from iotsettle.oracle.protocol.packed import pack_item
+from iotsettle.oracle.protocol.packed import UNKNOWN_TERMS, pack_item
 from iotsettle.oracle.testing.devices import Publisher
 from iotsettle.oracle.testing.wait import wait_for
 from web3 import Web3
@@ -697,3 +698,39 @@ def test_telematics_items_carry_the_terms_of_their_policy(test_config: Config) -
     event = stored_random("telematics", random.Random(3))
     item = spec.item(event)
     assert (len(item), item[128:], asked) == (174, event.target_id.to_bytes(46, "big"), [event.target_id])
+
+
+def test_the_daemon_sends_each_report_with_its_policys_sealed_terms(deployment: Any, registry: ChainRegistry) -> None:
+    _require(deployment, "MotorInsurance", "TestToken")
+    chain = deployment.chain
+    motor, token = deployment.contract("MotorInsurance"), deployment.contract("TestToken")
+    holder = Account.from_key(ANVIL_DEV_KEYS[2])
+
+    def tx(account: Any, call: Any) -> dict[str, Any]:
+        return send(chain, account, call.build_transaction({"from": account.address}))
+
+    vehicle = registry.register(DeviceKind.VEHICLE)
+    rate, factors = 10**16, (8_000, 15_000, 100)
+    offer = motor.functions.offer(holder.address, vehicle.address, token.address, rate, *factors, 0, 0, 0, 0)
+    receipt = tx(OWNER, offer)
+    policy = motor.events.PolicyOffered().process_receipt(receipt)[0]["args"]["policyId"]
+    tx(holder, token.functions.mint(holder.address, 10**20))
+    tx(holder, token.functions.approve(motor.address, 10**20))
+    tx(holder, motor.functions.accept(policy, 10**20, 0, 0, 0))
+
+    terms_of = terms_reader(chain.w3, motor.address, motor.abi, "telematics")
+    assert terms_of is not None
+    assert terms_of(policy) == bytes(motor.functions.telematicsTerms(policy).call())
+    assert terms_of((int(vehicle.address, 16) << 96) | 999_999) == UNKNOWN_TERMS["telematics"]
+
+    # the same report with the sealed terms and with unknown ones: the contract prices both alike (the relayer
+    # cannot change an outcome) but reads two more slots for the unknown terms
+    now = int(chain.w3.eth.get_block("latest")["timestamp"])
+    event = wire.decode(vehicle.telematics(1, 1_000, 0, 0, policy=policy, timestamp=now))
+    *fields, r, vs = event.contract_tuple()
+    gas = {}
+    for name, terms in (("sealed", terms_of(policy)), ("unknown", None)):
+        call = motor.functions.settle(pack_item("telematics", fields, r, vs, terms))
+        assert call.call({"from": OWNER.address}) == 1, name
+        gas[name] = call.estimate_gas({"from": OWNER.address})
+    assert gas["unknown"] - gas["sealed"] > 3_000, gas
