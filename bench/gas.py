@@ -24,7 +24,7 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from iotsettle.oracle.daemon.calldata import KindSpec, decode_outcomes
-from iotsettle.oracle.daemon.settler import escrow_terms
+from iotsettle.oracle.daemon.settler import terms_reader
 from iotsettle.oracle.daemon.store import EventStatus, StoredEvent, event_record
 from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.errors import IotSettleError
@@ -132,7 +132,7 @@ def stored(event: wire.SignedEvent) -> StoredEvent:
 def kind_spec(stack: BenchStack, kind: str) -> KindSpec:
     """The daemon's encoder and outcome reader for ``kind`` on the bench deployment."""
     contract = stack.ctx_contract(KINDS[kind].contract)
-    terms_of = escrow_terms(stack.w3, contract.address, contract.abi) if kind == "delivery" else None
+    terms_of = terms_reader(stack.w3, contract.address, contract.abi, kind)
     return KindSpec.from_abi(kind, contract.address, contract.abi, terms_of)
 
 

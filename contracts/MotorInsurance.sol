@@ -15,8 +15,8 @@ import {PullPayments} from "./money/PullPayments.sol";
 /// (formula in {IMotorInsurance}). Each settled report charges how much floor(F) grew since the last settled report,
 /// so the premium of a policy is the same whichever of its signed reports are relayed, in whatever batches: a
 /// relayer that relays only the newest report (or every one) changes nothing, and rounding remainders carry over.
-/// Every {PremiumCharged} event carries the period's metres and event counts and the factor of the totals, so the
-/// holder sees why the rate moved. When the prepaid balance runs short the rest becomes arrears and the policy
+/// Every {PremiumCharged} event carries the period's metres and event counts and the factor of the totals (packed
+/// in one record word), so the holder sees why the rate moved. When the prepaid balance runs short the rest becomes arrears and the policy
 /// lapses until a top-up pays them.
 ///
 /// Report checks, cheapest first (the first failing one is the reason reported): unknown policy → UnknownTarget;
@@ -28,6 +28,11 @@ import {PullPayments} from "./money/PullPayments.sol";
 ///
 /// Ending: reports signed up to closeAt keep settling until {close}, which opens strictly after closeAt + grace, so
 /// closing first or withholding reports during the notice only delays the premium of signed driving.
+///
+/// Terms: the relayer sends each report with its policy's terms ({telematicsTerms}: rate, factor bounds, starting
+/// registers, closeAt), and the contract checks them against a 128-bit seal kept beside the money in, so a report
+/// reads two policy slots instead of three. Terms that do not match the seal (false, unknown to the relayer, or
+/// stale after a close request) are read from storage instead: a relayer cannot change an outcome, only pay more.
 ///
 /// Money: nothing about it is written by a settled report. The premiums of a policy add up to floor(F) of its
 /// last settled totals (the charges telescope), so the balances are derived from that "owed" figure and the money
@@ -42,24 +47,22 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
     /// @inheritdoc IMotorInsurance
     uint16 public constant MAX_FACTOR_BPS = 50_000;
 
-    /// @dev Factor 1.0 in basis points.
-    uint256 private constant _BPS = 10_000;
-    /// @dev Metres per km: the rate is per km, the odometer counts metres.
-    uint256 private constant _METRES_PER_KM = 1_000;
     /// @dev `stepBps` applies per event per 100 km = 100_000 m.
     uint256 private constant _STEP_DISTANCE_METRES = 100_000;
+    /// @dev F divides by metres per km (the rate is per km, the odometer counts metres) × factor 1.0 in bps.
+    uint256 private constant _PRICE_DIVISOR = 1_000 * 10_000;
 
     uint256 private constant _VEHICLE_KIND = 1 << uint8(IDeviceRegistry.DeviceKind.Vehicle);
 
-    /// @dev Per-policy storage. `settle` reads slots 0–2 (one SLOAD each) and writes slot 0 only (one SSTORE): the
-    /// registers, seq, time and status share one word; slot 1 holds the rate and the money in, slot 2 the factor
-    /// terms, the starting registers and closeAt. The factor of the last report, the prepaid balance, the arrears
-    /// and the earnings are derived (see the contract notes). lastTimestamp fits 40 bits because settled
-    /// timestamps are at most block.timestamp + MAX_CLOCK_SKEW. Bit layout as Solidity packs it (low bits first):
-    /// slot 0: lastOdometer 0..63 | lastSeq 64..127 | lastTimestamp 128..167 | lastHarsh 168..199 |
-    /// lastSpeeding 200..231 | status 232..239; slot 1: ratePerKm 0..127 | deposited 128..255; slot 2:
-    /// minFactorBps 0..15 | maxFactorBps 16..31 | stepBps 32..47 | startOdometer 48..111 | startHarsh 112..143 |
-    /// startSpeeding 144..175 | closeAt 176..239.
+    /// @dev Per-policy storage. `settle` reads slots 0 and 1 (one SLOAD each) and writes slot 0 only (one SSTORE):
+    /// the registers, seq, time and status share one word; slot 1 holds the money in and the seal of the terms the
+    /// relayer sends (slots 2 and 7, read only when the sent terms do not match). The factor of the last report,
+    /// the prepaid balance, the arrears and the earnings are derived (see the contract notes). lastTimestamp fits
+    /// 40 bits because settled timestamps are at most block.timestamp + MAX_CLOCK_SKEW. Bit layout as Solidity
+    /// packs it (low bits first): slot 0: lastOdometer 0..63 | lastSeq 64..127 | lastTimestamp 128..167 |
+    /// lastHarsh 168..199 | lastSpeeding 200..231 | status 232..239; slot 1: deposited 0..127 | termsSeal
+    /// 128..255; slot 2 (the terms word): minFactorBps 0..15 | maxFactorBps 16..31 | stepBps 32..47 |
+    /// startOdometer 48..111 | startHarsh 112..143 | startSpeeding 144..175 | closeAt 176..239.
     struct Record {
         // slot 0
         uint64 lastOdometer;
@@ -69,8 +72,8 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         uint32 lastSpeeding;
         PolicyStatus status;
         // slot 1
-        uint128 ratePerKm;
         uint128 deposited;
+        uint128 termsSeal;
         // slot 2
         uint16 minFactorBps;
         uint16 maxFactorBps;
@@ -89,11 +92,16 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         // slot 6
         uint128 withdrawn;
         uint128 refunded;
+        // slot 7
+        uint128 ratePerKm;
     }
 
-    /// @dev Bytes per packed report (policyId 32 | seq 8 | timestamp 8 | odometer 8 | harsh 4 | speeding 4 | r 32 |
-    /// vs 32).
-    uint256 private constant _PACKED_REPORT_SIZE = 128;
+    /// @dev Bytes per packed report: the signed report (policyId 32 | seq 8 | timestamp 8 | odometer 8 | harsh 4 |
+    /// speeding 4 | r 32 | vs 32), then the policy's terms ({telematicsTerms}: ratePerKm 16 | terms word 30).
+    uint256 private constant _PACKED_REPORT_SIZE = 174;
+    /// @dev Offset of the terms in a packed report, and their length.
+    uint256 private constant _TERMS_AT = 128;
+    uint256 private constant _TERMS_SIZE = 46;
 
     mapping(uint256 policyId => Record) private _policies;
     uint96 private _policyCount;
@@ -141,6 +149,7 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         p.startOdometer = startOdometer;
         p.startHarsh = startHarsh;
         p.startSpeeding = startSpeeding;
+        _seal(p);
         _emitOffered(policyId, p);
     }
 
@@ -206,6 +215,7 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         if (p.closeAt != 0) return;
         uint64 closeAt = uint64(block.timestamp) + p.noticePeriod;
         p.closeAt = closeAt;
+        _seal(p);
         emit CloseRequested(policyId, closeAt);
     }
 
@@ -248,21 +258,22 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
     function settle(bytes calldata reports) external returns (uint256 settled) {
         uint256 len = reports.length;
         if (len % _PACKED_REPORT_SIZE != 0) revert MalformedBatch(len);
-        for (uint256 at = 0; at < len; at += _PACKED_REPORT_SIZE) {
+        uint256 end;
+        uint256 item;
+        assembly ("memory-safe") {
+            item := reports.offset
+            end := add(item, len)
+        }
+        for (; item < end; item += _PACKED_REPORT_SIZE) {
             uint256 id;
             uint256 fields;
-            bytes32 r;
-            bytes32 vs;
-            // Item layout: policyId 32 | seq 8 | timestamp 8 | odometer 8 | harsh 4 | speeding 4 | r 32 | vs 32. The
-            // fields are at their signed widths: the second word holds exactly the five narrow fields.
+            // Item layout: policyId 32 | seq 8 | timestamp 8 | odometer 8 | harsh 4 | speeding 4 | r 32 | vs 32 |
+            // terms 46. The fields are at their signed widths: the second word holds exactly the five narrow fields.
             assembly ("memory-safe") {
-                let item := add(reports.offset, at)
                 id := calldataload(item)
                 fields := calldataload(add(item, 0x20))
-                r := calldataload(add(item, 0x40))
-                vs := calldataload(add(item, 0x60))
             }
-            RejectReason reason = _settle(id, fields, r, vs);
+            RejectReason reason = _settle(id, fields, item);
             if (reason == RejectReason.None) {
                 // Bounded by the batch length.
                 unchecked {
@@ -275,10 +286,11 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
     }
 
     /// @dev Checks in the order documented on the contract; returns None after charging, or the reason nothing
-    /// changed. `fields` = seq 192..255 | timestamp 128..191 | odometer 64..127 | harsh 32..63 | speeding 0..31.
-    /// The policy's word (slot 0) is read and written whole (one SLOAD, one SSTORE); slot 2 (terms, closeAt) is
-    /// read once the report passed the word's checks, slot 1 (rate, money in) once the signature is good.
-    function _settle(uint256 id, uint256 fields, bytes32 r, bytes32 vs) private returns (RejectReason reason) {
+    /// changed. `fields` = seq 192..255 | timestamp 128..191 | odometer 64..127 | harsh 32..63 | speeding 0..31;
+    /// `item` is the calldata offset of the packed report (signature and terms are read from there). The policy's
+    /// word (slot 0) is read and written whole (one SLOAD, one SSTORE); slot 1 (money in, seal of the terms) is
+    /// read once the report passed the word's checks.
+    function _settle(uint256 id, uint256 fields, uint256 item) private returns (RejectReason reason) {
         Record storage p = _policies[id];
         uint256 word;
         assembly ("memory-safe") {
@@ -301,58 +313,82 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         uint64 timestamp = uint64(fields >> 128);
         reason = _checkTimestamp(timestamp, uint40(word >> 128));
         if (reason != RejectReason.None) return reason;
-        uint256 terms;
-        assembly ("memory-safe") {
-            terms := sload(add(p.slot, 2))
-        }
+        (uint256 terms, uint256 rate, uint256 deposited) = _termsOf(p, item);
         {
             uint256 closeAt = uint64(terms >> 176);
             if (closeAt != 0 && timestamp > closeAt) return RejectReason.AfterEnd;
         }
-        reason = _checkSigner(_structHash(id, fields), r, vs, address(uint160(id >> 96)), _VEHICLE_KIND, timestamp);
+        reason = _checkSignature(id, fields, item);
         if (reason != RejectReason.None) return reason;
-        _charge(p, word, terms, id, fields);
+        _charge(p, word, terms, rate, deposited, id, fields);
     }
 
-    /// @dev Price the report, write the policy's word once and emit: the checks passed.
-    function _charge(Record storage p, uint256 word, uint256 terms, uint256 id, uint256 fields) private {
-        (uint16 factorBps, uint256 owed0, uint256 owed1, uint256 deposited) = _priceReport(p, word, terms, fields);
-        bool lapses = owed1 > deposited;
-        _store(p, fields, lapses);
-        // All three registers were checked not to go down, and F only grows with them (owed1 >= owed0).
-        unchecked {
-            emit PremiumCharged(
-                id,
-                uint64(fields >> 192),
-                uint64(fields >> 64) - uint64(word),
-                uint32(fields >> 32) - uint32(word >> 168),
-                uint32(fields) - uint32(word >> 200),
-                factorBps,
-                owed1 - owed0
-            );
-            if (lapses) emit PolicyLapsed(id, owed1 - deposited);
+    /// @dev {_checkSigner} of the report at calldata offset `item`: signed by the current key of the VEHICLE
+    /// encoded in the policy id.
+    function _checkSignature(uint256 id, uint256 fields, uint256 item) private view returns (RejectReason) {
+        bytes32 r;
+        bytes32 vs;
+        assembly ("memory-safe") {
+            r := calldataload(add(item, 0x40))
+            vs := calldataload(add(item, 0x60))
         }
+        return _checkSigner(
+            _structHash(id, fields), r, vs, address(uint160(id >> 96)), _VEHICLE_KIND, uint64(fields >> 128)
+        );
     }
 
-    /// @dev {_price} of the report in `fields` against the policy's word, terms and money (slot 1, read here).
-    function _priceReport(Record storage p, uint256 word, uint256 terms, uint256 fields)
+    /// @dev The policy's terms word and rate, and the money in (slot 1): the terms sent in the report at `item` when
+    /// they match the seal in slot 1, else the stored ones (slots 2 and 7), so false or stale terms change nothing.
+    function _termsOf(Record storage p, uint256 item)
         private
         view
-        returns (uint16 factorBps, uint256 owed0, uint256 owed1, uint256 deposited)
+        returns (uint256 terms, uint256 rate, uint256 deposited)
     {
         uint256 money;
+        uint256 sent;
         assembly ("memory-safe") {
             money := sload(add(p.slot, 1))
+            let at := add(item, _TERMS_AT)
+            // Hashed in free memory without allocating it.
+            let fmp := mload(0x40)
+            calldatacopy(fmp, at, _TERMS_SIZE)
+            sent := keccak256(fmp, _TERMS_SIZE)
+            rate := shr(128, calldataload(at))
+            terms := shr(16, calldataload(add(at, 16)))
         }
-        deposited = money >> 128;
-        (factorBps, owed0, owed1) = _price(
+        deposited = uint128(money);
+        if (sent >> 128 != money >> 128) (terms, rate) = _storedTerms(p);
+    }
+
+    /// @dev Price the report, write the policy's word once and emit: the checks passed. The {PremiumCharged} record
+    /// is seq 192..255 | metres 128..191 | harshBraking 96..127 | speeding 64..95 | factorBps 48..63.
+    function _charge(
+        Record storage p,
+        uint256 word,
+        uint256 terms,
+        uint256 rate,
+        uint256 deposited,
+        uint256 id,
+        uint256 fields
+    ) private {
+        (uint16 factorBps, uint256 owed0, uint256 owed1) = _price(
             terms,
-            money,
+            rate,
             uint64(word),
             uint256(uint32(word >> 168)) + uint32(word >> 200),
             uint64(fields >> 64),
             uint256(uint32(fields >> 32)) + uint32(fields)
         );
+        bool lapses = owed1 > deposited;
+        _store(p, fields, lapses);
+        // All three registers were checked not to go down, and F only grows with them (owed1 >= owed0).
+        unchecked {
+            uint256 record = ((fields >> 192) << 192) | (uint256(uint64(fields >> 64) - uint64(word)) << 128)
+                | (uint256(uint32(fields >> 32) - uint32(word >> 168)) << 96)
+                | (uint256(uint32(fields) - uint32(word >> 200)) << 64) | (uint256(factorBps) << 48);
+            emit PremiumCharged(id, record, owed1 - owed0);
+            if (lapses) emit PolicyLapsed(id, owed1 - deposited);
+        }
     }
 
     /// @dev The policy's word after a settled report, written in one SSTORE: its registers, seq and time, and the
@@ -367,51 +403,80 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
     }
 
     /// @dev Pricing of a report moving the registers from (odometer0, events0) to (odometer1, events1), none of
-    /// them lower (events = harsh-braking + speeding count), from the policy's terms word (slot 2) and money word
-    /// (slot 1): the factor of the totals after and floor(F) of the totals before and after (the charge is their
-    /// difference). The starting registers are at most the last settled ones (offer sets both, settle only raises
-    /// the last), so the totals since the offer do not underflow.
+    /// them lower (events = harsh-braking + speeding count), from the policy's terms word (layout of slot 2) and
+    /// rate: the factor of the totals after and floor(F) of the totals before and after (the charge is their
+    /// difference; F is the formula of {IMotorInsurance}). The starting registers are at most the last settled
+    /// ones (offer sets both, settle only raises the last), so the totals since the offer do not underflow.
+    /// F is monotone non-decreasing in the metres (both terms of the min grow, by minF ≤ maxF and maxF per metre)
+    /// and in the events, for any terms. metres < 2^64 and factors < 2^16, events < 2^33, step < 2^16, 100_000 <
+    /// 2^17: the weighted distance is below 2^82, times ratePerKm < 2^128 below 2^210, so nothing overflows.
     function _price(
         uint256 terms,
-        uint256 money,
+        uint256 rate,
         uint256 odometer0,
         uint256 events0,
         uint256 odometer1,
         uint256 events1
-    ) private pure returns (uint16 factorBps, uint256 owed0, uint256 owed1) {
-        {
-            uint256 startOdometer = uint64(terms >> 48);
-            uint256 startEvents = uint256(uint32(terms >> 112)) + uint32(terms >> 144);
-            // start ≤ last ≤ new for every register (see above); callers pass the registers as read or checked.
-            unchecked {
+    ) internal pure returns (uint16 factorBps, uint256 owed0, uint256 owed1) {
+        // start ≤ last ≤ new for every register (see above); callers pass the registers as read or checked. Within
+        // the widths above no product overflows. F is written out once for both totals (not two
+        // calls): this runs for every settled report.
+        unchecked {
+            uint256 minF = uint16(terms);
+            uint256 maxF = uint16(terms >> 16);
+            {
+                uint256 startOdometer = uint64(terms >> 48);
                 odometer0 -= startOdometer;
                 odometer1 -= startOdometer;
-                events0 -= startEvents;
-                events1 -= startEvents;
+            }
+            {
+                // From here on the events are weighted: events since the offer × stepBps × 100_000.
+                uint256 startEvents = uint256(uint32(terms >> 112)) + uint32(terms >> 144);
+                uint256 perEvent = uint256(uint16(terms >> 32)) * _STEP_DISTANCE_METRES;
+                events0 = (events0 - startEvents) * perEvent;
+                events1 = (events1 - startEvents) * perEvent;
+            }
+            owed0 = odometer0 * minF + events0;
+            if (owed0 > odometer0 * maxF) owed0 = odometer0 * maxF;
+            owed0 = owed0 * rate / _PRICE_DIVISOR;
+            owed1 = odometer1 * minF + events1;
+            if (owed1 > odometer1 * maxF) owed1 = odometer1 * maxF;
+            owed1 = owed1 * rate / _PRICE_DIVISOR;
+            // The factor of the totals: min + events per 100 km × step, capped (at most maxF <= MAX_FACTOR_BPS,
+            // which fits uint16); no distance yet: the minimum if there is nothing to weigh, else the cap.
+            if (odometer1 == 0) {
+                factorBps = uint16(events1 == 0 ? minF : maxF);
+            } else {
+                uint256 factor = minF + events1 / odometer1;
+                factorBps = uint16(factor < maxF ? factor : maxF);
             }
         }
-        uint256 rate = uint128(money);
-        uint256 minF = uint16(terms);
-        uint256 maxF = uint16(terms >> 16);
-        uint256 step = uint16(terms >> 32);
-        owed0 = _cumulativePremium(odometer0, events0, rate, minF, maxF, step);
-        owed1 = _cumulativePremium(odometer1, events1, rate, minF, maxF, step);
-        factorBps = _factorOf(odometer1, events1, minF, maxF, step);
     }
 
-    /// @dev The words `settle` reads, for the views.
-    function _words(Record storage p) private view returns (uint256 terms, uint256 money) {
+    /// @dev The stored terms word (slot 2) and rate: what the sealed terms of a report stand for.
+    function _storedTerms(Record storage p) private view returns (uint256 terms, uint256 rate) {
         assembly ("memory-safe") {
-            money := sload(add(p.slot, 1))
             terms := sload(add(p.slot, 2))
         }
+        rate = p.ratePerKm;
+    }
+
+    /// @dev The terms a relayer sends with a report: ratePerKm (16 bytes) ‖ the terms word (30 bytes), big-endian.
+    function _packedTerms(Record storage p) private view returns (bytes memory) {
+        (uint256 terms, uint256 rate) = _storedTerms(p);
+        return abi.encodePacked(uint128(rate), uint240(terms));
+    }
+
+    /// @dev Seal the terms as they are now (offer, close request): the high 128 bits of their keccak.
+    function _seal(Record storage p) private {
+        p.termsSeal = uint128(uint256(keccak256(_packedTerms(p))) >> 128);
     }
 
     /// @dev floor(F) of the last settled totals: every premium charged on the policy so far, arrears included.
     function _owed(Record storage p) private view returns (uint256 owed) {
-        (uint256 terms, uint256 money) = _words(p);
+        (uint256 terms, uint256 rate) = _storedTerms(p);
         uint256 events = uint256(p.lastHarsh) + p.lastSpeeding;
-        (,, owed) = _price(terms, money, p.lastOdometer, events, p.lastOdometer, events);
+        (,, owed) = _price(terms, rate, p.lastOdometer, events, p.lastOdometer, events);
     }
 
     /// @dev The prepaid balance: the money in that the premiums have not used, while the policy runs (an offer has
@@ -429,44 +494,6 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         uint256 owed = _owed(p);
         uint256 deposited = p.deposited;
         return owed > deposited ? owed - deposited : 0;
-    }
-
-    /// @dev floor(F(metres, events)): the premium of a policy whose totals since the offer are `metres` and `events`
-    /// (the formula of {IMotorInsurance}). Monotone non-decreasing in `metres` (both terms of the min grow, by
-    /// minF ≤ maxF and maxF per metre) and in `events`, for any terms. metres < 2^64 and factors < 2^16, events <
-    /// 2^33, step < 2^16, 100_000 < 2^17: the weighted distance is below 2^82, times ratePerKm < 2^128 below 2^210.
-    function _cumulativePremium(
-        uint256 metres,
-        uint256 events,
-        uint256 ratePerKm,
-        uint256 minFactorBps,
-        uint256 maxFactorBps,
-        uint256 stepBps
-    ) internal pure returns (uint256) {
-        // Within the widths above every product stays below 2^210: nothing can overflow.
-        unchecked {
-            uint256 weighted = metres * minFactorBps + events * stepBps * _STEP_DISTANCE_METRES;
-            uint256 cap = metres * maxFactorBps;
-            if (weighted > cap) weighted = cap;
-            return weighted * ratePerKm / (_METRES_PER_KM * _BPS);
-        }
-    }
-
-    /// @dev The behaviour factor of the totals, for the events and views: min + events per 100 km × step, capped;
-    /// no distance yet: the minimum if there is nothing to weigh, else the cap.
-    function _factorOf(uint256 metres, uint256 events, uint256 minFactorBps, uint256 maxFactorBps, uint256 stepBps)
-        private
-        pure
-        returns (uint16)
-    {
-        // events < 2^33, stepBps < 2^16, 100_000 < 2^17: extra < 2^66, and the factor before the cap < 2^67.
-        unchecked {
-            uint256 extra = events * stepBps * _STEP_DISTANCE_METRES;
-            if (metres == 0) return uint16(extra == 0 ? minFactorBps : maxFactorBps);
-            uint256 factor = minFactorBps + extra / metres;
-            // The result is at most maxFactorBps <= MAX_FACTOR_BPS, which fits uint16.
-            return uint16(factor < maxFactorBps ? factor : maxFactorBps);
-        }
     }
 
     /// @dev `keccak256(abi.encode(TELEMATICS_TYPEHASH, id, seq, timestamp, odometer, harsh, speeding))` of the packed
@@ -510,9 +537,9 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         policy.lastSeq = p.lastSeq;
         policy.lastTimestamp = p.lastTimestamp;
         {
-            (uint256 terms, uint256 money) = _words(p);
+            (uint256 terms, uint256 rate) = _storedTerms(p);
             uint256 events = uint256(p.lastHarsh) + p.lastSpeeding;
-            (policy.lastFactorBps,,) = _price(terms, money, p.lastOdometer, events, p.lastOdometer, events);
+            (policy.lastFactorBps,,) = _price(terms, rate, p.lastOdometer, events, p.lastOdometer, events);
         }
         policy.prepaid = _prepaid(p);
         policy.arrears = _arrears(p);
@@ -522,6 +549,11 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         policy.refunded = p.refunded;
         policy.startHarsh = p.startHarsh;
         policy.startSpeeding = p.startSpeeding;
+    }
+
+    /// @inheritdoc IMotorInsurance
+    function telematicsTerms(uint256 policyId) external view returns (bytes memory) {
+        return _packedTerms(_existing(policyId));
     }
 
     /// @inheritdoc IMotorInsurance
@@ -555,9 +587,9 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
 
     /// @dev The factor and charge of a report with registers `odometer` and `events` (checked not below the last).
     function _quote(Record storage p, uint256 odometer, uint256 events) private view returns (uint16, uint256) {
-        (uint256 terms, uint256 money) = _words(p);
+        (uint256 terms, uint256 rate) = _storedTerms(p);
         (uint16 factorBps, uint256 owed0, uint256 owed1) =
-            _price(terms, money, p.lastOdometer, uint256(p.lastHarsh) + p.lastSpeeding, odometer, events);
+            _price(terms, rate, p.lastOdometer, uint256(p.lastHarsh) + p.lastSpeeding, odometer, events);
         return (factorBps, owed1 - owed0);
     }
 

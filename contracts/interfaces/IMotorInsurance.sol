@@ -109,19 +109,13 @@ interface IMotorInsurance is IDeviceEvents, IPullPayments {
     event PolicyAccepted(uint256 indexed policyId, uint256 deposit);
     /// @notice `amount` arrived from `from`; `arrearsPaid` of it settled arrears (earned by the insurer at once).
     event PolicyToppedUp(uint256 indexed policyId, address indexed from, uint256 amount, uint256 arrearsPaid);
-    /// @notice One report was settled: the holder reads why the rate changed. `metres`, `harshBraking` and
-    /// `speeding` are the deltas since the previous settled report; `factorBps` is the behaviour factor of the totals
-    /// since the offer (the one the premium so far is priced at) and `amount` the premium of the period: how much
-    /// floor(F) of the totals grew (the part the prepaid balance could not cover became arrears).
-    event PremiumCharged(
-        uint256 indexed policyId,
-        uint64 seq,
-        uint64 metres,
-        uint32 harshBraking,
-        uint32 speeding,
-        uint16 factorBps,
-        uint256 amount
-    );
+    /// @notice One report was settled: the holder reads why the rate changed. `record` packs, from the high bits:
+    /// `seq` 192..255 | `metres` 128..191 | `harshBraking` 96..127 | `speeding` 64..95 | `factorBps` 48..63 (low 48
+    /// bits zero). `metres`, `harshBraking` and `speeding` are the deltas since the previous settled report;
+    /// `factorBps` is the behaviour factor of the totals since the offer (the one the premium so far is priced at)
+    /// and `amount` the premium of the period: how much floor(F) of the totals grew (the part the prepaid balance
+    /// could not cover became arrears). Two data words instead of six: the event is paid for by every report.
+    event PremiumCharged(uint256 indexed policyId, uint256 record, uint256 amount);
     /// @notice A batch item was skipped; nothing changed for it.
     event TelematicsRejected(uint256 indexed policyId, uint64 seq, RejectReason reason);
     /// @notice The prepaid balance ran out; `arrears` is the total now owed. Reports are refused until a top-up.
@@ -153,7 +147,7 @@ interface IMotorInsurance is IDeviceEvents, IPullPayments {
     );
     /// @notice The insurer has no earned premium left to withdraw on the policy.
     error NoEarnings(uint256 id);
-    /// @notice A packed {settle} batch whose length is not a multiple of 128 bytes.
+    /// @notice A packed {settle} batch whose length is not a multiple of 174 bytes.
     error MalformedBatch(uint256 length);
 
     /// @notice Insurer (msg.sender) offers `holder` a pay-per-km policy for a registered, active VEHICLE whose
@@ -204,16 +198,23 @@ interface IMotorInsurance is IDeviceEvents, IPullPayments {
     /// {NoEarnings} when there are none. Emits an {EarningsWithdrawn} event.
     function withdrawEarnings(uint256 policyId) external returns (uint256 amount);
 
-    /// @notice Settle a batch of vehicle reports (permissionless), packed back to back, 128 bytes each: the signed
-    /// fields in signing order at their signed widths, big-endian, then the compact signature:
-    /// `policyId 32 | seq 8 | timestamp 8 | odometer 8 | harshBraking 4 | speeding 4 | r 32 | vs 32` (the fields of
-    /// {SignedTelematics}; the signed EIP-712 message is the same). Reverts with {MalformedBatch} when the length is
-    /// not a multiple of 128; bad items are skipped with a {TelematicsRejected} event. Emits {PremiumCharged} per
-    /// settled report (and {PolicyLapsed}).
+    /// @notice Settle a batch of vehicle reports (permissionless), packed back to back, 174 bytes each: the signed
+    /// fields in signing order at their signed widths, big-endian, then the compact signature, then the policy's
+    /// terms: `policyId 32 | seq 8 | timestamp 8 | odometer 8 | harshBraking 4 | speeding 4 | r 32 | vs 32 |
+    /// terms 46` (the fields of {SignedTelematics}; the signed EIP-712 message is the same; the terms as
+    /// {telematicsTerms} returns them). Terms that do not match the policy's seal are read from storage instead (the
+    /// same outcome at a higher gas cost): a relayer that does not know them sends 46 zero bytes. Reverts with
+    /// {MalformedBatch} when the length is not a multiple of 174; bad items are skipped with a
+    /// {TelematicsRejected} event. Emits {PremiumCharged} per settled report (and {PolicyLapsed}).
     /// @return settled how many reports were settled.
     function settle(bytes calldata reports) external returns (uint256 settled);
 
     function policyOf(uint256 policyId) external view returns (Policy memory);
+
+    /// @notice The terms a relayer sends beside each report of the policy (46 bytes, big-endian): `ratePerKm 16 |
+    /// closeAt 8 | startSpeeding 4 | startHarsh 4 | startOdometer 8 | stepBps 2 | maxFactorBps 2 | minFactorBps 2`.
+    /// They change once, when a close is requested (closeAt). Reverts with {UnknownPolicy} for an unknown id.
+    function telematicsTerms(uint256 policyId) external view returns (bytes memory);
 
     /// @notice The EIP-712 digest a vehicle signs for a Telematics report to this contract.
     function hashTelematics(

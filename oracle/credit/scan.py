@@ -19,6 +19,7 @@ from iotsettle.oracle.chain import logs as chain_logs
 from iotsettle.oracle.chain.abi import abi_type
 from iotsettle.oracle.chain.rpc import BLOCKS_PER_BATCH, RpcClient
 from iotsettle.oracle.credit.derive import TIMED_EVENTS, ChainLog, ChainPoint, checksum, follow_ups
+from iotsettle.oracle.protocol import premium
 from iotsettle.oracle.protocol.errors import ChainError, IotSettleError
 
 #: The contracts a profile reads, in deployment order; one missing from the manifest is skipped.
@@ -157,7 +158,7 @@ class _Scanner:
                             str(raw["transactionHash"]),
                             contract,
                             event.name,
-                            event.decode(raw["topics"], raw["data"]),
+                            premium.expand(event.name, event.decode(raw["topics"], raw["data"])),
                         )
                     )
             if total > chain_logs.LOG_CHUNK_BLOCKS:

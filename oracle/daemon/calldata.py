@@ -3,7 +3,8 @@
 ``KindSpec`` is derived from the contract's ABI (``KindSpec.from_abi``) and the kinds table: the batch function's
 selector and item layout (the signed fields in signing order, then the ERC-2098 compact signature r, vs: one ABI
 word each in an array of structs, or packed back to back in one ``bytes`` argument when the batch function takes
-``bytes``, ``iotsettle.oracle.protocol.packed``), and the topics of the per-item settled / rejected events.
+``bytes``, ``iotsettle.oracle.protocol.packed``, with the agreement's terms after each item for the kinds that
+carry them), and the topics of the per-item settled / rejected events.
 ``decode_outcomes`` reads a receipt's logs back into per-item outcomes. The signed fields of a stored event come
 from the store (``store.signed_fields``).
 """
@@ -18,10 +19,10 @@ from eth_abi import decode as abi_decode
 from eth_hash.auto import keccak
 from iotsettle.oracle.chain.abi import abi_type as _abi_type
 from iotsettle.oracle.daemon.store import StoredEvent, signed_fields
-from iotsettle.oracle.protocol import delivery_batch
+from iotsettle.oracle.protocol import delivery_batch, premium
 from iotsettle.oracle.protocol.errors import ChainError
 from iotsettle.oracle.protocol.kinds import KINDS
-from iotsettle.oracle.protocol.packed import PACKED_WIDTHS, bytes_argument, pack_item
+from iotsettle.oracle.protocol.packed import PACKED_WIDTHS, TERMS_SIZE, bytes_argument, pack_item
 from web3 import Web3
 
 
@@ -39,8 +40,9 @@ class KindSpec:
     packed: bool = False
     #: the signed fields of a stored event in signing order; the store's ``signed_fields`` when not given
     fields_of: Callable[[StoredEvent], tuple[Any, ...]] | None = field(default=None, repr=False, compare=False)
-    #: deliveries only: the escrow's packed terms by escrow id (``deliveryTerms``); when given, batches go to
-    #: ``confirmDeliveriesPacked`` (protocol.delivery_batch) instead of the ABI struct array
+    #: the agreement's packed terms by target id (deliveries: ``deliveryTerms``, batches then go to
+    #: ``confirmDeliveriesPacked``, protocol.delivery_batch, instead of the ABI struct array; telematics:
+    #: ``telematicsTerms``, sent after each packed item — without it the items carry unknown terms)
     terms_of: Callable[[int], bytes] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -55,7 +57,8 @@ class KindSpec:
         abi: Sequence[Mapping[str, Any]],
         terms_of: Callable[[int], bytes] | None = None,
     ) -> KindSpec:
-        """``terms_of`` (deliveries) switches to the packed batch when the contract has it."""
+        """``terms_of`` (deliveries) switches to the packed batch when the contract has it; for packed kinds with
+        terms (telematics) it gives the terms sent after each item."""
         spec = KINDS[kind]
         function = _abi_entry(abi, "function", spec.batch_function)
         (param,) = function["inputs"]
@@ -72,6 +75,7 @@ class KindSpec:
                 _topic(_abi_entry(abi, "event", spec.settled_event)),
                 _topic(_abi_entry(abi, "event", spec.rejected_event)),
                 packed=True,
+                terms_of=terms_of if kind in TERMS_SIZE else None,
             )
         components = tuple(_abi_type(c) for c in param.get("components", ()))
         if components != (*signed, "bytes32", "bytes32"):
@@ -105,24 +109,25 @@ class KindSpec:
     def item(self, event: StoredEvent) -> bytes:
         """The encoding of one item: a packed delivery record with its escrow's terms, a packed item, or a static
         tuple (one word per field); ValueError if a field does not fit."""
+        if self.packed:
+            *fields, r, vs = self.values(event)
+            terms = self.terms_of(fields[0]) if self.terms_of is not None else None
+            return pack_item(self.kind, fields, r, vs, terms)
         if self.terms_of is not None:
             escrow_id, seq, timestamp, location, max_temperature, r, vs = self.values(event)
             return delivery_batch.record(
                 escrow_id, seq, timestamp, bytes(location), max_temperature, r, vs, self.terms_of(escrow_id)
             )
-        if self.packed:
-            *fields, r, vs = self.values(event)
-            return pack_item(self.kind, fields, r, vs)
         return b"".join(_abi_word(t, v) for t, v in zip(self.item_types, self.values(event), strict=True))
 
     def calldata(self, items: Sequence[bytes]) -> bytes:
         """``selector ‖ offset ‖ length ‖ items``: the ABI encoding of one dynamic array of static tuples, built by
         hand because eth_abi's generic encoder cost more than the rest of a batch's preparation. Packed kinds:
         ``selector ‖ offset ‖ length ‖ items ‖ padding``, one ``bytes`` argument; or the packed delivery batch."""
-        if self.terms_of is not None:
-            return delivery_batch.calldata(self.selector, items)
         if self.packed:
             return self.selector + bytes_argument(items)
+        if self.terms_of is not None:
+            return delivery_batch.calldata(self.selector, items)
         return self.selector + _ARRAY_OFFSET + len(items).to_bytes(32, "big") + b"".join(items)
 
 
@@ -188,6 +193,10 @@ def hex_int(value: str | int) -> int:
     return int(value, 16) if isinstance(value, str) else int(value)
 
 
+def _seq(data: bytes) -> int:
+    return int(abi_decode(["uint64"], data[:32])[0])
+
+
 def decode_outcomes(spec: KindSpec, logs: Sequence[Mapping[str, Any]]) -> list[ItemOutcome]:
     """Per-item outcomes in emission order (= item order) from a receipt's logs."""
     out: list[ItemOutcome] = []
@@ -199,9 +208,11 @@ def decode_outcomes(spec: KindSpec, logs: Sequence[Mapping[str, Any]]) -> list[I
             continue
         target = int.from_bytes(_bytes(entry["topics"][1]), "big")
         data = _bytes(entry["data"])
-        seq = abi_decode(["uint64"], data[:32])[0]
         if topic == spec.settled_topic:
+            # PremiumCharged packs the seq into its record word (protocol.premium); the other settled events
+            # carry it as their first data word.
+            seq = premium.unpack(data[:32]).seq if KINDS[spec.kind].settled_event == premium.EVENT else _seq(data)
             out.append(ItemOutcome(target, seq, True))
         else:
-            out.append(ItemOutcome(target, seq, False, abi_decode(["uint8"], data[32:64])[0]))
+            out.append(ItemOutcome(target, _seq(data), False, abi_decode(["uint8"], data[32:64])[0]))
     return out

@@ -22,7 +22,7 @@ from iotsettle.oracle.daemon.store import Store
 from iotsettle.oracle.daemon.submitter import GWEI, RPC_ERRORS, DeadLetter, Submitter, SubmitterSettings
 from iotsettle.oracle.daemon.tracker import Tracker, TrackerSettings
 from iotsettle.oracle.daemon.txstore import TxStatus, TxStore
-from iotsettle.oracle.protocol import delivery_batch
+from iotsettle.oracle.protocol import delivery_batch, packed
 from iotsettle.oracle.protocol.errors import ChainError, ConfigError, IotSettleError
 from iotsettle.oracle.protocol.kinds import KINDS
 from web3 import Web3
@@ -41,24 +41,43 @@ def _settlement_store(store: Store) -> Store | None:
     return Store.open(path, synchronous="NORMAL") if path else None
 
 
-def escrow_terms(w3: Web3, address: str, abi: Sequence[Mapping[str, Any]]) -> Callable[[int], bytes] | None:
-    """``DeliveryEscrow.deliveryTerms`` by escrow id for the packed batch, or None for a contract without it. Terms
-    never change, so each escrow costs one call; an escrow the contract does not know, or a failed call, gets
-    zeros (not kept): the contract then reads the escrow itself, with the same outcome at a higher gas cost."""
-    if not any(e.get("type") == "function" and e.get("name") == "deliveryTerms" for e in abi):
-        return None
-    contract = w3.eth.contract(address=Web3.to_checksum_address(address), abi=abi)
-    cache: dict[int, bytes] = {}
+@dataclass(frozen=True, slots=True)
+class _TermsView:
+    function: str  # the contract's view: packed terms by target id
+    unknown: bytes  # what an item carries when the terms cannot be read: the contract then reads its own
+    max_age: float | None  # s a fetched copy is used; None: the terms never change
 
-    def terms_of(escrow_id: int) -> bytes:
-        terms = cache.get(escrow_id)
-        if terms is None:
-            try:
-                terms = bytes(contract.functions.deliveryTerms(escrow_id).call())
-            except (ContractLogicError, *RPC_ERRORS) as exc:
-                log.debug("escrow %d: no terms (%s); the contract reads them", escrow_id, exc)
-                return delivery_batch.UNKNOWN_TERMS
-            cache[escrow_id] = terms
+
+#: kind → where its batch items' terms come from. An escrow's terms never change; a policy's change once, when a
+#: close is requested (closeAt): a copy older than that is refused by the seal and costs only the contract's reads.
+TERMS_VIEWS: dict[str, _TermsView] = {
+    "delivery": _TermsView("deliveryTerms", delivery_batch.UNKNOWN_TERMS, None),
+    "telematics": _TermsView("telematicsTerms", packed.UNKNOWN_TERMS["telematics"], 60.0),
+}
+
+
+def terms_reader(w3: Web3, address: str, abi: Sequence[Mapping[str, Any]], kind: str) -> Callable[[int], bytes] | None:
+    """The packed terms of ``kind``'s agreements by id (``DeliveryEscrow.deliveryTerms``,
+    ``MotorInsurance.telematicsTerms``), or None for a kind or contract without them. Each agreement costs one call
+    per ``max_age``; an id the contract does not know, or a failed call, gets the unknown terms (not kept): the
+    contract then reads the agreement itself, with the same outcome at a higher gas cost."""
+    view = TERMS_VIEWS.get(kind)
+    if view is None or not any(e.get("type") == "function" and e.get("name") == view.function for e in abi):
+        return None
+    function = getattr(w3.eth.contract(address=Web3.to_checksum_address(address), abi=abi).functions, view.function)
+    cache: dict[int, tuple[bytes, float]] = {}
+
+    def terms_of(target_id: int) -> bytes:
+        now = time.monotonic()
+        hit = cache.get(target_id)
+        if hit is not None and (view.max_age is None or now - hit[1] < view.max_age):
+            return hit[0]
+        try:
+            terms = bytes(function(target_id).call())
+        except (ContractLogicError, *RPC_ERRORS) as exc:
+            log.debug("%s %d: no terms (%s); the contract reads them", kind, target_id, exc)
+            return view.unknown
+        cache[target_id] = (terms, now)
         return terms
 
     return terms_of
@@ -143,7 +162,7 @@ class Settler:
         self.w3 = w3
         self.txstore = TxStore(store)
         specs = {
-            kind: KindSpec.from_abi(kind, address, abi, escrow_terms(w3, address, abi) if kind == "delivery" else None)
+            kind: KindSpec.from_abi(kind, address, abi, terms_reader(w3, address, abi, kind))
             for kind, (address, abi) in contracts.items()
         }
         self.submitter = Submitter(

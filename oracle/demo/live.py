@@ -23,6 +23,7 @@ from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.demo.provision import ProvisionedFleet
 from iotsettle.oracle.ops import health, motor
 from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.protocol import premium
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def settlement_logs(
         out.append(
             RawEvent(
                 name,
-                dict(zip(names, values, strict=True)),
+                premium.expand(name, dict(zip(names, values, strict=True))),
                 entry["transactionHash"],
                 int(topics[1], 16) if len(topics) > 1 else None,
             )

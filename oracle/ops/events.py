@@ -1,7 +1,8 @@
 """Events of a deployed contract, decoded: what every operation reads back from the chain's logs.
 
 Read with the chain's log scanner (``iotsettle.oracle.chain.logs``) from the contract's deployment block, and
-decoded with the contract's ABI.
+decoded with the contract's ABI (a packed ``PremiumCharged`` record is expanded into its named fields,
+``iotsettle.oracle.protocol.premium``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from iotsettle.oracle.chain import logs as chain_logs
 from iotsettle.oracle.chain.logs import id_topic, topic0
 from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.protocol import premium
 from iotsettle.oracle.protocol.errors import ChainError
 from web3.exceptions import LogTopicError, MismatchedABI
 
@@ -63,7 +65,8 @@ def fetch_logs(
         except (MismatchedABI, LogTopicError):
             continue
         block, index = chain_logs.log_key(entry)
-        out.append(LogEntry(contract, name, dict(decoded["args"]), block, str(entry["transactionHash"]), index))
+        args = premium.expand(name, decoded["args"])
+        out.append(LogEntry(contract, name, args, block, str(entry["transactionHash"]), index))
     out.sort(key=lambda e: (e.block, e.log_index))
     return out
 

@@ -16,7 +16,7 @@ so a policy's premiums add up to floor(F) of its newest settled report, whicheve
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
@@ -31,8 +31,9 @@ from iotsettle.oracle.ops.token_info import TokenInfo, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in
 from iotsettle.oracle.ops.vocabulary import POLICY_STATUSES
 from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
-from iotsettle.oracle.protocol.packed import pack_item
+from iotsettle.oracle.protocol.packed import UNKNOWN_TERMS, pack_item
 from iotsettle.oracle.protocol.wire import SignedEvent
+from web3.exceptions import ContractLogicError
 
 log = logging.getLogger(__name__)
 
@@ -453,14 +454,16 @@ class ReportOutcome:
     factor_bps: int = 0
 
 
-def packed_reports(events: Sequence[SignedEvent]) -> bytes:
+def packed_reports(events: Sequence[SignedEvent], terms_of: Callable[[int], bytes]) -> bytes:
     """The packed batch ``settle`` takes (``iotsettle.oracle.protocol.packed``: the signed fields at their signed
-    widths, then r, vs); ProtocolError for a field beyond its signed type (the signature could not match anyway)."""
+    widths, then r, vs, then the policy's terms from ``terms_of``); ProtocolError for a field beyond its signed type
+    (the signature could not match anyway)."""
     items = []
     for event in events:
         *fields, r, vs = event.contract_tuple()
         try:
-            items.append(pack_item("telematics", [int(f) for f in fields], bytes(r), bytes(vs)))
+            ints = [int(f) for f in fields]
+            items.append(pack_item("telematics", ints, bytes(r), bytes(vs), terms_of(ints[0])))
         except ValueError as exc:
             raise ProtocolError(f"report seq {event.msg['seq']} cannot be settled: {exc}") from None
     return b"".join(items)
@@ -474,7 +477,19 @@ def settle(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[R
     for event in events:
         if event.type != "telematics":
             raise ProtocolError(f"payload seq {event.seq} is a {event.type}, not a telematics report")
-    result = _send(ctx, ctx.contract(CONTRACT).functions.settle(packed_reports(events)))
+    contract = ctx.contract(CONTRACT)
+    terms: dict[int, bytes] = {}
+
+    def terms_of(policy_id: int) -> bytes:
+        # An unknown policy gets terms that match no seal: the contract refuses the report with its reason.
+        if policy_id not in terms:
+            try:
+                terms[policy_id] = bytes(contract.functions.telematicsTerms(policy_id).call())
+            except ContractLogicError:
+                terms[policy_id] = UNKNOWN_TERMS["telematics"]
+        return terms[policy_id]
+
+    result = _send(ctx, contract.functions.settle(packed_reports(events, terms_of)))
     outcomes = [
         ReportOutcome(int(a["policyId"]), int(a["seq"]), True, "", int(a["amount"]), int(a["factorBps"]))
         for a in events_in(ctx, CONTRACT, result.receipt, "PremiumCharged")

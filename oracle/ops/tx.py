@@ -10,6 +10,7 @@ from typing import Any
 from iotsettle.oracle.chain.send import Decode, send_call, send_many
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.ops.sentences import DecodedRevert, RevertDecoder
+from iotsettle.oracle.protocol import premium
 from iotsettle.oracle.protocol.errors import ChainError
 from web3.contract.contract import ContractFunction
 from web3.exceptions import LogTopicError, MismatchedABI
@@ -62,7 +63,8 @@ def transact(ctx: OpsContext, call: ContractFunction, contract: str, *, value: i
 
 
 def events_in(ctx: OpsContext, contract: str, receipt: dict[str, Any], event: str) -> list[dict[str, Any]]:
-    """Decoded ``event`` logs of ``contract`` in a receipt, as plain dicts of arguments."""
+    """Decoded ``event`` logs of ``contract`` in a receipt, as plain dicts of arguments (a ``PremiumCharged``
+    record expanded into its named fields, ``iotsettle.oracle.protocol.premium``)."""
     handle = getattr(ctx.contract(contract).events, event)()
     address = ctx.address(contract).lower()
     out: list[dict[str, Any]] = []
@@ -70,7 +72,7 @@ def events_in(ctx: OpsContext, contract: str, receipt: dict[str, Any], event: st
         if str(entry["address"]).lower() != address:
             continue
         try:
-            out.append(dict(handle.process_log(entry)["args"]))
+            out.append(premium.expand(event, handle.process_log(entry)["args"]))
         except (MismatchedABI, LogTopicError):  # another event of the same contract
             continue
     return out

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from eth_hash.auto import keccak
 from iotsettle.oracle.device.keys import DeviceKey
+from iotsettle.oracle.protocol import premium
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.location import location_bytes32
 from iotsettle.oracle.testing.stack import Deployment
@@ -78,6 +80,18 @@ def test_motor_policy_charges_per_km_with_the_factor_explained(cli, deployment, 
     assert [(r["seq"], r["settled"], r["factor"], r["amount"]) for r in out["results"]] == [
         (1, True, "×0.90", str(450 * CENT)),
         (2, True, "×1.1669", str(2058 * CENT // 10)),
+    ]
+    # the contract's record words, read raw from the chain, decode with the one Python layout
+    charged = w3.eth.get_logs(
+        {
+            "address": motor,
+            "fromBlock": 0,
+            "topics": ["0x" + keccak(b"PremiumCharged(uint256,uint256,uint256)").hex(), f"0x{policy_id:064x}"],
+        }
+    )
+    assert [(premium.unpack(bytes(e["data"][:32])), int.from_bytes(e["data"][32:], "big")) for e in charged] == [
+        (premium.PremiumRecord(1, 100_000, 0, 0, 9_000), 450 * CENT),
+        (premium.PremiumRecord(2, 12_400, 2, 1, 11_669), 2058 * CENT // 10),
     ]
 
     shown = cli.ok(["policy", "show", str(policy_id)])

@@ -58,7 +58,7 @@ contract MotorInsuranceTest is MotorFixture {
         uint256 amount
     ) internal {
         vm.expectEmit(address(motor));
-        emit IMotorInsurance.PremiumCharged(t.policyId, t.seq, metres, harsh, speeding, factorBps, amount);
+        emit IMotorInsurance.PremiumCharged(t.policyId, _record(t.seq, metres, harsh, speeding, factorBps), amount);
         _settle(t);
     }
 
@@ -403,8 +403,9 @@ contract MotorInsuranceTest is MotorFixture {
     {
         vm.recordLogs();
         _settle(signTelematics(vehicleKey, p, 1, uint64(block.timestamp), odometer, harsh, speeding));
-        (,,,, factor, amount) =
-            abi.decode(vm.getRecordedLogs()[0].data, (uint64, uint64, uint32, uint32, uint16, uint256));
+        uint256 record;
+        (record, amount) = abi.decode(vm.getRecordedLogs()[0].data, (uint256, uint256));
+        factor = uint16(record >> 48);
     }
 
     function _checkFactor(uint16 factor, uint16 minF, uint16 maxF, uint16 step, uint64 metres, uint256 events)
@@ -521,13 +522,13 @@ contract MotorInsuranceTest is MotorFixture {
         batch[2] = _report(2, START + 5_000, 0, 0); // odometer below the last: rollback
         batch[3] = _report(3, START + 30_000, 0, 0);
         vm.expectEmit(address(motor));
-        emit IMotorInsurance.PremiumCharged(id, 1, 10_000, 0, 0, MIN, 800);
+        emit IMotorInsurance.PremiumCharged(id, _record(1, 10_000, 0, 0, MIN), 800);
         vm.expectEmit(address(motor));
         emit IMotorInsurance.TelematicsRejected(id, 1, IDeviceEvents.RejectReason.Replayed);
         vm.expectEmit(address(motor));
         emit IMotorInsurance.TelematicsRejected(id, 2, IDeviceEvents.RejectReason.CounterRollback);
         vm.expectEmit(address(motor));
-        emit IMotorInsurance.PremiumCharged(id, 3, 20_000, 0, 0, MIN, 1_600);
+        emit IMotorInsurance.PremiumCharged(id, _record(3, 20_000, 0, 0, MIN), 1_600);
         vm.prank(relayer);
         assertEq(motor.settle(packReports(batch)), 2);
         assertEq(motor.policyOf(id).charged, 2_400);
@@ -719,7 +720,7 @@ contract MotorInsuranceTest is MotorFixture {
     function test_Settle_ShortPrepaidLapsesAndRecordsArrears() public {
         // 2000 km clean = 2000 × 100 × 0.8 = 160_000 > 100_000 prepaid
         vm.expectEmit(address(motor));
-        emit IMotorInsurance.PremiumCharged(id, 1, 2_000_000, 0, 0, MIN, 160_000);
+        emit IMotorInsurance.PremiumCharged(id, _record(1, 2_000_000, 0, 0, MIN), 160_000);
         vm.expectEmit(address(motor));
         emit IMotorInsurance.PolicyLapsed(id, 60_000);
         _settle(_report(1, START + 2_000_000, 0, 0));
@@ -744,7 +745,7 @@ contract MotorInsuranceTest is MotorFixture {
         vm.expectEmit(address(motor));
         emit IMotorInsurance.TelematicsRejected(id, 2, IDeviceEvents.RejectReason.Suspended);
         vm.expectEmit(address(motor));
-        emit IMotorInsurance.PremiumCharged(other, 1, 10_000, 0, 0, MIN, 800);
+        emit IMotorInsurance.PremiumCharged(other, _record(1, 10_000, 0, 0, MIN), 800);
         vm.prank(relayer);
         assertEq(motor.settle(packReports(batch)), 2);
         assertEq(motor.policyOf(other).prepaid, DEPOSIT - 800, "the other policy is charged as usual");
@@ -1003,16 +1004,84 @@ contract MotorInsuranceTest is MotorFixture {
 
     // ---------------------------------------------------------------- packed batch
 
-    /// @dev A batch cut short (not a multiple of 128 bytes) reverts whole: no item of it settles.
+    /// @dev A batch cut short (not a multiple of 174 bytes) reverts whole: no item of it settles.
     function test_Settle_MalformedBatchReverts() public {
         bytes memory packed = packReports(oneReport(_report(1, START + 1_000, 0, 0)));
         bytes memory cut = new bytes(packed.length - 1);
         for (uint256 i = 0; i < cut.length; ++i) {
             cut[i] = packed[i];
         }
-        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.MalformedBatch.selector, uint256(127)));
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.MalformedBatch.selector, uint256(173)));
         motor.settle(cut);
         assertEq(motor.settle(packReports(oneReport(_report(1, START + 1_000, 0, 0)))), 1, "the whole item settles");
+    }
+
+    // ---------------------------------------------------------------- terms carried by the relayer
+
+    /// @dev Attack: the relayer sends its own terms beside a report (a rate of 1, a start odometer just below the
+    /// report so almost no distance is priced, the widest factor band, no closeAt). The policy keeps the terms of
+    /// the offer: the report is charged exactly as with the true terms, and the policy's state is the same.
+    function test_Attack_RelayerPassesFalseTermsChargesTheTrueTerms() public {
+        IMotorInsurance.SignedTelematics memory t = _report(1, START + 50_000, 2, 1);
+        uint256 snap = vm.snapshotState();
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.PremiumCharged(id, _record(1, 50_000, 2, 1, 14_000), 7_000);
+        vm.prank(relayer);
+        assertEq(motor.settle(packReportsWith(oneReport(t), motor.telematicsTerms(id))), 1);
+        bytes32 honest = keccak256(abi.encode(motor.policyOf(id)));
+
+        vm.revertToState(snap);
+        bytes[4] memory lies = [
+            abi.encodePacked(uint128(1), _termsWord(MIN, MAX, STEP, START, 0, 0, 0)),
+            abi.encodePacked(RATE, _termsWord(MIN, MAX, STEP, START + 49_999, 2, 1, 0)),
+            abi.encodePacked(RATE, _termsWord(1, 1, 0, START, 0, 0, 0)),
+            new bytes(46)
+        ];
+        for (uint256 i = 0; i < lies.length; ++i) {
+            vm.revertToState(snap);
+            vm.expectEmit(address(motor));
+            emit IMotorInsurance.PremiumCharged(id, _record(1, 50_000, 2, 1, 14_000), 7_000);
+            vm.prank(relayer);
+            assertEq(motor.settle(packReportsWith(oneReport(t), lies[i])), 1, "settles on the true terms");
+            assertEq(keccak256(abi.encode(motor.policyOf(id))), honest, "same policy state as with the true terms");
+        }
+    }
+
+    /// @dev Attack: after a close request the relayer still sends the terms of before (no closeAt), to settle a
+    /// report signed after closeAt. The sealed terms changed with the request: the old ones do not match, and the
+    /// report is refused with AfterEnd as with the true terms.
+    function test_Attack_RelayerPassesTermsFromBeforeTheCloseRequest() public {
+        bytes memory before = motor.telematicsTerms(id);
+        vm.prank(holder);
+        motor.requestClose(id);
+        uint64 closeAt = motor.policyOf(id).closeAt;
+        assertTrue(keccak256(motor.telematicsTerms(id)) != keccak256(before), "the terms name the closeAt");
+        vm.warp(closeAt + 1);
+        IMotorInsurance.SignedTelematics memory late = _report(1, START + 1_000, 0, 0);
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.TelematicsRejected(id, 1, IDeviceEvents.RejectReason.AfterEnd);
+        vm.prank(relayer);
+        assertEq(motor.settle(packReportsWith(oneReport(late), before)), 0, "refused: signed after closeAt");
+    }
+
+    /// @dev The terms a relayer sends are the offer's, packed as {IMotorInsurance.telematicsTerms} documents.
+    function test_TelematicsTerms_AreTheOffersTermsPacked() public {
+        assertEq(motor.telematicsTerms(id), abi.encodePacked(RATE, _termsWord(MIN, MAX, STEP, START, 0, 0, 0)));
+        vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.UnknownPolicy.selector, uint256(7)));
+        motor.telematicsTerms(7);
+    }
+
+    function _termsWord(
+        uint16 minF,
+        uint16 maxF,
+        uint16 step,
+        uint64 startOdometer,
+        uint32 startHarsh,
+        uint32 startSpeeding,
+        uint64 closeAt
+    ) internal pure returns (uint240) {
+        return uint240(minF) | (uint240(maxF) << 16) | (uint240(step) << 32) | (uint240(startOdometer) << 48)
+            | (uint240(startHarsh) << 112) | (uint240(startSpeeding) << 144) | (uint240(closeAt) << 176);
     }
 
     /// @dev The balances are derived from the premiums owed (floor F of the last totals) and the money in: they add
@@ -1063,7 +1132,7 @@ contract MotorInsuranceTest is MotorFixture {
         uint256 amount = uint256(type(uint64).max) * type(uint128).max * 50_000 / 1e7;
         vm.expectEmit(address(motor));
         emit IMotorInsurance.PremiumCharged(
-            p, type(uint64).max, type(uint64).max, type(uint32).max, type(uint32).max, 50_000, amount
+            p, _record(type(uint64).max, type(uint64).max, type(uint32).max, type(uint32).max, 50_000), amount
         );
         _settle(t);
         IMotorInsurance.Policy memory pol = motor.policyOf(p);
@@ -1083,11 +1152,12 @@ contract MotorInsuranceTest is MotorFixture {
                 uint256 p = openPolicy(registerVehicle(key), RATE, MIN, MAX, STEP, START, DEPOSIT);
                 batch[i] = signTelematics(key, p, 1, uint64(block.timestamp), START + 12_345 + uint64(i), 1, 0);
             }
-            bytes memory data = abi.encodeCall(motor.settle, (packReports(batch)));
+            bytes memory packed = packReports(batch); // before cooling: the terms view reads the policies
+            bytes memory data = abi.encodeCall(motor.settle, (packed));
             vm.cool(address(motor));
             vm.cool(address(registry));
             vm.prank(relayer);
-            assertEq(motor.settle(packReports(batch)), n);
+            assertEq(motor.settle(packed), n);
             uint256 txGas = 21_000 + calldataGas(data) + vm.lastCallGas().gasTotalUsed;
             emit log_named_uint(string.concat("settle: tx gas per report, batch of ", vm.toString(n)), txGas / n);
             assertLt(txGas / n, 60_000, "per-report gas stays bounded");

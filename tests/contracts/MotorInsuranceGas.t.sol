@@ -12,7 +12,7 @@ contract MotorInsuranceGasTest is MotorFixture {
     /// @dev The product goal (issue 14).
     uint256 internal constant TARGET_PER_REPORT = 18_000;
     /// @dev What this code measures today, plus a little slack: a regression guard, not the goal.
-    uint256 internal constant CEILING_PER_REPORT = 24_800;
+    uint256 internal constant CEILING_PER_REPORT = 21_800;
 
     /// @dev The steady state the product runs in: every policy already has a settled report, and the batch settles
     /// the next one of each (100 policies, 100 vehicles), each with distance and one new behaviour event.
@@ -32,12 +32,15 @@ contract MotorInsuranceGasTest is MotorFixture {
         for (uint256 i = 0; i < n; ++i) {
             batch[i] = signTelematics(keys[i], ids[i], 2, uint64(block.timestamp), 1_023_456 + uint64(i), 1, 1);
         }
-        bytes memory data = _settleCalldata(batch);
+        // Packed (the terms read through the view) before the storage is cooled: the view must not warm a slot
+        // that settle then reads.
+        bytes memory packed = packReports(batch);
+        bytes memory data = abi.encodeCall(motor.settle, (packed));
         vm.cool(address(motor));
         vm.cool(address(registry));
         vm.cool(address(token));
         vm.prank(relayer);
-        assertEq(_settleBatch(batch), n, "every report settles");
+        assertEq(motor.settle(packed), n, "every report settles");
         uint256 txGas = 21_000 + calldataGas(data) + vm.lastCallGas().gasTotalUsed;
         console.log("steady state: settle batch", n);
         console.log("  calldata gas per report", calldataGas(data) / n);
@@ -47,10 +50,6 @@ contract MotorInsuranceGasTest is MotorFixture {
         for (uint256 i = 0; i < n; ++i) {
             assertEq(motor.policyOf(ids[i]).lastSeq, 2, "the second report of every policy settled");
         }
-    }
-
-    function _settleCalldata(IMotorInsurance.SignedTelematics[] memory batch) internal view returns (bytes memory) {
-        return abi.encodeCall(motor.settle, (packReports(batch)));
     }
 
     function _settleBatch(IMotorInsurance.SignedTelematics[] memory batch) internal returns (uint256) {

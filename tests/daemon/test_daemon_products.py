@@ -27,6 +27,7 @@ from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.planner import Planner, PlannerSettings
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, evaluate
+from iotsettle.oracle.daemon.settler import terms_reader
 from iotsettle.oracle.daemon.store import (
     _MIGRATIONS,
     COLUMNS,
@@ -40,10 +41,10 @@ from iotsettle.oracle.daemon.store import (
     extra_fields,
 )
 from iotsettle.oracle.ops.crop import packed_observations
-from iotsettle.oracle.protocol import eip712, wire
+from iotsettle.oracle.protocol import eip712, premium, wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.kinds import KINDS
-from iotsettle.oracle.protocol.packed import item_size, pack_item
+from iotsettle.oracle.protocol.packed import UNKNOWN_TERMS, item_size, pack_item
 from iotsettle.oracle.testing.devices import Publisher
 from iotsettle.oracle.testing.wait import wait_for
 from web3 import Web3
@@ -400,23 +401,26 @@ def test_batch_calldata_and_outcome_logs_follow_the_product_abi(test_config: Con
         values = [(Web3.to_checksum_address(v[0].to_bytes(20, "big")), *v[1:]) for v in values]
     function = KINDS[kind].batch_function
     # telematics reports and weather observations go in packed batches (their signed fields at the contract's
-    # widths, then r ‖ vs: IMotorInsurance.settle, ICropInsurance.record); the others as ABI structs
+    # widths, then r ‖ vs: IMotorInsurance.settle, ICropInsurance.record); a report then carries its policy's terms
+    # (174 bytes a report: without a terms reader each carries the unknown terms)
     assert spec.packed == (kind in ("telematics", "weather"))
     if spec.packed:
-        packed = b"".join(pack_item(kind, v[:-2], v[-2], v[-1]) for v in values)
-        assert len(packed) == item_size(kind) * len(events)
+        packed = b"".join(pack_item(kind, v[:-2], v[-2], v[-1], UNKNOWN_TERMS.get(kind)) for v in values)
+        assert len(packed) == item_size(kind) * len(events) and item_size("telematics") == 174
         expected = contract.encode_abi(function, args=[packed])
     else:
         expected = contract.encode_abi(function, args=[values])
     assert "0x" + spec.calldata([spec.item(e) for e in events]).hex() == expected
-    # one settled and one rejected log as the contract emits them: topic 1 = target, data word 0 = seq
+    # one settled and one rejected log as the contract emits them: topic 1 = target, data word 0 = seq (for
+    # PremiumCharged the record word, seq in its top 64 bits)
     settled, rejected = (KINDS[kind].settled_event, KINDS[kind].rejected_event)
     first, second = events[0], events[1]
+    word0 = premium.pack(first.seq, 1_000, 1, 0, 12_000) if kind == "telematics" else first.seq
     logs = [
         {
             "address": CONTRACT,
             "topics": ["0x" + spec.settled_topic.hex(), "0x" + first.target_id.to_bytes(32, "big").hex()],
-            "data": "0x" + first.seq.to_bytes(32, "big").hex() + "00" * 32 * 5,
+            "data": "0x" + word0.to_bytes(32, "big").hex() + "00" * 32 * 5,
         },
         {
             "address": CONTRACT,
@@ -682,3 +686,54 @@ def test_vehicle_reports_and_station_observations_settle_through_the_daemon(
     dead = events.pop(3)
     assert dead.status is EventStatus.DEAD and (dead.reason or "").startswith("UnknownTarget")
     assert {e.status for e in events} <= {EventStatus.SETTLED, EventStatus.FINAL}
+
+
+def test_telematics_items_carry_the_terms_of_their_policy(test_config: Config) -> None:
+    ensure_compiled(test_config)
+    abi = load_artifact(test_config, "MotorInsurance")["abi"]
+    asked: list[int] = []
+
+    def terms_of(policy_id: int) -> bytes:
+        asked.append(policy_id)
+        return policy_id.to_bytes(46, "big")
+
+    spec = KindSpec.from_abi("telematics", CONTRACT, abi, terms_of)
+    event = stored_random("telematics", random.Random(3))
+    item = spec.item(event)
+    assert (len(item), item[128:], asked) == (174, event.target_id.to_bytes(46, "big"), [event.target_id])
+
+
+def test_the_daemon_sends_each_report_with_its_policys_sealed_terms(deployment: Any, registry: ChainRegistry) -> None:
+    _require(deployment, "MotorInsurance", "TestToken")
+    chain = deployment.chain
+    motor, token = deployment.contract("MotorInsurance"), deployment.contract("TestToken")
+    holder = Account.from_key(ANVIL_DEV_KEYS[2])
+
+    def tx(account: Any, call: Any) -> dict[str, Any]:
+        return send(chain, account, call.build_transaction({"from": account.address}))
+
+    vehicle = registry.register(DeviceKind.VEHICLE)
+    rate, factors = 10**16, (8_000, 15_000, 100)
+    offer = motor.functions.offer(holder.address, vehicle.address, token.address, rate, *factors, 0, 0, 0, 0)
+    receipt = tx(OWNER, offer)
+    policy = motor.events.PolicyOffered().process_receipt(receipt)[0]["args"]["policyId"]
+    tx(holder, token.functions.mint(holder.address, 10**20))
+    tx(holder, token.functions.approve(motor.address, 10**20))
+    tx(holder, motor.functions.accept(policy, 10**20, 0, 0, 0))
+
+    terms_of = terms_reader(chain.w3, motor.address, motor.abi, "telematics")
+    assert terms_of is not None
+    assert terms_of(policy) == bytes(motor.functions.telematicsTerms(policy).call())
+    assert terms_of((int(vehicle.address, 16) << 96) | 999_999) == UNKNOWN_TERMS["telematics"]
+
+    # the same report with the sealed terms and with unknown ones: the contract prices both alike (the relayer
+    # cannot change an outcome) but reads two more slots for the unknown terms
+    now = int(chain.w3.eth.get_block("latest")["timestamp"])
+    event = wire.decode(vehicle.telematics(1, 1_000, 0, 0, policy=policy, timestamp=now))
+    *fields, r, vs = event.contract_tuple()
+    gas = {}
+    for name, terms in (("sealed", terms_of(policy)), ("unknown", None)):
+        call = motor.functions.settle(pack_item("telematics", fields, r, vs, terms))
+        assert call.call({"from": OWNER.address}) == 1, name
+        gas[name] = call.estimate_gas({"from": OWNER.address})
+    assert gas["unknown"] - gas["sealed"] > 3_000, gas

@@ -29,6 +29,8 @@ contract MotorHandler is Test {
     mapping(uint256 id => uint32) internal harshOf;
     mapping(uint256 id => uint32) internal speedingOf;
     mapping(uint256 id => mapping(uint64 seq => uint256)) public consumed;
+    /// @dev The terms a relayer fetched when the policy opened: stale once a close was requested.
+    mapping(uint256 id => bytes) internal termsAtOffer;
     IMotorInsurance.SignedTelematics[] internal signedSoFar;
 
     mapping(uint256 id => uint256) public ghostDeposited;
@@ -59,10 +61,12 @@ contract MotorHandler is Test {
         IMotorInsurance.Policy memory p = motor.policyOf(id);
         (odometerOf[id], harshOf[id], speedingOf[id]) = (p.startOdometer, p.startHarsh, p.startSpeeding);
         ghostDeposited[id] += deposit;
+        termsAtOffer[id] = motor.telematicsTerms(id);
     }
 
-    /// @dev The vehicle signs new cumulative registers; the batch also carries a replay of an earlier report and
-    /// the fresh report twice, and sometimes rolls a register back.
+    /// @dev The vehicle signs new cumulative registers; the batch also carries a replay of an earlier report (sent
+    /// with the terms of the offer, stale after a close request) and the fresh report twice (with the current
+    /// terms, then with none), and sometimes rolls a register back.
     function report(
         uint256 idSeed,
         uint32 metres,
@@ -85,9 +89,10 @@ contract MotorHandler is Test {
 
         IMotorInsurance.SignedTelematics memory fresh = _sign(keyOf[id], id, ++seqOf[id], odometer, h, s);
         signedSoFar.push(fresh);
-        _relay(signedSoFar[replaySeed % signedSoFar.length]);
-        _relay(fresh);
-        _relay(fresh);
+        IMotorInsurance.SignedTelematics memory replayed = signedSoFar[replaySeed % signedSoFar.length];
+        _relay(replayed, termsAtOffer[replayed.policyId]);
+        _relay(fresh, motor.telematicsTerms(id));
+        _relay(fresh, new bytes(46));
     }
 
     /// @dev Someone without the vehicle's key reports a clean, short trip to pay less: never settles.
@@ -98,7 +103,7 @@ contract MotorHandler is Test {
         );
         IMotorInsurance.SignedTelematics[] memory one = new IMotorInsurance.SignedTelematics[](1);
         one[0] = t;
-        if (motor.settle(PackedReports.pack(one)) != 0) ++forgedSettled;
+        if (motor.settle(PackedReports.pack(IMotorInsurance(address(motor)), one)) != 0) ++forgedSettled;
     }
 
     function _sign(uint256 key, uint256 id, uint64 seq, uint64 odometer, uint32 h, uint32 s)
@@ -110,11 +115,11 @@ contract MotorHandler is Test {
         (t.r, t.vs) = vm.signCompact(key, motor.hashTelematics(id, seq, t.timestamp, odometer, h, s));
     }
 
-    function _relay(IMotorInsurance.SignedTelematics memory t) internal {
+    function _relay(IMotorInsurance.SignedTelematics memory t, bytes memory terms) internal {
         IMotorInsurance.Policy memory before = motor.policyOf(t.policyId);
         IMotorInsurance.SignedTelematics[] memory one = new IMotorInsurance.SignedTelematics[](1);
         one[0] = t;
-        if (motor.settle(PackedReports.pack(one)) == 0) return;
+        if (motor.settle(PackedReports.pack(one, terms)) == 0) return;
         IMotorInsurance.Policy memory after_ = motor.policyOf(t.policyId);
         if (++consumed[t.policyId][t.seq] > 1) ++doubleSettlement;
         if (
@@ -168,6 +173,7 @@ contract MotorHandler is Test {
         ids.push(id);
         keyOf[id] = key;
         ghostDeposited[id] += deposit;
+        termsAtOffer[id] = motor.telematicsTerms(id);
     }
 
     /// @dev Holder or insurer asks to close; after a random wait anyone closes. Only one call in four goes ahead,
@@ -483,7 +489,7 @@ contract MotorRelayHandler is Test {
     }
 
     function _settle(uint256 id, IMotorInsurance.SignedTelematics[] memory batch) internal {
-        settledReports += motor.settle(PackedReports.pack(batch));
+        settledReports += motor.settle(PackedReports.pack(IMotorInsurance(address(motor)), batch));
         IMotorInsurance.Policy memory p = motor.policyOf(id);
         uint256 metres = p.lastOdometer - p.startOdometer;
         uint256 events = uint256(p.lastHarsh) + p.lastSpeeding - p.startHarsh - p.startSpeeding;

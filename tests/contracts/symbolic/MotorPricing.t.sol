@@ -7,16 +7,18 @@ import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {MotorInsurance} from "../../../contracts/MotorInsurance.sol";
 import {IDeviceRegistry} from "../../../contracts/interfaces/IDeviceRegistry.sol";
 
-/// @dev Exposes the one pricing function of MotorInsurance, floor(F(metres, events)) of a policy's terms.
+/// @dev Exposes the one pricing function of MotorInsurance, `_price`, as floor(F(metres, events)) of a policy's
+/// terms: the totals of a policy that started at zero (its terms word holds only the factor terms).
 contract MotorPricingHarness is MotorInsurance {
     constructor() MotorInsurance(IDeviceRegistry(address(0xdead))) {}
 
     function cumulativePremium(uint256 metres, uint256 events, uint256 rate, uint256 minF, uint256 maxF, uint256 step)
         external
         pure
-        returns (uint256)
+        returns (uint256 owed)
     {
-        return _cumulativePremium(metres, events, rate, minF, maxF, step);
+        uint256 terms = uint16(minF) | (uint256(uint16(maxF)) << 16) | (uint256(uint16(step)) << 32);
+        (,, owed) = _price(terms, rate, 0, 0, metres, events);
     }
 }
 

@@ -42,9 +42,27 @@ abstract contract MotorFixture is Fixture {
         batch[0] = t;
     }
 
-    /// @dev The packed batch {MotorInsurance.settle} takes.
-    function packReports(IMotorInsurance.SignedTelematics[] memory batch) internal pure returns (bytes memory) {
-        return PackedReports.pack(batch);
+    /// @dev The packed batch {MotorInsurance.settle} takes, each report with its policy's sealed terms.
+    function packReports(IMotorInsurance.SignedTelematics[] memory batch) internal view returns (bytes memory) {
+        return PackedReports.pack(motor, batch);
+    }
+
+    /// @dev The packed batch with the relayer's own `terms` (46 bytes) beside every report.
+    function packReportsWith(IMotorInsurance.SignedTelematics[] memory batch, bytes memory terms)
+        internal
+        pure
+        returns (bytes memory)
+    {
+        return PackedReports.pack(batch, terms);
+    }
+
+    /// @dev The `record` word of a {IMotorInsurance.PremiumCharged} event.
+    function _record(uint64 seq, uint64 metres, uint32 harsh, uint32 speeding, uint16 factorBps)
+        internal
+        pure
+        returns (uint256)
+    {
+        return PackedReports.record(seq, metres, harsh, speeding, factorBps);
     }
 
     function registerVehicle(uint256 key) internal returns (address) {
