@@ -55,10 +55,29 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
         view
         returns (RejectReason)
     {
-        (address signer, RejectReason reason) = _recoverSigner(structHash, r, vs);
-        if (reason != RejectReason.None) return reason;
-        return _checkKey(_keyRecord(signer), device, kindMask, timestamp);
+        // The third value (the offending s or length) is only needed for revert messages; reasons carry no data.
+        // slither-disable-next-line unused-return
+        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(_hashTypedDataV4(structHash), r, vs);
+        if (err != ECDSA.RecoverError.NoError) {
+            return err == ECDSA.RecoverError.InvalidSignatureS
+                ? RejectReason.SignatureMalleable
+                : RejectReason.SignatureInvalid;
+        }
+        (address keyDevice, uint256 kind, uint256 status, uint256 retiredAt) = _keyInfo(signer);
+        if (status == uint256(IDeviceRegistry.KeyStatus.None)) return RejectReason.UnknownKey;
+        if (keyDevice != device) return RejectReason.WrongDevice;
+        if (status != uint256(IDeviceRegistry.KeyStatus.Current)) {
+            // retiredAt is a uint64 block time: adding one hour cannot overflow a uint256.
+            if (timestamp > retiredAt || block.timestamp > retiredAt + SETTLEMENT_GRACE) {
+                return status == uint256(IDeviceRegistry.KeyStatus.Rotated)
+                    ? RejectReason.KeyRotated
+                    : RejectReason.DeviceRevoked;
+            }
+        }
+        if ((kindMask >> kind) & 1 == 0) return RejectReason.WrongDeviceKind;
+        return RejectReason.None;
     }
+
 
     /// @dev {_checkSigner} with a local cache of the registry's answer for Current keys, for products whose
     /// devices sign many events. `keyEpoch` must be `_REGISTRY.keyEpoch()` read in this transaction (once per
@@ -78,18 +97,37 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
         uint64 timestamp,
         uint256 keyEpoch
     ) internal returns (RejectReason) {
-        (address signer, RejectReason reason) = _recoverSigner(structHash, r, vs);
-        if (reason != RejectReason.None) return reason;
-        return _checkKey(_cachedKeyRecord(signer, keyEpoch), device, kindMask, timestamp);
+        // As {_checkSigner}, with the key's record from the cache (tests/contracts/KeyCache.t.sol checks that both
+        // give the same verdict in every registry state).
+        // slither-disable-next-line unused-return
+        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(_hashTypedDataV4(structHash), r, vs);
+        if (err != ECDSA.RecoverError.NoError) {
+            return err == ECDSA.RecoverError.InvalidSignatureS
+                ? RejectReason.SignatureMalleable
+                : RejectReason.SignatureInvalid;
+        }
+        (address keyDevice, uint256 kind, uint256 status, uint256 retiredAt) = _cachedKeyInfo(signer, keyEpoch);
+        if (status == uint256(IDeviceRegistry.KeyStatus.None)) return RejectReason.UnknownKey;
+        if (keyDevice != device) return RejectReason.WrongDevice;
+        if (status != uint256(IDeviceRegistry.KeyStatus.Current)) {
+            // retiredAt is a uint64 block time: adding one hour cannot overflow a uint256.
+            if (timestamp > retiredAt || block.timestamp > retiredAt + SETTLEMENT_GRACE) {
+                return status == uint256(IDeviceRegistry.KeyStatus.Rotated)
+                    ? RejectReason.KeyRotated
+                    : RejectReason.DeviceRevoked;
+            }
+        }
+        if ((kindMask >> kind) & 1 == 0) return RejectReason.WrongDeviceKind;
+        return RejectReason.None;
     }
 
     /// @dev Fill the cache entry of `key` now (the registry's answer at its current epoch, as an event would), so
     /// that the first event of a device does not pay for the new slot: for products that learn the key when an
     /// agreement is made.
     function _warmKeyCache(address key) internal {
-        // The record is only wanted for its side effect on the cache.
+        // The answer is only wanted for its side effect on the cache.
         // slither-disable-next-line unused-return
-        _cachedKeyRecord(key, _registryKeyEpoch());
+        _cachedKeyInfo(key, _registryKeyEpoch());
     }
 
     /// @dev The registry's retirement counter ({IDeviceRegistry.keyEpoch}), for {_checkSignerCached}.
@@ -97,26 +135,12 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
         return _REGISTRY.keyEpoch();
     }
 
-    /// @dev ECDSA recovery of the EIP-712 digest of `structHash`; the reason is None or a signature reason.
-    function _recoverSigner(bytes32 structHash, bytes32 r, bytes32 vs)
+    /// @dev `keyInfo(key)` from the cache when its entry carries `keyEpoch`, else from the registry (refreshing
+    /// the entry when the key is Current).
+    function _cachedKeyInfo(address key, uint256 keyEpoch)
         private
-        view
-        returns (address signer, RejectReason reason)
+        returns (address device, uint256 kind, uint256 status, uint256 retiredAt)
     {
-        ECDSA.RecoverError err;
-        // The third value (the offending s or length) is only needed for revert messages; reasons carry no data.
-        // slither-disable-next-line unused-return
-        (signer, err,) = ECDSA.tryRecover(_hashTypedDataV4(structHash), r, vs);
-        if (err != ECDSA.RecoverError.NoError) {
-            reason = err == ECDSA.RecoverError.InvalidSignatureS
-                ? RejectReason.SignatureMalleable
-                : RejectReason.SignatureInvalid;
-        }
-    }
-
-    /// @dev The key record of `key` from the cache when its entry carries `keyEpoch`, else from the registry
-    /// (refreshing the entry when the key is Current).
-    function _cachedKeyRecord(address key, uint256 keyEpoch) private returns (uint256 record) {
         bytes32 base = _KEY_CACHE_SLOT;
         bytes32 slot;
         uint256 entry;
@@ -128,49 +152,30 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
         }
         // A Current key's device is never zero, so a zero entry (never written) cannot pass for epoch 0.
         if (entry != 0 && entry >> 168 == keyEpoch) {
-            return uint168(entry) | (uint256(IDeviceRegistry.KeyStatus.Current) << 168);
+            return (address(uint160(entry)), uint8(entry >> 160), uint256(IDeviceRegistry.KeyStatus.Current), 0);
         }
-        record = _keyRecord(key);
-        if ((record >> 168) & 0xff == uint256(IDeviceRegistry.KeyStatus.Current)) {
-            // A Current key has retiredAt 0, so its record is device | kind | status; keyEpoch < 2^64.
-            uint256 fresh = uint168(record) | (keyEpoch << 168);
+        (device, kind, status, retiredAt) = _keyInfo(key);
+        if (status == uint256(IDeviceRegistry.KeyStatus.Current)) {
+            // keyEpoch < 2^64 and kind < 2^8: the entry fits 232 bits.
+            uint256 fresh = uint256(uint160(device)) | (kind << 160) | (keyEpoch << 168);
             assembly ("memory-safe") {
                 sstore(slot, fresh)
             }
         }
     }
 
-    /// @dev The verdict on a key record (`device 0..159 | kind 160..167 | status 168..175 | retiredAt 176..239`, as
-    /// the registry packs it), as {_checkSigner} documents it.
-    function _checkKey(uint256 record, address device, uint256 kindMask, uint64 timestamp)
-        private
-        view
-        returns (RejectReason)
-    {
-        uint256 status = (record >> 168) & 0xff;
-        if (status == uint256(IDeviceRegistry.KeyStatus.None)) return RejectReason.UnknownKey;
-        if (address(uint160(record)) != device) return RejectReason.WrongDevice;
-        if (status != uint256(IDeviceRegistry.KeyStatus.Current)) {
-            uint256 retiredAt = record >> 176;
-            // retiredAt is a uint64 block time: adding one hour cannot overflow a uint256.
-            if (timestamp > retiredAt || block.timestamp > retiredAt + SETTLEMENT_GRACE) {
-                return status == uint256(IDeviceRegistry.KeyStatus.Rotated)
-                    ? RejectReason.KeyRotated
-                    : RejectReason.DeviceRevoked;
-            }
-        }
-        if ((kindMask >> ((record >> 160) & 0xff)) & 1 == 0) return RejectReason.WrongDeviceKind;
-        return RejectReason.None;
-    }
-
-    /// @dev `IDeviceRegistry.keyInfo(key)` packed as the registry stores it (see {_checkKey}), called in assembly
-    /// (arguments in scratch space, the 4-word answer read from
+    /// @dev `IDeviceRegistry.keyInfo(key)` in assembly (arguments in scratch space, the 4-word answer read from
     /// free memory): the high-level call costs ~340 gas more per event in ABI encoding, memory and enum checks, and
     /// this runs once per settled event. The registry is the trusted, immutable contract given at construction; a
     /// failing or short answer reverts the whole call.
-    function _keyRecord(address key) private view returns (uint256 record) {
+    function _keyInfo(address key)
+        private
+        view
+        returns (address device, uint256 kind, uint256 status, uint256 retiredAt)
+    {
         address reg = address(_REGISTRY);
         bytes4 selector = IDeviceRegistry.keyInfo.selector;
+        uint256 word0;
         assembly ("memory-safe") {
             let fmp := mload(0x40)
             mstore(0x00, selector)
@@ -179,12 +184,12 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
             // 0x60 is never touched.
             let ok := staticcall(gas(), reg, 0x00, 0x24, fmp, 0x80)
             if iszero(and(ok, iszero(lt(returndatasize(), 0x80)))) { revert(0, 0) }
-            // The registry ABI-encodes an address, two uint8 enums and a uint64: each fits its field.
-            record := or(
-                or(and(mload(fmp), 0xffffffffffffffffffffffffffffffffffffffff), shl(160, mload(add(fmp, 0x20)))),
-                or(shl(168, mload(add(fmp, 0x40))), shl(176, mload(add(fmp, 0x60))))
-            )
+            word0 := mload(fmp)
+            kind := mload(add(fmp, 0x20))
+            status := mload(add(fmp, 0x40))
+            retiredAt := mload(add(fmp, 0x60))
         }
+        device = address(uint160(word0));
     }
 
     /// @dev The timestamp rule: not beyond block.timestamp + MAX_CLOCK_SKEW, not before `notBefore`.

@@ -59,9 +59,15 @@ contract KeyCacheTest is Fixture {
         return uint256(vm.load(target, keccak256(abi.encode(key, CACHE_BASE))));
     }
 
+    /// @dev The reading three times in one batch: batches of three or more check keys through the cache (smaller
+    /// ones ask the registry); the copies after the first are refused (Replayed once it settled) and change nothing.
     function _settleOne(IMeteredBilling.SignedReading memory rd) internal returns (uint256) {
+        IMeteredBilling.SignedReading[] memory batch = new IMeteredBilling.SignedReading[](3);
+        batch[0] = rd;
+        batch[1] = rd;
+        batch[2] = rd;
         vm.prank(relayer);
-        return billing.settle(oneReading(rd));
+        return billing.settle(packReadings(batch));
     }
 
     function _expectRefused(IMeteredBilling.SignedReading memory rd, IDeviceEvents.RejectReason reason) internal {
