@@ -76,7 +76,7 @@ interface IMeteredBilling is IDeviceEvents, IPullPayments {
     /// @notice Readings moved their registers to new values: one log per transaction, `records` packed back to
     /// back, 49 bytes each: agreementId (32) ‖ seq (5) ‖ amount (12), integers big-endian, in batch order; `amount`
     /// was billed from the agreement's prepaid balance. One log instead of one per reading saves ≈ 1,300 gas a
-    /// reading; readers decode the records (`iotsettle.oracle.protocol.settled_records`) and filter by agreement.
+    /// reading; readers decode the records (`iotsettle.oracle.protocol.settled`) and filter by agreement.
     event ReadingsSettled(bytes records);
     /// @notice A batch item was skipped; nothing changed for it.
     event ReadingRejected(uint256 indexed agreementId, uint64 seq, RejectReason reason);
