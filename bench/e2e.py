@@ -4,8 +4,8 @@ Pieces, all usable on their own (the smoke test drives them on the test stack):
 
 - ``DaemonProcess``: the oracle daemon exactly as operators run it (``python -m iotsettle.cli.oracle run``, its own
   process, configured through ``IOTSETTLE_*``), with its CPU time read from /proc.
-- ``Watcher``: a thread that follows the chain head and records, for each ``ReadingSettled`` /
-  ``DeliveryConfirmed`` log, the wall-clock time its receipt became visible.
+- ``Watcher``: a thread that follows the chain head and records, for each record of a ``ReadingsSettled`` batch
+  log and each ``DeliveryConfirmed`` log, the wall-clock time its receipt became visible.
 - ``publish_paced``: one device-side MQTT client publishing pre-signed payloads at a fixed offered rate (QoS 1).
 - ``paid_latencies``: publish → paid per event. Meters sign their cumulative register, so a reading is paid once
   any reading of its agreement with the same or a higher seq has settled (the planner may settle only the newest
@@ -33,6 +33,7 @@ import requests
 from iotsettle.oracle.chain import logs as chain_logs
 from iotsettle.oracle.chain.node import free_port
 from iotsettle.oracle.chain.rpc import RpcClient
+from iotsettle.oracle.protocol import settled as settled_log
 from iotsettle.oracle.protocol.errors import IotSettleError
 
 log = logging.getLogger(__name__)
@@ -197,8 +198,7 @@ class Watcher:
             for entry in logs:
                 topic = entry["topics"][0].lower()
                 if topic in self.seen and entry["address"].lower() == self.topics[topic]:
-                    # indexed id in topics[1]; seq is the first data word of both events
-                    self.seen[topic].append(((int(entry["topics"][1], 16), int(entry["data"][2:66], 16)), now))
+                    self.seen[topic] += [(key, now) for key in _settled_keys(entry)]
             self.transactions |= new_txs
             self.gas_used += sum(int(r["gasUsed"], 16) for r in receipts if r)
         self.next_block = head + 1
@@ -213,6 +213,14 @@ class Published:
     key: Key
     kind: str  # "reading" | "delivery"
     at: float
+
+
+def _settled_keys(entry: dict[str, Any]) -> list[Key]:
+    """(id, seq) of what one settlement log paid: every record of a ReadingsSettled batch log, or the indexed id
+    (topics[1]) and the first data word (seq) of a per-item log."""
+    if bytes.fromhex(entry["topics"][0][2:]) == settled_log.TOPIC:
+        return [(r.agreement_id, r.seq) for r in settled_log.decode_log_data(bytes.fromhex(entry["data"][2:]))]
+    return [(int(entry["topics"][1], 16), int(entry["data"][2:66], 16))]
 
 
 def publish_paced(

@@ -9,8 +9,8 @@
 
 No batching, no intake queue, no durable store in either: the figures they give are the ceilings of those designs
 on this machine, measured in the same run and on the same chain as the daemon. Both check every receipt the same
-way: a reading counts as settled when its receipt succeeded and carries its ``ReadingSettled`` log, and a second
-settlement of the same (agreement, seq) counts as a failure (every event must be paid exactly once).
+way: a reading counts as settled when its receipt succeeded and carries its record in the ``ReadingsSettled`` log,
+and a second settlement of the same (agreement, seq) counts as a failure (every event must be paid exactly once).
 
 Like the daemon, it runs in a process of its own (``NaiveRelayProcess`` → ``python -m bench.naive``), so
 the benchmark's publisher and chain watcher do not compete with it for one interpreter. The relayer key comes in
@@ -37,7 +37,7 @@ import paho.mqtt.client as mqtt
 import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from iotsettle.oracle.protocol import wire
+from iotsettle.oracle.protocol import settled, wire
 from iotsettle.oracle.protocol.errors import IotSettleError, ProtocolError
 from web3 import HTTPProvider, Web3
 from web3.exceptions import TransactionNotFound, Web3Exception
@@ -98,8 +98,9 @@ class NaiveRelay:
             self.failed += len(self._in_flight)  # sent and never mined
 
     def _record(self, receipt: Any, key: tuple[int, int]) -> None:
-        logs = self.billing.events.ReadingSettled().process_receipt(receipt) if receipt["status"] == 1 else ()
-        paid = any((e.args["agreementId"], e.args["seq"]) == key for e in logs)
+        logs = self.billing.events.ReadingsSettled().process_receipt(receipt) if receipt["status"] == 1 else ()
+        records = [r for e in logs for r in settled.decode_records(bytes(e.args["records"]))]
+        paid = any((r.agreement_id, r.seq) == key for r in records)
         if paid and key not in self.settled:
             self.settled[key] = time.time()
         else:

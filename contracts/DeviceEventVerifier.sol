@@ -26,6 +26,10 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
 
     IDeviceRegistry internal immutable _REGISTRY;
 
+    /// @dev Base of the key cache of {_checkSignerCached}: a namespaced location, outside the storage layout of
+    /// every derived contract.
+    bytes32 private constant _KEY_CACHE_SLOT = keccak256("iotsettle.DeviceEventVerifier.keyCache");
+
     error ZeroRegistry();
 
     constructor(IDeviceRegistry registry_) EIP712("iotsettle", "1") {
@@ -72,6 +76,92 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
         }
         if ((kindMask >> kind) & 1 == 0) return RejectReason.WrongDeviceKind;
         return RejectReason.None;
+    }
+
+
+    /// @dev {_checkSigner} with a local cache of the registry's answer for Current keys, for products whose
+    /// devices sign many events. `keyEpoch` must be `_REGISTRY.keyEpoch()` read in this transaction (once per
+    /// batch: {_registryKeyEpoch}). An entry is `device (bits 0..159) | kind (160..167) | epoch (168..231)` and is
+    /// trusted only while its epoch equals the registry's: every rotation and revocation bumps it, so a retired key
+    /// falls back to the registry in the very next transaction and gets the same verdict as {_checkSigner}. Entries
+    /// are written only here, from the registry's own answer for a Current key, at a namespaced slot
+    /// (keccak256(abi.encode(key, _KEY_CACHE_SLOT))) no other storage of a derived contract can reach. Retired keys
+    /// are never cached. The first event of a key pays for the new slot (≈ 20,000 gas once), an event after any
+    /// retirement in the registry pays the registry call and a rewrite (≈ 2,900); every other event saves the call.
+    function _checkSignerCached(
+        bytes32 structHash,
+        bytes32 r,
+        bytes32 vs,
+        address device,
+        uint256 kindMask,
+        uint64 timestamp,
+        uint256 keyEpoch
+    ) internal returns (RejectReason) {
+        // As {_checkSigner}, with the key's record from the cache (tests/contracts/KeyCache.t.sol checks that both
+        // give the same verdict in every registry state).
+        // slither-disable-next-line unused-return
+        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(_hashTypedDataV4(structHash), r, vs);
+        if (err != ECDSA.RecoverError.NoError) {
+            return err == ECDSA.RecoverError.InvalidSignatureS
+                ? RejectReason.SignatureMalleable
+                : RejectReason.SignatureInvalid;
+        }
+        (address keyDevice, uint256 kind, uint256 status, uint256 retiredAt) = _cachedKeyInfo(signer, keyEpoch);
+        if (status == uint256(IDeviceRegistry.KeyStatus.None)) return RejectReason.UnknownKey;
+        if (keyDevice != device) return RejectReason.WrongDevice;
+        if (status != uint256(IDeviceRegistry.KeyStatus.Current)) {
+            // retiredAt is a uint64 block time: adding one hour cannot overflow a uint256.
+            if (timestamp > retiredAt || block.timestamp > retiredAt + SETTLEMENT_GRACE) {
+                return status == uint256(IDeviceRegistry.KeyStatus.Rotated)
+                    ? RejectReason.KeyRotated
+                    : RejectReason.DeviceRevoked;
+            }
+        }
+        if ((kindMask >> kind) & 1 == 0) return RejectReason.WrongDeviceKind;
+        return RejectReason.None;
+    }
+
+    /// @dev Fill the cache entry of `key` now (the registry's answer at its current epoch, as an event would), so
+    /// that the first event of a device does not pay for the new slot: for products that learn the key when an
+    /// agreement is made.
+    function _warmKeyCache(address key) internal {
+        // The answer is only wanted for its side effect on the cache.
+        // slither-disable-next-line unused-return
+        _cachedKeyInfo(key, _registryKeyEpoch());
+    }
+
+    /// @dev The registry's retirement counter ({IDeviceRegistry.keyEpoch}), for {_checkSignerCached}.
+    function _registryKeyEpoch() internal view returns (uint256) {
+        return _REGISTRY.keyEpoch();
+    }
+
+    /// @dev `keyInfo(key)` from the cache when its entry carries `keyEpoch`, else from the registry (refreshing
+    /// the entry when the key is Current).
+    function _cachedKeyInfo(address key, uint256 keyEpoch)
+        private
+        returns (address device, uint256 kind, uint256 status, uint256 retiredAt)
+    {
+        bytes32 base = _KEY_CACHE_SLOT;
+        bytes32 slot;
+        uint256 entry;
+        assembly ("memory-safe") {
+            mstore(0x00, key)
+            mstore(0x20, base)
+            slot := keccak256(0x00, 0x40)
+            entry := sload(slot)
+        }
+        // A Current key's device is never zero, so a zero entry (never written) cannot pass for epoch 0.
+        if (entry != 0 && entry >> 168 == keyEpoch) {
+            return (address(uint160(entry)), uint8(entry >> 160), uint256(IDeviceRegistry.KeyStatus.Current), 0);
+        }
+        (device, kind, status, retiredAt) = _keyInfo(key);
+        if (status == uint256(IDeviceRegistry.KeyStatus.Current)) {
+            // keyEpoch < 2^64 and kind < 2^8: the entry fits 232 bits.
+            uint256 fresh = uint256(uint160(device)) | (kind << 160) | (keyEpoch << 168);
+            assembly ("memory-safe") {
+                sstore(slot, fresh)
+            }
+        }
     }
 
     /// @dev `IDeviceRegistry.keyInfo(key)` in assembly (arguments in scratch space, the 4-word answer read from

@@ -27,6 +27,8 @@ contract DeviceRegistry is IDeviceRegistry, EIP712 {
 
     mapping(address device => Device) private _devices;
     mapping(address key => KeyRecord) private _keys;
+    /// @dev Bumped by every retirement (rotation or revocation): see {keyEpoch}.
+    uint64 private _keyEpoch;
 
     constructor() EIP712("iotsettle", "1") {}
 
@@ -68,9 +70,10 @@ contract DeviceRegistry is IDeviceRegistry, EIP712 {
         old.retiredAt = uint64(block.timestamp);
         _keys[newKey] = KeyRecord({device: device, kind: d.kind, status: KeyStatus.Current, retiredAt: 0});
         d.key = newKey;
-        // A device cannot be rotated 2^32 times: each rotation costs a transaction and a fresh key.
+        // A device cannot be rotated 2^32 times, nor the registry retire 2^64 keys: each costs a transaction.
         unchecked {
             d.rotations += 1;
+            ++_keyEpoch;
         }
         emit KeyRotated(device, oldKey, newKey);
     }
@@ -82,6 +85,10 @@ contract DeviceRegistry is IDeviceRegistry, EIP712 {
         KeyRecord storage k = _keys[d.key];
         k.status = KeyStatus.Revoked;
         k.retiredAt = uint64(block.timestamp);
+        // Cannot reach 2^64: each retirement costs a transaction.
+        unchecked {
+            ++_keyEpoch;
+        }
         emit DeviceRevoked(device, d.key);
     }
 
@@ -113,6 +120,11 @@ contract DeviceRegistry is IDeviceRegistry, EIP712 {
         }
         return
             (address(uint160(word)), DeviceKind(uint8(word >> 160)), KeyStatus(uint8(word >> 168)), uint64(word >> 176));
+    }
+
+    /// @inheritdoc IDeviceRegistry
+    function keyEpoch() external view returns (uint64) {
+        return _keyEpoch;
     }
 
     /// @inheritdoc IDeviceRegistry

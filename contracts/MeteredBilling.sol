@@ -62,6 +62,16 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     /// @notice Bytes per reading in {settle}'s packed batch.
     uint256 public constant PACKED_READING_SIZE = 114;
 
+    /// @notice Bytes per record in a {ReadingsSettled} log: agreementId 32 | seq 5 | amount 12.
+    uint256 public constant SETTLED_RECORD_SIZE = 49;
+
+    /// @dev Batches of at least this many readings check keys through the cache (one registry read for the epoch,
+    /// then a local slot per key); smaller ones and the single-reading functions call the registry per reading.
+    uint256 private constant _CACHED_BATCH = 3;
+
+    /// @dev Not an epoch (the registry's is a uint64): the signer check goes to the registry.
+    uint256 private constant _NO_KEY_CACHE = type(uint256).max;
+
     /// @dev The `closing` byte of a {Meter} word (bits 200..207).
     uint256 private constant _CLOSING_MASK = uint256(0xff) << 200;
 
@@ -109,6 +119,8 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
         IDeviceRegistry.Device memory d = _REGISTRY.deviceOf(device);
         if (d.status != IDeviceRegistry.DeviceStatus.Active) revert UnknownDevice(device);
         if ((_METER_KINDS >> uint8(d.kind)) & 1 == 0) revert WrongDeviceKind(device);
+        // The provider pays for the meter key's cache slot here, once, rather than its first reading.
+        _warmKeyCache(d.key);
 
         agreementId = (uint256(uint160(device)) << 96) | (uint256(tariffId) << 64) | ++_agreementCount;
         _terms[agreementId] = Terms({
@@ -198,32 +210,60 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     function settle(bytes calldata readings) external returns (uint256 settled) {
         uint256 len = readings.length;
         if (len % PACKED_READING_SIZE != 0) revert MalformedBatch(len);
+        // One registry read per batch: the key cache is trusted only at the registry's current epoch. Below
+        // _CACHED_BATCH readings that read costs more than the registry calls it saves.
+        uint256 keyEpoch = len < _CACHED_BATCH * PACKED_READING_SIZE ? _NO_KEY_CACHE : _registryKeyEpoch();
+        // The {ReadingsSettled} records, written in place: each record's second word spills 15 zero bytes into
+        // the next record (or past the end, into unallocated memory), and the length is cut to what settled.
+        uint256 cursor;
+        {
+            // len is a whole number of items (checked above): the division is exact.
+            // slither-disable-next-line divide-before-multiply
+            bytes memory buffer = new bytes((len / PACKED_READING_SIZE) * SETTLED_RECORD_SIZE);
+            assembly ("memory-safe") {
+                cursor := add(buffer, 0x20)
+            }
+        }
         for (uint256 p = 0; p < len; p += PACKED_READING_SIZE) {
             uint256 id;
             uint256 fields;
-            bytes32 r;
-            bytes32 vs;
+            uint256 at;
             // Item layout (114 bytes): agreementId 32 | seq 5 | timestamp 5 | value 8 | r 32 | vs 32. The narrow
             // fields cannot exceed what the contract stores (seq and timestamp 40 bits, value 64 bits), so the
             // range checks of the struct form are not needed here.
             assembly ("memory-safe") {
-                let at := add(readings.offset, p)
+                at := add(readings.offset, p)
                 id := calldataload(at)
                 fields := calldataload(add(at, 0x20))
-                r := calldataload(add(at, 0x32))
-                vs := calldataload(add(at, 0x52))
             }
             uint256 seq = fields >> 216;
-            RejectReason reason =
-                _settle(id, seq, uint40(fields >> 176), uint64(fields >> 112), r, vs);
+            (RejectReason reason, uint256 billed) =
+                _settle(id, seq, uint40(fields >> 176), uint64(fields >> 112), at + 0x32, keyEpoch);
             if (reason == RejectReason.None) {
-                // Bounded by the batch length.
+                // Record: agreementId 32 | seq 5 | amount 12 (seq < 2^40, billed <= prepaid < 2^96).
+                assembly ("memory-safe") {
+                    mstore(cursor, id)
+                    mstore(add(cursor, 0x20), or(shl(216, seq), shl(120, billed)))
+                }
+                // Bounded by the batch length and the allocation.
                 unchecked {
+                    cursor += SETTLED_RECORD_SIZE;
                     ++settled;
                 }
             } else {
                 emit ReadingRejected(id, uint64(seq), reason);
             }
+        }
+        if (settled != 0) {
+            // The buffer starts `settled` records before the cursor; shortening it in place keeps the records of
+            // the settled readings only.
+            bytes memory records;
+            assembly ("memory-safe") {
+                let size := mul(settled, SETTLED_RECORD_SIZE)
+                records := sub(sub(cursor, size), 0x20)
+                mstore(records, size)
+            }
+            emit ReadingsSettled(records);
         }
     }
 
@@ -231,6 +271,12 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     function settleReading(SignedReading calldata reading) external {
         RejectReason reason = _settleChecked(reading);
         if (reason != RejectReason.None) revert EventRejected(reading.agreementId, reading.seq, reason);
+    }
+
+    /// @dev Emit the one-record {ReadingsSettled} of a reading settled alone.
+    function _settledAlone(uint256 id, uint256 seq, uint256 billed) private {
+        // seq < 2^40 and billed <= prepaid < 2^96 once settled.
+        emit ReadingsSettled(abi.encodePacked(id, uint40(seq), uint96(billed)));
     }
 
     /// @dev The struct form carries wider fields (uint64 seq and timestamp, uint256 value) than the packed one:
@@ -251,7 +297,15 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
                 ? RejectReason.ValueOutOfRange
                 : RejectReason.TimestampInFuture;
         }
-        return _settle(rd.agreementId, seq, timestamp, value, rd.r, rd.vs);
+        uint256 sig;
+        // r and vs are the struct's last two words, back to back in calldata as in a packed item.
+        assembly ("memory-safe") {
+            sig := add(rd, 0x80)
+        }
+        (RejectReason reason, uint256 billed) =
+            _settle(rd.agreementId, seq, timestamp, value, sig, _NO_KEY_CACHE);
+        if (reason == RejectReason.None) _settledAlone(rd.agreementId, seq, billed);
+        return reason;
     }
 
     /// @dev Checks in order of cost; a reading already consumed reports Replayed whatever the status is now, so
@@ -261,9 +315,12 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     /// otherwise load and store each packed field separately. Layout, low bits first, as Solidity packs {Meter}:
     /// prepaid 0..95 | lastValue 96..159 | lastSeq 160..199 | closing 200..207 | lastTimestamp 208..247 |
     /// status 248..255. The terms slot holding `closeAt` is read only when `closing` is set.
-    function _settle(uint256 id, uint256 seq, uint256 timestamp, uint256 value, bytes32 r, bytes32 vs)
+    /// `sig` is the calldata offset of the signature r ‖ vs (32 bytes each). `keyEpoch` is the registry's
+    /// {IDeviceRegistry.keyEpoch} read in this transaction, or _NO_KEY_CACHE to ask the registry directly. The caller
+    /// emits the {ReadingsSettled} record of `billed`.
+    function _settle(uint256 id, uint256 seq, uint256 timestamp, uint256 value, uint256 sig, uint256 keyEpoch)
         private
-        returns (RejectReason reason)
+        returns (RejectReason reason, uint256 billed)
     {
         Meter storage slot = _meters[id];
         uint256 word;
@@ -271,12 +328,31 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
             word := sload(slot.slot)
         }
         reason = _checkReading(word, id, seq, timestamp, value);
-        if (reason != RejectReason.None) return reason;
-        reason = _checkSigner(
-            _readingHash(id, seq, timestamp, value), r, vs, address(uint160(id >> 96)), _METER_KINDS, uint64(timestamp)
-        );
-        if (reason != RejectReason.None) return reason;
-        _bill(slot, word, id, seq, timestamp, value);
+        if (reason != RejectReason.None) return (reason, 0);
+        reason = _checkReadingSigner(id, seq, timestamp, value, sig, keyEpoch);
+        if (reason != RejectReason.None) return (reason, 0);
+        billed = _bill(slot, word, id, seq, timestamp, value);
+    }
+
+    /// @dev The signature of the reading, against the device the agreement id names (see {_settle}).
+    function _checkReadingSigner(
+        uint256 id,
+        uint256 seq,
+        uint256 timestamp,
+        uint256 value,
+        uint256 sig,
+        uint256 keyEpoch
+    ) private returns (RejectReason) {
+        bytes32 structHash = _readingHash(id, seq, timestamp, value);
+        bytes32 r;
+        bytes32 vs;
+        assembly ("memory-safe") {
+            r := calldataload(sig)
+            vs := calldataload(add(sig, 0x20))
+        }
+        address device = address(uint160(id >> 96));
+        if (keyEpoch == _NO_KEY_CACHE) return _checkSigner(structHash, r, vs, device, _METER_KINDS, uint64(timestamp));
+        return _checkSignerCached(structHash, r, vs, device, _METER_KINDS, uint64(timestamp), keyEpoch);
     }
 
     /// @dev Everything but the signature, against the agreement's {Meter} word.
@@ -301,10 +377,11 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     /// @dev Bill the delta and write the {Meter} word back in one SSTORE.
     function _bill(Meter storage slot, uint256 word, uint256 id, uint256 seq, uint256 timestamp, uint256 value)
         private
+        returns (uint256 billed)
     {
         uint256 cost = _readingCost(id, uint64(word >> 96), uint64(value));
         uint256 prepaid = uint96(word);
-        uint256 billed = cost;
+        billed = cost;
         uint256 status = word >> 248;
         if (cost > prepaid) {
             billed = prepaid;
@@ -318,7 +395,6 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
         assembly ("memory-safe") {
             sstore(slot.slot, word)
         }
-        emit ReadingSettled(id, uint64(seq), billed);
         if (billed != cost) {
             uint256 arrears = _terms[id].arrears + (cost - billed);
             _terms[id].arrears = arrears;

@@ -90,6 +90,12 @@ interface IDeviceRegistry is ICommonErrors {
         view
         returns (address device, DeviceKind kind, KeyStatus status, uint64 retiredAt);
 
+    /// @notice A counter bumped by every {rotateKey} and {revoke}: the only calls that change the record of a key
+    /// that is Current ({register} only turns an unknown key Current; kinds never change). A product may cache
+    /// `keyInfo` of a Current key stamped with this value and trust it only while the value is unchanged, so a
+    /// retirement reaches every cache in the very next transaction.
+    function keyEpoch() external view returns (uint64);
+
     /// @notice The EIP-712 digest a device key signs to consent to registration.
     function hashRegistration(address device, address owner, DeviceKind kind, bytes32 metadataHash, uint64 deadline)
         external

@@ -73,8 +73,11 @@ interface IMeteredBilling is IDeviceEvents, IPullPayments {
     event AgreementAccepted(uint256 indexed agreementId, uint256 deposit);
     /// @notice `amount` arrived; `arrearsPaid` of it went to the provider first.
     event ToppedUp(uint256 indexed agreementId, address indexed from, uint256 amount, uint256 arrearsPaid);
-    /// @notice A reading moved the register to a new value; `amount` was billed from the prepaid balance.
-    event ReadingSettled(uint256 indexed agreementId, uint64 seq, uint256 amount);
+    /// @notice Readings moved their registers to new values: one log per transaction, `records` packed back to
+    /// back, 49 bytes each: agreementId (32) ‖ seq (5) ‖ amount (12), integers big-endian, in batch order; `amount`
+    /// was billed from the agreement's prepaid balance. One log instead of one per reading saves ≈ 1,300 gas a
+    /// reading; readers decode the records (`iotsettle.oracle.protocol.settled`) and filter by agreement.
+    event ReadingsSettled(bytes records);
     /// @notice A batch item was skipped; nothing changed for it.
     event ReadingRejected(uint256 indexed agreementId, uint64 seq, RejectReason reason);
     /// @notice The prepaid balance ran out; `arrears` is the total still owed. Readings are refused until a top-up.
@@ -126,11 +129,12 @@ interface IMeteredBilling is IDeviceEvents, IPullPayments {
     /// timestamp (5) ‖ value (8) ‖ r (32) ‖ vs (32), integers big-endian. The signed Reading is the same as in
     /// {settleReading}; the packed form only narrows seq and timestamp to 40 bits and value to 64 bits, the ranges
     /// the contract accepts. Reverts with {MalformedBatch} when the length is not a multiple of 114; bad items are
-    /// skipped with a {ReadingRejected} event.
+    /// skipped with a {ReadingRejected} event
+    /// each; the settled ones are reported together in one {ReadingsSettled} event at the end.
     /// @return settled how many readings were settled.
     function settle(bytes calldata readings) external returns (uint256 settled);
 
-    /// @notice Bill one reading; reverts with {EventRejected} if it cannot. Emits a {ReadingSettled} event.
+    /// @notice Bill one reading; reverts with {EventRejected} if it cannot. Emits a {ReadingsSettled} event with one record.
     function settleReading(SignedReading calldata reading) external;
 
     /// @notice Provider withdraws everything billed and not yet withdrawn; reverts with {NoEarnings} when there is
@@ -151,7 +155,7 @@ interface IMeteredBilling is IDeviceEvents, IPullPayments {
     /// now, without the notice period: `closeAt` becomes the block time (or stays, if already earlier). It pays
     /// nothing: readings signed by `closeAt` keep settling during the grace and the refund comes from {close}.
     /// Reverts with {EventRejected} if the reading cannot settle (AfterEnd once `closeAt` has passed). Emits
-    /// {ReadingSettled} and, when `closeAt` moves, {CloseRequested} events.
+    /// {ReadingsSettled} (one record) and, when `closeAt` moves, {CloseRequested} events.
     function closeWithReading(SignedReading calldata reading) external returns (uint64 closeAt);
 
     function agreementOf(uint256 agreementId) external view returns (Agreement memory);

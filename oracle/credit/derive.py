@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from eth_utils import to_checksum_address
+from iotsettle.oracle.protocol import settled
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.errors import ChainError
 
@@ -32,7 +33,7 @@ TIMED_EVENTS = frozenset(
     {
         "DeviceRegistered",
         "DeviceRevoked",
-        "ReadingSettled",
+        settled.EVENT,
         "DeliveryConfirmed",
         "PremiumCharged",
         "ObservationRecorded",
@@ -50,7 +51,8 @@ TIMED_EVENTS = frozenset(
 
 @dataclass(frozen=True)
 class ChainLog:
-    """One decoded log; ``key`` (block, logIndex) orders and identifies it within a chain."""
+    """One decoded log, or one record of a ``ReadingsSettled`` batch log (``record`` = its index in the log);
+    ``key`` (block, logIndex), or (block, logIndex, record) for a record, orders and identifies it within a chain."""
 
     block: int
     log_index: int
@@ -58,10 +60,13 @@ class ChainLog:
     contract: str
     event: str
     args: Mapping[str, Any] = field(compare=False, hash=False)
+    record: int | None = None
 
     @property
-    def key(self) -> tuple[int, int]:
-        return (self.block, self.log_index)
+    def key(self) -> tuple[int, ...]:
+        if self.record is None:
+            return (self.block, self.log_index)
+        return (self.block, self.log_index, self.record)
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,7 @@ class Profile:
 
     subject: str
     values: Mapping[str, Any]
-    evidence: Mapping[str, frozenset[tuple[int, int]]]
+    evidence: Mapping[str, frozenset[tuple[int, ...]]]
     money: frozenset[str]
 
 
@@ -93,7 +98,7 @@ class _Figures:
 
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
-        self.evidence: dict[str, set[tuple[int, int]]] = defaultdict(set)
+        self.evidence: dict[str, set[tuple[int, ...]]] = defaultdict(set)
         self.money: set[str] = set()
 
     def _note(self, path: str, logs: Iterable[ChainLog]) -> None:
@@ -206,7 +211,7 @@ _CONSUMER = _Prepaid(
     offered="AgreementOffered",
     accepted="AgreementAccepted",
     topped_up="ToppedUp",
-    charged="ReadingSettled",
+    charged=settled.EVENT,
     suspended="AgreementSuspended",
     resumed="AgreementResumed",
     closed="AgreementClosed",
@@ -363,7 +368,8 @@ class _World:
     covers: dict[int, ChainLog] = field(default_factory=dict)
     loans: dict[int, ChainLog] = field(default_factory=dict)
     #: (tx, log index, target) of charges the prepaid balance could not cover (a suspension / lapse log follows).
-    ran_dry: set[tuple[str, int, int]] = field(default_factory=set)
+    #: the charges that ran the balance dry, by (tx hash, log index, record or None, agreement / policy id)
+    ran_dry: set[tuple[str, int, int | None, int]] = field(default_factory=set)
 
     def time_of(self, entry: ChainLog) -> int:
         try:
@@ -382,6 +388,7 @@ def _world(subject: str, ordered: list[ChainLog], times: Mapping[int, int], end_
     w = _World(subject, ordered, times, end_time, payees_of(subject, ordered))
     offered = {p.offered: p for p in _PREPAID}
     suspended = {p.suspended: p for p in _PREPAID}
+    dry_batches: set[tuple[str, int]] = set()
     for e in ordered:
         a = e.args
         if e.event in offered:
@@ -389,7 +396,11 @@ def _world(subject: str, ordered: list[ChainLog], times: Mapping[int, int], end_
             w.offers[product.contract][int(a[product.id_field])] = e
         elif e.event in suspended:
             product = suspended[e.event]
-            w.ran_dry.add((e.tx_hash, e.log_index - 1, int(a[product.id_field])))
+            if product.charged == settled.EVENT:
+                # the batch log comes after the suspension: the agreement's last record in the transaction
+                dry_batches.add((e.tx_hash, int(a[product.id_field])))
+            else:  # a per-report log: the charge is the log just before the lapse
+                w.ran_dry.add((e.tx_hash, e.log_index - 1, None, int(a[product.id_field])))
         match e.event:
             case "DeviceRegistered" if a["owner"] == subject:
                 w.devices.setdefault(a["device"], e)
@@ -403,6 +414,12 @@ def _world(subject: str, ordered: list[ChainLog], times: Mapping[int, int], end_
                 w.covers[int(a["policyId"])] = e
             case "LoanOffered" if a["borrower"] == subject:
                 w.loans[int(a["loanId"])] = e
+    last_record: dict[tuple[str, int], ChainLog] = {}
+    for e in ordered:
+        if e.event == settled.EVENT and (e.tx_hash, int(e.args["agreementId"])) in dry_batches:
+            last_record[(e.tx_hash, int(e.args["agreementId"]))] = e
+    for (tx_hash, target), e in last_record.items():
+        w.ran_dry.add((tx_hash, e.log_index, e.record, target))
     return w
 
 
@@ -427,7 +444,7 @@ def _settled_device(f: _Figures, w: _World, e: ChainLog) -> str | None:
     """The owned device a settled event names, after adding its volume; None for other events and devices."""
     a = e.args
     match e.event:
-        case "ReadingSettled":
+        case settled.EVENT:
             device = _device_of_id(int(a["agreementId"]))
             offer = w.offers[_CONSUMER.contract].get(int(a["agreementId"]))
             if device in w.devices and offer is not None:
@@ -466,7 +483,7 @@ def _devices(f: _Figures, w: _World) -> None:
         f.set(f"{base}.registeredBlock", reg.block, reg)
         f.set(f"{base}.registeredAt", w.time_of(reg), reg)
         f.zero(f"{base}.keyRotations", f"{base}.revokedAt", f"{base}.settled.events")
-    settled: dict[str, list[ChainLog]] = defaultdict(list)
+    settled_of: dict[str, list[ChainLog]] = defaultdict(list)
     revoked: dict[str, ChainLog] = {}
     for e in w.ordered:
         if e.event in ("KeyRotated", "DeviceRevoked") and e.args["device"] in w.devices:
@@ -481,10 +498,10 @@ def _devices(f: _Figures, w: _World) -> None:
             continue
         named = _settled_device(f, w, e)
         if named is not None:
-            settled[named].append(e)
+            settled_of[named].append(e)
             f.add(f"devices.items.{named}.settled.events", 1, e)
     for device, reg in w.devices.items():
-        _uptime(f, w, f"devices.items.{device}.uptime", reg, revoked.get(device), settled.get(device, []))
+        _uptime(f, w, f"devices.items.{device}.uptime", reg, revoked.get(device), settled_of.get(device, []))
 
 
 def _uptime(
@@ -546,7 +563,7 @@ def _prepaid(f: _Figures, w: _World, p: _Prepaid) -> None:
                         f.add(path, int(a[volume]), e)
                 for path in (*_kept(p, item, p.charged_money), f"{month}.{p.charged_money}"):
                     f.money_add(path, token, int(a["amount"]), e)
-                if (e.tx_hash, e.log_index, target) not in w.ran_dry:
+                if (e.tx_hash, e.log_index, e.record, target) not in w.ran_dry:
                     for path in (*_kept(p, item, p.paid_on_time), f"{month}.{p.paid_on_time}"):
                         f.add(path, 1, e)
             case p.suspended:

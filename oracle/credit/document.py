@@ -44,21 +44,21 @@ DEFINITIONS: dict[str, str] = {
     "register keys it controls). keyRotations = KeyRotated events, revokedAt = time of DeviceRevoked.",
     "devices.uptime": "Share of UTC buckets (days; hours for devices younger than 7 days at the end of the range or "
     "at revocation) from the registration bucket to the end bucket inclusive that hold at least "
-    "one settled event naming the device: ReadingSettled / PremiumCharged (device = top 160 bits "
+    "one settled event naming the device: a ReadingsSettled record / PremiumCharged (device = top 160 bits "
     "of the agreement / policy id), DeliveryConfirmed (device of the escrow's EscrowCreated), "
     "ObservationRecorded (station = device). bps = active × 10000 ÷ buckets, rounded down. The "
     "evidence of `active` is the first settled event of each active bucket.",
-    "devices.settled": "events = settled events naming the device; billed = ReadingSettled amounts (meters: the "
-    "event carries money, not register units); deliveries / released = DeliveryConfirmed count "
+    "devices.settled": "events = settled events naming the device; billed = ReadingsSettled record amounts "
+    "(meters: the record carries money, not register units); deliveries / released = DeliveryConfirmed count "
     "and toSeller; metres = PremiumCharged metres; rainfall = last − first ObservationRecorded "
     "rainfall register in the range (0.01 mm).",
     "consumer": "MeteredBilling agreements whose AgreementOffered names the subject as consumer. deposited = "
-    "AgreementAccepted deposit + ToppedUp amounts (whoever paid); billed = ReadingSettled amounts (taken "
+    "AgreementAccepted deposit + ToppedUp amounts (whoever paid); billed = ReadingsSettled record amounts (taken "
     "from the prepaid balance); arrearsIncurred = AgreementSuspended arrears; arrearsPaid = ToppedUp "
     "arrearsPaid.",
     "consumer.paidOnTime": "A settled reading is paid on time when the prepaid balance covered its whole cost when "
-    "it was settled on chain, i.e. its ReadingSettled is not followed in the same transaction "
-    "(next log) by AgreementSuspended for the same agreement. A reading that ran the balance "
+    "it was settled on chain, i.e. it is not the agreement's last ReadingsSettled record of a "
+    "transaction that also suspended the agreement (AgreementSuspended). A reading that ran the balance "
     "dry is not paid on time, even if the arrears were paid later. paidOnTimeBps = "
     "readingsPaidOnTime × 10000 ÷ readings (null without readings).",
     "consumer.suspensions": "suspensions = AgreementSuspended events (fell into arrears); resumptions = "
@@ -180,7 +180,8 @@ def document(
         "definitions": DEFINITIONS,
         "figures": _nest(values),
         "evidence": {
-            "logs": [[by_key[key].tx_hash, key[1], key[0]] for key in used],
+            # [tx hash, log index, block] and, for a record of a ReadingsSettled batch log, its index in the log
+            "logs": [[by_key[key].tx_hash, key[1], key[0], *key[2:]] for key in used],
             "figures": {path: sorted(index[key] for key in keys) for path, keys in sorted(profile.evidence.items())},
         },
     }

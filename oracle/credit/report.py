@@ -358,14 +358,15 @@ def _evidence(page: _Page) -> str:
         + "</td></tr>"
         for path, indices in sorted(page.evidence.items())
     ]
+    # each log is [tx hash, log index, block] and, for a record of a ReadingsSettled batch log, its index in the log
     log_rows = [
-        f'<tr id="log-{i}"><td>#{i}</td><td>{int(block)}</td><td><code>{escape(str(tx))}</code></td>'
-        f"<td>{int(index)}</td></tr>"
-        for i, (tx, index, block) in enumerate(logs)
+        f'<tr id="log-{i}"><td>#{i}</td><td>{int(log[2])}</td><td><code>{escape(str(log[0]))}</code></td>'
+        f"<td>{int(log[1])}{f' (record {int(log[3])})' if len(log) > 3 else ''}</td></tr>"
+        for i, log in enumerate(logs)
     ]
     return (
         '<h2 id="evidence">Evidence</h2><p class="note">Each figure above links here: the logs it rests on, by '
-        "block, transaction hash and log index in that transaction's receipt.</p>"
+        "block, transaction hash and log index in that transaction's receipt (and the record's index in a batch log).</p>"
         "<details open><summary>Figures and their logs</summary>"
         + _table(("figure", "logs"), figure_rows)
         + "</details><details open><summary>Logs</summary>"

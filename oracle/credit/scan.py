@@ -19,7 +19,7 @@ from iotsettle.oracle.chain import logs as chain_logs
 from iotsettle.oracle.chain.abi import abi_type
 from iotsettle.oracle.chain.rpc import BLOCKS_PER_BATCH, RpcClient
 from iotsettle.oracle.credit.derive import TIMED_EVENTS, ChainLog, ChainPoint, checksum, follow_ups
-from iotsettle.oracle.protocol import premium
+from iotsettle.oracle.protocol import premium, settled
 from iotsettle.oracle.protocol.errors import ChainError, IotSettleError
 
 #: The contracts a profile reads, in deployment order; one missing from the manifest is skipped.
@@ -150,7 +150,9 @@ class _Scanner:
         for _, stop, raws in chain_logs.scan_chunks(self._rpc, ref.address, ref.from_block, self._to_block, topics):
             for raw in raws:
                 event = by_topic.get(str(raw["topics"][0]).lower())
-                if event is not None:
+                if event is not None and event.name == settled.EVENT:
+                    out += _records(contract, raw)
+                elif event is not None:
                     out.append(
                         ChainLog(
                             int(raw["blockNumber"], 16),
@@ -169,10 +171,25 @@ class _Scanner:
         return out
 
     def fetch_ids(self, contract: str, events: Sequence[str], ids: Sequence[Any]) -> list[ChainLog]:
+        """``events`` whose first indexed argument is one of ``ids``; the records of a ``ReadingsSettled`` batch
+        log (no indexed id) are read in one scan and kept when their agreement is one of ``ids``."""
+        indexed = [e for e in events if e != settled.EVENT]
         out: list[ChainLog] = []
         for i in range(0, len(ids), IDS_PER_QUERY):
-            out += self.fetch(contract, events, [[chain_logs.id_topic(v) for v in ids[i : i + IDS_PER_QUERY]]])
+            out += self.fetch(contract, indexed, [[chain_logs.id_topic(v) for v in ids[i : i + IDS_PER_QUERY]]])
+        if settled.EVENT in events:
+            wanted = {int(v) for v in ids}
+            out += [e for e in self.fetch(contract, [settled.EVENT]) if int(e.args["agreementId"]) in wanted]
         return out
+
+
+def _records(contract: str, raw: Mapping[str, Any]) -> list[ChainLog]:
+    """One ChainLog per record of a raw ``ReadingsSettled`` batch log (``iotsettle.oracle.protocol.settled``)."""
+    block, index, tx = int(raw["blockNumber"], 16), int(raw["logIndex"], 16), str(raw["transactionHash"])
+    return [
+        ChainLog(block, index, tx, contract, settled.EVENT, r.args(), r.index)
+        for r in settled.decode_log_data(bytes.fromhex(str(raw["data"])[2:]))
+    ]
 
 
 def scan(

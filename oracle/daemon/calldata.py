@@ -19,7 +19,7 @@ from eth_abi import decode as abi_decode
 from eth_hash.auto import keccak
 from iotsettle.oracle.chain.abi import abi_type as _abi_type
 from iotsettle.oracle.daemon.store import StoredEvent, signed_fields
-from iotsettle.oracle.protocol import delivery_batch, premium
+from iotsettle.oracle.protocol import delivery_batch, premium, settled
 from iotsettle.oracle.protocol.errors import ChainError
 from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.protocol.packed import PACKED_WIDTHS, TERMS_SIZE, bytes_argument, pack_item
@@ -198,7 +198,8 @@ def _seq(data: bytes) -> int:
 
 
 def decode_outcomes(spec: KindSpec, logs: Sequence[Mapping[str, Any]]) -> list[ItemOutcome]:
-    """Per-item outcomes in emission order (= item order) from a receipt's logs."""
+    """Per-item outcomes from a receipt's logs: per-item logs in emission order (= item order), and the records of a
+    ``ReadingsSettled`` batch log (after the batch's refusals) in item order."""
     out: list[ItemOutcome] = []
     for entry in logs:
         if str(entry["address"]).lower() != spec.contract.lower() or not entry["topics"]:
@@ -206,8 +207,12 @@ def decode_outcomes(spec: KindSpec, logs: Sequence[Mapping[str, Any]]) -> list[I
         topic = _bytes(entry["topics"][0])
         if topic not in (spec.settled_topic, spec.rejected_topic):
             continue
-        target = int.from_bytes(_bytes(entry["topics"][1]), "big")
         data = _bytes(entry["data"])
+        if topic == settled.TOPIC:
+            # one batch log for every settled item (protocol.settled); matching is by (target, seq)
+            out += [ItemOutcome(r.agreement_id, r.seq, True) for r in settled.decode_log_data(data)]
+            continue
+        target = int.from_bytes(_bytes(entry["topics"][1]), "big")
         if topic == spec.settled_topic:
             # PremiumCharged packs the seq into its record word (protocol.premium); the other settled events
             # carry it as their first data word.

@@ -23,7 +23,7 @@ from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.demo.provision import ProvisionedFleet
 from iotsettle.oracle.ops import health, motor
 from iotsettle.oracle.ops.context import OpsContext
-from iotsettle.oracle.protocol import premium
+from iotsettle.oracle.protocol import premium, settled
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,8 @@ def settlement_logs(
     ctx: OpsContext, contract: str, events: tuple[str, ...], from_block: int, to_block: int | None = None
 ) -> list[RawEvent]:
     """``events`` of a deployed contract in blocks ``from_block``..``to_block`` (default latest), decoded from the
-    raw JSON-RPC answer; [] when the contract is not deployed."""
+    raw JSON-RPC answer, a ``ReadingsSettled`` batch log as one event per record; [] when the contract is not
+    deployed."""
     if not ctx.has(contract):
         return []
     address = ctx.address(contract)
@@ -196,7 +197,13 @@ def settlement_logs(
         if spec is None:
             continue
         name, names, types = spec
-        values = abi_decode(types, bytes.fromhex(entry["data"][2:]))
+        data = bytes.fromhex(entry["data"][2:])
+        if name == settled.EVENT:
+            # one batch log for many readings: one event per record, as the readers count them
+            tx = entry["transactionHash"]
+            out += [RawEvent(name, r.args(), tx, r.agreement_id) for r in settled.decode_log_data(data)]
+            continue
+        values = abi_decode(types, data)
         topics = entry["topics"]
         out.append(
             RawEvent(
@@ -231,7 +238,7 @@ class LogTally:
 def chain_summary(ctx: OpsContext, from_block: int) -> ChainSummary:
     """Settlement events since ``from_block`` and the gas of the transactions that carried them (the insurance
     products count when deployed)."""
-    readings = settlement_logs(ctx, "MeteredBilling", ("ReadingSettled", "ReadingRejected"), from_block)
+    readings = settlement_logs(ctx, "MeteredBilling", (settled.EVENT, "ReadingRejected"), from_block)
     deliveries = settlement_logs(ctx, "DeliveryEscrow", ("DeliveryConfirmed", "DeliveryRejected"), from_block)
     telematics = settlement_logs(ctx, "MotorInsurance", ("PremiumCharged", "TelematicsRejected"), from_block)
     weather = settlement_logs(ctx, "CropInsurance", ("ObservationRecorded", "ObservationRejected"), from_block)
@@ -245,11 +252,11 @@ def chain_summary(ctx: OpsContext, from_block: int) -> ChainSummary:
         int(receipt["gasUsed"], 16) for receipt in ctx.rpc.batch([("eth_getTransactionReceipt", [h]) for h in txs])
     )
     return ChainSummary(
-        readings_settled=sum(1 for e in readings if e.event == "ReadingSettled"),
+        readings_settled=sum(1 for e in readings if e.event == settled.EVENT),
         readings_rejected=rejected(readings, "ReadingRejected"),
         deliveries_confirmed=sum(1 for e in deliveries if e.event == "DeliveryConfirmed"),
         deliveries_rejected=rejected(deliveries, "DeliveryRejected"),
-        billed=sum(int(e.args["amount"]) for e in readings if e.event == "ReadingSettled"),
+        billed=sum(int(e.args["amount"]) for e in readings if e.event == settled.EVENT),
         released=sum(int(e.args["toSeller"]) for e in deliveries if e.event == "DeliveryConfirmed"),
         transactions=len(txs),
         gas_used=gas,

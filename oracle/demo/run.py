@@ -58,6 +58,7 @@ from iotsettle.oracle.demo.provision import (
     provision,
 )
 from iotsettle.oracle.ops.context import OpsContext, open_context
+from iotsettle.oracle.protocol import settled
 from iotsettle.oracle.protocol.errors import ConfigError, NodeError
 
 DRAIN_TIMEOUT = 30.0  # seconds at anvil's pace (``iotsettle.oracle.demo.pace``), like the other waits here
@@ -207,7 +208,7 @@ def _wait_health(child: Child, port: int, timeout: float = 60.0) -> None:
 
 #: what the live view counts on chain: payments (readings billed, deliveries paid, premiums charged) and observations
 LIVE_EVENTS: dict[str, tuple[str, ...]] = {
-    "MeteredBilling": ("ReadingSettled",),
+    "MeteredBilling": (settled.EVENT,),
     "DeliveryEscrow": ("DeliveryConfirmed",),
     "MotorInsurance": ("PremiumCharged",),
     "CropInsurance": ("ObservationRecorded",),
@@ -219,7 +220,7 @@ def _onchain_payments(tally: livestats.LogTally) -> tuple[int, int]:
     """(payments made on chain, weather observations recorded) so far."""
     counts = tally.update()
     return (
-        counts["ReadingSettled"] + counts["DeliveryConfirmed"] + counts["PremiumCharged"] + counts["SummarySettled"],
+        counts[settled.EVENT] + counts["DeliveryConfirmed"] + counts["PremiumCharged"] + counts["SummarySettled"],
         counts["ObservationRecorded"],
     )
 

@@ -15,9 +15,10 @@ from typing import Any
 from eth_utils import to_checksum_address
 from iotsettle.oracle.chain.revert import reason_label
 from iotsettle.oracle.ops.context import OpsContext
-from iotsettle.oracle.ops.events import LogEntry, fetch_logs
+from iotsettle.oracle.ops.events import LogEntry, fetch_logs, settled_records
 from iotsettle.oracle.ops.sentences import DEVICE_KINDS
 from iotsettle.oracle.ops.token_info import describe_token
+from iotsettle.oracle.protocol import settled
 from iotsettle.oracle.protocol.errors import ChainError
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ AGREEMENT_EVENTS = (
     "OfferCancelled",
     "AgreementAccepted",
     "ToppedUp",
-    "ReadingSettled",
+    settled.EVENT,
     "ReadingRejected",
     "AgreementSuspended",
     "AgreementResumed",
@@ -45,7 +46,7 @@ AMOUNT_FIELD = {
     "EscrowCancelled": "amount",
     "AgreementAccepted": "deposit",
     "ToppedUp": "amount",
-    "ReadingSettled": "amount",
+    settled.EVENT: "amount",
     "EarningsWithdrawn": "amount",
     "AgreementClosed": "refund",
 }
@@ -136,7 +137,7 @@ def _detail(entry: LogEntry, fmt: Callable[[int], str]) -> str:
             return f"top-up from {a['from']}" + (
                 f", {fmt(int(a['arrearsPaid']))} paid arrears" if a["arrearsPaid"] else ""
             )
-        case "ReadingSettled":
+        case settled.EVENT:
             return f"reading seq {a['seq']} billed"
         case "AgreementSuspended":
             return f"suspended, arrears {fmt(int(a['arrears']))}"
@@ -210,12 +211,23 @@ def _escrow_totals(logs: Iterable[LogEntry]) -> dict[str, int]:
 
 
 def audit_agreement(ctx: OpsContext, agreement_id: int) -> AuditReport:
-    logs = fetch_logs(ctx, "MeteredBilling", AGREEMENT_EVENTS, agreement_id)
+    logs = _agreement_logs(ctx, [agreement_id])
     if not logs:
         raise ChainError(f"agreement {agreement_id} does not exist on chain {ctx.chain.chain_id}")
     token = logs[0].args["token"]
     entries = _entries(ctx, logs, lambda _e: f"agreement {hex(agreement_id)}", {agreement_id: token})
     return AuditReport(f"agreement {hex(agreement_id)}", entries, {"token": token, **_agreement_totals(logs)})
+
+
+def _agreement_logs(ctx: OpsContext, agreement_ids: list[int]) -> list[LogEntry]:
+    """The agreements' events: the indexed ones by agreement id, and their ``ReadingsSettled`` records from one scan
+    of the batch logs since the earliest offer (a reading cannot settle before its agreement is offered)."""
+    indexed = tuple(e for e in AGREEMENT_EVENTS if e != settled.EVENT)
+    logs = [entry for i in agreement_ids for entry in fetch_logs(ctx, "MeteredBilling", indexed, i)]
+    if logs:
+        start = min(entry.block for entry in logs)
+        logs += settled_records(ctx, "MeteredBilling", set(agreement_ids), start)
+    return sorted(logs, key=lambda e: (e.block, e.log_index, e.record or 0))
 
 
 def _agreement_totals(logs: Iterable[LogEntry]) -> dict[str, int]:
@@ -224,7 +236,7 @@ def _agreement_totals(logs: Iterable[LogEntry]) -> dict[str, int]:
         a = entry.args
         if entry.event in ("AgreementAccepted", "ToppedUp"):
             totals["deposited"] += int(a["deposit" if entry.event == "AgreementAccepted" else "amount"])
-        elif entry.event == "ReadingSettled":
+        elif entry.event == settled.EVENT:
             totals["billed"] += int(a["amount"])
             totals["readingsSettled"] += 1
         elif entry.event == "ReadingRejected":
@@ -258,15 +270,14 @@ def audit_device(ctx: OpsContext, device: str) -> AuditReport:
     if not logs:
         raise ChainError(f"device {device} was never registered on chain {ctx.chain.chain_id}")
     agreements, escrows, tokens = device_targets(ctx, device)
-    settled: list[LogEntry] = []
     totals: dict[str, Any] = {"agreements": len(agreements), "escrows": len(escrows)}
-    agreement_logs: list[LogEntry] = []
-    for agreement_id in agreements:
-        agreement_logs += fetch_logs(ctx, "MeteredBilling", AGREEMENT_EVENTS, agreement_id)
+    agreement_logs = _agreement_logs(ctx, agreements)
     escrow_logs: list[LogEntry] = []
     for escrow_id in escrows:
         escrow_logs += fetch_logs(ctx, "DeliveryEscrow", ESCROW_EVENTS, escrow_id)
-    settled = sorted(logs + agreement_logs + escrow_logs, key=lambda e: (e.block, e.log_index, e.contract))
+    history = sorted(
+        logs + agreement_logs + escrow_logs, key=lambda e: (e.block, e.log_index, e.record or 0, e.contract)
+    )
 
     def subject(entry: LogEntry) -> str:
         if "escrowId" in entry.args:
@@ -275,7 +286,7 @@ def audit_device(ctx: OpsContext, device: str) -> AuditReport:
             return f"agreement {hex(entry.args['agreementId'])}"
         return "device"  # the report's subject itself
 
-    entries = _entries(ctx, settled, subject, tokens)
+    entries = _entries(ctx, history, subject, tokens)
     a_totals, e_totals = _agreement_totals(agreement_logs), _escrow_totals(escrow_logs)
     totals.update(
         {

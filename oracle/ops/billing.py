@@ -15,6 +15,7 @@ from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, check_eth, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in, transact, transact_many
 from iotsettle.oracle.ops.views import AgreementView, agreement_view
+from iotsettle.oracle.protocol import settled
 from iotsettle.oracle.protocol.errors import ProtocolError
 from iotsettle.oracle.protocol.packed import pack_item
 from iotsettle.oracle.protocol.wire import SignedEvent
@@ -213,8 +214,9 @@ def settle(ctx: OpsContext, events: list[SignedEvent]) -> tuple[TxResult, list[S
     else:
         result = transact(ctx, billing.functions.settle(packed_readings(events)), CONTRACT)
     outcomes = [
-        Settlement(int(a["agreementId"]), int(a["seq"]), True, "", int(a["amount"]))
-        for a in events_in(ctx, CONTRACT, result.receipt, "ReadingSettled")
+        Settlement(r.agreement_id, r.seq, True, "", r.amount)
+        for a in events_in(ctx, CONTRACT, result.receipt, settled.EVENT)
+        for r in settled.decode_records(bytes(a["records"]))
     ]
     outcomes += [
         Settlement(int(a["agreementId"]), int(a["seq"]), False, reason_label(int(a["reason"])))

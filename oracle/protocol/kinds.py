@@ -39,7 +39,7 @@ class EventKind:
     wire: str  # payload "type"
     contract: str  # deployment manifest name of the verifying contract
     batch_function: str  # takes the array of signed structs
-    settled_event: str  # one per settled item: (target indexed, seq, ...)
+    settled_event: str  # one per settled item: (target indexed, seq, ...), or one batch log (protocol.settled)
     rejected_event: str  # one per rejected item: (target indexed, seq, reason)
     cumulative: bool  # newest event per target and settlement window supersedes the older ones
     registers: tuple[str, ...] = ()  # cumulative counters (rollback rule); the first one is rate-limited
@@ -68,7 +68,7 @@ KINDS: dict[str, EventKind] = {
             "reading",
             "MeteredBilling",
             "settle",
-            "ReadingSettled",
+            "ReadingsSettled",
             "ReadingRejected",
             cumulative=True,
             registers=("value",),

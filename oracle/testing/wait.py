@@ -10,6 +10,7 @@ from typing import Any, TypeVar, cast
 from eth_abi import decode as abi_decode
 from iotsettle.oracle.chain.logs import id_topic, scan, topic0
 from iotsettle.oracle.chain.revert import reason_label
+from iotsettle.oracle.protocol import settled as settled_log
 from iotsettle.oracle.protocol.errors import IotSettleError
 from iotsettle.oracle.protocol.kinds import KINDS
 from iotsettle.oracle.protocol.wire import SignedEvent
@@ -54,23 +55,37 @@ def _outcome(deployment: Deployment, event: SignedEvent, start: int) -> Payment 
     entries = cast(list[dict[str, Any]], contract.abi)
     abis = {str(item["name"]): item for item in entries if item.get("type") == "event"}
     settled, rejected = abis[kind.settled_event], abis[kind.rejected_event]
-    topics = [[topic0(settled), topic0(rejected)], id_topic(event.target_id)]
+    batch = kind.settled_event == settled_log.EVENT
+    # a batch log has no indexed target: it is read whole and its records filtered (protocol.settled)
+    topics = [[topic0(settled), topic0(rejected)], None if batch else id_topic(event.target_id)]
     for entry in scan(deployment.rpc, contract.address, start, deployment.rpc.block_number(), topics):
         is_settled = entry["topics"][0].lower() == topic0(settled).lower()
+        tx, block = str(entry["transactionHash"]), int(entry["blockNumber"], 16)
+        if is_settled and batch:
+            for record in settled_log.decode_log_data(bytes.fromhex(entry["data"][2:])):
+                if record.agreement_id == event.target_id and _pays(kind.cumulative, record.seq, event.seq):
+                    return Payment(kind.settled_event, record.args(), tx, block)
+            continue
+        if int(entry["topics"][1], 16) != event.target_id:
+            continue
         abi = settled if is_settled else rejected
         data_inputs = [item for item in abi["inputs"] if not item["indexed"]]
         values = abi_decode([item["type"] for item in data_inputs], bytes.fromhex(entry["data"][2:]))
         args = dict(zip((item["name"] for item in data_inputs), values, strict=True))
         seq = int(args["seq"])
-        # a cumulative kind's newer event settles everything the older ones carried (the oracle may skip them)
-        if is_settled and (seq == event.seq or (kind.cumulative and seq > event.seq)):
-            return Payment(kind.settled_event, args, str(entry["transactionHash"]), int(entry["blockNumber"], 16))
+        if is_settled and _pays(kind.cumulative, seq, event.seq):
+            return Payment(kind.settled_event, args, tx, block)
         if not is_settled and seq == event.seq:
             raise EventRejected(
                 f"{kind.contract} rejected {event.type} seq {event.seq} of {event.device}: "
                 f"{reason_label(int(args['reason']))}"
             )
     return None
+
+
+def _pays(cumulative: bool, settled_seq: int, seq: int) -> bool:
+    """A cumulative kind's newer event settles everything the older ones carried (the oracle may skip them)."""
+    return settled_seq == seq or (cumulative and settled_seq > seq)
 
 
 def wait_until_paid(deployment: Deployment, event: SignedEvent, timeout: float = 30.0) -> Payment:

@@ -25,7 +25,7 @@ def stack(deployment: Any, anvil: Any, mosquitto: Any, tmp_path_factory: pytest.
 @pytest.fixture
 def watcher(stack: BenchStack) -> Iterator[e2e.Watcher]:
     billing = stack.ctx_contract("MeteredBilling")
-    watch = e2e.Watcher(stack.config.chain.rpc_url, {topic_of(billing, "ReadingSettled"): billing.address.lower()})
+    watch = e2e.Watcher(stack.config.chain.rpc_url, {topic_of(billing, "ReadingsSettled"): billing.address.lower()})
     watch.start()
     yield watch
     watch.stop()

@@ -91,7 +91,7 @@ def test_naive_relay_pays_one_transaction_per_event(stack: BenchStack, watcher: 
             watcher,
             readings(meters, 1),
             None,
-            topic_of(billing, "ReadingSettled"),
+            topic_of(billing, "ReadingsSettled"),
             grace=60,
         )
     finally:
@@ -126,7 +126,7 @@ def test_pipelined_relay_pays_every_event_exactly_once_one_transaction_each(
             watcher,
             readings(meters, 2),
             None,
-            topic_of(billing, "ReadingSettled"),
+            topic_of(billing, "ReadingsSettled"),
             grace=60,
         )
     finally:
@@ -204,7 +204,7 @@ def test_daemon_pays_every_published_reading(stack: BenchStack, watcher: e2e.Wat
             watcher,
             readings(meters, 2),
             200,
-            topic_of(billing, "ReadingSettled"),
+            topic_of(billing, "ReadingsSettled"),
             grace=60,
             daemon=daemon,
         )

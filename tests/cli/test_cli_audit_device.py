@@ -35,14 +35,16 @@ def test_audit_agreement_and_device_match_what_happened(cli, deployment, w3) -> 
     assert events == [
         ("AgreementOffered", None),
         ("AgreementAccepted", str(20 * TOKEN)),
-        ("ReadingSettled", str(3 * TOKEN)),
+        # refusals are logged per item as they happen, the settled readings in one batch log at the end
         ("ReadingRejected", None),
-        ("ReadingSettled", str(2 * TOKEN)),
+        ("ReadingsSettled", str(3 * TOKEN)),
+        ("ReadingsSettled", str(2 * TOKEN)),
         ("EarningsWithdrawn", str(5 * TOKEN)),
     ]
     assert {e["tx"] for e in report["entries"] if e["event"].startswith("Reading")} == {settled["tx"]}
     assert report["entries"][-1]["tx"] == withdrawn["tx"]
-    assert "CounterRollback" in report["entries"][3]["detail"]
+    assert "CounterRollback" in report["entries"][2]["detail"]
+    assert [e["detail"] for e in report["entries"][3:5]] == ["reading seq 1 billed", "reading seq 3 billed"]
     assert report["totals"] == {
         "token": deployment.address("TestToken"),
         "deposited": str(20 * TOKEN),

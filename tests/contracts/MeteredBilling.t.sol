@@ -272,7 +272,7 @@ contract MeteredBillingTest is Fixture {
 
     function test_Settle_BillsDeltaOfCumulativeRegister() public {
         vm.expectEmit(address(billing));
-        emit IMeteredBilling.ReadingSettled(id, 1, 30);
+        emit IMeteredBilling.ReadingsSettled(settledRecord(id, 1, 30));
         _settle(_reading(1, START + 10));
         vm.warp(block.timestamp + 60);
         _settle(_reading(5, START + 25)); // seq may skip: intermediate readings need not go on-chain
@@ -300,13 +300,12 @@ contract MeteredBillingTest is Fixture {
         batch[2] = signReading(meterKey, id2, 1, uint64(block.timestamp), 5); // signed by the wrong meter
         batch[3] = signReading(otherKey, id2, 1, uint64(block.timestamp), 5);
         vm.expectEmit(address(billing));
-        emit IMeteredBilling.ReadingSettled(id, 1, 3);
-        vm.expectEmit(address(billing));
         emit IMeteredBilling.ReadingRejected(id, 1, IDeviceEvents.RejectReason.Replayed);
         vm.expectEmit(address(billing));
         emit IMeteredBilling.ReadingRejected(id2, 1, IDeviceEvents.RejectReason.WrongDevice);
+        // One log for the batch, the settled readings' records in batch order.
         vm.expectEmit(address(billing));
-        emit IMeteredBilling.ReadingSettled(id2, 1, 15);
+        emit IMeteredBilling.ReadingsSettled(bytes.concat(settledRecord(id, 1, 3), settledRecord(id2, 1, 15)));
         vm.prank(relayer);
         assertEq(billing.settle(packReadings(batch)), 2);
         assertEq(billing.agreementOf(id).prepaid, DEPOSIT - 3);
@@ -479,9 +478,9 @@ contract MeteredBillingTest is Fixture {
 
     function test_ShortDeposit_BillsWhatIsThereSuspendsAndRecordsArrears() public {
         vm.expectEmit(address(billing));
-        emit IMeteredBilling.ReadingSettled(id, 1, DEPOSIT);
-        vm.expectEmit(address(billing));
         emit IMeteredBilling.AgreementSuspended(id, 500);
+        vm.expectEmit(address(billing));
+        emit IMeteredBilling.ReadingsSettled(settledRecord(id, 1, DEPOSIT));
         _settle(_reading(1, START + 500)); // costs 1500, 1000 prepaid
         IMeteredBilling.Agreement memory a = billing.agreementOf(id);
         assertEq(uint8(a.status), uint8(IMeteredBilling.AgreementStatus.Suspended));

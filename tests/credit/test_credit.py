@@ -14,6 +14,7 @@ from iotsettle.oracle.credit import scan
 from iotsettle.oracle.credit.derive import ChainLog, ChainPoint, Profile, checksum, derive
 from iotsettle.oracle.credit.document import PROFILE_VERSION, build, canonical_json
 from iotsettle.oracle.credit.scan import CONTRACTS, chain_point, contract_refs
+from iotsettle.oracle.protocol import settled
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.location import location_bytes32
 from iotsettle.oracle.testing.stack import private_deployment
@@ -190,10 +191,13 @@ def test_profile_export_verify_and_a_tampered_figure(cli, deployment, w3, tmp_pa
     logs = doc["evidence"]["logs"]
     cited = [logs[i] for i in doc["evidence"]["figures"]["consumer.readings"]]
     assert len(cited) == 2
-    for tx_hash, log_index, block_number in cited:
+    # a reading is one record of a ReadingsSettled batch log: [tx, log index, block, record index]
+    for tx_hash, log_index, block_number, record in cited:
         receipt = w3.eth.get_transaction_receipt(tx_hash)
         entry = next(e for e in receipt["logs"] if e["logIndex"] == log_index)
         assert (receipt["blockNumber"], entry["address"]) == (block_number, deployment.address("MeteredBilling"))
+        assert entry["topics"][0] == settled.TOPIC
+        assert settled.decode_log_data(bytes(entry["data"]))[record].agreement_id == agreement_id
 
     result = cli.run(["credit", "verify", str(first)])
     assert result.exit_code == 0, result.output
@@ -496,7 +500,7 @@ def _derive(logs: list[ChainLog], end_time: int) -> Profile:
         return to_checksum_address(value) if isinstance(value, str) and len(value) == 42 else value
 
     logs = [
-        ChainLog(e.block, e.log_index, e.tx_hash, e.contract, e.event, {k: fix(v) for k, v in e.args.items()})
+        ChainLog(e.block, e.log_index, e.tx_hash, e.contract, e.event, {k: fix(v) for k, v in e.args.items()}, e.record)
         for e in logs
     ]
     times = {e.block: e.block * 100 for e in logs}  # block n was mined at time 100·n

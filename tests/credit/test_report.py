@@ -304,7 +304,7 @@ def test_report_page_renders_its_charts_and_figures_equal_to_the_export(tmp_path
         for path in doc["evidence"]["figures"]:
             assert f"ev-{path}" in dom.ids and f"ev-{path}" in dom.links, path
         assert {f"log-{i}" for i in range(len(doc["evidence"]["logs"]))} <= dom.ids
-        assert all(tx in rendered for tx, _i, _b in doc["evidence"]["logs"])
+        assert all(log[0] in rendered for log in doc["evidence"]["logs"])  # [tx, index, block(, record)]
 
         # charts: one bar per month and figure, one span per suspension, one bar per device, with the export's values
         bars = dom.points["chart-consumer-monthly"]

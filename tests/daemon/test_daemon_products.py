@@ -42,9 +42,10 @@ from iotsettle.oracle.daemon.store import (
 )
 from iotsettle.oracle.ops.crop import packed_observations
 from iotsettle.oracle.protocol import eip712, premium, wire
+from iotsettle.oracle.protocol import settled as settled_log
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.kinds import KINDS
-from iotsettle.oracle.protocol.packed import UNKNOWN_TERMS, item_size, pack_item
+from iotsettle.oracle.protocol.packed import UNKNOWN_TERMS, bytes_argument, item_size, pack_item
 from iotsettle.oracle.testing.devices import Publisher
 from iotsettle.oracle.testing.wait import wait_for
 from web3 import Web3
@@ -341,7 +342,7 @@ def test_the_kind_table_names_every_wire_type_and_its_contract() -> None:
     assert {
         k: (v.contract, v.batch_function, v.settled_event, v.rejected_event, v.cumulative) for k, v in KINDS.items()
     } == {
-        "reading": ("MeteredBilling", "settle", "ReadingSettled", "ReadingRejected", True),
+        "reading": ("MeteredBilling", "settle", "ReadingsSettled", "ReadingRejected", True),
         "delivery": ("DeliveryEscrow", "confirmDeliveries", "DeliveryConfirmed", "DeliveryRejected", False),
         "telematics": ("MotorInsurance", "settle", "PremiumCharged", "TelematicsRejected", True),
         "weather": ("CropInsurance", "record", "ObservationRecorded", "ObservationRejected", False),
@@ -434,6 +435,32 @@ def test_batch_calldata_and_outcome_logs_follow_the_product_abi(test_config: Con
         (second.target_id, second.seq, False, 13),
     ]
     assert (settled, rejected) == (contract.events[settled].event_name, contract.events[rejected].event_name)
+
+
+def test_reading_outcomes_come_from_the_refusals_and_the_batch_log_records(test_config: Config) -> None:
+    ensure_compiled(test_config)
+    spec = KindSpec.from_abi("reading", CONTRACT, load_artifact(test_config, "MeteredBilling")["abi"])
+    assert spec.settled_topic == settled_log.TOPIC
+    # as the contract emits them: each refusal when it happens, then one log with the settled items' records
+    logs = [
+        {
+            "address": CONTRACT,
+            "topics": ["0x" + spec.rejected_topic.hex(), "0x" + (7).to_bytes(32, "big").hex()],
+            "data": "0x" + (2).to_bytes(32, "big").hex() + (3).to_bytes(32, "big").hex(),
+        },
+        {
+            "address": CONTRACT,
+            "topics": ["0x" + spec.settled_topic.hex()],
+            "data": "0x" + bytes_argument([settled_log.encode_records([(5, 1, 30), (9, 4, 0), (5, 2, 12)])]).hex(),
+        },
+    ]
+    outcomes = decode_outcomes(spec, logs)
+    assert [(o.target_id, o.seq, o.settled, o.reason) for o in outcomes] == [
+        (7, 2, False, 3),
+        (5, 1, True, 0),
+        (9, 4, True, 0),
+        (5, 2, True, 0),
+    ]
 
 
 # ------------------------------------------------------------------------------------------ intake over MQTT

@@ -10,7 +10,9 @@ import pytest
 from eth_abi import encode as abi_encode
 from iotsettle.oracle.daemon.calldata import KindSpec, decode_outcomes
 from iotsettle.oracle.daemon.store import EventStatus, StoredEvent
+from iotsettle.oracle.protocol import settled as settled_log
 from iotsettle.oracle.protocol.eip712 import SECP256K1_HALF_N
+from iotsettle.oracle.protocol.packed import bytes_argument
 from web3 import Web3
 
 ADDRESS = "0x" + "c3" * 20
@@ -98,22 +100,15 @@ def test_an_item_that_does_not_fit_its_type_is_refused(abis: dict[str, list]) ->
 
 def test_outcome_logs_decode_in_item_order(abis: dict[str, list]) -> None:  # type: ignore[type-arg]
     spec = KindSpec.from_abi("reading", ADDRESS, abis["reading"])
+    records = "0x" + bytes_argument([settled_log.encode_records([(5, 3, 1234)])]).hex()
     logs = [
-        {
-            "address": ADDRESS,
-            "topics": ["0x" + spec.settled_topic.hex(), "0x" + (5).to_bytes(32, "big").hex()],
-            "data": "0x" + abi_encode(["uint64", "uint256"], [3, 1234]).hex(),
-        },
-        {
-            "address": "0x" + "d4" * 20,
-            "topics": ["0x" + spec.settled_topic.hex(), "0x" + (6).to_bytes(32, "big").hex()],
-            "data": "0x" + abi_encode(["uint64", "uint256"], [1, 1]).hex(),
-        },  # another contract: ignored
         {
             "address": ADDRESS.upper().replace("0X", "0x"),
             "topics": ["0x" + spec.rejected_topic.hex(), "0x" + (7).to_bytes(32, "big").hex()],
             "data": "0x" + abi_encode(["uint64", "uint8"], [9, 10]).hex(),
         },
+        {"address": "0x" + "d4" * 20, "topics": ["0x" + spec.settled_topic.hex()], "data": records},  # another contract
+        {"address": ADDRESS, "topics": ["0x" + spec.settled_topic.hex()], "data": records},
     ]
     outcomes = decode_outcomes(spec, logs)
-    assert [(o.target_id, o.seq, o.settled, o.reason) for o in outcomes] == [(5, 3, True, 0), (7, 9, False, 10)]
+    assert [(o.target_id, o.seq, o.settled, o.reason) for o in outcomes] == [(7, 9, False, 10), (5, 3, True, 0)]

@@ -2,9 +2,10 @@
 deployed contracts, oracle daemons as real processes with a relayer account of their own, and the ledger that
 counts, from the chain alone, what was lost and what was paid twice.
 
-Money is counted on chain: ``ReadingSettled(agreementId, seq, amount)`` logs and ``earningsOf(agreementId)``.
+Money is counted on chain: the records (agreementId, seq, amount) of ``ReadingsSettled`` batch logs and
+``earningsOf(agreementId)``.
 A meter signs its cumulative register, so an agreement is paid in full when its earnings equal
-``(last register − start) × price``; less is a loss, more (or a second ``ReadingSettled`` for one
+``(last register − start) × price``; less is a loss, more (or a second settled record for one
 ``(agreement, seq)``) is a double payment.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 from eth_account import Account
 from iotsettle.oracle.daemon.store import EventStatus, Store
 from iotsettle.oracle.daemon.txstore import TxStatus, TxStore
+from iotsettle.oracle.protocol import settled
 from iotsettle.oracle.testing.accounts import ETHER, funded_account
 from iotsettle.oracle.testing.wait import wait_for
 from web3 import Web3
@@ -43,7 +45,7 @@ class Ledger:
 
     agreements: int
     events_sent: int  # distinct (agreement, seq) readings published
-    settled_logs: int  # ReadingSettled logs of these agreements
+    settled_logs: int  # ReadingsSettled records of these agreements
     lost: int  # agreements paid less than their newest published reading is worth
     double: int  # agreements paid more, plus (agreement, seq) settled more than once
     unpaid_events: int  # events that must be paid by their own log (``every_event``) and have none
@@ -85,14 +87,15 @@ class Fleet:
         return items
 
     def ledger(self, every_event: bool = False) -> Ledger:
-        """Count from the chain. ``every_event``: each published reading must have its own ReadingSettled (true
+        """Count from the chain. ``every_event``: each published reading must have its own settled record (true
         when a meter's readings are never batched together, e.g. one reading per meter)."""
-        logs = self.scenario.billing.events.ReadingSettled().get_logs(from_block=self.from_block)
+        logs = self.scenario.billing.events.ReadingsSettled().get_logs(from_block=self.from_block)
         ours = {m.agreement for m in self.meters}
         per_event = Counter(
-            (int(log["args"]["agreementId"]), int(log["args"]["seq"]))
+            (r.agreement_id, r.seq)
             for log in logs
-            if int(log["args"]["agreementId"]) in ours
+            for r in settled.decode_records(bytes(log["args"]["records"]))
+            if r.agreement_id in ours
         )
         lost = double = 0
         for meter in self.meters:

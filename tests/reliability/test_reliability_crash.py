@@ -59,7 +59,7 @@ def crash_and_recover(point: str, tmp_path: Path, deployment: Any, mosquitto: An
     nonces = nonce_report(process.db, deployment.chain.w3, key)
 
     assert ledger.clean, f"{point}: {ledger}"
-    assert ledger.settled_logs == METERS, f"{point}: one ReadingSettled per event, got {ledger.settled_logs}"
+    assert ledger.settled_logs == METERS, f"{point}: one settled record per event, got {ledger.settled_logs}"
     assert after[EventStatus.SETTLED] + after[EventStatus.FINAL] == METERS, f"{point}: store says {dict(after)}"
     assert sum(after.values()) == METERS, f"{point}: each event stored once, store has {dict(after)}"
     assert nonces.gapless, f"{point}: nonces {nonces}"

@@ -115,6 +115,11 @@ abstract contract Fixture is Test {
         return PackedReadings.pack(batch);
     }
 
+    /// @dev One record of a {IMeteredBilling.ReadingsSettled} log: agreementId 32 | seq 5 | amount 12.
+    function settledRecord(uint256 agreementId, uint64 seq, uint256 amount) internal pure returns (bytes memory) {
+        return abi.encodePacked(agreementId, uint40(seq), uint96(amount));
+    }
+
     function packable(IMeteredBilling.SignedReading memory rd) internal pure returns (bool) {
         return PackedReadings.packable(rd);
     }

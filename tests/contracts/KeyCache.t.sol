@@ -1,0 +1,200 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+import {DeviceEventVerifier} from "../../contracts/DeviceEventVerifier.sol";
+import {IDeviceEvents} from "../../contracts/interfaces/IDeviceEvents.sol";
+import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
+import {IMeteredBilling} from "../../contracts/interfaces/IMeteredBilling.sol";
+import {Fixture} from "./utils/Fixture.sol";
+
+/// @dev Both signer checks side by side: the cached one must give the registry's verdict in every state.
+contract CachedVerifierHarness is DeviceEventVerifier {
+    constructor(IDeviceRegistry registry_) DeviceEventVerifier(registry_) {}
+
+    function checkSigner(bytes32 structHash, bytes32 r, bytes32 vs, address device, uint256 kindMask, uint64 timestamp)
+        external
+        view
+        returns (RejectReason)
+    {
+        return _checkSigner(structHash, r, vs, device, kindMask, timestamp);
+    }
+
+    function checkSignerCached(
+        bytes32 structHash,
+        bytes32 r,
+        bytes32 vs,
+        address device,
+        uint256 kindMask,
+        uint64 timestamp
+    ) external returns (RejectReason) {
+        return _checkSignerCached(structHash, r, vs, device, kindMask, timestamp, _registryKeyEpoch());
+    }
+
+    function digest(bytes32 structHash) external view returns (bytes32) {
+        return _hashTypedDataV4(structHash);
+    }
+}
+
+/// @dev The key cache of {DeviceEventVerifier._checkSignerCached}: a key retired (rotated or revoked) must stop at
+/// once, in the very next transaction, even when it was cached a moment before in the same block; an entry can only
+/// hold what the registry answered for a Current key.
+contract KeyCacheTest is Fixture {
+    bytes32 internal constant CACHE_BASE = keccak256("iotsettle.DeviceEventVerifier.keyCache");
+    uint64 internal constant START = 1000;
+    uint256 internal constant DEPOSIT = 1e18;
+    uint256 internal constant ANY_KIND = type(uint256).max;
+    bytes32 internal constant SH = keccak256("some struct");
+
+    uint256 internal meterKey = deviceKey(70);
+    address internal meter;
+    uint256 internal id;
+
+    function setUp() public override {
+        super.setUp();
+        meter = registerDevice(meterKey, IDeviceRegistry.DeviceKind.Meter, owner);
+        id = openAgreement(meter, flatTariff(3), START, DEPOSIT);
+    }
+
+    function _entry(address target, address key) internal view returns (uint256) {
+        return uint256(vm.load(target, keccak256(abi.encode(key, CACHE_BASE))));
+    }
+
+    /// @dev The reading three times in one batch: batches of three or more check keys through the cache (smaller
+    /// ones ask the registry); the copies after the first are refused (Replayed once it settled) and change nothing.
+    function _settleOne(IMeteredBilling.SignedReading memory rd) internal returns (uint256) {
+        IMeteredBilling.SignedReading[] memory batch = new IMeteredBilling.SignedReading[](3);
+        batch[0] = rd;
+        batch[1] = rd;
+        batch[2] = rd;
+        vm.prank(relayer);
+        return billing.settle(packReadings(batch));
+    }
+
+    function _expectRefused(IMeteredBilling.SignedReading memory rd, IDeviceEvents.RejectReason reason) internal {
+        vm.expectEmit(address(billing));
+        emit IMeteredBilling.ReadingRejected(rd.agreementId, rd.seq, reason);
+        assertEq(_settleOne(rd), 0, "refused");
+    }
+
+    // ---------------------------------------------------------------- retirement reaches the cache at once
+
+    function test_RevokedBetweenTwoBatchesInTheSameBlock_IsRefused() public {
+        assertEq(_settleOne(signReading(meterKey, id, 1, uint64(block.timestamp), START + 1)), 1, "cached and used");
+        vm.prank(owner);
+        registry.revoke(meter);
+        // Same block: dated one second after the revocation (within the clock skew), so only the key check refuses.
+        _expectRefused(
+            signReading(meterKey, id, 2, uint64(block.timestamp) + 1, START + 2), IDeviceEvents.RejectReason.DeviceRevoked
+        );
+        assertEq(billing.agreementOf(id).lastSeq, 1, "nothing settled after the revocation");
+    }
+
+    function test_RotatedBetweenTwoBatchesInTheSameBlock_OldKeyIsRefused_NewKeySettles() public {
+        assertEq(_settleOne(signReading(meterKey, id, 1, uint64(block.timestamp), START + 1)), 1);
+        uint256 newKey = deviceKey(71);
+        rotate(meter, newKey, owner);
+        _expectRefused(
+            signReading(meterKey, id, 2, uint64(block.timestamp) + 1, START + 2), IDeviceEvents.RejectReason.KeyRotated
+        );
+        assertEq(_settleOne(signReading(newKey, id, 2, uint64(block.timestamp) + 1, START + 2)), 1, "the new key");
+    }
+
+    function test_RotatedKey_KeepsItsGraceForWhatItSignedBefore() public {
+        assertEq(_settleOne(signReading(meterKey, id, 1, uint64(block.timestamp), START + 1)), 1);
+        uint64 retiredAt = uint64(block.timestamp);
+        rotate(meter, deviceKey(72), owner);
+        vm.warp(block.timestamp + 10);
+        // Signed at the rotation, relayed within the grace: the registry's rule, unchanged by the cache.
+        assertEq(_settleOne(signReading(meterKey, id, 2, retiredAt, START + 2)), 1);
+        vm.warp(uint256(retiredAt) + billing.SETTLEMENT_GRACE() + 1);
+        _expectRefused(signReading(meterKey, id, 3, retiredAt, START + 3), IDeviceEvents.RejectReason.KeyRotated);
+    }
+
+    function test_RevokingAnotherDevice_InvalidatesEveryEntry_AndTheNextBatchRefreshesIt() public {
+        assertEq(_settleOne(signReading(meterKey, id, 1, uint64(block.timestamp), START + 1)), 1);
+        uint256 before = _entry(address(billing), meter);
+        assertEq(before >> 168, registry.keyEpoch(), "stamped with the epoch");
+        address other = registerDevice(deviceKey(73), IDeviceRegistry.DeviceKind.Meter, owner);
+        vm.prank(owner);
+        registry.revoke(other);
+        assertEq(registry.keyEpoch(), (before >> 168) + 1, "a revocation bumps the epoch");
+        vm.warp(block.timestamp + 60);
+        assertEq(_settleOne(signReading(meterKey, id, 2, uint64(block.timestamp), START + 2)), 1, "still Current");
+        assertEq(_entry(address(billing), meter) >> 168, registry.keyEpoch(), "refreshed at the new epoch");
+    }
+
+    // ---------------------------------------------------------------- what an entry can hold
+
+    function test_UnknownKey_IsNeverCached() public {
+        uint256 stranger = deviceKey(74);
+        address strangerAddress = vm.addr(stranger);
+        _expectRefused(
+            signReading(stranger, id, 1, uint64(block.timestamp), START + 1), IDeviceEvents.RejectReason.UnknownKey
+        );
+        assertEq(_entry(address(billing), strangerAddress), 0, "no entry for a key the registry does not know");
+    }
+
+    function test_RetiredKey_IsNeverCached_NorRefreshed() public {
+        assertEq(_settleOne(signReading(meterKey, id, 1, uint64(block.timestamp), START + 1)), 1);
+        uint256 stamped = _entry(address(billing), meter);
+        vm.prank(owner);
+        registry.revoke(meter);
+        vm.warp(block.timestamp + 1);
+        _expectRefused(
+            signReading(meterKey, id, 2, uint64(block.timestamp), START + 2), IDeviceEvents.RejectReason.DeviceRevoked
+        );
+        assertEq(_entry(address(billing), meter), stamped, "the stale entry stays stale: never trusted again");
+    }
+
+    function test_Entry_IsTheRegistrysAnswer() public view {
+        // Written when the agreement was offered, from keyInfo at the registry's epoch.
+        (address device, IDeviceRegistry.DeviceKind kind, IDeviceRegistry.KeyStatus status,) = registry.keyInfo(meter);
+        assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Current));
+        uint256 expected =
+            uint256(uint160(device)) | (uint256(uint8(kind)) << 160) | (uint256(registry.keyEpoch()) << 168);
+        assertEq(_entry(address(billing), meter), expected);
+    }
+
+    function test_RegisteringADevice_DoesNotInvalidate() public {
+        uint64 epoch = registry.keyEpoch();
+        registerDevice(deviceKey(75), IDeviceRegistry.DeviceKind.Meter, owner);
+        assertEq(registry.keyEpoch(), epoch, "registration changes no Current key's record");
+    }
+
+    /// @dev Differential: whatever the registry did (registrations, rotations, revocations, time), the cached check
+    /// gives exactly the uncached verdict for the current key, the previous key and a stranger.
+    function testFuzz_CachedVerdictIsTheRegistrysVerdict(uint256 seed) public {
+        CachedVerifierHarness harness = new CachedVerifierHarness(registry);
+        uint256 current = deviceKey(80);
+        address device = registerDevice(current, IDeviceRegistry.DeviceKind.Tracker, owner);
+        uint256 previous = deviceKey(81);
+        uint256 next = 82;
+        bool revoked;
+        for (uint256 step = 0; step < 12; ++step) {
+            uint256 op = uint256(keccak256(abi.encode(seed, step))) % 6;
+            if (op == 0 && !revoked) {
+                previous = current;
+                current = deviceKey(next++);
+                rotate(device, current, owner);
+            } else if (op == 1 && !revoked) {
+                vm.prank(owner);
+                registry.revoke(device);
+                revoked = true;
+            } else if (op == 2) {
+                vm.warp(block.timestamp + (uint256(keccak256(abi.encode(seed, step, "dt"))) % 2 hours));
+            } else if (op == 3) {
+                registerDevice(deviceKey(next++), IDeviceRegistry.DeviceKind.Meter, owner);
+            }
+            uint64 when = uint64(block.timestamp) - uint64(uint256(keccak256(abi.encode(seed, step, "t"))) % 120);
+            _assertSameVerdict(harness, current, device, when);
+            _assertSameVerdict(harness, previous, device, when);
+            _assertSameVerdict(harness, deviceKey(999), device, when);
+        }
+    }
+
+    function _assertSameVerdict(CachedVerifierHarness harness, uint256 key, address device, uint64 when) internal {
+        (bytes32 r, bytes32 vs) = vm.signCompact(key, harness.digest(SH));
+        IDeviceEvents.RejectReason expected = harness.checkSigner(SH, r, vs, device, ANY_KIND, when);
+        assertEq(uint8(harness.checkSignerCached(SH, r, vs, device, ANY_KIND, when)), uint8(expected), "cached verdict");
+    }
+}
