@@ -44,6 +44,7 @@ PLAN: tuple[Step, ...] = (
     Step("MotorInsurance", ("DeviceRegistry",)),
     Step("CropInsurance", ("DeviceRegistry",)),
     Step("LoanBook"),
+    Step("WithdrawalGuard", ("DeviceRegistry",)),
     Step("TestToken", local_only=True),
 )
 
