@@ -94,6 +94,8 @@ contract WithdrawalGuard is IWithdrawalGuard, EIP712, Nonces {
     /// @inheritdoc IWithdrawalGuard
     function finishRecovery(address token) external {
         uint64 readyAt = _guards[msg.sender][token].recoveryReadyAt;
+        // 0 is "no recovery pending", a state, not a time compared for equality.
+        // slither-disable-next-line incorrect-equality
         if (readyAt == 0 || block.timestamp < readyAt) {
             revert RecoveryNotReady(msg.sender, token, readyAt, block.timestamp);
         }
@@ -215,6 +217,8 @@ contract WithdrawalGuard is IWithdrawalGuard, EIP712, Nonces {
     function _deviceOf(address account, bytes32 digest, bytes memory signature) private view returns (address device) {
         address signer = ECDSA.recover(digest, signature);
         IDeviceRegistry.KeyStatus status;
+        // The kind does not matter (any device of the account approves) and a retired key approves nothing.
+        // slither-disable-next-line unused-return
         (device,, status,) = REGISTRY.keyInfo(signer);
         if (status != IDeviceRegistry.KeyStatus.Current || REGISTRY.deviceOf(device).owner != account) {
             revert NotAccountDevice(account, signer);
