@@ -40,10 +40,12 @@ contract WithdrawalGuard is IWithdrawalGuard, EIP712, Nonces {
     mapping(address ledger => mapping(address account => mapping(address token => uint256))) private _spent;
     mapping(address ledger => mapping(address account => mapping(address token => Approval))) private _approvals;
 
-    /// @dev An approval recorded for the next withdrawal at a ledger (one slot).
+    /// @dev An approval recorded for the next withdrawal at a ledger, and the device key that signed it (checked
+    /// again when it is used, so revoking or rotating the device voids a recorded approval too).
     struct Approval {
         uint192 amount;
         uint64 deadline;
+        address key;
     }
 
     constructor(IDeviceRegistry registry_) EIP712("iotsettle", "1") {
@@ -62,7 +64,7 @@ contract WithdrawalGuard is IWithdrawalGuard, EIP712, Nonces {
         }
         _checkDeadline(deadline);
         bytes32 digest = hashGuardUpdate(msg.sender, token, true, threshold, cells, _useNonce(msg.sender), deadline);
-        address device = _deviceOf(msg.sender, digest, signature);
+        (address device,) = _deviceOf(msg.sender, digest, signature);
 
         Guard storage g = _guards[msg.sender][token];
         g.enabled = true;
@@ -77,6 +79,7 @@ contract WithdrawalGuard is IWithdrawalGuard, EIP712, Nonces {
         _checkDeadline(deadline);
         bytes32 digest =
             hashGuardUpdate(msg.sender, token, false, 0, new bytes32[](0), _useNonce(msg.sender), deadline);
+        // slither-disable-next-line unused-return (only the check matters here, not which device)
         _deviceOf(msg.sender, digest, signature);
         delete _guards[msg.sender][token];
         emit GuardCleared(msg.sender, token);
@@ -119,9 +122,9 @@ contract WithdrawalGuard is IWithdrawalGuard, EIP712, Nonces {
         _checkDeadline(deadline);
         uint256 nonce = _useNonce(msg.sender);
         bytes32 digest = hashWithdrawalApproval(ledger, msg.sender, token, amount, nonce, deadline, location);
-        address device = _deviceOf(msg.sender, digest, signature);
+        (address device, address key) = _deviceOf(msg.sender, digest, signature);
         if (!_inCells(g.cells, location)) revert OutsideAllowedCells(msg.sender, location);
-        _approvals[ledger][msg.sender][token] = Approval({amount: uint192(amount), deadline: deadline});
+        _approvals[ledger][msg.sender][token] = Approval({amount: uint192(amount), deadline: deadline, key: key});
         _spent[ledger][msg.sender][token] = 0;
         _cancelRecovery(g, msg.sender, token);
         emit WithdrawalApproved(ledger, msg.sender, token, device, amount, nonce);
@@ -134,7 +137,7 @@ contract WithdrawalGuard is IWithdrawalGuard, EIP712, Nonces {
         // Everything below is keyed by msg.sender: a contract that is not the account's ledger can only use its own
         // counters, and an approval names its ledger in its signed domain.
         Approval memory a = _approvals[msg.sender][account][token];
-        if (a.amount != 0 && amount <= a.amount && block.timestamp <= a.deadline) {
+        if (a.amount != 0 && amount <= a.amount && block.timestamp <= a.deadline && _isCurrent(a.key)) {
             delete _approvals[msg.sender][account][token];
             return;
         }
@@ -214,8 +217,12 @@ contract WithdrawalGuard is IWithdrawalGuard, EIP712, Nonces {
 
     /// @dev The device whose current key signed `digest`; reverts unless `account` owns it. Read now, so a rotated
     /// key or a revoked device approves nothing from the block it changed in.
-    function _deviceOf(address account, bytes32 digest, bytes memory signature) private view returns (address device) {
-        address signer = ECDSA.recover(digest, signature);
+    function _deviceOf(address account, bytes32 digest, bytes memory signature)
+        private
+        view
+        returns (address device, address signer)
+    {
+        signer = ECDSA.recover(digest, signature);
         IDeviceRegistry.KeyStatus status;
         // The kind does not matter (any device of the account approves) and a retired key approves nothing.
         // slither-disable-next-line unused-return
@@ -223,6 +230,13 @@ contract WithdrawalGuard is IWithdrawalGuard, EIP712, Nonces {
         if (status != IDeviceRegistry.KeyStatus.Current || REGISTRY.deviceOf(device).owner != account) {
             revert NotAccountDevice(account, signer);
         }
+    }
+
+    /// @dev Whether `key` is still its device's current key (not rotated out, device not revoked).
+    function _isCurrent(address key) private view returns (bool) {
+        // slither-disable-next-line unused-return (the status is the whole answer)
+        (,, IDeviceRegistry.KeyStatus status,) = REGISTRY.keyInfo(key);
+        return status == IDeviceRegistry.KeyStatus.Current;
     }
 
     function _cancelRecovery(Guard storage g, address account, address token) private {

@@ -327,6 +327,21 @@ contract WithdrawalGuardTest is Fixture {
         _approve(address(ledger), 5 ether, 0, sig);
     }
 
+    function test_RevertWhen_RecordedApprovalUsedAfterRevocation() public {
+        _optIn(new bytes32[](0));
+        ledger.credit{value: 5 ether}(account);
+        _approve(
+            address(ledger), 5 ether, 0, _signApproval(phoneKey, address(ledger), account, ETH, 5 ether, 0)
+        );
+        vm.prank(account);
+        registry.revoke(phone);
+        vm.expectRevert(
+            abi.encodeWithSelector(IWithdrawalGuard.DeviceApprovalRequired.selector, ETH, account, 5 ether, THRESHOLD)
+        );
+        vm.prank(account);
+        ledger.withdraw(ETH);
+    }
+
     function test_RevertWhen_RotatedOutKeyApproves() public {
         _optIn(new bytes32[](0));
         bytes memory sig = _signApproval(phoneKey, address(ledger), account, ETH, 5 ether, 0);
