@@ -349,6 +349,13 @@ def _main_summary(summary: dict[str, Any]) -> Table:
     )
     if on_chain_rejects:
         table.add_row("rejected by the contracts", ", ".join(f"{k} {v}" for k, v in sorted(on_chain_rejects.items())))
+    guard = summary.get("guard")
+    if guard:
+        table.add_row(
+            "device guard",
+            f"the shop withdrew {_fmt_tokens(int(guard['withdrawn']))} with its phone's approval; its key alone was "
+            f"refused above {_fmt_tokens(int(guard['threshold']))}",
+        )
     table.add_row("backlog left", str(oracle["backlog"]))
     table.add_row("files", summary["workdir"])
     return table
@@ -374,7 +381,7 @@ def _next_steps(summary: dict[str, Any], stack_left_running: bool) -> None:
         f"  iotsettle audit escrow {ex.get('escrow', 'ID')}",
         f"  iotsettle audit device {ex.get('tracker', 'ADDRESS')}",
         f"  iotsettle balances {parties['household']} {parties['shop']} {parties['utility']}",
-        "  iotsettle escrow withdraw --dev-account 4        # the shop collects its parcel payments",
+        "  iotsettle guard show --dev-account 4             # the shop's phone approves its withdrawals",
         f"  iotsettle agreement withdraw {ex.get('meterAgreement', 'ID')} --dev-account 1",
     ]
     if stack_left_running:
