@@ -382,6 +382,13 @@ def _main_summary(summary: dict[str, Any]) -> Table:
         "early alerts (accepted, unusual for the device)",
         ", ".join(f"{k} {v}" for k, v in sorted(alerts.items())) or "none",
     )
+    guard = summary.get("guard")
+    if guard:
+        table.add_row(
+            "device guard",
+            f"the shop withdrew {_fmt_tokens(int(guard['withdrawn']))} with its phone's approval; its key alone was "
+            f"refused above {_fmt_tokens(int(guard['threshold']))}",
+        )
     table.add_row("backlog left", str(oracle["backlog"]))
     if summary.get("creditReport"):
         table.add_row("credit report", f"{summary['creditReport']['path']} (the household's, open it in a browser)")
@@ -410,7 +417,7 @@ def _next_steps(summary: dict[str, Any], stack_left_running: bool) -> None:
         f"  iotsettle audit device {ex.get('tracker', 'ADDRESS')}",
         f"  iotsettle balances {parties['household']} {parties['shop']} {parties['utility']}",
         f"  iotsettle credit report {parties['household']} --out report.html   # the household's credit history",
-        "  iotsettle escrow withdraw --dev-account 4        # the shop collects its parcel payments",
+        "  iotsettle guard show --dev-account 4             # the shop's phone approves its withdrawals",
         f"  iotsettle agreement withdraw {ex.get('meterAgreement', 'ID')} --dev-account 1",
         f"  IOTSETTLE_ORACLE_DB_PATH={summary['oracle']['db']} iotsettle oracle alerts   # the early alerts",
     ]

@@ -17,6 +17,7 @@ from iotsettle.cli._common import progress
 from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import ADDRESS, CommandContext, rpc_url_option, short, when, with_context
 from iotsettle.cli.device_sign import sign
+from iotsettle.cli.guard import approve
 from iotsettle.oracle.chain.manifest import load_manifest
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.device.weather import WeatherScenario
@@ -94,6 +95,7 @@ def device() -> None:
 
 
 device.add_command(sign)
+device.add_command(approve)
 
 
 @device.command("keygen")

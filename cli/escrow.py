@@ -20,6 +20,7 @@ from iotsettle.cli._params import (
     when,
     with_context,
 )
+from iotsettle.cli.guard import approval_option, submit_approval
 from iotsettle.oracle.ops.amounts import Amount
 from iotsettle.oracle.protocol.errors import ProtocolError
 from iotsettle.oracle.protocol.location import location_bytes32, location_geohash
@@ -341,15 +342,20 @@ def cancel(cmd: CommandContext, escrow_id: int) -> None:
 
 @escrow.command()
 @click.option("--token", type=TOKEN, default="TEST", show_default=True, help="Which credited balance to withdraw.")
+@approval_option
 @with_context(sender=True)
-def withdraw(cmd: CommandContext, token: str) -> None:
+def withdraw(cmd: CommandContext, token: str, approval_file: str | None) -> None:
     """Receive everything the escrow contract credited to you in TOKEN (payments, refunds, cancellations).
 
+    Above your withdrawal guard's threshold (`iotsettle guard`), pass your device's approval.
+
     \b
-    Example:
+    Examples:
       iotsettle escrow withdraw --token TEST --dev-account 1
+      iotsettle escrow withdraw --token TEST --approval approval.json --dev-account 1
     """
     info = token_ops.describe_token(cmd.ops, token)
+    submit_approval(cmd, approval_file, ops.CONTRACT)
     result, paid = ops.withdraw(cmd.ops, info)
     who = cmd.ops.require_sender().address
     cmd.emit(

@@ -26,6 +26,7 @@ COMMANDS = {
     "deploy": "iotsettle.cli.contracts:deploy",
     "device": "iotsettle.cli.device:device",
     "escrow": "iotsettle.cli.escrow:escrow",
+    "guard": "iotsettle.cli.guard:guard",
     "keeper": "iotsettle.cli.keeper:keeper",
     "loan": "iotsettle.cli.loan:loan",
     "node": "iotsettle.cli.node:node",

@@ -21,6 +21,7 @@ from iotsettle.cli._params import (
     when,
     with_context,
 )
+from iotsettle.cli.guard import approval_option, submit_approval
 from iotsettle.cli.policy_health import health
 from iotsettle.oracle.ops.amounts import Amount
 from iotsettle.oracle.ops.vocabulary import POLICY_STATUSES
@@ -451,15 +452,20 @@ def withdraw(cmd: CommandContext, policy_id: int) -> None:
 
 @policy.command("withdraw-refund")
 @click.option("--token", type=TOKEN, default="TEST", show_default=True, help="TEST or an ERC-20 address.")
+@approval_option
 @with_context(sender=True)
-def withdraw_refund(cmd: CommandContext, token: str) -> None:
+def withdraw_refund(cmd: CommandContext, token: str, approval_file: str | None) -> None:
     """Holder: take the refunds credited to you when a transfer at close failed.
 
+    Above your withdrawal guard's threshold (`iotsettle guard`), pass your device's approval.
+
     \b
-    Example:
+    Examples:
       iotsettle policy withdraw-refund --dev-account 1
+      iotsettle policy withdraw-refund --approval approval.json --dev-account 1
     """
     info = token_ops.describe_token(cmd.ops, token)
+    submit_approval(cmd, approval_file, ops.CONTRACT)
     result, paid = ops.withdraw_refund(cmd.ops, info)
     cmd.emit(
         {"token": info.address, "amount": str(paid), "tx": result.tx_hash},

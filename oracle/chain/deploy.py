@@ -45,6 +45,7 @@ PLAN: tuple[Step, ...] = (
     Step("CropInsurance", ("DeviceRegistry",)),
     Step("HealthInsurance", ("DeviceRegistry",)),
     Step("LoanBook"),
+    Step("WithdrawalGuard", ("DeviceRegistry",)),
     Step("TestToken", local_only=True),
 )
 

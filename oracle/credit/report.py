@@ -366,7 +366,8 @@ def _evidence(page: _Page) -> str:
     ]
     return (
         '<h2 id="evidence">Evidence</h2><p class="note">Each figure above links here: the logs it rests on, by '
-        "block, transaction hash and log index in that transaction's receipt (and the record's index in a batch log).</p>"
+        "block, transaction hash and log index in that transaction's receipt (and the record's index in a batch "
+        "log).</p>"
         "<details open><summary>Figures and their logs</summary>"
         + _table(("figure", "logs"), figure_rows)
         + "</details><details open><summary>Logs</summary>"

@@ -5,8 +5,9 @@ trackers, insured vehicles and weather stations registered on chain with funded 
 policies (``iotsettle.oracle.demo.provision``) → the oracle daemon (`iotsettle oracle run`) → a crop-insurance
 season over the weather stations (k of n, one station hostile) with farmers' covers and a micro-loan → the device
 simulator (`iotsettle device simulate`, a drought, a few faulty devices) as child processes → a frame of live figures
-each second (``iotsettle.oracle.demo.live``) for the caller to show → the season finalized and the loan swept → a
-summary read back from the chain and the oracle's store.
+each second (``iotsettle.oracle.demo.live``) for the caller to show → the season finalized and the loan swept → the
+shop's parcel payments withdrawn with its phone's approval (``iotsettle.oracle.demo.guard``) → a summary read back
+from the chain and the oracle's store.
 
 Every child runs in its own session and is recorded in a :class:`Run`, whose ``cleanup`` stops the children and the
 services this run started: an interrupted demo (Ctrl-C, or SIGTERM through :func:`sigterm_as_interrupt`) leaves no
@@ -42,6 +43,7 @@ from iotsettle.oracle.credit import document as credit_document
 from iotsettle.oracle.credit import report as credit_report
 from iotsettle.oracle.demo import live as livestats
 from iotsettle.oracle.demo import pace as node_pace
+from iotsettle.oracle.demo.guard import guarded_withdrawal
 from iotsettle.oracle.demo.provision import (
     CropSetup,
     CropTerms,
@@ -500,6 +502,7 @@ def run_demo(
         f"wrote the credit report of the household ({parties.household.address}, {credit['logs']:,} logs in "
         f"{credit['seconds']:.1f} s): {credit['path']}"
     )
+    guarded = guarded_withdrawal(ops_ctx, parties.shop, report)
     lat = livestats.latencies(db_path)
     rejects = {**snap.rejected, **snap.dead}
     return {
@@ -530,6 +533,7 @@ def run_demo(
         "health": livestats.health_summary(ops_ctx, provisioned, settle_from),
         "crop": crop_result,
         "creditReport": credit,
+        "guard": guarded,
         "elapsedSeconds": round(elapsed, 1),
         "eventsPerSecond": round((snap.received + snap.rejected_total) / max(elapsed, 1e-6), 1),
         "parties": {

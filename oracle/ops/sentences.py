@@ -395,4 +395,42 @@ _SENTENCES: dict[str, Callable[[_Facts], str]] = {
     "FailedCall": lambda f: "sending ether to the recipient failed (a contract that refuses payments?)",
     "SafeERC20FailedOperation": lambda f: f"the token {f['token']} refused the transfer",
     "ReentrancyGuardReentrantCall": lambda f: "a re-entrant call was refused",
+    # the withdrawal guard (WithdrawalGuard, and the ledgers that call it)
+    "DeviceApprovalRequired": lambda f: (
+        f"withdrawing {_amount(f, f['amount'])} needs the account's device: only {_amount(f, f['allowance'])} is "
+        "left below its guard's threshold; sign an approval with `iotsettle device approve` and pass it with --approval"
+    ),
+    "ApprovalExpired": lambda f: f"the device's approval expired at {f.when(f['deadline'])}; sign a fresh one",
+    "NotAccountDevice": lambda f: (
+        f"{f['signer']} is not the current key of an active device owned by {f['account']} (another device, a "
+        "rotated or revoked key, or an approval signed for another amount, token, nonce, chain or contract)"
+    ),
+    "OutsideAllowedCells": lambda f: (
+        f"the device reported {_geohash(f['location'])}, outside every cell the account's guard allows"
+    ),
+    "BadCells": lambda f: f"{f['count']} cells: give at most 8 geohash cells, none of them empty",
+    "NotGuarded": lambda f: f"{f['account']} has no withdrawal guard for token {f['token']}",
+    "RecoveryNotReady": lambda f: (
+        "no recovery is pending; `iotsettle guard clear --without-device` starts one"
+        if int(f["readyAt"]) == 0
+        else f"the recovery clears the guard at {f.when(f['readyAt'])}, not before"
+    ),
+    "StillGuarded": lambda f: (
+        f"{f['account']}'s withdrawals of token {f['token']} still go through its guard {f['guard']}: clear the guard "
+        "first, with the device (`iotsettle guard clear`)"
+    ),
 }
+
+
+def _amount(f: _Facts, base: Any) -> str:
+    """An amount of the error's token, in its units when the token can be read."""
+    token = f["token"]
+    if f.ctx is None:
+        return f"{base} base units"
+    return describe_token(f.ctx, token).format(int(base))
+
+
+def _geohash(location: Any) -> str:
+    raw = bytes.fromhex(location[2:]) if isinstance(location, str) else bytes(location)
+    text = raw.rstrip(b"\x00")
+    return text.decode("ascii", "replace") if text else "no location"

@@ -20,3 +20,11 @@ LOAN_STATUSES = ("none", "offered", "active", "repaid", "cancelled")
 INDEXES = ("rain", "heat")
 #: covers paid by one `crop payout` transaction
 DEFAULT_PAYOUT_BATCH = 50
+#: The contracts built on the pull-payment base, whose withdrawals a WithdrawalGuard covers, by their CLI names
+GUARDED_LEDGERS = {
+    "escrow": "DeliveryEscrow",
+    "billing": "MeteredBilling",
+    "motor": "MotorInsurance",
+    "crop": "CropInsurance",
+    "loan": "LoanBook",
+}

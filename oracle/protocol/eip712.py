@@ -42,6 +42,10 @@ SECP256K1_HALF_N = SECP256K1_N // 2
 #: - ActivitySummary: a wearable's activity tier (0–3) of one finished period of a health policy, computed on the
 #:   device from its steps and active minutes against the policy's thresholds; the raw data is never signed, so it
 #:   never reaches the oracle or the chain (HealthInsurance).
+#: - WithdrawalApproval: an account's own device approves one withdrawal of ``amount`` ``token`` from a ledger (the
+#:   domain's verifying contract) at the account's guard nonce, reporting its ``location`` geohash (WithdrawalGuard).
+#: - GuardUpdate: an account's own device consents to setting (``enabled``) or clearing the account's guard of
+#:   ``token`` (WithdrawalGuard's own domain); ``cells`` are the allowed geohash cells, as bytes32.
 TYPES: dict[str, tuple[tuple[str, str], ...]] = {
     "Registration": (
         ("address", "device"),
@@ -90,12 +94,32 @@ TYPES: dict[str, tuple[tuple[str, str], ...]] = {
         ("uint32", "period"),
         ("uint8", "tier"),
     ),
+    "WithdrawalApproval": (
+        ("address", "account"),
+        ("address", "token"),
+        ("uint256", "amount"),
+        ("uint256", "nonce"),
+        ("uint64", "deadline"),
+        ("bytes32", "location"),
+    ),
+    "GuardUpdate": (
+        ("address", "account"),
+        ("address", "token"),
+        ("bool", "enabled"),
+        ("uint256", "threshold"),
+        ("bytes32[]", "cells"),
+        ("uint256", "nonce"),
+        ("uint64", "deadline"),
+    ),
 }
 
 #: The types of the first four contracts (registry, escrow, billing) and those of the insurance products; the shared
 #: vectors keep them in two files (tests/vectors/eip712.json and eip712-products.json).
 CORE_TYPES = ("Registration", "KeyRotation", "Reading", "Delivery")
 PRODUCT_TYPES = ("Telematics", "WeatherObservation", "ActivitySummary")
+#: Signed by an account's own device for its withdrawal guard (not events: they go to the chain with the account's
+#: own transaction, never through the oracle).
+GUARD_TYPES = ("WithdrawalApproval", "GuardUpdate")
 
 DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 
@@ -147,7 +171,13 @@ def domain_separator(domain: Domain) -> bytes:
 
 
 def _word(typ: str, value: Any) -> bytes:
-    """ABI-encode one static field as a 32-byte word (all EIP-712 field types used here are static)."""
+    """EIP-712-encode one field as a 32-byte word: a static value ABI-encoded, an array of them hashed."""
+    if typ.endswith("[]"):
+        return keccak(b"".join(_word(typ[:-2], item) for item in value))
+    if typ == "bool":
+        if value not in (0, 1):
+            raise ValueError(f"bool needs true or false, got {value!r}")
+        return int(value).to_bytes(32, "big")
     if typ == "bytes32":
         raw = (
             bytes.fromhex(value[2:] if value[:2] in ("0x", "0X") else value) if isinstance(value, str) else bytes(value)

@@ -101,10 +101,14 @@ def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -
     assert set(summary["oracle"]["alertsByKind"]) == {"meter_spike", "tracker_stalled", "station_outlier"}
     assert summary["simulation"]["acknowledged"] == summary["simulation"]["planned"]
 
-    # the money really moved: the shop can withdraw the parcel price, the utility its earnings
+    # the money really moved: the shop took the parcel price with its phone's approval (its key alone was refused),
+    # the utility can withdraw its earnings
     escrow = demo_chain.contract("DeliveryEscrow")
-    credit = escrow.functions.withdrawable(demo_chain.address("TestToken"), SHOP).call()
-    assert credit == int(chain["released"])
+    guard = summary["guard"]
+    assert "needs the account's device" in guard["refusedWithoutDevice"]
+    assert int(guard["withdrawn"]) == int(chain["released"]) > int(guard["threshold"])
+    assert escrow.functions.withdrawable(demo_chain.address("TestToken"), SHOP).call() == 0
+    assert token.functions.balanceOf(SHOP).call() == int(guard["withdrawn"])
     billing = demo_chain.contract("MeteredBilling")
     agreements = summary["fleet"]["agreements"]
     earned = sum(billing.functions.earningsOf(int(a)).call() for a in agreements.values())

@@ -17,7 +17,9 @@ from iotsettle.oracle.protocol.reasons import Reason
 
 REPO = Path(__file__).resolve().parents[2]
 PROTOCOL = (REPO / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
-VECTOR_FILES = [REPO / "tests" / "vectors" / name for name in ("eip712.json", "eip712-products.json")]
+VECTOR_FILES = [
+    REPO / "tests" / "vectors" / name for name in ("eip712.json", "eip712-products.json", "eip712-guard.json")
+]
 
 DOC_VECTORS: dict[str, dict[str, Any]] = {
     match.group(1): json.loads(match.group(2))
@@ -33,6 +35,8 @@ def _message(primary: str, raw: dict[str, Any]) -> dict[str, Any]:
         value = raw[name]
         if typ == "bytes32":
             fields[name] = bytes.fromhex(value[2:])
+        elif typ == "bytes32[]":
+            fields[name] = [bytes.fromhex(item[2:]) for item in value]
         elif typ == "address":
             fields[name] = value
         else:

@@ -27,7 +27,11 @@ def _load(name: str) -> dict[str, Any]:
     return json.loads((VECTORS / name).read_text())
 
 
-CURATED_FILES = {"eip712.json": eip712.CORE_TYPES, "eip712-products.json": eip712.PRODUCT_TYPES}
+CURATED_FILES = {
+    "eip712.json": eip712.CORE_TYPES,
+    "eip712-products.json": eip712.PRODUCT_TYPES,
+    "eip712-guard.json": eip712.GUARD_TYPES,
+}
 
 
 def _curated() -> list[dict[str, Any]]:
@@ -42,7 +46,7 @@ def _message(primary_type: str, raw: dict[str, str]) -> dict[str, Any]:
     """JSON strings → the Python values iotsettle.oracle.protocol.eip712 takes (ints for numbers, hex strings kept)."""
     out: dict[str, Any] = {}
     for typ, name in eip712.TYPES[primary_type]:
-        out[name] = raw[name] if typ in ("address", "bytes32") else int(raw[name])
+        out[name] = raw[name] if typ in ("address", "bytes32", "bytes32[]") else int(raw[name])
     return out
 
 
@@ -92,10 +96,17 @@ def test_curated_vector(vector: dict[str, Any]) -> None:
         },
         "primaryType": primary_type,
         "domain": domain.as_dict(),
-        "message": {k: bytes.fromhex(v[2:]) if isinstance(v, str) and len(v) == 66 else v for k, v in message.items()},
+        "message": {k: _typed_value(v) for k, v in message.items()},
     }
     signed = Account.sign_message(encode_typed_data(full_message=typed), private_key)
     assert "0x" + bytes(signed.signature).hex() == vector["signature"]
+
+
+def _typed_value(value: Any) -> Any:
+    """A message value as eth_account's encoder takes it: bytes32 as bytes (in arrays too), the rest unchanged."""
+    if isinstance(value, list):
+        return [_typed_value(item) for item in value]
+    return bytes.fromhex(value[2:]) if isinstance(value, str) and len(value) == 66 else value
 
 
 @pytest.mark.parametrize("primary_type", ["Reading", "Delivery"])
