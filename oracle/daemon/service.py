@@ -163,6 +163,8 @@ class OracleDaemon:
             username=config.mqtt.username,
             password=config.mqtt.password,
             keepalive=config.mqtt.keepalive,
+            brokers=config.mqtt.endpoints(),
+            tls=config.mqtt.tls(),
             shared_group=o.shared_group,
             session_expiry_s=o.session_expiry,
             receive_maximum=o.receive_maximum,
@@ -204,10 +206,9 @@ class OracleDaemon:
         self.follower.start()
         self.intake.start()
         log.info(
-            "oracle %s running: MQTT %s:%d as %s, subscription %s",
+            "oracle %s running: MQTT %s as %s, subscription %s",
             o.oracle_id,
-            config.mqtt.host,
-            config.mqtt.port,
+            ", ".join(map(str, config.mqtt.endpoints())),
             o.client_id,
             settings.subscription,
         )

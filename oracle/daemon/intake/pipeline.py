@@ -31,6 +31,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from iotsettle.oracle.config import BrokerEndpoint, BrokerTls
 from iotsettle.oracle.daemon.intake.transport import BrokerSettings, Client, Message, Transport
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, Verdict, evaluate
@@ -71,6 +72,8 @@ class IntakeSettings:
     reply_qos: int = 0
     status_topic: str = ""  # retained online/offline status with a last will; "" = none
     status_payload: dict[str, Any] = field(default_factory=dict)  # extra fields of the status messages
+    brokers: tuple[BrokerEndpoint, ...] = ()  # failover order; () = host:port
+    tls: BrokerTls = field(default_factory=BrokerTls)
     rules: RuleSettings = field(default_factory=RuleSettings)
 
     @property
@@ -92,6 +95,8 @@ class IntakeSettings:
             self.receive_maximum,
             self.status_topic,
             self.status_payload,
+            self.brokers,
+            self.tls,
         )
 
 
