@@ -33,11 +33,20 @@ class CertPair:
     key_file: Path
 
 
-class LocalCa:
-    """The CA in ``folder``; files that exist are reused, so certificates stay valid across ``node up``."""
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
-    def __init__(self, folder: Path) -> None:
+
+class LocalCa:
+    """The CA in ``folder``; files that exist are reused, so certificates stay valid across ``node up``.
+    ``server_names``: the host names and IP addresses the server certificate is issued for."""
+
+    def __init__(self, folder: Path, server_names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> None:
         self.folder = folder
+        self.server_names = server_names
 
     @property
     def ca_file(self) -> Path:
@@ -60,7 +69,7 @@ class LocalCa:
             )
             self._write(self.folder / "ca", cert, key)
         if not (self.folder / "server.pem").exists():
-            self._issue("server", "localhost", server=True)
+            self._issue("server", self.server_names[0], server=True)
 
     @property
     def server(self) -> CertPair:
@@ -107,10 +116,7 @@ class LocalCa:
         )
         if server:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
+                x509.SubjectAlternativeName([_san(name) for name in self.server_names]), critical=False
             )
         self._write(self.folder / stem, builder.sign(ca_key, hashes.SHA256()), key)
 

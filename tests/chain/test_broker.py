@@ -1,0 +1,265 @@
+"""The broker's TLS side on a real mosquitto: the managed TLS port with its throw-away CA (``node up --tls``), and the
+production configuration + ACL that docs/OPERATIONS.md ships, started exactly as written there."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from eth_account import Account
+from iotsettle.oracle.chain.broker import tls_context
+from iotsettle.oracle.chain.node import Mosquitto, find_binary, free_port, port_open
+from iotsettle.oracle.chain.tls import CertPair, LocalCa
+from iotsettle.oracle.config import BrokerEndpoint, BrokerTls, Config
+from iotsettle.oracle.device.buffer import OfflineBuffer
+from iotsettle.oracle.device.publisher import BrokerSettings, Publisher
+from iotsettle.oracle.protocol.errors import ConfigError
+from iotsettle.oracle.testing.wait import wait_for
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
+CHAIN = 31337
+
+
+@pytest.fixture
+def tls_broker(test_config: Config, tmp_path: Path) -> Iterator[Mosquitto]:
+    service = Mosquitto(test_config, state_dir=tmp_path / "broker", port=free_port(), tls_port=free_port())
+    service.start()
+    yield service
+    service.stop()
+
+
+def _client(name: str, tls: BrokerTls | None, userdata: dict[str, object]) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5, userdata=userdata)
+    if tls is not None:
+        client.tls_set_context(tls_context(tls))
+    return client
+
+
+def _connects(host: str, port: int, tls: BrokerTls | None) -> bool:
+    """Whether the broker accepts a CONNECT over ``tls``: a handshake refused or a connection closed count as no."""
+    client = _client("probe", tls, {})
+    try:
+        client.connect(host, port, 5)
+    except OSError:
+        return False
+    deadline = time.monotonic() + 5
+    while not client.is_connected() and time.monotonic() < deadline:
+        if client.loop(0.1) != mqtt.MQTT_ERR_SUCCESS:
+            return False
+    accepted = client.is_connected()
+    client.disconnect()
+    return accepted
+
+
+def _tls(ca: LocalCa, pair: CertPair | None = None) -> BrokerTls:
+    return BrokerTls(str(ca.ca_file), str(pair.cert_file) if pair else "", str(pair.key_file) if pair else "")
+
+
+# ------------------------------------------------------------------ the managed TLS port (node up --tls)
+
+
+def test_local_ca_keys_are_private_and_certificates_reused(tmp_path: Path) -> None:
+    ca = LocalCa(tmp_path / "tls")
+    ca.ensure()
+    pair = ca.client("oracle")
+    for key in (tmp_path / "tls" / "ca.key", ca.server.key_file, pair.key_file):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
+    first = pair.cert_file.read_bytes()
+    LocalCa(tmp_path / "tls").ensure()
+    assert ca.client("oracle").cert_file.read_bytes() == first  # a second `node up` keeps the issued certificates
+    with pytest.raises(Exception, match="cannot name a client certificate"):
+        ca.client("../escape")
+
+
+def test_tls_port_takes_a_device_with_a_certificate_and_refuses_one_without(
+    tls_broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The device SDK publishes over mutual TLS; a client with no certificate, or one of another CA, is refused."""
+    ca = tls_broker.ca
+    device = ca.client("dev-1")
+    settings = BrokerSettings(
+        tls_broker.host,
+        tls_broker.tls_port,
+        "dev-1",
+        tls_ca_file=str(ca.ca_file),
+        tls_cert_file=str(device.cert_file),
+        tls_key_file=str(device.key_file),
+        reconnect_min_delay=1,
+        reconnect_max_delay=1,
+    )
+    assert settings.endpoints == (BrokerEndpoint(tls_broker.host, tls_broker.tls_port, True),)
+    publisher = Publisher(OfflineBuffer(tmp_path / "outbox.db"), settings)
+    publisher.start()
+    try:
+        publisher.submit("iotsettle/v1/31337/dev-1/events", b'{"type":"reading"}')
+        assert publisher.flush(20), publisher.stats
+        assert publisher.stats.acknowledged == 1
+    finally:
+        publisher.stop()
+
+    host, port = tls_broker.host, tls_broker.tls_port
+    assert _connects(host, port, _tls(ca, device))
+    assert not _connects(host, port, _tls(ca))  # no client certificate
+    stranger = LocalCa(tmp_path / "other-ca")
+    assert not _connects(host, port, BrokerTls(str(ca.ca_file), *map(str, _pair(stranger.client("dev-1")))))
+    assert not _connects(host, port, None)  # plain MQTT on the TLS port
+
+
+def _pair(pair: CertPair) -> tuple[Path, Path]:
+    return pair.cert_file, pair.key_file
+
+
+def test_server_name_is_checked_by_default(tls_broker: Mosquitto, tmp_path: Path) -> None:
+    """The broker's certificate names 127.0.0.1 and localhost; a CA-signed certificate for another name is refused
+    unless the check is turned off (a test broker only)."""
+    ca = tls_broker.ca
+    device = ca.client("dev-2")
+    # a broker certificate of the same CA that names someone else, served on a second broker
+    other = Mosquitto(tls_broker.config, state_dir=tmp_path / "other", port=free_port(), tls_port=free_port())
+    elsewhere = LocalCa(other.ca.folder, server_names=("broker.example.net",))
+    elsewhere.folder.mkdir(parents=True)
+    for name in ("ca.pem", "ca.key"):
+        (elsewhere.folder / name).write_bytes((ca.folder / name).read_bytes())
+    elsewhere.ensure()
+    other.start()
+    try:
+        checked = _tls(ca, device)
+        assert _connects(other.host, tls_broker.tls_port, checked)  # the real broker: its name matches
+        assert not _connects(other.host, other.tls_port, checked)
+        unchecked = BrokerTls(checked.ca_file, checked.cert_file, checked.key_file, check_hostname=False)
+        assert _connects(other.host, other.tls_port, unchecked)
+    finally:
+        other.stop()
+
+
+def test_unreadable_certificate_files_are_one_sentence_without_their_content(tmp_path: Path) -> None:
+    secret = "-----BEGIN PRIVATE KEY-----\nTOPSECRETKEYMATERIAL\n-----END PRIVATE KEY-----\n"
+    key = tmp_path / "device.key"
+    key.write_text(secret)
+    cert = tmp_path / "device.pem"
+    cert.write_text(secret)
+    with pytest.raises(ConfigError) as caught:
+        tls_context(BrokerTls("", str(cert), str(key)))
+    assert "tls_cert_file" in str(caught.value) and "TOPSECRET" not in str(caught.value)
+    with pytest.raises(ConfigError, match="tls_ca_file"):
+        tls_context(BrokerTls(str(tmp_path / "missing.pem")))
+
+
+# ------------------------------------------------------------------ the production configuration of OPERATIONS.md
+
+
+def _doc_block(first_line: str) -> str:
+    """The fenced block of docs/OPERATIONS.md that starts with ``first_line``."""
+    for block in re.findall(r"```conf\n(.*?)```", DOCS.read_text(), re.S):
+        if block.startswith(first_line + "\n"):
+            return str(block)
+    raise AssertionError(f"docs/OPERATIONS.md has no conf block starting {first_line!r}")
+
+
+@pytest.fixture
+def documented_broker(test_config: Config, tmp_path: Path) -> Iterator[tuple[int, LocalCa]]:
+    """mosquitto with the configuration and the ACL of OPERATIONS.md: only paths and the port are replaced."""
+    ca = LocalCa(tmp_path / "ca")
+    ca.ensure()
+    acl = tmp_path / "acl"
+    acl.write_text(_doc_block("# /etc/mosquitto/iotsettle/acl"))
+    port = free_port()
+    paths = {
+        "listener": str(port),
+        "cafile": str(ca.ca_file),
+        "certfile": str(ca.server.cert_file),
+        "keyfile": str(ca.server.key_file),
+        "acl_file": str(acl),
+        "persistence_location": f"{tmp_path / 'data'}/",
+    }
+    lines = []
+    for line in _doc_block("# /etc/mosquitto/conf.d/iotsettle.conf").splitlines():
+        key = line.split(" ", 1)[0]
+        lines.append(f"{key} {paths[key]}" if key in paths else line)
+    assert set(paths) <= {line.split(" ", 1)[0] for line in lines}, "a key this test replaces left the docs"
+    if os.geteuid() == 0:
+        lines.append("user root")  # as root mosquitto would switch to the 'mosquitto' user, who cannot read tmp
+    (tmp_path / "data").mkdir()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    log = (tmp_path / "mosquitto.log").open("wb")
+    process = subprocess.Popen(
+        [find_binary(test_config, "mosquitto"), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port) or process.poll() is not None, 10, "mosquitto listening")
+        assert process.poll() is None, (tmp_path / "mosquitto.log").read_text()
+        yield port, ca
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+class _Probe:
+    """A connected MQTT 5 client of the documented broker that records what it receives and the broker's codes."""
+
+    def __init__(self, port: int, name: str, tls: BrokerTls) -> None:
+        self.received: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        self.granted: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self.acked: queue.SimpleQueue[int] = queue.SimpleQueue()  # PUBACK reason codes
+        self.client = _client(name, tls, {})
+        self.client.on_message = lambda _c, _u, m: self.received.put((m.topic, bytes(m.payload)))
+        self.client.on_subscribe = lambda _c, _u, _mid, codes, _p: self.granted.put(not codes[0].is_failure)
+        self.client.on_publish = lambda _c, _u, _mid, code, _p: self.acked.put(code.value)
+        self.client.connect("127.0.0.1", port, 10)
+        self.client.loop_start()
+
+    def subscribe(self, topic: str) -> bool:
+        self.client.subscribe(topic, qos=1)
+        return self.granted.get(timeout=10)
+
+    def publish(self, topic: str, payload: bytes) -> int:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+        return self.acked.get(timeout=10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_documented_acl_keeps_each_device_to_its_own_topics(documented_broker: tuple[int, LocalCa]) -> None:
+    port, ca = documented_broker
+    alice, bob = Account.create().address, Account.create().address
+    oracle = _Probe(port, "oracle", _tls(ca, ca.client("iotsettle-oracle")))
+    device = _Probe(port, "alice", _tls(ca, ca.client(alice)))
+    try:
+        assert oracle.subscribe(f"iotsettle/v1/{CHAIN}/+/events")  # the daemon reads every device's events
+        assert device.subscribe(f"iotsettle/v1/{CHAIN}/{alice}/replies")  # a device reads its own replies
+        # mosquitto 2.0 grants these subscriptions and filters each message by the read rules on delivery
+        device.subscribe(f"iotsettle/v1/{CHAIN}/{bob}/replies")
+        device.subscribe(f"iotsettle/v1/{CHAIN}/+/events")
+
+        not_authorized = 0x87
+        assert device.publish(f"iotsettle/v1/{CHAIN}/{bob}/events", b"forged") == not_authorized
+        assert device.publish(f"iotsettle/v1/{CHAIN}/{alice}/events", b"own") == 0
+        # same connection, in order: once its own event arrived, the forged one would have arrived before it
+        assert oracle.received.get(timeout=10) == (f"iotsettle/v1/{CHAIN}/{alice}/events", b"own")
+        assert oracle.received.empty()
+
+        assert oracle.publish(f"iotsettle/v1/{CHAIN}/{bob}/replies", b"for bob") == 0  # the daemon answers anyone
+        assert oracle.publish(f"iotsettle/v1/{CHAIN}/{alice}/replies", b"accepted") == 0
+        assert oracle.publish(f"iotsettle/v1/{CHAIN}/oracle/o-1/status", b"online") < not_authorized  # 0x10: none
+        # neither bob's reply nor any events reached alice: the first message she got is her own reply
+        assert device.received.get(timeout=10) == (f"iotsettle/v1/{CHAIN}/{alice}/replies", b"accepted")
+        assert device.received.empty()
+        assert device.publish(f"iotsettle/v1/{CHAIN}/{alice}/replies", b"self-answered") == not_authorized
+    finally:
+        device.close()
+        oracle.close()
+    assert not _connects("127.0.0.1", port, _tls(ca))  # no certificate: refused
+    rogue = LocalCa(ca.folder.parent / "rogue").client(alice)  # the right name, signed by another CA
+    assert not _connects("127.0.0.1", port, BrokerTls(str(ca.ca_file), *map(str, _pair(rogue))))
