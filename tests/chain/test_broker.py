@@ -3,6 +3,7 @@ production configuration + ACL that docs/OPERATIONS.md ships, started exactly as
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -14,15 +15,19 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from click.testing import CliRunner
 from eth_account import Account
+from iotsettle.cli.main import cli
 from iotsettle.oracle.chain.broker import tls_context
-from iotsettle.oracle.chain.node import Mosquitto, find_binary, free_port, port_open
+from iotsettle.oracle.chain.node import Mosquitto, find_binary, free_port, mqtt_ready, port_open
 from iotsettle.oracle.chain.tls import CertPair, LocalCa
-from iotsettle.oracle.config import BrokerEndpoint, BrokerTls, Config
+from iotsettle.oracle.config import BrokerEndpoint, BrokerTls, Config, load_config
 from iotsettle.oracle.device.buffer import OfflineBuffer
 from iotsettle.oracle.device.publisher import BrokerSettings, Publisher
 from iotsettle.oracle.protocol.errors import ConfigError
 from iotsettle.oracle.testing.wait import wait_for
+
+from tests.kit.stack import REPO, make_config
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
 CHAIN = 31337
@@ -63,7 +68,66 @@ def _tls(ca: LocalCa, pair: CertPair | None = None) -> BrokerTls:
     return BrokerTls(str(ca.ca_file), str(pair.cert_file) if pair else "", str(pair.key_file) if pair else "")
 
 
+# ------------------------------------------------------------------ configuration
+
+
+def test_broker_list_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('[mqtt]\nbrokers = ["mqtts://mqtt-a.example.net", "mqtt://10.0.0.2:1884"]\n')
+    config = load_config(file, env={})
+    assert config.mqtt.endpoints() == (
+        BrokerEndpoint("mqtt-a.example.net", 8883, True),
+        BrokerEndpoint("10.0.0.2", 1884, False),
+    )
+    env = load_config(file, env={"IOTSETTLE_MQTT_BROKERS": "mqtt://a:1, mqtts://b:2"})
+    assert [str(e) for e in env.mqtt.endpoints()] == ["mqtt://a:1", "mqtts://b:2"]
+    # the old keys are a one-element list, over TLS once a CA or a client certificate is named
+    assert load_config(env={}, read_files=False).mqtt.endpoints() == (BrokerEndpoint("127.0.0.1", 1883, False),)
+    tls = load_config(env={"IOTSETTLE_MQTT_TLS_CA_FILE": "ca.pem"}, read_files=False).mqtt
+    assert tls.endpoints() == (BrokerEndpoint("127.0.0.1", 1883, True),) and tls.tls().check_hostname
+    with pytest.raises(ConfigError, match="mqtt://host:port"):
+        load_config(env={"IOTSETTLE_MQTT_BROKERS": "tcp://a:1"}, read_files=False)
+    with pytest.raises(ConfigError, match="tls_key_file"):
+        load_config(env={"IOTSETTLE_MQTT_TLS_KEY_FILE": "k.pem"}, read_files=False)
+    file.write_text('[mqtt]\nbrokers = "mqtt://a:1"\n')  # a single string is a list of one, as in the environment
+    assert load_config(file, env={}).mqtt.endpoints() == (BrokerEndpoint("a", 1),)
+    file.write_text("[mqtt]\nbrokers = [1883]\n")
+    with pytest.raises(ConfigError, match="list of strings"):
+        load_config(file, env={})
+
+
 # ------------------------------------------------------------------ the managed TLS port (node up --tls)
+
+
+def test_node_up_tls_and_node_cert(tmp_path: Path) -> None:
+    """`node up --tls` opens the mutual-TLS port; `node cert` issues a client certificate and prints its paths,
+    never the key; `node down` stops it all."""
+    config = make_config(tmp_path, free_port(), free_port())
+    tls_port = free_port()
+    env = {
+        "IOTSETTLE_CONFIG": str(REPO / "tests" / "empty.toml"),
+        "IOTSETTLE_NODE_STATE_DIR": str(tmp_path),
+        "IOTSETTLE_NODE_ANVIL_PORT": str(config.node.anvil_port),
+        "IOTSETTLE_NODE_MQTT_PORT": str(config.node.mqtt_port),
+        "IOTSETTLE_NODE_MQTT_TLS_PORT": str(tls_port),
+    }
+    runner = CliRunner()
+    up = runner.invoke(cli, ["node", "up", "--tls", "--json"], env=env)
+    try:
+        assert up.exit_code == 0, up.output
+        assert f"mqtts://127.0.0.1:{tls_port}" in json.loads(up.output)[1]["endpoint"]
+        issued = runner.invoke(cli, ["node", "cert", "oracle", "--json"], env=env)
+        assert issued.exit_code == 0, issued.output
+        paths = json.loads(issued.output)
+        key = Path(paths["key_file"]).read_text()
+        assert key.splitlines()[1] not in issued.output and stat.S_IMODE(os.stat(paths["key_file"]).st_mode) == 0o600
+        tls = BrokerTls(paths["ca_file"], paths["cert_file"], paths["key_file"])
+        assert _connects("127.0.0.1", tls_port, tls)
+        assert mqtt_ready("127.0.0.1", config.node.mqtt_port)  # the plain port stays as it was
+    finally:
+        down = runner.invoke(cli, ["node", "down", "--json"], env=env)
+    assert json.loads(down.output)["mosquitto"] is True
+    assert not port_open("127.0.0.1", tls_port)
 
 
 def test_local_ca_keys_are_private_and_certificates_reused(tmp_path: Path) -> None:
