@@ -15,8 +15,6 @@ if TYPE_CHECKING:
 else:
     services = lazy_import("iotsettle.oracle.chain.node")
 
-DEFAULT_TLS_PORT = 8883
-
 
 @click.group()
 def node() -> None:
@@ -43,8 +41,8 @@ def _table(statuses: list[dict[str, object]]) -> Table:
 @click.option(
     "--tls",
     is_flag=True,
-    help=f"Also open a mutual-TLS port on mosquitto ([node] mqtt_tls_port, else {DEFAULT_TLS_PORT}) with a "
-    "throw-away CA in <state_dir>/tls.",
+    help="Also open a mutual-TLS port on mosquitto ([node] mqtt_tls_port, else 8883) with a throw-away CA in "
+    "<state_dir>/tls.",
 )
 @with_context()
 def up(cmd: CommandContext, tls: bool) -> None:
@@ -59,9 +57,7 @@ def up(cmd: CommandContext, tls: bool) -> None:
       iotsettle node up --tls          # mqtts://127.0.0.1:8883, client certificates required
       iotsettle node cert oracle       # a client certificate for the oracle daemon
     """
-    config = cmd.config
-    if tls and not config.node.mqtt_tls_port:
-        config = config.replace("node", mqtt_tls_port=DEFAULT_TLS_PORT)
+    config = services.with_tls_port(cmd.config) if tls else cmd.config
     statuses = []
     for service in services.stack(config):
         if not cmd.as_json:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 ANVIL_CHAIN_ID = 31337
 GANACHE_CHAIN_ID = 1337
 READY_TIMEOUT = 20.0
+DEFAULT_MQTT_TLS_PORT = 8883  # the TLS port of `node up --tls` and `demo --tls` when [node] mqtt_tls_port is 0
 
 
 @dataclass(frozen=True)
@@ -349,6 +350,11 @@ class Mosquitto(Service):
 
     def ready(self) -> bool:
         return mqtt_ready(self.host, self.port) and (not self.tls_port or port_open(self.host, self.tls_port))
+
+
+def with_tls_port(config: Config) -> Config:
+    """``config`` with the managed broker's TLS port open: ``[node] mqtt_tls_port``, else the default 8883."""
+    return config if config.node.mqtt_tls_port else config.replace("node", mqtt_tls_port=DEFAULT_MQTT_TLS_PORT)
 
 
 def stack(config: Config) -> list[Service]:
