@@ -3,6 +3,7 @@ production configuration + ACL that docs/OPERATIONS.md ships, started exactly as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -48,9 +49,11 @@ def _client(name: str, tls: BrokerTls | None, userdata: dict[str, object]) -> mq
     return client
 
 
-def _connects(host: str, port: int, tls: BrokerTls | None) -> bool:
+def _connects(host: str, port: int, tls: BrokerTls | None, credentials: tuple[str, str] | None = None) -> bool:
     """Whether the broker accepts a CONNECT over ``tls``: a handshake refused or a connection closed count as no."""
     client = _client("probe", tls, {})
+    if credentials is not None:
+        client.username_pw_set(*credentials)
     try:
         client.connect(host, port, 5)
     except OSError:
@@ -228,12 +231,14 @@ def _doc_block(first_line: str) -> str:
     raise AssertionError(f"docs/OPERATIONS.md has no conf block starting {first_line!r}")
 
 
-@pytest.fixture
-def documented_broker(test_config: Config, tmp_path: Path) -> Iterator[tuple[int, LocalCa]]:
-    """mosquitto with the configuration and the ACL of OPERATIONS.md: only paths and the port are replaced."""
-    ca = LocalCa(tmp_path / "ca")
-    ca.ensure()
-    acl = tmp_path / "acl"
+@contextlib.contextmanager
+def _documented_mosquitto(
+    config: Config, folder: Path, ca: LocalCa, password_file: Path | None = None
+) -> Iterator[int]:
+    """mosquitto with the configuration and the ACL of OPERATIONS.md: only paths and the port are replaced, and
+    for the password variant the two certificate-identity lines are replaced by ``password_file`` as the page
+    says. Yields the port."""
+    acl = folder / "acl"
     acl.write_text(_doc_block("# /etc/mosquitto/iotsettle/acl"))
     port = free_port()
     paths = {
@@ -242,36 +247,46 @@ def documented_broker(test_config: Config, tmp_path: Path) -> Iterator[tuple[int
         "certfile": str(ca.server.cert_file),
         "keyfile": str(ca.server.key_file),
         "acl_file": str(acl),
-        "persistence_location": f"{tmp_path / 'data'}/",
+        "persistence_location": f"{folder / 'data'}/",
     }
     lines = []
     for line in _doc_block("# /etc/mosquitto/conf.d/iotsettle.conf").splitlines():
         key = line.split(" ", 1)[0]
+        if password_file is not None and key in ("require_certificate", "use_identity_as_username"):
+            line = f"password_file {password_file}" if key == "require_certificate" else ""
         lines.append(f"{key} {paths[key]}" if key in paths else line)
     assert set(paths) <= {line.split(" ", 1)[0] for line in lines}, "a key this test replaces left the docs"
     if os.geteuid() == 0:
         lines.append("user root")  # as root mosquitto would switch to the 'mosquitto' user, who cannot read tmp
-    (tmp_path / "data").mkdir()
-    conf = tmp_path / "mosquitto.conf"
+    (folder / "data").mkdir()
+    conf = folder / "mosquitto.conf"
     conf.write_text("\n".join(lines) + "\n")
-    log = (tmp_path / "mosquitto.log").open("wb")
+    log = (folder / "mosquitto.log").open("wb")
     process = subprocess.Popen(
-        [find_binary(test_config, "mosquitto"), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+        [find_binary(config, "mosquitto"), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
     )
     try:
         wait_for(lambda: port_open("127.0.0.1", port) or process.poll() is not None, 10, "mosquitto listening")
-        assert process.poll() is None, (tmp_path / "mosquitto.log").read_text()
-        yield port, ca
+        assert process.poll() is None, (folder / "mosquitto.log").read_text()
+        yield port
     finally:
         process.terminate()
         process.wait(10)
         log.close()
 
 
+@pytest.fixture
+def documented_broker(test_config: Config, tmp_path: Path) -> Iterator[tuple[int, LocalCa]]:
+    ca = LocalCa(tmp_path / "ca")
+    ca.ensure()
+    with _documented_mosquitto(test_config, tmp_path, ca) as port:
+        yield port, ca
+
+
 class _Probe:
     """A connected MQTT 5 client of the documented broker that records what it receives and the broker's codes."""
 
-    def __init__(self, port: int, name: str, tls: BrokerTls) -> None:
+    def __init__(self, port: int, name: str, tls: BrokerTls, password: str | None = None) -> None:
         self.received: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self.granted: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self.acked: queue.SimpleQueue[int] = queue.SimpleQueue()  # PUBACK reason codes
@@ -279,6 +294,8 @@ class _Probe:
         self.client.on_message = lambda _c, _u, m: self.received.put((m.topic, bytes(m.payload)))
         self.client.on_subscribe = lambda _c, _u, _mid, codes, _p: self.granted.put(not codes[0].is_failure)
         self.client.on_publish = lambda _c, _u, _mid, code, _p: self.acked.put(code.value)
+        if password is not None:
+            self.client.username_pw_set(name, password)
         self.client.connect("127.0.0.1", port, 10)
         self.client.loop_start()
 
@@ -327,3 +344,31 @@ def test_documented_acl_keeps_each_device_to_its_own_topics(documented_broker: t
     assert not _connects("127.0.0.1", port, _tls(ca))  # no certificate: refused
     rogue = LocalCa(ca.folder.parent / "rogue").client(alice)  # the right name, signed by another CA
     assert not _connects("127.0.0.1", port, BrokerTls(str(ca.ca_file), *map(str, _pair(rogue))))
+
+
+def test_documented_password_variant_keeps_each_device_to_its_own_topics(test_config: Config, tmp_path: Path) -> None:
+    """The per-device password variant of OPERATIONS.md: a file made by Debian's mosquitto_passwd, the same ACL."""
+    ca = LocalCa(tmp_path / "ca")
+    ca.ensure()
+    alice, bob = Account.create().address, Account.create().address
+    passwd = tmp_path / "passwd"
+    tool = find_binary(test_config, "mosquitto_passwd")  # Debian's mosquitto package ships it
+    for index, (user, password) in enumerate([(alice, "alice-pw"), ("iotsettle-oracle", "oracle-pw")]):
+        subprocess.run([tool, *(["-c"] if index == 0 else []), "-b", str(passwd), user, password], check=True)
+    os.chmod(passwd, 0o600)
+    tls = BrokerTls(str(ca.ca_file))  # server authentication only: the password names the client
+    with _documented_mosquitto(test_config, tmp_path, ca, password_file=passwd) as port:
+        oracle = _Probe(port, "iotsettle-oracle", tls, "oracle-pw")
+        device = _Probe(port, alice, tls, "alice-pw")
+        try:
+            assert oracle.subscribe(f"iotsettle/v1/{CHAIN}/+/events")
+            assert device.publish(f"iotsettle/v1/{CHAIN}/{bob}/events", b"forged") == 0x87
+            assert device.publish(f"iotsettle/v1/{CHAIN}/{alice}/events", b"own") == 0
+            assert oracle.received.get(timeout=10) == (f"iotsettle/v1/{CHAIN}/{alice}/events", b"own")
+            assert oracle.received.empty()
+        finally:
+            device.close()
+            oracle.close()
+        assert _connects("127.0.0.1", port, tls, (alice, "alice-pw"))
+        assert not _connects("127.0.0.1", port, tls, (alice, "wrong"))
+        assert not _connects("127.0.0.1", port, tls)  # no user name: not anonymous
