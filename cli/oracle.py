@@ -43,6 +43,13 @@ def run(cmd: CommandContext, intake_only: bool) -> None:
     Settings: the [oracle], [mqtt] and [chain] sections (or IOTSETTLE_ORACLE_*, IOTSETTLE_MQTT_*, IOTSETTLE_CHAIN_*).
     The relayer key comes from [chain] keystore + IOTSETTLE_CHAIN_PASSWORD (or password_file); on a local chain
     without one, anvil development account 9 (0xa0Ee…9720) — never account 0, which the CLI sends from.
+    Brokers: [mqtt] brokers (failover in order), TLS with [mqtt] tls_ca_file / tls_cert_file / tls_key_file.
+
+    \b
+    Examples:
+      iotsettle oracle run
+      IOTSETTLE_MQTT_BROKERS=mqtts://mqtt-a:8883,mqtts://mqtt-b:8883 IOTSETTLE_MQTT_TLS_CA_FILE=ca.pem \\
+        IOTSETTLE_MQTT_TLS_CERT_FILE=oracle.pem IOTSETTLE_MQTT_TLS_KEY_FILE=oracle.key iotsettle oracle run
     """
     root = logging.getLogger()
     if root.level > logging.INFO or root.level == logging.NOTSET:
