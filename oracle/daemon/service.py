@@ -219,7 +219,10 @@ class OracleDaemon:
             return
 
         def mqtt() -> tuple[State, str]:
-            return (State.OK, "connected") if intake.connected else (State.DOWN, "not connected to the broker")
+            broker = intake.transport.failover.current  # which one of the list, after a failover
+            return (
+                (State.OK, f"connected to {broker}") if intake.connected else (State.DOWN, f"not connected ({broker})")
+            )
 
         def intake_check() -> tuple[State, str]:
             if not intake.alive:

@@ -60,7 +60,10 @@ def test_daemon_and_device_settle_over_mutual_tls_after_failover(
     stranger.start()
     try:
         health = process.health()
-        assert health is not None and health["checks"]["mqtt"]["status"] == "ok", health
+        assert health is not None and health["checks"]["mqtt"] == {
+            "status": "ok",
+            "detail": f"connected to mqtts://127.0.0.1:{tls_broker.tls_port}",  # the second of its list
+        }, health
         assert device.wait_connected(20)
         device.submit_many(fleet.readings(1))
         assert device.flush(20), device.stats
