@@ -26,7 +26,7 @@ LOCAL_CHAIN_IDS = frozenset({31337, 1337})  # anvil, ganache
 
 
 def _secret(default: str = "", doc: str = "") -> Any:
-    return field(default=default, metadata={"secret": True, "doc": doc})
+    return field(default=default, repr=False, metadata={"secret": True, "doc": doc})  # never in a repr or a log
 
 
 def _doc(default: Any, doc: str) -> Any:

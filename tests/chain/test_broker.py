@@ -94,6 +94,15 @@ def test_broker_list_from_the_file_and_the_environment(tmp_path: Path) -> None:
         load_config(env={"IOTSETTLE_MQTT_TLS_KEY_FILE": "k.pem"}, read_files=False)
     file.write_text('[mqtt]\nbrokers = "mqtt://a:1"\n')  # a single string is a list of one, as in the environment
     assert load_config(file, env={}).mqtt.endpoints() == (BrokerEndpoint("a", 1),)
+    secret = load_config(
+        env={
+            "IOTSETTLE_MQTT_PASSWORD": "hunter2",
+            "IOTSETTLE_MQTT_TLS_KEY_FILE": "k.pem",
+            "IOTSETTLE_MQTT_TLS_CERT_FILE": "c.pem",
+        },
+        read_files=False,
+    )
+    assert "hunter2" not in repr(secret) and "hunter2" not in repr(secret.mqtt)  # settings never show a password
     file.write_text("[mqtt]\nbrokers = [1883]\n")
     with pytest.raises(ConfigError, match="list of strings"):
         load_config(file, env={})
