@@ -108,6 +108,12 @@ def _live_view(as_json: bool) -> demo_run.LiveView:
 )
 @click.option("--broker", default=None, help="Use this running MQTT broker (HOST:PORT) instead of starting one.")
 @click.option(
+    "--tls",
+    is_flag=True,
+    help="Start mosquitto with its mutual-TLS port (as `node up --tls`) and connect the oracle and the devices "
+    "through it, each with a certificate of the stack's throw-away CA.",
+)
+@click.option(
     "--workdir",
     type=click.Path(file_okay=False),
     default=None,
@@ -140,6 +146,7 @@ def demo(
     faults: str,
     rpc_url: str | None,
     broker: str | None,
+    tls: bool,
     workdir: str | None,
     seed: int,
     season_length: int,
@@ -165,6 +172,7 @@ def demo(
       iotsettle demo                                   # ~2 minutes, leaves anvil + mosquitto running
       iotsettle demo --duration 20 --devices 14 --season 15 --stop
       iotsettle demo --rpc http://127.0.0.1:8545 --broker 127.0.0.1:1883
+      iotsettle demo --tls --stop                      # the oracle and the devices over mutual TLS
     """
     config: Config = state(ctx).config
     if 0 < season_length < demo_run.MIN_SEASON:
@@ -183,6 +191,7 @@ def demo(
         workdir=workdir,
         seed=seed,
         season_length=season_length,
+        tls=tls,
     )
     run = demo_run.Run()
     interrupted = finished = False

@@ -269,6 +269,26 @@ def _fleet_contracts(config: Config, fleet: device_fleet.Fleet) -> device_signer
 @click.option("--broker-host", help="MQTT broker host (default: [mqtt] host).")
 @click.option("--broker-port", type=click.IntRange(1, 65535), help="MQTT broker port (default: [mqtt] port).")
 @click.option(
+    "--broker",
+    "brokers",
+    multiple=True,
+    metavar="URI",
+    help="Broker mqtt://host:port or mqtts://host:port; repeat for failover in order (default: [mqtt] brokers).",
+)
+@click.option(
+    "--tls-ca-file", type=click.Path(dir_okay=False), help="CA of the TLS brokers (default: [mqtt] tls_ca_file)."
+)
+@click.option(
+    "--tls-cert-file",
+    type=click.Path(dir_okay=False),
+    help="Client certificate for mutual TLS (default: [mqtt] tls_cert_file).",
+)
+@click.option(
+    "--tls-key-file",
+    type=click.Path(dir_okay=False),
+    help="Its private key, never printed (default: [mqtt] tls_key_file).",
+)
+@click.option(
     "--faults",
     type=FaultList(),
     default="",
@@ -327,6 +347,10 @@ def simulate(
     start_time: int | None,
     broker_host: str | None,
     broker_port: int | None,
+    brokers: tuple[str, ...],
+    tls_ca_file: str | None,
+    tls_cert_file: str | None,
+    tls_key_file: str | None,
     faults: tuple[device_fleet.FaultClass, ...],
     weather: str,
     fault_count: int,
@@ -349,6 +373,8 @@ def simulate(
     Examples:
       iotsettle device simulate --fleet fleet.json --rate 100 --duration 30 --seed 1
       iotsettle device simulate --fleet fleet.json --weather drought --faults hostile,behaviour_rollback --json
+      iotsettle device simulate --fleet fleet.json --broker mqtts://127.0.0.1:8883 --broker mqtt://127.0.0.1:1883 \\
+        --tls-ca-file .state/tls/ca.pem --tls-cert-file sim.pem --tls-key-file sim.key
     """
     fleet = device_fleet.load_fleet(fleet_file, password_file=password_file)
     contracts = _fleet_contracts(cmd.config, fleet)
@@ -378,22 +404,33 @@ def simulate(
             count += 1
         progress(f"{count} payloads planned ({len(plan.injected)} faults)")
         return
-    mqtt = cmd.config.mqtt
-    host = broker_host or mqtt.host
-    port = broker_port or mqtt.port
+    mqtt = cmd.config.mqtt.replace(
+        host=broker_host or cmd.config.mqtt.host,
+        port=broker_port or cmd.config.mqtt.port,
+        brokers=brokers or (() if broker_host or broker_port else cmd.config.mqtt.brokers),
+        tls_ca_file=tls_ca_file or cmd.config.mqtt.tls_ca_file,
+        tls_cert_file=tls_cert_file or cmd.config.mqtt.tls_cert_file,
+        tls_key_file=tls_key_file or cmd.config.mqtt.tls_key_file,
+    )
+    endpoints = mqtt.endpoints()
     broker = device_publisher.BrokerSettings(
-        host,
-        port,
+        endpoints[0].host,
+        endpoints[0].port,
         client_id=f"sim-{os.getpid():x}-{int(time.time()) & 0xFFFF:04x}",
         keepalive=mqtt.keepalive,
         username=mqtt.username or None,
         password=mqtt.password or None,
+        tls_ca_file=mqtt.tls_ca_file or None,
+        tls_cert_file=mqtt.tls_cert_file or None,
+        tls_key_file=mqtt.tls_key_file or None,
+        tls_check_hostname=mqtt.tls_check_hostname,
+        brokers=endpoints,
         clean_session=True,
     )
     if not cmd.as_json:
         progress(
             f"simulating {len(fleet.devices)} devices ({_kinds(fleet)}) at {rate:g} events/s for {duration:g} s "
-            f"→ mqtt://{host}:{port}"
+            f"→ {', '.join(map(str, endpoints))}"
         )
 
     def show(report: device_sim.ProgressReport) -> None:

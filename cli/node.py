@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from iotsettle.cli._common import progress
+from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import CommandContext, with_context
-from iotsettle.oracle.chain.node import stack
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from iotsettle.oracle.chain import node as services
+else:
+    services = lazy_import("iotsettle.oracle.chain.node")
 
 
 @click.group()
@@ -31,14 +38,28 @@ def _table(statuses: list[dict[str, object]]) -> Table:
 
 
 @node.command()
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Also open a mutual-TLS port on mosquitto ([node] mqtt_tls_port, else 8883) with a throw-away CA in "
+    "<state_dir>/tls.",
+)
 @with_context()
-def up(cmd: CommandContext) -> None:
+def up(cmd: CommandContext, tls: bool) -> None:
     """Start anvil and mosquitto in the background and wait until both answer.
 
-    Services that already run are left alone, so `node up` is safe to repeat.
+    Services that already run are left alone, so `node up` is safe to repeat (to add the TLS port to a running
+    broker, `node down` first).
+
+    \b
+    Examples:
+      iotsettle node up
+      iotsettle node up --tls          # mqtts://127.0.0.1:8883, client certificates required
+      iotsettle node cert oracle       # a client certificate for the oracle daemon
     """
+    config = services.with_tls_port(cmd.config) if tls else cmd.config
     statuses = []
-    for service in stack(cmd.config):
+    for service in services.stack(config):
         if not cmd.as_json:
             progress(f"starting {service.name} on {service.endpoint}")
         statuses.append(service.start().as_dict())
@@ -46,10 +67,31 @@ def up(cmd: CommandContext) -> None:
 
 
 @node.command()
+@click.argument("name")
+@with_context()
+def cert(cmd: CommandContext, name: str) -> None:
+    """Issue (or show) a client certificate of the local stack's throw-away CA for the TLS port.
+
+    NAME becomes the MQTT user name on that port: a device's checksummed address (so broker ACLs can match its
+    topics), or a name such as "oracle". Prints the paths of the CA, the certificate and its key (0600), never
+    the key itself. Point [mqtt] tls_ca_file / tls_cert_file / tls_key_file at them.
+
+    \b
+    Examples:
+      iotsettle node cert oracle
+      iotsettle node cert 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 --json
+    """
+    ca = services.Mosquitto(cmd.config).ca
+    pair = ca.client(name)
+    paths = {"name": name, "ca_file": str(ca.ca_file), "cert_file": str(pair.cert_file), "key_file": str(pair.key_file)}
+    cmd.emit(paths, "\n".join(f"{key}: {value}" for key, value in paths.items()))
+
+
+@node.command()
 @with_context()
 def down(cmd: CommandContext) -> None:
     """Stop the services `node up` started (SIGTERM, then SIGKILL after 5 s)."""
-    stopped = {service.name: service.stop() for service in stack(cmd.config)}
+    stopped = {service.name: service.stop() for service in services.stack(cmd.config)}
     cmd.emit(stopped, "\n".join(f"{n}: {'stopped' if s else 'was not running'}" for n, s in stopped.items()))
 
 
@@ -57,5 +99,5 @@ def down(cmd: CommandContext) -> None:
 @with_context()
 def status(cmd: CommandContext) -> None:
     """Show whether each service runs and answers, with its pid, endpoint and log file."""
-    statuses = [service.status().as_dict() for service in stack(cmd.config)]
+    statuses = [service.status().as_dict() for service in services.stack(cmd.config)]
     cmd.emit(statuses, _table(statuses))

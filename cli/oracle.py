@@ -58,6 +58,7 @@ def run(cmd: CommandContext, intake_only: bool, check: bool) -> None:
 
     /health and /metrics listen on [oracle] health_host:health_port; /health turns "degraded" (and says how much to
     send where) when the relayer's balance lasts fewer than [oracle] min_gas_hours at the last hour's gas spending.
+    Brokers: [mqtt] brokers (failover in order), TLS with [mqtt] tls_ca_file / tls_cert_file / tls_key_file.
 
     \b
     Examples:
@@ -65,6 +66,8 @@ def run(cmd: CommandContext, intake_only: bool, check: bool) -> None:
       iotsettle oracle run --check --json                                  # the same findings for a script
       iotsettle oracle run                                                 # the service itself
       curl -s http://127.0.0.1:9464/health                                 # from another shell: each check
+      IOTSETTLE_MQTT_BROKERS=mqtts://mqtt-a:8883,mqtts://mqtt-b:8883 IOTSETTLE_MQTT_TLS_CA_FILE=ca.pem \\
+        IOTSETTLE_MQTT_TLS_CERT_FILE=oracle.pem IOTSETTLE_MQTT_TLS_KEY_FILE=oracle.key iotsettle oracle run
     """
     if check:
         findings = daemon_checkup.run_checks(cmd.config)

@@ -26,7 +26,7 @@ LOCAL_CHAIN_IDS = frozenset({31337, 1337})  # anvil, ganache
 
 
 def _secret(default: str = "", doc: str = "") -> Any:
-    return field(default=default, metadata={"secret": True, "doc": doc})
+    return field(default=default, repr=False, metadata={"secret": True, "doc": doc})  # never in a repr or a log
 
 
 def _doc(default: Any, doc: str) -> Any:
@@ -50,15 +50,70 @@ class NodeSettings:
     host: str = _doc("127.0.0.1", "interface the managed anvil and mosquitto listen on")
     anvil_port: int = _doc(8545, "port of the managed anvil")
     mqtt_port: int = _doc(1883, "port of the managed mosquitto")
+    mqtt_tls_port: int = _doc(
+        0,
+        "second port of the managed mosquitto: mutual TLS with a throw-away CA kept in <state_dir>/tls "
+        "(`iotsettle node up --tls`: 8883); 0 = none",
+    )
     block_time: int = _doc(0, "anvil block time in seconds; 0 mines each transaction at once")
     state_dir: str = _doc(".state", "pid files, logs and broker data of the managed services")
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerEndpoint:
+    """One broker: ``mqtt://host:port`` (plain TCP) or ``mqtts://host:port`` (TLS)."""
+
+    host: str
+    port: int
+    tls: bool = False
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """Certificate files for the TLS brokers. Only paths: the files are read by the ssl module when connecting."""
+
+    ca_file: str = ""  # "" = the system's trusted CAs
+    cert_file: str = ""  # client certificate (mutual TLS); "" = none
+    key_file: str = ""  # its private key; "" = in cert_file
+    check_hostname: bool = True  # the broker's certificate must name the host connected to
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.ca_file or self.cert_file)
+
+
+def parse_broker(uri: str, where: str = "broker") -> BrokerEndpoint:
+    """``mqtt://host:port`` or ``mqtts://host:port`` (port defaults: 1883, 8883); raises ConfigError."""
+    scheme, sep, rest = uri.strip().partition("://")
+    if not sep or scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"{where} {uri!r} must look like mqtt://host:port or mqtts://host:port")
+    tls = scheme == "mqtts"
+    host, colon, port_text = rest.rstrip("/").rpartition(":")
+    if not colon:
+        host, port_text = rest.rstrip("/"), "8883" if tls else "1883"
+    host = host.strip("[]")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{where} {uri!r} must look like mqtt://host:port or mqtts://host:port")
+    return BrokerEndpoint(host, int(port_text), tls)
+
+
 @dataclass(frozen=True)
 class MqttSettings:
-    host: str = _doc("127.0.0.1", "broker host")
-    port: int = _doc(1883, "broker port")
-    username: str = _doc("", "broker user name, if the broker requires one")
+    host: str = _doc("127.0.0.1", "broker host (when brokers is empty)")
+    port: int = _doc(1883, "broker port (when brokers is empty)")
+    brokers: tuple[str, ...] = _doc(
+        (),
+        "broker URIs (mqtt://host:port, mqtts://host:port) tried in this order, the next one whenever a connection "
+        "fails; empty = host:port, over TLS when tls_ca_file or tls_cert_file is set; the variable takes a comma list",
+    )
+    username: str = _doc(
+        "",
+        "broker user name, if the broker requires one (with a client certificate the broker "
+        "may take the certificate's name instead)",
+    )
     password: str = _secret(doc="broker password")
     keepalive: int = _doc(30, "seconds between MQTT keep-alive pings")
     protocol: str = _doc(
@@ -66,6 +121,24 @@ class MqttSettings:
         "MQTT version of the daemon's connection: 5, or 3.1.1 for brokers without MQTT 5 (aedes, older brokers: "
         "a persistent session without expiry, no shared subscriptions)",
     )
+    tls_ca_file: str = _doc("", "PEM file of the CA(s) that signed the brokers' certificates; empty = system CAs")
+    tls_cert_file: str = _doc("", "PEM client certificate for brokers that require mutual TLS")
+    tls_key_file: str = _doc("", "PEM private key of tls_cert_file (keep it 0600); empty = inside tls_cert_file")
+    tls_check_hostname: bool = _doc(
+        True, "a TLS broker's certificate must name the host connected to; off only for a test broker"
+    )
+
+    def replace(self, **changes: Any) -> MqttSettings:
+        return dataclasses.replace(self, **changes)
+
+    def endpoints(self) -> tuple[BrokerEndpoint, ...]:
+        """The brokers in failover order."""
+        if self.brokers:
+            return tuple(parse_broker(uri, "[mqtt] brokers entry") for uri in self.brokers)
+        return (BrokerEndpoint(self.host, self.port, self.tls().configured),)
+
+    def tls(self) -> BrokerTls:
+        return BrokerTls(self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_check_hostname)
 
 
 @dataclass(frozen=True)
@@ -236,6 +309,12 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
                 pass
     elif typ is str and isinstance(value, str):
         return value
+    elif typ == tuple[str, ...]:
+        if isinstance(value, str):  # from the environment: a comma list
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
     raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
 
 
@@ -332,6 +411,11 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"[chain] rpc_url {config.chain.rpc_url!r} must start with http(s):// or ws(s)://")
     if config.chain.timeout <= 0:
         raise ConfigError("[chain] timeout must be > 0")
+    config.mqtt.endpoints()  # raises on a malformed broker URI
+    if config.mqtt.tls_key_file and not config.mqtt.tls_cert_file:
+        raise ConfigError("[mqtt] tls_key_file is set but tls_cert_file is not: the key belongs to a certificate")
+    if not 0 <= config.node.mqtt_tls_port < 65536:
+        raise ConfigError(f"[node] mqtt_tls_port = {config.node.mqtt_tls_port} is not a TCP port (0 = none)")
 
 
 def field_docs() -> list[tuple[str, str, Any, str, bool]]:

@@ -22,6 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from iotsettle.oracle.chain.tls import LocalCa
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.protocol.errors import NodeError, ToolchainError
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 ANVIL_CHAIN_ID = 31337
 GANACHE_CHAIN_ID = 1337
 READY_TIMEOUT = 20.0
+DEFAULT_MQTT_TLS_PORT = 8883  # the TLS port of `node up --tls` and `demo --tls` when [node] mqtt_tls_port is 0
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,15 @@ def mqtt_ready(host: str, port: int, timeout: float = 1.0) -> bool:
             sock.sendall(connect)
             answer = sock.recv(4)
             return len(answer) == 4 and answer[0] == 0x20 and answer[3] == 0x00
+    except OSError:
+        return False
+
+
+def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True if something accepts TCP connections on ``host:port`` (a TLS listener that wants a certificate)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
     except OSError:
         return False
 
@@ -276,11 +287,18 @@ class Anvil(Service):
 
 
 class Mosquitto(Service):
+    """The managed broker: plain MQTT on ``port``; with a ``tls_port`` also mutual TLS there, with certificates of
+    a throw-away CA kept in ``<state_dir>/tls`` (``LocalCa``). On the TLS port a client must present a
+    certificate of that CA, and its common name becomes its MQTT user name."""
+
     name = "mosquitto"
 
-    def __init__(self, config: Config, state_dir: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, config: Config, state_dir: Path | None = None, port: int | None = None, tls_port: int | None = None
+    ) -> None:
         super().__init__(config, state_dir)
         self._port = port or config.node.mqtt_port
+        self.tls_port = config.node.mqtt_tls_port if tls_port is None else tls_port
 
     @property
     def port(self) -> int:
@@ -288,20 +306,38 @@ class Mosquitto(Service):
 
     @property
     def endpoint(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        plain = f"mqtt://{self.host}:{self.port}"
+        return f"{plain} {self.tls_endpoint}" if self.tls_port else plain
+
+    @property
+    def tls_endpoint(self) -> str:
+        return f"mqtts://{self.host}:{self.tls_port}" if self.tls_port else ""
 
     @property
     def config_file(self) -> Path:
         return self.state_dir / "mosquitto.conf"
 
+    @property
+    def ca(self) -> LocalCa:
+        """The throw-away CA of the TLS port (``ca.ensure()`` creates it; ``ca.client(name)`` issues certificates)."""
+        return LocalCa(self.state_dir / "tls")
+
     def command(self) -> list[str]:
         binary = find_binary(self.config, "mosquitto")
         data = self.state_dir / "mosquitto-data"
         data.mkdir(parents=True, exist_ok=True)
+        tls = ""
+        if self.tls_port:
+            ca = self.ca
+            ca.ensure()
+            tls = (
+                f"listener {self.tls_port} {self.host}\n"
+                f"cafile {ca.ca_file}\ncertfile {ca.server.cert_file}\nkeyfile {ca.server.key_file}\n"
+                "require_certificate true\nuse_identity_as_username true\n"
+            )
         # Persistence keeps QoS 1 sessions and queued messages across a graceful broker restart.
         self.config_file.write_text(
-            f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
+            f"listener {self.port} {self.host}\n" + tls + "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {data}/\n"
             "autosave_interval 1\n"
@@ -313,7 +349,12 @@ class Mosquitto(Service):
         return [binary, "-c", str(self.config_file)]
 
     def ready(self) -> bool:
-        return mqtt_ready(self.host, self.port)
+        return mqtt_ready(self.host, self.port) and (not self.tls_port or port_open(self.host, self.tls_port))
+
+
+def with_tls_port(config: Config) -> Config:
+    """``config`` with the managed broker's TLS port open: ``[node] mqtt_tls_port``, else the default 8883."""
+    return config if config.node.mqtt_tls_port else config.replace("node", mqtt_tls_port=DEFAULT_MQTT_TLS_PORT)
 
 
 class Aedes(Service):

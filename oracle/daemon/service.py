@@ -99,6 +99,8 @@ def intake_settings(config: Config, deployment: Deployment) -> IntakeSettings:
         password=config.mqtt.password,
         keepalive=config.mqtt.keepalive,
         protocol=config.mqtt.protocol,
+        brokers=config.mqtt.endpoints(),
+        tls=config.mqtt.tls(),
         shared_group=o.shared_group,
         session_expiry_s=o.session_expiry,
         receive_maximum=o.receive_maximum,
@@ -284,10 +286,9 @@ class OracleDaemon:
             self.policy_watch.start()
         self.intake.start()
         log.info(
-            "oracle %s running: MQTT %s:%d as %s, subscription %s",
+            "oracle %s running: MQTT %s as %s, subscription %s",
             o.oracle_id,
-            config.mqtt.host,
-            config.mqtt.port,
+            ", ".join(map(str, config.mqtt.endpoints())),
             o.client_id,
             settings.subscription,
         )
@@ -298,7 +299,10 @@ class OracleDaemon:
             return
 
         def mqtt() -> tuple[State, str]:
-            return (State.OK, "connected") if intake.connected else (State.DOWN, "not connected to the broker")
+            broker = intake.transport.failover.current  # which one of the list, after a failover
+            return (
+                (State.OK, f"connected to {broker}") if intake.connected else (State.DOWN, f"not connected ({broker})")
+            )
 
         def intake_check() -> tuple[State, str]:
             if not intake.alive:

@@ -37,7 +37,16 @@ from eth_account import Account
 from iotsettle.oracle.chain.compiler import ensure_compiled
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, connect, load_relayer
 from iotsettle.oracle.chain.deploy import deploy_all
-from iotsettle.oracle.chain.node import Anvil, Mosquitto, Service, free_port, mqtt_ready, rpc_ready
+from iotsettle.oracle.chain.node import (
+    Anvil,
+    Mosquitto,
+    Service,
+    free_port,
+    mqtt_ready,
+    port_open,
+    rpc_ready,
+    with_tls_port,
+)
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.credit import document as credit_document
 from iotsettle.oracle.credit import report as credit_report
@@ -263,6 +272,7 @@ class DemoSettings:
     start_broker: bool  # no broker named: the configured mosquitto, started unless it runs
     seed: int
     season_length: int  # seconds the crop season lasts; 0 for none
+    tls: bool = False  # the oracle and the simulator over mutual TLS, on the started mosquitto's TLS port
 
     @classmethod
     def of(
@@ -278,16 +288,20 @@ class DemoSettings:
         workdir: str | None,
         seed: int,
         season_length: int,
+        tls: bool = False,
     ) -> DemoSettings:
         """Settings from the command's options: 3 readings per second per device unless ``rate`` says otherwise,
         weather stations only for a season, the configured broker unless ``broker`` (HOST:PORT) names one, and a
-        new folder under the node's state directory unless ``workdir`` names one."""
+        new folder under the node's state directory unless ``workdir`` names one. ``tls`` needs the demo's own
+        mosquitto (its CA issues the clients' certificates), so not with ``broker``."""
+        if tls and broker:
+            raise ConfigError("--tls uses the mosquitto the demo starts (its CA signs the certificates): drop --broker")
         rate = rate or 3.0 * devices
         spec = FleetSpec.scaled(devices, WEATHER_STATIONS if season_length else 0, WEARABLES)
         host, port = _parse_broker(broker) if broker else (config.mqtt.host, config.mqtt.port)
         stamp = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"
         work = Path(workdir) if workdir else config.path(config.node.state_dir) / stamp
-        return cls(work, spec, rate, duration, faults, rpc_url, (host, port), broker is None, seed, season_length)
+        return cls(work, spec, rate, duration, faults, rpc_url, (host, port), broker is None, seed, season_length, tls)
 
 
 def run_demo(
@@ -312,8 +326,18 @@ def run_demo(
             anvil.start()
             run.started_services.append(anvil)
         rpc_url = anvil.endpoint
+    mosquitto: Mosquitto | None = None
     if settings.start_broker:
-        mosquitto = Mosquitto(config)
+        mosquitto = Mosquitto(with_tls_port(config) if settings.tls else config)
+        if (
+            settings.tls
+            and mqtt_ready(mosquitto.host, mosquitto.port)
+            and not port_open(mosquitto.host, mosquitto.tls_port)
+        ):
+            raise NodeError(
+                f"the broker on {mosquitto.host}:{mosquitto.port} has no TLS port {mosquitto.tls_port}: stop it "
+                "(`iotsettle node down`) so that the demo starts mosquitto with one"
+            )
         if mosquitto.status().running:
             report(f"mosquitto already running on {mosquitto.endpoint}")
         elif mqtt_ready(mosquitto.host, mosquitto.port):
@@ -390,6 +414,27 @@ def run_demo(
         "IOTSETTLE_PATHS_DEPLOYMENTS_DIR": str(config.path(config.paths.deployments_dir)),
         "IOTSETTLE_PATHS_ARTIFACTS_DIR": str(config.path(config.paths.artifacts_dir)),
     }
+    broker_args = ["--broker-host", host, "--broker-port", str(port)]
+    if settings.tls and mosquitto is not None:
+        # each client presents a certificate of the stack's CA; the daemon's comes through [mqtt], the simulator's
+        # through its options
+        ca, oracle_cert, sim_cert = mosquitto.ca, mosquitto.ca.client("oracle"), mosquitto.ca.client("simulator")
+        tls_uri = mosquitto.tls_endpoint
+        report(f"the oracle and the devices connect over mutual TLS to {tls_uri} (CA {ca.ca_file})")
+        env.update(
+            IOTSETTLE_MQTT_BROKERS=tls_uri,
+            IOTSETTLE_MQTT_TLS_CA_FILE=str(ca.ca_file),
+            IOTSETTLE_MQTT_TLS_CERT_FILE=str(oracle_cert.cert_file),
+            IOTSETTLE_MQTT_TLS_KEY_FILE=str(oracle_cert.key_file),
+        )
+        broker_args = [
+            "--broker",
+            tls_uri,
+            "--tls-cert-file",
+            str(sim_cert.cert_file),
+            "--tls-key-file",
+            str(sim_cert.key_file),
+        ]
     if config.source != "defaults" and "IOTSETTLE_CONFIG" not in env:
         env["IOTSETTLE_CONFIG"] = config.source
     daemon_env = {name: value for name, value in {**DEMO_ALERTS, **pace.daemon_env()}.items() if name not in os.environ}
@@ -442,10 +487,7 @@ def run_demo(
             faults,
             "--weather",
             SEASON_WEATHER,
-            "--broker-host",
-            host,
-            "--broker-port",
-            str(port),
+            *broker_args,
             "--json",
         ],
         env,

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from iotsettle.oracle.chain.broker import Failover
+from iotsettle.oracle.config import BrokerEndpoint, BrokerTls
 from iotsettle.oracle.device.buffer import BufferedMessage, OfflineBuffer, ReplyKey
 from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.errors import ProtocolError
@@ -53,7 +55,13 @@ ReplyHandler = Callable[[str, Reply], None]
 
 @dataclass(frozen=True, slots=True)
 class BrokerSettings:
-    """Where and how to connect. ``password`` is never shown by ``repr``."""
+    """Where and how to connect. ``password`` is never shown by ``repr``.
+
+    ``brokers``: the brokers in failover order (``[mqtt] brokers``); empty = ``host:port``, over TLS when
+    ``tls_ca_file`` or ``tls_cert_file`` is set. TLS checks the broker's certificate against ``tls_ca_file`` (else
+    the system CAs) and, unless ``tls_check_hostname`` is off, that it names the host; ``tls_cert_file`` +
+    ``tls_key_file`` are the device's own certificate for brokers that require mutual TLS.
+    """
 
     host: str
     port: int
@@ -62,10 +70,24 @@ class BrokerSettings:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_check_hostname: bool = True
+    brokers: tuple[BrokerEndpoint, ...] = ()
     #: a persistent session keeps QoS 1 replies queued at the broker while the device is offline
     clean_session: bool = False
     reconnect_min_delay: int = 1
     reconnect_max_delay: int = 30
+
+    @property
+    def tls(self) -> BrokerTls:
+        return BrokerTls(
+            self.tls_ca_file or "", self.tls_cert_file or "", self.tls_key_file or "", self.tls_check_hostname
+        )
+
+    @property
+    def endpoints(self) -> tuple[BrokerEndpoint, ...]:
+        return self.brokers or (BrokerEndpoint(self.host, self.port, self.tls.configured),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +188,7 @@ class Publisher:
         self._republished = 0
         self._pump: threading.Thread | None = None
         self._client = self._make_client()
+        self._failover = Failover(self._client, broker.endpoints, broker.tls, f"device client {broker.client_id}")
 
     # -- paho wiring -------------------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -181,8 +204,6 @@ class Publisher:
         client.reconnect_delay_set(broker.reconnect_min_delay, broker.reconnect_max_delay)
         if broker.username is not None:
             client.username_pw_set(broker.username, broker.password)
-        if broker.tls_ca_file is not None:
-            client.tls_set(ca_certs=broker.tls_ca_file)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_publish = self._handle_publish
@@ -193,8 +214,9 @@ class Publisher:
         self, client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any
     ) -> None:
         if reason_code.is_failure:
-            log.warning("broker %s:%d refused the connection: %s", self._broker.host, self._broker.port, reason_code)
+            log.warning("broker %s refused the connection: %s", self._failover.current, reason_code)
             return
+        self._failover.connected()
         # Subscribing here (not once after connect) re-establishes the reply subscriptions after every reconnect.
         waiting = self._buffer.awaiting()
         for message in waiting:
@@ -214,14 +236,15 @@ class Publisher:
         self._connects += 1
         self._connected.set()
         self._wake.set()
-        log.info("connected to %s:%d as %s", self._broker.host, self._broker.port, self._broker.client_id)
+        log.info("connected to %s as %s", self._failover.current, self._broker.client_id)
 
     def _handle_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any
     ) -> None:
         self._connected.clear()
         if not self._stopping.is_set():
-            log.warning("disconnected from %s:%d (%s); reconnecting", self._broker.host, self._broker.port, reason_code)
+            log.warning("disconnected from %s (%s); reconnecting", self._failover.current, reason_code)
+            self._failover.disconnected()
 
     def _handle_publish(
         self, _client: mqtt.Client, _userdata: Any, mid: int, _reason_code: Any, _properties: Any
@@ -404,7 +427,8 @@ class Publisher:
     # -- public API ------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background (retrying with back-off) and start publishing the buffer."""
-        self._client.connect_async(self._broker.host, self._broker.port, keepalive=self._broker.keepalive)
+        first = self._failover.current
+        self._client.connect_async(first.host, first.port, keepalive=self._broker.keepalive)
         self._client.loop_start()
         self._pump = threading.Thread(target=self._run, name=f"publisher-{self._broker.client_id}", daemon=True)
         self._pump.start()

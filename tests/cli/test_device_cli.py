@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from eth_account import Account
 from iotsettle.cli.main import cli
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
-from iotsettle.oracle.chain.node import Mosquitto
+from iotsettle.oracle.chain.node import Mosquitto, free_port
 from iotsettle.oracle.device.fleet import contracts_from_manifest, generate_fleet
 from iotsettle.oracle.protocol.wire import decode
 
@@ -188,6 +188,54 @@ def test_simulate_publishes_to_the_broker_and_reports_json(
     assert summary["acknowledged"] == summary["planned"] >= 550
     assert summary["unacknowledged"] == 0
     assert summary["devices"] == {"meter": 4, "tracker": 1, "vehicle": 2, "weather_station": 1, "wearable": 0}
+
+
+def test_simulate_over_mutual_tls_fails_over_from_a_dead_broker(
+    deployment: Any, test_config: Any, tmp_path: Path
+) -> None:
+    """--broker twice (the first down) and a client certificate: every event acknowledged over TLS; a key file
+    that is not a key is a one-line error that does not echo it."""
+    broker = Mosquitto(test_config, state_dir=tmp_path / "broker", port=free_port(), tls_port=free_port())
+    broker.start()
+    try:
+        pair = broker.ca.client("sim")
+        fleet = generate_fleet(
+            tmp_path,
+            chain_id=deployment.chain.chain_id,
+            contracts=contracts_from_manifest(deployment.manifest),
+            meters=2,
+        )
+        args = [
+            "device",
+            "simulate",
+            "--fleet",
+            str(fleet),
+            "--rate",
+            "50",
+            "--duration",
+            "1",
+            "--reply-wait",
+            "0",
+            "--broker",
+            f"mqtt://127.0.0.1:{free_port()}",
+            "--broker",
+            f"mqtts://127.0.0.1:{broker.tls_port}",
+            "--tls-ca-file",
+            str(broker.ca.ca_file),
+            "--tls-cert-file",
+            str(pair.cert_file),
+            "--json",
+        ]
+        out = run([*args, "--tls-key-file", str(pair.key_file)], {})
+        summary = json.loads(out[out.index("{") :])
+        assert summary["acknowledged"] == summary["planned"] >= 40 and summary["unacknowledged"] == 0
+        fake = tmp_path / "fake.key"
+        fake.write_text("-----BEGIN PRIVATE KEY-----\nNOTAKEYATALL\n-----END PRIVATE KEY-----\n")
+        refused = CliRunner().invoke(cli, [*args, "--tls-key-file", str(fake)], env={})
+        assert refused.exit_code == 1 and "tls_key_file" in refused.output
+        assert "NOTAKEYATALL" not in refused.output and "Traceback" not in refused.output
+    finally:
+        broker.stop()
 
 
 @pytest.mark.parametrize("faults", ["teleport,nonsense"])

@@ -61,15 +61,22 @@ def _env(config, tmp_path: Path) -> dict[str, str]:
     }
 
 
-def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -> None:
+def test_short_demo_settles_payments_on_chain(demo_chain, tmp_path) -> None:
+    """The whole demo, its oracle and devices over mutual TLS on the mosquitto it starts (and stops)."""
     token = demo_chain.contract("TestToken")
     work = tmp_path / "work"
+    mqtt_port, tls_port = free_port(), free_port()
+    env = _env(demo_chain.config, tmp_path) | {
+        "IOTSETTLE_NODE_MQTT_PORT": str(mqtt_port),
+        "IOTSETTLE_MQTT_PORT": str(mqtt_port),
+        "IOTSETTLE_NODE_MQTT_TLS_PORT": str(tls_port),
+    }
     proc = _demo(
         [
             "--rpc",
             demo_chain.config.chain.rpc_url,
-            "--broker",
-            f"127.0.0.1:{mosquitto.port}",
+            "--tls",
+            "--stop",
             "--duration",
             "12",
             "--devices",
@@ -82,11 +89,12 @@ def test_short_demo_settles_payments_on_chain(demo_chain, mosquitto, tmp_path) -
             str(work),
             "--json",
         ],
-        _env(demo_chain.config, tmp_path),
+        env,
     )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads(out)
+    assert f"connected to mqtts://127.0.0.1:{tls_port}" in (work / "oracle.log").read_text()
 
     chain = summary["chain"]
     assert chain["readingsSettled"] > 0 and int(chain["billed"]) > 0

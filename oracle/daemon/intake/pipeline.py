@@ -31,6 +31,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
+from iotsettle.oracle.config import BrokerEndpoint, BrokerTls
 from iotsettle.oracle.daemon.alerts import Alert, AlertSettings, AlertState, Context, detect, encode_alert
 from iotsettle.oracle.daemon.intake.transport import BrokerSettings, Client, Message, Transport
 from iotsettle.oracle.daemon.metrics import Metrics
@@ -74,6 +75,8 @@ class IntakeSettings:
     reply_qos: int = 0
     status_topic: str = ""  # retained online/offline status with a last will; "" = none
     status_payload: dict[str, Any] = field(default_factory=dict)  # extra fields of the status messages
+    brokers: tuple[BrokerEndpoint, ...] = ()  # failover order; () = host:port
+    tls: BrokerTls = field(default_factory=BrokerTls)
     rules: RuleSettings = field(default_factory=RuleSettings)
     alerts: AlertSettings | None = field(default_factory=AlertSettings)  # None: no alert detectors
 
@@ -97,6 +100,8 @@ class IntakeSettings:
             self.status_topic,
             self.status_payload,
             self.protocol,
+            self.brokers,
+            self.tls,
         )
 
 

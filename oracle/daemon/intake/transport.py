@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
+from iotsettle.oracle.chain.broker import Failover
+from iotsettle.oracle.config import BrokerEndpoint, BrokerTls
 from iotsettle.oracle.daemon.metrics import Metrics
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -55,10 +57,16 @@ class BrokerSettings:
     status_topic: str  # retained online/offline status with a last will; "" = none
     status_payload: dict[str, Any]  # extra fields of the status messages
     protocol: str = "5"  # "5" or "3.1.1"
+    brokers: tuple[BrokerEndpoint, ...] = ()  # failover order; () = host:port, TLS when tls names a CA or certificate
+    tls: BrokerTls = field(default_factory=BrokerTls)
 
     @property
     def v5(self) -> bool:
         return self.protocol == "5"
+
+    @property
+    def endpoints(self) -> tuple[BrokerEndpoint, ...]:
+        return self.brokers or (BrokerEndpoint(self.host, self.port, self.tls.configured),)
 
 
 #: the [mqtt] protocol values the intake speaks
@@ -80,6 +88,7 @@ class Transport:
         # the unacknowledged one on a resumed session and the intake answers it "duplicate"
         self._connection = 0
         self.client = self._make_client()
+        self.failover = Failover(self.client, settings.endpoints, settings.tls, f"oracle client {settings.client_id}")
 
     def start(self) -> None:
         options: dict[str, Any] = {}
@@ -88,12 +97,16 @@ class Transport:
             properties.SessionExpiryInterval = self.settings.session_expiry_s
             properties.ReceiveMaximum = self.settings.receive_maximum
             options = {"clean_start": False, "properties": properties}
+        first = self.failover.current
         try:
-            self.client.connect(self.settings.host, self.settings.port, self.settings.keepalive, **options)
+            self.client.connect(first.host, first.port, self.settings.keepalive, **options)
         except OSError as exc:
-            # keep going: loop_start() retries until the broker is up, and health reports it meanwhile
-            log.warning("broker %s:%d not reachable yet (%s); retrying", self.settings.host, self.settings.port, exc)
-            self.client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive, **options)
+            # keep going: loop_start() retries (the next broker of the list first) until one is up, and health
+            # reports it meanwhile
+            log.warning("broker %s not reachable yet (%s); retrying", first, exc)
+            self.failover.disconnected()
+            then = self.failover.current
+            self.client.connect_async(then.host, then.port, self.settings.keepalive, **options)
         self.client.loop_start()
 
     def stopping(self) -> None:
@@ -168,13 +181,13 @@ class Transport:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
-            log.error("broker refused the connection: %s", reason_code)
+            log.error("broker %s refused the connection: %s", self.failover.current, reason_code)
             return
+        self.failover.connected()
         self._connection += 1
         log.info(
-            "connected to %s:%d as %s (session present: %s); subscribing to %s",
-            self.settings.host,
-            self.settings.port,
+            "connected to %s as %s (session present: %s); subscribing to %s",
+            self.failover.current,
             self.settings.client_id,
             flags.session_present,
             self.settings.subscription,
@@ -196,7 +209,8 @@ class Transport:
         self._connected.clear()
         self.metrics.mqtt_connected.set(0)
         if not self._stopping.is_set():
-            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+            log.warning("disconnected from the broker %s (%s); reconnecting", self.failover.current, reason_code)
+            self.failover.disconnected()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         """QoS 0 events (a device that ignores the protocol) and anything the fast path left to paho."""

@@ -178,7 +178,9 @@ def run_simulation(
     publisher.start()
     try:
         if not publisher.wait_connected(10.0):
-            log.warning("broker %s:%d not reachable yet; events are buffered meanwhile", broker.host, broker.port)
+            log.warning(
+                "broker %s not reachable yet; events are buffered meanwhile", ", ".join(map(str, broker.endpoints))
+            )
         started = time.monotonic()
         batch: list[tuple[str, bytes]] = []
         last_report, last_acked = started, 0
