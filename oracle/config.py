@@ -35,7 +35,17 @@ def _doc(default: Any, doc: str) -> Any:
 
 @dataclass(frozen=True)
 class ChainSettings:
-    rpc_url: str = _doc("http://127.0.0.1:8545", "JSON-RPC endpoint (http/https/ws)")
+    rpc_url: str = _doc("http://127.0.0.1:8545", "JSON-RPC endpoint (http/https/ws); with rpc_urls, the first of them")
+    rpc_urls: tuple[str, ...] = _doc(
+        (),
+        "several http(s) endpoints of the same chain, in order of preference (env: comma-separated); the daemon "
+        "and the CLI move to the next one when an endpoint does not answer or is stale; empty = rpc_url alone",
+    )
+    max_lag: int = _doc(3, "failover: blocks an endpoint's head may be behind the best endpoint's before it is stale")
+    stall: float = _doc(
+        30.0, "failover: seconds an endpoint's head may stand still while another's advances before it is stale"
+    )
+    head_check: float = _doc(5.0, "failover: seconds between two reads of every endpoint's head by the daemon")
     chain_id: int = _doc(0, "expected chain id; 0 accepts the endpoint's own, anything else is enforced")
     keystore: str = _doc("", "Web3 Secret Storage file of the sending account (deployer/relayer)")
     password_file: str = _doc("", "file holding the keystore password (or set IOTSETTLE_CHAIN_PASSWORD)")
@@ -43,6 +53,18 @@ class ChainSettings:
     private_key: str = _secret(doc="raw sending key (hex); for scripts and CI, prefer a keystore")
     confirmations: int = _doc(1, "blocks on top of a transaction's block before it counts as final")
     timeout: float = _doc(10.0, "seconds to wait for an RPC answer")
+    signer: str = _doc(
+        "keystore",
+        "who signs transactions: keystore (keystore / private_key / a local dev key, in this process) or remote "
+        "(eth_signTransaction at signer_url: Clef, Web3Signer; the key never enters this process)",
+    )
+    signer_url: str = _doc("", "remote signer: its JSON-RPC endpoint (http/https)")
+    signer_address: str = _doc("", "remote signer: the account it signs for (0x…)")
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The RPC endpoints in order of preference: ``rpc_urls``, else ``rpc_url`` alone."""
+        return self.rpc_urls or (self.rpc_url,)
 
 
 @dataclass(frozen=True)
@@ -213,6 +235,12 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
                 pass
     elif typ is str and isinstance(value, str):
         return value
+    elif typ == tuple[str, ...]:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, list) and all(isinstance(part, str) for part in value):
+            return tuple(value)
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
     raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
 
 
@@ -273,6 +301,8 @@ def load_config(
             elif f.name in raw:
                 values[f.name] = _convert(raw[f.name], hints[f.name], f"[{name}] {f.name}")
         sections[name] = cls(**values)
+    if sections["chain"].rpc_urls:  # rpc_url names the first endpoint, for everything that quotes one
+        sections["chain"] = dataclasses.replace(sections["chain"], rpc_url=sections["chain"].rpc_urls[0])
     config = Config(**sections, root=_project_root(config_file), source=str(config_file or "defaults"))
     _validate(config)
     return config
@@ -309,6 +339,20 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"[chain] rpc_url {config.chain.rpc_url!r} must start with http(s):// or ws(s)://")
     if config.chain.timeout <= 0:
         raise ConfigError("[chain] timeout must be > 0")
+    if len(config.chain.rpc_urls) > 1:
+        for number, url in enumerate(config.chain.rpc_urls, 1):
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"[chain] rpc_urls: endpoint {number} must start with http(s)://")
+    if config.chain.max_lag < 0 or config.chain.stall <= 0 or config.chain.head_check <= 0:
+        raise ConfigError("[chain] max_lag must be ≥ 0, stall and head_check > 0")
+    if config.chain.signer not in ("keystore", "remote"):
+        raise ConfigError(f"[chain] signer = {config.chain.signer!r}: expected keystore or remote")
+    if config.chain.signer == "remote":
+        if not config.chain.signer_url.startswith(("http://", "https://")):
+            raise ConfigError("[chain] signer = remote needs signer_url, an http(s) URL")
+        address = config.chain.signer_address
+        if not (address.startswith("0x") and len(address) == 42):
+            raise ConfigError("[chain] signer = remote needs signer_address, the 0x… account it signs for")
 
 
 def field_docs() -> list[tuple[str, str, Any, str, bool]]:

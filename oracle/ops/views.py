@@ -14,6 +14,7 @@ from typing import Any
 
 from iotsettle.oracle.chain.artifacts import load_artifact, runtime_matches
 from iotsettle.oracle.chain.calls import ContractReader, read
+from iotsettle.oracle.chain.endpoints import Endpoints
 from iotsettle.oracle.chain.manifest import load_manifest
 from iotsettle.oracle.chain.rpc import TRANSPORT_ERRORS, RpcClient, unreachable
 from iotsettle.oracle.config import Config
@@ -54,8 +55,10 @@ class ReadContext:
 
 def open_reads(config: Config, rpc_url: str | None = None) -> ReadContext:
     """Connect to an http(s) endpoint, check the chain id and the manifest's genesis, load the manifest."""
-    url = rpc_url or config.chain.rpc_url
-    rpc = RpcClient(url=url, timeout=config.chain.timeout)
+    pool = Endpoints.from_config(config, rpc_url)
+    rpc = RpcClient(timeout=config.chain.timeout, endpoints=pool)
+    rpc.check_heads()
+    url = pool.current
     try:
         answer = rpc("eth_chainId", [])
     except TRANSPORT_ERRORS as exc:
