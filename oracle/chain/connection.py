@@ -25,6 +25,7 @@ from eth_account.signers.local import LocalAccount
 from eth_keyfile import decode_keyfile_json
 from iotsettle.oracle.chain.endpoints import Endpoints, endpoint
 from iotsettle.oracle.chain.rpc import RpcClient, unreachable
+from iotsettle.oracle.chain.signer import RemoteSigner, Signer
 from iotsettle.oracle.config import LOCAL_CHAIN_IDS, Config
 from iotsettle.oracle.protocol.errors import ChainError, KeyFileError
 from web3 import HTTPProvider, Web3
@@ -160,15 +161,23 @@ def load_keystore(path: Path, password: str) -> LocalAccount:
     return _from_key(key)
 
 
-def load_sender(config: Config, chain: Chain) -> LocalAccount:
-    """The account that signs transactions: keystore → raw key from the environment → local dev key (account 0)."""
-    return _configured_key(config, chain, ANVIL_DEV_KEYS[0])
+def load_sender(config: Config, chain: Chain) -> Signer:
+    """The account that signs transactions: the remote signer (``[chain] signer = "remote"``) → keystore → raw key
+    from the environment → local dev key (account 0)."""
+    return remote_signer(config) or _configured_key(config, chain, ANVIL_DEV_KEYS[0])
 
 
-def load_relayer(config: Config, chain: Chain) -> LocalAccount:
-    """The oracle daemon's relayer: the configured key as for ``load_sender``; with none, on a local chain, its own
-    development account (``RELAYER_DEV_KEY``), never the CLI's default sender."""
-    return _configured_key(config, chain, RELAYER_DEV_KEY)
+def load_relayer(config: Config, chain: Chain) -> Signer:
+    """The oracle daemon's relayer: the configured signer as for ``load_sender``; with none, on a local chain, its
+    own development account (``RELAYER_DEV_KEY``), never the CLI's default sender."""
+    return remote_signer(config) or _configured_key(config, chain, RELAYER_DEV_KEY)
+
+
+def remote_signer(config: Config) -> RemoteSigner | None:
+    """The ``eth_signTransaction`` signer of ``[chain] signer_url`` when ``[chain] signer = "remote"``."""
+    if config.chain.signer != "remote":
+        return None
+    return RemoteSigner(config.chain.signer_url, config.chain.signer_address, config.chain.timeout)
 
 
 def _configured_key(config: Config, chain: Chain, local_default: str) -> LocalAccount:

@@ -13,12 +13,12 @@ import os
 import socket
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from iotsettle.oracle.chain.endpoints import endpoint
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.deployment import Deployment
 from iotsettle.oracle.daemon.health import State
@@ -62,19 +62,12 @@ _PART_OF_ERROR: tuple[tuple[type[IotSettleError], str], ...] = (
 )
 
 
-def endpoint(url: str) -> str:
-    """``scheme://host[:port]`` of a URL: no user info, path or query (hosted RPC endpoints put API keys there)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or "?"
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
-
-
 def scrub(text: str, config: Config) -> str:
     """``text`` with the RPC URL cut to its endpoint and every configured secret replaced by ``***``: errors of
     the layers below quote what they were given."""
-    url = config.chain.rpc_url
-    if url != endpoint(url):
-        text = text.replace(url, endpoint(url))
+    for url in (*config.chain.endpoints, config.chain.signer_url):
+        if url and url != endpoint(url):
+            text = text.replace(url, endpoint(url))
     for secret in (config.chain.password, config.chain.private_key, config.mqtt.password):
         if secret:
             text = text.replace(secret, "***")
@@ -82,6 +75,8 @@ def scrub(text: str, config: Config) -> str:
 
 
 def _key_source(config: Config) -> str:
+    if config.chain.signer == "remote":
+        return f"the remote signer at {endpoint(config.chain.signer_url)}"
     if config.chain.keystore:
         return f"keystore {config.chain.keystore}"
     if config.chain.private_key:

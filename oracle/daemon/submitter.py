@@ -28,10 +28,10 @@ from enum import StrEnum
 from typing import Any
 
 import requests
-from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
 from iotsettle.oracle.chain.revert import ErrorDecoder
 from iotsettle.oracle.chain.rpc import RpcClient
+from iotsettle.oracle.chain.signer import Signer
 from iotsettle.oracle.daemon.calldata import KindSpec
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.planner import Batch
@@ -133,7 +133,7 @@ class Submitter:
         self,
         w3: Web3,
         chain_id: int,
-        account: LocalAccount,
+        account: Signer,
         store: Store,
         txstore: TxStore,
         specs: Mapping[str, KindSpec],
