@@ -86,6 +86,6 @@ def test_a_remote_signer_needs_its_url_and_account() -> None:
     with pytest.raises(ConfigError, match="signer_url"):
         load_config(env={"IOTSETTLE_CHAIN_SIGNER": "remote"}, read_files=False)
     with pytest.raises(ConfigError, match="signer_address"):
-        load_config(env={"IOTSETTLE_CHAIN_SIGNER": "remote", "IOTSETTLE_CHAIN_SIGNER_URL": "http://a"}, read_files=False)
+        remote_config("http://127.0.0.1:1", address="")
     with pytest.raises(ConfigError, match="expected keystore or remote"):
         load_config(env={"IOTSETTLE_CHAIN_SIGNER": "hsm"}, read_files=False)
