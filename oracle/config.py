@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -33,10 +34,30 @@ def _doc(default: Any, doc: str) -> Any:
     return field(default=default, metadata={"doc": doc})
 
 
+def _url(default: Any, doc: str) -> Any:
+    """A URL setting: printed without its path, query or user info, where hosted endpoints keep API keys."""
+    return field(default=default, metadata={"doc": doc, "url": True})
+
+
+def endpoint(url: str) -> str:
+    """``scheme://host[:port]`` of a URL: no user info, path or query (hosted RPC endpoints put API keys there)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+
+
+def printable_url(url: str) -> str:
+    """``url`` as it may be shown: its endpoint, with ``/***`` where a path, query or user info was cut."""
+    if not url:
+        return url
+    short = endpoint(url)
+    return short if url.rstrip("/") == short else f"{short}/***"
+
+
 @dataclass(frozen=True)
 class ChainSettings:
-    rpc_url: str = _doc("http://127.0.0.1:8545", "JSON-RPC endpoint (http/https/ws); with rpc_urls, the first of them")
-    rpc_urls: tuple[str, ...] = _doc(
+    rpc_url: str = _url("http://127.0.0.1:8545", "JSON-RPC endpoint (http/https/ws); with rpc_urls, the first of them")
+    rpc_urls: tuple[str, ...] = _url(
         (),
         "several http(s) endpoints of the same chain, in order of preference (env: comma-separated); the daemon "
         "and the CLI move to the next one when an endpoint does not answer or is stale; empty = rpc_url alone",
@@ -58,7 +79,7 @@ class ChainSettings:
         "who signs transactions: keystore (keystore / private_key / a local dev key, in this process) or remote "
         "(eth_signTransaction at signer_url: Clef, Web3Signer; the key never enters this process)",
     )
-    signer_url: str = _doc("", "remote signer: its JSON-RPC endpoint (http/https)")
+    signer_url: str = _url("", "remote signer: its JSON-RPC endpoint (http/https)")
     signer_address: str = _doc("", "remote signer: the account it signs for (0x…)")
 
     @property
@@ -187,18 +208,23 @@ class Config:
         return candidate if candidate.is_absolute() else self.root / candidate
 
     def redacted(self) -> dict[str, dict[str, Any]]:
-        """Every section as a dict, secrets replaced by ``***`` when set."""
+        """Every section as a dict, secrets replaced by ``***`` when set, URLs cut to their endpoint."""
         out: dict[str, dict[str, Any]] = {}
         for name in SECTIONS:
             section = getattr(self, name)
-            out[name] = {
-                f.name: ("***" if f.metadata.get("secret") and getattr(section, f.name) else getattr(section, f.name))
-                for f in fields(section)
-            }
+            out[name] = {f.name: _shown(f, getattr(section, f.name)) for f in fields(section)}
         return out
 
     def replace(self, section: str, **changes: Any) -> Config:
         return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
+
+
+def _shown(f: dataclasses.Field[Any], value: Any) -> Any:
+    if f.metadata.get("secret") and value:
+        return "***"
+    if f.metadata.get("url"):
+        return tuple(map(printable_url, value)) if isinstance(value, tuple) else printable_url(value)
+    return value
 
 
 SECTIONS: dict[str, type] = {

@@ -23,10 +23,10 @@ import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_keyfile import decode_keyfile_json
-from iotsettle.oracle.chain.endpoints import Endpoints, endpoint
+from iotsettle.oracle.chain.endpoints import Endpoints
 from iotsettle.oracle.chain.rpc import RpcClient, unreachable
 from iotsettle.oracle.chain.signer import RemoteSigner, Signer
-from iotsettle.oracle.config import LOCAL_CHAIN_IDS, Config
+from iotsettle.oracle.config import LOCAL_CHAIN_IDS, Config, endpoint
 from iotsettle.oracle.protocol.errors import ChainError, KeyFileError
 from web3 import HTTPProvider, Web3
 from web3.exceptions import Web3Exception

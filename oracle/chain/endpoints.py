@@ -16,25 +16,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from iotsettle.oracle.config import Config
+from iotsettle.oracle.config import Config, endpoint
 from iotsettle.oracle.protocol.errors import ChainError
 
 log = logging.getLogger(__name__)
 
 #: (from label, to label, reason) of a switch
 SwitchListener = Callable[[str, str, str], None]
-
-
-def endpoint(url: str) -> str:
-    """``scheme://host[:port]`` of a URL: no user info, path or query (hosted RPC endpoints put API keys there)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or "?"
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
 
 
 @dataclass

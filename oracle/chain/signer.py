@@ -21,8 +21,8 @@ from eth_hash.auto import keccak
 from eth_typing import ChecksumAddress
 from eth_utils import is_address, to_checksum_address
 from hexbytes import HexBytes
-from iotsettle.oracle.chain.endpoints import endpoint
 from iotsettle.oracle.chain.rpc import NodeRefused, RpcClient
+from iotsettle.oracle.config import endpoint
 from iotsettle.oracle.protocol.errors import ChainError, SignerError
 
 #: transaction fields sent to the signer, as JSON-RPC quantities, and compared with what it signed

@@ -18,8 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from iotsettle.oracle.chain.endpoints import endpoint
-from iotsettle.oracle.config import Config
+from iotsettle.oracle.config import Config, endpoint
 from iotsettle.oracle.daemon.deployment import Deployment
 from iotsettle.oracle.daemon.health import State
 from iotsettle.oracle.daemon.intake.transport import Transport
