@@ -102,3 +102,4 @@ def test_a_frozen_endpoint_is_left_and_pending_transactions_are_resent_as_signed
     rpc = health["checks"]["rpc"]
     assert rpc["status"] == "ok" and rpc["detail"].startswith("#2 http://127.0.0.1:"), rpc
     assert "re-sent" in log and "as signed" in log, log[-3000:]
+    assert key[2:].lower() not in log.lower(), "the relayer key must never reach the log"
