@@ -71,6 +71,7 @@ class FailoverProvider(JSONBaseProvider):
         super().__init__()
         self.endpoints = endpoints
         self.client = RpcClient(endpoints=endpoints, timeout=timeout)
+        self._request_kwargs = {"timeout": timeout}  # what RpcClient(w3) reads its timeout from
 
     @property
     def endpoint_uri(self) -> str:

@@ -306,9 +306,16 @@ class Submitter:
         events = [e for e, _ in items]
         data = spec.calldata([i for _, i in items])
         fees = self.fees()
+        # Signed before the write transaction: a remote signer's round trip must not hold the database's write lock
+        # (intake commits wait on it). Only this thread hands out nonces, so the one read here is the one taken.
+        nonce = self.txstore.next_nonce(self.chain_id, self.sender)
+        if nonce is None:
+            raise StoreError(f"no nonce recorded for {self.sender} on chain {self.chain_id}: reconcile first")
+        signed = self._sign(spec.contract, data, gas_limit, nonce, fees)
         with self.store.transaction():
-            nonce = self.txstore.take_nonce(self.chain_id, self.sender)
-            signed = self._sign(spec.contract, data, gas_limit, nonce, fees)
+            taken = self.txstore.take_nonce(self.chain_id, self.sender)
+            if taken != nonce:
+                raise StoreError(f"nonce {nonce} of {self.sender} was taken meanwhile (now {taken}); planned again")
             tx = TxRecord(
                 new_tx_key(self.chain_id, nonce),
                 self.chain_id,
