@@ -38,6 +38,9 @@ def test_the_sending_path_sends_what_the_remote_signer_signed(anvil: Anvil, chai
     receipt = send(chain, signer, {"to": Account.create().address, "value": 12345})
     sent = chain.w3.eth.get_transaction(receipt["transactionHash"])
     assert receipt["status"] == 1 and sent["from"] == REMOTE and sent["nonce"] == nonce
+    # a contract creation (no recipient): runtime code that returns 42
+    created = send(chain, signer, {"data": "0x600a600c600039600a6000f3602a60005260206000f3"})
+    assert int(chain.w3.eth.call({"to": created["contractAddress"]}).hex(), 16) == 42
 
 
 def test_a_signer_that_refuses_or_is_away_is_one_sentence(anvil: Anvil, chain: Any) -> None:
