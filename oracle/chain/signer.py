@@ -74,6 +74,17 @@ class RemoteSigner:
     def __repr__(self) -> str:
         return f"RemoteSigner({self._address} at {self.where})"
 
+    def lists_account(self) -> bool:
+        """Whether the signer lists its account in ``eth_accounts`` (Clef may first ask its operator to approve);
+        raises SignerError when it does not answer."""
+        try:
+            accounts = self._rpc.call("eth_accounts", [])
+        except NodeRefused:
+            return False
+        except ChainError:
+            raise SignerError(f"the remote signer at {self.where} does not answer") from None
+        return isinstance(accounts, list) and self._address.lower() in (str(a).lower() for a in accounts)
+
     def request(self, tx: Mapping[str, Any]) -> dict[str, Any]:
         """The ``eth_signTransaction`` parameter for ``tx``: quantities as hex, the data as ``data`` and ``input``."""
         params: dict[str, Any] = {"from": self._address}

@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from iotsettle.oracle.chain.signer import RemoteSigner
 from iotsettle.oracle.config import Config, endpoint
 from iotsettle.oracle.daemon.deployment import Deployment
 from iotsettle.oracle.daemon.health import State
@@ -32,6 +33,7 @@ from iotsettle.oracle.protocol.errors import (
     DeploymentError,
     IotSettleError,
     KeyFileError,
+    SignerError,
 )
 
 
@@ -71,6 +73,17 @@ def scrub(text: str, config: Config) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+def _signer_finding(signer: RemoteSigner) -> Finding:
+    """Whether the remote signer answers and lists the relayer (a warning only: Clef may ask its operator first)."""
+    try:
+        listed = signer.lists_account()
+    except SignerError as exc:
+        return Finding("signer", Verdict.FAIL, str(exc))
+    if listed:
+        return Finding("signer", Verdict.OK, f"{signer.where} lists {signer.address}")
+    return Finding("signer", Verdict.WARN, f"{signer.where} answers but does not list {signer.address} (approval?)")
 
 
 def _key_source(config: Config) -> str:
@@ -174,6 +187,8 @@ def run_checks(config: Config, broker_timeout: float = 5.0) -> list[Finding]:
             ),
             Finding("relayer key", Verdict.OK, f"{deployment.relayer.address} from {_key_source(config)}"),
         ]
+        if isinstance(deployment.relayer, RemoteSigner):
+            findings.append(_signer_finding(deployment.relayer))
         try:
             findings.append(Finding("broker", Verdict.OK, check_broker(config, deployment, broker_timeout)))
         except IotSettleError as exc:
