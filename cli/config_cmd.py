@@ -17,7 +17,14 @@ def config_group() -> None:
 @click.option("--defaults", is_flag=True, help="List every setting with its default, env variable and meaning.")
 @with_context()
 def show(cmd: CommandContext, defaults: bool) -> None:
-    """Print the effective configuration; secrets are shown as ***."""
+    """Print the effective configuration; secrets are shown as ***.
+
+    \b
+    Examples:
+      iotsettle config show                    # what this shell's file and IOTSETTLE_* variables give
+      iotsettle config show --defaults --json  # every setting: default, variable, meaning
+      IOTSETTLE_CHAIN_RPC_URLS=http://a:8545,http://b:8545 iotsettle config show   # rpc_urls from the environment
+    """
     if defaults:
         rows = [
             {

@@ -56,9 +56,15 @@ def run(cmd: CommandContext, intake_only: bool, check: bool) -> None:
     The relayer key comes from [chain] keystore + IOTSETTLE_CHAIN_PASSWORD (or password_file); on a local chain
     without one, anvil development account 9 (0xa0Ee…9720) — never account 0, which the CLI sends from.
 
+    With [chain] signer = "remote" the relayer signs outside the process: eth_signTransaction at [chain] signer_url
+    for [chain] signer_address (Clef, Web3Signer); no key is loaded.
+
     /health and /metrics listen on [oracle] health_host:health_port; /health turns "degraded" (and says how much to
     send where) when the relayer's balance lasts fewer than [oracle] min_gas_hours at the last hour's gas spending.
     Brokers: [mqtt] brokers (failover in order), TLS with [mqtt] tls_ca_file / tls_cert_file / tls_key_file.
+
+    With several endpoints in [chain] rpc_urls the daemon moves to the next one when an endpoint does not answer or
+    falls behind (/health "rpc" names the one in use; /metrics counts the switches).
 
     \b
     Examples:
@@ -68,6 +74,8 @@ def run(cmd: CommandContext, intake_only: bool, check: bool) -> None:
       curl -s http://127.0.0.1:9464/health                                 # from another shell: each check
       IOTSETTLE_MQTT_BROKERS=mqtts://mqtt-a:8883,mqtts://mqtt-b:8883 IOTSETTLE_MQTT_TLS_CA_FILE=ca.pem \\
         IOTSETTLE_MQTT_TLS_CERT_FILE=oracle.pem IOTSETTLE_MQTT_TLS_KEY_FILE=oracle.key iotsettle oracle run
+      IOTSETTLE_CHAIN_RPC_URLS=http://node-a:8545,http://node-b:8545 iotsettle oracle run   # with failover
+      IOTSETTLE_CHAIN_SIGNER=remote iotsettle oracle run   # signs at [chain] signer_url (Clef, Web3Signer)
     """
     if check:
         findings = daemon_checkup.run_checks(cmd.config)

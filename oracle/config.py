@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -33,9 +34,39 @@ def _doc(default: Any, doc: str) -> Any:
     return field(default=default, metadata={"doc": doc})
 
 
+def _url(default: Any, doc: str) -> Any:
+    """A URL setting: printed without its path, query or user info, where hosted endpoints keep API keys."""
+    return field(default=default, metadata={"doc": doc, "url": True})
+
+
+def endpoint(url: str) -> str:
+    """``scheme://host[:port]`` of a URL: no user info, path or query (hosted RPC endpoints put API keys there)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+
+
+def printable_url(url: str) -> str:
+    """``url`` as it may be shown: its endpoint, with ``/***`` where a path, query or user info was cut."""
+    if not url:
+        return url
+    short = endpoint(url)
+    return short if url.rstrip("/") == short else f"{short}/***"
+
+
 @dataclass(frozen=True)
 class ChainSettings:
-    rpc_url: str = _doc("http://127.0.0.1:8545", "JSON-RPC endpoint (http/https/ws)")
+    rpc_url: str = _url("http://127.0.0.1:8545", "JSON-RPC endpoint (http/https/ws); with rpc_urls, the first of them")
+    rpc_urls: tuple[str, ...] = _url(
+        (),
+        "several http(s) endpoints of the same chain, in order of preference (env: comma-separated); the daemon "
+        "and the CLI move to the next one when an endpoint does not answer or is stale; empty = rpc_url alone",
+    )
+    max_lag: int = _doc(3, "failover: blocks an endpoint's head may be behind the best endpoint's before it is stale")
+    stall: float = _doc(
+        30.0, "failover: seconds an endpoint's head may stand still while another's advances before it is stale"
+    )
+    head_check: float = _doc(5.0, "failover: seconds between two reads of every endpoint's head by the daemon")
     chain_id: int = _doc(0, "expected chain id; 0 accepts the endpoint's own, anything else is enforced")
     keystore: str = _doc("", "Web3 Secret Storage file of the sending account (deployer/relayer)")
     password_file: str = _doc("", "file holding the keystore password (or set IOTSETTLE_CHAIN_PASSWORD)")
@@ -43,6 +74,18 @@ class ChainSettings:
     private_key: str = _secret(doc="raw sending key (hex); for scripts and CI, prefer a keystore")
     confirmations: int = _doc(1, "blocks on top of a transaction's block before it counts as final")
     timeout: float = _doc(10.0, "seconds to wait for an RPC answer")
+    signer: str = _doc(
+        "keystore",
+        "who signs transactions: keystore (keystore / private_key / a local dev key, in this process) or remote "
+        "(eth_signTransaction at signer_url: Clef, Web3Signer; the key never enters this process)",
+    )
+    signer_url: str = _url("", "remote signer: its JSON-RPC endpoint (http/https)")
+    signer_address: str = _doc("", "remote signer: the account it signs for (0x…)")
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The RPC endpoints in order of preference: ``rpc_urls``, else ``rpc_url`` alone."""
+        return self.rpc_urls or (self.rpc_url,)
 
 
 @dataclass(frozen=True)
@@ -260,18 +303,23 @@ class Config:
         return candidate if candidate.is_absolute() else self.root / candidate
 
     def redacted(self) -> dict[str, dict[str, Any]]:
-        """Every section as a dict, secrets replaced by ``***`` when set."""
+        """Every section as a dict, secrets replaced by ``***`` when set, URLs cut to their endpoint."""
         out: dict[str, dict[str, Any]] = {}
         for name in SECTIONS:
             section = getattr(self, name)
-            out[name] = {
-                f.name: ("***" if f.metadata.get("secret") and getattr(section, f.name) else getattr(section, f.name))
-                for f in fields(section)
-            }
+            out[name] = {f.name: _shown(f, getattr(section, f.name)) for f in fields(section)}
         return out
 
     def replace(self, section: str, **changes: Any) -> Config:
         return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
+
+
+def _shown(f: dataclasses.Field[Any], value: Any) -> Any:
+    if f.metadata.get("secret") and value:
+        return "***"
+    if f.metadata.get("url"):
+        return tuple(map(printable_url, value)) if isinstance(value, tuple) else printable_url(value)
+    return value
 
 
 SECTIONS: dict[str, type] = {
@@ -375,6 +423,8 @@ def load_config(
             elif f.name in raw:
                 values[f.name] = _convert(raw[f.name], hints[f.name], f"[{name}] {f.name}")
         sections[name] = cls(**values)
+    if sections["chain"].rpc_urls:  # rpc_url names the first endpoint, for everything that quotes one
+        sections["chain"] = dataclasses.replace(sections["chain"], rpc_url=sections["chain"].rpc_urls[0])
     config = Config(**sections, root=_project_root(config_file), source=str(config_file or "defaults"))
     _validate(config)
     return config
@@ -416,6 +466,20 @@ def _validate(config: Config) -> None:
         raise ConfigError("[mqtt] tls_key_file is set but tls_cert_file is not: the key belongs to a certificate")
     if not 0 <= config.node.mqtt_tls_port < 65536:
         raise ConfigError(f"[node] mqtt_tls_port = {config.node.mqtt_tls_port} is not a TCP port (0 = none)")
+    if len(config.chain.rpc_urls) > 1:
+        for number, url in enumerate(config.chain.rpc_urls, 1):
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"[chain] rpc_urls: endpoint {number} must start with http(s)://")
+    if config.chain.max_lag < 0 or config.chain.stall <= 0 or config.chain.head_check <= 0:
+        raise ConfigError("[chain] max_lag must be ≥ 0, stall and head_check > 0")
+    if config.chain.signer not in ("keystore", "remote"):
+        raise ConfigError(f"[chain] signer = {config.chain.signer!r}: expected keystore or remote")
+    if config.chain.signer == "remote":
+        if not config.chain.signer_url.startswith(("http://", "https://")):
+            raise ConfigError("[chain] signer = remote needs signer_url, an http(s) URL")
+        address = config.chain.signer_address
+        if not (address.startswith("0x") and len(address) == 42):
+            raise ConfigError("[chain] signer = remote needs signer_address, the 0x… account it signs for")
 
 
 def field_docs() -> list[tuple[str, str, Any, str, bool]]:

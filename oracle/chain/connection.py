@@ -1,4 +1,8 @@
-"""Chain access: connect to an RPC endpoint and load the sending key (``send`` sends with it).
+"""Chain access: connect to the RPC endpoint(s) and load the sending key (``send`` sends with it).
+
+With several endpoints (``[chain] rpc_urls``) web3 talks through a ``FailoverProvider``: the same ``RpcClient`` and
+``Endpoints`` as the raw calls, so every caller fails over in one place (``endpoints``); ``connect`` reads every
+endpoint's head once and starts on a fresh one.
 
 Keys are never defaults, with one exception: on a local chain (anvil 31337, ganache 1337) and only when no
 key is configured, a well-known anvil development account is used so a fresh machine works — account 0 for the
@@ -13,16 +17,21 @@ import logging
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_keyfile import decode_keyfile_json
-from iotsettle.oracle.chain.rpc import unreachable
-from iotsettle.oracle.config import LOCAL_CHAIN_IDS, Config
+from iotsettle.oracle.chain.endpoints import Endpoints
+from iotsettle.oracle.chain.rpc import RpcClient, unreachable
+from iotsettle.oracle.chain.signer import RemoteSigner, Signer
+from iotsettle.oracle.config import LOCAL_CHAIN_IDS, Config, endpoint
 from iotsettle.oracle.protocol.errors import ChainError, KeyFileError
 from web3 import HTTPProvider, Web3
 from web3.exceptions import Web3Exception
+from web3.providers import JSONBaseProvider
+from web3.types import RPCEndpoint, RPCResponse
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +63,61 @@ class Chain:
         return self.chain_id in LOCAL_CHAIN_IDS
 
 
+class FailoverProvider(JSONBaseProvider):
+    """A web3 provider over several endpoints of one chain: each request goes through ``RpcClient``, which sends
+    it to ``endpoints.current`` and to the next endpoint when that one does not answer."""
+
+    def __init__(self, endpoints: Endpoints, timeout: float) -> None:
+        super().__init__()
+        self.endpoints = endpoints
+        self.client = RpcClient(endpoints=endpoints, timeout=timeout)
+        self._request_kwargs = {"timeout": timeout}  # what RpcClient(w3) reads its timeout from
+
+    @property
+    def endpoint_uri(self) -> str:
+        return self.endpoints.current
+
+    def _plain(self, method: RPCEndpoint, params: Any) -> dict[str, Any]:
+        """The request as plain JSON (web3 passes bytes and HexBytes, which its own encoder writes as hex)."""
+        request: dict[str, Any] = json.loads(self.encode_rpc_request(method, params))
+        return request
+
+    def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        request = self._plain(method, params)
+        return cast(RPCResponse, self.client(request["method"], request["params"]))
+
+    def make_batch_request(self, requests: list[tuple[RPCEndpoint, Any]]) -> list[RPCResponse] | RPCResponse:
+        plain = [self._plain(method, params) for method, params in requests]
+        answers: Any = self.client._send(plain)
+        if isinstance(answers, list):
+            answers.sort(key=lambda a: a.get("id", 0) if isinstance(a, dict) else 0)
+        return cast(list[RPCResponse] | RPCResponse, answers)
+
+
+def endpoints_of(w3: Web3) -> Endpoints | None:
+    """The endpoints a web3 instance fails over between (None for a single endpoint)."""
+    pool = getattr(w3.provider, "endpoints", None)
+    return pool if isinstance(pool, Endpoints) else None
+
+
 def connect(config: Config, rpc_url: str | None = None) -> Chain:
-    """Connect and check the chain id against ``[chain] chain_id``; raises ChainError in one line."""
-    url = rpc_url or config.chain.rpc_url
-    w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": config.chain.timeout}))
+    """Connect and check the chain id against ``[chain] chain_id``; raises ChainError in one line.
+
+    ``rpc_url`` (a command's ``--rpc-url``) is the one endpoint used; without it the configured endpoints are, with
+    failover when there are several."""
+    pool = Endpoints.from_config(config, rpc_url)
+    urls = pool.urls
+    if len(urls) > 1:
+        provider = FailoverProvider(pool, config.chain.timeout)
+        provider.client.check_heads()
+        w3 = Web3(provider)
+    else:
+        w3 = Web3(HTTPProvider(urls[0], request_kwargs={"timeout": config.chain.timeout}))
+    url = str(getattr(w3.provider, "endpoint_uri", urls[0]))
     try:
         chain_id = w3.eth.chain_id
     except (requests.RequestException, OSError, Web3Exception, ValueError) as exc:
-        raise unreachable(url, exc) from None
+        raise unreachable(url if len(urls) == 1 else f"{len(urls)} endpoints, last {endpoint(url)}", exc) from None
     expected = config.chain.chain_id
     if expected and chain_id != expected:
         raise ChainError(f"{url} is chain {chain_id}, but the configuration expects chain {expected}")
@@ -106,15 +162,23 @@ def load_keystore(path: Path, password: str) -> LocalAccount:
     return _from_key(key)
 
 
-def load_sender(config: Config, chain: Chain) -> LocalAccount:
-    """The account that signs transactions: keystore → raw key from the environment → local dev key (account 0)."""
-    return _configured_key(config, chain, ANVIL_DEV_KEYS[0])
+def load_sender(config: Config, chain: Chain) -> Signer:
+    """The account that signs transactions: the remote signer (``[chain] signer = "remote"``) → keystore → raw key
+    from the environment → local dev key (account 0)."""
+    return remote_signer(config) or _configured_key(config, chain, ANVIL_DEV_KEYS[0])
 
 
-def load_relayer(config: Config, chain: Chain) -> LocalAccount:
-    """The oracle daemon's relayer: the configured key as for ``load_sender``; with none, on a local chain, its own
-    development account (``RELAYER_DEV_KEY``), never the CLI's default sender."""
-    return _configured_key(config, chain, RELAYER_DEV_KEY)
+def load_relayer(config: Config, chain: Chain) -> Signer:
+    """The oracle daemon's relayer: the configured signer as for ``load_sender``; with none, on a local chain, its
+    own development account (``RELAYER_DEV_KEY``), never the CLI's default sender."""
+    return remote_signer(config) or _configured_key(config, chain, RELAYER_DEV_KEY)
+
+
+def remote_signer(config: Config) -> RemoteSigner | None:
+    """The ``eth_signTransaction`` signer of ``[chain] signer_url`` when ``[chain] signer = "remote"``."""
+    if config.chain.signer != "remote":
+        return None
+    return RemoteSigner(config.chain.signer_url, config.chain.signer_address, config.chain.timeout)
 
 
 def _configured_key(config: Config, chain: Chain, local_default: str) -> LocalAccount:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from iotsettle.oracle.chain.artifacts import Artifact, artifact_hash, artifacts_dir, load_artifact, runtime_matches
 from iotsettle.oracle.chain.connection import Chain
 from iotsettle.oracle.chain.manifest import MANIFEST_FORMAT, manifest_path
 from iotsettle.oracle.chain.send import send
+from iotsettle.oracle.chain.signer import Signer
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.protocol.errors import DeploymentError
 from web3.contract import Contract
@@ -85,7 +85,7 @@ def _still_deployed(chain: Chain, artifact: Artifact, entry: dict[str, Any] | No
 def deploy_all(
     config: Config,
     chain: Chain,
-    account: LocalAccount,
+    account: Signer,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Deploy what is missing or changed, write the manifest and return it."""

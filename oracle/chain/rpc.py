@@ -8,6 +8,10 @@ over one ``requests`` session per thread for an http(s) endpoint, through the we
 
 Results are the node's JSON as it sent it (hex strings). A node that answers with an error raises
 ``NodeRefused``; one that does not answer raises ``ChainError``.
+
+With several endpoints (``endpoints.Endpoints``, from ``[chain] rpc_urls``) a request that gets no answer is sent
+again to the next endpoint, and ``check_heads`` moves away from a stale one: failover happens here, once, for every
+caller (web3 calls too, through ``connection.FailoverProvider``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 import requests
 from eth_hash.auto import keccak
+from iotsettle.oracle.chain.endpoints import Endpoints
 from iotsettle.oracle.protocol.errors import ChainError
 
 log = logging.getLogger(__name__)
@@ -31,10 +36,14 @@ log = logging.getLogger(__name__)
 BLOCKS_PER_BATCH = 200
 #: the longest node message kept in an error
 _MESSAGE_CHARS = 200
+#: seconds a head check waits for each endpoint (a frozen one must not hold the check for the full RPC timeout)
+HEAD_CHECK_TIMEOUT = 3.0
 
 Progress = Callable[[str], None]
 #: what a call that got no answer raises over http(s); a call through a web3 provider adds web3's own root
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (requests.RequestException, OSError, ValueError)
+#: what a head check counts as no usable answer: no answer, or one without a block number
+_HEAD_ERRORS: tuple[type[BaseException], ...] = (*TRANSPORT_ERRORS, KeyError, TypeError)
 
 
 def _provider_errors() -> tuple[type[BaseException], ...]:
@@ -110,10 +119,24 @@ class RpcClient:
     ``client(method, params)`` is the transport: the answer's envelope as the node sent it, transport failures
     raised as they come (the submitter classifies them). ``client.call`` is what most callers want: the result,
     or ``NodeRefused`` / ``ChainError``. ``calls`` counts requests made (a batch counts once).
+
+    ``endpoints`` (or a web3 instance over a ``FailoverProvider``) gives several http(s) endpoints of one chain: a
+    request that gets no answer goes to the next one (see ``endpoints``).
     """
 
-    def __init__(self, w3: Any = None, *, url: str | None = None, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        w3: Any = None,
+        *,
+        url: str | None = None,
+        timeout: float | None = None,
+        endpoints: Endpoints | None = None,
+    ) -> None:
         self._provider: Any = getattr(w3, "provider", None)
+        self.endpoints: Endpoints | None = endpoints or getattr(self._provider, "endpoints", None)
+        if self.endpoints is not None:
+            self._provider = None
+            url = self.endpoints.current
         uri = url or str(getattr(self._provider, "endpoint_uri", "") or "")
         self._url = uri if uri.startswith(("http://", "https://")) else None
         if self._url is None and self._provider is None:
@@ -136,17 +159,51 @@ class RpcClient:
             self._local.session = session
         return session
 
-    def _post(self, url: str, body: Any) -> Any:
-        response = self._session().post(url, json=body, timeout=self._timeout)
+    def _post(self, url: str, body: Any, timeout: float | None = None) -> Any:
+        response = self._session().post(url, json=body, timeout=timeout or self._timeout)
         response.raise_for_status()
         return response.json()
+
+    def _send(self, body: Any) -> Any:
+        """POST ``body`` to the endpoint in use; with several, to the next one each time one does not answer."""
+        pool = self.endpoints
+        if pool is None or len(pool) < 2:
+            return self._post(self._url or "", body)
+        for attempt in range(len(pool)):
+            url = pool.current
+            try:
+                return self._post(url, body)
+            except TRANSPORT_ERRORS as exc:
+                if attempt == len(pool) - 1:
+                    raise
+                pool.failed(url, type(exc).__name__)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def check_heads(self) -> None:
+        """Read every endpoint's head (``eth_blockNumber``, a short timeout each) and let ``endpoints`` leave a
+        stale one; nothing to do with a single endpoint."""
+        pool = self.endpoints
+        if pool is None or len(pool) < 2:
+            return
+        heads: list[int | None] = []
+        errors: list[str] = []
+        for url in pool.urls:
+            body = {"jsonrpc": "2.0", "id": next(self._ids), "method": "eth_blockNumber", "params": []}
+            try:
+                answer = self._post(url, body, timeout=min(self._timeout, HEAD_CHECK_TIMEOUT))
+                heads.append(int(answer["result"], 16))
+                errors.append("")
+            except _HEAD_ERRORS as exc:
+                heads.append(None)
+                errors.append(type(exc).__name__)
+        pool.observe(heads, errors)
 
     def __call__(self, method: str, params: list[Any]) -> dict[str, Any]:
         """One request; the answer's envelope (``result`` or ``error``) unchanged."""
         self.calls += 1
         if self._url is None:
             return dict(self._provider.make_request(method, params))
-        answer = self._post(self._url, {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
+        answer = self._send({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
         if not isinstance(answer, dict):
             raise ChainError(f"{method}: the node answered {str(answer)[:80]}")
         return answer
@@ -171,8 +228,8 @@ class RpcClient:
         try:
             if self._url is not None:
                 self.calls += 1
-                answers = self._post(
-                    self._url, [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in enumerate(calls)]
+                answers = self._send(
+                    [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in enumerate(calls)]
                 )
                 if isinstance(answers, list):
                     answers = sorted(answers, key=lambda a: a.get("id", 0) if isinstance(a, dict) else 0)

@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import requests
-from eth_account.signers.local import LocalAccount
 from iotsettle.oracle.chain.connection import Chain
 from iotsettle.oracle.chain.revert import ErrorDecoder, revert_data
 from iotsettle.oracle.chain.rpc import node_message
+from iotsettle.oracle.chain.signer import Signer
 from iotsettle.oracle.protocol.errors import ChainError
 from web3.contract.contract import ContractFunction
 from web3.exceptions import (
@@ -55,7 +55,7 @@ def nonce_taken(message: str) -> bool:
     return any(needle in lowered for needle in NONCE_TAKEN)
 
 
-def _next_nonce(chain: Chain, account: LocalAccount, used: int, message: str) -> int:
+def _next_nonce(chain: Chain, account: Signer, used: int, message: str) -> int:
     """The nonce to sign again with after ``used`` was refused: the account's count as ganache states it in its
     refusal, else the node's pending count (past ``used``: the pool may not show the transaction that took it)."""
     stated = _ACCOUNT_NONCE.search(message)
@@ -64,13 +64,13 @@ def _next_nonce(chain: Chain, account: LocalAccount, used: int, message: str) ->
     return max(int(chain.w3.eth.get_transaction_count(account.address, "pending")), used + 1)
 
 
-def _send_failed(account: LocalAccount, message: str) -> ChainError:
+def _send_failed(account: Signer, message: str) -> ChainError:
     if "insufficient funds" in message.lower():
         return ChainError(f"{account.address} has not enough ETH to pay for this transaction")
     return ChainError(f"sending the transaction failed: {message}")
 
 
-def _broadcast(chain: Chain, account: LocalAccount, tx: dict[str, Any], renonce: bool) -> tuple[Any, dict[str, Any]]:
+def _broadcast(chain: Chain, account: Signer, tx: dict[str, Any], renonce: bool) -> tuple[Any, dict[str, Any]]:
     """Sign and send ``tx``; with ``renonce``, once more at a fresh nonce when the node says its nonce is taken.
     Returns the transaction hash and the transaction as sent."""
     try:
@@ -130,7 +130,7 @@ def _would_revert(exc: ContractLogicError, decode: Decode | None) -> ChainError:
 
 def send(
     chain: Chain,
-    account: LocalAccount,
+    account: Signer,
     tx: Mapping[str, Any],
     timeout: float = 60.0,
     decode: Decode | None = None,
@@ -153,7 +153,7 @@ def send(
     return _mined(chain, account, full, timeout, renonce)
 
 
-def _mined(chain: Chain, account: LocalAccount, tx: dict[str, Any], timeout: float, renonce: bool) -> dict[str, Any]:
+def _mined(chain: Chain, account: Signer, tx: dict[str, Any], timeout: float, renonce: bool) -> dict[str, Any]:
     """Broadcast a filled transaction and wait for its receipt; raises ChainError when it reverted."""
     tx_hash, tx = _broadcast(chain, account, tx, renonce)
     try:
@@ -170,7 +170,7 @@ def _mined(chain: Chain, account: LocalAccount, tx: dict[str, Any], timeout: flo
 
 
 def send_call(
-    chain: Chain, account: LocalAccount, call: ContractFunction, *, value: int = 0, decode: Decode | None = None
+    chain: Chain, account: Signer, call: ContractFunction, *, value: int = 0, decode: Decode | None = None
 ) -> dict[str, Any]:
     """Estimate a contract call (a revert raises what ``decode`` makes of it), then sign, send and wait for the
     receipt."""
@@ -208,7 +208,7 @@ def send_call(
 
 
 def send_many(
-    chain: Chain, account: LocalAccount, calls: Sequence[ContractFunction], *, gas: int, decode: Decode | None = None
+    chain: Chain, account: Signer, calls: Sequence[ContractFunction], *, gas: int, decode: Decode | None = None
 ) -> list[dict[str, Any]]:
     """Send ``calls`` back to back at consecutive nonces with a fixed gas limit, then wait for every receipt.
 

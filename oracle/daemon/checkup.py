@@ -13,13 +13,13 @@ import os
 import socket
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from iotsettle.oracle.config import Config
+from iotsettle.oracle.chain.signer import RemoteSigner
+from iotsettle.oracle.config import Config, endpoint
 from iotsettle.oracle.daemon.deployment import Deployment
 from iotsettle.oracle.daemon.health import State
 from iotsettle.oracle.daemon.intake.transport import Transport
@@ -33,6 +33,7 @@ from iotsettle.oracle.protocol.errors import (
     DeploymentError,
     IotSettleError,
     KeyFileError,
+    SignerError,
 )
 
 
@@ -62,26 +63,32 @@ _PART_OF_ERROR: tuple[tuple[type[IotSettleError], str], ...] = (
 )
 
 
-def endpoint(url: str) -> str:
-    """``scheme://host[:port]`` of a URL: no user info, path or query (hosted RPC endpoints put API keys there)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or "?"
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
-
-
 def scrub(text: str, config: Config) -> str:
     """``text`` with the RPC URL cut to its endpoint and every configured secret replaced by ``***``: errors of
     the layers below quote what they were given."""
-    url = config.chain.rpc_url
-    if url != endpoint(url):
-        text = text.replace(url, endpoint(url))
+    for url in (*config.chain.endpoints, config.chain.signer_url):
+        if url and url != endpoint(url):
+            text = text.replace(url, endpoint(url))
     for secret in (config.chain.password, config.chain.private_key, config.mqtt.password):
         if secret:
             text = text.replace(secret, "***")
     return text
 
 
+def _signer_finding(signer: RemoteSigner) -> Finding:
+    """Whether the remote signer answers and lists the relayer (a warning only: Clef may ask its operator first)."""
+    try:
+        listed = signer.lists_account()
+    except SignerError as exc:
+        return Finding("signer", Verdict.FAIL, str(exc))
+    if listed:
+        return Finding("signer", Verdict.OK, f"{signer.where} lists {signer.address}")
+    return Finding("signer", Verdict.WARN, f"{signer.where} answers but does not list {signer.address} (approval?)")
+
+
 def _key_source(config: Config) -> str:
+    if config.chain.signer == "remote":
+        return f"the remote signer at {endpoint(config.chain.signer_url)}"
     if config.chain.keystore:
         return f"keystore {config.chain.keystore}"
     if config.chain.private_key:
@@ -180,6 +187,8 @@ def run_checks(config: Config, broker_timeout: float = 5.0) -> list[Finding]:
             ),
             Finding("relayer key", Verdict.OK, f"{deployment.relayer.address} from {_key_source(config)}"),
         ]
+        if isinstance(deployment.relayer, RemoteSigner):
+            findings.append(_signer_finding(deployment.relayer))
         try:
             findings.append(Finding("broker", Verdict.OK, check_broker(config, deployment, broker_timeout)))
         except IotSettleError as exc:

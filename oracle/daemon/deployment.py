@@ -11,12 +11,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from eth_account.signers.local import LocalAccount
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.chain.connection import Chain, connect, load_relayer
 from iotsettle.oracle.chain.deploy import verify_manifest
 from iotsettle.oracle.chain.manifest import load_manifest
 from iotsettle.oracle.chain.revert import ErrorDecoder
+from iotsettle.oracle.chain.signer import Signer
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.protocol.errors import DeploymentError
 from iotsettle.oracle.protocol.kinds import CONTRACT_OF_KIND
@@ -31,7 +31,7 @@ class Deployment:
 
     chain: Chain
     manifest: dict[str, Any]
-    relayer: LocalAccount
+    relayer: Signer
     contracts: dict[str, str]  # wire type → verifying contract address, for the kinds whose contract is deployed
     abis: dict[str, list[dict[str, Any]]]  # manifest name → ABI: the relayed kinds' contracts and the DeviceRegistry
     errors: ErrorDecoder  # the custom errors of those contracts

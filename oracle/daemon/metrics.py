@@ -95,6 +95,9 @@ class Metrics:
         self.min_gas_hours = Gauge(
             f"{PREFIX}_min_gas_hours", "[oracle] min_gas_hours: /health degrades below", registry=r
         )
+        # RPC failover ([chain] rpc_urls; oracle/chain/endpoints.py)
+        self.rpc_switches = Counter(f"{PREFIX}_rpc_switches", "moves to another RPC endpoint", registry=r)
+        self.rpc_endpoint = Gauge(f"{PREFIX}_rpc_endpoint", "RPC endpoint in use (1 = first of rpc_urls)", registry=r)
         self.check_state = Gauge(
             f"{PREFIX}_health_check", "each /health check: 0 ok, 1 degraded, 2 down", ["check"], registry=r
         )

@@ -23,6 +23,8 @@ import threading
 import time
 from types import FrameType
 
+from iotsettle.oracle.chain.connection import endpoints_of
+from iotsettle.oracle.chain.endpoints import Endpoints
 from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.alerts import AlertSettings
@@ -222,6 +224,7 @@ class OracleDaemon:
         self.settler: Settler | None = None
         self.health: Health | None = None
         self.funds: RelayerFunds | None = None
+        self.endpoints: Endpoints | None = None
         self._stores: list[Store] = []
         self._stop = threading.Event()
 
@@ -237,6 +240,9 @@ class OracleDaemon:
         log.info(
             "chain %d at %s, deployment verified; relayer %s", chain.chain_id, chain.rpc_url, deployment.relayer.address
         )
+        self.endpoints = endpoints_of(chain.w3)
+        if self.endpoints is not None:
+            self._watch_heads(self.endpoints, RpcClient(chain.w3))
 
         status_store = self._store()
         intake_store = self._store()
@@ -293,6 +299,26 @@ class OracleDaemon:
             settings.subscription,
         )
 
+    def _watch_heads(self, pool: Endpoints, client: RpcClient) -> None:
+        """Count switches in /metrics and read every endpoint's head each ``[chain] head_check`` seconds, so a
+        stale endpoint is left even while its answers come (``Endpoints.observe``)."""
+        self.metrics.rpc_endpoint.set(pool.index + 1)
+
+        def switched(*_: str) -> None:
+            self.metrics.rpc_switches.inc()
+            self.metrics.rpc_endpoint.set(pool.index + 1)
+
+        pool.on_switch.append(switched)
+
+        def watch() -> None:
+            while not self._stop.wait(self.config.chain.head_check):
+                try:
+                    client.check_heads()
+                except Exception:
+                    log.exception("reading the RPC endpoints' heads failed")
+
+        threading.Thread(target=watch, name="rpc-heads", daemon=True).start()
+
     def _add_checks(self, store: Store) -> None:
         health, intake, follower = self.health, self.intake, self.follower
         if health is None or intake is None or follower is None:
@@ -330,6 +356,8 @@ class OracleDaemon:
         health.add_check("settlement", settlement)
         if self.funds is not None:
             health.add_check("funds", self.funds.check)
+        if self.endpoints is not None:
+            health.add_check("rpc", self._rpc_check)
 
         def refresh() -> None:
             for status, count in store.backlog().items():
@@ -341,6 +369,15 @@ class OracleDaemon:
                 self.metrics.last_settled_block.set(block)
 
         health.on_scrape(refresh)
+
+    def _rpc_check(self) -> tuple[State, str]:
+        """The endpoint in use and the switch count; degraded while it is stale with no fresh one to go to."""
+        pool = self.endpoints
+        if pool is None:
+            return State.OK, "one endpoint"
+        detail = f"{pool.label()} of {len(pool)}, {pool.switches} switch(es)"
+        stale = pool.current_stale()
+        return (State.DEGRADED, f"{detail}; {stale}") if stale else (State.OK, detail)
 
     def _dead_letter(self, event: StoredEvent, reason: str) -> None:
         """Tell the device that an accepted event was refused by the contract (a second reply for its seq)."""

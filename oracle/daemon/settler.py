@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eth_account.signers.local import LocalAccount
 from iotsettle.oracle.chain.revert import ErrorDecoder
+from iotsettle.oracle.chain.signer import Signer
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.calldata import KindSpec
 from iotsettle.oracle.daemon.deployment import Deployment
@@ -144,7 +144,7 @@ class Settler:
         store: Store,
         w3: Web3,
         chain_id: int,
-        account: LocalAccount,
+        account: Signer,
         contracts: Mapping[str, tuple[str, Sequence[Mapping[str, Any]]]],
         decoder: ErrorDecoder,
         settings: SettlerSettings | None = None,

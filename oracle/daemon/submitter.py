@@ -28,10 +28,10 @@ from enum import StrEnum
 from typing import Any
 
 import requests
-from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
 from iotsettle.oracle.chain.revert import ErrorDecoder
 from iotsettle.oracle.chain.rpc import RpcClient
+from iotsettle.oracle.chain.signer import Signer
 from iotsettle.oracle.daemon.calldata import KindSpec
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.planner import Batch
@@ -133,7 +133,7 @@ class Submitter:
         self,
         w3: Web3,
         chain_id: int,
-        account: LocalAccount,
+        account: Signer,
         store: Store,
         txstore: TxStore,
         specs: Mapping[str, KindSpec],
@@ -306,9 +306,16 @@ class Submitter:
         events = [e for e, _ in items]
         data = spec.calldata([i for _, i in items])
         fees = self.fees()
+        # Signed before the write transaction: a remote signer's round trip must not hold the database's write lock
+        # (intake commits wait on it). Only this thread hands out nonces, so the one read here is the one taken.
+        nonce = self.txstore.next_nonce(self.chain_id, self.sender)
+        if nonce is None:
+            raise StoreError(f"no nonce recorded for {self.sender} on chain {self.chain_id}: reconcile first")
+        signed = self._sign(spec.contract, data, gas_limit, nonce, fees)
         with self.store.transaction():
-            nonce = self.txstore.take_nonce(self.chain_id, self.sender)
-            signed = self._sign(spec.contract, data, gas_limit, nonce, fees)
+            taken = self.txstore.take_nonce(self.chain_id, self.sender)
+            if taken != nonce:
+                raise StoreError(f"nonce {nonce} of {self.sender} was taken meanwhile (now {taken}); planned again")
             tx = TxRecord(
                 new_tx_key(self.chain_id, nonce),
                 self.chain_id,

@@ -18,6 +18,9 @@ The tracker follows every transaction the submitter stored:
   replay protection makes a second inclusion harmless.
 - **lost**: the account's nonce passed the transaction but no attempt has a receipt (someone else used the key):
   the events go back to pending and are planned again.
+- **another endpoint** (``[chain] rpc_urls``): after a switch the new node may not have seen our pending
+  transactions; each open one is sent again as stored (same nonce, same signed bytes) in nonce order, before any
+  new nonce could land behind a gap, and the chain's identity is checked again.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from iotsettle.oracle.chain.connection import endpoints_of
 from iotsettle.oracle.chain.revert import RejectReason, reason_label, reason_of
 from iotsettle.oracle.daemon.calldata import decode_outcomes, hex_int
 from iotsettle.oracle.daemon.metrics import Metrics
@@ -85,6 +89,8 @@ class Tracker:
         self.on_fork: Callable[[], None] | None = None
         #: called with the wei each mined transaction paid for gas (reverted ones too)
         self.on_fee: Callable[[int], None] | None = None
+        self._endpoints = endpoints_of(w3)
+        self._switches_seen = self._endpoints.switches if self._endpoints is not None else 0
 
     def poll(self) -> int:
         """One pass over the open and the mined transactions; returns how many changed state.
@@ -94,6 +100,7 @@ class Tracker:
         """
         now = time.time()
         head = self.submitter.rpc("eth_getBlockByNumber", ["latest", False])
+        self._after_switch()
         number, head_hash = hex_int(head["number"]), str(head["hash"])
         self.head = number
         moved = head_hash != self._head_hash
@@ -118,6 +125,27 @@ class Tracker:
                 )
             self._head_hash, self._head_number = head_hash, number
         return changed
+
+    def _after_switch(self) -> None:
+        """The RPC endpoint changed since the last pass: check the chain's identity (``on_fork``), then send every
+        open transaction again as signed, lowest nonce first, so the new node's pool has them all."""
+        pool = self._endpoints
+        if pool is None or pool.switches == self._switches_seen:
+            return
+        self._switches_seen = pool.switches
+        if self.on_fork is not None:
+            self.on_fork()
+        open_txs = sorted(self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT), key=lambda tx: tx.nonce)
+        for tx in open_txs:
+            self.submitter.broadcast(tx)
+        if open_txs:
+            log.info(
+                "RPC endpoint now %s: re-sent %d open transaction(s), nonces %d..%d, as signed",
+                pool.label(),
+                len(open_txs),
+                open_txs[0].nonce,
+                open_txs[-1].nonce,
+            )
 
     def _unchanged_below(self, number: int) -> int:
         """Blocks up to the returned height are the same as at the previous pass (-1: nothing is known).

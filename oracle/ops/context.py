@@ -9,7 +9,6 @@ from functools import cached_property
 from typing import Any
 
 from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from eth_utils import is_address, to_checksum_address
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS, Chain, connect, load_sender
@@ -17,6 +16,7 @@ from iotsettle.oracle.chain.deploy import contract as deployed_contract
 from iotsettle.oracle.chain.deploy import verify_manifest
 from iotsettle.oracle.chain.manifest import load_manifest
 from iotsettle.oracle.chain.rpc import RpcClient
+from iotsettle.oracle.chain.signer import Signer
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.protocol import wire
 from iotsettle.oracle.protocol.errors import ChainError, DeploymentError, KeyFileError, ProtocolError
@@ -44,7 +44,7 @@ class OpsContext:
     config: Config
     chain: Chain
     manifest: dict[str, Any]
-    sender: LocalAccount | None = None
+    sender: Signer | None = None
     _contracts: dict[str, Contract] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -77,7 +77,7 @@ class OpsContext:
         """A contract object with ``name``'s ABI at another address (e.g. any ERC-20 with TestToken's ABI)."""
         return self.w3.eth.contract(address=address, abi=load_artifact(self.config, name)["abi"])
 
-    def require_sender(self) -> LocalAccount:
+    def require_sender(self) -> Signer:
         if self.sender is None:
             raise KeyFileError("this operation sends a transaction but no sending account was loaded")
         return self.sender
@@ -88,7 +88,7 @@ class OpsContext:
         return {name: load_artifact(self.config, name)["abi"] for name in self.manifest["contracts"]}
 
 
-def pick_sender(config: Config, chain: Chain, choice: SenderChoice) -> LocalAccount:
+def pick_sender(config: Config, chain: Chain, choice: SenderChoice) -> Signer:
     """The sending account per ``choice``; raises KeyFileError in one line."""
     if choice.key_env and choice.dev_account is not None:
         raise KeyFileError("give either a key variable or a development account, not both")

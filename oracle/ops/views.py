@@ -14,9 +14,10 @@ from typing import Any
 
 from iotsettle.oracle.chain.artifacts import load_artifact, runtime_matches
 from iotsettle.oracle.chain.calls import ContractReader, read
+from iotsettle.oracle.chain.endpoints import Endpoints
 from iotsettle.oracle.chain.manifest import load_manifest
 from iotsettle.oracle.chain.rpc import TRANSPORT_ERRORS, RpcClient, unreachable
-from iotsettle.oracle.config import Config
+from iotsettle.oracle.config import Config, endpoint
 from iotsettle.oracle.ops.amounts import ZERO_ADDRESS, TokenInfo
 from iotsettle.oracle.ops.vocabulary import AGREEMENT_STATUSES, ESCROW_STATES
 from iotsettle.oracle.protocol.errors import ChainError, DeploymentError
@@ -54,8 +55,10 @@ class ReadContext:
 
 def open_reads(config: Config, rpc_url: str | None = None) -> ReadContext:
     """Connect to an http(s) endpoint, check the chain id and the manifest's genesis, load the manifest."""
-    url = rpc_url or config.chain.rpc_url
-    rpc = RpcClient(url=url, timeout=config.chain.timeout)
+    pool = Endpoints.from_config(config, rpc_url)
+    rpc = RpcClient(timeout=config.chain.timeout, endpoints=pool)
+    rpc.check_heads()
+    url = pool.current if len(pool) == 1 else endpoint(pool.current)
     try:
         answer = rpc("eth_chainId", [])
     except TRANSPORT_ERRORS as exc:

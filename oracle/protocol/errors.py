@@ -31,6 +31,10 @@ class KeyFileError(IotSettleError):
     """A key is missing, unreadable, badly protected or the password is wrong."""
 
 
+class SignerError(IotSettleError):
+    """The remote signer did not answer, refused, or returned a signature of something other than what was asked."""
+
+
 class NodeError(IotSettleError):
     """A managed local service (anvil, mosquitto) could not be started or stopped."""
 

@@ -118,3 +118,25 @@ def test_an_unreachable_endpoint_is_named_without_its_secrets(checked: DaemonPro
     assert findings["chain"]["status"] == "fail" and "cannot reach" in findings["chain"]["detail"]
     assert "https://127.0.0.1:" in findings["chain"]["detail"]
     assert "rpc-secret" not in output, output
+
+
+def test_a_remote_signer_and_several_endpoints_are_checked_without_their_secrets(
+    checked: DaemonProcess, deployment: Any
+) -> None:
+    rpc = deployment.config.chain.rpc_url
+    remote = "0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f"  # anvil's unlocked development account 8
+    signer = {"SIGNER": "remote", "PRIVATE_KEY": "", "SIGNER_ADDRESS": remote}
+    signer = {f"IOTSETTLE_CHAIN_{k}": v for k, v in signer.items()}
+    code, findings, output = checked.check(
+        IOTSETTLE_CHAIN_RPC_URLS=f"http://127.0.0.1:{free_port()}/?k=rpc-secret-1,{rpc}/?apikey=rpc-secret-2",
+        IOTSETTLE_CHAIN_SIGNER_URL=rpc + "/?token=signer-secret",
+        **signer,
+    )
+    assert code == 0, output
+    assert findings["relayer key"]["detail"].startswith(f"{remote} from the remote signer at http://127.0.0.1:")
+    assert findings["signer"]["status"] == "ok" and remote in findings["signer"]["detail"]
+    assert "secret" not in output, output
+
+    code, findings, output = checked.check(IOTSETTLE_CHAIN_SIGNER_URL=f"http://127.0.0.1:{free_port()}", **signer)
+    assert code == 1 and findings["signer"]["status"] == "fail", output
+    assert findings["signer"]["detail"].endswith("does not answer")

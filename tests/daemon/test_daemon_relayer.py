@@ -20,6 +20,7 @@ from iotsettle.oracle.testing.wait import wait_for
 from tests.kit.cli import Cli, User, register_device
 from tests.kit.daemon import DaemonProcess
 from tests.kit.products import chain_now, reading
+from tests.kit.reliability import Fleet
 
 READINGS = 60
 CLI_SENDS = 4
@@ -84,3 +85,34 @@ def test_cli_commands_while_the_daemon_settles_take_no_nonce_from_it(
     log = daemon.log.read_text()
     assert "did not sign" not in log, [line for line in log.splitlines() if "did not sign" in line]
     assert w3.eth.get_transaction_count(relayer.group(1)) > 0, "the daemon settled from its own account"
+
+
+def test_the_daemon_settles_through_a_remote_signer_without_the_key(
+    tmp_path: Path, deployment: Any, mosquitto: Any, daemons: list[DaemonProcess]
+) -> None:
+    """``[chain] signer = "remote"``: anvil signs for its unlocked development account 8 over eth_signTransaction; the
+    daemon holds no key (none configured, no development default taken) and every reading is paid."""
+    remote = "0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f"
+    fleet = Fleet(deployment, 2)
+    before = deployment.chain.w3.eth.get_transaction_count(remote)
+    daemon = DaemonProcess(
+        tmp_path,
+        deployment,
+        mosquitto,
+        IOTSETTLE_CHAIN_PRIVATE_KEY="",
+        IOTSETTLE_CHAIN_SIGNER="remote",
+        IOTSETTLE_CHAIN_SIGNER_URL=deployment.config.chain.rpc_url,
+        IOTSETTLE_CHAIN_SIGNER_ADDRESS=remote,
+        IOTSETTLE_ORACLE_BATCH_MAX_WAIT="0.05",
+    )
+    daemons.append(daemon)
+    daemon.start().wait_ready()
+    publisher = Publisher(mosquitto.host, mosquitto.port, deployment.chain.chain_id)
+    try:
+        publisher.publish_many(fleet.readings(1, timestamp=fleet.started + 1))
+        ledger = fleet.wait_paid(30)
+    finally:
+        publisher.close()
+    assert ledger.clean, ledger
+    assert f"relayer {remote}" in daemon.log.read_text()
+    assert deployment.chain.w3.eth.get_transaction_count(remote) > before, "the daemon's transactions came from it"
