@@ -76,6 +76,7 @@ def intake_settings(config: Config, deployment: Deployment) -> IntakeSettings:
         keepalive=config.mqtt.keepalive,
         protocol=config.mqtt.protocol,
         shared_group=o.shared_group,
+        route_group=o.route_group,
         session_expiry_s=o.session_expiry,
         receive_maximum=o.receive_maximum,
         batch_size=o.intake_batch_size,
@@ -108,6 +109,10 @@ def validate(config: Config) -> None:
         problems.append(f"[mqtt] protocol must be one of {', '.join(MQTT_PROTOCOLS)}")
     elif config.mqtt.protocol != "5" and o.shared_group:
         problems.append("shared_group needs [mqtt] protocol 5 (shared subscriptions are an MQTT 5 feature)")
+    if o.shared_group and o.route_group:
+        problems.append("shared_group and route_group exclude each other (a route group needs every event)")
+    if any(c in o.route_group for c in "/+#"):
+        problems.append("route_group without / + #")
     if o.balance_refresh <= 0:
         problems.append("balance_refresh must be > 0")
     if o.registry_poll <= 0:

@@ -55,6 +55,11 @@ class BrokerSettings:
     status_topic: str  # retained online/offline status with a last will; "" = none
     status_payload: dict[str, Any]  # extra fields of the status messages
     protocol: str = "5"  # "5" or "3.1.1"
+    peers: str = ""  # a second filter: the oracle instances' status topics (routing.peers_filter); "" = none
+
+    @property
+    def filters(self) -> list[tuple[str, int]]:
+        return [(topic, 1) for topic in (self.subscription, self.peers) if topic]
 
     @property
     def v5(self) -> bool:
@@ -177,9 +182,9 @@ class Transport:
             self.settings.port,
             self.settings.client_id,
             flags.session_present,
-            self.settings.subscription,
+            " + ".join(topic for topic, _ in self.settings.filters),
         )
-        client.subscribe(self.settings.subscription, qos=1)
+        client.subscribe(self.settings.filters)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         failed = [code for code in reason_codes if code.is_failure]
