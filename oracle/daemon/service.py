@@ -283,7 +283,18 @@ class OracleDaemon:
             pending = store.pending_count()
             return (State.DEGRADED, f"{error}; {pending} unsettled") if error else (State.OK, f"{pending} unsettled")
 
+        router = intake.router
+
+        def routing() -> tuple[State, str]:
+            if router is None:
+                return State.OK, "no route group: every event received is handled here"
+            if not router.ready:
+                return State.DEGRADED, f"route group {router.group}: waiting for the broker to echo our status"
+            names = sorted(topic.split("/")[-2] for topic in router.instances)
+            return State.OK, f"route group {router.group}: {len(names)} online ({', '.join(names)})"
+
         health.add_check("mqtt", mqtt)
+        health.add_check("routing", routing)
         health.add_check("intake", intake_check)
         health.add_check("registry", registry_check)
         health.add_check("settlement", settlement)

@@ -60,6 +60,16 @@ def cpu_seconds(process: DaemonProcess) -> float:
     return (int(fields[11]) + int(fields[12])) / 100  # utime, stime in clock ticks (100 a second on Linux)
 
 
+def all_see(processes: list[DaemonProcess], count: int) -> bool:
+    """Whether every instance's /health says ``count`` instances of its route group are online."""
+    for process in processes:
+        report = process.health()
+        detail = report["checks"]["routing"]["detail"] if report else ""
+        if f": {count} online" not in detail:
+            return False
+    return True
+
+
 def settle_burst(
     processes: list[DaemonProcess],
     fleet: Fleet,
@@ -142,6 +152,7 @@ def test_three_daemons_of_one_route_group_spend_the_gas_of_one(
                 process.start()
             for process in processes:
                 process.wait_ready()
+            wait_for(lambda: all_see(processes, INSTANCES), 30, "every instance to see the three online")
             from_block = w3.eth.block_number + 1
             cpu = [cpu_seconds(p) for p in processes]
             settle_burst(processes, fleet, publisher, kill, restart)
@@ -149,6 +160,7 @@ def test_three_daemons_of_one_route_group_spend_the_gas_of_one(
             cpu[1] += killed_cpu[0] - killed_cpu[1]  # the victim: before the kill + since its restart was ready
             gas, txs = gas_spent(w3, from_block, keys)
             refused = refused_relays(fleet)
+            wait_for(lambda: all_see(processes, INSTANCES), 30, "the restarted instance back in every view")
             samples = [metrics(p) for p in processes]
             stored = [sum(store_statuses(p.db).values()) for p in processes]
         finally:
