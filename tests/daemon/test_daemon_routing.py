@@ -4,6 +4,7 @@ real SQLite files, each instance with its own)."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
-from iotsettle.oracle.daemon.intake.routing import owner
+from iotsettle.oracle.daemon.intake.routing import Router, owner
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.service import status_topic
 from iotsettle.oracle.daemon.store import Store
@@ -35,6 +36,26 @@ def test_rendezvous_owner_moves_only_the_devices_of_an_instance_that_leaves() ->
     assert {d for d in devices if before[d] != after[d]} == {d for d in devices if before[d] == "b"}
     assert all(owner(three, d) == owner(three, d.upper().replace("0X", "0x")) for d in devices[:10])
     assert len(set(before.values())) == 3  # 300 devices over three instances: each owns some
+
+
+def test_the_view_counts_online_instances_of_its_own_group_and_is_ready_at_its_own_echo() -> None:
+    me, other, stranger = (status_topic(CHAIN_ID, name) for name in ("a", "b", "c"))
+    router = Router(me, "fleet", CHAIN_ID)
+
+    def status(state: str, group: str = "fleet", boot: str = "") -> bytes:
+        return json.dumps({"status": state, "routeGroup": group, "boot": boot}).encode()
+
+    router.observe(me, status("online", boot="an earlier run"))  # a retained status of our previous life
+    assert not router.ready
+    router.observe(other, status("online"))
+    router.observe(stranger, status("online", group="another fleet"))
+    router.observe(stranger, b"not json")
+    assert router.instances == {me, other}
+    router.observe(me, status("online", boot=router.boot))
+    assert router.ready
+    router.observe(other, status("offline"))  # its last will
+    assert router.instances == {me}
+    assert all(router.owns(Device().address.lower()) for _ in range(20)), "alone, it owns every device"
 
 
 @pytest.fixture
