@@ -201,6 +201,12 @@ class OracleSettings:
     client_id: str = _doc("iotsettle-oracle-1", "fixed MQTT client id: the broker keeps the session under it")
     oracle_id: str = _doc("oracle-1", "name of this instance in status topics, logs and metrics")
     shared_group: str = _doc("", "MQTT 5 shared-subscription group; empty = plain subscription")
+    route_group: str = _doc(
+        "",
+        "instances with the same route group split the fleet: each device's events are handled by one of them "
+        "(rendezvous hash of its address over the instances online), the others acknowledge them unread; "
+        "empty = handle every event received (docs/SCALING.md)",
+    )
     health_port: int = _doc(9464, "port of the /health and /metrics endpoint (0 disables it)")
     health_host: str = _doc(
         "127.0.0.1", "interface of the /health and /metrics endpoint (0.0.0.0 for a remote scraper)"

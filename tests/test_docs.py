@@ -26,7 +26,7 @@ import pytest
 from iotsettle.cli.main import cli
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = ("README.md", "docs/CLI.md", "docs/DEMO.md", "docs/OPERATIONS.md")
+PAGES = ("README.md", "docs/CLI.md", "docs/DEMO.md", "docs/OPERATIONS.md", "docs/SCALING.md")
 #: pages whose Python snippets import the package: each import must name a module and a name that exist
 SNIPPET_PAGES = (*PAGES, "docs/PROTOCOL.md", "docs/TESTING.md")
 SHELL_BLOCKS = {"sh", "shell", "bash", "console"}

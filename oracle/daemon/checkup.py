@@ -108,6 +108,7 @@ def check_broker(config: Config, deployment: Deployment, timeout: float = 5.0) -
         intake_settings(config, deployment),
         client_id=f"{config.oracle.client_id}-check",
         shared_group="",  # a plain subscription gets copies: joining the group would take events from the daemon
+        route_group="",  # the probe is no instance: it must not take devices from the group
         session_expiry_s=0,
         receive_maximum=1,
         status_topic="",

@@ -39,6 +39,11 @@ class Metrics:
             f"{PREFIX}_duplicates", "events already stored (redelivery, device retry)", registry=r
         )
         self.stored = Counter(f"{PREFIX}_stored", "events accepted and durably stored", registry=r)
+        self.routed_away = Counter(
+            f"{PREFIX}_routed_away",
+            "MQTT messages acknowledged unread: their device is owned by another instance of the route group",
+            registry=r,
+        )
         self.acked = Counter(f"{PREFIX}_acked", "MQTT messages acknowledged after their batch committed", registry=r)
         self.intake_batch_size = Histogram(
             f"{PREFIX}_intake_batch_size",

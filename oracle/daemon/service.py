@@ -104,6 +104,7 @@ def intake_settings(config: Config, deployment: Deployment) -> IntakeSettings:
         brokers=config.mqtt.endpoints(),
         tls=config.mqtt.tls(),
         shared_group=o.shared_group,
+        route_group=o.route_group,
         session_expiry_s=o.session_expiry,
         receive_maximum=o.receive_maximum,
         batch_size=o.intake_batch_size,
@@ -137,6 +138,10 @@ def validate(config: Config) -> None:
         problems.append(f"[mqtt] protocol must be one of {', '.join(MQTT_PROTOCOLS)}")
     elif config.mqtt.protocol != "5" and o.shared_group:
         problems.append("shared_group needs [mqtt] protocol 5 (shared subscriptions are an MQTT 5 feature)")
+    if o.shared_group and o.route_group:
+        problems.append("shared_group and route_group exclude each other (a route group needs every event)")
+    if any(c in o.route_group for c in "/+#"):
+        problems.append("route_group without / + #")
     if o.balance_refresh <= 0:
         problems.append("balance_refresh must be > 0")
     if o.registry_poll <= 0:
@@ -350,7 +355,18 @@ class OracleDaemon:
             pending = store.pending_count()
             return (State.DEGRADED, f"{error}; {pending} unsettled") if error else (State.OK, f"{pending} unsettled")
 
+        router = intake.router
+
+        def routing() -> tuple[State, str]:
+            if router is None:
+                return State.OK, "no route group: every event received is handled here"
+            if not router.ready:
+                return State.DEGRADED, f"route group {router.group}: waiting for the broker to echo our status"
+            names = sorted(topic.split("/")[-2] for topic in router.instances)
+            return State.OK, f"route group {router.group}: {len(names)} online ({', '.join(names)})"
+
         health.add_check("mqtt", mqtt)
+        health.add_check("routing", routing)
         health.add_check("intake", intake_check)
         health.add_check("registry", registry_check)
         health.add_check("settlement", settlement)

@@ -4,6 +4,7 @@ store; built from the deployment the daemon resolved at start-up (``deployment.D
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -12,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iotsettle.oracle.chain.revert import ErrorDecoder
+from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.chain.signer import Signer
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.calldata import KindSpec
 from iotsettle.oracle.daemon.deployment import Deployment
 from iotsettle.oracle.daemon.metrics import Metrics
-from iotsettle.oracle.daemon.planner import Planner, PlannerSettings
+from iotsettle.oracle.daemon.planner import Batch, Planner, PlannerSettings
+from iotsettle.oracle.daemon.settled import SettledSeqs
 from iotsettle.oracle.daemon.store import Store
 from iotsettle.oracle.daemon.submitter import GWEI, RPC_ERRORS, DeadLetter, Submitter, SubmitterSettings
 from iotsettle.oracle.daemon.tracker import Tracker, TrackerSettings
@@ -170,6 +173,7 @@ class Settler:
         )
         self.tracker = Tracker(w3, store, self.txstore, self.submitter, self.settings.tracker, metrics)
         self.planner = Planner(store, self.settings.planner, kinds=tuple(specs))
+        self.settled_seqs = SettledSeqs(RpcClient(w3), contracts)
         self._ordered = any(KINDS[kind].ordered for kind in specs)
         self.metrics = metrics
         self._threads: list[threading.Thread] = []
@@ -344,12 +348,32 @@ class Settler:
             self._recheck_chain()
         # an ordered kind (weather) waits for its transaction in flight; one read, only while such events are held
         busy = self.txstore.open_kinds() if self._ordered and self.planner.holds_ordered else set()
-        for batch in self.planner.cut(self.submitter.capacity(), flush=flush, busy=busy):
-            self.submitter.submit(batch)
+        for cut in self.planner.cut(self.submitter.capacity(), flush=flush, busy=busy):
+            batch = self._without_settled(cut)
+            if batch is not None:
+                self.submitter.submit(batch)
             work += 1
         if work:
             self._track_wake.set()
         return work
+
+    def _without_settled(self, batch: Batch) -> Batch | None:
+        """``batch`` without the cumulative events whose target the chain has already settled at their seq or a
+        newer one (another relayer was first; ``settled``), which are superseded; None when nothing is left. When
+        the node cannot be read the whole batch goes: the contract refuses what is stale."""
+        try:
+            stale = self.settled_seqs.already_settled(batch.kind, batch.events)
+        except (IotSettleError, *RPC_ERRORS) as exc:
+            log.warning("last settled seqs not read (%s); sending the batch as it is", exc)
+            return batch
+        if not stale:
+            return batch
+        self.store.supersede([event.id for event in stale])
+        self.planner.superseded += len(stale)
+        log.info("%d %s event(s) already settled on chain by another relayer: not sent", len(stale), batch.kind)
+        ids = {event.id for event in stale}
+        rest = tuple(event for event in batch.events if event.id not in ids)
+        return dataclasses.replace(batch, events=rest) if rest else None
 
     def _loop(self, one_pass: Callable[[], int], wake: threading.Event, idle: Callable[[], float]) -> None:
         backoff = 0.0

@@ -45,6 +45,8 @@ class EventKind:
     registers: tuple[str, ...] = ()  # cumulative counters (rollback rule); the first one is rate-limited
     located: bool = False  # carries a bytes32 geohash location (location rules)
     ordered: bool = False  # must reach the chain in seq order per device: one batch in flight at a time
+    #: cumulative kinds: the view that returns a target's struct with the last settled ``lastSeq``
+    target_view: str = ""
 
     @property
     def primary_type(self) -> str:
@@ -72,6 +74,7 @@ KINDS: dict[str, EventKind] = {
             "ReadingRejected",
             cumulative=True,
             registers=("value",),
+            target_view="agreementOf",
         ),
         EventKind(
             "delivery",
@@ -90,6 +93,7 @@ KINDS: dict[str, EventKind] = {
             "TelematicsRejected",
             cumulative=True,
             registers=("odometer", "harshBraking", "speeding"),
+            target_view="policyOf",
         ),
         # maxTemperature is a gauge (highest since the previous observation): every observation must settle
         EventKind(

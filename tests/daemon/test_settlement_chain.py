@@ -164,8 +164,11 @@ def test_an_event_replayed_by_a_second_oracle_is_paid_once(
     other_ids = other_store.commit_batch([record], [], [])
     (event,) = settle_all(second, other_store, other_ids)
 
-    assert event.status in (EventStatus.SETTLED, EventStatus.FINAL), "a replay is settled-by-someone-else"
+    # it reads the agreement's last settled seq before sending: the reading is on chain already, so it is
+    # superseded and costs the second relayer no transaction (no Replayed refusal paid for)
+    assert event.status is EventStatus.SUPERSEDED, event
     assert event.reason is None
+    assert scenario.w3.eth.get_transaction_count(other_relayer.address) == 0, "nothing sent"
     assert scenario.earnings(meter) == 70 * PRICE, "paid once"
     other_store.close()
 

@@ -17,6 +17,7 @@ leaves it unacknowledged and the broker redelivers it to the same client id (per
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import multiprocessing
@@ -33,6 +34,7 @@ from typing import Any, NamedTuple
 
 from iotsettle.oracle.config import BrokerEndpoint, BrokerTls
 from iotsettle.oracle.daemon.alerts import Alert, AlertSettings, AlertState, Context, detect, encode_alert
+from iotsettle.oracle.daemon.intake.routing import Router, peers_filter
 from iotsettle.oracle.daemon.intake.transport import BrokerSettings, Client, Message, Transport
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.rules import Outcome, RuleSettings, Verdict, evaluate
@@ -64,6 +66,7 @@ class IntakeSettings:
     keepalive: int = 30
     protocol: str = "5"  # MQTT version: "5" or "3.1.1" (config [mqtt] protocol)
     shared_group: str = ""  # MQTT 5 shared subscription group; "" = plain subscription
+    route_group: str = ""  # instances that split the devices among them (routing.py); "" = handle every event
     session_expiry_s: int = 7 * 86_400  # how long the broker keeps the session (and queues events) while we are down
     receive_maximum: int = 4_096  # unacknowledged QoS 1 messages the broker may have in flight to us
     batch_size: int = 512
@@ -102,6 +105,7 @@ class IntakeSettings:
             self.protocol,
             self.brokers,
             self.tls,
+            peers_filter(self.chain_id) if self.route_group else "",
         )
 
 
@@ -242,7 +246,14 @@ class Intake:
         # received - done = messages in this process not yet acknowledged; each counter has a single writer thread
         self._received = 0
         self._done = 0
-        self.transport = Transport(settings.broker, self._receive, self.metrics)
+        broker = settings.broker
+        self.router: Router | None = None
+        if settings.route_group:
+            if not settings.status_topic:
+                raise ValueError("a route group needs the instance's status topic")
+            self.router = Router(settings.status_topic, settings.route_group, settings.chain_id)
+            broker = dataclasses.replace(broker, status_payload={**broker.status_payload, **self.router.status_fields})
+        self.transport = Transport(broker, self._receive, self.metrics)
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -308,6 +319,8 @@ class Intake:
         """From paho's network thread: queue the message unless the intake is stopping (then it stays
         unacknowledged and the broker redelivers it)."""
         if self._accepting.is_set():
+            if self.router is not None and self.router.is_status(message.topic):
+                self.router.observe(message.topic, message.payload)
             self._queue.put(message)
             self._received += 1
             self.metrics.received.inc()
@@ -330,6 +343,8 @@ class Intake:
         inflight: tuple[list[Message], Callable[[], list[Checked]]] | None = None
         while True:
             batch = self._take_batch(wait=inflight is None)
+            if batch and self.router is not None:
+                batch = self._route(batch, self.router)
             submitted = (batch, self._submit(batch)) if batch else None
             if inflight is not None:
                 self._finish(*inflight)
@@ -366,6 +381,25 @@ class Intake:
         except queue.Empty:
             pass
         return batch
+
+    def _route(self, batch: list[Message], router: Router) -> list[Message]:
+        """The messages of the devices this instance owns; the others' (and the status messages) are acknowledged
+        at once, unread and unanswered: their owner answers them."""
+        while not router.wait_ready(0.5):  # until then we do not know who else is online
+            if self._stopped.is_set():
+                self._done += len(batch)  # unacknowledged: redelivered after a restart
+                return []
+        owned: list[Message] = []
+        others: list[Message] = []
+        for message in batch:
+            topic = message.topic
+            where = None if router.is_status(topic) else _topic_parts(topic)
+            (owned if where is not None and router.owns(where[1].lower()) else others).append(message)
+        if others:
+            self.transport.acknowledge(others)
+            self._done += len(others)
+            self.metrics.routed_away.inc(len(others))
+        return owned
 
     def _submit(self, batch: list[Message]) -> Callable[[], list[Checked]]:
         """Start checking a batch; returns a function that yields the results in message order."""

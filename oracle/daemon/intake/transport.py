@@ -59,6 +59,11 @@ class BrokerSettings:
     protocol: str = "5"  # "5" or "3.1.1"
     brokers: tuple[BrokerEndpoint, ...] = ()  # failover order; () = host:port, TLS when tls names a CA or certificate
     tls: BrokerTls = field(default_factory=BrokerTls)
+    peers: str = ""  # a second filter: the oracle instances' status topics (routing.peers_filter); "" = none
+
+    @property
+    def filters(self) -> list[tuple[str, int]]:
+        return [(topic, 1) for topic in (self.subscription, self.peers) if topic]
 
     @property
     def v5(self) -> bool:
@@ -190,9 +195,9 @@ class Transport:
             self.failover.current,
             self.settings.client_id,
             flags.session_present,
-            self.settings.subscription,
+            " + ".join(topic for topic, _ in self.settings.filters),
         )
-        client.subscribe(self.settings.subscription, qos=1)
+        client.subscribe(self.settings.filters)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         failed = [code for code in reason_codes if code.is_failure]
