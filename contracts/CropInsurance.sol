@@ -161,6 +161,7 @@ contract CropInsurance is ICropInsurance, DeviceEventVerifier, PullPayments {
         if (amount > free) revert InsufficientFreeAssets(poolId, free, amount);
         p.assets -= amount;
         emit PoolWithdrawn(poolId, amount);
+        _guardPayout(p.token, amount); // the account's device guard, as for a credit
         Funds.push(p.token, msg.sender, amount);
     }
 

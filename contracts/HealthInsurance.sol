@@ -194,6 +194,7 @@ contract HealthInsurance is IHealthInsurance, DeviceEventVerifier, PullPayments 
         // withdrawn + amount <= deposited, which fits uint128.
         p.withdrawn += uint128(amount);
         emit EarningsWithdrawn(policyId, msg.sender, amount);
+        _guardPayout(p.token, amount); // the account's device guard, as for a credit
         Funds.push(p.token, msg.sender, amount);
     }
 

@@ -466,6 +466,7 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
         // earnings <= deposited, which fits uint128.
         t.withdrawn += uint128(amount);
         emit EarningsWithdrawn(agreementId, msg.sender, amount);
+        _guardPayout(t.token, amount); // the account's device guard, as for a credit
         Funds.push(t.token, msg.sender, amount);
     }
 

@@ -249,6 +249,7 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         // withdrawn <= charged <= deposited, which fits uint128.
         p.withdrawn += uint128(amount);
         emit EarningsWithdrawn(policyId, msg.sender, amount);
+        _guardPayout(p.token, amount); // the account's device guard, as for a credit
         Funds.push(p.token, msg.sender, amount);
     }
 

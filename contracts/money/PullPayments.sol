@@ -86,6 +86,13 @@ abstract contract PullPayments is IPullPayments, ReentrancyGuard {
         if (!pushed) _credit(token, to, amount);
     }
 
+    /// @dev Before a product pays `amount` of `token` to `msg.sender` outside the credit ledger (its own withdrawal of
+    /// earnings or premiums): the account's withdrawal guard, if it chose one at this contract, must allow it, exactly
+    /// as for {withdraw}. Call it after the withdrawal's effects are written, before the transfer.
+    function _guardPayout(address token, uint256 amount) internal {
+        if (_credits[token][msg.sender] & _GUARDED != 0) _checkGuard(_guards[token][msg.sender], token, amount);
+    }
+
     // The two calls to an account's guard are written out in assembly: every product inherits this base and some sit
     // close to the contract size limit; the high-level calls cost each of them several hundred bytes.
 

@@ -9,6 +9,8 @@ import {IDeviceEvents} from "../../contracts/interfaces/IDeviceEvents.sol";
 import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
 import {IMeteredBilling} from "../../contracts/interfaces/IMeteredBilling.sol";
 import {IPullPayments} from "../../contracts/interfaces/IPullPayments.sol";
+import {IWithdrawalGuard} from "../../contracts/interfaces/IWithdrawalGuard.sol";
+import {WithdrawalGuard} from "../../contracts/WithdrawalGuard.sol";
 import {Fixture} from "./utils/Fixture.sol";
 import {FalseReturningToken, FeeOnTransferToken, Payee, ReentrantToken} from "./utils/Hostile.sol";
 
@@ -570,6 +572,39 @@ contract MeteredBillingTest is Fixture {
         vm.expectRevert(abi.encodeWithSelector(IMeteredBilling.NotProvider.selector, id, consumer));
         vm.prank(consumer);
         billing.withdrawEarnings(id);
+    }
+
+    /// @dev A thief with the provider's key alone cannot take earnings above the threshold of the provider's device
+    /// guard: `withdrawEarnings` pays outside the credit ledger, so it asks the guard like `withdraw` does.
+    function test_RevertWhen_StolenProviderKeyWithdrawsEarningsAboveTheGuardThreshold() public {
+        WithdrawalGuard guard = new WithdrawalGuard(registry);
+        uint256 phoneKey = deviceKey(21);
+        registerDevice(phoneKey, IDeviceRegistry.DeviceKind.Tracker, provider);
+        uint64 deadline = uint64(block.timestamp + 1 hours);
+        bytes32[] memory anywhere = new bytes32[](0);
+        bytes32 update = guard.hashGuardUpdate(provider, address(token), true, 100, anywhere, 0, deadline);
+        vm.startPrank(provider);
+        guard.setGuard(address(token), 100, anywhere, deadline, sign65(phoneKey, update));
+        billing.setWithdrawalGuard(address(token), address(guard));
+        vm.stopPrank();
+        _settle(_reading(1, START + 100)); // 300 earned
+
+        vm.expectRevert(
+            abi.encodeWithSelector(IWithdrawalGuard.DeviceApprovalRequired.selector, address(token), provider, 300, 100)
+        );
+        vm.prank(provider);
+        billing.withdrawEarnings(id);
+        assertEq(billing.earningsOf(id), 300, "the earnings stay where they were");
+
+        // with the phone's approval of this withdrawal at this contract, the provider is paid
+        bytes32 approval = guard.hashWithdrawalApproval(
+            address(billing), provider, address(token), 300, guard.nonces(provider), deadline, bytes32(0)
+        );
+        vm.startPrank(provider);
+        guard.approveWithdrawal(address(billing), address(token), 300, deadline, bytes32(0), sign65(phoneKey, approval));
+        assertEq(billing.withdrawEarnings(id), 300);
+        vm.stopPrank();
+        assertEq(token.balanceOf(provider), 300);
     }
 
     function test_WithdrawEarnings_ReentrantTokenGainsNothing() public {
