@@ -46,9 +46,19 @@ abstract contract OptimisticFixture is Fixture {
 
     // ---------------------------------------------------------------- batches
 
+    /// @dev One allocation (repeated bytes.concat would copy the batch once per item).
     function concat(bytes[] memory items) internal pure returns (bytes memory out) {
+        uint256 total;
         for (uint256 i = 0; i < items.length; ++i) {
-            out = bytes.concat(out, items[i]);
+            total += items[i].length;
+        }
+        out = new bytes(total);
+        uint256 at;
+        for (uint256 i = 0; i < items.length; ++i) {
+            bytes memory item = items[i];
+            for (uint256 j = 0; j < item.length; ++j) {
+                out[at++] = item[j];
+            }
         }
     }
 
