@@ -156,8 +156,7 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
     function topUp(uint256 agreementId, uint256 amount) external payable nonReentrant {
         Meter storage m = _existing(agreementId);
         IMeteredBilling.AgreementStatus status = m.status;
-        if (status != IMeteredBilling.AgreementStatus.Active && status != IMeteredBilling.AgreementStatus.Suspended)
-        {
+        if (status != IMeteredBilling.AgreementStatus.Active && status != IMeteredBilling.AgreementStatus.Suspended) {
             revert WrongStatus(agreementId, status);
         }
         if (amount == 0) revert ZeroAmount();
@@ -383,6 +382,7 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
             // The verifier judges retirement against now; a leaf is judged against its relay time, the commit: the
             // key must have been retired no earlier than the reading and no later than one grace before the commit.
             address signer = ECDSA.recover(_hashTypedDataV4(_structHash(rd)), rd.r, rd.vs);
+            // slither-disable-next-line unused-return (only the retirement time is needed: the device, kind and status were checked above)
             (,,, uint64 retiredAt) = _REGISTRY.keyInfo(signer);
             if (rd.timestamp <= retiredAt && committedAt <= uint256(retiredAt) + SETTLEMENT_GRACE) {
                 return RejectReason.None;
@@ -396,9 +396,7 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
         if (status == IMeteredBilling.AgreementStatus.None) return RejectReason.UnknownTarget;
         if (rd.seq <= m.lastSeq) return RejectReason.Replayed;
         if (status != IMeteredBilling.AgreementStatus.Active) {
-            return status == IMeteredBilling.AgreementStatus.Suspended
-                ? RejectReason.Suspended
-                : RejectReason.NotActive;
+            return status == IMeteredBilling.AgreementStatus.Suspended ? RejectReason.Suspended : RejectReason.NotActive;
         }
         if (rd.value < m.lastValue) return RejectReason.CounterRollback;
         if (rd.timestamp < m.lastTimestamp) return RejectReason.TimestampTooOld;
@@ -494,7 +492,8 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
     }
 
     function _tariffExists(uint32 tariffId) private view returns (bool) {
-        // costOf reverts for an unknown tariff and prices nothing otherwise.
+        // costOf reverts for an unknown tariff and prices nothing otherwise: only whether it reverts matters.
+        // slither-disable-next-line unused-return (the price of nothing is 0; the call is an existence check)
         try _TARIFFS.costOf(tariffId, 0, 0) returns (uint256) {
             return true;
         } catch {

@@ -265,9 +265,7 @@ contract OptimisticBillingTest is OptimisticFixture {
         // A bad leaf that is not in the batch proves nothing about it either.
         bytes memory outside = signItem(forgerKey, idB, 7, uint64(block.timestamp), 1);
         vm.prank(challenger);
-        vm.expectRevert(
-            abi.encodeWithSelector(IOptimisticBilling.NotInBatch.selector, batchId, opt.leafOf(outside))
-        );
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.NotInBatch.selector, batchId, opt.leafOf(outside)));
         opt.challenge(batchId, outside, proofOf(ls, 1));
         assertEq(uint8(opt.batchOf(batchId).status), uint8(IOptimisticBilling.BatchStatus.Committed));
     }
@@ -328,7 +326,9 @@ contract OptimisticBillingTest is OptimisticFixture {
         bytes[] memory items = one(_a(1, 150));
         uint256 batchId = commitItems(items);
         vm.warp(block.timestamp + opt.CHALLENGE_WINDOW());
-        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.ChallengeWindowOpen.selector, batchId, block.timestamp));
+        vm.expectRevert(
+            abi.encodeWithSelector(IOptimisticBilling.ChallengeWindowOpen.selector, batchId, block.timestamp)
+        );
         claimItem(batchId, items, 0);
     }
 

@@ -93,8 +93,7 @@ contract OptimisticDifferentialTest is OptimisticFixture {
             run.parts[b] = new bytes[](size);
             for (uint256 s = 0; s < size; ++s) {
                 uint256 i = run.kept[at + s];
-                run.parts[b][s] =
-                    signItem(key, run.optimistic, uint64(i + 1), run.base + uint64(i) * 10, run.values[i]);
+                run.parts[b][s] = signItem(key, run.optimistic, uint64(i + 1), run.base + uint64(i) * 10, run.values[i]);
             }
             at += size;
         }

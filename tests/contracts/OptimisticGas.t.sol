@@ -118,12 +118,15 @@ contract OptimisticGasTest is OptimisticFixture {
         bytes32[] memory proof = proofOf(ls, 777);
         _cool();
         opt.challenge(batchId, items[777], proof);
-        console.log("challenge tx gas (batch of 1000)", _txGas(abi.encodeCall(opt.challenge, (batchId, items[777], proof))));
+        console.log(
+            "challenge tx gas (batch of 1000)", _txGas(abi.encodeCall(opt.challenge, (batchId, items[777], proof)))
+        );
 
         // The data challenge rebuilds the whole tree: the worst case a watcher pays when a root does not match.
         bytes memory data = concat(items);
+        uint256 bond = opt.BOND();
         vm.prank(relayer);
-        uint256 lying = opt.commit{value: opt.BOND()}(bytes32(uint256(1)), data);
+        uint256 lying = opt.commit{value: bond}(bytes32(uint256(1)), data);
         _cool();
         opt.challengeData(lying, data);
         console.log("data challenge tx gas (batch of 1000)", _txGas(abi.encodeCall(opt.challengeData, (lying, data))));

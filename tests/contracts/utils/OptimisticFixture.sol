@@ -1,10 +1,9 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.37;
 
-import {Hashes} from "@openzeppelin/contracts/utils/cryptography/Hashes.sol";
-
 import {OptimisticBilling} from "../../../contracts/OptimisticBilling.sol";
 import {IMeteredBilling} from "../../../contracts/interfaces/IMeteredBilling.sol";
+import {BatchTree} from "./BatchTree.sol";
 import {Fixture} from "./Fixture.sol";
 
 /// @dev OptimisticBilling beside the direct contracts, with readings signed for it and the batch tree of
@@ -94,39 +93,11 @@ abstract contract OptimisticFixture is Fixture {
     }
 
     function rootOf(bytes32[] memory ls) internal pure returns (bytes32) {
-        bytes32[] memory level = _copy(ls);
-        uint256 n = level.length;
-        while (n > 1) {
-            uint256 half = (n + 1) / 2;
-            for (uint256 i = 0; i < half; ++i) {
-                level[i] =
-                    2 * i + 1 < n ? Hashes.commutativeKeccak256(level[2 * i], level[2 * i + 1]) : level[2 * i];
-            }
-            n = half;
-        }
-        return level[0];
+        return BatchTree.root(ls);
     }
 
-    function proofOf(bytes32[] memory ls, uint256 index) internal pure returns (bytes32[] memory proof) {
-        bytes32[] memory level = _copy(ls);
-        bytes32[] memory path = new bytes32[](64);
-        uint256 depth;
-        uint256 n = level.length;
-        while (n > 1) {
-            uint256 sibling = index ^ 1;
-            if (sibling < n) path[depth++] = level[sibling];
-            uint256 half = (n + 1) / 2;
-            for (uint256 i = 0; i < half; ++i) {
-                level[i] =
-                    2 * i + 1 < n ? Hashes.commutativeKeccak256(level[2 * i], level[2 * i + 1]) : level[2 * i];
-            }
-            n = half;
-            index /= 2;
-        }
-        proof = new bytes32[](depth);
-        for (uint256 i = 0; i < depth; ++i) {
-            proof[i] = path[i];
-        }
+    function proofOf(bytes32[] memory ls, uint256 index) internal pure returns (bytes32[] memory) {
+        return BatchTree.proof(ls, index);
     }
 
     /// @dev Commit `items` as one honest batch (root built from the items) by `relayer`.
@@ -167,12 +138,5 @@ abstract contract OptimisticFixture is Fixture {
         blocks[0] = IMeteredBilling.TariffBlock(100, 3);
         blocks[1] = IMeteredBilling.TariffBlock(0, 5);
         return billing.createTariff(blocks);
-    }
-
-    function _copy(bytes32[] memory a) private pure returns (bytes32[] memory b) {
-        b = new bytes32[](a.length);
-        for (uint256 i = 0; i < a.length; ++i) {
-            b[i] = a[i];
-        }
     }
 }
