@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from eth_hash.auto import keccak
 from iotsettle.oracle.protocol import eip712
-from iotsettle.oracle.protocol.packed import PACKED_WIDTHS, item_size
+from iotsettle.oracle.protocol.packed import PACKED_WIDTHS, item_size, pack_item
 
 READING_SIZE = item_size("reading")
 
@@ -39,6 +39,16 @@ class PackedReading:
         vs = int.from_bytes(self.vs, "big")
         s = vs & ((1 << 255) - 1)
         return self.r + s.to_bytes(32, "big") + bytes([27 + (vs >> 255)])
+
+
+def sign_reading(
+    private_key: bytes, domain: eip712.Domain, agreement_id: int, seq: int, timestamp: int, value: int
+) -> bytes:
+    """A reading signed by a device key, packed as a batch carries it (ERC-2098 compact signature)."""
+    message = {"agreementId": agreement_id, "seq": seq, "timestamp": timestamp, "value": value}
+    signature = eip712.sign_digest(private_key, eip712.digest("Reading", message, domain))
+    vs = int.from_bytes(signature[32:64], "big") | ((signature[64] - 27) << 255)
+    return pack_item("reading", (agreement_id, seq, timestamp, value), signature[:32], vs.to_bytes(32, "big"))
 
 
 def split_batch(data: bytes) -> list[bytes]:

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from iotsettle.oracle.protocol import batch_tree, eip712
-from iotsettle.oracle.protocol.packed import pack_item
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "optimistic-batch.json"
 DOMAIN = eip712.Domain(31337, "0x00000000000000000000000000000000000B17C4")
@@ -26,10 +25,7 @@ def _key(index: int) -> bytes:
 
 
 def _signed_item(key: bytes, agreement_id: int, seq: int, timestamp: int, value: int) -> bytes:
-    message = {"agreementId": agreement_id, "seq": seq, "timestamp": timestamp, "value": value}
-    signature = eip712.sign_digest(key, eip712.digest("Reading", message, DOMAIN))
-    vs = int.from_bytes(signature[32:64], "big") | ((signature[64] - 27) << 255)
-    return pack_item("reading", (agreement_id, seq, timestamp, value), signature[:32], vs.to_bytes(32, "big"))
+    return batch_tree.sign_reading(key, DOMAIN, agreement_id, seq, timestamp, value)
 
 
 def build_vectors() -> dict[str, Any]:
