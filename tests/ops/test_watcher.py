@@ -94,3 +94,32 @@ def test_a_forged_batch_is_challenged_and_the_honest_readings_settle(own_deploym
     assert [v.batch_id for v in restarted.verdicts()] == [bad, again, replay]
     assert restarted.run_pass().verdicts == ()
     restarted.close()
+
+
+def test_watch_once_challenges_from_the_command_line(own_deployment: Any, tmp_path: Path) -> None:
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    provider, relayer, watcher_user = (cli.user(w3) for _ in range(3))
+    opt = deployment.contract(CONTRACT)
+    domain = eip712.Domain(w3.eth.chain_id, opt.address)
+    meter = register_device(deployment.config, provider, DeviceKind.METER)
+    # A reading for an agreement that does not exist, signed by a registered meter: UnknownTarget.
+    stray = batch_tree.sign_reading(meter.private_key, domain, 12345, 1, chain_now(w3), 1)
+    receipt = _send(
+        deployment,
+        relayer,
+        CONTRACT,
+        "commit",
+        batch_tree.root([batch_tree.leaf(stray, domain)]),
+        stray,
+        value=int(opt.functions.BOND().call()),
+    )
+    batch = int(events_in(deployment.ops(), CONTRACT, receipt, "BatchCommitted")[0]["batchId"])
+    store = str(tmp_path / "cli-watcher.db")
+
+    out = cli.ok(["watch", "--once", "--json", "--store", store], watcher_user)
+    judged = {v["batchId"]: v for v in out["verdicts"]}
+    assert judged[batch]["verdict"] == "challenged"
+    assert judged[batch]["reason"] == "UnknownTarget"
+    assert opt.functions.batchOf(batch).call()[4] == 2, "voided"
+    assert cli.ok(["watch", "--once", "--json", "--store", store], watcher_user)["verdicts"] == []
