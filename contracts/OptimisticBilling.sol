@@ -379,12 +379,17 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
         address device = address(uint160(rd.id >> 96));
         reason = _checkSigner(_structHash(rd), rd.r, rd.vs, device, _METER_KINDS, uint64(rd.timestamp));
         if (reason == RejectReason.KeyRotated || reason == RejectReason.DeviceRevoked) {
-            // The verifier judges retirement against now; a leaf is judged against its relay time, the commit: the
-            // key must have been retired no earlier than the reading and no later than one grace before the commit.
+            // The verifier judges retirement against now; a leaf is judged against its relay time, the commit. A key
+            // retired after the commit was current when the leaf was relayed (as direct settlement would have seen
+            // it, whatever the reading's timestamp within the skew); one retired before counts for readings dated by
+            // its retirement and relayed within one grace of it.
             address signer = ECDSA.recover(_hashTypedDataV4(_structHash(rd)), rd.r, rd.vs);
             // slither-disable-next-line unused-return (only the retirement time is needed: the device, kind and status were checked above)
             (,,, uint64 retiredAt) = _REGISTRY.keyInfo(signer);
-            if (rd.timestamp <= retiredAt && committedAt <= uint256(retiredAt) + SETTLEMENT_GRACE) {
+            if (
+                retiredAt > committedAt
+                    || (rd.timestamp <= retiredAt && committedAt <= uint256(retiredAt) + SETTLEMENT_GRACE)
+            ) {
                 return RejectReason.None;
             }
         }

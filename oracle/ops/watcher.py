@@ -231,7 +231,9 @@ class Watcher:
             return "UnknownKey"
         if int(device, 16) != reading.agreement_id >> 96:
             return "WrongDevice"
-        if status != 1 and (reading.timestamp > retired_at or committed_at > retired_at + self.grace):
+        # A key retired after the commit was current when the leaf was relayed.
+        retired_first = retired_at <= committed_at
+        if status != 1 and retired_first and (reading.timestamp > retired_at or committed_at > retired_at + self.grace):
             return "KeyRotated" if status == 2 else "DeviceRevoked"
         last_value, last_seq, last_timestamp = agreement[9], agreement[10], agreement[11]
         if reading.seq <= last_seq:

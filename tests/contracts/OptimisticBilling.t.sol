@@ -299,6 +299,19 @@ contract OptimisticBillingTest is OptimisticFixture {
         assertEq(opt.earningsOf(idB), _cost(400));
     }
 
+    /// @dev A reading dated a little ahead of the chain (device clock skew) and a key revoked after the commit but
+    /// before that date: the key was current when the leaf was relayed, so the owner cannot take the bond by revoking.
+    function test_Challenge_KeyRevokedAfterTheCommitBeforeTheReadingsDate_ProvesNothing() public {
+        bytes[] memory items = one(signItem(keyB, idB, 1, uint64(block.timestamp + 200), 400));
+        uint256 batchId = commitItems(items);
+        vm.warp(block.timestamp + 10);
+        vm.prank(owner);
+        registry.revoke(meterB);
+        bytes32[] memory ls = leaves(items);
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.NothingProven.selector, batchId, ls[0]));
+        opt.challenge(batchId, items[0], proofOf(ls, 0));
+    }
+
     /// @dev A reading that was new when committed is not slashable because a claim from another batch overtook
     /// it: only claims before the commit count. Claiming it afterwards is refused instead.
     function test_Challenge_ReadingOvertakenAfterTheCommit_ProvesNothing() public {
