@@ -9,8 +9,9 @@ One :meth:`Watcher.run_pass`:
    does not build is challenged with ``challengeData``; otherwise each leaf is checked with the oracle's own rules
    — the signature recovers to a key of the agreement's device in the registry, not retired before the reading or
    more than the grace before the commit, the timestamp within the clock skew of the commit, the agreement exists —
-   and a leaf behind the agreement's claimed state (seq, register or time) is confirmed by simulating the challenge
-   (the contract alone knows whether that claim came before the commit). The first bad leaf is challenged;
+   and a leaf behind the agreement's claimed state (seq, register or time) is a fault only if that claim came before
+   the commit, which the contract alone knows. Every challenge is estimated before it is sent, so one the contract
+   would refuse is never sent and never stops the watcher; the first bad leaf is challenged;
 3. stores the verdict of each batch, then moves the cursor past the scanned blocks.
 
 The cursor moves only after every batch up to it is judged, so a crash or restart re-reads from the last cursor:
@@ -29,10 +30,10 @@ from typing import Any
 from eth_hash.auto import keccak
 from iotsettle.oracle.ops.context import OpsContext
 from iotsettle.oracle.ops.events import LogEntry, fetch_logs
-from iotsettle.oracle.ops.tx import transact
+from iotsettle.oracle.ops.tx import RevertedError, transact
 from iotsettle.oracle.protocol import batch_tree, eip712
 from iotsettle.oracle.protocol.errors import IotSettleError, SignatureError, StoreError
-from web3.exceptions import ContractLogicError, Web3Exception
+from web3.exceptions import Web3Exception
 
 log = logging.getLogger(__name__)
 
@@ -186,21 +187,40 @@ class Watcher:
         items = batch_tree.split_batch(readings)
         leaves = [batch_tree.leaf(item, self.domain) for item in items]
         if batch_tree.root(leaves) != bytes(root):
-            tx = transact(self.ctx, self.opt.functions.challengeData(batch_id, readings), CONTRACT)
-            return Verdict(batch_id, "challenged", "DataDoesNotBuildRoot", None, tx.tx_hash)
+            call = self.opt.functions.challengeData(batch_id, readings)
+            verdict = self._challenge(batch_id, call, "DataDoesNotBuildRoot", None)
+            return verdict if verdict is not None else Verdict(batch_id, "valid")
         for index, item in enumerate(items):
             reason = self._fault(item, int(committed_at))
             if reason is None:
                 continue
-            call = self.opt.functions.challenge(batch_id, item, batch_tree.proof(leaves, index))
-            if reason in _STATEFUL:
-                try:
-                    call.call({"from": self.ctx.require_sender().address})
-                except ContractLogicError:
-                    continue  # overtaken by a claim made after the commit: not a fault of the relayer
-            tx = transact(self.ctx, call, CONTRACT)
-            return Verdict(batch_id, "challenged", reason, index, tx.tx_hash)
+            proof = batch_tree.proof(leaves, index)
+            verdict = self._challenge(batch_id, self.opt.functions.challenge(batch_id, item, proof), reason, index)
+            if verdict is not None:
+                return verdict
         return Verdict(batch_id, "valid")
+
+    def _challenge(self, batch_id: int, call: Any, reason: str, index: int | None) -> Verdict | None:
+        """Send a challenge (estimated first: a challenge the contract would refuse is never sent). None when the
+        contract finds the leaf valid: a reading overtaken by a claim made after the commit is no fault of the
+        relayer, and a disagreement between the oracle's checks and the contract must not stop the watcher."""
+        try:
+            tx = transact(self.ctx, call, CONTRACT)
+        except RevertedError as exc:
+            if exc.revert.name == "BatchNotLive":
+                return Verdict(batch_id, "settled")
+            if exc.revert.name == "ChallengeWindowClosed":
+                return Verdict(batch_id, "missed", reason, index)
+            log.log(
+                logging.INFO if reason in _STATEFUL else logging.WARNING,
+                "batch %s leaf %s: %s by the oracle's checks, but the contract refuses the challenge: %s",
+                batch_id,
+                index,
+                reason,
+                exc,
+            )
+            return None
+        return Verdict(batch_id, "challenged", reason, index, tx.tx_hash)
 
     def _readings(self, entry: LogEntry) -> bytes | None:
         tx = self.ctx.w3.eth.get_transaction(entry.tx_hash)
