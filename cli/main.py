@@ -33,6 +33,7 @@ COMMANDS = {
     "oracle": "iotsettle.cli.oracle:oracle",
     "policy": "iotsettle.cli.policy:policy",
     "token": "iotsettle.cli.token:token",
+    "watch": "iotsettle.cli.watch:watch",
 }
 
 

@@ -41,6 +41,7 @@ PLAN: tuple[Step, ...] = (
     Step("DeviceRegistry"),
     Step("DeliveryEscrow", ("DeviceRegistry",)),
     Step("MeteredBilling", ("DeviceRegistry",)),
+    Step("OptimisticBilling", ("DeviceRegistry", "MeteredBilling")),
     Step("MotorInsurance", ("DeviceRegistry",)),
     Step("CropInsurance", ("DeviceRegistry",)),
     Step("HealthInsurance", ("DeviceRegistry",)),

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+
+import {IOptimisticBilling} from "../../contracts/interfaces/IOptimisticBilling.sol";
+import {OptimisticFixture} from "./utils/OptimisticFixture.sol";
+
+/// @dev The shared batch vectors (tests/vectors/optimistic-batch.json, written from oracle/protocol/batch_tree.py and
+/// checked from Python by tests/protocol/test_batch_tree.py): the contract computes the same leaves, accepts the same
+/// proofs and rebuilds the same root from the same data.
+contract OptimisticVectorsTest is OptimisticFixture {
+    string internal constant PATH = "tests/vectors/optimistic-batch.json";
+    uint256 internal constant ITEM = 114;
+
+    function test_Vectors_ContractAgreesWithPython() public {
+        string memory json = vm.readFile(PATH);
+        vm.chainId(vm.parseJsonUint(json, ".domain.chainId"));
+        address target = vm.parseJsonAddress(json, ".domain.verifyingContract");
+        vm.etch(target, address(opt).code);
+        IOptimisticBilling copy = IOptimisticBilling(target);
+
+        uint256 count = vm.parseJsonUint(json, ".count");
+        assertGt(count, 4, "several batch sizes");
+        uint256 bond = opt.BOND();
+        for (uint256 b = 0; b < count; ++b) {
+            string memory base = string.concat(".batches[", vm.toString(b), "]");
+            bytes memory data = vm.parseJsonBytes(json, string.concat(base, ".data"));
+            bytes32[] memory ls = vm.parseJsonBytes32Array(json, string.concat(base, ".leaves"));
+            bytes32 root = vm.parseJsonBytes32(json, string.concat(base, ".root"));
+            assertEq(data.length, ls.length * ITEM);
+            for (uint256 i = 0; i < ls.length; ++i) {
+                bytes memory item = _itemAt(data, i * ITEM, ITEM);
+                assertEq(copy.leafOf(item), ls[i], "the same leaf");
+                bytes32[] memory proof = ls.length == 1
+                    ? new bytes32[](0)
+                    : vm.parseJsonBytes32Array(json, string.concat(base, ".proofs[", vm.toString(i), "]"));
+                assertTrue(MerkleProof.verify(proof, root, ls[i]), "the same proof");
+            }
+            assertEq(rootOf(ls), root, "the test helper builds the same tree");
+
+            vm.prank(relayer);
+            uint256 batchId = copy.commit{value: bond}(root, data);
+            // The contract rebuilds the tree from the data: the same root, so the data challenge proves nothing.
+            vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.NothingProven.selector, batchId, bytes32(0)));
+            copy.challengeData(batchId, data);
+        }
+    }
+
+    function _itemAt(bytes memory data, uint256 from, uint256 length) internal pure returns (bytes memory out) {
+        out = new bytes(length);
+        for (uint256 i = 0; i < length; ++i) {
+            out[i] = data[from + i];
+        }
+    }
+}

@@ -1,0 +1,130 @@
+"""The optimistic-settlement watcher on a real anvil: a relayer's batch with a forged reading is challenged and the
+bond paid to the watcher; the honest readings, posted again, stand and settle after the window; a watcher restarted
+from its store judges nothing twice and catches up on a replayed reading committed while it was down.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from iotsettle.oracle.ops.tx import events_in, transact
+from iotsettle.oracle.ops.watcher import CONTRACT, Watcher
+from iotsettle.oracle.protocol import batch_tree, eip712
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
+
+from tests.kit.cli import Cli, User, register_device
+from tests.kit.products import chain_now, warp_to
+
+ETH = "0x0000000000000000000000000000000000000000"
+PRICE = 3
+START = 100
+DEPOSIT = 10**15
+
+
+def _send(deployment: Any, user: User, contract: str, fn: str, *args: Any, value: int = 0) -> dict[str, Any]:
+    ctx = deployment.ops(user.account)
+    call = getattr(ctx.contract(contract).functions, fn)(*args)
+    return transact(ctx, call, contract, value=value).receipt
+
+
+def _eth_spent(w3: Any, tx: str) -> int:
+    receipt = w3.eth.get_transaction_receipt(tx)
+    return int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
+
+
+def test_a_forged_batch_is_challenged_and_the_honest_readings_settle(own_deployment: Any, tmp_path: Path) -> None:
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    provider, consumer, relayer, watcher_user = (cli.user(w3) for _ in range(4))
+    meter = register_device(deployment.config, provider, DeviceKind.METER)
+    opt = deployment.contract(CONTRACT)
+    domain = eip712.Domain(w3.eth.chain_id, opt.address)
+    bond = int(opt.functions.BOND().call())
+
+    receipt = _send(deployment, provider, "MeteredBilling", "createTariff", [(0, PRICE)])
+    tariff = events_in(deployment.ops(), "MeteredBilling", receipt, "TariffCreated")[0]["tariffId"]
+    receipt = _send(deployment, provider, CONTRACT, "offer", consumer.address, meter.address, tariff, ETH, START, 60)
+    agreement = events_in(deployment.ops(), CONTRACT, receipt, "AgreementOffered")[0]["agreementId"]
+    _send(deployment, consumer, CONTRACT, "accept", agreement, DEPOSIT, START, value=DEPOSIT)
+
+    def reading(seq: int, value: int, key: bytes = meter.private_key) -> bytes:
+        return batch_tree.sign_reading(key, domain, agreement, seq, chain_now(w3), value)
+
+    def commit(items: list[bytes]) -> int:
+        leaves = [batch_tree.leaf(item, domain) for item in items]
+        receipt = _send(deployment, relayer, CONTRACT, "commit", batch_tree.root(leaves), b"".join(items), value=bond)
+        return int(events_in(deployment.ops(), CONTRACT, receipt, "BatchCommitted")[0]["batchId"])
+
+    store = tmp_path / "watcher.sqlite"
+    honest = reading(1, 150)
+    forged = reading(2, 10**9, key=secrets.token_bytes(32))
+    bad = commit([honest, forged])
+
+    watcher = Watcher(deployment.ops(watcher_user.account), store)
+    before = w3.eth.get_balance(watcher_user.address)
+    verdicts = watcher.run_pass().verdicts
+    assert [(v.batch_id, v.verdict, v.reason, v.leaf_index) for v in verdicts] == [(bad, "challenged", "UnknownKey", 1)]
+    assert verdicts[0].tx is not None
+    assert w3.eth.get_balance(watcher_user.address) == before + bond - _eth_spent(w3, verdicts[0].tx)
+    assert opt.functions.batchOf(bad).call()[4] == 2, "voided"
+    assert opt.functions.agreementOf(agreement).call()[12] == DEPOSIT, "no money moved"
+
+    # The honest reading posted again stands; after the window it settles.
+    again = commit([honest])
+    assert [(v.batch_id, v.verdict) for v in watcher.run_pass().verdicts] == [(again, "valid")]
+    watcher.close()
+    window = int(opt.functions.CHALLENGE_WINDOW().call())
+    committed_at = int(opt.functions.batchOf(again).call()[3])
+    warp_to(w3, committed_at + window // 2)
+    overtaken = commit([honest])  # valid when committed; the claim below overtakes it
+    warp_to(w3, committed_at + window + 1)
+    leaves = [batch_tree.leaf(honest, domain)]
+    _send(deployment, provider, CONTRACT, "claim", again, honest, batch_tree.proof(leaves, 0))
+    assert opt.functions.earningsOf(agreement).call() == (150 - START) * PRICE
+
+    # Down while a relayer replays the claimed reading (a second later: a claim counts against batches committed
+    # after it); the restarted watcher catches up from its cursor.
+    warp_to(w3, chain_now(w3) + 1)
+    replay = commit([reading(2, 160), honest])
+    restarted = Watcher(deployment.ops(watcher_user.account), store)
+    nonce = w3.eth.get_transaction_count(watcher_user.address)
+    verdicts = restarted.run_pass().verdicts
+    assert [(v.batch_id, v.verdict, v.reason, v.leaf_index) for v in verdicts] == [
+        (overtaken, "valid", None, None),
+        (replay, "challenged", "Replayed", 1),
+    ]
+    assert w3.eth.get_transaction_count(watcher_user.address) == nonce + 1, "one challenge, nothing judged twice"
+    assert [v.batch_id for v in restarted.verdicts()] == [bad, again, overtaken, replay]
+    assert restarted.run_pass().verdicts == ()
+    restarted.close()
+
+
+def test_watch_once_challenges_from_the_command_line(own_deployment: Any, tmp_path: Path) -> None:
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    provider, relayer, watcher_user = (cli.user(w3) for _ in range(3))
+    opt = deployment.contract(CONTRACT)
+    domain = eip712.Domain(w3.eth.chain_id, opt.address)
+    meter = register_device(deployment.config, provider, DeviceKind.METER)
+    # A reading for an agreement that does not exist, signed by a registered meter: UnknownTarget.
+    stray = batch_tree.sign_reading(meter.private_key, domain, 12345, 1, chain_now(w3), 1)
+    receipt = _send(
+        deployment,
+        relayer,
+        CONTRACT,
+        "commit",
+        batch_tree.root([batch_tree.leaf(stray, domain)]),
+        stray,
+        value=int(opt.functions.BOND().call()),
+    )
+    batch = int(events_in(deployment.ops(), CONTRACT, receipt, "BatchCommitted")[0]["batchId"])
+    store = str(tmp_path / "cli-watcher.db")
+
+    out = cli.ok(["watch", "--once", "--json", "--store", store], watcher_user)
+    judged = {v["batchId"]: v for v in out["verdicts"]}
+    assert judged[batch]["verdict"] == "challenged"
+    assert judged[batch]["reason"] == "UnknownTarget"
+    assert opt.functions.batchOf(batch).call()[4] == 2, "voided"
+    assert cli.ok(["watch", "--once", "--json", "--store", store], watcher_user)["verdicts"] == []

@@ -1,0 +1,89 @@
+"""The optimistic batch tree, from the Python side, and its shared vectors.
+
+``tests/vectors/optimistic-batch.json`` is what ``iotsettle.oracle.protocol.batch_tree`` computes for fixed keys and
+readings (rewrite it with ``.venv/bin/python tests/protocol/test_batch_tree.py``); the forge test
+``tests/contracts/OptimisticVectors.t.sol`` checks that OptimisticBilling computes the same leaves, accepts the same
+proofs and rebuilds the same roots from the same data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from iotsettle.oracle.protocol import batch_tree, eip712
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "optimistic-batch.json"
+DOMAIN = eip712.Domain(31337, "0x00000000000000000000000000000000000B17C4")
+SIZES = (1, 2, 3, 5, 8, 13)
+
+
+def _key(index: int) -> bytes:
+    return (0x1000 + index).to_bytes(32, "big")
+
+
+def _signed_item(key: bytes, agreement_id: int, seq: int, timestamp: int, value: int) -> bytes:
+    return batch_tree.sign_reading(key, DOMAIN, agreement_id, seq, timestamp, value)
+
+
+def build_vectors() -> dict[str, Any]:
+    batches = []
+    for n, size in enumerate(SIZES):
+        items = []
+        for i in range(size):
+            key = _key(i % 3)
+            device = int(eip712.address_of(key), 16)
+            agreement_id = (device << 96) | (1 << 64) | (n + 1)
+            items.append(_signed_item(key, agreement_id, i + 1, 1_764_340_000 + i, 10**6 + 37 * i))
+        leaves = [batch_tree.leaf(item, DOMAIN) for item in items]
+        batches.append(
+            {
+                "data": "0x" + b"".join(items).hex(),
+                "leaves": ["0x" + x.hex() for x in leaves],
+                "root": "0x" + batch_tree.root(leaves).hex(),
+                "proofs": [["0x" + p.hex() for p in batch_tree.proof(leaves, i)] for i in range(size)],
+            }
+        )
+    return {
+        "comment": "Written by tests/protocol/test_batch_tree.py from iotsettle.oracle.protocol.batch_tree.",
+        "domain": {"chainId": str(DOMAIN.chain_id), "verifyingContract": DOMAIN.verifying_contract},
+        "count": str(len(batches)),
+        "batches": batches,
+    }
+
+
+def test_vector_file_is_what_the_code_computes() -> None:
+    assert json.loads(VECTORS.read_text()) == build_vectors()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_every_leaf_proves_and_no_other(size: int) -> None:
+    batch = build_vectors()["batches"][SIZES.index(size)]
+    items = batch_tree.split_batch(bytes.fromhex(batch["data"][2:]))
+    leaves = [batch_tree.leaf(item, DOMAIN) for item in items]
+    root = batch_tree.root(leaves)
+    for i, leaf in enumerate(leaves):
+        assert batch_tree.verify(batch_tree.proof(leaves, i), root, leaf)
+        wrong = batch_tree.proof(leaves, (i + 1) % size)
+        assert size == 1 or not batch_tree.verify(wrong, root, leaf), "a proof proves only its own leaf"
+    assert not batch_tree.verify([], root, batch_tree.leaf(items[0], eip712.Domain(1, DOMAIN.verifying_contract)))
+
+
+def test_a_decoded_item_recovers_to_its_device() -> None:
+    item = _signed_item(_key(2), 7, 3, 1_764_340_000, 42)
+    reading = batch_tree.decode_reading(item)
+    assert (reading.agreement_id, reading.seq, reading.timestamp, reading.value) == (7, 3, 1_764_340_000, 42)
+    digest = eip712.digest("Reading", reading.message(), DOMAIN)
+    assert eip712.recover(digest, reading.signature()) == eip712.address_of(_key(2))
+
+
+@pytest.mark.parametrize("length", [0, 113, 115, 229])
+def test_a_ragged_batch_is_refused(length: int) -> None:
+    with pytest.raises(ValueError, match="multiple of 114"):
+        batch_tree.split_batch(bytes(length))
+
+
+if __name__ == "__main__":
+    VECTORS.write_text(json.dumps(build_vectors(), indent=1) + "\n")
