@@ -28,6 +28,7 @@ from typing import Any
 import requests
 from eth_hash.auto import keccak
 from iotsettle.oracle.chain.endpoints import Endpoints
+from iotsettle.oracle.config import printable_url
 from iotsettle.oracle.protocol.errors import ChainError
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,8 @@ class NodeRefused(ChainError):
 
 def unreachable(url: str, exc: BaseException) -> ChainError:
     """The error for an endpoint that does not answer at all (refused, timed out, not a JSON-RPC server)."""
-    return ChainError(
-        f"cannot reach the RPC endpoint {url} ({type(exc).__name__}); is the node running? "
+    return ChainError(  # the URL without its path or query: hosted endpoints keep API keys there
+        f"cannot reach the RPC endpoint {printable_url(url)} ({type(exc).__name__}); is the node running? "
         "(`iotsettle node up` starts a local one)"
     )
 

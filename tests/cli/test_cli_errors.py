@@ -111,6 +111,15 @@ def test_unreachable_rpc(cli) -> None:
     assert error.startswith("cannot reach the RPC endpoint http://127.0.0.1:")
 
 
+def test_an_unreachable_endpoint_is_named_without_the_api_key_in_its_path(cli) -> None:
+    """A hosted endpoint carries its API key in the path: the one-line error names only scheme, host and port."""
+    port = free_port()
+    for command in (["escrow", "status", "1"], ["agreement", "status", "1"], ["loan", "show", "1"]):
+        error = cli.fails(command, IOTSETTLE_CHAIN_RPC_URL=f"http://127.0.0.1:{port}/v3/0123456789abcdef-secret")
+        assert error.startswith(f"cannot reach the RPC endpoint http://127.0.0.1:{port}/*** ("), error
+        assert "secret" not in error and "0123456789abcdef" not in error
+
+
 def test_wrong_chain(cli, deployment) -> None:
     error = cli.fails(["balances", "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"], IOTSETTLE_CHAIN_CHAIN_ID="1")
     assert error == f"{deployment.config.chain.rpc_url} is chain 31337, but the configuration expects chain 1"
