@@ -243,11 +243,10 @@ class Planner:
             held = newest.get((event.contract, event.target_id))
             if held is None:
                 newest[(event.contract, event.target_id)] = _Held(event, 0.0)  # its window is over
-            elif held.event.seq < event.seq:
-                self.store.supersede([held.event.id])
-                held.event = event
-            else:
-                self.store.supersede([event.id])
+            else:  # a newer one of its target arrived meanwhile: the older of the two is superseded
+                older, held.event = sorted((held.event, event), key=lambda e: e.seq)
+                self.store.supersede([older.id])
+                self.superseded += 1
 
     def release_all(self) -> int:
         """Give every held event back to the store as pending (stop without drain)."""
