@@ -173,6 +173,14 @@ def test_the_daemon_settles_a_fleet_from_two_keys_and_reports_each_ones_funds(
     code, findings, output = daemon.check()
     assert code == 0, output
     assert findings["relayer lanes"]["detail"] == f"2 nonce lanes: {addresses[0]}, {addresses[1]}", findings
+    # --check loads every lane's key: a lane keystore that is not there fails the check, named by its file
+    missing = tmp_path / "lane-3.json"
+    code, findings, output = daemon.check(
+        IOTSETTLE_ORACLE_RELAYER_KEYS=str(missing), IOTSETTLE_CHAIN_PASSWORD="not-a-secret"
+    )
+    assert code == 1, output
+    assert findings["relayer key"]["status"] == "fail", findings
+    assert f"cannot read the key file {missing}" in findings["relayer key"]["detail"], findings
     daemon.start().wait_ready()
     publisher = Publisher(mosquitto.host, mosquitto.port, deployment.chain.chain_id)
     try:

@@ -17,6 +17,7 @@ transaction count on chain.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,33 @@ from iotsettle.oracle.daemon.txstore import TxStore
 from iotsettle.oracle.testing.devices import Publisher
 from iotsettle.oracle.testing.wait import wait_for
 
-from tests.kit.reliability import Fleet, daemon, fund_relayer, metrics, nonce_report, store_statuses, summary
+from tests.kit.reliability import Fleet, Ledger, daemon, fund_relayer, metrics, nonce_report, store_statuses, summary
 
 METERS = 6
 ALL_POINTS = ["before_store", "after_store", "after_nonce", "after_broadcast", "after_receipt"]
 QUICK_POINTS = ["after_store", "after_broadcast"]
 LANE_METERS = 16
 LANE_POINTS = ["after_nonce@4", "after_broadcast@4"]
+
+
+def restart_and_settle(process: Any, fleet: Fleet) -> tuple[Ledger, Counter[str]]:
+    """Start the crashed daemon again on its database; the chain's ledger once every event is paid, and the store's
+    statuses once nothing is in flight."""
+    process.start().wait_ready()
+    ledger = fleet.wait_paid(30, every_event=True)
+    wait_for(
+        lambda: sum(store_statuses(process.db)[s] for s in ("pending", "claimed", "submitted")) == 0,
+        15,
+        "nothing left in flight",
+    )
+    return ledger, store_statuses(process.db)
+
+
+def assert_paid_once(point: str, ledger: Ledger, after: Counter[str], events: int) -> None:
+    assert ledger.clean, f"{point}: {ledger}"
+    assert ledger.settled_logs == events, f"{point}: one settled record per event, got {ledger.settled_logs}"
+    assert after[EventStatus.SETTLED] + after[EventStatus.FINAL] == events, f"{point}: store says {dict(after)}"
+    assert sum(after.values()) == events, f"{point}: each event stored once, store has {dict(after)}"
 
 
 def crash_and_recover(point: str, tmp_path: Path, deployment: Any, mosquitto: Any) -> dict[str, Any]:
@@ -47,30 +68,14 @@ def crash_and_recover(point: str, tmp_path: Path, deployment: Any, mosquitto: An
         code = process.wait(30)
         assert code == 137, f"the daemon did not stop at {point} (exit {code}):\n{process.log.read_text()[-2000:]}"
         before = store_statuses(process.db)
-
-        process.start().wait_ready()
-        ledger = fleet.wait_paid(30, every_event=True)
-        wait_for(
-            lambda: (
-                store_statuses(process.db)["pending"]
-                + store_statuses(process.db)["claimed"]
-                + store_statuses(process.db)["submitted"]
-                == 0
-            ),
-            15,
-            "nothing left in flight",
-        )
-        after = store_statuses(process.db)
+        ledger, after = restart_and_settle(process, fleet)
         redelivered = metrics(process).get("iotsettle_oracle_duplicates_total", 0.0)
     finally:
         publisher.close()
         process.kill()
     nonces = nonce_report(process.db, deployment.chain.w3, key)
 
-    assert ledger.clean, f"{point}: {ledger}"
-    assert ledger.settled_logs == METERS, f"{point}: one settled record per event, got {ledger.settled_logs}"
-    assert after[EventStatus.SETTLED] + after[EventStatus.FINAL] == METERS, f"{point}: store says {dict(after)}"
-    assert sum(after.values()) == METERS, f"{point}: each event stored once, store has {dict(after)}"
+    assert_paid_once(point, ledger, after, METERS)
     assert nonces.gapless, f"{point}: nonces {nonces}"
     return {
         "point": point,
@@ -154,23 +159,13 @@ def test_a_crash_while_sending_on_two_lanes_loses_nothing_and_leaves_no_gap_on_e
         assert code == 137, f"the daemon did not stop at {point} (exit {code}):\n{process.log.read_text()[-2000:]}"
         at_crash = _lane_nonces(process.db, deployment.chain.chain_id, addresses)
         assert all(nonces for nonces, _ in at_crash.values()), f"{point}: both lanes had sent: {at_crash}"
-
-        process.start().wait_ready()
-        ledger = fleet.wait_paid(30, every_event=True)
-        wait_for(
-            lambda: sum(store_statuses(process.db)[s] for s in ("pending", "claimed", "submitted")) == 0,
-            15,
-            "nothing left in flight",
-        )
-        after = store_statuses(process.db)
+        ledger, after = restart_and_settle(process, fleet)
     finally:
         publisher.close()
         process.kill()
     lanes = _lane_nonces(process.db, deployment.chain.chain_id, addresses)
 
-    assert ledger.clean, f"{point}: {ledger}"
-    assert ledger.settled_logs == LANE_METERS, f"{point}: one settled record per event, got {ledger.settled_logs}"
-    assert after[EventStatus.SETTLED] + after[EventStatus.FINAL] == LANE_METERS, f"{point}: store says {dict(after)}"
+    assert_paid_once(point, ledger, after, LANE_METERS)
     for address, (nonces, next_nonce) in lanes.items():
         count = w3.eth.get_transaction_count(address)
         assert nonces == list(range(count)) and next_nonce == count, f"{point}: lane {address}: {nonces}, {next_nonce}"
