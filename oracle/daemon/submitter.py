@@ -156,7 +156,7 @@ class Lane:
 
 
 class Submitter:
-    """Signs, stores and broadcasts settlement transactions for one relayer account on one chain."""
+    """Signs, stores and broadcasts settlement transactions for the relayer accounts (nonce lanes) of one chain."""
 
     def __init__(
         self,
@@ -311,10 +311,20 @@ class Submitter:
         """Send ``batch`` on the lanes ``assign`` picks: (the transactions sent, the events held back)."""
         groups, held = self.assign(batch)
         txs = []
-        for lane, events in groups.items():
-            tx = self.submit(dataclasses.replace(batch, events=events), lane)
-            if tx is not None:
-                txs.append(tx)
+        waiting = list(groups.items())
+        try:
+            while waiting:
+                lane, events = waiting[0]
+                tx = self.submit(dataclasses.replace(batch, events=events), lane)
+                waiting.pop(0)
+                if tx is not None:
+                    txs.append(tx)
+        except BaseException:
+            # ``prepare`` released the group that failed; the groups after it and the held events go back as well
+            left = [e.id for _, events in waiting[1:] for e in events] + [e.id for e in held]
+            if left:
+                self.store.release(left)
+            raise
         return txs, held
 
     # --------------------------------------------------------------------------------------------- fees
