@@ -219,7 +219,9 @@ class OracleSettings:
         "collapsed to the newest; 0 = at each batch cut. 15 min: 1/15 of the gas per reading at one a minute, "
         "balances at most 15 min behind (docs/BENCHMARKS.md)",
     )
-    max_in_flight: int = _doc(8, "settlement: transactions sent and not yet mined, at consecutive nonces")
+    max_in_flight: int = _doc(
+        8, "settlement: transactions sent and not yet mined per relayer key (nonce lane), at consecutive nonces"
+    )
     max_fee_gwei: float = _doc(500.0, "settlement: cap on maxFeePerGas in gwei, re-broadcasts included")
     priority_fee_gwei: float = _doc(
         0.0, "settlement: priority fee in gwei; 0 = ask the node (eth_maxPriorityFeePerGas)"
