@@ -16,7 +16,7 @@ from iotsettle.oracle.chain.connection import load_lanes
 from iotsettle.oracle.config import load_config
 from iotsettle.oracle.daemon.store import EventStatus, Store
 from iotsettle.oracle.daemon.txstore import TxStatus
-from iotsettle.oracle.protocol.errors import ConfigError, KeyFileError
+from iotsettle.oracle.protocol.errors import ConfigError, KeyFileError, SignerError
 from iotsettle.oracle.testing.devices import Publisher
 from web3 import Web3
 
@@ -147,6 +147,45 @@ def test_a_target_in_flight_stays_on_its_lane_and_waits_when_that_lane_is_full(
     # both of the hot meter's readings settled, in order: neither was refused, the register is paid in full
     assert all(e.status in (EventStatus.SETTLED, EventStatus.FINAL) for e in store.events([first, newer]))
     assert scenario.earnings(hot) == 25 * PRICE and scenario.earnings(other) == 40 * PRICE
+    settler.stop(drain=False)
+
+
+class _Refusing:
+    """A signer that refuses every transaction, as a remote signer whose operator said no."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def sign_transaction(self, transaction_dict: Any, /) -> Any:
+        raise SignerError("the remote signer refused to sign")
+
+
+def test_a_batch_split_over_two_lanes_goes_back_to_pending_when_one_part_cannot_be_signed(
+    scenario: Scenario, store: Store, relayer: LocalAccount
+) -> None:
+    second = _lane_key(scenario)
+    one, two = scenario.meter(), scenario.meter()
+    settler = make_settler(scenario, store, relayer, relayer_private_keys=("0x" + bytes(second.key).hex(),))
+    with automine_off(scenario):
+        # one meter in flight on each lane: the next readings of both make one batch split over the two lanes
+        (first_one,) = store.commit_batch([scenario.reading(one, 1, START + 10)], [], [])
+        settler.run_once()
+        (first_two,) = store.commit_batch([scenario.reading(two, 1, START + 20)], [], [])
+        settler.run_once()
+        assert {_sender_of(store, settler, first_one), _sender_of(store, settler, first_two)} == {
+            relayer.address,
+            second.address,
+        }
+        later = store.commit_batch([scenario.reading(one, 2, START + 30), scenario.reading(two, 2, START + 40)], [], [])
+        lanes = settler.submitter.lanes
+        lanes[relayer.address].account, kept = _Refusing(relayer.address), lanes[relayer.address].account
+        with pytest.raises(SignerError):
+            settler.run_once()
+        assert all(e.status is EventStatus.PENDING for e in store.events(later)), store.events(later)
+        lanes[relayer.address].account = kept
+        scenario.mine()
+    settle_all(settler, store, later)
+    assert scenario.earnings(one) == 30 * PRICE and scenario.earnings(two) == 40 * PRICE
     settler.stop(drain=False)
 
 
