@@ -204,6 +204,16 @@ def rows(result: dict[str, Any]) -> list[Row]:
                     else "",
                 )
             )
+    for mode, lanes in result.get("relayer_lanes", {}).items():
+        rates = lanes["keys"]
+        out.append(
+            Row(
+                f"settled events/s with 1 / 2 / 4 relayer keys ({mode.replace('_', ' ')})",
+                " / ".join(_fmt(rates.get(keys)) for keys in ("1", "2", "4")),
+                "",
+                "",
+            )
+        )
     idle = result.get("idle_cpu_percent")
     if idle is not None:
         out.append(
@@ -341,6 +351,21 @@ def markdown_details(result: dict[str, Any]) -> str:
             + " | ".join(f"{_fmt(x['daemon_cpu_us_per_event'])}" for x in staged_loads)
             + " |"
         )
+        parts.append("\n".join(lines))
+    lanes = result.get("relayer_lanes", {})
+    if lanes:
+        lines = [
+            "| settled events/s (nonce lanes) | 1 key | 2 keys | 4 keys | readings, settings |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for mode, entry in lanes.items():
+            rates = entry["keys"]
+            settings = ", ".join(f"{k} {v}" for k, v in entry["oracle"].items())
+            lines.append(
+                f"| {mode.replace('_', ' ')} | "
+                + " | ".join(_fmt(rates.get(keys)) for keys in ("1", "2", "4"))
+                + f" | {entry['events']:,}, {settings} |"
+            )
         parts.append("\n".join(lines))
     settle = result.get("settle_profile")
     if settle:

@@ -59,6 +59,10 @@ def run(cmd: CommandContext, intake_only: bool, check: bool) -> None:
     With [chain] signer = "remote" the relayer signs outside the process: eth_signTransaction at [chain] signer_url
     for [chain] signer_address (Clef, Web3Signer); no key is loaded.
 
+    More relayer keys ([oracle] relayer_keys: keystores unlocked with the [chain] password) are nonce lanes of their
+    own beside the [chain] key: batches go to the lane with the fewest transactions in flight, and a target in flight
+    stays on its lane until its transaction is mined (docs/SCALING.md).
+
     /health and /metrics listen on [oracle] health_host:health_port; /health turns "degraded" (and says how much to
     send where) when the relayer's balance lasts fewer than [oracle] min_gas_hours at the last hour's gas spending.
     Brokers: [mqtt] brokers (failover in order), TLS with [mqtt] tls_ca_file / tls_cert_file / tls_key_file.
@@ -76,6 +80,7 @@ def run(cmd: CommandContext, intake_only: bool, check: bool) -> None:
         IOTSETTLE_MQTT_TLS_CERT_FILE=oracle.pem IOTSETTLE_MQTT_TLS_KEY_FILE=oracle.key iotsettle oracle run
       IOTSETTLE_CHAIN_RPC_URLS=http://node-a:8545,http://node-b:8545 iotsettle oracle run   # with failover
       IOTSETTLE_CHAIN_SIGNER=remote iotsettle oracle run   # signs at [chain] signer_url (Clef, Web3Signer)
+      IOTSETTLE_ORACLE_RELAYER_KEYS=keys/lane2.json,keys/lane3.json iotsettle oracle run   # three nonce lanes
     """
     if check:
         findings = daemon_checkup.run_checks(cmd.config)

@@ -219,7 +219,9 @@ class OracleSettings:
         "collapsed to the newest; 0 = at each batch cut. 15 min: 1/15 of the gas per reading at one a minute, "
         "balances at most 15 min behind (docs/BENCHMARKS.md)",
     )
-    max_in_flight: int = _doc(8, "settlement: transactions sent and not yet mined, at consecutive nonces")
+    max_in_flight: int = _doc(
+        8, "settlement: transactions sent and not yet mined per relayer key (nonce lane), at consecutive nonces"
+    )
     max_fee_gwei: float = _doc(500.0, "settlement: cap on maxFeePerGas in gwei, re-broadcasts included")
     priority_fee_gwei: float = _doc(
         0.0, "settlement: priority fee in gwei; 0 = ask the node (eth_maxPriorityFeePerGas)"
@@ -262,6 +264,21 @@ class OracleSettings:
     )
     balance_refresh: float = _doc(30.0, "seconds between two reads of the relayer balance from the node")
     drain_timeout: float = _doc(30.0, "seconds SIGTERM/SIGINT waits for in-flight events before exiting")
+    relayer_keys: tuple[str, ...] = _doc(
+        (),
+        "more relayer keys, each its own nonce lane beside the [chain] key: Web3 Secret Storage files, unlocked "
+        "with the [chain] keystore password (password / password_file); the variable takes a comma list "
+        "(docs/SCALING.md, nonce lanes)",
+    )
+    relayer_private_keys: tuple[str, ...] = field(
+        default=(),
+        repr=False,
+        metadata={
+            "secret": True,
+            "doc": "more relayer keys as raw hex keys, for scripts and CI (comma list in the variable); prefer "
+            "relayer_keys",
+        },
+    )
     batch_preflight: bool = _doc(
         False,
         "settlement: run each batch with eth_call before signing, so a poison item costs no gas "
@@ -478,6 +495,7 @@ def _validate(config: Config) -> None:
                 raise ConfigError(f"[chain] rpc_urls: endpoint {number} must start with http(s)://")
     if config.chain.max_lag < 0 or config.chain.stall <= 0 or config.chain.head_check <= 0:
         raise ConfigError("[chain] max_lag must be ≥ 0, stall and head_check > 0")
+    _validate_lanes(config)
     if config.chain.signer not in ("keystore", "remote"):
         raise ConfigError(f"[chain] signer = {config.chain.signer!r}: expected keystore or remote")
     if config.chain.signer == "remote":
@@ -486,6 +504,21 @@ def _validate(config: Config) -> None:
         address = config.chain.signer_address
         if not (address.startswith("0x") and len(address) == 42):
             raise ConfigError("[chain] signer = remote needs signer_address, the 0x… account it signs for")
+
+
+def _validate_lanes(config: Config) -> None:
+    """``[oracle] relayer_keys`` / ``relayer_private_keys``: well-formed, each named once, never quoted (secrets)."""
+    o = config.oracle
+    if len(set(o.relayer_keys)) != len(o.relayer_keys):
+        raise ConfigError("[oracle] relayer_keys names a keystore file twice: each key is one nonce lane")
+    for number, key in enumerate(o.relayer_private_keys, 1):
+        digits = key.removeprefix("0x")
+        if len(digits) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+            raise ConfigError(f"[oracle] relayer_private_keys: key {number} is not a 32-byte hex private key")
+    if len({k.lower().removeprefix("0x") for k in o.relayer_private_keys}) != len(o.relayer_private_keys):
+        raise ConfigError("[oracle] relayer_private_keys holds one key twice: each key is one nonce lane")
+    if o.relayer_keys and not (config.chain.password or config.chain.password_file):
+        raise ConfigError("[oracle] relayer_keys are keystores: set IOTSETTLE_CHAIN_PASSWORD or [chain] password_file")
 
 
 def field_docs() -> list[tuple[str, str, Any, str, bool]]:

@@ -174,6 +174,28 @@ def load_relayer(config: Config, chain: Chain) -> Signer:
     return remote_signer(config) or _configured_key(config, chain, RELAYER_DEV_KEY)
 
 
+def load_lanes(config: Config, first: Signer) -> tuple[Signer, ...]:
+    """The relayer keys beside ``first`` (``[oracle] relayer_keys`` keystores, then ``relayer_private_keys``), each a
+    nonce lane of its own; raises KeyFileError naming the file, or a key by its position, never the key itself."""
+    lanes: list[Signer] = []
+    if config.oracle.relayer_keys:
+        password = _read_password(config)
+        lanes += [load_keystore(config.path(path), password) for path in config.oracle.relayer_keys]
+    for number, key in enumerate(config.oracle.relayer_private_keys, 1):
+        try:
+            lanes.append(_from_key(key))
+        except (ValueError, TypeError):
+            raise KeyFileError(
+                f"[oracle] relayer_private_keys: key {number} is not a 32-byte hex private key"
+            ) from None
+    seen = {first.address}
+    for lane in lanes:
+        if lane.address in seen:
+            raise KeyFileError(f"relayer {lane.address} is configured twice: each relayer key must be another account")
+        seen.add(lane.address)
+    return tuple(lanes)
+
+
 def remote_signer(config: Config) -> RemoteSigner | None:
     """The ``eth_signTransaction`` signer of ``[chain] signer_url`` when ``[chain] signer = "remote"``."""
     if config.chain.signer != "remote":

@@ -188,6 +188,15 @@ def run_checks(config: Config, broker_timeout: float = 5.0) -> list[Finding]:
             ),
             Finding("relayer key", Verdict.OK, f"{deployment.relayer.address} from {_key_source(config)}"),
         ]
+        if deployment.lanes:
+            findings.append(
+                Finding(
+                    "relayer lanes",
+                    Verdict.OK,
+                    f"{len(deployment.relayers)} nonce lanes: "
+                    + ", ".join(relayer.address for relayer in deployment.relayers),
+                )
+            )
         if isinstance(deployment.relayer, RemoteSigner):
             findings.append(_signer_finding(deployment.relayer))
         try:
@@ -211,8 +220,11 @@ def run_checks(config: Config, broker_timeout: float = 5.0) -> list[Finding]:
         finally:
             if store is not None:
                 store.close()
-        if funds.balance() == 0:
-            findings.append(Finding("funds", Verdict.FAIL, f"relayer {funds.address} holds 0 ETH: it cannot pay gas"))
+        empty = [lane.address for lane in funds.lanes.values() if lane.balance() == 0]
+        if empty:
+            findings.append(
+                Finding("funds", Verdict.FAIL, f"relayer {', '.join(empty)} holds 0 ETH: it cannot pay gas")
+            )
         else:
             findings.append(Finding("funds", Verdict.OK if state is State.OK else Verdict.WARN, detail))
     return [dataclasses.replace(f, detail=scrub(f.detail, config)) for f in findings]

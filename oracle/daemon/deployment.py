@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iotsettle.oracle.chain.artifacts import load_artifact
-from iotsettle.oracle.chain.connection import Chain, connect, load_relayer
+from iotsettle.oracle.chain.connection import Chain, connect, load_lanes, load_relayer
 from iotsettle.oracle.chain.deploy import verify_manifest
 from iotsettle.oracle.chain.manifest import load_manifest
 from iotsettle.oracle.chain.revert import ErrorDecoder
@@ -35,6 +35,12 @@ class Deployment:
     contracts: dict[str, str]  # wire type → verifying contract address, for the kinds whose contract is deployed
     abis: dict[str, list[dict[str, Any]]]  # manifest name → ABI: the relayed kinds' contracts and the DeviceRegistry
     errors: ErrorDecoder  # the custom errors of those contracts
+    lanes: tuple[Signer, ...] = ()  # [oracle] relayer_keys: more relayer accounts, each its own nonce lane
+
+    @property
+    def relayers(self) -> tuple[Signer, ...]:
+        """Every relayer account, ``relayer`` first: one nonce lane each."""
+        return (self.relayer, *self.lanes)
 
     def abi_of_kind(self, kind: str) -> list[dict[str, Any]]:
         """The ABI of the contract that verifies ``kind`` (a wire type this deployment relays)."""
@@ -46,7 +52,7 @@ class Deployment:
 
 
 def resolve(config: Config, chain: Chain | None = None) -> Deployment:
-    """Connect (unless ``chain`` is given), verify the manifest against the chain and load the relayer key; raises
+    """Connect (unless ``chain`` is given), verify the manifest against the chain and load the relayer keys; raises
     ChainError / DeploymentError / KeyFileError / CompileError naming the problem."""
     chain = chain or connect(config)  # also enforces [chain] chain_id
     manifest = load_manifest(config, chain.chain_id)
@@ -61,6 +67,7 @@ def resolve(config: Config, chain: Chain | None = None) -> Deployment:
     if missing:
         log.info("not relaying the events of %s: not in the deployment manifest", ", ".join(missing))
     relayer = load_relayer(config, chain)  # keystore mode bits and password checked here
+    lanes = load_lanes(config, relayer)
     names = [name for name in (*CONTRACT_OF_KIND.values(), "DeviceRegistry") if name in deployed]
     abis = {name: load_artifact(config, name)["abi"] for name in dict.fromkeys(names)}
-    return Deployment(chain, manifest, relayer, contracts, abis, ErrorDecoder(abis.values()))
+    return Deployment(chain, manifest, relayer, contracts, abis, ErrorDecoder(abis.values()), lanes)

@@ -6,7 +6,9 @@ an upper bound, so the estimate errs towards "send money"). The balance is read 
 ``[oracle] balance_refresh`` seconds, when ``/health`` or ``/metrics`` asks, never per batch.
 
 ``/health`` reports "degraded" when the balance lasts fewer than ``[oracle] min_gas_hours`` at that rate, with the
-amount to send and where to send it.
+amount to send and where to send it. With several relayer keys (nonce lanes, ``[oracle] relayer_keys``) each account
+is counted on its own (``LaneFunds``): its balance, its spending, its line in ``/health``, its metrics labelled by
+address.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from iotsettle.oracle.daemon.health import State
 from iotsettle.oracle.daemon.metrics import Metrics
@@ -83,7 +85,7 @@ class RelayerFunds:
         with self._lock:
             self._spent.append((self._clock() if at is None else at, wei))
         if self.metrics is not None:
-            self.metrics.gas_spent.inc(wei / WEI_PER_ETH)
+            self.metrics.gas_spent.labels(address=self.address).inc(wei / WEI_PER_ETH)
 
     def rate(self) -> float:
         """Wei spent per hour over the last ``window`` seconds."""
@@ -110,7 +112,7 @@ class RelayerFunds:
             return self._balance
         self._balance, self._balance_error = value, None
         if self.metrics is not None:
-            self.metrics.relayer_balance.set(value / WEI_PER_ETH)
+            self.metrics.relayer_balance.labels(address=self.address).set(value / WEI_PER_ETH)
         return value
 
     def hours_left(self) -> float:
@@ -124,7 +126,7 @@ class RelayerFunds:
         """ok, or degraded with what to send where when the balance lasts fewer than ``min_hours``."""
         hours = self.hours_left()
         if self.metrics is not None and not math.isnan(hours):
-            self.metrics.gas_hours_left.set(hours)
+            self.metrics.gas_hours_left.labels(address=self.address).set(hours)
         balance, rate = self._balance, self.rate()
         if balance is None:
             return State.DEGRADED, f"relayer {self.address}: balance unknown ({self._balance_error})"
@@ -141,3 +143,23 @@ class RelayerFunds:
             f"relayer {self.address} has {hours:.1f} h of gas at the last hour's rate ({eth(rate)}/h){stale}: "
             f"send at least {eth(need, up=True)} to {self.address} to reach {self.min_hours:g} h"
         )
+
+
+_RANK = {State.OK: 0, State.DEGRADED: 1, State.DOWN: 2}
+
+
+class LaneFunds:
+    """The funds of every relayer account (nonce lane), the first one the ``[chain]`` key; ``check`` is the ``funds``
+    check of ``/health``: the worst lane's state, one sentence per lane."""
+
+    def __init__(self, lanes: Sequence[RelayerFunds]) -> None:
+        self.lanes = {funds.address: funds for funds in lanes}
+        self.first = lanes[0]
+
+    def spent(self, wei: int, sender: str | None = None) -> None:
+        """A receipt of ``sender``'s transaction (the first lane when not named)."""
+        self.lanes.get(sender or self.first.address, self.first).spent(wei)
+
+    def check(self) -> tuple[State, str]:
+        results = [funds.check() for funds in self.lanes.values()]
+        return max((state for state, _ in results), key=_RANK.__getitem__), "; ".join(d for _, d in results)

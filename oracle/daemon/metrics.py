@@ -90,12 +90,18 @@ class Metrics:
         )
         self.last_settled_block = Gauge(f"{PREFIX}_last_settled_block", "block of the newest settlement", registry=r)
         # relayer funds and health (oracle/daemon/funds.py, health.py); docs/OPERATIONS.md, deploy/prometheus
-        self.relayer_balance = Gauge(f"{PREFIX}_relayer_balance_eth", "relayer balance, read from the node", registry=r)
+        # one series per relayer account (nonce lane), labelled by its address
+        self.relayer_balance = Gauge(
+            f"{PREFIX}_relayer_balance_eth", "relayer balance, read from the node", ["address"], registry=r
+        )
         self.gas_spent = Counter(
-            f"{PREFIX}_gas_spent_eth", "paid for settlement gas (receipts: gas × price)", registry=r
+            f"{PREFIX}_gas_spent_eth", "paid for settlement gas (receipts: gas × price)", ["address"], registry=r
         )
         self.gas_hours_left = Gauge(
-            f"{PREFIX}_gas_hours_left", "hours the relayer balance lasts at the last hour's spending", registry=r
+            f"{PREFIX}_gas_hours_left",
+            "hours the relayer balance lasts at the last hour's spending",
+            ["address"],
+            registry=r,
         )
         self.min_gas_hours = Gauge(
             f"{PREFIX}_min_gas_hours", "[oracle] min_gas_hours: /health degrades below", registry=r

@@ -232,6 +232,22 @@ class Planner:
                     out.append(Batch(kind, contract, tuple(chunk)))
         return out
 
+    def put_back(self, kind: str, events: Sequence[StoredEvent]) -> None:
+        """Hold again events of a cut batch that were not sent (their target is in flight on a lane without room),
+        due at the next cut."""
+        newest = self._newest.get(kind)
+        if newest is None:
+            self._queued[kind] = sorted([*self._queued[kind], *events], key=lambda e: e.id)
+            return
+        for event in events:
+            held = newest.get((event.contract, event.target_id))
+            if held is None:
+                newest[(event.contract, event.target_id)] = _Held(event, 0.0)  # its window is over
+            else:  # a newer one of its target arrived meanwhile: the older of the two is superseded
+                older, held.event = sorted((held.event, event), key=lambda e: e.seq)
+                self.store.supersede([older.id])
+                self.superseded += 1
+
     def release_all(self) -> int:
         """Give every held event back to the store as pending (stop without drain)."""
         ids = self.held_ids()

@@ -29,7 +29,7 @@ from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.alerts import AlertSettings
 from iotsettle.oracle.daemon.deployment import Deployment, resolve
-from iotsettle.oracle.daemon.funds import RelayerFunds
+from iotsettle.oracle.daemon.funds import LaneFunds, RelayerFunds
 from iotsettle.oracle.daemon.health import Health, State
 from iotsettle.oracle.daemon.intake import MQTT_PROTOCOLS, Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
@@ -182,19 +182,23 @@ def preflight(config: Config) -> Deployment:
 
 def relayer_funds(
     config: Config, deployment: Deployment, store: Store | None, metrics: Metrics | None = None
-) -> RelayerFunds:
-    """The relayer's balance and spending, seeded with the last hour's transactions from ``store`` (when given)."""
+) -> LaneFunds:
+    """Each relayer's balance and spending (one per nonce lane), seeded with the last hour's transactions from
+    ``store`` (when given)."""
     w3 = deployment.chain.w3
-    funds = RelayerFunds(
-        deployment.relayer.address,
-        lambda address: int(w3.eth.get_balance(w3.to_checksum_address(address))),
-        min_hours=config.oracle.min_gas_hours,
-        refresh=config.oracle.balance_refresh,
-        metrics=metrics,
-    )
-    if store is not None:
-        funds.seed(TxStore(store).fees_since(deployment.relayer.address, time.time() - funds.window))
-    return funds
+    lanes = []
+    for relayer in deployment.relayers:
+        funds = RelayerFunds(
+            relayer.address,
+            lambda address: int(w3.eth.get_balance(w3.to_checksum_address(address))),
+            min_hours=config.oracle.min_gas_hours,
+            refresh=config.oracle.balance_refresh,
+            metrics=metrics,
+        )
+        if store is not None:
+            funds.seed(TxStore(store).fees_since(relayer.address, time.time() - funds.window))
+        lanes.append(funds)
+    return LaneFunds(lanes)
 
 
 def prune_interval(retention: float) -> float:
@@ -228,7 +232,7 @@ class OracleDaemon:
         self.policy_watch: PolicyWatch | None = None
         self.settler: Settler | None = None
         self.health: Health | None = None
-        self.funds: RelayerFunds | None = None
+        self.funds: LaneFunds | None = None
         self.endpoints: Endpoints | None = None
         self._stores: list[Store] = []
         self._stop = threading.Event()
@@ -243,7 +247,10 @@ class OracleDaemon:
         deployment = self.deployment = preflight(config)
         chain = deployment.chain
         log.info(
-            "chain %d at %s, deployment verified; relayer %s", chain.chain_id, chain.rpc_url, deployment.relayer.address
+            "chain %d at %s, deployment verified; relayer %s",
+            chain.chain_id,
+            chain.rpc_url,
+            ", ".join(relayer.address for relayer in deployment.relayers),
         )
         self.endpoints = endpoints_of(chain.w3)
         if self.endpoints is not None:

@@ -153,6 +153,7 @@ class Settler:
         settings: SettlerSettings | None = None,
         metrics: Metrics | None = None,
         on_dead_letter: DeadLetter | None = None,
+        lanes: Sequence[Signer] = (),
     ) -> None:
         self.settings = settings or SettlerSettings()
         # Settlement writes through a connection of its own with synchronous=NORMAL (a commit costs ~0.03 ms
@@ -169,7 +170,17 @@ class Settler:
             for kind, (address, abi) in contracts.items()
         }
         self.submitter = Submitter(
-            w3, chain_id, account, store, self.txstore, specs, decoder, self.settings.submitter, metrics, on_dead_letter
+            w3,
+            chain_id,
+            account,
+            store,
+            self.txstore,
+            specs,
+            decoder,
+            self.settings.submitter,
+            metrics,
+            on_dead_letter,
+            lanes,
         )
         self.tracker = Tracker(w3, store, self.txstore, self.submitter, self.settings.tracker, metrics)
         self.planner = Planner(store, self.settings.planner, kinds=tuple(specs))
@@ -214,6 +225,7 @@ class Settler:
             SettlerSettings.from_config(config),
             metrics,
             on_dead_letter,
+            deployment.lanes,
         )
 
     # ---------------------------------------------------------------------------------------- lifecycle
@@ -350,9 +362,13 @@ class Settler:
         busy = self.txstore.open_kinds() if self._ordered and self.planner.holds_ordered else set()
         for cut in self.planner.cut(self.submitter.capacity(), flush=flush, busy=busy):
             batch = self._without_settled(cut)
-            if batch is not None:
-                self.submitter.submit(batch)
-            work += 1
+            if batch is None:
+                work += 1
+                continue
+            sent, held = self.submitter.spread(batch)
+            if held:  # their target is in flight on a lane without room: planned again once it has some
+                self.planner.put_back(batch.kind, held)
+            work += bool(sent) or not held
         if work:
             self._track_wake.set()
         return work
@@ -436,8 +452,9 @@ class Settler:
         """Why settlement is not making progress (node errors, relayer out of funds); None while it is."""
         if self._last_error is not None:
             return self._last_error
-        if not self.submitter.funds_ok:
-            return f"relayer {self.submitter.sender} cannot pay for gas; top it up"
+        short = self.submitter.short_of_funds()
+        if short:
+            return f"relayer {', '.join(short)} cannot pay for gas; top it up"
         return None
 
     # ------------------------------------------------------------------------------------------ status
@@ -455,11 +472,20 @@ class Settler:
 
     def status(self) -> dict[str, Any]:
         open_txs = self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT)
+        chain_id = self.submitter.chain_id
         return {
             "health": self.health,
             "relayer": self.submitter.sender,
             "in_flight": len(open_txs),
-            "next_nonce": self.txstore.next_nonce(self.submitter.chain_id, self.submitter.sender),
+            "next_nonce": self.txstore.next_nonce(chain_id, self.submitter.sender),
+            "lanes": [
+                {
+                    "relayer": address,
+                    "in_flight": sum(1 for tx in open_txs if tx.sender == address),
+                    "next_nonce": self.txstore.next_nonce(chain_id, address),
+                }
+                for address in self.submitter.lanes
+            ],
             "held": self.planner.held,
             "last_error": self.last_error,
             "head": self.tracker.head,

@@ -1,4 +1,10 @@
-"""Submitter: one batch → one signed EIP-1559 transaction at the next nonce of the relayer account.
+"""Submitter: one batch → one signed EIP-1559 transaction at the next nonce of a relayer account.
+
+- **Lanes**: each relayer account (``[chain]`` key plus ``[oracle] relayer_keys``) is a nonce lane of its own: its own
+  nonce counter, transactions in flight (at most ``max_in_flight``), replacements and funds. A batch goes to the
+  lane with the fewest transactions in flight, except that a target (agreement, escrow, policy, station) stays on the
+  lane of its transaction in flight until that one is mined (``assign``), so two transactions of one target are
+  never in flight on two lanes, where the later could land first and the earlier be refused.
 
 - **Nonces** are this oracle's own: handed out from the ``settlement_nonce`` table in the same SQLite transaction
   that stores the signed transaction and attaches its events (``txstore`` write-ahead), then broadcast. At start
@@ -18,6 +24,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -44,8 +51,18 @@ from web3.exceptions import Web3Exception
 log = logging.getLogger(__name__)
 
 #: Crash tests only (tests/reliability/test_reliability_crash.py): IOTSETTLE_FAULT_POINT=after_nonce|after_broadcast
-#: ends the process with status 137, as kill -9 would, the first time that point is reached. Read once, at import.
-_FAULT_POINT = os.environ.get("IOTSETTLE_FAULT_POINT", "")
+#: ends the process with status 137, as kill -9 would, the first time that point is reached (``after_nonce@3``: the
+#: third time, to stop in the middle of sending on several lanes). Read once, at import.
+_FAULT_POINT, _, _FAULT_NTH = os.environ.get("IOTSETTLE_FAULT_POINT", "").partition("@")
+_fault_hits = [0]
+
+
+def _fault(point: str) -> None:
+    if point == _FAULT_POINT:
+        _fault_hits[0] += 1
+        if _fault_hits[0] >= int(_FAULT_NTH or 1):
+            os._exit(137)
+
 
 GWEI = 10**9
 #: nodes (geth, anvil) accept a replacement only if both fees rise by ≥ 10 %; 12.5 % also clears stricter pools.
@@ -126,8 +143,20 @@ class Fees:
     tip: int
 
 
+@dataclass(slots=True)
+class Lane:
+    """One relayer account: a nonce lane with its own counter, transactions in flight and funds."""
+
+    account: Signer
+    funds_ok: bool = True
+
+    @property
+    def address(self) -> str:
+        return str(self.account.address)
+
+
 class Submitter:
-    """Signs, stores and broadcasts settlement transactions for one relayer account on one chain."""
+    """Signs, stores and broadcasts settlement transactions for the relayer accounts (nonce lanes) of one chain."""
 
     def __init__(
         self,
@@ -141,11 +170,16 @@ class Submitter:
         settings: SubmitterSettings,
         metrics: Metrics | None = None,
         on_dead_letter: DeadLetter | None = None,
+        lanes: Sequence[Signer] = (),
     ) -> None:
         self.w3 = w3
         self.chain_id = chain_id
         self.account = account
-        self.sender = account.address
+        self.sender = account.address  # the first lane: the [chain] key
+        #: address → lane, the [chain] key first; ``lanes`` are the [oracle] relayer_keys
+        self.lanes: dict[str, Lane] = {str(a.address): Lane(a) for a in (account, *lanes)}
+        #: open transaction → (its lane, the targets it carries): where a target in flight is pinned (``assign``)
+        self._pins: dict[str, tuple[str, frozenset[tuple[str, int]]]] = {}
         self.store = store
         self.txstore = txstore
         self.specs = dict(specs)
@@ -153,7 +187,6 @@ class Submitter:
         self.settings = settings
         self.metrics = metrics
         self.on_dead_letter = on_dead_letter
-        self.funds_ok = True
         self._by_contract = {spec.contract: spec for spec in self.specs.values()}
         self._gas_per_item: dict[str, float] = {}
         self._base_fee = 0
@@ -164,27 +197,42 @@ class Submitter:
 
     # ------------------------------------------------------------------------------------------- nonces
 
+    @property
+    def funds_ok(self) -> bool:
+        """Whether every lane could pay for its last broadcast."""
+        return all(lane.funds_ok for lane in self.lanes.values())
+
+    def short_of_funds(self) -> list[str]:
+        """The lanes whose last broadcast was refused for want of gas money."""
+        return [address for address, lane in self.lanes.items() if not lane.funds_ok]
+
     def reconcile(self) -> int:
-        """Bring the stored next nonce in line with the chain after a (re)start; returns it.
+        """Bring every lane's stored next nonce in line with the chain after a (re)start; returns the first lane's."""
+        nonces = {address: self.reconcile_lane(address) for address in self.lanes}
+        return nonces[self.sender]
+
+    def reconcile_lane(self, sender: str) -> int:
+        """Bring the stored next nonce of ``sender`` in line with the chain after a (re)start; returns it.
 
         Our open transactions cover [chain latest, stored next). A chain ``pending`` count above the stored one
         means another sender used this key (or the database is older than the chain): follow the chain, since
         those nonces are spent. A stored value above the chain's is normal after a crash or a node restart: the
         tracker re-broadcasts the stored transactions that fill the range.
         """
-        latest = self.w3.eth.get_transaction_count(self.sender, "latest")
-        pending = self.w3.eth.get_transaction_count(self.sender, "pending")
-        stored = self.txstore.next_nonce(self.chain_id, self.sender)
-        live = [tx.nonce for tx in self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT)]
+        address = Web3.to_checksum_address(sender)
+        latest = self.w3.eth.get_transaction_count(address, "latest")
+        pending = self.w3.eth.get_transaction_count(address, "pending")
+        stored = self.txstore.next_nonce(self.chain_id, sender)
+        live = [tx.nonce for tx in self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT) if tx.sender == sender]
         nxt = max(stored or 0, latest, pending, *[n + 1 for n in live])
         if stored is None:
-            log.info("relayer %s starts at nonce %d (chain latest %d, pending %d)", self.sender, nxt, latest, pending)
+            log.info("relayer %s starts at nonce %d (chain latest %d, pending %d)", sender, nxt, latest, pending)
         elif pending > stored:
             # All our nonces are below ``stored``: the chain (or its pool) holds transactions we never signed.
             log.warning(
                 "relayer %s: the chain counts %d transactions, this oracle handed out %d; another sender "
                 "uses the key?  continuing at %d",
-                self.sender,
+                sender,
                 pending,
                 stored,
                 nxt,
@@ -192,17 +240,92 @@ class Submitter:
         elif live and stored > pending:
             log.info(
                 "relayer %s: nonces %d..%d are stored but not in the node's pool; re-broadcasting them",
-                self.sender,
+                sender,
                 pending,
                 stored - 1,
             )
-        self.txstore.set_next_nonce(self.chain_id, self.sender, nxt)
+        self.txstore.set_next_nonce(self.chain_id, sender, nxt)
         return nxt
 
     def capacity(self) -> int:
-        if not self.funds_ok:
-            return 0
-        return max(0, self.settings.max_in_flight - self.txstore.count_open())
+        """Batches that may be sent now: the free places of every lane that can pay (``max_in_flight`` each)."""
+        if len(self.lanes) == 1:
+            return max(0, self.settings.max_in_flight - self.txstore.count_open()) if self.funds_ok else 0
+        return sum(self._room().values())
+
+    def _room(self) -> dict[str, int]:
+        """Free places per lane that can pay, lanes with none left out."""
+        open_by = self.txstore.count_open_by_sender()
+        room = {a: self.settings.max_in_flight - open_by.get(a, 0) for a, lane in self.lanes.items() if lane.funds_ok}
+        return {address: free for address, free in room.items() if free > 0}
+
+    # -------------------------------------------------------------------------------------------- lanes
+
+    def assign(self, batch: Batch) -> tuple[dict[str, tuple[StoredEvent, ...]], tuple[StoredEvent, ...]]:
+        """Which lane sends which events of ``batch``: (lane → events, events held back).
+
+        A target with a transaction in flight is pinned to that transaction's lane: its events go there, or, when
+        that lane is full, are held back until it has room (never onto another lane, where they could overtake).
+        The other events join the largest pinned group that can be sent, else go to the lane with the most room
+        (the fewest transactions in flight). One lane takes the whole batch unless its targets are in flight on
+        several lanes.
+        """
+        if len(self.lanes) == 1:
+            return {self.sender: batch.events}, ()
+        room = self._room()
+        pins = self._pinned()
+        lane_of: dict[int, str | None] = {}
+        counts: dict[str, int] = {}
+        for event in batch.events:
+            lane = pins.get((event.contract, event.target_id))
+            lane_of[event.id] = lane
+            if lane is not None and lane in room:
+                counts[lane] = counts.get(lane, 0) + 1
+        if counts:
+            free_lane: str | None = max(counts, key=counts.__getitem__)
+        else:
+            order = list(self.lanes)
+            free_lane = max(room, key=lambda a: (room[a], -order.index(a))) if room else None
+        groups: dict[str, list[StoredEvent]] = {}
+        held: list[StoredEvent] = []
+        for event in batch.events:
+            lane = lane_of[event.id] or free_lane
+            if lane is None or lane not in room:
+                held.append(event)
+            else:
+                groups.setdefault(lane, []).append(event)
+        return {lane: tuple(events) for lane, events in groups.items()}, tuple(held)
+
+    def _pinned(self) -> dict[tuple[str, int], str]:
+        """(contract, target) → the lane of its transaction in flight."""
+        open_txs = self.txstore.open_senders()
+        for tx_key in [key for key in self._pins if key not in open_txs]:
+            del self._pins[tx_key]
+        for tx_key, sender in open_txs.items():
+            if tx_key not in self._pins:  # signed before a restart: its targets from the store
+                events = self.store.events_by_tx(tx_key)
+                self._pins[tx_key] = (sender, frozenset((e.contract, e.target_id) for e in events))
+        return {target: sender for sender, targets in self._pins.values() for target in targets}
+
+    def spread(self, batch: Batch) -> tuple[list[TxRecord], tuple[StoredEvent, ...]]:
+        """Send ``batch`` on the lanes ``assign`` picks: (the transactions sent, the events held back)."""
+        groups, held = self.assign(batch)
+        txs = []
+        waiting = list(groups.items())
+        try:
+            while waiting:
+                lane, events = waiting[0]
+                tx = self.submit(dataclasses.replace(batch, events=events), lane)
+                waiting.pop(0)
+                if tx is not None:
+                    txs.append(tx)
+        except BaseException:
+            # ``prepare`` released the group that failed; the groups after it and the held events go back as well
+            left = [e.id for _, events in waiting[1:] for e in events] + [e.id for e in held]
+            if left:
+                self.store.release(left)
+            raise
+        return txs, held
 
     # --------------------------------------------------------------------------------------------- fees
 
@@ -262,29 +385,29 @@ class Submitter:
 
     # ----------------------------------------------------------------------------------------- batches
 
-    def submit(self, batch: Batch) -> TxRecord | None:
-        """Prepare (estimate, sign, store) and broadcast a batch; None if nothing of it was left to send."""
-        tx = self.prepare(batch)
+    def submit(self, batch: Batch, lane: str | None = None) -> TxRecord | None:
+        """Prepare (estimate, sign, store) and broadcast a batch on ``lane`` (default: the first); None if nothing of
+        it was left to send."""
+        tx = self.prepare(batch, lane)
         if tx is not None:
-            if _FAULT_POINT == "after_nonce":
-                os._exit(137)
+            _fault("after_nonce")
             self.broadcast(tx)
         return tx
 
-    def prepare(self, batch: Batch) -> TxRecord | None:
+    def prepare(self, batch: Batch, lane: str | None = None) -> TxRecord | None:
         """Everything before the broadcast: items, gas, nonce, signature; stored with the events attached.
 
         On an RPC failure the batch's events are released (pending again) and the error propagates.
         """
         try:
-            return self._prepare(batch)
+            return self._prepare(batch, self.lanes[lane or self.sender])
         except BaseException:
             still_claimed = [e.id for e in self.store.events(batch.ids) if e.status == "claimed"]
             if still_claimed:
                 self.store.release(still_claimed)
             raise
 
-    def _prepare(self, batch: Batch) -> TxRecord | None:
+    def _prepare(self, batch: Batch, lane: Lane) -> TxRecord | None:
         spec = self._by_contract.get(Web3.to_checksum_address(batch.contract))
         if spec is None or spec.kind != batch.kind:
             for event in batch.events:
@@ -308,18 +431,19 @@ class Submitter:
         fees = self.fees()
         # Signed before the write transaction: a remote signer's round trip must not hold the database's write lock
         # (intake commits wait on it). Only this thread hands out nonces, so the one read here is the one taken.
-        nonce = self.txstore.next_nonce(self.chain_id, self.sender)
+        sender = lane.address
+        nonce = self.txstore.next_nonce(self.chain_id, sender)
         if nonce is None:
-            raise StoreError(f"no nonce recorded for {self.sender} on chain {self.chain_id}: reconcile first")
-        signed = self._sign(spec.contract, data, gas_limit, nonce, fees)
+            raise StoreError(f"no nonce recorded for {sender} on chain {self.chain_id}: reconcile first")
+        signed = self._sign(spec.contract, data, gas_limit, nonce, fees, lane.account)
         with self.store.transaction():
-            taken = self.txstore.take_nonce(self.chain_id, self.sender)
+            taken = self.txstore.take_nonce(self.chain_id, sender)
             if taken != nonce:
-                raise StoreError(f"nonce {nonce} of {self.sender} was taken meanwhile (now {taken}); planned again")
+                raise StoreError(f"nonce {nonce} of {sender} was taken meanwhile (now {taken}); planned again")
             tx = TxRecord(
                 new_tx_key(self.chain_id, nonce),
                 self.chain_id,
-                self.sender,
+                sender,
                 nonce,
                 spec.kind,
                 spec.contract,
@@ -342,11 +466,12 @@ class Submitter:
             )
             self.txstore.insert(tx)
             self.store.attach_tx([e.id for e in events], tx.tx_key)
+        self._pins[tx.tx_key] = (sender, frozenset((e.contract, e.target_id) for e in events))
         log.debug("tx %s nonce %d: %d %s(s), gas limit %d", tx.tx_hash, nonce, len(events), spec.kind, gas_limit)
         return tx
 
-    def _sign(self, to: str, data: bytes, gas: int, nonce: int, fees: Fees) -> tuple[bytes, str]:
-        signed = self.account.sign_transaction(
+    def _sign(self, to: str, data: bytes, gas: int, nonce: int, fees: Fees, account: Signer) -> tuple[bytes, str]:
+        signed = account.sign_transaction(
             {
                 "type": 2,
                 "chainId": self.chain_id,
@@ -469,10 +594,11 @@ class Submitter:
                 return None
             if self.metrics is not None:
                 self.metrics.transactions.labels(outcome=f"send_{error}").inc()
-            if error is SendError.INSUFFICIENT_FUNDS:
-                if self.funds_ok:
-                    log.error("relayer %s cannot pay for gas: top it up; settlement paused", self.sender)
-                self.funds_ok = False
+            lane = self.lanes.get(tx.sender)
+            if error is SendError.INSUFFICIENT_FUNDS and lane is not None:
+                if lane.funds_ok:
+                    log.error("relayer %s cannot pay for gas: top it up; its lane is paused", tx.sender)
+                lane.funds_ok = False
             elif error is SendError.UNDERPRICED:
                 # Something holds the nonce in the pool: an attempt of ours from before a restart, or a stranger's.
                 # Counting it as sent long ago makes the tracker replace it with higher fees at once.
@@ -480,9 +606,10 @@ class Submitter:
             elif error is not SendError.NONCE_TOO_LOW:
                 log.warning("broadcast of %s (nonce %d) failed: %s (%s)", tx.tx_hash, tx.nonce, error, exc)
             return error
-        if _FAULT_POINT == "after_broadcast":
-            os._exit(137)
-        self.funds_ok = True
+        _fault("after_broadcast")
+        lane = self.lanes.get(tx.sender)
+        if lane is not None:
+            lane.funds_ok = True
         self.txstore.mark_sent(tx.tx_key)
         if self.metrics is not None:
             self.metrics.transactions.labels(outcome="sent").inc()
@@ -493,6 +620,12 @@ class Submitter:
 
         None when the fee cap leaves no room for a replacement (the tracker then re-sends the current attempt).
         """
+        lane = self.lanes.get(tx.sender)
+        if lane is None:
+            log.warning(
+                "tx nonce %d of %s: that key is no longer configured; re-sending it as signed", tx.nonce, tx.sender
+            )
+            return None
         fees = self.bumped(tx)
         if fees is None:
             log.warning(
@@ -501,7 +634,7 @@ class Submitter:
                 self.settings.max_fee / GWEI,
             )
             return None
-        raw, tx_hash = self._sign(tx.contract, tx.data, tx.gas, tx.nonce, fees)
+        raw, tx_hash = self._sign(tx.contract, tx.data, tx.gas, tx.nonce, fees, lane.account)
         self.txstore.add_attempt(tx.tx_key, raw, tx_hash, fees.max_fee, fees.tip)
         if self.metrics is not None:
             self.metrics.transactions.labels(outcome="replaced").inc()

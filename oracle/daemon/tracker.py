@@ -59,7 +59,7 @@ class TrackerSettings:
 
 
 class Tracker:
-    """Follows the stored transactions of one relayer account to final; see the module docstring."""
+    """Follows the stored transactions of every relayer account (nonce lane) to final; see the module docstring."""
 
     def __init__(
         self,
@@ -81,14 +81,14 @@ class Tracker:
         self._drop_checked: dict[str, float] = {}
         self._retried: dict[str, float] = {}
         self._nonce_passed: dict[str, float] = {}
-        self._account_nonce = 0
+        self._account_nonce: dict[str, int] = {}  # relayer account (nonce lane) → its latest transaction count
         self.head = 0
         self.head_moved = False  # whether the last poll saw a new head
         #: called when the previous head is no longer canonical, before the pass acts on it; raises to stop the pass
         #: (the settler checks that the node still serves the chain settlement started on)
         self.on_fork: Callable[[], None] | None = None
         #: called with the wei each mined transaction paid for gas (reverted ones too)
-        self.on_fee: Callable[[int], None] | None = None
+        self.on_fee: Callable[[int, str], None] | None = None  # (wei paid, relayer account)
         self._endpoints = endpoints_of(w3)
         self._switches_seen = self._endpoints.switches if self._endpoints is not None else 0
 
@@ -109,13 +109,15 @@ class Tracker:
         if unchanged == -1 and self._head_hash is not None and self.on_fork is not None:
             # The previous head is gone: a reorg, or another chain behind the same URL. Ask before acting on it.
             self.on_fork()
+        open_txs = self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT)
         if moved:
-            # The nonce count before the receipts: a transaction mined after this read is then seen by the lookups.
-            self._account_nonce = hex_int(
-                self.submitter.rpc("eth_getTransactionCount", [self.submitter.sender, "latest"])
-            )
+            # The nonce counts before the receipts: a transaction mined after this read is then seen by the lookups.
+            # One per lane (each relayer account counts its own nonces), every time: a reorg re-opens a transaction
+            # after this read, and a count from before the reorg would make it look taken by a stranger.
+            for sender in dict.fromkeys([*self.submitter.lanes, *(tx.sender for tx in open_txs)]):
+                self._account_nonce[sender] = hex_int(self.submitter.rpc("eth_getTransactionCount", [sender, "latest"]))
         changed = 0
-        for tx in self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT):
+        for tx in open_txs:
             changed += self._follow_open(tx, now, moved or tx.tx_key in self._nonce_passed)
         if moved or changed:
             mined = self.txstore.by_status(TxStatus.MINED)
@@ -135,7 +137,7 @@ class Tracker:
         self._switches_seen = pool.switches
         if self.on_fork is not None:
             self.on_fork()
-        open_txs = sorted(self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT), key=lambda tx: tx.nonce)
+        open_txs = sorted(self.txstore.by_status(TxStatus.SIGNED, TxStatus.SENT), key=lambda tx: (tx.sender, tx.nonce))
         for tx in open_txs:
             self.submitter.broadcast(tx)
         if open_txs:
@@ -172,7 +174,7 @@ class Tracker:
                 if receipt is not None:
                     self._on_mined(tx, receipt)
                     return 1
-        if tx.nonce < self._account_nonce:
+        if tx.nonce < self._account_nonce.get(tx.sender, 0):
             # A node may count the nonce a moment before it serves the receipt (anvil does under load): only a
             # nonce passed for ``lost_after`` seconds without a receipt of any attempt means someone else used it.
             first_seen = self._nonce_passed.setdefault(tx.tx_key, now)
@@ -251,7 +253,7 @@ class Tracker:
         gas_used = hex_int(receipt["gasUsed"])
         if self.on_fee is not None:
             price = receipt.get("effectiveGasPrice")
-            self.on_fee(gas_used * (hex_int(price) if price is not None else tx.max_fee))
+            self.on_fee(gas_used * (hex_int(price) if price is not None else tx.max_fee), tx.sender)
         events = [e for e in self.store.events_by_tx(tx.tx_key) if e.status is EventStatus.SUBMITTED]
         self._drop_checked.pop(tx.tx_key, None)
         self._nonce_passed.pop(tx.tx_key, None)

@@ -5,6 +5,9 @@ transaction together with ``Store.attach_tx``) before it is broadcast. After a c
 every nonce handed out and the exact signed bytes, so a restart re-broadcasts instead of guessing, and no nonce
 is ever left as a gap.
 
+Every transaction and every nonce counter is keyed by its relayer account (``sender``): each account is a nonce lane
+of its own (``[oracle] relayer_keys``), so several lanes share these tables without a schema change.
+
 Transaction life cycle (``TxStatus``)::
 
     signed ─broadcast→ sent ─receipt→ mined ─N confirmations→ final
@@ -318,6 +321,17 @@ class TxStore:
 
     def count_open(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM settlement_tx WHERE status IN ('signed', 'sent')")[0][0])
+
+    def count_open_by_sender(self) -> dict[str, int]:
+        """Transactions signed or sent and not yet mined, per relayer account (nonce lane)."""
+        rows = self._read(
+            "SELECT sender, COUNT(*) FROM settlement_tx WHERE status IN ('signed', 'sent') GROUP BY sender"
+        )
+        return {row[0]: int(row[1]) for row in rows}
+
+    def open_senders(self) -> dict[str, str]:
+        """tx_key → relayer account of every transaction signed or sent and not yet mined."""
+        return dict(self._read("SELECT tx_key, sender FROM settlement_tx WHERE status IN ('signed', 'sent')"))
 
     def count_live(self) -> tuple[int, int]:
         """(signed or sent, mined and not yet final): what the tracker still has to follow."""

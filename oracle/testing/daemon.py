@@ -99,10 +99,11 @@ class DaemonProcess:
         return json.loads(answer[1]) if answer else None
 
     def metric(self, name: str) -> float:
-        """One unlabelled sample of /metrics (0 when absent)."""
+        """One sample of /metrics, ``name`` or ``name{label="value"}`` as exposed (0 when absent)."""
         answer = self.get("/metrics")
         # small values come as 5.4e-05, unbounded ones as +Inf
-        match = re.search(rf"^{name} ([-+0-9.e]+|[-+]Inf|NaN)$", answer[1].decode(), re.M) if answer else None
+        pattern = rf"^{re.escape(name)} ([-+0-9.e]+|[-+]Inf|NaN)$"
+        match = re.search(pattern, answer[1].decode(), re.M) if answer else None
         return float(match.group(1)) if match else 0.0
 
     def wait_ready(self, timeout: float = 60) -> DaemonProcess:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from iotsettle.oracle.ops import motor
 
-from bench import e2e, gas, report
+from bench import e2e, gas, lanes, report
 from bench.floor import floors
 from bench.naive import NaiveRelayProcess
 from bench.received import gas_per_received
@@ -170,6 +170,23 @@ def test_report_carries_floors_received_gas_and_the_pipelined_ratio() -> None:
     assert rows["gas per weather observation, batch 100"].target == "≤ 18,000"
     assert rows["gas per reading received (1/min, window 15 min; arithmetic)"].figure == "1,200"
     assert "above the floor by" in report.markdown_details(result)
+
+
+def test_relayer_lanes_pay_every_reading_with_1_2_and_4_keys_and_leave_automine_on(stack: BenchStack) -> None:
+    meters = stack.meters[10:16]
+    before = earnings(stack, meters)
+    modes = {
+        "automine": {"interval": 0, "oracle": {}},
+        "block_time_1s": {"interval": 1, "oracle": {"batch_max_events": 2}},
+    }
+    result = lanes.measure_lanes(stack, meters, modes, lambda _: None)
+    # two modes × three key counts: six readings per agreement, each one register unit more, all paid
+    assert [a - b for a, b in zip(earnings(stack, meters), before, strict=True)] == [6 * PRICE_PER_UNIT] * 6
+    assert {mode: sorted(entry["keys"]) for mode, entry in result.items()} == {mode: ["1", "2", "4"] for mode in modes}
+    assert stack.chain.w3.provider.make_request("anvil_getAutomine", [])["result"] is True  # type: ignore[arg-type]
+    rows = {r.measure: r for r in report.rows({"relayer_lanes": result})}
+    assert "settled events/s with 1 / 2 / 4 relayer keys (block time 1s)" in rows
+    assert "| block time 1s |" in report.markdown_details({"relayer_lanes": result})
 
 
 def test_the_floor_is_below_every_measured_figure(stack: BenchStack) -> None:

@@ -66,7 +66,7 @@ def test_health_says_how_much_to_send_where_when_gas_runs_short(
     funds = _funds(daemon)
     assert funds["status"] == "ok", funds
     assert relayer.address in funds["detail"] and "no gas spent" in funds["detail"]
-    assert daemon.metric("iotsettle_oracle_relayer_balance_eth") == FUNDED / 10**18
+    assert daemon.metric(f'iotsettle_oracle_relayer_balance_eth{{address="{relayer.address}"}}') == FUNDED / 10**18
     assert daemon.metric("iotsettle_oracle_min_gas_hours") == MIN_HOURS
 
     _send_readings(scenario, mosquitto, meter, 3)
@@ -75,8 +75,8 @@ def test_health_says_how_much_to_send_where_when_gas_runs_short(
         """What left the account, once the daemon's figures agree with the node's (the relayer only pays gas)."""
         balance = w3.eth.get_balance(relayer.address)
         spent = FUNDED - balance
-        seen_balance = daemon.metric("iotsettle_oracle_relayer_balance_eth") * 10**18
-        seen_spent = daemon.metric("iotsettle_oracle_gas_spent_eth_total") * 10**18
+        seen_balance = daemon.metric(f'iotsettle_oracle_relayer_balance_eth{{address="{relayer.address}"}}') * 10**18
+        seen_spent = daemon.metric(f'iotsettle_oracle_gas_spent_eth_total{{address="{relayer.address}"}}') * 10**18
         agree = abs(seen_balance - balance) <= balance * 1e-9 and abs(seen_spent - spent) <= spent * 1e-9
         return spent if spent > 0 and agree and _funds(daemon)["status"] == "degraded" else 0
 
@@ -93,7 +93,7 @@ def test_health_says_how_much_to_send_where_when_gas_runs_short(
     assert needed <= float(match.group(1)) * 10**18 <= needed * 1.001, (detail, needed)
     metrics = daemon.get("/metrics")
     assert metrics is not None and 'iotsettle_oracle_health_check{check="funds"} 1.0' in metrics[1].decode()
-    assert 0 < daemon.metric("iotsettle_oracle_gas_hours_left") < MIN_HOURS
+    assert 0 < daemon.metric(f'iotsettle_oracle_gas_hours_left{{address="{relayer.address}"}}') < MIN_HOURS
 
     # a restart seeds the hour from the database: still degraded before anything new is spent
     daemon.signal(signal.SIGTERM)
