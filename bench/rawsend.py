@@ -26,6 +26,7 @@ from iotsettle.oracle.protocol.errors import ChainError
 log = logging.getLogger(__name__)
 
 CHUNK = 250  # transactions per HTTP request
+STALL_S = 2.0  # seconds without a new receipt before a block is mined by hand (see RawSender._unstall)
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ class RawSender:
     def receipts(self, hashes: Sequence[str]) -> list[dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + self.timeout
+        last_progress = time.monotonic()
         while len(found) < len(hashes):
+            before = len(found)
             missing = [h for h in hashes if h not in found]
             for start in range(0, len(missing), CHUNK):
                 chunk = missing[start : start + CHUNK]
@@ -85,14 +88,27 @@ class RawSender:
                     if receipt is not None:
                         found[tx_hash] = receipt
             if len(found) < len(hashes):
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline:
                     raise ChainError(f"{len(hashes) - len(found)} transactions not mined within {self.timeout:.0f} s")
+                if len(found) > before:
+                    last_progress = now
+                elif now - last_progress > STALL_S:
+                    self._unstall(len(hashes) - len(found))
+                    last_progress = now
                 time.sleep(0.02)
         out = [found[h] for h in hashes]
         reverted = [r["transactionHash"] for r in out if int(r["status"], 16) != 1]
         if reverted:
             raise ChainError(f"{len(reverted)} of {len(out)} transactions reverted, e.g. {reverted[0]}")
         return out
+
+    def _unstall(self, pending: int) -> None:
+        """Mine one block by hand. anvil's automine fills a block to its gas limit with what arrived in one burst
+        and leaves the rest in the pool until another transaction arrives; when every transaction of the burst
+        was already sent, nothing else ever comes, so the pool would wait for ever."""
+        log.info("%d transactions still pending after %.0f s without a new receipt: mining a block", pending, STALL_S)
+        self.rpc("evm_mine", [])
 
 
 def sign_1559(key: coincurve.PrivateKey, chain_id: int, nonce: int, tip: int, max_fee: int, call: Call) -> bytes:
