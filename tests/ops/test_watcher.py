@@ -54,7 +54,8 @@ def test_a_forged_batch_is_challenged_and_the_honest_readings_settle(own_deploym
 
     def commit(items: list[bytes]) -> int:
         leaves = [batch_tree.leaf(item, domain) for item in items]
-        receipt = _send(deployment, relayer, CONTRACT, "commit", batch_tree.root(leaves), b"".join(items), value=bond)
+        data = batch_tree.pack_batch(items)
+        receipt = _send(deployment, relayer, CONTRACT, "commit", batch_tree.root(leaves), data, value=bond)
         return int(events_in(deployment.ops(), CONTRACT, receipt, "BatchCommitted")[0]["batchId"])
 
     store = tmp_path / "watcher.sqlite"
@@ -67,7 +68,8 @@ def test_a_forged_batch_is_challenged_and_the_honest_readings_settle(own_deploym
     verdicts = watcher.run_pass().verdicts
     assert [(v.batch_id, v.verdict, v.reason, v.leaf_index) for v in verdicts] == [(bad, "challenged", "UnknownKey", 1)]
     assert verdicts[0].tx is not None
-    assert w3.eth.get_balance(watcher_user.address) == before + bond - _eth_spent(w3, verdicts[0].tx)
+    # Half the bond pays the watcher, half is burnt.
+    assert w3.eth.get_balance(watcher_user.address) == before + bond - bond // 2 - _eth_spent(w3, verdicts[0].tx)
     assert opt.functions.batchOf(bad).call()[4] == 2, "voided"
     assert opt.functions.agreementOf(agreement).call()[12] == DEPOSIT, "no money moved"
 
@@ -116,7 +118,7 @@ def test_watch_once_challenges_from_the_command_line(own_deployment: Any, tmp_pa
         CONTRACT,
         "commit",
         batch_tree.root([batch_tree.leaf(stray, domain)]),
-        stray,
+        batch_tree.pack_batch([stray]),
         value=int(opt.functions.BOND().call()),
     )
     batch = int(events_in(deployment.ops(), CONTRACT, receipt, "BatchCommitted")[0]["batchId"])
