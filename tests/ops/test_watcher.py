@@ -9,10 +9,13 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from iotsettle.oracle.chain.connection import load_sender
+from iotsettle.oracle.chain.deploy import deploy_all
 from iotsettle.oracle.ops.tx import events_in, transact
 from iotsettle.oracle.ops.watcher import CONTRACT, Watcher
 from iotsettle.oracle.protocol import batch_tree, eip712
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.testing.stack import Deployment
 
 from tests.kit.cli import Cli, User, register_device
 from tests.kit.products import chain_now, warp_to
@@ -130,3 +133,36 @@ def test_watch_once_challenges_from_the_command_line(own_deployment: Any, tmp_pa
     assert judged[batch]["reason"] == "UnknownTarget"
     assert opt.functions.batchOf(batch).call()[4] == 2, "voided"
     assert cli.ok(["watch", "--once", "--json", "--store", store], watcher_user)["verdicts"] == []
+
+
+def test_the_window_and_bond_come_from_the_deployment(own_deployment: Any, tmp_path: Path) -> None:
+    """[deploy] settings reach the contract's constructor and the manifest; the watcher takes the window from the
+    contract (a batch 20 minutes old is past a 20-minute window, though well inside the default hour)."""
+    base, w3 = own_deployment, own_deployment.chain.w3
+    config = base.config.replace("paths", deployments_dir=str(tmp_path / "deployments")).replace(
+        "deploy", optimistic_window=1_200, optimistic_bond="0.02"
+    )
+    sender = load_sender(config, base.chain)
+    manifest = deploy_all(config, base.chain, sender)
+    assert manifest["contracts"][CONTRACT]["args"][2:] == [1_200, 2 * 10**16]
+    deployment = Deployment(config, base.chain, manifest)
+    opt = deployment.contract(CONTRACT)
+    assert (opt.functions.CHALLENGE_WINDOW().call(), opt.functions.BOND().call()) == (1_200, 2 * 10**16)
+    assert deploy_all(config, base.chain, sender)["contracts"] == manifest["contracts"], "unchanged: kept"
+    longer = deploy_all(config.replace("deploy", optimistic_window=1_800), base.chain, sender)["contracts"]
+    assert longer[CONTRACT]["address"] != manifest["contracts"][CONTRACT]["address"], "a new window: redeployed"
+    assert longer["MeteredBilling"] == manifest["contracts"]["MeteredBilling"], "the others kept"
+
+    cli = Cli(config)
+    relayer, watcher_user = cli.user(w3), cli.user(w3)
+    domain = eip712.Domain(w3.eth.chain_id, opt.address)
+    forged = batch_tree.sign_reading(secrets.token_bytes(32), domain, 12345, 1, chain_now(w3), 1)
+    data = batch_tree.pack_batch([forged])
+    root = batch_tree.root([batch_tree.leaf(forged, domain)])
+    receipt = transact(deployment.ops(relayer.account), opt.functions.commit(root, data), CONTRACT, value=2 * 10**16)
+    batch = int(events_in(deployment.ops(), CONTRACT, receipt.receipt, "BatchCommitted")[0]["batchId"])
+    warp_to(w3, chain_now(w3) + 1_201)
+    watcher = Watcher(deployment.ops(watcher_user.account), tmp_path / "watcher.db")
+    assert watcher.window == 1_200
+    assert [(v.batch_id, v.verdict) for v in watcher.run_pass().verdicts] == [(batch, "missed")]
+    watcher.close()
