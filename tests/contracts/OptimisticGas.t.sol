@@ -100,6 +100,10 @@ contract OptimisticGasTest is OptimisticFixture {
         _measure(100, 10);
     }
 
+    function test_Gas_Batch100_HundredReadingsPerAgreement() public {
+        _measure(100, 1);
+    }
+
     function test_Gas_Batch1000_TenReadingsPerAgreement() public {
         _measure(1_000, 100);
     }
