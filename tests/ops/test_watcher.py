@@ -166,3 +166,23 @@ def test_the_window_and_bond_come_from_the_deployment(own_deployment: Any, tmp_p
     assert watcher.window == 1_200
     assert [(v.batch_id, v.verdict) for v in watcher.run_pass().verdicts] == [(batch, "missed")]
     watcher.close()
+
+
+def test_data_that_names_no_reading_is_challenged(own_deployment: Any, tmp_path: Path) -> None:
+    """An item pointing past the agreement table: no reading to rebuild, so the data challenge voids the batch."""
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    relayer, watcher_user = cli.user(w3), cli.user(w3)
+    opt = deployment.contract(CONTRACT)
+    domain = eip712.Domain(w3.eth.chain_id, opt.address)
+    reading = batch_tree.sign_reading(secrets.token_bytes(32), domain, 7, 1, chain_now(w3), 1)
+    data = bytearray(batch_tree.pack_batch([reading]))
+    data[batch_tree.HEADER_SIZE + 32 + 1] = 1  # index 1 of a table of one
+    root = batch_tree.root([batch_tree.leaf(reading, domain)])
+    receipt = _send(deployment, relayer, CONTRACT, "commit", root, bytes(data), value=int(opt.functions.BOND().call()))
+    batch = int(events_in(deployment.ops(), CONTRACT, receipt, "BatchCommitted")[0]["batchId"])
+    watcher = Watcher(deployment.ops(watcher_user.account), tmp_path / "watcher.db")
+    verdicts = [v for v in watcher.run_pass().verdicts if v.batch_id == batch]
+    assert [(v.verdict, v.reason) for v in verdicts] == [("challenged", "DataDoesNotBuildRoot")]
+    assert opt.functions.batchOf(batch).call()[4] == 2, "voided"
+    watcher.close()
