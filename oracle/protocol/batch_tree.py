@@ -34,7 +34,8 @@ _MAX_AGREEMENTS = 1 << 16
 
 @dataclass(frozen=True, slots=True)
 class PackedReading:
-    """One reading as a batch carries it: the signed fields and the ERC-2098 compact signature."""
+    """One reading whole (as a claim or a challenge carries it): the signed fields and the ERC-2098 compact
+    signature."""
 
     agreement_id: int
     seq: int
