@@ -4,6 +4,7 @@ pragma solidity 0.8.37;
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {Hashes} from "@openzeppelin/contracts/utils/cryptography/Hashes.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+import {MessageHashUtils} from "@openzeppelin/contracts/utils/cryptography/MessageHashUtils.sol";
 
 import {DeviceEventVerifier} from "./DeviceEventVerifier.sol";
 import {IDeviceRegistry} from "./interfaces/IDeviceRegistry.sol";
@@ -23,18 +24,40 @@ import {PullPayments} from "./money/PullPayments.sol";
 /// clock-skew rule use `committedAt`, and the seq/register/timestamp rules use the agreement's last claimed reading
 /// only when that claim came before the commit, so a reading that was valid when posted can never be slashed by a
 /// claim made afterwards (a claim still refuses it: claims only move forward).
+///
+/// Bond: set per deployment ({BOND}, with the window {CHALLENGE_WINDOW}). A void burns half of it (sent to
+/// {BURN_SINK}) and pays the other half to the challenger, so a relayer that challenges its own bad batch before a
+/// watcher does still loses half its bond: lying is never free.
 contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayments {
     bytes32 public constant READING_TYPEHASH =
         keccak256("Reading(uint256 agreementId,uint64 seq,uint64 timestamp,uint256 value)");
 
-    /// @inheritdoc IOptimisticBilling
-    uint64 public constant CHALLENGE_WINDOW = 1 hours;
-
-    /// @inheritdoc IOptimisticBilling
-    uint256 public constant BOND = 0.1 ether;
-
-    /// @notice Bytes per reading in a batch (the layout of {IMeteredBilling-settle}).
+    /// @notice Bytes of the reading a {challenge} or {claim} carries (the layout of {IMeteredBilling-settle}).
     uint256 public constant PACKED_READING_SIZE = 114;
+
+    /// @notice Bytes per reading in a batch's data, after its header and agreement table (see
+    /// {IOptimisticBilling-commit}).
+    uint256 public constant BATCH_ITEM_SIZE = 82;
+
+    /// @dev A batch's header: the number of agreements (uint16) and the base of the items' timestamps (uint40).
+    uint256 private constant _BATCH_HEADER = 7;
+
+    /// @inheritdoc IOptimisticBilling
+    uint256 public constant MAX_BATCH_READINGS = 4_096;
+
+    /// @notice Bounds of the per-deployment window: long enough for a watcher to get a challenge included, short
+    /// enough that money is not held for ever (the window also delays every close).
+    uint64 public constant MIN_CHALLENGE_WINDOW = 10 minutes;
+    uint64 public constant MAX_CHALLENGE_WINDOW = 30 days;
+
+    /// @inheritdoc IOptimisticBilling
+    address public constant BURN_SINK = address(0xdEaD);
+
+    /// @inheritdoc IOptimisticBilling
+    uint64 public immutable CHALLENGE_WINDOW;
+
+    /// @inheritdoc IOptimisticBilling
+    uint256 public immutable BOND;
 
     uint256 private constant _METER_KINDS =
         (1 << uint8(IDeviceRegistry.DeviceKind.Meter)) | (1 << uint8(IDeviceRegistry.DeviceKind.Vehicle));
@@ -47,14 +70,15 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
         IMeteredBilling.AgreementStatus status;
     }
 
+    /// @dev The first slot holds what a claim reads and writes, so a claim touches one cold slot of the terms.
     struct Terms {
-        address provider;
-        uint32 noticePeriod;
-        uint64 closeAt;
-        address consumer;
         uint64 startValue;
+        uint64 closeAt;
         /// @dev Block time the last* fields of the {Meter} were written (accept or claim).
         uint40 stateAt;
+        uint32 noticePeriod;
+        address provider;
+        address consumer;
         address token;
         uint128 deposited;
         uint128 withdrawn;
@@ -78,9 +102,18 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
     uint64 private _agreementCount;
     uint64 private _batchCount;
 
-    constructor(IDeviceRegistry registry_, IMeteredBilling tariffs_) DeviceEventVerifier(registry_) {
+    /// @dev `challengeWindow_` within [{MIN_CHALLENGE_WINDOW}, {MAX_CHALLENGE_WINDOW}], `bond_` > 0 (wei).
+    constructor(IDeviceRegistry registry_, IMeteredBilling tariffs_, uint64 challengeWindow_, uint256 bond_)
+        DeviceEventVerifier(registry_)
+    {
         if (address(tariffs_) == address(0)) revert ZeroAddress();
+        if (challengeWindow_ < MIN_CHALLENGE_WINDOW || challengeWindow_ > MAX_CHALLENGE_WINDOW) {
+            revert ChallengeWindowOutOfRange(challengeWindow_, MIN_CHALLENGE_WINDOW, MAX_CHALLENGE_WINDOW);
+        }
+        if (bond_ == 0) revert ZeroAmount();
         _TARIFFS = tariffs_;
+        CHALLENGE_WINDOW = challengeWindow_;
+        BOND = bond_;
     }
 
     // ---------------------------------------------------------------- agreements
@@ -102,12 +135,12 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
 
         agreementId = (uint256(uint160(device)) << 96) | (uint256(tariffId) << 64) | ++_agreementCount;
         _terms[agreementId] = Terms({
-            provider: msg.sender,
-            noticePeriod: noticePeriod,
-            closeAt: 0,
-            consumer: consumer,
             startValue: startValue,
+            closeAt: 0,
             stateAt: 0,
+            noticePeriod: noticePeriod,
+            provider: msg.sender,
+            consumer: consumer,
             token: token,
             deposited: 0,
             withdrawn: 0,
@@ -183,8 +216,7 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
 
     /// @inheritdoc IOptimisticBilling
     function commit(bytes32 root, bytes calldata readings) external payable returns (uint256 batchId) {
-        uint256 len = readings.length;
-        if (len == 0 || len % PACKED_READING_SIZE != 0) revert MalformedBatch(len);
+        uint256 count = _readingsIn(readings);
         if (msg.value != BOND) revert WrongBond(BOND, msg.value);
         bytes32 dataHash = keccak256(readings);
         batchId = ++_batchCount;
@@ -195,7 +227,7 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
             committedAt: uint40(block.timestamp),
             status: BatchStatus.Committed
         });
-        emit BatchCommitted(batchId, msg.sender, root, dataHash, len / PACKED_READING_SIZE);
+        emit BatchCommitted(batchId, msg.sender, root, dataHash, count);
     }
 
     /// @inheritdoc IOptimisticBilling
@@ -218,8 +250,9 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
         if (block.timestamp > endsAt) revert ChallengeWindowClosed(batchId, endsAt);
         bytes32 dataHash = keccak256(readings);
         if (dataHash != b.dataHash) revert NotBatchData(batchId, dataHash);
+        (bool wellFormed, bytes32 root) = _root(readings);
         // slither-disable-next-line incorrect-equality (a hash comparison, not a balance)
-        if (_root(readings) == b.root) revert NothingProven(batchId, bytes32(0));
+        if (wellFormed && root == b.root) revert NothingProven(batchId, bytes32(0));
         _void(batchId, b, bytes32(0), RejectReason.None);
     }
 
@@ -304,7 +337,7 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
 
     /// @notice Seconds after `closeAt` before a close: the relay grace, the challenge window of a batch committed at
     /// its end, and one more grace to claim it.
-    function closeDelay() public pure returns (uint256) {
+    function closeDelay() public view returns (uint256) {
         return 2 * uint256(SETTLEMENT_GRACE) + CHALLENGE_WINDOW;
     }
 
@@ -431,11 +464,14 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
         }
     }
 
-    /// @dev Effects, event, then the bond to the challenger through the pull-payment ledger.
+    /// @dev Effects, event, then half the bond burnt and the rest to the challenger, through the pull-payment ledger.
+    /// Burnt rather than kept as a reserve: a reserve would need someone to spend it, and this contract has no owner.
     function _void(uint256 batchId, Batch storage b, bytes32 leaf, RejectReason reason) private {
         b.status = BatchStatus.Voided;
-        emit BatchVoided(batchId, msg.sender, leaf, reason);
-        _pay(address(0), msg.sender, BOND);
+        uint256 burnt = BOND / 2;
+        emit BatchVoided(batchId, msg.sender, leaf, reason, BOND - burnt, burnt);
+        _pay(address(0), BURN_SINK, burnt);
+        _pay(address(0), msg.sender, BOND - burnt);
     }
 
     function _liveBatch(uint256 batchId) private view returns (Batch storage b) {
@@ -445,12 +481,51 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
         if (status == BatchStatus.Voided) revert BatchNotLive(batchId, status);
     }
 
-    /// @dev The tree of {IOptimisticBilling} over packed readings (length checked at commit).
-    function _root(bytes calldata readings) private view returns (bytes32) {
-        uint256 n = readings.length / PACKED_READING_SIZE;
+    /// @dev The leaf of the batch item at byte `at`; not `known` when its index is past the table of `agreements` or
+    /// its timestamp beyond the 5 bytes of a packed reading (no claim or challenge could then name it).
+    function _itemLeaf(bytes calldata data, uint256 at, uint256 agreements, bytes32 separator)
+        private
+        pure
+        returns (bool known, bytes32)
+    {
+        // index 2 | seq 5 | timestamp − base 3 | value 8 | the first 14 bytes of r
+        uint256 head = uint256(bytes32(data[at:at + 32]));
+        uint256 index = head >> 240;
+        uint256 time = uint40(bytes5(data[2:7])) + uint24(head >> 176);
+        if (index >= agreements || time > type(uint40).max) return (false, bytes32(0));
+        uint256 id = uint256(bytes32(data[_BATCH_HEADER + 32 * index:_BATCH_HEADER + 32 + 32 * index]));
+        bytes32 digest = MessageHashUtils.toTypedDataHash(
+            separator, _structHash(id, uint40(head >> 200), time, uint64(head >> 112))
+        );
+        bytes calldata signature = data[at + 18:at + 82];
+        return (true, _leafOf(digest, bytes32(signature[0:32]), bytes32(signature[32:64])));
+    }
+
+    /// @dev The readings in a batch's data (see {IOptimisticBilling-commit}); reverts for a malformed or oversized
+    /// batch.
+    function _readingsIn(bytes calldata data) private pure returns (uint256 count) {
+        uint256 len = data.length;
+        if (len < _BATCH_HEADER) revert MalformedBatch(len);
+        uint256 agreements = uint16(bytes2(data[0:2]));
+        uint256 table = _BATCH_HEADER + 32 * agreements;
+        if (agreements == 0 || len <= table || (len - table) % BATCH_ITEM_SIZE != 0) revert MalformedBatch(len);
+        count = (len - table) / BATCH_ITEM_SIZE;
+        if (count > MAX_BATCH_READINGS) revert BatchTooLarge(count, MAX_BATCH_READINGS);
+    }
+
+    /// @dev The tree of {IOptimisticBilling} over a batch's data (its shape checked at commit); not well formed when
+    /// an item points past the agreement table.
+    function _root(bytes calldata data) private view returns (bool wellFormed, bytes32) {
+        uint256 agreements = uint16(bytes2(data[0:2]));
+        uint256 at = _BATCH_HEADER + 32 * agreements;
+        uint256 n = (data.length - at) / BATCH_ITEM_SIZE;
+        bytes32 separator = _domainSeparatorV4();
         bytes32[] memory level = new bytes32[](n);
         for (uint256 i = 0; i < n; ++i) {
-            level[i] = _leaf(_decode(readings[i * PACKED_READING_SIZE:(i + 1) * PACKED_READING_SIZE]));
+            (bool known, bytes32 leaf) = _itemLeaf(data, at, agreements, separator);
+            if (!known) return (false, bytes32(0));
+            level[i] = leaf;
+            at += BATCH_ITEM_SIZE;
         }
         while (n > 1) {
             uint256 half = (n + 1) / 2;
@@ -460,7 +535,7 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
             }
             n = half;
         }
-        return level[0];
+        return (true, level[0]);
     }
 
     /// @dev Item layout (114 bytes): agreementId 32 | seq 5 | timestamp 5 | value 8 | r 32 | vs 32.
@@ -478,22 +553,38 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
     }
 
     function _structHash(Reading memory rd) private pure returns (bytes32) {
-        return keccak256(abi.encode(READING_TYPEHASH, rd.id, rd.seq, rd.timestamp, rd.value));
+        return _structHash(rd.id, rd.seq, rd.timestamp, rd.value);
     }
 
-    /// @dev keccak256(digest ‖ item): the digest binds the leaf to this contract's EIP-712 domain.
+    /// @dev keccak256(abi.encode(READING_TYPEHASH, id, seq, timestamp, value)), in scratch memory past the free
+    /// pointer (a batch's root hashes thousands: allocating each encoding would grow memory quadratically in cost).
+    function _structHash(uint256 id, uint256 seq, uint256 time, uint256 value) private pure returns (bytes32 h) {
+        bytes32 typeHash = READING_TYPEHASH;
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, typeHash)
+            mstore(add(ptr, 0x20), id)
+            mstore(add(ptr, 0x40), seq)
+            mstore(add(ptr, 0x60), time)
+            mstore(add(ptr, 0x80), value)
+            h := keccak256(ptr, 0xa0)
+        }
+    }
+
     function _leaf(Reading memory rd) private view returns (bytes32) {
-        return keccak256(
-            abi.encodePacked(
-                _hashTypedDataV4(_structHash(rd)),
-                rd.id,
-                uint40(rd.seq),
-                uint40(rd.timestamp),
-                uint64(rd.value),
-                rd.r,
-                rd.vs
-            )
-        );
+        return _leafOf(_hashTypedDataV4(_structHash(rd)), rd.r, rd.vs);
+    }
+
+    /// @dev keccak256(digest ‖ r ‖ vs): exactly what the device signed (the EIP-712 digest under this contract's
+    /// domain, rebuilt from the fields) and its signature.
+    function _leafOf(bytes32 digest, bytes32 r, bytes32 vs) private pure returns (bytes32 leaf) {
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, digest)
+            mstore(add(ptr, 0x20), r)
+            mstore(add(ptr, 0x40), vs)
+            leaf := keccak256(ptr, 0x60)
+        }
     }
 
     function _tariffExists(uint32 tariffId) private view returns (bool) {

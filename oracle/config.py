@@ -12,6 +12,7 @@ environment rather than written into the file. docs/CONFIGURATION.md is generate
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import os
 import tomllib
 import urllib.parse
@@ -195,6 +196,31 @@ class PathSettings:
     deployments_dir: str = _doc("deployments", "deployment manifests, one per chain id")
 
 
+#: bounds of OptimisticBilling's challenge window (its MIN_CHALLENGE_WINDOW and MAX_CHALLENGE_WINDOW)
+OPTIMISTIC_WINDOW_BOUNDS = (600, 30 * 86400)
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """Constructor settings of the contracts, read by ``iotsettle deploy``; the manifest records them with each
+    contract, and a change redeploys that contract."""
+
+    optimistic_window: int = _doc(
+        3600,
+        "OptimisticBilling: seconds a committed batch can be challenged, 600 to 2,592,000 (30 days); also the "
+        "latency to money of that mode (docs/OPTIMISTIC.md)",
+    )
+    optimistic_bond: str = _doc(
+        "0.1",
+        "OptimisticBilling: ETH a relayer bonds on each batch, > 0; a void burns half and pays half to the "
+        "challenger, so half must exceed the gas of a challenge at the highest gas price you expect",
+    )
+
+    @property
+    def optimistic_bond_wei(self) -> int:
+        return int(decimal.Decimal(self.optimistic_bond) * 10**18)
+
+
 @dataclass(frozen=True)
 class OracleSettings:
     db_path: str = _doc(".state/oracle.db", "SQLite file of the oracle (WAL mode)")
@@ -314,6 +340,7 @@ class Config:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     compiler: CompilerSettings = field(default_factory=CompilerSettings)
     paths: PathSettings = field(default_factory=PathSettings)
+    deploy: DeploySettings = field(default_factory=DeploySettings)
     oracle: OracleSettings = field(default_factory=OracleSettings)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     #: folder relative paths are resolved against (the project: where foundry.toml and contracts/ are).
@@ -351,6 +378,7 @@ SECTIONS: dict[str, type] = {
     "mqtt": MqttSettings,
     "compiler": CompilerSettings,
     "paths": PathSettings,
+    "deploy": DeploySettings,
     "oracle": OracleSettings,
     "alerts": AlertsConfig,
 }
@@ -496,6 +524,18 @@ def _validate(config: Config) -> None:
     if config.chain.max_lag < 0 or config.chain.stall <= 0 or config.chain.head_check <= 0:
         raise ConfigError("[chain] max_lag must be ≥ 0, stall and head_check > 0")
     _validate_lanes(config)
+    low, high = OPTIMISTIC_WINDOW_BOUNDS
+    if not low <= config.deploy.optimistic_window <= high:
+        raise ConfigError(f"[deploy] optimistic_window = {config.deploy.optimistic_window}: expected {low} to {high} s")
+    try:
+        bond = decimal.Decimal(config.deploy.optimistic_bond)
+    except decimal.InvalidOperation:
+        bond = decimal.Decimal(0)
+    if not bond.is_finite() or bond <= 0 or (bond * 10**18) != (bond * 10**18).to_integral_value():
+        raise ConfigError(
+            f"[deploy] optimistic_bond = {config.deploy.optimistic_bond!r}: expected an ETH amount > 0 "
+            "with at most 18 decimals, e.g. 0.1"
+        )
     if config.chain.signer not in ("keystore", "remote"):
         raise ConfigError(f"[chain] signer = {config.chain.signer!r}: expected keystore or remote")
     if config.chain.signer == "remote":

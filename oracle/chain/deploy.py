@@ -29,19 +29,25 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Step:
-    """One contract to deploy: constructor arguments name earlier contracts; local_only skips public chains."""
+    """One contract to deploy: constructor arguments name earlier contracts, then take ``[deploy]`` settings;
+    local_only skips public chains."""
 
     name: str
     depends_on: tuple[str, ...] = ()
     local_only: bool = False
+    settings: tuple[str, ...] = ()  # attributes of ``config.deploy``, after the addresses
 
 
-#: Dependency order. Constructor arguments are the addresses of ``depends_on``, in that order.
+#: Dependency order. Constructor arguments are the addresses of ``depends_on``, in that order, then ``settings``.
 PLAN: tuple[Step, ...] = (
     Step("DeviceRegistry"),
     Step("DeliveryEscrow", ("DeviceRegistry",)),
     Step("MeteredBilling", ("DeviceRegistry",)),
-    Step("OptimisticBilling", ("DeviceRegistry", "MeteredBilling")),
+    Step(
+        "OptimisticBilling",
+        ("DeviceRegistry", "MeteredBilling"),
+        settings=("optimistic_window", "optimistic_bond_wei"),
+    ),
     Step("MotorInsurance", ("DeviceRegistry",)),
     Step("CropInsurance", ("DeviceRegistry",)),
     Step("HealthInsurance", ("DeviceRegistry",)),
@@ -114,15 +120,17 @@ def deploy_all(
             )
         artifact = load_artifact(config, step.name)
         entry = old_entries.get(step.name)
+        args: list[Any] = [entries[d]["address"] for d in step.depends_on]
+        args += [getattr(config.deploy, setting) for setting in step.settings]
         if (
             entry is not None
             and not redeployed.intersection(step.depends_on)
+            and entry.get("args") == args
             and _still_deployed(chain, artifact, entry)
         ):
             entries[step.name] = entry
             progress(f"{step.name}: already deployed at {entry['address']}")
             continue
-        args = [entries[d]["address"] for d in step.depends_on]
         factory = chain.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
         receipt = send(chain, account, factory.constructor(*args).build_transaction({"from": account.address}))
         entries[step.name] = {

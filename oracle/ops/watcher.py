@@ -4,14 +4,16 @@ every leaf re-verified, and a bad batch challenged at once with the watcher's ow
 One :meth:`Watcher.run_pass`:
 
 1. reads the ``BatchCommitted`` logs from the durable cursor (SQLite, ``watcher_cursor``) to the latest block;
-2. for each batch not judged yet and still inside its window: fetches the commit transaction, decodes
-   ``commit(root, readings)`` and rebuilds the tree (``iotsettle.oracle.protocol.batch_tree``). A root that the data
-   does not build is challenged with ``challengeData``; otherwise each leaf is checked with the oracle's own rules
-   — the signature recovers to a key of the agreement's device in the registry, not retired before the reading or
-   more than the grace before the commit, the timestamp within the clock skew of the commit, the agreement exists —
-   and a leaf behind the agreement's claimed state (seq, register or time) is a fault only if that claim came before
-   the commit, which the contract alone knows. Every challenge is estimated before it is sent, so one the contract
-   would refuse is never sent and never stops the watcher; the first bad leaf is challenged;
+2. for each batch not judged yet and still inside its window (the deployment's ``CHALLENGE_WINDOW``, read from the
+   contract): fetches the commit transaction, decodes ``commit(root, readings)``, expands the agreement table and
+   rebuilds the tree (``iotsettle.oracle.protocol.batch_tree``). A root that the data does not build, or data that
+   names no reading (an index past the table), is challenged with ``challengeData``; otherwise each leaf is
+   checked with the oracle's own rules — the signature recovers to a key of the agreement's device in the
+   registry, not retired before the reading or more than the grace before the commit, the timestamp within the
+   clock skew of the commit, the agreement exists — and a leaf behind the agreement's claimed state (seq, register
+   or time) is a fault only if that claim came before the commit, which the contract alone knows. Every challenge
+   is estimated before it is sent, so one the contract would refuse is never sent and never stops the watcher; the
+   first bad leaf is challenged;
 3. stores the verdict of each batch, then moves the cursor past the scanned blocks.
 
 The cursor moves only after every batch up to it is judged, so a crash or restart re-reads from the last cursor:
@@ -184,9 +186,12 @@ class Watcher:
         readings = self._readings(entry)
         if readings is None or keccak(readings) != bytes(entry.args["dataHash"]):
             return Verdict(batch_id, "unreadable")
-        items = batch_tree.split_batch(readings)
+        try:
+            items = batch_tree.split_batch(readings)
+        except ValueError:  # committed data always has the batch's shape: an item names no reading
+            items = []
         leaves = [batch_tree.leaf(item, self.domain) for item in items]
-        if batch_tree.root(leaves) != bytes(root):
+        if not items or batch_tree.root(leaves) != bytes(root):
             call = self.opt.functions.challengeData(batch_id, readings)
             verdict = self._challenge(batch_id, call, "DataDoesNotBuildRoot", None)
             return verdict if verdict is not None else Verdict(batch_id, "valid")

@@ -1,8 +1,12 @@
 """The batch commitment of optimistic settlement (``IOptimisticBilling``): leaves, root and inclusion proofs.
 
-A batch is packed readings back to back (``packed.item_size("reading")`` = 114 bytes each, the layout of
-``MeteredBilling.settle``). Leaf = keccak256(digest ‖ item), ``digest`` the reading's EIP-712 digest under the
-optimistic contract's domain. A level pairs nodes (0,1), (2,3), … with the commutative keccak256 of OpenZeppelin
+A reading travels whole in a challenge or a claim: ``packed.item_size("reading")`` = 114 bytes, the layout of
+``MeteredBilling.settle`` (``sign_reading``, ``decode_reading``). A batch's data (``pack_batch``, ``split_batch``)
+is shorter per reading: a header of the agreement count ``k`` (uint16) and the base of the timestamps (uint40, the
+smallest), ``k`` agreement ids (32 bytes each), then one 82-byte item per reading: its index in that table (uint16),
+seq (uint40), timestamp − base (uint24), value (uint64), r, vs. Leaf = keccak256(digest ‖ r ‖ vs), ``digest`` the
+reading's EIP-712 digest under the optimistic contract's domain: exactly what the device signed, and its signature.
+A level pairs nodes (0,1), (2,3), … with the commutative keccak256 of OpenZeppelin
 (``Hashes.commutativeKeccak256``: the smaller word first) and carries an odd last node up unchanged; a proof is the
 sibling hashes from the leaf up, as OpenZeppelin ``MerkleProof`` verifies them. The contract rebuilds the same tree
 in ``challengeData``; ``tests/vectors/optimistic-batch.json`` is checked by both sides.
@@ -18,11 +22,20 @@ from iotsettle.oracle.protocol import eip712
 from iotsettle.oracle.protocol.packed import PACKED_WIDTHS, item_size, pack_item
 
 READING_SIZE = item_size("reading")
+#: bytes per reading in a batch's data, after the header and the agreement table
+ITEM_SIZE = 82
+#: agreement count (uint16) ‖ base timestamp (uint40)
+HEADER_SIZE = 7
+#: most readings in one batch (``OptimisticBilling.MAX_BATCH_READINGS``: a data challenge must fit in a block)
+MAX_BATCH_READINGS = 4_096
+_MAX_OFFSET = 1 << 24
+_MAX_AGREEMENTS = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
 class PackedReading:
-    """One reading as a batch carries it: the signed fields and the ERC-2098 compact signature."""
+    """One reading whole (as a claim or a challenge carries it): the signed fields and the ERC-2098 compact
+    signature."""
 
     agreement_id: int
     seq: int
@@ -51,11 +64,55 @@ def sign_reading(
     return pack_item("reading", (agreement_id, seq, timestamp, value), signature[:32], vs.to_bytes(32, "big"))
 
 
+def pack_batch(readings: Sequence[bytes]) -> bytes:
+    """The data ``commit`` takes for packed readings (114 bytes each, as ``sign_reading`` returns them), in this
+    order; ValueError when there are none or more than ``MAX_BATCH_READINGS``, more than 65,535 agreements, or
+    timestamps spread over 2^24 seconds (194 days) or more: split such a batch."""
+    if not readings:
+        raise ValueError("a batch has at least one reading")
+    if len(readings) > MAX_BATCH_READINGS:
+        raise ValueError(f"a batch holds at most {MAX_BATCH_READINGS} readings, got {len(readings)}")
+    decoded = [decode_reading(r) for r in readings]
+    table: dict[int, int] = {}
+    for reading in decoded:
+        table.setdefault(reading.agreement_id, len(table))
+    if len(table) >= _MAX_AGREEMENTS:
+        raise ValueError(f"a batch names at most {_MAX_AGREEMENTS - 1} agreements, got {len(table)}")
+    base = min(reading.timestamp for reading in decoded)
+    if max(reading.timestamp for reading in decoded) - base >= _MAX_OFFSET:
+        raise ValueError("the readings of a batch must lie within 2^24 seconds of each other: split the batch")
+    out = bytearray(len(table).to_bytes(2, "big") + base.to_bytes(5, "big"))
+    for agreement_id in table:
+        out += agreement_id.to_bytes(32, "big")
+    for raw, reading in zip(readings, decoded, strict=True):
+        out += table[reading.agreement_id].to_bytes(2, "big") + raw[32:37]
+        out += (reading.timestamp - base).to_bytes(3, "big") + raw[42:]
+    return bytes(out)
+
+
 def split_batch(data: bytes) -> list[bytes]:
-    """The items of a batch's data; ValueError when it is empty or not a whole number of items."""
-    if not data or len(data) % READING_SIZE:
-        raise ValueError(f"a batch is a positive multiple of {READING_SIZE} bytes, got {len(data)}")
-    return [data[i : i + READING_SIZE] for i in range(0, len(data), READING_SIZE)]
+    """The readings of a batch's data, each packed whole (114 bytes, as a claim or a challenge carries it);
+    ValueError when the data is not a batch or an item cannot stand for a reading (its index past the agreement
+    table, its timestamp beyond 5 bytes): the contract's data challenge voids such a batch."""
+    if len(data) < HEADER_SIZE:
+        raise ValueError(f"a batch starts with a {HEADER_SIZE}-byte header, got {len(data)} bytes")
+    count = int.from_bytes(data[:2], "big")
+    base = int.from_bytes(data[2:HEADER_SIZE], "big")
+    table_end = HEADER_SIZE + 32 * count
+    if count == 0 or len(data) <= table_end or (len(data) - table_end) % ITEM_SIZE:
+        raise ValueError(
+            f"a batch is a header, an agreement table and a positive multiple of {ITEM_SIZE} bytes, got {len(data)}"
+        )
+    table = [data[HEADER_SIZE + 32 * i : HEADER_SIZE + 32 * (i + 1)] for i in range(count)]
+    readings = []
+    for at in range(table_end, len(data), ITEM_SIZE):
+        item = data[at : at + ITEM_SIZE]
+        index = int.from_bytes(item[:2], "big")
+        timestamp = base + int.from_bytes(item[7:10], "big")
+        if index >= count or timestamp >= 1 << 40:
+            raise ValueError(f"the batch item at byte {at} names no reading")
+        readings.append(table[index] + item[2:7] + timestamp.to_bytes(5, "big") + item[10:])
+    return readings
 
 
 def decode_reading(item: bytes) -> PackedReading:
@@ -72,8 +129,9 @@ def decode_reading(item: bytes) -> PackedReading:
 
 
 def leaf(item: bytes, domain: eip712.Domain) -> bytes:
-    """keccak256(digest ‖ item) of one packed reading."""
-    return keccak(eip712.digest("Reading", decode_reading(item).message(), domain) + item)
+    """keccak256(digest ‖ r ‖ vs) of one packed reading (114 bytes)."""
+    reading = decode_reading(item)
+    return keccak(eip712.digest("Reading", reading.message(), domain) + reading.r + reading.vs)
 
 
 def _pair(a: bytes, b: bytes) -> bytes:

@@ -6,11 +6,14 @@ checks that what `scripts/bench` measures is real money moving."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from iotsettle.oracle.chain.node import Anvil
 from iotsettle.oracle.ops import motor
+from iotsettle.oracle.testing.stack import private_deployment
 
-from bench import e2e, gas, lanes, report
+from bench import e2e, gas, lanes, optimistic, report
 from bench.floor import floors
 from bench.naive import NaiveRelayProcess
 from bench.received import gas_per_received
@@ -233,3 +236,35 @@ def test_daemon_pays_every_published_reading(stack: BenchStack, watcher: e2e.Wat
     assert [a - b for a, b in zip(earnings(stack, meters), before, strict=True)] == [2 * PRICE_PER_UNIT] * 10
     assert 10 <= load.onchain_items <= 20 and load.transactions < load.onchain_items
     assert load.stages and all(s["events"] > 0 for s in load.stages.values())
+
+
+def test_optimistic_figures_come_from_commits_and_claims_that_billed(
+    mosquitto: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """On anvils of their own (the phase moves the chain's clock past challenge windows): the bench node's rules and
+    Cancun's, whose calldata pricing has no EIP-7623 floor."""
+    state = tmp_path_factory.mktemp("optimistic")
+    with private_deployment(state) as deployment:
+        stack = BenchStack(
+            deployment.config, Anvil(deployment.config), mosquitto, deployment.chain, deployment.manifest, state
+        )
+        entries, other = optimistic.measure(stack)
+    by = {e["batch"]: e for e in entries}
+    assert set(by) == {100, 1_000}
+    for batch, entry in by.items():
+        assert entry["kind"] == "reading_optimistic" and entry["batch"] == batch
+        assert entry["readings_per_agreement"] == 100 and entry["transactions"] == 1 + batch // 100
+        assert abs(entry["per_event"] - entry["commit_per_event"] - entry["claim_per_event"]) <= 1
+        # a commit is data-heavy: the floor of 10 gas per calldata token binds on the bench node
+        assert entry["commit_per_event"] > entry["commit_per_event_eip2028"] + 500
+    # the issue's target at batch 1,000 with one claim per agreement per window; batching spreads the fixed costs
+    assert by[1_000]["per_event_eip2028"] <= 2_000 < by[100]["per_event_eip2028"]
+    assert other["window_s"] == 3_600 and other["bond_wei"] == 10**17
+    assert 50_000 < other["challenge_gas_eip2028"] < 300_000 and other["challenge_gas"] > 0
+    result = {"gas": entries, "optimistic": other}
+    rows = {r.measure: r for r in report.rows(result)}
+    where = "batch 1,000, 100 per agreement per window"
+    cancun = rows[f"gas per meter reading, optimistic ({where}; EIP-2028 calldata, Cancun): commit + claims"]
+    assert cancun.verdict == "met" and cancun.target == "≤ 2,000"
+    latency = next(r for m, r in rows.items() if m.startswith("latency to money, optimistic"))
+    assert latency.figure.startswith("3,600 s vs")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -167,6 +168,23 @@ def test_config_env_overrides_and_validation(tmp_path) -> None:
     file.write_text("[chian]\n")
     with pytest.raises(ConfigError, match="unknown section"):
         load_config(file, env={})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("OPTIMISTIC_WINDOW", "599", "optimistic_window = 599"),
+        ("OPTIMISTIC_WINDOW", str(31 * 86400), "expected 600 to 2592000"),
+        ("OPTIMISTIC_BOND", "0", "optimistic_bond = '0'"),
+        ("OPTIMISTIC_BOND", "lots", "an ETH amount > 0"),
+        ("OPTIMISTIC_BOND", "0.0000000000000000001", "at most 18 decimals"),
+    ],
+)
+def test_config_refuses_a_window_or_bond_the_contract_would(key: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(env={f"IOTSETTLE_DEPLOY_{key}": value}, read_files=False)
+    config = load_config(env={"IOTSETTLE_DEPLOY_OPTIMISTIC_BOND": "1.5"}, read_files=False)
+    assert config.deploy.optimistic_bond_wei == 15 * 10**17 and config.deploy.optimistic_window == 3600
 
 
 def test_config_show_never_prints_secrets(tmp_path) -> None:

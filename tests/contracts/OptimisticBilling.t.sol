@@ -6,6 +6,7 @@ import {IDeviceEvents} from "../../contracts/interfaces/IDeviceEvents.sol";
 import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
 import {IMeteredBilling} from "../../contracts/interfaces/IMeteredBilling.sol";
 import {IOptimisticBilling} from "../../contracts/interfaces/IOptimisticBilling.sol";
+import {OptimisticBilling} from "../../contracts/OptimisticBilling.sol";
 import {OptimisticFixture} from "./utils/OptimisticFixture.sol";
 
 contract OptimisticBillingTest is OptimisticFixture {
@@ -18,6 +19,7 @@ contract OptimisticBillingTest is OptimisticFixture {
     uint256 internal idA;
     uint256 internal idB;
     address internal challenger = makeAddr("challenger");
+    address internal constant BURN_SINK = address(0xdEaD);
 
     uint64 internal constant START = 100;
     uint256 internal constant DEPOSIT = 100_000;
@@ -54,12 +56,13 @@ contract OptimisticBillingTest is OptimisticFixture {
         IMeteredBilling.Agreement memory b0 = opt.agreementOf(idB);
         uint256 challengerBefore = challenger.balance;
 
+        uint256 reward = BOND - BOND / 2;
         vm.expectEmit(address(opt));
-        emit IOptimisticBilling.BatchVoided(batchId, challenger, ls[bad], reason);
+        emit IOptimisticBilling.BatchVoided(batchId, challenger, ls[bad], reason, reward, BOND / 2);
         vm.prank(challenger);
         opt.challenge(batchId, items[bad], proofOf(ls, bad));
 
-        assertEq(challenger.balance - challengerBefore, opt.BOND(), "the bond went to the challenger");
+        assertEq(challenger.balance - challengerBefore, reward, "half the bond went to the challenger");
         assertEq(uint8(opt.batchOf(batchId).status), uint8(IOptimisticBilling.BatchStatus.Voided));
         assertEq(keccak256(abi.encode(opt.agreementOf(idA))), keccak256(abi.encode(a0)), "A unchanged");
         assertEq(keccak256(abi.encode(opt.agreementOf(idB))), keccak256(abi.encode(b0)), "B unchanged");
@@ -142,17 +145,77 @@ contract OptimisticBillingTest is OptimisticFixture {
     }
 
     function test_RevertWhen_CommitWithoutTheBondOrWithARaggedBatch() public {
-        bytes memory item = _a(1, 150);
+        bytes memory data = pack(one(_a(1, 150)));
+        assertEq(data.length, 7 + 32 + 82, "a header, a table of one agreement and one item");
         vm.prank(relayer);
         vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.WrongBond.selector, opt.BOND(), 1));
-        opt.commit{value: 1}(bytes32(0), item);
+        opt.commit{value: 1}(bytes32(0), data);
         uint256 bond = opt.BOND();
         vm.prank(relayer);
-        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.MalformedBatch.selector, 115));
-        opt.commit{value: bond}(bytes32(0), bytes.concat(item, bytes1(0)));
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.MalformedBatch.selector, 122));
+        opt.commit{value: bond}(bytes32(0), bytes.concat(data, bytes1(0)));
         vm.prank(relayer);
         vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.MalformedBatch.selector, 0));
         opt.commit{value: bond}(bytes32(0), "");
+        // A table without items, and items without a table.
+        vm.prank(relayer);
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.MalformedBatch.selector, 39));
+        opt.commit{value: bond}(bytes32(0), bytes.concat(bytes2(uint16(1)), bytes5(0), bytes32(idA)));
+        vm.prank(relayer);
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.MalformedBatch.selector, 89));
+        opt.commit{value: bond}(bytes32(0), bytes.concat(bytes2(0), bytes5(0), new bytes(82)));
+    }
+
+    function test_RevertWhen_CommitBeyondTheLargestBatch() public {
+        uint256 max = opt.MAX_BATCH_READINGS();
+        bytes memory data = bytes.concat(bytes2(uint16(1)), bytes5(0), bytes32(idA), new bytes((max + 1) * 82));
+        uint256 bond = opt.BOND();
+        vm.prank(relayer);
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.BatchTooLarge.selector, max + 1, max));
+        opt.commit{value: bond}(bytes32(0), data);
+    }
+
+    /// @dev An item pointing past the agreement table builds no root: the data challenge voids the batch whatever
+    /// root was committed.
+    function test_ChallengeData_IndexPastTheTable_VoidsTheBatch() public {
+        bytes[] memory items = two(_a(1, 150), _b(1, 400));
+        bytes memory data = pack(items);
+        data[7 + 64 + 82 + 1] = bytes1(uint8(2)); // the second item's index: 2 of a table of 2
+        uint256 bond = opt.BOND();
+        vm.prank(relayer);
+        uint256 batchId = opt.commit{value: bond}(rootOf(leaves(items)), data);
+        vm.expectEmit(address(opt));
+        emit IOptimisticBilling.BatchVoided(
+            batchId, challenger, bytes32(0), IDeviceEvents.RejectReason.None, bond - bond / 2, bond / 2
+        );
+        vm.prank(challenger);
+        opt.challengeData(batchId, data);
+    }
+
+    // ---------------------------------------------------------------- deployment
+
+    function test_Deploy_TakesTheWindowAndTheBondItIsGiven() public {
+        OptimisticBilling other = new OptimisticBilling(registry, billing, 6 hours, 2 ether);
+        assertEq(other.CHALLENGE_WINDOW(), 6 hours);
+        assertEq(other.BOND(), 2 ether);
+        assertEq(other.closeDelay(), 2 * other.SETTLEMENT_GRACE() + 6 hours, "a close waits for the window");
+    }
+
+    function test_RevertWhen_DeployWithAWindowOutOfBoundsOrNoBond() public {
+        uint64 min = opt.MIN_CHALLENGE_WINDOW();
+        uint64 max = opt.MAX_CHALLENGE_WINDOW();
+        vm.expectRevert(
+            abi.encodeWithSelector(IOptimisticBilling.ChallengeWindowOutOfRange.selector, min - 1, min, max)
+        );
+        new OptimisticBilling(registry, billing, min - 1, 1);
+        vm.expectRevert(
+            abi.encodeWithSelector(IOptimisticBilling.ChallengeWindowOutOfRange.selector, max + 1, min, max)
+        );
+        new OptimisticBilling(registry, billing, max + 1, 1);
+        vm.expectRevert(ICommonErrors.ZeroAmount.selector);
+        new OptimisticBilling(registry, billing, min, 0);
+        OptimisticBilling edge = new OptimisticBilling(registry, billing, min, 1);
+        assertEq(edge.CHALLENGE_WINDOW(), min, "the bounds themselves are allowed");
     }
 
     // ---------------------------------------------------------------- a malicious relayer is caught
@@ -224,18 +287,41 @@ contract OptimisticBillingTest is OptimisticFixture {
         bytes[] memory hidden = two(_a(1, 150), signItem(forgerKey, idB, 1, uint64(block.timestamp), 90_000));
         uint256 bond = opt.BOND();
         vm.prank(relayer);
-        uint256 batchId = opt.commit{value: bond}(rootOf(leaves(hidden)), concat(shown));
+        uint256 batchId = opt.commit{value: bond}(rootOf(leaves(hidden)), pack(shown));
 
         vm.expectRevert(
-            abi.encodeWithSelector(IOptimisticBilling.NotBatchData.selector, batchId, keccak256(concat(hidden)))
+            abi.encodeWithSelector(IOptimisticBilling.NotBatchData.selector, batchId, keccak256(pack(hidden)))
         );
-        opt.challengeData(batchId, concat(hidden));
+        opt.challengeData(batchId, pack(hidden));
 
         vm.expectEmit(address(opt));
-        emit IOptimisticBilling.BatchVoided(batchId, challenger, bytes32(0), IDeviceEvents.RejectReason.None);
+        emit IOptimisticBilling.BatchVoided(
+            batchId, challenger, bytes32(0), IDeviceEvents.RejectReason.None, bond - bond / 2, bond / 2
+        );
         vm.prank(challenger);
-        opt.challengeData(batchId, concat(shown));
-        assertEq(challenger.balance, bond);
+        opt.challengeData(batchId, pack(shown));
+        assertEq(challenger.balance, bond - bond / 2);
+    }
+
+    /// @dev The relayer challenges its own forged batch before any watcher does: it must not get its bond back, or
+    /// lying would cost it only gas. Half the bond is burnt (sent to the sink), half pays the challenger (itself).
+    function test_Challenge_RelayerChallengingItsOwnBatch_LosesHalfTheBond() public {
+        bytes memory forged = signItem(forgerKey, idA, 2, uint64(block.timestamp), 90_000);
+        bytes[] memory items = two(_a(1, 150), forged);
+        uint256 bond = opt.BOND();
+        uint256 before = relayer.balance;
+        uint256 sunk = BURN_SINK.balance;
+        uint256 batchId = commitItems(items);
+        bytes32[] memory ls = leaves(items);
+
+        vm.prank(relayer);
+        opt.challenge(batchId, forged, proofOf(ls, 1));
+
+        assertEq(uint8(opt.batchOf(batchId).status), uint8(IOptimisticBilling.BatchStatus.Voided));
+        assertEq(before - relayer.balance, bond / 2, "lying cost the relayer half its bond");
+        assertEq(BURN_SINK.balance - sunk, bond / 2, "burnt");
+        assertEq(opt.withdrawable(address(0), relayer), 0, "no credit left to pull back");
+        assertEq(address(opt).balance, 0, "nothing kept");
     }
 
     // ---------------------------------------------------------------- challenges that prove nothing
@@ -249,7 +335,7 @@ contract OptimisticBillingTest is OptimisticFixture {
         opt.challenge(batchId, items[0], proofOf(ls, 0));
         vm.prank(challenger);
         vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.NothingProven.selector, batchId, bytes32(0)));
-        opt.challengeData(batchId, concat(items));
+        opt.challengeData(batchId, pack(items));
         assertEq(uint8(opt.batchOf(batchId).status), uint8(IOptimisticBilling.BatchStatus.Committed));
         assertEq(address(opt).balance, opt.BOND(), "the bond stays");
     }

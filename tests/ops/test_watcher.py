@@ -9,10 +9,13 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from iotsettle.oracle.chain.connection import load_sender
+from iotsettle.oracle.chain.deploy import deploy_all
 from iotsettle.oracle.ops.tx import events_in, transact
 from iotsettle.oracle.ops.watcher import CONTRACT, Watcher
 from iotsettle.oracle.protocol import batch_tree, eip712
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.testing.stack import Deployment
 
 from tests.kit.cli import Cli, User, register_device
 from tests.kit.products import chain_now, warp_to
@@ -54,7 +57,8 @@ def test_a_forged_batch_is_challenged_and_the_honest_readings_settle(own_deploym
 
     def commit(items: list[bytes]) -> int:
         leaves = [batch_tree.leaf(item, domain) for item in items]
-        receipt = _send(deployment, relayer, CONTRACT, "commit", batch_tree.root(leaves), b"".join(items), value=bond)
+        data = batch_tree.pack_batch(items)
+        receipt = _send(deployment, relayer, CONTRACT, "commit", batch_tree.root(leaves), data, value=bond)
         return int(events_in(deployment.ops(), CONTRACT, receipt, "BatchCommitted")[0]["batchId"])
 
     store = tmp_path / "watcher.sqlite"
@@ -67,7 +71,8 @@ def test_a_forged_batch_is_challenged_and_the_honest_readings_settle(own_deploym
     verdicts = watcher.run_pass().verdicts
     assert [(v.batch_id, v.verdict, v.reason, v.leaf_index) for v in verdicts] == [(bad, "challenged", "UnknownKey", 1)]
     assert verdicts[0].tx is not None
-    assert w3.eth.get_balance(watcher_user.address) == before + bond - _eth_spent(w3, verdicts[0].tx)
+    # Half the bond pays the watcher, half is burnt.
+    assert w3.eth.get_balance(watcher_user.address) == before + bond - bond // 2 - _eth_spent(w3, verdicts[0].tx)
     assert opt.functions.batchOf(bad).call()[4] == 2, "voided"
     assert opt.functions.agreementOf(agreement).call()[12] == DEPOSIT, "no money moved"
 
@@ -116,7 +121,7 @@ def test_watch_once_challenges_from_the_command_line(own_deployment: Any, tmp_pa
         CONTRACT,
         "commit",
         batch_tree.root([batch_tree.leaf(stray, domain)]),
-        stray,
+        batch_tree.pack_batch([stray]),
         value=int(opt.functions.BOND().call()),
     )
     batch = int(events_in(deployment.ops(), CONTRACT, receipt, "BatchCommitted")[0]["batchId"])
@@ -128,3 +133,56 @@ def test_watch_once_challenges_from_the_command_line(own_deployment: Any, tmp_pa
     assert judged[batch]["reason"] == "UnknownTarget"
     assert opt.functions.batchOf(batch).call()[4] == 2, "voided"
     assert cli.ok(["watch", "--once", "--json", "--store", store], watcher_user)["verdicts"] == []
+
+
+def test_the_window_and_bond_come_from_the_deployment(own_deployment: Any, tmp_path: Path) -> None:
+    """[deploy] settings reach the contract's constructor and the manifest; the watcher takes the window from the
+    contract (a batch 20 minutes old is past a 20-minute window, though well inside the default hour)."""
+    base, w3 = own_deployment, own_deployment.chain.w3
+    config = base.config.replace("paths", deployments_dir=str(tmp_path / "deployments")).replace(
+        "deploy", optimistic_window=1_200, optimistic_bond="0.02"
+    )
+    sender = load_sender(config, base.chain)
+    manifest = deploy_all(config, base.chain, sender)
+    assert manifest["contracts"][CONTRACT]["args"][2:] == [1_200, 2 * 10**16]
+    deployment = Deployment(config, base.chain, manifest)
+    opt = deployment.contract(CONTRACT)
+    assert (opt.functions.CHALLENGE_WINDOW().call(), opt.functions.BOND().call()) == (1_200, 2 * 10**16)
+    assert deploy_all(config, base.chain, sender)["contracts"] == manifest["contracts"], "unchanged: kept"
+    longer = deploy_all(config.replace("deploy", optimistic_window=1_800), base.chain, sender)["contracts"]
+    assert longer[CONTRACT]["address"] != manifest["contracts"][CONTRACT]["address"], "a new window: redeployed"
+    assert longer["MeteredBilling"] == manifest["contracts"]["MeteredBilling"], "the others kept"
+
+    cli = Cli(config)
+    relayer, watcher_user = cli.user(w3), cli.user(w3)
+    domain = eip712.Domain(w3.eth.chain_id, opt.address)
+    forged = batch_tree.sign_reading(secrets.token_bytes(32), domain, 12345, 1, chain_now(w3), 1)
+    data = batch_tree.pack_batch([forged])
+    root = batch_tree.root([batch_tree.leaf(forged, domain)])
+    receipt = transact(deployment.ops(relayer.account), opt.functions.commit(root, data), CONTRACT, value=2 * 10**16)
+    batch = int(events_in(deployment.ops(), CONTRACT, receipt.receipt, "BatchCommitted")[0]["batchId"])
+    warp_to(w3, chain_now(w3) + 1_201)
+    watcher = Watcher(deployment.ops(watcher_user.account), tmp_path / "watcher.db")
+    assert watcher.window == 1_200
+    assert [(v.batch_id, v.verdict) for v in watcher.run_pass().verdicts] == [(batch, "missed")]
+    watcher.close()
+
+
+def test_data_that_names_no_reading_is_challenged(own_deployment: Any, tmp_path: Path) -> None:
+    """An item pointing past the agreement table: no reading to rebuild, so the data challenge voids the batch."""
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    relayer, watcher_user = cli.user(w3), cli.user(w3)
+    opt = deployment.contract(CONTRACT)
+    domain = eip712.Domain(w3.eth.chain_id, opt.address)
+    reading = batch_tree.sign_reading(secrets.token_bytes(32), domain, 7, 1, chain_now(w3), 1)
+    data = bytearray(batch_tree.pack_batch([reading]))
+    data[batch_tree.HEADER_SIZE + 32 + 1] = 1  # index 1 of a table of one
+    root = batch_tree.root([batch_tree.leaf(reading, domain)])
+    receipt = _send(deployment, relayer, CONTRACT, "commit", root, bytes(data), value=int(opt.functions.BOND().call()))
+    batch = int(events_in(deployment.ops(), CONTRACT, receipt, "BatchCommitted")[0]["batchId"])
+    watcher = Watcher(deployment.ops(watcher_user.account), tmp_path / "watcher.db")
+    verdicts = [v for v in watcher.run_pass().verdicts if v.batch_id == batch]
+    assert [(v.verdict, v.reason) for v in verdicts] == [("challenged", "DataDoesNotBuildRoot")]
+    assert opt.functions.batchOf(batch).call()[4] == 2, "voided"
+    watcher.close()

@@ -40,7 +40,8 @@ def build_vectors() -> dict[str, Any]:
         leaves = [batch_tree.leaf(item, DOMAIN) for item in items]
         batches.append(
             {
-                "data": "0x" + b"".join(items).hex(),
+                "data": "0x" + batch_tree.pack_batch(items).hex(),
+                "readings": ["0x" + item.hex() for item in items],
                 "leaves": ["0x" + x.hex() for x in leaves],
                 "root": "0x" + batch_tree.root(leaves).hex(),
                 "proofs": [["0x" + p.hex() for p in batch_tree.proof(leaves, i)] for i in range(size)],
@@ -79,10 +80,31 @@ def test_a_decoded_item_recovers_to_its_device() -> None:
     assert eip712.recover(digest, reading.signature()) == eip712.address_of(_key(2))
 
 
-@pytest.mark.parametrize("length", [0, 113, 115, 229])
+def test_a_batch_shares_one_agreement_id_and_splits_back() -> None:
+    items = [_signed_item(_key(i % 2), 7 + i % 2, i + 1, 1_764_340_000 + 60 * i, 42 + i) for i in range(10)]
+    data = batch_tree.pack_batch(items)
+    assert len(data) == batch_tree.HEADER_SIZE + 2 * 32 + 10 * batch_tree.ITEM_SIZE
+    assert batch_tree.split_batch(data) == items
+
+
+@pytest.mark.parametrize("length", [0, 6, 7 + 32, 7 + 32 + 81, 7 + 32 + 83])
 def test_a_ragged_batch_is_refused(length: int) -> None:
-    with pytest.raises(ValueError, match="multiple of 114"):
-        batch_tree.split_batch(bytes(length))
+    data = (1).to_bytes(2, "big") + bytes(max(0, length - 2))
+    with pytest.raises(ValueError, match="header"):
+        batch_tree.split_batch(data[:length])
+
+
+def test_an_item_past_the_table_names_no_reading() -> None:
+    data = bytearray(batch_tree.pack_batch([_signed_item(_key(0), 7, 1, 1_764_340_000, 42)]))
+    data[batch_tree.HEADER_SIZE + 32 + 1] = 1  # index 1 of a table of one
+    with pytest.raises(ValueError, match="names no reading"):
+        batch_tree.split_batch(bytes(data))
+
+
+def test_readings_too_far_apart_are_refused() -> None:
+    items = [_signed_item(_key(0), 7, seq, when, 42) for seq, when in ((1, 1_000), (2, 1_000 + (1 << 24)))]
+    with pytest.raises(ValueError, match="2\\^24 seconds"):
+        batch_tree.pack_batch(items)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,70 @@ pragma solidity 0.8.37;
 import {Hashes} from "@openzeppelin/contracts/utils/cryptography/Hashes.sol";
 
 /// @dev The batch tree of IOptimisticBilling: levels pair (0,1), (2,3), … with the commutative keccak256 and carry
-/// an odd last node up unchanged.
+/// an odd last node up unchanged; and a batch's data from 114-byte readings.
 library BatchTree {
+    /// @dev The data `commit` takes: the agreement count, the smallest timestamp as the base, the agreement table
+    /// (ids in order of first appearance) and each reading as its table index (uint16), seq, timestamp − base
+    /// (uint24), value, r and vs.
+    function pack(bytes[] memory readings) internal pure returns (bytes memory out) {
+        uint256 n = readings.length;
+        uint256[] memory table = new uint256[](n);
+        uint256[] memory indexOf = new uint256[](n);
+        uint256 k;
+        uint40 base = type(uint40).max;
+        for (uint256 i = 0; i < n; ++i) {
+            uint40 time = uint40(bytes5(_slice(readings[i], 37, 5)));
+            if (time < base) base = time;
+        }
+        for (uint256 i = 0; i < n; ++i) {
+            uint256 id = uint256(bytes32(readings[i]));
+            uint256 index = k;
+            for (uint256 j = 0; j < k; ++j) {
+                if (table[j] == id) {
+                    index = j;
+                    break;
+                }
+            }
+            if (index == k) table[k++] = id;
+            indexOf[i] = index;
+        }
+        // One allocation: repeated bytes.concat would copy the batch once per item.
+        out = new bytes(7 + 32 * k + 82 * n);
+        _put(out, 0, k, 2);
+        _put(out, 2, base, 5);
+        for (uint256 j = 0; j < k; ++j) {
+            _put(out, 7 + 32 * j, table[j], 32);
+        }
+        for (uint256 i = 0; i < n; ++i) {
+            bytes memory reading = readings[i];
+            uint256 at = 7 + 32 * k + 82 * i;
+            _put(out, at, indexOf[i], 2);
+            _copy(out, at + 2, reading, 32, 5); // seq
+            _put(out, at + 7, uint40(bytes5(_slice(reading, 37, 5))) - base, 3);
+            _copy(out, at + 10, reading, 42, 72); // value, r, vs
+        }
+    }
+
+    /// @dev `value` big-endian into `width` bytes of `out` at `at`.
+    function _put(bytes memory out, uint256 at, uint256 value, uint256 width) private pure {
+        for (uint256 b = 0; b < width; ++b) {
+            out[at + b] = bytes1(uint8(value >> (8 * (width - 1 - b))));
+        }
+    }
+
+    function _copy(bytes memory out, uint256 at, bytes memory from, uint256 start, uint256 length) private pure {
+        for (uint256 b = 0; b < length; ++b) {
+            out[at + b] = from[start + b];
+        }
+    }
+
+    function _slice(bytes memory data, uint256 from, uint256 length) private pure returns (bytes memory out) {
+        out = new bytes(length);
+        for (uint256 i = 0; i < length; ++i) {
+            out[i] = data[from + i];
+        }
+    }
+
     function root(bytes32[] memory ls) internal pure returns (bytes32) {
         bytes32[] memory level = _copy(ls);
         uint256 n = level.length;

@@ -12,15 +12,18 @@ abstract contract OptimisticFixture is Fixture {
     bytes32 internal constant READING_TYPEHASH =
         keccak256("Reading(uint256 agreementId,uint64 seq,uint64 timestamp,uint256 value)");
 
+    uint64 internal constant WINDOW = 1 hours;
+    uint256 internal constant BOND = 0.1 ether;
+
     OptimisticBilling internal opt;
 
     function setUp() public virtual override {
         super.setUp();
-        opt = new OptimisticBilling(registry, billing);
+        opt = new OptimisticBilling(registry, billing, WINDOW, BOND);
         vm.deal(relayer, 1_000 ether);
     }
 
-    /// @dev A reading signed for OptimisticBilling, packed (114 bytes).
+    /// @dev A reading signed for OptimisticBilling, packed whole as a claim or challenge carries it (114 bytes).
     function signItem(uint256 key, uint256 agreementId, uint64 seq, uint64 timestamp, uint64 value)
         internal
         view
@@ -45,22 +48,6 @@ abstract contract OptimisticFixture is Fixture {
 
     // ---------------------------------------------------------------- batches
 
-    /// @dev One allocation (repeated bytes.concat would copy the batch once per item).
-    function concat(bytes[] memory items) internal pure returns (bytes memory out) {
-        uint256 total;
-        for (uint256 i = 0; i < items.length; ++i) {
-            total += items[i].length;
-        }
-        out = new bytes(total);
-        uint256 at;
-        for (uint256 i = 0; i < items.length; ++i) {
-            bytes memory item = items[i];
-            for (uint256 j = 0; j < item.length; ++j) {
-                out[at++] = item[j];
-            }
-        }
-    }
-
     function leaves(bytes[] memory items) internal view returns (bytes32[] memory ls) {
         ls = new bytes32[](items.length);
         for (uint256 i = 0; i < items.length; ++i) {
@@ -69,12 +56,18 @@ abstract contract OptimisticFixture is Fixture {
     }
 
     /// @dev The leaf computed here, without calling the contract (so it can sit between expectRevert and a call),
-    /// from the EIP-712 domain the contract documents: keccak256(digest ‖ item).
+    /// from the EIP-712 domain the contract documents: keccak256(digest ‖ r ‖ vs).
     function leafOf(bytes memory item) internal view returns (bytes32) {
         (uint256 id, uint256 seq, uint256 timestamp, uint256 value) = fieldsOf(item);
         bytes32 structHash = keccak256(abi.encode(READING_TYPEHASH, id, seq, timestamp, value));
         bytes32 digest = digestUnder("iotsettle", "1", block.chainid, address(opt), structHash);
-        return keccak256(bytes.concat(digest, item));
+        bytes32 r;
+        bytes32 vs;
+        assembly ("memory-safe") {
+            r := mload(add(item, 82))
+            vs := mload(add(item, 114))
+        }
+        return keccak256(abi.encodePacked(digest, r, vs));
     }
 
     function fieldsOf(bytes memory item)
@@ -100,11 +93,16 @@ abstract contract OptimisticFixture is Fixture {
         return BatchTree.proof(ls, index);
     }
 
+    /// @dev The data `commit` takes for `items` (114-byte readings): agreement table and 84-byte items.
+    function pack(bytes[] memory items) internal pure returns (bytes memory) {
+        return BatchTree.pack(items);
+    }
+
     /// @dev Commit `items` as one honest batch (root built from the items) by `relayer`.
     function commitItems(bytes[] memory items) internal returns (uint256 batchId) {
         uint256 bond = opt.BOND();
         vm.prank(relayer);
-        batchId = opt.commit{value: bond}(rootOf(leaves(items)), concat(items));
+        batchId = opt.commit{value: bond}(rootOf(leaves(items)), pack(items));
     }
 
     function claimItem(uint256 batchId, bytes[] memory items, uint256 index) internal {
