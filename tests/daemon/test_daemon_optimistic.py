@@ -1,0 +1,171 @@
+"""The daemon as an optimistic relayer and as a watcher, on an anvil of this module's own (the tests move chain time)
+and the session's mosquitto: meters → MQTT → daemon → commit → window → claim, billed as direct settlement bills the
+same readings; a daemon killed between commit and claim claims after its restart; the daemon's watcher voids a
+forged batch of another relayer."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from iotsettle.oracle.ops.tx import events_in, transact
+from iotsettle.oracle.protocol import batch_tree, eip712, wire
+from iotsettle.oracle.protocol.device_kinds import DeviceKind
+from iotsettle.oracle.testing.devices import Publisher
+from iotsettle.oracle.testing.stack import Deployment, private_deployment
+from iotsettle.oracle.testing.wait import wait_for
+
+from tests.kit.cli import Cli, User, register_device
+from tests.kit.daemon import DaemonProcess
+from tests.kit.products import chain_now, reading, warp_to
+
+ETH = "0x0000000000000000000000000000000000000000"
+PRICE = 3
+START = 100
+DEPOSIT = 10**15
+OPT = "OptimisticBilling"
+FAST = {
+    "IOTSETTLE_OPTIMISTIC_ENABLED": "true",
+    "IOTSETTLE_OPTIMISTIC_INTERVAL": "0",
+    "IOTSETTLE_OPTIMISTIC_POLL": "0.2",
+    "IOTSETTLE_ORACLE_BATCH_MAX_WAIT": "0.1",
+}
+
+
+@pytest.fixture(scope="module")
+def own_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with private_deployment(tmp_path_factory.mktemp("optimistic")) as deployment:
+        yield deployment
+
+
+def _send(deployment: Any, user: User, contract: str, fn: str, *args: Any, value: int = 0) -> dict[str, Any]:
+    ctx = deployment.ops(user.account)
+    return transact(ctx, getattr(ctx.contract(contract).functions, fn)(*args), contract, value=value).receipt
+
+
+def _agreement(deployment: Any, contract: str, provider: User, consumer: User, meter: str, tariff: int) -> int:
+    receipt = _send(deployment, provider, contract, "offer", consumer.address, meter, tariff, ETH, START, 60)
+    agreement = int(events_in(deployment.ops(), contract, receipt, "AgreementOffered")[0]["agreementId"])
+    _send(deployment, consumer, contract, "accept", agreement, DEPOSIT, START, value=DEPOSIT)
+    return agreement
+
+
+def _batches(db: Path) -> list[tuple[str, int | None]]:
+    with sqlite3.connect(db) as conn:
+        try:
+            return [(str(r[0]), r[1]) for r in conn.execute("SELECT status, batch_id FROM optimistic_batch ORDER BY id")]
+        except sqlite3.OperationalError:
+            return []
+
+
+def test_readings_committed_then_claimed_after_a_restart_bill_what_direct_settlement_bills(
+    own_deployment: Deployment, mosquitto: Any, tmp_path: Path
+) -> None:
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    provider, consumer = cli.user(w3), cli.user(w3)
+    direct_meter = register_device(deployment.config, provider, DeviceKind.METER)
+    opt_meter = register_device(deployment.config, provider, DeviceKind.METER)
+    receipt = _send(deployment, provider, "MeteredBilling", "createTariff", [(0, PRICE)])
+    tariff = int(events_in(deployment.ops(), "MeteredBilling", receipt, "TariffCreated")[0]["tariffId"])
+    direct = _agreement(deployment, "MeteredBilling", provider, consumer, direct_meter.address, tariff)
+    optimistic = _agreement(deployment, OPT, provider, consumer, opt_meter.address, tariff)
+    opt = deployment.contract(OPT)
+    billing = deployment.contract("MeteredBilling")
+    chain_id = w3.eth.chain_id
+
+    daemon = DaemonProcess(tmp_path, deployment, mosquitto, **FAST)
+    publisher = Publisher(mosquitto.host, mosquitto.port, chain_id)
+    try:
+        daemon.start().wait_ready()
+        now = chain_now(w3)
+        values = [130, 175, 240]
+        items = []
+        for seq, value in enumerate(values, 1):
+            for key, contract, agreement in (
+                (direct_meter, billing.address, direct),
+                (opt_meter, opt.address, optimistic),
+            ):
+                event = reading(key, chain_id, contract, agreement, seq, now + seq, value)
+                items.append((wire.events_topic(chain_id, key.address), event.to_payload()))
+        publisher.publish_many(items)
+        replies = [body for _, body in publisher.collect(len(items), 20)]
+        assert {r["status"] for r in replies} == {"accepted"}, replies
+
+        expected = (values[-1] - START) * PRICE
+        wait_for(lambda: billing.functions.earningsOf(direct).call() == expected, 30, "direct readings settled")
+        wait_for(lambda: _batches(daemon.db)[-1:] == [("committed", 1)], 30, "the optimistic readings committed")
+        assert opt.functions.earningsOf(optimistic).call() == 0, "nothing billed inside the window"
+        daemon.kill()  # killed between commit and claim
+
+        window = int(opt.functions.CHALLENGE_WINDOW().call())
+        committed_at = int(opt.functions.batchOf(1).call()[3])
+        warp_to(w3, committed_at + window + 1)
+        daemon.start().wait_ready()
+        wait_for(lambda: opt.functions.earningsOf(optimistic).call() == expected, 30, "the newest reading claimed")
+        wait_for(lambda: opt.functions.batchOf(1).call()[4] == 3, 30, "the bond released")
+    finally:
+        publisher.close()
+        daemon.kill()
+
+    # the same consumption billed the same in both modes; one commit (3 readings) and one claim
+    assert opt.functions.agreementOf(optimistic).call()[10] == billing.functions.agreementOf(direct).call()[10] == 3
+    assert billing.functions.earningsOf(direct).call() == opt.functions.earningsOf(optimistic).call() == expected
+    commits = opt.events.BatchCommitted().get_logs(from_block=0)
+    assert [int(c["args"]["count"]) for c in commits] == [3]
+    claims = opt.events.ReadingClaimed().get_logs(from_block=0)
+    assert [(int(c["args"]["agreementId"]), int(c["args"]["seq"])) for c in claims] == [(optimistic, 3)]
+    with sqlite3.connect(daemon.db) as conn:
+        statuses = dict(
+            conn.execute("SELECT seq, status FROM events WHERE target_id = ? ORDER BY seq", (str(optimistic),))
+        )
+    assert statuses == {1: "final", 2: "final", 3: "final"}
+
+
+def test_the_daemons_watcher_voids_a_forged_batch_of_another_relayer(
+    own_deployment: Deployment, mosquitto: Any, tmp_path: Path
+) -> None:
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    provider, consumer, relayer, watcher = (cli.user(w3) for _ in range(4))
+    meter = register_device(deployment.config, provider, DeviceKind.METER)
+    receipt = _send(deployment, provider, "MeteredBilling", "createTariff", [(0, PRICE)])
+    tariff = int(events_in(deployment.ops(), "MeteredBilling", receipt, "TariffCreated")[0]["tariffId"])
+    agreement = _agreement(deployment, OPT, provider, consumer, meter.address, tariff)
+    opt = deployment.contract(OPT)
+    domain = eip712.Domain(w3.eth.chain_id, opt.address)
+
+    daemon = DaemonProcess(
+        tmp_path,
+        deployment,
+        mosquitto,
+        IOTSETTLE_WATCHER_ENABLED="true",
+        IOTSETTLE_WATCHER_INTERVAL="0.5",
+        IOTSETTLE_WATCHER_STORE=str(tmp_path / "watcher.db"),
+        IOTSETTLE_WATCHER_PRIVATE_KEY=cli.keys[watcher.env_name],
+    )
+    try:
+        daemon.start().wait_ready()
+        before = w3.eth.get_balance(watcher.address)
+        # a reading the meter never signed, at a register far ahead: the consumer would pay for it
+        forged = batch_tree.sign_reading(bytes(32 * [7]), domain, agreement, 1, chain_now(w3), 10**9)
+        receipt = _send(
+            deployment,
+            relayer,
+            OPT,
+            "commit",
+            batch_tree.root([batch_tree.leaf(forged, domain)]),
+            forged,
+            value=int(opt.functions.BOND().call()),
+        )
+        batch = int(events_in(deployment.ops(), OPT, receipt, "BatchCommitted")[0]["batchId"])
+        wait_for(lambda: opt.functions.batchOf(batch).call()[4] == 2, 30, "the forged batch voided by the watcher")
+        assert w3.eth.get_balance(watcher.address) > before, "the bond went to the daemon's watcher"
+        assert opt.functions.agreementOf(agreement).call()[12] == DEPOSIT, "no money moved"
+        time.sleep(0.1)
+    finally:
+        daemon.kill()
