@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from iotsettle.oracle.daemon import intake as daemon_intake
     from iotsettle.oracle.daemon import service as daemon_service
     from iotsettle.oracle.daemon import store as daemon_store
+    from iotsettle.oracle.ops import watcher as watcher_ops
 else:
     eth_utils = lazy_import("eth_utils")
     daemon_checkup = lazy_import("iotsettle.oracle.daemon.checkup")
@@ -31,6 +32,7 @@ else:
     daemon_intake = lazy_import("iotsettle.oracle.daemon.intake")
     daemon_service = lazy_import("iotsettle.oracle.daemon.service")
     daemon_store = lazy_import("iotsettle.oracle.daemon.store")
+    watcher_ops = lazy_import("iotsettle.oracle.ops.watcher")
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,19 @@ def run(cmd: CommandContext, intake_only: bool, check: bool) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     daemon_intake.prefer_fast_keccak()
     daemon = daemon_service.OracleDaemon(cmd.config, settle=not intake_only)
-    cmd.click.exit(daemon.run())
+    watcher = None
+    if cmd.config.watcher.enabled:
+        # beside the daemon, not inside it: the watcher is an operation (ops), the daemon never imports one
+        watcher = watcher_ops.WatchLoop(
+            watcher_ops.context_of(cmd.config), watcher_ops.store_of(cmd.config), cmd.config.watcher.interval
+        )
+        watcher.start()
+    try:
+        code = daemon.run()
+    finally:
+        if watcher is not None:
+            watcher.stop()
+    cmd.click.exit(code)
 
 
 def _health(host: str, port: int) -> dict[str, Any] | None:

@@ -57,9 +57,10 @@ def _agreement(deployment: Any, contract: str, provider: User, consumer: User, m
 def _batches(db: Path) -> list[tuple[str, int | None]]:
     with sqlite3.connect(db) as conn:
         try:
-            return [(str(r[0]), r[1]) for r in conn.execute("SELECT status, batch_id FROM optimistic_batch ORDER BY id")]
+            rows = conn.execute("SELECT status, batch_id FROM optimistic_batch ORDER BY id").fetchall()
         except sqlite3.OperationalError:
             return []
+    return [(str(r[0]), r[1]) for r in rows]
 
 
 def test_readings_committed_then_claimed_after_a_restart_bill_what_direct_settlement_bills(
