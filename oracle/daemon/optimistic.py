@@ -162,6 +162,7 @@ class OptimisticRelayer:
         self.domain = eip712.Domain(chain.chain_id, self.address)
         self.window = int(self.opt.functions.CHALLENGE_WINDOW().call())
         self.grace = int(self.opt.functions.SETTLEMENT_GRACE().call())
+        self.skew = int(self.opt.functions.MAX_CLOCK_SKEW().call())
         self.bond = int(self.opt.functions.BOND().call())
         events = {item["name"]: item for item in opt_abi if item.get("type") == "event"}
         self._committed_topic = topic0(events["BatchCommitted"])
@@ -525,11 +526,14 @@ class OptimisticRelayer:
 
     def _screen(self, events: list[StoredEvent], now: int) -> list[StoredEvent]:
         """The readings a challenge could not void as of ``now``; the others are superseded (behind the claimed
-        state: billed already) or dead-lettered with the rule they break."""
+        state: billed already), dead-lettered with the rule they break, or left for a later batch (stamped beyond
+        the contract's clock skew of the chain's time: the chain's clock may run behind the oracle's)."""
         agreements: dict[int, Any] = {}
         keys: dict[str, Any] = {}
         good: list[StoredEvent] = []
         for event in events:
+            if event.timestamp > now + self.skew:
+                continue
             if event.target_id not in agreements:
                 agreements[event.target_id] = self.opt.functions.agreementOf(event.target_id).call()
             a = agreements[event.target_id]

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from iotsettle.oracle.ops.tx import events_in, transact
+from iotsettle.oracle.ops.watcher import Watcher
 from iotsettle.oracle.protocol import batch_tree, eip712, wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.testing.devices import Publisher
@@ -169,4 +170,93 @@ def test_the_daemons_watcher_voids_a_forged_batch_of_another_relayer(
         assert opt.functions.agreementOf(agreement).call()[12] == DEPOSIT, "no money moved"
         time.sleep(0.1)
     finally:
+        daemon.kill()
+
+
+def test_a_commit_in_flight_is_not_sent_twice_and_a_voided_batch_is_committed_again_without_its_bad_reading(
+    own_deployment: Deployment, mosquitto: Any, tmp_path: Path
+) -> None:
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    provider, consumer, watcher_user = (cli.user(w3) for _ in range(3))
+    honest = register_device(deployment.config, provider, DeviceKind.METER)
+    doomed = register_device(deployment.config, provider, DeviceKind.METER)
+    receipt = _send(deployment, provider, "MeteredBilling", "createTariff", [(0, PRICE)])
+    tariff = int(events_in(deployment.ops(), "MeteredBilling", receipt, "TariffCreated")[0]["tariffId"])
+    honest_agreement = _agreement(deployment, OPT, provider, consumer, honest.address, tariff)
+    doomed_agreement = _agreement(deployment, OPT, provider, consumer, doomed.address, tariff)
+    opt = deployment.contract(OPT)
+    registry = deployment.contract("DeviceRegistry")
+    chain_id = w3.eth.chain_id
+    earlier = len(opt.events.BatchCommitted().get_logs(from_block=0))
+
+    # the module's chain runs ahead of the wall clock (an earlier test passed a window): readings carry chain time
+    daemon = DaemonProcess(tmp_path, deployment, mosquitto, **FAST, IOTSETTLE_ORACLE_MAX_FUTURE_SKEW="100000000")
+    publisher = Publisher(mosquitto.host, mosquitto.port, chain_id)
+    try:
+        daemon.start().wait_ready()
+        now = chain_now(w3)
+        w3.provider.make_request("evm_setAutomine", [False])
+        signed = [
+            (honest, reading(honest, chain_id, opt.address, honest_agreement, 1, now, 150)),
+            (doomed, reading(doomed, chain_id, opt.address, doomed_agreement, 1, now + 100, 170)),
+        ]
+        publisher.publish_many([(wire.events_topic(chain_id, k.address), e.to_payload()) for k, e in signed])
+        assert {body["status"] for _, body in publisher.collect(2, 20)} == {"accepted"}
+        wait_for(lambda: [s for s, _ in _batches(daemon.db)] == ["sending"], 30, "the commit sent and not mined")
+
+        # killed with its commit in the node's pool; the restarted daemon waits for it instead of committing again
+        daemon.kill()
+        daemon.start().wait_ready()
+        time.sleep(1.0)
+        assert [s for s, _ in _batches(daemon.db)] == ["sending"]
+
+        # the owner revokes the second meter in the commit's block: its reading, stamped after the revocation, is a
+        # fault as of the commit (DeviceRevoked), so the batch can be voided
+        revoke = registry.functions.revoke(doomed.address).build_transaction(
+            {
+                "from": provider.address,
+                "nonce": w3.eth.get_transaction_count(provider.address, "pending"),
+                "gas": 200_000,
+                "maxFeePerGas": 2 * int(w3.eth.get_block("latest")["baseFeePerGas"]) + 10,
+                "maxPriorityFeePerGas": 10,
+                "chainId": chain_id,
+            }
+        )
+        w3.eth.send_raw_transaction(provider.account.sign_transaction(revoke).raw_transaction)
+        w3.provider.make_request("evm_mine", [])
+        w3.provider.make_request("evm_setAutomine", [True])
+        wait_for(lambda: [s for s, _ in _batches(daemon.db)] == ["committed"], 30, "the commit mined")
+        voided = _batches(daemon.db)[0][1]
+
+        watcher = Watcher(deployment.ops(watcher_user.account), tmp_path / "watcher.db")
+        judged = {v.batch_id: v for v in watcher.run_pass().verdicts}
+        watcher.close()
+        assert (judged[voided].verdict, judged[voided].reason, judged[voided].leaf_index) == (
+            "challenged",
+            "DeviceRevoked",
+            1,
+        )
+        wait_for(
+            lambda: [s for s, _ in _batches(daemon.db)] == ["voided", "committed"],
+            30,
+            "the honest reading committed again",
+        )
+        again = _batches(daemon.db)[1][1]
+        assert again is not None
+        commits = opt.events.BatchCommitted().get_logs(from_block=0)[earlier:]
+        assert [(int(c["args"]["batchId"]), int(c["args"]["count"])) for c in commits] == [(voided, 2), (again, 1)]
+        with sqlite3.connect(daemon.db) as conn:
+            (status, reason) = conn.execute(
+                "SELECT status, reason FROM events WHERE target_id = ?", (str(doomed_agreement),)
+            ).fetchone()
+        assert status == "dead" and reason.startswith("DeviceRevoked"), (status, reason)
+
+        warp_to(w3, int(opt.functions.batchOf(again).call()[3]) + int(opt.functions.CHALLENGE_WINDOW().call()) + 1)
+        expected = (150 - START) * PRICE
+        wait_for(lambda: opt.functions.earningsOf(honest_agreement).call() == expected, 30, "the honest reading billed")
+        assert opt.functions.earningsOf(doomed_agreement).call() == 0
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+        publisher.close()
         daemon.kill()
