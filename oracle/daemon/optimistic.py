@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 CONTRACT = "OptimisticBilling"
 REGISTRY = "DeviceRegistry"
 
-#: IOptimisticBilling.BatchStatus
-_LIVE, _VOIDED = 1, 2
+#: IOptimisticBilling.BatchStatus.Voided
+_VOIDED = 2
 #: IDeviceRegistry key status: Active
 _KEY_ACTIVE = 1
 _ZERO = "0x0000000000000000000000000000000000000000"
@@ -386,11 +386,9 @@ class OptimisticRelayer:
         for batch, batch_id, committed_at in self._rows(
             "SELECT id, batch_id, committed_at FROM optimistic_batch WHERE status = 'committed' ORDER BY id"
         ):
-            status = int(self.opt.functions.batchOf(batch_id).call()[4])
-            if status == _VOIDED:
+            # a batch whose bond anyone released after the window stays claimable: only a voided one is not
+            if int(self.opt.functions.batchOf(batch_id).call()[4]) == _VOIDED:
                 self._voided(batch, batch_id)
-            elif status != _LIVE:
-                self._set_batch(batch, "claimed")  # the bond was released by someone else
             elif now > committed_at + self.window:
                 due.append((batch, batch_id))
         if due:
