@@ -213,6 +213,12 @@ class OptimisticRelayer:
         if not self._recovered:
             self._recover()
             self._recovered = True
+        if not self._rows(
+            "SELECT 1 WHERE EXISTS (SELECT 1 FROM optimistic_batch WHERE status IN ('sending', 'committed')) "
+            "OR EXISTS (SELECT 1 FROM optimistic_claim WHERE status = 'sending') "
+            "OR EXISTS (SELECT 1 FROM events WHERE status = 'optimistic')"
+        ):
+            return  # idle: no round trip to the node
         self._follow()
         now = int(self.w3.eth.get_block("latest")["timestamp"])
         self._judge(now)
