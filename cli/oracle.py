@@ -65,6 +65,10 @@ def run(cmd: CommandContext, intake_only: bool, check: bool) -> None:
     send where) when the relayer's balance lasts fewer than [oracle] min_gas_hours at the last hour's gas spending.
     Brokers: [mqtt] brokers (failover in order), TLS with [mqtt] tls_ca_file / tls_cert_file / tls_key_file.
 
+    [optimistic] enabled: readings of agreements opened on OptimisticBilling are committed in bonded batches and the
+    newest per agreement claimed after the challenge window. [watcher] enabled: the watcher of `iotsettle watch` runs
+    beside the daemon with its own key (IOTSETTLE_WATCHER_PRIVATE_KEY) and challenges any relayer's bad batch.
+
     With several endpoints in [chain] rpc_urls the daemon moves to the next one when an endpoint does not answer or
     falls behind (/health "rpc" names the one in use; /metrics counts the switches).
 
@@ -78,6 +82,8 @@ def run(cmd: CommandContext, intake_only: bool, check: bool) -> None:
         IOTSETTLE_MQTT_TLS_CERT_FILE=oracle.pem IOTSETTLE_MQTT_TLS_KEY_FILE=oracle.key iotsettle oracle run
       IOTSETTLE_CHAIN_RPC_URLS=http://node-a:8545,http://node-b:8545 iotsettle oracle run   # with failover
       IOTSETTLE_CHAIN_SIGNER=remote iotsettle oracle run   # signs at [chain] signer_url (Clef, Web3Signer)
+      IOTSETTLE_OPTIMISTIC_ENABLED=true iotsettle oracle run   # also relays OptimisticBilling agreements
+      IOTSETTLE_WATCHER_ENABLED=true IOTSETTLE_WATCHER_PRIVATE_KEY=0x… iotsettle oracle run   # and watches batches
     """
     if check:
         findings = daemon_checkup.run_checks(cmd.config)

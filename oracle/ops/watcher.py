@@ -297,6 +297,8 @@ def context_of(config: Config) -> OpsContext:
     key = config.watcher.private_key
     if not key:
         raise KeyFileError("[watcher] enabled needs the watcher's own key: set IOTSETTLE_WATCHER_PRIVATE_KEY")
+    if key.strip().removeprefix("0x") == config.chain.private_key.strip().removeprefix("0x"):
+        raise KeyFileError("[watcher] private_key is the relayer's key: give the watcher an account of its own")
     try:
         account = Account.from_key(key.strip())
     except (ValueError, TypeError):

@@ -260,3 +260,18 @@ def test_a_commit_in_flight_is_not_sent_twice_and_a_voided_batch_is_committed_ag
         w3.provider.make_request("evm_setAutomine", [True])
         publisher.close()
         daemon.kill()
+
+
+def test_bad_optimistic_or_watcher_settings_are_refused_in_one_line(
+    own_deployment: Deployment, mosquitto: Any, tmp_path: Path
+) -> None:
+    daemon = DaemonProcess(tmp_path, own_deployment, mosquitto)
+    code, output = daemon.run_to_exit(IOTSETTLE_OPTIMISTIC_ENABLED="true", IOTSETTLE_OPTIMISTIC_BATCH="0")
+    assert code != 0 and "[optimistic] batch must be ≥ 1" in output, output
+    code, output = daemon.run_to_exit(IOTSETTLE_WATCHER_ENABLED="true")
+    assert code != 0 and "IOTSETTLE_WATCHER_PRIVATE_KEY" in output, output
+    code, output = daemon.run_to_exit(
+        IOTSETTLE_WATCHER_ENABLED="true", IOTSETTLE_WATCHER_PRIVATE_KEY=daemon.env["IOTSETTLE_CHAIN_PRIVATE_KEY"]
+    )
+    assert code != 0 and "the relayer's key" in output, output
+    assert "Traceback" not in output
