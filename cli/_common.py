@@ -5,7 +5,11 @@ output. Cheap to import (no web3): the root group loads it for `iotsettle --help
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -15,6 +19,34 @@ from rich.console import Console, RenderableType
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
+
+#: exit status after SIGINT (Ctrl-C), as a shell reports a process ended by it (128 + 2)
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class Stop:
+    """Set by SIGTERM or SIGINT; a command's loop ends after the action in progress."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    signal: int | None = None
+
+    def handler(self, signum: int, _frame: object) -> None:
+        self.signal = signum
+        self.event.set()
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[Stop]:
+    """SIGTERM and SIGINT set the yielded ``Stop`` instead of ending the process, for long-running commands
+    (`keeper run`, `watch`); the previous handlers come back on leaving."""
+    stop = Stop()
+    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @dataclass

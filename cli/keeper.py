@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from iotsettle.cli._common import IotSettleGroup, err_console
+from iotsettle.cli._common import EXIT_INTERRUPTED, IotSettleGroup, err_console, stop_on_signals
 from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import DURATION, CommandContext, with_context
 from iotsettle.oracle.protocol.errors import IotSettleError
@@ -28,9 +24,6 @@ else:
     requests = lazy_import("requests")
     web3_exceptions = lazy_import("web3.exceptions")
 
-#: exit status after SIGINT (Ctrl-C), as a shell reports a process ended by it (128 + 2)
-EXIT_INTERRUPTED = 130
-
 
 @click.group(cls=IotSettleGroup)
 def keeper() -> None:
@@ -40,29 +33,6 @@ def keeper() -> None:
     The keeper needs only an account with ETH for gas: finalize, payOut and sweep are open to everyone and the
     money always goes to the beneficiaries, lenders and borrowers, never to the keeper.
     """
-
-
-@dataclass
-class _Stop:
-    """Set by SIGTERM or SIGINT; the loop ends after the action in progress."""
-
-    event: threading.Event = field(default_factory=threading.Event)
-    signal: int | None = None
-
-    def handler(self, signum: int, _frame: object) -> None:
-        self.signal = signum
-        self.event.set()
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[_Stop]:
-    stop = _Stop()
-    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _save(path: Path, state: dict[str, object]) -> None:
@@ -157,7 +127,7 @@ def run(cmd: CommandContext, interval: int, once: bool, state_path: Path | None)
         if summary.failures:
             cmd.click.exit(1)
         return
-    with _stop_on_signals() as stop:
+    with stop_on_signals() as stop:
         if not cmd.as_json:
             err_console.print(
                 f"[dim]keeper {cmd.ops.require_sender().address} on chain {cmd.ops.chain.chain_id}, "

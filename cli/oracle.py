@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from iotsettle.oracle.daemon import intake as daemon_intake
     from iotsettle.oracle.daemon import service as daemon_service
     from iotsettle.oracle.daemon import store as daemon_store
+    from iotsettle.oracle.ops import watcher as watcher_ops
 else:
     eth_utils = lazy_import("eth_utils")
     daemon_checkup = lazy_import("iotsettle.oracle.daemon.checkup")
@@ -31,6 +32,7 @@ else:
     daemon_intake = lazy_import("iotsettle.oracle.daemon.intake")
     daemon_service = lazy_import("iotsettle.oracle.daemon.service")
     daemon_store = lazy_import("iotsettle.oracle.daemon.store")
+    watcher_ops = lazy_import("iotsettle.oracle.ops.watcher")
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,10 @@ def run(cmd: CommandContext, intake_only: bool, check: bool) -> None:
     send where) when the relayer's balance lasts fewer than [oracle] min_gas_hours at the last hour's gas spending.
     Brokers: [mqtt] brokers (failover in order), TLS with [mqtt] tls_ca_file / tls_cert_file / tls_key_file.
 
+    [optimistic] enabled: readings of agreements opened on OptimisticBilling are committed in bonded batches and the
+    newest per agreement claimed after the challenge window. [watcher] enabled: the watcher of `iotsettle watch` runs
+    beside the daemon with its own key (IOTSETTLE_WATCHER_PRIVATE_KEY) and challenges any relayer's bad batch.
+
     With several endpoints in [chain] rpc_urls the daemon moves to the next one when an endpoint does not answer or
     falls behind (/health "rpc" names the one in use; /metrics counts the switches).
 
@@ -81,6 +87,8 @@ def run(cmd: CommandContext, intake_only: bool, check: bool) -> None:
       IOTSETTLE_CHAIN_RPC_URLS=http://node-a:8545,http://node-b:8545 iotsettle oracle run   # with failover
       IOTSETTLE_CHAIN_SIGNER=remote iotsettle oracle run   # signs at [chain] signer_url (Clef, Web3Signer)
       IOTSETTLE_ORACLE_RELAYER_KEYS=keys/lane2.json,keys/lane3.json iotsettle oracle run   # three nonce lanes
+      IOTSETTLE_OPTIMISTIC_ENABLED=true iotsettle oracle run   # also relays OptimisticBilling agreements
+      IOTSETTLE_WATCHER_ENABLED=true IOTSETTLE_WATCHER_PRIVATE_KEY=0x… iotsettle oracle run   # and watches batches
     """
     if check:
         findings = daemon_checkup.run_checks(cmd.config)
@@ -99,7 +107,19 @@ def run(cmd: CommandContext, intake_only: bool, check: bool) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     daemon_intake.prefer_fast_keccak()
     daemon = daemon_service.OracleDaemon(cmd.config, settle=not intake_only)
-    cmd.click.exit(daemon.run())
+    watcher = None
+    if cmd.config.watcher.enabled:
+        # beside the daemon, not inside it: the watcher is an operation (ops), the daemon never imports one
+        watcher = watcher_ops.WatchLoop(
+            watcher_ops.context_of(cmd.config), watcher_ops.store_of(cmd.config), cmd.config.watcher.interval
+        )
+        watcher.start()
+    try:
+        code = daemon.run()
+    finally:
+        if watcher is not None:
+            watcher.stop()
+    cmd.click.exit(code)
 
 
 def _health(host: str, port: int) -> dict[str, Any] | None:

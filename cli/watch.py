@@ -9,12 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from iotsettle.cli._common import err_console
+from iotsettle.cli._common import EXIT_INTERRUPTED, err_console, stop_on_signals
 from iotsettle.cli._lazy import lazy_import
 from iotsettle.cli._params import DURATION, CommandContext, with_context
-
-# The keeper's loop machinery: SIGTERM/SIGINT end the loop after the pass in progress.
-from iotsettle.cli.keeper import EXIT_INTERRUPTED, _stop_on_signals
 
 if TYPE_CHECKING:
     from iotsettle.oracle.ops import watcher as watcher_ops
@@ -52,7 +49,8 @@ def _print(summary: watcher_ops.WatchPass, as_json: bool, always: bool) -> None:
     "--store",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="SQLite file keeping the cursor and the verdicts [default: watcher.db in the node state folder].",
+    help="SQLite file keeping the cursor and the verdicts [default: [watcher] store, else watcher.db in the node "
+    "state folder].",
 )
 @with_context(sender=True)
 def watch(cmd: CommandContext, interval: int, once: bool, store: Path | None) -> None:
@@ -72,7 +70,7 @@ def watch(cmd: CommandContext, interval: int, once: bool, store: Path | None) ->
     """
     if interval < 1:
         raise click.BadParameter("the interval must be at least 1 s", param_hint="--interval")
-    path = store if store is not None else cmd.config.path(cmd.config.node.state_dir) / "watcher.db"
+    path = store if store is not None else watcher_ops.store_of(cmd.config)
     worker = watcher_ops.Watcher(cmd.ops, path)
     try:
         if once:
@@ -82,14 +80,14 @@ def watch(cmd: CommandContext, interval: int, once: bool, store: Path | None) ->
             else:
                 _print(summary, False, always=True)
             return
-        with _stop_on_signals() as stop:
-            while not stop.event.is_set():
-                try:
-                    _print(worker.run_pass(), cmd.as_json, always=False)
-                except watcher_ops.watch_errors() as exc:
-                    # The next pass starts again from the cursor: nothing is skipped.
-                    err_console.print(f"[yellow]pass failed: {exc}[/yellow]")
-                stop.event.wait(interval)
+        with stop_on_signals() as stop:
+            watcher_ops.run_passes(
+                worker,
+                interval,
+                stop.event,
+                lambda summary: _print(summary, cmd.as_json, always=False),
+                lambda exc: err_console.print(f"[yellow]pass failed: {exc}[/yellow]"),
+            )
         interrupted = stop.signal == signal.SIGINT
     finally:
         worker.close()

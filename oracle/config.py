@@ -334,6 +334,27 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True)
+class OptimisticSettings:
+    """Optimistic settlement in the daemon (docs/OPTIMISTIC.md): readings of agreements opened on OptimisticBilling
+    are committed in bonded batches and the newest one per agreement is claimed after the challenge window."""
+
+    enabled: bool = _doc(False, "accept readings signed for OptimisticBilling, commit them in batches and claim them")
+    batch: int = _doc(100, "most readings in one commitment")
+    interval: float = _doc(60.0, "seconds the oldest uncommitted reading may wait before a partial batch is committed")
+    poll: float = _doc(5.0, "seconds between two looks at the chain for windows that ended and commits mined")
+
+
+@dataclass(frozen=True)
+class WatcherSettings:
+    """The watcher of optimistic batches inside `iotsettle oracle run` (what `iotsettle watch` does on its own)."""
+
+    enabled: bool = _doc(False, "run the watcher beside the daemon: challenge every bad optimistic batch")
+    private_key: str = _secret(doc="the watcher's own key (hex), never the relayer's: the two would race for nonces")
+    store: str = _doc("", "SQLite file of the watcher's cursor and verdicts; empty = watcher.db in [node] state_dir")
+    interval: float = _doc(5.0, "seconds between two passes; keep it far below the challenge window (1 h)")
+
+
+@dataclass(frozen=True)
 class Config:
     chain: ChainSettings = field(default_factory=ChainSettings)
     node: NodeSettings = field(default_factory=NodeSettings)
@@ -343,6 +364,8 @@ class Config:
     deploy: DeploySettings = field(default_factory=DeploySettings)
     oracle: OracleSettings = field(default_factory=OracleSettings)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    optimistic: OptimisticSettings = field(default_factory=OptimisticSettings)
+    watcher: WatcherSettings = field(default_factory=WatcherSettings)
     #: folder relative paths are resolved against (the project: where foundry.toml and contracts/ are).
     root: Path = field(default_factory=Path.cwd)
     source: str = "defaults"
@@ -381,6 +404,8 @@ SECTIONS: dict[str, type] = {
     "deploy": DeploySettings,
     "oracle": OracleSettings,
     "alerts": AlertsConfig,
+    "optimistic": OptimisticSettings,
+    "watcher": WatcherSettings,
 }
 
 

@@ -33,6 +33,7 @@ from iotsettle.oracle.daemon.funds import LaneFunds, RelayerFunds
 from iotsettle.oracle.daemon.health import Health, State
 from iotsettle.oracle.daemon.intake import MQTT_PROTOCOLS, Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
+from iotsettle.oracle.daemon.optimistic import OptimisticRelayer, OptimisticSettings, address_of
 from iotsettle.oracle.daemon.policy_watch import PolicyWatch
 from iotsettle.oracle.daemon.registry_follower import RegistryFollower
 from iotsettle.oracle.daemon.rules import RuleSettings
@@ -115,6 +116,7 @@ def intake_settings(config: Config, deployment: Deployment) -> IntakeSettings:
         status_payload={"oracle": o.oracle_id, "relayer": deployment.relayer.address},
         rules=rule_settings(config),
         alerts=alert_settings(config),
+        optimistic=address_of(config, deployment.manifest, deployment.chain.chain_id),
     )
 
 
@@ -177,7 +179,10 @@ def preflight(config: Config) -> Deployment:
     ChainError / DeploymentError / KeyFileError / CompileError naming the problem."""
     validate(config)
     SettlerSettings.from_config(config)
-    return resolve(config)
+    OptimisticSettings.from_config(config)
+    deployment = resolve(config)
+    address_of(config, deployment.manifest, deployment.chain.chain_id)
+    return deployment
 
 
 def relayer_funds(
@@ -231,6 +236,7 @@ class OracleDaemon:
         self.follower: RegistryFollower | None = None
         self.policy_watch: PolicyWatch | None = None
         self.settler: Settler | None = None
+        self.optimistic: OptimisticRelayer | None = None
         self.health: Health | None = None
         self.funds: LaneFunds | None = None
         self.endpoints: Endpoints | None = None
@@ -290,6 +296,16 @@ class OracleDaemon:
             )
             self.funds = relayer_funds(config, deployment, status_store, self.metrics)
             self.settler.tracker.on_fee = self.funds.spent
+            if settings.optimistic:
+                self.optimistic = OptimisticRelayer(
+                    config,
+                    chain,
+                    deployment.manifest,
+                    deployment.relayer,
+                    self._store(),
+                    OptimisticSettings.from_config(config),
+                    recover=self.settler.recover,
+                )
 
         if o.health_port:
             self.health = Health(self.metrics, o.health_host, o.health_port)
@@ -299,6 +315,8 @@ class OracleDaemon:
         if self.settler is not None:
             self.settler.start()
             self.intake.on_stored = self.settler.wake
+        if self.optimistic is not None:
+            self.optimistic.start()
         self.follower.start()
         if self.policy_watch is not None:
             self.policy_watch.start()
@@ -379,6 +397,14 @@ class OracleDaemon:
         health.add_check("settlement", settlement)
         if self.funds is not None:
             health.add_check("funds", self.funds.check)
+        relayer = self.optimistic
+        if relayer is not None:
+
+            def optimistic() -> tuple[State, str]:
+                error = relayer.last_error
+                return (State.DEGRADED, error) if error else (State.OK, f"{relayer.waiting()} readings not committed")
+
+            health.add_check("optimistic", optimistic)
         if self.endpoints is not None:
             health.add_check("rpc", self._rpc_check)
 
@@ -415,6 +441,8 @@ class OracleDaemon:
         clean = True
         if self.intake is not None:
             clean &= self.intake.stop(timeout)
+        if self.optimistic is not None:
+            self.optimistic.stop()
         if self.settler is not None:
             clean &= bool(self.settler.stop(drain=True, timeout=timeout))
         if self.follower is not None:

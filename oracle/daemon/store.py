@@ -15,6 +15,7 @@ Event life cycle (``EventStatus``)::
     pending ─claim_pending→ claimed ─attach_tx→ submitted ─mark_settled→ settled ─mark_final→ final
        ↑___________________ release (dropped tx, reorg) ___________________|
     any non-final state ─dead_letter→ dead          pending/claimed ─supersede→ superseded
+    optimistic ─(committed, window over, claimed)→ final        optimistic ─supersede / dead_letter→ …
 
 Schema versions (``_MIGRATIONS``; ``open_db`` migrates an older file in place, in one transaction):
 1. events, rejected, device_state, registry_keys, follower_cursor;
@@ -64,6 +65,9 @@ class EventStatus(StrEnum):
     FINAL = "final"  # mined with enough confirmations
     DEAD = "dead"  # will never settle (``reason`` says why)
     SUPERSEDED = "superseded"  # a newer cumulative event of the same target (agreement, policy) settles instead
+    #: a reading of an agreement on OptimisticBilling: never planned; the optimistic relayer commits it in a batch
+    #: and claims it after the window (``iotsettle.oracle.daemon.optimistic``), then it is final, superseded or dead
+    OPTIMISTIC = "optimistic"
 
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -654,11 +658,15 @@ class Store:
         accepted: Sequence[EventRecord],
         rejected: Sequence[Rejection],
         states: Iterable[DeviceState],
+        *,
+        optimistic: str = "",
     ) -> list[int]:
         """Store one intake batch atomically: accepted events, rejections and the devices' new rule state.
 
-        Returns the new event ids. Raises StoreError (and stores nothing) if any write fails, e.g. an event whose
-        (device, seq) is already stored: the rules must have filtered those as duplicates.
+        Events signed for the contract ``optimistic`` (OptimisticBilling's address) are stored ``optimistic``, in
+        the same transaction, so the planner never takes them. Returns the new event ids. Raises StoreError (and
+        stores nothing) if any write fails, e.g. an event whose (device, seq) is already stored: the rules must have
+        filtered those as duplicates.
         """
         with self.transaction() as conn:
             try:
@@ -669,6 +677,11 @@ class Store:
                 # one writer at a time (BEGIN IMMEDIATE): the rows just inserted have consecutive ids
                 last = conn.execute("SELECT last_insert_rowid()").fetchone()[0] if accepted else 0
                 ids = list(range(last - len(accepted) + 1, last + 1))
+                if optimistic and accepted:
+                    conn.execute(
+                        "UPDATE events SET status = 'optimistic' WHERE id BETWEEN ? AND ? AND lower(contract) = ?",
+                        (ids[0], ids[-1], optimistic.lower()),
+                    )
                 conn.executemany(
                     "INSERT INTO rejected (received_at, topic, reason, detail, device, seq, digest, payload) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -862,12 +875,35 @@ class Store:
     def dead_letter(self, event_id: int, reason: str) -> None:
         """The event can never settle (e.g. the contract reverts with a named error): keep it with the reason."""
         self._transition(
-            [event_id], ("pending", "claimed", "submitted", "settled"), "status = 'dead', reason = ?", (reason,)
+            [event_id],
+            ("pending", "claimed", "submitted", "settled", "optimistic"),
+            "status = 'dead', reason = ?",
+            (reason,),
         )
 
     def supersede(self, event_ids: Sequence[int]) -> None:
         """Events made redundant by a newer cumulative event of the same target (``EventKind.cumulative``)."""
-        self._transition(event_ids, ("pending", "claimed"), "status = 'superseded'", ())
+        self._transition(event_ids, ("pending", "claimed", "optimistic"), "status = 'superseded'", ())
+
+    def optimistic_events(self, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` readings waiting for the optimistic relayer (``EventStatus.OPTIMISTIC``), oldest first."""
+        return [
+            _stored_event(r)
+            for r in self._read(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE status = 'optimistic' ORDER BY id LIMIT ?", (limit,)
+            )
+        ]
+
+    def settle_optimistic(self, event_ids: Sequence[int], block: int, tx_hash: str) -> None:
+        """Optimistic readings billed by the claim ``tx_hash`` (of the newest of them or of a newer one of the same
+        agreement), mined in ``block`` with its confirmations: final."""
+        now = time.time()
+        self._transition(
+            event_ids,
+            ("optimistic",),
+            "status = 'final', block = ?, tx_hash = ?, settled_at = ?, final_at = ?",
+            (block, tx_hash, now, now),
+        )
 
     def revive_superseded(self, contract: str, target_id: int, before_seq: int) -> int | None:
         """Put back to pending the newest superseded event of ``target_id`` with a seq below ``before_seq``; its id,

@@ -25,16 +25,20 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from eth_account import Account
 from eth_hash.auto import keccak
-from iotsettle.oracle.ops.context import OpsContext
+from iotsettle.oracle.config import Config
+from iotsettle.oracle.ops.context import OpsContext, open_context
 from iotsettle.oracle.ops.events import LogEntry, fetch_logs
 from iotsettle.oracle.ops.tx import RevertedError, transact
 from iotsettle.oracle.protocol import batch_tree, eip712
-from iotsettle.oracle.protocol.errors import IotSettleError, SignatureError, StoreError
+from iotsettle.oracle.protocol.errors import IotSettleError, KeyFileError, SignatureError, StoreError
 from web3.exceptions import Web3Exception
 
 log = logging.getLogger(__name__)
@@ -274,3 +278,70 @@ def watch_errors() -> tuple[type[BaseException], ...]:
     """What one failed pass raises and a long-running watcher logs and retries: the next pass starts again from
     the cursor, so nothing is skipped."""
     return (IotSettleError, Web3Exception, ValueError, OSError)
+
+
+def run_passes(
+    worker: Watcher,
+    interval: float,
+    stop: threading.Event,
+    report: Callable[[WatchPass], None] = lambda _: None,
+    failed: Callable[[BaseException], None] = lambda exc: log.warning("watcher pass failed: %s", exc),
+) -> None:
+    """Pass after pass, ``interval`` seconds apart, until ``stop`` is set (the pass in progress finishes). A failed
+    pass is handed to ``failed`` and the next one starts again from the cursor, so nothing is skipped."""
+    while not stop.is_set():
+        try:
+            report(worker.run_pass())
+        except watch_errors() as exc:
+            failed(exc)
+        stop.wait(interval)
+
+
+def context_of(config: Config) -> OpsContext:
+    """The watcher's context from ``[watcher]``: the chain and deployment of ``config``, the watcher's own key."""
+    key = config.watcher.private_key
+    if not key:
+        raise KeyFileError("[watcher] enabled needs the watcher's own key: set IOTSETTLE_WATCHER_PRIVATE_KEY")
+    if key.strip().removeprefix("0x") == config.chain.private_key.strip().removeprefix("0x"):
+        raise KeyFileError("[watcher] private_key is the relayer's key: give the watcher an account of its own")
+    try:
+        account = Account.from_key(key.strip())
+    except (ValueError, TypeError):
+        raise KeyFileError("[watcher] private_key is not a 32-byte hex key") from None
+    return replace(open_context(config), sender=account)
+
+
+def store_of(config: Config) -> Path:
+    """``[watcher] store``, by default watcher.db in the node state folder (where `iotsettle watch` keeps it)."""
+    return config.path(config.watcher.store or str(Path(config.node.state_dir) / "watcher.db"))
+
+
+class WatchLoop:
+    """The watcher on a thread of its own, beside the oracle daemon (``[watcher] enabled``); idle between passes."""
+
+    def __init__(self, ctx: OpsContext, store: Path, interval: float) -> None:
+        ctx.require_sender()
+        self.ctx, self.store, self.interval = ctx, store, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            worker = Watcher(self.ctx, self.store)  # its SQLite connection belongs to this thread
+        except watch_errors() as exc:
+            log.error("the watcher cannot start: %s", exc)
+            return
+        log.info("watching optimistic batches every %.0f s as %s", self.interval, self.ctx.require_sender().address)
+        try:
+            run_passes(worker, self.interval, self._stop)
+        finally:
+            worker.close()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -14,7 +14,7 @@ in ``challengeData``; ``tests/vectors/optimistic-batch.json`` is checked by both
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from eth_hash.auto import keccak
@@ -59,9 +59,15 @@ def sign_reading(
 ) -> bytes:
     """A reading signed by a device key, packed as a batch carries it (ERC-2098 compact signature)."""
     message = {"agreementId": agreement_id, "seq": seq, "timestamp": timestamp, "value": value}
-    signature = eip712.sign_digest(private_key, eip712.digest("Reading", message, domain))
+    return pack_reading(message, eip712.sign_digest(private_key, eip712.digest("Reading", message, domain)))
+
+
+def pack_reading(message: Mapping[str, int], signature: bytes) -> bytes:
+    """A reading already signed (``message`` as ``PackedReading.message`` gives it, the 65-byte r ‖ s ‖ v
+    signature), packed as a batch carries it (ERC-2098 compact signature)."""
     vs = int.from_bytes(signature[32:64], "big") | ((signature[64] - 27) << 255)
-    return pack_item("reading", (agreement_id, seq, timestamp, value), signature[:32], vs.to_bytes(32, "big"))
+    fields = (message["agreementId"], message["seq"], message["timestamp"], message["value"])
+    return pack_item("reading", fields, signature[:32], vs.to_bytes(32, "big"))
 
 
 def pack_batch(readings: Sequence[bytes]) -> bytes:
