@@ -65,13 +65,6 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     /// @notice Bytes per record in a {ReadingsSettled} log: agreementId 32 | seq 5 | amount 12.
     uint256 public constant SETTLED_RECORD_SIZE = 49;
 
-    /// @dev Batches of at least this many readings check keys through the cache (one registry read for the epoch,
-    /// then a local slot per key); smaller ones and the single-reading functions call the registry per reading.
-    uint256 private constant _CACHED_BATCH = 3;
-
-    /// @dev Not an epoch (the registry's is a uint64): the signer check goes to the registry.
-    uint256 private constant _NO_KEY_CACHE = type(uint256).max;
-
     /// @dev The `closing` byte of a {Meter} word (bits 200..207).
     uint256 private constant _CLOSING_MASK = uint256(0xff) << 200;
 
@@ -210,9 +203,8 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     function settle(bytes calldata readings) external returns (uint256 settled) {
         uint256 len = readings.length;
         if (len % PACKED_READING_SIZE != 0) revert MalformedBatch(len);
-        // One registry read per batch: the key cache is trusted only at the registry's current epoch. Below
-        // _CACHED_BATCH readings that read costs more than the registry calls it saves.
-        uint256 keyEpoch = len < _CACHED_BATCH * PACKED_READING_SIZE ? _NO_KEY_CACHE : _registryKeyEpoch();
+        // One registry read per batch: the key cache is trusted only at the registry's current epoch.
+        uint256 keyEpoch = _batchKeyEpoch(len / PACKED_READING_SIZE);
         // The {ReadingsSettled} records, written in place: each record's second word spills 15 zero bytes into
         // the next record (or past the end, into unallocated memory), and the length is cut to what settled.
         uint256 cursor;
@@ -350,9 +342,9 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
             r := calldataload(sig)
             vs := calldataload(add(sig, 0x20))
         }
-        address device = address(uint160(id >> 96));
-        if (keyEpoch == _NO_KEY_CACHE) return _checkSigner(structHash, r, vs, device, _METER_KINDS, uint64(timestamp));
-        return _checkSignerCached(structHash, r, vs, device, _METER_KINDS, uint64(timestamp), keyEpoch);
+        return _checkSignerCached(
+            structHash, r, vs, address(uint160(id >> 96)), _METER_KINDS, uint64(timestamp), keyEpoch
+        );
     }
 
     /// @dev Everything but the signature, against the agreement's {Meter} word.

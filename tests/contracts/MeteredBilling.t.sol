@@ -33,7 +33,7 @@ contract MeteredBillingTest is Fixture {
     }
 
     function _reading(uint64 seq, uint256 value) internal view returns (IMeteredBilling.SignedReading memory) {
-        return signReading(meterKey, id, seq, uint64(block.timestamp), value);
+        return signReading(meterKey, id, seq, uint64(vm.getBlockTimestamp()), value);
     }
 
     function _expectRejected(IMeteredBilling.SignedReading memory rd, IDeviceEvents.RejectReason reason) internal {
@@ -879,14 +879,14 @@ contract MeteredBillingTest is Fixture {
     function test_Review_FinalReadingNeverMovesTheEndLater() public {
         vm.prank(consumer);
         billing.requestClose(id);
-        vm.warp(block.timestamp + 1 hours);
+        vm.warp(vm.getBlockTimestamp() + 1 hours);
         IMeteredBilling.SignedReading memory fin = _reading(1, START + 10);
         vm.expectEmit(address(billing));
-        emit IMeteredBilling.CloseRequested(id, uint64(block.timestamp));
+        emit IMeteredBilling.CloseRequested(id, uint64(vm.getBlockTimestamp()));
         vm.prank(consumer);
-        assertEq(billing.closeWithReading(fin), uint64(block.timestamp));
+        assertEq(billing.closeWithReading(fin), uint64(vm.getBlockTimestamp()));
         uint64 closeAt = billing.agreementOf(id).closeAt;
-        assertEq(closeAt, block.timestamp, "brought forward from the notice");
+        assertEq(closeAt, vm.getBlockTimestamp(), "brought forward from the notice");
         vm.warp(closeAt + 1);
         IMeteredBilling.SignedReading memory late = _reading(2, START + 20);
         vm.expectRevert(
