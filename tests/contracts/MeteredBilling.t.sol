@@ -476,6 +476,29 @@ contract MeteredBillingTest is Fixture {
         _expectRejected(_reading(1, START + 1), IDeviceEvents.RejectReason.DeviceRevoked);
     }
 
+    /// @dev A batch reads a tariff's head once per run of readings of the same tariff: readings of different tariffs
+    /// interleaved (flat 2, tiered, flat 7, flat 2 again) must each be billed at their own agreement's tariff.
+    function test_Settle_BatchOfInterleavedTariffs_BillsEachAtItsOwnTariff() public {
+        IMeteredBilling.TariffBlock[] memory tiers = new IMeteredBilling.TariffBlock[](2);
+        tiers[0] = IMeteredBilling.TariffBlock(5, 1);
+        tiers[1] = IMeteredBilling.TariffBlock(0, 10);
+        uint32[4] memory tariffs = [flatTariff(2), billing.createTariff(tiers), flatTariff(7), 0];
+        tariffs[3] = tariffs[0];
+        uint256[4] memory expected = [uint256(2 * 10), 5 * 1 + 5 * 10, 7 * 10, 2 * 10];
+        IMeteredBilling.SignedReading[] memory batch = new IMeteredBilling.SignedReading[](4);
+        uint256[4] memory ids;
+        for (uint256 i = 0; i < 4; ++i) {
+            uint256 key = deviceKey(600 + i);
+            ids[i] = openAgreement(registerDevice(key, IDeviceRegistry.DeviceKind.Meter, owner), tariffs[i], START, DEPOSIT);
+            batch[i] = signReading(key, ids[i], 1, uint64(block.timestamp), START + 10);
+        }
+        vm.prank(relayer);
+        assertEq(billing.settle(packReadings(batch)), 4, "every reading settles");
+        for (uint256 i = 0; i < 4; ++i) {
+            assertEq(billing.agreementOf(ids[i]).prepaid, DEPOSIT - expected[i], "billed at its own tariff");
+        }
+    }
+
     // ---------------------------------------------------------------- arrears, top-up, earnings
 
     function test_ShortDeposit_BillsWhatIsThereSuspendsAndRecordsArrears() public {
