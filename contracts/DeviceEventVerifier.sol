@@ -30,6 +30,13 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
     /// every derived contract.
     bytes32 private constant _KEY_CACHE_SLOT = keccak256("iotsettle.DeviceEventVerifier.keyCache");
 
+    /// @dev Not an epoch (the registry's is a uint64): {_checkSignerCached} asks the registry.
+    uint256 internal constant _NO_KEY_CACHE = type(uint256).max;
+
+    /// @dev Batches of at least this many events check keys through the cache (one registry read for the epoch, then
+    /// a local slot per key); smaller ones and single-event functions call the registry per event.
+    uint256 private constant _CACHED_BATCH = 3;
+
     error ZeroRegistry();
 
     constructor(IDeviceRegistry registry_) EIP712("iotsettle", "1") {
@@ -55,33 +62,16 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
         view
         returns (RejectReason)
     {
-        // The third value (the offending s or length) is only needed for revert messages; reasons carry no data.
-        // slither-disable-next-line unused-return
-        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(_hashTypedDataV4(structHash), r, vs);
-        if (err != ECDSA.RecoverError.NoError) {
-            return err == ECDSA.RecoverError.InvalidSignatureS
-                ? RejectReason.SignatureMalleable
-                : RejectReason.SignatureInvalid;
-        }
+        (address signer, RejectReason reason) = _recover(structHash, r, vs);
+        if (reason != RejectReason.None) return reason;
         (address keyDevice, uint256 kind, uint256 status, uint256 retiredAt) = _keyInfo(signer);
-        if (status == uint256(IDeviceRegistry.KeyStatus.None)) return RejectReason.UnknownKey;
-        if (keyDevice != device) return RejectReason.WrongDevice;
-        if (status != uint256(IDeviceRegistry.KeyStatus.Current)) {
-            // retiredAt is a uint64 block time: adding one hour cannot overflow a uint256.
-            if (timestamp > retiredAt || block.timestamp > retiredAt + SETTLEMENT_GRACE) {
-                return status == uint256(IDeviceRegistry.KeyStatus.Rotated)
-                    ? RejectReason.KeyRotated
-                    : RejectReason.DeviceRevoked;
-            }
-        }
-        if ((kindMask >> kind) & 1 == 0) return RejectReason.WrongDeviceKind;
-        return RejectReason.None;
+        return _keyVerdict(keyDevice, kind, status, retiredAt, device, kindMask, timestamp);
     }
 
-
     /// @dev {_checkSigner} with a local cache of the registry's answer for Current keys, for products whose
-    /// devices sign many events. `keyEpoch` must be `_REGISTRY.keyEpoch()` read in this transaction (once per
-    /// batch: {_registryKeyEpoch}). An entry is `device (bits 0..159) | kind (160..167) | epoch (168..231)` and is
+    /// devices sign many events. `keyEpoch` must be {_batchKeyEpoch} of the batch, read in this transaction: the
+    /// registry's `keyEpoch()`, or _NO_KEY_CACHE for a batch too small to gain from the cache (the registry is then
+    /// asked, as by {_checkSigner}). An entry is `device (bits 0..159) | kind (160..167) | epoch (168..231)` and is
     /// trusted only while its epoch equals the registry's: every rotation and revocation bumps it, so a retired key
     /// falls back to the registry in the very next transaction and gets the same verdict as {_checkSigner}. Entries
     /// are written only here, from the registry's own answer for a Current key, at a namespaced slot
@@ -99,14 +89,44 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
     ) internal returns (RejectReason) {
         // As {_checkSigner}, with the key's record from the cache (tests/contracts/KeyCache.t.sol checks that both
         // give the same verdict in every registry state).
+        (address signer, RejectReason reason) = _recover(structHash, r, vs);
+        if (reason != RejectReason.None) return reason;
+        (address keyDevice, uint256 kind, uint256 status, uint256 retiredAt) = keyEpoch == _NO_KEY_CACHE
+            ? _keyInfo(signer)
+            : _cachedKeyInfo(signer, keyEpoch);
+        return _keyVerdict(keyDevice, kind, status, retiredAt, device, kindMask, timestamp);
+    }
+
+    /// @dev The `keyEpoch` of {_checkSignerCached} for a batch of `items` events: one registry read per batch, which
+    /// costs more than the registry calls it saves below _CACHED_BATCH events.
+    function _batchKeyEpoch(uint256 items) internal view returns (uint256) {
+        return items < _CACHED_BATCH ? _NO_KEY_CACHE : _registryKeyEpoch();
+    }
+
+    /// @dev The signer of the EIP-712 digest of `structHash` under OpenZeppelin's rules (low s, v ∈ {27, 28}), or
+    /// the reason it has none.
+    function _recover(bytes32 structHash, bytes32 r, bytes32 vs) private view returns (address, RejectReason) {
+        // The third value (the offending s or length) is only needed for revert messages; reasons carry no data.
         // slither-disable-next-line unused-return
         (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(_hashTypedDataV4(structHash), r, vs);
-        if (err != ECDSA.RecoverError.NoError) {
-            return err == ECDSA.RecoverError.InvalidSignatureS
-                ? RejectReason.SignatureMalleable
-                : RejectReason.SignatureInvalid;
-        }
-        (address keyDevice, uint256 kind, uint256 status, uint256 retiredAt) = _cachedKeyInfo(signer, keyEpoch);
+        if (err == ECDSA.RecoverError.NoError) return (signer, RejectReason.None);
+        return (
+            address(0),
+            err == ECDSA.RecoverError.InvalidSignatureS ? RejectReason.SignatureMalleable : RejectReason.SignatureInvalid
+        );
+    }
+
+    /// @dev The verdict on a signer whose key record is (`keyDevice`, `kind`, `status`, `retiredAt`), for an event of
+    /// `device` dated `timestamp` (rules at {_checkSigner}).
+    function _keyVerdict(
+        address keyDevice,
+        uint256 kind,
+        uint256 status,
+        uint256 retiredAt,
+        address device,
+        uint256 kindMask,
+        uint64 timestamp
+    ) private view returns (RejectReason) {
         if (status == uint256(IDeviceRegistry.KeyStatus.None)) return RejectReason.UnknownKey;
         if (keyDevice != device) return RejectReason.WrongDevice;
         if (status != uint256(IDeviceRegistry.KeyStatus.Current)) {

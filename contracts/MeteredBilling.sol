@@ -65,13 +65,6 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     /// @notice Bytes per record in a {ReadingsSettled} log: agreementId 32 | seq 5 | amount 12.
     uint256 public constant SETTLED_RECORD_SIZE = 49;
 
-    /// @dev Batches of at least this many readings check keys through the cache (one registry read for the epoch,
-    /// then a local slot per key); smaller ones and the single-reading functions call the registry per reading.
-    uint256 private constant _CACHED_BATCH = 3;
-
-    /// @dev Not an epoch (the registry's is a uint64): the signer check goes to the registry.
-    uint256 private constant _NO_KEY_CACHE = type(uint256).max;
-
     /// @dev The `closing` byte of a {Meter} word (bits 200..207).
     uint256 private constant _CLOSING_MASK = uint256(0xff) << 200;
 
@@ -210,9 +203,8 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     function settle(bytes calldata readings) external returns (uint256 settled) {
         uint256 len = readings.length;
         if (len % PACKED_READING_SIZE != 0) revert MalformedBatch(len);
-        // One registry read per batch: the key cache is trusted only at the registry's current epoch. Below
-        // _CACHED_BATCH readings that read costs more than the registry calls it saves.
-        uint256 keyEpoch = len < _CACHED_BATCH * PACKED_READING_SIZE ? _NO_KEY_CACHE : _registryKeyEpoch();
+        // One registry read per batch: the key cache is trusted only at the registry's current epoch.
+        uint256 keyEpoch = _batchKeyEpoch(len / PACKED_READING_SIZE);
         // The {ReadingsSettled} records, written in place: each record's second word spills 15 zero bytes into
         // the next record (or past the end, into unallocated memory), and the length is cut to what settled.
         uint256 cursor;
@@ -224,6 +216,10 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
                 cursor := add(buffer, 0x20)
             }
         }
+        // Tariffs never change once created: the head of the previous reading's tariff is reused for the next
+        // reading of the same tariff (no slot hash, no warm read).
+        uint256 lastTariff = type(uint256).max;
+        uint256 head;
         for (uint256 p = 0; p < len; p += PACKED_READING_SIZE) {
             uint256 id;
             uint256 fields;
@@ -237,8 +233,12 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
                 fields := calldataload(add(at, 0x20))
             }
             uint256 seq = fields >> 216;
+            if (uint32(id >> 64) != lastTariff) {
+                lastTariff = uint32(id >> 64);
+                head = _tariffHead(uint32(lastTariff));
+            }
             (RejectReason reason, uint256 billed) =
-                _settle(id, seq, uint40(fields >> 176), uint64(fields >> 112), at + 0x32, keyEpoch);
+                _settle(id, seq, uint40(fields >> 176), uint64(fields >> 112), at + 0x32, keyEpoch, head);
             if (reason == RejectReason.None) {
                 // Record: agreementId 32 | seq 5 | amount 12 (seq < 2^40, billed <= prepaid < 2^96).
                 assembly ("memory-safe") {
@@ -302,8 +302,9 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
         assembly ("memory-safe") {
             sig := add(rd, 0x80)
         }
+        uint256 head = _tariffHead(uint32(rd.agreementId >> 64));
         (RejectReason reason, uint256 billed) =
-            _settle(rd.agreementId, seq, timestamp, value, sig, _NO_KEY_CACHE);
+            _settle(rd.agreementId, seq, timestamp, value, sig, _NO_KEY_CACHE, head);
         if (reason == RejectReason.None) _settledAlone(rd.agreementId, seq, billed);
         return reason;
     }
@@ -317,11 +318,16 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     /// status 248..255. The terms slot holding `closeAt` is read only when `closing` is set.
     /// `sig` is the calldata offset of the signature r ‖ vs (32 bytes each). `keyEpoch` is the registry's
     /// {IDeviceRegistry.keyEpoch} read in this transaction, or _NO_KEY_CACHE to ask the registry directly. The caller
-    /// emits the {ReadingsSettled} record of `billed`.
-    function _settle(uint256 id, uint256 seq, uint256 timestamp, uint256 value, uint256 sig, uint256 keyEpoch)
-        private
-        returns (RejectReason reason, uint256 billed)
-    {
+    /// emits the {ReadingsSettled} record of `billed`. `head` is {_tariffHead} of the tariff the id names.
+    function _settle(
+        uint256 id,
+        uint256 seq,
+        uint256 timestamp,
+        uint256 value,
+        uint256 sig,
+        uint256 keyEpoch,
+        uint256 head
+    ) private returns (RejectReason reason, uint256 billed) {
         Meter storage slot = _meters[id];
         uint256 word;
         assembly ("memory-safe") {
@@ -331,7 +337,7 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
         if (reason != RejectReason.None) return (reason, 0);
         reason = _checkReadingSigner(id, seq, timestamp, value, sig, keyEpoch);
         if (reason != RejectReason.None) return (reason, 0);
-        billed = _bill(slot, word, id, seq, timestamp, value);
+        billed = _bill(slot, word, id, seq, timestamp, value, head);
     }
 
     /// @dev The signature of the reading, against the device the agreement id names (see {_settle}).
@@ -350,9 +356,9 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
             r := calldataload(sig)
             vs := calldataload(add(sig, 0x20))
         }
-        address device = address(uint160(id >> 96));
-        if (keyEpoch == _NO_KEY_CACHE) return _checkSigner(structHash, r, vs, device, _METER_KINDS, uint64(timestamp));
-        return _checkSignerCached(structHash, r, vs, device, _METER_KINDS, uint64(timestamp), keyEpoch);
+        return _checkSignerCached(
+            structHash, r, vs, address(uint160(id >> 96)), _METER_KINDS, uint64(timestamp), keyEpoch
+        );
     }
 
     /// @dev Everything but the signature, against the agreement's {Meter} word.
@@ -375,11 +381,16 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     }
 
     /// @dev Bill the delta and write the {Meter} word back in one SSTORE.
-    function _bill(Meter storage slot, uint256 word, uint256 id, uint256 seq, uint256 timestamp, uint256 value)
-        private
-        returns (uint256 billed)
-    {
-        uint256 cost = _readingCost(id, uint64(word >> 96), uint64(value));
+    function _bill(
+        Meter storage slot,
+        uint256 word,
+        uint256 id,
+        uint256 seq,
+        uint256 timestamp,
+        uint256 value,
+        uint256 head
+    ) private returns (uint256 billed) {
+        uint256 cost = _readingCost(id, head, uint64(word >> 96), uint64(value));
         uint256 prepaid = uint96(word);
         billed = cost;
         uint256 status = word >> 248;
@@ -421,22 +432,25 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
         }
     }
 
-    function _readingCost(uint256 id, uint64 fromValue, uint64 toValue) private view returns (uint256) {
-        uint32 tariffId = uint32(id >> 64);
+    /// @dev The packed head of a tariff in one SLOAD: firstPrice 0..127 | firstUnits 128..191 | blockCount 192..199.
+    function _tariffHead(uint32 tariffId) private view returns (uint256 word) {
         TariffHead storage head = _tariffHeads[tariffId];
-        uint256 word;
-        // One SLOAD for the packed head (firstPrice 0..127 | firstUnits 128..191 | blockCount 192..199).
         assembly ("memory-safe") {
             word := sload(head.slot)
         }
-        if (uint8(word >> 192) == 1) {
+    }
+
+    /// @dev The cost of the register moving from `fromValue` to `toValue` at the tariff the id names, whose
+    /// {_tariffHead} is `head`.
+    function _readingCost(uint256 id, uint256 head, uint64 fromValue, uint64 toValue) private view returns (uint256) {
+        if (uint8(head >> 192) == 1) {
             // < 2^64 units × < 2^128 price fits 256 bits.
             unchecked {
-                return uint256(toValue - fromValue) * uint128(word);
+                return uint256(toValue - fromValue) * uint128(head);
             }
         }
         uint64 start = _terms[id].startValue;
-        return _cost(tariffId, fromValue - start, toValue - start);
+        return _cost(uint32(id >> 64), fromValue - start, toValue - start);
     }
 
     /// @dev Price of the consumption interval [fromUsed, toUsed) over the tariff's blocks.

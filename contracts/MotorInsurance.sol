@@ -259,6 +259,8 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
     function settle(bytes calldata reports) external returns (uint256 settled) {
         uint256 len = reports.length;
         if (len % _PACKED_REPORT_SIZE != 0) revert MalformedBatch(len);
+        // One registry read per batch: the key cache is trusted only at the registry's current epoch.
+        uint256 keyEpoch = _batchKeyEpoch(len / _PACKED_REPORT_SIZE);
         uint256 end;
         uint256 item;
         assembly ("memory-safe") {
@@ -274,7 +276,7 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
                 id := calldataload(item)
                 fields := calldataload(add(item, 0x20))
             }
-            RejectReason reason = _settle(id, fields, item);
+            RejectReason reason = _settle(id, fields, item, keyEpoch);
             if (reason == RejectReason.None) {
                 // Bounded by the batch length.
                 unchecked {
@@ -290,8 +292,8 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
     /// changed. `fields` = seq 192..255 | timestamp 128..191 | odometer 64..127 | harsh 32..63 | speeding 0..31;
     /// `item` is the calldata offset of the packed report (signature and terms are read from there). The policy's
     /// word (slot 0) is read and written whole (one SLOAD, one SSTORE); slot 1 (money in, seal of the terms) is
-    /// read once the report passed the word's checks.
-    function _settle(uint256 id, uint256 fields, uint256 item) private returns (RejectReason reason) {
+    /// read once the report passed the word's checks. `keyEpoch` is the batch's {_batchKeyEpoch}.
+    function _settle(uint256 id, uint256 fields, uint256 item, uint256 keyEpoch) private returns (RejectReason reason) {
         Record storage p = _policies[id];
         uint256 word;
         assembly ("memory-safe") {
@@ -319,22 +321,25 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
             uint256 closeAt = uint64(terms >> 176);
             if (closeAt != 0 && timestamp > closeAt) return RejectReason.AfterEnd;
         }
-        reason = _checkSignature(id, fields, item);
+        reason = _checkSignature(id, fields, item, keyEpoch);
         if (reason != RejectReason.None) return reason;
         _charge(p, word, terms, rate, deposited, id, fields);
     }
 
-    /// @dev {_checkSigner} of the report at calldata offset `item`: signed by the current key of the VEHICLE
+    /// @dev {_checkSignerCached} of the report at calldata offset `item`: signed by the current key of the VEHICLE
     /// encoded in the policy id.
-    function _checkSignature(uint256 id, uint256 fields, uint256 item) private view returns (RejectReason) {
+    function _checkSignature(uint256 id, uint256 fields, uint256 item, uint256 keyEpoch)
+        private
+        returns (RejectReason)
+    {
         bytes32 r;
         bytes32 vs;
         assembly ("memory-safe") {
             r := calldataload(add(item, 0x40))
             vs := calldataload(add(item, 0x60))
         }
-        return _checkSigner(
-            _structHash(id, fields), r, vs, address(uint160(id >> 96)), _VEHICLE_KIND, uint64(fields >> 128)
+        return _checkSignerCached(
+            _structHash(id, fields), r, vs, address(uint160(id >> 96)), _VEHICLE_KIND, uint64(fields >> 128), keyEpoch
         );
     }
 
@@ -606,10 +611,13 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         if (status != PolicyStatus.Active && status != PolicyStatus.Lapsed) revert WrongStatus(policyId, status);
     }
 
-    function _checkVehicle(address vehicle) private view {
+    /// @dev The unit must be an active VEHICLE; the insurer pays for its key's cache slot here, once, rather than
+    /// its first report.
+    function _checkVehicle(address vehicle) private {
         IDeviceRegistry.Device memory d = _REGISTRY.deviceOf(vehicle);
         if (d.status != IDeviceRegistry.DeviceStatus.Active) revert UnknownDevice(vehicle);
         if (d.kind != IDeviceRegistry.DeviceKind.Vehicle) revert WrongDeviceKind(vehicle);
+        _warmKeyCache(d.key);
     }
 
     /// @dev Premiums earned by the insurer: everything deposited that is neither prepaid nor refunded.

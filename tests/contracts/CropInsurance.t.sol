@@ -698,7 +698,7 @@ contract CropInsuranceTest is CropFixture {
     }
 
     function test_Reject_RotatedKeyRevokedStationAndOtherChain() public {
-        ICropInsurance.SignedObservation memory o = obs(0, uint64(block.timestamp), 10, 0);
+        ICropInsurance.SignedObservation memory o = obs(0, uint64(vm.getBlockTimestamp()), 10, 0);
         vm.chainId(block.chainid + 1);
         _rejected(o, IDeviceEvents.RejectReason.UnknownKey);
         vm.chainId(block.chainid - 1);
@@ -706,18 +706,18 @@ contract CropInsuranceTest is CropFixture {
         uint256 newKey = deviceKey(800);
         rotate(stations[0], newKey, owner);
         // Signed after the retirement: refused (signed before, it would count for the grace).
-        vm.warp(block.timestamp + 1);
-        _rejected(obs(0, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.KeyRotated);
+        vm.warp(vm.getBlockTimestamp() + 1);
+        _rejected(obs(0, uint64(vm.getBlockTimestamp()), 10, 0), IDeviceEvents.RejectReason.KeyRotated);
         assertEq(
-            crop.record(PackedObservations.pack(one(signObs(newKey, stations[0], 1, uint64(block.timestamp), 10, 0)))),
+            crop.record(PackedObservations.pack(one(signObs(newKey, stations[0], 1, uint64(vm.getBlockTimestamp()), 10, 0)))),
             1,
             "new key"
         );
 
         vm.prank(owner);
         registry.revoke(stations[1]);
-        vm.warp(block.timestamp + 1);
-        _rejected(obs(1, uint64(block.timestamp), 10, 0), IDeviceEvents.RejectReason.DeviceRevoked);
+        vm.warp(vm.getBlockTimestamp() + 1);
+        _rejected(obs(1, uint64(vm.getBlockTimestamp()), 10, 0), IDeviceEvents.RejectReason.DeviceRevoked);
     }
 
     function test_HashObservation_IsTheEip712DigestOfTheType() public view {

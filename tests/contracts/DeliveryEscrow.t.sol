@@ -43,7 +43,7 @@ contract DeliveryEscrowTest is Fixture {
     }
 
     function _delivery(uint256 escrowId, int32 temp) internal view returns (IDeliveryEscrow.SignedDelivery memory) {
-        return signDelivery(trackerKey, escrowId, 1, uint64(block.timestamp), DEST, temp);
+        return signDelivery(trackerKey, escrowId, 1, uint64(vm.getBlockTimestamp()), DEST, temp);
     }
 
     function _expectRejected(IDeliveryEscrow.SignedDelivery memory d, IDeviceEvents.RejectReason reason) internal {
@@ -370,15 +370,15 @@ contract DeliveryEscrowTest is Fixture {
         uint256 newKey = deviceKey(43);
         rotate(tracker, newKey, owner);
         // Signed after the retirement: refused (signed before, it would count for the grace).
-        vm.warp(block.timestamp + 1);
+        vm.warp(vm.getBlockTimestamp() + 1);
         _expectRejected(_delivery(id, 0), IDeviceEvents.RejectReason.KeyRotated);
         uint256 e2 = _create(address(token), AMOUNT, 0, 0);
-        _confirm(signDelivery(newKey, id, 1, uint64(block.timestamp), DEST, 0));
+        _confirm(signDelivery(newKey, id, 1, uint64(vm.getBlockTimestamp()), DEST, 0));
         vm.prank(owner);
         registry.revoke(tracker);
-        vm.warp(block.timestamp + 1);
+        vm.warp(vm.getBlockTimestamp() + 1);
         _expectRejected(
-            signDelivery(newKey, e2, 1, uint64(block.timestamp), DEST, 0), IDeviceEvents.RejectReason.DeviceRevoked
+            signDelivery(newKey, e2, 1, uint64(vm.getBlockTimestamp()), DEST, 0), IDeviceEvents.RejectReason.DeviceRevoked
         );
     }
 

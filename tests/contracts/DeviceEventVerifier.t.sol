@@ -43,7 +43,7 @@ contract DeviceEventVerifierTest is Fixture {
     }
 
     function now_() internal view returns (uint64) {
-        return uint64(block.timestamp);
+        return uint64(vm.getBlockTimestamp());
     }
 
     function _sig(uint256 k) internal view returns (bytes32 r, bytes32 vs) {
@@ -89,14 +89,14 @@ contract DeviceEventVerifierTest is Fixture {
         );
         rotate(device, deviceKey(62), owner);
         // Events dated after the retirement: refused with the retirement's reason.
-        vm.warp(block.timestamp + 1);
+        vm.warp(vm.getBlockTimestamp() + 1);
         assertEq(
             uint8(harness.checkSigner(SH, r, vs, device, TRACKER_ONLY, now_())),
             uint8(IDeviceEvents.RejectReason.KeyRotated)
         );
         vm.prank(owner);
         registry.revoke(device);
-        vm.warp(block.timestamp + 1);
+        vm.warp(vm.getBlockTimestamp() + 1);
         (bytes32 r3, bytes32 vs3) = _sig(deviceKey(62));
         assertEq(
             uint8(harness.checkSigner(SH, r3, vs3, device, TRACKER_ONLY, now_())),
@@ -127,7 +127,7 @@ contract DeviceEventVerifierTest is Fixture {
         vm.prank(owner);
         registry.revoke(device);
         assertEq(uint8(_check(key, now_() + 1)), uint8(IDeviceEvents.RejectReason.DeviceRevoked));
-        vm.warp(block.timestamp + 10 minutes);
+        vm.warp(vm.getBlockTimestamp() + 10 minutes);
         assertEq(uint8(_check(key, now_())), uint8(IDeviceEvents.RejectReason.DeviceRevoked));
     }
 

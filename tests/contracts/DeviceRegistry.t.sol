@@ -228,16 +228,16 @@ contract DeviceRegistryTest is Fixture {
         assertEq(uint8(kind), uint8(METER));
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Current));
         assertEq(retiredAt, 0);
-        uint256 firstRotation = block.timestamp;
+        uint256 firstRotation = vm.getBlockTimestamp();
         (,, status, retiredAt) = registry.keyInfo(device);
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Rotated));
         assertEq(retiredAt, firstRotation, "the old key is retired at the rotation");
 
-        vm.warp(block.timestamp + 1 days);
+        vm.warp(vm.getBlockTimestamp() + 1 days);
         rotate(device, deviceKey(3), owner);
         (,, status, retiredAt) = registry.keyInfo(newAddr);
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Rotated));
-        assertEq(retiredAt, block.timestamp);
+        assertEq(retiredAt, vm.getBlockTimestamp());
         (,,, retiredAt) = registry.keyInfo(device);
         assertEq(retiredAt, firstRotation, "a later rotation leaves earlier retirements alone");
         assertEq(registry.deviceOf(device).rotations, 2);
@@ -344,13 +344,13 @@ contract DeviceRegistryTest is Fixture {
         _register();
         uint256 newKey = deviceKey(2);
         rotate(device, newKey, owner);
-        uint256 rotatedAt = block.timestamp;
-        vm.warp(block.timestamp + 1 days);
+        uint256 rotatedAt = vm.getBlockTimestamp();
+        vm.warp(vm.getBlockTimestamp() + 1 days);
         vm.prank(owner);
         registry.revoke(device);
         (,, IDeviceRegistry.KeyStatus status, uint64 retiredAt) = registry.keyInfo(vm.addr(newKey));
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Revoked));
-        assertEq(retiredAt, block.timestamp);
+        assertEq(retiredAt, vm.getBlockTimestamp());
         (,, status, retiredAt) = registry.keyInfo(device);
         assertEq(uint8(status), uint8(IDeviceRegistry.KeyStatus.Rotated));
         assertEq(retiredAt, rotatedAt, "revocation keeps the rotated key's own retirement time");

@@ -5,7 +5,9 @@ import {DeviceEventVerifier} from "../../contracts/DeviceEventVerifier.sol";
 import {IDeviceEvents} from "../../contracts/interfaces/IDeviceEvents.sol";
 import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
 import {IMeteredBilling} from "../../contracts/interfaces/IMeteredBilling.sol";
+import {IMotorInsurance} from "../../contracts/interfaces/IMotorInsurance.sol";
 import {Fixture} from "./utils/Fixture.sol";
+import {MotorFixture} from "./utils/MotorFixture.sol";
 
 /// @dev Both signer checks side by side: the cached one must give the registry's verdict in every state.
 contract CachedVerifierHarness is DeviceEventVerifier {
@@ -135,13 +137,13 @@ contract KeyCacheTest is Fixture {
     }
 
     function test_RetiredKey_IsNeverCached_NorRefreshed() public {
-        assertEq(_settleOne(signReading(meterKey, id, 1, uint64(block.timestamp), START + 1)), 1);
+        assertEq(_settleOne(signReading(meterKey, id, 1, uint64(vm.getBlockTimestamp()), START + 1)), 1);
         uint256 stamped = _entry(address(billing), meter);
         vm.prank(owner);
         registry.revoke(meter);
-        vm.warp(block.timestamp + 1);
+        vm.warp(vm.getBlockTimestamp() + 1);
         _expectRefused(
-            signReading(meterKey, id, 2, uint64(block.timestamp), START + 2), IDeviceEvents.RejectReason.DeviceRevoked
+            signReading(meterKey, id, 2, uint64(vm.getBlockTimestamp()), START + 2), IDeviceEvents.RejectReason.DeviceRevoked
         );
         assertEq(_entry(address(billing), meter), stamped, "the stale entry stays stale: never trusted again");
     }
@@ -196,5 +198,94 @@ contract KeyCacheTest is Fixture {
         (bytes32 r, bytes32 vs) = vm.signCompact(key, harness.digest(SH));
         IDeviceEvents.RejectReason expected = harness.checkSigner(SH, r, vs, device, ANY_KIND, when);
         assertEq(uint8(harness.checkSignerCached(SH, r, vs, device, ANY_KIND, when)), uint8(expected), "cached verdict");
+    }
+}
+
+/// @dev The same cache in MotorInsurance's report path: a vehicle's key is cached when its policy is offered, a batch
+/// of three or more reports checks keys through it, and a retirement stops the key in the very next transaction.
+contract MotorKeyCacheTest is MotorFixture {
+    bytes32 internal constant CACHE_BASE = keccak256("iotsettle.DeviceEventVerifier.keyCache");
+    uint64 internal constant START = 1_000_000;
+
+    uint256 internal vehicleKey = deviceKey(90);
+    address internal vehicle;
+    uint256 internal id;
+
+    function setUp() public override {
+        super.setUp();
+        vehicle = registerVehicle(vehicleKey);
+        id = openPolicy(vehicle, 100, 8_000, 20_000, 1_000, START, 1e18);
+    }
+
+    function _entry(address key) internal view returns (uint256) {
+        return uint256(vm.load(address(motor), keccak256(abi.encode(key, CACHE_BASE))));
+    }
+
+    /// @dev The report three times in one batch (the size from which keys go through the cache); the copies after
+    /// the first are refused (Replayed once it settled) and change nothing.
+    function _settleThree(IMotorInsurance.SignedTelematics memory t) internal returns (uint256) {
+        IMotorInsurance.SignedTelematics[] memory batch = new IMotorInsurance.SignedTelematics[](3);
+        batch[0] = t;
+        batch[1] = t;
+        batch[2] = t;
+        bytes memory packed = packReports(batch);
+        vm.prank(relayer);
+        return motor.settle(packed);
+    }
+
+    function _report(uint256 key, uint64 seq, uint64 timestamp, uint64 odometer)
+        internal
+        view
+        returns (IMotorInsurance.SignedTelematics memory)
+    {
+        return signTelematics(key, id, seq, timestamp, odometer, 0, 0);
+    }
+
+    function _expectRefused(IMotorInsurance.SignedTelematics memory t, IDeviceEvents.RejectReason reason) internal {
+        vm.expectEmit(address(motor));
+        emit IMotorInsurance.TelematicsRejected(t.policyId, t.seq, reason);
+        assertEq(_settleThree(t), 0, "refused");
+    }
+
+    function test_Offer_CachesTheVehiclesKey() public view {
+        uint256 expected = uint256(uint160(vehicle)) | (uint256(uint8(IDeviceRegistry.DeviceKind.Vehicle)) << 160)
+            | (uint256(registry.keyEpoch()) << 168);
+        assertEq(_entry(vehicle), expected, "the registry's answer at its epoch, written when the policy was offered");
+    }
+
+    function test_Batch_ChecksTheKeyWithoutAskingTheRegistry() public {
+        vm.expectCall(address(registry), abi.encodeCall(registry.keyInfo, (vehicle)), 0);
+        assertEq(_settleThree(_report(vehicleKey, 1, uint64(block.timestamp), START + 1_000)), 1, "settled");
+    }
+
+    function test_RevokedBetweenTwoBatchesInTheSameBlock_IsRefused() public {
+        assertEq(_settleThree(_report(vehicleKey, 1, uint64(block.timestamp), START + 1_000)), 1, "cached and used");
+        vm.prank(owner);
+        registry.revoke(vehicle);
+        // Same block, dated one second after the revocation (within the clock skew): only the key check refuses.
+        _expectRefused(
+            _report(vehicleKey, 2, uint64(block.timestamp) + 1, START + 2_000), IDeviceEvents.RejectReason.DeviceRevoked
+        );
+        assertEq(motor.policyOf(id).lastSeq, 1, "nothing settled after the revocation");
+    }
+
+    function test_RotatedBetweenTwoBatchesInTheSameBlock_OldKeyIsRefused_NewKeySettles() public {
+        assertEq(_settleThree(_report(vehicleKey, 1, uint64(block.timestamp), START + 1_000)), 1);
+        uint256 newKey = deviceKey(91);
+        rotate(vehicle, newKey, owner);
+        _expectRefused(
+            _report(vehicleKey, 2, uint64(block.timestamp) + 1, START + 2_000), IDeviceEvents.RejectReason.KeyRotated
+        );
+        assertEq(_settleThree(_report(newKey, 2, uint64(block.timestamp) + 1, START + 2_000)), 1, "the new key");
+        assertEq(_entry(vm.addr(newKey)) >> 168, registry.keyEpoch(), "the new key cached at the new epoch");
+    }
+
+    function test_RotatedKey_KeepsItsGraceForWhatItSignedBefore() public {
+        uint64 retiredAt = uint64(block.timestamp);
+        rotate(vehicle, deviceKey(92), owner);
+        vm.warp(block.timestamp + 10);
+        assertEq(_settleThree(_report(vehicleKey, 1, retiredAt, START + 1_000)), 1, "signed by the rotation");
+        vm.warp(uint256(retiredAt) + motor.SETTLEMENT_GRACE() + 1);
+        _expectRefused(_report(vehicleKey, 2, retiredAt, START + 2_000), IDeviceEvents.RejectReason.KeyRotated);
     }
 }

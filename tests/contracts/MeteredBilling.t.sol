@@ -33,7 +33,7 @@ contract MeteredBillingTest is Fixture {
     }
 
     function _reading(uint64 seq, uint256 value) internal view returns (IMeteredBilling.SignedReading memory) {
-        return signReading(meterKey, id, seq, uint64(block.timestamp), value);
+        return signReading(meterKey, id, seq, uint64(vm.getBlockTimestamp()), value);
     }
 
     function _expectRejected(IMeteredBilling.SignedReading memory rd, IDeviceEvents.RejectReason reason) internal {
@@ -476,6 +476,29 @@ contract MeteredBillingTest is Fixture {
         _expectRejected(_reading(1, START + 1), IDeviceEvents.RejectReason.DeviceRevoked);
     }
 
+    /// @dev A batch reads a tariff's head once per run of readings of the same tariff: readings of different tariffs
+    /// interleaved (flat 2, tiered, flat 7, flat 2 again) must each be billed at their own agreement's tariff.
+    function test_Settle_BatchOfInterleavedTariffs_BillsEachAtItsOwnTariff() public {
+        IMeteredBilling.TariffBlock[] memory tiers = new IMeteredBilling.TariffBlock[](2);
+        tiers[0] = IMeteredBilling.TariffBlock(5, 1);
+        tiers[1] = IMeteredBilling.TariffBlock(0, 10);
+        uint32[4] memory tariffs = [flatTariff(2), billing.createTariff(tiers), flatTariff(7), 0];
+        tariffs[3] = tariffs[0];
+        uint256[4] memory expected = [uint256(2 * 10), 5 * 1 + 5 * 10, 7 * 10, 2 * 10];
+        IMeteredBilling.SignedReading[] memory batch = new IMeteredBilling.SignedReading[](4);
+        uint256[4] memory ids;
+        for (uint256 i = 0; i < 4; ++i) {
+            uint256 key = deviceKey(600 + i);
+            ids[i] = openAgreement(registerDevice(key, IDeviceRegistry.DeviceKind.Meter, owner), tariffs[i], START, DEPOSIT);
+            batch[i] = signReading(key, ids[i], 1, uint64(block.timestamp), START + 10);
+        }
+        vm.prank(relayer);
+        assertEq(billing.settle(packReadings(batch)), 4, "every reading settles");
+        for (uint256 i = 0; i < 4; ++i) {
+            assertEq(billing.agreementOf(ids[i]).prepaid, DEPOSIT - expected[i], "billed at its own tariff");
+        }
+    }
+
     // ---------------------------------------------------------------- arrears, top-up, earnings
 
     function test_ShortDeposit_BillsWhatIsThereSuspendsAndRecordsArrears() public {
@@ -879,14 +902,14 @@ contract MeteredBillingTest is Fixture {
     function test_Review_FinalReadingNeverMovesTheEndLater() public {
         vm.prank(consumer);
         billing.requestClose(id);
-        vm.warp(block.timestamp + 1 hours);
+        vm.warp(vm.getBlockTimestamp() + 1 hours);
         IMeteredBilling.SignedReading memory fin = _reading(1, START + 10);
         vm.expectEmit(address(billing));
-        emit IMeteredBilling.CloseRequested(id, uint64(block.timestamp));
+        emit IMeteredBilling.CloseRequested(id, uint64(vm.getBlockTimestamp()));
         vm.prank(consumer);
-        assertEq(billing.closeWithReading(fin), uint64(block.timestamp));
+        assertEq(billing.closeWithReading(fin), uint64(vm.getBlockTimestamp()));
         uint64 closeAt = billing.agreementOf(id).closeAt;
-        assertEq(closeAt, block.timestamp, "brought forward from the notice");
+        assertEq(closeAt, vm.getBlockTimestamp(), "brought forward from the notice");
         vm.warp(closeAt + 1);
         IMeteredBilling.SignedReading memory late = _reading(2, START + 20);
         vm.expectRevert(

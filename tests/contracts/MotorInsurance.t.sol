@@ -1216,14 +1216,14 @@ contract MotorInsuranceTest is MotorFixture {
         uint256 key = deviceKey(903);
         address vehicle = registerDevice(key, IDeviceRegistry.DeviceKind.Vehicle, holder);
         uint256 id = openPolicy(vehicle, 100, 10_000, 10_000, 0, 0, 1_000_000);
-        vm.warp(block.timestamp + 1 hours);
+        vm.warp(vm.getBlockTimestamp() + 1 hours);
         IMotorInsurance.SignedTelematics memory before =
-            signTelematics(key, id, 1, uint64(block.timestamp), 1_000, 0, 0);
+            signTelematics(key, id, 1, uint64(vm.getBlockTimestamp()), 1_000, 0, 0);
         rotate(vehicle, deviceKey(904), holder);
-        vm.warp(block.timestamp + 1);
-        IMotorInsurance.SignedTelematics memory later = signTelematics(key, id, 1, uint64(block.timestamp), 2_000, 0, 0);
+        vm.warp(vm.getBlockTimestamp() + 1);
+        IMotorInsurance.SignedTelematics memory later = signTelematics(key, id, 1, uint64(vm.getBlockTimestamp()), 2_000, 0, 0);
         assertEq(motor.settle(packReports(oneReport(later))), 0, "signed after the rotation");
-        vm.warp(block.timestamp + motor.SETTLEMENT_GRACE());
+        vm.warp(vm.getBlockTimestamp() + motor.SETTLEMENT_GRACE());
         assertEq(motor.settle(packReports(oneReport(before))), 0, "relayed after the grace");
         assertEq(motor.policyOf(id).charged, 0);
     }
