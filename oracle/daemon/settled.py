@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iotsettle.oracle.chain.abi import selector
-from iotsettle.oracle.chain.calls import ContractReader, read
+from iotsettle.oracle.chain.calls import ContractReader
 from iotsettle.oracle.chain.rpc import RpcClient
 from iotsettle.oracle.daemon.store import StoredEvent
 from iotsettle.oracle.protocol.errors import ChainError
@@ -94,26 +94,46 @@ class SettledSeqs:
     def already_settled(self, kind: str, events: Sequence[StoredEvent]) -> list[StoredEvent]:
         """The events whose target has a seq at or above theirs on chain; [] for other kinds. Raises ChainError
         (or the RPC client's errors) when the node cannot be read."""
-        view = self._views.get(kind)
-        if view is None or not events:
-            return []
-        targets = sorted({event.target_id for event in events})
-        last = dict(zip(targets, self._last_seqs(view, targets), strict=True))
-        return [event for event in events if event.seq <= last[event.target_id]]
+        return self.already_settled_of([(kind, events)])[0]
 
-    def _last_seqs(self, view: _View, targets: Sequence[int]) -> list[int]:
+    def already_settled_of(self, batches: Sequence[tuple[str, Sequence[StoredEvent]]]) -> list[list[StoredEvent]]:
+        """``already_settled`` of each (kind, events) of ``batches``, read with one batch request for all of them
+        (the batches a settlement pass cuts together cost one round trip to the node, not one each)."""
+        wanted: dict[tuple[str, int], int] = {}  # (kind, target) → position of its request
+        requests: list[tuple[str, list[Any]]] = []
+        for kind, events in batches:
+            view = self._views.get(kind)
+            if view is None:
+                continue
+            for target in sorted({event.target_id for event in events}):
+                if (kind, target) not in wanted:
+                    wanted[kind, target] = len(requests)
+                    requests.append(self._request(view, target))
+        if not requests:
+            return [[] for _ in batches]
+        results = self.rpc.batch(requests)
+        last: dict[tuple[str, int], int] = {
+            key: self._last_seq(self._views[key[0]], results[at]) for key, at in wanted.items()
+        }
+        return [
+            [event for event in events if event.seq <= last[kind, event.target_id]] if kind in self._views else []
+            for kind, events in batches
+        ]
+
+    @staticmethod
+    def _request(view: _View, target: int) -> tuple[str, list[Any]]:
         if view.selector is None:
-            structs = read(self.rpc, [(view.reader, view.name, (target,)) for target in targets])
-            return [int(struct[view.index]) for struct in structs]
-        to, prefix = view.reader.address, "0x" + view.selector.hex()
-        results = self.rpc.batch(
-            [("eth_call", [{"to": to, "data": prefix + f"{target:064x}"}, "latest"]) for target in targets]
-        )
+            return view.reader.request(view.name, target)
+        return "eth_call", [{"to": view.reader.address, "data": f"0x{view.selector.hex()}{target:064x}"}, "latest"]
+
+    @staticmethod
+    def _last_seq(view: _View, result: Any) -> int:
+        if view.selector is None:
+            return int(view.reader.decode(view.name, result)[view.index])
         start = 2 + 2 * _WORD * view.index  # "0x" + hex digits of the words before lastSeq
-        out: list[int] = []
-        for result in results:
-            word = str(result or "")[start : start + 2 * _WORD]
-            if len(word) != 2 * _WORD:
-                raise ChainError(f"{view.name} at {to} returned {len(str(result or '')) // 2 - 1} bytes: no contract?")
-            out.append(int(word, 16))
-        return out
+        word = str(result or "")[start : start + 2 * _WORD]
+        if len(word) != 2 * _WORD:
+            raise ChainError(
+                f"{view.name} at {view.reader.address} returned {len(str(result or '')) // 2 - 1} bytes: no contract?"
+            )
+        return int(word, 16)
