@@ -366,10 +366,11 @@ class Intake:
         of messages a second cost more than the work itself.
 
         A burst still pouring in when the window closes (a gateway flushing its buffer, a fleet reconnecting) is
-        waited for, nap by nap, while each nap brings at least ``batch_size // BURST_SHARE`` messages, for at most
-        ``BURST_WINDOWS`` windows in all: cut in two, its second part would wait for the first one's verification
-        and commit, and its readings would go on chain in transactions of their own. Steady loads below that rate
-        (3,200 messages a second with the defaults) keep the window as it is.
+        waited for once a nap has brought at least ``batch_size // BURST_SHARE`` messages, nap by nap until one brings
+        none (its last stragglers come slower), for at most ``BURST_WINDOWS`` windows in all: cut in two, its second
+        part would wait for the first one's verification and commit, and its readings would go on chain in
+        transactions of their own (a few stragglers in a partial batch that waits ``batch_max_wait``). Steady loads
+        below that rate (3,200 messages a second with the defaults) keep the window as it is.
         """
         size, latency = self.settings.batch_size, self.settings.batch_latency_s
         try:
@@ -383,13 +384,15 @@ class Intake:
         nap = max(0.001, min(0.1, latency / 4))  # 0.1 s at most, so a stop request cuts a long window short
         burst = max(1, size // BURST_SHARE)
         queued = self._queue.qsize()
+        pouring = False  # a nap brought a burst's rate
         while queued < size - 1 and not self._stopped.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             time.sleep(min(nap, remaining))
             arrived, queued = self._queue.qsize() - queued, self._queue.qsize()
-            if arrived >= burst and deadline - time.monotonic() < nap:
+            pouring = pouring or arrived >= burst
+            if pouring and arrived and deadline - time.monotonic() < nap:
                 deadline = min(longest, deadline + nap)
         batch = [first]
         get = self._queue.get_nowait
