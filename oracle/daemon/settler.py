@@ -360,11 +360,10 @@ class Settler:
             self._recheck_chain()
         # an ordered kind (weather) waits for its transaction in flight; one read, only while such events are held
         busy = self.txstore.open_kinds() if self._ordered and self.planner.holds_ordered else set()
-        for cut in self.planner.cut(self.submitter.capacity(), flush=flush, busy=busy):
-            batch = self._without_settled(cut)
-            if batch is None:
-                work += 1
-                continue
+        cuts = self.planner.cut(self.submitter.capacity(), flush=flush, busy=busy)
+        batches = self._without_settled(cuts)
+        work += len(cuts) - len(batches)  # batches left empty: all their events already settled by another relayer
+        for batch in batches:
             sent, held = self.submitter.spread(batch)
             if held:  # their target is in flight on a lane without room: planned again once it has some
                 self.planner.put_back(batch.kind, held)
@@ -373,23 +372,31 @@ class Settler:
             self._track_wake.set()
         return work
 
-    def _without_settled(self, batch: Batch) -> Batch | None:
-        """``batch`` without the cumulative events whose target the chain has already settled at their seq or a
-        newer one (another relayer was first; ``settled``), which are superseded; None when nothing is left. When
-        the node cannot be read the whole batch goes: the contract refuses what is stale."""
+    def _without_settled(self, batches: list[Batch]) -> list[Batch]:
+        """``batches`` without the cumulative events whose target the chain has already settled at their seq or a
+        newer one (another relayer was first; ``settled``), which are superseded; a batch left empty is dropped.
+        One read for all of them. When the node cannot be read the batches go as they are: the contract refuses
+        what is stale."""
+        if not batches:
+            return batches
         try:
-            stale = self.settled_seqs.already_settled(batch.kind, batch.events)
+            stale_of = self.settled_seqs.already_settled_of([(batch.kind, batch.events) for batch in batches])
         except (IotSettleError, *RPC_ERRORS) as exc:
-            log.warning("last settled seqs not read (%s); sending the batch as it is", exc)
-            return batch
-        if not stale:
-            return batch
-        self.store.supersede([event.id for event in stale])
-        self.planner.superseded += len(stale)
-        log.info("%d %s event(s) already settled on chain by another relayer: not sent", len(stale), batch.kind)
-        ids = {event.id for event in stale}
-        rest = tuple(event for event in batch.events if event.id not in ids)
-        return dataclasses.replace(batch, events=rest) if rest else None
+            log.warning("last settled seqs not read (%s); sending the batches as they are", exc)
+            return batches
+        out: list[Batch] = []
+        for batch, stale in zip(batches, stale_of, strict=True):
+            if not stale:
+                out.append(batch)
+                continue
+            self.store.supersede([event.id for event in stale])
+            self.planner.superseded += len(stale)
+            log.info("%d %s event(s) already settled on chain by another relayer: not sent", len(stale), batch.kind)
+            ids = {event.id for event in stale}
+            rest = tuple(event for event in batch.events if event.id not in ids)
+            if rest:
+                out.append(dataclasses.replace(batch, events=rest))
+        return out
 
     def _loop(self, one_pass: Callable[[], int], wake: threading.Event, idle: Callable[[], float]) -> None:
         backoff = 0.0

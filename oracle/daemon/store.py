@@ -843,7 +843,10 @@ class Store:
                 f"SELECT {_EVENT_COLUMNS} FROM events WHERE status = 'pending' AND kind = ? ORDER BY id LIMIT ?",
                 (kind, limit),
             ).fetchall()
-            conn.executemany("UPDATE events SET status = 'claimed' WHERE id = ?", [(row[14],) for row in rows])
+            ids = [row[14] for row in rows]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                conn.execute(f"UPDATE events SET status = 'claimed' WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
         return [_stored_event((*row[:15], "claimed", *row[16:])) for row in rows]
 
     def attach_tx(self, event_ids: Sequence[int], tx_key: str) -> None:

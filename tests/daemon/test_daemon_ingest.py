@@ -3,6 +3,7 @@ the reason a device can act on."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from iotsettle.oracle.daemon.intake import Intake, IntakeSettings
+from iotsettle.oracle.daemon.intake.transport import Message
 from iotsettle.oracle.daemon.metrics import Metrics
 from iotsettle.oracle.daemon.rules import RuleSettings
 from iotsettle.oracle.daemon.store import Store
@@ -331,3 +333,39 @@ def test_a_broker_restart_between_receive_and_commit_loses_nothing(tmp_path: Pat
         intake.stop()
         store.close()
         broker.stop()
+
+
+def _feed(intake: Intake, count: int, every: int, pause: float) -> threading.Thread:
+    """A thread putting ``count`` messages on the intake's queue, ``every`` at a time with ``pause`` s between."""
+
+    def run() -> None:
+        for start in range(0, count, every):
+            for mid in range(start + 1, min(count, start + every) + 1):
+                intake._queue.put(Message(time.time(), mid, 1, "iotsettle/v1/burst", b""))
+            time.sleep(pause)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_burst_still_arriving_when_the_window_closes_is_taken_whole(store: Store) -> None:
+    intake = Intake(IntakeSettings(chain_id=CHAIN_ID, contracts=CONTRACTS, batch_latency_s=0.1), store, Metrics())
+    # 400 messages over ≈ 0.2 s (twice the window), ≈ 50 in each 25 ms nap: well above 512 // 32 = 16 per nap
+    feeder = _feed(intake, 400, 20, 0.01)
+
+    batch = intake._take_batch(wait=True)
+
+    feeder.join()
+    assert [m.mid for m in batch] == list(range(1, 401)), "one batch: stored, acknowledged and settled together"
+
+
+def test_a_steady_trickle_keeps_the_intake_window(store: Store) -> None:
+    intake = Intake(IntakeSettings(chain_id=CHAIN_ID, contracts=CONTRACTS, batch_latency_s=0.1), store, Metrics())
+    # 200 messages over ≈ 1 s: ≈ 5 per nap, below the burst rate; the first batch closes with the 0.1 s window
+    feeder = _feed(intake, 200, 1, 0.005)
+
+    batch = intake._take_batch(wait=True)
+
+    assert 0 < len(batch) < 100
+    feeder.join()

@@ -173,6 +173,78 @@ def test_an_event_replayed_by_a_second_oracle_is_paid_once(
     other_store.close()
 
 
+def test_the_settled_seq_check_reads_each_agreements_last_seq_as_the_contract_reports_it(
+    scenario: Scenario, tmp_path: Path, store: Store, relayer: LocalAccount
+) -> None:
+    meters = [scenario.meter() for _ in range(3)]
+    ids = store.commit_batch(
+        [scenario.reading(meter, seq, START + 10 * seq) for meter, seq in zip(meters, (1, 4, 9), strict=True)], [], []
+    )
+    settler = make_settler(scenario, store, relayer)
+    settle_all(settler, store, ids)
+    # one event per agreement at, below and above the chain's seq (1, 4, 9), plus one of an agreement never settled
+    probes = [
+        scenario.reading(meters[0], 1, START + 10),
+        scenario.reading(meters[1], 3, START + 30),
+        scenario.reading(meters[2], 10, START + 100),
+        scenario.reading(scenario.meter(), 1, START + 10),
+    ]
+    other = Store.open(tmp_path / "probes.db")  # the same (device, seq) as stored events: a second oracle's store
+    probe_ids = other.commit_batch(probes, [], [])
+    events = other.events(probe_ids)
+    other.close()
+    seqs = settler.settled_seqs
+
+    stale = seqs.already_settled("reading", events)
+
+    assert [e.id for e in stale] == probe_ids[:2]
+    on_chain = [scenario.billing.functions.agreementOf(m.agreement).call()[10] for m in meters]
+    assert on_chain == [1, 4, 9]
+    # the one-word read (a static struct) and eth-abi's decoding of the whole struct agree
+    view = seqs._views["reading"]
+    seqs._views["reading"] = dataclasses.replace(view, selector=None)
+    assert seqs.already_settled("reading", events) == stale
+    assert seqs.already_settled("delivery", events) == []
+
+
+def test_batches_cut_together_are_checked_against_the_chain_in_one_request(
+    scenario: Scenario, tmp_path: Path, store: Store, relayer: LocalAccount
+) -> None:
+    meters = [scenario.meter() for _ in range(4)]
+    first = make_settler(scenario, store, relayer)
+    settle_all(first, store, store.commit_batch([scenario.reading(meters[0], 5, START + 50)], [], []))
+    settle_all(first, store, store.commit_batch([scenario.reading(meters[3], 5, START + 50)], [], []))
+    # a second oracle holds older readings of meters 0 and 3 (settled by the first) and new ones of meters 1 and 2
+    other_store = Store.open(tmp_path / "other.db")
+    other_relayer = Account.create()
+    scenario.fund(other_relayer.address)
+    second = make_settler(scenario, other_store, other_relayer, batch_max_events=2)
+    ids = other_store.commit_batch(
+        [
+            scenario.reading(meters[0], 4, START + 40),
+            scenario.reading(meters[1], 1, START + 10),
+            scenario.reading(meters[2], 1, START + 20),
+            scenario.reading(meters[3], 5, START + 50),
+        ],
+        [],
+        [],
+    )
+    second.recover()
+    calls = second.settled_seqs.rpc.calls
+
+    second._submit_pass()
+
+    assert second.settled_seqs.rpc.calls == calls + 1, "two batches, one read of the four agreements"
+    events = settle_all(second, other_store, ids)
+    paid = (EventStatus.SETTLED, EventStatus.FINAL)
+    assert [e.status is EventStatus.SUPERSEDED for e in events] == [True, False, False, True]
+    assert events[1].status in paid and events[2].status in paid
+    assert [scenario.earnings(m) for m in meters] == [50 * PRICE, 10 * PRICE, 20 * PRICE, 50 * PRICE]
+    # the stale readings of meters 0 and 3 were not sent: each batch went with its one new reading
+    assert sorted(len(other_store.events_by_tx(tx.tx_key)) for tx in second.txstore.all()) == [1, 1]
+    other_store.close()
+
+
 def test_a_delivery_releases_its_escrow_at_once(scenario: Scenario, store: Store, relayer: LocalAccount) -> None:
     destination = b"u33dc0".ljust(32, b"\0")
     device, escrow_id, seller = scenario.tracker_escrow(destination)
