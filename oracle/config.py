@@ -256,7 +256,11 @@ class OracleSettings:
         15.0, "settlement: seconds before an unmined transaction is re-sent at the same nonce with fees +12.5%"
     )
     intake_batch_size: int = _doc(512, "intake: most MQTT messages verified and committed in one SQLite transaction")
-    intake_batch_latency: float = _doc(0.02, "intake: seconds the first message of a partial batch may wait")
+    intake_batch_latency: float = _doc(
+        0.02,
+        "intake: seconds the first message of a partial batch may wait; a burst still pouring in when it ends is "
+        "waited for, up to four windows in all",
+    )
     verify_workers: int = _doc(2, "intake: processes decoding and checking signatures; 0 = in the intake thread")
     receive_maximum: int = _doc(4096, "intake: unacknowledged QoS 1 messages the broker may have in flight to us")
     session_expiry: int = _doc(
