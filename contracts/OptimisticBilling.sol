@@ -100,6 +100,8 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
     mapping(uint256 agreementId => Terms) private _terms;
     mapping(uint256 batchId => Batch) private _batches;
     uint64 private _agreementCount;
+    /// @dev Set in every id of this contract, never in MeteredBilling's (its counter stays below 2^63).
+    uint256 private constant _ID_SPACE = 1 << 63;
     uint64 private _batchCount;
 
     /// @dev `challengeWindow_` within [{MIN_CHALLENGE_WINDOW}, {MAX_CHALLENGE_WINDOW}], `bond_` > 0 (wei).
@@ -133,7 +135,9 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
         if (d.status != IDeviceRegistry.DeviceStatus.Active) revert UnknownDevice(device);
         if ((_METER_KINDS >> uint8(d.kind)) & 1 == 0) revert WrongDeviceKind(device);
 
-        agreementId = (uint256(uint160(device)) << 96) | (uint256(tariffId) << 64) | ++_agreementCount;
+        // MeteredBilling builds its ids the same way with a counter of its own: the top bit of the counter part
+        // keeps the two id spaces apart, so an id names one agreement toolkit-wide (the oracle keys its rules by it).
+        agreementId = (uint256(uint160(device)) << 96) | (uint256(tariffId) << 64) | _ID_SPACE | ++_agreementCount;
         _terms[agreementId] = Terms({
             startValue: startValue,
             closeAt: 0,

@@ -194,6 +194,23 @@ contract OptimisticBillingTest is OptimisticFixture {
 
     // ---------------------------------------------------------------- deployment
 
+    /// @dev Both billing contracts build ids from (device, tariff, counter) with counters of their own: without
+    /// disjoint spaces one device's direct and optimistic agreements could share an id, and everything keyed by
+    /// an agreement id off chain (the oracle's per-agreement rules, the CLI, audit trails) would mix two agreements.
+    function test_Offer_IdsNeverCollideWithTheDirectContracts() public {
+        uint256[] memory direct = new uint256[](6);
+        for (uint256 i = 0; i < direct.length; i++) {
+            direct[i] = openAgreement(meterA, tariff, START, DEPOSIT);
+        }
+        for (uint256 i = 0; i < direct.length; i++) {
+            uint256 optimistic = openOptimistic(meterA, tariff, START, DEPOSIT);
+            assertEq(optimistic >> 96, uint160(meterA), "the device in the id");
+            for (uint256 j = 0; j < direct.length; j++) {
+                assertTrue(optimistic != direct[j], "an optimistic id equal to a direct one");
+            }
+        }
+    }
+
     function test_Deploy_TakesTheWindowAndTheBondItIsGiven() public {
         OptimisticBilling other = new OptimisticBilling(registry, billing, 6 hours, 2 ether);
         assertEq(other.CHALLENGE_WINDOW(), 6 hours);
