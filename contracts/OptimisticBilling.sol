@@ -54,6 +54,9 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
     address public constant BURN_SINK = address(0xdEaD);
 
     /// @inheritdoc IOptimisticBilling
+    uint256 public constant AGREEMENT_ID_FLAG = 1 << 63;
+
+    /// @inheritdoc IOptimisticBilling
     uint64 public immutable CHALLENGE_WINDOW;
 
     /// @inheritdoc IOptimisticBilling
@@ -133,7 +136,10 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
         if (d.status != IDeviceRegistry.DeviceStatus.Active) revert UnknownDevice(device);
         if ((_METER_KINDS >> uint8(d.kind)) & 1 == 0) revert WrongDeviceKind(device);
 
-        agreementId = (uint256(uint160(device)) << 96) | (uint256(tariffId) << 64) | ++_agreementCount;
+        // The flag keeps these ids apart from {MeteredBilling}'s, minted the same way with a count of its own: a
+        // uint64 count that grows by one per offer never reaches bit 63, in either contract.
+        agreementId =
+            (uint256(uint160(device)) << 96) | (uint256(tariffId) << 64) | AGREEMENT_ID_FLAG | ++_agreementCount;
         _terms[agreementId] = Terms({
             startValue: startValue,
             closeAt: 0,
