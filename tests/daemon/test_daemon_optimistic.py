@@ -64,6 +64,12 @@ def _batches(db: Path) -> list[tuple[str, int | None]]:
     return [(str(r[0]), r[1]) for r in rows]
 
 
+def _statuses(db: Path, agreement: int) -> dict[int, str]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT seq, status FROM events WHERE target_id = ? ORDER BY seq", (str(agreement),))
+        return {int(seq): str(status) for seq, status in rows}
+
+
 def _committed_readings(db: Path) -> int:
     with sqlite3.connect(db) as conn:
         try:
@@ -122,6 +128,8 @@ def test_readings_committed_then_claimed_after_a_restart_bill_what_direct_settle
         daemon.start().wait_ready()
         wait_for(lambda: opt.functions.earningsOf(optimistic).call() == expected, 30, "the newest reading claimed")
         wait_for(lambda: opt.functions.batchOf(1).call()[4] == 3, 30, "the bond released")
+        # final once a block sits on the claim's ([chain] confirmations = 1): the bond's release brought one
+        wait_for(lambda: _statuses(daemon.db, optimistic) == {1: "final", 2: "final", 3: "final"}, 30, "final")
     finally:
         publisher.close()
         daemon.kill()
@@ -133,11 +141,6 @@ def test_readings_committed_then_claimed_after_a_restart_bill_what_direct_settle
     assert [int(c["args"]["count"]) for c in commits] == [3]
     claims = opt.events.ReadingClaimed().get_logs(from_block=0)
     assert [(int(c["args"]["agreementId"]), int(c["args"]["seq"])) for c in claims] == [(optimistic, 3)]
-    with sqlite3.connect(daemon.db) as conn:
-        statuses = dict(
-            conn.execute("SELECT seq, status FROM events WHERE target_id = ? ORDER BY seq", (str(optimistic),))
-        )
-    assert statuses == {1: "final", 2: "final", 3: "final"}
 
 
 def test_the_daemons_watcher_voids_a_forged_batch_of_another_relayer(
