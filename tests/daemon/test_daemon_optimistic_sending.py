@@ -8,12 +8,9 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
-from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from iotsettle.oracle.daemon.deployment import resolve
 from iotsettle.oracle.daemon.optimistic import OptimisticRelayer, OptimisticSettings
@@ -22,34 +19,16 @@ from iotsettle.oracle.daemon.store import Store
 from iotsettle.oracle.testing.stack import Deployment, private_deployment
 
 from tests.kit.products import warp_to
-from tests.kit.settlement import PRICE, START, Meter, Scenario
+from tests.kit.settlement import PRICE, START, Meter, Scenario, automine_off
 
 OPT = "OptimisticBilling"
 
 
 @pytest.fixture(scope="module")
-def own_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with private_deployment(tmp_path_factory.mktemp("optimistic-sending")) as deployment:
-        yield deployment
-
-
-@pytest.fixture(scope="module")
-def scenario(own_deployment: Deployment) -> Scenario:
-    return Scenario(own_deployment)
-
-
-@pytest.fixture
-def relayer(scenario: Scenario) -> LocalAccount:
-    account = Account.create()
-    scenario.fund(account.address)
-    return account
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store.open(tmp_path / "oracle.db")
-    yield opened
-    opened.close()
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """This module's own chain, under the folder's ``scenario``, ``relayer`` and ``store``."""
+    with private_deployment(tmp_path_factory.mktemp("optimistic-sending")) as own:
+        yield own
 
 
 def relay(scenario: Scenario, store: Store, account: LocalAccount, **settings: Any) -> OptimisticRelayer:
@@ -68,15 +47,6 @@ def relay(scenario: Scenario, store: Store, account: LocalAccount, **settings: A
         fees=settler.submitter,
         recover=settler.recover,
     )
-
-
-@contextmanager
-def automine_off(scenario: Scenario) -> Iterator[None]:
-    scenario.rpc("evm_setAutomine", False)
-    try:
-        yield
-    finally:
-        scenario.rpc("evm_setAutomine", True)
 
 
 def store_reading(scenario: Scenario, store: Store, meter: Meter, seq: int, value: int) -> int:

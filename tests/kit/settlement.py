@@ -4,6 +4,8 @@ into store records for the settler."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,16 @@ FUNDER = Account.from_key(ANVIL_DEV_KEYS[0])
 class Meter:
     device: Device
     agreement: int
+
+
+@contextmanager
+def automine_off(scenario: Scenario) -> Iterator[None]:
+    """Blocks only when the test mines them (``anvil_mine``): transactions wait in the pool meanwhile."""
+    scenario.rpc("evm_setAutomine", False)
+    try:
+        yield
+    finally:
+        scenario.rpc("evm_setAutomine", True)
 
 
 class Scenario:
