@@ -482,8 +482,10 @@ class OptimisticRelayer:
                 )
                 if ok and not agreement:
                     conn.execute("UPDATE optimistic_batch SET status = 'claimed' WHERE id = ?", (batch,))
-            if ok and agreement and block is not None:
-                self._settle(int(agreement), int(seq), block, mined)
+                if ok and agreement and block is not None:
+                    # in the claim's own write: the readings it billed are found by its hash when it is final
+                    self._settle(int(agreement), int(seq), block, mined)
+            if ok and agreement:
                 log.info("claimed agreement %s up to seq %d: %s", agreement, seq, mined)
         self._confirm()
 
