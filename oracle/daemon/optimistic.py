@@ -28,7 +28,7 @@ after a commit finds it at restart (re-broadcast if it was not mined, never sign
 it after the window; one killed after a claim was sent settles it from its receipt.
 
 Fees: the settlement submitter's policy (``Submitter.fees`` and ``Submitter.bumped``: ``2 × base fee + tip`` under
-``[oracle] max_fee``, each replacement +12.5 %), so both halves price and replace their transactions alike.
+``[oracle] max_fee_gwei``, each replacement +12.5 %), so both halves price and replace their transactions alike.
 """
 
 from __future__ import annotations
