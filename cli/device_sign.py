@@ -191,7 +191,13 @@ def sign() -> None:
 
 
 @sign.command("reading")
-@click.option("--agreement", "agreement_id", type=ID, required=True, help="The MeteredBilling agreement it bills.")
+@click.option(
+    "--agreement",
+    "agreement_id",
+    type=ID,
+    required=True,
+    help="The agreement it bills, on MeteredBilling or OptimisticBilling (the id says which).",
+)
 @click.option(
     "--value", type=COUNT, required=True, help="The meter's cumulative register (the contract bills the delta)."
 )
@@ -200,7 +206,8 @@ def sign() -> None:
 def reading(cmd: CommandContext, agreement_id: int, value: int, **options: Any) -> None:
     """A meter's register reading for an agreement.
 
-    The register is cumulative (a vehicle billed per km signs its odometer the same way).
+    The register is cumulative (a vehicle billed per km signs its odometer the same way). An agreement opened on
+    OptimisticBilling (its id carries bit 63) is signed for that contract's domain; the oracle commits its readings.
 
     \b
     Example:

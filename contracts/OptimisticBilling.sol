@@ -54,6 +54,9 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
     address public constant BURN_SINK = address(0xdEaD);
 
     /// @inheritdoc IOptimisticBilling
+    uint256 public constant AGREEMENT_ID_FLAG = 1 << 63;
+
+    /// @inheritdoc IOptimisticBilling
     uint64 public immutable CHALLENGE_WINDOW;
 
     /// @inheritdoc IOptimisticBilling
@@ -100,8 +103,6 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
     mapping(uint256 agreementId => Terms) private _terms;
     mapping(uint256 batchId => Batch) private _batches;
     uint64 private _agreementCount;
-    /// @dev Set in every id of this contract, never in MeteredBilling's (its counter stays below 2^63).
-    uint256 private constant _ID_SPACE = 1 << 63;
     uint64 private _batchCount;
 
     /// @dev `challengeWindow_` within [{MIN_CHALLENGE_WINDOW}, {MAX_CHALLENGE_WINDOW}], `bond_` > 0 (wei).
@@ -135,9 +136,10 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
         if (d.status != IDeviceRegistry.DeviceStatus.Active) revert UnknownDevice(device);
         if ((_METER_KINDS >> uint8(d.kind)) & 1 == 0) revert WrongDeviceKind(device);
 
-        // MeteredBilling builds its ids the same way with a counter of its own: the top bit of the counter part
-        // keeps the two id spaces apart, so an id names one agreement toolkit-wide (the oracle keys its rules by it).
-        agreementId = (uint256(uint160(device)) << 96) | (uint256(tariffId) << 64) | _ID_SPACE | ++_agreementCount;
+        // The flag keeps these ids apart from {MeteredBilling}'s, minted the same way with a count of its own: a
+        // uint64 count that grows by one per offer never reaches bit 63, in either contract.
+        agreementId =
+            (uint256(uint160(device)) << 96) | (uint256(tariffId) << 64) | AGREEMENT_ID_FLAG | ++_agreementCount;
         _terms[agreementId] = Terms({
             startValue: startValue,
             closeAt: 0,

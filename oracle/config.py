@@ -253,7 +253,9 @@ class OracleSettings:
         0.0, "settlement: priority fee in gwei; 0 = ask the node (eth_maxPriorityFeePerGas)"
     )
     rebroadcast_after: float = _doc(
-        15.0, "settlement: seconds before an unmined transaction is re-sent at the same nonce with fees +12.5%"
+        15.0,
+        "settlement and the optimistic relayer: seconds before an unmined transaction is re-sent at the same nonce "
+        "with fees +12.5%",
     )
     intake_batch_size: int = _doc(512, "intake: most MQTT messages verified and committed in one SQLite transaction")
     intake_batch_latency: float = _doc(

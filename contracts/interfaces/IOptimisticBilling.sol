@@ -97,7 +97,8 @@ interface IOptimisticBilling is IDeviceEvents, IPullPayments {
     error NoEarnings(uint256 agreementId);
 
     /// @notice Provider (msg.sender) offers `consumer` an optimistic agreement for a METER or VEHICLE `device`,
-    /// priced with tariff `tariffId` of {tariffs}. Same terms as {IMeteredBilling-offer}. Emits {AgreementOffered}.
+    /// priced with tariff `tariffId` of {tariffs}. Same terms as {IMeteredBilling-offer}; the id has
+    /// {AGREEMENT_ID_FLAG} set. Emits {AgreementOffered}.
     function offer(
         address consumer,
         address device,
@@ -185,4 +186,9 @@ interface IOptimisticBilling is IDeviceEvents, IPullPayments {
 
     /// @notice Where the burnt half of a voided batch's bond goes (an address nobody holds the key of).
     function BURN_SINK() external view returns (address);
+
+    /// @notice Bit 63, set in every agreement id minted here: `device << 96 | tariffId << 64 | AGREEMENT_ID_FLAG |
+    /// count`. {IMeteredBilling} mints `device << 96 | tariffId << 64 | count` with a count of its own that never
+    /// reaches it, so an agreement id names one agreement across both modes (and says which mode it is in).
+    function AGREEMENT_ID_FLAG() external view returns (uint256);
 }

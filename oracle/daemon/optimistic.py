@@ -6,7 +6,10 @@ answered like any other: the planner never takes it. One thread then makes passe
 
 1. **follows** the transactions it sent: a commit mined becomes a ``committed`` batch (its on-chain id and time
    from ``BatchCommitted`` and the block); a commit that reverted or whose nonce went to another transaction frees
-   its readings; a claim mined settles every optimistic reading of its agreement up to its seq (``final``);
+   its readings; a claim mined settles every optimistic reading of its agreement up to its seq (``settled``), and
+   once ``[chain] confirmations`` blocks sit on its block they are ``final`` (a claim whose block left the chain is
+   sent again and its readings wait for it); a transaction the node took but did not mine for
+   ``[oracle] rebroadcast_after`` seconds is re-signed at its nonce with higher fees (``_replace``);
 2. **judges** the committed batches: one voided by a challenge frees its readings (the challenged leaf is
    dead-lettered with the contract's reason) so the honest ones are committed again; one whose window ended is
    **claimed**: across all such batches, the newest leaf per agreement, once, and only when it is ahead of the
@@ -19,8 +22,13 @@ answered like any other: the planner never takes it. One thread then makes passe
 Restart safety: each transaction is signed and stored (nonce, raw bytes, the readings of a batch) in one SQLite
 transaction before it is broadcast, with its nonce taken from the settlement half's own counter
 (``TxStore.take_nonce``), so commits, claims and settlement batches share the relayer's nonces without gaps or
-collisions. A daemon killed after a commit finds it at restart (re-broadcast if it was not mined, never signed
-twice) and claims it after the window; one killed after a claim was sent settles it from its receipt.
+collisions. A replacement is stored (``optimistic_attempt``, the row's ``raw`` and ``tx_hash`` the newest) before it
+is broadcast, and receipts are looked up for every attempt, so whichever version was mined is found. A daemon killed
+after a commit finds it at restart (re-broadcast if it was not mined, never signed twice at a new nonce) and claims
+it after the window; one killed after a claim was sent settles it from its receipt.
+
+Fees: the settlement submitter's policy (``Submitter.fees`` and ``Submitter.bumped``: ``2 × base fee + tip`` under
+``[oracle] max_fee_gwei``, each replacement +12.5 %), so both halves price and replace their transactions alike.
 """
 
 from __future__ import annotations
@@ -30,18 +38,21 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from eth_account.typed_transactions import TypedTransaction
+from eth_typing import HexStr
+from hexbytes import HexBytes
 from iotsettle.oracle.chain.artifacts import load_artifact
 from iotsettle.oracle.chain.connection import Chain
 from iotsettle.oracle.chain.logs import topic0
 from iotsettle.oracle.chain.revert import ErrorDecoder, RejectReason
 from iotsettle.oracle.chain.rpc import RpcClient
-from iotsettle.oracle.chain.send import call_revert_data, fees
+from iotsettle.oracle.chain.send import call_revert_data
 from iotsettle.oracle.chain.signer import Signer
 from iotsettle.oracle.config import Config
 from iotsettle.oracle.daemon.store import Store, StoredEvent
-from iotsettle.oracle.daemon.submitter import RPC_ERRORS
+from iotsettle.oracle.daemon.submitter import RPC_ERRORS, Fees, Priced, SendError, classify_send_error
 from iotsettle.oracle.daemon.txstore import TxStore
 from iotsettle.oracle.protocol import batch_tree, eip712
 from iotsettle.oracle.protocol.errors import ChainError, ConfigError, DeploymentError, IotSettleError
@@ -89,11 +100,33 @@ CREATE TABLE IF NOT EXISTS optimistic_claim (
     nonce      INTEGER NOT NULL,
     raw        BLOB    NOT NULL,
     tx_hash    TEXT    NOT NULL,
-    status     TEXT    NOT NULL,                    -- sending | mined | failed
+    status     TEXT    NOT NULL,                    -- sending | mined | final | failed
     block      INTEGER,
     created_at REAL    NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS optimistic_attempt (
+    tx_hash TEXT    PRIMARY KEY,                    -- every signed version of a commit, claim or bond release
+    batch   INTEGER REFERENCES optimistic_batch (id),  -- of a commit, else NULL
+    claim   INTEGER REFERENCES optimistic_claim (id),  -- of a claim or a bond release, else NULL
+    sent_at REAL                                    -- first taken by the node (NULL: not yet, 0: replace it now)
+);
+CREATE INDEX IF NOT EXISTS optimistic_attempt_batch ON optimistic_attempt (batch);
+CREATE INDEX IF NOT EXISTS optimistic_attempt_claim ON optimistic_attempt (claim);
+-- rows stored before attempts were kept: their one version, as taken by the node when it was signed
+INSERT OR IGNORE INTO optimistic_attempt (tx_hash, batch, sent_at)
+    SELECT tx_hash, id, created_at FROM optimistic_batch WHERE status = 'sending';
+INSERT OR IGNORE INTO optimistic_attempt (tx_hash, claim, sent_at)
+    SELECT tx_hash, id, created_at FROM optimistic_claim WHERE status = 'sending'
 """
+#: the readings in a commitment being sent or standing, or in a batch with a claim not mined yet (a claim whose block
+#: left the chain is sent again: its readings wait for it, even when the batch's bond was released meanwhile)
+_LIVE_LEAVES = (
+    "SELECT l.event_id FROM optimistic_leaf l JOIN optimistic_batch b ON b.id = l.batch "
+    "WHERE b.status IN ('sending', 'committed') OR b.id IN "
+    "(SELECT batch FROM optimistic_claim WHERE status IN ('sending', 'mined') AND agreement != '')"
+)
+#: the tables whose rows are transactions, by the ``optimistic_attempt`` column that points at them
+_TABLES = {"batch": "optimistic_batch", "claim": "optimistic_claim"}
 
 
 @dataclass(frozen=True)
@@ -101,16 +134,32 @@ class OptimisticSettings:
     batch: int = 100  # most readings in one commitment
     interval_s: float = 60.0  # the oldest waiting reading is committed after this long, even in a partial batch
     poll_s: float = 5.0  # seconds between passes
-    rebroadcast_s: float = 15.0  # an unmined transaction of ours is broadcast again after this long
+    rebroadcast_s: float = 15.0  # an unmined transaction of ours is re-signed with higher fees after this long
+    confirmations: int = 1  # blocks on top of a claim's block before its readings are final
 
     @classmethod
     def from_config(cls, config: Config) -> OptimisticSettings:
+        """``[optimistic]``, with the settlement half's ``[oracle] rebroadcast_after`` and ``[chain] confirmations``."""
         o = config.optimistic
         if not 1 <= o.batch <= batch_tree.MAX_BATCH_READINGS or o.interval < 0 or o.poll <= 0:
             raise ConfigError(
                 f"[optimistic] batch must be 1 to {batch_tree.MAX_BATCH_READINGS}, interval ≥ 0 and poll > 0"
             )
-        return cls(batch=o.batch, interval_s=o.interval, poll_s=o.poll)
+        return cls(
+            batch=o.batch,
+            interval_s=o.interval,
+            poll_s=o.poll,
+            rebroadcast_s=config.oracle.rebroadcast_after,
+            confirmations=config.chain.confirmations,
+        )
+
+
+class FeePolicy(Protocol):
+    """How transactions are priced and replaced: the settlement submitter's (``Submitter``)."""
+
+    def fees(self) -> Fees: ...
+
+    def bumped(self, tx: Priced) -> Fees | None: ...
 
 
 def address_of(config: Config, manifest: dict[str, Any], chain_id: int) -> str:
@@ -143,9 +192,11 @@ class OptimisticRelayer:
         store: Store,
         settings: OptimisticSettings,
         *,
+        fees: FeePolicy,
         recover: Callable[[], None] = lambda: None,
     ) -> None:
         self.chain = chain
+        self.fees = fees
         self.w3 = chain.w3
         self.relayer = relayer
         self.store = store
@@ -217,7 +268,7 @@ class OptimisticRelayer:
             self._recovered = True
         if not self._rows(
             "SELECT 1 WHERE EXISTS (SELECT 1 FROM optimistic_batch WHERE status IN ('sending', 'committed')) "
-            "OR EXISTS (SELECT 1 FROM optimistic_claim WHERE status = 'sending') "
+            "OR EXISTS (SELECT 1 FROM optimistic_claim WHERE status IN ('sending', 'mined')) "
             "OR EXISTS (SELECT 1 FROM events WHERE status = 'optimistic')"
         ):
             return  # idle: no round trip to the node
@@ -248,18 +299,11 @@ class OptimisticRelayer:
 
     def waiting(self) -> int:
         """Readings stored for optimistic settlement and not in a commitment that is being sent or stands."""
-        rows = self._rows(
-            "SELECT COUNT(*) FROM events WHERE status = 'optimistic' AND id NOT IN (SELECT l.event_id FROM "
-            "optimistic_leaf l JOIN optimistic_batch b ON b.id = l.batch WHERE b.status IN ('sending', 'committed'))"
-        )
+        rows = self._rows(f"SELECT COUNT(*) FROM events WHERE status = 'optimistic' AND id NOT IN ({_LIVE_LEAVES})")
         return int(rows[0][0])
 
     def _live_event_ids(self) -> set[int]:
-        rows = self._rows(
-            "SELECT l.event_id FROM optimistic_leaf l JOIN optimistic_batch b ON b.id = l.batch "
-            "WHERE b.status IN ('sending', 'committed')"
-        )
-        return {int(r[0]) for r in rows}
+        return {int(r[0]) for r in self._rows(_LIVE_LEAVES)}
 
     def _leaves(self, batch: int, batch_id: int) -> list[_Leaf]:
         rows = self._rows("SELECT event_id FROM optimistic_leaf WHERE batch = ? ORDER BY leaf", (batch,))
@@ -274,9 +318,12 @@ class OptimisticRelayer:
 
     # ------------------------------------------------------------------------------------------- sending
 
-    def _sign_and_store(self, call: Any, value: int, store_row: Callable[[Any, int, bytes, str], None]) -> str:
+    def _sign_and_store(
+        self, call: Any, value: int, store_row: Callable[[Any, int, bytes, str], tuple[str, int]]
+    ) -> str:
         """Estimate ``call`` (ChainError naming the revert when it would revert), then take the relayer's next nonce,
-        sign and hand (connection, nonce, raw, hash) to ``store_row`` in ONE SQLite transaction; then broadcast."""
+        sign and hand (connection, nonce, raw, hash) to ``store_row`` in ONE SQLite transaction, with the attempt;
+        then broadcast. ``store_row`` returns the attempt's owner: ("batch" | "claim", its row id)."""
         params = {"from": self.relayer.address, "value": value}
         try:
             gas = int(call.estimate_gas(params) * 1.2) + 10_000
@@ -285,54 +332,116 @@ class OptimisticRelayer:
             reason = decoded.reject_reason.solidity_name if decoded.reject_reason is not None else decoded.name
             raise _Refused(reason, decoded.sentence) from None
         data = call._encode_transaction_data()
-        fee = fees(self.chain)
+        fee = self.fees.fees()
         with self.store.transaction() as conn:
             nonce = self.txstore.take_nonce(self.chain.chain_id, self.relayer.address)
-            signed = self.relayer.sign_transaction(
-                {
-                    "type": 2,
-                    "chainId": self.chain.chain_id,
-                    "nonce": nonce,
-                    "to": self.address,
-                    "value": value,
-                    "data": data,
-                    "gas": gas,
-                    **fee,
-                }
-            )
-            raw, tx_hash = bytes(signed.raw_transaction), "0x" + bytes(signed.hash).hex()
-            store_row(conn, nonce, raw, tx_hash)
+            raw, tx_hash = self._sign(nonce, value, data, gas, fee)
+            column, row = store_row(conn, nonce, raw, tx_hash)
+            conn.execute(f"INSERT INTO optimistic_attempt (tx_hash, {column}) VALUES (?, ?)", (tx_hash, row))
         self._broadcast(raw, tx_hash)
         return tx_hash
 
+    def _sign(self, nonce: int, value: int, data: str, gas: int, fee: Fees) -> tuple[bytes, str]:
+        signed = self.relayer.sign_transaction(
+            {
+                "type": 2,
+                "chainId": self.chain.chain_id,
+                "nonce": nonce,
+                "to": self.address,
+                "value": value,
+                "data": HexStr(data),
+                "gas": gas,
+                "maxFeePerGas": fee.max_fee,
+                "maxPriorityFeePerGas": fee.tip,
+            }
+        )
+        return bytes(signed.raw_transaction), "0x" + bytes(signed.hash).hex()
+
     def _broadcast(self, raw: bytes, tx_hash: str) -> None:
+        """Send a stored attempt; its ``sent_at`` records whether the node took it (the replacement timer runs from
+        then) or refused its fees (replaced at the next pass)."""
         try:
             self._rpc.call("eth_sendRawTransaction", ["0x" + raw.hex()])
         except (ChainError, *RPC_ERRORS) as exc:
-            # already known, nonce taken, node down: the next pass looks for the receipt and decides
-            log.info("broadcast of %s: %s", tx_hash, exc)
+            error = classify_send_error(exc)
+            if error in (SendError.UNDERPRICED, SendError.FEE_TOO_LOW):
+                # another version holds the nonce in the pool, or the base fee rose past ours: outbid it now
+                log.info("broadcast of %s: %s; re-signing it with higher fees", tx_hash, exc)
+                self._set_sent(tx_hash, 0.0)
+            elif error is SendError.ALREADY_KNOWN:
+                self._set_sent(tx_hash, time.time(), only_first=True)
+            else:
+                # nonce taken (mined meanwhile?), node down: the next pass looks for the receipts and decides
+                log.info("broadcast of %s: %s", tx_hash, exc)
+            return
+        self._set_sent(tx_hash, time.time(), only_first=True)
 
-    def _receipt(self, tx_hash: str, nonce: int, raw: bytes, created_at: float) -> tuple[bool, dict[str, Any]]:
-        """(done, receipt): not done while it may still be mined (broadcast again when it is old); done with an
-        empty receipt when its nonce went to another transaction."""
-        receipt = self._rpc.call("eth_getTransactionReceipt", [tx_hash])
-        if receipt:
-            return True, dict(receipt)
+    def _set_sent(self, tx_hash: str, at: float | None, *, only_first: bool = False) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE optimistic_attempt SET sent_at = ? WHERE tx_hash = ?" + (" AND sent_at IS NULL" * only_first),
+                (at, tx_hash),
+            )
+
+    def _receipt(self, column: str, row: int, nonce: int, raw: bytes, tx_hash: str) -> tuple[bool, dict[str, Any]]:
+        """(done, receipt) of the transaction stored in row ``row`` of ``column``'s table, whichever of its signed
+        versions was mined: not done while it may still be mined (sent again, or replaced with higher fees once it
+        has waited ``rebroadcast_s``); done with an empty receipt when its nonce went to a transaction not ours."""
+        attempts = self._rows(
+            f"SELECT tx_hash, sent_at FROM optimistic_attempt WHERE {column} = ? ORDER BY rowid", (row,)
+        )
+        hashes = [str(h) for h, _ in attempts] or [tx_hash]
+        for attempt in hashes:
+            receipt = self._rpc.call("eth_getTransactionReceipt", [attempt])
+            if receipt:
+                return True, dict(receipt)
         if int(self.w3.eth.get_transaction_count(self.relayer.address, "latest")) > nonce:
-            # mined meanwhile, or replaced: look once more before giving the nonce up
-            receipt = self._rpc.call("eth_getTransactionReceipt", [tx_hash])
-            return True, dict(receipt) if receipt else {}
-        if time.time() - created_at >= self.settings.rebroadcast_s:
-            self._broadcast(raw, tx_hash)
+            # mined meanwhile, or taken: look once more before giving the nonce up
+            for attempt in hashes:
+                receipt = self._rpc.call("eth_getTransactionReceipt", [attempt])
+                if receipt:
+                    return True, dict(receipt)
+            return True, {}
+        sent_at = next((at for h, at in attempts if h == tx_hash), 0.0)
+        if sent_at is None:
+            self._broadcast(raw, tx_hash)  # stored, never taken by the node (a crash, the node down): as signed
+        elif time.time() - float(sent_at) >= self.settings.rebroadcast_s:
+            self._replace(column, row, raw, tx_hash)
         return False, {}
+
+    def _replace(self, column: str, row: int, raw: bytes, tx_hash: str) -> None:
+        """Re-sign the newest version at its nonce with the submitter's bumped fees, store it as the row's newest
+        (before it is broadcast), then broadcast it; at the fee cap the newest is broadcast again as signed."""
+        tx = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
+        fee = self.fees.bumped(Fees(int(tx["maxFeePerGas"]), int(tx["maxPriorityFeePerGas"])))
+        if fee is None:
+            log.warning("%s %s at nonce %d: the fee cap leaves no room to raise its fees", column, tx_hash, tx["nonce"])
+            self._set_sent(tx_hash, time.time())
+            self._broadcast(raw, tx_hash)
+            return
+        new_raw, new_hash = self._sign(
+            int(tx["nonce"]), int(tx["value"]), "0x" + bytes(tx["data"]).hex(), int(tx["gas"]), fee
+        )
+        with self.store.transaction() as conn:
+            conn.execute(f"INSERT INTO optimistic_attempt (tx_hash, {column}) VALUES (?, ?)", (new_hash, row))
+            conn.execute(f"UPDATE {_TABLES[column]} SET raw = ?, tx_hash = ? WHERE id = ?", (new_raw, new_hash, row))
+        log.info(
+            "%s at nonce %d not mined: re-signed with maxFee %.3f gwei (was %.3f): %s",
+            column,
+            tx["nonce"],
+            fee.max_fee / 1e9,
+            int(tx["maxFeePerGas"]) / 1e9,
+            new_hash,
+        )
+        self._broadcast(new_raw, new_hash)
 
     # ------------------------------------------------------------------------------------------- 1. follow
 
     def _follow(self) -> None:
-        for batch, tx_hash, nonce, raw, created in self._rows(
-            "SELECT id, tx_hash, nonce, raw, created_at FROM optimistic_batch WHERE status = 'sending' ORDER BY id"
+        for batch, tx_hash, nonce, raw in self._rows(
+            "SELECT id, tx_hash, nonce, raw FROM optimistic_batch WHERE status = 'sending' ORDER BY id"
         ):
-            done, receipt = self._receipt(tx_hash, nonce, bytes(raw), created)
+            done, receipt = self._receipt("batch", batch, nonce, bytes(raw), tx_hash)
             if not done:
                 continue
             if not receipt or int(receipt["status"], 16) != 1:
@@ -352,40 +461,84 @@ class OptimisticRelayer:
             ]
             batch_id = int(committed[0]["topics"][1], 16)
             block = self._rpc.call("eth_getBlockByNumber", [receipt["blockNumber"], False])
-            self._set_batch(batch, "committed", batch_id=batch_id, committed_at=int(block["timestamp"], 16))
-            log.info(
-                "committed batch %d (%s): window ends at %d",
-                batch_id,
-                tx_hash,
-                int(block["timestamp"], 16) + self.window,
-            )
-        for claim, batch, agreement, seq, tx_hash, nonce, raw, created in self._rows(
-            "SELECT id, batch, agreement, seq, tx_hash, nonce, raw, created_at FROM optimistic_claim "
+            mined = str(receipt["transactionHash"])
+            committed_at = int(block["timestamp"], 16)
+            self._set_batch(batch, "committed", batch_id=batch_id, committed_at=committed_at, tx_hash=mined)
+            log.info("committed batch %d (%s): window ends at %d", batch_id, mined, committed_at + self.window)
+        for claim, batch, agreement, seq, tx_hash, nonce, raw in self._rows(
+            "SELECT id, batch, agreement, seq, tx_hash, nonce, raw FROM optimistic_claim "
             "WHERE status = 'sending' ORDER BY id"
         ):
-            done, receipt = self._receipt(tx_hash, nonce, bytes(raw), created)
+            done, receipt = self._receipt("claim", claim, nonce, bytes(raw), tx_hash)
             if not done:
                 continue
             ok = bool(receipt) and int(receipt["status"], 16) == 1
             block = int(receipt["blockNumber"], 16) if receipt else None
+            mined = str(receipt["transactionHash"]) if receipt else tx_hash
             with self.store.transaction() as conn:
                 conn.execute(
-                    "UPDATE optimistic_claim SET status = ?, block = ? WHERE id = ?",
-                    ("mined" if ok else "failed", block, claim),
+                    "UPDATE optimistic_claim SET status = ?, block = ?, tx_hash = ? WHERE id = ?",
+                    ("mined" if ok else "failed", block, mined, claim),
                 )
                 if ok and not agreement:
                     conn.execute("UPDATE optimistic_batch SET status = 'claimed' WHERE id = ?", (batch,))
-            if ok and agreement and block is not None:
-                self._settle(int(agreement), int(seq), block, tx_hash)
-                log.info("claimed agreement %s up to seq %d: %s", agreement, seq, tx_hash)
+                if ok and agreement and block is not None:
+                    # in the claim's own write: the readings it billed are found by its hash when it is final
+                    self._settle(int(agreement), int(seq), block, mined)
+            if ok and agreement:
+                log.info("claimed agreement %s up to seq %d: %s", agreement, seq, mined)
+        self._confirm()
 
     def _settle(self, agreement: int, seq: int, block: int, tx_hash: str) -> None:
-        """Every optimistic reading of ``agreement`` up to ``seq`` is billed by the claim ``tx_hash``."""
+        """Every optimistic reading of ``agreement`` up to ``seq`` is billed by the claim ``tx_hash`` (settled; final
+        once the claim has its confirmations)."""
         rows = self._rows(
             "SELECT id FROM events WHERE status = 'optimistic' AND lower(contract) = ? AND target_id = ? AND seq <= ?",
             (self.address.lower(), str(agreement), seq),
         )
         self.store.settle_optimistic([int(r[0]) for r in rows], block, tx_hash)
+
+    def _billed_by(self, tx_hash: str) -> list[int]:
+        rows = self._rows(
+            "SELECT id FROM events WHERE status = 'settled' AND kind = 'reading' AND tx_hash = ? "
+            "AND lower(contract) = ?",
+            (tx_hash, self.address.lower()),
+        )
+        return [int(r[0]) for r in rows]
+
+    def _confirm(self) -> None:
+        """Claims and bond releases mined: final once ``confirmations`` blocks sit on their block (a claim's readings
+        with it); one whose block left the canonical chain is sent again, its readings waiting for it."""
+        mined = self._rows(
+            "SELECT id, batch, agreement, tx_hash, block FROM optimistic_claim WHERE status = 'mined' ORDER BY id"
+        )
+        if not mined:
+            return
+        head = int(self._rpc.call("eth_blockNumber", []), 16)
+        for claim, batch, agreement, tx_hash, block in mined:
+            receipt = self._rpc.call("eth_getTransactionReceipt", [tx_hash])
+            if not receipt:
+                billed = self._billed_by(tx_hash) if agreement else []
+                with self.store.transaction() as conn:
+                    # the same signed version, sent again at once (the nonce is ours again)
+                    conn.execute("UPDATE optimistic_claim SET status = 'sending', block = NULL WHERE id = ?", (claim,))
+                    conn.execute("UPDATE optimistic_attempt SET sent_at = NULL WHERE tx_hash = ?", (tx_hash,))
+                    if not agreement:
+                        conn.execute("UPDATE optimistic_batch SET status = 'committed' WHERE id = ?", (batch,))
+                    self.store.unsettle_optimistic(billed)
+                what = "claim" if agreement else "bond release"
+                log.warning("reorg: the %s %s left the canonical chain; sending it again", what, tx_hash)
+                continue
+            now_in = int(receipt["blockNumber"], 16)
+            if head - now_in < self.settings.confirmations:
+                if now_in != block:
+                    with self.store.transaction() as conn:
+                        conn.execute("UPDATE optimistic_claim SET block = ? WHERE id = ?", (now_in, claim))
+                continue
+            ids = self._billed_by(tx_hash) if agreement else []
+            with self.store.transaction() as conn:
+                conn.execute("UPDATE optimistic_claim SET status = 'final', block = ? WHERE id = ?", (now_in, claim))
+                self.store.mark_final(ids)
 
     # -------------------------------------------------------------------------------------------- 2. judge
 
@@ -453,12 +606,13 @@ class OptimisticRelayer:
             hashes = [batch_tree.leaf(item, self.domain) for item in items]
             call = self.opt.functions.claim(leaf.batch_id, items[leaf.index], batch_tree.proof(hashes, leaf.index))
 
-            def row(conn: Any, nonce: int, raw: bytes, tx_hash: str, leaf: _Leaf = leaf) -> None:
-                conn.execute(
+            def row(conn: Any, nonce: int, raw: bytes, tx_hash: str, leaf: _Leaf = leaf) -> tuple[str, int]:
+                cursor = conn.execute(
                     "INSERT INTO optimistic_claim (batch, agreement, seq, nonce, raw, tx_hash, status, created_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, 'sending', ?)",
                     (leaf.batch, str(leaf.event.target_id), leaf.event.seq, nonce, raw, tx_hash, time.time()),
                 )
+                return "claim", int(cursor.lastrowid)
 
             try:
                 self._sign_and_store(call, 0, row)
@@ -479,16 +633,17 @@ class OptimisticRelayer:
         self.store.supersede([int(r[0]) for r in rows])
 
     def _release(self, batch: int, batch_id: int) -> None:
-        sql = "SELECT 1 FROM optimistic_claim WHERE batch = ? AND agreement = '' AND status = 'sending'"
+        sql = "SELECT 1 FROM optimistic_claim WHERE batch = ? AND agreement = '' AND status IN ('sending', 'mined')"
         if self._rows(sql, (batch,)):
             return
 
-        def row(conn: Any, nonce: int, raw: bytes, tx_hash: str) -> None:
-            conn.execute(
+        def row(conn: Any, nonce: int, raw: bytes, tx_hash: str) -> tuple[str, int]:
+            cursor = conn.execute(
                 "INSERT INTO optimistic_claim (batch, agreement, seq, nonce, raw, tx_hash, status, created_at) "
                 "VALUES (?, '', 0, ?, ?, ?, 'sending', ?)",
                 (batch, nonce, raw, tx_hash, time.time()),
             )
+            return "claim", int(cursor.lastrowid)
 
         try:
             self._sign_and_store(self.opt.functions.releaseBond(batch_id), 0, row)
@@ -513,7 +668,7 @@ class OptimisticRelayer:
         root = batch_tree.root([batch_tree.leaf(item, self.domain) for item in items])
         call = self.opt.functions.commit(root, batch_tree.pack_batch(items))
 
-        def row(conn: Any, nonce: int, raw: bytes, tx_hash: str) -> None:
+        def row(conn: Any, nonce: int, raw: bytes, tx_hash: str) -> tuple[str, int]:
             cursor = conn.execute(
                 "INSERT INTO optimistic_batch (chain_id, contract, root, nonce, raw, tx_hash, status, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, 'sending', ?)",
@@ -523,6 +678,7 @@ class OptimisticRelayer:
                 "INSERT INTO optimistic_leaf (batch, leaf, event_id) VALUES (?, ?, ?)",
                 [(cursor.lastrowid, index, e.id) for index, e in enumerate(chosen)],
             )
+            return "batch", int(cursor.lastrowid)
 
         try:
             tx_hash = self._sign_and_store(call, self.bond, row)

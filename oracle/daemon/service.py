@@ -304,6 +304,7 @@ class OracleDaemon:
                     deployment.relayer,
                     self._store(),
                     OptimisticSettings.from_config(config),
+                    fees=self.settler.submitter,
                     recover=self.settler.recover,
                 )
 

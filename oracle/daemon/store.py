@@ -15,7 +15,9 @@ Event life cycle (``EventStatus``)::
     pending ─claim_pending→ claimed ─attach_tx→ submitted ─mark_settled→ settled ─mark_final→ final
        ↑___________________ release (dropped tx, reorg) ___________________|
     any non-final state ─dead_letter→ dead          pending/claimed ─supersede→ superseded
-    optimistic ─(committed, window over, claimed)→ final        optimistic ─supersede / dead_letter→ …
+    optimistic ─(committed, window over, claim mined)→ settled ─(claim confirmed)→ final
+        ↑_________ unsettle_optimistic (the claim's block left the chain) _________|
+    optimistic ─supersede / dead_letter→ …
 
 Schema versions (``_MIGRATIONS``; ``open_db`` migrates an older file in place, in one transaction):
 1. events, rejected, device_state, registry_keys, follower_cursor;
@@ -899,13 +901,18 @@ class Store:
 
     def settle_optimistic(self, event_ids: Sequence[int], block: int, tx_hash: str) -> None:
         """Optimistic readings billed by the claim ``tx_hash`` (of the newest of them or of a newer one of the same
-        agreement), mined in ``block`` with its confirmations: final."""
-        now = time.time()
+        agreement), mined in ``block``: settled, and ``mark_final`` once the claim has its confirmations."""
         self._transition(
             event_ids,
             ("optimistic",),
-            "status = 'final', block = ?, tx_hash = ?, settled_at = ?, final_at = ?",
-            (block, tx_hash, now, now),
+            "status = 'settled', block = ?, tx_hash = ?, settled_at = ?",
+            (block, tx_hash, time.time()),
+        )
+
+    def unsettle_optimistic(self, event_ids: Sequence[int]) -> None:
+        """Optimistic readings whose claim left the canonical chain before it was final: optimistic again."""
+        self._transition(
+            event_ids, ("settled",), "status = 'optimistic', block = NULL, tx_hash = NULL, settled_at = NULL", ()
         )
 
     def revive_superseded(self, contract: str, target_id: int, before_seq: int) -> int | None:

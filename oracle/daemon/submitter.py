@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from eth_typing import HexStr
@@ -141,6 +141,16 @@ class SubmitterSettings:
 class Fees:
     max_fee: int
     tip: int
+
+
+class Priced(Protocol):
+    """What a replacement is priced against: the fees of the attempt it replaces (a ``TxRecord``, or ``Fees``)."""
+
+    @property
+    def max_fee(self) -> int: ...
+
+    @property
+    def tip(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -371,8 +381,10 @@ class Submitter:
             raise ChainError(f"{method}: {message}")
         return response.get("result")
 
-    def bumped(self, tx: TxRecord) -> Fees | None:
-        """Fees for a replacement of ``tx`` (≥ +12.5 % each, at least today's), or None when the cap forbids it."""
+    def bumped(self, tx: Priced) -> Fees | None:
+        """Fees for a replacement of ``tx`` (≥ +12.5 % each, at least today's), or None when the cap forbids it.
+
+        The optimistic relayer prices its replacements here too (``optimistic.FeePolicy``)."""
         current = self.fees()
         tip = max(math.ceil(tx.tip * FEE_BUMP_NUM / FEE_BUMP_DEN) + 1, current.tip)
         max_fee = max(math.ceil(tx.max_fee * FEE_BUMP_NUM / FEE_BUMP_DEN) + 1, current.max_fee, tip)

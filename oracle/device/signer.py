@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from eth_utils import to_checksum_address
 from iotsettle.oracle.device.keys import DeviceKey, MemoryDeliveryLog
-from iotsettle.oracle.protocol import eip712, wire
+from iotsettle.oracle.protocol import batch_tree, eip712, wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.eip712 import Domain
 from iotsettle.oracle.protocol.errors import ConfigError, ProtocolError
@@ -47,6 +47,8 @@ class Contracts:
     motor_insurance: str | None = field(default=None, metadata={"contract": "MotorInsurance"})
     crop_insurance: str | None = field(default=None, metadata={"contract": "CropInsurance"})
     health_insurance: str | None = field(default=None, metadata={"contract": "HealthInsurance"})
+    #: readings of an agreement it minted (``batch_tree.is_optimistic``) are signed for its domain
+    optimistic_billing: str | None = field(default=None, metadata={"contract": "OptimisticBilling"})
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -90,6 +92,17 @@ class Contracts:
                 "(deploy the insurance contracts, or name it in the fleet file's contracts)"
             )
         return address
+
+    def for_reading(self, agreement_id: int) -> str:
+        """The verifying contract of a reading: OptimisticBilling for an id it minted, else MeteredBilling."""
+        if not batch_tree.is_optimistic(agreement_id):
+            return self.for_type("reading")
+        if not self.optimistic_billing:
+            raise ConfigError(
+                f"agreement {agreement_id:#x} is an OptimisticBilling agreement, and no OptimisticBilling address is "
+                "known to sign its readings for (deploy it, or name it in the fleet file's contracts)"
+            )
+        return self.optimistic_billing
 
     def signs(self, event_type: str) -> bool:
         """Whether a verifying contract for ``event_type`` is known."""
@@ -150,14 +163,15 @@ class EventSigner:
         return int(time.time()) if timestamp is None else timestamp
 
     def reading(self, agreement_id: int, value: int, *, timestamp: int | None = None) -> SignedEvent:
-        """A cumulative register reading for a MeteredBilling agreement."""
+        """A cumulative register reading for a MeteredBilling or an OptimisticBilling agreement (the id says which)."""
+        contract = self.contracts.for_reading(agreement_id)
         msg = {
             "agreementId": agreement_id,
             "seq": self._counter.next(),
             "timestamp": self._stamp(timestamp),
             "value": value,
         }
-        return sign_event(self.key, "reading", self.chain_id, self.contracts.for_type("reading"), msg)
+        return sign_event(self.key, "reading", self.chain_id, contract, msg)
 
     def delivery(
         self, escrow_id: int, location: bytes, max_temperature: int, *, timestamp: int | None = None

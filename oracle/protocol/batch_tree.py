@@ -28,8 +28,17 @@ ITEM_SIZE = 82
 HEADER_SIZE = 7
 #: most readings in one batch (``OptimisticBilling.MAX_BATCH_READINGS``: a data challenge must fit in a block)
 MAX_BATCH_READINGS = 4_096
+#: set in every agreement id OptimisticBilling mints (``OptimisticBilling.AGREEMENT_ID_FLAG``: ``device << 96 |
+#: tariffId << 64 | flag | count``); MeteredBilling's ids never carry it, so an id names one agreement across both
+#: modes, and says which contract's domain its readings are signed for
+AGREEMENT_ID_FLAG = 1 << 63
 _MAX_OFFSET = 1 << 24
 _MAX_AGREEMENTS = 1 << 16
+
+
+def is_optimistic(agreement_id: int) -> bool:
+    """Whether ``agreement_id`` was minted by OptimisticBilling (``AGREEMENT_ID_FLAG``)."""
+    return bool(agreement_id & AGREEMENT_ID_FLAG)
 
 
 @dataclass(frozen=True, slots=True)

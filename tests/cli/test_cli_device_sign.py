@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from iotsettle.oracle.device.keys import load_keystore
+from iotsettle.oracle.ops.tx import events_in, transact
 from iotsettle.oracle.protocol import eip712
 from iotsettle.oracle.protocol.eip712 import Domain
 from iotsettle.oracle.protocol.location import location_geohash
@@ -73,6 +74,26 @@ def test_signed_readings_settle_through_agreement_settle(cli, deployment, w3, tm
     ]
     status = cli.ok(["agreement", "status", agreement])
     assert (status["last_value"], status["earnings"]) == (1010, str(5 * TOKEN))
+
+
+def test_a_reading_of_an_optimistic_agreement_is_signed_for_optimistic_billing(cli, deployment, w3, tmp_path) -> None:
+    """No --contract: the agreement id says which contract minted it, and so which domain its readings are for."""
+    provider, consumer = cli.user(w3), cli.user(w3)
+    meter = _device(cli, tmp_path, provider, "meter")
+    ctx = deployment.ops(provider.account)
+    opt = ctx.contract("OptimisticBilling")
+    tariff = cli.ok(
+        ["agreement", "open", "--consumer", consumer.address, "--device", meter.stem, "--price", "0.5"], provider
+    )["tariffId"]
+    offer = opt.functions.offer(consumer.address, meter.stem, int(tariff), deployment.address("TestToken"), 0, 60)
+    receipt = transact(ctx, offer, "OptimisticBilling").receipt
+    agreement = int(events_in(ctx, "OptimisticBilling", receipt, "AgreementOffered")[0]["agreementId"])
+
+    line = _sign(cli, "reading", "--key", str(meter), "--agreement", hex(agreement), "--value", "1004")
+    event = decode(line.encode())
+    assert event.contract == opt.address
+    assert event.digest == bytes(opt.functions.hashReading(agreement, event.seq, event.msg["timestamp"], 1004).call())
+    assert event.signer() == load_keystore(meter, PASSWORD["IOTSETTLE_DEVICE_PASSWORD"]).address
 
 
 def test_a_signed_delivery_releases_the_escrow_and_a_second_is_refused(cli, deployment, w3, tmp_path) -> None:

@@ -95,6 +95,39 @@ contract OptimisticBillingTest is OptimisticFixture {
         }
     }
 
+    // ---------------------------------------------------------------- agreement ids
+
+    /// @dev Both contracts mint `device << 96 | tariffId << 64 | count` with counts of their own: the same meter and
+    /// tariff at the same count must still give two ids, or everything keyed by agreement id (the oracle's rollback
+    /// and rate rules, its alerts) would mix two agreements.
+    function testFuzz_Offer_IdsNeverCollideWithMeteredBilling(uint8 direct, uint8 optimistic) public {
+        direct = uint8(bound(direct, 1, 12));
+        optimistic = uint8(bound(optimistic, 1, 12));
+        uint256[] memory directIds = new uint256[](direct);
+        for (uint256 i = 0; i < direct; ++i) {
+            vm.prank(provider);
+            directIds[i] = billing.offer(consumer, meterA, tariff, address(token), START, 1 days);
+        }
+        for (uint256 i = 0; i < optimistic; ++i) {
+            vm.prank(provider);
+            uint256 id = opt.offer(consumer, meterA, tariff, address(token), START, 1 days);
+            assertEq(id & opt.AGREEMENT_ID_FLAG(), opt.AGREEMENT_ID_FLAG(), "an optimistic id carries the flag");
+            assertEq(opt.agreementOf(id).device, meterA, "the device is still the id's top 160 bits");
+            assertEq(opt.agreementOf(id).tariffId, tariff, "the flag does not touch the tariff");
+            for (uint256 j = 0; j < direct; ++j) {
+                assertEq(directIds[j] & opt.AGREEMENT_ID_FLAG(), 0, "a direct id never carries it");
+                assertTrue(id != directIds[j], "one id, one agreement");
+            }
+        }
+    }
+
+    function test_Challenge_ReadingOfAMeteredBillingAgreement_VoidsTheBatch() public {
+        uint256 direct = openAgreement(meterA, tariff, START, DEPOSIT);
+        assertEq(direct & ~opt.AGREEMENT_ID_FLAG(), idA & ~opt.AGREEMENT_ID_FLAG(), "the same meter, tariff and count");
+        bytes memory stray = signItem(keyA, direct, 1, uint64(block.timestamp), 200);
+        _caught(two(_a(1, 150), stray), 1, IDeviceEvents.RejectReason.UnknownTarget);
+    }
+
     // ---------------------------------------------------------------- the happy path
 
     function test_Claim_AfterWindow_BillsTheDeltaSinceTheLastClaim() public {
@@ -193,23 +226,6 @@ contract OptimisticBillingTest is OptimisticFixture {
     }
 
     // ---------------------------------------------------------------- deployment
-
-    /// @dev Both billing contracts build ids from (device, tariff, counter) with counters of their own: without
-    /// disjoint spaces one device's direct and optimistic agreements could share an id, and everything keyed by
-    /// an agreement id off chain (the oracle's per-agreement rules, the CLI, audit trails) would mix two agreements.
-    function test_Offer_IdsNeverCollideWithTheDirectContracts() public {
-        uint256[] memory direct = new uint256[](6);
-        for (uint256 i = 0; i < direct.length; i++) {
-            direct[i] = openAgreement(meterA, tariff, START, DEPOSIT);
-        }
-        for (uint256 i = 0; i < direct.length; i++) {
-            uint256 optimistic = openOptimistic(meterA, tariff, START, DEPOSIT);
-            assertEq(optimistic >> 96, uint160(meterA), "the device in the id");
-            for (uint256 j = 0; j < direct.length; j++) {
-                assertTrue(optimistic != direct[j], "an optimistic id equal to a direct one");
-            }
-        }
-    }
 
     function test_Deploy_TakesTheWindowAndTheBondItIsGiven() public {
         OptimisticBilling other = new OptimisticBilling(registry, billing, 6 hours, 2 ether);

@@ -19,6 +19,8 @@ contract OptimisticVectorsTest is OptimisticFixture {
         vm.etch(target, address(opt).code);
         IOptimisticBilling copy = IOptimisticBilling(target);
 
+        assertEq(opt.AGREEMENT_ID_FLAG(), vm.parseJsonUint(json, ".agreementIdFlag"), "the same id flag");
+
         uint256 count = vm.parseJsonUint(json, ".count");
         assertGt(count, 4, "several batch sizes");
         uint256 bond = opt.BOND();

@@ -64,6 +64,24 @@ def _batches(db: Path) -> list[tuple[str, int | None]]:
     return [(str(r[0]), r[1]) for r in rows]
 
 
+def _statuses(db: Path, agreement: int) -> dict[int, str]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT seq, status FROM events WHERE target_id = ? ORDER BY seq", (str(agreement),))
+        return {int(seq): str(status) for seq, status in rows}
+
+
+def _committed_readings(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        try:
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM optimistic_leaf l JOIN optimistic_batch b ON b.id = l.batch "
+                "WHERE b.status = 'committed'"
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return 0
+    return int(count)
+
+
 def test_readings_committed_then_claimed_after_a_restart_bill_what_direct_settlement_bills(
     own_deployment: Deployment, mosquitto: Any, tmp_path: Path
 ) -> None:
@@ -110,6 +128,8 @@ def test_readings_committed_then_claimed_after_a_restart_bill_what_direct_settle
         daemon.start().wait_ready()
         wait_for(lambda: opt.functions.earningsOf(optimistic).call() == expected, 30, "the newest reading claimed")
         wait_for(lambda: opt.functions.batchOf(1).call()[4] == 3, 30, "the bond released")
+        # final once a block sits on the claim's ([chain] confirmations = 1): the bond's release brought one
+        wait_for(lambda: _statuses(daemon.db, optimistic) == {1: "final", 2: "final", 3: "final"}, 30, "final")
     finally:
         publisher.close()
         daemon.kill()
@@ -121,11 +141,6 @@ def test_readings_committed_then_claimed_after_a_restart_bill_what_direct_settle
     assert [int(c["args"]["count"]) for c in commits] == [3]
     claims = opt.events.ReadingClaimed().get_logs(from_block=0)
     assert [(int(c["args"]["agreementId"]), int(c["args"]["seq"])) for c in claims] == [(optimistic, 3)]
-    with sqlite3.connect(daemon.db) as conn:
-        statuses = dict(
-            conn.execute("SELECT seq, status FROM events WHERE target_id = ? ORDER BY seq", (str(optimistic),))
-        )
-    assert statuses == {1: "final", 2: "final", 3: "final"}
 
 
 def test_the_daemons_watcher_voids_a_forged_batch_of_another_relayer(
@@ -260,6 +275,67 @@ def test_a_commit_in_flight_is_not_sent_twice_and_a_voided_batch_is_committed_ag
         w3.provider.make_request("evm_setAutomine", [True])
         publisher.close()
         daemon.kill()
+
+
+def test_one_meter_with_an_agreement_in_each_mode_is_judged_per_agreement(
+    own_deployment: Deployment, mosquitto: Any, tmp_path: Path
+) -> None:
+    """Both contracts number their agreements ``device << 96 | tariff << 64 | count``, each with its own count: one
+    meter, one tariff and the same count in each must still give two ids, or the oracle's per-agreement state (the
+    register a rollback is judged against) mixes two agreements."""
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    provider, consumer = cli.user(w3), cli.user(w3)
+    meter = register_device(deployment.config, provider, DeviceKind.METER)
+    receipt = _send(deployment, provider, "MeteredBilling", "createTariff", [(0, PRICE)])
+    tariff = int(events_in(deployment.ops(), "MeteredBilling", receipt, "TariffCreated")[0]["tariffId"])
+
+    def offer(contract: str) -> int:
+        args = (consumer.address, meter.address, tariff, ETH, START, 60)
+        receipt = _send(deployment, provider, contract, "offer", *args)
+        return int(events_in(deployment.ops(), contract, receipt, "AgreementOffered")[0]["agreementId"])
+
+    # offers in the contract whose count is behind until both counts are equal (the low 63 bits of the id)
+    count = (1 << 63) - 1
+    ids = {contract: offer(contract) for contract in ("MeteredBilling", OPT)}
+    while ids["MeteredBilling"] & count != ids[OPT] & count:
+        behind = min(ids, key=lambda contract: ids[contract] & count)
+        ids[behind] = offer(behind)
+    for contract, agreement in ids.items():
+        _send(deployment, consumer, contract, "accept", agreement, DEPOSIT, START, value=DEPOSIT)
+    direct, optimistic = ids["MeteredBilling"], ids[OPT]
+    opt, billing = deployment.contract(OPT), deployment.contract("MeteredBilling")
+    chain_id = w3.eth.chain_id
+
+    # the module's chain may run ahead of the wall clock (an earlier test passed a window): readings carry chain time
+    daemon = DaemonProcess(tmp_path, deployment, mosquitto, **FAST, IOTSETTLE_ORACLE_MAX_FUTURE_SKEW="100000000")
+    publisher = Publisher(mosquitto.host, mosquitto.port, chain_id)
+    try:
+        daemon.start().wait_ready()
+        now = chain_now(w3)
+        # the direct agreement's register is far ahead of the optimistic one's: neither is a rollback of the other
+        signed = [
+            (billing.address, direct, 1, 900),
+            (opt.address, optimistic, 2, 200),
+            (billing.address, direct, 3, 950),
+            (opt.address, optimistic, 4, 260),
+        ]
+        for contract, agreement, seq, value in signed:
+            event = reading(meter, chain_id, contract, agreement, seq, now + seq, value)
+            reply = publisher.send(event)
+            assert reply["status"] == "accepted", (seq, reply)
+
+        wait_for(lambda: billing.functions.earningsOf(direct).call() == (950 - START) * PRICE, 30, "direct settled")
+        wait_for(lambda: _committed_readings(daemon.db) == 2, 30, "both optimistic readings committed")
+        batch = _batches(daemon.db)[-1][1]
+        assert batch is not None
+        warp_to(w3, int(opt.functions.batchOf(batch).call()[3]) + int(opt.functions.CHALLENGE_WINDOW().call()) + 1)
+        expected = (260 - START) * PRICE
+        wait_for(lambda: opt.functions.earningsOf(optimistic).call() == expected, 30, "the optimistic reading claimed")
+    finally:
+        publisher.close()
+        daemon.kill()
+    assert direct != optimistic, "an agreement id names one agreement across both billing contracts"
 
 
 def test_bad_optimistic_or_watcher_settings_are_refused_in_one_line(

@@ -7,8 +7,6 @@ import dataclasses
 import os
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +26,8 @@ from iotsettle.oracle.daemon.txstore import TxStatus
 from iotsettle.oracle.testing.wait import wait_for
 from web3 import HTTPProvider, Web3
 
-from tests.kit.settlement import DEPOSIT, FUNDER, PRICE, PROVIDER, START, Scenario
+from tests.kit.settlement import DEPOSIT, FUNDER, PRICE, PROVIDER, START, Scenario, automine_off
 from tests.kit.stack import REPO
-
-
-@contextmanager
-def automine_off(scenario: Scenario) -> Iterator[None]:
-    """Blocks only when the test mines them (``anvil_mine``): transactions wait in the pool meanwhile."""
-    scenario.rpc("evm_setAutomine", False)
-    try:
-        yield
-    finally:
-        scenario.rpc("evm_setAutomine", True)
 
 
 def make_settler(

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from iotsettle.oracle.device.fleet import contracts_from_manifest
 from iotsettle.oracle.device.keys import DeliveryAlreadySigned, DeliveryLog, DeviceKey, MemoryCounter, deliveries_path
 from iotsettle.oracle.device.signer import Contracts, EventSigner, sign_event, sign_key_rotation, sign_registration
-from iotsettle.oracle.protocol import wire
+from iotsettle.oracle.protocol import batch_tree, wire
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.eip712 import SECP256K1_N, address_of
 from iotsettle.oracle.protocol.errors import ConfigError, KeyFileError, ProtocolError
@@ -179,6 +180,25 @@ def test_observation_digest_equals_crop_insurance(
     assert event.msg["station"] == station.address
     assert event.digest == _call(crop, "hashObservation", station.address, seq, timestamp, rainfall, temperature)
     assert wire.decode(event.to_payload()).signer() == station.address
+
+
+def test_a_reading_is_signed_for_the_contract_that_minted_its_agreement(deployment: Any) -> None:
+    """An OptimisticBilling id carries ``AGREEMENT_ID_FLAG``: the SDK signs its readings for that contract's domain
+    without being told, and a MeteredBilling id's for MeteredBilling."""
+    contracts = contracts_from_manifest(deployment.manifest)
+    chain_id = deployment.chain.chain_id
+    direct_id = (int(KEY.address, 16) << 96) | (1 << 64) | 5
+    optimistic_id = direct_id | batch_tree.AGREEMENT_ID_FLAG
+    for agreement, name in ((direct_id, "MeteredBilling"), (optimistic_id, "OptimisticBilling")):
+        event = EventSigner(KEY, chain_id, contracts, MemoryCounter(3)).reading(agreement, 250, timestamp=1_000)
+        contract = deployment.contract(name)
+        assert event.contract == contract.address, name
+        assert event.digest == _call(contract, "hashReading", agreement, 3, 1_000, 250), name
+    assert int(deployment.contract("OptimisticBilling").functions.AGREEMENT_ID_FLAG().call()) == (
+        batch_tree.AGREEMENT_ID_FLAG
+    )
+    with pytest.raises(ConfigError, match="no OptimisticBilling address"):
+        EventSigner(KEY, chain_id, CONTRACTS, MemoryCounter()).reading(optimistic_id, 250)
 
 
 def test_signing_for_a_product_the_deployment_lacks_is_refused() -> None:

@@ -4,6 +4,8 @@ into store records for the settler."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +15,7 @@ from iotsettle.oracle.chain.connection import ANVIL_DEV_KEYS
 from iotsettle.oracle.chain.send import send
 from iotsettle.oracle.daemon.store import EventRecord
 from iotsettle.oracle.device.keys import DeviceKey
-from iotsettle.oracle.protocol import device_kinds, eip712
+from iotsettle.oracle.protocol import batch_tree, device_kinds, eip712
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.testing.accounts import ETHER, fund
 from iotsettle.oracle.testing.devices import register_device
@@ -34,6 +36,16 @@ FUNDER = Account.from_key(ANVIL_DEV_KEYS[0])
 class Meter:
     device: Device
     agreement: int
+
+
+@contextmanager
+def automine_off(scenario: Scenario) -> Iterator[None]:
+    """Blocks only when the test mines them (``anvil_mine``): transactions wait in the pool meanwhile."""
+    scenario.rpc("evm_setAutomine", False)
+    try:
+        yield
+    finally:
+        scenario.rpc("evm_setAutomine", True)
 
 
 class Scenario:
@@ -75,6 +87,17 @@ class Scenario:
         self.tx(CONSUMER, self.billing.functions.accept(agreement, DEPOSIT, START), value=DEPOSIT)
         return Meter(device, agreement)
 
+    def optimistic_meter(self) -> Meter:
+        """A meter with an agreement on OptimisticBilling: the same tariff, start and deposit as ``meter``."""
+        opt = self.d.contract("OptimisticBilling")
+        device = self.register(device_kinds.DeviceKind.METER)
+        receipt = self.tx(
+            PROVIDER, opt.functions.offer(CONSUMER.address, device.address, self.tariff, "0x" + "00" * 20, START, 0)
+        )
+        agreement = int(opt.events.AgreementOffered().process_receipt(receipt)[0]["args"]["agreementId"])
+        self.tx(CONSUMER, opt.functions.accept(agreement, DEPOSIT, START), value=DEPOSIT)
+        return Meter(device, agreement)
+
     def tracker_escrow(self, destination: bytes, amount: int = 5 * 10**15) -> tuple[Device, int, str]:
         device = self.register(device_kinds.DeviceKind.TRACKER)
         seller = Account.create()
@@ -99,16 +122,18 @@ class Scenario:
         self, meter: Meter, seq: int, value: int, *, key: bytes | None = None, agreement: int | None = None
     ) -> EventRecord:
         target = meter.agreement if agreement is None else agreement
+        # signed for the contract that minted the agreement (OptimisticBilling's ids carry its flag)
+        contract = self.d.address("OptimisticBilling") if batch_tree.is_optimistic(target) else self.billing.address
         ts = self.now()
         msg = {"agreementId": target, "seq": seq, "timestamp": ts, "value": value}
-        digest = eip712.digest("Reading", msg, eip712.Domain(self.chain_id, self.billing.address))
+        digest = eip712.digest("Reading", msg, eip712.Domain(self.chain_id, contract))
         sig = eip712.sign_digest(key or meter.device.key, digest)
         return EventRecord(
             "reading",
             meter.device.address,
             meter.device.address,
             self.chain_id,
-            self.billing.address,
+            contract,
             target,
             seq,
             ts,

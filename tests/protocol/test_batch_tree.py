@@ -35,7 +35,7 @@ def build_vectors() -> dict[str, Any]:
         for i in range(size):
             key = _key(i % 3)
             device = int(eip712.address_of(key), 16)
-            agreement_id = (device << 96) | (1 << 64) | (n + 1)
+            agreement_id = (device << 96) | (1 << 64) | batch_tree.AGREEMENT_ID_FLAG | (n + 1)
             items.append(_signed_item(key, agreement_id, i + 1, 1_764_340_000 + i, 10**6 + 37 * i))
         leaves = [batch_tree.leaf(item, DOMAIN) for item in items]
         batches.append(
@@ -50,6 +50,7 @@ def build_vectors() -> dict[str, Any]:
     return {
         "comment": "Written by tests/protocol/test_batch_tree.py from iotsettle.oracle.protocol.batch_tree.",
         "domain": {"chainId": str(DOMAIN.chain_id), "verifyingContract": DOMAIN.verifying_contract},
+        "agreementIdFlag": str(batch_tree.AGREEMENT_ID_FLAG),
         "count": str(len(batches)),
         "batches": batches,
     }
