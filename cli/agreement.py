@@ -70,6 +70,15 @@ def agreement() -> None:
     help="The meter's register now; consumption is counted from here.",
 )
 @click.option("--notice", type=DURATION, default="0", show_default=True, help="Notice period before a close (e.g. 7d).")
+@click.option(
+    "--mode",
+    type=click.Choice(["direct", "optimistic"]),
+    default="direct",
+    show_default=True,
+    help="direct: every reading's signature is checked on chain (MeteredBilling, paid in seconds). optimistic: "
+    "readings are committed in bonded batches and claimed after the challenge window (OptimisticBilling, "
+    "≈ 2,000 gas a reading instead of ≈ 15,000; docs/OPTIMISTIC.md). Chosen once: the id says which.",
+)
 @with_context(sender=True)
 def open_cmd(
     cmd: CommandContext,
@@ -80,15 +89,19 @@ def open_cmd(
     token: str,
     start_value: int,
     notice: int,
+    mode: str,
 ) -> None:
     """Provider: offer CONSUMER an agreement for a meter, at --price per unit or an existing --tariff.
 
-    The consumer then accepts it with a deposit (`agreement accept`).
+    The consumer then accepts it with a deposit (`agreement accept`). Every other `agreement` command takes either
+    mode's ids; an optimistic agreement's readings are relayed by `iotsettle oracle run` with [optimistic] enabled.
 
     \b
-    Example:
+    Examples:
       iotsettle agreement open --consumer 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 \\
           --device 0xMETER --price 0.01 --start-value 1200 --notice 1d
+      iotsettle agreement open --consumer 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 \\
+          --device 0xMETER --tariff 1 --mode optimistic
     """
     if (price is None) == (tariff_id is None):
         raise click.UsageError("give exactly one of --price or --tariff")
@@ -105,9 +118,11 @@ def open_cmd(
         token=info,
         start_value=start_value,
         notice_period=notice,
+        mode=mode,
     )
     data = {
         "agreementId": str(agreement_id),
+        "mode": mode,
         "agreementIdHex": hex(agreement_id),
         "tariffId": tariff_id,
         "tariffTx": tariff_tx.tx_hash if tariff_tx else None,
@@ -116,7 +131,8 @@ def open_cmd(
     }
     cmd.emit(
         data,
-        f"agreement [bold]{hex(agreement_id)}[/bold] offered to {consumer} with tariff {tariff_id} "
+        f"{'optimistic ' if mode == 'optimistic' else ''}agreement [bold]{hex(agreement_id)}[/bold] offered to "
+        f"{consumer} with tariff {tariff_id} "
         f"(tx {result.tx_hash})\nnext, the consumer: iotsettle agreement accept {hex(agreement_id)} "
         "--deposit AMOUNT",
     )
@@ -190,11 +206,12 @@ def top_up(cmd: CommandContext, agreement_id: int, amount: Amount) -> None:
     )
 
 
-def _status_table(view: ops.AgreementView, fmt: Callable[[int], str], grace: int) -> Table:
+def _status_table(view: ops.AgreementView, fmt: Callable[[int], str], delay: int, mode: str) -> Table:
     table = Table(show_header=False, title=f"agreement {hex(view.agreement_id)}")
     f = fmt
     rows = [
         ("status", view.status),
+        ("mode", f"{mode} ({'OptimisticBilling' if mode == 'optimistic' else 'MeteredBilling'})"),
         ("provider", view.provider),
         ("consumer", view.consumer),
         ("meter", view.device),
@@ -215,7 +232,7 @@ def _status_table(view: ops.AgreementView, fmt: Callable[[int], str], grace: int
                 "notice",
                 f"{view.notice_period} s"
                 + (
-                    f", readings until {when(view.close_at)}, close from {when(view.close_at + grace + 1)}"
+                    f", readings until {when(view.close_at)}, close from {when(view.close_at + delay + 1)}"
                     if view.close_at
                     else ""
                 ),
@@ -237,7 +254,10 @@ def status(cmd: CommandContext, agreement_id: int) -> None:
       iotsettle agreement status 0x5fbd…0001
     """
     shown = views.agreement_status(cmd.reads, agreement_id)
-    cmd.emit(shown.agreement.as_dict(), _status_table(shown.agreement, shown.token.format, shown.settlement_grace))
+    cmd.emit(
+        {**shown.agreement.as_dict(), "mode": shown.mode},
+        _status_table(shown.agreement, shown.token.format, shown.close_delay, shown.mode),
+    )
 
 
 @agreement.command("list")
@@ -369,15 +389,23 @@ def close(cmd: CommandContext, agreement_id: int, reading_source: str | None) ->
 
     The first call requests the close: closeAt = now + the notice period. Readings signed by closeAt keep
     settling for a settlement grace of 1 hour after it, so run the command again from closeAt + 1 h + 1 s to be
-    paid. With --reading, a fresh signed final reading of the meter settles and the agreement ends now, without
-    the notice period; newer readings signed by then still settle during the grace, and the refund is claimed by
-    running the command again (without --reading) from closeAt + 1 h + 1 s.
+    paid (an optimistic agreement waits the grace, its challenge window and one more grace: the command and
+    `agreement status` say from when). With --reading (direct agreements only), a fresh signed final reading of
+    the meter settles and the agreement ends now, without the notice period; newer readings signed by then still
+    settle during the grace, and the refund is claimed by running the command again (without --reading) from
+    closeAt + 1 h + 1 s.
 
     \b
     Examples:
       iotsettle agreement close 0x5fbd…0001 --dev-account 1
       iotsettle agreement close 0x5fbd…0001 --reading final.json --dev-account 1
     """
+    if reading_source is not None and ops.contract_of(agreement_id) == ops.OPTIMISTIC:
+        raise click.BadParameter(
+            f"agreement {hex(agreement_id)} is optimistic: it ends with its notice (its readings reach the chain in "
+            "batches, not one by one)",
+            param_hint="--reading",
+        )
     info = token_ops.describe_token(cmd.ops, ops.agreement_of(cmd.ops, agreement_id).token)
     if reading_source is not None:
         events = ops.parse_readings(cmd.ops, read_payloads(reading_source))

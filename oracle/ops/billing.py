@@ -1,4 +1,9 @@
-"""MeteredBilling operations: tariffs, offer/accept (open), top-up, status, list, settle readings, withdraw, close."""
+"""Metered agreements: tariffs, offer/accept (open), top-up, status, list, settle readings, withdraw, close.
+
+An agreement lives in MeteredBilling (direct mode: each reading's signature is checked on chain) or in
+OptimisticBilling (its readings are committed in bonded batches and claimed after a challenge window,
+docs/OPTIMISTIC.md); both share the tariffs (MeteredBilling's) and the life-cycle functions, and the id says
+which contract holds it (:func:`contract_of`). Every operation below taking an agreement id routes by it."""
 
 from __future__ import annotations
 
@@ -15,18 +20,33 @@ from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, check_eth, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in, transact, transact_many
 from iotsettle.oracle.ops.views import AgreementView, agreement_view
-from iotsettle.oracle.protocol import settled
-from iotsettle.oracle.protocol.errors import ProtocolError
+from iotsettle.oracle.protocol import batch_tree, settled
+from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
 from iotsettle.oracle.protocol.packed import pack_item
 from iotsettle.oracle.protocol.wire import SignedEvent
 
 log = logging.getLogger(__name__)
 
 CONTRACT = "MeteredBilling"
+OPTIMISTIC = "OptimisticBilling"
+MODES = ("direct", "optimistic")
+
+
+def contract_of(agreement_id: int) -> str:
+    """The contract holding ``agreement_id``: OptimisticBilling's ids carry ``batch_tree.AGREEMENT_ID_FLAG``."""
+    return OPTIMISTIC if batch_tree.is_optimistic(agreement_id) else CONTRACT
+
+
+def _holder(ctx: OpsContext, agreement_id: int) -> str:
+    """:func:`contract_of`, checked against the deployment (a manifest from before the optimistic mode lacks it)."""
+    name = contract_of(agreement_id)
+    if not ctx.has(name):
+        raise ChainError(f"agreement {hex(agreement_id)} is an {name} id, and this deployment has no {name}")
+    return name
 
 
 def agreement_of(ctx: OpsContext, agreement_id: int) -> AgreementView:
-    billing = ctx.contract(CONTRACT)
+    billing = ctx.contract(_holder(ctx, agreement_id))
     raw = billing.functions.agreementOf(agreement_id).call()
     earnings = int(billing.functions.earningsOf(agreement_id).call()) if int(raw[5]) else 0
     return agreement_view(agreement_id, ctx.chain.chain_id, raw, earnings)
@@ -57,48 +77,55 @@ def offer(
     token: TokenInfo,
     start_value: int,
     notice_period: int,
+    mode: str = "direct",
 ) -> tuple[int, TxResult]:
-    """Provider (the sender) offers the agreement; returns its id."""
-    call = ctx.contract(CONTRACT).functions.offer(
-        consumer, device, tariff_id, token.address, start_value, notice_period
-    )
-    result = transact(ctx, call, CONTRACT)
-    offered = events_in(ctx, CONTRACT, result.receipt, "AgreementOffered")
+    """Provider (the sender) offers the agreement in ``mode`` (one of :data:`MODES`: the contract that will hold it,
+    chosen once); returns its id. The tariff is MeteredBilling's in both modes."""
+    name = OPTIMISTIC if mode == "optimistic" else CONTRACT
+    if not ctx.has(name):
+        raise ChainError(f"this deployment has no {name}: redeploy with `iotsettle deploy` to open {mode} agreements")
+    call = ctx.contract(name).functions.offer(consumer, device, tariff_id, token.address, start_value, notice_period)
+    result = transact(ctx, call, name)
+    offered = events_in(ctx, name, result.receipt, "AgreementOffered")
     return int(offered[0]["agreementId"]), result
 
 
-def _pay(ctx: OpsContext, token: TokenInfo, amount: int) -> int:
-    """Prepare a payment into the billing contract; returns the msg.value to send."""
+def _pay(ctx: OpsContext, token: TokenInfo, amount: int, name: str = CONTRACT) -> int:
+    """Prepare a payment into the billing contract ``name``; returns the msg.value to send."""
     if token.is_eth:
         check_eth(ctx, amount)
         return amount
-    ensure_allowance(ctx, token, CONTRACT, amount)
+    ensure_allowance(ctx, token, name, amount)
     return 0
 
 
 def accept(ctx: OpsContext, agreement_id: int, deposit: int, start_value: int) -> TxResult:
     """Consumer (the sender) accepts the offer whose meter register starts at ``start_value`` and prepays
     ``deposit``. The contract refuses the acceptance (TermsMismatch) when the offer names another start value."""
+    name = _holder(ctx, agreement_id)
     view = agreement_of(ctx, agreement_id)
-    value = _pay(ctx, describe_token(ctx, view.token), deposit)
-    call = ctx.contract(CONTRACT).functions.accept(agreement_id, deposit, start_value)
-    return transact(ctx, call, CONTRACT, value=value)
+    value = _pay(ctx, describe_token(ctx, view.token), deposit, name)
+    call = ctx.contract(name).functions.accept(agreement_id, deposit, start_value)
+    return transact(ctx, call, name, value=value)
 
 
 def top_up(ctx: OpsContext, agreement_id: int, amount: int) -> TxResult:
     """Anyone adds to the prepaid balance (arrears are paid first)."""
+    name = _holder(ctx, agreement_id)
     view = agreement_of(ctx, agreement_id)
-    value = _pay(ctx, describe_token(ctx, view.token), amount)
-    return transact(ctx, ctx.contract(CONTRACT).functions.topUp(agreement_id, amount), CONTRACT, value=value)
+    value = _pay(ctx, describe_token(ctx, view.token), amount, name)
+    return transact(ctx, ctx.contract(name).functions.topUp(agreement_id, amount), name, value=value)
 
 
 def cancel_offer(ctx: OpsContext, agreement_id: int) -> TxResult:
-    return transact(ctx, ctx.contract(CONTRACT).functions.cancelOffer(agreement_id), CONTRACT)
+    name = _holder(ctx, agreement_id)
+    return transact(ctx, ctx.contract(name).functions.cancelOffer(agreement_id), name)
 
 
 def withdraw_earnings(ctx: OpsContext, agreement_id: int) -> tuple[TxResult, int]:
-    result = transact(ctx, ctx.contract(CONTRACT).functions.withdrawEarnings(agreement_id), CONTRACT)
-    paid = sum(int(a["amount"]) for a in events_in(ctx, CONTRACT, result.receipt, "EarningsWithdrawn"))
+    name = _holder(ctx, agreement_id)
+    result = transact(ctx, ctx.contract(name).functions.withdrawEarnings(agreement_id), name)
+    paid = sum(int(a["amount"]) for a in events_in(ctx, name, result.receipt, "EarningsWithdrawn"))
     return result, paid
 
 
@@ -108,7 +135,7 @@ class CloseOutcome:
     close_at: int
     """Readings signed up to this time still bill; later ones are refused (AfterEnd)."""
     closable_from: int
-    """``close_at`` + the settlement grace + 1 s: the first second ``close`` pays the refund (at the grace's last
+    """``close_at`` + the close delay + 1 s: the first second ``close`` pays the refund (at the delay's last
     second a reading signed by ``close_at`` still settles, so the close waits one more)."""
     refund: int
     txs: tuple[TxResult, ...]
@@ -119,13 +146,21 @@ def settlement_grace(ctx: OpsContext) -> int:
     return int(ctx.contract(CONTRACT).functions.SETTLEMENT_GRACE().call())
 
 
-def closable_from(ctx: OpsContext, close_at: int) -> int:
+def close_delay(ctx: OpsContext, agreement_id: int) -> int:
+    """Seconds after closeAt before ``close`` refunds: the settlement grace (direct), or OptimisticBilling's
+    ``closeDelay()`` (the grace, the challenge window of a batch committed at closeAt, and a grace to claim it)."""
+    if contract_of(agreement_id) == OPTIMISTIC:
+        return int(ctx.contract(_holder(ctx, agreement_id)).functions.closeDelay().call())
+    return settlement_grace(ctx)
+
+
+def closable_from(ctx: OpsContext, agreement_id: int, close_at: int) -> int:
     """The first second ``close`` is accepted for an agreement ending at ``close_at`` (0 when no end is set)."""
-    return close_at + settlement_grace(ctx) + 1 if close_at else 0
+    return close_at + close_delay(ctx, agreement_id) + 1 if close_at else 0
 
 
-def _refund_in(ctx: OpsContext, result: TxResult) -> int:
-    return sum(int(a["refund"]) for a in events_in(ctx, CONTRACT, result.receipt, "AgreementClosed"))
+def _refund_in(ctx: OpsContext, name: str, result: TxResult) -> int:
+    return sum(int(a["refund"]) for a in events_in(ctx, name, result.receipt, "AgreementClosed"))
 
 
 def close(ctx: OpsContext, agreement_id: int) -> CloseOutcome:
@@ -134,41 +169,58 @@ def close(ctx: OpsContext, agreement_id: int) -> CloseOutcome:
     The first call only starts the notice (closeAt = now + notice period); call again from ``closable_from``:
     readings signed by closeAt keep settling until then, so a late relay cannot be cut off by the close.
     """
-    billing = ctx.contract(CONTRACT)
+    name = _holder(ctx, agreement_id)
+    billing = ctx.contract(name)
     view = agreement_of(ctx, agreement_id)
     txs: list[TxResult] = []
     close_at = view.close_at
     if close_at == 0 and view.status in ("active", "suspended"):
-        txs.append(transact(ctx, billing.functions.requestClose(agreement_id), CONTRACT))
+        txs.append(transact(ctx, billing.functions.requestClose(agreement_id), name))
         close_at = agreement_of(ctx, agreement_id).close_at
-    opens = closable_from(ctx, close_at)
+    opens = closable_from(ctx, agreement_id, close_at)
     now = int(ctx.w3.eth.get_block("latest")["timestamp"])
     if txs and opens > now:
         return CloseOutcome(False, close_at, opens, 0, tuple(txs))
     # Otherwise let the contract decide: an early or unauthorised close comes back as a decoded sentence.
-    result = transact(ctx, billing.functions.close(agreement_id), CONTRACT)
+    result = transact(ctx, billing.functions.close(agreement_id), name)
     txs.append(result)
-    return CloseOutcome(True, close_at, opens, _refund_in(ctx, result), tuple(txs))
+    return CloseOutcome(True, close_at, opens, _refund_in(ctx, name, result), tuple(txs))
 
 
 def close_with_reading(ctx: OpsContext, event: SignedEvent) -> CloseOutcome:
     """Consumer: settle a fresh final reading (signed within the clock skew of now) and end the agreement now,
     without the notice period. Nothing is refunded yet: a newer reading signed before this call may still be on
-    its way and settles during the grace, so the refund comes from :func:`close` from ``closable_from``."""
+    its way and settles during the grace, so the refund comes from :func:`close` from ``closable_from``.
+
+    Direct mode only: an optimistic agreement's readings reach the chain in batches, so it ends with the notice."""
+    agreement_id = int(event.target_id)
+    _direct_only(agreement_id, "end on a final reading")
     result = transact(ctx, ctx.contract(CONTRACT).functions.closeWithReading(reading_tuple(event)), CONTRACT)
-    close_at = agreement_of(ctx, int(event.target_id)).close_at
-    return CloseOutcome(False, close_at, closable_from(ctx, close_at), 0, (result,))
+    close_at = agreement_of(ctx, agreement_id).close_at
+    return CloseOutcome(False, close_at, closable_from(ctx, agreement_id, close_at), 0, (result,))
+
+
+def _direct_only(agreement_id: int, what: str) -> None:
+    if contract_of(agreement_id) == OPTIMISTIC:
+        raise ProtocolError(
+            f"agreement {hex(agreement_id)} is optimistic: it cannot {what}; its readings are committed in batches "
+            "by the oracle ([optimistic] enabled) and claimed after the challenge window"
+        )
 
 
 def list_agreements(ctx: OpsContext, *, party: str | None = None, device: str | None = None) -> list[AgreementView]:
+    """Agreements of both modes, from each contract's AgreementOffered events (direct ones first)."""
     views: list[AgreementView] = []
-    for entry in fetch_logs(ctx, CONTRACT, ["AgreementOffered"]):
-        a = entry.args
-        if party and to_checksum_address(party) not in (a["provider"], a["consumer"]):
+    for name in (CONTRACT, OPTIMISTIC):
+        if not ctx.has(name):
             continue
-        if device and to_checksum_address(device) != a["device"]:
-            continue
-        views.append(agreement_of(ctx, int(a["agreementId"])))
+        for entry in fetch_logs(ctx, name, ["AgreementOffered"]):
+            a = entry.args
+            if party and to_checksum_address(party) not in (a["provider"], a["consumer"]):
+                continue
+            if device and to_checksum_address(device) != a["device"]:
+                continue
+            views.append(agreement_of(ctx, int(a["agreementId"])))
     return views
 
 
@@ -193,8 +245,11 @@ def packed_readings(events: Sequence[SignedEvent]) -> bytes:
 
 
 def parse_readings(ctx: OpsContext, text: str) -> list[SignedEvent]:
-    """Wire payloads (one JSON object per line, or one pretty-printed object) checked against this deployment."""
-    return parse_payloads(ctx, text, "reading", CONTRACT, "agreement settle")
+    """Wire payloads (one JSON object per line, or one pretty-printed object) checked against this deployment;
+    readings of optimistic agreements are refused (the oracle commits them in batches)."""
+    return parse_payloads(
+        ctx, text, "reading", CONTRACT, "agreement settle", lambda e: _direct_only(int(e.target_id), "be relayed here")
+    )
 
 
 @dataclass(frozen=True)

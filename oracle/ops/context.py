@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -135,9 +136,17 @@ def checksum(address: str) -> str:
     return to_checksum_address(address)
 
 
-def parse_payloads(ctx: OpsContext, text: str, event_type: str, contract_name: str, command: str) -> list[SignedEvent]:
+def parse_payloads(
+    ctx: OpsContext,
+    text: str,
+    event_type: str,
+    contract_name: str,
+    command: str,
+    check: Callable[[SignedEvent], None] | None = None,
+) -> list[SignedEvent]:
     """Wire payloads (one JSON object per line, or one pretty-printed object) of ``event_type``, checked
-    against this chain and the deployed ``contract_name``; ``command`` names the CLI command in errors."""
+    against this chain and the deployed ``contract_name``; ``command`` names the CLI command in errors. ``check``
+    runs on each payload of the right type before its chain and contract are compared (it raises to refuse)."""
     stripped = text.strip()
     if not stripped:
         raise ProtocolError(f"no {event_type} payload given (expected the JSON wire format of docs/PROTOCOL.md)")
@@ -148,6 +157,8 @@ def parse_payloads(ctx: OpsContext, text: str, event_type: str, contract_name: s
     for event in events:
         if event.type != event_type:
             raise ProtocolError(f"payload seq {event.seq} is a {event.type}; `{command}` relays {event_type}s")
+        if check is not None:
+            check(event)
         if event.chain_id != ctx.chain.chain_id:
             raise ProtocolError(
                 f"payload seq {event.seq} was signed for chain {event.chain_id}, this is chain {ctx.chain.chain_id}"

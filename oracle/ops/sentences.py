@@ -20,6 +20,7 @@ from iotsettle.oracle.ops.amounts import format_amount
 from iotsettle.oracle.ops.events import escrow_final_block
 from iotsettle.oracle.ops.token_info import describe_token
 from iotsettle.oracle.ops.vocabulary import AGREEMENT_STATUSES, ESCROW_STATES
+from iotsettle.oracle.protocol import batch_tree
 from iotsettle.oracle.protocol.device_kinds import DeviceKind, kind_label
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ def _what(contract: str | None) -> str:
     return {
         "DeliveryEscrow": "escrow contract",
         "MeteredBilling": "billing contract",
+        "OptimisticBilling": "optimistic billing contract",
         "DeviceRegistry": "device registry",
         "TestToken": "token",
     }.get(contract or "", "contract")
@@ -124,9 +126,10 @@ class _Facts:
         return f" on block {block}" if block is not None else ""
 
     def agreement(self, agreement_id: int) -> dict[str, Any] | None:
-        if self.ctx is None or not self.ctx.has("MeteredBilling"):
+        holder = "OptimisticBilling" if batch_tree.is_optimistic(agreement_id) else "MeteredBilling"
+        if self.ctx is None or not self.ctx.has(holder):
             return None
-        return _agreement_tuple(self.ctx.contract("MeteredBilling").functions.agreementOf(agreement_id).call())
+        return _agreement_tuple(self.ctx.contract(holder).functions.agreementOf(agreement_id).call())
 
     def token_amount(self, base: int, token: str | None = None) -> str:
         if self.ctx is None:
@@ -282,7 +285,9 @@ def _nothing_to_withdraw(f: _Facts) -> str:
 
 
 def _noun(contract: str | None) -> str:
-    return {"DeliveryEscrow": "escrow", "MeteredBilling": "agreement"}.get(contract or "", "id")
+    return {"DeliveryEscrow": "escrow", "MeteredBilling": "agreement", "OptimisticBilling": "agreement"}.get(
+        contract or "", "id"
+    )
 
 
 def _too_early(f: _Facts) -> str:
@@ -291,6 +296,10 @@ def _too_early(f: _Facts) -> str:
     act = {
         "DeliveryEscrow": ("refunded", "deliveries signed by the deadline may still arrive until then"),
         "MeteredBilling": ("closed", "readings signed by closeAt may still arrive until then"),
+        "OptimisticBilling": (
+            "closed",
+            "readings signed by closeAt may still be committed, challenged and claimed until then",
+        ),
     }.get(f.contract or "", ("ended", "events signed before the end may still arrive until then"))
     return f"{_noun(f.contract)} {target} can be {act[0]} from {f.when(not_before)}, {wait} s from now: {act[1]}"
 
@@ -298,7 +307,7 @@ def _too_early(f: _Facts) -> str:
 def _terms_mismatch(f: _Facts) -> str:
     target = f["id"]
     expected, accepted = int.from_bytes(f["expected"], "big"), int.from_bytes(f["accepted"], "big")
-    if f.contract == "MeteredBilling":
+    if f.contract in ("MeteredBilling", "OptimisticBilling"):
         return (
             f"the offer of agreement {target} bills the meter from register {expected}, not {accepted}: "
             "check the meter and accept the value the offer names, or ask the provider for a new offer"

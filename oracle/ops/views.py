@@ -20,9 +20,11 @@ from iotsettle.oracle.chain.rpc import TRANSPORT_ERRORS, RpcClient, unreachable
 from iotsettle.oracle.config import Config, endpoint
 from iotsettle.oracle.ops.amounts import ZERO_ADDRESS, TokenInfo
 from iotsettle.oracle.ops.vocabulary import AGREEMENT_STATUSES, ESCROW_STATES
+from iotsettle.oracle.protocol import batch_tree
 from iotsettle.oracle.protocol.errors import ChainError, DeploymentError
 
 BILLING = "MeteredBilling"
+OPTIMISTIC_BILLING = "OptimisticBilling"
 ESCROW = "DeliveryEscrow"
 _ETH_INFO = TokenInfo(ZERO_ADDRESS, "ETH", 18)
 
@@ -198,20 +200,26 @@ def agreement_view(agreement_id: int, chain_id: int, raw: Any, earnings: int) ->
 
 @dataclass(frozen=True)
 class AgreementStatus:
-    """What `agreement status` shows: the agreement, its token, and the contract's settlement grace."""
+    """What `agreement status` shows: the agreement, its token, its mode and the seconds after closeAt before a
+    close refunds (the settlement grace, or OptimisticBilling's ``closeDelay``: the grace, a challenge window and
+    a grace to claim)."""
 
     agreement: AgreementView
     token: TokenInfo
-    settlement_grace: int
+    close_delay: int
+    mode: str
 
 
 def agreement_status(ctx: ReadContext, agreement_id: int) -> AgreementStatus:
-    """An agreement, its token and the grace: two batch requests (the token is known after the first)."""
-    billing = ctx.reader(BILLING)
+    """An agreement, its token and the close delay: two batch requests (the token is known after the first).
+    OptimisticBilling's ids carry ``batch_tree.AGREEMENT_ID_FLAG``; the others are MeteredBilling's."""
+    optimistic = batch_tree.is_optimistic(agreement_id)
+    billing = ctx.reader(OPTIMISTIC_BILLING if optimistic else BILLING)
     calls = [(billing, "agreementOf", (agreement_id,)), (billing, "earningsOf", (agreement_id,))]
-    raw, earnings, grace = read(ctx.rpc, [*calls, (billing, "SETTLEMENT_GRACE", ())])
+    delay_call = (billing, "closeDelay", ()) if optimistic else (billing, "SETTLEMENT_GRACE", ())
+    raw, earnings, delay = read(ctx.rpc, [*calls, delay_call])
     view = agreement_view(agreement_id, ctx.chain_id, raw, earnings)
-    return AgreementStatus(view, token_of(ctx, view.token), int(grace))
+    return AgreementStatus(view, token_of(ctx, view.token), int(delay), "optimistic" if optimistic else "direct")
 
 
 def token_of(ctx: ReadContext, address: str) -> TokenInfo:

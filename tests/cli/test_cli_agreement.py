@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from iotsettle.oracle.protocol.batch_tree import AGREEMENT_ID_FLAG
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 
 from tests.kit.cli import Cli, register_device
-from tests.kit.products import chain_now, reading, token_balance
+from tests.kit.products import chain_now, reading, token_balance, warp_to
 
 TOKEN = 10**18
 
@@ -194,3 +195,47 @@ def test_offer_for_a_tracker_is_refused_in_a_sentence(cli, deployment, w3) -> No
         ["agreement", "open", "--consumer", consumer.address, "--device", tracker.address, "--tariff", "1"], provider
     )
     assert error == f"device {tracker.address} is of the wrong kind for this product"
+
+
+def test_an_optimistic_agreement_goes_through_the_same_commands(cli, deployment, w3) -> None:
+    """`agreement open --mode optimistic` opens it on OptimisticBilling; every other command routes by the id, and
+    the ones that relay single readings refuse it in a sentence (its readings reach the chain in batches)."""
+    provider, consumer = cli.user(w3), cli.user(w3)
+    meter = register_device(deployment.config, provider, DeviceKind.METER)
+    args = ["agreement", "open", "--consumer", consumer.address, "--device", meter.address, "--price", "0.5"]
+    opened = cli.ok([*args, "--start-value", "1000", "--notice", "1d", "--mode", "optimistic"], provider)
+    agreement_id = int(opened["agreementId"])
+    assert opened["mode"] == "optimistic"
+    assert agreement_id & AGREEMENT_ID_FLAG, "minted by OptimisticBilling"
+    optimistic = deployment.contract("OptimisticBilling")
+    assert optimistic.functions.agreementOf(agreement_id).call()[5] == 1, "offered there, not on MeteredBilling"
+    direct = int(cli.ok([*args, "--start-value", "1000"], provider)["agreementId"])
+    assert not direct & AGREEMENT_ID_FLAG, "direct stays the default"
+
+    status = cli.ok(["agreement", "status", hex(agreement_id)])
+    assert (status["status"], status["mode"], status["start_value"]) == ("offered", "optimistic", 1000)
+    cli.ok(["token", "mint", "--amount", "20"], consumer)
+    assert cli.ok(["agreement", "accept", hex(agreement_id), "--deposit", "10"], consumer)["startValue"] == 1000
+    cli.ok(["agreement", "top-up", hex(agreement_id), "--amount", "2"], consumer)
+    assert cli.ok(["agreement", "status", hex(agreement_id)])["prepaid"] == str(12 * TOKEN)
+    listed = cli.ok(["agreement", "list", "--party", consumer.address])
+    assert sorted(int(v["agreement_id"]) for v in listed) == sorted([agreement_id, direct])
+
+    signed = reading(meter, w3.eth.chain_id, optimistic.address, agreement_id, 1, chain_now(w3), 1004)
+    refused = cli.fails(["agreement", "settle", "-"], provider, stdin=signed.to_payload().decode())
+    assert refused.startswith(f"agreement {hex(agreement_id)} is optimistic: it cannot be relayed here")
+    refused = cli.fails(["agreement", "close", hex(agreement_id), "--reading", "-"], consumer, stdin="{}")
+    assert "is optimistic: it ends with its notice" in refused
+
+    first = cli.ok(["agreement", "close", hex(agreement_id)], consumer)
+    delay = int(optimistic.functions.closeDelay().call())
+    assert delay > 2 * 3600, "the grace, the challenge window and a grace to claim"
+    assert first["closed"] is False and first["closableFrom"] == first["closeAt"] + delay + 1
+    assert cli.ok(["agreement", "status", hex(agreement_id)])["close_at"] == first["closeAt"]
+    early = cli.fails(["agreement", "close", hex(agreement_id)], consumer)
+    assert early.startswith(f"agreement {agreement_id} can be closed from ")
+    warp_to(w3, first["closableFrom"])
+    closed = cli.ok(["agreement", "close", hex(agreement_id)], consumer)
+    assert (closed["closed"], closed["refund"]) == (True, str(12 * TOKEN))
+    assert token_balance(deployment, consumer.address) == 20 * TOKEN
+    assert cli.ok(["agreement", "status", hex(agreement_id)])["status"] == "closed"

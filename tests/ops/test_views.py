@@ -33,7 +33,8 @@ def test_an_agreement_reads_the_same_with_and_without_web3(deployment, w3) -> No
     shown = agreement_status(open_reads(deployment.config), agreement_id)
     assert shown.agreement == billing.agreement_of(ops, agreement_id)
     assert shown.token == token_info.describe_token(ops, shown.agreement.token)
-    assert shown.settlement_grace == billing.settlement_grace(ops)
+    assert shown.close_delay == billing.settlement_grace(ops)
+    assert shown.mode == "direct"
 
     raw = ContractReader(
         open_reads(deployment.config).rpc, deployment.address("MeteredBilling"), ops.abis["MeteredBilling"]
