@@ -239,7 +239,7 @@ class Watcher:
             func, args = self.opt.decode_function_input(tx["input"])
         except ValueError:
             return None
-        return bytes(args["readings"]) if func.fn_name == "commit" else None
+        return bytes(args["items"]) if func.fn_name == "commit" else None
 
     def _fault(self, item: bytes, committed_at: int) -> str | None:
         """The rule ``item`` breaks as of the commit, by the oracle's own checks; a reason of
