@@ -187,7 +187,8 @@ abstract contract OptimisticBatches is IOptimisticBatches, DeviceEventVerifier, 
             // slither-disable-next-line unused-return (only the retirement time is needed: the device, kind and status were checked above)
             (,,, uint64 retiredAt) = _REGISTRY.keyInfo(signer);
             if (
-                retiredAt > committedAt || (timestamp <= retiredAt && committedAt <= uint256(retiredAt) + SETTLEMENT_GRACE)
+                retiredAt > committedAt
+                    || (timestamp <= retiredAt && committedAt <= uint256(retiredAt) + SETTLEMENT_GRACE)
             ) {
                 return RejectReason.None;
             }
