@@ -1,4 +1,6 @@
-"""Gas per reading in optimistic mode (OptimisticBilling), from receipts on the bench chain, beside direct mode.
+"""Gas per reading in optimistic mode (OptimisticBilling), from receipts on the bench chain, beside direct mode;
+and the same for telematics reports (OptimisticMotor, ``telematics_optimistic``: a report every 36 s per vehicle,
+100 per policy per window, the vehicles' registers growing and a harsh-braking event every tenth report).
 
 A relayer commits a batch of signed readings (``batch_tree.pack_batch``: the agreement table and 82 bytes per
 reading) with the deployment's bond; after the deployment's challenge window (the chain's clock moved on with
@@ -43,6 +45,10 @@ log = logging.getLogger(__name__)
 
 CONTRACT = "OptimisticBilling"
 KIND = "reading_optimistic"
+MOTOR = "OptimisticMotor"
+MOTOR_KIND = "telematics_optimistic"
+#: per km at factor 1.0, in TEST base units; factor bounds 1.0–2.0, +5 % per event per 100 km
+RATE_PER_KM = 10**15
 BATCHES = (100, 1_000)
 #: one reading every 36 s over a one-hour window
 READINGS_PER_AGREEMENT = 100
@@ -56,6 +62,7 @@ class OptimisticFigure:
     agreements: int
     commit_gas: int
     claim_gas: int
+    kind: str = KIND
 
     @property
     def per_event(self) -> int:
@@ -63,7 +70,7 @@ class OptimisticFigure:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "kind": KIND,
+            "kind": self.kind,
             "batch": self.batch,
             "events": self.batch,
             "transactions": 1 + self.agreements,
@@ -109,6 +116,51 @@ def _open(stack: BenchStack, count: int) -> list[_Agreement]:
     return [_Agreement(k, i) for k, i in zip(keys, ids, strict=True)]
 
 
+def _open_policies(stack: BenchStack, count: int) -> list[_Agreement]:
+    """``count`` registered vehicles, each with an accepted, funded OptimisticMotor policy."""
+    insurer, holder = stack.ctx(PROVIDER), stack.ctx(CONSUMER)
+    owner, buyer = insurer.require_sender(), holder.require_sender()
+    keys = [os.urandom(32) for _ in range(count)]
+    _register(stack, keys, device_kinds.DeviceKind.VEHICLE)
+    test = token.describe_token(insurer, token.TEST)
+    token.mint(holder, buyer.address, DEPOSIT * count)
+    token.ensure_allowance(holder, test, MOTOR, DEPOSIT * count)
+    om = insurer.contract(MOTOR)
+    encoder = Encoder(om)
+    rpc, chain_id = stack.config.chain.rpc_url, stack.chain.chain_id
+    terms = (RATE_PER_KM, 10_000, 20_000, 500, START_VALUE, 0, 0, 0)
+    offers = [
+        encoder.call("offer", buyer.address, eip712.address_of(k), test.address, *terms, gas=500_000) for k in keys
+    ]
+    offered = topic_of(om, "PolicyOffered")
+    ids = [topic_ints(r, om.address, offered)[0] for r in RawSender(rpc, chain_id, owner).send_many(offers)]
+    RawSender(rpc, chain_id, buyer).send_many(
+        [encoder.call("accept", i, DEPOSIT, START_VALUE, 0, 0, gas=300_000) for i in ids]
+    )
+    return [_Agreement(k, i) for k, i in zip(keys, ids, strict=True)]
+
+
+def _stream_reports(stack: BenchStack, policies: list[_Agreement], n: int, domain: eip712.Domain) -> list[bytes]:
+    """``n`` reports over ``policies``, interleaved, dated over the hour before now (the newest last), each with its
+    policy's sealed terms (as the relayer sends them)."""
+    om = stack.ctx_contract(MOTOR)
+    terms = {p.agreement_id: bytes(om.functions.telematicsTerms(p.agreement_id).call()) for p in policies}
+    now = stack.chain_now()
+    out = []
+    for i in range(n):
+        p, s = policies[i % len(policies)], i // len(policies)
+        message = {
+            "policyId": p.agreement_id,
+            "seq": s + 1,
+            "timestamp": now - 3_600 + (i * 3_600) // n,
+            "odometer": START_VALUE + 250 * (s + 1),
+            "harshBraking": (s + 1) // 10,
+            "speeding": 0,
+        }
+        out.append(batch_tree.sign_telematics(p.key, domain, message, terms[p.agreement_id]))
+    return out
+
+
 def _advance(stack: BenchStack, seconds: int) -> None:
     stack.w3.provider.make_request("evm_increaseTime", [seconds])
     stack.w3.provider.make_request("evm_mine", [])
@@ -125,9 +177,11 @@ def _stream(stack: BenchStack, agreements: list[_Agreement], n: int, domain: eip
     return out
 
 
-def _commit(sender: RawSender, encoder: Encoder, readings: list[bytes], domain: eip712.Domain, bond: int) -> Any:
-    leaves = [batch_tree.leaf(r, domain) for r in readings]
-    data = batch_tree.pack_batch(readings)
+def _commit(
+    sender: RawSender, encoder: Encoder, readings: list[bytes], domain: eip712.Domain, bond: int, kind: str = "reading"
+) -> Any:
+    leaves = [batch_tree.leaf(r, domain, kind) for r in readings]
+    data = batch_tree.pack_batch(readings, kind)
     receipt = sender.send_many([encoder.call("commit", batch_tree.root(leaves), data, gas=5_000_000, value=bond)])[0]
     return receipt, leaves
 
@@ -181,6 +235,7 @@ def measure_optimistic(stack: BenchStack, relayer: LocalAccount) -> tuple[list[O
     )[0]
     if int(opt.functions.batchOf(batch_id).call()[4]) != 2:  # IOptimisticBilling.BatchStatus.Voided
         raise IotSettleError("optimistic gas phase: the challenge did not void the batch")
+    figures += _measure_telematics(stack, sender, window, bond)
     other = {
         "challenge_gas": int(challenge["gasUsed"], 16),
         "challenge_batch": 1_000,
@@ -189,6 +244,40 @@ def measure_optimistic(stack: BenchStack, relayer: LocalAccount) -> tuple[list[O
         "readings_per_agreement_per_window": READINGS_PER_AGREEMENT,
     }
     return figures, other
+
+
+def _measure_telematics(stack: BenchStack, sender: RawSender, window: int, bond: int) -> list[OptimisticFigure]:
+    """OptimisticMotor's figures at the same batch sizes: a batch of reports, then the newest report of each
+    policy claimed after the window (each claim checked to have charged its policy)."""
+    om = stack.ctx_contract(MOTOR)
+    encoder = Encoder(om)
+    domain = eip712.Domain(stack.chain.chain_id, om.address)
+    committed, claimed = topic_of(om, "BatchCommitted"), topic_of(om, "ReportClaimed")
+    figures = []
+    for batch in BATCHES:
+        policies = _open_policies(stack, max(1, batch // READINGS_PER_AGREEMENT))
+        _advance(stack, 3_600)
+        reports = _stream_reports(stack, policies, batch, domain)
+        receipt, leaves = _commit(sender, encoder, reports, domain, bond, "telematics")
+        batch_id = topic_ints(receipt, om.address, committed)[0]
+        _advance(stack, window + 1)
+        newest = range(batch - len(policies), batch)
+        claims = sender.send_many(
+            [encoder.call("claim", batch_id, reports[i], batch_tree.proof(leaves, i), gas=400_000) for i in newest]
+        )
+        charged = sorted(i for r in claims for i in topic_ints(r, om.address, claimed))
+        if charged != sorted(p.agreement_id for p in policies):
+            raise IotSettleError(f"optimistic telematics phase: {len(charged)} of {len(policies)} claims charged")
+        figure = OptimisticFigure(
+            batch,
+            len(policies),
+            int(receipt["gasUsed"], 16),
+            sum(int(r["gasUsed"], 16) for r in claims),
+            MOTOR_KIND,
+        )
+        figures.append(figure)
+        log.info("gas %s batch %d: %d per report", MOTOR_KIND, batch, figure.per_event)
+    return figures
 
 
 class _CancunAnvil(Anvil):

@@ -281,14 +281,20 @@ def rows(result: dict[str, Any]) -> list[Row]:
 def _optimistic_rows(result: dict[str, Any], check: Callable[[bool | None], str]) -> list[Row]:
     """Optimistic mode beside direct mode: gas per reading (commit + claims), one challenge, the latency to money."""
     out: list[Row] = []
+    nouns = {
+        "reading_optimistic": ("meter reading", "agreement"),
+        "telematics_optimistic": ("telematics report", "policy"),
+    }
     for g in result.get("gas", []):
-        if g["kind"] != "reading_optimistic":
+        if g["kind"] not in nouns:
             continue
-        where = f"batch {g['batch']:,}, {g['readings_per_agreement']} per agreement per window"
-        target = f"≤ {OPTIMISTIC_TARGET:,}" if g["batch"] == 1_000 else ""
+        noun, target_noun = nouns[g["kind"]]
+        where = f"batch {g['batch']:,}, {g['readings_per_agreement']} per {target_noun} per window"
+        # the target of issue 19 is the meter reading's
+        target = f"≤ {OPTIMISTIC_TARGET:,}" if g["batch"] == 1_000 and g["kind"] == "reading_optimistic" else ""
         out.append(
             Row(
-                f"gas per meter reading, optimistic ({where}; bench node, EIP-7623 floor): commit + claims",
+                f"gas per {noun}, optimistic ({where}; bench node, EIP-7623 floor): commit + claims",
                 f"{_fmt(g['commit_per_event'])} + {_fmt(g['claim_per_event'])} = {_fmt(g['per_event'])}",
                 target,
                 check(g["per_event"] <= OPTIMISTIC_TARGET) if target else "",
@@ -297,7 +303,7 @@ def _optimistic_rows(result: dict[str, Any], check: Callable[[bool | None], str]
         if "per_event_eip2028" in g:
             out.append(
                 Row(
-                    f"gas per meter reading, optimistic ({where}; EIP-2028 calldata, Cancun): commit + claims",
+                    f"gas per {noun}, optimistic ({where}; EIP-2028 calldata, Cancun): commit + claims",
                     f"{_fmt(g['commit_per_event_eip2028'])} + {_fmt(g['claim_per_event_eip2028'])} = "
                     f"{_fmt(g['per_event_eip2028'])}",
                     target,

@@ -243,7 +243,13 @@ def delivery(cmd: CommandContext, escrow_id: int, location: str, max_temperature
 
 
 @sign.command("telematics")
-@click.option("--policy", "policy_id", type=ID, required=True, help="The MotorInsurance policy it prices.")
+@click.option(
+    "--policy",
+    "policy_id",
+    type=ID,
+    required=True,
+    help="The policy it prices, on MotorInsurance or OptimisticMotor (the id says which).",
+)
 @click.option("--odometer", type=COUNT, required=True, help="The vehicle's odometer in metres (cumulative).")
 @click.option("--harsh-braking", type=COUNT, required=True, help="Harsh-braking events so far (cumulative).")
 @click.option("--speeding", type=COUNT, required=True, help="Speeding episodes so far (cumulative).")

@@ -1,4 +1,4 @@
-"""`iotsettle watch`: follow OptimisticBilling's batch commitments and challenge a bad batch inside its window."""
+"""`iotsettle watch`: follow the optimistic contracts' batch commitments and challenge a bad batch inside its window."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _print(summary: watcher_ops.WatchPass, as_json: bool, always: bool) -> None:
     stamp = datetime.now(UTC).strftime("%H:%M:%S")
     for v in summary.verdicts:
         detail = f" ({v.reason}, leaf {v.leaf_index})" if v.reason else ""
-        line = f"{stamp} batch {v.batch_id}: {v.verdict}{detail}" + (f" tx {v.tx}" if v.tx else "")
+        line = f"{stamp} {v.contract} batch {v.batch_id}: {v.verdict}{detail}" + (f" tx {v.tx}" if v.tx else "")
         if v.verdict in ("challenged", "missed"):
             err_console.print(f"[yellow]{line}[/yellow]")
         else:
@@ -54,11 +54,12 @@ def _print(summary: watcher_ops.WatchPass, as_json: bool, always: bool) -> None:
 )
 @with_context(sender=True)
 def watch(cmd: CommandContext, interval: int, once: bool, store: Path | None) -> None:
-    """Follow optimistic batches, re-verify every reading and challenge a bad batch with this account's key.
+    """Follow optimistic batches, re-verify every event and challenge a bad batch with this account's key.
 
-    Each pass reads the BatchCommitted logs since the stored cursor, rebuilds every batch from its commit's
-    calldata, checks each reading's signature against the device registry, its timestamp and the agreement's
-    claimed state, and challenges the first bad one; the bond is paid to this account. A restart resumes from the
+    Each pass reads the BatchCommitted logs of OptimisticBilling (readings) and OptimisticMotor (telematics
+    reports) since their stored cursors, rebuilds every batch from its commit's calldata, checks each event's
+    signature against the device registry, its timestamp and its agreement's or policy's claimed state, and
+    challenges the first bad one; the bond is paid to this account. A restart resumes from the
     cursor, so a batch committed while the watcher was down is judged as long as its window is open.
 
     Use an account of its own (not the oracle daemon's relayer key: the two would race for nonces).

@@ -1,9 +1,6 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.37;
 
-import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
-import {Hashes} from "@openzeppelin/contracts/utils/cryptography/Hashes.sol";
-import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {MessageHashUtils} from "@openzeppelin/contracts/utils/cryptography/MessageHashUtils.sol";
 
 import {DeviceEventVerifier} from "./DeviceEventVerifier.sol";
@@ -11,7 +8,7 @@ import {IDeviceRegistry} from "./interfaces/IDeviceRegistry.sol";
 import {IMeteredBilling} from "./interfaces/IMeteredBilling.sol";
 import {IOptimisticBilling} from "./interfaces/IOptimisticBilling.sol";
 import {Funds} from "./money/Funds.sol";
-import {PullPayments} from "./money/PullPayments.sol";
+import {OptimisticBatches} from "./OptimisticBatches.sol";
 
 /// @title OptimisticBilling: metered billing from bonded batch commitments, fraud proofs and claims.
 /// @notice The agreement lifecycle, tariffs, deposit, arrears and suspension are those of {MeteredBilling}; only the
@@ -25,10 +22,9 @@ import {PullPayments} from "./money/PullPayments.sol";
 /// only when that claim came before the commit, so a reading that was valid when posted can never be slashed by a
 /// claim made afterwards (a claim still refuses it: claims only move forward).
 ///
-/// Bond: set per deployment ({BOND}, with the window {CHALLENGE_WINDOW}). A void burns half of it (sent to
-/// {BURN_SINK}) and pays the other half to the challenger, so a relayer that challenges its own bad batch before a
-/// watcher does still loses half its bond: lying is never free.
-contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayments {
+/// The batches, the bond and the window are {OptimisticBatches}'; this contract supplies the readings' layout, leaf,
+/// faults and claims.
+contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, OptimisticBatches {
     bytes32 public constant READING_TYPEHASH =
         keccak256("Reading(uint256 agreementId,uint64 seq,uint64 timestamp,uint256 value)");
 
@@ -39,28 +35,11 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
     /// {IOptimisticBilling-commit}).
     uint256 public constant BATCH_ITEM_SIZE = 82;
 
-    /// @dev A batch's header: the number of agreements (uint16) and the base of the items' timestamps (uint40).
-    uint256 private constant _BATCH_HEADER = 7;
-
     /// @inheritdoc IOptimisticBilling
     uint256 public constant MAX_BATCH_READINGS = 4_096;
 
-    /// @notice Bounds of the per-deployment window: long enough for a watcher to get a challenge included, short
-    /// enough that money is not held for ever (the window also delays every close).
-    uint64 public constant MIN_CHALLENGE_WINDOW = 10 minutes;
-    uint64 public constant MAX_CHALLENGE_WINDOW = 30 days;
-
-    /// @inheritdoc IOptimisticBilling
-    address public constant BURN_SINK = address(0xdEaD);
-
     /// @inheritdoc IOptimisticBilling
     uint256 public constant AGREEMENT_ID_FLAG = 1 << 63;
-
-    /// @inheritdoc IOptimisticBilling
-    uint64 public immutable CHALLENGE_WINDOW;
-
-    /// @inheritdoc IOptimisticBilling
-    uint256 public immutable BOND;
 
     uint256 private constant _METER_KINDS =
         (1 << uint8(IDeviceRegistry.DeviceKind.Meter)) | (1 << uint8(IDeviceRegistry.DeviceKind.Vehicle));
@@ -101,22 +80,15 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
 
     mapping(uint256 agreementId => Meter) private _meters;
     mapping(uint256 agreementId => Terms) private _terms;
-    mapping(uint256 batchId => Batch) private _batches;
     uint64 private _agreementCount;
-    uint64 private _batchCount;
 
     /// @dev `challengeWindow_` within [{MIN_CHALLENGE_WINDOW}, {MAX_CHALLENGE_WINDOW}], `bond_` > 0 (wei).
     constructor(IDeviceRegistry registry_, IMeteredBilling tariffs_, uint64 challengeWindow_, uint256 bond_)
         DeviceEventVerifier(registry_)
+        OptimisticBatches(challengeWindow_, bond_)
     {
         if (address(tariffs_) == address(0)) revert ZeroAddress();
-        if (challengeWindow_ < MIN_CHALLENGE_WINDOW || challengeWindow_ > MAX_CHALLENGE_WINDOW) {
-            revert ChallengeWindowOutOfRange(challengeWindow_, MIN_CHALLENGE_WINDOW, MAX_CHALLENGE_WINDOW);
-        }
-        if (bond_ == 0) revert ZeroAmount();
         _TARIFFS = tariffs_;
-        CHALLENGE_WINDOW = challengeWindow_;
-        BOND = bond_;
     }
 
     // ---------------------------------------------------------------- agreements
@@ -218,78 +190,6 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
         Funds.pullExact(t.token, amount);
     }
 
-    // ---------------------------------------------------------------- batches
-
-    /// @inheritdoc IOptimisticBilling
-    function commit(bytes32 root, bytes calldata readings) external payable returns (uint256 batchId) {
-        uint256 count = _readingsIn(readings);
-        if (msg.value != BOND) revert WrongBond(BOND, msg.value);
-        bytes32 dataHash = keccak256(readings);
-        batchId = ++_batchCount;
-        _batches[batchId] = Batch({
-            root: root,
-            dataHash: dataHash,
-            relayer: msg.sender,
-            committedAt: uint40(block.timestamp),
-            status: BatchStatus.Committed
-        });
-        emit BatchCommitted(batchId, msg.sender, root, dataHash, count);
-    }
-
-    /// @inheritdoc IOptimisticBilling
-    function challenge(uint256 batchId, bytes calldata reading, bytes32[] calldata proof) external nonReentrant {
-        Batch storage b = _liveBatch(batchId);
-        uint256 endsAt = uint256(b.committedAt) + CHALLENGE_WINDOW;
-        if (block.timestamp > endsAt) revert ChallengeWindowClosed(batchId, endsAt);
-        Reading memory rd = _decode(reading);
-        bytes32 leaf = _leaf(rd);
-        if (!MerkleProof.verifyCalldata(proof, b.root, leaf)) revert NotInBatch(batchId, leaf);
-        RejectReason reason = _fault(rd, b.committedAt);
-        if (reason == RejectReason.None) revert NothingProven(batchId, leaf);
-        _void(batchId, b, leaf, reason);
-    }
-
-    /// @inheritdoc IOptimisticBilling
-    function challengeData(uint256 batchId, bytes calldata readings) external nonReentrant {
-        Batch storage b = _liveBatch(batchId);
-        uint256 endsAt = uint256(b.committedAt) + CHALLENGE_WINDOW;
-        if (block.timestamp > endsAt) revert ChallengeWindowClosed(batchId, endsAt);
-        bytes32 dataHash = keccak256(readings);
-        if (dataHash != b.dataHash) revert NotBatchData(batchId, dataHash);
-        (bool wellFormed, bytes32 root) = _root(readings);
-        // slither-disable-next-line incorrect-equality (a hash comparison, not a balance)
-        if (wellFormed && root == b.root) revert NothingProven(batchId, bytes32(0));
-        _void(batchId, b, bytes32(0), RejectReason.None);
-    }
-
-    /// @inheritdoc IOptimisticBilling
-    function claim(uint256 batchId, bytes calldata reading, bytes32[] calldata proof) external {
-        Batch storage b = _liveBatch(batchId);
-        uint256 endsAt = uint256(b.committedAt) + CHALLENGE_WINDOW;
-        if (block.timestamp <= endsAt) revert ChallengeWindowOpen(batchId, endsAt);
-        Reading memory rd = _decode(reading);
-        bytes32 leaf = _leaf(rd);
-        if (!MerkleProof.verifyCalldata(proof, b.root, leaf)) revert NotInBatch(batchId, leaf);
-        Meter storage m = _meters[rd.id];
-        RejectReason reason = _checkClaim(m, rd);
-        if (reason != RejectReason.None) revert EventRejected(rd.id, uint64(rd.seq), reason);
-        _bill(m, rd, batchId);
-    }
-
-    /// @inheritdoc IOptimisticBilling
-    function releaseBond(uint256 batchId) external nonReentrant {
-        Batch storage b = _batches[batchId];
-        BatchStatus status = b.status;
-        if (status == BatchStatus.None) revert UnknownBatch(batchId);
-        if (status != BatchStatus.Committed) revert BatchNotLive(batchId, status);
-        uint256 endsAt = uint256(b.committedAt) + CHALLENGE_WINDOW;
-        if (block.timestamp <= endsAt) revert ChallengeWindowOpen(batchId, endsAt);
-        b.status = BatchStatus.Released;
-        address relayer = b.relayer;
-        emit BondReleased(batchId, relayer, BOND);
-        _pay(address(0), relayer, BOND);
-    }
-
     // ---------------------------------------------------------------- payouts and closing
 
     /// @inheritdoc IOptimisticBilling
@@ -375,11 +275,6 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
     }
 
     /// @inheritdoc IOptimisticBilling
-    function batchOf(uint256 batchId) external view returns (Batch memory) {
-        return _batches[batchId];
-    }
-
-    /// @inheritdoc IOptimisticBilling
     function earningsOf(uint256 agreementId) external view returns (uint256) {
         return _earnings(_meters[agreementId], _terms[agreementId]);
     }
@@ -398,15 +293,52 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
         return _hashTypedDataV4(keccak256(abi.encode(READING_TYPEHASH, agreementId, seq, timestamp, value)));
     }
 
-    /// @inheritdoc IOptimisticBilling
-    function leafOf(bytes calldata reading) external view returns (bytes32) {
+    // ---------------------------------------------------------------- the readings of a batch
+
+    /// @dev {IOptimisticBilling}'s batch layout: the readings, checked to fit {MAX_BATCH_READINGS}.
+    function _itemsIn(bytes calldata data) internal pure override returns (uint256 count) {
+        bool wellShaped;
+        (wellShaped, count) = _tableItems(data, BATCH_ITEM_SIZE, MAX_BATCH_READINGS);
+        if (!wellShaped) revert MalformedBatch(data.length);
+    }
+
+    /// @dev The leaves of a batch's readings; not well formed when an item points past the agreement table.
+    function _leaves(bytes calldata data) internal view override returns (bool wellFormed, bytes32[] memory leaves) {
+        uint256 agreements = uint16(bytes2(data[0:2]));
+        uint256 at = _BATCH_HEADER + 32 * agreements;
+        uint256 n = (data.length - at) / BATCH_ITEM_SIZE;
+        bytes32 separator = _domainSeparatorV4();
+        leaves = new bytes32[](n);
+        for (uint256 i = 0; i < n; ++i) {
+            bool known;
+            (known, leaves[i]) = _itemLeaf(data, at, agreements, separator);
+            if (!known) return (false, leaves);
+            at += BATCH_ITEM_SIZE;
+        }
+        return (true, leaves);
+    }
+
+    function _leafOfItem(bytes calldata reading) internal view override returns (bytes32) {
         return _leaf(_decode(reading));
+    }
+
+    function _fault(bytes calldata reading, uint256 committedAt) internal view override returns (RejectReason) {
+        return _readingFault(_decode(reading), committedAt);
+    }
+
+    /// @dev Bill the reading from the agreement's last claimed one, if it moves the agreement forward.
+    function _claim(bytes calldata reading, uint256 batchId) internal override {
+        Reading memory rd = _decode(reading);
+        Meter storage m = _meters[rd.id];
+        RejectReason reason = _checkClaim(m, rd);
+        if (reason != RejectReason.None) revert EventRejected(rd.id, uint64(rd.seq), reason);
+        _bill(m, rd, batchId);
     }
 
     // ---------------------------------------------------------------- internals
 
     /// @dev The settlement rules a challenge can prove broken, as of the batch's commit (see the contract notice).
-    function _fault(Reading memory rd, uint256 committedAt) private view returns (RejectReason reason) {
+    function _readingFault(Reading memory rd, uint256 committedAt) private view returns (RejectReason reason) {
         Meter storage m = _meters[rd.id];
         if (m.status == IMeteredBilling.AgreementStatus.None) return RejectReason.UnknownTarget;
         if (rd.timestamp > committedAt + MAX_CLOCK_SKEW) return RejectReason.TimestampInFuture;
@@ -415,23 +347,9 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
             if (rd.value < m.lastValue) return RejectReason.CounterRollback;
             if (rd.timestamp < m.lastTimestamp) return RejectReason.TimestampTooOld;
         }
-        address device = address(uint160(rd.id >> 96));
-        reason = _checkSigner(_structHash(rd), rd.r, rd.vs, device, _METER_KINDS, uint64(rd.timestamp));
-        if (reason == RejectReason.KeyRotated || reason == RejectReason.DeviceRevoked) {
-            // The verifier judges retirement against now; a leaf is judged against its relay time, the commit. A key
-            // retired after the commit was current when the leaf was relayed (as direct settlement would have seen
-            // it, whatever the reading's timestamp within the skew); one retired before counts for readings dated by
-            // its retirement and relayed within one grace of it.
-            address signer = ECDSA.recover(_hashTypedDataV4(_structHash(rd)), rd.r, rd.vs);
-            // slither-disable-next-line unused-return (only the retirement time is needed: the device, kind and status were checked above)
-            (,,, uint64 retiredAt) = _REGISTRY.keyInfo(signer);
-            if (
-                retiredAt > committedAt
-                    || (rd.timestamp <= retiredAt && committedAt <= uint256(retiredAt) + SETTLEMENT_GRACE)
-            ) {
-                return RejectReason.None;
-            }
-        }
+        return _signerFaultAsOf(
+            _structHash(rd), rd.r, rd.vs, address(uint160(rd.id >> 96)), _METER_KINDS, rd.timestamp, committedAt
+        );
     }
 
     /// @dev The forward-only rules of a claim, against the agreement now (as direct settlement checks a reading).
@@ -470,23 +388,6 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
         }
     }
 
-    /// @dev Effects, event, then half the bond burnt and the rest to the challenger, through the pull-payment ledger.
-    /// Burnt rather than kept as a reserve: a reserve would need someone to spend it, and this contract has no owner.
-    function _void(uint256 batchId, Batch storage b, bytes32 leaf, RejectReason reason) private {
-        b.status = BatchStatus.Voided;
-        uint256 burnt = BOND / 2;
-        emit BatchVoided(batchId, msg.sender, leaf, reason, BOND - burnt, burnt);
-        _pay(address(0), BURN_SINK, burnt);
-        _pay(address(0), msg.sender, BOND - burnt);
-    }
-
-    function _liveBatch(uint256 batchId) private view returns (Batch storage b) {
-        b = _batches[batchId];
-        BatchStatus status = b.status;
-        if (status == BatchStatus.None) revert UnknownBatch(batchId);
-        if (status == BatchStatus.Voided) revert BatchNotLive(batchId, status);
-    }
-
     /// @dev The leaf of the batch item at byte `at`; not `known` when its index is past the table of `agreements` or
     /// its timestamp beyond the 5 bytes of a packed reading (no claim or challenge could then name it).
     function _itemLeaf(bytes calldata data, uint256 at, uint256 agreements, bytes32 separator)
@@ -505,43 +406,6 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
         );
         bytes calldata signature = data[at + 18:at + 82];
         return (true, _leafOf(digest, bytes32(signature[0:32]), bytes32(signature[32:64])));
-    }
-
-    /// @dev The readings in a batch's data (see {IOptimisticBilling-commit}); reverts for a malformed or oversized
-    /// batch.
-    function _readingsIn(bytes calldata data) private pure returns (uint256 count) {
-        uint256 len = data.length;
-        if (len < _BATCH_HEADER) revert MalformedBatch(len);
-        uint256 agreements = uint16(bytes2(data[0:2]));
-        uint256 table = _BATCH_HEADER + 32 * agreements;
-        if (agreements == 0 || len <= table || (len - table) % BATCH_ITEM_SIZE != 0) revert MalformedBatch(len);
-        count = (len - table) / BATCH_ITEM_SIZE;
-        if (count > MAX_BATCH_READINGS) revert BatchTooLarge(count, MAX_BATCH_READINGS);
-    }
-
-    /// @dev The tree of {IOptimisticBilling} over a batch's data (its shape checked at commit); not well formed when
-    /// an item points past the agreement table.
-    function _root(bytes calldata data) private view returns (bool wellFormed, bytes32) {
-        uint256 agreements = uint16(bytes2(data[0:2]));
-        uint256 at = _BATCH_HEADER + 32 * agreements;
-        uint256 n = (data.length - at) / BATCH_ITEM_SIZE;
-        bytes32 separator = _domainSeparatorV4();
-        bytes32[] memory level = new bytes32[](n);
-        for (uint256 i = 0; i < n; ++i) {
-            (bool known, bytes32 leaf) = _itemLeaf(data, at, agreements, separator);
-            if (!known) return (false, bytes32(0));
-            level[i] = leaf;
-            at += BATCH_ITEM_SIZE;
-        }
-        while (n > 1) {
-            uint256 half = (n + 1) / 2;
-            for (uint256 i = 0; i < half; ++i) {
-                uint256 left = 2 * i;
-                level[i] = left + 1 < n ? Hashes.commutativeKeccak256(level[left], level[left + 1]) : level[left];
-            }
-            n = half;
-        }
-        return (true, level[0]);
     }
 
     /// @dev Item layout (114 bytes): agreementId 32 | seq 5 | timestamp 5 | value 8 | r 32 | vs 32.
@@ -579,18 +443,6 @@ contract OptimisticBilling is IOptimisticBilling, DeviceEventVerifier, PullPayme
 
     function _leaf(Reading memory rd) private view returns (bytes32) {
         return _leafOf(_hashTypedDataV4(_structHash(rd)), rd.r, rd.vs);
-    }
-
-    /// @dev keccak256(digest ‖ r ‖ vs): exactly what the device signed (the EIP-712 digest under this contract's
-    /// domain, rebuilt from the fields) and its signature.
-    function _leafOf(bytes32 digest, bytes32 r, bytes32 vs) private pure returns (bytes32 leaf) {
-        assembly ("memory-safe") {
-            let ptr := mload(0x40)
-            mstore(ptr, digest)
-            mstore(add(ptr, 0x20), r)
-            mstore(add(ptr, 0x40), vs)
-            leaf := keccak256(ptr, 0x60)
-        }
     }
 
     function _tariffExists(uint32 tariffId) private view returns (bool) {

@@ -207,13 +207,13 @@ class DeploySettings:
 
     optimistic_window: int = _doc(
         3600,
-        "OptimisticBilling: seconds a committed batch can be challenged, 600 to 2,592,000 (30 days); also the "
-        "latency to money of that mode (docs/OPTIMISTIC.md)",
+        "OptimisticBilling and OptimisticMotor: seconds a committed batch can be challenged, 600 to 2,592,000 (30 "
+        "days); also the latency to money of that mode (docs/OPTIMISTIC.md)",
     )
     optimistic_bond: str = _doc(
         "0.1",
-        "OptimisticBilling: ETH a relayer bonds on each batch, > 0; a void burns half and pays half to the "
-        "challenger, so half must exceed the gas of a challenge at the highest gas price you expect",
+        "OptimisticBilling and OptimisticMotor: ETH a relayer bonds on each batch, > 0; a void burns half and pays "
+        "half to the challenger, so half must exceed the gas of a challenge at the highest gas price you expect",
     )
 
     @property

@@ -188,7 +188,7 @@ interface IMotorInsurance is IDeviceEvents, IPullPayments {
     /// closeAt. Emits a {CloseRequested} event.
     function requestClose(uint256 policyId) external;
 
-    /// @notice Anyone ends the policy strictly after closeAt + SETTLEMENT_GRACE (reverts with {TooEarly} until
+    /// @notice Anyone ends the policy strictly after closeAt + {closeDelay} (reverts with {TooEarly} until
     /// then: reports signed by closeAt may still arrive); the unused prepaid balance goes to the holder with a bounded push, or
     /// becomes the holder's credit for {withdraw} if the push fails. Arrears stay on record.
     /// Emits a {PolicyClosed} event.
@@ -235,6 +235,10 @@ interface IMotorInsurance is IDeviceEvents, IPullPayments {
         returns (uint64 metres, uint16 factorBps, uint256 amount);
 
     function TELEMATICS_TYPEHASH() external view returns (bytes32);
+
+    /// @notice Seconds after closeAt before {close}: SETTLEMENT_GRACE here (an optimistic policy waits longer, see
+    /// {IOptimisticMotor}).
+    function closeDelay(uint256 policyId) external view returns (uint256);
 
     /// @notice Upper bound of maxFactorBps (5.0×).
     function MAX_FACTOR_BPS() external view returns (uint16);

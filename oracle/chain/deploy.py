@@ -49,6 +49,7 @@ PLAN: tuple[Step, ...] = (
         settings=("optimistic_window", "optimistic_bond_wei"),
     ),
     Step("MotorInsurance", ("DeviceRegistry",)),
+    Step("OptimisticMotor", ("DeviceRegistry",), settings=("optimistic_window", "optimistic_bond_wei")),
     Step("CropInsurance", ("DeviceRegistry",)),
     Step("HealthInsurance", ("DeviceRegistry",)),
     Step("LoanBook"),

@@ -49,6 +49,8 @@ class Contracts:
     health_insurance: str | None = field(default=None, metadata={"contract": "HealthInsurance"})
     #: readings of an agreement it minted (``batch_tree.is_optimistic``) are signed for its domain
     optimistic_billing: str | None = field(default=None, metadata={"contract": "OptimisticBilling"})
+    #: telematics of a policy it minted (``batch_tree.is_optimistic``) are signed for its domain
+    optimistic_motor: str | None = field(default=None, metadata={"contract": "OptimisticMotor"})
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -95,14 +97,22 @@ class Contracts:
 
     def for_reading(self, agreement_id: int) -> str:
         """The verifying contract of a reading: OptimisticBilling for an id it minted, else MeteredBilling."""
-        if not batch_tree.is_optimistic(agreement_id):
-            return self.for_type("reading")
-        if not self.optimistic_billing:
+        return self._for_target("reading", agreement_id, "agreement", "OptimisticBilling", self.optimistic_billing)
+
+    def for_telematics(self, policy_id: int) -> str:
+        """The verifying contract of a telematics report: OptimisticMotor for an id it minted, else MotorInsurance."""
+        return self._for_target("telematics", policy_id, "policy", "OptimisticMotor", self.optimistic_motor)
+
+    def _for_target(self, event_type: str, target: int, noun: str, optimistic: str, address: str | None) -> str:
+        """``event_type``'s contract for a direct target, ``optimistic``'s (at ``address``) for a flagged one."""
+        if not batch_tree.is_optimistic(target):
+            return self.for_type(event_type)
+        if not address:
             raise ConfigError(
-                f"agreement {agreement_id:#x} is an OptimisticBilling agreement, and no OptimisticBilling address is "
-                "known to sign its readings for (deploy it, or name it in the fleet file's contracts)"
+                f"{noun} {target:#x} is an {optimistic} {noun}, and no {optimistic} address is known to sign its "
+                f"{event_type} events for (deploy it, or name it in the fleet file's contracts)"
             )
-        return self.optimistic_billing
+        return address
 
     def signs(self, event_type: str) -> bool:
         """Whether a verifying contract for ``event_type`` is known."""
@@ -194,7 +204,8 @@ class EventSigner:
     def telematics(
         self, policy_id: int, odometer: int, harsh_braking: int, speeding: int, *, timestamp: int | None = None
     ) -> SignedEvent:
-        """A vehicle's cumulative odometer (metres) and event counters for a MotorInsurance policy."""
+        """A vehicle's cumulative odometer (metres) and event counters for a MotorInsurance policy (signed for
+        OptimisticMotor when the policy id carries its flag)."""
         msg = {
             "policyId": policy_id,
             "seq": self._counter.next(),
@@ -203,7 +214,7 @@ class EventSigner:
             "harshBraking": harsh_braking,
             "speeding": speeding,
         }
-        return sign_event(self.key, "telematics", self.chain_id, self.contracts.for_type("telematics"), msg)
+        return sign_event(self.key, "telematics", self.chain_id, self.contracts.for_telematics(policy_id), msg)
 
     def activity(self, policy_id: int, period: int, tier: int, *, timestamp: int | None = None) -> SignedEvent:
         """A wearable's activity tier (0–3) of one finished period of a HealthInsurance policy (only the tier: the

@@ -1,4 +1,9 @@
-"""The batch commitment of optimistic settlement (``IOptimisticBilling``): leaves, root and inclusion proofs.
+"""The batch commitment of optimistic settlement (``IOptimisticBatches``): leaves, root and inclusion proofs.
+
+Two kinds settle this way: readings (``OptimisticBilling``) and telematics reports (``OptimisticMotor``); every
+function taking ``kind`` defaults to readings. A telematics report travels whole as ``MotorInsurance.settle`` packs it
+(174 bytes, ``packed.item_size("telematics")``, the terms included); its batch item (``ITEM_SIZES``) is 90 bytes:
+index (uint16), seq (uint40), timestamp − base (uint24), odometer (uint64), harshBraking, speeding (uint32 each), r, vs.
 
 A reading travels whole in a challenge or a claim: ``packed.item_size("reading")`` = 114 bytes, the layout of
 ``MeteredBilling.settle`` (``sign_reading``, ``decode_reading``). A batch's data (``pack_batch``, ``split_batch``)
@@ -19,15 +24,23 @@ from dataclasses import dataclass
 
 from eth_hash.auto import keccak
 from iotsettle.oracle.protocol import eip712
-from iotsettle.oracle.protocol.packed import PACKED_WIDTHS, item_size, pack_item
+from iotsettle.oracle.protocol.packed import PACKED_WIDTHS, UNKNOWN_TERMS, item_size, pack_item
 
 READING_SIZE = item_size("reading")
 #: bytes per reading in a batch's data, after the header and the agreement table
 ITEM_SIZE = 82
 #: agreement count (uint16) ‖ base timestamp (uint40)
 HEADER_SIZE = 7
-#: most readings in one batch (``OptimisticBilling.MAX_BATCH_READINGS``: a data challenge must fit in a block)
+#: most readings in one batch (``OptimisticBilling.MAX_BATCH_READINGS``: a data challenge must fit in a block); the
+#: same for telematics reports (``OptimisticMotor.MAX_BATCH_REPORTS``)
 MAX_BATCH_READINGS = 4_096
+#: kind → the optimistic contract its batches go to
+CONTRACTS = {"reading": "OptimisticBilling", "telematics": "OptimisticMotor"}
+#: kind → the EIP-712 primary type its devices sign
+PRIMARY = {"reading": "Reading", "telematics": "Telematics"}
+#: kind → bytes per event in a batch's data: index 2, seq 5, timestamp offset 3, the fields after the timestamp at
+#: their packed widths, r and vs
+ITEM_SIZES = {kind: 2 + 5 + 3 + sum(PACKED_WIDTHS[kind][3:]) + 64 for kind in CONTRACTS}
 #: set in every agreement id OptimisticBilling mints (``OptimisticBilling.AGREEMENT_ID_FLAG``: ``device << 96 |
 #: tariffId << 64 | flag | count``); MeteredBilling's ids never carry it, so an id names one agreement across both
 #: modes, and says which contract's domain its readings are signed for
@@ -71,6 +84,17 @@ def sign_reading(
     return pack_reading(message, eip712.sign_digest(private_key, eip712.digest("Reading", message, domain)))
 
 
+def sign_telematics(
+    private_key: bytes, domain: eip712.Domain, message: Mapping[str, int], terms: bytes | None = None
+) -> bytes:
+    """A telematics report (``message``: the EIP-712 fields of Telematics) signed by a vehicle key, packed as a claim
+    or a challenge carries it (174 bytes; ``terms`` as ``telematicsTerms`` returns them, else unknown)."""
+    signature = eip712.sign_digest(private_key, eip712.digest("Telematics", message, domain))
+    vs = int.from_bytes(signature[32:64], "big") | ((signature[64] - 27) << 255)
+    fields = [message[name] for _, name in eip712.TYPES["Telematics"]]
+    return pack_item("telematics", fields, signature[:32], vs.to_bytes(32, "big"), terms)
+
+
 def pack_reading(message: Mapping[str, int], signature: bytes) -> bytes:
     """A reading already signed (``message`` as ``PackedReading.message`` gives it, the 65-byte r ‖ s ‖ v
     signature), packed as a batch carries it (ERC-2098 compact signature)."""
@@ -79,55 +103,80 @@ def pack_reading(message: Mapping[str, int], signature: bytes) -> bytes:
     return pack_item("reading", fields, signature[:32], vs.to_bytes(32, "big"))
 
 
-def pack_batch(readings: Sequence[bytes]) -> bytes:
-    """The data ``commit`` takes for packed readings (114 bytes each, as ``sign_reading`` returns them), in this
-    order; ValueError when there are none or more than ``MAX_BATCH_READINGS``, more than 65,535 agreements, or
-    timestamps spread over 2^24 seconds (194 days) or more: split such a batch."""
-    if not readings:
-        raise ValueError("a batch has at least one reading")
-    if len(readings) > MAX_BATCH_READINGS:
-        raise ValueError(f"a batch holds at most {MAX_BATCH_READINGS} readings, got {len(readings)}")
-    decoded = [decode_reading(r) for r in readings]
-    table: dict[int, int] = {}
-    for reading in decoded:
-        table.setdefault(reading.agreement_id, len(table))
+def _widths(kind: str) -> tuple[int, int, int]:
+    """Bytes of seq, of the timestamp and of the fields after it in a packed item of ``kind``."""
+    if kind not in CONTRACTS:
+        raise ValueError(f"{kind} events are not settled in optimistic batches")
+    widths = PACKED_WIDTHS[kind]
+    return widths[1], widths[2], sum(widths[3:])
+
+
+def pack_batch(items: Sequence[bytes], kind: str = "reading") -> bytes:
+    """The data ``commit`` takes for packed events of ``kind`` (readings of 114 bytes as ``sign_reading`` returns
+    them; telematics reports of 174 as ``MotorInsurance.settle`` packs them), in this order; ValueError when there
+    are none or more than ``MAX_BATCH_READINGS``, more than 65,535 targets, a seq of 2^40 or more, or timestamps
+    spread over 2^24 seconds (194 days) or more: split such a batch."""
+    seq_width, time_width, rest = _widths(kind)
+    if not items:
+        raise ValueError(f"a batch has at least one {kind}")
+    if len(items) > MAX_BATCH_READINGS:
+        raise ValueError(f"a batch holds at most {MAX_BATCH_READINGS} events, got {len(items)}")
+    size = item_size(kind)
+    if any(len(raw) != size for raw in items):
+        raise ValueError(f"a packed {kind} is {size} bytes")
+    table: dict[bytes, int] = {}
+    for raw in items:
+        table.setdefault(raw[:32], len(table))
     if len(table) >= _MAX_AGREEMENTS:
-        raise ValueError(f"a batch names at most {_MAX_AGREEMENTS - 1} agreements, got {len(table)}")
-    base = min(reading.timestamp for reading in decoded)
-    if max(reading.timestamp for reading in decoded) - base >= _MAX_OFFSET:
-        raise ValueError("the readings of a batch must lie within 2^24 seconds of each other: split the batch")
+        raise ValueError(f"a batch names at most {_MAX_AGREEMENTS - 1} targets, got {len(table)}")
+    seqs = [int.from_bytes(raw[32 : 32 + seq_width], "big") for raw in items]
+    times = [int.from_bytes(raw[32 + seq_width : 32 + seq_width + time_width], "big") for raw in items]
+    if max(seqs) >= 1 << 40:
+        raise ValueError("a batch carries seq in 5 bytes: settle an event with a larger seq directly")
+    base = min(times)
+    if max(times) - base >= _MAX_OFFSET:
+        raise ValueError("the events of a batch must lie within 2^24 seconds of each other: split the batch")
     out = bytearray(len(table).to_bytes(2, "big") + base.to_bytes(5, "big"))
-    for agreement_id in table:
-        out += agreement_id.to_bytes(32, "big")
-    for raw, reading in zip(readings, decoded, strict=True):
-        out += table[reading.agreement_id].to_bytes(2, "big") + raw[32:37]
-        out += (reading.timestamp - base).to_bytes(3, "big") + raw[42:]
+    for target in table:
+        out += target
+    fields_end = 32 + seq_width + time_width
+    for raw, seq, time in zip(items, seqs, times, strict=True):
+        out += table[raw[:32]].to_bytes(2, "big") + seq.to_bytes(5, "big") + (time - base).to_bytes(3, "big")
+        out += raw[fields_end : fields_end + rest + 64]
     return bytes(out)
 
 
-def split_batch(data: bytes) -> list[bytes]:
-    """The readings of a batch's data, each packed whole (114 bytes, as a claim or a challenge carries it);
-    ValueError when the data is not a batch or an item cannot stand for a reading (its index past the agreement
-    table, its timestamp beyond 5 bytes): the contract's data challenge voids such a batch."""
+def split_batch(data: bytes, kind: str = "reading") -> list[bytes]:
+    """The events of a batch's data, each packed whole as a claim or a challenge carries it (a telematics report
+    with ``packed.UNKNOWN_TERMS``: the terms are not in a batch); ValueError when the data is not a batch or an item
+    cannot stand for an event (its index past the table, a reading's timestamp beyond 5 bytes): the contract's data
+    challenge voids such a batch."""
+    seq_width, time_width, rest = _widths(kind)
+    size = ITEM_SIZES[kind]
     if len(data) < HEADER_SIZE:
         raise ValueError(f"a batch starts with a {HEADER_SIZE}-byte header, got {len(data)} bytes")
     count = int.from_bytes(data[:2], "big")
     base = int.from_bytes(data[2:HEADER_SIZE], "big")
     table_end = HEADER_SIZE + 32 * count
-    if count == 0 or len(data) <= table_end or (len(data) - table_end) % ITEM_SIZE:
-        raise ValueError(
-            f"a batch is a header, an agreement table and a positive multiple of {ITEM_SIZE} bytes, got {len(data)}"
-        )
+    if count == 0 or len(data) <= table_end or (len(data) - table_end) % size:
+        raise ValueError(f"a batch is a header, a table and a positive multiple of {size} bytes, got {len(data)}")
     table = [data[HEADER_SIZE + 32 * i : HEADER_SIZE + 32 * (i + 1)] for i in range(count)]
-    readings = []
-    for at in range(table_end, len(data), ITEM_SIZE):
-        item = data[at : at + ITEM_SIZE]
+    events = []
+    for at in range(table_end, len(data), size):
+        item = data[at : at + size]
         index = int.from_bytes(item[:2], "big")
         timestamp = base + int.from_bytes(item[7:10], "big")
-        if index >= count or timestamp >= 1 << 40:
-            raise ValueError(f"the batch item at byte {at} names no reading")
-        readings.append(table[index] + item[2:7] + timestamp.to_bytes(5, "big") + item[10:])
-    return readings
+        if index >= count or timestamp >= 1 << (8 * time_width):
+            raise ValueError(f"the batch item at byte {at} names no {kind}")
+        seq = int.from_bytes(item[2:7], "big")
+        events.append(
+            table[index]
+            + seq.to_bytes(seq_width, "big")
+            + timestamp.to_bytes(time_width, "big")
+            + item[10 : 10 + rest + 64]
+            + UNKNOWN_TERMS.get(kind, b"")
+        )
+    return events
 
 
 def decode_reading(item: bytes) -> PackedReading:
@@ -143,10 +192,25 @@ def decode_reading(item: bytes) -> PackedReading:
     return PackedReading(agreement_id, seq, timestamp, value, item[at : at + 32], item[at + 32 : at + 64])
 
 
-def leaf(item: bytes, domain: eip712.Domain) -> bytes:
-    """keccak256(digest ‖ r ‖ vs) of one packed reading (114 bytes)."""
-    reading = decode_reading(item)
-    return keccak(eip712.digest("Reading", reading.message(), domain) + reading.r + reading.vs)
+def decode_item(item: bytes, kind: str = "reading") -> tuple[dict[str, int], bytes, bytes]:
+    """The signed message (EIP-712 field name → value), r and vs of one packed event of ``kind``; ValueError for a
+    wrong length."""
+    _widths(kind)
+    if len(item) != item_size(kind):
+        raise ValueError(f"a packed {kind} is {item_size(kind)} bytes, got {len(item)}")
+    names = [name for _, name in eip712.TYPES[PRIMARY[kind]]]
+    message: dict[str, int] = {}
+    at = 0
+    for name, width in zip(names, PACKED_WIDTHS[kind], strict=True):
+        message[name] = int.from_bytes(item[at : at + width], "big")
+        at += width
+    return message, item[at : at + 32], item[at + 32 : at + 64]
+
+
+def leaf(item: bytes, domain: eip712.Domain, kind: str = "reading") -> bytes:
+    """keccak256(digest ‖ r ‖ vs) of one packed event of ``kind`` (a reading: 114 bytes; a report: 174)."""
+    message, r, vs = decode_item(item, kind)
+    return keccak(eip712.digest(PRIMARY[kind], message, domain) + r + vs)
 
 
 def _pair(a: bytes, b: bytes) -> bytes:

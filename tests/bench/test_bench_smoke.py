@@ -249,8 +249,14 @@ def test_optimistic_figures_come_from_commits_and_claims_that_billed(
             deployment.config, Anvil(deployment.config), mosquitto, deployment.chain, deployment.manifest, state
         )
         entries, other = optimistic.measure(stack)
-    by = {e["batch"]: e for e in entries}
-    assert set(by) == {100, 1_000}
+    by = {e["batch"]: e for e in entries if e["kind"] == "reading_optimistic"}
+    motor = {e["batch"]: e for e in entries if e["kind"] == "telematics_optimistic"}
+    assert set(by) == set(motor) == {100, 1_000} and len(entries) == 4
+    for batch, entry in motor.items():
+        assert entry["readings_per_agreement"] == 100 and entry["transactions"] == 1 + batch // 100
+        assert abs(entry["per_event"] - entry["commit_per_event"] - entry["claim_per_event"]) <= 1
+    # a 90-byte batch item against a reading's 82, the claims charging by the same telescoping premium
+    assert by[1_000]["per_event_eip2028"] < motor[1_000]["per_event_eip2028"] < 3_000
     for batch, entry in by.items():
         assert entry["kind"] == "reading_optimistic" and entry["batch"] == batch
         assert entry["readings_per_agreement"] == 100 and entry["transactions"] == 1 + batch // 100
@@ -268,3 +274,6 @@ def test_optimistic_figures_come_from_commits_and_claims_that_billed(
     assert cancun.verdict == "met" and cancun.target == "≤ 2,000"
     latency = next(r for m, r in rows.items() if m.startswith("latency to money, optimistic"))
     assert latency.figure.startswith("3,600 s vs")
+    motor_where = "batch 1,000, 100 per policy per window"
+    reports = rows[f"gas per telematics report, optimistic ({motor_where}; EIP-2028 calldata, Cancun): commit + claims"]
+    assert reports.figure.endswith(f"= {motor[1_000]['per_event_eip2028']:,}")

@@ -6,6 +6,7 @@ import {IDeviceEvents} from "../../contracts/interfaces/IDeviceEvents.sol";
 import {IDeviceRegistry} from "../../contracts/interfaces/IDeviceRegistry.sol";
 import {IMeteredBilling} from "../../contracts/interfaces/IMeteredBilling.sol";
 import {IOptimisticBilling} from "../../contracts/interfaces/IOptimisticBilling.sol";
+import {IOptimisticBatches} from "../../contracts/interfaces/IOptimisticBatches.sol";
 import {OptimisticBilling} from "../../contracts/OptimisticBilling.sol";
 import {OptimisticFixture} from "./utils/OptimisticFixture.sol";
 
@@ -58,12 +59,12 @@ contract OptimisticBillingTest is OptimisticFixture {
 
         uint256 reward = BOND - BOND / 2;
         vm.expectEmit(address(opt));
-        emit IOptimisticBilling.BatchVoided(batchId, challenger, ls[bad], reason, reward, BOND / 2);
+        emit IOptimisticBatches.BatchVoided(batchId, challenger, ls[bad], reason, reward, BOND / 2);
         vm.prank(challenger);
         opt.challenge(batchId, items[bad], proofOf(ls, bad));
 
         assertEq(challenger.balance - challengerBefore, reward, "half the bond went to the challenger");
-        assertEq(uint8(opt.batchOf(batchId).status), uint8(IOptimisticBilling.BatchStatus.Voided));
+        assertEq(uint8(opt.batchOf(batchId).status), uint8(IOptimisticBatches.BatchStatus.Voided));
         assertEq(keccak256(abi.encode(opt.agreementOf(idA))), keccak256(abi.encode(a0)), "A unchanged");
         assertEq(keccak256(abi.encode(opt.agreementOf(idB))), keccak256(abi.encode(b0)), "B unchanged");
 
@@ -71,14 +72,14 @@ contract OptimisticBillingTest is OptimisticFixture {
         for (uint256 i = 0; i < items.length; ++i) {
             vm.expectRevert(
                 abi.encodeWithSelector(
-                    IOptimisticBilling.BatchNotLive.selector, batchId, IOptimisticBilling.BatchStatus.Voided
+                    IOptimisticBatches.BatchNotLive.selector, batchId, IOptimisticBatches.BatchStatus.Voided
                 )
             );
             opt.claim(batchId, items[i], proofOf(ls, i));
         }
         vm.expectRevert(
             abi.encodeWithSelector(
-                IOptimisticBilling.BatchNotLive.selector, batchId, IOptimisticBilling.BatchStatus.Voided
+                IOptimisticBatches.BatchNotLive.selector, batchId, IOptimisticBatches.BatchStatus.Voided
             )
         );
         opt.releaseBond(batchId);
@@ -160,7 +161,7 @@ contract OptimisticBillingTest is OptimisticFixture {
         uint256 batchId = commitItems(one(_a(1, 150)));
         vm.expectRevert(
             abi.encodeWithSelector(
-                IOptimisticBilling.ChallengeWindowOpen.selector, batchId, block.timestamp + opt.CHALLENGE_WINDOW()
+                IOptimisticBatches.ChallengeWindowOpen.selector, batchId, block.timestamp + opt.CHALLENGE_WINDOW()
             )
         );
         opt.releaseBond(batchId);
@@ -171,7 +172,7 @@ contract OptimisticBillingTest is OptimisticFixture {
         assertEq(address(opt).balance, 0, "no bond left behind");
         vm.expectRevert(
             abi.encodeWithSelector(
-                IOptimisticBilling.BatchNotLive.selector, batchId, IOptimisticBilling.BatchStatus.Released
+                IOptimisticBatches.BatchNotLive.selector, batchId, IOptimisticBatches.BatchStatus.Released
             )
         );
         opt.releaseBond(batchId);
@@ -181,7 +182,7 @@ contract OptimisticBillingTest is OptimisticFixture {
         bytes memory data = pack(one(_a(1, 150)));
         assertEq(data.length, 7 + 32 + 82, "a header, a table of one agreement and one item");
         vm.prank(relayer);
-        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.WrongBond.selector, opt.BOND(), 1));
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBatches.WrongBond.selector, opt.BOND(), 1));
         opt.commit{value: 1}(bytes32(0), data);
         uint256 bond = opt.BOND();
         vm.prank(relayer);
@@ -204,7 +205,7 @@ contract OptimisticBillingTest is OptimisticFixture {
         bytes memory data = bytes.concat(bytes2(uint16(1)), bytes5(0), bytes32(idA), new bytes((max + 1) * 82));
         uint256 bond = opt.BOND();
         vm.prank(relayer);
-        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.BatchTooLarge.selector, max + 1, max));
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBatches.BatchTooLarge.selector, max + 1, max));
         opt.commit{value: bond}(bytes32(0), data);
     }
 
@@ -218,7 +219,7 @@ contract OptimisticBillingTest is OptimisticFixture {
         vm.prank(relayer);
         uint256 batchId = opt.commit{value: bond}(rootOf(leaves(items)), data);
         vm.expectEmit(address(opt));
-        emit IOptimisticBilling.BatchVoided(
+        emit IOptimisticBatches.BatchVoided(
             batchId, challenger, bytes32(0), IDeviceEvents.RejectReason.None, bond - bond / 2, bond / 2
         );
         vm.prank(challenger);
@@ -238,11 +239,11 @@ contract OptimisticBillingTest is OptimisticFixture {
         uint64 min = opt.MIN_CHALLENGE_WINDOW();
         uint64 max = opt.MAX_CHALLENGE_WINDOW();
         vm.expectRevert(
-            abi.encodeWithSelector(IOptimisticBilling.ChallengeWindowOutOfRange.selector, min - 1, min, max)
+            abi.encodeWithSelector(IOptimisticBatches.ChallengeWindowOutOfRange.selector, min - 1, min, max)
         );
         new OptimisticBilling(registry, billing, min - 1, 1);
         vm.expectRevert(
-            abi.encodeWithSelector(IOptimisticBilling.ChallengeWindowOutOfRange.selector, max + 1, min, max)
+            abi.encodeWithSelector(IOptimisticBatches.ChallengeWindowOutOfRange.selector, max + 1, min, max)
         );
         new OptimisticBilling(registry, billing, max + 1, 1);
         vm.expectRevert(ICommonErrors.ZeroAmount.selector);
@@ -323,12 +324,12 @@ contract OptimisticBillingTest is OptimisticFixture {
         uint256 batchId = opt.commit{value: bond}(rootOf(leaves(hidden)), pack(shown));
 
         vm.expectRevert(
-            abi.encodeWithSelector(IOptimisticBilling.NotBatchData.selector, batchId, keccak256(pack(hidden)))
+            abi.encodeWithSelector(IOptimisticBatches.NotBatchData.selector, batchId, keccak256(pack(hidden)))
         );
         opt.challengeData(batchId, pack(hidden));
 
         vm.expectEmit(address(opt));
-        emit IOptimisticBilling.BatchVoided(
+        emit IOptimisticBatches.BatchVoided(
             batchId, challenger, bytes32(0), IDeviceEvents.RejectReason.None, bond - bond / 2, bond / 2
         );
         vm.prank(challenger);
@@ -350,7 +351,7 @@ contract OptimisticBillingTest is OptimisticFixture {
         vm.prank(relayer);
         opt.challenge(batchId, forged, proofOf(ls, 1));
 
-        assertEq(uint8(opt.batchOf(batchId).status), uint8(IOptimisticBilling.BatchStatus.Voided));
+        assertEq(uint8(opt.batchOf(batchId).status), uint8(IOptimisticBatches.BatchStatus.Voided));
         assertEq(before - relayer.balance, bond / 2, "lying cost the relayer half its bond");
         assertEq(BURN_SINK.balance - sunk, bond / 2, "burnt");
         assertEq(opt.withdrawable(address(0), relayer), 0, "no credit left to pull back");
@@ -364,12 +365,12 @@ contract OptimisticBillingTest is OptimisticFixture {
         uint256 batchId = commitItems(items);
         bytes32[] memory ls = leaves(items);
         vm.prank(challenger);
-        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.NothingProven.selector, batchId, ls[0]));
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBatches.NothingProven.selector, batchId, ls[0]));
         opt.challenge(batchId, items[0], proofOf(ls, 0));
         vm.prank(challenger);
-        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.NothingProven.selector, batchId, bytes32(0)));
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBatches.NothingProven.selector, batchId, bytes32(0)));
         opt.challengeData(batchId, pack(items));
-        assertEq(uint8(opt.batchOf(batchId).status), uint8(IOptimisticBilling.BatchStatus.Committed));
+        assertEq(uint8(opt.batchOf(batchId).status), uint8(IOptimisticBatches.BatchStatus.Committed));
         assertEq(address(opt).balance, opt.BOND(), "the bond stays");
     }
 
@@ -379,14 +380,14 @@ contract OptimisticBillingTest is OptimisticFixture {
         uint256 batchId = commitItems(items);
         bytes32[] memory ls = leaves(items);
         vm.prank(challenger);
-        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.NotInBatch.selector, batchId, ls[1]));
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBatches.NotInBatch.selector, batchId, ls[1]));
         opt.challenge(batchId, forged, proofOf(ls, 0));
         // A bad leaf that is not in the batch proves nothing about it either.
         bytes memory outside = signItem(forgerKey, idB, 7, uint64(block.timestamp), 1);
         vm.prank(challenger);
-        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.NotInBatch.selector, batchId, opt.leafOf(outside)));
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBatches.NotInBatch.selector, batchId, opt.leafOf(outside)));
         opt.challenge(batchId, outside, proofOf(ls, 1));
-        assertEq(uint8(opt.batchOf(batchId).status), uint8(IOptimisticBilling.BatchStatus.Committed));
+        assertEq(uint8(opt.batchOf(batchId).status), uint8(IOptimisticBatches.BatchStatus.Committed));
     }
 
     function test_Challenge_AfterTheWindow_ChangesNothing() public {
@@ -396,10 +397,10 @@ contract OptimisticBillingTest is OptimisticFixture {
         uint256 endsAt = block.timestamp + opt.CHALLENGE_WINDOW();
         afterWindow(batchId);
         vm.prank(challenger);
-        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.ChallengeWindowClosed.selector, batchId, endsAt));
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBatches.ChallengeWindowClosed.selector, batchId, endsAt));
         opt.challenge(batchId, forged, proofOf(leaves(items), 1));
         assertEq(challenger.balance, 0);
-        assertEq(uint8(opt.batchOf(batchId).status), uint8(IOptimisticBilling.BatchStatus.Committed));
+        assertEq(uint8(opt.batchOf(batchId).status), uint8(IOptimisticBatches.BatchStatus.Committed));
     }
 
     /// @dev A key revoked after the commit, the challenge coming after the grace: the leaf was valid when relayed.
@@ -411,7 +412,7 @@ contract OptimisticBillingTest is OptimisticFixture {
         registry.revoke(meterB);
         vm.warp(block.timestamp + opt.CHALLENGE_WINDOW() - 20);
         bytes32[] memory ls = leaves(items);
-        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.NothingProven.selector, batchId, ls[0]));
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBatches.NothingProven.selector, batchId, ls[0]));
         opt.challenge(batchId, items[0], proofOf(ls, 0));
         afterWindow(batchId);
         claimItem(batchId, items, 0);
@@ -427,7 +428,7 @@ contract OptimisticBillingTest is OptimisticFixture {
         vm.prank(owner);
         registry.revoke(meterB);
         bytes32[] memory ls = leaves(items);
-        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.NothingProven.selector, batchId, ls[0]));
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBatches.NothingProven.selector, batchId, ls[0]));
         opt.challenge(batchId, items[0], proofOf(ls, 0));
     }
 
@@ -442,7 +443,7 @@ contract OptimisticBillingTest is OptimisticFixture {
         afterWindow(b1);
         claimItem(b1, first, 0);
         bytes32[] memory ls = leaves(second);
-        vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.NothingProven.selector, b2, ls[0]));
+        vm.expectRevert(abi.encodeWithSelector(IOptimisticBatches.NothingProven.selector, b2, ls[0]));
         opt.challenge(b2, second[0], proofOf(ls, 0));
         afterWindow(b2);
         vm.expectRevert(
@@ -459,7 +460,7 @@ contract OptimisticBillingTest is OptimisticFixture {
         uint256 batchId = commitItems(items);
         vm.warp(block.timestamp + opt.CHALLENGE_WINDOW());
         vm.expectRevert(
-            abi.encodeWithSelector(IOptimisticBilling.ChallengeWindowOpen.selector, batchId, block.timestamp)
+            abi.encodeWithSelector(IOptimisticBatches.ChallengeWindowOpen.selector, batchId, block.timestamp)
         );
         claimItem(batchId, items, 0);
     }

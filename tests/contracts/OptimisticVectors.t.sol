@@ -4,6 +4,7 @@ pragma solidity 0.8.37;
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 
 import {IOptimisticBilling} from "../../contracts/interfaces/IOptimisticBilling.sol";
+import {IOptimisticBatches} from "../../contracts/interfaces/IOptimisticBatches.sol";
 import {OptimisticFixture} from "./utils/OptimisticFixture.sol";
 
 /// @dev The shared batch vectors (tests/vectors/optimistic-batch.json, written from oracle/protocol/batch_tree.py and
@@ -44,7 +45,7 @@ contract OptimisticVectorsTest is OptimisticFixture {
             vm.prank(relayer);
             uint256 batchId = copy.commit{value: bond}(root, data);
             // The contract rebuilds the tree from the data: the same root, so the data challenge proves nothing.
-            vm.expectRevert(abi.encodeWithSelector(IOptimisticBilling.NothingProven.selector, batchId, bytes32(0)));
+            vm.expectRevert(abi.encodeWithSelector(IOptimisticBatches.NothingProven.selector, batchId, bytes32(0)));
             copy.challengeData(batchId, data);
         }
     }

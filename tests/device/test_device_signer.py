@@ -156,12 +156,19 @@ uint32 = st.integers(0, 2**32 - 1)
 def test_telematics_digest_equals_motor_insurance(
     deployment: Any, policy: int, seq: int, timestamp: int, odometer: int, harsh: int, speeding: int, key: bytes
 ) -> None:
-    motor = deployment.contract("MotorInsurance")
+    direct, optimistic = deployment.contract("MotorInsurance"), deployment.contract("OptimisticMotor")
     device = DeviceKey.from_private_key(key)
-    contracts = Contracts(CONTRACTS.metered_billing, CONTRACTS.delivery_escrow, motor_insurance=motor.address)
+    contracts = Contracts(
+        CONTRACTS.metered_billing,
+        CONTRACTS.delivery_escrow,
+        motor_insurance=direct.address,
+        optimistic_motor=optimistic.address,
+    )
     event = EventSigner(device, deployment.chain.chain_id, contracts, MemoryCounter(seq)).telematics(
         policy, odometer, harsh, speeding, timestamp=timestamp
     )
+    # an id with OptimisticMotor's flag (bit 63) is signed for its domain, any other for MotorInsurance's
+    motor = optimistic if policy & batch_tree.AGREEMENT_ID_FLAG else direct
     assert event.digest == _call(motor, "hashTelematics", policy, seq, timestamp, odometer, harsh, speeding)
     assert wire.decode(event.to_payload()).signer() == device.address
 

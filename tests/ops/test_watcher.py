@@ -163,7 +163,7 @@ def test_the_window_and_bond_come_from_the_deployment(own_deployment: Any, tmp_p
     batch = int(events_in(deployment.ops(), CONTRACT, receipt.receipt, "BatchCommitted")[0]["batchId"])
     warp_to(w3, chain_now(w3) + 1_201)
     watcher = Watcher(deployment.ops(watcher_user.account), tmp_path / "watcher.db")
-    assert watcher.window == 1_200
+    assert [w.window for w in watcher.watched] == [1_200, 1_200], "both optimistic contracts' windows"
     assert [(v.batch_id, v.verdict) for v in watcher.run_pass().verdicts] == [(batch, "missed")]
     watcher.close()
 
@@ -185,4 +185,89 @@ def test_data_that_names_no_reading_is_challenged(own_deployment: Any, tmp_path:
     verdicts = [v for v in watcher.run_pass().verdicts if v.batch_id == batch]
     assert [(v.verdict, v.reason) for v in verdicts] == [("challenged", "DataDoesNotBuildRoot")]
     assert opt.functions.batchOf(batch).call()[4] == 2, "voided"
+    watcher.close()
+
+
+def test_a_forged_telematics_batch_is_challenged_and_the_honest_report_settles(
+    own_deployment: Any, tmp_path: Path
+) -> None:
+    """OptimisticMotor's batches are watched like OptimisticBilling's: a report signed by an unknown key is
+    challenged (the bond paid to the watcher), the honest report posted again is valid and its claim charges the
+    premium; a report rolled back below the claimed odometer, committed after the claim, is challenged too."""
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    insurer, holder, relayer, watcher_user = (cli.user(w3) for _ in range(4))
+    vehicle = register_device(deployment.config, insurer, DeviceKind.VEHICLE)
+    motor = "OptimisticMotor"
+    om = deployment.contract(motor)
+    domain = eip712.Domain(w3.eth.chain_id, om.address)
+    bond = int(om.functions.BOND().call())
+    token = deployment.address("TestToken")
+    rate = 10**15  # per km at factor 1.0
+    receipt = _send(
+        deployment,
+        insurer,
+        motor,
+        "offer",
+        holder.address,
+        vehicle.address,
+        token,
+        rate,
+        10_000,
+        20_000,
+        500,
+        0,
+        0,
+        0,
+        60,
+    )
+    policy = int(events_in(deployment.ops(), motor, receipt, "PolicyOffered")[0]["policyId"])
+    assert policy & batch_tree.AGREEMENT_ID_FLAG, "an optimistic policy id"
+    cli.ok(["token", "mint", "--amount", "10"], holder)
+    _send(deployment, holder, "TestToken", "approve", om.address, 10**19)
+    _send(deployment, holder, motor, "accept", policy, 10**19, 0, 0, 0)
+    terms = bytes(om.functions.telematicsTerms(policy).call())
+
+    def report(seq: int, odometer: int, key: bytes = vehicle.private_key) -> bytes:
+        message = {
+            "policyId": policy,
+            "seq": seq,
+            "timestamp": chain_now(w3),
+            "odometer": odometer,
+            "harshBraking": 0,
+            "speeding": 0,
+        }
+        return batch_tree.sign_telematics(key, domain, message, terms)
+
+    def commit(items: list[bytes]) -> int:
+        leaves = [batch_tree.leaf(item, domain, "telematics") for item in items]
+        data = batch_tree.pack_batch(items, "telematics")
+        receipt = _send(deployment, relayer, motor, "commit", batch_tree.root(leaves), data, value=bond)
+        return int(events_in(deployment.ops(), motor, receipt, "BatchCommitted")[0]["batchId"])
+
+    warp_to(w3, chain_now(w3) + 1)
+    honest = report(1, 50_000)
+    bad = commit([report(2, 10**9, key=secrets.token_bytes(32)), honest])
+    watcher = Watcher(deployment.ops(watcher_user.account), tmp_path / "watcher.db")
+    verdicts = [v for v in watcher.run_pass().verdicts if v.contract == motor]  # the module's reading batches too
+    assert [(v.contract, v.batch_id, v.verdict, v.reason, v.leaf_index) for v in verdicts] == [
+        (motor, bad, "challenged", "UnknownKey", 0)
+    ]
+    assert om.functions.batchOf(bad).call()[4] == 2, "voided"
+
+    again = commit([honest])
+    assert [(v.batch_id, v.verdict) for v in watcher.run_pass().verdicts] == [(again, "valid")]
+    committed_at = int(om.functions.batchOf(again).call()[3])
+    warp_to(w3, committed_at + int(om.functions.CHALLENGE_WINDOW().call()) + 1)
+    # the batch carries no terms: the claim sends the report with them (zeros would read the stored ones)
+    leaves = [batch_tree.leaf(honest, domain, "telematics")]
+    _send(deployment, relayer, motor, "claim", again, honest, batch_tree.proof(leaves, 0))
+    charged = om.functions.policyOf(policy).call()[20]
+    assert charged == 50 * rate, "50 km at factor 1.0"
+
+    warp_to(w3, chain_now(w3) + 1)
+    rolled_back = commit([report(3, 40_000)])
+    verdicts = watcher.run_pass().verdicts
+    assert [(v.batch_id, v.verdict, v.reason) for v in verdicts] == [(rolled_back, "challenged", "CounterRollback")]
+    assert om.functions.policyOf(policy).call()[20] == charged, "no money moved"
     watcher.close()

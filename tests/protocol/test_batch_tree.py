@@ -53,7 +53,37 @@ def build_vectors() -> dict[str, Any]:
         "agreementIdFlag": str(batch_tree.AGREEMENT_ID_FLAG),
         "count": str(len(batches)),
         "batches": batches,
+        "telematics": _telematics_batches(),
     }
+
+
+def _telematics_batches() -> list[dict[str, Any]]:
+    """OptimisticMotor's batches: reports of vehicles' policies (ids with the flag), packed as settle takes them."""
+    batches = []
+    for n, size in enumerate(SIZES):
+        items = []
+        for i in range(size):
+            key = _key(i % 3)
+            policy_id = (int(eip712.address_of(key), 16) << 96) | batch_tree.AGREEMENT_ID_FLAG | (n + 1)
+            message = {
+                "policyId": policy_id,
+                "seq": i + 1,
+                "timestamp": 1_764_340_000 + 7 * i,
+                "odometer": 5_000_000 + 913 * i,
+                "harshBraking": i // 2,
+                "speeding": 2**32 - 1 if i == 4 else i,
+            }
+            items.append(batch_tree.sign_telematics(key, DOMAIN, message))
+        leaves = [batch_tree.leaf(item, DOMAIN, "telematics") for item in items]
+        batches.append(
+            {
+                "data": "0x" + batch_tree.pack_batch(items, "telematics").hex(),
+                "reports": ["0x" + item.hex() for item in items],
+                "leaves": ["0x" + x.hex() for x in leaves],
+                "root": "0x" + batch_tree.root(leaves).hex(),
+            }
+        )
+    return batches
 
 
 def test_vector_file_is_what_the_code_computes() -> None:
@@ -86,6 +116,22 @@ def test_a_batch_shares_one_agreement_id_and_splits_back() -> None:
     data = batch_tree.pack_batch(items)
     assert len(data) == batch_tree.HEADER_SIZE + 2 * 32 + 10 * batch_tree.ITEM_SIZE
     assert batch_tree.split_batch(data) == items
+
+
+def test_a_telematics_batch_splits_back_to_its_reports_and_leaves() -> None:
+    batch = _telematics_batches()[-1]
+    reports = [bytes.fromhex(r[2:]) for r in batch["reports"]]
+    data = bytes.fromhex(batch["data"][2:])
+    assert len(data) == batch_tree.HEADER_SIZE + 32 * 3 + 90 * len(reports), "three policies, 90 bytes a report"
+    assert batch_tree.split_batch(data, "telematics") == reports, "the terms travel as unknown (zeros)"
+    leaves = [batch_tree.leaf(r, DOMAIN, "telematics") for r in reports]
+    assert batch_tree.root(leaves).hex() == batch["root"][2:]
+    message, r, vs = batch_tree.decode_item(reports[4], "telematics")
+    assert message["speeding"] == 2**32 - 1 and len(r) == len(vs) == 32
+    with pytest.raises(ValueError, match="seq in 5 bytes"):
+        batch_tree.pack_batch([reports[0][:32] + (2**40).to_bytes(8, "big") + reports[0][40:]], "telematics")
+    with pytest.raises(ValueError, match="not settled in optimistic batches"):
+        batch_tree.pack_batch(reports, "weather")
 
 
 @pytest.mark.parametrize("length", [0, 6, 7 + 32, 7 + 32 + 81, 7 + 32 + 83])

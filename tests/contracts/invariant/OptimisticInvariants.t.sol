@@ -9,6 +9,7 @@ import {OptimisticBilling} from "../../../contracts/OptimisticBilling.sol";
 import {IDeviceRegistry} from "../../../contracts/interfaces/IDeviceRegistry.sol";
 import {IMeteredBilling} from "../../../contracts/interfaces/IMeteredBilling.sol";
 import {IOptimisticBilling} from "../../../contracts/interfaces/IOptimisticBilling.sol";
+import {IOptimisticBatches} from "../../../contracts/interfaces/IOptimisticBatches.sol";
 import {TestToken} from "../../../contracts/test/TestToken.sol";
 import {BatchTree} from "../utils/BatchTree.sol";
 
@@ -169,8 +170,8 @@ contract OptimisticHandler is Test {
     function _watch() internal {
         for (uint256 i = 0; i < batchIds.length; ++i) {
             uint256 batchId = batchIds[i];
-            IOptimisticBilling.Batch memory b = opt.batchOf(batchId);
-            if (b.status != IOptimisticBilling.BatchStatus.Committed) continue;
+            IOptimisticBatches.Batch memory b = opt.batchOf(batchId);
+            if (b.status != IOptimisticBatches.BatchStatus.Committed) continue;
             if (block.timestamp > uint256(b.committedAt) + opt.CHALLENGE_WINDOW()) continue;
             uint256 bad = forgedAt[batchId];
             if (bad == 0) continue;
@@ -198,7 +199,7 @@ contract OptimisticHandler is Test {
 
     /// @dev Whether the batch's bond still sits in the contract.
     function bondHeld(uint256 batchId) external view returns (bool) {
-        return opt.batchOf(batchId).status == IOptimisticBilling.BatchStatus.Committed;
+        return opt.batchOf(batchId).status == IOptimisticBatches.BatchStatus.Committed;
     }
 
     function isForged(uint256 batchId) external view returns (bool) {
@@ -290,7 +291,7 @@ contract OptimisticInvariantsTest is Test {
             uint256 batchId = handler.batchIdAt(i);
             if (handler.bondHeld(batchId)) ++live;
             if (!handler.isForged(batchId)) {
-                assertTrue(opt.batchOf(batchId).status != IOptimisticBilling.BatchStatus.Voided, "honest batches stand");
+                assertTrue(opt.batchOf(batchId).status != IOptimisticBatches.BatchStatus.Voided, "honest batches stand");
             }
         }
         assertEq(address(opt).balance, live * opt.BOND() + opt.credited(address(0)), "bonds held exactly");

@@ -48,6 +48,47 @@ library BatchTree {
         }
     }
 
+    /// @dev The data OptimisticMotor's `commit` takes from 174-byte reports (as `settle` packs them): the policy
+    /// count, the smallest timestamp as the base, the policy table and each report as its table index (uint16), seq
+    /// (uint40), timestamp − base (uint24), odometer, harshBraking, speeding, r and vs (90 bytes).
+    function packReports(bytes[] memory reports) internal pure returns (bytes memory out) {
+        uint256 n = reports.length;
+        uint256[] memory table = new uint256[](n);
+        uint256[] memory indexOf = new uint256[](n);
+        uint256 k;
+        uint64 base = type(uint64).max;
+        for (uint256 i = 0; i < n; ++i) {
+            uint64 time = uint64(bytes8(_slice(reports[i], 40, 8)));
+            if (time < base) base = time;
+        }
+        for (uint256 i = 0; i < n; ++i) {
+            uint256 id = uint256(bytes32(reports[i]));
+            uint256 index = k;
+            for (uint256 j = 0; j < k; ++j) {
+                if (table[j] == id) {
+                    index = j;
+                    break;
+                }
+            }
+            if (index == k) table[k++] = id;
+            indexOf[i] = index;
+        }
+        out = new bytes(7 + 32 * k + 90 * n);
+        _put(out, 0, k, 2);
+        _put(out, 2, base, 5);
+        for (uint256 j = 0; j < k; ++j) {
+            _put(out, 7 + 32 * j, table[j], 32);
+        }
+        for (uint256 i = 0; i < n; ++i) {
+            bytes memory report = reports[i];
+            uint256 at = 7 + 32 * k + 90 * i;
+            _put(out, at, indexOf[i], 2);
+            _copy(out, at + 2, report, 35, 5); // the low 5 bytes of seq
+            _put(out, at + 7, uint64(bytes8(_slice(report, 40, 8))) - base, 3);
+            _copy(out, at + 10, report, 48, 80); // odometer, harsh, speeding, r, vs
+        }
+    }
+
     /// @dev `value` big-endian into `width` bytes of `out` at `at`.
     function _put(bytes memory out, uint256 at, uint256 value, uint256 width) private pure {
         for (uint256 b = 0; b < width; ++b) {
