@@ -1,5 +1,7 @@
-"""The daemon as an optimistic relayer (docs/OPTIMISTIC.md): readings of agreements opened on OptimisticBilling are
-committed in bonded batches, and after each challenge window the newest reading per agreement is claimed.
+"""The daemon as an optimistic relayer (docs/OPTIMISTIC.md): readings of agreements opened on OptimisticBilling, and
+telematics reports of policies opened on OptimisticMotor, are committed in bonded batches, and after each challenge
+window the newest event per agreement or policy is claimed. One relayer per optimistic contract (``kind`` "reading"
+or "telematics"); the text below says readings and agreements for both.
 
 Intake stores a reading signed for OptimisticBilling as ``optimistic`` (``Store.commit_batch``), acknowledged and
 answered like any other: the planner never takes it. One thread then makes passes, each:
@@ -118,12 +120,13 @@ INSERT OR IGNORE INTO optimistic_attempt (tx_hash, batch, sent_at)
 INSERT OR IGNORE INTO optimistic_attempt (tx_hash, claim, sent_at)
     SELECT tx_hash, id, created_at FROM optimistic_claim WHERE status = 'sending'
 """
-#: the readings in a commitment being sent or standing, or in a batch with a claim not mined yet (a claim whose block
-#: left the chain is sent again: its readings wait for it, even when the batch's bond was released meanwhile)
+#: the readings in a commitment of one contract (the parameter: its address in lower case) being sent or standing,
+#: or in a batch with a claim not mined yet (a claim whose block left the chain is sent again: its readings wait for
+#: it, even when the batch's bond was released meanwhile)
 _LIVE_LEAVES = (
     "SELECT l.event_id FROM optimistic_leaf l JOIN optimistic_batch b ON b.id = l.batch "
-    "WHERE b.status IN ('sending', 'committed') OR b.id IN "
-    "(SELECT batch FROM optimistic_claim WHERE status IN ('sending', 'mined') AND agreement != '')"
+    "WHERE lower(b.contract) = ? AND (b.status IN ('sending', 'committed') OR b.id IN "
+    "(SELECT batch FROM optimistic_claim WHERE status IN ('sending', 'mined') AND agreement != ''))"
 )
 #: the tables whose rows are transactions, by the ``optimistic_attempt`` column that points at them
 _TABLES = {"batch": "optimistic_batch", "claim": "optimistic_claim"}
@@ -162,14 +165,19 @@ class FeePolicy(Protocol):
     def bumped(self, tx: Priced) -> Fees | None: ...
 
 
-def address_of(config: Config, manifest: dict[str, Any], chain_id: int) -> str:
-    """OptimisticBilling's address when ``[optimistic] enabled``, else ""; DeploymentError when it is not deployed."""
+def addresses_of(config: Config, manifest: dict[str, Any], chain_id: int) -> dict[str, str]:
+    """When ``[optimistic] enabled``: each deployed optimistic contract's address (lower case) → the event type
+    signed for it; empty otherwise. DeploymentError when OptimisticBilling is not deployed (a deployment from before
+    OptimisticMotor relays readings only)."""
     if not config.optimistic.enabled:
-        return ""
-    entry = manifest["contracts"].get(CONTRACT)
-    if entry is None:
+        return {}
+    if CONTRACT not in manifest["contracts"]:
         raise DeploymentError(f"[optimistic] enabled, but {CONTRACT} is not deployed on chain {chain_id}")
-    return str(entry["address"])
+    return {
+        str(manifest["contracts"][name]["address"]).lower(): kind
+        for kind, name in batch_tree.CONTRACTS.items()
+        if name in manifest["contracts"]
+    }
 
 
 @dataclass(frozen=True)
@@ -181,7 +189,8 @@ class _Leaf:
 
 
 class OptimisticRelayer:
-    """Commits the ``optimistic`` readings of ``store`` to OptimisticBilling and claims them after the window."""
+    """Commits the ``optimistic`` events of ``kind`` in ``store`` to their optimistic contract
+    (``batch_tree.CONTRACTS``) and claims them after the window."""
 
     def __init__(
         self,
@@ -194,7 +203,10 @@ class OptimisticRelayer:
         *,
         fees: FeePolicy,
         recover: Callable[[], None] = lambda: None,
+        kind: str = "reading",
     ) -> None:
+        self.kind = kind
+        self.name = batch_tree.CONTRACTS[kind]
         self.chain = chain
         self.fees = fees
         self.w3 = chain.w3
@@ -204,9 +216,9 @@ class OptimisticRelayer:
         self.txstore = TxStore(store)
         self._recover = recover  # the settlement half's recovery: the shared nonce counter must be reconciled first
         self._rpc = RpcClient(chain.w3)
-        opt_abi = load_artifact(config, CONTRACT)["abi"]
+        opt_abi = load_artifact(config, self.name)["abi"]
         registry_abi = load_artifact(config, REGISTRY)["abi"]
-        self.address = manifest["contracts"][CONTRACT]["address"]
+        self.address = manifest["contracts"][self.name]["address"]
         self.opt: Contract = chain.w3.eth.contract(address=self.address, abi=opt_abi)
         self.registry: Contract = chain.w3.eth.contract(
             address=manifest["contracts"][REGISTRY]["address"], abi=registry_abi
@@ -234,7 +246,7 @@ class OptimisticRelayer:
 
     def start(self) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="optimistic-relayer", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"optimistic-{self.kind}", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -256,7 +268,7 @@ class OptimisticRelayer:
             except (IotSettleError, Web3Exception, *RPC_ERRORS) as exc:
                 # the next pass starts again from the store: nothing is skipped
                 self.last_error = str(exc)
-                log.warning("optimistic relayer pass failed: %s", exc)
+                log.warning("optimistic relayer (%s) pass failed: %s", self.name, exc)
             self._wake.wait(self.settings.poll_s)
             self._wake.clear()
 
@@ -266,10 +278,14 @@ class OptimisticRelayer:
         if not self._recovered:
             self._recover()
             self._recovered = True
+        mine = self.address.lower()
         if not self._rows(
-            "SELECT 1 WHERE EXISTS (SELECT 1 FROM optimistic_batch WHERE status IN ('sending', 'committed')) "
-            "OR EXISTS (SELECT 1 FROM optimistic_claim WHERE status IN ('sending', 'mined')) "
-            "OR EXISTS (SELECT 1 FROM events WHERE status = 'optimistic')"
+            "SELECT 1 WHERE EXISTS (SELECT 1 FROM optimistic_batch WHERE status IN ('sending', 'committed') "
+            "AND lower(contract) = ?) "
+            "OR EXISTS (SELECT 1 FROM optimistic_claim c JOIN optimistic_batch b ON b.id = c.batch "
+            "WHERE c.status IN ('sending', 'mined') AND lower(b.contract) = ?) "
+            "OR EXISTS (SELECT 1 FROM events WHERE status = 'optimistic' AND lower(contract) = ?)",
+            (mine, mine, mine),
         ):
             return  # idle: no round trip to the node
         self._follow()
@@ -284,12 +300,11 @@ class OptimisticRelayer:
 
     def batches(self, *statuses: str) -> list[dict[str, Any]]:
         """The stored commitments (every one without ``statuses``), oldest first: for status views and tests."""
-        where = f" WHERE status IN ({', '.join('?' for _ in statuses)})" if statuses else ""
+        where = f" AND status IN ({', '.join('?' for _ in statuses)})" if statuses else ""
         rows = self._rows(
             "SELECT id, status, batch_id, committed_at, tx_hash, nonce, created_at, reason FROM optimistic_batch"
-            + where
-            + " ORDER BY id",
-            statuses,
+            " WHERE lower(contract) = ?" + where + " ORDER BY id",
+            (self.address.lower(), *statuses),
         )
         keys = ("id", "status", "batchId", "committedAt", "tx", "nonce", "createdAt", "reason")
         out = [dict(zip(keys, row, strict=True)) for row in rows]
@@ -298,12 +313,17 @@ class OptimisticRelayer:
         return out
 
     def waiting(self) -> int:
-        """Readings stored for optimistic settlement and not in a commitment that is being sent or stands."""
-        rows = self._rows(f"SELECT COUNT(*) FROM events WHERE status = 'optimistic' AND id NOT IN ({_LIVE_LEAVES})")
+        """Events stored for this contract's optimistic settlement and not in a commitment being sent or standing."""
+        mine = self.address.lower()
+        rows = self._rows(
+            f"SELECT COUNT(*) FROM events WHERE status = 'optimistic' AND lower(contract) = ? "
+            f"AND id NOT IN ({_LIVE_LEAVES})",
+            (mine, mine),
+        )
         return int(rows[0][0])
 
     def _live_event_ids(self) -> set[int]:
-        return {int(r[0]) for r in self._rows(_LIVE_LEAVES)}
+        return {int(r[0]) for r in self._rows(_LIVE_LEAVES, (self.address.lower(),))}
 
     def _leaves(self, batch: int, batch_id: int) -> list[_Leaf]:
         rows = self._rows("SELECT event_id FROM optimistic_leaf WHERE batch = ? ORDER BY leaf", (batch,))
@@ -439,7 +459,9 @@ class OptimisticRelayer:
 
     def _follow(self) -> None:
         for batch, tx_hash, nonce, raw in self._rows(
-            "SELECT id, tx_hash, nonce, raw FROM optimistic_batch WHERE status = 'sending' ORDER BY id"
+            "SELECT id, tx_hash, nonce, raw FROM optimistic_batch WHERE status = 'sending' AND lower(contract) = ? "
+            "ORDER BY id",
+            (self.address.lower(),),
         ):
             done, receipt = self._receipt("batch", batch, nonce, bytes(raw), tx_hash)
             if not done:
@@ -466,8 +488,10 @@ class OptimisticRelayer:
             self._set_batch(batch, "committed", batch_id=batch_id, committed_at=committed_at, tx_hash=mined)
             log.info("committed batch %d (%s): window ends at %d", batch_id, mined, committed_at + self.window)
         for claim, batch, agreement, seq, tx_hash, nonce, raw in self._rows(
-            "SELECT id, batch, agreement, seq, tx_hash, nonce, raw FROM optimistic_claim "
-            "WHERE status = 'sending' ORDER BY id"
+            "SELECT c.id, c.batch, c.agreement, c.seq, c.tx_hash, c.nonce, c.raw FROM optimistic_claim c "
+            "JOIN optimistic_batch b ON b.id = c.batch WHERE c.status = 'sending' AND lower(b.contract) = ? "
+            "ORDER BY c.id",
+            (self.address.lower(),),
         ):
             done, receipt = self._receipt("claim", claim, nonce, bytes(raw), tx_hash)
             if not done:
@@ -486,7 +510,7 @@ class OptimisticRelayer:
                     # in the claim's own write: the readings it billed are found by its hash when it is final
                     self._settle(int(agreement), int(seq), block, mined)
             if ok and agreement:
-                log.info("claimed agreement %s up to seq %d: %s", agreement, seq, mined)
+                log.info("claimed %s %s up to seq %d: %s", self.name, agreement, seq, mined)
         self._confirm()
 
     def _settle(self, agreement: int, seq: int, block: int, tx_hash: str) -> None:
@@ -500,9 +524,8 @@ class OptimisticRelayer:
 
     def _billed_by(self, tx_hash: str) -> list[int]:
         rows = self._rows(
-            "SELECT id FROM events WHERE status = 'settled' AND kind = 'reading' AND tx_hash = ? "
-            "AND lower(contract) = ?",
-            (tx_hash, self.address.lower()),
+            "SELECT id FROM events WHERE status = 'settled' AND kind = ? AND tx_hash = ? AND lower(contract) = ?",
+            (self.kind, tx_hash, self.address.lower()),
         )
         return [int(r[0]) for r in rows]
 
@@ -510,7 +533,10 @@ class OptimisticRelayer:
         """Claims and bond releases mined: final once ``confirmations`` blocks sit on their block (a claim's readings
         with it); one whose block left the canonical chain is sent again, its readings waiting for it."""
         mined = self._rows(
-            "SELECT id, batch, agreement, tx_hash, block FROM optimistic_claim WHERE status = 'mined' ORDER BY id"
+            "SELECT c.id, c.batch, c.agreement, c.tx_hash, c.block FROM optimistic_claim c "
+            "JOIN optimistic_batch b ON b.id = c.batch WHERE c.status = 'mined' AND lower(b.contract) = ? "
+            "ORDER BY c.id",
+            (self.address.lower(),),
         )
         if not mined:
             return
@@ -545,7 +571,9 @@ class OptimisticRelayer:
     def _judge(self, now: int) -> None:
         due: list[tuple[int, int]] = []
         for batch, batch_id, committed_at in self._rows(
-            "SELECT id, batch_id, committed_at FROM optimistic_batch WHERE status = 'committed' ORDER BY id"
+            "SELECT id, batch_id, committed_at FROM optimistic_batch WHERE status = 'committed' "
+            "AND lower(contract) = ? ORDER BY id",
+            (self.address.lower(),),
         ):
             # a batch whose bond anyone released after the window stays claimable: only a voided one is not
             if int(self.opt.functions.batchOf(batch_id).call()[4]) == _VOIDED:
@@ -570,8 +598,7 @@ class OptimisticRelayer:
             data = bytes(entry["data"])
             leaf_hash, code = data[:32], int.from_bytes(data[32:64], "big")  # (bytes32 leaf, RejectReason reason)
             for leaf in leaves:
-                item = batch_tree.pack_reading(leaf.event.msg, leaf.event.sig)
-                if batch_tree.leaf(item, self.domain) == leaf_hash:
+                if batch_tree.leaf(self._item(leaf.event), self.domain, self.kind) == leaf_hash:
                     reason = RejectReason(code).solidity_name
                     self.store.dead_letter(leaf.event.id, f"{reason}: challenged in optimistic batch {batch_id}")
         self._set_batch(batch, "voided", reason=reason)
@@ -583,7 +610,11 @@ class OptimisticRelayer:
         """Claim the newest leaf per agreement across the batches whose window ended, once; then release bonds."""
         sending = {
             (str(r[0]), int(r[1]))
-            for r in self._rows("SELECT agreement, batch FROM optimistic_claim WHERE status = 'sending'")
+            for r in self._rows(
+                "SELECT c.agreement, c.batch FROM optimistic_claim c JOIN optimistic_batch b ON b.id = c.batch "
+                "WHERE c.status = 'sending' AND lower(b.contract) = ?",
+                (self.address.lower(),),
+            )
         }
         newest: dict[int, _Leaf] = {}
         leaves_of: dict[int, list[_Leaf]] = {}
@@ -598,13 +629,16 @@ class OptimisticRelayer:
         for agreement, leaf in newest.items():
             if any(a == str(agreement) for a, _ in sending):
                 continue
-            last_seq = int(self.opt.functions.agreementOf(agreement).call()[10])
+            state = self._state(agreement)
+            last_seq = state.seq if state is not None else 0
             if leaf.event.seq <= last_seq:
                 self._supersede_up_to(agreement, last_seq)  # billed by a claim that is not ours
                 continue
-            items = [batch_tree.pack_reading(x.event.msg, x.event.sig) for x in leaves_of[leaf.batch]]
-            hashes = [batch_tree.leaf(item, self.domain) for item in items]
-            call = self.opt.functions.claim(leaf.batch_id, items[leaf.index], batch_tree.proof(hashes, leaf.index))
+            items = [self._item(x.event) for x in leaves_of[leaf.batch]]
+            hashes = [batch_tree.leaf(item, self.domain, self.kind) for item in items]
+            # a report is claimed with its policy's terms (the leaf does not cover them; the seal checks them)
+            claimed = self._item(leaf.event, with_terms=True)
+            call = self.opt.functions.claim(leaf.batch_id, claimed, batch_tree.proof(hashes, leaf.index))
 
             def row(conn: Any, nonce: int, raw: bytes, tx_hash: str, leaf: _Leaf = leaf) -> tuple[str, int]:
                 cursor = conn.execute(
@@ -618,7 +652,7 @@ class OptimisticRelayer:
                 self._sign_and_store(call, 0, row)
                 busy.add(leaf.batch)
             except _Refused as refused:
-                log.warning("claim of agreement %d seq %d refused: %s", agreement, leaf.event.seq, refused.sentence)
+                log.warning("claim of %s %d seq %d refused: %s", self.name, agreement, leaf.event.seq, refused.sentence)
                 self.store.dead_letter(leaf.event.id, f"{refused.reason}: {refused.sentence}")
         for batch, batch_id in due:
             if batch in busy:
@@ -655,7 +689,11 @@ class OptimisticRelayer:
 
     def _commit(self, now: int, flush: bool) -> None:
         live = self._live_event_ids()
-        waiting = [e for e in self.store.optimistic_events(len(live) + 4 * self.settings.batch) if e.id not in live]
+        waiting = [
+            e
+            for e in self.store.optimistic_events(len(live) + 4 * self.settings.batch, self.address)
+            if e.id not in live
+        ]
         if not waiting:
             return
         full = len(waiting) >= self.settings.batch
@@ -664,9 +702,9 @@ class OptimisticRelayer:
         chosen = self._screen(waiting, now)[: self.settings.batch]
         if not chosen:
             return
-        items = [batch_tree.pack_reading(e.msg, e.sig) for e in chosen]
-        root = batch_tree.root([batch_tree.leaf(item, self.domain) for item in items])
-        call = self.opt.functions.commit(root, batch_tree.pack_batch(items))
+        items = [self._item(e) for e in chosen]
+        root = batch_tree.root([batch_tree.leaf(item, self.domain, self.kind) for item in items])
+        call = self.opt.functions.commit(root, batch_tree.pack_batch(items, self.kind))
 
         def row(conn: Any, nonce: int, raw: bytes, tx_hash: str) -> tuple[str, int]:
             cursor = conn.execute(
@@ -683,34 +721,35 @@ class OptimisticRelayer:
         try:
             tx_hash = self._sign_and_store(call, self.bond, row)
         except _Refused as refused:
-            raise ChainError(f"committing {len(chosen)} readings would revert: {refused.sentence}") from None
-        log.info("committing %d readings in %s", len(chosen), tx_hash)
+            raise ChainError(
+                f"committing {len(chosen)} events to {self.name} would revert: {refused.sentence}"
+            ) from None
+        log.info("committing %d events to %s in %s", len(chosen), self.name, tx_hash)
 
     def _screen(self, events: list[StoredEvent], now: int) -> list[StoredEvent]:
-        """The readings a challenge could not void as of ``now``; the others are superseded (behind the claimed
+        """The events a challenge could not void as of ``now``; the others are superseded (behind the claimed
         state: billed already), dead-lettered with the rule they break, or left for a later batch (stamped beyond
         the contract's clock skew of the chain's time: the chain's clock may run behind the oracle's)."""
-        agreements: dict[int, Any] = {}
+        states: dict[int, _State | None] = {}
         keys: dict[str, Any] = {}
         good: list[StoredEvent] = []
         for event in events:
             if event.timestamp > now + self.skew:
                 continue
-            if event.target_id not in agreements:
-                agreements[event.target_id] = self.opt.functions.agreementOf(event.target_id).call()
-            a = agreements[event.target_id]
-            if a[0] == _ZERO:
-                self.store.dead_letter(event.id, "UnknownTarget: no such agreement on OptimisticBilling")
+            if event.target_id not in states:
+                states[event.target_id] = self._state(event.target_id)
+            state = states[event.target_id]
+            if state is None:
+                self.store.dead_letter(event.id, f"UnknownTarget: no such agreement or policy on {self.name}")
                 continue
-            last_value, last_seq, last_timestamp = a[9], a[10], a[11]
-            if event.seq <= last_seq:
+            if event.seq <= state.seq:
                 self.store.supersede([event.id])
                 continue
             fault = (
                 "CounterRollback"
-                if (event.value or 0) < last_value
+                if any(int(event.msg[name]) < last for name, last in state.registers.items())
                 else "TimestampTooOld"
-                if event.timestamp < last_timestamp
+                if event.timestamp < state.timestamp
                 else None
             )
             if fault is None:
@@ -724,6 +763,39 @@ class OptimisticRelayer:
                 continue
             good.append(event)
         return good
+
+    # ------------------------------------------------------------------------------------------- the kinds
+
+    def _state(self, target: int) -> _State | None:
+        """The claimed state of an agreement (readings) or a policy (telematics); None when the contract has none."""
+        if self.kind == "reading":
+            a = self.opt.functions.agreementOf(target).call()
+            if a[0] == _ZERO:
+                return None
+            return _State(int(a[10]), int(a[11]), {"value": int(a[9])})
+        p = self.opt.functions.policyOf(target).call()
+        if p[2] == _ZERO:  # an unknown policy id reports no vehicle
+            return None
+        return _State(
+            int(p[15]), int(p[16]), {"odometer": int(p[12]), "harshBraking": int(p[13]), "speeding": int(p[14])}
+        )
+
+    def _item(self, event: StoredEvent, *, with_terms: bool = False) -> bytes:
+        """The event packed as a claim or a challenge carries it; a report with its policy's current terms when
+        ``with_terms`` (a claim reads the stored terms when they do not match, at a higher gas cost)."""
+        terms = None
+        if with_terms and self.kind == "telematics":
+            terms = bytes(self.opt.functions.telematicsTerms(event.target_id).call())
+        return batch_tree.pack_signed(self.kind, event.msg, event.sig, terms)
+
+
+@dataclass(frozen=True)
+class _State:
+    """What a challenge judges an event against: the claimed seq, timestamp and cumulative registers."""
+
+    seq: int
+    timestamp: int
+    registers: dict[str, int]
 
 
 class _Refused(Exception):

@@ -33,7 +33,7 @@ from iotsettle.oracle.daemon.funds import LaneFunds, RelayerFunds
 from iotsettle.oracle.daemon.health import Health, State
 from iotsettle.oracle.daemon.intake import MQTT_PROTOCOLS, Intake, IntakeSettings
 from iotsettle.oracle.daemon.metrics import Metrics
-from iotsettle.oracle.daemon.optimistic import OptimisticRelayer, OptimisticSettings, address_of
+from iotsettle.oracle.daemon.optimistic import OptimisticRelayer, OptimisticSettings, addresses_of
 from iotsettle.oracle.daemon.policy_watch import PolicyWatch
 from iotsettle.oracle.daemon.registry_follower import RegistryFollower
 from iotsettle.oracle.daemon.rules import RuleSettings
@@ -116,7 +116,7 @@ def intake_settings(config: Config, deployment: Deployment) -> IntakeSettings:
         status_payload={"oracle": o.oracle_id, "relayer": deployment.relayer.address},
         rules=rule_settings(config),
         alerts=alert_settings(config),
-        optimistic=address_of(config, deployment.manifest, deployment.chain.chain_id),
+        optimistic=addresses_of(config, deployment.manifest, deployment.chain.chain_id),
     )
 
 
@@ -181,7 +181,7 @@ def preflight(config: Config) -> Deployment:
     SettlerSettings.from_config(config)
     OptimisticSettings.from_config(config)
     deployment = resolve(config)
-    address_of(config, deployment.manifest, deployment.chain.chain_id)
+    addresses_of(config, deployment.manifest, deployment.chain.chain_id)
     return deployment
 
 
@@ -236,7 +236,7 @@ class OracleDaemon:
         self.follower: RegistryFollower | None = None
         self.policy_watch: PolicyWatch | None = None
         self.settler: Settler | None = None
-        self.optimistic: OptimisticRelayer | None = None
+        self.optimistic: list[OptimisticRelayer] = []
         self.health: Health | None = None
         self.funds: LaneFunds | None = None
         self.endpoints: Endpoints | None = None
@@ -296,8 +296,9 @@ class OracleDaemon:
             )
             self.funds = relayer_funds(config, deployment, status_store, self.metrics)
             self.settler.tracker.on_fee = self.funds.spent
-            if settings.optimistic:
-                self.optimistic = OptimisticRelayer(
+            # one relayer per optimistic contract (readings, telematics), sharing the relayer's nonce counter
+            self.optimistic = [
+                OptimisticRelayer(
                     config,
                     chain,
                     deployment.manifest,
@@ -306,7 +307,10 @@ class OracleDaemon:
                     OptimisticSettings.from_config(config),
                     fees=self.settler.submitter,
                     recover=self.settler.recover,
+                    kind=kind,
                 )
+                for kind in dict.fromkeys(settings.optimistic.values())
+            ]
 
         if o.health_port:
             self.health = Health(self.metrics, o.health_host, o.health_port)
@@ -316,8 +320,8 @@ class OracleDaemon:
         if self.settler is not None:
             self.settler.start()
             self.intake.on_stored = self.settler.wake
-        if self.optimistic is not None:
-            self.optimistic.start()
+        for relayer in self.optimistic:
+            relayer.start()
         self.follower.start()
         if self.policy_watch is not None:
             self.policy_watch.start()
@@ -398,12 +402,14 @@ class OracleDaemon:
         health.add_check("settlement", settlement)
         if self.funds is not None:
             health.add_check("funds", self.funds.check)
-        relayer = self.optimistic
-        if relayer is not None:
+        relayers = self.optimistic
+        if relayers:
 
             def optimistic() -> tuple[State, str]:
-                error = relayer.last_error
-                return (State.DEGRADED, error) if error else (State.OK, f"{relayer.waiting()} readings not committed")
+                errors = [f"{r.name}: {r.last_error}" for r in relayers if r.last_error]
+                if errors:
+                    return State.DEGRADED, "; ".join(errors)
+                return State.OK, ", ".join(f"{r.waiting()} {r.kind} events not committed" for r in relayers)
 
             health.add_check("optimistic", optimistic)
         if self.endpoints is not None:
@@ -442,8 +448,8 @@ class OracleDaemon:
         clean = True
         if self.intake is not None:
             clean &= self.intake.stop(timeout)
-        if self.optimistic is not None:
-            self.optimistic.stop()
+        for relayer in self.optimistic:
+            relayer.stop()
         if self.settler is not None:
             clean &= bool(self.settler.stop(drain=True, timeout=timeout))
         if self.follower is not None:

@@ -40,7 +40,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -661,12 +661,13 @@ class Store:
         rejected: Sequence[Rejection],
         states: Iterable[DeviceState],
         *,
-        optimistic: str = "",
+        optimistic: Collection[str] = (),
     ) -> list[int]:
         """Store one intake batch atomically: accepted events, rejections and the devices' new rule state.
 
-        Events signed for the contract ``optimistic`` (OptimisticBilling's address) are stored ``optimistic``, in
-        the same transaction, so the planner never takes them. Returns the new event ids. Raises StoreError (and
+        Events signed for a contract of ``optimistic`` (the addresses of OptimisticBilling and OptimisticMotor when
+        the daemon relays optimistically) are stored ``optimistic``, in the same transaction, so the planner never
+        takes them. Returns the new event ids. Raises StoreError (and
         stores nothing) if any write fails, e.g. an event whose (device, seq) is already stored: the rules must have
         filtered those as duplicates.
         """
@@ -680,9 +681,11 @@ class Store:
                 last = conn.execute("SELECT last_insert_rowid()").fetchone()[0] if accepted else 0
                 ids = list(range(last - len(accepted) + 1, last + 1))
                 if optimistic and accepted:
+                    marks = ", ".join("?" for _ in optimistic)
                     conn.execute(
-                        "UPDATE events SET status = 'optimistic' WHERE id BETWEEN ? AND ? AND lower(contract) = ?",
-                        (ids[0], ids[-1], optimistic.lower()),
+                        "UPDATE events SET status = 'optimistic' WHERE id BETWEEN ? AND ? "
+                        f"AND lower(contract) IN ({marks})",
+                        (ids[0], ids[-1], *(a.lower() for a in optimistic)),
                     )
                 conn.executemany(
                     "INSERT INTO rejected (received_at, topic, reason, detail, device, seq, digest, payload) "
@@ -890,12 +893,15 @@ class Store:
         """Events made redundant by a newer cumulative event of the same target (``EventKind.cumulative``)."""
         self._transition(event_ids, ("pending", "claimed", "optimistic"), "status = 'superseded'", ())
 
-    def optimistic_events(self, limit: int) -> list[StoredEvent]:
-        """Up to ``limit`` readings waiting for the optimistic relayer (``EventStatus.OPTIMISTIC``), oldest first."""
+    def optimistic_events(self, limit: int, contract: str) -> list[StoredEvent]:
+        """Up to ``limit`` events signed for ``contract`` waiting for its optimistic relayer
+        (``EventStatus.OPTIMISTIC``), oldest first."""
         return [
             _stored_event(r)
             for r in self._read(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE status = 'optimistic' ORDER BY id LIMIT ?", (limit,)
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE status = 'optimistic' AND lower(contract) = ? "
+                "ORDER BY id LIMIT ?",
+                (contract.lower(), limit),
             )
         ]
 

@@ -95,6 +95,15 @@ def sign_telematics(
     return pack_item("telematics", fields, signature[:32], vs.to_bytes(32, "big"), terms)
 
 
+def pack_signed(kind: str, message: Mapping[str, int], signature: bytes, terms: bytes | None = None) -> bytes:
+    """An event of ``kind`` already signed (``message`` its EIP-712 fields, the 65-byte r ‖ s ‖ v signature), packed
+    as a claim or a challenge carries it (ERC-2098 compact signature; a report with ``terms``, else unknown terms)."""
+    _widths(kind)
+    vs = int.from_bytes(signature[32:64], "big") | ((signature[64] - 27) << 255)
+    fields = [message[name] for _, name in eip712.TYPES[PRIMARY[kind]]]
+    return pack_item(kind, fields, signature[:32], vs.to_bytes(32, "big"), terms)
+
+
 def pack_reading(message: Mapping[str, int], signature: bytes) -> bytes:
     """A reading already signed (``message`` as ``PackedReading.message`` gives it, the 65-byte r ‖ s ‖ v
     signature), packed as a batch carries it (ERC-2098 compact signature)."""

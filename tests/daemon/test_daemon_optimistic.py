@@ -22,7 +22,7 @@ from iotsettle.oracle.testing.wait import wait_for
 
 from tests.kit.cli import Cli, User, register_device
 from tests.kit.daemon import DaemonProcess
-from tests.kit.products import chain_now, reading, warp_to
+from tests.kit.products import chain_now, reading, telematics, warp_to
 
 ETH = "0x0000000000000000000000000000000000000000"
 PRICE = 3
@@ -353,3 +353,72 @@ def test_bad_optimistic_or_watcher_settings_are_refused_in_one_line(
     )
     assert code != 0 and "the relayer's key" in output, output
     assert "Traceback" not in output
+
+
+def _policy(deployment: Any, contract: str, insurer: User, holder: User, vehicle: str) -> int:
+    token = deployment.address("TestToken")
+    terms = (10**15, 10_000, 20_000, 500, 0, 0, 0, 60)  # per km at 1.0; factor 1.0–2.0, +5 % per event per 100 km
+    receipt = _send(deployment, insurer, contract, "offer", holder.address, vehicle, token, *terms)
+    policy = int(events_in(deployment.ops(), contract, receipt, "PolicyOffered")[0]["policyId"])
+    _send(deployment, holder, "TestToken", "approve", deployment.address(contract), 10**18)
+    _send(deployment, holder, contract, "accept", policy, 10**18, 0, 0, 0)
+    return policy
+
+
+def test_telematics_committed_and_claimed_charge_what_direct_settlement_charges(
+    own_deployment: Deployment, mosquitto: Any, tmp_path: Path
+) -> None:
+    """Vehicles → MQTT → daemon: the reports of a policy opened on OptimisticMotor are committed in a batch and the
+    newest claimed after the window; the same reports of a MotorInsurance policy settle directly; both premiums
+    equal."""
+    deployment, w3 = own_deployment, own_deployment.chain.w3
+    cli = Cli(deployment.config)
+    insurer, holder = cli.user(w3), cli.user(w3)
+    cli.ok(["token", "mint", "--amount", "5"], holder)
+    direct_car = register_device(deployment.config, insurer, DeviceKind.VEHICLE)
+    opt_car = register_device(deployment.config, insurer, DeviceKind.VEHICLE)
+    direct = _policy(deployment, "MotorInsurance", insurer, holder, direct_car.address)
+    optimistic = _policy(deployment, "OptimisticMotor", insurer, holder, opt_car.address)
+    assert optimistic & batch_tree.AGREEMENT_ID_FLAG and not direct & batch_tree.AGREEMENT_ID_FLAG
+    motor, om = deployment.contract("MotorInsurance"), deployment.contract("OptimisticMotor")
+    chain_id = w3.eth.chain_id
+    committed_before = len(om.events.BatchCommitted().get_logs(from_block=0))
+
+    # the module's chain runs ahead of the wall clock (an earlier test passed a window): reports carry chain time
+    daemon = DaemonProcess(tmp_path, deployment, mosquitto, **FAST, IOTSETTLE_ORACLE_MAX_FUTURE_SKEW="100000000")
+    publisher = Publisher(mosquitto.host, mosquitto.port, chain_id)
+    try:
+        daemon.start().wait_ready()
+        registers = [(5_000, 0), (12_000, 1), (20_000, 3)]  # odometer in metres, harsh-braking events
+        items = []
+        for seq, (odometer, harsh) in enumerate(registers, 1):
+            warp_to(w3, chain_now(w3) + 600)  # ten minutes a report: the intake's plausible-speed rule
+            for key, contract, policy in ((direct_car, motor.address, direct), (opt_car, om.address, optimistic)):
+                payload = telematics(key, w3, contract, policy, seq, odometer, harsh)
+                items.append((wire.events_topic(chain_id, key.address), payload.encode()))
+        publisher.publish_many(items)
+        replies = [body for _, body in publisher.collect(len(items), 20)]
+        assert {r["status"] for r in replies} == {"accepted"}, [r for r in replies if r["status"] != "accepted"]
+
+        wait_for(lambda: motor.functions.policyOf(direct).call()[15] == 3, 30, "the direct reports settled")
+        charged = int(motor.functions.policyOf(direct).call()[20])
+        assert charged > 0
+        wait_for(
+            lambda: len(om.events.BatchCommitted().get_logs(from_block=0)) == committed_before + 1,
+            30,
+            "the optimistic reports committed to OptimisticMotor",
+        )
+        batch = int(om.events.BatchCommitted().get_logs(from_block=0)[-1]["args"]["batchId"])
+        assert int(om.functions.policyOf(optimistic).call()[20]) == 0, "nothing charged inside the window"
+        committed_at = int(om.functions.batchOf(batch).call()[3])
+        warp_to(w3, committed_at + int(om.functions.CHALLENGE_WINDOW().call()) + 1)
+        wait_for(lambda: int(om.functions.policyOf(optimistic).call()[15]) == 3, 30, "the newest report claimed")
+        wait_for(lambda: om.functions.batchOf(batch).call()[4] == 3, 30, "the bond released")
+    finally:
+        publisher.close()
+        daemon.kill()
+
+    assert int(om.functions.policyOf(optimistic).call()[20]) == charged, "the same premium in both modes"
+    assert om.functions.policyOf(optimistic).call()[17] == motor.functions.policyOf(direct).call()[17], "factor"
+    claims = om.events.ReportClaimed().get_logs(from_block=0)
+    assert [(int(c["args"]["policyId"]), int(c["args"]["seq"])) for c in claims] == [(optimistic, 3)]

@@ -50,7 +50,7 @@ def relay(scenario: Scenario, store: Store, account: LocalAccount, **settings: A
 
 
 def store_reading(scenario: Scenario, store: Store, meter: Meter, seq: int, value: int) -> int:
-    (event,) = store.commit_batch([scenario.reading(meter, seq, value)], [], [], optimistic=scenario.d.address(OPT))
+    (event,) = store.commit_batch([scenario.reading(meter, seq, value)], [], [], optimistic=(scenario.d.address(OPT),))
     return event
 
 

@@ -58,9 +58,10 @@ class IntakeSettings:
 
     chain_id: int
     contracts: dict[str, str]  # wire event type ("reading", "telematics", ...) → verifying contract (checksummed)
-    #: OptimisticBilling's address when the daemon relays optimistic readings ([optimistic] enabled): readings
-    #: signed for it are accepted too and stored for the optimistic relayer; "" = direct mode only
-    optimistic: str = ""
+    #: when the daemon relays optimistically ([optimistic] enabled): the optimistic contracts' addresses (lower case)
+    #: → the wire event type signed for each (OptimisticBilling: readings, OptimisticMotor: telematics); events signed
+    #: for one are accepted too and stored for its optimistic relayer; empty = direct mode only
+    optimistic: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 1883
     client_id: str = "iotsettle-oracle-1"
@@ -573,7 +574,7 @@ class Intake:
         self._unsaved.update(alert_states)
         flush = bool(raised) or time.monotonic() - self._saved_at >= ALERT_STATE_FLUSH_S
         with self.store.transaction():
-            self.store.commit_batch(accepted, rejected, states.values(), optimistic=self.settings.optimistic)
+            self.store.commit_batch(accepted, rejected, states.values(), optimistic=tuple(self.settings.optimistic))
             if raised or (flush and self._unsaved):
                 ids = self.store.add_alerts([alert.row() for alert in raised], _state_rows(self._unsaved))
                 raised = [replace(alert, id=alert_id) for alert, alert_id in zip(raised, ids, strict=True)]
@@ -638,7 +639,7 @@ class Intake:
                 event.digest,
             )
         expected = self._contracts.get(event.type)
-        optimistic = event.type == "reading" and event.contract.lower() == self.settings.optimistic.lower()
+        optimistic = self.settings.optimistic.get(event.contract.lower()) == event.type
         if (expected is None or event.contract.lower() != expected) and not optimistic:
             return Refusal(
                 Reason.WRONG_CONTRACT.value,
