@@ -30,6 +30,7 @@ from iotsettle.oracle.ops.token import ensure_allowance
 from iotsettle.oracle.ops.token_info import TokenInfo, describe_token
 from iotsettle.oracle.ops.tx import TxResult, events_in
 from iotsettle.oracle.ops.vocabulary import POLICY_STATUSES
+from iotsettle.oracle.protocol import batch_tree
 from iotsettle.oracle.protocol.errors import ChainError, ProtocolError
 from iotsettle.oracle.protocol.packed import UNKNOWN_TERMS, pack_item
 from iotsettle.oracle.protocol.wire import SignedEvent
@@ -38,6 +39,23 @@ from web3.exceptions import ContractLogicError
 log = logging.getLogger(__name__)
 
 CONTRACT = "MotorInsurance"
+OPTIMISTIC = "OptimisticMotor"
+MODES = ("direct", "optimistic")
+
+
+def contract_of(policy_id: int) -> str:
+    """The contract holding ``policy_id``: OptimisticMotor's ids carry bit 63 (``batch_tree.AGREEMENT_ID_FLAG``)."""
+    return OPTIMISTIC if batch_tree.is_optimistic(policy_id) else CONTRACT
+
+
+def _holder(ctx: OpsContext, policy_id: int) -> str:
+    """:func:`contract_of`, checked against the deployment (a manifest from before the optimistic mode lacks it)."""
+    name = contract_of(policy_id)
+    if not ctx.has(name):
+        raise ChainError(f"policy {hex(policy_id)} is an {name} id, and this deployment has no {name}")
+    return name
+
+
 BPS = 10_000
 METRES_PER_KM = 1_000
 STEP_DISTANCE_METRES = 100_000  # one step of the factor per event per 100 km
@@ -155,6 +173,7 @@ class PolicyView:
         for key in ("policy_id", "rate_per_km", "prepaid", "arrears", "charged", "withdrawn", "deposited", "refunded"):
             out[key] = str(out[key])
         out["policy_id_hex"] = hex(self.policy_id)
+        out["mode"] = "optimistic" if batch_tree.is_optimistic(self.policy_id) else "direct"
         out["earnings_to_withdraw"] = str(self.earnings_to_withdraw)
         out["current_factor"] = factor_text(self.last_factor_bps)
         out["current_rate_per_km"] = str(self.current_rate)
@@ -165,7 +184,7 @@ class PolicyView:
 
 
 def policy_of(ctx: OpsContext, policy_id: int) -> PolicyView:
-    motor = ctx.contract(CONTRACT)
+    motor = ctx.contract(_holder(ctx, policy_id))
     p = named(motor.abi, "policyOf", motor.functions.policyOf(policy_id).call())
     status = int(p["status"])
     if status == 0:
@@ -202,15 +221,19 @@ def policy_of(ctx: OpsContext, policy_id: int) -> PolicyView:
 
 
 def list_policies(ctx: OpsContext, *, party: str | None = None, vehicle: str | None = None) -> list[PolicyView]:
-    """Policies of this deployment (from PolicyOffered events), optionally where ``party`` is insurer or holder."""
+    """Policies of this deployment in both modes (from each contract's PolicyOffered events, direct ones first),
+    optionally where ``party`` is insurer or holder."""
     views = []
-    for entry in fetch_logs(ctx, CONTRACT, ["PolicyOffered"]):
-        a = entry.args
-        if party and to_checksum_address(party) not in (a["insurer"], a["holder"]):
+    for name in (CONTRACT, OPTIMISTIC):
+        if not ctx.has(name):
             continue
-        if vehicle and to_checksum_address(vehicle) != a["vehicle"]:
-            continue
-        views.append(policy_of(ctx, int(a["policyId"])))
+        for entry in fetch_logs(ctx, name, ["PolicyOffered"]):
+            a = entry.args
+            if party and to_checksum_address(party) not in (a["insurer"], a["holder"]):
+                continue
+            if vehicle and to_checksum_address(vehicle) != a["vehicle"]:
+                continue
+            views.append(policy_of(ctx, int(a["policyId"])))
     return views
 
 
@@ -296,8 +319,8 @@ def rejection_sentence(code: int) -> str:
     return REJECTIONS.get(reason, reason.sentence)
 
 
-def _send(ctx: OpsContext, call: Any) -> TxResult:
-    return transact_explained(ctx, call, CONTRACT, SENTENCES)
+def _send(ctx: OpsContext, call: Any, name: str = CONTRACT) -> TxResult:
+    return transact_explained(ctx, call, name, SENTENCES)
 
 
 # ------------------------------------------------------------------------------------------------ actions
@@ -321,11 +344,15 @@ class Terms:
     start_speeding: int = 0
 
 
-def offer(ctx: OpsContext, terms: Terms) -> tuple[int, TxResult]:
-    """Insurer (the sender) offers the policy; returns its id."""
+def offer(ctx: OpsContext, terms: Terms, mode: str = "direct") -> tuple[int, TxResult]:
+    """Insurer (the sender) offers the policy in ``mode`` (one of :data:`MODES`: the contract that will hold it,
+    chosen once); returns its id."""
     if terms.token.is_eth:
         raise ChainError("motor policies are paid in an ERC-20 token, not ETH")
-    call = ctx.contract(CONTRACT).functions.offer(
+    name = OPTIMISTIC if mode == "optimistic" else CONTRACT
+    if not ctx.has(name):
+        raise ChainError(f"this deployment has no {name}: redeploy with `iotsettle deploy` to offer {mode} policies")
+    call = ctx.contract(name).functions.offer(
         terms.holder,
         terms.vehicle,
         terms.token.address,
@@ -338,12 +365,12 @@ def offer(ctx: OpsContext, terms: Terms) -> tuple[int, TxResult]:
         terms.start_speeding,
         terms.notice_period,
     )
-    result = _send(ctx, call)
-    return int(events_in(ctx, CONTRACT, result.receipt, "PolicyOffered")[0]["policyId"]), result
+    result = _send(ctx, call, name)
+    return int(events_in(ctx, name, result.receipt, "PolicyOffered")[0]["policyId"]), result
 
 
 def _approve(ctx: OpsContext, view: PolicyView, amount: int) -> None:
-    ensure_allowance(ctx, describe_token(ctx, view.token), CONTRACT, amount)
+    ensure_allowance(ctx, describe_token(ctx, view.token), contract_of(view.policy_id), amount)
 
 
 @dataclass(frozen=True)
@@ -380,38 +407,42 @@ def accept(ctx: OpsContext, policy_id: int, deposit: int, start: StartRegisters 
             )
         )
     _approve(ctx, view, deposit)
-    return _send(
-        ctx, ctx.contract(CONTRACT).functions.accept(policy_id, deposit, start.odometer, start.harsh, start.speeding)
-    )
+    name = _holder(ctx, policy_id)
+    call = ctx.contract(name).functions.accept(policy_id, deposit, start.odometer, start.harsh, start.speeding)
+    return _send(ctx, call, name)
 
 
 def top_up(ctx: OpsContext, policy_id: int, amount: int) -> tuple[TxResult, int]:
     """Anyone adds to the prepaid balance; returns the part that paid arrears."""
     view = policy_of(ctx, policy_id)
     _approve(ctx, view, amount)
-    result = _send(ctx, ctx.contract(CONTRACT).functions.topUp(policy_id, amount))
-    paid = sum(int(a["arrearsPaid"]) for a in events_in(ctx, CONTRACT, result.receipt, "PolicyToppedUp"))
+    name = _holder(ctx, policy_id)
+    result = _send(ctx, ctx.contract(name).functions.topUp(policy_id, amount), name)
+    paid = sum(int(a["arrearsPaid"]) for a in events_in(ctx, name, result.receipt, "PolicyToppedUp"))
     return result, paid
 
 
 def cancel_offer(ctx: OpsContext, policy_id: int) -> TxResult:
-    return _send(ctx, ctx.contract(CONTRACT).functions.cancelOffer(policy_id))
+    name = _holder(ctx, policy_id)
+    return _send(ctx, ctx.contract(name).functions.cancelOffer(policy_id), name)
 
 
 def request_close(ctx: OpsContext, policy_id: int) -> tuple[TxResult, int]:
     """Holder or insurer starts the notice period; returns closeAt."""
-    result = _send(ctx, ctx.contract(CONTRACT).functions.requestClose(policy_id))
-    requested = events_in(ctx, CONTRACT, result.receipt, "CloseRequested")
+    name = _holder(ctx, policy_id)
+    result = _send(ctx, ctx.contract(name).functions.requestClose(policy_id), name)
+    requested = events_in(ctx, name, result.receipt, "CloseRequested")
     close_at = int(requested[0]["closeAt"]) if requested else policy_of(ctx, policy_id).close_at
     return result, close_at
 
 
 def close(ctx: OpsContext, policy_id: int) -> tuple[TxResult, int, bool]:
-    """Anyone, from closeAt + the settlement grace: ends the policy; returns the refund and whether it was
-    credited to the holder (a failed push) instead of sent."""
-    result = _send(ctx, ctx.contract(CONTRACT).functions.close(policy_id))
-    refund = sum(int(a["refund"]) for a in events_in(ctx, CONTRACT, result.receipt, "PolicyClosed"))
-    credited = bool(events_in(ctx, CONTRACT, result.receipt, "Credited"))
+    """Anyone, from closeAt + the close delay: ends the policy; returns the refund and whether it was credited to
+    the holder (a failed push) instead of sent."""
+    name = _holder(ctx, policy_id)
+    result = _send(ctx, ctx.contract(name).functions.close(policy_id), name)
+    refund = sum(int(a["refund"]) for a in events_in(ctx, name, result.receipt, "PolicyClosed"))
+    credited = bool(events_in(ctx, name, result.receipt, "Credited"))
     return result, refund, credited
 
 
@@ -420,10 +451,17 @@ def settlement_grace(ctx: OpsContext) -> int:
     return int(ctx.contract(CONTRACT).functions.SETTLEMENT_GRACE().call())
 
 
+def close_delay(ctx: OpsContext, policy_id: int) -> int:
+    """Seconds after closeAt before ``close`` refunds: the grace (direct), or OptimisticMotor's two graces and a
+    challenge window (a report committed at closeAt must still be claimable)."""
+    return int(ctx.contract(_holder(ctx, policy_id)).functions.closeDelay(policy_id).call())
+
+
 def withdraw_earnings(ctx: OpsContext, policy_id: int) -> tuple[TxResult, int]:
     """Insurer takes the earned premiums not yet withdrawn."""
-    result = _send(ctx, ctx.contract(CONTRACT).functions.withdrawEarnings(policy_id))
-    return result, sum(int(a["amount"]) for a in events_in(ctx, CONTRACT, result.receipt, "EarningsWithdrawn"))
+    name = _holder(ctx, policy_id)
+    result = _send(ctx, ctx.contract(name).functions.withdrawEarnings(policy_id), name)
+    return result, sum(int(a["amount"]) for a in events_in(ctx, name, result.receipt, "EarningsWithdrawn"))
 
 
 def withdraw_refund(ctx: OpsContext, token: TokenInfo) -> tuple[TxResult, int]:
@@ -440,8 +478,18 @@ def refund_credited(ctx: OpsContext, token: TokenInfo, account: str) -> int:
 
 
 def parse_telematics(ctx: OpsContext, text: str) -> list[SignedEvent]:
-    """Wire payloads (one JSON object per line, or one object) checked against this deployment."""
-    return parse_payloads(ctx, text, "telematics", CONTRACT, "policy settle")
+    """Wire payloads (one JSON object per line, or one object) checked against this deployment; reports of
+    optimistic policies are refused (the oracle commits them in batches)."""
+    return parse_payloads(ctx, text, "telematics", CONTRACT, "policy settle", _direct_only)
+
+
+def _direct_only(event: SignedEvent) -> None:
+    policy_id = int(event.target_id)
+    if contract_of(policy_id) == OPTIMISTIC:
+        raise ProtocolError(
+            f"policy {hex(policy_id)} is optimistic: its reports are committed in batches by the oracle "
+            "([optimistic] enabled) and claimed after the challenge window, not relayed here"
+        )
 
 
 @dataclass(frozen=True)
@@ -570,7 +618,7 @@ def history(ctx: OpsContext, policy_id: int) -> tuple[PolicyView, list[HistoryEn
     entries: list[HistoryEntry] = []
     # Each PremiumCharged carries the deltas since the previous settled report: they add up to the totals.
     total_metres = total_events = 0
-    for log_entry in fetch_logs(ctx, CONTRACT, list(_HISTORY_EVENTS), topic1=policy_id):
+    for log_entry in fetch_logs(ctx, contract_of(policy_id), list(_HISTORY_EVENTS), topic1=policy_id):
         a, base = log_entry.args, (log_entry.block, at(log_entry.block), log_entry.tx_hash)
         name = log_entry.event
         if name == "PremiumCharged":

@@ -12,6 +12,7 @@ from typing import Any
 from eth_hash.auto import keccak
 from iotsettle.oracle.device.keys import DeviceKey
 from iotsettle.oracle.protocol import premium
+from iotsettle.oracle.protocol.batch_tree import AGREEMENT_ID_FLAG
 from iotsettle.oracle.protocol.device_kinds import DeviceKind
 from iotsettle.oracle.protocol.location import location_bytes32
 from iotsettle.oracle.testing.stack import Deployment
@@ -640,3 +641,34 @@ def test_loan_bad_inputs_change_nothing(own_deployment) -> None:
         ],
         lender,
     ).startswith("Invalid value for '--share'")
+
+
+def test_an_optimistic_motor_policy_goes_through_the_same_commands(cli, deployment, w3) -> None:
+    """`policy offer --mode optimistic` opens it on OptimisticMotor; show, accept, list, request-close and close route
+    by the id's flag; `policy settle` refuses its reports in a sentence (they reach the chain in batches)."""
+    insurer, holder = cli.user(w3), cli.user(w3)
+    vehicle = register_device(deployment.config, holder, DeviceKind.VEHICLE)
+    args = ["policy", "offer", "--holder", holder.address, "--vehicle", vehicle.address, "--rate", "0.05"]
+    offered = cli.ok([*args, "--notice", "1d", "--mode", "optimistic"], insurer)
+    policy_id = int(offered["policyId"])
+    assert offered["mode"] == "optimistic" and policy_id & AGREEMENT_ID_FLAG
+    om = deployment.contract("OptimisticMotor")
+    assert om.functions.policyOf(policy_id).call()[2] == vehicle.address, "offered there"
+    shown = cli.ok(["policy", "show", hex(policy_id)])
+    assert (shown["status"], shown["mode"]) == ("offered", "optimistic")
+    cli.ok(["token", "mint", "--amount", "20"], holder)
+    cli.ok(["policy", "accept", hex(policy_id), "--deposit", "20"], holder)
+    assert cli.ok(["policy", "show", hex(policy_id)])["prepaid"] == str(20 * 10**18)
+    listed = cli.ok(["policy", "list", "--party", holder.address])
+    assert [int(p["policy_id"]) for p in listed] == [policy_id]
+
+    report = telematics(vehicle, w3, om.address, policy_id, 1, 5_000)
+    refused = cli.fails(["policy", "settle", "-"], insurer, stdin=report)
+    assert refused.startswith(f"policy {hex(policy_id)} is optimistic: its reports are committed in batches")
+
+    requested = cli.ok(["policy", "request-close", hex(policy_id)], holder)
+    delay = int(om.functions.closeDelay(policy_id).call())
+    assert delay > 2 * 3600 and requested["closeFrom"] == requested["closeAt"] + delay + 1
+    too_early = cli.fails(["policy", "close", hex(policy_id)], holder)
+    assert too_early.startswith(f"policy {hex(policy_id)} can be closed from ")
+    # (the close itself, after the delay, is forge's: this chain is shared, its clock must not jump a day)
