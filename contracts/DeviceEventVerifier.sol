@@ -97,6 +97,48 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
         return _keyVerdict(keyDevice, kind, status, retiredAt, device, kindMask, timestamp);
     }
 
+    /// @dev {_checkSignerCached} with a key stamp kept in the product's own per-agreement word, which the product
+    /// reads and writes for every settled event anyway. `stamp` is 0 or `e + 1`, where `e` is a registry epoch at
+    /// which the address `device` (a device's first key: the address the agreement or policy id names) was a
+    /// Current key of `device`, of a kind in `kindMask`. Keys change only by retirement and every retirement bumps
+    /// the epoch, so while the registry is still at epoch `e` that remains true, and an event that recovers to
+    /// `device` itself is accepted without the cache entry (one cold slot less: ≈ 2,150 gas an event). Any other
+    /// signer, a stamp of an earlier epoch, or a batch without a `keyEpoch` gets {_checkSignerCached}'s verdict,
+    /// and the stamp to keep is renewed when that verdict is None for `device`'s own Current key. Stamps are
+    /// compared, never truncated: a product keeps them in `stampMax` bits' room (a stamp above `stampMax` is not
+    /// issued, so the stamps stop once the registry retires that many keys and every event asks the cache, as
+    /// before). tests/contracts/KeyStamp.t.sol checks this against {_checkSigner} in every registry state.
+    function _checkSignerStamped(
+        bytes32 structHash,
+        bytes32 r,
+        bytes32 vs,
+        address device,
+        uint256 kindMask,
+        uint64 timestamp,
+        uint256 keyEpoch,
+        uint256 stamp,
+        uint256 stampMax
+    ) internal returns (RejectReason, uint256) {
+        (address signer, RejectReason reason) = _recover(structHash, r, vs);
+        if (reason != RejectReason.None) return (reason, stamp);
+        // stamp <= stampMax < 2^64, so stamp - 1 never equals _NO_KEY_CACHE.
+        unchecked {
+            if (signer == device && stamp != 0 && stamp - 1 == keyEpoch) return (RejectReason.None, stamp);
+        }
+        (address keyDevice, uint256 kind, uint256 status, uint256 retiredAt) = keyEpoch == _NO_KEY_CACHE
+            ? _keyInfo(signer)
+            : _cachedKeyInfo(signer, keyEpoch);
+        reason = _keyVerdict(keyDevice, kind, status, retiredAt, device, kindMask, timestamp);
+        if (
+            reason == RejectReason.None && signer == device && status == uint256(IDeviceRegistry.KeyStatus.Current)
+                && keyEpoch < stampMax
+        ) {
+            // keyEpoch < stampMax: never _NO_KEY_CACHE, and the new stamp fits.
+            stamp = keyEpoch + 1;
+        }
+        return (reason, stamp);
+    }
+
     /// @dev The `keyEpoch` of {_checkSignerCached} for a batch of `items` events: one registry read per batch, which
     /// costs more than the registry calls it saves below _CACHED_BATCH events.
     function _batchKeyEpoch(uint256 items) internal view returns (uint256) {

@@ -29,14 +29,19 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     uint256 public constant MAX_TARIFF_BLOCKS = 8;
 
     /// @dev The per-agreement state `settle` touches: exactly 256 bits. `closing` (a close was requested) tells
-    /// `settle` whether `closeAt` can matter, so only agreements in their notice pay for reading it.
+    /// `settle` whether `closeAt` can matter, so only agreements in their notice pay for reading it. `keyStamp` is
+    /// the meter's key stamp ({DeviceEventVerifier-_checkSignerStamped}): with it a reading signed by the meter's own
+    /// key needs no key-cache slot. `lastTimestamp` fits 32 bits because a settled timestamp is at most
+    /// block.timestamp + MAX_CLOCK_SKEW (until the year 2106); a prepaid balance is below 2^80 (≈ 1.2 million
+    /// tokens of 18 decimals).
     struct Meter {
-        uint96 prepaid;
+        uint80 prepaid;
         uint64 lastValue;
         uint40 lastSeq;
         bool closing;
-        uint40 lastTimestamp;
+        uint32 lastTimestamp;
         AgreementStatus status;
+        uint24 keyStamp;
     }
 
     /// @dev Everything else about an agreement; read by `settle` only for tiered tariffs and on arrears.
@@ -65,8 +70,11 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     /// @notice Bytes per record in a {ReadingsSettled} log: agreementId 32 | seq 5 | amount 12.
     uint256 public constant SETTLED_RECORD_SIZE = 49;
 
-    /// @dev The `closing` byte of a {Meter} word (bits 200..207).
-    uint256 private constant _CLOSING_MASK = uint256(0xff) << 200;
+    /// @dev The `closing` byte of a {Meter} word (bits 184..191).
+    uint256 private constant _CLOSING_MASK = uint256(0xff) << 184;
+
+    /// @dev The largest key stamp a {Meter} word holds.
+    uint256 private constant _STAMP_MAX = type(uint24).max;
 
     uint256 private constant _METER_KINDS =
         (1 << uint8(IDeviceRegistry.DeviceKind.Meter)) | (1 << uint8(IDeviceRegistry.DeviceKind.Vehicle));
@@ -151,15 +159,16 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
             revert TermsMismatch(agreementId, bytes32(uint256(t.startValue)), bytes32(uint256(startValue)));
         }
         if (deposit == 0) revert ZeroAmount();
-        if (deposit > type(uint96).max) revert BalanceOverflow(deposit);
+        if (deposit > type(uint80).max) revert BalanceOverflow(deposit);
 
         _meters[agreementId] = Meter({
-            prepaid: uint96(deposit),
+            prepaid: uint80(deposit),
             lastValue: t.startValue,
             lastSeq: 0,
             closing: false,
-            lastTimestamp: uint40(block.timestamp),
-            status: AgreementStatus.Active
+            lastTimestamp: uint32(block.timestamp),
+            status: AgreementStatus.Active,
+            keyStamp: 0
         });
         t.deposited = uint128(deposit);
         emit AgreementAccepted(agreementId, deposit);
@@ -183,11 +192,11 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
             newPrepaid = uint256(m.prepaid) + (amount - arrearsPaid);
             t.arrears = arrears - arrearsPaid;
         }
-        if (newPrepaid > type(uint96).max) revert BalanceOverflow(newPrepaid);
+        if (newPrepaid > type(uint80).max) revert BalanceOverflow(newPrepaid);
         uint256 newDeposited = uint256(t.deposited) + amount;
         if (newDeposited > type(uint128).max) revert BalanceOverflow(newDeposited);
 
-        m.prepaid = uint96(newPrepaid);
+        m.prepaid = uint80(newPrepaid);
         t.deposited = uint128(newDeposited);
         emit ToppedUp(agreementId, msg.sender, amount, arrearsPaid);
         if (status == AgreementStatus.Suspended && arrears == arrearsPaid) {
@@ -225,8 +234,8 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
             uint256 fields;
             uint256 at;
             // Item layout (114 bytes): agreementId 32 | seq 5 | timestamp 5 | value 8 | r 32 | vs 32. The narrow
-            // fields cannot exceed what the contract stores (seq and timestamp 40 bits, value 64 bits), so the
-            // range checks of the struct form are not needed here.
+            // fields cannot exceed what the contract stores (seq 40 bits, value 64 bits; a timestamp past 32 bits
+            // fails the skew check), so the range checks of the struct form are not needed here.
             assembly ("memory-safe") {
                 at := add(readings.offset, p)
                 id := calldataload(at)
@@ -240,7 +249,7 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
             (RejectReason reason, uint256 billed) =
                 _settle(id, seq, uint40(fields >> 176), uint64(fields >> 112), at + 0x32, keyEpoch, head);
             if (reason == RejectReason.None) {
-                // Record: agreementId 32 | seq 5 | amount 12 (seq < 2^40, billed <= prepaid < 2^96).
+                // Record: agreementId 32 | seq 5 | amount 12 (seq < 2^40, billed <= prepaid < 2^80).
                 assembly ("memory-safe") {
                     mstore(cursor, id)
                     mstore(add(cursor, 0x20), or(shl(216, seq), shl(120, billed)))
@@ -275,7 +284,7 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
 
     /// @dev Emit the one-record {ReadingsSettled} of a reading settled alone.
     function _settledAlone(uint256 id, uint256 seq, uint256 billed) private {
-        // seq < 2^40 and billed <= prepaid < 2^96 once settled.
+        // seq < 2^40 and billed <= prepaid < 2^80 once settled.
         emit ReadingsSettled(abi.encodePacked(id, uint40(seq), uint96(billed)));
     }
 
@@ -314,8 +323,8 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     /// `timestamp` are below 2^40 and `value` below 2^64 (callers check).
     /// The agreement's {Meter} slot is read and written as one word (one SLOAD, one SSTORE): Solidity would
     /// otherwise load and store each packed field separately. Layout, low bits first, as Solidity packs {Meter}:
-    /// prepaid 0..95 | lastValue 96..159 | lastSeq 160..199 | closing 200..207 | lastTimestamp 208..247 |
-    /// status 248..255. The terms slot holding `closeAt` is read only when `closing` is set.
+    /// prepaid 0..79 | lastValue 80..143 | lastSeq 144..183 | closing 184..191 | lastTimestamp 192..223 |
+    /// status 224..231 | keyStamp 232..255. The terms slot holding `closeAt` is read only when `closing` is set.
     /// `sig` is the calldata offset of the signature r ‖ vs (32 bytes each). `keyEpoch` is the registry's
     /// {IDeviceRegistry.keyEpoch} read in this transaction, or _NO_KEY_CACHE to ask the registry directly. The caller
     /// emits the {ReadingsSettled} record of `billed`. `head` is {_tariffHead} of the tariff the id names.
@@ -335,20 +344,23 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
         }
         reason = _checkReading(word, id, seq, timestamp, value);
         if (reason != RejectReason.None) return (reason, 0);
-        reason = _checkReadingSigner(id, seq, timestamp, value, sig, keyEpoch);
+        uint256 stamp;
+        (reason, stamp) = _checkReadingSigner(id, seq, timestamp, value, sig, keyEpoch, word >> 232);
         if (reason != RejectReason.None) return (reason, 0);
-        billed = _bill(slot, word, id, seq, timestamp, value, head);
+        billed = _bill(slot, word, id, seq, timestamp, value, head, stamp);
     }
 
-    /// @dev The signature of the reading, against the device the agreement id names (see {_settle}).
+    /// @dev The signature of the reading, against the device the agreement id names (see {_settle}), and the key
+    /// stamp to keep (`stamp` is the word's).
     function _checkReadingSigner(
         uint256 id,
         uint256 seq,
         uint256 timestamp,
         uint256 value,
         uint256 sig,
-        uint256 keyEpoch
-    ) private returns (RejectReason) {
+        uint256 keyEpoch,
+        uint256 stamp
+    ) private returns (RejectReason, uint256) {
         bytes32 structHash = _readingHash(id, seq, timestamp, value);
         bytes32 r;
         bytes32 vs;
@@ -356,8 +368,8 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
             r := calldataload(sig)
             vs := calldataload(add(sig, 0x20))
         }
-        return _checkSignerCached(
-            structHash, r, vs, address(uint160(id >> 96)), _METER_KINDS, uint64(timestamp), keyEpoch
+        return _checkSignerStamped(
+            structHash, r, vs, address(uint160(id >> 96)), _METER_KINDS, uint64(timestamp), keyEpoch, stamp, _STAMP_MAX
         );
     }
 
@@ -367,20 +379,20 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
         view
         returns (RejectReason)
     {
-        uint256 status = word >> 248;
+        uint256 status = uint8(word >> 224);
         if (status == uint256(AgreementStatus.None)) return RejectReason.UnknownTarget;
-        if (seq <= uint40(word >> 160)) return RejectReason.Replayed;
+        if (seq <= uint40(word >> 144)) return RejectReason.Replayed;
         if (status != uint256(AgreementStatus.Active)) {
             return status == uint256(AgreementStatus.Suspended) ? RejectReason.Suspended : RejectReason.NotActive;
         }
-        if (value < uint64(word >> 96)) return RejectReason.CounterRollback;
-        RejectReason reason = _checkTimestamp(uint64(timestamp), uint40(word >> 208));
+        if (value < uint64(word >> 80)) return RejectReason.CounterRollback;
+        RejectReason reason = _checkTimestamp(uint64(timestamp), uint32(word >> 192));
         if (reason != RejectReason.None) return reason;
         if (word & _CLOSING_MASK != 0 && timestamp > _terms[id].closeAt) return RejectReason.AfterEnd;
         return RejectReason.None;
     }
 
-    /// @dev Bill the delta and write the {Meter} word back in one SSTORE.
+    /// @dev Bill the delta and write the {Meter} word back in one SSTORE, with the key stamp `stamp`.
     function _bill(
         Meter storage slot,
         uint256 word,
@@ -388,20 +400,22 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
         uint256 seq,
         uint256 timestamp,
         uint256 value,
-        uint256 head
+        uint256 head,
+        uint256 stamp
     ) private returns (uint256 billed) {
-        uint256 cost = _readingCost(id, head, uint64(word >> 96), uint64(value));
-        uint256 prepaid = uint96(word);
+        uint256 cost = _readingCost(id, head, uint64(word >> 80), uint64(value));
+        uint256 prepaid = uint80(word);
         billed = cost;
-        uint256 status = word >> 248;
+        uint256 status = uint8(word >> 224);
         if (cost > prepaid) {
             billed = prepaid;
             status = uint256(AgreementStatus.Suspended);
         }
-        // billed <= prepaid; seq, value and timestamp are in range (see above; timestamp <= now + skew < 2^40).
+        // billed <= prepaid; seq, value and timestamp are in range (see above; timestamp <= now + skew < 2^32),
+        // stamp <= _STAMP_MAX.
         unchecked {
-            word = (prepaid - billed) | (value << 96) | (seq << 160) | (word & _CLOSING_MASK) | (timestamp << 208)
-                | (status << 248);
+            word = (prepaid - billed) | (value << 80) | (seq << 144) | (word & _CLOSING_MASK) | (timestamp << 192)
+                | (status << 224) | (stamp << 232);
         }
         assembly ("memory-safe") {
             sstore(slot.slot, word)
