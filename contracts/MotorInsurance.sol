@@ -60,8 +60,9 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
     /// the prepaid balance, the arrears and the earnings are derived (see the contract notes). lastTimestamp fits
     /// 40 bits because settled timestamps are at most block.timestamp + MAX_CLOCK_SKEW. Bit layout as Solidity
     /// packs it (low bits first): slot 0: lastOdometer 0..63 | lastSeq 64..127 | lastTimestamp 128..167 |
-    /// lastHarsh 168..199 | lastSpeeding 200..231 | status 232..239; slot 1: deposited 0..127 | termsSeal
-    /// 128..255; slot 2 (the terms word): minFactorBps 0..15 | maxFactorBps 16..31 | stepBps 32..47 |
+    /// lastHarsh 168..199 | lastSpeeding 200..231 | status 232..239; slot 1: deposited 0..87 | keyStamp 88..127 |
+    /// termsSeal 128..255 (`keyStamp` is the vehicle's key stamp, {DeviceEventVerifier-_checkSignerStamped}: a
+    /// report signed by the vehicle's own key needs no key-cache slot; the money in stays below 2^88); slot 2 (the terms word): minFactorBps 0..15 | maxFactorBps 16..31 | stepBps 32..47 |
     /// startOdometer 48..111 | startHarsh 112..143 | startSpeeding 144..175 | closeAt 176..239.
     struct Record {
         // slot 0
@@ -72,7 +73,8 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         uint32 lastSpeeding;
         PolicyStatus status;
         // slot 1
-        uint128 deposited;
+        uint88 deposited;
+        uint40 keyStamp;
         uint128 termsSeal;
         // slot 2
         uint16 minFactorBps;
@@ -176,10 +178,10 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
             );
         }
         if (deposit == 0) revert ZeroAmount();
-        if (deposit > type(uint128).max) revert BalanceOverflow(deposit);
+        if (deposit > type(uint88).max) revert BalanceOverflow(deposit);
 
         p.lastTimestamp = uint40(block.timestamp);
-        p.deposited = uint128(deposit);
+        p.deposited = uint88(deposit);
         p.status = PolicyStatus.Active;
         emit PolicyAccepted(policyId, deposit);
         // The contract must hold exactly what it records: fee-on-transfer and lying tokens are refused.
@@ -193,12 +195,12 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         if (status != PolicyStatus.Active && status != PolicyStatus.Lapsed) revert WrongStatus(policyId, status);
         if (amount == 0) revert ZeroAmount();
         uint256 newDeposited = uint256(p.deposited) + amount;
-        if (newDeposited > type(uint128).max) revert BalanceOverflow(newDeposited);
+        if (newDeposited > type(uint88).max) revert BalanceOverflow(newDeposited);
 
         // The arrears are derived: what is owed beyond the money in; the top-up pays them first by raising it.
         uint256 arrears = _arrears(p);
         uint256 arrearsPaid = amount < arrears ? amount : arrears;
-        p.deposited = uint128(newDeposited);
+        p.deposited = uint88(newDeposited);
         emit PolicyToppedUp(policyId, msg.sender, amount, arrearsPaid);
         if (status == PolicyStatus.Lapsed && arrears == arrearsPaid) {
             p.status = PolicyStatus.Active;
@@ -230,7 +232,7 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         uint256 notBefore = uint256(closeAt) + closeDelay(policyId) + 1;
         if (block.timestamp < notBefore) revert TooEarly(policyId, notBefore, block.timestamp);
 
-        // prepaid <= deposited, which fits uint128; once Closed the derived prepaid balance is 0.
+        // prepaid <= deposited < 2^88; once Closed the derived prepaid balance is 0.
         refund = _prepaid(p);
         p.refunded = uint128(refund);
         p.status = PolicyStatus.Closed;
@@ -246,7 +248,7 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         if (msg.sender != p.insurer) revert NotInsurer(policyId, msg.sender);
         amount = _charged(p) - p.withdrawn;
         if (amount == 0) revert NoEarnings(policyId);
-        // withdrawn <= charged <= deposited, which fits uint128.
+        // withdrawn <= charged <= deposited < 2^88.
         p.withdrawn += uint128(amount);
         emit EarningsWithdrawn(policyId, msg.sender, amount);
         _guardPayout(p.token, amount); // the account's device guard, as for a credit
@@ -316,14 +318,21 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         uint64 timestamp = uint64(fields >> 128);
         reason = _checkTimestamp(timestamp, uint40(word >> 128));
         if (reason != RejectReason.None) return reason;
-        (uint256 terms, uint256 rate, uint256 deposited) = _termsOf(p, item);
+        (uint256 terms, uint256 rate, uint256 money) = _termsOf(p, item);
         {
             uint256 closeAt = uint64(terms >> 176);
             if (closeAt != 0 && uint64(fields >> 128) > closeAt) return RejectReason.AfterEnd;
         }
-        reason = _checkSignature(id, fields, item, keyEpoch);
+        uint256 stamp = uint40(money >> 88);
+        (reason, stamp) = _checkSignature(id, fields, item, keyEpoch, stamp);
         if (reason != RejectReason.None) return reason;
-        _charge(p, word, terms, rate, deposited, id, fields);
+        if (stamp != uint40(money >> 88)) {
+            // A new stamp (the first report after a key retirement anywhere in the registry): slot 1 is warm.
+            assembly ("memory-safe") {
+                sstore(add(p.slot, 1), or(and(money, not(shl(88, 0xffffffffff))), shl(88, stamp)))
+            }
+        }
+        _charge(p, word, terms, rate, uint88(money), id, fields);
     }
 
     /// @dev The checks of a report against its policy's word (slot 0), in the documented order: status, replay,
@@ -347,11 +356,11 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
         return _checkTimestamp(uint64(fields >> 128), uint40(word >> 128));
     }
 
-    /// @dev {_checkSignerCached} of the report at calldata offset `item`: signed by the current key of the VEHICLE
-    /// encoded in the policy id.
-    function _checkSignature(uint256 id, uint256 fields, uint256 item, uint256 keyEpoch)
+    /// @dev {_checkSignerStamped} of the report at calldata offset `item`: signed by the current key of the VEHICLE
+    /// encoded in the policy id; `stamp` is the policy's key stamp, and the stamp to keep is returned.
+    function _checkSignature(uint256 id, uint256 fields, uint256 item, uint256 keyEpoch, uint256 stamp)
         private
-        returns (RejectReason)
+        returns (RejectReason, uint256)
     {
         bytes32 r;
         bytes32 vs;
@@ -359,19 +368,27 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
             r := calldataload(add(item, 0x40))
             vs := calldataload(add(item, 0x60))
         }
-        return _checkSignerCached(
-            _structHash(id, fields), r, vs, address(uint160(id >> 96)), _VEHICLE_KIND, uint64(fields >> 128), keyEpoch
+        return _checkSignerStamped(
+            _structHash(id, fields),
+            r,
+            vs,
+            address(uint160(id >> 96)),
+            _VEHICLE_KIND,
+            uint64(fields >> 128),
+            keyEpoch,
+            stamp,
+            type(uint40).max
         );
     }
 
-    /// @dev The policy's terms word and rate, and the money in (slot 1): the terms sent in the report at `item` when
-    /// they match the seal in slot 1, else the stored ones (slots 2 and 7), so false or stale terms change nothing.
+    /// @dev The policy's terms word and rate, and slot 1 (the money in is its low 88 bits): the terms sent in the
+    /// report at `item` when they match the seal in slot 1, else the stored ones (slots 2 and 7), so false or stale
+    /// terms change nothing.
     function _termsOf(Record storage p, uint256 item)
         internal
         view
-        returns (uint256 terms, uint256 rate, uint256 deposited)
+        returns (uint256 terms, uint256 rate, uint256 money)
     {
-        uint256 money;
         uint256 sent;
         assembly ("memory-safe") {
             money := sload(add(p.slot, 1))
@@ -383,7 +400,6 @@ contract MotorInsurance is IMotorInsurance, DeviceEventVerifier, PullPayments {
             rate := shr(128, calldataload(at))
             terms := shr(16, calldataload(add(at, 16)))
         }
-        deposited = uint128(money);
         if (sent >> 128 != money >> 128) (terms, rate) = _storedTerms(p);
     }
 

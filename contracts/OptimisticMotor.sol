@@ -141,7 +141,7 @@ contract OptimisticMotor is IOptimisticMotor, MotorInsurance, OptimisticBatches 
         assembly ("memory-safe") {
             at := report.offset
         }
-        (uint256 terms, uint256 rate, uint256 deposited) = _termsOf(p, at);
+        (uint256 terms, uint256 rate, uint256 money) = _termsOf(p, at);
         uint256 closeAt = uint64(terms >> 176);
         if (reason == RejectReason.None && closeAt != 0 && uint64(fields >> 128) > closeAt) {
             reason = RejectReason.AfterEnd;
@@ -149,7 +149,7 @@ contract OptimisticMotor is IOptimisticMotor, MotorInsurance, OptimisticBatches 
         if (reason != RejectReason.None) revert EventRejected(id, uint64(fields >> 192), reason);
         _claimedAt[id] = block.timestamp;
         emit ReportClaimed(id, batchId, uint64(fields >> 192));
-        _charge(p, word, terms, rate, deposited, id, fields);
+        _charge(p, word, terms, rate, uint88(money), id, fields);
     }
 
     /// @dev The policy id, the fields word ({MotorInsurance-_settle}'s layout) and the signature of a packed report.
