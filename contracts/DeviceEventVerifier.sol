@@ -107,7 +107,8 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
     /// and the stamp to keep is renewed when that verdict is None for `device`'s own Current key. Stamps are
     /// compared, never truncated: a product keeps them in `stampMax` bits' room (a stamp above `stampMax` is not
     /// issued, so the stamps stop once the registry retires that many keys and every event asks the cache, as
-    /// before). tests/contracts/KeyStamp.t.sol checks this against {_checkSigner} in every registry state.
+    /// before). `kindMask` must be the same for every call that shares a stamp (a product's constant).
+    /// tests/contracts/KeyCache.t.sol checks the verdict against {_checkSigner} in every registry state.
     function _checkSignerStamped(
         bytes32 structHash,
         bytes32 r,

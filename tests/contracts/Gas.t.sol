@@ -14,8 +14,11 @@ contract GasTest is Fixture {
     /// @dev The product goal (docs/BENCHMARKS.md, "Meter reading: floor and figure", says what the units above the
     /// floor still pay for).
     uint256 internal constant TARGET_PER_READING = 14_000;
-    /// @dev What this code measures today, plus a little slack: a regression guard, not the goal.
-    uint256 internal constant CEILING_PER_READING = 15_300;
+    /// @dev What this code measures today, plus a little slack: regression guards, not the goal. An agreement's
+    /// first reading checks the meter's key in the key cache and issues its key stamp; later readings of the meter's
+    /// own key check the stamp instead (docs/BENCHMARKS.md, "Meter reading").
+    uint256 internal constant CEILING_FIRST_READING = 15_800;
+    uint256 internal constant CEILING_PER_READING = 13_300;
 
     uint32 internal tariff;
     uint256 internal nextKey = 1000;
@@ -87,7 +90,7 @@ contract GasTest is Fixture {
     function test_GasPerReading_Batch100() public {
         uint256 perItem = _measureSettle(100);
         console.log("  product target per reading", TARGET_PER_READING);
-        assertLe(perItem, CEILING_PER_READING, "regression: gas per reading in a batch of 100");
+        assertLe(perItem, CEILING_FIRST_READING, "regression: gas per first reading in a batch of 100");
     }
 
     /// @dev The steady state the product runs in: every agreement already has a settled reading, and the batch

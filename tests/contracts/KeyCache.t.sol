@@ -32,6 +32,32 @@ contract CachedVerifierHarness is DeviceEventVerifier {
         return _checkSignerCached(structHash, r, vs, device, kindMask, timestamp, _registryKeyEpoch());
     }
 
+    /// @dev The key stamp a product keeps in its own word (one per agreement: one kind mask per product).
+    uint256 public stamp;
+
+    function checkSignerStamped(
+        bytes32 structHash,
+        bytes32 r,
+        bytes32 vs,
+        address device,
+        uint256 kindMask,
+        uint64 timestamp,
+        bool inBatch,
+        uint256 stampMax
+    ) external returns (RejectReason reason) {
+        (reason, stamp) = _checkSignerStamped(
+            structHash,
+            r,
+            vs,
+            device,
+            kindMask,
+            timestamp,
+            inBatch ? _registryKeyEpoch() : _NO_KEY_CACHE,
+            stamp,
+            stampMax
+        );
+    }
+
     function digest(bytes32 structHash) external view returns (bytes32) {
         return _hashTypedDataV4(structHash);
     }
@@ -164,9 +190,13 @@ contract KeyCacheTest is Fixture {
     }
 
     /// @dev Differential: whatever the registry did (registrations, rotations, revocations, time), the cached check
-    /// gives exactly the uncached verdict for the current key, the previous key and a stranger.
+    /// and the stamped check (in a batch or alone, with stamps of any room, for a kind the product takes or not)
+    /// give exactly the uncached verdict for the current key, the previous key and a stranger.
     function testFuzz_CachedVerdictIsTheRegistrysVerdict(uint256 seed) public {
         CachedVerifierHarness harness = new CachedVerifierHarness(registry);
+        // One kind mask per harness, as a product has one: the device is a Tracker.
+        uint256 mask = seed % 3 == 0 ? ~(uint256(1) << uint8(IDeviceRegistry.DeviceKind.Tracker)) : ANY_KIND;
+        uint256 stampMax = [uint256(1), 2, 3, type(uint24).max][(seed >> 8) % 4];
         uint256 current = deviceKey(80);
         address device = registerDevice(current, IDeviceRegistry.DeviceKind.Tracker, owner);
         uint256 previous = deviceKey(81);
@@ -188,16 +218,65 @@ contract KeyCacheTest is Fixture {
                 registerDevice(deviceKey(next++), IDeviceRegistry.DeviceKind.Meter, owner);
             }
             uint64 when = uint64(block.timestamp) - uint64(uint256(keccak256(abi.encode(seed, step, "t"))) % 120);
-            _assertSameVerdict(harness, current, device, when);
-            _assertSameVerdict(harness, previous, device, when);
-            _assertSameVerdict(harness, deviceKey(999), device, when);
+            bool inBatch = uint256(keccak256(abi.encode(seed, step, "batch"))) % 4 != 0;
+            _assertSameVerdict(harness, current, device, when, mask, inBatch, stampMax);
+            _assertSameVerdict(harness, previous, device, when, mask, inBatch, stampMax);
+            _assertSameVerdict(harness, deviceKey(80), device, when, mask, inBatch, stampMax);
+            _assertSameVerdict(harness, deviceKey(999), device, when, mask, inBatch, stampMax);
+            assertLe(harness.stamp(), stampMax, "a stamp never outgrows its room");
         }
     }
 
-    function _assertSameVerdict(CachedVerifierHarness harness, uint256 key, address device, uint64 when) internal {
+    function _assertSameVerdict(
+        CachedVerifierHarness harness,
+        uint256 key,
+        address device,
+        uint64 when,
+        uint256 mask,
+        bool inBatch,
+        uint256 stampMax
+    ) internal {
         (bytes32 r, bytes32 vs) = vm.signCompact(key, harness.digest(SH));
-        IDeviceEvents.RejectReason expected = harness.checkSigner(SH, r, vs, device, ANY_KIND, when);
-        assertEq(uint8(harness.checkSignerCached(SH, r, vs, device, ANY_KIND, when)), uint8(expected), "cached verdict");
+        IDeviceEvents.RejectReason expected = harness.checkSigner(SH, r, vs, device, mask, when);
+        assertEq(uint8(harness.checkSignerCached(SH, r, vs, device, mask, when)), uint8(expected), "cached verdict");
+        assertEq(
+            uint8(harness.checkSignerStamped(SH, r, vs, device, mask, when, inBatch, stampMax)),
+            uint8(expected),
+            "stamped verdict"
+        );
+    }
+
+    // ---------------------------------------------------------------- the meter's key stamp
+
+    /// @dev After the first reading, a reading signed by the meter's own key is checked against the stamp in the
+    /// agreement's word: the cache entry is not read (emptied here, it stays empty) and the registry is not asked.
+    function test_Stamp_ReadingsOfTheMetersOwnKeyNeedNoCacheEntry() public {
+        assertEq(_settleOne(signReading(meterKey, id, 1, uint64(block.timestamp), START + 1)), 1, "stamps");
+        vm.store(address(billing), keccak256(abi.encode(meter, CACHE_BASE)), bytes32(0));
+        vm.expectCall(address(registry), abi.encodeCall(registry.keyInfo, (meter)), 0);
+        assertEq(_settleOne(signReading(meterKey, id, 2, uint64(block.timestamp), START + 2)), 1, "settled by stamp");
+        assertEq(_entry(address(billing), meter), 0, "the cache entry was not needed");
+    }
+
+    /// @dev The attack on a stamp: the meter's key was stamped, then retired; a thief holding it relays a reading
+    /// dated after the retirement. The epoch moved, so the stamp is stale and the registry's verdict applies.
+    function test_Stamp_DoesNotOutliveARetirement() public {
+        assertEq(_settleOne(signReading(meterKey, id, 1, uint64(block.timestamp), START + 1)), 1, "stamps");
+        rotate(meter, deviceKey(76), owner);
+        _expectRefused(
+            signReading(meterKey, id, 2, uint64(block.timestamp) + 1, START + 2), IDeviceEvents.RejectReason.KeyRotated
+        );
+        assertEq(billing.agreementOf(id).lastSeq, 1, "nothing settled after the retirement");
+    }
+
+    /// @dev A lone reading (no epoch read) asks the registry and keeps the stamp; a batch after it uses the stamp.
+    function test_Stamp_SurvivesALoneReading() public {
+        assertEq(_settleOne(signReading(meterKey, id, 1, uint64(block.timestamp), START + 1)), 1, "stamps");
+        vm.prank(relayer);
+        billing.settleReading(signReading(meterKey, id, 2, uint64(block.timestamp), START + 2));
+        vm.store(address(billing), keccak256(abi.encode(meter, CACHE_BASE)), bytes32(0));
+        assertEq(_settleOne(signReading(meterKey, id, 3, uint64(block.timestamp), START + 3)), 1, "stamp kept");
+        assertEq(_entry(address(billing), meter), 0, "no cache entry needed");
     }
 }
 
@@ -278,6 +357,51 @@ contract MotorKeyCacheTest is MotorFixture {
         );
         assertEq(_settleThree(_report(newKey, 2, uint64(block.timestamp) + 1, START + 2_000)), 1, "the new key");
         assertEq(_entry(vm.addr(newKey)) >> 168, registry.keyEpoch(), "the new key cached at the new epoch");
+    }
+
+    /// @dev The policy's slot 1 (deposited 0..87 | keyStamp 88..127 | seal 128..255), found by its deposit.
+    function _moneySlot() internal view returns (bytes32 slot) {
+        for (uint256 k = 0; k < 64; ++k) {
+            slot = bytes32(uint256(keccak256(abi.encode(id, k))) + 1);
+            if (uint256(vm.load(address(motor), slot)) & ((1 << 88) - 1) == 1e18) return slot;
+        }
+        revert("policy storage not found");
+    }
+
+    function test_Stamp_ReportsOfTheVehiclesOwnKeyNeedNoCacheEntry() public {
+        assertEq(_settleThree(_report(vehicleKey, 1, uint64(block.timestamp), START + 1_000)), 1, "stamps");
+        vm.store(address(motor), keccak256(abi.encode(vehicle, CACHE_BASE)), bytes32(0));
+        vm.expectCall(address(registry), abi.encodeCall(registry.keyInfo, (vehicle)), 0);
+        assertEq(_settleThree(_report(vehicleKey, 2, uint64(block.timestamp), START + 2_000)), 1, "settled by stamp");
+        assertEq(_entry(vehicle), 0, "the cache entry was not needed");
+    }
+
+    /// @dev A retirement elsewhere moves the epoch: the next report renews the stamp in slot 1 and leaves the money
+    /// in and the seal of the terms as they were.
+    function test_Stamp_RenewalKeepsTheMoneyInAndTheSeal() public {
+        assertEq(_settleThree(_report(vehicleKey, 1, uint64(block.timestamp), START + 1_000)), 1, "stamps");
+        bytes32 slot = _moneySlot();
+        uint256 before = uint256(vm.load(address(motor), slot));
+        assertEq((before >> 88) & type(uint40).max, uint256(registry.keyEpoch()) + 1, "stamped at the epoch");
+        address other = registerVehicle(deviceKey(93));
+        vm.prank(owner);
+        registry.revoke(other);
+        vm.warp(block.timestamp + 60);
+        assertEq(_settleThree(_report(vehicleKey, 2, uint64(block.timestamp), START + 2_000)), 1, "renews");
+        uint256 after_ = uint256(vm.load(address(motor), slot));
+        assertEq((after_ >> 88) & type(uint40).max, uint256(registry.keyEpoch()) + 1, "renewed at the new epoch");
+        uint256 stampBits = uint256(type(uint40).max) << 88;
+        assertEq(after_ & ~stampBits, before & ~stampBits, "money in and seal unchanged");
+        assertEq(motor.policyOf(id).deposited, 1e18);
+    }
+
+    function test_Stamp_DoesNotOutliveARevocation() public {
+        assertEq(_settleThree(_report(vehicleKey, 1, uint64(block.timestamp), START + 1_000)), 1, "stamps");
+        vm.prank(owner);
+        registry.revoke(vehicle);
+        _expectRefused(
+            _report(vehicleKey, 2, uint64(block.timestamp) + 1, START + 2_000), IDeviceEvents.RejectReason.DeviceRevoked
+        );
     }
 
     function test_RotatedKey_KeepsItsGraceForWhatItSignedBefore() public {

@@ -222,7 +222,7 @@ contract MeteredBillingTest is Fixture {
         vm.startPrank(consumer);
         vm.expectRevert(abi.encodeWithSelector(ICommonErrors.ZeroAmount.selector));
         billing.accept(a, 0, 0);
-        uint256 tooBig = uint256(type(uint96).max) + 1;
+        uint256 tooBig = uint256(type(uint80).max) + 1;
         vm.expectRevert(abi.encodeWithSelector(ICommonErrors.BalanceOverflow.selector, tooBig));
         billing.accept(a, tooBig, 0);
         vm.deal(consumer, 1 ether);
@@ -559,17 +559,17 @@ contract MeteredBillingTest is Fixture {
             )
         );
         billing.topUp(offered, 1);
-        uint256 tooMuch = uint256(type(uint96).max) - DEPOSIT + 1;
-        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.BalanceOverflow.selector, uint256(type(uint96).max) + 1));
+        uint256 tooMuch = uint256(type(uint80).max) - DEPOSIT + 1;
+        vm.expectRevert(abi.encodeWithSelector(ICommonErrors.BalanceOverflow.selector, uint256(type(uint80).max) + 1));
         billing.topUp(id, tooMuch);
     }
 
     /// @dev billed = min(Δ × price, prepaid), arrears = the rest, and what the provider can take never exceeds
     /// what was deposited.
-    function testFuzz_Settle_BilledIsDeltaTimesPrice(uint64 delta, uint128 price, uint96 deposit) public {
+    function testFuzz_Settle_BilledIsDeltaTimesPrice(uint64 delta, uint128 price, uint80 deposit) public {
         delta = uint64(bound(delta, 0, type(uint64).max - START));
         price = uint128(bound(price, 0, type(uint128).max));
-        deposit = uint96(bound(deposit, 1, type(uint96).max));
+        deposit = uint80(bound(deposit, 1, type(uint80).max));
         uint256 a = openAgreement(meter, flatTariff(price), START, deposit);
         vm.prank(relayer);
         billing.settle(oneReading(signReading(meterKey, a, 1, uint64(block.timestamp), START + uint256(delta))));

@@ -226,7 +226,7 @@ contract MotorInsuranceTest is MotorFixture {
         vm.startPrank(holder);
         vm.expectRevert(abi.encodeWithSelector(ICommonErrors.ZeroAmount.selector));
         motor.accept(a, 0, START, 0, 0);
-        uint256 tooMuch = uint256(type(uint128).max) + 1;
+        uint256 tooMuch = uint256(type(uint88).max) + 1;
         vm.expectRevert(abi.encodeWithSelector(ICommonErrors.BalanceOverflow.selector, tooMuch));
         motor.accept(a, tooMuch, START, 0, 0);
         motor.accept(a, 10, START, 0, 0);
@@ -385,13 +385,13 @@ contract MotorInsuranceTest is MotorFixture {
         rate = uint128(bound(rate, 1, type(uint128).max));
         maxF = uint16(bound(maxF, 1, 50_000));
         minF = uint16(bound(minF, 1, maxF));
-        uint256 p = openPolicy(vehicle, rate, minF, maxF, step, START, type(uint128).max);
+        uint256 p = openPolicy(vehicle, rate, minF, maxF, step, START, type(uint88).max);
         (uint16 factor, uint256 amount) = _settleAndDecode(p, START + metres, harsh, speeding);
         _checkFactor(factor, minF, maxF, step, metres, uint256(harsh) + speeding);
         _checkAmount(amount, metres, uint256(harsh) + speeding, rate, minF, maxF, step);
 
         IMotorInsurance.Policy memory pol = motor.policyOf(p);
-        uint256 taken = amount < type(uint128).max ? amount : type(uint128).max;
+        uint256 taken = amount < type(uint88).max ? amount : type(uint88).max;
         assertEq(pol.charged, taken, "charged what the prepaid covered");
         assertEq(pol.arrears, amount - taken, "the rest is arrears");
         assertEq(pol.lastFactorBps, factor);
@@ -507,7 +507,7 @@ contract MotorInsuranceTest is MotorFixture {
         maxF = uint16(bound(maxF, 1, 50_000));
         minF = uint16(bound(minF, 1, maxF));
         uint256 p =
-            openPolicy(vehicle, Terms(RATE, minF, maxF, step, START, startHarsh, startSpeeding), type(uint128).max);
+            openPolicy(vehicle, Terms(RATE, minF, maxF, step, START, startHarsh, startSpeeding), type(uint88).max);
         (uint16 factor,) = _settleAndDecode(p, START + metres, startHarsh + harsh, startSpeeding + speeding);
         _checkFactor(factor, minF, maxF, step, metres, uint256(harsh) + speeding);
         if (harsh == 0 && speeding == 0) assertEq(factor, minF, "a clean first period pays the minimum");
@@ -799,7 +799,7 @@ contract MotorInsuranceTest is MotorFixture {
         motor.topUp(offered, 1);
         vm.expectRevert(abi.encodeWithSelector(IMotorInsurance.UnknownPolicy.selector, uint256(3)));
         motor.topUp(3, 1);
-        uint256 tooMuch = uint256(type(uint128).max) - DEPOSIT + 1;
+        uint256 tooMuch = uint256(type(uint88).max) - DEPOSIT + 1;
         vm.expectRevert(abi.encodeWithSelector(ICommonErrors.BalanceOverflow.selector, tooMuch + DEPOSIT));
         motor.topUp(id, tooMuch);
     }
@@ -1119,7 +1119,7 @@ contract MotorInsuranceTest is MotorFixture {
     /// @dev The largest registers and terms neither overflow nor revert the batch: the premium is computed in
     /// 256 bits and whatever the prepaid balance cannot cover becomes arrears.
     function test_Settle_ExtremeValuesDoNotOverflow() public {
-        uint256 p = openPolicy(vehicle, type(uint128).max, 50_000, 50_000, type(uint16).max, 0, type(uint128).max);
+        uint256 p = openPolicy(vehicle, type(uint128).max, 50_000, 50_000, type(uint16).max, 0, type(uint88).max);
         IMotorInsurance.SignedTelematics memory t = signTelematics(
             vehicleKey,
             p,
@@ -1136,7 +1136,7 @@ contract MotorInsuranceTest is MotorFixture {
         );
         _settle(t);
         IMotorInsurance.Policy memory pol = motor.policyOf(p);
-        assertEq(pol.arrears, amount - type(uint128).max);
+        assertEq(pol.arrears, amount - type(uint88).max);
         assertEq(uint8(pol.status), uint8(LAPSED));
     }
 

@@ -84,7 +84,7 @@ contract MotorInsuranceRelayTest is MotorFixture {
         uint8 subset,
         uint8 batchCut
     ) public {
-        uint256 id = openPolicy(vehicle, 37, 8_000, 20_000, 750, START, type(uint128).max);
+        uint256 id = openPolicy(vehicle, 37, 8_000, 20_000, 750, START, type(uint88).max);
         IMotorInsurance.SignedTelematics[] memory stream = new IMotorInsurance.SignedTelematics[](6);
         (uint64 odo, uint32 h, uint32 s) = (START, 0, 0);
         for (uint256 i = 0; i < 6; ++i) {
