@@ -9,7 +9,10 @@ A floor is what any contract must pay to settle one device-signed event of the k
   ``ecrecover`` can run), timestamps 5 bytes (the contracts refuse anything past now + 5 minutes), the other
   signed fields at their signed width, the signature as ERC-2098 ``r, vs`` (64 bytes);
 - ``ecrecover``: 3,000 for the precompile, 100 for the (warm) call to it;
-- the key lookup: one cold read (2,100) of the signer's key record, however it is kept;
+- the key check: a device's own key, never rotated, needs no read of its own: a key stamp in the target's word
+  (read and written anyway) says the key was current at the registry's key epoch it names, and every retirement
+  bumps that epoch, so the check is one cold call and cold read of the epoch per batch (2,600 + 2,100, ÷ batch);
+  a rotated device's key is a cold read (2,100) of its key record more;
 - storage: a cold read and a write (2,100 + 2,900) of every slot the kind must touch, one per target when
   registers, seq, time and balance are packed into one word;
 - the log the audit and credit readers need per item: 375 + 375 per topic (signature and target) + 8 per data
@@ -28,6 +31,7 @@ TX_BASE = 21_000
 CALLDATA_BYTE = 16
 ECRECOVER = 3_000
 WARM_CALL = 100
+COLD_CALL = 2_600  # the first call to a contract in the transaction
 COLD_SLOAD = 2_100
 WRITE_WARM = 2_900  # non-zero → non-zero, the slot already read in this transaction
 LOG = 375
@@ -58,14 +62,16 @@ class Floor:
 
 
 def _common(batch: int, signed_bytes: int, struct_fields: int) -> dict[str, int]:
-    """The terms every kind pays: base share, calldata, signature check, key lookup, EIP-712 hashing."""
+    """The terms every kind pays: base share, calldata, signature check, key check, EIP-712 hashing."""
     return {
         "transaction base share (21,000 ÷ batch)": round(TX_BASE / batch),
         f"calldata ({signed_bytes} signed bytes + {SIGNATURE_BYTES} signature bytes × 16)": CALLDATA_BYTE
         * (signed_bytes + SIGNATURE_BYTES),
         "ecrecover precompile": ECRECOVER,
         "call to the precompile (warm)": WARM_CALL,
-        "key lookup (cold read of the key record)": COLD_SLOAD,
+        "key check (the registry's key epoch, one cold call + read per batch; a key stamp in the target's word)": round(
+            (COLD_CALL + COLD_SLOAD) / batch
+        ),
         # typehash + fields; then 0x1901 ‖ domain separator ‖ struct hash (66 bytes, 3 words)
         "EIP-712 struct hash + digest (keccak)": keccak(1 + struct_fields) + keccak(3),
     }
@@ -76,7 +82,7 @@ def _storage(slots: dict[str, bool]) -> dict[str, int]:
     out = {}
     for name, written in slots.items():
         out[f"{name}: cold read{' + write' if written else ''}"] = COLD_SLOAD + (WRITE_WARM if written else 0)
-    out["mapping slot hashes (keccak of key ‖ slot, 2 words each, key record included)"] = keccak(2) * (len(slots) + 1)
+    out["mapping slot hashes (keccak of key ‖ slot, 2 words each)"] = keccak(2) * len(slots)
     return out
 
 
