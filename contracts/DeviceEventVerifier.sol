@@ -26,11 +26,11 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
 
     IDeviceRegistry internal immutable _REGISTRY;
 
-    /// @dev Base of the key cache of {_checkSignerCached}: a namespaced location, outside the storage layout of
+    /// @dev Base of the key cache of {_checkSignerStamped}: a namespaced location, outside the storage layout of
     /// every derived contract.
     bytes32 private constant _KEY_CACHE_SLOT = keccak256("iotsettle.DeviceEventVerifier.keyCache");
 
-    /// @dev Not an epoch (the registry's is a uint64): {_checkSignerCached} asks the registry.
+    /// @dev Not an epoch (the registry's is a uint64): {_checkSignerStamped} asks the registry.
     uint256 internal constant _NO_KEY_CACHE = type(uint256).max;
 
     /// @dev Batches of at least this many events check keys through the cache (one registry read for the epoch, then
@@ -68,47 +68,31 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
         return _keyVerdict(keyDevice, kind, status, retiredAt, device, kindMask, timestamp);
     }
 
-    /// @dev {_checkSigner} with a local cache of the registry's answer for Current keys, for products whose
-    /// devices sign many events. `keyEpoch` must be {_batchKeyEpoch} of the batch, read in this transaction: the
-    /// registry's `keyEpoch()`, or _NO_KEY_CACHE for a batch too small to gain from the cache (the registry is then
-    /// asked, as by {_checkSigner}). An entry is `device (bits 0..159) | kind (160..167) | epoch (168..231)` and is
-    /// trusted only while its epoch equals the registry's: every rotation and revocation bumps it, so a retired key
-    /// falls back to the registry in the very next transaction and gets the same verdict as {_checkSigner}. Entries
-    /// are written only here, from the registry's own answer for a Current key, at a namespaced slot
+    /// @dev {_checkSigner} with a local cache of the registry's answer for Current keys and a key stamp, for
+    /// products whose devices sign many events.
+    ///
+    /// The cache: `keyEpoch` must be {_batchKeyEpoch} of the batch, read in this transaction: the registry's
+    /// `keyEpoch()`, or _NO_KEY_CACHE for a batch too small to gain from the cache (the registry is then asked, as by
+    /// {_checkSigner}). An entry is `device (bits 0..159) | kind (160..167) | epoch (168..231)` and is trusted only
+    /// while its epoch equals the registry's: every rotation and revocation bumps it, so a retired key falls back to
+    /// the registry in the very next transaction and gets the same verdict as {_checkSigner}. Entries are written
+    /// only here, from the registry's own answer for a Current key, at a namespaced slot
     /// (keccak256(abi.encode(key, _KEY_CACHE_SLOT))) no other storage of a derived contract can reach. Retired keys
     /// are never cached. The first event of a key pays for the new slot (≈ 20,000 gas once), an event after any
     /// retirement in the registry pays the registry call and a rewrite (≈ 2,900); every other event saves the call.
-    function _checkSignerCached(
-        bytes32 structHash,
-        bytes32 r,
-        bytes32 vs,
-        address device,
-        uint256 kindMask,
-        uint64 timestamp,
-        uint256 keyEpoch
-    ) internal returns (RejectReason) {
-        // As {_checkSigner}, with the key's record from the cache (tests/contracts/KeyCache.t.sol checks that both
-        // give the same verdict in every registry state).
-        (address signer, RejectReason reason) = _recover(structHash, r, vs);
-        if (reason != RejectReason.None) return reason;
-        (address keyDevice, uint256 kind, uint256 status, uint256 retiredAt) = keyEpoch == _NO_KEY_CACHE
-            ? _keyInfo(signer)
-            : _cachedKeyInfo(signer, keyEpoch);
-        return _keyVerdict(keyDevice, kind, status, retiredAt, device, kindMask, timestamp);
-    }
-
-    /// @dev {_checkSignerCached} with a key stamp kept in the product's own per-agreement word, which the product
-    /// reads and writes for every settled event anyway. `stamp` is 0 or `e + 1`, where `e` is a registry epoch at
-    /// which the address `device` (a device's first key: the address the agreement or policy id names) was a
-    /// Current key of `device`, of a kind in `kindMask`. Keys change only by retirement and every retirement bumps
-    /// the epoch, so while the registry is still at epoch `e` that remains true, and an event that recovers to
-    /// `device` itself is accepted without the cache entry (one cold slot less: ≈ 2,150 gas an event). Any other
-    /// signer, a stamp of an earlier epoch, or a batch without a `keyEpoch` gets {_checkSignerCached}'s verdict,
-    /// and the stamp to keep is renewed when that verdict is None for `device`'s own Current key. Stamps are
-    /// compared, never truncated: a product keeps them in `stampMax` bits' room (a stamp above `stampMax` is not
-    /// issued, so the stamps stop once the registry retires that many keys and every event asks the cache, as
-    /// before). `kindMask` must be the same for every call that shares a stamp (a product's constant).
-    /// tests/contracts/KeyCache.t.sol checks the verdict against {_checkSigner} in every registry state.
+    ///
+    /// The stamp, kept in the product's own per-agreement word, which the product reads for every settled event
+    /// anyway: `stamp` is 0 or `e + 1`, where `e` is a registry epoch at which the address `device` (a device's first
+    /// key: the address the agreement or policy id names) was a Current key of `device`, of a kind in `kindMask`.
+    /// Keys change only by retirement and every retirement bumps the epoch, so while the registry is still at epoch
+    /// `e` that remains true, and an event that recovers to `device` itself is accepted without the cache entry (one
+    /// cold slot less: ≈ 2,150 gas an event). Any other signer, a stamp of an earlier epoch, or a batch without a
+    /// `keyEpoch` gets the cache's verdict, and the stamp to keep is renewed when that verdict is None for
+    /// `device`'s own Current key. Stamps are compared, never truncated: a product keeps them in `stampMax` bits'
+    /// room (a stamp above `stampMax` is not issued, so the stamps stop once the registry retires that many keys and
+    /// every event asks the cache; `stamp` 0 with `stampMax` 0 is the cache alone). `kindMask` must be the same for
+    /// every call that shares a stamp (a product's constant). tests/contracts/KeyCache.t.sol checks the verdict
+    /// against {_checkSigner} in every registry state, with and without stamps.
     function _checkSignerStamped(
         bytes32 structHash,
         bytes32 r,
@@ -140,7 +124,7 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
         return (reason, stamp);
     }
 
-    /// @dev The `keyEpoch` of {_checkSignerCached} for a batch of `items` events: one registry read per batch, which
+    /// @dev The `keyEpoch` of {_checkSignerStamped} for a batch of `items` events: one registry read per batch, which
     /// costs more than the registry calls it saves below _CACHED_BATCH events.
     function _batchKeyEpoch(uint256 items) internal view returns (uint256) {
         return items < _CACHED_BATCH ? _NO_KEY_CACHE : _registryKeyEpoch();
@@ -193,7 +177,7 @@ abstract contract DeviceEventVerifier is IDeviceEvents, EIP712 {
         _cachedKeyInfo(key, _registryKeyEpoch());
     }
 
-    /// @dev The registry's retirement counter ({IDeviceRegistry.keyEpoch}), for {_checkSignerCached}.
+    /// @dev The registry's retirement counter ({IDeviceRegistry.keyEpoch}), for {_checkSignerStamped}.
     function _registryKeyEpoch() internal view returns (uint256) {
         return _REGISTRY.keyEpoch();
     }

@@ -28,8 +28,9 @@ contract CachedVerifierHarness is DeviceEventVerifier {
         address device,
         uint256 kindMask,
         uint64 timestamp
-    ) external returns (RejectReason) {
-        return _checkSignerCached(structHash, r, vs, device, kindMask, timestamp, _registryKeyEpoch());
+    ) external returns (RejectReason reason) {
+        // No stamp in, none issued: the cache alone.
+        (reason,) = _checkSignerStamped(structHash, r, vs, device, kindMask, timestamp, _registryKeyEpoch(), 0, 0);
     }
 
     /// @dev The key stamp a product keeps in its own word (one per agreement: one kind mask per product).
@@ -63,9 +64,9 @@ contract CachedVerifierHarness is DeviceEventVerifier {
     }
 }
 
-/// @dev The key cache of {DeviceEventVerifier._checkSignerCached}: a key retired (rotated or revoked) must stop at
-/// once, in the very next transaction, even when it was cached a moment before in the same block; an entry can only
-/// hold what the registry answered for a Current key.
+/// @dev The key cache and key stamps of {DeviceEventVerifier._checkSignerStamped}: a key retired (rotated or
+/// revoked) must stop at once, in the very next transaction, even when it was cached or stamped a moment before in
+/// the same block; an entry can only hold what the registry answered for a Current key.
 contract KeyCacheTest is Fixture {
     bytes32 internal constant CACHE_BASE = keccak256("iotsettle.DeviceEventVerifier.keyCache");
     uint64 internal constant START = 1000;
