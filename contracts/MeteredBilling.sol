@@ -32,8 +32,9 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
     /// `settle` whether `closeAt` can matter, so only agreements in their notice pay for reading it. `keyStamp` is
     /// the meter's key stamp ({DeviceEventVerifier-_checkSignerStamped}): with it a reading signed by the meter's own
     /// key needs no key-cache slot. `lastTimestamp` fits 32 bits because a settled timestamp is at most
-    /// block.timestamp + MAX_CLOCK_SKEW (until the year 2106); a prepaid balance is below 2^80 (≈ 1.2 million
-    /// tokens of 18 decimals).
+    /// block.timestamp + MAX_CLOCK_SKEW: a hard limit of this contract, which must not be used once block.timestamp
+    /// passes 2^32 − 1 − MAX_CLOCK_SKEW (2106-02-07; past it a timestamp would spill into `status`). A prepaid
+    /// balance is below 2^80 (≈ 1.2 million tokens of 18 decimals).
     struct Meter {
         uint80 prepaid;
         uint64 lastValue;
@@ -235,7 +236,7 @@ contract MeteredBilling is IMeteredBilling, DeviceEventVerifier, PullPayments {
             uint256 at;
             // Item layout (114 bytes): agreementId 32 | seq 5 | timestamp 5 | value 8 | r 32 | vs 32. The narrow
             // fields cannot exceed what the contract stores (seq 40 bits, value 64 bits; a timestamp past 32 bits
-            // fails the skew check), so the range checks of the struct form are not needed here.
+            // fails the skew check until 2106, see {Meter}), so the range checks of the struct form are not needed.
             assembly ("memory-safe") {
                 at := add(readings.offset, p)
                 id := calldataload(at)
